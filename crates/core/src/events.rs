@@ -1,0 +1,317 @@
+//! Room events as federation-grade PDUs: building, hashing, signing, reference-hash IDs, and
+//! the [`Pdu`] type the authorization rules and state resolution run on.
+//!
+//! PDUs are the one thing in `core` that is serialised as a wire contract: their canonical JSON
+//! is what gets hashed and signed. The stored JSON carries `event_id` for convenience; it is
+//! removed before hashing or verifying, as room versions 3+ require.
+
+use std::path::Path;
+
+use base64::Engine;
+use ruma::events::TimelineEventType;
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::signatures::Ed25519KeyPair;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UserId,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// The server's ed25519 signing key, in Synapse's key-file format (`ed25519 <version> <seed>`).
+pub struct SigningKey {
+    /// The key pair ruma signs with.
+    pub pair: Ed25519KeyPair,
+    /// `ed25519:<version>`.
+    pub key_id: String,
+    /// The public key, unpadded base64.
+    pub public_key_base64: String,
+}
+
+/// PKCS#8 v1 prefix for an ed25519 private key; the 32-byte seed follows.
+const PKCS8_ED25519_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+impl SigningKey {
+    /// Reads a Synapse-format key file.
+    pub fn load(path: &Path) -> std::result::Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut parts = text.split_whitespace();
+        let (Some("ed25519"), Some(version), Some(seed)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("{}: not an ed25519 signing key file", path.display()));
+        };
+        let seed = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(seed.trim_end_matches('='))
+            .map_err(|e| format!("{}: bad key encoding: {e}", path.display()))?;
+        Self::from_seed(version, &seed).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Builds a key from a version and 32-byte seed.
+    pub fn from_seed(version: &str, seed: &[u8]) -> std::result::Result<Self, String> {
+        if seed.len() != 32 {
+            return Err("ed25519 seed must be 32 bytes".into());
+        }
+        let mut der = PKCS8_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(seed);
+        let pair = Ed25519KeyPair::from_der(&der, version.to_owned()).map_err(|e| e.to_string())?;
+        let public_key_base64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(pair.public_key());
+        Ok(SigningKey { pair, key_id: format!("ed25519:{version}"), public_key_base64 })
+    }
+
+    /// Writes a fresh key file (mode 0600), refusing to overwrite.
+    pub fn generate(path: &Path) -> std::result::Result<(), String> {
+        use rand::{Rng, RngCore};
+        let mut seed = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut seed);
+        let version: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(6)
+            .map(char::from)
+            .collect();
+        let line = format!(
+            "ed25519 a_{version} {}\n",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed)
+        );
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::Write::write_all(&mut file, line.as_bytes()).map_err(|e| e.to_string())
+    }
+}
+
+/// The fields of a PDU that Myelin reads, parsed once from its JSON.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pdu {
+    /// `$` + reference hash.
+    pub event_id: OwnedEventId,
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The sender.
+    pub sender: OwnedUserId,
+    /// `type`.
+    #[serde(rename = "type")]
+    pub kind: TimelineEventType,
+    /// For state events.
+    #[serde(default)]
+    pub state_key: Option<String>,
+    /// The content, kept raw for the auth rules' lazy parsing.
+    pub content: Box<RawValue>,
+    /// Parent events.
+    #[serde(default)]
+    pub prev_events: Vec<OwnedEventId>,
+    /// Auth events.
+    #[serde(default)]
+    pub auth_events: Vec<OwnedEventId>,
+    /// For redactions (top-level in v10; in content from v11).
+    #[serde(default)]
+    pub redacts: Option<OwnedEventId>,
+    /// Timestamp.
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    /// Depth in the graph.
+    pub depth: u64,
+    /// Set when the event failed the authorization rules.
+    #[serde(skip)]
+    pub rejected: bool,
+}
+
+impl Pdu {
+    /// Parses stored or received JSON.
+    pub fn from_json_str(json: &str) -> Result<Pdu> {
+        serde_json::from_str(json).map_err(|e| Error::internal(format!("bad stored event: {e}")))
+    }
+
+    /// The content as a JSON map.
+    pub fn content_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.content.get()).unwrap_or_default()
+    }
+
+    /// `content.membership` for member events.
+    pub fn membership(&self) -> Option<String> {
+        if self.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        self.content_map().get("membership").and_then(Value::as_str).map(str::to_owned)
+    }
+
+    /// The event this one redacts, wherever the room version puts it.
+    pub fn redacts_id(&self) -> Option<OwnedEventId> {
+        self.redacts.clone().or_else(|| {
+            self.content_map()
+                .get("redacts")
+                .and_then(Value::as_str)
+                .and_then(|s| OwnedEventId::try_from(s).ok())
+        })
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        Some(&self.room_id)
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}
+
+/// What a new local event is made of before hashing and signing.
+pub struct EventDraft<'a> {
+    /// Room.
+    pub room_id: &'a RoomId,
+    /// Sender.
+    pub sender: &'a UserId,
+    /// Type.
+    pub kind: &'a str,
+    /// State key, for state events.
+    pub state_key: Option<&'a str>,
+    /// Content.
+    pub content: Map<String, Value>,
+    /// Parents (the forward extremities).
+    pub prev_events: Vec<OwnedEventId>,
+    /// Auth events chosen from the current state.
+    pub auth_events: Vec<OwnedEventId>,
+    /// Depth: one more than the deepest parent.
+    pub depth: u64,
+    /// For redactions in room versions that keep `redacts` at the top level.
+    pub redacts: Option<&'a str>,
+    /// Timestamp.
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+}
+
+/// A signed PDU: its ID and its full JSON (including `event_id`).
+pub struct SignedEvent {
+    /// Parsed fields.
+    pub pdu: Pdu,
+    /// Canonical JSON text, with `event_id`.
+    pub json: String,
+    /// The same as an object.
+    pub object: CanonicalJsonObject,
+}
+
+fn canonical(v: Value) -> Result<CanonicalJsonValue> {
+    CanonicalJsonValue::try_from(v).map_err(|e| Error::bad_json(format!("Event is not canonical JSON: {e}")))
+}
+
+/// Hashes and signs a draft, and derives its reference-hash event ID.
+pub fn sign_event(
+    draft: EventDraft<'_>,
+    rules: &RoomVersionRules,
+    server_name: &str,
+    key: &SigningKey,
+) -> Result<SignedEvent> {
+    let mut object = CanonicalJsonObject::new();
+    let ids = |v: &[OwnedEventId]| Value::Array(v.iter().map(|e| Value::String(e.to_string())).collect());
+    object.insert("auth_events".into(), canonical(ids(&draft.auth_events))?);
+    object.insert("prev_events".into(), canonical(ids(&draft.prev_events))?);
+    object.insert("content".into(), canonical(Value::Object(draft.content))?);
+    object.insert("depth".into(), CanonicalJsonValue::Integer((draft.depth as i64).try_into().unwrap_or_default()));
+    object.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(draft.origin_server_ts.0.into()),
+    );
+    object.insert("room_id".into(), CanonicalJsonValue::String(draft.room_id.to_string()));
+    object.insert("sender".into(), CanonicalJsonValue::String(draft.sender.to_string()));
+    object.insert("type".into(), CanonicalJsonValue::String(draft.kind.to_owned()));
+    if let Some(k) = draft.state_key {
+        object.insert("state_key".into(), CanonicalJsonValue::String(k.to_owned()));
+    }
+    if let Some(r) = draft.redacts {
+        object.insert("redacts".into(), CanonicalJsonValue::String(r.to_owned()));
+    }
+    ruma::signatures::hash_and_sign_event(server_name, &key.pair, &mut object, &rules.redaction)
+        .map_err(|e| Error::internal(format!("signing failed: {e}")))?;
+    let hash = ruma::signatures::reference_hash(&object, rules)
+        .map_err(|e| Error::internal(format!("reference hash failed: {e}")))?;
+    let event_id = format!("${hash}");
+    object.insert("event_id".into(), CanonicalJsonValue::String(event_id));
+    let json = serde_json::to_string(&object).map_err(Error::internal)?;
+    let pdu = Pdu::from_json_str(&json)?;
+    Ok(SignedEvent { pdu, json, object })
+}
+
+/// The client-format (`ClientEvent`) JSON of a stored PDU.
+pub fn client_event(pdu_json: &Value) -> Value {
+    let mut out = Map::new();
+    if let Value::Object(o) = pdu_json {
+        for key in ["event_id", "type", "sender", "room_id", "origin_server_ts", "content", "state_key", "redacts"] {
+            if let Some(v) = o.get(key) {
+                out.insert(key.to_owned(), v.clone());
+            }
+        }
+        if let Some(Value::Object(unsigned)) = o.get("unsigned") {
+            out.insert("unsigned".into(), Value::Object(unsigned.clone()));
+        }
+    }
+    Value::Object(out)
+}
+
+/// Redacts a PDU's JSON per the room version's rules, keeping `event_id`.
+pub fn redact_json(json: &str, rules: &RoomVersionRules, because: Option<&Value>) -> Result<String> {
+    let value: Value = serde_json::from_str(json).map_err(Error::internal)?;
+    let Value::Object(mut map) = value else { return Err(Error::internal("event is not an object")) };
+    let event_id = map.remove("event_id");
+    let object = ruma::canonical_json::try_from_json_map(map).map_err(Error::internal)?;
+    let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(Error::internal)?;
+    if let Some(Value::String(id)) = event_id {
+        redacted.insert("event_id".into(), CanonicalJsonValue::String(id));
+    }
+    let mut value = serde_json::to_value(&redacted).map_err(Error::internal)?;
+    if let (Some(because), Value::Object(m)) = (because, &mut value) {
+        m.insert("unsigned".into(), serde_json::json!({ "redacted_because": because }));
+    }
+    serde_json::to_string(&value).map_err(Error::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_key_round_trips_through_synapse_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        SigningKey::generate(&path).unwrap();
+        let a = SigningKey::load(&path).unwrap();
+        let b = SigningKey::load(&path).unwrap();
+        assert_eq!(a.public_key_base64, b.public_key_base64);
+        assert!(a.key_id.starts_with("ed25519:a_"));
+        assert!(SigningKey::generate(&path).is_err(), "must not overwrite a key");
+    }
+}

@@ -1,0 +1,34 @@
+//! Myelin's core: everything a homeserver is, minus HTTP.
+//!
+//! # Layout
+//! - [`config`]: `homeserver.yaml` with Synapse's keys, validated into [`Config`].
+//! - [`events`]: PDUs: hashing, signing, reference-hash IDs ([`events::Pdu`]).
+//! - [`state`]: the authorization rules and state resolution v2 (ruma-state-res) over our PDUs.
+//! - [`Homeserver`]: the services, split by area: `users` (registration, login, devices,
+//!   profiles), `rooms` (the room graph, creation, membership, messages), `sync`.
+//! - [`modules`]: loading modules and the one callback registry every runtime registers into;
+//!   `modules::spam_checker` owns the dispatch semantics.
+//!
+//! # Invariants
+//! - `core` knows no HTTP: errors carry an [`ErrorKind`]; only `myelin-http` picks statuses.
+//! - Every module callback is invoked here, in one service call site per operation (the list is
+//!   in ARCHITECTURE.md), never in an HTTP handler.
+//! - Storage is reached only through `myelin_storage::Storage`, on the blocking pool.
+#![warn(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod events;
+pub mod modules;
+mod rooms;
+mod server;
+pub mod state;
+mod sync;
+mod users;
+
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use rooms::{CreateRoomRequest, MessagesPage};
+pub use server::{Homeserver, Requester};
+pub use sync::{SyncRequest, SyncResponse};
+pub use users::{LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, RequestInfo};

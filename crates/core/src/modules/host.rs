@@ -1,0 +1,142 @@
+//! The [`Host`] the module API calls into, backed by the homeserver's services.
+//!
+//! It holds a weak reference: modules' callbacks live inside the homeserver's registry, so a
+//! strong one would be a cycle.
+
+use std::sync::{Arc, Weak};
+
+use futures::future::BoxFuture;
+use myelin_module_api::spam::SpamCheckerCallbacks;
+use myelin_module_api::web::WebResource;
+use myelin_module_api::{EventView, Host, ModuleError, ProfileInfo, UserInfo};
+use serde_json::{Map, Value};
+
+use crate::{Error, Homeserver, Requester};
+
+pub(crate) struct HostHandle {
+    pub(crate) hs: Weak<Homeserver>,
+    /// Copied at start-up so `server_name` needs no upgrade.
+    pub(crate) server_name: String,
+}
+
+fn gone() -> ModuleError {
+    ModuleError::other("the homeserver is shutting down")
+}
+
+fn to_module_error(e: Error) -> ModuleError {
+    let status = match &e.kind {
+        crate::ErrorKind::Module { status, .. } => *status,
+        crate::ErrorKind::Forbidden | crate::ErrorKind::Denied(_) => 403,
+        crate::ErrorKind::NotFound => 404,
+        crate::ErrorKind::Internal => 500,
+        _ => 400,
+    };
+    ModuleError::Matrix { status, errcode: e.errcode().to_owned(), message: e.message, fields: e.fields }
+}
+
+fn event_view(json: &str) -> Result<EventView, ModuleError> {
+    serde_json::from_str::<Map<String, Value>>(json).map(EventView::new).map_err(ModuleError::other)
+}
+
+impl HostHandle {
+    fn hs(&self) -> Result<Arc<Homeserver>, ModuleError> {
+        self.hs.upgrade().ok_or_else(gone)
+    }
+}
+
+/// A requester for actions a module takes as a local user: no admin exemption, no shadow-ban.
+async fn local_requester(hs: &Homeserver, user_id: &str) -> Result<Requester, ModuleError> {
+    let user = ruma::OwnedUserId::try_from(user_id).map_err(|_| ModuleError::other(format!("invalid user ID {user_id}")))?;
+    if !hs.is_mine(&user) {
+        return Err(ModuleError::other(format!("{user_id} is not a local user")));
+    }
+    let info = hs.user_info(user_id).await.map_err(to_module_error)?;
+    Ok(Requester {
+        user_id: user,
+        device_id: String::new(),
+        access_token: String::new(),
+        is_admin: info.is_some_and(|i| i.is_admin),
+        shadow_banned: false,
+    })
+}
+
+impl Host for HostHandle {
+    fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    fn register_spam_checker_callbacks(&self, module: &str, callbacks: SpamCheckerCallbacks) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_spam(module, callbacks)
+    }
+
+    fn register_web_resource(&self, module: &str, path: &str, resource: Arc<dyn WebResource>) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_web(module, path, resource)
+    }
+
+    fn get_userinfo_by_id(&self, user_id: String) -> BoxFuture<'static, Option<UserInfo>> {
+        let hs = self.hs.upgrade();
+        Box::pin(async move { hs?.user_info(&user_id).await.ok().flatten() })
+    }
+
+    fn get_profile_for_user(&self, user: String) -> BoxFuture<'static, Option<ProfileInfo>> {
+        let hs = self.hs.upgrade();
+        Box::pin(async move {
+            let hs = hs?;
+            let user_id = if user.starts_with('@') { user } else { format!("@{user}:{}", hs.server_name()) };
+            hs.user_info(&user_id).await.ok().flatten()?;
+            let (display_name, avatar_url) = hs.profile_of(&user_id).await.ok()?;
+            Some(ProfileInfo { display_name, avatar_url })
+        })
+    }
+
+    fn create_and_send_event_into_room(&self, event: Map<String, Value>) -> BoxFuture<'static, Result<EventView, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let json = hs?.module_send_event(event).await.map_err(to_module_error)?;
+            event_view(&json)
+        })
+    }
+
+    fn update_room_membership(
+        &self,
+        sender: String,
+        target: String,
+        room_id: String,
+        membership: String,
+    ) -> BoxFuture<'static, Result<EventView, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let hs = hs?;
+            let requester = local_requester(&hs, &sender).await?;
+            let target = ruma::OwnedUserId::try_from(target).map_err(ModuleError::other)?;
+            let room = ruma::OwnedRoomId::try_from(room_id).map_err(ModuleError::other)?;
+            let ev = hs
+                .update_membership(&requester, &room, &target, &membership, None, Map::new())
+                .await
+                .map_err(to_module_error)?;
+            Ok(EventView::new(ev.as_object().cloned().unwrap_or_default()))
+        })
+    }
+
+    fn create_room(&self, user_id: String, config: Map<String, Value>) -> BoxFuture<'static, Result<(String, Option<String>), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let hs = hs?;
+            let requester = local_requester(&hs, &user_id).await?;
+            let (room, alias) = hs.create_room(&requester, config).await.map_err(to_module_error)?;
+            Ok((room.to_string(), alias))
+        })
+    }
+
+    fn sleep(&self, duration: std::time::Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+
+    fn lookup_room_alias(&self, alias: String) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>> {
+        Box::pin(async move { Err(ModuleError::matrix(404, "M_NOT_FOUND", format!("Room alias {alias} not found"))) })
+    }
+}

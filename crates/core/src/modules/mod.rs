@@ -1,0 +1,283 @@
+//! Modules: loading `modules:` entries, and the one callback registry all runtimes share.
+//!
+//! Loading happens in two steps, as in Synapse. At config load, each entry's `module:` name is
+//! resolved (native registry; a Python runtime will be the fallback) and its `parse_config` runs,
+//! so `check-config` catches bad module configs. At start-up, after the database is ready and
+//! before any listener opens, [`instantiate`] builds each module in config order with its own
+//! `ModuleApi`; then [`ModuleRegistry::freeze`] ends registration. Dispatch reads the frozen
+//! lists without locking.
+
+mod host;
+pub mod spam_checker;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use myelin_module_api::spam::{Callback, SpamCheckerCallbacks};
+use myelin_module_api::web::WebResource;
+use myelin_module_api::{Module, ModuleApi, ModuleError};
+use serde_json::{Map, Value};
+
+use crate::Homeserver;
+use crate::config::ConfigError;
+
+type ParseFn = fn(Value) -> Result<Box<dyn Any + Send>, myelin_module_api::ConfigError>;
+type BuildFn = fn(Box<dyn Any + Send>, &ModuleApi) -> Result<Box<dyn Any + Send + Sync>, ModuleError>;
+
+/// A compiled-in module type, erased so the binary can list them by name.
+#[derive(Clone, Copy)]
+pub struct NativeModule {
+    /// The `module:` name.
+    pub name: &'static str,
+    parse: ParseFn,
+    build: BuildFn,
+}
+
+impl NativeModule {
+    /// The registry entry for module type `M`.
+    pub fn of<M: Module>() -> Self {
+        NativeModule {
+            name: M::NAME,
+            parse: |v| M::parse_config(v).map(|c| Box::new(c) as Box<dyn Any + Send>),
+            build: |c, api| {
+                let config = *c.downcast::<M::Config>().map_err(|_| ModuleError::other("config type mismatch"))?;
+                M::new(config, api).map(|m| Box::new(m) as Box<dyn Any + Send + Sync>)
+            },
+        }
+    }
+}
+
+/// The native modules a binary knows, by name.
+#[derive(Clone, Default)]
+pub struct NativeModules(Vec<NativeModule>);
+
+impl NativeModules {
+    /// A registry of these modules.
+    pub fn new(modules: Vec<NativeModule>) -> Self {
+        NativeModules(modules)
+    }
+    fn find(&self, name: &str) -> Option<NativeModule> {
+        self.0.iter().find(|m| m.name == name).copied()
+    }
+    /// The known names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|m| m.name).collect()
+    }
+}
+
+/// A `modules:` entry whose config has been parsed, waiting to be instantiated.
+pub struct LoadedModule {
+    /// The `module:` string.
+    pub name: String,
+    native: NativeModule,
+    parsed: Box<dyn Any + Send>,
+}
+
+/// Synapse's falsy test for `config:` (missing, null, `{}`, `[]`, `0`, `""`, `false` give `{}`).
+fn is_falsy(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// Resolves each `modules:` entry and runs its `parse_config`, with Synapse's error paths.
+pub(crate) fn load_module_configs(
+    value: Option<&Value>,
+    natives: &NativeModules,
+) -> Result<Vec<LoadedModule>, ConfigError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ConfigError { path: vec!["modules".into()], lines: vec!["expected a list".into()] }),
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = vec!["modules".to_owned(), format!("<item {i}>")];
+        let Value::Object(obj) = item else {
+            return Err(ConfigError { path: item_path, lines: vec!["expected a mapping".into()] });
+        };
+        let mut module_path = item_path.clone();
+        module_path.push("module".into());
+        let Some(Value::String(name)) = obj.get("module") else {
+            return Err(ConfigError { path: module_path, lines: vec!["expected a string".into()] });
+        };
+        let Some(native) = natives.find(name) else {
+            return Err(ConfigError {
+                path: module_path,
+                lines: vec![format!(
+                    "Unknown module '{name}': no built-in module has this name (known: {})",
+                    natives.names().join(", ")
+                )],
+            });
+        };
+        let raw = obj.get("config").filter(|v| !is_falsy(v)).cloned().unwrap_or(Value::Object(Map::new()));
+        let mut config_path = item_path.clone();
+        config_path.push("config".into());
+        let parsed = (native.parse)(raw).map_err(|e| {
+            let mut path = config_path.clone();
+            path.extend(e.path.iter().cloned());
+            ConfigError { path, lines: vec![format!("Failed to parse config for module '{name}':"), e.message] }
+        })?;
+        out.push(LoadedModule { name: name.clone(), native, parsed });
+    }
+    Ok(out)
+}
+
+/// Builds the modules in config order. An error is fatal to start-up ("Error during startup").
+pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(), String> {
+    let host: Arc<dyn myelin_module_api::Host> = Arc::new(host::HostHandle { hs: Arc::downgrade(hs), server_name: hs.server_name().to_owned() });
+    for module in modules {
+        let api = ModuleApi::new(host.clone(), &module.name);
+        let instance = (module.native.build)(module.parsed, &api)
+            .map_err(|e| format!("module '{}' failed to start: {e}", module.name))?;
+        tracing::info!("Loaded module {}", module.name);
+        hs.modules.instances.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
+    }
+    Ok(())
+}
+
+/// One registered callback with its per-module counters.
+pub(crate) struct Registered<A, R> {
+    pub(crate) module: Arc<str>,
+    pub(crate) callback: Callback<A, R>,
+    pub(crate) calls: AtomicU64,
+    pub(crate) nanos: AtomicU64,
+}
+
+impl<A, R> Registered<A, R> {
+    fn new(module: &str, callback: Callback<A, R>) -> Self {
+        Registered { module: module.into(), callback, calls: AtomicU64::new(0), nanos: AtomicU64::new(0) }
+    }
+}
+
+/// The per-callback lists, in registration (config) order.
+#[derive(Default)]
+pub(crate) struct Callbacks {
+    pub(crate) spam: spam_checker::SpamLists,
+    /// Web resources by exact path: `(module, resource)`.
+    pub(crate) web: HashMap<String, (Arc<str>, Arc<dyn WebResource>)>,
+}
+
+/// Where modules register and where services dispatch.
+pub struct ModuleRegistry {
+    /// Collects registrations during start-up; `None` once frozen.
+    building: Mutex<Option<Callbacks>>,
+    /// The lists dispatch reads: set once by [`ModuleRegistry::freeze`], then read lock-free.
+    frozen: OnceLock<Callbacks>,
+    /// Module instances, kept alive for the server's lifetime.
+    instances: Mutex<Vec<Box<dyn Any + Send + Sync>>>,
+}
+
+impl Default for ModuleRegistry {
+    fn default() -> Self {
+        ModuleRegistry {
+            building: Mutex::new(Some(Callbacks::default())),
+            frozen: OnceLock::new(),
+            instances: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// API roots whose handlers own every path below them: a module resource registered under one
+/// can never be reached (Synapse's leaf resources behave the same way).
+pub const BUILTIN_ROOTS: &[&str] =
+    &["/_matrix/client", "/_matrix/federation", "/_matrix/key", "/_matrix/media", "/_synapse/admin", "/health"];
+
+impl ModuleRegistry {
+    fn with_builder<T>(&self, what: &'static str, f: impl FnOnce(&mut Callbacks) -> T) -> Result<T, ModuleError> {
+        let mut guard = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(b) => Ok(f(b)),
+            None => Err(ModuleError::RegisteredAfterStartup(what)),
+        }
+    }
+
+    pub(crate) fn register_spam(&self, module: &str, cbs: SpamCheckerCallbacks) -> Result<(), ModuleError> {
+        self.with_builder("spam checker callbacks", |b| b.spam.add(module, cbs))
+    }
+
+    pub(crate) fn register_web(
+        &self,
+        module: &str,
+        path: &str,
+        resource: Arc<dyn WebResource>,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("a web resource", |b| {
+            if let Some((first, _)) = b.web.get(path) {
+                tracing::warn!(
+                    "Module {module} tried to register a web resource for path {path} but another module \
+                     ({first}) has already registered a resource for this path."
+                );
+                return;
+            }
+            for root in BUILTIN_ROOTS {
+                if path == *root {
+                    tracing::warn!(
+                        "Module {module} registered a web resource at {path}, which replaces Myelin's whole \
+                         {root} API (Synapse behaves the same). This is almost certainly a mistake."
+                    );
+                } else if path.starts_with(&format!("{root}/")) {
+                    tracing::warn!(
+                        "Module {module} registered a web resource at {path}, under the built-in API root \
+                         {root}: it will never be reached (as in Synapse). Use /_synapse/client/<module>/... instead."
+                    );
+                }
+            }
+            b.web.insert(path.to_owned(), (module.into(), resource));
+        })
+    }
+
+    /// Ends registration; later `register_*` calls fail with "after startup".
+    pub fn freeze(&self) {
+        let built = self.building.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(built) = built {
+            let _ = self.frozen.set(built);
+        }
+    }
+
+    pub(crate) fn callbacks(&self) -> &Callbacks {
+        static EMPTY: OnceLock<Callbacks> = OnceLock::new();
+        self.frozen.get().unwrap_or_else(|| EMPTY.get_or_init(Callbacks::default))
+    }
+
+    /// The module resource serving `path`, if any: an exact registration, or a registration of a
+    /// whole built-in root that `path` falls under.
+    pub fn web_resource(&self, path: &str) -> Option<Arc<dyn WebResource>> {
+        let web = &self.callbacks().web;
+        if let Some((_, r)) = web.get(path) {
+            return Some(r.clone());
+        }
+        BUILTIN_ROOTS
+            .iter()
+            .find(|root| path.starts_with(&format!("{root}/")))
+            .and_then(|root| web.get(*root))
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Per-module, per-callback call counts and time, in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# TYPE myelin_module_callback_calls_total counter\n# TYPE myelin_module_callback_seconds_total counter\n",
+        );
+        self.callbacks().spam.for_each_metric(&mut |callback, module, calls, nanos| {
+            out.push_str(&format!(
+                "myelin_module_callback_calls_total{{module=\"{module}\",callback=\"{callback}\"}} {calls}\n\
+                 myelin_module_callback_seconds_total{{module=\"{module}\",callback=\"{callback}\"}} {:.9}\n",
+                nanos as f64 / 1e9
+            ));
+        });
+        out
+    }
+}
+
+pub(crate) fn record<A, R>(reg: &Registered<A, R>, started: std::time::Instant) {
+    reg.calls.fetch_add(1, Ordering::Relaxed);
+    reg.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}

@@ -1,0 +1,254 @@
+//! Spam-checker dispatch: the semantics Synapse's `SpamCheckerModuleApiCallbacks` owns.
+//!
+//! For each callback: call the registered callbacks in registration order; stop at the first
+//! non-allow result; turn it into the call site's fixed message with the module's errcode and
+//! extra fields. A module's Matrix error passes through; any other error or a panic becomes a
+//! 500 for that request only. Every call is counted and timed under its module's name.
+//!
+//! Admin exemptions are decided by the call sites (they know the requester); the table is in
+//! docs/modules/callbacks.md.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use futures::FutureExt;
+use myelin_module_api::EventView;
+use myelin_module_api::spam::*;
+use serde_json::{Map, Value};
+
+use super::{ModuleRegistry, Registered, record};
+use crate::{Error, ErrorKind, Result};
+
+macro_rules! spam_lists {
+    ($($name:ident: ($($arg:ty),*) -> $ret:ty;)*) => {
+        /// One list per spam-checker callback.
+        #[derive(Default)]
+        pub(crate) struct SpamLists {
+            $(pub(crate) $name: Vec<Registered<($($arg,)*), $ret>>,)*
+        }
+
+        impl SpamLists {
+            pub(crate) fn add(&mut self, module: &str, cbs: SpamCheckerCallbacks) {
+                $(if let Some(cb) = cbs.$name {
+                    self.$name.push(Registered::new(module, cb));
+                })*
+            }
+
+            pub(crate) fn for_each_metric(&self, f: &mut dyn FnMut(&str, &str, u64, u64)) {
+                use std::sync::atomic::Ordering::Relaxed;
+                $(for r in &self.$name {
+                    f(stringify!($name), &r.module, r.calls.load(Relaxed), r.nanos.load(Relaxed));
+                })*
+            }
+        }
+    };
+}
+
+spam_lists! {
+    check_event_for_spam: (EventView) -> EventDecision;
+    user_may_invite: (String, String, String) -> Decision;
+    user_may_join_room: (String, String, bool) -> Decision;
+    user_may_create_room: (String, Map<String, Value>) -> Decision;
+    user_may_create_room_alias: (String, String) -> Decision;
+    user_may_publish_room: (String, String) -> Decision;
+    user_may_send_state_event: (String, String, String, String, Map<String, Value>) -> Decision;
+    check_username_for_spam: (UserProfile, String) -> bool;
+    check_registration_for_spam: (Option<Value>, Option<String>, Vec<(String, String)>, Option<String>) -> RegistrationBehaviour;
+    check_login_for_spam: (String, Option<String>, Option<String>, Vec<(String, String)>, Option<String>) -> Decision;
+    check_media_file_for_spam: (MediaFile) -> Decision;
+}
+
+/// Calls each callback in order until one's result is not an allow; returns that result.
+async fn first_objection<A: Clone, R>(
+    list: &[Registered<A, R>],
+    name: &str,
+    args: A,
+    allows: impl Fn(&R) -> bool,
+) -> Result<Option<R>> {
+    for reg in list {
+        let started = Instant::now();
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.callback)(args.clone()))) {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+            Err(panic) => Err(panic),
+        };
+        record(reg, started);
+        match outcome {
+            Ok(Ok(result)) if allows(&result) => continue,
+            Ok(Ok(result)) => return Ok(Some(result)),
+            Ok(Err(e)) => {
+                tracing::warn!("module {} raised in {name}: {e}", reg.module);
+                return Err(Error::from(e));
+            }
+            Err(_) => {
+                return Err(Error::internal(format!("module {} panicked in {name}", reg.module)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn denial(d: Denial, message: &str) -> Error {
+    Error::new(ErrorKind::Denied(d.errcode), message).with_fields(d.fields)
+}
+
+async fn decide<A: Clone>(
+    list: &[Registered<A, Decision>],
+    name: &str,
+    args: A,
+    message: &str,
+) -> Result<()> {
+    match first_objection(list, name, args, |d| *d == Decision::Allow).await? {
+        Some(Decision::Deny(d)) => Err(denial(d, message)),
+        _ => Ok(()),
+    }
+}
+
+impl ModuleRegistry {
+    /// `check_event_for_spam`: Ok if no module objects.
+    pub async fn check_event_for_spam(&self, event: &EventView) -> Result<()> {
+        let list = &self.callbacks().spam.check_event_for_spam;
+        if list.is_empty() {
+            return Ok(());
+        }
+        match first_objection(list, "check_event_for_spam", (event.clone(),), |d| *d == EventDecision::Allow).await? {
+            Some(EventDecision::Deny(d)) => Err(denial(d, "This message has been rejected as probable spam")),
+            Some(EventDecision::DenyWithMessage(m)) => Err(Error::forbidden(m)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `user_may_invite`.
+    pub async fn user_may_invite(&self, inviter: &str, invitee: &str, room_id: &str) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_invite;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (inviter.to_owned(), invitee.to_owned(), room_id.to_owned());
+        decide(list, "user_may_invite", args, "Invites have been disabled on this server").await
+    }
+
+    /// `user_may_join_room`.
+    pub async fn user_may_join_room(&self, user_id: &str, room_id: &str, is_invited: bool) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_join_room;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (user_id.to_owned(), room_id.to_owned(), is_invited);
+        decide(list, "user_may_join_room", args, "Not allowed to join this room").await
+    }
+
+    /// `user_may_create_room`, with the (possibly amended) request body.
+    pub async fn user_may_create_room(&self, user_id: &str, config: &Map<String, Value>) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_create_room;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (user_id.to_owned(), config.clone());
+        decide(list, "user_may_create_room", args, "You are not permitted to create rooms").await
+    }
+
+    /// `user_may_create_room_alias`.
+    pub async fn user_may_create_room_alias(&self, user_id: &str, alias: &str) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_create_room_alias;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (user_id.to_owned(), alias.to_owned());
+        decide(list, "user_may_create_room_alias", args, "This user is not permitted to create this alias").await
+    }
+
+    /// `user_may_publish_room`.
+    pub async fn user_may_publish_room(&self, user_id: &str, room_id: &str) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_publish_room;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (user_id.to_owned(), room_id.to_owned());
+        decide(list, "user_may_publish_room", args, "This user is not permitted to publish rooms to the room list")
+            .await
+    }
+
+    /// `user_may_send_state_event`. Extra fields are dropped, as in Synapse.
+    pub async fn user_may_send_state_event(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        content: &Map<String, Value>,
+    ) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_send_state_event;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (user_id.to_owned(), room_id.to_owned(), event_type.to_owned(), state_key.to_owned(), content.clone());
+        match first_objection(list, "user_may_send_state_event", args, |d| *d == Decision::Allow).await? {
+            Some(Decision::Deny(d)) => Err(Error::new(ErrorKind::Denied(d.errcode), "You are not permitted to send the state event")),
+            _ => Ok(()),
+        }
+    }
+
+    /// `check_username_for_spam`: whether any module hides this user from `requester_id`.
+    pub async fn check_username_for_spam(&self, profile: UserProfile, requester_id: &str) -> Result<bool> {
+        let list = &self.callbacks().spam.check_username_for_spam;
+        if list.is_empty() {
+            return Ok(false);
+        }
+        let found = first_objection(list, "check_username_for_spam", (profile, requester_id.to_owned()), |spammy| !spammy)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// `check_registration_for_spam`: the first non-Allow behaviour.
+    pub async fn check_registration_for_spam(
+        &self,
+        email_threepid: Option<Value>,
+        username: Option<&str>,
+        request_info: Vec<(String, String)>,
+        auth_provider_id: Option<&str>,
+    ) -> Result<RegistrationBehaviour> {
+        let list = &self.callbacks().spam.check_registration_for_spam;
+        if list.is_empty() {
+            return Ok(RegistrationBehaviour::Allow);
+        }
+        let args = (email_threepid, username.map(str::to_owned), request_info, auth_provider_id.map(str::to_owned));
+        let found = first_objection(list, "check_registration_for_spam", args, |b| *b == RegistrationBehaviour::Allow)
+            .await?;
+        Ok(found.unwrap_or(RegistrationBehaviour::Allow))
+    }
+
+    /// `check_login_for_spam`.
+    pub async fn check_login_for_spam(
+        &self,
+        user_id: &str,
+        device_id: Option<&str>,
+        initial_display_name: Option<&str>,
+        request_info: Vec<(String, String)>,
+        auth_provider_id: Option<&str>,
+    ) -> Result<()> {
+        let list = &self.callbacks().spam.check_login_for_spam;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (
+            user_id.to_owned(),
+            device_id.map(str::to_owned),
+            initial_display_name.map(str::to_owned),
+            request_info,
+            auth_provider_id.map(str::to_owned),
+        );
+        decide(list, "check_login_for_spam", args, "Login was blocked by the server").await
+    }
+
+    /// `check_media_file_for_spam`: any denial is `400 M_UNKNOWN "Bad content"` for uploads.
+    pub async fn check_media_file_for_spam(&self, file: MediaFile) -> Result<()> {
+        let list = &self.callbacks().spam.check_media_file_for_spam;
+        if list.is_empty() {
+            return Ok(());
+        }
+        match first_objection(list, "check_media_file_for_spam", (file,), |d| *d == Decision::Allow).await? {
+            Some(_) => Err(Error::new(ErrorKind::BadContent, "Bad content")),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,902 @@
+//! Rooms: the local event graph (build, auth, persist), room creation, membership, sending,
+//! state and history.
+//!
+//! Every local event goes through [`Homeserver::append_event`], under the room's send lock:
+//! pick auth events from the current state, sign, run the authorization rules against the
+//! current state, persist (event, state group delta, extremities, txn ID) in one transaction,
+//! then update the cache and wake `/sync`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use myelin_module_api::EventView;
+use myelin_storage::{NewEvent, RoomRow, StateChange, StateEntry};
+use ruma::events::TimelineEventType;
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::events::{EventDraft, Pdu, client_event, redact_json, sign_event};
+use crate::server::{now_ms, random_string};
+use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+
+/// A room's cached current state, extremities and depth; guarded by the room's send lock.
+pub(crate) struct RoomCache {
+    pub(crate) rules: RoomVersionRules,
+    pub(crate) state: HashMap<(String, String), OwnedEventId>,
+    /// The state group matching `state`, or `None` when the next write must be a snapshot.
+    pub(crate) state_group: Option<i64>,
+    /// Deltas since the last full snapshot.
+    pub(crate) chain_len: i64,
+    pub(crate) extremities: Vec<OwnedEventId>,
+    pub(crate) depth: u64,
+}
+
+/// Options of one appended event.
+#[derive(Default)]
+pub(crate) struct AppendOptions {
+    /// `(user_id, device_id, txn_id)` for idempotent sends.
+    pub txn: Option<(String, String, String)>,
+    /// Whether `check_event_for_spam` applies (non-membership events from clients and modules,
+    /// but not createRoom's initial events).
+    pub spam_check: bool,
+}
+
+/// The result of appending an event.
+pub(crate) struct Appended {
+    pub(crate) pdu: Pdu,
+    pub(crate) json: String,
+}
+
+/// `POST /createRoom`'s body, shape-checked by `http` and validated here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateRoomRequest {
+    /// `public` or `private`.
+    pub visibility: Option<String>,
+    /// Local alias localpart.
+    pub room_alias_name: Option<String>,
+    /// `m.room.name`.
+    pub name: Option<String>,
+    /// `m.room.topic`.
+    pub topic: Option<String>,
+    /// Users to invite.
+    pub invite: Vec<String>,
+    /// Extra content for `m.room.create`.
+    pub creation_content: Option<Map<String, Value>>,
+    /// Extra state events.
+    pub initial_state: Vec<InitialStateEvent>,
+    /// `private_chat`, `public_chat` or `trusted_private_chat`.
+    pub preset: Option<String>,
+    /// Mark invites as direct chats.
+    pub is_direct: bool,
+    /// Merged into the default power levels.
+    pub power_level_content_override: Option<Map<String, Value>>,
+    /// Room version.
+    pub room_version: Option<String>,
+}
+
+/// An `initial_state` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InitialStateEvent {
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// State key.
+    #[serde(default)]
+    pub state_key: String,
+    /// Content.
+    pub content: Map<String, Value>,
+}
+
+/// A page of `/messages`.
+#[derive(Debug, Clone)]
+pub struct MessagesPage {
+    /// Client-format events.
+    pub chunk: Vec<Value>,
+    /// The token the page started at.
+    pub start: String,
+    /// Where to continue, if there is more.
+    pub end: Option<String>,
+    /// Member events of the senders (lazy loading).
+    pub state: Vec<Value>,
+}
+
+/// Power levels, with the spec's defaults.
+struct PowerLevels(Map<String, Value>);
+
+impl PowerLevels {
+    fn int(&self, key: &str, default: i64) -> i64 {
+        self.0.get(key).and_then(as_int).unwrap_or(default)
+    }
+    fn user(&self, user: &str) -> i64 {
+        self.0
+            .get("users")
+            .and_then(|u| u.get(user))
+            .and_then(as_int)
+            .unwrap_or_else(|| self.int("users_default", 0))
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn parse_room_id(room_id: &str) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param(format!("Invalid room ID: {room_id}")))
+}
+
+fn parse_user_id(user_id: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param(format!("Invalid user ID: {user_id}")))
+}
+
+/// Stream tokens: `s<N>` from /sync, `t<N>` from pagination; both mean "position N".
+pub(crate) fn parse_token(token: &str) -> Option<i64> {
+    token.strip_prefix('s').or_else(|| token.strip_prefix('t')).and_then(|n| n.parse().ok()).filter(|n| *n >= 0)
+}
+
+impl Homeserver {
+    async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {
+        let entry = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.entry(room_id.to_owned()).or_default().clone()
+        };
+        let mut guard = entry.lock_owned().await;
+        if guard.is_none() {
+            *guard = self.load_room_cache(room_id).await?;
+        }
+        Ok(guard)
+    }
+
+    async fn load_room_cache(&self, room_id: &RoomId) -> Result<Option<RoomCache>> {
+        let rid = room_id.to_string();
+        let loaded = self
+            .db(move |s| {
+                let Some(room) = s.get_room(&rid)? else { return Ok(None) };
+                let state = s.get_current_state(&rid)?;
+                let extremities = s.get_forward_extremities(&rid)?;
+                let mut depth = 0;
+                let mut group = None;
+                for id in &extremities {
+                    if let Some(ev) = s.get_event(id)? {
+                        let v: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+                        depth = depth.max(v["depth"].as_u64().unwrap_or(0));
+                        group = ev.state_group;
+                    }
+                }
+                if extremities.len() != 1 {
+                    group = None;
+                }
+                let chain_len = match group {
+                    Some(g) => s.state_group_chain_length(g)?,
+                    None => 0,
+                };
+                Ok(Some((room, state, extremities, depth, group, chain_len)))
+            })
+            .await?;
+        let Some((room, state, extremities, depth, state_group, chain_len)) = loaded else { return Ok(None) };
+        let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
+            .ok()
+            .and_then(|v| v.rules())
+            .ok_or_else(|| Error::internal(format!("unknown room version {}", room.room_version)))?;
+        Ok(Some(RoomCache {
+            rules,
+            state: state
+                .into_iter()
+                .filter_map(|e| Some(((e.event_type, e.state_key), OwnedEventId::try_from(e.event_id).ok()?)))
+                .collect(),
+            state_group,
+            chain_len,
+            extremities: extremities.into_iter().filter_map(|e| OwnedEventId::try_from(e).ok()).collect(),
+            depth,
+        }))
+    }
+
+    async fn load_events(&self, ids: Vec<String>) -> Result<HashMap<OwnedEventId, Pdu>> {
+        self.db(move |s| {
+            let mut out = HashMap::new();
+            for id in ids {
+                if let Some(row) = s.get_event(&id)?
+                    && let Ok(mut pdu) = Pdu::from_json_str(&row.json)
+                {
+                    pdu.rejected = row.rejected;
+                    out.insert(pdu.event_id.clone(), pdu);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Builds, authorises and persists one local event. The one path every local event takes.
+    pub(crate) async fn append_event(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Map<String, Value>,
+        options: AppendOptions,
+    ) -> Result<Appended> {
+        let mut guard = self.room_lock(room_id).await?;
+        let Some(cache) = guard.as_mut() else {
+            return Err(Error::not_found(format!("Unknown room {room_id}")));
+        };
+        if let Some((user, device, txn)) = &options.txn {
+            let (u, d, t) = (user.clone(), device.clone(), txn.clone());
+            if let Some(existing) = self.db(move |s| s.get_txn_event(&u, &d, &t)).await? {
+                let events = self.load_events(vec![existing.clone()]).await?;
+                let json = self.db(move |s| s.get_event(&existing)).await?.map(|r| r.json).unwrap_or_default();
+                let pdu = events.into_values().next().ok_or_else(|| Error::internal("txn event vanished"))?;
+                return Ok(Appended { pdu, json });
+            }
+        }
+        let timeline_type = TimelineEventType::from(kind);
+        let raw_content = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &timeline_type,
+            sender,
+            state_key,
+            &raw_content,
+            &cache.rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+        let auth_ids: Vec<OwnedEventId> = auth_types
+            .iter()
+            .filter_map(|(t, k)| cache.state.get(&(t.to_string(), k.clone())).cloned())
+            .collect();
+        let redacts = if timeline_type == TimelineEventType::RoomRedaction {
+            content.get("redacts").and_then(Value::as_str).map(str::to_owned)
+        } else {
+            None
+        };
+        let mut to_load: Vec<String> = auth_ids.iter().map(|e| e.to_string()).collect();
+        if let Some(target) = &redacts {
+            to_load.push(target.clone());
+        }
+        let loaded = self.load_events(to_load).await?;
+
+        let draft = EventDraft {
+            room_id,
+            sender,
+            kind,
+            state_key,
+            content,
+            prev_events: cache.extremities.clone(),
+            auth_events: auth_ids.clone(),
+            depth: cache.depth + 1,
+            // v11 moved `redacts` into content; v10 needs it at the top level too.
+            redacts: if cache.rules.redaction.keep_room_redaction_redacts { None } else { redacts.as_deref() },
+            origin_server_ts: MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+        };
+        let signed = sign_event(draft, &cache.rules, self.server_name(), &self.key)?;
+        let pdu = signed.pdu;
+
+        crate::state::check_auth(&cache.rules, &pdu, &loaded, &cache.state)
+            .map_err(Error::forbidden)?;
+
+        // Redacting someone else's event needs the redact power level.
+        let mut redaction = None;
+        if let Some(target) = &redacts {
+            let target_id = OwnedEventId::try_from(target.as_str())
+                .map_err(|_| Error::bad_json("Invalid event ID in redacts"))?;
+            if let Some(original) = loaded.get(&target_id) {
+                if original.room_id != *room_id {
+                    return Err(Error::not_found("Event not found"));
+                }
+                if original.sender != *sender {
+                    let pl = self.power_levels(cache).await?;
+                    if pl.user(sender.as_str()) < pl.int("redact", 50) {
+                        return Err(Error::forbidden("You don't have permission to redact events"));
+                    }
+                }
+                let because = client_event(&serde_json::from_str(&signed.json).map_err(Error::internal)?);
+                let original_json = self.db({
+                    let t = target.clone();
+                    move |s| s.get_event(&t)
+                })
+                .await?
+                .map(|r| r.json)
+                .unwrap_or_default();
+                redaction = Some((target.clone(), redact_json(&original_json, &cache.rules, Some(&because))?));
+            }
+        }
+
+        if options.spam_check {
+            let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
+            self.modules.check_event_for_spam(&view).await?;
+        }
+
+        let state_change = match state_key {
+            Some(key) => {
+                let entry = StateEntry { event_type: kind.to_owned(), state_key: key.to_owned(), event_id: pdu.event_id.to_string() };
+                match cache.state_group {
+                    Some(prev) if cache.chain_len < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN => {
+                        StateChange::New { prev: Some(prev), delta: vec![entry] }
+                    }
+                    _ => {
+                        let mut full: Vec<StateEntry> = cache
+                            .state
+                            .iter()
+                            .filter(|((t, k), _)| !(t == kind && k == key))
+                            .map(|((t, k), e)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: e.to_string() })
+                            .collect();
+                        full.push(entry);
+                        StateChange::New { prev: None, delta: full }
+                    }
+                }
+            }
+            None => match cache.state_group {
+                Some(g) => StateChange::Same(g),
+                None => StateChange::New {
+                    prev: None,
+                    delta: cache
+                        .state
+                        .iter()
+                        .map(|((t, k), e)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: e.to_string() })
+                        .collect(),
+                },
+            },
+        };
+        let is_snapshot = matches!(&state_change, StateChange::New { prev: None, .. });
+        let membership = pdu.membership();
+        let json = signed.json.clone();
+        let event_id = pdu.event_id.to_string();
+        let rid = room_id.to_string();
+        let kind_owned = kind.to_owned();
+        let state_key_owned = state_key.map(str::to_owned);
+        let sender_owned = sender.to_string();
+        let txn = options.txn.clone();
+        let (stream, group) = self
+            .db(move |s| {
+                let extremities = [event_id.clone()];
+                s.persist_event(&NewEvent {
+                    event_id: &event_id,
+                    room_id: &rid,
+                    event_type: &kind_owned,
+                    state_key: state_key_owned.as_deref(),
+                    sender: &sender_owned,
+                    membership: membership.as_deref(),
+                    json: &json,
+                    rejected: false,
+                    soft_failed: false,
+                    state: state_change,
+                    forward_extremities: &extremities,
+                    updates_current_state: true,
+                    txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
+                    redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
+                })
+            })
+            .await?;
+        if let Some(key) = state_key {
+            cache.state.insert((kind.to_owned(), key.to_owned()), pdu.event_id.clone());
+            cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
+        }
+        cache.state_group = Some(group);
+        cache.extremities = vec![pdu.event_id.clone()];
+        cache.depth += 1;
+        drop(guard);
+        self.advance_stream(stream);
+        Ok(Appended { pdu, json: signed.json })
+    }
+
+    async fn power_levels(&self, cache: &RoomCache) -> Result<PowerLevels> {
+        let Some(id) = cache.state.get(&("m.room.power_levels".to_owned(), String::new())) else {
+            return Ok(PowerLevels(Map::new()));
+        };
+        let events = self.load_events(vec![id.to_string()]).await?;
+        Ok(PowerLevels(events.values().next().map(Pdu::content_map).unwrap_or_default()))
+    }
+
+    /// The current state of a room as `(type, state_key) -> event_id`, if the room exists.
+    pub(crate) async fn current_state(&self, room_id: &RoomId) -> Result<Option<HashMap<(String, String), OwnedEventId>>> {
+        let guard = self.room_lock(room_id).await?;
+        Ok(guard.as_ref().map(|c| c.state.clone()))
+    }
+
+    async fn state_content(&self, room_id: &RoomId, kind: &str, key: &str) -> Result<Option<Map<String, Value>>> {
+        let Some(state) = self.current_state(room_id).await? else { return Ok(None) };
+        let Some(id) = state.get(&(kind.to_owned(), key.to_owned())) else { return Ok(None) };
+        Ok(self.load_events(vec![id.to_string()]).await?.values().next().map(Pdu::content_map))
+    }
+
+    /// A user's current membership in a room.
+    pub(crate) async fn membership_of(&self, room_id: &RoomId, user_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .state_content(room_id, "m.room.member", user_id)
+            .await?
+            .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned)))
+    }
+
+    async fn require_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        if self.membership_of(room_id, user_id.as_str()).await?.as_deref() == Some("join") {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("User {user_id} not in room {room_id}")))
+        }
+    }
+
+    /// `POST /createRoom` (and `ModuleApi.create_room`). Returns `(room_id, alias)`.
+    pub async fn create_room(&self, requester: &Requester, body: Map<String, Value>) -> Result<(OwnedRoomId, Option<String>)> {
+        let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
+            .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;
+        let version = request.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());
+        if !crate::config::SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
+            return Err(Error::new(ErrorKind::UnsupportedRoomVersion, "Your homeserver does not support this room version"));
+        }
+        let rules = ruma::RoomVersionId::try_from(version.as_str())
+            .ok()
+            .and_then(|v| v.rules())
+            .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown room version"))?;
+        let visibility = request.visibility.as_deref().unwrap_or("private");
+        if !["public", "private"].contains(&visibility) {
+            return Err(Error::invalid_param("visibility must be 'public' or 'private'"));
+        }
+        let preset = request
+            .preset
+            .clone()
+            .unwrap_or_else(|| if visibility == "public" { "public_chat".into() } else { "private_chat".into() });
+        if !["private_chat", "public_chat", "trusted_private_chat"].contains(&preset.as_str()) {
+            return Err(Error::invalid_param(format!("Unknown preset {preset}")));
+        }
+        let mut invitees = Vec::new();
+        for i in &request.invite {
+            invitees.push(parse_user_id(i)?);
+        }
+        if request.room_alias_name.is_some() {
+            return Err(Error::new(ErrorKind::BadRequest, "Room aliases are not supported yet"));
+        }
+        if !requester.is_admin {
+            self.modules.user_may_create_room(requester.user_id.as_str(), &body).await?;
+        }
+
+        let room_id = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
+            .map_err(Error::internal)?;
+        let row = RoomRow {
+            room_id: room_id.to_string(),
+            room_version: version.clone(),
+            creator: requester.user_id.to_string(),
+            is_public: visibility == "public",
+        };
+        self.db(move |s| s.create_room(&row)).await?;
+
+        let creator = &requester.user_id;
+        let send = |kind: &'static str, key: Option<String>, content: Value| {
+            let room_id = room_id.clone();
+            async move {
+                let Value::Object(content) = content else { return Err(Error::bad_json("content must be an object")) };
+                self.append_event(&room_id, creator, kind, key.as_deref(), content, AppendOptions::default()).await
+            }
+        };
+        let mut create_content = request.creation_content.clone().unwrap_or_default();
+        if !rules.authorization.use_room_create_sender {
+            create_content.insert("creator".into(), json!(creator));
+        }
+        create_content.insert("room_version".into(), json!(version));
+        send("m.room.create", Some(String::new()), Value::Object(create_content)).await?;
+        let (displayname, avatar_url) = self.profile_of(creator.as_str()).await?;
+        let mut join = json!({"membership": "join"});
+        if let Some(d) = displayname {
+            join["displayname"] = json!(d);
+        }
+        if let Some(a) = avatar_url {
+            join["avatar_url"] = json!(a);
+        }
+        send("m.room.member", Some(creator.to_string()), join).await?;
+
+        let mut users = Map::new();
+        users.insert(creator.to_string(), json!(100));
+        if preset == "trusted_private_chat" {
+            for i in &invitees {
+                users.insert(i.to_string(), json!(100));
+            }
+        }
+        let mut power = json!({
+            "users": users, "users_default": 0,
+            "events": {
+                "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+                "m.room.server_acl": 100, "m.room.encryption": 100
+            },
+            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+            "historical": 100
+        });
+        if let Some(over) = &request.power_level_content_override {
+            for (k, v) in over {
+                power[k] = v.clone();
+            }
+        }
+        send("m.room.power_levels", Some(String::new()), power).await?;
+        let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+        send("m.room.join_rules", Some(String::new()), json!({"join_rule": join_rule})).await?;
+        send("m.room.history_visibility", Some(String::new()), json!({"history_visibility": "shared"})).await?;
+        if preset != "public_chat" {
+            send("m.room.guest_access", Some(String::new()), json!({"guest_access": "can_join"})).await?;
+        }
+        for ev in &request.initial_state {
+            let room_id = room_id.clone();
+            self.append_event(&room_id, creator, &ev.kind, Some(&ev.state_key), ev.content.clone(), AppendOptions::default())
+                .await?;
+        }
+        if let Some(name) = &request.name {
+            send("m.room.name", Some(String::new()), json!({"name": name})).await?;
+        }
+        if let Some(topic) = &request.topic {
+            send("m.room.topic", Some(String::new()), json!({"topic": topic})).await?;
+        }
+        // Invites run after the room exists: a denied invite fails the request but the room
+        // stays, as in Synapse. Shadow-banned creators' invites are silently dropped.
+        if !requester.shadow_banned {
+            for invitee in &invitees {
+                let mut extra = Map::new();
+                if request.is_direct {
+                    extra.insert("is_direct".into(), json!(true));
+                }
+                self.update_membership(requester, &room_id, invitee, "invite", None, extra).await?;
+            }
+        }
+        Ok((room_id, None))
+    }
+
+    /// Changes `target`'s membership as `requester`: invite, join, leave (also kick), ban,
+    /// unban. `user_may_invite` and `user_may_join_room` are called here, their one call site.
+    pub async fn update_membership(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        action: &str,
+        reason: Option<String>,
+        mut content: Map<String, Value>,
+    ) -> Result<Arc<Value>> {
+        let sender = &requester.user_id;
+        let current = self.membership_of(room_id, target.as_str()).await?;
+        if self.current_state(room_id).await?.is_none() {
+            return Err(Error::not_found("No known servers"));
+        }
+        let membership = match action {
+            "unban" => {
+                if current.as_deref() != Some("ban") {
+                    return Err(Error::forbidden(format!("{target} is not banned")));
+                }
+                "leave"
+            }
+            "invite" | "join" | "leave" | "ban" => action,
+            other => return Err(Error::invalid_param(format!("Unknown membership {other}"))),
+        };
+        match membership {
+            "invite" => {
+                if requester.shadow_banned {
+                    crate::users::shadow_ban_delay().await;
+                    return Ok(Arc::new(json!({})));
+                }
+                if current.as_deref() == Some("join") {
+                    return Err(Error::forbidden(format!("{target} is already in the room.")));
+                }
+                if current.as_deref() == Some("ban") {
+                    return Err(Error::forbidden(format!("{target} is banned from the room")));
+                }
+                if !requester.is_admin {
+                    self.modules.user_may_invite(sender.as_str(), target.as_str(), room_id.as_str()).await?;
+                }
+            }
+            "join" => {
+                if current.as_deref() == Some("ban") {
+                    return Err(Error::forbidden(format!("{target} is banned from the room")));
+                }
+                if !requester.is_admin && current.as_deref() != Some("join") {
+                    let is_invited = current.as_deref() == Some("invite");
+                    self.modules.user_may_join_room(sender.as_str(), room_id.as_str(), is_invited).await?;
+                }
+            }
+            _ => {}
+        }
+        if membership == "join" || (membership == "invite" && self.is_mine(target)) {
+            let (displayname, avatar_url) = self.profile_of(target.as_str()).await?;
+            if let Some(d) = displayname {
+                content.entry("displayname").or_insert(json!(d));
+            }
+            if let Some(a) = avatar_url {
+                content.entry("avatar_url").or_insert(json!(a));
+            }
+        }
+        content.insert("membership".into(), json!(membership));
+        if let Some(r) = reason {
+            content.insert("reason".into(), json!(r));
+        }
+        let appended = self
+            .append_event(room_id, sender, "m.room.member", Some(target.as_str()), content, AppendOptions::default())
+            .await?;
+        Ok(Arc::new(serde_json::from_str(&appended.json).map_err(Error::internal)?))
+    }
+
+    /// Joins a room by ID.
+    pub async fn join_room(&self, requester: &Requester, room_id: &str) -> Result<OwnedRoomId> {
+        let room_id = if room_id.starts_with('#') {
+            return Err(Error::not_found("Room alias not found"));
+        } else {
+            parse_room_id(room_id)?
+        };
+        let user = requester.user_id.clone();
+        self.update_membership(requester, &room_id, &user, "join", None, Map::new()).await?;
+        Ok(room_id)
+    }
+
+    /// Sends a message-like event (`PUT /send`), idempotent per device and transaction ID.
+    pub async fn send_message(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        kind: &str,
+        txn_id: &str,
+        content: Map<String, Value>,
+    ) -> Result<String> {
+        let room_id = parse_room_id(room_id)?;
+        if requester.shadow_banned {
+            crate::users::shadow_ban_delay().await;
+            return Ok(format!("${}", random_string(43)));
+        }
+        if kind == "m.room.member" || kind == "m.room.create" {
+            return Err(Error::bad_json(format!("Cannot send {kind} with /send")));
+        }
+        self.require_joined(&room_id, &requester.user_id).await?;
+        let txn = Some((requester.user_id.to_string(), requester.device_id.clone(), txn_id.to_owned()));
+        let appended = self
+            .append_event(&room_id, &requester.user_id, kind, None, content, AppendOptions { txn, spam_check: true })
+            .await?;
+        Ok(appended.pdu.event_id.to_string())
+    }
+
+    /// `PUT /state/{type}/{key}`. Member events go through [`Homeserver::update_membership`].
+    pub async fn send_state(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+        content: Map<String, Value>,
+    ) -> Result<String> {
+        let room_id = parse_room_id(room_id)?;
+        if !requester.is_admin {
+            self.modules
+                .user_may_send_state_event(requester.user_id.as_str(), room_id.as_str(), kind, state_key, &content)
+                .await?;
+        }
+        if kind == "m.room.member" {
+            let target = parse_user_id(state_key)?;
+            let membership = content.get("membership").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let ev = self.update_membership(requester, &room_id, &target, &membership, None, content).await?;
+            return Ok(ev["event_id"].as_str().unwrap_or_default().to_owned());
+        }
+        if kind == "m.room.create" {
+            return Err(Error::forbidden("Cannot change m.room.create"));
+        }
+        if requester.shadow_banned {
+            crate::users::shadow_ban_delay().await;
+            return Ok(format!("${}", random_string(43)));
+        }
+        self.require_joined(&room_id, &requester.user_id).await?;
+        let appended = self
+            .append_event(
+                &room_id,
+                &requester.user_id,
+                kind,
+                Some(state_key),
+                content,
+                AppendOptions { txn: None, spam_check: true },
+            )
+            .await?;
+        Ok(appended.pdu.event_id.to_string())
+    }
+
+    /// `PUT /redact/{eventId}/{txnId}`.
+    pub async fn redact(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        event_id: &str,
+        txn_id: &str,
+        reason: Option<String>,
+    ) -> Result<String> {
+        let room_id = parse_room_id(room_id)?;
+        OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+        if requester.shadow_banned {
+            crate::users::shadow_ban_delay().await;
+            return Ok(format!("${}", random_string(43)));
+        }
+        self.require_joined(&room_id, &requester.user_id).await?;
+        let mut content = Map::new();
+        content.insert("redacts".into(), json!(event_id));
+        if let Some(r) = reason {
+            content.insert("reason".into(), json!(r));
+        }
+        let txn = Some((requester.user_id.to_string(), requester.device_id.clone(), format!("redact:{txn_id}")));
+        let appended = self
+            .append_event(&room_id, &requester.user_id, "m.room.redaction", None, content, AppendOptions { txn, spam_check: true })
+            .await?;
+        Ok(appended.pdu.event_id.to_string())
+    }
+
+    /// The client-format events of a room's current state; the user must be joined.
+    pub async fn room_state(&self, requester: &Requester, room_id: &str) -> Result<Vec<Value>> {
+        let room_id = parse_room_id(room_id)?;
+        self.require_joined(&room_id, &requester.user_id).await?;
+        let state = self.current_state(&room_id).await?.unwrap_or_default();
+        self.client_events(state.values().map(|e| e.to_string()).collect()).await
+    }
+
+    /// One state event's content.
+    pub async fn room_state_event(&self, requester: &Requester, room_id: &str, kind: &str, key: &str) -> Result<Value> {
+        let room_id = parse_room_id(room_id)?;
+        self.require_joined(&room_id, &requester.user_id).await?;
+        match self.state_content(&room_id, kind, key).await? {
+            Some(c) => Ok(Value::Object(c)),
+            None => Err(Error::not_found("Event not found.")),
+        }
+    }
+
+    /// Client-format events by ID, in the given order, skipping unknown ones.
+    pub(crate) async fn client_events(&self, ids: Vec<String>) -> Result<Vec<Value>> {
+        self.db(move |s| {
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(row) = s.get_event(&id)? {
+                    out.push(client_event(&serde_json::from_str(&row.json).unwrap_or_default()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn get_room_event(&self, requester: &Requester, room_id: &str, event_id: &str) -> Result<Value> {
+        let room_id = parse_room_id(room_id)?;
+        self.require_joined(&room_id, &requester.user_id).await?;
+        let id = event_id.to_owned();
+        let row = self.db(move |s| s.get_event(&id)).await?;
+        match row {
+            Some(r) if !r.rejected => {
+                let v: Value = serde_json::from_str(&r.json).map_err(Error::internal)?;
+                if v["room_id"] != json!(room_id) {
+                    return Err(Error::not_found("Event not found."));
+                }
+                Ok(client_event(&v))
+            }
+            _ => Err(Error::not_found("Event not found.")),
+        }
+    }
+
+    /// `GET /joined_rooms`.
+    pub async fn joined_rooms(&self, requester: &Requester) -> Result<Vec<String>> {
+        let user = requester.user_id.to_string();
+        self.db(move |s| s.rooms_for_user(&user, "join")).await
+    }
+
+    /// `GET /members`: member events, filtered by membership.
+    pub async fn room_members(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        membership: Option<&str>,
+        not_membership: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let room_id = parse_room_id(room_id)?;
+        self.require_joined(&room_id, &requester.user_id).await?;
+        let state = self.current_state(&room_id).await?.unwrap_or_default();
+        let ids = state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, e)| e.to_string()).collect();
+        let events = self.client_events(ids).await?;
+        Ok(events
+            .into_iter()
+            .filter(|e| {
+                let m = e["content"]["membership"].as_str();
+                membership.is_none_or(|want| m == Some(want)) && not_membership.is_none_or(|not| m != Some(not))
+            })
+            .collect())
+    }
+
+    /// `GET /joined_members`: `user_id -> {display_name, avatar_url}`.
+    pub async fn joined_members(&self, requester: &Requester, room_id: &str) -> Result<Map<String, Value>> {
+        let members = self.room_members(requester, room_id, Some("join"), None).await?;
+        Ok(members
+            .into_iter()
+            .map(|e| {
+                let key = e["state_key"].as_str().unwrap_or_default().to_owned();
+                (key, json!({"display_name": e["content"]["displayname"], "avatar_url": e["content"]["avatar_url"]}))
+            })
+            .collect())
+    }
+
+    /// `GET /messages`.
+    pub async fn messages(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<MessagesPage> {
+        let room_id = parse_room_id(room_id)?;
+        let user = requester.user_id.to_string();
+        let membership = self.membership_of(&room_id, &user).await?;
+        let max = *self.stream.borrow();
+        // A user who left sees history up to their leave.
+        let visible_until = match membership.as_deref() {
+            Some("join") => max,
+            Some("leave") | Some("ban") => {
+                let rid = room_id.to_string();
+                let u = user.clone();
+                self.db(move |s| Ok(s.membership_changes(&u, 0, i64::MAX)?.into_iter().find(|(r, _, _)| *r == rid).map(|c| c.2)))
+                    .await?
+                    .unwrap_or(0)
+            }
+            _ => return Err(Error::forbidden(format!("User {user} not in room {room_id}"))),
+        };
+        let parse = |t: &str| parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid token {t}")));
+        let from_pos = match from {
+            Some(t) => parse(t)?,
+            None if backwards => max + 1,
+            None => 0,
+        };
+        let to_pos = to.map(parse).transpose()?;
+        let limit = limit.clamp(1, 1000);
+        let rid = room_id.to_string();
+        let rows = if backwards {
+            let lower = to_pos.unwrap_or(0);
+            let upper = (from_pos - 1).min(visible_until);
+            self.db(move |s| s.room_events(&rid, lower, upper, true, limit)).await?
+        } else {
+            let upper = to_pos.unwrap_or(i64::MAX).min(visible_until);
+            self.db(move |s| s.room_events(&rid, from_pos, upper, false, limit)).await?
+        };
+        let end = if rows.len() == limit {
+            rows.last().map(|r| if backwards { format!("t{}", r.stream_ordering) } else { format!("t{}", r.stream_ordering) })
+        } else {
+            None
+        };
+        let chunk = rows
+            .iter()
+            .map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default()))
+            .collect();
+        Ok(MessagesPage { chunk, start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")), end, state: vec![] })
+    }
+
+    /// `GET /context/{eventId}`.
+    pub async fn context(&self, requester: &Requester, room_id: &str, event_id: &str, limit: usize) -> Result<Value> {
+        let event = self.get_room_event(requester, room_id, event_id).await?;
+        let id = event_id.to_owned();
+        let pos = self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
+        let half = (limit.min(100) / 2).max(1);
+        let before = self.messages(requester, room_id, Some(&format!("t{pos}")), None, true, half).await?;
+        let after = self.messages(requester, room_id, Some(&format!("t{pos}")), None, false, half).await?;
+        let state = self.room_state(requester, room_id).await?;
+        Ok(json!({
+            "event": event,
+            "events_before": before.chunk,
+            "events_after": after.chunk,
+            "start": before.end.unwrap_or_else(|| format!("t{pos}")),
+            "end": after.end.unwrap_or_else(|| format!("t{}", *self.stream.borrow())),
+            "state": state,
+        }))
+    }
+
+    /// Sends an event on a module's behalf (`ModuleApi.create_and_send_event_into_room`): no
+    /// shadow-ban or rate limit, but `check_event_for_spam` applies.
+    pub(crate) async fn module_send_event(&self, event: Map<String, Value>) -> Result<String> {
+        let field = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_owned);
+        let kind = field("type").ok_or_else(|| Error::bad_json("event needs a type"))?;
+        if kind == "m.room.member" {
+            return Err(Error::internal("Tried to send member event through non-member codepath"));
+        }
+        let room_id = parse_room_id(&field("room_id").ok_or_else(|| Error::bad_json("event needs a room_id"))?)?;
+        let sender = parse_user_id(&field("sender").ok_or_else(|| Error::bad_json("event needs a sender"))?)?;
+        let content = event.get("content").and_then(Value::as_object).cloned().unwrap_or_default();
+        let state_key = field("state_key");
+        let appended = self
+            .append_event(&room_id, &sender, &kind, state_key.as_deref(), content, AppendOptions { txn: None, spam_check: true })
+            .await?;
+        Ok(appended.json)
+    }
+}

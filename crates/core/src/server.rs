@@ -1,0 +1,120 @@
+//! The [`Homeserver`]: the one struct holding every service's state, built once at start-up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use myelin_storage::Storage;
+use ruma::{OwnedRoomId, OwnedUserId};
+use tokio::sync::watch;
+
+use crate::events::SigningKey;
+use crate::modules::ModuleRegistry;
+use crate::rooms::RoomCache;
+use crate::{Config, Error, Result};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The device the token belongs to.
+    pub device_id: String,
+    /// The access token used.
+    pub access_token: String,
+    /// Server admin.
+    pub is_admin: bool,
+    /// Shadow-banned: writes get fake successes.
+    pub shadow_banned: bool,
+}
+
+/// Every service's state. Cheap to share as `Arc<Homeserver>`.
+pub struct Homeserver {
+    /// The validated config (module configs already consumed).
+    pub config: Config,
+    pub(crate) store: Arc<dyn Storage>,
+    pub(crate) key: SigningKey,
+    /// The module callback registry and web resources.
+    pub modules: ModuleRegistry,
+    /// Per-room caches of current state, extremities and depth. The inner async mutex is also
+    /// the room's send lock: holding it across build, auth and persist keeps a room's local
+    /// graph linear when many clients send at once. The outer std mutex is only held to look
+    /// the entry up, never across an await.
+    pub(crate) rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
+    /// The latest stream position, watched by long-polling `/sync` requests. Written after each
+    /// commit that advances the stream; every waiter wakes and checks whether it has news.
+    pub(crate) stream: watch::Sender<i64>,
+    /// UIA sessions in progress: session ID -> completed stage types and request info.
+    pub(crate) uia_sessions: Mutex<HashMap<String, crate::users::UiaSession>>,
+}
+
+impl Homeserver {
+    /// Builds the services over an opened store. Modules are instantiated separately
+    /// ([`crate::modules::instantiate`]) once this exists, because their `ModuleApi` calls back
+    /// into it.
+    pub fn new(config: Config, store: Arc<dyn Storage>, key: SigningKey) -> Result<Arc<Self>> {
+        let position = store.max_stream_ordering()?;
+        Ok(Arc::new(Homeserver {
+            config,
+            store,
+            key,
+            modules: ModuleRegistry::default(),
+            rooms: Mutex::new(HashMap::new()),
+            stream: watch::Sender::new(position),
+            uia_sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The server name.
+    pub fn server_name(&self) -> &str {
+        &self.config.server_name
+    }
+
+    /// Runs a storage call on the blocking pool.
+    pub(crate) async fn db<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&dyn Storage) -> myelin_storage::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Announces a new stream position to long-polling syncs.
+    pub(crate) fn advance_stream(&self, position: i64) {
+        self.stream.send_if_modified(|current| {
+            if position > *current {
+                *current = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The public signing key, as `(key_id, base64)`.
+    pub fn verify_key(&self) -> (&str, &str) {
+        (&self.key.key_id, &self.key.public_key_base64)
+    }
+
+    /// Whether a user ID belongs to this server.
+    pub fn is_mine(&self, user_id: &ruma::UserId) -> bool {
+        user_id.server_name().as_str() == self.server_name()
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A random token of `len` alphanumeric characters.
+pub(crate) fn random_string(len: usize) -> String {
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(len).map(char::from).collect()
+}

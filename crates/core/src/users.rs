@@ -1,0 +1,602 @@
+//! Accounts: registration (with user-interactive auth), login, access tokens, devices,
+//! passwords, deactivation and profiles.
+
+use std::time::Duration;
+
+use myelin_module_api::spam::RegistrationBehaviour;
+use myelin_storage::{ProfileField, UserFlag, UserRow};
+use ruma::{OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::server::{now_ms, random_string};
+use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+
+/// Where a request came from, for spam checks and device records.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// `User-Agent`, if sent.
+    pub user_agent: String,
+    /// Client IP.
+    pub ip: String,
+}
+
+/// A UIA session in progress.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UiaSession {
+    completed: Vec<String>,
+}
+
+/// `POST /register`'s body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RegisterRequest {
+    /// Desired localpart.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Device ID to use.
+    pub device_id: Option<String>,
+    /// Device display name.
+    pub initial_device_display_name: Option<String>,
+    /// Don't log in.
+    pub inhibit_login: bool,
+    /// UIA auth dict.
+    pub auth: Option<Value>,
+}
+
+/// The result of a registration.
+#[derive(Debug, Clone)]
+pub struct RegisterResponse {
+    /// The new user.
+    pub user_id: OwnedUserId,
+    /// Token and device, unless `inhibit_login`.
+    pub login: Option<(String, String)>,
+}
+
+/// `POST /login`'s body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LoginRequest {
+    /// Login type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `{type: m.id.user, user}`.
+    pub identifier: Option<Value>,
+    /// Legacy user field.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Device to reuse.
+    pub device_id: Option<String>,
+    /// Device display name.
+    pub initial_device_display_name: Option<String>,
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct LoginResponse {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The token.
+    pub access_token: String,
+    /// The device.
+    pub device_id: String,
+}
+
+/// Synapse's shadow-ban delay before a fake success: 1 to 10 seconds.
+pub(crate) async fn shadow_ban_delay() {
+    use rand::Rng;
+    let ms = rand::thread_rng().gen_range(1000..10_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Hashes a password with argon2id (on the blocking pool: it takes tens of milliseconds).
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(format!("hashing failed: {e}")))
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// Verifies a password against an argon2 hash, or a bcrypt hash imported from Synapse.
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        if hash.starts_with("$2") {
+            return bcrypt::verify(&password, &hash).unwrap_or(false);
+        }
+        use argon2::PasswordVerifier;
+        argon2::password_hash::PasswordHash::new(&hash)
+            .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Synapse's localpart rule for new users.
+fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
+    if localpart.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID cannot be empty"));
+    }
+    if !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+')) {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID can only contain characters a-z, 0-9, or '=_-./+'"));
+    }
+    if localpart.starts_with('_') {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not begin with _"));
+    }
+    if localpart.len() + server_name.len() + 2 > 255 {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not be longer than 255 characters"));
+    }
+    Ok(())
+}
+
+impl Homeserver {
+    /// Resolves an access token to its requester.
+    pub async fn authenticate(&self, token: Option<&str>, info: &RequestInfo) -> Result<Requester> {
+        let Some(token) = token else {
+            return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
+        };
+        let t = token.to_owned();
+        let found = self
+            .db(move |s| {
+                let Some((user_id, device_id)) = s.get_access_token(&t)? else { return Ok(None) };
+                Ok(s.get_user(&user_id)?.map(|u| (u, device_id)))
+            })
+            .await?;
+        let Some((user, device_id)) = found else {
+            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token").with_fields(
+                [("soft_logout".to_owned(), json!(false))].into_iter().collect(),
+            ));
+        };
+        if user.deactivated {
+            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token"));
+        }
+        let (u, d, ip) = (user.user_id.clone(), device_id.clone(), info.ip.clone());
+        // Last-seen bookkeeping must not slow the request down.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.touch_device(&u, &d, &ip, now_ms()));
+        Ok(Requester {
+            user_id: OwnedUserId::try_from(user.user_id).map_err(Error::internal)?,
+            device_id,
+            access_token: token.to_owned(),
+            is_admin: user.is_admin,
+            shadow_banned: user.shadow_banned,
+        })
+    }
+
+    fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
+        let session = session.unwrap_or_else(|| {
+            let id = random_string(24);
+            self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), UiaSession::default());
+            id
+        });
+        let completed = self
+            .uia_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&session)
+            .map(|s| s.completed.clone())
+            .unwrap_or_default();
+        let mut fields = Map::new();
+        fields.insert("flows".into(), json!(stages.iter().map(|s| json!({"stages": [s]})).collect::<Vec<_>>()));
+        fields.insert("params".into(), json!({}));
+        fields.insert("session".into(), json!(session));
+        fields.insert("completed".into(), json!(completed));
+        let mut e = Error::new(ErrorKind::UserInteractiveAuth, error.unwrap_or("")).with_fields(fields);
+        if error.is_some() {
+            e.fields.insert("errcode".into(), json!("M_FORBIDDEN"));
+        }
+        e
+    }
+
+    /// Runs user-interactive auth for an account operation: the user's password is the one flow.
+    async fn uia_password(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+        let Some(auth) = auth.and_then(Value::as_object) else {
+            return Err(self.uia_challenge(&["m.login.password"], None, None));
+        };
+        let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
+        if auth.get("type").and_then(Value::as_str) != Some("m.login.password") {
+            return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")));
+        }
+        let user = auth
+            .get("identifier")
+            .and_then(|i| i.get("user"))
+            .or_else(|| auth.get("user"))
+            .and_then(Value::as_str)
+            .unwrap_or(requester.user_id.as_str());
+        let qualified = if user.starts_with('@') { user.to_owned() } else { format!("@{user}:{}", self.server_name()) };
+        let password = auth.get("password").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let uid = requester.user_id.to_string();
+        let hash = self.db(move |s| s.get_user(&uid)).await?.and_then(|u| u.password_hash);
+        let ok = qualified.eq_ignore_ascii_case(requester.user_id.as_str())
+            && match hash {
+                Some(h) => verify_password(password, h).await,
+                None => false,
+            };
+        if !ok {
+            return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")));
+        }
+        Ok(())
+    }
+
+    /// `GET /register/available`.
+    pub async fn username_available(&self, username: &str) -> Result<()> {
+        validate_localpart(username, self.server_name())?;
+        let user_id = format!("@{username}:{}", self.server_name());
+        if self.db(move |s| s.find_user_case_insensitive(&user_id)).await?.is_some() {
+            return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+        }
+        Ok(())
+    }
+
+    /// `POST /register` for a normal account: UIA (`m.login.dummy`), the registration spam
+    /// check (its one call site for client registration), then the account and a login.
+    pub async fn register(&self, request: RegisterRequest, info: &RequestInfo) -> Result<RegisterResponse> {
+        if !self.config.enable_registration {
+            return Err(Error::forbidden("Registration has been disabled"));
+        }
+        if let Some(username) = &request.username {
+            self.username_available(&username.to_lowercase()).await?;
+        }
+        if let Some(p) = &request.password
+            && p.len() > 512
+        {
+            return Err(Error::bad_json("Password too long"));
+        }
+        let auth = request.auth.as_ref().and_then(Value::as_object);
+        let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+        match auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
+            Some("m.login.dummy") => {}
+            Some(_) => return Err(self.uia_challenge(&["m.login.dummy"], session, Some("Unknown auth type"))),
+            None => return Err(self.uia_challenge(&["m.login.dummy"], session, None)),
+        }
+        if let Some(s) = &session {
+            self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
+        }
+        self.create_account(
+            request.username.map(|u| u.to_lowercase()),
+            request.password,
+            false,
+            info,
+            (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
+        )
+        .await
+    }
+
+    /// Creates an account (client registration, shared-secret and command-line paths).
+    pub async fn create_account(
+        &self,
+        localpart: Option<String>,
+        password: Option<String>,
+        admin: bool,
+        info: &RequestInfo,
+        login: Option<(Option<String>, Option<String>)>,
+    ) -> Result<RegisterResponse> {
+        let behaviour = self
+            .modules
+            .check_registration_for_spam(None, localpart.as_deref(), vec![(info.user_agent.clone(), info.ip.clone())], None)
+            .await?;
+        if behaviour == RegistrationBehaviour::Deny {
+            return Err(Error::new(ErrorKind::RegistrationDenied, "Rate limited"));
+        }
+        let localpart = match localpart {
+            Some(l) => {
+                validate_localpart(&l, self.server_name())?;
+                l
+            }
+            None => random_string(12).to_lowercase(),
+        };
+        let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name()))
+            .map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user ID"))?;
+        let password_hash = match password {
+            Some(p) => Some(hash_password(p).await?),
+            None => None,
+        };
+        let row = UserRow {
+            user_id: user_id.to_string(),
+            password_hash,
+            is_admin: admin,
+            is_guest: false,
+            deactivated: false,
+            shadow_banned: behaviour == RegistrationBehaviour::ShadowBan,
+            creation_ts: now_ms(),
+        };
+        let lp = localpart.clone();
+        match self.db(move |s| s.create_user(&row, Some(&lp))).await {
+            Err(e) if e.kind == ErrorKind::Internal => {
+                // A race with another registration of the same name hits the primary key.
+                let uid = user_id.to_string();
+                if self.db(move |s| s.get_user(&uid)).await?.is_some() {
+                    return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+                }
+                return Err(e);
+            }
+            other => other?,
+        }
+        let login = match login {
+            Some((device_id, name)) => Some(self.new_session(&user_id, device_id, name).await?),
+            None => None,
+        };
+        Ok(RegisterResponse { user_id, login })
+    }
+
+    async fn new_session(&self, user_id: &UserId, device_id: Option<String>, name: Option<String>) -> Result<(String, String)> {
+        let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_string(10).to_uppercase());
+        let token = format!("myl_{}", random_string(40));
+        let (u, d, t) = (user_id.to_string(), device_id.clone(), token.clone());
+        self.db(move |s| {
+            s.upsert_device(&u, &d, name.as_deref())?;
+            s.add_access_token(&t, &u, &d)
+        })
+        .await?;
+        Ok((token, device_id))
+    }
+
+    /// `POST /login` with `m.login.password`; `check_login_for_spam` runs here, before the
+    /// device is created.
+    pub async fn login(&self, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
+        if request.kind != "m.login.password" {
+            return Err(Error::new(ErrorKind::BadRequest, "Unknown login type").with_fields(Map::new()));
+        }
+        let user = match &request.identifier {
+            Some(id) => {
+                if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
+                    return Err(Error::new(ErrorKind::BadRequest, "Unknown login identifier type"));
+                }
+                id.get("user").and_then(Value::as_str).map(str::to_owned)
+            }
+            None => request.user.clone(),
+        }
+        .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?;
+        let password = request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
+        let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
+        let found = self.db(move |s| s.find_user_case_insensitive(&qualified)).await?;
+        let invalid = || Error::forbidden("Invalid username or password");
+        let Some(row) = found else { return Err(invalid()) };
+        let Some(hash) = row.password_hash.clone() else { return Err(invalid()) };
+        if !verify_password(password, hash).await {
+            return Err(invalid());
+        }
+        if row.deactivated {
+            return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"));
+        }
+        self.modules
+            .check_login_for_spam(
+                &row.user_id,
+                request.device_id.as_deref(),
+                request.initial_device_display_name.as_deref(),
+                vec![(info.user_agent.clone(), info.ip.clone())],
+                None,
+            )
+            .await?;
+        let user_id = OwnedUserId::try_from(row.user_id).map_err(Error::internal)?;
+        let (access_token, device_id) =
+            self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?;
+        Ok(LoginResponse { user_id, access_token, device_id })
+    }
+
+    /// `POST /logout`.
+    pub async fn logout(&self, requester: &Requester) -> Result<()> {
+        let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await
+    }
+
+    /// `POST /logout/all`.
+    pub async fn logout_all(&self, requester: &Requester) -> Result<()> {
+        let u = requester.user_id.to_string();
+        self.db(move |s| s.delete_all_devices(&u, None)).await
+    }
+
+    /// `GET /devices`.
+    pub async fn devices(&self, requester: &Requester) -> Result<Vec<Value>> {
+        let u = requester.user_id.to_string();
+        let rows = self.db(move |s| s.get_devices(&u)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|d| {
+                json!({"device_id": d.device_id, "display_name": d.display_name,
+                       "last_seen_ts": d.last_seen_ts, "last_seen_ip": d.last_seen_ip})
+            })
+            .collect())
+    }
+
+    /// `PUT /devices/{id}`.
+    pub async fn rename_device(&self, requester: &Requester, device_id: &str, name: Option<String>) -> Result<()> {
+        let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
+        if self.db(move |s| s.rename_device(&u, &d, name.as_deref())).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found("Unknown device"))
+        }
+    }
+
+    /// `DELETE /devices/{id}` (UIA with the password).
+    pub async fn delete_device(&self, requester: &Requester, device_id: &str, auth: Option<&Value>) -> Result<()> {
+        let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
+        let exists = self.db(move |s| Ok(s.get_devices(&u)?.iter().any(|x| x.device_id == d))).await?;
+        if !exists {
+            return Err(Error::not_found("Unknown device"));
+        }
+        self.uia_password(requester, auth).await?;
+        let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await
+    }
+
+    /// `POST /account/password` (UIA with the old password).
+    pub async fn change_password(
+        &self,
+        requester: &Requester,
+        new_password: String,
+        logout_devices: bool,
+        auth: Option<&Value>,
+    ) -> Result<()> {
+        self.uia_password(requester, auth).await?;
+        let hash = hash_password(new_password).await?;
+        let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
+        self.db(move |s| {
+            s.set_password_hash(&u, Some(&hash))?;
+            if logout_devices { s.delete_all_devices(&u, Some(&d)) } else { Ok(()) }
+        })
+        .await
+    }
+
+    /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.
+    pub async fn deactivate(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+        self.uia_password(requester, auth).await?;
+        let u = requester.user_id.to_string();
+        let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
+        for room in rooms {
+            if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
+                let user = requester.user_id.clone();
+                let _ = self.update_membership(requester, &room_id, &user, "leave", None, Map::new()).await;
+            }
+        }
+        let u = requester.user_id.to_string();
+        self.db(move |s| {
+            s.set_user_flag(&u, UserFlag::Deactivated, true)?;
+            s.set_password_hash(&u, None)?;
+            s.delete_all_devices(&u, None)
+        })
+        .await
+    }
+
+    /// `(displayname, avatar_url)` of a local user; both `None` if unknown.
+    pub(crate) async fn profile_of(&self, user_id: &str) -> Result<(Option<String>, Option<String>)> {
+        let u = user_id.to_owned();
+        Ok(self.db(move |s| s.get_profile(&u)).await?.unwrap_or_default())
+    }
+
+    /// `GET /profile/{userId}`.
+    pub async fn get_profile(&self, user_id: &str) -> Result<Map<String, Value>> {
+        let u = user_id.to_owned();
+        let exists = self.db(move |s| s.get_user(&u)).await?.is_some_and(|u| !u.deactivated);
+        if !exists {
+            return Err(Error::not_found("Profile was not found"));
+        }
+        let (d, a) = self.profile_of(user_id).await?;
+        let mut out = Map::new();
+        if let Some(d) = d {
+            out.insert("displayname".into(), json!(d));
+        }
+        if let Some(a) = a {
+            out.insert("avatar_url".into(), json!(a));
+        }
+        Ok(out)
+    }
+
+    /// `PUT /profile/{userId}/{field}`: updates the profile and, unless the user is
+    /// shadow-banned, the member event of every joined room.
+    pub async fn set_profile_field(&self, requester: &Requester, user_id: &str, field: &str, value: Option<String>) -> Result<()> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("You cannot set another user's profile"));
+        }
+        let column = match field {
+            "displayname" => ProfileField::DisplayName,
+            "avatar_url" => ProfileField::AvatarUrl,
+            _ => return Err(Error::new(ErrorKind::Unrecognized, "Unknown profile field")),
+        };
+        if value.as_ref().is_some_and(|v| v.len() > 256) {
+            return Err(Error::bad_json(format!("{field} is too long (max 256)")));
+        }
+        let (u, v) = (user_id.to_owned(), value.clone());
+        self.db(move |s| s.set_profile_field(&u, column, v.as_deref())).await?;
+        if requester.shadow_banned {
+            return Ok(());
+        }
+        let u = user_id.to_owned();
+        for room in self.db(move |s| s.rooms_for_user(&u, "join")).await? {
+            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
+            let (displayname, avatar_url) = self.profile_of(user_id).await?;
+            let mut content = Map::new();
+            content.insert("membership".into(), json!("join"));
+            if let Some(d) = displayname {
+                content.insert("displayname".into(), json!(d));
+            }
+            if let Some(a) = avatar_url {
+                content.insert("avatar_url".into(), json!(a));
+            }
+            let user = requester.user_id.clone();
+            self.append_event(&room_id, &user, "m.room.member", Some(user.as_str()), content, Default::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Global or room account data.
+    pub async fn set_account_data(&self, requester: &Requester, user_id: &str, room_id: Option<&str>, kind: &str, content: Value) -> Result<()> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("Cannot add account data for other users."));
+        }
+        if let Some(r) = room_id {
+            ruma::RoomId::parse(r).map_err(|_| Error::invalid_param(format!("Invalid room ID: {r}")))?;
+        }
+        if kind == "m.fully_read" || kind == "m.push_rules" {
+            return Err(Error::new(ErrorKind::BadJson, format!("Cannot set {kind} through this API.")));
+        }
+        let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());
+        let pos = self.db(move |s| s.set_account_data(&u, &r, &k, &content)).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
+    /// One account-data item.
+    pub async fn get_account_data(&self, requester: &Requester, user_id: &str, room_id: Option<&str>, kind: &str) -> Result<Value> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("Cannot get account data for other users."));
+        }
+        let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());
+        self.db(move |s| s.get_account_data(&u, &r, &k)).await?.ok_or_else(|| Error::not_found("Account data not found"))
+    }
+
+    /// Stores a sync filter.
+    pub async fn create_filter(&self, requester: &Requester, user_id: &str, filter: Value) -> Result<String> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("Cannot create filters for other users"));
+        }
+        let u = user_id.to_owned();
+        Ok(self.db(move |s| s.create_filter(&u, &filter)).await?.to_string())
+    }
+
+    /// A stored filter.
+    pub async fn get_filter(&self, requester: &Requester, user_id: &str, filter_id: &str) -> Result<Value> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("Cannot get filters for other users"));
+        }
+        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("No such filter"))?;
+        let u = user_id.to_owned();
+        self.db(move |s| s.get_filter(&u, id)).await?.ok_or_else(|| Error::not_found("No such filter"))
+    }
+
+    /// Creates a user from the command line or the shared-secret admin API.
+    pub async fn register_local_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
+        let info = RequestInfo::default();
+        let localpart = localpart.to_lowercase();
+        self.username_available(&localpart).await?;
+        Ok(self.create_account(Some(localpart), Some(password.to_owned()), admin, &info, None).await?.user_id)
+    }
+
+    /// Marks a user as admin (or not).
+    pub async fn set_admin(&self, user_id: &str, admin: bool) -> Result<()> {
+        let u = user_id.to_owned();
+        self.db(move |s| s.set_user_flag(&u, UserFlag::Admin, admin)).await
+    }
+
+    /// Looks a local user up for `ModuleApi.get_userinfo_by_id`.
+    pub(crate) async fn user_info(&self, user_id: &str) -> Result<Option<myelin_module_api::UserInfo>> {
+        let u = user_id.to_owned();
+        Ok(self.db(move |s| s.get_user(&u)).await?.map(|u| myelin_module_api::UserInfo {
+            user_id: u.user_id,
+            is_admin: u.is_admin,
+            is_guest: u.is_guest,
+            is_deactivated: u.deactivated,
+            is_shadow_banned: u.shadow_banned,
+            creation_ts: u.creation_ts / 1000,
+        }))
+    }
+}

@@ -1,0 +1,493 @@
+//! Client-Server API handlers (https://spec.matrix.org/latest/client-server-api/).
+//!
+//! Each handler extracts, makes one `Homeserver` call and serialises. Served under both
+//! `/_matrix/client/v3` and the legacy `/_matrix/client/r0`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post, put};
+use myelin_core::{ErrorKind, LoginRequest, RegisterRequest, SyncRequest};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::error::MatrixError;
+use crate::extract::{Auth, ClientInfo, JsonBody, Path, Query};
+
+type Json = axum::Json<Value>;
+type Answer = Result<Json, MatrixError>;
+
+pub(crate) fn router() -> Router<AppState> {
+    let api = Router::new()
+        .route("/login", get(login_flows).post(login))
+        .route("/logout", post(logout))
+        .route("/logout/all", post(logout_all))
+        .route("/register", post(register))
+        .route("/register/available", get(register_available))
+        .route("/account/whoami", get(whoami))
+        .route("/account/password", post(change_password))
+        .route("/account/deactivate", post(deactivate))
+        .route("/devices", get(devices))
+        .route("/devices/{device_id}", get(device).put(rename_device).delete(delete_device))
+        .route("/capabilities", get(capabilities))
+        .route("/profile/{user_id}", get(profile))
+        .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field))
+        .route("/createRoom", post(create_room))
+        .route("/join/{room}", post(join))
+        .route("/rooms/{room_id}/join", post(join))
+        .route("/rooms/{room_id}/{action}", post(membership))
+        .route("/joined_rooms", get(joined_rooms))
+        .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(send))
+        .route("/rooms/{room_id}/state", get(state))
+        .route("/rooms/{room_id}/state/{event_type}", get(state_event_empty).put(put_state_empty))
+        .route("/rooms/{room_id}/state/{event_type}/", get(state_event_empty).put(put_state_empty))
+        .route("/rooms/{room_id}/state/{event_type}/{state_key}", get(state_event).put(put_state))
+        .route("/rooms/{room_id}/redact/{event_id}/{txn_id}", put(redact))
+        .route("/rooms/{room_id}/event/{event_id}", get(event))
+        .route("/rooms/{room_id}/messages", get(messages))
+        .route("/rooms/{room_id}/context/{event_id}", get(context))
+        .route("/rooms/{room_id}/members", get(members))
+        .route("/rooms/{room_id}/joined_members", get(joined_members))
+        .route("/sync", get(sync))
+        .route("/user/{user_id}/filter", post(create_filter))
+        .route("/user/{user_id}/filter/{filter_id}", get(get_filter))
+        .route("/user/{user_id}/account_data/{kind}", get(get_account_data).put(set_account_data))
+        .route("/user/{user_id}/rooms/{room_id}/account_data/{kind}", get(get_room_account_data).put(set_room_account_data));
+    Router::new()
+        .route("/_matrix/client/versions", get(versions))
+        .nest("/_matrix/client/v3", api.clone())
+        .nest("/_matrix/client/r0", api)
+}
+
+async fn versions() -> Json {
+    axum::Json(json!({
+        "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"],
+        "unstable_features": {}
+    }))
+}
+
+async fn login_flows() -> Json {
+    axum::Json(json!({"flows": [{"type": "m.login.password"}]}))
+}
+
+async fn login(State(hs): State<AppState>, ClientInfo(info): ClientInfo, JsonBody(body): JsonBody<LoginRequest>) -> Answer {
+    let r = hs.login(body, &info).await?;
+    Ok(axum::Json(json!({
+        "user_id": r.user_id, "access_token": r.access_token, "device_id": r.device_id,
+        "home_server": hs.server_name(),
+    })))
+}
+
+async fn logout(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    hs.logout(&me).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn logout_all(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    hs.logout_all(&me).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct RegisterQuery {
+    kind: Option<String>,
+}
+
+async fn register(
+    State(hs): State<AppState>,
+    ClientInfo(info): ClientInfo,
+    Query(q): Query<RegisterQuery>,
+    JsonBody(body): JsonBody<RegisterRequest>,
+) -> Answer {
+    if q.kind.as_deref() == Some("guest") {
+        return Err(MatrixError::new(ErrorKind::Forbidden, "Guest access is disabled"));
+    }
+    let r = hs.register(body, &info).await?;
+    let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
+    if let Some((token, device)) = r.login {
+        out["access_token"] = json!(token);
+        out["device_id"] = json!(device);
+    }
+    Ok(axum::Json(out))
+}
+
+#[derive(Deserialize)]
+struct AvailableQuery {
+    username: String,
+}
+
+async fn register_available(State(hs): State<AppState>, Query(q): Query<AvailableQuery>) -> Answer {
+    hs.username_available(&q.username).await?;
+    Ok(axum::Json(json!({"available": true})))
+}
+
+async fn whoami(Auth(me): Auth) -> Json {
+    axum::Json(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": false}))
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    auth: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn change_password(State(hs): State<AppState>, Auth(me): Auth, JsonBody(b): JsonBody<PasswordBody>) -> Answer {
+    hs.change_password(&me, b.new_password, b.logout_devices, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct AuthOnly {
+    auth: Option<Value>,
+}
+
+async fn deactivate(State(hs): State<AppState>, Auth(me): Auth, JsonBody(b): JsonBody<AuthOnly>) -> Answer {
+    hs.deactivate(&me, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({"id_server_unbind_result": "no-support"})))
+}
+
+async fn devices(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(json!({"devices": hs.devices(&me).await?})))
+}
+
+async fn device(State(hs): State<AppState>, Auth(me): Auth, Path(device_id): Path<String>) -> Answer {
+    hs.devices(&me)
+        .await?
+        .into_iter()
+        .find(|d| d["device_id"] == json!(device_id))
+        .map(axum::Json)
+        .ok_or_else(|| MatrixError::new(ErrorKind::NotFound, "Unknown device"))
+}
+
+#[derive(Deserialize)]
+struct DeviceBody {
+    display_name: Option<String>,
+}
+
+async fn rename_device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(device_id): Path<String>,
+    JsonBody(b): JsonBody<DeviceBody>,
+) -> Answer {
+    hs.rename_device(&me, &device_id, b.display_name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn delete_device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(device_id): Path<String>,
+    JsonBody(b): JsonBody<AuthOnly>,
+) -> Answer {
+    hs.delete_device(&me, &device_id, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn capabilities(State(hs): State<AppState>, Auth(_me): Auth) -> Json {
+    let available: Map<String, Value> =
+        myelin_core::config::SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
+    axum::Json(json!({"capabilities": {
+        "m.change_password": {"enabled": true},
+        "m.room_versions": {"default": hs.config.default_room_version, "available": available},
+        "m.set_displayname": {"enabled": true},
+        "m.set_avatar_url": {"enabled": true},
+        "m.3pid_changes": {"enabled": false},
+    }}))
+}
+
+async fn profile(State(hs): State<AppState>, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(Value::Object(hs.get_profile(&user_id).await?)))
+}
+
+async fn profile_field(State(hs): State<AppState>, Path((user_id, field)): Path<(String, String)>) -> Answer {
+    let p = hs.get_profile(&user_id).await?;
+    match p.get(&field) {
+        Some(v) => Ok(axum::Json(json!({ field: v }))),
+        None => Err(MatrixError::new(ErrorKind::NotFound, "Profile field not set")),
+    }
+}
+
+async fn set_profile_field(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, field)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
+    let value = match body.get(&field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(MatrixError::new(ErrorKind::BadJson, format!("{field} must be a string"))),
+    };
+    hs.set_profile_field(&me, &user_id, &field, value).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn create_room(State(hs): State<AppState>, Auth(me): Auth, JsonBody(body): JsonBody<Map<String, Value>>) -> Answer {
+    let (room_id, alias) = hs.create_room(&me, body).await?;
+    let mut out = json!({"room_id": room_id});
+    if let Some(a) = alias {
+        out["room_alias"] = json!(a);
+    }
+    Ok(axum::Json(out))
+}
+
+async fn join(State(hs): State<AppState>, Auth(me): Auth, Path(room): Path<String>) -> Answer {
+    let room_id = hs.join_room(&me, &room).await?;
+    Ok(axum::Json(json!({"room_id": room_id})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MembershipBody {
+    user_id: Option<String>,
+    reason: Option<String>,
+}
+
+async fn membership(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, action)): Path<(String, String)>,
+    JsonBody(body): JsonBody<MembershipBody>,
+) -> Answer {
+    let room = ruma::OwnedRoomId::try_from(room_id.as_str())
+        .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, format!("Invalid room ID: {room_id}")))?;
+    let (target, membership) = match action.as_str() {
+        "leave" => (me.user_id.to_string(), "leave"),
+        "forget" => {
+            return match hs.joined_rooms(&me).await?.contains(&room_id) {
+                true => Err(MatrixError::new(ErrorKind::BadRequest, "User is in room")),
+                false => Ok(axum::Json(json!({}))),
+            };
+        }
+        "invite" | "kick" | "ban" | "unban" => {
+            let target = body.user_id.clone().ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing user_id"))?;
+            (target, if action == "kick" { "leave" } else { action.as_str() })
+        }
+        _ => return Err(MatrixError::new(ErrorKind::Unrecognized, "Unrecognized request")),
+    };
+    let target = ruma::OwnedUserId::try_from(target.as_str())
+        .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, format!("Invalid user ID: {target}")))?;
+    hs.update_membership(&me, &room, &target, membership, body.reason, Map::new()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn joined_rooms(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(json!({"joined_rooms": hs.joined_rooms(&me).await?})))
+}
+
+async fn send(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> Answer {
+    let event_id = hs.send_message(&me, &room_id, &event_type, &txn_id, content).await?;
+    Ok(axum::Json(json!({"event_id": event_id})))
+}
+
+async fn state(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(Value::Array(hs.room_state(&me, &room_id).await?)))
+}
+
+async fn state_event(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, kind, key)): Path<(String, String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, &key).await?))
+}
+
+async fn state_event_empty(State(hs): State<AppState>, Auth(me): Auth, Path((room_id, kind)): Path<(String, String)>) -> Answer {
+    Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, "").await?))
+}
+
+async fn put_state(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, kind, key)): Path<(String, String, String)>,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> Answer {
+    let event_id = hs.send_state(&me, &room_id, &kind, &key, content).await?;
+    Ok(axum::Json(json!({"event_id": event_id})))
+}
+
+async fn put_state_empty(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, kind)): Path<(String, String)>,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> Answer {
+    let event_id = hs.send_state(&me, &room_id, &kind, "", content).await?;
+    Ok(axum::Json(json!({"event_id": event_id})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RedactBody {
+    reason: Option<String>,
+}
+
+async fn redact(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
+    JsonBody(body): JsonBody<RedactBody>,
+) -> Answer {
+    let id = hs.redact(&me, &room_id, &event_id, &txn_id, body.reason).await?;
+    Ok(axum::Json(json!({"event_id": id})))
+}
+
+async fn event(State(hs): State<AppState>, Auth(me): Auth, Path((room_id, event_id)): Path<(String, String)>) -> Answer {
+    Ok(axum::Json(hs.get_room_event(&me, &room_id, &event_id).await?))
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_limit(limit: Option<&str>, default: usize) -> Result<usize, MatrixError> {
+    match limit {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<u64>()
+            .map(|n| n.min(1000) as usize)
+            .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "limit must be a non-negative integer")),
+    }
+}
+
+async fn messages(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Answer {
+    let backwards = match q.dir.as_deref() {
+        Some("b") | None => true,
+        Some("f") => false,
+        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
+    };
+    let limit = parse_limit(q.limit.as_deref(), 10)?;
+    let page = hs.messages(&me, &room_id, q.from.as_deref(), q.to.as_deref(), backwards, limit).await?;
+    let mut out = json!({"chunk": page.chunk, "start": page.start, "state": page.state});
+    if let Some(end) = page.end {
+        out["end"] = json!(end);
+    }
+    Ok(axum::Json(out))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<String>,
+}
+
+async fn context(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Query(q): Query<LimitQuery>,
+) -> Answer {
+    let limit = parse_limit(q.limit.as_deref(), 10)?;
+    Ok(axum::Json(hs.context(&me, &room_id, &event_id, limit).await?))
+}
+
+#[derive(Deserialize)]
+struct MembersQuery {
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+async fn members(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<MembersQuery>,
+) -> Answer {
+    let chunk = hs.room_members(&me, &room_id, q.membership.as_deref(), q.not_membership.as_deref()).await?;
+    Ok(axum::Json(json!({"chunk": chunk})))
+}
+
+async fn joined_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(json!({"joined": hs.joined_members(&me, &room_id).await?})))
+}
+
+#[derive(Deserialize)]
+struct SyncQuery {
+    since: Option<String>,
+    timeout: Option<String>,
+    full_state: Option<String>,
+    filter: Option<String>,
+}
+
+async fn sync(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQuery>) -> Answer {
+    let timeout = match q.timeout.as_deref() {
+        None => 0,
+        Some(t) => t.parse::<u64>().map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "timeout must be an integer"))?,
+    };
+    let request = SyncRequest {
+        since: q.since,
+        // Bounded so a client cannot park a request for hours.
+        timeout: Duration::from_millis(timeout.min(300_000)),
+        full_state: q.full_state.as_deref() == Some("true"),
+        filter: q.filter,
+    };
+    Ok(axum::Json(hs.sync(&me, request).await?))
+}
+
+async fn create_filter(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(filter): JsonBody<Map<String, Value>>,
+) -> Answer {
+    let id = hs.create_filter(&me, &user_id, Value::Object(filter)).await?;
+    Ok(axum::Json(json!({"filter_id": id})))
+}
+
+async fn get_filter(State(hs): State<AppState>, Auth(me): Auth, Path((user_id, id)): Path<(String, String)>) -> Answer {
+    Ok(axum::Json(hs.get_filter(&me, &user_id, &id).await?))
+}
+
+async fn get_account_data(State(hs): State<AppState>, Auth(me): Auth, Path((user_id, kind)): Path<(String, String)>) -> Answer {
+    Ok(axum::Json(hs.get_account_data(&me, &user_id, None, &kind).await?))
+}
+
+async fn set_account_data(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, kind)): Path<(String, String)>,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> Answer {
+    hs.set_account_data(&me, &user_id, None, &kind, Value::Object(content)).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn get_room_account_data(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, room_id, kind)): Path<(String, String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.get_account_data(&me, &user_id, Some(&room_id), &kind).await?))
+}
+
+async fn set_room_account_data(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, room_id, kind)): Path<(String, String, String)>,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> Answer {
+    hs.set_account_data(&me, &user_id, Some(&room_id), &kind, Value::Object(content)).await?;
+    Ok(axum::Json(json!({})))
+}

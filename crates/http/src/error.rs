@@ -1,0 +1,82 @@
+//! [`MatrixError`]: the one place a failure becomes an HTTP response.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use myelin_core::{Error, ErrorKind};
+use serde_json::{Map, Value, json};
+
+/// A Matrix error response: `{"errcode", "error", ...fields}` with its status.
+#[derive(Debug)]
+pub struct MatrixError(pub Error);
+
+impl MatrixError {
+    /// An error with an explicit kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        MatrixError(Error::new(kind, message))
+    }
+}
+
+impl From<Error> for MatrixError {
+    fn from(e: Error) -> Self {
+        MatrixError(e)
+    }
+}
+
+/// The status for each kind; see [`ErrorKind`]'s variant docs.
+pub fn status_of(kind: &ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Forbidden | ErrorKind::Denied(_) | ErrorKind::UserDeactivated => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
+        ErrorKind::BadJson
+        | ErrorKind::NotJson
+        | ErrorKind::InvalidParam
+        | ErrorKind::MissingParam
+        | ErrorKind::InvalidUsername
+        | ErrorKind::UserInUse
+        | ErrorKind::RoomInUse
+        | ErrorKind::UnsupportedRoomVersion
+        | ErrorKind::BadContent
+        | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::MissingToken | ErrorKind::UnknownToken | ErrorKind::UserInteractiveAuth => StatusCode::UNAUTHORIZED,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::LimitExceeded | ErrorKind::RegistrationDenied => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Module { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for MatrixError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = status_of(&e.kind);
+        let body = if e.kind == ErrorKind::UserInteractiveAuth {
+            // A UIA challenge is the flows object; a failed stage adds errcode and error.
+            let mut body = e.fields;
+            if body.contains_key("errcode") {
+                body.insert("error".into(), json!(e.message));
+            }
+            body
+        } else {
+            let mut body = Map::new();
+            body.insert("errcode".into(), Value::String(e.errcode().to_owned()));
+            body.insert("error".into(), Value::String(e.message));
+            for (k, v) in e.fields {
+                body.entry(k).or_insert(v);
+            }
+            body
+        };
+        (status, axum::Json(Value::Object(body))).into_response()
+    }
+}
+
+/// 404 `M_UNRECOGNIZED` for unknown endpoints.
+pub async fn unrecognized() -> MatrixError {
+    MatrixError::new(ErrorKind::Unrecognized, "Unrecognized request")
+}
+
+/// 405 `M_UNRECOGNIZED` for a known path with the wrong method.
+pub async fn method_not_allowed() -> Response {
+    let mut r = MatrixError::new(ErrorKind::Unrecognized, "Unrecognized request").into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

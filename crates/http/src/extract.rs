@@ -1,0 +1,116 @@
+//! Extractors that own their rejections, so every bad request gets a Matrix error.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use myelin_core::{ErrorKind, Requester, RequestInfo};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::error::MatrixError;
+
+/// A JSON body: 400 `M_NOT_JSON` if it is not JSON, 400 `M_BAD_JSON` if it has the wrong
+/// shape, 413 `M_TOO_LARGE` over the body limit.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                MatrixError::new(ErrorKind::TooLarge, "Request body too large")
+            } else {
+                MatrixError::new(ErrorKind::NotJson, "Could not read the request body")
+            }
+        })?;
+        let value: Value = serde_json::from_slice(if bytes.is_empty() { b"{}" } else { &bytes })
+            .map_err(|_| MatrixError::new(ErrorKind::NotJson, "Content not JSON."))?;
+        if !value.is_object() {
+            return Err(MatrixError::new(ErrorKind::NotJson, "Content must be a JSON object."));
+        }
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|e| MatrixError::new(ErrorKind::BadJson, format!("Invalid request body: {e}")))
+    }
+}
+
+/// The caller's user agent and address.
+pub struct ClientInfo(pub RequestInfo);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientInfo(request_info(parts)))
+    }
+}
+
+fn request_info(parts: &Parts) -> RequestInfo {
+    let user_agent = parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    RequestInfo { user_agent, ip }
+}
+
+/// The access token from `Authorization: Bearer` or the `access_token` query parameter.
+pub fn access_token(parts: &Parts) -> Option<String> {
+    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned()))
+    })
+}
+
+/// An authenticated requester (401 `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise).
+pub struct Auth(pub Requester);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts);
+        let info = request_info(parts);
+        Ok(Auth(state.authenticate(token.as_deref(), &info).await?))
+    }
+}
+
+/// Query parameters, with malformed ones as 400 `M_INVALID_PARAM`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| MatrixError::new(ErrorKind::InvalidParam, format!("Invalid query parameter: {}", e.body_text())))
+    }
+}
+
+/// Path parameters, with malformed ones as 400 `M_INVALID_PARAM`.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| MatrixError::new(ErrorKind::InvalidParam, format!("Invalid path: {}", e.body_text())))
+    }
+}

@@ -1,0 +1,131 @@
+//! Myelin's HTTP layer: axum routers for the Client-Server API, module web resources, and the
+//! mapping of core errors to Matrix responses.
+//!
+//! # Layout
+//! - [`router`]: the whole app for one listener (built apart from serving, so tests can call
+//!   it in-process); [`serve`] runs it with graceful shutdown.
+//! - `client`: Client-Server API handlers, thin: extract, call one `Homeserver` method,
+//!   serialise.
+//! - [`error::MatrixError`]: the only place statuses are chosen.
+//! - `extract`: extractors that turn every rejection into a Matrix error.
+//!
+//! # Invariants
+//! - No SQL and no storage dependency: handlers talk to `myelin_core::Homeserver` only.
+//! - No module callback is invoked here; module *web resources* are dispatched here, before
+//!   routing, exactly as registered (no auth, CORS or error formatting around them).
+#![warn(missing_docs)]
+
+mod client;
+pub mod error;
+mod extract;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use myelin_core::Homeserver;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
+
+/// Handler state: the services.
+pub type AppState = Arc<Homeserver>;
+
+/// The app for one listener.
+pub fn router(hs: AppState, resources: &[String]) -> Router {
+    let limit = hs.config.max_upload_size as usize;
+    let mut app = Router::new()
+        .merge(client::router())
+        .route("/health", axum::routing::get(|| async { "OK" }))
+        .route("/.well-known/matrix/client", axum::routing::get(well_known_client))
+        .route("/.well-known/matrix/server", axum::routing::get(well_known_server));
+    if resources.iter().any(|r| r == "metrics") {
+        app = app.route("/_synapse/metrics", axum::routing::get(metrics));
+    }
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods(AllowMethods::list([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS]))
+        .allow_headers(AllowHeaders::list([
+            header::HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+        ]));
+    app.fallback(error::unrecognized)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(hs.clone(), module_resources))
+        .layer(middleware::from_fn(request_log))
+        .with_state(hs)
+}
+
+async fn well_known_client(State(hs): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({"m.homeserver": {"base_url": hs.config.public_baseurl}}))
+}
+
+async fn well_known_server(State(hs): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({"m.server": format!("{}:443", hs.server_name())}))
+}
+
+async fn metrics(State(hs): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], hs.modules.metrics_text())
+}
+
+/// Serves module web resources registered for exactly this path, before any routing.
+async fn module_resources(State(hs): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(resource) = hs.modules.web_resource(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let limit = hs.config.max_upload_size as usize;
+    let (parts, body) = request.into_parts();
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error::MatrixError::new(myelin_core::ErrorKind::TooLarge, "Request body too large").into_response();
+        }
+    };
+    // A panicking resource must not take the connection down with it.
+    let call = std::panic::AssertUnwindSafe(resource.handle(http::Request::from_parts(parts, bytes)));
+    match futures::FutureExt::catch_unwind(call).await {
+        Ok(response) => response.map(Body::from),
+        Err(_) => {
+            tracing::error!("a module web resource panicked");
+            error::MatrixError(myelin_core::Error::internal("module web resource panicked")).into_response()
+        }
+    }
+}
+
+/// One log line per request: method, path (never the query, which may hold a token), status,
+/// duration.
+async fn request_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    tracing::info!(
+        "{method} {path} {} {:.1}ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if response.status().is_server_error() {
+        tracing::warn!("{method} {path} answered {}", response.status());
+    }
+    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

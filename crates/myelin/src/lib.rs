@@ -1,0 +1,263 @@
+//! The `myelin` binary's glue: command line, start-up sequence, listeners, shutdown.
+//!
+//! A custom build with extra Rust modules is a tiny crate whose `main` calls
+//! [`main_with_modules`] with its own [`NativeModule`]s added to the built-in ones.
+//!
+//! Start-up order (each step must succeed before the next; any failure exits 1 before a port
+//! is opened): config (modules' `parse_config` included), logging, storage and migrations,
+//! signing key, services, module constructors, freeze registrations, listeners.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use myelin_core::config::{Config, generate_config};
+use myelin_core::events::SigningKey;
+use myelin_core::modules::{LoadedModule, NativeModule, NativeModules};
+use myelin_core::{Homeserver, modules};
+use myelin_storage::sqlite::SqliteStore;
+
+pub use myelin_core::modules::NativeModule as Module;
+
+#[derive(Parser)]
+#[command(name = "myelin", version, about = "A Matrix homeserver with Synapse's module system")]
+struct Cli {
+    /// Path to homeserver.yaml (default: ./homeserver.yaml, generated on first run).
+    #[arg(short = 'c', long = "config-path", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver (the default).
+    Serve,
+    /// Write a commented homeserver.yaml and a signing key, then exit.
+    GenerateConfig {
+        /// The server name.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// Where data lives, relative to the config file.
+        #[arg(long, default_value = "data")]
+        data_dir: String,
+    },
+    /// Validate the whole config (module configs included); exit 0 if valid, 1 if not.
+    CheckConfig,
+    /// Create a local user in the database.
+    RegisterUser {
+        /// Localpart of the new user.
+        #[arg(long, short = 'u')]
+        user: String,
+        /// Password.
+        #[arg(long, short = 'p')]
+        password: String,
+        /// Make the user a server admin.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// The modules every Myelin build knows.
+pub fn builtin_modules() -> Vec<NativeModule> {
+    vec![NativeModule::of::<myelin_demo_module::DemoModule>()]
+}
+
+/// Runs the command line with the built-in modules plus `extra`.
+pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
+    let cli = Cli::parse();
+    let mut all = builtin_modules();
+    all.extend(extra);
+    let natives = NativeModules::new(all);
+    let default_path = PathBuf::from("homeserver.yaml");
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::GenerateConfig { server_name, data_dir } => {
+            let path = cli.config.unwrap_or(default_path);
+            match write_new_config(&path, &server_name, &data_dir) {
+                Ok(()) => {
+                    println!("Wrote {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig => {
+            let path = cli.config.unwrap_or(default_path);
+            match load_config(&path, &natives) {
+                Ok((config, _)) => {
+                    for w in &config.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("Config is valid: {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::RegisterUser { user, password, admin } => {
+            let path = cli.config.unwrap_or(default_path);
+            let (config, _) = match load_config(&path, &natives) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(async move {
+                let hs = match open_services(config) {
+                    Ok(hs) => hs,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                hs.modules.freeze();
+                match hs.register_local_user(&user, &password, admin).await {
+                    Ok(id) => {
+                        println!("Created user {id}{}", if admin { " (admin)" } else { "" });
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("Could not create user: {}", e.message);
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Serve => {
+            let path = match cli.config {
+                Some(p) => p,
+                None => {
+                    if !default_path.exists() {
+                        if let Err(e) = write_new_config(&default_path, "localhost", "data") {
+                            eprintln!("{e}");
+                            return ExitCode::FAILURE;
+                        }
+                        eprintln!("Generated {} for server_name 'localhost'", default_path.display());
+                    }
+                    default_path
+                }
+            };
+            let (config, modules) = match load_config(&path, &natives) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&config.log_level);
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(serve(config, modules))
+        }
+    }
+}
+
+fn write_new_config(path: &Path, server_name: &str, data_dir: &str) -> Result<(), String> {
+    if path.exists() {
+        return Err(format!("{} already exists; not overwriting it", path.display()));
+    }
+    let text = generate_config(server_name, data_dir);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let key = base.join(data_dir).join(format!("{server_name}.signing.key"));
+    if !key.exists() {
+        SigningKey::generate(&key)?;
+    }
+    Ok(())
+}
+
+/// Loads the config, printing Synapse's error format (a blank line, then the error) on failure.
+fn load_config(path: &Path, natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ExitCode> {
+    Config::load(path, natives).map_err(|e| {
+        eprintln!();
+        eprint!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MYELIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,ruma_state_res=warn")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
+    let store = SqliteStore::open(&config.database_path).map_err(|e| format!("Could not open the database: {e}"))?;
+    if !config.signing_key_path.exists() {
+        SigningKey::generate(&config.signing_key_path)?;
+        tracing::info!("Generated a new signing key at {}", config.signing_key_path.display());
+    }
+    let key = SigningKey::load(&config.signing_key_path)?;
+    Homeserver::new(config, Arc::new(store), key).map_err(|e| format!("Could not start: {e}"))
+}
+
+async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
+    let hs = match open_services(config) {
+        Ok(hs) => hs,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = modules::instantiate(&hs, loaded) {
+        eprintln!("Error during startup:");
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    hs.modules.freeze();
+
+    // Bind every listener before serving any, so a bad address fails start-up cleanly.
+    let mut bound = Vec::new();
+    for listener in &hs.config.listeners {
+        for addr in &listener.bind_addresses {
+            let socket = format!("{}:{}", if addr.contains(':') { format!("[{addr}]") } else { addr.clone() }, listener.port);
+            match tokio::net::TcpListener::bind(&socket).await {
+                Ok(l) => bound.push((l, listener.resources.clone())),
+                Err(e) => {
+                    eprintln!("Error during startup:\nCould not listen on {socket}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = Vec::new();
+    for (listener, resources) in bound {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        // Tests read this line to find the port.
+        eprintln!("myelin: listening on http://{addr}");
+        tracing::info!("Listening on http://{addr}");
+        let app = myelin_http::router(hs.clone(), &resources);
+        let mut stop = stop_tx.subscribe();
+        tasks.push(tokio::spawn(myelin_http::serve(listener, app, async move {
+            let _ = stop.recv().await;
+        })));
+    }
+    shutdown_signal().await;
+    tracing::info!("Shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(());
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("Stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

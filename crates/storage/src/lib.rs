@@ -1,0 +1,286 @@
+//! Myelin's storage: the traits services persist through, and the embedded SQLite backend.
+//!
+//! # Layout
+//! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
+//!   [`ClientDataStore`]). Services hold an `Arc<dyn Storage>` and never see SQL.
+//! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
+//!   migrations compiled in and applied at open.
+//!
+//! # Key decision: synchronous traits
+//! The methods are blocking; `core` calls them on Tokio's blocking pool. SQLite is a blocking
+//! library anyway, and a later PostgreSQL backend can use the synchronous `postgres` client
+//! behind the same traits. It also keeps every write a plain function over one transaction,
+//! which is what makes "nothing half-written" easy to guarantee.
+//!
+//! This crate knows nothing of HTTP, Matrix rules or modules: rows in, rows out.
+#![deny(missing_docs)]
+
+pub mod sqlite;
+
+use serde_json::Value;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A uniqueness constraint was hit (the row exists).
+    #[error("already exists")]
+    Conflict,
+    /// The database was written by a newer Myelin.
+    #[error(
+        "the database schema is version {found}, newer than this Myelin supports ({supported}); \
+         upgrade Myelin or restore a backup"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// Anything else from the backend.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Result alias for storage calls.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A local account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// Full user ID.
+    pub user_id: String,
+    /// argon2 or bcrypt hash; `None` for accounts without a password.
+    pub password_hash: Option<String>,
+    /// Server admin.
+    pub is_admin: bool,
+    /// Guest account.
+    pub is_guest: bool,
+    /// Deactivated account.
+    pub deactivated: bool,
+    /// Shadow-banned account.
+    pub shadow_banned: bool,
+    /// Creation time, milliseconds since the epoch.
+    pub creation_ts: i64,
+}
+
+/// A device of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// The device ID.
+    pub device_id: String,
+    /// Display name, if set.
+    pub display_name: Option<String>,
+    /// Last time a token of this device was used, ms.
+    pub last_seen_ts: Option<i64>,
+    /// Last IP seen.
+    pub last_seen_ip: Option<String>,
+}
+
+/// Accounts, devices, access tokens and profiles.
+pub trait UserStore {
+    /// Inserts a user and its profile; [`StorageError::Conflict`] if the ID is taken.
+    fn create_user(&self, user: &UserRow, displayname: Option<&str>) -> Result<()>;
+    /// Looks a user up by exact ID.
+    fn get_user(&self, user_id: &str) -> Result<Option<UserRow>>;
+    /// Looks a user up ignoring ASCII case, as Synapse does for login.
+    fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>>;
+    /// Replaces the password hash.
+    fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()>;
+    /// Sets one of the boolean account flags: `is_admin`, `deactivated` or `shadow_banned`.
+    fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
+    /// Creates or refreshes a device.
+    fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>)
+    -> Result<()>;
+    /// A user's devices.
+    fn get_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>>;
+    /// Renames a device; false if it does not exist.
+    fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool>;
+    /// Deletes a device and its tokens; false if it did not exist.
+    fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool>;
+    /// Stores an access token for a device.
+    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()>;
+    /// `(user_id, device_id)` for a token.
+    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>>;
+    /// Records use of a device (IP and time).
+    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, ts: i64) -> Result<()>;
+    /// Deletes one token.
+    fn delete_access_token(&self, token: &str) -> Result<()>;
+    /// Deletes all of a user's devices and tokens except `keep_device`.
+    fn delete_all_devices(&self, user_id: &str, keep_device: Option<&str>) -> Result<()>;
+    /// `(displayname, avatar_url)`.
+    fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>>;
+    /// Sets one profile field (`displayname` or `avatar_url`).
+    fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>)
+    -> Result<()>;
+    /// Number of local users.
+    fn count_users(&self) -> Result<i64>;
+}
+
+/// Boolean flags on an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserFlag {
+    /// Server admin.
+    Admin,
+    /// Deactivated.
+    Deactivated,
+    /// Shadow-banned.
+    ShadowBanned,
+}
+
+/// Profile fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileField {
+    /// `displayname`.
+    DisplayName,
+    /// `avatar_url`.
+    AvatarUrl,
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// Position in the global stream (also the sync token unit).
+    pub stream_ordering: i64,
+    /// The full PDU JSON as persisted (redacted in place once redacted).
+    pub json: String,
+    /// The state group holding the room state *after* this event.
+    pub state_group: Option<i64>,
+    /// Failed the authorization rules.
+    pub rejected: bool,
+    /// Passed auth against its own state but not against current state.
+    pub soft_failed: bool,
+}
+
+/// One entry of room state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateEntry {
+    /// Event type.
+    pub event_type: String,
+    /// State key.
+    pub state_key: String,
+    /// The event holding that state.
+    pub event_id: String,
+}
+
+/// How a new event changes the stored state.
+#[derive(Debug, Clone)]
+pub enum StateChange {
+    /// The event does not change state: it points at the existing group.
+    Same(i64),
+    /// A new group: `prev` plus the `delta` entries (or a full snapshot when `prev` is `None`).
+    New {
+        /// The group this delta applies on top of.
+        prev: Option<i64>,
+        /// The replaced or added entries.
+        delta: Vec<StateEntry>,
+    },
+}
+
+/// Everything written atomically when an event is persisted.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// `$...`.
+    pub event_id: &'a str,
+    /// Room.
+    pub room_id: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// For state events.
+    pub state_key: Option<&'a str>,
+    /// Sender.
+    pub sender: &'a str,
+    /// `membership` of a member event, denormalised for membership queries.
+    pub membership: Option<&'a str>,
+    /// Full PDU JSON.
+    pub json: &'a str,
+    /// Failed auth.
+    pub rejected: bool,
+    /// Soft-failed.
+    pub soft_failed: bool,
+    /// State after the event.
+    pub state: StateChange,
+    /// The room's forward extremities after this event.
+    pub forward_extremities: &'a [String],
+    /// Whether the event updates `current_state` (accepted state events).
+    pub updates_current_state: bool,
+    /// `(user_id, device_id, txn_id)` for idempotent client sends.
+    pub txn: Option<(&'a str, &'a str, &'a str)>,
+    /// The event this one redacts, if accepted: its stored JSON is replaced by `redacted_json`.
+    pub redaction: Option<(&'a str, &'a str)>,
+}
+
+/// A room's summary row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRow {
+    /// Room ID.
+    pub room_id: String,
+    /// Room version.
+    pub room_version: String,
+    /// Creator.
+    pub creator: String,
+    /// Published in the room directory.
+    pub is_public: bool,
+}
+
+/// Rooms, events, state groups and memberships.
+pub trait RoomStore {
+    /// Creates the room row.
+    fn create_room(&self, room: &RoomRow) -> Result<()>;
+    /// A room by ID.
+    fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>>;
+    /// Persists an event with its state change, extremities, txn ID and redaction in one
+    /// transaction; returns `(stream_ordering, state_group)`.
+    fn persist_event(&self, event: &NewEvent<'_>) -> Result<(i64, i64)>;
+    /// An event by ID.
+    fn get_event(&self, event_id: &str) -> Result<Option<EventRow>>;
+    /// The full state of a state group.
+    fn get_state_group(&self, group: i64) -> Result<Vec<StateEntry>>;
+    /// How many deltas lie between a group and its last full snapshot.
+    fn state_group_chain_length(&self, group: i64) -> Result<i64>;
+    /// The room's current state.
+    fn get_current_state(&self, room_id: &str) -> Result<Vec<StateEntry>>;
+    /// The room's forward extremities.
+    fn get_forward_extremities(&self, room_id: &str) -> Result<Vec<String>>;
+    /// The event stored for a client transaction ID.
+    fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>>;
+    /// Rooms where `user_id`'s current membership is `membership`.
+    fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>>;
+    /// Current `(user_id, membership)` of every member event in the room.
+    fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>>;
+    /// Accepted, not soft-failed events of a room with `from < stream <= to`, newest first if
+    /// `backwards`, at most `limit`.
+    fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize)
+    -> Result<Vec<EventRow>>;
+    /// Rooms (among `rooms`) with accepted events in `(from, to]`.
+    fn rooms_with_events_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<String>>;
+    /// The latest stream position.
+    fn max_stream_ordering(&self) -> Result<i64>;
+    /// The stream position of an event.
+    fn stream_of_event(&self, event_id: &str) -> Result<Option<i64>>;
+    /// Latest member events per user in `(from, to]` concerning `user_id` (their own membership
+    /// changes), as `(room_id, membership, stream)`.
+    fn membership_changes(&self, user_id: &str, from: i64, to: i64)
+    -> Result<Vec<(String, String, i64)>>;
+}
+
+/// Account data, filters and the other per-user client data.
+pub trait ClientDataStore {
+    /// Sets account data (`room_id` empty for global); returns its stream position.
+    fn set_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value)
+    -> Result<i64>;
+    /// One account-data item.
+    fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str)
+    -> Result<Option<Value>>;
+    /// Account data changed in `(from, to]`: `(room_id, type, content)`.
+    fn account_data_since(&self, user_id: &str, from: i64, to: i64)
+    -> Result<Vec<(String, String, Value)>>;
+    /// Stores a filter; returns its ID.
+    fn create_filter(&self, user_id: &str, filter: &Value) -> Result<i64>;
+    /// A stored filter.
+    fn get_filter(&self, user_id: &str, filter_id: i64) -> Result<Option<Value>>;
+}
+
+/// The whole storage contract a backend implements.
+pub trait Storage: UserStore + RoomStore + ClientDataStore + Send + Sync + 'static {}
+
+impl<T: UserStore + RoomStore + ClientDataStore + Send + Sync + 'static> Storage for T {}

@@ -1,0 +1,718 @@
+//! The embedded SQLite backend.
+//!
+//! One connection behind a `std::sync::Mutex`: SQLite allows one writer at a time anyway, every
+//! call is a short blocking function run on Tokio's blocking pool (never across an `.await`),
+//! and a single connection makes stream positions strictly ordered with their commits, which
+//! `/sync` relies on (a reader that sees position N sees everything before N).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use crate::*;
+
+/// Migrations, applied in order; the schema version is the number applied. Never edit a
+/// released one: append.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// A full state snapshot is written after this many deltas, bounding the walk to read a
+/// group's state while keeping each event's state write small.
+pub const MAX_STATE_DELTA_CHAIN: i64 = 64;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: rusqlite::Error) -> StorageError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StorageError::Conflict;
+    }
+    StorageError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
+        }
+        Self::setup(Connection::open(path).map_err(backend)?)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+        )
+        .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction (rusqlite rolls
+        // back on drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The schema version this build writes.
+    pub fn supported_schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(backend)?;
+    let found: Option<i64> = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    let current = found.unwrap_or(0);
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StorageError::SchemaTooNew { found: current, supported });
+    }
+    let tx = conn.transaction().map_err(backend)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(|e| StorageError::Backend(format!("migration {}: {e}", i + 1)))?;
+    }
+    tx.execute("DELETE FROM schema_version", []).map_err(backend)?;
+    tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [supported]).map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        user_id: r.get(0)?,
+        password_hash: r.get(1)?,
+        is_admin: r.get(2)?,
+        is_guest: r.get(3)?,
+        deactivated: r.get(4)?,
+        shadow_banned: r.get(5)?,
+        creation_ts: r.get(6)?,
+    })
+}
+
+const USER_COLUMNS: &str =
+    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+
+impl UserStore for SqliteStore {
+    fn create_user(&self, u: &UserRow, displayname: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute(
+            &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                u.user_id,
+                u.password_hash,
+                u.is_admin,
+                u.is_guest,
+                u.deactivated,
+                u.shadow_banned,
+                u.creation_ts
+            ],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO profiles (user_id, displayname) VALUES (?1, ?2)",
+            params![u.user_id, displayname],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
+                [user_id],
+                user_from_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE lower(user_id) = lower(?1) LIMIT 1"),
+                [user_id],
+                user_from_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()> {
+        self.conn()
+            .execute("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
+        let column = match flag {
+            UserFlag::Admin => "is_admin",
+            UserFlag::Deactivated => "deactivated",
+            UserFlag::ShadowBanned => "shadow_banned",
+        };
+        self.conn()
+            .execute(&format!("UPDATE users SET {column} = ?2 WHERE user_id = ?1"), params![user_id, value])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO devices (user_id, device_id, display_name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET
+                   display_name = coalesce(excluded.display_name, display_name)",
+                params![user_id, device_id, name],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices
+                 WHERE user_id = ?1 ORDER BY device_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([user_id], |r| {
+                Ok(DeviceRow {
+                    device_id: r.get(0)?,
+                    display_name: r.get(1)?,
+                    last_seen_ts: r.get(2)?,
+                    last_seen_ip: r.get(3)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, name],
+            )
+            .map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute(
+            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+            params![user_id, device_id],
+        )
+        .map_err(backend)?;
+        let n = tx
+            .execute("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO access_tokens (token, user_id, device_id) VALUES (?1, ?2, ?3)",
+                params![token, user_id, device_id],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1")
+            .map_err(backend)?;
+        stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(backend)
+    }
+
+    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, ts: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = ?4 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, ts, ip],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_access_token(&self, token: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM access_tokens WHERE token = ?1", [token]).map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let keep = keep.unwrap_or("");
+        tx.execute(
+            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2",
+            params![user_id, keep],
+        )
+        .map_err(backend)?;
+        tx.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>> {
+        self.conn()
+            .query_row(
+                "SELECT displayname, avatar_url FROM profiles WHERE user_id = ?1",
+                [user_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>) -> Result<()> {
+        let column = match field {
+            ProfileField::DisplayName => "displayname",
+            ProfileField::AvatarUrl => "avatar_url",
+        };
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO profiles (user_id, {column}) VALUES (?1, ?2)
+                     ON CONFLICT (user_id) DO UPDATE SET {column} = excluded.{column}"
+                ),
+                params![user_id, value],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn count_users(&self) -> Result<i64> {
+        self.conn().query_row("SELECT count(*) FROM users", [], |r| r.get(0)).map_err(backend)
+    }
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        stream_ordering: r.get(0)?,
+        json: r.get(1)?,
+        state_group: r.get(2)?,
+        rejected: r.get(3)?,
+        soft_failed: r.get(4)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "stream_ordering, json, state_group, rejected, soft_failed";
+
+/// Claims the next position of the one stream that events and account data share, so that a
+/// single sync token orders both. Called inside the writing transaction, so positions commit in
+/// order.
+fn next_stream_position(tx: &Transaction<'_>) -> Result<i64> {
+    tx.query_row("UPDATE stream_position SET position = position + 1 RETURNING position", [], |r| r.get(0))
+        .map_err(backend)
+}
+
+fn write_state_group(tx: &Transaction<'_>, room_id: &str, change: &StateChange) -> Result<i64> {
+    match change {
+        StateChange::Same(group) => Ok(*group),
+        StateChange::New { prev, delta } => {
+            tx.execute(
+                "INSERT INTO state_groups (room_id, prev_group) VALUES (?1, ?2)",
+                params![room_id, prev],
+            )
+            .map_err(backend)?;
+            let group = tx.last_insert_rowid();
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO state_group_entries (state_group, type, state_key, event_id)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(backend)?;
+            for e in delta {
+                stmt.execute(params![group, e.event_type, e.state_key, e.event_id]).map_err(backend)?;
+            }
+            Ok(group)
+        }
+    }
+}
+
+impl RoomStore for SqliteStore {
+    fn create_room(&self, room: &RoomRow) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO rooms (room_id, room_version, creator, is_public) VALUES (?1, ?2, ?3, ?4)",
+                params![room.room_id, room.room_version, room.creator, room.is_public],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
+        self.conn()
+            .query_row(
+                "SELECT room_id, room_version, creator, is_public FROM rooms WHERE room_id = ?1",
+                [room_id],
+                |r| {
+                    Ok(RoomRow {
+                        room_id: r.get(0)?,
+                        room_version: r.get(1)?,
+                        creator: r.get(2)?,
+                        is_public: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn persist_event(&self, ev: &NewEvent<'_>) -> Result<(i64, i64)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let group = write_state_group(&tx, ev.room_id, &ev.state)?;
+        let stream = next_stream_position(&tx)?;
+        tx.execute(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, json,
+                                 state_group, rejected, soft_failed, stream_ordering)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                ev.event_id,
+                ev.room_id,
+                ev.event_type,
+                ev.state_key,
+                ev.sender,
+                ev.membership,
+                ev.json,
+                group,
+                ev.rejected,
+                ev.soft_failed,
+                stream
+            ],
+        )
+        .map_err(backend)?;
+        if !ev.rejected && !ev.soft_failed {
+            tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1", [ev.room_id])
+                .map_err(backend)?;
+            for id in ev.forward_extremities {
+                tx.execute(
+                    "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+                    params![ev.room_id, id],
+                )
+                .map_err(backend)?;
+            }
+        }
+        if ev.updates_current_state
+            && let Some(key) = ev.state_key
+        {
+            tx.execute(
+                "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![ev.room_id, ev.event_type, key, ev.event_id, ev.membership],
+            )
+            .map_err(backend)?;
+        }
+        if let Some((user, device, txn)) = ev.txn {
+            tx.execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
+                params![user, device, txn, ev.event_id],
+            )
+            .map_err(backend)?;
+        }
+        if let Some((target, redacted_json)) = ev.redaction {
+            tx.execute("UPDATE events SET json = ?2 WHERE event_id = ?1", params![target, redacted_json])
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok((stream, group))
+    }
+
+    fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?1"))
+            .map_err(backend)?;
+        stmt.query_row([event_id], event_from_row).optional().map_err(backend)
+    }
+
+    fn get_state_group(&self, group: i64) -> Result<Vec<StateEntry>> {
+        // Walk from the group back to its snapshot; the newest entry for a key wins.
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "WITH RECURSIVE chain(g, depth) AS (
+                   SELECT ?1, 0
+                   UNION ALL
+                   SELECT s.prev_group, chain.depth + 1 FROM state_groups s JOIN chain ON s.id = chain.g
+                   WHERE s.prev_group IS NOT NULL
+                 )
+                 SELECT e.type, e.state_key, e.event_id FROM state_group_entries e
+                 JOIN chain ON e.state_group = chain.g ORDER BY chain.depth DESC",
+            )
+            .map_err(backend)?;
+        let mut map = std::collections::HashMap::new();
+        let rows = stmt
+            .query_map([group], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(backend)?;
+        for row in rows {
+            let (t, k, e) = row.map_err(backend)?;
+            map.insert((t, k), e);
+        }
+        Ok(map
+            .into_iter()
+            .map(|((event_type, state_key), event_id)| StateEntry { event_type, state_key, event_id })
+            .collect())
+    }
+
+    fn state_group_chain_length(&self, group: i64) -> Result<i64> {
+        self.conn()
+            .query_row(
+                "WITH RECURSIVE chain(g, n) AS (
+                   SELECT ?1, 0
+                   UNION ALL
+                   SELECT s.prev_group, chain.n + 1 FROM state_groups s JOIN chain ON s.id = chain.g
+                   WHERE s.prev_group IS NOT NULL
+                 ) SELECT max(n) FROM chain",
+                [group],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
+    fn get_current_state(&self, room_id: &str) -> Result<Vec<StateEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([room_id], |r| {
+                Ok(StateEntry { event_type: r.get(0)?, state_key: r.get(1)?, event_id: r.get(2)? })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn get_forward_extremities(&self, room_id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id")
+            .map_err(backend)?;
+        let rows = stmt.query_map([room_id], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row(
+                "SELECT event_id FROM event_txn_ids WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
+                params![user_id, device_id, txn_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?1
+                 AND membership = ?2 ORDER BY room_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([user_id, membership], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT state_key, membership FROM current_state WHERE room_id = ?1 AND type = 'm.room.member'
+                 ORDER BY state_key",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize) -> Result<Vec<EventRow>> {
+        let order = if backwards { "DESC" } else { "ASC" };
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2
+                 AND stream_ordering <= ?3 AND rejected = 0 AND soft_failed = 0
+                 ORDER BY stream_ordering {order} LIMIT ?4"
+            ))
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![room_id, from, to, limit as i64], event_from_row).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn rooms_with_events_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?1 AND stream_ordering <= ?2
+                 AND rejected = 0 AND soft_failed = 0",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![from, to], |r| r.get::<_, String>(0)).map_err(backend)?;
+        let changed: std::collections::HashSet<String> =
+            rows.collect::<rusqlite::Result<_>>().map_err(backend)?;
+        Ok(rooms.iter().filter(|r| changed.contains(*r)).cloned().collect())
+    }
+
+    fn max_stream_ordering(&self) -> Result<i64> {
+        self.conn()
+            .query_row(
+                "SELECT position FROM stream_position",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
+    fn stream_of_event(&self, event_id: &str) -> Result<Option<i64>> {
+        self.conn()
+            .query_row("SELECT stream_ordering FROM events WHERE event_id = ?1", [event_id], |r| r.get(0))
+            .optional()
+            .map_err(backend)
+    }
+
+    fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id, membership, max(stream_ordering) FROM events
+                 WHERE type = 'm.room.member' AND state_key = ?1 AND stream_ordering > ?2
+                 AND stream_ordering <= ?3 AND rejected = 0 AND soft_failed = 0
+                 GROUP BY room_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![user_id, from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+}
+
+impl ClientDataStore for SqliteStore {
+    fn set_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let pos = next_stream_position(&tx)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO account_data (user_id, room_id, type, content, stream_ordering)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user_id, room_id, data_type, content.to_string(), pos],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(pos)
+    }
+
+    fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<Value>> {
+        let s: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT content FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND type = ?3",
+                params![user_id, room_id, data_type],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    fn account_data_since(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, Value)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id, type, content FROM account_data WHERE user_id = ?1
+                 AND stream_ordering > ?2 AND stream_ordering <= ?3 ORDER BY stream_ordering",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![user_id, from, to], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (room, t, c) = row.map_err(backend)?;
+            out.push((room, t, serde_json::from_str(&c).unwrap_or(Value::Null)));
+        }
+        Ok(out)
+    }
+
+    fn create_filter(&self, user_id: &str, filter: &Value) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO filters (user_id, filter_json) VALUES (?1, ?2)",
+            params![user_id, filter.to_string()],
+        )
+        .map_err(backend)?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn get_filter(&self, user_id: &str, filter_id: i64) -> Result<Option<Value>> {
+        let s: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT filter_json FROM filters WHERE user_id = ?1 AND filter_id = ?2",
+                params![user_id, filter_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE schema_version SET version = 999", []).unwrap();
+        drop(conn);
+        match SqliteStore::open(&path) {
+            Err(StorageError::SchemaTooNew { found: 999, .. }) => {}
+            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn account_data_and_events_share_one_increasing_stream() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let a = store.set_account_data("@a:x", "", "t", &serde_json::json!({})).unwrap();
+        let b = store.set_account_data("@a:x", "", "t", &serde_json::json!({"v": 1})).unwrap();
+        assert!(b > a);
+        assert_eq!(store.max_stream_ordering().unwrap(), b);
+    }
+}
