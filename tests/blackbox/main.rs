@@ -1,1 +1,10 @@
-fn main(){}
+//! Black-box tests: one executable, a shared harness, one module per area. Every test starts
+//! the real server (`myelin-test-server`) on 127.0.0.1:0 with its own temp dir.
+
+mod harness;
+
+mod accounts; // registration, login, devices, profiles, account data
+mod foundation; // the binary, config, storage, HTTP basics
+mod modules; // module loading, web resources, spam-checker callbacks
+mod rooms; // rooms, membership, messages, the graph
+mod sync; // /sync

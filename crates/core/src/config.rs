@@ -167,15 +167,9 @@ impl Config {
     }
 
     /// Validates config text; `base` anchors relative paths.
-    pub fn parse(
-        text: &str,
-        base: &Path,
-        natives: &NativeModules,
-    ) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
-        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
-            path: vec![],
-            lines: vec![format!("Invalid YAML: {e}")],
-        })?;
+    pub fn parse(text: &str, base: &Path, natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
+        let value: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError { path: vec![], lines: vec![format!("Invalid YAML: {e}")] })?;
         let root = match value {
             Value::Object(m) => m,
             Value::Null => Map::new(),
@@ -220,10 +214,9 @@ impl Config {
                 let dw = Walker { path: vec!["database".into()], root: db };
                 let name = dw.string("name")?.unwrap_or_else(|| "sqlite3".into());
                 if name != "sqlite3" {
-                    return Err(dw.err(
-                        "name",
-                        format!("Unsupported database type '{name}': this Myelin supports 'sqlite3'"),
-                    ));
+                    return Err(
+                        dw.err("name", format!("Unsupported database type '{name}': this Myelin supports 'sqlite3'"))
+                    );
                 }
                 match db.get("args") {
                     None | Some(Value::Null) => resolve("homeserver.db".into()),
@@ -262,10 +255,7 @@ impl Config {
             Some(_) => return Err(w.err("default_room_version", "expected a string")),
         };
         if !SUPPORTED_ROOM_VERSIONS.contains(&default_room_version.as_str()) {
-            return Err(w.err(
-                "default_room_version",
-                format!("Unknown room version '{default_room_version}'"),
-            ));
+            return Err(w.err("default_room_version", format!("Unknown room version '{default_room_version}'")));
         }
         let log_level = w.string("log_level")?.unwrap_or_else(|| "info".into()).to_lowercase();
         if !["trace", "debug", "info", "warn", "warning", "error"].contains(&log_level.as_str()) {

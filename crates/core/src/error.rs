@@ -125,10 +125,9 @@ impl Error {
             ErrorKind::TooLarge => "M_TOO_LARGE",
             ErrorKind::LimitExceeded => "M_LIMIT_EXCEEDED",
             ErrorKind::Module { errcode, .. } => errcode,
-            ErrorKind::RegistrationDenied
-            | ErrorKind::BadContent
-            | ErrorKind::BadRequest
-            | ErrorKind::Internal => "M_UNKNOWN",
+            ErrorKind::RegistrationDenied | ErrorKind::BadContent | ErrorKind::BadRequest | ErrorKind::Internal => {
+                "M_UNKNOWN"
+            }
         }
     }
 }

@@ -12,8 +12,8 @@ use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::signatures::Ed25519KeyPair;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
-    OwnedUserId, RoomId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UserId,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -40,8 +40,7 @@ impl SigningKey {
     pub fn load(path: &Path) -> std::result::Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut parts = text.split_whitespace();
-        let (Some("ed25519"), Some(version), Some(seed)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some("ed25519"), Some(version), Some(seed)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(format!("{}: not an ed25519 signing key file", path.display()));
         };
         let seed = base64::engine::general_purpose::STANDARD_NO_PAD
@@ -67,15 +66,9 @@ impl SigningKey {
         use rand::{Rng, RngCore};
         let mut seed = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut seed);
-        let version: String = rand::thread_rng()
-            .sample_iter(&rand::distributions::Alphanumeric)
-            .take(6)
-            .map(char::from)
-            .collect();
-        let line = format!(
-            "ed25519 a_{version} {}\n",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed)
-        );
+        let version: String =
+            rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(6).map(char::from).collect();
+        let line = format!("ed25519 a_{version} {}\n", base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         }
@@ -145,10 +138,7 @@ impl Pdu {
     /// The event this one redacts, wherever the room version puts it.
     pub fn redacts_id(&self) -> Option<OwnedEventId> {
         self.redacts.clone().or_else(|| {
-            self.content_map()
-                .get("redacts")
-                .and_then(Value::as_str)
-                .and_then(|s| OwnedEventId::try_from(s).ok())
+            self.content_map().get("redacts").and_then(Value::as_str).and_then(|s| OwnedEventId::try_from(s).ok())
         })
     }
 }
@@ -242,10 +232,7 @@ pub fn sign_event(
     object.insert("prev_events".into(), canonical(ids(&draft.prev_events))?);
     object.insert("content".into(), canonical(Value::Object(draft.content))?);
     object.insert("depth".into(), CanonicalJsonValue::Integer((draft.depth as i64).try_into().unwrap_or_default()));
-    object.insert(
-        "origin_server_ts".into(),
-        CanonicalJsonValue::Integer(draft.origin_server_ts.0.into()),
-    );
+    object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(draft.origin_server_ts.0.into()));
     object.insert("room_id".into(), CanonicalJsonValue::String(draft.room_id.to_string()));
     object.insert("sender".into(), CanonicalJsonValue::String(draft.sender.to_string()));
     object.insert("type".into(), CanonicalJsonValue::String(draft.kind.to_owned()));

@@ -111,11 +111,7 @@ impl PowerLevels {
         self.0.get(key).and_then(as_int).unwrap_or(default)
     }
     fn user(&self, user: &str) -> i64 {
-        self.0
-            .get("users")
-            .and_then(|u| u.get(user))
-            .and_then(as_int)
-            .unwrap_or_else(|| self.int("users_default", 0))
+        self.0.get("users").and_then(|u| u.get(user)).and_then(as_int).unwrap_or_else(|| self.int("users_default", 0))
     }
 }
 
@@ -242,10 +238,8 @@ impl Homeserver {
             &cache.rules.authorization,
         )
         .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
-        let auth_ids: Vec<OwnedEventId> = auth_types
-            .iter()
-            .filter_map(|(t, k)| cache.state.get(&(t.to_string(), k.clone())).cloned())
-            .collect();
+        let auth_ids: Vec<OwnedEventId> =
+            auth_types.iter().filter_map(|(t, k)| cache.state.get(&(t.to_string(), k.clone())).cloned()).collect();
         let redacts = if timeline_type == TimelineEventType::RoomRedaction {
             content.get("redacts").and_then(Value::as_str).map(str::to_owned)
         } else {
@@ -273,14 +267,13 @@ impl Homeserver {
         let signed = sign_event(draft, &cache.rules, self.server_name(), &self.key)?;
         let pdu = signed.pdu;
 
-        crate::state::check_auth(&cache.rules, &pdu, &loaded, &cache.state)
-            .map_err(Error::forbidden)?;
+        crate::state::check_auth(&cache.rules, &pdu, &loaded, &cache.state).map_err(Error::forbidden)?;
 
         // Redacting someone else's event needs the redact power level.
         let mut redaction = None;
         if let Some(target) = &redacts {
-            let target_id = OwnedEventId::try_from(target.as_str())
-                .map_err(|_| Error::bad_json("Invalid event ID in redacts"))?;
+            let target_id =
+                OwnedEventId::try_from(target.as_str()).map_err(|_| Error::bad_json("Invalid event ID in redacts"))?;
             if let Some(original) = loaded.get(&target_id) {
                 if original.room_id != *room_id {
                     return Err(Error::not_found("Event not found"));
@@ -292,13 +285,14 @@ impl Homeserver {
                     }
                 }
                 let because = client_event(&serde_json::from_str(&signed.json).map_err(Error::internal)?);
-                let original_json = self.db({
-                    let t = target.clone();
-                    move |s| s.get_event(&t)
-                })
-                .await?
-                .map(|r| r.json)
-                .unwrap_or_default();
+                let original_json = self
+                    .db({
+                        let t = target.clone();
+                        move |s| s.get_event(&t)
+                    })
+                    .await?
+                    .map(|r| r.json)
+                    .unwrap_or_default();
                 redaction = Some((target.clone(), redact_json(&original_json, &cache.rules, Some(&because))?));
             }
         }
@@ -310,7 +304,11 @@ impl Homeserver {
 
         let state_change = match state_key {
             Some(key) => {
-                let entry = StateEntry { event_type: kind.to_owned(), state_key: key.to_owned(), event_id: pdu.event_id.to_string() };
+                let entry = StateEntry {
+                    event_type: kind.to_owned(),
+                    state_key: key.to_owned(),
+                    event_id: pdu.event_id.to_string(),
+                };
                 match cache.state_group {
                     Some(prev) if cache.chain_len < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN => {
                         StateChange::New { prev: Some(prev), delta: vec![entry] }
@@ -320,7 +318,11 @@ impl Homeserver {
                             .state
                             .iter()
                             .filter(|((t, k), _)| !(t == kind && k == key))
-                            .map(|((t, k), e)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: e.to_string() })
+                            .map(|((t, k), e)| StateEntry {
+                                event_type: t.clone(),
+                                state_key: k.clone(),
+                                event_id: e.to_string(),
+                            })
                             .collect();
                         full.push(entry);
                         StateChange::New { prev: None, delta: full }
@@ -334,7 +336,11 @@ impl Homeserver {
                     delta: cache
                         .state
                         .iter()
-                        .map(|((t, k), e)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: e.to_string() })
+                        .map(|((t, k), e)| StateEntry {
+                            event_type: t.clone(),
+                            state_key: k.clone(),
+                            event_id: e.to_string(),
+                        })
                         .collect(),
                 },
             },
@@ -390,7 +396,10 @@ impl Homeserver {
     }
 
     /// The current state of a room as `(type, state_key) -> event_id`, if the room exists.
-    pub(crate) async fn current_state(&self, room_id: &RoomId) -> Result<Option<HashMap<(String, String), OwnedEventId>>> {
+    pub(crate) async fn current_state(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<HashMap<(String, String), OwnedEventId>>> {
         let guard = self.room_lock(room_id).await?;
         Ok(guard.as_ref().map(|c| c.state.clone()))
     }
@@ -418,12 +427,19 @@ impl Homeserver {
     }
 
     /// `POST /createRoom` (and `ModuleApi.create_room`). Returns `(room_id, alias)`.
-    pub async fn create_room(&self, requester: &Requester, body: Map<String, Value>) -> Result<(OwnedRoomId, Option<String>)> {
+    pub async fn create_room(
+        &self,
+        requester: &Requester,
+        body: Map<String, Value>,
+    ) -> Result<(OwnedRoomId, Option<String>)> {
         let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
             .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;
         let version = request.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());
         if !crate::config::SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
-            return Err(Error::new(ErrorKind::UnsupportedRoomVersion, "Your homeserver does not support this room version"));
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "Your homeserver does not support this room version",
+            ));
         }
         let rules = ruma::RoomVersionId::try_from(version.as_str())
             .ok()
@@ -451,8 +467,8 @@ impl Homeserver {
             self.modules.user_may_create_room(requester.user_id.as_str(), &body).await?;
         }
 
-        let room_id = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
-            .map_err(Error::internal)?;
+        let room_id =
+            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
         let row = RoomRow {
             room_id: room_id.to_string(),
             room_version: version.clone(),
@@ -516,8 +532,15 @@ impl Homeserver {
         }
         for ev in &request.initial_state {
             let room_id = room_id.clone();
-            self.append_event(&room_id, creator, &ev.kind, Some(&ev.state_key), ev.content.clone(), AppendOptions::default())
-                .await?;
+            self.append_event(
+                &room_id,
+                creator,
+                &ev.kind,
+                Some(&ev.state_key),
+                ev.content.clone(),
+                AppendOptions::default(),
+            )
+            .await?;
         }
         if let Some(name) = &request.name {
             send("m.room.name", Some(String::new()), json!({"name": name})).await?;
@@ -713,7 +736,14 @@ impl Homeserver {
         }
         let txn = Some((requester.user_id.to_string(), requester.device_id.clone(), format!("redact:{txn_id}")));
         let appended = self
-            .append_event(&room_id, &requester.user_id, "m.room.redaction", None, content, AppendOptions { txn, spam_check: true })
+            .append_event(
+                &room_id,
+                &requester.user_id,
+                "m.room.redaction",
+                None,
+                content,
+                AppendOptions { txn, spam_check: true },
+            )
             .await?;
         Ok(appended.pdu.event_id.to_string())
     }
@@ -828,9 +858,11 @@ impl Homeserver {
             Some("leave") | Some("ban") => {
                 let rid = room_id.to_string();
                 let u = user.clone();
-                self.db(move |s| Ok(s.membership_changes(&u, 0, i64::MAX)?.into_iter().find(|(r, _, _)| *r == rid).map(|c| c.2)))
-                    .await?
-                    .unwrap_or(0)
+                self.db(move |s| {
+                    Ok(s.membership_changes(&u, 0, i64::MAX)?.into_iter().find(|(r, _, _)| *r == rid).map(|c| c.2))
+                })
+                .await?
+                .unwrap_or(0)
             }
             _ => return Err(Error::forbidden(format!("User {user} not in room {room_id}"))),
         };
@@ -851,23 +883,22 @@ impl Homeserver {
             let upper = to_pos.unwrap_or(i64::MAX).min(visible_until);
             self.db(move |s| s.room_events(&rid, from_pos, upper, false, limit)).await?
         };
-        let end = if rows.len() == limit {
-            rows.last().map(|r| if backwards { format!("t{}", r.stream_ordering) } else { format!("t{}", r.stream_ordering) })
-        } else {
-            None
-        };
-        let chunk = rows
-            .iter()
-            .map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default()))
-            .collect();
-        Ok(MessagesPage { chunk, start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")), end, state: vec![] })
+        let end = if rows.len() == limit { rows.last().map(|r| format!("t{}", r.stream_ordering)) } else { None };
+        let chunk = rows.iter().map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default())).collect();
+        Ok(MessagesPage {
+            chunk,
+            start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")),
+            end,
+            state: vec![],
+        })
     }
 
     /// `GET /context/{eventId}`.
     pub async fn context(&self, requester: &Requester, room_id: &str, event_id: &str, limit: usize) -> Result<Value> {
         let event = self.get_room_event(requester, room_id, event_id).await?;
         let id = event_id.to_owned();
-        let pos = self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
+        let pos =
+            self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
         let half = (limit.min(100) / 2).max(1);
         let before = self.messages(requester, room_id, Some(&format!("t{pos}")), None, true, half).await?;
         let after = self.messages(requester, room_id, Some(&format!("t{pos}")), None, false, half).await?;
@@ -895,7 +926,14 @@ impl Homeserver {
         let content = event.get("content").and_then(Value::as_object).cloned().unwrap_or_default();
         let state_key = field("state_key");
         let appended = self
-            .append_event(&room_id, &sender, &kind, state_key.as_deref(), content, AppendOptions { txn: None, spam_check: true })
+            .append_event(
+                &room_id,
+                &sender,
+                &kind,
+                state_key.as_deref(),
+                content,
+                AppendOptions { txn: None, spam_check: true },
+            )
             .await?;
         Ok(appended.json)
     }

@@ -24,7 +24,10 @@ pub fn check_auth(
 }
 
 /// Every event in the auth chains of `ids` (not including `ids` themselves unless reachable).
-pub fn auth_chain(ids: impl IntoIterator<Item = OwnedEventId>, events: &HashMap<OwnedEventId, Pdu>) -> HashSet<OwnedEventId> {
+pub fn auth_chain(
+    ids: impl IntoIterator<Item = OwnedEventId>,
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> HashSet<OwnedEventId> {
     let mut seen = HashSet::new();
     let mut todo: Vec<OwnedEventId> = ids.into_iter().collect();
     while let Some(id) = todo.pop() {
@@ -46,10 +49,8 @@ pub fn resolve(
     state_sets: &[StateMap<OwnedEventId>],
     events: &HashMap<OwnedEventId, Pdu>,
 ) -> Result<StateMap<OwnedEventId>, String> {
-    let auth_chains = state_sets
-        .iter()
-        .map(|set| auth_chain(set.values().cloned(), events).into_iter().collect())
-        .collect();
+    let auth_chains =
+        state_sets.iter().map(|set| auth_chain(set.values().cloned(), events).into_iter().collect()).collect();
     let v2 = rules.state_res.v2_rules().ok_or("room version does not use state resolution v2")?;
     state_res::resolve(
         &rules.authorization,
@@ -91,6 +92,7 @@ mod tests {
         }
 
         /// Adds an event with explicit parents and auth events at timestamp `ts`.
+        #[allow(clippy::too_many_arguments)]
         fn add(
             &mut self,
             sender: &str,
@@ -143,8 +145,24 @@ mod tests {
 
     /// create, alice joins, power levels, join rules (public), bob joins.
     fn base(room: &mut Room) -> [OwnedEventId; 5] {
-        let create = room.add("@alice:test", "m.room.create", Some(""), json!({"creator": "@alice:test", "room_version": "10"}), &[], &[], 1);
-        let alice = room.add("@alice:test", "m.room.member", Some("@alice:test"), json!({"membership": "join"}), &[&create], &[&create], 2);
+        let create = room.add(
+            "@alice:test",
+            "m.room.create",
+            Some(""),
+            json!({"creator": "@alice:test", "room_version": "10"}),
+            &[],
+            &[],
+            1,
+        );
+        let alice = room.add(
+            "@alice:test",
+            "m.room.member",
+            Some("@alice:test"),
+            json!({"membership": "join"}),
+            &[&create],
+            &[&create],
+            2,
+        );
         let pl = room.add(
             "@alice:test",
             "m.room.power_levels",
@@ -154,8 +172,24 @@ mod tests {
             &[&create, &alice],
             3,
         );
-        let jr = room.add("@alice:test", "m.room.join_rules", Some(""), json!({"join_rule": "public"}), &[&pl], &[&create, &alice, &pl], 4);
-        let bob = room.add("@bob:test", "m.room.member", Some("@bob:test"), json!({"membership": "join"}), &[&jr], &[&create, &pl, &jr], 5);
+        let jr = room.add(
+            "@alice:test",
+            "m.room.join_rules",
+            Some(""),
+            json!({"join_rule": "public"}),
+            &[&pl],
+            &[&create, &alice, &pl],
+            4,
+        );
+        let bob = room.add(
+            "@bob:test",
+            "m.room.member",
+            Some("@bob:test"),
+            json!({"membership": "join"}),
+            &[&jr],
+            &[&create, &pl, &jr],
+            5,
+        );
         [create, alice, pl, jr, bob]
     }
 
@@ -220,9 +254,18 @@ mod tests {
         let err = check_auth(&room.rules, &room.events[&bad], &room.events, &state).unwrap_err();
         assert!(!err.is_empty());
         // Alice may set the topic; Bob may send a message.
-        let topic = room.add("@alice:test", "m.room.topic", Some(""), json!({"topic": "t"}), &[&bob], &[&create, &pl, &alice], 7);
+        let topic = room.add(
+            "@alice:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "t"}),
+            &[&bob],
+            &[&create, &pl, &alice],
+            7,
+        );
         check_auth(&room.rules, &room.events[&topic], &room.events, &state).unwrap();
-        let msg = room.add("@bob:test", "m.room.message", None, json!({"body": "hi"}), &[&bob], &[&create, &pl, &bob], 8);
+        let msg =
+            room.add("@bob:test", "m.room.message", None, json!({"body": "hi"}), &[&bob], &[&create, &pl, &bob], 8);
         check_auth(&room.rules, &room.events[&msg], &room.events, &state).unwrap();
         // A user who never joined may not send.
         let eve = room.add("@eve:test", "m.room.message", None, json!({"body": "hi"}), &[&bob], &[&create, &pl], 9);
@@ -246,9 +289,24 @@ mod tests {
             &[&create, &alice, &pl],
             10,
         );
-        let bob_topic = room.add("@bob:test", "m.room.topic", Some(""), json!({"topic": "bob"}), &[&pl2], &[&create, &pl2, &bob], 11);
-        let alice_topic =
-            room.add("@alice:test", "m.room.topic", Some(""), json!({"topic": "alice"}), &[&bob], &[&create, &pl, &alice], 50);
+        let bob_topic = room.add(
+            "@bob:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "bob"}),
+            &[&pl2],
+            &[&create, &pl2, &bob],
+            11,
+        );
+        let alice_topic = room.add(
+            "@alice:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "alice"}),
+            &[&bob],
+            &[&create, &pl, &alice],
+            50,
+        );
 
         let a = room.state_of(&[&create, &alice, &pl2, &jr, &bob, &bob_topic]);
         let b = room.state_of(&[&create, &alice, &pl, &jr, &bob, &alice_topic]);
@@ -274,8 +332,24 @@ mod tests {
             &[&create, &alice, &pl],
             10,
         );
-        let ban = room.add("@alice:test", "m.room.member", Some("@bob:test"), json!({"membership": "ban"}), &[&pl2], &[&create, &pl2, &alice, &bob], 11);
-        let topic = room.add("@bob:test", "m.room.topic", Some(""), json!({"topic": "mine"}), &[&pl2], &[&create, &pl2, &bob], 12);
+        let ban = room.add(
+            "@alice:test",
+            "m.room.member",
+            Some("@bob:test"),
+            json!({"membership": "ban"}),
+            &[&pl2],
+            &[&create, &pl2, &alice, &bob],
+            11,
+        );
+        let topic = room.add(
+            "@bob:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "mine"}),
+            &[&pl2],
+            &[&create, &pl2, &bob],
+            12,
+        );
         let a = room.state_of(&[&create, &alice, &pl2, &jr, &ban]);
         let b = room.state_of(&[&create, &alice, &pl2, &jr, &bob, &topic]);
         let resolved = resolve(&room.rules, &[a, b], &room.events).unwrap();

@@ -39,7 +39,9 @@ struct SyncFilter {
 impl SyncFilter {
     fn from_json(f: &Value) -> Self {
         let room = &f["room"];
-        let list = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect::<HashSet<_>>());
+        let list = |v: &Value| {
+            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect::<HashSet<_>>())
+        };
         SyncFilter {
             timeline_limit: room["timeline"]["limit"].as_u64().map(|l| l.clamp(1, 500) as usize).unwrap_or(10),
             rooms: list(&room["rooms"]),
@@ -141,10 +143,9 @@ impl Homeserver {
             if since.is_some() && !full_state && !rooms_with_news.contains(room) && !has_account_data {
                 continue;
             }
-            let initial = since.is_none() || newly_joined || full_state;
-            let body = self
-                .joined_room_sync(room, if initial { 0 } else { from }, now, initial, filter.timeline_limit)
-                .await?;
+            // A room new to this sync carries its whole state; its timeline still starts at `since`.
+            let whole_state = since.is_none() || newly_joined || full_state;
+            let body = self.joined_room_sync(room, from, now, whole_state, filter.timeline_limit).await?;
             let mut body = body;
             body["account_data"] = json!({"events": room_account_data.remove(room).unwrap_or_default()});
             join.insert(room.clone(), body);
@@ -192,15 +193,22 @@ impl Homeserver {
         Ok(json!({"events": events, "limited": limited, "prev_batch": prev_batch}))
     }
 
-    async fn joined_room_sync(&self, room: &str, from: i64, now: i64, initial: bool, limit: usize) -> Result<Value> {
+    async fn joined_room_sync(
+        &self,
+        room: &str,
+        from: i64,
+        now: i64,
+        whole_state: bool,
+        limit: usize,
+    ) -> Result<Value> {
         let timeline = self.timeline(room, from, now, limit).await?;
         let in_timeline: HashSet<&str> =
             timeline["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str()).collect();
         let limited = timeline["limited"].as_bool().unwrap_or(false);
-        // State up to the start of the timeline: everything on an initial sync; on a gappy
-        // incremental sync, the state that changed in the gap.
+        // State up to the start of the timeline: all of it for a room new to this sync; on a
+        // gappy incremental sync, the state that changed in the gap.
         let mut state = Vec::new();
-        if initial || limited {
+        if whole_state || limited {
             let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
             let current = self.current_state(&room_id).await?.unwrap_or_default();
             let ids: Vec<String> =
@@ -217,22 +225,15 @@ impl Homeserver {
                 })
                 .await?;
             for r in rows {
-                if initial || r.stream_ordering > from {
+                if whole_state || r.stream_ordering > from {
                     state.push(client_event(&serde_json::from_str(&r.json).unwrap_or_default()));
                 }
             }
         }
-        let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
-        let members = self.current_state(&room_id).await?.unwrap_or_default();
-        let joined_count = {
-            let r = room.to_owned();
-            self.db(move |s| Ok(s.room_memberships(&r)?.iter().filter(|(_, m)| m == "join").count())).await?
-        };
-        let invited_count = {
-            let r = room.to_owned();
-            self.db(move |s| Ok(s.room_memberships(&r)?.iter().filter(|(_, m)| m == "invite").count())).await?
-        };
-        let _ = members;
+        let r = room.to_owned();
+        let memberships = self.db(move |s| s.room_memberships(&r)).await?;
+        let joined_count = memberships.iter().filter(|(_, m)| m == "join").count();
+        let invited_count = memberships.iter().filter(|(_, m)| m == "invite").count();
         Ok(json!({
             "timeline": timeline,
             "state": {"events": state},
@@ -256,7 +257,11 @@ impl Homeserver {
             ("m.room.topic", ""),
             ("m.room.member", user),
         ];
-        let ids = keys.iter().filter_map(|(t, k)| state.get(&(t.to_string(), k.to_string()))).map(|e| e.to_string()).collect();
+        let ids = keys
+            .iter()
+            .filter_map(|(t, k)| state.get(&(t.to_string(), k.to_string())))
+            .map(|e| e.to_string())
+            .collect();
         let events = self.client_events(ids).await?;
         Ok(events
             .into_iter()

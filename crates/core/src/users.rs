@@ -126,7 +126,10 @@ fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
         return Err(Error::new(ErrorKind::InvalidUsername, "User ID cannot be empty"));
     }
     if !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+')) {
-        return Err(Error::new(ErrorKind::InvalidUsername, "User ID can only contain characters a-z, 0-9, or '=_-./+'"));
+        return Err(Error::new(
+            ErrorKind::InvalidUsername,
+            "User ID can only contain characters a-z, 0-9, or '=_-./+'",
+        ));
     }
     if localpart.starts_with('_') {
         return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not begin with _"));
@@ -151,9 +154,8 @@ impl Homeserver {
             })
             .await?;
         let Some((user, device_id)) = found else {
-            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token").with_fields(
-                [("soft_logout".to_owned(), json!(false))].into_iter().collect(),
-            ));
+            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token")
+                .with_fields([("soft_logout".to_owned(), json!(false))].into_iter().collect()));
         };
         if user.deactivated {
             return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token"));
@@ -281,7 +283,12 @@ impl Homeserver {
     ) -> Result<RegisterResponse> {
         let behaviour = self
             .modules
-            .check_registration_for_spam(None, localpart.as_deref(), vec![(info.user_agent.clone(), info.ip.clone())], None)
+            .check_registration_for_spam(
+                None,
+                localpart.as_deref(),
+                vec![(info.user_agent.clone(), info.ip.clone())],
+                None,
+            )
             .await?;
         if behaviour == RegistrationBehaviour::Deny {
             return Err(Error::new(ErrorKind::RegistrationDenied, "Rate limited"));
@@ -327,7 +334,12 @@ impl Homeserver {
         Ok(RegisterResponse { user_id, login })
     }
 
-    async fn new_session(&self, user_id: &UserId, device_id: Option<String>, name: Option<String>) -> Result<(String, String)> {
+    async fn new_session(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        name: Option<String>,
+    ) -> Result<(String, String)> {
         let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_string(10).to_uppercase());
         let token = format!("myl_{}", random_string(40));
         let (u, d, t) = (user_id.to_string(), device_id.clone(), token.clone());
@@ -355,7 +367,8 @@ impl Homeserver {
             None => request.user.clone(),
         }
         .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?;
-        let password = request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
+        let password =
+            request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
         let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
         let found = self.db(move |s| s.find_user_case_insensitive(&qualified)).await?;
         let invalid = || Error::forbidden("Invalid username or password");
@@ -493,7 +506,13 @@ impl Homeserver {
 
     /// `PUT /profile/{userId}/{field}`: updates the profile and, unless the user is
     /// shadow-banned, the member event of every joined room.
-    pub async fn set_profile_field(&self, requester: &Requester, user_id: &str, field: &str, value: Option<String>) -> Result<()> {
+    pub async fn set_profile_field(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        field: &str,
+        value: Option<String>,
+    ) -> Result<()> {
         if user_id != requester.user_id.as_str() {
             return Err(Error::forbidden("You cannot set another user's profile"));
         }
@@ -523,13 +542,21 @@ impl Homeserver {
                 content.insert("avatar_url".into(), json!(a));
             }
             let user = requester.user_id.clone();
-            self.append_event(&room_id, &user, "m.room.member", Some(user.as_str()), content, Default::default()).await?;
+            self.append_event(&room_id, &user, "m.room.member", Some(user.as_str()), content, Default::default())
+                .await?;
         }
         Ok(())
     }
 
     /// Global or room account data.
-    pub async fn set_account_data(&self, requester: &Requester, user_id: &str, room_id: Option<&str>, kind: &str, content: Value) -> Result<()> {
+    pub async fn set_account_data(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
         if user_id != requester.user_id.as_str() {
             return Err(Error::forbidden("Cannot add account data for other users."));
         }
@@ -546,12 +573,20 @@ impl Homeserver {
     }
 
     /// One account-data item.
-    pub async fn get_account_data(&self, requester: &Requester, user_id: &str, room_id: Option<&str>, kind: &str) -> Result<Value> {
+    pub async fn get_account_data(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+    ) -> Result<Value> {
         if user_id != requester.user_id.as_str() {
             return Err(Error::forbidden("Cannot get account data for other users."));
         }
         let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());
-        self.db(move |s| s.get_account_data(&u, &r, &k)).await?.ok_or_else(|| Error::not_found("Account data not found"))
+        self.db(move |s| s.get_account_data(&u, &r, &k))
+            .await?
+            .ok_or_else(|| Error::not_found("Account data not found"))
     }
 
     /// Stores a sync filter.

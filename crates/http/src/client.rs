@@ -54,7 +54,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/user/{user_id}/filter", post(create_filter))
         .route("/user/{user_id}/filter/{filter_id}", get(get_filter))
         .route("/user/{user_id}/account_data/{kind}", get(get_account_data).put(set_account_data))
-        .route("/user/{user_id}/rooms/{room_id}/account_data/{kind}", get(get_room_account_data).put(set_room_account_data));
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
+            get(get_room_account_data).put(set_room_account_data),
+        );
     Router::new()
         .route("/_matrix/client/versions", get(versions))
         .nest("/_matrix/client/v3", api.clone())
@@ -72,7 +75,11 @@ async fn login_flows() -> Json {
     axum::Json(json!({"flows": [{"type": "m.login.password"}]}))
 }
 
-async fn login(State(hs): State<AppState>, ClientInfo(info): ClientInfo, JsonBody(body): JsonBody<LoginRequest>) -> Answer {
+async fn login(
+    State(hs): State<AppState>,
+    ClientInfo(info): ClientInfo,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> Answer {
     let r = hs.login(body, &info).await?;
     Ok(axum::Json(json!({
         "user_id": r.user_id, "access_token": r.access_token, "device_id": r.device_id,
@@ -231,7 +238,11 @@ async fn set_profile_field(
     Ok(axum::Json(json!({})))
 }
 
-async fn create_room(State(hs): State<AppState>, Auth(me): Auth, JsonBody(body): JsonBody<Map<String, Value>>) -> Answer {
+async fn create_room(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
     let (room_id, alias) = hs.create_room(&me, body).await?;
     let mut out = json!({"room_id": room_id});
     if let Some(a) = alias {
@@ -269,7 +280,8 @@ async fn membership(
             };
         }
         "invite" | "kick" | "ban" | "unban" => {
-            let target = body.user_id.clone().ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing user_id"))?;
+            let target =
+                body.user_id.clone().ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing user_id"))?;
             (target, if action == "kick" { "leave" } else { action.as_str() })
         }
         _ => return Err(MatrixError::new(ErrorKind::Unrecognized, "Unrecognized request")),
@@ -306,7 +318,11 @@ async fn state_event(
     Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, &key).await?))
 }
 
-async fn state_event_empty(State(hs): State<AppState>, Auth(me): Auth, Path((room_id, kind)): Path<(String, String)>) -> Answer {
+async fn state_event_empty(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, kind)): Path<(String, String)>,
+) -> Answer {
     Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, "").await?))
 }
 
@@ -346,7 +362,11 @@ async fn redact(
     Ok(axum::Json(json!({"event_id": id})))
 }
 
-async fn event(State(hs): State<AppState>, Auth(me): Auth, Path((room_id, event_id)): Path<(String, String)>) -> Answer {
+async fn event(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+) -> Answer {
     Ok(axum::Json(hs.get_room_event(&me, &room_id, &event_id).await?))
 }
 
@@ -434,7 +454,9 @@ struct SyncQuery {
 async fn sync(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQuery>) -> Answer {
     let timeout = match q.timeout.as_deref() {
         None => 0,
-        Some(t) => t.parse::<u64>().map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "timeout must be an integer"))?,
+        Some(t) => {
+            t.parse::<u64>().map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "timeout must be an integer"))?
+        }
     };
     let request = SyncRequest {
         since: q.since,
@@ -460,7 +482,11 @@ async fn get_filter(State(hs): State<AppState>, Auth(me): Auth, Path((user_id, i
     Ok(axum::Json(hs.get_filter(&me, &user_id, &id).await?))
 }
 
-async fn get_account_data(State(hs): State<AppState>, Auth(me): Auth, Path((user_id, kind)): Path<(String, String)>) -> Answer {
+async fn get_account_data(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, kind)): Path<(String, String)>,
+) -> Answer {
     Ok(axum::Json(hs.get_account_data(&me, &user_id, None, &kind).await?))
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use bytes::Bytes;
-use myelin_core::{ErrorKind, Requester, RequestInfo};
+use myelin_core::{ErrorKind, RequestInfo, Requester};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -16,17 +16,11 @@ use crate::error::MatrixError;
 /// shape, 413 `M_TOO_LARGE` over the body limit.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = MatrixError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                MatrixError::new(ErrorKind::TooLarge, "Request body too large")
-            } else {
-                MatrixError::new(ErrorKind::NotJson, "Could not read the request body")
-            }
-        })?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req.into_body(), state.config.max_upload_size as usize).await?;
         let value: Value = serde_json::from_slice(if bytes.is_empty() { b"{}" } else { &bytes })
             .map_err(|_| MatrixError::new(ErrorKind::NotJson, "Content not JSON."))?;
         if !value.is_object() {
@@ -36,6 +30,45 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .map(JsonBody)
             .map_err(|e| MatrixError::new(ErrorKind::BadJson, format!("Invalid request body: {e}")))
     }
+}
+
+/// How much of an oversized body is read and thrown away before answering 413, and for how
+/// long. Answering while the client is still sending makes the kernel reset the connection, and
+/// the client then sees the reset instead of the 413 (nginx's "lingering close" does the same).
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a body of at most `limit` bytes; a longer one is drained, then refused with 413.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, MatrixError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut too_large = false;
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) => return Err(MatrixError::new(ErrorKind::NotJson, "Could not read the request body")),
+            Ok(None) | Err(_) => break,
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit {
+                too_large = true;
+                buf.clear();
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if too_large {
+        return Err(MatrixError::new(ErrorKind::TooLarge, "Request body too large"));
+    }
+    Ok(buf.freeze())
 }
 
 /// The caller's user agent and address.
@@ -50,17 +83,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
 }
 
 fn request_info(parts: &Parts) -> RequestInfo {
-    let user_agent = parts
-        .headers
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
+    let user_agent =
+        parts.headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
     RequestInfo { user_agent, ip }
 }
 
@@ -69,9 +94,7 @@ pub fn access_token(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    parts.uri.query().and_then(|q| {
-        q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned()))
-    })
+    parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
 }
 
 /// An authenticated requester (401 `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise).
@@ -94,10 +117,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = MatrixError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Query(q.0))
-            .map_err(|e| MatrixError::new(ErrorKind::InvalidParam, format!("Invalid query parameter: {}", e.body_text())))
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| Query(q.0)).map_err(|e| {
+            MatrixError::new(ErrorKind::InvalidParam, format!("Invalid query parameter: {}", e.body_text()))
+        })
     }
 }
 

@@ -29,7 +29,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use myelin_core::Homeserver;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
@@ -81,13 +80,10 @@ async fn module_resources(State(hs): State<AppState>, request: Request, next: Ne
     let Some(resource) = hs.modules.web_resource(request.uri().path()) else {
         return next.run(request).await;
     };
-    let limit = hs.config.max_upload_size as usize;
     let (parts, body) = request.into_parts();
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error::MatrixError::new(myelin_core::ErrorKind::TooLarge, "Request body too large").into_response();
-        }
+    let bytes = match extract::read_body(body, hs.config.max_upload_size as usize).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
     // A panicking resource must not take the connection down with it.
     let call = std::panic::AssertUnwindSafe(resource.handle(http::Request::from_parts(parts, bytes)));
@@ -107,11 +103,7 @@ async fn request_log(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut response = next.run(request).await;
-    tracing::info!(
-        "{method} {path} {} {:.1}ms",
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+    tracing::info!("{method} {path} {} {:.1}ms", response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
     if response.status().is_server_error() {
         tracing::warn!("{method} {path} answered {}", response.status());
     }

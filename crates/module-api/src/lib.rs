@@ -130,12 +130,7 @@ pub enum ModuleError {
 impl ModuleError {
     /// A Matrix error with no extra fields.
     pub fn matrix(status: u16, errcode: &str, message: impl Into<String>) -> Self {
-        ModuleError::Matrix {
-            status,
-            errcode: errcode.to_owned(),
-            message: message.into(),
-            fields: Map::new(),
-        }
+        ModuleError::Matrix { status, errcode: errcode.to_owned(), message: message.into(), fields: Map::new() }
     }
     /// Any other failure.
     pub fn other(message: impl fmt::Display) -> Self {
@@ -205,10 +200,7 @@ impl EventView {
     /// The event content (an empty object if missing).
     pub fn content(&self) -> &Map<String, Value> {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        self.json
-            .get("content")
-            .and_then(Value::as_object)
-            .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+        self.json.get("content").and_then(Value::as_object).unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
     /// Any top-level field.
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -299,10 +291,7 @@ pub trait Host: Send + Sync + 'static {
     /// Runs a background task for the server's lifetime.
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// Resolves a room alias to its room ID and servers.
-    fn lookup_room_alias(
-        &self,
-        alias: String,
-    ) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>>;
+    fn lookup_room_alias(&self, alias: String) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>>;
 }
 
 /// The handle a module receives at construction, scoped to that module.
@@ -340,20 +329,13 @@ impl ModuleApi {
         id.split_once(':').is_some_and(|(_, server)| server == self.server_name())
     }
     /// Registers any subset of the spam-checker callbacks. Only allowed during construction.
-    pub fn register_spam_checker_callbacks(
-        &self,
-        callbacks: spam::SpamCheckerCallbacks,
-    ) -> Result<(), ModuleError> {
+    pub fn register_spam_checker_callbacks(&self, callbacks: spam::SpamCheckerCallbacks) -> Result<(), ModuleError> {
         self.host.register_spam_checker_callbacks(&self.module, callbacks)
     }
     /// Serves `resource` at exactly `path` on every HTTP listener. Only allowed during
     /// construction. Use `/_synapse/client/<module>/...`: paths under built-in API roots are
     /// unreachable.
-    pub fn register_web_resource(
-        &self,
-        path: &str,
-        resource: impl web::WebResource,
-    ) -> Result<(), ModuleError> {
+    pub fn register_web_resource(&self, path: &str, resource: impl web::WebResource) -> Result<(), ModuleError> {
         self.host.register_web_resource(&self.module, path, Arc::new(resource))
     }
     /// Looks up a local user; `None` if unknown.
@@ -365,10 +347,7 @@ impl ModuleApi {
         self.host.get_profile_for_user(localpart.to_owned()).await
     }
     /// Sends a non-membership event into a room; see [`Host::create_and_send_event_into_room`].
-    pub async fn create_and_send_event_into_room(
-        &self,
-        event: Map<String, Value>,
-    ) -> Result<EventView, ModuleError> {
+    pub async fn create_and_send_event_into_room(&self, event: Map<String, Value>) -> Result<EventView, ModuleError> {
         self.host.create_and_send_event_into_room(event).await
     }
     /// Changes a membership; `sender` must be local.
@@ -379,9 +358,7 @@ impl ModuleApi {
         room_id: &str,
         membership: &str,
     ) -> Result<EventView, ModuleError> {
-        self.host
-            .update_room_membership(sender.into(), target.into(), room_id.into(), membership.into())
-            .await
+        self.host.update_room_membership(sender.into(), target.into(), room_id.into(), membership.into()).await
     }
     /// Creates a room; returns `(room_id, alias)`.
     pub async fn create_room(

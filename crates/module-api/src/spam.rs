@@ -19,8 +19,7 @@ use crate::{EventView, ModuleError};
 /// A registered callback taking the argument tuple `A` and producing `R`.
 ///
 /// Since 0.1.
-pub type Callback<A, R> =
-    Arc<dyn Fn(A) -> BoxFuture<'static, Result<R, ModuleError>> + Send + Sync>;
+pub type Callback<A, R> = Arc<dyn Fn(A) -> BoxFuture<'static, Result<R, ModuleError>> + Send + Sync>;
 
 /// An async function usable as a callback: implemented for closures of one to five arguments
 /// whose arguments form the tuple `A`.
@@ -116,7 +115,11 @@ pub enum EventDecision {
 impl EventDecision {
     /// Synapse's deprecated boolean for this callback: `true` means spam.
     pub fn from_is_spam(is_spam: bool) -> Self {
-        if is_spam { EventDecision::Deny(Denial { errcode: "M_FORBIDDEN".into(), fields: Map::new() }) } else { EventDecision::Allow }
+        if is_spam {
+            EventDecision::Deny(Denial { errcode: "M_FORBIDDEN".into(), fields: Map::new() })
+        } else {
+            EventDecision::Allow
+        }
     }
 }
 
@@ -172,6 +175,17 @@ impl MediaFile {
     }
 }
 
+/// `check_registration_for_spam`'s arguments: `(email_threepid, username, request_info
+/// [(user_agent, ip)], auth_provider_id)`.
+pub type RegistrationArgs = (Option<Value>, Option<String>, Vec<(String, String)>, Option<String>);
+/// `check_login_for_spam`'s arguments: `(user_id, device_id, initial_display_name,
+/// request_info, auth_provider_id)`.
+pub type LoginArgs = (String, Option<String>, Option<String>, Vec<(String, String)>, Option<String>);
+/// `user_may_send_state_event`'s arguments: `(user_id, room_id, event_type, state_key, content)`.
+pub type StateEventArgs = (String, String, String, String, Map<String, Value>);
+/// A `/createRoom` body as given to `user_may_create_room`.
+pub type RoomConfig = Map<String, Value>;
+
 /// The spam-checker callbacks a module registers; any subset may be set.
 ///
 /// Since 0.1.
@@ -184,30 +198,19 @@ pub struct SpamCheckerCallbacks {
     /// `(user_id, room_id, is_invited)`.
     pub user_may_join_room: Option<Callback<(String, String, bool), Decision>>,
     /// `(user_id, room_config)`: the `/createRoom` body.
-    pub user_may_create_room: Option<Callback<(String, Map<String, Value>), Decision>>,
+    pub user_may_create_room: Option<Callback<(String, RoomConfig), Decision>>,
     /// `(user_id, room_alias)`.
     pub user_may_create_room_alias: Option<Callback<(String, String), Decision>>,
     /// `(user_id, room_id)`.
     pub user_may_publish_room: Option<Callback<(String, String), Decision>>,
     /// `(user_id, room_id, event_type, state_key, content)`.
-    pub user_may_send_state_event:
-        Option<Callback<(String, String, String, String, Map<String, Value>), Decision>>,
+    pub user_may_send_state_event: Option<Callback<StateEventArgs, Decision>>,
     /// `(profile, requester_id)`: `true` hides the user from directory results.
     pub check_username_for_spam: Option<Callback<(UserProfile, String), bool>>,
     /// `(email_threepid, username, request_info [(user_agent, ip)], auth_provider_id)`.
-    pub check_registration_for_spam: Option<
-        Callback<
-            (Option<Value>, Option<String>, Vec<(String, String)>, Option<String>),
-            RegistrationBehaviour,
-        >,
-    >,
+    pub check_registration_for_spam: Option<Callback<RegistrationArgs, RegistrationBehaviour>>,
     /// `(user_id, device_id, initial_display_name, request_info, auth_provider_id)`.
-    pub check_login_for_spam: Option<
-        Callback<
-            (String, Option<String>, Option<String>, Vec<(String, String)>, Option<String>),
-            Decision,
-        >,
-    >,
+    pub check_login_for_spam: Option<Callback<LoginArgs, Decision>>,
     /// `(file)`: every stored upload.
     pub check_media_file_for_spam: Option<Callback<(MediaFile,), Decision>>,
 }

@@ -215,7 +215,8 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     let mut bound = Vec::new();
     for listener in &hs.config.listeners {
         for addr in &listener.bind_addresses {
-            let socket = format!("{}:{}", if addr.contains(':') { format!("[{addr}]") } else { addr.clone() }, listener.port);
+            let socket =
+                format!("{}:{}", if addr.contains(':') { format!("[{addr}]") } else { addr.clone() }, listener.port);
             match tokio::net::TcpListener::bind(&socket).await {
                 Ok(l) => bound.push((l, listener.resources.clone())),
                 Err(e) => {
@@ -252,7 +253,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -89,8 +89,7 @@ pub trait UserStore {
     /// Sets one of the boolean account flags: `is_admin`, `deactivated` or `shadow_banned`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
     /// Creates or refreshes a device.
-    fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>)
-    -> Result<()>;
+    fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>) -> Result<()>;
     /// A user's devices.
     fn get_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>>;
     /// Renames a device; false if it does not exist.
@@ -110,8 +109,7 @@ pub trait UserStore {
     /// `(displayname, avatar_url)`.
     fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>>;
     /// Sets one profile field (`displayname` or `avatar_url`).
-    fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>)
-    -> Result<()>;
+    fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>) -> Result<()>;
     /// Number of local users.
     fn count_users(&self) -> Result<i64>;
 }
@@ -249,8 +247,7 @@ pub trait RoomStore {
     fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>>;
     /// Accepted, not soft-failed events of a room with `from < stream <= to`, newest first if
     /// `backwards`, at most `limit`.
-    fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize)
-    -> Result<Vec<EventRow>>;
+    fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize) -> Result<Vec<EventRow>>;
     /// Rooms (among `rooms`) with accepted events in `(from, to]`.
     fn rooms_with_events_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<String>>;
     /// The latest stream position.
@@ -259,21 +256,17 @@ pub trait RoomStore {
     fn stream_of_event(&self, event_id: &str) -> Result<Option<i64>>;
     /// Latest member events per user in `(from, to]` concerning `user_id` (their own membership
     /// changes), as `(room_id, membership, stream)`.
-    fn membership_changes(&self, user_id: &str, from: i64, to: i64)
-    -> Result<Vec<(String, String, i64)>>;
+    fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>>;
 }
 
 /// Account data, filters and the other per-user client data.
 pub trait ClientDataStore {
     /// Sets account data (`room_id` empty for global); returns its stream position.
-    fn set_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value)
-    -> Result<i64>;
+    fn set_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value) -> Result<i64>;
     /// One account-data item.
-    fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str)
-    -> Result<Option<Value>>;
+    fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<Value>>;
     /// Account data changed in `(from, to]`: `(room_id, type, content)`.
-    fn account_data_since(&self, user_id: &str, from: i64, to: i64)
-    -> Result<Vec<(String, String, Value)>>;
+    fn account_data_since(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, Value)>>;
     /// Stores a filter; returns its ID.
     fn create_filter(&self, user_id: &str, filter: &Value) -> Result<i64>;
     /// A stored filter.

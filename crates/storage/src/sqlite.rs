@@ -50,10 +50,8 @@ impl SqliteStore {
     }
 
     fn setup(mut conn: Connection) -> Result<Self> {
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
-        )
-        .map_err(backend)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+            .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
         migrate(&mut conn)?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
@@ -72,12 +70,9 @@ impl SqliteStore {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        .map_err(backend)?;
-    let found: Option<i64> = conn
-        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-        .optional()
-        .map_err(backend)?;
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
+    let found: Option<i64> =
+        conn.query_row("SELECT version FROM schema_version", [], |r| r.get(0)).optional().map_err(backend)?;
     let current = found.unwrap_or(0);
     let supported = MIGRATIONS.len() as i64;
     if current > supported {
@@ -104,8 +99,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     })
 }
 
-const USER_COLUMNS: &str =
-    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+const USER_COLUMNS: &str = "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
 
 impl UserStore for SqliteStore {
     fn create_user(&self, u: &UserRow, displayname: Option<&str>) -> Result<()> {
@@ -113,32 +107,17 @@ impl UserStore for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute(
             &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-            params![
-                u.user_id,
-                u.password_hash,
-                u.is_admin,
-                u.is_guest,
-                u.deactivated,
-                u.shadow_banned,
-                u.creation_ts
-            ],
+            params![u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts],
         )
         .map_err(backend)?;
-        tx.execute(
-            "INSERT INTO profiles (user_id, displayname) VALUES (?1, ?2)",
-            params![u.user_id, displayname],
-        )
-        .map_err(backend)?;
+        tx.execute("INSERT INTO profiles (user_id, displayname) VALUES (?1, ?2)", params![u.user_id, displayname])
+            .map_err(backend)?;
         tx.commit().map_err(backend)
     }
 
     fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
         self.conn()
-            .query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
-                [user_id],
-                user_from_row,
-            )
+            .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"), [user_id], user_from_row)
             .optional()
             .map_err(backend)
     }
@@ -220,11 +199,8 @@ impl UserStore for SqliteStore {
     fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
-        tx.execute(
-            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
-            params![user_id, device_id],
-        )
-        .map_err(backend)?;
+        tx.execute("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
+            .map_err(backend)?;
         let n = tx
             .execute("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
             .map_err(backend)?;
@@ -244,9 +220,8 @@ impl UserStore for SqliteStore {
 
     fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1")
-            .map_err(backend)?;
+        let mut stmt =
+            conn.prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1").map_err(backend)?;
         stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(backend)
     }
 
@@ -269,11 +244,8 @@ impl UserStore for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
         let keep = keep.unwrap_or("");
-        tx.execute(
-            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2",
-            params![user_id, keep],
-        )
-        .map_err(backend)?;
+        tx.execute("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
+            .map_err(backend)?;
         tx.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
             .map_err(backend)?;
         tx.commit().map_err(backend)
@@ -281,11 +253,9 @@ impl UserStore for SqliteStore {
 
     fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>> {
         self.conn()
-            .query_row(
-                "SELECT displayname, avatar_url FROM profiles WHERE user_id = ?1",
-                [user_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT displayname, avatar_url FROM profiles WHERE user_id = ?1", [user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(backend)
     }
@@ -336,11 +306,8 @@ fn write_state_group(tx: &Transaction<'_>, room_id: &str, change: &StateChange) 
     match change {
         StateChange::Same(group) => Ok(*group),
         StateChange::New { prev, delta } => {
-            tx.execute(
-                "INSERT INTO state_groups (room_id, prev_group) VALUES (?1, ?2)",
-                params![room_id, prev],
-            )
-            .map_err(backend)?;
+            tx.execute("INSERT INTO state_groups (room_id, prev_group) VALUES (?1, ?2)", params![room_id, prev])
+                .map_err(backend)?;
             let group = tx.last_insert_rowid();
             let mut stmt = tx
                 .prepare_cached(
@@ -410,8 +377,7 @@ impl RoomStore for SqliteStore {
         )
         .map_err(backend)?;
         if !ev.rejected && !ev.soft_failed {
-            tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1", [ev.room_id])
-                .map_err(backend)?;
+            tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1", [ev.room_id]).map_err(backend)?;
             for id in ev.forward_extremities {
                 tx.execute(
                     "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
@@ -447,9 +413,8 @@ impl RoomStore for SqliteStore {
 
     fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?1"))
-            .map_err(backend)?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?1")).map_err(backend)?;
         stmt.query_row([event_id], event_from_row).optional().map_err(backend)
     }
 
@@ -577,19 +542,12 @@ impl RoomStore for SqliteStore {
             )
             .map_err(backend)?;
         let rows = stmt.query_map(params![from, to], |r| r.get::<_, String>(0)).map_err(backend)?;
-        let changed: std::collections::HashSet<String> =
-            rows.collect::<rusqlite::Result<_>>().map_err(backend)?;
+        let changed: std::collections::HashSet<String> = rows.collect::<rusqlite::Result<_>>().map_err(backend)?;
         Ok(rooms.iter().filter(|r| changed.contains(*r)).cloned().collect())
     }
 
     fn max_stream_ordering(&self) -> Result<i64> {
-        self.conn()
-            .query_row(
-                "SELECT position FROM stream_position",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(backend)
+        self.conn().query_row("SELECT position FROM stream_position", [], |r| r.get(0)).map_err(backend)
     }
 
     fn stream_of_event(&self, event_id: &str) -> Result<Option<i64>> {
@@ -609,9 +567,8 @@ impl RoomStore for SqliteStore {
                  GROUP BY room_id",
             )
             .map_err(backend)?;
-        let rows = stmt
-            .query_map(params![user_id, from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(backend)?;
+        let rows =
+            stmt.query_map(params![user_id, from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 }

@@ -28,7 +28,9 @@ impl Module for DemoModule {
             Some(Value::String(u)) if u.starts_with('@') && u.contains(':') => {
                 Ok(DemoConfig { denied_user: Some(u.clone()) })
             }
-            Some(_) => Err(ConfigError::at("denied_user must be a full user ID such as @evil:example.com", &["denied_user"])),
+            Some(_) => {
+                Err(ConfigError::at("denied_user must be a full user ID such as @evil:example.com", &["denied_user"]))
+            }
         }
     }
 

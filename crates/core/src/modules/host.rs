@@ -46,7 +46,8 @@ impl HostHandle {
 
 /// A requester for actions a module takes as a local user: no admin exemption, no shadow-ban.
 async fn local_requester(hs: &Homeserver, user_id: &str) -> Result<Requester, ModuleError> {
-    let user = ruma::OwnedUserId::try_from(user_id).map_err(|_| ModuleError::other(format!("invalid user ID {user_id}")))?;
+    let user =
+        ruma::OwnedUserId::try_from(user_id).map_err(|_| ModuleError::other(format!("invalid user ID {user_id}")))?;
     if !hs.is_mine(&user) {
         return Err(ModuleError::other(format!("{user_id} is not a local user")));
     }
@@ -65,11 +66,20 @@ impl Host for HostHandle {
         &self.server_name
     }
 
-    fn register_spam_checker_callbacks(&self, module: &str, callbacks: SpamCheckerCallbacks) -> Result<(), ModuleError> {
+    fn register_spam_checker_callbacks(
+        &self,
+        module: &str,
+        callbacks: SpamCheckerCallbacks,
+    ) -> Result<(), ModuleError> {
         self.hs()?.modules.register_spam(module, callbacks)
     }
 
-    fn register_web_resource(&self, module: &str, path: &str, resource: Arc<dyn WebResource>) -> Result<(), ModuleError> {
+    fn register_web_resource(
+        &self,
+        module: &str,
+        path: &str,
+        resource: Arc<dyn WebResource>,
+    ) -> Result<(), ModuleError> {
         self.hs()?.modules.register_web(module, path, resource)
     }
 
@@ -89,7 +99,10 @@ impl Host for HostHandle {
         })
     }
 
-    fn create_and_send_event_into_room(&self, event: Map<String, Value>) -> BoxFuture<'static, Result<EventView, ModuleError>> {
+    fn create_and_send_event_into_room(
+        &self,
+        event: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<EventView, ModuleError>> {
         let hs = self.hs();
         Box::pin(async move {
             let json = hs?.module_send_event(event).await.map_err(to_module_error)?;
@@ -118,7 +131,11 @@ impl Host for HostHandle {
         })
     }
 
-    fn create_room(&self, user_id: String, config: Map<String, Value>) -> BoxFuture<'static, Result<(String, Option<String>), ModuleError>> {
+    fn create_room(
+        &self,
+        user_id: String,
+        config: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<(String, Option<String>), ModuleError>> {
         let hs = self.hs();
         Box::pin(async move {
             let hs = hs?;

@@ -132,7 +132,8 @@ pub(crate) fn load_module_configs(
 
 /// Builds the modules in config order. An error is fatal to start-up ("Error during startup").
 pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(), String> {
-    let host: Arc<dyn myelin_module_api::Host> = Arc::new(host::HostHandle { hs: Arc::downgrade(hs), server_name: hs.server_name().to_owned() });
+    let host: Arc<dyn myelin_module_api::Host> =
+        Arc::new(host::HostHandle { hs: Arc::downgrade(hs), server_name: hs.server_name().to_owned() });
     for module in modules {
         let api = ModuleApi::new(host.clone(), &module.name);
         let instance = (module.native.build)(module.parsed, &api)
@@ -247,18 +248,18 @@ impl ModuleRegistry {
         self.frozen.get().unwrap_or_else(|| EMPTY.get_or_init(Callbacks::default))
     }
 
-    /// The module resource serving `path`, if any: an exact registration, or a registration of a
-    /// whole built-in root that `path` falls under.
+    /// The module resource serving `path`, if any. Below a built-in API root only a module that
+    /// registered the root itself is reachable (it replaced that API); anything registered
+    /// deeper is shadowed by the built-in handlers, as in Synapse.
     pub fn web_resource(&self, path: &str) -> Option<Arc<dyn WebResource>> {
         let web = &self.callbacks().web;
-        if let Some((_, r)) = web.get(path) {
-            return Some(r.clone());
+        if web.is_empty() {
+            return None;
         }
-        BUILTIN_ROOTS
-            .iter()
-            .find(|root| path.starts_with(&format!("{root}/")))
-            .and_then(|root| web.get(*root))
-            .map(|(_, r)| r.clone())
+        if let Some(root) = BUILTIN_ROOTS.iter().find(|root| path.starts_with(&format!("{root}/"))) {
+            return web.get(*root).map(|(_, r)| r.clone());
+        }
+        web.get(path).map(|(_, r)| r.clone())
     }
 
     /// Per-module, per-callback call counts and time, in Prometheus text format.

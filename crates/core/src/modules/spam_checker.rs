@@ -91,12 +91,7 @@ fn denial(d: Denial, message: &str) -> Error {
     Error::new(ErrorKind::Denied(d.errcode), message).with_fields(d.fields)
 }
 
-async fn decide<A: Clone>(
-    list: &[Registered<A, Decision>],
-    name: &str,
-    args: A,
-    message: &str,
-) -> Result<()> {
+async fn decide<A: Clone>(list: &[Registered<A, Decision>], name: &str, args: A, message: &str) -> Result<()> {
     match first_objection(list, name, args, |d| *d == Decision::Allow).await? {
         Some(Decision::Deny(d)) => Err(denial(d, message)),
         _ => Ok(()),
@@ -181,9 +176,12 @@ impl ModuleRegistry {
         if list.is_empty() {
             return Ok(());
         }
-        let args = (user_id.to_owned(), room_id.to_owned(), event_type.to_owned(), state_key.to_owned(), content.clone());
+        let args =
+            (user_id.to_owned(), room_id.to_owned(), event_type.to_owned(), state_key.to_owned(), content.clone());
         match first_objection(list, "user_may_send_state_event", args, |d| *d == Decision::Allow).await? {
-            Some(Decision::Deny(d)) => Err(Error::new(ErrorKind::Denied(d.errcode), "You are not permitted to send the state event")),
+            Some(Decision::Deny(d)) => {
+                Err(Error::new(ErrorKind::Denied(d.errcode), "You are not permitted to send the state event"))
+            }
             _ => Ok(()),
         }
     }
@@ -194,8 +192,9 @@ impl ModuleRegistry {
         if list.is_empty() {
             return Ok(false);
         }
-        let found = first_objection(list, "check_username_for_spam", (profile, requester_id.to_owned()), |spammy| !spammy)
-            .await?;
+        let found =
+            first_objection(list, "check_username_for_spam", (profile, requester_id.to_owned()), |spammy| !spammy)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -212,8 +211,8 @@ impl ModuleRegistry {
             return Ok(RegistrationBehaviour::Allow);
         }
         let args = (email_threepid, username.map(str::to_owned), request_info, auth_provider_id.map(str::to_owned));
-        let found = first_objection(list, "check_registration_for_spam", args, |b| *b == RegistrationBehaviour::Allow)
-            .await?;
+        let found =
+            first_objection(list, "check_registration_for_spam", args, |b| *b == RegistrationBehaviour::Allow).await?;
         Ok(found.unwrap_or(RegistrationBehaviour::Allow))
     }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command (README): builds everything in debug and runs every test, unit and black-box.
+# Each black-box test starts the real server on 127.0.0.1:0 in its own temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --workspace --all-targets --locked
+# Four test threads on two cores: each black-box test runs a server that mostly waits on I/O.
+cargo test --workspace --locked -- --test-threads="${MYELIN_TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
+status=${PIPESTATUS[0]}
+passed=$(grep -Eo '[0-9]+ passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+echo "total: ${passed} passed, ${failed} failed"
+exit "$status"

@@ -1,0 +1,217 @@
+//! Registration, login, sessions, devices, passwords, profiles, account data and filters.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn registration_uses_uia_and_validates_usernames() {
+    let s = Server::start().await;
+    let (st, b) = s.post("/_matrix/client/v3/register", None, json!({"username": "alice", "password": "pw"})).await;
+    assert_eq!(st, 401);
+    assert_eq!(b["flows"], json!([{"stages": ["m.login.dummy"]}]));
+    assert!(b["session"].is_string());
+    let alice = s.register("alice").await;
+    assert_eq!(alice.user_id, "@alice:test");
+    let (st, b) = s.try_register("alice").await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
+    let (st, b) = s.try_register("ALICE").await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "names are case-folded");
+    for bad in ["has space", "sm:ley", "_reserved", ""] {
+        let (st, b) = s.try_register(bad).await;
+        assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_USERNAME")), "{bad:?}: {b}");
+    }
+    let (st, b) = s.get("/_matrix/client/v3/register/available?username=alice", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
+    let (st, b) = s.get("/_matrix/client/v3/register/available?username=bob", None).await;
+    assert_eq!((st, b), (200, json!({"available": true})));
+    let (st, b) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    // inhibit_login gives no token.
+    let (_, c) = s.post("/_matrix/client/v3/register", None, json!({"username": "quiet"})).await;
+    let (st, b) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "quiet", "password": "p", "inhibit_login": true, "auth": {"type": "m.login.dummy", "session": c["session"]}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert!(b.get("access_token").is_none());
+}
+
+#[tokio::test]
+async fn registration_can_be_disabled() {
+    let s = Server::start_with("enable_registration: false\n").await;
+    let (st, b) = s.try_register("alice").await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "Registration has been disabled"})));
+}
+
+#[tokio::test]
+async fn login_logout_and_whoami() {
+    let s = Server::start().await;
+    s.register("alice").await;
+    let (st, b) = s.get("/_matrix/client/v3/login", None).await;
+    assert_eq!((st, b["flows"][0]["type"].as_str()), (200, Some("m.login.password")));
+    let u = s.login("alice").await;
+    // The legacy `user` field and a full MXID work too.
+    let (st, _) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "user": "@alice:test", "password": "password"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, b) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "user": "alice", "password": "wrong"}),
+        )
+        .await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "Invalid username or password"})));
+    let (st, b) = s
+        .post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "user": "nobody", "password": "x"}))
+        .await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let (st, b) = s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.magic"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_UNKNOWN")));
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(&u.token)).await;
+    assert_eq!(st, 200);
+    assert_eq!(b["user_id"], "@alice:test");
+    assert_eq!(b["device_id"].as_str(), Some(u.device_id.as_str()));
+    assert_eq!(s.post("/_matrix/client/v3/logout", Some(&u.token), json!({})).await.0, 200);
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(&u.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+    let a = s.login("alice").await;
+    let b2 = s.login("alice").await;
+    assert_eq!(s.post("/_matrix/client/v3/logout/all", Some(&a.token), json!({})).await.0, 200);
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&b2.token)).await.0, 401);
+}
+
+#[tokio::test]
+async fn devices_list_rename_and_delete_with_uia() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let other = s.login("alice").await;
+    let (st, b) = s.get("/_matrix/client/v3/devices", Some(&u.token)).await;
+    assert_eq!(st, 200);
+    assert_eq!(b["devices"].as_array().unwrap().len(), 2);
+    let path = format!("/_matrix/client/v3/devices/{}", other.device_id);
+    assert_eq!(s.put(&path, Some(&u.token), json!({"display_name": "phone"})).await.0, 200);
+    let (_, d) = s.get(&path, Some(&u.token)).await;
+    assert_eq!(d["display_name"], "phone");
+    assert_eq!(s.get("/_matrix/client/v3/devices/NOPE", Some(&u.token)).await.0, 404);
+    let (st, challenge) = s.call("DELETE", &path, Some(&u.token), Some(json!({}))).await;
+    assert_eq!(st, 401);
+    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.password"]}]));
+    let bad = json!({"auth": {"type": "m.login.password", "session": challenge["session"], "identifier": {"type": "m.id.user", "user": "alice"}, "password": "nope"}});
+    let (st, b) = s.call("DELETE", &path, Some(&u.token), Some(bad)).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
+    let good = json!({"auth": {"type": "m.login.password", "session": challenge["session"], "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"}});
+    assert_eq!(s.call("DELETE", &path, Some(&u.token), Some(good)).await.0, 200);
+    assert_eq!(
+        s.get("/_matrix/client/v3/account/whoami", Some(&other.token)).await.0,
+        401,
+        "the device's token is gone"
+    );
+}
+
+#[tokio::test]
+async fn password_change_and_deactivation() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let other = s.login("alice").await;
+    let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"});
+    let (st, _) = s.post("/_matrix/client/v3/account/password", Some(&u.token), json!({"new_password": "n"})).await;
+    assert_eq!(st, 401);
+    let (st, _) = s
+        .post("/_matrix/client/v3/account/password", Some(&u.token), json!({"new_password": "new", "auth": auth}))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&other.token)).await.0, 401, "other devices logged out");
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&u.token)).await.0, 200, "this device kept");
+    let (st, _) = s
+        .post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "user": "alice", "password": "new"}))
+        .await;
+    assert_eq!(st, 200);
+    let auth =
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "new"});
+    assert_eq!(s.post("/_matrix/client/v3/account/deactivate", Some(&u.token), json!({"auth": auth})).await.0, 200);
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&u.token)).await.0, 401);
+    let (st, _) = s
+        .post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "user": "alice", "password": "new"}))
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(s.get("/_matrix/client/v3/profile/@alice:test", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn profiles_propagate_to_member_events() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&u, json!({})).await;
+    let (st, b) = s.get("/_matrix/client/v3/profile/@alice:test", None).await;
+    assert_eq!((st, b), (200, json!({"displayname": "alice"})));
+    assert_eq!(
+        s.put("/_matrix/client/v3/profile/@alice:test/displayname", Some(&u.token), json!({"displayname": "Alice A."}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.put(
+            "/_matrix/client/v3/profile/@alice:test/avatar_url",
+            Some(&u.token),
+            json!({"avatar_url": "mxc://test/abc"})
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, b) = s.get("/_matrix/client/v3/profile/@alice:test/displayname", None).await;
+    assert_eq!(b, json!({"displayname": "Alice A."}));
+    let (_, m) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:test"), Some(&u.token)).await;
+    assert_eq!(m["displayname"], "Alice A.");
+    assert_eq!(m["avatar_url"], "mxc://test/abc");
+    let (st, b) = s
+        .put("/_matrix/client/v3/profile/@alice:test/displayname", Some(&bob.token), json!({"displayname": "x"}))
+        .await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let (st, b) =
+        s.put("/_matrix/client/v3/profile/@alice:test/displayname", Some(&u.token), json!({"displayname": 5})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+    assert_eq!(s.get("/_matrix/client/v3/profile/@nobody:test", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn account_data_filters_and_capabilities() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let path = "/_matrix/client/v3/user/@alice:test/account_data/org.example.x";
+    assert_eq!(s.get(path, Some(&u.token)).await.0, 404);
+    assert_eq!(s.put(path, Some(&u.token), json!({"a": 1})).await.0, 200);
+    assert_eq!(s.get(path, Some(&u.token)).await, (200, json!({"a": 1})));
+    assert_eq!(s.get(path, Some(&bob.token)).await.0, 403);
+    let room = s.create_room(&u, json!({})).await;
+    let rpath = format!("/_matrix/client/v3/user/@alice:test/rooms/{room}/account_data/org.example.r");
+    assert_eq!(s.put(&rpath, Some(&u.token), json!({"r": true})).await.0, 200);
+    assert_eq!(s.get(&rpath, Some(&u.token)).await, (200, json!({"r": true})));
+    let (st, b) =
+        s.put("/_matrix/client/v3/user/@alice:test/rooms/notaroom/account_data/x", Some(&u.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let filter = json!({"room": {"timeline": {"limit": 3}}});
+    let (st, b) = s.post("/_matrix/client/v3/user/@alice:test/filter", Some(&u.token), filter.clone()).await;
+    assert_eq!(st, 200);
+    let id = b["filter_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&format!("/_matrix/client/v3/user/@alice:test/filter/{id}"), Some(&u.token)).await, (200, filter));
+    assert_eq!(s.get("/_matrix/client/v3/user/@alice:test/filter/999", Some(&u.token)).await.0, 404);
+    let (st, b) = s.get("/_matrix/client/v3/capabilities", Some(&u.token)).await;
+    assert_eq!(st, 200);
+    assert_eq!(b["capabilities"]["m.change_password"]["enabled"], true);
+    assert_eq!(b["capabilities"]["m.room_versions"]["default"], "10");
+}

@@ -1,0 +1,298 @@
+//! The shared harness: start `myelin-test-server` on 127.0.0.1:0 in a temp dir, find its port
+//! from its log, and speak HTTP to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_myelin-test-server");
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+/// A registered user.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+    pub device_id: String,
+}
+
+/// The config every test server starts from; `extra` is appended (later keys win in YAML? no:
+/// duplicate keys are an error, so callers pass only keys not set here).
+pub fn base_config(extra: &str) -> String {
+    let mut cfg = String::from(
+        "server_name: test\n\
+         public_baseurl: http://127.0.0.1/\n\
+         listeners:\n  - port: 0\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [client, federation, metrics]\n\
+         database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n\
+         signing_key_path: data/test.signing.key\n\
+         media_store_path: data/media\n\
+         log_level: info\n",
+    );
+    if !extra.contains("enable_registration") {
+        cfg.push_str("enable_registration: true\nenable_registration_without_verification: true\n");
+    }
+    if !extra.contains("max_upload_size") {
+        cfg.push_str("max_upload_size: 1M\n");
+    }
+    cfg.push_str(extra);
+    cfg
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with("").await
+    }
+
+    /// Starts with `extra` YAML added to the base config.
+    pub async fn start_with(extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("homeserver.yaml"), base_config(extra)).unwrap();
+        Self::start_in(dir).await
+    }
+
+    /// Starts on an existing directory holding `homeserver.yaml` (restarts keep data).
+    pub async fn start_in(dir: tempfile::TempDir) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(dir.path().join("homeserver.yaml"))
+            .env("MYELIN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start myelin-test-server");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("myelin: listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, base, dir, log, http: reqwest::Client::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server and hands its directory back (for restarts).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request; returns status and JSON body (`Null` if the body is not JSON).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call("GET", path, token, None).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call("POST", path, token, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call("PUT", path, token, Some(body)).await
+    }
+
+    /// Registers `name` with password "password" through UIA (`m.login.dummy`).
+    pub async fn try_register(&self, name: &str) -> (u16, Value) {
+        let body = json!({"username": name, "password": "password"});
+        let (status, challenge) = self.post("/_matrix/client/v3/register", None, body.clone()).await;
+        if status != 401 {
+            return (status, challenge);
+        }
+        let mut body = body;
+        body["auth"] = json!({"type": "m.login.dummy", "session": challenge["session"]});
+        self.post("/_matrix/client/v3/register", None, body).await
+    }
+
+    pub async fn register(&self, name: &str) -> User {
+        let (status, body) = self.try_register(name).await;
+        assert_eq!(status, 200, "register {name}: {body}");
+        User {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Creates a room as `user` with `body`; panics unless 200.
+    pub async fn create_room(&self, user: &User, body: Value) -> String {
+        let (s, b) = self.post("/_matrix/client/v3/createRoom", Some(&user.token), body).await;
+        assert_eq!(s, 200, "createRoom: {b}");
+        b["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_text(&self, user: &User, room: &str, text: &str) -> (u16, Value) {
+        let txn = format!("t{}", rand_suffix());
+        self.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            Some(&user.token),
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await
+    }
+
+    pub async fn join(&self, user: &User, room: &str) -> (u16, Value) {
+        self.post(&format!("/_matrix/client/v3/join/{room}"), Some(&user.token), json!({})).await
+    }
+
+    pub async fn invite(&self, user: &User, room: &str, target: &str) -> (u16, Value) {
+        self.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&user.token), json!({"user_id": target}))
+            .await
+    }
+
+    pub async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={s}"));
+        }
+        let (s, b) = self.get(&path, Some(&user.token)).await;
+        assert_eq!(s, 200, "sync: {b}");
+        b
+    }
+
+    /// The scripted module `label`'s recorded calls.
+    pub async fn calls(&self, label: &str) -> Vec<Value> {
+        let (s, b) = self.get(&format!("/_synapse/client/test/{label}/calls"), None).await;
+        assert_eq!(s, 200);
+        b.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Makes `user` a server admin via the command line (the server must be stopped? No:
+    /// SQLite allows a second writer with WAL and a busy timeout).
+    pub fn make_admin_cli(&self, localpart: &str) {
+        let out = Command::new(BIN)
+            .args(["-c"])
+            .arg(self.dir.path().join("homeserver.yaml"))
+            .args(["register-user", "--user", localpart, "--password", "password", "--admin"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub async fn login(&self, localpart: &str) -> User {
+        let (s, b) = self
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": "password"}),
+            )
+            .await;
+        assert_eq!(s, 200, "login: {b}");
+        User {
+            user_id: b["user_id"].as_str().unwrap().to_owned(),
+            token: b["access_token"].as_str().unwrap().to_owned(),
+            device_id: b["device_id"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    t ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E3779B97F4A7C15)
+}
+
+/// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
+pub fn run_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).current_dir(dir).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Lists every file under `dir`, relative.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}

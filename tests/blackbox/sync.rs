@@ -1,0 +1,146 @@
+//! `/sync`: initial, incremental, long-poll wake-up, invites, leaves, limits and filters.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn initial_sync_has_joined_rooms_with_state_and_timeline() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"name": "R"})).await;
+    s.send_text(&alice, &room, "hello").await;
+    let body = s.sync(&alice, None, 0).await;
+    assert!(body["next_batch"].as_str().unwrap().starts_with('s'));
+    let r = &body["rooms"]["join"][&room];
+    let timeline = r["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.last().unwrap()["content"]["body"], "hello");
+    let mut types: Vec<String> = timeline
+        .iter()
+        .chain(r["state"]["events"].as_array().unwrap())
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    types.dedup();
+    for t in ["m.room.create", "m.room.member", "m.room.power_levels", "m.room.name", "m.room.message"] {
+        assert!(types.iter().any(|x| x == t), "{t} missing");
+    }
+    assert_eq!(r["summary"]["m.joined_member_count"], 1);
+    for key in ["presence", "account_data", "to_device", "device_lists"] {
+        assert!(body[key].is_object(), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn long_poll_wakes_at_once_on_a_new_message() {
+    let s = std::sync::Arc::new(Server::start().await);
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    // Nothing new: an incremental sync with a short timeout returns empty after the timeout.
+    let started = Instant::now();
+    let empty = s.sync(&bob, Some(&since), 300).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(empty["rooms"]["join"].as_object().unwrap().is_empty());
+    let (s2, bob2, since2) = (s.clone(), bob.clone(), since.clone());
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        let body = s2.sync(&bob2, Some(&since2), 20_000).await;
+        (body, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.send_text(&alice, &room, "wake up").await;
+    let (body, waited) = waiter.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
+    let events = body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["content"]["body"], "wake up");
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["limited"], false);
+    // The next token moves past it.
+    let next = body["next_batch"].as_str().unwrap();
+    let again = s.sync(&bob, Some(next), 0).await;
+    assert!(again["rooms"]["join"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn invites_and_leaves_appear_in_their_sections() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"name": "Secret club"})).await;
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.invite(&alice, &room, "@bob:test").await;
+    let body = s.sync(&bob, Some(&since), 5000).await;
+    let invite = &body["rooms"]["invite"][&room]["invite_state"]["events"];
+    let names: Vec<_> = invite.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(names.contains(&"m.room.name"));
+    assert!(names.contains(&"m.room.member"));
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    let body = s.sync(&bob, Some(&since), 5000).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert!(
+        joined["state"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"),
+        "a newly joined room comes with its state"
+    );
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&alice.token), json!({"user_id": "@bob:test"})).await;
+    let body = s.sync(&bob, Some(&since), 5000).await;
+    assert!(body["rooms"]["leave"][&room].is_object(), "{body}");
+}
+
+#[tokio::test]
+async fn timeline_limit_filters_and_bad_tokens() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        s.send_text(&alice, &room, &format!("m{i}")).await;
+    }
+    let filter = urlencode(r#"{"room":{"timeline":{"limit":2}}}"#);
+    let (st, body) = s.get(&format!("/_matrix/client/v3/sync?since={since}&filter={filter}"), Some(&alice.token)).await;
+    assert_eq!(st, 200);
+    let t = &body["rooms"]["join"][&room]["timeline"];
+    assert_eq!(t["events"].as_array().unwrap().len(), 2);
+    assert_eq!(t["limited"], true);
+    assert_eq!(t["events"][1]["content"]["body"], "m4");
+    // prev_batch continues backwards through /messages.
+    let prev = t["prev_batch"].as_str().unwrap();
+    let (_, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={prev}&limit=1"), Some(&alice.token)).await;
+    assert_eq!(page["chunk"][0]["content"]["body"], "m2");
+    // A stored filter by ID.
+    let (_, f) = s
+        .post(
+            "/_matrix/client/v3/user/@alice:test/filter",
+            Some(&alice.token),
+            json!({"room": {"timeline": {"limit": 1}}}),
+        )
+        .await;
+    let fid = f["filter_id"].as_str().unwrap();
+    let (_, body) = s.get(&format!("/_matrix/client/v3/sync?filter={fid}"), Some(&alice.token)).await;
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(s.get("/_matrix/client/v3/sync?since=garbage", Some(&alice.token)).await.0, 400);
+    assert_eq!(s.get("/_matrix/client/v3/sync?timeout=soon", Some(&alice.token)).await.0, 400);
+    assert_eq!(s.get("/_matrix/client/v3/sync?filter=%7Bbad", Some(&alice.token)).await.0, 400);
+    assert_eq!(s.get("/_matrix/client/v3/sync?filter=12345", Some(&alice.token)).await.0, 404);
+}
+
+#[tokio::test]
+async fn account_data_arrives_through_sync() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.put("/_matrix/client/v3/user/@alice:test/account_data/org.example.x", Some(&alice.token), json!({"v": 1})).await;
+    let body = s.sync(&alice, Some(&since), 5000).await;
+    assert_eq!(body["account_data"]["events"][0], json!({"type": "org.example.x", "content": {"v": 1}}));
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
