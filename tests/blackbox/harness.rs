@@ -296,3 +296,31 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The Matrix spec's Client-Server API definitions (shared/spec/openapi), parsed once.
+fn spec() -> &'static Value {
+    static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let path = std::env::var("MYELIN_OPENAPI").map(PathBuf::from).unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/openapi/client-server.json")
+        });
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+/// Asserts that `body` matches the spec's schema for `path` (the spec's template, e.g.
+/// `/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`), `method` and `status`.
+pub fn assert_schema(path: &str, method: &str, status: u16, body: &Value) {
+    let op = &spec()["paths"][path][method];
+    assert!(op.is_object(), "no {method} {path} in the spec");
+    let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "no schema for {status} of {method} {path}");
+    let validator = jsonschema::validator_for(schema).unwrap_or_else(|e| panic!("bad schema for {path}: {e}"));
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match the spec:\n{}\nbody: {body}",
+        errors.join("\n")
+    );
+}

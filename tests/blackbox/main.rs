@@ -4,7 +4,10 @@
 mod harness;
 
 mod accounts; // registration, login, devices, profiles, account data
+mod directory; // aliases, room directory, user directory
 mod foundation; // the binary, config, storage, HTTP basics
+mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
 mod rooms; // rooms, membership, messages, the graph
+mod spec_shapes; // responses against the spec's schemas
 mod sync; // /sync

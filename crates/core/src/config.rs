@@ -78,6 +78,10 @@ pub struct Config {
     pub default_room_version: String,
     /// Log filter (`info`, `debug`, ...).
     pub log_level: String,
+    /// Who may publish rooms to the directory; empty allows everyone.
+    pub room_list_publication_rules: Vec<crate::PublicationRule>,
+    /// `user_directory.search_all_users`.
+    pub search_all_users: bool,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -100,6 +104,8 @@ const KNOWN_KEYS: &[&str] = &[
     "report_stats",
     "pid_file",
     "log_config",
+    "room_list_publication_rules",
+    "user_directory",
 ];
 
 /// Room versions Myelin can create and participate in.
@@ -262,7 +268,17 @@ impl Config {
             return Err(w.err("log_level", "expected one of trace, debug, info, warning, error"));
         }
 
+        let room_list_publication_rules = parse_publication_rules(root.get("room_list_publication_rules"))?;
+        let search_all_users = match root.get("user_directory") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(ud)) => {
+                Walker { path: vec!["user_directory".into()], root: ud }.boolean("search_all_users", false)?
+            }
+            Some(_) => return Err(w.err("user_directory", "expected a mapping")),
+        };
         let config = Config {
+            room_list_publication_rules,
+            search_all_users,
             server_name,
             public_baseurl,
             listeners,
@@ -278,6 +294,31 @@ impl Config {
         };
         Ok((config, modules))
     }
+}
+
+fn parse_publication_rules(value: Option<&Value>) -> Result<Vec<crate::PublicationRule>, ConfigError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ConfigError::at(&["room_list_publication_rules".into()], "expected a list")),
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = vec!["room_list_publication_rules".to_owned(), format!("<item {i}>")];
+        let Value::Object(obj) = item else { return Err(ConfigError::at(&path, "expected a mapping")) };
+        let w = Walker { path: path.clone(), root: obj };
+        let allow = match w.string("action")?.as_deref() {
+            Some("allow") => true,
+            Some("deny") => false,
+            _ => return Err(w.err("action", "expected 'allow' or 'deny'")),
+        };
+        out.push(crate::PublicationRule {
+            user_id: w.string("user_id")?.unwrap_or_else(|| "*".into()),
+            room_id: w.string("room_id")?.unwrap_or_else(|| "*".into()),
+            allow,
+        });
+    }
+    Ok(out)
 }
 
 fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> {

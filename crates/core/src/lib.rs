@@ -17,8 +17,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod directory;
 mod error;
 pub mod events;
+pub mod media;
 pub mod modules;
 mod rooms;
 mod server;
@@ -27,6 +29,7 @@ mod sync;
 mod users;
 
 pub use config::Config;
+pub use directory::PublicationRule;
 pub use error::{Error, ErrorKind, Result};
 pub use rooms::{CreateRoomRequest, MessagesPage};
 pub use server::{Homeserver, Requester};

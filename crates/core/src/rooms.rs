@@ -354,9 +354,15 @@ impl Homeserver {
         let state_key_owned = state_key.map(str::to_owned);
         let sender_owned = sender.to_string();
         let txn = options.txn.clone();
+        let join_rule = (kind == "m.room.join_rules")
+            .then(|| pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned))
+            .flatten();
         let (stream, group) = self
             .db(move |s| {
                 let extremities = [event_id.clone()];
+                if let Some(rule) = &join_rule {
+                    s.set_room_join_rule(&rid, rule)?;
+                }
                 s.persist_event(&NewEvent {
                     event_id: &event_id,
                     room_id: &rid,
@@ -402,6 +408,29 @@ impl Homeserver {
     ) -> Result<Option<HashMap<(String, String), OwnedEventId>>> {
         let guard = self.room_lock(room_id).await?;
         Ok(guard.as_ref().map(|c| c.state.clone()))
+    }
+
+    pub(crate) async fn state_content_of(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Map<String, Value>>> {
+        self.state_content(room_id, kind, key).await
+    }
+
+    /// Whether `user` has the power to send state of `kind` in the room.
+    pub(crate) async fn can_send_state(&self, room_id: &RoomId, user: &str, kind: &str) -> Result<bool> {
+        if self.membership_of(room_id, user).await?.as_deref() != Some("join") {
+            return Ok(false);
+        }
+        let pl = PowerLevels(self.state_content(room_id, "m.room.power_levels", "").await?.unwrap_or_default());
+        let needed =
+            pl.0.get("events")
+                .and_then(|e| e.get(kind))
+                .and_then(as_int)
+                .unwrap_or_else(|| pl.int("state_default", 50));
+        Ok(pl.user(user) >= needed)
     }
 
     async fn state_content(&self, room_id: &RoomId, kind: &str, key: &str) -> Result<Option<Map<String, Value>>> {
@@ -460,15 +489,21 @@ impl Homeserver {
         for i in &request.invite {
             invitees.push(parse_user_id(i)?);
         }
-        if request.room_alias_name.is_some() {
-            return Err(Error::new(ErrorKind::BadRequest, "Room aliases are not supported yet"));
-        }
+        let alias = match &request.room_alias_name {
+            Some(local) => {
+                let alias = format!("#{local}:{}", self.server_name());
+                self.check_alias_available(&alias).await?;
+                Some(alias)
+            }
+            None => None,
+        };
         if !requester.is_admin {
             self.modules.user_may_create_room(requester.user_id.as_str(), &body).await?;
         }
 
         let room_id =
             OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
+        // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
         let row = RoomRow {
             room_id: room_id.to_string(),
             room_version: version.clone(),
@@ -548,6 +583,12 @@ impl Homeserver {
         if let Some(topic) = &request.topic {
             send("m.room.topic", Some(String::new()), json!({"topic": topic})).await?;
         }
+        // The alias is created after the room exists: a module denial fails the request but
+        // leaves the room, as in Synapse.
+        if let Some(alias) = &alias {
+            self.create_alias(requester, alias, room_id.as_str()).await?;
+            send("m.room.canonical_alias", Some(String::new()), json!({"alias": alias})).await?;
+        }
         // Invites run after the room exists: a denied invite fails the request but the room
         // stays, as in Synapse. Shadow-banned creators' invites are silently dropped.
         if !requester.shadow_banned {
@@ -559,7 +600,7 @@ impl Homeserver {
                 self.update_membership(requester, &room_id, invitee, "invite", None, extra).await?;
             }
         }
-        Ok((room_id, None))
+        Ok((room_id, alias))
     }
 
     /// Changes `target`'s membership as `requester`: invite, join, leave (also kick), ban,
@@ -637,7 +678,7 @@ impl Homeserver {
     /// Joins a room by ID.
     pub async fn join_room(&self, requester: &Requester, room_id: &str) -> Result<OwnedRoomId> {
         let room_id = if room_id.starts_with('#') {
-            return Err(Error::not_found("Room alias not found"));
+            parse_room_id(&self.resolve_alias(room_id).await?.0)?
         } else {
             parse_room_id(room_id)?
         };
@@ -694,6 +735,9 @@ impl Homeserver {
         }
         if kind == "m.room.create" {
             return Err(Error::forbidden("Cannot change m.room.create"));
+        }
+        if kind == "m.room.canonical_alias" {
+            self.check_canonical_alias(&room_id, &content).await?;
         }
         if requester.shadow_banned {
             crate::users::shadow_ban_delay().await;
@@ -833,7 +877,13 @@ impl Homeserver {
             .into_iter()
             .map(|e| {
                 let key = e["state_key"].as_str().unwrap_or_default().to_owned();
-                (key, json!({"display_name": e["content"]["displayname"], "avatar_url": e["content"]["avatar_url"]}))
+                let mut member = Map::new();
+                for (field, source) in [("display_name", "displayname"), ("avatar_url", "avatar_url")] {
+                    if let Some(v) = e["content"].get(source).filter(|v| v.is_string()) {
+                        member.insert(field.to_owned(), v.clone());
+                    }
+                }
+                (key, Value::Object(member))
             })
             .collect())
     }

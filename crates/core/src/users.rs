@@ -414,8 +414,17 @@ impl Homeserver {
         Ok(rows
             .into_iter()
             .map(|d| {
-                json!({"device_id": d.device_id, "display_name": d.display_name,
-                       "last_seen_ts": d.last_seen_ts, "last_seen_ip": d.last_seen_ip})
+                let mut v = json!({"device_id": d.device_id});
+                if let Some(n) = d.display_name {
+                    v["display_name"] = json!(n);
+                }
+                if let Some(ts) = d.last_seen_ts {
+                    v["last_seen_ts"] = json!(ts);
+                }
+                if let Some(ip) = d.last_seen_ip {
+                    v["last_seen_ip"] = json!(ip);
+                }
+                v
             })
             .collect())
     }

@@ -71,6 +71,20 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Ma
     Ok(buf.freeze())
 }
 
+/// Reads and discards what is left of a refused body (bounded by size and time).
+pub async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
 /// The caller's user agent and address.
 pub struct ClientInfo(pub RequestInfo);
 

@@ -18,6 +18,7 @@
 mod client;
 pub mod error;
 mod extract;
+mod media;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub fn router(hs: AppState, resources: &[String]) -> Router {
     let limit = hs.config.max_upload_size as usize;
     let mut app = Router::new()
         .merge(client::router())
+        .merge(media::router())
         .route("/health", axum::routing::get(|| async { "OK" }))
         .route("/.well-known/matrix/client", axum::routing::get(well_known_client))
         .route("/.well-known/matrix/server", axum::routing::get(well_known_server));

@@ -15,7 +15,8 @@ use crate::*;
 
 /// Migrations, applied in order; the schema version is the number applied. Never edit a
 /// released one: append.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_directory_media.sql")];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
 /// group's state while keeping each event's state write small.
@@ -643,6 +644,182 @@ impl ClientDataStore for SqliteStore {
             .optional()
             .map_err(backend)?;
         Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+}
+
+fn media_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
+    Ok(MediaRow {
+        media_id: r.get(0)?,
+        user_id: r.get(1)?,
+        content_type: r.get(2)?,
+        upload_name: r.get(3)?,
+        length: r.get(4)?,
+        created_ts: r.get(5)?,
+        pending: r.get(6)?,
+    })
+}
+
+impl DirectoryStore for SqliteStore {
+    fn create_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?1, ?2, ?3)",
+                params![alias, room_id, creator],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
+        self.conn()
+            .query_row("SELECT room_id, creator FROM room_aliases WHERE alias = ?1", [alias], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)
+    }
+
+    fn delete_alias(&self, alias: &str) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM room_aliases WHERE alias = ?1", [alias]).map_err(backend)? > 0)
+    }
+
+    fn aliases_for_room(&self, room_id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias").map_err(backend)?;
+        let rows = stmt.query_map([room_id], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
+        self.conn()
+            .execute("UPDATE rooms SET is_public = ?2 WHERE room_id = ?1", params![room_id, public])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn set_room_join_rule(&self, room_id: &str, join_rule: &str) -> Result<()> {
+        self.conn()
+            .execute("UPDATE rooms SET join_rule = ?2 WHERE room_id = ?1", params![room_id, join_rule])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn published_rooms(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.room_id, (SELECT count(*) FROM current_state c WHERE c.room_id = r.room_id
+                   AND c.type = 'm.room.member' AND c.membership = 'join') AS joined
+                 FROM rooms r WHERE r.is_public = 1 ORDER BY joined DESC, r.room_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn search_user_directory(
+        &self,
+        searcher: &str,
+        terms: &[String],
+        search_all_users: bool,
+        limit: usize,
+    ) -> Result<Vec<DirectoryUser>> {
+        // Visible: users sharing a joined room with the searcher, users joined to a room whose
+        // join rule is public, or (search_all_users) every local user.
+        let mut sql = String::from(
+            "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id
+             WHERE u.deactivated = 0 AND (?1 OR p.user_id IN (
+               SELECT m.state_key FROM current_state m WHERE m.type = 'm.room.member' AND m.membership = 'join'
+               AND (m.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'
+                                  AND state_key = ?2 AND membership = 'join')
+                    OR m.room_id IN (SELECT room_id FROM rooms WHERE join_rule = 'public'))))",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![search_all_users.into(), searcher.to_owned().into()];
+        for term in terms {
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (lower(p.user_id) LIKE ?{a} ESCAPE '\\' OR lower(coalesce(p.displayname, '')) LIKE ?{b} ESCAPE '\\'
+                       OR lower(coalesce(p.displayname, '')) LIKE ?{c} ESCAPE '\\')",
+                a = n + 1,
+                b = n + 2,
+                c = n + 3
+            ));
+            let escaped = term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            args.push(format!("@{escaped}%").into());
+            args.push(format!("{escaped}%").into());
+            args.push(format!("% {escaped}%").into());
+        }
+        sql.push_str(&format!(" ORDER BY p.displayname IS NULL, lower(p.displayname), p.user_id LIMIT {}", limit));
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+}
+
+impl MediaStore for SqliteStore {
+    fn insert_media(&self, m: &MediaRow) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO media (media_id, user_id, content_type, upload_name, length, created_ts, pending)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (media_id) DO UPDATE SET content_type = excluded.content_type,
+                   upload_name = excluded.upload_name, length = excluded.length, pending = excluded.pending",
+                params![m.media_id, m.user_id, m.content_type, m.upload_name, m.length, m.created_ts, m.pending],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_media(&self, media_id: &str) -> Result<Option<MediaRow>> {
+        self.conn()
+            .query_row(
+                "SELECT media_id, user_id, content_type, upload_name, length, created_ts, pending FROM media
+                 WHERE media_id = ?1",
+                [media_id],
+                media_from_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn delete_media(&self, media_id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM media WHERE media_id = ?1", [media_id]).map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_thumbnail(&self, media_id: &str, width: u32, height: u32, method: &str) -> Result<Option<(String, i64)>> {
+        self.conn()
+            .query_row(
+                "SELECT content_type, length FROM media_thumbnails WHERE media_id = ?1 AND width = ?2
+                 AND height = ?3 AND method = ?4",
+                params![media_id, width, height, method],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn insert_thumbnail(
+        &self,
+        media_id: &str,
+        width: u32,
+        height: u32,
+        method: &str,
+        content_type: &str,
+        length: i64,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO media_thumbnails (media_id, width, height, method, content_type, length)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![media_id, width, height, method, content_type, length],
+            )
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -154,6 +154,7 @@ impl Host for HostHandle {
     }
 
     fn lookup_room_alias(&self, alias: String) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>> {
-        Box::pin(async move { Err(ModuleError::matrix(404, "M_NOT_FOUND", format!("Room alias {alias} not found"))) })
+        let hs = self.hs();
+        Box::pin(async move { hs?.resolve_alias(&alias).await.map_err(to_module_error) })
     }
 }

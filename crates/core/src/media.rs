@@ -1,0 +1,275 @@
+//! The media repository: uploads streamed to disk, downloads, thumbnails.
+//!
+//! Files live under `media_store_path` at paths built only from media IDs that Myelin generated
+//! and that pass [`valid_media_id`]; client input never becomes a path. Uploads are written to a
+//! temporary file as they arrive (a 100 MB upload never sits in memory), checked by
+//! `check_media_file_for_spam` (its one call site), then moved into place and indexed.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use myelin_module_api::spam::MediaFile;
+use myelin_storage::MediaRow;
+use tokio::io::AsyncWriteExt;
+
+use crate::server::{now_ms, random_string};
+use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+
+/// A body being uploaded; the caller keeps it, so it can drain what is left after a refusal.
+pub type UploadStream<'a> = &'a mut (dyn Stream<Item = std::io::Result<Bytes>> + Unpin + Send);
+
+/// A stored file ready to be sent.
+#[derive(Debug, Clone)]
+pub struct StoredMedia {
+    /// Where the bytes are.
+    pub path: PathBuf,
+    /// The content type to send.
+    pub content_type: String,
+    /// The original file name.
+    pub upload_name: Option<String>,
+    /// Size in bytes.
+    pub length: u64,
+}
+
+/// Thumbnail sizes generated, as Synapse's defaults: `(width, height, method)`.
+const THUMBNAIL_SIZES: &[(u32, u32, &str)] =
+    &[(32, 32, "crop"), (96, 96, "crop"), (320, 240, "scale"), (640, 480, "scale"), (800, 600, "scale")];
+
+/// Images with more pixels than this are not thumbnailed (decompression bombs).
+const MAX_IMAGE_PIXELS: u64 = 32_000_000;
+
+/// How long a `/create` reservation lasts.
+const PENDING_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+
+/// Media IDs Myelin generates are 24 alphanumerics; anything not shaped like one is unknown.
+pub fn valid_media_id(id: &str) -> bool {
+    id.len() >= 5 && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn not_found() -> Error {
+    Error::not_found("Not found")
+}
+
+impl Homeserver {
+    fn media_path(&self, media_id: &str) -> PathBuf {
+        let root = &self.config.media_store_path;
+        root.join("local_content").join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..])
+    }
+
+    fn thumbnail_path(&self, media_id: &str, width: u32, height: u32, method: &str) -> PathBuf {
+        let root = &self.config.media_store_path;
+        root.join("local_thumbnails")
+            .join(&media_id[..2])
+            .join(&media_id[2..4])
+            .join(&media_id[4..])
+            .join(format!("{width}-{height}-{method}"))
+    }
+
+    /// `POST /_matrix/media/v1/create`: reserves a media ID; returns `(mxc, expires_at)`.
+    pub async fn create_media(&self, requester: &Requester) -> Result<(String, i64)> {
+        let media_id = random_string(24);
+        let row = MediaRow {
+            media_id: media_id.clone(),
+            user_id: requester.user_id.to_string(),
+            content_type: None,
+            upload_name: None,
+            length: None,
+            created_ts: now_ms(),
+            pending: true,
+        };
+        self.db(move |s| s.insert_media(&row)).await?;
+        Ok((format!("mxc://{}/{media_id}", self.server_name()), now_ms() + PENDING_LIFETIME_MS))
+    }
+
+    /// Stores an upload: a new media ID, or (`PUT`) one reserved by `/create`. Returns the MXC URI.
+    pub async fn upload_media(
+        &self,
+        requester: &Requester,
+        reserved: Option<(&str, &str)>,
+        content_type: Option<String>,
+        upload_name: Option<String>,
+        body: UploadStream<'_>,
+    ) -> Result<String> {
+        let media_id = match reserved {
+            Some((server, id)) => {
+                if server != self.server_name() || !valid_media_id(id) {
+                    return Err(not_found());
+                }
+                let i = id.to_owned();
+                let row = self.db(move |s| s.get_media(&i)).await?.ok_or_else(not_found)?;
+                if row.user_id != requester.user_id.as_str() {
+                    return Err(Error::forbidden("You may not upload to this media ID"));
+                }
+                if !row.pending {
+                    return Err(Error::new(
+                        ErrorKind::Module { status: 409, errcode: "M_CANNOT_OVERWRITE_MEDIA".into() },
+                        "Media ID already has content",
+                    ));
+                }
+                if now_ms() > row.created_ts + PENDING_LIFETIME_MS {
+                    return Err(Error::not_found("Media reservation expired"));
+                }
+                id.to_owned()
+            }
+            None => random_string(24),
+        };
+        let tmp_dir = self.config.media_store_path.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(Error::internal)?;
+        let tmp = tmp_dir.join(random_string(16));
+        let written = write_limited(&tmp, body, self.config.max_upload_size).await;
+        let length = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let file = MediaFile {
+            path: tmp.clone(),
+            media_id: media_id.clone(),
+            server_name: None,
+            content_type: content_type.clone(),
+            length,
+            thumbnail: false,
+        };
+        if let Err(e) = self.modules.check_media_file_for_spam(file).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        let dest = self.media_path(&media_id);
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(Error::internal)?;
+        }
+        tokio::fs::rename(&tmp, &dest).await.map_err(Error::internal)?;
+        let row = MediaRow {
+            media_id: media_id.clone(),
+            user_id: requester.user_id.to_string(),
+            content_type,
+            upload_name,
+            length: Some(length as i64),
+            created_ts: now_ms(),
+            pending: false,
+        };
+        self.db(move |s| s.insert_media(&row)).await?;
+        Ok(format!("mxc://{}/{media_id}", self.server_name()))
+    }
+
+    /// A stored file for download.
+    pub async fn media(&self, server: &str, media_id: &str) -> Result<StoredMedia> {
+        if server != self.server_name() || !valid_media_id(media_id) {
+            return Err(not_found());
+        }
+        let id = media_id.to_owned();
+        let row = self.db(move |s| s.get_media(&id)).await?.ok_or_else(not_found)?;
+        if row.pending {
+            return Err(Error::new(
+                ErrorKind::Module { status: 504, errcode: "M_NOT_YET_UPLOADED".into() },
+                "Media has not been uploaded yet",
+            ));
+        }
+        Ok(StoredMedia {
+            path: self.media_path(media_id),
+            content_type: row.content_type.unwrap_or_else(|| "application/octet-stream".into()),
+            upload_name: row.upload_name,
+            length: row.length.unwrap_or_default() as u64,
+        })
+    }
+
+    /// A thumbnail, generated once per standard size and cached.
+    pub async fn thumbnail(
+        &self,
+        server: &str,
+        media_id: &str,
+        width: u32,
+        height: u32,
+        method: &str,
+    ) -> Result<StoredMedia> {
+        if width == 0 || height == 0 {
+            return Err(Error::invalid_param("width and height must be positive"));
+        }
+        let method = match method {
+            "crop" | "scale" => method,
+            _ => return Err(Error::invalid_param("method must be 'crop' or 'scale'")),
+        };
+        let original = self.media(server, media_id).await?;
+        // The smallest standard size at least as big as asked for, else the biggest.
+        let (tw, th, tm) = THUMBNAIL_SIZES
+            .iter()
+            .filter(|(w, h, m)| *m == method && *w >= width && *h >= height)
+            .min_by_key(|(w, h, _)| w * h)
+            .or_else(|| THUMBNAIL_SIZES.iter().filter(|(_, _, m)| *m == method).max_by_key(|(w, h, _)| w * h))
+            .copied()
+            .ok_or_else(|| Error::internal("no thumbnail sizes"))?;
+        let path = self.thumbnail_path(media_id, tw, th, tm);
+        let (id, m) = (media_id.to_owned(), tm.to_owned());
+        if let Some((content_type, length)) = self.db(move |s| s.get_thumbnail(&id, tw, th, &m)).await?
+            && path.exists()
+        {
+            return Ok(StoredMedia { path, content_type, upload_name: None, length: length as u64 });
+        }
+        let source = original.path.clone();
+        let dest = path.clone();
+        let crop = tm == "crop";
+        let generated = tokio::task::spawn_blocking(move || make_thumbnail(&source, &dest, tw, th, crop))
+            .await
+            .map_err(Error::internal)??;
+        let (content_type, length) = generated;
+        let (id, m, ct) = (media_id.to_owned(), tm.to_owned(), content_type.clone());
+        self.db(move |s| s.insert_thumbnail(&id, tw, th, &m, &ct, length as i64)).await?;
+        Ok(StoredMedia { path, content_type, upload_name: None, length })
+    }
+}
+
+/// Writes the stream to `path`, refusing (413) once it exceeds `limit`.
+async fn write_limited(path: &Path, body: UploadStream<'_>, limit: u64) -> Result<u64> {
+    let mut file = tokio::fs::File::create(path).await.map_err(Error::internal)?;
+    let mut total = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::new(ErrorKind::BadRequest, format!("Upload interrupted: {e}")))?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(Error::new(ErrorKind::TooLarge, "Upload request body is too large"));
+        }
+        file.write_all(&chunk).await.map_err(Error::internal)?;
+    }
+    file.flush().await.map_err(Error::internal)?;
+    file.sync_all().await.map_err(Error::internal)?;
+    Ok(total)
+}
+
+fn make_thumbnail(source: &Path, dest: &Path, width: u32, height: u32, crop: bool) -> Result<(String, u64)> {
+    let cannot = || Error::new(ErrorKind::BadRequest, "Cannot generate a thumbnail for this media");
+    let reader =
+        image::ImageReader::open(source).map_err(Error::internal)?.with_guessed_format().map_err(|_| cannot())?;
+    let format = reader.format().ok_or_else(cannot)?;
+    let (w, h) = reader.into_dimensions().map_err(|_| cannot())?;
+    if (w as u64) * (h as u64) > MAX_IMAGE_PIXELS {
+        return Err(cannot());
+    }
+    let image = image::ImageReader::open(source)
+        .map_err(Error::internal)?
+        .with_guessed_format()
+        .map_err(|_| cannot())?
+        .decode()
+        .map_err(|_| cannot())?;
+    let thumb = if crop {
+        image.resize_to_fill(width, height, image::imageops::FilterType::Triangle)
+    } else if image.width() <= width && image.height() <= height {
+        image
+    } else {
+        image.resize(width, height, image::imageops::FilterType::Triangle)
+    };
+    let (out_format, content_type) = match format {
+        image::ImageFormat::Jpeg => (image::ImageFormat::Jpeg, "image/jpeg"),
+        _ => (image::ImageFormat::Png, "image/png"),
+    };
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::internal)?;
+    }
+    let thumb =
+        if out_format == image::ImageFormat::Jpeg { image::DynamicImage::ImageRgb8(thumb.to_rgb8()) } else { thumb };
+    thumb.save_with_format(dest, out_format).map_err(Error::internal)?;
+    let length = std::fs::metadata(dest).map_err(Error::internal)?.len();
+    Ok((content_type.to_owned(), length))
+}

@@ -1,0 +1,204 @@
+//! The media repository, with `check_media_file_for_spam` (cases 50-51).
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+async fn upload(s: &Server, u: &User, body: Vec<u8>, content_type: &str, name: Option<&str>) -> (u16, Value) {
+    let mut url = s.url("/_matrix/media/v3/upload");
+    if let Some(n) = name {
+        url.push_str(&format!("?filename={n}"));
+    }
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(&u.token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+fn media_path(uri: &str) -> String {
+    uri.strip_prefix("mxc://").unwrap().to_owned()
+}
+
+/// A small PNG made with a real encoder (python's zlib), 64x48 pixels.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!(
+            "import zlib,struct,sys\nw,h={width},{height}\nraw=b''.join(b'\\x00'+bytes(v for x in range(w) for v in (x*4%256,y*4%256,128)) for y in range(h))\n\
+             def c(t,d): return struct.pack('>I',len(d))+t+d+struct.pack('>I',zlib.crc32(t+d))\n\
+             sys.stdout.buffer.write(b'\\x89PNG\\r\\n\\x1a\\n'+c(b'IHDR',struct.pack('>IIBBBBB',w,h,8,2,0,0,0))+c(b'IDAT',zlib.compress(raw))+c(b'IEND',b''))"
+        )])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[tokio::test]
+async fn upload_download_and_headers() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let (st, b) = upload(&s, &u, b"hello media".to_vec(), "text/plain", Some("greeting.txt")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_schema("/_matrix/media/v3/upload", "post", 200, &b);
+    let path = media_path(b["content_uri"].as_str().unwrap());
+    assert!(path.starts_with("test/"));
+    for url in [format!("/_matrix/media/v3/download/{path}"), format!("/_matrix/client/v1/media/download/{path}")] {
+        let resp = reqwest::Client::new().get(s.url(&url)).bearer_auth(&u.token).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let h = resp.headers().clone();
+        assert_eq!(h["content-type"], "text/plain");
+        assert_eq!(h["content-disposition"], "inline; filename*=utf-8''greeting.txt");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(h["content-security-policy"].to_str().unwrap().starts_with("sandbox"));
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), b"hello media");
+    }
+    // The authenticated endpoint needs a token.
+    assert_eq!(s.get(&format!("/_matrix/client/v1/media/download/{path}"), None).await.0, 401);
+    // Unsafe types are attachments, whatever name is given.
+    let (_, b) = upload(&s, &u, b"<script>alert(1)</script>".to_vec(), "text/html", None).await;
+    let path = media_path(b["content_uri"].as_str().unwrap());
+    let resp = reqwest::get(s.url(&format!("/_matrix/media/v3/download/{path}/page.html"))).await.unwrap();
+    assert_eq!(resp.headers()["content-disposition"], "attachment; filename*=utf-8''page.html");
+    let (st, cfg) = s.get("/_matrix/client/v1/media/config", Some(&u.token)).await;
+    assert_eq!((st, cfg), (200, json!({"m.upload.size": 1024 * 1024})));
+    assert_eq!(s.post("/_matrix/media/v3/upload", None, json!({})).await.0, 401);
+}
+
+#[tokio::test]
+async fn bad_media_ids_never_leave_the_store() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    upload(&s, &u, b"x".to_vec(), "text/plain", None).await;
+    let long = "a".repeat(300);
+    for id in ["..%2F..%2F..%2Fetc%2Fpasswd", "..", "%2E%2E", "a%2Fb", long.as_str(), "abc", "nope-not-there"] {
+        let (st, b) = s.get(&format!("/_matrix/media/v3/download/test/{id}"), None).await;
+        assert!(st == 404 || st == 400, "{id}: {st} {b}");
+        assert_eq!(b["errcode"].as_str().map(|e| e.starts_with("M_")), Some(true), "{id}: {b}");
+    }
+    let resp = reqwest::get(s.url("/_matrix/media/v3/download/test/../../../../etc/passwd")).await.unwrap();
+    assert!(resp.status() == 404 || resp.status() == 400);
+    assert_eq!(s.get("/_matrix/media/v3/download/elsewhere/abcdefgh", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn oversized_uploads_get_413_and_store_nothing() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let (st, b) = upload(&s, &u, vec![7u8; 2 * 1024 * 1024], "application/octet-stream", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (413, Some("M_TOO_LARGE")));
+    // A chunked upload (no Content-Length) is refused while streaming.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..40).map(|_| Ok(vec![1u8; 64 * 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let resp = reqwest::Client::new()
+        .post(s.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&u.token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let media = s.dir.path().join("data/media");
+    let stored = files_under(&media);
+    assert!(stored.iter().all(|p| !p.starts_with("local_content")), "{stored:?}");
+    assert!(files_under(&media.join("tmp")).is_empty(), "temporary files are cleaned up");
+}
+
+#[tokio::test]
+async fn create_then_upload_to_the_reserved_id() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (st, b) = s.post("/_matrix/media/v1/create", Some(&u.token), json!({})).await;
+    assert_eq!(st, 200);
+    assert!(b["unused_expires_at"].as_i64().is_some());
+    let path = media_path(b["content_uri"].as_str().unwrap());
+    let (st, b) = s.get(&format!("/_matrix/media/v3/download/{path}"), None).await;
+    assert_eq!((st, b["errcode"].as_str()), (504, Some("M_NOT_YET_UPLOADED")));
+    let put = |token: String, body: &'static [u8]| {
+        let url = s.url(&format!("/_matrix/media/v3/upload/{path}"));
+        async move {
+            reqwest::Client::new()
+                .put(url)
+                .bearer_auth(token)
+                .header("content-type", "text/plain")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(put(bob.token.clone(), b"bob").await.status(), 403);
+    assert_eq!(put(u.token.clone(), b"reserved").await.status(), 200);
+    let resp = put(u.token.clone(), b"again").await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.json::<Value>().await.unwrap()["errcode"], "M_CANNOT_OVERWRITE_MEDIA");
+    let body = reqwest::get(s.url(&format!("/_matrix/media/v3/download/{path}"))).await.unwrap().bytes().await.unwrap();
+    assert_eq!(body.as_ref(), b"reserved");
+    assert_eq!(put(u.token.clone(), b"x").await.status(), 409);
+    let resp = reqwest::Client::new()
+        .put(s.url("/_matrix/media/v3/upload/test/unknownmediaid"))
+        .bearer_auth(&u.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn thumbnails_scale_crop_and_are_cached() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let (_, b) = upload(&s, &u, png(400, 300), "image/png", Some("pic.png")).await;
+    let path = media_path(b["content_uri"].as_str().unwrap());
+    for (q, expect) in [("width=32&height=32&method=crop", (32, 32)), ("width=300&height=200&method=scale", (320, 240))]
+    {
+        let resp = reqwest::Client::new()
+            .get(s.url(&format!("/_matrix/client/v1/media/thumbnail/{path}?{q}")))
+            .bearer_auth(&u.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{q}");
+        assert_eq!(resp.headers()["content-type"], "image/png");
+        let bytes = resp.bytes().await.unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+        let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+        assert_eq!((w, h), expect, "{q}");
+    }
+    let thumbs = files_under(&s.dir.path().join("data/media/local_thumbnails"));
+    assert_eq!(thumbs.len(), 2, "{thumbs:?}");
+    // Not an image, bad parameters.
+    let (_, b) = upload(&s, &u, b"plain".to_vec(), "text/plain", None).await;
+    let text = media_path(b["content_uri"].as_str().unwrap());
+    assert_eq!(s.get(&format!("/_matrix/media/v3/thumbnail/{text}?width=32&height=32"), None).await.0, 400);
+    assert_eq!(s.get(&format!("/_matrix/media/v3/thumbnail/{path}?width=x&height=32"), None).await.0, 400);
+    assert_eq!(s.get(&format!("/_matrix/media/v3/thumbnail/{path}?width=32&height=32&method=melt"), None).await.0, 400);
+    assert_eq!(s.get(&format!("/_matrix/media/v3/thumbnail/{path}"), None).await.0, 400);
+}
+
+#[tokio::test]
+async fn case_50_51_check_media_file_for_spam() {
+    let cfg = format!(
+        "modules:\n  - module: myelin.test.Scripted\n    config: {}\n",
+        json!({"label": "m", "callbacks": {"check_media_file_for_spam": {"deny_if": "evil", "then": {"deny": "M_FORBIDDEN"}}}})
+    );
+    let s = Server::start_with(&cfg).await;
+    let u = s.register("alice").await;
+    assert_eq!(upload(&s, &u, b"innocent bytes".to_vec(), "text/plain", None).await.0, 200);
+    let (st, b) = upload(&s, &u, b"some evil bytes".to_vec(), "text/plain", None).await;
+    assert_eq!((st, b), (400, json!({"errcode": "M_UNKNOWN", "error": "Bad content"})));
+    let calls = s.calls("m").await;
+    assert_eq!(calls[1]["args"][0], "some evil bytes");
+    assert_eq!(calls[1]["args"][2], Value::Null, "server_name is None for local media");
+    assert_eq!(calls[1]["args"][3], false);
+    let stored = files_under(&s.dir.path().join("data/media/local_content"));
+    assert_eq!(stored.len(), 1, "only the innocent file is stored");
+}
