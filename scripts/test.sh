@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real clients used by the black-box tests: matrix-nio in a venv, matrix-js-sdk with a Node 22
+# binary from npm (the SDK needs Node >= 22; the machine has 20).
+if [ ! -x tests/clients/.venv/bin/python ]; then
+  python3 -m venv tests/clients/.venv
+fi
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+(cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
+
 cargo build --workspace --all-targets --locked
 # Four test threads on two cores: each black-box test runs a server that mostly waits on I/O.
 cargo test --workspace --locked -- --test-threads="${MYELIN_TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt

@@ -4,6 +4,7 @@
 mod harness;
 
 mod accounts; // registration, login, devices, profiles, account data
+mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory
 mod foundation; // the binary, config, storage, HTTP basics
 mod media; // the media repository

@@ -83,10 +83,14 @@ async fn invites_and_leaves_appear_in_their_sections() {
     s.join(&bob, &room).await;
     let body = s.sync(&bob, Some(&since), 5000).await;
     let joined = &body["rooms"]["join"][&room];
-    assert!(
-        joined["state"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"),
-        "a newly joined room comes with its state"
-    );
+    let all: Vec<&serde_json::Value> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(joined["timeline"]["events"].as_array().unwrap())
+        .collect();
+    assert!(all.iter().any(|e| e["type"] == "m.room.name"), "a newly joined room comes with its state");
+    assert!(all.iter().any(|e| e["type"] == "m.room.create"), "and its history");
     let since = body["next_batch"].as_str().unwrap().to_owned();
     s.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&alice.token), json!({"user_id": "@bob:test"})).await;
     let body = s.sync(&bob, Some(&since), 5000).await;

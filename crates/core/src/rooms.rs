@@ -917,7 +917,10 @@ impl Homeserver {
             _ => return Err(Error::forbidden(format!("User {user} not in room {room_id}"))),
         };
         let parse = |t: &str| parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid token {t}")));
+        // A `t<N>` token names an event already returned (exclusive); a sync token `s<N>` means
+        // "everything up to N was delivered", so paginating backwards from it includes N.
         let from_pos = match from {
+            Some(t) if t.starts_with('s') && backwards => parse(t)? + 1,
             Some(t) => parse(t)?,
             None if backwards => max + 1,
             None => 0,

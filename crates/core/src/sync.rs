@@ -143,9 +143,12 @@ impl Homeserver {
             if since.is_some() && !full_state && !rooms_with_news.contains(room) && !has_account_data {
                 continue;
             }
-            // A room new to this sync carries its whole state; its timeline still starts at `since`.
+            // A room new to this sync is sent as in an initial sync (as Synapse does): its latest
+            // events, `limited` if there are more, and the state before them, so clients can
+            // paginate back from there.
             let whole_state = since.is_none() || newly_joined || full_state;
-            let body = self.joined_room_sync(room, from, now, whole_state, filter.timeline_limit).await?;
+            let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
+            let body = self.joined_room_sync(room, timeline_from, now, whole_state, filter.timeline_limit).await?;
             let mut body = body;
             body["account_data"] = json!({"events": room_account_data.remove(room).unwrap_or_default()});
             join.insert(room.clone(), body);

@@ -598,6 +598,12 @@ impl Homeserver {
             .ok_or_else(|| Error::not_found("Account data not found"))
     }
 
+    /// `GET /pushrules/`: the user's rules (the spec's defaults until push rules can be edited).
+    pub async fn push_rules(&self, requester: &Requester) -> Result<Value> {
+        let ruleset = ruma::push::Ruleset::server_default(&requester.user_id);
+        Ok(json!({ "global": serde_json::to_value(ruleset).map_err(Error::internal)? }))
+    }
+
     /// Stores a sync filter.
     pub async fn create_filter(&self, requester: &Requester, user_id: &str, filter: Value) -> Result<String> {
         if user_id != requester.user_id.as_str() {

@@ -51,6 +51,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/rooms/{room_id}/members", get(members))
         .route("/rooms/{room_id}/joined_members", get(joined_members))
         .route("/sync", get(sync))
+        .route("/pushrules/", get(push_rules))
+        .route("/pushrules/global/", get(push_rules_global))
         .route("/directory/room/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
         .route("/rooms/{room_id}/aliases", get(room_aliases))
         .route("/directory/list/room/{room_id}", get(get_visibility).put(put_visibility))
@@ -628,4 +630,12 @@ async fn user_directory_search(
     JsonBody(b): JsonBody<UserSearchBody>,
 ) -> Answer {
     Ok(axum::Json(hs.search_users(&me, &b.search_term, b.limit.min(1000) as usize).await?))
+}
+
+async fn push_rules(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(hs.push_rules(&me).await?))
+}
+
+async fn push_rules_global(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(hs.push_rules(&me).await?["global"].clone()))
 }
