@@ -215,3 +215,51 @@ async fn account_data_filters_and_capabilities() {
     assert_eq!(b["capabilities"]["m.change_password"]["enabled"], true);
     assert_eq!(b["capabilities"]["m.room_versions"]["default"], "10");
 }
+
+fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{nonce}\0{user}\0{password}\0{}", if admin { "admin" } else { "notadmin" }).as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn shared_secret_registration_uses_synapses_hmac_scheme() {
+    let s = Server::start_with("registration_shared_secret: s3cret\nenable_registration: false\n").await;
+    let (st, b) = s.get("/_synapse/admin/v1/register", None).await;
+    assert_eq!(st, 200);
+    let nonce = b["nonce"].as_str().unwrap().to_owned();
+    let mac = shared_secret_mac("s3cret", &nonce, "boss", "pw", true);
+    let body = json!({"nonce": nonce, "username": "boss", "password": "pw", "admin": true, "mac": mac, "displayname": "The Boss"});
+    let (st, b) = s.post("/_synapse/admin/v1/register", None, body.clone()).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["user_id"], "@boss:test");
+    assert!(b["access_token"].is_string());
+    assert_eq!(
+        s.get("/_matrix/client/v3/profile/@boss:test/displayname", None).await.1,
+        json!({"displayname": "The Boss"})
+    );
+    // The nonce is single-use.
+    let (st, b) = s.post("/_synapse/admin/v1/register", None, body).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("unrecognised nonce")));
+    // A wrong MAC is refused, and so is a MAC for different flags.
+    let nonce = s.get("/_synapse/admin/v1/register", None).await.1["nonce"].as_str().unwrap().to_owned();
+    let mac = shared_secret_mac("s3cret", &nonce, "sneaky", "pw", false);
+    let (st, b) = s
+        .post(
+            "/_synapse/admin/v1/register",
+            None,
+            json!({"nonce": nonce, "username": "sneaky", "password": "pw", "admin": true, "mac": mac}),
+        )
+        .await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("HMAC incorrect")));
+    let (st, _) = s.post("/_synapse/admin/v1/register", None, json!({"nonce": 1})).await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn shared_secret_registration_is_off_without_a_secret() {
+    let s = Server::start().await;
+    let (st, b) = s.get("/_synapse/admin/v1/register", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_UNKNOWN")));
+}

@@ -459,3 +459,68 @@ async fn callback_metrics_are_exported_per_module() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn case_36_upgrades_call_user_may_create_room_without_an_admin_exemption() {
+    let s = with_modules(&[scripted("u", json!({"user_may_create_room": {"deny_if": "predecessor", "then": "deny"}}))])
+        .await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let room = s.create_room(&root, json!({"topic": "old topic"})).await;
+    let (st, b) = s
+        .post(&format!("/_matrix/client/v3/rooms/{room}/upgrade"), Some(&root.token), json!({"new_version": "10"}))
+        .await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "You are not permitted to create rooms"})));
+    let calls = s.calls("u").await;
+    let config = &calls[0]["args"][1];
+    assert_eq!(config["creation_content"]["predecessor"]["room_id"], json!(room));
+    assert!(
+        config["initial_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "old topic")
+    );
+}
+
+#[tokio::test]
+async fn case_49_shadow_banned_creators_upgrades_and_profiles() {
+    let s = with_modules(&[scripted(
+        "r",
+        json!({"check_registration_for_spam": {"deny_if": "shady", "then": "shadow_ban"}}),
+    )])
+    .await;
+    let bob = s.register("bob").await;
+    let shady = s.register("shady").await;
+    // createRoom with invites: the room exists, the invite is dropped.
+    let room = s.create_room(&shady, json!({"invite": ["@bob:test"], "preset": "public_chat"})).await;
+    let sync = s.sync(&bob, None, 0).await;
+    assert!(sync["rooms"]["invite"].as_object().unwrap().is_empty(), "no invite was sent");
+    assert_eq!(s.join(&bob, &room).await.0, 200, "others can still join");
+    // An upgrade answers with a made-up room.
+    let (st, b) = s
+        .post(&format!("/_matrix/client/v3/rooms/{room}/upgrade"), Some(&shady.token), json!({"new_version": "10"}))
+        .await;
+    assert_eq!(st, 200);
+    let fake = b["replacement_room"].as_str().unwrap();
+    assert_eq!(fake.len(), 18);
+    assert!(fake.chars().all(|c| c.is_ascii_lowercase()));
+    assert_eq!(
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.tombstone"), Some(&bob.token)).await.0,
+        404
+    );
+    // A display-name change updates the profile but not the member event.
+    s.put(
+        "/_matrix/client/v3/profile/@shady:test/displayname",
+        Some(&shady.token),
+        json!({"displayname": "Totally Legit"}),
+    )
+    .await;
+    assert_eq!(
+        s.get("/_matrix/client/v3/profile/@shady:test/displayname", None).await.1["displayname"],
+        "Totally Legit"
+    );
+    let (_, m) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@shady:test"), Some(&bob.token)).await;
+    assert_eq!(m["displayname"], "shady");
+}

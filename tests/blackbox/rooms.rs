@@ -273,3 +273,40 @@ async fn concurrent_sends_keep_one_linear_graph_and_lose_nothing() {
     let unique: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len());
 }
+
+#[tokio::test]
+async fn room_upgrade_copies_state_and_tombstones_the_old_room() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let old = s.create_room(&alice, json!({"name": "Old name", "topic": "kept", "preset": "public_chat"})).await;
+    s.join(&bob, &old).await;
+    let (st, b) = s
+        .post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&bob.token), json!({"new_version": "11"}))
+        .await;
+    assert_eq!(st, 403, "bob lacks the power: {b}");
+    let (st, b) = s
+        .post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&alice.token), json!({"new_version": "999"}))
+        .await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    let (st, b) = s
+        .post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&alice.token), json!({"new_version": "11"}))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let new = b["replacement_room"].as_str().unwrap().to_owned();
+    let get = |room: String, t: &'static str| {
+        let s = &s;
+        let token = alice.token.clone();
+        async move { s.get(&format!("/_matrix/client/v3/rooms/{room}/state/{t}"), Some(&token)).await.1 }
+    };
+    assert_eq!(get(new.clone(), "m.room.name").await["name"], "Old name");
+    assert_eq!(get(new.clone(), "m.room.topic").await["topic"], "kept");
+    assert_eq!(get(new.clone(), "m.room.join_rules").await["join_rule"], "public");
+    assert_eq!(get(new.clone(), "m.room.create").await["predecessor"]["room_id"], json!(old));
+    assert_eq!(get(new.clone(), "m.room.create").await["room_version"], "11");
+    assert_eq!(get(old.clone(), "m.room.tombstone").await["replacement_room"], json!(new));
+    assert_eq!(get(old.clone(), "m.room.power_levels").await["events_default"], 50);
+    let (st, _) = s.send_text(&bob, &old, "still here?").await;
+    assert_eq!(st, 403, "the old room is restricted");
+    assert_eq!(s.join(&bob, &new).await.0, 200);
+}

@@ -966,6 +966,124 @@ impl Homeserver {
         }))
     }
 
+    /// `POST /rooms/{roomId}/upgrade`: a new room with the old one's state, a tombstone in the
+    /// old room, and the old room restricted. `user_may_create_room` runs here with a
+    /// synthesised config and no admin exemption, as in Synapse.
+    pub async fn upgrade_room(&self, requester: &Requester, room_id: &str, new_version: &str) -> Result<String> {
+        let old = parse_room_id(room_id)?;
+        if !crate::config::SUPPORTED_ROOM_VERSIONS.contains(&new_version) {
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "Your homeserver does not support this room version",
+            ));
+        }
+        if self.current_state(&old).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        if !self.can_send_state(&old, requester.user_id.as_str(), "m.room.tombstone").await? {
+            return Err(Error::forbidden("You don't have permission to upgrade the room"));
+        }
+        if requester.shadow_banned {
+            crate::users::shadow_ban_delay().await;
+            use rand::Rng;
+            let fake: String = (0..18).map(|_| rand::thread_rng().gen_range(b'a'..=b'z') as char).collect();
+            return Ok(fake);
+        }
+        const COPIED: &[&str] = &[
+            "m.room.server_acl",
+            "m.room.encryption",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.topic",
+            "m.room.guest_access",
+            "m.room.history_visibility",
+            "m.room.join_rules",
+            "m.room.power_levels",
+        ];
+        let mut copied = Vec::new();
+        for kind in COPIED {
+            if let Some(content) = self.state_content(&old, kind, "").await? {
+                copied.push((kind.to_string(), content));
+            }
+        }
+        let last = self
+            .db({
+                let r = old.to_string();
+                move |s| s.get_forward_extremities(&r)
+            })
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let creation_content = json!({"predecessor": {"room_id": old, "event_id": last}});
+        let initial_state: Vec<Value> =
+            copied.iter().map(|(t, c)| json!({"type": t, "state_key": "", "content": c})).collect();
+        let config = json!({"creation_content": creation_content, "initial_state": initial_state});
+        self.modules.user_may_create_room(requester.user_id.as_str(), config.as_object().expect("object")).await?;
+
+        let new =
+            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
+        let row = RoomRow {
+            room_id: new.to_string(),
+            room_version: new_version.to_owned(),
+            creator: requester.user_id.to_string(),
+            is_public: false,
+        };
+        self.db(move |s| s.create_room(&row)).await?;
+        let me = &requester.user_id;
+        let rules = ruma::RoomVersionId::try_from(new_version)
+            .ok()
+            .and_then(|v| v.rules())
+            .ok_or_else(|| Error::internal("rules"))?;
+        let mut create = creation_content.as_object().cloned().unwrap_or_default();
+        if !rules.authorization.use_room_create_sender {
+            create.insert("creator".into(), json!(me));
+        }
+        create.insert("room_version".into(), json!(new_version));
+        self.append_event(&new, me, "m.room.create", Some(""), create, AppendOptions::default()).await?;
+        let (displayname, avatar_url) = self.profile_of(me.as_str()).await?;
+        let mut join = Map::new();
+        join.insert("membership".into(), json!("join"));
+        if let Some(d) = displayname {
+            join.insert("displayname".into(), json!(d));
+        }
+        if let Some(a) = avatar_url {
+            join.insert("avatar_url".into(), json!(a));
+        }
+        self.append_event(&new, me, "m.room.member", Some(me.as_str()), join, AppendOptions::default()).await?;
+        // Copy power levels with the upgrader at 100 so the rest can be copied, then restore.
+        let original_pl =
+            copied.iter().find(|(t, _)| t == "m.room.power_levels").map(|(_, c)| c.clone()).unwrap_or_default();
+        let mut boosted = original_pl.clone();
+        let users = boosted.entry("users").or_insert(json!({}));
+        if let Value::Object(u) = users {
+            u.insert(me.to_string(), json!(100));
+        }
+        self.append_event(&new, me, "m.room.power_levels", Some(""), boosted.clone(), AppendOptions::default()).await?;
+        for (kind, content) in &copied {
+            if kind != "m.room.power_levels" {
+                self.append_event(&new, me, kind, Some(""), content.clone(), AppendOptions::default()).await?;
+            }
+        }
+        if boosted != original_pl && !original_pl.is_empty() {
+            self.append_event(&new, me, "m.room.power_levels", Some(""), original_pl.clone(), AppendOptions::default())
+                .await?;
+        }
+        let mut tombstone = Map::new();
+        tombstone.insert("body".into(), json!("This room has been replaced"));
+        tombstone.insert("replacement_room".into(), json!(new));
+        self.append_event(&old, me, "m.room.tombstone", Some(""), tombstone, AppendOptions::default()).await?;
+        // Restrict the old room so conversation moves on.
+        let mut restricted = original_pl;
+        let users_default = restricted.get("users_default").and_then(as_int).unwrap_or(0);
+        let level = json!(50.max(users_default + 1));
+        restricted.insert("events_default".into(), level.clone());
+        restricted.insert("invite".into(), level);
+        let _ =
+            self.append_event(&old, me, "m.room.power_levels", Some(""), restricted, AppendOptions::default()).await;
+        Ok(new.to_string())
+    }
+
     /// Sends an event on a module's behalf (`ModuleApi.create_and_send_event_into_room`): no
     /// shadow-ban or rate limit, but `check_event_for_spam` applies.
     pub(crate) async fn module_send_event(&self, event: Map<String, Value>) -> Result<String> {

@@ -45,6 +45,8 @@ pub struct Homeserver {
     pub(crate) stream: watch::Sender<i64>,
     /// UIA sessions in progress: session ID -> completed stage types and request info.
     pub(crate) uia_sessions: Mutex<HashMap<String, crate::users::UiaSession>>,
+    /// Shared-secret registration nonces -> issue time (ms); single use, one minute.
+    pub(crate) registration_nonces: Mutex<HashMap<String, i64>>,
 }
 
 impl Homeserver {
@@ -61,6 +63,7 @@ impl Homeserver {
             rooms: Mutex::new(HashMap::new()),
             stream: watch::Sender::new(position),
             uia_sessions: Mutex::new(HashMap::new()),
+            registration_nonces: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -623,6 +623,60 @@ impl Homeserver {
         self.db(move |s| s.get_filter(&u, id)).await?.ok_or_else(|| Error::not_found("No such filter"))
     }
 
+    /// `GET /_synapse/admin/v1/register`: a single-use nonce for shared-secret registration.
+    pub fn registration_nonce(&self) -> Result<String> {
+        if self.config.registration_shared_secret.is_none() {
+            return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
+        }
+        let nonce = random_string(32);
+        let mut nonces = self.registration_nonces.lock().unwrap_or_else(|p| p.into_inner());
+        // Nonces live a minute, as in Synapse.
+        let now = now_ms();
+        nonces.retain(|_, issued| now - *issued < 60_000);
+        nonces.insert(nonce.clone(), now);
+        Ok(nonce)
+    }
+
+    /// `POST /_synapse/admin/v1/register`: Synapse's HMAC-SHA1 scheme over
+    /// `nonce \0 username \0 password \0 admin|notadmin`.
+    pub async fn register_with_shared_secret(
+        &self,
+        nonce: &str,
+        username: &str,
+        password: &str,
+        admin: bool,
+        mac: &str,
+        displayname: Option<String>,
+    ) -> Result<RegisterResponse> {
+        use hmac::Mac;
+        let Some(secret) = &self.config.registration_shared_secret else {
+            return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
+        };
+        let issued = self.registration_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(nonce);
+        if issued.is_none_or(|t| now_ms() - t >= 60_000) {
+            return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
+        }
+        let mut hmac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Error::internal)?;
+        for (i, part) in [nonce, username, password, if admin { "admin" } else { "notadmin" }].iter().enumerate() {
+            if i > 0 {
+                hmac.update(b"\x00");
+            }
+            hmac.update(part.as_bytes());
+        }
+        let expected = hex::decode(mac).map_err(|_| Error::forbidden("HMAC incorrect"))?;
+        hmac.verify_slice(&expected).map_err(|_| Error::forbidden("HMAC incorrect"))?;
+        let localpart = username.to_lowercase();
+        self.username_available(&localpart).await?;
+        let info = RequestInfo::default();
+        let r =
+            self.create_account(Some(localpart), Some(password.to_owned()), admin, &info, Some((None, None))).await?;
+        if let Some(d) = displayname {
+            let u = r.user_id.to_string();
+            self.db(move |s| s.set_profile_field(&u, ProfileField::DisplayName, Some(&d))).await?;
+        }
+        Ok(r)
+    }
+
     /// Creates a user from the command line or the shared-secret admin API.
     pub async fn register_local_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
         let info = RequestInfo::default();

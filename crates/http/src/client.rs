@@ -37,6 +37,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/createRoom", post(create_room))
         .route("/join/{room}", post(join))
         .route("/rooms/{room_id}/join", post(join))
+        .route("/rooms/{room_id}/upgrade", post(upgrade))
         .route("/rooms/{room_id}/{action}", post(membership))
         .route("/joined_rooms", get(joined_rooms))
         .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(send))
@@ -638,4 +639,18 @@ async fn push_rules(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
 
 async fn push_rules_global(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
     Ok(axum::Json(hs.push_rules(&me).await?["global"].clone()))
+}
+
+#[derive(Deserialize)]
+struct UpgradeBody {
+    new_version: String,
+}
+
+async fn upgrade(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    JsonBody(b): JsonBody<UpgradeBody>,
+) -> Answer {
+    Ok(axum::Json(json!({"replacement_room": hs.upgrade_room(&me, &room_id, &b.new_version).await?})))
 }

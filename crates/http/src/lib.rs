@@ -15,6 +15,7 @@
 //!   routing, exactly as registered (no auth, CORS or error formatting around them).
 #![warn(missing_docs)]
 
+mod admin;
 mod client;
 pub mod error;
 mod extract;
@@ -42,6 +43,7 @@ pub fn router(hs: AppState, resources: &[String]) -> Router {
     let mut app = Router::new()
         .merge(client::router())
         .merge(media::router())
+        .merge(admin::router())
         .route("/health", axum::routing::get(|| async { "OK" }))
         .route("/.well-known/matrix/client", axum::routing::get(well_known_client))
         .route("/.well-known/matrix/server", axum::routing::get(well_known_server));
