@@ -263,3 +263,114 @@ async fn shared_secret_registration_is_off_without_a_secret() {
     let (st, b) = s.get("/_synapse/admin/v1/register", None).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_UNKNOWN")));
 }
+
+#[tokio::test]
+async fn registration_tokens_gate_registration() {
+    let s = Server::start_with("enable_registration: true\nregistration_requires_token: true\n").await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let bob = {
+        // A normal user, made with a token created below, checks the admin API refusal.
+        let (st, b) = s
+            .post(
+                "/_synapse/admin/v1/registration_tokens/new",
+                Some(&root.token),
+                json!({"token": "welcome", "uses_allowed": 1}),
+            )
+            .await;
+        assert_eq!(st, 200, "{b}");
+        assert_eq!(b["uses_allowed"], 1);
+        let (st, challenge) =
+            s.post("/_matrix/client/v3/register", None, json!({"username": "bob", "password": "pw"})).await;
+        assert_eq!(st, 401);
+        assert_eq!(challenge["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+        let (st, b) = s
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "nope", "session": challenge["session"]}}),
+            )
+            .await;
+        assert_eq!((st, b["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
+        assert_eq!(
+            s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=welcome", None).await.1,
+            json!({"valid": true})
+        );
+        let (st, b) = s
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "welcome", "session": challenge["session"]}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{b}");
+        b["access_token"].as_str().unwrap().to_owned()
+    };
+    // Its one use is spent.
+    assert_eq!(
+        s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=welcome", None).await.1,
+        json!({"valid": false})
+    );
+    let (st, _) = s.try_register("carol").await;
+    assert_eq!(st, 401, "dummy auth is not enough");
+    let (st, b) = s.post("/_synapse/admin/v1/registration_tokens/new", Some(&bob), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let (st, b) = s.get("/_synapse/admin/v1/registration_tokens", Some(&root.token)).await;
+    assert_eq!(st, 200);
+    assert_eq!(b["registration_tokens"][0]["completed"], 1);
+    let (st, _) =
+        s.post("/_synapse/admin/v1/registration_tokens/new", Some(&root.token), json!({"token": "bad token!"})).await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn guests_register_when_allowed_and_are_limited() {
+    let s = Server::start().await;
+    let (st, _) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(st, 403);
+    let s = Server::start_with("allow_guest_access: true\n").await;
+    let alice = s.register("alice").await;
+    let (st, b) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    let guest = b["access_token"].as_str().unwrap().to_owned();
+    let (st, b) = s.post("/_matrix/client/v3/createRoom", Some(&guest), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")));
+    let closed = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let open = s.create_room(&alice, json!({"preset": "public_chat", "initial_state": [{"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}]})).await;
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{closed}"), Some(&guest), json!({})).await.0, 403);
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{open}"), Some(&guest), json!({})).await.0, 200);
+}
+
+#[tokio::test]
+async fn room_tags_and_bulk_device_deletion() {
+    let s = Server::start().await;
+    let u = s.register("alice").await;
+    let room = s.create_room(&u, json!({})).await;
+    let base = format!("/_matrix/client/v3/user/@alice:test/rooms/{room}/tags");
+    assert_eq!(s.get(&base, Some(&u.token)).await, (200, json!({"tags": {}})));
+    let since = s.sync(&u, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.put(&format!("{base}/m.favourite"), Some(&u.token), json!({"order": 0.5})).await.0, 200);
+    assert_eq!(s.put(&format!("{base}/u.work"), Some(&u.token), json!({})).await.0, 200);
+    let (st, b) = s.get(&base, Some(&u.token)).await;
+    assert_schema("/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags", "get", st, &b);
+    assert_eq!(b, json!({"tags": {"m.favourite": {"order": 0.5}, "u.work": {}}}));
+    let sync = s.sync(&u, Some(&since), 5000).await;
+    let data = &sync["rooms"]["join"][&room]["account_data"]["events"];
+    assert_eq!(data[0]["type"], "m.tag", "{sync}");
+    assert_eq!(s.call("DELETE", &format!("{base}/u.work"), Some(&u.token), None).await.0, 200);
+    assert_eq!(s.get(&base, Some(&u.token)).await.1, json!({"tags": {"m.favourite": {"order": 0.5}}}));
+    assert_eq!(s.put(&format!("{base}/x"), Some(&u.token), json!({"order": "first"})).await.0, 400);
+    let (st, _) = s
+        .put(&format!("/_matrix/client/v3/user/@alice:test/rooms/{room}/account_data/m.tag"), Some(&u.token), json!({}))
+        .await;
+    assert_eq!(st, 400, "m.tag goes through the tags API");
+    // POST /delete_devices with UIA.
+    let d1 = s.login("alice").await;
+    let d2 = s.login("alice").await;
+    let body = json!({"devices": [d1.device_id, d2.device_id, "UNKNOWN"]});
+    assert_eq!(s.post("/_matrix/client/v3/delete_devices", Some(&u.token), body.clone()).await.0, 401);
+    let mut body = body;
+    body["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"});
+    assert_eq!(s.post("/_matrix/client/v3/delete_devices", Some(&u.token), body).await.0, 200);
+    assert_eq!(s.get("/_matrix/client/v3/devices", Some(&u.token)).await.1["devices"].as_array().unwrap().len(), 1);
+}

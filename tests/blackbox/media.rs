@@ -202,3 +202,52 @@ async fn case_50_51_check_media_file_for_spam() {
     let stored = files_under(&s.dir.path().join("data/media/local_content"));
     assert_eq!(stored.len(), 1, "only the innocent file is stored");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_50_mb_upload_and_download_stream_without_growing_memory() {
+    let s = Server::start_with("max_upload_size: 60M\n").await;
+    let u = s.register("alice").await;
+    // Warm up the paths once with a small file, then take the baseline.
+    upload(&s, &u, vec![0u8; 1024], "application/octet-stream", None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let idle = rss_kb(s.pid());
+    let chunk = vec![0x5au8; 1024 * 1024];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..50).map(|_| Ok(chunk.clone())).collect();
+    let resp = reqwest::Client::new()
+        .post(s.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&u.token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let after_upload = rss_kb(s.pid());
+    let uri: Value = resp.json().await.unwrap();
+    let path = media_path(uri["content_uri"].as_str().unwrap());
+    let mut resp = reqwest::get(s.url(&format!("/_matrix/media/v3/download/{path}"))).await.unwrap();
+    let mut total = 0usize;
+    let mut peak = after_upload;
+    while let Some(c) = resp.chunk().await.unwrap() {
+        total += c.len();
+        if total % (8 * 1024 * 1024) < c.len() {
+            peak = peak.max(rss_kb(s.pid()));
+        }
+    }
+    assert_eq!(total, 50 * 1024 * 1024);
+    peak = peak.max(rss_kb(s.pid()));
+    assert!(peak < idle + 20 * 1024, "RSS grew from {idle} kB to {peak} kB");
+}

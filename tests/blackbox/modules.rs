@@ -524,3 +524,71 @@ async fn case_49_shadow_banned_creators_upgrades_and_profiles() {
         s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@shady:test"), Some(&bob.token)).await;
     assert_eq!(m["displayname"], "shady");
 }
+
+async fn api(s: &Server, body: Value) -> Value {
+    let (st, b) = s.post("/_synapse/client/test/m/api", None, body).await;
+    assert_eq!(st, 200);
+    b
+}
+
+#[tokio::test]
+async fn case_59_63_the_module_api() {
+    let s = with_modules(&[scripted("m", json!({}))]).await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    s.put(
+        "/_matrix/client/v3/profile/@bob:test/avatar_url",
+        Some(&s.login("bob").await.token),
+        json!({"avatar_url": "mxc://test/bobpic"}),
+    )
+    .await;
+    assert_eq!(api(&s, json!({"op": "get_userinfo_by_id", "user_id": "@nobody:test"})).await["result"], Value::Null);
+    let info = api(&s, json!({"op": "get_userinfo_by_id", "user_id": "@alice:test"})).await;
+    assert_eq!(info["result"]["is_admin"], false);
+    assert_eq!(
+        api(&s, json!({"op": "get_profile_for_user", "user": "bob"})).await["result"],
+        json!({"display_name": "bob", "avatar_url": "mxc://test/bobpic"})
+    );
+    assert_eq!(
+        api(&s, json!({"op": "qualify", "user": "carol"})).await["result"],
+        json!(["@carol:test", false, "test"])
+    );
+    assert_eq!(api(&s, json!({"op": "qualify", "user": "@x:test"})).await["result"][1], true);
+    // 63: create_room with an alias; lookup_room_alias finds it.
+    let created =
+        api(&s, json!({"op": "create_room", "user_id": "@alice:test", "config": {"room_alias_name": "foo-bar"}})).await;
+    let room = created["result"][0].as_str().unwrap().to_owned();
+    assert_eq!(created["result"][1], "#foo-bar:test");
+    assert_eq!(
+        api(&s, json!({"op": "lookup_room_alias", "alias": "#foo-bar:test"})).await["result"],
+        json!([room, ["test"]])
+    );
+    assert_eq!(
+        api(&s, json!({"op": "create_room", "user_id": "@alice:test", "config": {}})).await["result"][1],
+        Value::Null
+    );
+    // 61: update_room_membership fills the target's profile.
+    let invite = api(&s, json!({"op": "update_room_membership", "sender": "@alice:test", "target": "@bob:test", "room_id": room, "membership": "invite"})).await;
+    assert_eq!(invite["result"]["content"]["membership"], "invite");
+    assert_eq!(invite["result"]["content"]["avatar_url"], "mxc://test/bobpic");
+    let join = api(&s, json!({"op": "update_room_membership", "sender": "@bob:test", "target": "@bob:test", "room_id": room, "membership": "join"})).await;
+    assert_eq!(join["result"]["content"]["membership"], "join");
+    let remote = api(&s, json!({"op": "update_room_membership", "sender": "@x:elsewhere", "target": "@bob:test", "room_id": room, "membership": "invite"})).await;
+    assert_eq!(remote["status"], 500, "a non-local sender is refused");
+    // 62: the public room list manager round-trips, with no spam check.
+    assert_eq!(api(&s, json!({"op": "publish", "room_id": room})).await["result"], json!([false, true, false]));
+    let (_, joined) = s.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn modules_reach_http_backends_through_the_api() {
+    // A backend on loopback: Myelin's own /versions (plain HTTP) and a 404.
+    let s = with_modules(&[scripted("m", json!({}))]).await;
+    let ok = api(&s, json!({"op": "get_json", "url": s.url("/_matrix/client/versions")})).await;
+    assert!(ok["result"]["ok"]["versions"].is_array(), "{ok}");
+    let missing = api(&s, json!({"op": "get_json", "url": s.url("/_matrix/client/v3/nope")})).await;
+    assert_eq!(missing["result"], json!({"status": 404}));
+    let down = api(&s, json!({"op": "get_json", "url": "http://127.0.0.1:9/"})).await;
+    assert!(down["result"]["error"].as_str().unwrap().starts_with("request failed"));
+}

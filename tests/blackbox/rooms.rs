@@ -272,6 +272,26 @@ async fn concurrent_sends_keep_one_linear_graph_and_lose_nothing() {
     }
     let unique: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len());
+    // The stored graph is one chain: each event's only parent is the one before it, depth grows
+    // by one, and the room has a single forward extremity.
+    let db = s.dir.path().join("data/homeserver.db");
+    let check = r#"
+import json, sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+rows = c.execute("SELECT event_id, json FROM events WHERE room_id = ? ORDER BY stream_ordering", (sys.argv[2],)).fetchall()
+prev = None
+for i, (eid, js) in enumerate(rows):
+    ev = json.loads(js)
+    want = [prev] if prev else []
+    assert ev["prev_events"] == want, (i, eid, ev["prev_events"], want)
+    assert ev["depth"] == i + 1, (i, ev["depth"])
+    prev = eid
+ext = c.execute("SELECT event_id FROM forward_extremities WHERE room_id = ?", (sys.argv[2],)).fetchall()
+assert ext == [(prev,)], ext
+print(len(rows))
+"#;
+    let out = std::process::Command::new("python3").args(["-c", check]).arg(&db).arg(&room).output().unwrap();
+    assert!(out.status.success(), "graph check failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]
@@ -309,4 +329,39 @@ async fn room_upgrade_copies_state_and_tombstones_the_old_room() {
     let (st, _) = s.send_text(&bob, &old, "still here?").await;
     assert_eq!(st, 403, "the old room is restricted");
     assert_eq!(s.join(&bob, &new).await.0, 200);
+}
+
+#[tokio::test]
+async fn messages_filters_and_members_at_a_point_in_time() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let before_bob = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "from alice").await;
+    s.send_text(&bob, &room, "from bob").await;
+    let filter = "%7B%22senders%22%3A%5B%22%40bob%3Atest%22%5D%7D"; // {"senders":["@bob:test"]}
+    let (st, page) = s
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20&filter={filter}"), Some(&alice.token))
+        .await;
+    assert_eq!(st, 200);
+    let senders: Vec<_> = page["chunk"].as_array().unwrap().iter().map(|e| e["sender"].as_str().unwrap()).collect();
+    assert!(!senders.is_empty() && senders.iter().all(|x| *x == "@bob:test"), "{senders:?}");
+    let types = "%7B%22types%22%3A%5B%22m.room.mem*%22%5D%7D"; // {"types":["m.room.mem*"]}
+    let (_, page) = s
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20&filter={types}"), Some(&alice.token))
+        .await;
+    assert!(page["chunk"].as_array().unwrap().iter().all(|e| e["type"] == "m.room.member"));
+    assert_eq!(
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?filter=%7Bnope"), Some(&alice.token)).await.0,
+        400
+    );
+    // Members at the token from before bob joined: only alice.
+    let (st, m) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members?at={before_bob}"), Some(&alice.token)).await;
+    assert_eq!(st, 200);
+    assert_eq!(m["chunk"].as_array().unwrap().len(), 1);
+    let (_, now) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&alice.token)).await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+    assert_eq!(s.get(&format!("/_matrix/client/v3/rooms/{room}/members?at=zzz"), Some(&alice.token)).await.0, 400);
 }

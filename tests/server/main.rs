@@ -311,6 +311,66 @@ impl Module for Scripted {
                 }
             }
         })?;
+        // Calls a ModuleApi method named by the POSTed {"op": ..., ...} and answers its result.
+        let op_api = api.clone();
+        api.register_web_resource(&format!("/_synapse/client/test/{label}/api"), move |req: Request| {
+            let api = op_api.clone();
+            async move {
+                let body: Value = serde_json::from_slice(req.body()).unwrap_or_default();
+                let arg = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+                let result: Result<Value, ModuleError> = match body["op"].as_str().unwrap_or_default() {
+                    "get_userinfo_by_id" => Ok(match api.get_userinfo_by_id(&arg("user_id")).await {
+                        Some(u) => json!({"user_id": u.user_id, "is_admin": u.is_admin, "is_guest": u.is_guest,
+                                          "is_deactivated": u.is_deactivated, "is_shadow_banned": u.is_shadow_banned}),
+                        None => Value::Null,
+                    }),
+                    "get_profile_for_user" => Ok(match api.get_profile_for_user(&arg("user")).await {
+                        Some(p) => json!({"display_name": p.display_name, "avatar_url": p.avatar_url}),
+                        None => Value::Null,
+                    }),
+                    "update_room_membership" => api
+                        .update_room_membership(&arg("sender"), &arg("target"), &arg("room_id"), &arg("membership"))
+                        .await
+                        .map(|e| Value::Object(e.as_json().clone())),
+                    "create_room" => api
+                        .create_room(&arg("user_id"), body["config"].as_object().cloned().unwrap_or_default())
+                        .await
+                        .map(|(room, alias)| json!([room, alias])),
+                    "lookup_room_alias" => api.lookup_room_alias(&arg("alias")).await.map(|(r, s)| json!([r, s])),
+                    "publish" => {
+                        let m = api.public_room_list_manager();
+                        let room = arg("room_id");
+                        async {
+                            let before = m.room_is_in_public_room_list(&room).await?;
+                            m.add_room_to_public_room_list(&room).await?;
+                            let added = m.room_is_in_public_room_list(&room).await?;
+                            m.remove_room_from_public_room_list(&room).await?;
+                            let removed = m.room_is_in_public_room_list(&room).await?;
+                            Ok(json!([before, added, removed]))
+                        }
+                        .await
+                    }
+                    "get_json" => match api.http_client().get_json(&arg("url"), &[("X-Test", "yes")]).await {
+                        Ok(v) => Ok(json!({"ok": v})),
+                        Err(myelin_module_api::http::HttpError::Status { code, .. }) => Ok(json!({"status": code})),
+                        Err(e) => Ok(json!({"error": e.to_string()})),
+                    },
+                    "qualify" => Ok(json!([
+                        api.get_qualified_user_id(&arg("user")),
+                        api.is_mine(&arg("user")),
+                        api.server_name()
+                    ])),
+                    other => Err(ModuleError::other(format!("unknown op {other}"))),
+                };
+                match result {
+                    Ok(v) => json_response(200, &json!({"result": v})),
+                    Err(ModuleError::Matrix { status, errcode, message, .. }) => {
+                        json_response(200, &json!({"status": status, "errcode": errcode, "error": message}))
+                    }
+                    Err(e) => json_response(200, &json!({"status": 500, "error": e.to_string()})),
+                }
+            }
+        })?;
         if config.register_late {
             let api2 = api.clone();
             let log2 = log.clone();

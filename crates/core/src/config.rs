@@ -72,6 +72,10 @@ pub struct Config {
     pub max_upload_size: u64,
     /// Open registration.
     pub enable_registration: bool,
+    /// Registration needs an `m.login.registration_token` stage.
+    pub registration_requires_token: bool,
+    /// Guest registration (`/register?kind=guest`).
+    pub allow_guest_access: bool,
     /// Shared secret for `/_synapse/admin/v1/register`.
     pub registration_shared_secret: Option<String>,
     /// Room version for new rooms.
@@ -98,6 +102,8 @@ const KNOWN_KEYS: &[&str] = &[
     "enable_registration",
     "enable_registration_without_verification",
     "registration_shared_secret",
+    "registration_requires_token",
+    "allow_guest_access",
     "default_room_version",
     "modules",
     "log_level",
@@ -245,7 +251,8 @@ impl Config {
         };
         let enable_registration = w.boolean("enable_registration", false)?;
         let without_verification = w.boolean("enable_registration_without_verification", false)?;
-        if enable_registration && !without_verification {
+        let registration_requires_token = w.boolean("registration_requires_token", false)?;
+        if enable_registration && !without_verification && !registration_requires_token {
             return Err(ConfigError::at(
                 &[],
                 "You have enabled open registration without any verification. This is a known vector \
@@ -287,6 +294,8 @@ impl Config {
             media_store_path,
             max_upload_size,
             enable_registration,
+            registration_requires_token,
+            allow_guest_access: w.boolean("allow_guest_access", false)?,
             registration_shared_secret: w.string("registration_shared_secret")?,
             default_room_version,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },

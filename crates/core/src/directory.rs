@@ -227,6 +227,16 @@ impl Homeserver {
         self.db(move |s| s.set_room_public(&r, public)).await
     }
 
+    /// Publishes or unpublishes without any check (`ModuleApi.public_room_list_manager`).
+    pub(crate) async fn publish_room_unchecked(&self, room_id: &str, public: bool) -> Result<()> {
+        let room = parse_room(room_id)?;
+        if self.current_state(&room).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        let r = room.to_string();
+        self.db(move |s| s.set_room_public(&r, public)).await
+    }
+
     fn publication_allowed(&self, user_id: &str, room_id: &str) -> bool {
         let rules = &self.config.room_list_publication_rules;
         if rules.is_empty() {

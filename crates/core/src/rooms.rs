@@ -115,6 +115,39 @@ impl PowerLevels {
     }
 }
 
+fn guest_forbidden() -> Error {
+    Error::new(
+        ErrorKind::Module { status: 403, errcode: "M_GUEST_ACCESS_FORBIDDEN".into() },
+        "Guest access not allowed",
+    )
+}
+
+/// The parts of a `RoomEventFilter` that `/messages` applies.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EventFilter {
+    /// Only these types (`*` wildcards allowed).
+    pub types: Option<Vec<String>>,
+    /// Not these types.
+    pub not_types: Vec<String>,
+    /// Only these senders.
+    pub senders: Option<Vec<String>>,
+    /// Not these senders.
+    pub not_senders: Vec<String>,
+}
+
+impl EventFilter {
+    fn matches(&self, event: &Value) -> bool {
+        let t = event["type"].as_str().unwrap_or_default();
+        let sender = event["sender"].as_str().unwrap_or_default();
+        let type_match = |p: &String| crate::directory::glob_match(p, t);
+        self.types.as_ref().is_none_or(|ts| ts.iter().any(type_match))
+            && !self.not_types.iter().any(type_match)
+            && self.senders.as_ref().is_none_or(|s| s.iter().any(|x| x == sender))
+            && !self.not_senders.iter().any(|x| x == sender)
+    }
+}
+
 fn as_int(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
@@ -461,6 +494,9 @@ impl Homeserver {
         requester: &Requester,
         body: Map<String, Value>,
     ) -> Result<(OwnedRoomId, Option<String>)> {
+        if requester.is_guest {
+            return Err(guest_forbidden());
+        }
         let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
             .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;
         let version = request.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());
@@ -646,6 +682,15 @@ impl Homeserver {
                 }
             }
             "join" => {
+                if requester.is_guest
+                    && self
+                        .state_content(room_id, "m.room.guest_access", "")
+                        .await?
+                        .and_then(|c| c.get("guest_access").cloned())
+                        != Some(json!("can_join"))
+                {
+                    return Err(guest_forbidden());
+                }
                 if current.as_deref() == Some("ban") {
                     return Err(Error::forbidden(format!("{target} is banned from the room")));
                 }
@@ -853,13 +898,36 @@ impl Homeserver {
         &self,
         requester: &Requester,
         room_id: &str,
+        at: Option<&str>,
         membership: Option<&str>,
         not_membership: Option<&str>,
     ) -> Result<Vec<Value>> {
         let room_id = parse_room_id(room_id)?;
         self.require_joined(&room_id, &requester.user_id).await?;
-        let state = self.current_state(&room_id).await?.unwrap_or_default();
-        let ids = state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, e)| e.to_string()).collect();
+        let ids: Vec<String> = match at {
+            // Members as of a sync or pagination token: the state after the last event before it.
+            Some(token) => {
+                let pos = parse_token(token).ok_or_else(|| Error::invalid_param(format!("Invalid token {token}")))?;
+                let pos = if token.starts_with('t') { pos - 1 } else { pos };
+                let r = room_id.to_string();
+                self.db(move |s| {
+                    Ok(match s.state_group_at(&r, pos)? {
+                        Some(g) => s
+                            .get_state_group(g)?
+                            .into_iter()
+                            .filter(|e| e.event_type == "m.room.member")
+                            .map(|e| e.event_id)
+                            .collect(),
+                        None => Vec::new(),
+                    })
+                })
+                .await?
+            }
+            None => {
+                let state = self.current_state(&room_id).await?.unwrap_or_default();
+                state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, e)| e.to_string()).collect()
+            }
+        };
         let events = self.client_events(ids).await?;
         Ok(events
             .into_iter()
@@ -872,7 +940,7 @@ impl Homeserver {
 
     /// `GET /joined_members`: `user_id -> {display_name, avatar_url}`.
     pub async fn joined_members(&self, requester: &Requester, room_id: &str) -> Result<Map<String, Value>> {
-        let members = self.room_members(requester, room_id, Some("join"), None).await?;
+        let members = self.room_members(requester, room_id, None, Some("join"), None).await?;
         Ok(members
             .into_iter()
             .map(|e| {
@@ -897,6 +965,7 @@ impl Homeserver {
         to: Option<&str>,
         backwards: bool,
         limit: usize,
+        filter: Option<&EventFilter>,
     ) -> Result<MessagesPage> {
         let room_id = parse_room_id(room_id)?;
         let user = requester.user_id.to_string();
@@ -937,7 +1006,13 @@ impl Homeserver {
             self.db(move |s| s.room_events(&rid, from_pos, upper, false, limit)).await?
         };
         let end = if rows.len() == limit { rows.last().map(|r| format!("t{}", r.stream_ordering)) } else { None };
-        let chunk = rows.iter().map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default())).collect();
+        // The filter applies to the page read, so a filtered page may hold fewer than `limit`
+        // events while `end` still points further; the spec allows that.
+        let chunk = rows
+            .iter()
+            .map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default()))
+            .filter(|e| filter.is_none_or(|f| f.matches(e)))
+            .collect();
         Ok(MessagesPage {
             chunk,
             start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")),
@@ -953,8 +1028,8 @@ impl Homeserver {
         let pos =
             self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
         let half = (limit.min(100) / 2).max(1);
-        let before = self.messages(requester, room_id, Some(&format!("t{pos}")), None, true, half).await?;
-        let after = self.messages(requester, room_id, Some(&format!("t{pos}")), None, false, half).await?;
+        let before = self.messages(requester, room_id, Some(&format!("t{pos}")), None, true, half, None).await?;
+        let after = self.messages(requester, room_id, Some(&format!("t{pos}")), None, false, half, None).await?;
         let state = self.room_state(requester, room_id).await?;
         Ok(json!({
             "event": event,

@@ -25,6 +25,8 @@ pub struct Requester {
     pub is_admin: bool,
     /// Shadow-banned: writes get fake successes.
     pub shadow_banned: bool,
+    /// A guest account.
+    pub is_guest: bool,
 }
 
 /// Every service's state. Cheap to share as `Arc<Homeserver>`.

@@ -170,6 +170,7 @@ impl Homeserver {
             access_token: token.to_owned(),
             is_admin: user.is_admin,
             shadow_banned: user.shadow_banned,
+            is_guest: user.is_guest,
         })
     }
 
@@ -254,22 +255,125 @@ impl Homeserver {
         }
         let auth = request.auth.as_ref().and_then(Value::as_object);
         let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+        let stage =
+            if self.config.registration_requires_token { "m.login.registration_token" } else { "m.login.dummy" };
+        let mut used_token = None;
         match auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
-            Some("m.login.dummy") => {}
-            Some(_) => return Err(self.uia_challenge(&["m.login.dummy"], session, Some("Unknown auth type"))),
-            None => return Err(self.uia_challenge(&["m.login.dummy"], session, None)),
+            Some(t) if t == stage && stage == "m.login.dummy" => {}
+            Some(t) if t == stage => {
+                let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str).unwrap_or_default().to_owned();
+                if !self.registration_token_valid(&token).await? {
+                    return Err(self.uia_challenge(&[stage], session, Some("Invalid registration token")));
+                }
+                used_token = Some(token);
+            }
+            Some(_) => return Err(self.uia_challenge(&[stage], session, Some("Unknown auth type"))),
+            None => return Err(self.uia_challenge(&[stage], session, None)),
         }
         if let Some(s) = &session {
             self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
         }
-        self.create_account(
-            request.username.map(|u| u.to_lowercase()),
-            request.password,
-            false,
-            info,
-            (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
+        let registered = self
+            .create_account(
+                request.username.map(|u| u.to_lowercase()),
+                request.password,
+                false,
+                info,
+                (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
+            )
+            .await?;
+        if let Some(token) = used_token {
+            self.db(move |s| s.use_registration_token(&token)).await?;
+        }
+        Ok(registered)
+    }
+
+    /// Whether a registration token exists, has not expired and has uses left.
+    pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        let t = token.to_owned();
+        let found = self.db(move |s| s.get_registration_token(&t)).await?;
+        Ok(found.is_some_and(|t| {
+            t.expiry_time.is_none_or(|e| e > now_ms()) && t.uses_allowed.is_none_or(|n| t.pending + t.completed < n)
+        }))
+    }
+
+    /// `POST /_synapse/admin/v1/registration_tokens/new` (admins only).
+    pub async fn create_registration_token(
+        &self,
+        requester: &Requester,
+        token: Option<String>,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let token = token.unwrap_or_else(|| random_string(16));
+        if token.is_empty()
+            || token.len() > 64
+            || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
+        {
+            return Err(Error::invalid_param(
+                "token must consist only of characters matched by [A-Za-z0-9._~-] and be at most 64 long",
+            ));
+        }
+        if uses_allowed.is_some_and(|n| n < 0) {
+            return Err(Error::invalid_param("uses_allowed must be a non-negative integer or null"));
+        }
+        if expiry_time.is_some_and(|t| t < now_ms()) {
+            return Err(Error::invalid_param("expiry_time must not be in the past"));
+        }
+        let row = myelin_storage::RegistrationToken {
+            token: token.clone(),
+            uses_allowed,
+            pending: 0,
+            completed: 0,
+            expiry_time,
+        };
+        match self.db(move |s| s.create_registration_token(&row)).await {
+            Err(e) if e.kind == ErrorKind::Internal => {
+                return Err(Error::invalid_param(format!("Token already exists: {token}")));
+            }
+            other => other?,
+        }
+        Ok(
+            json!({"token": token, "uses_allowed": uses_allowed, "pending": 0, "completed": 0, "expiry_time": expiry_time}),
         )
-        .await
+    }
+
+    /// `GET /_synapse/admin/v1/registration_tokens` (admins only).
+    pub async fn list_registration_tokens(&self, requester: &Requester) -> Result<Value> {
+        self.require_admin(requester)?;
+        let tokens = self.db(|s| s.list_registration_tokens()).await?;
+        let list: Vec<Value> = tokens
+            .into_iter()
+            .map(|t| json!({"token": t.token, "uses_allowed": t.uses_allowed, "pending": t.pending, "completed": t.completed, "expiry_time": t.expiry_time}))
+            .collect();
+        Ok(json!({"registration_tokens": list}))
+    }
+
+    fn require_admin(&self, requester: &Requester) -> Result<()> {
+        if requester.is_admin { Ok(()) } else { Err(Error::forbidden("You are not a server admin")) }
+    }
+
+    /// `POST /register?kind=guest`.
+    pub async fn register_guest(&self) -> Result<RegisterResponse> {
+        if !self.config.allow_guest_access {
+            return Err(Error::forbidden("Guest access is disabled"));
+        }
+        use rand::Rng;
+        let localpart = rand::thread_rng().gen_range(100_000_000u64..999_999_999).to_string();
+        let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name())).map_err(Error::internal)?;
+        let row = UserRow {
+            user_id: user_id.to_string(),
+            password_hash: None,
+            is_admin: false,
+            is_guest: true,
+            deactivated: false,
+            shadow_banned: false,
+            creation_ts: now_ms(),
+        };
+        self.db(move |s| s.create_user(&row, None)).await?;
+        let login = Some(self.new_session(&user_id, None, None).await?);
+        Ok(RegisterResponse { user_id, login })
     }
 
     /// Creates an account (client registration, shared-secret and command-line paths).
@@ -451,6 +555,63 @@ impl Homeserver {
         self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await
     }
 
+    /// `POST /delete_devices` (UIA with the password); unknown IDs are ignored.
+    pub async fn delete_devices(
+        &self,
+        requester: &Requester,
+        devices: Vec<String>,
+        auth: Option<&Value>,
+    ) -> Result<()> {
+        self.uia_password(requester, auth).await?;
+        let u = requester.user_id.to_string();
+        self.db(move |s| {
+            for d in &devices {
+                s.delete_device(&u, d)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A room's tags (`m.tag` room account data).
+    pub async fn room_tags(&self, requester: &Requester, user_id: &str, room_id: &str) -> Result<Value> {
+        match self.get_account_data(requester, user_id, Some(room_id), "m.tag").await {
+            Ok(v) => Ok(json!({"tags": v.get("tags").cloned().unwrap_or(json!({}))})),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(json!({"tags": {}})),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds (`Some(info)`) or removes (`None`) a room tag.
+    pub async fn set_room_tag(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        room_id: &str,
+        tag: &str,
+        info: Option<Value>,
+    ) -> Result<()> {
+        if tag.len() > 255 {
+            return Err(Error::invalid_param("tag too long"));
+        }
+        let mut tags =
+            self.room_tags(requester, user_id, room_id).await?["tags"].as_object().cloned().unwrap_or_default();
+        match info {
+            Some(i) => {
+                tags.insert(tag.to_owned(), i);
+            }
+            None => {
+                tags.remove(tag);
+            }
+        }
+        // Tags are room account data; `set_account_data` refuses m.tag from clients, so write
+        // through storage directly.
+        let (u, r, content) = (user_id.to_owned(), room_id.to_owned(), json!({"tags": tags}));
+        let pos = self.db(move |s| s.set_account_data(&u, &r, "m.tag", &content)).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
     /// `POST /account/password` (UIA with the old password).
     pub async fn change_password(
         &self,
@@ -572,7 +733,7 @@ impl Homeserver {
         if let Some(r) = room_id {
             ruma::RoomId::parse(r).map_err(|_| Error::invalid_param(format!("Invalid room ID: {r}")))?;
         }
-        if kind == "m.fully_read" || kind == "m.push_rules" {
+        if kind == "m.fully_read" || kind == "m.push_rules" || kind == "m.tag" {
             return Err(Error::new(ErrorKind::BadJson, format!("Cannot set {kind} through this API.")));
         }
         let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());

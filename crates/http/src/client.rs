@@ -30,6 +30,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/account/password", post(change_password))
         .route("/account/deactivate", post(deactivate))
         .route("/devices", get(devices))
+        .route("/delete_devices", post(delete_devices))
+        .route("/user/{user_id}/rooms/{room_id}/tags", get(tags))
+        .route("/user/{user_id}/rooms/{room_id}/tags/{tag}", put(put_tag).delete(delete_tag))
         .route("/devices/{device_id}", get(device).put(rename_device).delete(delete_device))
         .route("/capabilities", get(capabilities))
         .route("/profile/{user_id}", get(profile))
@@ -68,6 +71,7 @@ pub(crate) fn router() -> Router<AppState> {
         );
     Router::new()
         .route("/_matrix/client/versions", get(versions))
+        .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(token_validity))
         .nest("/_matrix/client/v3", api.clone())
         .nest("/_matrix/client/r0", api)
 }
@@ -116,10 +120,11 @@ async fn register(
     Query(q): Query<RegisterQuery>,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Answer {
-    if q.kind.as_deref() == Some("guest") {
-        return Err(MatrixError::new(ErrorKind::Forbidden, "Guest access is disabled"));
-    }
-    let r = hs.register(body, &info).await?;
+    let r = match q.kind.as_deref() {
+        Some("guest") => hs.register_guest().await?,
+        None | Some("user") => hs.register(body, &info).await?,
+        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "kind must be 'user' or 'guest'")),
+    };
     let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
     if let Some((token, device)) = r.login {
         out["access_token"] = json!(token);
@@ -380,6 +385,7 @@ async fn event(
 
 #[derive(Deserialize)]
 struct MessagesQuery {
+    filter: Option<String>,
     from: Option<String>,
     to: Option<String>,
     dir: Option<String>,
@@ -408,7 +414,15 @@ async fn messages(
         Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
     };
     let limit = parse_limit(q.limit.as_deref(), 10)?;
-    let page = hs.messages(&me, &room_id, q.from.as_deref(), q.to.as_deref(), backwards, limit).await?;
+    let filter: Option<myelin_core::EventFilter> = match q.filter.as_deref() {
+        Some(f) => Some(
+            serde_json::from_str(f)
+                .map_err(|e| MatrixError::new(ErrorKind::BadJson, format!("Invalid filter: {e}")))?,
+        ),
+        None => None,
+    };
+    let page =
+        hs.messages(&me, &room_id, q.from.as_deref(), q.to.as_deref(), backwards, limit, filter.as_ref()).await?;
     let mut out = json!({"chunk": page.chunk, "start": page.start, "state": page.state});
     if let Some(end) = page.end {
         out["end"] = json!(end);
@@ -433,6 +447,7 @@ async fn context(
 
 #[derive(Deserialize)]
 struct MembersQuery {
+    at: Option<String>,
     membership: Option<String>,
     not_membership: Option<String>,
 }
@@ -443,7 +458,8 @@ async fn members(
     Path(room_id): Path<String>,
     Query(q): Query<MembersQuery>,
 ) -> Answer {
-    let chunk = hs.room_members(&me, &room_id, q.membership.as_deref(), q.not_membership.as_deref()).await?;
+    let chunk =
+        hs.room_members(&me, &room_id, q.at.as_deref(), q.membership.as_deref(), q.not_membership.as_deref()).await?;
     Ok(axum::Json(json!({"chunk": chunk})))
 }
 
@@ -653,4 +669,54 @@ async fn upgrade(
     JsonBody(b): JsonBody<UpgradeBody>,
 ) -> Answer {
     Ok(axum::Json(json!({"replacement_room": hs.upgrade_room(&me, &room_id, &b.new_version).await?})))
+}
+
+#[derive(Deserialize)]
+struct DeleteDevicesBody {
+    devices: Vec<String>,
+    auth: Option<Value>,
+}
+
+async fn delete_devices(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(b): JsonBody<DeleteDevicesBody>,
+) -> Answer {
+    hs.delete_devices(&me, b.devices, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn tags(State(hs): State<AppState>, Auth(me): Auth, Path((user_id, room_id)): Path<(String, String)>) -> Answer {
+    Ok(axum::Json(hs.room_tags(&me, &user_id, &room_id).await?))
+}
+
+async fn put_tag(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+    JsonBody(info): JsonBody<Map<String, Value>>,
+) -> Answer {
+    if info.get("order").is_some_and(|o| !o.is_number()) {
+        return Err(MatrixError::new(ErrorKind::BadJson, "order must be a number"));
+    }
+    hs.set_room_tag(&me, &user_id, &room_id, &tag, Some(Value::Object(info))).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn delete_tag(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+) -> Answer {
+    hs.set_room_tag(&me, &user_id, &room_id, &tag, None).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: String,
+}
+
+async fn token_validity(State(hs): State<AppState>, Query(q): Query<TokenQuery>) -> Answer {
+    Ok(axum::Json(json!({"valid": hs.registration_token_valid(&q.token).await?})))
 }

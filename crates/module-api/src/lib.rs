@@ -44,6 +44,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod http;
 pub mod spam;
 pub mod web;
 
@@ -242,6 +243,29 @@ pub struct ProfileInfo {
     pub avatar_url: Option<String>,
 }
 
+/// Adds rooms to and removes them from the public room directory.
+///
+/// Since 0.1.
+#[derive(Clone)]
+pub struct PublicRoomListManager {
+    api: ModuleApi,
+}
+
+impl PublicRoomListManager {
+    /// Whether the room is published.
+    pub async fn room_is_in_public_room_list(&self, room_id: &str) -> Result<bool, ModuleError> {
+        self.api.host.room_is_in_public_room_list(room_id.to_owned()).await
+    }
+    /// Publishes the room.
+    pub async fn add_room_to_public_room_list(&self, room_id: &str) -> Result<(), ModuleError> {
+        self.api.host.set_room_in_public_room_list(room_id.to_owned(), true).await
+    }
+    /// Unpublishes the room.
+    pub async fn remove_room_from_public_room_list(&self, room_id: &str) -> Result<(), ModuleError> {
+        self.api.host.set_room_in_public_room_list(room_id.to_owned(), false).await
+    }
+}
+
 /// The services a module may call. Myelin's core implements this; modules reach it only through
 /// [`ModuleApi`]. Not meant to be implemented by modules.
 ///
@@ -290,6 +314,19 @@ pub trait Host: Send + Sync + 'static {
     fn sleep(&self, duration: std::time::Duration) -> BoxFuture<'static, ()>;
     /// Runs a background task for the server's lifetime.
     fn spawn(&self, task: BoxFuture<'static, ()>);
+    /// Sends an outbound HTTP request.
+    fn http_request(
+        &self,
+        request: http::HttpRequest,
+    ) -> BoxFuture<'static, Result<http::HttpResponse, http::HttpError>>;
+    /// Whether a room is published in the room directory.
+    fn room_is_in_public_room_list(&self, room_id: String) -> BoxFuture<'static, Result<bool, ModuleError>>;
+    /// Publishes or unpublishes a room, with no spam check (as Synapse's manager).
+    fn set_room_in_public_room_list(
+        &self,
+        room_id: String,
+        public: bool,
+    ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Resolves a room alias to its room ID and servers.
     fn lookup_room_alias(&self, alias: String) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>>;
 }
@@ -372,6 +409,17 @@ impl ModuleApi {
     pub async fn lookup_room_alias(&self, alias: &str) -> Result<(String, Vec<String>), ModuleError> {
         self.host.lookup_room_alias(alias.to_owned()).await
     }
+    /// The outbound HTTP client.
+    pub fn http_client(&self) -> http::HttpClient {
+        http::HttpClient { api: self.clone() }
+    }
+
+    /// The room directory, written directly (no `user_may_publish_room`), as Synapse's
+    /// `public_room_list_manager`.
+    pub fn public_room_list_manager(&self) -> PublicRoomListManager {
+        PublicRoomListManager { api: self.clone() }
+    }
+
     /// Sleeps without blocking the server.
     pub async fn sleep(&self, seconds: f64) {
         self.host.sleep(std::time::Duration::from_secs_f64(seconds.max(0.0))).await

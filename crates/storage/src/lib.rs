@@ -254,6 +254,8 @@ pub trait RoomStore {
     fn max_stream_ordering(&self) -> Result<i64>;
     /// The stream position of an event.
     fn stream_of_event(&self, event_id: &str) -> Result<Option<i64>>;
+    /// The state group after the room's last accepted event at or before `stream`.
+    fn state_group_at(&self, room_id: &str, stream: i64) -> Result<Option<i64>>;
     /// Latest member events per user in `(from, to]` concerning `user_id` (their own membership
     /// changes), as `(room_id, membership, stream)`.
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>>;
@@ -344,10 +346,48 @@ pub trait MediaStore {
     ) -> Result<()>;
 }
 
+/// A registration token (`m.login.registration_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationToken {
+    /// The token.
+    pub token: String,
+    /// How many registrations it allows; `None` is unlimited.
+    pub uses_allowed: Option<i64>,
+    /// Registrations in progress with it.
+    pub pending: i64,
+    /// Registrations completed with it.
+    pub completed: i64,
+    /// Expiry, ms since the epoch; `None` never expires.
+    pub expiry_time: Option<i64>,
+}
+
+/// Registration tokens.
+pub trait RegistrationTokenStore {
+    /// Creates a token; [`StorageError::Conflict`] if it exists.
+    fn create_registration_token(&self, token: &RegistrationToken) -> Result<()>;
+    /// One token.
+    fn get_registration_token(&self, token: &str) -> Result<Option<RegistrationToken>>;
+    /// All tokens.
+    fn list_registration_tokens(&self) -> Result<Vec<RegistrationToken>>;
+    /// Counts a completed registration.
+    fn use_registration_token(&self, token: &str) -> Result<()>;
+}
+
 /// The whole storage contract a backend implements.
 pub trait Storage:
-    UserStore + RoomStore + ClientDataStore + DirectoryStore + MediaStore + Send + Sync + 'static
+    UserStore + RoomStore + ClientDataStore + DirectoryStore + MediaStore + RegistrationTokenStore + Send + Sync + 'static
 {
 }
 
-impl<T: UserStore + RoomStore + ClientDataStore + DirectoryStore + MediaStore + Send + Sync + 'static> Storage for T {}
+impl<T> Storage for T where
+    T: UserStore
+        + RoomStore
+        + ClientDataStore
+        + DirectoryStore
+        + MediaStore
+        + RegistrationTokenStore
+        + Send
+        + Sync
+        + 'static
+{
+}

@@ -15,8 +15,11 @@ use crate::*;
 
 /// Migrations, applied in order; the schema version is the number applied. Never edit a
 /// released one: append.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_directory_media.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_directory_media.sql"),
+    include_str!("migrations/0003_registration_tokens.sql"),
+];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
 /// group's state while keeping each event's state write small.
@@ -558,6 +561,19 @@ impl RoomStore for SqliteStore {
             .map_err(backend)
     }
 
+    fn state_group_at(&self, room_id: &str, stream: i64) -> Result<Option<i64>> {
+        self.conn()
+            .query_row(
+                "SELECT state_group FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 AND rejected = 0
+                 AND soft_failed = 0 ORDER BY stream_ordering DESC LIMIT 1",
+                params![room_id, stream],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+            .map(Option::flatten)
+    }
+
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>> {
         let conn = self.conn();
         let mut stmt = conn
@@ -757,6 +773,66 @@ impl DirectoryStore for SqliteStore {
             .query_map(rusqlite::params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+}
+
+impl RegistrationTokenStore for SqliteStore {
+    fn create_registration_token(&self, t: &RegistrationToken) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO registration_tokens (token, uses_allowed, pending, completed, expiry_time)
+                 VALUES (?1, ?2, 0, 0, ?3)",
+                params![t.token, t.uses_allowed, t.expiry_time],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_registration_token(&self, token: &str) -> Result<Option<RegistrationToken>> {
+        self.conn()
+            .query_row(
+                "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens WHERE token = ?1",
+                [token],
+                |r| {
+                    Ok(RegistrationToken {
+                        token: r.get(0)?,
+                        uses_allowed: r.get(1)?,
+                        pending: r.get(2)?,
+                        completed: r.get(3)?,
+                        expiry_time: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn list_registration_tokens(&self) -> Result<Vec<RegistrationToken>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens ORDER BY token",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RegistrationToken {
+                    token: r.get(0)?,
+                    uses_allowed: r.get(1)?,
+                    pending: r.get(2)?,
+                    completed: r.get(3)?,
+                    expiry_time: r.get(4)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn use_registration_token(&self, token: &str) -> Result<()> {
+        self.conn()
+            .execute("UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1", [token])
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

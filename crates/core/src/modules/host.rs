@@ -15,6 +15,8 @@ use crate::{Error, Homeserver, Requester};
 
 pub(crate) struct HostHandle {
     pub(crate) hs: Weak<Homeserver>,
+    /// Shared by every module: pooled connections, a 60 s timeout (Synapse's default).
+    pub(crate) http: reqwest::Client,
     /// Copied at start-up so `server_name` needs no upgrade.
     pub(crate) server_name: String,
 }
@@ -58,6 +60,7 @@ async fn local_requester(hs: &Homeserver, user_id: &str) -> Result<Requester, Mo
         access_token: String::new(),
         is_admin: info.is_some_and(|i| i.is_admin),
         shadow_banned: false,
+        is_guest: false,
     })
 }
 
@@ -151,6 +154,40 @@ impl Host for HostHandle {
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         tokio::spawn(task);
+    }
+
+    fn http_request(
+        &self,
+        request: myelin_module_api::http::HttpRequest,
+    ) -> BoxFuture<'static, Result<myelin_module_api::http::HttpResponse, myelin_module_api::http::HttpError>> {
+        use myelin_module_api::http::{HttpError, HttpResponse};
+        let client = self.http.clone();
+        Box::pin(async move {
+            let method = reqwest::Method::from_bytes(request.method.as_bytes())
+                .map_err(|e| HttpError::Transport(e.to_string()))?;
+            let mut builder = client.request(method, &request.url).body(request.body);
+            for (k, v) in &request.headers {
+                builder = builder.header(k, v);
+            }
+            let resp = builder.send().await.map_err(|e| HttpError::Transport(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(|e| HttpError::Transport(e.to_string()))?.to_vec();
+            Ok(HttpResponse { status, body })
+        })
+    }
+
+    fn room_is_in_public_room_list(&self, room_id: String) -> BoxFuture<'static, Result<bool, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { Ok(hs?.room_visibility(&room_id).await.map_err(to_module_error)? == "public") })
+    }
+
+    fn set_room_in_public_room_list(
+        &self,
+        room_id: String,
+        public: bool,
+    ) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.publish_room_unchecked(&room_id, public).await.map_err(to_module_error) })
     }
 
     fn lookup_room_alias(&self, alias: String) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>> {

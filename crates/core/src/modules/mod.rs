@@ -132,8 +132,14 @@ pub(crate) fn load_module_configs(
 
 /// Builds the modules in config order. An error is fatal to start-up ("Error during startup").
 pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(), String> {
-    let host: Arc<dyn myelin_module_api::Host> =
-        Arc::new(host::HostHandle { hs: Arc::downgrade(hs), server_name: hs.server_name().to_owned() });
+    let host: Arc<dyn myelin_module_api::Host> = Arc::new(host::HostHandle {
+        hs: Arc::downgrade(hs),
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?,
+        server_name: hs.server_name().to_owned(),
+    });
     for module in modules {
         let api = ModuleApi::new(host.clone(), &module.name);
         let instance = (module.native.build)(module.parsed, &api)

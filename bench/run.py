@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Myelin and Synapse side by side, same machine, same run, same workloads.
+
+Run with bench/run.sh (it installs Synapse and builds Myelin in release first). Starts both
+servers on loopback with equivalent configs (SQLite, open registration, rate limits off), waits
+for Synapse's background updates, drives each from this separate process with aiohttp, and prints
+a table of both servers' figures and the ratio. Ratios are the claim; absolute numbers depend on
+this shared, noisy machine.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work"
+MYELIN = ROOT / "target" / "release" / "myelin"
+SYNAPSE_PY = WORK / "synapse-venv" / "bin" / "python"
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Target:
+    def __init__(self, name, port):
+        self.name, self.port = name, port
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = None
+        self.results = {}
+
+    async def wait_ready(self, session, started):
+        while True:
+            try:
+                async with session.get(self.base + "/_matrix/client/versions") as r:
+                    if r.status == 200:
+                        return time.monotonic() - started
+            except aiohttp.ClientError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {WORK / self.name}.log")
+            await asyncio.sleep(0.005)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def myelin_config(d: Path, port: int, modules: str = ""):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "homeserver.yaml").write_text(
+        f"""server_name: bench
+public_baseurl: http://127.0.0.1:{port}/
+listeners: [{{port: {port}, bind_addresses: ['127.0.0.1'], resources: [{{names: [client]}}]}}]
+database: {{name: sqlite3, args: {{database: data/homeserver.db}}}}
+signing_key_path: data/bench.signing.key
+media_store_path: data/media
+max_upload_size: 50M
+enable_registration: true
+enable_registration_without_verification: true
+log_level: warning
+{modules}"""
+    )
+    return [str(MYELIN), "-c", str(d / "homeserver.yaml")]
+
+
+def synapse_config(d: Path, port: int):
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "homeserver.yaml"
+    subprocess.run(
+        [str(SYNAPSE_PY), "-m", "synapse.app.homeserver", "--generate-config", "--server-name", "bench",
+         "--config-path", str(cfg), "--report-stats=no", "--data-directory", str(d)],
+        check=True, capture_output=True, cwd=d,
+    )
+    unlimited = {"per_second": 100000, "burst_count": 100000}
+    extra = {
+        "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+                       "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}]}],
+        "database": {"name": "sqlite3", "args": {"database": str(d / "homeserver.db")}},
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+        "max_upload_size": "50M",
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        "report_stats": False,
+        "rc_message": unlimited, "rc_registration": unlimited, "rc_joins": {"local": unlimited, "remote": unlimited},
+        "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
+        "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
+        "rc_room_creation": unlimited, "rc_presence": {"per_user": unlimited},
+        "rc_3pid_validation": unlimited, "rc_media_create": unlimited,
+    }
+    import yaml  # the Synapse venv this script runs in has PyYAML
+
+    config = yaml.safe_load(cfg.read_text())
+    config.update(extra)
+    cfg.write_text(yaml.safe_dump(config))
+    return [str(SYNAPSE_PY), "-m", "synapse.app.homeserver", "-c", str(cfg)]
+
+
+def wait_background_updates(d: Path):
+    db = d / "homeserver.db"
+    for _ in range(600):
+        try:
+            n = sqlite3.connect(db).execute("SELECT count(*) FROM background_updates").fetchone()[0]
+            if n == 0:
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(1)
+
+
+async def call(session, method, url, token=None, body=None, data=None, headers=None):
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    async with session.request(method, url, json=body, data=data, headers=h) as r:
+        payload = await r.read()
+        if r.status >= 300:
+            raise RuntimeError(f"{method} {url} -> {r.status}: {payload[:300]!r}")
+        return json.loads(payload) if payload and r.content_type == "application/json" else payload
+
+
+async def register(session, t: Target, name):
+    url = t.base + "/_matrix/client/v3/register"
+    async with session.post(url, json={"username": name, "password": "bench-password"}) as r:
+        challenge = await r.json()
+    body = {"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy", "session": challenge.get("session")}}
+    return await call(session, "POST", url, body=body)
+
+
+async def timed(coro_fn, n):
+    durations = []
+    for i in range(n):
+        start = time.perf_counter()
+        await coro_fn(i)
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+async def send_throughput(session, t, users, room, clients, total):
+    per = total // clients
+    sem_users = users[:clients]
+
+    async def worker(u, w):
+        for i in range(per):
+            await call(session, "PUT", f"{t.base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                       u["access_token"], {"msgtype": "m.text", "body": f"{w}-{i}"})
+
+    cpu0 = cpu_seconds(t.proc.pid)
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(sem_users[w % len(sem_users)], w) for w in range(clients)))
+    elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(t.proc.pid) - cpu0
+    return per * clients / elapsed, cpu / (per * clients)
+
+
+async def wakeup_latency(session, t, a, b, room, n):
+    sync = await call(session, "GET", f"{t.base}/_matrix/client/v3/sync?timeout=0", b["access_token"])
+    since = sync["next_batch"]
+    latencies = []
+    for i in range(n):
+        url = f"{t.base}/_matrix/client/v3/sync?timeout=30000&since={since}"
+        poll = asyncio.create_task(call(session, "GET", url, b["access_token"]))
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        await call(session, "PUT", f"{t.base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                   a["access_token"], {"msgtype": "m.text", "body": f"wake {i}"})
+        result = await poll
+        latencies.append(time.perf_counter() - start)
+        since = result["next_batch"]
+    latencies.sort()
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1 if len(latencies) >= 100 else -1]
+
+
+async def run_target(t: Target, cmd, workdir):
+    log = open(WORK / f"{t.name}.log", "w")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+        started = time.monotonic()
+        t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=workdir)
+        t.results["startup (s)"] = await t.wait_ready(session, started)
+        if t.name == "synapse":
+            wait_background_updates(workdir)
+        await asyncio.sleep(2)
+        t.results["RSS idle (MB)"] = rss_mb(t.proc.pid)
+        r = t.results
+        tag = uuid.uuid4().hex[:6]
+        n_users = 8 if QUICK else 64
+        users = []
+        cpu0 = cpu_seconds(t.proc.pid)
+        start = time.perf_counter()
+        for i in range(n_users):
+            users.append(await register(session, t, f"u{tag}{i}"))
+        r["register (ms/op, incl. hashing)"] = (time.perf_counter() - start) / n_users * 1000
+        a, b = users[0], users[1]
+        rooms = []
+
+        async def create(i):
+            rooms.append((await call(session, "POST", t.base + "/_matrix/client/v3/createRoom", a["access_token"],
+                                     {"preset": "public_chat", "name": f"room {i}"}))["room_id"])
+        r["createRoom (ms/op)"] = await timed(create, 10 if QUICK else 50) * 1000
+        room = rooms[0]
+        start = time.perf_counter()
+        for u in users[1:]:
+            await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}", u["access_token"], {})
+        r["join (ms/op)"] = (time.perf_counter() - start) / (len(users) - 1) * 1000
+        for clients in (1, 8, 64):
+            total = (100 if QUICK else 400) if clients == 1 else (400 if QUICK else 1280)
+            rate, cpu = await send_throughput(session, t, users, room, clients, total)
+            r[f"send, {clients} clients (msg/s)"] = rate
+            if clients == 8:
+                r["CPU per message, 8 clients (ms)"] = cpu * 1000
+        p50, p99 = await wakeup_latency(session, t, a, b, room, 20 if QUICK else 100)
+        r["sync wake-up p50 (ms)"] = p50 * 1000
+        r["sync wake-up p99 (ms)"] = p99 * 1000
+        # Initial sync of a user in 50 rooms (a is in all the created ones; top up to 50).
+        for i in range(len(rooms), 50):
+            await create(i)
+
+        async def initial(_):
+            await call(session, "GET", t.base + "/_matrix/client/v3/sync", a["access_token"])
+        r["initial sync, 50 rooms (ms)"] = await timed(initial, 5) * 1000
+
+        async def search(i):
+            await call(session, "POST", t.base + "/_matrix/client/v3/user_directory/search", a["access_token"],
+                       {"search_term": f"u{tag}", "limit": 10})
+        r["user directory search (ms/op)"] = await timed(search, 50) * 1000
+        blob = os.urandom(1024 * 1024)
+        uris = []
+
+        async def upload(_):
+            res = await call(session, "POST", t.base + "/_matrix/media/v3/upload?filename=b.bin", a["access_token"],
+                             data=blob, headers={"Content-Type": "application/octet-stream"})
+            uris.append(res["content_uri"])
+        r["upload 1 MiB (ms/op)"] = await timed(upload, 20) * 1000
+
+        async def download(i):
+            server_media = uris[i % len(uris)][len("mxc://"):]
+            body = await call(session, "GET", f"{t.base}/_matrix/client/v1/media/download/{server_media}", a["access_token"])
+            assert len(body) == len(blob)
+        r["download 1 MiB (ms/op)"] = await timed(download, 20) * 1000
+        r["RSS after run (MB)"] = rss_mb(t.proc.pid)
+    t.stop()
+
+
+async def module_overhead():
+    """Send throughput at 8 clients without modules and with the demo module, interleaved."""
+    demo = "modules:\n  - module: myelin.demo.DemoModule\n    config: {denied_user: '@evil:bench'}\n"
+    rates = {"none": [], "demo": []}
+    for round_ in range(3):
+        for variant in ("none", "demo"):
+            t = Target(f"myelin-{variant}", 28450)
+            d = WORK / f"myelin-{variant}-{round_}"
+            shutil.rmtree(d, ignore_errors=True)
+            cmd = myelin_config(d, t.port, demo if variant == "demo" else "")
+            log = open(WORK / f"{t.name}.log", "w")
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                await t.wait_ready(session, time.monotonic())
+                users = [await register(session, t, f"m{i}") for i in range(8)]
+                room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom", users[0]["access_token"],
+                                   {"preset": "public_chat"}))["room_id"]
+                for u in users[1:]:
+                    await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}", u["access_token"], {})
+                await send_throughput(session, t, users, room, 8, 200)  # warm-up
+                rate, _ = await send_throughput(session, t, users, room, 8, 800 if QUICK else 2400)
+                rates[variant].append(rate)
+            t.stop()
+    none, demo_rate = statistics.median(rates["none"]), statistics.median(rates["demo"])
+    return none, demo_rate, rates
+
+
+LOWER_IS_BETTER = ("ms", "(s)", "MB")
+
+
+def table(targets):
+    syn, my = targets
+    keys = list(my.results)
+    lines = ["| workload | Synapse | Myelin | Myelin advantage |", "|---|---:|---:|---:|"]
+    for k in keys:
+        s, m = syn.results.get(k), my.results.get(k)
+        if s is None or m is None:
+            continue
+        lower = any(tag in k for tag in LOWER_IS_BETTER)
+        ratio = (s / m if lower else m / s) if m and s else float("nan")
+        lines.append(f"| {k} | {s:,.2f} | {m:,.2f} | {ratio:,.1f}x |")
+    return "\n".join(lines)
+
+
+async def main():
+    if WORK.exists():
+        for d in ("myelin-data", "synapse-data"):
+            shutil.rmtree(WORK / d, ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    syn = Target("synapse", 28448)
+    my = Target("myelin", 28449)
+    try:
+        await run_target(syn, synapse_config(WORK / "synapse-data", syn.port), WORK / "synapse-data")
+        await run_target(my, myelin_config(WORK / "myelin-data", my.port), WORK / "myelin-data")
+    finally:
+        syn.stop()
+        my.stop()
+    out = table([syn, my])
+    none, demo, rates = await module_overhead()
+    out += (
+        f"\n\nSend throughput at 8 clients, Myelin without modules vs with the demo module "
+        f"(median of 3 interleaved runs): {none:,.0f} vs {demo:,.0f} msg/s ({(demo / none - 1) * 100:+.1f}%); "
+        f"runs: {', '.join(f'{r:,.0f}' for r in rates['none'])} vs {', '.join(f'{r:,.0f}' for r in rates['demo'])}\n"
+    )
+    (WORK / "results.md").write_text(out + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
