@@ -7,6 +7,7 @@ mod accounts; // registration, login, devices, profiles, account data
 mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory
 mod foundation; // the binary, config, storage, HTTP basics
+mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
 mod rooms; // rooms, membership, messages, the graph

@@ -31,7 +31,7 @@ mod users;
 pub use config::Config;
 pub use directory::PublicationRule;
 pub use error::{Error, ErrorKind, Result};
-pub use rooms::{CreateRoomRequest, EventFilter, MessagesPage};
+pub use rooms::{CreateRoomRequest, EventFilter, MessagesPage, Pagination};
 pub use server::{Homeserver, Requester};
 pub use sync::{SyncRequest, SyncResponse};
 pub use users::{LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, RequestInfo};

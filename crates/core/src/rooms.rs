@@ -90,6 +90,21 @@ pub struct InitialStateEvent {
     pub content: Map<String, Value>,
 }
 
+/// What `/messages` is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Pagination<'a> {
+    /// Start token; the room's end (backwards) or start (forwards) if absent.
+    pub from: Option<&'a str>,
+    /// Stop token.
+    pub to: Option<&'a str>,
+    /// Direction `b`.
+    pub backwards: bool,
+    /// Page size.
+    pub limit: usize,
+    /// Event filter.
+    pub filter: Option<&'a EventFilter>,
+}
+
 /// A page of `/messages`.
 #[derive(Debug, Clone)]
 pub struct MessagesPage {
@@ -957,16 +972,8 @@ impl Homeserver {
     }
 
     /// `GET /messages`.
-    pub async fn messages(
-        &self,
-        requester: &Requester,
-        room_id: &str,
-        from: Option<&str>,
-        to: Option<&str>,
-        backwards: bool,
-        limit: usize,
-        filter: Option<&EventFilter>,
-    ) -> Result<MessagesPage> {
+    pub async fn messages(&self, requester: &Requester, room_id: &str, page: Pagination<'_>) -> Result<MessagesPage> {
+        let Pagination { from, to, backwards, limit, filter } = page;
         let room_id = parse_room_id(room_id)?;
         let user = requester.user_id.to_string();
         let membership = self.membership_of(&room_id, &user).await?;
@@ -1028,8 +1035,20 @@ impl Homeserver {
         let pos =
             self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
         let half = (limit.min(100) / 2).max(1);
-        let before = self.messages(requester, room_id, Some(&format!("t{pos}")), None, true, half, None).await?;
-        let after = self.messages(requester, room_id, Some(&format!("t{pos}")), None, false, half, None).await?;
+        let before = self
+            .messages(
+                requester,
+                room_id,
+                Pagination { from: Some(&format!("t{pos}")), to: None, backwards: true, limit: half, filter: None },
+            )
+            .await?;
+        let after = self
+            .messages(
+                requester,
+                room_id,
+                Pagination { from: Some(&format!("t{pos}")), to: None, backwards: false, limit: half, filter: None },
+            )
+            .await?;
         let state = self.room_state(requester, room_id).await?;
         Ok(json!({
             "event": event,

@@ -421,8 +421,14 @@ async fn messages(
         ),
         None => None,
     };
-    let page =
-        hs.messages(&me, &room_id, q.from.as_deref(), q.to.as_deref(), backwards, limit, filter.as_ref()).await?;
+    let pagination = myelin_core::Pagination {
+        from: q.from.as_deref(),
+        to: q.to.as_deref(),
+        backwards,
+        limit,
+        filter: filter.as_ref(),
+    };
+    let page = hs.messages(&me, &room_id, pagination).await?;
     let mut out = json!({"chunk": page.chunk, "start": page.start, "state": page.state});
     if let Some(end) = page.end {
         out["end"] = json!(end);

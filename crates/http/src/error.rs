@@ -60,8 +60,9 @@ impl IntoResponse for MatrixError {
             let mut body = Map::new();
             body.insert("errcode".into(), Value::String(e.errcode().to_owned()));
             body.insert("error".into(), Value::String(e.message));
+            // As Synapse's `cs_error`: extra fields are written last and win, `error` included.
             for (k, v) in e.fields {
-                body.entry(k).or_insert(v);
+                body.insert(k, v);
             }
             body
         };

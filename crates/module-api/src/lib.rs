@@ -424,6 +424,11 @@ impl ModuleApi {
     pub async fn sleep(&self, seconds: f64) {
         self.host.sleep(std::time::Duration::from_secs_f64(seconds.max(0.0))).await
     }
+    /// Runs a task in the background (Synapse's `run_as_background_process`).
+    pub fn run_in_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.host.spawn(Box::pin(task));
+    }
+
     /// Calls `f` every `interval`, the first time after one interval, for the server's lifetime.
     pub fn looping_background_call<F, Fut>(&self, interval: std::time::Duration, f: F)
     where

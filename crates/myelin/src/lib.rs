@@ -61,7 +61,7 @@ enum Command {
 
 /// The modules every Myelin build knows.
 pub fn builtin_modules() -> Vec<NativeModule> {
-    vec![NativeModule::of::<myelin_demo_module::DemoModule>()]
+    vec![NativeModule::of::<myelin_demo_module::DemoModule>(), NativeModule::of::<myelin_http_antispam::HttpAntispam>()]
 }
 
 /// Runs the command line with the built-in modules plus `extra`.

@@ -1,0 +1,218 @@
+//! The native synapse-http-antispam module against a loopback backend that records every request
+//! and answers from a table the test controls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+type Recorded = Arc<Mutex<Vec<(String, Option<String>, Value)>>>;
+type Answers = Arc<Mutex<HashMap<String, (u16, String, Duration)>>>;
+
+#[derive(Clone, Default)]
+struct Backend {
+    /// Recorded `(path, authorization header, body)`.
+    seen: Recorded,
+    /// Path -> (status, raw body, delay).
+    answers: Answers,
+}
+
+impl Backend {
+    async fn start() -> (Backend, String) {
+        let backend = Backend::default();
+        let app = axum::Router::new().route("/api/{callback}", axum::routing::post(answer)).with_state(backend.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (backend, url)
+    }
+    fn answer(&self, path: &str, status: u16, body: &str) {
+        self.answers.lock().unwrap().insert(path.into(), (status, body.into(), Duration::ZERO));
+    }
+    fn slow(&self, path: &str, delay: Duration) {
+        self.answers.lock().unwrap().insert(path.into(), (200, "{}".into(), delay));
+    }
+    fn requests(&self, path: &str) -> Vec<(Option<String>, Value)> {
+        self.seen.lock().unwrap().iter().filter(|(p, _, _)| p == path).map(|(_, a, b)| (a.clone(), b.clone())).collect()
+    }
+}
+
+async fn answer(
+    State(b): State<Backend>,
+    Path(callback): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    b.seen.lock().unwrap().push((callback.clone(), auth, serde_json::from_str(&body).unwrap_or(Value::Null)));
+    let (status, body, delay) =
+        b.answers.lock().unwrap().get(&callback).cloned().unwrap_or((200, "{}".into(), Duration::ZERO));
+    tokio::time::sleep(delay).await;
+    (StatusCode::from_u16(status).unwrap(), body)
+}
+
+async fn server_with(config: Value) -> Server {
+    Server::start_with(&format!("modules:\n  - module: synapse_http_antispam.HTTPAntispam\n    config: {config}\n"))
+        .await
+}
+
+#[tokio::test]
+async fn allows_and_sends_the_python_modules_bodies_with_the_bearer_token() {
+    let (backend, url) = Backend::start().await;
+    let s = server_with(json!({"base_url": url, "authorization": "s3cret"})).await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.invite(&alice, &room, "@bob:test").await.0, 200);
+    assert_eq!(s.send_text(&alice, &room, "hello").await.0, 200);
+    let invites = backend.requests("user_may_invite");
+    assert_eq!(
+        invites,
+        vec![(
+            Some("Bearer s3cret".into()),
+            json!({"inviter": "@alice:test", "invitee": "@bob:test", "room_id": room})
+        )]
+    );
+    assert_eq!(backend.requests("user_may_create_room")[0].1, json!({"user_id": "@alice:test"}));
+    let event = &backend.requests("check_event_for_spam")[0].1["event"];
+    assert_eq!(event["type"], "m.room.message");
+    assert_eq!(event["content"]["body"], "hello");
+    assert_eq!(event["room_id"], json!(room));
+    assert!(event["event_id"].as_str().unwrap().starts_with('$'));
+    assert!(event.get("auth_events").is_none(), "client format, not the PDU");
+    s.login("alice").await;
+    let login = &backend.requests("check_login_for_spam")[0].1;
+    assert_eq!(login["user_id"], "@alice:test");
+    assert_eq!(login["request_info"][0][1], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn denials_pass_the_backends_errcode_and_fields_through() {
+    let (backend, url) = Backend::start().await;
+    let s = server_with(json!({"base_url": url})).await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    backend.answer(
+        "user_may_invite",
+        403,
+        r#"{"errcode": "M_FORBIDDEN", "error": "Blocked by policy", "policy": "no-bob"}"#,
+    );
+    let (st, b) = s.invite(&alice, &room, "@bob:test").await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "Blocked by policy", "policy": "no-bob"})));
+    backend.answer("user_may_invite", 400, r#"{"errcode": "M_LIMIT_EXCEEDED"}"#);
+    let (st, b) = s.invite(&alice, &room, "@bob:test").await;
+    assert_eq!(
+        (st, b),
+        (403, json!({"errcode": "M_LIMIT_EXCEEDED", "error": "Invites have been disabled on this server"}))
+    );
+    backend.answer("user_may_invite", 403, r#"{"reason": "no errcode"}"#);
+    let (st, b) = s.invite(&alice, &room, "@bob:test").await;
+    assert_eq!((st, b["errcode"].as_str(), b["reason"].as_str()), (403, Some("M_FORBIDDEN"), Some("no errcode")));
+    backend.answer("check_event_for_spam", 403, r#"{"errcode": "M_FORBIDDEN", "error": "spam!"}"#);
+    assert_eq!(s.send_text(&alice, &room, "buy now").await, (403, json!({"errcode": "M_FORBIDDEN", "error": "spam!"})));
+    backend.answer("user_may_invite", 500, "[1, 2]");
+    assert_eq!(s.invite(&alice, &room, "@bob:test").await.0, 500, "a non-object error body makes the module raise");
+}
+
+#[tokio::test]
+async fn fail_closed_and_fail_open() {
+    let (backend, url) = Backend::start().await;
+    let s = server_with(json!({"base_url": url, "fail_open": {"user_may_join_room": true}})).await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    backend.answer("user_may_invite", 502, "<html>bad gateway</html>");
+    let (st, b) = s.invite(&alice, &room, "@bob:test").await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_UNKNOWN", "error": "Unexpected response from antispam server"})));
+    backend.answer("user_may_join_room", 502, "not json");
+    assert_eq!(s.join(&bob, &room).await.0, 200, "fail_open names user_may_join_room");
+    // A backend that is gone.
+    let s = server_with(json!({"base_url": "http://127.0.0.1:9/api"})).await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let (st, b) = s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({})).await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_UNKNOWN", "error": "Failed to connect to antispam server"})));
+    let s =
+        server_with(json!({"base_url": "http://127.0.0.1:9/api", "enabled_callbacks": ["check_event_for_spam"]})).await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.send_text(&alice, &room, "hi").await.0, 200, "check_event_for_spam fails open by default");
+    // A 2xx that is not JSON counts as a failed connection, as in the Python module.
+    let (backend, url) = Backend::start().await;
+    backend.answer("user_may_create_room", 200, "OK");
+    let s = server_with(json!({"base_url": url})).await;
+    let alice = s.register("alice").await;
+    assert_eq!(
+        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({})).await.1["error"],
+        "Failed to connect to antispam server"
+    );
+}
+
+#[tokio::test]
+async fn async_callbacks_fire_in_the_background_and_allow() {
+    let (backend, url) = Backend::start().await;
+    backend.answer("user_may_create_room", 403, r#"{"errcode": "M_FORBIDDEN"}"#);
+    let s = server_with(json!({"base_url": url, "async": {"user_may_create_room": true}})).await;
+    let alice = s.register("alice").await;
+    s.create_room(&alice, json!({})).await;
+    for _ in 0..50 {
+        if !backend.requests("user_may_create_room").is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the background request never arrived");
+}
+
+#[tokio::test]
+async fn enabled_callbacks_limit_what_is_sent_and_config_errors_are_reported() {
+    let (backend, url) = Backend::start().await;
+    let s = server_with(json!({"base_url": url, "enabled_callbacks": ["user_may_invite"]})).await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    s.send_text(&alice, &room, "x").await;
+    assert!(backend.seen.lock().unwrap().is_empty(), "nothing but user_may_invite is sent");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("homeserver.yaml");
+    std::fs::write(&path, base_config("modules:\n  - module: synapse_http_antispam.HTTPAntispam\n    config: {enabled_callbacks: [nope], base_url: 'http://x'}\n")).unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("Error in configuration at 'modules.<item 0>.config.enabled_callbacks.<item 0>':"),
+        "{stderr}"
+    );
+    std::fs::write(&path, base_config("modules:\n  - module: synapse_http_antispam.HTTPAntispam\n")).unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("base_url is required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_slow_backend_does_not_delay_requests_that_need_no_callback() {
+    let (backend, url) = Backend::start().await;
+    backend.slow("user_may_invite", Duration::from_secs(3));
+    let s = std::sync::Arc::new(server_with(json!({"base_url": url, "enabled_callbacks": ["user_may_invite"]})).await);
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let (s2, a2, r2) = (s.clone(), alice.clone(), room.clone());
+    let slow = tokio::spawn(async move { s2.invite(&a2, &r2, "@bob:test").await.0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    for i in 0..10 {
+        assert_eq!(s.send_text(&alice, &room, &format!("meanwhile {i}")).await.0, 200);
+        assert_eq!(s.get("/_matrix/client/versions", None).await.0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "other requests waited for the backend: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+}
