@@ -108,6 +108,7 @@ def synapse_config(d: Path, port: int):
         "suppress_key_server_warning": True,
         "report_stats": False,
         "rc_message": unlimited, "rc_registration": unlimited, "rc_joins": {"local": unlimited, "remote": unlimited},
+        "rc_joins_per_room": unlimited, "rc_third_party_invite": unlimited, "rc_admin_redaction": unlimited,
         "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
         "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
         "rc_room_creation": unlimited, "rc_presence": {"per_user": unlimited},

@@ -12,6 +12,10 @@ fi
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 
+# pyo3 builds against this interpreter, and the binaries get an rpath to its libpython.
+PYO3_PYTHON="${PYO3_PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}"
+export PYO3_PYTHON
+
 cargo build --workspace --all-targets --locked
 # Four test threads on two cores: each black-box test runs a server that mostly waits on I/O.
 cargo test --workspace --locked -- --test-threads="${MYELIN_TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt

@@ -11,6 +11,13 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_myelin-test-server");
 
+/// The environment every server and CLI run gets: the test venv (Twisted, matrix-nio) and the
+/// Python test modules. Python only starts when a Python module is configured.
+pub fn python_env(cmd: &mut Command) -> &mut Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cmd.env("VIRTUAL_ENV", root.join("clients/.venv")).env("PYTHONPATH", root.join("python_modules"))
+}
+
 /// A running server; killed on drop.
 pub struct Server {
     child: Child,
@@ -64,7 +71,7 @@ impl Server {
 
     /// Starts on an existing directory holding `homeserver.yaml` (restarts keep data).
     pub async fn start_in(dir: tempfile::TempDir) -> Server {
-        let mut child = Command::new(BIN)
+        let mut child = python_env(&mut Command::new(BIN))
             .arg("-c")
             .arg(dir.path().join("homeserver.yaml"))
             .env("MYELIN_LOG", "info")
@@ -229,7 +236,7 @@ impl Server {
     /// Makes `user` a server admin via the command line (the server must be stopped? No:
     /// SQLite allows a second writer with WAL and a busy timeout).
     pub fn make_admin_cli(&self, localpart: &str) {
-        let out = Command::new(BIN)
+        let out = python_env(&mut Command::new(BIN))
             .args(["-c"])
             .arg(self.dir.path().join("homeserver.yaml"))
             .args(["register-user", "--user", localpart, "--password", "password", "--admin"])
@@ -271,7 +278,7 @@ pub fn rand_suffix() -> u64 {
 
 /// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).current_dir(dir).args(args).output().unwrap();
+    let out = python_env(&mut Command::new(BIN)).current_dir(dir).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

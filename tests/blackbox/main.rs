@@ -10,6 +10,7 @@ mod foundation; // the binary, config, storage, HTTP basics
 mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
+mod python_modules; // Synapse's Python modules on the embedded interpreter
 mod rooms; // rooms, membership, messages, the graph
 mod spec_shapes; // responses against the spec's schemas
 mod sync; // /sync

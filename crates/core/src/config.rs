@@ -19,17 +19,22 @@ pub struct ConfigError {
     pub path: Vec<String>,
     /// The message lines, already indented below the first.
     pub lines: Vec<String>,
+    /// Print `lines` as they are (a module's traceback, as Synapse prints import failures).
+    pub raw: bool,
 }
 
 impl ConfigError {
     fn at(path: &[String], message: impl Into<String>) -> Self {
-        ConfigError { path: path.to_vec(), lines: vec![message.into()] }
+        ConfigError { path: path.to_vec(), lines: vec![message.into()], raw: false }
     }
 }
 
 impl fmt::Display for ConfigError {
     /// The exact text Synapse prints to stderr, without the leading blank line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.raw {
+            return writeln!(f, "{}", self.lines.join("\n").trim_end());
+        }
         if self.path.is_empty() {
             writeln!(f, "Error in configuration:")?;
         } else {
@@ -173,6 +178,7 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: vec![],
             lines: vec![format!("Could not read config file {}: {e}", path.display())],
+            raw: false,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, &base, natives)
@@ -180,8 +186,11 @@ impl Config {
 
     /// Validates config text; `base` anchors relative paths.
     pub fn parse(text: &str, base: &Path, natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
-        let value: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError { path: vec![], lines: vec![format!("Invalid YAML: {e}")] })?;
+        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
+            path: vec![],
+            lines: vec![format!("Invalid YAML: {e}")],
+            raw: false,
+        })?;
         let root = match value {
             Value::Object(m) => m,
             Value::Null => Map::new(),

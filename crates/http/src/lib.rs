@@ -89,8 +89,13 @@ async fn module_resources(State(hs): State<AppState>, request: Request, next: Ne
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let client = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let mut request = http::Request::from_parts(parts, bytes);
+    if let Some(addr) = client {
+        request.extensions_mut().insert(myelin_module_api::web::ClientAddress(addr));
+    }
     // A panicking resource must not take the connection down with it.
-    let call = std::panic::AssertUnwindSafe(resource.handle(http::Request::from_parts(parts, bytes)));
+    let call = std::panic::AssertUnwindSafe(resource.handle(request));
     match futures::FutureExt::catch_unwind(call).await {
         Ok(response) => response.map(Body::from),
         Err(_) => {

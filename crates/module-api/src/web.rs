@@ -33,6 +33,12 @@ where
     }
 }
 
+/// The client's address, in the request's extensions (`request.extensions().get()`).
+///
+/// Since 0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::SocketAddr);
+
 /// A JSON response with `status`, as module resources commonly return.
 pub fn json_response(status: u16, body: &serde_json::Value) -> Response {
     http::Response::builder()

@@ -70,6 +70,9 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
     let mut all = builtin_modules();
     all.extend(extra);
     let natives = NativeModules::new(all);
+    // Names that are not native are imported as Python dotted paths, as Synapse does.
+    #[cfg(feature = "python")]
+    let natives = natives.with_foreign(myelin_python::PythonModules::new());
     let default_path = PathBuf::from("homeserver.yaml");
     match cli.command.unwrap_or(Command::Serve) {
         Command::GenerateConfig { server_name, data_dir } => {

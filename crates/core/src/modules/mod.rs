@@ -49,30 +49,69 @@ impl NativeModule {
     }
 }
 
-/// The native modules a binary knows, by name.
+/// A runtime for modules that are not compiled in (Python now, WebAssembly later). Names not in
+/// the native registry are handed to it.
+pub trait ForeignModules: Send + Sync {
+    /// Resolves `name` and runs its `parse_config` on `config`.
+    fn load(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError>;
+}
+
+/// Why a foreign module could not be loaded.
+#[derive(Debug)]
+pub enum ForeignLoadError {
+    /// Its `parse_config` raised a config error at `path` (below `config:`).
+    Config {
+        /// Path segments below the module's config.
+        path: Vec<String>,
+        /// The message.
+        message: String,
+    },
+    /// Anything else (import failure, missing class): printed as is, like Synapse's traceback.
+    Fatal(String),
+}
+
+/// A foreign module whose config is parsed, waiting to be built.
+pub trait ForeignModule: Send {
+    /// Builds the module with its `ModuleApi`.
+    fn instantiate(self: Box<Self>, api: &ModuleApi) -> Result<(), String>;
+}
+
+/// The native modules a binary knows, by name, and the fallback runtime for the others.
 #[derive(Clone, Default)]
-pub struct NativeModules(Vec<NativeModule>);
+pub struct NativeModules {
+    natives: Vec<NativeModule>,
+    foreign: Option<Arc<dyn ForeignModules>>,
+}
 
 impl NativeModules {
     /// A registry of these modules.
     pub fn new(modules: Vec<NativeModule>) -> Self {
-        NativeModules(modules)
+        NativeModules { natives: modules, foreign: None }
+    }
+    /// Adds the runtime that loads names the native registry lacks.
+    pub fn with_foreign(mut self, foreign: Arc<dyn ForeignModules>) -> Self {
+        self.foreign = Some(foreign);
+        self
     }
     fn find(&self, name: &str) -> Option<NativeModule> {
-        self.0.iter().find(|m| m.name == name).copied()
+        self.natives.iter().find(|m| m.name == name).copied()
     }
     /// The known names.
     pub fn names(&self) -> Vec<&'static str> {
-        self.0.iter().map(|m| m.name).collect()
+        self.natives.iter().map(|m| m.name).collect()
     }
+}
+
+enum Kind {
+    Native(NativeModule, Box<dyn Any + Send>),
+    Foreign(Box<dyn ForeignModule>),
 }
 
 /// A `modules:` entry whose config has been parsed, waiting to be instantiated.
 pub struct LoadedModule {
     /// The `module:` string.
     pub name: String,
-    native: NativeModule,
-    parsed: Box<dyn Any + Send>,
+    kind: Kind,
 }
 
 /// Synapse's falsy test for `config:` (missing, null, `{}`, `[]`, `0`, `""`, `false` give `{}`).
@@ -95,37 +134,57 @@ pub(crate) fn load_module_configs(
     let items = match value {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(ConfigError { path: vec!["modules".into()], lines: vec!["expected a list".into()] }),
+        Some(_) => {
+            return Err(ConfigError { path: vec!["modules".into()], lines: vec!["expected a list".into()], raw: false });
+        }
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let item_path = vec!["modules".to_owned(), format!("<item {i}>")];
         let Value::Object(obj) = item else {
-            return Err(ConfigError { path: item_path, lines: vec!["expected a mapping".into()] });
+            return Err(ConfigError { path: item_path, lines: vec!["expected a mapping".into()], raw: false });
         };
         let mut module_path = item_path.clone();
         module_path.push("module".into());
         let Some(Value::String(name)) = obj.get("module") else {
-            return Err(ConfigError { path: module_path, lines: vec!["expected a string".into()] });
-        };
-        let Some(native) = natives.find(name) else {
-            return Err(ConfigError {
-                path: module_path,
-                lines: vec![format!(
-                    "Unknown module '{name}': no built-in module has this name (known: {})",
-                    natives.names().join(", ")
-                )],
-            });
+            return Err(ConfigError { path: module_path, lines: vec!["expected a string".into()], raw: false });
         };
         let raw = obj.get("config").filter(|v| !is_falsy(v)).cloned().unwrap_or(Value::Object(Map::new()));
         let mut config_path = item_path.clone();
         config_path.push("config".into());
-        let parsed = (native.parse)(raw).map_err(|e| {
-            let mut path = config_path.clone();
-            path.extend(e.path.iter().cloned());
-            ConfigError { path, lines: vec![format!("Failed to parse config for module '{name}':"), e.message] }
-        })?;
-        out.push(LoadedModule { name: name.clone(), native, parsed });
+        let failed = |path: Vec<String>, message: String| {
+            let mut full = config_path.clone();
+            full.extend(path);
+            ConfigError {
+                path: full,
+                lines: vec![format!("Failed to parse config for module '{name}':"), message],
+                raw: false,
+            }
+        };
+        let kind = match (natives.find(name), &natives.foreign) {
+            (Some(native), _) => {
+                let parsed = (native.parse)(raw).map_err(|e| failed(e.path, e.message))?;
+                Kind::Native(native, parsed)
+            }
+            (None, Some(foreign)) => match foreign.load(name, raw) {
+                Ok(m) => Kind::Foreign(m),
+                Err(ForeignLoadError::Config { path, message }) => return Err(failed(path, message)),
+                Err(ForeignLoadError::Fatal(text)) => {
+                    return Err(ConfigError { path: vec![], lines: vec![text], raw: true });
+                }
+            },
+            (None, None) => {
+                return Err(ConfigError {
+                    path: module_path,
+                    lines: vec![format!(
+                        "Unknown module '{name}': no built-in module has this name (known: {})",
+                        natives.names().join(", ")
+                    )],
+                    raw: false,
+                });
+            }
+        };
+        out.push(LoadedModule { name: name.clone(), kind });
     }
     Ok(out)
 }
@@ -142,10 +201,15 @@ pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(
     });
     for module in modules {
         let api = ModuleApi::new(host.clone(), &module.name);
-        let instance = (module.native.build)(module.parsed, &api)
-            .map_err(|e| format!("module '{}' failed to start: {e}", module.name))?;
+        match module.kind {
+            Kind::Native(native, parsed) => {
+                let instance = (native.build)(parsed, &api)
+                    .map_err(|e| format!("module '{}' failed to start: {e}", module.name))?;
+                hs.modules.instances.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
+            }
+            Kind::Foreign(foreign) => foreign.instantiate(&api)?,
+        }
         tracing::info!("Loaded module {}", module.name);
-        hs.modules.instances.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
     }
     Ok(())
 }

@@ -1,0 +1,262 @@
+"""The Python side of Myelin's module host. Runs only on the dedicated Python thread.
+
+Rust starts the thread, calls `start()` (an asyncio loop with Twisted's asyncio reactor installed
+before any module is imported), then `run()`. Work from other threads arrives through
+`loop.call_soon_threadsafe`. Results go back by calling the `done` callables Rust passes in,
+always with JSON text (or, for web responses, bytes), so Rust never touches Python objects
+outside the GIL.
+"""
+
+import asyncio
+import inspect
+import json
+import sys
+import traceback
+
+_loop = None
+
+
+def start():
+    global _loop
+    _loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(_loop)
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(_loop)
+    return _loop
+
+
+def run():
+    from twisted.internet import reactor
+
+    reactor.startRunning(installSignalHandlers=False)
+    _loop.run_forever()
+
+
+def submit(fn, *args):
+    _loop.call_soon_threadsafe(fn, *args)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def load_module(name, config_json, done):
+    """Imports `a.b.Class`, runs its parse_config; done(json) with {"ok"} or {"config_error"} or {"fatal"}."""
+    try:
+        module_path, _, attr = name.rpartition(".")
+        if not module_path:
+            raise ValueError("not enough values to unpack (expected 2, got 1)")
+        import importlib
+
+        cls = getattr(importlib.import_module(module_path), attr)
+        config = json.loads(config_json)
+        if hasattr(cls, "parse_config"):
+            try:
+                config = cls.parse_config(config)
+            except Exception as e:
+                from synapse.config._base import ConfigError
+
+                if isinstance(e, ConfigError):
+                    done(json.dumps({"config_error": {"message": e.msg, "path": [str(p) for p in (e.path or [])], "wrapped": True}}))
+                else:
+                    done(json.dumps({"config_error": {"message": str(e), "path": [], "wrapped": True}}))
+                return
+        _pending[name, len(_pending)] = (cls, config)
+        done(json.dumps({"ok": len(_pending) - 1}))
+    except BaseException:
+        done(json.dumps({"fatal": traceback.format_exc()}))
+
+
+_pending = {}
+_instances = []
+
+
+def instantiate(name, index, host, done):
+    try:
+        cls, config = _pending.pop((name, index))
+        from synapse.module_api import ModuleApi
+
+        api = ModuleApi(host, name)
+        _instances.append(cls(config, api))
+        done(json.dumps({"ok": True}))
+    except BaseException:
+        done(json.dumps({"fatal": traceback.format_exc()}))
+
+
+# --- callbacks ---------------------------------------------------------------------------------
+
+def _is_codes(value):
+    from synapse.api.errors import Codes
+
+    return isinstance(value, Codes)
+
+
+def classify(kind, value):
+    """Synapse's return-value normalisation (spamchecker_callbacks.py), as plain JSON."""
+    from synapse.module_api import NOT_SPAM
+    from synapse.spam_checker_api import RegistrationBehaviour
+
+    forbidden = {"deny": "M_FORBIDDEN", "fields": {}}
+    if kind == "check_username_for_spam":
+        return {"bool": bool(value)}
+    if kind == "check_registration_for_spam":
+        if isinstance(value, RegistrationBehaviour):
+            return {"registration": value.value}
+        return {"exception": "AssertionError: check_registration_for_spam returned %r" % (value,)}
+    tuple_ok = isinstance(value, tuple) and len(value) == 2 and _is_codes(value[0]) and isinstance(value[1], dict)
+    if kind == "check_event_for_spam":
+        if value is False or value == NOT_SPAM:
+            return {"allow": True}
+        if value is True:
+            return forbidden
+        if _is_codes(value):
+            return {"deny": value.value, "fields": {}}
+        if tuple_ok:
+            return {"deny": value[0].value, "fields": value[1]}
+        if isinstance(value, str):
+            return {"message": value}
+        return dict(forbidden, warning="Module returned invalid value, rejecting message as spam")
+    if kind == "check_media_file_for_spam":
+        if value is False or value == NOT_SPAM:
+            return {"allow": True}
+    elif kind in ("user_may_send_state_event",):
+        if value == NOT_SPAM:
+            return {"allow": True}
+        if _is_codes(value):
+            return {"deny": value.value, "fields": {}}
+        return dict(forbidden, warning="Module returned invalid value, rejecting")
+    elif kind == "check_login_for_spam":
+        if value == NOT_SPAM:
+            return {"allow": True}
+    else:  # the user_may_* family: True allows
+        if value is True or value == NOT_SPAM:
+            return {"allow": True}
+        if value is False:
+            return forbidden
+    if _is_codes(value):
+        return {"deny": value.value, "fields": {}}
+    if tuple_ok:
+        return {"deny": value[0].value, "fields": value[1]}
+    return dict(forbidden, warning="Module returned invalid value, rejecting")
+
+
+def _error_payload(exc):
+    from synapse.api.errors import SynapseError
+
+    if isinstance(exc, SynapseError):
+        return {"matrix": {"status": exc.code, "errcode": str(getattr(exc.errcode, "value", exc.errcode)), "error": exc.msg,
+                           "fields": getattr(exc, "_additional_fields", {}) or {}}}
+    return {"exception": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+
+
+def invoke(kind, fn, args_json, done):
+    """Calls a module callback; sync, async and Deferred-returning ones all work."""
+    from twisted.internet import defer
+
+    from synapse.events import make_event
+
+    try:
+        args = json.loads(args_json)
+        if kind in ("check_event_for_spam",):
+            args = [make_event(args[0])]
+        elif kind == "check_username_for_spam":
+            from synapse.module_api import UserProfile
+
+            args = [UserProfile(args[0]), args[1]]
+        elif kind in ("check_login_for_spam", "check_registration_for_spam"):
+            args[-2] = [tuple(x) for x in args[-2]]
+        elif kind == "user_may_create_room_alias":
+            from synapse.types import RoomAlias
+
+            args = [args[0], RoomAlias.from_string(args[1])]
+        result = fn(*args)
+    except BaseException as e:
+        done(json.dumps(_error_payload(e)))
+        return
+
+    def ok(value):
+        try:
+            done(json.dumps(classify(kind, value), default=str))
+        except BaseException as e:
+            done(json.dumps(_error_payload(e)))
+
+    def fail(failure):
+        done(json.dumps(_error_payload(failure.value)))
+
+    if inspect.isawaitable(result) or isinstance(result, defer.Deferred):
+        d = result if isinstance(result, defer.Deferred) else defer.ensureDeferred(result)
+        d.addCallbacks(ok, fail)
+    else:
+        ok(result)
+
+
+def arity(fn):
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return -1
+
+
+# --- web resources -----------------------------------------------------------------------------
+
+_sites = {}
+
+
+def mount(path, resource):
+    """A Site whose tree holds `resource` at `path`, as Synapse's create_resource_tree does."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    root = Resource()
+    node = root
+    segments = path.encode().split(b"/")[1:]
+    for i, seg in enumerate(segments):
+        if i == len(segments) - 1:
+            node.putChild(seg, resource)
+        else:
+            child = Resource()
+            node.putChild(seg, child)
+            node = child
+    site = Site(root)
+    site.logRequest = False
+    site.noisy = False
+    _sites[path] = site
+
+
+def serve(path, method, uri, headers, body, client_ip, done):
+    """Feeds one HTTP request to the resource's Site over an in-memory transport."""
+    from twisted.internet import address
+    from twisted.internet.testing import StringTransport
+
+    site = _sites[path]
+
+    class Transport(StringTransport):
+        finished = False
+
+        def loseConnection(self):
+            if not self.finished:
+                self.finished = True
+                raw = self.value()
+                head, _, rest = raw.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                status = int(lines[0].split(b" ")[1])
+                hdrs = []
+                for line in lines[1:]:
+                    k, _, v = line.partition(b":")
+                    hdrs.append([k.decode("latin-1"), v.strip().decode("latin-1")])
+                done(status, json.dumps(hdrs), rest)
+            StringTransport.loseConnection(self)
+
+    try:
+        proto = site.buildProtocol(address.IPv4Address("TCP", client_ip or "127.0.0.1", 0))
+        transport = Transport(peerAddress=address.IPv4Address("TCP", client_ip or "127.0.0.1", 0))
+        proto.makeConnection(transport)
+        req = [f"{method} {uri} HTTP/1.0".encode()]
+        for k, v in json.loads(headers):
+            if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                req.append(f"{k}: {v}".encode("latin-1"))
+        req.append(b"Content-Length: %d" % len(body))
+        req.append(b"Connection: close")
+        proto.dataReceived(b"\r\n".join(req) + b"\r\n\r\n" + bytes(body))
+    except BaseException:
+        traceback.print_exc(file=sys.stderr)
+        done(500, "[]", b'{"errcode":"M_UNKNOWN","error":"Internal server error"}')

@@ -1,0 +1,3 @@
+from synapse.config._base import ConfigError
+
+__all__ = ["ConfigError"]

@@ -1,0 +1,279 @@
+"""synapse.module_api, backed by Myelin.
+
+`ModuleApi` forwards to the Rust host: registration goes into Myelin's one callback registry,
+and the asynchronous members return Deferreds that the host fires on this thread's reactor.
+Members Myelin lacks raise an AttributeError saying so.
+"""
+
+import base64
+import json
+import logging
+
+from twisted.internet import defer, task
+
+from synapse.api.errors import Codes, HttpResponseException, SynapseError  # noqa: F401
+from synapse.events import EventBase  # noqa: F401
+from synapse.http.server import (  # noqa: F401
+    DirectServeHtmlResource,
+    DirectServeJsonResource,
+    respond_with_html,
+    respond_with_json,
+)
+from synapse.http.servlet import parse_json_object_from_request  # noqa: F401
+from synapse.logging.context import make_deferred_yieldable, run_in_background  # noqa: F401
+from synapse.metrics.background_process_metrics import run_as_background_process  # noqa: F401
+from synapse.module_api import errors  # noqa: F401
+from synapse.spam_checker_api import RegistrationBehaviour  # noqa: F401
+from synapse.types import JsonDict, RoomAlias, StateMap, UserID  # noqa: F401
+
+logger = logging.getLogger(__name__)
+
+NOT_SPAM = "NOT_SPAM"
+PRESENCE_ALL_USERS = "ALL"
+
+_SPAM_CALLBACKS = (
+    "check_event_for_spam", "user_may_invite", "user_may_join_room", "user_may_create_room",
+    "user_may_create_room_alias", "user_may_publish_room", "user_may_send_state_event",
+    "check_username_for_spam", "check_registration_for_spam", "check_login_for_spam",
+    "check_media_file_for_spam",
+)
+# Synapse accepts these too; Myelin cannot call them yet (they need federation or 3PID invites).
+_SPAM_CALLBACKS_NOT_YET = ("federated_user_may_invite", "user_may_send_3pid_invite", "should_drop_federated_event")
+
+
+class UserProfile(dict):
+    pass
+
+
+class ProfileInfo:
+    def __init__(self, avatar_url, display_name):
+        self.avatar_url = avatar_url
+        self.display_name = display_name
+
+
+class UserInfo:
+    def __init__(self, d):
+        self.user_id = UserID.from_string(d["user_id"])
+        self.is_admin = d["is_admin"]
+        self.is_guest = d["is_guest"]
+        self.is_deactivated = d["is_deactivated"]
+        self.is_shadow_banned = d["is_shadow_banned"]
+        self.creation_ts = d.get("creation_ts", 0)
+        self.user_type = None
+        self.approved = True
+        self.locked = False
+        self.suspended = False
+        self.appservice_id = None
+        self.consent_server_notice_sent = None
+        self.consent_version = None
+        self.consent_ts = None
+
+
+def _deferred_call(host, op, args, convert=lambda x: x):
+    d = defer.Deferred()
+
+    def resolve(text):
+        r = json.loads(text)
+        if "error" in r:
+            e = r["error"]
+            d.errback(SynapseError(e["status"], e["message"], e["errcode"], e.get("fields") or None))
+        elif "http_status" in r:
+            d.errback(HttpResponseException(r["http_status"], "HTTP %d" % r["http_status"],
+                                            base64.b64decode(r["body"])))
+        else:
+            d.callback(convert(r["ok"]))
+
+    host.call(op, json.dumps(args), resolve)
+    return d
+
+
+class SimpleHttpClient:
+    """ModuleApi.http_client: get_json and post_json_get_json, raising HttpResponseException."""
+
+    def __init__(self, host):
+        self._host = host
+
+    @staticmethod
+    def _headers(headers):
+        out = []
+        for k, v in (headers or {}).items():
+            k = k.decode() if isinstance(k, bytes) else k
+            for value in v if isinstance(v, (list, tuple)) else [v]:
+                out.append([k, value.decode() if isinstance(value, bytes) else value])
+        return out
+
+    def get_json(self, uri, args=None, headers=None):
+        if args:
+            from urllib.parse import urlencode
+
+            uri = uri + ("&" if "?" in uri else "?") + urlencode(args, doseq=True)
+        return _deferred_call(self._host, "http", {"method": "GET", "url": uri, "headers": self._headers(headers)})
+
+    def post_json_get_json(self, uri, post_json, headers=None):
+        return _deferred_call(self._host, "http", {"method": "POST", "url": uri, "headers": self._headers(headers),
+                                                   "body": post_json})
+
+
+class PublicRoomListManager:
+    def __init__(self, host):
+        self._host = host
+
+    def room_is_in_public_room_list(self, room_id):
+        return _deferred_call(self._host, "room_is_public", {"room_id": room_id})
+
+    def add_room_to_public_room_list(self, room_id):
+        return _deferred_call(self._host, "set_room_public", {"room_id": room_id, "public": True})
+
+    def remove_room_from_public_room_list(self, room_id):
+        return _deferred_call(self._host, "set_room_public", {"room_id": room_id, "public": False})
+
+
+class ModuleApi:
+    def __init__(self, host, module_name):
+        self._host = host
+        self._module_name = module_name
+        self._http_client = SimpleHttpClient(host)
+        self._public_room_list_manager = PublicRoomListManager(host)
+
+    def __getattr__(self, name):
+        raise AttributeError("Myelin's ModuleApi does not provide %r (yet)" % (name,))
+
+    # --- registration ---
+
+    def register_spam_checker_callbacks(
+        self, *, check_event_for_spam=None, user_may_invite=None, user_may_join_room=None,
+        user_may_create_room=None, user_may_create_room_alias=None, user_may_publish_room=None,
+        user_may_send_state_event=None, check_username_for_spam=None, check_registration_for_spam=None,
+        check_login_for_spam=None, check_media_file_for_spam=None, federated_user_may_invite=None,
+        user_may_send_3pid_invite=None, should_drop_federated_event=None,
+    ):
+        given = dict(locals())
+        for name in _SPAM_CALLBACKS:
+            fn = given[name]
+            if fn is not None:
+                from myelin_host import arity
+
+                self._host.register_spam(self._module_name, name, fn, arity(fn))
+        for name in _SPAM_CALLBACKS_NOT_YET:
+            if given[name] is not None:
+                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+
+    def register_web_resource(self, path, resource):
+        import myelin_host
+
+        if self._host.register_web(self._module_name, path):
+            myelin_host.mount(path, resource)
+
+    # --- facts ---
+
+    @property
+    def server_name(self):
+        return self._host.server_name()
+
+    @property
+    def public_baseurl(self):
+        return self._host.public_baseurl()
+
+    @property
+    def worker_name(self):
+        return None
+
+    @property
+    def worker_app(self):
+        return None
+
+    @property
+    def http_client(self):
+        return self._http_client
+
+    @property
+    def public_room_list_manager(self):
+        return self._public_room_list_manager
+
+    def get_qualified_user_id(self, username):
+        if username.startswith("@"):
+            return username
+        return UserID(username, self.server_name).to_string()
+
+    def is_mine(self, id):
+        s = id.to_string() if hasattr(id, "to_string") else str(id)
+        return s.partition(":")[2] == self.server_name
+
+    def should_run_background_tasks(self):
+        return True
+
+    def get_current_time_msec(self):
+        import time
+
+        return int(time.time() * 1000)
+
+    # --- users ---
+
+    def get_userinfo_by_id(self, user_id):
+        return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id},
+                              lambda r: UserInfo(r) if r else None)
+
+    def check_user_exists(self, user_id):
+        user_id = self.get_qualified_user_id(user_id)
+        return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id},
+                              lambda r: r["user_id"] if r else None)
+
+    def is_user_admin(self, user_id):
+        return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id},
+                              lambda r: bool(r and r["is_admin"]))
+
+    def get_profile_for_user(self, localpart):
+        return _deferred_call(self._host, "get_profile_for_user", {"user": localpart},
+                              lambda r: ProfileInfo(r["avatar_url"], r["display_name"]) if r else None)
+
+    # --- rooms ---
+
+    def create_and_send_event_into_room(self, event_dict):
+        return _deferred_call(self._host, "create_and_send_event_into_room", {"event": event_dict}, EventBase)
+
+    def update_room_membership(self, sender, target, room_id, new_membership, content=None, remote_room_hosts=None):
+        return _deferred_call(self._host, "update_room_membership",
+                              {"sender": sender, "target": target, "room_id": room_id, "membership": new_membership},
+                              EventBase)
+
+    def create_room(self, user_id, config, ratelimit=True, creator_join_profile=None):
+        return _deferred_call(self._host, "create_room", {"user_id": user_id, "config": config}, tuple)
+
+    def lookup_room_alias(self, room_alias):
+        return _deferred_call(self._host, "lookup_room_alias", {"alias": str(room_alias)}, tuple)
+
+    # --- background work ---
+
+    def sleep(self, seconds):
+        from twisted.internet import reactor
+
+        return task.deferLater(reactor, seconds, lambda: None)
+
+    def looping_background_call(self, f, msec, *args, desc=None, run_on_all_instances=False, **kwargs):
+        def call():
+            return run_as_background_process(desc or getattr(f, "__name__", "looping_call"), f, *args, **kwargs)
+
+        loop = task.LoopingCall(call)
+        loop.start(msec / 1000.0, now=False)
+        return loop
+
+    def delayed_background_call(self, msec, f, *args, desc=None, **kwargs):
+        from twisted.internet import reactor
+
+        return reactor.callLater(msec / 1000.0, run_as_background_process, desc or "delayed_call", f, *args, **kwargs)
+
+    def run_as_background_process(self, desc, func, *args, bg_start_span=True, **kwargs):
+        return run_as_background_process(desc, func, *args, **kwargs)
+
+    def defer_to_thread(self, f, *args, **kwargs):
+        from twisted.internet import threads
+
+        return threads.deferToThread(f, *args, **kwargs)
+
+
+__all__ = [
+    "errors", "make_deferred_yieldable", "parse_json_object_from_request", "respond_with_html",
+    "run_in_background", "run_as_background_process", "DirectServeHtmlResource", "DirectServeJsonResource",
+    "ModuleApi", "NOT_SPAM", "PRESENCE_ALL_USERS", "EventBase", "UserID", "RoomAlias", "JsonDict", "StateMap",
+    "UserProfile", "ProfileInfo", "RegistrationBehaviour", "SimpleHttpClient",
+]

@@ -1,0 +1,78 @@
+"""synapse.types: identifiers and typing aliases modules use."""
+
+from typing import Any, Dict, Mapping, Tuple
+
+JsonDict = Dict[str, Any]
+JsonMapping = Mapping[str, Any]
+StateKey = Tuple[str, str]
+StateMap = Dict[StateKey, Any]
+
+
+class _DomainSpecificString:
+    SIGIL = ""
+
+    def __init__(self, localpart, domain):
+        self.localpart = localpart
+        self.domain = domain
+
+    @classmethod
+    def from_string(cls, s):
+        if not s or s[0] != cls.SIGIL or ":" not in s:
+            from synapse.api.errors import Codes, SynapseError
+
+            raise SynapseError(400, "Expected %s string to start with '%s'" % (cls.__name__, cls.SIGIL), Codes.INVALID_PARAM)
+        local, _, domain = s[1:].partition(":")
+        return cls(local, domain)
+
+    @classmethod
+    def is_valid(cls, s):
+        try:
+            cls.from_string(s)
+            return True
+        except Exception:
+            return False
+
+    def to_string(self):
+        return "%s%s:%s" % (self.SIGIL, self.localpart, self.domain)
+
+    __str__ = to_string
+
+    def __repr__(self):
+        return "%s(%r, %r)" % (type(self).__name__, self.localpart, self.domain)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_string() == other.to_string()
+
+    def __hash__(self):
+        return hash(self.to_string())
+
+
+class UserID(_DomainSpecificString):
+    SIGIL = "@"
+
+
+class RoomAlias(_DomainSpecificString):
+    SIGIL = "#"
+
+
+class RoomID(_DomainSpecificString):
+    SIGIL = "!"
+
+
+class EventID(_DomainSpecificString):
+    SIGIL = "$"
+
+
+def create_requester(user_id, device_id=None, is_guest=False, shadow_banned=False, authenticated_entity=None, **_):
+    return Requester(UserID.from_string(str(user_id)), device_id, is_guest, shadow_banned)
+
+
+class Requester:
+    def __init__(self, user, device_id=None, is_guest=False, shadow_banned=False, access_token_id=None):
+        self.user = user
+        self.device_id = device_id
+        self.is_guest = is_guest
+        self.shadow_banned = shadow_banned
+        self.access_token_id = access_token_id
+        self.authenticated_entity = user.to_string()
+        self.app_service = None

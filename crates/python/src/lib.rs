@@ -1,0 +1,638 @@
+//! Myelin's embedded CPython host: Synapse's Python modules, unchanged, on Myelin.
+//!
+//! # Layout
+//! - [`PythonModules`]: the loader core falls back to for `module:` names that are not native.
+//!   It starts the interpreter on first use, so servers without Python modules never pay for it.
+//! - `PythonRuntime`: one dedicated thread runs an asyncio loop with Twisted's asyncio reactor
+//!   installed before any module is imported (`py/myelin_host.py`); module code runs only there.
+//! - `PyHost`: the object behind the shim's `ModuleApi`; it registers Python callbacks into the
+//!   shared registry as ordinary [`myelin_module_api`] callbacks.
+//! - `py/synapse/`: the compatibility package (`synapse.module_api` and friends).
+//!
+//! # Key decisions
+//! - Work reaches the Python thread through `loop.call_soon_threadsafe`; results come back
+//!   through one-shot channels, always as JSON text (or bytes for web responses), so no Python
+//!   object is touched outside the GIL.
+//! - Return values are normalised in Python (`myelin_host.classify`), with Synapse's own rules,
+//!   into a small JSON vocabulary that becomes the typed decisions here.
+//! - Web resources are served by Twisted itself: each request is fed as HTTP bytes to a real
+//!   `twisted.web.server.Site` over an in-memory transport, so 405/`Allow`, HEAD, trailing-slash
+//!   404, "Request did not return bytes" and `NOT_DONE_YET` behave as on Synapse.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use myelin_core::modules::{ForeignLoadError, ForeignModule, ForeignModules};
+use myelin_module_api::spam::*;
+use myelin_module_api::web::{Request, Response, WebResource};
+use myelin_module_api::{EventView, ModuleApi, ModuleError};
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyTuple};
+use serde_json::{Value, json};
+
+/// The shim and host files, written to a private directory at start-up.
+const FILES: &[(&str, &str)] = &[
+    ("myelin_host.py", include_str!("../py/myelin_host.py")),
+    ("synapse/__init__.py", include_str!("../py/synapse/__init__.py")),
+    ("synapse/api/__init__.py", include_str!("../py/synapse/api/__init__.py")),
+    ("synapse/api/errors.py", include_str!("../py/synapse/api/errors.py")),
+    ("synapse/config/__init__.py", include_str!("../py/synapse/config/__init__.py")),
+    ("synapse/config/_base.py", include_str!("../py/synapse/config/_base.py")),
+    ("synapse/events/__init__.py", include_str!("../py/synapse/events/__init__.py")),
+    ("synapse/events/utils.py", include_str!("../py/synapse/events/utils.py")),
+    ("synapse/http/__init__.py", include_str!("../py/synapse/http/__init__.py")),
+    ("synapse/http/server.py", include_str!("../py/synapse/http/server.py")),
+    ("synapse/http/servlet.py", include_str!("../py/synapse/http/servlet.py")),
+    ("synapse/logging/__init__.py", include_str!("../py/synapse/logging/__init__.py")),
+    ("synapse/logging/context.py", include_str!("../py/synapse/logging/context.py")),
+    ("synapse/metrics/__init__.py", include_str!("../py/synapse/metrics/__init__.py")),
+    (
+        "synapse/metrics/background_process_metrics.py",
+        include_str!("../py/synapse/metrics/background_process_metrics.py"),
+    ),
+    ("synapse/module_api/__init__.py", include_str!("../py/synapse/module_api/__init__.py")),
+    ("synapse/module_api/errors.py", include_str!("../py/synapse/module_api/errors.py")),
+    ("synapse/spam_checker_api/__init__.py", include_str!("../py/synapse/spam_checker_api/__init__.py")),
+    ("synapse/types/__init__.py", include_str!("../py/synapse/types/__init__.py")),
+    ("synapse/util/__init__.py", include_str!("../py/synapse/util/__init__.py")),
+];
+
+/// The interpreter thread and its asyncio loop.
+struct PythonRuntime {
+    /// `myelin_host`, imported on the Python thread.
+    host: Py<PyModule>,
+    /// Where the shim lives; removed when the runtime goes.
+    _dir: tempfile::TempDir,
+    /// Tokio, for the async ModuleApi calls Python makes; set when modules are instantiated.
+    tokio: OnceLock<tokio::runtime::Handle>,
+}
+
+fn py_err(e: PyErr) -> String {
+    Python::attach(|py| {
+        let tb = e.traceback(py).and_then(|t| t.format().ok()).unwrap_or_default();
+        format!("{tb}{e}")
+    })
+}
+
+impl PythonRuntime {
+    fn start() -> Result<Arc<Self>, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        for (path, text) in FILES {
+            let p = dir.path().join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(&p, text).map_err(|e| e.to_string())?;
+        }
+        let shim = dir.path().to_string_lossy().into_owned();
+        let venv = std::env::var("VIRTUAL_ENV").ok();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<Py<PyModule>, String>>();
+        std::thread::Builder::new()
+            .name("python".into())
+            .spawn(move || {
+                let started = Python::attach(|py| -> PyResult<Py<PyModule>> {
+                    let sys = py.import("sys")?;
+                    sys.getattr("path")?.call_method1("insert", (0, shim))?;
+                    if let Some(venv) = venv {
+                        // A venv's packages, as `pip install` put them there.
+                        let code = format!(
+                            "import site, sys\nsite.addsitedir('{venv}/lib/python%d.%d/site-packages' % sys.version_info[:2])"
+                        );
+                        py.run(&std::ffi::CString::new(code).unwrap_or_default(), None, None)?;
+                    }
+                    let host = py.import("myelin_host")?;
+                    host.call_method0("start")?;
+                    Ok(host.unbind())
+                });
+                match started {
+                    Ok(host) => {
+                        let run = Python::attach(|py| host.clone_ref(py));
+                        let _ = tx.send(Ok(run));
+                        Python::attach(|py| {
+                            if let Err(e) = host.bind(py).call_method0("run") {
+                                tracing::error!("the Python module thread stopped: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(py_err(e)));
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let host = rx.recv().map_err(|e| e.to_string())??;
+        Ok(Arc::new(PythonRuntime { host, _dir: dir, tokio: OnceLock::new() }))
+    }
+
+    /// Runs `f` on the Python thread, in the reactor, with the GIL.
+    fn submit(&self, f: impl FnOnce(Python<'_>) -> PyResult<()> + Send + 'static) {
+        let f = Mutex::new(Some(f));
+        let result = Python::attach(|py| -> PyResult<()> {
+            let job =
+                PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
+                    if let Some(f) = f.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        f(args.py())?;
+                    }
+                    Ok(())
+                })?;
+            self.host.bind(py).call_method1("submit", (job,))?;
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!("could not reach the Python thread: {}", py_err(e));
+        }
+    }
+
+    /// Calls `myelin_host.<function>(*args, done)` and waits for the JSON `done` receives.
+    fn call_json(
+        self: &Arc<Self>,
+        function: &'static str,
+        args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Vec<Py<PyAny>>> + Send + 'static,
+    ) -> futures::channel::oneshot::Receiver<String> {
+        let (tx, rx) = futures::channel::oneshot::channel::<String>();
+        let me = self.clone();
+        self.submit(move |py| {
+            let tx = Mutex::new(Some(tx));
+            let done = PyCFunction::new_closure(py, None, None, move |a: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
+                let text: String = a.get_item(0)?.extract()?;
+                if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.send(text);
+                }
+                Ok(())
+            })?;
+            let mut all = args(py)?;
+            all.push(done.into_any().unbind());
+            me.host.bind(py).call_method1(function, PyTuple::new(py, all)?)?;
+            Ok(())
+        });
+        rx
+    }
+
+    fn call_json_blocking(
+        self: &Arc<Self>,
+        function: &'static str,
+        args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Vec<Py<PyAny>>> + Send + 'static,
+    ) -> Result<Value, String> {
+        let rx = self.call_json(function, args);
+        let text = futures::executor::block_on(rx).map_err(|_| "the Python thread dropped the call".to_owned())?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    }
+}
+
+/// The fallback loader: `module:` names that are not native are imported as Python dotted paths.
+#[derive(Default)]
+pub struct PythonModules {
+    runtime: OnceLock<Arc<PythonRuntime>>,
+}
+
+impl PythonModules {
+    /// A loader that starts Python only when a Python module is configured.
+    pub fn new() -> Arc<Self> {
+        Arc::new(PythonModules::default())
+    }
+
+    fn runtime(&self) -> Result<Arc<PythonRuntime>, String> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt.clone());
+        }
+        let rt = PythonRuntime::start()?;
+        Ok(self.runtime.get_or_init(|| rt).clone())
+    }
+}
+
+fn to_py(py: Python<'_>, s: &str) -> Py<PyAny> {
+    s.into_pyobject(py).map(|o| o.into_any().unbind()).unwrap_or_else(|_| py.None())
+}
+
+impl ForeignModules for PythonModules {
+    fn load(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
+        let rt = self.runtime().map_err(ForeignLoadError::Fatal)?;
+        let (n, c) = (name.to_owned(), config.to_string());
+        let answer = rt
+            .call_json_blocking("load_module", move |py| Ok(vec![to_py(py, &n), to_py(py, &c)]))
+            .map_err(ForeignLoadError::Fatal)?;
+        if let Some(index) = answer.get("ok").and_then(Value::as_u64) {
+            return Ok(Box::new(PythonModule { name: name.to_owned(), index, runtime: rt }));
+        }
+        if let Some(e) = answer.get("config_error") {
+            return Err(ForeignLoadError::Config {
+                path: e["path"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+                message: e["message"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        Err(ForeignLoadError::Fatal(answer["fatal"].as_str().unwrap_or("unknown error").to_owned()))
+    }
+}
+
+struct PythonModule {
+    name: String,
+    index: u64,
+    runtime: Arc<PythonRuntime>,
+}
+
+impl ForeignModule for PythonModule {
+    fn instantiate(self: Box<Self>, api: &ModuleApi) -> Result<(), String> {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let _ = self.runtime.tokio.set(handle);
+        }
+        let host = PyHost { api: api.clone(), runtime: self.runtime.clone() };
+        let (name, index) = (self.name.clone(), self.index);
+        let answer = self.runtime.call_json_blocking("instantiate", move |py| {
+            Ok(vec![to_py(py, &name), index.into_pyobject(py)?.into_any().unbind(), Py::new(py, host)?.into_any()])
+        })?;
+        match answer.get("fatal") {
+            Some(tb) => Err(tb.as_str().unwrap_or_default().to_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The host object behind the shim's `ModuleApi`.
+#[pyclass]
+struct PyHost {
+    api: ModuleApi,
+    runtime: Arc<PythonRuntime>,
+}
+
+fn module_error(v: &Value) -> Option<ModuleError> {
+    if let Some(m) = v.get("matrix") {
+        return Some(ModuleError::Matrix {
+            status: m["status"].as_u64().unwrap_or(500) as u16,
+            errcode: m["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
+            message: m["error"].as_str().unwrap_or_default().to_owned(),
+            fields: m["fields"].as_object().cloned().unwrap_or_default(),
+        });
+    }
+    v.get("exception").map(|tb| ModuleError::Other(tb.as_str().unwrap_or_default().to_owned()))
+}
+
+fn decision(v: Value) -> Result<Decision, ModuleError> {
+    if let Some(e) = module_error(&v) {
+        return Err(e);
+    }
+    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+        tracing::warn!("{w}");
+    }
+    match v.get("deny") {
+        Some(code) => Ok(Decision::deny_with(
+            code.as_str().unwrap_or("M_FORBIDDEN"),
+            v["fields"].as_object().cloned().unwrap_or_default(),
+        )),
+        None => Ok(Decision::Allow),
+    }
+}
+
+impl PyHost {
+    /// A callback that runs `function` on the Python thread with `args` (JSON), normalising
+    /// the result as `kind` requires.
+    fn invoke(
+        &self,
+        kind: &'static str,
+        function: &Py<PyAny>,
+        args: Value,
+    ) -> BoxFuture<'static, Result<Value, ModuleError>> {
+        let f = Python::attach(|py| function.clone_ref(py));
+        let rx = self.runtime.call_json("invoke", move |py| Ok(vec![to_py(py, kind), f, to_py(py, &args.to_string())]));
+        Box::pin(async move {
+            let text = rx.await.map_err(|_| ModuleError::other("the Python thread dropped the call"))?;
+            serde_json::from_str(&text).map_err(ModuleError::other)
+        })
+    }
+
+    fn callback<A: Send + 'static, R: Send + 'static>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        function: Py<PyAny>,
+        args: impl Fn(A) -> Value + Send + Sync + 'static,
+        result: fn(Value) -> Result<R, ModuleError>,
+    ) -> Callback<A, R> {
+        let me = self.clone();
+        let function = Arc::new(function);
+        Arc::new(move |a: A| {
+            let call = me.invoke(kind, &function, args(a));
+            Box::pin(async move { result(call.await?) })
+        })
+    }
+}
+
+#[pymethods]
+impl PyHost {
+    fn server_name(&self) -> String {
+        self.api.server_name().to_owned()
+    }
+
+    fn public_baseurl(&self) -> String {
+        String::new()
+    }
+
+    /// Adds one callback to the shared registry; `arity` picks Synapse's argument forms.
+    fn register_spam(&self, _module: &str, name: &str, function: Py<PyAny>, arity: i64) -> PyResult<()> {
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let mut cbs = SpamCheckerCallbacks::default();
+        match name {
+            "check_event_for_spam" => {
+                cbs.check_event_for_spam = Some(me.callback(
+                    "check_event_for_spam",
+                    function,
+                    |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                    |v| {
+                        if let Some(e) = module_error(&v) {
+                            return Err(e);
+                        }
+                        if let Some(m) = v.get("message").and_then(Value::as_str) {
+                            return Ok(EventDecision::DenyWithMessage(m.to_owned()));
+                        }
+                        Ok(match decision(v)? {
+                            Decision::Allow => EventDecision::Allow,
+                            Decision::Deny(d) => EventDecision::Deny(d),
+                        })
+                    },
+                ))
+            }
+            "user_may_invite" => {
+                cbs.user_may_invite = Some(me.callback(
+                    "user_may_invite",
+                    function,
+                    |(a, b, c): (String, String, String)| json!([a, b, c]),
+                    decision,
+                ))
+            }
+            "user_may_join_room" => {
+                cbs.user_may_join_room = Some(me.callback(
+                    "user_may_join_room",
+                    function,
+                    |(a, b, c): (String, String, bool)| json!([a, b, c]),
+                    decision,
+                ))
+            }
+            "user_may_create_room" => {
+                cbs.user_may_create_room = Some(me.callback(
+                    "user_may_create_room",
+                    function,
+                    // Exactly two parameters: the new form with the room config (Synapse).
+                    move |(u, c): (String, RoomConfig)| if arity == 2 { json!([u, c]) } else { json!([u]) },
+                    decision,
+                ))
+            }
+            "user_may_create_room_alias" => {
+                cbs.user_may_create_room_alias = Some(me.callback(
+                    "user_may_create_room_alias",
+                    function,
+                    |(a, b): (String, String)| json!([a, b]),
+                    decision,
+                ))
+            }
+            "user_may_publish_room" => {
+                cbs.user_may_publish_room = Some(me.callback(
+                    "user_may_publish_room",
+                    function,
+                    |(a, b): (String, String)| json!([a, b]),
+                    decision,
+                ))
+            }
+            "user_may_send_state_event" => {
+                cbs.user_may_send_state_event = Some(me.callback(
+                    "user_may_send_state_event",
+                    function,
+                    |(a, b, c, d, e): StateEventArgs| json!([a, b, c, d, e]),
+                    decision,
+                ))
+            }
+            "check_username_for_spam" => {
+                cbs.check_username_for_spam = Some(me.callback(
+                    "check_username_for_spam",
+                    function,
+                    move |(p, r): (UserProfile, String)| {
+                        let profile =
+                            json!({"user_id": p.user_id, "display_name": p.display_name, "avatar_url": p.avatar_url});
+                        if arity == 2 { json!([profile, r]) } else { json!([profile]) }
+                    },
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(false)),
+                    },
+                ))
+            }
+            "check_registration_for_spam" => {
+                cbs.check_registration_for_spam = Some(me.callback(
+                    "check_registration_for_spam",
+                    function,
+                    |(e, u, i, p): RegistrationArgs| json!([e, u, i, p]),
+                    |v| {
+                        if let Some(e) = module_error(&v) {
+                            return Err(e);
+                        }
+                        Ok(match v["registration"].as_str() {
+                            Some("shadow_ban") => RegistrationBehaviour::ShadowBan,
+                            Some("deny") => RegistrationBehaviour::Deny,
+                            _ => RegistrationBehaviour::Allow,
+                        })
+                    },
+                ))
+            }
+            "check_login_for_spam" => {
+                cbs.check_login_for_spam = Some(me.callback(
+                    "check_login_for_spam",
+                    function,
+                    |(a, b, c, d, e): LoginArgs| json!([a, b, c, d, e]),
+                    decision,
+                ))
+            }
+            "check_media_file_for_spam" => {
+                cbs.check_media_file_for_spam = Some(me.callback(
+                    "check_media_file_for_spam",
+                    function,
+                    |(f,): (MediaFile,)| json!([f.path.to_string_lossy(), f.media_id, f.server_name, f.thumbnail]),
+                    decision,
+                ))
+            }
+            other => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown spam checker callback {other}")));
+            }
+        }
+        self.api
+            .register_spam_checker_callbacks(cbs)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Serves `path` through the module's Twisted resource (mounted by the caller).
+    fn register_web(&self, _module: &str, path: &str) -> PyResult<bool> {
+        let resource = PyResource { runtime: self.runtime.clone(), path: path.to_owned() };
+        self.api
+            .register_web_resource(path, resource)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Runs an asynchronous ModuleApi operation on Tokio; `resolve(json)` fires on the reactor.
+    fn call(&self, op: String, args: String, resolve: Py<PyAny>) -> PyResult<()> {
+        let Some(handle) = self.runtime.tokio.get().cloned() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("ModuleApi calls are not available before start-up"));
+        };
+        let api = self.api.clone();
+        let runtime = self.runtime.clone();
+        handle.spawn(async move {
+            let args: Value = serde_json::from_str(&args).unwrap_or_default();
+            let answer = run_op(&api, &op, &args).await;
+            runtime.submit(move |py| {
+                resolve.call1(py, (answer.to_string(),))?;
+                Ok(())
+            });
+        });
+        Ok(())
+    }
+}
+
+fn ok_or_error(r: Result<Value, ModuleError>) -> Value {
+    match r {
+        Ok(v) => json!({"ok": v}),
+        Err(ModuleError::Matrix { status, errcode, message, fields }) => {
+            json!({"error": {"status": status, "errcode": errcode, "message": message, "fields": fields}})
+        }
+        Err(e) => json!({"error": {"status": 500, "errcode": "M_UNKNOWN", "message": e.to_string()}}),
+    }
+}
+
+async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
+    let s = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+    match op {
+        "get_userinfo_by_id" => json!({"ok": api.get_userinfo_by_id(&s("user_id")).await.map(|u| json!({
+            "user_id": u.user_id, "is_admin": u.is_admin, "is_guest": u.is_guest,
+            "is_deactivated": u.is_deactivated, "is_shadow_banned": u.is_shadow_banned, "creation_ts": u.creation_ts}))}),
+        "get_profile_for_user" => json!({"ok": api.get_profile_for_user(&s("user")).await.map(|p| json!({
+            "display_name": p.display_name, "avatar_url": p.avatar_url}))}),
+        "create_and_send_event_into_room" => ok_or_error(
+            api.create_and_send_event_into_room(a["event"].as_object().cloned().unwrap_or_default())
+                .await
+                .map(|e| Value::Object(e.as_json().clone())),
+        ),
+        "update_room_membership" => ok_or_error(
+            api.update_room_membership(&s("sender"), &s("target"), &s("room_id"), &s("membership"))
+                .await
+                .map(|e| Value::Object(e.as_json().clone())),
+        ),
+        "create_room" => ok_or_error(
+            api.create_room(&s("user_id"), a["config"].as_object().cloned().unwrap_or_default())
+                .await
+                .map(|(r, al)| json!([r, al])),
+        ),
+        "lookup_room_alias" => {
+            ok_or_error(api.lookup_room_alias(&s("alias")).await.map(|(r, servers)| json!([r, servers])))
+        }
+        "room_is_public" => ok_or_error(
+            api.public_room_list_manager().room_is_in_public_room_list(&s("room_id")).await.map(Value::Bool),
+        ),
+        "set_room_public" => {
+            let m = api.public_room_list_manager();
+            let r = if a["public"].as_bool().unwrap_or(false) {
+                m.add_room_to_public_room_list(&s("room_id")).await
+            } else {
+                m.remove_room_from_public_room_list(&s("room_id")).await
+            };
+            ok_or_error(r.map(|_| Value::Null))
+        }
+        "http" => {
+            let body = if a.get("body").is_some() { a["body"].to_string().into_bytes() } else { Vec::new() };
+            let mut headers: Vec<(String, String)> = a["headers"]
+                .as_array()
+                .map(|h| {
+                    h.iter().filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned()))).collect()
+                })
+                .unwrap_or_default();
+            if !body.is_empty() {
+                headers.push(("Content-Type".into(), "application/json".into()));
+            }
+            let request = myelin_module_api::http::HttpRequest { method: s("method"), url: s("url"), headers, body };
+            match api.http_client().request(request).await {
+                Ok(r) if (200..300).contains(&r.status) => match serde_json::from_slice::<Value>(&r.body) {
+                    Ok(v) => json!({"ok": v}),
+                    Err(e) => json!({"exception": format!("invalid JSON in response: {e}")}),
+                },
+                Ok(r) => {
+                    json!({"http_status": r.status, "body": base64::engine::general_purpose::STANDARD.encode(&r.body)})
+                }
+                Err(e) => json!({"exception": e.to_string()}),
+            }
+        }
+        other => {
+            json!({"error": {"status": 500, "errcode": "M_UNKNOWN", "message": format!("unknown operation {other}")}})
+        }
+    }
+}
+
+/// A module's Twisted resource, served through a real `Site` on the Python thread.
+struct PyResource {
+    runtime: Arc<PythonRuntime>,
+    path: String,
+}
+
+impl WebResource for PyResource {
+    fn handle(&self, request: Request) -> BoxFuture<'static, Response> {
+        let (tx, rx) = futures::channel::oneshot::channel::<(u16, String, Vec<u8>)>();
+        let path = self.path.clone();
+        let method = request.method().as_str().to_owned();
+        let uri = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let headers: Vec<Value> =
+            request.headers().iter().filter_map(|(k, v)| Some(json!([k.as_str(), v.to_str().ok()?]))).collect();
+        let client = request
+            .extensions()
+            .get::<myelin_module_api::web::ClientAddress>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        let body = request.into_body();
+        self.runtime.submit(move |py| {
+            let tx = Mutex::new(Some(tx));
+            let done = PyCFunction::new_closure(py, None, None, move |a: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
+                let status: u16 = a.get_item(0)?.extract()?;
+                let headers: String = a.get_item(1)?.extract()?;
+                let body: Vec<u8> = a.get_item(2)?.extract()?;
+                if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.send((status, headers, body));
+                }
+                Ok(())
+            })?;
+            let host = py.import("myelin_host")?;
+            host.call_method1(
+                "serve",
+                (
+                    path,
+                    method,
+                    uri,
+                    Value::Array(headers).to_string(),
+                    pyo3::types::PyBytes::new(py, &body),
+                    client,
+                    done,
+                ),
+            )?;
+            Ok(())
+        });
+        Box::pin(async move {
+            let Ok((status, headers, body)) = rx.await else {
+                return myelin_module_api::web::json_response(
+                    500,
+                    &json!({"errcode": "M_UNKNOWN", "error": "Internal server error"}),
+                );
+            };
+            let mut builder = http::Response::builder().status(status);
+            let parsed: Vec<(String, String)> = serde_json::from_str::<Vec<Vec<String>>>(&headers)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
+                .collect();
+            for (k, v) in parsed {
+                // The transport-level headers are Myelin's to set.
+                if !["connection", "transfer-encoding", "content-length", "date", "server"]
+                    .contains(&k.to_lowercase().as_str())
+                {
+                    builder = builder.header(k, v);
+                }
+            }
+            builder.body(Bytes::from(body)).unwrap_or_else(|_| http::Response::new(Bytes::new()))
+        })
+    }
+}

@@ -1,0 +1,313 @@
+//! Synapse's Python modules on the embedded interpreter: loading, return-value normalisation,
+//! errors, the ModuleApi, and Twisted web resources (tests/python_modules/).
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn py(label: &str, config: Value) -> String {
+    let mut c = config;
+    c["label"] = json!(label);
+    format!("  - module: scripted.Scripted\n    config: {c}\n")
+}
+
+async fn with(entries: &[String]) -> Server {
+    Server::start_with(&format!("modules:\n{}", entries.concat())).await
+}
+
+async fn py_calls(s: &Server, label: &str) -> Vec<Value> {
+    let (st, b) = s.get(&format!("/_synapse/client/py/{label}/calls"), None).await;
+    assert_eq!(st, 200, "{b}");
+    b.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_seed_example_runs_unchanged() {
+    let s = Server::start_with("modules:\n  - module: seed_example.DemoModule\n    config: {}\n").await;
+    let evil = s.register("evilguy").await;
+    let good = s.register("goodguy").await;
+    let (st, b) = s.post("/_matrix/client/v3/createRoom", Some(&evil.token), json!({})).await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "You are not permitted to create rooms"})));
+    s.create_room(&good, json!({})).await;
+    // Its resource is served by Twisted, and fails exactly as on Synapse: the example passes
+    // bytes to json.dumps (and would return a str), so Twisted answers 500 "Processing Failed".
+    let resp = reqwest::get(s.url("/_synapse/client/demo/hello?name=bob")).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(resp.text().await.unwrap().contains("Processing Failed"));
+}
+
+async fn invite_with(spec: &str) -> (u16, Value) {
+    let s = with(&[py("i", json!({"returns": {"user_may_invite": spec}}))]).await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let r = s.invite(&alice, &room, "@bob:test").await;
+    assert_eq!(s.get("/_matrix/client/versions", None).await.0, 200, "still serving");
+    r
+}
+
+#[tokio::test]
+async fn case_25_user_may_invite_return_forms() {
+    let disabled = "Invites have been disabled on this server";
+    assert_eq!(invite_with("True").await.0, 200);
+    assert_eq!(invite_with("NOT_SPAM").await.0, 200);
+    assert_eq!(invite_with("False").await, (403, json!({"errcode": "M_FORBIDDEN", "error": disabled})));
+    assert_eq!(invite_with("None").await, (403, json!({"errcode": "M_FORBIDDEN", "error": disabled})));
+    assert_eq!(
+        invite_with("Codes.CONSENT_NOT_GIVEN").await,
+        (403, json!({"errcode": "M_CONSENT_NOT_GIVEN", "error": disabled}))
+    );
+    assert_eq!(
+        invite_with("(Codes.FORBIDDEN, {'k': 'v'})").await,
+        (403, json!({"errcode": "M_FORBIDDEN", "error": disabled, "k": "v"}))
+    );
+    assert_eq!(invite_with("'M_FORBIDDEN'").await.0, 403, "a plain string is invalid here");
+    assert_eq!(
+        invite_with("raise SynapseError(418, 'teapot', 'M_TEAPOT')").await,
+        (418, json!({"errcode": "M_TEAPOT", "error": "teapot"}))
+    );
+    assert_eq!(
+        invite_with("raise RuntimeError('bug')").await,
+        (500, json!({"errcode": "M_UNKNOWN", "error": "Internal server error"}))
+    );
+}
+
+async fn send_with(spec: &str, sync: bool) -> (u16, Value) {
+    let mut config = json!({"returns": {"check_event_for_spam": spec}});
+    if sync {
+        config["sync"] = json!(["check_event_for_spam"]);
+    }
+    let s = with(&[py("e", config)]).await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    s.send_text(&alice, &room, "hello").await
+}
+
+#[tokio::test]
+async fn case_16_20_check_event_for_spam_return_forms() {
+    let probable = "This message has been rejected as probable spam";
+    assert_eq!(send_with("'NOT_SPAM'", false).await.0, 200);
+    assert_eq!(send_with("''.join(['NOT_', 'SPAM'])", false).await.0, 200, "equality, not identity, here");
+    assert_eq!(send_with("False", true).await.0, 200, "sync callbacks work too");
+    assert_eq!(send_with("True", false).await, (403, json!({"errcode": "M_FORBIDDEN", "error": probable})));
+    assert_eq!(
+        send_with("Codes.LIMIT_EXCEEDED", false).await,
+        (403, json!({"errcode": "M_LIMIT_EXCEEDED", "error": probable}))
+    );
+    assert_eq!(
+        send_with("(Codes.SERVER_NOT_TRUSTED, {'additional_field': '12345'})", false).await,
+        (403, json!({"errcode": "M_SERVER_NOT_TRUSTED", "error": probable, "additional_field": "12345"}))
+    );
+    assert_eq!(
+        send_with("'custom message'", false).await,
+        (403, json!({"errcode": "M_FORBIDDEN", "error": "custom message"}))
+    );
+    for invalid in ["None", "0", "(Codes.FORBIDDEN,)"] {
+        assert_eq!(
+            send_with(invalid, false).await,
+            (403, json!({"errcode": "M_FORBIDDEN", "error": probable})),
+            "{invalid}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_callbacks_arity_and_argument_shapes() {
+    let s = with(&[py(
+        "o",
+        json!({"returns": {
+            "user_may_join_room": "True", "user_may_create_room": "True", "user_may_create_room_alias": "NOT_SPAM",
+            "user_may_publish_room": "False", "check_username_for_spam": "False", "check_login_for_spam": "NOT_SPAM",
+            "user_may_send_state_event": "True", "check_registration_for_spam": "RegistrationBehaviour.ALLOW",
+        }}),
+    )])
+    .await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "x"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let (st, b) = s
+        .put(
+            &format!("/_matrix/client/v3/directory/list/room/{room}"),
+            Some(&alice.token),
+            json!({"visibility": "public"}),
+        )
+        .await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("This user is not permitted to publish rooms to the room list")));
+    let (st, b) = s
+        .put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"), Some(&alice.token), json!({"topic": "t"}))
+        .await;
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (403, Some("You are not permitted to send the state event")),
+        "True is invalid here"
+    );
+    assert_eq!(
+        s.put("/_matrix/client/v3/directory/room/%23x:test", Some(&alice.token), json!({"room_id": room})).await.0,
+        200
+    );
+    let (_, found) =
+        s.post("/_matrix/client/v3/user_directory/search", Some(&alice.token), json!({"search_term": "bob"})).await;
+    assert_eq!(found["results"].as_array().unwrap().len(), 1);
+    s.login("alice").await;
+    let calls = py_calls(&s, "o").await;
+    let args =
+        |name: &str| calls.iter().find(|c| c["callback"] == name).map(|c| c["args"].clone()).unwrap_or(Value::Null);
+    assert_eq!(args("user_may_join_room"), json!(["@bob:test", room, false]));
+    assert_eq!(args("user_may_create_room")[1]["name"], "x", "two parameters: the config is passed");
+    assert_eq!(args("user_may_create_room_alias"), json!(["@alice:test", "#x:test"]), "a RoomAlias, str() as #x:test");
+    assert_eq!(args("check_username_for_spam")[0]["user_id"], "@bob:test");
+    assert_eq!(args("check_username_for_spam")[1], "@alice:test");
+    assert_eq!(args("check_registration_for_spam")[1], "alice");
+    assert_eq!(args("check_login_for_spam")[0], "@alice:test");
+}
+
+#[tokio::test]
+async fn case_35_one_argument_forms_and_registration_results() {
+    let s = with(&[py(
+        "a",
+        json!({"returns": {"user_may_create_room": "True", "check_registration_for_spam": "'allow'"},
+               "one_arg": ["user_may_create_room"]}),
+    )])
+    .await;
+    let (st, b) = s.try_register("alice").await;
+    assert_eq!(
+        (st, b["errcode"].as_str()),
+        (500, Some("M_UNKNOWN")),
+        "47: a plain string is not a RegistrationBehaviour"
+    );
+    let s = with(&[py(
+        "b",
+        json!({"returns": {"user_may_create_room": "True", "check_registration_for_spam": "RegistrationBehaviour.DENY"},
+               "one_arg": ["user_may_create_room"]}),
+    )])
+    .await;
+    let (st, b) = s.try_register("alice").await;
+    assert_eq!((st, b), (429, json!({"errcode": "M_UNKNOWN", "error": "Rate limited"})));
+    let s = with(&[py("c", json!({"returns": {"user_may_create_room": "True"}, "one_arg": ["user_may_create_room"]}))])
+        .await;
+    let alice = s.register("alice").await;
+    s.create_room(&alice, json!({"name": "one"})).await;
+    assert_eq!(py_calls(&s, "c").await[0]["args"], json!(["@alice:test"]), "one parameter: only the user");
+}
+
+#[tokio::test]
+async fn case_07_08_none_config_and_config_order_with_native_modules() {
+    let s = Server::start_with(&format!(
+        "modules:\n  - module: scripted.NoneConfig\n    config: {{a: 1}}\n{}{}",
+        py("first", json!({"returns": {"user_may_invite": "False"}})),
+        py("second", json!({"returns": {"user_may_invite": "True"}}))
+    ))
+    .await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.invite(&alice, &room, "@bob:test").await.0, 403);
+    assert_eq!(py_calls(&s, "first").await.len(), 1);
+    assert_eq!(py_calls(&s, "second").await.len(), 0, "the first denial wins");
+}
+
+fn startup_fails(modules: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("homeserver.yaml");
+    std::fs::write(&path, base_config(&format!("modules:\n{modules}"))).unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("listening on"), "no port may be opened: {stderr}");
+    stderr
+}
+
+#[test]
+fn cases_01_06_python_loading_errors() {
+    assert_eq!(
+        startup_fails(
+            "  - module: myelin.demo.DemoModule\n  - module: scripted.Scripted\n    config: {threshold: -1}\n"
+        ),
+        "\nError in configuration at 'modules.<item 1>.config.threshold':\n  Failed to parse config for module 'scripted.Scripted':\n    threshold must be positive\n"
+    );
+    assert_eq!(
+        startup_fails("  - module: scripted.Scripted\n    config: {value_error: true}\n"),
+        "\nError in configuration at 'modules.<item 0>.config':\n  Failed to parse config for module 'scripted.Scripted':\n    oops\n"
+    );
+    let missing = startup_fails("  - module: no_such_package.Module\n");
+    assert!(
+        missing.contains("Traceback") && missing.contains("ModuleNotFoundError: No module named 'no_such_package'"),
+        "{missing}"
+    );
+    let attr = startup_fails("  - module: scripted.Nope\n");
+    assert!(attr.contains("AttributeError: module 'scripted' has no attribute 'Nope'"), "{attr}");
+    let ctor = startup_fails("  - module: scripted.Scripted\n    config: {constructor_raises: true}\n");
+    assert!(ctor.contains("Error during startup:") && ctor.contains("RuntimeError: constructor says no"), "{ctor}");
+    let bad = startup_fails("  - module: scripted.Scripted\n    config: {bad_callback: true}\n");
+    assert!(
+        bad.contains(
+            "TypeError: ModuleApi.register_spam_checker_callbacks() got an unexpected keyword argument 'not_a_callback'"
+        ),
+        "{bad}"
+    );
+}
+
+#[tokio::test]
+async fn twisted_resources_behave_as_on_synapse() {
+    let s = with(&[py("w", json!({"web": true}))]).await;
+    let base = "/_synapse/client/py/w";
+    let (st, b) = s.get(&format!("{base}/plain?x=1&x=2"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(b["args"], json!({"x": ["1", "2"]}));
+    assert_eq!(b["client"], "127.0.0.1");
+    let client = reqwest::Client::new();
+    let resp = client.post(s.url(&format!("{base}/plain"))).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("PUT") && allow.contains("HEAD"), "{allow}");
+    let resp = client.put(s.url(&format!("{base}/plain"))).body("payload").send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "put:payload");
+    let resp = client.head(s.url(&format!("{base}/plain"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.get(&format!("{base}/plain/"), None).await.0, 404, "unknown child (trailing slash)");
+    let resp = reqwest::get(s.url(&format!("{base}/str"))).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(resp.text().await.unwrap().contains("Request did not return bytes"));
+    assert_eq!(reqwest::get(s.url(&format!("{base}/raises"))).await.unwrap().status(), 500);
+    assert_eq!(reqwest::get(s.url(&format!("{base}/later"))).await.unwrap().text().await.unwrap(), "later");
+    assert_eq!(reqwest::get(s.url(&format!("{base}/thread"))).await.unwrap().text().await.unwrap(), "from a thread");
+    assert_eq!(s.get("/_matrix/client/versions", None).await.0, 200);
+}
+
+async fn api(s: &Server, body: Value) -> Value {
+    let (st, b) = s.post("/_synapse/client/py/m/api", None, body).await;
+    assert_eq!(st, 200, "{b}");
+    b
+}
+
+#[tokio::test]
+async fn the_python_module_api_reaches_myelin() {
+    let s = with(&[py("m", json!({}))]).await;
+    let alice = s.register("alice").await;
+    assert_eq!(
+        api(&s, json!({"op": "userinfo", "user_id": "@alice:test"})).await,
+        json!({"user_id": "@alice:test", "is_admin": false})
+    );
+    assert_eq!(api(&s, json!({"op": "userinfo", "user_id": "@nobody:test"})).await, Value::Null);
+    assert_eq!(api(&s, json!({"op": "exists", "user": "alice"})).await, json!({"exists": "@alice:test"}));
+    assert_eq!(api(&s, json!({"op": "profile", "user": "alice"})).await, json!({"display_name": "alice"}));
+    let created =
+        api(&s, json!({"op": "create_room", "user_id": "@alice:test", "config": {"room_alias_name": "py"}})).await;
+    assert_eq!(created["alias"], "#py:test");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let sent = api(&s, json!({"op": "send", "event": {"type": "m.room.message", "room_id": room, "sender": "@alice:test", "content": {"body": "from python"}}})).await;
+    let id = sent["event_id"].as_str().unwrap();
+    assert_eq!(
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(&alice.token)).await.1["content"]["body"],
+        "from python"
+    );
+    let ok = api(&s, json!({"op": "get_json", "url": s.url("/_matrix/client/versions")})).await;
+    assert!(ok["ok"]["versions"].is_array());
+    assert_eq!(
+        api(&s, json!({"op": "get_json", "url": s.url("/_matrix/client/v3/nope")})).await,
+        json!({"error": "HttpResponseException", "code": 404})
+    );
+    assert_eq!(api(&s, json!({"op": "sleep"})).await, json!({"slept": true}));
+    let missing = api(&s, json!({"op": "missing"})).await;
+    assert!(missing["error"].as_str().unwrap().contains("does not provide 'run_db_interaction'"));
+}

@@ -1,0 +1,201 @@
+"""A Python test module whose callbacks return what its config says, recording every call.
+
+config:
+  label: name for /_synapse/client/py/<label>/calls
+  returns: {callback_name: "<python expression>"}   e.g. "False", "(Codes.LIMIT_EXCEEDED, {'k': 'v'})"
+           or "raise <expression>" to raise it
+  sync: [callback names implemented as plain functions instead of coroutines]
+  one_arg: [callbacks registered in their one-parameter form]
+  web: true   also mounts the Twisted test resources under /_synapse/client/py/<label>/...
+"""
+
+import json
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from synapse.api.errors import Codes, SynapseError
+from synapse.http.server import DirectServeJsonResource
+from synapse.module_api import NOT_SPAM, ModuleApi
+from synapse.module_api.errors import ConfigError
+from synapse.spam_checker_api import RegistrationBehaviour
+
+NAMESPACE = {"Codes": Codes, "NOT_SPAM": NOT_SPAM, "SynapseError": SynapseError,
+             "RegistrationBehaviour": RegistrationBehaviour}
+
+
+class Calls(DirectServeJsonResource):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    async def _async_render_GET(self, request):
+        return 200, self.calls
+
+
+class Plain(Resource):
+    isLeaf = False
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps({"args": {k.decode(): [x.decode() for x in v] for k, v in request.args.items()},
+                           "client": request.getClientAddress().host}).encode()
+
+    def render_PUT(self, request):
+        return b"put:" + request.content.read()
+
+
+class ReturnsStr(Resource):
+    def render_GET(self, request):
+        return "not bytes"
+
+
+class Raises(Resource):
+    def render_GET(self, request):
+        raise ValueError("boom")
+
+
+class Later(Resource):
+    def render_GET(self, request):
+        def finish():
+            request.write(b"later")
+            request.finish()
+
+        task.deferLater(reactor, 0.05, finish)
+        return NOT_DONE_YET
+
+
+class Threaded(Resource):
+    def render_GET(self, request):
+        d = threads.deferToThread(lambda: b"from a thread")
+
+        def done(body):
+            request.write(body)
+            request.finish()
+
+        d.addCallback(done)
+        return NOT_DONE_YET
+
+
+class ApiCalls(DirectServeJsonResource):
+    def __init__(self, api):
+        super().__init__()
+        self.api = api
+
+    async def _async_render_POST(self, request):
+        body = json.loads(request.content.read())
+        op = body["op"]
+        if op == "userinfo":
+            info = await self.api.get_userinfo_by_id(body["user_id"])
+            return 200, None if info is None else {"user_id": info.user_id.to_string(), "is_admin": info.is_admin}
+        if op == "exists":
+            return 200, {"exists": await self.api.check_user_exists(body["user"])}
+        if op == "profile":
+            p = await self.api.get_profile_for_user(body["user"])
+            return 200, None if p is None else {"display_name": p.display_name}
+        if op == "send":
+            try:
+                ev = await self.api.create_and_send_event_into_room(body["event"])
+                return 200, {"event_id": ev.event_id}
+            except SynapseError as e:
+                return 200, {"error": [e.code, str(getattr(e.errcode, "value", e.errcode)), e.msg]}
+        if op == "create_room":
+            room_id, alias = await self.api.create_room(body["user_id"], body.get("config", {}))
+            return 200, {"room_id": room_id, "alias": alias}
+        if op == "get_json":
+            try:
+                return 200, {"ok": await self.api.http_client.get_json(body["url"])}
+            except Exception as e:
+                return 200, {"error": type(e).__name__, "code": getattr(e, "code", None)}
+        if op == "sleep":
+            await self.api.sleep(0.05)
+            return 200, {"slept": True}
+        if op == "missing":
+            try:
+                self.api.run_db_interaction
+            except AttributeError as e:
+                return 200, {"error": str(e)}
+        return 400, {"error": "unknown op"}
+
+
+def make_callback(name, spec, calls, label, sync):
+    def compute(args):
+        calls.append({"callback": name, "module": label, "args": args})
+        if spec.startswith("raise "):
+            raise eval(spec[len("raise "):], NAMESPACE)
+        return eval(spec, NAMESPACE)
+
+    def plain(*args):
+        return compute([_jsonable(a) for a in args])
+
+    async def coro(*args):
+        return compute([_jsonable(a) for a in args])
+
+    return plain if sync else coro
+
+
+def _jsonable(a):
+    if hasattr(a, "get_dict"):
+        return {"event_id": a.event_id, "type": a.type, "content": dict(a.content)}
+    if isinstance(a, (str, int, float, bool, type(None), list, dict)):
+        return a
+    if isinstance(a, tuple):
+        return list(a)
+    return str(a)
+
+
+class Scripted:
+    def __init__(self, config, api: ModuleApi):
+        self.calls = []
+        config = config or {}
+        label = config.get("label", "py")
+        callbacks = {}
+        for name, spec in (config.get("returns") or {}).items():
+            fn = make_callback(name, spec, self.calls, label, name in config.get("sync", []))
+            if name in config.get("one_arg", []):
+                inner = fn
+                fn = (lambda f: lambda first: f(first))(inner)
+            elif name in ("user_may_create_room", "check_username_for_spam"):
+                inner = fn
+                fn = (lambda f: lambda a, b: f(a, b))(inner)
+            callbacks[name] = fn
+        if config.get("bad_callback"):
+            callbacks["not_a_callback"] = lambda: None
+        api.register_spam_checker_callbacks(**callbacks)
+        api.register_web_resource(f"/_synapse/client/py/{label}/calls", Calls(self.calls))
+        api.register_web_resource(f"/_synapse/client/py/{label}/api", ApiCalls(api))
+        if config.get("web"):
+            base = f"/_synapse/client/py/{label}"
+            api.register_web_resource(base + "/plain", Plain())
+            api.register_web_resource(base + "/str", ReturnsStr())
+            api.register_web_resource(base + "/raises", Raises())
+            api.register_web_resource(base + "/later", Later())
+            api.register_web_resource(base + "/thread", Threaded())
+        if config.get("constructor_raises"):
+            raise RuntimeError("constructor says no")
+
+    @staticmethod
+    def parse_config(config):
+        if config.get("threshold") is not None and config["threshold"] <= 0:
+            raise ConfigError("threshold must be positive", path=["threshold"])
+        if config.get("value_error"):
+            raise ValueError("oops")
+        if config.get("return_none"):
+            return None
+        return config
+
+
+class NoneConfig:
+    """parse_config returns None; the constructor must receive None (case 7)."""
+
+    def __init__(self, config, api):
+        assert config is None, config
+        api.register_spam_checker_callbacks(user_may_invite=self.user_may_invite)
+
+    @staticmethod
+    def parse_config(config):
+        return None
+
+    async def user_may_invite(self, inviter, invitee, room_id):
+        return NOT_SPAM
