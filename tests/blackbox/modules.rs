@@ -56,14 +56,22 @@ fn case_01_03_config_errors_have_synapses_paths() {
 }
 
 #[test]
-fn case_04_unknown_modules_stop_start_up() {
+fn case_04_unknown_modules_stop_start_up_with_a_traceback() {
+    // Not native, so imported as a Python dotted path, which fails as on Synapse: a raw
+    // traceback, not a formatted config error, and exit 1.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("homeserver.yaml");
-    std::fs::write(&path, base_config("modules:\n  - module: no.such.Module\n")).unwrap();
-    let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("Error in configuration at 'modules.<item 0>.module':"), "{stderr}");
-    assert!(stderr.contains("Unknown module 'no.such.Module'"), "{stderr}");
+    for (module, expected) in [
+        ("no.such.Module", "ModuleNotFoundError: No module named 'no'"),
+        ("nodots", "ValueError: not enough values to unpack (expected 2, got 1)"),
+    ] {
+        std::fs::write(&path, base_config(&format!("modules:\n  - module: {module}\n"))).unwrap();
+        let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(stderr.contains("Traceback (most recent call last)"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("Error in configuration"), "{stderr}");
+    }
 }
 
 #[test]

@@ -135,7 +135,11 @@ pub(crate) fn load_module_configs(
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
         Some(_) => {
-            return Err(ConfigError { path: vec!["modules".into()], lines: vec!["expected a list".into()], raw: false });
+            return Err(ConfigError {
+                path: vec!["modules".into()],
+                lines: vec!["expected a list".into()],
+                raw: false,
+            });
         }
     };
     let mut out = Vec::new();
