@@ -267,19 +267,25 @@ async def run_target(t: Target, cmd, workdir):
     t.stop()
 
 
+PY_ENV = {"PYTHONPATH": str(ROOT / "bench" / "modules"), "VIRTUAL_ENV": str(ROOT / "tests" / "clients" / ".venv")}
+
+
 async def module_overhead():
-    """Send throughput at 8 clients without modules and with the demo module, interleaved."""
+    """Send throughput at 8 clients without modules, with the demo module and with a Python
+    check_event_for_spam module, interleaved."""
     demo = "modules:\n  - module: myelin.demo.DemoModule\n    config: {denied_user: '@evil:bench'}\n"
-    rates = {"none": [], "demo": []}
+    python = "modules:\n  - module: noop_spam.NoopSpam\n"
+    variants = {"none": "", "demo": demo, "python": python}
+    rates = {"none": [], "demo": [], "python": []}
     for round_ in range(3):
-        for variant in ("none", "demo"):
+        for variant in ("none", "demo", "python"):
             t = Target(f"myelin-{variant}", 28450)
             d = WORK / f"myelin-{variant}-{round_}"
             shutil.rmtree(d, ignore_errors=True)
-            cmd = myelin_config(d, t.port, demo if variant == "demo" else "")
+            cmd = myelin_config(d, t.port, variants[variant])
             log = open(WORK / f"{t.name}.log", "w")
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
-                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d, env={**os.environ, **PY_ENV})
                 await t.wait_ready(session, time.monotonic())
                 users = [await register(session, t, f"m{i}") for i in range(8)]
                 room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom", users[0]["access_token"],
@@ -290,8 +296,60 @@ async def module_overhead():
                 rate, _ = await send_throughput(session, t, users, room, 8, 800 if QUICK else 2400)
                 rates[variant].append(rate)
             t.stop()
-    none, demo_rate = statistics.median(rates["none"]), statistics.median(rates["demo"])
-    return none, demo_rate, rates
+    return {k: statistics.median(v) for k, v in rates.items()}, rates
+
+
+async def antispam_overhead():
+    """Per-call cost of the antispam module beyond the backend round trip: native vs Python."""
+    from aiohttp import web
+
+    async def ok(_request):
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/{callback}", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 28460)
+    await site.start()
+    base = "http://127.0.0.1:28460/api"
+    n = 100 if QUICK else 300
+    out = {}
+    async with aiohttp.ClientSession() as session:
+        async def backend_rtt():
+            times = []
+            for _ in range(n):
+                start = time.perf_counter()
+                async with session.post(base + "/user_may_invite", json={"inviter": "a", "invitee": "b", "room_id": "r"}) as r:
+                    await r.read()
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+        for variant, module in (("none", None), ("native", "synapse_http_antispam.HTTPAntispam"),
+                                ("python", "py_http_antispam.HTTPAntispam")):
+            cfg = "" if module is None else (
+                f"modules:\n  - module: {module}\n    config: {{base_url: '{base}', enabled_callbacks: [user_may_invite]}}\n")
+            t = Target(f"myelin-antispam-{variant}", 28451)
+            d = WORK / f"myelin-antispam-{variant}"
+            shutil.rmtree(d, ignore_errors=True)
+            cmd = myelin_config(d, t.port, cfg)
+            log = open(WORK / f"{t.name}.log", "w")
+            env = {**os.environ, **PY_ENV, "PYTHONPATH": str(ROOT / "tests" / "python_modules")}
+            t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d, env=env)
+            await t.wait_ready(session, time.monotonic())
+            a = await register(session, t, "a")
+            await register(session, t, "b")
+            room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom", a["access_token"], {}))["room_id"]
+
+            async def invite(_):
+                await call(session, "POST", f"{t.base}/_matrix/client/v3/rooms/{room}/invite", a["access_token"],
+                           {"user_id": "@b:bench"})
+            await timed(invite, 20)
+            out[variant] = await timed(invite, n)
+            t.stop()
+        out["backend round trip"] = await backend_rtt()
+    await runner.cleanup()
+    return out
 
 
 LOWER_IS_BETTER = ("ms", "(s)", "MB")
@@ -325,11 +383,20 @@ async def main():
         syn.stop()
         my.stop()
     out = table([syn, my])
-    none, demo, rates = await module_overhead()
+    medians, rates = await module_overhead()
+    none = medians["none"]
+    out += "\n\nMyelin send throughput at 8 clients by module set (median of 3 interleaved runs, msg/s):\n\n"
+    out += "| modules | msg/s | vs none | runs |\n|---|---:|---:|---|\n"
+    for k in ("none", "demo", "python"):
+        out += f"| {k} | {medians[k]:,.0f} | {medians[k] / none * 100:.1f}% | {', '.join(f'{r:,.0f}' for r in rates[k])} |\n"
+    spam = await antispam_overhead()
+    native = (spam["native"] - spam["none"]) * 1e6
+    python = (spam["python"] - spam["none"]) * 1e6
+    rtt = spam["backend round trip"] * 1e6
     out += (
-        f"\n\nSend throughput at 8 clients, Myelin without modules vs with the demo module "
-        f"(median of 3 interleaved runs): {none:,.0f} vs {demo:,.0f} msg/s ({(demo / none - 1) * 100:+.1f}%); "
-        f"runs: {', '.join(f'{r:,.0f}' for r in rates['none'])} vs {', '.join(f'{r:,.0f}' for r in rates['demo'])}\n"
+        f"\nsynapse-http-antispam per call (median invite latency minus the no-module latency): native {native:,.0f} us, "
+        f"Python {python:,.0f} us; backend round trip from the load generator {rtt:,.0f} us. Beyond that round trip: "
+        f"native {native - rtt:,.0f} us, Python {python - rtt:,.0f} us ({(python - rtt) / max(native - rtt, 1):.1f}x).\n"
     )
     (WORK / "results.md").write_text(out + "\n")
     print(out)

@@ -10,6 +10,9 @@ if [ ! -x tests/clients/.venv/bin/python ]; then
   python3 -m venv tests/clients/.venv
 fi
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+# The Python original of the native antispam module, for the differential tests. It depends on
+# matrix-synapse, which Myelin's own `synapse` package stands in for.
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 
 # pyo3 builds against this interpreter, and the binaries get an rpath to its libpython.
