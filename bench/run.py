@@ -352,7 +352,9 @@ async def antispam_overhead():
     return out
 
 
-LOWER_IS_BETTER = ("ms", "(s)", "MB")
+def lower_is_better(key):
+    """Latencies, times and memory: lower wins; rates (msg/s) are higher-is-better."""
+    return "msg/s" not in key
 
 
 def table(targets):
@@ -363,7 +365,7 @@ def table(targets):
         s, m = syn.results.get(k), my.results.get(k)
         if s is None or m is None:
             continue
-        lower = any(tag in k for tag in LOWER_IS_BETTER)
+        lower = lower_is_better(k)
         ratio = (s / m if lower else m / s) if m and s else float("nan")
         lines.append(f"| {k} | {s:,.2f} | {m:,.2f} | {ratio:,.1f}x |")
     return "\n".join(lines)

@@ -374,3 +374,33 @@ async fn room_tags_and_bulk_device_deletion() {
     assert_eq!(s.post("/_matrix/client/v3/delete_devices", Some(&u.token), body).await.0, 200);
     assert_eq!(s.get("/_matrix/client/v3/devices", Some(&u.token)).await.1["devices"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn bcrypt_hashes_imported_from_synapse_still_log_in() {
+    let s = Server::start().await;
+    s.register("imported").await;
+    // Synapse stores bcrypt hashes; put one in place of the argon2 hash, as an import would.
+    let hash = bcrypt::hash("synapse-password", 4).unwrap();
+    let db = s.dir.path().join("data/homeserver.db");
+    let status = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('UPDATE users SET password_hash=? WHERE user_id=?', (sys.argv[2], '@imported:test')); c.commit()"])
+        .arg(&db)
+        .arg(&hash)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let login = |password: &'static str| {
+        let s = &s;
+        async move {
+            s.post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({"type": "m.login.password", "user": "imported", "password": password}),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(login("synapse-password").await, 200);
+    assert_eq!(login("password").await, 403);
+}

@@ -311,3 +311,101 @@ async fn the_python_module_api_reaches_myelin() {
     let missing = api(&s, json!({"op": "missing"})).await;
     assert!(missing["error"].as_str().unwrap().contains("does not provide 'run_db_interaction'"));
 }
+
+#[tokio::test]
+async fn cases_46_56_legacy_spam_checkers() {
+    let s = Server::start_with("spam_checker:\n  module: legacy.LegacyChecker\n  config: {x: 1}\n").await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let (st, b) = s.invite(&alice, &room, "@bob:test").await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "Invites have been disabled on this server"})));
+    assert_eq!(
+        s.send_text(&alice, &room, "forbidden words").await,
+        (403, json!({"errcode": "M_FORBIDDEN", "error": "legacy says no"}))
+    );
+    assert_eq!(s.send_text(&alice, &room, "fine words").await.0, 200);
+    // 46: a legacy three-parameter check_registration_for_spam is called and its DENY is a 429.
+    let (st, b) = s.try_register("legacydeny").await;
+    assert_eq!((st, b), (429, json!({"errcode": "M_UNKNOWN", "error": "Rate limited"})));
+    assert!(s.log_text().contains("'spam_checker' config option is deprecated"));
+    // A list form, with modules: first and a legacy checker with no methods (42).
+    let s = Server::start_with(&format!(
+        "spam_checker:\n  - module: legacy.Empty\n{}",
+        "modules:\n  - module: myelin.demo.DemoModule\n"
+    ))
+    .await;
+    let alice = s.register("alice").await;
+    s.register("zed").await;
+    s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let (st, _) =
+        s.post("/_matrix/client/v3/user_directory/search", Some(&alice.token), json!({"search_term": "zed"})).await;
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn case_57_legacy_spam_checker_syntax_errors() {
+    assert_eq!(
+        startup_fails_raw("spam_checker: 5\n"),
+        "\nError in configuration:\n  spam_checker syntax is incorrect\n"
+    );
+    assert_eq!(
+        startup_fails_raw("spam_checker:\n  - 5\n"),
+        "\nError in configuration at 'spam_checker.<item 0>':\n  expected a mapping\n"
+    );
+    let bad = startup_fails_raw("spam_checker:\n  module: legacy.BadRegistration\n");
+    assert!(bad.contains("RuntimeError: Bad signature for callback check_registration_for_spam"), "{bad}");
+}
+
+fn startup_fails_raw(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("homeserver.yaml");
+    std::fs::write(&path, base_config(yaml)).unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn third_party_rules_and_account_validity() {
+    let s = Server::start_with("modules:\n  - module: rules.Rules\n").await;
+    let alice = s.register("alice").await;
+    let expired = s.register("expired").await;
+    // on_create_room may amend the request, or refuse it.
+    let room = s.create_room(&alice, json!({"name": "fine"})).await;
+    let (_, topic) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"), Some(&alice.token)).await;
+    assert_eq!(topic, json!({"topic": "set by module"}));
+    let (st, b) = s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"name": "forbidden"})).await;
+    assert_eq!(
+        (st, b),
+        (403, json!({"errcode": "M_FORBIDDEN", "error": "Room creation forbidden with these parameters"}))
+    );
+    let (st, b) = s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"name": "teapot"})).await;
+    assert_eq!((st, b), (418, json!({"errcode": "M_TEAPOT", "error": "short and stout"})));
+    // check_event_allowed refuses, or replaces the content, of local events.
+    let (st, b) = s.send_text(&alice, &room, "blocked").await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "This event is not allowed in this context"})));
+    let (st, b) = s.send_text(&alice, &room, "censor me").await;
+    assert_eq!(st, 200);
+    let id = b["event_id"].as_str().unwrap();
+    let (_, ev) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(&alice.token)).await;
+    assert_eq!(ev["content"]["body"], "***");
+    assert_eq!(s.send_text(&alice, &room, "hello").await.0, 200);
+    // on_new_event saw the stored events; the state map reached check_event_allowed.
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = s.get("/_synapse/client/rules/seen", None).await.1;
+        if seen["new_events"].as_array().is_some_and(|e| e.iter().any(|x| x.as_str() == Some(id))) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen["new_events"].as_array().unwrap().iter().any(|x| x.as_str() == Some(id)), "{seen}");
+    assert!(seen["state_types"].as_array().unwrap().iter().any(|t| t == "m.room.power_levels"), "{seen}");
+    assert_eq!(seen["registered"], json!(["@alice:test", "@expired:test"]));
+    // An expired account is refused everywhere but logout.
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(&expired.token)).await;
+    assert_eq!((st, b), (403, json!({"errcode": "ORG_MATRIX_EXPIRED_ACCOUNT", "error": "User account has expired"})));
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200);
+    assert_eq!(s.post("/_matrix/client/v3/logout", Some(&expired.token), json!({})).await.0, 200);
+}

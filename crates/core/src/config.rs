@@ -111,6 +111,7 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_guest_access",
     "default_room_version",
     "modules",
+    "spam_checker",
     "log_level",
     "report_stats",
     "pid_file",
@@ -204,8 +205,17 @@ impl Config {
             }
         }
 
-        // Modules first, as Synapse: their parse_config runs before the other sections.
-        let modules = crate::modules::load_module_configs(root.get("modules"), natives)?;
+        // Modules first, as Synapse: their parse_config runs before the other sections. Legacy
+        // spam checkers come after them, so their callbacks run after the modules' ones.
+        let mut modules = crate::modules::load_module_configs(root.get("modules"), natives)?;
+        modules.extend(crate::modules::load_legacy_spam_checkers(root.get("spam_checker"), natives)?);
+        if root.get("spam_checker").is_some_and(|v| !v.is_null()) {
+            warnings.push(
+                "The 'spam_checker' config option is deprecated: legacy spam checkers still load, but \
+                 should be converted to modules (see docs/modules/python.md)"
+                    .into(),
+            );
+        }
 
         let server_name = w
             .string("server_name")?

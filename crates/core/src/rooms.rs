@@ -299,7 +299,8 @@ impl Homeserver {
         }
         let loaded = self.load_events(to_load).await?;
 
-        let draft = EventDraft {
+        let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64));
+        let draft = |content: Map<String, Value>| EventDraft {
             room_id,
             sender,
             kind,
@@ -310,9 +311,22 @@ impl Homeserver {
             depth: cache.depth + 1,
             // v11 moved `redacts` into content; v10 needs it at the top level too.
             redacts: if cache.rules.redaction.keep_room_redaction_redacts { None } else { redacts.as_deref() },
-            origin_server_ts: MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+            origin_server_ts,
         };
-        let signed = sign_event(draft, &cache.rules, self.server_name(), &self.key)?;
+        let mut signed = sign_event(draft(content), &cache.rules, self.server_name(), &self.key)?;
+        // Third-party rules see every local event, membership included, before the spam check;
+        // a module may replace the content, and the event is then built again.
+        let state_views = if self.modules.has_check_event_allowed() || self.modules.has_on_new_event() {
+            self.state_views(&cache.state).await?
+        } else {
+            Vec::new()
+        };
+        if self.modules.has_check_event_allowed() {
+            let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
+            if let Some(content) = self.modules.check_event_allowed(&view, &state_views).await? {
+                signed = sign_event(draft(content), &cache.rules, self.server_name(), &self.key)?;
+            }
+        }
         let pdu = signed.pdu;
 
         crate::state::check_auth(&cache.rules, &pdu, &loaded, &cache.state).map_err(Error::forbidden)?;
@@ -438,7 +452,28 @@ impl Homeserver {
         cache.depth += 1;
         drop(guard);
         self.advance_stream(stream);
+        if self.modules.has_on_new_event() {
+            let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
+            self.modules.spawn_on_new_event(view, state_views);
+        }
         Ok(Appended { pdu, json: signed.json })
+    }
+
+    /// The state events of a room as module views (for third-party rules).
+    async fn state_views(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<Vec<EventView>> {
+        let ids: Vec<String> = state.values().map(|e| e.to_string()).collect();
+        self.db(move |s| {
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(row) = s.get_event(&id)?
+                    && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&row.json)
+                {
+                    out.push(EventView::new(m));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn power_levels(&self, cache: &RoomCache) -> Result<PowerLevels> {
@@ -512,6 +547,7 @@ impl Homeserver {
         if requester.is_guest {
             return Err(guest_forbidden());
         }
+        let body = self.modules.on_create_room(requester.user_id.as_str(), body, requester.is_admin).await?;
         let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
             .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;
         let version = request.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());

@@ -141,8 +141,14 @@ fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
 }
 
 impl Homeserver {
-    /// Resolves an access token to its requester.
-    pub async fn authenticate(&self, token: Option<&str>, info: &RequestInfo) -> Result<Requester> {
+    /// Resolves an access token to its requester; expired accounts (account validity modules)
+    /// are refused unless `allow_expired` (logout).
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        info: &RequestInfo,
+        allow_expired: bool,
+    ) -> Result<Requester> {
         let Some(token) = token else {
             return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
         };
@@ -159,6 +165,9 @@ impl Homeserver {
         };
         if user.deactivated {
             return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token"));
+        }
+        if !allow_expired && self.modules.has_is_user_expired() && self.modules.is_user_expired(&user.user_id).await? {
+            return Err(crate::modules::third_party::expired());
         }
         let (u, d, ip) = (user.user_id.clone(), device_id.clone(), info.ip.clone());
         // Last-seen bookkeeping must not slow the request down.
@@ -431,6 +440,7 @@ impl Homeserver {
             }
             other => other?,
         }
+        self.modules.on_user_registration(user_id.as_str()).await;
         let login = match login {
             Some((device_id, name)) => Some(self.new_session(&user_id, device_id, name).await?),
             None => None,

@@ -120,7 +120,20 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts);
         let info = request_info(parts);
-        Ok(Auth(state.authenticate(token.as_deref(), &info).await?))
+        Ok(Auth(state.authenticate(token.as_deref(), &info, false).await?))
+    }
+}
+
+/// Like [`Auth`], but an expired account still passes (for logout, as in Synapse).
+pub struct AuthAllowExpired(pub Requester);
+
+impl FromRequestParts<AppState> for AuthAllowExpired {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts);
+        let info = request_info(parts);
+        Ok(AuthAllowExpired(state.authenticate(token.as_deref(), &info, true).await?))
     }
 }
 

@@ -153,7 +153,7 @@ async fn send_file(media: StoredMedia, name_override: Option<String>) -> Result<
         .await
         .map_err(|_| MatrixError::new(myelin_core::ErrorKind::NotFound, "Not found"))?;
     let name = name_override.or(media.upload_name);
-    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    let mut response = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)).into_response();
     let h = response.headers_mut();
     let header_value =
         |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));

@@ -46,6 +46,7 @@
 
 pub mod http;
 pub mod spam;
+pub mod third_party;
 pub mod web;
 
 use std::fmt;
@@ -279,6 +280,18 @@ pub trait Host: Send + Sync + 'static {
         module: &str,
         callbacks: spam::SpamCheckerCallbacks,
     ) -> Result<(), ModuleError>;
+    /// Adds third-party rules callbacks for `module`.
+    fn register_third_party_rules_callbacks(
+        &self,
+        module: &str,
+        callbacks: third_party::ThirdPartyRulesCallbacks,
+    ) -> Result<(), ModuleError>;
+    /// Adds account validity callbacks for `module`.
+    fn register_account_validity_callbacks(
+        &self,
+        module: &str,
+        callbacks: third_party::AccountValidityCallbacks,
+    ) -> Result<(), ModuleError>;
     /// Adds a web resource for `module`; the first registration of a path wins.
     fn register_web_resource(
         &self,
@@ -368,6 +381,20 @@ impl ModuleApi {
     /// Registers any subset of the spam-checker callbacks. Only allowed during construction.
     pub fn register_spam_checker_callbacks(&self, callbacks: spam::SpamCheckerCallbacks) -> Result<(), ModuleError> {
         self.host.register_spam_checker_callbacks(&self.module, callbacks)
+    }
+    /// Registers third-party event rules callbacks. Only allowed during construction.
+    pub fn register_third_party_rules_callbacks(
+        &self,
+        callbacks: third_party::ThirdPartyRulesCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.host.register_third_party_rules_callbacks(&self.module, callbacks)
+    }
+    /// Registers account validity callbacks. Only allowed during construction.
+    pub fn register_account_validity_callbacks(
+        &self,
+        callbacks: third_party::AccountValidityCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.host.register_account_validity_callbacks(&self.module, callbacks)
     }
     /// Serves `resource` at exactly `path` on every HTTP listener. Only allowed during
     /// construction. Use `/_synapse/client/<module>/...`: paths under built-in API roots are

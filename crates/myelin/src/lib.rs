@@ -107,8 +107,7 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(async move {
+            runtime().block_on(async move {
                 let hs = match open_services(config) {
                     Ok(hs) => hs,
                     Err(e) => {
@@ -151,10 +150,16 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
             for w in &config.warnings {
                 tracing::warn!("{w}");
             }
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(serve(config, modules))
+            runtime().block_on(serve(config, modules))
         }
     }
+}
+
+/// The Tokio runtime. Storage calls run on the blocking pool; SQLite serialises them on one
+/// connection anyway, so a small pool suffices, and it keeps memory flat under load (each
+/// blocking thread grows its own allocator arena).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build().expect("tokio runtime")
 }
 
 fn write_new_config(path: &Path, server_name: &str, data_dir: &str) -> Result<(), String> {

@@ -39,7 +39,7 @@ def submit(fn, *args):
 
 # --- loading -----------------------------------------------------------------------------------
 
-def load_module(name, config_json, done):
+def load_module(name, config_json, legacy, done):
     """Imports `a.b.Class`, runs its parse_config; done(json) with {"ok"} or {"config_error"} or {"fatal"}."""
     try:
         module_path, _, attr = name.rpartition(".")
@@ -60,23 +60,53 @@ def load_module(name, config_json, done):
                 else:
                     done(json.dumps({"config_error": {"message": str(e), "path": [], "wrapped": True}}))
                 return
-        _pending[name, len(_pending)] = (cls, config)
-        done(json.dumps({"ok": len(_pending) - 1}))
+        global _loaded
+        _loaded += 1
+        _pending[name, _loaded] = (cls, config, legacy)
+        done(json.dumps({"ok": _loaded}))
     except BaseException:
         done(json.dumps({"fatal": traceback.format_exc()}))
 
 
 _pending = {}
+_loaded = 0
 _instances = []
+
+# The methods a legacy spam checker may implement (Synapse's load_legacy_spam_checkers).
+_LEGACY_SPAM_METHODS = (
+    "check_event_for_spam", "user_may_invite", "federated_user_may_invite", "user_may_create_room",
+    "user_may_create_room_alias", "user_may_publish_room", "check_username_for_spam",
+    "check_registration_for_spam", "check_media_file_for_spam",
+)
+
+
+def _build_legacy(cls, config, api):
+    """Synapse's legacy construction: keywords, `api` only if the constructor names it."""
+    params = inspect.signature(cls).parameters
+    checker = cls(config=config, api=api) if "api" in params else cls(config=config)
+    found = {}
+    for name in _LEGACY_SPAM_METHODS:
+        method = getattr(checker, name, None)
+        if method is None:
+            continue
+        if name == "check_registration_for_spam":
+            n = arity(method)
+            if n == 3:
+                method = (lambda m: lambda email, username, request_info, auth_provider_id=None: m(email, username, request_info))(method)
+            elif n != 4:
+                raise RuntimeError("Bad signature for callback check_registration_for_spam")
+        found[name] = method
+    api.register_spam_checker_callbacks(**found)
+    return checker
 
 
 def instantiate(name, index, host, done):
     try:
-        cls, config = _pending.pop((name, index))
+        cls, config, legacy = _pending.pop((name, index))
         from synapse.module_api import ModuleApi
 
         api = ModuleApi(host, name)
-        _instances.append(cls(config, api))
+        _instances.append(_build_legacy(cls, config, api) if legacy else cls(config, api))
         done(json.dumps({"ok": True}))
     except BaseException:
         done(json.dumps({"fatal": traceback.format_exc()}))
@@ -96,6 +126,23 @@ def classify(kind, value):
     from synapse.spam_checker_api import RegistrationBehaviour
 
     forbidden = {"deny": "M_FORBIDDEN", "fields": {}}
+    if kind == "check_event_allowed":
+        # (allowed, replacement dict); an old-style plain dict means allowed with it.
+        if isinstance(value, dict):
+            return {"allowed": True, "replacement": value}
+        if isinstance(value, tuple) and len(value) == 2:
+            allowed, new = value
+            return {"allowed": bool(allowed), "replacement": new if isinstance(new, dict) else None}
+        return {"allowed": bool(value), "replacement": None}
+    if kind == "on_create_room":
+        result, config = value
+        if result is False:
+            return {"exception": "on_create_room returned False"}
+        return {"config": config}
+    if kind in ("on_new_event", "on_user_registration"):
+        return {"done": True}
+    if kind == "is_user_expired":
+        return {"expired": None if value is None else bool(value)}
     if kind == "check_username_for_spam":
         return {"bool": bool(value)}
     if kind == "check_registration_for_spam":
@@ -158,6 +205,13 @@ def invoke(kind, fn, args_json, done):
         args = json.loads(args_json)
         if kind in ("check_event_for_spam",):
             args = [make_event(args[0])]
+        elif kind in ("check_event_allowed", "on_new_event"):
+            state = {(e["type"], e.get("state_key", "")): make_event(e) for e in args[1]}
+            args = [make_event(args[0]), state]
+        elif kind == "on_create_room":
+            from synapse.types import create_requester
+
+            args = [create_requester(args[0]), args[1], args[2]]
         elif kind == "check_username_for_spam":
             from synapse.module_api import UserProfile
 
@@ -174,6 +228,8 @@ def invoke(kind, fn, args_json, done):
         return
 
     def ok(value):
+        if kind == "on_create_room":
+            value = (value, args[1])
         try:
             done(json.dumps(classify(kind, value), default=str))
         except BaseException as e:

@@ -30,7 +30,7 @@ use myelin_module_api::web::{Request, Response, WebResource};
 use myelin_module_api::{EventView, ModuleApi, ModuleError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyTuple};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// The shim and host files, written to a private directory at start-up.
 const FILES: &[(&str, &str)] = &[
@@ -208,10 +208,22 @@ fn to_py(py: Python<'_>, s: &str) -> Py<PyAny> {
 
 impl ForeignModules for PythonModules {
     fn load(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
+        self.load_with(name, config, false)
+    }
+
+    fn load_legacy_spam_checker(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
+        self.load_with(name, config, true)
+    }
+}
+
+impl PythonModules {
+    fn load_with(&self, name: &str, config: Value, legacy: bool) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
         let rt = self.runtime().map_err(ForeignLoadError::Fatal)?;
         let (n, c) = (name.to_owned(), config.to_string());
         let answer = rt
-            .call_json_blocking("load_module", move |py| Ok(vec![to_py(py, &n), to_py(py, &c)]))
+            .call_json_blocking("load_module", move |py| {
+                Ok(vec![to_py(py, &n), to_py(py, &c), legacy.into_pyobject(py)?.to_owned().into_any().unbind()])
+            })
             .map_err(ForeignLoadError::Fatal)?;
         if let Some(index) = answer.get("ok").and_then(Value::as_u64) {
             return Ok(Box::new(PythonModule { name: name.to_owned(), index, runtime: rt }));
@@ -458,6 +470,86 @@ impl PyHost {
         self.api
             .register_spam_checker_callbacks(cbs)
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Adds one third-party rules or account validity callback to the shared registry.
+    fn register_third_party(&self, _module: &str, name: &str, function: Py<PyAny>) -> PyResult<()> {
+        use myelin_module_api::third_party::*;
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let view_json = |e: &EventView| Value::Object(e.as_json().clone());
+        let mut rules = ThirdPartyRulesCallbacks::default();
+        let mut validity = AccountValidityCallbacks::default();
+        match name {
+            "check_event_allowed" => {
+                rules.check_event_allowed = Some(me.callback(
+                    "check_event_allowed",
+                    function,
+                    move |(e, state): (EventView, StateEvents)| {
+                        json!([view_json(&e), state.iter().map(view_json).collect::<Vec<_>>()])
+                    },
+                    |v| {
+                        if let Some(e) = module_error(&v) {
+                            return Err(e);
+                        }
+                        if !v["allowed"].as_bool().unwrap_or(false) {
+                            return Ok(EventAllowed::Deny);
+                        }
+                        // A replacement is a whole event dict; its content is what changes.
+                        Ok(match v["replacement"].get("content").and_then(Value::as_object) {
+                            Some(c) => EventAllowed::Replace(c.clone()),
+                            None => EventAllowed::Allow,
+                        })
+                    },
+                ))
+            }
+            "on_create_room" => {
+                rules.on_create_room = Some(me.callback(
+                    "on_create_room",
+                    function,
+                    |(u, c, admin): (String, Map<String, Value>, bool)| json!([u, c, admin]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["config"].as_object().cloned()),
+                    },
+                ))
+            }
+            "on_new_event" => {
+                rules.on_new_event = Some(me.callback(
+                    "on_new_event",
+                    function,
+                    move |(e, state): (EventView, StateEvents)| {
+                        json!([view_json(&e), state.iter().map(view_json).collect::<Vec<_>>()])
+                    },
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "is_user_expired" => {
+                validity.is_user_expired = Some(me.callback(
+                    "is_user_expired",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["expired"].as_bool()),
+                    },
+                ))
+            }
+            "on_user_registration" => {
+                validity.on_user_registration = Some(me.callback(
+                    "on_user_registration",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
+        }
+        let result = if matches!(name, "is_user_expired" | "on_user_registration") {
+            self.api.register_account_validity_callbacks(validity)
+        } else {
+            self.api.register_third_party_rules_callbacks(rules)
+        };
+        result.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
     }
 
     /// Serves `path` through the module's Twisted resource (mounted by the caller).

@@ -77,6 +77,22 @@ impl Host for HostHandle {
         self.hs()?.modules.register_spam(module, callbacks)
     }
 
+    fn register_third_party_rules_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::third_party::ThirdPartyRulesCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_third_party(module, callbacks)
+    }
+
+    fn register_account_validity_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::third_party::AccountValidityCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_account_validity(module, callbacks)
+    }
+
     fn register_web_resource(
         &self,
         module: &str,

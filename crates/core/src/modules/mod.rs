@@ -9,6 +9,7 @@
 
 mod host;
 pub mod spam_checker;
+pub mod third_party;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -54,6 +55,9 @@ impl NativeModule {
 pub trait ForeignModules: Send + Sync {
     /// Resolves `name` and runs its `parse_config` on `config`.
     fn load(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError>;
+    /// The same for a legacy `spam_checker:` entry (built with keyword arguments, its methods
+    /// discovered by name).
+    fn load_legacy_spam_checker(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError>;
 }
 
 /// Why a foreign module could not be loaded.
@@ -193,6 +197,63 @@ pub(crate) fn load_module_configs(
     Ok(out)
 }
 
+/// Loads the legacy `spam_checker:` section (one mapping or a list), after `modules:`, as Synapse.
+pub(crate) fn load_legacy_spam_checkers(
+    value: Option<&Value>,
+    natives: &NativeModules,
+) -> Result<Vec<LoadedModule>, ConfigError> {
+    let items: Vec<&Value> = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(_)) => vec![value.unwrap_or(&Value::Null)],
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(_) => {
+            return Err(ConfigError {
+                path: vec![],
+                lines: vec!["spam_checker syntax is incorrect".into()],
+                raw: false,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let item_path = vec!["spam_checker".to_owned(), format!("<item {i}>")];
+        let Value::Object(obj) = item else {
+            return Err(ConfigError { path: item_path, lines: vec!["expected a mapping".into()], raw: false });
+        };
+        let Some(Value::String(name)) = obj.get("module") else {
+            let mut p = item_path.clone();
+            p.push("module".into());
+            return Err(ConfigError { path: p, lines: vec!["expected a string".into()], raw: false });
+        };
+        let raw = obj.get("config").filter(|v| !is_falsy(v)).cloned().unwrap_or(Value::Object(Map::new()));
+        let Some(foreign) = &natives.foreign else {
+            return Err(ConfigError {
+                path: item_path,
+                lines: vec![format!("Legacy spam checker '{name}' needs the Python runtime")],
+                raw: false,
+            });
+        };
+        let kind = match foreign.load_legacy_spam_checker(name, raw) {
+            Ok(m) => Kind::Foreign(m),
+            Err(ForeignLoadError::Config { path, message }) => {
+                let mut full = item_path.clone();
+                full.push("config".into());
+                full.extend(path);
+                return Err(ConfigError {
+                    path: full,
+                    lines: vec![format!("Failed to parse config for module '{name}':"), message],
+                    raw: false,
+                });
+            }
+            Err(ForeignLoadError::Fatal(text)) => {
+                return Err(ConfigError { path: vec![], lines: vec![text], raw: true });
+            }
+        };
+        out.push(LoadedModule { name: name.clone(), kind });
+    }
+    Ok(out)
+}
+
 /// Builds the modules in config order. An error is fatal to start-up ("Error during startup").
 pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(), String> {
     let host: Arc<dyn myelin_module_api::Host> = Arc::new(host::HostHandle {
@@ -236,6 +297,7 @@ impl<A, R> Registered<A, R> {
 #[derive(Default)]
 pub(crate) struct Callbacks {
     pub(crate) spam: spam_checker::SpamLists,
+    pub(crate) third_party: third_party::ThirdPartyLists,
     /// Web resources by exact path: `(module, resource)`.
     pub(crate) web: HashMap<String, (Arc<str>, Arc<dyn WebResource>)>,
 }
@@ -245,7 +307,8 @@ pub struct ModuleRegistry {
     /// Collects registrations during start-up; `None` once frozen.
     building: Mutex<Option<Callbacks>>,
     /// The lists dispatch reads: set once by [`ModuleRegistry::freeze`], then read lock-free.
-    frozen: OnceLock<Callbacks>,
+    /// An `Arc` so background work (`on_new_event`) can hold them past a request.
+    frozen: OnceLock<Arc<Callbacks>>,
     /// Module instances, kept alive for the server's lifetime.
     instances: Mutex<Vec<Box<dyn Any + Send + Sync>>>,
 }
@@ -276,6 +339,22 @@ impl ModuleRegistry {
 
     pub(crate) fn register_spam(&self, module: &str, cbs: SpamCheckerCallbacks) -> Result<(), ModuleError> {
         self.with_builder("spam checker callbacks", |b| b.spam.add(module, cbs))
+    }
+
+    pub(crate) fn register_third_party(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::third_party::ThirdPartyRulesCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("third-party rules callbacks", |b| b.third_party.add_rules(module, cbs))
+    }
+
+    pub(crate) fn register_account_validity(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::third_party::AccountValidityCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("account validity callbacks", |b| b.third_party.add_validity(module, cbs))
     }
 
     pub(crate) fn register_web(
@@ -313,13 +392,23 @@ impl ModuleRegistry {
     pub fn freeze(&self) {
         let built = self.building.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(built) = built {
-            let _ = self.frozen.set(built);
+            let _ = self.frozen.set(Arc::new(built));
         }
     }
 
-    pub(crate) fn callbacks(&self) -> &Callbacks {
-        static EMPTY: OnceLock<Callbacks> = OnceLock::new();
-        self.frozen.get().unwrap_or_else(|| EMPTY.get_or_init(Callbacks::default))
+    pub(crate) fn callbacks(&self) -> &Arc<Callbacks> {
+        static EMPTY: OnceLock<Arc<Callbacks>> = OnceLock::new();
+        self.frozen.get().unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+    }
+
+    /// Runs `on_new_event` in the background: the request that stored the event does not wait.
+    pub(crate) fn spawn_on_new_event(
+        &self,
+        event: myelin_module_api::EventView,
+        state: Vec<myelin_module_api::EventView>,
+    ) {
+        let callbacks = self.callbacks().clone();
+        tokio::spawn(async move { third_party::on_new_event(&callbacks, &event, &state).await });
     }
 
     /// The module resource serving `path`, if any. Below a built-in API root only a module that
@@ -341,13 +430,16 @@ impl ModuleRegistry {
         let mut out = String::from(
             "# TYPE myelin_module_callback_calls_total counter\n# TYPE myelin_module_callback_seconds_total counter\n",
         );
-        self.callbacks().spam.for_each_metric(&mut |callback, module, calls, nanos| {
+        let callbacks = self.callbacks();
+        let mut each = |callback: &str, module: &str, calls: u64, nanos: u64| {
             out.push_str(&format!(
                 "myelin_module_callback_calls_total{{module=\"{module}\",callback=\"{callback}\"}} {calls}\n\
                  myelin_module_callback_seconds_total{{module=\"{module}\",callback=\"{callback}\"}} {:.9}\n",
                 nanos as f64 / 1e9
             ));
-        });
+        };
+        callbacks.spam.for_each_metric(&mut each);
+        callbacks.third_party.for_each_metric(&mut each);
         out
     }
 }

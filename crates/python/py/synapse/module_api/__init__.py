@@ -158,6 +158,32 @@ class ModuleApi:
             if given[name] is not None:
                 logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
 
+    def register_third_party_rules_callbacks(
+        self, *, check_event_allowed=None, on_create_room=None, check_threepid_can_be_invited=None,
+        check_visibility_can_be_modified=None, on_new_event=None, check_can_shutdown_room=None,
+        check_can_deactivate_user=None, on_profile_update=None, on_user_deactivation_status_changed=None,
+        on_threepid_bind=None, on_add_user_third_party_identifier=None, on_remove_user_third_party_identifier=None,
+    ):
+        given = dict(locals())
+        for name in ("check_event_allowed", "on_create_room", "on_new_event"):
+            if given[name] is not None:
+                self._host.register_third_party(self._module_name, name, given[name])
+        for name, fn in given.items():
+            if name not in ("self", "check_event_allowed", "on_create_room", "on_new_event") and fn is not None:
+                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+
+    def register_account_validity_callbacks(
+        self, *, is_user_expired=None, on_user_registration=None, on_user_login=None, on_legacy_send_mail=None,
+        on_legacy_renew=None, on_legacy_admin_request=None,
+    ):
+        given = dict(locals())
+        for name in ("is_user_expired", "on_user_registration"):
+            if given[name] is not None:
+                self._host.register_third_party(self._module_name, name, given[name])
+        for name, fn in given.items():
+            if name not in ("self", "is_user_expired", "on_user_registration") and fn is not None:
+                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+
     def register_web_resource(self, path, resource):
         import myelin_host
 

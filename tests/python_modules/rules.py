@@ -1,0 +1,56 @@
+"""Third-party rules and account validity callbacks, for the black-box tests."""
+
+from synapse.api.errors import SynapseError
+from synapse.http.server import DirectServeJsonResource
+
+
+class Seen(DirectServeJsonResource):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    async def _async_render_GET(self, request):
+        return 200, self.seen
+
+
+class Rules:
+    def __init__(self, config, api):
+        self.seen = {"new_events": [], "registered": [], "state_types": []}
+        api.register_third_party_rules_callbacks(
+            check_event_allowed=self.check_event_allowed,
+            on_create_room=self.on_create_room,
+            on_new_event=self.on_new_event,
+        )
+        api.register_account_validity_callbacks(
+            is_user_expired=self.is_user_expired,
+            on_user_registration=self.on_user_registration,
+        )
+        api.register_web_resource("/_synapse/client/rules/seen", Seen(self.seen))
+
+    async def check_event_allowed(self, event, state_events):
+        body = event.content.get("body")
+        if body == "blocked":
+            return False, None
+        if body == "censor me":
+            d = event.get_dict()
+            d["content"] = {"msgtype": "m.text", "body": "***"}
+            return True, d
+        if event.type == "m.room.message":
+            self.seen["state_types"] = sorted({k[0] for k in state_events})
+        return True, None
+
+    async def on_create_room(self, requester, config, is_requester_admin):
+        if config.get("name") == "forbidden":
+            raise Exception("no")
+        if config.get("name") == "teapot":
+            raise SynapseError(418, "short and stout", "M_TEAPOT")
+        config["topic"] = "set by module"
+
+    async def on_new_event(self, event, state_events):
+        self.seen["new_events"].append(event.event_id)
+
+    async def is_user_expired(self, user):
+        return True if user == "@expired:test" else None
+
+    async def on_user_registration(self, user):
+        self.seen["registered"].append(user)
