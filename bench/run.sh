@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# The benchmark command: installs Synapse (pinned) into bench/work/synapse-venv, builds Myelin in
-# release, and runs both side by side (bench/run.py). BENCH_QUICK=1 runs smaller workloads.
+# The benchmark command: installs Synapse (pinned) into bench/work/synapse-venv and the Python
+# module venv the Myelin runs use, builds Myelin in release, runs both servers side by side
+# (bench/run.py), then the module dispatch micro-benchmark (criterion). BENCH_QUICK=1 runs
+# smaller workloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYO3_PYTHON="${PYO3_PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}"
+export PYO3_PYTHON
 mkdir -p bench/work
 if [ ! -x bench/work/synapse-venv/bin/python ]; then
   python3 -m venv bench/work/synapse-venv
 fi
 bench/work/synapse-venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.157.1" "aiohttp==3.14.5"
+# Python modules loaded into Myelin (Twisted, the real synapse-http-antispam) live in the
+# test venv, as in the test suite.
+if [ ! -x tests/clients/.venv/bin/python ]; then
+  python3 -m venv tests/clients/.venv
+fi
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
 cargo build --release --locked -p myelin
 bench/work/synapse-venv/bin/python bench/run.py
+cargo bench --locked -p myelin-core --bench dispatch -- --noplot 2>&1 | grep -E "^(user_may|check_event)|time:" | tee bench/work/dispatch.txt

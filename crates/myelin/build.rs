@@ -1,6 +1,6 @@
-//! Links to the libpython the build used (an rpath to its directory), so the binary does not
-//! silently load a different one (Debian's 3.11.2 instead of pyenv's 3.11.7 here). The
-//! interpreter is the one pyo3 builds against: `PYO3_PYTHON`, else `python3`.
+// Links to the libpython the build used (an rpath to its directory), so the binary does not
+// silently load a different one (Debian's 3.11.2 instead of pyenv's 3.11.7 here). The
+// interpreter is the one pyo3 builds against: `PYO3_PYTHON`, else `python3`.
 
 use std::process::Command;
 

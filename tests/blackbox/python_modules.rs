@@ -409,3 +409,39 @@ async fn third_party_rules_and_account_validity() {
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200);
     assert_eq!(s.post("/_matrix/client/v3/logout", Some(&expired.token), json!({})).await.0, 200);
 }
+
+#[tokio::test]
+async fn python_media_checks_read_the_file() {
+    let s = Server::start_with("modules:\n  - module: media_check.MediaCheck\n").await;
+    let u = s.register("alice").await;
+    let up = |body: &'static [u8]| {
+        let url = s.url("/_matrix/media/v3/upload");
+        let token = u.token.clone();
+        async move {
+            let r = reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(up(b"innocent").await.0, 200);
+    assert_eq!(up(b"an evil file").await, (400, json!({"errcode": "M_UNKNOWN", "error": "Bad content"})));
+}
+
+#[tokio::test]
+async fn a_module_blocking_its_thread_does_not_delay_other_requests() {
+    let s = std::sync::Arc::new(with(&[py("b", json!({"web": true}))]).await);
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let s2 = s.clone();
+    let blocked =
+        tokio::spawn(
+            async move { reqwest::get(s2.url("/_synapse/client/py/b/block")).await.unwrap().status().as_u16() },
+        );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        assert_eq!(s.send_text(&alice, &room, &format!("while blocked {i}")).await.0, 200);
+        assert_eq!(s.get("/_matrix/client/versions", None).await.0, 200);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_millis(1200), "waited {:?}", started.elapsed());
+    assert_eq!(blocked.await.unwrap(), 200);
+}

@@ -78,6 +78,16 @@ class Threaded(Resource):
         return NOT_DONE_YET
 
 
+class Blocks(Resource):
+    """Holds the Python thread for a while, as a badly written module would."""
+
+    def render_GET(self, request):
+        import time
+
+        time.sleep(2)
+        return b"done"
+
+
 class ApiCalls(DirectServeJsonResource):
     def __init__(self, api):
         super().__init__()
@@ -172,6 +182,7 @@ class Scripted:
             api.register_web_resource(base + "/raises", Raises())
             api.register_web_resource(base + "/later", Later())
             api.register_web_resource(base + "/thread", Threaded())
+            api.register_web_resource(base + "/block", Blocks())
         if config.get("constructor_raises"):
             raise RuntimeError("constructor says no")
 

@@ -218,6 +218,12 @@ def invoke(kind, fn, args_json, done):
             args = [UserProfile(args[0]), args[1]]
         elif kind in ("check_login_for_spam", "check_registration_for_spam"):
             args[-2] = [tuple(x) for x in args[-2]]
+        elif kind == "check_media_file_for_spam":
+            from synapse.media._base import FileInfo
+            from synapse.media.media_storage import ReadableFileWrapper
+
+            path, media_id, server_name, thumbnail = args
+            args = [ReadableFileWrapper(None, path), FileInfo(server_name, media_id, False, None)]
         elif kind == "user_may_create_room_alias":
             from synapse.types import RoomAlias
 

@@ -47,6 +47,9 @@ const FILES: &[(&str, &str)] = &[
     ("synapse/http/servlet.py", include_str!("../py/synapse/http/servlet.py")),
     ("synapse/logging/__init__.py", include_str!("../py/synapse/logging/__init__.py")),
     ("synapse/logging/context.py", include_str!("../py/synapse/logging/context.py")),
+    ("synapse/media/__init__.py", include_str!("../py/synapse/media/__init__.py")),
+    ("synapse/media/_base.py", include_str!("../py/synapse/media/_base.py")),
+    ("synapse/media/media_storage.py", include_str!("../py/synapse/media/media_storage.py")),
     ("synapse/metrics/__init__.py", include_str!("../py/synapse/metrics/__init__.py")),
     (
         "synapse/metrics/background_process_metrics.py",

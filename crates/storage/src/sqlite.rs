@@ -776,6 +776,16 @@ impl DirectoryStore for SqliteStore {
     }
 }
 
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RegistrationToken> {
+    Ok(RegistrationToken {
+        token: r.get(0)?,
+        uses_allowed: r.get(1)?,
+        pending: r.get(2)?,
+        completed: r.get(3)?,
+        expiry_time: r.get(4)?,
+    })
+}
+
 impl RegistrationTokenStore for SqliteStore {
     fn create_registration_token(&self, t: &RegistrationToken) -> Result<()> {
         self.conn()
@@ -793,15 +803,7 @@ impl RegistrationTokenStore for SqliteStore {
             .query_row(
                 "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens WHERE token = ?1",
                 [token],
-                |r| {
-                    Ok(RegistrationToken {
-                        token: r.get(0)?,
-                        uses_allowed: r.get(1)?,
-                        pending: r.get(2)?,
-                        completed: r.get(3)?,
-                        expiry_time: r.get(4)?,
-                    })
-                },
+                token_from_row,
             )
             .optional()
             .map_err(backend)
@@ -814,17 +816,7 @@ impl RegistrationTokenStore for SqliteStore {
                 "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens ORDER BY token",
             )
             .map_err(backend)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(RegistrationToken {
-                    token: r.get(0)?,
-                    uses_allowed: r.get(1)?,
-                    pending: r.get(2)?,
-                    completed: r.get(3)?,
-                    expiry_time: r.get(4)?,
-                })
-            })
-            .map_err(backend)?;
+        let rows = stmt.query_map([], token_from_row).map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 

@@ -1,0 +1,22 @@
+from twisted.internet import threads
+
+
+class ReadableFileWrapper:
+    """A stored file a spam checker can read (Synapse's ReadableFileWrapper)."""
+
+    CHUNK_SIZE = 2**14
+
+    def __init__(self, clock, path):
+        self.clock = clock
+        self.path = path
+
+    async def write_chunks_to(self, callback):
+        """Calls `callback` with each chunk of the file; reading happens off the reactor."""
+
+        def read():
+            with open(self.path, "rb") as f:
+                return f.read()
+
+        data = await threads.deferToThread(read)
+        for i in range(0, len(data), self.CHUNK_SIZE):
+            callback(data[i:i + self.CHUNK_SIZE])
