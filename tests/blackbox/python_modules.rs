@@ -445,3 +445,30 @@ async fn a_module_blocking_its_thread_does_not_delay_other_requests() {
     assert!(started.elapsed() < std::time::Duration::from_millis(1200), "waited {:?}", started.elapsed());
     assert_eq!(blocked.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn password_auth_providers() {
+    let s = Server::start_with("modules:\n  - module: password_provider.Provider\n").await;
+    s.register("alice").await;
+    let login = |body: Value| {
+        let s = &s;
+        async move { s.post("/_matrix/client/v3/login", None, body).await }
+    };
+    let (_, flows) = s.get("/_matrix/client/v3/login", None).await;
+    assert_eq!(flows["flows"], json!([{"type": "m.login.password"}, {"type": "org.example.token"}]));
+    // A custom login type.
+    let (st, b) = login(json!({"type": "org.example.token", "identifier": {"type": "m.id.user", "user": "alice"}, "token": "open-sesame"})).await;
+    assert_eq!((st, b["user_id"].as_str()), (200, Some("@alice:test")), "{b}");
+    assert_eq!(login(json!({"type": "org.example.token", "user": "alice", "token": "wrong"})).await.0, 403);
+    // m.login.password: the provider first, then the local password.
+    assert_eq!(login(json!({"type": "m.login.password", "user": "alice", "password": "ldap-password"})).await.0, 200);
+    assert_eq!(login(json!({"type": "m.login.password", "user": "alice", "password": "password"})).await.0, 200);
+    assert_eq!(login(json!({"type": "m.login.password", "user": "alice", "password": "boom"})).await.0, 403, "a raising provider counts as no");
+    // A third-party identifier.
+    let (st, b) = login(json!({"type": "m.login.password", "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "alice@example.com"}, "password": "mail-password"})).await;
+    assert_eq!((st, b["user_id"].as_str()), (200, Some("@alice:test")));
+    let token = b["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(login(json!({"type": "m.login.password", "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "x@y"}, "password": "p"})).await.0, 403);
+    assert_eq!(login(json!({"type": "m.login.unknown"})).await.0, 400);
+    assert_eq!(s.post("/_matrix/client/v3/logout", Some(&token), json!({})).await.0, 200);
+}

@@ -71,6 +71,9 @@ pub struct LoginRequest {
     pub device_id: Option<String>,
     /// Device display name.
     pub initial_device_display_name: Option<String>,
+    /// Everything else in the body (what module auth checkers read).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// A successful login.
@@ -468,28 +471,59 @@ impl Homeserver {
     /// `POST /login` with `m.login.password`; `check_login_for_spam` runs here, before the
     /// device is created.
     pub async fn login(&self, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
-        if request.kind != "m.login.password" {
+        let module_type = self.modules.handles_login_type(&request.kind);
+        if request.kind != "m.login.password" && !module_type {
             return Err(Error::new(ErrorKind::BadRequest, "Unknown login type").with_fields(Map::new()));
         }
-        let user = match &request.identifier {
-            Some(id) => {
-                if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
-                    return Err(Error::new(ErrorKind::BadRequest, "Unknown login identifier type"));
-                }
-                id.get("user").and_then(Value::as_str).map(str::to_owned)
-            }
-            None => request.user.clone(),
-        }
-        .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?;
-        let password =
-            request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
-        let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
-        let found = self.db(move |s| s.find_user_case_insensitive(&qualified)).await?;
         let invalid = || Error::forbidden("Invalid username or password");
+        let identifier = request.identifier.clone().unwrap_or(Value::Null);
+        let vouched = match identifier.get("type").and_then(Value::as_str) {
+            // A third-party identifier: only password providers can vouch for it.
+            Some("m.id.thirdparty") => {
+                let medium = identifier["medium"].as_str().unwrap_or_default();
+                let address = identifier["address"].as_str().unwrap_or_default();
+                let password = request.password.as_deref().unwrap_or_default();
+                Some(self.modules.check_3pid_auth(medium, address, password).await.ok_or_else(invalid)?)
+            }
+            Some("m.id.user") | None => None,
+            Some(_) => return Err(Error::new(ErrorKind::BadRequest, "Unknown login identifier type")),
+        };
+        let user = match &vouched {
+            Some(u) => u.clone(),
+            None => identifier
+                .get("user")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| request.user.clone())
+                .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?,
+        };
+        let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
+        // Module auth checkers for this login type first; for m.login.password the local
+        // database decides when none vouches.
+        let vouched = match vouched {
+            Some(v) => Some(v),
+            None if module_type => {
+                let mut dict = request.extra.clone();
+                dict.insert("type".into(), json!(request.kind));
+                if let Some(p) = &request.password {
+                    dict.insert("password".into(), json!(p));
+                }
+                self.modules.check_auth(&qualified, &request.kind, &dict).await
+            }
+            None => None,
+        };
+        let lookup = vouched.clone().unwrap_or_else(|| qualified.clone());
+        let found = self.db(move |s| s.find_user_case_insensitive(&lookup)).await?;
         let Some(row) = found else { return Err(invalid()) };
-        let Some(hash) = row.password_hash.clone() else { return Err(invalid()) };
-        if !verify_password(password, hash).await {
-            return Err(invalid());
+        if vouched.is_none() {
+            if request.kind != "m.login.password" {
+                return Err(invalid());
+            }
+            let password = request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
+            let Some(hash) = row.password_hash.clone() else { return Err(invalid()) };
+            if !verify_password(password, hash).await {
+                return Err(invalid());
+            }
         }
         if row.deactivated {
             return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"));
@@ -509,10 +543,23 @@ impl Homeserver {
         Ok(LoginResponse { user_id, access_token, device_id })
     }
 
-    /// `POST /logout`.
+    /// `POST /logout`; password providers' `on_logged_out` runs afterwards.
     pub async fn logout(&self, requester: &Requester) -> Result<()> {
         let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
-        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
+        self.modules.on_logged_out(requester.user_id.as_str(), Some(&requester.device_id), &requester.access_token).await;
+        Ok(())
+    }
+
+    /// `GET /login`: password login plus the types modules handle.
+    pub fn login_flows(&self) -> Vec<String> {
+        let mut flows = vec!["m.login.password".to_owned()];
+        for t in self.modules.module_login_types() {
+            if !flows.contains(&t) {
+                flows.push(t);
+            }
+        }
+        flows
     }
 
     /// `POST /logout/all`.

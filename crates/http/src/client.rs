@@ -83,8 +83,9 @@ async fn versions() -> Json {
     }))
 }
 
-async fn login_flows() -> Json {
-    axum::Json(json!({"flows": [{"type": "m.login.password"}]}))
+async fn login_flows(State(hs): State<AppState>) -> Json {
+    let flows: Vec<Value> = hs.login_flows().into_iter().map(|t| json!({"type": t})).collect();
+    axum::Json(json!({"flows": flows}))
 }
 
 async fn login(

@@ -44,6 +44,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod http;
 pub mod spam;
 pub mod third_party;
@@ -286,6 +287,12 @@ pub trait Host: Send + Sync + 'static {
         module: &str,
         callbacks: third_party::ThirdPartyRulesCallbacks,
     ) -> Result<(), ModuleError>;
+    /// Adds password auth provider callbacks for `module`.
+    fn register_password_auth_provider_callbacks(
+        &self,
+        module: &str,
+        callbacks: auth::PasswordAuthProviderCallbacks,
+    ) -> Result<(), ModuleError>;
     /// Adds account validity callbacks for `module`.
     fn register_account_validity_callbacks(
         &self,
@@ -388,6 +395,13 @@ impl ModuleApi {
         callbacks: third_party::ThirdPartyRulesCallbacks,
     ) -> Result<(), ModuleError> {
         self.host.register_third_party_rules_callbacks(&self.module, callbacks)
+    }
+    /// Registers password auth provider callbacks. Only allowed during construction.
+    pub fn register_password_auth_provider_callbacks(
+        &self,
+        callbacks: auth::PasswordAuthProviderCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.host.register_password_auth_provider_callbacks(&self.module, callbacks)
     }
     /// Registers account validity callbacks. Only allowed during construction.
     pub fn register_account_validity_callbacks(

@@ -139,7 +139,14 @@ def classify(kind, value):
         if result is False:
             return {"exception": "on_create_room returned False"}
         return {"config": config}
-    if kind in ("on_new_event", "on_user_registration"):
+    if kind in ("auth_checker", "check_3pid_auth"):
+        # Synapse wants (user_id, optional callback); anything else is logged and skipped.
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+            return {"user": value[0]}
+        if value is not None:
+            return {"user": None, "warning": "Wrong type returned by module API callback %r" % (value,)}
+        return {"user": None}
+    if kind in ("on_new_event", "on_user_registration", "on_logged_out"):
         return {"done": True}
     if kind == "is_user_expired":
         return {"expired": None if value is None else bool(value)}

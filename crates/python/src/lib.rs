@@ -286,6 +286,17 @@ fn module_error(v: &Value) -> Option<ModuleError> {
     v.get("exception").map(|tb| ModuleError::Other(tb.as_str().unwrap_or_default().to_owned()))
 }
 
+/// The user ID an auth checker vouched for, if any.
+fn vouched_user(v: Value) -> Result<Option<String>, ModuleError> {
+    if let Some(e) = module_error(&v) {
+        return Err(e);
+    }
+    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+        tracing::warn!("{w}");
+    }
+    Ok(v["user"].as_str().map(str::to_owned))
+}
+
 fn decision(v: Value) -> Result<Decision, ModuleError> {
     if let Some(e) = module_error(&v) {
         return Err(e);
@@ -545,6 +556,26 @@ impl PyHost {
                     |v| module_error(&v).map_or(Ok(()), Err),
                 ))
             }
+            "check_3pid_auth" => {
+                let cb = me.callback(
+                    "check_3pid_auth",
+                    function,
+                    |(m, a, p): (String, String, String)| json!([m, a, p]),
+                    vouched_user,
+                );
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks { check_3pid_auth: Some(cb), ..Default::default() };
+                return self.api.register_password_auth_provider_callbacks(auth).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
+            "on_logged_out" => {
+                let cb = me.callback(
+                    "on_logged_out",
+                    function,
+                    |(u, d, t): (String, Option<String>, String)| json!([u, d, t]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                );
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks { on_logged_out: Some(cb), ..Default::default() };
+                return self.api.register_password_auth_provider_callbacks(auth).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
             other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
         }
         let result = if matches!(name, "is_user_expired" | "on_user_registration") {
@@ -553,6 +584,22 @@ impl PyHost {
             self.api.register_third_party_rules_callbacks(rules)
         };
         result.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Adds one `auth_checkers` entry: `(login_type, fields) -> function`.
+    fn register_auth_checker(&self, _module: &str, login_type: String, fields: Vec<String>, function: Py<PyAny>) -> PyResult<()> {
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let cb = me.callback(
+            "auth_checker",
+            function,
+            |(user, login_type, dict): (String, String, Map<String, Value>)| json!([user, login_type, dict]),
+            vouched_user,
+        );
+        let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+            auth_checkers: vec![((login_type, fields), cb)],
+            ..Default::default()
+        };
+        self.api.register_password_auth_provider_callbacks(auth).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
     }
 
     /// Serves `path` through the module's Twisted resource (mounted by the caller).

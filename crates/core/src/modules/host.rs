@@ -85,6 +85,14 @@ impl Host for HostHandle {
         self.hs()?.modules.register_third_party(module, callbacks)
     }
 
+    fn register_password_auth_provider_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::auth::PasswordAuthProviderCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_password_auth(module, callbacks)
+    }
+
     fn register_account_validity_callbacks(
         &self,
         module: &str,

@@ -7,6 +7,7 @@
 //! `ModuleApi`; then [`ModuleRegistry::freeze`] ends registration. Dispatch reads the frozen
 //! lists without locking.
 
+pub mod auth;
 mod host;
 pub mod spam_checker;
 pub mod third_party;
@@ -298,6 +299,7 @@ impl<A, R> Registered<A, R> {
 pub(crate) struct Callbacks {
     pub(crate) spam: spam_checker::SpamLists,
     pub(crate) third_party: third_party::ThirdPartyLists,
+    pub(crate) auth: auth::AuthLists,
     /// Web resources by exact path: `(module, resource)`.
     pub(crate) web: HashMap<String, (Arc<str>, Arc<dyn WebResource>)>,
 }
@@ -347,6 +349,14 @@ impl ModuleRegistry {
         cbs: myelin_module_api::third_party::ThirdPartyRulesCallbacks,
     ) -> Result<(), ModuleError> {
         self.with_builder("third-party rules callbacks", |b| b.third_party.add_rules(module, cbs))
+    }
+
+    pub(crate) fn register_password_auth(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::auth::PasswordAuthProviderCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("password auth provider callbacks", |b| b.auth.add(module, cbs))
     }
 
     pub(crate) fn register_account_validity(

@@ -172,6 +172,22 @@ class ModuleApi:
             if name not in ("self", "check_event_allowed", "on_create_room", "on_new_event") and fn is not None:
                 logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
 
+    def register_password_auth_provider_callbacks(
+        self, *, check_3pid_auth=None, on_logged_out=None, auth_checkers=None, get_username_for_registration=None,
+        get_displayname_for_registration=None, is_3pid_allowed=None,
+    ):
+        for (login_type, fields), fn in (auth_checkers or {}).items():
+            self._host.register_auth_checker(self._module_name, login_type, list(fields), fn)
+        if check_3pid_auth is not None:
+            self._host.register_third_party(self._module_name, "check_3pid_auth", check_3pid_auth)
+        if on_logged_out is not None:
+            self._host.register_third_party(self._module_name, "on_logged_out", on_logged_out)
+        for name, fn in (("get_username_for_registration", get_username_for_registration),
+                         ("get_displayname_for_registration", get_displayname_for_registration),
+                         ("is_3pid_allowed", is_3pid_allowed)):
+            if fn is not None:
+                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+
     def register_account_validity_callbacks(
         self, *, is_user_expired=None, on_user_registration=None, on_user_login=None, on_legacy_send_mail=None,
         on_legacy_renew=None, on_legacy_admin_request=None,

@@ -1,0 +1,103 @@
+//! Password auth provider dispatch, with Synapse's semantics (`handlers/auth.py`): errors and
+//! wrongly-shaped answers are logged and count as "no".
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use futures::FutureExt;
+use myelin_module_api::auth::*;
+use serde_json::{Map, Value};
+
+use super::{ModuleRegistry, Registered, record};
+
+/// The registered password auth provider callbacks.
+#[derive(Default)]
+pub(crate) struct AuthLists {
+    pub(crate) checkers: Vec<(String, Vec<String>, Registered<(String, String, Map<String, Value>), Option<String>>)>,
+    pub(crate) check_3pid_auth: Vec<Registered<(String, String, String), Option<String>>>,
+    pub(crate) on_logged_out: Vec<Registered<(String, Option<String>, String), ()>>,
+}
+
+impl AuthLists {
+    pub(crate) fn add(&mut self, module: &str, cbs: PasswordAuthProviderCallbacks) {
+        for ((login_type, fields), cb) in cbs.auth_checkers {
+            self.checkers.push((login_type, fields, Registered::new(module, cb)));
+        }
+        if let Some(cb) = cbs.check_3pid_auth {
+            self.check_3pid_auth.push(Registered::new(module, cb));
+        }
+        if let Some(cb) = cbs.on_logged_out {
+            self.on_logged_out.push(Registered::new(module, cb));
+        }
+    }
+}
+
+async fn call_logged<A, R>(reg: &Registered<A, R>, name: &str, args: A) -> Option<R> {
+    let started = Instant::now();
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.callback)(args))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    record(reg, started);
+    match outcome {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::warn!("module {} failed in {name}: {e}", reg.module);
+            None
+        }
+        Err(_) => {
+            tracing::warn!("module {} panicked in {name}", reg.module);
+            None
+        }
+    }
+}
+
+impl ModuleRegistry {
+    /// Login types modules handle, for `GET /login`.
+    pub fn module_login_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = Vec::new();
+        for (t, _, _) in &self.callbacks().auth.checkers {
+            if !types.contains(t) {
+                types.push(t.clone());
+            }
+        }
+        types
+    }
+
+    /// Whether a module handles `login_type`.
+    pub fn handles_login_type(&self, login_type: &str) -> bool {
+        self.callbacks().auth.checkers.iter().any(|(t, _, _)| t == login_type)
+    }
+
+    /// The auth checkers for `login_type`, in order; the first user ID returned wins.
+    pub async fn check_auth(&self, user: &str, login_type: &str, login: &Map<String, Value>) -> Option<String> {
+        for (t, _, reg) in &self.callbacks().auth.checkers {
+            if t != login_type {
+                continue;
+            }
+            if let Some(Some(user_id)) = call_logged(reg, "auth_checker", (user.to_owned(), t.clone(), login.clone())).await {
+                return Some(user_id);
+            }
+        }
+        None
+    }
+
+    /// `check_3pid_auth`: the first user ID returned wins.
+    pub async fn check_3pid_auth(&self, medium: &str, address: &str, password: &str) -> Option<String> {
+        for reg in &self.callbacks().auth.check_3pid_auth {
+            let args = (medium.to_owned(), address.to_owned(), password.to_owned());
+            if let Some(Some(user_id)) = call_logged(reg, "check_3pid_auth", args).await {
+                return Some(user_id);
+            }
+        }
+        None
+    }
+
+    /// `on_logged_out`: every callback runs.
+    pub async fn on_logged_out(&self, user_id: &str, device_id: Option<&str>, access_token: &str) {
+        for reg in &self.callbacks().auth.on_logged_out {
+            let args = (user_id.to_owned(), device_id.map(str::to_owned), access_token.to_owned());
+            call_logged(reg, "on_logged_out", args).await;
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Password auth providers (Synapse's `register_password_auth_provider_callbacks`).
+//!
+//! - `auth_checkers`: per `(login type, fields)`, callbacks that vouch for a login. For a login
+//!   of that type they run in order; the first to return a user ID logs that (existing, local)
+//!   user in. For `m.login.password`, if none does, the local password database decides.
+//!   Errors are logged and count as "no".
+//! - `check_3pid_auth(medium, address, password)`: logins by third-party identifier.
+//! - `on_logged_out(user_id, device_id, access_token)`: every callback runs; errors are logged.
+
+use serde_json::{Map, Value};
+
+use crate::spam::Callback;
+
+/// An auth checker: `(user, login_type, login_dict)` to the user ID it vouches for.
+pub type AuthChecker = Callback<(String, String, Map<String, Value>), Option<String>>;
+
+/// Password auth provider callbacks; any subset may be set.
+///
+/// Since 0.1.
+#[derive(Default, Clone)]
+pub struct PasswordAuthProviderCallbacks {
+    /// `((login_type, fields), checker)`: the login type is advertised in `GET /login`.
+    pub auth_checkers: Vec<((String, Vec<String>), AuthChecker)>,
+    /// `(medium, address, password)` to the user ID it vouches for.
+    pub check_3pid_auth: Option<Callback<(String, String, String), Option<String>>>,
+    /// `(user_id, device_id, access_token)`.
+    pub on_logged_out: Option<Callback<(String, Option<String>, String), ()>>,
+}
