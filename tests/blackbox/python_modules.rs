@@ -463,7 +463,11 @@ async fn password_auth_providers() {
     // m.login.password: the provider first, then the local password.
     assert_eq!(login(json!({"type": "m.login.password", "user": "alice", "password": "ldap-password"})).await.0, 200);
     assert_eq!(login(json!({"type": "m.login.password", "user": "alice", "password": "password"})).await.0, 200);
-    assert_eq!(login(json!({"type": "m.login.password", "user": "alice", "password": "boom"})).await.0, 403, "a raising provider counts as no");
+    assert_eq!(
+        login(json!({"type": "m.login.password", "user": "alice", "password": "boom"})).await.0,
+        403,
+        "a raising provider counts as no"
+    );
     // A third-party identifier.
     let (st, b) = login(json!({"type": "m.login.password", "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "alice@example.com"}, "password": "mail-password"})).await;
     assert_eq!((st, b["user_id"].as_str()), (200, Some("@alice:test")));

@@ -519,7 +519,8 @@ impl Homeserver {
             if request.kind != "m.login.password" {
                 return Err(invalid());
             }
-            let password = request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
+            let password =
+                request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
             let Some(hash) = row.password_hash.clone() else { return Err(invalid()) };
             if !verify_password(password, hash).await {
                 return Err(invalid());
@@ -547,7 +548,9 @@ impl Homeserver {
     pub async fn logout(&self, requester: &Requester) -> Result<()> {
         let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
         self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
-        self.modules.on_logged_out(requester.user_id.as_str(), Some(&requester.device_id), &requester.access_token).await;
+        self.modules
+            .on_logged_out(requester.user_id.as_str(), Some(&requester.device_id), &requester.access_token)
+            .await;
         Ok(())
     }
 

@@ -12,7 +12,12 @@ use serde_json::{Map, Value};
 use crate::spam::Callback;
 
 /// An auth checker: `(user, login_type, login_dict)` to the user ID it vouches for.
-pub type AuthChecker = Callback<(String, String, Map<String, Value>), Option<String>>;
+pub type AuthChecker = Callback<AuthCheckerArgs, Option<String>>;
+
+/// `auth_checkers` arguments: `(user, login_type, login_dict)`.
+pub type AuthCheckerArgs = (String, String, Map<String, Value>);
+/// `on_logged_out` arguments: `(user_id, device_id, access_token)`.
+pub type LoggedOutArgs = (String, Option<String>, String);
 
 /// Password auth provider callbacks; any subset may be set.
 ///
@@ -24,5 +29,5 @@ pub struct PasswordAuthProviderCallbacks {
     /// `(medium, address, password)` to the user ID it vouches for.
     pub check_3pid_auth: Option<Callback<(String, String, String), Option<String>>>,
     /// `(user_id, device_id, access_token)`.
-    pub on_logged_out: Option<Callback<(String, Option<String>, String), ()>>,
+    pub on_logged_out: Option<Callback<LoggedOutArgs, ()>>,
 }

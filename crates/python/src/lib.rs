@@ -563,8 +563,14 @@ impl PyHost {
                     |(m, a, p): (String, String, String)| json!([m, a, p]),
                     vouched_user,
                 );
-                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks { check_3pid_auth: Some(cb), ..Default::default() };
-                return self.api.register_password_auth_provider_callbacks(auth).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+                    check_3pid_auth: Some(cb),
+                    ..Default::default()
+                };
+                return self
+                    .api
+                    .register_password_auth_provider_callbacks(auth)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
             }
             "on_logged_out" => {
                 let cb = me.callback(
@@ -573,8 +579,14 @@ impl PyHost {
                     |(u, d, t): (String, Option<String>, String)| json!([u, d, t]),
                     |v| module_error(&v).map_or(Ok(()), Err),
                 );
-                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks { on_logged_out: Some(cb), ..Default::default() };
-                return self.api.register_password_auth_provider_callbacks(auth).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+                    on_logged_out: Some(cb),
+                    ..Default::default()
+                };
+                return self
+                    .api
+                    .register_password_auth_provider_callbacks(auth)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
             }
             other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
         }
@@ -587,7 +599,13 @@ impl PyHost {
     }
 
     /// Adds one `auth_checkers` entry: `(login_type, fields) -> function`.
-    fn register_auth_checker(&self, _module: &str, login_type: String, fields: Vec<String>, function: Py<PyAny>) -> PyResult<()> {
+    fn register_auth_checker(
+        &self,
+        _module: &str,
+        login_type: String,
+        fields: Vec<String>,
+        function: Py<PyAny>,
+    ) -> PyResult<()> {
         let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
         let cb = me.callback(
             "auth_checker",
@@ -599,7 +617,9 @@ impl PyHost {
             auth_checkers: vec![((login_type, fields), cb)],
             ..Default::default()
         };
-        self.api.register_password_auth_provider_callbacks(auth).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+        self.api
+            .register_password_auth_provider_callbacks(auth)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
     }
 
     /// Serves `path` through the module's Twisted resource (mounted by the caller).

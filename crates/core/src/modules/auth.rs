@@ -10,12 +10,15 @@ use serde_json::{Map, Value};
 
 use super::{ModuleRegistry, Registered, record};
 
+/// One `auth_checkers` entry: login type, fields, callback.
+type Checker = (String, Vec<String>, Registered<AuthCheckerArgs, Option<String>>);
+
 /// The registered password auth provider callbacks.
 #[derive(Default)]
 pub(crate) struct AuthLists {
-    pub(crate) checkers: Vec<(String, Vec<String>, Registered<(String, String, Map<String, Value>), Option<String>>)>,
+    pub(crate) checkers: Vec<Checker>,
     pub(crate) check_3pid_auth: Vec<Registered<(String, String, String), Option<String>>>,
-    pub(crate) on_logged_out: Vec<Registered<(String, Option<String>, String), ()>>,
+    pub(crate) on_logged_out: Vec<Registered<LoggedOutArgs, ()>>,
 }
 
 impl AuthLists {
@@ -75,7 +78,9 @@ impl ModuleRegistry {
             if t != login_type {
                 continue;
             }
-            if let Some(Some(user_id)) = call_logged(reg, "auth_checker", (user.to_owned(), t.clone(), login.clone())).await {
+            if let Some(Some(user_id)) =
+                call_logged(reg, "auth_checker", (user.to_owned(), t.clone(), login.clone())).await
+            {
                 return Some(user_id);
             }
         }
