@@ -1,14 +1,10 @@
 //! Password auth provider dispatch, with Synapse's semantics (`handlers/auth.py`): errors and
 //! wrongly-shaped answers are logged and count as "no".
 
-use std::panic::AssertUnwindSafe;
-use std::time::Instant;
-
-use futures::FutureExt;
 use myelin_module_api::auth::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, Registered, record};
+use super::{ModuleRegistry, Registered, invoke};
 
 /// One `auth_checkers` entry: login type, fields, callback.
 type Checker = (String, Vec<String>, Registered<AuthCheckerArgs, Option<String>>);
@@ -35,24 +31,9 @@ impl AuthLists {
     }
 }
 
+/// Calls a callback; an error or panic is logged and counts as "no", as in Synapse.
 async fn call_logged<A, R>(reg: &Registered<A, R>, name: &str, args: A) -> Option<R> {
-    let started = Instant::now();
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.callback)(args))) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
-        Err(panic) => Err(panic),
-    };
-    record(reg, started);
-    match outcome {
-        Ok(Ok(r)) => Some(r),
-        Ok(Err(e)) => {
-            tracing::warn!("module {} failed in {name}: {e}", reg.module);
-            None
-        }
-        Err(_) => {
-            tracing::warn!("module {} panicked in {name}", reg.module);
-            None
-        }
-    }
+    invoke(reg, args).await.map_err(|e| tracing::warn!("module {} failed in {name}: {e}", reg.module)).ok()
 }
 
 impl ModuleRegistry {

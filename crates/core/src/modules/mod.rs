@@ -454,7 +454,17 @@ impl ModuleRegistry {
     }
 }
 
-pub(crate) fn record<A, R>(reg: &Registered<A, R>, started: std::time::Instant) {
+/// Calls one registered callback: counts and times it under its module, and turns a panic into
+/// an error, so a module's bug costs only the request that triggered it. Every dispatcher
+/// (spam checker, third-party rules, auth) goes through here.
+pub(crate) async fn invoke<A, R>(reg: &Registered<A, R>, args: A) -> Result<R, ModuleError> {
+    use futures::FutureExt;
+    let started = std::time::Instant::now();
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (reg.callback)(args))) {
+        Ok(future) => std::panic::AssertUnwindSafe(future).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
     reg.calls.fetch_add(1, Ordering::Relaxed);
     reg.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    outcome.unwrap_or_else(|_| Err(ModuleError::Other(format!("module {} panicked", reg.module))))
 }

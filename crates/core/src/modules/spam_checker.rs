@@ -8,15 +8,11 @@
 //! Admin exemptions are decided by the call sites (they know the requester); the table is in
 //! docs/modules/callbacks.md.
 
-use std::panic::AssertUnwindSafe;
-use std::time::Instant;
-
-use futures::FutureExt;
 use myelin_module_api::EventView;
 use myelin_module_api::spam::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, Registered, record};
+use super::{ModuleRegistry, Registered, invoke};
 use crate::{Error, ErrorKind, Result};
 
 macro_rules! spam_lists {
@@ -66,21 +62,12 @@ async fn first_objection<A: Clone, R>(
     allows: impl Fn(&R) -> bool,
 ) -> Result<Option<R>> {
     for reg in list {
-        let started = Instant::now();
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.callback)(args.clone()))) {
-            Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
-            Err(panic) => Err(panic),
-        };
-        record(reg, started);
-        match outcome {
-            Ok(Ok(result)) if allows(&result) => continue,
-            Ok(Ok(result)) => return Ok(Some(result)),
-            Ok(Err(e)) => {
+        match invoke(reg, args.clone()).await {
+            Ok(result) if allows(&result) => continue,
+            Ok(result) => return Ok(Some(result)),
+            Err(e) => {
                 tracing::warn!("module {} raised in {name}: {e}", reg.module);
                 return Err(Error::from(e));
-            }
-            Err(_) => {
-                return Err(Error::internal(format!("module {} panicked in {name}", reg.module)));
             }
         }
     }

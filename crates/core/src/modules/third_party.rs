@@ -1,15 +1,11 @@
 //! Third-party rules and account validity dispatch, with Synapse's semantics
 //! (`third_party_event_rules_callbacks.py`, `account_validity_callbacks.py`).
 
-use std::panic::AssertUnwindSafe;
-use std::time::Instant;
-
-use futures::FutureExt;
 use myelin_module_api::EventView;
 use myelin_module_api::third_party::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, Registered, record};
+use super::{ModuleRegistry, Registered, invoke};
 use crate::{Error, ErrorKind, Result};
 
 /// One list per callback, in registration order.
@@ -57,17 +53,6 @@ impl ThirdPartyLists {
     }
 }
 
-/// Calls one callback, containing panics; module errors come back as they are.
-async fn call<A, R>(reg: &Registered<A, R>, args: A) -> std::result::Result<R, myelin_module_api::ModuleError> {
-    let started = Instant::now();
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.callback)(args))) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
-        Err(panic) => Err(panic),
-    };
-    record(reg, started);
-    outcome.unwrap_or_else(|_| Err(myelin_module_api::ModuleError::other(format!("module {} panicked", reg.module))))
-}
-
 impl ModuleRegistry {
     /// Whether any module checks events (so the caller can skip gathering state).
     pub fn has_check_event_allowed(&self) -> bool {
@@ -87,7 +72,7 @@ impl ModuleRegistry {
     ) -> Result<Option<Map<String, Value>>> {
         let mut replacement = None;
         for reg in &self.callbacks().third_party.check_event_allowed {
-            match call(reg, (event.clone(), state.clone())).await {
+            match invoke(reg, (event.clone(), state.clone())).await {
                 Ok(EventAllowed::Allow) => {}
                 Ok(EventAllowed::Replace(content)) => {
                     replacement.get_or_insert(content);
@@ -108,7 +93,7 @@ impl ModuleRegistry {
     ) -> Result<Map<String, Value>> {
         let mut config = config;
         for reg in &self.callbacks().third_party.on_create_room {
-            match call(reg, (user_id.to_owned(), config.clone(), is_admin)).await {
+            match invoke(reg, (user_id.to_owned(), config.clone(), is_admin)).await {
                 Ok(Some(amended)) => config = amended,
                 Ok(None) => {}
                 Err(e @ myelin_module_api::ModuleError::Matrix { .. }) => return Err(Error::from(e)),
@@ -124,7 +109,7 @@ impl ModuleRegistry {
     /// `is_user_expired`: the first answer that is not `None`.
     pub async fn is_user_expired(&self, user_id: &str) -> Result<bool> {
         for reg in &self.callbacks().third_party.is_user_expired {
-            match call(reg, (user_id.to_owned(),)).await {
+            match invoke(reg, (user_id.to_owned(),)).await {
                 Ok(Some(expired)) => return Ok(expired),
                 Ok(None) => {}
                 Err(e) => return Err(Error::from(e)),
@@ -141,7 +126,7 @@ impl ModuleRegistry {
     /// `on_user_registration`: every callback runs; errors are logged.
     pub async fn on_user_registration(&self, user_id: &str) {
         for reg in &self.callbacks().third_party.on_user_registration {
-            if let Err(e) = call(reg, (user_id.to_owned(),)).await {
+            if let Err(e) = invoke(reg, (user_id.to_owned(),)).await {
                 tracing::warn!("module {} failed in on_user_registration: {e}", reg.module);
             }
         }
@@ -151,7 +136,7 @@ impl ModuleRegistry {
 /// `on_new_event`: every callback runs; errors are logged.
 pub(crate) async fn on_new_event(callbacks: &super::Callbacks, event: &EventView, state: &StateEvents) {
     for reg in &callbacks.third_party.on_new_event {
-        if let Err(e) = call(reg, (event.clone(), state.clone())).await {
+        if let Err(e) = invoke(reg, (event.clone(), state.clone())).await {
             tracing::warn!("module {} failed in on_new_event: {e}", reg.module);
         }
     }
