@@ -476,3 +476,27 @@ async fn password_auth_providers() {
     assert_eq!(login(json!({"type": "m.login.unknown"})).await.0, 400);
     assert_eq!(s.post("/_matrix/client/v3/logout", Some(&token), json!({})).await.0, 200);
 }
+
+#[tokio::test]
+async fn room_state_account_data_and_get_user_by_req_from_python() {
+    let s = with(&[py("m", json!({}))]).await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"name": "state"})).await;
+    let state = api(&s, json!({"op": "room_state", "room_id": room})).await;
+    let keys: Vec<&str> = state.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(keys.contains(&"m.room.name|") && keys.contains(&"m.room.member|@alice:test"), "{keys:?}");
+    let data = api(&s, json!({"op": "account_data", "user_id": "@alice:test"})).await;
+    assert_eq!(data, json!({"got": {"set": "by module"}, "errors": ["ValueError", "TypeError"]}));
+    let (_, mine) =
+        s.get("/_matrix/client/v3/user/@alice:test/account_data/org.example.module", Some(&alice.token)).await;
+    assert_eq!(mine, json!({"set": "by module"}));
+    // A module resource authenticating its caller.
+    assert_eq!(
+        s.get("/_synapse/client/py/m/whoami", Some(&alice.token)).await,
+        (200, json!({"user_id": "@alice:test"}))
+    );
+    let (st, b) = s.get("/_synapse/client/py/m/whoami", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
+    let (st, b) = s.get("/_synapse/client/py/m/whoami", Some("bogus")).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+}

@@ -25,6 +25,18 @@ NAMESPACE = {"Codes": Codes, "NOT_SPAM": NOT_SPAM, "SynapseError": SynapseError,
              "RegistrationBehaviour": RegistrationBehaviour}
 
 
+class WhoAmI(DirectServeJsonResource):
+    """Authenticates the request as Synapse modules do, with get_user_by_req."""
+
+    def __init__(self, api):
+        super().__init__()
+        self.api = api
+
+    async def _async_render_GET(self, request):
+        requester = await self.api.get_user_by_req(request)
+        return 200, {"user_id": requester.user.to_string()}
+
+
 class Calls(DirectServeJsonResource):
     def __init__(self, calls):
         super().__init__()
@@ -121,6 +133,20 @@ class ApiCalls(DirectServeJsonResource):
         if op == "sleep":
             await self.api.sleep(0.05)
             return 200, {"slept": True}
+        if op == "room_state":
+            state = await self.api.get_room_state(body["room_id"])
+            return 200, sorted("%s|%s" % k for k in state)
+        if op == "account_data":
+            mgr = self.api.account_data_manager
+            await mgr.put_global(body["user_id"], "org.example.module", {"set": "by module"})
+            got = await mgr.get_global(body["user_id"], "org.example.module")
+            errors = []
+            for bad in (lambda: mgr.put_global("@x:elsewhere", "t", {}), lambda: mgr.put_global(body["user_id"], "t", [1])):
+                try:
+                    bad()
+                except (ValueError, TypeError) as e:
+                    errors.append(type(e).__name__)
+            return 200, {"got": dict(got), "errors": errors}
         if op == "missing":
             try:
                 self.api.run_db_interaction
@@ -175,6 +201,7 @@ class Scripted:
         api.register_spam_checker_callbacks(**callbacks)
         api.register_web_resource(f"/_synapse/client/py/{label}/calls", Calls(self.calls))
         api.register_web_resource(f"/_synapse/client/py/{label}/api", ApiCalls(api))
+        api.register_web_resource(f"/_synapse/client/py/{label}/whoami", WhoAmI(api))
         if config.get("web"):
             base = f"/_synapse/client/py/{label}"
             api.register_web_resource(base + "/plain", Plain())

@@ -1214,6 +1214,13 @@ impl Homeserver {
         Ok(new.to_string())
     }
 
+    /// `ModuleApi.get_room_state`: the current state events, no membership check.
+    pub(crate) async fn module_room_state(&self, room_id: &str) -> Result<Vec<EventView>> {
+        let room_id = parse_room_id(room_id)?;
+        let state = self.current_state(&room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.state_views(&state).await
+    }
+
     /// Sends an event on a module's behalf (`ModuleApi.create_and_send_event_into_room`): no
     /// shadow-ban or rate limit, but `check_event_for_spam` applies.
     pub(crate) async fn module_send_event(&self, event: Map<String, Value>) -> Result<String> {

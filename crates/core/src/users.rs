@@ -912,6 +912,37 @@ impl Homeserver {
         self.db(move |s| s.set_user_flag(&u, UserFlag::Admin, admin)).await
     }
 
+    /// `account_data_manager.get_global`: local users only.
+    pub(crate) async fn module_get_global_account_data(&self, user_id: &str, kind: &str) -> Result<Option<Value>> {
+        let user = OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+        if !self.is_mine(&user) {
+            return Err(Error::invalid_param(format!("{user_id} is not local to this homeserver")));
+        }
+        let (u, k) = (user_id.to_owned(), kind.to_owned());
+        self.db(move |s| s.get_account_data(&u, "", &k)).await
+    }
+
+    /// `account_data_manager.put_global`: local, existing users only.
+    pub(crate) async fn module_put_global_account_data(
+        &self,
+        user_id: &str,
+        kind: &str,
+        content: Map<String, Value>,
+    ) -> Result<()> {
+        let user = OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+        if !self.is_mine(&user) {
+            return Err(Error::invalid_param(format!("{user_id} is not local to this homeserver")));
+        }
+        let u = user_id.to_owned();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found(format!("User {user_id} does not exist")));
+        }
+        let (u, k) = (user_id.to_owned(), kind.to_owned());
+        let pos = self.db(move |s| s.set_account_data(&u, "", &k, &Value::Object(content))).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
     /// Looks a local user up for `ModuleApi.get_userinfo_by_id`.
     pub(crate) async fn user_info(&self, user_id: &str) -> Result<Option<myelin_module_api::UserInfo>> {
         let u = user_id.to_owned();

@@ -334,6 +334,27 @@ pub trait Host: Send + Sync + 'static {
     fn sleep(&self, duration: std::time::Duration) -> BoxFuture<'static, ()>;
     /// Runs a background task for the server's lifetime.
     fn spawn(&self, task: BoxFuture<'static, ()>);
+    /// The room's current state events.
+    fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>>;
+    /// A local user's global account data of `data_type`.
+    fn get_global_account_data(
+        &self,
+        user_id: String,
+        data_type: String,
+    ) -> BoxFuture<'static, Result<Option<Value>, ModuleError>>;
+    /// Sets a local, existing user's global account data.
+    fn put_global_account_data(
+        &self,
+        user_id: String,
+        data_type: String,
+        content: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<(), ModuleError>>;
+    /// The user behind an access token (`ModuleApi.get_user_by_req`).
+    fn get_user_by_access_token(
+        &self,
+        token: String,
+        allow_expired: bool,
+    ) -> BoxFuture<'static, Result<String, ModuleError>>;
     /// Sends an outbound HTTP request.
     fn http_request(
         &self,
@@ -450,6 +471,28 @@ impl ModuleApi {
     pub async fn lookup_room_alias(&self, alias: &str) -> Result<(String, Vec<String>), ModuleError> {
         self.host.lookup_room_alias(alias.to_owned()).await
     }
+    /// The room's current state events.
+    pub async fn get_room_state(&self, room_id: &str) -> Result<Vec<EventView>, ModuleError> {
+        self.host.get_room_state(room_id.to_owned()).await
+    }
+    /// A local user's global account data (`account_data_manager.get_global`).
+    pub async fn get_global_account_data(&self, user_id: &str, data_type: &str) -> Result<Option<Value>, ModuleError> {
+        self.host.get_global_account_data(user_id.to_owned(), data_type.to_owned()).await
+    }
+    /// Sets global account data for a local, existing user (`account_data_manager.put_global`).
+    pub async fn put_global_account_data(
+        &self,
+        user_id: &str,
+        data_type: &str,
+        content: Map<String, Value>,
+    ) -> Result<(), ModuleError> {
+        self.host.put_global_account_data(user_id.to_owned(), data_type.to_owned(), content).await
+    }
+    /// The user ID an access token belongs to; a Matrix 401 error if none.
+    pub async fn get_user_by_access_token(&self, token: &str, allow_expired: bool) -> Result<String, ModuleError> {
+        self.host.get_user_by_access_token(token.to_owned(), allow_expired).await
+    }
+
     /// The outbound HTTP client.
     pub fn http_client(&self) -> http::HttpClient {
         http::HttpClient { api: self.clone() }

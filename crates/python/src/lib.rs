@@ -686,6 +686,28 @@ async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
         "lookup_room_alias" => {
             ok_or_error(api.lookup_room_alias(&s("alias")).await.map(|(r, servers)| json!([r, servers])))
         }
+        "get_room_state" => ok_or_error(
+            api.get_room_state(&s("room_id"))
+                .await
+                .map(|evs| Value::Array(evs.into_iter().map(|e| Value::Object(e.as_json().clone())).collect())),
+        ),
+        "get_global_account_data" => {
+            ok_or_error(api.get_global_account_data(&s("user_id"), &s("type")).await.map(|v| v.unwrap_or(Value::Null)))
+        }
+        "put_global_account_data" => ok_or_error(
+            api.put_global_account_data(
+                &s("user_id"),
+                &s("type"),
+                a["content"].as_object().cloned().unwrap_or_default(),
+            )
+            .await
+            .map(|_| Value::Null),
+        ),
+        "get_user_by_req" => ok_or_error(
+            api.get_user_by_access_token(&s("token"), a["allow_expired"].as_bool().unwrap_or(false))
+                .await
+                .map(Value::String),
+        ),
         "room_is_public" => ok_or_error(
             api.public_room_list_manager().room_is_in_public_room_list(&s("room_id")).await.map(Value::Bool),
         ),

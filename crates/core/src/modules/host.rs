@@ -30,6 +30,7 @@ fn to_module_error(e: Error) -> ModuleError {
         crate::ErrorKind::Module { status, .. } => *status,
         crate::ErrorKind::Forbidden | crate::ErrorKind::Denied(_) => 403,
         crate::ErrorKind::NotFound => 404,
+        crate::ErrorKind::MissingToken | crate::ErrorKind::UnknownToken => 401,
         crate::ErrorKind::Internal => 500,
         _ => 400,
     };
@@ -178,6 +179,47 @@ impl Host for HostHandle {
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         tokio::spawn(task);
+    }
+
+    fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_room_state(&room_id).await.map_err(to_module_error) })
+    }
+
+    fn get_global_account_data(
+        &self,
+        user_id: String,
+        data_type: String,
+    ) -> BoxFuture<'static, Result<Option<Value>, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_get_global_account_data(&user_id, &data_type).await.map_err(to_module_error) })
+    }
+
+    fn put_global_account_data(
+        &self,
+        user_id: String,
+        data_type: String,
+        content: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            hs?.module_put_global_account_data(&user_id, &data_type, content).await.map_err(to_module_error)
+        })
+    }
+
+    fn get_user_by_access_token(
+        &self,
+        token: String,
+        allow_expired: bool,
+    ) -> BoxFuture<'static, Result<String, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let info = crate::RequestInfo::default();
+            let requester = hs?
+                .authenticate(Some(&token).filter(|t| !t.is_empty()).map(|t| t.as_str()), &info, allow_expired)
+                .await;
+            requester.map(|r| r.user_id.to_string()).map_err(to_module_error)
+        })
     }
 
     fn http_request(

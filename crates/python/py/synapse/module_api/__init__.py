@@ -128,6 +128,33 @@ class PublicRoomListManager:
         return _deferred_call(self._host, "set_room_public", {"room_id": room_id, "public": False})
 
 
+class AccountDataManager:
+    """ModuleApi.account_data_manager: global account data of local users."""
+
+    def __init__(self, api):
+        self._api = api
+
+    def _check_user(self, user_id):
+        if not self._api.is_mine(user_id):
+            raise ValueError("Trying to get or set account data for non-local user %r" % (user_id,))
+
+    def get_global(self, user_id, data_type):
+        from types import MappingProxyType
+
+        self._check_user(user_id)
+        return _deferred_call(self._api._host, "get_global_account_data", {"user_id": user_id, "type": data_type},
+                              lambda r: None if r is None else MappingProxyType(r))
+
+    def put_global(self, user_id, data_type, new_data):
+        self._check_user(user_id)
+        if not isinstance(data_type, str):
+            raise TypeError("data_type must be a str")
+        if not isinstance(new_data, dict):
+            raise TypeError("new_data must be a dict")
+        return _deferred_call(self._api._host, "put_global_account_data",
+                              {"user_id": user_id, "type": data_type, "content": new_data})
+
+
 class ModuleApi:
     def __init__(self, host, module_name):
         self._host = host
@@ -231,6 +258,45 @@ class ModuleApi:
     @property
     def public_room_list_manager(self):
         return self._public_room_list_manager
+
+    @property
+    def account_data_manager(self):
+        return AccountDataManager(self)
+
+    def get_user_by_req(self, req, allow_guest=False, allow_expired=False):
+        """The Requester behind a module web request's access token (401 errors as Synapse)."""
+        from synapse.api.errors import Codes, InvalidClientCredentialsError
+        from synapse.types import create_requester
+
+        token = None
+        auth = req.requestHeaders.getRawHeaders(b"Authorization") or []
+        if auth and auth[0].startswith(b"Bearer "):
+            token = auth[0][len(b"Bearer "):].decode("ascii")
+        elif req.args.get(b"access_token"):
+            token = req.args[b"access_token"][0].decode("ascii")
+        if not token:
+            return defer.fail(InvalidClientCredentialsError("Missing access token.", Codes.MISSING_TOKEN))
+        d = _deferred_call(self._host, "get_user_by_req", {"token": token, "allow_expired": allow_expired},
+                           create_requester)
+
+        def translate(failure):
+            e = failure.value
+            if isinstance(e, SynapseError) and e.code == 401:
+                raise InvalidClientCredentialsError(e.msg, e.errcode)
+            return failure
+
+        d.addErrback(translate)
+        return d
+
+    def get_room_state(self, room_id, event_filter=None):
+        def to_map(events):
+            state = {(e["type"], e.get("state_key", "")): EventBase(e) for e in events}
+            if event_filter is not None:
+                wanted = set(event_filter)
+                state = {k: v for k, v in state.items() if k in wanted or (k[0], None) in wanted}
+            return state
+
+        return _deferred_call(self._host, "get_room_state", {"room_id": room_id}, to_map)
 
     def get_qualified_user_id(self, username):
         if username.startswith("@"):
