@@ -22,3 +22,5 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-dep
 cargo build --release --locked -p myelin
 bench/work/synapse-venv/bin/python bench/run.py
 cargo bench --locked -p myelin-core --bench dispatch -- --noplot 2>&1 | grep -E "^(user_may|check_event)|time:" | tee bench/work/dispatch.txt
+PYTHONPATH="$PWD/bench/modules" VIRTUAL_ENV="$PWD/tests/clients/.venv" \
+  cargo bench --locked -p myelin-python --bench python_dispatch -- --noplot 2>&1 | grep -E "^user_may|time:" | tee -a bench/work/dispatch.txt
