@@ -49,6 +49,9 @@ pub struct Homeserver {
     pub(crate) uia_sessions: Mutex<HashMap<String, crate::users::UiaSession>>,
     /// Shared-secret registration nonces -> issue time (ms); single use, one minute.
     pub(crate) registration_nonces: Mutex<HashMap<String, i64>>,
+    /// When each `(user, device)`'s last-seen row was last written, and from which IP; held
+    /// only to decide whether to write again.
+    pub(crate) last_seen: Mutex<HashMap<(String, String), (i64, String)>>,
 }
 
 impl Homeserver {
@@ -66,6 +69,7 @@ impl Homeserver {
             stream: watch::Sender::new(position),
             uia_sessions: Mutex::new(HashMap::new()),
             registration_nonces: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
         }))
     }
 

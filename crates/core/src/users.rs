@@ -172,10 +172,26 @@ impl Homeserver {
         if !allow_expired && self.modules.has_is_user_expired() && self.modules.is_user_expired(&user.user_id).await? {
             return Err(crate::modules::third_party::expired());
         }
-        let (u, d, ip) = (user.user_id.clone(), device_id.clone(), info.ip.clone());
-        // Last-seen bookkeeping must not slow the request down.
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.touch_device(&u, &d, &ip, now_ms()));
+        // Last-seen bookkeeping must not slow requests down: written in the background, and at
+        // most once a minute per device (and whenever the IP changes), as Synapse batches its
+        // client-IP updates, so a busy client does not add a write to every request.
+        let now = now_ms();
+        let due = {
+            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (user.user_id.clone(), device_id.clone());
+            match seen.get(&key) {
+                Some((at, ip)) if now - at < 60_000 && *ip == info.ip => false,
+                _ => {
+                    seen.insert(key, (now, info.ip.clone()));
+                    true
+                }
+            }
+        };
+        if due {
+            let (u, d, ip) = (user.user_id.clone(), device_id.clone(), info.ip.clone());
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.touch_device(&u, &d, &ip, now));
+        }
         Ok(Requester {
             user_id: OwnedUserId::try_from(user.user_id).map_err(Error::internal)?,
             device_id,
