@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
-//!   [`ClientDataStore`]). Services hold an `Arc<dyn Storage>` and never see SQL.
+//!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`]).
+//!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
 //!   migrations compiled in and applied at open.
 //!
