@@ -379,6 +379,13 @@ def table(targets):
     return "\n".join(lines)
 
 
+async def modules_only():
+    """`run.py modules`: just the module-set throughput table, for iterating on the hosts."""
+    medians, rates = await module_overhead()
+    for k in ("none", "demo", "python"):
+        print(f"{k}: {medians[k]:,.0f} msg/s, {medians[k] / medians['none'] * 100:.1f}% of none; runs {rates[k]}")
+
+
 async def main():
     if WORK.exists():
         for d in ("myelin-data", "synapse-data"):
@@ -415,4 +422,4 @@ async def main():
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(modules_only() if sys.argv[1:] == ["modules"] else main())

@@ -1,8 +1,8 @@
 """The Python side of Myelin's module host. Runs only on the dedicated Python thread.
 
 Rust starts the thread, calls `start()` (an asyncio loop with Twisted's asyncio reactor installed
-before any module is imported), then `run()`. Work from other threads arrives through
-`loop.call_soon_threadsafe`. Results go back by calling the `done` callables Rust passes in,
+before any module is imported), `watch()` and then `run()`. Work from other threads arrives
+through Rust's job queue, drained when its wake-up socket is readable. Results go back by calling the `done` callables Rust passes in,
 always with JSON text (or, for web responses, bytes), so Rust never touches Python objects
 outside the GIL.
 """
@@ -12,6 +12,7 @@ import inspect
 import json
 import sys
 import traceback
+from types import CoroutineType as _CoroutineType
 
 _loop = None
 
@@ -23,6 +24,12 @@ def start():
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install(_loop)
+    # Names the per-call paths use, bound once now that importing Twisted is safe.
+    global _defer, _NOT_SPAM, _Codes, _RegistrationBehaviour
+    from twisted.internet import defer as _defer
+    from synapse.api.errors import Codes as _Codes
+    from synapse.module_api import NOT_SPAM as _NOT_SPAM
+    from synapse.spam_checker_api import RegistrationBehaviour as _RegistrationBehaviour
     return _loop
 
 
@@ -33,14 +40,22 @@ def run():
     _loop.run_forever()
 
 
-def submit(fn, *args):
-    _loop.call_soon_threadsafe(fn, *args)
+def watch(fd, drain):
+    """Rust's job queue: `drain` runs queued jobs whenever the wake-up socket `fd` is readable."""
+    global _drain
+    _drain = drain
+    _loop.add_reader(fd, drain)
+
+
+def rewake():
+    """A drain that used up its time budget continues after the loop's other ready work."""
+    _loop.call_soon(_drain)
 
 
 # --- loading -----------------------------------------------------------------------------------
 
 def load_module(name, config_json, legacy, done):
-    """Imports `a.b.Class`, runs its parse_config; done(json) with {"ok"} or {"config_error"} or {"fatal"}."""
+    """Imports `a.b.Class`, runs its parse_config; done(dict) with {"ok"} or {"config_error"} or {"fatal"}."""
     try:
         module_path, _, attr = name.rpartition(".")
         if not module_path:
@@ -56,16 +71,16 @@ def load_module(name, config_json, legacy, done):
                 from synapse.config._base import ConfigError
 
                 if isinstance(e, ConfigError):
-                    done(json.dumps({"config_error": {"message": e.msg, "path": [str(p) for p in (e.path or [])], "wrapped": True}}))
+                    done({"config_error": {"message": e.msg, "path": [str(p) for p in (e.path or [])], "wrapped": True}})
                 else:
-                    done(json.dumps({"config_error": {"message": str(e), "path": [], "wrapped": True}}))
+                    done({"config_error": {"message": str(e), "path": [], "wrapped": True}})
                 return
         global _loaded
         _loaded += 1
         _pending[name, _loaded] = (cls, config, legacy)
-        done(json.dumps({"ok": _loaded}))
+        done({"ok": _loaded})
     except BaseException:
-        done(json.dumps({"fatal": traceback.format_exc()}))
+        done({"fatal": traceback.format_exc()})
 
 
 _pending = {}
@@ -107,24 +122,20 @@ def instantiate(name, index, host, done):
 
         api = ModuleApi(host, name)
         _instances.append(_build_legacy(cls, config, api) if legacy else cls(config, api))
-        done(json.dumps({"ok": True}))
+        done({"ok": True})
     except BaseException:
-        done(json.dumps({"fatal": traceback.format_exc()}))
+        done({"fatal": traceback.format_exc()})
 
 
 # --- callbacks ---------------------------------------------------------------------------------
 
 def _is_codes(value):
-    from synapse.api.errors import Codes
-
-    return isinstance(value, Codes)
+    return isinstance(value, _Codes)
 
 
 def classify(kind, value):
-    """Synapse's return-value normalisation (spamchecker_callbacks.py), as plain JSON."""
-    from synapse.module_api import NOT_SPAM
-    from synapse.spam_checker_api import RegistrationBehaviour
-
+    """Synapse's return-value normalisation (spamchecker_callbacks.py), as plain data."""
+    NOT_SPAM, RegistrationBehaviour = _NOT_SPAM, _RegistrationBehaviour
     forbidden = {"deny": "M_FORBIDDEN", "fields": {}}
     if kind == "check_event_allowed":
         # (allowed, replacement dict); an old-style plain dict means allowed with it.
@@ -202,60 +213,122 @@ def _error_payload(exc):
     return {"exception": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
-def invoke(kind, fn, args_json, done):
-    """Calls a module callback; sync, async and Deferred-returning ones all work."""
-    from twisted.internet import defer
-
+def _event_args(args):
     from synapse.events import make_event
 
-    try:
-        args = json.loads(args_json)
-        if kind in ("check_event_for_spam",):
-            args = [make_event(args[0])]
-        elif kind in ("check_event_allowed", "on_new_event"):
-            state = {(e["type"], e.get("state_key", "")): make_event(e) for e in args[1]}
-            args = [make_event(args[0]), state]
-        elif kind == "on_create_room":
-            from synapse.types import create_requester
+    return [make_event(args[0])]
 
-            args = [create_requester(args[0]), args[1], args[2]]
-        elif kind == "check_username_for_spam":
-            from synapse.module_api import UserProfile
 
-            args = [UserProfile(args[0]), args[1]]
-        elif kind in ("check_login_for_spam", "check_registration_for_spam"):
-            args[-2] = [tuple(x) for x in args[-2]]
-        elif kind == "check_media_file_for_spam":
-            from synapse.media._base import FileInfo
-            from synapse.media.media_storage import ReadableFileWrapper
+def _event_and_state_args(args):
+    from synapse.events import make_event
 
-            path, media_id, server_name, thumbnail = args
-            args = [ReadableFileWrapper(None, path), FileInfo(server_name, media_id, False, None)]
-        elif kind == "user_may_create_room_alias":
-            from synapse.types import RoomAlias
+    state = {(e["type"], e.get("state_key", "")): make_event(e) for e in args[1]}
+    return [make_event(args[0]), state]
 
-            args = [args[0], RoomAlias.from_string(args[1])]
-        result = fn(*args)
-    except BaseException as e:
-        done(json.dumps(_error_payload(e)))
-        return
 
-    def ok(value):
-        if kind == "on_create_room":
-            value = (value, args[1])
+def _create_room_args(args):
+    from synapse.types import create_requester
+
+    return [create_requester(args[0]), args[1], args[2]]
+
+
+def _username_args(args):
+    from synapse.module_api import UserProfile
+
+    return [UserProfile(args[0])] + args[1:]
+
+
+def _request_info_args(args):
+    args[-2] = [tuple(x) for x in args[-2]]
+    return args
+
+
+def _media_args(args):
+    from synapse.media._base import FileInfo
+    from synapse.media.media_storage import ReadableFileWrapper
+
+    path, media_id, server_name, thumbnail = args
+    return [ReadableFileWrapper(None, path), FileInfo(server_name, media_id, False, None)]
+
+
+def _alias_args(args):
+    from synapse.types import RoomAlias
+
+    return [args[0], RoomAlias.from_string(args[1])]
+
+
+# How each callback's JSON arguments become the objects Synapse passes.
+_ARGUMENTS = {
+    "check_event_for_spam": _event_args,
+    "check_event_allowed": _event_and_state_args,
+    "on_new_event": _event_and_state_args,
+    "on_create_room": _create_room_args,
+    "check_username_for_spam": _username_args,
+    "check_login_for_spam": _request_info_args,
+    "check_registration_for_spam": _request_info_args,
+    "check_media_file_for_spam": _media_args,
+    "user_may_create_room_alias": _alias_args,
+}
+
+
+def _resume(coro, yielded):
+    """A generator that continues `coro` from its first suspension, for Twisted to drive.
+
+    Forwards every send and throw, so the coroutine runs exactly as it would have under
+    `ensureDeferred` from the start.
+    """
+    while True:
         try:
-            done(json.dumps(classify(kind, value), default=str))
+            sent = yield yielded
         except BaseException as e:
-            done(json.dumps(_error_payload(e)))
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
-    def fail(failure):
-        done(json.dumps(_error_payload(failure.value)))
 
-    if inspect.isawaitable(result) or isinstance(result, defer.Deferred):
-        d = result if isinstance(result, defer.Deferred) else defer.ensureDeferred(result)
-        d.addCallbacks(ok, fail)
+def invoke(kind, fn, args, done):
+    """Calls a module callback; sync, async and Deferred-returning ones all work.
+
+    A coroutine is first stepped here: most module callbacks finish without suspending, and
+    then no Deferred is built at all. One that suspends is handed to Twisted where it stopped.
+    """
+    try:
+        convert = _ARGUMENTS.get(kind)
+        if convert is not None:
+            args = convert(args)
+        result = fn(*args)
+        if type(result) is _CoroutineType:
+            try:
+                yielded = result.send(None)
+            except StopIteration as stop:
+                result = stop.value
+            else:
+                result = _defer.ensureDeferred(_resume(result, yielded))
+        elif not isinstance(result, _defer.Deferred) and inspect.isawaitable(result):
+            result = _defer.ensureDeferred(result)
+    except BaseException as e:
+        done(_error_payload(e))
+        return
+    if isinstance(result, _defer.Deferred):
+        result.addCallbacks(lambda value: _finish(kind, args, value, done), lambda f: done(_error_payload(f.value)))
     else:
-        ok(result)
+        _finish(kind, args, result, done)
+
+
+def _finish(kind, args, value, done):
+    if kind == "on_create_room":
+        value = (value, args[1])
+    try:
+        answer = classify(kind, value)
+    except BaseException as e:
+        answer = _error_payload(e)
+    done(answer)
 
 
 def arity(fn):

@@ -10,16 +10,22 @@
 //! - `py/synapse/`: the compatibility package (`synapse.module_api` and friends).
 //!
 //! # Key decisions
-//! - Work reaches the Python thread through `loop.call_soon_threadsafe`; results come back
-//!   through one-shot channels, always as JSON text (or bytes for web responses), so no Python
-//!   object is touched outside the GIL.
+//! - Work reaches the Python thread through a Rust queue and a wake-up socket the asyncio loop
+//!   watches, so a request thread never waits for the GIL (the Python thread holds it while it
+//!   runs) and a burst of calls costs one wake-up. Results come back through one-shot channels,
+//!   always as JSON text (or bytes for web responses), so no Python object is touched outside
+//!   the GIL.
 //! - Return values are normalised in Python (`myelin_host.classify`), with Synapse's own rules,
 //!   into a small JSON vocabulary that becomes the typed decisions here.
 //! - Web resources are served by Twisted itself: each request is fed as HTTP bytes to a real
 //!   `twisted.web.server.Site` over an in-memory transport, so 405/`Allow`, HEAD, trailing-slash
 //!   404, "Request did not return bytes" and `NOT_DONE_YET` behave as on Synapse.
 
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -29,7 +35,7 @@ use myelin_module_api::spam::*;
 use myelin_module_api::web::{Request, Response, WebResource};
 use myelin_module_api::{EventView, ModuleApi, ModuleError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCFunction, PyTuple};
+use pyo3::types::{PyBool, PyCFunction, PyDict, PyFloat, PyList, PyString, PyTuple};
 use serde_json::{Map, Value, json};
 
 /// The shim and host files, written to a private directory at start-up.
@@ -62,10 +68,21 @@ const FILES: &[(&str, &str)] = &[
     ("synapse/util/__init__.py", include_str!("../py/synapse/util/__init__.py")),
 ];
 
+/// Work for the Python thread: runs there, in the reactor, with the GIL held.
+type Job = Box<dyn FnOnce(Python<'_>) -> PyResult<()> + Send>;
+
 /// The interpreter thread and its asyncio loop.
 struct PythonRuntime {
     /// `myelin_host`, imported on the Python thread.
     host: Py<PyModule>,
+    /// Jobs for the Python thread. Submitting never takes the GIL: the job is queued and, if the
+    /// thread has not been woken since its last drain, one byte goes down `wake`.
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// The writing end of a socket pair whose other end the asyncio loop watches.
+    wake: std::os::unix::net::UnixStream,
+    /// Set between a wake-up byte being written and the Python thread draining the queue, so a
+    /// burst of submissions costs one wake-up.
+    wake_pending: Arc<AtomicBool>,
     /// Where the shim lives; removed when the runtime goes.
     _dir: tempfile::TempDir,
     /// Tokio, for the async ModuleApi calls Python makes; set when modules are instantiated.
@@ -76,6 +93,60 @@ fn py_err(e: PyErr) -> String {
     Python::attach(|py| {
         let tb = e.traceback(py).and_then(|t| t.format().ok()).unwrap_or_default();
         format!("{tb}{e}")
+    })
+}
+
+/// How long the Python thread waits, GIL released, for another job after finishing one, before
+/// going back to the asyncio loop. Under load the next call is usually that close, and taking it
+/// from the queue directly skips a socket wake-up and a loop iteration.
+const LINGER: Duration = Duration::from_micros(50);
+
+/// The most time one drain may take before the loop gets a turn (timers, Twisted I/O).
+const DRAIN_BUDGET: Duration = Duration::from_millis(2);
+
+/// The asyncio reader callback: empties the wake-up socket, then runs queued jobs, lingering
+/// briefly for more, within [`DRAIN_BUDGET`].
+fn drainer(
+    py: Python<'_>,
+    reader: std::os::unix::net::UnixStream,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    wake_pending: Arc<AtomicBool>,
+) -> PyResult<Bound<'_, PyCFunction>> {
+    let run = |py: Python<'_>, job: Job| {
+        if let Err(e) = job(py) {
+            let tb = e.traceback(py).and_then(|t| t.format().ok()).unwrap_or_default();
+            tracing::error!("a job on the Python thread failed: {tb}{e}");
+        }
+    };
+    // Only the Python thread drains, so this lock is never contended; closures must be Sync.
+    let jobs = Mutex::new(jobs);
+    PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
+        let py = args.py();
+        let next = || jobs.lock().unwrap_or_else(|p| p.into_inner()).try_recv();
+        let mut buf = [0u8; 64];
+        // Non-blocking: stops at WouldBlock once the socket is empty.
+        while matches!((&reader).read(&mut buf), Ok(n) if n == buf.len()) {}
+        // `wake_pending` stays set while this drain runs, so submitters skip the socket.
+        let deadline = Instant::now() + DRAIN_BUDGET;
+        loop {
+            while let Ok(job) = next() {
+                run(py, job);
+                if Instant::now() > deadline {
+                    // Come back after the loop's other work, flag still set.
+                    return py.import("myelin_host")?.call_method0("rewake").map(drop);
+                }
+            }
+            match py.detach(|| jobs.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(LINGER)) {
+                Ok(job) => run(py, job),
+                Err(_) => break,
+            }
+        }
+        // A job queued after this point writes a new byte; one queued before it is taken here.
+        wake_pending.store(false, Ordering::SeqCst);
+        while let Ok(job) = next() {
+            run(py, job);
+        }
+        Ok(())
     })
 }
 
@@ -91,6 +162,12 @@ impl PythonRuntime {
         }
         let shim = dir.path().to_string_lossy().into_owned();
         let venv = std::env::var("VIRTUAL_ENV").ok();
+        let (wake, reader) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        wake.set_nonblocking(true).map_err(|e| e.to_string())?;
+        reader.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let pending = wake_pending.clone();
         let (tx, rx) = std::sync::mpsc::channel::<Result<Py<PyModule>, String>>();
         std::thread::Builder::new()
             .name("python".into())
@@ -107,6 +184,8 @@ impl PythonRuntime {
                     }
                     let host = py.import("myelin_host")?;
                     host.call_method0("start")?;
+                    let fd = reader.as_raw_fd();
+                    host.call_method1("watch", (fd, drainer(py, reader, queue, pending)?))?;
                     Ok(host.unbind())
                 });
                 match started {
@@ -126,42 +205,35 @@ impl PythonRuntime {
             })
             .map_err(|e| e.to_string())?;
         let host = rx.recv().map_err(|e| e.to_string())??;
-        Ok(Arc::new(PythonRuntime { host, _dir: dir, tokio: OnceLock::new() }))
+        Ok(Arc::new(PythonRuntime { host, jobs, wake, wake_pending, _dir: dir, tokio: OnceLock::new() }))
     }
 
-    /// Runs `f` on the Python thread, in the reactor, with the GIL.
+    /// Runs `f` on the Python thread, in the reactor, with the GIL. Never takes the GIL here.
     fn submit(&self, f: impl FnOnce(Python<'_>) -> PyResult<()> + Send + 'static) {
-        let f = Mutex::new(Some(f));
-        let result = Python::attach(|py| -> PyResult<()> {
-            let job =
-                PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
-                    if let Some(f) = f.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        f(args.py())?;
-                    }
-                    Ok(())
-                })?;
-            self.host.bind(py).call_method1("submit", (job,))?;
-            Ok(())
-        });
-        if let Err(e) = result {
-            tracing::error!("could not reach the Python thread: {}", py_err(e));
+        if self.jobs.send(Box::new(f)).is_err() {
+            tracing::error!("the Python thread has stopped; a module call was dropped");
+            return;
+        }
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            // A full socket buffer already means a pending wake-up, so WouldBlock is fine.
+            let _ = (&self.wake).write(&[1]);
         }
     }
 
-    /// Calls `myelin_host.<function>(*args, done)` and waits for the JSON `done` receives.
-    fn call_json(
+    /// Calls `myelin_host.<function>(*args, done)`; the receiver gets what `done` is given.
+    fn call(
         self: &Arc<Self>,
         function: &'static str,
         args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Vec<Py<PyAny>>> + Send + 'static,
-    ) -> futures::channel::oneshot::Receiver<String> {
-        let (tx, rx) = futures::channel::oneshot::channel::<String>();
+    ) -> futures::channel::oneshot::Receiver<Value> {
+        let (tx, rx) = futures::channel::oneshot::channel::<Value>();
         let me = self.clone();
         self.submit(move |py| {
             let tx = Mutex::new(Some(tx));
             let done = PyCFunction::new_closure(py, None, None, move |a: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
-                let text: String = a.get_item(0)?.extract()?;
+                let answer = from_python(&a.get_item(0)?);
                 if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    let _ = tx.send(text);
+                    let _ = tx.send(answer);
                 }
                 Ok(())
             })?;
@@ -173,14 +245,63 @@ impl PythonRuntime {
         rx
     }
 
-    fn call_json_blocking(
+    fn call_blocking(
         self: &Arc<Self>,
         function: &'static str,
         args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Vec<Py<PyAny>>> + Send + 'static,
     ) -> Result<Value, String> {
-        let rx = self.call_json(function, args);
-        let text = futures::executor::block_on(rx).map_err(|_| "the Python thread dropped the call".to_owned())?;
-        serde_json::from_str(&text).map_err(|e| e.to_string())
+        let rx = self.call(function, args);
+        futures::executor::block_on(rx).map_err(|_| "the Python thread dropped the call".to_owned())
+    }
+}
+
+/// JSON data as the Python objects `json.loads` would give, built directly.
+fn to_python<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or_default().into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            PyList::new(py, items.iter().map(|v| to_python(py, v)).collect::<PyResult<Vec<_>>>()?)?.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, to_python(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// A Python answer as JSON data: dicts, lists, tuples and scalars map across; any other object
+/// becomes its `str()`, as `json.dumps(default=str)` would have made it.
+fn from_python(object: &Bound<'_, PyAny>) -> Value {
+    if object.is_none() {
+        Value::Null
+    } else if let Ok(b) = object.cast::<PyBool>() {
+        Value::Bool(b.is_true())
+    } else if let Ok(i) = object.extract::<i64>() {
+        Value::from(i)
+    } else if let Ok(f) = object.cast::<PyFloat>() {
+        Value::from(f.value())
+    } else if let Ok(s) = object.cast::<PyString>() {
+        Value::String(s.to_string_lossy().into_owned())
+    } else if let Ok(d) = object.cast::<PyDict>() {
+        Value::Object(
+            d.iter().map(|(k, v)| (k.str().map(|s| s.to_string()).unwrap_or_default(), from_python(&v))).collect(),
+        )
+    } else if let Ok(l) = object.cast::<PyList>() {
+        Value::Array(l.iter().map(|v| from_python(&v)).collect())
+    } else if let Ok(t) = object.cast::<PyTuple>() {
+        Value::Array(t.iter().map(|v| from_python(&v)).collect())
+    } else {
+        Value::String(object.str().map(|s| s.to_string()).unwrap_or_default())
     }
 }
 
@@ -224,7 +345,7 @@ impl PythonModules {
         let rt = self.runtime().map_err(ForeignLoadError::Fatal)?;
         let (n, c) = (name.to_owned(), config.to_string());
         let answer = rt
-            .call_json_blocking("load_module", move |py| {
+            .call_blocking("load_module", move |py| {
                 Ok(vec![to_py(py, &n), to_py(py, &c), legacy.into_pyobject(py)?.to_owned().into_any().unbind()])
             })
             .map_err(ForeignLoadError::Fatal)?;
@@ -257,7 +378,7 @@ impl ForeignModule for PythonModule {
         }
         let host = PyHost { api: api.clone(), runtime: self.runtime.clone() };
         let (name, index) = (self.name.clone(), self.index);
-        let answer = self.runtime.call_json_blocking("instantiate", move |py| {
+        let answer = self.runtime.call_blocking("instantiate", move |py| {
             Ok(vec![to_py(py, &name), index.into_pyobject(py)?.into_any().unbind(), Py::new(py, host)?.into_any()])
         })?;
         match answer.get("fatal") {
@@ -314,20 +435,19 @@ fn decision(v: Value) -> Result<Decision, ModuleError> {
 }
 
 impl PyHost {
-    /// A callback that runs `function` on the Python thread with `args` (JSON), normalising
+    /// A callback that runs `function` on the Python thread with `args` (as Python data), normalising
     /// the result as `kind` requires.
     fn invoke(
         &self,
         kind: &'static str,
-        function: &Py<PyAny>,
+        function: &Arc<Py<PyAny>>,
         args: Value,
     ) -> BoxFuture<'static, Result<Value, ModuleError>> {
-        let f = Python::attach(|py| function.clone_ref(py));
-        let rx = self.runtime.call_json("invoke", move |py| Ok(vec![to_py(py, kind), f, to_py(py, &args.to_string())]));
-        Box::pin(async move {
-            let text = rx.await.map_err(|_| ModuleError::other("the Python thread dropped the call"))?;
-            serde_json::from_str(&text).map_err(ModuleError::other)
-        })
+        let f = function.clone();
+        let rx = self
+            .runtime
+            .call("invoke", move |py| Ok(vec![to_py(py, kind), f.clone_ref(py), to_python(py, &args)?.unbind()]));
+        Box::pin(async move { rx.await.map_err(|_| ModuleError::other("the Python thread dropped the call")) })
     }
 
     fn callback<A: Send + 'static, R: Send + 'static>(
