@@ -1,10 +1,11 @@
 //! Rooms: the local event graph (build, auth, persist), room creation, membership, sending,
 //! state and history.
 //!
-//! Every local event goes through [`Homeserver::append_event`], under the room's send lock:
-//! pick auth events from the current state, sign, run the authorization rules against the
-//! current state, persist (event, state group delta, extremities, txn ID) in one transaction,
-//! then update the cache and wake `/sync`.
+//! Every local event goes through [`Homeserver::append_event`]: pick auth events from the state
+//! it is built on, sign, run module callbacks and the authorization rules, persist (event, state
+//! group delta, extremities, txn ID) in one transaction, then update the cache and wake `/sync`.
+//! State events do all of it under the room's send lock; messages only read and persist under
+//! it, so concurrent messages may share parents (see `append_event`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,13 +25,59 @@ use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 /// A room's cached current state, extremities and depth; guarded by the room's send lock.
 pub(crate) struct RoomCache {
     pub(crate) rules: RoomVersionRules,
-    pub(crate) state: HashMap<(String, String), OwnedEventId>,
+    /// Shared with in-flight [`Basis`] snapshots; a state change copies it only if one is out.
+    pub(crate) state: Arc<HashMap<(String, String), OwnedEventId>>,
     /// The state group matching `state`, or `None` when the next write must be a snapshot.
     pub(crate) state_group: Option<i64>,
     /// Deltas since the last full snapshot.
     pub(crate) chain_len: i64,
     pub(crate) extremities: Vec<OwnedEventId>,
     pub(crate) depth: u64,
+}
+
+/// The most parents an event gets (Synapse's limit too); further extremities wait for the next.
+const MAX_PREV_EVENTS: usize = 10;
+
+impl RoomCache {
+    fn basis(&self) -> Basis {
+        Basis {
+            rules: self.rules.clone(),
+            state: self.state.clone(),
+            prev_events: self.extremities.iter().take(MAX_PREV_EVENTS).cloned().collect(),
+            depth: self.depth,
+        }
+    }
+}
+
+/// What an event is built on: a snapshot of the room cache.
+struct Basis {
+    rules: RoomVersionRules,
+    state: Arc<HashMap<(String, String), OwnedEventId>>,
+    prev_events: Vec<OwnedEventId>,
+    /// The room's greatest depth; the event gets one more.
+    depth: u64,
+}
+
+/// An event built, signed and checked, not yet written.
+struct Checked {
+    pdu: Pdu,
+    json: String,
+    /// `(redacted event ID, its pruned JSON)` when this redacts an event of the room.
+    redaction: Option<(String, String)>,
+    /// The room state as module views, when third-party rules need it.
+    state_views: Vec<EventView>,
+}
+
+/// Current state as storage entries, those `keep` accepts.
+fn state_entries(
+    state: &HashMap<(String, String), OwnedEventId>,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Vec<StateEntry> {
+    state
+        .iter()
+        .filter(|((t, k), _)| keep(t, k))
+        .map(|((t, k), e)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: e.to_string() })
+        .collect()
 }
 
 /// Options of one appended event.
@@ -226,10 +273,12 @@ impl Homeserver {
             .ok_or_else(|| Error::internal(format!("unknown room version {}", room.room_version)))?;
         Ok(Some(RoomCache {
             rules,
-            state: state
-                .into_iter()
-                .filter_map(|e| Some(((e.event_type, e.state_key), OwnedEventId::try_from(e.event_id).ok()?)))
-                .collect(),
+            state: Arc::new(
+                state
+                    .into_iter()
+                    .filter_map(|e| Some(((e.event_type, e.state_key), OwnedEventId::try_from(e.event_id).ok()?)))
+                    .collect(),
+            ),
             state_group,
             chain_len,
             extremities: extremities.into_iter().filter_map(|e| OwnedEventId::try_from(e).ok()).collect(),
@@ -254,6 +303,13 @@ impl Homeserver {
     }
 
     /// Builds, authorises and persists one local event. The one path every local event takes.
+    ///
+    /// State events and redactions are built, checked and persisted under the room's send lock,
+    /// against the current state. Other events (messages) take the lock only to read what they
+    /// are built on and, later, to persist: building, signing, module callbacks and auth checks
+    /// run outside it, so a slow module (a Python spam checker, an HTTP antispam backend) does
+    /// not serialise a busy room. Messages built at the same time share parents, and the next
+    /// event merges them, as on Synapse; their state is the state they were built on.
     pub(crate) async fn append_event(
         &self,
         room_id: &RoomId,
@@ -267,15 +323,112 @@ impl Homeserver {
         let Some(cache) = guard.as_mut() else {
             return Err(Error::not_found(format!("Unknown room {room_id}")));
         };
-        if let Some((user, device, txn)) = &options.txn {
-            let (u, d, t) = (user.clone(), device.clone(), txn.clone());
-            if let Some(existing) = self.db(move |s| s.get_txn_event(&u, &d, &t)).await? {
-                let events = self.load_events(vec![existing.clone()]).await?;
-                let json = self.db(move |s| s.get_event(&existing)).await?.map(|r| r.json).unwrap_or_default();
-                let pdu = events.into_values().next().ok_or_else(|| Error::internal("txn event vanished"))?;
-                return Ok(Appended { pdu, json });
+        let basis = cache.basis();
+        if let (None, Some(group), false) = (state_key, cache.state_group, kind == "m.room.redaction") {
+            drop(guard);
+            if let Some(existing) = self.txn_event(&options).await? {
+                return Ok(existing);
             }
+            let checked = self.build_checked(room_id, sender, kind, None, content, &options, &basis).await?;
+            let mut guard = self.room_lock(room_id).await?;
+            let Some(cache) = guard.as_mut() else {
+                return Err(Error::not_found(format!("Unknown room {room_id}")));
+            };
+            // A retry with the same transaction ID may have landed while this one was built.
+            if let Some(existing) = self.txn_event(&options).await? {
+                return Ok(existing);
+            }
+            let mut extremities: Vec<OwnedEventId> =
+                cache.extremities.iter().filter(|e| !basis.prev_events.contains(e)).cloned().collect();
+            extremities.push(checked.pdu.event_id.clone());
+            let (stream, _) = self
+                .persist_checked(
+                    room_id,
+                    sender,
+                    kind,
+                    None,
+                    &checked,
+                    StateChange::Same(group),
+                    &extremities,
+                    &options,
+                )
+                .await?;
+            cache.extremities = extremities;
+            cache.depth = cache.depth.max(basis.depth + 1);
+            drop(guard);
+            return Ok(self.announce(stream, checked));
         }
+
+        if let Some(existing) = self.txn_event(&options).await? {
+            return Ok(existing);
+        }
+        let checked = self.build_checked(room_id, sender, kind, state_key, content, &options, &basis).await?;
+        let state_change = match state_key {
+            Some(key) => {
+                let entry = StateEntry {
+                    event_type: kind.to_owned(),
+                    state_key: key.to_owned(),
+                    event_id: checked.pdu.event_id.to_string(),
+                };
+                match cache.state_group {
+                    Some(prev) if cache.chain_len < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN => {
+                        StateChange::New { prev: Some(prev), delta: vec![entry] }
+                    }
+                    _ => {
+                        let mut full = state_entries(&cache.state, |t, k| !(t == kind && k == key));
+                        full.push(entry);
+                        StateChange::New { prev: None, delta: full }
+                    }
+                }
+            }
+            None => match cache.state_group {
+                Some(g) => StateChange::Same(g),
+                None => StateChange::New { prev: None, delta: state_entries(&cache.state, |_, _| true) },
+            },
+        };
+        let is_snapshot = matches!(&state_change, StateChange::New { prev: None, .. });
+        // This event's parents are merged; extremities beyond the cap stay for the next one.
+        let mut extremities: Vec<OwnedEventId> =
+            cache.extremities.iter().filter(|e| !basis.prev_events.contains(e)).cloned().collect();
+        extremities.push(checked.pdu.event_id.clone());
+        let (stream, group) = self
+            .persist_checked(room_id, sender, kind, state_key, &checked, state_change, &extremities, &options)
+            .await?;
+        if let Some(key) = state_key {
+            Arc::make_mut(&mut cache.state).insert((kind.to_owned(), key.to_owned()), checked.pdu.event_id.clone());
+            cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
+        }
+        cache.state_group = Some(group);
+        cache.extremities = extremities;
+        cache.depth = cache.depth.max(basis.depth + 1);
+        drop(guard);
+        Ok(self.announce(stream, checked))
+    }
+
+    /// The event an earlier request with the same transaction ID created, if any.
+    async fn txn_event(&self, options: &AppendOptions) -> Result<Option<Appended>> {
+        let Some((user, device, txn)) = &options.txn else { return Ok(None) };
+        let (u, d, t) = (user.clone(), device.clone(), txn.clone());
+        let Some(existing) = self.db(move |s| s.get_txn_event(&u, &d, &t)).await? else { return Ok(None) };
+        let events = self.load_events(vec![existing.clone()]).await?;
+        let json = self.db(move |s| s.get_event(&existing)).await?.map(|r| r.json).unwrap_or_default();
+        let pdu = events.into_values().next().ok_or_else(|| Error::internal("txn event vanished"))?;
+        Ok(Some(Appended { pdu, json }))
+    }
+
+    /// Builds and signs an event on `basis`, runs the module callbacks that may change or refuse
+    /// it and the authorization rules. Nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_checked(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Map<String, Value>,
+        options: &AppendOptions,
+        basis: &Basis,
+    ) -> Result<Checked> {
         let timeline_type = TimelineEventType::from(kind);
         let raw_content = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -283,11 +436,11 @@ impl Homeserver {
             sender,
             state_key,
             &raw_content,
-            &cache.rules.authorization,
+            &basis.rules.authorization,
         )
         .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
         let auth_ids: Vec<OwnedEventId> =
-            auth_types.iter().filter_map(|(t, k)| cache.state.get(&(t.to_string(), k.clone())).cloned()).collect();
+            auth_types.iter().filter_map(|(t, k)| basis.state.get(&(t.to_string(), k.clone())).cloned()).collect();
         let redacts = if timeline_type == TimelineEventType::RoomRedaction {
             content.get("redacts").and_then(Value::as_str).map(str::to_owned)
         } else {
@@ -306,30 +459,30 @@ impl Homeserver {
             kind,
             state_key,
             content,
-            prev_events: cache.extremities.clone(),
+            prev_events: basis.prev_events.clone(),
             auth_events: auth_ids.clone(),
-            depth: cache.depth + 1,
+            depth: basis.depth + 1,
             // v11 moved `redacts` into content; v10 needs it at the top level too.
-            redacts: if cache.rules.redaction.keep_room_redaction_redacts { None } else { redacts.as_deref() },
+            redacts: if basis.rules.redaction.keep_room_redaction_redacts { None } else { redacts.as_deref() },
             origin_server_ts,
         };
-        let mut signed = sign_event(draft(content), &cache.rules, self.server_name(), &self.key)?;
+        let mut signed = sign_event(draft(content), &basis.rules, self.server_name(), &self.key)?;
         // Third-party rules see every local event, membership included, before the spam check;
         // a module may replace the content, and the event is then built again.
         let state_views = if self.modules.has_check_event_allowed() || self.modules.has_on_new_event() {
-            self.state_views(&cache.state).await?
+            self.state_views(&basis.state).await?
         } else {
             Vec::new()
         };
         if self.modules.has_check_event_allowed() {
             let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
             if let Some(content) = self.modules.check_event_allowed(&view, &state_views).await? {
-                signed = sign_event(draft(content), &cache.rules, self.server_name(), &self.key)?;
+                signed = sign_event(draft(content), &basis.rules, self.server_name(), &self.key)?;
             }
         }
         let pdu = signed.pdu;
 
-        crate::state::check_auth(&cache.rules, &pdu, &loaded, &cache.state).map_err(Error::forbidden)?;
+        crate::state::check_auth(&basis.rules, &pdu, &loaded, &basis.state).map_err(Error::forbidden)?;
 
         // Redacting someone else's event needs the redact power level.
         let mut redaction = None;
@@ -341,7 +494,7 @@ impl Homeserver {
                     return Err(Error::not_found("Event not found"));
                 }
                 if original.sender != *sender {
-                    let pl = self.power_levels(cache).await?;
+                    let pl = self.power_levels(&basis.state).await?;
                     if pl.user(sender.as_str()) < pl.int("redact", 50) {
                         return Err(Error::forbidden("You don't have permission to redact events"));
                     }
@@ -355,7 +508,7 @@ impl Homeserver {
                     .await?
                     .map(|r| r.json)
                     .unwrap_or_default();
-                redaction = Some((target.clone(), redact_json(&original_json, &cache.rules, Some(&because))?));
+                redaction = Some((target.clone(), redact_json(&original_json, &basis.rules, Some(&because))?));
             }
         }
 
@@ -363,100 +516,69 @@ impl Homeserver {
             let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
             self.modules.check_event_for_spam(&view).await?;
         }
+        Ok(Checked { pdu, json: signed.json, redaction, state_views })
+    }
 
-        let state_change = match state_key {
-            Some(key) => {
-                let entry = StateEntry {
-                    event_type: kind.to_owned(),
-                    state_key: key.to_owned(),
-                    event_id: pdu.event_id.to_string(),
-                };
-                match cache.state_group {
-                    Some(prev) if cache.chain_len < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN => {
-                        StateChange::New { prev: Some(prev), delta: vec![entry] }
-                    }
-                    _ => {
-                        let mut full: Vec<StateEntry> = cache
-                            .state
-                            .iter()
-                            .filter(|((t, k), _)| !(t == kind && k == key))
-                            .map(|((t, k), e)| StateEntry {
-                                event_type: t.clone(),
-                                state_key: k.clone(),
-                                event_id: e.to_string(),
-                            })
-                            .collect();
-                        full.push(entry);
-                        StateChange::New { prev: None, delta: full }
-                    }
-                }
-            }
-            None => match cache.state_group {
-                Some(g) => StateChange::Same(g),
-                None => StateChange::New {
-                    prev: None,
-                    delta: cache
-                        .state
-                        .iter()
-                        .map(|((t, k), e)| StateEntry {
-                            event_type: t.clone(),
-                            state_key: k.clone(),
-                            event_id: e.to_string(),
-                        })
-                        .collect(),
-                },
-            },
-        };
-        let is_snapshot = matches!(&state_change, StateChange::New { prev: None, .. });
-        let membership = pdu.membership();
-        let json = signed.json.clone();
-        let event_id = pdu.event_id.to_string();
+    /// Writes a checked event with its state change, the room's new forward extremities and
+    /// its transaction ID, in one transaction. Returns `(stream position, state group)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn persist_checked(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        kind: &str,
+        state_key: Option<&str>,
+        checked: &Checked,
+        state: StateChange,
+        extremities: &[OwnedEventId],
+        options: &AppendOptions,
+    ) -> Result<(i64, i64)> {
+        let membership = checked.pdu.membership();
+        let json = checked.json.clone();
+        let event_id = checked.pdu.event_id.to_string();
         let rid = room_id.to_string();
         let kind_owned = kind.to_owned();
         let state_key_owned = state_key.map(str::to_owned);
         let sender_owned = sender.to_string();
         let txn = options.txn.clone();
+        let redaction = checked.redaction.clone();
+        let extremities: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
         let join_rule = (kind == "m.room.join_rules")
-            .then(|| pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned))
+            .then(|| checked.pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned))
             .flatten();
-        let (stream, group) = self
-            .db(move |s| {
-                let extremities = [event_id.clone()];
-                if let Some(rule) = &join_rule {
-                    s.set_room_join_rule(&rid, rule)?;
-                }
-                s.persist_event(&NewEvent {
-                    event_id: &event_id,
-                    room_id: &rid,
-                    event_type: &kind_owned,
-                    state_key: state_key_owned.as_deref(),
-                    sender: &sender_owned,
-                    membership: membership.as_deref(),
-                    json: &json,
-                    rejected: false,
-                    soft_failed: false,
-                    state: state_change,
-                    forward_extremities: &extremities,
-                    updates_current_state: true,
-                    txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
-                    redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
-                })
+        self.db(move |s| {
+            if let Some(rule) = &join_rule {
+                s.set_room_join_rule(&rid, rule)?;
+            }
+            s.persist_event(&NewEvent {
+                event_id: &event_id,
+                room_id: &rid,
+                event_type: &kind_owned,
+                state_key: state_key_owned.as_deref(),
+                sender: &sender_owned,
+                membership: membership.as_deref(),
+                json: &json,
+                rejected: false,
+                soft_failed: false,
+                state,
+                forward_extremities: &extremities,
+                updates_current_state: true,
+                txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
+                redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
             })
-            .await?;
-        if let Some(key) = state_key {
-            cache.state.insert((kind.to_owned(), key.to_owned()), pdu.event_id.clone());
-            cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
-        }
-        cache.state_group = Some(group);
-        cache.extremities = vec![pdu.event_id.clone()];
-        cache.depth += 1;
-        drop(guard);
+        })
+        .await
+    }
+
+    /// After a persist: wakes `/sync` and runs `on_new_event` in the background.
+    fn announce(&self, stream: i64, checked: Checked) -> Appended {
         self.advance_stream(stream);
-        if self.modules.has_on_new_event() {
-            let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
-            self.modules.spawn_on_new_event(view, state_views);
+        if self.modules.has_on_new_event()
+            && let Ok(object) = serde_json::from_str(&checked.json)
+        {
+            self.modules.spawn_on_new_event(EventView::new(object), checked.state_views);
         }
-        Ok(Appended { pdu, json: signed.json })
+        Appended { pdu: checked.pdu, json: checked.json }
     }
 
     /// The state events of a room as module views (for third-party rules).
@@ -476,8 +598,8 @@ impl Homeserver {
         .await
     }
 
-    async fn power_levels(&self, cache: &RoomCache) -> Result<PowerLevels> {
-        let Some(id) = cache.state.get(&("m.room.power_levels".to_owned(), String::new())) else {
+    async fn power_levels(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<PowerLevels> {
+        let Some(id) = state.get(&("m.room.power_levels".to_owned(), String::new())) else {
             return Ok(PowerLevels(Map::new()));
         };
         let events = self.load_events(vec![id.to_string()]).await?;
@@ -490,7 +612,7 @@ impl Homeserver {
         room_id: &RoomId,
     ) -> Result<Option<HashMap<(String, String), OwnedEventId>>> {
         let guard = self.room_lock(room_id).await?;
-        Ok(guard.as_ref().map(|c| c.state.clone()))
+        Ok(guard.as_ref().map(|c| c.state.as_ref().clone()))
     }
 
     pub(crate) async fn state_content_of(
