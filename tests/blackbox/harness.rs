@@ -71,7 +71,19 @@ impl Server {
 
     /// Starts on an existing directory holding `homeserver.yaml` (restarts keep data).
     pub async fn start_in(dir: tempfile::TempDir) -> Server {
-        let mut child = python_env(&mut Command::new(BIN))
+        Self::start_in_env(dir, true).await
+    }
+
+    /// As [`Server::start_in`]; `python_env: false` starts it without `VIRTUAL_ENV` and
+    /// `PYTHONPATH`, so only the config's `python:` section says where modules come from.
+    pub async fn start_in_env(dir: tempfile::TempDir, with_python_env: bool) -> Server {
+        let mut cmd = Command::new(BIN);
+        if with_python_env {
+            python_env(&mut cmd);
+        } else {
+            cmd.env_remove("VIRTUAL_ENV").env_remove("PYTHONPATH");
+        }
+        let mut child = cmd
             .arg("-c")
             .arg(dir.path().join("homeserver.yaml"))
             .env("MYELIN_LOG", "info")

@@ -308,6 +308,10 @@ async fn the_python_module_api_reaches_myelin() {
         json!({"error": "HttpResponseException", "code": 404})
     );
     assert_eq!(api(&s, json!({"op": "sleep"})).await, json!({"slept": true}));
+    assert_eq!(
+        api(&s, json!({"op": "state_events", "room_id": room})).await,
+        json!(["m.room.create|", "m.room.member|@alice:test"])
+    );
     let missing = api(&s, json!({"op": "missing"})).await;
     assert!(missing["error"].as_str().unwrap().contains("does not provide 'run_db_interaction'"));
 }
@@ -499,4 +503,108 @@ async fn room_state_account_data_and_get_user_by_req_from_python() {
     assert_eq!((st, b["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
     let (st, b) = s.get("/_synapse/client/py/m/whoami", Some("bogus")).await;
     assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+}
+
+/// The test venv's site-packages (Twisted lives there).
+fn test_site_packages() -> std::path::PathBuf {
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/.venv/lib");
+    let version =
+        std::fs::read_dir(&lib).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("python"));
+    version.expect("a pythonX.Y directory in the test venv").path().join("site-packages")
+}
+
+#[tokio::test]
+async fn modules_come_from_the_configured_virtualenv_and_path() {
+    // A virtualenv as pip leaves it: the module in site-packages, and a .pth file (here pointing
+    // at the test venv, for Twisted), which only site.addsitedir honours.
+    let dir = tempfile::tempdir().unwrap();
+    let site = test_site_packages();
+    let venv = dir.path().join("venv");
+    let venv_site = venv.join(site.strip_prefix(site.parent().unwrap().parent().unwrap().parent().unwrap()).unwrap());
+    std::fs::create_dir_all(&venv_site).unwrap();
+    std::fs::write(venv_site.join("deps.pth"), format!("{}\n", site.display())).unwrap();
+    std::fs::write(
+        venv_site.join("venv_only.py"),
+        "class Deny:\n    def __init__(self, config, api):\n        api.register_spam_checker_callbacks(user_may_create_room=self.check)\n\n    async def check(self, user_id):\n        return user_id != config_user\n\nconfig_user = '@blocked:test'\n",
+    )
+    .unwrap();
+    // A directory on `path:` (relative to the config file).
+    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
+    std::fs::write(
+        dir.path().join("extra/on_path.py"),
+        "class Deny:\n    def __init__(self, config, api):\n        api.register_spam_checker_callbacks(user_may_invite=self.check)\n\n    async def check(self, inviter, invitee, room_id):\n        return False\n",
+    )
+    .unwrap();
+    let yaml = base_config(&format!(
+        "python:\n  virtualenv: {}\n  path: [extra]\nmodules:\n  - module: venv_only.Deny\n  - module: on_path.Deny\n",
+        venv.display()
+    ));
+    std::fs::write(dir.path().join("homeserver.yaml"), &yaml).unwrap();
+    let s = Server::start_in_env(dir, false).await;
+    let blocked = s.register("blocked").await;
+    let alice = s.register("alice").await;
+    let (st, b) = s.post("/_matrix/client/v3/createRoom", Some(&blocked.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let room = s.create_room(&alice, json!({})).await;
+    s.register("bob").await;
+    assert_eq!(s.invite(&alice, &room, "@bob:test").await.0, 403);
+}
+
+#[tokio::test]
+async fn a_bad_python_section_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("python: [1]\n", "Error in configuration at 'python':\n  expected a mapping"),
+        ("python:\n  virtualenv: 3\n", "Error in configuration at 'python.virtualenv':\n  expected a string"),
+        ("python:\n  path: [ok, 5]\n", "Error in configuration at 'python.path.<item 1>':\n  expected a string"),
+        (
+            "python:\n  virtualenv: /nonexistent/venv\n",
+            "Error in configuration at 'python':\n  virtualenv /nonexistent/venv has no lib/python",
+        ),
+    ];
+    for (section, expected) in cases {
+        std::fs::write(dir.path().join("homeserver.yaml"), base_config(section)).unwrap();
+        let (code, _, stderr) = run_cli(dir.path(), &["-c", "homeserver.yaml", "check-config"]);
+        assert_eq!(code, 1, "{section}: {stderr}");
+        assert!(stderr.contains(expected), "{section}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn python_modules_register_users_and_devices() {
+    let s = with(&[py("m", json!({}))]).await;
+    let r = api(&s, json!({"op": "accounts", "localpart": "modbot", "displayname": "Mod Bot"})).await;
+    assert_eq!(r["user_id"], "@modbot:test");
+    assert_eq!(r["refresh"], Value::Null);
+    assert_eq!(r["old_user"], "@modbot2:test");
+    assert_eq!(r["threepids"], json!([]));
+    // Taken, invalid, unknown users: Synapse's errors, as SynapseError.
+    assert_eq!(
+        r["errors"],
+        json!([[400, "M_USER_IN_USE"], [400, "M_INVALID_USERNAME"], [404, "M_NOT_FOUND"], [404, "M_NOT_FOUND"]])
+    );
+    // The token works, on the named device; the profile and admin flag were set.
+    let token = r["token"].as_str().unwrap();
+    let (st, who) = s.get("/_matrix/client/v3/account/whoami", Some(token)).await;
+    assert_eq!(
+        (st, who["user_id"].as_str(), who["device_id"].as_str()),
+        (200, Some("@modbot:test"), r["device_id"].as_str())
+    );
+    let (_, devices) = s.get("/_matrix/client/v3/devices", Some(token)).await;
+    assert_eq!(devices["devices"][0]["display_name"], "module device");
+    let (_, profile) = s.get("/_matrix/client/v3/profile/@modbot:test", None).await;
+    assert_eq!(profile["displayname"], "Renamed by module");
+    let (st, _) = s.get("/_synapse/admin/v1/registration_tokens", Some(token)).await;
+    assert_eq!(st, 200, "set_user_admin made the module's user an admin");
+    let old_token = r["old_token"].as_str().unwrap();
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(old_token)).await.1["user_id"], "@modbot2:test");
+    // No password: password login is refused.
+    let (st, _) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "modbot"}, "password": "x"}),
+        )
+        .await;
+    assert_eq!(st, 403);
 }

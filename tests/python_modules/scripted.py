@@ -147,6 +147,28 @@ class ApiCalls(DirectServeJsonResource):
                 except (ValueError, TypeError) as e:
                     errors.append(type(e).__name__)
             return 200, {"got": dict(got), "errors": errors}
+        if op == "accounts":
+            # register_user, register_device, set_displayname, set_user_admin, then the failures.
+            user_id = await self.api.register_user(body["localpart"], body.get("displayname"))
+            _, device_id, token, refresh = await self.api.register_device(user_id, initial_display_name="module device")
+            await self.api.set_displayname(user_id, "Renamed by module")
+            await self.api.set_user_admin(user_id, True)
+            old_user, old_token = await self.api.register(body["localpart"] + "2")
+            errors = []
+            for bad in (lambda: self.api.register_user(body["localpart"]),
+                        lambda: self.api.register_user("Bad Name!"),
+                        lambda: self.api.register_device("@ghost:test"),
+                        lambda: self.api.set_user_admin("@ghost:test", True)):
+                try:
+                    await bad()
+                except SynapseError as e:
+                    errors.append([e.code, str(getattr(e.errcode, "value", e.errcode))])
+            return 200, {"user_id": user_id, "device_id": device_id, "token": token, "refresh": refresh,
+                         "old_user": old_user, "old_token": old_token, "errors": errors,
+                         "threepids": await self.api.get_threepids_for_user(user_id)}
+        if op == "state_events":
+            events = await self.api.get_state_events_in_room(body["room_id"], [("m.room.create", ""), ("m.room.member", None)])
+            return 200, sorted("%s|%s" % (e.type, e.state_key) for e in events)
         if op == "missing":
             try:
                 self.api.run_db_interaction

@@ -24,7 +24,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn at(path: &[String], message: impl Into<String>) -> Self {
+    pub(crate) fn at(path: &[String], message: impl Into<String>) -> Self {
         ConfigError { path: path.to_vec(), lines: vec![message.into()], raw: false }
     }
 }
@@ -111,6 +111,7 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_guest_access",
     "default_room_version",
     "modules",
+    "python",
     "spam_checker",
     "log_level",
     "report_stats",
@@ -207,6 +208,7 @@ impl Config {
 
         // Modules first, as Synapse: their parse_config runs before the other sections. Legacy
         // spam checkers come after them, so their callbacks run after the modules' ones.
+        natives.configure_foreign(&crate::modules::load_foreign_settings(root.get("python"), base)?)?;
         let mut modules = crate::modules::load_module_configs(root.get("modules"), natives)?;
         modules.extend(crate::modules::load_legacy_spam_checkers(root.get("spam_checker"), natives)?);
         if root.get("spam_checker").is_some_and(|v| !v.is_null()) {
@@ -483,6 +485,11 @@ log_level: info
 #   - module: myelin.demo.DemoModule
 #     config:
 #       denied_user: "@evilguy:{server_name}"
+# and Synapse's Python modules by dotted path, imported from this virtualenv (pip install
+# the module and Twisted into it):
+# python:
+#   virtualenv: /opt/myelin/modules-venv
+#   path: []
 modules: []
 "#
     )

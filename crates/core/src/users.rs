@@ -922,6 +922,33 @@ impl Homeserver {
         Ok(self.create_account(Some(localpart), Some(password.to_owned()), admin, &info, None).await?.user_id)
     }
 
+    /// `ModuleApi.register_user`: a local user with no password, its display name defaulting
+    /// to the localpart (Synapse's registration handler does the same).
+    pub(crate) async fn module_register_user(
+        &self,
+        localpart: &str,
+        displayname: Option<String>,
+        admin: bool,
+    ) -> Result<OwnedUserId> {
+        let localpart = localpart.to_lowercase();
+        self.username_available(&localpart).await?;
+        let user_id =
+            self.create_account(Some(localpart.clone()), None, admin, &RequestInfo::default(), None).await?.user_id;
+        let (u, d) = (user_id.to_string(), displayname.unwrap_or(localpart));
+        self.db(move |s| s.set_profile_field(&u, ProfileField::DisplayName, Some(&d))).await?;
+        Ok(user_id)
+    }
+
+    /// `ModuleApi.register_device`: a new access token on `device_id` (generated if absent).
+    pub(crate) async fn module_register_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        display_name: Option<String>,
+    ) -> Result<(String, String)> {
+        self.new_session(user_id, device_id, display_name).await
+    }
+
     /// Marks a user as admin (or not).
     pub async fn set_admin(&self, user_id: &str, admin: bool) -> Result<()> {
         let u = user_id.to_owned();

@@ -370,6 +370,25 @@ pub trait Host: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Resolves a room alias to its room ID and servers.
     fn lookup_room_alias(&self, alias: String) -> BoxFuture<'static, Result<(String, Vec<String>), ModuleError>>;
+    /// Creates a local user without a password (`check_registration_for_spam` applies);
+    /// returns the user ID.
+    fn register_user(
+        &self,
+        localpart: String,
+        displayname: Option<String>,
+        admin: bool,
+    ) -> BoxFuture<'static, Result<String, ModuleError>>;
+    /// Logs an existing local user in on a new (or given) device; returns `(device_id, token)`.
+    fn register_device(
+        &self,
+        user_id: String,
+        device_id: Option<String>,
+        display_name: Option<String>,
+    ) -> BoxFuture<'static, Result<(String, String), ModuleError>>;
+    /// Makes a local user a server admin, or not.
+    fn set_user_admin(&self, user_id: String, admin: bool) -> BoxFuture<'static, Result<(), ModuleError>>;
+    /// Sets a local user's display name, updating their member events as a client's change would.
+    fn set_displayname(&self, user_id: String, displayname: String) -> BoxFuture<'static, Result<(), ModuleError>>;
 }
 
 /// The handle a module receives at construction, scoped to that module.
@@ -491,6 +510,36 @@ impl ModuleApi {
     /// The user ID an access token belongs to; a Matrix 401 error if none.
     pub async fn get_user_by_access_token(&self, token: &str, allow_expired: bool) -> Result<String, ModuleError> {
         self.host.get_user_by_access_token(token.to_owned(), allow_expired).await
+    }
+
+    /// Creates a local user with no password (for login through a module); returns the user ID.
+    /// The display name defaults to the localpart, as on Synapse.
+    pub async fn register_user(
+        &self,
+        localpart: &str,
+        displayname: Option<&str>,
+        admin: bool,
+    ) -> Result<String, ModuleError> {
+        self.host.register_user(localpart.to_owned(), displayname.map(str::to_owned), admin).await
+    }
+    /// Logs `user_id` in on a device; returns `(device_id, access_token)`.
+    pub async fn register_device(
+        &self,
+        user_id: &str,
+        device_id: Option<&str>,
+        display_name: Option<&str>,
+    ) -> Result<(String, String), ModuleError> {
+        self.host
+            .register_device(user_id.to_owned(), device_id.map(str::to_owned), display_name.map(str::to_owned))
+            .await
+    }
+    /// Makes a local user a server admin, or not.
+    pub async fn set_user_admin(&self, user_id: &str, admin: bool) -> Result<(), ModuleError> {
+        self.host.set_user_admin(user_id.to_owned(), admin).await
+    }
+    /// Sets a local user's display name (their member events follow).
+    pub async fn set_displayname(&self, user_id: &str, displayname: &str) -> Result<(), ModuleError> {
+        self.host.set_displayname(user_id.to_owned(), displayname.to_owned()).await
     }
 
     /// The outbound HTTP client.

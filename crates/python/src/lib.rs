@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use myelin_core::modules::{ForeignLoadError, ForeignModule, ForeignModules};
+use myelin_core::modules::{ForeignLoadError, ForeignModule, ForeignModules, ForeignSettings};
 use myelin_module_api::spam::*;
 use myelin_module_api::web::{Request, Response, WebResource};
 use myelin_module_api::{EventView, ModuleApi, ModuleError};
@@ -151,7 +151,7 @@ fn drainer(
 }
 
 impl PythonRuntime {
-    fn start() -> Result<Arc<Self>, String> {
+    fn start(settings: &ForeignSettings) -> Result<Arc<Self>, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         for (path, text) in FILES {
             let p = dir.path().join(path);
@@ -161,7 +161,10 @@ impl PythonRuntime {
             std::fs::write(&p, text).map_err(|e| e.to_string())?;
         }
         let shim = dir.path().to_string_lossy().into_owned();
-        let venv = std::env::var("VIRTUAL_ENV").ok();
+        // The configured virtualenv, else the one the server was started in.
+        let venv = settings.virtualenv.clone().or_else(|| std::env::var_os("VIRTUAL_ENV").map(Into::into));
+        let site = venv.as_deref().map(site_packages).transpose()?;
+        let extra: Vec<String> = settings.path.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         let (wake, reader) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
         wake.set_nonblocking(true).map_err(|e| e.to_string())?;
         reader.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -174,13 +177,14 @@ impl PythonRuntime {
             .spawn(move || {
                 let started = Python::attach(|py| -> PyResult<Py<PyModule>> {
                     let sys = py.import("sys")?;
-                    sys.getattr("path")?.call_method1("insert", (0, shim))?;
-                    if let Some(venv) = venv {
-                        // A venv's packages, as `pip install` put them there.
-                        let code = format!(
-                            "import site, sys\nsite.addsitedir('{venv}/lib/python%d.%d/site-packages' % sys.version_info[:2])"
-                        );
-                        py.run(&std::ffi::CString::new(code).unwrap_or_default(), None, None)?;
+                    let path = sys.getattr("path")?;
+                    path.call_method1("insert", (0, shim))?;
+                    for (i, dir) in extra.iter().enumerate() {
+                        path.call_method1("insert", (i + 1, dir))?;
+                    }
+                    if let Some(site) = site {
+                        // As `pip install` put them there, .pth files included.
+                        py.import("site")?.call_method1("addsitedir", (site.to_string_lossy().into_owned(),))?;
                     }
                     let host = py.import("myelin_host")?;
                     host.call_method0("start")?;
@@ -309,6 +313,8 @@ fn from_python(object: &Bound<'_, PyAny>) -> Value {
 #[derive(Default)]
 pub struct PythonModules {
     runtime: OnceLock<Arc<PythonRuntime>>,
+    /// The `python:` config section, read before the interpreter starts.
+    settings: Mutex<ForeignSettings>,
 }
 
 impl PythonModules {
@@ -321,7 +327,8 @@ impl PythonModules {
         if let Some(rt) = self.runtime.get() {
             return Ok(rt.clone());
         }
-        let rt = PythonRuntime::start()?;
+        let settings = self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rt = PythonRuntime::start(&settings)?;
         Ok(self.runtime.get_or_init(|| rt).clone())
     }
 }
@@ -337,6 +344,31 @@ impl ForeignModules for PythonModules {
 
     fn load_legacy_spam_checker(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
         self.load_with(name, config, true)
+    }
+
+    fn configure(&self, settings: &ForeignSettings) -> Result<(), String> {
+        if let Some(venv) = &settings.virtualenv {
+            site_packages(venv)?;
+        }
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings.clone();
+        Ok(())
+    }
+}
+
+/// A virtualenv's site-packages for the Python Myelin is linked with.
+fn site_packages(venv: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let version = Python::attach(|py| py.version_info().major as u32 * 100 + py.version_info().minor as u32);
+    let dir = venv.join(format!("lib/python{}.{}/site-packages", version / 100, version % 100));
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "virtualenv {} has no {} (is it a virtualenv for Python {}.{}, the Python Myelin was built with?)",
+            venv.display(),
+            dir.strip_prefix(venv).unwrap_or(&dir).display(),
+            version / 100,
+            version % 100
+        ))
     }
 }
 
@@ -828,6 +860,22 @@ async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(Value::String),
         ),
+        "register_user" => ok_or_error(
+            api.register_user(&s("localpart"), a["displayname"].as_str(), a["admin"].as_bool().unwrap_or(false))
+                .await
+                .map(Value::String),
+        ),
+        "register_device" => ok_or_error(
+            api.register_device(&s("user_id"), a["device_id"].as_str(), a["display_name"].as_str())
+                .await
+                .map(|(d, t)| json!([d, t])),
+        ),
+        "set_user_admin" => ok_or_error(
+            api.set_user_admin(&s("user_id"), a["admin"].as_bool().unwrap_or(false)).await.map(|_| Value::Null),
+        ),
+        "set_displayname" => {
+            ok_or_error(api.set_displayname(&s("user_id"), &s("displayname")).await.map(|_| Value::Null))
+        }
         "room_is_public" => ok_or_error(
             api.public_room_list_manager().room_is_in_public_room_list(&s("room_id")).await.map(Value::Bool),
         ),

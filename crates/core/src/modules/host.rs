@@ -181,6 +181,63 @@ impl Host for HostHandle {
         tokio::spawn(task);
     }
 
+    fn register_user(
+        &self,
+        localpart: String,
+        displayname: Option<String>,
+        admin: bool,
+    ) -> BoxFuture<'static, Result<String, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            hs?.module_register_user(&localpart, displayname, admin)
+                .await
+                .map(|u| u.to_string())
+                .map_err(to_module_error)
+        })
+    }
+
+    fn register_device(
+        &self,
+        user_id: String,
+        device_id: Option<String>,
+        display_name: Option<String>,
+    ) -> BoxFuture<'static, Result<(String, String), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let hs = hs?;
+            let requester = local_requester(&hs, &user_id).await?;
+            if hs.user_info(&user_id).await.map_err(to_module_error)?.is_none() {
+                return Err(to_module_error(Error::not_found(format!("User {user_id} does not exist"))));
+            }
+            let (token, device) = hs
+                .module_register_device(&requester.user_id, device_id, display_name)
+                .await
+                .map_err(to_module_error)?;
+            Ok((device, token))
+        })
+    }
+
+    fn set_user_admin(&self, user_id: String, admin: bool) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let hs = hs?;
+            local_requester(&hs, &user_id).await?;
+            if hs.user_info(&user_id).await.map_err(to_module_error)?.is_none() {
+                return Err(to_module_error(Error::not_found(format!("User {user_id} does not exist"))));
+            }
+            hs.set_admin(&user_id, admin).await.map_err(to_module_error)
+        })
+    }
+
+    fn set_displayname(&self, user_id: String, displayname: String) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let hs = hs?;
+            let requester = local_requester(&hs, &user_id).await?;
+            hs.set_profile_field(&requester, &user_id, "displayname", Some(displayname)).await.map_err(to_module_error)
+        })
+    }
+
     fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>> {
         let hs = self.hs();
         Box::pin(async move { hs?.module_room_state(&room_id).await.map_err(to_module_error) })

@@ -59,6 +59,57 @@ pub trait ForeignModules: Send + Sync {
     /// The same for a legacy `spam_checker:` entry (built with keyword arguments, its methods
     /// discovered by name).
     fn load_legacy_spam_checker(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError>;
+    /// Where the foreign modules come from: the `python:` config section (`virtualenv`,
+    /// `path`), with relative paths already resolved. Called before any module loads.
+    fn configure(&self, settings: &ForeignSettings) -> Result<(), String>;
+}
+
+/// The `python:` config section: which virtualenv's packages and which extra directories
+/// Python modules are imported from. Without it, `VIRTUAL_ENV` and `PYTHONPATH` apply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForeignSettings {
+    /// A virtualenv whose site-packages are added (`pip install` into it is all an admin does).
+    pub virtualenv: Option<std::path::PathBuf>,
+    /// Extra directories put first on `sys.path`.
+    pub path: Vec<std::path::PathBuf>,
+}
+
+/// Reads the `python:` section; `base` anchors relative paths.
+pub(crate) fn load_foreign_settings(
+    section: Option<&Value>,
+    base: &std::path::Path,
+) -> Result<ForeignSettings, ConfigError> {
+    let at = |path: &[&str], message: &str| {
+        ConfigError::at(&path.iter().map(|p| p.to_string()).collect::<Vec<_>>(), message)
+    };
+    let mut settings = ForeignSettings::default();
+    let obj = match section {
+        None | Some(Value::Null) => return Ok(settings),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => return Err(at(&["python"], "expected a mapping")),
+    };
+    let resolve = |p: &str| {
+        let p = std::path::Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    };
+    match obj.get("virtualenv") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(dir)) => settings.virtualenv = Some(resolve(dir)),
+        Some(_) => return Err(at(&["python", "virtualenv"], "expected a string")),
+    }
+    match obj.get("path") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let Value::String(dir) = item else {
+                    return Err(at(&["python", "path", &format!("<item {i}>")], "expected a string"));
+                };
+                settings.path.push(resolve(dir));
+            }
+        }
+        Some(_) => return Err(at(&["python", "path"], "expected a list of directories")),
+    }
+    Ok(settings)
 }
 
 /// Why a foreign module could not be loaded.
@@ -98,6 +149,14 @@ impl NativeModules {
         self.foreign = Some(foreign);
         self
     }
+    /// Passes the `python:` section to the foreign loader, if this build has one.
+    pub(crate) fn configure_foreign(&self, settings: &ForeignSettings) -> Result<(), ConfigError> {
+        match &self.foreign {
+            Some(foreign) => foreign.configure(settings).map_err(|e| ConfigError::at(&["python".to_owned()], e)),
+            None => Ok(()),
+        }
+    }
+
     fn find(&self, name: &str) -> Option<NativeModule> {
         self.natives.iter().find(|m| m.name == name).copied()
     }

@@ -298,6 +298,54 @@ class ModuleApi:
 
         return _deferred_call(self._host, "get_room_state", {"room_id": room_id}, to_map)
 
+    def get_state_events_in_room(self, room_id, types):
+        """The current state events of `room_id` matching `(type, state_key)` pairs (a `None`
+        state key matches any)."""
+
+        def pick(events):
+            wanted = set(types)
+            return [EventBase(e) for e in events
+                    if (e["type"], e.get("state_key", "")) in wanted or (e["type"], None) in wanted]
+
+        return _deferred_call(self._host, "get_room_state", {"room_id": room_id}, pick)
+
+    def register_user(self, localpart, displayname=None, emails=None, admin=False):
+        """Creates a local user with no password; returns its user ID. Email binding is not
+        supported: `emails` are ignored, with a warning."""
+        if emails:
+            logger.warning("register_user: Myelin does not bind emails; ignoring %r", emails)
+        return _deferred_call(self._host, "register_user",
+                              {"localpart": localpart, "displayname": displayname, "admin": bool(admin)})
+
+    def register_device(self, user_id, device_id=None, initial_display_name=None):
+        """Logs `user_id` in on a device: (user_id, device_id, access_token, refresh_token=None)."""
+        return _deferred_call(self._host, "register_device",
+                              {"user_id": str(user_id), "device_id": device_id, "display_name": initial_display_name},
+                              lambda r: (str(user_id), r[0], r[1], None))
+
+    def register(self, localpart, displayname=None, emails=None):
+        """Deprecated in Synapse: register_user then register_device; (user_id, access_token)."""
+        logger.warning("Using deprecated ModuleApi.register which creates a dummy user device.")
+
+        async def both():
+            user_id = await self.register_user(localpart, displayname, emails or [])
+            _, _, token, _ = await self.register_device(user_id)
+            return user_id, token
+
+        return defer.ensureDeferred(both())
+
+    def set_user_admin(self, user_id, admin):
+        return _deferred_call(self._host, "set_user_admin", {"user_id": str(user_id), "admin": bool(admin)},
+                              lambda _: None)
+
+    def set_displayname(self, user_id, new_displayname, deactivation=False):
+        return _deferred_call(self._host, "set_displayname",
+                              {"user_id": str(user_id), "displayname": new_displayname}, lambda _: None)
+
+    def get_threepids_for_user(self, user_id):
+        """Myelin stores no third-party IDs, so every user has none."""
+        return defer.succeed([])
+
     def get_qualified_user_id(self, username):
         if username.startswith("@"):
             return username
