@@ -6,6 +6,7 @@ mod harness;
 mod accounts; // registration, login, devices, profiles, account data
 mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory
+mod e2ee; // keys, cross-signing, to-device, key backup
 mod foundation; // the binary, config, storage, HTTP basics
 mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository

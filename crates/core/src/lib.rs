@@ -20,6 +20,7 @@ pub mod config;
 mod directory;
 mod error;
 pub mod events;
+mod keys;
 pub mod media;
 pub mod modules;
 mod rooms;

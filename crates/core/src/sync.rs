@@ -171,15 +171,22 @@ impl Homeserver {
                 );
             }
         }
-        let empty = join.is_empty() && invite.is_empty() && leave.is_empty() && global_account_data.is_empty();
+        let keys = self.sync_keys(requester, since, now).await?;
+        let empty = join.is_empty()
+            && invite.is_empty()
+            && leave.is_empty()
+            && global_account_data.is_empty()
+            && keys.to_device.is_empty()
+            && keys.changed.is_empty();
         let body = json!({
             "next_batch": format!("s{now}"),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "account_data": {"events": global_account_data},
             "presence": {"events": []},
-            "to_device": {"events": []},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
+            "to_device": {"events": keys.to_device},
+            "device_lists": {"changed": keys.changed, "left": []},
+            "device_one_time_keys_count": keys.one_time_key_counts,
+            "device_unused_fallback_key_types": keys.unused_fallback_key_types,
         });
         Ok((body, empty))
     }

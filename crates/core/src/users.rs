@@ -228,7 +228,7 @@ impl Homeserver {
     }
 
     /// Runs user-interactive auth for an account operation: the user's password is the one flow.
-    async fn uia_password(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+    pub(crate) async fn uia_password(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
         let Some(auth) = auth.and_then(Value::as_object) else {
             return Err(self.uia_challenge(&["m.login.password"], None, None));
         };

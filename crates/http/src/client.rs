@@ -68,7 +68,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
             get(get_room_account_data).put(set_room_account_data),
-        );
+        )
+        .merge(crate::keys::routes());
     Router::new()
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(token_validity))

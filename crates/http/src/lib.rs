@@ -19,6 +19,7 @@ mod admin;
 mod client;
 pub mod error;
 mod extract;
+mod keys;
 mod media;
 
 use std::net::SocketAddr;

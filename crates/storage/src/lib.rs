@@ -2,13 +2,15 @@
 //!
 //! # Layout
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
-//!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`]).
+//!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`],
+//!   [`KeyStore`], [`EphemeralStore`]).
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
 //!   migrations compiled in and applied at open.
 //!
 //! # Key decision: synchronous traits
-//! The methods are blocking; `core` calls them on Tokio's blocking pool. SQLite is a blocking
+//! The methods are blocking; `core` calls them inline (each is short; see `Homeserver::db`).
+//! SQLite is a blocking
 //! library anyway, and a later PostgreSQL backend can use the synchronous `postgres` client
 //! behind the same traits. It also keeps every write a plain function over one transaction,
 //! which is what makes "nothing half-written" easy to guarantee.
@@ -374,9 +376,165 @@ pub trait RegistrationTokenStore {
     fn use_registration_token(&self, token: &str) -> Result<()>;
 }
 
+/// A key of a backup version (`room_keys/version`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupVersion {
+    /// The version number (sent as a string).
+    pub version: i64,
+    /// `m.megolm_backup.v1.curve25519-aes-sha2` and the like.
+    pub algorithm: String,
+    /// The `auth_data` object, as JSON text.
+    pub auth_data: String,
+    /// Bumped on every change to the version's keys.
+    pub etag: i64,
+}
+
+/// End-to-end encryption plumbing: device and one-time keys, cross-signing keys, device-list
+/// changes, to-device messages, and server-side key backup. Key JSON is stored as clients sent
+/// it (with signatures merged in); Matrix rules live in `core`.
+pub trait KeyStore {
+    /// Stores a device's identity keys (if given), one-time keys `(algorithm, key_id, json)`
+    /// (an existing key ID keeps its first value, as Synapse) and fallback keys (replacing the
+    /// algorithm's previous one). Records a device-list change when the identity keys changed
+    /// and returns its stream position.
+    fn upload_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        device_keys: Option<&str>,
+        one_time_keys: &[(String, String, String)],
+        fallback_keys: &[(String, String, String)],
+    ) -> Result<Option<i64>>;
+    /// Unclaimed one-time keys of a device, per algorithm.
+    fn one_time_key_counts(&self, user_id: &str, device_id: &str) -> Result<Vec<(String, i64)>>;
+    /// Algorithms with a fallback key that has not been claimed.
+    fn unused_fallback_key_types(&self, user_id: &str, device_id: &str) -> Result<Vec<String>>;
+    /// `(device_id, key JSON)` of a user's devices that uploaded identity keys.
+    fn device_keys(&self, user_id: &str) -> Result<Vec<(String, String)>>;
+    /// Replaces a device's identity key JSON (signatures added); records a device-list change.
+    fn set_device_keys(&self, user_id: &str, device_id: &str, json: &str) -> Result<i64>;
+    /// Takes one one-time key of `algorithm`, else the fallback key (marked used, kept):
+    /// `(key_id, json)`.
+    fn claim_key(&self, user_id: &str, device_id: &str, algorithm: &str) -> Result<Option<(String, String)>>;
+    /// `(key_type, json)` of a user's cross-signing keys.
+    fn cross_signing_keys(&self, user_id: &str) -> Result<Vec<(String, String)>>;
+    /// Stores cross-signing keys `(key_type, json)`; records a device-list change.
+    fn set_cross_signing_keys(&self, user_id: &str, keys: &[(String, String)]) -> Result<i64>;
+    /// Users whose device lists changed in `(from, to]`.
+    fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>>;
+    /// Users in a joined room with `user_id` (joined or invited there), `user_id` included.
+    fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>>;
+    /// Queues to-device messages `(user, device, json)` sent under a transaction ID; `None`
+    /// (nothing queued) if that transaction was seen before.
+    fn queue_to_device(
+        &self,
+        sender: &str,
+        sender_device: &str,
+        txn_id: &str,
+        messages: &[(String, String, String)],
+    ) -> Result<Option<i64>>;
+    /// A device's pending messages up to `to`: `(position, json)`, oldest first.
+    fn to_device_messages(&self, user_id: &str, device_id: &str, to: i64) -> Result<Vec<(i64, String)>>;
+    /// Deletes a device's messages up to and including `upto` (they were delivered).
+    fn delete_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> Result<()>;
+    /// A new backup version; returns its number.
+    fn create_backup_version(&self, user_id: &str, algorithm: &str, auth_data: &str) -> Result<i64>;
+    /// A live backup version, or the newest one when `version` is `None`.
+    fn backup_version(&self, user_id: &str, version: Option<i64>) -> Result<Option<BackupVersion>>;
+    /// Replaces a live version's algorithm and auth data; false if there is none.
+    fn update_backup_version(&self, user_id: &str, version: i64, algorithm: &str, auth_data: &str) -> Result<bool>;
+    /// Deletes a version and its keys; false if there was none.
+    fn delete_backup_version(&self, user_id: &str, version: i64) -> Result<bool>;
+    /// `(room_id, session_id, json)` of a version's keys, optionally of one room or session.
+    fn backup_keys(
+        &self,
+        user_id: &str,
+        version: i64,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<Vec<(String, String, String)>>;
+    /// Stores keys `(room_id, session_id, json)` (replacing) and bumps the etag.
+    fn put_backup_keys(&self, user_id: &str, version: i64, keys: &[(String, String, String)]) -> Result<()>;
+    /// Deletes a version's keys, optionally of one room or session, and bumps the etag.
+    fn delete_backup_keys(
+        &self,
+        user_id: &str,
+        version: i64,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<()>;
+    /// The number of keys in a version.
+    fn count_backup_keys(&self, user_id: &str, version: i64) -> Result<i64>;
+}
+
+/// A stored receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    /// Room.
+    pub room_id: String,
+    /// `m.read`, `m.read.private`, ...
+    pub receipt_type: String,
+    /// Reader.
+    pub user_id: String,
+    /// `""` for an unthreaded receipt.
+    pub thread_id: String,
+    /// The event read up to.
+    pub event_id: String,
+    /// When, ms.
+    pub ts: i64,
+}
+
+/// A user's stored presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRow {
+    /// The user.
+    pub user_id: String,
+    /// `online`, `unavailable` or `offline`.
+    pub state: String,
+    /// Status message.
+    pub status_msg: Option<String>,
+    /// Last activity, ms.
+    pub last_active_ts: i64,
+}
+
+/// Receipts, presence and pushers.
+pub trait EphemeralStore {
+    /// Stores a receipt (replacing the user's previous one of that type and thread); returns
+    /// its stream position.
+    fn set_receipt(&self, receipt: &ReceiptRow) -> Result<i64>;
+    /// Receipts in `rooms` set in `(from, to]` (`from` 0: all current ones).
+    fn receipts_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<ReceiptRow>>;
+    /// Stores a user's presence; returns its stream position.
+    fn set_presence(&self, presence: &PresenceRow) -> Result<i64>;
+    /// One user's presence.
+    fn get_presence(&self, user_id: &str) -> Result<Option<PresenceRow>>;
+    /// Presence of `users` changed in `(from, to]`.
+    fn presence_between(&self, users: &[String], from: i64, to: i64) -> Result<Vec<PresenceRow>>;
+    /// A user's pushers (JSON objects as `/pushers` lists them).
+    fn pushers(&self, user_id: &str) -> Result<Vec<String>>;
+    /// Adds or replaces the pusher `(app_id, pushkey)` of a user; with `append` false, the same
+    /// `(app_id, pushkey)` of other users is removed, as the spec says.
+    fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, json: &str, append: bool) -> Result<()>;
+    /// Removes a pusher.
+    fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()>;
+    /// A new stream position with nothing stored at it (typing notifications live in memory
+    /// but need a position to wake `/sync`).
+    fn allocate_stream_position(&self) -> Result<i64>;
+}
+
 /// The whole storage contract a backend implements.
 pub trait Storage:
-    UserStore + RoomStore + ClientDataStore + DirectoryStore + MediaStore + RegistrationTokenStore + Send + Sync + 'static
+    UserStore
+    + RoomStore
+    + ClientDataStore
+    + DirectoryStore
+    + MediaStore
+    + RegistrationTokenStore
+    + KeyStore
+    + EphemeralStore
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -387,6 +545,8 @@ impl<T> Storage for T where
         + DirectoryStore
         + MediaStore
         + RegistrationTokenStore
+        + KeyStore
+        + EphemeralStore
         + Send
         + Sync
         + 'static
