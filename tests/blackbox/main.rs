@@ -7,10 +7,12 @@ mod accounts; // registration, login, devices, profiles, account data
 mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory
 mod e2ee; // keys, cross-signing, to-device, key backup
+mod ephemeral; // receipts, read markers, typing, presence
 mod foundation; // the binary, config, storage, HTTP basics
 mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
+mod push; // push rules, unread counts, pushers, notifications, start-up endpoints
 mod python_modules; // Synapse's Python modules on the embedded interpreter
 mod rooms; // rooms, membership, messages, the graph
 mod spec_shapes; // responses against the spec's schemas

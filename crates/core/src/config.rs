@@ -91,6 +91,8 @@ pub struct Config {
     pub room_list_publication_rules: Vec<crate::PublicationRule>,
     /// `user_directory.search_all_users`.
     pub search_all_users: bool,
+    /// `presence.enabled`: with it off, presence is accepted and never shown.
+    pub presence_enabled: bool,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -112,6 +114,7 @@ const KNOWN_KEYS: &[&str] = &[
     "default_room_version",
     "modules",
     "python",
+    "presence",
     "spam_checker",
     "log_level",
     "report_stats",
@@ -297,6 +300,11 @@ impl Config {
         }
 
         let room_list_publication_rules = parse_publication_rules(root.get("room_list_publication_rules"))?;
+        let presence_enabled = match root.get("presence") {
+            None | Some(Value::Null) => true,
+            Some(Value::Object(p)) => Walker { path: vec!["presence".into()], root: p }.boolean("enabled", true)?,
+            Some(_) => return Err(ConfigError::at(&["presence".to_owned()], "expected a mapping")),
+        };
         let search_all_users = match root.get("user_directory") {
             None | Some(Value::Null) => false,
             Some(Value::Object(ud)) => {
@@ -307,6 +315,7 @@ impl Config {
         let config = Config {
             room_list_publication_rules,
             search_all_users,
+            presence_enabled,
             server_name,
             public_baseurl,
             listeners,

@@ -18,11 +18,13 @@
 
 pub mod config;
 mod directory;
+mod ephemeral;
 mod error;
 pub mod events;
 mod keys;
 pub mod media;
 pub mod modules;
+mod push;
 mod rooms;
 mod server;
 pub mod state;

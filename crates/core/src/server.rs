@@ -38,9 +38,9 @@ pub struct Homeserver {
     /// The module callback registry and web resources.
     pub modules: ModuleRegistry,
     /// Per-room caches of current state, extremities and depth. The inner async mutex is also
-    /// the room's send lock: holding it across build, auth and persist keeps a room's local
-    /// graph linear when many clients send at once. The outer std mutex is only held to look
-    /// the entry up, never across an await.
+    /// the room's send lock: state events hold it across build, auth and persist; messages
+    /// only to read their parents and to persist (see `rooms::append_event`). The outer std
+    /// mutex is only held to look the entry up, never across an await.
     pub(crate) rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
     /// The latest stream position, watched by long-polling `/sync` requests. Written after each
     /// commit that advances the stream; every waiter wakes and checks whether it has news.
@@ -52,6 +52,10 @@ pub struct Homeserver {
     /// When each `(user, device)`'s last-seen row was last written, and from which IP; held
     /// only to decide whether to write again.
     pub(crate) last_seen: Mutex<HashMap<(String, String), (i64, String)>>,
+    /// Who is typing where (in memory only; see `ephemeral`).
+    pub(crate) typing: Mutex<HashMap<OwnedRoomId, crate::ephemeral::RoomTyping>>,
+    /// OpenID tokens -> (user, expiry ms), in memory: they last an hour.
+    pub(crate) openid_tokens: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl Homeserver {
@@ -70,6 +74,8 @@ impl Homeserver {
             uia_sessions: Mutex::new(HashMap::new()),
             registration_nonces: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
+            typing: Mutex::new(HashMap::new()),
+            openid_tokens: Mutex::new(HashMap::new()),
         }))
     }
 

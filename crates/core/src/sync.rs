@@ -24,6 +24,8 @@ pub struct SyncRequest {
     pub full_state: bool,
     /// Inline filter JSON or a stored filter ID.
     pub filter: Option<String>,
+    /// `set_presence`: `online` (the default), `unavailable` or `offline`.
+    pub set_presence: Option<String>,
 }
 
 /// The response body.
@@ -71,6 +73,7 @@ impl Homeserver {
             Some(t) => Some(parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid since token {t}")))?),
             None => None,
         };
+        self.presence_from_sync(requester, request.set_presence.as_deref().unwrap_or("online")).await?;
         let mut watch = self.stream.subscribe();
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
@@ -123,6 +126,10 @@ impl Homeserver {
                 self.db(move |s| s.rooms_with_events_between(&j, f, now)).await?.into_iter().collect()
             }
         };
+        // Receipts and typing count as news for a room, as events do.
+        let mut receipts = self.receipt_events(&user, &joined, from, now).await?;
+        let mut typing = self.typing_events(&joined, since);
+        let rules = self.ruleset(&requester.user_id).await?;
         let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
         let mut global_account_data = Vec::new();
         for (room, kind, content) in account_data {
@@ -140,7 +147,9 @@ impl Homeserver {
             }
             let newly_joined = since.is_some() && changed.get(room).is_some_and(|(m, _)| m == "join");
             let has_account_data = room_account_data.contains_key(room);
-            if since.is_some() && !full_state && !rooms_with_news.contains(room) && !has_account_data {
+            let has_ephemeral = receipts.contains_key(room) || typing.contains_key(room);
+            if since.is_some() && !full_state && !rooms_with_news.contains(room) && !has_account_data && !has_ephemeral
+            {
                 continue;
             }
             // A room new to this sync is sent as in an initial sync (as Synapse does): its latest
@@ -151,6 +160,9 @@ impl Homeserver {
             let body = self.joined_room_sync(room, timeline_from, now, whole_state, filter.timeline_limit).await?;
             let mut body = body;
             body["account_data"] = json!({"events": room_account_data.remove(room).unwrap_or_default()});
+            body["unread_notifications"] = self.unread_counts(&requester.user_id, &rules, room, now).await?;
+            body["ephemeral"] =
+                json!({"events": receipts.remove(room).into_iter().chain(typing.remove(room)).collect::<Vec<_>>()});
             join.insert(room.clone(), body);
         }
         for room in &invited {
@@ -172,17 +184,19 @@ impl Homeserver {
             }
         }
         let keys = self.sync_keys(requester, since, now).await?;
+        let presence = self.presence_events(&user, since, now).await?;
         let empty = join.is_empty()
             && invite.is_empty()
             && leave.is_empty()
             && global_account_data.is_empty()
             && keys.to_device.is_empty()
-            && keys.changed.is_empty();
+            && keys.changed.is_empty()
+            && presence.is_empty();
         let body = json!({
             "next_batch": format!("s{now}"),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "account_data": {"events": global_account_data},
-            "presence": {"events": []},
+            "presence": {"events": presence},
             "to_device": {"events": keys.to_device},
             "device_lists": {"changed": keys.changed, "left": []},
             "device_one_time_keys_count": keys.one_time_key_counts,

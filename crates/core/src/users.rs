@@ -835,12 +835,6 @@ impl Homeserver {
             .ok_or_else(|| Error::not_found("Account data not found"))
     }
 
-    /// `GET /pushrules/`: the user's rules (the spec's defaults until push rules can be edited).
-    pub async fn push_rules(&self, requester: &Requester) -> Result<Value> {
-        let ruleset = ruma::push::Ruleset::server_default(&requester.user_id);
-        Ok(json!({ "global": serde_json::to_value(ruleset).map_err(Error::internal)? }))
-    }
-
     /// Stores a sync filter.
     pub async fn create_filter(&self, requester: &Requester, user_id: &str, filter: Value) -> Result<String> {
         if user_id != requester.user_id.as_str() {
@@ -997,5 +991,32 @@ impl Homeserver {
             is_shadow_banned: u.shadow_banned,
             creation_ts: u.creation_ts / 1000,
         }))
+    }
+}
+
+impl Homeserver {
+    /// `POST /user/{userId}/openid/request_token`: a token a third party can check with
+    /// `/_matrix/federation/v1/openid/userinfo`; an hour long, as Synapse's.
+    pub fn openid_token(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("Cannot request tokens for other users."));
+        }
+        let token = random_string(32);
+        let expires = now_ms() + 3_600_000;
+        let mut tokens = self.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.retain(|_, (_, exp)| *exp > now_ms());
+        tokens.insert(token.clone(), (user_id.to_owned(), expires));
+        Ok(json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "matrix_server_name": self.server_name(),
+            "expires_in": 3600,
+        }))
+    }
+
+    /// The user an OpenID token was issued to, while it lasts.
+    pub fn openid_user(&self, token: &str) -> Option<String> {
+        let tokens = self.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(token).filter(|(_, exp)| *exp > now_ms()).map(|(u, _)| u.clone())
     }
 }

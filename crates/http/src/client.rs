@@ -69,7 +69,13 @@ pub(crate) fn router() -> Router<AppState> {
             "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
             get(get_room_account_data).put(set_room_account_data),
         )
-        .merge(crate::keys::routes());
+        .merge(crate::keys::routes())
+        .merge(crate::ephemeral::routes())
+        .merge(crate::push::routes())
+        .route("/voip/turnServer", get(turn_server))
+        .route("/thirdparty/protocols", get(thirdparty_protocols))
+        .route("/account/3pid", get(threepids))
+        .route("/user/{user_id}/openid/request_token", post(openid_token));
     Router::new()
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(token_validity))
@@ -481,6 +487,7 @@ struct SyncQuery {
     timeout: Option<String>,
     full_state: Option<String>,
     filter: Option<String>,
+    set_presence: Option<String>,
 }
 
 async fn sync(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQuery>) -> Answer {
@@ -496,6 +503,7 @@ async fn sync(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQu
         timeout: Duration::from_millis(timeout.min(300_000)),
         full_state: q.full_state.as_deref() == Some("true"),
         filter: q.filter,
+        set_presence: q.set_presence,
     };
     Ok(axum::Json(hs.sync(&me, request).await?))
 }
@@ -727,4 +735,23 @@ struct TokenQuery {
 
 async fn token_validity(State(hs): State<AppState>, Query(q): Query<TokenQuery>) -> Answer {
     Ok(axum::Json(json!({"valid": hs.registration_token_valid(&q.token).await?})))
+}
+
+/// No TURN server is configured: Synapse answers `{}` then, and clients fall back to STUN.
+async fn turn_server(Auth(_me): Auth) -> Json {
+    axum::Json(json!({}))
+}
+
+/// No application services bridge third-party networks here.
+async fn thirdparty_protocols(Auth(_me): Auth) -> Json {
+    axum::Json(json!({}))
+}
+
+/// Myelin binds no third-party identifiers (email, phone) to accounts.
+async fn threepids(Auth(_me): Auth) -> Json {
+    axum::Json(json!({"threepids": []}))
+}
+
+async fn openid_token(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.openid_token(&me, &user_id)?))
 }

@@ -17,10 +17,12 @@
 
 mod admin;
 mod client;
+mod ephemeral;
 pub mod error;
 mod extract;
 mod keys;
 mod media;
+mod push;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

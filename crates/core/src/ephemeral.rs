@@ -1,0 +1,335 @@
+//! Receipts, read markers, typing notifications and presence: what `/sync` carries besides
+//! room events.
+//!
+//! Receipts and presence are stored, each change at a stream position, so `/sync` finds them
+//! with the same `since` token as everything else. Typing lives in memory only (it expires in
+//! seconds anyway); each change still takes a stream position, so long-polls wake for it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use myelin_storage::{PresenceRow, ReceiptRow};
+use ruma::OwnedRoomId;
+use serde_json::{Map, Value, json};
+
+use crate::server::now_ms;
+use crate::{Error, Homeserver, Requester, Result};
+
+/// The longest typing timeout honoured; clients ask for 30 s.
+const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Who is typing in a room, and the stream position of the last change.
+#[derive(Default)]
+pub(crate) struct RoomTyping {
+    users: HashMap<String, tokio::time::Instant>,
+    position: i64,
+}
+
+/// The receipt types a client may send.
+const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private", "m.fully_read"];
+
+fn room_id(room: &str) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(room).map_err(|_| Error::invalid_param(format!("Invalid room ID: {room}")))
+}
+
+impl Homeserver {
+    /// The event must be one of the room's, and the user joined to it.
+    async fn check_receipt_target(&self, me: &Requester, room: &OwnedRoomId, event_id: &str) -> Result<()> {
+        if self.membership_of(room, me.user_id.as_str()).await?.as_deref() != Some("join") {
+            return Err(Error::forbidden(format!("User {} not in room {room}", me.user_id)));
+        }
+        let id = event_id.to_owned();
+        match self.db(move |s| s.get_event(&id)).await? {
+            Some(row)
+                if serde_json::from_str::<Value>(&row.json)
+                    .is_ok_and(|e| e["room_id"].as_str() == Some(room.as_str())) =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::not_found("Event not found")),
+        }
+    }
+
+    /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
+    pub async fn send_receipt(
+        &self,
+        me: &Requester,
+        room: &str,
+        receipt_type: &str,
+        event_id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<()> {
+        if !RECEIPT_TYPES.contains(&receipt_type) {
+            return Err(Error::invalid_param(format!("Receipt type must be one of {}", RECEIPT_TYPES.join(", "))));
+        }
+        let thread_id = match body.get("thread_id") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(t)) if t == "main" || t.starts_with('$') => t.clone(),
+            Some(_) => return Err(Error::invalid_param("thread_id must be \"main\" or an event ID")),
+        };
+        if receipt_type == "m.fully_read" && !thread_id.is_empty() {
+            return Err(Error::invalid_param("m.fully_read receipts cannot be threaded"));
+        }
+        let room = room_id(room)?;
+        self.check_receipt_target(me, &room, event_id).await?;
+        self.store_marker(me, &room, receipt_type, event_id, thread_id).await
+    }
+
+    async fn store_marker(
+        &self,
+        me: &Requester,
+        room: &OwnedRoomId,
+        receipt_type: &str,
+        event_id: &str,
+        thread_id: String,
+    ) -> Result<()> {
+        if receipt_type == "m.fully_read" {
+            // The read marker is room account data, as the spec says.
+            let (u, r, e) = (me.user_id.to_string(), room.to_string(), event_id.to_owned());
+            let pos = self.db(move |s| s.set_account_data(&u, &r, "m.fully_read", &json!({"event_id": e}))).await?;
+            self.advance_stream(pos);
+            return Ok(());
+        }
+        let row = ReceiptRow {
+            room_id: room.to_string(),
+            receipt_type: receipt_type.to_owned(),
+            user_id: me.user_id.to_string(),
+            thread_id,
+            event_id: event_id.to_owned(),
+            ts: now_ms(),
+        };
+        let pos = self.db(move |s| s.set_receipt(&row)).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
+    /// `POST /rooms/{roomId}/read_markers`: any of `m.fully_read`, `m.read`, `m.read.private`.
+    pub async fn set_read_markers(&self, me: &Requester, room: &str, body: &Map<String, Value>) -> Result<()> {
+        let room = room_id(room)?;
+        for kind in ["m.fully_read", "m.read", "m.read.private"] {
+            match body.get(kind) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(event_id)) => {
+                    self.check_receipt_target(me, &room, event_id).await?;
+                    self.store_marker(me, &room, kind, event_id, String::new()).await?;
+                }
+                Some(_) => return Err(Error::bad_json(format!("{kind} must be an event ID"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `m.receipt` events for `rooms` in `(from, to]`, one per room; private receipts only
+    /// for their owner.
+    pub(crate) async fn receipt_events(
+        &self,
+        me: &str,
+        rooms: &[String],
+        from: i64,
+        to: i64,
+    ) -> Result<HashMap<String, Value>> {
+        let r = rooms.to_vec();
+        let rows = self.db(move |s| s.receipts_between(&r, from, to)).await?;
+        let mut out: HashMap<String, Value> = HashMap::new();
+        for row in rows {
+            if row.receipt_type == "m.read.private" && row.user_id != me {
+                continue;
+            }
+            let event = out.entry(row.room_id.clone()).or_insert_with(|| json!({"type": "m.receipt", "content": {}}));
+            let mut receipt = json!({"ts": row.ts});
+            if !row.thread_id.is_empty() {
+                receipt["thread_id"] = json!(row.thread_id);
+            }
+            event["content"][&row.event_id][&row.receipt_type][&row.user_id] = receipt;
+        }
+        Ok(out)
+    }
+
+    /// `PUT /rooms/{roomId}/typing/{userId}`.
+    pub async fn set_typing(
+        self: &Arc<Self>,
+        me: &Requester,
+        room: &str,
+        user_id: &str,
+        typing: bool,
+        timeout: Option<u64>,
+    ) -> Result<()> {
+        if user_id != me.user_id.as_str() {
+            return Err(Error::forbidden("Cannot set another user's typing state"));
+        }
+        let room = room_id(room)?;
+        if self.membership_of(&room, user_id).await?.as_deref() != Some("join") {
+            return Err(Error::forbidden(format!("User {user_id} not in room {room}")));
+        }
+        let pos = self.db(|s| s.allocate_stream_position()).await?;
+        let deadline = if typing {
+            let wait = timeout.map(Duration::from_millis).unwrap_or(Duration::from_secs(30)).min(MAX_TYPING_TIMEOUT);
+            Some(tokio::time::Instant::now() + wait)
+        } else {
+            None
+        };
+        {
+            let mut all = self.typing.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = all.entry(room.clone()).or_default();
+            match deadline {
+                Some(d) => entry.users.insert(user_id.to_owned(), d),
+                None => entry.users.remove(user_id),
+            };
+            entry.position = pos;
+        }
+        self.advance_stream(pos);
+        if let Some(deadline) = deadline {
+            // Stop the notification at its deadline unless it was renewed or ended meanwhile.
+            let hs = Arc::downgrade(self);
+            let user = user_id.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                let Some(hs) = hs.upgrade() else { return };
+                let expired = {
+                    let all = hs.typing.lock().unwrap_or_else(|p| p.into_inner());
+                    all.get(&room).and_then(|t| t.users.get(&user)).is_some_and(|d| *d <= deadline)
+                };
+                if !expired {
+                    return;
+                }
+                let Ok(pos) = hs.db(|s| s.allocate_stream_position()).await else { return };
+                {
+                    let mut all = hs.typing.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(t) = all.get_mut(&room)
+                        && t.users.get(&user).is_some_and(|d| *d <= deadline)
+                    {
+                        t.users.remove(&user);
+                        t.position = pos;
+                    }
+                }
+                hs.advance_stream(pos);
+            });
+        }
+        Ok(())
+    }
+
+    /// The `m.typing` event of each room in `rooms` whose typing changed after `since` (every
+    /// room with someone typing when `since` is `None`).
+    pub(crate) fn typing_events(&self, rooms: &[String], since: Option<i64>) -> HashMap<String, Value> {
+        let all = self.typing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let mut out = HashMap::new();
+        for room in rooms {
+            let Ok(id) = OwnedRoomId::try_from(room.as_str()) else { continue };
+            let Some(t) = all.get(&id) else { continue };
+            let mut users: Vec<&String> = t.users.iter().filter(|(_, d)| **d > now).map(|(u, _)| u).collect();
+            let changed = since.is_none_or(|s| t.position > s);
+            if !changed || (since.is_none() && users.is_empty()) {
+                continue;
+            }
+            users.sort();
+            out.insert(room.clone(), json!({"type": "m.typing", "content": {"user_ids": users}}));
+        }
+        out
+    }
+
+    // --- presence ----------------------------------------------------------------------------
+
+    /// `PUT /presence/{userId}/status`. With presence off in the config, accepted and ignored.
+    pub async fn set_presence(&self, me: &Requester, user_id: &str, body: &Map<String, Value>) -> Result<()> {
+        if user_id != me.user_id.as_str() {
+            return Err(Error::forbidden("You may only set your own presence state"));
+        }
+        let state = match body.get("presence").and_then(Value::as_str) {
+            Some(s @ ("online" | "offline" | "unavailable")) => s.to_owned(),
+            Some(other) => return Err(Error::invalid_param(format!("Invalid presence state {other}"))),
+            None => return Err(Error::bad_json("presence must be a string")),
+        };
+        let status_msg = match body.get("status_msg") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= 1024 => Some(s.clone()),
+            Some(Value::String(_)) => return Err(Error::invalid_param("status_msg is too long")),
+            Some(_) => return Err(Error::bad_json("status_msg must be a string")),
+        };
+        if !self.config.presence_enabled {
+            return Ok(());
+        }
+        let row = PresenceRow { user_id: user_id.to_owned(), state, status_msg, last_active_ts: now_ms() };
+        let pos = self.db(move |s| s.set_presence(&row)).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
+    /// Marks a syncing user online (`set_presence` of `/sync`), writing only on a change.
+    pub(crate) async fn presence_from_sync(&self, me: &Requester, state: &str) -> Result<()> {
+        if !self.config.presence_enabled || !["online", "unavailable"].contains(&state) {
+            return Ok(());
+        }
+        let u = me.user_id.to_string();
+        let current = self.db(move |s| s.get_presence(&u)).await?;
+        // A minute of staleness in last_active_ago is fine; a write per sync is not.
+        if current.as_ref().is_some_and(|c| c.state == state && now_ms() - c.last_active_ts < 60_000) {
+            return Ok(());
+        }
+        let row = PresenceRow {
+            user_id: me.user_id.to_string(),
+            state: state.to_owned(),
+            status_msg: current.and_then(|c| c.status_msg),
+            last_active_ts: now_ms(),
+        };
+        let pos = self.db(move |s| s.set_presence(&row)).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
+    fn presence_content(row: &PresenceRow) -> Value {
+        let ago = (now_ms() - row.last_active_ts).max(0);
+        let mut content = json!({
+            "presence": row.state,
+            "last_active_ago": ago,
+            "currently_active": row.state == "online" && ago < 5 * 60_000,
+        });
+        if let Some(m) = &row.status_msg {
+            content["status_msg"] = json!(m);
+        }
+        content
+    }
+
+    /// `GET /presence/{userId}/status`: local users sharing a room with the requester (or the
+    /// requester); others are 403, as on Synapse.
+    pub async fn get_presence(&self, me: &Requester, user_id: &str) -> Result<Value> {
+        let user = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+        let u = user_id.to_owned();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() || !self.is_mine(&user) {
+            return Err(Error::not_found("Unknown user"));
+        }
+        let m = me.user_id.to_string();
+        let sharing: HashSet<String> = self.db(move |s| s.users_sharing_rooms(&m)).await?.into_iter().collect();
+        if !sharing.contains(user_id) {
+            return Err(Error::forbidden("You are not allowed to see their presence."));
+        }
+        if !self.config.presence_enabled {
+            return Ok(json!({"presence": "offline"}));
+        }
+        let u = user_id.to_owned();
+        Ok(match self.db(move |s| s.get_presence(&u)).await? {
+            Some(row) => Self::presence_content(&row),
+            None => json!({"presence": "offline"}),
+        })
+    }
+
+    /// `m.presence` events of users sharing a room with `me`, changed in `(since, now]`.
+    pub(crate) async fn presence_events(&self, me: &str, since: Option<i64>, now: i64) -> Result<Vec<Value>> {
+        if !self.config.presence_enabled {
+            return Ok(Vec::new());
+        }
+        let m = me.to_owned();
+        let from = since.unwrap_or(0);
+        let rows = self
+            .db(move |s| {
+                let users = s.users_sharing_rooms(&m)?;
+                s.presence_between(&users, from, now)
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| json!({"type": "m.presence", "sender": row.user_id, "content": Self::presence_content(row)}))
+            .collect())
+    }
+}

@@ -1,0 +1,403 @@
+//! Push rules (the spec's defaults plus the user's edits), pushers, unread and highlight counts,
+//! and `/notifications`.
+//!
+//! A user's rules are stored as their `m.push_rules` global account data, as Synapse syncs them,
+//! so every edit reaches the user's clients through `/sync`. Rule evaluation is ruma's. Pushers
+//! are stored and listed; Myelin does not call push gateways yet.
+
+use ruma::push::{
+    Action, AnyPushRuleRef, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule,
+    PushConditionRoomCtx, RuleKind, Ruleset,
+};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, OwnedUserId, UInt};
+use serde_json::{Map, Value, json};
+
+use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+
+/// How far back unread counts look: a room with more unread events than this shows this many.
+const MAX_COUNTED: usize = 100;
+
+fn rule_kind(kind: &str) -> Result<RuleKind> {
+    match kind {
+        "override" => Ok(RuleKind::Override),
+        "underride" => Ok(RuleKind::Underride),
+        "sender" => Ok(RuleKind::Sender),
+        "room" => Ok(RuleKind::Room),
+        "content" => Ok(RuleKind::Content),
+        _ => Err(Error::invalid_param(format!("Unknown push rule kind {kind}"))),
+    }
+}
+
+fn global_scope(scope: &str) -> Result<()> {
+    if scope == "global" { Ok(()) } else { Err(unrecognized()) }
+}
+
+/// Synapse's `UnrecognizedRequestError`: 400, not the 404 of an unknown endpoint.
+fn unrecognized() -> Error {
+    Error::new(ErrorKind::Module { status: 400, errcode: "M_UNRECOGNIZED".into() }, "Unrecognized request")
+}
+
+fn unknown_rule() -> Error {
+    Error::not_found("Unknown rule")
+}
+
+fn parse_actions(v: Option<&Value>) -> Result<Vec<Action>> {
+    let v = v.ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing 'actions'"))?;
+    serde_json::from_value(v.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))
+}
+
+/// What the rules say about one event for one user.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Verdict {
+    pub notify: bool,
+    pub highlight: bool,
+}
+
+impl Homeserver {
+    /// The user's rule set: their stored edits over the spec's defaults.
+    pub(crate) async fn ruleset(&self, user: &OwnedUserId) -> Result<Ruleset> {
+        let u = user.to_string();
+        let stored = self.db(move |s| s.get_account_data(&u, "", "m.push_rules")).await?;
+        let mut rules = stored
+            .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
+            .unwrap_or_else(|| Ruleset::server_default(user));
+        // Defaults added in newer spec versions appear for users with older stored rule sets.
+        rules.update_with_server_default(Ruleset::server_default(user));
+        Ok(rules)
+    }
+
+    async fn save_ruleset(&self, user: &OwnedUserId, rules: &Ruleset) -> Result<()> {
+        let content = json!({"global": serde_json::to_value(rules).map_err(Error::internal)?});
+        let u = user.to_string();
+        let pos = self.db(move |s| s.set_account_data(&u, "", "m.push_rules", &content)).await?;
+        self.advance_stream(pos);
+        Ok(())
+    }
+
+    /// `GET /pushrules/`.
+    pub async fn push_rules(&self, me: &Requester) -> Result<Value> {
+        let rules = self.ruleset(&me.user_id).await?;
+        Ok(json!({"global": serde_json::to_value(rules).map_err(Error::internal)?}))
+    }
+
+    /// `GET /pushrules/global/{kind}/{ruleId}`.
+    pub async fn push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<Value> {
+        global_scope(scope)?;
+        let rules = self.ruleset(&me.user_id).await?;
+        let rule = rules.get(rule_kind(kind)?, rule_id).ok_or_else(unknown_rule)?;
+        match rule {
+            AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => serde_json::to_value(r),
+            AnyPushRuleRef::Content(r) => serde_json::to_value(r),
+            AnyPushRuleRef::Room(r) => serde_json::to_value(r),
+            AnyPushRuleRef::Sender(r) => serde_json::to_value(r),
+            #[allow(unreachable_patterns)]
+            _ => return Err(unknown_rule()),
+        }
+        .map_err(Error::internal)
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}?before&after`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_push_rule(
+        &self,
+        me: &Requester,
+        scope: &str,
+        kind: &str,
+        rule_id: &str,
+        before: Option<&str>,
+        after: Option<&str>,
+        body: &Map<String, Value>,
+    ) -> Result<()> {
+        global_scope(scope)?;
+        let actions = parse_actions(body.get("actions"))?;
+        let conditions = || -> Result<Vec<_>> {
+            let v = body.get("conditions").cloned().unwrap_or(json!([]));
+            serde_json::from_value(v).map_err(|e| Error::bad_json(format!("Invalid conditions: {e}")))
+        };
+        let rule = match rule_kind(kind)? {
+            RuleKind::Override => {
+                NewPushRule::Override(NewConditionalPushRule::new(rule_id.into(), conditions()?, actions))
+            }
+            RuleKind::Underride => {
+                NewPushRule::Underride(NewConditionalPushRule::new(rule_id.into(), conditions()?, actions))
+            }
+            RuleKind::Content => {
+                let pattern = body
+                    .get("pattern")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Content rules need a 'pattern'"))?;
+                NewPushRule::Content(NewPatternedPushRule::new(rule_id.into(), pattern.into(), actions))
+            }
+            RuleKind::Room => {
+                let room = OwnedRoomId::try_from(rule_id)
+                    .map_err(|_| Error::invalid_param("A room rule's ID must be a room ID"))?;
+                NewPushRule::Room(NewSimplePushRule::new(room, actions))
+            }
+            RuleKind::Sender => {
+                let user = OwnedUserId::try_from(rule_id)
+                    .map_err(|_| Error::invalid_param("A sender rule's ID must be a user ID"))?;
+                NewPushRule::Sender(NewSimplePushRule::new(user, actions))
+            }
+            _ => return Err(Error::invalid_param(format!("Unknown push rule kind {kind}"))),
+        };
+        let mut rules = self.ruleset(&me.user_id).await?;
+        rules.insert(rule, after, before).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("not found") || text.contains("unknown") {
+                Error::not_found(text)
+            } else {
+                Error::invalid_param(text)
+            }
+        })?;
+        self.save_ruleset(&me.user_id, &rules).await
+    }
+
+    /// `DELETE /pushrules/global/{kind}/{ruleId}`; server-default rules cannot be deleted.
+    pub async fn delete_push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<()> {
+        global_scope(scope)?;
+        let mut rules = self.ruleset(&me.user_id).await?;
+        rules.remove(rule_kind(kind)?, rule_id).map_err(|e| match e {
+            ruma::push::RemovePushRuleError::NotFound => unknown_rule(),
+            other => Error::invalid_param(other.to_string()),
+        })?;
+        self.save_ruleset(&me.user_id, &rules).await
+    }
+
+    /// `GET /pushrules/global/{kind}/{ruleId}/{attribute}` (`enabled` or `actions`).
+    pub async fn push_rule_attribute(
+        &self,
+        me: &Requester,
+        scope: &str,
+        kind: &str,
+        rule_id: &str,
+        attribute: &str,
+    ) -> Result<Value> {
+        let rule = self.push_rule(me, scope, kind, rule_id).await?;
+        match attribute {
+            "enabled" => Ok(json!({"enabled": rule["enabled"]})),
+            "actions" => Ok(json!({"actions": rule["actions"]})),
+            _ => Err(unrecognized()),
+        }
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}/{attribute}`.
+    pub async fn set_push_rule_attribute(
+        &self,
+        me: &Requester,
+        scope: &str,
+        kind: &str,
+        rule_id: &str,
+        attribute: &str,
+        body: &Map<String, Value>,
+    ) -> Result<()> {
+        global_scope(scope)?;
+        let kind = rule_kind(kind)?;
+        let mut rules = self.ruleset(&me.user_id).await?;
+        match attribute {
+            "enabled" => {
+                let enabled = body
+                    .get("enabled")
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| Error::bad_json("'enabled' must be a boolean"))?;
+                rules.set_enabled(kind, rule_id, enabled).map_err(|_| unknown_rule())?;
+            }
+            "actions" => {
+                let actions = parse_actions(body.get("actions"))?;
+                rules.set_actions(kind, rule_id, actions).map_err(|_| unknown_rule())?;
+            }
+            _ => return Err(unrecognized()),
+        }
+        self.save_ruleset(&me.user_id, &rules).await
+    }
+
+    // --- pushers -------------------------------------------------------------------------------
+
+    /// `GET /pushers`.
+    pub async fn pushers(&self, me: &Requester) -> Result<Value> {
+        let u = me.user_id.to_string();
+        let rows = self.db(move |s| s.pushers(&u)).await?;
+        let pushers: Vec<Value> = rows.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+        Ok(json!({"pushers": pushers}))
+    }
+
+    /// `POST /pushers/set`: `kind: null` deletes; `http` pushers need `data.url`.
+    pub async fn set_pusher(&self, me: &Requester, body: &Map<String, Value>) -> Result<()> {
+        let text = |k: &str| -> Result<String> {
+            body.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::new(ErrorKind::MissingParam, format!("Missing string '{k}'")))
+        };
+        let (app_id, pushkey) = (text("app_id")?, text("pushkey")?);
+        let u = me.user_id.to_string();
+        match body.get("kind") {
+            Some(Value::Null) => {
+                return self.db(move |s| s.delete_pusher(&u, &app_id, &pushkey)).await;
+            }
+            Some(Value::String(k)) if k == "http" => {
+                let url = body["data"]["url"].as_str().ok_or_else(|| {
+                    Error::new(ErrorKind::MissingParam, "'url' is required in data for an http pusher")
+                })?;
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(Error::invalid_param("'url' must be an http(s) URL"));
+                }
+            }
+            Some(Value::String(k)) => return Err(Error::invalid_param(format!("Unsupported pusher kind {k}"))),
+            _ => return Err(Error::new(ErrorKind::MissingParam, "Missing 'kind'")),
+        }
+        for k in ["app_display_name", "device_display_name", "lang"] {
+            text(k)?;
+        }
+        let append = body.get("append").and_then(Value::as_bool).unwrap_or(false);
+        let mut pusher = body.clone();
+        pusher.remove("append");
+        let json = Value::Object(pusher).to_string();
+        self.db(move |s| s.set_pusher(&u, &app_id, &pushkey, &json, append)).await
+    }
+
+    // --- counts and notifications -------------------------------------------------------------
+
+    /// Evaluates `rules` for one client-format event in a room of `member_count`.
+    async fn verdict(
+        rules: &Ruleset,
+        event: &Value,
+        user: &OwnedUserId,
+        display_name: &str,
+        room: &OwnedRoomId,
+        member_count: usize,
+    ) -> Verdict {
+        let Ok(raw) = Raw::<Value>::from_json_string(event.to_string()) else { return Verdict::default() };
+        let ctx = PushConditionRoomCtx::new(
+            room.clone(),
+            UInt::new_saturating(member_count as u64),
+            user.clone(),
+            display_name.to_owned(),
+        );
+        let mut verdict = Verdict::default();
+        for action in rules.get_actions(&raw, &ctx).await {
+            if action.should_notify() {
+                verdict.notify = true;
+            }
+            if action.is_highlight() {
+                verdict.highlight = true;
+            }
+        }
+        verdict
+    }
+
+    /// Events of `room` after the user's read receipt, by others, with the rules' verdicts
+    /// (newest first, at most [`MAX_COUNTED`]), and whether the user has read them.
+    async fn unread_with_verdicts(
+        &self,
+        me: &OwnedUserId,
+        rules: &Ruleset,
+        room: &str,
+        now: i64,
+    ) -> Result<Vec<(Value, Verdict)>> {
+        let (u, r) = (me.to_string(), room.to_owned());
+        let (read_at, rows, members, display) = self
+            .db(move |s| {
+                let read = s.receipts_between(std::slice::from_ref(&r), 0, i64::MAX)?;
+                let mut read_at = 0;
+                for rc in read.iter().filter(|rc| {
+                    rc.user_id == u
+                        && (rc.receipt_type == "m.read" || rc.receipt_type == "m.read.private")
+                        && (rc.thread_id.is_empty() || rc.thread_id == "main")
+                }) {
+                    read_at = read_at.max(s.stream_of_event(&rc.event_id)?.unwrap_or(0));
+                }
+                let rows = s.room_events(&r, read_at, now, true, MAX_COUNTED)?;
+                let members = s.room_memberships(&r)?.iter().filter(|(_, m)| m == "join").count();
+                let display = s.get_profile(&u)?.and_then(|p| p.0).unwrap_or_default();
+                Ok((read_at, rows, members, display))
+            })
+            .await?;
+        let _ = read_at;
+        let room_id = OwnedRoomId::try_from(room).map_err(Error::internal)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let Ok(event) = serde_json::from_str::<Value>(&row.json) else { continue };
+            if event["sender"].as_str() == Some(me.as_str()) {
+                continue;
+            }
+            let event = crate::events::client_event(&event);
+            let verdict = Self::verdict(rules, &event, me, &display, &room_id, members).await;
+            out.push((event, verdict));
+        }
+        Ok(out)
+    }
+
+    /// `unread_notifications` of a joined room in `/sync`.
+    pub(crate) async fn unread_counts(&self, me: &OwnedUserId, rules: &Ruleset, room: &str, now: i64) -> Result<Value> {
+        let unread = self.unread_with_verdicts(me, rules, room, now).await?;
+        let notify = unread.iter().filter(|(_, v)| v.notify).count();
+        let highlight = unread.iter().filter(|(_, v)| v.notify && v.highlight).count();
+        Ok(json!({"notification_count": notify, "highlight_count": highlight}))
+    }
+
+    /// `GET /notifications`: recent events that notified the user, newest first. `from` is a
+    /// timestamp token from a previous page.
+    pub async fn notifications(
+        &self,
+        me: &Requester,
+        from: Option<&str>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<Value> {
+        let before = match from {
+            Some(t) => Some(t.parse::<i64>().map_err(|_| Error::invalid_param("Invalid from token"))?),
+            None => None,
+        };
+        let rules = self.ruleset(&me.user_id).await?;
+        let u = me.user_id.to_string();
+        let (rooms, now) = self.db(move |s| Ok((s.rooms_for_user(&u, "join")?, s.max_stream_ordering()?))).await?;
+        let mut found: Vec<Value> = Vec::new();
+        for room in rooms {
+            let r = room.clone();
+            let rows = self.db(move |s| s.room_events(&r, 0, now, true, MAX_COUNTED)).await?;
+            let unread: std::collections::HashSet<String> = self
+                .unread_with_verdicts(&me.user_id, &rules, &room, now)
+                .await?
+                .into_iter()
+                .filter_map(|(e, _)| e["event_id"].as_str().map(str::to_owned))
+                .collect();
+            let room_id = OwnedRoomId::try_from(room.as_str()).map_err(Error::internal)?;
+            let members = {
+                let r = room.clone();
+                self.db(move |s| s.room_memberships(&r)).await?.iter().filter(|(_, m)| m == "join").count()
+            };
+            let u = me.user_id.to_string();
+            let display = self.db(move |s| s.get_profile(&u)).await?.and_then(|p| p.0).unwrap_or_default();
+            for row in rows {
+                let Ok(raw) = serde_json::from_str::<Value>(&row.json) else { continue };
+                if raw["sender"].as_str() == Some(me.user_id.as_str()) {
+                    continue;
+                }
+                let ts = raw["origin_server_ts"].as_i64().unwrap_or(0);
+                if before.is_some_and(|b| ts >= b) {
+                    continue;
+                }
+                let event = crate::events::client_event(&raw);
+                let verdict = Self::verdict(&rules, &event, &me.user_id, &display, &room_id, members).await;
+                if !verdict.notify || (only_highlight && !verdict.highlight) {
+                    continue;
+                }
+                let mut actions = vec![json!("notify")];
+                if verdict.highlight {
+                    actions.push(json!({"set_tweak": "highlight"}));
+                }
+                let read = !unread.contains(event["event_id"].as_str().unwrap_or_default());
+                found.push(json!({"actions": actions, "event": event, "read": read, "room_id": room, "ts": ts}));
+            }
+        }
+        found.sort_by_key(|n| std::cmp::Reverse(n["ts"].as_i64().unwrap_or(0)));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let mut body = json!({"notifications": found});
+        if more && let Some(last) = body["notifications"].as_array().and_then(|a| a.last()) {
+            body["next_token"] = json!(last["ts"].as_i64().unwrap_or(0).to_string());
+        }
+        Ok(body)
+    }
+}
