@@ -26,6 +26,7 @@ pub mod media;
 pub mod modules;
 mod push;
 mod rooms;
+mod search;
 mod server;
 pub mod state;
 mod sync;

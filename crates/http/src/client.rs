@@ -72,6 +72,7 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(crate::keys::routes())
         .merge(crate::ephemeral::routes())
         .merge(crate::push::routes())
+        .route("/search", post(search))
         .route("/voip/turnServer", get(turn_server))
         .route("/thirdparty/protocols", get(thirdparty_protocols))
         .route("/account/3pid", get(threepids))
@@ -754,4 +755,18 @@ async fn threepids(Auth(_me): Auth) -> Json {
 
 async fn openid_token(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
     Ok(axum::Json(hs.openid_token(&me, &user_id)?))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    next_batch: Option<String>,
+}
+
+async fn search(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<SearchQuery>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.search(&me, &body, q.next_batch.as_deref()).await?))
 }

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
 //!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`],
-//!   [`KeyStore`], [`EphemeralStore`]).
+//!   [`KeyStore`], [`EphemeralStore`], [`SearchStore`]).
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
 //!   migrations compiled in and applied at open.
@@ -522,6 +522,33 @@ pub trait EphemeralStore {
     fn allocate_stream_position(&self) -> Result<i64>;
 }
 
+/// One full-text search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// The matching event.
+    pub event_id: String,
+    /// Its room.
+    pub room_id: String,
+    /// Higher is better (the negated bm25 score).
+    pub rank: f64,
+}
+
+/// Full-text search over message bodies, room names and topics.
+pub trait SearchStore {
+    /// Events in `rooms` whose `keys` (`content.body`, `content.name`, `content.topic`) match
+    /// every word of `words` (prefixes allowed), best rank first or newest first; returns the
+    /// total count and the page `[offset, offset + limit)`.
+    fn search_events(
+        &self,
+        rooms: &[String],
+        words: &[String],
+        keys: &[String],
+        newest_first: bool,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<SearchHit>)>;
+}
+
 /// The whole storage contract a backend implements.
 pub trait Storage:
     UserStore
@@ -532,6 +559,7 @@ pub trait Storage:
     + RegistrationTokenStore
     + KeyStore
     + EphemeralStore
+    + SearchStore
     + Send
     + Sync
     + 'static
@@ -547,6 +575,7 @@ impl<T> Storage for T where
         + RegistrationTokenStore
         + KeyStore
         + EphemeralStore
+        + SearchStore
         + Send
         + Sync
         + 'static

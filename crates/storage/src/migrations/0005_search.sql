@@ -1,0 +1,42 @@
+-- Myelin schema, version 5: full-text search over message bodies, room names and topics
+-- (`POST /search`), kept up to date by triggers on `events`.
+
+CREATE VIRTUAL TABLE event_search USING fts5(
+    value,
+    key UNINDEXED,
+    event_id UNINDEXED,
+    room_id UNINDEXED,
+    stream_ordering UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+
+CREATE TRIGGER event_search_insert AFTER INSERT ON events
+WHEN NEW.rejected = 0 AND NEW.type IN ('m.room.message', 'm.room.name', 'm.room.topic')
+BEGIN
+    INSERT INTO event_search (value, key, event_id, room_id, stream_ordering)
+    SELECT v, k, NEW.event_id, NEW.room_id, NEW.stream_ordering FROM (
+        SELECT json_extract(NEW.json, '$.content.body') AS v, 'content.body' AS k WHERE NEW.type = 'm.room.message'
+        UNION ALL
+        SELECT json_extract(NEW.json, '$.content.name'), 'content.name' WHERE NEW.type = 'm.room.name'
+        UNION ALL
+        SELECT json_extract(NEW.json, '$.content.topic'), 'content.topic' WHERE NEW.type = 'm.room.topic'
+    ) WHERE typeof(v) = 'text';
+END;
+
+-- A redaction rewrites the event's JSON without its content: it leaves the index.
+CREATE TRIGGER event_search_redact AFTER UPDATE OF json ON events
+BEGIN
+    DELETE FROM event_search WHERE event_id = NEW.event_id;
+END;
+
+INSERT INTO event_search (value, key, event_id, room_id, stream_ordering)
+SELECT v, k, event_id, room_id, stream_ordering FROM (
+    SELECT json_extract(json, '$.content.body') AS v, 'content.body' AS k, event_id, room_id, stream_ordering
+    FROM events WHERE rejected = 0 AND type = 'm.room.message'
+    UNION ALL
+    SELECT json_extract(json, '$.content.name'), 'content.name', event_id, room_id, stream_ordering
+    FROM events WHERE rejected = 0 AND type = 'm.room.name'
+    UNION ALL
+    SELECT json_extract(json, '$.content.topic'), 'content.topic', event_id, room_id, stream_ordering
+    FROM events WHERE rejected = 0 AND type = 'm.room.topic'
+) WHERE typeof(v) = 'text';
