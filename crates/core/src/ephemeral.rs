@@ -130,7 +130,14 @@ impl Homeserver {
         to: i64,
     ) -> Result<HashMap<String, Value>> {
         let r = rooms.to_vec();
-        let rows = self.db(move |s| s.receipts_between(&r, from, to)).await?;
+        // An initial sync asks room by room; an incremental one scans the few new receipts.
+        let rows = if from == 0 {
+            self.db(move |s| s.receipts_between(&r, from, to)).await?
+        } else {
+            let wanted: HashSet<String> = r.into_iter().collect();
+            let all = self.db(move |s| s.receipts_since(from, to)).await?;
+            all.into_iter().filter(|row| wanted.contains(&row.room_id)).collect()
+        };
         let mut out: HashMap<String, Value> = HashMap::new();
         for row in rows {
             if row.receipt_type == "m.read.private" && row.user_id != me {
@@ -323,6 +330,15 @@ impl Homeserver {
         let from = since.unwrap_or(0);
         let rows = self
             .db(move |s| {
+                if from > 0 {
+                    // Incremental: the few changes first, then whether this user may see them.
+                    let changed = s.presence_since(from, now)?;
+                    if changed.is_empty() {
+                        return Ok(changed);
+                    }
+                    let sharing: HashSet<String> = s.users_sharing_rooms(&m)?.into_iter().collect();
+                    return Ok(changed.into_iter().filter(|p| sharing.contains(&p.user_id)).collect());
+                }
                 let users = s.users_sharing_rooms(&m)?;
                 s.presence_between(&users, from, now)
             })

@@ -255,12 +255,12 @@ impl Homeserver {
         if from >= to {
             return Ok(Vec::new());
         }
-        let u = me.to_owned();
-        let (changed, sharing) =
-            self.db(move |s| Ok((s.device_list_changes(from, to)?, s.users_sharing_rooms(&u)?))).await?;
+        let changed = self.db(move |s| s.device_list_changes(from, to)).await?;
         if changed.is_empty() {
             return Ok(Vec::new());
         }
+        let u = me.to_owned();
+        let sharing = self.db(move |s| s.users_sharing_rooms(&u)).await?;
         let sharing: HashSet<String> = sharing.into_iter().collect();
         let mut out: Vec<String> = changed.into_iter().filter(|u| sharing.contains(u)).collect();
         out.sort();

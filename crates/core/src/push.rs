@@ -10,6 +10,8 @@ use ruma::push::{
     PushConditionRoomCtx, RuleKind, Ruleset,
 };
 use ruma::serde::Raw;
+use std::sync::Arc;
+
 use ruma::{OwnedRoomId, OwnedUserId, UInt};
 use serde_json::{Map, Value, json};
 
@@ -47,6 +49,15 @@ fn parse_actions(v: Option<&Value>) -> Result<Vec<Action>> {
     serde_json::from_value(v.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))
 }
 
+/// A room's unread counts for one user, as of `counted_to`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnreadCount {
+    read_at: i64,
+    counted_to: i64,
+    notify: usize,
+    highlight: usize,
+}
+
 /// What the rules say about one event for one user.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Verdict {
@@ -55,8 +66,18 @@ pub(crate) struct Verdict {
 }
 
 impl Homeserver {
-    /// The user's rule set: their stored edits over the spec's defaults.
-    pub(crate) async fn ruleset(&self, user: &OwnedUserId) -> Result<Ruleset> {
+    /// The user's rule set: their stored edits over the spec's defaults (cached; every sync
+    /// needs it).
+    pub(crate) async fn ruleset(&self, user: &OwnedUserId) -> Result<Arc<Ruleset>> {
+        if let Some(rules) = self.push_rules.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+            return Ok(rules.clone());
+        }
+        let rules = Arc::new(self.load_ruleset(user).await?);
+        self.push_rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), rules.clone());
+        Ok(rules)
+    }
+
+    async fn load_ruleset(&self, user: &OwnedUserId) -> Result<Ruleset> {
         let u = user.to_string();
         let stored = self.db(move |s| s.get_account_data(&u, "", "m.push_rules")).await?;
         let mut rules = stored
@@ -71,6 +92,9 @@ impl Homeserver {
         let content = json!({"global": serde_json::to_value(rules).map_err(Error::internal)?});
         let u = user.to_string();
         let pos = self.db(move |s| s.set_account_data(&u, "", "m.push_rules", &content)).await?;
+        self.push_rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), Arc::new(rules.clone()));
+        // Counts made under the old rules start again.
+        self.unread.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user.as_str());
         self.advance_stream(pos);
         Ok(())
     }
@@ -78,7 +102,7 @@ impl Homeserver {
     /// `GET /pushrules/`.
     pub async fn push_rules(&self, me: &Requester) -> Result<Value> {
         let rules = self.ruleset(&me.user_id).await?;
-        Ok(json!({"global": serde_json::to_value(rules).map_err(Error::internal)?}))
+        Ok(json!({"global": serde_json::to_value(rules.as_ref()).map_err(Error::internal)?}))
     }
 
     /// `GET /pushrules/global/{kind}/{ruleId}`.
@@ -141,7 +165,7 @@ impl Homeserver {
             }
             _ => return Err(Error::invalid_param(format!("Unknown push rule kind {kind}"))),
         };
-        let mut rules = self.ruleset(&me.user_id).await?;
+        let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
         rules.insert(rule, after, before).map_err(|e| {
             let text = e.to_string();
             if text.contains("not found") || text.contains("unknown") {
@@ -156,7 +180,7 @@ impl Homeserver {
     /// `DELETE /pushrules/global/{kind}/{ruleId}`; server-default rules cannot be deleted.
     pub async fn delete_push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<()> {
         global_scope(scope)?;
-        let mut rules = self.ruleset(&me.user_id).await?;
+        let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
         rules.remove(rule_kind(kind)?, rule_id).map_err(|e| match e {
             ruma::push::RemovePushRuleError::NotFound => unknown_rule(),
             other => Error::invalid_param(other.to_string()),
@@ -193,7 +217,7 @@ impl Homeserver {
     ) -> Result<()> {
         global_scope(scope)?;
         let kind = rule_kind(kind)?;
-        let mut rules = self.ruleset(&me.user_id).await?;
+        let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
         match attribute {
             "enabled" => {
                 let enabled = body
@@ -286,41 +310,39 @@ impl Homeserver {
         verdict
     }
 
-    /// Events of `room` after the user's read receipt, by others, with the rules' verdicts
-    /// (newest first, at most [`MAX_COUNTED`]), and whether the user has read them.
-    async fn unread_with_verdicts(
+    /// Events of `room` in `(from, now]` by others, newest first (at most [`MAX_COUNTED`]),
+    /// with the rules' verdicts.
+    async fn verdicts_between(
         &self,
         me: &OwnedUserId,
         rules: &Ruleset,
         room: &str,
+        from: i64,
         now: i64,
     ) -> Result<Vec<(Value, Verdict)>> {
+        if from >= now {
+            return Ok(Vec::new());
+        }
+        let r = room.to_owned();
+        let rows = self.db(move |s| s.room_events(&r, from, now, true, MAX_COUNTED)).await?;
+        let events: Vec<Value> = rows
+            .iter()
+            .filter_map(|row| serde_json::from_str::<Value>(&row.json).ok())
+            .filter(|e| e["sender"].as_str() != Some(me.as_str()))
+            .collect();
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let (u, r) = (me.to_string(), room.to_owned());
-        let (read_at, rows, members, display) = self
+        let (members, display) = self
             .db(move |s| {
-                let read = s.receipts_between(std::slice::from_ref(&r), 0, i64::MAX)?;
-                let mut read_at = 0;
-                for rc in read.iter().filter(|rc| {
-                    rc.user_id == u
-                        && (rc.receipt_type == "m.read" || rc.receipt_type == "m.read.private")
-                        && (rc.thread_id.is_empty() || rc.thread_id == "main")
-                }) {
-                    read_at = read_at.max(s.stream_of_event(&rc.event_id)?.unwrap_or(0));
-                }
-                let rows = s.room_events(&r, read_at, now, true, MAX_COUNTED)?;
                 let members = s.room_memberships(&r)?.iter().filter(|(_, m)| m == "join").count();
-                let display = s.get_profile(&u)?.and_then(|p| p.0).unwrap_or_default();
-                Ok((read_at, rows, members, display))
+                Ok((members, s.get_profile(&u)?.and_then(|p| p.0).unwrap_or_default()))
             })
             .await?;
-        let _ = read_at;
         let room_id = OwnedRoomId::try_from(room).map_err(Error::internal)?;
         let mut out = Vec::new();
-        for row in rows {
-            let Ok(event) = serde_json::from_str::<Value>(&row.json) else { continue };
-            if event["sender"].as_str() == Some(me.as_str()) {
-                continue;
-            }
+        for event in events {
             let event = crate::events::client_event(&event);
             let verdict = Self::verdict(rules, &event, me, &display, &room_id, members).await;
             out.push((event, verdict));
@@ -328,12 +350,27 @@ impl Homeserver {
         Ok(out)
     }
 
-    /// `unread_notifications` of a joined room in `/sync`.
+    /// `unread_notifications` of a joined room in `/sync`: the notifying events after the
+    /// user's read receipt. Counts are kept per (user, room) and only new events are evaluated
+    /// on the next sync; a new receipt or a rule change starts the count again.
     pub(crate) async fn unread_counts(&self, me: &OwnedUserId, rules: &Ruleset, room: &str, now: i64) -> Result<Value> {
-        let unread = self.unread_with_verdicts(me, rules, room, now).await?;
-        let notify = unread.iter().filter(|(_, v)| v.notify).count();
-        let highlight = unread.iter().filter(|(_, v)| v.notify && v.highlight).count();
-        Ok(json!({"notification_count": notify, "highlight_count": highlight}))
+        let (r, u) = (room.to_owned(), me.to_string());
+        let read_at = self.db(move |s| s.read_position(&r, &u)).await?;
+        let key = (me.to_string(), room.to_owned());
+        let cached = self.unread.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+        let mut count = match cached {
+            Some(c) if c.read_at == read_at && c.counted_to <= now => c,
+            _ => UnreadCount { read_at, counted_to: read_at, notify: 0, highlight: 0 },
+        };
+        for (_, v) in self.verdicts_between(me, rules, room, count.counted_to, now).await? {
+            count.notify += usize::from(v.notify);
+            count.highlight += usize::from(v.notify && v.highlight);
+        }
+        count.counted_to = count.counted_to.max(now);
+        self.unread.lock().unwrap_or_else(|p| p.into_inner()).insert(key, count);
+        Ok(
+            json!({"notification_count": count.notify.min(MAX_COUNTED), "highlight_count": count.highlight.min(MAX_COUNTED)}),
+        )
     }
 
     /// `GET /notifications`: recent events that notified the user, newest first. `from` is a
@@ -354,40 +391,20 @@ impl Homeserver {
         let (rooms, now) = self.db(move |s| Ok((s.rooms_for_user(&u, "join")?, s.max_stream_ordering()?))).await?;
         let mut found: Vec<Value> = Vec::new();
         for room in rooms {
-            let r = room.clone();
-            let rows = self.db(move |s| s.room_events(&r, 0, now, true, MAX_COUNTED)).await?;
-            let unread: std::collections::HashSet<String> = self
-                .unread_with_verdicts(&me.user_id, &rules, &room, now)
-                .await?
-                .into_iter()
-                .filter_map(|(e, _)| e["event_id"].as_str().map(str::to_owned))
-                .collect();
-            let room_id = OwnedRoomId::try_from(room.as_str()).map_err(Error::internal)?;
-            let members = {
-                let r = room.clone();
-                self.db(move |s| s.room_memberships(&r)).await?.iter().filter(|(_, m)| m == "join").count()
-            };
-            let u = me.user_id.to_string();
-            let display = self.db(move |s| s.get_profile(&u)).await?.and_then(|p| p.0).unwrap_or_default();
-            for row in rows {
-                let Ok(raw) = serde_json::from_str::<Value>(&row.json) else { continue };
-                if raw["sender"].as_str() == Some(me.user_id.as_str()) {
-                    continue;
-                }
-                let ts = raw["origin_server_ts"].as_i64().unwrap_or(0);
-                if before.is_some_and(|b| ts >= b) {
-                    continue;
-                }
-                let event = crate::events::client_event(&raw);
-                let verdict = Self::verdict(&rules, &event, &me.user_id, &display, &room_id, members).await;
-                if !verdict.notify || (only_highlight && !verdict.highlight) {
+            let (r, u) = (room.clone(), me.user_id.to_string());
+            let read_at = self.db(move |s| s.read_position(&r, &u)).await?;
+            for (event, verdict) in self.verdicts_between(&me.user_id, &rules, &room, 0, now).await? {
+                let ts = event["origin_server_ts"].as_i64().unwrap_or(0);
+                if before.is_some_and(|b| ts >= b) || !verdict.notify || (only_highlight && !verdict.highlight) {
                     continue;
                 }
                 let mut actions = vec![json!("notify")];
                 if verdict.highlight {
                     actions.push(json!({"set_tweak": "highlight"}));
                 }
-                let read = !unread.contains(event["event_id"].as_str().unwrap_or_default());
+                let id = event["event_id"].as_str().unwrap_or_default().to_owned();
+                let position = self.db(move |s| s.stream_of_event(&id)).await?.unwrap_or(0);
+                let read = position <= read_at;
                 found.push(json!({"actions": actions, "event": event, "read": read, "room_id": room, "ts": ts}));
             }
         }

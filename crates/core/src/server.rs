@@ -56,6 +56,10 @@ pub struct Homeserver {
     pub(crate) typing: Mutex<HashMap<OwnedRoomId, crate::ephemeral::RoomTyping>>,
     /// OpenID tokens -> (user, expiry ms), in memory: they last an hour.
     pub(crate) openid_tokens: Mutex<HashMap<String, (String, i64)>>,
+    /// Parsed push rules per user (see `push`).
+    pub(crate) push_rules: Mutex<HashMap<OwnedUserId, Arc<ruma::push::Ruleset>>>,
+    /// Unread counts per (user, room), advanced by each sync.
+    pub(crate) unread: Mutex<HashMap<(String, String), crate::push::UnreadCount>>,
 }
 
 impl Homeserver {
@@ -76,6 +80,8 @@ impl Homeserver {
             last_seen: Mutex::new(HashMap::new()),
             typing: Mutex::new(HashMap::new()),
             openid_tokens: Mutex::new(HashMap::new()),
+            push_rules: Mutex::new(HashMap::new()),
+            unread: Mutex::new(HashMap::new()),
         }))
     }
 

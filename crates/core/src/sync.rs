@@ -233,24 +233,14 @@ impl Homeserver {
         // gappy incremental sync, the state that changed in the gap.
         let mut state = Vec::new();
         if whole_state || limited {
-            let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
-            let current = self.current_state(&room_id).await?.unwrap_or_default();
-            let ids: Vec<String> =
-                current.values().map(|e| e.to_string()).filter(|e| !in_timeline.contains(e.as_str())).collect();
-            let rows = self
-                .db(move |s| {
-                    let mut out = Vec::new();
-                    for id in ids {
-                        if let Some(r) = s.get_event(&id)? {
-                            out.push(r);
-                        }
-                    }
-                    Ok(out)
-                })
-                .await?;
-            for r in rows {
-                if whole_state || r.stream_ordering > from {
-                    state.push(client_event(&serde_json::from_str(&r.json).unwrap_or_default()));
+            let r = room.to_owned();
+            for row in self.db(move |s| s.current_state_events(&r)).await? {
+                if !whole_state && row.stream_ordering <= from {
+                    continue;
+                }
+                let event: Value = serde_json::from_str(&row.json).unwrap_or_default();
+                if !in_timeline.contains(event["event_id"].as_str().unwrap_or_default()) {
+                    state.push(client_event(&event));
                 }
             }
         }

@@ -251,6 +251,8 @@ pub trait RoomStore {
     /// Accepted, not soft-failed events of a room with `from < stream <= to`, newest first if
     /// `backwards`, at most `limit`.
     fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize) -> Result<Vec<EventRow>>;
+    /// The events of a room's current state, in one query.
+    fn current_state_events(&self, room_id: &str) -> Result<Vec<EventRow>>;
     /// Rooms (among `rooms`) with accepted events in `(from, to]`.
     fn rooms_with_events_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<String>>;
     /// The latest stream position.
@@ -504,10 +506,17 @@ pub trait EphemeralStore {
     fn set_receipt(&self, receipt: &ReceiptRow) -> Result<i64>;
     /// Receipts in `rooms` set in `(from, to]` (`from` 0: all current ones).
     fn receipts_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<ReceiptRow>>;
+    /// Receipts of any room set in `(from, to]` (for incremental syncs: the range is small).
+    fn receipts_since(&self, from: i64, to: i64) -> Result<Vec<ReceiptRow>>;
+    /// The stream position of the newest event `user_id` has an unthreaded (or main-thread)
+    /// `m.read` or `m.read.private` receipt on in `room_id`; 0 if none.
+    fn read_position(&self, room_id: &str, user_id: &str) -> Result<i64>;
     /// Stores a user's presence; returns its stream position.
     fn set_presence(&self, presence: &PresenceRow) -> Result<i64>;
     /// One user's presence.
     fn get_presence(&self, user_id: &str) -> Result<Option<PresenceRow>>;
+    /// Presence of anyone changed in `(from, to]`.
+    fn presence_since(&self, from: i64, to: i64) -> Result<Vec<PresenceRow>>;
     /// Presence of `users` changed in `(from, to]`.
     fn presence_between(&self, users: &[String], from: i64, to: i64) -> Result<Vec<PresenceRow>>;
     /// A user's pushers (JSON objects as `/pushers` lists them).

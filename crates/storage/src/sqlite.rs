@@ -603,6 +603,17 @@ impl RoomStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn current_state_events(&self, room_id: &str) -> Result<Vec<EventRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT e.stream_ordering, e.json, e.state_group, e.rejected, e.soft_failed
+                 FROM current_state c JOIN events e ON e.event_id = c.event_id WHERE c.room_id = ?1",
+            )
+            .map_err(backend)?;
+        stmt.query_map([room_id], event_from_row).and_then(|r| r.collect()).map_err(backend)
+    }
+
     fn rooms_with_events_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn
@@ -1405,6 +1416,29 @@ impl EphemeralStore for SqliteStore {
         Ok(out)
     }
 
+    fn receipts_since(&self, from: i64, to: i64) -> Result<Vec<ReceiptRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id, receipt_type, user_id, thread_id, event_id, ts FROM receipts
+                 WHERE stream_ordering > ?1 AND stream_ordering <= ?2 ORDER BY stream_ordering",
+            )
+            .map_err(backend)?;
+        stmt.query_map(params![from, to], receipt_from_row).and_then(|r| r.collect()).map_err(backend)
+    }
+
+    fn read_position(&self, room_id: &str, user_id: &str) -> Result<i64> {
+        self.conn()
+            .row(
+                "SELECT coalesce(max(e.stream_ordering), 0) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = ?1 AND r.user_id = ?2 AND r.receipt_type IN ('m.read', 'm.read.private')
+                   AND r.thread_id IN ('', 'main')",
+                params![room_id, user_id],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
     fn set_presence(&self, presence: &PresenceRow) -> Result<i64> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
@@ -1429,6 +1463,17 @@ impl EphemeralStore for SqliteStore {
             )
             .optional()
             .map_err(backend)
+    }
+
+    fn presence_since(&self, from: i64, to: i64) -> Result<Vec<PresenceRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT user_id, state, status_msg, last_active_ts FROM presence
+                 WHERE stream_ordering > ?1 AND stream_ordering <= ?2",
+            )
+            .map_err(backend)?;
+        stmt.query_map(params![from, to], presence_from_row).and_then(|r| r.collect()).map_err(backend)
     }
 
     fn presence_between(&self, users: &[String], from: i64, to: i64) -> Result<Vec<PresenceRow>> {
