@@ -342,16 +342,7 @@ impl Homeserver {
                 cache.extremities.iter().filter(|e| !basis.prev_events.contains(e)).cloned().collect();
             extremities.push(checked.pdu.event_id.clone());
             let (stream, _) = self
-                .persist_checked(
-                    room_id,
-                    sender,
-                    kind,
-                    None,
-                    &checked,
-                    StateChange::Same(group),
-                    &extremities,
-                    &options,
-                )
+                .persist_checked(room_id, sender, kind, None, &checked, StateChange::Same(group), &basis, &options)
                 .await?;
             cache.extremities = extremities;
             cache.depth = cache.depth.max(basis.depth + 1);
@@ -391,9 +382,8 @@ impl Homeserver {
         let mut extremities: Vec<OwnedEventId> =
             cache.extremities.iter().filter(|e| !basis.prev_events.contains(e)).cloned().collect();
         extremities.push(checked.pdu.event_id.clone());
-        let (stream, group) = self
-            .persist_checked(room_id, sender, kind, state_key, &checked, state_change, &extremities, &options)
-            .await?;
+        let (stream, group) =
+            self.persist_checked(room_id, sender, kind, state_key, &checked, state_change, &basis, &options).await?;
         if let Some(key) = state_key {
             Arc::make_mut(&mut cache.state).insert((kind.to_owned(), key.to_owned()), checked.pdu.event_id.clone());
             cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
@@ -519,8 +509,9 @@ impl Homeserver {
         Ok(Checked { pdu, json: signed.json, redaction, state_views })
     }
 
-    /// Writes a checked event with its state change, the room's new forward extremities and
-    /// its transaction ID, in one transaction. Returns `(stream position, state group)`.
+    /// Writes a checked event with its state change, the forward extremities it replaces (its
+    /// parents) and its transaction ID, in one transaction. Returns `(stream position, state
+    /// group)`.
     #[allow(clippy::too_many_arguments)]
     async fn persist_checked(
         &self,
@@ -530,7 +521,7 @@ impl Homeserver {
         state_key: Option<&str>,
         checked: &Checked,
         state: StateChange,
-        extremities: &[OwnedEventId],
+        basis: &Basis,
         options: &AppendOptions,
     ) -> Result<(i64, i64)> {
         let membership = checked.pdu.membership();
@@ -542,7 +533,7 @@ impl Homeserver {
         let sender_owned = sender.to_string();
         let txn = options.txn.clone();
         let redaction = checked.redaction.clone();
-        let extremities: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
+        let prev_events: Vec<String> = basis.prev_events.iter().map(|e| e.to_string()).collect();
         let join_rule = (kind == "m.room.join_rules")
             .then(|| checked.pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned))
             .flatten();
@@ -561,7 +552,7 @@ impl Homeserver {
                 rejected: false,
                 soft_failed: false,
                 state,
-                forward_extremities: &extremities,
+                prev_events: &prev_events,
                 updates_current_state: true,
                 txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
                 redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),

@@ -200,8 +200,8 @@ pub struct NewEvent<'a> {
     pub soft_failed: bool,
     /// State after the event.
     pub state: StateChange,
-    /// The room's forward extremities after this event.
-    pub forward_extremities: &'a [String],
+    /// The parents this event replaces as forward extremities (it becomes one itself).
+    pub prev_events: &'a [String],
     /// Whether the event updates `current_state` (accepted state events).
     pub updates_current_state: bool,
     /// `(user_id, device_id, txn_id)` for idempotent client sends.

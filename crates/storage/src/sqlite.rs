@@ -77,7 +77,33 @@ impl Drop for SqliteStore {
 /// How often the checkpoint thread copies the WAL into the database file.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Moves committed WAL frames into the database file from its own connection and thread.
+/// Indexes events written since the last pass for search (one transaction for the batch: an
+/// FTS5 insert per message commit would cost every send a segment write).
+fn index_search_backlog(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT INTO event_search (value, key, event_id, room_id, stream_ordering)
+         SELECT v, k, event_id, room_id, stream_ordering FROM (
+             SELECT CASE type WHEN 'm.room.message' THEN json_extract(json, '$.content.body')
+                              WHEN 'm.room.name' THEN json_extract(json, '$.content.name')
+                              ELSE json_extract(json, '$.content.topic') END AS v,
+                    CASE type WHEN 'm.room.message' THEN 'content.body'
+                              WHEN 'm.room.name' THEN 'content.name' ELSE 'content.topic' END AS k,
+                    event_id, room_id, stream_ordering
+             FROM events WHERE stream_ordering > (SELECT position FROM search_position) AND rejected = 0
+               AND type IN ('m.room.message', 'm.room.name', 'm.room.topic')
+         ) WHERE typeof(v) = 'text';
+         UPDATE search_position SET position = (SELECT coalesce(max(stream_ordering), 0) FROM events);
+         COMMIT;",
+    )
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        backend(e)
+    })
+}
+
+/// Moves committed WAL frames into the database file from its own connection and thread, and
+/// indexes new events for search.
 ///
 /// PASSIVE checkpoints never block the writer; with auto-checkpointing off on the main
 /// connection, this is the one place the database file is written and synced.
@@ -89,6 +115,9 @@ fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
+                if let Err(e) = index_search_backlog(&conn) {
+                    tracing::warn!("search indexing failed: {e}");
+                }
                 // (busy, WAL frames, frames checkpointed); a busy result just means next time.
                 if let Err(e) = conn.row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
                     tracing::warn!("WAL checkpoint failed: {e}");
@@ -450,11 +479,19 @@ impl RoomStore for SqliteStore {
         )
         .map_err(backend)?;
         if !ev.rejected && !ev.soft_failed {
-            tx.exec("DELETE FROM forward_extremities WHERE room_id = ?1", [ev.room_id]).map_err(backend)?;
-            for id in ev.forward_extremities {
-                tx.exec("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)", params![ev.room_id, id])
-                    .map_err(backend)?;
+            // Only what changes: the parents leave, the event joins (a busy room can have many).
+            for id in ev.prev_events {
+                tx.exec(
+                    "DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2",
+                    params![ev.room_id, id],
+                )
+                .map_err(backend)?;
             }
+            tx.exec(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+                params![ev.room_id, ev.event_id],
+            )
+            .map_err(backend)?;
         }
         if ev.updates_current_state
             && let Some(key) = ev.state_key
@@ -1556,6 +1593,8 @@ impl SearchStore for SqliteStore {
         let query = words.iter().map(|w| format!("\"{}\"*", w.replace('"', "\"\""))).collect::<Vec<_>>().join(" ");
         let rooms_json = serde_json::to_string(rooms).map_err(|e| StorageError::Backend(e.to_string()))?;
         let keys_json = serde_json::to_string(keys).map_err(|e| StorageError::Backend(e.to_string()))?;
+        // What was sent a moment ago is found too: the backlog first.
+        index_search_backlog(&self.conn())?;
         let filter = "event_search MATCH ?1
              AND room_id IN (SELECT value FROM json_each(?2)) AND key IN (SELECT value FROM json_each(?3))";
         let conn = self.conn();

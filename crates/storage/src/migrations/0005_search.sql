@@ -1,5 +1,5 @@
 -- Myelin schema, version 5: full-text search over message bodies, room names and topics
--- (`POST /search`), kept up to date by triggers on `events`.
+-- (`POST /search`), filled in batches from `events`; a redaction takes an event out.
 
 CREATE VIRTUAL TABLE event_search USING fts5(
     value,
@@ -10,18 +10,10 @@ CREATE VIRTUAL TABLE event_search USING fts5(
     tokenize = 'unicode61 remove_diacritics 2'
 );
 
-CREATE TRIGGER event_search_insert AFTER INSERT ON events
-WHEN NEW.rejected = 0 AND NEW.type IN ('m.room.message', 'm.room.name', 'm.room.topic')
-BEGIN
-    INSERT INTO event_search (value, key, event_id, room_id, stream_ordering)
-    SELECT v, k, NEW.event_id, NEW.room_id, NEW.stream_ordering FROM (
-        SELECT json_extract(NEW.json, '$.content.body') AS v, 'content.body' AS k WHERE NEW.type = 'm.room.message'
-        UNION ALL
-        SELECT json_extract(NEW.json, '$.content.name'), 'content.name' WHERE NEW.type = 'm.room.name'
-        UNION ALL
-        SELECT json_extract(NEW.json, '$.content.topic'), 'content.topic' WHERE NEW.type = 'm.room.topic'
-    ) WHERE typeof(v) = 'text';
-END;
+-- New events are indexed in batches, off the send path (see `index_search_backlog` in
+-- sqlite.rs): this is how far the index has got.
+CREATE TABLE search_position (position INTEGER NOT NULL);
+INSERT INTO search_position (position) SELECT coalesce(max(stream_ordering), 0) FROM events;
 
 -- A redaction rewrites the event's JSON without its content: it leaves the index.
 CREATE TRIGGER event_search_redact AFTER UPDATE OF json ON events
