@@ -88,7 +88,7 @@ log_level: warning
     return [str(MYELIN), "-c", str(d / "homeserver.yaml")]
 
 
-def synapse_config(d: Path, port: int):
+def synapse_config(d: Path, port: int, modules=None):
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "homeserver.yaml"
     subprocess.run(
@@ -118,6 +118,8 @@ def synapse_config(d: Path, port: int):
 
     config = yaml.safe_load(cfg.read_text())
     config.update(extra)
+    if modules:
+        config["modules"] = modules
     cfg.write_text(yaml.safe_dump(config))
     return [str(SYNAPSE_PY), "-m", "synapse.app.homeserver", "-c", str(cfg)]
 
@@ -216,6 +218,13 @@ async def run_target(t: Target, cmd, workdir):
         for i in range(n_users):
             users.append(await register(session, t, f"u{tag}{i}"))
         r["register (ms/op, incl. hashing)"] = (time.perf_counter() - start) / n_users * 1000
+
+        # One password check each: what hashing costs either server, to set against register.
+        async def login(i):
+            await call(session, "POST", t.base + "/_matrix/client/v3/login", body={
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": f"u{tag}{i % n_users}"},
+                "password": "bench-password"})
+        r["login (ms/op, one password check)"] = await timed(login, 10) * 1000
         a, b = users[0], users[1]
         rooms = []
 
@@ -379,6 +388,31 @@ def table(targets):
     return "\n".join(lines)
 
 
+async def synapse_with_python_module():
+    """Synapse's send rate at 8 clients with the same Python check_event_for_spam module."""
+    t = Target("synapse-python", 28451)
+    d = WORK / "synapse-python-data"
+    shutil.rmtree(d, ignore_errors=True)
+    cmd = synapse_config(d, t.port, modules=[{"module": "noop_spam.NoopSpam", "config": {}}])
+    log = open(WORK / f"{t.name}.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "bench" / "modules")}
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+            t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d, env=env)
+            await t.wait_ready(session, time.monotonic())
+            wait_background_updates(d)
+            users = [await register(session, t, f"p{i}") for i in range(8)]
+            room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom", users[0]["access_token"],
+                               {"preset": "public_chat"}))["room_id"]
+            for u in users[1:]:
+                await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}", u["access_token"], {})
+            await send_throughput(session, t, users, room, 8, 40)  # warm-up
+            rate, _ = await send_throughput(session, t, users, room, 8, 200 if QUICK else 400)
+    finally:
+        t.stop()
+    return rate
+
+
 async def modules_only():
     """`run.py modules`: just the module-set throughput table, for iterating on the hosts."""
     medians, rates = await module_overhead()
@@ -406,6 +440,13 @@ async def main():
     out += "| modules | msg/s | vs none | runs |\n|---|---:|---:|---|\n"
     for k in ("none", "demo", "python"):
         out += f"| {k} | {medians[k]:,.0f} | {medians[k] / none * 100:.1f}% | {', '.join(f'{r:,.0f}' for r in rates[k])} |\n"
+    synapse_python = await synapse_with_python_module()
+    python_rate = medians["python"]
+    out += (
+        f"\nWith the same Python check_event_for_spam module (bench/modules/noop_spam.py) on both servers, "
+        f"8 clients: Myelin {python_rate:,.0f} msg/s, Synapse {synapse_python:,.1f} msg/s: "
+        f"{python_rate / synapse_python:,.1f}x.\n"
+    )
     spam = await antispam_overhead()
     native = statistics.median(spam["native rounds"])
     python = statistics.median(spam["python rounds"])

@@ -530,6 +530,16 @@ impl Homeserver {
         Ok(())
     }
 
+    /// A live backup version of the requester, as a number; 404 if there is none.
+    async fn existing_version(&self, me: &Requester, version: &str) -> Result<i64> {
+        let n = Self::parse_version(version)?;
+        let u = me.user_id.to_string();
+        match self.db(move |s| s.backup_version(&u, Some(n))).await? {
+            Some(_) => Ok(n),
+            None => Err(Error::not_found("Unknown backup version")),
+        }
+    }
+
     /// The version keys are written to: it must be the newest live one.
     async fn writable_version(&self, me: &Requester, version: &str) -> Result<i64> {
         let u = me.user_id.to_string();
@@ -614,11 +624,7 @@ impl Homeserver {
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let n = Self::parse_version(version)?;
-        let u = me.user_id.to_string();
-        if self.db(move |s| s.backup_version(&u, Some(n))).await?.is_none() {
-            return Err(Error::not_found("Unknown backup version"));
-        }
+        let n = self.existing_version(me, version).await?;
         let (u, r, sid) = (me.user_id.to_string(), room.map(str::to_owned), session.map(str::to_owned));
         let keys = self.db(move |s| s.backup_keys(&u, n, r.as_deref(), sid.as_deref())).await?;
         let parse = |json: &str| serde_json::from_str::<Value>(json).unwrap_or(Value::Null);
@@ -649,11 +655,7 @@ impl Homeserver {
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let n = Self::parse_version(version)?;
-        let u = me.user_id.to_string();
-        if self.db(move |s| s.backup_version(&u, Some(n))).await?.is_none() {
-            return Err(Error::not_found("Unknown backup version"));
-        }
+        let n = self.existing_version(me, version).await?;
         let (u, r, sid) = (me.user_id.to_string(), room.map(str::to_owned), session.map(str::to_owned));
         self.db(move |s| s.delete_backup_keys(&u, n, r.as_deref(), sid.as_deref())).await?;
         self.etag_and_count(me, n).await

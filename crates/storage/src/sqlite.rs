@@ -1027,6 +1027,16 @@ fn record_device_change(tx: &Transaction<'_>, user_id: &str) -> Result<i64> {
     Ok(pos)
 }
 
+/// A backup version's keys changed: clients compare etags to know.
+fn bump_backup_etag(tx: &Transaction<'_>, user_id: &str, version: i64) -> Result<()> {
+    tx.exec(
+        "UPDATE room_key_versions SET etag = etag + 1 WHERE user_id = ?1 AND version = ?2",
+        params![user_id, version],
+    )
+    .map(drop)
+    .map_err(backend)
+}
+
 fn strings(rows: rusqlite::Result<Vec<String>>) -> Result<Vec<String>> {
     rows.map_err(backend)
 }
@@ -1356,11 +1366,7 @@ impl KeyStore for SqliteStore {
             )
             .map_err(backend)?;
         }
-        tx.exec(
-            "UPDATE room_key_versions SET etag = etag + 1 WHERE user_id = ?1 AND version = ?2",
-            params![user_id, version],
-        )
-        .map_err(backend)?;
+        bump_backup_etag(&tx, user_id, version)?;
         tx.commit().map_err(backend)
     }
 
@@ -1379,11 +1385,7 @@ impl KeyStore for SqliteStore {
             params![user_id, version, room_id, session_id],
         )
         .map_err(backend)?;
-        tx.exec(
-            "UPDATE room_key_versions SET etag = etag + 1 WHERE user_id = ?1 AND version = ?2",
-            params![user_id, version],
-        )
-        .map_err(backend)?;
+        bump_backup_etag(&tx, user_id, version)?;
         tx.commit().map_err(backend)
     }
 
