@@ -269,6 +269,48 @@ pub fn client_event(pdu_json: &Value) -> Value {
     Value::Object(out)
 }
 
+/// The fields of a stored PDU that clients see; the rest (`auth_events`, `prev_events`,
+/// `hashes`, `signatures`, `depth`) is skipped while parsing, never built.
+#[derive(serde::Deserialize)]
+struct ClientFields {
+    event_id: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    sender: Option<Value>,
+    room_id: Option<Value>,
+    origin_server_ts: Option<Value>,
+    content: Option<Value>,
+    state_key: Option<Value>,
+    redacts: Option<Value>,
+    unsigned: Option<Value>,
+}
+
+/// [`client_event`] straight from stored JSON text: the same result without building the
+/// whole PDU first (sync and pagination turn many stored events into client events).
+pub fn client_event_from_str(json: &str) -> Value {
+    let Ok(f) = serde_json::from_str::<ClientFields>(json) else { return Value::Object(Map::new()) };
+    let mut out = Map::new();
+    let fields = [
+        ("event_id", f.event_id),
+        ("type", f.kind),
+        ("sender", f.sender),
+        ("room_id", f.room_id),
+        ("origin_server_ts", f.origin_server_ts),
+        ("content", f.content),
+        ("state_key", f.state_key),
+        ("redacts", f.redacts),
+    ];
+    for (key, value) in fields {
+        if let Some(v) = value {
+            out.insert(key.to_owned(), v);
+        }
+    }
+    if let Some(u @ Value::Object(_)) = f.unsigned {
+        out.insert("unsigned".into(), u);
+    }
+    Value::Object(out)
+}
+
 /// Redacts a PDU's JSON per the room version's rules, keeping `event_id`.
 pub fn redact_json(json: &str, rules: &RoomVersionRules, because: Option<&Value>) -> Result<String> {
     let value: Value = serde_json::from_str(json).map_err(Error::internal)?;
@@ -289,6 +331,21 @@ pub fn redact_json(json: &str, rules: &RoomVersionRules, because: Option<&Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_events_from_text_match_client_events_from_values() {
+        let pdu = serde_json::json!({
+            "auth_events": ["$a", "$b"], "prev_events": ["$p"], "depth": 4,
+            "hashes": {"sha256": "h"}, "signatures": {"x": {"ed25519:a": "s"}},
+            "event_id": "$e", "type": "m.room.member", "sender": "@a:x", "room_id": "!r:x",
+            "origin_server_ts": 5, "content": {"membership": "join"}, "state_key": "@a:x",
+            "unsigned": {"age": 1},
+        });
+        assert_eq!(client_event_from_str(&pdu.to_string()), client_event(&pdu));
+        let message = serde_json::json!({"event_id": "$m", "type": "m.room.message", "content": {}, "depth": 1});
+        assert_eq!(client_event_from_str(&message.to_string()), client_event(&message));
+        assert_eq!(client_event_from_str("not json"), serde_json::json!({}));
+    }
 
     #[test]
     fn signing_key_round_trips_through_synapse_format() {

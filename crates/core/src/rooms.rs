@@ -18,7 +18,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, R
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::events::{EventDraft, Pdu, client_event, redact_json, sign_event};
+use crate::events::{EventDraft, Pdu, client_event, client_event_from_str, redact_json, sign_event};
 use crate::server::{now_ms, random_string};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
@@ -1025,7 +1025,7 @@ impl Homeserver {
             let mut out = Vec::new();
             for id in ids {
                 if let Some(row) = s.get_event(&id)? {
-                    out.push(client_event(&serde_json::from_str(&row.json).unwrap_or_default()));
+                    out.push(client_event_from_str(&row.json));
                 }
             }
             Ok(out)
@@ -1166,7 +1166,7 @@ impl Homeserver {
         // events while `end` still points further; the spec allows that.
         let chunk = rows
             .iter()
-            .map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default()))
+            .map(|r| client_event_from_str(&r.json))
             .filter(|e| filter.is_none_or(|f| f.matches(e)))
             .collect();
         Ok(MessagesPage {

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::events::client_event;
+use crate::events::client_event_from_str;
 use crate::rooms::Pagination;
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
@@ -103,7 +103,7 @@ impl Homeserver {
         for hit in &hits {
             let id = hit.event_id.clone();
             let Some(row) = self.db(move |s| s.get_event(&id)).await? else { continue };
-            let event = client_event(&serde_json::from_str(&row.json).unwrap_or_default());
+            let event = client_event_from_str(&row.json);
             let mut result = json!({"rank": hit.rank, "result": event});
             if let Some((before, after, profiles)) = context {
                 result["context"] =

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::events::client_event;
+use crate::events::client_event_from_str;
 use crate::rooms::parse_token;
 use crate::{Error, Homeserver, Requester, Result};
 
@@ -212,8 +212,7 @@ impl Homeserver {
         rows.truncate(limit);
         rows.reverse();
         let prev_batch = rows.first().map(|r| format!("t{}", r.stream_ordering)).unwrap_or_else(|| format!("t{to}"));
-        let events: Vec<Value> =
-            rows.iter().map(|r| client_event(&serde_json::from_str(&r.json).unwrap_or_default())).collect();
+        let events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
         Ok(json!({"events": events, "limited": limited, "prev_batch": prev_batch}))
     }
 
@@ -238,9 +237,9 @@ impl Homeserver {
                 if !whole_state && row.stream_ordering <= from {
                     continue;
                 }
-                let event: Value = serde_json::from_str(&row.json).unwrap_or_default();
+                let event = client_event_from_str(&row.json);
                 if !in_timeline.contains(event["event_id"].as_str().unwrap_or_default()) {
-                    state.push(client_event(&event));
+                    state.push(event);
                 }
             }
         }
