@@ -350,6 +350,7 @@ async fn key_backup_versions_and_keys() {
     let (st, b) = s.put(&format!("{V3}/room_keys/keys/!r:test/s3?version=1"), t, key(0, false)).await;
     assert_eq!(st, 403, "{b}");
     assert_eq!((b["errcode"].as_str(), b["current_version"].as_str()), (Some("M_WRONG_ROOM_KEYS_VERSION"), Some("2")));
+    assert_schema("/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}", "put", st, &b);
     let (st, b) = s.get(&format!("{V3}/room_keys/keys?version=9"), t).await;
     assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
     let (st, b) = s.get(&format!("{V3}/room_keys/keys"), t).await;
@@ -364,11 +365,18 @@ async fn key_backup_versions_and_keys() {
     update["version"] = json!("3");
     let (st, b) = s.put(&format!("{V3}/room_keys/version/2"), t, update).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
-    assert_eq!(s.put(&format!("{V3}/room_keys/version/2"), t, version_body).await.0, 200);
+    let (st, b) = s.put(&format!("{V3}/room_keys/version/2"), t, version_body).await;
+    assert_eq!(st, 200);
+    assert_schema("/_matrix/client/v3/room_keys/version/{version}", "put", st, &b);
     let (st, r) = s.call("DELETE", &format!("{V3}/room_keys/keys/!r:test?version=1"), t, None).await;
     assert_eq!((st, r["count"].as_i64()), (200, Some(0)));
-    assert_eq!(s.call("DELETE", &format!("{V3}/room_keys/version/1"), t, None).await.0, 200);
-    assert_eq!(s.get(&format!("{V3}/room_keys/version/1"), t).await.0, 404);
+    assert_schema("/_matrix/client/v3/room_keys/keys/{roomId}", "delete", st, &r);
+    let (st, b) = s.call("DELETE", &format!("{V3}/room_keys/version/1"), t, None).await;
+    assert_eq!(st, 200);
+    assert_schema("/_matrix/client/v3/room_keys/version/{version}", "delete", st, &b);
+    let (st, b) = s.get(&format!("{V3}/room_keys/version/1"), t).await;
+    assert_eq!(st, 404);
+    assert_schema("/_matrix/client/v3/room_keys/version/{version}", "get", st, &b);
     assert_eq!(s.call("DELETE", &format!("{V3}/room_keys/version/1"), t, None).await.0, 404);
     // Another user's backup is theirs alone.
     let bob = s.register("bob").await;

@@ -115,6 +115,7 @@ async fn presence_is_set_read_and_synced() {
     let path = format!("{V3}/presence/{}/status", alice.user_id);
     let (st, b) = s.put(&path, Some(&alice.token), json!({"presence": "unavailable", "status_msg": "lunch"})).await;
     assert_eq!((st, &b), (200, &json!({})));
+    assert_schema("/_matrix/client/v3/presence/{userId}/status", "put", st, &b);
     let (st, p) = s.get(&path, Some(&bob.token)).await;
     assert_eq!(st, 200, "{p}");
     assert_schema("/_matrix/client/v3/presence/{userId}/status", "get", st, &p);
@@ -129,8 +130,12 @@ async fn presence_is_set_read_and_synced() {
     let (st, b) = s.put(&path, Some(&alice.token), json!({"presence": "asleep"})).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
     let carol = s.register("carol").await;
-    assert_eq!(s.get(&path, Some(&carol.token)).await.0, 403);
-    assert_eq!(s.get(&format!("{V3}/presence/@nobody:test/status"), Some(&bob.token)).await.0, 404);
+    let (st, b) = s.get(&path, Some(&carol.token)).await;
+    assert_eq!(st, 403);
+    assert_schema("/_matrix/client/v3/presence/{userId}/status", "get", st, &b);
+    let (st, b) = s.get(&format!("{V3}/presence/@nobody:test/status"), Some(&bob.token)).await;
+    assert_eq!(st, 404);
+    assert_schema("/_matrix/client/v3/presence/{userId}/status", "get", st, &b);
 }
 
 #[tokio::test]

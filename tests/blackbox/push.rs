@@ -52,6 +52,7 @@ async fn push_rules_can_be_edited_and_drive_unread_counts() {
     let rule = format!("{V3}/pushrules/global/room/{room}");
     let (st, b) = s.put(&rule, t, json!({"actions": []})).await;
     assert_eq!((st, &b), (200, &json!({})), "{b}");
+    assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", "put", st, &b);
     let (st, got) = s.get(&rule, t).await;
     assert_eq!((st, got["rule_id"].as_str()), (200, Some(room.as_str())));
     assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", "get", st, &got);
@@ -67,15 +68,21 @@ async fn push_rules_can_be_edited_and_drive_unread_counts() {
     // arrives), so the message sent while muted counts too.
     let (st, en) = s.get(&format!("{rule}/enabled"), t).await;
     assert_eq!((st, &en), (200, &json!({"enabled": true})));
+    assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled", "get", st, &en);
     assert_eq!(s.put(&format!("{rule}/enabled"), t, json!({"enabled": false})).await.0, 200);
     s.send_text(&alice, &room, "loud again").await;
     let sync = s.sync(&bob, None, 0).await;
     assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2);
     let (st, acts) = s.get(&format!("{V3}/pushrules/global/override/.m.rule.master/actions"), t).await;
     assert_eq!((st, &acts), (200, &json!({"actions": []})));
+    assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions", "get", st, &acts);
     assert_eq!(s.put(&format!("{rule}/actions"), t, json!({"actions": ["notify"]})).await.0, 200);
-    assert_eq!(s.call("DELETE", &rule, t, None).await.0, 200);
-    assert_eq!(s.get(&rule, t).await.0, 404);
+    let (st, b) = s.call("DELETE", &rule, t, None).await;
+    assert_eq!(st, 200);
+    assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", "delete", st, &b);
+    let (st, b) = s.get(&rule, t).await;
+    assert_eq!(st, 404);
+    assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", "get", st, &b);
 
     // Errors.
     let cases = [
@@ -108,6 +115,7 @@ async fn pushers_are_stored_and_notifications_listed() {
     });
     let (st, b) = s.post(&format!("{V3}/pushers/set"), t, pusher.clone()).await;
     assert_eq!((st, &b), (200, &json!({})), "{b}");
+    assert_schema("/_matrix/client/v3/pushers/set", "post", st, &b);
     let (st, list) = s.get(&format!("{V3}/pushers"), t).await;
     assert_eq!(st, 200);
     assert_schema("/_matrix/client/v3/pushers", "get", st, &list);
@@ -116,6 +124,7 @@ async fn pushers_are_stored_and_notifications_listed() {
     bad["data"] = json!({});
     let (st, b) = s.post(&format!("{V3}/pushers/set"), t, bad).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")));
+    assert_schema("/_matrix/client/v3/pushers/set", "post", st, &b);
     let (st, b) = s.post(&format!("{V3}/pushers/set"), t, json!({"kind": "http"})).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")));
     let mut delete = pusher.clone();
