@@ -13,7 +13,8 @@
 //! - `core` knows no HTTP: errors carry an [`ErrorKind`]; only `myelin-http` picks statuses.
 //! - Every module callback is invoked here, in one service call site per operation (the list is
 //!   in ARCHITECTURE.md), never in an HTTP handler.
-//! - Storage is reached only through `myelin_storage::Storage`, on the blocking pool.
+//! - Storage is reached only through `myelin_storage::Storage` ([`Homeserver`]'s `db`), whose
+//!   calls are short and synchronous, never held across an `.await`.
 #![warn(missing_docs)]
 
 pub mod config;

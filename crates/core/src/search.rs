@@ -1,7 +1,8 @@
 //! `POST /search`: full-text search over the messages, names and topics of the rooms the
 //! requester is in, ordered by rank or recency, with context and pagination.
 //!
-//! The index is SQLite FTS5, kept by triggers (storage migration 5). Every word of the search
+//! The index is SQLite FTS5, filled in batches and brought up to date before each search
+//! (storage migration 5). Every word of the search
 //! term must match, as a prefix; the batch token is an offset into the result list.
 
 use std::collections::HashSet;

@@ -155,9 +155,9 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
     }
 }
 
-/// The Tokio runtime. Storage calls run on the blocking pool; SQLite serialises them on one
-/// connection anyway, so a small pool suffices, and it keeps memory flat under load (each
-/// blocking thread grows its own allocator arena).
+/// The Tokio runtime. Storage calls run inline on the workers; the blocking pool only hashes
+/// passwords and makes thumbnails, so a small pool suffices, and it keeps memory flat under load
+/// (each blocking thread grows its own allocator arena).
 fn runtime() -> tokio::runtime::Runtime {
     // glibc raises its mmap threshold after large blocks are freed, and then keeps later large
     // blocks (argon2's 19 MiB per password hash, upload buffers) in per-thread arenas for good:
