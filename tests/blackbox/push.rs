@@ -93,6 +93,7 @@ async fn push_rules_can_be_edited_and_drive_unread_counts() {
         ("PUT", format!("{V3}/pushrules/global/room/notaroom"), json!({"actions": []}), 400, "M_INVALID_PARAM"),
         ("DELETE", format!("{V3}/pushrules/global/override/.m.rule.master"), Value::Null, 400, "M_INVALID_PARAM"),
         ("DELETE", format!("{V3}/pushrules/global/override/nope"), Value::Null, 404, "M_NOT_FOUND"),
+        ("PUT", format!("{V3}/pushrules/global/override/x?before=nope"), json!({"actions": []}), 404, "M_NOT_FOUND"),
         ("PUT", format!("{V3}/pushrules/global/override/nope/enabled"), json!({"enabled": true}), 404, "M_NOT_FOUND"),
         ("GET", format!("{V3}/pushrules/device/override/x"), Value::Null, 400, "M_UNRECOGNIZED"),
     ];

@@ -166,13 +166,10 @@ impl Homeserver {
             _ => return Err(Error::invalid_param(format!("Unknown push rule kind {kind}"))),
         };
         let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
-        rules.insert(rule, after, before).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("not found") || text.contains("unknown") {
-                Error::not_found(text)
-            } else {
-                Error::invalid_param(text)
-            }
+        rules.insert(rule, after, before).map_err(|e| match e {
+            // A `before` or `after` rule that does not exist.
+            ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
+            other => Error::invalid_param(other.to_string()),
         })?;
         self.save_ruleset(&me.user_id, &rules).await
     }
@@ -311,7 +308,7 @@ impl Homeserver {
     }
 
     /// Events of `room` in `(from, now]` by others, newest first (at most [`MAX_COUNTED`]),
-    /// with the rules' verdicts.
+    /// with their stream positions and the rules' verdicts.
     async fn verdicts_between(
         &self,
         me: &OwnedUserId,
@@ -319,16 +316,16 @@ impl Homeserver {
         room: &str,
         from: i64,
         now: i64,
-    ) -> Result<Vec<(Value, Verdict)>> {
+    ) -> Result<Vec<(i64, Value, Verdict)>> {
         if from >= now {
             return Ok(Vec::new());
         }
         let r = room.to_owned();
         let rows = self.db(move |s| s.room_events(&r, from, now, true, MAX_COUNTED)).await?;
-        let events: Vec<Value> = rows
+        let events: Vec<(i64, Value)> = rows
             .iter()
-            .filter_map(|row| serde_json::from_str::<Value>(&row.json).ok())
-            .filter(|e| e["sender"].as_str() != Some(me.as_str()))
+            .map(|row| (row.stream_ordering, crate::events::client_event_from_str(&row.json)))
+            .filter(|(_, e)| e["sender"].as_str() != Some(me.as_str()))
             .collect();
         if events.is_empty() {
             return Ok(Vec::new());
@@ -342,10 +339,9 @@ impl Homeserver {
             .await?;
         let room_id = OwnedRoomId::try_from(room).map_err(Error::internal)?;
         let mut out = Vec::new();
-        for event in events {
-            let event = crate::events::client_event(&event);
+        for (position, event) in events {
             let verdict = Self::verdict(rules, &event, me, &display, &room_id, members).await;
-            out.push((event, verdict));
+            out.push((position, event, verdict));
         }
         Ok(out)
     }
@@ -362,7 +358,7 @@ impl Homeserver {
             Some(c) if c.read_at == read_at && c.counted_to <= now => c,
             _ => UnreadCount { read_at, counted_to: read_at, notify: 0, highlight: 0 },
         };
-        for (_, v) in self.verdicts_between(me, rules, room, count.counted_to, now).await? {
+        for (_, _, v) in self.verdicts_between(me, rules, room, count.counted_to, now).await? {
             count.notify += usize::from(v.notify);
             count.highlight += usize::from(v.notify && v.highlight);
         }
@@ -393,7 +389,7 @@ impl Homeserver {
         for room in rooms {
             let (r, u) = (room.clone(), me.user_id.to_string());
             let read_at = self.db(move |s| s.read_position(&r, &u)).await?;
-            for (event, verdict) in self.verdicts_between(&me.user_id, &rules, &room, 0, now).await? {
+            for (position, event, verdict) in self.verdicts_between(&me.user_id, &rules, &room, 0, now).await? {
                 let ts = event["origin_server_ts"].as_i64().unwrap_or(0);
                 if before.is_some_and(|b| ts >= b) || !verdict.notify || (only_highlight && !verdict.highlight) {
                     continue;
@@ -402,8 +398,6 @@ impl Homeserver {
                 if verdict.highlight {
                     actions.push(json!({"set_tweak": "highlight"}));
                 }
-                let id = event["event_id"].as_str().unwrap_or_default().to_owned();
-                let position = self.db(move |s| s.stream_of_event(&id)).await?.unwrap_or(0);
                 let read = position <= read_at;
                 found.push(json!({"actions": actions, "event": event, "read": read, "room_id": room, "ts": ts}));
             }

@@ -39,6 +39,14 @@ pub(crate) struct RoomCache {
 const MAX_PREV_EVENTS: usize = 10;
 
 impl RoomCache {
+    /// After `event` (built on `basis`) is persisted: its parents leave the extremities (those
+    /// beyond the cap stay for the next event), it joins them, and the depth follows.
+    fn record(&mut self, basis: &Basis, event: &OwnedEventId) {
+        self.extremities.retain(|e| !basis.prev_events.contains(e));
+        self.extremities.push(event.clone());
+        self.depth = self.depth.max(basis.depth + 1);
+    }
+
     fn basis(&self) -> Basis {
         Basis {
             rules: self.rules.clone(),
@@ -338,14 +346,10 @@ impl Homeserver {
             if let Some(existing) = self.txn_event(&options).await? {
                 return Ok(existing);
             }
-            let mut extremities: Vec<OwnedEventId> =
-                cache.extremities.iter().filter(|e| !basis.prev_events.contains(e)).cloned().collect();
-            extremities.push(checked.pdu.event_id.clone());
             let (stream, _) = self
                 .persist_checked(room_id, sender, kind, None, &checked, StateChange::Same(group), &basis, &options)
                 .await?;
-            cache.extremities = extremities;
-            cache.depth = cache.depth.max(basis.depth + 1);
+            cache.record(&basis, &checked.pdu.event_id);
             drop(guard);
             return Ok(self.announce(stream, checked));
         }
@@ -378,10 +382,6 @@ impl Homeserver {
             },
         };
         let is_snapshot = matches!(&state_change, StateChange::New { prev: None, .. });
-        // This event's parents are merged; extremities beyond the cap stay for the next one.
-        let mut extremities: Vec<OwnedEventId> =
-            cache.extremities.iter().filter(|e| !basis.prev_events.contains(e)).cloned().collect();
-        extremities.push(checked.pdu.event_id.clone());
         let (stream, group) =
             self.persist_checked(room_id, sender, kind, state_key, &checked, state_change, &basis, &options).await?;
         if let Some(key) = state_key {
@@ -389,8 +389,7 @@ impl Homeserver {
             cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
         }
         cache.state_group = Some(group);
-        cache.extremities = extremities;
-        cache.depth = cache.depth.max(basis.depth + 1);
+        cache.record(&basis, &checked.pdu.event_id);
         drop(guard);
         Ok(self.announce(stream, checked))
     }
@@ -399,11 +398,16 @@ impl Homeserver {
     async fn txn_event(&self, options: &AppendOptions) -> Result<Option<Appended>> {
         let Some((user, device, txn)) = &options.txn else { return Ok(None) };
         let (u, d, t) = (user.clone(), device.clone(), txn.clone());
-        let Some(existing) = self.db(move |s| s.get_txn_event(&u, &d, &t)).await? else { return Ok(None) };
-        let events = self.load_events(vec![existing.clone()]).await?;
-        let json = self.db(move |s| s.get_event(&existing)).await?.map(|r| r.json).unwrap_or_default();
-        let pdu = events.into_values().next().ok_or_else(|| Error::internal("txn event vanished"))?;
-        Ok(Some(Appended { pdu, json }))
+        let row = self
+            .db(move |s| match s.get_txn_event(&u, &d, &t)? {
+                Some(id) => s.get_event(&id),
+                None => Ok(None),
+            })
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut pdu = Pdu::from_json_str(&row.json)?;
+        pdu.rejected = row.rejected;
+        Ok(Some(Appended { pdu, json: row.json }))
     }
 
     /// Builds and signs an event on `basis`, runs the module callbacks that may change or refuse
