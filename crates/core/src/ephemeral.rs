@@ -257,10 +257,8 @@ impl Homeserver {
         if !self.config.presence_enabled {
             return Ok(());
         }
-        let row = PresenceRow { user_id: user_id.to_owned(), state, status_msg, last_active_ts: now_ms() };
-        let pos = self.db(move |s| s.set_presence(&row)).await?;
-        self.advance_stream(pos);
-        Ok(())
+        self.write_presence(PresenceRow { user_id: user_id.to_owned(), state, status_msg, last_active_ts: now_ms() })
+            .await
     }
 
     /// Marks a syncing user online (`set_presence` of `/sync`), writing only on a change.
@@ -268,10 +266,15 @@ impl Homeserver {
         if !self.config.presence_enabled || !["online", "unavailable"].contains(&state) {
             return Ok(());
         }
+        // A minute of staleness in last_active_ago is fine; a write (or a read) per sync is not.
+        let fresh = |written: &str, at: i64| written == state && now_ms() - at < 60_000;
+        let known = self.presence_written.lock().unwrap_or_else(|p| p.into_inner()).get(me.user_id.as_str()).cloned();
+        if known.is_some_and(|(written, at)| fresh(&written, at)) {
+            return Ok(());
+        }
         let u = me.user_id.to_string();
         let current = self.db(move |s| s.get_presence(&u)).await?;
-        // A minute of staleness in last_active_ago is fine; a write per sync is not.
-        if current.as_ref().is_some_and(|c| c.state == state && now_ms() - c.last_active_ts < 60_000) {
+        if current.as_ref().is_some_and(|c| fresh(&c.state, c.last_active_ts)) {
             return Ok(());
         }
         let row = PresenceRow {
@@ -280,6 +283,15 @@ impl Homeserver {
             status_msg: current.and_then(|c| c.status_msg),
             last_active_ts: now_ms(),
         };
+        self.write_presence(row).await
+    }
+
+    /// Stores presence, remembering what was written so syncs need not read it back.
+    async fn write_presence(&self, row: PresenceRow) -> Result<()> {
+        self.presence_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(row.user_id.clone(), (row.state.clone(), row.last_active_ts));
         let pos = self.db(move |s| s.set_presence(&row)).await?;
         self.advance_stream(pos);
         Ok(())

@@ -60,6 +60,8 @@ pub struct Homeserver {
     pub(crate) push_rules: Mutex<HashMap<OwnedUserId, Arc<ruma::push::Ruleset>>>,
     /// Unread counts per (user, room), advanced by each sync.
     pub(crate) unread: Mutex<HashMap<(String, String), crate::push::UnreadCount>>,
+    /// The presence state and time this process last wrote for each user (see `ephemeral`).
+    pub(crate) presence_written: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl Homeserver {
@@ -82,6 +84,7 @@ impl Homeserver {
             openid_tokens: Mutex::new(HashMap::new()),
             push_rules: Mutex::new(HashMap::new()),
             unread: Mutex::new(HashMap::new()),
+            presence_written: Mutex::new(HashMap::new()),
         }))
     }
 
