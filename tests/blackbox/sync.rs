@@ -148,3 +148,74 @@ async fn account_data_arrives_through_sync() {
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
+
+/// Initial syncs reuse each room's serialised section until the room changes: every kind of
+/// change must show in the next initial sync, for every member, across a restart too.
+#[tokio::test]
+async fn repeated_initial_syncs_see_every_change() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "first"})).await;
+    let texts = |body: &serde_json::Value| -> Vec<String> {
+        body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // The second is served from the sections the first built.
+    let first = s.sync(&alice, None, 0).await;
+    assert_eq!(first["rooms"], s.sync(&alice, None, 0).await["rooms"]);
+    s.send_text(&alice, &room, "one").await;
+    assert_eq!(texts(&s.sync(&alice, None, 0).await), ["one"]);
+
+    // Another member, and the summary and unread counts that follow.
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "two").await;
+    let a = s.sync(&alice, None, 0).await;
+    assert_eq!(a["rooms"]["join"][&room]["summary"]["m.joined_member_count"], 2);
+    let b = s.sync(&bob, None, 0).await;
+    assert_eq!(texts(&b), ["one", "two"]);
+    assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1);
+    let (_, sent) = s.send_text(&alice, &room, "three").await;
+    let b = s.sync(&bob, None, 0).await;
+    assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2);
+
+    // State and redactions change earlier parts of the section.
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/");
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"name": "second"})).await.0, 200);
+    let three = sent["event_id"].as_str().unwrap();
+    let redact = format!("/_matrix/client/v3/rooms/{room}/redact/{three}/t1");
+    assert_eq!(s.put(&redact, Some(&alice.token), json!({})).await.0, 200);
+    let check = |body: &serde_json::Value| {
+        let r = &body["rooms"]["join"][&room];
+        let all: Vec<&serde_json::Value> = r["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(r["state"]["events"].as_array().unwrap())
+            .collect();
+        // The new name is in the timeline; the state before it is not the stale one.
+        let names: Vec<&str> =
+            all.iter().filter(|e| e["type"] == "m.room.name").filter_map(|e| e["content"]["name"].as_str()).collect();
+        assert_eq!(names.iter().filter(|n| **n == "second").count(), 1, "{names:?}");
+        assert!(r["state"]["events"].as_array().unwrap().iter().all(|e| e["content"]["name"] != "second"));
+        let redacted = all.iter().find(|e| e["event_id"] == three).unwrap();
+        assert_eq!(redacted["content"], json!({}));
+    };
+    check(&s.sync(&alice, None, 0).await);
+    check(&s.sync(&bob, None, 0).await);
+
+    // After a restart the cache starts empty; counts and sections are read again.
+    let dir = s.stop();
+    let s = Server::start_in(dir).await;
+    let b = s.sync(&bob, None, 0).await;
+    check(&b);
+    assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2);
+    s.send_text(&alice, &room, "four").await;
+    let b = s.sync(&bob, None, 0).await;
+    assert_eq!(texts(&b).last().map(String::as_str), Some("four"));
+    assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3);
+}

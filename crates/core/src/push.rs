@@ -349,18 +349,28 @@ impl Homeserver {
     /// `unread_notifications` of a joined room in `/sync`: the notifying events after the
     /// user's read receipt. Counts are kept per (user, room) and only new events are evaluated
     /// on the next sync; a new receipt or a rule change starts the count again.
-    pub(crate) async fn unread_counts(&self, me: &OwnedUserId, rules: &Ruleset, room: &str, now: i64) -> Result<Value> {
-        let (r, u) = (room.to_owned(), me.to_string());
-        let read_at = self.db(move |s| s.read_position(&r, &u)).await?;
+    ///
+    /// `read_at` is the user's read position in the room (an initial sync reads them all at
+    /// once). A count already taken past the room's last change needs no storage read at all.
+    pub(crate) async fn unread_counts(
+        &self,
+        me: &OwnedUserId,
+        rules: &Ruleset,
+        room: &str,
+        now: i64,
+        read_at: i64,
+    ) -> Result<Value> {
         let key = (me.to_string(), room.to_owned());
         let cached = self.unread.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
         let mut count = match cached {
             Some(c) if c.read_at == read_at && c.counted_to <= now => c,
             _ => UnreadCount { read_at, counted_to: read_at, notify: 0, highlight: 0 },
         };
-        for (_, _, v) in self.verdicts_between(me, rules, room, count.counted_to, now).await? {
-            count.notify += usize::from(v.notify);
-            count.highlight += usize::from(v.notify && v.highlight);
+        if self.sync_cache.changed_at(room) > count.counted_to {
+            for (_, _, v) in self.verdicts_between(me, rules, room, count.counted_to, now).await? {
+                count.notify += usize::from(v.notify);
+                count.highlight += usize::from(v.notify && v.highlight);
+            }
         }
         count.counted_to = count.counted_to.max(now);
         self.unread.lock().unwrap_or_else(|p| p.into_inner()).insert(key, count);

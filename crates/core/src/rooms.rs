@@ -541,28 +541,36 @@ impl Homeserver {
         let join_rule = (kind == "m.room.join_rules")
             .then(|| checked.pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned))
             .flatten();
-        self.db(move |s| {
-            if let Some(rule) = &join_rule {
-                s.set_room_join_rule(&rid, rule)?;
-            }
-            s.persist_event(&NewEvent {
-                event_id: &event_id,
-                room_id: &rid,
-                event_type: &kind_owned,
-                state_key: state_key_owned.as_deref(),
-                sender: &sender_owned,
-                membership: membership.as_deref(),
-                json: &json,
-                rejected: false,
-                soft_failed: false,
-                state,
-                prev_events: &prev_events,
-                updates_current_state: true,
-                txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
-                redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
+        // Marked before the commit so that no sync trusts a cached section of this room
+        // once the stream can cover the event.
+        self.sync_cache.writing(&rid);
+        let room_for_cache = rid.clone();
+        let written = self
+            .db(move |s| {
+                if let Some(rule) = &join_rule {
+                    s.set_room_join_rule(&rid, rule)?;
+                }
+                s.persist_event(&NewEvent {
+                    event_id: &event_id,
+                    room_id: &rid,
+                    event_type: &kind_owned,
+                    state_key: state_key_owned.as_deref(),
+                    sender: &sender_owned,
+                    membership: membership.as_deref(),
+                    json: &json,
+                    rejected: false,
+                    soft_failed: false,
+                    state,
+                    prev_events: &prev_events,
+                    updates_current_state: true,
+                    txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
+                    redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
+                })
             })
-        })
-        .await
+            .await;
+        let position = written.as_ref().ok().map(|(stream, _)| *stream);
+        self.sync_cache.written(&room_for_cache, position, *self.stream.borrow());
+        written
     }
 
     /// After a persist: wakes `/sync` and runs `on_new_event` in the background.

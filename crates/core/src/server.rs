@@ -62,6 +62,8 @@ pub struct Homeserver {
     pub(crate) unread: Mutex<HashMap<(String, String), crate::push::UnreadCount>>,
     /// The presence state and time this process last wrote for each user (see `ephemeral`).
     pub(crate) presence_written: Mutex<HashMap<String, (String, i64)>>,
+    /// When rooms last changed, and cached initial-sync room sections (see `sync`).
+    pub(crate) sync_cache: crate::sync::SyncCache,
 }
 
 impl Homeserver {
@@ -85,6 +87,7 @@ impl Homeserver {
             push_rules: Mutex::new(HashMap::new()),
             unread: Mutex::new(HashMap::new()),
             presence_written: Mutex::new(HashMap::new()),
+            sync_cache: crate::sync::SyncCache::new(position),
         }))
     }
 

@@ -5,8 +5,11 @@
 //! nothing is new it waits on [`Homeserver::stream`] until something is or the timeout passes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value, json};
 
 use crate::events::client_event_from_str;
@@ -28,8 +31,67 @@ pub struct SyncRequest {
     pub set_presence: Option<String>,
 }
 
-/// The response body.
-pub type SyncResponse = Value;
+/// The response body. Joined rooms keep their cached [`Section`]s, which are written out as
+/// they are, never parsed again.
+#[derive(Debug, Serialize)]
+pub struct SyncResponse {
+    next_batch: String,
+    rooms: SyncRooms,
+    account_data: Value,
+    presence: Value,
+    to_device: Value,
+    device_lists: Value,
+    device_one_time_keys_count: Value,
+    device_unused_fallback_key_types: Value,
+}
+
+impl SyncResponse {
+    /// The body as JSON, written into a buffer sized for it up front: a sync of hundreds of
+    /// rooms is megabytes, and growing a buffer that size by doubling costs copies and faults.
+    pub fn to_json(&self) -> Vec<u8> {
+        let sections: usize = self.rooms.join.iter().map(|(_, r)| r.section.bytes() + 512).sum();
+        let mut out = Vec::with_capacity(sections + 4096);
+        // Serialising Values and raw JSON into memory cannot fail.
+        let _ = serde_json::to_writer(&mut out, self);
+        out
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SyncRooms {
+    #[serde(serialize_with = "as_map")]
+    join: Vec<(String, JoinedRoom)>,
+    invite: Map<String, Value>,
+    leave: Map<String, Value>,
+    knock: Map<String, Value>,
+}
+
+fn as_map<S: serde::Serializer>(rooms: &[(String, JoinedRoom)], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(rooms.iter().map(|(k, v)| (k, v)))
+}
+
+/// One joined room in a response: the shared section and this user's parts.
+#[derive(Debug)]
+struct JoinedRoom {
+    section: Arc<Section>,
+    account_data: Value,
+    unread_notifications: Value,
+    ephemeral: Value,
+}
+
+impl Serialize for JoinedRoom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut room = s.serialize_struct("JoinedRoom", 6)?;
+        room.serialize_field("timeline", &self.section.timeline)?;
+        room.serialize_field("state", &self.section.state)?;
+        room.serialize_field("summary", &self.section.summary)?;
+        room.serialize_field("account_data", &self.account_data)?;
+        room.serialize_field("unread_notifications", &self.unread_notifications)?;
+        room.serialize_field("ephemeral", &self.ephemeral)?;
+        room.end()
+    }
+}
 
 /// The parts of a filter `/sync` honours.
 struct SyncFilter {
@@ -99,7 +161,7 @@ impl Homeserver {
         now: i64,
         full_state: bool,
         filter: &SyncFilter,
-    ) -> Result<(Value, bool)> {
+    ) -> Result<(SyncResponse, bool)> {
         let user = requester.user_id.to_string();
         let from = since.unwrap_or(0);
         let (joined, invited, changes, account_data) = {
@@ -108,14 +170,15 @@ impl Homeserver {
                 Ok((
                     s.rooms_for_user(&u, "join")?,
                     s.rooms_for_user(&u, "invite")?,
-                    s.membership_changes(&u, from, now)?,
+                    // An initial sync shows current memberships only.
+                    if since.is_some() { s.membership_changes(&u, from, now)? } else { Vec::new() },
                     s.account_data_since(&u, if since.is_some() { from } else { 0 }, now)?,
                 ))
             })
             .await?
         };
         let changed: HashMap<String, (String, i64)> = changes.into_iter().map(|(r, m, p)| (r, (m, p))).collect();
-        let mut join = Map::new();
+        let mut join = Vec::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
 
@@ -130,6 +193,20 @@ impl Homeserver {
         let mut receipts = self.receipt_events(&user, &joined, from, now).await?;
         let mut typing = self.typing_events(&joined, since);
         let rules = self.ruleset(&requester.user_id).await?;
+        // Unread counts start at the user's read receipt, or at their join if that is later
+        // (events from before they joined never notified them, as on Synapse).
+        let read_positions: HashMap<String, i64> = {
+            let u = user.clone();
+            self.db(move |s| {
+                let mut at: HashMap<String, i64> = s.join_positions(&u)?.into_iter().collect();
+                for (room, read) in s.read_positions(&u)? {
+                    let entry = at.entry(room).or_default();
+                    *entry = (*entry).max(read);
+                }
+                Ok(at)
+            })
+            .await?
+        };
         let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
         let mut global_account_data = Vec::new();
         for (room, kind, content) in account_data {
@@ -157,13 +234,17 @@ impl Homeserver {
             // paginate back from there.
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
-            let body = self.joined_room_sync(room, timeline_from, now, whole_state, filter.timeline_limit).await?;
-            let mut body = body;
-            body["account_data"] = json!({"events": room_account_data.remove(room).unwrap_or_default()});
-            body["unread_notifications"] = self.unread_counts(&requester.user_id, &rules, room, now).await?;
-            body["ephemeral"] =
-                json!({"events": receipts.remove(room).into_iter().chain(typing.remove(room)).collect::<Vec<_>>()});
-            join.insert(room.clone(), body);
+            let section = self.room_section(room, timeline_from, now, whole_state, filter.timeline_limit).await?;
+            let read_at = read_positions.get(room).copied().unwrap_or(0);
+            let body = JoinedRoom {
+                section,
+                account_data: json!({"events": room_account_data.remove(room).unwrap_or_default()}),
+                unread_notifications: self.unread_counts(&requester.user_id, &rules, room, now, read_at).await?,
+                ephemeral: json!({
+                    "events": receipts.remove(room).into_iter().chain(typing.remove(room)).collect::<Vec<_>>()
+                }),
+            };
+            join.push((room.clone(), body));
         }
         for room in &invited {
             if !filter.wants(room) || (since.is_some() && !changed.contains_key(room)) {
@@ -192,16 +273,16 @@ impl Homeserver {
             && keys.to_device.is_empty()
             && keys.changed.is_empty()
             && presence.is_empty();
-        let body = json!({
-            "next_batch": format!("s{now}"),
-            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
-            "account_data": {"events": global_account_data},
-            "presence": {"events": presence},
-            "to_device": {"events": keys.to_device},
-            "device_lists": {"changed": keys.changed, "left": []},
-            "device_one_time_keys_count": keys.one_time_key_counts,
-            "device_unused_fallback_key_types": keys.unused_fallback_key_types,
-        });
+        let body = SyncResponse {
+            next_batch: format!("s{now}"),
+            rooms: SyncRooms { join, invite, leave, knock: Map::new() },
+            account_data: json!({"events": global_account_data}),
+            presence: json!({"events": presence}),
+            to_device: json!({"events": keys.to_device}),
+            device_lists: json!({"changed": keys.changed, "left": []}),
+            device_one_time_keys_count: json!(keys.one_time_key_counts),
+            device_unused_fallback_key_types: json!(keys.unused_fallback_key_types),
+        };
         Ok((body, empty))
     }
 
@@ -216,14 +297,20 @@ impl Homeserver {
         Ok(json!({"events": events, "limited": limited, "prev_batch": prev_batch}))
     }
 
-    async fn joined_room_sync(
+    /// A joined room's timeline (from `from`), state and summary. The sections of initial
+    /// syncs (the whole state, the latest events) are cached until the room changes.
+    async fn room_section(
         &self,
         room: &str,
         from: i64,
         now: i64,
         whole_state: bool,
         limit: usize,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Section>> {
+        let cacheable = from == 0 && whole_state;
+        if cacheable && let Some(section) = self.sync_cache.section(room, limit, now) {
+            return Ok(section);
+        }
         let timeline = self.timeline(room, from, now, limit).await?;
         let in_timeline: HashSet<&str> =
             timeline["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str()).collect();
@@ -247,13 +334,17 @@ impl Homeserver {
         let memberships = self.db(move |s| s.room_memberships(&r)).await?;
         let joined_count = memberships.iter().filter(|(_, m)| m == "join").count();
         let invited_count = memberships.iter().filter(|(_, m)| m == "invite").count();
-        Ok(json!({
-            "timeline": timeline,
-            "state": {"events": state},
-            "ephemeral": {"events": []},
-            "summary": {"m.joined_member_count": joined_count, "m.invited_member_count": invited_count},
-            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
-        }))
+        let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);
+        let section = Arc::new(Section {
+            built_at: now,
+            timeline: raw(&timeline)?,
+            state: raw(&json!({"events": state}))?,
+            summary: raw(&json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited_count}))?,
+        });
+        if cacheable {
+            self.sync_cache.keep(room, limit, section.clone());
+        }
+        Ok(section)
     }
 
     /// Stripped state shown with an invite.
@@ -280,5 +371,101 @@ impl Homeserver {
             .into_iter()
             .map(|e| json!({"type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"]}))
             .collect())
+    }
+}
+
+/// A joined room's timeline, state and member summary as `/sync` sends them, serialised once.
+#[derive(Debug)]
+pub(crate) struct Section {
+    /// The stream position the section was read at.
+    built_at: i64,
+    timeline: Box<RawValue>,
+    state: Box<RawValue>,
+    summary: Box<RawValue>,
+}
+
+impl Section {
+    fn bytes(&self) -> usize {
+        self.timeline.get().len() + self.state.get().len() + self.summary.get().len()
+    }
+}
+
+/// What `/sync` keeps between requests: when each room last changed, and the sections of
+/// initial syncs (the same for every member asking with the same timeline limit), so that an
+/// initial sync of many unchanged rooms costs a lookup per room instead of parsing and
+/// serialising every event again.
+///
+/// Validity is by stream position: a section built at `p` holds while the room's last write is
+/// at or before `p`. A write marks its room as changing before it commits ([`SyncCache::writing`])
+/// and records its position after ([`SyncCache::written`]), so no sync can read a new `now`
+/// covering a write and still find the room unchanged.
+pub(crate) struct SyncCache {
+    inner: Mutex<SyncCacheInner>,
+    /// The stream position at start-up: a room not written since may have changed at any point
+    /// before it.
+    started_at: i64,
+}
+
+#[derive(Default)]
+struct SyncCacheInner {
+    /// Room -> stream position of its last event written by this process; `i64::MAX` while a
+    /// write is in flight.
+    changed_at: HashMap<String, i64>,
+    sections: HashMap<(String, usize), Arc<Section>>,
+    bytes: usize,
+}
+
+/// How much serialised JSON the section cache holds before it drops entries.
+const SECTION_CACHE_BYTES: usize = 32 << 20;
+
+impl SyncCache {
+    pub(crate) fn new(started_at: i64) -> Self {
+        SyncCache { inner: Mutex::new(SyncCacheInner::default()), started_at }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncCacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Before an event of `room` is committed.
+    pub(crate) fn writing(&self, room: &str) {
+        self.lock().changed_at.insert(room.to_owned(), i64::MAX);
+    }
+
+    /// After the write [`SyncCache::writing`] announced: at `position`, or, if it failed,
+    /// nothing changed and `current` (the stream position now) is a safe bound.
+    pub(crate) fn written(&self, room: &str, position: Option<i64>, current: i64) {
+        self.lock().changed_at.insert(room.to_owned(), position.unwrap_or(current));
+    }
+
+    /// The stream position of the room's last change this process knows of (at most
+    /// `started_at` for rooms it has not written).
+    pub(crate) fn changed_at(&self, room: &str) -> i64 {
+        self.lock().changed_at.get(room).copied().unwrap_or(self.started_at)
+    }
+
+    fn section(&self, room: &str, limit: usize, now: i64) -> Option<Arc<Section>> {
+        let inner = self.lock();
+        let section = inner.sections.get(&(room.to_owned(), limit))?;
+        let changed = inner.changed_at.get(room).copied().unwrap_or(self.started_at);
+        (changed <= section.built_at && section.built_at <= now).then(|| section.clone())
+    }
+
+    fn keep(&self, room: &str, limit: usize, section: Arc<Section>) {
+        let mut inner = self.lock();
+        let changed = inner.changed_at.get(room).copied().unwrap_or(self.started_at);
+        if changed > section.built_at {
+            return; // written while it was being built
+        }
+        while inner.bytes + section.bytes() > SECTION_CACHE_BYTES {
+            let Some(key) = inner.sections.keys().next().cloned() else { break };
+            if let Some(old) = inner.sections.remove(&key) {
+                inner.bytes -= old.bytes();
+            }
+        }
+        inner.bytes += section.bytes();
+        if let Some(old) = inner.sections.insert((room.to_owned(), limit), section) {
+            inner.bytes -= old.bytes();
+        }
     }
 }

@@ -491,7 +491,11 @@ struct SyncQuery {
     set_presence: Option<String>,
 }
 
-async fn sync(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQuery>) -> Answer {
+async fn sync(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<SyncQuery>,
+) -> Result<axum::response::Response, MatrixError> {
     let timeout = match q.timeout.as_deref() {
         None => 0,
         Some(t) => {
@@ -506,7 +510,8 @@ async fn sync(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQu
         filter: q.filter,
         set_presence: q.set_presence,
     };
-    Ok(axum::Json(hs.sync(&me, request).await?))
+    let body = hs.sync(&me, request).await?.to_json();
+    Ok(axum::response::IntoResponse::into_response(([(axum::http::header::CONTENT_TYPE, "application/json")], body)))
 }
 
 async fn create_filter(

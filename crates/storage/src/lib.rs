@@ -511,6 +511,11 @@ pub trait EphemeralStore {
     /// The stream position of the newest event `user_id` has an unthreaded (or main-thread)
     /// `m.read` or `m.read.private` receipt on in `room_id`; 0 if none.
     fn read_position(&self, room_id: &str, user_id: &str) -> Result<i64>;
+    /// [`EphemeralStore::read_position`] of every room `user_id` has such a receipt in, at once.
+    fn read_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>>;
+    /// For each room `user_id` is joined to, the stream position of the join that began the
+    /// current stay (later joins that only change the profile do not count).
+    fn join_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>>;
     /// Stores a user's presence; returns its stream position.
     fn set_presence(&self, presence: &PresenceRow) -> Result<i64>;
     /// One user's presence.

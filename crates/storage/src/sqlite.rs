@@ -9,6 +9,7 @@
 //! their own with a second connection (`Checkpointer`), so no request ever pays for one and
 //! callers can run storage calls inline.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_registration_tokens.sql"),
     include_str!("migrations/0004_e2ee_ephemeral.sql"),
     include_str!("migrations/0005_search.sql"),
+    include_str!("migrations/0006_sync_indexes.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
@@ -1446,13 +1448,23 @@ impl EphemeralStore for SqliteStore {
                  WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3 ORDER BY stream_ordering",
             )
             .map_err(backend)?;
+        // One read transaction for all the rooms, not one per statement (each takes and
+        // releases the WAL's read lock).
+        conn.execute_batch("BEGIN").map_err(backend)?;
         let mut out = Vec::new();
-        for room in rooms {
-            let rows: Vec<ReceiptRow> =
-                stmt.query_map(params![room, from, to], receipt_from_row).and_then(|r| r.collect()).map_err(backend)?;
-            out.extend(rows);
-        }
-        Ok(out)
+        let mut read = || -> Result<()> {
+            for room in rooms {
+                let rows: Vec<ReceiptRow> = stmt
+                    .query_map(params![room, from, to], receipt_from_row)
+                    .and_then(|r| r.collect())
+                    .map_err(backend)?;
+                out.extend(rows);
+            }
+            Ok(())
+        };
+        let result = read();
+        conn.execute_batch("COMMIT").map_err(backend)?;
+        result.map(|()| out)
     }
 
     fn receipts_since(&self, from: i64, to: i64) -> Result<Vec<ReceiptRow>> {
@@ -1476,6 +1488,45 @@ impl EphemeralStore for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(backend)
+    }
+
+    fn read_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.room_id, max(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.user_id = ?1 AND r.receipt_type IN ('m.read', 'm.read.private')
+                   AND r.thread_id IN ('', 'main')
+                 GROUP BY r.room_id",
+            )
+            .map_err(backend)?;
+        stmt.query_map(params![user_id], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|r| r.collect()).map_err(backend)
+    }
+
+    fn join_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id, membership, stream_ordering FROM events
+                 WHERE type = 'm.room.member' AND state_key = ?1 AND rejected = 0 AND soft_failed = 0
+                 ORDER BY stream_ordering",
+            )
+            .map_err(backend)?;
+        let rows: Vec<(String, String, i64)> = stmt
+            .query_map(params![user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|r| r.collect())
+            .map_err(backend)?;
+        // A join after a profile change is the same stay; one after a leave starts a new one.
+        let mut since: HashMap<String, Option<i64>> = HashMap::new();
+        for (room, membership, position) in rows {
+            let entry = since.entry(room).or_default();
+            match (membership == "join", *entry) {
+                (true, None) => *entry = Some(position),
+                (true, Some(_)) => {}
+                (false, _) => *entry = None,
+            }
+        }
+        Ok(since.into_iter().filter_map(|(room, p)| p.map(|p| (room, p))).collect())
     }
 
     fn set_presence(&self, presence: &PresenceRow) -> Result<i64> {
