@@ -19,8 +19,8 @@ if [ ! -x tests/clients/.venv/bin/python ]; then
 fi
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
-cargo build --release --locked -p myelin
+cargo build --release --locked -p myelin -p myelin-loadgen
 bench/work/synapse-venv/bin/python bench/run.py
-cargo bench --locked -p myelin-core --bench dispatch -- --noplot 2>&1 | grep -E "^(user_may|check_event)|time:" | tee bench/work/dispatch.txt
+cargo bench --locked -p myelin-core --bench dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^(user_may|check_event)|time:" | tee bench/work/dispatch.txt
 PYTHONPATH="$PWD/bench/modules" VIRTUAL_ENV="$PWD/tests/clients/.venv" \
-  cargo bench --locked -p myelin-python --bench python_dispatch -- --noplot 2>&1 | grep -E "^user_may|time:" | tee -a bench/work/dispatch.txt
+  cargo bench --locked -p myelin-python --bench python_dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^user_may|time:" | tee -a bench/work/dispatch.txt

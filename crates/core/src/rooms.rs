@@ -38,6 +38,9 @@ pub(crate) struct RoomCache {
 /// The most parents an event gets (Synapse's limit too); further extremities wait for the next.
 const MAX_PREV_EVENTS: usize = 10;
 
+/// How many parsed state events [`Homeserver::state_events`] holds.
+const MAX_CACHED_STATE_EVENTS: usize = 10_000;
+
 impl RoomCache {
     /// After `event` (built on `basis`) is persisted: its parents leave the extremities (those
     /// beyond the cap stay for the next event), it joins them, and the depth follows.
@@ -294,20 +297,55 @@ impl Homeserver {
         }))
     }
 
+    /// Parsed events by ID. State events (auth events, power levels, memberships: read for
+    /// nearly every event sent) come from [`Homeserver::state_events`] when they can.
     async fn load_events(&self, ids: Vec<String>) -> Result<HashMap<OwnedEventId, Pdu>> {
-        self.db(move |s| {
-            let mut out = HashMap::new();
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.state_events.lock().unwrap_or_else(|p| p.into_inner());
             for id in ids {
-                if let Some(row) = s.get_event(&id)?
-                    && let Ok(mut pdu) = Pdu::from_json_str(&row.json)
-                {
-                    pdu.rejected = row.rejected;
-                    out.insert(pdu.event_id.clone(), pdu);
+                match OwnedEventId::try_from(id.as_str()).ok().and_then(|e| cache.get(&e).cloned()) {
+                    Some(pdu) => {
+                        out.insert(pdu.event_id.clone(), pdu);
+                    }
+                    None => missing.push(id),
                 }
             }
-            Ok(out)
-        })
-        .await
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let loaded = self
+            .db(move |s| {
+                let mut loaded = Vec::new();
+                for id in missing {
+                    if let Some(row) = s.get_event(&id)?
+                        && let Ok(mut pdu) = Pdu::from_json_str(&row.json)
+                    {
+                        pdu.rejected = row.rejected;
+                        loaded.push(pdu);
+                    }
+                }
+                Ok(loaded)
+            })
+            .await?;
+        for pdu in loaded {
+            if pdu.state_key.is_some() {
+                self.remember_state_event(&pdu);
+            }
+            out.insert(pdu.event_id.clone(), pdu);
+        }
+        Ok(out)
+    }
+
+    fn remember_state_event(&self, pdu: &Pdu) {
+        let mut cache = self.state_events.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_STATE_EVENTS {
+            // Crude but bounded; the hot entries (a room's auth events) come straight back.
+            cache.clear();
+        }
+        cache.insert(pdu.event_id.clone(), pdu.clone());
     }
 
     /// Builds, authorises and persists one local event. The one path every local event takes.
@@ -570,6 +608,17 @@ impl Homeserver {
             .await;
         let position = written.as_ref().ok().map(|(stream, _)| *stream);
         self.sync_cache.written(&room_for_cache, position, *self.stream.borrow());
+        if written.is_ok() {
+            if let Some((target, _)) = &checked.redaction
+                && let Ok(target) = OwnedEventId::try_from(target.as_str())
+            {
+                // Its stored JSON was just rewritten.
+                self.state_events.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
+            }
+            if state_key.is_some() {
+                self.remember_state_event(&checked.pdu);
+            }
+        }
         written
     }
 

@@ -62,6 +62,9 @@ pub struct Homeserver {
     pub(crate) unread: Mutex<HashMap<(String, String), crate::push::UnreadCount>>,
     /// The presence state and time this process last wrote for each user (see `ephemeral`).
     pub(crate) presence_written: Mutex<HashMap<String, (String, i64)>>,
+    /// Parsed state events by ID (see `rooms::load_events`). Stored events do not change,
+    /// except a redaction's target, which the redaction removes from here.
+    pub(crate) state_events: Mutex<HashMap<ruma::OwnedEventId, crate::events::Pdu>>,
     /// When rooms last changed, and cached initial-sync room sections (see `sync`).
     pub(crate) sync_cache: crate::sync::SyncCache,
 }
@@ -87,6 +90,7 @@ impl Homeserver {
             push_rules: Mutex::new(HashMap::new()),
             unread: Mutex::new(HashMap::new()),
             presence_written: Mutex::new(HashMap::new()),
+            state_events: Mutex::new(HashMap::new()),
             sync_cache: crate::sync::SyncCache::new(position),
         }))
     }

@@ -61,9 +61,24 @@ impl Cached for Connection {
     }
 }
 
+/// Read connections per store: more than the runtime's workers, so a reader is nearly always free.
+const READERS: usize = 4;
+
+/// How many access tokens [`SqliteStore`] keeps in memory.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
 /// The SQLite store.
 pub struct SqliteStore {
+    /// The one connection that writes (SQLite allows one writer at a time anyway).
     conn: Mutex<Connection>,
+    /// Read-only connections for queries, so that reads neither wait for a write in progress
+    /// nor block a runtime worker behind one (in WAL mode they read the last commit). Empty for
+    /// an in-memory database, which reads through `conn`.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    /// Access token -> (user, device): every authenticated request looks its token up, and
+    /// tokens are only ever added or deleted, so this is emptied on any deletion.
+    tokens: Mutex<HashMap<String, (String, String)>>,
     /// Set on drop, to stop the checkpoint thread.
     stop: Option<Arc<AtomicBool>>,
 }
@@ -149,6 +164,13 @@ impl SqliteStore {
         }
         let mut store = Self::setup(Connection::open(path).map_err(backend)?)?;
         store.conn().execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(backend)?;
+        for _ in 0..READERS {
+            let reader = Connection::open(path).map_err(backend)?;
+            reader.execute_batch("PRAGMA query_only = ON;").map_err(backend)?;
+            reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+            reader.set_prepared_statement_cache_capacity(256);
+            store.readers.push(Mutex::new(reader));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(path, stop.clone())?;
         store.stop = Some(stop);
@@ -166,7 +188,33 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(256);
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), stop: None })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
+            tokens: Mutex::new(HashMap::new()),
+            stop: None,
+        })
+    }
+
+    fn token_cache(&self) -> MutexGuard<'_, HashMap<String, (String, String)>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A free read connection (or, if all are busy, the next in turn).
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        if self.readers.is_empty() {
+            return self.conn();
+        }
+        let first = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            match self.readers[(first + i) % self.readers.len()].try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[first % self.readers.len()].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -228,14 +276,14 @@ impl UserStore for SqliteStore {
     }
 
     fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        self.conn()
+        self.reader()
             .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"), [user_id], user_from_row)
             .optional()
             .map_err(backend)
     }
 
     fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>> {
-        self.conn()
+        self.reader()
             .row(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE lower(user_id) = lower(?1) LIMIT 1"),
                 [user_id],
@@ -277,7 +325,7 @@ impl UserStore for SqliteStore {
     }
 
     fn get_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices
@@ -313,6 +361,8 @@ impl UserStore for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         tx.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
             .map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
         let n = tx
             .exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
             .map_err(backend)?;
@@ -332,10 +382,22 @@ impl UserStore for SqliteStore {
     }
 
     fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
+        if let Some(found) = self.token_cache().get(token) {
+            return Ok(Some(found.clone()));
+        }
         let conn = self.conn();
         let mut stmt =
             conn.prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1").map_err(backend)?;
-        stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(backend)
+        let found: Option<(String, String)> =
+            stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(backend)?;
+        if let Some(found) = &found {
+            let mut cache = self.token_cache();
+            if cache.len() >= MAX_CACHED_TOKENS {
+                cache.clear();
+            }
+            cache.insert(token.to_owned(), found.clone());
+        }
+        Ok(found)
     }
 
     fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, ts: i64) -> Result<()> {
@@ -349,7 +411,10 @@ impl UserStore for SqliteStore {
     }
 
     fn delete_access_token(&self, token: &str) -> Result<()> {
-        self.conn().exec("DELETE FROM access_tokens WHERE token = ?1", [token]).map_err(backend)?;
+        let conn = self.conn();
+        conn.exec("DELETE FROM access_tokens WHERE token = ?1", [token]).map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
         Ok(())
     }
 
@@ -359,6 +424,8 @@ impl UserStore for SqliteStore {
         let keep = keep.unwrap_or("");
         tx.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
             .map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
         tx.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
             .map_err(backend)?;
         delete_device_crypto(&tx, user_id, None, Some(keep))?;
@@ -366,7 +433,7 @@ impl UserStore for SqliteStore {
     }
 
     fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>> {
-        self.conn()
+        self.reader()
             .row("SELECT displayname, avatar_url FROM profiles WHERE user_id = ?1", [user_id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -392,7 +459,7 @@ impl UserStore for SqliteStore {
     }
 
     fn count_users(&self) -> Result<i64> {
-        self.conn().row("SELECT count(*) FROM users", [], |r| r.get(0)).map_err(backend)
+        self.reader().row("SELECT count(*) FROM users", [], |r| r.get(0)).map_err(backend)
     }
 }
 
@@ -448,7 +515,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
-        self.conn()
+        self.reader()
             .row("SELECT room_id, room_version, creator, is_public FROM rooms WHERE room_id = ?1", [room_id], |r| {
                 Ok(RoomRow { room_id: r.get(0)?, room_version: r.get(1)?, creator: r.get(2)?, is_public: r.get(3)? })
             })
@@ -521,7 +588,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?1")).map_err(backend)?;
         stmt.query_row([event_id], event_from_row).optional().map_err(backend)
@@ -529,7 +596,7 @@ impl RoomStore for SqliteStore {
 
     fn get_state_group(&self, group: i64) -> Result<Vec<StateEntry>> {
         // Walk from the group back to its snapshot; the newest entry for a key wins.
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "WITH RECURSIVE chain(g, depth) AS (
@@ -557,7 +624,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn state_group_chain_length(&self, group: i64) -> Result<i64> {
-        self.conn()
+        self.reader()
             .row(
                 "WITH RECURSIVE chain(g, n) AS (
                    SELECT ?1, 0
@@ -572,7 +639,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn get_current_state(&self, room_id: &str) -> Result<Vec<StateEntry>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1")
             .map_err(backend)?;
@@ -585,7 +652,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn get_forward_extremities(&self, room_id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id")
             .map_err(backend)?;
@@ -594,7 +661,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT event_id FROM event_txn_ids WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
                 params![user_id, device_id, txn_id],
@@ -605,7 +672,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?1
@@ -617,7 +684,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT state_key, membership FROM current_state WHERE room_id = ?1 AND type = 'm.room.member'
@@ -630,7 +697,7 @@ impl RoomStore for SqliteStore {
 
     fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize) -> Result<Vec<EventRow>> {
         let order = if backwards { "DESC" } else { "ASC" };
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2
@@ -643,7 +710,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn current_state_events(&self, room_id: &str) -> Result<Vec<EventRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT e.stream_ordering, e.json, e.state_group, e.rejected, e.soft_failed
@@ -654,7 +721,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn rooms_with_events_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?1 AND stream_ordering <= ?2
@@ -667,18 +734,18 @@ impl RoomStore for SqliteStore {
     }
 
     fn max_stream_ordering(&self) -> Result<i64> {
-        self.conn().row("SELECT position FROM stream_position", [], |r| r.get(0)).map_err(backend)
+        self.reader().row("SELECT position FROM stream_position", [], |r| r.get(0)).map_err(backend)
     }
 
     fn stream_of_event(&self, event_id: &str) -> Result<Option<i64>> {
-        self.conn()
+        self.reader()
             .row("SELECT stream_ordering FROM events WHERE event_id = ?1", [event_id], |r| r.get(0))
             .optional()
             .map_err(backend)
     }
 
     fn state_group_at(&self, room_id: &str, stream: i64) -> Result<Option<i64>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT state_group FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 AND rejected = 0
                  AND soft_failed = 0 ORDER BY stream_ordering DESC LIMIT 1",
@@ -691,7 +758,7 @@ impl RoomStore for SqliteStore {
     }
 
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT room_id, membership, max(stream_ordering) FROM events
@@ -735,7 +802,7 @@ impl ClientDataStore for SqliteStore {
     }
 
     fn account_data_since(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, Value)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT room_id, type, content FROM account_data WHERE user_id = ?1
@@ -800,7 +867,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     fn get_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
-        self.conn()
+        self.reader()
             .row("SELECT room_id, creator FROM room_aliases WHERE alias = ?1", [alias], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(backend)
@@ -811,7 +878,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     fn aliases_for_room(&self, room_id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias").map_err(backend)?;
         let rows = stmt.query_map([room_id], |r| r.get(0)).map_err(backend)?;
@@ -833,7 +900,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     fn published_rooms(&self) -> Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT r.room_id, (SELECT count(*) FROM current_state c WHERE c.room_id = r.room_id
@@ -910,7 +977,7 @@ impl RegistrationTokenStore for SqliteStore {
     }
 
     fn get_registration_token(&self, token: &str) -> Result<Option<RegistrationToken>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens WHERE token = ?1",
                 [token],
@@ -921,7 +988,7 @@ impl RegistrationTokenStore for SqliteStore {
     }
 
     fn list_registration_tokens(&self) -> Result<Vec<RegistrationToken>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens ORDER BY token",
@@ -954,7 +1021,7 @@ impl MediaStore for SqliteStore {
     }
 
     fn get_media(&self, media_id: &str) -> Result<Option<MediaRow>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT media_id, user_id, content_type, upload_name, length, created_ts, pending FROM media
                  WHERE media_id = ?1",
@@ -971,7 +1038,7 @@ impl MediaStore for SqliteStore {
     }
 
     fn get_thumbnail(&self, media_id: &str, width: u32, height: u32, method: &str) -> Result<Option<(String, i64)>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT content_type, length FROM media_thumbnails WHERE media_id = ?1 AND width = ?2
                  AND height = ?3 AND method = ?4",
@@ -1097,7 +1164,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn one_time_key_counts(&self, user_id: &str, device_id: &str) -> Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT algorithm, count(*) FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 GROUP BY algorithm",
@@ -1109,7 +1176,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn unused_fallback_key_types(&self, user_id: &str, device_id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT algorithm FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2 AND used = 0 ORDER BY algorithm",
@@ -1119,7 +1186,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn device_keys(&self, user_id: &str) -> Result<Vec<(String, String)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT device_id, key_json FROM device_keys WHERE user_id = ?1 ORDER BY device_id")
             .map_err(backend)?;
@@ -1169,7 +1236,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn cross_signing_keys(&self, user_id: &str) -> Result<Vec<(String, String)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT key_type, key_json FROM cross_signing_keys WHERE user_id = ?1 ORDER BY key_type")
             .map_err(backend)?;
@@ -1193,7 +1260,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT DISTINCT user_id FROM device_list_changes WHERE stream_ordering > ?1 AND stream_ordering <= ?2",
@@ -1203,7 +1270,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b ON a.room_id = b.room_id
@@ -1249,7 +1316,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn to_device_messages(&self, user_id: &str, device_id: &str, to: i64) -> Result<Vec<(i64, String)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT stream_ordering, message_json FROM to_device_messages
@@ -1292,7 +1359,7 @@ impl KeyStore for SqliteStore {
         let map = |r: &rusqlite::Row<'_>| {
             Ok(BackupVersion { version: r.get(0)?, algorithm: r.get(1)?, auth_data: r.get(2)?, etag: r.get(3)? })
         };
-        let conn = self.conn();
+        let conn = self.reader();
         match version {
             Some(v) => conn.row(
                 "SELECT version, algorithm, auth_data, etag FROM room_key_versions
@@ -1392,7 +1459,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn count_backup_keys(&self, user_id: &str, version: i64) -> Result<i64> {
-        self.conn()
+        self.reader()
             .row("SELECT count(*) FROM room_keys WHERE user_id = ?1 AND version = ?2", params![user_id, version], |r| {
                 r.get(0)
             })
@@ -1441,7 +1508,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn receipts_between(&self, rooms: &[String], from: i64, to: i64) -> Result<Vec<ReceiptRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT room_id, receipt_type, user_id, thread_id, event_id, ts FROM receipts
@@ -1468,7 +1535,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn receipts_since(&self, from: i64, to: i64) -> Result<Vec<ReceiptRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT room_id, receipt_type, user_id, thread_id, event_id, ts FROM receipts
@@ -1479,7 +1546,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn read_position(&self, room_id: &str, user_id: &str) -> Result<i64> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT coalesce(max(e.stream_ordering), 0) FROM receipts r JOIN events e ON e.event_id = r.event_id
                  WHERE r.room_id = ?1 AND r.user_id = ?2 AND r.receipt_type IN ('m.read', 'm.read.private')
@@ -1491,7 +1558,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn read_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT r.room_id, max(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
@@ -1504,7 +1571,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn join_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT room_id, membership, stream_ordering FROM events
@@ -1545,7 +1612,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn get_presence(&self, user_id: &str) -> Result<Option<PresenceRow>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = ?1",
                 [user_id],
@@ -1556,7 +1623,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn presence_since(&self, from: i64, to: i64) -> Result<Vec<PresenceRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT user_id, state, status_msg, last_active_ts FROM presence
@@ -1567,7 +1634,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn presence_between(&self, users: &[String], from: i64, to: i64) -> Result<Vec<PresenceRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT user_id, state, status_msg, last_active_ts FROM presence
@@ -1584,7 +1651,7 @@ impl EphemeralStore for SqliteStore {
     }
 
     fn pushers(&self, user_id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT pusher_json FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey")
             .map_err(backend)?;

@@ -1,0 +1,66 @@
+//! The benchmark's load generator for `PUT /send`: `bench/run.py` drives everything else in
+//! Python, but at thousands of messages a second an aiohttp client spends more CPU per request
+//! than Myelin does, and on a two-core machine that caps what the benchmark can see. This one
+//! costs tens of microseconds a request, for either server alike.
+//!
+//! `myelin-loadgen <base-url> <room-id> <clients> <total> <token>...`: `clients` concurrent
+//! senders (client `i` uses token `i % tokens`, as the Python driver does) send `total`
+//! messages between them, each waiting for its previous answer; prints
+//! `{"sent": N, "seconds": S}`. Exits non-zero on the first failed request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 5 {
+        eprintln!("usage: myelin-loadgen <base-url> <room-id> <clients> <total> <token>...");
+        std::process::exit(2);
+    }
+    let (base, room) = (args[0].clone(), args[1].clone());
+    let clients: usize = args[2].parse().expect("clients");
+    let total: usize = args[3].parse().expect("total");
+    let tokens: Vec<String> = args[4..].to_vec();
+    // One thread: the load generator should take as little of the machine as it can.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let seconds = runtime.block_on(run(base, room, clients, total, tokens));
+    println!("{}", serde_json::json!({"sent": total / clients * clients, "seconds": seconds}));
+}
+
+async fn run(base: String, room: String, clients: usize, total: usize, tokens: Vec<String>) -> f64 {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().expect("client");
+    let per_client = total / clients;
+    let txn = Arc::new(AtomicUsize::new(0));
+    let run_id = std::process::id();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, txn) = (http.clone(), txn.clone());
+        let token = tokens[c % tokens.len()].clone();
+        let url = format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message");
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_client {
+                let n = txn.fetch_add(1, Ordering::Relaxed);
+                let body = serde_json::json!({"msgtype": "m.text", "body": format!("{c}-{i}")});
+                let response = http
+                    .put(format!("{url}/lg{run_id}-{n}"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("send");
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    eprintln!("send failed: {status} {text}");
+                    std::process::exit(1);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("sender");
+    }
+    start.elapsed().as_secs_f64()
+}
