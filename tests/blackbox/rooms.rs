@@ -373,3 +373,37 @@ async fn messages_filters_and_members_at_a_point_in_time() {
     assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
     assert_eq!(s.get(&format!("/_matrix/client/v3/rooms/{room}/members?at=zzz"), Some(&alice.token)).await.0, 400);
 }
+
+/// Retries of one transaction ID arriving together (a client resending while the first is
+/// still being committed with others) all get the one event.
+#[tokio::test]
+async fn simultaneous_retries_of_a_transaction_make_one_event() {
+    let s = std::sync::Arc::new(Server::start().await);
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/retried");
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (s, path, token) = (s.clone(), path.clone(), alice.token.clone());
+        // Other messages at the same time, so the retries share commits with them.
+        let other = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/other{i}");
+        tasks.push(tokio::spawn(async move {
+            let (other_status, body) = s.put(&other, Some(&token), json!({"msgtype": "m.text", "body": "other"})).await;
+            assert_eq!(other_status, 200, "{body}");
+            s.put(&path, Some(&token), json!({"msgtype": "m.text", "body": "once"})).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        ids.insert(body["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let (_, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), Some(&alice.token)).await;
+    let once = page["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
+    assert_eq!(once, 1);
+    // And the room carries on.
+    assert_eq!(s.send_text(&alice, &room, "after").await.0, 200);
+}

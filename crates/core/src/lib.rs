@@ -32,6 +32,7 @@ mod server;
 pub mod state;
 mod sync;
 mod users;
+mod writer;
 
 pub use config::Config;
 pub use directory::PublicationRule;

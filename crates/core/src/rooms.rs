@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use myelin_module_api::EventView;
-use myelin_storage::{NewEvent, RoomRow, StateChange, StateEntry};
+use myelin_storage::{RoomRow, StateChange, StateEntry};
 use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::events::{EventDraft, Pdu, client_event, client_event_from_str, redact_json, sign_event};
 use crate::server::{now_ms, random_string};
+use crate::writer::{EventWrite, EventWriter, PendingWrite};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
 /// A room's cached current state, extremities and depth; guarded by the room's send lock.
@@ -46,7 +47,10 @@ impl RoomCache {
     /// beyond the cap stay for the next event), it joins them, and the depth follows.
     fn record(&mut self, basis: &Basis, event: &OwnedEventId) {
         self.extremities.retain(|e| !basis.prev_events.contains(e));
-        self.extremities.push(event.clone());
+        // Twice only when two sends made the very same event (see `finish_write`).
+        if !self.extremities.contains(event) {
+            self.extremities.push(event.clone());
+        }
         self.depth = self.depth.max(basis.depth + 1);
     }
 
@@ -380,15 +384,43 @@ impl Homeserver {
             let Some(cache) = guard.as_mut() else {
                 return Err(Error::not_found(format!("Unknown room {room_id}")));
             };
-            // A retry with the same transaction ID may have landed while this one was built.
-            if let Some(existing) = self.txn_event(&options).await? {
+            // A retry with the same transaction ID may be on its way to the writer (then wait
+            // for it), or have landed while this one was built. Claimed first, looked up
+            // second: a request gives its claim up only after its commit.
+            let txn_key = options.txn.clone();
+            if let Some(key) = &txn_key
+                && !self.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone())
+            {
+                drop(guard);
+                return self.wait_for_txn(&options).await;
+            }
+            let txn_done = || {
+                if let Some(key) = &txn_key {
+                    self.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+                }
+            };
+            if let Some(existing) = self.txn_event(&options).await.inspect_err(|_| txn_done())? {
+                txn_done();
                 return Ok(existing);
             }
-            let (stream, _) = self
-                .persist_checked(room_id, sender, kind, None, &checked, StateChange::Same(group), &basis, &options)
-                .await?;
+            let pending = self
+                .submit_checked(room_id, sender, kind, None, &checked, StateChange::Same(group), &basis, &options)
+                .await
+                .inspect_err(|_| txn_done())?;
+            // The cache moves on now, so the next message builds on this one while it is being
+            // committed (the writer keeps queue order, so parents commit first).
             cache.record(&basis, &checked.pdu.event_id);
             drop(guard);
+            let written = self.finish_write(room_id, &checked, pending).await;
+            txn_done();
+            let (stream, _) = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    // The cache counted the event as an extremity: start again from storage.
+                    self.forget_room_cache(room_id);
+                    return Err(e);
+                }
+            };
             return Ok(self.announce(stream, checked));
         }
 
@@ -420,8 +452,9 @@ impl Homeserver {
             },
         };
         let is_snapshot = matches!(&state_change, StateChange::New { prev: None, .. });
-        let (stream, group) =
-            self.persist_checked(room_id, sender, kind, state_key, &checked, state_change, &basis, &options).await?;
+        let pending =
+            self.submit_checked(room_id, sender, kind, state_key, &checked, state_change, &basis, &options).await?;
+        let (stream, group) = self.finish_write(room_id, &checked, pending).await?;
         if let Some(key) = state_key {
             Arc::make_mut(&mut cache.state).insert((kind.to_owned(), key.to_owned()), checked.pdu.event_id.clone());
             cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
@@ -430,6 +463,23 @@ impl Homeserver {
         cache.record(&basis, &checked.pdu.event_id);
         drop(guard);
         Ok(self.announce(stream, checked))
+    }
+
+    /// For a request whose transaction ID another request is writing: that request's event,
+    /// once written.
+    async fn wait_for_txn(&self, options: &AppendOptions) -> Result<Appended> {
+        for _ in 0..1000 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if let Some(existing) = self.txn_event(options).await? {
+                return Ok(existing);
+            }
+        }
+        Err(Error::internal("a request with the same transaction ID did not finish"))
+    }
+
+    /// Drops a room's cache, so the next event reloads it from storage.
+    fn forget_room_cache(&self, room_id: &RoomId) {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).remove(room_id);
     }
 
     /// The event an earlier request with the same transaction ID created, if any.
@@ -551,11 +601,12 @@ impl Homeserver {
         Ok(Checked { pdu, json: signed.json, redaction, state_views })
     }
 
-    /// Writes a checked event with its state change, the forward extremities it replaces (its
-    /// parents) and its transaction ID, in one transaction. Returns `(stream position, state
-    /// group)`.
+    /// Queues a checked event's write (with its state change, the forward extremities it
+    /// replaces, its parents, and its transaction ID, all in one transaction) on the event
+    /// writer; [`Homeserver::finish_write`] waits for it. Writes commit in the order queued, so
+    /// an event queued under the room's lock commits after its parents.
     #[allow(clippy::too_many_arguments)]
-    async fn persist_checked(
+    async fn submit_checked(
         &self,
         room_id: &RoomId,
         sender: &UserId,
@@ -565,49 +616,50 @@ impl Homeserver {
         state: StateChange,
         basis: &Basis,
         options: &AppendOptions,
-    ) -> Result<(i64, i64)> {
-        let membership = checked.pdu.membership();
-        let json = checked.json.clone();
-        let event_id = checked.pdu.event_id.to_string();
+    ) -> Result<PendingWrite> {
         let rid = room_id.to_string();
-        let kind_owned = kind.to_owned();
-        let state_key_owned = state_key.map(str::to_owned);
-        let sender_owned = sender.to_string();
-        let txn = options.txn.clone();
-        let redaction = checked.redaction.clone();
-        let prev_events: Vec<String> = basis.prev_events.iter().map(|e| e.to_string()).collect();
-        let join_rule = (kind == "m.room.join_rules")
-            .then(|| checked.pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned))
-            .flatten();
+        if kind == "m.room.join_rules"
+            && let Some(rule) = checked.pdu.content_map().get("join_rule").and_then(Value::as_str).map(str::to_owned)
+        {
+            let r = rid.clone();
+            self.db(move |s| s.set_room_join_rule(&r, &rule)).await?;
+        }
         // Marked before the commit so that no sync trusts a cached section of this room
         // once the stream can cover the event.
         self.sync_cache.writing(&rid);
-        let room_for_cache = rid.clone();
-        let written = self
-            .db(move |s| {
-                if let Some(rule) = &join_rule {
-                    s.set_room_join_rule(&rid, rule)?;
+        Ok(self.writer.submit(EventWrite {
+            event_id: checked.pdu.event_id.to_string(),
+            room_id: rid,
+            event_type: kind.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            sender: sender.to_string(),
+            membership: checked.pdu.membership(),
+            json: checked.json.clone(),
+            state,
+            prev_events: basis.prev_events.iter().map(|e| e.to_string()).collect(),
+            txn: options.txn.clone(),
+            redaction: checked.redaction.clone(),
+        }))
+    }
+
+    /// Waits for a write [`Homeserver::submit_checked`] queued. Returns `(stream position,
+    /// state group)`.
+    async fn finish_write(&self, room_id: &RoomId, checked: &Checked, pending: PendingWrite) -> Result<(i64, i64)> {
+        let written = match EventWriter::finish(pending).await {
+            // The same event is already stored: messages built at the same moment on the same
+            // parents with the same content and sender are one event (the same reference hash),
+            // as they would be on Synapse. The first one's position stands for both.
+            Err(myelin_storage::StorageError::Conflict) => {
+                let id = checked.pdu.event_id.to_string();
+                match self.db(move |s| s.get_event(&id)).await? {
+                    Some(row) => Ok((row.stream_ordering, row.state_group.unwrap_or_default())),
+                    None => Err(Error::from(myelin_storage::StorageError::Conflict)),
                 }
-                s.persist_event(&NewEvent {
-                    event_id: &event_id,
-                    room_id: &rid,
-                    event_type: &kind_owned,
-                    state_key: state_key_owned.as_deref(),
-                    sender: &sender_owned,
-                    membership: membership.as_deref(),
-                    json: &json,
-                    rejected: false,
-                    soft_failed: false,
-                    state,
-                    prev_events: &prev_events,
-                    updates_current_state: true,
-                    txn: txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
-                    redaction: redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
-                })
-            })
-            .await;
+            }
+            other => other.map_err(Error::from),
+        };
         let position = written.as_ref().ok().map(|(stream, _)| *stream);
-        self.sync_cache.written(&room_for_cache, position, *self.stream.borrow());
+        self.sync_cache.written(room_id.as_str(), position, *self.stream.borrow());
         if written.is_ok() {
             if let Some((target, _)) = &checked.redaction
                 && let Ok(target) = OwnedEventId::try_from(target.as_str())
@@ -615,7 +667,7 @@ impl Homeserver {
                 // Its stored JSON was just rewritten.
                 self.state_events.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
             }
-            if state_key.is_some() {
+            if checked.pdu.state_key.is_some() {
                 self.remember_state_event(&checked.pdu);
             }
         }

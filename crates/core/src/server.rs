@@ -65,6 +65,11 @@ pub struct Homeserver {
     /// Parsed state events by ID (see `rooms::load_events`). Stored events do not change,
     /// except a redaction's target, which the redaction removes from here.
     pub(crate) state_events: Mutex<HashMap<ruma::OwnedEventId, crate::events::Pdu>>,
+    /// Commits events, batching concurrent ones (see `writer`).
+    pub(crate) writer: crate::writer::EventWriter,
+    /// `(user, device, txn ID)` of messages queued for writing and not yet committed, so that a
+    /// retry arriving meanwhile waits for the first instead of writing a second event.
+    pub(crate) txns_in_flight: Mutex<std::collections::HashSet<(String, String, String)>>,
     /// When rooms last changed, and cached initial-sync room sections (see `sync`).
     pub(crate) sync_cache: crate::sync::SyncCache,
 }
@@ -75,6 +80,7 @@ impl Homeserver {
     /// into it.
     pub fn new(config: Config, store: Arc<dyn Storage>, key: SigningKey) -> Result<Arc<Self>> {
         let position = store.max_stream_ordering()?;
+        let writer = crate::writer::EventWriter::start(store.clone()).map_err(Error::internal)?;
         Ok(Arc::new(Homeserver {
             config,
             store,
@@ -91,6 +97,8 @@ impl Homeserver {
             unread: Mutex::new(HashMap::new()),
             presence_written: Mutex::new(HashMap::new()),
             state_events: Mutex::new(HashMap::new()),
+            writer,
+            txns_in_flight: Mutex::new(std::collections::HashSet::new()),
             sync_cache: crate::sync::SyncCache::new(position),
         }))
     }

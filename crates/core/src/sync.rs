@@ -396,9 +396,10 @@ impl Section {
 /// serialising every event again.
 ///
 /// Validity is by stream position: a section built at `p` holds while the room's last write is
-/// at or before `p`. A write marks its room as changing before it commits ([`SyncCache::writing`])
-/// and records its position after ([`SyncCache::written`]), so no sync can read a new `now`
-/// covering a write and still find the room unchanged.
+/// at or before `p` and none is in flight. A write marks its room before it is queued
+/// ([`SyncCache::writing`]) and records its position once committed ([`SyncCache::written`]),
+/// so no sync can read a `now` covering a write and still find the room unchanged. Messages of
+/// one room can be in flight together, hence a count.
 pub(crate) struct SyncCache {
     inner: Mutex<SyncCacheInner>,
     /// The stream position at start-up: a room not written since may have changed at any point
@@ -408,11 +409,21 @@ pub(crate) struct SyncCache {
 
 #[derive(Default)]
 struct SyncCacheInner {
-    /// Room -> stream position of its last event written by this process; `i64::MAX` while a
-    /// write is in flight.
-    changed_at: HashMap<String, i64>,
+    /// Room -> (writes in flight, stream position of its last event written by this process).
+    changes: HashMap<String, (u32, i64)>,
     sections: HashMap<(String, usize), Arc<Section>>,
     bytes: usize,
+}
+
+impl SyncCacheInner {
+    /// The room's last change, or `i64::MAX` while one is in flight.
+    fn changed_at(&self, room: &str, started_at: i64) -> i64 {
+        match self.changes.get(room) {
+            Some((0, at)) => *at,
+            Some(_) => i64::MAX,
+            None => started_at,
+        }
+    }
 }
 
 /// How much serialised JSON the section cache holds before it drops entries.
@@ -427,34 +438,38 @@ impl SyncCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Before an event of `room` is committed.
+    /// Before an event of `room` is queued for writing.
     pub(crate) fn writing(&self, room: &str) {
-        self.lock().changed_at.insert(room.to_owned(), i64::MAX);
+        let started_at = self.started_at;
+        self.lock().changes.entry(room.to_owned()).or_insert((0, started_at)).0 += 1;
     }
 
-    /// After the write [`SyncCache::writing`] announced: at `position`, or, if it failed,
+    /// After a write [`SyncCache::writing`] announced: at `position`, or, if it failed,
     /// nothing changed and `current` (the stream position now) is a safe bound.
     pub(crate) fn written(&self, room: &str, position: Option<i64>, current: i64) {
-        self.lock().changed_at.insert(room.to_owned(), position.unwrap_or(current));
+        let started_at = self.started_at;
+        let mut inner = self.lock();
+        let entry = inner.changes.entry(room.to_owned()).or_insert((1, started_at));
+        entry.0 = entry.0.saturating_sub(1);
+        entry.1 = entry.1.max(position.unwrap_or(current));
     }
 
-    /// The stream position of the room's last change this process knows of (at most
-    /// `started_at` for rooms it has not written).
+    /// The stream position of the room's last change this process knows of (`i64::MAX` while
+    /// one is being written; `started_at` for rooms it has not written).
     pub(crate) fn changed_at(&self, room: &str) -> i64 {
-        self.lock().changed_at.get(room).copied().unwrap_or(self.started_at)
+        self.lock().changed_at(room, self.started_at)
     }
 
     fn section(&self, room: &str, limit: usize, now: i64) -> Option<Arc<Section>> {
         let inner = self.lock();
         let section = inner.sections.get(&(room.to_owned(), limit))?;
-        let changed = inner.changed_at.get(room).copied().unwrap_or(self.started_at);
+        let changed = inner.changed_at(room, self.started_at);
         (changed <= section.built_at && section.built_at <= now).then(|| section.clone())
     }
 
     fn keep(&self, room: &str, limit: usize, section: Arc<Section>) {
         let mut inner = self.lock();
-        let changed = inner.changed_at.get(room).copied().unwrap_or(self.started_at);
-        if changed > section.built_at {
+        if inner.changed_at(room, self.started_at) > section.built_at {
             return; // written while it was being built
         }
         while inner.bytes + section.bytes() > SECTION_CACHE_BYTES {

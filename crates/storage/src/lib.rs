@@ -232,6 +232,11 @@ pub trait RoomStore {
     /// Persists an event with its state change, extremities, txn ID and redaction in one
     /// transaction; returns `(stream_ordering, state_group)`.
     fn persist_event(&self, event: &NewEvent<'_>) -> Result<(i64, i64)>;
+    /// Several events in one commit, in order; each succeeds or fails alone, as
+    /// [`RoomStore::persist_event`] would.
+    fn persist_events(&self, events: &[NewEvent<'_>]) -> Vec<Result<(i64, i64)>> {
+        events.iter().map(|e| self.persist_event(e)).collect()
+    }
     /// An event by ID.
     fn get_event(&self, event_id: &str) -> Result<Option<EventRow>>;
     /// The full state of a state group.

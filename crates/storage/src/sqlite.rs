@@ -478,11 +478,69 @@ const EVENT_COLUMNS: &str = "stream_ordering, json, state_group, rejected, soft_
 /// Claims the next position of the one stream that events and account data share, so that a
 /// single sync token orders both. Called inside the writing transaction, so positions commit in
 /// order.
-fn next_stream_position(tx: &Transaction<'_>) -> Result<i64> {
+/// The rows of one event, inside the caller's transaction.
+fn write_event(tx: &Connection, ev: &NewEvent<'_>) -> Result<(i64, i64)> {
+    let group = write_state_group(tx, ev.room_id, &ev.state)?;
+    let stream = next_stream_position(tx)?;
+    tx.exec(
+        "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, json,
+                             state_group, rejected, soft_failed, stream_ordering)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            ev.event_id,
+            ev.room_id,
+            ev.event_type,
+            ev.state_key,
+            ev.sender,
+            ev.membership,
+            ev.json,
+            group,
+            ev.rejected,
+            ev.soft_failed,
+            stream
+        ],
+    )
+    .map_err(backend)?;
+    if !ev.rejected && !ev.soft_failed {
+        // Only what changes: the parents leave, the event joins (a busy room can have many).
+        for id in ev.prev_events {
+            tx.exec("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2", params![ev.room_id, id])
+                .map_err(backend)?;
+        }
+        tx.exec(
+            "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+            params![ev.room_id, ev.event_id],
+        )
+        .map_err(backend)?;
+    }
+    if ev.updates_current_state
+        && let Some(key) = ev.state_key
+    {
+        tx.exec(
+            "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![ev.room_id, ev.event_type, key, ev.event_id, ev.membership],
+        )
+        .map_err(backend)?;
+    }
+    if let Some((user, device, txn)) = ev.txn {
+        tx.exec(
+            "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
+            params![user, device, txn, ev.event_id],
+        )
+        .map_err(backend)?;
+    }
+    if let Some((target, redacted_json)) = ev.redaction {
+        tx.exec("UPDATE events SET json = ?2 WHERE event_id = ?1", params![target, redacted_json]).map_err(backend)?;
+    }
+    Ok((stream, group))
+}
+
+fn next_stream_position(tx: &Connection) -> Result<i64> {
     tx.row("UPDATE stream_position SET position = position + 1 RETURNING position", [], |r| r.get(0)).map_err(backend)
 }
 
-fn write_state_group(tx: &Transaction<'_>, room_id: &str, change: &StateChange) -> Result<i64> {
+fn write_state_group(tx: &Connection, room_id: &str, change: &StateChange) -> Result<i64> {
     match change {
         StateChange::Same(group) => Ok(*group),
         StateChange::New { prev, delta } => {
@@ -526,65 +584,33 @@ impl RoomStore for SqliteStore {
     fn persist_event(&self, ev: &NewEvent<'_>) -> Result<(i64, i64)> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
-        let group = write_state_group(&tx, ev.room_id, &ev.state)?;
-        let stream = next_stream_position(&tx)?;
-        tx.exec(
-            "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, json,
-                                 state_group, rejected, soft_failed, stream_ordering)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                ev.event_id,
-                ev.room_id,
-                ev.event_type,
-                ev.state_key,
-                ev.sender,
-                ev.membership,
-                ev.json,
-                group,
-                ev.rejected,
-                ev.soft_failed,
-                stream
-            ],
-        )
-        .map_err(backend)?;
-        if !ev.rejected && !ev.soft_failed {
-            // Only what changes: the parents leave, the event joins (a busy room can have many).
-            for id in ev.prev_events {
-                tx.exec(
-                    "DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2",
-                    params![ev.room_id, id],
-                )
-                .map_err(backend)?;
-            }
-            tx.exec(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
-                params![ev.room_id, ev.event_id],
-            )
-            .map_err(backend)?;
-        }
-        if ev.updates_current_state
-            && let Some(key) = ev.state_key
-        {
-            tx.exec(
-                "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![ev.room_id, ev.event_type, key, ev.event_id, ev.membership],
-            )
-            .map_err(backend)?;
-        }
-        if let Some((user, device, txn)) = ev.txn {
-            tx.exec(
-                "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
-                params![user, device, txn, ev.event_id],
-            )
-            .map_err(backend)?;
-        }
-        if let Some((target, redacted_json)) = ev.redaction {
-            tx.exec("UPDATE events SET json = ?2 WHERE event_id = ?1", params![target, redacted_json])
-                .map_err(backend)?;
-        }
+        let written = write_event(&tx, ev)?;
         tx.commit().map_err(backend)?;
-        Ok((stream, group))
+        Ok(written)
+    }
+
+    fn persist_events(&self, events: &[NewEvent<'_>]) -> Vec<Result<(i64, i64)>> {
+        let mut conn = self.conn();
+        let failed = |e: &StorageError| events.iter().map(|_| Err(StorageError::Backend(e.to_string()))).collect();
+        let mut tx = match conn.transaction().map_err(backend) {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        // Each event in its own savepoint: one that fails (a repeated transaction ID) is
+        // undone alone and the others still commit.
+        let mut results = Vec::with_capacity(events.len());
+        for ev in events {
+            let result = tx.savepoint().map_err(backend).and_then(|sp| {
+                let written = write_event(&sp, ev)?;
+                sp.commit().map_err(backend)?;
+                Ok(written)
+            });
+            results.push(result);
+        }
+        match tx.commit().map_err(backend) {
+            Ok(()) => results,
+            Err(e) => failed(&e),
+        }
     }
 
     fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {

@@ -1,0 +1,108 @@
+//! The event writer: one thread that commits the events of concurrent requests together.
+//!
+//! Each committed transaction costs SQLite a WAL frame for every page it touches (the events
+//! table and its indexes, extremities, transaction IDs, the stream position): about eight
+//! pages for one message. Events queued while a commit is in progress go into the next one
+//! together, so under load those pages are written once for the batch instead of once per
+//! event, and no runtime worker waits on the write lock: a request awaits its reply instead.
+//! With one event at a time the writer is a thread hand-over more than an inline write.
+
+use std::sync::mpsc;
+
+use myelin_storage::{NewEvent, StateChange, Storage, StorageError};
+use tokio::sync::oneshot;
+
+/// Everything [`NewEvent`] borrows, owned, to cross to the writer thread.
+pub(crate) struct EventWrite {
+    pub event_id: String,
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub membership: Option<String>,
+    pub json: String,
+    pub state: StateChange,
+    pub prev_events: Vec<String>,
+    pub txn: Option<(String, String, String)>,
+    pub redaction: Option<(String, String)>,
+}
+
+impl EventWrite {
+    fn as_new_event(&self) -> NewEvent<'_> {
+        NewEvent {
+            event_id: &self.event_id,
+            room_id: &self.room_id,
+            event_type: &self.event_type,
+            state_key: self.state_key.as_deref(),
+            sender: &self.sender,
+            membership: self.membership.as_deref(),
+            json: &self.json,
+            rejected: false,
+            soft_failed: false,
+            state: self.state.clone(),
+            prev_events: &self.prev_events,
+            updates_current_state: true,
+            txn: self.txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
+            redaction: self.redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
+        }
+    }
+}
+
+/// `(stream position, state group)` of a committed event.
+type Written = myelin_storage::Result<(i64, i64)>;
+
+struct Job {
+    write: EventWrite,
+    reply: oneshot::Sender<Written>,
+}
+
+/// A queued write; await it with [`EventWriter::finish`]. Queue order is commit order.
+pub(crate) struct PendingWrite(oneshot::Receiver<Written>);
+
+/// The most events one transaction commits.
+const MAX_BATCH: usize = 64;
+
+/// The handle to the writer thread, which ends when this is dropped.
+pub(crate) struct EventWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl EventWriter {
+    pub(crate) fn start(store: std::sync::Arc<dyn Storage>) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("event-writer".into()).spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH
+                    && let Ok(next) = queue.try_recv()
+                {
+                    batch.push(next);
+                }
+                let events: Vec<NewEvent<'_>> = batch.iter().map(|j| j.write.as_new_event()).collect();
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.persist_events(&events)))
+                    .unwrap_or_else(|_| {
+                        events.iter().map(|_| Err(StorageError::Backend("event write panicked".into()))).collect()
+                    });
+                drop(events);
+                for (job, result) in batch.into_iter().zip(results) {
+                    // The request may have gone (client disconnected); the event is written anyway.
+                    let _ = job.reply.send(result);
+                }
+            }
+        })?;
+        Ok(EventWriter { jobs })
+    }
+
+    /// Queues an event behind those already queued.
+    pub(crate) fn submit(&self, write: EventWrite) -> PendingWrite {
+        let (reply, answer) = oneshot::channel();
+        // A send fails only if the thread is gone; the receiver then reports it.
+        let _ = self.jobs.send(Job { write, reply });
+        PendingWrite(answer)
+    }
+
+    /// Waits for a queued event's commit.
+    pub(crate) async fn finish(pending: PendingWrite) -> Written {
+        pending.0.await.unwrap_or_else(|_| Err(StorageError::Backend("the event writer stopped".into())))
+    }
+}
