@@ -237,8 +237,15 @@ async fn data_survives_a_restart() {
     let alice = s.register("alice").await;
     let room = s.create_room(&alice, json!({"name": "kept"})).await;
     s.send_text(&alice, &room, "before restart").await;
+    let retried = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/across-restart");
+    let (_, first) = s.put(&retried, Some(&alice.token), json!({"msgtype": "m.text", "body": "once"})).await;
+    s.send_text(&alice, &room, "before restart").await;
     let dir = s.stop();
     let s = Server::start_in(dir).await;
+    // A client retrying its transaction after the restart gets the event it already made.
+    let (st, again) = s.put(&retried, Some(&alice.token), json!({"msgtype": "m.text", "body": "once"})).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["event_id"], first["event_id"]);
     let (st, b) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"), Some(&alice.token)).await;
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["chunk"][0]["content"]["body"], "before restart");

@@ -39,6 +39,9 @@ pub(crate) struct RoomCache {
 /// The most parents an event gets (Synapse's limit too); further extremities wait for the next.
 const MAX_PREV_EVENTS: usize = 10;
 
+/// How many transaction IDs [`Homeserver::recent_txns`] remembers.
+const MAX_RECENT_TXNS: usize = 100_000;
+
 /// How many parsed state events [`Homeserver::state_events`] holds.
 const MAX_CACHED_STATE_EVENTS: usize = 10_000;
 
@@ -376,7 +379,10 @@ impl Homeserver {
         let basis = cache.basis();
         if let (None, Some(group), false) = (state_key, cache.state_group, kind == "m.room.redaction") {
             drop(guard);
-            if let Some(existing) = self.txn_event(&options).await? {
+            // A retry of a message this process wrote is answered before anything is built
+            // (or any module asked again). One written before a restart is found by the
+            // storage lookup below instead, after the build.
+            if let Some(existing) = self.recent_txn_event(&options).await? {
                 return Ok(existing);
             }
             let checked = self.build_checked(room_id, sender, kind, None, content, &options, &basis).await?;
@@ -412,6 +418,15 @@ impl Homeserver {
             cache.record(&basis, &checked.pdu.event_id);
             drop(guard);
             let written = self.finish_write(room_id, &checked, pending).await;
+            if written.is_ok()
+                && let Some(key) = &txn_key
+            {
+                let mut recent = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
+                if recent.len() >= MAX_RECENT_TXNS {
+                    recent.clear();
+                }
+                recent.insert(key.clone(), checked.pdu.event_id.to_string());
+            }
             txn_done();
             let (stream, _) = match written {
                 Ok(w) => w,
@@ -480,6 +495,18 @@ impl Homeserver {
     /// Drops a room's cache, so the next event reloads it from storage.
     fn forget_room_cache(&self, room_id: &RoomId) {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).remove(room_id);
+    }
+
+    /// [`Homeserver::txn_event`] for transaction IDs this process has written, from memory.
+    async fn recent_txn_event(&self, options: &AppendOptions) -> Result<Option<Appended>> {
+        let Some(key) = &options.txn else { return Ok(None) };
+        let Some(id) = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {
+            return Ok(None);
+        };
+        let Some(row) = self.db(move |s| s.get_event(&id)).await? else { return Ok(None) };
+        let mut pdu = Pdu::from_json_str(&row.json)?;
+        pdu.rejected = row.rejected;
+        Ok(Some(Appended { pdu, json: row.json }))
     }
 
     /// The event an earlier request with the same transaction ID created, if any.

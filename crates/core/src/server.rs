@@ -70,6 +70,9 @@ pub struct Homeserver {
     /// `(user, device, txn ID)` of messages queued for writing and not yet committed, so that a
     /// retry arriving meanwhile waits for the first instead of writing a second event.
     pub(crate) txns_in_flight: Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// `(user, device, txn ID)` -> event ID of messages this process wrote, so a retry is
+    /// answered without a storage lookup before building (see `rooms::append_event`).
+    pub(crate) recent_txns: Mutex<HashMap<(String, String, String), String>>,
     /// When rooms last changed, and cached initial-sync room sections (see `sync`).
     pub(crate) sync_cache: crate::sync::SyncCache,
 }
@@ -99,6 +102,7 @@ impl Homeserver {
             state_events: Mutex::new(HashMap::new()),
             writer,
             txns_in_flight: Mutex::new(std::collections::HashSet::new()),
+            recent_txns: Mutex::new(HashMap::new()),
             sync_cache: crate::sync::SyncCache::new(position),
         }))
     }

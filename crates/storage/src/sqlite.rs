@@ -67,6 +67,13 @@ const READERS: usize = 4;
 /// How many access tokens [`SqliteStore`] keeps in memory.
 const MAX_CACHED_TOKENS: usize = 100_000;
 
+#[derive(Default)]
+struct UserCache {
+    rows: HashMap<String, UserRow>,
+    /// Bumped by every write to `users`.
+    generation: u64,
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     /// The one connection that writes (SQLite allows one writer at a time anyway).
@@ -79,6 +86,8 @@ pub struct SqliteStore {
     /// Access token -> (user, device): every authenticated request looks its token up, and
     /// tokens are only ever added or deleted, so this is emptied on any deletion.
     tokens: Mutex<HashMap<String, (String, String)>>,
+    /// Account rows, read by every authenticated request and written rarely.
+    users: Mutex<UserCache>,
     /// Set on drop, to stop the checkpoint thread.
     stop: Option<Arc<AtomicBool>>,
 }
@@ -193,8 +202,21 @@ impl SqliteStore {
             readers: Vec::new(),
             next_reader: Default::default(),
             tokens: Mutex::new(HashMap::new()),
+            users: Mutex::new(UserCache::default()),
             stop: None,
         })
+    }
+
+    fn user_cache(&self) -> MutexGuard<'_, UserCache> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a committed write to `users`: cached rows go, and reads begun before it keep
+    /// nothing.
+    fn users_changed(&self) {
+        let mut cache = self.user_cache();
+        cache.generation += 1;
+        cache.rows.clear();
     }
 
     fn token_cache(&self) -> MutexGuard<'_, HashMap<String, (String, String)>> {
@@ -276,10 +298,29 @@ impl UserStore for SqliteStore {
     }
 
     fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        self.reader()
+        let generation = {
+            let cache = self.user_cache();
+            if let Some(user) = cache.rows.get(user_id) {
+                return Ok(Some(user.clone()));
+            }
+            cache.generation
+        };
+        let found = self
+            .reader()
             .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"), [user_id], user_from_row)
             .optional()
-            .map_err(backend)
+            .map_err(backend)?;
+        let mut cache = self.user_cache();
+        // A write since the read began may have changed the row: keep it only if none did.
+        if let Some(user) = &found
+            && cache.generation == generation
+        {
+            if cache.rows.len() >= MAX_CACHED_TOKENS {
+                cache.rows.clear();
+            }
+            cache.rows.insert(user_id.to_owned(), user.clone());
+        }
+        Ok(found)
     }
 
     fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>> {
@@ -297,6 +338,7 @@ impl UserStore for SqliteStore {
         self.conn()
             .exec("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])
             .map_err(backend)?;
+        self.users_changed();
         Ok(())
     }
 
@@ -309,6 +351,7 @@ impl UserStore for SqliteStore {
         self.conn()
             .exec(&format!("UPDATE users SET {column} = ?2 WHERE user_id = ?1"), params![user_id, value])
             .map_err(backend)?;
+        self.users_changed();
         Ok(())
     }
 
