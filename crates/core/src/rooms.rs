@@ -39,8 +39,32 @@ pub(crate) struct RoomCache {
 /// The most parents an event gets (Synapse's limit too); further extremities wait for the next.
 const MAX_PREV_EVENTS: usize = 10;
 
-/// How many transaction IDs [`Homeserver::recent_txns`] remembers.
-const MAX_RECENT_TXNS: usize = 100_000;
+/// The newest messages' client transaction IDs, so that a retry is recognised without a
+/// storage read on every send: `(user, device, txn ID)` -> event ID, oldest dropped first.
+#[derive(Default)]
+pub(crate) struct RecentTxns {
+    events: HashMap<(String, String, String), String>,
+    order: std::collections::VecDeque<(String, String, String)>,
+}
+
+impl RecentTxns {
+    pub(crate) const CAPACITY: usize = 50_000;
+
+    pub(crate) fn get(&self, key: &(String, String, String)) -> Option<&String> {
+        self.events.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: (String, String, String), event_id: String) {
+        if self.events.insert(key.clone(), event_id).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.events.remove(&old);
+            }
+        }
+    }
+}
 
 /// How many parsed state events [`Homeserver::state_events`] holds.
 const MAX_CACHED_STATE_EVENTS: usize = 10_000;
@@ -379,9 +403,8 @@ impl Homeserver {
         let basis = cache.basis();
         if let (None, Some(group), false) = (state_key, cache.state_group, kind == "m.room.redaction") {
             drop(guard);
-            // A retry of a message this process wrote is answered before anything is built
-            // (or any module asked again). One written before a restart is found by the
-            // storage lookup below instead, after the build.
+            // A retry is answered before anything is built (or any module asked again), from
+            // the recent transaction IDs kept in memory (loaded at start-up, so across restarts).
             if let Some(existing) = self.recent_txn_event(&options).await? {
                 return Ok(existing);
             }
@@ -405,7 +428,7 @@ impl Homeserver {
                     self.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
                 }
             };
-            if let Some(existing) = self.txn_event(&options).await.inspect_err(|_| txn_done())? {
+            if let Some(existing) = self.recent_txn_event(&options).await.inspect_err(|_| txn_done())? {
                 txn_done();
                 return Ok(existing);
             }
@@ -422,9 +445,6 @@ impl Homeserver {
                 && let Some(key) = &txn_key
             {
                 let mut recent = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
-                if recent.len() >= MAX_RECENT_TXNS {
-                    recent.clear();
-                }
                 recent.insert(key.clone(), checked.pdu.event_id.to_string());
             }
             txn_done();
@@ -433,6 +453,13 @@ impl Homeserver {
                 Err(e) => {
                     // The cache counted the event as an extremity: start again from storage.
                     self.forget_room_cache(room_id);
+                    // A retry of a transaction too old for memory conflicts here with its
+                    // first event, which is the answer.
+                    if txn_key.is_some()
+                        && let Ok(Some(existing)) = self.txn_event(&options).await
+                    {
+                        return Ok(existing);
+                    }
                     return Err(e);
                 }
             };
@@ -497,7 +524,9 @@ impl Homeserver {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).remove(room_id);
     }
 
-    /// [`Homeserver::txn_event`] for transaction IDs this process has written, from memory.
+    /// [`Homeserver::txn_event`] from the transaction IDs kept in memory (the newest
+    /// [`RecentTxns::CAPACITY`] messages'). A client retries within moments; one retrying an
+    /// older transaction than that gets a new event.
     async fn recent_txn_event(&self, options: &AppendOptions) -> Result<Option<Appended>> {
         let Some(key) = &options.txn else { return Ok(None) };
         let Some(id) = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {

@@ -70,9 +70,8 @@ pub struct Homeserver {
     /// `(user, device, txn ID)` of messages queued for writing and not yet committed, so that a
     /// retry arriving meanwhile waits for the first instead of writing a second event.
     pub(crate) txns_in_flight: Mutex<std::collections::HashSet<(String, String, String)>>,
-    /// `(user, device, txn ID)` -> event ID of messages this process wrote, so a retry is
-    /// answered without a storage lookup before building (see `rooms::append_event`).
-    pub(crate) recent_txns: Mutex<HashMap<(String, String, String), String>>,
+    /// The newest messages' transaction IDs (see `rooms::RecentTxns`).
+    pub(crate) recent_txns: Mutex<crate::rooms::RecentTxns>,
     /// When rooms last changed, and cached initial-sync room sections (see `sync`).
     pub(crate) sync_cache: crate::sync::SyncCache,
 }
@@ -84,6 +83,10 @@ impl Homeserver {
     pub fn new(config: Config, store: Arc<dyn Storage>, key: SigningKey) -> Result<Arc<Self>> {
         let position = store.max_stream_ordering()?;
         let writer = crate::writer::EventWriter::start(store.clone()).map_err(Error::internal)?;
+        let mut recent_txns = crate::rooms::RecentTxns::default();
+        for (user, device, txn, event) in store.recent_txn_ids(crate::rooms::RecentTxns::CAPACITY)?.into_iter().rev() {
+            recent_txns.insert((user, device, txn), event);
+        }
         Ok(Arc::new(Homeserver {
             config,
             store,
@@ -102,7 +105,7 @@ impl Homeserver {
             state_events: Mutex::new(HashMap::new()),
             writer,
             txns_in_flight: Mutex::new(std::collections::HashSet::new()),
-            recent_txns: Mutex::new(HashMap::new()),
+            recent_txns: Mutex::new(recent_txns),
             sync_cache: crate::sync::SyncCache::new(position),
         }))
     }

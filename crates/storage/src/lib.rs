@@ -249,6 +249,8 @@ pub trait RoomStore {
     fn get_forward_extremities(&self, room_id: &str) -> Result<Vec<String>>;
     /// The event stored for a client transaction ID.
     fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>>;
+    /// The newest `limit` client transaction IDs, newest first, as `(user, device, txn, event)`.
+    fn recent_txn_ids(&self, limit: usize) -> Result<Vec<(String, String, String, String)>>;
     /// Rooms where `user_id`'s current membership is `membership`.
     fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>>;
     /// Current `(user_id, membership)` of every member event in the room.

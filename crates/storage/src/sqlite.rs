@@ -729,6 +729,18 @@ impl RoomStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn recent_txn_ids(&self, limit: usize) -> Result<Vec<(String, String, String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT user_id, device_id, txn_id, event_id FROM event_txn_ids ORDER BY rowid DESC LIMIT ?1",
+            )
+            .map_err(backend)?;
+        stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .and_then(|r| r.collect())
+            .map_err(backend)
+    }
+
     fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
         self.reader()
             .row(
