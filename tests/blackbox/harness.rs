@@ -319,19 +319,36 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// The Matrix spec's Client-Server API definitions (shared/spec/openapi), parsed once.
 fn spec() -> &'static Value {
     static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    SPEC.get_or_init(|| {
-        let path = std::env::var("MYELIN_OPENAPI").map(PathBuf::from).unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/openapi/client-server.json")
-        });
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_str(&text).unwrap()
-    })
+    SPEC.get_or_init(|| load_spec("client-server.json"))
+}
+
+fn federation_spec() -> &'static Value {
+    static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| load_spec("server-server.json"))
+}
+
+fn load_spec(file: &str) -> Value {
+    let dir = std::env::var("MYELIN_OPENAPI")
+        .map(|p| PathBuf::from(p).parent().map(Path::to_path_buf).unwrap_or_default())
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/openapi"));
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// [`assert_schema`] against the Server-Server API's definitions.
+pub fn assert_federation_schema(path: &str, method: &str, status: u16, body: &Value) {
+    check_schema(federation_spec(), path, method, status, body)
 }
 
 /// Asserts that `body` matches the spec's schema for `path` (the spec's template, e.g.
 /// `/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`), `method` and `status`.
 pub fn assert_schema(path: &str, method: &str, status: u16, body: &Value) {
-    let op = &spec()["paths"][path][method];
+    check_schema(spec(), path, method, status, body)
+}
+
+fn check_schema(spec: &Value, path: &str, method: &str, status: u16, body: &Value) {
+    let op = &spec["paths"][path][method];
     assert!(op.is_object(), "no {method} {path} in the spec");
     let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
     assert!(schema.is_object(), "no schema for {status} of {method} {path}");

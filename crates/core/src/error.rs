@@ -33,6 +33,8 @@ pub enum ErrorKind {
     MissingToken,
     /// 401 `M_UNKNOWN_TOKEN`.
     UnknownToken,
+    /// 401 `M_UNAUTHORIZED`: a server-server request whose `X-Matrix` signature does not check.
+    Unauthorized,
     /// 401 user-interactive auth is needed; the body is `fields` (flows, session, ...).
     UserInteractiveAuth,
     /// 403 `M_USER_DEACTIVATED`.
@@ -120,6 +122,7 @@ impl Error {
             ErrorKind::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             ErrorKind::MissingToken => "M_MISSING_TOKEN",
             ErrorKind::UnknownToken => "M_UNKNOWN_TOKEN",
+            ErrorKind::Unauthorized => "M_UNAUTHORIZED",
             ErrorKind::UserInteractiveAuth => "M_FORBIDDEN",
             ErrorKind::UserDeactivated => "M_USER_DEACTIVATED",
             ErrorKind::TooLarge => "M_TOO_LARGE",

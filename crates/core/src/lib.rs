@@ -22,6 +22,7 @@ mod directory;
 mod ephemeral;
 mod error;
 pub mod events;
+pub mod federation;
 mod keys;
 pub mod media;
 pub mod modules;

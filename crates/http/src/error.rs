@@ -37,7 +37,10 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::UnsupportedRoomVersion
         | ErrorKind::BadContent
         | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-        ErrorKind::MissingToken | ErrorKind::UnknownToken | ErrorKind::UserInteractiveAuth => StatusCode::UNAUTHORIZED,
+        ErrorKind::MissingToken
+        | ErrorKind::UnknownToken
+        | ErrorKind::Unauthorized
+        | ErrorKind::UserInteractiveAuth => StatusCode::UNAUTHORIZED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::LimitExceeded | ErrorKind::RegistrationDenied => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Module { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

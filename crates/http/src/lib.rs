@@ -20,6 +20,7 @@ mod client;
 mod ephemeral;
 pub mod error;
 mod extract;
+mod federation;
 mod keys;
 mod media;
 mod push;
@@ -47,6 +48,7 @@ pub fn router(hs: AppState, resources: &[String]) -> Router {
         .merge(client::router())
         .merge(media::router())
         .merge(admin::router())
+        .merge(federation::routes(resources))
         .route("/health", axum::routing::get(|| async { "OK" }))
         .route("/.well-known/matrix/client", axum::routing::get(well_known_client))
         .route("/.well-known/matrix/server", axum::routing::get(well_known_server));

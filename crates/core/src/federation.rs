@@ -1,0 +1,261 @@
+//! Federation's foundations: this server's published keys, and request authentication with
+//! `X-Matrix` signatures, both ways.
+//!
+//! A request between servers is authenticated by signing, with the origin's key, the JSON
+//! object `{method, uri, origin, destination, content?}` (the spec's "Request
+//! Authentication"); the signature travels in `Authorization: X-Matrix origin=..,
+//! destination=.., key=.., sig=..`. [`sign_request`] makes that header; [`XMatrix::parse`] and
+//! [`verify_request`] check one against the origin's public key.
+
+use std::collections::BTreeMap;
+
+use ruma::CanonicalJsonObject;
+use ruma::canonical_json::CanonicalJsonValue;
+use ruma::serde::Base64;
+use serde_json::{Value, json};
+
+use crate::events::SigningKey;
+use crate::server::now_ms;
+use crate::{Error, ErrorKind, Homeserver, Result};
+
+/// How long the keys this server publishes are valid for (Synapse's `key_refresh_interval`
+/// default): remote servers and notaries cache them for that long.
+const KEY_VALIDITY_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl Homeserver {
+    /// `GET /_matrix/key/v2/server`: the current verify key, signed with itself.
+    pub fn server_keys(&self) -> Result<Value> {
+        let (key_id, public) = self.verify_key();
+        let body = json!({
+            "server_name": self.server_name(),
+            "valid_until_ts": now_ms() + KEY_VALIDITY_MS,
+            "verify_keys": {key_id: {"key": public}},
+            "old_verify_keys": {},
+        });
+        sign_json_value(body, self.server_name(), &self.key)
+    }
+}
+
+/// `GET /_matrix/federation/v1/version`.
+pub fn version() -> Value {
+    json!({"server": {"name": "Myelin", "version": env!("CARGO_PKG_VERSION")}})
+}
+
+/// Signs a JSON object as `entity` (adding to its `signatures`).
+fn sign_json_value(value: Value, entity: &str, key: &SigningKey) -> Result<Value> {
+    let mut object = canonical_object(value)?;
+    ruma::signatures::sign_json(entity, &key.pair, &mut object).map_err(Error::internal)?;
+    serde_json::to_value(&object).map_err(Error::internal)
+}
+
+fn canonical_object(value: Value) -> Result<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(value).map_err(|e| Error::bad_json(format!("Not canonical JSON: {e}")))? {
+        CanonicalJsonValue::Object(o) => Ok(o),
+        _ => Err(Error::bad_json("Expected a JSON object")),
+    }
+}
+
+/// The object a request's signature covers.
+fn request_object(method: &str, uri: &str, origin: &str, destination: &str, content: Option<&Value>) -> Value {
+    let mut object = json!({"method": method, "uri": uri, "origin": origin, "destination": destination});
+    if let Some(content) = content {
+        object["content"] = content.clone();
+    }
+    object
+}
+
+/// The `Authorization` header value for a request from this server to `destination`. `uri` is
+/// the path and query, as sent.
+pub fn sign_request(
+    key: &SigningKey,
+    origin: &str,
+    destination: &str,
+    method: &str,
+    uri: &str,
+    content: Option<&Value>,
+) -> Result<String> {
+    let signed = sign_json_value(request_object(method, uri, origin, destination, content), origin, key)?;
+    let sig = signed["signatures"][origin][&key.key_id]
+        .as_str()
+        .ok_or_else(|| Error::internal("signing produced no signature"))?
+        .to_owned();
+    Ok(format!(r#"X-Matrix origin="{origin}",destination="{destination}",key="{}",sig="{sig}""#, key.key_id))
+}
+
+/// A parsed `X-Matrix` authorization header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XMatrix {
+    /// The sending server.
+    pub origin: String,
+    /// The server the request was for; older servers leave it out.
+    pub destination: Option<String>,
+    /// `ed25519:<version>`.
+    pub key: String,
+    /// Unpadded base64 signature.
+    pub sig: String,
+}
+
+fn unauthorized(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unauthorized, message)
+}
+
+impl XMatrix {
+    /// Parses `X-Matrix k=v,k="v",...` (values quoted or bare; unknown keys ignored).
+    pub fn parse(header: &str) -> Result<XMatrix> {
+        let rest = header
+            .strip_prefix("X-Matrix ")
+            .or_else(|| header.strip_prefix("X-Matrix\t"))
+            .ok_or_else(|| unauthorized("Authorization is not X-Matrix"))?;
+        let mut fields = BTreeMap::new();
+        for part in split_params(rest) {
+            let (k, v) = part.split_once('=').ok_or_else(|| unauthorized("Malformed X-Matrix parameter"))?;
+            let v = v.trim();
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            fields.insert(k.trim().to_ascii_lowercase(), v.replace("\\\"", "\"").replace("\\\\", "\\"));
+        }
+        let mut take = |k: &str| fields.remove(k);
+        let origin = take("origin").ok_or_else(|| unauthorized("X-Matrix without origin"))?;
+        let key = take("key").ok_or_else(|| unauthorized("X-Matrix without key"))?;
+        let sig = take("sig").ok_or_else(|| unauthorized("X-Matrix without sig"))?;
+        Ok(XMatrix { origin, destination: take("destination"), key, sig })
+    }
+}
+
+/// Splits on commas outside quotes.
+fn split_params(s: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+}
+
+/// Checks a request's `X-Matrix` signature against the origin's public key (unpadded base64,
+/// for `auth.key`), and that it was meant for `me`.
+pub fn verify_request(
+    auth: &XMatrix,
+    public_key: &str,
+    me: &str,
+    method: &str,
+    uri: &str,
+    content: Option<&Value>,
+) -> Result<()> {
+    if auth.destination.as_deref().is_some_and(|d| d != me) {
+        return Err(unauthorized(format!(
+            "Request is for {}, not this server",
+            auth.destination.as_deref().unwrap_or("")
+        )));
+    }
+    let object = request_object(method, uri, &auth.origin, auth.destination.as_deref().unwrap_or(me), content);
+    let mut signed = canonical_object(object)?;
+    signed.insert(
+        "signatures".into(),
+        CanonicalJsonValue::Object(
+            [(
+                auth.origin.clone(),
+                CanonicalJsonValue::Object(
+                    [(auth.key.clone(), CanonicalJsonValue::String(auth.sig.clone()))].into_iter().collect(),
+                ),
+            )]
+            .into_iter()
+            .collect(),
+        ),
+    );
+    let key = Base64::parse(public_key).map_err(|_| unauthorized("Malformed public key"))?;
+    let keys: ruma::signatures::PublicKeyMap =
+        [(auth.origin.clone(), [(auth.key.clone(), key)].into_iter().collect())].into_iter().collect();
+    ruma::signatures::verify_json(&keys, &signed).map_err(|e| unauthorized(format!("Invalid X-Matrix signature: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed("k1", &rand::random::<[u8; 32]>()).unwrap()
+    }
+
+    #[test]
+    fn a_signed_request_verifies_and_a_changed_one_does_not() {
+        let k = key();
+        let body = json!({"pdus": [], "edus": [{"edu_type": "m.typing"}]});
+        let header = sign_request(&k, "a.test", "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).unwrap();
+        let auth = XMatrix::parse(&header).unwrap();
+        assert_eq!(auth.origin, "a.test");
+        assert_eq!(auth.destination.as_deref(), Some("b.test"));
+        assert_eq!(auth.key, k.key_id);
+        let public = k.public_key_base64.clone();
+        verify_request(&auth, &public, "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).unwrap();
+
+        // Each part of the signed object matters.
+        let bad = |method: &str, uri: &str, me: &str, content: Option<&Value>| {
+            verify_request(&auth, &public, me, method, uri, content).unwrap_err().kind
+        };
+        assert_eq!(bad("POST", "/_matrix/federation/v1/send/1", "b.test", Some(&body)), ErrorKind::Unauthorized);
+        assert_eq!(bad("PUT", "/_matrix/federation/v1/send/2", "b.test", Some(&body)), ErrorKind::Unauthorized);
+        assert_eq!(bad("PUT", "/_matrix/federation/v1/send/1", "c.test", Some(&body)), ErrorKind::Unauthorized);
+        assert_eq!(bad("PUT", "/_matrix/federation/v1/send/1", "b.test", Some(&json!({}))), ErrorKind::Unauthorized);
+        assert_eq!(bad("PUT", "/_matrix/federation/v1/send/1", "b.test", None), ErrorKind::Unauthorized);
+        // Another server's key does not verify it, and a forged origin neither.
+        let other = key();
+        let err = verify_request(
+            &auth,
+            &other.public_key_base64,
+            "b.test",
+            "PUT",
+            "/_matrix/federation/v1/send/1",
+            Some(&body),
+        );
+        assert!(err.is_err());
+        let forged = XMatrix { origin: "evil.test".into(), ..auth.clone() };
+        assert!(
+            verify_request(&forged, &public, "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).is_err()
+        );
+    }
+
+    #[test]
+    fn headers_parse_as_servers_send_them() {
+        let a = XMatrix::parse(r#"X-Matrix origin="origin.hs.example.com",destination="destination.hs.example.com",key="ed25519:key1",sig="ABCDEF...""#).unwrap();
+        assert_eq!(a.origin, "origin.hs.example.com");
+        assert_eq!(a.destination.as_deref(), Some("destination.hs.example.com"));
+        assert_eq!((a.key.as_str(), a.sig.as_str()), ("ed25519:key1", "ABCDEF..."));
+        // Bare values, spaces, other order, no destination (older servers), unknown keys.
+        let b = XMatrix::parse("X-Matrix key=ed25519:k , sig=c2ln, origin=o.test, extra=1").unwrap();
+        assert_eq!(
+            (b.origin.as_str(), b.destination, b.key.as_str(), b.sig.as_str()),
+            ("o.test", None, "ed25519:k", "c2ln")
+        );
+        for bad in ["Bearer abc", "X-Matrix origin=o", "X-Matrix key=k,sig=s", "X-Matrix origin"] {
+            assert_eq!(XMatrix::parse(bad).unwrap_err().kind, ErrorKind::Unauthorized, "{bad}");
+        }
+    }
+
+    #[test]
+    fn published_keys_are_signed_by_themselves() {
+        let k = key();
+        let body = sign_json_value(
+            json!({"server_name": "a.test", "valid_until_ts": 1, "verify_keys": {k.key_id.clone(): {"key": k.public_key_base64}}}),
+            "a.test",
+            &k,
+        )
+        .unwrap();
+        let object = canonical_object(body).unwrap();
+        let keys: ruma::signatures::PublicKeyMap = [(
+            "a.test".to_owned(),
+            [(k.key_id.clone(), Base64::parse(&k.public_key_base64).unwrap())].into_iter().collect(),
+        )]
+        .into_iter()
+        .collect();
+        ruma::signatures::verify_json(&keys, &object).unwrap();
+    }
+}

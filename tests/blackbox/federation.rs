@@ -1,0 +1,54 @@
+//! Federation's foundations: published server keys and the version endpoint.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn server_keys_are_published_signed_by_themselves() {
+    let s = Server::start().await;
+    let (status, body) = s.get("/_matrix/key/v2/server", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_federation_schema("/_matrix/key/v2/server", "get", 200, &body);
+    assert_eq!(body["server_name"], "test");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // Valid long enough for notaries and remote servers to cache (the spec: at least an hour).
+    assert!(body["valid_until_ts"].as_i64().unwrap() > now + 3_600_000, "{body}");
+    let keys = body["verify_keys"].as_object().unwrap();
+    assert_eq!(keys.len(), 1);
+    let (key_id, key) = keys.iter().next().unwrap();
+    assert!(key_id.starts_with("ed25519:"), "{key_id}");
+    // The key on disk is the one published.
+    let stored = std::fs::read_to_string(s.dir.path().join("data/test.signing.key")).unwrap();
+    assert_eq!(format!("ed25519:{}", stored.split_whitespace().nth(1).unwrap()), *key_id);
+
+    // The signature verifies with the published key, and not once the body is changed.
+    let public = ruma::serde::Base64::parse(key["key"].as_str().unwrap()).unwrap();
+    let keys: ruma::signatures::PublicKeyMap =
+        [("test".to_owned(), [(key_id.clone(), public)].into_iter().collect())].into_iter().collect();
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(body.clone()).unwrap();
+    ruma::signatures::verify_json(&keys, &object).unwrap();
+    let mut tampered = body.clone();
+    tampered["valid_until_ts"] = json!(body["valid_until_ts"].as_i64().unwrap() + 1);
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(tampered).unwrap();
+    assert!(ruma::signatures::verify_json(&keys, &object).is_err());
+}
+
+#[tokio::test]
+async fn version_and_which_listeners_serve_federation() {
+    let s = Server::start().await;
+    let (status, body) = s.get("/_matrix/federation/v1/version", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_federation_schema("/_matrix/federation/v1/version", "get", 200, &body);
+    assert_eq!(body["server"]["name"], "Myelin");
+
+    // A client-only listener serves neither, as on Synapse.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config("").replace("names: [client, federation, metrics]", "names: [client]");
+    std::fs::write(dir.path().join("homeserver.yaml"), cfg).unwrap();
+    let s = Server::start_in(dir).await;
+    for path in ["/_matrix/key/v2/server", "/_matrix/federation/v1/version"] {
+        let (status, body) = s.get(path, None).await;
+        assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{path}: {body}");
+    }
+}
