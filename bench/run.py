@@ -440,7 +440,11 @@ def table(targets):
         if s is None or m is None:
             continue
         lower = lower_is_better(k)
-        ratio = (s / m if lower else m / s) if m and s else float("nan")
+        if not (m and s):
+            # A CPU row under one kernel tick (10 ms) over the phase has no ratio.
+            lines.append(f"| {k} | {s:,.2f} | {m:,.2f} | n/a |")
+            continue
+        ratio = s / m if lower else m / s
         lines.append(f"| {k} | {s:,.2f} | {m:,.2f} | {ratio:,.1f}x |")
     return "\n".join(lines)
 
