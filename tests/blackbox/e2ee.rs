@@ -160,14 +160,16 @@ async fn device_list_changes_reach_room_members() {
     let poll = {
         let (base, token, since) = (s.url(""), bob.token.clone(), bob_since.clone());
         tokio::spawn(async move {
-            let url = format!("{base}{V3}/sync?since={since}&timeout=10000");
+            let url = format!("{base}{V3}/sync?since={since}&timeout=30000");
             let r = reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap();
             r.json::<Value>().await.unwrap()
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    upload(&s, &alice, json!({"device_keys": device_keys(&alice, "c1")})).await;
-    let woke = tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("sync woke").unwrap();
+    let (st, b) = upload(&s, &alice, json!({"device_keys": device_keys(&alice, "c1")})).await;
+    assert_eq!(st, 200, "{b}");
+    // Generous: the whole suite runs beside browsers and Node clients on two cores.
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(20), poll).await.expect("sync woke").unwrap();
     assert_eq!(woke["device_lists"]["changed"], json!([alice.user_id]));
     assert_schema("/_matrix/client/v3/sync", "get", 200, &woke);
     let carol_sync = s.sync(&carol, Some(&carol_since), 0).await;
