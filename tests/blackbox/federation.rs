@@ -52,3 +52,46 @@ async fn version_and_which_listeners_serve_federation() {
         assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn key_queries_answer_for_the_keys_this_server_has() {
+    let s = Server::start().await;
+    let (_, own) = s.get("/_matrix/key/v2/server", None).await;
+    let key_id = own["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+
+    let (status, body) = s.get("/_matrix/key/v2/query/test", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_federation_schema("/_matrix/key/v2/query/{serverName}", "get", 200, &body);
+    let keys = body["server_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["server_name"], "test");
+    assert_eq!(keys[0]["verify_keys"][&key_id], own["verify_keys"][&key_id]);
+    assert!(keys[0]["signatures"]["test"][&key_id].is_string());
+
+    // A server it has no keys for (none are fetched yet) is left out, not an error.
+    let (status, body) = s.get("/_matrix/key/v2/query/elsewhere.example", None).await;
+    assert_eq!((status, body), (200, json!({"server_keys": []})));
+    let query = json!({"server_keys": {
+        "test": {key_id.clone(): {"minimum_valid_until_ts": 1}},
+        "elsewhere.example": {},
+    }});
+    let (status, body) = s.post("/_matrix/key/v2/query", None, query).await;
+    assert_eq!(status, 200, "{body}");
+    assert_federation_schema("/_matrix/key/v2/query", "post", 200, &body);
+    assert_eq!(body["server_keys"].as_array().unwrap().len(), 1);
+    let (status, body) = s.post("/_matrix/key/v2/query", None, json!({"server_keys": {}})).await;
+    assert_eq!((status, body), (200, json!({"server_keys": []})));
+
+    // Malformed queries are the client's mistake.
+    for bad in [
+        json!({}),
+        json!({"server_keys": []}),
+        json!({"server_keys": {"test": []}}),
+        json!({"server_keys": {"test": {"ed25519:a": {"minimum_valid_until_ts": "soon"}}}}),
+    ] {
+        let (status, body) = s.post("/_matrix/key/v2/query", None, bad.clone()).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{bad}: {body}");
+    }
+    let (status, body) = s.raw("POST", "/_matrix/key/v2/query", b"{not json".to_vec()).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_NOT_JSON")));
+}
