@@ -66,6 +66,13 @@ impl RecentTxns {
     }
 }
 
+/// A stored event as [`Homeserver::append_event`] answers with it.
+fn appended(row: myelin_storage::EventRow) -> Result<Appended> {
+    let mut pdu = Pdu::from_json_str(&row.json)?;
+    pdu.rejected = row.rejected;
+    Ok(Appended { pdu, json: row.json })
+}
+
 /// How many parsed state events [`Homeserver::state_events`] holds.
 const MAX_CACHED_STATE_EVENTS: usize = 10_000;
 
@@ -532,10 +539,7 @@ impl Homeserver {
         let Some(id) = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {
             return Ok(None);
         };
-        let Some(row) = self.db(move |s| s.get_event(&id)).await? else { return Ok(None) };
-        let mut pdu = Pdu::from_json_str(&row.json)?;
-        pdu.rejected = row.rejected;
-        Ok(Some(Appended { pdu, json: row.json }))
+        self.db(move |s| s.get_event(&id)).await?.map(appended).transpose()
     }
 
     /// The event an earlier request with the same transaction ID created, if any.
@@ -548,10 +552,7 @@ impl Homeserver {
                 None => Ok(None),
             })
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut pdu = Pdu::from_json_str(&row.json)?;
-        pdu.rejected = row.rejected;
-        Ok(Some(Appended { pdu, json: row.json }))
+        row.map(appended).transpose()
     }
 
     /// Builds and signs an event on `basis`, runs the module callbacks that may change or refuse

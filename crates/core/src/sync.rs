@@ -193,20 +193,9 @@ impl Homeserver {
         let mut receipts = self.receipt_events(&user, &joined, from, now).await?;
         let mut typing = self.typing_events(&joined, since);
         let rules = self.ruleset(&requester.user_id).await?;
-        // Unread counts start at the user's read receipt, or at their join if that is later
-        // (events from before they joined never notified them, as on Synapse).
-        let read_positions: HashMap<String, i64> = {
-            let u = user.clone();
-            self.db(move |s| {
-                let mut at: HashMap<String, i64> = s.join_positions(&u)?.into_iter().collect();
-                for (room, read) in s.read_positions(&u)? {
-                    let entry = at.entry(room).or_default();
-                    *entry = (*entry).max(read);
-                }
-                Ok(at)
-            })
-            .await?
-        };
+        // Read only once a joined room is sent: a long-poll woken by another room's news
+        // sends none.
+        let mut read_positions: Option<HashMap<String, i64>> = None;
         let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
         let mut global_account_data = Vec::new();
         for (room, kind, content) in account_data {
@@ -235,7 +224,10 @@ impl Homeserver {
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
             let section = self.room_section(room, timeline_from, now, whole_state, filter.timeline_limit).await?;
-            let read_at = read_positions.get(room).copied().unwrap_or(0);
+            if read_positions.is_none() {
+                read_positions = Some(self.unread_starts(&user).await?);
+            }
+            let read_at = read_positions.as_ref().and_then(|p| p.get(room)).copied().unwrap_or(0);
             let body = JoinedRoom {
                 section,
                 account_data: json!({"events": room_account_data.remove(room).unwrap_or_default()}),
@@ -284,6 +276,21 @@ impl Homeserver {
             device_unused_fallback_key_types: json!(keys.unused_fallback_key_types),
         };
         Ok((body, empty))
+    }
+
+    /// Where each joined room's unread count starts: the user's read receipt, or their join if
+    /// that is later (events from before they joined never notified them, as on Synapse).
+    async fn unread_starts(&self, user: &str) -> Result<HashMap<String, i64>> {
+        let u = user.to_owned();
+        self.db(move |s| {
+            let mut at: HashMap<String, i64> = s.join_positions(&u)?.into_iter().collect();
+            for (room, read) in s.read_positions(&u)? {
+                let entry = at.entry(room).or_default();
+                *entry = (*entry).max(read);
+            }
+            Ok(at)
+        })
+        .await
     }
 
     async fn timeline(&self, room: &str, from: i64, to: i64, limit: usize) -> Result<Value> {
