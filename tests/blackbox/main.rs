@@ -8,6 +8,7 @@ mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory
 mod e2ee; // keys, cross-signing, to-device, key backup
 mod ephemeral; // receipts, read markers, typing, presence
+mod federating; // two Myelins on loopback with TLS: joins, messages, restarts
 mod federation; // server keys, the federation version endpoint
 mod foundation; // the binary, config, storage, HTTP basics
 mod http_antispam; // the native synapse-http-antispam module

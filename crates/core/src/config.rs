@@ -56,7 +56,90 @@ pub struct Listener {
     pub bind_addresses: Vec<String>,
     /// Resource names (`client`, `federation`, ...).
     pub resources: Vec<String>,
+    /// Serve TLS with `tls_certificate_path` and `tls_private_key_path`.
+    pub tls: bool,
 }
+
+/// How this server reaches other homeservers (Synapse's keys of the same names).
+#[derive(Debug, Clone)]
+pub struct FederationSettings {
+    /// `federation_verify_certificates`: check remote servers' TLS certificates (default on).
+    pub verify_certificates: bool,
+    /// `federation_custom_ca_list`: PEM files of CAs trusted instead of the public roots.
+    pub custom_ca_list: Vec<PathBuf>,
+    /// `ip_range_blacklist`: addresses outbound requests never reach.
+    pub ip_range_blocklist: Vec<IpRange>,
+    /// `ip_range_whitelist`: exceptions to the blocklist (loopback, for tests).
+    pub ip_range_allowlist: Vec<IpRange>,
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRange {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `addr/prefix` or a bare address.
+    pub fn parse(text: &str) -> Option<IpRange> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = addr.trim().parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpRange { network, prefix })
+    }
+
+    /// Whether `ip` lies in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u32::from(v) as u128, 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let shift = width - self.prefix as u32;
+        shift >= width || (net >> shift) == (addr >> shift)
+    }
+}
+
+/// Synapse's default `ip_range_blacklist`: private, loopback, link-local, documentation and
+/// multicast ranges, so that a remote server name cannot aim requests at the local network.
+pub const DEFAULT_IP_RANGE_BLOCKLIST: &[&str] = &[
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "169.254.0.0/16",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "0.0.0.0/8",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+    "2001:db8::/32",
+    "ff00::/8",
+    "fec0::/10",
+    "::/128",
+];
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -93,6 +176,12 @@ pub struct Config {
     pub search_all_users: bool,
     /// `presence.enabled`: with it off, presence is accepted and never shown.
     pub presence_enabled: bool,
+    /// `tls_certificate_path`: the PEM certificate chain TLS listeners serve.
+    pub tls_certificate_path: Option<PathBuf>,
+    /// `tls_private_key_path`: its PEM private key.
+    pub tls_private_key_path: Option<PathBuf>,
+    /// Outbound federation.
+    pub federation: FederationSettings,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -122,6 +211,14 @@ const KNOWN_KEYS: &[&str] = &[
     "log_config",
     "room_list_publication_rules",
     "user_directory",
+    "tls_certificate_path",
+    "tls_private_key_path",
+    "federation_verify_certificates",
+    "federation_custom_ca_list",
+    "ip_range_blacklist",
+    "ip_range_blocklist",
+    "ip_range_whitelist",
+    "ip_range_allowlist",
 ];
 
 /// Room versions Myelin can create and participate in.
@@ -312,7 +409,57 @@ impl Config {
             }
             Some(_) => return Err(w.err("user_directory", "expected a mapping")),
         };
+        let tls_certificate_path = w.string("tls_certificate_path")?.map(resolve);
+        let tls_private_key_path = w.string("tls_private_key_path")?.map(resolve);
+        if listeners.iter().any(|l| l.tls) && (tls_certificate_path.is_none() || tls_private_key_path.is_none()) {
+            return Err(ConfigError::at(
+                &[],
+                "A TLS listener needs both 'tls_certificate_path' and 'tls_private_key_path'",
+            ));
+        }
+        let custom_ca_list = match root.get("federation_custom_ca_list") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let Value::String(p) = item else {
+                        return Err(ConfigError::at(
+                            &["federation_custom_ca_list".into(), format!("<item {i}>")],
+                            "expected a string",
+                        ));
+                    };
+                    out.push(resolve(p.clone()));
+                }
+                out
+            }
+            Some(_) => return Err(w.err("federation_custom_ca_list", "expected a list")),
+        };
+        let ranges = |keys: [&str; 2], default: &[&str]| -> Result<Vec<IpRange>, ConfigError> {
+            let Some((key, value)) = keys.iter().find_map(|k| root.get(*k).map(|v| (*k, v))) else {
+                return Ok(default.iter().filter_map(|r| IpRange::parse(r)).collect());
+            };
+            let Value::Array(items) = value else { return Err(w.err(key, "expected a list of IP ranges")) };
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().and_then(IpRange::parse) {
+                    Some(r) => out.push(r),
+                    None => {
+                        return Err(ConfigError::at(&[key.into(), format!("<item {i}>")], "expected an IP range"));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let federation = FederationSettings {
+            verify_certificates: w.boolean("federation_verify_certificates", true)?,
+            custom_ca_list,
+            ip_range_blocklist: ranges(["ip_range_blacklist", "ip_range_blocklist"], DEFAULT_IP_RANGE_BLOCKLIST)?,
+            ip_range_allowlist: ranges(["ip_range_whitelist", "ip_range_allowlist"], &[])?,
+        };
         let config = Config {
+            tls_certificate_path,
+            tls_private_key_path,
+            federation,
             room_list_publication_rules,
             search_all_users,
             presence_enabled,
@@ -367,6 +514,7 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
                 port: 8008,
                 bind_addresses: vec!["127.0.0.1".into()],
                 resources: vec!["client".into(), "federation".into()],
+                tls: false,
             }]);
         }
         Some(Value::Array(items)) => items,
@@ -392,9 +540,7 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
             // Synapse's other listener types (metrics, manhole) are not served by Myelin.
             continue;
         }
-        if w.boolean("tls", false)? {
-            return Err(w.err("tls", "TLS listeners are not supported yet; terminate TLS in a reverse proxy"));
-        }
+        let tls = w.boolean("tls", false)?;
         let bind_addresses = match obj.get("bind_addresses") {
             None | Some(Value::Null) => vec!["::".into(), "0.0.0.0".into()],
             Some(Value::Array(a)) => {
@@ -446,7 +592,7 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
                 }
             }
         }
-        out.push(Listener { port, bind_addresses, resources });
+        out.push(Listener { port, bind_addresses, resources, tls });
     }
     Ok(out)
 }
@@ -502,4 +648,24 @@ log_level: info
 modules: []
 "#
     )
+}
+
+#[cfg(test)]
+mod ip_range_tests {
+    use super::IpRange;
+
+    #[test]
+    fn ranges_contain_what_their_prefix_covers() {
+        let r = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(r.contains("10.1.2.3".parse().unwrap()));
+        assert!(!r.contains("11.0.0.1".parse().unwrap()));
+        assert!(r.contains("::ffff:10.0.0.1".parse().unwrap()), "IPv4-mapped addresses are IPv4");
+        let loopback6 = IpRange::parse("::1/128").unwrap();
+        assert!(loopback6.contains("::1".parse().unwrap()));
+        assert!(!loopback6.contains("::2".parse().unwrap()));
+        assert!(IpRange::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(IpRange::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert_eq!(IpRange::parse("10.0.0.0/33"), None);
+        assert_eq!(IpRange::parse("nonsense"), None);
+    }
 }

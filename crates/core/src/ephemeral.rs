@@ -99,8 +99,21 @@ impl Homeserver {
             event_id: event_id.to_owned(),
             ts: now_ms(),
         };
+        let edu = (receipt_type == "m.read").then(|| {
+            let mut data = json!({"ts": row.ts});
+            if !row.thread_id.is_empty() {
+                data["thread_id"] = json!(row.thread_id);
+            }
+            json!({"edu_type": "m.receipt", "content": {room.as_str(): {"m.read": {me.user_id.as_str(): {
+                "event_ids": [event_id], "data": data,
+            }}}}})
+        });
         let pos = self.db(move |s| s.set_receipt(&row)).await?;
         self.advance_stream(pos);
+        if let Some(edu) = edu {
+            let destinations = self.room_destinations(room).await?;
+            self.queue_edu(destinations, edu).await;
+        }
         Ok(())
     }
 
@@ -169,6 +182,54 @@ impl Homeserver {
         if self.membership_of(&room, user_id).await?.as_deref() != Some("join") {
             return Err(Error::forbidden(format!("User {user_id} not in room {room}")));
         }
+        self.apply_typing(&room, user_id, typing, timeout).await?;
+        let destinations = self.room_destinations(&room).await?;
+        self.queue_edu(
+            destinations,
+            json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": user_id, "typing": typing}}),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// A typing notification from another server, for a member of a room this server is in.
+    pub(crate) async fn remote_typing(&self, room: &str, user_id: &str, typing: bool) {
+        let Some(hs) = self.arc() else { return };
+        let Ok(room) = room_id(room) else { return };
+        if self.membership_of(&room, user_id).await.ok().flatten().as_deref() != Some("join") {
+            return;
+        }
+        let _ = hs.apply_typing(&room, user_id, typing, None).await;
+    }
+
+    /// A read receipt from another server, for a member of a room this server is in.
+    pub(crate) async fn remote_receipt(&self, room: &str, user_id: &str, event_id: &str, thread_id: String) {
+        let Ok(room) = room_id(room) else { return };
+        if self.membership_of(&room, user_id).await.ok().flatten().as_deref() != Some("join") {
+            return;
+        }
+        let row = ReceiptRow {
+            room_id: room.to_string(),
+            receipt_type: "m.read".into(),
+            user_id: user_id.to_owned(),
+            thread_id,
+            event_id: event_id.to_owned(),
+            ts: now_ms(),
+        };
+        if let Ok(pos) = self.db(move |s| s.set_receipt(&row)).await {
+            self.advance_stream(pos);
+        }
+    }
+
+    /// Records who types where and wakes syncs; the notification ends at its deadline.
+    async fn apply_typing(
+        self: &Arc<Self>,
+        room: &OwnedRoomId,
+        user_id: &str,
+        typing: bool,
+        timeout: Option<u64>,
+    ) -> Result<()> {
+        let room = room.clone();
         let pos = self.db(|s| s.allocate_stream_position()).await?;
         let deadline = if typing {
             let wait = timeout.map(Duration::from_millis).unwrap_or(Duration::from_secs(30)).min(MAX_TYPING_TIMEOUT);

@@ -34,6 +34,8 @@ pub(crate) struct RoomCache {
     pub(crate) chain_len: i64,
     pub(crate) extremities: Vec<OwnedEventId>,
     pub(crate) depth: u64,
+    /// Joined members of other servers: the servers each new event is sent to.
+    pub(crate) remote_members: std::collections::BTreeSet<String>,
 }
 
 /// The most parents an event gets (Synapse's limit too); further extremities wait for the next.
@@ -88,23 +90,45 @@ impl RoomCache {
         self.depth = self.depth.max(basis.depth + 1);
     }
 
-    fn basis(&self) -> Basis {
+    pub(crate) fn basis(&self) -> Basis {
         Basis {
             rules: self.rules.clone(),
             state: self.state.clone(),
             prev_events: self.extremities.iter().take(MAX_PREV_EVENTS).cloned().collect(),
             depth: self.depth,
+            destinations: self.destinations(),
+        }
+    }
+
+    /// The other servers with members in the room.
+    pub(crate) fn destinations(&self) -> Vec<String> {
+        let servers: std::collections::BTreeSet<&str> =
+            self.remote_members.iter().filter_map(|u| u.split_once(':').map(|(_, s)| s)).collect();
+        servers.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Follows a member event of a remote user: joined members' servers get the room's events.
+    pub(crate) fn track_member(&mut self, user_id: &str, membership: Option<&str>, local_server: &str) {
+        if user_id.split_once(':').is_some_and(|(_, server)| server == local_server) {
+            return;
+        }
+        if membership == Some("join") {
+            self.remote_members.insert(user_id.to_owned());
+        } else {
+            self.remote_members.remove(user_id);
         }
     }
 }
 
 /// What an event is built on: a snapshot of the room cache.
-struct Basis {
-    rules: RoomVersionRules,
-    state: Arc<HashMap<(String, String), OwnedEventId>>,
-    prev_events: Vec<OwnedEventId>,
+pub(crate) struct Basis {
+    pub(crate) rules: RoomVersionRules,
+    pub(crate) state: Arc<HashMap<(String, String), OwnedEventId>>,
+    pub(crate) prev_events: Vec<OwnedEventId>,
     /// The room's greatest depth; the event gets one more.
-    depth: u64,
+    pub(crate) depth: u64,
+    /// The other servers in the room, which the event is sent to.
+    destinations: Vec<String>,
 }
 
 /// An event built, signed and checked, not yet written.
@@ -115,6 +139,8 @@ struct Checked {
     redaction: Option<(String, String)>,
     /// The room state as module views, when third-party rules need it.
     state_views: Vec<EventView>,
+    /// The other servers in the room, which the event is sent to.
+    destinations: Vec<String>,
 }
 
 /// Current state as storage entries, those `keep` accepts.
@@ -277,7 +303,7 @@ pub(crate) fn parse_token(token: &str) -> Option<i64> {
 }
 
 impl Homeserver {
-    async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {
+    pub(crate) async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {
         let entry = {
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             rooms.entry(room_id.to_owned()).or_default().clone()
@@ -312,10 +338,19 @@ impl Homeserver {
                     Some(g) => s.state_group_chain_length(g)?,
                     None => 0,
                 };
-                Ok(Some((room, state, extremities, depth, group, chain_len)))
+                let members = s.room_memberships(&rid)?;
+                Ok(Some((room, state, extremities, depth, group, chain_len, members)))
             })
             .await?;
-        let Some((room, state, extremities, depth, state_group, chain_len)) = loaded else { return Ok(None) };
+        let Some((room, state, extremities, depth, state_group, chain_len, members)) = loaded else {
+            return Ok(None);
+        };
+        let local_suffix = format!(":{}", self.server_name());
+        let remote_members = members
+            .into_iter()
+            .filter(|(user, membership)| membership == "join" && !user.ends_with(&local_suffix))
+            .map(|(user, _)| user)
+            .collect();
         let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
             .ok()
             .and_then(|v| v.rules())
@@ -332,12 +367,13 @@ impl Homeserver {
             chain_len,
             extremities: extremities.into_iter().filter_map(|e| OwnedEventId::try_from(e).ok()).collect(),
             depth,
+            remote_members,
         }))
     }
 
     /// Parsed events by ID. State events (auth events, power levels, memberships: read for
     /// nearly every event sent) come from [`Homeserver::state_events`] when they can.
-    async fn load_events(&self, ids: Vec<String>) -> Result<HashMap<OwnedEventId, Pdu>> {
+    pub(crate) async fn load_events(&self, ids: Vec<String>) -> Result<HashMap<OwnedEventId, Pdu>> {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -377,7 +413,7 @@ impl Homeserver {
         Ok(out)
     }
 
-    fn remember_state_event(&self, pdu: &Pdu) {
+    pub(crate) fn remember_state_event(&self, pdu: &Pdu) {
         let mut cache = self.state_events.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_STATE_EVENTS {
             // Crude but bounded; the hot entries (a room's auth events) come straight back.
@@ -507,6 +543,9 @@ impl Homeserver {
         if let Some(key) = state_key {
             Arc::make_mut(&mut cache.state).insert((kind.to_owned(), key.to_owned()), checked.pdu.event_id.clone());
             cache.chain_len = if is_snapshot { 0 } else { cache.chain_len + 1 };
+            if kind == "m.room.member" {
+                cache.track_member(key, checked.pdu.membership().as_deref(), self.server_name());
+            }
         }
         cache.state_group = Some(group);
         cache.record(&basis, &checked.pdu.event_id);
@@ -527,7 +566,7 @@ impl Homeserver {
     }
 
     /// Drops a room's cache, so the next event reloads it from storage.
-    fn forget_room_cache(&self, room_id: &RoomId) {
+    pub(crate) fn forget_room_cache(&self, room_id: &RoomId) {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).remove(room_id);
     }
 
@@ -655,7 +694,7 @@ impl Homeserver {
             let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
             self.modules.check_event_for_spam(&view).await?;
         }
-        Ok(Checked { pdu, json: signed.json, redaction, state_views })
+        Ok(Checked { pdu, json: signed.json, redaction, state_views, destinations: basis.destinations.clone() })
     }
 
     /// Queues a checked event's write (with its state change, the forward extremities it
@@ -696,6 +735,10 @@ impl Homeserver {
             prev_events: basis.prev_events.iter().map(|e| e.to_string()).collect(),
             txn: options.txn.clone(),
             redaction: checked.redaction.clone(),
+            rejected: false,
+            soft_failed: false,
+            current_state: None,
+            destinations: checked.destinations.clone(),
         }))
     }
 
@@ -727,6 +770,7 @@ impl Homeserver {
             if checked.pdu.state_key.is_some() {
                 self.remember_state_event(&checked.pdu);
             }
+            self.wake_destinations(&checked.destinations);
         }
         written
     }
@@ -743,7 +787,7 @@ impl Homeserver {
     }
 
     /// The state events of a room as module views (for third-party rules).
-    async fn state_views(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<Vec<EventView>> {
+    pub(crate) async fn state_views(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<Vec<EventView>> {
         let ids: Vec<String> = state.values().map(|e| e.to_string()).collect();
         self.db(move |s| {
             let mut out = Vec::new();
@@ -1055,12 +1099,32 @@ impl Homeserver {
     }
 
     /// Joins a room by ID.
-    pub async fn join_room(&self, requester: &Requester, room_id: &str) -> Result<OwnedRoomId> {
+    pub async fn join_room(&self, requester: &Requester, room_id: &str, via: &[String]) -> Result<OwnedRoomId> {
         let room_id = if room_id.starts_with('#') {
             parse_room_id(&self.resolve_alias(room_id).await?.0)?
         } else {
             parse_room_id(room_id)?
         };
+        // A room this server is not in is joined through a server that is: those the client
+        // named, then the room ID's own server.
+        if !self.participates_in(&room_id).await? {
+            let mut servers: Vec<String> = via.to_vec();
+            if let Some(server) = room_id.server_name() {
+                servers.push(server.to_string());
+            }
+            servers.retain(|s| s != self.server_name());
+            servers.dedup();
+            if !servers.is_empty() {
+                if requester.is_guest {
+                    return Err(guest_forbidden());
+                }
+                if !requester.is_admin {
+                    self.modules.user_may_join_room(requester.user_id.as_str(), room_id.as_str(), false).await?;
+                }
+                self.join_remote_room(requester, &room_id, &servers).await?;
+                return Ok(room_id);
+            }
+        }
         let user = requester.user_id.clone();
         self.update_membership(requester, &room_id, &user, "join", None, Map::new()).await?;
         Ok(room_id)

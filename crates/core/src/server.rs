@@ -33,6 +33,14 @@ pub struct Requester {
 pub struct Homeserver {
     /// The validated config (module configs already consumed).
     pub config: Config,
+    /// Requests to other servers.
+    pub(crate) federation: crate::federation::client::FederationClient,
+    /// Servers whose keys could not be fetched, and when (see `federation::remote_keys`).
+    pub(crate) key_fetch_failures: Mutex<HashMap<String, i64>>,
+    /// The outbound queue's per-destination tasks (see `federation::sender`).
+    pub(crate) outbound: crate::federation::sender::Outbound,
+    /// Inbound transactions in progress and answered (see `federation::transactions`).
+    pub(crate) inbound: crate::federation::transactions::Inbound,
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) key: SigningKey,
     /// The module callback registry and web resources.
@@ -87,7 +95,13 @@ impl Homeserver {
         for (user, device, txn, event) in store.recent_txn_ids(crate::rooms::RecentTxns::CAPACITY)?.into_iter().rev() {
             recent_txns.insert((user, device, txn), event);
         }
+        let federation = crate::federation::client::FederationClient::new(&config.federation)
+            .map_err(|e| Error::internal(format!("federation client: {e}")))?;
         Ok(Arc::new(Homeserver {
+            federation,
+            key_fetch_failures: Mutex::new(HashMap::new()),
+            outbound: Default::default(),
+            inbound: Default::default(),
             config,
             store,
             key,
@@ -108,6 +122,11 @@ impl Homeserver {
             recent_txns: Mutex::new(recent_txns),
             sync_cache: crate::sync::SyncCache::new(position),
         }))
+    }
+
+    /// This server as an `Arc`, once serving (for work that outlives a request).
+    pub(crate) fn arc(&self) -> Option<Arc<Homeserver>> {
+        self.outbound.server().and_then(|w| w.upgrade())
     }
 
     /// The server name.
@@ -165,4 +184,16 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) fn random_string(len: usize) -> String {
     use rand::Rng;
     rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(len).map(char::from).collect()
+}
+
+/// Percent-encodes a path segment (everything but unreserved characters).
+pub(crate) fn url_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

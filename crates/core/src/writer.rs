@@ -25,6 +25,14 @@ pub(crate) struct EventWrite {
     pub prev_events: Vec<String>,
     pub txn: Option<(String, String, String)>,
     pub redaction: Option<(String, String)>,
+    /// Failed the authorization rules (a received event, stored so it is never fetched again).
+    pub rejected: bool,
+    /// Received and authorised by its own state, but not by the current state.
+    pub soft_failed: bool,
+    /// The room's whole new current state, when more than the event's own key changes.
+    pub current_state: Option<Vec<myelin_storage::StateEntry>>,
+    /// Servers to send the event to (outbox rows in the same transaction).
+    pub destinations: Vec<String>,
 }
 
 impl EventWrite {
@@ -37,13 +45,15 @@ impl EventWrite {
             sender: &self.sender,
             membership: self.membership.as_deref(),
             json: &self.json,
-            rejected: false,
-            soft_failed: false,
+            rejected: self.rejected,
+            soft_failed: self.soft_failed,
             state: self.state.clone(),
             prev_events: &self.prev_events,
-            updates_current_state: true,
+            updates_current_state: !self.rejected && !self.soft_failed,
             txn: self.txn.as_ref().map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
             redaction: self.redaction.as_ref().map(|(t, j)| (t.as_str(), j.as_str())),
+            current_state: self.current_state.as_deref(),
+            destinations: &self.destinations,
         }
     }
 }

@@ -1,15 +1,19 @@
-//! The Server-Server API endpoints served so far: this server's keys and its version. Mounted on
-//! listeners whose resources name `federation` (or `keys`, for the key endpoint alone), as on
-//! Synapse.
+//! The Server-Server API: this server's keys and version, and the authenticated endpoints
+//! other servers call (transactions, joins, events). Mounted on listeners whose resources name
+//! `federation` (or `keys`, for the key endpoints alone), as on Synapse.
+//!
+//! Every endpoint but the key and version ones takes [`Signed`], which checks the request's
+//! `X-Matrix` signature (fetching the origin's keys as needed) before the handler runs.
 
 use axum::Router;
-use axum::extract::State;
-use axum::routing::{get, post};
+use axum::extract::{FromRequest, Request, State};
+use axum::routing::{get, post, put};
 use serde_json::Value;
 
 use crate::AppState;
 use crate::error::MatrixError;
 use crate::extract::{JsonBody, Path};
+use myelin_core::ErrorKind;
 
 pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
     let has = |name: &str| resources.iter().any(|r| r == name);
@@ -21,32 +25,107 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/key/v2/query/{server_name}", get(query_server_keys));
     }
     if has("federation") {
-        app = app.route("/_matrix/federation/v1/version", get(version));
+        app = app
+            .route("/_matrix/federation/v1/version", get(version))
+            .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
+            .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(make_join))
+            .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
+            .route("/_matrix/federation/v1/event/{event_id}", get(event));
     }
     app
 }
 
-async fn server_keys(State(hs): State<AppState>) -> Result<axum::Json<Value>, MatrixError> {
+/// An authenticated server-server request: the origin, the JSON body if any, and the query.
+pub(crate) struct Signed {
+    origin: String,
+    body: Option<Value>,
+    query: Option<String>,
+}
+
+impl FromRequest<AppState> for Signed {
+    type Rejection = MatrixError;
+
+    async fn from_request(request: Request, hs: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let bytes = crate::extract::read_body(body, hs.config.max_upload_size as usize).await?;
+        let content = if bytes.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|_| MatrixError::new(ErrorKind::NotJson, "Content not JSON."))?,
+            )
+        };
+        let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or_else(|| parts.uri.path());
+        let origin = hs.authenticate_request(authorization, parts.method.as_str(), uri, content.as_ref()).await?;
+        Ok(Signed { origin, body: content, query: parts.uri.query().map(str::to_owned) })
+    }
+}
+
+impl Signed {
+    fn body(&self) -> Result<&Value, MatrixError> {
+        match &self.body {
+            Some(b @ Value::Object(_)) => Ok(b),
+            _ => Err(MatrixError::new(ErrorKind::NotJson, "Content must be a JSON object.")),
+        }
+    }
+
+    /// Every value of a query parameter.
+    fn query_all(&self, key: &str) -> Vec<String> {
+        self.query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.replace("%2E", ".").replace("%2e", "."))
+            .collect()
+    }
+}
+
+type Answer = Result<axum::Json<Value>, MatrixError>;
+
+async fn server_keys(State(hs): State<AppState>) -> Answer {
     Ok(axum::Json(hs.server_keys()?))
 }
 
-async fn query_keys(
-    State(hs): State<AppState>,
-    JsonBody(body): JsonBody<Value>,
-) -> Result<axum::Json<Value>, MatrixError> {
+async fn query_keys(State(hs): State<AppState>, JsonBody(body): JsonBody<Value>) -> Answer {
     Ok(axum::Json(hs.query_server_keys(&body)?))
 }
 
 /// The GET form asks for all of one server's keys (`minimum_valid_until_ts` changes nothing
 /// while only this server's own, current keys are served).
-async fn query_server_keys(
-    State(hs): State<AppState>,
-    Path(server_name): Path<String>,
-) -> Result<axum::Json<Value>, MatrixError> {
+async fn query_server_keys(State(hs): State<AppState>, Path(server_name): Path<String>) -> Answer {
     let body = serde_json::json!({"server_keys": {server_name: {}}});
     Ok(axum::Json(hs.query_server_keys(&body)?))
 }
 
 async fn version() -> axum::Json<Value> {
     axum::Json(myelin_core::federation::version())
+}
+
+async fn send_transaction(State(hs): State<AppState>, Path(txn_id): Path<String>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.receive_transaction(&request.origin, &txn_id, request.body()?).await?))
+}
+
+async fn make_join(
+    State(hs): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    let versions = request.query_all("ver");
+    Ok(axum::Json(hs.make_join(&request.origin, &room_id, &user_id, &versions).await?))
+}
+
+async fn send_join(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    Ok(axum::Json(hs.send_join(&request.origin, &room_id, &event_id, request.body()?).await?))
+}
+
+async fn event(State(hs): State<AppState>, Path(event_id): Path<String>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_event(&request.origin, &event_id).await?))
 }

@@ -135,3 +135,70 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// The TLS configuration a listener with `tls: true` serves: the PEM chain and key of
+/// `tls_certificate_path` and `tls_private_key_path`.
+pub fn tls_acceptor(certificate: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("{}: {e}", certificate.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate found", certificate.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", certificate.display()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// [`serve`] over TLS: each accepted connection is handshaken, then served over HTTP/1.1.
+/// A failed handshake closes only that connection. On shutdown no new connection is accepted
+/// and in-flight ones are given ten seconds to finish.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
+            };
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                let mut app = app.clone();
+                async move { tower::Service::call(&mut app, request.map(Body::new)).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
+    Ok(())
+}

@@ -234,7 +234,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
             let socket =
                 format!("{}:{}", if addr.contains(':') { format!("[{addr}]") } else { addr.clone() }, listener.port);
             match tokio::net::TcpListener::bind(&socket).await {
-                Ok(l) => bound.push((l, listener.resources.clone())),
+                Ok(l) => bound.push((l, listener.resources.clone(), listener.tls)),
                 Err(e) => {
                     eprintln!("Error during startup:\nCould not listen on {socket}: {e}");
                     return ExitCode::FAILURE;
@@ -242,18 +242,40 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
             }
         }
     }
+    let tls = if bound.iter().any(|(_, _, tls)| *tls) {
+        let (Some(cert), Some(key)) = (&hs.config.tls_certificate_path, &hs.config.tls_private_key_path) else {
+            unreachable!("the config requires both paths for a TLS listener");
+        };
+        match myelin_http::tls_acceptor(cert, key) {
+            Ok(acceptor) => Some(acceptor),
+            Err(e) => {
+                eprintln!("Error during startup:\nCould not load the TLS certificate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    hs.start_federation_sender();
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
-    for (listener, resources) in bound {
+    for (listener, resources, is_tls) in bound {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let scheme = if is_tls { "https" } else { "http" };
         // Tests read this line to find the port.
-        eprintln!("myelin: listening on http://{addr}");
-        tracing::info!("Listening on http://{addr}");
+        eprintln!("myelin: listening on {scheme}://{addr}");
+        tracing::info!("Listening on {scheme}://{addr}");
         let app = myelin_http::router(hs.clone(), &resources);
         let mut stop = stop_tx.subscribe();
-        tasks.push(tokio::spawn(myelin_http::serve(listener, app, async move {
+        let stopped = async move {
             let _ = stop.recv().await;
-        })));
+        };
+        match (&tls, is_tls) {
+            (Some(acceptor), true) => {
+                tasks.push(tokio::spawn(myelin_http::serve_tls(listener, acceptor.clone(), app, stopped)))
+            }
+            _ => tasks.push(tokio::spawn(myelin_http::serve(listener, app, stopped))),
+        }
     }
     shutdown_signal().await;
     tracing::info!("Shutting down: finishing in-flight requests");

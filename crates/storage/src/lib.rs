@@ -208,6 +208,62 @@ pub struct NewEvent<'a> {
     pub txn: Option<(&'a str, &'a str, &'a str)>,
     /// The event this one redacts, if accepted: its stored JSON is replaced by `redacted_json`.
     pub redaction: Option<(&'a str, &'a str)>,
+    /// When set, the room's whole current state becomes this (a remote event that merged
+    /// forks, or the state a remote join arrives with) instead of the event's own key.
+    pub current_state: Option<&'a [StateEntry]>,
+    /// Servers the event is to be sent to: each gets an outbox row in the same transaction.
+    pub destinations: &'a [String],
+}
+
+/// An event stored without a place in the timeline (a remote room's state and auth events,
+/// as a join brings them): reachable by ID, never synced or paginated.
+#[derive(Debug, Clone)]
+pub struct OutlierEvent {
+    /// `$...`.
+    pub event_id: String,
+    /// Room.
+    pub room_id: String,
+    /// Type.
+    pub event_type: String,
+    /// For state events.
+    pub state_key: Option<String>,
+    /// Sender.
+    pub sender: String,
+    /// `membership` of a member event.
+    pub membership: Option<String>,
+    /// Full PDU JSON.
+    pub json: String,
+    /// Failed the authorization rules.
+    pub rejected: bool,
+}
+
+/// A row of the federation outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Queue order.
+    pub id: i64,
+    /// `pdu` (the body is an event ID) or `edu` (the body is the EDU's JSON).
+    pub kind: String,
+    /// See `kind`.
+    pub body: String,
+}
+
+/// Federation's own records: remote servers' keys, the outbox, outliers.
+pub trait FederationStore {
+    /// Cached keys of a server: `(key_id, public key, valid_until_ts)`.
+    fn server_keys(&self, server_name: &str) -> Result<Vec<(String, String, i64)>>;
+    /// Caches keys of a server, replacing those with the same IDs.
+    fn store_server_keys(&self, server_name: &str, keys: &[(String, String, i64)]) -> Result<()>;
+    /// Queues EDUs: `(destination, EDU JSON)`.
+    fn queue_edus(&self, edus: &[(String, String)]) -> Result<()>;
+    /// The oldest outbox rows for a destination: PDUs and EDUs, at most `limit` of each.
+    fn outbox(&self, destination: &str, limit: usize) -> Result<Vec<OutboxRow>>;
+    /// Drops the given rows of a destination (sent).
+    fn outbox_sent(&self, destination: &str, ids: &[i64]) -> Result<()>;
+    /// Destinations with queued rows.
+    fn outbox_destinations(&self) -> Result<Vec<String>>;
+    /// Stores events outside the timeline (ignoring those already stored).
+    fn persist_outliers(&self, events: &[OutlierEvent]) -> Result<()>;
 }
 
 /// A room's summary row.
@@ -581,6 +637,7 @@ pub trait Storage:
     + KeyStore
     + EphemeralStore
     + SearchStore
+    + FederationStore
     + Send
     + Sync
     + 'static
@@ -597,6 +654,7 @@ impl<T> Storage for T where
         + KeyStore
         + EphemeralStore
         + SearchStore
+        + FederationStore
         + Send
         + Sync
         + 'static

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_e2ee_ephemeral.sql"),
     include_str!("migrations/0005_search.sql"),
     include_str!("migrations/0006_sync_indexes.sql"),
+    include_str!("migrations/0007_federation.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
@@ -556,7 +557,19 @@ fn write_event(tx: &Connection, ev: &NewEvent<'_>) -> Result<(i64, i64)> {
         )
         .map_err(backend)?;
     }
-    if ev.updates_current_state
+    if let Some(state) = ev.current_state {
+        tx.exec("DELETE FROM current_state WHERE room_id = ?1", [ev.room_id]).map_err(backend)?;
+        // The membership column comes from the events themselves (this one is stored above).
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership)
+                 SELECT ?1, ?2, ?3, ?4, (SELECT membership FROM events WHERE event_id = ?4)",
+            )
+            .map_err(backend)?;
+        for e in state {
+            stmt.execute(params![ev.room_id, e.event_type, e.state_key, e.event_id]).map_err(backend)?;
+        }
+    } else if ev.updates_current_state
         && let Some(key) = ev.state_key
     {
         tx.exec(
@@ -575,6 +588,13 @@ fn write_event(tx: &Connection, ev: &NewEvent<'_>) -> Result<(i64, i64)> {
     }
     if let Some((target, redacted_json)) = ev.redaction {
         tx.exec("UPDATE events SET json = ?2 WHERE event_id = ?1", params![target, redacted_json]).map_err(backend)?;
+    }
+    for destination in ev.destinations {
+        tx.exec(
+            "INSERT INTO federation_outbox (destination, kind, body) VALUES (?1, 'pdu', ?2)",
+            params![destination, ev.event_id],
+        )
+        .map_err(backend)?;
     }
     Ok((stream, group))
 }
@@ -1820,6 +1840,117 @@ impl SearchStore for SqliteStore {
             .and_then(|rows| rows.collect())
             .map_err(backend)?;
         Ok((count as usize, hits))
+    }
+}
+
+impl FederationStore for SqliteStore {
+    fn server_keys(&self, server_name: &str) -> Result<Vec<(String, String, i64)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT key_id, public_key, valid_until_ts FROM server_keys WHERE server_name = ?1")
+            .map_err(backend)?;
+        let rows = stmt.query_map([server_name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn store_server_keys(&self, server_name: &str, keys: &[(String, String, i64)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        for (key_id, key, valid_until) in keys {
+            tx.exec(
+                "INSERT OR REPLACE INTO server_keys (server_name, key_id, public_key, valid_until_ts)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![server_name, key_id, key, valid_until],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn queue_edus(&self, edus: &[(String, String)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        for (destination, edu) in edus {
+            tx.exec(
+                "INSERT INTO federation_outbox (destination, kind, body) VALUES (?1, 'edu', ?2)",
+                params![destination, edu],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn outbox(&self, destination: &str, limit: usize) -> Result<Vec<OutboxRow>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, kind, body FROM (
+                   SELECT id, kind, body FROM federation_outbox WHERE destination = ?1 AND kind = 'pdu'
+                   ORDER BY id LIMIT ?2)
+                 UNION ALL
+                 SELECT id, kind, body FROM (
+                   SELECT id, kind, body FROM federation_outbox WHERE destination = ?1 AND kind = 'edu'
+                   ORDER BY id LIMIT ?2)
+                 ORDER BY id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![destination, limit as i64], |r| {
+                Ok(OutboxRow { id: r.get(0)?, kind: r.get(1)?, body: r.get(2)? })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn outbox_sent(&self, destination: &str, ids: &[i64]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        for id in ids {
+            tx.exec("DELETE FROM federation_outbox WHERE destination = ?1 AND id = ?2", params![destination, id])
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn outbox_destinations(&self) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT destination FROM federation_outbox").map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn persist_outliers(&self, events: &[OutlierEvent]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        // Outliers take negative stream positions: every timeline and sync query reads
+        // positions above a token (never below zero), so they never show there.
+        let mut next: i64 = tx
+            .row("SELECT min(coalesce(min(stream_ordering), 0), 0) - 1 FROM events", [], |r| r.get(0))
+            .map_err(backend)?;
+        for ev in events {
+            let inserted = tx
+                .exec(
+                    "INSERT OR IGNORE INTO events (event_id, room_id, type, state_key, sender, membership, json,
+                                                   state_group, rejected, soft_failed, stream_ordering)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, 0, ?9)",
+                    params![
+                        ev.event_id,
+                        ev.room_id,
+                        ev.event_type,
+                        ev.state_key,
+                        ev.sender,
+                        ev.membership,
+                        ev.json,
+                        ev.rejected,
+                        next
+                    ],
+                )
+                .map_err(backend)?;
+            if inserted > 0 {
+                next -= 1;
+            }
+        }
+        tx.commit().map_err(backend)
     }
 }
 

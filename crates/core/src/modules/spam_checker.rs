@@ -86,6 +86,11 @@ async fn decide<A: Clone>(list: &[Registered<A, Decision>], name: &str, args: A,
 }
 
 impl ModuleRegistry {
+    /// Whether any module checks events for spam.
+    pub fn has_check_event_for_spam(&self) -> bool {
+        !self.callbacks().spam.check_event_for_spam.is_empty()
+    }
+
     /// `check_event_for_spam`: Ok if no module objects.
     pub async fn check_event_for_spam(&self, event: &EventView) -> Result<()> {
         let list = &self.callbacks().spam.check_event_for_spam;

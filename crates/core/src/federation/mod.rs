@@ -7,6 +7,12 @@
 //! destination=.., key=.., sig=..`. [`sign_request`] makes that header; [`XMatrix::parse`] and
 //! [`verify_request`] check one against the origin's public key.
 
+pub(crate) mod client;
+pub(crate) mod remote_keys;
+pub(crate) mod rooms;
+pub(crate) mod sender;
+pub(crate) mod transactions;
+
 use std::collections::BTreeMap;
 
 use ruma::CanonicalJsonObject;
@@ -71,13 +77,13 @@ pub fn version() -> Value {
 }
 
 /// Signs a JSON object as `entity` (adding to its `signatures`).
-fn sign_json_value(value: Value, entity: &str, key: &SigningKey) -> Result<Value> {
+pub(crate) fn sign_json_value(value: Value, entity: &str, key: &SigningKey) -> Result<Value> {
     let mut object = canonical_object(value)?;
     ruma::signatures::sign_json(entity, &key.pair, &mut object).map_err(Error::internal)?;
     serde_json::to_value(&object).map_err(Error::internal)
 }
 
-fn canonical_object(value: Value) -> Result<CanonicalJsonObject> {
+pub(crate) fn canonical_object(value: Value) -> Result<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value).map_err(|e| Error::bad_json(format!("Not canonical JSON: {e}")))? {
         CanonicalJsonValue::Object(o) => Ok(o),
         _ => Err(Error::bad_json("Expected a JSON object")),
@@ -124,7 +130,7 @@ pub struct XMatrix {
     pub sig: String,
 }
 
-fn unauthorized(message: impl Into<String>) -> Error {
+pub(crate) fn unauthorized(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unauthorized, message)
 }
 

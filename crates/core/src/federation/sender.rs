@@ -1,0 +1,218 @@
+//! The outbound queue: one task per destination sends what the outbox holds for it as
+//! `PUT /_matrix/federation/v1/send/{txnId}` transactions (at most 50 PDUs and 100 EDUs each),
+//! in order, deleting rows once the destination accepted them.
+//!
+//! The outbox is written in the same transaction as the events it names, so nothing queued is
+//! lost by a crash; at start-up every destination with rows gets its task. A destination that
+//! does not answer is retried with a doubling delay (2 s up to 5 minutes); any request from it
+//! ([`Homeserver::wake_destination`]) or new work for it ends the wait, so a restarted server
+//! gets its backlog as soon as it talks again. A transaction the destination refuses as a whole
+//! with a 4xx (other than 429) would be refused again: its rows are dropped, with a warning.
+//! Transaction IDs are derived from the rows they hold, so a retry reuses its ID and the
+//! destination can recognise it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::client::FederationFailure;
+use crate::Homeserver;
+use crate::server::now_ms;
+
+/// The most PDUs (and, separately, EDUs) in one transaction (the spec's limits).
+const MAX_PER_TRANSACTION: usize = 50;
+const MAX_EDUS_PER_TRANSACTION: usize = 100;
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const LAST_RETRY: Duration = Duration::from_secs(300);
+
+/// Per-destination wake-ups; a destination's task exists while its entry does.
+#[derive(Default)]
+pub(crate) struct Outbound {
+    destinations: Mutex<HashMap<String, Arc<Wake>>>,
+    server: std::sync::OnceLock<Weak<Homeserver>>,
+}
+
+impl Outbound {
+    pub(crate) fn server(&self) -> Option<Weak<Homeserver>> {
+        self.server.get().cloned()
+    }
+}
+
+impl Homeserver {
+    /// The other servers in a room, which its events and EDUs go to.
+    pub(crate) async fn room_destinations(&self, room_id: &ruma::RoomId) -> crate::Result<Vec<String>> {
+        let guard = self.room_lock(room_id).await?;
+        Ok(guard.as_ref().map(|c| c.destinations()).unwrap_or_default())
+    }
+
+    /// Starts sending: a task for every destination with queued rows. Called once the server
+    /// is built (the tasks hold a weak reference to it).
+    pub fn start_federation_sender(self: &Arc<Self>) {
+        let _ = self.outbound.server.set(Arc::downgrade(self));
+        let destinations = self.store.outbox_destinations().unwrap_or_default();
+        for d in destinations {
+            self.wake_destination(&d);
+        }
+    }
+
+    /// `destination` just talked to us, so it is up: its task sends now, backoff or not.
+    pub(crate) fn wake_destination(&self, destination: &str) {
+        self.wake(destination, true);
+    }
+
+    /// New rows for each destination (once written): their tasks send unless backing off.
+    pub(crate) fn wake_destinations(&self, destinations: &[String]) {
+        for d in destinations {
+            self.wake(d, false);
+        }
+    }
+
+    fn wake(&self, destination: &str, is_up: bool) {
+        let Some(server) = self.outbound.server.get().cloned() else { return };
+        let mut map = self.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(wake) = map.get(destination) {
+            if is_up {
+                wake.is_up.store(true, std::sync::atomic::Ordering::Release);
+            }
+            wake.notify.notify_one();
+            return;
+        }
+        let wake = Arc::new(Wake::default());
+        map.insert(destination.to_owned(), wake.clone());
+        let destination = destination.to_owned();
+        tokio::spawn(async move { send_loop(server, destination, wake).await });
+    }
+
+    /// Queues EDUs for destinations and wakes them.
+    pub(crate) async fn queue_edu(&self, destinations: Vec<String>, edu: Value) {
+        if destinations.is_empty() {
+            return;
+        }
+        let text = edu.to_string();
+        let rows: Vec<(String, String)> = destinations.iter().map(|d| (d.clone(), text.clone())).collect();
+        if let Err(e) = self.db(move |s| s.queue_edus(&rows)).await {
+            tracing::warn!("could not queue an EDU: {}", e.message);
+            return;
+        }
+        self.wake_destinations(&destinations);
+    }
+}
+
+/// How a destination's task is woken: new work (sent at once unless the destination is
+/// backing off) or the destination talking to us (which ends any backoff).
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    is_up: std::sync::atomic::AtomicBool,
+}
+
+enum Attempt {
+    /// Sent (or dropped); more may be waiting.
+    Progress,
+    /// Nothing to send.
+    Idle,
+    /// The destination did not take it.
+    Failed,
+}
+
+async fn send_loop(server: Weak<Homeserver>, destination: String, wake: Arc<Wake>) {
+    use std::sync::atomic::Ordering;
+    let mut delay = FIRST_RETRY;
+    loop {
+        let Some(hs) = server.upgrade() else { return };
+        wake.is_up.store(false, Ordering::Release);
+        let attempt = send_one(&hs, &destination).await;
+        drop(hs);
+        match attempt {
+            Attempt::Progress => delay = FIRST_RETRY,
+            Attempt::Idle => {
+                delay = FIRST_RETRY;
+                let _ = tokio::time::timeout(Duration::from_secs(60), wake.notify.notified()).await;
+            }
+            Attempt::Failed => {
+                // New work waits out the backoff; the destination talking to us ends it.
+                let until = tokio::time::Instant::now() + delay;
+                delay = (delay * 2).min(LAST_RETRY);
+                while tokio::time::timeout_at(until, wake.notify.notified()).await.is_ok() {
+                    if wake.is_up.load(Ordering::Acquire) {
+                        delay = FIRST_RETRY;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
+    let dest = destination.to_owned();
+    let rows = match hs.db(move |s| s.outbox(&dest, MAX_EDUS_PER_TRANSACTION)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("outbox read failed: {}", e.message);
+            return Attempt::Failed;
+        }
+    };
+    if rows.is_empty() {
+        return Attempt::Idle;
+    }
+    let (mut pdu_rows, mut edu_rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.kind == "pdu");
+    pdu_rows.truncate(MAX_PER_TRANSACTION);
+    edu_rows.truncate(MAX_EDUS_PER_TRANSACTION);
+    let event_ids: Vec<String> = pdu_rows.iter().map(|r| r.body.clone()).collect();
+    let jsons = match hs
+        .db(move |s| {
+            let mut out = Vec::new();
+            for id in event_ids {
+                out.push(s.get_event(&id)?.map(|r| r.json));
+            }
+            Ok(out)
+        })
+        .await
+    {
+        Ok(j) => j,
+        Err(_) => return Attempt::Failed,
+    };
+    let pdus: Vec<Value> = jsons.iter().flatten().filter_map(|j| super::rooms::wire_pdu(j).ok()).collect();
+    let edus: Vec<Value> = edu_rows.iter().filter_map(|r| serde_json::from_str(&r.body).ok()).collect();
+    let mut ids: Vec<i64> = pdu_rows.iter().chain(edu_rows.iter()).map(|r| r.id).collect();
+    ids.sort_unstable();
+    let txn_id = format!("{}-{}-{}", ids.first().copied().unwrap_or(0), ids.last().copied().unwrap_or(0), ids.len());
+    let body = json!({
+        "origin": hs.server_name(),
+        "origin_server_ts": now_ms(),
+        "pdus": pdus,
+        "edus": edus,
+    });
+    let path = format!("/_matrix/federation/v1/send/{txn_id}");
+    let result = hs
+        .federation
+        .request(&hs.key, hs.server_name(), destination, "PUT", &path, Some(&body), Duration::from_secs(60))
+        .await;
+    match result {
+        Ok(answer) => {
+            if let Some(errors) = answer["pdus"].as_object() {
+                for (id, r) in errors {
+                    if let Some(e) = r.get("error") {
+                        tracing::info!("{destination} did not accept {id}: {e}");
+                    }
+                }
+            }
+        }
+        Err(FederationFailure::Refused(e)) if (400..500).contains(&e.status) && e.status != 429 => {
+            tracing::warn!("{destination} refused transaction {txn_id} ({}): {}; dropping it", e.status, e.body);
+        }
+        Err(e) => {
+            tracing::info!("sending to {destination} failed: {}", e.into_error("transaction").message);
+            return Attempt::Failed;
+        }
+    }
+    let dest = destination.to_owned();
+    match hs.db(move |s| s.outbox_sent(&dest, &ids)).await {
+        Ok(()) => Attempt::Progress,
+        Err(_) => Attempt::Failed,
+    }
+}

@@ -1,0 +1,155 @@
+//! Inbound transactions: `PUT /_matrix/federation/v1/send/{txnId}`.
+//!
+//! One transaction per origin is processed at a time (later ones wait), and at most
+//! [`MAX_CONCURRENT_TRANSACTIONS`] from all origins, so a flood of transactions queues instead
+//! of multiplying work. A repeated transaction ID of an origin gets the first answer again. Each
+//! PDU succeeds or fails alone; the answer says which, as the spec asks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::OwnedRoomId;
+use serde_json::{Map, Value, json};
+
+use super::rooms::Outcome;
+use crate::{Error, Homeserver, Result};
+
+/// The spec's limits of one transaction.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// Transactions processed at once, from all origins.
+pub(crate) const MAX_CONCURRENT_TRANSACTIONS: usize = 8;
+/// Answers remembered for repeated transaction IDs.
+const REMEMBERED_TRANSACTIONS: usize = 10_000;
+
+/// Inbound-transaction bookkeeping.
+pub(crate) struct Inbound {
+    per_origin: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    all: tokio::sync::Semaphore,
+    answered: std::sync::Mutex<HashMap<(String, String), Value>>,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            per_origin: Default::default(),
+            all: tokio::sync::Semaphore::new(MAX_CONCURRENT_TRANSACTIONS),
+            answered: Default::default(),
+        }
+    }
+}
+
+impl Homeserver {
+    /// Handles a transaction from `origin` (already authenticated).
+    pub async fn receive_transaction(&self, origin: &str, txn_id: &str, body: &Value) -> Result<Value> {
+        if let Some(claimed) = body.get("origin").and_then(Value::as_str)
+            && claimed != origin
+        {
+            return Err(Error::forbidden("The transaction's origin is not the server that sent it"));
+        }
+        let pdus = match body.get("pdus") {
+            Some(Value::Array(p)) => p.as_slice(),
+            None | Some(Value::Null) => &[],
+            Some(_) => return Err(Error::bad_json("pdus must be a list")),
+        };
+        let edus = match body.get("edus") {
+            Some(Value::Array(e)) => e.as_slice(),
+            None | Some(Value::Null) => &[],
+            Some(_) => return Err(Error::bad_json("edus must be a list")),
+        };
+        if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
+            return Err(Error::bad_json(format!("A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")));
+        }
+        let key = (origin.to_owned(), txn_id.to_owned());
+        let origin_lock = {
+            let mut map = self.inbound.per_origin.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(origin.to_owned()).or_default().clone()
+        };
+        let _one_per_origin = origin_lock.lock().await;
+        if let Some(answer) = self.inbound.answered.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(answer.clone());
+        }
+        let _slot = self.inbound.all.acquire().await.map_err(Error::internal)?;
+
+        let mut results = Map::new();
+        for pdu in pdus {
+            let (id, result) = self.receive_transaction_pdu(pdu).await;
+            results.insert(id, result);
+        }
+        for edu in edus {
+            self.receive_edu(origin, edu).await;
+        }
+        let answer = json!({"pdus": results});
+        let mut answered = self.inbound.answered.lock().unwrap_or_else(|p| p.into_inner());
+        if answered.len() >= REMEMBERED_TRANSACTIONS {
+            answered.clear();
+        }
+        answered.insert(key, answer.clone());
+        Ok(answer)
+    }
+
+    /// One PDU of a transaction: `(its event ID or a placeholder, {} or {"error": ...})`.
+    async fn receive_transaction_pdu(&self, pdu: &Value) -> (String, Value) {
+        let room = pdu.get("room_id").and_then(Value::as_str).and_then(|r| OwnedRoomId::try_from(r).ok());
+        let Some(room) = room else {
+            return (
+                format!("invalid:{}", crate::server::random_string(8)),
+                json!({"error": "PDU has no valid room_id"}),
+            );
+        };
+        match self.participates_in(&room).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return (format!("unknown:{room}"), json!({"error": format!("This server is not in {room}")}));
+            }
+            Err(e) => return (format!("unknown:{room}"), json!({"error": e.message})),
+        }
+        match self.receive_pdu(&room, pdu, Vec::new()).await {
+            Ok(received) => {
+                let answer = match received.outcome {
+                    Outcome::Rejected(why) => json!({"error": format!("Event rejected: {why}")}),
+                    // Soft failure (spam included) is not the sender's business.
+                    Outcome::Accepted | Outcome::SoftFailed | Outcome::Known => json!({}),
+                };
+                (received.event_id.to_string(), answer)
+            }
+            Err(e) => (format!("failed:{room}:{}", crate::server::random_string(8)), json!({"error": e.message})),
+        }
+    }
+
+    /// One EDU; those this server does not handle, and malformed ones, are ignored.
+    async fn receive_edu(&self, origin: &str, edu: &Value) {
+        let content = &edu["content"];
+        match edu["edu_type"].as_str() {
+            Some("m.typing") => {
+                let (Some(room), Some(user)) = (content["room_id"].as_str(), content["user_id"].as_str()) else {
+                    return;
+                };
+                if user.split_once(':').map(|(_, s)| s) != Some(origin) {
+                    return;
+                }
+                let typing = content["typing"].as_bool().unwrap_or(false);
+                self.remote_typing(room, user, typing).await;
+            }
+            Some("m.receipt") => {
+                let Some(rooms) = content.as_object() else { return };
+                for (room, kinds) in rooms {
+                    let Some(read) = kinds["m.read"].as_object() else { continue };
+                    for (user, receipt) in read {
+                        if user.split_once(':').map(|(_, s)| s) != Some(origin) {
+                            continue;
+                        }
+                        let Some(event_id) =
+                            receipt["event_ids"].as_array().and_then(|a| a.first()).and_then(Value::as_str)
+                        else {
+                            continue;
+                        };
+                        let thread = receipt["data"]["thread_id"].as_str().unwrap_or_default().to_owned();
+                        self.remote_receipt(room, user, event_id, thread).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Two real Myelin servers federating on loopback: each with its own server name
+//! (`localhost:<port>`), a TLS federation listener with a certificate from a CA the test makes,
+//! and trust in that CA only (`federation_custom_ca_list`), loopback allowed past the default
+//! IP-range blocklist.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, User};
+
+/// A CA and one certificate (for `localhost` and 127.0.0.1) every test server serves.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "Myelin test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem() + &ca.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        TestCa { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Myelin on `localhost:<federation_port>`: a plain client listener (first, so the harness
+/// reads its address) and a TLS federation listener.
+pub struct Peer {
+    pub server: Server,
+    pub name: String,
+    pub port: u16,
+}
+
+pub fn peer_config(ca: &TestCa, port: u16, extra: &str) -> String {
+    format!(
+        "server_name: \"localhost:{port}\"\n\
+         public_baseurl: http://127.0.0.1/\n\
+         listeners:\n\
+         \x20 - port: 0\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [client]\n\
+         \x20 - port: {port}\n    tls: true\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [federation]\n\
+         tls_certificate_path: {cert}\n\
+         tls_private_key_path: {key}\n\
+         federation_custom_ca_list: [{ca}]\n\
+         ip_range_whitelist: ['127.0.0.0/8']\n\
+         database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n\
+         signing_key_path: data/signing.key\n\
+         media_store_path: data/media\n\
+         enable_registration: true\n\
+         enable_registration_without_verification: true\n\
+         log_level: info\n{extra}",
+        cert = ca.path("cert.pem").display(),
+        key = ca.path("key.pem").display(),
+        ca = ca.path("ca.pem").display(),
+    )
+}
+
+impl Peer {
+    pub async fn start(ca: &TestCa) -> Peer {
+        Self::start_with(ca, "").await
+    }
+
+    pub async fn start_with(ca: &TestCa, extra: &str) -> Peer {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("homeserver.yaml"), peer_config(ca, port, extra)).unwrap();
+        let server = Server::start_in(dir).await;
+        Peer { server, name: format!("localhost:{port}"), port }
+    }
+}
+
+/// Syncs as `user` until a timeline event of `room` matches, returning it; panics after 30 s.
+pub async fn wait_for_event(server: &Server, user: &User, room: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut since: Option<String> = None;
+    loop {
+        let body = server.sync(user, since.as_deref(), 2000).await;
+        for section in ["join", "invite", "leave"] {
+            if let Some(events) = body["rooms"][section][room]["timeline"]["events"].as_array()
+                && let Some(found) = events.iter().find(|e| matches(e))
+            {
+                return found.clone();
+            }
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+        assert!(Instant::now() < deadline, "no matching event in {room} for {} within 30 s", user.user_id);
+    }
+}
+
+fn text_is(body: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |e: &Value| e["type"] == "m.room.message" && e["content"]["body"] == body
+}
+
+fn encode(s: &str) -> String {
+    s.replace('!', "%21").replace(':', "%3A").replace('#', "%23").replace('@', "%40")
+}
+
+async fn joined_members(server: &Server, user: &User, room: &str) -> Vec<String> {
+    let (s, b) = server.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&user.token)).await;
+    assert_eq!(s, 200, "joined_members: {b}");
+    let mut members: Vec<String> = b["joined"].as_object().unwrap().keys().cloned().collect();
+    members.sort();
+    members
+}
+
+async fn public_room(server: &Server, user: &User) -> String {
+    server.create_room(user, json!({"preset": "public_chat"})).await
+}
+
+#[tokio::test]
+async fn two_servers_join_each_others_rooms_and_talk_both_ways() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+
+    // Bob (on B) joins Alice's room (on A), through the room ID's server.
+    let room = public_room(&a.server, &alice).await;
+    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    assert_eq!(s, 200, "remote join: {body}\nA log:\n{}\nB log:\n{}", a.server.log_text(), b.server.log_text());
+    assert_eq!(body["room_id"], room.as_str());
+    let both = {
+        let mut v = vec![alice.user_id.clone(), bob.user_id.clone()];
+        v.sort();
+        v
+    };
+    assert_eq!(joined_members(&b.server, &bob, &room).await, both, "B knows the room's members");
+    // A hears of the join (it is the resident server that accepted it).
+    assert_eq!(joined_members(&a.server, &alice, &room).await, both);
+
+    // Messages both ways.
+    let (s, sent) = a.server.send_text(&alice, &room, "hello from A").await;
+    assert_eq!(s, 200, "{sent}");
+    let got = wait_for_event(&b.server, &bob, &room, text_is("hello from A")).await;
+    assert_eq!(got["sender"], alice.user_id.as_str());
+    assert_eq!(got["event_id"], sent["event_id"], "the same event on both servers");
+    let (s, _) = b.server.send_text(&bob, &room, "hello from B").await;
+    assert_eq!(s, 200);
+    let got = wait_for_event(&a.server, &alice, &room, text_is("hello from B")).await;
+    assert_eq!(got["sender"], bob.user_id.as_str());
+
+    // And the other way round: Alice joins Bob's room.
+    let room2 = public_room(&b.server, &bob).await;
+    let (s, body) = a
+        .server
+        .post(&format!("/_matrix/client/v3/join/{}?via={}", encode(&room2), b.name), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    a.server.send_text(&alice, &room2, "A in B's room").await;
+    wait_for_event(&b.server, &bob, &room2, text_is("A in B's room")).await;
+
+    // State changes travel too: Bob's room name reaches A.
+    let (s, _) = b
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room2}/state/m.room.name/"),
+            Some(&bob.token),
+            json!({"name": "Bob's place"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, name) =
+            a.server.get(&format!("/_matrix/client/v3/rooms/{room2}/state/m.room.name/"), Some(&alice.token)).await;
+        if s == 200 && name["name"] == "Bob's place" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the name never reached A: {s} {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_server_gets_everything_sent_while_it_was_down() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = public_room(&a.server, &alice).await;
+    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    assert_eq!(s, 200, "{body}");
+
+    let b = {
+        let Peer { server, name, port } = b;
+        let dir = server.stop();
+        for i in 0..5 {
+            let (s, _) = a.server.send_text(&alice, &room, &format!("while down {i}")).await;
+            assert_eq!(s, 200);
+        }
+        Peer { server: Server::start_in(dir).await, name, port }
+    };
+    // Everything arrives, in order, without anyone on B doing anything.
+    let bob = b.server.login("bob").await;
+    wait_for_event(&b.server, &bob, &room, text_is("while down 4")).await;
+    let (s, page) =
+        b.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), Some(&bob.token)).await;
+    assert_eq!(s, 200);
+    let texts: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(texts, vec!["while down 4", "while down 3", "while down 2", "while down 1", "while down 0"]);
+}
+
+#[tokio::test]
+async fn joining_through_an_unreachable_or_blocked_server_fails_cleanly() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    // Nobody listens there.
+    let nowhere = free_port();
+    let (s, body) = a.server.join(&alice, &encode(&format!("!nothing:localhost:{nowhere}"))).await;
+    assert_eq!(s, 502, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+
+    // Without the loopback exception, the default blocklist keeps requests off 127.0.0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = peer_config(&ca, port, "").replace("ip_range_whitelist: ['127.0.0.0/8']\n", "");
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let strict = Server::start_in(dir).await;
+    let carol = strict.register("carol").await;
+    let room = public_room(&a.server, &alice).await;
+    let (s, body) = strict.join(&carol, &encode(&room)).await;
+    assert_eq!(s, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("blocked"), "{body}");
+    // The server keeps serving.
+    let (s, _) = strict.get("/_matrix/client/versions", None).await;
+    assert_eq!(s, 200);
+}
