@@ -13,6 +13,12 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests
 # The Python original of the native antispam module, for the differential tests. It depends on
 # matrix-synapse, which Myelin's own `synapse` package stands in for.
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
+# A real Synapse for the federation tests, in its own venv (its dependencies would clash with
+# the module venv's stand-in `synapse` package).
+if [ ! -x tests/synapse/.venv/bin/python ]; then
+  python3 -m venv tests/synapse/.venv
+fi
+tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.157.1"
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 # Hydrogen, bundled with vite, for the browser test (Debian's chromium runs it; .ci/run installs it).
 (cd tests/clients/hydrogen && npm ci --no-audit --no-fund --loglevel=error && npx vite build >/dev/null)

@@ -118,6 +118,11 @@ impl Server {
         Server { child, base, dir, log, http: reqwest::Client::new() }
     }
 
+    /// Wraps another server process (a real Synapse) so the same helpers speak to it.
+    pub fn adopt(child: Child, base: String, dir: tempfile::TempDir, log: Arc<Mutex<String>>) -> Server {
+        Server { child, base, dir, log, http: reqwest::Client::new() }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

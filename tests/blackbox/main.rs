@@ -19,4 +19,5 @@ mod python_modules; // Synapse's Python modules on the embedded interpreter
 mod rooms;
 mod search; // POST /search // rooms, membership, messages, the graph
 mod spec_shapes; // responses against the spec's schemas
-mod sync; // /sync
+mod synapse_federation;
+mod sync; // /sync // Myelin and a real Synapse federating

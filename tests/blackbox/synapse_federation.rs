@@ -1,0 +1,149 @@
+//! Myelin and a real Synapse (1.157.1 from PyPI, in `tests/synapse/.venv`, which the test
+//! command installs) federating on loopback over TLS with the test CA, in both directions.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::federating::{Peer, TestCa, free_port, wait_for_event};
+use crate::harness::Server;
+
+const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv/bin/python");
+
+/// A Synapse on `localhost:<port>`: plain client listener and TLS federation listener.
+struct SynapsePeer {
+    server: Server,
+    /// Its server name, `localhost:<federation port>`.
+    name: String,
+}
+
+impl SynapsePeer {
+    async fn start(ca: &TestCa) -> SynapsePeer {
+        let dir = tempfile::tempdir().unwrap();
+        let (client_port, fed_port) = (free_port(), free_port());
+        let name = format!("localhost:{fed_port}");
+        let config = dir.path().join("homeserver.yaml");
+        let generated = Command::new(SYNAPSE_PYTHON)
+            .args(["-m", "synapse.app.homeserver", "--generate-config", "--server-name", &name, "--config-path"])
+            .arg(&config)
+            .args(["--report-stats=no", "--data-directory"])
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .output()
+            .expect("run Synapse (the test command installs it in tests/synapse/.venv)");
+        assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+        let unlimited = json!({"per_second": 100000, "burst_count": 100000});
+        let overrides = json!({
+            "listeners": [
+                {"port": client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                 "resources": [{"names": ["client"], "compress": false}]},
+                {"port": fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": true,
+                 "resources": [{"names": ["federation"], "compress": false}]},
+            ],
+            "tls_certificate_path": ca.path("cert.pem"),
+            "tls_private_key_path": ca.path("key.pem"),
+            "federation_custom_ca_list": [ca.path("ca.pem")],
+            "federation_verify_certificates": true,
+            "ip_range_whitelist": ["127.0.0.0/8"],
+            "database": {"name": "sqlite3", "args": {"database": dir.path().join("homeserver.db")}},
+            "enable_registration": true,
+            "enable_registration_without_verification": true,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": true,
+            "report_stats": false,
+            "presence": {"enabled": false},
+            "rc_message": unlimited, "rc_registration": unlimited,
+            "rc_joins": {"local": unlimited, "remote": unlimited}, "rc_joins_per_room": unlimited,
+            "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
+            "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
+            "rc_room_creation": unlimited, "rc_federation": {"concurrent": 100, "sleep_limit": 1000},
+        });
+        // Synapse's own YAML, with these keys replaced (its venv has PyYAML).
+        let merged = Command::new(SYNAPSE_PYTHON)
+            .arg("-c")
+            .arg("import sys, json, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); c.update(json.loads(sys.argv[2])); yaml.safe_dump(c, open(p, 'w'))")
+            .arg(&config)
+            .arg(overrides.to_string())
+            .output()
+            .unwrap();
+        assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+        let child = Command::new(SYNAPSE_PYTHON)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let server = Server::adopt(child, format!("http://127.0.0.1:{client_port}"), dir, log);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if reqwest::get(server.url("/health")).await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Synapse did not start; log:\n{}", synapse_log(&server));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        SynapsePeer { server, name }
+    }
+}
+
+/// Synapse's log file (its generated log config writes `<server name>.log` in its directory).
+fn synapse_log(server: &Server) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(server.dir.path()).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn encode(s: &str) -> String {
+    s.replace('!', "%21").replace(':', "%3A")
+}
+
+fn text_is(body: &str) -> impl Fn(&serde_json::Value) -> bool + '_ {
+    move |e| e["type"] == "m.room.message" && e["content"]["body"] == body
+}
+
+#[tokio::test]
+async fn myelin_and_synapse_join_each_others_rooms_and_talk() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.server.log_text(), synapse_log(&synapse.server));
+
+    // A Myelin user joins a room Synapse hosts.
+    let room = synapse.server.create_room(&sam, json!({"preset": "public_chat"})).await;
+    let (s, body) = myelin.server.join(&mia, &encode(&room)).await;
+    assert_eq!(s, 200, "join Synapse's room: {body}\n{}", logs());
+    let (s, _) = synapse.server.send_text(&sam, &room, "from Synapse").await;
+    assert_eq!(s, 200);
+    wait_for_event(&myelin.server, &mia, &room, text_is("from Synapse")).await;
+    let (s, _) = myelin.server.send_text(&mia, &room, "from Myelin").await;
+    assert_eq!(s, 200);
+    wait_for_event(&synapse.server, &sam, &room, text_is("from Myelin")).await;
+
+    // A Synapse user joins a room Myelin hosts.
+    let room2 = myelin.server.create_room(&mia, json!({"preset": "public_chat"})).await;
+    let (s, body) = synapse
+        .server
+        .post(
+            &format!("/_matrix/client/v3/join/{}?server_name={}", encode(&room2), myelin.name),
+            Some(&sam.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "Synapse joins Myelin's room: {body}\n{}", logs());
+    let (s, _) = myelin.server.send_text(&mia, &room2, "hosted by Myelin").await;
+    assert_eq!(s, 200);
+    wait_for_event(&synapse.server, &sam, &room2, text_is("hosted by Myelin")).await;
+    let (s, _) = synapse.server.send_text(&sam, &room2, "Synapse in Myelin's room").await;
+    assert_eq!(s, 200);
+    wait_for_event(&myelin.server, &mia, &room2, text_is("Synapse in Myelin's room")).await;
+}
