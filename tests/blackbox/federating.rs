@@ -255,3 +255,139 @@ async fn joining_through_an_unreachable_or_blocked_server_fails_cleanly() {
     let (s, _) = strict.get("/_matrix/client/versions", None).await;
     assert_eq!(s, 200);
 }
+
+async fn membership_on(server: &Server, user: &User, room: &str, member: &str) -> Option<String> {
+    let (s, b) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{member}"), Some(&user.token)).await;
+    (s == 200).then(|| b["membership"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Polls until `check` holds; panics after 30 s with `what`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn invites_joins_leaves_and_rejections_cross_servers() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Secret plans"})).await;
+
+    // Alice invites Bob; B shows the invite with the room's name before Bob is in it.
+    let (s, body) = a.server.invite(&alice, &room, &bob.user_id).await;
+    assert_eq!(s, 200, "remote invite: {body}\nA:\n{}\nB:\n{}", a.server.log_text(), b.server.log_text());
+    let sync = b.server.sync(&bob, None, 0).await;
+    let invite = &sync["rooms"]["invite"][&room]["invite_state"]["events"];
+    let events = invite.as_array().unwrap_or_else(|| panic!("no invite in {sync}"));
+    assert!(events.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret plans"), "{invite}");
+    assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite"));
+
+    // He joins through the inviting server (no via given), and they talk.
+    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    assert_eq!(s, 200, "join after invite: {body}");
+    a.server.send_text(&alice, &room, "welcome").await;
+    wait_for_event(&b.server, &bob, &room, text_is("welcome")).await;
+
+    // He leaves; A sees it.
+    let (s, _) = b.server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(s, 200);
+    eventually("Bob's leave reaches A", || async {
+        membership_on(&a.server, &alice, &room, &bob.user_id).await.as_deref() == Some("leave")
+    })
+    .await;
+
+    // Invited again, he rejects without joining: the leave goes through A.
+    let (s, body) = a.server.invite(&alice, &room, &bob.user_id).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = b.server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(s, 200, "reject: {body}");
+    assert_eq!(membership_on(&a.server, &alice, &room, &bob.user_id).await.as_deref(), Some("leave"));
+
+    // A room B was never in: invite, then reject.
+    let other = a.server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let carol = b.server.register("carol").await;
+    let (s, _) = a.server.invite(&alice, &other, &carol.user_id).await;
+    assert_eq!(s, 200);
+    let (s, body) =
+        b.server.post(&format!("/_matrix/client/v3/rooms/{other}/leave"), Some(&carol.token), json!({})).await;
+    assert_eq!(s, 200, "reject an invite to a room this server is not in: {body}");
+    assert_eq!(membership_on(&a.server, &alice, &other, &carol.user_id).await.as_deref(), Some("leave"));
+    let sync = b.server.sync(&carol, None, 0).await;
+    assert!(sync["rooms"]["invite"].get(&other).is_none(), "the invite is gone: {sync}");
+}
+
+#[tokio::test]
+async fn federated_spam_callbacks_act_on_events_and_invites() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start_with(
+        &ca,
+        "modules:\n  - module: myelin.test.Scripted\n    config:\n      label: fed\n      callbacks:\n\
+         \x20       check_event_for_spam: {deny_if: \"buy pills\"}\n\
+         \x20       should_drop_federated_event: {deny_if: \"drop me\"}\n\
+         \x20       federated_user_may_invite: {deny_if: \"@mallory\", then: {deny: M_LIMIT_EXCEEDED}}\n\
+         \x20       user_may_invite: {deny_if: \"@eve\"}\n",
+    )
+    .await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = public_room(&a.server, &alice).await;
+    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    assert_eq!(s, 200, "{body}");
+
+    // Spam from another server: the sender hears nothing, B stores it redacted and soft-failed.
+    let (s, spam) = a.server.send_text(&alice, &room, "buy pills now").await;
+    assert_eq!(s, 200, "the sender gets no error");
+    let (s, _) = a.server.send_text(&alice, &room, "drop me please").await;
+    assert_eq!(s, 200);
+    a.server.send_text(&alice, &room, "an honest message").await;
+    wait_for_event(&b.server, &bob, &room, text_is("an honest message")).await;
+    let (s, page) =
+        b.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&bob.token)).await;
+    assert_eq!(s, 200);
+    let bodies: Vec<String> =
+        page["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].to_string()).collect();
+    assert!(!bodies.iter().any(|b| b.contains("pills") || b.contains("drop me")), "{bodies:?}");
+    let calls = b.server.calls("fed").await;
+    let called = |name: &str, needle: &str| {
+        calls.iter().any(|c| c["callback"] == name && c["args"].to_string().contains(needle))
+    };
+    assert!(called("check_event_for_spam", "buy pills now"), "check_event_for_spam ran on the federated event");
+    assert!(called("should_drop_federated_event", "drop me please"));
+    // The spammy event is kept, redacted: its body is gone.
+    let (s, stored) = b
+        .server
+        .get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", spam["event_id"].as_str().unwrap()), Some(&bob.token))
+        .await;
+    assert_eq!(s, 200, "{stored}");
+    assert!(stored["content"].get("body").is_none(), "stored redacted: {stored}");
+
+    // Invites: federated_user_may_invite's code reaches the inviter; then user_may_invite.
+    let mallory = a.server.register("mallory").await;
+    let eve = a.server.register("eve").await;
+    let r2 = a.server.create_room(&mallory, json!({"preset": "private_chat"})).await;
+    let (s, body) = a.server.invite(&mallory, &r2, &bob.user_id).await;
+    assert_eq!((s, body["errcode"].as_str()), (403, Some("M_LIMIT_EXCEEDED")), "{body}");
+    let r3 = a.server.create_room(&eve, json!({"preset": "private_chat"})).await;
+    let (s, body) = a.server.invite(&eve, &r3, &bob.user_id).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("not permitted to send invites"), "{body}");
+    let calls = b.server.calls("fed").await;
+    let user_may_invite: Vec<&Value> = calls.iter().filter(|c| c["callback"] == "user_may_invite").collect();
+    assert_eq!(user_may_invite.len(), 1, "not asked after federated_user_may_invite refused: {user_may_invite:?}");
+    assert_eq!(user_may_invite[0]["args"], json!([eve.user_id, bob.user_id, r3]));
+    // Neither refused invite left anything behind.
+    let sync = b.server.sync(&bob, None, 0).await;
+    assert!(sync["rooms"]["invite"].get(&r2).is_none() && sync["rooms"]["invite"].get(&r3).is_none());
+    // An allowed one still works.
+    let r4 = a.server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (s, body) = a.server.invite(&alice, &r4, &bob.user_id).await;
+    assert_eq!(s, 200, "{body}");
+}

@@ -147,3 +147,58 @@ async fn myelin_and_synapse_join_each_others_rooms_and_talk() {
     assert_eq!(s, 200);
     wait_for_event(&myelin.server, &mia, &room2, text_is("Synapse in Myelin's room")).await;
 }
+
+#[tokio::test]
+async fn invites_and_leaves_between_myelin_and_synapse() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.server.log_text(), synapse_log(&synapse.server));
+
+    // Synapse invites a Myelin user; she sees the invite, joins, talks, leaves.
+    let room = synapse.server.create_room(&sam, json!({"preset": "private_chat", "name": "From Synapse"})).await;
+    let (s, body) = synapse.server.invite(&sam, &room, &mia.user_id).await;
+    assert_eq!(s, 200, "Synapse invites Myelin's user: {body}\n{}", logs());
+    let sync = myelin.server.sync(&mia, None, 0).await;
+    let invite = sync["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(invite.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "From Synapse"), "{sync}");
+    let (s, body) = myelin.server.join(&mia, &encode(&room)).await;
+    assert_eq!(s, 200, "join after Synapse's invite: {body}\n{}", logs());
+    myelin.server.send_text(&mia, &room, "thanks for the invite").await;
+    wait_for_event(&synapse.server, &sam, &room, text_is("thanks for the invite")).await;
+    let (s, _) =
+        myelin.server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&mia.token), json!({})).await;
+    assert_eq!(s, 200);
+    crate::federating::eventually("Mia's leave reaches Synapse", || async {
+        let (s, b) = synapse
+            .server
+            .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", mia.user_id), Some(&sam.token))
+            .await;
+        s == 200 && b["membership"] == "leave"
+    })
+    .await;
+
+    // Myelin invites a Synapse user, who joins.
+    let room2 = myelin.server.create_room(&mia, json!({"preset": "private_chat"})).await;
+    let (s, body) = myelin.server.invite(&mia, &room2, &sam.user_id).await;
+    assert_eq!(s, 200, "Myelin invites Synapse's user: {body}\n{}", logs());
+    let (s, body) = synapse.server.join(&sam, &encode(&room2)).await;
+    assert_eq!(s, 200, "Synapse joins after Myelin's invite: {body}\n{}", logs());
+    synapse.server.send_text(&sam, &room2, "joined via invite").await;
+    wait_for_event(&myelin.server, &mia, &room2, text_is("joined via invite")).await;
+
+    // A Synapse invite the Myelin user rejects.
+    let room3 = synapse.server.create_room(&sam, json!({"preset": "private_chat"})).await;
+    let (s, _) = synapse.server.invite(&sam, &room3, &mia.user_id).await;
+    assert_eq!(s, 200);
+    let (s, body) =
+        myelin.server.post(&format!("/_matrix/client/v3/rooms/{room3}/leave"), Some(&mia.token), json!({})).await;
+    assert_eq!(s, 200, "reject Synapse's invite: {body}\n{}", logs());
+    let (s, b) = synapse
+        .server
+        .get(&format!("/_matrix/client/v3/rooms/{room3}/state/m.room.member/{}", mia.user_id), Some(&sam.token))
+        .await;
+    assert_eq!((s, b["membership"].as_str()), (200, Some("leave")), "{b}");
+}

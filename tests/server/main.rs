@@ -281,6 +281,26 @@ impl Module for Scripted {
                 decision
             ));
         }
+        if let Some(spec) = cb.get("federated_user_may_invite") {
+            cbs.federated_user_may_invite = Some(scripted!(
+                log,
+                label,
+                spec,
+                "federated_user_may_invite",
+                |event: EventView| json!([Value::Object(event.as_json().clone())]),
+                decision
+            ));
+        }
+        if let Some(spec) = cb.get("should_drop_federated_event") {
+            cbs.should_drop_federated_event = Some(scripted!(
+                log,
+                label,
+                spec,
+                "should_drop_federated_event",
+                |event: EventView| json!([Value::Object(event.as_json().clone())]),
+                |o| -> Result<bool, ModuleError> { Ok(!matches!(fail(o)?, Outcome::Allow)) }
+            ));
+        }
         api.register_spam_checker_callbacks(cbs)?;
 
         for path in config.web {

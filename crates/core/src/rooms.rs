@@ -163,6 +163,9 @@ pub(crate) struct AppendOptions {
     /// Whether `check_event_for_spam` applies (non-membership events from clients and modules,
     /// but not createRoom's initial events).
     pub spam_check: bool,
+    /// An invite of this remote user, with the room summary to show them: their server signs
+    /// the event before it is stored.
+    pub remote_invite: Option<(String, Vec<Value>)>,
 }
 
 /// The result of appending an event.
@@ -512,7 +515,10 @@ impl Homeserver {
         if let Some(existing) = self.txn_event(&options).await? {
             return Ok(existing);
         }
-        let checked = self.build_checked(room_id, sender, kind, state_key, content, &options, &basis).await?;
+        let mut checked = self.build_checked(room_id, sender, kind, state_key, content, &options, &basis).await?;
+        if let Some((target, room_state)) = &options.remote_invite {
+            checked.json = self.invite_over_federation(room_id, &checked.json, target, room_state).await?;
+        }
         let state_change = match state_key {
             Some(key) => {
                 let entry = StateEntry {
@@ -1029,6 +1035,17 @@ impl Homeserver {
         mut content: Map<String, Value>,
     ) -> Result<Arc<Value>> {
         let sender = &requester.user_id;
+        // Rejecting an invite to a room this server is not in goes through the inviter.
+        if action == "leave"
+            && target == sender
+            && !self.participates_in(room_id).await?
+            && let Some(server) = self.invite_origin(room_id, target.as_str()).await?
+        {
+            let mut servers = vec![server];
+            servers.extend(room_id.server_name().map(|s| s.to_string()));
+            self.leave_remote_room(requester, room_id, &servers).await?;
+            return Ok(Arc::new(json!({})));
+        }
         let current = self.membership_of(room_id, target.as_str()).await?;
         if self.current_state(room_id).await?.is_none() {
             return Err(Error::not_found("No known servers"));
@@ -1092,9 +1109,15 @@ impl Homeserver {
         if let Some(r) = reason {
             content.insert("reason".into(), json!(r));
         }
-        let appended = self
-            .append_event(room_id, sender, "m.room.member", Some(target.as_str()), content, AppendOptions::default())
-            .await?;
+        // Read before the room's lock is taken (the summary reads the room's state).
+        let remote_invite = if membership == "invite" && !self.is_mine(target) {
+            Some((target.to_string(), self.stripped_state(room_id.as_str(), target.as_str()).await?))
+        } else {
+            None
+        };
+        let options = AppendOptions { remote_invite, ..AppendOptions::default() };
+        let appended =
+            self.append_event(room_id, sender, "m.room.member", Some(target.as_str()), content, options).await?;
         Ok(Arc::new(serde_json::from_str(&appended.json).map_err(Error::internal)?))
     }
 
@@ -1109,6 +1132,9 @@ impl Homeserver {
         // named, then the room ID's own server.
         if !self.participates_in(&room_id).await? {
             let mut servers: Vec<String> = via.to_vec();
+            if let Some(inviter) = self.invite_origin(&room_id, requester.user_id.as_str()).await? {
+                servers.push(inviter);
+            }
             if let Some(server) = room_id.server_name() {
                 servers.push(server.to_string());
             }
@@ -1150,7 +1176,14 @@ impl Homeserver {
         self.require_joined(&room_id, &requester.user_id).await?;
         let txn = Some((requester.user_id.to_string(), requester.device_id.clone(), txn_id.to_owned()));
         let appended = self
-            .append_event(&room_id, &requester.user_id, kind, None, content, AppendOptions { txn, spam_check: true })
+            .append_event(
+                &room_id,
+                &requester.user_id,
+                kind,
+                None,
+                content,
+                AppendOptions { txn, spam_check: true, remote_invite: None },
+            )
             .await?;
         Ok(appended.pdu.event_id.to_string())
     }
@@ -1194,7 +1227,7 @@ impl Homeserver {
                 kind,
                 Some(state_key),
                 content,
-                AppendOptions { txn: None, spam_check: true },
+                AppendOptions { txn: None, spam_check: true, remote_invite: None },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())
@@ -1229,7 +1262,7 @@ impl Homeserver {
                 "m.room.redaction",
                 None,
                 content,
-                AppendOptions { txn, spam_check: true },
+                AppendOptions { txn, spam_check: true, remote_invite: None },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())
@@ -1587,7 +1620,7 @@ impl Homeserver {
                 &kind,
                 state_key.as_deref(),
                 content,
-                AppendOptions { txn: None, spam_check: true },
+                AppendOptions { txn: None, spam_check: true, remote_invite: None },
             )
             .await?;
         Ok(appended.json)

@@ -355,9 +355,28 @@ impl Homeserver {
     }
 
     /// Stripped state shown with an invite.
-    async fn stripped_state(&self, room: &str, user: &str) -> Result<Vec<Value>> {
+    pub(crate) async fn stripped_state(&self, room: &str, user: &str) -> Result<Vec<Value>> {
         let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
         let state = self.current_state(&room_id).await?.unwrap_or_default();
+        // A room this server is not in: what the inviting server said of it, and the invite.
+        if !state.contains_key(&("m.room.create".to_owned(), String::new()))
+            && let Some(member) = state.get(&("m.room.member".to_owned(), user.to_owned()))
+        {
+            let invite = self.client_events(vec![member.to_string()]).await?;
+            let id = member.to_string();
+            let stored = self.db(move |s| s.get_event(&id)).await?;
+            let mut out: Vec<Value> = stored
+                .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+                .and_then(|v| v["unsigned"]["invite_room_state"].as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e["type"] != "m.room.member" || e["state_key"] != user)
+                .collect();
+            out.extend(invite.into_iter().map(
+                |e| json!({"type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"]}),
+            ));
+            return Ok(out);
+        }
         let keys = [
             ("m.room.create", ""),
             ("m.room.join_rules", ""),

@@ -30,6 +30,9 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
             .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(make_join))
             .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
+            .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(make_leave))
+            .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(send_leave))
+            .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite))
             .route("/_matrix/federation/v1/event/{event_id}", get(event));
     }
     app
@@ -128,4 +131,28 @@ async fn send_join(
 
 async fn event(State(hs): State<AppState>, Path(event_id): Path<String>, request: Signed) -> Answer {
     Ok(axum::Json(hs.federation_event(&request.origin, &event_id).await?))
+}
+
+async fn make_leave(
+    State(hs): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    Ok(axum::Json(hs.make_leave(&request.origin, &room_id, &user_id).await?))
+}
+
+async fn send_leave(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    Ok(axum::Json(hs.send_leave(&request.origin, &room_id, &event_id, request.body()?).await?))
+}
+
+async fn invite(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    Ok(axum::Json(hs.receive_invite(&request.origin, &room_id, &event_id, request.body()?).await?))
 }

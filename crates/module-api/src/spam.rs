@@ -191,7 +191,8 @@ pub type RoomConfig = Map<String, Value>;
 /// Since 0.1.
 #[derive(Default, Clone)]
 pub struct SpamCheckerCallbacks {
-    /// `(event)`: every non-membership event a local user or module sends.
+    /// `(event)`: every non-membership event a local user or module sends, and every event
+    /// received over federation.
     pub check_event_for_spam: Option<Callback<(EventView,), EventDecision>>,
     /// `(inviter, invitee, room_id)`.
     pub user_may_invite: Option<Callback<(String, String, String), Decision>>,
@@ -211,6 +212,12 @@ pub struct SpamCheckerCallbacks {
     pub check_registration_for_spam: Option<Callback<RegistrationArgs, RegistrationBehaviour>>,
     /// `(user_id, device_id, initial_display_name, request_info, auth_provider_id)`.
     pub check_login_for_spam: Option<Callback<LoginArgs, Decision>>,
-    /// `(file)`: every stored upload.
+    /// `(file)`: every stored upload, and every remote file fetched into the cache.
     pub check_media_file_for_spam: Option<Callback<(MediaFile,), Decision>>,
+    /// `(invite event)`: an invite of a local user arriving over federation; when it allows,
+    /// `user_may_invite` is asked too.
+    pub federated_user_may_invite: Option<Callback<(EventView,), Decision>>,
+    /// `(event)`: every event received over federation; `true` drops it unseen (the sending
+    /// server is told nothing).
+    pub should_drop_federated_event: Option<Callback<(EventView,), bool>>,
 }

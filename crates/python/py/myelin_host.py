@@ -161,7 +161,7 @@ def classify(kind, value):
         return {"done": True}
     if kind == "is_user_expired":
         return {"expired": None if value is None else bool(value)}
-    if kind == "check_username_for_spam":
+    if kind in ("check_username_for_spam", "should_drop_federated_event"):
         return {"bool": bool(value)}
     if kind == "check_registration_for_spam":
         if isinstance(value, RegistrationBehaviour):

@@ -551,6 +551,25 @@ impl PyHost {
                     },
                 ))
             }
+            "federated_user_may_invite" => {
+                cbs.federated_user_may_invite = Some(me.callback(
+                    "federated_user_may_invite",
+                    function,
+                    |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                    decision,
+                ))
+            }
+            "should_drop_federated_event" => {
+                cbs.should_drop_federated_event = Some(me.callback(
+                    "should_drop_federated_event",
+                    function,
+                    |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(false)),
+                    },
+                ))
+            }
             "user_may_invite" => {
                 cbs.user_may_invite = Some(me.callback(
                     "user_may_invite",

@@ -37,10 +37,11 @@ const SUPPORTED: &[&str] = &[
     "check_username_for_spam",
     "check_login_for_spam",
     "check_event_for_spam",
+    "federated_user_may_invite",
 ];
 
 /// The Python module's other callbacks: accepted in `enabled_callbacks`, not called yet.
-const NOT_YET: &[&str] = &["accept_make_join", "user_may_send_3pid_invite", "federated_user_may_invite"];
+const NOT_YET: &[&str] = &["accept_make_join", "user_may_send_3pid_invite"];
 
 /// Parsed config.
 pub struct Config {
@@ -272,6 +273,13 @@ impl Module for HttpAntispam {
                         Decision::Deny(d) => EventDecision::Deny(d),
                     })
                 }
+            }));
+        }
+        if on("federated_user_may_invite") {
+            let b = backend.clone();
+            cbs.federated_user_may_invite = Some(callback(move |event: EventView| {
+                let b = b.clone();
+                async move { b.decide("federated_user_may_invite", event_body(&event)).await }
             }));
         }
         api.register_spam_checker_callbacks(cbs)?;

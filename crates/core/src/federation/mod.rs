@@ -8,6 +8,7 @@
 //! [`verify_request`] check one against the origin's public key.
 
 pub(crate) mod client;
+mod invites;
 pub(crate) mod remote_keys;
 pub(crate) mod rooms;
 pub(crate) mod sender;

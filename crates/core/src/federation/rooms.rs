@@ -50,6 +50,8 @@ pub(crate) enum Outcome {
     Rejected(String),
     /// Stored before (nothing done).
     Known,
+    /// A module's `should_drop_federated_event` dropped it (not stored).
+    Dropped,
 }
 
 /// A received event, handled.
@@ -82,7 +84,7 @@ pub(crate) fn rules_for(version: &str) -> Option<RoomVersionRules> {
 }
 
 /// A received PDU, hashed: `(event ID, canonical object without event_id, JSON with it)`.
-fn identify(pdu: &Value, rules: &RoomVersionRules) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+pub(crate) fn identify(pdu: &Value, rules: &RoomVersionRules) -> Result<(OwnedEventId, CanonicalJsonObject)> {
     let Value::Object(map) = pdu else { return Err(Error::bad_json("PDU is not an object")) };
     let mut map = map.clone();
     map.remove("event_id");
@@ -244,6 +246,12 @@ impl Homeserver {
             }
         }
         let (mut json, pdu) = stored_json(&event_id, &object)?;
+        if self.modules.has_should_drop_federated_event() {
+            let view = EventView::new(serde_json::from_str(&json).map_err(Error::internal)?);
+            if self.modules.should_drop_federated_event(&view).await {
+                return Ok(Received { event_id, outcome: Outcome::Dropped, state_before: None, json });
+            }
+        }
         let mut spammy = false;
         if self.modules.has_check_event_for_spam() {
             let view = EventView::new(serde_json::from_str(&json).map_err(Error::internal)?);
@@ -391,6 +399,23 @@ impl Homeserver {
     /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`: a join event for `user_id` to
     /// fill in and sign, built on the room's current state.
     pub async fn make_join(&self, origin: &str, room_id: &str, user_id: &str, versions: &[String]) -> Result<Value> {
+        self.membership_template(origin, room_id, user_id, "join", Some(versions)).await
+    }
+
+    /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`: the same for a leave (an
+    /// invite rejected by a server that is not in the room).
+    pub async fn make_leave(&self, origin: &str, room_id: &str, user_id: &str) -> Result<Value> {
+        self.membership_template(origin, room_id, user_id, "leave", None).await
+    }
+
+    async fn membership_template(
+        &self,
+        origin: &str,
+        room_id: &str,
+        user_id: &str,
+        membership: &str,
+        versions: Option<&[String]>,
+    ) -> Result<Value> {
         let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
         let user = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
         if user.server_name().as_str() != origin {
@@ -401,8 +426,11 @@ impl Homeserver {
             self.db(move |s| s.get_room(&r)).await?.map(|r| r.room_version)
         }
         .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let versions: Vec<&str> =
-            if versions.is_empty() { vec!["1"] } else { versions.iter().map(String::as_str).collect() };
+        let versions: Vec<&str> = match versions {
+            Some([]) => vec!["1"],
+            Some(v) => v.iter().map(String::as_str).collect(),
+            None => vec![version.as_str()],
+        };
         if !versions.contains(&version.as_str()) {
             return Err(Error::new(
                 ErrorKind::Module { status: 400, errcode: "M_INCOMPATIBLE_ROOM_VERSION".into() },
@@ -413,17 +441,13 @@ impl Homeserver {
         let (rules, state, prev_events, depth) = {
             let guard = self.room_lock(&room_id).await?;
             let Some(cache) = guard.as_ref() else { return Err(Error::not_found("Unknown room")) };
-            let local_joined = cache
-                .state
-                .keys()
-                .any(|(t, k)| t == "m.room.member" && k.ends_with(&format!(":{}", self.server_name())));
-            if !local_joined {
-                return Err(Error::not_found("This server is not in the room"));
-            }
             let basis = cache.basis();
             (basis.rules, basis.state, basis.prev_events, basis.depth)
         };
-        let content: Map<String, Value> = [("membership".to_owned(), json!("join"))].into_iter().collect();
+        if !self.participates_in(&room_id).await? {
+            return Err(Error::not_found("This server is not in the room"));
+        }
+        let content: Map<String, Value> = [("membership".to_owned(), json!(membership))].into_iter().collect();
         let raw = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
         let auth_types = ruma::state_res::auth_types_for_event(
             &ruma::events::TimelineEventType::RoomMember,
@@ -473,9 +497,26 @@ impl Homeserver {
         }))
     }
 
+    /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: accepts a signed leave.
+    pub async fn send_leave(&self, origin: &str, room_id: &str, event_id: &str, pdu: &Value) -> Result<Value> {
+        self.send_membership(origin, room_id, event_id, pdu, "leave").await?;
+        Ok(json!({}))
+    }
+
     /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: accepts a signed join and
     /// answers with the room's state before it and the auth chain.
     pub async fn send_join(&self, origin: &str, room_id: &str, event_id: &str, pdu: &Value) -> Result<Value> {
+        self.send_membership(origin, room_id, event_id, pdu, "join").await
+    }
+
+    async fn send_membership(
+        &self,
+        origin: &str,
+        room_id: &str,
+        event_id: &str,
+        pdu: &Value,
+        membership: &str,
+    ) -> Result<Value> {
         let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
         let rules = {
             let guard = self.room_lock(&room_id).await?;
@@ -494,9 +535,9 @@ impl Homeserver {
                 .and_then(|c| c.as_object())
                 .and_then(|c| c.get("membership"))
                 .and_then(|m| m.as_str())
-                != Some("join")
+                != Some(membership)
         {
-            return Err(Error::bad_json("Not a join event"));
+            return Err(Error::bad_json(format!("Not a {membership} event")));
         }
         if sender.split_once(':').map(|(_, s)| s) != Some(origin) {
             return Err(Error::forbidden("The joining user is not from the server sending the join"));
@@ -508,8 +549,14 @@ impl Homeserver {
         let received = self.receive_pdu(&room_id, pdu, others).await?;
         match &received.outcome {
             Outcome::Accepted | Outcome::Known => {}
-            Outcome::SoftFailed => return Err(Error::forbidden("The join is not allowed by the room's current state")),
-            Outcome::Rejected(why) => return Err(Error::forbidden(format!("The join is not allowed: {why}"))),
+            Outcome::Dropped => return Err(Error::forbidden(format!("The {membership} was dropped"))),
+            Outcome::SoftFailed => {
+                return Err(Error::forbidden(format!("The {membership} is not allowed by the room's current state")));
+            }
+            Outcome::Rejected(why) => return Err(Error::forbidden(format!("The {membership} is not allowed: {why}"))),
+        }
+        if membership != "join" {
+            return Ok(json!({}));
         }
         let state_before = match received.state_before {
             Some(s) => s,

@@ -109,7 +109,7 @@ impl Homeserver {
                 let answer = match received.outcome {
                     Outcome::Rejected(why) => json!({"error": format!("Event rejected: {why}")}),
                     // Soft failure (spam included) is not the sender's business.
-                    Outcome::Accepted | Outcome::SoftFailed | Outcome::Known => json!({}),
+                    Outcome::Accepted | Outcome::SoftFailed | Outcome::Known | Outcome::Dropped => json!({}),
                 };
                 (received.event_id.to_string(), answer)
             }

@@ -52,6 +52,8 @@ spam_lists! {
     check_registration_for_spam: (Option<Value>, Option<String>, Vec<(String, String)>, Option<String>) -> RegistrationBehaviour;
     check_login_for_spam: (String, Option<String>, Option<String>, Vec<(String, String)>, Option<String>) -> Decision;
     check_media_file_for_spam: (MediaFile) -> Decision;
+    federated_user_may_invite: (EventView) -> Decision;
+    should_drop_federated_event: (EventView) -> bool;
 }
 
 /// Calls each callback in order until one's result is not an allow; returns that result.
@@ -102,6 +104,41 @@ impl ModuleRegistry {
             Some(EventDecision::DenyWithMessage(m)) => Err(Error::forbidden(m)),
             _ => Ok(()),
         }
+    }
+
+    /// `federated_user_may_invite`, then (if it allows) `user_may_invite`, for an invite that
+    /// arrived over federation. Both deny with Synapse's federation message.
+    pub async fn federated_user_may_invite(&self, invite: &EventView) -> Result<()> {
+        const MESSAGE: &str = "This user is not permitted to send invites to this server/user";
+        let list = &self.callbacks().spam.federated_user_may_invite;
+        if !list.is_empty() {
+            decide(list, "federated_user_may_invite", (invite.clone(),), MESSAGE).await?;
+        }
+        let list = &self.callbacks().spam.user_may_invite;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let field = |k: &str| invite.as_json().get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let args = (field("sender"), field("state_key"), field("room_id"));
+        decide(list, "user_may_invite", args, MESSAGE).await
+    }
+
+    /// `should_drop_federated_event`: whether any module drops the event. A module that fails
+    /// does not drop it (the failure is logged).
+    pub async fn should_drop_federated_event(&self, event: &EventView) -> bool {
+        let list = &self.callbacks().spam.should_drop_federated_event;
+        if list.is_empty() {
+            return false;
+        }
+        match first_objection(list, "should_drop_federated_event", (event.clone(),), |drop| !*drop).await {
+            Ok(found) => found.is_some(),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether any module wants `should_drop_federated_event`.
+    pub fn has_should_drop_federated_event(&self) -> bool {
+        !self.callbacks().spam.should_drop_federated_event.is_empty()
     }
 
     /// `user_may_invite`.

@@ -35,10 +35,10 @@ _SPAM_CALLBACKS = (
     "check_event_for_spam", "user_may_invite", "user_may_join_room", "user_may_create_room",
     "user_may_create_room_alias", "user_may_publish_room", "user_may_send_state_event",
     "check_username_for_spam", "check_registration_for_spam", "check_login_for_spam",
-    "check_media_file_for_spam",
+    "check_media_file_for_spam", "federated_user_may_invite", "should_drop_federated_event",
 )
-# Synapse accepts these too; Myelin cannot call them yet (they need federation or 3PID invites).
-_SPAM_CALLBACKS_NOT_YET = ("federated_user_may_invite", "user_may_send_3pid_invite", "should_drop_federated_event")
+# Synapse accepts this too; Myelin cannot call it yet (it needs 3PID invites).
+_SPAM_CALLBACKS_NOT_YET = ("user_may_send_3pid_invite",)
 
 
 class UserProfile(dict):
