@@ -10,6 +10,7 @@ mod e2ee; // keys, cross-signing, to-device, key backup
 mod ephemeral; // receipts, read markers, typing, presence
 mod federating; // two Myelins on loopback with TLS: joins, messages, restarts
 mod federation; // server keys, the federation version endpoint
+mod federation_abuse; // forged, misdirected, malformed and flooding federation input
 mod foundation; // the binary, config, storage, HTTP basics
 mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository

@@ -104,6 +104,18 @@ impl Homeserver {
             }
             Err(e) => return (format!("unknown:{room}"), json!({"error": e.message})),
         }
+        // The answer is keyed by event ID, failures included, whenever the PDU has one.
+        let rules = match self.room_lock(&room).await {
+            Ok(guard) => guard.as_ref().map(|c| c.rules.clone()),
+            Err(e) => return (format!("unknown:{room}"), json!({"error": e.message})),
+        };
+        let id = match rules.map(|r| super::rooms::identify(pdu, &r)) {
+            Some(Ok((id, _))) => id.to_string(),
+            Some(Err(e)) => {
+                return (format!("invalid:{}", crate::server::random_string(8)), json!({"error": e.message}));
+            }
+            None => return (format!("unknown:{room}"), json!({"error": format!("Unknown room {room}")})),
+        };
         match self.receive_pdu(&room, pdu, Vec::new()).await {
             Ok(received) => {
                 let answer = match received.outcome {
@@ -113,7 +125,7 @@ impl Homeserver {
                 };
                 (received.event_id.to_string(), answer)
             }
-            Err(e) => (format!("failed:{room}:{}", crate::server::random_string(8)), json!({"error": e.message})),
+            Err(e) => (id, json!({"error": e.message})),
         }
     }
 

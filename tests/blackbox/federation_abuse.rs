@@ -1,0 +1,267 @@
+//! Bad input over federation. The test speaks for a real second server B (a Myelin whose
+//! signing key the test wrote, so B publishes it and A can fetch it): it signs requests and
+//! events with B's key, or with the wrong one, and sends A what a broken or hostile server
+//! would.
+
+use base64::Engine;
+use ruma::CanonicalJsonObject;
+use ruma::signatures::Ed25519KeyPair;
+use serde_json::{Value, json};
+
+use crate::federating::{Peer, TestCa, eventually, free_port, peer_config, wait_for_event};
+use crate::harness::{Server, User};
+
+const PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+/// A signing key the test holds: written as a server's key file, or used to forge.
+struct Key {
+    pair: Ed25519KeyPair,
+    seed: [u8; 32],
+}
+
+impl Key {
+    fn new() -> Key {
+        let seed: [u8; 32] = rand_seed();
+        let mut der = PKCS8_PREFIX.to_vec();
+        der.extend_from_slice(&seed);
+        Key { pair: Ed25519KeyPair::from_der(&der, "test".into()).unwrap(), seed }
+    }
+
+    fn key_file(&self) -> String {
+        format!("ed25519 test {}\n", base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.seed))
+    }
+}
+
+fn rand_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = (crate::harness::rand_suffix() >> (i % 8)) as u8 ^ i as u8;
+    }
+    seed
+}
+
+fn canonical(v: Value) -> CanonicalJsonObject {
+    match ruma::CanonicalJsonValue::try_from(v).unwrap() {
+        ruma::CanonicalJsonValue::Object(o) => o,
+        _ => panic!("not an object"),
+    }
+}
+
+/// The `Authorization` header `origin` would send, signed with `key`.
+fn x_matrix(key: &Key, origin: &str, destination: &str, method: &str, uri: &str, content: Option<&Value>) -> String {
+    let mut object = json!({"method": method, "uri": uri, "origin": origin, "destination": destination});
+    if let Some(c) = content {
+        object["content"] = c.clone();
+    }
+    let mut object = canonical(object);
+    ruma::signatures::sign_json(origin, &key.pair, &mut object).unwrap();
+    let sig = object["signatures"].as_object().unwrap()[origin].as_object().unwrap()["ed25519:test"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    format!(r#"X-Matrix origin="{origin}",destination="{destination}",key="ed25519:test",sig="{sig}""#)
+}
+
+/// A signed PDU from `origin` and its event ID.
+fn pdu(key: &Key, origin: &str, fields: Value) -> (Value, String) {
+    let rules = ruma::RoomVersionId::V10.rules().unwrap();
+    let mut object = canonical(fields);
+    ruma::signatures::hash_and_sign_event(origin, &key.pair, &mut object, &rules.redaction).unwrap();
+    let id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    (serde_json::to_value(&object).unwrap(), id)
+}
+
+/// Speaks to A's federation listener as (or pretending to be) another server.
+struct Remote {
+    http: reqwest::Client,
+    base: String,
+    destination: String,
+}
+
+impl Remote {
+    fn new(ca: &TestCa, a: &Peer) -> Remote {
+        let pem = std::fs::read(ca.path("ca.pem")).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        Remote { http, base: format!("https://localhost:{}", a.port), destination: a.name.clone() }
+    }
+
+    async fn send(&self, method: &str, uri: &str, auth: Option<String>, body: Option<Vec<u8>>) -> (u16, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), format!("{}{uri}", self.base));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            req = req.header("Content-Type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request to A");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A `PUT /send` transaction from `origin` signed with `key`.
+    async fn transaction(&self, key: &Key, origin: &str, txn: &str, body: Value) -> (u16, Value) {
+        let uri = format!("/_matrix/federation/v1/send/{txn}");
+        let auth = x_matrix(key, origin, &self.destination, "PUT", &uri, Some(&body));
+        self.send("PUT", &uri, Some(auth), Some(body.to_string().into_bytes())).await
+    }
+
+    async fn get(&self, key: &Key, origin: &str, uri: &str) -> (u16, Value) {
+        let auth = x_matrix(key, origin, &self.destination, "GET", uri, None);
+        self.send("GET", uri, Some(auth), None).await
+    }
+}
+
+async fn state_id(a: &Server, alice: &User, room: &str, kind: &str, key: &str) -> String {
+    let (s, state) = a.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&alice.token)).await;
+    assert_eq!(s, 200);
+    state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == kind && e["state_key"] == key)
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no {kind}/{key} in {state}"))
+}
+
+#[tokio::test]
+async fn hostile_and_broken_federation_input_is_refused_and_the_room_carries_on() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    // B: a real Myelin with a key the test knows.
+    let b_key = Key::new();
+    let b_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/signing.key"), b_key.key_file()).unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(&ca, b_port, "")).unwrap();
+    let b = Peer { server: Server::start_in(dir).await, name: format!("localhost:{b_port}"), port: b_port };
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a.server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let (s, body) = b.server.join(&bob, &room.replace('!', "%21").replace(':', "%3A")).await;
+    assert_eq!(s, 200, "{body}");
+    let remote = Remote::new(&ca, &a);
+    let origin = b.name.clone();
+
+    // What a PDU from Bob in this room is built on.
+    let create = state_id(&a.server, &alice, &room, "m.room.create", "").await;
+    let power = state_id(&a.server, &alice, &room, "m.room.power_levels", "").await;
+    let bob_member = state_id(&a.server, &alice, &room, "m.room.member", &bob.user_id).await;
+    let (s, fetched) = remote.get(&b_key, &origin, &format!("/_matrix/federation/v1/event/{bob_member}")).await;
+    assert_eq!(s, 200, "B may fetch its own join from A: {fetched}");
+    let depth = fetched["pdus"][0]["depth"].as_u64().unwrap();
+    let message = |sender: &str, body: &str, auth: Vec<&str>| {
+        json!({
+            "room_id": room, "sender": sender, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": body},
+            "prev_events": [bob_member], "auth_events": auth, "depth": depth + 1,
+            "origin_server_ts": 1_700_000_000_000u64,
+        })
+    };
+
+    // Sanity: a well-formed, well-signed PDU from B is accepted.
+    let (good, good_id) =
+        pdu(&b_key, &origin, message(&bob.user_id, "crafted but honest", vec![&create, &power, &bob_member]));
+    let (s, answer) = remote
+        .transaction(&b_key, &origin, "t1", json!({"origin": origin, "origin_server_ts": 1, "pdus": [good]}))
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer["pdus"][&good_id], json!({}), "{answer}");
+    wait_for_event(&a.server, &alice, &room, |e| e["content"]["body"] == "crafted but honest").await;
+
+    // Request authentication: none, a forged signature, a key that is not B's, a wrong
+    // destination, a server name that cannot be reached.
+    let body = json!({"origin": origin, "origin_server_ts": 1, "pdus": []});
+    let (s, e) = remote.send("PUT", "/_matrix/federation/v1/send/t2", None, Some(body.to_string().into_bytes())).await;
+    assert_eq!((s, e["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "no signature: {e}");
+    let forger = Key::new();
+    let (s, e) = remote.transaction(&forger, &origin, "t3", body.clone()).await;
+    assert_eq!((s, e["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "forged: {e}");
+    let uri = "/_matrix/federation/v1/send/t4";
+    let misdirected = x_matrix(&b_key, &origin, "elsewhere.test", "PUT", uri, Some(&body));
+    let (s, e) = remote.send("PUT", uri, Some(misdirected), Some(body.to_string().into_bytes())).await;
+    assert_eq!((s, e["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "wrong destination: {e}");
+    let (s, e) = remote.transaction(&b_key, "localhost:1", "t5", json!({"origin": "localhost:1", "pdus": []})).await;
+    assert_eq!((s, e["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "unknown origin: {e}");
+
+    // A transaction claiming another origin than its signer.
+    let (s, e) = remote.transaction(&b_key, &origin, "t6", json!({"origin": "evil.test", "pdus": []})).await;
+    assert_eq!(s, 403, "{e}");
+
+    // Per-PDU failures: each fails alone and nothing of it is stored.
+    let (forged_pdu, forged_id) =
+        pdu(&forger, &origin, message(&bob.user_id, "forged event", vec![&create, &power, &bob_member]));
+    let (outsider, outsider_id) =
+        pdu(&b_key, &origin, message(&format!("@mallory:{origin}"), "not a member", vec![&create, &power]));
+    let (other_server, other_id) =
+        pdu(&b_key, &origin, message("@carol:localhost:1", "signed by the wrong server", vec![&create, &power]));
+    // Signed, then changed: the ID stays (the reference hash covers the redacted form).
+    let mut tampered = pdu(&b_key, &origin, message(&bob.user_id, "original", vec![&create, &power, &bob_member]));
+    tampered.0["content"]["body"] = json!("tampered on the way");
+    // Over the spec's 64 KiB (ruma will not sign one that large, so it is enlarged after).
+    let (mut huge, _) = pdu(&b_key, &origin, message(&bob.user_id, "small", vec![&create, &power, &bob_member]));
+    huge["content"]["body"] = json!("x".repeat(70_000));
+    let txn = json!({"origin": origin, "origin_server_ts": 1, "pdus": [
+        forged_pdu, outsider, other_server, tampered.0, huge, "not an object", {"room_id": room}, {"room_id": "!unknown:localhost:1"},
+    ]});
+    let (s, answer) = remote.transaction(&b_key, &origin, "t7", txn).await;
+    assert_eq!(s, 200, "a transaction with bad PDUs still succeeds: {answer}");
+    let results = answer["pdus"].as_object().unwrap();
+    assert!(results[&forged_id]["error"].is_string(), "forged signature: {answer}");
+    assert!(results[&outsider_id]["error"].as_str().unwrap().contains("rejected"), "fails auth: {answer}");
+    assert!(results[&other_id]["error"].is_string(), "unverifiable: {answer}");
+    assert_eq!(results.values().filter(|r| r.get("error").is_some()).count(), results.len() - 1, "{answer}");
+    // The tampered event is kept only redacted (its hash did not match): no body survives.
+    let (s, got) =
+        a.server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", tampered.1), Some(&alice.token)).await;
+    assert_eq!(s, 200, "{got}");
+    assert!(got["content"].get("body").is_none(), "{got}");
+    for id in [&forged_id, &outsider_id, &other_id] {
+        let (s, _) = a.server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(&alice.token)).await;
+        assert_eq!(s, 404, "{id} must not be stored");
+    }
+
+    // Too many PDUs, and bodies that are not JSON.
+    let many: Vec<Value> = (0..51).map(|i| json!({"n": i})).collect();
+    let (s, e) = remote.transaction(&b_key, &origin, "t8", json!({"origin": origin, "pdus": many})).await;
+    assert_eq!((s, e["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{e}");
+    let uri = "/_matrix/federation/v1/send/t9";
+    let (s, e) = remote
+        .send(
+            "PUT",
+            uri,
+            Some(x_matrix(&b_key, &origin, &remote.destination, "PUT", uri, None)),
+            Some(b"{nope".to_vec()),
+        )
+        .await;
+    assert_eq!((s, e["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{e}");
+
+    // A flood of transactions is answered, one at a time per origin, with no server error.
+    let floods =
+        (0..30).map(|i| {
+            let (remote, key, origin) = (&remote, &b_key, &origin);
+            async move {
+                remote.transaction(key, origin, &format!("flood{i}"), json!({"origin": origin, "pdus": []})).await.0
+            }
+        });
+    let statuses = futures::future::join_all(floods).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // A repeated transaction ID gets the first answer, without redoing it.
+    let (s, again) = remote.transaction(&b_key, &origin, "t1", json!({"origin": origin, "pdus": []})).await;
+    assert_eq!((s, &again["pdus"][&good_id]), (200, &json!({})), "{again}");
+
+    // The room is unharmed: both servers still talk.
+    a.server.send_text(&alice, &room, "still here").await;
+    wait_for_event(&b.server, &bob, &room, |e| e["content"]["body"] == "still here").await;
+    b.server.send_text(&bob, &room, "me too").await;
+    eventually("B's message reaches A", || async {
+        let (_, page) =
+            a.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"), Some(&alice.token)).await;
+        page["chunk"].as_array().is_some_and(|c| c.iter().any(|e| e["content"]["body"] == "me too"))
+    })
+    .await;
+}
