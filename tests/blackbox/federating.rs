@@ -391,3 +391,139 @@ async fn federated_spam_callbacks_act_on_events_and_invites() {
     let (s, body) = a.server.invite(&alice, &r4, &bob.user_id).await;
     assert_eq!(s, 200, "{body}");
 }
+
+fn device_keys(user: &User, curve: &str) -> Value {
+    json!({
+        "user_id": user.user_id,
+        "device_id": user.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {format!("curve25519:{}", user.device_id): curve, format!("ed25519:{}", user.device_id): format!("ed-{curve}")},
+        "signatures": {user.user_id.clone(): {format!("ed25519:{}", user.device_id): "sig"}},
+    })
+}
+
+#[tokio::test]
+async fn profiles_aliases_device_keys_and_to_device_messages_cross_servers() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let (s, _) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+            Some(&alice.token),
+            json!({"displayname": "Alice A."}),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // Profiles of remote users come from their server; unknown ones are 404.
+    let (s, profile) = b.server.get(&format!("/_matrix/client/v3/profile/{}", alice.user_id), Some(&bob.token)).await;
+    assert_eq!((s, profile["displayname"].as_str()), (200, Some("Alice A.")), "{profile}");
+    let (s, _) = b.server.get(&format!("/_matrix/client/v3/profile/@nobody:{}", a.name), Some(&bob.token)).await;
+    assert_eq!(s, 404);
+
+    // A remote alias resolves, and joining by it works.
+    let room = public_room(&a.server, &alice).await;
+    let alias = format!("#lobby:{}", a.name);
+    let (s, _) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/directory/room/{}", alias.replace('#', "%23")),
+            Some(&alice.token),
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, found) = b
+        .server
+        .get(&format!("/_matrix/client/v3/directory/room/{}", alias.replace('#', "%23")), Some(&bob.token))
+        .await;
+    assert_eq!((s, found["room_id"].as_str()), (200, Some(room.as_str())), "{found}");
+    assert!(found["servers"].as_array().unwrap().iter().any(|s| *s == a.name.as_str()), "{found}");
+    let (s, body) = b.server.join(&bob, &alias.replace('#', "%23").replace(':', "%3A")).await;
+    assert_eq!(s, 200, "join by remote alias: {body}");
+
+    // Device keys: uploaded on A, queried and claimed from B.
+    let otks = json!({"signed_curve25519:AAAA1": {"key": "one", "signatures": {}}});
+    let (s, _) = a
+        .server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.token),
+            json!({"device_keys": device_keys(&alice, "c1"), "one_time_keys": otks}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, keys) = b
+        .server
+        .post("/_matrix/client/v3/keys/query", Some(&bob.token), json!({"device_keys": {alice.user_id.clone(): []}}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        keys["device_keys"][&alice.user_id][&alice.device_id]["keys"][format!("curve25519:{}", alice.device_id)],
+        "c1",
+        "{keys}"
+    );
+    assert_eq!(keys["failures"], json!({}), "{keys}");
+    let (s, claimed) = b
+        .server
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            Some(&bob.token),
+            json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        claimed["one_time_keys"][&alice.user_id][&alice.device_id]["signed_curve25519:AAAA1"]["key"], "one",
+        "{claimed}"
+    );
+    // A server that cannot be reached is a failure, not an error.
+    let (s, keys) = b
+        .server
+        .post("/_matrix/client/v3/keys/query", Some(&bob.token), json!({"device_keys": {"@x:localhost:1": []}}))
+        .await;
+    assert_eq!(s, 200);
+    assert!(keys["failures"]["localhost:1"].is_object(), "{keys}");
+
+    // A new device key of Alice's is announced to B: Bob's sync lists her as changed.
+    let since = b.server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (s, _) = a
+        .server
+        .post("/_matrix/client/v3/keys/upload", Some(&alice.token), json!({"device_keys": device_keys(&alice, "c2")}))
+        .await;
+    assert_eq!(s, 200);
+    let mut since = since;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = b.server.sync(&bob, Some(&since), 1000).await;
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+        if body["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| *u == alice.user_id.as_str())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Alice's device change never reached Bob's sync");
+    }
+
+    // To-device messages cross too.
+    let (s, _) = b
+        .server
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.test/txn1",
+            Some(&bob.token),
+            json!({"messages": {alice.user_id.clone(): {alice.device_id.clone(): {"hello": "from B"}}}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually("the to-device message reaches Alice", || async {
+        let body = a.server.sync(&alice, None, 0).await;
+        body["to_device"]["events"].as_array().is_some_and(|e| {
+            e.iter().any(|m| {
+                m["type"] == "m.test" && m["sender"] == bob.user_id.as_str() && m["content"]["hello"] == "from B"
+            })
+        })
+    })
+    .await;
+}

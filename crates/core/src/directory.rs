@@ -97,6 +97,9 @@ impl Homeserver {
     /// `GET /directory/room/{alias}`: `(room_id, servers)`.
     pub async fn resolve_alias(&self, alias: &str) -> Result<(String, Vec<String>)> {
         let alias = parse_alias(alias)?;
+        if alias.server_name().as_str() != self.server_name() {
+            return self.remote_alias(alias.as_str(), alias.server_name().as_str()).await;
+        }
         let a = alias.to_string();
         match self.db(move |s| s.get_alias(&a)).await? {
             Some((room, _)) => Ok((room, vec![self.server_name().to_owned()])),

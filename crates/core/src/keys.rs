@@ -4,7 +4,7 @@
 //! The server never sees plaintext: it stores what clients upload, hands it out by the spec's
 //! rules, and tells `/sync` what changed. Key JSON is kept as sent; only structure is checked
 //! (user and device IDs must be the requester's, key IDs must be `algorithm:id`). Users on other
-//! servers are reported under `failures` until federation exists.
+//! servers are asked over federation (`federation::queries`); a server that fails is reported under `failures`.
 
 use std::collections::HashSet;
 
@@ -151,12 +151,13 @@ impl Homeserver {
         let changed = self.db(move |s| s.upload_keys(&u, &d, device_keys.as_deref(), &one_time, &fallback)).await?;
         if let Some(pos) = changed {
             self.advance_stream(pos);
+            self.announce_device_change(&user, &me.device_id, pos).await;
         }
         Ok(json!({"one_time_key_counts": self.key_counts(&user, &me.device_id).await?}))
     }
 
     /// A local user's device keys, each with its display name under `unsigned`.
-    async fn user_device_keys(&self, user: &str, only: &HashSet<String>) -> Result<Map<String, Value>> {
+    pub(crate) async fn user_device_keys(&self, user: &str, only: &HashSet<String>) -> Result<Map<String, Value>> {
         let u = user.to_owned();
         let (keys, devices) = self.db(move |s| Ok((s.device_keys(&u)?, s.get_devices(&u)?))).await?;
         let mut out = Map::new();
@@ -179,7 +180,8 @@ impl Homeserver {
         let wanted = object(body.get("device_keys").unwrap_or(&Value::Null), "device_keys")?;
         let mut device_keys = Map::new();
         let (mut master, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
-        let mut failures = Map::new();
+        let failures = Map::new();
+        let mut remote: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
         for (user_id, devices) in wanted {
             let user = self.local_user(user_id)?;
             let only: HashSet<String> = match devices {
@@ -188,10 +190,7 @@ impl Homeserver {
                 _ => return Err(bad(format!("device_keys.{user_id} must be a list of device IDs"))),
             };
             if !self.is_mine(&user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({"status": 503, "message": "Federation is not available on this server"}),
-                );
+                remote.entry(user.server_name().to_string()).or_default().insert(user_id.clone(), devices.clone());
                 continue;
             }
             device_keys.insert(user_id.clone(), Value::Object(self.user_device_keys(user_id, &only).await?));
@@ -207,13 +206,17 @@ impl Homeserver {
                 };
             }
         }
-        Ok(json!({
+        let mut out = json!({
             "device_keys": device_keys,
             "failures": failures,
             "master_keys": master,
             "self_signing_keys": self_signing,
             "user_signing_keys": user_signing,
-        }))
+        });
+        if !remote.is_empty() {
+            self.remote_keys_query(remote, &mut out).await;
+        }
+        Ok(out)
     }
 
     /// `POST /keys/claim`: one one-time key per requested device, else its fallback key.
@@ -221,15 +224,16 @@ impl Homeserver {
         let body = object(&body, "The request body")?;
         let wanted = object(body.get("one_time_keys").unwrap_or(&Value::Null), "one_time_keys")?;
         let mut claimed = Map::new();
-        let mut failures = Map::new();
+        let failures = Map::new();
+        let mut remote: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
         for (user_id, devices) in wanted {
             let user = self.local_user(user_id)?;
             let devices = object(devices, &format!("one_time_keys.{user_id}"))?;
             if !self.is_mine(&user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({"status": 503, "message": "Federation is not available on this server"}),
-                );
+                remote
+                    .entry(user.server_name().to_string())
+                    .or_default()
+                    .insert(user_id.clone(), Value::Object(devices.clone()));
                 continue;
             }
             let mut per_device = Map::new();
@@ -247,7 +251,11 @@ impl Homeserver {
                 claimed.insert(user_id.clone(), Value::Object(per_device));
             }
         }
-        Ok(json!({"one_time_keys": claimed, "failures": failures}))
+        let mut out = json!({"one_time_keys": claimed, "failures": failures});
+        if !remote.is_empty() {
+            self.remote_keys_claim(remote, &mut out).await;
+        }
+        Ok(out)
     }
 
     /// Users sharing a room with `me` (and `me`) whose device lists changed in `(from, to]`.
@@ -320,6 +328,7 @@ impl Homeserver {
         let u = user.clone();
         let pos = self.db(move |s| s.set_cross_signing_keys(&u, &rows)).await?;
         self.advance_stream(pos);
+        self.announce_device_change(&user, "", pos).await;
         Ok(json!({}))
     }
 
@@ -406,10 +415,15 @@ impl Homeserver {
         let body = object(&body, "The request body")?;
         let messages = object(body.get("messages").unwrap_or(&Value::Null), "messages")?;
         let mut queued = Vec::new();
+        let mut remote: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
         for (user_id, by_device) in messages {
             let user = self.local_user(user_id)?;
             let by_device = object(by_device, &format!("messages.{user_id}"))?;
             if !self.is_mine(&user) {
+                remote
+                    .entry(user.server_name().to_string())
+                    .or_default()
+                    .insert(user_id.clone(), Value::Object(by_device.clone()));
                 continue;
             }
             let u = user_id.clone();
@@ -432,8 +446,14 @@ impl Homeserver {
             }
         }
         let (u, d, t) = (me.user_id.to_string(), me.device_id.clone(), txn_id.to_owned());
-        if let Some(pos) = self.db(move |s| s.queue_to_device(&u, &d, &t, &queued)).await? {
+        let first_time = self.db(move |s| s.queue_to_device(&u, &d, &t, &queued)).await?;
+        if let Some(pos) = first_time {
             self.advance_stream(pos);
+        }
+        // Sent once per transaction ID, like the local part (a retry queues nothing).
+        if first_time.is_some() && !remote.is_empty() {
+            let message_id = format!("{}-{txn_id}", me.device_id);
+            self.send_remote_to_device(me.user_id.as_str(), event_type, &message_id, remote).await;
         }
         Ok(())
     }

@@ -1123,8 +1123,11 @@ impl Homeserver {
 
     /// Joins a room by ID.
     pub async fn join_room(&self, requester: &Requester, room_id: &str, via: &[String]) -> Result<OwnedRoomId> {
+        let mut via = via.to_vec();
         let room_id = if room_id.starts_with('#') {
-            parse_room_id(&self.resolve_alias(room_id).await?.0)?
+            let (room, servers) = self.resolve_alias(room_id).await?;
+            via.extend(servers);
+            parse_room_id(&room)?
         } else {
             parse_room_id(room_id)?
         };

@@ -734,6 +734,11 @@ impl Homeserver {
 
     /// `GET /profile/{userId}`.
     pub async fn get_profile(&self, user_id: &str) -> Result<Map<String, Value>> {
+        if let Ok(user) = ruma::OwnedUserId::try_from(user_id)
+            && !self.is_mine(&user)
+        {
+            return self.remote_profile(user_id).await;
+        }
         let u = user_id.to_owned();
         let exists = self.db(move |s| s.get_user(&u)).await?.is_some_and(|u| !u.deactivated);
         if !exists {

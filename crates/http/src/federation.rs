@@ -33,7 +33,12 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(make_leave))
             .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(send_leave))
             .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite))
-            .route("/_matrix/federation/v1/event/{event_id}", get(event));
+            .route("/_matrix/federation/v1/event/{event_id}", get(event))
+            .route("/_matrix/federation/v1/query/profile", get(query_profile))
+            .route("/_matrix/federation/v1/query/directory", get(query_directory))
+            .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
+            .route("/_matrix/federation/v1/user/keys/query", post(keys_query))
+            .route("/_matrix/federation/v1/user/keys/claim", post(keys_claim));
     }
     app
 }
@@ -155,4 +160,24 @@ async fn invite(
     request: Signed,
 ) -> Answer {
     Ok(axum::Json(hs.receive_invite(&request.origin, &room_id, &event_id, request.body()?).await?))
+}
+
+async fn query_profile(State(hs): State<AppState>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_profile(request.query.as_deref().unwrap_or_default()).await?))
+}
+
+async fn query_directory(State(hs): State<AppState>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_directory(request.query.as_deref().unwrap_or_default()).await?))
+}
+
+async fn user_devices(State(hs): State<AppState>, Path(user_id): Path<String>, _request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_user_devices(&user_id).await?))
+}
+
+async fn keys_query(State(hs): State<AppState>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_keys_query(request.body()?).await?))
+}
+
+async fn keys_claim(State(hs): State<AppState>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_keys_claim(request.body()?).await?))
 }

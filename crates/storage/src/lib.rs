@@ -264,6 +264,8 @@ pub trait FederationStore {
     fn outbox_destinations(&self) -> Result<Vec<String>>;
     /// Stores events outside the timeline (ignoring those already stored).
     fn persist_outliers(&self, events: &[OutlierEvent]) -> Result<()>;
+    /// Records that a (remote) user's device list changed; returns the stream position.
+    fn note_device_list_change(&self, user_id: &str) -> Result<i64>;
 }
 
 /// A room's summary row.

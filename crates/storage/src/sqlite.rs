@@ -1919,6 +1919,14 @@ impl FederationStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn note_device_list_change(&self, user_id: &str) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let pos = record_device_change(&tx, user_id)?;
+        tx.commit().map_err(backend)?;
+        Ok(pos)
+    }
+
     fn persist_outliers(&self, events: &[OutlierEvent]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;

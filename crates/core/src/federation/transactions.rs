@@ -161,6 +161,10 @@ impl Homeserver {
                     }
                 }
             }
+            Some("m.device_list_update" | "m.signing_key_update") => {
+                self.receive_device_list_update(origin, content).await
+            }
+            Some("m.direct_to_device") => self.receive_to_device(origin, content).await,
             _ => {}
         }
     }
