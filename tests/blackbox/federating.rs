@@ -527,3 +527,68 @@ async fn profiles_aliases_device_keys_and_to_device_messages_cross_servers() {
     })
     .await;
 }
+
+async fn download(server: &Server, user: &User, path: &str) -> (u16, Vec<u8>, String, Value) {
+    let resp = reqwest::Client::new().get(server.url(path)).bearer_auth(&user.token).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, bytes, ct, json)
+}
+
+#[tokio::test]
+async fn remote_media_is_fetched_cached_thumbnailed_and_spam_checked() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start_with(
+        &ca,
+        "modules:\n  - module: myelin.test.Scripted\n    config:\n      label: media\n      callbacks:\n\
+         \x20       check_media_file_for_spam: {deny_if: \"evil bytes\", then: {deny: M_NOT_WELCOME}}\n",
+    )
+    .await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let image = crate::media::png(64, 48);
+    let (s, up) = crate::media::upload(&a.server, &alice, image.clone(), "image/png", Some("pic.png")).await;
+    assert_eq!(s, 200, "{up}");
+    let mxc = up["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+
+    // Bob downloads Alice's file through B, which fetches it from A over federation.
+    let (s, bytes, ct, err) = download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{mxc}")).await;
+    assert_eq!(s, 200, "{err}\n{}", b.server.log_text());
+    assert_eq!((bytes, ct.as_str()), (image.clone(), "image/png"));
+    let (s, thumb, ct, _) =
+        download(&b.server, &bob, &format!("/_matrix/client/v1/media/thumbnail/{mxc}?width=32&height=32&method=crop"))
+            .await;
+    assert_eq!(s, 200, "{}", b.server.log_text());
+    assert!(ct.starts_with("image/") && !thumb.is_empty() && thumb != image, "{ct}");
+    let calls = b.server.calls("media").await;
+    assert!(
+        calls.iter().any(|c| c["callback"] == "check_media_file_for_spam" && c["args"][2] == a.name.as_str()),
+        "{calls:?}"
+    );
+
+    // Spam from another server: 404 with the module's code, and nothing kept.
+    let (s, up) = crate::media::upload(&a.server, &alice, b"evil bytes".to_vec(), "text/plain", None).await;
+    assert_eq!(s, 200);
+    let evil = up["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+    for _ in 0..2 {
+        let (s, _, _, err) = download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{evil}")).await;
+        assert_eq!(
+            (s, err["errcode"].as_str(), err["error"].as_str()),
+            (404, Some("M_NOT_WELCOME"), Some("Not found"))
+        );
+    }
+    // Unknown remote media and bad IDs are 404.
+    let (s, _, _, _) =
+        download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{}/nosuchmedia1", a.name)).await;
+    assert_eq!(s, 404);
+    let (s, _, _, _) = download(&b.server, &bob, "/_matrix/client/v1/media/download/localhost:1/whatever12").await;
+    assert!(s == 404 || s == 502, "{s}");
+
+    // Once cached, the file is served without A.
+    drop(a);
+    let (s, bytes, _, _) = download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{mxc}")).await;
+    assert_eq!((s, bytes), (200, image));
+}

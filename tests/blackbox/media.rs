@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-async fn upload(s: &Server, u: &User, body: Vec<u8>, content_type: &str, name: Option<&str>) -> (u16, Value) {
+pub async fn upload(s: &Server, u: &User, body: Vec<u8>, content_type: &str, name: Option<&str>) -> (u16, Value) {
     let mut url = s.url("/_matrix/media/v3/upload");
     if let Some(n) = name {
         url.push_str(&format!("?filename={n}"));
@@ -25,7 +25,7 @@ fn media_path(uri: &str) -> String {
 }
 
 /// A small PNG made with a real encoder (python's zlib), 64x48 pixels.
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub fn png(width: u32, height: u32) -> Vec<u8> {
     let out = std::process::Command::new("python3")
         .args(["-c", &format!(
             "import zlib,struct,sys\nw,h={width},{height}\nraw=b''.join(b'\\x00'+bytes(v for x in range(w) for v in (x*4%256,y*4%256,128)) for y in range(h))\n\

@@ -202,3 +202,99 @@ async fn invites_and_leaves_between_myelin_and_synapse() {
         .await;
     assert_eq!((s, b["membership"].as_str()), (200, Some("leave")), "{b}");
 }
+
+#[tokio::test]
+async fn profiles_media_and_keys_between_myelin_and_synapse() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.server.log_text(), synapse_log(&synapse.server));
+    for (server, user, name) in [(&synapse.server, &sam, "Sam S."), (&myelin.server, &mia, "Mia M.")] {
+        let (s, _) = server
+            .put(
+                &format!("/_matrix/client/v3/profile/{}/displayname", user.user_id),
+                Some(&user.token),
+                json!({"displayname": name}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    // Profiles both ways.
+    let (s, p) = myelin.server.get(&format!("/_matrix/client/v3/profile/{}", sam.user_id), Some(&mia.token)).await;
+    assert_eq!((s, p["displayname"].as_str()), (200, Some("Sam S.")), "{p}\n{}", logs());
+    let (s, p) = synapse.server.get(&format!("/_matrix/client/v3/profile/{}", mia.user_id), Some(&sam.token)).await;
+    assert_eq!((s, p["displayname"].as_str()), (200, Some("Mia M.")), "{p}\n{}", logs());
+
+    // Media both ways.
+    let image = crate::media::png(40, 30);
+    for (from, from_user, to, to_user) in
+        [(&synapse.server, &sam, &myelin.server, &mia), (&myelin.server, &mia, &synapse.server, &sam)]
+    {
+        let (s, up) = crate::media::upload(from, from_user, image.clone(), "image/png", Some("x.png")).await;
+        assert_eq!(s, 200, "{up}");
+        let mxc = up["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+        let resp = reqwest::Client::new()
+            .get(to.url(&format!("/_matrix/client/v1/media/download/{mxc}")))
+            .bearer_auth(&to_user.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{mxc}\n{}", logs());
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), image);
+    }
+
+    // Device keys: Synapse queries and claims a Myelin user's keys, and the other way round.
+    let device_keys = |u: &crate::harness::User, curve: &str| {
+        json!({
+            "user_id": u.user_id, "device_id": u.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {format!("curve25519:{}", u.device_id): curve, format!("ed25519:{}", u.device_id): format!("ed{curve}")},
+            "signatures": {u.user_id.clone(): {format!("ed25519:{}", u.device_id): "sig"}},
+        })
+    };
+    for (server, user, curve) in [(&synapse.server, &sam, "samcurve"), (&myelin.server, &mia, "miacurve")] {
+        let otk = json!({"signed_curve25519:AAAAAQ": {"key": format!("otk-{curve}"), "signatures": {}}});
+        let (s, b) = server
+            .post(
+                "/_matrix/client/v3/keys/upload",
+                Some(&user.token),
+                json!({"device_keys": device_keys(user, curve), "one_time_keys": otk}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    for (server, asker, target, curve) in
+        [(&myelin.server, &mia, &sam, "samcurve"), (&synapse.server, &sam, &mia, "miacurve")]
+    {
+        let (s, keys) = server
+            .post(
+                "/_matrix/client/v3/keys/query",
+                Some(&asker.token),
+                json!({"device_keys": {target.user_id.clone(): []}}),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            keys["device_keys"][&target.user_id][&target.device_id]["keys"][format!("curve25519:{}", target.device_id)],
+            curve,
+            "{keys}\n{}",
+            logs()
+        );
+        let (s, claimed) = server
+            .post(
+                "/_matrix/client/v3/keys/claim",
+                Some(&asker.token),
+                json!({"one_time_keys": {target.user_id.clone(): {target.device_id.clone(): "signed_curve25519"}}}),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            claimed["one_time_keys"][&target.user_id][&target.device_id]["signed_curve25519:AAAAAQ"]["key"],
+            format!("otk-{curve}"),
+            "{claimed}\n{}",
+            logs()
+        );
+    }
+}

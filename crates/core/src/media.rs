@@ -157,7 +157,10 @@ impl Homeserver {
 
     /// A stored file for download.
     pub async fn media(&self, server: &str, media_id: &str) -> Result<StoredMedia> {
-        if server != self.server_name() || !valid_media_id(media_id) {
+        if server != self.server_name() {
+            return self.remote_media(server, media_id).await;
+        }
+        if !valid_media_id(media_id) {
             return Err(not_found());
         }
         let id = media_id.to_owned();
@@ -193,6 +196,13 @@ impl Homeserver {
             _ => return Err(Error::invalid_param("method must be 'crop' or 'scale'")),
         };
         let original = self.media(server, media_id).await?;
+        // Remote files' thumbnails are kept apart from local ones (media IDs may collide).
+        let key = if server == self.server_name() {
+            media_id.to_owned()
+        } else {
+            crate::federation::media::remote_media_key(server, media_id)
+        };
+        let media_id = key.as_str();
         // The smallest standard size at least as big as asked for, else the biggest.
         let (tw, th, tm) = THUMBNAIL_SIZES
             .iter()

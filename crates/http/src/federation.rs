@@ -38,7 +38,9 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/query/directory", get(query_directory))
             .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
             .route("/_matrix/federation/v1/user/keys/query", post(keys_query))
-            .route("/_matrix/federation/v1/user/keys/claim", post(keys_claim));
+            .route("/_matrix/federation/v1/user/keys/claim", post(keys_claim))
+            .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
+            .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail));
     }
     app
 }
@@ -180,4 +182,61 @@ async fn keys_query(State(hs): State<AppState>, request: Signed) -> Answer {
 
 async fn keys_claim(State(hs): State<AppState>, request: Signed) -> Answer {
     Ok(axum::Json(hs.federation_keys_claim(request.body()?).await?))
+}
+
+async fn media_download(
+    State(hs): State<AppState>,
+    Path(media_id): Path<String>,
+    _request: Signed,
+) -> Result<axum::response::Response, MatrixError> {
+    multipart(hs.federation_media(&media_id).await?).await
+}
+
+async fn media_thumbnail(
+    State(hs): State<AppState>,
+    Path(media_id): Path<String>,
+    request: Signed,
+) -> Result<axum::response::Response, MatrixError> {
+    let param = |k: &str| request.query_all(k).into_iter().next();
+    let dim = |k: &str| -> Result<u32, MatrixError> {
+        param(k)
+            .ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "width and height are required"))?
+            .parse::<u32>()
+            .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "width and height must be integers"))
+    };
+    let (w, h) = (dim("width")?, dim("height")?);
+    let method = param("method").unwrap_or_else(|| "scale".into());
+    let server = hs.server_name().to_owned();
+    multipart(hs.thumbnail(&server, &media_id, w, h, &method).await?).await
+}
+
+/// The federation media answer: `multipart/mixed` with the (empty) metadata object first and
+/// the file second, streamed from disk.
+async fn multipart(media: myelin_core::media::StoredMedia) -> Result<axum::response::Response, MatrixError> {
+    use futures::StreamExt;
+    let file =
+        tokio::fs::File::open(&media.path).await.map_err(|_| MatrixError::new(ErrorKind::NotFound, "Not found"))?;
+    let boundary: String = format!("myelin{:016x}", rand_u64());
+    let head = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {}\r\n\r\n",
+        media.content_type
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(head))])
+        .chain(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024))
+        .chain(futures::stream::iter([Ok(bytes::Bytes::from(tail))]));
+    let mut response = axum::response::IntoResponse::into_response(axum::body::Body::from_stream(body));
+    if let Ok(v) = http::HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    Ok(response)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+    );
+    h.finish()
 }

@@ -267,6 +267,56 @@ impl FederationClient {
     }
 }
 
+impl FederationClient {
+    /// A request whose answer is bytes (media): `(content type, body)`, at most `limit`
+    /// bytes. Signed when `key` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request_bytes(
+        &self,
+        key: Option<&SigningKey>,
+        origin: &str,
+        server_name: &str,
+        path: &str,
+        limit: u64,
+        timeout: Duration,
+    ) -> std::result::Result<(String, bytes::Bytes), FederationFailure> {
+        let destination = self.discover(server_name).await.map_err(|e| FederationFailure::Unreachable(e.message))?;
+        self.check_literal(&destination).map_err(|e| FederationFailure::Unreachable(e.message))?;
+        let mut request = self.http.get(format!("{}{path}", destination.base_url())).timeout(timeout);
+        if let Some(key) = key {
+            let auth = super::sign_request(key, origin, server_name, "GET", path, None)
+                .map_err(|e| FederationFailure::Unreachable(e.message))?;
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| FederationFailure::Unreachable(format!("{server_name}: {}", error_chain(&e))))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        if status != 200 {
+            let body = read_json(response).await.unwrap_or(Value::Null);
+            return Err(FederationFailure::Refused(RemoteError { status, body }));
+        }
+        if response.content_length().is_some_and(|l| l > limit) {
+            return Err(FederationFailure::Refused(RemoteError { status: 413, body: Value::Null }));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| FederationFailure::Unreachable(error_chain(&e)))? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(FederationFailure::Refused(RemoteError { status: 413, body: Value::Null }));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((content_type, body.freeze()))
+    }
+}
+
 /// Why a federation request failed.
 #[derive(Debug)]
 pub(crate) enum FederationFailure {

@@ -9,6 +9,7 @@
 
 pub(crate) mod client;
 mod invites;
+pub(crate) mod media;
 mod queries;
 pub(crate) mod remote_keys;
 pub(crate) mod rooms;

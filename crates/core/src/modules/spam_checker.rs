@@ -279,4 +279,19 @@ impl ModuleRegistry {
             None => Ok(()),
         }
     }
+
+    /// `check_media_file_for_spam` on a remote file fetched into the cache: a denial is
+    /// Synapse's `SpamMediaException`, 404 with the module's errcode (extra fields dropped).
+    pub async fn check_remote_media_file_for_spam(&self, file: MediaFile) -> Result<()> {
+        let list = &self.callbacks().spam.check_media_file_for_spam;
+        if list.is_empty() {
+            return Ok(());
+        }
+        match first_objection(list, "check_media_file_for_spam", (file,), |d| *d == Decision::Allow).await? {
+            Some(Decision::Deny(d)) => {
+                Err(Error::new(ErrorKind::Module { status: 404, errcode: d.errcode }, "Not found"))
+            }
+            Some(Decision::Allow) | None => Ok(()),
+        }
+    }
 }
