@@ -40,9 +40,20 @@ impl TestCa {
     }
 }
 
-/// A free loopback port (bound and released; the server binds it right after).
+/// A free loopback port for a server to bind right after. Taken from 20000-29999, below the
+/// kernel's ephemeral range (so no outgoing connection holds it), in an order no other test of
+/// this process repeats, and checked by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20000 + (std::process::id() % 400) * 25;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 10000) as u16;
+        let port = if port >= 30000 { port - 10000 } else { port };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A Myelin on `localhost:<federation_port>`: a plain client listener (first, so the harness

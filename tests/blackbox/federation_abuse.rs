@@ -127,25 +127,49 @@ async fn state_id(a: &Server, alice: &User, room: &str, kind: &str, key: &str) -
         .unwrap_or_else(|| panic!("no {kind}/{key} in {state}"))
 }
 
-#[tokio::test]
-async fn hostile_and_broken_federation_input_is_refused_and_the_room_carries_on() {
-    let ca = TestCa::new();
-    let a = Peer::start(&ca).await;
-    // B: a real Myelin with a key the test knows.
-    let b_key = Key::new();
-    let b_port = free_port();
+/// A (resident, Alice's public room) and B (Bob joined), with B's key in the test's hands.
+struct Setup {
+    ca: TestCa,
+    a: Peer,
+    a_key: Key,
+    b: Peer,
+    b_key: Key,
+    alice: User,
+    bob: User,
+    room: String,
+    remote: Remote,
+    origin: String,
+}
+
+/// A real Myelin whose signing key the test wrote.
+async fn peer_with_key(ca: &TestCa) -> (Peer, Key) {
+    let key = Key::new();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("data/signing.key"), b_key.key_file()).unwrap();
-    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(&ca, b_port, "")).unwrap();
-    let b = Peer { server: Server::start_in(dir).await, name: format!("localhost:{b_port}"), port: b_port };
+    std::fs::write(dir.path().join("data/signing.key"), key.key_file()).unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(ca, port, "")).unwrap();
+    (Peer { server: Server::start_in(dir).await, name: format!("localhost:{port}"), port }, key)
+}
+
+async fn setup() -> Setup {
+    let ca = TestCa::new();
+    let (a, a_key) = peer_with_key(&ca).await;
+    let (b, b_key) = peer_with_key(&ca).await;
     let alice = a.server.register("alice").await;
     let bob = b.server.register("bob").await;
-    let room = a.server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let room =
+        a.server.create_room(&alice, json!({"preset": "public_chat", "name": "Lobby", "visibility": "public"})).await;
     let (s, body) = b.server.join(&bob, &room.replace('!', "%21").replace(':', "%3A")).await;
     assert_eq!(s, 200, "{body}");
     let remote = Remote::new(&ca, &a);
     let origin = b.name.clone();
+    Setup { ca, a, a_key, b, b_key, alice, bob, room, remote, origin }
+}
+
+#[tokio::test]
+async fn hostile_and_broken_federation_input_is_refused_and_the_room_carries_on() {
+    let Setup { a, b, b_key, alice, bob, room, remote, origin, .. } = setup().await;
 
     // What a PDU from Bob in this room is built on.
     let create = state_id(&a.server, &alice, &room, "m.room.create", "").await;
@@ -264,4 +288,123 @@ async fn hostile_and_broken_federation_input_is_refused_and_the_room_carries_on(
         page["chunk"].as_array().is_some_and(|c| c.iter().any(|e| e["content"]["body"] == "me too"))
     })
     .await;
+}
+
+#[tokio::test]
+async fn room_history_is_served_to_servers_in_the_room_only() {
+    let Setup { a, b_key, alice, room, remote, origin, .. } = setup().await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let (_, body) = a.server.send_text(&alice, &room, &format!("history {i}")).await;
+        sent.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A").replace('$', "%24");
+    let last = sent.last().unwrap().clone();
+
+    // The state before an event, as IDs and as events.
+    let (s, ids) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&last)))
+        .await;
+    assert_eq!(s, 200, "{ids}");
+    crate::harness::assert_federation_schema("/_matrix/federation/v1/state_ids/{roomId}", "get", 200, &ids);
+    assert!(ids["pdu_ids"].as_array().unwrap().len() >= 6, "create, members, power levels, rules, name...: {ids}");
+    let (s, state) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/state/{}?event_id={}", enc(&room), enc(&last)))
+        .await;
+    assert_eq!(s, 200, "{state}");
+    crate::harness::assert_federation_schema("/_matrix/federation/v1/state/{roomId}", "get", 200, &state);
+    assert!(
+        state["pdus"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Lobby")
+    );
+    assert_eq!(state["pdus"].as_array().unwrap().len(), ids["pdu_ids"].as_array().unwrap().len());
+
+    // Backfill walks back from the event given; get_missing_events fills between two points.
+    let (s, back) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/backfill/{}?v={}&limit=3", enc(&room), enc(&last)))
+        .await;
+    assert_eq!(s, 200, "{back}");
+    crate::harness::assert_federation_schema("/_matrix/federation/v1/backfill/{roomId}", "get", 200, &back);
+    let bodies: Vec<&str> =
+        back["pdus"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["history 4", "history 3", "history 2"]);
+    let uri = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+    let body = json!({"earliest_events": [sent[1]], "latest_events": [last], "limit": 10});
+    let auth = x_matrix(&b_key, &origin, &remote.destination, "POST", &uri, Some(&body));
+    let (s, missing) = remote.send("POST", &uri, Some(auth), Some(body.to_string().into_bytes())).await;
+    assert_eq!(s, 200, "{missing}");
+    let bodies: Vec<&str> =
+        missing["events"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["history 2", "history 3"], "between the earliest and the latest, oldest first");
+
+    // The room directory.
+    let (s, dir) = remote.get(&b_key, &origin, "/_matrix/federation/v1/publicRooms").await;
+    assert_eq!(s, 200, "{dir}");
+    assert!(
+        dir["chunk"].as_array().unwrap().iter().any(|r| r["room_id"] == room.as_str() && r["name"] == "Lobby"),
+        "{dir}"
+    );
+
+    // A server with nobody in the room sees none of it; unknown events are 404.
+    let stranger = Key::new();
+    let (s, _) = remote
+        .get(&stranger, &origin, &format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&last)))
+        .await;
+    assert_eq!(s, 401, "a forged request");
+    let (s, e) =
+        remote.get(&b_key, &origin, &format!("/_matrix/federation/v1/state_ids/{}?event_id=%24nope", enc(&room))).await;
+    assert_eq!(s, 404, "{e}");
+    let (s, e) = remote.get(&b_key, &origin, &format!("/_matrix/federation/v1/state_ids/{}", enc(&room))).await;
+    assert_eq!((s, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    let other = a.server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (_, o) = a.server.send_text(&alice, &other, "private").await;
+    let (s, e) = remote
+        .get(
+            &b_key,
+            &origin,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                enc(&other),
+                enc(o["event_id"].as_str().unwrap())
+            ),
+        )
+        .await;
+    assert_eq!((s, e["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{e}");
+}
+
+#[tokio::test]
+async fn an_event_with_unknown_parents_makes_the_receiver_fetch_them_from_the_sender() {
+    let Setup { ca, a, a_key, b, b_key, alice, bob, room, remote, origin } = setup().await;
+    // Bob's two events, the second on the first, both given to B (as if from A)...
+    let create = state_id(&a.server, &alice, &room, "m.room.create", "").await;
+    let power = state_id(&a.server, &alice, &room, "m.room.power_levels", "").await;
+    let bob_member = state_id(&a.server, &alice, &room, "m.room.member", &bob.user_id).await;
+    let (s, fetched) = remote.get(&b_key, &origin, &format!("/_matrix/federation/v1/event/{bob_member}")).await;
+    assert_eq!(s, 200);
+    let depth = fetched["pdus"][0]["depth"].as_u64().unwrap();
+    let event = |body: &str, prev: &str, depth: u64| {
+        json!({
+            "room_id": room, "sender": bob.user_id, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": body}, "prev_events": [prev],
+            "auth_events": [create, power, bob_member], "depth": depth, "origin_server_ts": 1_700_000_000_000u64,
+        })
+    };
+    let (first, first_id) = pdu(&b_key, &origin, event("the one in between", &bob_member, depth + 1));
+    let (second, second_id) = pdu(&b_key, &origin, event("the one after", &first_id, depth + 2));
+    let to_b = Remote::new(&ca, &b);
+    let (s, answer) =
+        to_b.transaction(&a_key, &a.name, "gap1", json!({"origin": a.name, "pdus": [first, second.clone()]})).await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!((&answer["pdus"][&first_id], &answer["pdus"][&second_id]), (&json!({}), &json!({})), "{answer}");
+
+    // ...and only the second to A, from B: A asks B for what lies between.
+    let (s, answer) = remote.transaction(&b_key, &origin, "gap2", json!({"origin": origin, "pdus": [second]})).await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer["pdus"][&second_id], json!({}), "{answer}");
+    let (s, got) = a.server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{first_id}"), Some(&alice.token)).await;
+    assert_eq!((s, got["content"]["body"].as_str()), (200, Some("the one in between")), "fetched as missing: {got}");
+    let (_, page) =
+        a.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3"), Some(&alice.token)).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(&bodies[..2], &["the one after", "the one in between"], "{page}");
 }

@@ -82,7 +82,11 @@ async fn bad_media_ids_never_leave_the_store() {
     }
     let resp = reqwest::get(s.url("/_matrix/media/v3/download/test/../../../../etc/passwd")).await.unwrap();
     assert!(resp.status() == 404 || resp.status() == 400);
-    assert_eq!(s.get("/_matrix/media/v3/download/elsewhere/abcdefgh", None).await.0, 404);
+    // Another server's file: not fetched when asked not to, and a server that cannot be reached
+    // is a 502 (as on Synapse).
+    assert_eq!(s.get("/_matrix/media/v3/download/elsewhere.invalid/abcdefgh?allow_remote=false", None).await.0, 404);
+    let (st, b) = s.get("/_matrix/media/v3/download/elsewhere.invalid/abcdefgh", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (502, Some("M_UNKNOWN")), "{b}");
 }
 
 #[tokio::test]

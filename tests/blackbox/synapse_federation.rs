@@ -14,8 +14,6 @@ const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv
 /// A Synapse on `localhost:<port>`: plain client listener and TLS federation listener.
 struct SynapsePeer {
     server: Server,
-    /// Its server name, `localhost:<federation port>`.
-    name: String,
 }
 
 impl SynapsePeer {
@@ -86,7 +84,7 @@ impl SynapsePeer {
             assert!(Instant::now() < deadline, "Synapse did not start; log:\n{}", synapse_log(&server));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        SynapsePeer { server, name }
+        SynapsePeer { server }
     }
 }
 
@@ -297,4 +295,44 @@ async fn profiles_media_and_keys_between_myelin_and_synapse() {
             logs()
         );
     }
+}
+
+#[tokio::test]
+async fn myelin_catches_up_on_what_synapse_sent_while_it_was_down() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let room = synapse.server.create_room(&sam, json!({"preset": "public_chat"})).await;
+    let (s, body) = myelin.server.join(&mia, &encode(&room)).await;
+    assert_eq!(s, 200, "{body}");
+    synapse.server.send_text(&sam, &room, "before").await;
+    wait_for_event(&myelin.server, &mia, &room, text_is("before")).await;
+
+    // Myelin goes down; Synapse's user keeps talking.
+    let crate::federating::Peer { server, name, port } = myelin;
+    let dir = server.stop();
+    for i in 0..5 {
+        let (s, _) = synapse.server.send_text(&sam, &room, &format!("missed {i}")).await;
+        assert_eq!(s, 200);
+    }
+    let myelin = crate::federating::Peer { server: Server::start_in(dir).await, name, port };
+    let mia = myelin.server.login("mia").await;
+    // Talking to Synapse again tells it Myelin is back; what it sends then may skip events
+    // (Synapse's catch-up sends the newest), which Myelin fetches as missing events.
+    myelin.server.send_text(&mia, &room, "back").await;
+    wait_for_event(&synapse.server, &sam, &room, text_is("back")).await;
+    crate::federating::eventually("every missed message reaches Myelin", || async {
+        let (_, page) = myelin
+            .server
+            .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=30"), Some(&mia.token))
+            .await;
+        let bodies: Vec<String> = page["chunk"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        (0..5).all(|i| bodies.contains(&format!("missed {i}")))
+    })
+    .await;
 }

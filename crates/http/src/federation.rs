@@ -39,6 +39,11 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/user/devices/{user_id}", get(user_devices))
             .route("/_matrix/federation/v1/user/keys/query", post(keys_query))
             .route("/_matrix/federation/v1/user/keys/claim", post(keys_claim))
+            .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
+            .route("/_matrix/federation/v1/state/{room_id}", get(state))
+            .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
+            .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(missing_events))
+            .route("/_matrix/federation/v1/publicRooms", get(public_rooms).post(public_rooms))
             .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
             .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail));
     }
@@ -239,4 +244,78 @@ fn rand_u64() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
     );
     h.finish()
+}
+
+impl Signed {
+    fn required(&self, key: &str) -> Result<String, MatrixError> {
+        self.query_all(key)
+            .into_iter()
+            .next()
+            .map(|v| percent_decoded(&v))
+            .ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, format!("Missing {key}")))
+    }
+}
+
+/// `%XX` escapes decoded (event IDs arrive with `$` escaped).
+fn percent_decoded(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn state_ids(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
+    let event = request.required("event_id")?;
+    Ok(axum::Json(hs.federation_state_ids(&request.origin, &room_id, &event).await?))
+}
+
+async fn state(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
+    let event = request.required("event_id")?;
+    Ok(axum::Json(hs.federation_state(&request.origin, &room_id, &event).await?))
+}
+
+async fn backfill(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
+    let from: Vec<String> = request.query_all("v").iter().map(|v| percent_decoded(v)).collect();
+    if from.is_empty() {
+        return Err(MatrixError::new(ErrorKind::MissingParam, "Missing v"));
+    }
+    let limit = request
+        .required("limit")?
+        .parse::<usize>()
+        .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "limit must be an integer"))?;
+    Ok(axum::Json(hs.federation_backfill(&request.origin, &room_id, &from, limit).await?))
+}
+
+async fn missing_events(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
+    Ok(axum::Json(hs.federation_missing_events(&request.origin, &room_id, request.body()?).await?))
+}
+
+async fn public_rooms(State(hs): State<AppState>, request: Signed) -> Answer {
+    let (limit, since, term) = match &request.body {
+        Some(body) => (
+            body["limit"].as_u64().map(|l| l as usize),
+            body["since"].as_str().map(str::to_owned),
+            body["filter"]["generic_search_term"].as_str().map(str::to_owned),
+        ),
+        None => (
+            request.query_all("limit").first().and_then(|l| l.parse().ok()),
+            request.query_all("since").first().map(|s| percent_decoded(s)),
+            None,
+        ),
+    };
+    Ok(axum::Json(hs.federation_public_rooms(limit, since.as_deref(), term.as_deref()).await?))
 }

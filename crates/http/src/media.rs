@@ -172,17 +172,34 @@ async fn send_file(media: StoredMedia, name_override: Option<String>) -> Result<
     Ok(response)
 }
 
+#[derive(Deserialize)]
+struct DownloadQuery {
+    allow_remote: Option<String>,
+}
+
+/// The legacy endpoints' `allow_remote=false`: another server's file is not fetched.
+fn remote_allowed(hs: &AppState, server: &str, q: &DownloadQuery) -> Result<(), MatrixError> {
+    if server != hs.server_name() && q.allow_remote.as_deref() == Some("false") {
+        return Err(MatrixError::new(myelin_core::ErrorKind::NotFound, "Not found"));
+    }
+    Ok(())
+}
+
 async fn download(
     State(hs): State<AppState>,
     Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response, MatrixError> {
+    remote_allowed(&hs, &server, &q)?;
     send_file(hs.media(&server, &media_id).await?, None).await
 }
 
 async fn download_named(
     State(hs): State<AppState>,
     Path((server, media_id, name)): Path<(String, String, String)>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response, MatrixError> {
+    remote_allowed(&hs, &server, &q)?;
     send_file(hs.media(&server, &media_id).await?, Some(name)).await
 }
 

@@ -77,7 +77,7 @@ impl Homeserver {
 
         if self.participates_in(&room_id).await? {
             // A room this server is in: the invite is a room event like any other.
-            self.receive_pdu(&room_id, &signed, Vec::new()).await?;
+            self.receive_pdu(Some(origin), &room_id, &signed, Vec::new()).await?;
         } else {
             let mut stored = view_object.clone();
             stored.insert(

@@ -8,6 +8,7 @@
 //! [`verify_request`] check one against the origin's public key.
 
 pub(crate) mod client;
+mod history;
 mod invites;
 pub(crate) mod media;
 mod queries;

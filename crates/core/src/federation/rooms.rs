@@ -112,7 +112,7 @@ fn stored_json(event_id: &OwnedEventId, object: &CanonicalJsonObject) -> Result<
 
 impl Homeserver {
     /// The parsed events of `ids` and every event in their auth chains, as far as stored.
-    async fn load_auth_closure(&self, ids: Vec<OwnedEventId>) -> Result<HashMap<OwnedEventId, Pdu>> {
+    pub(crate) async fn load_auth_closure(&self, ids: Vec<OwnedEventId>) -> Result<HashMap<OwnedEventId, Pdu>> {
         let mut all: HashMap<OwnedEventId, Pdu> = HashMap::new();
         let mut todo: Vec<OwnedEventId> = ids;
         while !todo.is_empty() {
@@ -164,7 +164,7 @@ impl Homeserver {
 
     /// The state after each of `prev_events`, resolved into one; `None` when a parent is not
     /// stored in the timeline.
-    async fn state_after_events(
+    pub(crate) async fn state_after_events(
         &self,
         rules: &RoomVersionRules,
         prev_events: &[OwnedEventId],
@@ -218,6 +218,7 @@ impl Homeserver {
     /// doc). `destinations` are servers to pass it on to (a resident server passes on joins).
     pub(crate) async fn receive_pdu(
         &self,
+        origin: Option<&str>,
         room_id: &RoomId,
         pdu_value: &Value,
         destinations: Vec<String>,
@@ -259,6 +260,11 @@ impl Homeserver {
                 spammy = true;
                 json = crate::events::redact_json(&json, &rules, None)?;
             }
+        }
+
+        // Parents this server has not seen are asked for first, from the server that sent it.
+        if let Some(origin) = origin {
+            self.fill_gap(origin, room_id, &event_id, &pdu.prev_events).await;
         }
 
         let mut guard = self.room_lock(room_id).await?;
@@ -546,7 +552,7 @@ impl Homeserver {
             let guard = self.room_lock(&room_id).await?;
             guard.as_ref().map(|c| c.destinations()).unwrap_or_default().into_iter().filter(|d| d != origin).collect()
         };
-        let received = self.receive_pdu(&room_id, pdu, others).await?;
+        let received = self.receive_pdu(Some(origin), &room_id, pdu, others).await?;
         match &received.outcome {
             Outcome::Accepted | Outcome::Known => {}
             Outcome::Dropped => return Err(Error::forbidden(format!("The {membership} was dropped"))),

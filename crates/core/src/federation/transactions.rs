@@ -73,7 +73,7 @@ impl Homeserver {
 
         let mut results = Map::new();
         for pdu in pdus {
-            let (id, result) = self.receive_transaction_pdu(pdu).await;
+            let (id, result) = self.receive_transaction_pdu(origin, pdu).await;
             results.insert(id, result);
         }
         for edu in edus {
@@ -89,7 +89,7 @@ impl Homeserver {
     }
 
     /// One PDU of a transaction: `(its event ID or a placeholder, {} or {"error": ...})`.
-    async fn receive_transaction_pdu(&self, pdu: &Value) -> (String, Value) {
+    async fn receive_transaction_pdu(&self, origin: &str, pdu: &Value) -> (String, Value) {
         let room = pdu.get("room_id").and_then(Value::as_str).and_then(|r| OwnedRoomId::try_from(r).ok());
         let Some(room) = room else {
             return (
@@ -116,7 +116,7 @@ impl Homeserver {
             }
             None => return (format!("unknown:{room}"), json!({"error": format!("Unknown room {room}")})),
         };
-        match self.receive_pdu(&room, pdu, Vec::new()).await {
+        match self.receive_pdu(Some(origin), &room, pdu, Vec::new()).await {
             Ok(received) => {
                 let answer = match received.outcome {
                     Outcome::Rejected(why) => json!({"error": format!("Event rejected: {why}")}),
