@@ -136,6 +136,40 @@ fn config_errors_use_synapses_format_exit_1_and_write_nothing() {
         &base_config("max_upload_size: lots\n"),
         "\nError in configuration at 'max_upload_size':\n  expected a size such as 50M\n",
     );
+    // Federation's keys.
+    assert_config_error(
+        &base_config("")
+            .replace("    bind_addresses: ['127.0.0.1']\n", "    tls: true\n    bind_addresses: ['127.0.0.1']\n"),
+        "\nError in configuration:\n  A TLS listener needs both 'tls_certificate_path' and 'tls_private_key_path'\n",
+    );
+    assert_config_error(
+        &base_config("ip_range_whitelist: ['127.0.0.0/8', 'nonsense']\n"),
+        "\nError in configuration at 'ip_range_whitelist.<item 1>':\n  expected an IP range\n",
+    );
+    assert_config_error(
+        &base_config("federation_custom_ca_list: [7]\n"),
+        "\nError in configuration at 'federation_custom_ca_list.<item 0>':\n  expected a string\n",
+    );
+    assert_config_error(
+        &base_config("federation_verify_certificates: sometimes\n"),
+        "\nError in configuration at 'federation_verify_certificates':\n  expected a boolean\n",
+    );
+}
+
+#[test]
+fn unreadable_tls_and_ca_files_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-cert.pem"), "hello").unwrap();
+    for (extra, key) in [
+        ("federation_custom_ca_list: [missing.pem]\n", "federation_custom_ca_list.<item 0>"),
+        ("federation_custom_ca_list: [not-a-cert.pem]\n", "federation_custom_ca_list.<item 0>"),
+        ("tls_certificate_path: missing.pem\ntls_private_key_path: missing.key\n", "tls_certificate_path"),
+    ] {
+        let path = write_config(dir.path(), &base_config(extra));
+        let (code, _, stderr) = run_cli(dir.path(), &["-c", path.to_str().unwrap(), "check-config"]);
+        assert_eq!(code, 1, "{extra}: {stderr}");
+        assert!(stderr.starts_with(&format!("\nError in configuration at '{key}':\n  ")), "{extra}: {stderr}");
+    }
 }
 
 #[test]

@@ -336,3 +336,54 @@ async fn the_native_module_answers_clients_exactly_as_the_python_original() {
         Some(json!({"user_id": "@alice:test", "room_alias": "#a:test"}))
     );
 }
+
+#[tokio::test]
+async fn federated_invites_and_events_reach_the_backend() {
+    use crate::federating::{Peer, TestCa};
+    let (backend, url) = Backend::start().await;
+    backend.answer("federated_user_may_invite", 403, r#"{"errcode": "M_FORBIDDEN", "error": "no thanks"}"#);
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start_with(
+        &ca,
+        &format!(
+            "modules:\n  - module: synapse_http_antispam.HTTPAntispam\n    config: {}\n",
+            json!({"base_url": url})
+        ),
+    )
+    .await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a.server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (s, body) = a.server.invite(&alice, &room, &bob.user_id).await;
+    assert_eq!((s, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let seen = backend.requests("federated_user_may_invite");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let event = &seen[0].1["event"];
+    assert_eq!(
+        (event["type"].as_str(), event["sender"].as_str()),
+        (Some("m.room.member"), Some(alice.user_id.as_str()))
+    );
+    assert_eq!(event["content"]["membership"], "invite");
+    assert!(event["event_id"].as_str().is_some_and(|e| e.starts_with('$')), "{event}");
+    assert!(backend.requests("user_may_invite").is_empty(), "not asked after a refusal");
+
+    // Allowed: the invite goes through, then user_may_invite is asked too; the messages of the
+    // room are checked by check_event_for_spam on B as they arrive.
+    backend.answer("federated_user_may_invite", 200, "{}");
+    let (s, body) = a.server.invite(&alice, &room, &bob.user_id).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(backend.requests("user_may_invite").len(), 1);
+    let (s, _) = b.server.join(&bob, &room.replace('!', "%21").replace(':', "%3A")).await;
+    assert_eq!(s, 200);
+    a.server.send_text(&alice, &room, "checked on arrival").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !backend
+        .requests("check_event_for_spam")
+        .iter()
+        .any(|(_, b)| b["event"]["content"]["body"] == "checked on arrival")
+    {
+        assert!(Instant::now() < deadline, "check_event_for_spam was not called on the federated event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -417,18 +417,45 @@ impl Config {
                 "A TLS listener needs both 'tls_certificate_path' and 'tls_private_key_path'",
             ));
         }
+        // Read now, as Synapse does, so that check-config finds a bad file.
+        {
+            use rustls_pki_types::pem::PemObject;
+            if let Some(path) = &tls_certificate_path {
+                let certs: Result<Vec<_>, _> =
+                    rustls_pki_types::CertificateDer::pem_file_iter(path).and_then(|c| c.collect());
+                match certs {
+                    Ok(c) if !c.is_empty() => {}
+                    Ok(_) => {
+                        return Err(w.err("tls_certificate_path", format!("{}: no certificate found", path.display())));
+                    }
+                    Err(e) => return Err(w.err("tls_certificate_path", format!("{}: {e}", path.display()))),
+                }
+            }
+            if let Some(path) = &tls_private_key_path
+                && let Err(e) = rustls_pki_types::PrivateKeyDer::from_pem_file(path)
+            {
+                return Err(w.err("tls_private_key_path", format!("{}: {e}", path.display())));
+            }
+        }
         let custom_ca_list = match root.get("federation_custom_ca_list") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => {
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
+                    let at = [String::from("federation_custom_ca_list"), format!("<item {i}>")];
                     let Value::String(p) = item else {
-                        return Err(ConfigError::at(
-                            &["federation_custom_ca_list".into(), format!("<item {i}>")],
-                            "expected a string",
-                        ));
+                        return Err(ConfigError::at(&at, "expected a string"));
                     };
-                    out.push(resolve(p.clone()));
+                    let path = resolve(p.clone());
+                    use rustls_pki_types::pem::PemObject;
+                    let certs: Result<Vec<_>, _> =
+                        rustls_pki_types::CertificateDer::pem_file_iter(&path).and_then(|c| c.collect());
+                    match certs {
+                        Ok(c) if !c.is_empty() => {}
+                        Ok(_) => return Err(ConfigError::at(&at, format!("{}: no certificate found", path.display()))),
+                        Err(e) => return Err(ConfigError::at(&at, format!("{}: {e}", path.display()))),
+                    }
+                    out.push(path);
                 }
                 out
             }

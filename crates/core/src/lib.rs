@@ -8,6 +8,8 @@
 //!   profiles), `rooms` (the room graph, creation, membership, messages), `sync`.
 //! - [`modules`]: loading modules and the one callback registry every runtime registers into;
 //!   `modules::spam_checker` owns the dispatch semantics.
+//! - [`federation`]: the Server-Server API both ways (keys, request signatures, received
+//!   events, joins, invites, the outbound queue, queries, media).
 //!
 //! # Invariants
 //! - `core` knows no HTTP: errors carry an [`ErrorKind`]; only `myelin-http` picks statuses.

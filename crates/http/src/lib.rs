@@ -6,6 +6,8 @@
 //!   it in-process); [`serve`] runs it with graceful shutdown.
 //! - `client`: Client-Server API handlers, thin: extract, call one `Homeserver` method,
 //!   serialise.
+//! - `federation`: Server-Server API handlers, behind the `X-Matrix`-checking `Signed`
+//!   extractor; [`serve_tls`] serves a listener over rustls.
 //! - [`error::MatrixError`]: the only place statuses are chosen.
 //! - `extract`: extractors that turn every rejection into a Matrix error.
 //!

@@ -711,34 +711,62 @@ impl Homeserver {
             .await
             .map_err(|e| e.into_error(&format!("send_join via {server}")))?;
 
-        // Every event of the answer: hashed, verified, authorised in depth order.
+        // Every event of the answer: hashed, verified, authorised in depth order. Hashing and
+        // signature checks (most of the work for a big room) run on every core.
+        let items: Vec<(Value, bool)> = [(&answer["state"], true), (&answer["auth_chain"], false)]
+            .into_iter()
+            .flat_map(|(list, is_state)| {
+                list.as_array().cloned().unwrap_or_default().into_iter().map(move |v| (v, is_state))
+            })
+            .collect();
+        let hashed = {
+            let rules = rules.clone();
+            parallel_map(items, move |(value, is_state)| {
+                identify(&value, &rules).ok().map(|(id, object)| (id, object, is_state))
+            })
+            .await?
+        };
+        let hashed: Vec<(OwnedEventId, CanonicalJsonObject, bool)> = hashed.into_iter().flatten().collect();
+        let mut key_map = ruma::signatures::PublicKeyMap::new();
+        let mut servers = std::collections::BTreeSet::new();
+        for (_, object, _) in &hashed {
+            if let Ok(needed) = ruma::signatures::required_server_signatures_to_verify_event(object, &rules.signatures)
+            {
+                servers.extend(needed);
+            }
+        }
+        for needed in servers {
+            match self.server_verify_keys(needed.as_str(), None).await {
+                Ok(keys) => {
+                    let set = keys
+                        .into_iter()
+                        .filter_map(|(id, key)| Some((id, ruma::serde::Base64::parse(&key).ok()?)))
+                        .collect();
+                    key_map.insert(needed.to_string(), set);
+                }
+                Err(e) => tracing::warn!("send_join answer from {server}: no keys for {needed}: {}", e.message),
+            }
+        }
+        let verified = {
+            let (rules, key_map, room) = (rules.clone(), Arc::new(key_map), room_id.to_owned());
+            parallel_map(hashed, move |(id, object, is_state)| {
+                let object = match ruma::signatures::verify_event(&key_map, &object, &rules) {
+                    Ok(Verified::All) => object,
+                    Ok(Verified::Signatures) => ruma::canonical_json::redact(object, &rules.redaction, None).ok()?,
+                    Err(_) => return None,
+                };
+                let (json, pdu) = stored_json(&id, &object).ok()?;
+                (pdu.room_id == room).then_some((id, pdu, json, is_state))
+            })
+            .await?
+        };
         let mut events: HashMap<OwnedEventId, (Pdu, String)> = HashMap::new();
         let mut state_ids = Vec::new();
-        for (list, is_state) in [(&answer["state"], true), (&answer["auth_chain"], false)] {
-            for value in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-                let Ok((id, mut object)) = identify(value, &rules) else { continue };
-                match self.verify_event_signatures(&object, &rules).await {
-                    Ok(Verified::All) => {}
-                    Ok(Verified::Signatures) => {
-                        let Ok(redacted) = ruma::canonical_json::redact(object, &rules.redaction, None) else {
-                            continue;
-                        };
-                        object = redacted;
-                    }
-                    Err(e) => {
-                        tracing::warn!("send_join answer from {server}: dropping {id}: {}", e.message);
-                        continue;
-                    }
-                }
-                let Ok((json, pdu)) = stored_json(&id, &object) else { continue };
-                if pdu.room_id != *room_id {
-                    continue;
-                }
-                if is_state {
-                    state_ids.push(id.clone());
-                }
-                events.insert(id, (pdu, json));
+        for (id, pdu, json, is_state) in verified.into_iter().flatten() {
+            if is_state {
+                state_ids.push(id.clone());
             }
+            events.insert(id, (pdu, json));
         }
         let mut order: Vec<&OwnedEventId> = events.keys().collect();
         order.sort_by_key(|id| (events[*id].0.depth, (*id).clone()));
@@ -869,4 +897,28 @@ impl From<FederationFailure> for Error {
     fn from(f: FederationFailure) -> Error {
         f.into_error("federation request")
     }
+}
+
+/// Maps `f` over `items` on the blocking pool, one chunk per core, keeping order.
+async fn parallel_map<T, R, F>(items: Vec<T>, f: F) -> Result<Vec<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> R + Send + Sync + 'static,
+{
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    let chunk = items.len().div_ceil(cores).max(1);
+    let f = Arc::new(f);
+    let mut chunks = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let part: Vec<T> = items.by_ref().take(chunk).collect();
+        let f = f.clone();
+        chunks.push(tokio::task::spawn_blocking(move || part.into_iter().map(|t| f(t)).collect::<Vec<R>>()));
+    }
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend(c.await.map_err(Error::internal)?);
+    }
+    Ok(out)
 }
