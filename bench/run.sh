@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark command: installs Synapse (pinned) into bench/work/synapse-venv and the Python
 # module venv the Myelin runs use, builds Myelin in release, runs both servers side by side
-# (bench/run.py), then the module dispatch micro-benchmark (criterion). BENCH_QUICK=1 runs
+# (bench/run.py), the federated join of a big room (bench/federation_join.py), then the module dispatch micro-benchmark (criterion). BENCH_QUICK=1 runs
 # smaller workloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
 cargo build --release --locked -p myelin -p myelin-loadgen
 bench/work/synapse-venv/bin/python bench/run.py
+# Federation: a Myelin and a Synapse user joining a Synapse-hosted room of 1,000 members.
+bench/work/synapse-venv/bin/python bench/federation_join.py
 cargo bench --locked -p myelin-core --bench dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^(user_may|check_event)|time:" | tee bench/work/dispatch.txt
 PYTHONPATH="$PWD/bench/modules" VIRTUAL_ENV="$PWD/tests/clients/.venv" \
   cargo bench --locked -p myelin-python --bench python_dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^user_may|time:" | tee -a bench/work/dispatch.txt
