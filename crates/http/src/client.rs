@@ -286,7 +286,7 @@ async fn join(
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .filter(|(k, _)| *k == "via" || *k == "server_name")
-        .filter_map(|(_, v)| percent_decode(v))
+        .map(|(_, v)| myelin_core::federation::percent_decode(v))
         .collect();
     let room_id = hs.join_room(&me, &room, &via).await?;
     Ok(axum::Json(json!({"room_id": room_id})))
@@ -788,29 +788,4 @@ async fn search(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Answer {
     Ok(axum::Json(hs.search(&me, &body, q.next_batch.as_deref()).await?))
-}
-
-/// Decodes a `%XX`-escaped query value (`+` as space); `None` if it is not UTF-8.
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }

@@ -256,27 +256,7 @@ impl Signed {
     }
 }
 
-/// `%XX` escapes decoded (event IDs arrive with `$` escaped).
-fn percent_decoded(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use myelin_core::federation::percent_decode as percent_decoded;
 
 async fn state_ids(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
     let event = request.required("event_id")?;

@@ -10,7 +10,7 @@
 
 use myelin_module_api::EventView;
 use myelin_storage::{RoomRow, StateChange, StateEntry};
-use ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId};
+use ruma::{CanonicalJsonValue, OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 
 use super::remote_keys::{REMOTE_TIMEOUT, Verified};
@@ -197,30 +197,11 @@ impl Homeserver {
         let user = &requester.user_id;
         let path =
             format!("/_matrix/federation/v1/make_leave/{}/{}", url_encode(room_id.as_str()), url_encode(user.as_str()));
-        let mut last_error = Error::not_found("No known servers to leave the room through");
-        let mut found = None;
-        for server in servers.iter().filter(|s| s.as_str() != self.server_name()) {
-            match self
-                .federation
-                .request(&self.key, self.server_name(), server, "GET", &path, None, REMOTE_TIMEOUT)
-                .await
-            {
-                Ok(answer) => {
-                    found = Some((server.clone(), answer));
-                    break;
-                }
-                Err(e) => last_error = e.into_error(&format!("make_leave via {server}")),
-            }
-        }
-        let Some((server, answer)) = found else { return Err(last_error) };
+        let (server, answer) = self.ask_in_turn(servers, &path, "make_leave").await?;
         let version = answer["room_version"].as_str().unwrap_or("1").to_owned();
         let rules = rules_for(&version).ok_or_else(|| incompatible(&version))?;
         let template = &answer["event"];
-        let ids = |v: &Value| -> Vec<OwnedEventId> {
-            v.as_array()
-                .map(|a| a.iter().filter_map(|e| e.as_str().and_then(|s| OwnedEventId::try_from(s).ok())).collect())
-                .unwrap_or_default()
-        };
+        let ids = super::rooms::event_ids;
         let signed = sign_event(
             EventDraft {
                 room_id,

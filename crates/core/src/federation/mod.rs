@@ -12,6 +12,8 @@ mod history;
 mod invites;
 pub(crate) mod media;
 mod queries;
+
+pub use queries::percent_decode;
 pub(crate) mod remote_keys;
 pub(crate) mod rooms;
 pub(crate) mod sender;

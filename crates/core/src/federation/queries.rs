@@ -26,7 +26,7 @@ fn query_value(query: &str, key: &str) -> Option<String> {
 }
 
 /// Decodes `%XX` escapes (and `+`) of a query value; bytes that do not decode stay as they are.
-fn percent_decode(value: &str) -> String {
+pub fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -192,74 +192,48 @@ impl Homeserver {
     /// Each server's answer is merged into `into` (`device_keys`, `master_keys`,
     /// `self_signing_keys`); a server that fails is listed under `failures`.
     pub(crate) async fn remote_keys_query(&self, wanted: BTreeMap<String, Map<String, Value>>, into: &mut Value) {
-        let calls = wanted.into_iter().map(|(server, users)| async move {
-            let body = json!({"device_keys": users});
-            let answer = self
-                .federation
-                .request(
-                    &self.key,
-                    self.server_name(),
-                    &server,
-                    "POST",
-                    "/_matrix/federation/v1/user/keys/query",
-                    Some(&body),
-                    REMOTE_TIMEOUT,
-                )
-                .await;
-            (server, answer)
-        });
-        for (server, answer) in futures::future::join_all(calls).await {
-            match answer {
-                Ok(a) => {
-                    for section in ["device_keys", "master_keys", "self_signing_keys"] {
-                        if let Some(m) = a[section].as_object() {
-                            for (user, v) in m {
-                                if user.ends_with(&format!(":{server}")) {
-                                    into[section][user] = v.clone();
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    into["failures"][&server] = json!({"status": 503, "message": e.into_error("keys query").message});
-                }
-            }
-        }
+        let sections = ["device_keys", "master_keys", "self_signing_keys"];
+        self.ask_each_server(wanted, "/_matrix/federation/v1/user/keys/query", "device_keys", &sections, into).await
     }
 
     /// One-time keys of remote users' devices, server by server, merged as
     /// [`Homeserver::remote_keys_query`] does.
     pub(crate) async fn remote_keys_claim(&self, wanted: BTreeMap<String, Map<String, Value>>, into: &mut Value) {
+        let path = "/_matrix/federation/v1/user/keys/claim";
+        self.ask_each_server(wanted, path, "one_time_keys", &["one_time_keys"], into).await
+    }
+
+    /// POSTs `{field: users}` to each server at once and merges the `sections` of each answer
+    /// into `into`, keeping only that server's users; failures go under `failures`.
+    async fn ask_each_server(
+        &self,
+        wanted: BTreeMap<String, Map<String, Value>>,
+        path: &str,
+        field: &str,
+        sections: &[&str],
+        into: &mut Value,
+    ) {
         let calls = wanted.into_iter().map(|(server, users)| async move {
-            let body = json!({"one_time_keys": users});
+            let body = json!({ field: users });
             let answer = self
                 .federation
-                .request(
-                    &self.key,
-                    self.server_name(),
-                    &server,
-                    "POST",
-                    "/_matrix/federation/v1/user/keys/claim",
-                    Some(&body),
-                    REMOTE_TIMEOUT,
-                )
+                .request(&self.key, self.server_name(), &server, "POST", path, Some(&body), REMOTE_TIMEOUT)
                 .await;
             (server, answer)
         });
         for (server, answer) in futures::future::join_all(calls).await {
             match answer {
                 Ok(a) => {
-                    if let Some(m) = a["one_time_keys"].as_object() {
-                        for (user, v) in m {
+                    for section in sections {
+                        for (user, v) in a[*section].as_object().into_iter().flatten() {
                             if user.ends_with(&format!(":{server}")) {
-                                into["one_time_keys"][user] = v.clone();
+                                into[*section][user] = v.clone();
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    into["failures"][&server] = json!({"status": 503, "message": e.into_error("keys claim").message});
+                    into["failures"][&server] = json!({"status": 503, "message": e.into_error(path).message});
                 }
             }
         }

@@ -645,32 +645,13 @@ impl Homeserver {
             crate::server::url_encode(room_id.as_str()),
             crate::server::url_encode(user.as_str())
         );
-        let mut last_error = Error::not_found("No known servers to join the room through");
-        let mut found = None;
-        for server in servers.iter().filter(|s| s.as_str() != self.server_name()) {
-            match self
-                .federation
-                .request(&self.key, self.server_name(), server, "GET", &path, None, REMOTE_TIMEOUT)
-                .await
-            {
-                Ok(answer) => {
-                    found = Some((server.clone(), answer));
-                    break;
-                }
-                Err(e) => last_error = e.into_error(&format!("make_join via {server}")),
-            }
-        }
-        let Some((server, answer)) = found else { return Err(last_error) };
+        let (server, answer) = self.ask_in_turn(servers, &path, "make_join").await?;
         let version = answer["room_version"].as_str().unwrap_or("1").to_owned();
         let rules = rules_for(&version).ok_or_else(|| {
             Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported"))
         })?;
         let template = &answer["event"];
-        let ids = |v: &Value| -> Vec<OwnedEventId> {
-            v.as_array()
-                .map(|a| a.iter().filter_map(|e| e.as_str().and_then(|s| OwnedEventId::try_from(s).ok())).collect())
-                .unwrap_or_default()
-        };
+        let ids = event_ids;
         let mut content = template["content"].as_object().cloned().unwrap_or_default();
         content.insert("membership".into(), json!("join"));
         let (displayname, avatar_url) = self.profile_of(user.as_str()).await?;
@@ -890,6 +871,32 @@ impl Homeserver {
         let r = room_id.to_string();
         let members = self.db(move |s| s.room_memberships(&r)).await?;
         Ok(members.iter().any(|(u, m)| m == "join" && u.ends_with(&suffix)))
+    }
+}
+
+/// The event IDs of a JSON list (others left out).
+pub(crate) fn event_ids(v: &Value) -> Vec<OwnedEventId> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|e| e.as_str().and_then(|s| OwnedEventId::try_from(s).ok())).collect())
+        .unwrap_or_default()
+}
+
+impl Homeserver {
+    /// A signed GET to each of `servers` in turn (this one skipped) until one answers:
+    /// `(server, answer)`, else the last failure.
+    pub(crate) async fn ask_in_turn(&self, servers: &[String], path: &str, what: &str) -> Result<(String, Value)> {
+        let mut last_error = Error::not_found("No known servers to ask");
+        for server in servers.iter().filter(|s| s.as_str() != self.server_name()) {
+            match self
+                .federation
+                .request(&self.key, self.server_name(), server, "GET", path, None, REMOTE_TIMEOUT)
+                .await
+            {
+                Ok(answer) => return Ok((server.clone(), answer)),
+                Err(e) => last_error = e.into_error(&format!("{what} via {server}")),
+            }
+        }
+        Err(last_error)
     }
 }
 
