@@ -17,7 +17,7 @@ use super::remote_keys::{REMOTE_TIMEOUT, Verified};
 use super::rooms::{rules_for, wire_pdu};
 use crate::events::{EventDraft, Pdu, sign_event};
 use crate::server::{now_ms, url_encode};
-use crate::writer::{EventWrite, EventWriter};
+use crate::writer::EventWrite;
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
 fn incompatible(version: &str) -> Error {
@@ -120,26 +120,25 @@ impl Homeserver {
             event_id: pdu.event_id.to_string(),
         };
         let rid = room_id.to_string();
-        self.sync_cache.writing(&rid);
-        let pending = self.writer.submit(EventWrite {
-            event_id: pdu.event_id.to_string(),
-            room_id: rid.clone(),
-            event_type: "m.room.member".into(),
-            state_key: pdu.state_key.clone(),
-            sender: pdu.sender.to_string(),
-            membership: pdu.membership(),
-            json,
-            state: StateChange::New { prev: None, delta: vec![entry] },
-            prev_events: extremities,
-            txn: None,
-            redaction: None,
-            rejected: false,
-            soft_failed: false,
-            current_state: None,
-            destinations: Vec::new(),
-        });
-        let written = EventWriter::finish(pending).await.map_err(Error::from);
-        self.sync_cache.written(&rid, written.as_ref().ok().map(|(s, _)| *s), *self.stream.borrow());
+        let written = self
+            .write_marked(EventWrite {
+                event_id: pdu.event_id.to_string(),
+                room_id: rid.clone(),
+                event_type: "m.room.member".into(),
+                state_key: pdu.state_key.clone(),
+                sender: pdu.sender.to_string(),
+                membership: pdu.membership(),
+                json,
+                state: StateChange::New { prev: None, delta: vec![entry] },
+                prev_events: extremities,
+                txn: None,
+                redaction: None,
+                rejected: false,
+                soft_failed: false,
+                current_state: None,
+                destinations: Vec::new(),
+            })
+            .await;
         *guard = None;
         drop(guard);
         let (stream, _) = written?;

@@ -340,26 +340,25 @@ impl Homeserver {
         };
         let rid = room_id.to_string();
         let destinations = if accepted { destinations } else { Vec::new() };
-        self.sync_cache.writing(&rid);
-        let pending = self.writer.submit(EventWrite {
-            event_id: event_id.to_string(),
-            room_id: rid.clone(),
-            event_type: pdu.kind.to_string(),
-            state_key: pdu.state_key.clone(),
-            sender: pdu.sender.to_string(),
-            membership: pdu.membership(),
-            json: json.clone(),
-            state: state_change,
-            prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
-            txn: None,
-            redaction: None,
-            rejected: rejection.is_some(),
-            soft_failed,
-            current_state: if own_key_only { None } else { Some(entries(&new_current)) },
-            destinations: destinations.clone(),
-        });
-        let written = EventWriter::finish(pending).await.map_err(Error::from);
-        self.sync_cache.written(&rid, written.as_ref().ok().map(|(s, _)| *s), *self.stream.borrow());
+        let written = self
+            .write_marked(EventWrite {
+                event_id: event_id.to_string(),
+                room_id: rid.clone(),
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone(),
+                sender: pdu.sender.to_string(),
+                membership: pdu.membership(),
+                json: json.clone(),
+                state: state_change,
+                prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+                txn: None,
+                redaction: None,
+                rejected: rejection.is_some(),
+                soft_failed,
+                current_state: if own_key_only { None } else { Some(entries(&new_current)) },
+                destinations: destinations.clone(),
+            })
+            .await;
         let (stream, group) = match written {
             Ok(w) => w,
             Err(e) => {
@@ -837,26 +836,25 @@ impl Homeserver {
         })
         .await?;
         let rid = room_id.to_string();
-        self.sync_cache.writing(&rid);
-        let pending = self.writer.submit(EventWrite {
-            event_id: join_id.to_string(),
-            room_id: rid.clone(),
-            event_type: "m.room.member".into(),
-            state_key: Some(user.to_string()),
-            sender: user.to_string(),
-            membership: Some("join".into()),
-            json: signed.json.clone(),
-            state: StateChange::New { prev: None, delta: entries.clone() },
-            prev_events: prev_events.iter().map(|e| e.to_string()).collect(),
-            txn: None,
-            redaction: None,
-            rejected: false,
-            soft_failed: false,
-            current_state: Some(entries),
-            destinations: Vec::new(),
-        });
-        let written = EventWriter::finish(pending).await.map_err(Error::from);
-        self.sync_cache.written(&rid, written.as_ref().ok().map(|(s, _)| *s), *self.stream.borrow());
+        let written = self
+            .write_marked(EventWrite {
+                event_id: join_id.to_string(),
+                room_id: rid.clone(),
+                event_type: "m.room.member".into(),
+                state_key: Some(user.to_string()),
+                sender: user.to_string(),
+                membership: Some("join".into()),
+                json: signed.json.clone(),
+                state: StateChange::New { prev: None, delta: entries.clone() },
+                prev_events: prev_events.iter().map(|e| e.to_string()).collect(),
+                txn: None,
+                redaction: None,
+                rejected: false,
+                soft_failed: false,
+                current_state: Some(entries),
+                destinations: Vec::new(),
+            })
+            .await;
         // The room is read again from storage by whoever needs it next.
         *guard = None;
         drop(guard);
@@ -871,6 +869,18 @@ impl Homeserver {
         let r = room_id.to_string();
         let members = self.db(move |s| s.room_memberships(&r)).await?;
         Ok(members.iter().any(|(u, m)| m == "join" && u.ends_with(&suffix)))
+    }
+}
+
+impl Homeserver {
+    /// Writes an event through the event writer, marking its room for `/sync` before the
+    /// commit and after it (see `sync::SyncCache`): `(stream position, state group)`.
+    pub(crate) async fn write_marked(&self, write: EventWrite) -> Result<(i64, i64)> {
+        let room = write.room_id.clone();
+        self.sync_cache.writing(&room);
+        let written = EventWriter::finish(self.writer.submit(write)).await.map_err(Error::from);
+        self.sync_cache.written(&room, written.as_ref().ok().map(|(s, _)| *s), *self.stream.borrow());
+        written
     }
 }
 
