@@ -518,6 +518,27 @@ async fn profiles_aliases_device_keys_and_to_device_messages_cross_servers() {
         assert!(Instant::now() < deadline, "Alice's device change never reached Bob's sync");
     }
 
+    // Presence crosses to servers sharing a room.
+    let (s, _) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", alice.user_id),
+            Some(&alice.token),
+            json!({"presence": "unavailable", "status_msg": "busy"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = b.server.sync(&bob, Some(&since), 1000).await;
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+        let events = body["presence"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["sender"] == alice.user_id.as_str() && e["content"]["status_msg"] == "busy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Alice's presence never reached Bob's sync");
+    }
+
     // To-device messages cross too.
     let (s, _) = b
         .server

@@ -68,7 +68,7 @@ async fn key_queries_answer_for_the_keys_this_server_has() {
     assert_eq!(keys[0]["verify_keys"][&key_id], own["verify_keys"][&key_id]);
     assert!(keys[0]["signatures"]["test"][&key_id].is_string());
 
-    // A server it has no keys for (none are fetched yet) is left out, not an error.
+    // A server whose keys cannot be fetched (it does not exist) is left out, not an error.
     let (status, body) = s.get("/_matrix/key/v2/query/elsewhere.example", None).await;
     assert_eq!((status, body), (200, json!({"server_keys": []})));
     let query = json!({"server_keys": {

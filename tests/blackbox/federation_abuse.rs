@@ -408,3 +408,39 @@ async fn an_event_with_unknown_parents_makes_the_receiver_fetch_them_from_the_se
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(&bodies[..2], &["the one after", "the one in between"], "{page}");
 }
+
+#[tokio::test]
+async fn a_server_vouches_for_the_keys_of_another_as_a_notary() {
+    let Setup { ca, a, b, remote, .. } = setup().await;
+    // A's own answer, then B (which has talked to A) asked for A's keys.
+    let (s, own) = remote.send("GET", "/_matrix/key/v2/server", None, None).await;
+    assert_eq!(s, 200);
+    let to_b = Remote::new(&ca, &b);
+    let query = json!({"server_keys": {a.name.clone(): {}}});
+    let (s, answer) = to_b.send("POST", "/_matrix/key/v2/query", None, Some(query.to_string().into_bytes())).await;
+    assert_eq!(s, 200, "{answer}");
+    crate::harness::assert_federation_schema("/_matrix/key/v2/query", "post", 200, &answer);
+    let keys = &answer["server_keys"][0];
+    assert_eq!(keys["server_name"], a.name.as_str(), "{answer}");
+    assert_eq!(keys["verify_keys"], own["verify_keys"]);
+    // Signed by A (its own answer, unchanged) and by B, the notary; both verify.
+    let key_of = |body: &Value| {
+        let (id, k) = body["verify_keys"].as_object().unwrap().iter().next().unwrap();
+        (id.clone(), ruma::serde::Base64::parse(k["key"].as_str().unwrap()).unwrap())
+    };
+    let (_, b_own) = to_b.send("GET", "/_matrix/key/v2/server", None, None).await;
+    let public: ruma::signatures::PublicKeyMap = [
+        (a.name.clone(), [key_of(&own)].into_iter().collect()),
+        (b.name.clone(), [key_of(&b_own)].into_iter().collect()),
+    ]
+    .into_iter()
+    .collect();
+    ruma::signatures::verify_json(&public, &canonical(keys.clone())).expect("both signatures verify");
+    assert_eq!(keys["signatures"].as_object().unwrap().len(), 2, "{keys}");
+    // The GET form, and a minimum validity no cached answer meets (A is asked again).
+    let (s, answer) = to_b.send("GET", &format!("/_matrix/key/v2/query/{}", a.name), None, None).await;
+    assert_eq!((s, answer["server_keys"].as_array().map(Vec::len)), (200, Some(1)), "{answer}");
+    let far = json!({"server_keys": {a.name.clone(): {"ed25519:x": {"minimum_valid_until_ts": 9_999_999_999_999i64}}}});
+    let (s, answer) = to_b.send("POST", "/_matrix/key/v2/query", None, Some(far.to_string().into_bytes())).await;
+    assert_eq!(s, 200, "{answer}");
+}

@@ -14,6 +14,7 @@ const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv
 /// A Synapse on `localhost:<port>`: plain client listener and TLS federation listener.
 struct SynapsePeer {
     server: Server,
+    client_port: u16,
 }
 
 impl SynapsePeer {
@@ -66,9 +67,15 @@ impl SynapsePeer {
             .output()
             .unwrap();
         assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+        let server = Self::run(dir, client_port).await;
+        SynapsePeer { server, client_port }
+    }
+
+    /// Starts Synapse on its directory and waits for its client API.
+    async fn run(dir: tempfile::TempDir, client_port: u16) -> Server {
         let child = Command::new(SYNAPSE_PYTHON)
             .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(&config)
+            .arg(dir.path().join("homeserver.yaml"))
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -84,7 +91,7 @@ impl SynapsePeer {
             assert!(Instant::now() < deadline, "Synapse did not start; log:\n{}", synapse_log(&server));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        SynapsePeer { server }
+        server
     }
 }
 
@@ -333,6 +340,46 @@ async fn myelin_catches_up_on_what_synapse_sent_while_it_was_down() {
             .map(|c| c.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         (0..5).all(|i| bodies.contains(&format!("missed {i}")))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn synapse_gets_what_myelin_sent_while_it_was_down() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let room = myelin.server.create_room(&mia, json!({"preset": "public_chat"})).await;
+    let (s, body) = synapse
+        .server
+        .post(
+            &format!("/_matrix/client/v3/join/{}?server_name={}", encode(&room), myelin.name),
+            Some(&sam.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    // Synapse is killed (as in a crash); Myelin's user goes on talking.
+    let dir = synapse.server.stop();
+    for i in 0..5 {
+        let (s, _) = myelin.server.send_text(&mia, &room, &format!("while Synapse was down {i}")).await;
+        assert_eq!(s, 200);
+    }
+    let synapse =
+        SynapsePeer { server: SynapsePeer::run(dir, synapse.client_port).await, client_port: synapse.client_port };
+    let sam = synapse.server.login("sam").await;
+    crate::federating::eventually("everything sent meanwhile reaches Synapse", || async {
+        let (_, page) = synapse
+            .server
+            .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=30"), Some(&sam.token))
+            .await;
+        let bodies: Vec<String> = page["chunk"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        (0..5).all(|i| bodies.contains(&format!("while Synapse was down {i}")))
     })
     .await;
 }

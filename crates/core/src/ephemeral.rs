@@ -347,15 +347,52 @@ impl Homeserver {
         self.write_presence(row).await
     }
 
-    /// Stores presence, remembering what was written so syncs need not read it back.
+    /// Stores presence, remembering what was written so syncs need not read it back; a local
+    /// user's goes to the servers sharing a room with them (`m.presence`).
     async fn write_presence(&self, row: PresenceRow) -> Result<()> {
         self.presence_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(row.user_id.clone(), (row.state.clone(), row.last_active_ts));
+        let local = ruma::OwnedUserId::try_from(row.user_id.as_str()).is_ok_and(|u| self.is_mine(&u));
+        let edu = local.then(|| {
+            let mut push = Self::presence_content(&row);
+            push["user_id"] = json!(row.user_id);
+            json!({"edu_type": "m.presence", "content": {"push": [push]}})
+        });
+        let user = row.user_id.clone();
         let pos = self.db(move |s| s.set_presence(&row)).await?;
         self.advance_stream(pos);
+        if let Some(edu) = edu {
+            let servers = self.servers_sharing_rooms(&user).await?;
+            self.queue_edu(servers, edu).await;
+        }
         Ok(())
+    }
+
+    /// An `m.presence` EDU from `origin`: its users' presence, shown to local users sharing a
+    /// room with them.
+    pub(crate) async fn receive_presence(&self, origin: &str, content: &Value) {
+        if !self.config.presence_enabled {
+            return;
+        }
+        for push in content["push"].as_array().into_iter().flatten() {
+            let Some(user) = push["user_id"].as_str() else { continue };
+            if user.split_once(':').map(|(_, s)| s) != Some(origin) {
+                continue;
+            }
+            let Some(state @ ("online" | "offline" | "unavailable")) = push["presence"].as_str() else { continue };
+            let ago = push["last_active_ago"].as_i64().unwrap_or(0).max(0);
+            let row = PresenceRow {
+                user_id: user.to_owned(),
+                state: state.to_owned(),
+                status_msg: push["status_msg"].as_str().filter(|m| m.len() <= 1024).map(str::to_owned),
+                last_active_ts: now_ms() - ago,
+            };
+            if let Err(e) = self.write_presence(row).await {
+                tracing::info!("presence from {origin} not stored: {}", e.message);
+            }
+        }
     }
 
     fn presence_content(row: &PresenceRow) -> Value {

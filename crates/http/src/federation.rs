@@ -106,14 +106,13 @@ async fn server_keys(State(hs): State<AppState>) -> Answer {
 }
 
 async fn query_keys(State(hs): State<AppState>, JsonBody(body): JsonBody<Value>) -> Answer {
-    Ok(axum::Json(hs.query_server_keys(&body)?))
+    Ok(axum::Json(hs.query_server_keys(&body).await?))
 }
 
-/// The GET form asks for all of one server's keys (`minimum_valid_until_ts` changes nothing
-/// while only this server's own, current keys are served).
+/// The GET form asks for all of one server's keys, valid now.
 async fn query_server_keys(State(hs): State<AppState>, Path(server_name): Path<String>) -> Answer {
     let body = serde_json::json!({"server_keys": {server_name: {}}});
-    Ok(axum::Json(hs.query_server_keys(&body)?))
+    Ok(axum::Json(hs.query_server_keys(&body).await?))
 }
 
 async fn version() -> axum::Json<Value> {

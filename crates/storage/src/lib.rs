@@ -252,8 +252,12 @@ pub struct OutboxRow {
 pub trait FederationStore {
     /// Cached keys of a server: `(key_id, public key, valid_until_ts)`.
     fn server_keys(&self, server_name: &str) -> Result<Vec<(String, String, i64)>>;
-    /// Caches keys of a server, replacing those with the same IDs.
-    fn store_server_keys(&self, server_name: &str, keys: &[(String, String, i64)]) -> Result<()>;
+    /// Caches keys of a server, replacing those with the same IDs, and the answer they came in
+    /// (`(JSON, valid_until_ts)`).
+    fn store_server_keys(&self, server_name: &str, keys: &[(String, String, i64)], response: (&str, i64))
+    -> Result<()>;
+    /// The latest cached key answer of a server: `(JSON, valid_until_ts)`.
+    fn server_key_response(&self, server_name: &str) -> Result<Option<(String, i64)>>;
     /// Queues EDUs: `(destination, EDU JSON)`.
     fn queue_edus(&self, edus: &[(String, String)]) -> Result<()>;
     /// The oldest outbox rows for a destination: PDUs and EDUs, at most `limit` of each.

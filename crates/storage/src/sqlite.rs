@@ -1853,9 +1853,30 @@ impl FederationStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
-    fn store_server_keys(&self, server_name: &str, keys: &[(String, String, i64)]) -> Result<()> {
+    fn server_key_response(&self, server_name: &str) -> Result<Option<(String, i64)>> {
+        self.reader()
+            .row(
+                "SELECT response, valid_until_ts FROM server_key_responses WHERE server_name = ?1",
+                [server_name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn store_server_keys(
+        &self,
+        server_name: &str,
+        keys: &[(String, String, i64)],
+        response: (&str, i64),
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
+        tx.exec(
+            "INSERT OR REPLACE INTO server_key_responses (server_name, response, valid_until_ts) VALUES (?1, ?2, ?3)",
+            params![server_name, response.0, response.1],
+        )
+        .map_err(backend)?;
         for (key_id, key, valid_until) in keys {
             tx.exec(
                 "INSERT OR REPLACE INTO server_keys (server_name, key_id, public_key, valid_until_ts)

@@ -49,28 +49,39 @@ impl Homeserver {
 }
 
 impl Homeserver {
-    /// `POST /_matrix/key/v2/query` and `GET /_matrix/key/v2/query/{serverName}`: the keys this
-    /// server can vouch for, as a notary, of each server asked about (`server_keys` maps server
-    /// names to the key IDs wanted, possibly none for "all"). So far that is its own keys only:
-    /// remote keys are not fetched yet, and a server whose keys it does not have is left out,
-    /// as the spec allows.
-    pub fn query_server_keys(&self, body: &Value) -> Result<Value> {
+    /// `POST /_matrix/key/v2/query` and `GET /_matrix/key/v2/query/{serverName}`: as a
+    /// notary, the keys of each server asked about (`server_keys` maps server names to the key
+    /// IDs wanted, with `minimum_valid_until_ts`). This server's own come fresh; another
+    /// server's are its cached self-signed answer (fetched if none is valid long enough) with
+    /// this server's signature added. A server whose keys cannot be had is left out, as the
+    /// spec allows.
+    pub async fn query_server_keys(&self, body: &Value) -> Result<Value> {
         let Some(servers) = body.get("server_keys").and_then(Value::as_object) else {
             return Err(Error::bad_json("server_keys must be an object"));
         };
-        let mut found = Vec::new();
+        let mut wanted = Vec::new();
         for (server, criteria) in servers {
             let Some(criteria) = criteria.as_object() else {
                 return Err(Error::bad_json(format!("server_keys.{server} must be an object")));
             };
+            let mut minimum = 0;
             for (key_id, c) in criteria {
                 let ts = &c["minimum_valid_until_ts"];
                 if !c.is_object() || !(ts.is_null() || ts.is_i64()) {
                     return Err(Error::bad_json(format!("server_keys.{server}.{key_id} is not query criteria")));
                 }
+                minimum = minimum.max(ts.as_i64().unwrap_or(0));
             }
+            wanted.push((server.clone(), minimum));
+        }
+        let mut found = Vec::new();
+        for (server, minimum) in wanted {
             if server == self.server_name() {
                 found.push(self.server_keys()?);
+            } else if ruma::ServerName::parse(&server).is_ok()
+                && let Some(keys) = self.notarised_keys(&server, minimum).await
+            {
+                found.push(keys);
             }
         }
         Ok(json!({"server_keys": found}))

@@ -242,7 +242,7 @@ impl Homeserver {
 
 impl Homeserver {
     /// The other servers sharing a room with `user`.
-    async fn servers_sharing_rooms(&self, user: &str) -> Result<Vec<String>> {
+    pub(crate) async fn servers_sharing_rooms(&self, user: &str) -> Result<Vec<String>> {
         let u = user.to_owned();
         let users = self.db(move |s| s.users_sharing_rooms(&u)).await?;
         let servers: std::collections::BTreeSet<String> = users

@@ -72,11 +72,30 @@ impl Homeserver {
             .await
             .map_err(|e| unauthorized(format!("Could not fetch the keys of {server}: {e}")))?;
         let keys = parse_server_keys(server, &body, now_ms())?;
+        let valid_until = body["valid_until_ts"].as_i64().unwrap_or_default();
+        let response = body.to_string();
         let rows: Vec<(String, String, i64)> =
             keys.iter().map(|(id, (key, until))| (id.clone(), key.clone(), *until)).collect();
         let s = server.to_owned();
-        self.db(move |st| st.store_server_keys(&s, &rows)).await?;
+        self.db(move |st| st.store_server_keys(&s, &rows, (&response, valid_until))).await?;
         Ok(keys.into_iter().map(|(id, (key, _))| (id, key)).collect())
+    }
+
+    /// Another server's key answer as a notary passes it on: as that server signed it, with
+    /// this server's signature added. Fetched when the cache has none valid until `minimum`.
+    pub(crate) async fn notarised_keys(&self, server: &str, minimum: i64) -> Option<Value> {
+        let s = server.to_owned();
+        let cached = self.db(move |st| st.server_key_response(&s)).await.ok().flatten();
+        let response = match cached {
+            Some((json, until)) if until >= minimum.max(now_ms()) => json,
+            _ => {
+                self.fetch_server_keys(server).await.ok()?;
+                let s = server.to_owned();
+                self.db(move |st| st.server_key_response(&s)).await.ok().flatten()?.0
+            }
+        };
+        let value: Value = serde_json::from_str(&response).ok()?;
+        super::sign_json_value(value, self.server_name(), &self.key).ok()
     }
 
     /// Checks an inbound request's `X-Matrix` authorization and returns the origin.

@@ -165,6 +165,7 @@ impl Homeserver {
                 self.receive_device_list_update(origin, content).await
             }
             Some("m.direct_to_device") => self.receive_to_device(origin, content).await,
+            Some("m.presence") => self.receive_presence(origin, content).await,
             _ => {}
         }
     }
