@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, User};
 
-/// A CA and one certificate (for `localhost` and 127.0.0.1) every test server serves.
+/// A CA and one certificate (for `localhost`, 127.0.0.1 and `srv.test`) every test server serves.
 pub struct TestCa {
     pub dir: tempfile::TempDir,
 }
@@ -25,7 +25,8 @@ impl TestCa {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let names = ["localhost", "127.0.0.1", "srv.test"].map(str::to_owned).to_vec();
+        let mut leaf_params = CertificateParams::new(names).unwrap();
         leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
@@ -623,4 +624,80 @@ async fn remote_media_is_fetched_cached_thumbnailed_and_spam_checked() {
     drop(a);
     let (s, bytes, _, _) = download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{mxc}")).await;
     assert_eq!((s, bytes), (200, image));
+}
+
+/// A DNS server on loopback answering SRV queries from a table (name -> (target, port)), and
+/// NXDOMAIN to everything else.
+async fn srv_dns(records: Vec<(String, String, u16)>) -> std::net::SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..n];
+            // The question: labels from byte 12, then type and class.
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && query[i] != 0 {
+                let len = query[i] as usize;
+                labels.push(String::from_utf8_lossy(&query[i + 1..i + 1 + len]).to_lowercase());
+                i += 1 + len;
+            }
+            let question_end = i + 5;
+            if question_end > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[i + 1], query[i + 2]]);
+            let name = labels.join(".");
+            let found = records.iter().find(|(n, _, _)| *n == name).filter(|_| qtype == 33);
+            let mut answer = Vec::new();
+            answer.extend_from_slice(&query[..2]);
+            answer.extend_from_slice(&[0x85, if found.is_some() { 0x80 } else { 0x83 }]);
+            answer.extend_from_slice(&[0, 1, 0, found.is_some() as u8, 0, 0, 0, 0]);
+            answer.extend_from_slice(&query[12..question_end]);
+            if let Some((_, target, port)) = found {
+                let mut rdata = vec![0, 10, 0, 5];
+                rdata.extend_from_slice(&port.to_be_bytes());
+                for label in target.split('.').filter(|l| !l.is_empty()) {
+                    rdata.push(label.len() as u8);
+                    rdata.extend_from_slice(label.as_bytes());
+                }
+                rdata.push(0);
+                answer.extend_from_slice(&[0xc0, 0x0c, 0, 33, 0, 1, 0, 0, 0, 60]);
+                answer.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                answer.extend_from_slice(&rdata);
+            }
+            let _ = socket.send_to(&answer, peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_server_name_without_a_port_is_found_through_its_srv_record() {
+    let ca = TestCa::new();
+    // B is "srv.test", reachable only through `_matrix-fed._tcp.srv.test` -> localhost:<port>.
+    let b_port = free_port();
+    let dns = srv_dns(vec![("_matrix-fed._tcp.srv.test".to_owned(), "localhost".into(), b_port)]).await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = peer_config(&ca, b_port, "")
+        .replace(&format!("server_name: \"localhost:{b_port}\""), "server_name: \"srv.test\"");
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let b = Server::start_in_with_env(dir, true, &[("MYELIN_DNS_SERVER", &dns)]).await;
+    let a_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(&ca, a_port, "")).unwrap();
+    let a = Server::start_in_with_env(dir, true, &[("MYELIN_DNS_SERVER", &dns)]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    assert_eq!(bob.user_id, "@bob:srv.test");
+
+    // Alice (on A) joins Bob's room on srv.test: A finds B by SRV, and B's requests to A are
+    // checked with B's keys, fetched the same way.
+    let room = public_room(&b, &bob).await;
+    let (s, body) = a.join(&alice, &encode(&room)).await;
+    assert_eq!(s, 200, "join through SRV: {body}\nA:\n{}", a.log_text());
+    b.send_text(&bob, &room, "found by SRV").await;
+    wait_for_event(&a, &alice, &room, text_is("found by SRV")).await;
+    a.send_text(&alice, &room, "and back").await;
+    wait_for_event(&b, &bob, &room, text_is("and back")).await;
 }

@@ -77,7 +77,13 @@ impl Server {
     /// As [`Server::start_in`]; `python_env: false` starts it without `VIRTUAL_ENV` and
     /// `PYTHONPATH`, so only the config's `python:` section says where modules come from.
     pub async fn start_in_env(dir: tempfile::TempDir, with_python_env: bool) -> Server {
+        Self::start_in_with_env(dir, with_python_env, &[]).await
+    }
+
+    /// As [`Server::start_in_env`], with extra environment variables.
+    pub async fn start_in_with_env(dir: tempfile::TempDir, with_python_env: bool, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         if with_python_env {
             python_env(&mut cmd);
         } else {

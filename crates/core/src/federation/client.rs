@@ -3,9 +3,11 @@
 //!
 //! Discovery follows the spec's "Resolving server names": an IP literal or a hostname with an
 //! explicit port is reached directly; otherwise `/.well-known/matrix/server` may delegate to
-//! another host (and port); else port 8448. SRV records are not looked up (no DNS client
-//! here): a server that publishes only SRV is reached on 8448. The request's `Host` (and TLS
-//! SNI) is the name reached, as the spec asks.
+//! another host (and port); a hostname without a port is then looked up as SRV
+//! `_matrix-fed._tcp.<name>` (then the deprecated `_matrix._tcp.<name>`), whose target and
+//! port are connected to; else port 8448. The request's TLS name (SNI, certificate) and `Host`
+//! stay the server name (or the delegated one), as the spec asks. SRV lookups use the system's
+//! resolver configuration, or the nameserver `MYELIN_DNS_SERVER` names (`ip:port`).
 //!
 //! Every address a request would connect to is checked against `ip_range_blacklist` (with
 //! `ip_range_whitelist` exceptions) after resolution, so a server name cannot aim requests at
@@ -31,6 +33,43 @@ pub(crate) struct Destination {
     pub port: u16,
 }
 
+/// One SRV answer: `(priority, weight, port, target)`.
+type SrvRecord = (u16, u16, u16, String);
+
+/// The SRV record to use: the lowest priority, then the heaviest weight; none when the only
+/// answer is `.` ("no service here").
+fn pick_srv(mut records: Vec<SrvRecord>) -> Option<(String, u16)> {
+    records.retain(|(_, _, _, target)| !target.is_empty() && target != ".");
+    records.sort_by_key(|(priority, weight, _, _)| (*priority, std::cmp::Reverse(*weight)));
+    records.into_iter().next().map(|(_, _, port, target)| (target.trim_end_matches('.').to_owned(), port))
+}
+
+/// The DNS client for SRV lookups.
+fn srv_resolver() -> Option<hickory_resolver::TokioResolver> {
+    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+    use hickory_resolver::name_server::TokioConnectionProvider;
+    let provider = TokioConnectionProvider::default();
+    let mut builder = match std::env::var("MYELIN_DNS_SERVER").ok().and_then(|s| s.parse::<SocketAddr>().ok()) {
+        Some(addr) => {
+            let servers = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
+            hickory_resolver::TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], servers),
+                provider,
+            )
+        }
+        None => match hickory_resolver::TokioResolver::builder_tokio() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("no DNS configuration for SRV lookups: {e}");
+                return None;
+            }
+        },
+    };
+    builder.options_mut().timeout = Duration::from_secs(3);
+    builder.options_mut().attempts = 1;
+    Some(builder.build())
+}
+
 impl Destination {
     fn base_url(&self) -> String {
         format!("https://{}:{}", self.host, self.port)
@@ -49,16 +88,22 @@ fn allowed(settings: &FederationSettings, ip: IpAddr) -> bool {
     any(&settings.ip_range_allowlist) || !any(&settings.ip_range_blocklist)
 }
 
-/// Resolves hostnames for the HTTP client, dropping blocked addresses.
+/// Server names whose SRV record points elsewhere: name -> target host to connect to.
+type SrvTargets = Arc<Mutex<HashMap<String, String>>>;
+
+/// Resolves hostnames for the HTTP client (an SRV target in place of its server name),
+/// dropping blocked addresses.
 struct BlocklistResolver {
     settings: Arc<FederationSettings>,
+    srv_targets: SrvTargets,
 }
 
 impl reqwest::dns::Resolve for BlocklistResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let settings = self.settings.clone();
+        let target = self.srv_targets.lock().unwrap_or_else(|p| p.into_inner()).get(name.as_str()).cloned();
         Box::pin(async move {
-            let host = name.as_str().to_owned();
+            let host = target.unwrap_or_else(|| name.as_str().to_owned());
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept: Vec<SocketAddr> = found.into_iter().filter(|a| allowed(&settings, a.ip())).collect();
             if kept.is_empty() {
@@ -146,21 +191,30 @@ pub(crate) struct FederationClient {
     http: reqwest::Client,
     settings: Arc<FederationSettings>,
     discovered: Mutex<HashMap<String, (Destination, Instant)>>,
+    srv_targets: SrvTargets,
+    dns: Option<hickory_resolver::TokioResolver>,
 }
 
 impl FederationClient {
     pub(crate) fn new(settings: &FederationSettings) -> std::result::Result<Self, String> {
         let settings = Arc::new(settings.clone());
+        let srv_targets = SrvTargets::default();
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(&settings)?)
-            .dns_resolver(Arc::new(BlocklistResolver { settings: settings.clone() }))
+            .dns_resolver(Arc::new(BlocklistResolver { settings: settings.clone(), srv_targets: srv_targets.clone() }))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(FederationClient { http, settings, discovered: Mutex::new(HashMap::new()) })
+        Ok(FederationClient {
+            http,
+            settings,
+            discovered: Mutex::new(HashMap::new()),
+            srv_targets,
+            dns: srv_resolver(),
+        })
     }
 
     /// Where requests for `server_name` go (cached for an hour).
@@ -172,17 +226,46 @@ impl FederationClient {
         }
         let destination = match literal_destination(server_name)? {
             Some(d) => d,
-            None => match self.well_known(server_name).await {
-                Some(delegated) => literal_destination(&delegated)?
-                    .unwrap_or(Destination { host: delegated.to_ascii_lowercase(), port: 8448 }),
-                None => Destination { host: server_name.to_ascii_lowercase(), port: 8448 },
-            },
+            None => {
+                let name = match self.well_known(server_name).await {
+                    Some(delegated) => match literal_destination(&delegated)? {
+                        Some(d) => return Ok(self.remember(server_name, d)),
+                        None => delegated.to_ascii_lowercase(),
+                    },
+                    None => server_name.to_ascii_lowercase(),
+                };
+                match self.srv(&name).await {
+                    Some((target, port)) => {
+                        self.srv_targets.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), target);
+                        Destination { host: name, port }
+                    }
+                    None => Destination { host: name, port: 8448 },
+                }
+            }
         };
+        Ok(self.remember(server_name, destination))
+    }
+
+    fn remember(&self, server_name: &str, destination: Destination) -> Destination {
         self.discovered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(server_name.to_owned(), (destination.clone(), Instant::now()));
-        Ok(destination)
+        destination
+    }
+
+    /// The SRV target and port of a hostname: `_matrix-fed._tcp`, then `_matrix._tcp`.
+    async fn srv(&self, name: &str) -> Option<(String, u16)> {
+        let dns = self.dns.as_ref()?;
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            let Ok(found) = dns.srv_lookup(format!("{service}.{name}.")).await else { continue };
+            let records =
+                found.iter().map(|r| (r.priority(), r.weight(), r.port(), r.target().to_utf8())).collect::<Vec<_>>();
+            if let Some(picked) = pick_srv(records) {
+                return Some(picked);
+            }
+        }
+        None
     }
 
     /// `m.server` of `https://{name}/.well-known/matrix/server`, if it answers with one.
@@ -413,6 +496,14 @@ mod tests {
         for bad in ["[::1", "[nope]:1", "a:b", ":80", "[::1]x"] {
             assert!(literal_destination(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn srv_answers_are_picked_by_priority_then_weight() {
+        let r = |p, w, port, t: &str| (p, w, port, t.to_owned());
+        assert_eq!(pick_srv(vec![r(10, 5, 1, "b."), r(5, 1, 2, "a."), r(5, 9, 3, "c.")]), Some(("c".into(), 3)));
+        assert_eq!(pick_srv(vec![r(0, 0, 0, ".")]), None, "'.' means no service");
+        assert_eq!(pick_srv(vec![]), None);
     }
 
     #[test]
