@@ -167,7 +167,7 @@ async fn device_list_changes_reach_room_members() {
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (st, b) = upload(&s, &alice, json!({"device_keys": device_keys(&alice, "c1")})).await;
-    assert_eq!(st, 200, "{b}");
+    assert_eq!(st, 200, "{b}\n{}", s.log_text());
     // Generous: the whole suite runs beside browsers and Node clients on two cores.
     let woke = tokio::time::timeout(std::time::Duration::from_secs(20), poll).await.expect("sync woke").unwrap();
     assert_eq!(woke["device_lists"]["changed"], json!([alice.user_id]));

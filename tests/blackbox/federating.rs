@@ -701,3 +701,46 @@ async fn a_server_name_without_a_port_is_found_through_its_srv_record() {
     a.send_text(&alice, &room, "and back").await;
     wait_for_event(&b, &bob, &room, text_is("and back")).await;
 }
+
+#[tokio::test]
+async fn typing_and_read_receipts_cross_servers() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = public_room(&a.server, &alice).await;
+    let (s, _) = b.server.join(&bob, &encode(&room)).await;
+    assert_eq!(s, 200);
+    let (_, sent) = a.server.send_text(&alice, &room, "read me").await;
+    wait_for_event(&b.server, &bob, &room, text_is("read me")).await;
+    let mut since = b.server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    let (s, _) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let event_id = sent["event_id"].as_str().unwrap();
+    let (s, _) = a
+        .server
+        .post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event_id}"), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (mut typing_seen, mut receipt_seen) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(typing_seen && receipt_seen) {
+        let body = b.server.sync(&bob, Some(&since), 1000).await;
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+        for e in body["rooms"]["join"][&room]["ephemeral"]["events"].as_array().into_iter().flatten() {
+            typing_seen |= e["type"] == "m.typing"
+                && e["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| *u == alice.user_id.as_str()));
+            receipt_seen |= e["type"] == "m.receipt" && e["content"][event_id]["m.read"].get(&alice.user_id).is_some();
+        }
+        assert!(Instant::now() < deadline, "typing {typing_seen}, receipt {receipt_seen} after 30 s");
+    }
+}
