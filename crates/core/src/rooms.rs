@@ -36,6 +36,8 @@ pub(crate) struct RoomCache {
     pub(crate) depth: u64,
     /// Joined members of other servers: the servers each new event is sent to.
     pub(crate) remote_members: std::collections::BTreeSet<String>,
+    /// Joined members of this server: with none, this server is not in the room.
+    pub(crate) local_members: std::collections::BTreeSet<String>,
 }
 
 /// The most parents an event gets (Synapse's limit too); further extremities wait for the next.
@@ -109,13 +111,15 @@ impl RoomCache {
 
     /// Follows a member event of a remote user: joined members' servers get the room's events.
     pub(crate) fn track_member(&mut self, user_id: &str, membership: Option<&str>, local_server: &str) {
-        if user_id.split_once(':').is_some_and(|(_, server)| server == local_server) {
-            return;
-        }
-        if membership == Some("join") {
-            self.remote_members.insert(user_id.to_owned());
+        let members = if user_id.split_once(':').is_some_and(|(_, server)| server == local_server) {
+            &mut self.local_members
         } else {
-            self.remote_members.remove(user_id);
+            &mut self.remote_members
+        };
+        if membership == Some("join") {
+            members.insert(user_id.to_owned());
+        } else {
+            members.remove(user_id);
         }
     }
 }
@@ -349,11 +353,11 @@ impl Homeserver {
             return Ok(None);
         };
         let local_suffix = format!(":{}", self.server_name());
-        let remote_members = members
+        let (local_members, remote_members) = members
             .into_iter()
-            .filter(|(user, membership)| membership == "join" && !user.ends_with(&local_suffix))
+            .filter(|(_, membership)| membership == "join")
             .map(|(user, _)| user)
-            .collect();
+            .partition(|user| user.ends_with(&local_suffix));
         let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
             .ok()
             .and_then(|v| v.rules())
@@ -371,6 +375,7 @@ impl Homeserver {
             extremities: extremities.into_iter().filter_map(|e| OwnedEventId::try_from(e).ok()).collect(),
             depth,
             remote_members,
+            local_members,
         }))
     }
 

@@ -863,12 +863,10 @@ impl Homeserver {
         Ok(())
     }
 
-    /// Whether this server is in a room (has a member joined).
+    /// Whether this server is in a room (has a member joined), from the room's cache.
     pub(crate) async fn participates_in(&self, room_id: &RoomId) -> Result<bool> {
-        let suffix = format!(":{}", self.server_name());
-        let r = room_id.to_string();
-        let members = self.db(move |s| s.room_memberships(&r)).await?;
-        Ok(members.iter().any(|(u, m)| m == "join" && u.ends_with(&suffix)))
+        let guard = self.room_lock(room_id).await?;
+        Ok(guard.as_ref().is_some_and(|c| !c.local_members.is_empty()))
     }
 }
 
