@@ -116,6 +116,12 @@ media_store_path: {d / "media"}
 enable_registration: true
 enable_registration_without_verification: true
 log_level: warning
+rc_message: {{per_second: 100000, burst_count: 100000}}
+rc_registration: {{per_second: 100000, burst_count: 100000}}
+rc_login: {{address: {{per_second: 100000, burst_count: 100000}}, account: {{per_second: 100000, burst_count: 100000}}}}
+rc_joins: {{local: {{per_second: 100000, burst_count: 100000}}, remote: {{per_second: 100000, burst_count: 100000}}}}
+rc_joins_per_room: {{per_second: 100000, burst_count: 100000}}
+rc_federation: {{concurrent: 1000, sleep_limit: 100000, reject_limit: 100000}}
 """
     )
     return [str(MYELIN), "-c", str(d / "homeserver.yaml")]

@@ -71,6 +71,20 @@ class Target:
                 self.proc.kill()
 
 
+# The same lifted rate limits as synapse_config's, so that neither server is throttled.
+UNLIMITED_MYELIN = """rc_message: {per_second: 100000, burst_count: 100000}
+rc_registration: {per_second: 100000, burst_count: 100000}
+rc_login: {address: {per_second: 100000, burst_count: 100000}, account: {per_second: 100000, burst_count: 100000}, failed_attempts: {per_second: 100000, burst_count: 100000}}
+rc_joins: {local: {per_second: 100000, burst_count: 100000}, remote: {per_second: 100000, burst_count: 100000}}
+rc_joins_per_room: {per_second: 100000, burst_count: 100000}
+rc_invites: {per_room: {per_second: 100000, burst_count: 100000}, per_user: {per_second: 100000, burst_count: 100000}, per_issuer: {per_second: 100000, burst_count: 100000}}
+rc_room_creation: {per_second: 100000, burst_count: 100000}
+rc_presence: {per_user: {per_second: 100000, burst_count: 100000}}
+rc_media_create: {per_second: 100000, burst_count: 100000}
+rc_federation: {concurrent: 1000, sleep_limit: 100000, reject_limit: 100000}
+"""
+
+
 def myelin_config(d: Path, port: int, modules: str = ""):
     d.mkdir(parents=True, exist_ok=True)
     (d / "homeserver.yaml").write_text(
@@ -84,7 +98,7 @@ max_upload_size: 50M
 enable_registration: true
 enable_registration_without_verification: true
 log_level: warning
-{modules}"""
+{UNLIMITED_MYELIN}{modules}"""
     )
     return [str(MYELIN), "-c", str(d / "homeserver.yaml")]
 

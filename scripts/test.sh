@@ -27,7 +27,9 @@ tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-
 PYO3_PYTHON="${PYO3_PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}"
 export PYO3_PYTHON
 
+cargo fmt --all -- --check
 cargo build --workspace --all-targets --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Four test threads on two cores: each black-box test runs a server that mostly waits on I/O.
 cargo test --workspace --locked -- --test-threads="${MYELIN_TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}

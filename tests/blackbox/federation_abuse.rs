@@ -143,12 +143,17 @@ struct Setup {
 
 /// A real Myelin whose signing key the test wrote.
 async fn peer_with_key(ca: &TestCa) -> (Peer, Key) {
+    peer_with_key_and(ca, "").await
+}
+
+/// As [`peer_with_key`], with `extra` config.
+async fn peer_with_key_and(ca: &TestCa, extra: &str) -> (Peer, Key) {
     let key = Key::new();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/signing.key"), key.key_file()).unwrap();
-    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(ca, port, "")).unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(ca, port, extra)).unwrap();
     (Peer { server: Server::start_in(dir).await, name: format!("localhost:{port}"), port }, key)
 }
 
@@ -443,4 +448,25 @@ async fn a_server_vouches_for_the_keys_of_another_as_a_notary() {
     let far = json!({"server_keys": {a.name.clone(): {"ed25519:x": {"minimum_valid_until_ts": 9_999_999_999_999i64}}}});
     let (s, answer) = to_b.send("POST", "/_matrix/key/v2/query", None, Some(far.to_string().into_bytes())).await;
     assert_eq!(s, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn a_server_flooding_past_rc_federation_reject_limit_gets_429() {
+    let ca = TestCa::new();
+    let (a, _) =
+        peer_with_key_and(&ca, "rc_federation: {window_size: 60000, sleep_limit: 100, reject_limit: 3}\n").await;
+    let (b, b_key) = peer_with_key(&ca).await;
+    let alice = a.server.register("alice").await;
+    let remote = Remote::new(&ca, &a);
+    let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", alice.user_id.replace(':', "%3A"));
+    for i in 0..3 {
+        let (s, body) = remote.get(&b_key, &b.name, &uri).await;
+        assert_eq!(s, 200, "request {i}: {body}");
+    }
+    let (s, body) = remote.get(&b_key, &b.name, &uri).await;
+    assert_eq!((s, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{body}");
+    // Forged requests never count against the server they name: they are refused first.
+    let forger = Key::new();
+    let (s, _) = remote.get(&forger, &b.name, &uri).await;
+    assert_eq!(s, 401);
 }

@@ -35,6 +35,31 @@ pub struct User {
     pub device_id: String,
 }
 
+/// Rate limits high enough that no functional test meets them (as sytest's and Synapse's
+/// own test configs do).
+pub const LIFTED_RATE_LIMITS: &str = "\
+rc_message: {per_second: 10000, burst_count: 10000}
+rc_registration: {per_second: 10000, burst_count: 10000}
+rc_registration_token_validity: {per_second: 10000, burst_count: 10000}
+rc_login:
+  address: {per_second: 10000, burst_count: 10000}
+  account: {per_second: 10000, burst_count: 10000}
+  failed_attempts: {per_second: 10000, burst_count: 10000}
+rc_joins:
+  local: {per_second: 10000, burst_count: 10000}
+  remote: {per_second: 10000, burst_count: 10000}
+rc_joins_per_room: {per_second: 10000, burst_count: 10000}
+rc_invites:
+  per_room: {per_second: 10000, burst_count: 10000}
+  per_user: {per_second: 10000, burst_count: 10000}
+  per_issuer: {per_second: 10000, burst_count: 10000}
+rc_media_create: {per_second: 10000, burst_count: 10000}
+rc_presence:
+  per_user: {per_second: 10000, burst_count: 10000}
+rc_room_creation: {per_second: 10000, burst_count: 10000}
+rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 500, reject_limit: 10000, concurrent: 100}
+";
+
 /// The config every test server starts from; `extra` is appended (later keys win in YAML? no:
 /// duplicate keys are an error, so callers pass only keys not set here).
 pub fn base_config(extra: &str) -> String {
@@ -52,6 +77,11 @@ pub fn base_config(extra: &str) -> String {
     }
     if !extra.contains("max_upload_size") {
         cfg.push_str("max_upload_size: 1M\n");
+    }
+    // Tests register, log in and send far faster than Synapse's default limits allow; the
+    // rate-limit tests set their own.
+    if !extra.contains("rc_") {
+        cfg.push_str(LIFTED_RATE_LIMITS);
     }
     cfg.push_str(extra);
     cfg
@@ -143,6 +173,16 @@ impl Server {
 
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Every listener's base URL, in config order (from the start-up log).
+    pub fn listener_urls(&self) -> Vec<String> {
+        self.log_text().lines().filter_map(|l| l.strip_prefix("myelin: listening on ")).map(str::to_owned).collect()
     }
 
     pub fn log_text(&self) -> String {

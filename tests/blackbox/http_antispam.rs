@@ -57,7 +57,10 @@ async fn answer(
 }
 
 async fn server_with(config: Value) -> Server {
-    Server::start_with(&format!("modules:\n  - module: synapse_http_antispam.HTTPAntispam\n    config: {config}\n"))
+    // The backend listens on loopback, which outbound requests reach only when allowed.
+    Server::start_with(&format!(
+        "ip_range_whitelist: ['127.0.0.0/8']\nmodules:\n  - module: synapse_http_antispam.HTTPAntispam\n    config: {config}\n"
+    ))
         .await
 }
 
@@ -228,7 +231,10 @@ async fn scenario_results(module: &str) -> (Vec<(String, u16, Value)>, Vec<(Stri
                               "user_may_publish_room", "check_event_for_spam", "check_login_for_spam"],
         "fail_open": {"user_may_publish_room": true},
     });
-    let s = Server::start_with(&format!("modules:\n  - module: {module}\n    config: {config}\n")).await;
+    let s = Server::start_with(&format!(
+        "ip_range_whitelist: ['127.0.0.0/8']\nmodules:\n  - module: {module}\n    config: {config}\n"
+    ))
+    .await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
     let mut seen = Vec::new();

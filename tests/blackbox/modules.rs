@@ -591,8 +591,19 @@ async fn case_59_63_the_module_api() {
 
 #[tokio::test]
 async fn modules_reach_http_backends_through_the_api() {
-    // A backend on loopback: Myelin's own /versions (plain HTTP) and a 404.
-    let s = with_modules(&[scripted("m", json!({}))]).await;
+    // By default (Synapse's ip_range_blacklist) a module cannot reach loopback, under any
+    // spelling of it.
+    let strict = with_modules(&[scripted("m", json!({}))]).await;
+    for url in
+        [strict.url("/_matrix/client/versions"), strict.url("/_matrix/client/versions").replace("127.0.0.1", "127.1")]
+    {
+        let blocked = api(&strict, json!({"op": "get_json", "url": url})).await;
+        assert!(blocked["result"]["error"].as_str().unwrap().starts_with("request failed"), "{url}: {blocked}");
+    }
+    drop(strict);
+    // A backend on loopback, allowed: Myelin's own /versions (plain HTTP) and a 404.
+    let s = Server::start_with(&format!("ip_range_whitelist: ['127.0.0.0/8']\nmodules:\n{}", scripted("m", json!({}))))
+        .await;
     let ok = api(&s, json!({"op": "get_json", "url": s.url("/_matrix/client/versions")})).await;
     assert!(ok["result"]["ok"]["versions"].is_array(), "{ok}");
     let missing = api(&s, json!({"op": "get_json", "url": s.url("/_matrix/client/v3/nope")})).await;

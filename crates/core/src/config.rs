@@ -58,6 +58,40 @@ pub struct Listener {
     pub resources: Vec<String>,
     /// Serve TLS with `tls_certificate_path` and `tls_private_key_path`.
     pub tls: bool,
+    /// `x_forwarded`: the client's address is the first of `X-Forwarded-For` (behind a
+    /// reverse proxy), not the peer's.
+    pub x_forwarded: bool,
+}
+
+/// The resource names a listener may serve (Synapse's `KNOWN_RESOURCES`).
+pub const KNOWN_RESOURCES: &[&str] =
+    &["client", "consent", "federation", "health", "keys", "media", "metrics", "openid", "replication", "static"];
+
+/// `password_config`: whether passwords log in, and the policy new passwords must meet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PasswordConfig {
+    /// `enabled` (default true): password login at all.
+    pub enabled: bool,
+    /// `localdb_enabled` (default true): passwords checked against this server's database
+    /// (password providers still may vouch when false).
+    pub localdb_enabled: bool,
+    /// `policy`, when `policy.enabled`.
+    pub policy: Option<PasswordPolicy>,
+}
+
+/// `password_config.policy`: what a new password must contain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PasswordPolicy {
+    /// `minimum_length`.
+    pub minimum_length: usize,
+    /// `require_digit`.
+    pub require_digit: bool,
+    /// `require_symbol`.
+    pub require_symbol: bool,
+    /// `require_lowercase`.
+    pub require_lowercase: bool,
+    /// `require_uppercase`.
+    pub require_uppercase: bool,
 }
 
 /// How this server reaches other homeservers (Synapse's keys of the same names).
@@ -67,10 +101,12 @@ pub struct FederationSettings {
     pub verify_certificates: bool,
     /// `federation_custom_ca_list`: PEM files of CAs trusted instead of the public roots.
     pub custom_ca_list: Vec<PathBuf>,
-    /// `ip_range_blacklist`: addresses outbound requests never reach.
-    pub ip_range_blocklist: Vec<IpRange>,
-    /// `ip_range_whitelist`: exceptions to the blocklist (loopback, for tests).
-    pub ip_range_allowlist: Vec<IpRange>,
+    /// `ip_range_blacklist` / `ip_range_whitelist`: the addresses every outbound request may
+    /// reach (federation, key fetches, media, module HTTP clients).
+    pub ip_filter: crate::outbound::IpFilter,
+    /// `federation_ip_range_blacklist` (deprecated, as on Synapse): when set, replaces the
+    /// filter for federation requests, with no allowlist.
+    pub federation_ip_filter: Option<crate::outbound::IpFilter>,
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`).
@@ -141,6 +177,12 @@ pub const DEFAULT_IP_RANGE_BLOCKLIST: &[&str] = &[
     "::/128",
 ];
 
+/// As Synapse: `0.0.0.0` and `::` are blocked whatever the configured list says.
+fn always_blocked(mut ranges: Vec<IpRange>) -> Vec<IpRange> {
+    ranges.extend(["0.0.0.0", "::"].iter().filter_map(|r| IpRange::parse(r)));
+    ranges
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -182,6 +224,10 @@ pub struct Config {
     pub tls_private_key_path: Option<PathBuf>,
     /// Outbound federation.
     pub federation: FederationSettings,
+    /// `rc_*`: rate limits.
+    pub rate_limits: crate::ratelimit::RateLimitSettings,
+    /// `password_config`.
+    pub password: PasswordConfig,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -219,6 +265,8 @@ const KNOWN_KEYS: &[&str] = &[
     "ip_range_blocklist",
     "ip_range_whitelist",
     "ip_range_allowlist",
+    "federation_ip_range_blacklist",
+    "password_config",
 ];
 
 /// Room versions Myelin can create and participate in.
@@ -301,7 +349,7 @@ impl Config {
         let w = Walker { path: vec![], root: &root };
         let mut warnings = Vec::new();
         for key in root.keys() {
-            if !KNOWN_KEYS.contains(&key.as_str()) {
+            if !KNOWN_KEYS.contains(&key.as_str()) && !crate::ratelimit::CONFIG_KEYS.contains(&key.as_str()) {
                 warnings.push(format!("Unknown or unsupported config key '{key}' is ignored"));
             }
         }
@@ -480,8 +528,23 @@ impl Config {
         let federation = FederationSettings {
             verify_certificates: w.boolean("federation_verify_certificates", true)?,
             custom_ca_list,
-            ip_range_blocklist: ranges(["ip_range_blacklist", "ip_range_blocklist"], DEFAULT_IP_RANGE_BLOCKLIST)?,
-            ip_range_allowlist: ranges(["ip_range_whitelist", "ip_range_allowlist"], &[])?,
+            ip_filter: crate::outbound::IpFilter {
+                blocklist: always_blocked(ranges(
+                    ["ip_range_blacklist", "ip_range_blocklist"],
+                    DEFAULT_IP_RANGE_BLOCKLIST,
+                )?),
+                allowlist: ranges(["ip_range_whitelist", "ip_range_allowlist"], &[])?,
+            },
+            federation_ip_filter: match root.get("federation_ip_range_blacklist") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(crate::outbound::IpFilter {
+                    blocklist: always_blocked(ranges(
+                        ["federation_ip_range_blacklist", "federation_ip_range_blacklist"],
+                        &[],
+                    )?),
+                    allowlist: vec![],
+                }),
+            },
         };
         let config = Config {
             tls_certificate_path,
@@ -502,11 +565,51 @@ impl Config {
             allow_guest_access: w.boolean("allow_guest_access", false)?,
             registration_shared_secret: w.string("registration_shared_secret")?,
             default_room_version,
+            rate_limits: crate::ratelimit::RateLimitSettings::parse(&root)?,
+            password: parse_password_config(root.get("password_config"))?,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
             warnings,
         };
         Ok((config, modules))
     }
+}
+
+fn parse_password_config(value: Option<&Value>) -> Result<PasswordConfig, ConfigError> {
+    let section = vec!["password_config".to_owned()];
+    let map = match value {
+        None | Some(Value::Null) => return Ok(PasswordConfig { enabled: true, localdb_enabled: true, policy: None }),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ConfigError::at(&section, "expected a mapping")),
+    };
+    let w = Walker { path: section.clone(), root: map };
+    let enabled = match map.get("enabled") {
+        // Synapse's `only_for_reauth` keeps passwords for re-authentication only.
+        Some(Value::String(s)) if s == "only_for_reauth" => false,
+        _ => w.boolean("enabled", true)?,
+    };
+    let policy = match map.get("policy") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(p)) => {
+            let pw = Walker { path: vec!["password_config".into(), "policy".into()], root: p };
+            if pw.boolean("enabled", false)? {
+                let minimum_length = match p.get("minimum_length") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => v.as_u64().ok_or_else(|| pw.err("minimum_length", "expected an integer"))? as usize,
+                };
+                Some(PasswordPolicy {
+                    minimum_length,
+                    require_digit: pw.boolean("require_digit", false)?,
+                    require_symbol: pw.boolean("require_symbol", false)?,
+                    require_lowercase: pw.boolean("require_lowercase", false)?,
+                    require_uppercase: pw.boolean("require_uppercase", false)?,
+                })
+            } else {
+                None
+            }
+        }
+        Some(_) => return Err(w.err("policy", "expected a mapping")),
+    };
+    Ok(PasswordConfig { enabled, localdb_enabled: w.boolean("localdb_enabled", true)?, policy })
 }
 
 fn parse_publication_rules(value: Option<&Value>) -> Result<Vec<crate::PublicationRule>, ConfigError> {
@@ -542,6 +645,7 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
                 bind_addresses: vec!["127.0.0.1".into()],
                 resources: vec!["client".into(), "federation".into()],
                 tls: false,
+                x_forwarded: false,
             }]);
         }
         Some(Value::Array(items)) => items,
@@ -563,11 +667,17 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
             Some(_) => return Err(w.err("port", "expected an integer")),
         };
         let kind = w.string("type")?.unwrap_or_else(|| "http".into());
-        if kind != "http" {
-            // Synapse's other listener types (metrics, manhole) are not served by Myelin.
-            continue;
-        }
+        let metrics_only = match kind.as_str() {
+            "http" => false,
+            // As on Synapse: a metrics listener serves the metrics and nothing else.
+            "metrics" => true,
+            "manhole" => continue,
+            other => {
+                return Err(w.err("type", format!("Unknown listener type '{other}': expected http, metrics or manhole")));
+            }
+        };
         let tls = w.boolean("tls", false)?;
+        let x_forwarded = w.boolean("x_forwarded", false)?;
         let bind_addresses = match obj.get("bind_addresses") {
             None | Some(Value::Null) => vec!["::".into(), "0.0.0.0".into()],
             Some(Value::Array(a)) => {
@@ -603,7 +713,15 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
                     Some(Value::Array(names)) => {
                         for (k, n) in names.iter().enumerate() {
                             match n {
-                                Value::String(s) => resources.push(s.clone()),
+                                Value::String(s) if KNOWN_RESOURCES.contains(&s.as_str()) => resources.push(s.clone()),
+                                Value::String(s) => {
+                                    let mut p = p.clone();
+                                    p.extend(["names".into(), format!("<item {k}>")]);
+                                    return Err(ConfigError::at(
+                                        &p,
+                                        format!("'{s}' is not one of {}", KNOWN_RESOURCES.join(", ")),
+                                    ));
+                                }
                                 _ => {
                                     let mut p = p.clone();
                                     p.extend(["names".into(), format!("<item {k}>")]);
@@ -619,7 +737,10 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
                 }
             }
         }
-        out.push(Listener { port, bind_addresses, resources, tls });
+        if metrics_only {
+            resources = vec!["metrics".into()];
+        }
+        out.push(Listener { port, bind_addresses, resources, tls, x_forwarded });
     }
     Ok(out)
 }

@@ -304,6 +304,7 @@ impl Homeserver {
         if user_id != me.user_id.as_str() {
             return Err(Error::forbidden("You may only set your own presence state"));
         }
+        self.limit_user(&self.limiters.presence_per_user, user_id, None).await?;
         let state = match body.get("presence").and_then(Value::as_str) {
             Some(s @ ("online" | "offline" | "unavailable")) => s.to_owned(),
             Some(other) => return Err(Error::invalid_param(format!("Invalid presence state {other}"))),

@@ -219,7 +219,11 @@ fn canonical(v: Value) -> Result<CanonicalJsonValue> {
     CanonicalJsonValue::try_from(v).map_err(|e| Error::bad_json(format!("Event is not canonical JSON: {e}")))
 }
 
-/// Hashes and signs a draft, and derives its reference-hash event ID.
+/// The largest PDU the spec allows, in bytes of canonical JSON.
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// Hashes and signs a draft, and derives its reference-hash event ID; 413 `M_TOO_LARGE` for
+/// an event over [`MAX_PDU_BYTES`].
 pub fn sign_event(
     draft: EventDraft<'_>,
     rules: &RoomVersionRules,
@@ -242,8 +246,17 @@ pub fn sign_event(
     if let Some(r) = draft.redacts {
         object.insert("redacts".into(), CanonicalJsonValue::String(r.to_owned()));
     }
-    ruma::signatures::hash_and_sign_event(server_name, &key.pair, &mut object, &rules.redaction)
-        .map_err(|e| Error::internal(format!("signing failed: {e}")))?;
+    let too_large = || Error::new(crate::ErrorKind::TooLarge, "event too large");
+    ruma::signatures::hash_and_sign_event(server_name, &key.pair, &mut object, &rules.redaction).map_err(
+        |e| match e {
+            ruma::signatures::JsonError::PduTooLarge => too_large(),
+            e => Error::internal(format!("signing failed: {e}")),
+        },
+    )?;
+    // The spec's limit on a whole PDU, signatures included (Synapse's "event too large").
+    if serde_json::to_vec(&object).map_or(0, |b| b.len()) > MAX_PDU_BYTES {
+        return Err(too_large());
+    }
     let hash = ruma::signatures::reference_hash(&object, rules)
         .map_err(|e| Error::internal(format!("reference hash failed: {e}")))?;
     let event_id = format!("${hash}");

@@ -68,6 +68,7 @@ impl Homeserver {
 
     /// `POST /_matrix/media/v1/create`: reserves a media ID; returns `(mxc, expires_at)`.
     pub async fn create_media(&self, requester: &Requester) -> Result<(String, i64)> {
+        self.limit_user(&self.limiters.media_create, requester.user_id.as_str(), None).await?;
         let media_id = random_string(24);
         let row = MediaRow {
             media_id: media_id.clone(),

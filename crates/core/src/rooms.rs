@@ -885,6 +885,11 @@ impl Homeserver {
         if requester.is_guest {
             return Err(guest_forbidden());
         }
+        // As Synapse: `rc_room_creation` and `rc_message` both, neither counted unless both pass.
+        let user = requester.user_id.as_str();
+        self.peek_user(&self.limiters.room_creation, user, None).await?;
+        self.limit_message(user, false).await?;
+        self.limit_user(&self.limiters.room_creation, user, None).await?;
         let body = self.modules.on_create_room(requester.user_id.as_str(), body, requester.is_admin).await?;
         let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
             .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;
@@ -1022,7 +1027,7 @@ impl Homeserver {
                 if request.is_direct {
                     extra.insert("is_direct".into(), json!(true));
                 }
-                self.update_membership(requester, &room_id, invitee, "invite", None, extra).await?;
+                self.update_membership_unlimited(requester, &room_id, invitee, "invite", None, extra).await?;
             }
         }
         Ok((room_id, alias))
@@ -1030,6 +1035,9 @@ impl Homeserver {
 
     /// Changes `target`'s membership as `requester`: invite, join, leave (also kick), ban,
     /// unban. `user_may_invite` and `user_may_join_room` are called here, their one call site.
+    ///
+    /// Rate-limited as a client's request (`rc_joins`, `rc_joins_per_room`, `rc_invites`);
+    /// see [`Homeserver::update_membership_unlimited`] for the server's own changes.
     pub async fn update_membership(
         &self,
         requester: &Requester,
@@ -1037,7 +1045,35 @@ impl Homeserver {
         target: &UserId,
         action: &str,
         reason: Option<String>,
+        content: Map<String, Value>,
+    ) -> Result<Arc<Value>> {
+        self.change_membership(requester, room_id, target, action, reason, content, true).await
+    }
+
+    /// [`Homeserver::update_membership`] without rate limits, as Synapse for the invites of
+    /// `createRoom`, the module API and deactivation.
+    pub(crate) async fn update_membership_unlimited(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        action: &str,
+        reason: Option<String>,
+        content: Map<String, Value>,
+    ) -> Result<Arc<Value>> {
+        self.change_membership(requester, room_id, target, action, reason, content, false).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn change_membership(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        action: &str,
+        reason: Option<String>,
         mut content: Map<String, Value>,
+        ratelimit: bool,
     ) -> Result<Arc<Value>> {
         let sender = &requester.user_id;
         // Rejecting an invite to a room this server is not in goes through the inviter.
@@ -1077,6 +1113,12 @@ impl Homeserver {
                 if current.as_deref() == Some("ban") {
                     return Err(Error::forbidden(format!("{target} is banned from the room")));
                 }
+                if ratelimit {
+                    let user = sender.as_str();
+                    self.limit_user(&self.limiters.invites_per_room, user, Some(room_id.as_str())).await?;
+                    self.limit_user(&self.limiters.invites_per_user, user, Some(target.as_str())).await?;
+                    self.limit_user(&self.limiters.invites_per_issuer, user, None).await?;
+                }
                 if !requester.is_admin {
                     self.modules.user_may_invite(sender.as_str(), target.as_str(), room_id.as_str()).await?;
                 }
@@ -1093,6 +1135,11 @@ impl Homeserver {
                 }
                 if current.as_deref() == Some("ban") {
                     return Err(Error::forbidden(format!("{target} is banned from the room")));
+                }
+                // As Synapse: a join that only updates a profile is not limited.
+                if ratelimit && current.as_deref() != Some("join") {
+                    self.limit_user(&self.limiters.joins_local, sender.as_str(), None).await?;
+                    self.peek_user(&self.limiters.joins_per_room, sender.as_str(), Some(room_id.as_str())).await?;
                 }
                 if !requester.is_admin && current.as_deref() != Some("join") {
                     let is_invited = current.as_deref() == Some("invite");
@@ -1123,6 +1170,9 @@ impl Homeserver {
         let options = AppendOptions { remote_invite, ..AppendOptions::default() };
         let appended =
             self.append_event(room_id, sender, "m.room.member", Some(target.as_str()), content, options).await?;
+        if membership == "join" {
+            self.limiters.joins_per_room.record(room_id.as_str());
+        }
         Ok(Arc::new(serde_json::from_str(&appended.json).map_err(Error::internal)?))
     }
 
@@ -1152,6 +1202,7 @@ impl Homeserver {
                 if requester.is_guest {
                     return Err(guest_forbidden());
                 }
+                self.limit_user(&self.limiters.joins_remote, requester.user_id.as_str(), None).await?;
                 if !requester.is_admin {
                     self.modules.user_may_join_room(requester.user_id.as_str(), room_id.as_str(), false).await?;
                 }
@@ -1182,6 +1233,7 @@ impl Homeserver {
             return Err(Error::bad_json(format!("Cannot send {kind} with /send")));
         }
         self.require_joined(&room_id, &requester.user_id).await?;
+        self.limit_message(requester.user_id.as_str(), false).await?;
         let txn = Some((requester.user_id.to_string(), requester.device_id.clone(), txn_id.to_owned()));
         let appended = self
             .append_event(
@@ -1228,6 +1280,7 @@ impl Homeserver {
             return Ok(format!("${}", random_string(43)));
         }
         self.require_joined(&room_id, &requester.user_id).await?;
+        self.limit_message(requester.user_id.as_str(), false).await?;
         let appended = self
             .append_event(
                 &room_id,
@@ -1257,6 +1310,14 @@ impl Homeserver {
             return Ok(format!("${}", random_string(43)));
         }
         self.require_joined(&room_id, &requester.user_id).await?;
+        let others_event = match self.limiters.admin_redaction {
+            // Only worth a read when `rc_admin_redaction` gives moderators their own limit.
+            Some(_) => {
+                self.load_events(vec![event_id.to_owned()]).await?.values().any(|e| e.sender != requester.user_id)
+            }
+            None => false,
+        };
+        self.limit_message(requester.user_id.as_str(), others_event).await?;
         let mut content = Map::new();
         content.insert("redacts".into(), json!(event_id));
         if let Some(r) = reason {

@@ -82,6 +82,12 @@ pub struct Homeserver {
     pub(crate) recent_txns: Mutex<crate::rooms::RecentTxns>,
     /// When rooms last changed, and cached initial-sync room sections (see `sync`).
     pub(crate) sync_cache: crate::sync::SyncCache,
+    /// The `rc_*` rate limits' buckets (see `ratelimit`); the only copy of the counts.
+    pub(crate) limiters: crate::ratelimit::Limiters,
+    /// Set once the server begins to shut down: long-polls answer at once.
+    pub(crate) stopping: watch::Sender<bool>,
+    /// `rc_federation`, per origin server.
+    pub(crate) federation_limiter: crate::ratelimit::FederationLimiter,
 }
 
 impl Homeserver {
@@ -98,6 +104,9 @@ impl Homeserver {
         let federation = crate::federation::client::FederationClient::new(&config.federation)
             .map_err(|e| Error::internal(format!("federation client: {e}")))?;
         Ok(Arc::new(Homeserver {
+            limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
+            stopping: watch::Sender::new(false),
+            federation_limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),
             federation,
             key_fetch_failures: Mutex::new(HashMap::new()),
             outbound: Default::default(),
@@ -162,6 +171,11 @@ impl Homeserver {
                 false
             }
         });
+    }
+
+    /// Starts shutting down: long-polling requests are answered now with what they have.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// The public signing key, as `(key_id, base64)`.

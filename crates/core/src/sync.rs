@@ -137,6 +137,7 @@ impl Homeserver {
         };
         self.presence_from_sync(requester, request.set_presence.as_deref().unwrap_or("online")).await?;
         let mut watch = self.stream.subscribe();
+        let mut stopping = self.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
             let now = *watch.borrow_and_update();
@@ -146,9 +147,17 @@ impl Homeserver {
                 return Ok(response.0);
             }
             // Nothing new: wait for the stream to move, then look again.
-            match tokio::time::timeout_at(deadline, watch.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Ok(response.0),
+            // A shutting-down server answers at once, so that it can stop within a
+            // container's grace period instead of after the longest long-poll.
+            if *stopping.borrow_and_update() {
+                return Ok(response.0);
+            }
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, watch.changed()) => match changed {
+                    Ok(Ok(())) => continue,
+                    _ => return Ok(response.0),
+                },
+                _ = stopping.changed() => return Ok(response.0),
             }
         }
     }

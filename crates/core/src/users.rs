@@ -108,6 +108,16 @@ pub async fn hash_password(password: String) -> Result<String> {
     .map_err(Error::internal)?
 }
 
+/// A hash of a random password, checked against when the account does not exist.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    argon2::Argon2::default()
+        .hash_password(crate::server::random_string(32).as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
 /// Verifies a password against an argon2 hash, or a bcrypt hash imported from Synapse.
 async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
@@ -273,6 +283,8 @@ impl Homeserver {
         if !self.config.enable_registration {
             return Err(Error::forbidden("Registration has been disabled"));
         }
+        // `rc_registration` per address: asked now, counted when an account is made.
+        self.limiters.registration.peek(&info.ip)?;
         if let Some(username) = &request.username {
             self.username_available(&username.to_lowercase()).await?;
         }
@@ -280,6 +292,9 @@ impl Homeserver {
             && p.len() > 512
         {
             return Err(Error::bad_json("Password too long"));
+        }
+        if let Some(password) = &request.password {
+            self.check_password_policy(password)?;
         }
         let auth = request.auth.as_ref().and_then(Value::as_object);
         let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
@@ -298,6 +313,7 @@ impl Homeserver {
             Some(_) => return Err(self.uia_challenge(&[stage], session, Some("Unknown auth type"))),
             None => return Err(self.uia_challenge(&[stage], session, None)),
         }
+        self.limiters.registration.check(&info.ip)?;
         if let Some(s) = &session {
             self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
         }
@@ -314,6 +330,40 @@ impl Homeserver {
             self.db(move |s| s.use_registration_token(&token)).await?;
         }
         Ok(registered)
+    }
+
+    /// `GET /register/m.login.registration_token/validity`, limited per address by
+    /// `rc_registration_token_validity`.
+    pub async fn check_registration_token_validity(&self, token: &str, info: &RequestInfo) -> Result<bool> {
+        self.limiters.registration_token_validity.check(&info.ip)?;
+        self.registration_token_valid(token).await
+    }
+
+    /// Whether a password meets `password_config.policy`: 400 with Synapse's errcodes.
+    pub(crate) fn check_password_policy(&self, password: &str) -> Result<()> {
+        let Some(policy) = &self.config.password.policy else { return Ok(()) };
+        let refuse = |errcode: &str, message: String| {
+            Err(Error::new(ErrorKind::Module { status: 400, errcode: errcode.to_owned() }, message))
+        };
+        if password.chars().count() < policy.minimum_length {
+            return refuse(
+                "M_PASSWORD_TOO_SHORT",
+                format!("The password must be at least {} characters long", policy.minimum_length),
+            );
+        }
+        if policy.require_digit && !password.chars().any(|c| c.is_ascii_digit()) {
+            return refuse("M_PASSWORD_NO_DIGIT", "The password must include at least one digit".into());
+        }
+        if policy.require_symbol && password.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return refuse("M_PASSWORD_NO_SYMBOL", "The password must include at least one symbol".into());
+        }
+        if policy.require_uppercase && !password.chars().any(|c| c.is_ascii_uppercase()) {
+            return refuse("M_PASSWORD_NO_UPPERCASE", "The password must include at least one uppercase letter".into());
+        }
+        if policy.require_lowercase && !password.chars().any(|c| c.is_ascii_lowercase()) {
+            return refuse("M_PASSWORD_NO_LOWERCASE", "The password must include at least one lowercase letter".into());
+        }
+        Ok(())
     }
 
     /// Whether a registration token exists, has not expired and has uses left.
@@ -383,10 +433,11 @@ impl Homeserver {
     }
 
     /// `POST /register?kind=guest`.
-    pub async fn register_guest(&self) -> Result<RegisterResponse> {
+    pub async fn register_guest(&self, info: &RequestInfo) -> Result<RegisterResponse> {
         if !self.config.allow_guest_access {
             return Err(Error::forbidden("Guest access is disabled"));
         }
+        self.limiters.registration.check(&info.ip)?;
         use rand::Rng;
         let localpart = rand::thread_rng().gen_range(100_000_000u64..999_999_999).to_string();
         let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name())).map_err(Error::internal)?;
@@ -486,11 +537,17 @@ impl Homeserver {
 
     /// `POST /login` with `m.login.password`; `check_login_for_spam` runs here, before the
     /// device is created.
+    ///
+    /// Rate limits as Synapse: `rc_login.address` per client address on every attempt,
+    /// `rc_login.failed_attempts` per account (checked first, counted on each failure) and
+    /// `rc_login.account` per account once the login succeeds.
     pub async fn login(&self, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
         let module_type = self.modules.handles_login_type(&request.kind);
-        if request.kind != "m.login.password" && !module_type {
+        let password_login = request.kind == "m.login.password" && self.config.password.enabled;
+        if !password_login && !module_type {
             return Err(Error::new(ErrorKind::BadRequest, "Unknown login type").with_fields(Map::new()));
         }
+        self.limiters.login_address.check(&info.ip)?;
         let invalid = || Error::forbidden("Invalid username or password");
         let identifier = request.identifier.clone().unwrap_or(Value::Null);
         let vouched = match identifier.get("type").and_then(Value::as_str) {
@@ -514,6 +571,26 @@ impl Homeserver {
                 .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?,
         };
         let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
+        let account_key = qualified.to_lowercase();
+        self.limiters.login_failed_attempts.peek(&account_key)?;
+        let result = self.login_checked(request, info, vouched, qualified).await;
+        match &result {
+            Err(e) if e.kind == ErrorKind::Forbidden => self.limiters.login_failed_attempts.record(&account_key),
+            _ => {}
+        }
+        result
+    }
+
+    /// [`Self::login`] once the account is named and its rate limits allow an attempt.
+    async fn login_checked(
+        &self,
+        request: LoginRequest,
+        info: &RequestInfo,
+        vouched: Option<String>,
+        qualified: String,
+    ) -> Result<LoginResponse> {
+        let module_type = self.modules.handles_login_type(&request.kind);
+        let invalid = || Error::forbidden("Invalid username or password");
         // Module auth checkers for this login type first; for m.login.password the local
         // database decides when none vouches.
         let vouched = match vouched {
@@ -530,18 +607,21 @@ impl Homeserver {
         };
         let lookup = vouched.clone().unwrap_or_else(|| qualified.clone());
         let found = self.db(move |s| s.find_user_case_insensitive(&lookup)).await?;
-        let Some(row) = found else { return Err(invalid()) };
         if vouched.is_none() {
-            if request.kind != "m.login.password" {
+            if request.kind != "m.login.password" || !self.config.password.localdb_enabled {
                 return Err(invalid());
             }
             let password =
                 request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
-            let Some(hash) = row.password_hash.clone() else { return Err(invalid()) };
-            if !verify_password(password, hash).await {
+            // An unknown account costs a hash check too, so that timing does not tell which
+            // accounts exist.
+            let hash = found.as_ref().and_then(|row| row.password_hash.clone());
+            let matches = verify_password(password, hash.unwrap_or_else(|| DUMMY_HASH.clone())).await;
+            if !matches || found.as_ref().is_none_or(|row| row.password_hash.is_none()) {
                 return Err(invalid());
             }
         }
+        let Some(row) = found else { return Err(invalid()) };
         if row.deactivated {
             return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"));
         }
@@ -554,6 +634,7 @@ impl Homeserver {
                 None,
             )
             .await?;
+        self.limiters.login_account.check(&row.user_id.to_lowercase())?;
         let user_id = OwnedUserId::try_from(row.user_id).map_err(Error::internal)?;
         let (access_token, device_id) =
             self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?;
@@ -572,7 +653,10 @@ impl Homeserver {
 
     /// `GET /login`: password login plus the types modules handle.
     pub fn login_flows(&self) -> Vec<String> {
-        let mut flows = vec!["m.login.password".to_owned()];
+        let mut flows = Vec::new();
+        if self.config.password.enabled {
+            flows.push("m.login.password".to_owned());
+        }
         for t in self.modules.module_login_types() {
             if !flows.contains(&t) {
                 flows.push(t);
@@ -697,6 +781,7 @@ impl Homeserver {
         auth: Option<&Value>,
     ) -> Result<()> {
         self.uia_password(requester, auth).await?;
+        self.check_password_policy(&new_password)?;
         let hash = hash_password(new_password).await?;
         let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
         self.db(move |s| {
@@ -714,7 +799,7 @@ impl Homeserver {
         for room in rooms {
             if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
                 let user = requester.user_id.clone();
-                let _ = self.update_membership(requester, &room_id, &user, "leave", None, Map::new()).await;
+                let _ = self.update_membership_unlimited(requester, &room_id, &user, "leave", None, Map::new()).await;
             }
         }
         let u = requester.user_id.to_string();

@@ -130,7 +130,7 @@ async fn register(
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Answer {
     let r = match q.kind.as_deref() {
-        Some("guest") => hs.register_guest().await?,
+        Some("guest") => hs.register_guest(&info).await?,
         None | Some("user") => hs.register(body, &info).await?,
         Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "kind must be 'user' or 'guest'")),
     };
@@ -753,8 +753,12 @@ struct TokenQuery {
     token: String,
 }
 
-async fn token_validity(State(hs): State<AppState>, Query(q): Query<TokenQuery>) -> Answer {
-    Ok(axum::Json(json!({"valid": hs.registration_token_valid(&q.token).await?})))
+async fn token_validity(
+    State(hs): State<AppState>,
+    ClientInfo(info): ClientInfo,
+    Query(q): Query<TokenQuery>,
+) -> Answer {
+    Ok(axum::Json(json!({"valid": hs.check_registration_token_validity(&q.token, &info).await?})))
 }
 
 /// No TURN server is configured: Synapse answers `{}` then, and clients fall back to STUN.

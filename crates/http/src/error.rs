@@ -52,6 +52,11 @@ impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = status_of(&e.kind);
+        // As Synapse: a rate-limit answer says when to retry in a header too, in whole seconds.
+        let retry_after = match (&e.kind, e.fields.get("retry_after_ms").and_then(Value::as_u64)) {
+            (ErrorKind::LimitExceeded, Some(ms)) => Some(ms.div_ceil(1000).to_string()),
+            _ => None,
+        };
         let body = if e.kind == ErrorKind::UserInteractiveAuth {
             // A UIA challenge is the flows object; a failed stage adds errcode and error.
             let mut body = e.fields;
@@ -69,7 +74,11 @@ impl IntoResponse for MatrixError {
             }
             body
         };
-        (status, axum::Json(Value::Object(body))).into_response()
+        let mut response = (status, axum::Json(Value::Object(body))).into_response();
+        if let Some(seconds) = retry_after.and_then(|s| axum::http::HeaderValue::from_str(&s).ok()) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds);
+        }
+        response
     }
 }
 

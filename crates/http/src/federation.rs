@@ -43,7 +43,11 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/state/{room_id}", get(state))
             .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
             .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(missing_events))
-            .route("/_matrix/federation/v1/publicRooms", get(public_rooms).post(public_rooms))
+            .route("/_matrix/federation/v1/publicRooms", get(public_rooms).post(public_rooms));
+    }
+    // As Synapse: a `media` listener serves the federation media endpoints too.
+    if has("federation") || has("media") {
+        app = app
             .route("/_matrix/federation/v1/media/download/{media_id}", get(media_download))
             .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(media_thumbnail));
     }
@@ -55,6 +59,8 @@ pub(crate) struct Signed {
     origin: String,
     body: Option<Value>,
     query: Option<String>,
+    /// The origin's `rc_federation` slot, held until the handler is done.
+    _slot: myelin_core::ratelimit::FederationSlot,
 }
 
 impl FromRequest<AppState> for Signed {
@@ -74,7 +80,8 @@ impl FromRequest<AppState> for Signed {
         let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or_else(|| parts.uri.path());
         let origin = hs.authenticate_request(authorization, parts.method.as_str(), uri, content.as_ref()).await?;
-        Ok(Signed { origin, body: content, query: parts.uri.query().map(str::to_owned) })
+        let slot = hs.admit_federation_request(&origin).await?;
+        Ok(Signed { origin, body: content, query: parts.uri.query().map(str::to_owned), _slot: slot })
     }
 }
 

@@ -43,18 +43,34 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 /// Handler state: the services.
 pub type AppState = Arc<Homeserver>;
 
-/// The app for one listener.
-pub fn router(hs: AppState, resources: &[String]) -> Router {
+/// The app for one listener: only the resources it names (Synapse's rules: `client` brings
+/// the Client-Server API, the admin API and `.well-known`; `/_matrix/media` is served on
+/// `client`, `federation` and `media` listeners; `federation` and `keys` are in
+/// [`federation::routes`]; module web resources and `/health` are on every HTTP listener).
+/// A listener naming only `metrics` (as a `type: metrics` listener does) serves nothing else.
+pub fn router(hs: AppState, listener: &myelin_core::config::Listener) -> Router {
+    let resources = &listener.resources;
+    let has = |name: &str| resources.iter().any(|r| r == name);
+    if resources.len() == 1 && has("metrics") {
+        return Router::new()
+            .route("/_synapse/metrics", axum::routing::get(metrics))
+            .route("/metrics", axum::routing::get(metrics))
+            .fallback(error::unrecognized)
+            .with_state(hs);
+    }
     let limit = hs.config.max_upload_size as usize;
     let mut app = Router::new()
-        .merge(client::router())
-        .merge(media::router())
-        .merge(admin::router())
+        .merge(media::router(has("client") || has("federation") || has("media"), has("client") || has("media")))
         .merge(federation::routes(resources))
-        .route("/health", axum::routing::get(|| async { "OK" }))
-        .route("/.well-known/matrix/client", axum::routing::get(well_known_client))
-        .route("/.well-known/matrix/server", axum::routing::get(well_known_server));
-    if resources.iter().any(|r| r == "metrics") {
+        .route("/health", axum::routing::get(|| async { "OK" }));
+    if has("client") {
+        app = app
+            .merge(client::router())
+            .merge(admin::router())
+            .route("/.well-known/matrix/client", axum::routing::get(well_known_client))
+            .route("/.well-known/matrix/server", axum::routing::get(well_known_server));
+    }
+    if has("metrics") {
         app = app.route("/_synapse/metrics", axum::routing::get(metrics));
     }
     let cors = CorsLayer::new()
@@ -65,13 +81,51 @@ pub fn router(hs: AppState, resources: &[String]) -> Router {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
         ]));
-    app.fallback(error::unrecognized)
+    let mut app = app
+        .fallback(error::unrecognized)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(hs.clone(), read_whole_body))
         .layer(DefaultBodyLimit::max(limit))
         .layer(cors)
         .layer(middleware::from_fn_with_state(hs.clone(), module_resources))
-        .layer(middleware::from_fn(request_log))
-        .with_state(hs)
+        .layer(middleware::from_fn(request_log));
+    if listener.x_forwarded {
+        app = app.layer(middleware::from_fn(forwarded_client_address));
+    }
+    app.with_state(hs)
+}
+
+/// Reads every request body (but uploads, which are streamed) before routing, bounded by
+/// `max_upload_size`. A handler that does not need its body would otherwise leave it unread,
+/// and hyper then closes the kept-alive connection after answering whenever the body had not
+/// fully arrived: the client's next request on it fails.
+async fn read_whole_body(State(hs): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let streamed = path.starts_with("/_matrix/media/") && path.contains("/upload");
+    if streamed {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match extract::read_body(body, hs.config.max_upload_size as usize).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// On `x_forwarded: true` listeners: the client's address is the first in `X-Forwarded-For`
+/// (set by the reverse proxy in front), so that rate limits and logs see the real client.
+async fn forwarded_client_address(mut request: Request, next: Next) -> Response {
+    let forwarded = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| first.trim().parse::<std::net::IpAddr>().ok());
+    if let Some(ip) = forwarded {
+        let port = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map_or(0, |c| c.0.port());
+        request.extensions_mut().insert(axum::extract::ConnectInfo(SocketAddr::new(ip, port)));
+    }
+    next.run(request).await
 }
 
 async fn well_known_client(State(hs): State<AppState>) -> impl IntoResponse {

@@ -16,7 +16,8 @@ use crate::AppState;
 use crate::error::MatrixError;
 use crate::extract::{Auth, Path, Query, drain};
 
-pub(crate) fn router() -> Router<AppState> {
+/// `/_matrix/media/*` when `legacy`, `/_matrix/client/v1/media/*` when `authenticated`.
+pub(crate) fn router(legacy_paths: bool, authenticated_paths: bool) -> Router<AppState> {
     let legacy = Router::new()
         .route("/upload", post(upload))
         .route("/upload/{server}/{media_id}", put(upload_reserved))
@@ -29,11 +30,17 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/download/{server}/{media_id}/{file_name}", get(download_named_auth))
         .route("/thumbnail/{server}/{media_id}", get(thumbnail_auth))
         .route("/config", get(config_auth));
-    Router::new()
-        .nest("/_matrix/media/v3", legacy.clone())
-        .nest("/_matrix/media/r0", legacy)
-        .route("/_matrix/media/v1/create", post(create))
-        .nest("/_matrix/client/v1/media", authenticated)
+    let mut app = Router::new();
+    if legacy_paths {
+        app = app
+            .nest("/_matrix/media/v3", legacy.clone())
+            .nest("/_matrix/media/r0", legacy)
+            .route("/_matrix/media/v1/create", post(create));
+    }
+    if authenticated_paths {
+        app = app.nest("/_matrix/client/v1/media", authenticated);
+    }
+    app
 }
 
 /// Types a browser may show inline; everything else is an attachment (Synapse's list).

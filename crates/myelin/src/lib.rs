@@ -234,7 +234,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
             let socket =
                 format!("{}:{}", if addr.contains(':') { format!("[{addr}]") } else { addr.clone() }, listener.port);
             match tokio::net::TcpListener::bind(&socket).await {
-                Ok(l) => bound.push((l, listener.resources.clone(), listener.tls)),
+                Ok(l) => bound.push((l, listener.clone(), listener.tls)),
                 Err(e) => {
                     eprintln!("Error during startup:\nCould not listen on {socket}: {e}");
                     return ExitCode::FAILURE;
@@ -259,13 +259,13 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     hs.start_federation_sender();
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
-    for (listener, resources, is_tls) in bound {
+    for (listener, spec, is_tls) in bound {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let scheme = if is_tls { "https" } else { "http" };
         // Tests read this line to find the port.
         eprintln!("myelin: listening on {scheme}://{addr}");
         tracing::info!("Listening on {scheme}://{addr}");
-        let app = myelin_http::router(hs.clone(), &resources);
+        let app = myelin_http::router(hs.clone(), &spec);
         let mut stop = stop_tx.subscribe();
         let stopped = async move {
             let _ = stop.recv().await;
@@ -279,6 +279,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     }
     shutdown_signal().await;
     tracing::info!("Shutting down: finishing in-flight requests");
+    hs.begin_shutdown();
     let _ = stop_tx.send(());
     for t in tasks {
         let _ = t.await;

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_search.sql"),
     include_str!("migrations/0006_sync_indexes.sql"),
     include_str!("migrations/0007_federation.sql"),
+    include_str!("migrations/0008_ratelimit_override.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
@@ -474,6 +475,15 @@ impl UserStore for SqliteStore {
             .map_err(backend)?;
         delete_device_crypto(&tx, user_id, None, Some(keep))?;
         tx.commit().map_err(backend)
+    }
+
+    fn get_ratelimit_override(&self, user_id: &str) -> Result<Option<(Option<f64>, Option<i64>)>> {
+        self.reader()
+            .row("SELECT messages_per_second, burst_count FROM ratelimit_override WHERE user_id = ?1", [user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)
     }
 
     fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>> {

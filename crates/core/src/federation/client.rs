@@ -14,14 +14,15 @@
 //! the local network; this server's own listeners are reached only if allowed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{FederationSettings, IpRange};
+use crate::config::FederationSettings;
 use crate::events::SigningKey;
+use crate::outbound::{HostOverrides, IpFilter, error_chain};
 use crate::{Error, ErrorKind, Result};
 
 /// Where a server name leads: the `host:port` requests go to (and name in `Host`).
@@ -81,38 +82,6 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 
 /// The most bytes read from a remote answer (a `send_join` answer of a big room is large).
 const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
-
-/// Whether outbound requests may reach `ip`.
-fn allowed(settings: &FederationSettings, ip: IpAddr) -> bool {
-    let any = |ranges: &[IpRange]| ranges.iter().any(|r| r.contains(ip));
-    any(&settings.ip_range_allowlist) || !any(&settings.ip_range_blocklist)
-}
-
-/// Server names whose SRV record points elsewhere: name -> target host to connect to.
-type SrvTargets = Arc<Mutex<HashMap<String, String>>>;
-
-/// Resolves hostnames for the HTTP client (an SRV target in place of its server name),
-/// dropping blocked addresses.
-struct BlocklistResolver {
-    settings: Arc<FederationSettings>,
-    srv_targets: SrvTargets,
-}
-
-impl reqwest::dns::Resolve for BlocklistResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let settings = self.settings.clone();
-        let target = self.srv_targets.lock().unwrap_or_else(|p| p.into_inner()).get(name.as_str()).cloned();
-        Box::pin(async move {
-            let host = target.unwrap_or_else(|| name.as_str().to_owned());
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let kept: Vec<SocketAddr> = found.into_iter().filter(|a| allowed(&settings, a.ip())).collect();
-            if kept.is_empty() {
-                return Err(format!("{host} resolves only to blocked addresses").into());
-            }
-            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
 
 /// Accepts any certificate (`federation_verify_certificates: false`, for test setups).
 #[derive(Debug)]
@@ -189,32 +158,27 @@ pub(crate) struct RemoteError {
 /// The federation HTTP client: one connection pool for every destination.
 pub(crate) struct FederationClient {
     http: reqwest::Client,
-    settings: Arc<FederationSettings>,
+    /// Checked before every request (IP literals); the client's resolver checks hostnames.
+    filter: IpFilter,
     discovered: Mutex<HashMap<String, (Destination, Instant)>>,
-    srv_targets: SrvTargets,
+    srv_targets: HostOverrides,
     dns: Option<hickory_resolver::TokioResolver>,
 }
 
 impl FederationClient {
     pub(crate) fn new(settings: &FederationSettings) -> std::result::Result<Self, String> {
-        let settings = Arc::new(settings.clone());
-        let srv_targets = SrvTargets::default();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config(&settings)?)
-            .dns_resolver(Arc::new(BlocklistResolver { settings: settings.clone(), srv_targets: srv_targets.clone() }))
+        let filter = settings.federation_ip_filter.clone().unwrap_or_else(|| settings.ip_filter.clone());
+        let srv_targets = HostOverrides::default();
+        let http = filter
+            .client_builder(srv_targets.clone())
+            .use_preconfigured_tls(tls_config(settings)?)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(FederationClient {
-            http,
-            settings,
-            discovered: Mutex::new(HashMap::new()),
-            srv_targets,
-            dns: srv_resolver(),
-        })
+        Ok(FederationClient { http, filter, discovered: Mutex::new(HashMap::new()), srv_targets, dns: srv_resolver() })
     }
 
     /// Where requests for `server_name` go (cached for an hour).
@@ -271,7 +235,7 @@ impl FederationClient {
     /// `m.server` of `https://{name}/.well-known/matrix/server`, if it answers with one.
     async fn well_known(&self, name: &str) -> Option<String> {
         let url = format!("https://{name}/.well-known/matrix/server");
-        let response = self.http.get(&url).timeout(Duration::from_secs(10)).send().await.ok()?;
+        let response = self.send(self.http.get(&url).timeout(Duration::from_secs(10))).await.ok()?;
         if !response.status().is_success() {
             return None;
         }
@@ -281,28 +245,18 @@ impl FederationClient {
         Some(delegated)
     }
 
-    /// Fails when `destination` is an IP literal the blocklist covers (hostnames are checked
-    /// as they resolve).
-    fn check_literal(&self, destination: &Destination) -> Result<()> {
-        let ip = destination.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
-        match ip {
-            Ok(ip) if !allowed(&self.settings, ip) => {
-                Err(Error::new(ErrorKind::Forbidden, format!("Federation to {ip} is blocked by ip_range_blacklist")))
-            }
-            _ => Ok(()),
-        }
+    /// Sends a request once its address passes the IP filter.
+    async fn send(&self, request: reqwest::RequestBuilder) -> std::result::Result<reqwest::Response, String> {
+        self.filter.send(&self.http, request).await
     }
 
     /// An unauthenticated GET (server keys).
     pub(crate) async fn get_unsigned(&self, server_name: &str, path: &str) -> std::result::Result<Value, String> {
         let destination = self.discover(server_name).await.map_err(|e| e.message)?;
-        self.check_literal(&destination).map_err(|e| e.message)?;
         let response = self
-            .http
-            .get(format!("{}{path}", destination.base_url()))
-            .send()
+            .send(self.http.get(format!("{}{path}", destination.base_url())))
             .await
-            .map_err(|e| format!("{server_name}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{server_name}: {e}"))?;
         let status = response.status().as_u16();
         let body = read_json(response).await?;
         if status != 200 {
@@ -324,7 +278,6 @@ impl FederationClient {
         timeout: Duration,
     ) -> std::result::Result<Value, FederationFailure> {
         let destination = self.discover(server_name).await.map_err(|e| FederationFailure::Unreachable(e.message))?;
-        self.check_literal(&destination).map_err(|e| FederationFailure::Unreachable(e.message))?;
         let auth = super::sign_request(key, origin, server_name, method, path, body)
             .map_err(|e| FederationFailure::Unreachable(e.message))?;
         let method_value = reqwest::Method::from_bytes(method.as_bytes())
@@ -337,10 +290,8 @@ impl FederationClient {
         if let Some(body) = body {
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| FederationFailure::Unreachable(format!("{server_name}: {}", error_chain(&e))))?;
+        let response =
+            self.send(request).await.map_err(|e| FederationFailure::Unreachable(format!("{server_name}: {e}")))?;
         let status = response.status().as_u16();
         let body = read_json(response).await.map_err(FederationFailure::Unreachable)?;
         if status != 200 {
@@ -364,17 +315,14 @@ impl FederationClient {
         timeout: Duration,
     ) -> std::result::Result<(String, bytes::Bytes), FederationFailure> {
         let destination = self.discover(server_name).await.map_err(|e| FederationFailure::Unreachable(e.message))?;
-        self.check_literal(&destination).map_err(|e| FederationFailure::Unreachable(e.message))?;
         let mut request = self.http.get(format!("{}{path}", destination.base_url())).timeout(timeout);
         if let Some(key) = key {
             let auth = super::sign_request(key, origin, server_name, "GET", path, None)
                 .map_err(|e| FederationFailure::Unreachable(e.message))?;
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| FederationFailure::Unreachable(format!("{server_name}: {}", error_chain(&e))))?;
+        let mut response =
+            self.send(request).await.map_err(|e| FederationFailure::Unreachable(format!("{server_name}: {e}")))?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -414,8 +362,11 @@ impl FederationFailure {
     pub(crate) fn into_error(self, what: &str) -> Error {
         let bad_gateway = || ErrorKind::Module { status: 502, errcode: "M_UNKNOWN".into() };
         match self {
+            // The reason stays in the log: telling a client whether a port was closed, a TLS
+            // handshake failed or an address is blocked would let it scan the network.
             FederationFailure::Unreachable(why) => {
-                Error::new(bad_gateway(), format!("{what}: could not reach the remote server: {why}"))
+                tracing::info!("{what}: {why}");
+                Error::new(bad_gateway(), format!("{what}: could not reach the remote server"))
             }
             FederationFailure::Refused(RemoteError { status, body }) => {
                 let message = body["error"].as_str().unwrap_or("the remote server refused").to_owned();
@@ -429,17 +380,6 @@ impl FederationFailure {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 async fn read_json(response: reqwest::Response) -> std::result::Result<Value, String> {
@@ -504,25 +444,5 @@ mod tests {
         assert_eq!(pick_srv(vec![r(10, 5, 1, "b."), r(5, 1, 2, "a."), r(5, 9, 3, "c.")]), Some(("c".into(), 3)));
         assert_eq!(pick_srv(vec![r(0, 0, 0, ".")]), None, "'.' means no service");
         assert_eq!(pick_srv(vec![]), None);
-    }
-
-    #[test]
-    fn the_default_blocklist_blocks_private_ranges_unless_allowed() {
-        let mut settings = FederationSettings {
-            verify_certificates: true,
-            custom_ca_list: vec![],
-            ip_range_blocklist: crate::config::DEFAULT_IP_RANGE_BLOCKLIST
-                .iter()
-                .filter_map(|r| IpRange::parse(r))
-                .collect(),
-            ip_range_allowlist: vec![],
-        };
-        for blocked in ["127.0.0.1", "10.1.1.1", "192.168.0.5", "::1", "fd00::1", "169.254.1.1"] {
-            assert!(!allowed(&settings, blocked.parse().unwrap()), "{blocked}");
-        }
-        assert!(allowed(&settings, "8.8.8.8".parse().unwrap()));
-        settings.ip_range_allowlist = vec![IpRange::parse("127.0.0.0/8").unwrap()];
-        assert!(allowed(&settings, "127.0.0.1".parse().unwrap()));
-        assert!(!allowed(&settings, "10.1.1.1".parse().unwrap()));
     }
 }

@@ -35,7 +35,7 @@ use crate::writer::{EventWrite, EventWriter};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
 /// The largest PDU accepted, in bytes of JSON (the spec's limit).
-const MAX_PDU_BYTES: usize = 65_536;
+use crate::events::MAX_PDU_BYTES;
 
 type StateMap = HashMap<(String, String), OwnedEventId>;
 

@@ -17,6 +17,8 @@ pub(crate) struct HostHandle {
     pub(crate) hs: Weak<Homeserver>,
     /// Shared by every module: pooled connections, a 60 s timeout (Synapse's default).
     pub(crate) http: reqwest::Client,
+    /// Module requests reach only what `ip_range_blacklist`/`ip_range_whitelist` allow.
+    pub(crate) ip_filter: crate::outbound::IpFilter,
     /// Copied at start-up so `server_name` needs no upgrade.
     pub(crate) server_name: String,
 }
@@ -152,7 +154,7 @@ impl Host for HostHandle {
             let target = ruma::OwnedUserId::try_from(target).map_err(ModuleError::other)?;
             let room = ruma::OwnedRoomId::try_from(room_id).map_err(ModuleError::other)?;
             let ev = hs
-                .update_membership(&requester, &room, &target, &membership, None, Map::new())
+                .update_membership_unlimited(&requester, &room, &target, &membership, None, Map::new())
                 .await
                 .map_err(to_module_error)?;
             Ok(EventView::new(ev.as_object().cloned().unwrap_or_default()))
@@ -285,6 +287,7 @@ impl Host for HostHandle {
     ) -> BoxFuture<'static, Result<myelin_module_api::http::HttpResponse, myelin_module_api::http::HttpError>> {
         use myelin_module_api::http::{HttpError, HttpResponse};
         let client = self.http.clone();
+        let filter = self.ip_filter.clone();
         Box::pin(async move {
             let method = reqwest::Method::from_bytes(request.method.as_bytes())
                 .map_err(|e| HttpError::Transport(e.to_string()))?;
@@ -292,7 +295,7 @@ impl Host for HostHandle {
             for (k, v) in &request.headers {
                 builder = builder.header(k, v);
             }
-            let resp = builder.send().await.map_err(|e| HttpError::Transport(e.to_string()))?;
+            let resp = filter.send(&client, builder).await.map_err(HttpError::Transport)?;
             let status = resp.status().as_u16();
             let body = resp.bytes().await.map_err(|e| HttpError::Transport(e.to_string()))?.to_vec();
             Ok(HttpResponse { status, body })

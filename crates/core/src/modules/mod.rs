@@ -318,10 +318,15 @@ pub(crate) fn load_legacy_spam_checkers(
 pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(), String> {
     let host: Arc<dyn myelin_module_api::Host> = Arc::new(host::HostHandle {
         hs: Arc::downgrade(hs),
-        http: reqwest::Client::builder()
+        http: hs
+            .config
+            .federation
+            .ip_filter
+            .client_builder(Default::default())
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?,
+        ip_filter: hs.config.federation.ip_filter.clone(),
         server_name: hs.server_name().to_owned(),
     });
     for module in modules {
