@@ -470,3 +470,56 @@ async fn a_server_flooding_past_rc_federation_reject_limit_gets_429() {
     let (s, _) = remote.get(&forger, &b.name, &uri).await;
     assert_eq!(s, 401);
 }
+
+#[tokio::test]
+async fn a_server_joining_a_joined_visibility_room_late_gets_earlier_events_redacted() {
+    let ca = TestCa::new();
+    let (a, _) = peer_with_key(&ca).await;
+    let (b, b_key) = peer_with_key(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = a
+        .server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+            ]}),
+        )
+        .await;
+    let mut secrets = Vec::new();
+    for i in 0..3 {
+        let (_, body) = a.server.send_text(&alice, &room, &format!("secret {i}")).await;
+        secrets.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let (s, body) = b.server.join(&bob, &room.replace('!', "%21").replace(':', "%3A")).await;
+    assert_eq!(s, 200, "{body}");
+    let (_, after) = a.server.send_text(&alice, &room, "after the join").await;
+    let last = after["event_id"].as_str().unwrap().to_owned();
+    let remote = Remote::new(&ca, &a);
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A").replace('$', "%24");
+
+    // Backfill: the events come (the graph stays whole) but the earlier ones without content.
+    let (s, back) = remote
+        .get(&b_key, &b.name, &format!("/_matrix/federation/v1/backfill/{}?v={}&limit=20", enc(&room), enc(&last)))
+        .await;
+    assert_eq!(s, 200, "{back}");
+    let pdus = back["pdus"].as_array().unwrap();
+    let redacted = pdus.iter().filter(|p| p["type"] == "m.room.message" && p["content"].get("body").is_none()).count();
+    assert_eq!(redacted, secrets.len(), "the messages from before the join come redacted: {back}");
+    let text = back.to_string();
+    assert!(!text.contains("secret 0") && !text.contains("secret 2"), "{text}");
+    assert!(text.contains("after the join"), "events after the join are whole: {text}");
+
+    // get_missing_events and /event likewise.
+    let uri = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+    let body = json!({"earliest_events": [], "latest_events": [last], "limit": 20});
+    let auth = x_matrix(&b_key, &b.name, &remote.destination, "POST", &uri, Some(&body));
+    let (s, missing) = remote.send("POST", &uri, Some(auth), Some(body.to_string().into_bytes())).await;
+    assert_eq!(s, 200, "{missing}");
+    assert!(!missing.to_string().contains("secret"), "{missing}");
+    let (s, event) = remote.get(&b_key, &b.name, &format!("/_matrix/federation/v1/event/{}", enc(&secrets[1]))).await;
+    assert_eq!(s, 200, "{event}");
+    assert!(!event.to_string().contains("secret 1"), "{event}");
+    assert_eq!(event["pdus"][0]["type"], "m.room.message");
+}

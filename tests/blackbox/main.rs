@@ -23,3 +23,4 @@ mod search; // POST /search // rooms, membership, messages, the graph
 mod spec_shapes; // responses against the spec's schemas
 mod synapse_federation;
 mod sync; // /sync // Myelin and a real Synapse federating
+mod visibility; // history visibility on every read path, against Synapse

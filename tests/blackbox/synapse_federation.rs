@@ -19,19 +19,8 @@ struct SynapsePeer {
 
 impl SynapsePeer {
     async fn start(ca: &TestCa) -> SynapsePeer {
-        let dir = tempfile::tempdir().unwrap();
         let (client_port, fed_port) = (free_port(), free_port());
         let name = format!("localhost:{fed_port}");
-        let config = dir.path().join("homeserver.yaml");
-        let generated = Command::new(SYNAPSE_PYTHON)
-            .args(["-m", "synapse.app.homeserver", "--generate-config", "--server-name", &name, "--config-path"])
-            .arg(&config)
-            .args(["--report-stats=no", "--data-directory"])
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .output()
-            .expect("run Synapse (the test command installs it in tests/synapse/.venv)");
-        assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
         let unlimited = json!({"per_second": 100000, "burst_count": 100000});
         let overrides = json!({
             "listeners": [
@@ -45,7 +34,6 @@ impl SynapsePeer {
             "federation_custom_ca_list": [ca.path("ca.pem")],
             "federation_verify_certificates": true,
             "ip_range_whitelist": ["127.0.0.0/8"],
-            "database": {"name": "sqlite3", "args": {"database": dir.path().join("homeserver.db")}},
             "enable_registration": true,
             "enable_registration_without_verification": true,
             "trusted_key_servers": [],
@@ -58,16 +46,7 @@ impl SynapsePeer {
             "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
             "rc_room_creation": unlimited, "rc_federation": {"concurrent": 100, "sleep_limit": 1000},
         });
-        // Synapse's own YAML, with these keys replaced (its venv has PyYAML).
-        let merged = Command::new(SYNAPSE_PYTHON)
-            .arg("-c")
-            .arg("import sys, json, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); c.update(json.loads(sys.argv[2])); yaml.safe_dump(c, open(p, 'w'))")
-            .arg(&config)
-            .arg(overrides.to_string())
-            .output()
-            .unwrap();
-        assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
-        let server = Self::run(dir, client_port).await;
+        let server = start_synapse(&name, client_port, overrides).await;
         SynapsePeer { server, client_port }
     }
 
@@ -93,6 +72,33 @@ impl SynapsePeer {
         }
         server
     }
+}
+
+/// A real Synapse named `name` in a new temp dir: its generated config with `overrides`' keys
+/// replaced (and its database in that dir), serving its client API on `client_port`.
+pub(crate) async fn start_synapse(name: &str, client_port: u16, mut overrides: serde_json::Value) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("homeserver.yaml");
+    let generated = Command::new(SYNAPSE_PYTHON)
+        .args(["-m", "synapse.app.homeserver", "--generate-config", "--server-name", name, "--config-path"])
+        .arg(&config)
+        .args(["--report-stats=no", "--data-directory"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .expect("run Synapse (the test command installs it in tests/synapse/.venv)");
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    overrides["database"] = json!({"name": "sqlite3", "args": {"database": dir.path().join("homeserver.db")}});
+    // Synapse's own YAML, with these keys replaced (its venv has PyYAML).
+    let merged = Command::new(SYNAPSE_PYTHON)
+        .arg("-c")
+        .arg("import sys, json, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); c.update(json.loads(sys.argv[2])); yaml.safe_dump(c, open(p, 'w'))")
+        .arg(&config)
+        .arg(overrides.to_string())
+        .output()
+        .unwrap();
+    assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+    SynapsePeer::run(dir, client_port).await
 }
 
 /// Synapse's log file (its generated log config writes `<server name>.log` in its directory).

@@ -673,7 +673,9 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
             "metrics" => true,
             "manhole" => continue,
             other => {
-                return Err(w.err("type", format!("Unknown listener type '{other}': expected http, metrics or manhole")));
+                return Err(
+                    w.err("type", format!("Unknown listener type '{other}': expected http, metrics or manhole"))
+                );
             }
         };
         let tls = w.boolean("tls", false)?;

@@ -37,6 +37,7 @@ mod server;
 pub mod state;
 mod sync;
 mod users;
+mod visibility;
 mod writer;
 
 pub use config::Config;

@@ -259,7 +259,7 @@ impl PowerLevels {
     }
 }
 
-fn guest_forbidden() -> Error {
+pub(crate) fn guest_forbidden() -> Error {
     Error::new(
         ErrorKind::Module { status: 403, errcode: "M_GUEST_ACCESS_FORBIDDEN".into() },
         "Guest access not allowed",
@@ -854,7 +854,12 @@ impl Homeserver {
         Ok(pl.user(user) >= needed)
     }
 
-    async fn state_content(&self, room_id: &RoomId, kind: &str, key: &str) -> Result<Option<Map<String, Value>>> {
+    pub(crate) async fn state_content(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Map<String, Value>>> {
         let Some(state) = self.current_state(room_id).await? else { return Ok(None) };
         let Some(id) = state.get(&(kind.to_owned(), key.to_owned())) else { return Ok(None) };
         Ok(self.load_events(vec![id.to_string()]).await?.values().next().map(Pdu::content_map))
@@ -980,9 +985,16 @@ impl Homeserver {
                 "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
                 "m.room.server_acl": 100, "m.room.encryption": 100
             },
-            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
             "historical": 100
         });
+        // Synapse's presets: anyone may invite to a private room; only moderators to a public
+        // one, where starting a call takes a moderator too.
+        if preset == "public_chat" {
+            power["events"]["m.call.invite"] = json!(50);
+        } else {
+            power["invite"] = json!(0);
+        }
         if let Some(over) = &request.power_level_content_override {
             for (k, v) in over {
                 power[k] = v.clone();
@@ -1340,17 +1352,81 @@ impl Homeserver {
     /// The client-format events of a room's current state; the user must be joined.
     pub async fn room_state(&self, requester: &Requester, room_id: &str) -> Result<Vec<Value>> {
         let room_id = parse_room_id(room_id)?;
-        self.require_joined(&room_id, &requester.user_id).await?;
-        let state = self.current_state(&room_id).await?.unwrap_or_default();
-        self.client_events(state.values().map(|e| e.to_string()).collect()).await
+        let state = self.readable_state(&room_id, requester.user_id.as_str()).await?;
+        self.client_events(state.into_values().collect()).await
+    }
+
+    /// `GET /rooms/{roomId}/initialSync`: the latest events the user may see, the state they
+    /// may read and their membership (members, former members up to their leave, and anyone
+    /// for a world-readable room).
+    pub async fn room_initial_sync(&self, requester: &Requester, room_id: &str) -> Result<Value> {
+        let rid = parse_room_id(room_id)?;
+        let user = requester.user_id.as_str();
+        let reader = self.reader(&rid, user).await?;
+        let membership = self.membership_of(&rid, user).await?;
+        let page = Pagination { from: None, to: None, backwards: true, limit: 20, filter: None };
+        let messages = self.page_events(user, &rid, reader, page).await?;
+        let mut chunk = messages.chunk;
+        chunk.reverse();
+        let start = messages.end.unwrap_or_else(|| "t0".to_owned());
+        let state = self.room_state(requester, room_id).await?;
+        let mut out = json!({
+            "room_id": rid,
+            "messages": {"chunk": chunk, "start": start, "end": format!("s{}", *self.stream.borrow())},
+            "state": state,
+            "presence": [],
+            "receipts": [],
+            "account_data": [],
+            "visibility": self.room_visibility(room_id).await?,
+        });
+        if let Some(m) = membership {
+            out["membership"] = json!(m);
+        }
+        Ok(out)
+    }
+
+    /// Whether an event of that ID is stored in that room.
+    async fn event_exists_in(&self, room_id: &str, event_id: &str) -> Result<bool> {
+        let id = event_id.to_owned();
+        let row = self.db(move |s| s.get_event(&id)).await?;
+        Ok(row.is_some_and(|r| {
+            serde_json::from_str::<Value>(&r.json).is_ok_and(|v| v["room_id"].as_str() == Some(room_id))
+        }))
+    }
+
+    /// The room state `user` may read: the current state for members and peekers of a
+    /// world-readable room, the state at their leave for those who left or were banned.
+    pub(crate) async fn readable_state(
+        &self,
+        room_id: &RoomId,
+        user: &str,
+    ) -> Result<HashMap<(String, String), String>> {
+        let reader = self.reader(room_id, user).await?;
+        if reader.until == i64::MAX {
+            let state = self.current_state(room_id).await?.unwrap_or_default();
+            return Ok(state.iter().map(|(k, v)| (k.clone(), v.to_string())).collect());
+        }
+        let r = room_id.to_string();
+        self.db(move |s| {
+            Ok(match s.state_group_at(&r, reader.until)? {
+                Some(g) => {
+                    s.get_state_group(g)?.into_iter().map(|e| ((e.event_type, e.state_key), e.event_id)).collect()
+                }
+                None => HashMap::new(),
+            })
+        })
+        .await
     }
 
     /// One state event's content.
     pub async fn room_state_event(&self, requester: &Requester, room_id: &str, kind: &str, key: &str) -> Result<Value> {
         let room_id = parse_room_id(room_id)?;
-        self.require_joined(&room_id, &requester.user_id).await?;
-        match self.state_content(&room_id, kind, key).await? {
-            Some(c) => Ok(Value::Object(c)),
+        let state = self.readable_state(&room_id, requester.user_id.as_str()).await?;
+        let Some(id) = state.get(&(kind.to_owned(), key.to_owned())) else {
+            return Err(Error::not_found("Event not found."));
+        };
+        match self.load_events(vec![id.clone()]).await?.values().next() {
+            Some(pdu) => Ok(Value::Object(pdu.content_map())),
             None => Err(Error::not_found("Event not found.")),
         }
     }
@@ -1372,18 +1448,17 @@ impl Homeserver {
     /// `GET /rooms/{roomId}/event/{eventId}`.
     pub async fn get_room_event(&self, requester: &Requester, room_id: &str, event_id: &str) -> Result<Value> {
         let room_id = parse_room_id(room_id)?;
-        self.require_joined(&room_id, &requester.user_id).await?;
         let id = event_id.to_owned();
         let row = self.db(move |s| s.get_event(&id)).await?;
-        match row {
-            Some(r) if !r.rejected => {
-                let v: Value = serde_json::from_str(&r.json).map_err(Error::internal)?;
-                if v["room_id"] != json!(room_id) {
-                    return Err(Error::not_found("Event not found."));
-                }
-                Ok(client_event(&v))
-            }
-            _ => Err(Error::not_found("Event not found.")),
+        let not_found = || Error::not_found("Event not found.");
+        let Some(row) = row else { return Err(not_found()) };
+        let v: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
+        if v["room_id"] != json!(room_id) {
+            return Err(not_found());
+        }
+        match self.may_see_event(requester.user_id.as_str(), &room_id, row).await? {
+            Some(_) => Ok(client_event(&v)),
+            None => Err(not_found()),
         }
     }
 
@@ -1403,7 +1478,6 @@ impl Homeserver {
         not_membership: Option<&str>,
     ) -> Result<Vec<Value>> {
         let room_id = parse_room_id(room_id)?;
-        self.require_joined(&room_id, &requester.user_id).await?;
         let ids: Vec<String> = match at {
             // Members as of a sync or pagination token: the state after the last event before it.
             Some(token) => {
@@ -1423,9 +1497,10 @@ impl Homeserver {
                 })
                 .await?
             }
+            // Members now, or as at the leave of one who left.
             None => {
-                let state = self.current_state(&room_id).await?.unwrap_or_default();
-                state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, e)| e.to_string()).collect()
+                let state = self.readable_state(&room_id, requester.user_id.as_str()).await?;
+                state.into_iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, e)| e).collect()
             }
         };
         let events = self.client_events(ids).await?;
@@ -1458,25 +1533,27 @@ impl Homeserver {
 
     /// `GET /messages`.
     pub async fn messages(&self, requester: &Requester, room_id: &str, page: Pagination<'_>) -> Result<MessagesPage> {
-        let Pagination { from, to, backwards, limit, filter } = page;
         let room_id = parse_room_id(room_id)?;
-        let user = requester.user_id.to_string();
-        let membership = self.membership_of(&room_id, &user).await?;
+        // A user who left sees history up to their leave; a non-member may peek into a
+        // world-readable room; each event is then filtered by its history visibility.
+        let reader = self.reader(&room_id, requester.user_id.as_str()).await?;
+        self.page_events(requester.user_id.as_str(), &room_id, reader, page).await
+    }
+
+    /// A page of the room's events as `reader` may see them.
+    async fn page_events(
+        &self,
+        user: &str,
+        room_id: &RoomId,
+        reader: crate::visibility::Reader,
+        page: Pagination<'_>,
+    ) -> Result<MessagesPage> {
+        let Pagination { from, to, backwards, limit, filter } = page;
         let max = *self.stream.borrow();
-        // A user who left sees history up to their leave.
-        let visible_until = match membership.as_deref() {
-            Some("join") => max,
-            Some("leave") | Some("ban") => {
-                let rid = room_id.to_string();
-                let u = user.clone();
-                self.db(move |s| {
-                    Ok(s.membership_changes(&u, 0, i64::MAX)?.into_iter().find(|(r, _, _)| *r == rid).map(|c| c.2))
-                })
-                .await?
-                .unwrap_or(0)
-            }
-            _ => return Err(Error::forbidden(format!("User {user} not in room {room_id}"))),
-        };
+        // Backwards pagination of one who left starts at their leave (as on Synapse); later
+        // events are otherwise left to the visibility filter, which shows them only when
+        // world-readable.
+        let visible_until = reader.until.min(max);
         let parse = |t: &str| parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid token {t}")));
         // A `t<N>` token names an event already returned (exclusive); a sync token `s<N>` means
         // "everything up to N was delivered", so paginating backwards from it includes N.
@@ -1494,12 +1571,13 @@ impl Homeserver {
             let upper = (from_pos - 1).min(visible_until);
             self.db(move |s| s.room_events(&rid, lower, upper, true, limit)).await?
         } else {
-            let upper = to_pos.unwrap_or(i64::MAX).min(visible_until);
+            let upper = to_pos.unwrap_or(i64::MAX).min(max);
             self.db(move |s| s.room_events(&rid, from_pos, upper, false, limit)).await?
         };
         let end = if rows.len() == limit { rows.last().map(|r| format!("t{}", r.stream_ordering)) } else { None };
-        // The filter applies to the page read, so a filtered page may hold fewer than `limit`
+        // The filters apply to the page read, so a filtered page may hold fewer than `limit`
         // events while `end` still points further; the spec allows that.
+        let (rows, _) = self.visible_events(user, reader, rows).await?;
         let chunk = rows
             .iter()
             .map(|r| client_event_from_str(&r.json))
@@ -1515,26 +1593,26 @@ impl Homeserver {
 
     /// `GET /context/{eventId}`.
     pub async fn context(&self, requester: &Requester, room_id: &str, event_id: &str, limit: usize) -> Result<Value> {
-        let event = self.get_room_event(requester, room_id, event_id).await?;
+        // An event the user may not see is a 403 here (a 404 through `/event`), as on Synapse.
+        let event = match self.get_room_event(requester, room_id, event_id).await {
+            Err(e) if e.kind == ErrorKind::NotFound && self.event_exists_in(room_id, event_id).await? => {
+                return Err(Error::forbidden("You don't have permission to access that event."));
+            }
+            other => other?,
+        };
         let id = event_id.to_owned();
         let pos =
             self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
         let half = (limit.min(100) / 2).max(1);
-        let before = self
-            .messages(
-                requester,
-                room_id,
-                Pagination { from: Some(&format!("t{pos}")), to: None, backwards: true, limit: half, filter: None },
-            )
-            .await?;
-        let after = self
-            .messages(
-                requester,
-                room_id,
-                Pagination { from: Some(&format!("t{pos}")), to: None, backwards: false, limit: half, filter: None },
-            )
-            .await?;
-        let state = self.room_state(requester, room_id).await?;
+        let rid = parse_room_id(room_id)?;
+        let user = requester.user_id.as_str();
+        let reader = self.event_reader(&rid, user).await?;
+        let from = format!("t{pos}");
+        let page = |backwards| Pagination { from: Some(&from), to: None, backwards, limit: half, filter: None };
+        let before = self.page_events(user, &rid, reader, page(true)).await?;
+        let after = self.page_events(user, &rid, reader, page(false)).await?;
+        // The state the user may read (none for those who may not read the room as a whole).
+        let state = self.room_state(requester, room_id).await.unwrap_or_default();
         Ok(json!({
             "event": event,
             "events_before": before.chunk,

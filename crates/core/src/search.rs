@@ -41,6 +41,9 @@ fn strings(v: Option<&Value>, what: &str) -> Result<Option<Vec<String>>> {
 impl Homeserver {
     /// `POST /search?next_batch=`.
     pub async fn search(&self, me: &Requester, body: &Map<String, Value>, next_batch: Option<&str>) -> Result<Value> {
+        if me.is_guest {
+            return Err(crate::rooms::guest_forbidden());
+        }
         let categories = match body.get("search_categories") {
             Some(Value::Object(c)) => c,
             _ => return Err(bad("search_categories must be an object")),
@@ -104,6 +107,12 @@ impl Homeserver {
         for hit in &hits {
             let id = hit.event_id.clone();
             let Some(row) = self.db(move |s| s.get_event(&id)).await? else { continue };
+            // Only what the history visibility lets this member see (the count stays the
+            // index's estimate, as on Synapse).
+            let reader = crate::visibility::Reader::MEMBER;
+            let Some(row) = self.visible_events(me.user_id.as_str(), reader, vec![row]).await?.0.pop() else {
+                continue;
+            };
             let event = client_event_from_str(&row.json);
             let mut result = json!({"rank": hit.rank, "result": event});
             if let Some((before, after, profiles)) = context {

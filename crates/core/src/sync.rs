@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::events::client_event_from_str;
 use crate::rooms::parse_token;
+use crate::visibility::Reader;
 use crate::{Error, Homeserver, Requester, Result};
 
 /// A parsed `/sync` request.
@@ -98,6 +99,8 @@ struct SyncFilter {
     timeline_limit: usize,
     rooms: Option<HashSet<String>>,
     not_rooms: HashSet<String>,
+    /// `room.include_leave`: rooms left or banned from in an initial sync too.
+    include_leave: bool,
 }
 
 impl SyncFilter {
@@ -110,6 +113,7 @@ impl SyncFilter {
             timeline_limit: room["timeline"]["limit"].as_u64().map(|l| l.clamp(1, 500) as usize).unwrap_or(10),
             rooms: list(&room["rooms"]),
             not_rooms: list(&room["not_rooms"]).unwrap_or_default(),
+            include_leave: room["include_leave"].as_bool().unwrap_or(false),
         }
     }
     fn wants(&self, room: &str) -> bool {
@@ -175,12 +179,14 @@ impl Homeserver {
         let from = since.unwrap_or(0);
         let (joined, invited, changes, account_data) = {
             let u = user.clone();
+            let include_leave = filter.include_leave;
             self.db(move |s| {
                 Ok((
                     s.rooms_for_user(&u, "join")?,
                     s.rooms_for_user(&u, "invite")?,
-                    // An initial sync shows current memberships only.
-                    if since.is_some() { s.membership_changes(&u, from, now)? } else { Vec::new() },
+                    // An initial sync shows current memberships only, and the rooms left or
+                    // banned from when the filter asks for them (`include_leave`).
+                    if since.is_some() || include_leave { s.membership_changes(&u, from, now)? } else { Vec::new() },
                     s.account_data_since(&u, if since.is_some() { from } else { 0 }, now)?,
                 ))
             })
@@ -232,7 +238,8 @@ impl Homeserver {
             // paginate back from there.
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
-            let section = self.room_section(room, timeline_from, now, whole_state, filter.timeline_limit).await?;
+            let section =
+                self.room_section(&user, room, timeline_from, now, whole_state, filter.timeline_limit).await?;
             if read_positions.is_none() {
                 read_positions = Some(self.unread_starts(&user).await?);
             }
@@ -253,12 +260,13 @@ impl Homeserver {
             }
             invite.insert(room.clone(), json!({"invite_state": {"events": self.stripped_state(room, &user).await?}}));
         }
-        if since.is_some() {
+        if since.is_some() || filter.include_leave {
             for (room, (membership, pos)) in &changed {
                 if !["leave", "ban"].contains(&membership.as_str()) || !filter.wants(room) {
                     continue;
                 }
-                let timeline = self.timeline(room, from, *pos, filter.timeline_limit).await?;
+                let reader = crate::visibility::Reader { until: *pos, peeking: false };
+                let (timeline, _) = self.timeline(&user, reader, room, from, *pos, filter.timeline_limit).await?;
                 leave.insert(
                     room.clone(),
                     json!({"timeline": timeline, "state": {"events": []}, "account_data": {"events": []}}),
@@ -302,21 +310,35 @@ impl Homeserver {
         .await
     }
 
-    async fn timeline(&self, room: &str, from: i64, to: i64, limit: usize) -> Result<Value> {
+    /// The latest events of `(from, to]` that `user` may see, and whether every member would
+    /// see the same ones (see [`Homeserver::visible_events`]).
+    async fn timeline(
+        &self,
+        user: &str,
+        reader: crate::visibility::Reader,
+        room: &str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<(Value, bool)> {
         let r = room.to_owned();
         let mut rows = self.db(move |s| s.room_events(&r, from, to, true, limit + 1)).await?;
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
+        let (rows, same_for_members) = self.visible_events(user, reader, rows).await?;
         let prev_batch = rows.first().map(|r| format!("t{}", r.stream_ordering)).unwrap_or_else(|| format!("t{to}"));
         let events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
-        Ok(json!({"events": events, "limited": limited, "prev_batch": prev_batch}))
+        Ok((json!({"events": events, "limited": limited, "prev_batch": prev_batch}), same_for_members))
     }
 
     /// A joined room's timeline (from `from`), state and summary. The sections of initial
-    /// syncs (the whole state, the latest events) are cached until the room changes.
+    /// syncs (the whole state, the latest events) are cached until the room changes, when
+    /// every member would get the same one (no event in it is hidden from any of them by its
+    /// history visibility); others are built for their user each time.
     async fn room_section(
         &self,
+        user: &str,
         room: &str,
         from: i64,
         now: i64,
@@ -327,7 +349,7 @@ impl Homeserver {
         if cacheable && let Some(section) = self.sync_cache.section(room, limit, now) {
             return Ok(section);
         }
-        let timeline = self.timeline(room, from, now, limit).await?;
+        let (timeline, same_for_members) = self.timeline(user, Reader::MEMBER, room, from, now, limit).await?;
         let in_timeline: HashSet<&str> =
             timeline["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str()).collect();
         let limited = timeline["limited"].as_bool().unwrap_or(false);
@@ -357,7 +379,7 @@ impl Homeserver {
             state: raw(&json!({"events": state}))?,
             summary: raw(&json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited_count}))?,
         });
-        if cacheable {
+        if cacheable && same_for_members {
             self.sync_cache.keep(room, limit, section.clone());
         }
         Ok(section)

@@ -147,6 +147,9 @@ fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
     if localpart.starts_with('_') {
         return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not begin with _"));
     }
+    if localpart.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::new(ErrorKind::InvalidUsername, "Numeric user IDs are reserved for guest users."));
+    }
     if localpart.len() + server_name.len() + 2 > 255 {
         return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not be longer than 255 characters"));
     }
@@ -212,6 +215,16 @@ impl Homeserver {
         })
     }
 
+    /// 400 for a UIA `session` this server never issued (or forgot), as Synapse answers.
+    fn check_uia_session(&self, session: Option<&str>) -> Result<()> {
+        match session {
+            Some(id) if !self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) => {
+                Err(Error::new(ErrorKind::BadRequest, format!("Unknown session ID: {id}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
         let session = session.unwrap_or_else(|| {
             let id = random_string(24);
@@ -243,6 +256,7 @@ impl Homeserver {
             return Err(self.uia_challenge(&["m.login.password"], None, None));
         };
         let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
+        self.check_uia_session(session.as_deref())?;
         if auth.get("type").and_then(Value::as_str) != Some("m.login.password") {
             return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")));
         }
@@ -298,6 +312,7 @@ impl Homeserver {
         }
         let auth = request.auth.as_ref().and_then(Value::as_object);
         let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+        self.check_uia_session(session.as_deref())?;
         let stage =
             if self.config.registration_requires_token { "m.login.registration_token" } else { "m.login.dummy" };
         let mut used_token = None;

@@ -52,6 +52,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/rooms/{room_id}/event/{event_id}", get(event))
         .route("/rooms/{room_id}/messages", get(messages))
         .route("/rooms/{room_id}/context/{event_id}", get(context))
+        .route("/rooms/{room_id}/initialSync", get(room_initial_sync))
         .route("/rooms/{room_id}/members", get(members))
         .route("/rooms/{room_id}/joined_members", get(joined_members))
         .route("/sync", get(sync))
@@ -153,7 +154,7 @@ async fn register_available(State(hs): State<AppState>, Query(q): Query<Availabl
 }
 
 async fn whoami(Auth(me): Auth) -> Json {
-    axum::Json(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": false}))
+    axum::Json(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": me.is_guest}))
 }
 
 #[derive(Deserialize)]
@@ -457,6 +458,10 @@ async fn messages(
         out["end"] = json!(end);
     }
     Ok(axum::Json(out))
+}
+
+async fn room_initial_sync(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.room_initial_sync(&me, &room_id).await?))
 }
 
 #[derive(Deserialize)]

@@ -103,12 +103,23 @@ fn request_info(parts: &Parts) -> RequestInfo {
     RequestInfo { user_agent, ip }
 }
 
-/// The access token from `Authorization: Bearer` or the `access_token` query parameter.
-pub fn access_token(parts: &Parts) -> Option<String> {
+/// The access token from `Authorization: Bearer` or the `access_token` query parameter; both
+/// at once is 401 `M_MISSING_TOKEN`, as on Synapse (which of them to believe is ambiguous).
+pub fn access_token(parts: &Parts) -> Result<Option<String>, MatrixError> {
+    let from_query = parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())));
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+        if from_query.is_some() {
+            return Err(MatrixError::new(
+                ErrorKind::MissingToken,
+                "Mixing Authorization headers and access_token query parameters.",
+            ));
+        }
+        return Ok(h.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
     }
-    parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
+    Ok(from_query)
 }
 
 /// An authenticated requester (401 `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise).
@@ -118,7 +129,7 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = MatrixError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = access_token(parts);
+        let token = access_token(parts)?;
         let info = request_info(parts);
         Ok(Auth(state.authenticate(token.as_deref(), &info, false).await?))
     }
@@ -131,7 +142,7 @@ impl FromRequestParts<AppState> for AuthAllowExpired {
     type Rejection = MatrixError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = access_token(parts);
+        let token = access_token(parts)?;
         let info = request_info(parts);
         Ok(AuthAllowExpired(state.authenticate(token.as_deref(), &info, true).await?))
     }

@@ -305,6 +305,9 @@ pub trait RoomStore {
     fn get_event(&self, event_id: &str) -> Result<Option<EventRow>>;
     /// The full state of a state group.
     fn get_state_group(&self, group: i64) -> Result<Vec<StateEntry>>;
+    /// The event ID a state group holds for `(event_type, state_key)`, if any (one indexed
+    /// lookup per group of the chain, instead of reading the whole state).
+    fn state_group_entry(&self, group: i64, event_type: &str, state_key: &str) -> Result<Option<String>>;
     /// How many deltas lie between a group and its last full snapshot.
     fn state_group_chain_length(&self, group: i64) -> Result<i64>;
     /// The room's current state.

@@ -722,6 +722,25 @@ impl RoomStore for SqliteStore {
             .collect())
     }
 
+    fn state_group_entry(&self, group: i64, event_type: &str, state_key: &str) -> Result<Option<String>> {
+        self.reader()
+            .row(
+                "WITH RECURSIVE chain(g, depth) AS (
+                   SELECT ?1, 0
+                   UNION ALL
+                   SELECT s.prev_group, chain.depth + 1 FROM state_groups s JOIN chain ON s.id = chain.g
+                   WHERE s.prev_group IS NOT NULL
+                 )
+                 SELECT e.event_id FROM chain JOIN state_group_entries e
+                   ON e.state_group = chain.g AND e.type = ?2 AND e.state_key = ?3
+                 ORDER BY chain.depth LIMIT 1",
+                rusqlite::params![group, event_type, state_key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
     fn state_group_chain_length(&self, group: i64) -> Result<i64> {
         self.reader()
             .row(

@@ -124,7 +124,8 @@ impl Homeserver {
         let from: Vec<OwnedEventId> = from.iter().map(|e| event_id(e)).collect::<Result<_>>()?;
         let events = self.walk_back(&room_id, from, &HashSet::new(), limit.clamp(1, MAX_HISTORY_EVENTS), true).await?;
         let ids = events.into_iter().map(|p| p.event_id).collect();
-        Ok(json!({"origin": self.server_name(), "origin_server_ts": now_ms(), "pdus": self.wire_pdus(ids).await?}))
+        let pdus = self.wire_pdus_for(origin, ids).await?;
+        Ok(json!({"origin": self.server_name(), "origin_server_ts": now_ms(), "pdus": pdus}))
     }
 
     /// `POST /_matrix/federation/v1/get_missing_events/{roomId}`: events before
@@ -147,7 +148,7 @@ impl Homeserver {
         events.retain(|p| p.depth >= min_depth);
         events.sort_by_key(|p| (p.depth, p.origin_server_ts));
         let ids = events.into_iter().map(|p| p.event_id).collect();
-        Ok(json!({"events": self.wire_pdus(ids).await?}))
+        Ok(json!({"events": self.wire_pdus_for(origin, ids).await?}))
     }
 
     /// Before handling an event whose parents are not all stored: asks `origin` for the

@@ -607,6 +607,22 @@ impl Homeserver {
         rows.iter().map(|j| wire_pdu(j)).collect()
     }
 
+    /// The events of `ids` (in order, unknown ones left out) for the wire, as `origin` may see
+    /// them: redacted where its users could not (see `visibility`).
+    pub(crate) async fn wire_pdus_for(&self, origin: &str, ids: Vec<OwnedEventId>) -> Result<Vec<Value>> {
+        let ids: Vec<String> = ids.into_iter().map(|e| e.to_string()).collect();
+        let rows = self
+            .db(move |s| {
+                let mut out = Vec::new();
+                for id in ids {
+                    out.extend(s.get_event(&id)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        self.visible_to_server(origin, rows).await?.iter().map(|j| wire_pdu(j)).collect()
+    }
+
     /// `GET /_matrix/federation/v1/event/{eventId}`: an event of a room `origin` is in.
     pub async fn federation_event(&self, origin: &str, event_id: &str) -> Result<Value> {
         let id = event_id.to_owned();
@@ -624,7 +640,7 @@ impl Homeserver {
         Ok(json!({
             "origin": self.server_name(),
             "origin_server_ts": now_ms(),
-            "pdus": [wire_pdu(&row.json)?],
+            "pdus": self.wire_pdus_for(origin, vec![pdu.event_id]).await?,
         }))
     }
 

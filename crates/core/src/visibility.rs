@@ -1,0 +1,353 @@
+//! Who may see which events: the spec's history-visibility rules, as Synapse applies them
+//! (`synapse/visibility.py`). Every read path that hands events to a client goes through
+//! [`Homeserver::visible_events`] (with the [`Reader`] from [`Homeserver::reader`]), and every
+//! path that hands them to another server through [`Homeserver::visible_to_server`].
+//!
+//! For a client, an event is decided by the room state *after* it: the room's
+//! `m.room.history_visibility` then, and the user's membership then.
+//! - `world_readable`: everyone sees it, members or not.
+//! - `shared`: every member sees it (a user who left sees what came before the leave); a
+//!   non-member peeking does not.
+//! - `invited`: users joined, or invited, at that point.
+//! - `joined`: users joined at that point.
+//!
+//! A user who left or was banned reads the room up to their leave and no further, whatever the
+//! visibility (the spec's "up to the point they left"). A user's own membership events are
+//! always theirs to see. Rejected and soft-failed events are never shown.
+//!
+//! For a server, an event is visible when one of its users could see it (`shared` and
+//! `world_readable` events always, `invited`/`joined` ones when a user of that server was
+//! invited/joined at that point); otherwise it is sent redacted, so the room's graph stays
+//! whole without revealing content.
+
+use std::collections::HashMap;
+
+use myelin_storage::EventRow;
+use ruma::RoomId;
+use serde_json::Value;
+
+use crate::{Error, Homeserver, Result};
+
+/// `m.room.history_visibility`, ordered from most to least open (Synapse's priority order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum HistoryVisibility {
+    WorldReadable,
+    Shared,
+    Invited,
+    Joined,
+}
+
+impl HistoryVisibility {
+    /// The value of an event's content; missing or unknown values mean `shared`.
+    pub(crate) fn from_content(content: &Value) -> Self {
+        match content.get("history_visibility").and_then(Value::as_str) {
+            Some("world_readable") => HistoryVisibility::WorldReadable,
+            Some("invited") => HistoryVisibility::Invited,
+            Some("joined") => HistoryVisibility::Joined,
+            _ => HistoryVisibility::Shared,
+        }
+    }
+}
+
+/// How a user stands when reading a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reader {
+    /// Events after this stream position are hidden: where the user left (or `i64::MAX`).
+    pub until: i64,
+    /// Not a member at all, reading a `world_readable` room.
+    pub peeking: bool,
+}
+
+impl Reader {
+    /// A member of the room now.
+    pub(crate) const MEMBER: Reader = Reader { until: i64::MAX, peeking: false };
+}
+
+/// The facts about one state group that decide visibility for one user.
+#[derive(Debug, Clone)]
+struct GroupFacts {
+    visibility: HistoryVisibility,
+    membership: Option<String>,
+}
+
+/// Whether a client may see an event, given the facts of the state after it.
+fn client_may_see(facts: &GroupFacts, reader: Reader) -> bool {
+    match facts.visibility {
+        HistoryVisibility::WorldReadable => true,
+        HistoryVisibility::Shared if !reader.peeking => true,
+        _ if facts.membership.as_deref() == Some("join") => true,
+        HistoryVisibility::Invited => facts.membership.as_deref() == Some("invite"),
+        _ => false,
+    }
+}
+
+/// The fields of a stored event the decision reads.
+struct Head {
+    kind: String,
+    state_key: Option<String>,
+    room_id: String,
+}
+
+fn head(json: &str) -> Option<Head> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(rename = "type")]
+        kind: String,
+        state_key: Option<String>,
+        #[serde(default)]
+        room_id: String,
+    }
+    let raw: Raw = serde_json::from_str(json).ok()?;
+    Some(Head { kind: raw.kind, state_key: raw.state_key, room_id: raw.room_id })
+}
+
+impl Homeserver {
+    /// How `user` may read `room_id`: as a member, as a former member (up to their leave), or
+    /// peeking into a `world_readable` room; 403 otherwise.
+    ///
+    /// As on Synapse, a banned user may not read the room this way (unless it is world-readable,
+    /// when they read it as anyone may); see [`Homeserver::event_reader`] for single events.
+    pub(crate) async fn reader(&self, room_id: &RoomId, user: &str) -> Result<Reader> {
+        match self.membership_of(room_id, user).await?.as_deref() {
+            Some("join") => Ok(Reader::MEMBER),
+            Some("leave") => Ok(Reader { until: self.left_at(room_id, user).await?, peeking: false }),
+            _ if self.current_visibility(room_id).await? == HistoryVisibility::WorldReadable => {
+                Ok(Reader { until: i64::MAX, peeking: true })
+            }
+            _ => Err(Error::forbidden(format!("User {user} not in room {room_id}, and room previews are disabled"))),
+        }
+    }
+
+    /// How `user` may fetch single events of `room_id` (`/event`, `/context`): as
+    /// [`Homeserver::reader`], except that nobody is refused outright: a banned user sees up to
+    /// the ban, and anyone else is judged as a non-member (so an invitee sees what `invited`
+    /// visibility shows them), as on Synapse.
+    pub(crate) async fn event_reader(&self, room_id: &RoomId, user: &str) -> Result<Reader> {
+        match self.membership_of(room_id, user).await?.as_deref() {
+            Some("join") => Ok(Reader::MEMBER),
+            Some("leave") | Some("ban") => Ok(Reader { until: self.left_at(room_id, user).await?, peeking: false }),
+            _ => Ok(Reader { until: i64::MAX, peeking: true }),
+        }
+    }
+
+    /// The stream position of `user`'s latest membership change in `room_id`.
+    async fn left_at(&self, room_id: &RoomId, user: &str) -> Result<i64> {
+        let (rid, u) = (room_id.to_string(), user.to_owned());
+        Ok(self
+            .db(move |s| {
+                Ok(s.membership_changes(&u, 0, i64::MAX)?
+                    .into_iter()
+                    .filter(|(r, _, _)| *r == rid)
+                    .map(|(_, _, pos)| pos)
+                    .max())
+            })
+            .await?
+            .unwrap_or(0))
+    }
+
+    /// The room's history visibility now.
+    pub(crate) async fn current_visibility(&self, room_id: &RoomId) -> Result<HistoryVisibility> {
+        Ok(self
+            .state_content(room_id, "m.room.history_visibility", "")
+            .await?
+            .map(|c| HistoryVisibility::from_content(&Value::Object(c)))
+            .unwrap_or(HistoryVisibility::Shared))
+    }
+
+    /// The visibility and `user`'s membership in a state group.
+    async fn group_facts(&self, group: i64, user: &str) -> Result<GroupFacts> {
+        let u = user.to_owned();
+        let (visibility_id, member_id) = self
+            .db(move |s| {
+                Ok((
+                    s.state_group_entry(group, "m.room.history_visibility", "")?,
+                    s.state_group_entry(group, "m.room.member", &u)?,
+                ))
+            })
+            .await?;
+        let ids: Vec<String> = visibility_id.iter().chain(member_id.iter()).cloned().collect();
+        let events = self.load_events(ids).await?;
+        let content_of = |id: &Option<String>| -> Option<Value> {
+            let id = ruma::OwnedEventId::try_from(id.as_deref()?).ok()?;
+            serde_json::from_str(events.get(&id)?.content.get()).ok()
+        };
+        let visibility = content_of(&visibility_id)
+            .map(|c| HistoryVisibility::from_content(&c))
+            .unwrap_or(HistoryVisibility::Shared);
+        let membership = content_of(&member_id).and_then(|c| c.get("membership")?.as_str().map(str::to_owned));
+        Ok(GroupFacts { visibility, membership })
+    }
+
+    /// The events of `rows` that `user`, reading as `reader`, may see, in order; and whether
+    /// the answer is the same for every member of the room now (every event's visibility was
+    /// `shared` or `world_readable`), which lets `/sync` share one cached copy.
+    pub(crate) async fn visible_events(
+        &self,
+        user: &str,
+        reader: Reader,
+        rows: Vec<EventRow>,
+    ) -> Result<(Vec<EventRow>, bool)> {
+        let mut facts: HashMap<i64, GroupFacts> = HashMap::new();
+        let mut same_for_members = true;
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.rejected || row.soft_failed {
+                same_for_members = false;
+                continue;
+            }
+            let Some(head) = head(&row.json) else { continue };
+            let own_membership = head.kind == "m.room.member" && head.state_key.as_deref() == Some(user);
+            let Some(group) = row.state_group else {
+                // An outlier: only the user's own membership (an invite from another server).
+                if own_membership {
+                    kept.push(row);
+                }
+                same_for_members = false;
+                continue;
+            };
+            let group_facts = match facts.entry(group) {
+                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => slot.insert(self.group_facts(group, user).await?),
+            };
+            same_for_members &= group_facts.visibility <= HistoryVisibility::Shared;
+            // After their leave a user sees only what anyone may.
+            let after_leave =
+                row.stream_ordering > reader.until && group_facts.visibility != HistoryVisibility::WorldReadable;
+            if !after_leave && (own_membership || client_may_see(group_facts, reader)) {
+                kept.push(row);
+            }
+        }
+        Ok((kept, same_for_members))
+    }
+
+    /// Whether `user` may see the stored event `row` of `room_id`.
+    pub(crate) async fn may_see_event(&self, user: &str, room_id: &RoomId, row: EventRow) -> Result<Option<EventRow>> {
+        let reader = self.event_reader(room_id, user).await?;
+        Ok(self.visible_events(user, reader, vec![row]).await?.0.pop())
+    }
+
+    /// The events of `rows` as `server` may have them: whole when one of its users could see
+    /// them, redacted otherwise (Synapse's `filter_events_for_server`). Rejected events are
+    /// left out.
+    pub(crate) async fn visible_to_server(&self, server: &str, rows: Vec<EventRow>) -> Result<Vec<String>> {
+        let mut decided: HashMap<i64, bool> = HashMap::new();
+        let mut rules: HashMap<String, ruma::room_version_rules::RoomVersionRules> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.rejected {
+                continue;
+            }
+            let visible = match row.state_group {
+                None => true,
+                Some(group) => match decided.get(&group) {
+                    Some(v) => *v,
+                    None => {
+                        let v = self.server_may_see(group, server).await?;
+                        decided.insert(group, v);
+                        v
+                    }
+                },
+            };
+            if visible {
+                out.push(row.json);
+            } else {
+                let room_id = head(&row.json).map(|h| h.room_id).unwrap_or_default();
+                let rules = match rules.get(&room_id) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let id = room_id.clone();
+                        let room = self.db(move |s| s.get_room(&id)).await?;
+                        let r = room
+                            .and_then(|r| crate::federation::rooms::rules_for(&r.room_version))
+                            .ok_or_else(|| Error::internal(format!("no room version for {room_id}")))?;
+                        rules.insert(room_id, r.clone());
+                        r
+                    }
+                };
+                out.push(crate::events::redact_json(&row.json, &rules, None)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn server_may_see(&self, group: i64, server: &str) -> Result<bool> {
+        let state = self.db(move |s| s.get_state_group(group)).await?;
+        let suffix = format!(":{server}");
+        let mut ids = Vec::new();
+        let mut visibility_id = None;
+        for entry in &state {
+            if entry.event_type == "m.room.history_visibility" && entry.state_key.is_empty() {
+                visibility_id = Some(entry.event_id.clone());
+            } else if entry.event_type == "m.room.member" && entry.state_key.ends_with(&suffix) {
+                ids.push(entry.event_id.clone());
+            }
+        }
+        ids.extend(visibility_id.clone());
+        let events = self.load_events(ids).await?;
+        let content = |id: &str| -> Option<Value> {
+            let id = ruma::OwnedEventId::try_from(id).ok()?;
+            serde_json::from_str(events.get(&id)?.content.get()).ok()
+        };
+        let visibility = visibility_id
+            .as_deref()
+            .and_then(content)
+            .map(|c| HistoryVisibility::from_content(&c))
+            .unwrap_or(HistoryVisibility::Shared);
+        if visibility <= HistoryVisibility::Shared {
+            return Ok(true);
+        }
+        let memberships: Vec<String> = state
+            .iter()
+            .filter(|e| e.event_type == "m.room.member" && e.state_key.ends_with(&suffix))
+            .filter_map(|e| content(&e.event_id)?.get("membership")?.as_str().map(str::to_owned))
+            .collect();
+        Ok(memberships.iter().any(|m| m == "join")
+            || (visibility == HistoryVisibility::Invited && memberships.iter().any(|m| m == "invite")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(visibility: HistoryVisibility, membership: Option<&str>) -> GroupFacts {
+        GroupFacts { visibility, membership: membership.map(str::to_owned) }
+    }
+
+    #[test]
+    fn the_spec_table() {
+        use HistoryVisibility::*;
+        let member = Reader::MEMBER;
+        let peeker = Reader { until: i64::MAX, peeking: true };
+        // (visibility, membership after the event, reader) -> visible
+        let cases = [
+            (WorldReadable, None, peeker, true),
+            (Shared, None, member, true),
+            (Shared, None, peeker, false),
+            (Shared, Some("leave"), member, true),
+            (Invited, Some("invite"), member, true),
+            (Invited, None, member, false),
+            (Invited, Some("join"), member, true),
+            (Joined, Some("invite"), member, false),
+            (Joined, Some("join"), member, true),
+            (Joined, None, member, false),
+            (Joined, Some("leave"), member, false),
+        ];
+        for (visibility, membership, reader, expected) in cases {
+            assert_eq!(
+                client_may_see(&facts(visibility, membership), reader),
+                expected,
+                "{visibility:?} {membership:?} {reader:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_shared() {
+        assert_eq!(
+            HistoryVisibility::from_content(&serde_json::json!({"history_visibility": "x"})),
+            HistoryVisibility::Shared
+        );
+        assert_eq!(HistoryVisibility::from_content(&serde_json::json!({})), HistoryVisibility::Shared);
+    }
+}

@@ -1,0 +1,258 @@
+//! Who may see what (issue 16): the history-visibility matrix of `tests/visibility/matrix.py`
+//! (4 visibilities x 7 kinds of user x every read path) run against a real Synapse and
+//! against Myelin; the answers must be the same, but for the deliberate differences listed in
+//! `DELIBERATE` (places where Synapse shows a former member events from after their leave).
+//! Plus black-box checks of the paths the matrix does not reach.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::federating::free_port;
+use crate::harness::Server;
+use crate::synapse_federation::start_synapse;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/visibility/matrix.py");
+
+/// `(visibility, user, path, Myelin's answer)` where Myelin differs from Synapse on purpose.
+/// Synapse bounds a former member's backward pagination at their leave but not the forward
+/// one, so in a `shared` room `dir=f` shows lena the messages sent after she left; the spec
+/// (and Myelin) show history "up to the point they left".
+const DELIBERATE: &[(&str, &str, &str, &[&str])] = &[("shared", "lena", "messages_f", &["m1", "m2"])];
+
+fn run_matrix(base: &str) -> Value {
+    let out = Command::new("python3").arg(SCRIPT).arg(base).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test]
+async fn the_visibility_matrix_matches_synapse() {
+    let unlimited = json!({"per_second": 100000, "burst_count": 100000});
+    let port = free_port();
+    let synapse = start_synapse(
+        "test",
+        port,
+        json!({
+            "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                           "resources": [{"names": ["client"], "compress": false}]}],
+            "enable_registration": true,
+            "enable_registration_without_verification": true,
+            "allow_guest_access": true,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": true,
+            "report_stats": false,
+            "presence": {"enabled": false},
+            "rc_message": unlimited, "rc_registration": unlimited, "rc_joins_per_room": unlimited,
+            "rc_room_creation": unlimited,
+            "rc_joins": {"local": unlimited, "remote": unlimited},
+            "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
+            "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
+        }),
+    )
+    .await;
+    let myelin = Server::start_with("allow_guest_access: true\n").await;
+    let (synapse_base, myelin_base) = (synapse.base.clone(), myelin.base.clone());
+    let (expected, actual) =
+        tokio::task::spawn_blocking(move || (run_matrix(&synapse_base), run_matrix(&myelin_base))).await.unwrap();
+    let mut expected = expected;
+    for (visibility, user, path, answer) in DELIBERATE {
+        expected[visibility][user][path] = json!(answer);
+    }
+    let mut differences = Vec::new();
+    for (visibility, users) in expected.as_object().unwrap() {
+        for (user, paths) in users.as_object().unwrap() {
+            for (path, want) in paths.as_object().unwrap() {
+                let got = &actual[visibility][user][path];
+                if got != want {
+                    differences.push(format!("{visibility} {user} {path}: Myelin {got}, Synapse {want}"));
+                }
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
+    // The matrix is not vacuous: later joiners of a `joined` room see only what came after.
+    assert_eq!(actual["joined"]["erin"]["messages_b"], json!(["m4"]));
+    assert_eq!(actual["joined"]["nina"]["messages_b"], json!("403 M_FORBIDDEN"));
+}
+
+#[tokio::test]
+async fn a_later_joiner_of_a_joined_room_reads_nothing_from_before_on_any_path() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let erin = server.register("erin").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+            ]}),
+        )
+        .await;
+    let mut before = Vec::new();
+    for i in 1..=3 {
+        let (_, b) = server.send_text(&alice, &room, &format!("secret m{i}")).await;
+        before.push(b["event_id"].as_str().unwrap().to_owned());
+    }
+    // An initial sync of erin's before the join, for the incremental one across it.
+    let since = server.sync(&erin, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    // The room's sync section is cached now for alice: erin must not be served it.
+    let _ = server.sync(&alice, None, 0).await;
+    assert_eq!(server.join(&erin, &room).await.0, 200);
+    server.send_text(&alice, &room, "public m4").await;
+
+    let leaked = |v: &Value| v.to_string().contains("secret m");
+    let initial = server.sync(&erin, None, 0).await;
+    assert!(!leaked(&initial), "initial sync: {initial}");
+    assert!(initial.to_string().contains("public m4"));
+    let incremental = server.sync(&erin, Some(&since), 0).await;
+    assert!(!leaked(&incremental), "incremental sync: {incremental}");
+    for path in [
+        format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+        format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=50"),
+        format!("/_matrix/client/v3/rooms/{room}/initialSync"),
+    ] {
+        let (s, b) = server.get(&path, Some(&erin.token)).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        assert!(!leaked(&b), "{path}: {b}");
+    }
+    for id in &before {
+        let (s, b) = server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(&erin.token)).await;
+        assert_eq!((s, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+        let (s, b) = server.get(&format!("/_matrix/client/v3/rooms/{room}/context/{id}"), Some(&erin.token)).await;
+        assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    }
+    let search = |token: String| {
+        let server = &server;
+        async move {
+            let body = json!({"search_categories": {"room_events": {"search_term": "secret"}}});
+            let (s, b) = server.post("/_matrix/client/v3/search", Some(&token), body).await;
+            assert_eq!(s, 200, "{b}");
+            b["search_categories"]["room_events"]["results"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    // The index is fed in the background: wait until alice finds the messages, then erin must not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while search(alice.token.clone()).await.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the messages were never indexed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(search(erin.token.clone()).await, Vec::<Value>::new());
+    // Alice, there from the start, still sees everything, on the cached path too.
+    let alice_sync = server.sync(&alice, None, 0).await;
+    assert!(alice_sync.to_string().contains("secret m1"), "{alice_sync}");
+}
+
+#[tokio::test]
+async fn a_former_member_reads_up_to_their_leave_and_members_as_then() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let lena = server.register("lena").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(server.join(&lena, &room).await.0, 200);
+    let (_, m1) = server.send_text(&alice, &room, "before").await;
+    let (s, _) = server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&lena.token), json!({})).await;
+    assert_eq!(s, 200);
+    let (_, m2) = server.send_text(&alice, &room, "after").await;
+    let carol = server.register("carol").await;
+    assert_eq!(server.join(&carol, &room).await.0, 200);
+
+    let m1 = m1["event_id"].as_str().unwrap();
+    let m2 = m2["event_id"].as_str().unwrap();
+    let (s, _) = server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{m1}"), Some(&lena.token)).await;
+    assert_eq!(s, 200, "events before the leave stay readable");
+    let (s, _) = server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{m2}"), Some(&lena.token)).await;
+    assert_eq!(s, 404, "events after the leave are not");
+    let (s, context) = server.get(&format!("/_matrix/client/v3/rooms/{room}/context/{m1}"), Some(&lena.token)).await;
+    assert_eq!(s, 200, "{context}");
+    assert!(!context.to_string().contains("\"after\""), "{context}");
+    let (s, members) = server.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&lena.token)).await;
+    assert_eq!(s, 200, "{members}");
+    assert!(!members.to_string().contains(&carol.user_id), "members as at the leave: {members}");
+    let (s, state) = server.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&lena.token)).await;
+    assert_eq!(s, 200, "{state}");
+    assert!(!state.to_string().contains(&carol.user_id), "state as at the leave: {state}");
+    // Someone who was never in a private room reads nothing at all.
+    let nina = server.register("nina").await;
+    let private = server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    for path in ["messages", "state", "members", "initialSync"] {
+        let (s, b) = server.get(&format!("/_matrix/client/v3/rooms/{private}/{path}"), Some(&nina.token)).await;
+        assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{path}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn anyone_may_peek_into_a_world_readable_room_but_not_write() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let nina = server.register("nina").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}
+            ]}),
+        )
+        .await;
+    let (_, sent) = server.send_text(&alice, &room, "for everyone").await;
+    let id = sent["event_id"].as_str().unwrap();
+    for path in [
+        format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+        format!("/_matrix/client/v3/rooms/{room}/event/{id}"),
+        format!("/_matrix/client/v3/rooms/{room}/context/{id}"),
+        format!("/_matrix/client/v3/rooms/{room}/initialSync"),
+    ] {
+        let (s, b) = server.get(&path, Some(&nina.token)).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        assert!(b.to_string().contains("for everyone"), "{path}: {b}");
+    }
+    let (s, state) = server.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&nina.token)).await;
+    assert_eq!(s, 200, "{state}");
+    let (s, b) = server.send_text(&nina, &room, "may I?").await;
+    assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+}
+
+#[tokio::test]
+async fn synapse_defaults_for_presets_tokens_sessions_and_guests() {
+    let server = Server::start_with("allow_guest_access: true\n").await;
+    let alice = server.register("alice").await;
+    // Power levels as Synapse writes them per preset.
+    for (preset, invite) in [("public_chat", 50), ("private_chat", 0), ("trusted_private_chat", 0)] {
+        let room = server.create_room(&alice, json!({"preset": preset})).await;
+        let (_, pl) = server
+            .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"), Some(&alice.token))
+            .await;
+        assert_eq!(pl["invite"], invite, "{preset}: {pl}");
+        assert_eq!(pl["events"]["m.room.power_levels"], 100);
+        if preset == "public_chat" {
+            assert_eq!(pl["events"]["m.call.invite"], 50, "{pl}");
+        }
+    }
+    // A token in the header and in the query at once is refused.
+    let response = reqwest::Client::new()
+        .get(server.url(&format!("/_matrix/client/v3/account/whoami?access_token={}", alice.token)))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN", "{body}");
+    // A UIA session that was never issued.
+    let (s, b) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "sess", "password": "password", "auth": {"type": "m.login.dummy", "session": "never-issued"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("Unknown session"), "{b}");
+    // Numeric localparts are the guests'.
+    let (s, b) = server.try_register("12345").await;
+    assert_eq!((s, b["errcode"].as_str()), (400, Some("M_INVALID_USERNAME")), "{b}");
+    let (s, guest) = server.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(s, 200, "{guest}");
+    let (s, who) = server.get("/_matrix/client/v3/account/whoami", guest["access_token"].as_str()).await;
+    assert_eq!((s, who["is_guest"].as_bool()), (200, Some(true)), "{who}");
+}
