@@ -133,8 +133,9 @@ async fn presence_is_set_read_and_synced() {
     let (st, b) = s.get(&path, Some(&carol.token)).await;
     assert_eq!(st, 403);
     assert_schema("/_matrix/client/v3/presence/{userId}/status", "get", st, &b);
+    // A user who does not exist is answered as one sharing no room (no account enumeration).
     let (st, b) = s.get(&format!("{V3}/presence/@nobody:test/status"), Some(&bob.token)).await;
-    assert_eq!(st, 404);
+    assert_eq!(st, 403);
     assert_schema("/_matrix/client/v3/presence/{userId}/status", "get", st, &b);
 }
 

@@ -18,6 +18,7 @@ mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
 mod push; // push rules, unread counts, pushers, notifications, start-up endpoints
 mod python_modules; // Synapse's Python modules on the embedded interpreter
+mod relations; // /relations, /threads, /timestamp_to_event, bundled aggregations
 mod rooms;
 mod search; // POST /search // rooms, membership, messages, the graph
 mod spec_shapes; // responses against the spec's schemas

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::federating::free_port;
-use crate::harness::Server;
+use crate::harness::{Server, User};
 use crate::synapse_federation::start_synapse;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/visibility/matrix.py");
@@ -255,4 +255,104 @@ async fn synapse_defaults_for_presets_tokens_sessions_and_guests() {
     assert_eq!(s, 200, "{guest}");
     let (s, who) = server.get("/_matrix/client/v3/account/whoami", guest["access_token"].as_str()).await;
     assert_eq!((s, who["is_guest"].as_bool()), (200, Some(true)), "{who}");
+}
+
+#[tokio::test]
+async fn guests_may_call_only_synapses_guest_endpoints() {
+    let server = Server::start_with("allow_guest_access: true\n").await;
+    let alice = server.register("alice").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [
+                {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}},
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}
+            ]}),
+        )
+        .await;
+    let (_, guest) = server.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    let token = guest["access_token"].as_str().unwrap().to_owned();
+    let forbidden = |(s, b): (u16, Value), what: &str| {
+        assert_eq!((s, b["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")), "{what}: {b}");
+    };
+    // Allowed: join, read, send, sync, profiles, keys.
+    let (s, b) = server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&token), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/g1"),
+            Some(&token),
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    for path in [
+        format!("/_matrix/client/v3/rooms/{room}/messages"),
+        "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        format!("/_matrix/client/v3/profile/{}", alice.user_id),
+        "/_matrix/client/v3/keys/changes?from=s0&to=s1".to_owned(),
+        "/_matrix/client/v3/joined_rooms".to_owned(),
+    ] {
+        let (s, b) = server.get(&path, Some(&token)).await;
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+    // Refused: everything else.
+    forbidden(server.post("/_matrix/client/v3/createRoom", Some(&token), json!({})).await, "createRoom");
+    forbidden(server.get("/_matrix/client/v3/pushrules/", Some(&token)).await, "pushrules");
+    forbidden(
+        server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/typing/{}", guest["user_id"].as_str().unwrap()),
+                Some(&token),
+                json!({"typing": true}),
+            )
+            .await,
+        "typing",
+    );
+    forbidden(
+        server.post("/_matrix/client/v3/user_directory/search", Some(&token), json!({"search_term": "a"})).await,
+        "directory",
+    );
+    forbidden(
+        server
+            .invite(
+                &User {
+                    user_id: guest["user_id"].as_str().unwrap().into(),
+                    token: token.clone(),
+                    device_id: String::new(),
+                },
+                &room,
+                &alice.user_id,
+            )
+            .await,
+        "invite",
+    );
+    forbidden(server.get(&format!("/_matrix/client/v1/rooms/{room}/threads"), Some(&token)).await, "threads");
+}
+
+#[tokio::test]
+async fn profile_and_presence_limits() {
+    let server = Server::start_with(
+        "require_auth_for_profile_requests: true\nlimit_profile_requests_to_users_who_share_rooms: true\n",
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (s, b) = server.get(&format!("/_matrix/client/v3/profile/{}", alice.user_id), None).await;
+    assert_eq!((s, b["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{b}");
+    let (s, b) = server.get(&format!("/_matrix/client/v3/profile/{}", alice.user_id), Some(&bob.token)).await;
+    assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "no shared room: {b}");
+    let (s, _) = server.get(&format!("/_matrix/client/v3/profile/{}", bob.user_id), Some(&bob.token)).await;
+    assert_eq!(s, 200, "one's own profile");
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let (s, b) =
+        server.get(&format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id), Some(&bob.token)).await;
+    assert_eq!((s, b["displayname"].as_str()), (200, Some("alice")), "{b}");
+    // Presence: a user sharing no room and a user who does not exist get the same answer.
+    let carol = server.register("carol").await;
+    let (s1, b1) = server.get(&format!("/_matrix/client/v3/presence/{}/status", carol.user_id), Some(&bob.token)).await;
+    let (s2, b2) = server.get("/_matrix/client/v3/presence/@nobody:test/status", Some(&bob.token)).await;
+    assert_eq!((s1, &b1), (s2, &b2));
+    assert_eq!(s1, 403);
 }

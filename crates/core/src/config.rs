@@ -224,6 +224,10 @@ pub struct Config {
     pub tls_private_key_path: Option<PathBuf>,
     /// Outbound federation.
     pub federation: FederationSettings,
+    /// `require_auth_for_profile_requests`: profiles only for authenticated requests.
+    pub require_auth_for_profile_requests: bool,
+    /// `limit_profile_requests_to_users_who_share_rooms`.
+    pub limit_profile_requests_to_users_who_share_rooms: bool,
     /// `rc_*`: rate limits.
     pub rate_limits: crate::ratelimit::RateLimitSettings,
     /// `password_config`.
@@ -267,6 +271,8 @@ const KNOWN_KEYS: &[&str] = &[
     "ip_range_allowlist",
     "federation_ip_range_blacklist",
     "password_config",
+    "require_auth_for_profile_requests",
+    "limit_profile_requests_to_users_who_share_rooms",
 ];
 
 /// Room versions Myelin can create and participate in.
@@ -566,6 +572,9 @@ impl Config {
             registration_shared_secret: w.string("registration_shared_secret")?,
             default_room_version,
             rate_limits: crate::ratelimit::RateLimitSettings::parse(&root)?,
+            require_auth_for_profile_requests: w.boolean("require_auth_for_profile_requests", false)?,
+            limit_profile_requests_to_users_who_share_rooms: w
+                .boolean("limit_profile_requests_to_users_who_share_rooms", false)?,
             password: parse_password_config(root.get("password_config"))?,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
             warnings,

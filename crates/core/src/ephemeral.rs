@@ -413,13 +413,11 @@ impl Homeserver {
     /// requester); others are 403, as on Synapse.
     pub async fn get_presence(&self, me: &Requester, user_id: &str) -> Result<Value> {
         let user = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
-        let u = user_id.to_owned();
-        if self.db(move |s| s.get_user(&u)).await?.is_none() || !self.is_mine(&user) {
-            return Err(Error::not_found("Unknown user"));
-        }
+        // One answer for users who do not exist and users who share no room, so that presence
+        // cannot be used to find out who has an account (as on Synapse).
         let m = me.user_id.to_string();
         let sharing: HashSet<String> = self.db(move |s| s.users_sharing_rooms(&m)).await?.into_iter().collect();
-        if !sharing.contains(user_id) {
+        if user != me.user_id && (!sharing.contains(user_id) || !self.is_mine(&user)) {
             return Err(Error::forbidden("You are not allowed to see their presence."));
         }
         if !self.config.presence_enabled {

@@ -296,7 +296,7 @@ fn as_int(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
-fn parse_room_id(room_id: &str) -> Result<OwnedRoomId> {
+pub(crate) fn parse_room_id(room_id: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param(format!("Invalid room ID: {room_id}")))
 }
 
@@ -1088,6 +1088,10 @@ impl Homeserver {
         ratelimit: bool,
     ) -> Result<Arc<Value>> {
         let sender = &requester.user_id;
+        // Guests may join and leave, nothing more (as on Synapse).
+        if requester.is_guest && !["join", "leave"].contains(&action) {
+            return Err(guest_forbidden());
+        }
         // Rejecting an invite to a room this server is not in goes through the inviter.
         if action == "leave"
             && target == sender
@@ -1456,10 +1460,15 @@ impl Homeserver {
         if v["room_id"] != json!(room_id) {
             return Err(not_found());
         }
-        match self.may_see_event(requester.user_id.as_str(), &room_id, row).await? {
-            Some(_) => Ok(client_event(&v)),
-            None => Err(not_found()),
+        let user = requester.user_id.as_str();
+        let reader = self.event_reader(&room_id, user).await?;
+        if self.visible_events(user, reader, vec![row]).await?.0.is_empty() {
+            return Err(not_found());
         }
+        let mut event = [client_event(&v)];
+        self.bundle_aggregations(user, reader, &mut event).await?;
+        let [event] = event;
+        Ok(event)
     }
 
     /// `GET /joined_rooms`.
@@ -1578,11 +1587,12 @@ impl Homeserver {
         // The filters apply to the page read, so a filtered page may hold fewer than `limit`
         // events while `end` still points further; the spec allows that.
         let (rows, _) = self.visible_events(user, reader, rows).await?;
-        let chunk = rows
+        let mut chunk: Vec<Value> = rows
             .iter()
             .map(|r| client_event_from_str(&r.json))
             .filter(|e| filter.is_none_or(|f| f.matches(e)))
             .collect();
+        self.bundle_aggregations(user, reader, &mut chunk).await?;
         Ok(MessagesPage {
             chunk,
             start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")),

@@ -832,7 +832,32 @@ impl Homeserver {
         Ok(self.db(move |s| s.get_profile(&u)).await?.unwrap_or_default())
     }
 
-    /// `GET /profile/{userId}`.
+    /// `GET /profile/{userId}` for `requester` (none when the request carried no token):
+    /// `require_auth_for_profile_requests` and `limit_profile_requests_to_users_who_share_rooms`
+    /// as on Synapse.
+    pub async fn profile_for(&self, requester: Option<&Requester>, user_id: &str) -> Result<Map<String, Value>> {
+        let Some(me) = requester else {
+            if self.config.require_auth_for_profile_requests {
+                return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
+            }
+            return self.get_profile(user_id).await;
+        };
+        if self.config.limit_profile_requests_to_users_who_share_rooms && me.user_id.as_str() != user_id {
+            let (m, u) = (me.user_id.to_string(), user_id.to_owned());
+            let shared = self
+                .db(move |s| {
+                    let mine: std::collections::HashSet<String> = s.rooms_for_user(&m, "join")?.into_iter().collect();
+                    Ok(s.rooms_for_user(&u, "join")?.into_iter().any(|r| mine.contains(&r)))
+                })
+                .await?;
+            if !shared {
+                return Err(Error::forbidden("Profile isn't available"));
+            }
+        }
+        self.get_profile(user_id).await
+    }
+
+    /// A user's profile (local or remote), whoever asks.
     pub async fn get_profile(&self, user_id: &str) -> Result<Map<String, Value>> {
         if let Ok(user) = ruma::OwnedUserId::try_from(user_id)
             && !self.is_mine(&user)

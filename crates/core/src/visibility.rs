@@ -220,12 +220,6 @@ impl Homeserver {
         Ok((kept, same_for_members))
     }
 
-    /// Whether `user` may see the stored event `row` of `room_id`.
-    pub(crate) async fn may_see_event(&self, user: &str, room_id: &RoomId, row: EventRow) -> Result<Option<EventRow>> {
-        let reader = self.event_reader(room_id, user).await?;
-        Ok(self.visible_events(user, reader, vec![row]).await?.0.pop())
-    }
-
     /// The events of `rows` as `server` may have them: whole when one of its users could see
     /// them, redacted otherwise (Synapse's `filter_events_for_server`). Rejected events are
     /// left out.

@@ -14,12 +14,19 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::MatrixError;
-use crate::extract::{Auth, AuthAllowExpired, ClientInfo, JsonBody, Path, Query};
+use crate::extract::{Auth, AuthAllowExpired, ClientInfo, JsonBody, OptionalAuth, Path, Query};
 
 type Json = axum::Json<Value>;
 type Answer = Result<Json, MatrixError>;
 
 pub(crate) fn router() -> Router<AppState> {
+    // Endpoints the spec introduced under v1.
+    let v1 = Router::new()
+        .route("/rooms/{room_id}/relations/{event_id}", get(relations))
+        .route("/rooms/{room_id}/relations/{event_id}/{rel_type}", get(relations))
+        .route("/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}", get(relations))
+        .route("/rooms/{room_id}/threads", get(threads))
+        .route("/rooms/{room_id}/timestamp_to_event", get(timestamp_to_event));
     let api = Router::new()
         .route("/login", get(login_flows).post(login))
         .route("/logout", post(logout))
@@ -81,6 +88,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(token_validity))
+        .nest("/_matrix/client/v1", v1)
         .nest("/_matrix/client/v3", api.clone())
         .nest("/_matrix/client/r0", api)
 }
@@ -234,12 +242,16 @@ async fn capabilities(State(hs): State<AppState>, Auth(_me): Auth) -> Json {
     }}))
 }
 
-async fn profile(State(hs): State<AppState>, Path(user_id): Path<String>) -> Answer {
-    Ok(axum::Json(Value::Object(hs.get_profile(&user_id).await?)))
+async fn profile(State(hs): State<AppState>, OptionalAuth(me): OptionalAuth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(Value::Object(hs.profile_for(me.as_ref(), &user_id).await?)))
 }
 
-async fn profile_field(State(hs): State<AppState>, Path((user_id, field)): Path<(String, String)>) -> Answer {
-    let p = hs.get_profile(&user_id).await?;
+async fn profile_field(
+    State(hs): State<AppState>,
+    OptionalAuth(me): OptionalAuth,
+    Path((user_id, field)): Path<(String, String)>,
+) -> Answer {
+    let p = hs.profile_for(me.as_ref(), &user_id).await?;
     match p.get(&field) {
         Some(v) => Ok(axum::Json(json!({ field: v }))),
         None => Err(MatrixError::new(ErrorKind::NotFound, "Profile field not set")),
@@ -458,6 +470,93 @@ async fn messages(
         out["end"] = json!(end);
     }
     Ok(axum::Json(out))
+}
+
+#[derive(Deserialize)]
+struct RelationsPath {
+    room_id: String,
+    event_id: String,
+    rel_type: Option<String>,
+    event_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RelationsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<String>,
+    recurse: Option<bool>,
+}
+
+async fn relations(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(p): Path<RelationsPath>,
+    Query(q): Query<RelationsQuery>,
+) -> Answer {
+    let forwards = match q.dir.as_deref() {
+        Some("b") | None => false,
+        Some("f") => true,
+        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
+    };
+    let page = myelin_core::RelationsPage {
+        from: q.from.as_deref(),
+        to: q.to.as_deref(),
+        forwards,
+        limit: parse_limit(q.limit.as_deref(), 5)?,
+        recurse: q.recurse.unwrap_or(false),
+    };
+    let answer =
+        hs.relations(&me, &p.room_id, &p.event_id, p.rel_type.as_deref(), p.event_type.as_deref(), page).await?;
+    Ok(axum::Json(answer))
+}
+
+#[derive(Deserialize)]
+struct ThreadsQuery {
+    include: Option<String>,
+    from: Option<String>,
+    limit: Option<String>,
+}
+
+async fn threads(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<ThreadsQuery>,
+) -> Answer {
+    let participated = match q.include.as_deref() {
+        Some("all") | None => false,
+        Some("participated") => true,
+        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "include must be 'all' or 'participated'")),
+    };
+    let limit = parse_limit(q.limit.as_deref(), 10)?;
+    Ok(axum::Json(hs.threads(&me, &room_id, participated, q.from.as_deref(), limit).await?))
+}
+
+#[derive(Deserialize)]
+struct TimestampQuery {
+    ts: Option<String>,
+    dir: Option<String>,
+}
+
+async fn timestamp_to_event(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<TimestampQuery>,
+) -> Answer {
+    let ts =
+        q.ts.as_deref()
+            .ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing ts"))?
+            .parse::<i64>()
+            .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "ts must be an integer"))?;
+    let forwards = match q.dir.as_deref() {
+        Some("f") => true,
+        Some("b") => false,
+        _ => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
+    };
+    Ok(axum::Json(hs.timestamp_to_event(&me, &room_id, ts, forwards).await?))
 }
 
 async fn room_initial_sync(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

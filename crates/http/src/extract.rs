@@ -122,7 +122,9 @@ pub fn access_token(parts: &Parts) -> Result<Option<String>, MatrixError> {
     Ok(from_query)
 }
 
-/// An authenticated requester (401 `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise).
+/// An authenticated requester (401 `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise). Guests
+/// pass only on the endpoints Synapse opens to them ([`GUEST_ROUTES`]); elsewhere they get 403
+/// `M_GUEST_ACCESS_FORBIDDEN`.
 pub struct Auth(pub Requester);
 
 impl FromRequestParts<AppState> for Auth {
@@ -131,7 +133,87 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts)?;
         let info = request_info(parts);
-        Ok(Auth(state.authenticate(token.as_deref(), &info, false).await?))
+        let requester = state.authenticate(token.as_deref(), &info, false).await?;
+        if requester.is_guest && !guest_may_call(parts) {
+            return Err(MatrixError::new(
+                ErrorKind::Module { status: 403, errcode: "M_GUEST_ACCESS_FORBIDDEN".into() },
+                "Guest access not allowed",
+            ));
+        }
+        Ok(Auth(requester))
+    }
+}
+
+/// The Client-Server endpoints a guest may call, as `(method, route after the version
+/// prefix)`: Synapse's `allow_guest=True` servlets. Room membership is further limited to
+/// joining and leaving (in core).
+const GUEST_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/account/whoami"),
+    ("GET", "/capabilities"),
+    ("GET", "/devices"),
+    ("GET", "/devices/{device_id}"),
+    ("PUT", "/devices/{device_id}"),
+    ("POST", "/keys/upload"),
+    ("POST", "/keys/query"),
+    ("POST", "/keys/claim"),
+    ("POST", "/keys/signatures/upload"),
+    ("GET", "/keys/changes"),
+    ("GET", "/profile/{user_id}"),
+    ("GET", "/profile/{user_id}/{field}"),
+    ("GET", "/rooms/{room_id}/relations/{event_id}"),
+    ("GET", "/rooms/{room_id}/relations/{event_id}/{rel_type}"),
+    ("GET", "/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}"),
+    ("GET", "/rooms/{room_id}/state/{event_type}"),
+    ("GET", "/rooms/{room_id}/state/{event_type}/"),
+    ("GET", "/rooms/{room_id}/state/{event_type}/{state_key}"),
+    ("PUT", "/rooms/{room_id}/state/{event_type}"),
+    ("PUT", "/rooms/{room_id}/state/{event_type}/"),
+    ("PUT", "/rooms/{room_id}/state/{event_type}/{state_key}"),
+    ("PUT", "/rooms/{room_id}/send/{event_type}/{txn_id}"),
+    ("POST", "/join/{room}"),
+    ("POST", "/rooms/{room_id}/join"),
+    ("POST", "/rooms/{room_id}/{action}"),
+    ("GET", "/publicRooms"),
+    ("POST", "/publicRooms"),
+    ("GET", "/rooms/{room_id}/members"),
+    ("GET", "/rooms/{room_id}/messages"),
+    ("GET", "/rooms/{room_id}/state"),
+    ("GET", "/rooms/{room_id}/initialSync"),
+    ("GET", "/rooms/{room_id}/event/{event_id}"),
+    ("GET", "/rooms/{room_id}/context/{event_id}"),
+    ("GET", "/joined_rooms"),
+    ("PUT", "/sendToDevice/{event_type}/{txn_id}"),
+    ("GET", "/sync"),
+    ("GET", "/thirdparty/protocols"),
+    ("GET", "/download/{server}/{media_id}"),
+    ("GET", "/download/{server}/{media_id}/{file_name}"),
+    ("GET", "/thumbnail/{server}/{media_id}"),
+];
+
+/// Whether this request's route is open to guests.
+fn guest_may_call(parts: &Parts) -> bool {
+    let Some(route) = parts.extensions.get::<axum::extract::MatchedPath>() else { return false };
+    let route = route.as_str();
+    let Some(rest) = ["/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/v1/media", "/_matrix/client/v1"]
+        .iter()
+        .find_map(|prefix| route.strip_prefix(prefix))
+    else {
+        return false;
+    };
+    GUEST_ROUTES.iter().any(|(method, path)| *method == parts.method.as_str() && *path == rest)
+}
+
+/// The requester when the request carries a token (which must then be valid), else `None`.
+pub struct OptionalAuth(pub Option<Requester>);
+
+impl FromRequestParts<AppState> for OptionalAuth {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match access_token(parts)? {
+            None => Ok(OptionalAuth(None)),
+            Some(_) => Auth::from_request_parts(parts, state).await.map(|Auth(r)| OptionalAuth(Some(r))),
+        }
     }
 }
 

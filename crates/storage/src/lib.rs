@@ -154,6 +154,40 @@ pub struct EventRow {
     pub soft_failed: bool,
 }
 
+/// Which relations of an event to read.
+#[derive(Debug, Clone)]
+pub struct RelationQuery<'a> {
+    /// The event related to.
+    pub parent: &'a str,
+    /// Only this `rel_type`.
+    pub rel_type: Option<&'a str>,
+    /// Only events of this type.
+    pub event_type: Option<&'a str>,
+    /// Only after this stream position.
+    pub after: i64,
+    /// Only before this stream position.
+    pub before: i64,
+    /// Newest first.
+    pub backwards: bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One relation, for bundled aggregations.
+#[derive(Debug, Clone)]
+pub struct RelationRow {
+    /// The event related to.
+    pub parent: String,
+    /// `m.replace`, `m.thread` or `m.reference`.
+    pub rel_type: String,
+    /// The relating event.
+    pub event_id: String,
+    /// Its sender.
+    pub sender: String,
+    /// Its position.
+    pub stream_ordering: i64,
+}
+
 /// One entry of room state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StateEntry {
@@ -305,6 +339,23 @@ pub trait RoomStore {
     fn get_event(&self, event_id: &str) -> Result<Option<EventRow>>;
     /// The full state of a state group.
     fn get_state_group(&self, group: i64) -> Result<Vec<StateEntry>>;
+    /// Events relating to `query.parent`, in stream order, between two positions (exclusive).
+    fn relations(&self, query: &RelationQuery<'_>) -> Result<Vec<EventRow>>;
+    /// The edits, thread replies and references of each parent, oldest first (the bundled
+    /// aggregations of `unsigned."m.relations"`).
+    fn relation_summaries(&self, parents: &[String]) -> Result<Vec<RelationRow>>;
+    /// The room's events sent at or after `ts` (`forwards`, oldest first) or at or before it
+    /// (newest first), by `origin_server_ts`.
+    fn events_by_timestamp(&self, room_id: &str, ts: i64, forwards: bool, limit: usize) -> Result<Vec<EventRow>>;
+    /// The roots of the room's threads whose latest reply is before `before`, newest first,
+    /// with that reply's position; with `participant`, only threads they started or replied to.
+    fn thread_roots(
+        &self,
+        room_id: &str,
+        participant: Option<&str>,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>>;
     /// The event ID a state group holds for `(event_type, state_key)`, if any (one indexed
     /// lookup per group of the chain, instead of reading the whole state).
     fn state_group_entry(&self, group: i64, event_type: &str, state_key: &str) -> Result<Option<String>>;

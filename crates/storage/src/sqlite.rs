@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_sync_indexes.sql"),
     include_str!("migrations/0007_federation.sql"),
     include_str!("migrations/0008_ratelimit_override.sql"),
+    include_str!("migrations/0009_relations.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
@@ -556,6 +557,17 @@ fn write_event(tx: &Connection, ev: &NewEvent<'_>) -> Result<(i64, i64)> {
     )
     .map_err(backend)?;
     if !ev.rejected && !ev.soft_failed {
+        // A relation (edit, thread reply, reference, annotation) is indexed by its parent.
+        tx.exec(
+            "INSERT OR IGNORE INTO event_relations (event_id, relates_to, rel_type, room_id, type, sender, stream_ordering)
+             SELECT event_id, json_extract(json, '$.content.\"m.relates_to\".event_id'),
+                    json_extract(json, '$.content.\"m.relates_to\".rel_type'), room_id, type, sender, stream_ordering
+             FROM events WHERE stream_ordering = ?1
+               AND json_type(json, '$.content.\"m.relates_to\".event_id') = 'text'
+               AND json_type(json, '$.content.\"m.relates_to\".rel_type') = 'text'",
+            params![stream],
+        )
+        .map_err(backend)?;
         // Only what changes: the parents leave, the event joins (a busy room can have many).
         for id in ev.prev_events {
             tx.exec("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2", params![ev.room_id, id])
@@ -822,6 +834,97 @@ impl RoomStore for SqliteStore {
             )
             .map_err(backend)?;
         let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn relations(&self, query: &RelationQuery<'_>) -> Result<Vec<EventRow>> {
+        let order = if query.backwards { "DESC" } else { "ASC" };
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT e.stream_ordering, e.json, e.state_group, e.rejected, e.soft_failed
+                 FROM event_relations r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.relates_to = ?1 AND (?2 IS NULL OR r.rel_type = ?2) AND (?3 IS NULL OR r.type = ?3)
+                   AND r.stream_ordering > ?4 AND r.stream_ordering < ?5
+                 ORDER BY r.stream_ordering {order} LIMIT ?6"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(
+                params![query.parent, query.rel_type, query.event_type, query.after, query.before, query.limit as i64],
+                event_from_row,
+            )
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn relation_summaries(&self, parents: &[String]) -> Result<Vec<RelationRow>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.relates_to, r.rel_type, r.event_id, r.sender, r.stream_ordering
+                 FROM event_relations r WHERE r.relates_to = ?1 AND r.rel_type IN ('m.replace', 'm.thread', 'm.reference')
+                 ORDER BY r.stream_ordering",
+            )
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for parent in parents {
+            let rows = stmt
+                .query_map([parent], |r| {
+                    Ok(RelationRow {
+                        parent: r.get(0)?,
+                        rel_type: r.get(1)?,
+                        event_id: r.get(2)?,
+                        sender: r.get(3)?,
+                        stream_ordering: r.get(4)?,
+                    })
+                })
+                .map_err(backend)?;
+            for row in rows {
+                out.push(row.map_err(backend)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn events_by_timestamp(&self, room_id: &str, ts: i64, forwards: bool, limit: usize) -> Result<Vec<EventRow>> {
+        // A scan of the room's events in time order (no index on the timestamp: this endpoint is
+        // rare and rooms are read newest first otherwise).
+        let (cmp, order) = if forwards { (">=", "ASC") } else { ("<=", "DESC") };
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ?1 AND rejected = 0 AND soft_failed = 0
+                   AND stream_ordering > 0 AND json_extract(json, '$.origin_server_ts') {cmp} ?2
+                 ORDER BY json_extract(json, '$.origin_server_ts') {order}, stream_ordering {order} LIMIT ?3"
+            ))
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![room_id, ts, limit as i64], event_from_row).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn thread_roots(
+        &self,
+        room_id: &str,
+        participant: Option<&str>,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        // A thread's position is its latest reply; threads come newest first.
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT relates_to, max(stream_ordering) AS latest FROM event_relations
+                 WHERE room_id = ?1 AND rel_type = 'm.thread'
+                 GROUP BY relates_to
+                 HAVING latest < ?3 AND (?2 IS NULL OR max(sender = ?2) = 1
+                        OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = relates_to AND e.sender = ?2))
+                 ORDER BY latest DESC LIMIT ?4",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![room_id, participant, before, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
