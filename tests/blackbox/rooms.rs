@@ -407,3 +407,82 @@ async fn simultaneous_retries_of_a_transaction_make_one_event() {
     // And the room carries on.
     assert_eq!(s.send_text(&alice, &room, "after").await.0, 200);
 }
+
+#[tokio::test]
+async fn knocking_and_restricted_joins() {
+    use crate::harness::assert_schema;
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let join_rule = |rule: Value| json!({"type": "m.room.join_rules", "state_key": "", "content": rule});
+    let knockable = s.create_room(&alice, json!({"initial_state": [join_rule(json!({"join_rule": "knock"}))]})).await;
+
+    // Bob knocks: his sync shows the room under `knock`, alice sees the knock, and an invite
+    // lets him in.
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (st, b) =
+        s.post(&format!("/_matrix/client/v3/knock/{knockable}"), Some(&bob.token), json!({"reason": "hi"})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_schema("/_matrix/client/v3/knock/{roomIdOrAlias}", "post", 200, &b);
+    assert_eq!(b["room_id"], knockable);
+    let synced = s.sync(&bob, Some(&since), 0).await;
+    let knock_state = &synced["rooms"]["knock"][&knockable]["knock_state"]["events"];
+    assert!(
+        knock_state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "knock"),
+        "{synced}"
+    );
+    let initial = s.sync(&bob, None, 0).await;
+    assert!(initial["rooms"]["knock"][&knockable].is_object(), "{initial}");
+    let (_, member) = s
+        .get(&format!("/_matrix/client/v3/rooms/{knockable}/state/m.room.member/{}", bob.user_id), Some(&alice.token))
+        .await;
+    assert_eq!((member["membership"].as_str(), member["reason"].as_str()), (Some("knock"), Some("hi")));
+    // Knocking twice, or on an invite, is refused; the invite then the join work.
+    assert_eq!(s.invite(&alice, &knockable, &bob.user_id).await.0, 200);
+    let (st, _) = s.post(&format!("/_matrix/client/v3/knock/{knockable}"), Some(&bob.token), json!({})).await;
+    assert_eq!(st, 403);
+    assert_eq!(s.join(&bob, &knockable).await.0, 200);
+    // A knock can be taken back.
+    let (st, _) = s.post(&format!("/_matrix/client/v3/knock/{knockable}"), Some(&carol.token), json!({})).await;
+    assert_eq!(st, 200);
+    let (st, b) = s.post(&format!("/_matrix/client/v3/rooms/{knockable}/leave"), Some(&carol.token), json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    // Not on a public room (the auth rules refuse), nor on an unknown one.
+    let public = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let (st, b) = s.post(&format!("/_matrix/client/v3/knock/{public}"), Some(&carol.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    let (st, _) = s.post("/_matrix/client/v3/knock/!nowhere:test", Some(&carol.token), json!({})).await;
+    assert_eq!(st, 404);
+
+    // Restricted: members of the space may join, vouched for by alice; others may not.
+    let space = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &space).await.0, 200);
+    let allow = json!([{"type": "m.room_membership", "room_id": space}]);
+    let restricted = s
+        .create_room(&alice, json!({"initial_state": [join_rule(json!({"join_rule": "restricted", "allow": allow}))]}))
+        .await;
+    let (st, b) = s.join(&bob, &restricted).await;
+    assert_eq!(st, 200, "{b}");
+    let (_, member) = s
+        .get(&format!("/_matrix/client/v3/rooms/{restricted}/state/m.room.member/{}", bob.user_id), Some(&bob.token))
+        .await;
+    assert_eq!(member["join_authorised_via_users_server"], alice.user_id, "{member}");
+    let (st, b) = s.join(&carol, &restricted).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    // knock_restricted: the same, and those outside may knock.
+    let knock_restricted = s
+        .create_room(
+            &alice,
+            json!({"initial_state": [join_rule(json!({"join_rule": "knock_restricted", "allow": allow}))]}),
+        )
+        .await;
+    assert_eq!(s.join(&bob, &knock_restricted).await.0, 200);
+    assert_eq!(s.join(&carol, &knock_restricted).await.0, 403);
+    let (st, b) = s.post(&format!("/_matrix/client/v3/knock/{knock_restricted}"), Some(&carol.token), json!({})).await;
+    assert_eq!(st, 200, "{b}");
+}

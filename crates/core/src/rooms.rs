@@ -1115,6 +1115,18 @@ impl Homeserver {
                 "leave"
             }
             "invite" | "join" | "leave" | "ban" => action,
+            "knock" => {
+                if target != sender {
+                    return Err(Error::forbidden("You can only knock for yourself"));
+                }
+                match current.as_deref() {
+                    Some("join") => return Err(Error::forbidden(format!("{target} is already in the room."))),
+                    Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+                    Some("invite") => return Err(Error::forbidden("You are already invited to this room")),
+                    _ => {}
+                }
+                "knock"
+            }
             other => return Err(Error::invalid_param(format!("Unknown membership {other}"))),
         };
         match membership {
@@ -1151,6 +1163,14 @@ impl Homeserver {
                 }
                 if current.as_deref() == Some("ban") {
                     return Err(Error::forbidden(format!("{target} is banned from the room")));
+                }
+                // A restricted room admits members of the rooms its join rule names, vouched
+                // for by a local user who may invite.
+                if target == sender
+                    && !matches!(current.as_deref(), Some("join") | Some("invite"))
+                    && let Some(authoriser) = self.restricted_join_authoriser(room_id, target.as_str()).await?
+                {
+                    content.insert("join_authorised_via_users_server".into(), json!(authoriser));
                 }
                 // As Synapse: a join that only updates a profile is not limited.
                 if ratelimit && current.as_deref() != Some("join") {
@@ -1387,6 +1407,62 @@ impl Homeserver {
             out["membership"] = json!(m);
         }
         Ok(out)
+    }
+
+    /// For a join to a `restricted` or `knock_restricted` room: the local user who vouches for
+    /// it (`join_authorised_via_users_server`), when `user` is joined to one of the rooms the
+    /// join rule allows; `None` for other join rules; 403 when the user may not join.
+    async fn restricted_join_authoriser(&self, room_id: &RoomId, user: &str) -> Result<Option<String>> {
+        let Some(rules) = self.state_content(room_id, "m.room.join_rules", "").await? else { return Ok(None) };
+        if !matches!(rules.get("join_rule").and_then(Value::as_str), Some("restricted" | "knock_restricted")) {
+            return Ok(None);
+        }
+        let mut allowed = false;
+        for entry in rules.get("allow").and_then(Value::as_array).into_iter().flatten() {
+            let Some(other) = entry.get("room_id").and_then(Value::as_str) else { continue };
+            if entry.get("type").and_then(Value::as_str) != Some("m.room_membership") {
+                continue;
+            }
+            let Ok(other) = OwnedRoomId::try_from(other) else { continue };
+            if self.membership_of(&other, user).await?.as_deref() == Some("join") {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            return Err(Error::forbidden("You do not belong to any of the required rooms/spaces to join this room."));
+        }
+        let state = self.current_state(room_id).await?.unwrap_or_default();
+        let power = self.power_levels(&state).await?;
+        let invite_level = power.int("invite", 0);
+        let suffix = format!(":{}", self.server_name());
+        let rid = room_id.to_string();
+        let members = self.db(move |s| s.room_memberships(&rid)).await?;
+        let authoriser = members
+            .into_iter()
+            .filter(|(member, membership)| membership == "join" && member.ends_with(&suffix))
+            .map(|(member, _)| member)
+            .find(|member| power.user(member) >= invite_level);
+        authoriser.map(Some).ok_or_else(|| Error::forbidden("Unable to find a user which could issue an invite"))
+    }
+
+    /// `POST /knock/{roomIdOrAlias}`: asks to join a room whose join rule is `knock` or
+    /// `knock_restricted` (rooms this server is in; knocking over federation is not built yet).
+    pub async fn knock(&self, requester: &Requester, room: &str, reason: Option<String>) -> Result<OwnedRoomId> {
+        let room_id = if room.starts_with('#') {
+            parse_room_id(&self.resolve_alias(room).await?.0)?
+        } else {
+            parse_room_id(room)?
+        };
+        if !self.participates_in(&room_id).await? {
+            return Err(Error::new(
+                ErrorKind::Module { status: 404, errcode: "M_NOT_FOUND".into() },
+                "Knocking on a room this server is not in is not supported yet",
+            ));
+        }
+        let user = requester.user_id.clone();
+        self.update_membership(requester, &room_id, &user, "knock", reason, Map::new()).await?;
+        Ok(room_id)
     }
 
     /// Whether an event of that ID is stored in that room.

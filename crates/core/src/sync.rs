@@ -177,13 +177,14 @@ impl Homeserver {
     ) -> Result<(SyncResponse, bool)> {
         let user = requester.user_id.to_string();
         let from = since.unwrap_or(0);
-        let (joined, invited, changes, account_data) = {
+        let (joined, invited, knocked, changes, account_data) = {
             let u = user.clone();
             let include_leave = filter.include_leave;
             self.db(move |s| {
                 Ok((
                     s.rooms_for_user(&u, "join")?,
                     s.rooms_for_user(&u, "invite")?,
+                    s.rooms_for_user(&u, "knock")?,
                     // An initial sync shows current memberships only, and the rooms left or
                     // banned from when the filter asks for them (`include_leave`).
                     if since.is_some() || include_leave { s.membership_changes(&u, from, now)? } else { Vec::new() },
@@ -260,6 +261,13 @@ impl Homeserver {
             }
             invite.insert(room.clone(), json!({"invite_state": {"events": self.stripped_state(room, &user).await?}}));
         }
+        let mut knock = Map::new();
+        for room in &knocked {
+            if !filter.wants(room) || (since.is_some() && !changed.contains_key(room)) {
+                continue;
+            }
+            knock.insert(room.clone(), json!({"knock_state": {"events": self.stripped_state(room, &user).await?}}));
+        }
         if since.is_some() || filter.include_leave {
             for (room, (membership, pos)) in &changed {
                 if !["leave", "ban"].contains(&membership.as_str()) || !filter.wants(room) {
@@ -277,6 +285,7 @@ impl Homeserver {
         let presence = self.presence_events(&user, since, now).await?;
         let empty = join.is_empty()
             && invite.is_empty()
+            && knock.is_empty()
             && leave.is_empty()
             && global_account_data.is_empty()
             && keys.to_device.is_empty()
@@ -284,7 +293,7 @@ impl Homeserver {
             && presence.is_empty();
         let body = SyncResponse {
             next_batch: format!("s{now}"),
-            rooms: SyncRooms { join, invite, leave, knock: Map::new() },
+            rooms: SyncRooms { join, invite, leave, knock },
             account_data: json!({"events": global_account_data}),
             presence: json!({"events": presence}),
             to_device: json!({"events": keys.to_device}),

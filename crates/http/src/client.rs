@@ -46,6 +46,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field))
         .route("/createRoom", post(create_room))
         .route("/join/{room}", post(join))
+        .route("/knock/{room}", post(knock))
         .route("/rooms/{room_id}/join", post(join))
         .route("/rooms/{room_id}/upgrade", post(upgrade))
         .route("/rooms/{room_id}/{action}", post(membership))
@@ -302,6 +303,21 @@ async fn join(
         .map(|(_, v)| myelin_core::federation::percent_decode(v))
         .collect();
     let room_id = hs.join_room(&me, &room, &via).await?;
+    Ok(axum::Json(json!({"room_id": room_id})))
+}
+
+#[derive(Deserialize, Default)]
+struct KnockBody {
+    reason: Option<String>,
+}
+
+async fn knock(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room): Path<String>,
+    JsonBody(body): JsonBody<KnockBody>,
+) -> Answer {
+    let room_id = hs.knock(&me, &room, body.reason).await?;
     Ok(axum::Json(json!({"room_id": room_id})))
 }
 
