@@ -85,7 +85,7 @@ rc_federation: {concurrent: 1000, sleep_limit: 100000, reject_limit: 100000}
 """
 
 
-def myelin_config(d: Path, port: int, modules: str = ""):
+def myelin_config(d: Path, port: int, modules: str = "", lifted_limits: bool = True):
     d.mkdir(parents=True, exist_ok=True)
     (d / "homeserver.yaml").write_text(
         f"""server_name: bench
@@ -98,7 +98,7 @@ max_upload_size: 50M
 enable_registration: true
 enable_registration_without_verification: true
 log_level: warning
-{UNLIMITED_MYELIN}{modules}"""
+{UNLIMITED_MYELIN if lifted_limits else ""}{modules}"""
     )
     return [str(MYELIN), "-c", str(d / "homeserver.yaml")]
 
@@ -379,6 +379,38 @@ async def module_overhead():
     return {k: statistics.median(v) for k, v in rates.items()}, rates
 
 
+async def limiter_overhead():
+    """Send throughput at 8 clients with the rate limits lifted, and with Synapse's default
+    limits and the senders exempt through `ratelimit_override` rows (so every send consults the
+    limiter and the override but is never refused), interleaved."""
+    rates = {"lifted": [], "default, exempt": []}
+    for round_ in range(3):
+        for variant in rates:
+            t = Target("myelin-limits", 28451)
+            d = WORK / f"myelin-limits-{round_}-{variant.split(',')[0]}"
+            shutil.rmtree(d, ignore_errors=True)
+            cmd = myelin_config(d, t.port)
+            log = open(WORK / f"{t.name}.log", "w")
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                await t.wait_ready(session, time.monotonic())
+                users, room = await module_room(session, t)
+                if variant != "lifted":
+                    t.stop()
+                    db = sqlite3.connect(d / "data" / "homeserver.db")
+                    db.executemany("INSERT INTO ratelimit_override VALUES (?, 0, 0)", [(u["user_id"],) for u in users])
+                    db.commit()
+                    db.close()
+                    cmd = myelin_config(d, t.port, lifted_limits=False)
+                    t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                    await t.wait_ready(session, time.monotonic())
+                await send_throughput(session, t, users, room, 8, 200)  # warm-up
+                rate, _ = await send_throughput(session, t, users, room, 8, 1600 if QUICK else 6000)
+                rates[variant].append(rate)
+            t.stop()
+    return {k: statistics.median(v) for k, v in rates.items()}, rates
+
+
 async def antispam_overhead():
     """Per-call cost of the antispam module beyond the backend round trip: native vs Python."""
     from aiohttp import web
@@ -412,6 +444,8 @@ async def antispam_overhead():
         for round_ in range(3):
             for variant, module in variants:
                 cfg = "" if module is None else (
+                    # The backend is on loopback, which module HTTP clients reach only when allowed.
+                    f"ip_range_whitelist: ['127.0.0.0/8']\n"
                     f"modules:\n  - module: {module}\n    config: {{base_url: '{base}', enabled_callbacks: [user_may_invite]}}\n")
                 t = Target(f"myelin-antispam-{variant}", 28451)
                 d = WORK / f"myelin-antispam-{variant}-{round_}"
@@ -508,12 +542,20 @@ async def main():
         my.stop()
     out = table([syn, my])
     out += f"\n\nfsync rate of this disk (4 KiB write + fsync): {fsync_rate(WORK):,.0f}/s\n"
+    # Kept as it grows, so that a failure in a later phase loses nothing measured.
+    (WORK / "results.md").write_text(out + "\n")
     medians, rates = await module_overhead()
     none = medians["none"]
     out += "\n\nMyelin send throughput at 8 clients by module set (median of 3 interleaved runs, msg/s):\n\n"
     out += "| modules | msg/s | vs none | runs |\n|---|---:|---:|---|\n"
     for k in ("none", "demo", "python"):
         out += f"| {k} | {medians[k]:,.0f} | {medians[k] / none * 100:.1f}% | {', '.join(f'{r:,.0f}' for r in rates[k])} |\n"
+    limits, limit_rates = await limiter_overhead()
+    out += "\nMyelin send throughput at 8 clients by rate limits (median of 3 interleaved runs, msg/s):\n\n"
+    out += "| limits | msg/s | vs lifted | runs |\n|---|---:|---:|---|\n"
+    for k in limits:
+        out += (f"| {k} | {limits[k]:,.0f} | {limits[k] / limits['lifted'] * 100:.1f}% | "
+                f"{', '.join(f'{r:,.0f}' for r in limit_rates[k])} |\n")
     synapse_python = await synapse_with_python_module()
     python_rate = medians["python"]
     out += (
@@ -537,5 +579,13 @@ async def main():
     print(out)
 
 
+async def limits_only():
+    """`run.py limits`: just the rate-limiter table."""
+    medians, rates = await limiter_overhead()
+    for k in medians:
+        print(f"{k}: {medians[k]:,.0f} msg/s, {medians[k] / medians['lifted'] * 100:.1f}% of lifted; runs {rates[k]}")
+
+
 if __name__ == "__main__":
-    asyncio.run(modules_only() if sys.argv[1:] == ["modules"] else main())
+    mode = {"modules": modules_only, "limits": limits_only}.get(sys.argv[1] if sys.argv[1:] else "", main)
+    asyncio.run(mode())

@@ -23,6 +23,6 @@ cargo build --release --locked -p myelin -p myelin-loadgen
 bench/work/synapse-venv/bin/python bench/run.py
 # Federation: a Myelin and a Synapse user joining a Synapse-hosted room of 1,000 members.
 bench/work/synapse-venv/bin/python bench/federation_join.py
-cargo bench --locked -p myelin-core --bench dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^(user_may|check_event)|time:" | tee bench/work/dispatch.txt
+cargo bench --locked -p myelin-core --bench dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^(user_may|check_event|rate limit)|time:" | tee bench/work/dispatch.txt
 PYTHONPATH="$PWD/bench/modules" VIRTUAL_ENV="$PWD/tests/clients/.venv" \
   cargo bench --locked -p myelin-python --bench python_dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^user_may|time:" | tee -a bench/work/dispatch.txt

@@ -68,5 +68,15 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// One `rc_message` check on a bucket that never fills (what every send pays).
+fn rate_limit(c: &mut Criterion) {
+    use myelin_core::ratelimit::{Limiter, RateLimit};
+    let limiter = Limiter::new(RateLimit { per_second: 1e9, burst_count: 1e9 });
+    for i in 0..10_000 {
+        limiter.check(&format!("@user{i}:bench")).unwrap();
+    }
+    c.bench_function("rate limit check, 10k buckets", |b| b.iter(|| limiter.check("@user42:bench").unwrap()));
+}
+
+criterion_group!(benches, bench, rate_limit);
 criterion_main!(benches);

@@ -84,6 +84,8 @@ pub struct Homeserver {
     pub(crate) sync_cache: crate::sync::SyncCache,
     /// The `rc_*` rate limits' buckets (see `ratelimit`); the only copy of the counts.
     pub(crate) limiters: crate::ratelimit::Limiters,
+    /// The history visibility of state groups read so far (a cache: groups never change).
+    pub(crate) visibility_cache: Mutex<HashMap<i64, crate::visibility::HistoryVisibility>>,
     /// Set once the server begins to shut down: long-polls answer at once.
     pub(crate) stopping: watch::Sender<bool>,
     /// `rc_federation`, per origin server.
@@ -106,6 +108,7 @@ impl Homeserver {
         Ok(Arc::new(Homeserver {
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
             stopping: watch::Sender::new(false),
+            visibility_cache: Mutex::new(HashMap::new()),
             federation_limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),
             federation,
             key_fetch_failures: Mutex::new(HashMap::new()),

@@ -49,6 +49,9 @@ impl HistoryVisibility {
     }
 }
 
+/// State groups whose visibility is remembered (about 24 bytes each; emptied when full).
+const VISIBILITY_CACHE_ENTRIES: usize = 200_000;
+
 /// How a user stands when reading a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reader {
@@ -154,27 +157,45 @@ impl Homeserver {
             .unwrap_or(HistoryVisibility::Shared))
     }
 
-    /// The visibility and `user`'s membership in a state group.
-    async fn group_facts(&self, group: i64, user: &str) -> Result<GroupFacts> {
-        let u = user.to_owned();
-        let (visibility_id, member_id) = self
-            .db(move |s| {
-                Ok((
-                    s.state_group_entry(group, "m.room.history_visibility", "")?,
-                    s.state_group_entry(group, "m.room.member", &u)?,
-                ))
-            })
-            .await?;
-        let ids: Vec<String> = visibility_id.iter().chain(member_id.iter()).cloned().collect();
-        let events = self.load_events(ids).await?;
-        let content_of = |id: &Option<String>| -> Option<Value> {
-            let id = ruma::OwnedEventId::try_from(id.as_deref()?).ok()?;
-            serde_json::from_str(events.get(&id)?.content.get()).ok()
-        };
-        let visibility = content_of(&visibility_id)
+    /// The content of the state event a state group holds for `(kind, key)`.
+    async fn group_state_content(&self, group: i64, kind: &'static str, key: &str) -> Result<Option<Value>> {
+        let key = key.to_owned();
+        let Some(id) = self.db(move |s| s.state_group_entry(group, kind, &key)).await? else { return Ok(None) };
+        let events = self.load_events(vec![id]).await?;
+        Ok(events.values().next().and_then(|pdu| serde_json::from_str(pdu.content.get()).ok()))
+    }
+
+    /// A state group's history visibility (cached: state groups never change).
+    async fn group_visibility(&self, group: i64) -> Result<HistoryVisibility> {
+        if let Some(known) = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&group) {
+            return Ok(*known);
+        }
+        let visibility = self
+            .group_state_content(group, "m.room.history_visibility", "")
+            .await?
             .map(|c| HistoryVisibility::from_content(&c))
             .unwrap_or(HistoryVisibility::Shared);
-        let membership = content_of(&member_id).and_then(|c| c.get("membership")?.as_str().map(str::to_owned));
+        let mut cache = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VISIBILITY_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(group, visibility);
+        Ok(visibility)
+    }
+
+    /// The visibility and `user`'s membership in a state group; the membership is read only
+    /// when the visibility leaves the decision to it.
+    async fn group_facts(&self, group: i64, user: &str, reader: Reader) -> Result<GroupFacts> {
+        let visibility = self.group_visibility(group).await?;
+        let decided = visibility == HistoryVisibility::WorldReadable
+            || (visibility == HistoryVisibility::Shared && !reader.peeking);
+        let membership = if decided {
+            None
+        } else {
+            self.group_state_content(group, "m.room.member", user)
+                .await?
+                .and_then(|c| c.get("membership")?.as_str().map(str::to_owned))
+        };
         Ok(GroupFacts { visibility, membership })
     }
 
@@ -207,7 +228,9 @@ impl Homeserver {
             };
             let group_facts = match facts.entry(group) {
                 std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => slot.insert(self.group_facts(group, user).await?),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(self.group_facts(group, user, reader).await?)
+                }
             };
             same_for_members &= group_facts.visibility <= HistoryVisibility::Shared;
             // After their leave a user sees only what anyone may.
