@@ -389,3 +389,76 @@ async fn synapse_gets_what_myelin_sent_while_it_was_down() {
     })
     .await;
 }
+
+/// A `joined`-visibility room with three messages before the other server's user joins.
+fn joined_only() -> serde_json::Value {
+    json!({"preset": "public_chat", "initial_state": [
+        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+    ]})
+}
+
+#[tokio::test]
+async fn a_late_joiner_over_federation_reads_nothing_from_before_either_way() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let leaked = |v: &serde_json::Value| v.to_string().contains("before you came");
+
+    // Synapse's user joins Myelin's room late, then pages back through history (which Synapse
+    // backfills from Myelin).
+    let room = myelin.server.create_room(&mia, joined_only()).await;
+    for i in 0..3 {
+        myelin.server.send_text(&mia, &room, &format!("before you came {i}")).await;
+    }
+    let (s, body) = synapse
+        .server
+        .post(
+            &format!("/_matrix/client/v3/join/{}?server_name={}", encode(&room), myelin.name),
+            Some(&sam.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    myelin.server.send_text(&mia, &room, "after the join").await;
+    wait_for_event(&synapse.server, &sam, &room, text_is("after the join")).await;
+    let (s, page) =
+        synapse.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&sam.token)).await;
+    assert_eq!(s, 200, "{page}");
+    assert!(!leaked(&page), "Synapse's user read earlier messages: {page}");
+    // Synapse itself holds none of the earlier bodies, whatever it asked Myelin for.
+    let db = rusqlite_free_dump(&synapse.server);
+    assert!(!db.contains("before you came"), "Synapse stored the earlier messages' bodies");
+
+    // And the other way: Myelin's user joins Synapse's room late.
+    let room2 = synapse.server.create_room(&sam, joined_only()).await;
+    for i in 0..3 {
+        synapse.server.send_text(&sam, &room2, &format!("before you came {i}")).await;
+    }
+    let (s, body) = myelin.server.join(&mia, &encode(&room2)).await;
+    assert_eq!(s, 200, "{body}");
+    synapse.server.send_text(&sam, &room2, "after the join").await;
+    wait_for_event(&myelin.server, &mia, &room2, text_is("after the join")).await;
+    let (s, page) =
+        myelin.server.get(&format!("/_matrix/client/v3/rooms/{room2}/messages?dir=b&limit=50"), Some(&mia.token)).await;
+    assert_eq!(s, 200, "{page}");
+    assert!(!leaked(&page), "Myelin's user read earlier messages: {page}");
+    let sync = myelin.server.sync(&mia, None, 0).await;
+    let section = &sync["rooms"]["join"][&room2];
+    assert!(section.is_object(), "{sync}");
+    assert!(!leaked(section), "{section}");
+}
+
+/// Synapse's SQLite database as text (its event JSON included), read with the system's python3.
+fn rusqlite_free_dump(server: &Server) -> String {
+    let db = server.dir.path().join("homeserver.db");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print('\\n'.join(r[0] for r in c.execute('SELECT json FROM event_json')))")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

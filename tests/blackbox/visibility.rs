@@ -210,6 +210,32 @@ async fn anyone_may_peek_into_a_world_readable_room_but_not_write() {
     assert_eq!(s, 200, "{state}");
     let (s, b) = server.send_text(&nina, &room, "may I?").await;
     assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+
+    // Peeking with the event stream: GET /events?room_id= waits for the room's next event.
+    let (s, now) = server.get(&format!("/_matrix/client/v3/events?room_id={room}&timeout=0"), Some(&nina.token)).await;
+    assert_eq!(s, 200, "{now}");
+    let from = now["end"].as_str().unwrap().to_owned();
+    let (base, token, r) = (server.base.clone(), nina.token.clone(), room.clone());
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("{base}/_matrix/client/v3/events?room_id={r}&from={from}&timeout=10000"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.send_text(&alice, &room, "news").await;
+    let got = waiting.await.unwrap();
+    assert!(got["chunk"].to_string().contains("news"), "{got}");
+    assert!(!got["chunk"].to_string().contains("for everyone"), "only what came after `from`: {got}");
+    // Not a room one may not read.
+    let private = server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (s, b) = server.get(&format!("/_matrix/client/v3/events?room_id={private}&timeout=0"), Some(&nina.token)).await;
+    assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
 }
 
 #[tokio::test]

@@ -560,6 +560,10 @@ impl Homeserver {
         }
         cache.state_group = Some(group);
         cache.record(&basis, &checked.pdu.event_id);
+        if state_key.is_some() {
+            // Known now, so that reading the new group's visibility later costs nothing.
+            self.remember_group_visibility(group, &cache.state).await;
+        }
         drop(guard);
         Ok(self.announce(stream, checked))
     }

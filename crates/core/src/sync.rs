@@ -319,6 +319,55 @@ impl Homeserver {
         .await
     }
 
+    /// `GET /events` (the spec's legacy event stream, which is also how clients peek into a
+    /// world-readable room with `room_id`): the events after `from` that the user may see, in
+    /// the named room or in every room they joined, waiting up to `timeout` for some.
+    pub async fn event_stream(
+        &self,
+        requester: &Requester,
+        room_id: Option<&str>,
+        from: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let user = requester.user_id.as_str();
+        let rooms: Vec<(String, Reader)> = match room_id {
+            Some(room) => {
+                let rid = crate::rooms::parse_room_id(room)?;
+                vec![(rid.to_string(), self.reader(&rid, user).await?)]
+            }
+            None => {
+                let u = user.to_owned();
+                let joined = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
+                joined.into_iter().map(|r| (r, Reader::MEMBER)).collect()
+            }
+        };
+        let mut watch = self.stream.subscribe();
+        let mut stopping = self.stopping.subscribe();
+        let from = match from {
+            Some(t) => parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid from token {t}")))?,
+            None => *watch.borrow(),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = *watch.borrow_and_update();
+            let mut chunk = Vec::new();
+            for (room, reader) in &rooms {
+                let r = room.clone();
+                let rows = self.db(move |s| s.room_events(&r, from, now, false, 100)).await?;
+                let (rows, _) = self.visible_events(user, *reader, rows).await?;
+                chunk.extend(rows.iter().map(|r| client_event_from_str(&r.json)));
+            }
+            let done = !chunk.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow_and_update();
+            if done {
+                return Ok(json!({"chunk": chunk, "start": format!("s{from}"), "end": format!("s{now}")}));
+            }
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, watch.changed()) => {}
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+
     /// The latest events of `(from, to]` that `user` may see, and whether every member would
     /// see the same ones (see [`Homeserver::visible_events`]).
     async fn timeline(

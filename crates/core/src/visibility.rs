@@ -183,6 +183,32 @@ impl Homeserver {
         Ok(visibility)
     }
 
+    /// Remembers the history visibility of a state group just written, from the room state it
+    /// holds (best effort: a failure only leaves it to be read later).
+    pub(crate) async fn remember_group_visibility(
+        &self,
+        group: i64,
+        state: &HashMap<(String, String), ruma::OwnedEventId>,
+    ) {
+        let visibility = match state.get(&("m.room.history_visibility".to_owned(), String::new())) {
+            None => HistoryVisibility::Shared,
+            Some(id) => match self.load_events(vec![id.to_string()]).await {
+                Ok(events) => events
+                    .values()
+                    .next()
+                    .and_then(|pdu| serde_json::from_str::<Value>(pdu.content.get()).ok())
+                    .map(|c| HistoryVisibility::from_content(&c))
+                    .unwrap_or(HistoryVisibility::Shared),
+                Err(_) => return,
+            },
+        };
+        let mut cache = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VISIBILITY_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(group, visibility);
+    }
+
     /// The visibility and `user`'s membership in a state group; the membership is read only
     /// when the visibility leaves the decision to it.
     async fn group_facts(&self, group: i64, user: &str, reader: Reader) -> Result<GroupFacts> {

@@ -64,6 +64,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/rooms/{room_id}/members", get(members))
         .route("/rooms/{room_id}/joined_members", get(joined_members))
         .route("/sync", get(sync))
+        .route("/events", get(events))
         .route("/pushrules/", get(push_rules))
         .route("/pushrules/global/", get(push_rules_global))
         .route("/directory/room/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
@@ -486,6 +487,24 @@ async fn messages(
         out["end"] = json!(end);
     }
     Ok(axum::Json(out))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<String>,
+    timeout: Option<String>,
+    room_id: Option<String>,
+}
+
+async fn events(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<EventsQuery>) -> Answer {
+    let timeout = match q.timeout.as_deref() {
+        None => 30_000,
+        Some(t) => {
+            t.parse::<u64>().map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "timeout must be an integer"))?
+        }
+    };
+    let timeout = Duration::from_millis(timeout.min(300_000));
+    Ok(axum::Json(hs.event_stream(&me, q.room_id.as_deref(), q.from.as_deref(), timeout).await?))
 }
 
 #[derive(Deserialize)]

@@ -184,6 +184,7 @@ const GUEST_ROUTES: &[(&str, &str)] = &[
     ("GET", "/joined_rooms"),
     ("PUT", "/sendToDevice/{event_type}/{txn_id}"),
     ("GET", "/sync"),
+    ("GET", "/events"),
     ("GET", "/thirdparty/protocols"),
     ("GET", "/download/{server}/{media_id}"),
     ("GET", "/download/{server}/{media_id}/{file_name}"),
