@@ -191,3 +191,31 @@ async fn timestamp_to_event_finds_the_closest_visible_event() {
     let (s, _) = server.get(&path(ts, "f"), Some(&nina.token)).await;
     assert_eq!(s, 403, "a non-member of a private room");
 }
+
+#[tokio::test]
+async fn sync_timelines_carry_bundled_aggregations_per_user() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let root = send(&server, &alice, &room, json!({"msgtype": "m.text", "body": "root"})).await;
+    send(&server, &bob, &room, reply(&root, "bob replies")).await;
+    let root_in = |sync: &Value| {
+        sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == root)
+            .cloned()
+            .unwrap()
+    };
+    // Bob took part, alice started it: both participated; carol, joining now, did not.
+    let carol = server.register("carol").await;
+    assert_eq!(server.join(&carol, &room).await.0, 200);
+    let for_bob = root_in(&server.sync(&bob, None, 0).await);
+    assert_eq!(for_bob["unsigned"]["m.relations"]["m.thread"]["count"], 1, "{for_bob}");
+    assert_eq!(for_bob["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], true);
+    let for_carol = root_in(&server.sync(&carol, None, 0).await);
+    assert_eq!(for_carol["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], false, "{for_carol}");
+}

@@ -159,16 +159,7 @@ impl Homeserver {
         let (rid, participant) = (room_id.to_string(), participated.then(|| user.to_owned()));
         let roots = self.db(move |s| s.thread_roots(&rid, participant.as_deref(), before, limit)).await?;
         let next_batch = (roots.len() == limit).then(|| roots.last().map(|(_, pos)| format!("t{pos}"))).flatten();
-        let ids: Vec<String> = roots.into_iter().map(|(id, _)| id).collect();
-        let rows = self
-            .db(move |s| {
-                let mut out = Vec::new();
-                for id in ids {
-                    out.extend(s.get_event(&id)?);
-                }
-                Ok(out)
-            })
-            .await?;
+        let rows = self.event_rows(roots.into_iter().map(|(id, _)| id).collect()).await?;
         let (rows, _) = self.visible_events(user, reader, rows).await?;
         let mut chunk: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
         self.bundle_aggregations(user, reader, &mut chunk).await?;
@@ -191,16 +182,7 @@ impl Homeserver {
             return Ok(());
         }
         // The relating events, filtered for the reader.
-        let ids: Vec<String> = relations.iter().map(|r| r.event_id.clone()).collect();
-        let rows = self
-            .db(move |s| {
-                let mut out = Vec::new();
-                for id in ids {
-                    out.extend(s.get_event(&id)?);
-                }
-                Ok(out)
-            })
-            .await?;
+        let rows = self.event_rows(relations.iter().map(|r| r.event_id.clone()).collect()).await?;
         let (rows, _) = self.visible_events(user, reader, rows).await?;
         let visible: HashMap<String, Value> = rows
             .iter()

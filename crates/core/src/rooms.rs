@@ -1469,6 +1469,18 @@ impl Homeserver {
         Ok(room_id)
     }
 
+    /// The stored events of `ids`, in order; unknown ones are left out.
+    pub(crate) async fn event_rows(&self, ids: Vec<String>) -> Result<Vec<myelin_storage::EventRow>> {
+        self.db(move |s| {
+            let mut out = Vec::new();
+            for id in ids {
+                out.extend(s.get_event(&id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Whether an event of that ID is stored in that room.
     async fn event_exists_in(&self, room_id: &str, event_id: &str) -> Result<bool> {
         let id = event_id.to_owned();

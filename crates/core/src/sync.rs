@@ -386,8 +386,11 @@ impl Homeserver {
         rows.reverse();
         let (rows, same_for_members) = self.visible_events(user, reader, rows).await?;
         let prev_batch = rows.first().map(|r| format!("t{}", r.stream_ordering)).unwrap_or_else(|| format!("t{to}"));
-        let events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
-        Ok((json!({"events": events, "limited": limited, "prev_batch": prev_batch}), same_for_members))
+        let mut events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
+        self.bundle_aggregations(user, reader, &mut events).await?;
+        // A thread summary says whether *this* user took part: not a section to share.
+        let per_user = events.iter().any(|e| e["unsigned"]["m.relations"].get("m.thread").is_some());
+        Ok((json!({"events": events, "limited": limited, "prev_batch": prev_batch}), same_for_members && !per_user))
     }
 
     /// A joined room's timeline (from `from`), state and summary. The sections of initial

@@ -455,17 +455,23 @@ fn parse_limit(limit: Option<&str>, default: usize) -> Result<usize, MatrixError
     }
 }
 
+/// A `dir` parameter: `f` is forwards, `b` backwards, absent `default_forwards`.
+fn forwards(dir: Option<&str>, default_forwards: bool) -> Result<bool, MatrixError> {
+    match dir {
+        None => Ok(default_forwards),
+        Some("f") => Ok(true),
+        Some("b") => Ok(false),
+        Some(_) => Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
+    }
+}
+
 async fn messages(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path(room_id): Path<String>,
     Query(q): Query<MessagesQuery>,
 ) -> Answer {
-    let backwards = match q.dir.as_deref() {
-        Some("b") | None => true,
-        Some("f") => false,
-        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
-    };
+    let backwards = !forwards(q.dir.as_deref(), false)?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter: Option<myelin_core::EventFilter> = match q.filter.as_deref() {
         Some(f) => Some(
@@ -530,11 +536,7 @@ async fn relations(
     Path(p): Path<RelationsPath>,
     Query(q): Query<RelationsQuery>,
 ) -> Answer {
-    let forwards = match q.dir.as_deref() {
-        Some("b") | None => false,
-        Some("f") => true,
-        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
-    };
+    let forwards = forwards(q.dir.as_deref(), false)?;
     let page = myelin_core::RelationsPage {
         from: q.from.as_deref(),
         to: q.to.as_deref(),
@@ -586,10 +588,9 @@ async fn timestamp_to_event(
             .ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing ts"))?
             .parse::<i64>()
             .map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "ts must be an integer"))?;
-    let forwards = match q.dir.as_deref() {
-        Some("f") => true,
-        Some("b") => false,
-        _ => return Err(MatrixError::new(ErrorKind::InvalidParam, "dir must be 'b' or 'f'")),
+    let forwards = match q.dir {
+        Some(_) => forwards(q.dir.as_deref(), false)?,
+        None => return Err(MatrixError::new(ErrorKind::MissingParam, "Missing dir")),
     };
     Ok(axum::Json(hs.timestamp_to_event(&me, &room_id, ts, forwards).await?))
 }

@@ -859,32 +859,30 @@ impl RoomStore for SqliteStore {
     }
 
     fn relation_summaries(&self, parents: &[String]) -> Result<Vec<RelationRow>> {
+        // One query for the whole page: the parents go in as a JSON array.
+        let list = serde_json::to_string(parents).map_err(|e| StorageError::Backend(e.to_string()))?;
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT r.relates_to, r.rel_type, r.event_id, r.sender, r.stream_ordering
-                 FROM event_relations r WHERE r.relates_to = ?1 AND r.rel_type IN ('m.replace', 'm.thread', 'm.reference')
+                 FROM event_relations r
+                 WHERE r.relates_to IN (SELECT value FROM json_each(?1))
+                   AND r.rel_type IN ('m.replace', 'm.thread', 'm.reference')
                  ORDER BY r.stream_ordering",
             )
             .map_err(backend)?;
-        let mut out = Vec::new();
-        for parent in parents {
-            let rows = stmt
-                .query_map([parent], |r| {
-                    Ok(RelationRow {
-                        parent: r.get(0)?,
-                        rel_type: r.get(1)?,
-                        event_id: r.get(2)?,
-                        sender: r.get(3)?,
-                        stream_ordering: r.get(4)?,
-                    })
+        let rows = stmt
+            .query_map([list], |r| {
+                Ok(RelationRow {
+                    parent: r.get(0)?,
+                    rel_type: r.get(1)?,
+                    event_id: r.get(2)?,
+                    sender: r.get(3)?,
+                    stream_ordering: r.get(4)?,
                 })
-                .map_err(backend)?;
-            for row in rows {
-                out.push(row.map_err(backend)?);
-            }
-        }
-        Ok(out)
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
     fn events_by_timestamp(&self, room_id: &str, ts: i64, forwards: bool, limit: usize) -> Result<Vec<EventRow>> {

@@ -610,16 +610,7 @@ impl Homeserver {
     /// The events of `ids` (in order, unknown ones left out) for the wire, as `origin` may see
     /// them: redacted where its users could not (see `visibility`).
     pub(crate) async fn wire_pdus_for(&self, origin: &str, ids: Vec<OwnedEventId>) -> Result<Vec<Value>> {
-        let ids: Vec<String> = ids.into_iter().map(|e| e.to_string()).collect();
-        let rows = self
-            .db(move |s| {
-                let mut out = Vec::new();
-                for id in ids {
-                    out.extend(s.get_event(&id)?);
-                }
-                Ok(out)
-            })
-            .await?;
+        let rows = self.event_rows(ids.into_iter().map(|e| e.to_string()).collect()).await?;
         self.visible_to_server(origin, rows).await?.iter().map(|j| wire_pdu(j)).collect()
     }
 
