@@ -143,9 +143,10 @@ async fn relations_respect_history_visibility() {
     assert_eq!(server.join(&erin, &room).await.0, 200);
     let late = send(&server, &alice, &room, reply(&root, "late reply")).await;
 
-    // Erin cannot read the root (sent before she joined): not its relations either.
-    let (s, _) = server.get(&format!("/_matrix/client/v1/rooms/{room}/relations/{root}"), Some(&erin.token)).await;
-    assert_eq!(s, 404);
+    // Erin cannot read the root (sent before she joined): not its relations either (403, as on
+    // Synapse).
+    let (s, b) = server.get(&format!("/_matrix/client/v1/rooms/{room}/relations/{root}"), Some(&erin.token)).await;
+    assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
     let (s, threads) = server.get(&format!("/_matrix/client/v1/rooms/{room}/threads"), Some(&erin.token)).await;
     assert_eq!(s, 200);
     assert!(!threads.to_string().contains("early secret"), "{threads}");
@@ -156,7 +157,7 @@ async fn relations_respect_history_visibility() {
     let (s, b) = server.get(&format!("/_matrix/client/v1/rooms/{room}/threads"), Some(&nina.token)).await;
     assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
     let (s, _) = server.get(&format!("/_matrix/client/v1/rooms/{room}/relations/{root}"), Some(&nina.token)).await;
-    assert_eq!(s, 404);
+    assert_eq!(s, 403);
     // Alice sees the whole thread.
     let (_, all) =
         server.get(&format!("/_matrix/client/v1/rooms/{room}/relations/{root}?dir=f"), Some(&alice.token)).await;

@@ -4,7 +4,8 @@
 Runs one fixed scenario against a homeserver's Client-Server API and prints a
 single JSON object describing which messages (labelled m1..m4) each kind of
 user can see on each read path (/messages, /event, /context, /search, /sync,
-/initialSync, /members), for each history_visibility setting.
+/initialSync, /members, /state, /relations, /threads), for each history_visibility
+setting.
 
 The output holds only server-independent data (labels, status codes and
 errcodes), so the output of a run against Synapse can be compared for
@@ -56,7 +57,8 @@ class Client:
 
     def request(self, method, path, body=None, params=None):
         """Returns (status, parsed JSON or None)."""
-        url = self.base + "/_matrix/client/v3" + path
+        # Paths under v1 name their version; the others are v3.
+        url = self.base + (path[len("v1:"):] if path.startswith("v1:") else "/_matrix/client/v3" + path)
         if params:
             url += "?" + urllib.parse.urlencode(params)
         data = None if body is None else json.dumps(body).encode()
@@ -119,6 +121,9 @@ class Room:
 
     def send(self, alice, label):
         body = {"msgtype": "m.text", "body": f"{self.vis}-{label} {self.token}"}
+        # m2..m4 are replies in a thread under m1, for /relations and /threads.
+        if label != "m1":
+            body["m.relates_to"] = {"rel_type": "m.thread", "event_id": self.event_ids["m1"]}
         txn = rand_word(16)
         resp = alice.call("PUT", self.path(f"/send/m.room.message/{txn}"), body)
         self.event_ids[label] = resp["event_id"]
@@ -234,6 +239,26 @@ def read_members(c, room):
     return "200"
 
 
+def read_state(c, room):
+    # The answer is a JSON list, which call() does not take.
+    status, parsed = c.request("GET", room.path("/state"))
+    if status != 200:
+        errcode = parsed.get("errcode", "?") if isinstance(parsed, dict) else "non-json"
+        return f"{status} {errcode}"
+    return "200" if isinstance(parsed, list) else "200 non-list"
+
+
+def read_relations(c, room):
+    resp = c.call("GET", "v1:/_matrix/client/v1" + room.path(f"/relations/{q(room.event_ids['m1'])}"),
+                  params={"limit": "50"})
+    return room.labels(resp.get("chunk"))
+
+
+def read_threads(c, room):
+    resp = c.call("GET", "v1:/_matrix/client/v1" + room.path("/threads"))
+    return room.labels(resp.get("chunk"))
+
+
 PATHS = {
     "messages_b": read_messages("b"),
     "messages_f": read_messages("f"),
@@ -244,6 +269,9 @@ PATHS = {
     "sync_incremental": read_sync_incremental,
     "initial_sync_room": read_initial_sync_room,
     "members": read_members,
+    "state": read_state,
+    "relations": read_relations,
+    "threads": read_threads,
 }
 
 

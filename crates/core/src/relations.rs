@@ -67,8 +67,17 @@ impl Homeserver {
     ) -> Result<Value> {
         let room_id = parse_room_id(room_id)?;
         let user = requester.user_id.as_str();
-        let reader = self.event_reader(&room_id, user).await?;
-        self.visible_event_row(user, reader, &room_id, event_id).await?;
+        // As Synapse: the room must be readable (403 otherwise, banned users included), and a
+        // parent the user may not see is a 403 too.
+        let reader = self.reader(&room_id, user).await?;
+        match self.visible_event_row(user, reader, &room_id, event_id).await {
+            Err(e)
+                if e.kind == crate::ErrorKind::NotFound && self.event_exists_in(room_id.as_str(), event_id).await? =>
+            {
+                return Err(Error::forbidden("You don't have permission to access that event."));
+            }
+            other => other?,
+        };
         let parse = |t: &str| parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid token {t}")));
         let (from, to) = (page.from.map(parse).transpose()?, page.to.map(parse).transpose()?);
         // The window, exclusive at both ends: `from` is where the previous page stopped.

@@ -1482,7 +1482,7 @@ impl Homeserver {
     }
 
     /// Whether an event of that ID is stored in that room.
-    async fn event_exists_in(&self, room_id: &str, event_id: &str) -> Result<bool> {
+    pub(crate) async fn event_exists_in(&self, room_id: &str, event_id: &str) -> Result<bool> {
         let id = event_id.to_owned();
         let row = self.db(move |s| s.get_event(&id)).await?;
         Ok(row.is_some_and(|r| {

@@ -175,12 +175,16 @@ impl Homeserver {
             .await?
             .map(|c| HistoryVisibility::from_content(&c))
             .unwrap_or(HistoryVisibility::Shared);
+        self.cache_group_visibility(group, visibility);
+        Ok(visibility)
+    }
+
+    fn cache_group_visibility(&self, group: i64, visibility: HistoryVisibility) {
         let mut cache = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= VISIBILITY_CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(group, visibility);
-        Ok(visibility)
     }
 
     /// Remembers the history visibility of a state group just written, from the room state it
@@ -202,11 +206,7 @@ impl Homeserver {
                 Err(_) => return,
             },
         };
-        let mut cache = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= VISIBILITY_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(group, visibility);
+        self.cache_group_visibility(group, visibility);
     }
 
     /// The visibility and `user`'s membership in a state group; the membership is read only
