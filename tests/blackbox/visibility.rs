@@ -174,13 +174,19 @@ async fn a_former_member_reads_up_to_their_leave_and_members_as_then() {
     let (s, members) = server.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&lena.token)).await;
     assert_eq!(s, 200, "{members}");
     assert!(!members.to_string().contains(&carol.user_id), "members as at the leave: {members}");
+    // Asking for a later point does not see past the leave either.
+    let now = server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (s, members) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/members?at={now}"), Some(&lena.token)).await;
+    assert_eq!(s, 200, "{members}");
+    assert!(!members.to_string().contains(&carol.user_id), "members at a later token: {members}");
     let (s, state) = server.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&lena.token)).await;
     assert_eq!(s, 200, "{state}");
     assert!(!state.to_string().contains(&carol.user_id), "state as at the leave: {state}");
     // Someone who was never in a private room reads nothing at all.
     let nina = server.register("nina").await;
     let private = server.create_room(&alice, json!({"preset": "private_chat"})).await;
-    for path in ["messages", "state", "members", "initialSync"] {
+    for path in ["messages", "state", "members", "members?at=s1", "initialSync"] {
         let (s, b) = server.get(&format!("/_matrix/client/v3/rooms/{private}/{path}"), Some(&nina.token)).await;
         assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{path}: {b}");
     }

@@ -1579,11 +1579,14 @@ impl Homeserver {
         not_membership: Option<&str>,
     ) -> Result<Vec<Value>> {
         let room_id = parse_room_id(room_id)?;
+        // Only for those who may read the room; a former member no later than their leave.
+        let reader = self.reader(&room_id, requester.user_id.as_str()).await?;
         let ids: Vec<String> = match at {
             // Members as of a sync or pagination token: the state after the last event before it.
             Some(token) => {
                 let pos = parse_token(token).ok_or_else(|| Error::invalid_param(format!("Invalid token {token}")))?;
                 let pos = if token.starts_with('t') { pos - 1 } else { pos };
+                let pos = pos.min(reader.until);
                 let r = room_id.to_string();
                 self.db(move |s| {
                     Ok(match s.state_group_at(&r, pos)? {
