@@ -478,15 +478,7 @@ async fn a_server_joining_a_joined_visibility_room_late_gets_earlier_events_reda
     let (b, b_key) = peer_with_key(&ca).await;
     let alice = a.server.register("alice").await;
     let bob = b.server.register("bob").await;
-    let room = a
-        .server
-        .create_room(
-            &alice,
-            json!({"preset": "public_chat", "initial_state": [
-                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-            ]}),
-        )
-        .await;
+    let room = a.server.create_room(&alice, crate::harness::room_with_visibility("public_chat", "joined")).await;
     let mut secrets = Vec::new();
     for i in 0..3 {
         let (_, body) = a.server.send_text(&alice, &room, &format!("secret {i}")).await;

@@ -60,6 +60,13 @@ rc_room_creation: {per_second: 10000, burst_count: 10000}
 rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 500, reject_limit: 10000, concurrent: 100}
 ";
 
+/// A `createRoom` body: `preset` with `m.room.history_visibility` set to `visibility`.
+pub fn room_with_visibility(preset: &str, visibility: &str) -> Value {
+    json!({"preset": preset, "initial_state": [
+        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": visibility}}
+    ]})
+}
+
 /// The config every test server starts from; `extra` is appended (later keys win in YAML? no:
 /// duplicate keys are an error, so callers pass only keys not set here).
 pub fn base_config(extra: &str) -> String {

@@ -130,14 +130,7 @@ async fn relations_respect_history_visibility() {
     let alice = server.register("alice").await;
     let erin = server.register("erin").await;
     let nina = server.register("nina").await;
-    let room = server
-        .create_room(
-            &alice,
-            json!({"preset": "public_chat", "initial_state": [
-                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-            ]}),
-        )
-        .await;
+    let room = server.create_room(&alice, crate::harness::room_with_visibility("public_chat", "joined")).await;
     let root = send(&server, &alice, &room, json!({"msgtype": "m.text", "body": "root"})).await;
     send(&server, &alice, &room, reply(&root, "early secret")).await;
     assert_eq!(server.join(&erin, &room).await.0, 200);

@@ -390,13 +390,6 @@ async fn synapse_gets_what_myelin_sent_while_it_was_down() {
     .await;
 }
 
-/// A `joined`-visibility room with three messages before the other server's user joins.
-fn joined_only() -> serde_json::Value {
-    json!({"preset": "public_chat", "initial_state": [
-        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-    ]})
-}
-
 #[tokio::test]
 async fn a_late_joiner_over_federation_reads_nothing_from_before_either_way() {
     let ca = TestCa::new();
@@ -408,7 +401,7 @@ async fn a_late_joiner_over_federation_reads_nothing_from_before_either_way() {
 
     // Synapse's user joins Myelin's room late, then pages back through history (which Synapse
     // backfills from Myelin).
-    let room = myelin.server.create_room(&mia, joined_only()).await;
+    let room = myelin.server.create_room(&mia, crate::harness::room_with_visibility("public_chat", "joined")).await;
     for i in 0..3 {
         myelin.server.send_text(&mia, &room, &format!("before you came {i}")).await;
     }
@@ -432,7 +425,7 @@ async fn a_late_joiner_over_federation_reads_nothing_from_before_either_way() {
     assert!(!db.contains("before you came"), "Synapse stored the earlier messages' bodies");
 
     // And the other way: Myelin's user joins Synapse's room late.
-    let room2 = synapse.server.create_room(&sam, joined_only()).await;
+    let room2 = synapse.server.create_room(&sam, crate::harness::room_with_visibility("public_chat", "joined")).await;
     for i in 0..3 {
         synapse.server.send_text(&sam, &room2, &format!("before you came {i}")).await;
     }

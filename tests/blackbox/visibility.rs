@@ -86,14 +86,7 @@ async fn a_later_joiner_of_a_joined_room_reads_nothing_from_before_on_any_path()
     let server = Server::start().await;
     let alice = server.register("alice").await;
     let erin = server.register("erin").await;
-    let room = server
-        .create_room(
-            &alice,
-            json!({"preset": "public_chat", "initial_state": [
-                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-            ]}),
-        )
-        .await;
+    let room = server.create_room(&alice, crate::harness::room_with_visibility("public_chat", "joined")).await;
     let mut before = Vec::new();
     for i in 1..=3 {
         let (_, b) = server.send_text(&alice, &room, &format!("secret m{i}")).await;
@@ -197,14 +190,7 @@ async fn anyone_may_peek_into_a_world_readable_room_but_not_write() {
     let server = Server::start().await;
     let alice = server.register("alice").await;
     let nina = server.register("nina").await;
-    let room = server
-        .create_room(
-            &alice,
-            json!({"preset": "private_chat", "initial_state": [
-                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}
-            ]}),
-        )
-        .await;
+    let room = server.create_room(&alice, crate::harness::room_with_visibility("private_chat", "world_readable")).await;
     let (_, sent) = server.send_text(&alice, &room, "for everyone").await;
     let id = sent["event_id"].as_str().unwrap();
     for path in [
