@@ -266,7 +266,12 @@ async fn joining_through_an_unreachable_or_blocked_server_fails_cleanly() {
     // The client learns only that the server could not be reached; the log says why.
     let error = body["error"].as_str().unwrap();
     assert!(error.contains("could not reach") && !error.contains("blocked"), "{body}");
-    assert!(strict.log_text().contains("blocked by ip_range_blacklist"), "{}", strict.log_text());
+    // The log is read from the server's stderr on another thread: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !strict.log_text().contains("blocked by ip_range_blacklist") {
+        assert!(Instant::now() < deadline, "{}", strict.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The server keeps serving.
     let (s, _) = strict.get("/_matrix/client/versions", None).await;
     assert_eq!(s, 200);
