@@ -370,8 +370,6 @@ pub struct Limiters {
     pub presence_per_user: Limiter,
     /// `rc_room_creation`.
     pub room_creation: Limiter,
-    /// `rc_key_requests`.
-    pub key_requests: Limiter,
     /// Per-user overrides read so far (a cache of `ratelimit_override`).
     overrides: Mutex<HashMap<String, Option<Override>>>,
 }
@@ -396,7 +394,6 @@ impl Limiters {
             media_create: Limiter::new(settings.media_create),
             presence_per_user: Limiter::new(settings.presence_per_user),
             room_creation: Limiter::new(settings.room_creation),
-            key_requests: Limiter::new(settings.key_requests),
             overrides: Mutex::new(HashMap::new()),
         }
     }

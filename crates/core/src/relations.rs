@@ -131,9 +131,7 @@ impl Homeserver {
         let more = rows.len() > limit;
         rows.truncate(limit);
         let next_batch = if more { rows.last().map(|r| format!("t{}", r.stream_ordering)) } else { None };
-        let (rows, _) = self.visible_events(user, reader, rows).await?;
-        let mut chunk: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
-        self.bundle_aggregations(user, reader, &mut chunk).await?;
+        let chunk = self.client_events_for(user, reader, rows).await?;
         let mut out = json!({"chunk": chunk});
         if let Some(next) = next_batch {
             out["next_batch"] = json!(next);
@@ -169,14 +167,21 @@ impl Homeserver {
         let roots = self.db(move |s| s.thread_roots(&rid, participant.as_deref(), before, limit)).await?;
         let next_batch = (roots.len() == limit).then(|| roots.last().map(|(_, pos)| format!("t{pos}"))).flatten();
         let rows = self.event_rows(roots.into_iter().map(|(id, _)| id).collect()).await?;
-        let (rows, _) = self.visible_events(user, reader, rows).await?;
-        let mut chunk: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
-        self.bundle_aggregations(user, reader, &mut chunk).await?;
+        let chunk = self.client_events_for(user, reader, rows).await?;
         let mut out = json!({"chunk": chunk});
         if let Some(next) = next_batch {
             out["next_batch"] = json!(next);
         }
         Ok(out)
+    }
+
+    /// The events of `rows` that `user` may see, in client format with their bundled
+    /// aggregations: what `/relations` and `/threads` answer.
+    async fn client_events_for(&self, user: &str, reader: Reader, rows: Vec<EventRow>) -> Result<Vec<Value>> {
+        let (rows, _) = self.visible_events(user, reader, rows).await?;
+        let mut events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
+        self.bundle_aggregations(user, reader, &mut events).await?;
+        Ok(events)
     }
 
     /// Adds `unsigned."m.relations"` to the events that have edits, thread replies or
