@@ -11,7 +11,7 @@ mkdir -p bench/work
 if [ ! -x bench/work/synapse-venv/bin/python ]; then
   python3 -m venv bench/work/synapse-venv
 fi
-bench/work/synapse-venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.157.1" "aiohttp==3.14.5"
+bench/work/synapse-venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.163.2" "aiohttp==3.14.5"
 # Python modules loaded into Myelin (Twisted, the real synapse-http-antispam) live in the
 # test venv, as in the test suite.
 if [ ! -x tests/clients/.venv/bin/python ]; then

@@ -18,7 +18,7 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-dep
 if [ ! -x tests/synapse/.venv/bin/python ]; then
   python3 -m venv tests/synapse/.venv
 fi
-tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.157.1"
+tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.163.2"
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 # Hydrogen, bundled with vite, for the browser test (Debian's chromium runs it; .ci/run installs it).
 (cd tests/clients/hydrogen && npm ci --no-audit --no-fund --loglevel=error && npx vite build >/dev/null)

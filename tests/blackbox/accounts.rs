@@ -213,7 +213,11 @@ async fn account_data_filters_and_capabilities() {
     let (st, b) = s.get("/_matrix/client/v3/capabilities", Some(&u.token)).await;
     assert_eq!(st, 200);
     assert_eq!(b["capabilities"]["m.change_password"]["enabled"], true);
-    assert_eq!(b["capabilities"]["m.room_versions"]["default"], "10");
+    assert_eq!(b["capabilities"]["m.room_versions"]["default"], "12");
+    let available = b["capabilities"]["m.room_versions"]["available"].as_object().unwrap();
+    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+        assert_eq!(available[version], "stable", "{b}");
+    }
 }
 
 fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {

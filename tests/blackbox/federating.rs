@@ -149,9 +149,9 @@ async fn two_servers_join_each_others_rooms_and_talk_both_ways() {
     let alice = a.server.register("alice").await;
     let bob = b.server.register("bob").await;
 
-    // Bob (on B) joins Alice's room (on A), through the room ID's server.
+    // Bob (on B) joins Alice's room (on A), through A (a room version 12 ID names no server).
     let room = public_room(&a.server, &alice).await;
-    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    let (s, body) = b.server.join_via(&bob, &room, &a.name).await;
     assert_eq!(s, 200, "remote join: {body}\nA log:\n{}\nB log:\n{}", a.server.log_text(), b.server.log_text());
     assert_eq!(body["room_id"], room.as_str());
     let both = {
@@ -214,7 +214,7 @@ async fn a_restarted_server_gets_everything_sent_while_it_was_down() {
     let alice = a.server.register("alice").await;
     let bob = b.server.register("bob").await;
     let room = public_room(&a.server, &alice).await;
-    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    let (s, body) = b.server.join_via(&bob, &room, &a.name).await;
     assert_eq!(s, 200, "{body}");
 
     let b = {
@@ -261,7 +261,7 @@ async fn joining_through_an_unreachable_or_blocked_server_fails_cleanly() {
     let strict = Server::start_in(dir).await;
     let carol = strict.register("carol").await;
     let room = public_room(&a.server, &alice).await;
-    let (s, body) = strict.join(&carol, &encode(&room)).await;
+    let (s, body) = strict.join_via(&carol, &room, &a.name).await;
     assert_eq!(s, 502, "{body}");
     // The client learns only that the server could not be reached; the log says why.
     let error = body["error"].as_str().unwrap();
@@ -360,7 +360,7 @@ async fn federated_spam_callbacks_act_on_events_and_invites() {
     let alice = a.server.register("alice").await;
     let bob = b.server.register("bob").await;
     let room = public_room(&a.server, &alice).await;
-    let (s, body) = b.server.join(&bob, &encode(&room)).await;
+    let (s, body) = b.server.join_via(&bob, &room, &a.name).await;
     assert_eq!(s, 200, "{body}");
 
     // Spam from another server: the sender hears nothing, B stores it redacted and soft-failed.
@@ -703,7 +703,7 @@ async fn a_server_name_without_a_port_is_found_through_its_srv_record() {
     // Alice (on A) joins Bob's room on srv.test: A finds B by SRV, and B's requests to A are
     // checked with B's keys, fetched the same way.
     let room = public_room(&b, &bob).await;
-    let (s, body) = a.join(&alice, &encode(&room)).await;
+    let (s, body) = a.join_via(&alice, &room, "srv.test").await;
     assert_eq!(s, 200, "join through SRV: {body}\nA:\n{}", a.log_text());
     b.send_text(&bob, &room, "found by SRV").await;
     wait_for_event(&a, &alice, &room, text_is("found by SRV")).await;
@@ -719,7 +719,7 @@ async fn typing_and_read_receipts_cross_servers() {
     let alice = a.server.register("alice").await;
     let bob = b.server.register("bob").await;
     let room = public_room(&a.server, &alice).await;
-    let (s, _) = b.server.join(&bob, &encode(&room)).await;
+    let (s, _) = b.server.join_via(&bob, &room, &a.name).await;
     assert_eq!(s, 200);
     let (_, sent) = a.server.send_text(&alice, &room, "read me").await;
     wait_for_event(&b.server, &bob, &room, text_is("read me")).await;

@@ -281,6 +281,14 @@ impl Server {
         self.post(&format!("/_matrix/client/v3/join/{room}"), Some(&user.token), json!({})).await
     }
 
+    /// Joins a room through `server` (`?server_name=`): a room ID of room version 12 names no
+    /// server to ask.
+    pub async fn join_via(&self, user: &User, room: &str, server: &str) -> (u16, Value) {
+        let room = room.replace('!', "%21").replace(':', "%3A");
+        let path = format!("/_matrix/client/v3/join/{room}?server_name={}", server.replace(':', "%3A"));
+        self.post(&path, Some(&user.token), json!({})).await
+    }
+
     pub async fn invite(&self, user: &User, room: &str, target: &str) -> (u16, Value) {
         self.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&user.token), json!({"user_id": target}))
             .await

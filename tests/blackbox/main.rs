@@ -19,9 +19,10 @@ mod modules; // module loading, web resources, spam-checker callbacks
 mod push; // push rules, unread counts, pushers, notifications, start-up endpoints
 mod python_modules; // Synapse's Python modules on the embedded interpreter
 mod relations; // /relations, /threads, /timestamp_to_event, bundled aggregations
-mod rooms;
-mod search; // POST /search // rooms, membership, messages, the graph
+mod room_versions; // every supported room version; version 12's room IDs and creators
+mod rooms; // rooms, membership, messages, the graph
+mod search; // POST /search
 mod spec_shapes; // responses against the spec's schemas
-mod synapse_federation;
-mod sync; // /sync // Myelin and a real Synapse federating
+mod synapse_federation; // Myelin and a real Synapse federating
+mod sync; // /sync
 mod visibility; // history visibility on every read path, against Synapse

@@ -19,12 +19,17 @@ async fn create_room_with_presets_name_topic_and_initial_state() {
     let (st, state) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&alice.token)).await;
     assert_eq!(st, 200);
     let find = |t: &str| state.as_array().unwrap().iter().find(|e| e["type"] == t).cloned().unwrap_or(Value::Null);
-    assert_eq!(find("m.room.create")["content"]["room_version"], "10");
+    // Room version 12 by default: the room is named after its create event, and the creator
+    // (unlimited power) is not listed in the power levels.
+    assert_eq!(find("m.room.create")["content"]["room_version"], "12");
+    assert_eq!(room, format!("!{}", &find("m.room.create")["event_id"].as_str().unwrap()[1..]));
+    assert_eq!(find("m.room.create")["room_id"], room.as_str());
     assert_eq!(find("m.room.name")["content"]["name"], "Lobby");
     assert_eq!(find("m.room.topic")["content"]["topic"], "hello");
     assert_eq!(find("m.room.join_rules")["content"]["join_rule"], "public");
     assert_eq!(find("m.room.power_levels")["content"]["events_default"], 10);
-    assert_eq!(find("m.room.power_levels")["content"]["users"]["@alice:test"], 100);
+    assert!(find("m.room.power_levels")["content"]["users"].get("@alice:test").is_none());
+    assert_eq!(find("m.room.power_levels")["content"]["events"]["m.room.tombstone"], 150);
     assert_eq!(find("m.room.encryption")["content"]["algorithm"], "m.megolm.v1.aes-sha2");
     let (_, b) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), Some(&alice.token)).await;
     assert_eq!(b, json!({"name": "Lobby"}));

@@ -1,4 +1,4 @@
-//! Myelin and a real Synapse (1.157.1 from PyPI, in `tests/synapse/.venv`, which the test
+//! Myelin and a real Synapse (1.163.2 from PyPI, in `tests/synapse/.venv`, which the test
 //! command installs) federating on loopback over TLS with the test CA, in both directions.
 
 use std::process::{Command, Stdio};
@@ -15,6 +15,8 @@ const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv
 struct SynapsePeer {
     server: Server,
     client_port: u16,
+    /// Its server name, `localhost:<federation port>`.
+    name: String,
 }
 
 impl SynapsePeer {
@@ -47,7 +49,7 @@ impl SynapsePeer {
             "rc_room_creation": unlimited, "rc_federation": {"concurrent": 100, "sleep_limit": 1000},
         });
         let server = start_synapse(&name, client_port, overrides).await;
-        SynapsePeer { server, client_port }
+        SynapsePeer { server, client_port, name }
     }
 
     /// Starts Synapse on its directory and waits for its client API.
@@ -120,8 +122,27 @@ fn text_is(body: &str) -> impl Fn(&serde_json::Value) -> bool + '_ {
     move |e| e["type"] == "m.room.message" && e["content"]["body"] == body
 }
 
+/// A createRoom body with `preset`, of room `version` if given (else the server's default).
+fn room_body(preset: &str, version: Option<&str>) -> serde_json::Value {
+    let mut body = json!({"preset": preset});
+    if let Some(v) = version {
+        body["room_version"] = json!(v);
+    }
+    body
+}
+
 #[tokio::test]
-async fn myelin_and_synapse_join_each_others_rooms_and_talk() {
+async fn myelin_and_synapse_join_each_others_default_rooms_and_talk() {
+    // Both default to room version 12 (Synapse since 1.16x, Myelin since this version).
+    join_each_others_rooms_and_talk(None).await;
+}
+
+#[tokio::test]
+async fn myelin_and_synapse_join_each_others_version_10_rooms_and_talk() {
+    join_each_others_rooms_and_talk(Some("10")).await;
+}
+
+async fn join_each_others_rooms_and_talk(version: Option<&str>) {
     let ca = TestCa::new();
     let synapse = SynapsePeer::start(&ca).await;
     let myelin = Peer::start(&ca).await;
@@ -129,9 +150,10 @@ async fn myelin_and_synapse_join_each_others_rooms_and_talk() {
     let mia = myelin.server.register("mia").await;
     let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.server.log_text(), synapse_log(&synapse.server));
 
-    // A Myelin user joins a room Synapse hosts.
-    let room = synapse.server.create_room(&sam, json!({"preset": "public_chat"})).await;
-    let (s, body) = myelin.server.join(&mia, &encode(&room)).await;
+    // A Myelin user joins a room Synapse hosts, through Synapse.
+    let room = synapse.server.create_room(&sam, room_body("public_chat", version)).await;
+    assert_eq!(room.contains(':'), version.is_some(), "{room}");
+    let (s, body) = myelin.server.join_via(&mia, &room, &synapse.name).await;
     assert_eq!(s, 200, "join Synapse's room: {body}\n{}", logs());
     let (s, _) = synapse.server.send_text(&sam, &room, "from Synapse").await;
     assert_eq!(s, 200);
@@ -141,7 +163,7 @@ async fn myelin_and_synapse_join_each_others_rooms_and_talk() {
     wait_for_event(&synapse.server, &sam, &room, text_is("from Myelin")).await;
 
     // A Synapse user joins a room Myelin hosts.
-    let room2 = myelin.server.create_room(&mia, json!({"preset": "public_chat"})).await;
+    let room2 = myelin.server.create_room(&mia, room_body("public_chat", version)).await;
     let (s, body) = synapse
         .server
         .post(
@@ -157,10 +179,49 @@ async fn myelin_and_synapse_join_each_others_rooms_and_talk() {
     let (s, _) = synapse.server.send_text(&sam, &room2, "Synapse in Myelin's room").await;
     assert_eq!(s, 200);
     wait_for_event(&myelin.server, &mia, &room2, text_is("Synapse in Myelin's room")).await;
+
+    // State changes either way are seen on the other side: Sam is made a moderator in Myelin's
+    // room and names it; Synapse's server sees the name it set arrive at Myelin.
+    let path = format!("/_matrix/client/v3/rooms/{room2}/state/m.room.power_levels");
+    let (_, mut pl) = myelin.server.get(&path, Some(&mia.token)).await;
+    pl["users"][&sam.user_id] = json!(50);
+    let (s, body) = myelin.server.put(&path, Some(&mia.token), pl).await;
+    assert_eq!(s, 200, "{body}");
+    crate::federating::eventually("Sam's power reaches Synapse", || async {
+        let (s, b) = synapse.server.get(&path, Some(&sam.token)).await;
+        s == 200 && b["users"][&sam.user_id] == 50
+    })
+    .await;
+    let (s, body) = synapse
+        .server
+        .put(&format!("/_matrix/client/v3/rooms/{room2}/state/m.room.name"), Some(&sam.token), json!({"name": "Ours"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    crate::federating::eventually("Sam's room name reaches Myelin", || async {
+        let (s, b) =
+            myelin.server.get(&format!("/_matrix/client/v3/rooms/{room2}/state/m.room.name"), Some(&mia.token)).await;
+        s == 200 && b["name"] == "Ours"
+    })
+    .await;
+    // ... and what the room's power levels refuse is refused for a remote sender too: Sam (50)
+    // may not change the power levels (100) in Synapse's copy either.
+    let (_, mut pl) = synapse.server.get(&path, Some(&sam.token)).await;
+    pl["users"][&sam.user_id] = json!(100);
+    let (s, _) = synapse.server.put(&path, Some(&sam.token), pl).await;
+    assert_eq!(s, 403);
 }
 
 #[tokio::test]
-async fn invites_and_leaves_between_myelin_and_synapse() {
+async fn invites_and_leaves_between_myelin_and_synapse_in_default_rooms() {
+    invites_and_leaves(None).await;
+}
+
+#[tokio::test]
+async fn invites_and_leaves_between_myelin_and_synapse_in_version_10_rooms() {
+    invites_and_leaves(Some("10")).await;
+}
+
+async fn invites_and_leaves(version: Option<&str>) {
     let ca = TestCa::new();
     let synapse = SynapsePeer::start(&ca).await;
     let myelin = Peer::start(&ca).await;
@@ -169,7 +230,9 @@ async fn invites_and_leaves_between_myelin_and_synapse() {
     let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.server.log_text(), synapse_log(&synapse.server));
 
     // Synapse invites a Myelin user; she sees the invite, joins, talks, leaves.
-    let room = synapse.server.create_room(&sam, json!({"preset": "private_chat", "name": "From Synapse"})).await;
+    let mut body = room_body("private_chat", version);
+    body["name"] = json!("From Synapse");
+    let room = synapse.server.create_room(&sam, body).await;
     let (s, body) = synapse.server.invite(&sam, &room, &mia.user_id).await;
     assert_eq!(s, 200, "Synapse invites Myelin's user: {body}\n{}", logs());
     let sync = myelin.server.sync(&mia, None, 0).await;
@@ -192,7 +255,7 @@ async fn invites_and_leaves_between_myelin_and_synapse() {
     .await;
 
     // Myelin invites a Synapse user, who joins.
-    let room2 = myelin.server.create_room(&mia, json!({"preset": "private_chat"})).await;
+    let room2 = myelin.server.create_room(&mia, room_body("private_chat", version)).await;
     let (s, body) = myelin.server.invite(&mia, &room2, &sam.user_id).await;
     assert_eq!(s, 200, "Myelin invites Synapse's user: {body}\n{}", logs());
     let (s, body) = synapse.server.join(&sam, &encode(&room2)).await;
@@ -201,7 +264,7 @@ async fn invites_and_leaves_between_myelin_and_synapse() {
     wait_for_event(&myelin.server, &mia, &room2, text_is("joined via invite")).await;
 
     // A Synapse invite the Myelin user rejects.
-    let room3 = synapse.server.create_room(&sam, json!({"preset": "private_chat"})).await;
+    let room3 = synapse.server.create_room(&sam, room_body("private_chat", version)).await;
     let (s, _) = synapse.server.invite(&sam, &room3, &mia.user_id).await;
     assert_eq!(s, 200);
     let (s, body) =
@@ -212,6 +275,70 @@ async fn invites_and_leaves_between_myelin_and_synapse() {
         .get(&format!("/_matrix/client/v3/rooms/{room3}/state/m.room.member/{}", mia.user_id), Some(&sam.token))
         .await;
     assert_eq!((s, b["membership"].as_str()), (200, Some("leave")), "{b}");
+}
+
+#[tokio::test]
+async fn rooms_upgraded_from_10_to_12_are_followed_on_both_sides() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let myelin = Peer::start(&ca).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = myelin.server.register("mia").await;
+    let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.server.log_text(), synapse_log(&synapse.server));
+    let tombstone_of = |room: &str| format!("/_matrix/client/v3/rooms/{room}/state/m.room.tombstone");
+
+    // Myelin hosts a version 10 room with Sam in it, and Mia upgrades it to 12: Synapse sees
+    // the tombstone, Sam follows into the new room through Myelin, and they talk there.
+    let old = myelin.server.create_room(&mia, room_body("public_chat", Some("10"))).await;
+    let (s, body) = synapse.server.join_via(&sam, &old, &myelin.name).await;
+    assert_eq!(s, 200, "{body}\n{}", logs());
+    let (s, body) = myelin
+        .server
+        .post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&mia.token), json!({"new_version": "12"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    crate::federating::eventually("the tombstone reaches Synapse", || async {
+        let (s, b) = synapse.server.get(&tombstone_of(&old), Some(&sam.token)).await;
+        s == 200 && b["replacement_room"] == new.as_str()
+    })
+    .await;
+    let (s, body) = synapse.server.join_via(&sam, &new, &myelin.name).await;
+    assert_eq!(s, 200, "Synapse follows the upgrade: {body}\n{}", logs());
+    let (s, create) =
+        synapse.server.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.create"), Some(&sam.token)).await;
+    assert_eq!((s, create["room_version"].as_str()), (200, Some("12")), "{create}");
+    synapse.server.send_text(&sam, &new, "followed you").await;
+    wait_for_event(&myelin.server, &mia, &new, text_is("followed you")).await;
+
+    // Synapse hosts a version 10 room with Mia in it, and Sam upgrades it: Myelin follows.
+    let old2 = synapse.server.create_room(&sam, room_body("public_chat", Some("10"))).await;
+    let (s, body) = myelin.server.join_via(&mia, &old2, &synapse.name).await;
+    assert_eq!(s, 200, "{body}\n{}", logs());
+    let (s, body) = synapse
+        .server
+        .post(&format!("/_matrix/client/v3/rooms/{old2}/upgrade"), Some(&sam.token), json!({"new_version": "12"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let new2 = body["replacement_room"].as_str().unwrap().to_owned();
+    assert!(!new2.contains(':'), "{new2}");
+    crate::federating::eventually("the tombstone reaches Myelin", || async {
+        let (s, b) = myelin.server.get(&tombstone_of(&old2), Some(&mia.token)).await;
+        s == 200 && b["replacement_room"] == new2.as_str()
+    })
+    .await;
+    let (s, body) = myelin.server.join_via(&mia, &new2, &synapse.name).await;
+    assert_eq!(s, 200, "Myelin follows the upgrade: {body}\n{}", logs());
+    myelin.server.send_text(&mia, &new2, "followed you too").await;
+    wait_for_event(&synapse.server, &sam, &new2, text_is("followed you too")).await;
+    // In the new room Sam is its creator (unlimited power), and Mia, at the default level,
+    // may not change its power levels: Myelin applies version 12's rules to Synapse's room.
+    let path = format!("/_matrix/client/v3/rooms/{new2}/state/m.room.power_levels");
+    let (_, mut pl) = myelin.server.get(&path, Some(&mia.token)).await;
+    assert!(pl["users"].get(&sam.user_id).is_none(), "{pl}");
+    pl["users"][&mia.user_id] = json!(100);
+    let (s, _) = myelin.server.put(&path, Some(&mia.token), pl).await;
+    assert_eq!(s, 403);
 }
 
 #[tokio::test]
@@ -318,7 +445,7 @@ async fn myelin_catches_up_on_what_synapse_sent_while_it_was_down() {
     let sam = synapse.server.register("sam").await;
     let mia = myelin.server.register("mia").await;
     let room = synapse.server.create_room(&sam, json!({"preset": "public_chat"})).await;
-    let (s, body) = myelin.server.join(&mia, &encode(&room)).await;
+    let (s, body) = myelin.server.join_via(&mia, &room, &synapse.name).await;
     assert_eq!(s, 200, "{body}");
     synapse.server.send_text(&sam, &room, "before").await;
     wait_for_event(&myelin.server, &mia, &room, text_is("before")).await;
@@ -373,8 +500,8 @@ async fn synapse_gets_what_myelin_sent_while_it_was_down() {
         let (s, _) = myelin.server.send_text(&mia, &room, &format!("while Synapse was down {i}")).await;
         assert_eq!(s, 200);
     }
-    let synapse =
-        SynapsePeer { server: SynapsePeer::run(dir, synapse.client_port).await, client_port: synapse.client_port };
+    let server = SynapsePeer::run(dir, synapse.client_port).await;
+    let synapse = SynapsePeer { server, client_port: synapse.client_port, name: synapse.name };
     let sam = synapse.server.login("sam").await;
     crate::federating::eventually("everything sent meanwhile reaches Synapse", || async {
         let (_, page) = synapse
@@ -429,7 +556,7 @@ async fn a_late_joiner_over_federation_reads_nothing_from_before_either_way() {
     for i in 0..3 {
         synapse.server.send_text(&sam, &room2, &format!("before you came {i}")).await;
     }
-    let (s, body) = myelin.server.join(&mia, &encode(&room2)).await;
+    let (s, body) = myelin.server.join_via(&mia, &room2, &synapse.name).await;
     assert_eq!(s, 200, "{body}");
     synapse.server.send_text(&sam, &room2, "after the join").await;
     wait_for_event(&myelin.server, &mia, &room2, text_is("after the join")).await;

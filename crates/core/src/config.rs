@@ -275,8 +275,11 @@ const KNOWN_KEYS: &[&str] = &[
     "limit_profile_requests_to_users_who_share_rooms",
 ];
 
-/// Room versions Myelin can create and participate in.
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11"];
+/// Room versions Myelin can create and participate in (docs/room-versions.md).
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+
+/// The room version of new rooms unless `default_room_version` says otherwise (Synapse's).
+pub const DEFAULT_ROOM_VERSION: &str = "12";
 
 struct Walker<'a> {
     path: Vec<String>,
@@ -437,7 +440,7 @@ impl Config {
             ));
         }
         let default_room_version = match root.get("default_room_version") {
-            None | Some(Value::Null) => "10".to_owned(),
+            None | Some(Value::Null) => DEFAULT_ROOM_VERSION.to_owned(),
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             Some(_) => return Err(w.err("default_room_version", "expected a string")),

@@ -83,37 +83,105 @@ impl SigningKey {
 
 /// The fields of a PDU that Myelin reads, parsed once from its JSON.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "WirePdu")]
 pub struct Pdu {
-    /// `$` + reference hash.
+    /// `$` + reference hash (room versions 3+), or the `$id:server` the event carries (1 and 2).
     pub event_id: OwnedEventId,
-    /// The room.
+    /// The room. A room version 12 create event names no room: its room ID is derived from its
+    /// event ID (see [`Pdu::names_room`]).
     pub room_id: OwnedRoomId,
     /// The sender.
     pub sender: OwnedUserId,
     /// `type`.
-    #[serde(rename = "type")]
     pub kind: TimelineEventType,
     /// For state events.
-    #[serde(default)]
     pub state_key: Option<String>,
     /// The content, kept raw for the auth rules' lazy parsing.
     pub content: Box<RawValue>,
     /// Parent events.
-    #[serde(default)]
     pub prev_events: Vec<OwnedEventId>,
     /// Auth events.
-    #[serde(default)]
     pub auth_events: Vec<OwnedEventId>,
     /// For redactions (top-level in v10; in content from v11).
-    #[serde(default)]
     pub redacts: Option<OwnedEventId>,
     /// Timestamp.
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
     /// Depth in the graph.
     pub depth: u64,
+    /// Whether the JSON has a `room_id` (all events but room version 12's create events).
+    pub names_room: bool,
     /// Set when the event failed the authorization rules.
-    #[serde(skip)]
     pub rejected: bool,
+}
+
+/// An event reference: an ID (room versions 3+) or an `[ID, hashes]` pair (1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+impl EventRef {
+    fn id(self) -> OwnedEventId {
+        match self {
+            EventRef::Id(id) | EventRef::Pair(id, _) => id,
+        }
+    }
+}
+
+/// A PDU as written, in any room version's format.
+#[derive(Deserialize)]
+struct WirePdu {
+    event_id: OwnedEventId,
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    #[serde(default)]
+    state_key: Option<String>,
+    content: Box<RawValue>,
+    #[serde(default)]
+    prev_events: Vec<EventRef>,
+    #[serde(default)]
+    auth_events: Vec<EventRef>,
+    #[serde(default)]
+    redacts: Option<OwnedEventId>,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    depth: u64,
+}
+
+impl TryFrom<WirePdu> for Pdu {
+    type Error = String;
+
+    fn try_from(w: WirePdu) -> std::result::Result<Self, String> {
+        let names_room = w.room_id.is_some();
+        let room_id = match w.room_id {
+            Some(r) => r,
+            None if w.kind == TimelineEventType::RoomCreate => room_id_of_create(&w.event_id)?,
+            None => return Err("missing field `room_id`".into()),
+        };
+        Ok(Pdu {
+            event_id: w.event_id,
+            room_id,
+            sender: w.sender,
+            kind: w.kind,
+            state_key: w.state_key,
+            content: w.content,
+            prev_events: w.prev_events.into_iter().map(EventRef::id).collect(),
+            auth_events: w.auth_events.into_iter().map(EventRef::id).collect(),
+            redacts: w.redacts,
+            origin_server_ts: w.origin_server_ts,
+            depth: w.depth,
+            names_room,
+            rejected: false,
+        })
+    }
+}
+
+/// The room a room version 12 create event makes: `!` and the event's reference hash.
+pub fn room_id_of_create(event_id: &ruma::EventId) -> std::result::Result<OwnedRoomId, String> {
+    OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..])).map_err(|e| format!("bad room ID: {e}"))
 }
 
 impl Pdu {
@@ -150,7 +218,7 @@ impl ruma::state_res::Event for Pdu {
         &self.event_id
     }
     fn room_id(&self) -> Option<&RoomId> {
-        Some(&self.room_id)
+        self.names_room.then_some(&*self.room_id)
     }
     fn sender(&self) -> &UserId {
         &self.sender
@@ -237,7 +305,10 @@ pub fn sign_event(
     object.insert("content".into(), canonical(Value::Object(draft.content))?);
     object.insert("depth".into(), CanonicalJsonValue::Integer((draft.depth as i64).try_into().unwrap_or_default()));
     object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(draft.origin_server_ts.0.into()));
-    object.insert("room_id".into(), CanonicalJsonValue::String(draft.room_id.to_string()));
+    // From room version 12 the create event names no room: the room is named after it.
+    if !(draft.kind == "m.room.create" && rules.authorization.room_create_event_id_as_room_id) {
+        object.insert("room_id".into(), CanonicalJsonValue::String(draft.room_id.to_string()));
+    }
     object.insert("sender".into(), CanonicalJsonValue::String(draft.sender.to_string()));
     object.insert("type".into(), CanonicalJsonValue::String(draft.kind.to_owned()));
     if let Some(k) = draft.state_key {
@@ -279,7 +350,20 @@ pub fn client_event(pdu_json: &Value) -> Value {
             out.insert("unsigned".into(), Value::Object(unsigned.clone()));
         }
     }
+    name_created_room(&mut out);
     Value::Object(out)
+}
+
+/// Clients see every event with its room ID, a room version 12 create event too (which, as a
+/// PDU, has none: the room is named after it).
+fn name_created_room(event: &mut Map<String, Value>) {
+    if event.contains_key("room_id") || event.get("type").and_then(Value::as_str) != Some("m.room.create") {
+        return;
+    }
+    if let Some(id) = event.get("event_id").and_then(Value::as_str).and_then(|e| e.strip_prefix('$')) {
+        let room_id = format!("!{id}");
+        event.insert("room_id".into(), Value::String(room_id));
+    }
 }
 
 /// The fields of a stored PDU that clients see; the rest (`auth_events`, `prev_events`,
@@ -321,6 +405,7 @@ pub fn client_event_from_str(json: &str) -> Value {
     if let Some(u @ Value::Object(_)) = f.unsigned {
         out.insert("unsigned".into(), u);
     }
+    name_created_room(&mut out);
     Value::Object(out)
 }
 

@@ -170,6 +170,9 @@ pub(crate) struct AppendOptions {
     /// An invite of this remote user, with the room summary to show them: their server signs
     /// the event before it is stored.
     pub remote_invite: Option<(String, Vec<Value>)>,
+    /// The event's timestamp, when the caller has already hashed it (a room version 12 create
+    /// event, whose hash names the room); now otherwise.
+    pub origin_server_ts: Option<MilliSecondsSinceUnixEpoch>,
 }
 
 /// The result of appending an event.
@@ -247,16 +250,45 @@ pub struct MessagesPage {
     pub state: Vec<Value>,
 }
 
-/// Power levels, with the spec's defaults.
-struct PowerLevels(Map<String, Value>);
+/// Power levels, with the spec's defaults, and the room's creators where the room version
+/// gives them unlimited power (12 on).
+struct PowerLevels {
+    content: Map<String, Value>,
+    privileged_creators: Vec<String>,
+}
 
 impl PowerLevels {
     fn int(&self, key: &str, default: i64) -> i64 {
-        self.0.get(key).and_then(as_int).unwrap_or(default)
+        self.content.get(key).and_then(as_int).unwrap_or(default)
     }
     fn user(&self, user: &str) -> i64 {
-        self.0.get("users").and_then(|u| u.get(user)).and_then(as_int).unwrap_or_else(|| self.int("users_default", 0))
+        if self.privileged_creators.iter().any(|c| c == user) {
+            return i64::MAX;
+        }
+        self.content
+            .get("users")
+            .and_then(|u| u.get(user))
+            .and_then(as_int)
+            .unwrap_or_else(|| self.int("users_default", 0))
     }
+}
+
+/// The creators a room version 12+ create event gives unlimited power: its sender and its
+/// `additional_creators`. None in earlier versions.
+pub(crate) fn privileged_creators(create: &Pdu) -> Vec<String> {
+    let content = create.content_map();
+    let version = content.get("room_version").and_then(Value::as_str).unwrap_or("1");
+    let privileged = ruma::RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|v| v.rules())
+        .is_some_and(|r| r.authorization.explicitly_privilege_room_creators);
+    if !privileged {
+        return Vec::new();
+    }
+    let mut creators = vec![create.sender.to_string()];
+    let extra = content.get("additional_creators").and_then(Value::as_array);
+    creators.extend(extra.into_iter().flatten().filter_map(Value::as_str).map(str::to_owned));
+    creators
 }
 
 pub(crate) fn guest_forbidden() -> Error {
@@ -640,12 +672,15 @@ impl Homeserver {
             None
         };
         let mut to_load: Vec<String> = auth_ids.iter().map(|e| e.to_string()).collect();
+        to_load.extend(crate::state::implied_auth_events(&basis.rules, room_id).map(|e| e.to_string()));
         if let Some(target) = &redacts {
             to_load.push(target.clone());
         }
         let loaded = self.load_events(to_load).await?;
 
-        let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64));
+        let origin_server_ts = options
+            .origin_server_ts
+            .unwrap_or_else(|| MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)));
         let draft = |content: Map<String, Value>| EventDraft {
             room_id,
             sender,
@@ -819,11 +854,13 @@ impl Homeserver {
     }
 
     async fn power_levels(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<PowerLevels> {
-        let Some(id) = state.get(&("m.room.power_levels".to_owned(), String::new())) else {
-            return Ok(PowerLevels(Map::new()));
-        };
-        let events = self.load_events(vec![id.to_string()]).await?;
-        Ok(PowerLevels(events.values().next().map(Pdu::content_map).unwrap_or_default()))
+        let id_of = |kind: &str| state.get(&(kind.to_owned(), String::new())).cloned();
+        let (pl_id, create_id) = (id_of("m.room.power_levels"), id_of("m.room.create"));
+        let events =
+            self.load_events([&pl_id, &create_id].into_iter().flatten().map(|e| e.to_string()).collect()).await?;
+        let content = pl_id.and_then(|id| events.get(&id)).map(Pdu::content_map).unwrap_or_default();
+        let privileged_creators = create_id.and_then(|id| events.get(&id)).map(privileged_creators).unwrap_or_default();
+        Ok(PowerLevels { content, privileged_creators })
     }
 
     /// The current state of a room as `(type, state_key) -> event_id`, if the room exists.
@@ -849,12 +886,14 @@ impl Homeserver {
         if self.membership_of(room_id, user).await?.as_deref() != Some("join") {
             return Ok(false);
         }
-        let pl = PowerLevels(self.state_content(room_id, "m.room.power_levels", "").await?.unwrap_or_default());
-        let needed =
-            pl.0.get("events")
-                .and_then(|e| e.get(kind))
-                .and_then(as_int)
-                .unwrap_or_else(|| pl.int("state_default", 50));
+        let state = self.current_state(room_id).await?.unwrap_or_default();
+        let pl = self.power_levels(&state).await?;
+        let needed = pl
+            .content
+            .get("events")
+            .and_then(|e| e.get(kind))
+            .and_then(as_int)
+            .unwrap_or_else(|| pl.int("state_default", 50));
         Ok(pl.user(user) >= needed)
     }
 
@@ -883,6 +922,58 @@ impl Homeserver {
         } else {
             Err(Error::forbidden(format!("User {user_id} not in room {room_id}")))
         }
+    }
+
+    /// Makes a room: its row and its `m.room.create` event. From room version 12 the room is
+    /// named after its create event (`!` and the event's reference hash), so the event is
+    /// signed once to learn the name, then appended with the same timestamp: the same hash.
+    async fn found_room(
+        &self,
+        version: &str,
+        rules: &RoomVersionRules,
+        creator: &UserId,
+        mut content: Map<String, Value>,
+        is_public: bool,
+    ) -> Result<OwnedRoomId> {
+        if !rules.authorization.use_room_create_sender {
+            content.insert("creator".into(), json!(creator));
+        }
+        content.insert("room_version".into(), json!(version));
+        let named =
+            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
+        let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64));
+        let draft = EventDraft {
+            room_id: &named,
+            sender: creator,
+            kind: "m.room.create",
+            state_key: Some(""),
+            content: content.clone(),
+            prev_events: Vec::new(),
+            auth_events: Vec::new(),
+            depth: 1,
+            redacts: None,
+            origin_server_ts,
+        };
+        let signed = sign_event(draft, rules, self.server_name(), &self.key)?;
+        // Checked before anything is stored: a bad `additional_creators` leaves no empty room.
+        crate::state::check_auth(rules, &signed.pdu, &HashMap::new(), &HashMap::new())
+            .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
+        let room_id = signed.pdu.room_id.clone();
+        let row = RoomRow {
+            room_id: room_id.to_string(),
+            room_version: version.to_owned(),
+            creator: creator.to_string(),
+            is_public,
+        };
+        self.db(move |s| s.create_room(&row)).await?;
+        let options = AppendOptions { origin_server_ts: Some(origin_server_ts), ..AppendOptions::default() };
+        let appended = self.append_event(&room_id, creator, "m.room.create", Some(""), content, options).await?;
+        if appended.pdu.event_id != signed.pdu.event_id {
+            // A third-party rules module rewrote the create event; in room version 12 that
+            // would name another room.
+            return Err(Error::internal("the room's create event changed while it was made"));
+        }
+        Ok(room_id)
     }
 
     /// `POST /createRoom` (and `ModuleApi.create_room`). Returns `(room_id, alias)`.
@@ -940,18 +1031,27 @@ impl Homeserver {
             self.modules.user_may_create_room(requester.user_id.as_str(), &body).await?;
         }
 
-        let room_id =
-            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
-        // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
-        let row = RoomRow {
-            room_id: room_id.to_string(),
-            room_version: version.clone(),
-            creator: requester.user_id.to_string(),
-            is_public: visibility == "public",
-        };
-        self.db(move |s| s.create_room(&row)).await?;
-
         let creator = &requester.user_id;
+        let mut create_content = request.creation_content.clone().unwrap_or_default();
+        // Room version 12: a trusted private chat's invitees are creators too (as in Synapse),
+        // rather than users at power 100.
+        let invitees_are_creators = rules.authorization.additional_room_creators && preset == "trusted_private_chat";
+        if invitees_are_creators && !invitees.is_empty() {
+            let mut creators: Vec<String> = create_content
+                .get("additional_creators")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            creators.extend(invitees.iter().map(|i| i.to_string()));
+            creators.sort();
+            creators.dedup();
+            create_content.insert("additional_creators".into(), json!(creators));
+        }
+        // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
+        let room_id = self.found_room(&version, &rules, creator, create_content, visibility == "public").await?;
+
         let send = |kind: &'static str, key: Option<String>, content: Value| {
             let room_id = room_id.clone();
             async move {
@@ -959,12 +1059,6 @@ impl Homeserver {
                 self.append_event(&room_id, creator, kind, key.as_deref(), content, AppendOptions::default()).await
             }
         };
-        let mut create_content = request.creation_content.clone().unwrap_or_default();
-        if !rules.authorization.use_room_create_sender {
-            create_content.insert("creator".into(), json!(creator));
-        }
-        create_content.insert("room_version".into(), json!(version));
-        send("m.room.create", Some(String::new()), Value::Object(create_content)).await?;
         let (displayname, avatar_url) = self.profile_of(creator.as_str()).await?;
         let mut join = json!({"membership": "join"});
         if let Some(d) = displayname {
@@ -975,9 +1069,13 @@ impl Homeserver {
         }
         send("m.room.member", Some(creator.to_string()), join).await?;
 
+        // From room version 12 creators have unlimited power and may not be listed.
+        let creators_privileged = rules.authorization.explicitly_privilege_room_creators;
         let mut users = Map::new();
-        users.insert(creator.to_string(), json!(100));
-        if preset == "trusted_private_chat" {
+        if !creators_privileged {
+            users.insert(creator.to_string(), json!(100));
+        }
+        if preset == "trusted_private_chat" && !invitees_are_creators {
             for i in &invitees {
                 users.insert(i.to_string(), json!(100));
             }
@@ -992,6 +1090,10 @@ impl Homeserver {
             "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
             "historical": 100
         });
+        if creators_privileged {
+            // Above any power a creator can hand out, so only creators may upgrade the room.
+            power["events"]["m.room.tombstone"] = json!(150);
+        }
         // Synapse's presets: anyone may invite to a private room; only moderators to a public
         // one, where starting a call takes a moderator too.
         if preset == "public_chat" {
@@ -1282,7 +1384,7 @@ impl Homeserver {
                 kind,
                 None,
                 content,
-                AppendOptions { txn, spam_check: true, remote_invite: None },
+                AppendOptions { txn, spam_check: true, remote_invite: None, ..AppendOptions::default() },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())
@@ -1328,7 +1430,7 @@ impl Homeserver {
                 kind,
                 Some(state_key),
                 content,
-                AppendOptions { txn: None, spam_check: true, remote_invite: None },
+                AppendOptions { txn: None, spam_check: true, remote_invite: None, ..AppendOptions::default() },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())
@@ -1371,7 +1473,7 @@ impl Homeserver {
                 "m.room.redaction",
                 None,
                 content,
-                AppendOptions { txn, spam_check: true, remote_invite: None },
+                AppendOptions { txn, spam_check: true, remote_invite: None, ..AppendOptions::default() },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())
@@ -1783,26 +1885,13 @@ impl Homeserver {
         let config = json!({"creation_content": creation_content, "initial_state": initial_state});
         self.modules.user_may_create_room(requester.user_id.as_str(), config.as_object().expect("object")).await?;
 
-        let new =
-            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
-        let row = RoomRow {
-            room_id: new.to_string(),
-            room_version: new_version.to_owned(),
-            creator: requester.user_id.to_string(),
-            is_public: false,
-        };
-        self.db(move |s| s.create_room(&row)).await?;
         let me = &requester.user_id;
         let rules = ruma::RoomVersionId::try_from(new_version)
             .ok()
             .and_then(|v| v.rules())
             .ok_or_else(|| Error::internal("rules"))?;
-        let mut create = creation_content.as_object().cloned().unwrap_or_default();
-        if !rules.authorization.use_room_create_sender {
-            create.insert("creator".into(), json!(me));
-        }
-        create.insert("room_version".into(), json!(new_version));
-        self.append_event(&new, me, "m.room.create", Some(""), create, AppendOptions::default()).await?;
+        let create = creation_content.as_object().cloned().unwrap_or_default();
+        let new = self.found_room(new_version, &rules, me, create, false).await?;
         let (displayname, avatar_url) = self.profile_of(me.as_str()).await?;
         let mut join = Map::new();
         join.insert("membership".into(), json!("join"));
@@ -1814,12 +1903,32 @@ impl Homeserver {
         }
         self.append_event(&new, me, "m.room.member", Some(me.as_str()), join, AppendOptions::default()).await?;
         // Copy power levels with the upgrader at 100 so the rest can be copied, then restore.
-        let original_pl =
+        // Into room version 12, the upgrader is the creator: unlimited power, and not listed.
+        let mut original_pl =
             copied.iter().find(|(t, _)| t == "m.room.power_levels").map(|(_, c)| c.clone()).unwrap_or_default();
+        // Out of it, the old room's creators (unlimited power there) are listed at 100, where
+        // Synapse would leave them at the default level.
+        if rules.authorization.explicitly_privilege_room_creators {
+            if let Some(Value::Object(users)) = original_pl.get_mut("users") {
+                users.remove(me.as_str());
+            }
+        } else {
+            let old_state = self.current_state(&old).await?.unwrap_or_default();
+            let old_creators = self.power_levels(&old_state).await?.privileged_creators;
+            if !old_creators.is_empty()
+                && let Value::Object(users) = original_pl.entry("users").or_insert(json!({}))
+            {
+                for creator in old_creators {
+                    users.entry(creator).or_insert(json!(100));
+                }
+            }
+        }
         let mut boosted = original_pl.clone();
-        let users = boosted.entry("users").or_insert(json!({}));
-        if let Value::Object(u) = users {
-            u.insert(me.to_string(), json!(100));
+        if !rules.authorization.explicitly_privilege_room_creators {
+            let users = boosted.entry("users").or_insert(json!({}));
+            if let Value::Object(u) = users {
+                u.insert(me.to_string(), json!(100));
+            }
         }
         self.append_event(&new, me, "m.room.power_levels", Some(""), boosted.clone(), AppendOptions::default()).await?;
         for (kind, content) in &copied {
@@ -1836,7 +1945,8 @@ impl Homeserver {
         tombstone.insert("replacement_room".into(), json!(new));
         self.append_event(&old, me, "m.room.tombstone", Some(""), tombstone, AppendOptions::default()).await?;
         // Restrict the old room so conversation moves on.
-        let mut restricted = original_pl;
+        let old_pl = copied.iter().find(|(t, _)| t == "m.room.power_levels").map(|(_, c)| c.clone());
+        let mut restricted = old_pl.unwrap_or_default();
         let users_default = restricted.get("users_default").and_then(as_int).unwrap_or(0);
         let level = json!(50.max(users_default + 1));
         restricted.insert("events_default".into(), level.clone());
@@ -1872,7 +1982,7 @@ impl Homeserver {
                 &kind,
                 state_key.as_deref(),
                 content,
-                AppendOptions { txn: None, spam_check: true, remote_invite: None },
+                AppendOptions { txn: None, spam_check: true, remote_invite: None, ..AppendOptions::default() },
             )
             .await?;
         Ok(appended.json)

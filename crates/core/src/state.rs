@@ -1,4 +1,5 @@
-//! The authorization rules and state resolution v2, from ruma-state-res, over our [`Pdu`]s.
+//! The authorization rules and state resolution v2 (and v2.1, room version 12), from
+//! ruma-state-res, over our [`Pdu`]s.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,7 +11,8 @@ use ruma::{EventId, OwnedEventId};
 use crate::events::Pdu;
 
 /// Checks a new event against its auth events and the state before it. `events` must hold the
-/// event's auth events; `state` maps `(type, state_key)` to event IDs found in `events`.
+/// event's auth events (and, from room version 12, the room's create event: see
+/// [`implied_auth_events`]); `state` maps `(type, state_key)` to event IDs found in `events`.
 pub fn check_auth(
     rules: &RoomVersionRules,
     pdu: &Pdu,
@@ -18,9 +20,27 @@ pub fn check_auth(
     state: &HashMap<(String, String), OwnedEventId>,
 ) -> Result<(), String> {
     state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| events.get(id))?;
+    // From room version 12 the create event is not among the auth events; it is the one the
+    // room ID names.
+    let create = implied_auth_events(rules, &pdu.room_id);
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
-        state.get(&(t.to_string(), k.to_owned())).and_then(|id| events.get(id))
+        match state.get(&(t.to_string(), k.to_owned())) {
+            Some(id) => events.get(id),
+            None if *t == StateEventType::RoomCreate && k.is_empty() => create.as_ref().and_then(|id| events.get(id)),
+            None => None,
+        }
     })
+}
+
+/// The events the authorization rules read beyond an event's `auth_events`: from room version
+/// 12, the create event, which the room ID names rather than the auth events.
+pub fn implied_auth_events(rules: &RoomVersionRules, room_id: &ruma::RoomId) -> Option<OwnedEventId> {
+    let hash = room_id.as_str().strip_prefix('!')?;
+    rules
+        .authorization
+        .room_create_event_id_as_room_id
+        .then(|| OwnedEventId::try_from(format!("${hash}")).ok())
+        .flatten()
 }
 
 /// Every event in the auth chains of `ids` (not including `ids` themselves unless reachable).
@@ -49,18 +69,175 @@ pub fn resolve(
     state_sets: &[StateMap<OwnedEventId>],
     events: &HashMap<OwnedEventId, Pdu>,
 ) -> Result<StateMap<OwnedEventId>, String> {
+    let Some(v2) = rules.state_res.v2_rules() else {
+        return Ok(resolve_v1(rules, state_sets, events));
+    };
     let auth_chains =
         state_sets.iter().map(|set| auth_chain(set.values().cloned(), events).into_iter().collect()).collect();
-    let v2 = rules.state_res.v2_rules().ok_or("room version does not use state resolution v2")?;
     state_res::resolve(
         &rules.authorization,
         v2,
         state_sets,
         auth_chains,
         |id: &EventId| events.get(id).cloned(),
-        |_| None,
+        |conflicted| {
+            Some(conflicted_state_subgraph(conflicted.values().flatten().cloned(), events).into_iter().collect())
+        },
     )
     .map_err(|e| e.to_string())
+}
+
+type StateKey = (StateEventType, String);
+
+/// State resolution v1 (room version 1), which ruma-state-res does not implement, in the order
+/// the spec's v1 text and Synapse apply it: keys whose value differs between the sets are
+/// conflicted; power levels are resolved first, then join rules, then memberships (each by
+/// walking its candidates from the oldest and keeping the last one the rules allow on top of
+/// the previous), then the rest (the newest candidate the rules allow). Candidates are ordered
+/// by depth, then by the SHA-1 of their event ID.
+fn resolve_v1(
+    rules: &RoomVersionRules,
+    state_sets: &[StateMap<OwnedEventId>],
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> StateMap<OwnedEventId> {
+    let mut unconflicted: StateMap<OwnedEventId> = StateMap::new();
+    let mut conflicted: HashMap<StateKey, Vec<OwnedEventId>> = HashMap::new();
+    for set in state_sets {
+        for (key, id) in set {
+            if let Some(candidates) = conflicted.get_mut(key) {
+                if !candidates.contains(id) {
+                    candidates.push(id.clone());
+                }
+                continue;
+            }
+            match unconflicted.get(key) {
+                None => {
+                    unconflicted.insert(key.clone(), id.clone());
+                }
+                Some(other) if other != id => {
+                    let other = unconflicted.remove(key).expect("present");
+                    conflicted.insert(key.clone(), vec![other, id.clone()]);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let auth_keys = |pdu: &Pdu| -> Vec<StateKey> {
+        state_res::auth_types_for_event(
+            &pdu.kind,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &rules.authorization,
+        )
+        .unwrap_or_default()
+    };
+    // The auth events the conflicted events are checked against: unconflicted state only.
+    let mut auth: HashMap<StateKey, &Pdu> = HashMap::new();
+    let mut candidates: Vec<(StateKey, Vec<&Pdu>)> = Vec::new();
+    for (key, ids) in conflicted {
+        let known: Vec<&Pdu> = ids.iter().filter_map(|id| events.get(id)).collect();
+        for pdu in &known {
+            for k in auth_keys(pdu) {
+                if let Some(e) = unconflicted.get(&k).and_then(|id| events.get(id)) {
+                    auth.entry(k).or_insert(e);
+                }
+            }
+        }
+        match known.len() {
+            0 => {}
+            1 => {
+                unconflicted.insert(key, known[0].event_id.clone());
+            }
+            _ => candidates.push((key, known)),
+        }
+    }
+    let allowed = |pdu: &Pdu, auth: &HashMap<StateKey, &Pdu>| {
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
+            auth.get(&(t.clone(), k.to_owned())).copied()
+        })
+        .is_ok()
+    };
+    let phase = |key: &StateKey| match key.0 {
+        StateEventType::RoomPowerLevels => 0,
+        StateEventType::RoomJoinRules => 1,
+        StateEventType::RoomMember => 2,
+        _ => 3,
+    };
+    candidates.sort_by_key(|(key, _)| phase(key));
+    // Each phase's winners join the auth events once the phase is done, not within it.
+    let mut resolved_in_phase: Vec<(StateKey, &Pdu)> = Vec::new();
+    let mut current_phase = 0;
+    for (key, mut pdus) in candidates {
+        if phase(&key) != current_phase {
+            auth.extend(resolved_in_phase.drain(..));
+            current_phase = phase(&key);
+        }
+        pdus.sort_by_cached_key(|p| (std::cmp::Reverse(p.depth), v1_tiebreak(&p.event_id)));
+        let chosen = if phase(&key) < 3 {
+            // From the oldest: each next candidate stands if the rules allow it on top of the
+            // one before; the first refusal ends the walk.
+            let wanted: HashSet<StateKey> = pdus.iter().flat_map(|p| auth_keys(p)).collect();
+            let mut local: HashMap<StateKey, &Pdu> =
+                auth.iter().filter(|(k, _)| wanted.contains(*k)).map(|(k, v)| (k.clone(), *v)).collect();
+            let mut oldest_first = pdus.iter().rev();
+            let mut chosen = *oldest_first.next().expect("two or more candidates");
+            for &pdu in oldest_first {
+                local.insert((chosen.kind.to_string().into(), chosen.state_key.clone().unwrap_or_default()), chosen);
+                if !allowed(pdu, &local) {
+                    break;
+                }
+                chosen = pdu;
+            }
+            resolved_in_phase.push((key.clone(), chosen));
+            chosen
+        } else {
+            // The newest candidate the rules allow, else the oldest.
+            pdus.iter().copied().find(|p| allowed(p, &auth)).unwrap_or(pdus[pdus.len() - 1])
+        };
+        unconflicted.insert(key, chosen.event_id.clone());
+    }
+    unconflicted
+}
+
+/// State resolution v1's tiebreak between events of the same depth: the hex SHA-1 of the ID.
+fn v1_tiebreak(event_id: &EventId) -> String {
+    use sha1::Digest;
+    sha1::Sha1::digest(event_id.as_str().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// State resolution v2.1's (room version 12) conflicted state subgraph: the conflicted events
+/// and every event on an auth-chain path between two of them (an ancestor of one conflicted
+/// event that has another among its own ancestors).
+pub fn conflicted_state_subgraph(
+    conflicted: impl IntoIterator<Item = OwnedEventId>,
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> HashSet<OwnedEventId> {
+    let conflicted: HashSet<OwnedEventId> = conflicted.into_iter().collect();
+    let ancestors = auth_chain(conflicted.iter().cloned(), events);
+    // Whether an event reaches a conflicted event through its auth events, memoised; the
+    // walk is iterative (auth chains run to thousands of events).
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    for start in &ancestors {
+        let mut stack = vec![(start.clone(), false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if reaches.contains_key(&id) {
+                continue;
+            }
+            let parents = events.get(&id).map(|e| e.auth_events.as_slice()).unwrap_or_default();
+            if !expanded {
+                stack.push((id.clone(), true));
+                stack.extend(parents.iter().filter(|p| !reaches.contains_key(*p)).map(|p| (p.clone(), false)));
+                continue;
+            }
+            let hit = parents.iter().any(|p| conflicted.contains(p) || reaches.get(p).copied().unwrap_or(false));
+            reaches.insert(id, hit);
+        }
+    }
+    let mut subgraph: HashSet<OwnedEventId> =
+        ancestors.into_iter().filter(|id| reaches.get(id).copied().unwrap_or(false)).collect();
+    subgraph.extend(conflicted);
+    subgraph
 }
 
 #[cfg(test)]
@@ -314,6 +491,111 @@ mod tests {
         assert_eq!(resolved[&(StateEventType::RoomPowerLevels, String::new())], pl2);
         assert_eq!(resolved[&(StateEventType::RoomTopic, String::new())], bob_topic);
         assert_eq!(resolved[&(StateEventType::RoomMember, "@bob:test".to_owned())], bob);
+    }
+
+    #[test]
+    fn a_room_version_12_room_is_named_by_its_create_event_and_its_creator_outranks_everyone() {
+        let mut room = Room::new();
+        room.rules = ruma::RoomVersionId::V12.rules().unwrap();
+        let create = room.add(
+            "@alice:test",
+            "m.room.create",
+            Some(""),
+            json!({"room_version": "12", "additional_creators": ["@carol:test"]}),
+            &[],
+            &[],
+            1,
+        );
+        // The PDU names no room; the room is `!` and the create event's hash.
+        let json: Value = serde_json::from_str(&room.jsons[&create]).unwrap();
+        assert!(json.get("room_id").is_none(), "{json}");
+        let room_id = room.events[&create].room_id.clone();
+        assert_eq!(room_id.as_str(), format!("!{}", &create.as_str()[1..]));
+        assert!(room_id.server_name().is_none());
+        check_auth(&room.rules, &room.events[&create], &room.events, &HashMap::new()).unwrap();
+        room.room_id = room_id;
+        // Later events do not list the create event among their auth events.
+        let alice = room.add(
+            "@alice:test",
+            "m.room.member",
+            Some("@alice:test"),
+            json!({"membership": "join"}),
+            &[&create],
+            &[],
+            2,
+        );
+        let state = room.state_hashmap(&[&create, &alice]);
+        check_auth(&room.rules, &room.events[&alice], &room.events, &state).unwrap();
+        // A creator may not be listed in the power levels (they have unlimited power) ...
+        let listed = room.add(
+            "@alice:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@alice:test": 100}}),
+            &[&alice],
+            &[&alice],
+            3,
+        );
+        let err = check_auth(&room.rules, &room.events[&listed], &room.events, &state).unwrap_err();
+        assert!(err.contains("creator"), "{err}");
+        // ... nor an additional creator; an ordinary user may.
+        let carol = room.add(
+            "@alice:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@carol:test": 50}}),
+            &[&alice],
+            &[&alice],
+            4,
+        );
+        assert!(check_auth(&room.rules, &room.events[&carol], &room.events, &state).is_err());
+        let pl = room.add(
+            "@alice:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@bob:test": 100}, "events": {"m.room.tombstone": 150}}),
+            &[&alice],
+            &[&alice],
+            5,
+        );
+        check_auth(&room.rules, &room.events[&pl], &room.events, &state).unwrap();
+        // Listing the create event among the auth events is refused from version 12.
+        let old_style = room.add(
+            "@alice:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "t"}),
+            &[&pl],
+            &[&create, &alice, &pl],
+            6,
+        );
+        let state = room.state_hashmap(&[&create, &alice, &pl]);
+        assert!(check_auth(&room.rules, &room.events[&old_style], &room.events, &state).is_err());
+        // The creator (unlimited power) may send what needs 150; Bob at 100 may not.
+        let tombstone = room.add(
+            "@alice:test",
+            "m.room.tombstone",
+            Some(""),
+            json!({"body": "moved", "replacement_room": "!new"}),
+            &[&pl],
+            &[&alice, &pl],
+            7,
+        );
+        check_auth(&room.rules, &room.events[&tombstone], &room.events, &state).unwrap();
+    }
+
+    #[test]
+    fn the_conflicted_state_subgraph_holds_the_events_between_conflicted_events() {
+        // Auth edges: alice -> create, pl -> alice, jr -> pl (and the rest). Conflicted {alice,
+        // jr}: the subgraph is alice, pl (between them) and jr; not the create event (an
+        // ancestor of both that reaches no conflicted event) nor bob (no ancestor of either).
+        let mut room = Room::new();
+        let [_, alice, pl, jr, bob] = base(&mut room);
+        let subgraph = conflicted_state_subgraph([alice.clone(), jr.clone()], &room.events);
+        assert!(subgraph.contains(&alice) && subgraph.contains(&jr));
+        assert!(subgraph.contains(&pl), "pl's auth events include alice, and jr's include pl");
+        assert!(!subgraph.contains(&bob), "bob descends from jr but leads to no conflicted event");
+        assert!(!subgraph.contains(&room.events[&alice].auth_events[0]), "the create event leads nowhere");
     }
 
     #[test]

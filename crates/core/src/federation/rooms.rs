@@ -69,7 +69,11 @@ pub(crate) struct Received {
 pub(crate) fn wire_pdu(stored_json: &str) -> Result<Value> {
     let mut value: Value = serde_json::from_str(stored_json).map_err(Error::internal)?;
     if let Value::Object(m) = &mut value {
-        m.remove("event_id");
+        // Room versions 1 and 2 name events `$id:server`, and that ID is part of the signed
+        // event; later versions' IDs are unpadded base64 hashes, which never hold a colon.
+        if m.get("event_id").and_then(Value::as_str).is_none_or(|id| !id.contains(':')) {
+            m.remove("event_id");
+        }
         m.remove("unsigned");
     }
     Ok(value)
@@ -87,13 +91,23 @@ pub(crate) fn rules_for(version: &str) -> Option<RoomVersionRules> {
 pub(crate) fn identify(pdu: &Value, rules: &RoomVersionRules) -> Result<(OwnedEventId, CanonicalJsonObject)> {
     let Value::Object(map) = pdu else { return Err(Error::bad_json("PDU is not an object")) };
     let mut map = map.clone();
-    map.remove("event_id");
     map.remove("unsigned");
+    // Room versions 1 and 2: the event carries its ID (signed with it). Later: derived.
+    let carried_id = if rules.event_format.require_event_id {
+        let id = map.get("event_id").and_then(Value::as_str).ok_or_else(|| Error::bad_json("PDU has no event_id"))?;
+        Some(OwnedEventId::try_from(id).map_err(|_| Error::bad_json("Bad event ID"))?)
+    } else {
+        map.remove("event_id");
+        None
+    };
     let object = ruma::canonical_json::try_from_json_map(map)
         .map_err(|e| Error::bad_json(format!("PDU is not canonical JSON: {e}")))?;
     let size = serde_json::to_vec(&object).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_PDU_BYTES {
         return Err(Error::new(ErrorKind::TooLarge, "PDU is larger than 65536 bytes"));
+    }
+    if let Some(event_id) = carried_id {
+        return Ok((event_id, object));
     }
     let hash = ruma::signatures::reference_hash(&object, rules)
         .map_err(|e| Error::bad_json(format!("PDU cannot be hashed: {e}")))?;
@@ -151,6 +165,7 @@ impl Homeserver {
         .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
         let mut relevant = HashMap::new();
         let mut ids: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
+        ids.extend(crate::state::implied_auth_events(rules, &pdu.room_id).map(|e| e.to_string()));
         for (t, k) in types {
             let key = (t.to_string(), k);
             if let Some(id) = state.get(&key) {

@@ -56,7 +56,26 @@ class RoomAlias(_DomainSpecificString):
 
 
 class RoomID(_DomainSpecificString):
+    """`!localpart:domain`, or (room version 12 on) `!` and the create event's hash, with no
+    domain: `domain` is then None, as `get_domain()` is in Synapse."""
+
     SIGIL = "!"
+
+    @classmethod
+    def from_string(cls, s):
+        if s and s[0] == cls.SIGIL and ":" not in s and len(s) > 1:
+            return cls(s[1:], None)
+        return super().from_string(s)
+
+    def get_domain(self):
+        return self.domain
+
+    def to_string(self):
+        if self.domain is None:
+            return self.SIGIL + self.localpart
+        return super().to_string()
+
+    __str__ = to_string
 
 
 class EventID(_DomainSpecificString):
