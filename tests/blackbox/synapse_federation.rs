@@ -142,6 +142,12 @@ async fn myelin_and_synapse_join_each_others_version_10_rooms_and_talk() {
     join_each_others_rooms_and_talk(Some("10")).await;
 }
 
+#[tokio::test]
+async fn myelin_and_synapse_join_each_others_version_1_rooms_and_talk() {
+    // `$id:server` event IDs, `[ID, hashes]` references, state resolution v1.
+    join_each_others_rooms_and_talk(Some("1")).await;
+}
+
 async fn join_each_others_rooms_and_talk(version: Option<&str>) {
     let ca = TestCa::new();
     let synapse = SynapsePeer::start(&ca).await;
@@ -219,6 +225,11 @@ async fn invites_and_leaves_between_myelin_and_synapse_in_default_rooms() {
 #[tokio::test]
 async fn invites_and_leaves_between_myelin_and_synapse_in_version_10_rooms() {
     invites_and_leaves(Some("10")).await;
+}
+
+#[tokio::test]
+async fn invites_and_leaves_between_myelin_and_synapse_in_version_2_rooms() {
+    invites_and_leaves(Some("2")).await;
 }
 
 async fn invites_and_leaves(version: Option<&str>) {

@@ -276,7 +276,7 @@ const KNOWN_KEYS: &[&str] = &[
 ];
 
 /// Room versions Myelin can create and participate in (docs/room-versions.md).
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 /// The room version of new rooms unless `default_room_version` says otherwise (Synapse's).
 pub const DEFAULT_ROOM_VERSION: &str = "12";

@@ -3,13 +3,15 @@
 //!
 //! PDUs are the one thing in `core` that is serialised as a wire contract: their canonical JSON
 //! is what gets hashed and signed. The stored JSON carries `event_id` for convenience; it is
-//! removed before hashing or verifying, as room versions 3+ require.
+//! removed before hashing or verifying, as room versions 3+ require (in versions 1 and 2 the
+//! `$id:server` ID is part of the event, and stays).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use base64::Engine;
 use ruma::events::TimelineEventType;
-use ruma::room_version_rules::RoomVersionRules;
+use ruma::room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::signatures::Ed25519KeyPair;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
@@ -271,6 +273,50 @@ pub struct EventDraft<'a> {
     pub redacts: Option<&'a str>,
     /// Timestamp.
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    /// Room versions 1 and 2 reference parents and auth events as `[ID, {"sha256": hash}]`:
+    /// the reference hashes of those known (see [`event_references`]).
+    pub reference_hashes: HashMap<OwnedEventId, String>,
+}
+
+/// A list of event references as a room version writes it: IDs (3 on), or `[ID, hashes]`
+/// pairs with each event's reference hash where known (1 and 2).
+pub fn event_references(
+    ids: &[OwnedEventId],
+    rules: &RoomVersionRules,
+    reference_hashes: &HashMap<OwnedEventId, String>,
+) -> Value {
+    let pairs = rules.events_reference_format == EventsReferenceFormatVersion::V1;
+    Value::Array(
+        ids.iter()
+            .map(|id| match (pairs, reference_hashes.get(id)) {
+                (false, _) => Value::String(id.to_string()),
+                (true, Some(hash)) => serde_json::json!([id, {"sha256": hash}]),
+                (true, None) => serde_json::json!([id, {}]),
+            })
+            .collect(),
+    )
+}
+
+/// The references of a JSON list in either format: `(IDs, reference hashes given)`.
+pub fn parse_event_references(list: &Value) -> (Vec<OwnedEventId>, HashMap<OwnedEventId, String>) {
+    let mut ids = Vec::new();
+    let mut hashes = HashMap::new();
+    for item in list.as_array().into_iter().flatten() {
+        let (id, hash) = match item {
+            Value::String(id) => (id.as_str(), None),
+            Value::Array(pair) => match pair.first().and_then(Value::as_str) {
+                Some(id) => (id, pair.get(1).and_then(|h| h.get("sha256")).and_then(Value::as_str)),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let Ok(id) = OwnedEventId::try_from(id) else { continue };
+        if let Some(hash) = hash {
+            hashes.insert(id.clone(), hash.to_owned());
+        }
+        ids.push(id);
+    }
+    (ids, hashes)
 }
 
 /// A signed PDU: its ID and its full JSON (including `event_id`).
@@ -299,9 +345,15 @@ pub fn sign_event(
     key: &SigningKey,
 ) -> Result<SignedEvent> {
     let mut object = CanonicalJsonObject::new();
-    let ids = |v: &[OwnedEventId]| Value::Array(v.iter().map(|e| Value::String(e.to_string())).collect());
-    object.insert("auth_events".into(), canonical(ids(&draft.auth_events))?);
-    object.insert("prev_events".into(), canonical(ids(&draft.prev_events))?);
+    let refs = |v: &[OwnedEventId]| event_references(v, rules, &draft.reference_hashes);
+    object.insert("auth_events".into(), canonical(refs(&draft.auth_events))?);
+    object.insert("prev_events".into(), canonical(refs(&draft.prev_events))?);
+    // Room versions 1 and 2: the event is named by its server, and signed with its name.
+    let carried_id =
+        rules.event_format.require_event_id.then(|| format!("${}:{server_name}", crate::server::random_string(18)));
+    if let Some(id) = &carried_id {
+        object.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
+    }
     object.insert("content".into(), canonical(Value::Object(draft.content))?);
     object.insert("depth".into(), CanonicalJsonValue::Integer((draft.depth as i64).try_into().unwrap_or_default()));
     object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(draft.origin_server_ts.0.into()));
@@ -328,10 +380,11 @@ pub fn sign_event(
     if serde_json::to_vec(&object).map_or(0, |b| b.len()) > MAX_PDU_BYTES {
         return Err(too_large());
     }
-    let hash = ruma::signatures::reference_hash(&object, rules)
-        .map_err(|e| Error::internal(format!("reference hash failed: {e}")))?;
-    let event_id = format!("${hash}");
-    object.insert("event_id".into(), CanonicalJsonValue::String(event_id));
+    if carried_id.is_none() {
+        let hash = ruma::signatures::reference_hash(&object, rules)
+            .map_err(|e| Error::internal(format!("reference hash failed: {e}")))?;
+        object.insert("event_id".into(), CanonicalJsonValue::String(format!("${hash}")));
+    }
     let json = serde_json::to_string(&object).map_err(Error::internal)?;
     let pdu = Pdu::from_json_str(&json)?;
     Ok(SignedEvent { pdu, json, object })

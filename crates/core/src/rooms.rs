@@ -678,6 +678,8 @@ impl Homeserver {
         }
         let loaded = self.load_events(to_load).await?;
 
+        let references = basis.prev_events.iter().chain(&auth_ids).cloned().collect();
+        let reference_hashes = self.reference_hashes(&basis.rules, references).await?;
         let origin_server_ts = options
             .origin_server_ts
             .unwrap_or_else(|| MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)));
@@ -693,6 +695,7 @@ impl Homeserver {
             // v11 moved `redacts` into content; v10 needs it at the top level too.
             redacts: if basis.rules.redaction.keep_room_redaction_redacts { None } else { redacts.as_deref() },
             origin_server_ts,
+            reference_hashes: reference_hashes.clone(),
         };
         let mut signed = sign_event(draft(content), &basis.rules, self.server_name(), &self.key)?;
         // Third-party rules see every local event, membership included, before the spam check;
@@ -953,6 +956,7 @@ impl Homeserver {
             depth: 1,
             redacts: None,
             origin_server_ts,
+            reference_hashes: HashMap::new(),
         };
         let signed = sign_event(draft, rules, self.server_name(), &self.key)?;
         // Checked before anything is stored: a bad `additional_creators` leaves no empty room.
@@ -968,7 +972,7 @@ impl Homeserver {
         self.db(move |s| s.create_room(&row)).await?;
         let options = AppendOptions { origin_server_ts: Some(origin_server_ts), ..AppendOptions::default() };
         let appended = self.append_event(&room_id, creator, "m.room.create", Some(""), content, options).await?;
-        if appended.pdu.event_id != signed.pdu.event_id {
+        if appended.pdu.room_id != room_id {
             // A third-party rules module rewrote the create event; in room version 12 that
             // would name another room.
             return Err(Error::internal("the room's create event changed while it was made"));

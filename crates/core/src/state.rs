@@ -294,6 +294,7 @@ mod tests {
                     depth,
                     redacts: None,
                     origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(ts).unwrap()),
+                    reference_hashes: HashMap::new(),
                 },
                 &self.rules,
                 "test",
@@ -596,6 +597,77 @@ mod tests {
         assert!(subgraph.contains(&pl), "pl's auth events include alice, and jr's include pl");
         assert!(!subgraph.contains(&bob), "bob descends from jr but leads to no conflicted event");
         assert!(!subgraph.contains(&room.events[&alice].auth_events[0]), "the create event leads nowhere");
+    }
+
+    #[test]
+    fn room_version_1_events_carry_their_ids_and_resolve_by_state_resolution_v1() {
+        let mut room = Room::new();
+        room.rules = ruma::RoomVersionId::V1.rules().unwrap();
+        let [create, alice, pl, jr, bob] = base(&mut room);
+        // `$local:server` IDs, signed as part of the event; references are `[ID, hashes]`.
+        assert!(create.as_str().ends_with(":test"), "{create}");
+        let json: Value = serde_json::from_str(&room.jsons[&bob]).unwrap();
+        assert!(json["prev_events"][0].is_array(), "{json}");
+        assert_eq!(room.events[&bob].prev_events, vec![jr.clone()]);
+        // The same fork as below: Alice bans Bob; Bob sets the topic. Version 1 applies the
+        // ban (memberships are checked oldest first) but keeps the topic, which only one side
+        // has and so is not conflicted (a weakness version 2 fixed).
+        let pl2 = room.add(
+            "@alice:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@alice:test": 100, "@bob:test": 50}, "state_default": 50, "ban": 50}),
+            &[&bob],
+            &[&create, &alice, &pl],
+            10,
+        );
+        let ban = room.add(
+            "@alice:test",
+            "m.room.member",
+            Some("@bob:test"),
+            json!({"membership": "ban"}),
+            &[&pl2],
+            &[&create, &pl2, &alice, &bob],
+            11,
+        );
+        let topic = room.add(
+            "@bob:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "mine"}),
+            &[&pl2],
+            &[&create, &pl2, &bob],
+            12,
+        );
+        let a = room.state_of(&[&create, &alice, &pl2, &jr, &ban]);
+        let b = room.state_of(&[&create, &alice, &pl2, &jr, &bob, &topic]);
+        let resolved = resolve(&room.rules, &[a.clone(), b.clone()], &room.events).unwrap();
+        assert_eq!(resolved[&(StateEventType::RoomMember, "@bob:test".to_owned())], ban);
+        assert_eq!(resolved[&(StateEventType::RoomTopic, String::new())], topic);
+        // Conflicting power levels: the later change stands when its sender may make it on top
+        // of the earlier; Bob (50) may not lower Alice, so his change loses.
+        let pl_alice = room.add(
+            "@alice:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@alice:test": 100}, "state_default": 50}),
+            &[&pl2],
+            &[&create, &pl2, &alice],
+            13,
+        );
+        let pl_bob = room.add(
+            "@bob:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@alice:test": 0, "@bob:test": 50}, "state_default": 50}),
+            &[&pl_alice],
+            &[&create, &pl_alice, &bob],
+            14,
+        );
+        let a = room.state_of(&[&create, &alice, &pl_alice, &jr, &bob]);
+        let b = room.state_of(&[&create, &alice, &pl_bob, &jr, &bob]);
+        let resolved = resolve(&room.rules, &[a, b], &room.events).unwrap();
+        assert_eq!(resolved[&(StateEventType::RoomPowerLevels, String::new())], pl_alice);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::remote_keys::{REMOTE_TIMEOUT, Verified};
 use super::rooms::{rules_for, wire_pdu};
-use crate::events::{EventDraft, Pdu, sign_event};
+use crate::events::{EventDraft, Pdu, parse_event_references, sign_event};
 use crate::server::{now_ms, url_encode};
 use crate::writer::EventWrite;
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
@@ -200,7 +200,9 @@ impl Homeserver {
         let version = answer["room_version"].as_str().unwrap_or("1").to_owned();
         let rules = rules_for(&version).ok_or_else(|| incompatible(&version))?;
         let template = &answer["event"];
-        let ids = super::rooms::event_ids;
+        let (prev_events, mut reference_hashes) = parse_event_references(&template["prev_events"]);
+        let (auth_events, auth_hashes) = parse_event_references(&template["auth_events"]);
+        reference_hashes.extend(auth_hashes);
         let signed = sign_event(
             EventDraft {
                 room_id,
@@ -208,11 +210,12 @@ impl Homeserver {
                 kind: "m.room.member",
                 state_key: Some(user.as_str()),
                 content: [("membership".to_owned(), json!("leave"))].into_iter().collect(),
-                prev_events: ids(&template["prev_events"]),
-                auth_events: ids(&template["auth_events"]),
+                prev_events,
+                auth_events,
                 depth: template["depth"].as_u64().unwrap_or(1),
                 redacts: None,
                 origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+                reference_hashes,
             },
             &rules,
             self.server_name(),

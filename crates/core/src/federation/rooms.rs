@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 
 use super::client::FederationFailure;
 use super::remote_keys::{REMOTE_TIMEOUT, Verified};
-use crate::events::{EventDraft, Pdu, sign_event};
+use crate::events::{EventDraft, Pdu, event_references, parse_event_references, sign_event};
 use crate::server::now_ms;
 use crate::writer::{EventWrite, EventWriter};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
@@ -479,6 +479,8 @@ impl Homeserver {
         .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
         let auth_events: Vec<OwnedEventId> =
             auth_types.iter().filter_map(|(t, k)| state.get(&(t.to_string(), k.clone())).cloned()).collect();
+        let ids: Vec<OwnedEventId> = prev_events.iter().chain(&auth_events).cloned().collect();
+        let reference_hashes = self.reference_hashes(&rules, ids).await?;
         let ts = now_ms();
         // Checked now, as the resident server would check the signed join: a user who may not
         // join hears it here.
@@ -494,6 +496,7 @@ impl Homeserver {
                 depth: depth + 1,
                 redacts: None,
                 origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(ts as u64)),
+                reference_hashes: reference_hashes.clone(),
             },
             &rules,
             self.server_name(),
@@ -508,8 +511,8 @@ impl Homeserver {
                 "sender": user,
                 "state_key": user,
                 "content": content,
-                "prev_events": prev_events,
-                "auth_events": auth_events,
+                "prev_events": event_references(&prev_events, &rules, &reference_hashes),
+                "auth_events": event_references(&auth_events, &rules, &reference_hashes),
                 "depth": depth + 1,
                 "origin": origin,
                 "origin_server_ts": ts,
@@ -672,7 +675,9 @@ impl Homeserver {
             Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported"))
         })?;
         let template = &answer["event"];
-        let ids = event_ids;
+        let (prev_events, mut reference_hashes) = parse_event_references(&template["prev_events"]);
+        let (auth_events, auth_hashes) = parse_event_references(&template["auth_events"]);
+        reference_hashes.extend(auth_hashes);
         let mut content = template["content"].as_object().cloned().unwrap_or_default();
         content.insert("membership".into(), json!("join"));
         let (displayname, avatar_url) = self.profile_of(user.as_str()).await?;
@@ -682,7 +687,6 @@ impl Homeserver {
         if let Some(a) = avatar_url {
             content.entry("avatar_url").or_insert(json!(a));
         }
-        let prev_events = ids(&template["prev_events"]);
         let signed = sign_event(
             EventDraft {
                 room_id,
@@ -691,10 +695,11 @@ impl Homeserver {
                 state_key: Some(user.as_str()),
                 content,
                 prev_events: prev_events.clone(),
-                auth_events: ids(&template["auth_events"]),
+                auth_events,
                 depth: template["depth"].as_u64().unwrap_or(1),
                 redacts: None,
                 origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+                reference_hashes,
             },
             &rules,
             self.server_name(),
@@ -904,11 +909,28 @@ impl Homeserver {
     }
 }
 
-/// The event IDs of a JSON list (others left out).
-pub(crate) fn event_ids(v: &Value) -> Vec<OwnedEventId> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(|e| e.as_str().and_then(|s| OwnedEventId::try_from(s).ok())).collect())
-        .unwrap_or_default()
+impl Homeserver {
+    /// The reference hashes of stored events, for room versions 1 and 2, whose events name
+    /// their parents and auth events with them (none otherwise).
+    pub(crate) async fn reference_hashes(
+        &self,
+        rules: &RoomVersionRules,
+        ids: Vec<OwnedEventId>,
+    ) -> Result<HashMap<OwnedEventId, String>> {
+        if rules.events_reference_format != ruma::room_version_rules::EventsReferenceFormatVersion::V1 {
+            return Ok(HashMap::new());
+        }
+        let rows = self.event_rows(ids.iter().map(|e| e.to_string()).collect()).await?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let Ok(object) = serde_json::from_str::<CanonicalJsonObject>(&row.json) else { continue };
+            let id = object.get("event_id").and_then(|v| v.as_str()).and_then(|e| OwnedEventId::try_from(e).ok());
+            if let (Some(id), Ok(hash)) = (id, ruma::signatures::reference_hash(&object, rules)) {
+                out.insert(id, hash);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Homeserver {
