@@ -186,6 +186,34 @@ async fn device_list_changes_reach_room_members() {
     let since = s.sync(&bob, Some(to), 0).await["next_batch"].as_str().unwrap().to_owned();
     upload(&s, &alice, json!({"device_keys": device_keys(&alice, "c1")})).await;
     assert_eq!(s.sync(&bob, Some(&since), 0).await["device_lists"]["changed"], json!([]));
+
+    // A new device (a login), a renamed one and a deleted one are changes too, for room
+    // members and the user's own devices, not for Carol.
+    let changed_since = |since: String| {
+        let s = &s;
+        let bob = &bob;
+        async move {
+            let sync = s.sync(bob, Some(&since), 0).await;
+            (sync["device_lists"]["changed"].clone(), sync["next_batch"].as_str().unwrap().to_owned())
+        }
+    };
+    let (_, since) = changed_since(since).await;
+    let carol_since = s.sync(&carol, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let alice2 = s.login("alice").await;
+    let (changed, since) = changed_since(since).await;
+    assert_eq!(changed, json!([alice.user_id]), "a login adds a device");
+    let (st, _) = s
+        .put(&format!("{V3}/devices/{}", alice2.device_id), Some(&alice2.token), json!({"display_name": "tablet"}))
+        .await;
+    assert_eq!(st, 200);
+    let (changed, since) = changed_since(since).await;
+    assert_eq!(changed, json!([alice.user_id]), "a rename");
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"}});
+    let (st, b) = s.call("DELETE", &format!("{V3}/devices/{}", alice2.device_id), Some(&alice.token), Some(auth)).await;
+    assert_eq!(st, 200, "{b}");
+    let (changed, _) = changed_since(since).await;
+    assert_eq!(changed, json!([alice.user_id]), "a deletion");
+    assert_eq!(s.sync(&carol, Some(&carol_since), 0).await["device_lists"]["changed"], json!([]));
 }
 
 #[tokio::test]

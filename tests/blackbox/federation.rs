@@ -32,6 +32,14 @@ async fn server_keys_are_published_signed_by_themselves() {
     tampered["valid_until_ts"] = json!(body["valid_until_ts"].as_i64().unwrap() + 1);
     let object: ruma::CanonicalJsonObject = serde_json::from_value(tampered).unwrap();
     assert!(ruma::signatures::verify_json(&keys, &object).is_err());
+
+    // The deprecated form naming a key ID answers the same (older servers and sytest use it),
+    // for a key it has or not, as Synapse does.
+    for path in [format!("/_matrix/key/v2/server/{key_id}"), "/_matrix/key/v2/server/ed25519:other".to_owned()] {
+        let (status, again) = s.get(&path, None).await;
+        assert_eq!(status, 200, "{path}: {again}");
+        assert_eq!(again["verify_keys"], body["verify_keys"], "{path}");
+    }
 }
 
 #[tokio::test]
@@ -61,6 +69,9 @@ async fn key_queries_answer_for_the_keys_this_server_has() {
 
     let (status, body) = s.get("/_matrix/key/v2/query/test", None).await;
     assert_eq!(status, 200, "{body}");
+    let (status, deprecated) = s.get(&format!("/_matrix/key/v2/query/test/{key_id}"), None).await;
+    assert_eq!(status, 200, "{deprecated}");
+    assert_eq!(deprecated["server_keys"][0]["verify_keys"], body["server_keys"][0]["verify_keys"]);
     assert_federation_schema("/_matrix/key/v2/query/{serverName}", "get", 200, &body);
     let keys = body["server_keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);

@@ -516,3 +516,92 @@ async fn a_server_joining_a_joined_visibility_room_late_gets_earlier_events_reda
     assert!(!event.to_string().contains("secret 1"), "{event}");
     assert_eq!(event["pdus"][0]["type"], "m.room.message");
 }
+
+#[tokio::test]
+async fn a_server_the_room_acl_denies_is_refused_on_every_federation_endpoint() {
+    let Setup { a, b, b_key, alice, bob, room, remote, origin, .. } = setup().await;
+    let create = state_id(&a.server, &alice, &room, "m.room.create", "").await;
+    let power = state_id(&a.server, &alice, &room, "m.room.power_levels", "").await;
+    let bob_member = state_id(&a.server, &alice, &room, "m.room.member", &bob.user_id).await;
+    let (_, fetched) = remote.get(&b_key, &origin, &format!("/_matrix/federation/v1/event/{bob_member}")).await;
+    let depth = fetched["pdus"][0]["depth"].as_u64().unwrap();
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A").replace('$', "%24");
+    let state_ids = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&bob_member));
+    // Before the ACL, B is served.
+    assert_eq!(remote.get(&b_key, &origin, &state_ids).await.0, 200);
+
+    // Alice denies B's host (the port does not matter) and allows everyone else.
+    let host = origin.split(':').next().unwrap();
+    let acl = json!({"allow": ["*"], "deny": [host], "allow_ip_literals": false});
+    let (s, body) = a
+        .server
+        .put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl"), Some(&alice.token), acl)
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    let forbidden = |(s, b): (u16, Value)| {
+        assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    };
+    forbidden(remote.get(&b_key, &origin, &state_ids).await);
+    forbidden(
+        remote
+            .get(&b_key, &origin, &format!("/_matrix/federation/v1/state/{}?event_id={}", enc(&room), enc(&bob_member)))
+            .await,
+    );
+    forbidden(
+        remote
+            .get(
+                &b_key,
+                &origin,
+                &format!("/_matrix/federation/v1/backfill/{}?v={}&limit=5", enc(&room), enc(&bob_member)),
+            )
+            .await,
+    );
+    forbidden(
+        remote
+            .get(&b_key, &origin, &format!("/_matrix/federation/v1/make_join/{}/{}", enc(&room), enc("@newcomer:x")))
+            .await,
+    );
+    forbidden(
+        remote
+            .get(&b_key, &origin, &format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room), enc(&bob.user_id)))
+            .await,
+    );
+    // Its PDUs for the room are refused, named in the transaction's answer, and not stored.
+    let (message, id) = pdu(
+        &b_key,
+        &origin,
+        json!({
+            "room_id": room, "sender": bob.user_id, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": "from a banned server"},
+            "prev_events": [bob_member], "auth_events": [create, power, bob_member], "depth": depth + 1,
+            "origin_server_ts": 1_700_000_000_000u64,
+        }),
+    );
+    let (s, answer) = remote
+        .transaction(&b_key, &origin, "acl1", json!({"origin": origin, "origin_server_ts": 1, "pdus": [message]}))
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    let errors: Vec<&Value> = answer["pdus"].as_object().unwrap().values().collect();
+    assert!(errors.iter().any(|e| e["error"].as_str().is_some_and(|m| m.contains("banned"))), "{answer}");
+    let (s, _) = a.server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&id)), Some(&alice.token)).await;
+    assert_eq!(s, 404);
+    // Its typing notices are ignored.
+    let typing = json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": bob.user_id, "typing": true}});
+    let (s, _) = remote
+        .transaction(&b_key, &origin, "acl2", json!({"origin": origin, "origin_server_ts": 1, "edus": [typing]}))
+        .await;
+    assert_eq!(s, 200);
+    let sync = a.server.sync(&alice, None, 0).await;
+    let typing_ids = sync["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.typing")
+        .flat_map(|e| e["content"]["user_ids"].as_array().cloned().unwrap_or_default())
+        .collect::<Vec<_>>();
+    assert!(!typing_ids.contains(&json!(bob.user_id)), "{sync}");
+    // Other servers (and A's own users) carry on.
+    assert_eq!(a.server.send_text(&alice, &room, "still here").await.0, 200);
+    drop(b);
+}

@@ -56,6 +56,12 @@ async fn push_rules_can_be_edited_and_drive_unread_counts() {
     let (st, got) = s.get(&rule, t).await;
     assert_eq!((st, got["rule_id"].as_str()), (200, Some(room.as_str())));
     assert_schema("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", "get", st, &got);
+    // The rules of one kind, listed; an unknown kind is not a route.
+    let (st, listed) = s.get(&format!("{V3}/pushrules/global/room/"), t).await;
+    assert_eq!(st, 200, "{listed}");
+    assert!(listed.as_array().unwrap().iter().any(|r| r["rule_id"] == room.as_str()), "{listed}");
+    let (st, b) = s.get(&format!("{V3}/pushrules/global/nonsense/"), t).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_UNRECOGNIZED")), "{b}");
     s.send_text(&alice, &room, "quiet now").await;
     let sync = s.sync(&bob, None, 0).await;
     assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0);
@@ -174,4 +180,138 @@ async fn start_up_endpoints_answer() {
     for path in ["voip/turnServer", "thirdparty/protocols", "account/3pid", "notifications", "pushers"] {
         assert_eq!(s.get(&format!("{V3}/{path}"), None).await.0, 401, "{path}");
     }
+}
+
+/// A push gateway on loopback: records each `notify` body, answers from a queue the test fills
+/// (`{}` when empty), and reports each arrival on a channel.
+struct Gateway {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u16, Value)>>>,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<()>,
+    url: String,
+}
+
+impl Gateway {
+    async fn start() -> Gateway {
+        type Shared = (
+            std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+            std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u16, Value)>>>,
+            tokio::sync::mpsc::UnboundedSender<()>,
+        );
+        async fn notify(
+            axum::extract::State((seen, answers, tx)): axum::extract::State<Shared>,
+            axum::Json(body): axum::Json<Value>,
+        ) -> (axum::http::StatusCode, axum::Json<Value>) {
+            seen.lock().unwrap().push(body);
+            let _ = tx.send(());
+            let (status, answer) = answers.lock().unwrap().pop_front().unwrap_or((200, json!({})));
+            (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(answer))
+        }
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let app = axum::Router::new().route("/_matrix/push/v1/notify", axum::routing::post(notify)).with_state((
+            seen.clone(),
+            answers.clone(),
+            tx,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Gateway { seen, answers, arrivals, url }
+    }
+
+    /// The next notification, within `limit`.
+    async fn next(&mut self, limit: std::time::Duration) -> Value {
+        tokio::time::timeout(limit, self.arrivals.recv()).await.expect("a notification reached the gateway");
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+async fn set_pusher(s: &Server, user: &User, pushkey: &str, data: Value) {
+    let pusher = json!({
+        "pushkey": pushkey, "kind": "http", "app_id": "org.example.app", "app_display_name": "App",
+        "device_display_name": "Phone", "lang": "en", "data": data,
+    });
+    let (st, b) = s.post(&format!("{V3}/pushers/set"), Some(&user.token), pusher).await;
+    assert_eq!(st, 200, "{b}");
+}
+
+#[tokio::test]
+async fn notifying_events_reach_the_push_gateway_within_a_second() {
+    let mut gateway = Gateway::start().await;
+    // The gateway is on loopback, which outbound requests reach only when allowed.
+    let s = Server::start_with("ip_range_whitelist: ['127.0.0.0/8']\n").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "Lobby"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    set_pusher(&s, &bob, "bob-phone", json!({"url": gateway.url, "custom": "kept"})).await;
+
+    // A message in a two-person room notifies Bob (the default underride for one-to-one rooms
+    // sets a sound): the full format, high priority, within a second.
+    let (_, sent) = s.send_text(&alice, &room, "hello bob").await;
+    let body = gateway.next(std::time::Duration::from_secs(1)).await;
+    let n = &body["notification"];
+    assert_eq!(n["event_id"], sent["event_id"], "{body}");
+    assert_eq!((n["room_id"].as_str(), n["type"].as_str()), (Some(room.as_str()), Some("m.room.message")));
+    assert_eq!((n["sender"].as_str(), n["room_name"].as_str()), (Some("@alice:test"), Some("Lobby")));
+    assert_eq!((n["content"]["body"].as_str(), n["prio"].as_str()), (Some("hello bob"), Some("high")));
+    assert_eq!(n["sender_display_name"], "alice");
+    assert_eq!(n["counts"]["unread"], 1);
+    let device = &n["devices"][0];
+    assert_eq!((device["app_id"].as_str(), device["pushkey"].as_str()), (Some("org.example.app"), Some("bob-phone")));
+    assert_eq!(device["data"], json!({"custom": "kept"}), "the data without its url");
+    assert_eq!(device["tweaks"]["sound"], "default");
+    assert!(device["pushkey_ts"].as_i64().unwrap() > 1_700_000_000, "seconds: {device}");
+
+    // Alice's own messages do not notify her (she has no pusher anyway) nor Bob twice.
+    assert_eq!(gateway.seen.lock().unwrap().len(), 1);
+
+    // `event_id_only`: just the ID, the room and the counts.
+    set_pusher(&s, &bob, "bob-phone", json!({"url": gateway.url, "format": "event_id_only"})).await;
+    let (_, sent) = s.send_text(&alice, &room, "second").await;
+    let n = gateway.next(std::time::Duration::from_secs(1)).await["notification"].clone();
+    assert_eq!(n["event_id"], sent["event_id"]);
+    assert!(n.get("content").is_none() && n.get("sender").is_none() && n.get("type").is_none(), "{n}");
+    assert!(n["devices"][0].get("tweaks").is_none(), "{n}");
+    assert_eq!(n["counts"]["unread"], 1, "one room with unread notifications");
+
+    // A gateway that fails is retried; one that rejects the pushkey gets the pusher removed.
+    gateway.answers.lock().unwrap().push_back((500, json!({})));
+    gateway.answers.lock().unwrap().push_back((200, json!({"rejected": ["bob-phone"]})));
+    s.send_text(&alice, &room, "third").await;
+    gateway.next(std::time::Duration::from_secs(1)).await;
+    let retried = gateway.next(std::time::Duration::from_secs(5)).await;
+    assert_eq!(retried["notification"]["devices"][0]["pushkey"], "bob-phone");
+    crate::federating::eventually("the rejected pusher is removed", || async {
+        s.get(&format!("{V3}/pushers"), Some(&bob.token)).await.1 == json!({"pushers": []})
+    })
+    .await;
+    s.send_text(&alice, &room, "nobody hears").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(gateway.seen.lock().unwrap().len(), 4, "nothing after the removal");
+
+    // Refused: a URL that is not the gateway API's path (as Synapse).
+    let bad = json!({
+        "pushkey": "k", "kind": "http", "app_id": "a", "app_display_name": "A", "device_display_name": "D",
+        "lang": "en", "data": {"url": "https://push.example.org/elsewhere"},
+    });
+    let (st, b) = s.post(&format!("{V3}/pushers/set"), Some(&bob.token), bad).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+}
+
+#[tokio::test]
+async fn a_gateway_on_a_blocked_address_is_never_called() {
+    let mut gateway = Gateway::start().await;
+    // No ip_range_whitelist: loopback is in the default blocklist.
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    set_pusher(&s, &bob, "k", json!({"url": gateway.url})).await;
+    s.send_text(&alice, &room, "hello").await;
+    let arrived = tokio::time::timeout(std::time::Duration::from_secs(2), gateway.arrivals.recv()).await;
+    assert!(arrived.is_err(), "the gateway on 127.0.0.1 was called");
 }

@@ -88,6 +88,16 @@ async fn membership_invite_join_leave_kick_ban_unban() {
     let (_, members) =
         s.get(&format!("/_matrix/client/v3/rooms/{room}/members?membership=leave"), Some(&alice.token)).await;
     assert_eq!(members["chunk"][0]["content"]["reason"], "bye");
+    // Only members can be kicked: not Bob again (he left), nor Carol (never here), nor a banned
+    // user; nothing is written.
+    let kick_path = format!("/_matrix/client/v3/rooms/{room}/kick");
+    let kick = |who: &'static str| s.post(&kick_path, Some(&alice.token), json!({"user_id": who}));
+    for who in ["@bob:test", "@carol:test"] {
+        let (st, b) = kick(who).await;
+        assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{who}: {b}");
+    }
+    let (_, before) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&alice.token)).await;
+    assert_eq!(before["chunk"].as_array().unwrap().len(), 2, "{before}");
     assert_eq!(
         s.post(&format!("/_matrix/client/v3/rooms/{room}/ban"), Some(&alice.token), json!({"user_id": "@carol:test"}))
             .await
@@ -95,6 +105,7 @@ async fn membership_invite_join_leave_kick_ban_unban() {
         200
     );
     assert_eq!(s.invite(&alice, &room, "@carol:test").await.0, 403, "banned users can't be invited");
+    assert_eq!(kick("@carol:test").await.0, 403, "banned users can't be kicked");
     assert_eq!(
         s.post(
             &format!("/_matrix/client/v3/rooms/{room}/unban"),
@@ -116,6 +127,15 @@ async fn membership_invite_join_leave_kick_ban_unban() {
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
     let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&alice.token), json!({})).await;
     assert_eq!(st, 400);
+
+    // An invite to a room everyone has left can still be rejected (nobody to ask elsewhere).
+    let lonely = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    assert_eq!(s.invite(&alice, &lonely, "@bob:test").await.0, 200);
+    assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{lonely}/leave"), Some(&alice.token), json!({})).await.0, 200);
+    let (st, b) = s.post(&format!("/_matrix/client/v3/rooms/{lonely}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    let sync = s.sync(&bob, None, 0).await;
+    assert!(sync["rooms"]["invite"].get(&lonely).is_none(), "{sync}");
 }
 
 #[tokio::test]

@@ -34,6 +34,47 @@ async fn initial_sync_has_joined_rooms_with_state_and_timeline() {
 }
 
 #[tokio::test]
+async fn the_sending_device_alone_sees_its_transaction_ids() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/txn-one");
+    let (st, sent) = s.put(&path, Some(&alice.token), json!({"msgtype": "m.text", "body": "mine"})).await;
+    assert_eq!(st, 200);
+    let own = |body: &serde_json::Value| {
+        body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == sent["event_id"])
+            .cloned()
+            .unwrap()
+    };
+    // The sending device, on an initial and on an incremental sync.
+    let first = s.sync(&alice, None, 0).await;
+    assert_eq!(own(&first)["unsigned"]["transaction_id"], "txn-one", "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let (_, second) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/txn-two"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "again"}),
+        )
+        .await;
+    let next = s.sync(&alice, Some(&since), 0).await;
+    let events = next["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["event_id"] == second["event_id"] && e["unsigned"]["transaction_id"] == "txn-two"));
+    // Not another member, nor another device of the sender.
+    let theirs = s.sync(&bob, None, 0).await;
+    assert!(own(&theirs)["unsigned"].get("transaction_id").is_none(), "{theirs}");
+    let other_device = s.login("alice").await;
+    let other = s.sync(&other_device, None, 0).await;
+    assert!(own(&other)["unsigned"].get("transaction_id").is_none(), "{other}");
+}
+
+#[tokio::test]
 async fn long_poll_wakes_at_once_on_a_new_message() {
     let s = std::sync::Arc::new(Server::start().await);
     let alice = s.register("alice").await;

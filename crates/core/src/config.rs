@@ -102,7 +102,7 @@ pub struct FederationSettings {
     /// `federation_custom_ca_list`: PEM files of CAs trusted instead of the public roots.
     pub custom_ca_list: Vec<PathBuf>,
     /// `ip_range_blacklist` / `ip_range_whitelist`: the addresses every outbound request may
-    /// reach (federation, key fetches, media, module HTTP clients).
+    /// reach (federation, key fetches, media, module HTTP clients, push gateways).
     pub ip_filter: crate::outbound::IpFilter,
     /// `federation_ip_range_blacklist` (deprecated, as on Synapse): when set, replaces the
     /// filter for federation requests, with no allowlist.

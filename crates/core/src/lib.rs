@@ -30,6 +30,7 @@ pub mod media;
 pub mod modules;
 pub mod outbound;
 mod push;
+mod push_gateway;
 pub mod ratelimit;
 mod relations;
 mod rooms;

@@ -1,7 +1,7 @@
 //! Outbound HTTP that cannot be aimed at the local network: the one place where every
 //! connection this server opens (federation, key fetches, `.well-known`, SRV targets, remote
-//! media, module HTTP clients and the native HTTP antispam through them) is checked against
-//! `ip_range_blacklist` / `ip_range_whitelist`.
+//! media, push gateways, module HTTP clients and the native HTTP antispam through them) is
+//! checked against `ip_range_blacklist` / `ip_range_whitelist`.
 //!
 //! Two gates, because reqwest has two ways to pick an address:
 //! - a hostname is resolved by [`FilteringResolver`], which drops every blocked address it

@@ -2,8 +2,8 @@
 //! and `/notifications`.
 //!
 //! A user's rules are stored as their `m.push_rules` global account data, as Synapse syncs them,
-//! so every edit reaches the user's clients through `/sync`. Rule evaluation is ruma's. Pushers
-//! are stored and listed; Myelin does not call push gateways yet.
+//! so every edit reaches the user's clients through `/sync`. Rule evaluation is ruma's. HTTP
+//! pushers are stored here and called by `push_gateway`.
 
 use ruma::push::{
     Action, AnyPushRuleRef, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule,
@@ -238,7 +238,17 @@ impl Homeserver {
     pub async fn pushers(&self, me: &Requester) -> Result<Value> {
         let u = me.user_id.to_string();
         let rows = self.db(move |s| s.pushers(&u)).await?;
-        let pushers: Vec<Value> = rows.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+        let pushers: Vec<Value> = rows
+            .iter()
+            .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+            .map(|mut p| {
+                // Kept for the gateway, not part of the listing.
+                if let Value::Object(m) = &mut p {
+                    m.remove("pushkey_ts");
+                }
+                p
+            })
+            .collect();
         Ok(json!({"pushers": pushers}))
     }
 
@@ -263,6 +273,11 @@ impl Homeserver {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err(Error::invalid_param("'url' must be an http(s) URL"));
                 }
+                // As Synapse: the spec's gateway path, nothing else.
+                let path = reqwest::Url::parse(url).map(|u| u.path().to_owned()).unwrap_or_default();
+                if path != "/_matrix/push/v1/notify" {
+                    return Err(Error::invalid_param("'url' must have a path of '/_matrix/push/v1/notify'"));
+                }
             }
             Some(Value::String(k)) => return Err(Error::invalid_param(format!("Unsupported pusher kind {k}"))),
             _ => return Err(Error::new(ErrorKind::MissingParam, "Missing 'kind'")),
@@ -273,6 +288,7 @@ impl Homeserver {
         let append = body.get("append").and_then(Value::as_bool).unwrap_or(false);
         let mut pusher = body.clone();
         pusher.remove("append");
+        pusher.insert("pushkey_ts".into(), json!(crate::server::now_ms()));
         let json = Value::Object(pusher).to_string();
         self.db(move |s| s.set_pusher(&u, &app_id, &pushkey, &json, append)).await
     }

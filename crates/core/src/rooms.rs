@@ -1155,7 +1155,7 @@ impl Homeserver {
         Ok((room_id, alias))
     }
 
-    /// Changes `target`'s membership as `requester`: invite, join, leave (also kick), ban,
+    /// Changes `target`'s membership as `requester`: invite, join, leave, kick, ban,
     /// unban. `user_may_invite` and `user_may_join_room` are called here, their one call site.
     ///
     /// Rate-limited as a client's request (`rc_joins`, `rc_joins_per_room`, `rc_invites`);
@@ -1202,11 +1202,13 @@ impl Homeserver {
         if requester.is_guest && !["join", "leave"].contains(&action) {
             return Err(guest_forbidden());
         }
-        // Rejecting an invite to a room this server is not in goes through the inviter.
+        // Rejecting an invite to a room this server is not in goes through the inviter (a local
+        // inviter's room is left here, even once nobody is joined).
         if action == "leave"
             && target == sender
             && !self.participates_in(room_id).await?
             && let Some(server) = self.invite_origin(room_id, target.as_str()).await?
+            && server != self.server_name()
         {
             let mut servers = vec![server];
             servers.extend(room_id.server_name().map(|s| s.to_string()));
@@ -1225,6 +1227,13 @@ impl Homeserver {
                 "leave"
             }
             "invite" | "join" | "leave" | "ban" => action,
+            // As Synapse: only a member (joined, invited or knocking) can be kicked.
+            "kick" => {
+                if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
+                    return Err(Error::forbidden("The target user is not in the room"));
+                }
+                "leave"
+            }
             "knock" => {
                 if target != sender {
                     return Err(Error::forbidden("You can only knock for yourself"));

@@ -241,6 +241,7 @@ impl Homeserver {
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
             let section =
                 self.room_section(&user, room, timeline_from, now, whole_state, filter.timeline_limit).await?;
+            let section = self.with_transaction_ids(requester, section).await?;
             if read_positions.is_none() {
                 read_positions = Some(self.unread_starts(&user).await?);
             }
@@ -306,7 +307,7 @@ impl Homeserver {
 
     /// Where each joined room's unread count starts: the user's read receipt, or their join if
     /// that is later (events from before they joined never notified them, as on Synapse).
-    async fn unread_starts(&self, user: &str) -> Result<HashMap<String, i64>> {
+    pub(crate) async fn unread_starts(&self, user: &str) -> Result<HashMap<String, i64>> {
         let u = user.to_owned();
         self.db(move |s| {
             let mut at: HashMap<String, i64> = s.join_positions(&u)?.into_iter().collect();
@@ -444,6 +445,40 @@ impl Homeserver {
             self.sync_cache.keep(room, limit, section.clone());
         }
         Ok(section)
+    }
+
+    /// A section as the requesting device sees it: the events it sent with a transaction ID
+    /// carry it in `unsigned.transaction_id` (the section itself is shared by all members).
+    async fn with_transaction_ids(&self, requester: &Requester, section: Arc<Section>) -> Result<Arc<Section>> {
+        let sender = requester.user_id.as_str();
+        if !section.timeline.get().contains(&format!("\"sender\":\"{sender}\"")) {
+            return Ok(section);
+        }
+        let mut timeline: Value = serde_json::from_str(section.timeline.get()).map_err(Error::internal)?;
+        let own: Vec<String> = timeline["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["sender"] == sender)
+            .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+            .collect();
+        let (user, device) = (sender.to_owned(), requester.device_id.clone());
+        let txns: HashMap<String, String> =
+            self.db(move |s| s.txn_ids_of_events(&user, &device, &own)).await?.into_iter().collect();
+        if txns.is_empty() {
+            return Ok(section);
+        }
+        for event in timeline["events"].as_array_mut().into_iter().flatten() {
+            if let Some(txn) = event["event_id"].as_str().and_then(|id| txns.get(id)) {
+                event["unsigned"]["transaction_id"] = json!(txn);
+            }
+        }
+        Ok(Arc::new(Section {
+            built_at: section.built_at,
+            timeline: to_raw_value(&timeline).map_err(Error::internal)?,
+            state: section.state.clone(),
+            summary: section.summary.clone(),
+        }))
     }
 
     /// Stripped state shown with an invite.

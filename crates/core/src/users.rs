@@ -542,11 +542,17 @@ impl Homeserver {
         let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_string(10).to_uppercase());
         let token = format!("myl_{}", random_string(40));
         let (u, d, t) = (user_id.to_string(), device_id.clone(), token.clone());
-        self.db(move |s| {
-            s.upsert_device(&u, &d, name.as_deref())?;
-            s.add_access_token(&t, &u, &d)
-        })
-        .await?;
+        let is_new = self
+            .db(move |s| {
+                let is_new = !s.get_devices(&u)?.iter().any(|x| x.device_id == d);
+                s.upsert_device(&u, &d, name.as_deref())?;
+                s.add_access_token(&t, &u, &d)?;
+                Ok(is_new)
+            })
+            .await?;
+        if is_new {
+            self.device_list_changed(user_id.as_str(), &device_id).await;
+        }
         Ok((token, device_id))
     }
 
@@ -712,6 +718,7 @@ impl Homeserver {
     pub async fn rename_device(&self, requester: &Requester, device_id: &str, name: Option<String>) -> Result<()> {
         let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
         if self.db(move |s| s.rename_device(&u, &d, name.as_deref())).await? {
+            self.device_list_changed(requester.user_id.as_str(), device_id).await;
             Ok(())
         } else {
             Err(Error::not_found("Unknown device"))
@@ -727,7 +734,24 @@ impl Homeserver {
         }
         self.uia_password(requester, auth).await?;
         let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
-        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
+        self.device_list_changed(requester.user_id.as_str(), device_id).await;
+        Ok(())
+    }
+
+    /// A device was added, renamed or deleted: the user's device list changed, for the user's
+    /// other devices and everyone sharing a room with them (`device_lists.changed`), and for
+    /// the servers sharing a room (`m.device_list_update`). Best effort: the change itself has
+    /// happened, and a client learns of it at the latest when it next queries the keys.
+    pub(crate) async fn device_list_changed(&self, user: &str, device: &str) {
+        let u = user.to_owned();
+        match self.db(move |s| s.note_device_list_change(&u)).await {
+            Ok(pos) => {
+                self.advance_stream(pos);
+                self.announce_device_change(user, device, pos).await;
+            }
+            Err(e) => tracing::warn!("device list change of {user} not recorded: {}", e.message),
+        }
     }
 
     /// `POST /delete_devices` (UIA with the password); unknown IDs are ignored.
@@ -739,13 +763,21 @@ impl Homeserver {
     ) -> Result<()> {
         self.uia_password(requester, auth).await?;
         let u = requester.user_id.to_string();
-        self.db(move |s| {
-            for d in &devices {
-                s.delete_device(&u, d)?;
-            }
-            Ok(())
-        })
-        .await
+        let deleted = self
+            .db(move |s| {
+                let mut deleted = Vec::new();
+                for d in devices {
+                    if s.delete_device(&u, &d)? {
+                        deleted.push(d);
+                    }
+                }
+                Ok(deleted)
+            })
+            .await?;
+        for device in deleted {
+            self.device_list_changed(requester.user_id.as_str(), &device).await;
+        }
+        Ok(())
     }
 
     /// A room's tags (`m.tag` room account data).

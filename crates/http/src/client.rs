@@ -348,7 +348,7 @@ async fn membership(
         "invite" | "kick" | "ban" | "unban" => {
             let target =
                 body.user_id.clone().ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing user_id"))?;
-            (target, if action == "kick" { "leave" } else { action.as_str() })
+            (target, action.as_str())
         }
         _ => return Err(MatrixError::new(ErrorKind::Unrecognized, "Unrecognized request")),
     };

@@ -21,8 +21,12 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
     if has("federation") || has("keys") {
         app = app
             .route("/_matrix/key/v2/server", get(server_keys))
+            // The deprecated form naming one key, which Synapse still answers (with every key)
+            // and older servers and sytest's fake servers still use.
+            .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
             .route("/_matrix/key/v2/query", post(query_keys))
-            .route("/_matrix/key/v2/query/{server_name}", get(query_server_keys));
+            .route("/_matrix/key/v2/query/{server_name}", get(query_server_keys))
+            .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(query_server_keys_deprecated));
     }
     if has("federation") {
         app = app
@@ -114,6 +118,14 @@ async fn server_keys(State(hs): State<AppState>) -> Answer {
 
 async fn query_keys(State(hs): State<AppState>, JsonBody(body): JsonBody<Value>) -> Answer {
     Ok(axum::Json(hs.query_server_keys(&body).await?))
+}
+
+/// The deprecated GET form naming a key: answered as the form without one.
+async fn query_server_keys_deprecated(
+    hs: State<AppState>,
+    Path((server_name, _key_id)): Path<(String, String)>,
+) -> Answer {
+    query_server_keys(hs, Path(server_name)).await
 }
 
 /// The GET form asks for all of one server's keys, valid now.

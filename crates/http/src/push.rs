@@ -14,11 +14,29 @@ type Answer = Result<axum::Json<Value>, MatrixError>;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
+        .route("/pushrules/{scope}/{kind}/", get(rules_of_kind))
         .route("/pushrules/{scope}/{kind}/{rule_id}", get(get_rule).put(put_rule).delete(delete_rule))
         .route("/pushrules/{scope}/{kind}/{rule_id}/{attribute}", get(get_attribute).put(put_attribute))
         .route("/pushers", get(pushers))
         .route("/pushers/set", post(set_pusher))
         .route("/notifications", get(notifications))
+}
+
+/// `GET /pushrules/global/{kind}/`: the rules of one kind, in order.
+async fn rules_of_kind(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((scope, kind)): Path<(String, String)>,
+) -> Answer {
+    let rules = hs.push_rules(&me).await?;
+    match rules.get(&scope).and_then(|s| s.get(&kind)) {
+        Some(list @ Value::Array(_)) => Ok(axum::Json(list.clone())),
+        // As Synapse: a kind that is not one is a 400, not a missing route.
+        _ => Err(MatrixError::new(
+            myelin_core::ErrorKind::Module { status: 400, errcode: "M_UNRECOGNIZED".into() },
+            "Unrecognized request",
+        )),
+    }
 }
 
 async fn get_rule(

@@ -257,6 +257,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
         None
     };
     hs.start_federation_sender();
+    hs.start_push_gateway_sender();
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
     for (listener, spec, is_tls) in bound {

@@ -365,6 +365,9 @@ pub trait RoomStore {
     fn get_current_state(&self, room_id: &str) -> Result<Vec<StateEntry>>;
     /// The room's forward extremities.
     fn get_forward_extremities(&self, room_id: &str) -> Result<Vec<String>>;
+    /// `(event ID, transaction ID)` of those of `event_ids` that `device_id` of `user_id` sent
+    /// with a transaction ID.
+    fn txn_ids_of_events(&self, user_id: &str, device_id: &str, event_ids: &[String]) -> Result<Vec<(String, String)>>;
     /// The event stored for a client transaction ID.
     fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>>;
     /// The newest `limit` client transaction IDs, newest first, as `(user, device, txn, event)`.
@@ -376,6 +379,9 @@ pub trait RoomStore {
     /// Accepted, not soft-failed events of a room with `from < stream <= to`, newest first if
     /// `backwards`, at most `limit`.
     fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize) -> Result<Vec<EventRow>>;
+    /// Accepted, not soft-failed events of every room with `from < stream <= to`, oldest first,
+    /// at most `limit`: `(room ID, event)`.
+    fn events_between(&self, from: i64, to: i64, limit: usize) -> Result<Vec<(String, EventRow)>>;
     /// The events of a room's current state, in one query.
     fn current_state_events(&self, room_id: &str) -> Result<Vec<EventRow>>;
     /// Rooms (among `rooms`) with accepted events in `(from, to]`.
@@ -651,6 +657,8 @@ pub trait EphemeralStore {
     fn presence_between(&self, users: &[String], from: i64, to: i64) -> Result<Vec<PresenceRow>>;
     /// A user's pushers (JSON objects as `/pushers` lists them).
     fn pushers(&self, user_id: &str) -> Result<Vec<String>>;
+    /// Every user's pushers: `(user ID, pusher JSON)`.
+    fn all_pushers(&self) -> Result<Vec<(String, String)>>;
     /// Adds or replaces the pusher `(app_id, pushkey)` of a user; with `append` false, the same
     /// `(app_id, pushkey)` of other users is removed, as the spec says.
     fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, json: &str, append: bool) -> Result<()>;

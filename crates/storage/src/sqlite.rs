@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_federation.sql"),
     include_str!("migrations/0008_ratelimit_override.sql"),
     include_str!("migrations/0009_relations.sql"),
+    include_str!("migrations/0010_txn_by_event.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
@@ -802,6 +803,24 @@ impl RoomStore for SqliteStore {
             .map_err(backend)
     }
 
+    fn txn_ids_of_events(&self, user_id: &str, device_id: &str, event_ids: &[String]) -> Result<Vec<(String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT event_id, txn_id FROM event_txn_ids WHERE event_id = ?1 AND user_id = ?2 AND device_id = ?3",
+            )
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for id in event_ids {
+            if let Some(txn) =
+                stmt.query_row(params![id, user_id, device_id], |r| r.get(1)).optional().map_err(backend)?
+            {
+                out.push((id.clone(), txn));
+            }
+        }
+        Ok(out)
+    }
+
     fn get_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
         self.reader()
             .row(
@@ -937,6 +956,31 @@ impl RoomStore for SqliteStore {
             ))
             .map_err(backend)?;
         let rows = stmt.query_map(params![room_id, from, to, limit as i64], event_from_row).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn events_between(&self, from: i64, to: i64, limit: usize) -> Result<Vec<(String, EventRow)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT room_id, {EVENT_COLUMNS} FROM events WHERE stream_ordering > ?1 AND stream_ordering <= ?2
+                 AND rejected = 0 AND soft_failed = 0 ORDER BY stream_ordering LIMIT ?3"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![from, to, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    EventRow {
+                        stream_ordering: r.get(1)?,
+                        json: r.get(2)?,
+                        state_group: r.get(3)?,
+                        rejected: r.get(4)?,
+                        soft_failed: r.get(5)?,
+                    },
+                ))
+            })
+            .map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
@@ -1887,6 +1931,12 @@ impl EphemeralStore for SqliteStore {
             .prepare_cached("SELECT pusher_json FROM pushers WHERE user_id = ?1 ORDER BY app_id, pushkey")
             .map_err(backend)?;
         strings(stmt.query_map([user_id], |r| r.get(0)).and_then(|rows| rows.collect()))
+    }
+
+    fn all_pushers(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT user_id, pusher_json FROM pushers").map_err(backend)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|r| r.collect()).map_err(backend)
     }
 
     fn set_pusher(&self, user_id: &str, app_id: &str, pushkey: &str, json: &str, append: bool) -> Result<()> {

@@ -28,12 +28,15 @@ fn event_id(id: &str) -> Result<OwnedEventId> {
 impl Homeserver {
     /// Fails unless `origin` has a member joined to the room (the history is theirs to see).
     async fn require_server_in_room(&self, origin: &str, room_id: &RoomId) -> Result<()> {
-        let guard = self.room_lock(room_id).await?;
-        match guard.as_ref() {
-            None => Err(Error::not_found("Unknown room")),
-            Some(cache) if cache.destinations().iter().any(|d| d == origin) => Ok(()),
-            Some(_) => Err(Error::forbidden("Your server is not in the room")),
+        {
+            let guard = self.room_lock(room_id).await?;
+            match guard.as_ref() {
+                None => return Err(Error::not_found("Unknown room")),
+                Some(cache) if cache.destinations().iter().any(|d| d == origin) => {}
+                Some(_) => return Err(Error::forbidden("Your server is not in the room")),
+            }
         }
+        self.check_server_acl(origin, room_id).await
     }
 
     /// A stored event of the room, parsed.

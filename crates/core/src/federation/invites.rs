@@ -32,6 +32,7 @@ impl Homeserver {
     /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` from `origin`.
     pub async fn receive_invite(&self, origin: &str, room_id: &str, event_id: &str, body: &Value) -> Result<Value> {
         let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+        self.check_server_acl(origin, &room_id).await?;
         let version = body["room_version"].as_str().ok_or_else(|| Error::bad_json("room_version is required"))?;
         let rules = rules_for(version).ok_or_else(|| incompatible(version))?;
         let (id, mut object) = super::rooms::identify(&body["event"], &rules)?;

@@ -7,6 +7,7 @@
 //! destination=.., key=.., sig=..`. [`sign_request`] makes that header; [`XMatrix::parse`] and
 //! [`verify_request`] check one against the origin's public key.
 
+mod acl;
 pub(crate) mod client;
 mod history;
 mod invites;

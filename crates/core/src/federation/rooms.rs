@@ -437,6 +437,7 @@ impl Homeserver {
         versions: Option<&[String]>,
     ) -> Result<Value> {
         let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+        self.check_server_acl(origin, &room_id).await?;
         let user = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
         if user.server_name().as_str() != origin {
             return Err(Error::forbidden("The user is not from the server asking"));
@@ -541,6 +542,7 @@ impl Homeserver {
         membership: &str,
     ) -> Result<Value> {
         let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+        self.check_server_acl(origin, &room_id).await?;
         let rules = {
             let guard = self.room_lock(&room_id).await?;
             guard.as_ref().map(|c| c.rules.clone()).ok_or_else(|| Error::not_found("Unknown room"))?

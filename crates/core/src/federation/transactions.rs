@@ -104,6 +104,9 @@ impl Homeserver {
             }
             Err(e) => return (format!("unknown:{room}"), json!({"error": e.message})),
         }
+        if let Err(e) = self.check_server_acl(origin, &room).await {
+            return (format!("unknown:{room}"), json!({"error": e.message}));
+        }
         // The answer is keyed by event ID, failures included, whenever the PDU has one.
         let rules = match self.room_lock(&room).await {
             Ok(guard) => guard.as_ref().map(|c| c.rules.clone()),
@@ -137,7 +140,9 @@ impl Homeserver {
                 let (Some(room), Some(user)) = (content["room_id"].as_str(), content["user_id"].as_str()) else {
                     return;
                 };
-                if user.split_once(':').map(|(_, s)| s) != Some(origin) {
+                if user.split_once(':').map(|(_, s)| s) != Some(origin)
+                    || self.check_server_acl_str(origin, room).await.is_err()
+                {
                     return;
                 }
                 let typing = content["typing"].as_bool().unwrap_or(false);
@@ -147,6 +152,9 @@ impl Homeserver {
                 let Some(rooms) = content.as_object() else { return };
                 for (room, kinds) in rooms {
                     let Some(read) = kinds["m.read"].as_object() else { continue };
+                    if self.check_server_acl_str(origin, room).await.is_err() {
+                        continue;
+                    }
                     for (user, receipt) in read {
                         if user.split_once(':').map(|(_, s)| s) != Some(origin) {
                             continue;
