@@ -92,14 +92,35 @@ async fn push_rules_can_be_edited_and_drive_unread_counts() {
 
     // Errors.
     let cases = [
-        ("PUT", format!("{V3}/pushrules/global/override/.m.rule.mine"), json!({"actions": []}), 400, "M_INVALID_PARAM"),
+        (
+            "PUT",
+            format!("{V3}/pushrules/global/override/.m.rule.mine"),
+            json!({"actions": [], "conditions": []}),
+            400,
+            "M_INVALID_PARAM",
+        ),
         ("PUT", format!("{V3}/pushrules/global/weird/x"), json!({"actions": []}), 400, "M_INVALID_PARAM"),
         ("PUT", format!("{V3}/pushrules/global/content/x"), json!({"actions": []}), 400, "M_MISSING_PARAM"),
         ("PUT", format!("{V3}/pushrules/global/override/x"), json!({"actions": "notify"}), 400, "M_BAD_JSON"),
         ("PUT", format!("{V3}/pushrules/global/room/notaroom"), json!({"actions": []}), 400, "M_INVALID_PARAM"),
         ("DELETE", format!("{V3}/pushrules/global/override/.m.rule.master"), Value::Null, 400, "M_INVALID_PARAM"),
         ("DELETE", format!("{V3}/pushrules/global/override/nope"), Value::Null, 404, "M_NOT_FOUND"),
-        ("PUT", format!("{V3}/pushrules/global/override/x?before=nope"), json!({"actions": []}), 404, "M_NOT_FOUND"),
+        (
+            "PUT",
+            format!("{V3}/pushrules/global/override/x?before=nope"),
+            json!({"actions": [], "conditions": []}),
+            404,
+            "M_NOT_FOUND",
+        ),
+        ("PUT", format!("{V3}/pushrules/global/underride/x"), json!({"actions": ["notify"]}), 400, "M_MISSING_PARAM"),
+        ("PUT", format!("{V3}/pushrules/global/override/x"), json!({"actions": ["notify"]}), 400, "M_MISSING_PARAM"),
+        // Paths that name no rule.
+        ("PUT", format!("{V3}/pushrules/"), json!({"actions": []}), 400, "M_UNRECOGNIZED"),
+        ("GET", format!("{V3}/pushrules/global"), Value::Null, 400, "M_UNRECOGNIZED"),
+        ("GET", format!("{V3}/pushrules/nonsense/"), Value::Null, 400, "M_UNRECOGNIZED"),
+        ("GET", format!("{V3}/pushrules/global/room"), Value::Null, 400, "M_UNRECOGNIZED"),
+        ("PUT", format!("{V3}/pushrules/global/room"), json!({"actions": []}), 400, "M_UNRECOGNIZED"),
+        ("PUT", format!("{V3}/pushrules/global/room/"), json!({"actions": []}), 400, "M_UNRECOGNIZED"),
         ("PUT", format!("{V3}/pushrules/global/override/nope/enabled"), json!({"enabled": true}), 404, "M_NOT_FOUND"),
         ("GET", format!("{V3}/pushrules/device/override/x"), Value::Null, 400, "M_UNRECOGNIZED"),
     ];

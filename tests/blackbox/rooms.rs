@@ -33,6 +33,11 @@ async fn create_room_with_presets_name_topic_and_initial_state() {
     assert_eq!(find("m.room.encryption")["content"]["algorithm"], "m.megolm.v1.aes-sha2");
     let (_, b) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), Some(&alice.token)).await;
     assert_eq!(b, json!({"name": "Lobby"}));
+    // `?format=event`: the whole event.
+    let (_, e) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name?format=event"), Some(&alice.token)).await;
+    assert_eq!((e["type"].as_str(), e["sender"].as_str()), (Some("m.room.name"), Some("@alice:test")), "{e}");
+    assert_eq!(e["content"], json!({"name": "Lobby"}));
     let (_, b) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"), Some(&alice.token)).await;
     assert_eq!(b, json!({"name": "Lobby"}));
     // Room version 11 works too; unknown versions and presets are refused.
@@ -61,8 +66,20 @@ async fn membership_invite_join_leave_kick_ban_unban() {
     let (st, _) = s.join(&bob, &room).await;
     assert_eq!(st, 403);
     assert_eq!(s.invite(&alice, &room, "@bob:test").await.0, 200);
-    let (st, b) = s.join(&bob, &room).await;
-    assert_eq!((st, b["room_id"].as_str()), (200, Some(room.as_str())));
+    // The join's body goes into the member event (a reason, or anything else), but not a
+    // membership of the client's choosing.
+    let (st, b) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({"reason": "hi", "foo": "bar", "membership": "ban"}),
+        )
+        .await;
+    assert_eq!((st, b["room_id"].as_str()), (200, Some(room.as_str())), "{b}");
+    let (_, member) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@bob:test"), Some(&alice.token)).await;
+    assert_eq!((member["membership"].as_str(), member["foo"].as_str()), (Some("join"), Some("bar")), "{member}");
+    assert_eq!(member["reason"], "hi");
     let (st, b) = s.invite(&bob, &room, "@alice:test").await;
     assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "already joined");
     let (_, jm) = s.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&alice.token)).await;
@@ -150,6 +167,12 @@ async fn send_is_idempotent_per_transaction_and_history_paginates() {
     let (_, b) = s.put(&path, Some(&alice.token), json!({"msgtype": "m.text", "body": "one"})).await;
     assert_eq!(a["event_id"], b["event_id"], "same txn, same event");
     assert!(a["event_id"].as_str().unwrap().starts_with('$'));
+    // The old form without a transaction ID: each request a new event.
+    let post = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message");
+    let (st, c) = s.post(&post, Some(&alice.token), json!({"msgtype": "m.text", "body": "posted"})).await;
+    assert_eq!(st, 200, "{c}");
+    let (_, d) = s.post(&post, Some(&alice.token), json!({"msgtype": "m.text", "body": "posted"})).await;
+    assert_ne!(c["event_id"], d["event_id"]);
     for i in 2..=12 {
         s.send_text(&alice, &room, &format!("msg {i}")).await;
     }
@@ -177,7 +200,7 @@ async fn send_is_idempotent_per_transaction_and_history_paginates() {
             None => break,
         }
     }
-    assert_eq!(total, 12 + 6, "12 messages and 6 creation events");
+    assert_eq!(total, 12 + 2 + 6, "12 messages, 2 posted ones and 6 creation events");
     // Errors.
     assert_eq!(s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=x"), Some(&alice.token)).await.0, 400);
     assert_eq!(s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?limit=-1"), Some(&alice.token)).await.0, 400);

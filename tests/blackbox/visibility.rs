@@ -233,6 +233,11 @@ async fn anyone_may_peek_into_a_world_readable_room_but_not_write() {
     let private = server.create_room(&alice, json!({"preset": "private_chat"})).await;
     let (s, b) = server.get(&format!("/_matrix/client/v3/events?room_id={private}&timeout=0"), Some(&nina.token)).await;
     assert_eq!((s, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    // Bad numbers are refused at once, not waited on.
+    for query in ["limit=hello", "limit=-2", "timeout=hello"] {
+        let (s, b) = server.get(&format!("/_matrix/client/v3/events?{query}"), Some(&nina.token)).await;
+        assert_eq!((s, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{query}: {b}");
+    }
 }
 
 #[tokio::test]

@@ -226,6 +226,10 @@ pub struct Config {
     pub federation: FederationSettings,
     /// `require_auth_for_profile_requests`: profiles only for authenticated requests.
     pub require_auth_for_profile_requests: bool,
+    /// `use_insecure_ssl_client_just_for_testing_do_not_use`: as on Synapse, the HTTP clients
+    /// that are not federation's (push gateways, modules) skip TLS certificate checks. For test
+    /// rigs only.
+    pub insecure_outbound_tls: bool,
     /// `limit_profile_requests_to_users_who_share_rooms`.
     pub limit_profile_requests_to_users_who_share_rooms: bool,
     /// `rc_*`: rate limits.
@@ -272,6 +276,7 @@ const KNOWN_KEYS: &[&str] = &[
     "federation_ip_range_blacklist",
     "password_config",
     "require_auth_for_profile_requests",
+    "use_insecure_ssl_client_just_for_testing_do_not_use",
     "limit_profile_requests_to_users_who_share_rooms",
 ];
 
@@ -576,6 +581,7 @@ impl Config {
             default_room_version,
             rate_limits: crate::ratelimit::RateLimitSettings::parse(&root)?,
             require_auth_for_profile_requests: w.boolean("require_auth_for_profile_requests", false)?,
+            insecure_outbound_tls: w.boolean("use_insecure_ssl_client_just_for_testing_do_not_use", false)?,
             limit_profile_requests_to_users_who_share_rooms: w
                 .boolean("limit_profile_requests_to_users_who_share_rooms", false)?,
             password: parse_password_config(root.get("password_config"))?,

@@ -135,8 +135,13 @@ impl Homeserver {
     ) -> Result<()> {
         global_scope(scope)?;
         let actions = parse_actions(body.get("actions"))?;
+        // As Synapse: override and underride rules must say their conditions (an empty list
+        // matches everything, and has to be asked for).
         let conditions = || -> Result<Vec<_>> {
-            let v = body.get("conditions").cloned().unwrap_or(json!([]));
+            let v = body
+                .get("conditions")
+                .cloned()
+                .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing 'conditions'"))?;
             serde_json::from_value(v).map_err(|e| Error::bad_json(format!("Invalid conditions: {e}")))
         };
         let rule = match rule_kind(kind)? {

@@ -53,6 +53,7 @@ impl Homeserver {
             .federation
             .ip_filter
             .client_builder(Default::default())
+            .danger_accept_invalid_certs(self.config.insecure_outbound_tls)
             .timeout(Duration::from_secs(30))
             .build()
         {

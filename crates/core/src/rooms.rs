@@ -1331,8 +1331,19 @@ impl Homeserver {
         Ok(Arc::new(serde_json::from_str(&appended.json).map_err(Error::internal)?))
     }
 
-    /// Joins a room by ID.
-    pub async fn join_room(&self, requester: &Requester, room_id: &str, via: &[String]) -> Result<OwnedRoomId> {
+    /// Joins a room by ID or alias. `content` (the request's body: a `reason`, or any other
+    /// keys, as Synapse allows) goes into the member event.
+    pub async fn join_room(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        via: &[String],
+        mut content: Map<String, Value>,
+    ) -> Result<OwnedRoomId> {
+        // The server decides these.
+        for key in ["membership", "join_authorised_via_users_server"] {
+            content.remove(key);
+        }
         let mut via = via.to_vec();
         let room_id = if room_id.starts_with('#') {
             let (room, servers) = self.resolve_alias(room_id).await?;
@@ -1366,7 +1377,8 @@ impl Homeserver {
             }
         }
         let user = requester.user_id.clone();
-        self.update_membership(requester, &room_id, &user, "join", None, Map::new()).await?;
+        let reason = content.remove("reason").and_then(|r| r.as_str().map(str::to_owned));
+        self.update_membership(requester, &room_id, &user, "join", reason, content).await?;
         Ok(room_id)
     }
 
@@ -1630,12 +1642,28 @@ impl Homeserver {
     }
 
     /// One state event's content.
-    pub async fn room_state_event(&self, requester: &Requester, room_id: &str, kind: &str, key: &str) -> Result<Value> {
+    /// `GET /rooms/{roomId}/state/{type}/{key}`: the content, or with `whole_event`
+    /// (`?format=event`) the client-format event.
+    pub async fn room_state_event(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        kind: &str,
+        key: &str,
+        whole_event: bool,
+    ) -> Result<Value> {
         let room_id = parse_room_id(room_id)?;
         let state = self.readable_state(&room_id, requester.user_id.as_str()).await?;
         let Some(id) = state.get(&(kind.to_owned(), key.to_owned())) else {
             return Err(Error::not_found("Event not found."));
         };
+        if whole_event {
+            return self
+                .client_events(vec![id.to_string()])
+                .await?
+                .pop()
+                .ok_or_else(|| Error::not_found("Event not found."));
+        }
         match self.load_events(vec![id.clone()]).await?.values().next() {
             Some(pdu) => Ok(Value::Object(pdu.content_map())),
             None => Err(Error::not_found("Event not found.")),

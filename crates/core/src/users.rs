@@ -1002,6 +1002,7 @@ impl Homeserver {
         if user_id != requester.user_id.as_str() {
             return Err(Error::forbidden("Cannot create filters for other users"));
         }
+        validate_filter(&filter).map_err(|why| Error::bad_json(format!("Invalid filter: {why}")))?;
         let u = user_id.to_owned();
         Ok(self.db(move |s| s.create_filter(&u, &filter)).await?.to_string())
     }
@@ -1180,5 +1181,92 @@ impl Homeserver {
     pub fn openid_user(&self, token: &str) -> Option<String> {
         let tokens = self.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.get(token).filter(|(_, exp)| *exp > now_ms()).map(|(u, _)| u.clone())
+    }
+}
+
+/// Checks a filter's shape as Synapse's schema does: the sections are objects, the lists are
+/// lists of strings, room IDs and user IDs are such IDs. Unknown keys are allowed.
+fn validate_filter(filter: &Value) -> std::result::Result<(), String> {
+    fn object<'a>(v: &'a Value, at: &str) -> std::result::Result<&'a Map<String, Value>, String> {
+        v.as_object().ok_or_else(|| format!("{at} must be an object"))
+    }
+    fn list(v: &Map<String, Value>, key: &str, at: &str, check: fn(&str) -> bool) -> std::result::Result<(), String> {
+        let Some(value) = v.get(key) else { return Ok(()) };
+        let items = value.as_array().ok_or_else(|| format!("{at}.{key} must be a list"))?;
+        for item in items {
+            match item.as_str() {
+                Some(s) if check(s) => {}
+                _ => return Err(format!("{at}.{key} holds {item}, which is not valid there")),
+            }
+        }
+        Ok(())
+    }
+    let any = |_: &str| true;
+    let user = |s: &str| ruma::UserId::parse(s).is_ok();
+    let room = |s: &str| ruma::RoomId::parse(s).is_ok();
+    let event_filter = |v: &Value, at: &str, in_room: bool| -> std::result::Result<(), String> {
+        let f = object(v, at)?;
+        list(f, "types", at, any)?;
+        list(f, "not_types", at, any)?;
+        list(f, "senders", at, user)?;
+        list(f, "not_senders", at, user)?;
+        if in_room {
+            list(f, "rooms", at, room)?;
+            list(f, "not_rooms", at, room)?;
+        }
+        if let Some(limit) = f.get("limit")
+            && limit.as_u64().is_none()
+        {
+            return Err(format!("{at}.limit must be a non-negative integer"));
+        }
+        Ok(())
+    };
+    let top = object(filter, "the filter")?;
+    list(top, "event_fields", "the filter", any)?;
+    for section in ["presence", "account_data"] {
+        if let Some(v) = top.get(section) {
+            event_filter(v, section, false)?;
+        }
+    }
+    if let Some(room_section) = top.get("room") {
+        let r = object(room_section, "room")?;
+        list(r, "rooms", "room", room)?;
+        list(r, "not_rooms", "room", room)?;
+        for section in ["timeline", "state", "ephemeral", "account_data"] {
+            if let Some(v) = r.get(section) {
+                event_filter(v, &format!("room.{section}"), true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::validate_filter;
+    use serde_json::json;
+
+    #[test]
+    fn filters_of_the_wrong_shape_are_refused() {
+        for bad in [
+            json!({"room": {"timeline": "not_an_object"}}),
+            json!({"presence": "not_an_object"}),
+            json!({"room": {"timeline": {"not_rooms": "not_a_list"}}}),
+            json!({"room": {"timeline": {"types": [0]}}}),
+            json!({"room": {"timeline": {"rooms": ["not_a_room_id"]}}}),
+            json!({"room": {"timeline": {"senders": ["not_a_sender_id"]}}}),
+            json!({"room": {"rooms": "!a:b"}}),
+            json!({"room": {"timeline": {"limit": -1}}}),
+            json!([]),
+        ] {
+            assert!(validate_filter(&bad).is_err(), "{bad}");
+        }
+        for good in [
+            json!({}),
+            json!({"room": {"timeline": {"limit": 10, "types": ["m.room.message"], "rooms": ["!a:b"]}, "include_leave": true}}),
+            json!({"presence": {"senders": ["@a:b"]}, "event_fields": ["content.body"], "unknown": 1}),
+        ] {
+            assert!(validate_filter(&good).is_ok(), "{good}");
+        }
     }
 }

@@ -52,6 +52,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/rooms/{room_id}/{action}", post(membership))
         .route("/joined_rooms", get(joined_rooms))
         .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(send))
+        .route("/rooms/{room_id}/send/{event_type}", post(send_without_txn))
         .route("/rooms/{room_id}/state", get(state))
         .route("/rooms/{room_id}/state/{event_type}", get(state_event_empty).put(put_state_empty))
         .route("/rooms/{room_id}/state/{event_type}/", get(state_event_empty).put(put_state_empty))
@@ -65,7 +66,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/rooms/{room_id}/joined_members", get(joined_members))
         .route("/sync", get(sync))
         .route("/events", get(events))
-        .route("/pushrules/", get(push_rules))
+        .route("/pushrules/", get(push_rules).put(crate::push::unrecognized))
         .route("/pushrules/global/", get(push_rules_global))
         .route("/directory/room/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
         .route("/rooms/{room_id}/aliases", get(room_aliases))
@@ -293,6 +294,7 @@ async fn join(
     Auth(me): Auth,
     Path(room): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
+    JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> Answer {
     // `via` (and the older `server_name`) may repeat, which typed query parsing cannot take.
     let via: Vec<String> = query
@@ -303,7 +305,7 @@ async fn join(
         .filter(|(k, _)| *k == "via" || *k == "server_name")
         .map(|(_, v)| myelin_core::federation::percent_decode(v))
         .collect();
-    let room_id = hs.join_room(&me, &room, &via).await?;
+    let room_id = hs.join_room(&me, &room, &via, content).await?;
     Ok(axum::Json(json!({"room_id": room_id})))
 }
 
@@ -372,24 +374,49 @@ async fn send(
     Ok(axum::Json(json!({"event_id": event_id})))
 }
 
+/// `POST /rooms/{roomId}/send/{eventType}`: the old form without a transaction ID, which
+/// Synapse still serves; each request is a new event.
+async fn send_without_txn(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_type)): Path<(String, String)>,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> Answer {
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let txn_id = format!("post-{nanos}-{}", SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let event_id = hs.send_message(&me, &room_id, &event_type, &txn_id, content).await?;
+    Ok(axum::Json(json!({"event_id": event_id})))
+}
+
 async fn state(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
     Ok(axum::Json(Value::Array(hs.room_state(&me, &room_id).await?)))
+}
+
+/// `?format=event` asks for the whole event rather than its content.
+#[derive(Deserialize)]
+struct StateFormat {
+    format: Option<String>,
 }
 
 async fn state_event(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path((room_id, kind, key)): Path<(String, String, String)>,
+    Query(q): Query<StateFormat>,
 ) -> Answer {
-    Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, &key).await?))
+    let whole = q.format.as_deref() == Some("event");
+    Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, &key, whole).await?))
 }
 
 async fn state_event_empty(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path((room_id, kind)): Path<(String, String)>,
+    Query(q): Query<StateFormat>,
 ) -> Answer {
-    Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, "").await?))
+    let whole = q.format.as_deref() == Some("event");
+    Ok(axum::Json(hs.room_state_event(&me, &room_id, &kind, "", whole).await?))
 }
 
 async fn put_state(
@@ -500,9 +527,16 @@ struct EventsQuery {
     from: Option<String>,
     timeout: Option<String>,
     room_id: Option<String>,
+    limit: Option<String>,
 }
 
 async fn events(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<EventsQuery>) -> Answer {
+    // Checked as Synapse does (a non-negative integer), though the answer is never long.
+    if let Some(limit) = q.limit.as_deref()
+        && limit.parse::<u64>().is_err()
+    {
+        return Err(MatrixError::new(ErrorKind::InvalidParam, "limit must be a non-negative integer"));
+    }
     let timeout = match q.timeout.as_deref() {
         None => 30_000,
         Some(t) => {

@@ -14,12 +14,35 @@ type Answer = Result<axum::Json<Value>, MatrixError>;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/pushrules/{scope}/{kind}/", get(rules_of_kind))
+        .route("/pushrules/{scope}/", get(rules_of_scope))
+        // Paths that name no rule: Synapse's 400 `M_UNRECOGNIZED`, not a missing route.
+        .route("/pushrules/{scope}", get(unrecognized).put(unrecognized))
+        .route("/pushrules/{scope}/{kind}", get(unrecognized).put(unrecognized).delete(unrecognized))
+        .route("/pushrules/{scope}/{kind}/", get(rules_of_kind).put(unrecognized).delete(unrecognized))
         .route("/pushrules/{scope}/{kind}/{rule_id}", get(get_rule).put(put_rule).delete(delete_rule))
         .route("/pushrules/{scope}/{kind}/{rule_id}/{attribute}", get(get_attribute).put(put_attribute))
         .route("/pushers", get(pushers))
         .route("/pushers/set", post(set_pusher))
         .route("/notifications", get(notifications))
+}
+
+fn unrecognized_request() -> MatrixError {
+    MatrixError::new(
+        myelin_core::ErrorKind::Module { status: 400, errcode: "M_UNRECOGNIZED".into() },
+        "Unrecognized request",
+    )
+}
+
+pub(crate) async fn unrecognized() -> Result<axum::Json<Value>, MatrixError> {
+    Err(unrecognized_request())
+}
+
+/// `GET /pushrules/{scope}/`: only `global` is a scope.
+async fn rules_of_scope(State(hs): State<AppState>, Auth(me): Auth, Path(scope): Path<String>) -> Answer {
+    match hs.push_rules(&me).await?.get(&scope) {
+        Some(rules) => Ok(axum::Json(rules.clone())),
+        None => Err(unrecognized_request()),
+    }
 }
 
 /// `GET /pushrules/global/{kind}/`: the rules of one kind, in order.
@@ -32,10 +55,7 @@ async fn rules_of_kind(
     match rules.get(&scope).and_then(|s| s.get(&kind)) {
         Some(list @ Value::Array(_)) => Ok(axum::Json(list.clone())),
         // As Synapse: a kind that is not one is a 400, not a missing route.
-        _ => Err(MatrixError::new(
-            myelin_core::ErrorKind::Module { status: 400, errcode: "M_UNRECOGNIZED".into() },
-            "Unrecognized request",
-        )),
+        _ => Err(unrecognized_request()),
     }
 }
 

@@ -323,6 +323,7 @@ pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(
             .federation
             .ip_filter
             .client_builder(Default::default())
+            .danger_accept_invalid_certs(hs.config.insecure_outbound_tls)
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?,
