@@ -59,7 +59,8 @@ def main():
         with open(f"{out}/newly-passing.txt", "w") as f:
             f.writelines(f"{n}\n" for n in sorted(passing - expected))
         regressed = expected - passing
-        print("\n".join(sorted({files[n] for n in regressed if files.get(n)})))
+        for path in sorted({files[n] for n in regressed if files.get(n)}):
+            print(path)
     elif command == "recheck":
         run, rerun, base, out = sys.argv[2:6]
         passing, _ = results(run)

@@ -75,6 +75,47 @@ async fn the_sending_device_alone_sees_its_transaction_ids() {
 }
 
 #[tokio::test]
+async fn state_and_timeline_filters_choose_what_sync_sends() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"name": "R"})).await;
+    for i in 0..5 {
+        s.send_text(&alice, &room, &format!("m{i}")).await;
+        let path = format!("/_matrix/client/v3/rooms/{room}/state/a.madeup.state/k{i}");
+        assert_eq!(s.put(&path, Some(&alice.token), json!({"i": i})).await.0, 200);
+    }
+    let sync_with = |filter: serde_json::Value| {
+        let s = &s;
+        let alice = &alice;
+        let room = room.clone();
+        async move {
+            let q = filter.to_string().replace('{', "%7B").replace('}', "%7D").replace('"', "%22");
+            let (st, body) = s.get(&format!("/_matrix/client/v3/sync?filter={q}"), Some(&alice.token)).await;
+            assert_eq!(st, 200, "{body}");
+            body["rooms"]["join"][&room].clone()
+        }
+    };
+    // Only the state types asked for; the timeline's limit counts the events that match.
+    let r = sync_with(
+        json!({"room": {"state": {"types": ["m.room.name"]}, "timeline": {"limit": 3, "types": ["a.madeup.*"]}}}),
+    )
+    .await;
+    let state: Vec<&str> =
+        r["state"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(state, vec!["m.room.name"], "{r}");
+    let timeline = r["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.len(), 3, "{r}");
+    assert!(timeline.iter().all(|e| e["type"] == "a.madeup.state"), "{r}");
+    assert_eq!(r["timeline"]["limited"], true);
+    // Excluded types and senders; a limit of 0 sends no events.
+    let r = sync_with(json!({"room": {"timeline": {"not_types": ["a.madeup.state"], "limit": 50}}})).await;
+    assert!(r["timeline"]["events"].as_array().unwrap().iter().all(|e| e["type"] != "a.madeup.state"), "{r}");
+    let r = sync_with(json!({"room": {"timeline": {"limit": 0}, "state": {"not_senders": [alice.user_id]}}})).await;
+    assert_eq!(r["timeline"]["events"], json!([]), "{r}");
+    assert_eq!(r["state"]["events"], json!([]), "{r}");
+}
+
+#[tokio::test]
 async fn long_poll_wakes_at_once_on_a_new_message() {
     let s = std::sync::Arc::new(Server::start().await);
     let alice = s.register("alice").await;

@@ -552,6 +552,19 @@ impl Homeserver {
         if let Some(existing) = self.txn_event(&options).await? {
             return Ok(existing);
         }
+        // As Synapse: a state event the sender already set, with the same content, is not
+        // sent again (setting a topic twice, joining twice); the current one is the answer.
+        if let Some(key) = state_key
+            && let Some(current) = cache.state.get(&(kind.to_owned(), key.to_owned())).cloned()
+            && let Some(existing) = self.load_events(vec![current.to_string()]).await?.remove(&current)
+            && existing.sender == *sender
+            && existing.content_map() == content
+        {
+            let id = current.to_string();
+            if let Some(row) = self.db(move |s| s.get_event(&id)).await? {
+                return appended(row);
+            }
+        }
         let mut checked = self.build_checked(room_id, sender, kind, state_key, content, &options, &basis).await?;
         if let Some((target, room_state)) = &options.remote_invite {
             checked.json = self.invite_over_federation(room_id, &checked.json, target, room_state).await?;
@@ -722,7 +735,10 @@ impl Homeserver {
                 OwnedEventId::try_from(target.as_str()).map_err(|_| Error::bad_json("Invalid event ID in redacts"))?;
             if let Some(original) = loaded.get(&target_id) {
                 if original.room_id != *room_id {
-                    return Err(Error::not_found("Event not found"));
+                    return Err(Error::new(
+                        ErrorKind::Module { status: 400, errcode: "M_UNKNOWN".into() },
+                        "Cannot redact event from a different room",
+                    ));
                 }
                 if original.sender != *sender {
                     let pl = self.power_levels(&basis.state).await?;
@@ -942,34 +958,52 @@ impl Homeserver {
             content.insert("creator".into(), json!(creator));
         }
         content.insert("room_version".into(), json!(version));
-        let named =
-            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
-        let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64));
-        let draft = EventDraft {
-            room_id: &named,
-            sender: creator,
-            kind: "m.room.create",
-            state_key: Some(""),
-            content: content.clone(),
-            prev_events: Vec::new(),
-            auth_events: Vec::new(),
-            depth: 1,
-            redacts: None,
-            origin_server_ts,
-            reference_hashes: HashMap::new(),
+        // Room version 12 names the room after its create event, whose only entropy is its
+        // timestamp: a user making rooms with the same content in the same millisecond would
+        // name the same room. As Synapse, a taken name is tried again a few milliseconds on.
+        let mut attempt = 0;
+        let (room_id, origin_server_ts) = loop {
+            let named = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
+                .map_err(Error::internal)?;
+            let jitter = if attempt == 0 { 0 } else { rand::Rng::gen_range(&mut rand::thread_rng(), 1..=10) };
+            let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64 + jitter));
+            let draft = EventDraft {
+                room_id: &named,
+                sender: creator,
+                kind: "m.room.create",
+                state_key: Some(""),
+                content: content.clone(),
+                prev_events: Vec::new(),
+                auth_events: Vec::new(),
+                depth: 1,
+                redacts: None,
+                origin_server_ts,
+                reference_hashes: HashMap::new(),
+            };
+            let signed = sign_event(draft, rules, self.server_name(), &self.key)?;
+            // Checked before anything is stored: a bad `additional_creators` leaves no empty room.
+            crate::state::check_auth(rules, &signed.pdu, &HashMap::new(), &HashMap::new())
+                .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
+            let room_id = signed.pdu.room_id.clone();
+            let row = RoomRow {
+                room_id: room_id.to_string(),
+                room_version: version.to_owned(),
+                creator: creator.to_string(),
+                is_public,
+            };
+            let made = self
+                .db(move |s| match s.create_room(&row) {
+                    Ok(()) => Ok(true),
+                    Err(myelin_storage::StorageError::Conflict) => Ok(false),
+                    Err(e) => Err(e),
+                })
+                .await?;
+            match (made, attempt) {
+                (true, _) => break (room_id, origin_server_ts),
+                (false, 0..5) => attempt += 1,
+                (false, _) => return Err(Error::internal("could not find a free room ID")),
+            }
         };
-        let signed = sign_event(draft, rules, self.server_name(), &self.key)?;
-        // Checked before anything is stored: a bad `additional_creators` leaves no empty room.
-        crate::state::check_auth(rules, &signed.pdu, &HashMap::new(), &HashMap::new())
-            .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
-        let room_id = signed.pdu.room_id.clone();
-        let row = RoomRow {
-            room_id: room_id.to_string(),
-            room_version: version.to_owned(),
-            creator: creator.to_string(),
-            is_public,
-        };
-        self.db(move |s| s.create_room(&row)).await?;
         let options = AppendOptions { origin_server_ts: Some(origin_server_ts), ..AppendOptions::default() };
         let appended = self.append_event(&room_id, creator, "m.room.create", Some(""), content, options).await?;
         if appended.pdu.room_id != room_id {

@@ -94,9 +94,54 @@ impl Serialize for JoinedRoom {
     }
 }
 
+/// How far back a timeline with an event filter looks for events that match.
+const MAX_FILTERED_SCAN: usize = 1000;
+
+/// An event filter's `types`, `not_types`, `senders` and `not_senders` (types may end in `*`).
+#[derive(Default)]
+pub(crate) struct EventMatcher {
+    types: Option<Vec<String>>,
+    not_types: Vec<String>,
+    senders: Option<HashSet<String>>,
+    not_senders: HashSet<String>,
+}
+
+impl EventMatcher {
+    fn from_json(f: &Value) -> Self {
+        let strings =
+            |v: &Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect());
+        EventMatcher {
+            types: strings(&f["types"]),
+            not_types: strings(&f["not_types"]).unwrap_or_default(),
+            senders: strings(&f["senders"]).map(|v: Vec<String>| v.into_iter().collect()),
+            not_senders: strings(&f["not_senders"]).map(|v: Vec<String>| v.into_iter().collect()).unwrap_or_default(),
+        }
+    }
+    /// Whether it lets every event through.
+    fn is_open(&self) -> bool {
+        self.types.is_none() && self.not_types.is_empty() && self.senders.is_none() && self.not_senders.is_empty()
+    }
+    fn matches(&self, event: &Value) -> bool {
+        let kind = event["type"].as_str().unwrap_or_default();
+        let sender = event["sender"].as_str().unwrap_or_default();
+        let type_is = |pattern: &String| match pattern.strip_suffix('*') {
+            Some(prefix) => kind.starts_with(prefix),
+            None => kind == pattern,
+        };
+        !self.not_types.iter().any(type_is)
+            && self.types.as_ref().is_none_or(|t| t.iter().any(type_is))
+            && !self.not_senders.contains(sender)
+            && self.senders.as_ref().is_none_or(|s| s.contains(sender))
+    }
+}
+
 /// The parts of a filter `/sync` honours.
 struct SyncFilter {
     timeline_limit: usize,
+    /// `room.timeline`'s event filter.
+    timeline: EventMatcher,
+    /// `room.state`'s event filter.
+    state: EventMatcher,
     rooms: Option<HashSet<String>>,
     not_rooms: HashSet<String>,
     /// `room.include_leave`: rooms left or banned from in an initial sync too.
@@ -110,7 +155,9 @@ impl SyncFilter {
             v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect::<HashSet<_>>())
         };
         SyncFilter {
-            timeline_limit: room["timeline"]["limit"].as_u64().map(|l| l.clamp(1, 500) as usize).unwrap_or(10),
+            timeline_limit: room["timeline"]["limit"].as_u64().map(|l| l.min(500) as usize).unwrap_or(10),
+            timeline: EventMatcher::from_json(&room["timeline"]),
+            state: EventMatcher::from_json(&room["state"]),
             rooms: list(&room["rooms"]),
             not_rooms: list(&room["not_rooms"]).unwrap_or_default(),
             include_leave: room["include_leave"].as_bool().unwrap_or(false),
@@ -239,8 +286,7 @@ impl Homeserver {
             // paginate back from there.
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
-            let section =
-                self.room_section(&user, room, timeline_from, now, whole_state, filter.timeline_limit).await?;
+            let section = self.room_section(&user, room, timeline_from, now, whole_state, filter).await?;
             let section = self.with_transaction_ids(requester, section).await?;
             if read_positions.is_none() {
                 read_positions = Some(self.unread_starts(&user).await?);
@@ -275,7 +321,7 @@ impl Homeserver {
                     continue;
                 }
                 let reader = crate::visibility::Reader { until: *pos, peeking: false };
-                let (timeline, _) = self.timeline(&user, reader, room, from, *pos, filter.timeline_limit).await?;
+                let (timeline, _) = self.timeline(&user, reader, room, from, *pos, filter).await?;
                 leave.insert(
                     room.clone(),
                     json!({"timeline": timeline, "state": {"events": []}, "account_data": {"events": []}}),
@@ -378,10 +424,16 @@ impl Homeserver {
         room: &str,
         from: i64,
         to: i64,
-        limit: usize,
+        filter: &SyncFilter,
     ) -> Result<(Value, bool)> {
+        let (limit, matcher) = (filter.timeline_limit, &filter.timeline);
         let r = room.to_owned();
-        let mut rows = self.db(move |s| s.room_events(&r, from, to, true, limit + 1)).await?;
+        // A filtered timeline reads further back to find `limit` events that match.
+        let wanted = if matcher.is_open() { limit + 1 } else { MAX_FILTERED_SCAN };
+        let mut rows = self.db(move |s| s.room_events(&r, from, to, true, wanted)).await?;
+        if !matcher.is_open() {
+            rows.retain(|row| matcher.matches(&client_event_from_str(&row.json)));
+        }
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
@@ -405,13 +457,15 @@ impl Homeserver {
         from: i64,
         now: i64,
         whole_state: bool,
-        limit: usize,
+        filter: &SyncFilter,
     ) -> Result<Arc<Section>> {
-        let cacheable = from == 0 && whole_state;
+        let limit = filter.timeline_limit;
+        // Sections shared between members are those of unfiltered events.
+        let cacheable = from == 0 && whole_state && filter.timeline.is_open() && filter.state.is_open();
         if cacheable && let Some(section) = self.sync_cache.section(room, limit, now) {
             return Ok(section);
         }
-        let (timeline, same_for_members) = self.timeline(user, Reader::MEMBER, room, from, now, limit).await?;
+        let (timeline, same_for_members) = self.timeline(user, Reader::MEMBER, room, from, now, filter).await?;
         let in_timeline: HashSet<&str> =
             timeline["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str()).collect();
         let limited = timeline["limited"].as_bool().unwrap_or(false);
@@ -425,7 +479,8 @@ impl Homeserver {
                     continue;
                 }
                 let event = client_event_from_str(&row.json);
-                if !in_timeline.contains(event["event_id"].as_str().unwrap_or_default()) {
+                if !in_timeline.contains(event["event_id"].as_str().unwrap_or_default()) && filter.state.matches(&event)
+                {
                     state.push(event);
                 }
             }

@@ -1219,6 +1219,11 @@ fn validate_filter(filter: &Value) -> std::result::Result<(), String> {
         {
             return Err(format!("{at}.limit must be a non-negative integer"));
         }
+        for flag in ["lazy_load_members", "include_redundant_members", "contains_url", "unread_thread_notifications"] {
+            if f.get(flag).is_some_and(|v| !v.is_boolean()) {
+                return Err(format!("{at}.{flag} must be a boolean"));
+            }
+        }
         Ok(())
     };
     let top = object(filter, "the filter")?;
@@ -1257,6 +1262,7 @@ mod filter_tests {
             json!({"room": {"timeline": {"senders": ["not_a_sender_id"]}}}),
             json!({"room": {"rooms": "!a:b"}}),
             json!({"room": {"timeline": {"limit": -1}}}),
+            json!({"room": {"state": {"lazy_load_members": "true"}}}),
             json!([]),
         ] {
             assert!(validate_filter(&bad).is_err(), "{bad}");
