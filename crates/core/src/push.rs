@@ -269,7 +269,9 @@ impl Homeserver {
         let u = me.user_id.to_string();
         match body.get("kind") {
             Some(Value::Null) => {
-                return self.db(move |s| s.delete_pusher(&u, &app_id, &pushkey)).await;
+                self.db(move |s| s.delete_pusher(&u, &app_id, &pushkey)).await?;
+                self.pushers_changed();
+                return Ok(());
             }
             Some(Value::String(k)) if k == "http" => {
                 let url = body["data"]["url"].as_str().ok_or_else(|| {
@@ -295,7 +297,9 @@ impl Homeserver {
         pusher.remove("append");
         pusher.insert("pushkey_ts".into(), json!(crate::server::now_ms()));
         let json = Value::Object(pusher).to_string();
-        self.db(move |s| s.set_pusher(&u, &app_id, &pushkey, &json, append)).await
+        self.db(move |s| s.set_pusher(&u, &app_id, &pushkey, &json, append)).await?;
+        self.pushers_changed();
+        Ok(())
     }
 
     // --- counts and notifications -------------------------------------------------------------

@@ -84,18 +84,33 @@ impl Homeserver {
         });
     }
 
+    /// Every user's pushers, from the cache when it holds them.
+    async fn all_pushers(&self) -> Result<Arc<Vec<(String, String)>>> {
+        if let Some(cached) = self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(cached);
+        }
+        let stored = Arc::new(self.db(|s| s.all_pushers()).await?);
+        *self.pushers.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
+        Ok(stored)
+    }
+
+    /// Forgets the cached pushers (one was added, changed or removed).
+    pub(crate) fn pushers_changed(&self) {
+        *self.pushers.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Pushes the events of `(from, to]` (at most [`EVENTS_PER_PASS`]); returns how far it got.
     async fn push_events_between(self: &Arc<Self>, http: &reqwest::Client, from: i64, to: i64) -> Result<i64> {
-        let stored = self.db(|s| s.all_pushers()).await?;
+        let stored = self.all_pushers().await?;
         let mut pushers: HashMap<String, Vec<Arc<HttpPusher>>> = HashMap::new();
-        for (user, json) in stored {
+        for (user, json) in stored.iter() {
             let (Ok(user_id), Ok(Value::Object(config))) =
-                (OwnedUserId::try_from(user.as_str()), serde_json::from_str::<Value>(&json))
+                (OwnedUserId::try_from(user.as_str()), serde_json::from_str::<Value>(json))
             else {
                 continue;
             };
             if config.get("kind").and_then(Value::as_str) == Some("http") {
-                pushers.entry(user).or_default().push(Arc::new(HttpPusher { user: user_id, config }));
+                pushers.entry(user.clone()).or_default().push(Arc::new(HttpPusher { user: user_id, config }));
             }
         }
         if pushers.is_empty() {
@@ -253,6 +268,7 @@ impl Homeserver {
                         if let Err(e) = self.db(move |s| s.delete_pusher(&u, &a, &k)).await {
                             tracing::warn!("removing a rejected pusher: {}", e.message);
                         }
+                        self.pushers_changed();
                     }
                     return;
                 }

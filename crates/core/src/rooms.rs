@@ -48,6 +48,8 @@ const MAX_PREV_EVENTS: usize = 10;
 #[derive(Default)]
 pub(crate) struct RecentTxns {
     events: HashMap<(String, String, String), String>,
+    /// The same, by event ID (`/sync` gives the sending device its transaction IDs back).
+    by_event: HashMap<String, (String, String, String)>,
     order: std::collections::VecDeque<(String, String, String)>,
 }
 
@@ -58,13 +60,22 @@ impl RecentTxns {
         self.events.get(key)
     }
 
+    /// The transaction ID `device` of `user` sent `event_id` with, if it is among these.
+    pub(crate) fn txn_of(&self, event_id: &str, user: &str, device: &str) -> Option<&str> {
+        let (u, d, txn) = self.by_event.get(event_id)?;
+        (u == user && d == device).then_some(txn.as_str())
+    }
+
     pub(crate) fn insert(&mut self, key: (String, String, String), event_id: String) {
+        self.by_event.insert(event_id.clone(), key.clone());
         if self.events.insert(key.clone(), event_id).is_none() {
             self.order.push_back(key);
         }
         while self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.events.remove(&old);
+            if let Some(old) = self.order.pop_front()
+                && let Some(id) = self.events.remove(&old)
+            {
+                self.by_event.remove(&id);
             }
         }
     }

@@ -90,6 +90,9 @@ pub struct Homeserver {
     pub(crate) stopping: watch::Sender<bool>,
     /// `rc_federation`, per origin server.
     pub(crate) federation_limiter: crate::ratelimit::FederationLimiter,
+    /// Every user's pushers as stored, read once and dropped when one changes (a cache: the
+    /// push gateway sender looks at it for every event).
+    pub(crate) pushers: Mutex<Option<Arc<Vec<(String, String)>>>>,
 }
 
 impl Homeserver {
@@ -109,6 +112,7 @@ impl Homeserver {
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
             stopping: watch::Sender::new(false),
             visibility_cache: Mutex::new(HashMap::new()),
+            pushers: Mutex::new(None),
             federation_limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),
             federation,
             key_fetch_failures: Mutex::new(HashMap::new()),

@@ -287,7 +287,7 @@ impl Homeserver {
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
             let section = self.room_section(&user, room, timeline_from, now, whole_state, filter).await?;
-            let section = self.with_transaction_ids(requester, section).await?;
+            let section = self.with_transaction_ids(requester, section, since.is_some()).await?;
             if read_positions.is_none() {
                 read_positions = Some(self.unread_starts(&user).await?);
             }
@@ -490,9 +490,16 @@ impl Homeserver {
         let joined_count = memberships.iter().filter(|(_, m)| m == "join").count();
         let invited_count = memberships.iter().filter(|(_, m)| m == "invite").count();
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);
+        let timeline_senders = timeline["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["sender"].as_str()?.to_owned(), e["event_id"].as_str()?.to_owned())))
+            .collect();
         let section = Arc::new(Section {
             built_at: now,
             timeline: raw(&timeline)?,
+            timeline_senders,
             state: raw(&json!({"events": state}))?,
             summary: raw(&json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited_count}))?,
         });
@@ -504,25 +511,42 @@ impl Homeserver {
 
     /// A section as the requesting device sees it: the events it sent with a transaction ID
     /// carry it in `unsigned.transaction_id` (the section itself is shared by all members).
-    async fn with_transaction_ids(&self, requester: &Requester, section: Arc<Section>) -> Result<Arc<Section>> {
+    /// The recent transaction IDs kept in memory answer first; an incremental sync (a handful
+    /// of events) asks storage for the rest, an initial sync does not.
+    async fn with_transaction_ids(
+        &self,
+        requester: &Requester,
+        section: Arc<Section>,
+        incremental: bool,
+    ) -> Result<Arc<Section>> {
         let sender = requester.user_id.as_str();
-        if !section.timeline.get().contains(&format!("\"sender\":\"{sender}\"")) {
+        let own: Vec<&String> =
+            section.timeline_senders.iter().filter(|(s, _)| s == sender).map(|(_, id)| id).collect();
+        if own.is_empty() {
             return Ok(section);
         }
-        let mut timeline: Value = serde_json::from_str(section.timeline.get()).map_err(Error::internal)?;
-        let own: Vec<String> = timeline["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["sender"] == sender)
-            .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-            .collect();
-        let (user, device) = (sender.to_owned(), requester.device_id.clone());
-        let txns: HashMap<String, String> =
-            self.db(move |s| s.txn_ids_of_events(&user, &device, &own)).await?.into_iter().collect();
+        let device = requester.device_id.as_str();
+        let mut txns: HashMap<String, String> = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let recent = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
+            for id in own {
+                match recent.txn_of(id, sender, device) {
+                    Some(txn) => {
+                        txns.insert(id.clone(), txn.to_owned());
+                    }
+                    None => unknown.push(id.clone()),
+                }
+            }
+        }
+        if incremental && !unknown.is_empty() {
+            let (user, device) = (sender.to_owned(), device.to_owned());
+            txns.extend(self.db(move |s| s.txn_ids_of_events(&user, &device, &unknown)).await?);
+        }
         if txns.is_empty() {
             return Ok(section);
         }
+        let mut timeline: Value = serde_json::from_str(section.timeline.get()).map_err(Error::internal)?;
         for event in timeline["events"].as_array_mut().into_iter().flatten() {
             if let Some(txn) = event["event_id"].as_str().and_then(|id| txns.get(id)) {
                 event["unsigned"]["transaction_id"] = json!(txn);
@@ -531,6 +555,7 @@ impl Homeserver {
         Ok(Arc::new(Section {
             built_at: section.built_at,
             timeline: to_raw_value(&timeline).map_err(Error::internal)?,
+            timeline_senders: section.timeline_senders.clone(),
             state: section.state.clone(),
             summary: section.summary.clone(),
         }))
@@ -588,6 +613,8 @@ pub(crate) struct Section {
     /// The stream position the section was read at.
     built_at: i64,
     timeline: Box<RawValue>,
+    /// `(sender, event ID)` of the timeline's events, to find a device's own without parsing.
+    timeline_senders: Vec<(String, String)>,
     state: Box<RawValue>,
     summary: Box<RawValue>,
 }
