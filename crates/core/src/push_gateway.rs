@@ -26,6 +26,9 @@ const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Every user's pushers as stored: `(user ID, pusher JSON)`.
+pub(crate) type StoredPushers = Arc<Vec<(String, String)>>;
+
 /// One pusher of one user, as stored.
 struct HttpPusher {
     user: OwnedUserId,
@@ -85,7 +88,7 @@ impl Homeserver {
     }
 
     /// Every user's pushers, from the cache when it holds them.
-    async fn all_pushers(&self) -> Result<Arc<Vec<(String, String)>>> {
+    async fn all_pushers(&self) -> Result<StoredPushers> {
         if let Some(cached) = self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(cached);
         }

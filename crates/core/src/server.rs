@@ -92,7 +92,7 @@ pub struct Homeserver {
     pub(crate) federation_limiter: crate::ratelimit::FederationLimiter,
     /// Every user's pushers as stored, read once and dropped when one changes (a cache: the
     /// push gateway sender looks at it for every event).
-    pub(crate) pushers: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    pub(crate) pushers: Mutex<Option<crate::push_gateway::StoredPushers>>,
 }
 
 impl Homeserver {
