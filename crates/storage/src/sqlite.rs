@@ -963,23 +963,12 @@ impl RoomStore for SqliteStore {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT room_id, {EVENT_COLUMNS} FROM events WHERE stream_ordering > ?1 AND stream_ordering <= ?2
+                "SELECT {EVENT_COLUMNS}, room_id FROM events WHERE stream_ordering > ?1 AND stream_ordering <= ?2
                  AND rejected = 0 AND soft_failed = 0 ORDER BY stream_ordering LIMIT ?3"
             ))
             .map_err(backend)?;
         let rows = stmt
-            .query_map(params![from, to, limit as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    EventRow {
-                        stream_ordering: r.get(1)?,
-                        json: r.get(2)?,
-                        state_group: r.get(3)?,
-                        rejected: r.get(4)?,
-                        soft_failed: r.get(5)?,
-                    },
-                ))
-            })
+            .query_map(params![from, to, limit as i64], |r| Ok((r.get(5)?, event_from_row(r)?)))
             .map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
