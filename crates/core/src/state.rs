@@ -371,6 +371,39 @@ mod tests {
         [create, alice, pl, jr, bob]
     }
 
+    /// On top of [`base`]: Alice raises Bob to 50 (`pl2`), then the room forks: Alice bans Bob
+    /// (`ban`) on one side, Bob sets the topic (`topic`) on the other.
+    fn ban_fork(room: &mut Room, [create, alice, pl, bob]: [&OwnedEventId; 4]) -> [OwnedEventId; 3] {
+        let pl2 = room.add(
+            "@alice:test",
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {"@alice:test": 100, "@bob:test": 50}, "state_default": 50, "ban": 50}),
+            &[bob],
+            &[create, alice, pl],
+            10,
+        );
+        let ban = room.add(
+            "@alice:test",
+            "m.room.member",
+            Some("@bob:test"),
+            json!({"membership": "ban"}),
+            &[&pl2],
+            &[create, &pl2, alice, bob],
+            11,
+        );
+        let topic = room.add(
+            "@bob:test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "mine"}),
+            &[&pl2],
+            &[create, &pl2, bob],
+            12,
+        );
+        [pl2, ban, topic]
+    }
+
     #[test]
     fn first_events_chain_with_valid_ids_and_signatures() {
         let mut room = Room::new();
@@ -612,33 +645,7 @@ mod tests {
         // The same fork as below: Alice bans Bob; Bob sets the topic. Version 1 applies the
         // ban (memberships are checked oldest first) but keeps the topic, which only one side
         // has and so is not conflicted (a weakness version 2 fixed).
-        let pl2 = room.add(
-            "@alice:test",
-            "m.room.power_levels",
-            Some(""),
-            json!({"users": {"@alice:test": 100, "@bob:test": 50}, "state_default": 50, "ban": 50}),
-            &[&bob],
-            &[&create, &alice, &pl],
-            10,
-        );
-        let ban = room.add(
-            "@alice:test",
-            "m.room.member",
-            Some("@bob:test"),
-            json!({"membership": "ban"}),
-            &[&pl2],
-            &[&create, &pl2, &alice, &bob],
-            11,
-        );
-        let topic = room.add(
-            "@bob:test",
-            "m.room.topic",
-            Some(""),
-            json!({"topic": "mine"}),
-            &[&pl2],
-            &[&create, &pl2, &bob],
-            12,
-        );
+        let [pl2, ban, topic] = ban_fork(&mut room, [&create, &alice, &pl, &bob]);
         let a = room.state_of(&[&create, &alice, &pl2, &jr, &ban]);
         let b = room.state_of(&[&create, &alice, &pl2, &jr, &bob, &topic]);
         let resolved = resolve(&room.rules, &[a.clone(), b.clone()], &room.events).unwrap();
@@ -677,33 +684,7 @@ mod tests {
         // resolved state and is dropped, so the old state (no topic) stands.
         let mut room = Room::new();
         let [create, alice, pl, jr, bob] = base(&mut room);
-        let pl2 = room.add(
-            "@alice:test",
-            "m.room.power_levels",
-            Some(""),
-            json!({"users": {"@alice:test": 100, "@bob:test": 50}, "state_default": 50, "ban": 50}),
-            &[&bob],
-            &[&create, &alice, &pl],
-            10,
-        );
-        let ban = room.add(
-            "@alice:test",
-            "m.room.member",
-            Some("@bob:test"),
-            json!({"membership": "ban"}),
-            &[&pl2],
-            &[&create, &pl2, &alice, &bob],
-            11,
-        );
-        let topic = room.add(
-            "@bob:test",
-            "m.room.topic",
-            Some(""),
-            json!({"topic": "mine"}),
-            &[&pl2],
-            &[&create, &pl2, &bob],
-            12,
-        );
+        let [pl2, ban, topic] = ban_fork(&mut room, [&create, &alice, &pl, &bob]);
         let a = room.state_of(&[&create, &alice, &pl2, &jr, &ban]);
         let b = room.state_of(&[&create, &alice, &pl2, &jr, &bob, &topic]);
         let resolved = resolve(&room.rules, &[a, b], &room.events).unwrap();
