@@ -145,7 +145,11 @@ impl Homeserver {
                 if row.stream_ordering <= starts[user].get(&room).copied().unwrap_or(0) {
                     continue;
                 }
-                self.push_to_user(http, theirs, &event, &room_id, members.len()).await?;
+                // One user's failure (a storage error reading their rules) costs them this
+                // notification, not everyone else theirs.
+                if let Err(e) = self.push_to_user(http, theirs, &event, &room_id, members.len()).await {
+                    tracing::warn!(user = %user, "push notification not evaluated: {}", e.message);
+                }
             }
         }
         Ok(reached)
