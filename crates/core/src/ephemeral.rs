@@ -391,7 +391,7 @@ impl Homeserver {
                 last_active_ts: now_ms() - ago,
             };
             if let Err(e) = self.write_presence(row).await {
-                tracing::info!("presence from {origin} not stored: {}", e.message);
+                tracing::info!(origin, error = %e, "presence not stored");
             }
         }
     }

@@ -69,6 +69,9 @@ pub struct Error {
     pub message: String,
     /// Extra top-level fields of the error body.
     pub fields: Map<String, Value>,
+    /// Why an internal error happened (never sent to the client). It is logged once, where
+    /// the error becomes a response (`http`), or by whoever handles it instead.
+    pub cause: Option<String>,
 }
 
 /// Result alias for core operations.
@@ -77,7 +80,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), fields: Map::new() }
+        Error { kind, message: message.into(), fields: Map::new(), cause: None }
     }
     /// Adds extra body fields.
     pub fn with_fields(mut self, fields: Map<String, Value>) -> Self {
@@ -100,10 +103,10 @@ impl Error {
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadJson, message)
     }
-    /// 500, logged with `context`.
+    /// 500 with `context` as its cause. Not logged here: a handled error is no error, and one
+    /// that reaches a client is logged once, with its request's span, by `http`.
     pub fn internal(context: impl std::fmt::Display) -> Self {
-        tracing::error!("internal error: {context}");
-        Self::new(ErrorKind::Internal, "Internal server error")
+        Error { cause: Some(context.to_string()), ..Self::new(ErrorKind::Internal, "Internal server error") }
     }
     /// The Matrix errcode for this error.
     pub fn errcode(&self) -> &str {
@@ -137,7 +140,11 @@ impl Error {
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.errcode(), self.message)
+        write!(f, "{}: {}", self.errcode(), self.message)?;
+        match &self.cause {
+            Some(cause) => write!(f, " ({cause})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -154,7 +161,7 @@ impl From<myelin_module_api::ModuleError> for Error {
     fn from(e: myelin_module_api::ModuleError) -> Self {
         match e {
             myelin_module_api::ModuleError::Matrix { status, errcode, message, fields } => {
-                Error { kind: ErrorKind::Module { status, errcode }, message, fields }
+                Error { kind: ErrorKind::Module { status, errcode }, message, fields, cause: None }
             }
             other => Error::internal(format!("module error: {other}")),
         }

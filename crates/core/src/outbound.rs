@@ -77,7 +77,7 @@ impl IpFilter {
     ) -> Result<reqwest::Response, String> {
         let request = request.build().map_err(|e| error_chain(&e))?;
         if let Err(why) = self.check_url(request.url()) {
-            tracing::warn!(url = %request.url(), "outbound request refused: {why}; add the range to ip_range_whitelist to allow it");
+            tracing::warn!(url = %request.url(), reason = %why, "outbound request refused; add the range to ip_range_whitelist to allow it");
             return Err(why);
         }
         client.execute(request).await.map_err(|e| error_chain(&e))

@@ -62,7 +62,7 @@ impl Homeserver {
         {
             Ok(client) => client,
             Err(e) => {
-                tracing::error!("push notifications are off: no HTTP client: {e}");
+                tracing::error!(error = %e, "push notifications are off: no HTTP client");
                 return;
             }
         };
@@ -78,7 +78,7 @@ impl Homeserver {
                     match hs.push_events_between(&http, done, now).await {
                         Ok(reached) => done = reached,
                         Err(e) => {
-                            tracing::warn!("push notifications after {done}: {}", e.message);
+                            tracing::warn!(position = done, error = %e, "push notifications stalled");
                             done = now;
                         }
                     }
@@ -148,7 +148,7 @@ impl Homeserver {
                 // One user's failure (a storage error reading their rules) costs them this
                 // notification, not everyone else theirs.
                 if let Err(e) = self.push_to_user(http, theirs, &event, &room_id, members.len()).await {
-                    tracing::warn!(user = %user, "push notification not evaluated: {}", e.message);
+                    tracing::warn!(user = %user, error = %e, "push notification not evaluated");
                 }
             }
         }
@@ -273,7 +273,7 @@ impl Homeserver {
                         tracing::info!(user = %pusher.user, "push gateway rejected a pushkey; removing the pusher");
                         let (u, a, k) = (pusher.user.to_string(), pusher.text("app_id").to_owned(), pushkey.to_owned());
                         if let Err(e) = self.db(move |s| s.delete_pusher(&u, &a, &k)).await {
-                            tracing::warn!("removing a rejected pusher: {}", e.message);
+                            tracing::warn!(error = %e, "removing a rejected pusher failed");
                         }
                         self.pushers_changed();
                     }
@@ -281,10 +281,10 @@ impl Homeserver {
                 }
                 Err(why) => {
                     if started.elapsed() > GIVE_UP_AFTER {
-                        tracing::warn!(user = %pusher.user, "giving up a push notification after a day: {why}");
+                        tracing::warn!(user = %pusher.user, reason = %why, "giving up a push notification after a day");
                         return;
                     }
-                    tracing::info!(user = %pusher.user, "push failed ({why}); retrying in {}s", backoff.as_secs());
+                    tracing::info!(user = %pusher.user, reason = %why, retry_in_s = backoff.as_secs(), "push failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -750,7 +750,7 @@ impl Homeserver {
                 self.advance_stream(pos);
                 self.announce_device_change(user, device, pos).await;
             }
-            Err(e) => tracing::warn!("device list change of {user} not recorded: {}", e.message),
+            Err(e) => tracing::warn!(%user, error = %e, "a device list change was not recorded"),
         }
     }
 

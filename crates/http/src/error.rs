@@ -52,6 +52,13 @@ impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = status_of(&e.kind);
+        // The one place a server error is logged: here it has its request's span.
+        if status.is_server_error() {
+            match &e.cause {
+                Some(cause) => tracing::error!(errcode = e.errcode(), %cause, "{}", e.message),
+                None => tracing::error!(errcode = e.errcode(), "{}", e.message),
+            }
+        }
         // As Synapse: a rate-limit answer says when to retry in a header too, in whole seconds.
         let retry_after = match (&e.kind, e.fields.get("retry_after_ms").and_then(Value::as_u64)) {
             (ErrorKind::LimitExceeded, Some(ms)) => Some(ms.div_ceil(1000).to_string()),

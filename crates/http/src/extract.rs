@@ -134,6 +134,7 @@ impl FromRequestParts<AppState> for Auth {
         let token = access_token(parts)?;
         let info = request_info(parts);
         let requester = state.authenticate(token.as_deref(), &info, false).await?;
+        record_requester(&requester);
         if requester.is_guest && !guest_may_call(parts) {
             return Err(MatrixError::new(
                 ErrorKind::Module { status: 403, errcode: "M_GUEST_ACCESS_FORBIDDEN".into() },
@@ -227,8 +228,17 @@ impl FromRequestParts<AppState> for AuthAllowExpired {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts)?;
         let info = request_info(parts);
-        Ok(AuthAllowExpired(state.authenticate(token.as_deref(), &info, true).await?))
+        let requester = state.authenticate(token.as_deref(), &info, true).await?;
+        record_requester(&requester);
+        Ok(AuthAllowExpired(requester))
     }
+}
+
+/// Names the requester in the request's span.
+fn record_requester(requester: &Requester) {
+    let span = tracing::Span::current();
+    span.record("user", requester.user_id.as_str());
+    span.record("device", requester.device_id.as_str());
 }
 
 /// Query parameters, with malformed ones as 400 `M_INVALID_PARAM`.

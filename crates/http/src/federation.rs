@@ -84,6 +84,7 @@ impl FromRequest<AppState> for Signed {
         let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or_else(|| parts.uri.path());
         let origin = hs.authenticate_request(authorization, parts.method.as_str(), uri, content.as_ref()).await?;
+        tracing::Span::current().record("origin", origin.as_str());
         let slot = hs.admit_federation_request(&origin).await?;
         Ok(Signed { origin, body: content, query: parts.uri.query().map(str::to_owned), _slot: slot })
     }

@@ -38,6 +38,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use myelin_core::Homeserver;
+use tracing::Instrument;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 /// Handler state: the services.
@@ -82,6 +83,7 @@ pub fn router(hs: AppState, listener: &myelin_core::config::Listener) -> Router 
             header::AUTHORIZATION,
         ]));
     let mut app = app
+        .route_layer(middleware::from_fn(record_route))
         .fallback(error::unrecognized)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(hs.clone(), read_whole_body))
@@ -160,25 +162,52 @@ async fn module_resources(State(hs): State<AppState>, request: Request, next: Ne
     match futures::FutureExt::catch_unwind(call).await {
         Ok(response) => response.map(Body::from),
         Err(_) => {
-            tracing::error!("a module web resource panicked");
-            error::MatrixError(myelin_core::Error::internal("module web resource panicked")).into_response()
+            error::MatrixError(myelin_core::Error::internal("a module web resource panicked")).into_response()
         }
     }
 }
 
-/// One log line per request: method, path (never the query, which may hold a token), status,
-/// duration.
+/// Each request runs in a `request` span (ID, method, path, then the route template, user and
+/// device, or the origin server, once known), echoes its ID in `X-Request-Id`, and ends with one log line (status,
+/// duration). The path is logged, never the query, which may hold a token.
 async fn request_log(request: Request, next: Next) -> Response {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
-    tracing::info!("{method} {path} {} {:.1}ms", response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
-    if response.status().is_server_error() {
-        tracing::warn!("{method} {path} answered {}", response.status());
+    // Synapse's request names: method and a per-process counter.
+    let id = format!("{}-{}", request.method(), NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = request.uri().path(),
+        route = tracing::field::Empty,
+        user = tracing::field::Empty,
+        device = tracing::field::Empty,
+        origin = tracing::field::Empty,
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if response.status().is_server_error() {
+            tracing::warn!(status, ms, "processed request");
+        } else {
+            tracing::info!(status, ms, "processed request");
+        }
+    });
+    let headers = response.headers_mut();
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-cache"));
+    if let Ok(id) = HeaderValue::from_str(&id) {
+        headers.insert(header::HeaderName::from_static("x-request-id"), id);
     }
-    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Records the matched route template (`/_matrix/client/v3/rooms/{room_id}/send/...`) in the
+/// request's span: it names the endpoint without the IDs in the path.
+async fn record_route(route: axum::extract::MatchedPath, request: Request, next: Next) -> Response {
+    tracing::Span::current().record("route", route.as_str());
+    next.run(request).await
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests.
@@ -231,7 +260,7 @@ pub async fn serve_tls(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -243,8 +272,8 @@ pub async fn serve_tls(
         connections.spawn(async move {
             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer} failed: {e}"),
-                Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(axum::extract::ConnectInfo(peer));

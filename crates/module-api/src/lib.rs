@@ -44,6 +44,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod callbacks;
 pub mod auth;
 pub mod http;
 pub mod spam;

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use crate::{EventView, ModuleError};
+use crate::callbacks::callback_struct;
+use crate::ModuleError;
 
 /// A registered callback taking the argument tuple `A` and producing `R`.
 ///
@@ -186,38 +187,11 @@ pub type StateEventArgs = (String, String, String, String, Map<String, Value>);
 /// A `/createRoom` body as given to `user_may_create_room`.
 pub type RoomConfig = Map<String, Value>;
 
-/// The spam-checker callbacks a module registers; any subset may be set.
-///
-/// Since 0.1.
-#[derive(Default, Clone)]
-pub struct SpamCheckerCallbacks {
-    /// `(event)`: every non-membership event a local user or module sends, and every event
-    /// received over federation.
-    pub check_event_for_spam: Option<Callback<(EventView,), EventDecision>>,
-    /// `(inviter, invitee, room_id)`.
-    pub user_may_invite: Option<Callback<(String, String, String), Decision>>,
-    /// `(user_id, room_id, is_invited)`.
-    pub user_may_join_room: Option<Callback<(String, String, bool), Decision>>,
-    /// `(user_id, room_config)`: the `/createRoom` body.
-    pub user_may_create_room: Option<Callback<(String, RoomConfig), Decision>>,
-    /// `(user_id, room_alias)`.
-    pub user_may_create_room_alias: Option<Callback<(String, String), Decision>>,
-    /// `(user_id, room_id)`.
-    pub user_may_publish_room: Option<Callback<(String, String), Decision>>,
-    /// `(user_id, room_id, event_type, state_key, content)`.
-    pub user_may_send_state_event: Option<Callback<StateEventArgs, Decision>>,
-    /// `(profile, requester_id)`: `true` hides the user from directory results.
-    pub check_username_for_spam: Option<Callback<(UserProfile, String), bool>>,
-    /// `(email_threepid, username, request_info [(user_agent, ip)], auth_provider_id)`.
-    pub check_registration_for_spam: Option<Callback<RegistrationArgs, RegistrationBehaviour>>,
-    /// `(user_id, device_id, initial_display_name, request_info, auth_provider_id)`.
-    pub check_login_for_spam: Option<Callback<LoginArgs, Decision>>,
-    /// `(file)`: every stored upload, and every remote file fetched into the cache.
-    pub check_media_file_for_spam: Option<Callback<(MediaFile,), Decision>>,
-    /// `(invite event)`: an invite of a local user arriving over federation; when it allows,
-    /// `user_may_invite` is asked too.
-    pub federated_user_may_invite: Option<Callback<(EventView,), Decision>>,
-    /// `(event)`: every event received over federation; `true` drops it unseen (the sending
-    /// server is told nothing).
-    pub should_drop_federated_event: Option<Callback<(EventView,), bool>>,
-}
+crate::spam_checker_callbacks!(
+    callback_struct,
+    /// The spam-checker callbacks a module registers; any subset may be set. The list is
+    /// [`crate::callbacks`]'s.
+    ///
+    /// Since 0.1.
+    SpamCheckerCallbacks
+);

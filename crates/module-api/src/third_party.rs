@@ -16,7 +16,7 @@
 use serde_json::{Map, Value};
 
 use crate::EventView;
-use crate::spam::Callback;
+use crate::callbacks::callback_struct;
 
 /// A room's current state handed to third-party rules: the state events.
 pub type StateEvents = Vec<EventView>;
@@ -37,26 +37,18 @@ pub enum EventAllowed {
     Deny,
 }
 
-/// Third-party rules callbacks; any subset may be set.
-///
-/// Since 0.1.
-#[derive(Default, Clone)]
-pub struct ThirdPartyRulesCallbacks {
-    /// `(event, state)`.
-    pub check_event_allowed: Option<Callback<(EventView, StateEvents), EventAllowed>>,
-    /// `(user_id, config, is_requester_admin)`: `Some(config)` replaces the request body.
-    pub on_create_room: Option<Callback<CreateRoomArgs, Option<Map<String, Value>>>>,
-    /// `(event, state)`.
-    pub on_new_event: Option<Callback<(EventView, StateEvents), ()>>,
-}
+crate::third_party_rules_callbacks!(
+    callback_struct,
+    /// Third-party rules callbacks; any subset may be set.
+    ///
+    /// Since 0.1.
+    ThirdPartyRulesCallbacks
+);
 
-/// Account validity callbacks; any subset may be set.
-///
-/// Since 0.1.
-#[derive(Default, Clone)]
-pub struct AccountValidityCallbacks {
-    /// `(user_id)`: `Some(true)` if the account has expired, `None` if this module does not know.
-    pub is_user_expired: Option<Callback<(String,), Option<bool>>>,
-    /// `(user_id)`: a new account exists.
-    pub on_user_registration: Option<Callback<(String,), ()>>,
-}
+crate::account_validity_callbacks!(
+    callback_struct,
+    /// Account validity callbacks; any subset may be set.
+    ///
+    /// Since 0.1.
+    AccountValidityCallbacks
+);

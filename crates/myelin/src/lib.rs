@@ -199,14 +199,16 @@ fn load_config(path: &Path, natives: &NativeModules) -> Result<(Config, Vec<Load
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MYELIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,ruma_state_res=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only for a terminal: a redirected log is read by tools.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
     let store = SqliteStore::open(&config.database_path).map_err(|e| format!("Could not open the database: {e}"))?;
     if !config.signing_key_path.exists() {
         SigningKey::generate(&config.signing_key_path)?;
-        tracing::info!("Generated a new signing key at {}", config.signing_key_path.display());
+        tracing::info!(path = %config.signing_key_path.display(), "generated a new signing key");
     }
     let key = SigningKey::load(&config.signing_key_path)?;
     Homeserver::new(config, Arc::new(store), key).map_err(|e| format!("Could not start: {e}"))

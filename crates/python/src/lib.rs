@@ -134,7 +134,7 @@ fn drainer(
     let run = |py: Python<'_>, job: Job| {
         if let Err(e) = job(py) {
             let tb = e.traceback(py).and_then(|t| t.format().ok()).unwrap_or_default();
-            tracing::error!("a job on the Python thread failed: {tb}{e}");
+            tracing::error!(error = %e, traceback = %tb, "a job on the Python thread failed");
         }
     };
     // Only the Python thread drains, so this lock is never contended; closures must be Sync.
@@ -217,7 +217,7 @@ impl PythonRuntime {
                         let _ = tx.send(Ok(run));
                         Python::attach(|py| {
                             if let Err(e) = host.bind(py).call_method0("run") {
-                                tracing::error!("the Python module thread stopped: {e}");
+                                tracing::error!(error = %e, "the Python module thread stopped");
                             }
                         });
                     }
@@ -521,6 +521,11 @@ impl PyHost {
 impl PyHost {
     fn server_name(&self) -> String {
         self.api.server_name().to_owned()
+    }
+
+    /// The callbacks Myelin calls for `register_<method>_callbacks` (module-api's list).
+    fn callback_names(&self, method: &str) -> Vec<&'static str> {
+        myelin_module_api::callbacks::names(method).to_vec()
     }
 
     fn public_baseurl(&self) -> String {
@@ -1024,5 +1029,42 @@ impl WebResource for PyResource {
             }
             builder.body(Bytes::from(body)).unwrap_or_else(|_| http::Response::new(Bytes::new()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use myelin_module_api::callbacks::NAMES;
+
+    /// The keyword parameters of the shim's `register_<method>_callbacks`.
+    fn shim_parameters(method: &str) -> Vec<String> {
+        let shim = include_str!("../py/synapse/module_api/__init__.py");
+        let start = shim.find(&format!("def register_{method}_callbacks(")).expect("the shim registers this method");
+        let signature = &shim[start..start + shim[start..].find("):").unwrap()];
+        signature
+            .split([',', '(', '*'])
+            .filter_map(|p| p.trim().strip_suffix("=None"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// module-api's list is the one list: the shim accepts each name, and this host converts
+    /// each one's arguments and results (a `"name" =>` arm in `register_spam` or
+    /// `register_third_party`).
+    #[test]
+    fn the_shim_and_the_host_handle_every_callback_module_api_lists() {
+        let host = include_str!("lib.rs");
+        for (method, names) in NAMES {
+            let parameters = shim_parameters(method);
+            for name in *names {
+                assert!(
+                    parameters.iter().any(|p| p == name),
+                    "register_{method}_callbacks in the shim does not take {name}: {parameters:?}"
+                );
+                if *name != "auth_checkers" {
+                    assert!(host.contains(&format!("\"{name}\" =>")), "the Python host does not convert {name}");
+                }
+            }
+        }
     }
 }

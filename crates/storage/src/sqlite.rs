@@ -146,11 +146,11 @@ fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
                 if let Err(e) = index_search_backlog(&conn) {
-                    tracing::warn!("search indexing failed: {e}");
+                    tracing::warn!(error = %e, "search indexing failed");
                 }
                 // (busy, WAL frames, frames checkpointed); a busy result just means next time.
                 if let Err(e) = conn.row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
-                    tracing::warn!("WAL checkpoint failed: {e}");
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
                 }
             }
             // A last full pass, so a clean shutdown leaves a small WAL.

@@ -61,7 +61,7 @@ fn srv_resolver() -> Option<hickory_resolver::TokioResolver> {
         None => match hickory_resolver::TokioResolver::builder_tokio() {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!("no DNS configuration for SRV lookups: {e}");
+                tracing::warn!(error = %e, "no DNS configuration for SRV lookups");
                 return None;
             }
         },
@@ -365,7 +365,7 @@ impl FederationFailure {
             // The reason stays in the log: telling a client whether a port was closed, a TLS
             // handshake failed or an address is blocked would let it scan the network.
             FederationFailure::Unreachable(why) => {
-                tracing::info!("{what}: {why}");
+                tracing::info!(request = what, reason = %why, "remote server unreachable");
                 Error::new(bad_gateway(), format!("{what}: could not reach the remote server"))
             }
             FederationFailure::Refused(RemoteError { status, body }) => {

@@ -209,8 +209,8 @@ impl Homeserver {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(
-                    "could not fetch events missing before {event_id} from {origin}: {}",
-                    e.into_error("get_missing_events").message
+                    %event_id, origin, error = %e.into_error("get_missing_events"),
+                    "could not fetch the events missing before an event"
                 );
                 return;
             }
@@ -222,7 +222,7 @@ impl Homeserver {
                 continue;
             }
             if let Err(e) = self.receive_pdu(None, room_id, &event, Vec::new()).await {
-                tracing::info!("a missing event from {origin} was refused: {}", e.message);
+                tracing::info!(origin, error = %e, "a missing event was refused");
             }
         }
     }

@@ -70,7 +70,7 @@ impl Homeserver {
         }
         self.modules.federated_user_may_invite(&view).await?;
         if self.modules.has_check_event_for_spam() && self.modules.check_event_for_spam(&view).await.is_err() {
-            tracing::info!("an invite from {origin} was judged spam; invites are not refused for that");
+            tracing::info!(origin, "an invite was judged spam; invites are not refused for that");
         }
         ruma::signatures::sign_event(self.server_name(), &self.key.pair, &mut object, &rules.redaction)
             .map_err(|e| Error::internal(format!("signing failed: {e}")))?;

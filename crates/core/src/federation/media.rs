@@ -115,7 +115,7 @@ impl Homeserver {
             .await;
         let (content_type, name, bytes) = match authenticated {
             Ok((ct, body)) => media_part(&ct, &body).ok_or_else(|| {
-                tracing::info!("{server} sent media {media_id} in a form Myelin does not read");
+                tracing::info!(server, media_id, "remote media came in a form Myelin does not read");
                 not_found()
             })?,
             // Servers without the authenticated endpoint: the older, open one.

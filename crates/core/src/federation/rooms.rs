@@ -753,7 +753,7 @@ impl Homeserver {
                         .collect();
                     key_map.insert(needed.to_string(), set);
                 }
-                Err(e) => tracing::warn!("send_join answer from {server}: no keys for {needed}: {}", e.message),
+                Err(e) => tracing::warn!(server, signer = %needed, error = %e, "a send_join answer is signed by a server whose keys are unknown"),
             }
         }
         let verified = {

@@ -83,7 +83,8 @@ impl Homeserver {
         let wake = Arc::new(Wake::default());
         map.insert(destination.to_owned(), wake.clone());
         let destination = destination.to_owned();
-        tokio::spawn(async move { send_loop(server, destination, wake).await });
+        let span = tracing::info_span!("destination", %destination);
+        tokio::spawn(tracing::Instrument::instrument(send_loop(server, destination, wake), span));
     }
 
     /// Queues EDUs for destinations and wakes them.
@@ -94,7 +95,7 @@ impl Homeserver {
         let text = edu.to_string();
         let rows: Vec<(String, String)> = destinations.iter().map(|d| (d.clone(), text.clone())).collect();
         if let Err(e) = self.db(move |s| s.queue_edus(&rows)).await {
-            tracing::warn!("could not queue an EDU: {}", e.message);
+            tracing::warn!(error = %e, "could not queue an EDU");
             return;
         }
         self.wake_destinations(&destinations);
@@ -152,7 +153,7 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
     let rows = match hs.db(move |s| s.outbox(&dest, MAX_EDUS_PER_TRANSACTION)).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!("outbox read failed: {}", e.message);
+            tracing::warn!(error = %e, "outbox read failed");
             return Attempt::Failed;
         }
     };
@@ -197,16 +198,16 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
             if let Some(errors) = answer["pdus"].as_object() {
                 for (id, r) in errors {
                     if let Some(e) = r.get("error") {
-                        tracing::info!("{destination} did not accept {id}: {e}");
+                        tracing::info!(event_id = %id, error = %e, "the destination did not accept an event");
                     }
                 }
             }
         }
         Err(FederationFailure::Refused(e)) if (400..500).contains(&e.status) && e.status != 429 => {
-            tracing::warn!("{destination} refused transaction {txn_id} ({}): {}; dropping it", e.status, e.body);
+            tracing::warn!(txn_id, status = e.status, body = %e.body, "the destination refused a transaction; dropping it");
         }
         Err(e) => {
-            tracing::info!("sending to {destination} failed: {}", e.into_error("transaction").message);
+            tracing::info!(error = %e.into_error("transaction"), "sending a transaction failed");
             return Attempt::Failed;
         }
     }

@@ -41,6 +41,7 @@ impl Default for Inbound {
 
 impl Homeserver {
     /// Handles a transaction from `origin` (already authenticated).
+    #[tracing::instrument(name = "federation_transaction", skip(self, body))]
     pub async fn receive_transaction(&self, origin: &str, txn_id: &str, body: &Value) -> Result<Value> {
         if let Some(claimed) = body.get("origin").and_then(Value::as_str)
             && claimed != origin

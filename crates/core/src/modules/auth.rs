@@ -20,20 +20,20 @@ pub(crate) struct AuthLists {
 impl AuthLists {
     pub(crate) fn add(&mut self, module: &str, cbs: PasswordAuthProviderCallbacks) {
         for ((login_type, fields), cb) in cbs.auth_checkers {
-            self.checkers.push((login_type, fields, Registered::new(module, cb)));
+            self.checkers.push((login_type, fields, Registered::new(module, "auth_checker", cb)));
         }
         if let Some(cb) = cbs.check_3pid_auth {
-            self.check_3pid_auth.push(Registered::new(module, cb));
+            self.check_3pid_auth.push(Registered::new(module, "check_3pid_auth", cb));
         }
         if let Some(cb) = cbs.on_logged_out {
-            self.on_logged_out.push(Registered::new(module, cb));
+            self.on_logged_out.push(Registered::new(module, "on_logged_out", cb));
         }
     }
 }
 
 /// Calls a callback; an error or panic is logged and counts as "no", as in Synapse.
 async fn call_logged<A, R>(reg: &Registered<A, R>, name: &str, args: A) -> Option<R> {
-    invoke(reg, args).await.map_err(|e| tracing::warn!("module {} failed in {name}: {e}", reg.module)).ok()
+    invoke(reg, args).await.map_err(|e| tracing::warn!(module = %reg.module, callback = name, error = %e, "module callback failed")).ok()
 }
 
 impl ModuleRegistry {

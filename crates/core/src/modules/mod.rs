@@ -340,7 +340,7 @@ pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(
             }
             Kind::Foreign(foreign) => foreign.instantiate(&api)?,
         }
-        tracing::info!("Loaded module {}", module.name);
+        tracing::info!(module = %module.name, "loaded module");
     }
     Ok(())
 }
@@ -348,22 +348,54 @@ pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(
 /// One registered callback with its per-module counters.
 pub(crate) struct Registered<A, R> {
     pub(crate) module: Arc<str>,
+    /// The callback's name, as Synapse's (`check_event_for_spam`).
+    pub(crate) name: &'static str,
     pub(crate) callback: Callback<A, R>,
     pub(crate) calls: AtomicU64,
     pub(crate) nanos: AtomicU64,
 }
 
 impl<A, R> Registered<A, R> {
-    fn new(module: &str, callback: Callback<A, R>) -> Self {
-        Registered { module: module.into(), callback, calls: AtomicU64::new(0), nanos: AtomicU64::new(0) }
+    pub(crate) fn new(module: &str, name: &'static str, callback: Callback<A, R>) -> Self {
+        Registered { module: module.into(), name, callback, calls: AtomicU64::new(0), nanos: AtomicU64::new(0) }
     }
 }
+
+/// Declares one dispatch list per callback of a module-api category (its list macro passes
+/// the callbacks), with `add` (a module's callback struct, in registration order) and
+/// `for_each_metric`: `category!(dispatch_lists, ListsName, CallbacksStruct)`.
+macro_rules! dispatch_lists {
+    ($lists:ident, $callbacks:ident | $($(#[$doc:meta])* $name:ident: $args:ty => $ret:ty;)*) => {
+        /// One list per callback, in registration order.
+        #[derive(Default)]
+        pub(crate) struct $lists {
+            $(pub(crate) $name: Vec<super::Registered<$args, $ret>>,)*
+        }
+
+        impl $lists {
+            pub(crate) fn add(&mut self, module: &str, cbs: $callbacks) {
+                $(if let Some(cb) = cbs.$name {
+                    self.$name.push(super::Registered::new(module, stringify!($name), cb));
+                })*
+            }
+
+            pub(crate) fn for_each_metric(&self, f: &mut dyn FnMut(&str, &str, u64, u64)) {
+                use std::sync::atomic::Ordering::Relaxed;
+                $(for r in &self.$name {
+                    f(r.name, &r.module, r.calls.load(Relaxed), r.nanos.load(Relaxed));
+                })*
+            }
+        }
+    };
+}
+pub(crate) use dispatch_lists;
 
 /// The per-callback lists, in registration (config) order.
 #[derive(Default)]
 pub(crate) struct Callbacks {
     pub(crate) spam: spam_checker::SpamLists,
-    pub(crate) third_party: third_party::ThirdPartyLists,
+    pub(crate) rules: third_party::RulesLists,
+    pub(crate) validity: third_party::ValidityLists,
     pub(crate) auth: auth::AuthLists,
     /// Web resources by exact path: `(module, resource)`.
     pub(crate) web: HashMap<String, (Arc<str>, Arc<dyn WebResource>)>,
@@ -413,7 +445,7 @@ impl ModuleRegistry {
         module: &str,
         cbs: myelin_module_api::third_party::ThirdPartyRulesCallbacks,
     ) -> Result<(), ModuleError> {
-        self.with_builder("third-party rules callbacks", |b| b.third_party.add_rules(module, cbs))
+        self.with_builder("third-party rules callbacks", |b| b.rules.add(module, cbs))
     }
 
     pub(crate) fn register_password_auth(
@@ -429,7 +461,7 @@ impl ModuleRegistry {
         module: &str,
         cbs: myelin_module_api::third_party::AccountValidityCallbacks,
     ) -> Result<(), ModuleError> {
-        self.with_builder("account validity callbacks", |b| b.third_party.add_validity(module, cbs))
+        self.with_builder("account validity callbacks", |b| b.validity.add(module, cbs))
     }
 
     pub(crate) fn register_web(
@@ -514,7 +546,8 @@ impl ModuleRegistry {
             ));
         };
         callbacks.spam.for_each_metric(&mut each);
-        callbacks.third_party.for_each_metric(&mut each);
+        callbacks.rules.for_each_metric(&mut each);
+        callbacks.validity.for_each_metric(&mut each);
         out
     }
 }
@@ -524,9 +557,11 @@ impl ModuleRegistry {
 /// (spam checker, third-party rules, auth) goes through here.
 pub(crate) async fn invoke<A, R>(reg: &Registered<A, R>, args: A) -> Result<R, ModuleError> {
     use futures::FutureExt;
+    use tracing::Instrument;
     let started = std::time::Instant::now();
-    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (reg.callback)(args))) {
-        Ok(future) => std::panic::AssertUnwindSafe(future).catch_unwind().await,
+    let span = tracing::info_span!("module_callback", module = %reg.module, callback = reg.name);
+    let outcome = match span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (reg.callback)(args)))) {
+        Ok(future) => std::panic::AssertUnwindSafe(future.instrument(span)).catch_unwind().await,
         Err(panic) => Err(panic),
     };
     reg.calls.fetch_add(1, Ordering::Relaxed);

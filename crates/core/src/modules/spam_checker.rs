@@ -12,49 +12,10 @@ use myelin_module_api::EventView;
 use myelin_module_api::spam::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, Registered, invoke};
+use super::{ModuleRegistry, Registered, dispatch_lists, invoke};
 use crate::{Error, ErrorKind, Result};
 
-macro_rules! spam_lists {
-    ($($name:ident: ($($arg:ty),*) -> $ret:ty;)*) => {
-        /// One list per spam-checker callback.
-        #[derive(Default)]
-        pub(crate) struct SpamLists {
-            $(pub(crate) $name: Vec<Registered<($($arg,)*), $ret>>,)*
-        }
-
-        impl SpamLists {
-            pub(crate) fn add(&mut self, module: &str, cbs: SpamCheckerCallbacks) {
-                $(if let Some(cb) = cbs.$name {
-                    self.$name.push(Registered::new(module, cb));
-                })*
-            }
-
-            pub(crate) fn for_each_metric(&self, f: &mut dyn FnMut(&str, &str, u64, u64)) {
-                use std::sync::atomic::Ordering::Relaxed;
-                $(for r in &self.$name {
-                    f(stringify!($name), &r.module, r.calls.load(Relaxed), r.nanos.load(Relaxed));
-                })*
-            }
-        }
-    };
-}
-
-spam_lists! {
-    check_event_for_spam: (EventView) -> EventDecision;
-    user_may_invite: (String, String, String) -> Decision;
-    user_may_join_room: (String, String, bool) -> Decision;
-    user_may_create_room: (String, Map<String, Value>) -> Decision;
-    user_may_create_room_alias: (String, String) -> Decision;
-    user_may_publish_room: (String, String) -> Decision;
-    user_may_send_state_event: (String, String, String, String, Map<String, Value>) -> Decision;
-    check_username_for_spam: (UserProfile, String) -> bool;
-    check_registration_for_spam: (Option<Value>, Option<String>, Vec<(String, String)>, Option<String>) -> RegistrationBehaviour;
-    check_login_for_spam: (String, Option<String>, Option<String>, Vec<(String, String)>, Option<String>) -> Decision;
-    check_media_file_for_spam: (MediaFile) -> Decision;
-    federated_user_may_invite: (EventView) -> Decision;
-    should_drop_federated_event: (EventView) -> bool;
-}
+myelin_module_api::spam_checker_callbacks!(dispatch_lists, SpamLists, SpamCheckerCallbacks);
 
 /// Calls each callback in order until one's result is not an allow; returns that result.
 async fn first_objection<A: Clone, R>(
@@ -68,7 +29,7 @@ async fn first_objection<A: Clone, R>(
             Ok(result) if allows(&result) => continue,
             Ok(result) => return Ok(Some(result)),
             Err(e) => {
-                tracing::warn!("module {} raised in {name}: {e}", reg.module);
+                tracing::warn!(module = %reg.module, callback = name, error = %e, "module callback raised");
                 return Err(Error::from(e));
             }
         }

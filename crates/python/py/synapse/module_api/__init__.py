@@ -31,16 +31,6 @@ logger = logging.getLogger(__name__)
 NOT_SPAM = "NOT_SPAM"
 PRESENCE_ALL_USERS = "ALL"
 
-_SPAM_CALLBACKS = (
-    "check_event_for_spam", "user_may_invite", "user_may_join_room", "user_may_create_room",
-    "user_may_create_room_alias", "user_may_publish_room", "user_may_send_state_event",
-    "check_username_for_spam", "check_registration_for_spam", "check_login_for_spam",
-    "check_media_file_for_spam", "federated_user_may_invite", "should_drop_federated_event",
-)
-# Synapse accepts this too; Myelin cannot call it yet (it needs 3PID invites).
-_SPAM_CALLBACKS_NOT_YET = ("user_may_send_3pid_invite",)
-
-
 class UserProfile(dict):
     pass
 
@@ -167,6 +157,20 @@ class ModuleApi:
 
     # --- registration ---
 
+    def _callbacks(self, method, given):
+        """The (name, function) pairs given to `register_<method>_callbacks` that Myelin calls
+        (its list comes from Rust: module-api's `callbacks::NAMES`); the others are warned of."""
+        calls = self._host.callback_names(method)
+        chosen = []
+        for name, fn in given.items():
+            if name == "self" or fn is None:
+                continue
+            if name in calls:
+                chosen.append((name, fn))
+            else:
+                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+        return chosen
+
     def register_spam_checker_callbacks(
         self, *, check_event_for_spam=None, user_may_invite=None, user_may_join_room=None,
         user_may_create_room=None, user_may_create_room_alias=None, user_may_publish_room=None,
@@ -174,16 +178,10 @@ class ModuleApi:
         check_login_for_spam=None, check_media_file_for_spam=None, federated_user_may_invite=None,
         user_may_send_3pid_invite=None, should_drop_federated_event=None,
     ):
-        given = dict(locals())
-        for name in _SPAM_CALLBACKS:
-            fn = given[name]
-            if fn is not None:
-                from myelin_host import arity
+        from myelin_host import arity
 
-                self._host.register_spam(self._module_name, name, fn, arity(fn))
-        for name in _SPAM_CALLBACKS_NOT_YET:
-            if given[name] is not None:
-                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+        for name, fn in self._callbacks("spam_checker", locals()):
+            self._host.register_spam(self._module_name, name, fn, arity(fn))
 
     def register_third_party_rules_callbacks(
         self, *, check_event_allowed=None, on_create_room=None, check_threepid_can_be_invited=None,
@@ -191,13 +189,8 @@ class ModuleApi:
         check_can_deactivate_user=None, on_profile_update=None, on_user_deactivation_status_changed=None,
         on_threepid_bind=None, on_add_user_third_party_identifier=None, on_remove_user_third_party_identifier=None,
     ):
-        given = dict(locals())
-        for name in ("check_event_allowed", "on_create_room", "on_new_event"):
-            if given[name] is not None:
-                self._host.register_third_party(self._module_name, name, given[name])
-        for name, fn in given.items():
-            if name not in ("self", "check_event_allowed", "on_create_room", "on_new_event") and fn is not None:
-                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+        for name, fn in self._callbacks("third_party_rules", locals()):
+            self._host.register_third_party(self._module_name, name, fn)
 
     def register_password_auth_provider_callbacks(
         self, *, check_3pid_auth=None, on_logged_out=None, auth_checkers=None, get_username_for_registration=None,
@@ -219,13 +212,8 @@ class ModuleApi:
         self, *, is_user_expired=None, on_user_registration=None, on_user_login=None, on_legacy_send_mail=None,
         on_legacy_renew=None, on_legacy_admin_request=None,
     ):
-        given = dict(locals())
-        for name in ("is_user_expired", "on_user_registration"):
-            if given[name] is not None:
-                self._host.register_third_party(self._module_name, name, given[name])
-        for name, fn in given.items():
-            if name not in ("self", "is_user_expired", "on_user_registration") and fn is not None:
-                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+        for name, fn in self._callbacks("account_validity", locals()):
+            self._host.register_third_party(self._module_name, name, fn)
 
     def register_web_resource(self, path, resource):
         import myelin_host

@@ -1,0 +1,112 @@
+//! The one list of the callbacks Myelin calls, per Synapse registration method.
+//!
+//! Each category is a macro that hands its list (doc, name, argument tuple, result) to another
+//! macro: this crate builds the callback structs modules fill in from it (`SpamCheckerCallbacks`,
+//! ...), core builds its dispatch lists from it, and the Python host checks the shim's names
+//! against [`NAMES`]. Adding a callback starts here.
+
+/// The spam-checker callbacks (Synapse's `register_spam_checker_callbacks`), in the order
+/// Synapse documents them. Passes `{ prefix | doc name: (args) => result; ... }` to `$then!`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! spam_checker_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(event)`: every non-membership event a local user or module sends, and every event
+            /// received over federation.
+            check_event_for_spam: ($crate::EventView,) => $crate::spam::EventDecision;
+            /// `(inviter, invitee, room_id)`.
+            user_may_invite: (String, String, String) => $crate::spam::Decision;
+            /// `(user_id, room_id, is_invited)`.
+            user_may_join_room: (String, String, bool) => $crate::spam::Decision;
+            /// `(user_id, room_config)`: the `/createRoom` body.
+            user_may_create_room: (String, $crate::spam::RoomConfig) => $crate::spam::Decision;
+            /// `(user_id, room_alias)`.
+            user_may_create_room_alias: (String, String) => $crate::spam::Decision;
+            /// `(user_id, room_id)`.
+            user_may_publish_room: (String, String) => $crate::spam::Decision;
+            /// `(user_id, room_id, event_type, state_key, content)`.
+            user_may_send_state_event: $crate::spam::StateEventArgs => $crate::spam::Decision;
+            /// `(profile, requester_id)`: `true` hides the user from directory results.
+            check_username_for_spam: ($crate::spam::UserProfile, String) => bool;
+            /// `(email_threepid, username, request_info [(user_agent, ip)], auth_provider_id)`.
+            check_registration_for_spam: $crate::spam::RegistrationArgs => $crate::spam::RegistrationBehaviour;
+            /// `(user_id, device_id, initial_display_name, request_info, auth_provider_id)`.
+            check_login_for_spam: $crate::spam::LoginArgs => $crate::spam::Decision;
+            /// `(file)`: every stored upload, and every remote file fetched into the cache.
+            check_media_file_for_spam: ($crate::spam::MediaFile,) => $crate::spam::Decision;
+            /// `(invite event)`: an invite of a local user arriving over federation; when it allows,
+            /// `user_may_invite` is asked too.
+            federated_user_may_invite: ($crate::EventView,) => $crate::spam::Decision;
+            /// `(event)`: every event received over federation; `true` drops it unseen (the sending
+            /// server is told nothing).
+            should_drop_federated_event: ($crate::EventView,) => bool;
+        }
+    };
+}
+
+/// The third-party rules callbacks (Synapse's `register_third_party_rules_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! third_party_rules_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(event, state)`.
+            check_event_allowed: ($crate::EventView, $crate::third_party::StateEvents) => $crate::third_party::EventAllowed;
+            /// `(user_id, config, is_requester_admin)`: `Some(config)` replaces the request body.
+            on_create_room: $crate::third_party::CreateRoomArgs => Option<$crate::spam::RoomConfig>;
+            /// `(event, state)`.
+            on_new_event: ($crate::EventView, $crate::third_party::StateEvents) => ();
+        }
+    };
+}
+
+/// The account validity callbacks (Synapse's `register_account_validity_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! account_validity_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(user_id)`: `Some(true)` if the account has expired, `None` if this module does not know.
+            is_user_expired: (String,) => Option<bool>;
+            /// `(user_id)`: a new account exists.
+            on_user_registration: (String,) => ();
+        }
+    };
+}
+
+macro_rules! names {
+    (| $($(#[$doc:meta])* $name:ident: $args:ty => $ret:ty;)*) => {
+        &[$(stringify!($name)),*]
+    };
+}
+
+/// The callbacks Myelin calls, by Synapse's registration method (`register_<method>_callbacks`).
+/// A module registering any other callback Synapse knows is warned that Myelin does not call it.
+pub const NAMES: &[(&str, &[&str])] = &[
+    ("spam_checker", spam_checker_callbacks!(names)),
+    ("third_party_rules", third_party_rules_callbacks!(names)),
+    ("account_validity", account_validity_callbacks!(names)),
+    ("password_auth_provider", &["auth_checkers", "check_3pid_auth", "on_logged_out"]),
+];
+
+/// The callbacks Myelin calls for one registration method (empty for an unknown one).
+pub fn names(method: &str) -> &'static [&'static str] {
+    NAMES.iter().find(|(m, _)| *m == method).map_or(&[], |(_, names)| names)
+}
+
+/// Declares a struct of optional callbacks from a category's list:
+/// `category!(callback_struct, #[doc] StructName)`.
+macro_rules! callback_struct {
+    ($(#[$meta:meta])* $struct:ident | $($(#[$doc:meta])* $name:ident: $args:ty => $ret:ty;)*) => {
+        $(#[$meta])*
+        #[derive(Default, Clone)]
+        pub struct $struct {
+            $($(#[$doc])* pub $name: Option<$crate::spam::Callback<$args, $ret>>,)*
+        }
+    };
+}
+pub(crate) use callback_struct;
