@@ -33,6 +33,16 @@ fn room_id(room: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(room).map_err(|_| Error::invalid_param(format!("Invalid room ID: {room}")))
 }
 
+/// The ephemeral service's in-memory state (`hs.ephemeral`).
+#[derive(Default)]
+pub(crate) struct EphemeralState {
+    /// Who is typing where (the only copy, as on Synapse, where one typing writer holds it).
+    pub(crate) typing: std::sync::Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    /// The presence state and time this process last wrote for each user (a cache: it only
+    /// spares writes).
+    pub(crate) presence_written: std::sync::Mutex<HashMap<String, (String, i64)>>,
+}
+
 impl Homeserver {
     /// The event must be one of the room's, and the user joined to it.
     async fn check_receipt_target(&self, me: &Requester, room: &OwnedRoomId, event_id: &str) -> Result<()> {
@@ -238,7 +248,7 @@ impl Homeserver {
             None
         };
         {
-            let mut all = self.typing.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = self.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
             let entry = all.entry(room.clone()).or_default();
             match deadline {
                 Some(d) => entry.users.insert(user_id.to_owned(), d),
@@ -255,7 +265,7 @@ impl Homeserver {
                 tokio::time::sleep_until(deadline).await;
                 let Some(hs) = hs.upgrade() else { return };
                 let expired = {
-                    let all = hs.typing.lock().unwrap_or_else(|p| p.into_inner());
+                    let all = hs.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
                     all.get(&room).and_then(|t| t.users.get(&user)).is_some_and(|d| *d <= deadline)
                 };
                 if !expired {
@@ -263,7 +273,7 @@ impl Homeserver {
                 }
                 let Ok(pos) = hs.db(|s| s.allocate_stream_position()).await else { return };
                 {
-                    let mut all = hs.typing.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut all = hs.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(t) = all.get_mut(&room)
                         && t.users.get(&user).is_some_and(|d| *d <= deadline)
                     {
@@ -280,7 +290,7 @@ impl Homeserver {
     /// The `m.typing` event of each room in `rooms` whose typing changed after `since` (every
     /// room with someone typing when `since` is `None`).
     pub(crate) fn typing_events(&self, rooms: &[String], since: Option<i64>) -> HashMap<String, Value> {
-        let all = self.typing.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         let mut out = HashMap::new();
         for room in rooms {
@@ -330,7 +340,7 @@ impl Homeserver {
         }
         // A minute of staleness in last_active_ago is fine; a write (or a read) per sync is not.
         let fresh = |written: &str, at: i64| written == state && now_ms() - at < 60_000;
-        let known = self.presence_written.lock().unwrap_or_else(|p| p.into_inner()).get(me.user_id.as_str()).cloned();
+        let known = self.ephemeral.presence_written.lock().unwrap_or_else(|p| p.into_inner()).get(me.user_id.as_str()).cloned();
         if known.is_some_and(|(written, at)| fresh(&written, at)) {
             return Ok(());
         }
@@ -351,7 +361,7 @@ impl Homeserver {
     /// Stores presence, remembering what was written so syncs need not read it back; a local
     /// user's goes to the servers sharing a room with them (`m.presence`).
     async fn write_presence(&self, row: PresenceRow) -> Result<()> {
-        self.presence_written
+        self.ephemeral.presence_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(row.user_id.clone(), (row.state.clone(), row.last_active_ts));

@@ -65,15 +65,29 @@ pub(crate) struct Verdict {
     pub highlight: bool,
 }
 
+/// The push service's in-memory state (`hs.push`).
+#[derive(Default)]
+pub(crate) struct PushState {
+    /// Parsed push rules per user (a cache of their `m.push_rules` account data; dropped when
+    /// the user changes a rule).
+    pub(crate) rules: std::sync::Mutex<std::collections::HashMap<OwnedUserId, Arc<ruma::push::Ruleset>>>,
+    /// Unread counts per (user, room), advanced by each sync (a cache: counted again from the
+    /// events when missing).
+    pub(crate) unread: std::sync::Mutex<std::collections::HashMap<(String, String), UnreadCount>>,
+    /// Every user's pushers as stored, read once and dropped when one changes (a cache: the
+    /// push gateway sender looks at it for every event).
+    pub(crate) pushers: std::sync::Mutex<Option<crate::push_gateway::StoredPushers>>,
+}
+
 impl Homeserver {
     /// The user's rule set: their stored edits over the spec's defaults (cached; every sync
     /// needs it).
     pub(crate) async fn ruleset(&self, user: &OwnedUserId) -> Result<Arc<Ruleset>> {
-        if let Some(rules) = self.push_rules.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+        if let Some(rules) = self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
             return Ok(rules.clone());
         }
         let rules = Arc::new(self.load_ruleset(user).await?);
-        self.push_rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), rules.clone());
+        self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), rules.clone());
         Ok(rules)
     }
 
@@ -92,9 +106,9 @@ impl Homeserver {
         let content = json!({"global": serde_json::to_value(rules).map_err(Error::internal)?});
         let u = user.to_string();
         let pos = self.db(move |s| s.set_account_data(&u, "", "m.push_rules", &content)).await?;
-        self.push_rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), Arc::new(rules.clone()));
+        self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), Arc::new(rules.clone()));
         // Counts made under the old rules start again.
-        self.unread.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user.as_str());
+        self.push.unread.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user.as_str());
         self.advance_stream(pos);
         Ok(())
     }
@@ -386,19 +400,19 @@ impl Homeserver {
         read_at: i64,
     ) -> Result<Value> {
         let key = (me.to_string(), room.to_owned());
-        let cached = self.unread.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+        let cached = self.push.unread.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
         let mut count = match cached {
             Some(c) if c.read_at == read_at && c.counted_to <= now => c,
             _ => UnreadCount { read_at, counted_to: read_at, notify: 0, highlight: 0 },
         };
-        if self.sync_cache.changed_at(room) > count.counted_to {
+        if self.sync.cache.changed_at(room) > count.counted_to {
             for (_, _, v) in self.verdicts_between(me, rules, room, count.counted_to, now).await? {
                 count.notify += usize::from(v.notify);
                 count.highlight += usize::from(v.notify && v.highlight);
             }
         }
         count.counted_to = count.counted_to.max(now);
-        self.unread.lock().unwrap_or_else(|p| p.into_inner()).insert(key, count);
+        self.push.unread.lock().unwrap_or_else(|p| p.into_inner()).insert(key, count);
         Ok(
             json!({"notification_count": count.notify.min(MAX_COUNTED), "highlight_count": count.highlight.min(MAX_COUNTED)}),
         )

@@ -67,7 +67,7 @@ impl Homeserver {
             }
         };
         tokio::spawn(async move {
-            let mut stream = hs.stream.subscribe();
+            let mut stream = hs.sync.stream.subscribe();
             let mut done = *stream.borrow_and_update();
             loop {
                 if stream.changed().await.is_err() {
@@ -89,17 +89,17 @@ impl Homeserver {
 
     /// Every user's pushers, from the cache when it holds them.
     async fn all_pushers(&self) -> Result<StoredPushers> {
-        if let Some(cached) = self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(cached) = self.push.pushers.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(cached);
         }
         let stored = Arc::new(self.db(|s| s.all_pushers()).await?);
-        *self.pushers.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
+        *self.push.pushers.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
         Ok(stored)
     }
 
     /// Forgets the cached pushers (one was added, changed or removed).
     pub(crate) fn pushers_changed(&self) {
-        *self.pushers.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.push.pushers.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Pushes the events of `(from, to]` (at most [`EVENTS_PER_PASS`]); returns how far it got.
@@ -239,7 +239,7 @@ impl Homeserver {
         let u = user.to_string();
         let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
         let rules = self.ruleset(user).await?;
-        let now = *self.stream.borrow();
+        let now = *self.sync.stream.borrow();
         let u = user.to_string();
         let read_positions = self.unread_starts(&u).await?;
         let mut badge = 0;

@@ -466,7 +466,7 @@ impl crate::Homeserver {
     /// Admits a federation request from `origin` (`rc_federation`); the slot is held while it
     /// is processed.
     pub async fn admit_federation_request(&self, origin: &str) -> Result<FederationSlot> {
-        self.federation_limiter.admit(origin).await
+        self.federation.limiter.admit(origin).await
     }
 }
 

@@ -352,10 +352,49 @@ pub(crate) fn parse_token(token: &str) -> Option<i64> {
     token.strip_prefix('s').or_else(|| token.strip_prefix('t')).and_then(|n| n.parse().ok()).filter(|n| *n >= 0)
 }
 
+/// The rooms service's in-memory state (`hs.rooms`). The database holds every room; this holds
+/// what makes appending and reading fast, and the send locks.
+pub(crate) struct RoomsState {
+    /// Per-room caches of current state, extremities and depth (a cache: rebuilt from storage
+    /// when missing). The inner async mutex is also the room's send lock (a lock: with several
+    /// processes it must become a database or routing lock): state events hold it across
+    /// build, auth and persist; messages only to read their parents and to persist (see
+    /// `append_event`). The outer std mutex is only held to look the entry up, never across
+    /// an await.
+    pub(crate) caches: std::sync::Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
+    /// Parsed state events by ID (a cache; see `load_events`). Stored events do not change,
+    /// except a redaction's target, which the redaction removes from here.
+    pub(crate) state_events: std::sync::Mutex<HashMap<OwnedEventId, Pdu>>,
+    /// Commits events, batching concurrent ones (see `writer`): this process's writer thread.
+    pub(crate) writer: EventWriter,
+    /// `(user, device, txn ID)` of messages queued for writing and not yet committed, so that a
+    /// retry arriving meanwhile waits for the first instead of writing a second event (the only
+    /// copy, and a lock: several processes need it in the database).
+    pub(crate) txns_in_flight: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// The newest messages' transaction IDs (a cache of the `event_txn_ids` table; see
+    /// [`RecentTxns`]).
+    pub(crate) recent_txns: std::sync::Mutex<RecentTxns>,
+    /// The history visibility of state groups read so far (a cache: groups never change).
+    pub(crate) visibility_cache: std::sync::Mutex<HashMap<i64, crate::visibility::HistoryVisibility>>,
+}
+
+impl RoomsState {
+    pub(crate) fn new(writer: EventWriter, recent_txns: RecentTxns) -> Self {
+        RoomsState {
+            caches: Default::default(),
+            state_events: Default::default(),
+            writer,
+            txns_in_flight: Default::default(),
+            recent_txns: std::sync::Mutex::new(recent_txns),
+            visibility_cache: Default::default(),
+        }
+    }
+}
+
 impl Homeserver {
     pub(crate) async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {
         let entry = {
-            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rooms = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner());
             rooms.entry(room_id.to_owned()).or_default().clone()
         };
         let mut guard = entry.lock_owned().await;
@@ -428,7 +467,7 @@ impl Homeserver {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         {
-            let cache = self.state_events.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner());
             for id in ids {
                 match OwnedEventId::try_from(id.as_str()).ok().and_then(|e| cache.get(&e).cloned()) {
                     Some(pdu) => {
@@ -465,7 +504,7 @@ impl Homeserver {
     }
 
     pub(crate) fn remember_state_event(&self, pdu: &Pdu) {
-        let mut cache = self.state_events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_STATE_EVENTS {
             // Crude but bounded; the hot entries (a room's auth events) come straight back.
             cache.clear();
@@ -512,14 +551,14 @@ impl Homeserver {
             // second: a request gives its claim up only after its commit.
             let txn_key = options.txn.clone();
             if let Some(key) = &txn_key
-                && !self.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone())
+                && !self.rooms.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone())
             {
                 drop(guard);
                 return self.wait_for_txn(&options).await;
             }
             let txn_done = || {
                 if let Some(key) = &txn_key {
-                    self.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+                    self.rooms.txns_in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
                 }
             };
             if let Some(existing) = self.recent_txn_event(&options).await.inspect_err(|_| txn_done())? {
@@ -538,7 +577,7 @@ impl Homeserver {
             if written.is_ok()
                 && let Some(key) = &txn_key
             {
-                let mut recent = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
+                let mut recent = self.rooms.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
                 recent.insert(key.clone(), checked.pdu.event_id.to_string());
             }
             txn_done();
@@ -638,7 +677,7 @@ impl Homeserver {
 
     /// Drops a room's cache, so the next event reloads it from storage.
     pub(crate) fn forget_room_cache(&self, room_id: &RoomId) {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).remove(room_id);
+        self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).remove(room_id);
     }
 
     /// [`Homeserver::txn_event`] from the transaction IDs kept in memory (the newest
@@ -646,7 +685,7 @@ impl Homeserver {
     /// older transaction than that gets a new event.
     async fn recent_txn_event(&self, options: &AppendOptions) -> Result<Option<Appended>> {
         let Some(key) = &options.txn else { return Ok(None) };
-        let Some(id) = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {
+        let Some(id) = self.rooms.recent_txns.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {
             return Ok(None);
         };
         self.db(move |s| s.get_event(&id)).await?.map(appended).transpose()
@@ -802,8 +841,8 @@ impl Homeserver {
         }
         // Marked before the commit so that no sync trusts a cached section of this room
         // once the stream can cover the event.
-        self.sync_cache.writing(&rid);
-        Ok(self.writer.submit(EventWrite {
+        self.sync.cache.writing(&rid);
+        Ok(self.rooms.writer.submit(EventWrite {
             event_id: checked.pdu.event_id.to_string(),
             room_id: rid,
             event_type: kind.to_owned(),
@@ -839,13 +878,13 @@ impl Homeserver {
             other => other.map_err(Error::from),
         };
         let position = written.as_ref().ok().map(|(stream, _)| *stream);
-        self.sync_cache.written(room_id.as_str(), position, *self.stream.borrow());
+        self.sync.cache.written(room_id.as_str(), position, *self.sync.stream.borrow());
         if written.is_ok() {
             if let Some((target, _)) = &checked.redaction
                 && let Ok(target) = OwnedEventId::try_from(target.as_str())
             {
                 // Its stored JSON was just rewritten.
-                self.state_events.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
+                self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
             }
             if checked.pdu.state_key.is_some() {
                 self.remember_state_event(&checked.pdu);
@@ -1572,7 +1611,7 @@ impl Homeserver {
         let state = self.room_state(requester, room_id).await?;
         let mut out = json!({
             "room_id": rid,
-            "messages": {"chunk": chunk, "start": start, "end": format!("s{}", *self.stream.borrow())},
+            "messages": {"chunk": chunk, "start": start, "end": format!("s{}", *self.sync.stream.borrow())},
             "state": state,
             "presence": [],
             "receipts": [],
@@ -1841,7 +1880,7 @@ impl Homeserver {
         page: Pagination<'_>,
     ) -> Result<MessagesPage> {
         let Pagination { from, to, backwards, limit, filter } = page;
-        let max = *self.stream.borrow();
+        let max = *self.sync.stream.borrow();
         // Backwards pagination of one who left starts at their leave (as on Synapse); later
         // events are otherwise left to the visibility filter, which shows them only when
         // world-readable.
@@ -1911,7 +1950,7 @@ impl Homeserver {
             "events_before": before.chunk,
             "events_after": after.chunk,
             "start": before.end.unwrap_or_else(|| format!("t{pos}")),
-            "end": after.end.unwrap_or_else(|| format!("t{}", *self.stream.borrow())),
+            "end": after.end.unwrap_or_else(|| format!("t{}", *self.sync.stream.borrow())),
             "state": state,
         }))
     }

@@ -1,15 +1,12 @@
 //! The [`Homeserver`]: the one struct holding every service's state, built once at start-up.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use myelin_storage::Storage;
-use ruma::{OwnedRoomId, OwnedUserId};
-use tokio::sync::watch;
+use ruma::OwnedUserId;
 
 use crate::events::SigningKey;
 use crate::modules::ModuleRegistry;
-use crate::rooms::RoomCache;
 use crate::{Config, Error, Result};
 
 /// The authenticated caller of a request.
@@ -33,66 +30,24 @@ pub struct Requester {
 pub struct Homeserver {
     /// The validated config (module configs already consumed).
     pub config: Config,
-    /// Requests to other servers.
-    pub(crate) federation: crate::federation::client::FederationClient,
-    /// Servers whose keys could not be fetched, and when (see `federation::remote_keys`).
-    pub(crate) key_fetch_failures: Mutex<HashMap<String, i64>>,
-    /// The outbound queue's per-destination tasks (see `federation::sender`).
-    pub(crate) outbound: crate::federation::sender::Outbound,
-    /// Inbound transactions in progress and answered (see `federation::transactions`).
-    pub(crate) inbound: crate::federation::transactions::Inbound,
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) key: SigningKey,
     /// The module callback registry and web resources.
     pub modules: ModuleRegistry,
-    /// Per-room caches of current state, extremities and depth. The inner async mutex is also
-    /// the room's send lock: state events hold it across build, auth and persist; messages
-    /// only to read their parents and to persist (see `rooms::append_event`). The outer std
-    /// mutex is only held to look the entry up, never across an await.
-    pub(crate) rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
-    /// The latest stream position, watched by long-polling `/sync` requests. Written after each
-    /// commit that advances the stream; every waiter wakes and checks whether it has news.
-    pub(crate) stream: watch::Sender<i64>,
-    /// UIA sessions in progress: session ID -> completed stage types and request info.
-    pub(crate) uia_sessions: Mutex<HashMap<String, crate::users::UiaSession>>,
-    /// Shared-secret registration nonces -> issue time (ms); single use, one minute.
-    pub(crate) registration_nonces: Mutex<HashMap<String, i64>>,
-    /// When each `(user, device)`'s last-seen row was last written, and from which IP; held
-    /// only to decide whether to write again.
-    pub(crate) last_seen: Mutex<HashMap<(String, String), (i64, String)>>,
-    /// Who is typing where (in memory only; see `ephemeral`).
-    pub(crate) typing: Mutex<HashMap<OwnedRoomId, crate::ephemeral::RoomTyping>>,
-    /// OpenID tokens -> (user, expiry ms), in memory: they last an hour.
-    pub(crate) openid_tokens: Mutex<HashMap<String, (String, i64)>>,
-    /// Parsed push rules per user (see `push`).
-    pub(crate) push_rules: Mutex<HashMap<OwnedUserId, Arc<ruma::push::Ruleset>>>,
-    /// Unread counts per (user, room), advanced by each sync.
-    pub(crate) unread: Mutex<HashMap<(String, String), crate::push::UnreadCount>>,
-    /// The presence state and time this process last wrote for each user (see `ephemeral`).
-    pub(crate) presence_written: Mutex<HashMap<String, (String, i64)>>,
-    /// Parsed state events by ID (see `rooms::load_events`). Stored events do not change,
-    /// except a redaction's target, which the redaction removes from here.
-    pub(crate) state_events: Mutex<HashMap<ruma::OwnedEventId, crate::events::Pdu>>,
-    /// Commits events, batching concurrent ones (see `writer`).
-    pub(crate) writer: crate::writer::EventWriter,
-    /// `(user, device, txn ID)` of messages queued for writing and not yet committed, so that a
-    /// retry arriving meanwhile waits for the first instead of writing a second event.
-    pub(crate) txns_in_flight: Mutex<std::collections::HashSet<(String, String, String)>>,
-    /// The newest messages' transaction IDs (see `rooms::RecentTxns`).
-    pub(crate) recent_txns: Mutex<crate::rooms::RecentTxns>,
-    /// When rooms last changed, and cached initial-sync room sections (see `sync`).
-    pub(crate) sync_cache: crate::sync::SyncCache,
+    /// Rooms: caches, send locks, the event writer (see `rooms`).
+    pub(crate) rooms: crate::rooms::RoomsState,
+    /// `/sync`: the stream watch and cached sections (see `sync`).
+    pub(crate) sync: crate::sync::SyncState,
+    /// Accounts: UIA sessions, nonces, OpenID tokens, last seen (see `users`).
+    pub(crate) accounts: crate::users::AccountsState,
+    /// Typing and presence (see `ephemeral`).
+    pub(crate) ephemeral: crate::ephemeral::EphemeralState,
+    /// Push rules, unread counts, pushers (see `push`).
+    pub(crate) push: crate::push::PushState,
+    /// The Server-Server API's client, queues and limits (see `federation`).
+    pub(crate) federation: crate::federation::FederationState,
     /// The `rc_*` rate limits' buckets (see `ratelimit`); the only copy of the counts.
     pub(crate) limiters: crate::ratelimit::Limiters,
-    /// The history visibility of state groups read so far (a cache: groups never change).
-    pub(crate) visibility_cache: Mutex<HashMap<i64, crate::visibility::HistoryVisibility>>,
-    /// Set once the server begins to shut down: long-polls answer at once.
-    pub(crate) stopping: watch::Sender<bool>,
-    /// `rc_federation`, per origin server.
-    pub(crate) federation_limiter: crate::ratelimit::FederationLimiter,
-    /// Every user's pushers as stored, read once and dropped when one changes (a cache: the
-    /// push gateway sender looks at it for every event).
-    pub(crate) pushers: Mutex<Option<crate::push_gateway::StoredPushers>>,
 }
 
 impl Homeserver {
@@ -110,39 +65,28 @@ impl Homeserver {
             .map_err(|e| Error::internal(format!("federation client: {e}")))?;
         Ok(Arc::new(Homeserver {
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
-            stopping: watch::Sender::new(false),
-            visibility_cache: Mutex::new(HashMap::new()),
-            pushers: Mutex::new(None),
-            federation_limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),
-            federation,
-            key_fetch_failures: Mutex::new(HashMap::new()),
-            outbound: Default::default(),
-            inbound: Default::default(),
+            federation: crate::federation::FederationState {
+                client: federation,
+                key_fetch_failures: Default::default(),
+                outbound: Default::default(),
+                inbound: Default::default(),
+                limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),
+            },
+            rooms: crate::rooms::RoomsState::new(writer, recent_txns),
+            sync: crate::sync::SyncState::new(position),
+            accounts: Default::default(),
+            ephemeral: Default::default(),
+            push: Default::default(),
             config,
             store,
             key,
             modules: ModuleRegistry::default(),
-            rooms: Mutex::new(HashMap::new()),
-            stream: watch::Sender::new(position),
-            uia_sessions: Mutex::new(HashMap::new()),
-            registration_nonces: Mutex::new(HashMap::new()),
-            last_seen: Mutex::new(HashMap::new()),
-            typing: Mutex::new(HashMap::new()),
-            openid_tokens: Mutex::new(HashMap::new()),
-            push_rules: Mutex::new(HashMap::new()),
-            unread: Mutex::new(HashMap::new()),
-            presence_written: Mutex::new(HashMap::new()),
-            state_events: Mutex::new(HashMap::new()),
-            writer,
-            txns_in_flight: Mutex::new(std::collections::HashSet::new()),
-            recent_txns: Mutex::new(recent_txns),
-            sync_cache: crate::sync::SyncCache::new(position),
         }))
     }
 
     /// This server as an `Arc`, once serving (for work that outlives a request).
     pub(crate) fn arc(&self) -> Option<Arc<Homeserver>> {
-        self.outbound.server().and_then(|w| w.upgrade())
+        self.federation.outbound.server().and_then(|w| w.upgrade())
     }
 
     /// The server name.
@@ -170,7 +114,7 @@ impl Homeserver {
 
     /// Announces a new stream position to long-polling syncs.
     pub(crate) fn advance_stream(&self, position: i64) {
-        self.stream.send_if_modified(|current| {
+        self.sync.stream.send_if_modified(|current| {
             if position > *current {
                 *current = position;
                 true
@@ -182,7 +126,7 @@ impl Homeserver {
 
     /// Starts shutting down: long-polling requests are answered now with what they have.
     pub fn begin_shutdown(&self) {
-        self.stopping.send_replace(true);
+        self.sync.stopping.send_replace(true);
     }
 
     /// The public signing key, as `(key_id, base64)`.

@@ -168,6 +168,29 @@ impl SyncFilter {
     }
 }
 
+/// The sync service's in-memory state (`hs.sync`).
+pub(crate) struct SyncState {
+    /// The latest stream position, watched by long-polling `/sync` requests (a wake-up bus:
+    /// the position itself is the database's; with several processes, commits on another
+    /// process must wake these too). Written after each commit that advances the stream.
+    pub(crate) stream: tokio::sync::watch::Sender<i64>,
+    /// When rooms last changed, and cached initial-sync room sections (a cache; see
+    /// [`SyncCache`]).
+    pub(crate) cache: SyncCache,
+    /// Set once this process begins to shut down: long-polls answer at once.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl SyncState {
+    pub(crate) fn new(position: i64) -> Self {
+        SyncState {
+            stream: tokio::sync::watch::Sender::new(position),
+            cache: SyncCache::new(position),
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
 impl Homeserver {
     async fn sync_filter(&self, requester: &Requester, filter: Option<&str>) -> Result<SyncFilter> {
         let Some(f) = filter else { return Ok(SyncFilter::from_json(&Value::Null)) };
@@ -187,8 +210,8 @@ impl Homeserver {
             None => None,
         };
         self.presence_from_sync(requester, request.set_presence.as_deref().unwrap_or("online")).await?;
-        let mut watch = self.stream.subscribe();
-        let mut stopping = self.stopping.subscribe();
+        let mut watch = self.sync.stream.subscribe();
+        let mut stopping = self.sync.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
             let now = *watch.borrow_and_update();
@@ -388,8 +411,8 @@ impl Homeserver {
                 joined.into_iter().map(|r| (r, Reader::MEMBER)).collect()
             }
         };
-        let mut watch = self.stream.subscribe();
-        let mut stopping = self.stopping.subscribe();
+        let mut watch = self.sync.stream.subscribe();
+        let mut stopping = self.sync.stopping.subscribe();
         let from = match from {
             Some(t) => parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid from token {t}")))?,
             None => *watch.borrow(),
@@ -462,7 +485,7 @@ impl Homeserver {
         let limit = filter.timeline_limit;
         // Sections shared between members are those of unfiltered events.
         let cacheable = from == 0 && whole_state && filter.timeline.is_open() && filter.state.is_open();
-        if cacheable && let Some(section) = self.sync_cache.section(room, limit, now) {
+        if cacheable && let Some(section) = self.sync.cache.section(room, limit, now) {
             return Ok(section);
         }
         let (timeline, same_for_members) = self.timeline(user, Reader::MEMBER, room, from, now, filter).await?;
@@ -504,7 +527,7 @@ impl Homeserver {
             summary: raw(&json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited_count}))?,
         });
         if cacheable && same_for_members {
-            self.sync_cache.keep(room, limit, section.clone());
+            self.sync.cache.keep(room, limit, section.clone());
         }
         Ok(section)
     }
@@ -529,7 +552,7 @@ impl Homeserver {
         let mut txns: HashMap<String, String> = HashMap::new();
         let mut unknown = Vec::new();
         {
-            let recent = self.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = self.rooms.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
             for id in own {
                 match recent.txn_of(id, sender, device) {
                     Some(txn) => {

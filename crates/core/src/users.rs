@@ -156,6 +156,22 @@ fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The accounts service's in-memory state (`hs.accounts`).
+#[derive(Default)]
+pub(crate) struct AccountsState {
+    /// UIA sessions in progress: session ID -> completed stage types and request info (the
+    /// only copy: several processes need them in the database).
+    pub(crate) uia_sessions: std::sync::Mutex<std::collections::HashMap<String, UiaSession>>,
+    /// Shared-secret registration nonces -> issue time (ms); single use, one minute (the only
+    /// copy).
+    pub(crate) registration_nonces: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// When each `(user, device)`'s last-seen row was last written, and from which IP; held
+    /// only to decide whether to write again (a cache).
+    pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String)>>,
+    /// OpenID tokens -> (user, expiry ms); they last an hour (the only copy).
+    pub(crate) openid_tokens: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+}
+
 impl Homeserver {
     /// Resolves an access token to its requester; expired accounts (account validity modules)
     /// are refused unless `allow_expired` (logout).
@@ -190,7 +206,7 @@ impl Homeserver {
         // client-IP updates, so a busy client does not add a write to every request.
         let now = now_ms();
         let due = {
-            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = self.accounts.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             let key = (user.user_id.clone(), device_id.clone());
             match seen.get(&key) {
                 Some((at, ip)) if now - at < 60_000 && *ip == info.ip => false,
@@ -218,7 +234,7 @@ impl Homeserver {
     /// 400 for a UIA `session` this server never issued (or forgot), as Synapse answers.
     fn check_uia_session(&self, session: Option<&str>) -> Result<()> {
         match session {
-            Some(id) if !self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) => {
+            Some(id) if !self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) => {
                 Err(Error::new(ErrorKind::BadRequest, format!("Unknown session ID: {id}")))
             }
             _ => Ok(()),
@@ -228,10 +244,11 @@ impl Homeserver {
     fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
         let session = session.unwrap_or_else(|| {
             let id = random_string(24);
-            self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), UiaSession::default());
+            self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), UiaSession::default());
             id
         });
         let completed = self
+            .accounts
             .uia_sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -330,7 +347,7 @@ impl Homeserver {
         }
         self.limiters.registration.check(&info.ip)?;
         if let Some(s) = &session {
-            self.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
+            self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
         }
         let registered = self
             .create_account(
@@ -1023,7 +1040,7 @@ impl Homeserver {
             return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
         }
         let nonce = random_string(32);
-        let mut nonces = self.registration_nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nonces = self.accounts.registration_nonces.lock().unwrap_or_else(|p| p.into_inner());
         // Nonces live a minute, as in Synapse.
         let now = now_ms();
         nonces.retain(|_, issued| now - *issued < 60_000);
@@ -1046,7 +1063,7 @@ impl Homeserver {
         let Some(secret) = &self.config.registration_shared_secret else {
             return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
         };
-        let issued = self.registration_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(nonce);
+        let issued = self.accounts.registration_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(nonce);
         if issued.is_none_or(|t| now_ms() - t >= 60_000) {
             return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
         }
@@ -1166,7 +1183,7 @@ impl Homeserver {
         }
         let token = random_string(32);
         let expires = now_ms() + 3_600_000;
-        let mut tokens = self.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tokens = self.accounts.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.retain(|_, (_, exp)| *exp > now_ms());
         tokens.insert(token.clone(), (user_id.to_owned(), expires));
         Ok(json!({
@@ -1179,7 +1196,7 @@ impl Homeserver {
 
     /// The user an OpenID token was issued to, while it lasts.
     pub fn openid_user(&self, token: &str) -> Option<String> {
-        let tokens = self.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.accounts.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.get(token).filter(|(_, exp)| *exp > now_ms()).map(|(u, _)| u.clone())
     }
 }

@@ -167,7 +167,7 @@ impl Homeserver {
 
     /// A state group's history visibility (cached: state groups never change).
     async fn group_visibility(&self, group: i64) -> Result<HistoryVisibility> {
-        if let Some(known) = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&group) {
+        if let Some(known) = self.rooms.visibility_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&group) {
             return Ok(*known);
         }
         let visibility = self
@@ -180,7 +180,7 @@ impl Homeserver {
     }
 
     fn cache_group_visibility(&self, group: i64, visibility: HistoryVisibility) {
-        let mut cache = self.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.rooms.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= VISIBILITY_CACHE_ENTRIES {
             cache.clear();
         }

@@ -203,6 +203,7 @@ impl Homeserver {
         let path = format!("/_matrix/federation/v1/get_missing_events/{}", url_encode(room_id.as_str()));
         let answer = match self
             .federation
+            .client
             .request(&self.key, self.server_name(), origin, "POST", &path, Some(&body), REMOTE_TIMEOUT)
             .await
         {

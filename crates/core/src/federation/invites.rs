@@ -170,6 +170,7 @@ impl Homeserver {
             format!("/_matrix/federation/v2/invite/{}/{}", url_encode(room_id.as_str()), url_encode(event_id.as_str()));
         let answer = self
             .federation
+            .client
             .request(&self.key, self.server_name(), &server, "PUT", &path, Some(&body), REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error(&format!("invite via {server}")))?;
@@ -227,7 +228,7 @@ impl Homeserver {
             url_encode(room_id.as_str()),
             url_encode(signed.pdu.event_id.as_str())
         );
-        self.federation
+        self.federation.client
             .request(
                 &self.key,
                 self.server_name(),

@@ -104,6 +104,7 @@ impl Homeserver {
         let timeout = std::time::Duration::from_secs(60);
         let authenticated = self
             .federation
+            .client
             .request_bytes(
                 Some(&self.key),
                 self.server_name(),
@@ -125,6 +126,7 @@ impl Homeserver {
                 let path = format!("/_matrix/media/v3/download/{server}/{media_id}?allow_remote=false");
                 let (ct, body) = self
                     .federation
+                    .client
                     .request_bytes(None, self.server_name(), server, &path, limit, timeout)
                     .await
                     .map_err(|e| remote_media_error(e, media_id))?;

@@ -35,6 +35,23 @@ use crate::{Error, ErrorKind, Homeserver, Result};
 /// default): remote servers and notaries cache them for that long.
 const KEY_VALIDITY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// The federation service's in-memory state (`hs.federation`).
+pub(crate) struct FederationState {
+    /// Requests to other servers (discovery, TLS, signing; see `client`).
+    pub(crate) client: client::FederationClient,
+    /// Servers whose keys could not be fetched, and when (a cache that spaces retries; see
+    /// `remote_keys`).
+    pub(crate) key_fetch_failures: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// The outbound queue's per-destination tasks (see `sender`): the queue is in the database;
+    /// the tasks are this process's (several processes must share destinations out).
+    pub(crate) outbound: sender::Outbound,
+    /// Inbound transactions in progress and answered (see `transactions`; the only copy: a
+    /// repeat reaching another process would be handled again).
+    pub(crate) inbound: transactions::Inbound,
+    /// `rc_federation`, per origin server (the only copy of the counts).
+    pub(crate) limiter: crate::ratelimit::FederationLimiter,
+}
+
 impl Homeserver {
     /// `GET /_matrix/key/v2/server`: the current verify key, signed with itself.
     pub fn server_keys(&self) -> Result<Value> {

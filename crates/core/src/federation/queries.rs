@@ -104,7 +104,7 @@ impl Homeserver {
                 entry
             })
             .collect();
-        let mut out = json!({"user_id": user, "stream_id": *self.stream.borrow(), "devices": list});
+        let mut out = json!({"user_id": user, "stream_id": *self.sync.stream.borrow(), "devices": list});
         for (kind, json) in cross {
             let Ok(key) = serde_json::from_str::<Value>(&json) else { continue };
             match kind.as_str() {
@@ -160,6 +160,7 @@ impl Homeserver {
         let path = format!("/_matrix/federation/v1/query/profile?user_id={}", url_encode(user.as_str()));
         let answer = self
             .federation
+            .client
             .request(&self.key, self.server_name(), user.server_name().as_str(), "GET", &path, None, REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error("profile query"))?;
@@ -177,6 +178,7 @@ impl Homeserver {
         let path = format!("/_matrix/federation/v1/query/directory?room_alias={}", url_encode(alias));
         let answer = self
             .federation
+            .client
             .request(&self.key, self.server_name(), server, "GET", &path, None, REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error("alias query"))?;
@@ -217,6 +219,7 @@ impl Homeserver {
             let body = json!({ field: users });
             let answer = self
                 .federation
+                .client
                 .request(&self.key, self.server_name(), &server, "POST", path, Some(&body), REMOTE_TIMEOUT)
                 .await;
             (server, answer)

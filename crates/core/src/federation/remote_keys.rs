@@ -49,7 +49,7 @@ impl Homeserver {
             return Ok(valid);
         }
         {
-            let failed = self.key_fetch_failures.lock().unwrap_or_else(|p| p.into_inner());
+            let failed = self.federation.key_fetch_failures.lock().unwrap_or_else(|p| p.into_inner());
             if failed.get(server).is_some_and(|at| now - at < FAILED_FETCH_BACKOFF_MS) {
                 return Err(unauthorized(format!("Could not fetch the keys of {server} (recently failed)")));
             }
@@ -57,7 +57,7 @@ impl Homeserver {
         match self.fetch_server_keys(server).await {
             Ok(fetched) => Ok(fetched),
             Err(e) => {
-                self.key_fetch_failures.lock().unwrap_or_else(|p| p.into_inner()).insert(server.to_owned(), now);
+                self.federation.key_fetch_failures.lock().unwrap_or_else(|p| p.into_inner()).insert(server.to_owned(), now);
                 Err(e)
             }
         }
@@ -68,6 +68,7 @@ impl Homeserver {
     async fn fetch_server_keys(&self, server: &str) -> Result<BTreeMap<String, String>> {
         let body = self
             .federation
+            .client
             .get_unsigned(server, "/_matrix/key/v2/server")
             .await
             .map_err(|e| unauthorized(format!("Could not fetch the keys of {server}: {e}")))?;

@@ -716,6 +716,7 @@ impl Homeserver {
         );
         let answer = self
             .federation
+            .client
             .request(&self.key, self.server_name(), &server, "PUT", &path, Some(&body), REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error(&format!("send_join via {server}")))?;
@@ -904,9 +905,9 @@ impl Homeserver {
     /// commit and after it (see `sync::SyncCache`): `(stream position, state group)`.
     pub(crate) async fn write_marked(&self, write: EventWrite) -> Result<(i64, i64)> {
         let room = write.room_id.clone();
-        self.sync_cache.writing(&room);
-        let written = EventWriter::finish(self.writer.submit(write)).await.map_err(Error::from);
-        self.sync_cache.written(&room, written.as_ref().ok().map(|(s, _)| *s), *self.stream.borrow());
+        self.sync.cache.writing(&room);
+        let written = EventWriter::finish(self.rooms.writer.submit(write)).await.map_err(Error::from);
+        self.sync.cache.written(&room, written.as_ref().ok().map(|(s, _)| *s), *self.sync.stream.borrow());
         written
     }
 }
@@ -943,6 +944,7 @@ impl Homeserver {
         for server in servers.iter().filter(|s| s.as_str() != self.server_name()) {
             match self
                 .federation
+                .client
                 .request(&self.key, self.server_name(), server, "GET", path, None, REMOTE_TIMEOUT)
                 .await
             {

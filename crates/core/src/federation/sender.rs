@@ -51,7 +51,7 @@ impl Homeserver {
     /// Starts sending: a task for every destination with queued rows. Called once the server
     /// is built (the tasks hold a weak reference to it).
     pub fn start_federation_sender(self: &Arc<Self>) {
-        let _ = self.outbound.server.set(Arc::downgrade(self));
+        let _ = self.federation.outbound.server.set(Arc::downgrade(self));
         let destinations = self.store.outbox_destinations().unwrap_or_default();
         for d in destinations {
             self.wake_destination(&d);
@@ -71,8 +71,8 @@ impl Homeserver {
     }
 
     fn wake(&self, destination: &str, is_up: bool) {
-        let Some(server) = self.outbound.server.get().cloned() else { return };
-        let mut map = self.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(server) = self.federation.outbound.server.get().cloned() else { return };
+        let mut map = self.federation.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(wake) = map.get(destination) {
             if is_up {
                 wake.is_up.store(true, std::sync::atomic::Ordering::Release);
@@ -191,6 +191,7 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
     let path = format!("/_matrix/federation/v1/send/{txn_id}");
     let result = hs
         .federation
+        .client
         .request(&hs.key, hs.server_name(), destination, "PUT", &path, Some(&body), Duration::from_secs(60))
         .await;
     match result {

@@ -63,14 +63,14 @@ impl Homeserver {
         }
         let key = (origin.to_owned(), txn_id.to_owned());
         let origin_lock = {
-            let mut map = self.inbound.per_origin.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.federation.inbound.per_origin.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(origin.to_owned()).or_default().clone()
         };
         let _one_per_origin = origin_lock.lock().await;
-        if let Some(answer) = self.inbound.answered.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(answer) = self.federation.inbound.answered.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(answer.clone());
         }
-        let _slot = self.inbound.all.acquire().await.map_err(Error::internal)?;
+        let _slot = self.federation.inbound.all.acquire().await.map_err(Error::internal)?;
 
         let mut results = Map::new();
         for pdu in pdus {
@@ -81,7 +81,7 @@ impl Homeserver {
             self.receive_edu(origin, edu).await;
         }
         let answer = json!({"pdus": results});
-        let mut answered = self.inbound.answered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut answered = self.federation.inbound.answered.lock().unwrap_or_else(|p| p.into_inner());
         if answered.len() >= REMEMBERED_TRANSACTIONS {
             answered.clear();
         }

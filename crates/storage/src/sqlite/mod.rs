@@ -1,0 +1,316 @@
+//! The embedded SQLite backend.
+//!
+//! One connection behind a `std::sync::Mutex`: SQLite allows one writer at a time anyway, every
+//! call is a short blocking function (never held across an `.await`), and a single connection
+//! makes stream positions strictly ordered with their commits, which `/sync` relies on (a
+//! reader that sees position N sees everything before N).
+//!
+//! WAL checkpoints, the only step that writes the database file and fsyncs, run on a thread of
+//! their own with a second connection (`Checkpointer`), so no request ever pays for one and
+//! callers can run storage calls inline.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use crate::*;
+
+mod users;
+mod rooms;
+mod client_data;
+mod directory;
+mod registration_tokens;
+mod media;
+mod keys;
+mod ephemeral;
+mod search;
+mod federation;
+
+use rooms::*;
+use keys::*;
+
+/// Migrations, applied in order; the schema version is the number applied. Never edit a
+/// released one: append.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_directory_media.sql"),
+    include_str!("../migrations/0003_registration_tokens.sql"),
+    include_str!("../migrations/0004_e2ee_ephemeral.sql"),
+    include_str!("../migrations/0005_search.sql"),
+    include_str!("../migrations/0006_sync_indexes.sql"),
+    include_str!("../migrations/0007_federation.sql"),
+    include_str!("../migrations/0008_ratelimit_override.sql"),
+    include_str!("../migrations/0009_relations.sql"),
+    include_str!("../migrations/0010_txn_by_event.sql"),
+];
+
+/// A full state snapshot is written after this many deltas, bounding the walk to read a
+/// group's state while keeping each event's state write small.
+pub const MAX_STATE_DELTA_CHAIN: i64 = 64;
+
+/// Statements through the connection's prepared-statement cache: parsing SQL was a visible
+/// share of each `/send` before.
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Read connections per store: more than the runtime's workers, so a reader is nearly always free.
+const READERS: usize = 4;
+
+/// How many access tokens [`SqliteStore`] keeps in memory.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+#[derive(Default)]
+struct UserCache {
+    rows: HashMap<String, UserRow>,
+    /// Bumped by every write to `users`.
+    generation: u64,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    /// The one connection that writes (SQLite allows one writer at a time anyway).
+    conn: Mutex<Connection>,
+    /// Read-only connections for queries, so that reads neither wait for a write in progress
+    /// nor block a runtime worker behind one (in WAL mode they read the last commit). Empty for
+    /// an in-memory database, which reads through `conn`.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    /// Access token -> (user, device): every authenticated request looks its token up, and
+    /// tokens are only ever added or deleted, so this is emptied on any deletion.
+    tokens: Mutex<HashMap<String, (String, String)>>,
+    /// Account rows, read by every authenticated request and written rarely.
+    users: Mutex<UserCache>,
+    /// Set on drop, to stop the checkpoint thread.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Indexes events written since the last pass for search (one transaction for the batch: an
+/// FTS5 insert per message commit would cost every send a segment write).
+fn index_search_backlog(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT INTO event_search (value, key, event_id, room_id, stream_ordering)
+         SELECT v, k, event_id, room_id, stream_ordering FROM (
+             SELECT CASE type WHEN 'm.room.message' THEN json_extract(json, '$.content.body')
+                              WHEN 'm.room.name' THEN json_extract(json, '$.content.name')
+                              ELSE json_extract(json, '$.content.topic') END AS v,
+                    CASE type WHEN 'm.room.message' THEN 'content.body'
+                              WHEN 'm.room.name' THEN 'content.name' ELSE 'content.topic' END AS k,
+                    event_id, room_id, stream_ordering
+             FROM events WHERE stream_ordering > (SELECT position FROM search_position) AND rejected = 0
+               AND type IN ('m.room.message', 'm.room.name', 'm.room.topic')
+         ) WHERE typeof(v) = 'text';
+         UPDATE search_position SET position = (SELECT coalesce(max(stream_ordering), 0) FROM events);
+         COMMIT;",
+    )
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        backend(e)
+    })
+}
+
+/// Moves committed WAL frames into the database file from its own connection and thread, and
+/// indexes new events for search.
+///
+/// PASSIVE checkpoints never block the writer; with auto-checkpointing off on the main
+/// connection, this is the one place the database file is written and synced.
+fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_INTERVAL);
+                if let Err(e) = index_search_backlog(&conn) {
+                    tracing::warn!(error = %e, "search indexing failed");
+                }
+                // (busy, WAL frames, frames checkpointed); a busy result just means next time.
+                if let Err(e) = conn.row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+            // A last full pass, so a clean shutdown leaves a small WAL.
+            let _ = conn.row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        })
+        .map_err(|e| StorageError::Backend(e.to_string()))?;
+    Ok(())
+}
+
+fn backend(e: rusqlite::Error) -> StorageError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StorageError::Conflict;
+    }
+    StorageError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
+        }
+        let mut store = Self::setup(Connection::open(path).map_err(backend)?)?;
+        store.conn().execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(backend)?;
+        for _ in 0..READERS {
+            let reader = Connection::open(path).map_err(backend)?;
+            reader.execute_batch("PRAGMA query_only = ON;").map_err(backend)?;
+            reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+            reader.set_prepared_statement_cache_capacity(256);
+            store.readers.push(Mutex::new(reader));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_checkpointer(path, stop.clone())?;
+        store.stop = Some(stop);
+        Ok(store)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        conn.set_prepared_statement_cache_capacity(256);
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
+            tokens: Mutex::new(HashMap::new()),
+            users: Mutex::new(UserCache::default()),
+            stop: None,
+        })
+    }
+
+    fn user_cache(&self) -> MutexGuard<'_, UserCache> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a committed write to `users`: cached rows go, and reads begun before it keep
+    /// nothing.
+    fn users_changed(&self) {
+        let mut cache = self.user_cache();
+        cache.generation += 1;
+        cache.rows.clear();
+    }
+
+    fn token_cache(&self) -> MutexGuard<'_, HashMap<String, (String, String)>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A free read connection (or, if all are busy, the next in turn).
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        if self.readers.is_empty() {
+            return self.conn();
+        }
+        let first = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            match self.readers[(first + i) % self.readers.len()].try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[first % self.readers.len()].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction (rusqlite rolls
+        // back on drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The schema version this build writes.
+    pub fn supported_schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
+    let found: Option<i64> =
+        conn.row("SELECT version FROM schema_version", [], |r| r.get(0)).optional().map_err(backend)?;
+    let current = found.unwrap_or(0);
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StorageError::SchemaTooNew { found: current, supported });
+    }
+    let tx = conn.transaction().map_err(backend)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(|e| StorageError::Backend(format!("migration {}: {e}", i + 1)))?;
+    }
+    tx.exec("DELETE FROM schema_version", []).map_err(backend)?;
+    tx.exec("INSERT INTO schema_version (version) VALUES (?1)", [supported]).map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.exec("UPDATE schema_version SET version = 999", []).unwrap();
+        drop(conn);
+        match SqliteStore::open(&path) {
+            Err(StorageError::SchemaTooNew { found: 999, .. }) => {}
+            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn account_data_and_events_share_one_increasing_stream() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let a = store.set_account_data("@a:x", "", "t", &serde_json::json!({})).unwrap();
+        let b = store.set_account_data("@a:x", "", "t", &serde_json::json!({"v": 1})).unwrap();
+        assert!(b > a);
+        assert_eq!(store.max_stream_ordering().unwrap(), b);
+    }
+}

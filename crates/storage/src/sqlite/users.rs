@@ -1,0 +1,249 @@
+//! Accounts, devices, tokens, profiles (`UserStore`).
+
+use super::*;
+
+pub(super) fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        user_id: r.get(0)?,
+        password_hash: r.get(1)?,
+        is_admin: r.get(2)?,
+        is_guest: r.get(3)?,
+        deactivated: r.get(4)?,
+        shadow_banned: r.get(5)?,
+        creation_ts: r.get(6)?,
+    })
+}
+
+pub(super) const USER_COLUMNS: &str = "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+
+impl UserStore for SqliteStore {
+    fn create_user(&self, u: &UserRow, displayname: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.exec(
+            &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts],
+        )
+        .map_err(backend)?;
+        tx.exec("INSERT INTO profiles (user_id, displayname) VALUES (?1, ?2)", params![u.user_id, displayname])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
+        let generation = {
+            let cache = self.user_cache();
+            if let Some(user) = cache.rows.get(user_id) {
+                return Ok(Some(user.clone()));
+            }
+            cache.generation
+        };
+        let found = self
+            .reader()
+            .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"), [user_id], user_from_row)
+            .optional()
+            .map_err(backend)?;
+        let mut cache = self.user_cache();
+        // A write since the read began may have changed the row: keep it only if none did.
+        if let Some(user) = &found
+            && cache.generation == generation
+        {
+            if cache.rows.len() >= MAX_CACHED_TOKENS {
+                cache.rows.clear();
+            }
+            cache.rows.insert(user_id.to_owned(), user.clone());
+        }
+        Ok(found)
+    }
+
+    fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>> {
+        self.reader()
+            .row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE lower(user_id) = lower(?1) LIMIT 1"),
+                [user_id],
+                user_from_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()> {
+        self.conn()
+            .exec("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])
+            .map_err(backend)?;
+        self.users_changed();
+        Ok(())
+    }
+
+    fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
+        let column = match flag {
+            UserFlag::Admin => "is_admin",
+            UserFlag::Deactivated => "deactivated",
+            UserFlag::ShadowBanned => "shadow_banned",
+        };
+        self.conn()
+            .exec(&format!("UPDATE users SET {column} = ?2 WHERE user_id = ?1"), params![user_id, value])
+            .map_err(backend)?;
+        self.users_changed();
+        Ok(())
+    }
+
+    fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
+        self.conn()
+            .exec(
+                "INSERT INTO devices (user_id, device_id, display_name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET
+                   display_name = coalesce(excluded.display_name, display_name)",
+                params![user_id, device_id, name],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices
+                 WHERE user_id = ?1 ORDER BY device_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([user_id], |r| {
+                Ok(DeviceRow {
+                    device_id: r.get(0)?,
+                    display_name: r.get(1)?,
+                    last_seen_ts: r.get(2)?,
+                    last_seen_ip: r.get(3)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+        let n = self
+            .conn()
+            .exec(
+                "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, name],
+            )
+            .map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
+            .map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
+        let n = tx
+            .exec("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
+            .map_err(backend)?;
+        delete_device_crypto(&tx, user_id, Some(device_id), None)?;
+        tx.commit().map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()> {
+        self.conn()
+            .exec(
+                "INSERT INTO access_tokens (token, user_id, device_id) VALUES (?1, ?2, ?3)",
+                params![token, user_id, device_id],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
+        if let Some(found) = self.token_cache().get(token) {
+            return Ok(Some(found.clone()));
+        }
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1").map_err(backend)?;
+        let found: Option<(String, String)> =
+            stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(backend)?;
+        if let Some(found) = &found {
+            let mut cache = self.token_cache();
+            if cache.len() >= MAX_CACHED_TOKENS {
+                cache.clear();
+            }
+            cache.insert(token.to_owned(), found.clone());
+        }
+        Ok(found)
+    }
+
+    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, ts: i64) -> Result<()> {
+        self.conn()
+            .exec(
+                "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = ?4 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, ts, ip],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_access_token(&self, token: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.exec("DELETE FROM access_tokens WHERE token = ?1", [token]).map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
+        Ok(())
+    }
+
+    fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let keep = keep.unwrap_or("");
+        tx.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
+            .map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
+        tx.exec("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
+            .map_err(backend)?;
+        delete_device_crypto(&tx, user_id, None, Some(keep))?;
+        tx.commit().map_err(backend)
+    }
+
+    fn get_ratelimit_override(&self, user_id: &str) -> Result<Option<(Option<f64>, Option<i64>)>> {
+        self.reader()
+            .row("SELECT messages_per_second, burst_count FROM ratelimit_override WHERE user_id = ?1", [user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)
+    }
+
+    fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>> {
+        self.reader()
+            .row("SELECT displayname, avatar_url FROM profiles WHERE user_id = ?1", [user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)
+    }
+
+    fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>) -> Result<()> {
+        let column = match field {
+            ProfileField::DisplayName => "displayname",
+            ProfileField::AvatarUrl => "avatar_url",
+        };
+        self.conn()
+            .exec(
+                &format!(
+                    "INSERT INTO profiles (user_id, {column}) VALUES (?1, ?2)
+                     ON CONFLICT (user_id) DO UPDATE SET {column} = excluded.{column}"
+                ),
+                params![user_id, value],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn count_users(&self) -> Result<i64> {
+        self.reader().row("SELECT count(*) FROM users", [], |r| r.get(0)).map_err(backend)
+    }
+}
