@@ -340,7 +340,8 @@ impl Homeserver {
         }
         // A minute of staleness in last_active_ago is fine; a write (or a read) per sync is not.
         let fresh = |written: &str, at: i64| written == state && now_ms() - at < 60_000;
-        let known = self.ephemeral.presence_written.lock().unwrap_or_else(|p| p.into_inner()).get(me.user_id.as_str()).cloned();
+        let known =
+            self.ephemeral.presence_written.lock().unwrap_or_else(|p| p.into_inner()).get(me.user_id.as_str()).cloned();
         if known.is_some_and(|(written, at)| fresh(&written, at)) {
             return Ok(());
         }
@@ -361,7 +362,8 @@ impl Homeserver {
     /// Stores presence, remembering what was written so syncs need not read it back; a local
     /// user's goes to the servers sharing a room with them (`m.presence`).
     async fn write_presence(&self, row: PresenceRow) -> Result<()> {
-        self.ephemeral.presence_written
+        self.ephemeral
+            .presence_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(row.user_id.clone(), (row.state.clone(), row.last_active_ts));

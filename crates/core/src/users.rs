@@ -244,7 +244,11 @@ impl Homeserver {
     fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
         let session = session.unwrap_or_else(|| {
             let id = random_string(24);
-            self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), UiaSession::default());
+            self.accounts
+                .uia_sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), UiaSession::default());
             id
         });
         let completed = self

@@ -44,8 +44,8 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod callbacks;
 pub mod auth;
+pub mod callbacks;
 pub mod http;
 pub mod spam;
 pub mod third_party;

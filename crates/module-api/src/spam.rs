@@ -14,8 +14,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use crate::callbacks::callback_struct;
 use crate::ModuleError;
+use crate::callbacks::callback_struct;
 
 /// A registered callback taking the argument tuple `A` and producing `R`.
 ///

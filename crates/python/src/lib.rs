@@ -1041,11 +1041,7 @@ mod tests {
         let shim = include_str!("../py/synapse/module_api/__init__.py");
         let start = shim.find(&format!("def register_{method}_callbacks(")).expect("the shim registers this method");
         let signature = &shim[start..start + shim[start..].find("):").unwrap()];
-        signature
-            .split([',', '(', '*'])
-            .filter_map(|p| p.trim().strip_suffix("=None"))
-            .map(str::to_owned)
-            .collect()
+        signature.split([',', '(', '*']).filter_map(|p| p.trim().strip_suffix("=None")).map(str::to_owned).collect()
     }
 
     /// module-api's list is the one list: the shim accepts each name, and this host converts

@@ -228,7 +228,8 @@ impl Homeserver {
             url_encode(room_id.as_str()),
             url_encode(signed.pdu.event_id.as_str())
         );
-        self.federation.client
+        self.federation
+            .client
             .request(
                 &self.key,
                 self.server_name(),

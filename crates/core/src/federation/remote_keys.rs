@@ -57,7 +57,11 @@ impl Homeserver {
         match self.fetch_server_keys(server).await {
             Ok(fetched) => Ok(fetched),
             Err(e) => {
-                self.federation.key_fetch_failures.lock().unwrap_or_else(|p| p.into_inner()).insert(server.to_owned(), now);
+                self.federation
+                    .key_fetch_failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(server.to_owned(), now);
                 Err(e)
             }
         }

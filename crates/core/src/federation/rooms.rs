@@ -754,7 +754,9 @@ impl Homeserver {
                         .collect();
                     key_map.insert(needed.to_string(), set);
                 }
-                Err(e) => tracing::warn!(server, signer = %needed, error = %e, "a send_join answer is signed by a server whose keys are unknown"),
+                Err(e) => {
+                    tracing::warn!(server, signer = %needed, error = %e, "a send_join answer is signed by a server whose keys are unknown")
+                }
             }
         }
         let verified = {

@@ -33,7 +33,10 @@ impl AuthLists {
 
 /// Calls a callback; an error or panic is logged and counts as "no", as in Synapse.
 async fn call_logged<A, R>(reg: &Registered<A, R>, name: &str, args: A) -> Option<R> {
-    invoke(reg, args).await.map_err(|e| tracing::warn!(module = %reg.module, callback = name, error = %e, "module callback failed")).ok()
+    invoke(reg, args)
+        .await
+        .map_err(|e| tracing::warn!(module = %reg.module, callback = name, error = %e, "module callback failed"))
+        .ok()
 }
 
 impl ModuleRegistry {

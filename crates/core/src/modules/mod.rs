@@ -560,10 +560,11 @@ pub(crate) async fn invoke<A, R>(reg: &Registered<A, R>, args: A) -> Result<R, M
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let span = tracing::info_span!("module_callback", module = %reg.module, callback = reg.name);
-    let outcome = match span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (reg.callback)(args)))) {
-        Ok(future) => std::panic::AssertUnwindSafe(future.instrument(span)).catch_unwind().await,
-        Err(panic) => Err(panic),
-    };
+    let outcome =
+        match span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (reg.callback)(args)))) {
+            Ok(future) => std::panic::AssertUnwindSafe(future.instrument(span)).catch_unwind().await,
+            Err(panic) => Err(panic),
+        };
     reg.calls.fetch_add(1, Ordering::Relaxed);
     reg.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     outcome.unwrap_or_else(|_| Err(ModuleError::Other(format!("module {} panicked", reg.module))))

@@ -4,7 +4,12 @@ use super::*;
 
 /// Drops a device's keys and pending messages (one device, or all but `keep`), and records a
 /// device-list change if it had identity keys.
-pub(super) fn delete_device_crypto(tx: &Transaction<'_>, user_id: &str, device: Option<&str>, keep: Option<&str>) -> Result<()> {
+pub(super) fn delete_device_crypto(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    device: Option<&str>,
+    keep: Option<&str>,
+) -> Result<()> {
     let (clause, arg) = match (device, keep) {
         (Some(d), _) => ("device_id = ?2", d),
         (None, k) => ("device_id != ?2", k.unwrap_or("")),

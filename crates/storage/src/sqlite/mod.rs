@@ -19,19 +19,19 @@ use serde_json::Value;
 
 use crate::*;
 
-mod users;
-mod rooms;
 mod client_data;
 mod directory;
-mod registration_tokens;
-mod media;
-mod keys;
 mod ephemeral;
-mod search;
 mod federation;
+mod keys;
+mod media;
+mod registration_tokens;
+mod rooms;
+mod search;
+mod users;
 
-use rooms::*;
 use keys::*;
+use rooms::*;
 
 /// Migrations, applied in order; the schema version is the number applied. Never edit a
 /// released one: append.

@@ -14,7 +14,8 @@ pub(super) fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> 
     })
 }
 
-pub(super) const USER_COLUMNS: &str = "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+pub(super) const USER_COLUMNS: &str =
+    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
 
 impl UserStore for SqliteStore {
     fn create_user(&self, u: &UserRow, displayname: Option<&str>) -> Result<()> {
