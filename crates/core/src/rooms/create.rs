@@ -1,0 +1,377 @@
+//! Creating rooms, and upgrading them to a new room version.
+
+use super::*;
+
+impl Homeserver {
+    /// Makes a room: its row and its `m.room.create` event. From room version 12 the room is
+    /// named after its create event (`!` and the event's reference hash), so the event is
+    /// signed once to learn the name, then appended with the same timestamp: the same hash.
+    pub(super) async fn found_room(
+        &self,
+        version: &str,
+        rules: &RoomVersionRules,
+        creator: &UserId,
+        mut content: Map<String, Value>,
+        is_public: bool,
+    ) -> Result<OwnedRoomId> {
+        if !rules.authorization.use_room_create_sender {
+            content.insert("creator".into(), json!(creator));
+        }
+        content.insert("room_version".into(), json!(version));
+        // Room version 12 names the room after its create event, whose only entropy is its
+        // timestamp: a user making rooms with the same content in the same millisecond would
+        // name the same room. As Synapse, a taken name is tried again a few milliseconds on.
+        let mut attempt = 0;
+        let (room_id, origin_server_ts) = loop {
+            let named = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
+                .map_err(Error::internal)?;
+            let jitter = if attempt == 0 { 0 } else { rand::Rng::gen_range(&mut rand::thread_rng(), 1..=10) };
+            let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64 + jitter));
+            let draft = EventDraft {
+                room_id: &named,
+                sender: creator,
+                kind: "m.room.create",
+                state_key: Some(""),
+                content: content.clone(),
+                prev_events: Vec::new(),
+                auth_events: Vec::new(),
+                depth: 1,
+                redacts: None,
+                origin_server_ts,
+                reference_hashes: HashMap::new(),
+            };
+            let signed = sign_event(draft, rules, self.server_name(), &self.key)?;
+            // Checked before anything is stored: a bad `additional_creators` leaves no empty room.
+            crate::state::check_auth(rules, &signed.pdu, &HashMap::new(), &HashMap::new())
+                .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
+            let room_id = signed.pdu.room_id.clone();
+            let row = RoomRow {
+                room_id: room_id.to_string(),
+                room_version: version.to_owned(),
+                creator: creator.to_string(),
+                is_public,
+            };
+            let made = self
+                .db(move |s| match s.create_room(&row) {
+                    Ok(()) => Ok(true),
+                    Err(myelin_storage::StorageError::Conflict) => Ok(false),
+                    Err(e) => Err(e),
+                })
+                .await?;
+            match (made, attempt) {
+                (true, _) => break (room_id, origin_server_ts),
+                (false, 0..5) => attempt += 1,
+                (false, _) => return Err(Error::internal("could not find a free room ID")),
+            }
+        };
+        let options = AppendOptions { origin_server_ts: Some(origin_server_ts), ..AppendOptions::default() };
+        let appended = self.append_event(&room_id, creator, "m.room.create", Some(""), content, options).await?;
+        if appended.pdu.room_id != room_id {
+            // A third-party rules module rewrote the create event; in room version 12 that
+            // would name another room.
+            return Err(Error::internal("the room's create event changed while it was made"));
+        }
+        Ok(room_id)
+    }
+
+    /// `POST /createRoom` (and `ModuleApi.create_room`). Returns `(room_id, alias)`.
+    pub async fn create_room(
+        &self,
+        requester: &Requester,
+        body: Map<String, Value>,
+    ) -> Result<(OwnedRoomId, Option<String>)> {
+        if requester.is_guest {
+            return Err(guest_forbidden());
+        }
+        // As Synapse: `rc_room_creation` and `rc_message` both, neither counted unless both pass.
+        let user = requester.user_id.as_str();
+        self.peek_user(&self.limiters.room_creation, user, None).await?;
+        self.limit_message(user, false).await?;
+        self.limit_user(&self.limiters.room_creation, user, None).await?;
+        let body = self.modules.on_create_room(requester.user_id.as_str(), body, requester.is_admin).await?;
+        let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
+            .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;
+        let version = request.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());
+        if !crate::config::SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "Your homeserver does not support this room version",
+            ));
+        }
+        let rules = ruma::RoomVersionId::try_from(version.as_str())
+            .ok()
+            .and_then(|v| v.rules())
+            .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown room version"))?;
+        let visibility = request.visibility.as_deref().unwrap_or("private");
+        if !["public", "private"].contains(&visibility) {
+            return Err(Error::invalid_param("visibility must be 'public' or 'private'"));
+        }
+        let preset = request
+            .preset
+            .clone()
+            .unwrap_or_else(|| if visibility == "public" { "public_chat".into() } else { "private_chat".into() });
+        if !["private_chat", "public_chat", "trusted_private_chat"].contains(&preset.as_str()) {
+            return Err(Error::invalid_param(format!("Unknown preset {preset}")));
+        }
+        let mut invitees = Vec::new();
+        for i in &request.invite {
+            invitees.push(parse_user_id(i)?);
+        }
+        let alias = match &request.room_alias_name {
+            Some(local) => {
+                let alias = format!("#{local}:{}", self.server_name());
+                self.check_alias_available(&alias).await?;
+                Some(alias)
+            }
+            None => None,
+        };
+        if !requester.is_admin {
+            self.modules.user_may_create_room(requester.user_id.as_str(), &body).await?;
+        }
+
+        let creator = &requester.user_id;
+        let mut create_content = request.creation_content.clone().unwrap_or_default();
+        // Room version 12: a trusted private chat's invitees are creators too (as in Synapse),
+        // rather than users at power 100.
+        let invitees_are_creators = rules.authorization.additional_room_creators && preset == "trusted_private_chat";
+        if invitees_are_creators && !invitees.is_empty() {
+            let mut creators: Vec<String> = create_content
+                .get("additional_creators")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            creators.extend(invitees.iter().map(|i| i.to_string()));
+            creators.sort();
+            creators.dedup();
+            create_content.insert("additional_creators".into(), json!(creators));
+        }
+        // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
+        let room_id = self.found_room(&version, &rules, creator, create_content, visibility == "public").await?;
+
+        let send = |kind: &'static str, key: Option<String>, content: Value| {
+            let room_id = room_id.clone();
+            async move {
+                let Value::Object(content) = content else { return Err(Error::bad_json("content must be an object")) };
+                self.append_event(&room_id, creator, kind, key.as_deref(), content, AppendOptions::default()).await
+            }
+        };
+        let (displayname, avatar_url) = self.profile_of(creator.as_str()).await?;
+        let mut join = json!({"membership": "join"});
+        if let Some(d) = displayname {
+            join["displayname"] = json!(d);
+        }
+        if let Some(a) = avatar_url {
+            join["avatar_url"] = json!(a);
+        }
+        send("m.room.member", Some(creator.to_string()), join).await?;
+
+        // From room version 12 creators have unlimited power and may not be listed.
+        let creators_privileged = rules.authorization.explicitly_privilege_room_creators;
+        let mut users = Map::new();
+        if !creators_privileged {
+            users.insert(creator.to_string(), json!(100));
+        }
+        if preset == "trusted_private_chat" && !invitees_are_creators {
+            for i in &invitees {
+                users.insert(i.to_string(), json!(100));
+            }
+        }
+        let mut power = json!({
+            "users": users, "users_default": 0,
+            "events": {
+                "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+                "m.room.server_acl": 100, "m.room.encryption": 100
+            },
+            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
+            "historical": 100
+        });
+        if creators_privileged {
+            // Above any power a creator can hand out, so only creators may upgrade the room.
+            power["events"]["m.room.tombstone"] = json!(150);
+        }
+        // Synapse's presets: anyone may invite to a private room; only moderators to a public
+        // one, where starting a call takes a moderator too.
+        if preset == "public_chat" {
+            power["events"]["m.call.invite"] = json!(50);
+        } else {
+            power["invite"] = json!(0);
+        }
+        if let Some(over) = &request.power_level_content_override {
+            for (k, v) in over {
+                power[k] = v.clone();
+            }
+        }
+        send("m.room.power_levels", Some(String::new()), power).await?;
+        let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+        send("m.room.join_rules", Some(String::new()), json!({"join_rule": join_rule})).await?;
+        send("m.room.history_visibility", Some(String::new()), json!({"history_visibility": "shared"})).await?;
+        if preset != "public_chat" {
+            send("m.room.guest_access", Some(String::new()), json!({"guest_access": "can_join"})).await?;
+        }
+        for ev in &request.initial_state {
+            let room_id = room_id.clone();
+            self.append_event(
+                &room_id,
+                creator,
+                &ev.kind,
+                Some(&ev.state_key),
+                ev.content.clone(),
+                AppendOptions::default(),
+            )
+            .await?;
+        }
+        if let Some(name) = &request.name {
+            send("m.room.name", Some(String::new()), json!({"name": name})).await?;
+        }
+        if let Some(topic) = &request.topic {
+            send("m.room.topic", Some(String::new()), json!({"topic": topic})).await?;
+        }
+        // The alias is created after the room exists: a module denial fails the request but
+        // leaves the room, as in Synapse.
+        if let Some(alias) = &alias {
+            self.create_alias(requester, alias, room_id.as_str()).await?;
+            send("m.room.canonical_alias", Some(String::new()), json!({"alias": alias})).await?;
+        }
+        // Invites run after the room exists: a denied invite fails the request but the room
+        // stays, as in Synapse. Shadow-banned creators' invites are silently dropped.
+        if !requester.shadow_banned {
+            for invitee in &invitees {
+                let mut extra = Map::new();
+                if request.is_direct {
+                    extra.insert("is_direct".into(), json!(true));
+                }
+                self.update_membership_unlimited(requester, &room_id, invitee, "invite", None, extra).await?;
+            }
+        }
+        Ok((room_id, alias))
+    }
+
+    /// `POST /rooms/{roomId}/upgrade`: a new room with the old one's state, a tombstone in the
+    /// old room, and the old room restricted. `user_may_create_room` runs here with a
+    /// synthesised config and no admin exemption, as in Synapse.
+    pub async fn upgrade_room(&self, requester: &Requester, room_id: &str, new_version: &str) -> Result<String> {
+        let old = parse_room_id(room_id)?;
+        if !crate::config::SUPPORTED_ROOM_VERSIONS.contains(&new_version) {
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "Your homeserver does not support this room version",
+            ));
+        }
+        if self.current_state(&old).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        if !self.can_send_state(&old, requester.user_id.as_str(), "m.room.tombstone").await? {
+            return Err(Error::forbidden("You don't have permission to upgrade the room"));
+        }
+        if requester.shadow_banned {
+            crate::users::shadow_ban_delay().await;
+            use rand::Rng;
+            let fake: String = (0..18).map(|_| rand::thread_rng().gen_range(b'a'..=b'z') as char).collect();
+            return Ok(fake);
+        }
+        const COPIED: &[&str] = &[
+            "m.room.server_acl",
+            "m.room.encryption",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.topic",
+            "m.room.guest_access",
+            "m.room.history_visibility",
+            "m.room.join_rules",
+            "m.room.power_levels",
+        ];
+        let mut copied = Vec::new();
+        for kind in COPIED {
+            if let Some(content) = self.state_content(&old, kind, "").await? {
+                copied.push((kind.to_string(), content));
+            }
+        }
+        let last = self
+            .db({
+                let r = old.to_string();
+                move |s| s.get_forward_extremities(&r)
+            })
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let creation_content = json!({"predecessor": {"room_id": old, "event_id": last}});
+        let initial_state: Vec<Value> =
+            copied.iter().map(|(t, c)| json!({"type": t, "state_key": "", "content": c})).collect();
+        let config = json!({"creation_content": creation_content, "initial_state": initial_state});
+        self.modules.user_may_create_room(requester.user_id.as_str(), config.as_object().expect("object")).await?;
+
+        let me = &requester.user_id;
+        let rules = ruma::RoomVersionId::try_from(new_version)
+            .ok()
+            .and_then(|v| v.rules())
+            .ok_or_else(|| Error::internal("rules"))?;
+        let create = creation_content.as_object().cloned().unwrap_or_default();
+        let new = self.found_room(new_version, &rules, me, create, false).await?;
+        let (displayname, avatar_url) = self.profile_of(me.as_str()).await?;
+        let mut join = Map::new();
+        join.insert("membership".into(), json!("join"));
+        if let Some(d) = displayname {
+            join.insert("displayname".into(), json!(d));
+        }
+        if let Some(a) = avatar_url {
+            join.insert("avatar_url".into(), json!(a));
+        }
+        self.append_event(&new, me, "m.room.member", Some(me.as_str()), join, AppendOptions::default()).await?;
+        // Copy power levels with the upgrader at 100 so the rest can be copied, then restore.
+        // Into room version 12, the upgrader is the creator: unlimited power, and not listed.
+        let mut original_pl =
+            copied.iter().find(|(t, _)| t == "m.room.power_levels").map(|(_, c)| c.clone()).unwrap_or_default();
+        // Out of it, the old room's creators (unlimited power there) are listed at 100, where
+        // Synapse would leave them at the default level.
+        if rules.authorization.explicitly_privilege_room_creators {
+            if let Some(Value::Object(users)) = original_pl.get_mut("users") {
+                users.remove(me.as_str());
+            }
+        } else {
+            let old_state = self.current_state(&old).await?.unwrap_or_default();
+            let old_creators = self.power_levels(&old_state).await?.privileged_creators;
+            if !old_creators.is_empty()
+                && let Value::Object(users) = original_pl.entry("users").or_insert(json!({}))
+            {
+                for creator in old_creators {
+                    users.entry(creator).or_insert(json!(100));
+                }
+            }
+        }
+        let mut boosted = original_pl.clone();
+        if !rules.authorization.explicitly_privilege_room_creators {
+            let users = boosted.entry("users").or_insert(json!({}));
+            if let Value::Object(u) = users {
+                u.insert(me.to_string(), json!(100));
+            }
+        }
+        self.append_event(&new, me, "m.room.power_levels", Some(""), boosted.clone(), AppendOptions::default()).await?;
+        for (kind, content) in &copied {
+            if kind != "m.room.power_levels" {
+                self.append_event(&new, me, kind, Some(""), content.clone(), AppendOptions::default()).await?;
+            }
+        }
+        if boosted != original_pl && !original_pl.is_empty() {
+            self.append_event(&new, me, "m.room.power_levels", Some(""), original_pl.clone(), AppendOptions::default())
+                .await?;
+        }
+        let mut tombstone = Map::new();
+        tombstone.insert("body".into(), json!("This room has been replaced"));
+        tombstone.insert("replacement_room".into(), json!(new));
+        self.append_event(&old, me, "m.room.tombstone", Some(""), tombstone, AppendOptions::default()).await?;
+        // Restrict the old room so conversation moves on.
+        let old_pl = copied.iter().find(|(t, _)| t == "m.room.power_levels").map(|(_, c)| c.clone());
+        let mut restricted = old_pl.unwrap_or_default();
+        let users_default = restricted.get("users_default").and_then(as_int).unwrap_or(0);
+        let level = json!(50.max(users_default + 1));
+        restricted.insert("events_default".into(), level.clone());
+        restricted.insert("invite".into(), level);
+        let _ =
+            self.append_event(&old, me, "m.room.power_levels", Some(""), restricted, AppendOptions::default()).await;
+        Ok(new.to_string())
+    }
+}
