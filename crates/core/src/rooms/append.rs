@@ -349,7 +349,12 @@ impl Homeserver {
 
     /// Waits for a write [`Homeserver::submit_checked`] queued. Returns `(stream position,
     /// state group)`.
-    pub(super) async fn finish_write(&self, room_id: &RoomId, checked: &Checked, pending: PendingWrite) -> Result<(i64, i64)> {
+    pub(super) async fn finish_write(
+        &self,
+        room_id: &RoomId,
+        checked: &Checked,
+        pending: PendingWrite,
+    ) -> Result<(i64, i64)> {
         let written = match EventWriter::finish(pending).await {
             // The same event is already stored: messages built at the same moment on the same
             // parents with the same content and sender are one event (the same reference hash),

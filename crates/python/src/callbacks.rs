@@ -1,0 +1,417 @@
+//! `PyHost`, the object behind the shim's `ModuleApi`: registering Python callbacks as module-api callbacks, and translating their answers.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use myelin_module_api::spam::*;
+use myelin_module_api::{EventView, ModuleApi, ModuleError};
+use pyo3::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::*;
+
+/// The host object behind the shim's `ModuleApi`.
+#[pyclass]
+pub(crate) struct PyHost {
+    pub(crate) api: ModuleApi,
+    pub(crate) runtime: Arc<PythonRuntime>,
+}
+
+pub(crate) fn module_error(v: &Value) -> Option<ModuleError> {
+    if let Some(m) = v.get("matrix") {
+        return Some(ModuleError::Matrix {
+            status: m["status"].as_u64().unwrap_or(500) as u16,
+            errcode: m["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
+            message: m["error"].as_str().unwrap_or_default().to_owned(),
+            fields: m["fields"].as_object().cloned().unwrap_or_default(),
+        });
+    }
+    v.get("exception").map(|tb| ModuleError::Other(tb.as_str().unwrap_or_default().to_owned()))
+}
+
+/// The user ID an auth checker vouched for, if any.
+pub(crate) fn vouched_user(v: Value) -> Result<Option<String>, ModuleError> {
+    if let Some(e) = module_error(&v) {
+        return Err(e);
+    }
+    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+        tracing::warn!("{w}");
+    }
+    Ok(v["user"].as_str().map(str::to_owned))
+}
+
+pub(crate) fn decision(v: Value) -> Result<Decision, ModuleError> {
+    if let Some(e) = module_error(&v) {
+        return Err(e);
+    }
+    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+        tracing::warn!("{w}");
+    }
+    match v.get("deny") {
+        Some(code) => Ok(Decision::deny_with(
+            code.as_str().unwrap_or("M_FORBIDDEN"),
+            v["fields"].as_object().cloned().unwrap_or_default(),
+        )),
+        None => Ok(Decision::Allow),
+    }
+}
+
+impl PyHost {
+    /// A callback that runs `function` on the Python thread with `args` (as Python data), normalising
+    /// the result as `kind` requires.
+    pub(crate) fn invoke(
+        &self,
+        kind: &'static str,
+        function: &Arc<Py<PyAny>>,
+        args: Value,
+    ) -> BoxFuture<'static, Result<Value, ModuleError>> {
+        let f = function.clone();
+        let rx = self
+            .runtime
+            .call("invoke", move |py| Ok(vec![to_py(py, kind), f.clone_ref(py), to_python(py, &args)?.unbind()]));
+        Box::pin(async move { rx.await.map_err(|_| ModuleError::other("the Python thread dropped the call")) })
+    }
+
+    pub(crate) fn callback<A: Send + 'static, R: Send + 'static>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        function: Py<PyAny>,
+        args: impl Fn(A) -> Value + Send + Sync + 'static,
+        result: fn(Value) -> Result<R, ModuleError>,
+    ) -> Callback<A, R> {
+        let me = self.clone();
+        let function = Arc::new(function);
+        Arc::new(move |a: A| {
+            let call = me.invoke(kind, &function, args(a));
+            Box::pin(async move { result(call.await?) })
+        })
+    }
+}
+
+#[pymethods]
+impl PyHost {
+    pub(crate) fn server_name(&self) -> String {
+        self.api.server_name().to_owned()
+    }
+
+    /// The callbacks Myelin calls for `register_<method>_callbacks` (module-api's list).
+    pub(crate) fn callback_names(&self, method: &str) -> Vec<&'static str> {
+        myelin_module_api::callbacks::names(method).to_vec()
+    }
+
+    pub(crate) fn public_baseurl(&self) -> String {
+        String::new()
+    }
+
+    /// Adds one callback to the shared registry; `arity` picks Synapse's argument forms.
+    pub(crate) fn register_spam(&self, _module: &str, name: &str, function: Py<PyAny>, arity: i64) -> PyResult<()> {
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let mut cbs = SpamCheckerCallbacks::default();
+        match name {
+            "check_event_for_spam" => {
+                cbs.check_event_for_spam = Some(me.callback(
+                    "check_event_for_spam",
+                    function,
+                    |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                    |v| {
+                        if let Some(e) = module_error(&v) {
+                            return Err(e);
+                        }
+                        if let Some(m) = v.get("message").and_then(Value::as_str) {
+                            return Ok(EventDecision::DenyWithMessage(m.to_owned()));
+                        }
+                        Ok(match decision(v)? {
+                            Decision::Allow => EventDecision::Allow,
+                            Decision::Deny(d) => EventDecision::Deny(d),
+                        })
+                    },
+                ))
+            }
+            "federated_user_may_invite" => {
+                cbs.federated_user_may_invite = Some(me.callback(
+                    "federated_user_may_invite",
+                    function,
+                    |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                    decision,
+                ))
+            }
+            "should_drop_federated_event" => {
+                cbs.should_drop_federated_event = Some(me.callback(
+                    "should_drop_federated_event",
+                    function,
+                    |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(false)),
+                    },
+                ))
+            }
+            "user_may_invite" => {
+                cbs.user_may_invite = Some(me.callback(
+                    "user_may_invite",
+                    function,
+                    |(a, b, c): (String, String, String)| json!([a, b, c]),
+                    decision,
+                ))
+            }
+            "user_may_join_room" => {
+                cbs.user_may_join_room = Some(me.callback(
+                    "user_may_join_room",
+                    function,
+                    |(a, b, c): (String, String, bool)| json!([a, b, c]),
+                    decision,
+                ))
+            }
+            "user_may_create_room" => {
+                cbs.user_may_create_room = Some(me.callback(
+                    "user_may_create_room",
+                    function,
+                    // Exactly two parameters: the new form with the room config (Synapse).
+                    move |(u, c): (String, RoomConfig)| if arity == 2 { json!([u, c]) } else { json!([u]) },
+                    decision,
+                ))
+            }
+            "user_may_create_room_alias" => {
+                cbs.user_may_create_room_alias = Some(me.callback(
+                    "user_may_create_room_alias",
+                    function,
+                    |(a, b): (String, String)| json!([a, b]),
+                    decision,
+                ))
+            }
+            "user_may_publish_room" => {
+                cbs.user_may_publish_room = Some(me.callback(
+                    "user_may_publish_room",
+                    function,
+                    |(a, b): (String, String)| json!([a, b]),
+                    decision,
+                ))
+            }
+            "user_may_send_state_event" => {
+                cbs.user_may_send_state_event = Some(me.callback(
+                    "user_may_send_state_event",
+                    function,
+                    |(a, b, c, d, e): StateEventArgs| json!([a, b, c, d, e]),
+                    decision,
+                ))
+            }
+            "check_username_for_spam" => {
+                cbs.check_username_for_spam = Some(me.callback(
+                    "check_username_for_spam",
+                    function,
+                    move |(p, r): (UserProfile, String)| {
+                        let profile =
+                            json!({"user_id": p.user_id, "display_name": p.display_name, "avatar_url": p.avatar_url});
+                        if arity == 2 { json!([profile, r]) } else { json!([profile]) }
+                    },
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(false)),
+                    },
+                ))
+            }
+            "check_registration_for_spam" => {
+                cbs.check_registration_for_spam = Some(me.callback(
+                    "check_registration_for_spam",
+                    function,
+                    |(e, u, i, p): RegistrationArgs| json!([e, u, i, p]),
+                    |v| {
+                        if let Some(e) = module_error(&v) {
+                            return Err(e);
+                        }
+                        Ok(match v["registration"].as_str() {
+                            Some("shadow_ban") => RegistrationBehaviour::ShadowBan,
+                            Some("deny") => RegistrationBehaviour::Deny,
+                            _ => RegistrationBehaviour::Allow,
+                        })
+                    },
+                ))
+            }
+            "check_login_for_spam" => {
+                cbs.check_login_for_spam = Some(me.callback(
+                    "check_login_for_spam",
+                    function,
+                    |(a, b, c, d, e): LoginArgs| json!([a, b, c, d, e]),
+                    decision,
+                ))
+            }
+            "check_media_file_for_spam" => {
+                cbs.check_media_file_for_spam = Some(me.callback(
+                    "check_media_file_for_spam",
+                    function,
+                    |(f,): (MediaFile,)| json!([f.path.to_string_lossy(), f.media_id, f.server_name, f.thumbnail]),
+                    decision,
+                ))
+            }
+            other => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown spam checker callback {other}")));
+            }
+        }
+        self.api
+            .register_spam_checker_callbacks(cbs)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Adds one third-party rules or account validity callback to the shared registry.
+    pub(crate) fn register_third_party(&self, _module: &str, name: &str, function: Py<PyAny>) -> PyResult<()> {
+        use myelin_module_api::third_party::*;
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let view_json = |e: &EventView| Value::Object(e.as_json().clone());
+        let mut rules = ThirdPartyRulesCallbacks::default();
+        let mut validity = AccountValidityCallbacks::default();
+        match name {
+            "check_event_allowed" => {
+                rules.check_event_allowed = Some(me.callback(
+                    "check_event_allowed",
+                    function,
+                    move |(e, state): (EventView, StateEvents)| {
+                        json!([view_json(&e), state.iter().map(view_json).collect::<Vec<_>>()])
+                    },
+                    |v| {
+                        if let Some(e) = module_error(&v) {
+                            return Err(e);
+                        }
+                        if !v["allowed"].as_bool().unwrap_or(false) {
+                            return Ok(EventAllowed::Deny);
+                        }
+                        // A replacement is a whole event dict; its content is what changes.
+                        Ok(match v["replacement"].get("content").and_then(Value::as_object) {
+                            Some(c) => EventAllowed::Replace(c.clone()),
+                            None => EventAllowed::Allow,
+                        })
+                    },
+                ))
+            }
+            "on_create_room" => {
+                rules.on_create_room = Some(me.callback(
+                    "on_create_room",
+                    function,
+                    |(u, c, admin): (String, Map<String, Value>, bool)| json!([u, c, admin]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["config"].as_object().cloned()),
+                    },
+                ))
+            }
+            "on_new_event" => {
+                rules.on_new_event = Some(me.callback(
+                    "on_new_event",
+                    function,
+                    move |(e, state): (EventView, StateEvents)| {
+                        json!([view_json(&e), state.iter().map(view_json).collect::<Vec<_>>()])
+                    },
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "is_user_expired" => {
+                validity.is_user_expired = Some(me.callback(
+                    "is_user_expired",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["expired"].as_bool()),
+                    },
+                ))
+            }
+            "on_user_registration" => {
+                validity.on_user_registration = Some(me.callback(
+                    "on_user_registration",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "check_3pid_auth" => {
+                let cb = me.callback(
+                    "check_3pid_auth",
+                    function,
+                    |(m, a, p): (String, String, String)| json!([m, a, p]),
+                    vouched_user,
+                );
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+                    check_3pid_auth: Some(cb),
+                    ..Default::default()
+                };
+                return self
+                    .api
+                    .register_password_auth_provider_callbacks(auth)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
+            "on_logged_out" => {
+                let cb = me.callback(
+                    "on_logged_out",
+                    function,
+                    |(u, d, t): (String, Option<String>, String)| json!([u, d, t]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                );
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+                    on_logged_out: Some(cb),
+                    ..Default::default()
+                };
+                return self
+                    .api
+                    .register_password_auth_provider_callbacks(auth)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
+            other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
+        }
+        let result = if matches!(name, "is_user_expired" | "on_user_registration") {
+            self.api.register_account_validity_callbacks(validity)
+        } else {
+            self.api.register_third_party_rules_callbacks(rules)
+        };
+        result.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Adds one `auth_checkers` entry: `(login_type, fields) -> function`.
+    pub(crate) fn register_auth_checker(
+        &self,
+        _module: &str,
+        login_type: String,
+        fields: Vec<String>,
+        function: Py<PyAny>,
+    ) -> PyResult<()> {
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let cb = me.callback(
+            "auth_checker",
+            function,
+            |(user, login_type, dict): (String, String, Map<String, Value>)| json!([user, login_type, dict]),
+            vouched_user,
+        );
+        let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+            auth_checkers: vec![((login_type, fields), cb)],
+            ..Default::default()
+        };
+        self.api
+            .register_password_auth_provider_callbacks(auth)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Serves `path` through the module's Twisted resource (mounted by the caller).
+    pub(crate) fn register_web(&self, _module: &str, path: &str) -> PyResult<bool> {
+        let resource = PyResource { runtime: self.runtime.clone(), path: path.to_owned() };
+        self.api
+            .register_web_resource(path, resource)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Runs an asynchronous ModuleApi operation on Tokio; `resolve(json)` fires on the reactor.
+    pub(crate) fn call(&self, op: String, args: String, resolve: Py<PyAny>) -> PyResult<()> {
+        let Some(handle) = self.runtime.tokio.get().cloned() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("ModuleApi calls are not available before start-up"));
+        };
+        let api = self.api.clone();
+        let runtime = self.runtime.clone();
+        handle.spawn(async move {
+            let args: Value = serde_json::from_str(&args).unwrap_or_default();
+            let answer = run_op(&api, &op, &args).await;
+            runtime.submit(move |py| {
+                resolve.call1(py, (answer.to_string(),))?;
+                Ok(())
+            });
+        });
+        Ok(())
+    }
+}
