@@ -1,0 +1,228 @@
+//! Accounts: login, logout, registration, passwords, deactivation, devices, profiles, OpenID tokens.
+
+use super::*;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login_flows).post(login))
+        .route("/logout", post(logout))
+        .route("/logout/all", post(logout_all))
+        .route("/register", post(register))
+        .route("/register/available", get(register_available))
+        .route("/account/whoami", get(whoami))
+        .route("/account/password", post(change_password))
+        .route("/account/deactivate", post(deactivate))
+        .route("/devices", get(devices))
+        .route("/delete_devices", post(delete_devices))
+        .route("/devices/{device_id}", get(device).put(rename_device).delete(delete_device))
+        .route("/profile/{user_id}", get(profile))
+        .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field))
+        .route("/account/3pid", get(threepids))
+        .route("/user/{user_id}/openid/request_token", post(openid_token))
+}
+
+pub(super) async fn login_flows(State(hs): State<AppState>) -> Json {
+    let flows: Vec<Value> = hs.login_flows().into_iter().map(|t| json!({"type": t})).collect();
+    axum::Json(json!({"flows": flows}))
+}
+
+pub(super) async fn login(
+    State(hs): State<AppState>,
+    ClientInfo(info): ClientInfo,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> Answer {
+    let r = hs.login(body, &info).await?;
+    Ok(axum::Json(json!({
+        "user_id": r.user_id, "access_token": r.access_token, "device_id": r.device_id,
+        "home_server": hs.server_name(),
+    })))
+}
+
+pub(super) async fn logout(State(hs): State<AppState>, AuthAllowExpired(me): AuthAllowExpired) -> Answer {
+    hs.logout(&me).await?;
+    Ok(axum::Json(json!({})))
+}
+
+pub(super) async fn logout_all(State(hs): State<AppState>, AuthAllowExpired(me): AuthAllowExpired) -> Answer {
+    hs.logout_all(&me).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RegisterQuery {
+    kind: Option<String>,
+}
+
+pub(super) async fn register(
+    State(hs): State<AppState>,
+    ClientInfo(info): ClientInfo,
+    Query(q): Query<RegisterQuery>,
+    JsonBody(body): JsonBody<RegisterRequest>,
+) -> Answer {
+    let r = match q.kind.as_deref() {
+        Some("guest") => hs.register_guest(&info).await?,
+        None | Some("user") => hs.register(body, &info).await?,
+        Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "kind must be 'user' or 'guest'")),
+    };
+    let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
+    if let Some((token, device)) = r.login {
+        out["access_token"] = json!(token);
+        out["device_id"] = json!(device);
+    }
+    Ok(axum::Json(out))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AvailableQuery {
+    username: String,
+}
+
+pub(super) async fn register_available(State(hs): State<AppState>, Query(q): Query<AvailableQuery>) -> Answer {
+    hs.username_available(&q.username).await?;
+    Ok(axum::Json(json!({"available": true})))
+}
+
+pub(super) async fn whoami(Auth(me): Auth) -> Json {
+    axum::Json(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": me.is_guest}))
+}
+
+#[derive(Deserialize)]
+pub(super) struct PasswordBody {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    auth: Option<Value>,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+pub(super) async fn change_password(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(b): JsonBody<PasswordBody>,
+) -> Answer {
+    hs.change_password(&me, b.new_password, b.logout_devices, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AuthOnly {
+    auth: Option<Value>,
+}
+
+pub(super) async fn deactivate(State(hs): State<AppState>, Auth(me): Auth, JsonBody(b): JsonBody<AuthOnly>) -> Answer {
+    hs.deactivate(&me, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({"id_server_unbind_result": "no-support"})))
+}
+
+pub(super) async fn devices(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(json!({"devices": hs.devices(&me).await?})))
+}
+
+pub(super) async fn device(State(hs): State<AppState>, Auth(me): Auth, Path(device_id): Path<String>) -> Answer {
+    hs.devices(&me)
+        .await?
+        .into_iter()
+        .find(|d| d["device_id"] == json!(device_id))
+        .map(axum::Json)
+        .ok_or_else(|| MatrixError::new(ErrorKind::NotFound, "Unknown device"))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeviceBody {
+    display_name: Option<String>,
+}
+
+pub(super) async fn rename_device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(device_id): Path<String>,
+    JsonBody(b): JsonBody<DeviceBody>,
+) -> Answer {
+    hs.rename_device(&me, &device_id, b.display_name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+pub(super) async fn delete_device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(device_id): Path<String>,
+    JsonBody(b): JsonBody<AuthOnly>,
+) -> Answer {
+    hs.delete_device(&me, &device_id, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+pub(super) async fn profile(
+    State(hs): State<AppState>,
+    OptionalAuth(me): OptionalAuth,
+    Path(user_id): Path<String>,
+) -> Answer {
+    Ok(axum::Json(Value::Object(hs.profile_for(me.as_ref(), &user_id).await?)))
+}
+
+pub(super) async fn profile_field(
+    State(hs): State<AppState>,
+    OptionalAuth(me): OptionalAuth,
+    Path((user_id, field)): Path<(String, String)>,
+) -> Answer {
+    let p = hs.profile_for(me.as_ref(), &user_id).await?;
+    match p.get(&field) {
+        Some(v) => Ok(axum::Json(json!({ field: v }))),
+        None => Err(MatrixError::new(ErrorKind::NotFound, "Profile field not set")),
+    }
+}
+
+pub(super) async fn set_profile_field(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, field)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
+    let value = match body.get(&field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(MatrixError::new(ErrorKind::BadJson, format!("{field} must be a string"))),
+    };
+    hs.set_profile_field(&me, &user_id, &field, value).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteDevicesBody {
+    devices: Vec<String>,
+    auth: Option<Value>,
+}
+
+pub(super) async fn delete_devices(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(b): JsonBody<DeleteDevicesBody>,
+) -> Answer {
+    hs.delete_devices(&me, b.devices, b.auth.as_ref()).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TokenQuery {
+    token: String,
+}
+
+pub(super) async fn token_validity(
+    State(hs): State<AppState>,
+    ClientInfo(info): ClientInfo,
+    Query(q): Query<TokenQuery>,
+) -> Answer {
+    Ok(axum::Json(json!({"valid": hs.check_registration_token_validity(&q.token, &info).await?})))
+}
+
+/// Myelin binds no third-party identifiers (email, phone) to accounts.
+pub(super) async fn threepids(Auth(_me): Auth) -> Json {
+    axum::Json(json!({"threepids": []}))
+}
+
+pub(super) async fn openid_token(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.openid_token(&me, &user_id)?))
+}
