@@ -18,6 +18,7 @@
 //! - Storage is reached only through `myelin_storage::Storage` ([`Homeserver`]'s `db`), whose
 //!   calls are short and synchronous, never held across an `.await`.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 mod directory;

@@ -16,6 +16,7 @@
 //! - No module callback is invoked here; module *web resources* are dispatched here, before
 //!   routing, exactly as registered (no auth, CORS or error formatting around them).
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod admin;
 mod client;

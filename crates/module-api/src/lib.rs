@@ -43,6 +43,7 @@
 //! }
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod callbacks;

@@ -24,6 +24,7 @@
 //! - Web resources are served by Twisted itself: each request is fed as HTTP bytes to a real
 //!   `twisted.web.server.Site` over an in-memory transport, so 405/`Allow`, HEAD, trailing-slash
 //!   404, "Request did not return bytes" and `NOT_DONE_YET` behave as on Synapse.
+#![forbid(unsafe_code)]
 
 mod callbacks;
 mod convert;

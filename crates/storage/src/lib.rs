@@ -17,6 +17,7 @@
 //!
 //! This crate knows nothing of HTTP, Matrix rules or modules: rows in, rows out.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod sqlite;
 

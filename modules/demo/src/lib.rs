@@ -3,6 +3,7 @@
 //! It serves `/_synapse/client/demo/hello?name=X`, answering `{"hello": "X"}`, and denies room
 //! creation to the user named by `denied_user` in its config. It depends only on
 //! `myelin-module-api`, like any third-party module.
+#![forbid(unsafe_code)]
 
 use myelin_module_api::spam::{Decision, SpamCheckerCallbacks, callback};
 use myelin_module_api::web::{Request, Response, json_response};

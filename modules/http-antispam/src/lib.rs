@@ -15,6 +15,7 @@
 //!
 //! It registers as `synapse_http_antispam.HTTPAntispam`, the Python module's own name, so an
 //! existing Synapse config works unchanged with no Python at all.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
