@@ -1,0 +1,93 @@
+//! Devices: listing, renaming, deleting, and announcing device-list changes.
+
+use super::*;
+
+impl Homeserver {
+    /// `GET /devices`.
+    pub async fn devices(&self, requester: &Requester) -> Result<Vec<Value>> {
+        let u = requester.user_id.to_string();
+        let rows = self.db(move |s| s.get_devices(&u)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|d| {
+                let mut v = json!({"device_id": d.device_id});
+                if let Some(n) = d.display_name {
+                    v["display_name"] = json!(n);
+                }
+                if let Some(ts) = d.last_seen_ts {
+                    v["last_seen_ts"] = json!(ts);
+                }
+                if let Some(ip) = d.last_seen_ip {
+                    v["last_seen_ip"] = json!(ip);
+                }
+                v
+            })
+            .collect())
+    }
+
+    /// `PUT /devices/{id}`.
+    pub async fn rename_device(&self, requester: &Requester, device_id: &str, name: Option<String>) -> Result<()> {
+        let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
+        if self.db(move |s| s.rename_device(&u, &d, name.as_deref())).await? {
+            self.device_list_changed(requester.user_id.as_str(), device_id).await;
+            Ok(())
+        } else {
+            Err(Error::not_found("Unknown device"))
+        }
+    }
+
+    /// `DELETE /devices/{id}` (UIA with the password).
+    pub async fn delete_device(&self, requester: &Requester, device_id: &str, auth: Option<&Value>) -> Result<()> {
+        let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
+        let exists = self.db(move |s| Ok(s.get_devices(&u)?.iter().any(|x| x.device_id == d))).await?;
+        if !exists {
+            return Err(Error::not_found("Unknown device"));
+        }
+        self.uia_password(requester, auth).await?;
+        let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
+        self.device_list_changed(requester.user_id.as_str(), device_id).await;
+        Ok(())
+    }
+
+    /// A device was added, renamed or deleted: the user's device list changed, for the user's
+    /// other devices and everyone sharing a room with them (`device_lists.changed`), and for
+    /// the servers sharing a room (`m.device_list_update`). Best effort: the change itself has
+    /// happened, and a client learns of it at the latest when it next queries the keys.
+    pub(crate) async fn device_list_changed(&self, user: &str, device: &str) {
+        let u = user.to_owned();
+        match self.db(move |s| s.note_device_list_change(&u)).await {
+            Ok(pos) => {
+                self.advance_stream(pos);
+                self.announce_device_change(user, device, pos).await;
+            }
+            Err(e) => tracing::warn!(%user, error = %e, "a device list change was not recorded"),
+        }
+    }
+
+    /// `POST /delete_devices` (UIA with the password); unknown IDs are ignored.
+    pub async fn delete_devices(
+        &self,
+        requester: &Requester,
+        devices: Vec<String>,
+        auth: Option<&Value>,
+    ) -> Result<()> {
+        self.uia_password(requester, auth).await?;
+        let u = requester.user_id.to_string();
+        let deleted = self
+            .db(move |s| {
+                let mut deleted = Vec::new();
+                for d in devices {
+                    if s.delete_device(&u, &d)? {
+                        deleted.push(d);
+                    }
+                }
+                Ok(deleted)
+            })
+            .await?;
+        for device in deleted {
+            self.device_list_changed(requester.user_id.as_str(), &device).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! Logging in and out, passwords, deactivation, OpenID tokens.
+
+use super::*;
+
+impl Homeserver {
+    /// `POST /login` with `m.login.password`; `check_login_for_spam` runs here, before the
+    /// device is created.
+    ///
+    /// Rate limits as Synapse: `rc_login.address` per client address on every attempt,
+    /// `rc_login.failed_attempts` per account (checked first, counted on each failure) and
+    /// `rc_login.account` per account once the login succeeds.
+    pub async fn login(&self, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
+        let module_type = self.modules.handles_login_type(&request.kind);
+        let password_login = request.kind == "m.login.password" && self.config.password.enabled;
+        if !password_login && !module_type {
+            return Err(Error::new(ErrorKind::BadRequest, "Unknown login type").with_fields(Map::new()));
+        }
+        self.limiters.login_address.check(&info.ip)?;
+        let invalid = || Error::forbidden("Invalid username or password");
+        let identifier = request.identifier.clone().unwrap_or(Value::Null);
+        let vouched = match identifier.get("type").and_then(Value::as_str) {
+            // A third-party identifier: only password providers can vouch for it.
+            Some("m.id.thirdparty") => {
+                let medium = identifier["medium"].as_str().unwrap_or_default();
+                let address = identifier["address"].as_str().unwrap_or_default();
+                let password = request.password.as_deref().unwrap_or_default();
+                Some(self.modules.check_3pid_auth(medium, address, password).await.ok_or_else(invalid)?)
+            }
+            Some("m.id.user") | None => None,
+            Some(_) => return Err(Error::new(ErrorKind::BadRequest, "Unknown login identifier type")),
+        };
+        let user = match &vouched {
+            Some(u) => u.clone(),
+            None => identifier
+                .get("user")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| request.user.clone())
+                .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?,
+        };
+        let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
+        let account_key = qualified.to_lowercase();
+        self.limiters.login_failed_attempts.peek(&account_key)?;
+        let result = self.login_checked(request, info, vouched, qualified).await;
+        match &result {
+            Err(e) if e.kind == ErrorKind::Forbidden => self.limiters.login_failed_attempts.record(&account_key),
+            _ => {}
+        }
+        result
+    }
+
+    /// [`Self::login`] once the account is named and its rate limits allow an attempt.
+    pub(super) async fn login_checked(
+        &self,
+        request: LoginRequest,
+        info: &RequestInfo,
+        vouched: Option<String>,
+        qualified: String,
+    ) -> Result<LoginResponse> {
+        let module_type = self.modules.handles_login_type(&request.kind);
+        let invalid = || Error::forbidden("Invalid username or password");
+        // Module auth checkers for this login type first; for m.login.password the local
+        // database decides when none vouches.
+        let vouched = match vouched {
+            Some(v) => Some(v),
+            None if module_type => {
+                let mut dict = request.extra.clone();
+                dict.insert("type".into(), json!(request.kind));
+                if let Some(p) = &request.password {
+                    dict.insert("password".into(), json!(p));
+                }
+                self.modules.check_auth(&qualified, &request.kind, &dict).await
+            }
+            None => None,
+        };
+        let lookup = vouched.clone().unwrap_or_else(|| qualified.clone());
+        let found = self.db(move |s| s.find_user_case_insensitive(&lookup)).await?;
+        if vouched.is_none() {
+            if request.kind != "m.login.password" || !self.config.password.localdb_enabled {
+                return Err(invalid());
+            }
+            let password =
+                request.password.clone().ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing password"))?;
+            // An unknown account costs a hash check too, so that timing does not tell which
+            // accounts exist.
+            let hash = found.as_ref().and_then(|row| row.password_hash.clone());
+            let matches = verify_password(password, hash.unwrap_or_else(|| DUMMY_HASH.clone())).await;
+            if !matches || found.as_ref().is_none_or(|row| row.password_hash.is_none()) {
+                return Err(invalid());
+            }
+        }
+        let Some(row) = found else { return Err(invalid()) };
+        if row.deactivated {
+            return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"));
+        }
+        self.modules
+            .check_login_for_spam(
+                &row.user_id,
+                request.device_id.as_deref(),
+                request.initial_device_display_name.as_deref(),
+                vec![(info.user_agent.clone(), info.ip.clone())],
+                None,
+            )
+            .await?;
+        self.limiters.login_account.check(&row.user_id.to_lowercase())?;
+        let user_id = OwnedUserId::try_from(row.user_id).map_err(Error::internal)?;
+        let (access_token, device_id) =
+            self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?;
+        Ok(LoginResponse { user_id, access_token, device_id })
+    }
+
+    /// `POST /logout`; password providers' `on_logged_out` runs afterwards.
+    pub async fn logout(&self, requester: &Requester) -> Result<()> {
+        let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
+        self.modules
+            .on_logged_out(requester.user_id.as_str(), Some(&requester.device_id), &requester.access_token)
+            .await;
+        Ok(())
+    }
+
+    /// `GET /login`: password login plus the types modules handle.
+    pub fn login_flows(&self) -> Vec<String> {
+        let mut flows = Vec::new();
+        if self.config.password.enabled {
+            flows.push("m.login.password".to_owned());
+        }
+        for t in self.modules.module_login_types() {
+            if !flows.contains(&t) {
+                flows.push(t);
+            }
+        }
+        flows
+    }
+
+    /// `POST /logout/all`.
+    pub async fn logout_all(&self, requester: &Requester) -> Result<()> {
+        let u = requester.user_id.to_string();
+        self.db(move |s| s.delete_all_devices(&u, None)).await
+    }
+
+    /// `POST /account/password` (UIA with the old password).
+    pub async fn change_password(
+        &self,
+        requester: &Requester,
+        new_password: String,
+        logout_devices: bool,
+        auth: Option<&Value>,
+    ) -> Result<()> {
+        self.uia_password(requester, auth).await?;
+        self.check_password_policy(&new_password)?;
+        let hash = hash_password(new_password).await?;
+        let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
+        self.db(move |s| {
+            s.set_password_hash(&u, Some(&hash))?;
+            if logout_devices { s.delete_all_devices(&u, Some(&d)) } else { Ok(()) }
+        })
+        .await
+    }
+
+    /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.
+    pub async fn deactivate(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+        self.uia_password(requester, auth).await?;
+        let u = requester.user_id.to_string();
+        let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
+        for room in rooms {
+            if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
+                let user = requester.user_id.clone();
+                let _ = self.update_membership_unlimited(requester, &room_id, &user, "leave", None, Map::new()).await;
+            }
+        }
+        let u = requester.user_id.to_string();
+        self.db(move |s| {
+            s.set_user_flag(&u, UserFlag::Deactivated, true)?;
+            s.set_password_hash(&u, None)?;
+            s.delete_all_devices(&u, None)
+        })
+        .await
+    }
+
+    /// `POST /user/{userId}/openid/request_token`: a token a third party can check with
+    /// `/_matrix/federation/v1/openid/userinfo`; an hour long, as Synapse's.
+    pub fn openid_token(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        if user_id != requester.user_id.as_str() {
+            return Err(Error::forbidden("Cannot request tokens for other users."));
+        }
+        let token = random_string(32);
+        let expires = now_ms() + 3_600_000;
+        let mut tokens = self.accounts.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.retain(|_, (_, exp)| *exp > now_ms());
+        tokens.insert(token.clone(), (user_id.to_owned(), expires));
+        Ok(json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "matrix_server_name": self.server_name(),
+            "expires_in": 3600,
+        }))
+    }
+
+    /// The user an OpenID token was issued to, while it lasts.
+    pub fn openid_user(&self, token: &str) -> Option<String> {
+        let tokens = self.accounts.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(token).filter(|(_, exp)| *exp > now_ms()).map(|(u, _)| u.clone())
+    }
+}

@@ -1,0 +1,340 @@
+//! Accounts: registration (with user-interactive auth), login, access tokens, devices,
+//! passwords, deactivation and profiles.
+//!
+//! Here: the shared types, password hashing, access-token authentication and user-interactive
+//! auth. Beside it: `register`, `login`, `devices`, `profile`, `account_data`.
+
+mod account_data;
+mod devices;
+mod login;
+mod profile;
+mod register;
+
+use std::time::Duration;
+
+use myelin_module_api::spam::RegistrationBehaviour;
+use myelin_storage::{ProfileField, UserFlag, UserRow};
+use ruma::{OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::server::{now_ms, random_string};
+use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+
+/// Where a request came from, for spam checks and device records.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// `User-Agent`, if sent.
+    pub user_agent: String,
+    /// Client IP.
+    pub ip: String,
+}
+
+/// A UIA session in progress.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UiaSession {
+    completed: Vec<String>,
+}
+
+/// `POST /register`'s body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RegisterRequest {
+    /// Desired localpart.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Device ID to use.
+    pub device_id: Option<String>,
+    /// Device display name.
+    pub initial_device_display_name: Option<String>,
+    /// Don't log in.
+    pub inhibit_login: bool,
+    /// UIA auth dict.
+    pub auth: Option<Value>,
+}
+
+/// The result of a registration.
+#[derive(Debug, Clone)]
+pub struct RegisterResponse {
+    /// The new user.
+    pub user_id: OwnedUserId,
+    /// Token and device, unless `inhibit_login`.
+    pub login: Option<(String, String)>,
+}
+
+/// `POST /login`'s body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LoginRequest {
+    /// Login type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `{type: m.id.user, user}`.
+    pub identifier: Option<Value>,
+    /// Legacy user field.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Device to reuse.
+    pub device_id: Option<String>,
+    /// Device display name.
+    pub initial_device_display_name: Option<String>,
+    /// Everything else in the body (what module auth checkers read).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct LoginResponse {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The token.
+    pub access_token: String,
+    /// The device.
+    pub device_id: String,
+}
+
+/// Synapse's shadow-ban delay before a fake success: 1 to 10 seconds.
+pub(crate) async fn shadow_ban_delay() {
+    use rand::Rng;
+    let ms = rand::thread_rng().gen_range(1000..10_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Hashes a password with argon2id (on the blocking pool: it takes tens of milliseconds).
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(format!("hashing failed: {e}")))
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// A hash of a random password, checked against when the account does not exist.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    argon2::Argon2::default()
+        .hash_password(crate::server::random_string(32).as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+/// Verifies a password against an argon2 hash, or a bcrypt hash imported from Synapse.
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        if hash.starts_with("$2") {
+            return bcrypt::verify(&password, &hash).unwrap_or(false);
+        }
+        use argon2::PasswordVerifier;
+        argon2::password_hash::PasswordHash::new(&hash)
+            .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Synapse's localpart rule for new users.
+fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
+    if localpart.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID cannot be empty"));
+    }
+    if !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+')) {
+        return Err(Error::new(
+            ErrorKind::InvalidUsername,
+            "User ID can only contain characters a-z, 0-9, or '=_-./+'",
+        ));
+    }
+    if localpart.starts_with('_') {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not begin with _"));
+    }
+    if localpart.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::new(ErrorKind::InvalidUsername, "Numeric user IDs are reserved for guest users."));
+    }
+    if localpart.len() + server_name.len() + 2 > 255 {
+        return Err(Error::new(ErrorKind::InvalidUsername, "User ID may not be longer than 255 characters"));
+    }
+    Ok(())
+}
+
+/// The accounts service's in-memory state (`hs.accounts`).
+#[derive(Default)]
+pub(crate) struct AccountsState {
+    /// UIA sessions in progress: session ID -> completed stage types and request info (the
+    /// only copy: several processes need them in the database).
+    pub(crate) uia_sessions: std::sync::Mutex<std::collections::HashMap<String, UiaSession>>,
+    /// Shared-secret registration nonces -> issue time (ms); single use, one minute (the only
+    /// copy).
+    pub(crate) registration_nonces: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// When each `(user, device)`'s last-seen row was last written, and from which IP; held
+    /// only to decide whether to write again (a cache).
+    pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String)>>,
+    /// OpenID tokens -> (user, expiry ms); they last an hour (the only copy).
+    pub(crate) openid_tokens: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+}
+
+impl Homeserver {
+    /// Resolves an access token to its requester; expired accounts (account validity modules)
+    /// are refused unless `allow_expired` (logout).
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        info: &RequestInfo,
+        allow_expired: bool,
+    ) -> Result<Requester> {
+        let Some(token) = token else {
+            return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
+        };
+        let t = token.to_owned();
+        let found = self
+            .db(move |s| {
+                let Some((user_id, device_id)) = s.get_access_token(&t)? else { return Ok(None) };
+                Ok(s.get_user(&user_id)?.map(|u| (u, device_id)))
+            })
+            .await?;
+        let Some((user, device_id)) = found else {
+            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token")
+                .with_fields([("soft_logout".to_owned(), json!(false))].into_iter().collect()));
+        };
+        if user.deactivated {
+            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token"));
+        }
+        if !allow_expired && self.modules.has_is_user_expired() && self.modules.is_user_expired(&user.user_id).await? {
+            return Err(crate::modules::third_party::expired());
+        }
+        // Last-seen bookkeeping must not slow requests down: written in the background, and at
+        // most once a minute per device (and whenever the IP changes), as Synapse batches its
+        // client-IP updates, so a busy client does not add a write to every request.
+        let now = now_ms();
+        let due = {
+            let mut seen = self.accounts.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (user.user_id.clone(), device_id.clone());
+            match seen.get(&key) {
+                Some((at, ip)) if now - at < 60_000 && *ip == info.ip => false,
+                _ => {
+                    seen.insert(key, (now, info.ip.clone()));
+                    true
+                }
+            }
+        };
+        if due {
+            let (u, d, ip) = (user.user_id.clone(), device_id.clone(), info.ip.clone());
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.touch_device(&u, &d, &ip, now));
+        }
+        Ok(Requester {
+            user_id: OwnedUserId::try_from(user.user_id).map_err(Error::internal)?,
+            device_id,
+            access_token: token.to_owned(),
+            is_admin: user.is_admin,
+            shadow_banned: user.shadow_banned,
+            is_guest: user.is_guest,
+        })
+    }
+
+    /// 400 for a UIA `session` this server never issued (or forgot), as Synapse answers.
+    fn check_uia_session(&self, session: Option<&str>) -> Result<()> {
+        match session {
+            Some(id) if !self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) => {
+                Err(Error::new(ErrorKind::BadRequest, format!("Unknown session ID: {id}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
+        let session = session.unwrap_or_else(|| {
+            let id = random_string(24);
+            self.accounts
+                .uia_sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), UiaSession::default());
+            id
+        });
+        let completed = self
+            .accounts
+            .uia_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&session)
+            .map(|s| s.completed.clone())
+            .unwrap_or_default();
+        let mut fields = Map::new();
+        fields.insert("flows".into(), json!(stages.iter().map(|s| json!({"stages": [s]})).collect::<Vec<_>>()));
+        fields.insert("params".into(), json!({}));
+        fields.insert("session".into(), json!(session));
+        fields.insert("completed".into(), json!(completed));
+        let mut e = Error::new(ErrorKind::UserInteractiveAuth, error.unwrap_or("")).with_fields(fields);
+        if error.is_some() {
+            e.fields.insert("errcode".into(), json!("M_FORBIDDEN"));
+        }
+        e
+    }
+
+    /// Runs user-interactive auth for an account operation: the user's password is the one flow.
+    pub(crate) async fn uia_password(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+        let Some(auth) = auth.and_then(Value::as_object) else {
+            return Err(self.uia_challenge(&["m.login.password"], None, None));
+        };
+        let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
+        self.check_uia_session(session.as_deref())?;
+        if auth.get("type").and_then(Value::as_str) != Some("m.login.password") {
+            return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")));
+        }
+        let user = auth
+            .get("identifier")
+            .and_then(|i| i.get("user"))
+            .or_else(|| auth.get("user"))
+            .and_then(Value::as_str)
+            .unwrap_or(requester.user_id.as_str());
+        let qualified = if user.starts_with('@') { user.to_owned() } else { format!("@{user}:{}", self.server_name()) };
+        let password = auth.get("password").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let uid = requester.user_id.to_string();
+        let hash = self.db(move |s| s.get_user(&uid)).await?.and_then(|u| u.password_hash);
+        let ok = qualified.eq_ignore_ascii_case(requester.user_id.as_str())
+            && match hash {
+                Some(h) => verify_password(password, h).await,
+                None => false,
+            };
+        if !ok {
+            return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")));
+        }
+        Ok(())
+    }
+
+    fn require_admin(&self, requester: &Requester) -> Result<()> {
+        if requester.is_admin { Ok(()) } else { Err(Error::forbidden("You are not a server admin")) }
+    }
+
+    async fn new_session(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        name: Option<String>,
+    ) -> Result<(String, String)> {
+        let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_string(10).to_uppercase());
+        let token = format!("myl_{}", random_string(40));
+        let (u, d, t) = (user_id.to_string(), device_id.clone(), token.clone());
+        let is_new = self
+            .db(move |s| {
+                let is_new = !s.get_devices(&u)?.iter().any(|x| x.device_id == d);
+                s.upsert_device(&u, &d, name.as_deref())?;
+                s.add_access_token(&t, &u, &d)?;
+                Ok(is_new)
+            })
+            .await?;
+        if is_new {
+            self.device_list_changed(user_id.as_str(), &device_id).await;
+        }
+        Ok((token, device_id))
+    }
+}

@@ -1,0 +1,348 @@
+//! Registration: UIA-driven, guests, shared-secret and module registration, registration tokens, the password policy.
+
+use super::*;
+
+impl Homeserver {
+    /// `GET /register/available`.
+    pub async fn username_available(&self, username: &str) -> Result<()> {
+        validate_localpart(username, self.server_name())?;
+        let user_id = format!("@{username}:{}", self.server_name());
+        if self.db(move |s| s.find_user_case_insensitive(&user_id)).await?.is_some() {
+            return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+        }
+        Ok(())
+    }
+
+    /// `POST /register` for a normal account: UIA (`m.login.dummy`), the registration spam
+    /// check (its one call site for client registration), then the account and a login.
+    pub async fn register(&self, request: RegisterRequest, info: &RequestInfo) -> Result<RegisterResponse> {
+        if !self.config.enable_registration {
+            return Err(Error::forbidden("Registration has been disabled"));
+        }
+        // `rc_registration` per address: asked now, counted when an account is made.
+        self.limiters.registration.peek(&info.ip)?;
+        if let Some(username) = &request.username {
+            self.username_available(&username.to_lowercase()).await?;
+        }
+        if let Some(p) = &request.password
+            && p.len() > 512
+        {
+            return Err(Error::bad_json("Password too long"));
+        }
+        if let Some(password) = &request.password {
+            self.check_password_policy(password)?;
+        }
+        let auth = request.auth.as_ref().and_then(Value::as_object);
+        let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+        self.check_uia_session(session.as_deref())?;
+        let stage =
+            if self.config.registration_requires_token { "m.login.registration_token" } else { "m.login.dummy" };
+        let mut used_token = None;
+        match auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
+            Some(t) if t == stage && stage == "m.login.dummy" => {}
+            Some(t) if t == stage => {
+                let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str).unwrap_or_default().to_owned();
+                if !self.registration_token_valid(&token).await? {
+                    return Err(self.uia_challenge(&[stage], session, Some("Invalid registration token")));
+                }
+                used_token = Some(token);
+            }
+            Some(_) => return Err(self.uia_challenge(&[stage], session, Some("Unknown auth type"))),
+            None => return Err(self.uia_challenge(&[stage], session, None)),
+        }
+        self.limiters.registration.check(&info.ip)?;
+        if let Some(s) = &session {
+            self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
+        }
+        let registered = self
+            .create_account(
+                request.username.map(|u| u.to_lowercase()),
+                request.password,
+                false,
+                info,
+                (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
+            )
+            .await?;
+        if let Some(token) = used_token {
+            self.db(move |s| s.use_registration_token(&token)).await?;
+        }
+        Ok(registered)
+    }
+
+    /// `GET /register/m.login.registration_token/validity`, limited per address by
+    /// `rc_registration_token_validity`.
+    pub async fn check_registration_token_validity(&self, token: &str, info: &RequestInfo) -> Result<bool> {
+        self.limiters.registration_token_validity.check(&info.ip)?;
+        self.registration_token_valid(token).await
+    }
+
+    /// Whether a password meets `password_config.policy`: 400 with Synapse's errcodes.
+    pub(crate) fn check_password_policy(&self, password: &str) -> Result<()> {
+        let Some(policy) = &self.config.password.policy else { return Ok(()) };
+        let refuse = |errcode: &str, message: String| {
+            Err(Error::new(ErrorKind::Module { status: 400, errcode: errcode.to_owned() }, message))
+        };
+        if password.chars().count() < policy.minimum_length {
+            return refuse(
+                "M_PASSWORD_TOO_SHORT",
+                format!("The password must be at least {} characters long", policy.minimum_length),
+            );
+        }
+        if policy.require_digit && !password.chars().any(|c| c.is_ascii_digit()) {
+            return refuse("M_PASSWORD_NO_DIGIT", "The password must include at least one digit".into());
+        }
+        if policy.require_symbol && password.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return refuse("M_PASSWORD_NO_SYMBOL", "The password must include at least one symbol".into());
+        }
+        if policy.require_uppercase && !password.chars().any(|c| c.is_ascii_uppercase()) {
+            return refuse("M_PASSWORD_NO_UPPERCASE", "The password must include at least one uppercase letter".into());
+        }
+        if policy.require_lowercase && !password.chars().any(|c| c.is_ascii_lowercase()) {
+            return refuse("M_PASSWORD_NO_LOWERCASE", "The password must include at least one lowercase letter".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a registration token exists, has not expired and has uses left.
+    pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        let t = token.to_owned();
+        let found = self.db(move |s| s.get_registration_token(&t)).await?;
+        Ok(found.is_some_and(|t| {
+            t.expiry_time.is_none_or(|e| e > now_ms()) && t.uses_allowed.is_none_or(|n| t.pending + t.completed < n)
+        }))
+    }
+
+    /// `POST /_synapse/admin/v1/registration_tokens/new` (admins only).
+    pub async fn create_registration_token(
+        &self,
+        requester: &Requester,
+        token: Option<String>,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let token = token.unwrap_or_else(|| random_string(16));
+        if token.is_empty()
+            || token.len() > 64
+            || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
+        {
+            return Err(Error::invalid_param(
+                "token must consist only of characters matched by [A-Za-z0-9._~-] and be at most 64 long",
+            ));
+        }
+        if uses_allowed.is_some_and(|n| n < 0) {
+            return Err(Error::invalid_param("uses_allowed must be a non-negative integer or null"));
+        }
+        if expiry_time.is_some_and(|t| t < now_ms()) {
+            return Err(Error::invalid_param("expiry_time must not be in the past"));
+        }
+        let row = myelin_storage::RegistrationToken {
+            token: token.clone(),
+            uses_allowed,
+            pending: 0,
+            completed: 0,
+            expiry_time,
+        };
+        match self.db(move |s| s.create_registration_token(&row)).await {
+            Err(e) if e.kind == ErrorKind::Internal => {
+                return Err(Error::invalid_param(format!("Token already exists: {token}")));
+            }
+            other => other?,
+        }
+        Ok(
+            json!({"token": token, "uses_allowed": uses_allowed, "pending": 0, "completed": 0, "expiry_time": expiry_time}),
+        )
+    }
+
+    /// `GET /_synapse/admin/v1/registration_tokens` (admins only).
+    pub async fn list_registration_tokens(&self, requester: &Requester) -> Result<Value> {
+        self.require_admin(requester)?;
+        let tokens = self.db(|s| s.list_registration_tokens()).await?;
+        let list: Vec<Value> = tokens
+            .into_iter()
+            .map(|t| json!({"token": t.token, "uses_allowed": t.uses_allowed, "pending": t.pending, "completed": t.completed, "expiry_time": t.expiry_time}))
+            .collect();
+        Ok(json!({"registration_tokens": list}))
+    }
+
+    /// `POST /register?kind=guest`.
+    pub async fn register_guest(&self, info: &RequestInfo) -> Result<RegisterResponse> {
+        if !self.config.allow_guest_access {
+            return Err(Error::forbidden("Guest access is disabled"));
+        }
+        self.limiters.registration.check(&info.ip)?;
+        use rand::Rng;
+        let localpart = rand::thread_rng().gen_range(100_000_000u64..999_999_999).to_string();
+        let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name())).map_err(Error::internal)?;
+        let row = UserRow {
+            user_id: user_id.to_string(),
+            password_hash: None,
+            is_admin: false,
+            is_guest: true,
+            deactivated: false,
+            shadow_banned: false,
+            creation_ts: now_ms(),
+        };
+        self.db(move |s| s.create_user(&row, None)).await?;
+        let login = Some(self.new_session(&user_id, None, None).await?);
+        Ok(RegisterResponse { user_id, login })
+    }
+
+    /// Creates an account (client registration, shared-secret and command-line paths).
+    pub async fn create_account(
+        &self,
+        localpart: Option<String>,
+        password: Option<String>,
+        admin: bool,
+        info: &RequestInfo,
+        login: Option<(Option<String>, Option<String>)>,
+    ) -> Result<RegisterResponse> {
+        let behaviour = self
+            .modules
+            .check_registration_for_spam(
+                None,
+                localpart.as_deref(),
+                vec![(info.user_agent.clone(), info.ip.clone())],
+                None,
+            )
+            .await?;
+        if behaviour == RegistrationBehaviour::Deny {
+            return Err(Error::new(ErrorKind::RegistrationDenied, "Rate limited"));
+        }
+        let localpart = match localpart {
+            Some(l) => {
+                validate_localpart(&l, self.server_name())?;
+                l
+            }
+            None => random_string(12).to_lowercase(),
+        };
+        let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name()))
+            .map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user ID"))?;
+        let password_hash = match password {
+            Some(p) => Some(hash_password(p).await?),
+            None => None,
+        };
+        let row = UserRow {
+            user_id: user_id.to_string(),
+            password_hash,
+            is_admin: admin,
+            is_guest: false,
+            deactivated: false,
+            shadow_banned: behaviour == RegistrationBehaviour::ShadowBan,
+            creation_ts: now_ms(),
+        };
+        let lp = localpart.clone();
+        match self.db(move |s| s.create_user(&row, Some(&lp))).await {
+            Err(e) if e.kind == ErrorKind::Internal => {
+                // A race with another registration of the same name hits the primary key.
+                let uid = user_id.to_string();
+                if self.db(move |s| s.get_user(&uid)).await?.is_some() {
+                    return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+                }
+                return Err(e);
+            }
+            other => other?,
+        }
+        self.modules.on_user_registration(user_id.as_str()).await;
+        let login = match login {
+            Some((device_id, name)) => Some(self.new_session(&user_id, device_id, name).await?),
+            None => None,
+        };
+        Ok(RegisterResponse { user_id, login })
+    }
+
+    /// `GET /_synapse/admin/v1/register`: a single-use nonce for shared-secret registration.
+    pub fn registration_nonce(&self) -> Result<String> {
+        if self.config.registration_shared_secret.is_none() {
+            return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
+        }
+        let nonce = random_string(32);
+        let mut nonces = self.accounts.registration_nonces.lock().unwrap_or_else(|p| p.into_inner());
+        // Nonces live a minute, as in Synapse.
+        let now = now_ms();
+        nonces.retain(|_, issued| now - *issued < 60_000);
+        nonces.insert(nonce.clone(), now);
+        Ok(nonce)
+    }
+
+    /// `POST /_synapse/admin/v1/register`: Synapse's HMAC-SHA1 scheme over
+    /// `nonce \0 username \0 password \0 admin|notadmin`.
+    pub async fn register_with_shared_secret(
+        &self,
+        nonce: &str,
+        username: &str,
+        password: &str,
+        admin: bool,
+        mac: &str,
+        displayname: Option<String>,
+    ) -> Result<RegisterResponse> {
+        use hmac::Mac;
+        let Some(secret) = &self.config.registration_shared_secret else {
+            return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
+        };
+        let issued = self.accounts.registration_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(nonce);
+        if issued.is_none_or(|t| now_ms() - t >= 60_000) {
+            return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
+        }
+        let mut hmac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Error::internal)?;
+        for (i, part) in [nonce, username, password, if admin { "admin" } else { "notadmin" }].iter().enumerate() {
+            if i > 0 {
+                hmac.update(b"\x00");
+            }
+            hmac.update(part.as_bytes());
+        }
+        let expected = hex::decode(mac).map_err(|_| Error::forbidden("HMAC incorrect"))?;
+        hmac.verify_slice(&expected).map_err(|_| Error::forbidden("HMAC incorrect"))?;
+        let localpart = username.to_lowercase();
+        self.username_available(&localpart).await?;
+        let info = RequestInfo::default();
+        let r =
+            self.create_account(Some(localpart), Some(password.to_owned()), admin, &info, Some((None, None))).await?;
+        if let Some(d) = displayname {
+            let u = r.user_id.to_string();
+            self.db(move |s| s.set_profile_field(&u, ProfileField::DisplayName, Some(&d))).await?;
+        }
+        Ok(r)
+    }
+
+    /// Creates a user from the command line or the shared-secret admin API.
+    pub async fn register_local_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
+        let info = RequestInfo::default();
+        let localpart = localpart.to_lowercase();
+        self.username_available(&localpart).await?;
+        Ok(self.create_account(Some(localpart), Some(password.to_owned()), admin, &info, None).await?.user_id)
+    }
+
+    /// `ModuleApi.register_user`: a local user with no password, its display name defaulting
+    /// to the localpart (Synapse's registration handler does the same).
+    pub(crate) async fn module_register_user(
+        &self,
+        localpart: &str,
+        displayname: Option<String>,
+        admin: bool,
+    ) -> Result<OwnedUserId> {
+        let localpart = localpart.to_lowercase();
+        self.username_available(&localpart).await?;
+        let user_id =
+            self.create_account(Some(localpart.clone()), None, admin, &RequestInfo::default(), None).await?.user_id;
+        let (u, d) = (user_id.to_string(), displayname.unwrap_or(localpart));
+        self.db(move |s| s.set_profile_field(&u, ProfileField::DisplayName, Some(&d))).await?;
+        Ok(user_id)
+    }
+
+    /// `ModuleApi.register_device`: a new access token on `device_id` (generated if absent).
+    pub(crate) async fn module_register_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        display_name: Option<String>,
+    ) -> Result<(String, String)> {
+        self.new_session(user_id, device_id, display_name).await
+    }
+
+    /// Marks a user as admin (or not).
+    pub async fn set_admin(&self, user_id: &str, admin: bool) -> Result<()> {
+        let u = user_id.to_owned();
+        self.db(move |s| s.set_user_flag(&u, UserFlag::Admin, admin)).await
+    }
+}
