@@ -20,13 +20,14 @@ impl Homeserver {
         content.insert("room_version".into(), json!(version));
         // Room version 12 names the room after its create event, whose only entropy is its
         // timestamp: a user making rooms with the same content in the same millisecond would
-        // name the same room. As Synapse, a taken name is tried again a few milliseconds on.
+        // name the same room. So no two create events made here share a millisecond, and a
+        // name taken anyway (by a create event from before a restart) is tried again later.
         let mut attempt = 0;
         let (room_id, origin_server_ts) = loop {
             let named = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
                 .map_err(Error::internal)?;
-            let jitter = if attempt == 0 { 0 } else { rand::Rng::gen_range(&mut rand::thread_rng(), 1..=10) };
-            let origin_server_ts = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64 + jitter));
+            let origin_server_ts =
+                MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(self.rooms.create_clock.next(now_ms()) as u64));
             let draft = EventDraft {
                 room_id: &named,
                 sender: creator,

@@ -386,6 +386,22 @@ pub(crate) struct RoomsState {
     pub(crate) recent_txns: std::sync::Mutex<RecentTxns>,
     /// The history visibility of state groups read so far (a cache: groups never change).
     pub(crate) visibility_cache: std::sync::Mutex<HashMap<i64, crate::visibility::HistoryVisibility>>,
+    /// Timestamps for create events (see `create::found_room`; per process: a collision
+    /// between processes is caught by the database and retried).
+    pub(crate) create_clock: CreateClock,
+}
+
+/// Hands out create-event timestamps: `now`, or one millisecond after the last one handed out
+/// if that is not earlier, so no two create events made here share one.
+#[derive(Default)]
+pub(crate) struct CreateClock(std::sync::atomic::AtomicI64);
+
+impl CreateClock {
+    pub(crate) fn next(&self, now: i64) -> i64 {
+        use std::sync::atomic::Ordering;
+        let previous = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
+        now.max(previous.unwrap_or(now) + 1)
+    }
 }
 
 impl RoomsState {
@@ -397,6 +413,7 @@ impl RoomsState {
             txns_in_flight: Default::default(),
             recent_txns: std::sync::Mutex::new(recent_txns),
             visibility_cache: Default::default(),
+            create_clock: Default::default(),
         }
     }
 }
@@ -612,5 +629,19 @@ impl Homeserver {
         } else {
             Err(Error::forbidden(format!("User {user_id} not in room {room_id}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CreateClock;
+
+    #[test]
+    fn create_event_timestamps_made_in_one_millisecond_are_all_different() {
+        let clock = CreateClock::default();
+        let stamps: Vec<i64> = (0..5).map(|_| clock.next(1_000)).collect();
+        assert_eq!(stamps, vec![1_000, 1_001, 1_002, 1_003, 1_004]);
+        assert_eq!(clock.next(2_000), 2_000, "a later millisecond is used as it is");
+        assert_eq!(clock.next(1_500), 2_001, "never earlier than the last one");
     }
 }
