@@ -13,6 +13,11 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests
 # The Python original of the native antispam module, for the differential tests. It depends on
 # matrix-synapse, which Myelin's own `synapse` package stands in for.
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
+# Published modules the tests run unchanged (tests/blackbox/published_modules.rs): attrs comes
+# with Twisted; synapse-freeze-room imports frozendict, which older Synapses brought along.
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
+  matrix-http-rendezvous-synapse==0.1.12 synapse-freeze-room==1.1.0 synapse-room-access-rules==1.0.0 \
+  frozendict==2.5.1
 # A real Synapse for the federation tests, in its own venv (its dependencies would clash with
 # the module venv's stand-in `synapse` package).
 if [ ! -x tests/synapse/.venv/bin/python ]; then

@@ -265,6 +265,21 @@ async fn twisted_resources_behave_as_on_synapse() {
     let resp = client.head(s.url(&format!("{base}/plain"))).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(s.get(&format!("{base}/plain/"), None).await.0, 404, "unknown child (trailing slash)");
+    // Resource trees route below a resource as Twisted does: a leaf gets the rest of the path
+    // in `postpath`, a resource's children answer their own paths, unknown children are 404.
+    let text = |path: String| {
+        let url = s.url(&path);
+        async move {
+            let resp = reqwest::get(url).await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(text(format!("{base}/leaf")).await, (200, "leaf:".to_owned()));
+    assert_eq!(text(format!("{base}/leaf/abc/def")).await, (200, "leaf:abc/def".to_owned()));
+    assert_eq!(text(format!("{base}/tree")).await, (200, "tree".to_owned()));
+    assert_eq!(text(format!("{base}/tree/kid")).await, (200, "kid".to_owned()));
+    assert_eq!(text(format!("{base}/tree/other")).await.0, 404);
+    assert_eq!(text(format!("{base}/plain/child")).await.0, 404, "a non-leaf without that child");
     let resp = reqwest::get(s.url(&format!("{base}/str"))).await.unwrap();
     assert_eq!(resp.status(), 500);
     assert!(resp.text().await.unwrap().contains("Request did not return bytes"));
@@ -608,4 +623,64 @@ async fn python_modules_register_users_and_devices() {
         )
         .await;
     assert_eq!(st, 403);
+}
+
+/// The shim's `synapse.module_api` exports what Synapse 1.163's does, name for name: read from
+/// the real Synapse in `tests/synapse/.venv` (its source, not imported), compared with the shim
+/// imported in the module venv.
+#[test]
+fn the_shim_exports_every_name_synapses_module_api_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read_synapse = r#"
+import ast, glob, json
+path = glob.glob("synapse/.venv/lib/python3*/site-packages/synapse/module_api/__init__.py")[0]
+tree = ast.parse(open(path).read())
+names = next(ast.literal_eval(n.value) for n in tree.body
+             if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets))
+print(json.dumps(names))
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(read_synapse).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let synapse: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(synapse.len() > 30, "{synapse:?}");
+    let check_shim = r#"
+import json, sys
+import synapse.module_api as m
+names = json.loads(sys.argv[1])
+missing = [n for n in names if not hasattr(m, n)]
+print(json.dumps({"missing": missing, "all": list(m.__all__)}))
+"#;
+    let out = std::process::Command::new(root.join("clients/.venv/bin/python"))
+        .arg("-c")
+        .arg(check_shim)
+        .arg(serde_json::to_string(&synapse).unwrap())
+        .env("PYTHONPATH", root.join("../crates/python/py"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shim: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shim["missing"], serde_json::json!([]), "names Synapse exports and the shim lacks");
+    assert_eq!(shim["all"], serde_json::json!(synapse), "the shim's __all__");
+}
+
+/// Python modules log through Myelin's log: each line with its logger's name and level, the
+/// traceback of `logger.exception` included, and lines below the server's level left out.
+#[tokio::test]
+async fn module_log_lines_reach_the_servers_log_with_their_logger_and_level() {
+    let s = with(&[py("lg", json!({"log": true}))]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s.log_text().contains("an error line from lg") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = s.log_text();
+    let line = |needle: &str| log.lines().find(|l| l.contains(needle)).map(str::to_owned);
+    let info = line("an info line from lg").expect("the info line");
+    assert!(info.contains("INFO") && info.contains("scripted.lg"), "{info}");
+    let warning = line("a warning line from lg").expect("the warning line");
+    assert!(warning.contains("WARN") && warning.contains("scripted.lg"), "{warning}");
+    let error = line("an error line from lg").expect("the error line");
+    assert!(error.contains("ERROR") && error.contains("scripted.lg"), "{error}");
+    assert!(log.contains("ValueError: logged with its traceback"), "{log}");
+    assert!(line("a debug line from lg").is_none(), "debug lines are below the server's level");
 }

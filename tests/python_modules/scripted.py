@@ -7,9 +7,11 @@ config:
   sync: [callback names implemented as plain functions instead of coroutines]
   one_arg: [callbacks registered in their one-parameter form]
   web: true   also mounts the Twisted test resources under /_synapse/client/py/<label>/...
+  log: true   logs one line at each level from the constructor, on logger "scripted.<label>"
 """
 
 import json
+import logging
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.web.resource import Resource
@@ -56,6 +58,29 @@ class Plain(Resource):
 
     def render_PUT(self, request):
         return b"put:" + request.content.read()
+
+
+class Leaf(Resource):
+    """A leaf: every path below it comes here, the rest of it in `postpath` (as rendezvous
+    servers use it)."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"leaf:" + b"/".join(request.postpath)
+
+
+class Tree(Resource):
+    """A resource with a child put under it."""
+
+    def __init__(self):
+        super().__init__()
+        kid = Resource()
+        kid.render_GET = lambda request: b"kid"
+        self.putChild(b"kid", kid)
+
+    def render_GET(self, request):
+        return b"tree"
 
 
 class ReturnsStr(Resource):
@@ -227,11 +252,22 @@ class Scripted:
         if config.get("web"):
             base = f"/_synapse/client/py/{label}"
             api.register_web_resource(base + "/plain", Plain())
+            api.register_web_resource(base + "/leaf", Leaf())
+            api.register_web_resource(base + "/tree", Tree())
             api.register_web_resource(base + "/str", ReturnsStr())
             api.register_web_resource(base + "/raises", Raises())
             api.register_web_resource(base + "/later", Later())
             api.register_web_resource(base + "/thread", Threaded())
             api.register_web_resource(base + "/block", Blocks())
+        if config.get("log"):
+            log = logging.getLogger("scripted." + label)
+            log.debug("a debug line from %s", label)
+            log.info("an info line from %s", label)
+            log.warning("a warning line from %s", label)
+            try:
+                raise ValueError("logged with its traceback")
+            except ValueError:
+                log.exception("an error line from %s", label)
         if config.get("constructor_raises"):
             raise RuntimeError("constructor says no")
 

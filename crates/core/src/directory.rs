@@ -226,6 +226,13 @@ impl Homeserver {
                 return Err(Error::forbidden("Not allowed to publish room"));
             }
         }
+        // As Synapse: asked only when publishing, admins included.
+        if public && self.modules.has_check_visibility_can_be_modified() {
+            let state = self.module_room_state(room.as_str()).await?;
+            if !self.modules.check_visibility_can_be_modified(room.as_str(), &state, "public").await {
+                return Err(Error::forbidden("Not allowed to publish room"));
+            }
+        }
         let r = room.to_string();
         self.db(move |s| s.set_room_public(&r, public)).await
     }

@@ -59,6 +59,9 @@ macro_rules! third_party_rules_callbacks {
             on_create_room: $crate::third_party::CreateRoomArgs => Option<$crate::spam::RoomConfig>;
             /// `(event, state)`.
             on_new_event: ($crate::EventView, $crate::third_party::StateEvents) => ();
+            /// `(room_id, state, new_visibility)`: `false` refuses publishing the room to the room
+            /// directory, or creating it with that `visibility`.
+            check_visibility_can_be_modified: (String, $crate::third_party::StateEvents, String) => bool;
         }
     };
 }

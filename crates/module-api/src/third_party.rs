@@ -9,6 +9,9 @@
 //!   parameters".
 //! - `on_new_event(event, state)`: after an event is stored; every callback runs, errors are
 //!   logged.
+//! - `check_visibility_can_be_modified(room_id, state, new_visibility)`: before a room is
+//!   published to the directory and when it is created; the first `false` refuses (403); an
+//!   error is logged and counts as no objection.
 //! - `is_user_expired(user_id)`: the first `Some` wins; `Some(true)` refuses every
 //!   authenticated request but logout with 403 `ORG_MATRIX_EXPIRED_ACCOUNT`.
 //! - `on_user_registration(user_id)`: after an account is created; errors are logged.

@@ -21,6 +21,15 @@ pub type Response = http::Response<Bytes>;
 pub trait WebResource: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, request: Request) -> BoxFuture<'static, Response>;
+
+    /// Whether requests for paths below this resource's come here too (`false`: only the exact
+    /// path). Twisted resources say `true`: as on Synapse, the resource tree then decides (its
+    /// children, or a leaf resource's `postpath`).
+    ///
+    /// Since 0.2.
+    fn serves_subpaths(&self) -> bool {
+        false
+    }
 }
 
 impl<F, Fut> WebResource for F

@@ -19,6 +19,7 @@ _loop = None
 
 def start():
     global _loop
+    _log_to_myelin()
     _loop = asyncio.new_event_loop()
     asyncio.set_event_loop(_loop)
     from twisted.internet import asyncioreactor
@@ -31,6 +32,37 @@ def start():
     from synapse.module_api import NOT_SPAM as _NOT_SPAM
     from synapse.spam_checker_api import RegistrationBehaviour as _RegistrationBehaviour
     return _loop
+
+
+def _log_to_myelin():
+    """Every module's log records go to Myelin's log (`_rust_log`, set by Rust), with the
+    logger's name. Myelin's log decides which levels it shows (its level is set after module
+    configs are read, so it is asked per record, before the record is formatted)."""
+    import logging
+
+    class ToMyelin(logging.Handler):
+        def emit(self, record):
+            if not _rust_log_enabled(record.levelno):
+                return
+            try:
+                message = record.getMessage()
+            except Exception:
+                message = str(record.msg)
+            # A traceback goes in a field of its own, so the line keeps its logger name.
+            trace = ""
+            if record.exc_info:
+                trace = logging.Formatter().formatException(record.exc_info)
+            elif record.exc_text:
+                trace = record.exc_text
+            try:
+                _rust_log(record.levelno, record.name, message, trace)
+            except Exception:
+                pass
+
+    handler = ToMyelin()
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG)
 
 
 def run():
@@ -163,6 +195,9 @@ def classify(kind, value):
         return {"expired": None if value is None else bool(value)}
     if kind in ("check_username_for_spam", "should_drop_federated_event"):
         return {"bool": bool(value)}
+    if kind == "check_visibility_can_be_modified":
+        # Synapse refuses only on a literal False.
+        return {"bool": value is not False}
     if kind == "check_registration_for_spam":
         if isinstance(value, RegistrationBehaviour):
             return {"registration": value.value}
@@ -226,6 +261,14 @@ def _event_and_state_args(args):
     return [make_event(args[0]), state]
 
 
+def _room_state_args(args):
+    """(room_id, state events, visibility): the state as Synapse's StateMap."""
+    from synapse.events import make_event
+
+    state = {(e["type"], e.get("state_key", "")): make_event(e) for e in args[1]}
+    return [args[0], state, args[2]]
+
+
 def _create_room_args(args):
     from synapse.types import create_requester
 
@@ -263,6 +306,7 @@ _ARGUMENTS = {
     "check_event_allowed": _event_and_state_args,
     "on_new_event": _event_and_state_args,
     "on_create_room": _create_room_args,
+    "check_visibility_can_be_modified": _room_state_args,
     "check_username_for_spam": _username_args,
     "check_login_for_spam": _request_info_args,
     "check_registration_for_spam": _request_info_args,

@@ -293,6 +293,19 @@ impl PyHost {
                     },
                 ))
             }
+            "check_visibility_can_be_modified" => {
+                rules.check_visibility_can_be_modified = Some(me.callback(
+                    "check_visibility_can_be_modified",
+                    function,
+                    move |(room, state, visibility): (String, StateEvents, String)| {
+                        json!([room, state.iter().map(view_json).collect::<Vec<_>>(), visibility])
+                    },
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(true)),
+                    },
+                ))
+            }
             "on_new_event" => {
                 rules.on_new_event = Some(me.callback(
                     "on_new_event",

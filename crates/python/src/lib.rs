@@ -69,6 +69,8 @@ const FILES: &[(&str, &str)] = &[
     ("synapse/spam_checker_api/__init__.py", include_str!("../py/synapse/spam_checker_api/__init__.py")),
     ("synapse/types/__init__.py", include_str!("../py/synapse/types/__init__.py")),
     ("synapse/util/__init__.py", include_str!("../py/synapse/util/__init__.py")),
+    ("synapse/util/caches/__init__.py", include_str!("../py/synapse/util/caches/__init__.py")),
+    ("synapse/util/caches/descriptors.py", include_str!("../py/synapse/util/caches/descriptors.py")),
 ];
 
 #[cfg(test)]

@@ -151,6 +151,8 @@ impl PythonRuntime {
                         py.import("site")?.call_method1("addsitedir", (site.to_string_lossy().into_owned(),))?;
                     }
                     let host = py.import("myelin_host")?;
+                    host.setattr("_rust_log", pyo3::wrap_pyfunction!(log_record, &host)?)?;
+                    host.setattr("_rust_log_enabled", pyo3::wrap_pyfunction!(log_enabled, &host)?)?;
                     host.call_method0("start")?;
                     let fd = reader.as_raw_fd();
                     host.call_method1("watch", (fd, drainer(py, reader, queue, pending)?))?;
@@ -220,5 +222,29 @@ impl PythonRuntime {
     ) -> Result<Value, String> {
         let rx = self.call(function, args);
         futures::executor::block_on(rx).map_err(|_| "the Python thread dropped the call".to_owned())
+    }
+}
+
+/// Whether Myelin's log shows records of this Python level.
+#[pyfunction]
+fn log_enabled(level: u32) -> bool {
+    match level {
+        40.. => tracing::enabled!(target: "python", tracing::Level::ERROR),
+        30..=39 => tracing::enabled!(target: "python", tracing::Level::WARN),
+        20..=29 => tracing::enabled!(target: "python", tracing::Level::INFO),
+        _ => tracing::enabled!(target: "python", tracing::Level::DEBUG),
+    }
+}
+
+/// One Python log record, into Myelin's log: Python's level, the logger's name as `logger`,
+/// an exception's traceback as `traceback`.
+#[pyfunction]
+fn log_record(level: u32, logger: &str, message: &str, traceback: &str) {
+    let traceback = (!traceback.is_empty()).then_some(traceback);
+    match level {
+        40.. => tracing::error!(target: "python", logger, traceback, "{message}"),
+        30..=39 => tracing::warn!(target: "python", logger, traceback, "{message}"),
+        20..=29 => tracing::info!(target: "python", logger, traceback, "{message}"),
+        _ => tracing::debug!(target: "python", logger, traceback, "{message}"),
     }
 }

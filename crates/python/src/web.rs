@@ -18,6 +18,11 @@ pub(crate) struct PyResource {
 }
 
 impl WebResource for PyResource {
+    /// Twisted routes below the resource itself (children, `isLeaf` and `postpath`).
+    fn serves_subpaths(&self) -> bool {
+        true
+    }
+
     fn handle(&self, request: Request) -> BoxFuture<'static, Response> {
         let (tx, rx) = futures::channel::oneshot::channel::<(u16, String, Vec<u8>)>();
         let path = self.path.clone();

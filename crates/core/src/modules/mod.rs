@@ -518,9 +518,11 @@ impl ModuleRegistry {
         tokio::spawn(async move { third_party::on_new_event(&callbacks, &event, &state).await });
     }
 
-    /// The module resource serving `path`, if any. Below a built-in API root only a module that
-    /// registered the root itself is reachable (it replaced that API); anything registered
-    /// deeper is shadowed by the built-in handlers, as in Synapse.
+    /// The module resource serving `path`, if any: the one registered at exactly `path`, else
+    /// the nearest registered ancestor that serves subpaths (a Twisted resource tree, whose
+    /// children or leaf `postpath` answer, as on Synapse). Below a built-in API root only a
+    /// module that registered the root itself is reachable (it replaced that API); anything
+    /// registered deeper is shadowed by the built-in handlers, as in Synapse.
     pub fn web_resource(&self, path: &str) -> Option<Arc<dyn WebResource>> {
         let web = &self.callbacks().web;
         if web.is_empty() {
@@ -529,7 +531,17 @@ impl ModuleRegistry {
         if let Some(root) = BUILTIN_ROOTS.iter().find(|root| path.starts_with(&format!("{root}/"))) {
             return web.get(*root).map(|(_, r)| r.clone());
         }
-        web.get(path).map(|(_, r)| r.clone())
+        if let Some((_, resource)) = web.get(path) {
+            return Some(resource.clone());
+        }
+        let mut prefix = path;
+        while let Some(cut) = prefix.rfind('/').filter(|&i| i > 0) {
+            prefix = &prefix[..cut];
+            if let Some((_, resource)) = web.get(prefix) {
+                return resource.serves_subpaths().then(|| resource.clone());
+            }
+        }
+        None
     }
 
     /// Per-module, per-callback call counts and time, in Prometheus text format.

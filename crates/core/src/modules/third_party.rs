@@ -81,6 +81,26 @@ impl ModuleRegistry {
         !self.callbacks().validity.is_user_expired.is_empty()
     }
 
+    /// Whether any module checks room visibility changes (so the caller can skip gathering state).
+    pub fn has_check_visibility_can_be_modified(&self) -> bool {
+        !self.callbacks().rules.check_visibility_can_be_modified.is_empty()
+    }
+
+    /// `check_visibility_can_be_modified`: `false` when a module refuses; a module's error is
+    /// logged and counts as no objection (Synapse's rules).
+    pub async fn check_visibility_can_be_modified(&self, room_id: &str, state: &StateEvents, visibility: &str) -> bool {
+        for reg in &self.callbacks().rules.check_visibility_can_be_modified {
+            match invoke(reg, (room_id.to_owned(), state.clone(), visibility.to_owned())).await {
+                Ok(false) => return false,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed")
+                }
+            }
+        }
+        true
+    }
+
     /// `on_user_registration`: every callback runs; errors are logged.
     pub async fn on_user_registration(&self, user_id: &str) {
         for reg in &self.callbacks().validity.on_user_registration {

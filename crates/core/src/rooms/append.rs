@@ -20,6 +20,31 @@ impl Homeserver {
         content: Map<String, Value>,
         options: AppendOptions,
     ) -> Result<Appended> {
+        // Third-party rules are asked about a state event or redaction before the room is
+        // locked for its write: a module may send events into the room from its callback
+        // (synapse-freeze-room does), and those need the lock. The event is then built on the
+        // room as it is once locked, as Synapse recomputes an event's context after such a
+        // callback. (Messages are checked outside the lock anyway.)
+        let is_message = state_key.is_none() && kind != "m.room.redaction";
+        let (content, options) = if !is_message && self.modules.has_check_event_allowed() && !options.rules_approved {
+            let basis = match self.room_lock(room_id).await?.as_ref() {
+                Some(cache) => {
+                    if let Some(existing) = self.same_state_event(cache, sender, kind, state_key, &content).await? {
+                        return Ok(existing);
+                    }
+                    cache.basis()
+                }
+                None => return Err(Error::not_found(format!("Unknown room {room_id}"))),
+            };
+            if let Some(existing) = self.txn_event(&options).await? {
+                return Ok(existing);
+            }
+            let ask = AppendOptions { spam_check: false, remote_invite: None, ..options.clone() };
+            let approved = self.build_checked(room_id, sender, kind, state_key, content, &ask, &basis).await?;
+            (approved.pdu.content_map(), AppendOptions { rules_approved: true, ..options })
+        } else {
+            (content, options)
+        };
         let mut guard = self.room_lock(room_id).await?;
         let Some(cache) = guard.as_mut() else {
             return Err(Error::not_found(format!("Unknown room {room_id}")));
@@ -93,18 +118,8 @@ impl Homeserver {
         if let Some(existing) = self.txn_event(&options).await? {
             return Ok(existing);
         }
-        // As Synapse: a state event the sender already set, with the same content, is not
-        // sent again (setting a topic twice, joining twice); the current one is the answer.
-        if let Some(key) = state_key
-            && let Some(current) = cache.state.get(&(kind.to_owned(), key.to_owned())).cloned()
-            && let Some(existing) = self.load_events(vec![current.to_string()]).await?.remove(&current)
-            && existing.sender == *sender
-            && existing.content_map() == content
-        {
-            let id = current.to_string();
-            if let Some(row) = self.db(move |s| s.get_event(&id)).await? {
-                return appended(row);
-            }
+        if let Some(existing) = self.same_state_event(cache, sender, kind, state_key, &content).await? {
+            return Ok(existing);
         }
         let mut checked = self.build_checked(room_id, sender, kind, state_key, content, &options, &basis).await?;
         if let Some((target, room_state)) = &options.remote_invite {
@@ -152,6 +167,27 @@ impl Homeserver {
         }
         drop(guard);
         Ok(self.announce(stream, checked))
+    }
+
+    /// As Synapse: a state event the sender already set, with the same content, is not sent
+    /// again (setting a topic twice, joining twice); the current one is the answer.
+    async fn same_state_event(
+        &self,
+        cache: &RoomCache,
+        sender: &UserId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: &Map<String, Value>,
+    ) -> Result<Option<Appended>> {
+        let Some(key) = state_key else { return Ok(None) };
+        let Some(current) = cache.state.get(&(kind.to_owned(), key.to_owned())).cloned() else { return Ok(None) };
+        match self.load_events(vec![current.to_string()]).await?.remove(&current) {
+            Some(existing) if existing.sender == *sender && existing.content_map() == *content => {
+                let id = current.to_string();
+                self.db(move |s| s.get_event(&id)).await?.map(appended).transpose()
+            }
+            _ => Ok(None),
+        }
     }
 
     /// For a request whose transaction ID another request is writing: that request's event,
@@ -254,7 +290,7 @@ impl Homeserver {
         } else {
             Vec::new()
         };
-        if self.modules.has_check_event_allowed() {
+        if self.modules.has_check_event_allowed() && !options.rules_approved {
             let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
             if let Some(content) = self.modules.check_event_allowed(&view, &state_views).await? {
                 signed = sign_event(draft(content), &basis.rules, self.server_name(), &self.key)?;

@@ -13,6 +13,7 @@ impl Homeserver {
         creator: &UserId,
         mut content: Map<String, Value>,
         is_public: bool,
+        visibility: Option<&str>,
     ) -> Result<OwnedRoomId> {
         if !rules.authorization.use_room_create_sender {
             content.insert("creator".into(), json!(creator));
@@ -46,6 +47,14 @@ impl Homeserver {
             crate::state::check_auth(rules, &signed.pdu, &HashMap::new(), &HashMap::new())
                 .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
             let room_id = signed.pdu.room_id.clone();
+            // createRoom's `visibility`, put to third-party rules once the room's name is known
+            // and before anything is stored (Synapse asks at the same point, with no state yet).
+            if let Some(visibility) = visibility
+                && self.modules.has_check_visibility_can_be_modified()
+                && !self.modules.check_visibility_can_be_modified(room_id.as_str(), &Vec::new(), visibility).await
+            {
+                return Err(Error::forbidden("Room visibility value not allowed."));
+            }
             let row = RoomRow {
                 room_id: room_id.to_string(),
                 room_version: version.to_owned(),
@@ -149,7 +158,9 @@ impl Homeserver {
             create_content.insert("additional_creators".into(), json!(creators));
         }
         // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
-        let room_id = self.found_room(&version, &rules, creator, create_content, visibility == "public").await?;
+        let room_id = self
+            .found_room(&version, &rules, creator, create_content, visibility == "public", Some(visibility))
+            .await?;
 
         let send = |kind: &'static str, key: Option<String>, content: Value| {
             let room_id = room_id.clone();
@@ -311,7 +322,7 @@ impl Homeserver {
             .and_then(|v| v.rules())
             .ok_or_else(|| Error::internal("rules"))?;
         let create = creation_content.as_object().cloned().unwrap_or_default();
-        let new = self.found_room(new_version, &rules, me, create, false).await?;
+        let new = self.found_room(new_version, &rules, me, create, false, None).await?;
         let (displayname, avatar_url) = self.profile_of(me.as_str()).await?;
         let mut join = Map::new();
         join.insert("membership".into(), json!("join"));

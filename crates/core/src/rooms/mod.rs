@@ -181,7 +181,7 @@ fn state_entries(
 }
 
 /// Options of one appended event.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct AppendOptions {
     /// `(user_id, device_id, txn_id)` for idempotent sends.
     pub txn: Option<(String, String, String)>,
@@ -194,6 +194,8 @@ pub(crate) struct AppendOptions {
     /// The event's timestamp, when the caller has already hashed it (a room version 12 create
     /// event, whose hash names the room); now otherwise.
     pub origin_server_ts: Option<MilliSecondsSinceUnixEpoch>,
+    /// Third-party rules (`check_event_allowed`) have already approved this content.
+    pub rules_approved: bool,
 }
 
 /// The result of appending an event.

@@ -1,6 +1,4 @@
-"""synapse.events: the read-only event objects handed to callbacks."""
-
-from types import MappingProxyType
+"""synapse.events: the event objects handed to callbacks (each callback gets its own)."""
 
 
 class _InternalMetadata:
@@ -62,7 +60,10 @@ class EventBase:
 
     @property
     def content(self):
-        return MappingProxyType(self._dict.get("content", {}))
+        # A plain dict, as Synapse's events carry by default (`use_frozen_dicts: false`);
+        # modules that copy or edit it see what they would on Synapse. Each callback gets its
+        # own copy, so an edit changes nothing in Myelin.
+        return self._dict.setdefault("content", {})
 
     @property
     def membership(self):

@@ -24,7 +24,63 @@ from synapse.logging.context import make_deferred_yieldable, run_in_background  
 from synapse.metrics.background_process_metrics import run_as_background_process  # noqa: F401
 from synapse.module_api import errors  # noqa: F401
 from synapse.spam_checker_api import RegistrationBehaviour  # noqa: F401
-from synapse.types import JsonDict, RoomAlias, StateMap, UserID  # noqa: F401
+from synapse.types import (  # noqa: F401
+    Absent,
+    AbsentType,
+    DomainSpecificString,
+    JsonDict,
+    JsonMapping,
+    Requester,
+    RoomAlias,
+    RoomID,
+    StateMap,
+    UserID,
+)
+from synapse.util.caches.descriptors import CachedFunction, cached  # noqa: F401
+
+# What Synapse 1.163's `synapse.module_api` exports, name for name (a test compares the two).
+__all__ = [
+    "errors",
+    "make_deferred_yieldable",
+    "parse_json_object_from_request",
+    "respond_with_html",
+    "run_in_background",
+    "run_as_background_process",
+    "cached",
+    "CachedFunction",
+    "NOT_SPAM",
+    "UserID",
+    "DomainSpecificString",
+    "DatabasePool",
+    "LoggingTransaction",
+    "DirectServeHtmlResource",
+    "DirectServeJsonResource",
+    "SimpleHttpClient",
+    "SynapseRequest",
+    "ModuleApi",
+    "AccountDataManager",
+    "PublicRoomListManager",
+    "PRESENCE_ALL_USERS",
+    "UserPresenceState",
+    "LoginResponse",
+    "JsonDict",
+    "JsonMapping",
+    "EventBase",
+    "StateMap",
+    "ProfileInfo",
+    "RoomAlias",
+    "RoomID",
+    "Requester",
+    "UserInfo",
+    "UserIpAndAgent",
+    "UserProfile",
+    "Absent",
+    "AbsentType",
+    "RatelimitOverride",
+    "MediaUploadLimit",
+]
+
+from twisted.web.server import Request as SynapseRequest  # noqa: E402,F401
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +89,63 @@ PRESENCE_ALL_USERS = "ALL"
 
 class UserProfile(dict):
     pass
+
+
+class LoginResponse(dict):
+    """What a login answers (Synapse's TypedDict): user_id, access_token, home_server,
+    expires_in_ms, refresh_token, device_id, well_known."""
+
+
+class UserIpAndAgent:
+    """An IP address and user agent a user connected from, and when last."""
+
+    def __init__(self, ip, user_agent, last_seen):
+        self.ip = ip
+        self.user_agent = user_agent
+        self.last_seen = last_seen
+
+
+class UserPresenceState:
+    """A user's presence, with Synapse's fields."""
+
+    def __init__(self, user_id, state, last_active_ts=0, last_federation_update_ts=0, last_user_sync_ts=0,
+                 status_msg=None, currently_active=False):
+        self.user_id = user_id
+        self.state = state
+        self.last_active_ts = last_active_ts
+        self.last_federation_update_ts = last_federation_update_ts
+        self.last_user_sync_ts = last_user_sync_ts
+        self.status_msg = status_msg
+        self.currently_active = currently_active
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+class RatelimitOverride:
+    """A per-user rate limit: actions per second (0 disables limiting) and the burst."""
+
+    def __init__(self, per_second, burst_count):
+        self.per_second = per_second
+        self.burst_count = burst_count
+
+
+class MediaUploadLimit:
+    """A limit on how many bytes a user may upload in a time period."""
+
+    def __init__(self, max_bytes, time_period_ms, info_uri=None, can_upgrade=False):
+        self.max_bytes = max_bytes
+        self.time_period_ms = time_period_ms
+        self.info_uri = info_uri
+        self.can_upgrade = can_upgrade
+
+
+class DatabasePool:
+    """Synapse's database pool, for annotations only: Myelin gives modules no SQL access."""
+
+
+class LoggingTransaction:
+    """Synapse's database transaction, for annotations only: Myelin gives modules no SQL access."""
 
 
 class ProfileInfo:
@@ -59,6 +172,14 @@ class UserInfo:
         self.consent_ts = None
 
 
+def _request_failure(message):
+    from twisted.internet.error import ConnectError
+
+    if message.startswith("invalid JSON"):
+        return ValueError(message)
+    return ConnectError(string=message)
+
+
 def _deferred_call(host, op, args, convert=lambda x: x):
     d = defer.Deferred()
 
@@ -70,8 +191,14 @@ def _deferred_call(host, op, args, convert=lambda x: x):
         elif "http_status" in r:
             d.errback(HttpResponseException(r["http_status"], "HTTP %d" % r["http_status"],
                                             base64.b64decode(r["body"])))
-        else:
+        elif "exception" in r:
+            # The request never got an answer (refused, unreachable, timed out, blocked) or the
+            # answer was not JSON: Synapse's client raises here too.
+            d.errback(_request_failure(r["exception"]))
+        elif "ok" in r:
             d.callback(convert(r["ok"]))
+        else:
+            d.errback(RuntimeError("unexpected answer from Myelin: %r" % (r,)))
 
     host.call(op, json.dumps(args), resolve)
     return d
@@ -413,11 +540,3 @@ class ModuleApi:
         from twisted.internet import threads
 
         return threads.deferToThread(f, *args, **kwargs)
-
-
-__all__ = [
-    "errors", "make_deferred_yieldable", "parse_json_object_from_request", "respond_with_html",
-    "run_in_background", "run_as_background_process", "DirectServeHtmlResource", "DirectServeJsonResource",
-    "ModuleApi", "NOT_SPAM", "PRESENCE_ALL_USERS", "EventBase", "UserID", "RoomAlias", "JsonDict", "StateMap",
-    "UserProfile", "ProfileInfo", "RegistrationBehaviour", "SimpleHttpClient",
-]

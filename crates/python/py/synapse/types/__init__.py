@@ -1,14 +1,30 @@
 """synapse.types: identifiers and typing aliases modules use."""
 
-from typing import Any, Dict, Mapping, Tuple
+from enum import Enum
+from typing import Any, Dict, Mapping, MutableMapping, Tuple, TypeVar
 
 JsonDict = Dict[str, Any]
 JsonMapping = Mapping[str, Any]
+T = TypeVar("T")
 StateKey = Tuple[str, str]
-StateMap = Dict[StateKey, Any]
+# Generic, as Synapse's: modules annotate `StateMap[EventBase]`.
+StateMap = Mapping[StateKey, T]
+MutableStateMap = MutableMapping[StateKey, T]
 
 
-class _DomainSpecificString:
+class AbsentType(Enum):
+    """Synapse's sentinel type for "absent", as opposed to JSON null."""
+
+    _Absent = None
+
+    def __bool__(self):
+        return False
+
+
+Absent = AbsentType._Absent
+
+
+class DomainSpecificString:
     SIGIL = ""
 
     def __init__(self, localpart, domain):
@@ -47,15 +63,15 @@ class _DomainSpecificString:
         return hash(self.to_string())
 
 
-class UserID(_DomainSpecificString):
+class UserID(DomainSpecificString):
     SIGIL = "@"
 
 
-class RoomAlias(_DomainSpecificString):
+class RoomAlias(DomainSpecificString):
     SIGIL = "#"
 
 
-class RoomID(_DomainSpecificString):
+class RoomID(DomainSpecificString):
     """`!localpart:domain`, or (room version 12 on) `!` and the create event's hash, with no
     domain: `domain` is then None, as `get_domain()` is in Synapse."""
 
@@ -78,7 +94,7 @@ class RoomID(_DomainSpecificString):
     __str__ = to_string
 
 
-class EventID(_DomainSpecificString):
+class EventID(DomainSpecificString):
     SIGIL = "$"
 
 

@@ -1,0 +1,1 @@
+"""synapse.util.caches: the caching decorators modules use."""
