@@ -393,3 +393,26 @@ async fn federated_invites_and_events_reach_the_backend() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// With the backend gone, the Python original answers as the native module does, at once: the
+/// module API's HTTP client raises on a refused connection (it used to leave the call waiting
+/// forever), and the module fails closed.
+#[tokio::test]
+async fn the_python_original_fails_closed_at_once_when_the_backend_is_gone() {
+    for module in ["synapse_http_antispam.HTTPAntispam", "py_http_antispam.HTTPAntispam"] {
+        let s = Server::start_with(&format!(
+            // The Python module registers a callback Synapse 1.163 lacks (`accept_make_join`)
+            // unless `enabled_callbacks` says which: Synapse and Myelin refuse it alike.
+            "ip_range_whitelist: ['127.0.0.0/8']\nmodules:\n  - module: {module}\n    config: {{base_url: 'http://127.0.0.1:9/api', enabled_callbacks: [user_may_create_room]}}\n"
+        ))
+        .await;
+        let alice = s.register("alice").await;
+        let create = s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({}));
+        let (st, b) = tokio::time::timeout(Duration::from_secs(10), create).await.expect("an answer, not a hang");
+        assert_eq!(
+            (st, b),
+            (403, json!({"errcode": "M_UNKNOWN", "error": "Failed to connect to antispam server"})),
+            "{module}"
+        );
+    }
+}
