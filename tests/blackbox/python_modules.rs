@@ -430,6 +430,57 @@ async fn third_party_rules_and_account_validity() {
     assert_eq!(s.post("/_matrix/client/v3/logout", Some(&expired.token), json!({})).await.0, 200);
 }
 
+/// The third-party rules and account validity callbacks around profiles, deactivation, room
+/// directory visibility and login: called where Synapse calls them, with its arguments.
+#[tokio::test]
+async fn profile_deactivation_visibility_and_login_callbacks() {
+    let s = Server::start_with("modules:\n  - module: rules.Rules\n").await;
+    let alice = s.register("alice").await;
+    let seen = || async { s.get("/_synapse/client/rules/seen", None).await.1 };
+    // on_profile_update: after the change, with the whole profile; a module error is logged only.
+    let name = format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id);
+    assert_eq!(s.put(&name, Some(&alice.token), json!({"displayname": "Alice"})).await.0, 200);
+    assert_eq!(s.put(&name, Some(&alice.token), json!({"displayname": "raise"})).await.0, 200);
+    assert_eq!(
+        seen().await["profiles"],
+        json!([["@alice:test", "Alice", null, false, false], ["@alice:test", "raise", null, false, false]])
+    );
+    // on_user_login: after a successful login only.
+    s.login("alice").await;
+    let (st, _) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "wrong"}),
+        )
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(seen().await["logins"], json!([["@alice:test", "m.login.password", null]]));
+    // check_visibility_can_be_modified: at createRoom (no state yet) and when publishing.
+    let room = s.create_room(&alice, json!({"name": "secret"})).await;
+    let list = format!("/_matrix/client/v3/directory/list/room/{room}");
+    let (st, b) = s.put(&list, Some(&alice.token), json!({"visibility": "public"})).await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("Not allowed to publish room")), "{b}");
+    assert_eq!(s.get(&list, None).await.1["visibility"], "private");
+    assert_eq!(s.put(&list, Some(&alice.token), json!({"visibility": "private"})).await.0, 200, "not asked");
+    let visibility = seen().await["visibility"].clone();
+    assert_eq!(visibility[0], json!(["private", 0]), "createRoom asks before the room has state: {visibility}");
+    assert_eq!(visibility.as_array().unwrap().len(), 2, "{visibility}");
+    // check_can_deactivate_user refuses; on_user_deactivation_status_changed follows a deactivation.
+    let s = &s;
+    let deactivate = |user: User| async move {
+        let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id}, "password": "password"});
+        s.post("/_matrix/client/v3/account/deactivate", Some(&user.token), json!({"auth": auth})).await
+    };
+    let keeper = s.register("keeper").await;
+    let (st, b) = deactivate(keeper.clone()).await;
+    assert_eq!((st, b), (403, json!({"errcode": "M_FORBIDDEN", "error": "Deactivation of this user is forbidden"})));
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&keeper.token)).await.0, 200, "still active");
+    let bob = s.register("bob").await;
+    assert_eq!(deactivate(bob).await.0, 200);
+    assert_eq!(seen().await["deactivated"], json!([["@bob:test", true, false]]));
+}
+
 #[tokio::test]
 async fn python_media_checks_read_the_file() {
     let s = Server::start_with("modules:\n  - module: media_check.MediaCheck\n").await;

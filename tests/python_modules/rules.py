@@ -15,15 +15,21 @@ class Seen(DirectServeJsonResource):
 
 class Rules:
     def __init__(self, config, api):
-        self.seen = {"new_events": [], "registered": [], "state_types": []}
+        self.seen = {"new_events": [], "registered": [], "state_types": [], "profiles": [], "deactivated": [],
+                     "logins": [], "visibility": []}
         api.register_third_party_rules_callbacks(
             check_event_allowed=self.check_event_allowed,
             on_create_room=self.on_create_room,
             on_new_event=self.on_new_event,
+            on_profile_update=self.on_profile_update,
+            check_can_deactivate_user=self.check_can_deactivate_user,
+            on_user_deactivation_status_changed=self.on_user_deactivation_status_changed,
+            check_visibility_can_be_modified=self.check_visibility_can_be_modified,
         )
         api.register_account_validity_callbacks(
             is_user_expired=self.is_user_expired,
             on_user_registration=self.on_user_registration,
+            on_user_login=self.on_user_login,
         )
         api.register_web_resource("/_synapse/client/rules/seen", Seen(self.seen))
 
@@ -54,3 +60,23 @@ class Rules:
 
     async def on_user_registration(self, user):
         self.seen["registered"].append(user)
+
+    async def on_profile_update(self, user_id, new_profile, by_admin, deactivation):
+        self.seen["profiles"].append([user_id, new_profile.display_name, new_profile.avatar_url, by_admin,
+                                      deactivation])
+        if new_profile.display_name == "raise":
+            raise RuntimeError("a module's bug must not fail the profile change")
+
+    async def check_can_deactivate_user(self, user_id, by_admin):
+        return not user_id.startswith("@keeper:")
+
+    async def on_user_deactivation_status_changed(self, user_id, deactivated, by_admin):
+        self.seen["deactivated"].append([user_id, deactivated, by_admin])
+
+    async def check_visibility_can_be_modified(self, room_id, state_events, new_visibility):
+        name = state_events.get(("m.room.name", ""))
+        self.seen["visibility"].append([new_visibility, len(state_events)])
+        return not (name is not None and name.content.get("name") == "secret" and new_visibility == "public")
+
+    async def on_user_login(self, user_id, auth_provider_type, auth_provider_id):
+        self.seen["logins"].append([user_id, auth_provider_type, auth_provider_id])

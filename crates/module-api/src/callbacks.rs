@@ -62,6 +62,13 @@ macro_rules! third_party_rules_callbacks {
             /// `(room_id, state, new_visibility)`: `false` refuses publishing the room to the room
             /// directory, or creating it with that `visibility`.
             check_visibility_can_be_modified: (String, $crate::third_party::StateEvents, String) => bool;
+            /// `(user_id, new_profile, by_admin, deactivation)`: after a local user's display name
+            /// or avatar changed.
+            on_profile_update: (String, $crate::third_party::ProfileInfo, bool, bool) => ();
+            /// `(user_id, by_admin)`: `false` refuses the deactivation (403).
+            check_can_deactivate_user: (String, bool) => bool;
+            /// `(user_id, deactivated, by_admin)`: after a local user was deactivated.
+            on_user_deactivation_status_changed: (String, bool, bool) => ();
         }
     };
 }
@@ -77,6 +84,8 @@ macro_rules! account_validity_callbacks {
             is_user_expired: (String,) => Option<bool>;
             /// `(user_id)`: a new account exists.
             on_user_registration: (String,) => ();
+            /// `(user_id, auth_provider_type, auth_provider_id)`: after a successful login.
+            on_user_login: (String, Option<String>, Option<String>) => ();
         }
     };
 }

@@ -12,6 +12,13 @@
 //! - `check_visibility_can_be_modified(room_id, state, new_visibility)`: before a room is
 //!   published to the directory and when it is created; the first `false` refuses (403); an
 //!   error is logged and counts as no objection.
+//! - `on_profile_update(user_id, profile, by_admin, deactivation)` and
+//!   `on_user_deactivation_status_changed(user_id, deactivated, by_admin)`: after the change;
+//!   every callback runs, errors are logged.
+//! - `check_can_deactivate_user(user_id, by_admin)`: the first `false` refuses (403 "Deactivation
+//!   of this user is forbidden"); an error is logged and counts as no objection.
+//! - `on_user_login(user_id, auth_provider_type, auth_provider_id)`: after a login; an error
+//!   fails the login, as on Synapse.
 //! - `is_user_expired(user_id)`: the first `Some` wins; `Some(true)` refuses every
 //!   authenticated request but logout with 403 `ORG_MATRIX_EXPIRED_ACCOUNT`.
 //! - `on_user_registration(user_id)`: after an account is created; errors are logged.
@@ -23,6 +30,17 @@ use crate::callbacks::callback_struct;
 
 /// A room's current state handed to third-party rules: the state events.
 pub type StateEvents = Vec<EventView>;
+
+/// A user's profile as given to `on_profile_update` (Synapse's `ProfileInfo`).
+///
+/// Since 0.2.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProfileInfo {
+    /// The display name, if any.
+    pub display_name: Option<String>,
+    /// The avatar URL, if any.
+    pub avatar_url: Option<String>,
+}
 
 /// `on_create_room`'s arguments: `(user_id, config, is_requester_admin)`.
 pub type CreateRoomArgs = (String, Map<String, Value>, bool);

@@ -189,13 +189,14 @@ def classify(kind, value):
         if value is not None:
             return {"user": None, "warning": "Wrong type returned by module API callback %r" % (value,)}
         return {"user": None}
-    if kind in ("on_new_event", "on_user_registration", "on_logged_out"):
+    if kind in ("on_new_event", "on_user_registration", "on_logged_out", "on_profile_update",
+                "on_user_deactivation_status_changed", "on_user_login"):
         return {"done": True}
     if kind == "is_user_expired":
         return {"expired": None if value is None else bool(value)}
     if kind in ("check_username_for_spam", "should_drop_federated_event"):
         return {"bool": bool(value)}
-    if kind == "check_visibility_can_be_modified":
+    if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user"):
         # Synapse refuses only on a literal False.
         return {"bool": value is not False}
     if kind == "check_registration_for_spam":
@@ -269,6 +270,13 @@ def _room_state_args(args):
     return [args[0], state, args[2]]
 
 
+def _profile_args(args):
+    from synapse.module_api import ProfileInfo
+
+    profile = args[1]
+    return [args[0], ProfileInfo(profile.get("avatar_url"), profile.get("display_name"))] + args[2:]
+
+
 def _create_room_args(args):
     from synapse.types import create_requester
 
@@ -307,6 +315,7 @@ _ARGUMENTS = {
     "on_new_event": _event_and_state_args,
     "on_create_room": _create_room_args,
     "check_visibility_can_be_modified": _room_state_args,
+    "on_profile_update": _profile_args,
     "check_username_for_spam": _username_args,
     "check_login_for_spam": _request_info_args,
     "check_registration_for_spam": _request_info_args,

@@ -327,6 +327,43 @@ impl PyHost {
                     },
                 ))
             }
+            "on_profile_update" => {
+                rules.on_profile_update = Some(me.callback(
+                    "on_profile_update",
+                    function,
+                    |(u, p, admin, deactivation): (String, ProfileInfo, bool, bool)| {
+                        json!([u, {"display_name": p.display_name, "avatar_url": p.avatar_url}, admin, deactivation])
+                    },
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "check_can_deactivate_user" => {
+                rules.check_can_deactivate_user = Some(me.callback(
+                    "check_can_deactivate_user",
+                    function,
+                    |(u, admin): (String, bool)| json!([u, admin]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(true)),
+                    },
+                ))
+            }
+            "on_user_deactivation_status_changed" => {
+                rules.on_user_deactivation_status_changed = Some(me.callback(
+                    "on_user_deactivation_status_changed",
+                    function,
+                    |(u, deactivated, admin): (String, bool, bool)| json!([u, deactivated, admin]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "on_user_login" => {
+                validity.on_user_login = Some(me.callback(
+                    "on_user_login",
+                    function,
+                    |(u, kind, provider): (String, Option<String>, Option<String>)| json!([u, kind, provider]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
             "on_user_registration" => {
                 validity.on_user_registration = Some(me.callback(
                     "on_user_registration",
@@ -369,7 +406,7 @@ impl PyHost {
             }
             other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
         }
-        let result = if matches!(name, "is_user_expired" | "on_user_registration") {
+        let result = if myelin_module_api::callbacks::names("account_validity").contains(&name) {
             self.api.register_account_validity_callbacks(validity)
         } else {
             self.api.register_third_party_rules_callbacks(rules)

@@ -101,6 +101,48 @@ impl ModuleRegistry {
         true
     }
 
+    /// `on_profile_update`: every callback runs; errors are logged.
+    pub async fn on_profile_update(&self, user_id: &str, profile: ProfileInfo, by_admin: bool, deactivation: bool) {
+        for reg in &self.callbacks().rules.on_profile_update {
+            if let Err(e) = invoke(reg, (user_id.to_owned(), profile.clone(), by_admin, deactivation)).await {
+                tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
+            }
+        }
+    }
+
+    /// `check_can_deactivate_user`: `false` when a module refuses; errors are logged and count
+    /// as no objection.
+    pub async fn check_can_deactivate_user(&self, user_id: &str, by_admin: bool) -> bool {
+        for reg in &self.callbacks().rules.check_can_deactivate_user {
+            match invoke(reg, (user_id.to_owned(), by_admin)).await {
+                Ok(false) => return false,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed")
+                }
+            }
+        }
+        true
+    }
+
+    /// `on_user_deactivation_status_changed`: every callback runs; errors are logged.
+    pub async fn on_user_deactivation_status_changed(&self, user_id: &str, deactivated: bool, by_admin: bool) {
+        for reg in &self.callbacks().rules.on_user_deactivation_status_changed {
+            if let Err(e) = invoke(reg, (user_id.to_owned(), deactivated, by_admin)).await {
+                tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
+            }
+        }
+    }
+
+    /// `on_user_login`: every callback runs; an error fails the login (Synapse does not catch
+    /// them either).
+    pub async fn on_user_login(&self, user_id: &str, login_type: Option<&str>, provider: Option<&str>) -> Result<()> {
+        for reg in &self.callbacks().validity.on_user_login {
+            invoke(reg, (user_id.to_owned(), login_type.map(str::to_owned), provider.map(str::to_owned))).await?;
+        }
+        Ok(())
+    }
+
     /// `on_user_registration`: every callback runs; errors are logged.
     pub async fn on_user_registration(&self, user_id: &str) {
         for reg in &self.callbacks().validity.on_user_registration {

@@ -106,6 +106,7 @@ impl Homeserver {
         let user_id = OwnedUserId::try_from(row.user_id).map_err(Error::internal)?;
         let (access_token, device_id) =
             self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?;
+        self.modules.on_user_login(user_id.as_str(), Some(&request.kind), None).await?;
         Ok(LoginResponse { user_id, access_token, device_id })
     }
 
@@ -161,6 +162,9 @@ impl Homeserver {
     /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.
     pub async fn deactivate(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
         self.uia_password(requester, auth).await?;
+        if !self.modules.check_can_deactivate_user(requester.user_id.as_str(), false).await {
+            return Err(Error::forbidden("Deactivation of this user is forbidden"));
+        }
         let u = requester.user_id.to_string();
         let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
         for room in rooms {
@@ -175,7 +179,9 @@ impl Homeserver {
             s.set_password_hash(&u, None)?;
             s.delete_all_devices(&u, None)
         })
-        .await
+        .await?;
+        self.modules.on_user_deactivation_status_changed(requester.user_id.as_str(), true, false).await;
+        Ok(())
     }
 
     /// `POST /user/{userId}/openid/request_token`: a token a third party can check with

@@ -79,6 +79,9 @@ impl Homeserver {
         }
         let (u, v) = (user_id.to_owned(), value.clone());
         self.db(move |s| s.set_profile_field(&u, column, v.as_deref())).await?;
+        let (display_name, avatar_url) = self.profile_of(user_id).await?;
+        let profile = myelin_module_api::third_party::ProfileInfo { display_name, avatar_url };
+        self.modules.on_profile_update(user_id, profile, requester.is_admin, false).await;
         if requester.shadow_banned {
             return Ok(());
         }
