@@ -481,6 +481,47 @@ async fn profile_deactivation_visibility_and_login_callbacks() {
     assert_eq!(seen().await["deactivated"], json!([["@bob:test", true, false]]));
 }
 
+/// Account data and media repository callbacks: `on_account_data_updated` after each write
+/// (global and per room), a per-user `/media/config`, and uploads refused by size with 413.
+#[tokio::test]
+async fn account_data_and_media_repository_callbacks() {
+    let s = Server::start_with("modules:\n  - module: repository.Repository\n").await;
+    assert!(s.log_text().contains("never called"), "the background update controller is accepted");
+    let alice = s.register("alice").await;
+    let small = s.register("small").await;
+    let global = format!("/_matrix/client/v3/user/{}/account_data/org.example.x", alice.user_id);
+    assert_eq!(s.put(&global, Some(&alice.token), json!({"a": 1})).await.0, 200);
+    let room = s.create_room(&alice, json!({})).await;
+    let per_room = format!("/_matrix/client/v3/user/{}/rooms/{room}/account_data/org.example.y", alice.user_id);
+    assert_eq!(s.put(&per_room, Some(&alice.token), json!({"b": 2})).await.0, 200);
+    let seen = s.get("/_synapse/client/repository/seen", None).await.1;
+    assert_eq!(
+        seen["account_data"],
+        json!([["@alice:test", null, "org.example.x", {"a": 1}], ["@alice:test", room, "org.example.y", {"b": 2}]])
+    );
+    // /media/config per user, on both paths.
+    for path in ["/_matrix/client/v1/media/config", "/_matrix/media/v3/config"] {
+        assert_eq!(s.get(path, Some(&small.token)).await.1, json!({"m.upload.size": 10}), "{path}");
+        assert!(s.get(path, Some(&alice.token)).await.1["m.upload.size"].as_u64().unwrap() > 1000, "{path}");
+    }
+    // Uploads refused by size, for that user only, and nothing is kept.
+    let upload = |user: &User, body: &'static [u8]| {
+        let (url, token) = (s.url("/_matrix/media/v3/upload"), user.token.clone());
+        async move {
+            let resp = reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, b) = upload(&small, b"more than ten bytes").await;
+    assert_eq!((st, b), (413, json!({"errcode": "M_TOO_LARGE", "error": "Upload request body is too large"})));
+    assert_eq!(upload(&small, b"tiny").await.0, 200);
+    assert_eq!(upload(&alice, b"more than ten bytes").await.0, 200);
+    let tmp = s.dir.path().join("data/media/tmp");
+    let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "no temporary file is left behind");
+}
+
 #[tokio::test]
 async fn python_media_checks_read_the_file() {
     let s = Server::start_with("modules:\n  - module: media_check.MediaCheck\n").await;

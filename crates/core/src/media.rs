@@ -83,7 +83,21 @@ impl Homeserver {
         Ok((format!("mxc://{}/{media_id}", self.server_name()), now_ms() + PENDING_LIFETIME_MS))
     }
 
+    /// `GET /media/config`: a module's answer for this user (`get_media_config_for_user`),
+    /// else the server's.
+    pub async fn media_config(&self, requester: Option<&Requester>) -> Result<serde_json::Value> {
+        if let Some(me) = requester
+            && let Some(config) = self.modules.media_config_for_user(me.user_id.as_str()).await?
+        {
+            return Ok(serde_json::Value::Object(config));
+        }
+        Ok(serde_json::json!({"m.upload.size": self.config.max_upload_size}))
+    }
+
     /// Stores an upload: a new media ID, or (`PUT`) one reserved by `/create`. Returns the MXC URI.
+    /// A module may refuse it by its size (`is_user_allowed_to_upload_media_of_size`), asked
+    /// once the size is known: after the body is read (Synapse asks from `Content-Length`
+    /// before, and refuses uploads without one).
     pub async fn upload_media(
         &self,
         requester: &Requester,
@@ -126,6 +140,14 @@ impl Homeserver {
                 return Err(e);
             }
         };
+        match self.modules.may_upload_media_of_size(requester.user_id.as_str(), length).await {
+            Ok(true) => {}
+            refused => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                refused?;
+                return Err(Error::new(ErrorKind::TooLarge, "Upload request body is too large"));
+            }
+        }
         let file = MediaFile {
             path: tmp.clone(),
             media_id: media_id.clone(),

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::error::MatrixError;
-use crate::extract::{Auth, Path, Query, drain};
+use crate::extract::{Auth, OptionalAuth, Path, Query, drain};
 
 /// `/_matrix/media/*` when `legacy`, `/_matrix/client/v1/media/*` when `authenticated`.
 pub(crate) fn router(legacy_paths: bool, authenticated_paths: bool) -> Router<AppState> {
@@ -261,10 +261,13 @@ async fn thumbnail_auth(
     thumbnail_of(&hs, &server, &media_id, q).await
 }
 
-async fn config(State(hs): State<AppState>) -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"m.upload.size": hs.config.max_upload_size}))
+async fn config(
+    State(hs): State<AppState>,
+    OptionalAuth(me): OptionalAuth,
+) -> Result<axum::Json<serde_json::Value>, MatrixError> {
+    Ok(axum::Json(hs.media_config(me.as_ref()).await?))
 }
 
-async fn config_auth(State(hs): State<AppState>, Auth(_me): Auth) -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"m.upload.size": hs.config.max_upload_size}))
+async fn config_auth(State(hs): State<AppState>, Auth(me): Auth) -> Result<axum::Json<serde_json::Value>, MatrixError> {
+    Ok(axum::Json(hs.media_config(Some(&me)).await?))
 }

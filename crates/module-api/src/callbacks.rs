@@ -90,6 +90,36 @@ macro_rules! account_validity_callbacks {
     };
 }
 
+/// The account data callback (Synapse's `register_account_data_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! account_data_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(user_id, room_id, account_data_type, content)`: after a user's account data
+            /// changed (`room_id` is `None` for global account data).
+            on_account_data_updated: (String, Option<String>, String, $crate::spam::RoomConfig) => ();
+        }
+    };
+}
+
+/// The media repository callbacks (Synapse's `register_media_repository_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! media_repository_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(user_id)`: the `/media/config` answer for this user; the first non-empty one
+            /// wins, `None` leaves the server's.
+            get_media_config_for_user: (String,) => Option<$crate::spam::RoomConfig>;
+            /// `(user_id, size)`: `false` refuses an upload of `size` bytes (413 `M_TOO_LARGE`).
+            is_user_allowed_to_upload_media_of_size: (String, u64) => bool;
+        }
+    };
+}
+
 macro_rules! names {
     (| $($(#[$doc:meta])* $name:ident: $args:ty => $ret:ty;)*) => {
         &[$(stringify!($name)),*]
@@ -103,6 +133,8 @@ pub const NAMES: &[(&str, &[&str])] = &[
     ("third_party_rules", third_party_rules_callbacks!(names)),
     ("account_validity", account_validity_callbacks!(names)),
     ("password_auth_provider", &["auth_checkers", "check_3pid_auth", "on_logged_out"]),
+    ("account_data", account_data_callbacks!(names)),
+    ("media_repository", media_repository_callbacks!(names)),
 ];
 
 /// The callbacks Myelin calls for one registration method (empty for an unknown one).

@@ -48,6 +48,7 @@
 pub mod auth;
 pub mod callbacks;
 pub mod http;
+pub mod repository;
 pub mod spam;
 pub mod third_party;
 pub mod web;
@@ -301,6 +302,18 @@ pub trait Host: Send + Sync + 'static {
         module: &str,
         callbacks: third_party::AccountValidityCallbacks,
     ) -> Result<(), ModuleError>;
+    /// Adds account data callbacks for `module`.
+    fn register_account_data_callbacks(
+        &self,
+        module: &str,
+        callbacks: repository::AccountDataCallbacks,
+    ) -> Result<(), ModuleError>;
+    /// Adds media repository callbacks for `module`.
+    fn register_media_repository_callbacks(
+        &self,
+        module: &str,
+        callbacks: repository::MediaRepositoryCallbacks,
+    ) -> Result<(), ModuleError>;
     /// Adds a web resource for `module`; the first registration of a path wins.
     fn register_web_resource(
         &self,
@@ -451,6 +464,24 @@ impl ModuleApi {
         callbacks: third_party::AccountValidityCallbacks,
     ) -> Result<(), ModuleError> {
         self.host.register_account_validity_callbacks(&self.module, callbacks)
+    }
+    /// Registers account data callbacks. Only allowed during construction.
+    ///
+    /// Since 0.2.
+    pub fn register_account_data_callbacks(
+        &self,
+        callbacks: repository::AccountDataCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.host.register_account_data_callbacks(&self.module, callbacks)
+    }
+    /// Registers media repository callbacks. Only allowed during construction.
+    ///
+    /// Since 0.2.
+    pub fn register_media_repository_callbacks(
+        &self,
+        callbacks: repository::MediaRepositoryCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.host.register_media_repository_callbacks(&self.module, callbacks)
     }
     /// Serves `resource` at exactly `path` on every HTTP listener. Only allowed during
     /// construction. Use `/_synapse/client/<module>/...`: paths under built-in API roots are

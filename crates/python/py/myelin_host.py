@@ -190,11 +190,16 @@ def classify(kind, value):
             return {"user": None, "warning": "Wrong type returned by module API callback %r" % (value,)}
         return {"user": None}
     if kind in ("on_new_event", "on_user_registration", "on_logged_out", "on_profile_update",
-                "on_user_deactivation_status_changed", "on_user_login"):
+                "on_user_deactivation_status_changed", "on_user_login", "on_account_data_updated"):
         return {"done": True}
     if kind == "is_user_expired":
         return {"expired": None if value is None else bool(value)}
     if kind in ("check_username_for_spam", "should_drop_federated_event"):
+        return {"bool": bool(value)}
+    if kind == "get_media_config_for_user":
+        return {"config": value if isinstance(value, dict) and value else None}
+    if kind == "is_user_allowed_to_upload_media_of_size":
+        # Synapse refuses on any falsy answer.
         return {"bool": bool(value)}
     if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user"):
         # Synapse refuses only on a literal False.

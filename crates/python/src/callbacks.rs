@@ -414,6 +414,55 @@ impl PyHost {
         result.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
     }
 
+    /// Adds one account data or media repository callback to the shared registry.
+    pub(crate) fn register_repository(&self, _module: &str, name: &str, function: Py<PyAny>) -> PyResult<()> {
+        use myelin_module_api::repository::*;
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let mut account_data = AccountDataCallbacks::default();
+        let mut media = MediaRepositoryCallbacks::default();
+        match name {
+            "on_account_data_updated" => {
+                account_data.on_account_data_updated = Some(me.callback(
+                    "on_account_data_updated",
+                    function,
+                    |(u, room, kind, content): (String, Option<String>, String, Map<String, Value>)| {
+                        json!([u, room, kind, content])
+                    },
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "get_media_config_for_user" => {
+                media.get_media_config_for_user = Some(me.callback(
+                    "get_media_config_for_user",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["config"].as_object().cloned()),
+                    },
+                ))
+            }
+            "is_user_allowed_to_upload_media_of_size" => {
+                media.is_user_allowed_to_upload_media_of_size = Some(me.callback(
+                    "is_user_allowed_to_upload_media_of_size",
+                    function,
+                    |(u, size): (String, u64)| json!([u, size]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(false)),
+                    },
+                ))
+            }
+            other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
+        }
+        let result = if name == "on_account_data_updated" {
+            self.api.register_account_data_callbacks(account_data)
+        } else {
+            self.api.register_media_repository_callbacks(media)
+        };
+        result.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
     /// Adds one `auth_checkers` entry: `(login_type, fields) -> function`.
     pub(crate) fn register_auth_checker(
         &self,

@@ -104,6 +104,22 @@ impl Host for HostHandle {
         self.hs()?.modules.register_account_validity(module, callbacks)
     }
 
+    fn register_account_data_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::repository::AccountDataCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_account_data(module, callbacks)
+    }
+
+    fn register_media_repository_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::repository::MediaRepositoryCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_media_repository(module, callbacks)
+    }
+
     fn register_web_resource(
         &self,
         module: &str,

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod host;
+pub mod repository;
 pub mod spam_checker;
 pub mod third_party;
 
@@ -395,6 +396,8 @@ pub(crate) use dispatch_lists;
 pub(crate) struct Callbacks {
     pub(crate) spam: spam_checker::SpamLists,
     pub(crate) rules: third_party::RulesLists,
+    pub(crate) account_data: repository::AccountDataLists,
+    pub(crate) media: repository::MediaLists,
     pub(crate) validity: third_party::ValidityLists,
     pub(crate) auth: auth::AuthLists,
     /// Web resources by exact path: `(module, resource)`.
@@ -454,6 +457,22 @@ impl ModuleRegistry {
         cbs: myelin_module_api::auth::PasswordAuthProviderCallbacks,
     ) -> Result<(), ModuleError> {
         self.with_builder("password auth provider callbacks", |b| b.auth.add(module, cbs))
+    }
+
+    pub(crate) fn register_account_data(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::repository::AccountDataCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("account data callbacks", |b| b.account_data.add(module, cbs))
+    }
+
+    pub(crate) fn register_media_repository(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::repository::MediaRepositoryCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("media repository callbacks", |b| b.media.add(module, cbs))
     }
 
     pub(crate) fn register_account_validity(
@@ -560,6 +579,8 @@ impl ModuleRegistry {
         callbacks.spam.for_each_metric(&mut each);
         callbacks.rules.for_each_metric(&mut each);
         callbacks.validity.for_each_metric(&mut each);
+        callbacks.account_data.for_each_metric(&mut each);
+        callbacks.media.for_each_metric(&mut each);
         out
     }
 }

@@ -61,8 +61,12 @@ impl Homeserver {
             return Err(Error::new(ErrorKind::BadJson, format!("Cannot set {kind} through this API.")));
         }
         let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());
-        let pos = self.db(move |s| s.set_account_data(&u, &r, &k, &content)).await?;
+        let written = content.clone();
+        let pos = self.db(move |s| s.set_account_data(&u, &r, &k, &written)).await?;
         self.advance_stream(pos);
+        if let Value::Object(content) = &content {
+            self.modules.on_account_data_updated(user_id, room_id, kind, content).await;
+        }
         Ok(())
     }
 
@@ -128,9 +132,10 @@ impl Homeserver {
         if self.db(move |s| s.get_user(&u)).await?.is_none() {
             return Err(Error::not_found(format!("User {user_id} does not exist")));
         }
-        let (u, k) = (user_id.to_owned(), kind.to_owned());
-        let pos = self.db(move |s| s.set_account_data(&u, "", &k, &Value::Object(content))).await?;
+        let (u, k, written) = (user_id.to_owned(), kind.to_owned(), Value::Object(content.clone()));
+        let pos = self.db(move |s| s.set_account_data(&u, "", &k, &written)).await?;
         self.advance_stream(pos);
+        self.modules.on_account_data_updated(user_id, None, kind, &content).await;
         Ok(())
     }
 }

@@ -342,6 +342,35 @@ class ModuleApi:
         for name, fn in self._callbacks("account_validity", locals()):
             self._host.register_third_party(self._module_name, name, fn)
 
+    def register_account_data_callbacks(self, *, on_account_data_updated=None):
+        for name, fn in self._callbacks("account_data", locals()):
+            self._host.register_repository(self._module_name, name, fn)
+
+    def register_media_repository_callbacks(
+        self, *, get_media_config_for_user=None, is_user_allowed_to_upload_media_of_size=None,
+        get_media_upload_limits_for_user=None, on_media_upload_limit_exceeded=None,
+    ):
+        for name, fn in self._callbacks("media_repository", locals()):
+            self._host.register_repository(self._module_name, name, fn)
+
+    def register_presence_router_callbacks(self, *, get_users_for_states=None, get_interested_users=None):
+        self._callbacks("presence_router", locals())
+
+    def register_ratelimit_callbacks(self, *, get_ratelimit_override_for_user=None):
+        self._callbacks("ratelimit", locals())
+
+    def register_add_extra_fields_to_unsigned_client_event_callbacks(self, *, add_field_to_unsigned_callback=None):
+        self._callbacks("add_extra_fields_to_unsigned_client_event", locals())
+
+    def register_federation_callbacks(self, *, on_event_delivered_over_federation=None):
+        self._callbacks("federation", locals())
+
+    def register_background_update_controller_callbacks(self, *, on_update, default_batch_size=None,
+                                                        min_batch_size=None):
+        # Myelin's storage has no background updates for a controller to pace: accepted, unused.
+        logger.info("Module %s registered a background update controller; Myelin runs no background "
+                    "updates, so it is never called", self._module_name)
+
     def register_web_resource(self, path, resource):
         import myelin_host
 

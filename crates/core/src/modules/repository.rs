@@ -1,0 +1,49 @@
+//! Account data and media repository callbacks, with Synapse's semantics
+//! (`handlers/account_data.py`, `media_repository_callbacks.py`).
+
+use myelin_module_api::repository::*;
+use serde_json::{Map, Value};
+
+use super::{ModuleRegistry, dispatch_lists, invoke};
+use crate::Result;
+
+myelin_module_api::account_data_callbacks!(dispatch_lists, AccountDataLists, AccountDataCallbacks);
+myelin_module_api::media_repository_callbacks!(dispatch_lists, MediaLists, MediaRepositoryCallbacks);
+
+impl ModuleRegistry {
+    /// `on_account_data_updated`: every callback runs, awaited; errors are logged.
+    pub async fn on_account_data_updated(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+        content: &Map<String, Value>,
+    ) {
+        for reg in &self.callbacks().account_data.on_account_data_updated {
+            let args = (user_id.to_owned(), room_id.map(str::to_owned), kind.to_owned(), content.clone());
+            if let Err(e) = invoke(reg, args).await {
+                tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
+            }
+        }
+    }
+
+    /// `get_media_config_for_user`: the first non-empty answer.
+    pub async fn media_config_for_user(&self, user_id: &str) -> Result<Option<Map<String, Value>>> {
+        for reg in &self.callbacks().media.get_media_config_for_user {
+            if let Some(config) = invoke(reg, (user_id.to_owned(),)).await?.filter(|c| !c.is_empty()) {
+                return Ok(Some(config));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `is_user_allowed_to_upload_media_of_size`: `false` as soon as one callback says so.
+    pub async fn may_upload_media_of_size(&self, user_id: &str, size: u64) -> Result<bool> {
+        for reg in &self.callbacks().media.is_user_allowed_to_upload_media_of_size {
+            if !invoke(reg, (user_id.to_owned(), size)).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,29 @@
+//! Account data callbacks (Synapse's `register_account_data_callbacks`) and media repository
+//! callbacks (`register_media_repository_callbacks`).
+//!
+//! - `on_account_data_updated(user_id, room_id, type, content)`: after a user's global or room
+//!   account data is written (by the user or a module); every callback runs, errors are logged.
+//! - `get_media_config_for_user(user_id)`: `GET /media/config` answers the first non-empty
+//!   result instead of the server's.
+//! - `is_user_allowed_to_upload_media_of_size(user_id, size)`: the first `false` refuses the
+//!   upload with 413 `M_TOO_LARGE` "Upload request body is too large".
+//!
+//! Errors of the two media callbacks are 500s for the request, as on Synapse.
+
+use crate::callbacks::callback_struct;
+
+crate::account_data_callbacks!(
+    callback_struct,
+    /// Account data callbacks; any subset may be set.
+    ///
+    /// Since 0.2.
+    AccountDataCallbacks
+);
+
+crate::media_repository_callbacks!(
+    callback_struct,
+    /// Media repository callbacks; any subset may be set.
+    ///
+    /// Since 0.2.
+    MediaRepositoryCallbacks
+);

@@ -1,0 +1,42 @@
+"""Account data and media repository callbacks, and the categories Myelin accepts without
+calling, for the black-box tests."""
+
+from synapse.http.server import DirectServeJsonResource
+
+
+class Seen(DirectServeJsonResource):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    async def _async_render_GET(self, request):
+        return 200, self.seen
+
+
+class Repository:
+    def __init__(self, config, api):
+        self.seen = {"account_data": []}
+        api.register_account_data_callbacks(on_account_data_updated=self.on_account_data_updated)
+        api.register_media_repository_callbacks(
+            get_media_config_for_user=self.get_media_config_for_user,
+            is_user_allowed_to_upload_media_of_size=self.is_user_allowed_to_upload_media_of_size,
+        )
+        # Accepted (Myelin has nothing for them to do yet); start-up must not fail.
+        api.register_background_update_controller_callbacks(on_update=self.on_update)
+        api.register_presence_router_callbacks(get_users_for_states=self.get_users_for_states)
+        api.register_web_resource("/_synapse/client/repository/seen", Seen(self.seen))
+
+    async def on_account_data_updated(self, user_id, room_id, account_data_type, content):
+        self.seen["account_data"].append([user_id, room_id, account_data_type, dict(content)])
+
+    async def get_media_config_for_user(self, user_id):
+        return {"m.upload.size": 10} if user_id.startswith("@small:") else None
+
+    async def is_user_allowed_to_upload_media_of_size(self, user_id, size):
+        return not (user_id.startswith("@small:") and size > 10)
+
+    async def on_update(self, update_name, database_name, one_shot):
+        raise AssertionError("never called")
+
+    async def get_users_for_states(self, state_updates):
+        return {}
