@@ -18,6 +18,9 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-dep
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
   matrix-http-rendezvous-synapse==0.1.12 synapse-freeze-room==1.1.0 synapse-room-access-rules==1.0.0 \
   frozendict==2.5.1
+# synapse-token-authenticator with its own dependencies (jwcrypto, pydantic), pinned.
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check \
+  synapse-token-authenticator==0.14.1 jwcrypto==1.6.1 pydantic==2.14.4
 # A real Synapse for the federation tests, in its own venv (its dependencies would clash with
 # the module venv's stand-in `synapse` package).
 if [ ! -x tests/synapse/.venv/bin/python ]; then

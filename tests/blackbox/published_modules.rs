@@ -192,3 +192,52 @@ fn rand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// synapse-token-authenticator 0.14.1 (a password auth provider with a custom login type that
+/// imports `LoginResponse` from `synapse.module_api`), its README's JWT login: a token signed
+/// with the configured secret logs its subject in, registering the account on first use; a
+/// token signed with another secret, or for another user, does not. (HS512 keys must be 64
+/// bytes or more for the jwcrypto it uses, on Synapse too.)
+#[tokio::test]
+async fn token_authenticator_logs_in_with_a_signed_jwt() {
+    const SECRET: &str = "foxies-ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+    const WRONG_SECRET: &str = "not-foxies-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    let s = Server::start_with(&format!(
+        "modules:\n  - module: synapse_token_authenticator.TokenAuthenticator\n    config:\n      jwt:\n        secret: {SECRET}\n        algorithm: HS512\n        allow_registration: true\n",
+    ))
+    .await;
+    let (st, flows) = s.get("/_matrix/client/v3/login", None).await;
+    assert_eq!(st, 200);
+    assert!(flows["flows"].as_array().unwrap().iter().any(|f| f["type"] == "com.famedly.login.token"), "{flows}");
+    let jwt = |secret: &str, sub: &str| {
+        let mint = r#"
+import sys, time
+from jwcrypto import jwk, jwt
+from jwcrypto.common import base64url_encode
+key = jwk.JWK(kty="oct", k=base64url_encode(sys.argv[1].encode()))
+token = jwt.JWT(header={"alg": "HS512"}, claims={"sub": sys.argv[2], "exp": int(time.time()) + 300, "displayname": "Via JWT"})
+token.make_signed_token(key)
+print(token.serialize())
+"#;
+        let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/.venv/bin/python");
+        let out = std::process::Command::new(python).args(["-c", mint, secret, sub]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let login = |user: &str, token: String| {
+        let body = json!({"type": "com.famedly.login.token", "identifier": {"type": "m.id.user", "user": user}, "token": token});
+        s.post("/_matrix/client/v3/login", None, body)
+    };
+    let (st, b) = login("alice", jwt(SECRET, "alice")).await;
+    assert_eq!(st, 200, "{b}\n{}", s.log_text());
+    assert_eq!(b["user_id"], "@alice:test");
+    let token = b["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&token)).await.1["user_id"], "@alice:test");
+    let (_, name) = s.get("/_matrix/client/v3/profile/@alice:test/displayname", Some(&token)).await;
+    assert_eq!(name["displayname"], "Via JWT");
+    // The wrong secret, or a token for someone else, is refused.
+    assert_eq!(login("alice", jwt(WRONG_SECRET, "alice")).await.0, 403);
+    assert_eq!(login("bob", jwt(SECRET, "alice")).await.0, 403);
+    // And a second login of the now existing account works.
+    assert_eq!(login("alice", jwt(SECRET, "alice")).await.0, 200);
+}

@@ -558,6 +558,34 @@ async fn a_module_blocking_its_thread_does_not_delay_other_requests() {
     assert_eq!(blocked.await.unwrap(), 200);
 }
 
+/// `get_username_for_registration` and `get_displayname_for_registration`: asked once the
+/// registration's user-interactive auth is complete; their answers name the new account.
+#[tokio::test]
+async fn password_providers_choose_the_username_and_display_name_at_registration() {
+    let s = Server::start_with("enable_registration: true\nenable_registration_without_verification: true\nmodules:\n  - module: password_provider.Provider\n").await;
+    let register = |username: &'static str| {
+        let s = &s;
+        async move {
+            let body = json!({"username": username, "password": "pw-12345678", "auth": {"type": "m.login.dummy"}});
+            s.post("/_matrix/client/v3/register", None, body).await
+        }
+    };
+    let (st, b) = register("pickme").await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["user_id"], "@chosen:test");
+    let token = b["access_token"].as_str().unwrap().to_owned();
+    let (_, name) = s.get("/_matrix/client/v3/profile/@chosen:test/displayname", Some(&token)).await;
+    assert_eq!(name["displayname"], "Named by module");
+    // No answer (or a raising hook) leaves the requested username and the default display name.
+    let (st, b) = register("broken").await;
+    assert_eq!((st, b["user_id"].as_str()), (200, Some("@broken:test")), "{b}");
+    let (_, name) = s.get("/_matrix/client/v3/profile/@broken:test/displayname", Some(&token)).await;
+    assert_eq!(name["displayname"], "broken");
+    // The chosen name is taken now: the next "pickme" is refused as in use.
+    let (st, b) = register("pickme").await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "{b}");
+}
+
 #[tokio::test]
 async fn password_auth_providers() {
     let s = Server::start_with("modules:\n  - module: password_provider.Provider\n").await;

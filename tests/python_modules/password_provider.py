@@ -12,6 +12,8 @@ class Provider:
             },
             check_3pid_auth=self.check_3pid,
             on_logged_out=self.on_logged_out,
+            get_username_for_registration=self.username_for_registration,
+            get_displayname_for_registration=self.displayname_for_registration,
         )
 
     async def check_token(self, username, login_type, login_dict):
@@ -20,8 +22,10 @@ class Provider:
         return None
 
     async def check_password(self, username, login_type, login_dict):
-        if login_dict.get("password") == "ldap-password" and username.startswith("@alice"):
-            return username, None
+        # `username` is as the client gave it, a localpart or a full user ID (Synapse's rule).
+        user_id = self.api.get_qualified_user_id(username) if not username.startswith("@") else username
+        if login_dict.get("password") == "ldap-password" and user_id == "@alice:test":
+            return user_id, None
         if login_dict.get("password") == "boom":
             raise RuntimeError("provider bug")
         return None
@@ -30,6 +34,16 @@ class Provider:
         if medium == "email" and address == "alice@example.com" and password == "mail-password":
             return "@alice:test", None
         return None
+
+    async def username_for_registration(self, uia_results, params):
+        if params.get("username") == "pickme" and "m.login.dummy" in uia_results:
+            return "chosen"
+        if params.get("username") == "broken":
+            raise RuntimeError("a raising hook counts as no answer")
+        return None
+
+    async def displayname_for_registration(self, uia_results, params):
+        return "Named by module" if params.get("username") == "pickme" else None
 
     async def on_logged_out(self, user_id, device_id, access_token):
         self.logged_out.append(user_id)

@@ -6,6 +6,11 @@
 //!   Errors are logged and count as "no".
 //! - `check_3pid_auth(medium, address, password)`: logins by third-party identifier.
 //! - `on_logged_out(user_id, device_id, access_token)`: every callback runs; errors are logged.
+//! - `get_username_for_registration(uia_results, params)` and
+//!   `get_displayname_for_registration(uia_results, params)`: once a client registration's
+//!   user-interactive auth is complete, the first `Some` is the new account's localpart (else
+//!   the requested `username`) and display name (else the localpart). Errors are logged and
+//!   count as `None`.
 
 use serde_json::{Map, Value};
 
@@ -18,6 +23,9 @@ pub type AuthChecker = Callback<AuthCheckerArgs, Option<String>>;
 pub type AuthCheckerArgs = (String, String, Map<String, Value>);
 /// `on_logged_out` arguments: `(user_id, device_id, access_token)`.
 pub type LoggedOutArgs = (String, Option<String>, String);
+/// Registration callbacks' arguments: `(uia_results, params)`: the completed stages (type to
+/// result) and the request body.
+pub type RegistrationParams = (Map<String, Value>, Map<String, Value>);
 
 /// Password auth provider callbacks; any subset may be set.
 ///
@@ -30,4 +38,12 @@ pub struct PasswordAuthProviderCallbacks {
     pub check_3pid_auth: Option<Callback<(String, String, String), Option<String>>>,
     /// `(user_id, device_id, access_token)`.
     pub on_logged_out: Option<Callback<LoggedOutArgs, ()>>,
+    /// `(uia_results, params)` to the localpart of the account being registered.
+    ///
+    /// Since 0.2.
+    pub get_username_for_registration: Option<Callback<RegistrationParams, Option<String>>>,
+    /// `(uia_results, params)` to the display name of the account being registered.
+    ///
+    /// Since 0.2.
+    pub get_displayname_for_registration: Option<Callback<RegistrationParams, Option<String>>>,
 }

@@ -132,7 +132,16 @@ pub const NAMES: &[(&str, &[&str])] = &[
     ("spam_checker", spam_checker_callbacks!(names)),
     ("third_party_rules", third_party_rules_callbacks!(names)),
     ("account_validity", account_validity_callbacks!(names)),
-    ("password_auth_provider", &["auth_checkers", "check_3pid_auth", "on_logged_out"]),
+    (
+        "password_auth_provider",
+        &[
+            "auth_checkers",
+            "check_3pid_auth",
+            "on_logged_out",
+            "get_username_for_registration",
+            "get_displayname_for_registration",
+        ],
+    ),
     ("account_data", account_data_callbacks!(names)),
     ("media_repository", media_repository_callbacks!(names)),
 ];

@@ -196,6 +196,10 @@ def classify(kind, value):
         return {"expired": None if value is None else bool(value)}
     if kind in ("check_username_for_spam", "should_drop_federated_event"):
         return {"bool": bool(value)}
+    if kind in ("get_username_for_registration", "get_displayname_for_registration"):
+        if value is not None and not isinstance(value, str):
+            return {"name": None, "warning": "Ignoring non-string value returned by %s callback: %r" % (kind, value)}
+        return {"name": value}
     if kind == "get_media_config_for_user":
         return {"config": value if isinstance(value, dict) and value else None}
     if kind == "is_user_allowed_to_upload_media_of_size":

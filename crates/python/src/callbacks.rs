@@ -388,6 +388,31 @@ impl PyHost {
                     .register_password_auth_provider_callbacks(auth)
                     .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
             }
+            "get_username_for_registration" | "get_displayname_for_registration" => {
+                let cb = me.callback(
+                    if name == "get_username_for_registration" {
+                        "get_username_for_registration"
+                    } else {
+                        "get_displayname_for_registration"
+                    },
+                    function,
+                    |(uia, params): (Map<String, Value>, Map<String, Value>)| json!([uia, params]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["name"].as_str().map(str::to_owned)),
+                    },
+                );
+                let mut auth = myelin_module_api::auth::PasswordAuthProviderCallbacks::default();
+                if name == "get_username_for_registration" {
+                    auth.get_username_for_registration = Some(cb);
+                } else {
+                    auth.get_displayname_for_registration = Some(cb);
+                }
+                return self
+                    .api
+                    .register_password_auth_provider_callbacks(auth)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
             "on_logged_out" => {
                 let cb = me.callback(
                     "on_logged_out",

@@ -15,6 +15,8 @@ pub(crate) struct AuthLists {
     pub(crate) checkers: Vec<Checker>,
     pub(crate) check_3pid_auth: Vec<Registered<(String, String, String), Option<String>>>,
     pub(crate) on_logged_out: Vec<Registered<LoggedOutArgs, ()>>,
+    pub(crate) get_username_for_registration: Vec<Registered<RegistrationParams, Option<String>>>,
+    pub(crate) get_displayname_for_registration: Vec<Registered<RegistrationParams, Option<String>>>,
 }
 
 impl AuthLists {
@@ -24,6 +26,12 @@ impl AuthLists {
         }
         if let Some(cb) = cbs.check_3pid_auth {
             self.check_3pid_auth.push(Registered::new(module, "check_3pid_auth", cb));
+        }
+        if let Some(cb) = cbs.get_username_for_registration {
+            self.get_username_for_registration.push(Registered::new(module, "get_username_for_registration", cb));
+        }
+        if let Some(cb) = cbs.get_displayname_for_registration {
+            self.get_displayname_for_registration.push(Registered::new(module, "get_displayname_for_registration", cb));
         }
         if let Some(cb) = cbs.on_logged_out {
             self.on_logged_out.push(Registered::new(module, "on_logged_out", cb));
@@ -69,6 +77,40 @@ impl ModuleRegistry {
             }
         }
         None
+    }
+
+    /// `get_username_for_registration`: the first localpart a module gives.
+    pub async fn username_for_registration(
+        &self,
+        uia: &Map<String, Value>,
+        params: &Map<String, Value>,
+    ) -> Option<String> {
+        for reg in &self.callbacks().auth.get_username_for_registration {
+            if let Some(Some(name)) = call_logged(reg, reg.name, (uia.clone(), params.clone())).await {
+                return Some(name);
+            }
+        }
+        None
+    }
+
+    /// `get_displayname_for_registration`: the first display name a module gives.
+    pub async fn displayname_for_registration(
+        &self,
+        uia: &Map<String, Value>,
+        params: &Map<String, Value>,
+    ) -> Option<String> {
+        for reg in &self.callbacks().auth.get_displayname_for_registration {
+            if let Some(Some(name)) = call_logged(reg, reg.name, (uia.clone(), params.clone())).await {
+                return Some(name);
+            }
+        }
+        None
+    }
+
+    /// Whether a module picks the usernames or display names of new accounts.
+    pub fn has_registration_hooks(&self) -> bool {
+        let auth = &self.callbacks().auth;
+        !auth.get_username_for_registration.is_empty() || !auth.get_displayname_for_registration.is_empty()
     }
 
     /// `check_3pid_auth`: the first user ID returned wins.

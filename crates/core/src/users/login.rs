@@ -38,10 +38,10 @@ impl Homeserver {
                 .or_else(|| request.user.clone())
                 .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?,
         };
-        let qualified = if user.starts_with('@') { user } else { format!("@{user}:{}", self.server_name()) };
+        let qualified = if user.starts_with('@') { user.clone() } else { format!("@{user}:{}", self.server_name()) };
         let account_key = qualified.to_lowercase();
         self.limiters.login_failed_attempts.peek(&account_key)?;
-        let result = self.login_checked(request, info, vouched, qualified).await;
+        let result = self.login_checked(request, info, vouched, &user, qualified).await;
         match &result {
             Err(e) if e.kind == ErrorKind::Forbidden => self.limiters.login_failed_attempts.record(&account_key),
             _ => {}
@@ -55,6 +55,7 @@ impl Homeserver {
         request: LoginRequest,
         info: &RequestInfo,
         vouched: Option<String>,
+        given: &str,
         qualified: String,
     ) -> Result<LoginResponse> {
         let module_type = self.modules.handles_login_type(&request.kind);
@@ -69,7 +70,8 @@ impl Homeserver {
                 if let Some(p) = &request.password {
                     dict.insert("password".into(), json!(p));
                 }
-                self.modules.check_auth(&qualified, &request.kind, &dict).await
+                // As Synapse: the user as the client named them, qualified or not.
+                self.modules.check_auth(given, &request.kind, &dict).await
             }
             None => None,
         };

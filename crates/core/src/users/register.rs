@@ -54,15 +54,41 @@ impl Homeserver {
         if let Some(s) = &session {
             self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
         }
+        // Password auth providers may choose the localpart and display name (Synapse asks once
+        // the user-interactive auth is complete, with its results and the request body).
+        let (mut username, mut display_name) = (request.username.clone(), None);
+        if self.modules.has_registration_hooks() {
+            let mut uia = Map::new();
+            uia.insert(stage.to_owned(), used_token.as_ref().map_or(json!(true), |t| json!(t)));
+            let mut params = Map::new();
+            for (key, value) in [
+                ("username", json!(request.username)),
+                ("device_id", json!(request.device_id)),
+                ("initial_device_display_name", json!(request.initial_device_display_name)),
+                ("inhibit_login", json!(request.inhibit_login)),
+            ] {
+                if !value.is_null() {
+                    params.insert(key.into(), value);
+                }
+            }
+            if let Some(chosen) = self.modules.username_for_registration(&uia, &params).await {
+                username = Some(chosen);
+            }
+            display_name = self.modules.displayname_for_registration(&uia, &params).await;
+        }
         let registered = self
             .create_account(
-                request.username.map(|u| u.to_lowercase()),
+                username.map(|u| u.to_lowercase()),
                 request.password,
                 false,
                 info,
                 (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
             )
             .await?;
+        if let Some(name) = display_name {
+            let user = registered.user_id.to_string();
+            self.db(move |s| s.set_profile_field(&user, ProfileField::DisplayName, Some(&name))).await?;
+        }
         if let Some(token) = used_token {
             self.db(move |s| s.use_registration_token(&token)).await?;
         }

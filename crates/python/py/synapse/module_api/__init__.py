@@ -330,10 +330,11 @@ class ModuleApi:
         if on_logged_out is not None:
             self._host.register_third_party(self._module_name, "on_logged_out", on_logged_out)
         for name, fn in (("get_username_for_registration", get_username_for_registration),
-                         ("get_displayname_for_registration", get_displayname_for_registration),
-                         ("is_3pid_allowed", is_3pid_allowed)):
+                         ("get_displayname_for_registration", get_displayname_for_registration)):
             if fn is not None:
-                logger.warning("Module %s registered %s, which Myelin does not call yet", self._module_name, name)
+                self._host.register_third_party(self._module_name, name, fn)
+        if is_3pid_allowed is not None:
+            logger.warning("Module %s registered is_3pid_allowed, which Myelin does not call yet", self._module_name)
 
     def register_account_validity_callbacks(
         self, *, is_user_expired=None, on_user_registration=None, on_user_login=None, on_legacy_send_mail=None,
