@@ -522,6 +522,38 @@ async fn account_data_and_media_repository_callbacks() {
     assert_eq!(left, 0, "no temporary file is left behind");
 }
 
+/// More of `ModuleApi`: `get_canonical_room_alias`, `check_username` (Synapse's errors),
+/// `invalidate_access_token` (the session ends, `on_logged_out`-style), `defer_to_threadpool`,
+/// `@cached` with `register_cached_function` and `invalidate_cache`.
+#[tokio::test]
+async fn more_of_the_module_api() {
+    let s = with(&[py("m", json!({}))]).await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"room_alias_name": "canon"})).await;
+    assert_eq!(api(&s, json!({"op": "canonical_alias", "room_id": room})).await, json!({"alias": "#canon:test"}));
+    let bare = s.create_room(&alice, json!({})).await;
+    assert_eq!(api(&s, json!({"op": "canonical_alias", "room_id": bare})).await, json!({"alias": null}));
+    assert_eq!(api(&s, json!({"op": "check_username", "username": "fresh"})).await, json!({"ok": true}));
+    assert_eq!(
+        api(&s, json!({"op": "check_username", "username": "alice"})).await,
+        json!({"error": [400, "M_USER_IN_USE", "User ID already taken."]})
+    );
+    assert_eq!(
+        api(&s, json!({"op": "check_username", "username": "Bad Name"})).await["error"][1],
+        "M_INVALID_USERNAME"
+    );
+    assert_eq!(
+        api(&s, json!({"op": "check_username", "username": "_hidden"})).await["error"][2],
+        "User ID may not begin with _"
+    );
+    let other = s.login("alice").await;
+    assert_eq!(api(&s, json!({"op": "invalidate_token", "token": other.token})).await, json!({"done": true}));
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&other.token)).await.0, 401, "that session ended");
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200, "others stay");
+    assert_eq!(api(&s, json!({"op": "invalidate_token", "token": "unknown"})).await, json!({"done": true}));
+    assert_eq!(api(&s, json!({"op": "helpers"})).await, json!({"doubled": 42, "cached": [1, 1, 2]}));
+}
+
 #[tokio::test]
 async fn python_media_checks_read_the_file() {
     let s = Server::start_with("modules:\n  - module: media_check.MediaCheck\n").await;

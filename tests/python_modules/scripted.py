@@ -194,6 +194,40 @@ class ApiCalls(DirectServeJsonResource):
         if op == "state_events":
             events = await self.api.get_state_events_in_room(body["room_id"], [("m.room.create", ""), ("m.room.member", None)])
             return 200, sorted("%s|%s" % (e.type, e.state_key) for e in events)
+        if op == "canonical_alias":
+            alias = await self.api.get_canonical_room_alias(body["room_id"])
+            return 200, {"alias": None if alias is None else alias.to_string()}
+        if op == "check_username":
+            try:
+                await self.api.check_username(body["username"])
+                return 200, {"ok": True}
+            except SynapseError as e:
+                return 200, {"error": [e.code, str(getattr(e.errcode, "value", e.errcode)), e.msg]}
+        if op == "invalidate_token":
+            await self.api.invalidate_access_token(body["token"])
+            return 200, {"done": True}
+        if op == "helpers":
+            # defer_to_threadpool, and @cached with register_cached_function/invalidate_cache.
+            from twisted.internet import reactor
+            from synapse.module_api import cached
+
+            pool = reactor.getThreadPool()
+            doubled = await self.api.defer_to_threadpool(pool, lambda x: x * 2, 21)
+
+            class Counter:
+                calls = 0
+
+                @cached()
+                async def count(self, key):
+                    Counter.calls += 1
+                    return Counter.calls
+
+            c = Counter()
+            self.api.register_cached_function(c.count)
+            first, again = await c.count("k"), await c.count("k")
+            await self.api.invalidate_cache(c.count, ("k",))
+            after = await c.count("k")
+            return 200, {"doubled": doubled, "cached": [first, again, after]}
         if op == "missing":
             try:
                 self.api.run_db_interaction

@@ -351,6 +351,8 @@ pub trait Host: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// The room's current state events.
     fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>>;
+    /// Ends the session of an access token (`ModuleApi.invalidate_access_token`).
+    fn invalidate_access_token(&self, token: String) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// A local user's global account data of `data_type`.
     fn get_global_account_data(
         &self,
@@ -526,6 +528,13 @@ impl ModuleApi {
     /// The room's current state events.
     pub async fn get_room_state(&self, room_id: &str) -> Result<Vec<EventView>, ModuleError> {
         self.host.get_room_state(room_id.to_owned()).await
+    }
+    /// Ends the session of `access_token` as a logout would (Synapse's
+    /// `invalidate_access_token`); an unknown token is no error.
+    ///
+    /// Since 0.2.
+    pub async fn invalidate_access_token(&self, access_token: &str) -> Result<(), ModuleError> {
+        self.host.invalidate_access_token(access_token.to_owned()).await
     }
     /// A local user's global account data (`account_data_manager.get_global`).
     pub async fn get_global_account_data(&self, user_id: &str, data_type: &str) -> Result<Option<Value>, ModuleError> {

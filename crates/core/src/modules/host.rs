@@ -261,6 +261,11 @@ impl Host for HostHandle {
         Box::pin(async move { hs?.module_room_state(&room_id).await.map_err(to_module_error) })
     }
 
+    fn invalidate_access_token(&self, token: String) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_invalidate_access_token(&token).await.map_err(to_module_error) })
+    }
+
     fn get_global_account_data(
         &self,
         user_id: String,

@@ -122,6 +122,17 @@ impl Homeserver {
         Ok(())
     }
 
+    /// `ModuleApi.invalidate_access_token`: the token's session ends as a logout ends it (its
+    /// device goes; password providers' `on_logged_out` runs). An unknown token is no error.
+    pub(crate) async fn module_invalidate_access_token(&self, token: &str) -> Result<()> {
+        let t = token.to_owned();
+        let Some((user, device)) = self.db(move |s| s.get_access_token(&t)).await? else { return Ok(()) };
+        let (u, d) = (user.clone(), device.clone());
+        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
+        self.modules.on_logged_out(&user, Some(&device), token).await;
+        Ok(())
+    }
+
     /// `GET /login`: password login plus the types modules handle.
     pub fn login_flows(&self) -> Vec<String> {
         let mut flows = Vec::new();

@@ -196,7 +196,14 @@ def _deferred_call(host, op, args, convert=lambda x: x):
             # answer was not JSON: Synapse's client raises here too.
             d.errback(_request_failure(r["exception"]))
         elif "ok" in r:
-            d.callback(convert(r["ok"]))
+            # A conversion that raises (a refusal, a malformed answer) fails the Deferred
+            # rather than leaving it unfired.
+            try:
+                value = convert(r["ok"])
+            except Exception as e:
+                d.errback(e)
+            else:
+                d.callback(value)
         else:
             d.errback(RuntimeError("unexpected answer from Myelin: %r" % (r,)))
 
@@ -519,6 +526,32 @@ class ModuleApi:
         return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id},
                               lambda r: r["user_id"] if r else None)
 
+    def check_username(self, username):
+        """Synapse's registration checks of a localpart: grammar, length, and not taken."""
+        import re
+
+        if re.search(r"[^a-z0-9._=\-/+]", username):
+            raise SynapseError(400, "User ID can only contain characters a-z, 0-9, or '=_-./+'",
+                               Codes.INVALID_USERNAME)
+        if not username:
+            raise SynapseError(400, "User ID cannot be empty", Codes.INVALID_USERNAME)
+        if username[0] == "_":
+            raise SynapseError(400, "User ID may not begin with _", Codes.INVALID_USERNAME)
+        user_id = "@%s:%s" % (username, self.server_name)
+        if len(user_id) > 255:
+            raise SynapseError(400, "User ID may not be longer than 255 characters", Codes.INVALID_USERNAME)
+
+        def taken(info):
+            if info:
+                raise SynapseError(400, "User ID already taken.", Codes.USER_IN_USE)
+
+        return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id}, taken)
+
+    def invalidate_access_token(self, access_token):
+        """Logs the session of this access token out (its device goes, as a logout's does);
+        password providers' `on_logged_out` runs."""
+        return _deferred_call(self._host, "invalidate_access_token", {"token": access_token}, lambda r: None)
+
     def is_user_admin(self, user_id):
         return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id},
                               lambda r: bool(r and r["is_admin"]))
@@ -539,6 +572,18 @@ class ModuleApi:
 
     def create_room(self, user_id, config, ratelimit=True, creator_join_profile=None):
         return _deferred_call(self._host, "create_room", {"user_id": user_id, "config": config}, tuple)
+
+    def get_canonical_room_alias(self, room_id):
+        """The room's canonical alias, as a RoomAlias, or None."""
+
+        def alias_of(events):
+            for e in events:
+                if e.get("type") == "m.room.canonical_alias" and e.get("state_key") == "":
+                    alias = (e.get("content") or {}).get("alias")
+                    return RoomAlias.from_string(alias) if alias else None
+            return None
+
+        return _deferred_call(self._host, "get_room_state", {"room_id": str(room_id)}, alias_of)
 
     def lookup_room_alias(self, room_alias):
         return _deferred_call(self._host, "lookup_room_alias", {"alias": str(room_alias)}, tuple)
@@ -565,6 +610,18 @@ class ModuleApi:
 
     def run_as_background_process(self, desc, func, *args, bg_start_span=True, **kwargs):
         return run_as_background_process(desc, func, *args, **kwargs)
+
+    def defer_to_threadpool(self, threadpool, f, *args, **kwargs):
+        from twisted.internet import reactor, threads
+
+        return threads.deferToThreadPool(reactor, threadpool, f, *args, **kwargs)
+
+    def register_cached_function(self, cached_func):
+        """Synapse registers it for invalidation across workers; one process needs nothing."""
+
+    def invalidate_cache(self, cached_func, keys):
+        cached_func.invalidate(keys)
+        return defer.succeed(None)
 
     def defer_to_thread(self, f, *args, **kwargs):
         from twisted.internet import threads
