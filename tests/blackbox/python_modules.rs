@@ -554,6 +554,43 @@ async fn more_of_the_module_api() {
     assert_eq!(api(&s, json!({"op": "helpers"})).await, json!({"doubled": 42, "cached": [1, 1, 2]}));
 }
 
+/// `get_ratelimit_override_for_user`: a module's setting for one user on one limiter replaces
+/// the server's (here `rc_message` with a burst of 2), a rate of 0 lifts the limit, and
+/// everybody else keeps the server's.
+#[tokio::test]
+async fn ratelimit_callbacks_set_per_user_limits() {
+    let s = Server::start_with(
+        "rc_message: {per_second: 0.001, burst_count: 5}\nmodules:\n  - module: repository.Repository\n",
+    )
+    .await;
+    let slow = s.register("slow").await;
+    let free = s.register("free").await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    for u in [&slow, &free] {
+        assert_eq!(s.join(u, &room).await.0, 200);
+    }
+    let sends = |user: User, n: usize| {
+        let (s, room) = (&s, room.clone());
+        async move {
+            let mut codes = Vec::new();
+            for i in 0..n {
+                codes.push(s.send_text(&user, &room, &format!("m{i}")).await.0);
+            }
+            codes
+        }
+    };
+    assert_eq!(sends(slow.clone(), 3).await, vec![200, 200, 429], "the module's burst of 2");
+    assert_eq!(sends(free.clone(), 8).await, vec![200; 8], "lifted by the module");
+    // alice made the room (one action); the server's burst of 5 leaves her four more.
+    assert_eq!(sends(alice.clone(), 5).await, vec![200, 200, 200, 200, 429], "the server's setting");
+    let seen = s.get("/_synapse/client/repository/seen", None).await.1;
+    let limiters = seen["limiters"].as_array().unwrap();
+    for name in ["rc_message", "rc_joins.local", "rc_room_creation"] {
+        assert!(limiters.iter().any(|l| l == name), "{name} in {limiters:?}");
+    }
+}
+
 #[tokio::test]
 async fn python_media_checks_read_the_file() {
     let s = Server::start_with("modules:\n  - module: media_check.MediaCheck\n").await;

@@ -2,6 +2,7 @@
 calling, for the black-box tests."""
 
 from synapse.http.server import DirectServeJsonResource
+from synapse.module_api import RatelimitOverride
 
 
 class Seen(DirectServeJsonResource):
@@ -24,6 +25,7 @@ class Repository:
         # Accepted (Myelin has nothing for them to do yet); start-up must not fail.
         api.register_background_update_controller_callbacks(on_update=self.on_update)
         api.register_presence_router_callbacks(get_users_for_states=self.get_users_for_states)
+        api.register_ratelimit_callbacks(get_ratelimit_override_for_user=self.ratelimit_override)
         api.register_web_resource("/_synapse/client/repository/seen", Seen(self.seen))
 
     async def on_account_data_updated(self, user_id, room_id, account_data_type, content):
@@ -40,3 +42,13 @@ class Repository:
 
     async def get_users_for_states(self, state_updates):
         return {}
+
+    async def ratelimit_override(self, user_id, limiter_name):
+        self.seen.setdefault("limiters", [])
+        if limiter_name not in self.seen["limiters"]:
+            self.seen["limiters"].append(limiter_name)
+        if user_id.startswith("@slow:") and limiter_name == "rc_message":
+            return RatelimitOverride(per_second=0.001, burst_count=2)
+        if user_id.startswith("@free:"):
+            return RatelimitOverride(per_second=0, burst_count=0)
+        return None

@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
 /// One `rc_message` check on a bucket that never fills (what every send pays).
 fn rate_limit(c: &mut Criterion) {
     use myelin_core::ratelimit::{Limiter, RateLimit};
-    let limiter = Limiter::new(RateLimit { per_second: 1e9, burst_count: 1e9 });
+    let limiter = Limiter::new("rc_message", RateLimit { per_second: 1e9, burst_count: 1e9 });
     for i in 0..10_000 {
         limiter.check(&format!("@user{i}:bench")).unwrap();
     }

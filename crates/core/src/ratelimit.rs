@@ -257,15 +257,18 @@ const SWEEP_EVERY: u32 = 1024;
 
 /// One rate limit's buckets, keyed by user, address or room.
 pub struct Limiter {
+    /// Synapse's name for it (`rc_message`, `rc_joins.local`, ...), as modules' ratelimit
+    /// callbacks are told.
+    pub name: &'static str,
     limit: RateLimit,
     epoch: Instant,
     state: Mutex<(HashMap<String, Bucket>, u32)>,
 }
 
 impl Limiter {
-    /// A limiter with `limit` as its default setting.
-    pub fn new(limit: RateLimit) -> Self {
-        Limiter { limit, epoch: Instant::now(), state: Mutex::new((HashMap::new(), 0)) }
+    /// A limiter named `name` with `limit` as its default setting.
+    pub fn new(name: &'static str, limit: RateLimit) -> Self {
+        Limiter { name, limit, epoch: Instant::now(), state: Mutex::new((HashMap::new(), 0)) }
     }
 
     fn now(&self) -> f64 {
@@ -378,22 +381,25 @@ impl Limiters {
     /// The limiters for `settings`.
     pub fn new(settings: &RateLimitSettings) -> Self {
         Limiters {
-            message: Limiter::new(settings.message),
-            admin_redaction: settings.admin_redaction.map(Limiter::new),
-            registration: Limiter::new(settings.registration),
-            registration_token_validity: Limiter::new(settings.registration_token_validity),
-            login_address: Limiter::new(settings.login_address),
-            login_account: Limiter::new(settings.login_account),
-            login_failed_attempts: Limiter::new(settings.login_failed_attempts),
-            joins_local: Limiter::new(settings.joins_local),
-            joins_remote: Limiter::new(settings.joins_remote),
-            joins_per_room: Limiter::new(settings.joins_per_room),
-            invites_per_room: Limiter::new(settings.invites_per_room),
-            invites_per_user: Limiter::new(settings.invites_per_user),
-            invites_per_issuer: Limiter::new(settings.invites_per_issuer),
-            media_create: Limiter::new(settings.media_create),
-            presence_per_user: Limiter::new(settings.presence_per_user),
-            room_creation: Limiter::new(settings.room_creation),
+            message: Limiter::new("rc_message", settings.message),
+            admin_redaction: settings.admin_redaction.map(|l| Limiter::new("rc_admin_redaction", l)),
+            registration: Limiter::new("rc_registration", settings.registration),
+            registration_token_validity: Limiter::new(
+                "rc_registration_token_validity",
+                settings.registration_token_validity,
+            ),
+            login_address: Limiter::new("rc_login.address", settings.login_address),
+            login_account: Limiter::new("rc_login.account", settings.login_account),
+            login_failed_attempts: Limiter::new("rc_login.failed_attempts", settings.login_failed_attempts),
+            joins_local: Limiter::new("rc_joins.local", settings.joins_local),
+            joins_remote: Limiter::new("rc_joins.remote", settings.joins_remote),
+            joins_per_room: Limiter::new("rc_joins_per_room", settings.joins_per_room),
+            invites_per_room: Limiter::new("rc_invites.per_room", settings.invites_per_room),
+            invites_per_user: Limiter::new("rc_invites.per_user", settings.invites_per_user),
+            invites_per_issuer: Limiter::new("rc_invites.per_issuer", settings.invites_per_issuer),
+            media_create: Limiter::new("rc_media_create", settings.media_create),
+            presence_per_user: Limiter::new("rc_presence.per_user", settings.presence_per_user),
+            room_creation: Limiter::new("rc_room_creation", settings.room_creation),
             overrides: Mutex::new(HashMap::new()),
         }
     }
@@ -438,7 +444,22 @@ impl crate::Homeserver {
         if let Some(None) = self.ratelimit_override(user_id).await? {
             return Ok(());
         }
-        limiter.check(key.unwrap_or(user_id))
+        match self.module_limit(limiter, user_id).await? {
+            Some(None) => Ok(()),
+            Some(Some(limit)) => limiter.check_with(key.unwrap_or(user_id), limit, true),
+            None => limiter.check(key.unwrap_or(user_id)),
+        }
+    }
+
+    /// A module's setting for `user_id` on `limiter` (`get_ratelimit_override_for_user`):
+    /// `Some(None)` when it lifts the limit (a rate of 0), `None` when no module has one.
+    async fn module_limit(&self, limiter: &Limiter, user_id: &str) -> Result<Option<Option<RateLimit>>> {
+        if !self.modules.has_ratelimit_callbacks() {
+            return Ok(None);
+        }
+        Ok(self.modules.ratelimit_override_for_user(user_id, limiter.name).await?.map(|o| {
+            (o.per_second != 0.0).then_some(RateLimit { per_second: o.per_second, burst_count: o.burst_count as f64 })
+        }))
     }
 
     /// As [`Self::limit_user`] without counting: whether the action would pass.
@@ -446,7 +467,11 @@ impl crate::Homeserver {
         if let Some(None) = self.ratelimit_override(user_id).await? {
             return Ok(());
         }
-        limiter.peek(key.unwrap_or(user_id))
+        match self.module_limit(limiter, user_id).await? {
+            Some(None) => Ok(()),
+            Some(Some(limit)) => limiter.check_with(key.unwrap_or(user_id), limit, false),
+            None => limiter.peek(key.unwrap_or(user_id)),
+        }
     }
 
     /// `rc_message` for an event a user sends (or `rc_admin_redaction`, when configured, for a
@@ -455,7 +480,11 @@ impl crate::Homeserver {
         let limit = match self.ratelimit_override(user_id).await? {
             Some(None) => return Ok(()),
             Some(Some(custom)) => custom,
-            None => self.config.rate_limits.message,
+            None => match self.module_limit(&self.limiters.message, user_id).await? {
+                Some(None) => return Ok(()),
+                Some(Some(custom)) => custom,
+                None => self.config.rate_limits.message,
+            },
         };
         match (&self.limiters.admin_redaction, admin_redaction) {
             (Some(limiter), true) => limiter.check(user_id),
@@ -545,7 +574,7 @@ mod tests {
 
     #[test]
     fn a_burst_passes_then_the_next_is_refused_with_a_retry_time() {
-        let limiter = Limiter::new(rl(0.2, 10.0));
+        let limiter = Limiter::new("test", rl(0.2, 10.0));
         for _ in 0..10 {
             limiter.check("@a:x").unwrap();
         }
@@ -558,7 +587,7 @@ mod tests {
 
     #[test]
     fn peeking_counts_nothing_and_record_counts_past_the_limit() {
-        let limiter = Limiter::new(rl(0.001, 3.0));
+        let limiter = Limiter::new("test", rl(0.001, 3.0));
         for _ in 0..5 {
             limiter.peek("k").unwrap();
         }
@@ -570,7 +599,7 @@ mod tests {
 
     #[test]
     fn tokens_leak_at_the_configured_rate() {
-        let limiter = Limiter::new(rl(1000.0, 1.0));
+        let limiter = Limiter::new("test", rl(1000.0, 1.0));
         limiter.check("k").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
         limiter.check("k").expect("a millisecond leaks one token");

@@ -120,6 +120,20 @@ macro_rules! media_repository_callbacks {
     };
 }
 
+/// The ratelimit callback (Synapse's `register_ratelimit_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! ratelimit_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(user_id, limiter_name)`: a setting for this user on this limiter (`rc_message`,
+            /// `rc_joins.local`, ...) instead of the server's; the first `Some` wins.
+            get_ratelimit_override_for_user: (String, String) => Option<$crate::repository::RatelimitOverride>;
+        }
+    };
+}
+
 macro_rules! names {
     (| $($(#[$doc:meta])* $name:ident: $args:ty => $ret:ty;)*) => {
         &[$(stringify!($name)),*]
@@ -144,6 +158,7 @@ pub const NAMES: &[(&str, &[&str])] = &[
     ),
     ("account_data", account_data_callbacks!(names)),
     ("media_repository", media_repository_callbacks!(names)),
+    ("ratelimit", ratelimit_callbacks!(names)),
 ];
 
 /// The callbacks Myelin calls for one registration method (empty for an unknown one).

@@ -314,6 +314,12 @@ pub trait Host: Send + Sync + 'static {
         module: &str,
         callbacks: repository::MediaRepositoryCallbacks,
     ) -> Result<(), ModuleError>;
+    /// Adds ratelimit callbacks for `module`.
+    fn register_ratelimit_callbacks(
+        &self,
+        module: &str,
+        callbacks: repository::RatelimitCallbacks,
+    ) -> Result<(), ModuleError>;
     /// Adds a web resource for `module`; the first registration of a path wins.
     fn register_web_resource(
         &self,
@@ -484,6 +490,12 @@ impl ModuleApi {
         callbacks: repository::MediaRepositoryCallbacks,
     ) -> Result<(), ModuleError> {
         self.host.register_media_repository_callbacks(&self.module, callbacks)
+    }
+    /// Registers the ratelimit callback. Only allowed during construction.
+    ///
+    /// Since 0.2.
+    pub fn register_ratelimit_callbacks(&self, callbacks: repository::RatelimitCallbacks) -> Result<(), ModuleError> {
+        self.host.register_ratelimit_callbacks(&self.module, callbacks)
     }
     /// Serves `resource` at exactly `path` on every HTTP listener. Only allowed during
     /// construction. Use `/_synapse/client/<module>/...`: paths under built-in API roots are

@@ -9,6 +9,11 @@
 //!   upload with 413 `M_TOO_LARGE` "Upload request body is too large".
 //!
 //! Errors of the two media callbacks are 500s for the request, as on Synapse.
+//!
+//! And the ratelimit callback (`register_ratelimit_callbacks`):
+//! `get_ratelimit_override_for_user(user_id, limiter_name)`: the first `Some` replaces the
+//! server's setting of that limiter for that user (`per_second` 0 lifts it). Asked for every
+//! limited action of a user, after the admin's per-user override; an error is a 500.
 
 use crate::callbacks::callback_struct;
 
@@ -18,6 +23,25 @@ crate::account_data_callbacks!(
     ///
     /// Since 0.2.
     AccountDataCallbacks
+);
+
+/// A per-user rate limit from a module (Synapse's `RatelimitOverride`).
+///
+/// Since 0.2.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatelimitOverride {
+    /// Actions per second; 0 lifts the limit.
+    pub per_second: f64,
+    /// How many actions may be taken at once.
+    pub burst_count: u64,
+}
+
+crate::ratelimit_callbacks!(
+    callback_struct,
+    /// The ratelimit callback; any subset may be set.
+    ///
+    /// Since 0.2.
+    RatelimitCallbacks
 );
 
 crate::media_repository_callbacks!(

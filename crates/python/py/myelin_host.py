@@ -200,6 +200,10 @@ def classify(kind, value):
         if value is not None and not isinstance(value, str):
             return {"name": None, "warning": "Ignoring non-string value returned by %s callback: %r" % (kind, value)}
         return {"name": value}
+    if kind == "get_ratelimit_override_for_user":
+        if value is None:
+            return {"override": None}
+        return {"override": {"per_second": float(value.per_second), "burst_count": int(value.burst_count)}}
     if kind == "get_media_config_for_user":
         return {"config": value if isinstance(value, dict) and value else None}
     if kind == "is_user_allowed_to_upload_media_of_size":

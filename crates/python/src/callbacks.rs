@@ -445,7 +445,22 @@ impl PyHost {
         let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
         let mut account_data = AccountDataCallbacks::default();
         let mut media = MediaRepositoryCallbacks::default();
+        let mut ratelimit = RatelimitCallbacks::default();
         match name {
+            "get_ratelimit_override_for_user" => {
+                ratelimit.get_ratelimit_override_for_user = Some(me.callback(
+                    "get_ratelimit_override_for_user",
+                    function,
+                    |(u, limiter): (String, String)| json!([u, limiter]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["override"].as_object().map(|o| RatelimitOverride {
+                            per_second: o.get("per_second").and_then(Value::as_f64).unwrap_or(0.0),
+                            burst_count: o.get("burst_count").and_then(Value::as_u64).unwrap_or(0),
+                        })),
+                    },
+                ))
+            }
             "on_account_data_updated" => {
                 account_data.on_account_data_updated = Some(me.callback(
                     "on_account_data_updated",
@@ -482,6 +497,8 @@ impl PyHost {
         }
         let result = if name == "on_account_data_updated" {
             self.api.register_account_data_callbacks(account_data)
+        } else if name == "get_ratelimit_override_for_user" {
+            self.api.register_ratelimit_callbacks(ratelimit)
         } else {
             self.api.register_media_repository_callbacks(media)
         };

@@ -120,6 +120,14 @@ impl Host for HostHandle {
         self.hs()?.modules.register_media_repository(module, callbacks)
     }
 
+    fn register_ratelimit_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::repository::RatelimitCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_ratelimit(module, callbacks)
+    }
+
     fn register_web_resource(
         &self,
         module: &str,

@@ -398,6 +398,7 @@ pub(crate) struct Callbacks {
     pub(crate) rules: third_party::RulesLists,
     pub(crate) account_data: repository::AccountDataLists,
     pub(crate) media: repository::MediaLists,
+    pub(crate) ratelimit: repository::RatelimitLists,
     pub(crate) validity: third_party::ValidityLists,
     pub(crate) auth: auth::AuthLists,
     /// Web resources by exact path: `(module, resource)`.
@@ -473,6 +474,14 @@ impl ModuleRegistry {
         cbs: myelin_module_api::repository::MediaRepositoryCallbacks,
     ) -> Result<(), ModuleError> {
         self.with_builder("media repository callbacks", |b| b.media.add(module, cbs))
+    }
+
+    pub(crate) fn register_ratelimit(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::repository::RatelimitCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("ratelimit callbacks", |b| b.ratelimit.add(module, cbs))
     }
 
     pub(crate) fn register_account_validity(
@@ -581,6 +590,7 @@ impl ModuleRegistry {
         callbacks.validity.for_each_metric(&mut each);
         callbacks.account_data.for_each_metric(&mut each);
         callbacks.media.for_each_metric(&mut each);
+        callbacks.ratelimit.for_each_metric(&mut each);
         out
     }
 }

@@ -9,6 +9,7 @@ use crate::Result;
 
 myelin_module_api::account_data_callbacks!(dispatch_lists, AccountDataLists, AccountDataCallbacks);
 myelin_module_api::media_repository_callbacks!(dispatch_lists, MediaLists, MediaRepositoryCallbacks);
+myelin_module_api::ratelimit_callbacks!(dispatch_lists, RatelimitLists, RatelimitCallbacks);
 
 impl ModuleRegistry {
     /// `on_account_data_updated`: every callback runs, awaited; errors are logged.
@@ -25,6 +26,21 @@ impl ModuleRegistry {
                 tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
             }
         }
+    }
+
+    /// Whether any module has a ratelimit callback (checked on every limited action).
+    pub fn has_ratelimit_callbacks(&self) -> bool {
+        !self.callbacks().ratelimit.get_ratelimit_override_for_user.is_empty()
+    }
+
+    /// `get_ratelimit_override_for_user`: the first `Some`.
+    pub async fn ratelimit_override_for_user(&self, user_id: &str, limiter: &str) -> Result<Option<RatelimitOverride>> {
+        for reg in &self.callbacks().ratelimit.get_ratelimit_override_for_user {
+            if let Some(found) = invoke(reg, (user_id.to_owned(), limiter.to_owned())).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// `get_media_config_for_user`: the first non-empty answer.

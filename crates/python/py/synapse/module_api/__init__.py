@@ -365,7 +365,8 @@ class ModuleApi:
         self._callbacks("presence_router", locals())
 
     def register_ratelimit_callbacks(self, *, get_ratelimit_override_for_user=None):
-        self._callbacks("ratelimit", locals())
+        for name, fn in self._callbacks("ratelimit", locals()):
+            self._host.register_repository(self._module_name, name, fn)
 
     def register_add_extra_fields_to_unsigned_client_event_callbacks(self, *, add_field_to_unsigned_callback=None):
         self._callbacks("add_extra_fields_to_unsigned_client_event", locals())
