@@ -552,6 +552,14 @@ async fn more_of_the_module_api() {
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200, "others stay");
     assert_eq!(api(&s, json!({"op": "invalidate_token", "token": "unknown"})).await, json!({"done": true}));
     assert_eq!(api(&s, json!({"op": "helpers"})).await, json!({"doubled": 42, "cached": [1, 1, 2]}));
+    // set_push_rule_action: the rule's actions change for that user; unknown rules and invalid
+    // actions raise Synapse's exceptions.
+    assert_eq!(
+        api(&s, json!({"op": "push_rule_action", "user_id": alice.user_id})).await,
+        json!(["ok", "RuleNotFoundException", "InvalidRuleException"])
+    );
+    let (st, rule) = s.get("/_matrix/client/v3/pushrules/global/override/.m.rule.master", Some(&alice.token)).await;
+    assert_eq!((st, &rule["actions"]), (200, &json!(["notify"])), "{rule}");
 }
 
 /// `get_ratelimit_override_for_user`: a module's setting for one user on one limiter replaces

@@ -203,6 +203,21 @@ class ApiCalls(DirectServeJsonResource):
                 return 200, {"ok": True}
             except SynapseError as e:
                 return 200, {"error": [e.code, str(getattr(e.errcode, "value", e.errcode)), e.msg]}
+        if op == "push_rule_action":
+            from synapse.module_api.errors import InvalidRuleException, RuleNotFoundException
+
+            out = []
+            for kind, rule, actions in (("override", ".m.rule.master", ["notify"]),
+                                        ("override", "no.such.rule", ["notify"]),
+                                        ("override", ".m.rule.master", ["bogus"])):
+                try:
+                    await self.api.set_push_rule_action(body["user_id"], "global", kind, rule, actions)
+                    out.append("ok")
+                except RuleNotFoundException:
+                    out.append("RuleNotFoundException")
+                except InvalidRuleException:
+                    out.append("InvalidRuleException")
+            return 200, out
         if op == "invalidate_token":
             await self.api.invalidate_access_token(body["token"])
             return 200, {"done": True}

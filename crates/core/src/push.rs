@@ -231,9 +231,39 @@ impl Homeserver {
         attribute: &str,
         body: &Map<String, Value>,
     ) -> Result<()> {
+        self.set_rule_attribute(&me.user_id, scope, kind, rule_id, attribute, body).await
+    }
+
+    /// `ModuleApi.set_push_rule_action`: a local user's rule gets new actions (an unknown rule
+    /// is 404, invalid actions 400).
+    pub(crate) async fn module_set_push_rule_actions(
+        &self,
+        user_id: &str,
+        kind: &str,
+        rule_id: &str,
+        actions: Value,
+    ) -> Result<()> {
+        let user = OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+        if !self.is_mine(&user) {
+            return Err(Error::invalid_param(format!("{user_id} is not local to this homeserver")));
+        }
+        let mut body = Map::new();
+        body.insert("actions".into(), actions);
+        self.set_rule_attribute(&user, "global", kind, rule_id, "actions", &body).await
+    }
+
+    async fn set_rule_attribute(
+        &self,
+        user: &OwnedUserId,
+        scope: &str,
+        kind: &str,
+        rule_id: &str,
+        attribute: &str,
+        body: &Map<String, Value>,
+    ) -> Result<()> {
         global_scope(scope)?;
         let kind = rule_kind(kind)?;
-        let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
+        let mut rules = self.ruleset(user).await?.as_ref().clone();
         match attribute {
             "enabled" => {
                 let enabled = body
@@ -248,7 +278,7 @@ impl Homeserver {
             }
             _ => return Err(unrecognized()),
         }
-        self.save_ruleset(&me.user_id, &rules).await
+        self.save_ruleset(user, &rules).await
     }
 
     // --- pushers -------------------------------------------------------------------------------

@@ -357,6 +357,14 @@ pub trait Host: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// The room's current state events.
     fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>>;
+    /// Sets the actions of a local user's push rule (`ModuleApi.set_push_rule_action`).
+    fn set_push_rule_action(
+        &self,
+        user_id: String,
+        kind: String,
+        rule_id: String,
+        actions: Value,
+    ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Ends the session of an access token (`ModuleApi.invalidate_access_token`).
     fn invalidate_access_token(&self, token: String) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// A local user's global account data of `data_type`.
@@ -540,6 +548,20 @@ impl ModuleApi {
     /// The room's current state events.
     pub async fn get_room_state(&self, room_id: &str) -> Result<Vec<EventView>, ModuleError> {
         self.host.get_room_state(room_id.to_owned()).await
+    }
+    /// Sets the actions of `user_id`'s global push rule `kind`/`rule_id` (Synapse's
+    /// `set_push_rule_action`): an unknown rule is a 404 `ModuleError::Matrix`, invalid actions
+    /// a 400.
+    ///
+    /// Since 0.2.
+    pub async fn set_push_rule_action(
+        &self,
+        user_id: &str,
+        kind: &str,
+        rule_id: &str,
+        actions: Value,
+    ) -> Result<(), ModuleError> {
+        self.host.set_push_rule_action(user_id.to_owned(), kind.to_owned(), rule_id.to_owned(), actions).await
     }
     /// Ends the session of `access_token` as a logout would (Synapse's
     /// `invalidate_access_token`); an unknown token is no error.

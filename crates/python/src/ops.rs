@@ -45,6 +45,11 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(|evs| Value::Array(evs.into_iter().map(|e| Value::Object(e.as_json().clone())).collect())),
         ),
+        "set_push_rule_action" => ok_or_error(
+            api.set_push_rule_action(&s("user_id"), &s("kind"), &s("rule_id"), a["actions"].clone())
+                .await
+                .map(|()| Value::Null),
+        ),
         "invalidate_access_token" => ok_or_error(api.invalidate_access_token(&s("token")).await.map(|()| Value::Null)),
         "get_global_account_data" => {
             ok_or_error(api.get_global_account_data(&s("user_id"), &s("type")).await.map(|v| v.unwrap_or(Value::Null)))

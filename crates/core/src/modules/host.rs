@@ -269,6 +269,19 @@ impl Host for HostHandle {
         Box::pin(async move { hs?.module_room_state(&room_id).await.map_err(to_module_error) })
     }
 
+    fn set_push_rule_action(
+        &self,
+        user_id: String,
+        kind: String,
+        rule_id: String,
+        actions: Value,
+    ) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            hs?.module_set_push_rule_actions(&user_id, &kind, &rule_id, actions).await.map_err(to_module_error)
+        })
+    }
+
     fn invalidate_access_token(&self, token: String) -> BoxFuture<'static, Result<(), ModuleError>> {
         let hs = self.hs();
         Box::pin(async move { hs?.module_invalidate_access_token(&token).await.map_err(to_module_error) })

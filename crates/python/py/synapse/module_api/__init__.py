@@ -548,6 +548,39 @@ class ModuleApi:
 
         return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id}, taken)
 
+    def check_push_rule_actions(self, actions):
+        """Synapse's check of push rule actions: raises InvalidRuleException."""
+        from synapse.module_api.errors import InvalidRuleException
+
+        if not isinstance(actions, list):
+            raise InvalidRuleException("No actions found")
+        for a in actions:
+            if a in ["notify", "dont_notify", "coalesce"]:
+                continue
+            if isinstance(a, dict) and "set_tweak" in a:
+                continue
+            raise InvalidRuleException("Unrecognised action %s" % (a,))
+
+    def set_push_rule_action(self, user_id, scope, kind, rule_id, actions):
+        from synapse.module_api.errors import InvalidRuleException, RuleNotFoundException
+
+        if scope != "global":
+            raise RuntimeError("invalid scope %s, only 'global' is currently allowed" % scope)
+        self.check_push_rule_actions(actions)
+        d = _deferred_call(self._host, "set_push_rule_action",
+                           {"user_id": str(user_id), "kind": kind, "rule_id": rule_id, "actions": actions},
+                           lambda r: None)
+
+        def translate(failure):
+            e = failure.value
+            if isinstance(e, SynapseError) and e.code == 404:
+                raise RuleNotFoundException("Unknown rule %s" % (rule_id,))
+            if isinstance(e, SynapseError) and e.code == 400:
+                raise InvalidRuleException(e.msg)
+            return failure
+
+        return d.addErrback(translate)
+
     def invalidate_access_token(self, access_token):
         """Logs the session of this access token out (its device goes, as a logout's does);
         password providers' `on_logged_out` runs."""
