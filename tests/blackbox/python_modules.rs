@@ -560,6 +560,15 @@ async fn more_of_the_module_api() {
     );
     let (st, rule) = s.get("/_matrix/client/v3/pushrules/global/override/.m.rule.master", Some(&alice.token)).await;
     assert_eq!((st, &rule["actions"]), (200, &json!(["notify"])), "{rule}");
+    // set_presence_for_users: the state and message are set; an unknown state is refused (400).
+    assert_eq!(api(&s, json!({"op": "set_presence", "user_id": alice.user_id})).await, json!({"refused": 400}));
+    let (st, presence) =
+        s.get(&format!("/_matrix/client/v3/presence/{}/status", alice.user_id), Some(&alice.token)).await;
+    assert_eq!(
+        (st, &presence["presence"], &presence["status_msg"]),
+        (200, &json!("unavailable"), &json!("set by a module")),
+        "{presence}"
+    );
 }
 
 /// `get_ratelimit_override_for_user`: a module's setting for one user on one limiter replaces

@@ -203,6 +203,13 @@ class ApiCalls(DirectServeJsonResource):
                 return 200, {"ok": True}
             except SynapseError as e:
                 return 200, {"error": [e.code, str(getattr(e.errcode, "value", e.errcode)), e.msg]}
+        if op == "set_presence":
+            await self.api.set_presence_for_users({body["user_id"]: ("unavailable", "set by a module")})
+            try:
+                await self.api.set_presence_for_users({body["user_id"]: ("dancing", None)})
+            except SynapseError as e:
+                return 200, {"refused": e.code}
+            return 200, {"refused": None}
         if op == "push_rule_action":
             from synapse.module_api.errors import InvalidRuleException, RuleNotFoundException
 

@@ -333,6 +333,25 @@ impl Homeserver {
             .await
     }
 
+    /// `ModuleApi.set_presence_for_users`: each user's presence state and status message, local
+    /// or remote users alike (nothing when presence is off).
+    pub(crate) async fn module_set_presence(&self, users: Vec<(String, String, Option<String>)>) -> Result<()> {
+        for (user_id, state, _) in &users {
+            ruma::UserId::parse(user_id.as_str())
+                .map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))?;
+            if !["online", "offline", "unavailable"].contains(&state.as_str()) {
+                return Err(Error::invalid_param(format!("Invalid presence state {state}")));
+            }
+        }
+        if !self.config.presence_enabled {
+            return Ok(());
+        }
+        for (user_id, state, status_msg) in users {
+            self.write_presence(PresenceRow { user_id, state, status_msg, last_active_ts: now_ms() }).await?;
+        }
+        Ok(())
+    }
+
     /// Marks a syncing user online (`set_presence` of `/sync`), writing only on a change.
     pub(crate) async fn presence_from_sync(&self, me: &Requester, state: &str) -> Result<()> {
         if !self.config.presence_enabled || !["online", "unavailable"].contains(&state) {

@@ -357,6 +357,11 @@ pub trait Host: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// The room's current state events.
     fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>>;
+    /// Sets users' presence (`ModuleApi.set_presence_for_users`): `(user_id, state, status_msg)`.
+    fn set_presence_for_users(
+        &self,
+        users: Vec<(String, String, Option<String>)>,
+    ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Sets the actions of a local user's push rule (`ModuleApi.set_push_rule_action`).
     fn set_push_rule_action(
         &self,
@@ -548,6 +553,16 @@ impl ModuleApi {
     /// The room's current state events.
     pub async fn get_room_state(&self, room_id: &str) -> Result<Vec<EventView>, ModuleError> {
         self.host.get_room_state(room_id.to_owned()).await
+    }
+    /// Sets the presence of users, local or remote, as `(user_id, state, status_msg)` (Synapse's
+    /// `set_presence_for_users`); nothing happens when presence is off.
+    ///
+    /// Since 0.2.
+    pub async fn set_presence_for_users(
+        &self,
+        users: Vec<(String, String, Option<String>)>,
+    ) -> Result<(), ModuleError> {
+        self.host.set_presence_for_users(users).await
     }
     /// Sets the actions of `user_id`'s global push rule `kind`/`rule_id` (Synapse's
     /// `set_push_rule_action`): an unknown rule is a 404 `ModuleError::Matrix`, invalid actions

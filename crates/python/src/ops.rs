@@ -45,6 +45,21 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(|evs| Value::Array(evs.into_iter().map(|e| Value::Object(e.as_json().clone())).collect())),
         ),
+        "set_presence_for_users" => {
+            let users = a["users"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    (
+                        u[0].as_str().unwrap_or_default().to_owned(),
+                        u[1].as_str().unwrap_or_default().to_owned(),
+                        u[2].as_str().map(str::to_owned),
+                    )
+                })
+                .collect();
+            ok_or_error(api.set_presence_for_users(users).await.map(|()| Value::Null))
+        }
         "set_push_rule_action" => ok_or_error(
             api.set_push_rule_action(&s("user_id"), &s("kind"), &s("rule_id"), a["actions"].clone())
                 .await

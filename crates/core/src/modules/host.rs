@@ -269,6 +269,14 @@ impl Host for HostHandle {
         Box::pin(async move { hs?.module_room_state(&room_id).await.map_err(to_module_error) })
     }
 
+    fn set_presence_for_users(
+        &self,
+        users: Vec<(String, String, Option<String>)>,
+    ) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_set_presence(users).await.map_err(to_module_error) })
+    }
+
     fn set_push_rule_action(
         &self,
         user_id: String,

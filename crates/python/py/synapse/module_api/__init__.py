@@ -548,6 +548,11 @@ class ModuleApi:
 
         return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id}, taken)
 
+    def set_presence_for_users(self, users):
+        """`users`: user ID -> (presence state, status message or None)."""
+        rows = [[str(u), state, msg] for u, (state, msg) in users.items()]
+        return _deferred_call(self._host, "set_presence_for_users", {"users": rows}, lambda r: None)
+
     def check_push_rule_actions(self, actions):
         """Synapse's check of push rule actions: raises InvalidRuleException."""
         from synapse.module_api.errors import InvalidRuleException
