@@ -569,6 +569,27 @@ async fn more_of_the_module_api() {
         (200, &json!("unavailable"), &json!("set by a module")),
         "{presence}"
     );
+    // get_user_ip_and_agents: where and with what a session was seen (written in the background).
+    let seen = reqwest::Client::new()
+        .get(s.url("/_matrix/client/v3/account/whoami"))
+        .bearer_auth(&alice.token)
+        .header("user-agent", "TestAgent/1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 200);
+    let mut ips = Value::Null;
+    for _ in 0..100 {
+        ips = api(&s, json!({"op": "ips", "user_id": alice.user_id})).await;
+        if ips.to_string().contains("TestAgent/1.0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ips.as_array().unwrap().iter().any(|r| r == &json!(["127.0.0.1", "TestAgent/1.0", true])), "{ips}");
+    let later = api(&s, json!({"op": "ips", "user_id": alice.user_id, "since_ts": 99_999_999_999_999i64})).await;
+    assert_eq!(later, json!([]));
+    assert_eq!(api(&s, json!({"op": "ips", "user_id": "@nobody:elsewhere"})).await, json!([]));
 }
 
 /// `get_ratelimit_override_for_user`: a module's setting for one user on one limiter replaces

@@ -203,6 +203,9 @@ class ApiCalls(DirectServeJsonResource):
                 return 200, {"ok": True}
             except SynapseError as e:
                 return 200, {"error": [e.code, str(getattr(e.errcode, "value", e.errcode)), e.msg]}
+        if op == "ips":
+            rows = await self.api.get_user_ip_and_agents(body["user_id"], body.get("since_ts", 0))
+            return 200, [[r.ip, r.user_agent, r.last_seen > 0] for r in rows]
         if op == "set_presence":
             await self.api.set_presence_for_users({body["user_id"]: ("unavailable", "set by a module")})
             try:

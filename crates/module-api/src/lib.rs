@@ -357,6 +357,12 @@ pub trait Host: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// The room's current state events.
     fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>>;
+    /// `(ip, user_agent, last_seen_ms)` a local user was seen with since `since_ts`.
+    fn get_user_ip_and_agents(
+        &self,
+        user_id: String,
+        since_ts: i64,
+    ) -> BoxFuture<'static, Result<Vec<(String, String, i64)>, ModuleError>>;
     /// Sets users' presence (`ModuleApi.set_presence_for_users`): `(user_id, state, status_msg)`.
     fn set_presence_for_users(
         &self,
@@ -553,6 +559,17 @@ impl ModuleApi {
     /// The room's current state events.
     pub async fn get_room_state(&self, room_id: &str) -> Result<Vec<EventView>, ModuleError> {
         self.host.get_room_state(room_id.to_owned()).await
+    }
+    /// The `(ip, user_agent, last_seen_ms)` a local user's sessions were last seen with, since
+    /// `since_ts` (Synapse's `get_user_ip_and_agents`; one entry per device here).
+    ///
+    /// Since 0.2.
+    pub async fn get_user_ip_and_agents(
+        &self,
+        user_id: &str,
+        since_ts: i64,
+    ) -> Result<Vec<(String, String, i64)>, ModuleError> {
+        self.host.get_user_ip_and_agents(user_id.to_owned(), since_ts).await
     }
     /// Sets the presence of users, local or remote, as `(user_id, state, status_msg)` (Synapse's
     /// `set_presence_for_users`); nothing happens when presence is off.

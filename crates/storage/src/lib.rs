@@ -78,6 +78,8 @@ pub struct DeviceRow {
     pub last_seen_ts: Option<i64>,
     /// Last IP seen.
     pub last_seen_ip: Option<String>,
+    /// Last user agent seen.
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// Accounts, devices, access tokens and profiles.
@@ -104,8 +106,8 @@ pub trait UserStore {
     fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()>;
     /// `(user_id, device_id)` for a token.
     fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>>;
-    /// Records use of a device (IP and time).
-    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, ts: i64) -> Result<()>;
+    /// Records use of a device (IP, user agent and time).
+    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, user_agent: &str, ts: i64) -> Result<()>;
     /// Deletes one token.
     fn delete_access_token(&self, token: &str) -> Result<()>;
     /// Deletes all of a user's devices and tokens except `keep_device`.

@@ -269,6 +269,15 @@ impl Host for HostHandle {
         Box::pin(async move { hs?.module_room_state(&room_id).await.map_err(to_module_error) })
     }
 
+    fn get_user_ip_and_agents(
+        &self,
+        user_id: String,
+        since_ts: i64,
+    ) -> BoxFuture<'static, Result<Vec<(String, String, i64)>, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_user_ips(&user_id, since_ts).await.map_err(to_module_error) })
+    }
+
     fn set_presence_for_users(
         &self,
         users: Vec<(String, String, Option<String>)>,

@@ -174,9 +174,10 @@ pub(crate) struct AccountsState {
     /// Shared-secret registration nonces -> issue time (ms); single use, one minute (the only
     /// copy).
     pub(crate) registration_nonces: std::sync::Mutex<std::collections::HashMap<String, i64>>,
-    /// When each `(user, device)`'s last-seen row was last written, and from which IP; held
-    /// only to decide whether to write again (a cache).
-    pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String)>>,
+    /// When each `(user, device)`'s last-seen row was last written, from which IP and user
+    /// agent; held only to decide whether to write again (a cache).
+    #[allow(clippy::type_complexity)]
+    pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String, String)>>,
     /// OpenID tokens -> (user, expiry ms); they last an hour (the only copy).
     pub(crate) openid_tokens: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
@@ -212,23 +213,24 @@ impl Homeserver {
         }
         // Last-seen bookkeeping must not slow requests down: written in the background, and at
         // most once a minute per device (and whenever the IP changes), as Synapse batches its
-        // client-IP updates, so a busy client does not add a write to every request.
+        // client-IP updates, so a busy client does not add a write to every request (a new IP or
+        // user agent is written at once).
         let now = now_ms();
         let due = {
             let mut seen = self.accounts.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             let key = (user.user_id.clone(), device_id.clone());
             match seen.get(&key) {
-                Some((at, ip)) if now - at < 60_000 && *ip == info.ip => false,
+                Some((at, ip, agent)) if now - at < 60_000 && *ip == info.ip && *agent == info.user_agent => false,
                 _ => {
-                    seen.insert(key, (now, info.ip.clone()));
+                    seen.insert(key, (now, info.ip.clone(), info.user_agent.clone()));
                     true
                 }
             }
         };
         if due {
-            let (u, d, ip) = (user.user_id.clone(), device_id.clone(), info.ip.clone());
+            let (u, d, ip, agent) = (user.user_id.clone(), device_id.clone(), info.ip.clone(), info.user_agent.clone());
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.touch_device(&u, &d, &ip, now));
+            tokio::task::spawn_blocking(move || store.touch_device(&u, &d, &ip, &agent, now));
         }
         Ok(Requester {
             user_id: OwnedUserId::try_from(user.user_id).map_err(Error::internal)?,

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_ratelimit_override.sql"),
     include_str!("../migrations/0009_relations.sql"),
     include_str!("../migrations/0010_txn_by_event.sql"),
+    include_str!("../migrations/0011_device_user_agent.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

@@ -105,7 +105,7 @@ impl UserStore for SqliteStore {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices
+                "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices
                  WHERE user_id = ?1 ORDER BY device_id",
             )
             .map_err(backend)?;
@@ -116,6 +116,7 @@ impl UserStore for SqliteStore {
                     display_name: r.get(1)?,
                     last_seen_ts: r.get(2)?,
                     last_seen_ip: r.get(3)?,
+                    last_seen_user_agent: r.get(4)?,
                 })
             })
             .map_err(backend)?;
@@ -177,11 +178,12 @@ impl UserStore for SqliteStore {
         Ok(found)
     }
 
-    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, ts: i64) -> Result<()> {
+    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, user_agent: &str, ts: i64) -> Result<()> {
         self.conn()
             .exec(
-                "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = ?4 WHERE user_id = ?1 AND device_id = ?2",
-                params![user_id, device_id, ts, ip],
+                "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = ?4, last_seen_user_agent = ?5
+                 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, ts, ip, user_agent],
             )
             .map_err(backend)?;
         Ok(())

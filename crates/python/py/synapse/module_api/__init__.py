@@ -548,6 +548,11 @@ class ModuleApi:
 
         return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id}, taken)
 
+    def get_user_ip_and_agents(self, user, since_ts=0):
+        """UserIpAndAgent entries a local user was seen with since `since_ts` (ms)."""
+        return _deferred_call(self._host, "get_user_ip_and_agents", {"user_id": str(user), "since_ts": int(since_ts)},
+                              lambda rows: [UserIpAndAgent(ip, ua, ts) for ip, ua, ts in rows])
+
     def set_presence_for_users(self, users):
         """`users`: user ID -> (presence state, status message or None)."""
         rows = [[str(u), state, msg] for u, (state, msg) in users.items()]
