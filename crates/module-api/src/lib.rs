@@ -271,6 +271,19 @@ impl PublicRoomListManager {
     }
 }
 
+/// An IP address and user agent a user was seen with, and when (Synapse's `UserIpAndAgent`).
+///
+/// Since 0.2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIpAndAgent {
+    /// The client's address.
+    pub ip: String,
+    /// Its `User-Agent` (empty when it sent none).
+    pub user_agent: String,
+    /// When, in ms since the epoch.
+    pub last_seen: i64,
+}
+
 /// The services a module may call. Myelin's core implements this; modules reach it only through
 /// [`ModuleApi`]. Not meant to be implemented by modules.
 ///
@@ -357,12 +370,12 @@ pub trait Host: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// The room's current state events.
     fn get_room_state(&self, room_id: String) -> BoxFuture<'static, Result<Vec<EventView>, ModuleError>>;
-    /// `(ip, user_agent, last_seen_ms)` a local user was seen with since `since_ts`.
+    /// Where and with what a local user was seen since `since_ts`.
     fn get_user_ip_and_agents(
         &self,
         user_id: String,
         since_ts: i64,
-    ) -> BoxFuture<'static, Result<Vec<(String, String, i64)>, ModuleError>>;
+    ) -> BoxFuture<'static, Result<Vec<UserIpAndAgent>, ModuleError>>;
     /// Sets users' presence (`ModuleApi.set_presence_for_users`): `(user_id, state, status_msg)`.
     fn set_presence_for_users(
         &self,
@@ -560,15 +573,15 @@ impl ModuleApi {
     pub async fn get_room_state(&self, room_id: &str) -> Result<Vec<EventView>, ModuleError> {
         self.host.get_room_state(room_id.to_owned()).await
     }
-    /// The `(ip, user_agent, last_seen_ms)` a local user's sessions were last seen with, since
-    /// `since_ts` (Synapse's `get_user_ip_and_agents`; one entry per device here).
+    /// Where and with what a local user's sessions were last seen, since `since_ts` (Synapse's
+    /// `get_user_ip_and_agents`; one entry per device here).
     ///
     /// Since 0.2.
     pub async fn get_user_ip_and_agents(
         &self,
         user_id: &str,
         since_ts: i64,
-    ) -> Result<Vec<(String, String, i64)>, ModuleError> {
+    ) -> Result<Vec<UserIpAndAgent>, ModuleError> {
         self.host.get_user_ip_and_agents(user_id.to_owned(), since_ts).await
     }
     /// Sets the presence of users, local or remote, as `(user_id, state, status_msg)` (Synapse's

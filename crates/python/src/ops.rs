@@ -45,11 +45,11 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(|evs| Value::Array(evs.into_iter().map(|e| Value::Object(e.as_json().clone())).collect())),
         ),
-        "get_user_ip_and_agents" => ok_or_error(
-            api.get_user_ip_and_agents(&s("user_id"), a["since_ts"].as_i64().unwrap_or(0))
-                .await
-                .map(|rows| json!(rows.into_iter().map(|(ip, ua, ts)| json!([ip, ua, ts])).collect::<Vec<_>>())),
-        ),
+        "get_user_ip_and_agents" => {
+            ok_or_error(api.get_user_ip_and_agents(&s("user_id"), a["since_ts"].as_i64().unwrap_or(0)).await.map(
+                |rows| json!(rows.into_iter().map(|r| json!([r.ip, r.user_agent, r.last_seen])).collect::<Vec<_>>()),
+            ))
+        }
         "set_presence_for_users" => {
             let users = a["users"]
                 .as_array()

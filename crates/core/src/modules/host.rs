@@ -273,7 +273,7 @@ impl Host for HostHandle {
         &self,
         user_id: String,
         since_ts: i64,
-    ) -> BoxFuture<'static, Result<Vec<(String, String, i64)>, ModuleError>> {
+    ) -> BoxFuture<'static, Result<Vec<myelin_module_api::UserIpAndAgent>, ModuleError>> {
         let hs = self.hs();
         Box::pin(async move { hs?.module_user_ips(&user_id, since_ts).await.map_err(to_module_error) })
     }

@@ -5,7 +5,11 @@ use super::*;
 impl Homeserver {
     /// `ModuleApi.get_user_ip_and_agents`: `(ip, user_agent, last_seen)` of each of a local
     /// user's devices seen since `since_ts` (ms); nothing for other users.
-    pub(crate) async fn module_user_ips(&self, user_id: &str, since_ts: i64) -> Result<Vec<(String, String, i64)>> {
+    pub(crate) async fn module_user_ips(
+        &self,
+        user_id: &str,
+        since_ts: i64,
+    ) -> Result<Vec<myelin_module_api::UserIpAndAgent>> {
         let Ok(user) = OwnedUserId::try_from(user_id) else { return Ok(Vec::new()) };
         if !self.is_mine(&user) {
             return Ok(Vec::new());
@@ -14,8 +18,14 @@ impl Homeserver {
         let devices = self.db(move |s| s.get_devices(&u)).await?;
         Ok(devices
             .into_iter()
-            .filter_map(|d| Some((d.last_seen_ip?, d.last_seen_user_agent.unwrap_or_default(), d.last_seen_ts?)))
-            .filter(|(_, _, ts)| *ts >= since_ts)
+            .filter_map(|d| {
+                Some(myelin_module_api::UserIpAndAgent {
+                    ip: d.last_seen_ip?,
+                    user_agent: d.last_seen_user_agent.unwrap_or_default(),
+                    last_seen: d.last_seen_ts?,
+                })
+            })
+            .filter(|seen| seen.last_seen >= since_ts)
             .collect())
     }
 
