@@ -611,3 +611,28 @@ async fn modules_reach_http_backends_through_the_api() {
     let down = api(&s, json!({"op": "get_json", "url": "http://127.0.0.1:9/"})).await;
     assert!(down["result"]["error"].as_str().unwrap().starts_with("request failed"));
 }
+
+/// Native modules register the ratelimit and media repository callbacks through the same
+/// registry as Python ones: a per-user `rc_message` burst of 1, and uploads over 10 bytes
+/// refused, for one user only.
+#[tokio::test]
+async fn native_ratelimit_and_media_repository_callbacks() {
+    let s = Server::start_with(
+        "modules:\n  - module: myelin.test.Scripted\n    config: {label: rl, limited_user: '@limited:test'}\n",
+    )
+    .await;
+    let limited = s.register("limited").await;
+    let other = s.register("other").await;
+    let room = s.create_room(&other, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&limited, &room).await.0, 200);
+    assert_eq!(s.send_text(&limited, &room, "one").await.0, 200);
+    assert_eq!(s.send_text(&limited, &room, "two").await.0, 429);
+    assert_eq!(s.send_text(&other, &room, "two").await.0, 200, "others keep the server's limit");
+    let upload = |token: String, body: &'static [u8]| {
+        let url = s.url("/_matrix/media/v3/upload");
+        async move { reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(upload(limited.token.clone(), b"more than ten bytes").await, 413);
+    assert_eq!(upload(limited.token.clone(), b"small").await, 200);
+    assert_eq!(upload(other.token.clone(), b"more than ten bytes").await, 200);
+}

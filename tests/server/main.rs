@@ -15,6 +15,8 @@
 //!     fail_in_constructor: "why"     # the constructor returns an error
 //!     register_late: true            # tries to register a resource after start-up
 //!     threshold: 1                   # must be positive (a parse_config error path)
+//!     limited_user: "@x:test"        # rc_message burst of 1 for this user (ratelimit callback),
+//!                                    # and uploads over 10 bytes refused (media callback)
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -36,6 +38,7 @@ struct ScriptedConfig {
     web: Vec<String>,
     fail_in_constructor: Option<String>,
     register_late: bool,
+    limited_user: Option<String>,
 }
 
 type CallLog = Arc<Mutex<Vec<Value>>>;
@@ -140,6 +143,7 @@ impl Module for Scripted {
                 .unwrap_or_default(),
             fail_in_constructor: config["fail_in_constructor"].as_str().map(str::to_owned),
             register_late: config["register_late"].as_bool().unwrap_or(false),
+            limited_user: config["limited_user"].as_str().map(str::to_owned),
         })
     }
 
@@ -302,6 +306,24 @@ impl Module for Scripted {
             ));
         }
         api.register_spam_checker_callbacks(cbs)?;
+
+        if let Some(user) = config.limited_user {
+            use myelin_module_api::repository::*;
+            let limited = user.clone();
+            api.register_ratelimit_callbacks(RatelimitCallbacks {
+                get_ratelimit_override_for_user: Some(callback(move |user_id: String, limiter: String| {
+                    let hit = user_id == limited && limiter == "rc_message";
+                    async move { Ok(hit.then_some(RatelimitOverride { per_second: 0.001, burst_count: 1 })) }
+                })),
+            })?;
+            api.register_media_repository_callbacks(MediaRepositoryCallbacks {
+                is_user_allowed_to_upload_media_of_size: Some(callback(move |user_id: String, size: u64| {
+                    let allowed = user_id != user || size <= 10;
+                    async move { Ok(allowed) }
+                })),
+                ..Default::default()
+            })?;
+        }
 
         for path in config.web {
             let label = label.clone();
