@@ -114,11 +114,14 @@ impl Homeserver {
 
     /// `POST /logout`; password providers' `on_logged_out` runs afterwards.
     pub async fn logout(&self, requester: &Requester) -> Result<()> {
-        let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
+        self.end_session(requester.user_id.as_str(), &requester.device_id, &requester.access_token).await
+    }
+
+    /// Ends one session: its device (and so its token) goes, then `on_logged_out` runs.
+    async fn end_session(&self, user: &str, device: &str, token: &str) -> Result<()> {
+        let (u, d) = (user.to_owned(), device.to_owned());
         self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
-        self.modules
-            .on_logged_out(requester.user_id.as_str(), Some(&requester.device_id), &requester.access_token)
-            .await;
+        self.modules.on_logged_out(user, Some(device), token).await;
         Ok(())
     }
 
@@ -126,11 +129,10 @@ impl Homeserver {
     /// device goes; password providers' `on_logged_out` runs). An unknown token is no error.
     pub(crate) async fn module_invalidate_access_token(&self, token: &str) -> Result<()> {
         let t = token.to_owned();
-        let Some((user, device)) = self.db(move |s| s.get_access_token(&t)).await? else { return Ok(()) };
-        let (u, d) = (user.clone(), device.clone());
-        self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
-        self.modules.on_logged_out(&user, Some(&device), token).await;
-        Ok(())
+        match self.db(move |s| s.get_access_token(&t)).await? {
+            Some((user, device)) => self.end_session(&user, &device, token).await,
+            None => Ok(()),
+        }
     }
 
     /// `GET /login`: password login plus the types modules handle.
