@@ -4,7 +4,7 @@
 use myelin_module_api::auth::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, Registered, invoke};
+use super::{ModuleRegistry, Registered, invoke_logged};
 
 /// One `auth_checkers` entry: login type, fields, callback.
 type Checker = (String, Vec<String>, Registered<AuthCheckerArgs, Option<String>>);
@@ -39,14 +39,6 @@ impl AuthLists {
     }
 }
 
-/// Calls a callback; an error or panic is logged and counts as "no", as in Synapse.
-async fn call_logged<A, R>(reg: &Registered<A, R>, name: &str, args: A) -> Option<R> {
-    invoke(reg, args)
-        .await
-        .map_err(|e| tracing::warn!(module = %reg.module, callback = name, error = %e, "module callback failed"))
-        .ok()
-}
-
 impl ModuleRegistry {
     /// Login types modules handle, for `GET /login`.
     pub fn module_login_types(&self) -> Vec<String> {
@@ -70,9 +62,7 @@ impl ModuleRegistry {
             if t != login_type {
                 continue;
             }
-            if let Some(Some(user_id)) =
-                call_logged(reg, "auth_checker", (user.to_owned(), t.clone(), login.clone())).await
-            {
+            if let Some(Some(user_id)) = invoke_logged(reg, (user.to_owned(), t.clone(), login.clone())).await {
                 return Some(user_id);
             }
         }
@@ -86,7 +76,7 @@ impl ModuleRegistry {
         params: &Map<String, Value>,
     ) -> Option<String> {
         for reg in &self.callbacks().auth.get_username_for_registration {
-            if let Some(Some(name)) = call_logged(reg, reg.name, (uia.clone(), params.clone())).await {
+            if let Some(Some(name)) = invoke_logged(reg, (uia.clone(), params.clone())).await {
                 return Some(name);
             }
         }
@@ -100,7 +90,7 @@ impl ModuleRegistry {
         params: &Map<String, Value>,
     ) -> Option<String> {
         for reg in &self.callbacks().auth.get_displayname_for_registration {
-            if let Some(Some(name)) = call_logged(reg, reg.name, (uia.clone(), params.clone())).await {
+            if let Some(Some(name)) = invoke_logged(reg, (uia.clone(), params.clone())).await {
                 return Some(name);
             }
         }
@@ -117,7 +107,7 @@ impl ModuleRegistry {
     pub async fn check_3pid_auth(&self, medium: &str, address: &str, password: &str) -> Option<String> {
         for reg in &self.callbacks().auth.check_3pid_auth {
             let args = (medium.to_owned(), address.to_owned(), password.to_owned());
-            if let Some(Some(user_id)) = call_logged(reg, "check_3pid_auth", args).await {
+            if let Some(Some(user_id)) = invoke_logged(reg, args).await {
                 return Some(user_id);
             }
         }
@@ -128,7 +118,7 @@ impl ModuleRegistry {
     pub async fn on_logged_out(&self, user_id: &str, device_id: Option<&str>, access_token: &str) {
         for reg in &self.callbacks().auth.on_logged_out {
             let args = (user_id.to_owned(), device_id.map(str::to_owned), access_token.to_owned());
-            call_logged(reg, "on_logged_out", args).await;
+            invoke_logged(reg, args).await;
         }
     }
 }

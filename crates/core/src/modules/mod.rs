@@ -595,6 +595,15 @@ impl ModuleRegistry {
     }
 }
 
+/// [`invoke`] for callbacks whose failure Synapse logs and treats as no answer: an error or
+/// panic is logged (module, callback, error) and gives `None`.
+pub(crate) async fn invoke_logged<A, R>(reg: &Registered<A, R>, args: A) -> Option<R> {
+    invoke(reg, args)
+        .await
+        .map_err(|e| tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed"))
+        .ok()
+}
+
 /// Calls one registered callback: counts and times it under its module, and turns a panic into
 /// an error, so a module's bug costs only the request that triggered it. Every dispatcher
 /// (spam checker, third-party rules, auth) goes through here.

@@ -4,7 +4,7 @@
 use myelin_module_api::repository::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, dispatch_lists, invoke};
+use super::{ModuleRegistry, dispatch_lists, invoke, invoke_logged};
 use crate::Result;
 
 myelin_module_api::account_data_callbacks!(dispatch_lists, AccountDataLists, AccountDataCallbacks);
@@ -22,9 +22,7 @@ impl ModuleRegistry {
     ) {
         for reg in &self.callbacks().account_data.on_account_data_updated {
             let args = (user_id.to_owned(), room_id.map(str::to_owned), kind.to_owned(), content.clone());
-            if let Err(e) = invoke(reg, args).await {
-                tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
-            }
+            invoke_logged(reg, args).await;
         }
     }
 

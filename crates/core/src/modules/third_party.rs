@@ -5,7 +5,7 @@ use myelin_module_api::EventView;
 use myelin_module_api::third_party::*;
 use serde_json::{Map, Value};
 
-use super::{ModuleRegistry, dispatch_lists, invoke};
+use super::{ModuleRegistry, dispatch_lists, invoke, invoke_logged};
 use crate::{Error, ErrorKind, Result};
 
 myelin_module_api::third_party_rules_callbacks!(dispatch_lists, RulesLists, ThirdPartyRulesCallbacks);
@@ -90,12 +90,9 @@ impl ModuleRegistry {
     /// logged and counts as no objection (Synapse's rules).
     pub async fn check_visibility_can_be_modified(&self, room_id: &str, state: &StateEvents, visibility: &str) -> bool {
         for reg in &self.callbacks().rules.check_visibility_can_be_modified {
-            match invoke(reg, (room_id.to_owned(), state.clone(), visibility.to_owned())).await {
-                Ok(false) => return false,
-                Ok(true) => {}
-                Err(e) => {
-                    tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed")
-                }
+            let args = (room_id.to_owned(), state.clone(), visibility.to_owned());
+            if invoke_logged(reg, args).await == Some(false) {
+                return false;
             }
         }
         true
@@ -104,9 +101,7 @@ impl ModuleRegistry {
     /// `on_profile_update`: every callback runs; errors are logged.
     pub async fn on_profile_update(&self, user_id: &str, profile: ProfileInfo, by_admin: bool, deactivation: bool) {
         for reg in &self.callbacks().rules.on_profile_update {
-            if let Err(e) = invoke(reg, (user_id.to_owned(), profile.clone(), by_admin, deactivation)).await {
-                tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
-            }
+            invoke_logged(reg, (user_id.to_owned(), profile.clone(), by_admin, deactivation)).await;
         }
     }
 
@@ -114,12 +109,8 @@ impl ModuleRegistry {
     /// as no objection.
     pub async fn check_can_deactivate_user(&self, user_id: &str, by_admin: bool) -> bool {
         for reg in &self.callbacks().rules.check_can_deactivate_user {
-            match invoke(reg, (user_id.to_owned(), by_admin)).await {
-                Ok(false) => return false,
-                Ok(true) => {}
-                Err(e) => {
-                    tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed")
-                }
+            if invoke_logged(reg, (user_id.to_owned(), by_admin)).await == Some(false) {
+                return false;
             }
         }
         true
@@ -128,9 +119,7 @@ impl ModuleRegistry {
     /// `on_user_deactivation_status_changed`: every callback runs; errors are logged.
     pub async fn on_user_deactivation_status_changed(&self, user_id: &str, deactivated: bool, by_admin: bool) {
         for reg in &self.callbacks().rules.on_user_deactivation_status_changed {
-            if let Err(e) = invoke(reg, (user_id.to_owned(), deactivated, by_admin)).await {
-                tracing::warn!(module = %reg.module, callback = reg.name, error = %e, "module callback failed");
-            }
+            invoke_logged(reg, (user_id.to_owned(), deactivated, by_admin)).await;
         }
     }
 
@@ -146,9 +135,7 @@ impl ModuleRegistry {
     /// `on_user_registration`: every callback runs; errors are logged.
     pub async fn on_user_registration(&self, user_id: &str) {
         for reg in &self.callbacks().validity.on_user_registration {
-            if let Err(e) = invoke(reg, (user_id.to_owned(),)).await {
-                tracing::warn!(module = %reg.module, callback = "on_user_registration", error = %e, "module callback failed");
-            }
+            invoke_logged(reg, (user_id.to_owned(),)).await;
         }
     }
 }
@@ -156,9 +143,7 @@ impl ModuleRegistry {
 /// `on_new_event`: every callback runs; errors are logged.
 pub(crate) async fn on_new_event(callbacks: &super::Callbacks, event: &EventView, state: &StateEvents) {
     for reg in &callbacks.rules.on_new_event {
-        if let Err(e) = invoke(reg, (event.clone(), state.clone())).await {
-            tracing::warn!(module = %reg.module, callback = "on_new_event", error = %e, "module callback failed");
-        }
+        invoke_logged(reg, (event.clone(), state.clone())).await;
     }
 }
 
