@@ -7,18 +7,20 @@
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
 //!   migrations compiled in and applied at open.
+//! - [`pg::PostgresStore`]: PostgreSQL, for deployments that outgrow one file (and several
+//!   processes sharing one database).
 //!
 //! # Key decision: synchronous traits
-//! The methods are blocking; `core` calls them inline (each is short; see `Homeserver::db`).
-//! SQLite is a blocking
-//! library anyway, and a later PostgreSQL backend can use the synchronous `postgres` client
-//! behind the same traits. It also keeps every write a plain function over one transaction,
-//! which is what makes "nothing half-written" easy to guarantee.
+//! The methods are blocking. `core` calls SQLite's inline (each is short; see
+//! `Homeserver::db`) and PostgreSQL's on the blocking pool ([`StorageInfo::inline_calls`]).
+//! It keeps every write a plain function over one transaction, which is what makes "nothing
+//! half-written" easy to guarantee, and one contract for both backends.
 //!
 //! This crate knows nothing of HTTP, Matrix rules or modules: rows in, rows out.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod pg;
 pub mod sqlite;
 
 use serde_json::Value;
@@ -699,9 +701,19 @@ pub trait SearchStore {
     ) -> Result<(usize, Vec<SearchHit>)>;
 }
 
+/// How a backend wants to be called.
+pub trait StorageInfo {
+    /// Whether calls are cheap enough to make on an async runtime worker (an embedded database
+    /// that never waits on the network); false sends every call to a blocking thread.
+    fn inline_calls(&self) -> bool {
+        true
+    }
+}
+
 /// The whole storage contract a backend implements.
 pub trait Storage:
-    UserStore
+    StorageInfo
+    + UserStore
     + RoomStore
     + ClientDataStore
     + DirectoryStore
@@ -718,7 +730,8 @@ pub trait Storage:
 }
 
 impl<T> Storage for T where
-    T: UserStore
+    T: StorageInfo
+        + UserStore
         + RoomStore
         + ClientDataStore
         + DirectoryStore

@@ -315,3 +315,4 @@ mod tests {
         assert_eq!(store.max_stream_ordering().unwrap(), b);
     }
 }
+impl StorageInfo for SqliteStore {}

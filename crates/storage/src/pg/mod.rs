@@ -1,0 +1,456 @@
+//! The PostgreSQL backend, for deployments that outgrow one SQLite file.
+//!
+//! Configured as Synapse's `database: {name: psycopg2, args: {...}}` (see [`PgOptions`]).
+//!
+//! # How it is called
+//! The storage traits are synchronous, so this backend uses the synchronous `postgres` client
+//! (tokio-postgres driven by a small runtime of its own per connection). Its calls block on the
+//! network, so [`StorageInfo::inline_calls`] is false and `core` runs every call on the blocking
+//! pool rather than on a runtime worker (where the `postgres` client would also panic).
+//!
+//! # Consistency
+//! Every write transaction first takes one store-wide advisory lock ([`WRITE_LOCK`]), which is
+//! what SQLite's single writer gives the SQLite backend: stream positions commit in order (a
+//! reader that sees position N sees everything before N), and read-then-write steps such as
+//! claiming a one-time key cannot race, whichever process of a deployment writes. Reads take no
+//! lock and see the last commit.
+//!
+//! Nothing is cached in this process: another process sharing the database may change any row
+//! (a logout there must end the session here at once).
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use crate::*;
+
+mod client_data;
+mod directory;
+mod ephemeral;
+mod federation;
+mod keys;
+mod media;
+mod registration_tokens;
+mod rooms;
+mod search;
+mod users;
+
+/// Migrations, applied in order; the schema version is the number applied. Never edit a
+/// released one: append. (PostgreSQL's list starts from the schema SQLite reached in 11 steps.)
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+
+/// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).
+pub const WRITE_LOCK: i64 = 0x6d79656c696e;
+
+/// The advisory lock key held while migrating, so that processes starting together migrate once.
+const MIGRATION_LOCK: i64 = WRITE_LOCK + 1;
+
+/// Connection settings, as Synapse's `database.args` for `psycopg2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Server host name, or a directory holding the server's Unix socket.
+    pub host: Option<String>,
+    /// Port (5432 by default).
+    pub port: Option<u16>,
+    /// Role to connect as.
+    pub user: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+    /// Database name (`dbname` or `database`).
+    pub dbname: Option<String>,
+    /// `disable`, `allow` or `prefer` (TLS to the database is not supported yet).
+    pub sslmode: Option<String>,
+    /// Connections kept open.
+    pub cp_min: usize,
+    /// Most connections open at once.
+    pub cp_max: usize,
+    /// Accept a database whose `LC_COLLATE`/`LC_CTYPE` is not `C` (Synapse's `allow_unsafe_locale`).
+    pub allow_unsafe_locale: bool,
+    /// `application_name` reported to the server.
+    pub application_name: Option<String>,
+    /// Connect timeout in seconds.
+    pub connect_timeout: Option<u64>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        // Synapse's defaults for the connection pool.
+        PgOptions {
+            host: None,
+            port: None,
+            user: None,
+            password: None,
+            dbname: None,
+            sslmode: None,
+            cp_min: 5,
+            cp_max: 10,
+            allow_unsafe_locale: false,
+            application_name: None,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl PgOptions {
+    /// Options from libpq-style `key=value` settings separated by spaces (`host`, `port`,
+    /// `user`, `password`, `dbname`), as `scripts/test-postgres.sh` prints them.
+    pub fn from_settings(settings: &str) -> Result<Self> {
+        let mut options = PgOptions::default();
+        for pair in settings.split_whitespace() {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| StorageError::Backend(format!("expected key=value, got '{pair}'")))?;
+            let value = value.to_owned();
+            match key {
+                "host" => options.host = Some(value),
+                "port" => {
+                    options.port =
+                        Some(value.parse().map_err(|_| StorageError::Backend(format!("bad port '{value}'")))?)
+                }
+                "user" => options.user = Some(value),
+                "password" => options.password = Some(value),
+                "dbname" => options.dbname = Some(value),
+                other => return Err(StorageError::Backend(format!("unknown setting '{other}'"))),
+            }
+        }
+        Ok(options)
+    }
+
+    fn client_config(&self) -> Result<postgres::Config> {
+        let mut config = postgres::Config::new();
+        if let Some(host) = &self.host {
+            config.host(host);
+        }
+        if let Some(port) = self.port {
+            config.port(port);
+        }
+        if let Some(user) = &self.user {
+            config.user(user);
+        } else if let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER")) {
+            config.user(&user);
+        }
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        if let Some(dbname) = &self.dbname {
+            config.dbname(dbname);
+        }
+        config.application_name(self.application_name.as_deref().unwrap_or("myelin"));
+        config.connect_timeout(Duration::from_secs(self.connect_timeout.unwrap_or(10)));
+        match self.sslmode.as_deref() {
+            None | Some("disable") | Some("allow") | Some("prefer") => {
+                config.ssl_mode(postgres::config::SslMode::Disable);
+            }
+            Some(other) => {
+                return Err(StorageError::Backend(format!(
+                    "sslmode '{other}' is not supported yet: use 'disable' or 'prefer' (TLS to the database is not implemented)"
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// One pooled connection with its prepared statements.
+pub(crate) struct PgConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// Connections to the database, opened on demand up to `cp_max`.
+struct Pool {
+    config: postgres::Config,
+    max: usize,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<PgConn>,
+    open: usize,
+}
+
+/// A connection lent by the pool; back to it on drop (unless broken).
+pub(crate) struct Lent<'a> {
+    pool: &'a Pool,
+    conn: Option<PgConn>,
+}
+
+impl Deref for Lent<'_> {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        self.conn.as_ref().expect("lent connection")
+    }
+}
+
+impl DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut PgConn {
+        self.conn.as_mut().expect("lent connection")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+        match self.conn.take() {
+            Some(conn) if !conn.client.is_closed() => state.idle.push(conn),
+            _ => state.open -= 1,
+        }
+        self.pool.returned.notify_one();
+    }
+}
+
+impl Pool {
+    fn connect(&self) -> Result<PgConn> {
+        let client = self.config.connect(NoTls).map_err(backend)?;
+        Ok(PgConn { client, statements: HashMap::new() })
+    }
+
+    fn get(&self) -> Result<Lent<'_>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(Lent { pool: self, conn: Some(conn) });
+            }
+            if state.open < self.max {
+                state.open += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(conn) => Ok(Lent { pool: self, conn: Some(conn) }),
+                    Err(e) => {
+                        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        state.open -= 1;
+                        self.returned.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Queries through a connection's prepared-statement cache, inside a transaction or not.
+pub(crate) struct Db<'a, C: postgres::GenericClient> {
+    client: &'a mut C,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+/// Query parameters.
+pub(crate) type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl<C: postgres::GenericClient> Db<'_, C> {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(backend)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs a statement; returns the number of rows it changed.
+    pub(crate) fn exec(&mut self, sql: &str, params: &Params<'_>) -> Result<u64> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params).map_err(backend)
+    }
+
+    /// All rows of a query.
+    pub(crate) fn rows(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params).map_err(backend)
+    }
+
+    /// The row of a query that returns at most one.
+    pub(crate) fn opt(&mut self, sql: &str, params: &Params<'_>) -> Result<Option<Row>> {
+        let statement = self.statement(sql)?;
+        self.client.query_opt(&statement, params).map_err(backend)
+    }
+
+    /// The row of a query that returns exactly one.
+    pub(crate) fn one(&mut self, sql: &str, params: &Params<'_>) -> Result<Row> {
+        let statement = self.statement(sql)?;
+        self.client.query_one(&statement, params).map_err(backend)
+    }
+
+    /// Runs SQL text that may hold several statements, without parameters.
+    pub(crate) fn batch(&mut self, sql: &str) -> Result<()> {
+        self.client.batch_execute(sql).map_err(backend)
+    }
+}
+
+/// A write transaction: the store-wide write lock is held until it ends.
+pub(crate) type WriteTx<'c, 'a> = Db<'a, postgres::Transaction<'c>>;
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+/// Maps a driver error to a storage error (a unique-constraint violation is a conflict).
+pub(crate) fn backend(e: postgres::Error) -> StorageError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        return StorageError::Conflict;
+    }
+    StorageError::Backend(e.to_string())
+}
+
+impl PostgresStore {
+    /// Connects, checks the database's encoding and locale as Synapse does, and applies
+    /// pending migrations.
+    pub fn open(options: &PgOptions) -> Result<Self> {
+        let config = options.client_config()?;
+        let max = options.cp_max.max(1);
+        let store = PostgresStore {
+            pool: Pool {
+                config,
+                max,
+                state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+                returned: Condvar::new(),
+            },
+        };
+        store.check_database(options.allow_unsafe_locale)?;
+        store.migrate()?;
+        // Open the rest of `cp_min` now, so the first requests do not pay for connecting.
+        let warm: Vec<_> = (1..options.cp_min.min(max)).filter_map(|_| store.pool.get().ok()).collect();
+        drop(warm);
+        Ok(store)
+    }
+
+    /// The schema version this build writes.
+    pub fn supported_schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    /// Synapse refuses a database that is not UTF-8, or whose collation is not `C` (text sorts
+    /// and compares differently otherwise, and an upgrade of the OS's locale data can corrupt
+    /// indexes), unless `allow_unsafe_locale` is set.
+    fn check_database(&self, allow_unsafe_locale: bool) -> Result<()> {
+        self.read(|db| {
+            let row = db.one(
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database
+                 WHERE datname = current_database()",
+                &[],
+            )?;
+            let (encoding, collate, ctype): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            if encoding != "UTF8" {
+                return Err(StorageError::Backend(format!(
+                    "Database has incorrect encoding: '{encoding}' instead of 'UTF8'"
+                )));
+            }
+            if !allow_unsafe_locale {
+                if collate != "C" {
+                    return Err(StorageError::Backend(format!(
+                        "Database has incorrect collation of '{collate}'. Should be 'C' \
+                         (or set allow_unsafe_locale: true under database: args:)"
+                    )));
+                }
+                if ctype != "C" {
+                    return Err(StorageError::Backend(format!(
+                        "Database has incorrect ctype of '{ctype}'. Should be 'C' \
+                         (or set allow_unsafe_locale: true under database: args:)"
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.transaction(MIGRATION_LOCK, |tx| {
+            tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+            let found: Option<i64> = tx.opt("SELECT version FROM schema_version", &[])?.map(|r| r.get(0));
+            let current = found.unwrap_or(0);
+            let supported = MIGRATIONS.len() as i64;
+            if current > supported {
+                return Err(StorageError::SchemaTooNew { found: current, supported });
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                tx.batch(sql).map_err(|e| StorageError::Backend(format!("migration {}: {e}", i + 1)))?;
+            }
+            tx.exec("DELETE FROM schema_version", &[])?;
+            tx.exec("INSERT INTO schema_version (version) VALUES ($1)", &[&supported])?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` outside a transaction (each statement sees the latest commit).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
+        let mut lent = self.pool.get()?;
+        let PgConn { client, statements } = &mut *lent;
+        f(&mut Db { client, statements })
+    }
+
+    /// Runs `f` in one transaction holding the store-wide write lock; commits if it succeeds.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut WriteTx<'_, '_>) -> Result<T>) -> Result<T> {
+        self.transaction(WRITE_LOCK, f)
+    }
+
+    fn transaction<T>(&self, lock: i64, f: impl FnOnce(&mut WriteTx<'_, '_>) -> Result<T>) -> Result<T> {
+        let mut lent = self.pool.get()?;
+        let PgConn { client, statements } = &mut *lent;
+        let mut tx = client.transaction().map_err(backend)?;
+        let mut db = Db { client: &mut tx, statements };
+        db.exec("SELECT pg_advisory_xact_lock($1)", &[&lock])?;
+        let value = f(&mut db)?;
+        tx.commit().map_err(backend)?;
+        Ok(value)
+    }
+
+    /// Like [`PostgresStore::write`] for a batch: each item runs in a savepoint of one
+    /// transaction, so one that fails is undone alone and the others commit together.
+    pub(crate) fn write_each<I, T>(
+        &self,
+        items: &[I],
+        mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>, &I) -> Result<T>,
+    ) -> Vec<Result<T>> {
+        let failed = |e: &StorageError| items.iter().map(|_| Err(StorageError::Backend(e.to_string()))).collect();
+        let mut lent = match self.pool.get() {
+            Ok(lent) => lent,
+            Err(e) => return failed(&e),
+        };
+        let PgConn { client, statements } = &mut *lent;
+        let mut tx = match client.transaction().map_err(backend) {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        if let Err(e) = (Db { client: &mut tx, statements: &mut *statements }).exec("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        {
+            return failed(&e);
+        }
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let result = tx.savepoint("item").map_err(backend).and_then(|mut sp| {
+                let value = f(&mut Db { client: &mut sp, statements: &mut *statements }, item)?;
+                sp.commit().map_err(backend)?;
+                Ok(value)
+            });
+            results.push(result);
+        }
+        match tx.commit().map_err(backend) {
+            Ok(()) => results,
+            Err(e) => failed(&e),
+        }
+    }
+}
+
+impl StorageInfo for PostgresStore {
+    fn inline_calls(&self) -> bool {
+        false
+    }
+}
+
+/// Claims the next position of the shared stream, inside the caller's write transaction.
+pub(crate) fn next_stream_position<C: postgres::GenericClient>(tx: &mut Db<'_, C>) -> Result<i64> {
+    Ok(tx.one("UPDATE stream_position SET position = position + 1 RETURNING position", &[])?.get(0))
+}
+
+/// `usize` as a query parameter.
+pub(crate) fn int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

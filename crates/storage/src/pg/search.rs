@@ -1,0 +1,2 @@
+//! (being written)
+#![allow(unused_imports)] use super::*;

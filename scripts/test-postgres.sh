@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL cluster for the tests (or reuses the one already running) and
+# prints how to reach it, as libpq-style `key=value` settings on one line.
+#
+#   scripts/test-postgres.sh          start (or reuse), print "host=127.0.0.1 port=N user=postgres"
+#   scripts/test-postgres.sh stop     stop it and delete its files
+#
+# The cluster lives in $MYELIN_TEST_PG_DIR (default /tmp/myelin-test-pg), listens on 127.0.0.1
+# only, trusts local connections, and runs with fsync off: it holds test data only. Needs
+# Debian's `postgresql` package (initdb and pg_ctl under /usr/lib/postgresql/*/bin); as root,
+# the server runs as the package's `postgres` user, since PostgreSQL refuses to run as root.
+set -euo pipefail
+
+dir=${MYELIN_TEST_PG_DIR:-/tmp/myelin-test-pg}
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$bin" ]; then
+    echo "PostgreSQL is not installed: apt-get install postgresql" >&2
+    exit 1
+fi
+
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+mkdir -p "$dir"
+[ "$(id -u)" = 0 ] && chown postgres "$dir"
+exec 9>"$dir.lock"
+flock 9
+
+if [ "${1:-}" = stop ]; then
+    if [ -d "$dir/data" ]; then as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; fi
+    rm -rf "$dir"
+    exit 0
+fi
+
+if [ -f "$dir/port" ] && as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    echo "host=127.0.0.1 port=$(cat "$dir/port") user=postgres"
+    exit 0
+fi
+
+rm -rf "$dir/data"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --locale=C >"$dir/initdb.log" 2>&1
+as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
+    "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=1000 -c shared_buffers=256MB" \
+    start >/dev/null 9>&-
+echo "$port" >"$dir/port"
+echo "host=127.0.0.1 port=$port user=postgres"
