@@ -386,6 +386,22 @@ impl PostgresStore {
         f(&mut Db { client, statements })
     }
 
+    /// Runs `f` in a read-only transaction that sees one snapshot throughout (for reads of
+    /// several statements that must agree with each other).
+    pub(crate) fn snapshot<T>(&self, f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T>) -> Result<T> {
+        let mut lent = self.pool.get()?;
+        let PgConn { client, statements } = &mut *lent;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(backend)?;
+        let value = f(&mut Db { client: &mut tx, statements })?;
+        tx.commit().map_err(backend)?;
+        Ok(value)
+    }
+
     /// Runs `f` in one transaction holding the store-wide write lock; commits if it succeeds.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut WriteTx<'_, '_>) -> Result<T>) -> Result<T> {
         self.transaction(WRITE_LOCK, f)
