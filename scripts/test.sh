@@ -35,12 +35,25 @@ tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-
 PYO3_PYTHON="${PYO3_PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}"
 export PYO3_PYTHON
 
+# A throwaway PostgreSQL cluster (scripts/test-postgres.sh) for the storage contract suite and
+# the black-box suite's second pass.
+MYELIN_TEST_PG="$(scripts/test-postgres.sh)"
+export MYELIN_TEST_PG
+
 cargo fmt --all -- --check
 cargo build --workspace --all-targets --locked
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Four test threads on two cores: each black-box test runs a server that mostly waits on I/O.
+# Both passes run whatever the first gives; the script fails if either did.
+set +e
 cargo test --workspace --locked -- --test-threads="${MYELIN_TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
+# The whole black-box suite again, every server on PostgreSQL (a database of its own each).
+echo "black-box suite on PostgreSQL:" | tee -a target/test-output.txt
+MYELIN_TEST_BACKEND=postgres cargo test -p myelin-tests --test blackbox --locked -- \
+  --test-threads="${MYELIN_TEST_THREADS:-4}" 2>&1 | tee -a target/test-output.txt
+pg_status=${PIPESTATUS[0]}
+[ "$status" = 0 ] && status=$pg_status
 passed=$(grep -Eo '[0-9]+ passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 echo "total: ${passed} passed, ${failed} failed"

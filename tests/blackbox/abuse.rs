@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Server, User, run_cli};
+use crate::harness::{Server, User, run_cli, sql_in};
 
 /// Lifts one family of limits (so a test can set up what it needs) and leaves the rest at
 /// Synapse's defaults.
@@ -117,18 +117,7 @@ async fn message_bursts_are_limited_unless_the_user_has_an_override() {
 
     // An override row with messages_per_second 0 exempts bob (as Synapse's table does).
     let dir = server.stop();
-    let db = dir.path().join("data/homeserver.db");
-    let status = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3; c = sqlite3.connect('{}'); \
-             c.execute(\"INSERT INTO ratelimit_override VALUES ('{}', 0, 0)\"); c.commit()",
-            db.display(),
-            bob.user_id
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sql_in(dir.path(), &format!("INSERT INTO ratelimit_override VALUES ('{}', 0, 0)", bob.user_id));
     let server = Server::start_in(dir).await;
     assert_eq!(send_until_limited(&server, &bob, &room, 30).await, None, "bob is exempt");
     assert!(send_until_limited(&server, &alice, &room, 30).await.is_some(), "alice is not");

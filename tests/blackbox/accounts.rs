@@ -385,14 +385,7 @@ async fn bcrypt_hashes_imported_from_synapse_still_log_in() {
     s.register("imported").await;
     // Synapse stores bcrypt hashes; put one in place of the argon2 hash, as an import would.
     let hash = bcrypt::hash("synapse-password", 4).unwrap();
-    let db = s.dir.path().join("data/homeserver.db");
-    let status = std::process::Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('UPDATE users SET password_hash=? WHERE user_id=?', (sys.argv[2], '@imported:test')); c.commit()"])
-        .arg(&db)
-        .arg(&hash)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sql_in(s.dir.path(), &format!("UPDATE users SET password_hash = '{hash}' WHERE user_id = '@imported:test'"));
     let login = |password: &'static str| {
         let s = &s;
         async move {

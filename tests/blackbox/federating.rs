@@ -76,13 +76,14 @@ pub fn peer_config(ca: &TestCa, port: u16, extra: &str) -> String {
          tls_private_key_path: {key}\n\
          federation_custom_ca_list: [{ca}]\n\
          ip_range_whitelist: ['127.0.0.0/8']\n\
-         database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n\
+         {database}\
          signing_key_path: data/signing.key\n\
          media_store_path: data/media\n\
          enable_registration: true\n\
          enable_registration_without_verification: true\n\
          log_level: info\n{limits}{extra}",
         limits = if extra.contains("rc_") { "" } else { crate::harness::LIFTED_RATE_LIMITS },
+        database = crate::harness::database_section(),
         cert = ca.path("cert.pem").display(),
         key = ca.path("key.pem").display(),
         ca = ca.path("ca.pem").display(),

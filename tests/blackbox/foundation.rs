@@ -236,13 +236,7 @@ async fn serve_without_a_config_generates_one_in_the_working_directory() {
 async fn a_database_from_a_newer_myelin_is_refused() {
     let s = Server::start().await;
     let dir = s.stop();
-    let db = dir.path().join("data/homeserver.db");
-    let status = std::process::Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('UPDATE schema_version SET version=999'); c.commit()"])
-        .arg(&db)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sql_in(dir.path(), "UPDATE schema_version SET version = 999");
     let (code, _, stderr) = run_cli(dir.path(), &["-c", dir.path().join("homeserver.yaml").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("schema is version 999, newer than this Myelin supports"), "{stderr}");

@@ -67,6 +67,87 @@ pub fn room_with_visibility(preset: &str, visibility: &str) -> Value {
     ]})
 }
 
+/// The `database:` section of a test server: SQLite in its directory, or, when the suite runs
+/// with `MYELIN_TEST_BACKEND=postgres` (scripts/test.sh's second pass), a new database of its
+/// own on the test PostgreSQL cluster (`MYELIN_TEST_PG`, or the one `scripts/test-postgres.sh`
+/// starts).
+pub fn database_section() -> String {
+    if std::env::var("MYELIN_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return "database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n".into();
+    }
+    let settings = test_postgres_settings();
+    let value =
+        |key: &str| settings.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
+    let (host, port, user) =
+        (value("host").unwrap_or("127.0.0.1"), value("port").unwrap_or("5432"), value("user").unwrap_or("postgres"));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let name =
+        format!("blackbox_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let out = Command::new("createdb")
+        .args(["-h", host, "-p", port, "-U", user, "-T", "template0", "-E", "UTF8", "--lc-collate=C", "--lc-ctype=C"])
+        .arg(&name)
+        .output()
+        .expect("run createdb (Debian's postgresql-client)");
+    assert!(out.status.success(), "createdb {name}: {}", String::from_utf8_lossy(&out.stderr));
+    format!(
+        "database:\n  name: psycopg2\n  args:\n    host: {host}\n    port: {port}\n    user: {user}\n    \
+         dbname: {name}\n    cp_min: 1\n    cp_max: 4\n"
+    )
+}
+
+/// Runs SQL on the database of the server whose directory is `dir` (SQLite or PostgreSQL, as
+/// its homeserver.yaml says), for tests that must reach under the API (an import, a schema
+/// from the future, a graph check); returns the rows, each column as text (NULL as "").
+pub fn sql_in(dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    let yaml = std::fs::read_to_string(dir.join("homeserver.yaml")).unwrap();
+    let out = if let Some(name) = yaml.lines().find_map(|l| l.trim().strip_prefix("dbname: ")) {
+        let settings = test_postgres_settings();
+        let value = |key: &str| {
+            settings
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .map(str::to_owned)
+        };
+        Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-R", "\u{1e}"])
+            .args(["-h", &value("host").unwrap(), "-p", &value("port").unwrap(), "-U", &value("user").unwrap()])
+            .args(["-d", name.trim(), "-c", sql])
+            .output()
+            .expect("run psql")
+    } else {
+        let script = "import sqlite3, sys\n\
+                      c = sqlite3.connect(sys.argv[1])\n\
+                      rows = c.execute(sys.argv[2]).fetchall()\n\
+                      c.commit()\n\
+                      sys.stdout.write('\\x1e'.join('\\x1f'.join('' if v is None else str(v) for v in r) for r in rows))\n";
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(dir.join("data/homeserver.db"))
+            .arg(sql)
+            .output()
+            .expect("run python3")
+    };
+    assert!(out.status.success(), "SQL failed: {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let text = text.trim_end_matches('\n');
+    if text.is_empty() {
+        return Vec::new();
+    }
+    text.split('\u{1e}').map(|row| row.split('\u{1f}').map(str::to_owned).collect()).collect()
+}
+
+/// The test cluster's connection settings (`host=... port=... user=...`).
+pub fn test_postgres_settings() -> String {
+    if let Ok(settings) = std::env::var("MYELIN_TEST_PG") {
+        return settings;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-postgres.sh");
+    let out = Command::new(&script).output().expect("run scripts/test-postgres.sh");
+    assert!(out.status.success(), "scripts/test-postgres.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// The config every test server starts from; `extra` is appended (later keys win in YAML? no:
 /// duplicate keys are an error, so callers pass only keys not set here).
 pub fn base_config(extra: &str) -> String {
@@ -74,11 +155,13 @@ pub fn base_config(extra: &str) -> String {
         "server_name: test\n\
          public_baseurl: http://127.0.0.1/\n\
          listeners:\n  - port: 0\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [client, federation, metrics]\n\
-         database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n\
          signing_key_path: data/test.signing.key\n\
          media_store_path: data/media\n\
          log_level: info\n",
     );
+    if !extra.contains("\ndatabase:") && !extra.starts_with("database:") {
+        cfg.push_str(&database_section());
+    }
     if !extra.contains("enable_registration") {
         cfg.push_str("enable_registration: true\nenable_registration_without_verification: true\n");
     }

@@ -325,29 +325,31 @@ async fn concurrent_sends_keep_a_valid_graph_and_lose_nothing() {
     // no event lost from the extremities, and one extremity again after a later send.
     let (st, _) = s.send_text(&alice, &room, "after the burst").await;
     assert_eq!(st, 200);
-    let db = s.dir.path().join("data/homeserver.db");
-    let check = r#"
-import json, sqlite3, sys
-c = sqlite3.connect(sys.argv[1])
-rows = c.execute("SELECT event_id, json FROM events WHERE room_id = ? ORDER BY stream_ordering", (sys.argv[2],)).fetchall()
-depth, children = {}, set()
-for i, (eid, js) in enumerate(rows):
-    ev = json.loads(js)
-    assert (ev["prev_events"] == []) == (i == 0), (i, eid, ev["prev_events"])
-    assert len(ev["prev_events"]) <= 10, ev["prev_events"]
-    for p in ev["prev_events"]:
-        assert p in depth, ("parent stored later or missing", eid, p)
-        assert ev["depth"] > depth[p], (eid, ev["depth"], p, depth[p])
-        children.add(p)
-    depth[eid] = ev["depth"]
-childless = [eid for eid, _ in rows if eid not in children]
-ext = c.execute("SELECT event_id FROM forward_extremities WHERE room_id = ?", (sys.argv[2],)).fetchall()
-assert ext == [(rows[-1][0],)], ext
-assert childless == [rows[-1][0]], childless
-print(len(rows))
-"#;
-    let out = std::process::Command::new("python3").args(["-c", check]).arg(&db).arg(&room).output().unwrap();
-    assert!(out.status.success(), "graph check failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rows = sql_in(
+        s.dir.path(),
+        &format!("SELECT event_id, json FROM events WHERE room_id = '{room}' ORDER BY stream_ordering"),
+    );
+    let mut depth = std::collections::HashMap::new();
+    let mut children = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let (id, ev): (&str, Value) = (&row[0], serde_json::from_str(&row[1]).unwrap());
+        let prevs: Vec<&str> = ev["prev_events"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        assert_eq!(prevs.is_empty(), i == 0, "{i} {id} {prevs:?}");
+        assert!(prevs.len() <= 10, "{prevs:?}");
+        let d = ev["depth"].as_i64().unwrap();
+        for p in prevs {
+            let parent = *depth.get(p).unwrap_or_else(|| panic!("parent {p} of {id} stored later or missing"));
+            assert!(d > parent, "{id} at depth {d}, parent {p} at {parent}");
+            children.insert(p.to_owned());
+        }
+        depth.insert(id.to_owned(), d);
+    }
+    let last = rows.last().unwrap()[0].clone();
+    let childless: Vec<&String> = rows.iter().map(|r| &r[0]).filter(|id| !children.contains(*id)).collect();
+    assert_eq!(childless, vec![&last]);
+    let extremities =
+        sql_in(s.dir.path(), &format!("SELECT event_id FROM forward_extremities WHERE room_id = '{room}'"));
+    assert_eq!(extremities, vec![vec![last.clone()]]);
 }
 
 #[tokio::test]

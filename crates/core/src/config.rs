@@ -192,8 +192,8 @@ pub struct Config {
     pub public_baseurl: String,
     /// HTTP listeners.
     pub listeners: Vec<Listener>,
-    /// SQLite database file.
-    pub database_path: PathBuf,
+    /// Where the data lives.
+    pub database: Database,
     /// Signing key file.
     pub signing_key_path: PathBuf,
     /// Media store directory.
@@ -317,6 +317,101 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// The `database:` section: which backend, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `name: sqlite3`: the embedded database in this file.
+    Sqlite(PathBuf),
+    /// `name: psycopg2`: PostgreSQL, with Synapse's connection arguments.
+    Postgres(myelin_storage::pg::PgOptions),
+}
+
+/// Synapse's `database:` section. `args` are psycopg2's connection keywords plus Synapse's
+/// pool sizes (`cp_min`, `cp_max`) and `allow_unsafe_locale`; keys psycopg2 accepts that
+/// Myelin does not use (`keepalives_idle`, ...) are ignored, as they tune libpq only.
+fn parse_database(value: Option<&Value>, resolve: &dyn Fn(String) -> PathBuf) -> Result<Database, ConfigError> {
+    let db = match value {
+        None | Some(Value::Null) => return Ok(Database::Sqlite(resolve("homeserver.db".into()))),
+        Some(Value::Object(db)) => db,
+        Some(_) => return Err(ConfigError::at(&["database".into()], "expected a mapping")),
+    };
+    let dw = Walker { path: vec!["database".into()], root: db };
+    let name = dw.string("name")?.unwrap_or_else(|| "sqlite3".into());
+    let empty = Map::new();
+    let args = match db.get("args") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(args)) => args,
+        Some(_) => return Err(dw.err("args", "expected a mapping")),
+    };
+    let aw = Walker { path: vec!["database".into(), "args".into()], root: args };
+    match name.as_str() {
+        "sqlite3" => Ok(Database::Sqlite(resolve(aw.string("database")?.unwrap_or_else(|| "homeserver.db".into())))),
+        "psycopg2" => {
+            let count = |key: &str, default: usize| -> Result<usize, ConfigError> {
+                match args.get(key) {
+                    None | Some(Value::Null) => Ok(default),
+                    Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| aw.err(key, "expected an integer")),
+                }
+            };
+            // psycopg2 takes the port as an integer or a string.
+            let port = match args.get("port") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(n.as_u64().and_then(|p| u16::try_from(p).ok())),
+                Some(Value::String(s)) => Some(s.parse().ok()),
+                Some(_) => Some(None),
+            };
+            let port = match port {
+                None => None,
+                Some(Some(p)) => Some(p),
+                Some(None) => return Err(aw.err("port", "expected a port number")),
+            };
+            let dbname = match aw.string("dbname")? {
+                Some(name) => Some(name),
+                None => aw.string("database")?,
+            };
+            let sslmode = aw.string("sslmode")?;
+            if let Some(mode) = &sslmode
+                && !["disable", "allow", "prefer"].contains(&mode.as_str())
+            {
+                return Err(aw.err(
+                    "sslmode",
+                    format!(
+                        "'{mode}' is not supported yet: TLS to PostgreSQL is not implemented (use disable or prefer)"
+                    ),
+                ));
+            }
+            let defaults = myelin_storage::pg::PgOptions::default();
+            let cp_min = count("cp_min", defaults.cp_min)?;
+            let cp_max = count("cp_max", defaults.cp_max)?;
+            if cp_max == 0 || cp_min > cp_max {
+                return Err(aw.err("cp_max", "expected cp_max of at least 1 and at least cp_min"));
+            }
+            let connect_timeout = match args.get("connect_timeout") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| aw.err("connect_timeout", "expected an integer"))?),
+            };
+            Ok(Database::Postgres(myelin_storage::pg::PgOptions {
+                host: aw.string("host")?,
+                port,
+                user: aw.string("user")?,
+                password: aw.string("password")?,
+                dbname,
+                sslmode,
+                cp_min,
+                cp_max,
+                allow_unsafe_locale: dw.boolean("allow_unsafe_locale", false)?
+                    || aw.boolean("allow_unsafe_locale", false)?,
+                application_name: aw.string("application_name")?,
+                connect_timeout,
+            }))
+        }
+        other => Err(dw.err(
+            "name",
+            format!("Unsupported database type '{other}': this Myelin supports 'sqlite3' and 'psycopg2'"),
+        )),
+    }
+}
+
 /// Parses `"50M"`, `"10K"`, `"1G"` or a plain number of bytes.
 fn parse_size(value: &Value) -> Option<u64> {
     match value {
@@ -403,27 +498,7 @@ impl Config {
             None => format!("https://{server_name}/"),
         };
 
-        let database_path = match root.get("database") {
-            None | Some(Value::Null) => resolve("homeserver.db".into()),
-            Some(Value::Object(db)) => {
-                let dw = Walker { path: vec!["database".into()], root: db };
-                let name = dw.string("name")?.unwrap_or_else(|| "sqlite3".into());
-                if name != "sqlite3" {
-                    return Err(
-                        dw.err("name", format!("Unsupported database type '{name}': this Myelin supports 'sqlite3'"))
-                    );
-                }
-                match db.get("args") {
-                    None | Some(Value::Null) => resolve("homeserver.db".into()),
-                    Some(Value::Object(args)) => {
-                        let aw = Walker { path: vec!["database".into(), "args".into()], root: args };
-                        resolve(aw.string("database")?.unwrap_or_else(|| "homeserver.db".into()))
-                    }
-                    Some(_) => return Err(dw.err("args", "expected a mapping")),
-                }
-            }
-            Some(_) => return Err(w.err("database", "expected a mapping")),
-        };
+        let database = parse_database(root.get("database"), &resolve)?;
 
         let signing_key_path =
             resolve(w.string("signing_key_path")?.unwrap_or_else(|| format!("{server_name}.signing.key")));
@@ -570,7 +645,7 @@ impl Config {
             server_name,
             public_baseurl,
             listeners,
-            database_path,
+            database,
             signing_key_path,
             media_store_path,
             max_upload_size,
@@ -792,6 +867,10 @@ database:
   name: sqlite3
   args:
     database: "{data_dir}/homeserver.db"
+# Or PostgreSQL 14+, with Synapse's settings (docs/deployment.md):
+# database:
+#   name: psycopg2
+#   args: {{user: synapse_user, password: secret, dbname: synapse, host: localhost, cp_min: 5, cp_max: 10}}
 
 signing_key_path: "{data_dir}/{server_name}.signing.key"
 media_store_path: "{data_dir}/media_store"
@@ -835,5 +914,61 @@ mod ip_range_tests {
         assert!(IpRange::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
         assert_eq!(IpRange::parse("10.0.0.0/33"), None);
         assert_eq!(IpRange::parse("nonsense"), None);
+    }
+}
+
+#[cfg(test)]
+mod database_tests {
+    use super::*;
+
+    fn parse_db(yaml: &str) -> Result<Database, ConfigError> {
+        let text = format!("server_name: test\n{yaml}");
+        Config::parse(&text, Path::new("/srv/myelin"), &NativeModules::default()).map(|(c, _)| c.database)
+    }
+
+    fn error(yaml: &str) -> String {
+        parse_db(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sqlite_is_the_default_and_paths_are_relative_to_the_config() {
+        assert_eq!(parse_db("").unwrap(), Database::Sqlite("/srv/myelin/homeserver.db".into()));
+        assert_eq!(
+            parse_db("database: {name: sqlite3, args: {database: data/x.db}}").unwrap(),
+            Database::Sqlite("/srv/myelin/data/x.db".into())
+        );
+    }
+
+    #[test]
+    fn psycopg2_takes_synapses_args() {
+        let db = parse_db(
+            "database:\n  name: psycopg2\n  allow_unsafe_locale: true\n  args:\n    user: synapse_user\n    \
+             password: secret\n    database: synapse\n    host: db.example\n    port: '5433'\n    cp_min: 2\n    \
+             cp_max: 7\n    keepalives_idle: 10\n",
+        )
+        .unwrap();
+        let Database::Postgres(o) = db else { panic!("expected PostgreSQL") };
+        assert_eq!(o.user.as_deref(), Some("synapse_user"));
+        assert_eq!(o.password.as_deref(), Some("secret"));
+        assert_eq!(o.dbname.as_deref(), Some("synapse"), "`database` is psycopg2's alias of dbname");
+        assert_eq!(o.host.as_deref(), Some("db.example"));
+        assert_eq!(o.port, Some(5433), "psycopg2 takes the port as a string too");
+        assert_eq!((o.cp_min, o.cp_max), (2, 7));
+        assert!(o.allow_unsafe_locale);
+        let Database::Postgres(o) = parse_db("database: {name: psycopg2}").unwrap() else { panic!() };
+        assert_eq!((o.cp_min, o.cp_max, o.allow_unsafe_locale), (5, 10, false), "Synapse's pool defaults");
+    }
+
+    #[test]
+    fn bad_database_settings_are_config_errors_at_their_key() {
+        assert!(error("database: {name: mysql}").contains("'database.name'"));
+        assert!(error("database: {name: mysql}").contains("Unsupported database type 'mysql'"));
+        assert!(error("database: {name: psycopg2, args: {port: 99999}}").contains("'database.args.port'"));
+        assert!(error("database: {name: psycopg2, args: {port: [1]}}").contains("expected a port number"));
+        assert!(error("database: {name: psycopg2, args: {cp_min: 5, cp_max: 2}}").contains("'database.args.cp_max'"));
+        assert!(error("database: {name: psycopg2, args: {cp_min: -1}}").contains("'database.args.cp_min'"));
+        assert!(error("database: {name: psycopg2, args: {sslmode: verify-full}}").contains("not supported yet"));
+        assert!(error("database: {name: psycopg2, args: [1]}").contains("'database.args'"));
+        assert!(error("database: 3").contains("'database'"));
     }
 }

@@ -94,20 +94,29 @@ impl Homeserver {
         &self.config.server_name
     }
 
-    /// Runs a storage call here, on the calling worker thread.
+    /// Runs a storage call.
     ///
-    /// Storage calls are short: SQLite in WAL mode does not fsync on commit and checkpoints run
-    /// on the store's own thread. A hop to the blocking pool costs two thread wake-ups, which on
-    /// this kind of machine cost more than the queries, and `/send` makes several. Work that can
-    /// take long (hashing, thumbnails) still goes to the blocking pool. A panicking storage call
-    /// becomes a 500, as it did on the pool.
+    /// SQLite's calls run here, on the calling worker thread: they are short (SQLite in WAL
+    /// mode does not fsync on commit and checkpoints run on the store's own thread), and a hop
+    /// to the blocking pool costs two thread wake-ups, which on this kind of machine cost more
+    /// than the queries; `/send` makes several. A backend that waits on the network
+    /// (PostgreSQL: [`myelin_storage::StorageInfo::inline_calls`] is false) runs on the blocking
+    /// pool instead, so a slow query never stalls a runtime worker. A panicking storage call
+    /// becomes a 500 either way.
     pub(crate) async fn db<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&dyn Storage) -> myelin_storage::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let store = self.store.as_ref();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)))
+        if self.store.inline_calls() {
+            let store = self.store.as_ref();
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)))
+                .map_err(|_| Error::internal("storage call panicked"))?
+                .map_err(Error::from);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
             .map_err(|_| Error::internal("storage call panicked"))?
             .map_err(Error::from)
     }

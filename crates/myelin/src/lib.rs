@@ -12,10 +12,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use myelin_core::config::{Config, generate_config};
+use myelin_core::config::{Config, Database, generate_config};
 use myelin_core::events::SigningKey;
 use myelin_core::modules::{LoadedModule, NativeModule, NativeModules};
 use myelin_core::{Homeserver, modules};
+use myelin_storage::Storage;
+use myelin_storage::pg::PostgresStore;
 use myelin_storage::sqlite::SqliteStore;
 
 pub use myelin_core::modules::NativeModule as Module;
@@ -108,7 +110,7 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
                 Err(code) => return code,
             };
             runtime().block_on(async move {
-                let hs = match open_services(config) {
+                let hs = match open_services_off_runtime(config).await {
                     Ok(hs) => hs,
                     Err(e) => {
                         eprintln!("{e}");
@@ -205,17 +207,30 @@ fn init_logging(level: &str) {
 }
 
 fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
-    let store = SqliteStore::open(&config.database_path).map_err(|e| format!("Could not open the database: {e}"))?;
+    let store: Arc<dyn Storage> = match &config.database {
+        Database::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path).map_err(|e| format!("Could not open the database: {e}"))?)
+        }
+        Database::Postgres(options) => {
+            Arc::new(PostgresStore::open(options).map_err(|e| format!("Could not open the database: {e}"))?)
+        }
+    };
     if !config.signing_key_path.exists() {
         SigningKey::generate(&config.signing_key_path)?;
         tracing::info!(path = %config.signing_key_path.display(), "generated a new signing key");
     }
     let key = SigningKey::load(&config.signing_key_path)?;
-    Homeserver::new(config, Arc::new(store), key).map_err(|e| format!("Could not start: {e}"))
+    Homeserver::new(config, store, key).map_err(|e| format!("Could not start: {e}"))
+}
+
+/// [`open_services`] on the blocking pool: opening a networked database blocks (and the
+/// `postgres` client must not run on a runtime worker).
+async fn open_services_off_runtime(config: Config) -> Result<Arc<Homeserver>, String> {
+    tokio::task::spawn_blocking(move || open_services(config)).await.map_err(|e| format!("Could not start: {e}"))?
 }
 
 async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
-    let hs = match open_services(config) {
+    let hs = match open_services_off_runtime(config).await {
         Ok(hs) => hs,
         Err(e) => {
             eprintln!("{e}");

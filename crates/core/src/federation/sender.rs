@@ -52,10 +52,13 @@ impl Homeserver {
     /// is built (the tasks hold a weak reference to it).
     pub fn start_federation_sender(self: &Arc<Self>) {
         let _ = self.federation.outbound.server.set(Arc::downgrade(self));
-        let destinations = self.store.outbox_destinations().unwrap_or_default();
-        for d in destinations {
-            self.wake_destination(&d);
-        }
+        let hs = self.clone();
+        tokio::spawn(async move {
+            let destinations = hs.db(|s| s.outbox_destinations()).await.unwrap_or_default();
+            for d in destinations {
+                hs.wake_destination(&d);
+            }
+        });
     }
 
     /// `destination` just talked to us, so it is up: its task sends now, backoff or not.

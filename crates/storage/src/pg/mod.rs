@@ -294,10 +294,22 @@ pub struct PostgresStore {
 
 /// Maps a driver error to a storage error (a unique-constraint violation is a conflict).
 pub(crate) fn backend(e: postgres::Error) -> StorageError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+    // Any constraint, as SQLite's backend maps them: a row that exists, or one that refers to
+    // a row that does not.
+    let constraint = [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::FOREIGN_KEY_VIOLATION,
+        SqlState::NOT_NULL_VIOLATION,
+        SqlState::CHECK_VIOLATION,
+    ];
+    if e.code().is_some_and(|code| constraint.contains(code)) {
         return StorageError::Conflict;
     }
-    StorageError::Backend(e.to_string())
+    // The driver's Display says only "db error"; the server's message is in the details.
+    match e.as_db_error() {
+        Some(db) => StorageError::Backend(format!("{}: {}", db.severity(), db.message())),
+        None => StorageError::Backend(e.to_string()),
+    }
 }
 
 impl PostgresStore {
@@ -327,11 +339,21 @@ impl PostgresStore {
         MIGRATIONS.len() as i64
     }
 
-    /// Synapse refuses a database that is not UTF-8, or whose collation is not `C` (text sorts
-    /// and compares differently otherwise, and an upgrade of the OS's locale data can corrupt
-    /// indexes), unless `allow_unsafe_locale` is set.
+    /// Synapse's checks, with its messages: PostgreSQL 14 or newer, a UTF-8 database, and
+    /// `C` collation and ctype (text sorts and compares byte-wise, and an upgrade of the OS's
+    /// locale data cannot corrupt indexes) unless `allow_unsafe_locale` is set.
     fn check_database(&self, allow_unsafe_locale: bool) -> Result<()> {
+        let setup = |message: String| {
+            StorageError::Backend(format!(
+                "{message}\nSee Synapse's docs/postgres.md for more information. You can override this check by \
+                 setting 'allow_unsafe_locale' to true in the database config."
+            ))
+        };
         self.read(|db| {
+            let version: i32 = db.one("SELECT current_setting('server_version_num')::INTEGER", &[])?.get(0);
+            if version < 140000 {
+                return Err(StorageError::Backend("Myelin requires PostgreSQL 14 or above.".into()));
+            }
             let row = db.one(
                 "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database
                  WHERE datname = current_database()",
@@ -343,19 +365,14 @@ impl PostgresStore {
                     "Database has incorrect encoding: '{encoding}' instead of 'UTF8'"
                 )));
             }
-            if !allow_unsafe_locale {
-                if collate != "C" {
-                    return Err(StorageError::Backend(format!(
-                        "Database has incorrect collation of '{collate}'. Should be 'C' \
-                         (or set allow_unsafe_locale: true under database: args:)"
-                    )));
+            if collate != "C" {
+                tracing::warn!("Database has incorrect collation of '{collate}'. Should be 'C'");
+                if !allow_unsafe_locale {
+                    return Err(setup(format!("Database has incorrect collation of '{collate}'. Should be 'C'")));
                 }
-                if ctype != "C" {
-                    return Err(StorageError::Backend(format!(
-                        "Database has incorrect ctype of '{ctype}'. Should be 'C' \
-                         (or set allow_unsafe_locale: true under database: args:)"
-                    )));
-                }
+            }
+            if ctype != "C" && !allow_unsafe_locale {
+                return Err(setup(format!("Database has incorrect ctype of '{ctype}'. Should be 'C'")));
             }
             Ok(())
         })
@@ -435,7 +452,8 @@ impl PostgresStore {
             Ok(tx) => tx,
             Err(e) => return failed(&e),
         };
-        if let Err(e) = (Db { client: &mut tx, statements: &mut *statements }).exec("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        if let Err(e) = (Db { client: &mut tx, statements: &mut *statements })
+            .exec("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         {
             return failed(&e);
         }

@@ -1,2 +1,224 @@
-//! (being written)
-#![allow(unused_imports)] use super::*;
+//! Accounts, devices, tokens, profiles (`UserStore`).
+//!
+//! Unlike the SQLite store, nothing here is cached: other processes share the database, and a
+//! logout or deactivation there must take effect here on the next request.
+
+use super::keys::delete_device_crypto;
+use super::*;
+
+pub(super) const USER_COLUMNS: &str =
+    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+
+/// A [`UserRow`] from a row selected as [`USER_COLUMNS`].
+pub(super) fn user_from_row(r: &Row) -> UserRow {
+    UserRow {
+        user_id: r.get(0),
+        password_hash: r.get(1),
+        is_admin: r.get(2),
+        is_guest: r.get(3),
+        deactivated: r.get(4),
+        shadow_banned: r.get(5),
+        creation_ts: r.get(6),
+    }
+}
+
+impl UserStore for PostgresStore {
+    fn create_user(&self, u: &UserRow, displayname: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            // A taken ID is a unique violation, which `backend` reports as `Conflict`.
+            tx.exec(
+                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                &[
+                    &u.user_id,
+                    &u.password_hash,
+                    &u.is_admin,
+                    &u.is_guest,
+                    &u.deactivated,
+                    &u.shadow_banned,
+                    &u.creation_ts,
+                ],
+            )?;
+            tx.exec("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", &[&u.user_id, &displayname])?;
+            Ok(())
+        })
+    }
+
+    fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
+        self.read(|db| {
+            Ok(db
+                .opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"), &[&user_id])?
+                .map(|r| user_from_row(&r)))
+        })
+    }
+
+    fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>> {
+        self.read(|db| {
+            // `lower` finds the candidates through the `users_lower` index; it folds only ASCII
+            // under the `C` ctype, but may fold more under another locale (`allow_unsafe_locale`),
+            // so the ASCII comparison decides. Of IDs differing only in case, SQLite returns the
+            // first registered: the oldest here, then by ID.
+            let rows = db.rows(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE lower(user_id) = lower($1) ORDER BY creation_ts, user_id"
+                ),
+                &[&user_id],
+            )?;
+            Ok(rows.iter().map(user_from_row).find(|u| u.user_id.eq_ignore_ascii_case(user_id)))
+        })
+    }
+
+    fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("UPDATE users SET password_hash = $2 WHERE user_id = $1", &[&user_id, &hash])?;
+            Ok(())
+        })
+    }
+
+    fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
+        let column = match flag {
+            UserFlag::Admin => "is_admin",
+            UserFlag::Deactivated => "deactivated",
+            UserFlag::ShadowBanned => "shadow_banned",
+        };
+        self.write(|tx| {
+            tx.exec(&format!("UPDATE users SET {column} = $2 WHERE user_id = $1"), &[&user_id, &value])?;
+            Ok(())
+        })
+    }
+
+    fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            // A login without a display name keeps the one the device has.
+            tx.exec(
+                "INSERT INTO devices (user_id, device_id, display_name) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET
+                   display_name = coalesce(EXCLUDED.display_name, devices.display_name)",
+                &[&user_id, &device_id, &name],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices
+                 WHERE user_id = $1 ORDER BY device_id",
+                &[&user_id],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| DeviceRow {
+                    device_id: r.get(0),
+                    display_name: r.get(1),
+                    last_seen_ts: r.get(2),
+                    last_seen_ip: r.get(3),
+                    last_seen_user_agent: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.exec(
+                "UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2",
+                &[&user_id, &device_id, &name],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool> {
+        self.write(|tx| {
+            // Tokens first: they reference the device.
+            tx.exec("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2", &[&user_id, &device_id])?;
+            let n = tx.exec("DELETE FROM devices WHERE user_id = $1 AND device_id = $2", &[&user_id, &device_id])?;
+            delete_device_crypto(tx, user_id, Some(device_id), None)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO access_tokens (token, user_id, device_id) VALUES ($1, $2, $3)",
+                &[&token, &user_id, &device_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
+        self.read(|db| {
+            Ok(db
+                .opt("SELECT user_id, device_id FROM access_tokens WHERE token = $1", &[&token])?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, user_agent: &str, ts: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4, last_seen_user_agent = $5
+                 WHERE user_id = $1 AND device_id = $2",
+                &[&user_id, &device_id, &ts, &ip, &user_agent],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_access_token(&self, token: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("DELETE FROM access_tokens WHERE token = $1", &[&token])?;
+            Ok(())
+        })
+    }
+
+    fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+        // No device has an empty ID, so "" keeps none.
+        let keep = keep.unwrap_or("");
+        self.write(|tx| {
+            tx.exec("DELETE FROM access_tokens WHERE user_id = $1 AND device_id != $2", &[&user_id, &keep])?;
+            tx.exec("DELETE FROM devices WHERE user_id = $1 AND device_id != $2", &[&user_id, &keep])?;
+            delete_device_crypto(tx, user_id, None, Some(keep))
+        })
+    }
+
+    fn get_ratelimit_override(&self, user_id: &str) -> Result<Option<(Option<f64>, Option<i64>)>> {
+        self.read(|db| {
+            Ok(db
+                .opt("SELECT messages_per_second, burst_count FROM ratelimit_override WHERE user_id = $1", &[&user_id])?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>> {
+        self.read(|db| {
+            Ok(db
+                .opt("SELECT displayname, avatar_url FROM profiles WHERE user_id = $1", &[&user_id])?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>) -> Result<()> {
+        let column = match field {
+            ProfileField::DisplayName => "displayname",
+            ProfileField::AvatarUrl => "avatar_url",
+        };
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO profiles (user_id, {column}) VALUES ($1, $2)
+                     ON CONFLICT (user_id) DO UPDATE SET {column} = EXCLUDED.{column}"
+                ),
+                &[&user_id, &value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn count_users(&self) -> Result<i64> {
+        self.read(|db| Ok(db.one("SELECT count(*) FROM users", &[])?.get(0)))
+    }
+}

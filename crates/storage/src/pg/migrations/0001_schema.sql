@@ -200,7 +200,9 @@ CREATE TABLE device_list_changes (
 );
 CREATE INDEX device_list_changes_by_position ON device_list_changes (stream_ordering);
 
+-- `id` orders a position's messages as they were queued.
 CREATE TABLE to_device_messages (
+    id BIGSERIAL NOT NULL,
     stream_ordering BIGINT NOT NULL,
     user_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
