@@ -75,6 +75,11 @@ pub fn database_section() -> String {
     if std::env::var("MYELIN_TEST_BACKEND").as_deref() != Ok("postgres") {
         return "database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n".into();
     }
+    postgres_database_section()
+}
+
+/// A `database:` section naming a new database of its own on the test PostgreSQL cluster.
+pub fn postgres_database_section() -> String {
     let settings = test_postgres_settings();
     let value =
         |key: &str| settings.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
@@ -202,6 +207,21 @@ impl Server {
 
     /// As [`Server::start_in_env`], with extra environment variables.
     pub async fn start_in_with_env(dir: tempfile::TempDir, with_python_env: bool, env: &[(&str, &str)]) -> Server {
+        Self::start_process(dir, with_python_env, env, &[]).await
+    }
+
+    /// Starts on `dir`'s homeserver.yaml plus more config files read after it (`-c` again, as
+    /// a worker process is started: `-c homeserver.yaml -c worker.yaml`).
+    pub async fn start_in_with_configs(dir: tempfile::TempDir, more_configs: &[PathBuf]) -> Server {
+        Self::start_process(dir, true, &[], more_configs).await
+    }
+
+    async fn start_process(
+        dir: tempfile::TempDir,
+        with_python_env: bool,
+        env: &[(&str, &str)],
+        more_configs: &[PathBuf],
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.envs(env.iter().copied());
         if with_python_env {
@@ -209,9 +229,11 @@ impl Server {
         } else {
             cmd.env_remove("VIRTUAL_ENV").env_remove("PYTHONPATH");
         }
+        cmd.arg("-c").arg(dir.path().join("homeserver.yaml"));
+        for config in more_configs {
+            cmd.arg("-c").arg(config);
+        }
         let mut child = cmd
-            .arg("-c")
-            .arg(dir.path().join("homeserver.yaml"))
             .env("MYELIN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

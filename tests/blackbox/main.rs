@@ -27,3 +27,4 @@ mod spec_shapes; // responses against the spec's schemas
 mod synapse_federation; // Myelin and a real Synapse federating
 mod sync; // /sync
 mod visibility; // history visibility on every read path, against Synapse
+mod workers; // several processes on one PostgreSQL database

@@ -236,12 +236,55 @@ pub struct Config {
     pub rate_limits: crate::ratelimit::RateLimitSettings,
     /// `password_config`.
     pub password: PasswordConfig,
+    /// Which process of the deployment this is, and what it runs.
+    pub instance: InstanceSettings,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
 
+/// The main process's instance name, as Synapse calls it.
+pub const MAIN_INSTANCE: &str = "master";
+
+/// Synapse's worker keys: which process this is (`worker_name`, `master` for the main one) and
+/// which processes run the work only one may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSettings {
+    /// `worker_name`, or [`MAIN_INSTANCE`].
+    pub name: String,
+    /// `federation_sender_instances` (default: the main process): the processes that send to
+    /// other servers, each owning the destinations that hash to it.
+    pub federation_senders: Vec<String>,
+    /// `run_background_tasks_on` (default: the main process): push notifications and cleanup.
+    pub background_tasks: String,
+}
+
+impl InstanceSettings {
+    /// Whether this process sends federation traffic to `destination` (destinations are shared
+    /// out among the senders by a stable hash of the name, as Synapse shards them).
+    pub fn sends_to(&self, destination: &str) -> bool {
+        let Some(me) = self.federation_senders.iter().position(|n| *n == self.name) else { return false };
+        // FNV-1a: stable across processes and builds, unlike std's hasher.
+        let hash = destination
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        (hash % self.federation_senders.len() as u64) as usize == me
+    }
+
+    /// Whether this process runs the background jobs.
+    pub fn runs_background_tasks(&self) -> bool {
+        self.background_tasks == self.name
+    }
+}
+
 /// Top-level keys Myelin reads. Others are warned about.
 const KNOWN_KEYS: &[&str] = &[
+    "worker_name",
+    "worker_app",
+    "worker_listeners",
+    "instance_map",
+    "stream_writers",
+    "federation_sender_instances",
+    "run_background_tasks_on",
     "server_name",
     "public_baseurl",
     "listeners",
@@ -315,6 +358,72 @@ impl<'a> Walker<'a> {
             Some(_) => Err(self.err(key, type_name_error("a boolean"))),
         }
     }
+}
+
+fn parse_yaml_mapping(text: &str) -> Result<Map<String, Value>, ConfigError> {
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
+        path: vec![],
+        lines: vec![format!("Invalid YAML: {e}")],
+        raw: false,
+    })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        _ => Err(ConfigError::at(&[], "expected a mapping at the top level")),
+    }
+}
+
+/// The worker keys. `worker_app` is accepted and ignored (every Myelin process can serve every
+/// request); `instance_map` and `stream_writers` are accepted (Myelin's processes reach each
+/// other through the database, and every process may write every stream).
+fn parse_instance(
+    w: &Walker<'_>,
+    database: &Database,
+) -> Result<(InstanceSettings, Option<Vec<Listener>>), ConfigError> {
+    let name = w.string("worker_name")?;
+    let _ = w.string("worker_app")?;
+    for key in ["instance_map", "stream_writers"] {
+        match w.root.get(key) {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => return Err(w.err(key, "expected a mapping")),
+        }
+    }
+    let federation_senders = match w.root.get("federation_sender_instances") {
+        None | Some(Value::Null) => vec![MAIN_INSTANCE.to_owned()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    ConfigError::at(&["federation_sender_instances".into(), format!("<item {i}>")], "expected a string")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(w.err("federation_sender_instances", "expected a list")),
+    };
+    let background_tasks = w.string("run_background_tasks_on")?.unwrap_or_else(|| MAIN_INSTANCE.to_owned());
+    let worker_listeners = match (&name, w.root.get("worker_listeners")) {
+        (Some(_), Some(value)) if !value.is_null() => Some(parse_listeners(Some(value)).map_err(|mut e| {
+            if e.path.first().is_some_and(|p| p == "listeners") {
+                e.path[0] = "worker_listeners".into();
+            }
+            e
+        })?),
+        _ => None,
+    };
+    if name.is_some() && matches!(database, Database::Sqlite(_)) {
+        return Err(w.err(
+            "worker_name",
+            "several processes need a shared PostgreSQL database (database: name: psycopg2); \
+             SQLite serves one process",
+        ));
+    }
+    let instance = InstanceSettings {
+        name: name.unwrap_or_else(|| MAIN_INSTANCE.to_owned()),
+        federation_senders,
+        background_tasks,
+    };
+    Ok((instance, worker_listeners))
 }
 
 /// The `database:` section: which backend, and how to reach it.
@@ -434,27 +543,36 @@ impl Config {
     /// Reads and validates a config file. Relative paths in it are relative to its directory.
     /// Runs every module's `parse_config`, as Synapse does at config load.
     pub fn load(path: &Path, natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: vec![],
-            lines: vec![format!("Could not read config file {}: {e}", path.display())],
-            raw: false,
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, &base, natives)
+        Self::load_all(&[path.to_path_buf()], natives)
+    }
+
+    /// Reads several config files as one, as Synapse does with several `-c`: the top-level
+    /// keys of a later file replace the same keys of earlier ones (a worker's file on top of the
+    /// shared homeserver.yaml). Relative paths are relative to the first file's directory.
+    pub fn load_all(paths: &[PathBuf], natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
+        let mut root = Map::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                path: vec![],
+                lines: vec![format!("Could not read config file {}: {e}", path.display())],
+                raw: false,
+            })?;
+            root.extend(parse_yaml_mapping(&text)?);
+        }
+        let base = paths.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+        Self::from_root(root, &base, natives)
     }
 
     /// Validates config text; `base` anchors relative paths.
     pub fn parse(text: &str, base: &Path, natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
-        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
-            path: vec![],
-            lines: vec![format!("Invalid YAML: {e}")],
-            raw: false,
-        })?;
-        let root = match value {
-            Value::Object(m) => m,
-            Value::Null => Map::new(),
-            _ => return Err(ConfigError::at(&[], "expected a mapping at the top level")),
-        };
+        Self::from_root(parse_yaml_mapping(text)?, base, natives)
+    }
+
+    fn from_root(
+        root: Map<String, Value>,
+        base: &Path,
+        natives: &NativeModules,
+    ) -> Result<(Config, Vec<LoadedModule>), ConfigError> {
         let w = Walker { path: vec![], root: &root };
         let mut warnings = Vec::new();
         for key in root.keys() {
@@ -499,6 +617,8 @@ impl Config {
         };
 
         let database = parse_database(root.get("database"), &resolve)?;
+        let (instance, worker_listeners) = parse_instance(&w, &database)?;
+        let listeners = worker_listeners.unwrap_or(listeners);
 
         let signing_key_path =
             resolve(w.string("signing_key_path")?.unwrap_or_else(|| format!("{server_name}.signing.key")));
@@ -646,6 +766,7 @@ impl Config {
             public_baseurl,
             listeners,
             database,
+            instance,
             signing_key_path,
             media_store_path,
             max_upload_size,

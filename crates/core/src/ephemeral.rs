@@ -247,15 +247,8 @@ impl Homeserver {
         } else {
             None
         };
-        {
-            let mut all = self.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = all.entry(room.clone()).or_default();
-            match deadline {
-                Some(d) => entry.users.insert(user_id.to_owned(), d),
-                None => entry.users.remove(user_id),
-            };
-            entry.position = pos;
-        }
+        self.record_typing(room.clone(), user_id, pos, deadline);
+        self.publish_typing(&room, user_id, pos, deadline);
         self.advance_stream(pos);
         if let Some(deadline) = deadline {
             // Stop the notification at its deadline unless it was renewed or ended meanwhile.
@@ -281,10 +274,37 @@ impl Homeserver {
                         t.position = pos;
                     }
                 }
+                hs.publish_typing(&room, &user, pos, None);
                 hs.advance_stream(pos);
             });
         }
         Ok(())
+    }
+
+    fn record_typing(&self, room: OwnedRoomId, user_id: &str, pos: i64, deadline: Option<tokio::time::Instant>) {
+        let mut all = self.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = all.entry(room).or_default();
+        match deadline {
+            Some(d) => entry.users.insert(user_id.to_owned(), d),
+            None => entry.users.remove(user_id),
+        };
+        entry.position = pos;
+    }
+
+    /// Typing lives in memory only: the deployment's other processes are told (see `bus`).
+    fn publish_typing(&self, room: &OwnedRoomId, user_id: &str, pos: i64, deadline: Option<tokio::time::Instant>) {
+        if self.has_bus() {
+            let timeout = deadline.map_or("-".to_owned(), |d| {
+                d.saturating_duration_since(tokio::time::Instant::now()).as_millis().to_string()
+            });
+            self.publish(format!("typing {room} {user_id} {pos} {timeout}"));
+        }
+    }
+
+    /// Typing started (`timeout`) or stopped (`None`) on another process; that process also
+    /// announces the end, so nothing expires here (an entry past its deadline is not shown).
+    pub(crate) fn typing_elsewhere(&self, room: OwnedRoomId, user_id: &str, pos: i64, timeout: Option<Duration>) {
+        self.record_typing(room, user_id, pos, timeout.map(|t| tokio::time::Instant::now() + t));
     }
 
     /// The `m.typing` event of each room in `rooms` whose typing changed after `since` (every

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod bus;
 pub mod config;
 mod directory;
 mod ephemeral;

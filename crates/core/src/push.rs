@@ -109,8 +109,23 @@ impl Homeserver {
         self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), Arc::new(rules.clone()));
         // Counts made under the old rules start again.
         self.push.unread.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user.as_str());
+        if self.has_bus() {
+            self.publish(format!("push_rules {user}"));
+        }
         self.advance_stream(pos);
         Ok(())
+    }
+
+    /// Another process changed the user's rules.
+    pub(crate) fn forget_push_rules(&self, user: &str) {
+        self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).retain(|u, _| u.as_str() != user);
+        self.push.unread.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| u != user);
+    }
+
+    /// [`Homeserver::forget_push_rules`] for everyone.
+    pub(crate) fn forget_all_push_rules(&self) {
+        self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.push.unread.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// `GET /pushrules/`.

@@ -97,8 +97,17 @@ impl Homeserver {
         Ok(stored)
     }
 
-    /// Forgets the cached pushers (one was added, changed or removed).
+    /// Forgets the cached pushers (one was added, changed or removed), here and in the
+    /// deployment's other processes.
     pub(crate) fn pushers_changed(&self) {
+        self.pushers_changed_here();
+        if self.has_bus() {
+            self.publish("pushers".into());
+        }
+    }
+
+    /// Forgets this process's cached pushers.
+    pub(crate) fn pushers_changed_here(&self) {
         *self.push.pushers.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

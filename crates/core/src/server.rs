@@ -48,6 +48,8 @@ pub struct Homeserver {
     pub(crate) federation: crate::federation::FederationState,
     /// The `rc_*` rate limits' buckets (see `ratelimit`); the only copy of the counts.
     pub(crate) limiters: crate::ratelimit::Limiters,
+    /// The bus to the deployment's other processes, if any (see `bus`).
+    pub(crate) bus: crate::bus::BusState,
 }
 
 impl Homeserver {
@@ -65,6 +67,7 @@ impl Homeserver {
             .map_err(|e| Error::internal(format!("federation client: {e}")))?;
         Ok(Arc::new(Homeserver {
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
+            bus: Default::default(),
             federation: crate::federation::FederationState {
                 client: federation,
                 key_fetch_failures: Default::default(),
@@ -121,8 +124,17 @@ impl Homeserver {
             .map_err(Error::from)
     }
 
-    /// Announces a new stream position to long-polling syncs.
+    /// Announces a new stream position to long-polling syncs, here and in the deployment's
+    /// other processes.
     pub(crate) fn advance_stream(&self, position: i64) {
+        if self.advance_local_stream(position) && self.has_bus() {
+            self.publish(format!("stream {position}"));
+        }
+    }
+
+    /// Announces a stream position to this process's long-polling syncs; false if it was not
+    /// new here.
+    pub(crate) fn advance_local_stream(&self, position: i64) -> bool {
         self.sync.stream.send_if_modified(|current| {
             if position > *current {
                 *current = position;
@@ -130,7 +142,7 @@ impl Homeserver {
             } else {
                 false
             }
-        });
+        })
     }
 
     /// Starts shutting down: long-polling requests are answered now with what they have.

@@ -712,6 +712,22 @@ impl SyncCache {
         entry.1 = entry.1.max(position.unwrap_or(current));
     }
 
+    /// Another process wrote an event of `room` at `position`.
+    pub(crate) fn written_elsewhere(&self, room: &str, position: i64) {
+        let started_at = self.started_at;
+        let mut inner = self.lock();
+        let entry = inner.changes.entry(room.to_owned()).or_insert((0, started_at));
+        entry.1 = entry.1.max(position);
+    }
+
+    /// Drops every section (messages from other processes may have been missed).
+    pub(crate) fn forget_all(&self) {
+        let mut inner = self.lock();
+        // Sections built from now on read storage as it is, so dropping these is enough.
+        inner.sections.clear();
+        inner.bytes = 0;
+    }
+
     /// The stream position of the room's last change this process knows of (`i64::MAX` while
     /// one is being written; `started_at` for rooms it has not written).
     pub(crate) fn changed_at(&self, room: &str) -> i64 {

@@ -25,9 +25,11 @@ pub use myelin_core::modules::NativeModule as Module;
 #[derive(Parser)]
 #[command(name = "myelin", version, about = "A Matrix homeserver with Synapse's module system")]
 struct Cli {
-    /// Path to homeserver.yaml (default: ./homeserver.yaml, generated on first run).
+    /// Path to homeserver.yaml (default: ./homeserver.yaml, generated on first run). Given
+    /// several times, the files are read as one, later top-level keys winning (a worker's file
+    /// after the shared one).
     #[arg(short = 'c', long = "config-path", global = true)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -78,7 +80,7 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
     let default_path = PathBuf::from("homeserver.yaml");
     match cli.command.unwrap_or(Command::Serve) {
         Command::GenerateConfig { server_name, data_dir } => {
-            let path = cli.config.unwrap_or(default_path);
+            let path = cli.config.into_iter().next().unwrap_or(default_path);
             match write_new_config(&path, &server_name, &data_dir) {
                 Ok(()) => {
                     println!("Wrote {}", path.display());
@@ -91,21 +93,22 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
             }
         }
         Command::CheckConfig => {
-            let path = cli.config.unwrap_or(default_path);
-            match load_config(&path, &natives) {
+            let paths = if cli.config.is_empty() { vec![default_path] } else { cli.config };
+            match load_config(&paths, &natives) {
                 Ok((config, _)) => {
                     for w in &config.warnings {
                         eprintln!("warning: {w}");
                     }
-                    println!("Config is valid: {}", path.display());
+                    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                    println!("Config is valid: {}", shown.join(", "));
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
             }
         }
         Command::RegisterUser { user, password, admin } => {
-            let path = cli.config.unwrap_or(default_path);
-            let (config, _) = match load_config(&path, &natives) {
+            let paths = if cli.config.is_empty() { vec![default_path] } else { cli.config };
+            let (config, _) = match load_config(&paths, &natives) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -131,20 +134,19 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
             })
         }
         Command::Serve => {
-            let path = match cli.config {
-                Some(p) => p,
-                None => {
-                    if !default_path.exists() {
-                        if let Err(e) = write_new_config(&default_path, "localhost", "data") {
-                            eprintln!("{e}");
-                            return ExitCode::FAILURE;
-                        }
-                        eprintln!("Generated {} for server_name 'localhost'", default_path.display());
+            let paths = if cli.config.is_empty() {
+                if !default_path.exists() {
+                    if let Err(e) = write_new_config(&default_path, "localhost", "data") {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
                     }
-                    default_path
+                    eprintln!("Generated {} for server_name 'localhost'", default_path.display());
                 }
+                vec![default_path]
+            } else {
+                cli.config
             };
-            let (config, modules) = match load_config(&path, &natives) {
+            let (config, modules) = match load_config(&paths, &natives) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -190,8 +192,8 @@ fn write_new_config(path: &Path, server_name: &str, data_dir: &str) -> Result<()
 }
 
 /// Loads the config, printing Synapse's error format (a blank line, then the error) on failure.
-fn load_config(path: &Path, natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ExitCode> {
-    Config::load(path, natives).map_err(|e| {
+fn load_config(paths: &[PathBuf], natives: &NativeModules) -> Result<(Config, Vec<LoadedModule>), ExitCode> {
+    Config::load_all(paths, natives).map_err(|e| {
         eprintln!();
         eprint!("{e}");
         ExitCode::FAILURE
@@ -273,8 +275,16 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     } else {
         None
     };
+    if let Err(e) = hs.start_bus().await {
+        eprintln!("Error during startup:\nCould not listen to the other processes: {}", e.message);
+        return ExitCode::FAILURE;
+    }
     hs.start_federation_sender();
-    hs.start_push_gateway_sender();
+    // Push notifications go out from one process (`run_background_tasks_on`), or each event
+    // would be pushed once per process.
+    if hs.config.instance.runs_background_tasks() {
+        hs.start_push_gateway_sender();
+    }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
     for (listener, spec, is_tls) in bound {

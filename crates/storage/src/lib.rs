@@ -471,7 +471,7 @@ pub trait MediaStore {
     fn insert_media(&self, media: &MediaRow) -> Result<()>;
     /// A media row.
     fn get_media(&self, media_id: &str) -> Result<Option<MediaRow>>;
-    /// Removes a media row.
+    /// Removes a media row and its thumbnails.
     fn delete_media(&self, media_id: &str) -> Result<()>;
     /// `(content_type, length)` of a cached thumbnail.
     fn get_thumbnail(&self, media_id: &str, width: u32, height: u32, method: &str) -> Result<Option<(String, i64)>>;
@@ -708,7 +708,24 @@ pub trait StorageInfo {
     fn inline_calls(&self) -> bool {
         true
     }
+
+    /// Sends `message` to every other process sharing this database (PostgreSQL's `NOTIFY`);
+    /// nothing for a backend only one process uses. Messages arrive in the order published.
+    fn publish(&self, _message: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Hands every message other processes publish to `deliver`, from a thread of the store's
+    /// own (after a lost connection, [`BUS_RESYNC`] first: messages may have been missed).
+    /// False when the backend has no bus (one process only).
+    fn subscribe(&self, _deliver: Box<dyn Fn(String) + Send + 'static>) -> Result<bool> {
+        Ok(false)
+    }
 }
+
+/// What [`StorageInfo::subscribe`] delivers when messages may have been lost: a subscriber
+/// should forget what other processes may have changed.
+pub const BUS_RESYNC: &str = "resync";
 
 /// The whole storage contract a backend implements.
 pub trait Storage:

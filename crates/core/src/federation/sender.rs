@@ -55,8 +55,8 @@ impl Homeserver {
         let hs = self.clone();
         tokio::spawn(async move {
             let destinations = hs.db(|s| s.outbox_destinations()).await.unwrap_or_default();
-            for d in destinations {
-                hs.wake_destination(&d);
+            for d in destinations.iter().filter(|d| hs.config.instance.sends_to(d)) {
+                hs.wake_destination(d);
             }
         });
     }
@@ -73,7 +73,21 @@ impl Homeserver {
         }
     }
 
+    /// Wakes a destination's sender on this process, if it is the one that sends there (a
+    /// message from another process that queued rows for it).
+    pub(crate) fn wake_destination_here(&self, destination: &str) {
+        if self.config.instance.sends_to(destination) {
+            self.wake(destination, false);
+        }
+    }
+
     fn wake(&self, destination: &str, is_up: bool) {
+        // Each destination has one sending process (`federation_sender_instances`); the others
+        // tell it about the rows they queued.
+        if !self.config.instance.sends_to(destination) {
+            self.publish(format!("outbox {destination}"));
+            return;
+        }
         let Some(server) = self.federation.outbound.server.get().cloned() else { return };
         let mut map = self.federation.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(wake) = map.get(destination) {

@@ -406,6 +406,9 @@ impl Homeserver {
         };
         let position = written.as_ref().ok().map(|(stream, _)| *stream);
         self.sync.cache.written(room_id.as_str(), position, *self.sync.stream.borrow());
+        if let Some(position) = position {
+            self.room_written(room_id.as_str(), position);
+        }
         if written.is_ok() {
             if let Some((target, _)) = &checked.redaction
                 && let Ok(target) = OwnedEventId::try_from(target.as_str())

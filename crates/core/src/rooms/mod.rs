@@ -420,6 +420,35 @@ impl RoomsState {
     }
 }
 impl Homeserver {
+    /// Drops a room's cached state and extremities (another process wrote to it): read again
+    /// from storage by the next user, once any send in progress here is done with it.
+    pub(crate) fn forget_room(&self, room_id: OwnedRoomId) {
+        let entry = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).get(&room_id).cloned();
+        if let Some(entry) = entry {
+            let forgotten = entry.try_lock().map(|mut cache| *cache = None).is_ok();
+            if !forgotten {
+                tokio::spawn(async move { *entry.lock().await = None });
+            }
+        }
+    }
+
+    /// Tells the deployment's other processes that this process wrote an event of the room.
+    pub(crate) fn room_written(&self, room_id: &str, position: i64) {
+        if self.has_bus() {
+            self.publish(format!("room {room_id} {position}"));
+        }
+    }
+
+    /// [`Homeserver::forget_room`] for every room.
+    pub(crate) fn forget_all_rooms(&self) {
+        let rooms: Vec<OwnedRoomId> =
+            self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for room in rooms {
+            self.forget_room(room);
+        }
+        self.sync.cache.forget_all();
+    }
+
     pub(crate) async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {
         let entry = {
             let mut rooms = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner());

@@ -40,7 +40,9 @@ impl MediaStore for PostgresStore {
     }
 
     fn delete_media(&self, media_id: &str) -> Result<()> {
+        // Its thumbnails go with it (they refer to it).
         self.write(|tx| {
+            tx.exec("DELETE FROM media_thumbnails WHERE media_id = $1", &[&media_id])?;
             tx.exec("DELETE FROM media WHERE media_id = $1", &[&media_id])?;
             Ok(())
         })

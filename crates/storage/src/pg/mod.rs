@@ -24,6 +24,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
@@ -290,6 +291,8 @@ pub(crate) type WriteTx<'c, 'a> = Db<'a, postgres::Transaction<'c>>;
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: Pool,
+    /// This process's tag on the messages it publishes.
+    origin: String,
 }
 
 /// Maps a driver error to a storage error (a unique-constraint violation is a conflict).
@@ -318,7 +321,9 @@ impl PostgresStore {
     pub fn open(options: &PgOptions) -> Result<Self> {
         let config = options.client_config()?;
         let max = options.cp_max.max(1);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let store = PostgresStore {
+            origin: format!("{:x}-{nanos:x}", std::process::id()),
             pool: Pool {
                 config,
                 max,
@@ -473,9 +478,66 @@ impl PostgresStore {
     }
 }
 
+/// The `LISTEN`/`NOTIFY` channel the processes of one deployment talk on.
+const BUS_CHANNEL: &str = "myelin";
+
 impl StorageInfo for PostgresStore {
     fn inline_calls(&self) -> bool {
         false
+    }
+
+    fn publish(&self, message: &str) -> Result<()> {
+        // Tagged with this process's ID, so that its own messages are not delivered back to it.
+        let payload = format!("{} {message}", self.origin);
+        self.read(|db| db.exec("SELECT pg_notify($1, $2)", &[&BUS_CHANNEL, &payload]).map(drop))
+    }
+
+    fn subscribe(&self, deliver: Box<dyn Fn(String) + Send + 'static>) -> Result<bool> {
+        // A connection of its own, outside the pool: it waits for notifications all the time.
+        let mut client = self.pool.config.connect(NoTls).map_err(backend)?;
+        client.batch_execute(&format!("LISTEN {BUS_CHANNEL}")).map_err(backend)?;
+        let config = self.pool.config.clone();
+        let own = format!("{} ", self.origin);
+        std::thread::Builder::new()
+            .name("postgres-bus".into())
+            .spawn(move || {
+                loop {
+                    let mut notifications = client.notifications();
+                    let mut pending = notifications.blocking_iter();
+                    loop {
+                        match pending.next() {
+                            Ok(Some(n)) => {
+                                if !n.payload().starts_with(&own) {
+                                    let message = n.payload().split_once(' ').map_or("", |(_, m)| m);
+                                    deliver(message.to_owned());
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "lost the PostgreSQL notification connection");
+                                break;
+                            }
+                        }
+                    }
+                    drop(pending);
+                    drop(notifications);
+                    // Reconnect until it works, then tell the subscriber it may have missed some.
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                        let listening = config.connect(NoTls).and_then(|mut c| {
+                            c.batch_execute(&format!("LISTEN {BUS_CHANNEL}"))?;
+                            Ok(c)
+                        });
+                        if let Ok(c) = listening {
+                            client = c;
+                            deliver(BUS_RESYNC.to_owned());
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Backend(e.to_string()))?;
+        Ok(true)
     }
 }
 

@@ -41,8 +41,12 @@ impl MediaStore for SqliteStore {
     }
 
     fn delete_media(&self, media_id: &str) -> Result<()> {
-        self.conn().exec("DELETE FROM media WHERE media_id = ?1", [media_id]).map_err(backend)?;
-        Ok(())
+        // Its thumbnails go with it (they refer to it).
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.exec("DELETE FROM media_thumbnails WHERE media_id = ?1", [media_id]).map_err(backend)?;
+        tx.exec("DELETE FROM media WHERE media_id = ?1", [media_id]).map_err(backend)?;
+        tx.commit().map_err(backend)
     }
 
     fn get_thumbnail(&self, media_id: &str, width: u32, height: u32, method: &str) -> Result<Option<(String, i64)>> {

@@ -433,6 +433,7 @@ impl Homeserver {
         *guard = None;
         drop(guard);
         let (stream, _) = written?;
+        self.room_written(&rid, stream);
         self.advance_stream(stream);
         Ok(())
     }

@@ -404,6 +404,7 @@ impl Homeserver {
             }
         }
         drop(guard);
+        self.room_written(room_id.as_str(), stream);
         self.advance_stream(stream);
         self.wake_destinations(&destinations);
         if accepted

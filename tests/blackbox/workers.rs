@@ -1,0 +1,189 @@
+//! One homeserver as several processes on one PostgreSQL database (docs/deployment.md): a
+//! main process (`-c homeserver.yaml`) and workers (`-c homeserver.yaml -c worker.yaml`), with
+//! clients spread over them. These tests always use PostgreSQL (SQLite serves one process).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// Starts the main process and `workers` worker processes sharing one new database; the
+/// workers read the main process's signing key and media store (absolute paths in their own
+/// worker.yaml, which `-c` reads after the shared homeserver.yaml).
+async fn deployment(workers: usize) -> (Server, Vec<Server>) {
+    let shared = base_config(&postgres_database_section());
+    let main_dir = tempfile::tempdir().unwrap();
+    std::fs::write(main_dir.path().join("homeserver.yaml"), &shared).unwrap();
+    let main = Server::start_in(main_dir).await;
+    let mut started = Vec::new();
+    for i in 1..=workers {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("homeserver.yaml"), &shared).unwrap();
+        let worker_yaml = dir.path().join("worker.yaml");
+        std::fs::write(
+            &worker_yaml,
+            format!(
+                "worker_app: synapse.app.generic_worker\n\
+                 worker_name: worker{i}\n\
+                 worker_listeners:\n  - port: 0\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [client, federation]\n\
+                 signing_key_path: {key}\n\
+                 media_store_path: {media}\n",
+                key = main.dir.path().join("data/test.signing.key").display(),
+                media = main.dir.path().join("data/media").display(),
+            ),
+        )
+        .unwrap();
+        started.push(Server::start_in_with_configs(dir, &[worker_yaml]).await);
+    }
+    (main, started)
+}
+
+#[tokio::test]
+async fn a_send_on_one_process_wakes_a_long_poll_on_another() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(b.join(&bob, &room).await.0, 200, "a room made on one process is joined on another");
+    let first = b.sync(&bob, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let waiting = {
+        let since = since.clone();
+        let bob = bob.clone();
+        let base = b.base.clone();
+        tokio::spawn(async move {
+            let url = format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}");
+            let started = Instant::now();
+            let body: Value =
+                reqwest::Client::new().get(url).bearer_auth(&bob.token).send().await.unwrap().json().await.unwrap();
+            (started.elapsed(), body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, sent) = a.send_text(&alice, &room, "across processes").await;
+    assert_eq!(status, 200, "{sent}");
+    let (waited, body) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(5), "the long-poll on the other process waited {waited:?}");
+    let timeline = &body["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(
+        timeline.as_array().unwrap().iter().any(|e| e["event_id"] == sent["event_id"]),
+        "the message is in the woken sync: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_logout_on_one_process_ends_the_session_on_every_other() {
+    let (a, workers) = deployment(2).await;
+    let alice = a.register("alice").await;
+    for w in &workers {
+        assert_eq!(w.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200);
+    }
+    assert_eq!(a.post("/_matrix/client/v3/logout", Some(&alice.token), json!({})).await.0, 200);
+    for w in &workers {
+        let (status, body) = w.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+        assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "at once, on every process");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_sends_through_two_processes_make_one_sound_room_graph() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(b.join(&bob, &room).await.0, 200);
+    let sends = (0..20).map(|i| {
+        let (server, user) = if i % 2 == 0 { (&a, &alice) } else { (b, &bob) };
+        let room = room.clone();
+        async move { server.send_text(user, &room, &format!("message {i}")).await }
+    });
+    let results = futures::future::join_all(sends).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    // One more from each side after the burst: each process has caught up with the other's
+    // writes, so the room ends with one forward extremity.
+    assert_eq!(a.send_text(&alice, &room, "after, from A").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.send_text(&bob, &room, "after, from B").await.0, 200);
+
+    let rows = sql_in(
+        a.dir.path(),
+        &format!("SELECT event_id, json FROM events WHERE room_id = '{room}' ORDER BY stream_ordering"),
+    );
+    let mut depth = std::collections::HashMap::new();
+    let mut children = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let (id, ev): (&str, Value) = (&row[0], serde_json::from_str(&row[1]).unwrap());
+        let prevs: Vec<&str> = ev["prev_events"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        assert_eq!(prevs.is_empty(), i == 0, "{i} {id} {prevs:?}");
+        let d = ev["depth"].as_i64().unwrap();
+        for p in prevs {
+            let parent = *depth.get(p).unwrap_or_else(|| panic!("parent {p} of {id} stored later or missing"));
+            assert!(d > parent, "{id} at depth {d}, parent {p} at {parent}");
+            children.insert(p.to_owned());
+        }
+        depth.insert(id.to_owned(), d);
+    }
+    let last = rows.last().unwrap()[0].clone();
+    let childless: Vec<&String> = rows.iter().map(|r| &r[0]).filter(|id| !children.contains(*id)).collect();
+    assert_eq!(childless, vec![&last], "every event but the last has a child");
+    let extremities =
+        sql_in(a.dir.path(), &format!("SELECT event_id FROM forward_extremities WHERE room_id = '{room}'"));
+    assert_eq!(extremities, vec![vec![last]]);
+    // Both processes page back the same history.
+    let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
+    let (_, from_a) = a.get(&path, Some(&alice.token)).await;
+    let (_, from_b) = b.get(&path, Some(&bob.token)).await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&from_a), ids(&from_b));
+    assert_eq!(ids(&from_a).len(), rows.len());
+}
+
+#[tokio::test]
+async fn typing_on_one_process_shows_on_another() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(b.join(&bob, &room).await.0, 200);
+    let since = b.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let typing = json!({"typing": true, "timeout": 30000});
+    let path = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
+    assert_eq!(a.put(&path, Some(&alice.token), typing).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = b.sync(&bob, Some(&since), 2000).await;
+        let events = body["rooms"]["join"][&room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.user_id])) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice's typing never reached the other process");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_refuses_sqlite_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), base_config("database: {name: sqlite3}\n")).unwrap();
+    std::fs::write(dir.path().join("worker.yaml"), "worker_name: worker1\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(dir.path().join("homeserver.yaml"))
+        .arg("-c")
+        .arg(dir.path().join("worker.yaml"))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Error in configuration at 'worker_name'"), "{stderr}");
+    assert!(stderr.contains("need a shared PostgreSQL database"), "{stderr}");
+}
