@@ -187,3 +187,37 @@ async fn a_worker_refuses_sqlite_and_names_the_key() {
     assert!(stderr.contains("Error in configuration at 'worker_name'"), "{stderr}");
     assert!(stderr.contains("need a shared PostgreSQL database"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_registration_begun_on_one_process_completes_on_another() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let body = json!({"username": "carol", "password": "password"});
+    let (status, challenge) = a.post("/_matrix/client/v3/register", None, body.clone()).await;
+    assert_eq!(status, 401, "{challenge}");
+    let mut finish = body;
+    finish["auth"] = json!({"type": "m.login.dummy", "session": challenge["session"]});
+    let (status, done) = b.post("/_matrix/client/v3/register", None, finish.clone()).await;
+    assert_eq!(status, 200, "the other process knows the UIA session: {done}");
+    // The session is used up, on every process.
+    finish["username"] = json!("carol2");
+    let (status, again) = a.post("/_matrix/client/v3/register", None, finish).await;
+    assert_eq!((status, again["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{again}");
+}
+
+#[tokio::test]
+async fn an_openid_token_from_one_process_is_known_to_another() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let alice = a.register("alice").await;
+    let (status, token) = a
+        .post(&format!("/_matrix/client/v3/user/{}/openid/request_token", alice.user_id), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{token}");
+    let path =
+        format!("/_matrix/federation/v1/openid/userinfo?access_token={}", token["access_token"].as_str().unwrap());
+    let (status, info) = b.get(&path, None).await;
+    assert_eq!((status, info["sub"].as_str()), (200, Some(alice.user_id.as_str())), "{info}");
+    let (status, unknown) = b.get("/_matrix/federation/v1/openid/userinfo?access_token=nope", None).await;
+    assert_eq!((status, unknown["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{unknown}");
+}

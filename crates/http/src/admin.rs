@@ -39,7 +39,7 @@ async fn list_tokens(State(hs): State<AppState>, Auth(me): Auth) -> Result<axum:
 }
 
 async fn nonce(State(hs): State<AppState>) -> Result<axum::Json<Value>, MatrixError> {
-    Ok(axum::Json(json!({"nonce": hs.registration_nonce()?})))
+    Ok(axum::Json(json!({"nonce": hs.registration_nonce().await?})))
 }
 
 #[derive(Deserialize)]

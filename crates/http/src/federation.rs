@@ -31,6 +31,7 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
     if has("federation") {
         app = app
             .route("/_matrix/federation/v1/version", get(version))
+            .route("/_matrix/federation/v1/openid/userinfo", get(openid_userinfo))
             .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
             .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(make_join))
             .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
@@ -137,6 +138,24 @@ async fn query_server_keys(State(hs): State<AppState>, Path(server_name): Path<S
 
 async fn version() -> axum::Json<Value> {
     axum::Json(myelin_core::federation::version())
+}
+
+/// `GET /_matrix/federation/v1/openid/userinfo?access_token=`: who an OpenID token stands for.
+/// The token is the credential, so no `X-Matrix` signature is asked for (as the spec says).
+async fn openid_userinfo(State(hs): State<AppState>, uri: axum::http::Uri) -> Answer {
+    let token = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .map(percent_decoded)
+        .unwrap_or_default();
+    match hs.openid_user(&token).await? {
+        Some(user) => Ok(axum::Json(serde_json::json!({"sub": user}))),
+        None => {
+            Err(MatrixError::from(myelin_core::Error::new(ErrorKind::UnknownToken, "Access Token unknown or expired")))
+        }
+    }
 }
 
 async fn send_transaction(State(hs): State<AppState>, Path(txn_id): Path<String>, request: Signed) -> Answer {

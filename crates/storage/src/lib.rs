@@ -701,6 +701,24 @@ pub trait SearchStore {
     ) -> Result<(usize, Vec<SearchHit>)>;
 }
 
+/// Short-lived records every process of a deployment must see: UIA sessions, shared-secret
+/// registration nonces, OpenID tokens. Each is a `(kind, key)` with a text value and an expiry.
+pub trait TransientStore {
+    /// Stores `value` under `(kind, key)` until `expires_ts` (ms), replacing any earlier one;
+    /// expired records of every kind are dropped on the way.
+    fn put_transient(&self, kind: &str, key: &str, value: &str, expires_ts: i64) -> Result<()>;
+    /// The value under `(kind, key)`, unless it expired before `now` (ms).
+    fn get_transient(&self, kind: &str, key: &str, now: i64) -> Result<Option<String>>;
+    /// Removes the record and returns its value if it had not expired (single use: of two
+    /// callers taking the same record, one gets it).
+    fn take_transient(&self, kind: &str, key: &str, now: i64) -> Result<Option<String>>;
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
 /// How a backend wants to be called.
 pub trait StorageInfo {
     /// Whether calls are cheap enough to make on an async runtime worker (an embedded database
@@ -740,6 +758,7 @@ pub trait Storage:
     + EphemeralStore
     + SearchStore
     + FederationStore
+    + TransientStore
     + Send
     + Sync
     + 'static
@@ -758,6 +777,7 @@ impl<T> Storage for T where
         + EphemeralStore
         + SearchStore
         + FederationStore
+        + TransientStore
         + Send
         + Sync
         + 'static

@@ -245,6 +245,9 @@ contract! {
     presence_stored_and_ranged,
     pushers_append_and_replace,
     stream_positions_strictly_increase,
+    // Transient records
+    transient_records_expire,
+    transient_records_are_taken_once,
     // Search
     search_finds_just_written_events,
     search_skips_redacted_events,
@@ -2105,4 +2108,26 @@ fn search_skips_rejected_events(s: &dyn Storage) {
     let body = ["content.body"];
     assert_eq!(search(s, &["!r:test"], &["words"], &body, true, 0, 10), (1, strings(&["$good"])));
     assert_eq!(search(s, &["!r:test"], &["forbidden"], &body, true, 0, 10), (0, vec![]));
+}
+
+fn transient_records_expire(s: &dyn Storage) {
+    s.put_transient("uia_session", "a", "{}", 1_000).unwrap();
+    assert_eq!(s.get_transient("uia_session", "a", 999).unwrap().as_deref(), Some("{}"));
+    assert_eq!(s.get_transient("uia_session", "a", 1_000).unwrap().as_deref(), Some("{}"), "valid up to its expiry");
+    assert_eq!(s.get_transient("uia_session", "a", 1_001).unwrap(), None, "gone after it");
+    assert_eq!(s.get_transient("openid_token", "a", 0).unwrap(), None, "kinds are separate");
+    // Replacing extends it; an expired record is dropped when anything is stored.
+    s.put_transient("uia_session", "a", "{\"completed\":[]}", i64::MAX).unwrap();
+    assert_eq!(s.get_transient("uia_session", "a", 5_000).unwrap().as_deref(), Some("{\"completed\":[]}"));
+    assert_eq!(s.take_transient("uia_session", "missing", 0).unwrap(), None);
+}
+
+fn transient_records_are_taken_once(s: &dyn Storage) {
+    s.put_transient("registration_nonce", "n", "", i64::MAX).unwrap();
+    assert_eq!(s.take_transient("registration_nonce", "n", 0).unwrap().as_deref(), Some(""));
+    assert_eq!(s.take_transient("registration_nonce", "n", 0).unwrap(), None, "single use");
+    assert_eq!(s.get_transient("registration_nonce", "n", 0).unwrap(), None);
+    // An expired record cannot be taken either (and is gone afterwards).
+    s.put_transient("registration_nonce", "old", "", 10).unwrap();
+    assert_eq!(s.take_transient("registration_nonce", "old", 11).unwrap(), None);
 }

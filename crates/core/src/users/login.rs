@@ -201,15 +201,13 @@ impl Homeserver {
 
     /// `POST /user/{userId}/openid/request_token`: a token a third party can check with
     /// `/_matrix/federation/v1/openid/userinfo`; an hour long, as Synapse's.
-    pub fn openid_token(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+    pub async fn openid_token(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         if user_id != requester.user_id.as_str() {
             return Err(Error::forbidden("Cannot request tokens for other users."));
         }
         let token = random_string(32);
-        let expires = now_ms() + 3_600_000;
-        let mut tokens = self.accounts.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.retain(|_, (_, exp)| *exp > now_ms());
-        tokens.insert(token.clone(), (user_id.to_owned(), expires));
+        let (key, user) = (token.clone(), user_id.to_owned());
+        self.db(move |s| s.put_transient(super::OPENID_TOKEN, &key, &user, now_ms() + 3_600_000)).await?;
         Ok(json!({
             "access_token": token,
             "token_type": "Bearer",
@@ -218,9 +216,10 @@ impl Homeserver {
         }))
     }
 
-    /// The user an OpenID token was issued to, while it lasts.
-    pub fn openid_user(&self, token: &str) -> Option<String> {
-        let tokens = self.accounts.openid_tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get(token).filter(|(_, exp)| *exp > now_ms()).map(|(u, _)| u.clone())
+    /// The user an OpenID token was issued to, while it lasts
+    /// (`GET /_matrix/federation/v1/openid/userinfo`).
+    pub async fn openid_user(&self, token: &str) -> Result<Option<String>> {
+        let key = token.to_owned();
+        self.db(move |s| s.get_transient(super::OPENID_TOKEN, &key, now_ms())).await
     }
 }

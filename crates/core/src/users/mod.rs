@@ -31,10 +31,19 @@ pub struct RequestInfo {
 }
 
 /// A UIA session in progress.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct UiaSession {
     completed: Vec<String>,
 }
+
+/// The `TransientStore` kind of UIA sessions.
+const UIA_SESSION: &str = "uia_session";
+/// How long a UIA session lasts (Synapse's 48 hours).
+const UIA_SESSION_LIFETIME_MS: i64 = 48 * 3600 * 1000;
+/// The `TransientStore` kind of shared-secret registration nonces.
+pub(crate) const REGISTRATION_NONCE: &str = "registration_nonce";
+/// The `TransientStore` kind of OpenID tokens.
+pub(crate) const OPENID_TOKEN: &str = "openid_token";
 
 /// `POST /register`'s body.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -168,18 +177,10 @@ fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
 /// The accounts service's in-memory state (`hs.accounts`).
 #[derive(Default)]
 pub(crate) struct AccountsState {
-    /// UIA sessions in progress: session ID -> completed stage types and request info (the
-    /// only copy: several processes need them in the database).
-    pub(crate) uia_sessions: std::sync::Mutex<std::collections::HashMap<String, UiaSession>>,
-    /// Shared-secret registration nonces -> issue time (ms); single use, one minute (the only
-    /// copy).
-    pub(crate) registration_nonces: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// When each `(user, device)`'s last-seen row was last written, from which IP and user
     /// agent; held only to decide whether to write again (a cache).
     #[allow(clippy::type_complexity)]
     pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String, String)>>,
-    /// OpenID tokens -> (user, expiry ms); they last an hour (the only copy).
-    pub(crate) openid_tokens: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 impl Homeserver {
@@ -243,33 +244,47 @@ impl Homeserver {
     }
 
     /// 400 for a UIA `session` this server never issued (or forgot), as Synapse answers.
-    fn check_uia_session(&self, session: Option<&str>) -> Result<()> {
-        match session {
-            Some(id) if !self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) => {
-                Err(Error::new(ErrorKind::BadRequest, format!("Unknown session ID: {id}")))
-            }
-            _ => Ok(()),
+    /// Sessions are in the database, so any process of a deployment knows them.
+    pub(crate) async fn check_uia_session(&self, session: Option<&str>) -> Result<()> {
+        let Some(id) = session else { return Ok(()) };
+        let key = id.to_owned();
+        if self.db(move |s| s.get_transient(UIA_SESSION, &key, now_ms())).await?.is_none() {
+            return Err(Error::new(ErrorKind::BadRequest, format!("Unknown session ID: {id}")));
         }
+        Ok(())
     }
 
-    fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
-        let session = session.unwrap_or_else(|| {
-            let id = random_string(24);
-            self.accounts
-                .uia_sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), UiaSession::default());
-            id
-        });
-        let completed = self
-            .accounts
-            .uia_sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&session)
-            .map(|s| s.completed.clone())
-            .unwrap_or_default();
+    /// Ends a UIA session (its operation is done).
+    pub(crate) async fn end_uia_session(&self, session: &str) -> Result<()> {
+        let key = session.to_owned();
+        self.db(move |s| s.take_transient(UIA_SESSION, &key, now_ms())).await.map(drop)
+    }
+
+    /// The 401 that asks for `stages`, in `session` (a new one when `None`).
+    pub(crate) async fn uia_challenge(&self, stages: &[&str], session: Option<String>, error: Option<&str>) -> Error {
+        let (session, completed) = match session {
+            Some(id) => {
+                let key = id.clone();
+                let stored = self.db(move |s| s.get_transient(UIA_SESSION, &key, now_ms())).await.ok().flatten();
+                let completed: Vec<String> = stored
+                    .and_then(|v| serde_json::from_str::<UiaSession>(&v).ok())
+                    .map(|s| s.completed)
+                    .unwrap_or_default();
+                (id, completed)
+            }
+            None => {
+                let id = random_string(24);
+                let key = id.clone();
+                let value = serde_json::to_string(&UiaSession::default()).unwrap_or_default();
+                if let Err(e) = self
+                    .db(move |s| s.put_transient(UIA_SESSION, &key, &value, now_ms() + UIA_SESSION_LIFETIME_MS))
+                    .await
+                {
+                    return e;
+                }
+                (id, Vec::new())
+            }
+        };
         let mut fields = Map::new();
         fields.insert("flows".into(), json!(stages.iter().map(|s| json!({"stages": [s]})).collect::<Vec<_>>()));
         fields.insert("params".into(), json!({}));
@@ -285,12 +300,12 @@ impl Homeserver {
     /// Runs user-interactive auth for an account operation: the user's password is the one flow.
     pub(crate) async fn uia_password(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
         let Some(auth) = auth.and_then(Value::as_object) else {
-            return Err(self.uia_challenge(&["m.login.password"], None, None));
+            return Err(self.uia_challenge(&["m.login.password"], None, None).await);
         };
         let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
-        self.check_uia_session(session.as_deref())?;
+        self.check_uia_session(session.as_deref()).await?;
         if auth.get("type").and_then(Value::as_str) != Some("m.login.password") {
-            return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")));
+            return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")).await);
         }
         let user = auth
             .get("identifier")
@@ -308,7 +323,7 @@ impl Homeserver {
                 None => false,
             };
         if !ok {
-            return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")));
+            return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")).await);
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ impl Homeserver {
         }
         let auth = request.auth.as_ref().and_then(Value::as_object);
         let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
-        self.check_uia_session(session.as_deref())?;
+        self.check_uia_session(session.as_deref()).await?;
         let stage =
             if self.config.registration_requires_token { "m.login.registration_token" } else { "m.login.dummy" };
         let mut used_token = None;
@@ -43,16 +43,16 @@ impl Homeserver {
             Some(t) if t == stage => {
                 let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str).unwrap_or_default().to_owned();
                 if !self.registration_token_valid(&token).await? {
-                    return Err(self.uia_challenge(&[stage], session, Some("Invalid registration token")));
+                    return Err(self.uia_challenge(&[stage], session, Some("Invalid registration token")).await);
                 }
                 used_token = Some(token);
             }
-            Some(_) => return Err(self.uia_challenge(&[stage], session, Some("Unknown auth type"))),
-            None => return Err(self.uia_challenge(&[stage], session, None)),
+            Some(_) => return Err(self.uia_challenge(&[stage], session, Some("Unknown auth type")).await),
+            None => return Err(self.uia_challenge(&[stage], session, None).await),
         }
         self.limiters.registration.check(&info.ip)?;
         if let Some(s) = &session {
-            self.accounts.uia_sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(s);
+            self.end_uia_session(s).await?;
         }
         // Password auth providers may choose the localpart and display name (Synapse asks once
         // the user-interactive auth is complete, with its results and the request body).
@@ -278,16 +278,14 @@ impl Homeserver {
     }
 
     /// `GET /_synapse/admin/v1/register`: a single-use nonce for shared-secret registration.
-    pub fn registration_nonce(&self) -> Result<String> {
+    pub async fn registration_nonce(&self) -> Result<String> {
         if self.config.registration_shared_secret.is_none() {
             return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
         }
         let nonce = random_string(32);
-        let mut nonces = self.accounts.registration_nonces.lock().unwrap_or_else(|p| p.into_inner());
-        // Nonces live a minute, as in Synapse.
-        let now = now_ms();
-        nonces.retain(|_, issued| now - *issued < 60_000);
-        nonces.insert(nonce.clone(), now);
+        let key = nonce.clone();
+        // Nonces live a minute, as in Synapse; in the database, so any process accepts them.
+        self.db(move |s| s.put_transient(super::REGISTRATION_NONCE, &key, "", now_ms() + 60_000)).await?;
         Ok(nonce)
     }
 
@@ -306,8 +304,9 @@ impl Homeserver {
         let Some(secret) = &self.config.registration_shared_secret else {
             return Err(Error::new(ErrorKind::BadRequest, "Shared secret registration is not enabled"));
         };
-        let issued = self.accounts.registration_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(nonce);
-        if issued.is_none_or(|t| now_ms() - t >= 60_000) {
+        let key = nonce.to_owned();
+        let issued = self.db(move |s| s.take_transient(super::REGISTRATION_NONCE, &key, now_ms())).await?;
+        if issued.is_none() {
             return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
         }
         let mut hmac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Error::internal)?;

@@ -224,5 +224,5 @@ pub(super) async fn threepids(Auth(_me): Auth) -> Json {
 }
 
 pub(super) async fn openid_token(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
-    Ok(axum::Json(hs.openid_token(&me, &user_id)?))
+    Ok(axum::Json(hs.openid_token(&me, &user_id).await?))
 }

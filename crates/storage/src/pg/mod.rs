@@ -39,11 +39,13 @@ mod media;
 mod registration_tokens;
 mod rooms;
 mod search;
+mod transient;
 mod users;
 
 /// Migrations, applied in order; the schema version is the number applied. Never edit a
 /// released one: append. (PostgreSQL's list starts from the schema SQLite reached in 11 steps.)
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_schema.sql"), include_str!("migrations/0002_transient.sql")];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).
 pub const WRITE_LOCK: i64 = 0x6d79656c696e;

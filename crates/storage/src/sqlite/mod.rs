@@ -28,6 +28,7 @@ mod media;
 mod registration_tokens;
 mod rooms;
 mod search;
+mod transient;
 mod users;
 
 use keys::*;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_relations.sql"),
     include_str!("../migrations/0010_txn_by_event.sql"),
     include_str!("../migrations/0011_device_user_agent.sql"),
+    include_str!("../migrations/0012_transient.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
