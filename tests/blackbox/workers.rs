@@ -221,3 +221,58 @@ async fn an_openid_token_from_one_process_is_known_to_another() {
     let (status, unknown) = b.get("/_matrix/federation/v1/openid/userinfo?access_token=nope", None).await;
     assert_eq!((status, unknown["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{unknown}");
 }
+
+#[tokio::test]
+async fn killing_a_process_under_load_loses_no_acknowledged_event() {
+    let (a, mut workers) = deployment(1).await;
+    let b = workers.remove(0);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(b.join(&bob, &room).await.0, 200);
+    // Senders on both processes; B is killed while they run.
+    let b_base = b.base.clone();
+    let load = |base: String, user: User, room: String, label: &'static str| {
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut acked = Vec::new();
+            for i in 0..40 {
+                let url = format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{label}{i}");
+                let sent = http
+                    .put(url)
+                    .bearer_auth(&user.token)
+                    .json(&json!({"msgtype": "m.text", "body": format!("{label} {i}")}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        let body: Value = r.json().await.unwrap();
+                        acked.push(body["event_id"].as_str().unwrap().to_owned());
+                    }
+                    Ok(r) => panic!("{label} {i}: {}", r.status()),
+                    Err(_) => break, // the process is gone
+                }
+            }
+            acked
+        })
+    };
+    let on_a = load(a.base.clone(), alice.clone(), room.clone(), "a");
+    let on_b = load(b_base, bob.clone(), room.clone(), "b");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = b.pid();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let acked_a = on_a.await.unwrap();
+    let acked_b = on_b.await.unwrap();
+    assert_eq!(acked_a.len(), 40, "the surviving process carries on");
+    drop(b);
+    // Everything acknowledged by either process is in the room, as A pages it.
+    let (_, page) =
+        a.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1000"), Some(&alice.token)).await;
+    let seen: std::collections::HashSet<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    for id in acked_a.iter().chain(&acked_b) {
+        assert!(seen.contains(id.as_str()), "acknowledged {id} is missing");
+    }
+    // And A still serves the room.
+    assert_eq!(a.send_text(&alice, &room, "still here").await.0, 200);
+}
