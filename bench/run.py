@@ -579,6 +579,119 @@ async def main():
     print(out)
 
 
+def postgres_cluster():
+    """The benchmarks' own PostgreSQL cluster, with PostgreSQL's default durability (fsync on,
+    synchronous commit), shared by every server measured: returns (host, port, user)."""
+    env = {**os.environ, "MYELIN_TEST_PG_DIR": str(WORK / "postgres"), "MYELIN_PG_DURABLE": "1"}
+    out = subprocess.run([str(ROOT / "scripts" / "test-postgres.sh")], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    settings = dict(kv.split("=", 1) for kv in out)
+    return settings["host"], settings["port"], settings["user"]
+
+
+def createdb(pg, name):
+    host, port, user = pg
+    subprocess.run(["dropdb", "--if-exists", "-h", host, "-p", port, "-U", user, name], check=True)
+    subprocess.run(["createdb", "-h", host, "-p", port, "-U", user, "-T", "template0", "-E", "UTF8",
+                    "--lc-collate=C", "--lc-ctype=C", name], check=True)
+
+
+def myelin_postgres_config(d: Path, port: int, pg, dbname: str):
+    cmd = myelin_config(d, port)
+    host, pg_port, user = pg
+    text = (d / "homeserver.yaml").read_text().replace(
+        "database: {name: sqlite3, args: {database: data/homeserver.db}}",
+        f"database: {{name: psycopg2, args: {{host: {host}, port: {pg_port}, user: {user}, dbname: {dbname}, "
+        f"cp_min: 5, cp_max: 10}}}}")
+    (d / "homeserver.yaml").write_text(text)
+    return cmd
+
+
+async def postgres_send():
+    """`run.py postgres`: send throughput at 8 clients and server CPU per message, Synapse on
+    PostgreSQL (its recommended backend) against Myelin on PostgreSQL with one and two
+    processes, and Myelin on SQLite; three rounds, the servers interleaved within each."""
+    pg = postgres_cluster()
+    variants = ["synapse-postgres", "myelin-postgres", "myelin-postgres-2", "myelin-sqlite"]
+    rates = {v: [] for v in variants}
+    cpus = {v: [] for v in variants}
+    for round_ in range(3):
+        for variant in variants:
+            d = WORK / f"{variant}-{round_}"
+            shutil.rmtree(d, ignore_errors=True)
+            t = Target(variant, 28460)
+            extra = []  # further processes: (Target, command, dir)
+            if variant == "synapse-postgres":
+                createdb(pg, f"bench_synapse_{round_}")
+                cmd = synapse_config(d, t.port)
+                cfg = d / "homeserver.yaml"
+                import yaml
+
+                config = yaml.safe_load(cfg.read_text())
+                config["database"] = {"name": "psycopg2", "args": {
+                    "host": pg[0], "port": int(pg[1]), "user": pg[2], "database": f"bench_synapse_{round_}",
+                    "cp_min": 5, "cp_max": 10}}
+                cfg.write_text(yaml.safe_dump(config))
+            elif variant == "myelin-sqlite":
+                cmd = myelin_config(d, t.port)
+            else:
+                name = f"bench_{variant.replace('-', '_')}_{round_}"
+                createdb(pg, name)
+                cmd = myelin_postgres_config(d, t.port, pg, name)
+                if variant == "myelin-postgres-2":
+                    w = Target(variant + "-worker", 28461)
+                    (d / "worker.yaml").write_text(
+                        "worker_app: synapse.app.generic_worker\nworker_name: worker1\n"
+                        f"worker_listeners: [{{port: {w.port}, bind_addresses: ['127.0.0.1'], resources: [{{names: [client]}}]}}]\n")
+                    extra.append((w, cmd + ["-c", str(d / "worker.yaml")]))
+            log = open(WORK / f"{variant}.log", "w")
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                await t.wait_ready(session, time.monotonic())
+                for w, wcmd in extra:
+                    w.proc = subprocess.Popen(wcmd, stdout=log, stderr=log, cwd=d)
+                    await w.wait_ready(session, time.monotonic())
+                if variant.startswith("synapse"):
+                    await asyncio.sleep(5)  # background updates of a new database
+                users, room = await module_room(session, t)
+                procs = [t] + [w for w, _ in extra]
+                total = 300 if variant.startswith("synapse") else (1600 if QUICK else 6000)
+
+                async def run(total):
+                    # Clients split evenly over the processes; each process's share through a
+                    # load generator of its own, all at once.
+                    share = 8 // len(procs)
+                    cpu0 = [cpu_seconds(p.proc.pid) for p in procs]
+                    runs = []
+                    for i, p in enumerate(procs):
+                        tokens = [u["access_token"] for u in users[i * share:(i + 1) * share]]
+                        runs.append(await asyncio.create_subprocess_exec(
+                            str(LOADGEN), p.base, room, str(share), str(total // len(procs)), *tokens,
+                            stdout=subprocess.PIPE))
+                    outs = [json.loads((await r.communicate())[0]) for r in runs]
+                    cpu = sum(cpu_seconds(p.proc.pid) - c for p, c in zip(procs, cpu0))
+                    sent = sum(o["sent"] for o in outs)
+                    return sent / max(o["seconds"] for o in outs), cpu / sent
+
+                await run(total // 10)  # warm-up
+                rate, cpu = await run(total)
+                rates[variant].append(rate)
+                cpus[variant].append(cpu)
+            for w, _ in extra:
+                w.stop()
+            t.stop()
+    med = {v: statistics.median(rates[v]) for v in variants}
+    cpu = {v: statistics.median(cpus[v]) for v in variants}
+    syn = med["synapse-postgres"]
+    out = ("Send at 8 clients on PostgreSQL (one durable cluster shared by all; median of 3 interleaved rounds):\n\n"
+           "| server | msg/s | vs Synapse | server CPU per message | runs (msg/s) |\n|---|---:|---:|---:|---|\n")
+    for v in variants:
+        out += (f"| {v} | {med[v]:,.1f} | {med[v] / syn:,.1f}x | {cpu[v] * 1000:.3f} ms | "
+                f"{', '.join(f'{r:,.1f}' for r in rates[v])} |\n")
+    (WORK / "postgres.md").write_text(out)
+    print(out)
+
+
 async def limits_only():
     """`run.py limits`: just the rate-limiter table."""
     medians, rates = await limiter_overhead()
@@ -587,5 +700,5 @@ async def limits_only():
 
 
 if __name__ == "__main__":
-    mode = {"modules": modules_only, "limits": limits_only}.get(sys.argv[1] if sys.argv[1:] else "", main)
+    mode = {"modules": modules_only, "limits": limits_only, "postgres": postgres_send}.get(sys.argv[1] if sys.argv[1:] else "", main)
     asyncio.run(mode())

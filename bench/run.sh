@@ -11,7 +11,8 @@ mkdir -p bench/work
 if [ ! -x bench/work/synapse-venv/bin/python ]; then
   python3 -m venv bench/work/synapse-venv
 fi
-bench/work/synapse-venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.163.2" "aiohttp==3.14.5"
+# With its PostgreSQL driver (psycopg2 builds against Debian's libpq-dev).
+bench/work/synapse-venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse[postgres]==1.163.2" "aiohttp==3.14.5"
 # Python modules loaded into Myelin (Twisted, the real synapse-http-antispam) live in the
 # test venv, as in the test suite.
 if [ ! -x tests/clients/.venv/bin/python ]; then
@@ -21,6 +22,8 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-http-antispam==0.5.1
 cargo build --release --locked -p myelin -p myelin-loadgen
 bench/work/synapse-venv/bin/python bench/run.py
+# Synapse and Myelin on one PostgreSQL (Myelin with one and two processes), and Myelin on SQLite.
+bench/work/synapse-venv/bin/python bench/run.py postgres
 # Federation: a Myelin and a Synapse user joining a Synapse-hosted room of 1,000 members.
 bench/work/synapse-venv/bin/python bench/federation_join.py
 cargo bench --locked -p myelin-core --bench dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^(user_may|check_event|rate limit)|time:" | tee bench/work/dispatch.txt

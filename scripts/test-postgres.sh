@@ -6,7 +6,7 @@
 #   scripts/test-postgres.sh stop     stop it and delete its files
 #
 # The cluster lives in $MYELIN_TEST_PG_DIR (default /tmp/myelin-test-pg), listens on 127.0.0.1
-# only, trusts local connections, and runs with fsync off: it holds test data only. Needs
+# only, trusts local connections, and runs with fsync off (unless MYELIN_PG_DURABLE=1). Needs
 # Debian's `postgresql` package (initdb and pg_ctl under /usr/lib/postgresql/*/bin); as root,
 # the server runs as the package's `postgres` user, since PostgreSQL refuses to run as root.
 set -euo pipefail
@@ -41,8 +41,12 @@ fi
 rm -rf "$dir/data"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --locale=C >"$dir/initdb.log" 2>&1
-as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
-    "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=1000 -c shared_buffers=256MB" \
-    start >/dev/null 9>&-
+# Test data only, so durability is off; MYELIN_PG_DURABLE=1 keeps PostgreSQL's defaults (the
+# benchmarks' cluster: both servers measured on it commit as in production).
+opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=1000 -c shared_buffers=256MB"
+if [ "${MYELIN_PG_DURABLE:-0}" != 1 ]; then
+    opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+fi
+as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "$opts" start >/dev/null 9>&-
 echo "$port" >"$dir/port"
 echo "host=127.0.0.1 port=$port user=postgres"

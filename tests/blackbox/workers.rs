@@ -276,3 +276,31 @@ async fn killing_a_process_under_load_loses_no_acknowledged_event() {
     // And A still serves the room.
     assert_eq!(a.send_text(&alice, &room, "still here").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_send_retried_on_another_process_gets_the_first_event() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let alice = a.register("alice").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    for round in 0..5 {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/retry{round}");
+        let body = json!({"msgtype": "m.text", "body": "once"});
+        // At the same moment on both processes, then once more on each.
+        let (first, second) = tokio::join!(
+            a.put(&path, Some(&alice.token), body.clone()),
+            b.put(&path, Some(&alice.token), body.clone())
+        );
+        assert_eq!((first.0, second.0), (200, 200), "{} {}", first.1, second.1);
+        assert_eq!(first.1["event_id"], second.1["event_id"], "one event per transaction ID");
+        for server in [&a, b] {
+            let (status, again) = server.put(&path, Some(&alice.token), body.clone()).await;
+            assert_eq!((status, &again["event_id"]), (200, &first.1["event_id"]));
+        }
+    }
+    let rows = sql_in(
+        a.dir.path(),
+        &format!("SELECT count(*) FROM events WHERE room_id = '{room}' AND type = 'm.room.message'"),
+    );
+    assert_eq!(rows, vec![vec!["5".to_owned()]]);
+}

@@ -272,6 +272,9 @@ impl SqliteStore {
     }
 }
 
+/// Calls run inline (the defaults): the database is a local file, and only this process uses it.
+impl StorageInfo for SqliteStore {}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
     let found: Option<i64> =
@@ -317,4 +320,3 @@ mod tests {
         assert_eq!(store.max_stream_ordering().unwrap(), b);
     }
 }
-impl StorageInfo for SqliteStore {}
