@@ -83,7 +83,7 @@ pub fn peer_config(ca: &TestCa, port: u16, extra: &str) -> String {
          enable_registration_without_verification: true\n\
          log_level: info\n{limits}{extra}",
         limits = if extra.contains("rc_") { "" } else { crate::harness::LIFTED_RATE_LIMITS },
-        database = crate::harness::database_section(),
+        database = if extra.contains("database:") { String::new() } else { crate::harness::database_section() },
         cert = ca.path("cert.pem").display(),
         key = ca.path("key.pem").display(),
         ca = ca.path("ca.pem").display(),

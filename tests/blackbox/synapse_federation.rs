@@ -593,3 +593,48 @@ fn rusqlite_free_dump(server: &Server) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// One Myelin deployment of two processes on PostgreSQL (the main one with the federation
+/// listener, a worker serving clients) federating with a Synapse: an event sent through the
+/// worker reaches Synapse (the worker tells the main process, which sends), and with the
+/// worker killed, federation carries on through the main process.
+#[tokio::test]
+async fn a_two_process_myelin_federates_with_synapse_and_survives_losing_a_process() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let main = Peer::start_with(&ca, &crate::harness::postgres_database_section()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(main.server.dir.path().join("homeserver.yaml"), dir.path().join("homeserver.yaml")).unwrap();
+    let worker_yaml = dir.path().join("worker.yaml");
+    std::fs::write(
+        &worker_yaml,
+        format!(
+            "worker_name: worker1\n\
+             worker_listeners:\n  - port: 0\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [client]\n\
+             signing_key_path: {key}\n\
+             media_store_path: {media}\n",
+            key = main.server.dir.path().join("data/signing.key").display(),
+            media = main.server.dir.path().join("data/media").display(),
+        ),
+    )
+    .unwrap();
+    let worker = Server::start_in_with_configs(dir, &[worker_yaml]).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = worker.register("mia").await;
+    let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", main.server.log_text(), synapse_log(&synapse.server));
+
+    let room = synapse.server.create_room(&sam, room_body("public_chat", None)).await;
+    let (s, body) = worker.join_via(&mia, &room, &synapse.name).await;
+    assert_eq!(s, 200, "join Synapse's room through the worker: {body}\n{}", logs());
+    let (s, _) = worker.send_text(&mia, &room, "sent through the worker").await;
+    assert_eq!(s, 200);
+    wait_for_event(&synapse.server, &sam, &room, text_is("sent through the worker")).await;
+
+    drop(worker); // killed
+    let (s, _) = synapse.server.send_text(&sam, &room, "while the worker is down").await;
+    assert_eq!(s, 200);
+    wait_for_event(&main.server, &mia, &room, text_is("while the worker is down")).await;
+    let (s, _) = main.server.send_text(&mia, &room, "through the main process").await;
+    assert_eq!(s, 200);
+    wait_for_event(&synapse.server, &sam, &room, text_is("through the main process")).await;
+}
