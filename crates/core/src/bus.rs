@@ -10,7 +10,9 @@
 //!
 //! Messages (space-separated):
 //! - `stream <position>`: a commit at that position (wake `/sync`).
-//! - `room <room_id> <position>`: an event of the room was written (drop the room's caches).
+//! - `room <room_id> <position>`: a state event of the room was written (drop the room's caches);
+//!   `room <room_id> <position> <event_id> <depth> <prev,prev>`: a message (move the cached
+//!   extremities on).
 //! - `typing <room_id> <user_id> <position> <timeout_ms or ->`: typing started or stopped.
 //! - `push_rules <user_id>`, `pushers`: cached copies are stale.
 //! - `outbox <destination>`: rows queued for a destination (its sender process sends them).
@@ -47,22 +49,25 @@ impl Homeserver {
         tokio::spawn(async move {
             while let Some(message) = incoming.recv().await {
                 let Some(hs) = hs.upgrade() else { return };
-                hs.apply_bus_message(&message);
+                hs.apply_bus_payload(&message);
             }
         });
         let store = self.store.clone();
         tokio::spawn(async move {
             while let Some(first) = outgoing.recv().await {
-                // Everything queued meanwhile goes in the same trip to the blocking pool.
+                // Everything queued meanwhile goes out together: one NOTIFY for the batch, and
+                // of its stream positions only the newest (a busy process publishes one or two
+                // notifications per commit of its event writer, not two per message).
                 let mut batch = vec![first];
                 while let Ok(next) = outgoing.try_recv() {
                     batch.push(next);
                 }
+                let payloads = bus_payloads(batch);
                 let store = store.clone();
                 let sent = tokio::task::spawn_blocking(move || {
-                    for message in batch {
-                        if let Err(e) = store.publish(&message) {
-                            tracing::warn!(error = %e, %message, "could not publish to the other processes");
+                    for payload in payloads {
+                        if let Err(e) = store.publish(&payload) {
+                            tracing::warn!(error = %e, "could not publish to the other processes");
                         }
                     }
                 })
@@ -88,6 +93,13 @@ impl Homeserver {
         self.bus.publisher.get().is_some()
     }
 
+    /// Applies a notification from another process: one message per line.
+    fn apply_bus_payload(self: &Arc<Self>, payload: &str) {
+        for message in payload.lines() {
+            self.apply_bus_message(message);
+        }
+    }
+
     fn apply_bus_message(self: &Arc<Self>, message: &str) {
         let mut parts = message.split(' ');
         let position = |p: Option<&str>| p.and_then(|p| p.parse::<i64>().ok());
@@ -101,7 +113,12 @@ impl Homeserver {
                 let (Some(room), Some(pos)) = (parts.next(), position(parts.next())) else { return };
                 let Ok(room) = OwnedRoomId::try_from(room) else { return };
                 self.sync.cache.written_elsewhere(room.as_str(), pos);
-                self.forget_room(room);
+                match (parts.next(), parts.next().and_then(|d| d.parse::<u64>().ok()), parts.next()) {
+                    (Some(event_id), Some(depth), Some(prevs)) => {
+                        self.message_written_elsewhere(room, event_id, depth, prevs)
+                    }
+                    _ => self.forget_room(room),
+                }
                 self.advance_local_stream(pos);
             }
             Some("typing") => {
@@ -141,5 +158,56 @@ impl Homeserver {
             }
             _ => tracing::debug!(%message, "unknown message on the bus"),
         }
+    }
+}
+
+/// Most bytes in one notification (PostgreSQL refuses payloads of 8000 bytes or more).
+const MAX_PAYLOAD: usize = 7_000;
+
+/// A batch of messages as notification payloads: lines joined up to [`MAX_PAYLOAD`], with the
+/// batch's `stream` messages replaced by the newest one (last, after the room and typing
+/// messages whose positions it covers).
+fn bus_payloads(batch: Vec<String>) -> Vec<String> {
+    let mut newest_stream: Option<i64> = None;
+    let mut payloads: Vec<String> = Vec::new();
+    let mut push = |message: String| match payloads.last_mut() {
+        Some(last) if last.len() + 1 + message.len() <= MAX_PAYLOAD => {
+            last.push('\n');
+            last.push_str(&message);
+        }
+        _ => payloads.push(message),
+    };
+    for message in batch {
+        if let Some(pos) = message.strip_prefix("stream ").and_then(|p| p.parse::<i64>().ok()) {
+            newest_stream = newest_stream.max(Some(pos));
+        } else {
+            push(message);
+        }
+    }
+    if let Some(pos) = newest_stream {
+        push(format!("stream {pos}"));
+    }
+    payloads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_becomes_few_payloads_with_the_newest_stream_position_last() {
+        let batch = ["stream 5", "room !a:x 5", "stream 7", "typing !a:x @u:x 6 100", "stream 6"];
+        let payloads = bus_payloads(batch.iter().map(|m| m.to_string()).collect());
+        assert_eq!(payloads, vec!["room !a:x 5\ntyping !a:x @u:x 6 100\nstream 7".to_owned()]);
+    }
+
+    #[test]
+    fn payloads_stay_under_postgresqls_limit() {
+        let batch: Vec<String> = (0..1000).map(|i| format!("room !{i:0>40}:example.org {i}")).collect();
+        let payloads = bus_payloads(batch.clone());
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let lines: Vec<&str> = payloads.iter().flat_map(|p| p.lines()).collect();
+        assert_eq!(lines, batch.iter().map(String::as_str).collect::<Vec<_>>(), "nothing lost, order kept");
     }
 }

@@ -407,7 +407,7 @@ impl Homeserver {
         let position = written.as_ref().ok().map(|(stream, _)| *stream);
         self.sync.cache.written(room_id.as_str(), position, *self.sync.stream.borrow());
         if let Some(position) = position {
-            self.room_written(room_id.as_str(), position);
+            self.message_written(room_id.as_str(), position, &checked.pdu);
         }
         if written.is_ok() {
             if let Some((target, _)) = &checked.redaction

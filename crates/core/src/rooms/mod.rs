@@ -439,6 +439,38 @@ impl Homeserver {
         }
     }
 
+    /// [`Homeserver::room_written`] for an event that changes no state: the other processes
+    /// move their cached extremities on instead of reading the room again (a busy room written
+    /// through several processes would otherwise be reloaded on every message).
+    pub(crate) fn message_written(&self, room_id: &str, position: i64, pdu: &crate::events::Pdu) {
+        if !self.has_bus() {
+            return;
+        }
+        if pdu.state_key.is_some() {
+            return self.room_written(room_id, position);
+        }
+        let prevs: Vec<&str> = pdu.prev_events.iter().map(|e| e.as_str()).collect();
+        self.publish(format!("room {room_id} {position} {} {} {}", pdu.event_id, pdu.depth, prevs.join(",")));
+    }
+
+    /// Another process wrote a message (no state change) to the room: its cached extremities
+    /// and depth move on as if it had been written here. With the cache in use by a send here,
+    /// or unloaded, the room is read again instead.
+    pub(crate) fn message_written_elsewhere(&self, room_id: OwnedRoomId, event_id: &str, depth: u64, prevs: &str) {
+        let entry = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).get(&room_id).cloned();
+        let Some(entry) = entry else { return };
+        let (Ok(mut guard), Ok(event_id)) = (entry.try_lock(), OwnedEventId::try_from(event_id)) else {
+            return self.forget_room(room_id);
+        };
+        if let Some(cache) = guard.as_mut() {
+            cache.extremities.retain(|e| !prevs.split(',').any(|p| p == e.as_str()));
+            if !cache.extremities.contains(&event_id) {
+                cache.extremities.push(event_id);
+            }
+            cache.depth = cache.depth.max(depth);
+        }
+    }
+
     /// [`Homeserver::forget_room`] for every room.
     pub(crate) fn forget_all_rooms(&self) {
         let rooms: Vec<OwnedRoomId> =
