@@ -142,6 +142,37 @@ pub fn sql_in(dir: &Path, sql: &str) -> Vec<Vec<String>> {
     text.split('\u{1e}').map(|row| row.split('\u{1f}').map(str::to_owned).collect()).collect()
 }
 
+/// Checks the stored graph of `room` (server directory `dir`): parents stored before their
+/// children, depth above every parent's, at most 10 parents, one event without parents (the
+/// create), and exactly one forward extremity, the last event, which every other event is a
+/// parent of. Returns the room's event IDs in stream order.
+pub fn assert_sound_room_graph(dir: &Path, room: &str) -> Vec<String> {
+    let rows =
+        sql_in(dir, &format!("SELECT event_id, json FROM events WHERE room_id = '{room}' ORDER BY stream_ordering"));
+    let mut depth = std::collections::HashMap::new();
+    let mut children = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let (id, ev): (&str, Value) = (&row[0], serde_json::from_str(&row[1]).unwrap());
+        let prevs: Vec<&str> = ev["prev_events"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        assert_eq!(prevs.is_empty(), i == 0, "{i} {id} {prevs:?}");
+        assert!(prevs.len() <= 10, "{prevs:?}");
+        let d = ev["depth"].as_i64().unwrap();
+        for p in prevs {
+            let parent = *depth.get(p).unwrap_or_else(|| panic!("parent {p} of {id} stored later or missing"));
+            assert!(d > parent, "{id} at depth {d}, parent {p} at {parent}");
+            children.insert(p.to_owned());
+        }
+        depth.insert(id.to_owned(), d);
+    }
+    let ids: Vec<String> = rows.into_iter().map(|mut r| r.swap_remove(0)).collect();
+    let last = ids.last().unwrap().clone();
+    let childless: Vec<&String> = ids.iter().filter(|id| !children.contains(*id)).collect();
+    assert_eq!(childless, vec![&last], "every event but the last has a child");
+    let extremities = sql_in(dir, &format!("SELECT event_id FROM forward_extremities WHERE room_id = '{room}'"));
+    assert_eq!(extremities, vec![vec![last]]);
+    ids
+}
+
 /// The test cluster's connection settings (`host=... port=... user=...`).
 pub fn test_postgres_settings() -> String {
     if let Ok(settings) = std::env::var("MYELIN_TEST_PG") {

@@ -16,6 +16,7 @@ mod foundation; // the binary, config, storage, HTTP basics
 mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
+mod postgres; // PostgreSQL's settings and checks (Synapse's psycopg2 config)
 mod published_modules; // modules from PyPI doing what their READMEs say
 mod push; // push rules, unread counts, pushers, notifications, start-up endpoints
 mod python_modules; // Synapse's Python modules on the embedded interpreter

@@ -39,14 +39,20 @@ async fn deployment(workers: usize) -> (Server, Vec<Server>) {
     (main, started)
 }
 
-#[tokio::test]
-async fn a_send_on_one_process_wakes_a_long_poll_on_another() {
-    let (a, workers) = deployment(1).await;
-    let b = &workers[0];
+/// Alice registered on `a` makes a public room; Bob registered on `b` joins it.
+async fn alice_and_bob_in_a_room(a: &Server, b: &Server) -> (User, User, String) {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
     assert_eq!(b.join(&bob, &room).await.0, 200, "a room made on one process is joined on another");
+    (alice, bob, room)
+}
+
+#[tokio::test]
+async fn a_send_on_one_process_wakes_a_long_poll_on_another() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, b).await;
     let first = b.sync(&bob, None, 0).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
 
@@ -92,10 +98,7 @@ async fn a_logout_on_one_process_ends_the_session_on_every_other() {
 async fn concurrent_sends_through_two_processes_make_one_sound_room_graph() {
     let (a, workers) = deployment(1).await;
     let b = &workers[0];
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    assert_eq!(b.join(&bob, &room).await.0, 200);
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, b).await;
     let sends = (0..20).map(|i| {
         let (server, user) = if i % 2 == 0 { (&a, &alice) } else { (b, &bob) };
         let room = room.clone();
@@ -111,30 +114,7 @@ async fn concurrent_sends_through_two_processes_make_one_sound_room_graph() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.send_text(&bob, &room, "after, from B").await.0, 200);
 
-    let rows = sql_in(
-        a.dir.path(),
-        &format!("SELECT event_id, json FROM events WHERE room_id = '{room}' ORDER BY stream_ordering"),
-    );
-    let mut depth = std::collections::HashMap::new();
-    let mut children = std::collections::HashSet::new();
-    for (i, row) in rows.iter().enumerate() {
-        let (id, ev): (&str, Value) = (&row[0], serde_json::from_str(&row[1]).unwrap());
-        let prevs: Vec<&str> = ev["prev_events"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-        assert_eq!(prevs.is_empty(), i == 0, "{i} {id} {prevs:?}");
-        let d = ev["depth"].as_i64().unwrap();
-        for p in prevs {
-            let parent = *depth.get(p).unwrap_or_else(|| panic!("parent {p} of {id} stored later or missing"));
-            assert!(d > parent, "{id} at depth {d}, parent {p} at {parent}");
-            children.insert(p.to_owned());
-        }
-        depth.insert(id.to_owned(), d);
-    }
-    let last = rows.last().unwrap()[0].clone();
-    let childless: Vec<&String> = rows.iter().map(|r| &r[0]).filter(|id| !children.contains(*id)).collect();
-    assert_eq!(childless, vec![&last], "every event but the last has a child");
-    let extremities =
-        sql_in(a.dir.path(), &format!("SELECT event_id FROM forward_extremities WHERE room_id = '{room}'"));
-    assert_eq!(extremities, vec![vec![last]]);
+    let stored = assert_sound_room_graph(a.dir.path(), &room);
     // Both processes page back the same history.
     let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
     let (_, from_a) = a.get(&path, Some(&alice.token)).await;
@@ -143,17 +123,14 @@ async fn concurrent_sends_through_two_processes_make_one_sound_room_graph() {
         page["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(ids(&from_a), ids(&from_b));
-    assert_eq!(ids(&from_a).len(), rows.len());
+    assert_eq!(ids(&from_a).len(), stored.len());
 }
 
 #[tokio::test]
 async fn typing_on_one_process_shows_on_another() {
     let (a, workers) = deployment(1).await;
     let b = &workers[0];
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    assert_eq!(b.join(&bob, &room).await.0, 200);
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, b).await;
     let since = b.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let typing = json!({"typing": true, "timeout": 30000});
     let path = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
@@ -226,10 +203,7 @@ async fn an_openid_token_from_one_process_is_known_to_another() {
 async fn killing_a_process_under_load_loses_no_acknowledged_event() {
     let (a, mut workers) = deployment(1).await;
     let b = workers.remove(0);
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    assert_eq!(b.join(&bob, &room).await.0, 200);
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
     // Senders on both processes; B is killed while they run.
     let b_base = b.base.clone();
     let load = |base: String, user: User, room: String, label: &'static str| {
