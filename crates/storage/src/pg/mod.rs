@@ -201,7 +201,8 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
         match self.conn.take() {
-            Some(conn) if !conn.client.is_closed() => state.idle.push(conn),
+            // Lent during a panic, it may be inside a transaction: closed, not reused.
+            Some(conn) if !conn.client.is_closed() && !std::thread::panicking() => state.idle.push(conn),
             _ => state.open -= 1,
         }
         self.pool.returned.notify_one();
@@ -287,8 +288,9 @@ impl<C: postgres::GenericClient> Db<'_, C> {
     }
 }
 
-/// A write transaction: the store-wide write lock is held until it ends.
-pub(crate) type WriteTx<'c, 'a> = Db<'a, postgres::Transaction<'c>>;
+/// A write transaction (begun by [`begin_locked`]): the store-wide write lock is held until it
+/// ends.
+pub(crate) type WriteTx<'a> = Db<'a, Client>;
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
@@ -427,27 +429,25 @@ impl PostgresStore {
     }
 
     /// Runs `f` in one transaction holding the store-wide write lock; commits if it succeeds.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut WriteTx<'_, '_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>) -> Result<T> {
         self.transaction(WRITE_LOCK, f)
     }
 
-    fn transaction<T>(&self, lock: i64, f: impl FnOnce(&mut WriteTx<'_, '_>) -> Result<T>) -> Result<T> {
+    fn transaction<T>(&self, lock: i64, f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>) -> Result<T> {
         let mut lent = self.pool.get()?;
         let PgConn { client, statements } = &mut *lent;
-        let mut tx = client.transaction().map_err(backend)?;
-        let mut db = Db { client: &mut tx, statements };
-        db.exec("SELECT pg_advisory_xact_lock($1)", &[&lock])?;
-        let value = f(&mut db)?;
-        tx.commit().map_err(backend)?;
-        Ok(value)
+        begin_locked(client, lock)?;
+        let result = f(&mut Db { client: &mut *client, statements });
+        end(client, result)
     }
 
     /// Like [`PostgresStore::write`] for a batch: each item runs in a savepoint of one
-    /// transaction, so one that fails is undone alone and the others commit together.
+    /// transaction, so one that fails is undone alone and the others commit together. (A batch
+    /// of one needs no savepoint: its failure undoes the whole transaction, which is the same.)
     pub(crate) fn write_each<I, T>(
         &self,
         items: &[I],
-        mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>, &I) -> Result<T>,
+        mut f: impl FnMut(&mut WriteTx<'_>, &I) -> Result<T>,
     ) -> Vec<Result<T>> {
         let failed = |e: &StorageError| items.iter().map(|_| Err(StorageError::Backend(e.to_string()))).collect();
         let mut lent = match self.pool.get() {
@@ -455,27 +455,53 @@ impl PostgresStore {
             Err(e) => return failed(&e),
         };
         let PgConn { client, statements } = &mut *lent;
-        let mut tx = match client.transaction().map_err(backend) {
-            Ok(tx) => tx,
-            Err(e) => return failed(&e),
-        };
-        if let Err(e) = (Db { client: &mut tx, statements: &mut *statements })
-            .exec("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-        {
+        if let Err(e) = begin_locked(client, WRITE_LOCK) {
             return failed(&e);
+        }
+        if let [item] = items {
+            let result = f(&mut Db { client: &mut *client, statements }, item);
+            return vec![end(client, result)];
         }
         let mut results = Vec::with_capacity(items.len());
         for item in items {
-            let result = tx.savepoint("item").map_err(backend).and_then(|mut sp| {
-                let value = f(&mut Db { client: &mut sp, statements: &mut *statements }, item)?;
-                sp.commit().map_err(backend)?;
-                Ok(value)
+            let result = client.batch_execute("SAVEPOINT item").map_err(backend).and_then(|()| {
+                match f(&mut Db { client: &mut *client, statements: &mut *statements }, item) {
+                    Ok(value) => client.batch_execute("RELEASE SAVEPOINT item").map_err(backend).map(|()| value),
+                    Err(e) => {
+                        client.batch_execute("ROLLBACK TO SAVEPOINT item").map_err(backend)?;
+                        Err(e)
+                    }
+                }
             });
             results.push(result);
         }
-        match tx.commit().map_err(backend) {
+        match end(client, Ok(())) {
             Ok(()) => results,
             Err(e) => failed(&e),
+        }
+    }
+}
+
+/// Opens a transaction and takes the advisory lock `lock` in it, in one round trip.
+fn begin_locked(client: &mut Client, lock: i64) -> Result<()> {
+    client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({lock})")).map_err(backend)
+}
+
+/// Commits a transaction [`begin_locked`] opened if `result` is a success, else rolls it back.
+/// (A connection whose rollback fails is closed, and the pool drops it; one lent during a panic
+/// is dropped too, see [`Lent`].)
+fn end<T>(client: &mut Client, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => match client.batch_execute("COMMIT") {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK");
+                Err(backend(e))
+            }
+        },
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK");
+            Err(e)
         }
     }
 }
