@@ -594,22 +594,18 @@ fn rusqlite_free_dump(server: &Server) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One Myelin deployment of two processes on PostgreSQL (the main one with the federation
-/// listener, a worker serving clients) federating with a Synapse: an event sent through the
-/// worker reaches Synapse (the worker tells the main process, which sends), and with the
-/// worker killed, federation carries on through the main process.
-#[tokio::test]
-async fn a_two_process_myelin_federates_with_synapse_and_survives_losing_a_process() {
-    let ca = TestCa::new();
-    let synapse = SynapsePeer::start(&ca).await;
-    let main = Peer::start_with(&ca, &crate::harness::postgres_database_section()).await;
+/// A Myelin of two processes on PostgreSQL: the main one (with the federation listener) and a
+/// worker serving clients, reading the main one's signing key. `shared` is added to the
+/// config both read.
+async fn two_process_myelin(ca: &TestCa, shared: &str, worker_name: &str) -> (Peer, Server) {
+    let main = Peer::start_with(ca, &format!("{}{shared}", crate::harness::postgres_database_section())).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(main.server.dir.path().join("homeserver.yaml"), dir.path().join("homeserver.yaml")).unwrap();
     let worker_yaml = dir.path().join("worker.yaml");
     std::fs::write(
         &worker_yaml,
         format!(
-            "worker_name: worker1\n\
+            "worker_name: {worker_name}\n\
              worker_listeners:\n  - port: 0\n    bind_addresses: ['127.0.0.1']\n    resources:\n      - names: [client]\n\
              signing_key_path: {key}\n\
              media_store_path: {media}\n",
@@ -619,6 +615,17 @@ async fn a_two_process_myelin_federates_with_synapse_and_survives_losing_a_proce
     )
     .unwrap();
     let worker = Server::start_in_with_configs(dir, &[worker_yaml]).await;
+    (main, worker)
+}
+
+/// One Myelin deployment of two processes on PostgreSQL federating with a Synapse: an event
+/// sent through the worker reaches Synapse (the worker tells the main process, which sends),
+/// and with the worker killed, federation carries on through the main process.
+#[tokio::test]
+async fn a_two_process_myelin_federates_with_synapse_and_survives_losing_a_process() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    let (main, worker) = two_process_myelin(&ca, "", "worker1").await;
     let sam = synapse.server.register("sam").await;
     let mia = worker.register("mia").await;
     let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", main.server.log_text(), synapse_log(&synapse.server));
@@ -637,4 +644,40 @@ async fn a_two_process_myelin_federates_with_synapse_and_survives_losing_a_proce
     let (s, _) = main.server.send_text(&mia, &room, "through the main process").await;
     assert_eq!(s, 200);
     wait_for_event(&synapse.server, &sam, &room, text_is("through the main process")).await;
+}
+
+/// With both processes in `federation_sender_instances`, killing the main process, which owns
+/// Synapse's destination, hands it to the worker, which sends what comes next.
+#[tokio::test]
+async fn a_federation_sender_that_dies_hands_its_destinations_over() {
+    let ca = TestCa::new();
+    let synapse = SynapsePeer::start(&ca).await;
+    // A worker name that makes the main process the first owner of Synapse's destination
+    // (Myelin's rendezvous order: FNV-1a of destination, NUL, instance name; highest first).
+    let weight = |instance: &str| {
+        synapse
+            .name
+            .bytes()
+            .chain([0])
+            .chain(instance.bytes())
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    };
+    let worker_name = (1..).map(|i| format!("worker{i}")).find(|w| weight(w) < weight("master")).unwrap();
+    let shared = format!("federation_sender_instances: [master, {worker_name}]\n");
+    let (main, worker) = two_process_myelin(&ca, &shared, &worker_name).await;
+    let sam = synapse.server.register("sam").await;
+    let mia = worker.register("mia").await;
+    let room = synapse.server.create_room(&sam, room_body("public_chat", None)).await;
+    let (s, body) = worker.join_via(&mia, &room, &synapse.name).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = worker.send_text(&mia, &room, "before").await;
+    assert_eq!(s, 200);
+    wait_for_event(&synapse.server, &sam, &room, text_is("before")).await;
+
+    let _main_dir = main.server.stop(); // killed; the worker still reads its signing key
+    for text in ["right after the main process died", "a little later"] {
+        let (s, _) = worker.send_text(&mia, &room, text).await;
+        assert_eq!(s, 200);
+        wait_for_event(&synapse.server, &sam, &room, text_is(text)).await;
+    }
 }

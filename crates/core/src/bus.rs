@@ -43,6 +43,9 @@ impl Homeserver {
         if !has_bus {
             return Ok(());
         }
+        let name = self.config.instance.name.clone();
+        self.db(move |s| s.register_instance(&name)).await?;
+        self.watch_federation_senders();
         let (outgoing_tx, mut outgoing) = mpsc::unbounded_channel::<String>();
         let _ = self.bus.publisher.set(outgoing_tx);
         let hs = Arc::downgrade(self);

@@ -252,22 +252,32 @@ pub struct InstanceSettings {
     /// `worker_name`, or [`MAIN_INSTANCE`].
     pub name: String,
     /// `federation_sender_instances` (default: the main process): the processes that send to
-    /// other servers, each owning the destinations that hash to it.
+    /// other servers, each owning the destinations that hash to it among the live ones.
     pub federation_senders: Vec<String>,
     /// `run_background_tasks_on` (default: the main process): push notifications and cleanup.
     pub background_tasks: String,
 }
 
 impl InstanceSettings {
-    /// Whether this process sends federation traffic to `destination` (destinations are shared
-    /// out among the senders by a stable hash of the name, as Synapse shards them).
-    pub fn sends_to(&self, destination: &str) -> bool {
-        let Some(me) = self.federation_senders.iter().position(|n| *n == self.name) else { return false };
+    /// Which of the live `federation_sender_instances` sends to `destination`: the first of
+    /// them in the destination's own order of all senders (rendezvous hashing: a stable hash
+    /// of destination and instance name), so each destination has one owner, and when that
+    /// process is down its destinations pass to the next live sender in their order, and back
+    /// when it returns.
+    pub fn sender_for<'a>(&'a self, destination: &str, live: &[String]) -> Option<&'a str> {
         // FNV-1a: stable across processes and builds, unlike std's hasher.
-        let hash = destination
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        (hash % self.federation_senders.len() as u64) as usize == me
+        let weight = |instance: &str| {
+            destination
+                .bytes()
+                .chain([0])
+                .chain(instance.bytes())
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        };
+        self.federation_senders
+            .iter()
+            .filter(|name| live.contains(name))
+            .max_by_key(|name| (weight(name), name.as_str()))
+            .map(String::as_str)
     }
 
     /// Whether this process runs the background jobs.

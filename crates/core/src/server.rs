@@ -74,6 +74,7 @@ impl Homeserver {
                 outbound: Default::default(),
                 inbound: Default::default(),
                 limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),
+                live_senders: std::sync::Mutex::new(vec![config.instance.name.clone()]),
             },
             rooms: crate::rooms::RoomsState::new(writer, recent_txns),
             sync: crate::sync::SyncState::new(position),

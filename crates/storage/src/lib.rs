@@ -739,6 +739,19 @@ pub trait StorageInfo {
     fn subscribe(&self, _deliver: Box<dyn Fn(String) + Send + 'static>) -> Result<bool> {
         Ok(false)
     }
+
+    /// Marks this process as the live instance `name` for as long as it runs (a lock the
+    /// database drops when the process's connection ends); an error if a live process already
+    /// has that name. Nothing for a one-process backend.
+    fn register_instance(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Which of `names` are live instances now (see [`StorageInfo::register_instance`]);
+    /// `None` for a one-process backend.
+    fn live_instances(&self, _names: &[String]) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
 }
 
 /// What [`StorageInfo::subscribe`] delivers when messages may have been lost: a subscriber

@@ -50,6 +50,9 @@ pub(crate) struct FederationState {
     pub(crate) inbound: transactions::Inbound,
     /// `rc_federation`, per origin server (the only copy of the counts).
     pub(crate) limiter: crate::ratelimit::FederationLimiter,
+    /// The `federation_sender_instances` alive now (only this process until the bus says
+    /// otherwise; see `sender`).
+    pub(crate) live_senders: std::sync::Mutex<Vec<String>>,
 }
 
 impl Homeserver {

@@ -27,6 +27,8 @@ const MAX_PER_TRANSACTION: usize = 50;
 const MAX_EDUS_PER_TRANSACTION: usize = 100;
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LAST_RETRY: Duration = Duration::from_secs(300);
+/// How often a federation sender checks which others are alive.
+const SENDER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Per-destination wake-ups; a destination's task exists while its entry does.
 #[derive(Default)]
@@ -55,7 +57,7 @@ impl Homeserver {
         let hs = self.clone();
         tokio::spawn(async move {
             let destinations = hs.db(|s| s.outbox_destinations()).await.unwrap_or_default();
-            for d in destinations.iter().filter(|d| hs.config.instance.sends_to(d)) {
+            for d in destinations.iter().filter(|d| hs.sends_to(d)) {
                 hs.wake_destination(d);
             }
         });
@@ -73,10 +75,50 @@ impl Homeserver {
         }
     }
 
+    /// Whether this process sends to `destination` now (see
+    /// [`crate::config::InstanceSettings::sender_for`]).
+    pub(crate) fn sends_to(&self, destination: &str) -> bool {
+        let live = self.federation.live_senders.lock().unwrap_or_else(|p| p.into_inner());
+        self.config.instance.sender_for(destination, &live) == Some(self.config.instance.name.as_str())
+    }
+
+    /// Follows which federation senders are alive (with other processes on the database):
+    /// when one dies, the destinations it owned pass to the live ones, which send their
+    /// backlog; when it returns, they pass back. Checked every few seconds.
+    pub(crate) fn watch_federation_senders(self: &Arc<Self>) {
+        if !self.config.instance.federation_senders.contains(&self.config.instance.name) {
+            return;
+        }
+        let hs = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(server) = hs.upgrade() else { return };
+                let names = server.config.instance.federation_senders.clone();
+                if let Ok(Some(live)) = server.db(move |s| s.live_instances(&names)).await {
+                    let changed = {
+                        let mut current = server.federation.live_senders.lock().unwrap_or_else(|p| p.into_inner());
+                        let changed = *current != live;
+                        *current = live;
+                        changed
+                    };
+                    if changed {
+                        tracing::info!(live = ?server.federation.live_senders.lock().unwrap_or_else(|p| p.into_inner()), "federation senders changed");
+                        let destinations = server.db(|s| s.outbox_destinations()).await.unwrap_or_default();
+                        for d in destinations.iter().filter(|d| server.sends_to(d)) {
+                            server.wake_destination(d);
+                        }
+                    }
+                }
+                drop(server);
+                tokio::time::sleep(SENDER_WATCH_INTERVAL).await;
+            }
+        });
+    }
+
     /// Wakes a destination's sender on this process, if it is the one that sends there (a
     /// message from another process that queued rows for it).
     pub(crate) fn wake_destination_here(&self, destination: &str) {
-        if self.config.instance.sends_to(destination) {
+        if self.sends_to(destination) {
             self.wake(destination, false);
         }
     }
@@ -84,7 +126,7 @@ impl Homeserver {
     fn wake(&self, destination: &str, is_up: bool) {
         // Each destination has one sending process (`federation_sender_instances`); the others
         // tell it about the rows they queued.
-        if !self.config.instance.sends_to(destination) {
+        if !self.sends_to(destination) {
             self.publish(format!("outbox {destination}"));
             return;
         }
@@ -141,6 +183,12 @@ async fn send_loop(server: Weak<Homeserver>, destination: String, wake: Arc<Wake
     let mut delay = FIRST_RETRY;
     loop {
         let Some(hs) = server.upgrade() else { return };
+        if !hs.sends_to(&destination) {
+            // Another process owns it now (a sender came back): this task ends, and new work
+            // wakes that process instead.
+            hs.federation.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner()).remove(&destination);
+            return;
+        }
         wake.is_up.store(false, Ordering::Release);
         let attempt = send_one(&hs, &destination).await;
         drop(hs);

@@ -295,6 +295,8 @@ pub(crate) type WriteTx<'a> = Db<'a, Client>;
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: Pool,
+    /// The connection holding this process's instance lock (see `register_instance`).
+    instance: Mutex<Option<Client>>,
     /// This process's tag on the messages it publishes.
     origin: String,
 }
@@ -328,6 +330,7 @@ impl PostgresStore {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let store = PostgresStore {
             origin: format!("{:x}-{nanos:x}", std::process::id()),
+            instance: Mutex::new(None),
             pool: Pool {
                 config,
                 max,
@@ -509,9 +512,49 @@ fn end<T>(client: &mut Client, result: Result<T>) -> Result<T> {
 /// The `LISTEN`/`NOTIFY` channel the processes of one deployment talk on.
 const BUS_CHANNEL: &str = "myelin";
 
+/// The first key of the advisory locks that mark live instances (the second is the name's hash).
+const INSTANCE_LOCK_CLASS: i32 = 0x6d79;
+
+/// A stable 32-bit hash of an instance name (FNV-1a), the second key of its lock.
+fn instance_key(name: &str) -> i32 {
+    name.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)) as i32
+}
+
 impl StorageInfo for PostgresStore {
     fn inline_calls(&self) -> bool {
         false
+    }
+
+    fn register_instance(&self, name: &str) -> Result<()> {
+        // A session lock on a connection of its own, held until this process ends: the
+        // database releases it when the connection drops, however the process died.
+        let mut client = self.pool.config.connect(NoTls).map_err(backend)?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&INSTANCE_LOCK_CLASS, &instance_key(name)])
+            .map_err(backend)?
+            .get(0);
+        if !taken {
+            return Err(StorageError::Backend(format!(
+                "another live process is already named '{name}' (worker_name must differ between processes)"
+            )));
+        }
+        *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(())
+    }
+
+    fn live_instances(&self, names: &[String]) -> Result<Option<Vec<String>>> {
+        let held: Vec<u32> = self.read(|db| {
+            Ok(db
+                .rows(
+                    "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                     AND classid = $1::INTEGER::OID AND objsubid = 2",
+                    &[&INSTANCE_LOCK_CLASS],
+                )?
+                .iter()
+                .map(|r| r.get::<_, u32>(0))
+                .collect())
+        })?;
+        Ok(Some(names.iter().filter(|n| held.contains(&(instance_key(n) as u32))).cloned().collect()))
     }
 
     fn publish(&self, message: &str) -> Result<()> {
