@@ -278,3 +278,22 @@ async fn a_send_retried_on_another_process_gets_the_first_event() {
     );
     assert_eq!(rows, vec![vec!["5".to_owned()]]);
 }
+
+#[tokio::test]
+async fn a_second_process_with_a_live_processs_name_is_refused() {
+    let (_main, workers) = deployment(1).await;
+    // The same shared config and worker file again, as a second `worker1`.
+    let first = &workers[0];
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(first.dir.path().join("homeserver.yaml"))
+        .arg("-c")
+        .arg(first.dir.path().join("worker.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another live process is already named 'worker1'"), "{stderr}");
+    // The first one carries on.
+    assert_eq!(first.get("/_matrix/client/versions", None).await.0, 200);
+}

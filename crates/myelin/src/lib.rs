@@ -276,7 +276,11 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
         None
     };
     if let Err(e) = hs.start_bus().await {
-        eprintln!("Error during startup:\nCould not listen to the other processes: {}", e.message);
+        // The cause, not the 500 message a client would get.
+        eprintln!(
+            "Error during startup:\nCould not join the other processes: {}",
+            e.cause.as_deref().unwrap_or(&e.message)
+        );
         return ExitCode::FAILURE;
     }
     hs.start_federation_sender();
