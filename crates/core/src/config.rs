@@ -1103,3 +1103,41 @@ mod database_tests {
         assert!(error("database: 3").contains("'database'"));
     }
 }
+
+#[cfg(test)]
+mod instance_tests {
+    use super::*;
+
+    fn senders(names: &[&str]) -> InstanceSettings {
+        InstanceSettings {
+            name: MAIN_INSTANCE.into(),
+            federation_senders: names.iter().map(|n| n.to_string()).collect(),
+            background_tasks: MAIN_INSTANCE.into(),
+        }
+    }
+
+    #[test]
+    fn each_destination_has_one_live_owner_and_only_a_dead_senders_move() {
+        let settings = senders(&["master", "w1", "w2"]);
+        let all: Vec<String> = ["master", "w1", "w2"].iter().map(|n| n.to_string()).collect();
+        let destinations: Vec<String> = (0..300).map(|i| format!("server{i}.example")).collect();
+        let owners: Vec<&str> = destinations.iter().map(|d| settings.sender_for(d, &all).unwrap()).collect();
+        for name in ["master", "w1", "w2"] {
+            let owned = owners.iter().filter(|o| **o == name).count();
+            assert!(owned > 50, "{name} owns {owned} of 300: the hash spreads them");
+        }
+        // w1 dies: its destinations go to the others; nobody else's move.
+        let without_w1: Vec<String> = ["master", "w2"].iter().map(|n| n.to_string()).collect();
+        for (d, before) in destinations.iter().zip(&owners) {
+            let after = settings.sender_for(d, &without_w1).unwrap();
+            if *before == "w1" {
+                assert_ne!(after, "w1");
+            } else {
+                assert_eq!(after, *before, "{d} moved though its owner lives");
+            }
+        }
+        // Not a sender, or no live sender: nobody.
+        assert_eq!(settings.sender_for("x", &["w9".to_string()]), None);
+        assert_eq!(senders(&["master"]).sender_for("x", &all), Some("master"));
+    }
+}
