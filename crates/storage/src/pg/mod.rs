@@ -392,7 +392,11 @@ impl PostgresStore {
 
     fn migrate(&self) -> Result<()> {
         self.transaction(MIGRATION_LOCK, |tx| {
-            tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+            // Asked first: `CREATE TABLE IF NOT EXISTS` would log a NOTICE at every start.
+            let exists: bool = tx.one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?.get(0);
+            if !exists {
+                tx.batch("CREATE TABLE schema_version (version BIGINT NOT NULL)")?;
+            }
             let found: Option<i64> = tx.opt("SELECT version FROM schema_version", &[])?.map(|r| r.get(0));
             let current = found.unwrap_or(0);
             let supported = MIGRATIONS.len() as i64;
