@@ -80,25 +80,60 @@ pub fn database_section() -> String {
 
 /// A `database:` section naming a new database of its own on the test PostgreSQL cluster.
 pub fn postgres_database_section() -> String {
-    let settings = test_postgres_settings();
-    let value =
-        |key: &str| settings.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
-    let (host, port, user) =
-        (value("host").unwrap_or("127.0.0.1"), value("port").unwrap_or("5432"), value("user").unwrap_or("postgres"));
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let name =
-        format!("blackbox_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let out = Command::new("createdb")
-        .args(["-h", host, "-p", port, "-U", user, "-T", "template0", "-E", "UTF8", "--lc-collate=C", "--lc-ctype=C"])
-        .arg(&name)
-        .output()
-        .expect("run createdb (Debian's postgresql-client)");
-    assert!(out.status.success(), "createdb {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let pg = TestPostgres::get();
+    let name = pg.create_database("blackbox", &["-E", "UTF8", "--lc-collate=C", "--lc-ctype=C"]);
     format!(
-        "database:\n  name: psycopg2\n  args:\n    host: {host}\n    port: {port}\n    user: {user}\n    \
-         dbname: {name}\n    cp_min: 1\n    cp_max: 4\n"
+        "database:\n  name: psycopg2\n  args:\n    host: {}\n    port: {}\n    user: {}\n    \
+         dbname: {name}\n    cp_min: 1\n    cp_max: 4\n",
+        pg.host, pg.port, pg.user
     )
+}
+
+/// The test PostgreSQL cluster ([`test_postgres_settings`]), as `createdb` and `psql` take it.
+pub struct TestPostgres {
+    pub host: String,
+    pub port: String,
+    pub user: String,
+}
+
+impl TestPostgres {
+    pub fn get() -> TestPostgres {
+        let settings = test_postgres_settings();
+        let value = |key: &str, default: &str| {
+            settings
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or(default)
+                .to_owned()
+        };
+        TestPostgres { host: value("host", "127.0.0.1"), port: value("port", "5432"), user: value("user", "postgres") }
+    }
+
+    /// The connection options of `createdb`, `dropdb` and `psql`.
+    pub fn connection_args(&self) -> [&str; 6] {
+        ["-h", &self.host, "-p", &self.port, "-U", &self.user]
+    }
+
+    /// Creates a database of its own (named from `prefix`, this process and a counter) with
+    /// `createdb`'s `options`; returns its name.
+    pub fn create_database(&self, prefix: &str, options: &[&str]) -> String {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!(
+            "{prefix}_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let out = Command::new("createdb")
+            .args(self.connection_args())
+            .args(["-T", "template0"])
+            .args(options)
+            .arg(&name)
+            .output()
+            .expect("run createdb (Debian's postgresql-client)");
+        assert!(out.status.success(), "createdb {name}: {}", String::from_utf8_lossy(&out.stderr));
+        name
+    }
 }
 
 /// Runs SQL on the database of the server whose directory is `dir` (SQLite or PostgreSQL, as
@@ -107,16 +142,9 @@ pub fn postgres_database_section() -> String {
 pub fn sql_in(dir: &Path, sql: &str) -> Vec<Vec<String>> {
     let yaml = std::fs::read_to_string(dir.join("homeserver.yaml")).unwrap();
     let out = if let Some(name) = yaml.lines().find_map(|l| l.trim().strip_prefix("dbname: ")) {
-        let settings = test_postgres_settings();
-        let value = |key: &str| {
-            settings
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-                .map(str::to_owned)
-        };
         Command::new("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-R", "\u{1e}"])
-            .args(["-h", &value("host").unwrap(), "-p", &value("port").unwrap(), "-U", &value("user").unwrap()])
+            .args(TestPostgres::get().connection_args())
             .args(["-d", name.trim(), "-c", sql])
             .output()
             .expect("run psql")

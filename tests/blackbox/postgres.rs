@@ -8,28 +8,13 @@ use crate::harness::*;
 /// Creates a database on the test cluster with the given `createdb` options; returns the
 /// `database:` section naming it, with `extra_db_keys` under `database:` itself.
 fn database(name: &str, createdb_options: &[&str], extra_db_keys: &str) -> String {
-    let settings = test_postgres_settings();
-    let value = |key: &str| {
-        settings
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .unwrap()
-            .to_owned()
-    };
-    let (host, port, user) = (value("host"), value("port"), value("user"));
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let dbname = format!("{name}_{}_{nanos}", std::process::id());
-    let out = Command::new("createdb")
-        .args(["-h", &host, "-p", &port, "-U", &user, "-T", "template0"])
-        .args(createdb_options)
-        .arg(&dbname)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pg = TestPostgres::get();
+    let dbname = pg.create_database(name, createdb_options);
     // psycopg2's `database` key, and the port as a string, as Synapse configs often have them.
     format!(
-        "database:\n  name: psycopg2\n{extra_db_keys}  args:\n    host: {host}\n    port: '{port}'\n    user: {user}\n    \
-         database: {dbname}\n    cp_min: 1\n    cp_max: 2\n"
+        "database:\n  name: psycopg2\n{extra_db_keys}  args:\n    host: {}\n    port: '{}'\n    user: {}\n    \
+         database: {dbname}\n    cp_min: 1\n    cp_max: 2\n",
+        pg.host, pg.port, pg.user
     )
 }
 
@@ -89,8 +74,7 @@ async fn an_unreachable_or_missing_database_fails_start_up_with_the_reason() {
     );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("Could not open the database"), "{stderr}");
-    let settings = test_postgres_settings();
-    let port = settings.split_whitespace().find_map(|kv| kv.strip_prefix("port=")).unwrap();
+    let port = TestPostgres::get().port;
     let (code, stderr) = start_and_report(&format!(
         "database: {{name: psycopg2, args: {{host: 127.0.0.1, port: {port}, user: postgres, dbname: no_such_db}}}}\n"
     ));

@@ -120,7 +120,7 @@ impl Homeserver {
                     (Some(event_id), Some(depth), Some(prevs)) => {
                         self.message_written_elsewhere(room, event_id, depth, prevs)
                     }
-                    _ => self.forget_room(room),
+                    _ => self.forget_room_cache(&room),
                 }
                 self.advance_local_stream(pos);
             }
@@ -149,7 +149,8 @@ impl Homeserver {
             Some(myelin_storage::BUS_RESYNC) => {
                 // Messages may have been lost: forget everything another process may have
                 // changed, and catch up with the stream.
-                self.forget_all_rooms();
+                self.forget_all_room_caches();
+                self.sync.cache.forget_all();
                 self.pushers_changed_here();
                 self.forget_all_push_rules();
                 let hs = self.clone();

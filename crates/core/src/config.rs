@@ -413,12 +413,7 @@ fn parse_instance(
     };
     let background_tasks = w.string("run_background_tasks_on")?.unwrap_or_else(|| MAIN_INSTANCE.to_owned());
     let worker_listeners = match (&name, w.root.get("worker_listeners")) {
-        (Some(_), Some(value)) if !value.is_null() => Some(parse_listeners(Some(value)).map_err(|mut e| {
-            if e.path.first().is_some_and(|p| p == "listeners") {
-                e.path[0] = "worker_listeners".into();
-            }
-            e
-        })?),
+        (Some(_), Some(value)) if !value.is_null() => Some(parse_listeners("worker_listeners", Some(value))?),
         _ => None,
     };
     if name.is_some() && matches!(database, Database::Sqlite(_)) {
@@ -615,7 +610,7 @@ impl Config {
             if p.is_absolute() { p } else { base.join(p) }
         };
 
-        let listeners = parse_listeners(root.get("listeners"))?;
+        let listeners = parse_listeners("listeners", root.get("listeners"))?;
         let public_baseurl = match w.string("public_baseurl")? {
             Some(u) => {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -861,7 +856,8 @@ fn parse_publication_rules(value: Option<&Value>) -> Result<Vec<crate::Publicati
     Ok(out)
 }
 
-fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> {
+/// The listeners under `key` (`listeners`, or a worker's `worker_listeners`).
+fn parse_listeners(key: &str, value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> {
     let items = match value {
         None | Some(Value::Null) => {
             return Ok(vec![Listener {
@@ -873,11 +869,11 @@ fn parse_listeners(value: Option<&Value>) -> Result<Vec<Listener>, ConfigError> 
             }]);
         }
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(ConfigError::at(&["listeners".into()], "expected a list")),
+        Some(_) => return Err(ConfigError::at(&[key.into()], "expected a list")),
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let path = vec!["listeners".to_owned(), format!("<item {i}>")];
+        let path = vec![key.to_owned(), format!("<item {i}>")];
         let Value::Object(obj) = item else {
             return Err(ConfigError::at(&path, "expected a mapping"));
         };

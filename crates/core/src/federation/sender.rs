@@ -98,11 +98,13 @@ impl Homeserver {
                     let changed = {
                         let mut current = server.federation.live_senders.lock().unwrap_or_else(|p| p.into_inner());
                         let changed = *current != live;
+                        if changed {
+                            tracing::info!(?live, "federation senders changed");
+                        }
                         *current = live;
                         changed
                     };
                     if changed {
-                        tracing::info!(live = ?server.federation.live_senders.lock().unwrap_or_else(|p| p.into_inner()), "federation senders changed");
                         let destinations = server.db(|s| s.outbox_destinations()).await.unwrap_or_default();
                         for d in destinations.iter().filter(|d| server.sends_to(d)) {
                             server.wake_destination(d);
@@ -125,9 +127,13 @@ impl Homeserver {
 
     fn wake(&self, destination: &str, is_up: bool) {
         // Each destination has one sending process (`federation_sender_instances`); the others
-        // tell it about the rows they queued.
+        // tell it about the rows they queued. (That the destination talked to this process is
+        // not passed on: it would cost a notification per inbound request, and the owner's
+        // backoff ends on its own schedule or when the destination talks to it.)
         if !self.sends_to(destination) {
-            self.publish(format!("outbox {destination}"));
+            if !is_up {
+                self.publish(format!("outbox {destination}"));
+            }
             return;
         }
         let Some(server) = self.federation.outbound.server.get().cloned() else { return };

@@ -420,18 +420,6 @@ impl RoomsState {
     }
 }
 impl Homeserver {
-    /// Drops a room's cached state and extremities (another process wrote to it): read again
-    /// from storage by the next user, once any send in progress here is done with it.
-    pub(crate) fn forget_room(&self, room_id: OwnedRoomId) {
-        let entry = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).get(&room_id).cloned();
-        if let Some(entry) = entry {
-            let forgotten = entry.try_lock().map(|mut cache| *cache = None).is_ok();
-            if !forgotten {
-                tokio::spawn(async move { *entry.lock().await = None });
-            }
-        }
-    }
-
     /// Tells the deployment's other processes that this process wrote an event of the room.
     pub(crate) fn room_written(&self, room_id: &str, position: i64) {
         if self.has_bus() {
@@ -455,12 +443,12 @@ impl Homeserver {
 
     /// Another process wrote a message (no state change) to the room: its cached extremities
     /// and depth move on as if it had been written here. With the cache in use by a send here,
-    /// or unloaded, the room is read again instead.
+    /// the room is read again instead.
     pub(crate) fn message_written_elsewhere(&self, room_id: OwnedRoomId, event_id: &str, depth: u64, prevs: &str) {
         let entry = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).get(&room_id).cloned();
         let Some(entry) = entry else { return };
         let (Ok(mut guard), Ok(event_id)) = (entry.try_lock(), OwnedEventId::try_from(event_id)) else {
-            return self.forget_room(room_id);
+            return self.forget_room_cache(&room_id);
         };
         if let Some(cache) = guard.as_mut() {
             cache.extremities.retain(|e| !prevs.split(',').any(|p| p == e.as_str()));
@@ -471,14 +459,9 @@ impl Homeserver {
         }
     }
 
-    /// [`Homeserver::forget_room`] for every room.
-    pub(crate) fn forget_all_rooms(&self) {
-        let rooms: Vec<OwnedRoomId> =
-            self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        for room in rooms {
-            self.forget_room(room);
-        }
-        self.sync.cache.forget_all();
+    /// [`Homeserver::forget_room_cache`] for every room.
+    pub(crate) fn forget_all_room_caches(&self) {
+        self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     pub(crate) async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {

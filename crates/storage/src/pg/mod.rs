@@ -301,7 +301,7 @@ pub struct PostgresStore {
     origin: String,
 }
 
-/// Maps a driver error to a storage error (a unique-constraint violation is a conflict).
+/// Maps a driver error to a storage error (a constraint violation is a conflict).
 pub(crate) fn backend(e: postgres::Error) -> StorageError {
     // Any constraint, as SQLite's backend maps them: a row that exists, or one that refers to
     // a row that does not.
