@@ -297,3 +297,27 @@ async fn a_second_process_with_a_live_processs_name_is_refused() {
     // The first one carries on.
     assert_eq!(first.get("/_matrix/client/versions", None).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_state_event_redacted_through_one_process_is_redacted_on_another() {
+    let (a, workers) = deployment(1).await;
+    let b = &workers[0];
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, b).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic");
+    let (status, set) = a.put(&path, Some(&alice.token), json!({"topic": "to be taken back"})).await;
+    assert_eq!(status, 200, "{set}");
+    // B reads it (and keeps the parsed event).
+    let (status, topic) = b.get(&path, Some(&bob.token)).await;
+    assert_eq!((status, topic["topic"].as_str()), (200, Some("to be taken back")));
+    let redact = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", set["event_id"].as_str().unwrap());
+    assert_eq!(a.put(&redact, Some(&alice.token), json!({})).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, topic) = b.get(&path, Some(&bob.token)).await;
+        if status == 200 && topic.get("topic").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the other process still shows the redacted topic: {status} {topic}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

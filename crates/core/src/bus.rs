@@ -3,6 +3,7 @@
 //!
 //! What one process changes in the database the others would not see in their memory: the
 //! stream position long-polling `/sync` requests wait on, rooms' cached state and extremities,
+//! parsed state events that a redaction rewrote,
 //! typing notifications (held in memory only), push rules and pushers, and which federation
 //! destinations have new rows. Each such change is published as one line through the store's
 //! bus (PostgreSQL's `LISTEN`/`NOTIFY`: no protocol of our own); every other process applies
@@ -14,13 +15,14 @@
 //!   `room <room_id> <position> <event_id> <depth> <prev,prev>`: a message (move the cached
 //!   extremities on).
 //! - `typing <room_id> <user_id> <position> <timeout_ms or ->`: typing started or stopped.
+//! - `redacted <event_id>`: a redaction rewrote that event (drop its parsed copy).
 //! - `push_rules <user_id>`, `pushers`: cached copies are stale.
 //! - `outbox <destination>`: rows queued for a destination (its sender process sends them).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use tokio::sync::mpsc;
 
 use crate::server::Homeserver;
@@ -135,6 +137,11 @@ impl Homeserver {
                 self.typing_elsewhere(room, user.as_str(), pos, timeout);
                 self.advance_local_stream(pos);
             }
+            Some("redacted") => {
+                if let Some(Ok(event_id)) = parts.next().map(OwnedEventId::try_from) {
+                    self.forget_state_event(&event_id);
+                }
+            }
             Some("push_rules") => {
                 if let Some(user) = parts.next() {
                     self.forget_push_rules(user);
@@ -150,6 +157,7 @@ impl Homeserver {
                 // Messages may have been lost: forget everything another process may have
                 // changed, and catch up with the stream.
                 self.forget_all_room_caches();
+                self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 self.sync.cache.forget_all();
                 self.pushers_changed_here();
                 self.forget_all_push_rules();

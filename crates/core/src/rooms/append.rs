@@ -413,8 +413,11 @@ impl Homeserver {
             if let Some((target, _)) = &checked.redaction
                 && let Ok(target) = OwnedEventId::try_from(target.as_str())
             {
-                // Its stored JSON was just rewritten.
-                self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
+                // Its stored JSON was just rewritten, here and for every process.
+                self.forget_state_event(&target);
+                if self.has_bus() {
+                    self.publish(format!("redacted {target}"));
+                }
             }
             if checked.pdu.state_key.is_some() {
                 self.remember_state_event(&checked.pdu);

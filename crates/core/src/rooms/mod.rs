@@ -575,6 +575,11 @@ impl Homeserver {
         Ok(out)
     }
 
+    /// Drops a parsed state event (a redaction rewrote it).
+    pub(crate) fn forget_state_event(&self, event_id: &OwnedEventId) {
+        self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner()).remove(event_id);
+    }
+
     pub(crate) fn remember_state_event(&self, pdu: &Pdu) {
         let mut cache = self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_STATE_EVENTS {
