@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
 //!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`],
-//!   [`KeyStore`], [`EphemeralStore`], [`SearchStore`]).
+//!   [`KeyStore`], [`EphemeralStore`], [`SearchStore`], [`FederationStore`],
+//!   [`TransientStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
+//!   the processes sharing it).
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
 //!   migrations compiled in and applied at open.
