@@ -238,6 +238,8 @@ pub struct Config {
     pub password: PasswordConfig,
     /// Which process of the deployment this is, and what it runs.
     pub instance: InstanceSettings,
+    /// `app_service_config_files`: the registered application services.
+    pub app_services: Vec<std::sync::Arc<crate::appservice::Registration>>,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -288,6 +290,8 @@ impl InstanceSettings {
 
 /// Top-level keys Myelin reads. Others are warned about.
 const KNOWN_KEYS: &[&str] = &[
+    "app_service_config_files",
+    "track_appservice_user_ips",
     "worker_name",
     "worker_app",
     "worker_listeners",
@@ -760,7 +764,17 @@ impl Config {
                 }),
             },
         };
+        let app_services = match root.get("app_service_config_files") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+                let paths: Vec<PathBuf> =
+                    items.iter().filter_map(Value::as_str).map(|p| resolve(p.to_owned())).collect();
+                crate::appservice::load_registrations(&paths, &server_name)?
+            }
+            Some(_) => return Err(w.err("app_service_config_files", "Expected a list of AS config files")),
+        };
         let config = Config {
+            app_services,
             tls_certificate_path,
             tls_private_key_path,
             federation,

@@ -61,13 +61,17 @@ impl Homeserver {
         if self.current_state(&room).await?.is_none() {
             return Err(Error::not_found("Room not found"));
         }
-        if self.membership_of(&room, requester.user_id.as_str()).await?.as_deref() != Some("join")
-            && !requester.is_admin
-        {
-            return Err(Error::forbidden("You must be in the room to create an alias for it"));
+        // An appservice may create any alias of its namespace, in any room (Synapse).
+        self.check_alias_namespace(requester, alias.as_str())?;
+        if requester.app_service.is_none() {
+            if self.membership_of(&room, requester.user_id.as_str()).await?.as_deref() != Some("join")
+                && !requester.is_admin
+            {
+                return Err(Error::forbidden("You must be in the room to create an alias for it"));
+            }
+            // Not skipped for admins (Synapse: only app services skip it).
+            self.modules.user_may_create_room_alias(requester.user_id.as_str(), alias.as_str()).await?;
         }
-        // Not skipped for admins (Synapse: only app services skip it).
-        self.modules.user_may_create_room_alias(requester.user_id.as_str(), alias.as_str()).await?;
         let (a, r, c) = (alias.to_string(), room.to_string(), requester.user_id.to_string());
         match self.db(move |s| s.create_alias(&a, &r, &c)).await {
             Err(e) if e.kind == ErrorKind::Internal => {
@@ -101,10 +105,17 @@ impl Homeserver {
             return self.remote_alias(alias.as_str(), alias.server_name().as_str()).await;
         }
         let a = alias.to_string();
-        match self.db(move |s| s.get_alias(&a)).await? {
-            Some((room, _)) => Ok((room, vec![self.server_name().to_owned()])),
-            None => Err(Error::not_found(format!("Room alias {alias} not found"))),
+        if let Some((room, _)) = self.db(move |s| s.get_alias(&a)).await? {
+            return Ok((room, vec![self.server_name().to_owned()]));
         }
+        // An appservice whose namespace holds the alias may create it on demand.
+        if self.query_appservices_for_alias(alias.as_str()).await {
+            let a = alias.to_string();
+            if let Some((room, _)) = self.db(move |s| s.get_alias(&a)).await? {
+                return Ok((room, vec![self.server_name().to_owned()]));
+            }
+        }
+        Err(Error::not_found(format!("Room alias {alias} not found")))
     }
 
     /// `DELETE /directory/room/{alias}`: the alias's creator, a server admin, or a user who may
@@ -122,6 +133,7 @@ impl Homeserver {
         if !allowed {
             return Err(Error::forbidden("You don't have permission to delete the alias."));
         }
+        self.check_alias_namespace(requester, alias.as_str())?;
         let a = alias.to_string();
         self.db(move |s| s.delete_alias(&a)).await?;
         // Keep the canonical alias event truthful, unless the user is shadow-banned.

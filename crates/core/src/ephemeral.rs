@@ -327,6 +327,20 @@ impl Homeserver {
         out
     }
 
+    /// The `m.typing` event (with its `room_id`) of every room whose typing changed in
+    /// `(after, upto]`, for appservice transactions.
+    pub(crate) fn typing_changes(&self, after: i64, upto: i64) -> Vec<Value> {
+        let all = self.ephemeral.typing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        for (room, t) in all.iter().filter(|(_, t)| t.position > after && t.position <= upto) {
+            let mut users: Vec<&String> = t.users.iter().filter(|(_, d)| **d > now).map(|(u, _)| u).collect();
+            users.sort();
+            out.push(json!({"type": "m.typing", "room_id": room, "content": {"user_ids": users}}));
+        }
+        out
+    }
+
     // --- presence ----------------------------------------------------------------------------
 
     /// `PUT /presence/{userId}/status`. With presence off in the config, accepted and ignored.

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod appservice;
 mod bus;
 pub mod config;
 mod directory;

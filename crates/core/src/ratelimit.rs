@@ -424,6 +424,10 @@ impl crate::Homeserver {
     /// `user_id`'s row of `ratelimit_override` (cached until the admin API writes one):
     /// `None` when there is none, `Some(None)` when the user is never limited.
     async fn ratelimit_override(&self, user_id: &str) -> Result<Option<Override>> {
+        // Users of an appservice registered with `rate_limited: false` are never limited.
+        if self.exempt_from_rate_limits(user_id) {
+            return Ok(Some(None));
+        }
         if let Some(known) = self.limiters.cached_override(user_id) {
             return Ok(known);
         }

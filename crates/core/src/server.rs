@@ -24,6 +24,12 @@ pub struct Requester {
     pub shadow_banned: bool,
     /// A guest account.
     pub is_guest: bool,
+    /// The appservice whose `as_token` the request carried (acting as its sender or as a user
+    /// of its namespace).
+    pub app_service: Option<Arc<crate::appservice::Registration>>,
+    /// `?ts=` on an appservice's request: the `origin_server_ts` of the event it sends (a
+    /// bridged message keeps its time).
+    pub app_service_ts: Option<i64>,
 }
 
 /// Every service's state. Cheap to share as `Arc<Homeserver>`.
@@ -50,6 +56,8 @@ pub struct Homeserver {
     pub(crate) limiters: crate::ratelimit::Limiters,
     /// The bus to the deployment's other processes, if any (see `bus`).
     pub(crate) bus: crate::bus::BusState,
+    /// Appservices' HTTP client and senders' wake-ups (see `appservice`).
+    pub(crate) appservices: crate::appservice::AppserviceState,
 }
 
 impl Homeserver {
@@ -81,6 +89,7 @@ impl Homeserver {
             accounts: Default::default(),
             ephemeral: Default::default(),
             push: Default::default(),
+            appservices: Default::default(),
             config,
             store,
             key,

@@ -100,7 +100,22 @@ fn request_info(parts: &Parts) -> RequestInfo {
     let user_agent =
         parts.headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
-    RequestInfo { user_agent, ip }
+    // An appservice's masquerading parameters (read only when the token is an appservice's).
+    let query = |name: &str| {
+        parts.uri.query().and_then(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| myelin_core::federation::percent_decode(&v.replace('+', " ")))
+        })
+    };
+    RequestInfo {
+        user_agent,
+        ip,
+        as_user_id: query("user_id"),
+        as_device_id: query("device_id").or_else(|| query("org.matrix.msc3202.device_id")),
+        as_ts: query("ts").and_then(|t| t.parse().ok()),
+    }
 }
 
 /// The access token from `Authorization: Bearer` or the `access_token` query parameter; both

@@ -284,10 +284,21 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     hs.start_federation_sender();
-    // Push notifications go out from one process (`run_background_tasks_on`), or each event
-    // would be pushed once per process.
+    if let Err(e) = hs.ensure_appservice_senders().await {
+        eprintln!(
+            "Error during startup:\nCould not create the application services' users: {}",
+            e.cause.as_deref().unwrap_or(&e.message)
+        );
+        return ExitCode::FAILURE;
+    }
+    for registration in hs.appservices() {
+        tracing::info!(appservice = %registration.id, sender = %registration.sender, url = ?registration.url, "loaded application service");
+    }
+    // Push notifications and appservice transactions go out from one process
+    // (`run_background_tasks_on`), or each event would be sent once per process.
     if hs.config.instance.runs_background_tasks() {
         hs.start_push_gateway_sender();
+        hs.start_appservice_senders();
     }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();

@@ -4,7 +4,7 @@
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
 //!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`],
 //!   [`KeyStore`], [`EphemeralStore`], [`SearchStore`], [`FederationStore`],
-//!   [`TransientStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
+//!   [`TransientStore`], [`AppserviceStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
 //!   the processes sharing it).
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
@@ -716,6 +716,46 @@ pub trait TransientStore {
     fn take_transient(&self, kind: &str, key: &str, now: i64) -> Result<Option<String>>;
 }
 
+/// Where an application service's transaction delivery stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppserviceState {
+    /// Every event and receipt up to this stream position has been delivered (or was of no
+    /// interest to it).
+    pub position: i64,
+    /// The ID of the last transaction it acknowledged (0 before the first).
+    pub last_txn_id: i64,
+    /// A transaction written but not yet acknowledged: it is sent again, with the same ID and
+    /// body, until it is.
+    pub pending: Option<PendingTransaction>,
+}
+
+/// A transaction to an application service awaiting its acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTransaction {
+    /// Its ID (the `{txnId}` of `PUT /_matrix/app/v1/transactions/{txnId}`).
+    pub txn_id: i64,
+    /// The stream position its content reaches; `position` moves there once it is acknowledged.
+    pub to_position: i64,
+    /// The body, as sent.
+    pub body: String,
+}
+
+/// Application services' delivery positions and the transaction each has in flight.
+pub trait AppserviceStore {
+    /// The service's state; a service never seen starts at `start_position` (the stream's
+    /// position when it was first registered: it gets what happens from then on).
+    fn appservice_state(&self, as_id: &str, start_position: i64) -> Result<AppserviceState>;
+    /// Records a transaction before it is sent: `txn_id` must be the one after the last
+    /// acknowledged and there must be no other pending ([`StorageError::Conflict`] otherwise).
+    fn begin_appservice_txn(&self, as_id: &str, txn: &PendingTransaction) -> Result<()>;
+    /// The service acknowledged `txn_id`: its position moves to the transaction's end and the
+    /// body is dropped. Acknowledging a transaction that is not pending does nothing.
+    fn complete_appservice_txn(&self, as_id: &str, txn_id: i64) -> Result<()>;
+    /// Moves the position forward past events the service has no interest in (never back,
+    /// and not while a transaction is pending).
+    fn advance_appservice(&self, as_id: &str, position: i64) -> Result<()>;
+}
+
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
@@ -774,6 +814,7 @@ pub trait Storage:
     + SearchStore
     + FederationStore
     + TransientStore
+    + AppserviceStore
     + Send
     + Sync
     + 'static
@@ -793,6 +834,7 @@ impl<T> Storage for T where
         + SearchStore
         + FederationStore
         + TransientStore
+        + AppserviceStore
         + Send
         + Sync
         + 'static

@@ -248,6 +248,8 @@ contract! {
     // Transient records
     transient_records_expire,
     transient_records_are_taken_once,
+    appservice_transactions_are_recorded_before_sending,
+    appservice_position_only_moves_forward,
     // Search
     search_finds_just_written_events,
     search_skips_redacted_events,
@@ -2130,4 +2132,44 @@ fn transient_records_are_taken_once(s: &dyn Storage) {
     // An expired record cannot be taken either (and is gone afterwards).
     s.put_transient("registration_nonce", "old", "", 10).unwrap();
     assert_eq!(s.take_transient("registration_nonce", "old", 11).unwrap(), None);
+}
+
+fn appservice_transactions_are_recorded_before_sending(s: &dyn Storage) {
+    let fresh = s.appservice_state("irc", 40).unwrap();
+    assert_eq!(fresh, AppserviceState { position: 40, last_txn_id: 0, pending: None }, "starts where it is told");
+    assert_eq!(s.appservice_state("irc", 99).unwrap().position, 40, "the start applies only once");
+    let txn = PendingTransaction { txn_id: 1, to_position: 45, body: "{\"events\":[]}".into() };
+    // Only the transaction after the last acknowledged one, and one at a time.
+    let skipping = PendingTransaction { txn_id: 2, ..txn.clone() };
+    assert!(matches!(s.begin_appservice_txn("irc", &skipping), Err(StorageError::Conflict)));
+    s.begin_appservice_txn("irc", &txn).unwrap();
+    assert!(matches!(s.begin_appservice_txn("irc", &txn), Err(StorageError::Conflict)), "one pending");
+    let state = s.appservice_state("irc", 0).unwrap();
+    assert_eq!(state.pending.as_ref(), Some(&txn), "kept for a resend after a restart");
+    assert_eq!(state.position, 40, "not delivered yet");
+    // Another service is separate.
+    assert_eq!(s.appservice_state("telegram", 7).unwrap().pending, None);
+    s.complete_appservice_txn("irc", 5).unwrap();
+    assert!(s.appservice_state("irc", 0).unwrap().pending.is_some(), "acknowledging another ID does nothing");
+    s.complete_appservice_txn("irc", 1).unwrap();
+    assert_eq!(s.appservice_state("irc", 0).unwrap(), AppserviceState { position: 45, last_txn_id: 1, pending: None });
+    s.complete_appservice_txn("irc", 1).unwrap();
+    assert_eq!(s.appservice_state("irc", 0).unwrap().position, 45, "a second acknowledgement changes nothing");
+    let next = PendingTransaction { txn_id: 2, to_position: 50, body: "{}".into() };
+    s.begin_appservice_txn("irc", &next).unwrap();
+}
+
+fn appservice_position_only_moves_forward(s: &dyn Storage) {
+    s.appservice_state("bot", 10).unwrap();
+    s.advance_appservice("bot", 20).unwrap();
+    s.advance_appservice("bot", 15).unwrap();
+    assert_eq!(s.appservice_state("bot", 0).unwrap().position, 20, "never back");
+    let txn = PendingTransaction { txn_id: 1, to_position: 30, body: "{}".into() };
+    s.begin_appservice_txn("bot", &txn).unwrap();
+    s.advance_appservice("bot", 40).unwrap();
+    assert_eq!(s.appservice_state("bot", 0).unwrap().position, 20, "not past a pending transaction");
+    // A transaction must reach past the position.
+    s.complete_appservice_txn("bot", 1).unwrap();
+    let stale = PendingTransaction { txn_id: 2, to_position: 30, body: "{}".into() };
+    assert!(matches!(s.begin_appservice_txn("bot", &stale), Err(StorageError::Conflict)));
 }

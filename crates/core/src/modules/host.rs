@@ -64,6 +64,8 @@ async fn local_requester(hs: &Homeserver, user_id: &str) -> Result<Requester, Mo
         is_admin: info.is_some_and(|i| i.is_admin),
         shadow_banned: false,
         is_guest: false,
+        app_service: None,
+        app_service_ts: None,
     })
 }
 

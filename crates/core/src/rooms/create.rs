@@ -131,6 +131,7 @@ impl Homeserver {
             Some(local) => {
                 let alias = format!("#{local}:{}", self.server_name());
                 self.check_alias_available(&alias).await?;
+                self.check_alias_namespace(requester, &alias)?;
                 Some(alias)
             }
             None => None,

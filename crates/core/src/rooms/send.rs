@@ -30,7 +30,16 @@ impl Homeserver {
                 kind,
                 None,
                 content,
-                AppendOptions { txn, spam_check: true, remote_invite: None, ..AppendOptions::default() },
+                AppendOptions {
+                    txn,
+                    spam_check: true,
+                    remote_invite: None,
+                    origin_server_ts: requester
+                        .app_service_ts
+                        .and_then(|t| ruma::UInt::new(t as u64))
+                        .map(MilliSecondsSinceUnixEpoch),
+                    ..AppendOptions::default()
+                },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())
@@ -76,7 +85,16 @@ impl Homeserver {
                 kind,
                 Some(state_key),
                 content,
-                AppendOptions { txn: None, spam_check: true, remote_invite: None, ..AppendOptions::default() },
+                AppendOptions {
+                    txn: None,
+                    spam_check: true,
+                    remote_invite: None,
+                    origin_server_ts: requester
+                        .app_service_ts
+                        .and_then(|t| ruma::UInt::new(t as u64))
+                        .map(MilliSecondsSinceUnixEpoch),
+                    ..AppendOptions::default()
+                },
             )
             .await?;
         Ok(appended.pdu.event_id.to_string())

@@ -146,6 +146,8 @@ impl Homeserver {
                 flows.push(t);
             }
         }
+        // Always offered, as on Synapse (only appservice tokens pass it).
+        flows.push("m.login.application_service".to_owned());
         flows
     }
 

@@ -28,6 +28,12 @@ pub struct RequestInfo {
     pub user_agent: String,
     /// Client IP.
     pub ip: String,
+    /// `?user_id=`: the user an appservice acts as.
+    pub as_user_id: Option<String>,
+    /// `?device_id=` (or MSC3202's `org.matrix.msc3202.device_id`): the device it acts on.
+    pub as_device_id: Option<String>,
+    /// `?ts=`: the timestamp an appservice gives the event it sends.
+    pub as_ts: Option<i64>,
 }
 
 /// A UIA session in progress.
@@ -59,6 +65,9 @@ pub struct RegisterRequest {
     pub initial_device_display_name: Option<String>,
     /// Don't log in.
     pub inhibit_login: bool,
+    /// `type`: `m.login.application_service` for an appservice registering a user of its own.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     /// UIA auth dict.
     pub auth: Option<Value>,
 }
@@ -195,6 +204,9 @@ impl Homeserver {
         let Some(token) = token else {
             return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
         };
+        if let Some(registration) = self.appservice_by_token(token).cloned() {
+            return self.appservice_requester(&registration, token, info).await;
+        }
         let t = token.to_owned();
         let found = self
             .db(move |s| {
@@ -240,6 +252,8 @@ impl Homeserver {
             is_admin: user.is_admin,
             shadow_banned: user.shadow_banned,
             is_guest: user.is_guest,
+            app_service: None,
+            app_service_ts: None,
         })
     }
 
@@ -332,7 +346,7 @@ impl Homeserver {
         if requester.is_admin { Ok(()) } else { Err(Error::forbidden("You are not a server admin")) }
     }
 
-    async fn new_session(
+    pub(crate) async fn new_session(
         &self,
         user_id: &UserId,
         device_id: Option<String>,

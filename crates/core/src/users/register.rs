@@ -7,6 +7,7 @@ impl Homeserver {
     pub async fn username_available(&self, username: &str) -> Result<()> {
         validate_localpart(username, self.server_name())?;
         let user_id = format!("@{username}:{}", self.server_name());
+        self.check_user_not_exclusive(&user_id, None)?;
         if self.db(move |s| s.find_user_case_insensitive(&user_id)).await?.is_some() {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
         }

@@ -29,9 +29,14 @@ pub(super) async fn login_flows(State(hs): State<AppState>) -> Json {
 pub(super) async fn login(
     State(hs): State<AppState>,
     ClientInfo(info): ClientInfo,
+    parts: axum::http::request::Parts,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> Answer {
-    let r = hs.login(body, &info).await?;
+    let r = if body.kind == "m.login.application_service" {
+        hs.login_appservice_user(access_token(&parts)?.as_deref(), body).await?
+    } else {
+        hs.login(body, &info).await?
+    };
     Ok(axum::Json(json!({
         "user_id": r.user_id, "access_token": r.access_token, "device_id": r.device_id,
         "home_server": hs.server_name(),
@@ -57,8 +62,25 @@ pub(super) async fn register(
     State(hs): State<AppState>,
     ClientInfo(info): ClientInfo,
     Query(q): Query<RegisterQuery>,
+    parts: axum::http::request::Parts,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Answer {
+    let token = access_token(&parts)?;
+    if body.kind.as_deref() == Some("m.login.application_service") {
+        let r = hs.register_appservice_user(token.as_deref(), body).await?;
+        let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
+        if let Some((token, device)) = r.login {
+            out["access_token"] = json!(token);
+            out["device_id"] = json!(device);
+        }
+        return Ok(axum::Json(out));
+    }
+    if token.is_some() {
+        return Err(MatrixError::new(
+            ErrorKind::BadRequest,
+            "An access token should not be provided on requests to /register (except if type is m.login.application_service)",
+        ));
+    }
     let r = match q.kind.as_deref() {
         Some("guest") => hs.register_guest(&info).await?,
         None | Some("user") => hs.register(body, &info).await?,

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::MatrixError;
-use crate::extract::{Auth, AuthAllowExpired, ClientInfo, JsonBody, OptionalAuth, Path, Query};
+use crate::extract::{Auth, AuthAllowExpired, ClientInfo, JsonBody, OptionalAuth, Path, Query, access_token};
 
 mod account_data;
 mod accounts;
@@ -35,12 +35,18 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/capabilities", get(capabilities))
         .route("/voip/turnServer", get(turn_server))
         .route("/thirdparty/protocols", get(thirdparty_protocols))
+        .route("/thirdparty/protocol/{protocol}", get(thirdparty_protocol))
+        .route("/thirdparty/user", get(thirdparty_lookup))
+        .route("/thirdparty/user/{protocol}", get(thirdparty_query))
+        .route("/thirdparty/location", get(thirdparty_lookup))
+        .route("/thirdparty/location/{protocol}", get(thirdparty_query))
         .merge(crate::keys::routes())
         .merge(crate::ephemeral::routes())
         .merge(crate::push::routes());
     Router::new()
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(accounts::token_validity))
+        .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
         .nest("/_matrix/client/v1", rooms::v1_routes())
         .nest("/_matrix/client/v3", api.clone())
         .nest("/_matrix/client/r0", api)
@@ -70,7 +76,59 @@ async fn turn_server(Auth(_me): Auth) -> Json {
     axum::Json(json!({}))
 }
 
-/// No application services bridge third-party networks here.
-async fn thirdparty_protocols(Auth(_me): Auth) -> Json {
-    axum::Json(json!({}))
+/// The third-party protocols the appservices bridge (`{}` without any).
+async fn thirdparty_protocols(State(hs): State<AppState>, Auth(_me): Auth) -> Answer {
+    Ok(axum::Json(Value::Object(hs.thirdparty_protocols(None).await?)))
+}
+
+async fn thirdparty_protocol(State(hs): State<AppState>, Auth(_me): Auth, Path(protocol): Path<String>) -> Answer {
+    match hs.thirdparty_protocols(Some(&protocol)).await?.remove(&protocol) {
+        Some(info) => Ok(axum::Json(info)),
+        None => Err(MatrixError::new(ErrorKind::NotFound, "Unknown protocol")),
+    }
+}
+
+/// The query's fields, without `access_token` (passed on to the appservices as they are).
+fn thirdparty_fields(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k != "access_token")
+        .map(|(k, v)| (myelin_core::federation::percent_decode(k), myelin_core::federation::percent_decode(v)))
+        .collect()
+}
+
+/// `GET /thirdparty/{user|location}/{protocol}`: the appservices' matches.
+async fn thirdparty_query(
+    State(hs): State<AppState>,
+    Auth(_me): Auth,
+    uri: axum::http::Uri,
+    Path(protocol): Path<String>,
+) -> Answer {
+    let kind = if uri.path().contains("/thirdparty/user/") { "user" } else { "location" };
+    let found = hs.thirdparty_query(kind, Some(&protocol), &thirdparty_fields(uri.query())).await?;
+    Ok(axum::Json(json!(found)))
+}
+
+/// `GET /thirdparty/{user|location}` without a protocol: as on Synapse, no appservice is asked.
+async fn thirdparty_lookup(State(hs): State<AppState>, Auth(_me): Auth, uri: axum::http::Uri) -> Answer {
+    let kind = if uri.path().ends_with("/user") { "user" } else { "location" };
+    Ok(axum::Json(json!(hs.thirdparty_query(kind, None, &thirdparty_fields(uri.query())).await?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PingBody {
+    transaction_id: Option<String>,
+}
+
+/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`.
+async fn appservice_ping(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<PingBody>,
+) -> Answer {
+    Ok(axum::Json(hs.ping_appservice(&me, &id, body.transaction_id.as_deref()).await?))
 }

@@ -30,6 +30,7 @@ use postgres::{Client, NoTls, Row, Statement};
 
 use crate::*;
 
+mod appservices;
 mod client_data;
 mod directory;
 mod ephemeral;
@@ -44,8 +45,11 @@ mod users;
 
 /// Migrations, applied in order; the schema version is the number applied. Never edit a
 /// released one: append. (PostgreSQL's list starts from the schema SQLite reached in 11 steps.)
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_schema.sql"), include_str!("migrations/0002_transient.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_schema.sql"),
+    include_str!("migrations/0002_transient.sql"),
+    include_str!("migrations/0003_appservices.sql"),
+];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).
 pub const WRITE_LOCK: i64 = 0x6d79656c696e;

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::*;
 
+mod appservices;
 mod client_data;
 mod directory;
 mod ephemeral;
@@ -49,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_txn_by_event.sql"),
     include_str!("../migrations/0011_device_user_agent.sql"),
     include_str!("../migrations/0012_transient.sql"),
+    include_str!("../migrations/0013_appservices.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

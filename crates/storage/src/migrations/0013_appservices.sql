@@ -1,0 +1,10 @@
+-- Each application service's delivery position and the transaction it has in flight (written
+-- before it is sent, so a restart sends the same transaction again, with the same ID).
+CREATE TABLE appservice_state (
+    as_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    last_txn_id INTEGER NOT NULL DEFAULT 0,
+    pending_txn_id INTEGER,
+    pending_to INTEGER,
+    pending_body TEXT
+);
