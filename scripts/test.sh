@@ -27,6 +27,12 @@ if [ ! -x tests/synapse/.venv/bin/python ]; then
   python3 -m venv tests/synapse/.venv
 fi
 tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.163.2"
+# Real appservices for tests/blackbox/appservices.rs: Heisenbridge (with Debian's ngircd, which
+# .ci/run installs) and a mautrix-python bot, in their own venv (pinned).
+if [ ! -x tests/appservice/.venv/bin/python ]; then
+  python3 -m venv tests/appservice/.venv
+fi
+tests/appservice/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/appservice/requirements.txt
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 # Hydrogen, bundled with vite, for the browser test (Debian's chromium runs it; .ci/run installs it).
 (cd tests/clients/hydrogen && npm ci --no-audit --no-fund --loglevel=error && npx vite build >/dev/null)

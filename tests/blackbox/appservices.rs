@@ -611,3 +611,78 @@ async fn invalid_registration_files_stop_start_up() {
     assert_eq!(code, 1);
     assert!(err.contains("Expected a list of AS config files"), "{err}");
 }
+
+/// The venv with Heisenbridge and mautrix-python (`scripts/test.sh` builds it from
+/// `tests/appservice/requirements.txt`).
+const APPSERVICE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/appservice/.venv/bin/python");
+
+/// Runs a driver script of `tests/appservice/` with `args` (at most `limit_s` seconds); panics
+/// with its output unless it exits 0.
+async fn run_driver(script: &str, args: &[String], limit_s: u32) -> String {
+    let script = format!("{}/appservice/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = std::process::Command::new("timeout");
+    command.arg(limit_s.to_string()).arg(APPSERVICE_PYTHON).arg(&script).args(args);
+    // On the blocking pool: the homeserver under test answers on this runtime meanwhile.
+    let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run the appservice driver");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} {args:?} failed ({}):\n{text}", out.status);
+    text
+}
+
+/// A server named `localhost` (the drivers' bridges use that name) with `registration_file`.
+async fn start_localhost_with(dir: tempfile::TempDir, registration_file: &str) -> Server {
+    let config = base_config(&format!("app_service_config_files: [{registration_file}]\n"))
+        .replace("server_name: test", "server_name: localhost");
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    Server::start_in(dir).await
+}
+
+#[tokio::test]
+async fn heisenbridge_bridges_an_irc_channel_both_ways() {
+    // Heisenbridge (PyPI) with Debian's ngircd: a Matrix user sets the bridge up through its bot,
+    // joins an IRC channel through it, and messages flow both ways with a raw IRC client.
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::federating::free_port();
+    let registration = dir.path().join("heisenbridge.yaml").display().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    run_driver(
+        "heisenbridge_flow.py",
+        &["generate".into(), "--url".into(), url, "--out".into(), registration.clone()],
+        60,
+    )
+    .await;
+    let s = start_localhost_with(dir, "heisenbridge.yaml").await;
+    let args = ["run", "--homeserver", &s.url(""), "--registration", &registration, "--server-name", "localhost"];
+    let log = run_driver("heisenbridge_flow.py", &args.map(str::to_owned), 150).await;
+    assert!(
+        log.contains("PASS Matrix -> IRC") && log.contains("PASS IRC -> Matrix") && log.contains("ALL PASSED"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_mautrix_appservice_bot_runs_its_scenario() {
+    // A mautrix-python appservice: ping, masquerading, a portal room with an alias, a real user
+    // in it, transactions with the message, typing and receipt, ?ts=, refusals, queries and
+    // third-party lookups (tests/appservice/mautrix_bot.py lists each check).
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::federating::free_port();
+    let registration = dir.path().join("mautrix.yaml").display().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    run_driver("mautrix_bot.py", &["generate".into(), "--url".into(), url, "--out".into(), registration.clone()], 60)
+        .await;
+    let s = start_localhost_with(dir, "mautrix.yaml").await;
+    let args = [
+        "run",
+        "--homeserver",
+        &s.url(""),
+        "--registration",
+        &registration,
+        "--port",
+        &port.to_string(),
+        "--server-name",
+        "localhost",
+    ];
+    let log = run_driver("mautrix_bot.py", &args.map(str::to_owned), 120).await;
+    assert!(log.contains("ALL CHECKS PASSED"), "{log}");
+}

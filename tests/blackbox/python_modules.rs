@@ -702,7 +702,10 @@ async fn password_auth_providers() {
         async move { s.post("/_matrix/client/v3/login", None, body).await }
     };
     let (_, flows) = s.get("/_matrix/client/v3/login", None).await;
-    assert_eq!(flows["flows"], json!([{"type": "m.login.password"}, {"type": "org.example.token"}, {"type": "m.login.application_service"}]));
+    assert_eq!(
+        flows["flows"],
+        json!([{"type": "m.login.password"}, {"type": "org.example.token"}, {"type": "m.login.application_service"}])
+    );
     // A custom login type.
     let (st, b) = login(json!({"type": "org.example.token", "identifier": {"type": "m.id.user", "user": "alice"}, "token": "open-sesame"})).await;
     assert_eq!((st, b["user_id"].as_str()), (200, Some("@alice:test")), "{b}");

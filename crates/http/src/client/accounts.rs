@@ -105,7 +105,12 @@ pub(super) async fn register_available(State(hs): State<AppState>, Query(q): Que
 }
 
 pub(super) async fn whoami(Auth(me): Auth) -> Json {
-    axum::Json(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": me.is_guest}))
+    let mut out = json!({"user_id": me.user_id, "is_guest": me.is_guest});
+    // An appservice acting without a device has none (Synapse omits the key).
+    if !me.device_id.is_empty() {
+        out["device_id"] = json!(me.device_id);
+    }
+    axum::Json(out)
 }
 
 #[derive(Deserialize)]
