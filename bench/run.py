@@ -692,6 +692,104 @@ async def postgres_send():
     print(out)
 
 
+async def appservice_latency():
+    """`run.py appservice`: transaction delivery latency, the time from a client starting to send a
+    message to the appservice receiving the transaction that carries it. The same registration
+    (a namespace user in the room, so it is interested) and the same receiver (aiohttp in this
+    process) for both servers; messages one at a time; three rounds, the servers interleaved."""
+    from aiohttp import web
+
+    arrived = {}  # event ID -> perf_counter when a transaction carrying it came in
+    waiters = {}
+
+    async def transaction(request):
+        now = time.perf_counter()
+        body = await request.json()
+        for event in body.get("events", []):
+            arrived.setdefault(event.get("event_id"), now)
+            w = waiters.pop(event.get("event_id"), None)
+            if w and not w.done():
+                w.set_result(now)
+        return web.json_response({})
+
+    async def anything_else(request):
+        return web.json_response({}, status=404)
+
+    app = web.Application()
+    app.router.add_put("/_matrix/app/v1/transactions/{txn}", transaction)
+    app.router.add_route("*", "/{tail:.*}", anything_else)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    as_port = 28470
+    await web.TCPSite(runner, "127.0.0.1", as_port).start()
+    registration = (
+        "id: bench\nurl: http://127.0.0.1:%d\nas_token: bench-as-token\nhs_token: bench-hs-token\n"
+        "sender_localpart: benchbot\nrate_limited: false\n"
+        "namespaces: {users: [{exclusive: true, regex: '@bridge_.*'}], aliases: [], rooms: []}\n" % as_port
+    )
+    n = 30 if QUICK else 200
+    results = {"synapse": [], "myelin": []}
+    for round_ in range(3):
+        for name in ("synapse", "myelin"):
+            d = WORK / f"{name}-appservice-{round_}"
+            shutil.rmtree(d, ignore_errors=True)
+            t = Target(name, 28461)
+            cmd = synapse_config(d, t.port) if name == "synapse" else myelin_config(d, t.port)
+            (d / "bench-registration.yaml").write_text(registration)
+            cfg = d / "homeserver.yaml"
+            cfg.write_text(cfg.read_text() + f"\napp_service_config_files: ['{d / 'bench-registration.yaml'}']\n")
+            log = open(WORK / f"{name}-appservice.log", "w")
+            async with aiohttp.ClientSession() as session:
+                started = time.monotonic()
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                try:
+                    await t.wait_ready(session, started)
+                    if name == "synapse":
+                        wait_background_updates(d)
+                    user = await register(session, t, f"alice{round_}")
+                    room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom",
+                                       user["access_token"], {"preset": "public_chat"}))["room_id"]
+                    await call(session, "POST", t.base + "/_matrix/client/v3/register", "bench-as-token",
+                               {"type": "m.login.application_service", "username": "bridge_bob", "inhibit_login": True})
+                    await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}?user_id=@bridge_bob:bench",
+                               "bench-as-token", {})
+                    await asyncio.sleep(1)
+                    latencies = []
+                    for i in range(n + 5):
+                        start = time.perf_counter()
+                        sent = await call(session, "PUT",
+                                          f"{t.base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                                          user["access_token"], {"msgtype": "m.text", "body": f"bridge me {i}"})
+                        event_id = sent["event_id"]
+                        if event_id in arrived:
+                            done = arrived[event_id]
+                        else:
+                            fut = asyncio.get_running_loop().create_future()
+                            waiters[event_id] = fut
+                            done = await asyncio.wait_for(fut, 30)
+                        if i >= 5:  # the first few warm both servers up
+                            latencies.append(done - start)
+                    results[name].append(sorted(latencies))
+                finally:
+                    t.stop()
+    await runner.cleanup()
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(len(values) * q))] * 1000
+
+    out = ("\nAppservice transaction delivery (message send started -> transaction received), "
+           f"{n} messages one at a time, 3 rounds (ms; median of the rounds, then each round):\n\n"
+           "| | Synapse 1.163.2 | Myelin | ratio |\n|---|---:|---:|---:|\n")
+    for label, q in (("p50", 0.5), ("p99", 0.99)):
+        syn = [pct(r, q) for r in results["synapse"]]
+        my = [pct(r, q) for r in results["myelin"]]
+        out += (f"| {label} | {statistics.median(syn):,.1f} ({', '.join(f'{x:,.1f}' for x in syn)}) | "
+                f"{statistics.median(my):,.1f} ({', '.join(f'{x:,.1f}' for x in my)}) | "
+                f"{statistics.median(syn) / statistics.median(my):,.1f}x |\n")
+    (WORK / "results-appservice.md").write_text(out)
+    print(out)
+
+
 async def limits_only():
     """`run.py limits`: just the rate-limiter table."""
     medians, rates = await limiter_overhead()
@@ -700,5 +798,6 @@ async def limits_only():
 
 
 if __name__ == "__main__":
-    mode = {"modules": modules_only, "limits": limits_only, "postgres": postgres_send}.get(sys.argv[1] if sys.argv[1:] else "", main)
+    mode = {"modules": modules_only, "limits": limits_only, "postgres": postgres_send,
+            "appservice": appservice_latency}.get(sys.argv[1] if sys.argv[1:] else "", main)
     asyncio.run(mode())

@@ -388,6 +388,8 @@ async fn transactions_carry_what_the_appservice_is_interested_in() {
         assert_eq!(t.authorization, format!("Bearer {HS_TOKEN}"), "the hs_token, as a bearer header");
         assert!(t.body["ephemeral"].is_array(), "receive_ephemeral: {}", t.body);
         assert!(t.body.get("de.sorunome.msc2409.ephemeral").is_none(), "only the flag it set");
+        assert_eq!(t.body["de.sorunome.msc2409.to_device"], json!([]), "to-device only behind Synapse's switch");
+        assert!(t.body.get("org.matrix.msc3202.device_lists").is_none(), "not registered for MSC3202");
     }
     let ids: Vec<u64> = transactions.iter().map(|t| t.uri.rsplit('/').next().unwrap().parse().unwrap()).collect();
     assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "transaction IDs count up from 1");
@@ -610,6 +612,73 @@ async fn invalid_registration_files_stop_start_up() {
     let (code, _, err) = run_cli(dir.path(), &["-c", "homeserver.yaml", "check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains("Expected a list of AS config files"), "{err}");
+}
+
+#[tokio::test]
+async fn encryption_capable_bridges_get_to_device_messages_device_lists_and_key_counts() {
+    // Synapse's experimental switches on, and the registration asking for MSC3202.
+    let mut fake = FakeAppservice::start().await;
+    let s = start_with_registration(
+        &registration(Some(&fake.url), "receive_ephemeral: true\norg.matrix.msc3202: true\n"),
+        "experimental_features: {msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true}\n",
+    )
+    .await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    let (st, gus) = as_register(&s, "irc_gus").await;
+    assert_eq!(st, 200, "{gus}");
+    let (gus_token, gus_device) =
+        (gus["access_token"].as_str().unwrap(), gus["device_id"].as_str().unwrap().to_owned());
+    assert_eq!(s.post(&format!("{V3}/join/{room}"), Some(gus_token), json!({})).await.0, 200);
+    // The bridge's device uploads one-time keys; bob's device keys change; bob messages the
+    // bridge's device and goes online.
+    let otks = json!({"one_time_keys": {"signed_curve25519:AAAA1": {"key": "k1", "signatures": {}}, "signed_curve25519:AAAA2": {"key": "k2", "signatures": {}}}});
+    assert_eq!(s.post(&format!("{V3}/keys/upload"), Some(gus_token), otks).await.0, 200);
+    let keys = json!({"device_keys": {"user_id": bob.user_id, "device_id": bob.device_id, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": {format!("curve25519:{}", bob.device_id): "c", format!("ed25519:{}", bob.device_id): "e"}, "signatures": {}}});
+    assert_eq!(s.post(&format!("{V3}/keys/upload"), Some(&bob.token), keys).await.0, 200);
+    let to_device = json!({"messages": {"@irc_gus:test": {gus_device.clone(): {"ciphertext": "secret"}}}});
+    assert_eq!(s.put(&format!("{V3}/sendToDevice/m.room.encrypted/td1"), Some(&bob.token), to_device).await.0, 200);
+    let presence = json!({"presence": "online", "status_msg": "here"});
+    assert_eq!(s.put(&format!("{V3}/presence/@bob:test/status"), Some(&bob.token), presence).await.0, 200);
+    s.send_text(&bob, &room, "encrypted soon").await;
+
+    fake.wait_for(Duration::from_secs(15), "to-device, device list, key counts and presence", |seen| {
+        let txns: Vec<&Seen> = seen.iter().filter(|r| r.uri.starts_with("/_matrix/app/v1/transactions/")).collect();
+        let to_device = txns.iter().flat_map(|t| t.body["de.sorunome.msc2409.to_device"].as_array().cloned().unwrap_or_default());
+        let has_message = to_device.into_iter().any(|m| {
+            m["type"] == "m.room.encrypted" && m["sender"] == "@bob:test" && m["to_user_id"] == "@irc_gus:test"
+                && m["to_device_id"] == gus_device.as_str() && m["content"]["ciphertext"] == "secret"
+        });
+        let has_change = txns.iter().any(|t| {
+            t.body["org.matrix.msc3202.device_lists"]["changed"].as_array().is_some_and(|c| c.contains(&json!("@bob:test")))
+        });
+        let has_counts = txns.iter().any(|t| {
+            t.body["org.matrix.msc3202.device_one_time_key_counts"]["@irc_gus:test"][gus_device.as_str()]["signed_curve25519"] == 2
+                && t.body["org.matrix.msc3202.device_unused_fallback_key_types"]["@irc_gus:test"][gus_device.as_str()].is_array()
+        });
+        let has_presence = txns.iter().any(|t| {
+            t.body["ephemeral"].as_array().is_some_and(|e| {
+                e.iter().any(|e| e["type"] == "m.presence" && e["sender"] == "@bob:test" && e["content"]["presence"] == "online")
+            })
+        });
+        has_message && has_change && has_counts && has_presence
+    })
+    .await;
+    // Another user's to-device messages are not the bridge's business.
+    let carol = s.register("carol").await;
+    let private = json!({"messages": {"@carol:test": {carol.device_id.clone(): {"ciphertext": "not for bridges"}}}});
+    assert_eq!(s.put(&format!("{V3}/sendToDevice/m.room.encrypted/td2"), Some(&bob.token), private).await.0, 200);
+    s.send_text(&bob, &room, "after").await;
+    fake.wait_for(Duration::from_secs(10), "the later message", |seen| {
+        seen.iter()
+            .any(|r| r.body["events"].as_array().is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "after")))
+    })
+    .await;
+    assert!(
+        !fake.transactions().iter().any(|t| t.body.to_string().contains("not for bridges")),
+        "only its users' messages"
+    );
 }
 
 /// The venv with Heisenbridge and mautrix-python (`scripts/test.sh` builds it from

@@ -240,6 +240,12 @@ pub struct Config {
     pub instance: InstanceSettings,
     /// `app_service_config_files`: the registered application services.
     pub app_services: Vec<std::sync::Arc<crate::appservice::Registration>>,
+    /// `experimental_features.msc2409_to_device_messages_enabled`: appservices that receive
+    /// ephemeral events get their users' to-device messages too.
+    pub msc2409_to_device_messages: bool,
+    /// `experimental_features.msc3202_transaction_extensions`: appservices registered with
+    /// `org.matrix.msc3202` get device list changes and key counts in transactions.
+    pub msc3202_transaction_extensions: bool,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -291,6 +297,7 @@ impl InstanceSettings {
 /// Top-level keys Myelin reads. Others are warned about.
 const KNOWN_KEYS: &[&str] = &[
     "app_service_config_files",
+    "experimental_features",
     "track_appservice_user_ips",
     "worker_name",
     "worker_app",
@@ -773,7 +780,16 @@ impl Config {
             }
             Some(_) => return Err(w.err("app_service_config_files", "Expected a list of AS config files")),
         };
+        // Only the experimental switches Myelin has are read; the rest are Synapse's own.
+        let experimental = match root.get("experimental_features") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err(w.err("experimental_features", "expected a mapping")),
+        };
+        let ew = Walker { path: vec!["experimental_features".into()], root: &experimental };
         let config = Config {
+            msc2409_to_device_messages: ew.boolean("msc2409_to_device_messages_enabled", false)?,
+            msc3202_transaction_extensions: ew.boolean("msc3202_transaction_extensions", false)?,
             app_services,
             tls_certificate_path,
             tls_private_key_path,

@@ -461,7 +461,7 @@ impl Homeserver {
         }
     }
 
-    fn presence_content(row: &PresenceRow) -> Value {
+    pub(crate) fn presence_content(row: &PresenceRow) -> Value {
         let ago = (now_ms() - row.last_active_ts).max(0);
         let mut content = json!({
             "presence": row.state,

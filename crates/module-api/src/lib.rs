@@ -235,6 +235,8 @@ pub struct UserInfo {
     pub is_shadow_banned: bool,
     /// Creation time, seconds since the epoch (as Synapse).
     pub creation_ts: i64,
+    /// The application service whose exclusive namespace (or sender) the user is, if any.
+    pub appservice_id: Option<String>,
 }
 
 /// A user's global profile.

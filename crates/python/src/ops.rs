@@ -19,7 +19,8 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
     match op {
         "get_userinfo_by_id" => json!({"ok": api.get_userinfo_by_id(&s("user_id")).await.map(|u| json!({
             "user_id": u.user_id, "is_admin": u.is_admin, "is_guest": u.is_guest,
-            "is_deactivated": u.is_deactivated, "is_shadow_banned": u.is_shadow_banned, "creation_ts": u.creation_ts}))}),
+            "is_deactivated": u.is_deactivated, "is_shadow_banned": u.is_shadow_banned, "creation_ts": u.creation_ts,
+            "appservice_id": u.appservice_id}))}),
         "get_profile_for_user" => json!({"ok": api.get_profile_for_user(&s("user")).await.map(|p| json!({
             "display_name": p.display_name, "avatar_url": p.avatar_url}))}),
         "create_and_send_event_into_room" => ok_or_error(

@@ -575,6 +575,9 @@ pub trait KeyStore {
     ) -> Result<Option<i64>>;
     /// A device's pending messages up to `to`: `(position, json)`, oldest first.
     fn to_device_messages(&self, user_id: &str, device_id: &str, to: i64) -> Result<Vec<(i64, String)>>;
+    /// Every device's messages queued in `(from, to]`, oldest first: `(position, user, device,
+    /// json)` (for appservices, which receive their users' messages in transactions).
+    fn to_device_between(&self, from: i64, to: i64) -> Result<Vec<(i64, String, String, String)>>;
     /// Deletes a device's messages up to and including `upto` (they were delivered).
     fn delete_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> Result<()>;
     /// A new backup version; returns its number.

@@ -234,6 +234,7 @@ contract! {
     device_and_cross_signing_keys,
     users_sharing_rooms_joined_or_invited,
     to_device_queue_and_delete,
+    to_device_between_reads_every_recipient,
     to_device_txn_idempotent,
     backup_versions_lifecycle,
     backup_keys_and_etags,
@@ -1751,6 +1752,30 @@ fn to_device_queue_and_delete(s: &dyn Storage) {
     assert_eq!(get("B2", MAX), vec![(p1, parse(&msg(2)))], "other devices keep theirs");
     s.delete_to_device(BOB, "B1", p2).unwrap();
     assert_eq!(get("B1", MAX), vec![]);
+}
+
+fn to_device_between_reads_every_recipient(s: &dyn Storage) {
+    let msg = |n: i64| json!({"type": "m.test", "content": {"n": n}}).to_string();
+    let p1 = s.queue_to_device(ALICE, "A1", "t1", &[(BOB.into(), "B1".into(), msg(1))]).unwrap().unwrap();
+    let p2 = s
+        .queue_to_device(ALICE, "A1", "t2", &[(CAROL.into(), "C1".into(), msg(2)), (BOB.into(), "B2".into(), msg(3))])
+        .unwrap()
+        .unwrap();
+    let read = |from: i64, to: i64| -> Vec<(i64, String, String, Value)> {
+        s.to_device_between(from, to).unwrap().into_iter().map(|(p, u, d, j)| (p, u, d, parse(&j))).collect()
+    };
+    assert_eq!(
+        read(0, MAX),
+        vec![
+            (p1, BOB.into(), "B1".into(), parse(&msg(1))),
+            (p2, CAROL.into(), "C1".into(), parse(&msg(2))),
+            (p2, BOB.into(), "B2".into(), parse(&msg(3))),
+        ],
+        "in order, a position's messages as queued"
+    );
+    assert_eq!(read(p1, p2).len(), 2, "after `from`, up to `to`");
+    assert_eq!(read(0, p1).len(), 1);
+    assert_eq!(read(p2, MAX), vec![]);
 }
 
 fn to_device_txn_idempotent(s: &dyn Storage) {

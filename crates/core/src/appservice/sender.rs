@@ -254,8 +254,43 @@ impl Homeserver {
                 by_room[index].1["content"][&row.event_id][&row.receipt_type][&row.user_id] = receipt;
             }
             ephemeral.extend(by_room.into_iter().map(|(_, e)| e));
+            if self.config.presence_enabled {
+                for row in self.db(move |s| s.presence_since(from, reached)).await? {
+                    if self.appservice_interested_in_presence(registration, &row.user_id, &mut rooms).await? {
+                        let content = Self::presence_content(&row);
+                        ephemeral.push(json!({"type": "m.presence", "sender": row.user_id, "content": content}));
+                    }
+                }
+            }
         }
-        if events.is_empty() && ephemeral.is_empty() {
+        // MSC2409: its users' to-device messages (behind Synapse's experimental switch).
+        let mut to_device = Vec::new();
+        if registration.wants_ephemeral() && self.config.msc2409_to_device_messages {
+            for (_, user, device, json) in self.db(move |s| s.to_device_between(from, reached)).await? {
+                if !registration.is_interested_in_user(&user) {
+                    continue;
+                }
+                let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(&json) else { continue };
+                message.insert("to_user_id".into(), json!(user));
+                message.insert("to_device_id".into(), json!(device));
+                to_device.push(Value::Object(message));
+            }
+        }
+        // MSC3202: device list changes of users sharing its rooms (also behind a switch).
+        let msc3202 = registration.msc3202 && self.config.msc3202_transaction_extensions;
+        let mut changed = Vec::new();
+        if msc3202 {
+            for user in self.db(move |s| s.device_list_changes(from, reached)).await? {
+                let u = user.clone();
+                let sharing = self.db(move |s| s.users_sharing_rooms(&u)).await?;
+                if registration.is_interested_in_user(&user)
+                    || sharing.iter().any(|m| registration.is_interested_in_user(m))
+                {
+                    changed.push(user);
+                }
+            }
+        }
+        if events.is_empty() && ephemeral.is_empty() && to_device.is_empty() && changed.is_empty() {
             return Ok((reached, None));
         }
         let mut body = json!({"events": events});
@@ -266,9 +301,70 @@ impl Homeserver {
             body["de.sorunome.msc2409.ephemeral"] = json!(ephemeral);
         }
         if registration.wants_ephemeral() {
-            body["de.sorunome.msc2409.to_device"] = json!([]);
+            body["de.sorunome.msc2409.to_device"] = json!(to_device);
+        }
+        if msc3202 {
+            self.add_key_counts(registration, &events, &ephemeral, &to_device, &mut body).await?;
+            if !changed.is_empty() {
+                body["org.matrix.msc3202.device_lists"] = json!({"changed": changed, "left": []});
+            }
         }
         Ok((reached, Some(body.to_string())))
+    }
+
+    /// MSC3202's one-time key counts and unused fallback key types of the service's users the
+    /// transaction concerns (its sender, its users in the rooms of the events and ephemeral
+    /// events, the recipients of the to-device messages), as Synapse computes them.
+    async fn add_key_counts(
+        &self,
+        registration: &Registration,
+        events: &[Value],
+        ephemeral: &[Value],
+        to_device: &[Value],
+        body: &mut Value,
+    ) -> Result<()> {
+        let mut users = std::collections::BTreeSet::new();
+        users.insert(registration.sender.to_string());
+        let rooms: std::collections::BTreeSet<String> =
+            events.iter().chain(ephemeral).filter_map(|e| e["room_id"].as_str().map(str::to_owned)).collect();
+        let suffix = format!(":{}", self.server_name());
+        for room in rooms {
+            let members = self.db(move |s| s.room_memberships(&room)).await?;
+            users.extend(
+                members
+                    .into_iter()
+                    .filter(|(u, m)| m == "join" && u.ends_with(&suffix) && registration.is_interested_in_user(u))
+                    .map(|(u, _)| u),
+            );
+        }
+        users.extend(to_device.iter().filter_map(|m| m["to_user_id"].as_str().map(str::to_owned)));
+        let (mut counts, mut fallbacks) = (serde_json::Map::new(), serde_json::Map::new());
+        for user in users {
+            let u = user.clone();
+            let devices = self.db(move |s| s.get_devices(&u)).await?;
+            for device in devices {
+                let (u, d) = (user.clone(), device.device_id.clone());
+                let (otks, unused) = self
+                    .db(move |s| Ok((s.one_time_key_counts(&u, &d)?, s.unused_fallback_key_types(&u, &d)?)))
+                    .await?;
+                let mut per_algorithm = serde_json::Map::new();
+                per_algorithm.insert("signed_curve25519".into(), json!(0));
+                for (algorithm, count) in otks {
+                    per_algorithm.insert(algorithm, json!(count));
+                }
+                counts.entry(user.clone()).or_insert_with(|| json!({}))[&device.device_id] =
+                    Value::Object(per_algorithm);
+                fallbacks.entry(user.clone()).or_insert_with(|| json!({}))[&device.device_id] = json!(unused);
+            }
+        }
+        if !counts.is_empty() {
+            body["org.matrix.msc3202.device_one_time_key_counts"] = Value::Object(counts.clone());
+            body["org.matrix.msc3202.device_one_time_keys_count"] = Value::Object(counts);
+        }
+        if !fallbacks.is_empty() {
+            body["org.matrix.msc3202.device_unused_fallback_key_types"] = Value::Object(fallbacks);
+        }
+        Ok(())
     }
 
     /// Queries the service about one of its local users that is not registered.
@@ -281,6 +377,26 @@ impl Homeserver {
             self.query_appservice_for_user(registration, user).await;
         }
         Ok(())
+    }
+
+    /// Synapse's `is_interested_in_presence`: the user is the service's, or is joined to a room
+    /// the service is interested in.
+    async fn appservice_interested_in_presence(
+        &self,
+        registration: &Registration,
+        user: &str,
+        known: &mut HashMap<String, bool>,
+    ) -> Result<bool> {
+        if registration.is_interested_in_user(user) {
+            return Ok(true);
+        }
+        let u = user.to_owned();
+        for room in self.db(move |s| s.rooms_for_user(&u, "join")).await? {
+            if self.appservice_interested_in_room(registration, &room, known).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Synapse's `is_interested_in_room`: the room ID or one of its local aliases is in the

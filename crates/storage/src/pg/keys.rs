@@ -278,6 +278,17 @@ impl KeyStore for PostgresStore {
         })
     }
 
+    fn to_device_between(&self, from: i64, to: i64) -> Result<Vec<(i64, String, String, String)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT stream_ordering, user_id, device_id, message_json FROM to_device_messages
+                 WHERE stream_ordering > $1 AND stream_ordering <= $2 ORDER BY stream_ordering, id",
+                &[&from, &to],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+        })
+    }
+
     fn delete_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> Result<()> {
         self.write(|tx| {
             tx.exec(

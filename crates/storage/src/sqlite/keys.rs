@@ -266,6 +266,19 @@ impl KeyStore for SqliteStore {
             .map_err(backend)
     }
 
+    fn to_device_between(&self, from: i64, to: i64) -> Result<Vec<(i64, String, String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT stream_ordering, user_id, device_id, message_json FROM to_device_messages
+                 WHERE stream_ordering > ?1 AND stream_ordering <= ?2 ORDER BY stream_ordering, rowid",
+            )
+            .map_err(backend)?;
+        stmt.query_map(params![from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(backend)
+    }
+
     fn delete_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> Result<()> {
         self.conn()
             .exec(

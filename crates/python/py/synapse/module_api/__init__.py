@@ -166,7 +166,7 @@ class UserInfo:
         self.approved = True
         self.locked = False
         self.suspended = False
-        self.appservice_id = None
+        self.appservice_id = d.get("appservice_id")
         self.consent_server_notice_sent = None
         self.consent_version = None
         self.consent_ts = None

@@ -8,3 +8,5 @@ CREATE TABLE appservice_state (
     pending_to BIGINT,
     pending_body TEXT
 );
+-- Appservices read every recipient's to-device messages by position.
+CREATE INDEX to_device_by_position ON to_device_messages (stream_ordering);
