@@ -427,8 +427,9 @@ async fn transactions_carry_what_the_appservice_is_interested_in() {
 #[tokio::test]
 async fn a_failing_appservice_gets_the_same_transaction_until_it_takes_it() {
     let mut fake = FakeAppservice::start().await;
-    // The first three attempts fail; then a ping makes the fourth happen at once.
-    fake.state.lock().unwrap().transaction_answers.extend([500, 503, 500]);
+    // The first three attempts fail (a server error, then the service refusing the hs_token as
+    // a misconfigured one would); then a ping makes the fourth happen at once.
+    fake.state.lock().unwrap().transaction_answers.extend([500, 403, 401]);
     let s = start_with_registration(&registration(Some(&fake.url), ""), "").await;
     let (st, b) = as_register(&s, "irc_erin").await;
     assert_eq!(st, 200, "{b}");
@@ -572,6 +573,28 @@ async fn aliases_and_protocols_are_asked_of_the_appservice() {
     assert_eq!(lookup.uri, "/_matrix/app/v1/thirdparty/location/irc?channel=lobby");
     let (st, b) = s.get(&format!("{V3}/thirdparty/location?alias=%23x:test"), Some(&bob.token)).await;
     assert_eq!((st, b), (200, json!([])));
+
+    // The appservice's room list of one network, apart from the server's own.
+    let bridged = s.create_room(&bob, json!({"name": "bridged channel"})).await;
+    let list_path = format!("{V3}/directory/list/appservice/libera/{bridged}");
+    let (st, b) = s.put(&list_path, Some(&bob.token), json!({"visibility": "public"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "only appservices: {b}");
+    assert_eq!(as_call(&s, "PUT", &list_path, Some(json!({"visibility": "public"}))).await.0, 200);
+    let listed = |b: &Value| b["chunk"].as_array().unwrap().iter().any(|r| r["room_id"] == bridged.as_str());
+    let (_, main) = s.get(&format!("{V3}/publicRooms"), None).await;
+    assert!(!listed(&main), "not in the server's own list: {main}");
+    let (_, network) = s.get(&format!("{V3}/publicRooms?third_party_instance_id=irc%7Clibera"), None).await;
+    assert!(listed(&network), "{network}");
+    let (_, all) = s.post(&format!("{V3}/publicRooms"), Some(&bob.token), json!({"include_all_networks": true})).await;
+    assert!(listed(&all), "{all}");
+    let (_, other) =
+        s.post(&format!("{V3}/publicRooms"), Some(&bob.token), json!({"third_party_instance_id": "irc|oftc"})).await;
+    assert!(!listed(&other), "another network: {other}");
+    let (st, _) = s.get(&format!("{V3}/publicRooms?third_party_instance_id=nonsense"), None).await;
+    assert_eq!(st, 400);
+    assert_eq!(as_call(&s, "DELETE", &list_path, None).await.0, 200);
+    let (_, network) = s.get(&format!("{V3}/publicRooms?third_party_instance_id=irc%7Clibera"), None).await;
+    assert!(!listed(&network), "unlisted: {network}");
     assert_eq!(s.get(&format!("{V3}/thirdparty/protocols"), None).await.0, 401);
 }
 
@@ -679,6 +702,33 @@ async fn encryption_capable_bridges_get_to_device_messages_device_lists_and_key_
         !fake.transactions().iter().any(|t| t.body.to_string().contains("not for bridges")),
         "only its users' messages"
     );
+}
+
+#[tokio::test]
+async fn address_limits_and_legacy_authorization_follow_synapse() {
+    // A registration that accepts its token only from 10.0.0.0/8: from loopback the token is
+    // just unknown.
+    let s = start_with_registration(&registration(None, "ip_range_whitelist: ['10.0.0.0/8']\n"), "").await;
+    let (st, b) = as_call(&s, "GET", &format!("{V3}/account/whoami"), None).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let dir = s.stop();
+    std::fs::write(dir.path().join("irc.yaml"), registration(None, "ip_range_whitelist: ['127.0.0.0/8']\n")).unwrap();
+    let s = Server::start_in(dir).await;
+    assert_eq!(as_call(&s, "GET", &format!("{V3}/account/whoami"), None).await.0, 200, "allowed from loopback");
+    drop(s);
+
+    // use_appservice_legacy_authorization: the hs_token in the query string as well.
+    let mut fake = FakeAppservice::start().await;
+    let s = start_with_registration(&registration(Some(&fake.url), ""), "use_appservice_legacy_authorization: true\n")
+        .await;
+    assert!(s.log_text().contains("legacy authorization via query params is deprecated"), "warned");
+    assert_eq!(as_register(&s, "irc_hal").await.0, 200);
+    let (st, _) = as_call(&s, "POST", &format!("{V3}/createRoom?user_id=%40irc_hal%3Atest"), Some(json!({}))).await;
+    assert_eq!(st, 200);
+    fake.wait_for(Duration::from_secs(10), "a transaction", |seen| !seen.is_empty()).await;
+    let first = &fake.transactions()[0];
+    assert!(first.uri.ends_with(&format!("?access_token={HS_TOKEN}")), "{}", first.uri);
+    assert_eq!(first.authorization, format!("Bearer {HS_TOKEN}"), "and the header");
 }
 
 /// The venv with Heisenbridge and mautrix-python (`scripts/test.sh` builds it from

@@ -240,6 +240,9 @@ pub struct Config {
     pub instance: InstanceSettings,
     /// `app_service_config_files`: the registered application services.
     pub app_services: Vec<std::sync::Arc<crate::appservice::Registration>>,
+    /// `use_appservice_legacy_authorization`: the `hs_token` also goes in the query string of
+    /// requests to appservices (deprecated and insecure, as Synapse warns).
+    pub use_appservice_legacy_authorization: bool,
     /// `experimental_features.msc2409_to_device_messages_enabled`: appservices that receive
     /// ephemeral events get their users' to-device messages too.
     pub msc2409_to_device_messages: bool,
@@ -299,6 +302,7 @@ const KNOWN_KEYS: &[&str] = &[
     "app_service_config_files",
     "experimental_features",
     "track_appservice_user_ips",
+    "use_appservice_legacy_authorization",
     "worker_name",
     "worker_app",
     "worker_listeners",
@@ -780,6 +784,13 @@ impl Config {
             }
             Some(_) => return Err(w.err("app_service_config_files", "Expected a list of AS config files")),
         };
+        if w.boolean("use_appservice_legacy_authorization", false)? {
+            warnings.push(
+                "The use of appservice legacy authorization via query params is deprecated and should be \
+                 considered insecure."
+                    .into(),
+            );
+        }
         // Only the experimental switches Myelin has are read; the rest are Synapse's own.
         let experimental = match root.get("experimental_features") {
             None | Some(Value::Null) => Map::new(),
@@ -788,6 +799,7 @@ impl Config {
         };
         let ew = Walker { path: vec!["experimental_features".into()], root: &experimental };
         let config = Config {
+            use_appservice_legacy_authorization: w.boolean("use_appservice_legacy_authorization", false)?,
             msc2409_to_device_messages: ew.boolean("msc2409_to_device_messages_enabled", false)?,
             msc3202_transaction_extensions: ew.boolean("msc3202_transaction_extensions", false)?,
             app_services,

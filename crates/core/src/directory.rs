@@ -50,6 +50,18 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     go(pattern.as_bytes(), text.as_bytes())
 }
 
+/// Which room lists `/publicRooms` reads (Synapse's `include_all_networks` and
+/// `third_party_instance_id`).
+#[derive(Debug, Clone, Copy)]
+pub enum RoomListScope<'a> {
+    /// The homeserver's own list (the default).
+    Main,
+    /// The homeserver's list and every appservice network's.
+    AllNetworks,
+    /// One appservice network's list, by its `{appservice ID}|{network ID}`.
+    Network(&'a str),
+}
+
 impl Homeserver {
     /// `PUT /directory/room/{alias}`; also createRoom's `room_alias_name`.
     pub async fn create_alias(&self, requester: &Requester, alias: &str, room_id: &str) -> Result<()> {
@@ -303,8 +315,33 @@ impl Homeserver {
         Ok(out)
     }
 
-    /// `GET`/`POST /publicRooms`: offset-paginated (`o<N>` tokens), filtered by a search term.
-    pub async fn public_rooms(&self, limit: Option<usize>, since: Option<&str>, term: Option<&str>) -> Result<Value> {
+    /// `PUT`/`DELETE /directory/list/appservice/{networkId}/{roomId}`: an appservice lists a
+    /// room under one of its third-party networks (`public`), or unlists it.
+    pub async fn set_appservice_room_visibility(
+        &self,
+        requester: &Requester,
+        network_id: &str,
+        room_id: &str,
+        visibility: &str,
+    ) -> Result<()> {
+        let Some(registration) = &requester.app_service else {
+            return Err(Error::forbidden("Only appservices can edit the appservice published room list"));
+        };
+        let room = parse_room(room_id)?;
+        let (id, network, room) = (registration.id.clone(), network_id.to_owned(), room.to_string());
+        let listed = visibility == "public";
+        self.db(move |s| s.set_appservice_room_listed(&id, &network, &room, listed)).await
+    }
+
+    /// `GET`/`POST /publicRooms`: offset-paginated (`o<N>` tokens), filtered by a search term,
+    /// from the main list, or appservices' network lists (`scope`).
+    pub async fn public_rooms(
+        &self,
+        limit: Option<usize>,
+        since: Option<&str>,
+        term: Option<&str>,
+        scope: RoomListScope<'_>,
+    ) -> Result<Value> {
         let offset = match since {
             Some(t) => t
                 .strip_prefix('o')
@@ -312,7 +349,28 @@ impl Homeserver {
                 .ok_or_else(|| Error::invalid_param("Invalid since token"))?,
             None => 0,
         };
-        let rooms = self.db(|s| s.published_rooms()).await?;
+        let rooms = match scope {
+            RoomListScope::Main => self.db(|s| s.published_rooms()).await?,
+            RoomListScope::AllNetworks => {
+                let mut rooms = self.db(|s| s.published_rooms()).await?;
+                let more = self.db(|s| s.appservice_listed_rooms(None)).await?;
+                for room in more {
+                    if !rooms.iter().any(|(r, _)| *r == room.0) {
+                        rooms.push(room);
+                    }
+                }
+                rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                rooms
+            }
+            RoomListScope::Network(instance) => {
+                // Synapse's third-party instance IDs: `{appservice ID}|{network ID}`.
+                let Some((id, network)) = instance.split_once('|') else {
+                    return Err(Error::new(ErrorKind::BadRequest, format!("Invalid ID '{instance}'")));
+                };
+                let (id, network) = (id.to_owned(), network.to_owned());
+                self.db(move |s| s.appservice_listed_rooms(Some((&id, &network)))).await?
+            }
+        };
         let total = rooms.len();
         let mut summaries = Vec::new();
         for (room, joined) in rooms {

@@ -46,7 +46,7 @@ mod visibility;
 mod writer;
 
 pub use config::Config;
-pub use directory::PublicationRule;
+pub use directory::{PublicationRule, RoomListScope};
 pub use error::{Error, ErrorKind, Result};
 pub use relations::RelationsPage;
 pub use rooms::{CreateRoomRequest, EventFilter, MessagesPage, Pagination};

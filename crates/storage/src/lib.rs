@@ -437,6 +437,11 @@ pub trait DirectoryStore {
     fn set_room_join_rule(&self, room_id: &str, join_rule: &str) -> Result<()>;
     /// Published rooms with their joined-member counts, biggest first.
     fn published_rooms(&self) -> Result<Vec<(String, i64)>>;
+    /// Lists (or unlists) a room in an appservice's room list of one third-party network.
+    fn set_appservice_room_listed(&self, as_id: &str, network_id: &str, room_id: &str, listed: bool) -> Result<()>;
+    /// Rooms in appservices' room lists with their joined-member counts, biggest first: those of
+    /// one `(appservice, network)`, or of every network when `None`.
+    fn appservice_listed_rooms(&self, network: Option<(&str, &str)>) -> Result<Vec<(String, i64)>>;
     /// Users visible to `searcher` matching every term (a prefix of the user ID's localpart
     /// or of a word of the display name), at most `limit`: `(user_id, displayname, avatar_url)`.
     fn search_user_directory(

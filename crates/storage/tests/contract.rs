@@ -219,6 +219,7 @@ contract! {
     // Directory
     aliases_lifecycle,
     published_rooms_biggest_first,
+    appservice_room_lists_per_network,
     user_directory_visibility,
     user_directory_term_matching,
     // Media and registration tokens
@@ -1473,6 +1474,30 @@ fn published_rooms_biggest_first(s: &dyn Storage) {
     s.set_room_public("!r3:test", true).unwrap();
     assert_eq!(s.published_rooms().unwrap(), vec![room("!r3:test", 3), room("!r1:test", 1)]);
     assert!(!s.get_room("!r2:test").unwrap().unwrap().is_public);
+}
+
+fn appservice_room_lists_per_network(s: &dyn Storage) {
+    let mut r1 = TestRoom::new(s, "!r1:test");
+    let mut r2 = TestRoom::new(s, "!r2:test");
+    r1.join(s, ALICE);
+    r2.join(s, ALICE);
+    r2.join(s, BOB);
+    let room = |r: &str, n: i64| (r.to_string(), n);
+    s.set_appservice_room_listed("irc", "libera", "!r1:test", true).unwrap();
+    s.set_appservice_room_listed("irc", "libera", "!r1:test", true).unwrap();
+    s.set_appservice_room_listed("irc", "oftc", "!r2:test", true).unwrap();
+    s.set_appservice_room_listed("slack", "libera", "!r2:test", true).unwrap();
+    assert_eq!(s.appservice_listed_rooms(Some(("irc", "libera"))).unwrap(), vec![room("!r1:test", 1)]);
+    assert_eq!(s.appservice_listed_rooms(Some(("slack", "libera"))).unwrap(), vec![room("!r2:test", 2)]);
+    assert_eq!(
+        s.appservice_listed_rooms(None).unwrap(),
+        vec![room("!r2:test", 2), room("!r1:test", 1)],
+        "every network, each room once, biggest first"
+    );
+    assert_eq!(s.published_rooms().unwrap(), vec![], "not the main list");
+    s.set_appservice_room_listed("irc", "libera", "!r1:test", false).unwrap();
+    assert_eq!(s.appservice_listed_rooms(Some(("irc", "libera"))).unwrap(), vec![]);
+    s.set_appservice_room_listed("irc", "nowhere", "!r1:test", false).unwrap();
 }
 
 fn directory_ids(hits: Vec<DirectoryUser>) -> Vec<String> {

@@ -65,6 +65,8 @@ pub struct Registration {
     pub unstable_ephemeral: bool,
     /// `org.matrix.msc3202`: transactions carry device list changes and key counts.
     pub msc3202: bool,
+    /// `ip_range_whitelist`: when set, its `as_token` is accepted only from these addresses.
+    pub ip_range_whitelist: Option<Vec<crate::config::IpRange>>,
     /// The file it came from.
     pub file: PathBuf,
 }
@@ -109,6 +111,12 @@ impl Registration {
     /// A room ID in its room namespace.
     pub fn is_room_in_namespace(&self, room_id: &str) -> bool {
         matches(&self.rooms, room_id).is_some()
+    }
+
+    /// Whether its token may be used from `ip` (`ip_range_whitelist`).
+    pub fn accepts_requests_from(&self, ip: &str) -> bool {
+        let Some(ranges) = &self.ip_range_whitelist else { return true };
+        ip.parse().is_ok_and(|ip| ranges.iter().any(|r| r.contains(ip)))
     }
 
     /// Whether transactions carry ephemeral events (either spelling of the flag).
@@ -207,6 +215,17 @@ fn parse_registration(info: &Map<String, Value>, server_name: &str, path: &Path)
         }
         Ok(out)
     };
+    let ip_range_whitelist = match info.get("ip_range_whitelist") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| i.as_str().and_then(crate::config::IpRange::parse))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| "'ip_range_whitelist': expected a list of IP ranges".to_owned())?,
+        ),
+        Some(_) => return Err("'ip_range_whitelist': expected a list of IP ranges".into()),
+    };
     let protocols = match info.get("protocols") {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(items)) => items
@@ -229,6 +248,7 @@ fn parse_registration(info: &Map<String, Value>, server_name: &str, path: &Path)
         receive_ephemeral: flag("receive_ephemeral", false)?,
         unstable_ephemeral: flag("de.sorunome.msc2409.push_ephemeral", false)?,
         msc3202: flag("org.matrix.msc3202", false)?,
+        ip_range_whitelist,
         file: path.to_path_buf(),
     })
 }
@@ -486,9 +506,17 @@ fn exclusive(message: &str) -> Error {
     Error::new(ErrorKind::Module { status: 400, errcode: "M_EXCLUSIVE".into() }, message)
 }
 
-/// The `Authorization` header value the homeserver sends to an appservice.
-fn bearer(registration: &Registration) -> String {
-    format!("Bearer {}", registration.hs_token)
+impl Homeserver {
+    /// A request to an appservice with the homeserver's credentials: `Authorization: Bearer
+    /// <hs_token>`, and the token in the query string too with
+    /// `use_appservice_legacy_authorization` (deprecated, as on Synapse).
+    fn to_appservice(&self, request: reqwest::RequestBuilder, registration: &Registration) -> reqwest::RequestBuilder {
+        let request = request.header("Authorization", format!("Bearer {}", registration.hs_token));
+        if self.config.use_appservice_legacy_authorization {
+            return request.query(&[("access_token", registration.hs_token.as_str())]);
+        }
+        request
+    }
 }
 
 /// `{"transaction_id": ...}` for a ping (a helper so the ping and its test agree).

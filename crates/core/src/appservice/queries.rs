@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{Registration, bearer, ping_body};
+use super::{Registration, ping_body};
 use crate::error::{Error, ErrorKind};
 use crate::{Homeserver, Requester, Result};
 
@@ -48,10 +48,7 @@ impl Homeserver {
     async fn query_exists(&self, registration: &Registration, path: &str) -> bool {
         let Some(url) = &registration.url else { return false };
         let request = self
-            .appservices
-            .http
-            .get(format!("{url}/_matrix/app/v1/{path}"))
-            .header("Authorization", bearer(registration))
+            .to_appservice(self.appservices.http.get(format!("{url}/_matrix/app/v1/{path}")), registration)
             .timeout(QUERY_TIMEOUT);
         match request.send().await {
             Ok(response) if response.status().is_success() => true,
@@ -86,10 +83,7 @@ impl Homeserver {
         };
         let started = Instant::now();
         let sent = self
-            .appservices
-            .http
-            .post(format!("{url}/_matrix/app/v1/ping"))
-            .header("Authorization", bearer(registration))
+            .to_appservice(self.appservices.http.post(format!("{url}/_matrix/app/v1/ping")), registration)
             .json(&ping_body(txn_id))
             .send()
             .await;
@@ -149,15 +143,9 @@ impl Homeserver {
 
     async fn protocol_metadata(&self, registration: &Registration, protocol: &str) -> Option<Map<String, Value>> {
         let url = registration.url.as_ref()?;
-        let response = self
-            .appservices
-            .http
-            .get(format!("{url}/_matrix/app/v1/thirdparty/protocol/{}", quote(protocol)))
-            .header("Authorization", bearer(registration))
-            .timeout(QUERY_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
+        let request =
+            self.appservices.http.get(format!("{url}/_matrix/app/v1/thirdparty/protocol/{}", quote(protocol)));
+        let response = self.to_appservice(request, registration).timeout(QUERY_TIMEOUT).send().await.ok()?;
         if !response.status().is_success() {
             return None;
         }
@@ -192,15 +180,9 @@ impl Homeserver {
         let mut out = Vec::new();
         for registration in self.appservices().iter().filter(|r| r.protocols.iter().any(|p| p == protocol)) {
             let Some(url) = &registration.url else { continue };
-            let sent = self
-                .appservices
-                .http
-                .get(format!("{url}/_matrix/app/v1/thirdparty/{kind}/{}", quote(protocol)))
-                .query(fields)
-                .header("Authorization", bearer(registration))
-                .timeout(QUERY_TIMEOUT)
-                .send()
-                .await;
+            let request =
+                self.appservices.http.get(format!("{url}/_matrix/app/v1/thirdparty/{kind}/{}", quote(protocol)));
+            let sent = self.to_appservice(request.query(fields), registration).timeout(QUERY_TIMEOUT).send().await;
             let Ok(response) = sent else { continue };
             let Ok(Value::Array(results)) = response.json::<Value>().await else { continue };
             out.extend(results.into_iter().filter(|r| {

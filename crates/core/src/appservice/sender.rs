@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use myelin_storage::{AppserviceState, PendingTransaction};
 use serde_json::{Value, json};
 
-use super::{Registration, bearer};
+use super::Registration;
 use crate::events::client_event_from_str;
 use crate::{Homeserver, Result};
 
@@ -155,10 +155,10 @@ impl Homeserver {
     async fn send_transaction(&self, registration: &Registration, txn: &PendingTransaction) -> bool {
         let Some(url) = &registration.url else { return true };
         let sent = self
-            .appservices
-            .http
-            .put(format!("{url}/_matrix/app/v1/transactions/{}", txn.txn_id))
-            .header("Authorization", bearer(registration))
+            .to_appservice(
+                self.appservices.http.put(format!("{url}/_matrix/app/v1/transactions/{}", txn.txn_id)),
+                registration,
+            )
             .header("Content-Type", "application/json")
             .body(txn.body.clone())
             .send()

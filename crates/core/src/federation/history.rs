@@ -235,6 +235,6 @@ impl Homeserver {
         since: Option<&str>,
         term: Option<&str>,
     ) -> Result<Value> {
-        self.public_rooms(limit, since, term).await
+        self.public_rooms(limit, since, term, crate::directory::RoomListScope::Main).await
     }
 }

@@ -204,7 +204,11 @@ impl Homeserver {
         let Some(token) = token else {
             return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
         };
-        if let Some(registration) = self.appservice_by_token(token).cloned() {
+        // An appservice's token from an address its registration does not allow is just an
+        // unknown token (Synapse).
+        if let Some(registration) =
+            self.appservice_by_token(token).filter(|r| r.accepts_requests_from(&info.ip)).cloned()
+        {
             return self.appservice_requester(&registration, token, info).await;
         }
         let t = token.to_owned();

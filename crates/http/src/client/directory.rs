@@ -8,6 +8,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/rooms/{room_id}/aliases", get(room_aliases))
         .route("/directory/list/room/{room_id}", get(get_visibility).put(put_visibility))
         .route("/publicRooms", get(public_rooms_get).post(public_rooms_post))
+        .route(
+            "/directory/list/appservice/{network_id}/{room_id}",
+            put(set_appservice_room_list).delete(delete_appservice_room_list),
+        )
         .route("/user_directory/search", post(user_directory_search))
         .route("/search", post(search))
 }
@@ -69,11 +73,24 @@ pub(super) async fn put_visibility(
 pub(super) struct PublicRoomsQuery {
     limit: Option<String>,
     since: Option<String>,
+    include_all_networks: Option<String>,
+    third_party_instance_id: Option<String>,
+}
+
+/// Which lists: every network's, one appservice network's, or the server's own.
+fn room_list_scope<'a>(all: bool, instance: Option<&'a str>) -> RoomListScope<'a> {
+    match (all, instance) {
+        (true, _) => RoomListScope::AllNetworks,
+        (false, Some(instance)) => RoomListScope::Network(instance),
+        (false, None) => RoomListScope::Main,
+    }
 }
 
 pub(super) async fn public_rooms_get(State(hs): State<AppState>, Query(q): Query<PublicRoomsQuery>) -> Answer {
     let limit = q.limit.as_deref().map(|l| rooms::parse_limit(Some(l), 0)).transpose()?;
-    Ok(axum::Json(hs.public_rooms(limit, q.since.as_deref(), None).await?))
+    let scope =
+        room_list_scope(q.include_all_networks.as_deref() == Some("true"), q.third_party_instance_id.as_deref());
+    Ok(axum::Json(hs.public_rooms(limit, q.since.as_deref(), None, scope).await?))
 }
 
 #[derive(Deserialize, Default)]
@@ -82,6 +99,8 @@ pub(super) struct PublicRoomsBody {
     limit: Option<u64>,
     since: Option<String>,
     filter: Option<PublicRoomsFilter>,
+    include_all_networks: bool,
+    third_party_instance_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -97,7 +116,36 @@ pub(super) async fn public_rooms_post(
 ) -> Answer {
     let term = b.filter.and_then(|f| f.generic_search_term);
     let limit = b.limit.map(|l| l.min(1000) as usize);
-    Ok(axum::Json(hs.public_rooms(limit, b.since.as_deref(), term.as_deref()).await?))
+    let scope = room_list_scope(b.include_all_networks, b.third_party_instance_id.as_deref());
+    Ok(axum::Json(hs.public_rooms(limit, b.since.as_deref(), term.as_deref(), scope).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct AppserviceListBody {
+    visibility: Option<String>,
+}
+
+/// `PUT /directory/list/appservice/{networkId}/{roomId}` (visibility defaults to public).
+pub(super) async fn set_appservice_room_list(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((network, room_id)): Path<(String, String)>,
+    JsonBody(b): JsonBody<AppserviceListBody>,
+) -> Answer {
+    let visibility = b.visibility.unwrap_or_else(|| "public".into());
+    hs.set_appservice_room_visibility(&me, &network, &room_id, &visibility).await?;
+    Ok(axum::Json(json!({})))
+}
+
+/// `DELETE /directory/list/appservice/{networkId}/{roomId}`.
+pub(super) async fn delete_appservice_room_list(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((network, room_id)): Path<(String, String)>,
+) -> Answer {
+    hs.set_appservice_room_visibility(&me, &network, &room_id, "private").await?;
+    Ok(axum::Json(json!({})))
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post, put};
-use myelin_core::{ErrorKind, LoginRequest, RegisterRequest, SyncRequest};
+use myelin_core::{ErrorKind, LoginRequest, RegisterRequest, RoomListScope, SyncRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 

@@ -10,3 +10,11 @@ CREATE TABLE appservice_state (
 );
 -- Appservices read every recipient's to-device messages by position.
 CREATE INDEX to_device_by_position ON to_device_messages (stream_ordering);
+-- Rooms an appservice lists in the room directory under one of its third-party networks
+-- (`PUT /directory/list/appservice/{networkId}/{roomId}`).
+CREATE TABLE appservice_room_list (
+    as_id TEXT NOT NULL,
+    network_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    PRIMARY KEY (as_id, network_id, room_id)
+);

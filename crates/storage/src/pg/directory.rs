@@ -63,6 +63,32 @@ impl DirectoryStore for PostgresStore {
         })
     }
 
+    fn set_appservice_room_listed(&self, as_id: &str, network_id: &str, room_id: &str, listed: bool) -> Result<()> {
+        let sql = if listed {
+            "INSERT INTO appservice_room_list (as_id, network_id, room_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM appservice_room_list WHERE as_id = $1 AND network_id = $2 AND room_id = $3"
+        };
+        self.write(|tx| {
+            tx.exec(sql, &[&as_id, &network_id, &room_id])?;
+            Ok(())
+        })
+    }
+
+    fn appservice_listed_rooms(&self, network: Option<(&str, &str)>) -> Result<Vec<(String, i64)>> {
+        let (a, n) = network.unzip();
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT DISTINCT l.room_id, (SELECT count(*) FROM current_state c WHERE c.room_id = l.room_id
+                   AND c.type = 'm.room.member' AND c.membership = 'join') AS joined
+                 FROM appservice_room_list l WHERE $1::TEXT IS NULL OR (l.as_id = $1 AND l.network_id = $2)
+                 ORDER BY joined DESC, l.room_id",
+                &[&a, &n],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     fn search_user_directory(
         &self,
         searcher: &str,

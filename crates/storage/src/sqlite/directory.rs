@@ -59,6 +59,31 @@ impl DirectoryStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn set_appservice_room_listed(&self, as_id: &str, network_id: &str, room_id: &str, listed: bool) -> Result<()> {
+        let sql = if listed {
+            "INSERT INTO appservice_room_list (as_id, network_id, room_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM appservice_room_list WHERE as_id = ?1 AND network_id = ?2 AND room_id = ?3"
+        };
+        self.conn().exec(sql, params![as_id, network_id, room_id]).map_err(backend)?;
+        Ok(())
+    }
+
+    fn appservice_listed_rooms(&self, network: Option<(&str, &str)>) -> Result<Vec<(String, i64)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT l.room_id, (SELECT count(*) FROM current_state c WHERE c.room_id = l.room_id
+                   AND c.type = 'm.room.member' AND c.membership = 'join') AS joined
+                 FROM appservice_room_list l WHERE ?1 IS NULL OR (l.as_id = ?1 AND l.network_id = ?2)
+                 ORDER BY joined DESC, l.room_id",
+            )
+            .map_err(backend)?;
+        let (a, n) = network.unzip();
+        let rows = stmt.query_map(params![a, n], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn search_user_directory(
         &self,
         searcher: &str,
