@@ -106,7 +106,9 @@ class Child:
         self.logfile.close()
 
 
-def wait_until(what, predicate, timeout, children=()):
+def wait_until(what, predicate, timeout, children=(), pause=lambda seconds_left: time.sleep(0.1)):
+    """Polls `predicate` until it is truthy (returning it), failing if a child process dies or
+    `timeout` passes; `pause` waits between polls (given the seconds left)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -117,7 +119,7 @@ def wait_until(what, predicate, timeout, children=()):
                 raise Failure(f"{c.name} exited (code {c.proc.returncode}) while waiting for {what}")
         if time.monotonic() > deadline:
             raise Failure(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+        pause(deadline - time.monotonic())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,17 +320,9 @@ class MatrixClient:
                 self.invites[room_id] = room.get("invite_state", {}).get("events", [])
 
     def wait(self, what, predicate, timeout, children=()):
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            for c in children:
-                if not c.alive():
-                    raise Failure(f"{c.name} exited (code {c.proc.returncode}) while waiting for {what}")
-            if time.monotonic() > deadline:
-                raise Failure(f"timed out after {timeout:.0f}s waiting for {what}")
-            self.sync(timeout_ms=int(min(1000, max(0, deadline - time.monotonic()) * 1000)))
+        # Between polls, a long-polling /sync brings what may satisfy the predicate.
+        return wait_until(what, predicate, timeout, children,
+                          pause=lambda left: self.sync(timeout_ms=int(min(1000, max(0, left) * 1000))))
 
     def find_event(self, room_id, predicate):
         for ev in self.events.get(room_id, []):

@@ -32,6 +32,13 @@ pub struct Requester {
     pub app_service_ts: Option<i64>,
 }
 
+impl Requester {
+    /// The `origin_server_ts` an appservice gave its event (`?ts=`), if any.
+    pub(crate) fn bridged_ts(&self) -> Option<ruma::MilliSecondsSinceUnixEpoch> {
+        self.app_service_ts.and_then(|t| ruma::UInt::new(t as u64)).map(ruma::MilliSecondsSinceUnixEpoch)
+    }
+}
+
 /// Every service's state. Cheap to share as `Arc<Homeserver>`.
 pub struct Homeserver {
     /// The validated config (module configs already consumed).

@@ -386,25 +386,32 @@ impl Homeserver {
             if self.db(move |s| s.get_user(&uid)).await?.is_some() {
                 continue;
             }
-            let row = myelin_storage::UserRow {
-                user_id: user_id.clone(),
-                password_hash: None,
-                is_admin: false,
-                is_guest: false,
-                deactivated: false,
-                shadow_banned: false,
-                creation_ts: crate::server::now_ms(),
-            };
-            match self.db(move |s| s.create_user(&row, Some(&localpart))).await {
-                Ok(()) => {
-                    tracing::info!(appservice = %registration.id, user = %user_id, "created the appservice's sender")
-                }
-                // Another process created it first.
-                Err(_) if self.db(move |s| s.get_user(&user_id)).await?.is_some() => {}
-                Err(e) => return Err(e),
+            // `false`: another process created it first.
+            if self.create_passwordless_user(&user_id, localpart).await? {
+                tracing::info!(appservice = %registration.id, user = %user_id, "created the appservice's sender");
             }
         }
         Ok(())
+    }
+
+    /// Creates an account without a password (appservices' users); false if it exists already.
+    async fn create_passwordless_user(&self, user_id: &str, localpart: String) -> Result<bool> {
+        let row = myelin_storage::UserRow {
+            user_id: user_id.to_owned(),
+            password_hash: None,
+            is_admin: false,
+            is_guest: false,
+            deactivated: false,
+            shadow_banned: false,
+            creation_ts: crate::server::now_ms(),
+        };
+        match self.db(move |s| s.create_user(&row, Some(&localpart))).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let u = user_id.to_owned();
+                if self.db(move |s| s.get_user(&u)).await?.is_some() { Ok(false) } else { Err(e) }
+            }
+        }
     }
 
     /// `POST /register` with `type: m.login.application_service`: registers a user in the
@@ -434,30 +441,8 @@ impl Homeserver {
         self.check_user_not_exclusive(&user_id, Some(&registration))?;
         let user = OwnedUserId::try_from(user_id.as_str())
             .map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user ID"))?;
-        let localpart = user.localpart().to_owned();
-        let row = myelin_storage::UserRow {
-            user_id: user_id.clone(),
-            password_hash: None,
-            is_admin: false,
-            is_guest: false,
-            deactivated: false,
-            shadow_banned: false,
-            creation_ts: crate::server::now_ms(),
-        };
-        match self.db(move |s| s.create_user(&row, Some(&localpart))).await {
-            Ok(()) => {}
-            Err(_)
-                if self
-                    .db({
-                        let u = user_id.clone();
-                        move |s| s.get_user(&u)
-                    })
-                    .await?
-                    .is_some() =>
-            {
-                return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
-            }
-            Err(e) => return Err(e),
+        if !self.create_passwordless_user(&user_id, user.localpart().to_owned()).await? {
+            return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
         }
         self.modules.on_user_registration(&user_id).await;
         let login = match request.inhibit_login {

@@ -34,10 +34,7 @@ impl Homeserver {
                     txn,
                     spam_check: true,
                     remote_invite: None,
-                    origin_server_ts: requester
-                        .app_service_ts
-                        .and_then(|t| ruma::UInt::new(t as u64))
-                        .map(MilliSecondsSinceUnixEpoch),
+                    origin_server_ts: requester.bridged_ts(),
                     ..AppendOptions::default()
                 },
             )
@@ -89,10 +86,7 @@ impl Homeserver {
                     txn: None,
                     spam_check: true,
                     remote_invite: None,
-                    origin_server_ts: requester
-                        .app_service_ts
-                        .and_then(|t| ruma::UInt::new(t as u64))
-                        .map(MilliSecondsSinceUnixEpoch),
+                    origin_server_ts: requester.bridged_ts(),
                     ..AppendOptions::default()
                 },
             )
