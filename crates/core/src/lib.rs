@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod appservice;
 mod bus;
 pub mod config;
@@ -48,6 +49,7 @@ mod writer;
 pub use config::Config;
 pub use directory::{PublicationRule, RoomListScope};
 pub use error::{Error, ErrorKind, Result};
+pub use myelin_storage::EventReportQuery;
 pub use relations::RelationsPage;
 pub use rooms::{CreateRoomRequest, EventFilter, MessagesPage, Pagination};
 pub use server::{Homeserver, Requester};

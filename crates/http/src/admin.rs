@@ -1,5 +1,6 @@
-//! Synapse's admin API, as far as Myelin implements it: shared-secret registration and
-//! registration tokens.
+//! Synapse's admin API, as far as Myelin implements it: shared-secret registration,
+//! registration tokens, event reports, and accounts (admin flag, details, whois, deactivation,
+//! password reset, joined rooms).
 
 use axum::Router;
 use axum::extract::State;
@@ -9,13 +10,120 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::MatrixError;
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{Auth, JsonBody, Path, Query};
+
+type Answer = Result<axum::Json<Value>, MatrixError>;
 
 pub(crate) fn router() -> Router<AppState> {
+    use axum::routing::post;
     Router::new()
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_synapse/admin/v1/registration_tokens", get(list_tokens))
-        .route("/_synapse/admin/v1/registration_tokens/new", axum::routing::post(new_token))
+        .route("/_synapse/admin/v1/registration_tokens/new", post(new_token))
+        .route("/_synapse/admin/v1/server_version", get(server_version))
+        .route("/_synapse/admin/v1/users/{user_id}/admin", get(is_admin).put(set_admin))
+        .route("/_synapse/admin/v2/users/{user_id}", get(user))
+        .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
+        .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
+        .route("/_synapse/admin/v1/reset_password/{user_id}", post(reset_password))
+        .route("/_synapse/admin/v1/users/{user_id}/joined_rooms", get(joined_rooms))
+        .route("/_synapse/admin/v1/event_reports", get(event_reports))
+        .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
+}
+
+async fn server_version() -> axum::Json<Value> {
+    axum::Json(json!({"server_version": format!("Myelin {}", env!("CARGO_PKG_VERSION"))}))
+}
+
+async fn is_admin(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_is_admin(&me, &user_id).await?))
+}
+
+async fn set_admin(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    hs.admin_set_admin(&me, &user_id, body.get("admin")).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn user(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_user(&me, &user_id).await?))
+}
+
+pub(crate) async fn whois(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.whois(&me, &user_id).await?))
+}
+
+async fn deactivate(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer {
+    // The body may be empty (Synapse); `erase` is accepted (Myelin keeps no erasure flag yet).
+    if !body.is_empty() {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(b)) if b.get("erase").is_none_or(Value::is_boolean) => {}
+            Ok(Value::Object(_)) => {
+                return Err(MatrixError::new(myelin_core::ErrorKind::InvalidParam, "Param 'erase' must be a boolean"));
+            }
+            _ => return Err(MatrixError::new(myelin_core::ErrorKind::NotJson, "Content not JSON.")),
+        }
+    }
+    Ok(axum::Json(hs.admin_deactivate(&me, &user_id).await?))
+}
+
+async fn reset_password(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    let logout = body.get("logout_devices").and_then(Value::as_bool).unwrap_or(true);
+    hs.admin_reset_password(&me, &user_id, body.get("new_password"), logout).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn joined_rooms(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_joined_rooms(&me, &user_id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ReportsQuery {
+    from: Option<i64>,
+    limit: Option<i64>,
+    dir: Option<String>,
+    user_id: Option<String>,
+    room_id: Option<String>,
+}
+
+async fn event_reports(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<ReportsQuery>) -> Answer {
+    let forwards = match q.dir.as_deref() {
+        None | Some("b") => false,
+        Some("f") => true,
+        Some(_) => return Err(MatrixError::new(myelin_core::ErrorKind::InvalidParam, "Unknown direction")),
+    };
+    let query = myelin_core::EventReportQuery {
+        from: q.from.unwrap_or(0),
+        limit: q.limit.unwrap_or(100),
+        forwards,
+        user_id: q.user_id,
+        room_id: q.room_id,
+    };
+    Ok(axum::Json(hs.admin_event_reports(&me, query).await?))
+}
+
+async fn event_report(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_event_report(&me, &id).await?))
+}
+
+async fn delete_event_report(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {
+    hs.admin_delete_event_report(&me, &id).await?;
+    Ok(axum::Json(json!({})))
 }
 
 #[derive(Deserialize, Default)]

@@ -4,7 +4,7 @@
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
 //!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`],
 //!   [`KeyStore`], [`EphemeralStore`], [`SearchStore`], [`FederationStore`],
-//!   [`TransientStore`], [`AppserviceStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
+//!   [`TransientStore`], [`AppserviceStore`], [`ReportStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
 //!   the processes sharing it).
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
@@ -724,6 +724,64 @@ pub trait TransientStore {
     fn take_transient(&self, kind: &str, key: &str, now: i64) -> Result<Option<String>>;
 }
 
+/// A user's report of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventReport {
+    /// Its number, in the order reports arrive.
+    pub id: i64,
+    /// When it arrived, ms.
+    pub received_ts: i64,
+    /// The room of the event.
+    pub room_id: String,
+    /// The event reported.
+    pub event_id: String,
+    /// Who reported it.
+    pub user_id: String,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+    /// The request body as sent (`reason`, `score`, ...).
+    pub content: Value,
+}
+
+/// Which event reports to list (Synapse's admin API filters).
+#[derive(Debug, Clone, Default)]
+pub struct EventReportQuery {
+    /// Skip this many.
+    pub from: i64,
+    /// At most this many.
+    pub limit: i64,
+    /// Oldest first (`dir=f`); newest first otherwise.
+    pub forwards: bool,
+    /// Reporters whose ID contains this.
+    pub user_id: Option<String>,
+    /// Rooms whose ID contains this.
+    pub room_id: Option<String>,
+}
+
+/// A room or user report: `(id, received_ts, room or reported user, reporter, reason)`.
+pub type SubjectReport = (i64, i64, String, String, String);
+
+/// Reports of events, rooms and users that users file for the server's admins.
+pub trait ReportStore {
+    /// Files an event report; returns its ID.
+    fn add_event_report(&self, report: &EventReport) -> Result<i64>;
+    /// Files a room report; returns its ID.
+    fn add_room_report(&self, room_id: &str, user_id: &str, reason: &str, received_ts: i64) -> Result<i64>;
+    /// Files a report of a (local) user; returns its ID.
+    fn add_user_report(&self, target_user_id: &str, user_id: &str, reason: &str, received_ts: i64) -> Result<i64>;
+    /// A page of event reports in arrival order (`query.forwards`) or the reverse, and how many
+    /// match in all.
+    fn event_reports(&self, query: &EventReportQuery) -> Result<(Vec<EventReport>, i64)>;
+    /// One event report.
+    fn event_report(&self, id: i64) -> Result<Option<EventReport>>;
+    /// Deletes an event report; false if there was none.
+    fn delete_event_report(&self, id: i64) -> Result<bool>;
+    /// `(id, received_ts, room_id, user_id, reason)` of every room report, oldest first.
+    fn room_reports(&self) -> Result<Vec<SubjectReport>>;
+    /// `(id, received_ts, target_user_id, user_id, reason)` of every user report, oldest first.
+    fn user_reports(&self) -> Result<Vec<SubjectReport>>;
+}
+
 /// Where an application service's transaction delivery stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppserviceState {
@@ -823,6 +881,7 @@ pub trait Storage:
     + FederationStore
     + TransientStore
     + AppserviceStore
+    + ReportStore
     + Send
     + Sync
     + 'static
@@ -843,6 +902,7 @@ impl<T> Storage for T where
         + FederationStore
         + TransientStore
         + AppserviceStore
+        + ReportStore
         + Send
         + Sync
         + 'static

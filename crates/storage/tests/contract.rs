@@ -252,6 +252,8 @@ contract! {
     transient_records_are_taken_once,
     appservice_transactions_are_recorded_before_sending,
     appservice_position_only_moves_forward,
+    event_reports_page_filter_and_delete,
+    room_and_user_reports_are_kept,
     // Search
     search_finds_just_written_events,
     search_skips_redacted_events,
@@ -2222,4 +2224,50 @@ fn appservice_position_only_moves_forward(s: &dyn Storage) {
     s.complete_appservice_txn("bot", 1).unwrap();
     let stale = PendingTransaction { txn_id: 2, to_position: 30, body: "{}".into() };
     assert!(matches!(s.begin_appservice_txn("bot", &stale), Err(StorageError::Conflict)));
+}
+
+fn event_reports_page_filter_and_delete(s: &dyn Storage) {
+    let report = |n: i64, room: &str, user: &str| EventReport {
+        id: 0,
+        received_ts: TS + n,
+        room_id: room.into(),
+        event_id: format!("$e{n}"),
+        user_id: user.into(),
+        reason: (n != 2).then(|| format!("reason {n}")),
+        content: json!({"reason": format!("reason {n}"), "score": -n}),
+    };
+    let ids: Vec<i64> = [report(1, "!a:test", ALICE), report(2, "!b:test", BOB), report(3, "!a:test", BOB)]
+        .iter()
+        .map(|r| s.add_event_report(r).unwrap())
+        .collect();
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "IDs in arrival order");
+    let query = |from, limit, forwards, user: Option<&str>, room: Option<&str>| EventReportQuery {
+        from,
+        limit,
+        forwards,
+        user_id: user.map(str::to_owned),
+        room_id: room.map(str::to_owned),
+    };
+    let events =
+        |(rows, total): (Vec<EventReport>, i64)| (rows.into_iter().map(|r| r.event_id).collect::<Vec<_>>(), total);
+    assert_eq!(
+        events(s.event_reports(&query(0, 10, false, None, None)).unwrap()),
+        (strings(&["$e3", "$e2", "$e1"]), 3)
+    );
+    assert_eq!(events(s.event_reports(&query(1, 1, true, None, None)).unwrap()), (strings(&["$e2"]), 3), "a page");
+    assert_eq!(events(s.event_reports(&query(0, 10, true, Some("bob"), None)).unwrap()), (strings(&["$e2", "$e3"]), 2));
+    assert_eq!(events(s.event_reports(&query(0, 10, true, None, Some("!a"))).unwrap()), (strings(&["$e1", "$e3"]), 2));
+    let one = s.event_report(ids[1]).unwrap().unwrap();
+    assert_eq!((one.reason, one.content["score"].clone(), one.received_ts), (None, json!(-2), TS + 2));
+    assert!(s.delete_event_report(ids[1]).unwrap());
+    assert!(!s.delete_event_report(ids[1]).unwrap(), "gone");
+    assert_eq!(s.event_report(ids[1]).unwrap(), None);
+    assert_eq!(s.event_reports(&query(0, 10, true, None, None)).unwrap().1, 2);
+}
+
+fn room_and_user_reports_are_kept(s: &dyn Storage) {
+    let r = s.add_room_report("!a:test", ALICE, "spam room", TS).unwrap();
+    let u = s.add_user_report(BOB, ALICE, "spammer", TS + 1).unwrap();
+    assert_eq!(s.room_reports().unwrap(), vec![(r, TS, "!a:test".into(), ALICE.into(), "spam room".into())]);
+    assert_eq!(s.user_reports().unwrap(), vec![(u, TS + 1, BOB.into(), ALICE.into(), "spammer".into())]);
 }

@@ -56,17 +56,7 @@ async fn local_requester(hs: &Homeserver, user_id: &str) -> Result<Requester, Mo
     if !hs.is_mine(&user) {
         return Err(ModuleError::other(format!("{user_id} is not a local user")));
     }
-    let info = hs.user_info(user_id).await.map_err(to_module_error)?;
-    Ok(Requester {
-        user_id: user,
-        device_id: String::new(),
-        access_token: String::new(),
-        is_admin: info.is_some_and(|i| i.is_admin),
-        shadow_banned: false,
-        is_guest: false,
-        app_service: None,
-        app_service_ts: None,
-    })
+    hs.requester_for(&user).await.map_err(to_module_error)
 }
 
 impl Host for HostHandle {

@@ -179,7 +179,13 @@ impl Homeserver {
     /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.
     pub async fn deactivate(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
         self.uia_password(requester, auth).await?;
-        if !self.modules.check_can_deactivate_user(requester.user_id.as_str(), false).await {
+        self.deactivate_account(requester, false).await
+    }
+
+    /// Deactivates the requester's account (`by_admin`: through the admin API): the modules may
+    /// forbid it; every room is left, the password removed, every token revoked.
+    pub(crate) async fn deactivate_account(&self, requester: &Requester, by_admin: bool) -> Result<()> {
+        if !self.modules.check_can_deactivate_user(requester.user_id.as_str(), by_admin).await {
             return Err(Error::forbidden("Deactivation of this user is forbidden"));
         }
         let u = requester.user_id.to_string();
@@ -197,7 +203,7 @@ impl Homeserver {
             s.delete_all_devices(&u, None)
         })
         .await?;
-        self.modules.on_user_deactivation_status_changed(requester.user_id.as_str(), true, false).await;
+        self.modules.on_user_deactivation_status_changed(requester.user_id.as_str(), true, by_admin).await;
         Ok(())
     }
 

@@ -346,7 +346,25 @@ impl Homeserver {
         Ok(())
     }
 
-    fn require_admin(&self, requester: &Requester) -> Result<()> {
+    /// A requester acting as a local user, for what the server does on their behalf (modules,
+    /// the admin API): their admin flag, no shadow-ban, no device.
+    pub(crate) async fn requester_for(&self, user: &UserId) -> Result<Requester> {
+        let u = user.to_string();
+        let is_admin = self.db(move |s| s.get_user(&u)).await?.is_some_and(|u| u.is_admin);
+        Ok(Requester {
+            user_id: user.to_owned(),
+            device_id: String::new(),
+            access_token: String::new(),
+            is_admin,
+            shadow_banned: false,
+            is_guest: false,
+            app_service: None,
+            app_service_ts: None,
+        })
+    }
+
+    /// 403 unless the requester is a server admin.
+    pub(crate) fn require_admin(&self, requester: &Requester) -> Result<()> {
         if requester.is_admin { Ok(()) } else { Err(Error::forbidden("You are not a server admin")) }
     }
 

@@ -35,6 +35,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/capabilities", get(capabilities))
         .route("/voip/turnServer", get(turn_server))
         .route("/thirdparty/protocols", get(thirdparty_protocols))
+        .route("/rooms/{room_id}/report/{event_id}", post(report_event))
+        .route("/rooms/{room_id}/report", post(report_room))
+        .route("/users/{user_id}/report", post(report_user))
+        .route("/admin/whois/{user_id}", get(crate::admin::whois))
         .route("/thirdparty/protocol/{protocol}", get(thirdparty_protocol))
         .route("/thirdparty/user", get(thirdparty_lookup))
         .route("/thirdparty/user/{protocol}", get(thirdparty_query))
@@ -115,6 +119,47 @@ async fn thirdparty_query(
 async fn thirdparty_lookup(State(hs): State<AppState>, Auth(_me): Auth, uri: axum::http::Uri) -> Answer {
     let kind = if uri.path().ends_with("/user") { "user" } else { "location" };
     Ok(axum::Json(json!(hs.thirdparty_query(kind, None, &thirdparty_fields(uri.query())).await?)))
+}
+
+/// `POST /rooms/{roomId}/report/{eventId}`.
+async fn report_event(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
+    hs.report_event(&me, &room_id, &event_id, body).await?;
+    Ok(axum::Json(json!({})))
+}
+
+/// A report's required `reason` (Synapse validates the body strictly: 400 `M_BAD_JSON`).
+fn report_reason(body: &Map<String, Value>) -> Result<String, MatrixError> {
+    match body.get("reason") {
+        Some(Value::String(r)) => Ok(r.clone()),
+        _ => Err(MatrixError::new(ErrorKind::BadJson, "'reason' must be a string")),
+    }
+}
+
+/// `POST /rooms/{roomId}/report`.
+async fn report_room(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
+    hs.report_room(&me, &room_id, &report_reason(&body)?).await?;
+    Ok(axum::Json(json!({})))
+}
+
+/// `POST /users/{userId}/report`.
+async fn report_user(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Answer {
+    hs.report_user(&me, &user_id, &report_reason(&body)?).await?;
+    Ok(axum::Json(json!({})))
 }
 
 #[derive(Deserialize, Default)]

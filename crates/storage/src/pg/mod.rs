@@ -38,6 +38,7 @@ mod federation;
 mod keys;
 mod media;
 mod registration_tokens;
+mod reports;
 mod rooms;
 mod search;
 mod transient;
@@ -49,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_transient.sql"),
     include_str!("migrations/0003_appservices.sql"),
+    include_str!("migrations/0004_reports.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

@@ -27,6 +27,7 @@ mod federation;
 mod keys;
 mod media;
 mod registration_tokens;
+mod reports;
 mod rooms;
 mod search;
 mod transient;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_device_user_agent.sql"),
     include_str!("../migrations/0012_transient.sql"),
     include_str!("../migrations/0013_appservices.sql"),
+    include_str!("../migrations/0014_reports.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

@@ -1,0 +1,325 @@
+//! Reports and the first part of Synapse's admin API: users report events, rooms and users; the
+//! server's admins read and delete event reports, and look after accounts (admin flag, details,
+//! whois, deactivation, password reset, joined rooms). Every admin mutation is logged (target
+//! `myelin::audit`) with the admin who made it. Answers and errors are Synapse's.
+
+use myelin_storage::{EventReport, EventReportQuery};
+use ruma::{OwnedUserId, RoomId};
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, ErrorKind};
+use crate::server::now_ms;
+use crate::{Homeserver, Requester, Result};
+
+/// The longest reason a user report may carry (Synapse).
+const MAX_REPORT_REASON: usize = 1000;
+
+/// Logs an admin's change, so an operator can tell who did what.
+macro_rules! audit {
+    ($admin:expr, $action:expr, $target:expr) => {
+        tracing::info!(target: "myelin::audit", admin = %$admin.user_id, action = $action, target = %$target, "admin action")
+    };
+}
+
+fn parse_local_user(hs: &Homeserver, user_id: &str, message: &str) -> Result<OwnedUserId> {
+    let user =
+        OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))?;
+    if !hs.is_mine(&user) {
+        return Err(Error::new(ErrorKind::BadRequest, message));
+    }
+    Ok(user)
+}
+
+/// A report ID from the path: Synapse's message for anything but a non-negative integer.
+fn report_id(text: &str) -> Result<i64> {
+    text.parse::<i64>().ok().filter(|id| *id >= 0).ok_or_else(|| {
+        Error::invalid_param("The report_id parameter must be a string representing a positive integer.")
+    })
+}
+
+impl Homeserver {
+    // --- reports -------------------------------------------------------------------------------
+
+    /// `POST /rooms/{roomId}/report/{eventId}`: only an event the reporter can see.
+    pub async fn report_event(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        event_id: &str,
+        body: Map<String, Value>,
+    ) -> Result<()> {
+        let reason = match body.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(_) => return Err(Error::bad_json("Param 'reason' must be a string")),
+        };
+        if body.get("score").is_some_and(|s| !s.is_i64()) {
+            return Err(Error::bad_json("Param 'score' must be an integer"));
+        }
+        if self.get_room_event(requester, room_id, event_id).await.is_err() {
+            return Err(Error::not_found("Unable to report event: it does not exist or you aren't able to see it."));
+        }
+        let report = EventReport {
+            id: 0,
+            received_ts: now_ms(),
+            room_id: room_id.to_owned(),
+            event_id: event_id.to_owned(),
+            user_id: requester.user_id.to_string(),
+            reason,
+            content: Value::Object(body),
+        };
+        self.db(move |s| s.add_event_report(&report)).await?;
+        Ok(())
+    }
+
+    /// `POST /rooms/{roomId}/report`: a room this server knows.
+    pub async fn report_room(&self, requester: &Requester, room_id: &str, reason: &str) -> Result<()> {
+        let room = RoomId::parse(room_id).map_err(|_| Error::not_found("Room does not exist"))?;
+        if self.current_state(&room).await?.is_none() {
+            return Err(Error::not_found("Room does not exist"));
+        }
+        let (r, u, reason) = (room_id.to_owned(), requester.user_id.to_string(), reason.to_owned());
+        self.db(move |s| s.add_room_report(&r, &u, &reason, now_ms())).await?;
+        Ok(())
+    }
+
+    /// `POST /users/{userId}/report`: kept only for a local user that exists, but answered the
+    /// same either way (Synapse hides which users exist).
+    pub async fn report_user(&self, requester: &Requester, target: &str, reason: &str) -> Result<()> {
+        if reason.chars().count() > MAX_REPORT_REASON {
+            return Err(Error::bad_json("Reason must be less than 1000 characters"));
+        }
+        let Ok(user) = OwnedUserId::try_from(target) else { return Ok(()) };
+        let t = user.to_string();
+        if !self.is_mine(&user) || self.db(move |s| s.get_user(&t)).await?.is_none() {
+            return Ok(());
+        }
+        let (t, u, reason) = (user.to_string(), requester.user_id.to_string(), reason.to_owned());
+        self.db(move |s| s.add_user_report(&t, &u, &reason, now_ms())).await?;
+        Ok(())
+    }
+
+    /// `GET /_synapse/admin/v1/event_reports`.
+    pub async fn admin_event_reports(&self, requester: &Requester, query: EventReportQuery) -> Result<Value> {
+        self.require_admin(requester)?;
+        if query.from < 0 {
+            return Err(Error::invalid_param("The start parameter must be a positive integer."));
+        }
+        if query.limit < 0 {
+            return Err(Error::invalid_param("The limit parameter must be a positive integer."));
+        }
+        let (from, limit) = (query.from, query.limit);
+        let (reports, total) = self.db(move |s| s.event_reports(&query)).await?;
+        let mut out = Vec::new();
+        for report in reports {
+            out.push(self.report_json(report, false).await?);
+        }
+        let mut answer = json!({"event_reports": out, "total": total});
+        if from + limit < total {
+            answer["next_token"] = json!(from + out.len() as i64);
+        }
+        Ok(answer)
+    }
+
+    /// `GET /_synapse/admin/v1/event_reports/{reportId}`: with the reported event.
+    pub async fn admin_event_report(&self, requester: &Requester, id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let id = report_id(id)?;
+        match self.db(move |s| s.event_report(id)).await? {
+            Some(report) => self.report_json(report, true).await,
+            None => Err(Error::not_found("Event report not found")),
+        }
+    }
+
+    /// `DELETE /_synapse/admin/v1/event_reports/{reportId}`.
+    pub async fn admin_delete_event_report(&self, requester: &Requester, id: &str) -> Result<()> {
+        self.require_admin(requester)?;
+        let id = report_id(id)?;
+        if !self.db(move |s| s.delete_event_report(id)).await? {
+            return Err(Error::not_found("Event report not found"));
+        }
+        audit!(requester, "delete event report", id);
+        Ok(())
+    }
+
+    /// A report as Synapse lists it: the event's sender, the room's name and canonical alias,
+    /// and (`with_event`) the event itself.
+    async fn report_json(&self, report: EventReport, with_event: bool) -> Result<Value> {
+        let event_id = report.event_id.clone();
+        let event = self
+            .db(move |s| s.get_event(&event_id))
+            .await?
+            .and_then(|row| serde_json::from_str::<Value>(&row.json).ok());
+        let (mut name, mut alias) = (Value::Null, Value::Null);
+        if let Ok(room) = RoomId::parse(&report.room_id) {
+            name = self
+                .state_content_of(&room, "m.room.name", "")
+                .await?
+                .and_then(|c| c.get("name").cloned())
+                .unwrap_or_default();
+            alias = self
+                .state_content_of(&room, "m.room.canonical_alias", "")
+                .await?
+                .and_then(|c| c.get("alias").cloned())
+                .unwrap_or_default();
+        }
+        let mut out = json!({
+            "id": report.id,
+            "received_ts": report.received_ts,
+            "room_id": report.room_id,
+            "name": name,
+            "event_id": report.event_id,
+            "user_id": report.user_id,
+            "reason": report.reason,
+            "score": report.content.get("score").cloned().unwrap_or_default(),
+            "sender": event.as_ref().and_then(|e| e.get("sender").cloned()).unwrap_or_default(),
+            "canonical_alias": alias,
+        });
+        if with_event {
+            out["event_json"] = event.unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    // --- users ---------------------------------------------------------------------------------
+
+    /// `GET /_synapse/admin/v1/users/{userId}/admin`.
+    pub async fn admin_is_admin(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Only local users can be admins of this homeserver")?;
+        let u = user.to_string();
+        let admin = self.db(move |s| s.get_user(&u)).await?.is_some_and(|u| u.is_admin);
+        Ok(json!({"admin": admin}))
+    }
+
+    /// `PUT /_synapse/admin/v1/users/{userId}/admin` `{"admin": bool}`.
+    pub async fn admin_set_admin(&self, requester: &Requester, user_id: &str, admin: Option<&Value>) -> Result<()> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Only local users can be admins of this homeserver")?;
+        let Some(admin) = admin.and_then(Value::as_bool) else {
+            return Err(Error::new(ErrorKind::MissingParam, "Missing 'admin' parameter"));
+        };
+        if user == requester.user_id && !admin {
+            return Err(Error::new(ErrorKind::BadRequest, "You may not demote yourself."));
+        }
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        self.set_admin(user.as_str(), admin).await?;
+        audit!(requester, if admin { "make admin" } else { "remove admin" }, user);
+        Ok(())
+    }
+
+    /// `GET /_synapse/admin/v2/users/{userId}`: the account as Synapse describes it.
+    pub async fn admin_user(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Can only look up local users")?;
+        let u = user.to_string();
+        let Some(row) = self.db(move |s| s.get_user(&u)).await? else {
+            return Err(Error::not_found("User not found"));
+        };
+        let (displayname, avatar_url) = self.profile_of(user.as_str()).await?;
+        let u = user.to_string();
+        let devices = self.db(move |s| s.get_devices(&u)).await?;
+        let last_seen_ts = devices.iter().filter_map(|d| d.last_seen_ts).max();
+        let appservice_id =
+            self.appservices().iter().find(|r| r.is_exclusive_user(user.as_str())).map(|r| r.id.clone());
+        Ok(json!({
+            "name": user,
+            "displayname": displayname,
+            "avatar_url": avatar_url,
+            "threepids": [],
+            "external_ids": [],
+            "admin": row.is_admin,
+            "deactivated": row.deactivated,
+            "erased": false,
+            "shadow_banned": row.shadow_banned,
+            "creation_ts": row.creation_ts / 1000,
+            "appservice_id": appservice_id,
+            "consent_server_notice_sent": null,
+            "consent_version": null,
+            "consent_ts": null,
+            "user_type": null,
+            "is_guest": row.is_guest,
+            "locked": false,
+            "suspended": false,
+            "approved": true,
+            "last_seen_ts": last_seen_ts,
+        }))
+    }
+
+    /// `GET /_synapse/admin/v1/whois/{userId}` and `GET /_matrix/client/v3/admin/whois/{userId}`:
+    /// an admin, or the user themselves.
+    pub async fn whois(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        let user = parse_local_user(self, user_id, "Can only whois a local user")?;
+        if user != requester.user_id && !requester.is_admin {
+            return Err(Error::forbidden("You are not a server admin"));
+        }
+        let u = user.to_string();
+        let devices = self.db(move |s| s.get_devices(&u)).await?;
+        let mut out = Map::new();
+        for device in devices {
+            let connection = json!({
+                "ip": device.last_seen_ip,
+                "last_seen": device.last_seen_ts,
+                "user_agent": device.last_seen_user_agent,
+            });
+            out.insert(device.device_id, json!({"sessions": [{"connections": [connection]}]}));
+        }
+        Ok(json!({"user_id": user, "devices": out}))
+    }
+
+    /// `POST /_synapse/admin/v1/deactivate/{userId}`: as the user's own deactivation (rooms left,
+    /// tokens revoked, password removed), without their authentication. `erase` is accepted;
+    /// Myelin keeps no erasure flag yet, so it also answers `erased: false`.
+    pub async fn admin_deactivate(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Can only deactivate local users")?;
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        let target = self.requester_for(&user).await?;
+        self.deactivate_account(&target, true).await?;
+        audit!(requester, "deactivate", user);
+        Ok(json!({"id_server_unbind_result": "success"}))
+    }
+
+    /// `POST /_synapse/admin/v1/reset_password/{userId}` `{new_password, logout_devices}`.
+    pub async fn admin_reset_password(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        new_password: Option<&Value>,
+        logout_devices: bool,
+    ) -> Result<()> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Can only change local users")?;
+        let Some(password) = new_password.and_then(Value::as_str) else {
+            return Err(Error::new(ErrorKind::MissingParam, "Missing 'new_password' parameter"));
+        };
+        self.check_password_policy(password)?;
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        let hash = crate::users::hash_password(password.to_owned()).await?;
+        let u = user.to_string();
+        self.db(move |s| {
+            s.set_password_hash(&u, Some(&hash))?;
+            if logout_devices { s.delete_all_devices(&u, None) } else { Ok(()) }
+        })
+        .await?;
+        audit!(requester, "reset password", user);
+        Ok(())
+    }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
+    pub async fn admin_joined_rooms(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let u = user_id.to_owned();
+        let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
+        Ok(json!({"total": rooms.len(), "joined_rooms": rooms}))
+    }
+}

@@ -1,0 +1,110 @@
+//! Users' reports of events, rooms and users (`ReportStore`) on PostgreSQL.
+
+use super::*;
+
+fn event_report(r: &Row) -> EventReport {
+    let content: String = r.get(6);
+    EventReport {
+        id: r.get(0),
+        received_ts: r.get(1),
+        room_id: r.get(2),
+        event_id: r.get(3),
+        user_id: r.get(4),
+        reason: r.get(5),
+        content: serde_json::from_str(&content).unwrap_or(Value::Null),
+    }
+}
+
+const EVENT_REPORT_COLUMNS: &str = "id, received_ts, room_id, event_id, user_id, reason, content";
+
+impl ReportStore for PostgresStore {
+    fn add_event_report(&self, report: &EventReport) -> Result<i64> {
+        let content = report.content.to_string();
+        self.write(|tx| {
+            Ok(tx
+                .one(
+                    "INSERT INTO event_reports (received_ts, room_id, event_id, user_id, reason, content)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                    &[
+                        &report.received_ts,
+                        &report.room_id,
+                        &report.event_id,
+                        &report.user_id,
+                        &report.reason,
+                        &content,
+                    ],
+                )?
+                .get(0))
+        })
+    }
+
+    fn add_room_report(&self, room_id: &str, user_id: &str, reason: &str, received_ts: i64) -> Result<i64> {
+        self.write(|tx| {
+            Ok(tx
+                .one(
+                    "INSERT INTO room_reports (received_ts, room_id, user_id, reason) VALUES ($1, $2, $3, $4) RETURNING id",
+                    &[&received_ts, &room_id, &user_id, &reason],
+                )?
+                .get(0))
+        })
+    }
+
+    fn add_user_report(&self, target_user_id: &str, user_id: &str, reason: &str, received_ts: i64) -> Result<i64> {
+        self.write(|tx| {
+            Ok(tx
+                .one(
+                    "INSERT INTO user_reports (received_ts, target_user_id, user_id, reason) VALUES ($1, $2, $3, $4)
+                     RETURNING id",
+                    &[&received_ts, &target_user_id, &user_id, &reason],
+                )?
+                .get(0))
+        })
+    }
+
+    fn event_reports(&self, query: &EventReportQuery) -> Result<(Vec<EventReport>, i64)> {
+        let filter =
+            "WHERE ($1::TEXT IS NULL OR strpos(user_id, $1) > 0) AND ($2::TEXT IS NULL OR strpos(room_id, $2) > 0)";
+        let order = if query.forwards { "ASC" } else { "DESC" };
+        self.read(|db| {
+            let total: i64 = db
+                .one(&format!("SELECT count(*) FROM event_reports {filter}"), &[&query.user_id, &query.room_id])?
+                .get(0);
+            let rows = db.rows(
+                &format!(
+                    "SELECT {EVENT_REPORT_COLUMNS} FROM event_reports {filter} ORDER BY received_ts {order}, id {order}
+                     LIMIT $3 OFFSET $4"
+                ),
+                &[&query.user_id, &query.room_id, &query.limit, &query.from],
+            )?;
+            Ok((rows.iter().map(event_report).collect(), total))
+        })
+    }
+
+    fn event_report(&self, id: i64) -> Result<Option<EventReport>> {
+        self.read(|db| {
+            Ok(db
+                .opt(&format!("SELECT {EVENT_REPORT_COLUMNS} FROM event_reports WHERE id = $1"), &[&id])?
+                .map(|r| event_report(&r)))
+        })
+    }
+
+    fn delete_event_report(&self, id: i64) -> Result<bool> {
+        self.write(|tx| Ok(tx.exec("DELETE FROM event_reports WHERE id = $1", &[&id])? > 0))
+    }
+
+    fn room_reports(&self) -> Result<Vec<SubjectReport>> {
+        self.read(|db| {
+            let rows =
+                db.rows("SELECT id, received_ts, room_id, user_id, reason FROM room_reports ORDER BY id", &[])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect())
+        })
+    }
+
+    fn user_reports(&self) -> Result<Vec<SubjectReport>> {
+        self.read(|db| {
+            let rows =
+                db.rows("SELECT id, received_ts, target_user_id, user_id, reason FROM user_reports ORDER BY id", &[])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect())
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! Users' reports of events, rooms and users (`ReportStore`).
+
+use super::*;
+
+fn event_report(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventReport> {
+    let content: String = r.get(6)?;
+    Ok(EventReport {
+        id: r.get(0)?,
+        received_ts: r.get(1)?,
+        room_id: r.get(2)?,
+        event_id: r.get(3)?,
+        user_id: r.get(4)?,
+        reason: r.get(5)?,
+        content: serde_json::from_str(&content).unwrap_or(Value::Null),
+    })
+}
+
+const EVENT_REPORT_COLUMNS: &str = "id, received_ts, room_id, event_id, user_id, reason, content";
+
+impl ReportStore for SqliteStore {
+    fn add_event_report(&self, report: &EventReport) -> Result<i64> {
+        self.conn()
+            .row(
+                "INSERT INTO event_reports (received_ts, room_id, event_id, user_id, reason, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                params![
+                    report.received_ts,
+                    report.room_id,
+                    report.event_id,
+                    report.user_id,
+                    report.reason,
+                    report.content.to_string()
+                ],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
+    fn add_room_report(&self, room_id: &str, user_id: &str, reason: &str, received_ts: i64) -> Result<i64> {
+        self.conn()
+            .row(
+                "INSERT INTO room_reports (received_ts, room_id, user_id, reason) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                params![received_ts, room_id, user_id, reason],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
+    fn add_user_report(&self, target_user_id: &str, user_id: &str, reason: &str, received_ts: i64) -> Result<i64> {
+        self.conn()
+            .row(
+                "INSERT INTO user_reports (received_ts, target_user_id, user_id, reason) VALUES (?1, ?2, ?3, ?4)
+                 RETURNING id",
+                params![received_ts, target_user_id, user_id, reason],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
+    fn event_reports(&self, query: &EventReportQuery) -> Result<(Vec<EventReport>, i64)> {
+        let filter = "WHERE (?1 IS NULL OR instr(user_id, ?1) > 0) AND (?2 IS NULL OR instr(room_id, ?2) > 0)";
+        let conn = self.reader();
+        let total: i64 = conn
+            .row(&format!("SELECT count(*) FROM event_reports {filter}"), params![query.user_id, query.room_id], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        let order = if query.forwards { "ASC" } else { "DESC" };
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {EVENT_REPORT_COLUMNS} FROM event_reports {filter} ORDER BY received_ts {order}, id {order}
+                 LIMIT ?3 OFFSET ?4"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![query.user_id, query.room_id, query.limit, query.from], event_report)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(backend)?;
+        Ok((rows, total))
+    }
+
+    fn event_report(&self, id: i64) -> Result<Option<EventReport>> {
+        self.reader()
+            .row(&format!("SELECT {EVENT_REPORT_COLUMNS} FROM event_reports WHERE id = ?1"), params![id], event_report)
+            .optional()
+            .map_err(backend)
+    }
+
+    fn delete_event_report(&self, id: i64) -> Result<bool> {
+        Ok(self.conn().exec("DELETE FROM event_reports WHERE id = ?1", params![id]).map_err(backend)? > 0)
+    }
+
+    fn room_reports(&self) -> Result<Vec<SubjectReport>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, received_ts, room_id, user_id, reason FROM room_reports ORDER BY id")
+            .map_err(backend)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(backend)
+    }
+
+    fn user_reports(&self) -> Result<Vec<SubjectReport>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, received_ts, target_user_id, user_id, reason FROM user_reports ORDER BY id")
+            .map_err(backend)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(backend)
+    }
+}

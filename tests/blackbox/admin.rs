@@ -1,0 +1,218 @@
+//! Reports (the spec's reporting endpoints) and Synapse's admin API: what admins may do, and
+//! that nobody else may.
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const V3: &str = "/_matrix/client/v3";
+const ADMIN: &str = "/_synapse/admin";
+
+fn forbidden(st: u16, b: &Value) -> bool {
+    st == 403 && b["errcode"] == "M_FORBIDDEN"
+}
+
+#[tokio::test]
+async fn users_report_events_rooms_and_users_and_admins_read_them() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "Town square"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let (_, sent) = s.send_text(&bob, &room, "buy my stuff").await;
+    let spam = sent["event_id"].as_str().unwrap().to_owned();
+    let private = s.create_room(&bob, json!({"preset": "private_chat"})).await;
+    let (_, hidden) = s.send_text(&bob, &private, "secret").await;
+    let hidden = hidden["event_id"].as_str().unwrap().to_owned();
+
+    // Event reports: only what the reporter can see; bad fields are 400.
+    let report = |user: &User, room: &str, event: &str, body: Value| {
+        let (s, token, path) = (&s, user.token.clone(), format!("{V3}/rooms/{room}/report/{event}"));
+        async move { s.post(&path, Some(&token), body).await }
+    };
+    let (st, b) = report(&alice, &room, &spam, json!({"reason": "spam", "score": -100})).await;
+    assert_eq!((st, &b), (200, &json!({})));
+    let (st, _) = report(&carol, &room, &spam, json!({})).await;
+    assert_eq!(st, 404, "not a member: the room's history is not hers to see");
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    assert_eq!(report(&carol, &room, &spam, json!({})).await.0, 200, "a member now (shared history), no reason");
+    let (st, b) = report(&alice, &private, &hidden, json!({"reason": "?"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "an event alice cannot see: {b}");
+    let (st, b) = report(&alice, &room, "$nope", json!({"reason": "?"})).await;
+    assert_eq!(st, 404, "{b}");
+    let (st, b) = report(&alice, &room, &spam, json!({"reason": 5})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+    let (st, b) = report(&alice, &room, &spam, json!({"score": "high"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+    assert_eq!(s.post(&format!("{V3}/rooms/{room}/report/{spam}"), None, json!({})).await.0, 401);
+
+    // Room and user reports.
+    let (st, b) =
+        s.post(&format!("{V3}/rooms/{room}/report"), Some(&carol.token), json!({"reason": "spam room"})).await;
+    assert_eq!((st, &b), (200, &json!({})));
+    let (st, b) = s.post(&format!("{V3}/rooms/!nope:test/report"), Some(&carol.token), json!({"reason": "x"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+    let (st, b) = s.post(&format!("{V3}/rooms/{room}/report"), Some(&carol.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "a reason is required: {b}");
+    let (st, b) =
+        s.post(&format!("{V3}/users/@bob:test/report"), Some(&carol.token), json!({"reason": "spammer"})).await;
+    assert_eq!((st, &b), (200, &json!({})));
+    // Unknown and remote users are answered the same, and nothing is kept.
+    for target in ["@ghost:test", "@someone:elsewhere.example"] {
+        let (st, _) = s.post(&format!("{V3}/users/{target}/report"), Some(&carol.token), json!({"reason": "x"})).await;
+        assert_eq!(st, 200, "{target}");
+    }
+    let long = "x".repeat(1001);
+    let (st, _) = s.post(&format!("{V3}/users/@bob:test/report"), Some(&carol.token), json!({"reason": long})).await;
+    assert_eq!(st, 400);
+
+    // Admins list, read and delete event reports; nobody else may.
+    let (st, b) = s.get(&format!("{ADMIN}/v1/event_reports"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+    let (st, list) = s.get(&format!("{ADMIN}/v1/event_reports"), Some(&root.token)).await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["total"], 2);
+    let reports = list["event_reports"].as_array().unwrap();
+    assert_eq!(reports[0]["user_id"], "@carol:test", "newest first");
+    let first = &reports[1];
+    assert_eq!(
+        (first["event_id"].as_str(), first["reason"].as_str(), first["score"].as_i64(), first["sender"].as_str()),
+        (Some(spam.as_str()), Some("spam"), Some(-100), Some("@bob:test"))
+    );
+    assert_eq!((first["room_id"].as_str(), first["name"].as_str()), (Some(room.as_str()), Some("Town square")));
+    let (_, page) = s.get(&format!("{ADMIN}/v1/event_reports?from=0&limit=1&dir=f"), Some(&root.token)).await;
+    assert_eq!(
+        (page["event_reports"][0]["user_id"].as_str(), page["next_token"].as_i64()),
+        (Some("@alice:test"), Some(1))
+    );
+    let (_, mine) = s.get(&format!("{ADMIN}/v1/event_reports?user_id=alice"), Some(&root.token)).await;
+    assert_eq!(mine["total"], 1);
+    let id = first["id"].as_i64().unwrap();
+    let (st, one) = s.get(&format!("{ADMIN}/v1/event_reports/{id}"), Some(&root.token)).await;
+    assert_eq!((st, one["event_json"]["content"]["body"].as_str()), (200, Some("buy my stuff")), "{one}");
+    for bad in ["abc", "-1"] {
+        let (st, b) = s.get(&format!("{ADMIN}/v1/event_reports/{bad}"), Some(&root.token)).await;
+        assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}: {b}");
+    }
+    let (st, b) = s.call("DELETE", &format!("{ADMIN}/v1/event_reports/{id}"), Some(&alice.token), None).await;
+    assert!(forbidden(st, &b));
+    assert_eq!(s.call("DELETE", &format!("{ADMIN}/v1/event_reports/{id}"), Some(&root.token), None).await.0, 200);
+    let (st, b) = s.get(&format!("{ADMIN}/v1/event_reports/{id}"), Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    assert_eq!(s.call("DELETE", &format!("{ADMIN}/v1/event_reports/{id}"), Some(&root.token), None).await.0, 404);
+    assert!(s.log_text().contains("delete event report"), "audited");
+    // What was kept of the room and user reports (no admin endpoint lists them yet).
+    let rows =
+        sql_in(s.dir.path(), "SELECT reason FROM room_reports UNION ALL SELECT target_user_id FROM user_reports");
+    assert_eq!(rows, vec![vec!["spam room".to_owned()], vec!["@bob:test".to_owned()]]);
+}
+
+#[tokio::test]
+async fn admins_look_after_accounts_and_nobody_else_may() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+
+    let (st, b) = s.get(&format!("{ADMIN}/v1/server_version"), None).await;
+    assert!(st == 200 && b["server_version"].as_str().unwrap().starts_with("Myelin"), "{b}");
+
+    // Every endpoint refuses a non-admin (and a missing token).
+    let bob_id = "@bob:test";
+    for (method, path, body) in [
+        ("GET", format!("{ADMIN}/v1/users/{bob_id}/admin"), None),
+        ("PUT", format!("{ADMIN}/v1/users/{bob_id}/admin"), Some(json!({"admin": true}))),
+        ("GET", format!("{ADMIN}/v2/users/{bob_id}"), None),
+        ("GET", format!("{ADMIN}/v1/whois/{bob_id}"), None),
+        ("POST", format!("{ADMIN}/v1/deactivate/{bob_id}"), Some(json!({}))),
+        ("POST", format!("{ADMIN}/v1/reset_password/{bob_id}"), Some(json!({"new_password": "x"}))),
+        ("GET", format!("{ADMIN}/v1/users/{bob_id}/joined_rooms"), None),
+    ] {
+        let (st, b) = s.call(method, &path, Some(&alice.token), body.clone()).await;
+        assert!(forbidden(st, &b), "{method} {path}: {st} {b}");
+        assert_eq!(s.call(method, &path, None, body).await.0, 401, "{method} {path}");
+    }
+    // Draupnir's first question, and making an admin.
+    let (st, b) = s.get(&format!("{ADMIN}/v1/users/@root:test/admin"), Some(&root.token)).await;
+    assert_eq!((st, b), (200, json!({"admin": true})));
+    let (_, b) = s.get(&format!("{ADMIN}/v1/users/{bob_id}/admin"), Some(&root.token)).await;
+    assert_eq!(b, json!({"admin": false}));
+    let (st, b) = s.get(&format!("{ADMIN}/v1/users/@x:elsewhere.example/admin"), Some(&root.token)).await;
+    assert_eq!(st, 400, "{b}");
+    assert_eq!(
+        s.put(&format!("{ADMIN}/v1/users/{bob_id}/admin"), Some(&root.token), json!({"admin": true})).await.0,
+        200
+    );
+    assert_eq!(s.get(&format!("{ADMIN}/v1/users/{bob_id}/admin"), Some(&root.token)).await.1, json!({"admin": true}));
+    assert_eq!(
+        s.put(&format!("{ADMIN}/v1/users/{bob_id}/admin"), Some(&root.token), json!({"admin": false})).await.0,
+        200
+    );
+    let (st, b) =
+        s.put(&format!("{ADMIN}/v1/users/@root:test/admin"), Some(&root.token), json!({"admin": false})).await;
+    assert_eq!(st, 400, "no demoting oneself: {b}");
+    let (st, _) = s.put(&format!("{ADMIN}/v1/users/{bob_id}/admin"), Some(&root.token), json!({})).await;
+    assert_eq!(st, 400);
+    let (st, _) =
+        s.put(&format!("{ADMIN}/v1/users/@ghost:test/admin"), Some(&root.token), json!({"admin": true})).await;
+    assert_eq!(st, 404);
+
+    // Details, whois (an admin, or oneself), joined rooms.
+    s.put(&format!("{V3}/profile/{bob_id}/displayname"), Some(&bob.token), json!({"displayname": "Bobby"})).await;
+    let (st, b) = s.get(&format!("{ADMIN}/v2/users/{bob_id}"), Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        (b["name"].as_str(), b["displayname"].as_str(), b["admin"].as_bool(), b["deactivated"].as_bool()),
+        (Some(bob_id), Some("Bobby"), Some(false), Some(false))
+    );
+    assert!(b["creation_ts"].as_i64().unwrap() < 100_000_000_000, "seconds, as Synapse");
+    assert_eq!(s.get(&format!("{ADMIN}/v2/users/@ghost:test"), Some(&root.token)).await.0, 404);
+    let (st, w) = s.get(&format!("{ADMIN}/v1/whois/{bob_id}"), Some(&root.token)).await;
+    assert_eq!((st, w["user_id"].as_str()), (200, Some(bob_id)), "{w}");
+    let connections = &w["devices"][&bob.device_id]["sessions"][0]["connections"][0];
+    assert_eq!(connections["ip"], "127.0.0.1", "{w}");
+    let (st, mine) = s.get(&format!("{V3}/admin/whois/{bob_id}"), Some(&bob.token)).await;
+    assert_eq!((st, mine["user_id"].as_str()), (200, Some(bob_id)), "oneself, through the client API");
+    let (st, b) = s.get(&format!("{V3}/admin/whois/{bob_id}"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{b}");
+    let (_, j) = s.get(&format!("{ADMIN}/v1/users/{bob_id}/joined_rooms"), Some(&root.token)).await;
+    assert_eq!(j, json!({"total": 1, "joined_rooms": [room]}));
+
+    // Password reset: the old password stops working, devices are logged out by default.
+    let (st, b) = s.post(&format!("{ADMIN}/v1/reset_password/{bob_id}"), Some(&root.token), json!({})).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, _) = s
+        .post(&format!("{ADMIN}/v1/reset_password/{bob_id}"), Some(&root.token), json!({"new_password": "n3w-pass"}))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(&bob.token)).await.0, 401, "logged out");
+    let login = |password: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": password});
+    assert_eq!(s.post(&format!("{V3}/login"), None, login("password")).await.0, 403);
+    let (st, fresh) = s.post(&format!("{V3}/login"), None, login("n3w-pass")).await;
+    assert_eq!(st, 200);
+
+    // Deactivation: the account leaves its rooms and cannot log in; unknown and remote users
+    // are refused.
+    assert_eq!(s.post(&format!("{ADMIN}/v1/deactivate/@ghost:test"), Some(&root.token), json!({})).await.0, 404);
+    assert_eq!(
+        s.post(&format!("{ADMIN}/v1/deactivate/@x:elsewhere.example"), Some(&root.token), json!({})).await.0,
+        400
+    );
+    let (st, b) = s.post(&format!("{ADMIN}/v1/deactivate/{bob_id}"), Some(&root.token), json!({"erase": "yes"})).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, b) = s.post(&format!("{ADMIN}/v1/deactivate/{bob_id}"), Some(&root.token), json!({"erase": false})).await;
+    assert_eq!((st, b), (200, json!({"id_server_unbind_result": "success"})));
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), fresh["access_token"].as_str()).await.0, 401);
+    assert_eq!(s.post(&format!("{V3}/login"), None, login("n3w-pass")).await.0, 403);
+    let (_, b) = s.get(&format!("{ADMIN}/v2/users/{bob_id}"), Some(&root.token)).await;
+    assert_eq!(b["deactivated"], true);
+    let (_, j) = s.get(&format!("{ADMIN}/v1/users/{bob_id}/joined_rooms"), Some(&root.token)).await;
+    assert_eq!(j["total"], 0, "left every room");
+    let log = s.log_text();
+    assert!(log.contains("reset password") && log.contains("deactivate") && log.contains("make admin"), "audited");
+}
