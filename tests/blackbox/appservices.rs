@@ -219,6 +219,11 @@ async fn an_appservice_acts_only_as_its_own_users() {
     assert_eq!(as_register(&s, "irc_alice").await.1["errcode"], "M_USER_IN_USE");
     let (st, b) = as_register(&s, "alice").await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{b}");
+    // Only users of this server, whatever the namespace's regex lets through.
+    for name in ["@irc_x:elsewhere.example", "irc_x:elsewhere.example"] {
+        let (st, b) = as_register(&s, name).await;
+        assert_eq!((st, b["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{name}: {b}");
+    }
     let (st, b) = s
         .post(&format!("{V3}/register"), None, json!({"type": "m.login.application_service", "username": "irc_x"}))
         .await;
@@ -240,6 +245,8 @@ async fn an_appservice_acts_only_as_its_own_users() {
     let bob = s.register("bob").await;
     let (st, b) = as_call(&s, "GET", &whoami("@bob:test"), None).await;
     assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "outside the namespace: {b}");
+    let (st, b) = as_call(&s, "GET", &whoami("@irc_alice:test.elsewhere.example"), None).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "another server's user: {b}");
     let (st, b) = as_call(&s, "GET", &whoami("@irc_ghost:test"), None).await;
     assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "not registered: {b}");
     let (st, b) = as_call(&s, "GET", &format!("{}&device_id=NOPE", whoami("@irc_alice:test")), None).await;
@@ -270,6 +277,20 @@ async fn an_appservice_acts_only_as_its_own_users() {
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{b}");
     let (st, b) = s.call("DELETE", &format!("{V3}/directory/room/%23irc_x:test"), Some(&bob.token), None).await;
     assert_eq!(st, 400, "a normal user cannot take the alias away, even as the room's admin: {b}");
+    let (st, b) = as_call(&s, "DELETE", &format!("{V3}/directory/room/%23irc_x:test"), None).await;
+    assert_eq!(st, 200, "the appservice removes its own alias: {b}");
+    assert_eq!(s.get(&format!("{V3}/directory/room/%23irc_x:test"), None).await.0, 404);
+
+    // Its users have no password: deleting a device or deactivating needs no UIA from it.
+    let (_, alice_login) = as_register(&s, "irc_zed").await;
+    let zed_device = alice_login["device_id"].as_str().unwrap().to_owned();
+    let zed = "user_id=%40irc_zed%3Atest";
+    let (st, b) = as_call(&s, "DELETE", &format!("{V3}/devices/{zed_device}?{zed}"), Some(json!({}))).await;
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = as_call(&s, "POST", &format!("{V3}/account/deactivate?{zed}"), Some(json!({}))).await;
+    assert_eq!(st, 200, "{b}");
+    let (st, _) = s.post(&format!("{V3}/account/deactivate"), Some(&bob.token), json!({})).await;
+    assert_eq!(st, 401, "a normal user still authenticates");
 
     // Login as one of its users with the token.
     let login =
@@ -297,9 +318,11 @@ async fn an_appservice_acts_only_as_its_own_users() {
 
 #[tokio::test]
 async fn bridged_timestamps_and_rate_limits_follow_the_registration() {
-    // rc_message allows two messages at once; the appservice's users are not limited.
+    // rc_message allows two messages at once; the appservice's users are not limited. It also
+    // has a non-exclusive namespace of everyone: that exempts nobody.
+    let everyone = "    - exclusive: false\n      regex: '@.*:test'\n  aliases:";
     let s = start_with_registration(
-        &registration(None, "rate_limited: false\n"),
+        &registration(None, "rate_limited: false\n").replace("  aliases:", everyone),
         "rc_message: {per_second: 0.1, burst_count: 2}\nrc_registration: {per_second: 100, burst_count: 100}\n\
          rc_login: {address: {per_second: 100, burst_count: 100}, account: {per_second: 100, burst_count: 100}}\n",
     )
@@ -349,13 +372,19 @@ async fn transactions_carry_what_the_appservice_is_interested_in() {
         seen.iter().any(|r| r.uri == "/_matrix/app/v1/users/%40irc_dave%3Atest")
     })
     .await;
-    fake.wait_for(Duration::from_secs(10), "the invite", |_| true).await;
+    fake.wait_for(Duration::from_secs(10), "the invite", |seen| {
+        seen.iter().any(|r| {
+            r.body["events"].as_array().is_some_and(|e| {
+                e.iter().any(|e| e["state_key"] == "@irc_dave:test" && e["content"]["membership"] == "invite")
+            })
+        })
+    })
+    .await;
     assert_eq!(as_register(&s, "irc_dave").await.0, 200);
     let dave = "user_id=%40irc_dave%3Atest";
     assert_eq!(as_call(&s, "POST", &format!("{V3}/rooms/{room}/join?{dave}"), Some(json!({}))).await.0, 200);
     let (_, sent) = s.send_text(&bob, &room, "hello bridge").await;
     let message_id = sent["event_id"].as_str().unwrap().to_owned();
-    fake.wait_for(Duration::from_secs(10), "the message", |_| true).await;
     let message_seen = |seen: &[Seen]| {
         seen.iter().any(|r| r.body["events"].as_array().is_some_and(|e| e.iter().any(|e| e["event_id"] == message_id)))
     };
@@ -498,6 +527,8 @@ async fn undelivered_transactions_survive_a_restart() {
         sent.push(b["event_id"].as_str().unwrap().to_owned());
     }
     fake.wait_for(Duration::from_secs(10), "a failed attempt", |seen| !seen.is_empty()).await;
+    let before = fake.transactions()[0].clone();
+    let attempts_before = fake.transactions().iter().filter(|t| t.uri == before.uri).count();
     let dir = s.stop();
     // Up again, and the homeserver restarted.
     fake.state.lock().unwrap().transaction_answers.clear();
@@ -509,6 +540,11 @@ async fn undelivered_transactions_survive_a_restart() {
         delivered_events(&ts).contains(&last)
     })
     .await;
+    // The transaction written before the first attempt went out again, unchanged, after the
+    // restart (a rebuilt one would have a new ID or body).
+    let same_id: Vec<Seen> = fake.transactions().into_iter().filter(|t| t.uri == before.uri).collect();
+    assert!(same_id.len() > attempts_before, "sent again after the restart");
+    assert!(same_id.iter().all(|t| t.body == before.body), "the same body each time");
     let delivered = delivered_events(&fake.transactions());
     let messages: Vec<&String> = delivered.iter().filter(|e| sent.contains(e)).collect();
     assert_eq!(messages, sent.iter().collect::<Vec<_>>(), "each message exactly once, in order");
@@ -711,6 +747,11 @@ async fn address_limits_and_legacy_authorization_follow_synapse() {
     let s = start_with_registration(&registration(None, "ip_range_whitelist: ['10.0.0.0/8']\n"), "").await;
     let (st, b) = as_call(&s, "GET", &format!("{V3}/account/whoami"), None).await;
     assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let (st, b) = as_register(&s, "irc_ivy").await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "registering from outside: {b}");
+    let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "ircbot"}});
+    let (st, b) = as_call(&s, "POST", &format!("{V3}/login"), Some(login)).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "logging in from outside: {b}");
     let dir = s.stop();
     std::fs::write(dir.path().join("irc.yaml"), registration(None, "ip_range_whitelist: ['127.0.0.0/8']\n")).unwrap();
     let s = Server::start_in(dir).await;

@@ -138,6 +138,14 @@ impl Homeserver {
         let Some((room, creator)) = self.db(move |s| s.get_alias(&a)).await? else {
             return Err(Error::not_found(format!("Room alias {alias} not found")));
         };
+        // An appservice removes any alias of its namespace, and only that (Synapse's
+        // `delete_appservice_association`: the room's canonical alias is left alone).
+        if requester.app_service.is_some() {
+            self.check_alias_namespace(requester, alias.as_str())?;
+            let a = alias.to_string();
+            self.db(move |s| s.delete_alias(&a)).await?;
+            return Ok(());
+        }
         let room_id = parse_room(&room)?;
         let allowed = requester.is_admin
             || creator == requester.user_id.as_str()

@@ -299,7 +299,8 @@ impl Homeserver {
     ) -> Result<Requester> {
         let user_id = match &info.as_user_id {
             Some(u) if u != registration.sender.as_str() => {
-                if !registration.is_interested_in_user(u) {
+                let local = OwnedUserId::try_from(u.as_str()).is_ok_and(|user| self.is_mine(&user));
+                if !local || !registration.is_interested_in_user(u) {
                     return Err(Error::forbidden(format!("Application service cannot masquerade as this user ({u}).")));
                 }
                 u.clone()
@@ -371,10 +372,11 @@ impl Homeserver {
         Ok(())
     }
 
-    /// Whether a user's actions skip rate limits: they belong to an appservice registered with
-    /// `rate_limited: false`.
+    /// Whether a user's actions skip rate limits: an appservice registered with `rate_limited:
+    /// false` owns them (its sender, or its exclusive namespace, which only it can register and
+    /// act as; a non-exclusive namespace such as `@.*` exempts nobody).
     pub(crate) fn exempt_from_rate_limits(&self, user_id: &str) -> bool {
-        self.appservices().iter().any(|r| !r.rate_limited && r.is_interested_in_user(user_id))
+        self.appservices().iter().any(|r| !r.rate_limited && r.is_exclusive_user(user_id))
     }
 
     /// Creates each appservice's sender user if it does not exist yet (at start-up, as Synapse).
@@ -419,6 +421,7 @@ impl Homeserver {
     pub async fn register_appservice_user(
         &self,
         token: Option<&str>,
+        info: &RequestInfo,
         request: crate::users::RegisterRequest,
     ) -> Result<crate::users::RegisterResponse> {
         let Some(token) = token else {
@@ -427,15 +430,17 @@ impl Homeserver {
                 "Appservice token must be provided when using a type of m.login.application_service",
             ));
         };
-        let Some(registration) = self.appservice_by_token(token).cloned() else {
+        let Some(registration) = self.appservice_by_token(token).filter(|r| r.accepts_requests_from(&info.ip)).cloned()
+        else {
             return Err(Error::new(ErrorKind::UnknownToken, "Unrecognised access token"));
         };
         let Some(username) = request.username.clone() else {
             return Err(Error::new(ErrorKind::BadRequest, "Desired Username is missing or not a string"));
         };
-        let user_id =
-            if username.starts_with('@') { username.clone() } else { format!("@{}:{}", username, self.server_name()) };
-        if !registration.is_interested_in_user(&user_id) {
+        // Always a user of this server (Synapse builds the ID from the localpart; a name that is
+        // a whole user ID, or holds a ':', does not make one).
+        let user_id = format!("@{}:{}", username, self.server_name());
+        if username.contains(':') || !registration.is_interested_in_user(&user_id) {
             return Err(exclusive("Invalid user localpart for this application service."));
         }
         self.check_user_not_exclusive(&user_id, Some(&registration))?;
@@ -457,9 +462,13 @@ impl Homeserver {
     pub async fn login_appservice_user(
         &self,
         token: Option<&str>,
+        info: &RequestInfo,
         request: crate::users::LoginRequest,
     ) -> Result<crate::users::LoginResponse> {
-        let Some(registration) = token.and_then(|t| self.appservice_by_token(t)).cloned() else {
+        self.limiters.login_address.check(&info.ip)?;
+        let registration =
+            token.and_then(|t| self.appservice_by_token(t)).filter(|r| r.accepts_requests_from(&info.ip));
+        let Some(registration) = registration.cloned() else {
             return Err(Error::new(ErrorKind::UnknownToken, "Invalid access_token"));
         };
         let given = request
@@ -471,7 +480,8 @@ impl Homeserver {
             .or(request.user.clone())
             .ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing user"))?;
         let user_id = if given.starts_with('@') { given } else { format!("@{given}:{}", self.server_name()) };
-        if !registration.is_interested_in_user(&user_id) {
+        let local = OwnedUserId::try_from(user_id.as_str()).is_ok_and(|u| self.is_mine(&u));
+        if !local || !registration.is_interested_in_user(&user_id) {
             return Err(Error::forbidden("Invalid access_token"));
         }
         let uid = user_id.clone();

@@ -22,6 +22,11 @@ use crate::{Homeserver, Result};
 
 /// Events read per transaction at most (Synapse's limit per transaction).
 const EVENTS_PER_TRANSACTION: usize = 100;
+/// Stream positions one transaction covers at most. Every event, receipt, typing change,
+/// presence update and to-device message takes a position, so this bounds a transaction's
+/// ephemeral and to-device parts too (a backlog goes out in several transactions, none too big
+/// for the service to take).
+const POSITIONS_PER_TRANSACTION: i64 = 500;
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LONGEST_RETRY: Duration = Duration::from_secs(5 * 60);
 /// How often a position moved past uninteresting events is written down (a restart re-reads
@@ -187,6 +192,7 @@ impl Homeserver {
         from: i64,
         to: i64,
     ) -> Result<(i64, Option<String>)> {
+        let to = to.min(from + POSITIONS_PER_TRANSACTION);
         let rows = self.db(move |s| s.events_between(from, to, EVENTS_PER_TRANSACTION)).await?;
         let reached = if rows.len() == EVENTS_PER_TRANSACTION {
             rows.last().map_or(to, |(_, row)| row.stream_ordering)

@@ -245,6 +245,9 @@ impl Homeserver {
         };
         let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name()))
             .map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user ID"))?;
+        // Whoever chose the name (the client, a password provider, an admin), an appservice's
+        // exclusive namespace is its own.
+        self.check_user_not_exclusive(user_id.as_str(), None)?;
         let password_hash = match password {
             Some(p) => Some(hash_password(p).await?),
             None => None,

@@ -33,7 +33,7 @@ pub(super) async fn login(
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> Answer {
     let r = if body.kind == "m.login.application_service" {
-        hs.login_appservice_user(access_token(&parts)?.as_deref(), body).await?
+        hs.login_appservice_user(access_token(&parts)?.as_deref(), &info, body).await?
     } else {
         hs.login(body, &info).await?
     };
@@ -67,7 +67,7 @@ pub(super) async fn register(
 ) -> Answer {
     let token = access_token(&parts)?;
     if body.kind.as_deref() == Some("m.login.application_service") {
-        let r = hs.register_appservice_user(token.as_deref(), body).await?;
+        let r = hs.register_appservice_user(token.as_deref(), &info, body).await?;
         let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
         if let Some((token, device)) = r.login {
             out["access_token"] = json!(token);
