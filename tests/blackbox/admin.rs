@@ -216,3 +216,90 @@ async fn admins_look_after_accounts_and_nobody_else_may() {
     let log = s.log_text();
     assert!(log.contains("reset password") && log.contains("deactivate") && log.contains("make admin"), "audited");
 }
+
+#[tokio::test]
+async fn admins_list_users_and_rooms() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    s.put(&format!("{V3}/profile/@bob:test/displayname"), Some(&bob.token), json!({"displayname": "Robert"})).await;
+    let carol = s.register("carol").await;
+    assert_eq!(s.post(&format!("{ADMIN}/v1/deactivate/@carol:test"), Some(&root.token), json!({})).await.0, 200);
+    let _ = carol;
+
+    // Users: deactivated ones only when asked; filters, order, pages.
+    let names = |b: &Value| -> Vec<String> {
+        b["users"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let (st, b) = s.get(&format!("{ADMIN}/v2/users"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{b}");
+    let (st, b) = s.get(&format!("{ADMIN}/v2/users"), Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        (names(&b), b["total"].as_i64()),
+        (vec!["@alice:test".to_owned(), "@bob:test".into(), "@root:test".into()], Some(3))
+    );
+    assert!(b.get("next_token").is_none());
+    let root_entry = b["users"].as_array().unwrap().iter().find(|u| u["name"] == "@root:test").unwrap();
+    assert_eq!((root_entry["admin"].as_bool(), root_entry["deactivated"].as_bool()), (Some(true), Some(false)));
+    let (_, b) = s.get(&format!("{ADMIN}/v2/users?deactivated=true"), Some(&root.token)).await;
+    assert_eq!(b["total"], 4);
+    let (_, b) = s.get(&format!("{ADMIN}/v2/users?name=rober"), Some(&root.token)).await;
+    assert_eq!(names(&b), vec!["@bob:test"], "by display name");
+    let (_, b) = s.get(&format!("{ADMIN}/v2/users?admins=true"), Some(&root.token)).await;
+    assert_eq!(names(&b), vec!["@root:test"]);
+    let (_, b) = s.get(&format!("{ADMIN}/v2/users?from=1&limit=1&dir=b"), Some(&root.token)).await;
+    assert_eq!(
+        (names(&b), b["next_token"].as_str(), b["total"].as_i64()),
+        (vec!["@bob:test".to_owned()], Some("2"), Some(3))
+    );
+    for bad in ["from=-1", "limit=x", "order_by=password", "dir=sideways", "guests=maybe"] {
+        let (st, b) = s.get(&format!("{ADMIN}/v2/users?{bad}"), Some(&root.token)).await;
+        assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}: {b}");
+    }
+
+    // Rooms: every room, searched, ordered, with its details, members and state.
+    let square = s.create_room(&alice, json!({"preset": "public_chat", "name": "Town square"})).await;
+    assert_eq!(s.join(&bob, &square).await.0, 200);
+    let quiet = s.create_room(&bob, json!({"name": "Quiet corner"})).await;
+    let (st, b) = s.get(&format!("{ADMIN}/v1/rooms"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b));
+    let (st, list) = s.get(&format!("{ADMIN}/v1/rooms"), Some(&root.token)).await;
+    assert_eq!(st, 200, "{list}");
+    let rooms = list["rooms"].as_array().unwrap();
+    assert_eq!(list["total_rooms"], 2);
+    assert_eq!(rooms.iter().map(|r| r["name"].as_str().unwrap()).collect::<Vec<_>>(), ["Quiet corner", "Town square"]);
+    let town = rooms.iter().find(|r| r["room_id"] == square.as_str()).unwrap();
+    assert_eq!(
+        (
+            town["joined_members"].as_i64(),
+            town["joined_local_members"].as_i64(),
+            town["creator"].as_str(),
+            town["join_rules"].as_str()
+        ),
+        (Some(2), Some(2), Some("@alice:test"), Some("public"))
+    );
+    assert!(town["state_events"].as_i64().unwrap() >= 6 && town["version"].is_string(), "{town}");
+    let (_, b) = s.get(&format!("{ADMIN}/v1/rooms?order_by=size"), Some(&root.token)).await;
+    assert_eq!(b["rooms"][0]["room_id"], square.as_str(), "biggest first");
+    let (_, b) = s.get(&format!("{ADMIN}/v1/rooms?search_term=QUIET"), Some(&root.token)).await;
+    assert_eq!((b["total_rooms"].as_i64(), b["rooms"][0]["room_id"].as_str()), (Some(1), Some(quiet.as_str())));
+    let (_, b) = s.get(&format!("{ADMIN}/v1/rooms?limit=1"), Some(&root.token)).await;
+    assert_eq!((b["rooms"].as_array().unwrap().len(), b["next_batch"].as_i64()), (1, Some(1)));
+    let (st, _) = s.get(&format!("{ADMIN}/v1/rooms?order_by=nonsense"), Some(&root.token)).await;
+    assert_eq!(st, 400);
+    let (st, d) = s.get(&format!("{ADMIN}/v1/rooms/{quiet}"), Some(&root.token)).await;
+    assert_eq!((st, d["name"].as_str(), d["forgotten"].as_bool()), (200, Some("Quiet corner"), Some(false)), "{d}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/rooms/!nope:test"), Some(&root.token)).await.0, 404);
+    let (_, m) = s.get(&format!("{ADMIN}/v1/rooms/{square}/members"), Some(&root.token)).await;
+    assert_eq!(m["total"], 2, "{m}");
+    // The state of a room the admin is not in (private to its members otherwise).
+    let (_, st_body) = s.get(&format!("{ADMIN}/v1/rooms/{quiet}/state"), Some(&root.token)).await;
+    let state = st_body["state"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Quiet corner"), "{st_body}");
+    assert_eq!(s.get(&format!("{V3}/rooms/{quiet}/state"), Some(&alice.token)).await.0, 403, "not to others");
+    let (st, b) = s.get(&format!("{ADMIN}/v1/rooms/{quiet}/state"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b));
+}

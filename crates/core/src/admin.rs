@@ -323,3 +323,263 @@ impl Homeserver {
         Ok(json!({"total": rooms.len(), "joined_rooms": rooms}))
     }
 }
+
+/// `GET /_synapse/admin/v2/users`'s parameters, as given.
+#[derive(Debug, Clone, Default)]
+pub struct UserListParams {
+    /// `from` (default 0).
+    pub from: Option<i64>,
+    /// `limit` (default 100).
+    pub limit: Option<i64>,
+    /// `name`: a part of the user ID or display name.
+    pub name: Option<String>,
+    /// `user_id`: a part of the user ID.
+    pub user_id: Option<String>,
+    /// `guests` (default true).
+    pub guests: Option<bool>,
+    /// `deactivated` (default false).
+    pub deactivated: Option<bool>,
+    /// `admins`: only admins, or only non-admins.
+    pub admins: Option<bool>,
+    /// `order_by` (default `name`).
+    pub order_by: Option<String>,
+    /// `dir`: `f` (default) or `b`.
+    pub dir: Option<String>,
+}
+
+/// `GET /_synapse/admin/v1/rooms`'s parameters, as given.
+#[derive(Debug, Clone, Default)]
+pub struct RoomListParams {
+    /// `from` (default 0).
+    pub from: Option<i64>,
+    /// `limit` (default 100).
+    pub limit: Option<i64>,
+    /// `order_by` (default `name`).
+    pub order_by: Option<String>,
+    /// `dir`: `f` (default) or `b`.
+    pub dir: Option<String>,
+    /// `search_term`: a part of the name, canonical alias or room ID.
+    pub search_term: Option<String>,
+}
+
+fn paging(from: Option<i64>, limit: Option<i64>) -> Result<(i64, i64)> {
+    let from = from.unwrap_or(0);
+    if from < 0 {
+        return Err(Error::invalid_param("Query parameter from must be a string representing a positive integer."));
+    }
+    let limit = limit.unwrap_or(100);
+    if limit < 0 {
+        return Err(Error::invalid_param("Query parameter limit must be a string representing a positive integer."));
+    }
+    Ok((from, limit))
+}
+
+fn forwards(dir: Option<&str>) -> Result<bool> {
+    match dir {
+        None | Some("f") => Ok(true),
+        Some("b") => Ok(false),
+        Some(other) => Err(Error::invalid_param(format!("Unknown direction: {other}"))),
+    }
+}
+
+impl Homeserver {
+    /// `GET /_synapse/admin/v2/users`: a page of accounts, filtered and ordered as Synapse's.
+    pub async fn admin_list_users(&self, requester: &Requester, params: UserListParams) -> Result<Value> {
+        use myelin_storage::{UserListQuery, UserOrder};
+        self.require_admin(requester)?;
+        let (from, limit) = paging(params.from, params.limit)?;
+        let order_by = match params.order_by.as_deref().unwrap_or("name") {
+            "name" => UserOrder::Name,
+            "displayname" => UserOrder::DisplayName,
+            "creation_ts" => UserOrder::CreationTs,
+            "admin" => UserOrder::Admin,
+            "deactivated" => UserOrder::Deactivated,
+            "is_guest" => UserOrder::IsGuest,
+            "shadow_banned" => UserOrder::ShadowBanned,
+            other => return Err(Error::invalid_param(format!("Unknown value for order_by: {other}"))),
+        };
+        let query = UserListQuery {
+            from,
+            limit,
+            name: params.name,
+            user_id: params.user_id,
+            guests: params.guests.unwrap_or(true),
+            deactivated: params.deactivated.unwrap_or(false),
+            admins: params.admins,
+            order_by,
+            forwards: forwards(params.dir.as_deref())?,
+        };
+        let (users, total) = self.db(move |s| s.list_users(&query)).await?;
+        let count = users.len() as i64;
+        let users: Vec<Value> = users
+            .into_iter()
+            .map(|u| {
+                json!({
+                    "name": u.user.user_id,
+                    "user_type": null,
+                    "is_guest": u.user.is_guest,
+                    "admin": u.user.is_admin,
+                    "deactivated": u.user.deactivated,
+                    "shadow_banned": u.user.shadow_banned,
+                    "displayname": u.displayname,
+                    "avatar_url": u.avatar_url,
+                    "creation_ts": u.user.creation_ts / 1000,
+                    "approved": true,
+                    "erased": false,
+                    "last_seen_ts": u.last_seen_ts,
+                    "locked": false,
+                })
+            })
+            .collect();
+        let mut out = json!({"users": users, "total": total});
+        if from + count < total {
+            out["next_token"] = json!((from + count).to_string());
+        }
+        Ok(out)
+    }
+
+    /// One room as the admin API describes it.
+    async fn admin_room_info(&self, room_id: &str, joined: i64) -> Result<Option<Value>> {
+        let Ok(room) = RoomId::parse(room_id) else { return Ok(None) };
+        let r = room_id.to_owned();
+        let Some(row) = self.db(move |s| s.get_room(&r)).await? else { return Ok(None) };
+        let state_events = self.current_state(&room).await?.map_or(0, |s| s.len());
+        let field = |content: Option<Map<String, Value>>, key: &str| {
+            content.and_then(|c| c.get(key).cloned()).unwrap_or_default()
+        };
+        let create = self.state_content_of(&room, "m.room.create", "").await?;
+        let r = room_id.to_owned();
+        let members = self.db(move |s| s.room_memberships(&r)).await?;
+        let suffix = format!(":{}", self.server_name());
+        let local = members.iter().filter(|(u, m)| m == "join" && u.ends_with(&suffix)).count();
+        Ok(Some(json!({
+            "room_id": room_id,
+            "name": field(self.state_content_of(&room, "m.room.name", "").await?, "name"),
+            "topic": field(self.state_content_of(&room, "m.room.topic", "").await?, "topic"),
+            "avatar": field(self.state_content_of(&room, "m.room.avatar", "").await?, "url"),
+            "canonical_alias": field(self.state_content_of(&room, "m.room.canonical_alias", "").await?, "alias"),
+            "joined_members": joined,
+            "joined_local_members": local,
+            "version": row.room_version,
+            "creator": row.creator,
+            "encryption": field(self.state_content_of(&room, "m.room.encryption", "").await?, "algorithm"),
+            "federatable": create.as_ref().and_then(|c| c.get("m.federate")).and_then(Value::as_bool).unwrap_or(true),
+            "public": row.is_public,
+            "join_rules": field(self.state_content_of(&room, "m.room.join_rules", "").await?, "join_rule"),
+            "guest_access": field(self.state_content_of(&room, "m.room.guest_access", "").await?, "guest_access"),
+            "history_visibility": field(
+                self.state_content_of(&room, "m.room.history_visibility", "").await?,
+                "history_visibility"
+            ),
+            "state_events": state_events,
+            "room_type": create.as_ref().and_then(|c| c.get("type").cloned()).unwrap_or_default(),
+        })))
+    }
+
+    /// `GET /_synapse/admin/v1/rooms`: every room this server knows, searched and ordered.
+    pub async fn admin_list_rooms(&self, requester: &Requester, params: RoomListParams) -> Result<Value> {
+        self.require_admin(requester)?;
+        let (from, limit) = paging(params.from, params.limit)?;
+        let forwards = forwards(params.dir.as_deref())?;
+        let order_by = params.order_by.unwrap_or_else(|| "name".into());
+        // Synapse's `alphabetical` and `size` are older names of `name` and `joined_members`.
+        let key = match order_by.as_str() {
+            "alphabetical" | "name" => "name",
+            "size" | "joined_members" => "joined_members",
+            k @ ("canonical_alias"
+            | "joined_local_members"
+            | "version"
+            | "creator"
+            | "encryption"
+            | "federatable"
+            | "public"
+            | "join_rules"
+            | "guest_access"
+            | "history_visibility"
+            | "state_events") => k,
+            other => return Err(Error::invalid_param(format!("Unknown value for order_by: {other}"))),
+        };
+        let mut rooms = Vec::new();
+        for (room_id, joined) in self.db(|s| s.list_rooms()).await? {
+            if let Some(info) = self.admin_room_info(&room_id, joined).await? {
+                rooms.push(info);
+            }
+        }
+        if let Some(term) = params.search_term.filter(|t| !t.is_empty()).map(|t| t.to_lowercase()) {
+            rooms.retain(|r| {
+                ["name", "canonical_alias", "room_id"]
+                    .iter()
+                    .any(|k| r[*k].as_str().is_some_and(|v| v.to_lowercase().contains(&term)))
+            });
+        }
+        // Numbers compare as numbers, text as text; missing values last, room ID to break ties.
+        rooms.sort_by(|a, b| {
+            let order = match (&a[key], &b[key]) {
+                (Value::Number(x), Value::Number(y)) => {
+                    x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+                }
+                (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
+                (Value::Null, _) => std::cmp::Ordering::Greater,
+                (_, Value::Null) => std::cmp::Ordering::Less,
+                (x, y) => x.to_string().cmp(&y.to_string()),
+            };
+            order.then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        });
+        // The size order is biggest first unless asked otherwise, as Synapse.
+        let descending = if key == "joined_members" && params.dir.is_none() { true } else { !forwards };
+        if descending {
+            rooms.reverse();
+        }
+        let total = rooms.len() as i64;
+        let page: Vec<Value> = rooms.into_iter().skip(from as usize).take(limit as usize).collect();
+        let count = page.len() as i64;
+        let mut out = json!({"rooms": page, "offset": from, "total_rooms": total});
+        if from + count < total {
+            out["next_batch"] = json!(from + count);
+        }
+        if from > 0 {
+            out["prev_batch"] = json!((from - limit).max(0));
+        }
+        Ok(out)
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}`.
+    pub async fn admin_room(&self, requester: &Requester, room_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let r = room_id.to_owned();
+        let joined = self.db(move |s| s.room_memberships(&r)).await?.iter().filter(|(_, m)| m == "join").count() as i64;
+        let mut info =
+            self.admin_room_info(room_id, joined).await?.ok_or_else(|| Error::not_found("Room not found"))?;
+        info["forgotten"] = json!(false);
+        Ok(info)
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/members`: the joined members.
+    pub async fn admin_room_members(&self, requester: &Requester, room_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let r = room_id.to_owned();
+        if self.db(move |s| s.get_room(&r)).await?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        let r = room_id.to_owned();
+        let members: Vec<String> = self
+            .db(move |s| s.room_memberships(&r))
+            .await?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(u, _)| u)
+            .collect();
+        Ok(json!({"total": members.len(), "members": members}))
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the current state, whoever may see it.
+    pub async fn admin_room_state(&self, requester: &Requester, room_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let room = RoomId::parse(room_id).map_err(|_| Error::not_found("Room not found"))?;
+        let Some(state) = self.current_state(&room).await? else {
+            return Err(Error::not_found("Room not found"));
+        };
+        let events = self.client_events(state.into_values().map(|id| id.to_string()).collect()).await?;
+        Ok(json!({"state": events}))
+    }
+}

@@ -20,7 +20,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod admin;
+pub mod admin;
 pub mod appservice;
 mod bus;
 pub mod config;

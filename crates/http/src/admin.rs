@@ -22,7 +22,12 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/registration_tokens/new", post(new_token))
         .route("/_synapse/admin/v1/server_version", get(server_version))
         .route("/_synapse/admin/v1/users/{user_id}/admin", get(is_admin).put(set_admin))
+        .route("/_synapse/admin/v2/users", get(list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(user))
+        .route("/_synapse/admin/v1/rooms", get(list_rooms))
+        .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
+        .route("/_synapse/admin/v1/rooms/{room_id}/members", get(room_members))
+        .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
         .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
         .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
         .route("/_synapse/admin/v1/reset_password/{user_id}", post(reset_password))
@@ -47,6 +52,95 @@ async fn set_admin(
 ) -> Answer {
     hs.admin_set_admin(&me, &user_id, body.get("admin")).await?;
     Ok(axum::Json(json!({})))
+}
+
+/// A boolean query parameter as Synapse parses it (`true` / `false`; anything else is 400).
+fn flag(value: Option<String>, name: &str) -> Result<Option<bool>, MatrixError> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(MatrixError::new(
+            myelin_core::ErrorKind::InvalidParam,
+            format!("Boolean query parameter '{name}' must be one of ['true', 'false']"),
+        )),
+    }
+}
+
+/// An integer query parameter (400 when it is not one).
+fn integer(value: Option<String>, name: &str) -> Result<Option<i64>, MatrixError> {
+    value
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                MatrixError::new(
+                    myelin_core::ErrorKind::InvalidParam,
+                    format!("Query parameter '{name}' must be an integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UsersQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    name: Option<String>,
+    user_id: Option<String>,
+    guests: Option<String>,
+    deactivated: Option<String>,
+    admins: Option<String>,
+    order_by: Option<String>,
+    dir: Option<String>,
+}
+
+async fn list_users(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<UsersQuery>) -> Answer {
+    let params = myelin_core::admin::UserListParams {
+        from: integer(q.from, "from")?,
+        limit: integer(q.limit, "limit")?,
+        name: q.name,
+        user_id: q.user_id,
+        guests: flag(q.guests, "guests")?,
+        deactivated: flag(q.deactivated, "deactivated")?,
+        admins: flag(q.admins, "admins")?,
+        order_by: q.order_by,
+        dir: q.dir,
+    };
+    Ok(axum::Json(hs.admin_list_users(&me, params).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RoomsQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    order_by: Option<String>,
+    dir: Option<String>,
+    search_term: Option<String>,
+}
+
+async fn list_rooms(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<RoomsQuery>) -> Answer {
+    let params = myelin_core::admin::RoomListParams {
+        from: integer(q.from, "from")?,
+        limit: integer(q.limit, "limit")?,
+        order_by: q.order_by,
+        dir: q.dir,
+        search_term: q.search_term,
+    };
+    Ok(axum::Json(hs.admin_list_rooms(&me, params).await?))
+}
+
+async fn room(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_room(&me, &room_id).await?))
+}
+
+async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_room_members(&me, &room_id).await?))
+}
+
+async fn room_state(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_room_state(&me, &room_id).await?))
 }
 
 async fn user(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {

@@ -4,7 +4,7 @@
 //! - [`Storage`]: the whole persistence contract, split by area ([`UserStore`], [`RoomStore`],
 //!   [`ClientDataStore`], [`DirectoryStore`], [`MediaStore`], [`RegistrationTokenStore`],
 //!   [`KeyStore`], [`EphemeralStore`], [`SearchStore`], [`FederationStore`],
-//!   [`TransientStore`], [`AppserviceStore`], [`ReportStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
+//!   [`TransientStore`], [`AppserviceStore`], [`AdminStore`]) plus [`StorageInfo`] (how a backend is called, and the bus between
 //!   the processes sharing it).
 //!   Services hold an `Arc<dyn Storage>` and never see SQL.
 //! - [`sqlite::SqliteStore`]: the embedded default (WAL, foreign keys, busy timeout), with its
@@ -761,8 +761,69 @@ pub struct EventReportQuery {
 /// A room or user report: `(id, received_ts, room or reported user, reporter, reason)`.
 pub type SubjectReport = (i64, i64, String, String, String);
 
-/// Reports of events, rooms and users that users file for the server's admins.
-pub trait ReportStore {
+/// How the admin API orders accounts (Synapse's `order_by`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserOrder {
+    /// By user ID (the default).
+    #[default]
+    Name,
+    /// By display name.
+    DisplayName,
+    /// By creation time.
+    CreationTs,
+    /// Admins last (first backwards).
+    Admin,
+    /// Deactivated last.
+    Deactivated,
+    /// Guests last.
+    IsGuest,
+    /// Shadow-banned last.
+    ShadowBanned,
+}
+
+/// Which accounts the admin API lists (Synapse's `GET /_synapse/admin/v2/users` filters).
+#[derive(Debug, Clone, Default)]
+pub struct UserListQuery {
+    /// Skip this many.
+    pub from: i64,
+    /// At most this many.
+    pub limit: i64,
+    /// Users whose user ID or display name contains this (any case).
+    pub name: Option<String>,
+    /// Users whose user ID contains this (any case).
+    pub user_id: Option<String>,
+    /// Include guests.
+    pub guests: bool,
+    /// Include deactivated accounts.
+    pub deactivated: bool,
+    /// Only admins (`Some(true)`) or only non-admins (`Some(false)`).
+    pub admins: Option<bool>,
+    /// The order.
+    pub order_by: UserOrder,
+    /// Ascending (`dir=f`, the default) or descending.
+    pub forwards: bool,
+}
+
+/// One account as the admin API lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedUser {
+    /// The account.
+    pub user: UserRow,
+    /// Its display name.
+    pub displayname: Option<String>,
+    /// Its avatar.
+    pub avatar_url: Option<String>,
+    /// The newest last-seen time of its devices, ms.
+    pub last_seen_ts: Option<i64>,
+}
+
+/// Reports of events, rooms and users that users file for the server's admins, and the
+/// listings only the admin API needs.
+pub trait AdminStore {
+    /// A page of accounts, and how many match in all.
+    fn list_users(&self, query: &UserListQuery) -> Result<(Vec<ListedUser>, i64)>;
+    /// Every room this server knows, with its joined-member count.
+    fn list_rooms(&self) -> Result<Vec<(String, i64)>>;
     /// Files an event report; returns its ID.
     fn add_event_report(&self, report: &EventReport) -> Result<i64>;
     /// Files a room report; returns its ID.
@@ -881,7 +942,7 @@ pub trait Storage:
     + FederationStore
     + TransientStore
     + AppserviceStore
-    + ReportStore
+    + AdminStore
     + Send
     + Sync
     + 'static
@@ -902,7 +963,7 @@ impl<T> Storage for T where
         + FederationStore
         + TransientStore
         + AppserviceStore
-        + ReportStore
+        + AdminStore
         + Send
         + Sync
         + 'static

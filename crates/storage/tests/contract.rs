@@ -254,6 +254,8 @@ contract! {
     appservice_position_only_moves_forward,
     event_reports_page_filter_and_delete,
     room_and_user_reports_are_kept,
+    admin_user_list_filters_orders_and_pages,
+    admin_room_list_counts_members,
     // Search
     search_finds_just_written_events,
     search_skips_redacted_events,
@@ -2270,4 +2272,61 @@ fn room_and_user_reports_are_kept(s: &dyn Storage) {
     let u = s.add_user_report(BOB, ALICE, "spammer", TS + 1).unwrap();
     assert_eq!(s.room_reports().unwrap(), vec![(r, TS, "!a:test".into(), ALICE.into(), "spam room".into())]);
     assert_eq!(s.user_reports().unwrap(), vec![(u, TS + 1, BOB.into(), ALICE.into(), "spammer".into())]);
+}
+
+fn admin_user_list_filters_orders_and_pages(s: &dyn Storage) {
+    let make = |id: &str, name: Option<&str>, ts: i64, admin: bool, guest: bool, gone: bool| {
+        let row = UserRow { creation_ts: ts, is_admin: admin, is_guest: guest, deactivated: gone, ..user_row(id) };
+        s.create_user(&row, name).unwrap();
+    };
+    make(ALICE, Some("Alice Liddell"), TS + 3, true, false, false);
+    make(BOB, Some("Bob"), TS + 1, false, false, false);
+    make(CAROL, None, TS + 2, false, true, false);
+    make(DAVE, Some("Dave"), TS + 4, false, false, true);
+    let list = |f: &dyn Fn(&mut UserListQuery)| {
+        let mut q = UserListQuery { limit: 100, guests: true, forwards: true, ..UserListQuery::default() };
+        f(&mut q);
+        let (users, total) = s.list_users(&q).unwrap();
+        (users.into_iter().map(|u| u.user.user_id).collect::<Vec<_>>(), total)
+    };
+    assert_eq!(list(&|_| {}), (strings(&[ALICE, BOB, CAROL]), 3), "deactivated left out by default");
+    assert_eq!(list(&|q| q.deactivated = true).1, 4);
+    assert_eq!(list(&|q| q.guests = false), (strings(&[ALICE, BOB]), 2));
+    assert_eq!(list(&|q| q.admins = Some(true)), (strings(&[ALICE]), 1));
+    assert_eq!(list(&|q| q.admins = Some(false)).1, 2);
+    assert_eq!(list(&|q| q.name = Some("LIDDELL".into())), (strings(&[ALICE]), 1), "display name, any case");
+    assert_eq!(list(&|q| q.name = Some("car".into())), (strings(&[CAROL]), 1), "or user ID");
+    assert_eq!(list(&|q| q.user_id = Some("Liddell".into())).1, 0, "user_id looks at the ID only");
+    assert_eq!(list(&|q| q.order_by = UserOrder::CreationTs), (strings(&[BOB, CAROL, ALICE]), 3));
+    assert_eq!(
+        list(&|q| {
+            q.order_by = UserOrder::CreationTs;
+            q.forwards = false;
+        }),
+        (strings(&[ALICE, CAROL, BOB]), 3)
+    );
+    assert_eq!(list(&|q| q.order_by = UserOrder::DisplayName).0, strings(&[ALICE, BOB, CAROL]), "no name last");
+    assert_eq!(
+        list(&|q| {
+            q.from = 1;
+            q.limit = 1;
+        }),
+        (strings(&[BOB]), 3),
+        "a page, with the whole count"
+    );
+    s.upsert_device(BOB, "B1", None).unwrap();
+    s.touch_device(BOB, "B1", "127.0.0.1", "ua", TS + 50).unwrap();
+    let (users, _) =
+        s.list_users(&UserListQuery { limit: 10, guests: true, forwards: true, ..UserListQuery::default() }).unwrap();
+    let bob = users.iter().find(|u| u.user.user_id == BOB).unwrap();
+    assert_eq!((bob.displayname.as_deref(), bob.last_seen_ts), (Some("Bob"), Some(TS + 50)));
+}
+
+fn admin_room_list_counts_members(s: &dyn Storage) {
+    let mut r1 = TestRoom::new(s, "!r1:test");
+    let mut r2 = TestRoom::new(s, "!r2:test");
+    r1.join(s, ALICE);
+    r2.join(s, ALICE);
+    r2.join(s, BOB);
+    assert_eq!(s.list_rooms().unwrap(), vec![("!r1:test".to_string(), 1), ("!r2:test".to_string(), 2)]);
 }

@@ -1,4 +1,4 @@
-//! Users' reports of events, rooms and users (`ReportStore`) on PostgreSQL.
+//! Users' reports of events, rooms and users (`AdminStore`) on PostgreSQL.
 
 use super::*;
 
@@ -17,7 +17,50 @@ fn event_report(r: &Row) -> EventReport {
 
 const EVENT_REPORT_COLUMNS: &str = "id, received_ts, room_id, event_id, user_id, reason, content";
 
-impl ReportStore for PostgresStore {
+impl AdminStore for PostgresStore {
+    fn list_users(&self, q: &UserListQuery) -> Result<(Vec<ListedUser>, i64)> {
+        let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
+             WHERE ($1::TEXT IS NULL OR strpos(lower(u.user_id), lower($1)) > 0 OR strpos(lower(coalesce(p.displayname, '')), lower($1)) > 0)
+               AND ($2::TEXT IS NULL OR strpos(lower(u.user_id), lower($2)) > 0)
+               AND ($3 OR NOT u.is_guest) AND ($4 OR NOT u.deactivated) AND ($5::BOOLEAN IS NULL OR u.is_admin = $5)";
+        let order = if q.forwards { "ASC" } else { "DESC" };
+        let column = crate::sqlite::user_order_column(q.order_by);
+        self.read(|db| {
+            let total: i64 = db
+                .one(&format!("SELECT count(*) {filter}"), &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins])?
+                .get(0);
+            let rows = db.rows(
+                &format!(
+                    "SELECT u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts,
+                        p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
+                     {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT $6 OFFSET $7"
+                ),
+                &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.limit, &q.from],
+            )?;
+            let users = rows
+                .iter()
+                .map(|r| ListedUser {
+                    user: super::users::user_from_row(r),
+                    displayname: r.get(7),
+                    avatar_url: r.get(8),
+                    last_seen_ts: r.get(9),
+                })
+                .collect();
+            Ok((users, total))
+        })
+    }
+
+    fn list_rooms(&self) -> Result<Vec<(String, i64)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT r.room_id, (SELECT count(*) FROM current_state c WHERE c.room_id = r.room_id
+                   AND c.type = 'm.room.member' AND c.membership = 'join') FROM rooms r ORDER BY r.room_id",
+                &[],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     fn add_event_report(&self, report: &EventReport) -> Result<i64> {
         let content = report.content.to_string();
         self.write(|tx| {

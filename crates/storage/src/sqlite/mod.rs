@@ -28,6 +28,7 @@ mod keys;
 mod media;
 mod registration_tokens;
 mod reports;
+pub(crate) use reports::user_order_column;
 mod rooms;
 mod search;
 mod transient;

@@ -1,4 +1,4 @@
-//! Users' reports of events, rooms and users (`ReportStore`).
+//! Users' reports of events, rooms and users (`AdminStore`).
 
 use super::*;
 
@@ -17,7 +17,62 @@ fn event_report(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventReport> {
 
 const EVENT_REPORT_COLUMNS: &str = "id, received_ts, room_id, event_id, user_id, reason, content";
 
-impl ReportStore for SqliteStore {
+/// The `ORDER BY` column of each [`UserOrder`] (fixed text, never from the request).
+pub(crate) fn user_order_column(order: UserOrder) -> &'static str {
+    match order {
+        UserOrder::Name => "u.user_id",
+        UserOrder::DisplayName => "p.displayname",
+        UserOrder::CreationTs => "u.creation_ts",
+        UserOrder::Admin => "u.is_admin",
+        UserOrder::Deactivated => "u.deactivated",
+        UserOrder::IsGuest => "u.is_guest",
+        UserOrder::ShadowBanned => "u.shadow_banned",
+    }
+}
+
+impl AdminStore for SqliteStore {
+    fn list_users(&self, q: &UserListQuery) -> Result<(Vec<ListedUser>, i64)> {
+        let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
+             WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)
+               AND (?2 IS NULL OR instr(lower(u.user_id), lower(?2)) > 0)
+               AND (?3 OR u.is_guest = 0) AND (?4 OR u.deactivated = 0) AND (?5 IS NULL OR u.is_admin = ?5)";
+        let conn = self.reader();
+        let args = params![q.name, q.user_id, q.guests, q.deactivated, q.admins];
+        let total: i64 = conn.row(&format!("SELECT count(*) {filter}"), args, |r| r.get(0)).map_err(backend)?;
+        let order = if q.forwards { "ASC" } else { "DESC" };
+        let column = user_order_column(q.order_by);
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts,
+                    p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
+                 {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT ?6 OFFSET ?7"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![q.name, q.user_id, q.guests, q.deactivated, q.admins, q.limit, q.from], |r| {
+                Ok(ListedUser {
+                    user: super::users::user_from_row(r)?,
+                    displayname: r.get(7)?,
+                    avatar_url: r.get(8)?,
+                    last_seen_ts: r.get(9)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(backend)?;
+        Ok((rows, total))
+    }
+
+    fn list_rooms(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.room_id, (SELECT count(*) FROM current_state c WHERE c.room_id = r.room_id
+                   AND c.type = 'm.room.member' AND c.membership = 'join') FROM rooms r ORDER BY r.room_id",
+            )
+            .map_err(backend)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|rows| rows.collect()).map_err(backend)
+    }
+
     fn add_event_report(&self, report: &EventReport) -> Result<i64> {
         self.conn()
             .row(
