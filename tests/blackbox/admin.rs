@@ -303,3 +303,92 @@ async fn admins_list_users_and_rooms() {
     let (st, b) = s.get(&format!("{ADMIN}/v1/rooms/{quiet}/state"), Some(&alice.token)).await;
     assert!(forbidden(st, &b));
 }
+
+#[tokio::test]
+async fn admins_manage_a_users_devices_and_see_their_pushers() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let bob = s.register("bob").await;
+    let bob2 = s.login("bob").await;
+    let base = format!("{ADMIN}/v2/users/@bob:test/devices");
+    let (st, b) = s.get(&base, Some(&bob.token)).await;
+    assert!(forbidden(st, &b), "not for the user themselves either");
+    let (st, b) = s.get(&base, Some(&root.token)).await;
+    assert_eq!((st, b["total"].as_i64()), (200, Some(2)), "{b}");
+    assert!(b["devices"].as_array().unwrap().iter().all(|d| d["user_id"] == "@bob:test"));
+    assert_eq!(s.get(&format!("{ADMIN}/v2/users/@ghost:test/devices"), Some(&root.token)).await.0, 404);
+    let one = format!("{base}/{}", bob.device_id);
+    let (st, d) = s.get(&one, Some(&root.token)).await;
+    assert_eq!((st, d["device_id"].as_str()), (200, Some(bob.device_id.as_str())), "{d}");
+    assert_eq!(s.get(&format!("{base}/NOPE"), Some(&root.token)).await.0, 404);
+    assert_eq!(s.put(&one, Some(&root.token), json!({"display_name": "Bob's phone"})).await.0, 200);
+    let (_, d) = s.get(&one, Some(&root.token)).await;
+    assert_eq!(d["display_name"], "Bob's phone");
+    let (st, _) = s.put(&one, Some(&root.token), json!({"display_name": 7})).await;
+    assert_eq!(st, 400);
+    // Deleting needs no password from the admin, and logs the device out.
+    assert_eq!(s.call("DELETE", &one, Some(&root.token), None).await.0, 200);
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(&bob.token)).await.0, 401);
+    let (st, _) = s
+        .post(
+            &format!("{ADMIN}/v2/users/@bob:test/delete_devices"),
+            Some(&root.token),
+            json!({"devices": [bob2.device_id, "UNKNOWN"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "unknown IDs are ignored");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(&bob2.token)).await.0, 401);
+    assert_eq!(s.get(&base, Some(&root.token)).await.1["total"], 0);
+    assert!(s.log_text().contains("delete devices"), "audited");
+
+    // Pushers.
+    let carol = s.register("carol").await;
+    let pusher = json!({"pushkey": "pk1", "kind": "http", "app_id": "org.example", "app_display_name": "App",
+        "device_display_name": "Phone", "lang": "en", "data": {"url": "https://push.example/_matrix/push/v1/notify"}});
+    assert_eq!(s.post(&format!("{V3}/pushers/set"), Some(&carol.token), pusher).await.0, 200);
+    let (st, p) = s.get(&format!("{ADMIN}/v1/users/@carol:test/pushers"), Some(&root.token)).await;
+    assert_eq!((st, p["total"].as_i64(), p["pushers"][0]["pushkey"].as_str()), (200, Some(1), Some("pk1")), "{p}");
+    let (st, b) = s.get(&format!("{ADMIN}/v1/users/@carol:test/pushers"), Some(&carol.token)).await;
+    assert!(forbidden(st, &b));
+}
+
+#[tokio::test]
+async fn admins_manage_registration_tokens() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let tokens = format!("{ADMIN}/v1/registration_tokens");
+    let (st, t) = s.post(&format!("{tokens}/new"), Some(&root.token), json!({"length": 5, "uses_allowed": 1})).await;
+    assert_eq!((st, t["token"].as_str().map(str::len)), (200, Some(5)), "{t}");
+    let short = t["token"].as_str().unwrap().to_owned();
+    let (st, _) = s.post(&format!("{tokens}/new"), Some(&root.token), json!({"length": 65})).await;
+    assert_eq!(st, 400);
+    let (st, _) =
+        s.post(&format!("{tokens}/new"), Some(&root.token), json!({"token": "spent", "uses_allowed": 0})).await;
+    assert_eq!(st, 200);
+    let (_, valid) = s.get(&format!("{tokens}?valid=true"), Some(&root.token)).await;
+    let listed = |b: &Value| -> Vec<String> {
+        b["registration_tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(listed(&valid), vec![short.clone()]);
+    let (_, invalid) = s.get(&format!("{tokens}?valid=false"), Some(&root.token)).await;
+    assert_eq!(listed(&invalid), vec!["spent".to_owned()]);
+
+    let one = format!("{tokens}/{short}");
+    let (st, t) = s.get(&one, Some(&root.token)).await;
+    assert_eq!((st, t["uses_allowed"].as_i64()), (200, Some(1)));
+    let (st, b) = s.get(&one, Some(&alice.token)).await;
+    assert!(forbidden(st, &b));
+    let (st, t) = s.put(&one, Some(&root.token), json!({"uses_allowed": null})).await;
+    assert_eq!((st, t["uses_allowed"].clone(), t["expiry_time"].clone()), (200, Value::Null, Value::Null), "{t}");
+    let (st, b) = s.put(&one, Some(&root.token), json!({"expiry_time": 1})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "in the past: {b}");
+    let (st, b) = s.put(&one, Some(&root.token), json!({"uses_allowed": -1})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+    assert_eq!(s.put(&format!("{tokens}/nope"), Some(&root.token), json!({})).await.0, 404);
+    assert_eq!(s.call("DELETE", &one, Some(&root.token), None).await.0, 200);
+    assert_eq!(s.get(&one, Some(&root.token)).await.0, 404);
+    assert_eq!(s.call("DELETE", &one, Some(&root.token), None).await.0, 404);
+}

@@ -583,3 +583,81 @@ impl Homeserver {
         Ok(json!({"state": events}))
     }
 }
+
+impl Homeserver {
+    /// A local user that exists, for the admin API's per-user endpoints (404 "User not found").
+    async fn existing_local_user(&self, user_id: &str) -> Result<OwnedUserId> {
+        let user = parse_local_user(self, user_id, "Can only look up local users")?;
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        Ok(user)
+    }
+
+    /// `GET /_synapse/admin/v2/users/{userId}/devices`.
+    pub async fn admin_devices(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id).await?;
+        let u = user.to_string();
+        let devices: Vec<Value> =
+            self.db(move |s| s.get_devices(&u)).await?.into_iter().map(|d| admin_device(&user, d)).collect();
+        Ok(json!({"total": devices.len(), "devices": devices}))
+    }
+
+    /// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
+    pub async fn admin_device(&self, requester: &Requester, user_id: &str, device_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id).await?;
+        let u = user.to_string();
+        let device = self.db(move |s| s.get_devices(&u)).await?.into_iter().find(|d| d.device_id == device_id);
+        device.map(|d| admin_device(&user, d)).ok_or_else(|| Error::not_found("Device not found"))
+    }
+
+    /// `PUT /_synapse/admin/v2/users/{userId}/devices/{deviceId}` `{"display_name"}`.
+    pub async fn admin_rename_device(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id).await?;
+        let target = self.requester_for(&user).await?;
+        self.rename_device(&target, device_id, display_name).await?;
+        audit!(requester, "rename device", format!("{user} {device_id}"));
+        Ok(())
+    }
+
+    /// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}` and `POST
+    /// .../delete_devices` `{"devices": [...]}`: no user-interactive auth; unknown IDs ignored.
+    pub async fn admin_delete_devices(&self, requester: &Requester, user_id: &str, devices: Vec<String>) -> Result<()> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id).await?;
+        audit!(requester, "delete devices", format!("{user} {devices:?}"));
+        self.remove_devices(&user, devices).await
+    }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/pushers`.
+    pub async fn admin_pushers(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id).await?;
+        let target = self.requester_for(&user).await?;
+        let mut out = self.pushers(&target).await?;
+        out["total"] = json!(out["pushers"].as_array().map_or(0, Vec::len));
+        Ok(out)
+    }
+}
+
+/// A device as the admin API shows it (with its owner and last user agent).
+fn admin_device(user: &OwnedUserId, d: myelin_storage::DeviceRow) -> Value {
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ip": d.last_seen_ip,
+        "last_seen_ts": d.last_seen_ts,
+        "last_seen_user_agent": d.last_seen_user_agent,
+        "user_id": user,
+    })
+}

@@ -20,6 +20,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_synapse/admin/v1/registration_tokens", get(list_tokens))
         .route("/_synapse/admin/v1/registration_tokens/new", post(new_token))
+        .route("/_synapse/admin/v1/registration_tokens/{token}", get(get_token).put(update_token).delete(delete_token))
         .route("/_synapse/admin/v1/server_version", get(server_version))
         .route("/_synapse/admin/v1/users/{user_id}/admin", get(is_admin).put(set_admin))
         .route("/_synapse/admin/v2/users", get(list_users))
@@ -32,6 +33,13 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
         .route("/_synapse/admin/v1/reset_password/{user_id}", post(reset_password))
         .route("/_synapse/admin/v1/users/{user_id}/joined_rooms", get(joined_rooms))
+        .route("/_synapse/admin/v1/users/{user_id}/pushers", get(pushers))
+        .route("/_synapse/admin/v2/users/{user_id}/devices", get(devices))
+        .route(
+            "/_synapse/admin/v2/users/{user_id}/devices/{device_id}",
+            get(device).put(rename_device).delete(delete_device),
+        )
+        .route("/_synapse/admin/v2/users/{user_id}/delete_devices", post(delete_devices))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
 }
@@ -181,6 +189,61 @@ async fn reset_password(
     Ok(axum::Json(json!({})))
 }
 
+async fn pushers(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_pushers(&me, &user_id).await?))
+}
+
+async fn devices(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_devices(&me, &user_id).await?))
+}
+
+async fn device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, device_id)): Path<(String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_device(&me, &user_id, &device_id).await?))
+}
+
+async fn rename_device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, device_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    let name = match body.get("display_name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) => Some(n.clone()),
+        Some(_) => return Err(MatrixError::new(myelin_core::ErrorKind::BadJson, "display_name must be a string")),
+    };
+    hs.admin_rename_device(&me, &user_id, &device_id, name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn delete_device(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, device_id)): Path<(String, String)>,
+) -> Answer {
+    hs.admin_delete_devices(&me, &user_id, vec![device_id]).await?;
+    Ok(axum::Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeleteDevicesBody {
+    devices: Vec<String>,
+}
+
+async fn delete_devices(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<DeleteDevicesBody>,
+) -> Answer {
+    hs.admin_delete_devices(&me, &user_id, body.devices).await?;
+    Ok(axum::Json(json!({})))
+}
+
 async fn joined_rooms(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
     Ok(axum::Json(hs.admin_joined_rooms(&me, &user_id).await?))
 }
@@ -224,6 +287,7 @@ async fn delete_event_report(State(hs): State<AppState>, Auth(me): Auth, Path(id
 #[serde(default)]
 struct NewToken {
     token: Option<String>,
+    length: Option<i64>,
     uses_allowed: Option<i64>,
     expiry_time: Option<i64>,
 }
@@ -233,11 +297,35 @@ async fn new_token(
     Auth(me): Auth,
     JsonBody(b): JsonBody<NewToken>,
 ) -> Result<axum::Json<Value>, MatrixError> {
-    Ok(axum::Json(hs.create_registration_token(&me, b.token, b.uses_allowed, b.expiry_time).await?))
+    Ok(axum::Json(hs.create_registration_token(&me, b.token, b.length, b.uses_allowed, b.expiry_time).await?))
 }
 
-async fn list_tokens(State(hs): State<AppState>, Auth(me): Auth) -> Result<axum::Json<Value>, MatrixError> {
-    Ok(axum::Json(hs.list_registration_tokens(&me).await?))
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TokensQuery {
+    valid: Option<String>,
+}
+
+async fn list_tokens(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<TokensQuery>) -> Answer {
+    Ok(axum::Json(hs.list_registration_tokens(&me, flag(q.valid, "valid")?).await?))
+}
+
+async fn get_token(State(hs): State<AppState>, Auth(me): Auth, Path(token): Path<String>) -> Answer {
+    Ok(axum::Json(hs.registration_token(&me, &token).await?))
+}
+
+async fn update_token(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(token): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.update_registration_token(&me, &token, &body).await?))
+}
+
+async fn delete_token(State(hs): State<AppState>, Auth(me): Auth, Path(token): Path<String>) -> Answer {
+    hs.delete_registration_token(&me, &token).await?;
+    Ok(axum::Json(json!({})))
 }
 
 async fn nonce(State(hs): State<AppState>) -> Result<axum::Json<Value>, MatrixError> {

@@ -519,6 +519,15 @@ pub trait RegistrationTokenStore {
     fn list_registration_tokens(&self) -> Result<Vec<RegistrationToken>>;
     /// Counts a completed registration.
     fn use_registration_token(&self, token: &str) -> Result<()>;
+    /// Replaces a token's limits; false if there is no such token.
+    fn set_registration_token_limits(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<bool>;
+    /// Deletes a token; false if there was none.
+    fn delete_registration_token(&self, token: &str) -> Result<bool>;
 }
 
 /// A key of a backup version (`room_keys/version`).

@@ -1637,8 +1637,16 @@ fn registration_tokens_lifecycle(s: &dyn Storage) {
     assert_eq!(all, vec![limited.clone(), open.clone()]);
     s.use_registration_token("abc").unwrap();
     s.use_registration_token("abc").unwrap();
-    assert_eq!(s.get_registration_token("abc").unwrap(), Some(RegistrationToken { completed: 2, ..limited }));
+    assert_eq!(s.get_registration_token("abc").unwrap(), Some(RegistrationToken { completed: 2, ..limited.clone() }));
     assert_eq!(s.get_registration_token("xyz").unwrap(), Some(open));
+    // Limits replaced (uses kept), then deleted.
+    assert!(s.set_registration_token_limits("abc", None, Some(TS + 5)).unwrap());
+    let changed = s.get_registration_token("abc").unwrap().unwrap();
+    assert_eq!((changed.uses_allowed, changed.expiry_time, changed.completed), (None, Some(TS + 5), 2));
+    assert!(!s.set_registration_token_limits("nope", None, None).unwrap());
+    assert!(s.delete_registration_token("abc").unwrap());
+    assert!(!s.delete_registration_token("abc").unwrap());
+    assert_eq!(s.get_registration_token("abc").unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,7 +99,13 @@ impl Homeserver {
         auth: Option<&Value>,
     ) -> Result<()> {
         self.uia_password(requester, auth).await?;
-        let u = requester.user_id.to_string();
+        self.remove_devices(&requester.user_id, devices).await
+    }
+
+    /// Deletes devices of `user` (their tokens with them), announcing the change; unknown IDs
+    /// are ignored.
+    pub(crate) async fn remove_devices(&self, user: &UserId, devices: Vec<String>) -> Result<()> {
+        let u = user.to_string();
         let deleted = self
             .db(move |s| {
                 let mut deleted = Vec::new();
@@ -112,7 +118,7 @@ impl Homeserver {
             })
             .await?;
         for device in deleted {
-            self.device_list_changed(requester.user_id.as_str(), &device).await;
+            self.device_list_changed(user.as_str(), &device).await;
         }
         Ok(())
     }

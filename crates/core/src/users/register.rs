@@ -144,11 +144,16 @@ impl Homeserver {
         &self,
         requester: &Requester,
         token: Option<String>,
+        length: Option<i64>,
         uses_allowed: Option<i64>,
         expiry_time: Option<i64>,
     ) -> Result<Value> {
         self.require_admin(requester)?;
-        let token = token.unwrap_or_else(|| random_string(16));
+        let length = length.unwrap_or(16);
+        if !(1..=64).contains(&length) {
+            return Err(Error::invalid_param("length must be an integer between 1 and 64"));
+        }
+        let token = token.unwrap_or_else(|| random_string(length as usize));
         if token.is_empty()
             || token.len() > 64
             || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
@@ -176,20 +181,86 @@ impl Homeserver {
             }
             other => other?,
         }
+        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = "create registration token", target = %token, "admin action");
         Ok(
             json!({"token": token, "uses_allowed": uses_allowed, "pending": 0, "completed": 0, "expiry_time": expiry_time}),
         )
     }
 
     /// `GET /_synapse/admin/v1/registration_tokens` (admins only).
-    pub async fn list_registration_tokens(&self, requester: &Requester) -> Result<Value> {
+    /// `valid`: only tokens that can still be used (`Some(true)`) or only those that cannot.
+    pub async fn list_registration_tokens(&self, requester: &Requester, valid: Option<bool>) -> Result<Value> {
         self.require_admin(requester)?;
         let tokens = self.db(|s| s.list_registration_tokens()).await?;
+        let now = now_ms();
         let list: Vec<Value> = tokens
             .into_iter()
-            .map(|t| json!({"token": t.token, "uses_allowed": t.uses_allowed, "pending": t.pending, "completed": t.completed, "expiry_time": t.expiry_time}))
+            .filter(|t| {
+                let usable =
+                    t.uses_allowed.is_none_or(|n| t.pending + t.completed < n) && t.expiry_time.is_none_or(|e| e > now);
+                valid.is_none_or(|v| v == usable)
+            })
+            .map(|t| token_json(&t))
             .collect();
         Ok(json!({"registration_tokens": list}))
+    }
+
+    /// `GET /_synapse/admin/v1/registration_tokens/{token}`.
+    pub async fn registration_token(&self, requester: &Requester, token: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let t = token.to_owned();
+        match self.db(move |s| s.get_registration_token(&t)).await? {
+            Some(row) => Ok(token_json(&row)),
+            None => Err(Error::not_found(format!("No such registration token: {token}"))),
+        }
+    }
+
+    /// `PUT /_synapse/admin/v1/registration_tokens/{token}`: the fields given replace the
+    /// token's (`null` lifts a limit); the others stay.
+    pub async fn update_registration_token(
+        &self,
+        requester: &Requester,
+        token: &str,
+        body: &Map<String, Value>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let t = token.to_owned();
+        let Some(current) = self.db(move |s| s.get_registration_token(&t)).await? else {
+            return Err(Error::not_found(format!("No such registration token: {token}")));
+        };
+        let uses_allowed = match body.get("uses_allowed") {
+            None => current.uses_allowed,
+            Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| Error::invalid_param("uses_allowed must be a non-negative integer or null"))?,
+            ),
+        };
+        let expiry_time = match body.get("expiry_time") {
+            None => current.expiry_time,
+            Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(t) if t >= now_ms() => Some(t),
+                Some(_) => return Err(Error::invalid_param("expiry_time must not be in the past")),
+                None => return Err(Error::invalid_param("expiry_time must be an integer or null")),
+            },
+        };
+        let t = token.to_owned();
+        self.db(move |s| s.set_registration_token_limits(&t, uses_allowed, expiry_time)).await?;
+        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = "update registration token", target = %token, "admin action");
+        Ok(token_json(&myelin_storage::RegistrationToken { uses_allowed, expiry_time, ..current }))
+    }
+
+    /// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
+    pub async fn delete_registration_token(&self, requester: &Requester, token: &str) -> Result<()> {
+        self.require_admin(requester)?;
+        let t = token.to_owned();
+        if !self.db(move |s| s.delete_registration_token(&t)).await? {
+            return Err(Error::not_found(format!("No such registration token: {token}")));
+        }
+        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = "delete registration token", target = %token, "admin action");
+        Ok(())
     }
 
     /// `POST /register?kind=guest`.
@@ -374,4 +445,9 @@ impl Homeserver {
         let u = user_id.to_owned();
         self.db(move |s| s.set_user_flag(&u, UserFlag::Admin, admin)).await
     }
+}
+
+/// A registration token as the admin API shows it.
+fn token_json(t: &myelin_storage::RegistrationToken) -> Value {
+    json!({"token": t.token, "uses_allowed": t.uses_allowed, "pending": t.pending, "completed": t.completed, "expiry_time": t.expiry_time})
 }

@@ -45,6 +45,24 @@ impl RegistrationTokenStore for PostgresStore {
         })
     }
 
+    fn set_registration_token_limits(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.exec(
+                "UPDATE registration_tokens SET uses_allowed = $2, expiry_time = $3 WHERE token = $1",
+                &[&token, &uses_allowed, &expiry_time],
+            )? > 0)
+        })
+    }
+
+    fn delete_registration_token(&self, token: &str) -> Result<bool> {
+        self.write(|tx| Ok(tx.exec("DELETE FROM registration_tokens WHERE token = $1", &[&token])? > 0))
+    }
+
     fn use_registration_token(&self, token_id: &str) -> Result<()> {
         self.write(|tx| {
             tx.exec("UPDATE registration_tokens SET completed = completed + 1 WHERE token = $1", &[&token_id])?;

@@ -46,6 +46,26 @@ impl RegistrationTokenStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn set_registration_token_limits(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<bool> {
+        let changed = self
+            .conn()
+            .exec(
+                "UPDATE registration_tokens SET uses_allowed = ?2, expiry_time = ?3 WHERE token = ?1",
+                params![token, uses_allowed, expiry_time],
+            )
+            .map_err(backend)?;
+        Ok(changed > 0)
+    }
+
+    fn delete_registration_token(&self, token: &str) -> Result<bool> {
+        Ok(self.conn().exec("DELETE FROM registration_tokens WHERE token = ?1", [token]).map_err(backend)? > 0)
+    }
+
     fn use_registration_token(&self, token: &str) -> Result<()> {
         self.conn()
             .exec("UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1", [token])
