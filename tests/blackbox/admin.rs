@@ -392,3 +392,71 @@ async fn admins_manage_registration_tokens() {
     assert_eq!(s.get(&one, Some(&root.token)).await.0, 404);
     assert_eq!(s.call("DELETE", &one, Some(&root.token), None).await.0, 404);
 }
+
+#[tokio::test]
+async fn admins_create_and_change_accounts_shadow_ban_and_log_in_as_users() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let users = format!("{ADMIN}/v2/users");
+    // Create: 201, with a password that logs in and the given profile.
+    let body = json!({"password": "s3cret-pass", "displayname": "Dana", "admin": false});
+    let (st, b) = s.put(&format!("{users}/@dana:test"), Some(&alice.token), body.clone()).await;
+    assert!(forbidden(st, &b));
+    let (st, b) = s.put(&format!("{users}/@dana:test"), Some(&root.token), body).await;
+    assert_eq!((st, b["name"].as_str(), b["displayname"].as_str()), (201, Some("@dana:test"), Some("Dana")), "{b}");
+    let login = |user: &str, password: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+    let (st, dana) = s.post(&format!("{V3}/login"), None, login("dana", "s3cret-pass")).await;
+    assert_eq!(st, 200);
+    // Change: 200; a new password logs the old sessions out; admin flag; bad types refused.
+    let (st, b) =
+        s.put(&format!("{users}/@dana:test"), Some(&root.token), json!({"password": "n3w-pass", "admin": true})).await;
+    assert_eq!((st, b["admin"].as_bool()), (200, Some(true)), "{b}");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), dana["access_token"].as_str()).await.0, 401);
+    assert_eq!(s.post(&format!("{V3}/login"), None, login("dana", "n3w-pass")).await.0, 200);
+    let (st, b) = s.put(&format!("{users}/@dana:test"), Some(&root.token), json!({"admin": "yes"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+    let (st, _) = s.put(&format!("{users}/@dana:elsewhere.example"), Some(&root.token), json!({})).await;
+    assert_eq!(st, 400);
+    let (st, _) = s.put(&format!("{users}/@root:test"), Some(&root.token), json!({"admin": false})).await;
+    assert_eq!(st, 400, "no demoting oneself");
+    // Deactivate, then reactivate (a password is required for that).
+    let (st, b) = s.put(&format!("{users}/@dana:test"), Some(&root.token), json!({"deactivated": true})).await;
+    assert_eq!((st, b["deactivated"].as_bool()), (200, Some(true)));
+    assert_eq!(s.post(&format!("{V3}/login"), None, login("dana", "n3w-pass")).await.0, 403);
+    let (st, _) = s.put(&format!("{users}/@dana:test"), Some(&root.token), json!({"deactivated": false})).await;
+    assert_eq!(st, 400);
+    let (st, b) = s
+        .put(&format!("{users}/@dana:test"), Some(&root.token), json!({"deactivated": false, "password": "back-again"}))
+        .await;
+    assert_eq!((st, b["deactivated"].as_bool()), (200, Some(false)));
+    assert_eq!(s.post(&format!("{V3}/login"), None, login("dana", "back-again")).await.0, 200);
+
+    // Shadow-ban on and off (what it does to sends is tested with the spam checkers).
+    let room = s.create_room(&root, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&alice, &room).await.0, 200);
+    let (st, b) = s.post(&format!("{ADMIN}/v1/users/@alice:test/shadow_ban"), Some(&alice.token), json!({})).await;
+    assert!(forbidden(st, &b));
+    assert_eq!(s.post(&format!("{ADMIN}/v1/users/@alice:test/shadow_ban"), Some(&root.token), json!({})).await.0, 200);
+    let (_, b) = s.get(&format!("{users}/@alice:test"), Some(&root.token)).await;
+    assert_eq!(b["shadow_banned"], true);
+    assert_eq!(
+        s.call("DELETE", &format!("{ADMIN}/v1/users/@alice:test/shadow_ban"), Some(&root.token), None).await.0,
+        200
+    );
+    let (_, b) = s.get(&format!("{users}/@alice:test"), Some(&root.token)).await;
+    assert_eq!(b["shadow_banned"], false);
+    assert_eq!(s.post(&format!("{ADMIN}/v1/users/@ghost:test/shadow_ban"), Some(&root.token), json!({})).await.0, 404);
+
+    // Logging in as a user: a working token on a new device; never as oneself.
+    let (st, b) = s.post(&format!("{ADMIN}/v1/users/@alice:test/login"), Some(&root.token), json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    let (st, me) = s.get(&format!("{V3}/account/whoami"), b["access_token"].as_str()).await;
+    assert_eq!((st, me["user_id"].as_str()), (200, Some("@alice:test")));
+    assert_eq!(s.post(&format!("{ADMIN}/v1/users/@root:test/login"), Some(&root.token), json!({})).await.0, 400);
+    let (st, b) = s.post(&format!("{ADMIN}/v1/users/@root:test/login"), Some(&alice.token), json!({})).await;
+    assert!(forbidden(st, &b));
+    let log = s.log_text();
+    assert!(log.contains("create user") && log.contains("shadow-ban") && log.contains("login as user"), "audited");
+}

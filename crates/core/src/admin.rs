@@ -661,3 +661,133 @@ fn admin_device(user: &OwnedUserId, d: myelin_storage::DeviceRow) -> Value {
         "user_id": user,
     })
 }
+
+impl Homeserver {
+    /// `PUT /_synapse/admin/v2/users/{userId}`: creates the account (201) or changes it (200):
+    /// `password` (with `logout_devices`, default true), `displayname`, `avatar_url`, `admin`,
+    /// `deactivated` (reactivating needs a password). Answers the account as
+    /// [`Self::admin_user`] does; the first value is whether it was created.
+    pub async fn admin_put_user(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<(bool, Value)> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "This endpoint can only be used with local users")?;
+        let text = |key: &str, max: usize| -> Result<Option<String>> {
+            match body.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
+                Some(Value::String(_)) => Err(Error::invalid_param(format!("'{key}' is too long"))),
+                Some(_) => Err(Error::invalid_param(format!("'{key}' must be a string"))),
+            }
+        };
+        let flag = |key: &str| -> Result<Option<bool>> {
+            match body.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(_) => Err(Error::invalid_param(format!("'{key}' parameter is not of type boolean"))),
+            }
+        };
+        let password = text("password", 512)?;
+        let displayname = text("displayname", 256)?;
+        let avatar_url = text("avatar_url", 1000)?;
+        let (admin, deactivated, logout) =
+            (flag("admin")?, flag("deactivated")?, flag("logout_devices")?.unwrap_or(true));
+        if user == requester.user_id && admin == Some(false) {
+            return Err(Error::new(ErrorKind::BadRequest, "You may not demote yourself."));
+        }
+        let u = user.to_string();
+        let existing = self.db(move |s| s.get_user(&u)).await?;
+        let created = existing.is_none();
+        match existing {
+            None => {
+                let info = crate::users::RequestInfo::default();
+                self.create_account(
+                    Some(user.localpart().to_owned()),
+                    password.clone(),
+                    admin.unwrap_or(false),
+                    &info,
+                    None,
+                )
+                .await?;
+                audit!(requester, "create user", user);
+            }
+            Some(row) => {
+                if let Some(password) = &password {
+                    self.check_password_policy(password)?;
+                    let hash = crate::users::hash_password(password.clone()).await?;
+                    let u = user.to_string();
+                    self.db(move |s| {
+                        s.set_password_hash(&u, Some(&hash))?;
+                        if logout { s.delete_all_devices(&u, None) } else { Ok(()) }
+                    })
+                    .await?;
+                    audit!(requester, "set password", user);
+                }
+                if let Some(admin) = admin.filter(|a| *a != row.is_admin) {
+                    self.set_admin(user.as_str(), admin).await?;
+                    audit!(requester, if admin { "make admin" } else { "remove admin" }, user);
+                }
+                match deactivated {
+                    Some(true) if !row.deactivated => {
+                        let target = self.requester_for(&user).await?;
+                        self.deactivate_account(&target, true).await?;
+                        audit!(requester, "deactivate", user);
+                    }
+                    Some(false) if row.deactivated => {
+                        if password.is_none() && self.config.password.enabled {
+                            return Err(Error::new(
+                                ErrorKind::BadRequest,
+                                "Must provide a password to re-activate an account.",
+                            ));
+                        }
+                        let u = user.to_string();
+                        self.db(move |s| s.set_user_flag(&u, myelin_storage::UserFlag::Deactivated, false)).await?;
+                        self.modules.on_user_deactivation_status_changed(user.as_str(), false, true).await;
+                        audit!(requester, "reactivate", user);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (field, value) in [
+            (myelin_storage::ProfileField::DisplayName, displayname),
+            (myelin_storage::ProfileField::AvatarUrl, avatar_url),
+        ] {
+            if let Some(value) = value {
+                let u = user.to_string();
+                self.db(move |s| s.set_profile_field(&u, field, Some(&value))).await?;
+            }
+        }
+        Ok((created, self.admin_user(requester, user.as_str()).await?))
+    }
+
+    /// `POST`/`DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`.
+    pub async fn admin_shadow_ban(&self, requester: &Requester, user_id: &str, on: bool) -> Result<()> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Only local users can be shadow-banned")?;
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        let u = user.to_string();
+        self.db(move |s| s.set_user_flag(&u, myelin_storage::UserFlag::ShadowBanned, on)).await?;
+        audit!(requester, if on { "shadow-ban" } else { "lift shadow-ban" }, user);
+        Ok(())
+    }
+
+    /// `POST /_synapse/admin/v1/users/{userId}/login`: an access token for another user, on a
+    /// new device (for support work); never for oneself.
+    pub async fn admin_login_as(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id).await?;
+        if user == requester.user_id {
+            return Err(Error::new(ErrorKind::BadRequest, "Cannot use admin API to login as self"));
+        }
+        let (access_token, _) = self.new_session(&user, None, Some("Admin login".into())).await?;
+        audit!(requester, "login as user", user);
+        Ok(json!({"access_token": access_token}))
+    }
+}

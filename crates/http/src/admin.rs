@@ -24,7 +24,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/server_version", get(server_version))
         .route("/_synapse/admin/v1/users/{user_id}/admin", get(is_admin).put(set_admin))
         .route("/_synapse/admin/v2/users", get(list_users))
-        .route("/_synapse/admin/v2/users/{user_id}", get(user))
+        .route("/_synapse/admin/v2/users/{user_id}", get(user).put(put_user))
+        .route("/_synapse/admin/v1/users/{user_id}/shadow_ban", post(shadow_ban).delete(lift_shadow_ban))
+        .route("/_synapse/admin/v1/users/{user_id}/login", post(login_as))
         .route("/_synapse/admin/v1/rooms", get(list_rooms))
         .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(room_members))
@@ -149,6 +151,31 @@ async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id):
 
 async fn room_state(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
     Ok(axum::Json(hs.admin_room_state(&me, &room_id).await?))
+}
+
+async fn put_user(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), MatrixError> {
+    let (created, user) = hs.admin_put_user(&me, &user_id, &body).await?;
+    let status = if created { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK };
+    Ok((status, axum::Json(user)))
+}
+
+async fn shadow_ban(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    hs.admin_shadow_ban(&me, &user_id, true).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn lift_shadow_ban(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    hs.admin_shadow_ban(&me, &user_id, false).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn login_as(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_login_as(&me, &user_id).await?))
 }
 
 async fn user(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
