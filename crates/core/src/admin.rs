@@ -546,8 +546,7 @@ impl Homeserver {
     /// `GET /_synapse/admin/v1/rooms/{roomId}`.
     pub async fn admin_room(&self, requester: &Requester, room_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let r = room_id.to_owned();
-        let joined = self.db(move |s| s.room_memberships(&r)).await?.iter().filter(|(_, m)| m == "join").count() as i64;
+        let joined = self.joined_member_ids(room_id).await?.len() as i64;
         let mut info =
             self.admin_room_info(room_id, joined).await?.ok_or_else(|| Error::not_found("Room not found"))?;
         info["forgotten"] = json!(false);
@@ -561,14 +560,7 @@ impl Homeserver {
         if self.db(move |s| s.get_room(&r)).await?.is_none() {
             return Err(Error::not_found("Room not found"));
         }
-        let r = room_id.to_owned();
-        let members: Vec<String> = self
-            .db(move |s| s.room_memberships(&r))
-            .await?
-            .into_iter()
-            .filter(|(_, m)| m == "join")
-            .map(|(u, _)| u)
-            .collect();
+        let members = self.joined_member_ids(room_id).await?;
         Ok(json!({"total": members.len(), "members": members}))
     }
 

@@ -137,14 +137,7 @@ impl Homeserver {
         for (room, row) in events {
             let event = client_event_from_str(&row.json);
             let sender = event["sender"].as_str().unwrap_or_default().to_owned();
-            let r = room.clone();
-            let members: Vec<String> = self
-                .db(move |s| s.room_memberships(&r))
-                .await?
-                .into_iter()
-                .filter(|(_, m)| m == "join")
-                .map(|(u, _)| u)
-                .collect();
+            let members = self.joined_member_ids(&room).await?;
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else { continue };
             for user in members.iter().filter(|u| **u != sender) {
                 let Some(theirs) = pushers.get(user) else { continue };

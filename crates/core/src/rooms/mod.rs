@@ -630,6 +630,18 @@ impl Homeserver {
         Ok(guard.as_ref().map(|c| c.state.as_ref().clone()))
     }
 
+    /// The joined members of a room, as stored (any server's users).
+    pub(crate) async fn joined_member_ids(&self, room_id: &str) -> Result<Vec<String>> {
+        let r = room_id.to_owned();
+        Ok(self
+            .db(move |s| s.room_memberships(&r))
+            .await?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(u, _)| u)
+            .collect())
+    }
+
     pub(crate) async fn state_content_of(
         &self,
         room_id: &RoomId,
