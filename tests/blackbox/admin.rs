@@ -460,3 +460,45 @@ async fn admins_create_and_change_accounts_shadow_ban_and_log_in_as_users() {
     let log = s.log_text();
     assert!(log.contains("create user") && log.contains("shadow-ban") && log.contains("login as user"), "audited");
 }
+
+#[tokio::test]
+async fn synapse_s_log_config_and_pid_file_are_honoured() {
+    // A Synapse-style log config: JSON lines into a file through Synapse's buffering handler.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("log.yaml"),
+        "version: 1\nformatters:\n  structured:\n    class: synapse.logging.TerseJsonFormatter\n\
+         handlers:\n  file:\n    class: logging.handlers.WatchedFileHandler\n    formatter: structured\n    filename: homeserver.log\n\
+         \x20 buffer:\n    class: synapse.logging.handlers.PeriodicallyFlushingMemoryHandler\n    target: file\n\
+         root:\n  level: INFO\n  handlers: [buffer]\n",
+    )
+    .unwrap();
+    let config = base_config("log_config: log.yaml\npid_file: homeserver.pid\n").replace("log_level: info\n", "");
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let mut s = Server::start_in(dir).await;
+    let pid = std::fs::read_to_string(s.dir.path().join("homeserver.pid")).unwrap();
+    assert_eq!(pid.trim(), s.pid().to_string());
+    let alice = s.register("alice").await;
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(&alice.token)).await.0, 200);
+    let log = std::fs::read_to_string(s.dir.path().join("homeserver.log")).unwrap();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    let whoami = lines
+        .iter()
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("/account/whoami 200")))
+        .unwrap_or_else(|| panic!("the request's line: {log}"));
+    assert!(whoami["span"]["id"].as_str().is_some_and(|id| id.starts_with("GET-")), "with its request ID: {whoami}");
+    assert_eq!(whoami["span"]["user"], "@alice:test");
+    // A clean stop removes the pid file.
+    unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
+    assert!(s.wait_exit().success());
+    assert!(!s.dir.path().join("homeserver.pid").exists());
+
+    // A log config that cannot be used stops start-up with a message naming it.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(bad.path().join("log.yaml"), "root: {level: LOUD}\n").unwrap();
+    std::fs::write(bad.path().join("homeserver.yaml"), base_config("log_config: log.yaml\n")).unwrap();
+    let (code, _, err) = run_cli(bad.path(), &["-c", "homeserver.yaml", "check-config"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("log_config") && err.contains("unknown level 'LOUD'"), "{err}");
+}

@@ -212,6 +212,10 @@ pub struct Config {
     pub default_room_version: String,
     /// Log filter (`info`, `debug`, ...).
     pub log_level: String,
+    /// `log_config`: where the log goes and in what form (see `log_config`).
+    pub log: crate::log_config::LogSettings,
+    /// `pid_file`: written with the process ID once serving, removed at a clean exit.
+    pub pid_file: Option<PathBuf>,
     /// Who may publish rooms to the directory; empty allows everyone.
     pub room_list_publication_rules: Vec<crate::PublicationRule>,
     /// `user_directory.search_all_users`.
@@ -668,7 +672,15 @@ impl Config {
         if !SUPPORTED_ROOM_VERSIONS.contains(&default_room_version.as_str()) {
             return Err(w.err("default_room_version", format!("Unknown room version '{default_room_version}'")));
         }
-        let log_level = w.string("log_level")?.unwrap_or_else(|| "info".into()).to_lowercase();
+        let log = match w.string("log_config")? {
+            Some(path) => crate::log_config::load(&resolve(path), base)?,
+            None => Default::default(),
+        };
+        warnings.extend(log.warnings.iter().cloned());
+        let log_level = match w.string("log_level")? {
+            Some(level) => level.to_lowercase(),
+            None => log.level.clone().unwrap_or_else(|| "info".into()),
+        };
         if !["trace", "debug", "info", "warn", "warning", "error"].contains(&log_level.as_str()) {
             return Err(w.err("log_level", "expected one of trace, debug, info, warning, error"));
         }
@@ -829,6 +841,8 @@ impl Config {
                 .boolean("limit_profile_requests_to_users_who_share_rooms", false)?,
             password: parse_password_config(root.get("password_config"))?,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
+            log,
+            pid_file: w.string("pid_file")?.map(resolve),
             warnings,
         };
         Ok((config, modules))

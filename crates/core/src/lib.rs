@@ -30,6 +30,7 @@ mod error;
 pub mod events;
 pub mod federation;
 mod keys;
+pub mod log_config;
 pub mod media;
 pub mod modules;
 pub mod outbound;

@@ -150,7 +150,10 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&config.log_level);
+            if let Err(e) = init_logging(&config.log_level, &config.log) {
+                eprintln!("Error during startup:\n{e}");
+                return ExitCode::FAILURE;
+            }
             for w in &config.warnings {
                 tracing::warn!("{w}");
             }
@@ -200,12 +203,36 @@ fn load_config(paths: &[PathBuf], natives: &NativeModules) -> Result<(Config, Ve
     })
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MYELIN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,ruma_state_res=warn")));
-    // Colours only for a terminal: a redirected log is read by tools.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+/// The log: to stderr, or appended to `log_config`'s file; text (coloured only on a terminal,
+/// as a redirected log is read by tools) or JSON lines. Every line within a request carries the
+/// request's span (its ID, route, user).
+fn init_logging(level: &str, settings: &myelin_core::log_config::LogSettings) -> Result<(), String> {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("MYELIN_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,ruma_state_res=warn")))
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter());
+    let _ = match (&settings.file, settings.json) {
+        (Some(path), json) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("Could not open the log file {}: {e}", path.display()))?;
+            let writer = std::sync::Mutex::new(file);
+            if json {
+                builder.json().with_writer(writer).try_init()
+            } else {
+                builder.with_ansi(false).with_writer(writer).try_init()
+            }
+        }
+        (None, true) => builder.json().with_writer(std::io::stderr).try_init(),
+        (None, false) => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).with_writer(std::io::stderr).try_init()
+        }
+    };
+    Ok(())
 }
 
 fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
@@ -300,6 +327,13 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
         hs.start_push_gateway_sender();
         hs.start_appservice_senders();
     }
+    // `pid_file`: written before the listeners announce themselves, gone again after a clean exit.
+    if let Some(path) = &hs.config.pid_file
+        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+    {
+        eprintln!("Error during startup:\nCould not write the pid_file {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
     for (listener, spec, is_tls) in bound {
@@ -326,6 +360,9 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     let _ = stop_tx.send(());
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(path) = &hs.config.pid_file {
+        let _ = std::fs::remove_file(path);
     }
     tracing::info!("Stopped");
     ExitCode::SUCCESS
