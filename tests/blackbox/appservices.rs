@@ -281,6 +281,10 @@ async fn an_appservice_acts_only_as_its_own_users() {
     assert_eq!(st, 200, "the appservice removes its own alias: {b}");
     assert_eq!(s.get(&format!("{V3}/directory/room/%23irc_x:test"), None).await.0, 404);
 
+    // Keys belong to a device: without ?device_id= there is none.
+    let (st, b) = as_call(&s, "POST", &format!("{V3}/keys/upload"), Some(json!({"one_time_keys": {}}))).await;
+    assert_eq!(st, 400, "{b}");
+
     // Its users have no password: deleting a device or deactivating needs no UIA from it.
     let (_, alice_login) = as_register(&s, "irc_zed").await;
     let zed_device = alice_login["device_id"].as_str().unwrap().to_owned();

@@ -111,6 +111,13 @@ impl Homeserver {
 
     /// `POST /keys/upload`.
     pub async fn upload_keys(&self, me: &Requester, body: Value) -> Result<Value> {
+        // An appservice acting without `?device_id=` has no device to hold keys (Synapse).
+        if me.device_id.is_empty() {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                "To upload keys, you must pass device_id when authenticating",
+            ));
+        }
         let body = object(&body, "The request body")?;
         let user = me.user_id.to_string();
         let device_keys = match optional_object(body, "device_keys")? {
