@@ -88,6 +88,8 @@ async fn users_report_events_rooms_and_users_and_admins_read_them() {
         (page["event_reports"][0]["user_id"].as_str(), page["next_token"].as_i64()),
         (Some("@alice:test"), Some(1))
     );
+    let (st, huge) = s.get(&format!("{ADMIN}/v1/event_reports?from=1&limit={}", i64::MAX), Some(&root.token)).await;
+    assert_eq!((st, huge["event_reports"].as_array().map(Vec::len)), (200, Some(1)), "no overflow: {huge}");
     let (_, mine) = s.get(&format!("{ADMIN}/v1/event_reports?user_id=alice"), Some(&root.token)).await;
     assert_eq!(mine["total"], 1);
     let id = first["id"].as_i64().unwrap();
@@ -255,6 +257,10 @@ async fn admins_list_users_and_rooms() {
         (names(&b), b["next_token"].as_str(), b["total"].as_i64()),
         (vec!["@bob:test".to_owned()], Some("2"), Some(3))
     );
+    let (st, _) = s.get(&format!("{ADMIN}/v2/users?from={}&limit={}", i64::MAX, i64::MAX), Some(&root.token)).await;
+    assert_eq!(st, 200, "no overflow");
+    let (st, _) = s.get(&format!("{ADMIN}/v1/rooms?from={}&limit={}", i64::MAX, i64::MAX), Some(&root.token)).await;
+    assert_eq!(st, 200, "no overflow");
     for bad in ["from=-1", "limit=x", "order_by=password", "dir=sideways", "guests=maybe"] {
         let (st, b) = s.get(&format!("{ADMIN}/v2/users?{bad}"), Some(&root.token)).await;
         assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}: {b}");
@@ -501,4 +507,18 @@ async fn synapse_s_log_config_and_pid_file_are_honoured() {
     let (code, _, err) = run_cli(bad.path(), &["-c", "homeserver.yaml", "check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains("log_config") && err.contains("unknown level 'LOUD'"), "{err}");
+}
+
+#[tokio::test]
+async fn reports_are_rate_limited() {
+    // rc_reports (Synapse's default is 1/s, burst 5): room and user reports per user.
+    let s = Server::start_with("rc_reports: {per_second: 0.01, burst_count: 2}\n").await;
+    let alice = s.register("alice").await;
+    s.register("bob").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let report = json!({"reason": "spam"});
+    assert_eq!(s.post(&format!("{V3}/users/@bob:test/report"), Some(&alice.token), report.clone()).await.0, 200);
+    assert_eq!(s.post(&format!("{V3}/rooms/{room}/report"), Some(&alice.token), report.clone()).await.0, 200);
+    let (st, b) = s.post(&format!("{V3}/users/@bob:test/report"), Some(&alice.token), report).await;
+    assert_eq!((st, b["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{b}");
 }

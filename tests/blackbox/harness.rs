@@ -54,6 +54,7 @@ rc_invites:
   per_user: {per_second: 10000, burst_count: 10000}
   per_issuer: {per_second: 10000, burst_count: 10000}
 rc_media_create: {per_second: 10000, burst_count: 10000}
+rc_reports: {per_second: 10000, burst_count: 10000}
 rc_presence:
   per_user: {per_second: 10000, burst_count: 10000}
 rc_room_creation: {per_second: 10000, burst_count: 10000}

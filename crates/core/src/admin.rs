@@ -74,6 +74,7 @@ impl Homeserver {
 
     /// `POST /rooms/{roomId}/report`: a room this server knows.
     pub async fn report_room(&self, requester: &Requester, room_id: &str, reason: &str) -> Result<()> {
+        self.limit_user(&self.limiters.reports, requester.user_id.as_str(), None).await?;
         let room = RoomId::parse(room_id).map_err(|_| Error::not_found("Room does not exist"))?;
         if self.current_state(&room).await?.is_none() {
             return Err(Error::not_found("Room does not exist"));
@@ -86,6 +87,7 @@ impl Homeserver {
     /// `POST /users/{userId}/report`: kept only for a local user that exists, but answered the
     /// same either way (Synapse hides which users exist).
     pub async fn report_user(&self, requester: &Requester, target: &str, reason: &str) -> Result<()> {
+        self.limit_user(&self.limiters.reports, requester.user_id.as_str(), None).await?;
         if reason.chars().count() > MAX_REPORT_REASON {
             return Err(Error::bad_json("Reason must be less than 1000 characters"));
         }
@@ -115,7 +117,7 @@ impl Homeserver {
             out.push(self.report_json(report, false).await?);
         }
         let mut answer = json!({"event_reports": out, "total": total});
-        if from + limit < total {
+        if from.saturating_add(limit) < total {
             answer["next_token"] = json!(from + out.len() as i64);
         }
         Ok(answer)
@@ -432,8 +434,8 @@ impl Homeserver {
             })
             .collect();
         let mut out = json!({"users": users, "total": total});
-        if from + count < total {
-            out["next_token"] = json!((from + count).to_string());
+        if from.saturating_add(count) < total {
+            out["next_token"] = json!(from.saturating_add(count).to_string());
         }
         Ok(out)
     }
@@ -534,11 +536,11 @@ impl Homeserver {
         let page: Vec<Value> = rooms.into_iter().skip(from as usize).take(limit as usize).collect();
         let count = page.len() as i64;
         let mut out = json!({"rooms": page, "offset": from, "total_rooms": total});
-        if from + count < total {
-            out["next_batch"] = json!(from + count);
+        if from.saturating_add(count) < total {
+            out["next_batch"] = json!(from.saturating_add(count));
         }
         if from > 0 {
-            out["prev_batch"] = json!((from - limit).max(0));
+            out["prev_batch"] = json!(from.saturating_sub(limit).max(0));
         }
         Ok(out)
     }

@@ -91,6 +91,8 @@ pub struct RateLimitSettings {
     pub third_party_invite: RateLimit,
     /// `rc_media_create`: media uploads and `create` calls per user.
     pub media_create: RateLimit,
+    /// `rc_reports`: room and user reports per user.
+    pub reports: RateLimit,
     /// `rc_presence.per_user`: presence changes per user.
     pub presence_per_user: RateLimit,
     /// `rc_delayed_event_mgmt`: delayed-event management (no delayed events yet).
@@ -123,6 +125,7 @@ impl Default for RateLimitSettings {
             invites_per_issuer: rl(0.3, 10.0),
             third_party_invite: rl(0.0025, 5.0),
             media_create: rl(10.0, 50.0),
+            reports: rl(1.0, 5.0),
             presence_per_user: rl(0.1, 1.0),
             delayed_event_mgmt: rl(1.0, 5.0),
             room_creation: rl(0.016, 10.0),
@@ -151,6 +154,7 @@ pub(crate) const CONFIG_KEYS: &[&str] = &[
     "rc_invites",
     "rc_third_party_invite",
     "rc_media_create",
+    "rc_reports",
     "rc_presence",
     "rc_delayed_event_mgmt",
     "rc_room_creation",
@@ -215,6 +219,7 @@ impl RateLimitSettings {
         s.invites_per_issuer = setting("rc_invites.per_issuer", s.invites_per_issuer)?;
         s.third_party_invite = setting("rc_third_party_invite", s.third_party_invite)?;
         s.media_create = setting("rc_media_create", s.media_create)?;
+        s.reports = setting("rc_reports", s.reports)?;
         s.presence_per_user = setting("rc_presence.per_user", s.presence_per_user)?;
         s.delayed_event_mgmt = setting("rc_delayed_event_mgmt", s.delayed_event_mgmt)?;
         s.room_creation = setting("rc_room_creation", s.room_creation)?;
@@ -369,6 +374,8 @@ pub struct Limiters {
     pub invites_per_issuer: Limiter,
     /// `rc_media_create`.
     pub media_create: Limiter,
+    /// `rc_reports`.
+    pub reports: Limiter,
     /// `rc_presence.per_user`.
     pub presence_per_user: Limiter,
     /// `rc_room_creation`.
@@ -398,6 +405,7 @@ impl Limiters {
             invites_per_user: Limiter::new("rc_invites.per_user", settings.invites_per_user),
             invites_per_issuer: Limiter::new("rc_invites.per_issuer", settings.invites_per_issuer),
             media_create: Limiter::new("rc_media_create", settings.media_create),
+            reports: Limiter::new("rc_reports", settings.reports),
             presence_per_user: Limiter::new("rc_presence.per_user", settings.presence_per_user),
             room_creation: Limiter::new("rc_room_creation", settings.room_creation),
             overrides: Mutex::new(HashMap::new()),
