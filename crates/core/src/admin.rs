@@ -225,8 +225,7 @@ impl Homeserver {
         let u = user.to_string();
         let devices = self.db(move |s| s.get_devices(&u)).await?;
         let last_seen_ts = devices.iter().filter_map(|d| d.last_seen_ts).max();
-        let appservice_id =
-            self.appservices().iter().find(|r| r.is_exclusive_user(user.as_str())).map(|r| r.id.clone());
+        let appservice_id = self.appservice_owning(user.as_str()).map(|r| r.id.clone());
         Ok(json!({
             "name": user,
             "displayname": displayname,
@@ -277,11 +276,7 @@ impl Homeserver {
     /// Myelin keeps no erasure flag yet, so it also answers `erased: false`.
     pub async fn admin_deactivate(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let user = parse_local_user(self, user_id, "Can only deactivate local users")?;
-        let u = user.to_string();
-        if self.db(move |s| s.get_user(&u)).await?.is_none() {
-            return Err(Error::not_found("User not found"));
-        }
+        let user = self.existing_local_user(user_id, "Can only deactivate local users").await?;
         let target = self.requester_for(&user).await?;
         self.deactivate_account(&target, true).await?;
         audit!(requester, "deactivate", user);
@@ -579,9 +574,10 @@ impl Homeserver {
 }
 
 impl Homeserver {
-    /// A local user that exists, for the admin API's per-user endpoints (404 "User not found").
-    async fn existing_local_user(&self, user_id: &str) -> Result<OwnedUserId> {
-        let user = parse_local_user(self, user_id, "Can only look up local users")?;
+    /// A local user that exists, for the admin API's per-user endpoints: 400 with `message` for
+    /// another server's user, 404 "User not found" for none.
+    async fn existing_local_user(&self, user_id: &str, message: &str) -> Result<OwnedUserId> {
+        let user = parse_local_user(self, user_id, message)?;
         let u = user.to_string();
         if self.db(move |s| s.get_user(&u)).await?.is_none() {
             return Err(Error::not_found("User not found"));
@@ -592,7 +588,7 @@ impl Homeserver {
     /// `GET /_synapse/admin/v2/users/{userId}/devices`.
     pub async fn admin_devices(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let user = self.existing_local_user(user_id).await?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
         let u = user.to_string();
         let devices: Vec<Value> =
             self.db(move |s| s.get_devices(&u)).await?.into_iter().map(|d| admin_device(&user, d)).collect();
@@ -602,7 +598,7 @@ impl Homeserver {
     /// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
     pub async fn admin_device(&self, requester: &Requester, user_id: &str, device_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let user = self.existing_local_user(user_id).await?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
         let u = user.to_string();
         let device = self.db(move |s| s.get_devices(&u)).await?.into_iter().find(|d| d.device_id == device_id);
         device.map(|d| admin_device(&user, d)).ok_or_else(|| Error::not_found("Device not found"))
@@ -617,7 +613,7 @@ impl Homeserver {
         display_name: Option<String>,
     ) -> Result<()> {
         self.require_admin(requester)?;
-        let user = self.existing_local_user(user_id).await?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
         let target = self.requester_for(&user).await?;
         self.rename_device(&target, device_id, display_name).await?;
         audit!(requester, "rename device", format!("{user} {device_id}"));
@@ -628,7 +624,7 @@ impl Homeserver {
     /// .../delete_devices` `{"devices": [...]}`: no user-interactive auth; unknown IDs ignored.
     pub async fn admin_delete_devices(&self, requester: &Requester, user_id: &str, devices: Vec<String>) -> Result<()> {
         self.require_admin(requester)?;
-        let user = self.existing_local_user(user_id).await?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
         audit!(requester, "delete devices", format!("{user} {devices:?}"));
         self.remove_devices(&user, devices).await
     }
@@ -636,7 +632,7 @@ impl Homeserver {
     /// `GET /_synapse/admin/v1/users/{userId}/pushers`.
     pub async fn admin_pushers(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let user = self.existing_local_user(user_id).await?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
         let target = self.requester_for(&user).await?;
         let mut out = self.pushers(&target).await?;
         out["total"] = json!(out["pushers"].as_array().map_or(0, Vec::len));
@@ -761,11 +757,7 @@ impl Homeserver {
     /// `POST`/`DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`.
     pub async fn admin_shadow_ban(&self, requester: &Requester, user_id: &str, on: bool) -> Result<()> {
         self.require_admin(requester)?;
-        let user = parse_local_user(self, user_id, "Only local users can be shadow-banned")?;
-        let u = user.to_string();
-        if self.db(move |s| s.get_user(&u)).await?.is_none() {
-            return Err(Error::not_found("User not found"));
-        }
+        let user = self.existing_local_user(user_id, "Only local users can be shadow-banned").await?;
         let u = user.to_string();
         self.db(move |s| s.set_user_flag(&u, myelin_storage::UserFlag::ShadowBanned, on)).await?;
         audit!(requester, if on { "shadow-ban" } else { "lift shadow-ban" }, user);
@@ -776,7 +768,7 @@ impl Homeserver {
     /// new device (for support work); never for oneself.
     pub async fn admin_login_as(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let user = self.existing_local_user(user_id).await?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
         if user == requester.user_id {
             return Err(Error::new(ErrorKind::BadRequest, "Cannot use admin API to login as self"));
         }

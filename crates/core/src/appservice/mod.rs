@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ruma::OwnedUserId;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::config::ConfigError;
 use crate::error::{Error, ErrorKind};
@@ -30,8 +30,6 @@ use crate::{Homeserver, Requester, Result};
 pub struct Namespace {
     /// Whether the application service claims these IDs for itself alone.
     pub exclusive: bool,
-    /// As written in the file.
-    pub pattern: String,
     /// Anchored at the start only, as Python's `re.match` (what Synapse uses).
     regex: regex::Regex,
 }
@@ -211,7 +209,7 @@ fn parse_registration(info: &Map<String, Value>, server_name: &str, path: &Path)
             };
             let regex = regex::Regex::new(&format!("^(?:{pattern})"))
                 .map_err(|e| format!("{at}: invalid regex '{pattern}': {e}"))?;
-            out.push(Namespace { exclusive: *exclusive, pattern: pattern.clone(), regex });
+            out.push(Namespace { exclusive: *exclusive, regex });
         }
         Ok(out)
     };
@@ -283,9 +281,10 @@ impl Homeserver {
         self.appservices().iter().find(|r| r.as_token == token)
     }
 
-    /// The appservice a user belongs to: its sender, or in its user namespace.
-    pub fn appservice_for_user(&self, user_id: &str) -> Option<&Arc<Registration>> {
-        self.appservices().iter().find(|r| r.is_interested_in_user(user_id))
+    /// The appservice that owns a user: the user is its sender or in its exclusive namespace
+    /// (Synapse's `appservice_id` of an account).
+    pub fn appservice_owning(&self, user_id: &str) -> Option<&Arc<Registration>> {
+        self.appservices().iter().find(|r| r.is_exclusive_user(user_id))
     }
 
     /// The requester of a request made with `registration`'s `as_token`: its sender, or the
@@ -512,11 +511,6 @@ impl Homeserver {
         }
         request
     }
-}
-
-/// `{"transaction_id": ...}` for a ping (a helper so the ping and its test agree).
-fn ping_body(txn_id: Option<&str>) -> Value {
-    json!({"transaction_id": txn_id})
 }
 
 #[cfg(test)]

@@ -5,23 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{Registration, ping_body};
+use super::Registration;
 use crate::error::{Error, ErrorKind};
+use crate::server::url_encode;
 use crate::{Homeserver, Requester, Result};
-
-/// Path segments are percent-encoded as Synapse's `urllib.parse.quote` (`/` kept unencoded by
-/// quote's default would split the path, so it is encoded too).
-fn quote(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// How long a lookup may take before the service counts as not knowing.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,7 +18,7 @@ impl Homeserver {
     /// /_matrix/app/v1/rooms/{alias}`); true as soon as one answers 200 (it has created it).
     pub(crate) async fn query_appservices_for_alias(&self, alias: &str) -> bool {
         for registration in self.appservices().iter().filter(|r| r.is_alias_in_namespace(alias)) {
-            if self.query_exists(registration, &format!("rooms/{}", quote(alias))).await {
+            if self.query_exists(registration, &format!("rooms/{}", url_encode(alias))).await {
                 return true;
             }
         }
@@ -41,7 +28,7 @@ impl Homeserver {
     /// Asks an appservice whether a user of its namespace exists (`GET
     /// /_matrix/app/v1/users/{userId}`), for a local user not registered yet.
     pub(crate) async fn query_appservice_for_user(&self, registration: &Registration, user_id: &str) -> bool {
-        self.query_exists(registration, &format!("users/{}", quote(user_id))).await
+        self.query_exists(registration, &format!("users/{}", url_encode(user_id))).await
     }
 
     /// One existence query: any 2xx answer means yes; errors, timeouts and 404 mean no.
@@ -84,7 +71,7 @@ impl Homeserver {
         let started = Instant::now();
         let sent = self
             .to_appservice(self.appservices.http.post(format!("{url}/_matrix/app/v1/ping")), registration)
-            .json(&ping_body(txn_id))
+            .json(&json!({"transaction_id": txn_id}))
             .send()
             .await;
         let failure = |status: u16, errcode: &str, message: String| {
@@ -144,7 +131,7 @@ impl Homeserver {
     async fn protocol_metadata(&self, registration: &Registration, protocol: &str) -> Option<Map<String, Value>> {
         let url = registration.url.as_ref()?;
         let request =
-            self.appservices.http.get(format!("{url}/_matrix/app/v1/thirdparty/protocol/{}", quote(protocol)));
+            self.appservices.http.get(format!("{url}/_matrix/app/v1/thirdparty/protocol/{}", url_encode(protocol)));
         let response = self.to_appservice(request, registration).timeout(QUERY_TIMEOUT).send().await.ok()?;
         if !response.status().is_success() {
             return None;
@@ -181,7 +168,7 @@ impl Homeserver {
         for registration in self.appservices().iter().filter(|r| r.protocols.iter().any(|p| p == protocol)) {
             let Some(url) = &registration.url else { continue };
             let request =
-                self.appservices.http.get(format!("{url}/_matrix/app/v1/thirdparty/{kind}/{}", quote(protocol)));
+                self.appservices.http.get(format!("{url}/_matrix/app/v1/thirdparty/{kind}/{}", url_encode(protocol)));
             let sent = self.to_appservice(request.query(fields), registration).timeout(QUERY_TIMEOUT).send().await;
             let Ok(response) = sent else { continue };
             let Ok(Value::Array(results)) = response.json::<Value>().await else { continue };
@@ -191,14 +178,5 @@ impl Homeserver {
             }));
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn path_segments_are_quoted() {
-        assert_eq!(super::quote("#irc_x:example.org"), "%23irc_x%3Aexample.org");
-        assert_eq!(super::quote("@a/b:c"), "%40a%2Fb%3Ac");
     }
 }

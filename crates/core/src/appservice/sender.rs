@@ -333,15 +333,8 @@ impl Homeserver {
         users.insert(registration.sender.to_string());
         let rooms: std::collections::BTreeSet<String> =
             events.iter().chain(ephemeral).filter_map(|e| e["room_id"].as_str().map(str::to_owned)).collect();
-        let suffix = format!(":{}", self.server_name());
         for room in rooms {
-            let members = self.db(move |s| s.room_memberships(&room)).await?;
-            users.extend(
-                members
-                    .into_iter()
-                    .filter(|(u, m)| m == "join" && u.ends_with(&suffix) && registration.is_interested_in_user(u))
-                    .map(|(u, _)| u),
-            );
+            users.extend(self.appservice_users_in_room(registration, &room).await?);
         }
         users.extend(to_device.iter().filter_map(|m| m["to_user_id"].as_str().map(str::to_owned)));
         let (mut counts, mut fallbacks) = (serde_json::Map::new(), serde_json::Map::new());
@@ -424,14 +417,18 @@ impl Homeserver {
             answer = aliases.iter().any(|a| registration.is_alias_in_namespace(a));
         }
         if !answer {
-            let r = room.to_owned();
-            let members = self.db(move |s| s.room_memberships(&r)).await?;
-            let suffix = format!(":{}", self.server_name());
-            answer = members
-                .iter()
-                .any(|(user, m)| m == "join" && user.ends_with(&suffix) && registration.is_interested_in_user(user));
+            answer = !self.appservice_users_in_room(registration, room).await?.is_empty();
         }
         known.insert(room.to_owned(), answer);
         Ok(answer)
+    }
+
+    /// The service's users (its sender, its namespace) joined to a room, local ones only (as
+    /// Synapse's `get_app_service_users_in_room`).
+    async fn appservice_users_in_room(&self, registration: &Registration, room: &str) -> Result<Vec<String>> {
+        let suffix = format!(":{}", self.server_name());
+        let mut members = self.joined_member_ids(room).await?;
+        members.retain(|u| u.ends_with(&suffix) && registration.is_interested_in_user(u));
+        Ok(members)
     }
 }

@@ -108,7 +108,7 @@ impl Homeserver {
     pub(crate) async fn user_info(&self, user_id: &str) -> Result<Option<myelin_module_api::UserInfo>> {
         let u = user_id.to_owned();
         // The appservice that owns the user exclusively (Synapse records it at registration).
-        let appservice_id = self.appservices().iter().find(|r| r.is_exclusive_user(user_id)).map(|r| r.id.clone());
+        let appservice_id = self.appservice_owning(user_id).map(|r| r.id.clone());
         Ok(self.db(move |s| s.get_user(&u)).await?.map(|u| myelin_module_api::UserInfo {
             appservice_id,
             user_id: u.user_id,
