@@ -26,6 +26,7 @@ mod relations; // /relations, /threads, /timestamp_to_event, bundled aggregation
 mod room_versions; // every supported room version; version 12's room IDs and creators
 mod rooms; // rooms, membership, messages, the graph
 mod search; // POST /search
+mod sliding_sync; // simplified sliding sync (MSC4186)
 mod spec_shapes; // responses against the spec's schemas
 mod synapse_federation; // Myelin and a real Synapse federating
 mod sync; // /sync

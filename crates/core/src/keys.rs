@@ -101,7 +101,7 @@ impl Homeserver {
 
     /// One-time key counts of a device, always with `signed_curve25519` (as Synapse, for
     /// clients that only look for that one).
-    async fn key_counts(&self, user: &str, device: &str) -> Result<Value> {
+    pub(crate) async fn key_counts(&self, user: &str, device: &str) -> Result<Value> {
         let (u, d) = (user.to_owned(), device.to_owned());
         let counts = self.db(move |s| s.one_time_key_counts(&u, &d)).await?;
         let mut out: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
@@ -266,7 +266,7 @@ impl Homeserver {
     }
 
     /// Users sharing a room with `me` (and `me`) whose device lists changed in `(from, to]`.
-    async fn changed_device_lists(&self, me: &str, from: i64, to: i64) -> Result<Vec<String>> {
+    pub(crate) async fn changed_device_lists(&self, me: &str, from: i64, to: i64) -> Result<Vec<String>> {
         if from >= to {
             return Ok(Vec::new());
         }

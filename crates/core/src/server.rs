@@ -51,6 +51,8 @@ pub struct Homeserver {
     pub(crate) rooms: crate::rooms::RoomsState,
     /// `/sync`: the stream watch and cached sections (see `sync`).
     pub(crate) sync: crate::sync::SyncState,
+    /// Sliding sync's connections (see `sliding_sync`).
+    pub(crate) sliding_sync: crate::sliding_sync::SlidingSyncState,
     /// Accounts: UIA sessions, nonces, OpenID tokens, last seen (see `users`).
     pub(crate) accounts: crate::users::AccountsState,
     /// Typing and presence (see `ephemeral`).
@@ -93,6 +95,7 @@ impl Homeserver {
             },
             rooms: crate::rooms::RoomsState::new(writer, recent_txns),
             sync: crate::sync::SyncState::new(position),
+            sliding_sync: Default::default(),
             accounts: Default::default(),
             ephemeral: Default::default(),
             push: Default::default(),

@@ -136,7 +136,7 @@ impl EventMatcher {
 }
 
 /// The parts of a filter `/sync` honours.
-struct SyncFilter {
+pub(crate) struct SyncFilter {
     timeline_limit: usize,
     /// `room.timeline`'s event filter.
     timeline: EventMatcher,
@@ -162,6 +162,10 @@ impl SyncFilter {
             not_rooms: list(&room["not_rooms"]).unwrap_or_default(),
             include_leave: room["include_leave"].as_bool().unwrap_or(false),
         }
+    }
+    /// No filter but a timeline limit (sliding sync's `timeline_limit`).
+    pub(crate) fn timeline_limit(limit: usize) -> Self {
+        SyncFilter { timeline_limit: limit, ..SyncFilter::from_json(&Value::Null) }
     }
     fn wants(&self, room: &str) -> bool {
         !self.not_rooms.contains(room) && self.rooms.as_ref().is_none_or(|r| r.contains(room))
@@ -449,6 +453,20 @@ impl Homeserver {
         to: i64,
         filter: &SyncFilter,
     ) -> Result<(Value, bool)> {
+        let timeline = self.timeline_events(user, reader, room, from, to, filter).await?;
+        Ok((timeline.json, timeline.same_for_members))
+    }
+
+    /// [`Homeserver::timeline`], with the stream position of each event.
+    pub(crate) async fn timeline_events(
+        &self,
+        user: &str,
+        reader: crate::visibility::Reader,
+        room: &str,
+        from: i64,
+        to: i64,
+        filter: &SyncFilter,
+    ) -> Result<Timeline> {
         let (limit, matcher) = (filter.timeline_limit, &filter.timeline);
         let r = room.to_owned();
         // A filtered timeline reads further back to find `limit` events that match.
@@ -466,7 +484,11 @@ impl Homeserver {
         self.bundle_aggregations(user, reader, &mut events).await?;
         // A thread summary says whether *this* user took part: not a section to share.
         let per_user = events.iter().any(|e| e["unsigned"]["m.relations"].get("m.thread").is_some());
-        Ok((json!({"events": events, "limited": limited, "prev_batch": prev_batch}), same_for_members && !per_user))
+        Ok(Timeline {
+            json: json!({"events": events, "limited": limited, "prev_batch": prev_batch}),
+            same_for_members: same_for_members && !per_user,
+            positions: rows.iter().map(|r| r.stream_ordering).collect(),
+        })
     }
 
     /// A joined room's timeline (from `from`), state and summary. The sections of initial
@@ -543,29 +565,12 @@ impl Homeserver {
         incremental: bool,
     ) -> Result<Arc<Section>> {
         let sender = requester.user_id.as_str();
-        let own: Vec<&String> =
-            section.timeline_senders.iter().filter(|(s, _)| s == sender).map(|(_, id)| id).collect();
+        let own: Vec<String> =
+            section.timeline_senders.iter().filter(|(s, _)| s == sender).map(|(_, id)| id.clone()).collect();
         if own.is_empty() {
             return Ok(section);
         }
-        let device = requester.device_id.as_str();
-        let mut txns: HashMap<String, String> = HashMap::new();
-        let mut unknown = Vec::new();
-        {
-            let recent = self.rooms.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
-            for id in own {
-                match recent.txn_of(id, sender, device) {
-                    Some(txn) => {
-                        txns.insert(id.clone(), txn.to_owned());
-                    }
-                    None => unknown.push(id.clone()),
-                }
-            }
-        }
-        if incremental && !unknown.is_empty() {
-            let (user, device) = (sender.to_owned(), device.to_owned());
-            txns.extend(self.db(move |s| s.txn_ids_of_events(&user, &device, &unknown)).await?);
-        }
+        let txns = self.transaction_ids(requester, own, incremental).await?;
         if txns.is_empty() {
             return Ok(section);
         }
@@ -582,6 +587,36 @@ impl Homeserver {
             state: section.state.clone(),
             summary: section.summary.clone(),
         }))
+    }
+
+    /// The transaction IDs the requesting device sent `own` (its user's events) with: the
+    /// recent ones kept in memory, and with `ask_storage` the rest from storage.
+    pub(crate) async fn transaction_ids(
+        &self,
+        requester: &Requester,
+        own: Vec<String>,
+        ask_storage: bool,
+    ) -> Result<HashMap<String, String>> {
+        let sender = requester.user_id.as_str();
+        let device = requester.device_id.as_str();
+        let mut txns: HashMap<String, String> = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let recent = self.rooms.recent_txns.lock().unwrap_or_else(|p| p.into_inner());
+            for id in own {
+                match recent.txn_of(&id, sender, device) {
+                    Some(txn) => {
+                        txns.insert(id, txn.to_owned());
+                    }
+                    None => unknown.push(id),
+                }
+            }
+        }
+        if ask_storage && !unknown.is_empty() {
+            let (user, device) = (sender.to_owned(), device.to_owned());
+            txns.extend(self.db(move |s| s.txn_ids_of_events(&user, &device, &unknown)).await?);
+        }
+        Ok(txns)
     }
 
     /// Stripped state shown with an invite.
@@ -628,6 +663,15 @@ impl Homeserver {
             .map(|e| json!({"type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"]}))
             .collect())
     }
+}
+
+/// A room's timeline as `/sync` sends it (`events`, `limited`, `prev_batch`).
+pub(crate) struct Timeline {
+    pub(crate) json: Value,
+    /// Whether every member would see the same events.
+    pub(crate) same_for_members: bool,
+    /// The stream position of each event, in order.
+    pub(crate) positions: Vec<i64>,
 }
 
 /// A joined room's timeline, state and member summary as `/sync` sends them, serialised once.

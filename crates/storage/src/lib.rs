@@ -161,6 +161,21 @@ pub struct EventRow {
     pub soft_failed: bool,
 }
 
+/// A user's current membership in one room ([`RoomStore::user_memberships`]).
+#[derive(Debug, Clone)]
+pub struct UserMembership {
+    /// The room.
+    pub room_id: String,
+    /// `join`, `invite`, `knock`, `leave` or `ban`.
+    pub membership: String,
+    /// Who sent the member event (the user themselves for a leave, or who kicked them).
+    pub sender: String,
+    /// The member event's ID.
+    pub event_id: String,
+    /// The member event's stream position.
+    pub stream_ordering: i64,
+}
+
 /// Which relations of an event to read.
 #[derive(Debug, Clone)]
 pub struct RelationQuery<'a> {
@@ -402,6 +417,12 @@ pub trait RoomStore {
     /// Latest member events per user in `(from, to]` concerning `user_id` (their own membership
     /// changes), as `(room_id, membership, stream)`.
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>>;
+    /// `user_id`'s current membership in every room where they have one, with its member
+    /// event's sender and stream position (0 when that event is not stored with one).
+    fn user_memberships(&self, user_id: &str) -> Result<Vec<UserMembership>>;
+    /// The stream position of each room's newest accepted event at or before `to` whose type
+    /// is one of `types` (of any type when `types` is empty); rooms without one are left out.
+    fn last_event_positions(&self, rooms: &[String], types: &[&str], to: i64) -> Result<Vec<(String, i64)>>;
 }
 
 /// Account data, filters and the other per-user client data.

@@ -196,6 +196,8 @@ contract! {
     current_state_replaced_wholesale,
     memberships_and_rooms_for_user,
     membership_changes_latest_per_room,
+    user_memberships_name_sender_and_position,
+    last_event_positions_by_type,
     state_group_at_follows_accepted_events,
     txn_ids_recorded_and_looked_up,
     repeated_txn_id_conflicts,
@@ -1045,6 +1047,44 @@ fn membership_changes_latest_per_room(s: &dyn Storage) {
     r1.send(s, &r1.member("$ban", BOB, "ban").rejected());
     assert_eq!(s.membership_changes(BOB, end, MAX).unwrap(), vec![], "rejected member events are not changes");
     assert_eq!(s.membership_changes(CAROL, start, MAX).unwrap(), vec![]);
+}
+
+fn user_memberships_name_sender_and_position(s: &dyn Storage) {
+    let mut r1 = TestRoom::new(s, "!r1:test");
+    let mut r2 = TestRoom::new(s, "!r2:test");
+    let p1 = r1.join(s, BOB);
+    let p2 = r2.set_membership(s, BOB, "invite");
+    r1.join(s, ALICE);
+    let mut got: Vec<(String, String, String, i64)> = s
+        .user_memberships(BOB)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            assert!(m.event_id.starts_with("$member-"), "{}", m.event_id);
+            (m.room_id, m.membership, m.sender, m.stream_ordering)
+        })
+        .collect();
+    got.sort();
+    let t = |r: &str, m: &str, p: i64| (r.to_string(), m.to_string(), BOB.to_string(), p);
+    assert_eq!(got, vec![t("!r1:test", "join", p1), t("!r2:test", "invite", p2)]);
+    assert!(s.user_memberships(CAROL).unwrap().is_empty());
+}
+
+fn last_event_positions_by_type(s: &dyn Storage) {
+    let mut r1 = TestRoom::new(s, "!r1:test");
+    let mut r2 = TestRoom::new(s, "!r2:test");
+    let (m1, _) = r1.send(s, &r1.msg("$m1", ALICE, "x"));
+    let (n1, _) = r1.send(s, &r1.state("$n1", "m.room.name", "", ALICE, json!({"name": "One"})));
+    let (m2, _) = r2.send(s, &r2.msg("$m2", ALICE, "y"));
+    let (rejected, _) = r2.send(s, &r2.msg("$m3", ALICE, "z").rejected());
+    let rooms = strings(&["!r1:test", "!r2:test", "!none:test"]);
+    let any = sorted(s.last_event_positions(&rooms, &[], MAX).unwrap());
+    assert_eq!(any, vec![("!r1:test".to_string(), n1), ("!r2:test".to_string(), m2)], "not the rejected {rejected}");
+    let messages = sorted(s.last_event_positions(&rooms, &["m.room.message", "m.sticker"], MAX).unwrap());
+    assert_eq!(messages, vec![("!r1:test".to_string(), m1), ("!r2:test".to_string(), m2)]);
+    let before = s.last_event_positions(&rooms, &["m.room.message"], m1).unwrap();
+    assert_eq!(before, vec![("!r1:test".to_string(), m1)], "nothing after `to`");
+    assert!(s.last_event_positions(&[], &[], MAX).unwrap().is_empty());
 }
 
 fn state_group_at_follows_accepted_events(s: &dyn Storage) {

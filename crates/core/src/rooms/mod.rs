@@ -630,6 +630,15 @@ impl Homeserver {
         Ok(guard.as_ref().map(|c| c.state.as_ref().clone()))
     }
 
+    /// The current state of a room, shared with the room cache (no copy of the map).
+    pub(crate) async fn current_state_shared(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<Arc<HashMap<(String, String), OwnedEventId>>>> {
+        let guard = self.room_lock(room_id).await?;
+        Ok(guard.as_ref().map(|c| c.state.clone()))
+    }
+
     /// The joined members of a room, as stored (any server's users).
     pub(crate) async fn joined_member_ids(&self, room_id: &str) -> Result<Vec<String>> {
         let r = room_id.to_owned();

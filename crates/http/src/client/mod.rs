@@ -52,6 +52,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(accounts::token_validity))
         .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
         .nest("/_matrix/client/v1", rooms::v1_routes())
+        .nest("/_matrix/client/unstable", sync::sliding_sync_routes())
         .nest("/_matrix/client/v3", api.clone())
         .nest("/_matrix/client/r0", api)
 }
@@ -59,7 +60,7 @@ pub(crate) fn router() -> Router<AppState> {
 async fn versions() -> Json {
     axum::Json(json!({
         "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"],
-        "unstable_features": {}
+        "unstable_features": {"org.matrix.simplified_msc3575": true}
     }))
 }
 

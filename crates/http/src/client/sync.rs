@@ -6,6 +6,38 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/sync", get(sync)).route("/events", get(events))
 }
 
+/// Simplified sliding sync (MSC4186), under its unstable prefix.
+pub(super) fn sliding_sync_routes() -> Router<AppState> {
+    Router::new().route("/org.matrix.simplified_msc3575/sync", post(sliding_sync))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SlidingSyncQuery {
+    pos: Option<String>,
+    timeout: Option<String>,
+}
+
+pub(super) async fn sliding_sync(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<SlidingSyncQuery>,
+    JsonBody(body): JsonBody<Value>,
+) -> Answer {
+    let timeout = match q.timeout.as_deref() {
+        None => 0,
+        Some(t) => {
+            t.parse::<u64>().map_err(|_| MatrixError::new(ErrorKind::InvalidParam, "timeout must be an integer"))?
+        }
+    };
+    let request = myelin_core::SlidingSyncRequest {
+        pos: q.pos,
+        // Bounded so a client cannot park a request for hours.
+        timeout: Duration::from_millis(timeout.min(300_000)),
+        body,
+    };
+    Ok(axum::Json(hs.sliding_sync(&me, request).await?))
+}
+
 #[derive(Deserialize)]
 pub(super) struct EventsQuery {
     from: Option<String>,

@@ -358,6 +358,46 @@ impl RoomStore for PostgresStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    fn user_memberships(&self, user_id: &str) -> Result<Vec<UserMembership>> {
+        let rows = self.read(|db| {
+            db.rows(
+                "SELECT c.room_id, c.membership, COALESCE(e.sender, ''), c.event_id, COALESCE(e.stream_ordering, 0)
+                 FROM current_state c LEFT JOIN events e ON e.event_id = c.event_id
+                 WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL",
+                &[&user_id],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| UserMembership {
+                room_id: r.get(0),
+                membership: r.get(1),
+                sender: r.get(2),
+                event_id: r.get(3),
+                stream_ordering: r.get(4),
+            })
+            .collect())
+    }
+
+    fn last_event_positions(&self, rooms: &[String], types: &[&str], to: i64) -> Result<Vec<(String, i64)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        // One indexed walk back from `to` per room (`events_room_stream`).
+        let rows = self.read(|db| {
+            db.rows(
+                "SELECT r.room_id, (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.room_id
+                     AND e.stream_ordering <= $2 AND NOT e.rejected AND NOT e.soft_failed
+                     AND (cardinality($3::TEXT[]) = 0 OR e.type = ANY($3))
+                     ORDER BY e.stream_ordering DESC LIMIT 1)
+                 FROM unnest($1::TEXT[]) AS r(room_id)",
+                &[&rooms, &to, &types],
+            )
+        })?;
+        Ok(rows.iter().filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)?))).collect())
+    }
+
     fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>> {
         let rows = self.read(|db| {
             db.rows(

@@ -327,6 +327,53 @@ impl RoomStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn user_memberships(&self, user_id: &str) -> Result<Vec<UserMembership>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT c.room_id, c.membership, COALESCE(e.sender, ''), c.event_id, COALESCE(e.stream_ordering, 0)
+                 FROM current_state c LEFT JOIN events e ON e.event_id = c.event_id
+                 WHERE c.type = 'm.room.member' AND c.state_key = ?1 AND c.membership IS NOT NULL",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([user_id], |r| {
+                Ok(UserMembership {
+                    room_id: r.get(0)?,
+                    membership: r.get(1)?,
+                    sender: r.get(2)?,
+                    event_id: r.get(3)?,
+                    stream_ordering: r.get(4)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn last_event_positions(&self, rooms: &[String], types: &[&str], to: i64) -> Result<Vec<(String, i64)>> {
+        let conn = self.reader();
+        // One indexed walk back from `to` per room (`events_room_stream`).
+        let type_test = if types.is_empty() {
+            String::new()
+        } else {
+            let quoted: Vec<String> = types.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
+            format!("AND type IN ({})", quoted.join(","))
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT stream_ordering FROM events WHERE room_id = ?1 AND stream_ordering <= ?2
+                 AND rejected = 0 AND soft_failed = 0 {type_test} ORDER BY stream_ordering DESC LIMIT 1"
+            ))
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            if let Some(pos) = stmt.query_row(params![room, to], |r| r.get(0)).optional().map_err(backend)? {
+                out.push((room.clone(), pos));
+            }
+        }
+        Ok(out)
+    }
+
     fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>> {
         let conn = self.reader();
         let mut stmt = conn
