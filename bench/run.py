@@ -790,6 +790,113 @@ async def appservice_latency():
     print(out)
 
 
+# The first request Element X's room list sends (its `all_rooms` list, first page).
+ELEMENT_X_LIST = {
+    "ranges": [[0, 19]],
+    "timeline_limit": 1,
+    "required_state": [
+        ["m.room.encryption", ""], ["m.room.member", "$LAZY"], ["m.room.member", "$ME"],
+        ["m.room.name", ""], ["m.room.topic", ""], ["m.room.avatar", ""], ["m.room.create", ""],
+        ["m.room.join_rules", ""], ["m.room.canonical_alias", ""], ["m.room.power_levels", ""],
+        ["m.room.pinned_events", ""], ["m.room.tombstone", ""], ["m.room.history_visibility", ""],
+    ],
+}
+SSS = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+
+
+async def sliding_sync_bench():
+    """`run.py sliding`: simplified sliding sync for an account in 500 rooms (QUICK: 100). The
+    first request of a new connection (Element X's first room-list page: 20 rooms, timeline limit
+    1), and the wake-up of a long-polling request when another user sends a message to one of the
+    rooms (send started -> response received). Three rounds, the servers interleaved; latencies
+    and the server's CPU per request, medians of the rounds."""
+    rooms_n = 100 if QUICK else 500
+    firsts_n, wakes_n = (10, 10) if QUICK else (30, 30)
+    results = {"synapse": {"first": [], "cpu": [], "wake": []}, "myelin": {"first": [], "cpu": [], "wake": []}}
+    for round_ in range(3):
+        for name in ("synapse", "myelin"):
+            d = WORK / f"{name}-sliding-{round_}"
+            shutil.rmtree(d, ignore_errors=True)
+            t = Target(name, 28462)
+            cmd = synapse_config(d, t.port) if name == "synapse" else myelin_config(d, t.port)
+            log = open(WORK / f"{name}-sliding.log", "w")
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+                started = time.monotonic()
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                try:
+                    await t.wait_ready(session, started)
+                    if name == "synapse":
+                        wait_background_updates(d)
+                    alice = await register(session, t, f"alice{round_}")
+                    bob = await register(session, t, f"bob{round_}")
+                    rooms = []
+                    sem = asyncio.Semaphore(8)
+
+                    async def make(i):
+                        async with sem:
+                            room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom",
+                                               bob["access_token"], {"preset": "public_chat", "name": f"room {i}"}))["room_id"]
+                            await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}", alice["access_token"], {})
+                            await call(session, "PUT",
+                                       f"{t.base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                                       bob["access_token"], {"msgtype": "m.text", "body": f"hello {i}"})
+                            rooms.append(room)
+
+                    await asyncio.gather(*(make(i) for i in range(rooms_n)))
+                    body = {"lists": {"all_rooms": ELEMENT_X_LIST}}
+                    url = t.base + SSS
+                    # First requests: a new connection each time (no pos).
+                    await call(session, "POST", url + "?timeout=0", alice["access_token"], body)  # warm-up
+                    cpu0 = cpu_seconds(t.proc.pid)
+                    firsts = []
+                    for _ in range(firsts_n):
+                        start = time.perf_counter()
+                        first = await call(session, "POST", url + "?timeout=0", alice["access_token"], body)
+                        firsts.append(time.perf_counter() - start)
+                    assert len(first["lists"]["all_rooms"]["ops"][0]["room_ids"]) == 20, first.get("lists")
+                    cpu = (cpu_seconds(t.proc.pid) - cpu0) / firsts_n
+                    # Wake-ups: a long-poll from the latest pos, woken by bob's message.
+                    pos = first["pos"]
+                    resp = await call(session, "POST", f"{url}?timeout=0&pos={pos}", alice["access_token"], body)
+                    pos = resp["pos"]
+                    wakes = []
+                    for i in range(wakes_n + 3):
+                        poll = asyncio.create_task(
+                            call(session, "POST", f"{url}?timeout=30000&pos={pos}", alice["access_token"], body))
+                        await asyncio.sleep(0.2)  # the request is waiting
+                        start = time.perf_counter()
+                        await call(session, "PUT",
+                                   f"{t.base}/_matrix/client/v3/rooms/{rooms[i % len(rooms)]}/send/m.room.message/{uuid.uuid4().hex}",
+                                   bob["access_token"], {"msgtype": "m.text", "body": f"wake {i}"})
+                        resp = await poll
+                        if i >= 3:
+                            wakes.append(time.perf_counter() - start)
+                        assert resp["rooms"], resp
+                        pos = resp["pos"]
+                    r = results[name]
+                    r["first"].append(statistics.median(firsts))
+                    r["cpu"].append(cpu)
+                    r["wake"].append(statistics.median(wakes))
+                finally:
+                    t.stop()
+
+    def row(label, key, scale=1000.0, unit="ms"):
+        syn = [x * scale for x in results["synapse"][key]]
+        my = [x * scale for x in results["myelin"][key]]
+        return (f"| {label} | {statistics.median(syn):,.2f} {unit} ({', '.join(f'{x:,.2f}' for x in syn)}) | "
+                f"{statistics.median(my):,.2f} {unit} ({', '.join(f'{x:,.2f}' for x in my)}) | "
+                f"{statistics.median(syn) / statistics.median(my):,.1f}x |\n")
+
+    out = (f"\nSimplified sliding sync, an account in {rooms_n} rooms, Element X's first room-list page "
+           "(20 rooms, timeline limit 1); medians of 3 interleaved rounds (each round's median in brackets):\n\n"
+           "| | Synapse 1.163.2 | Myelin | ratio |\n|---|---:|---:|---:|\n")
+    out += row(f"first request, latency (median of {firsts_n})", "first")
+    out += row("first request, server CPU", "cpu")
+    out += row(f"wake-up after a message, p50 of {wakes_n}", "wake")
+    (WORK / "results-sliding.md").write_text(out)
+    print(out)
+
+
 async def limits_only():
     """`run.py limits`: just the rate-limiter table."""
     medians, rates = await limiter_overhead()
@@ -799,5 +906,5 @@ async def limits_only():
 
 if __name__ == "__main__":
     mode = {"modules": modules_only, "limits": limits_only, "postgres": postgres_send,
-            "appservice": appservice_latency}.get(sys.argv[1] if sys.argv[1:] else "", main)
+            "appservice": appservice_latency, "sliding": sliding_sync_bench}.get(sys.argv[1] if sys.argv[1:] else "", main)
     asyncio.run(mode())

@@ -26,6 +26,8 @@ bench/work/synapse-venv/bin/python bench/run.py
 bench/work/synapse-venv/bin/python bench/run.py postgres
 # Appservice transaction delivery latency, the same appservice on both servers.
 bench/work/synapse-venv/bin/python bench/run.py appservice
+# Simplified sliding sync: an account in 500 rooms, first request and wake-up.
+bench/work/synapse-venv/bin/python bench/run.py sliding
 # Federation: a Myelin and a Synapse user joining a Synapse-hosted room of 1,000 members.
 bench/work/synapse-venv/bin/python bench/federation_join.py
 cargo bench --locked -p myelin-core --bench dispatch -- --noplot --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^(user_may|check_event|rate limit)|time:" | tee bench/work/dispatch.txt

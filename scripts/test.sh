@@ -48,6 +48,9 @@ export MYELIN_TEST_PG
 
 cargo fmt --all -- --check
 cargo build --workspace --all-targets --locked
+# matrix-rust-sdk's driver (tests/rust_sdk, its own workspace: the SDK's tree is only built here),
+# into the shared target dir, for tests/blackbox/clients.rs.
+(cd tests/rust_sdk && cargo fmt -- --check && CARGO_TARGET_DIR="$PWD/../../target" cargo build --locked)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Four test threads on two cores: each black-box test runs a server that mostly waits on I/O.
 # Both passes run whatever the first gives; the script fails if either did.

