@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where Myelin's CPU goes in one workload: `bench/profile.py send|sync`.
+"""Where Myelin's CPU goes in one workload: `bench/profile.py send|sync|sliding`.
 
 Starts a release Myelin on loopback (as bench/run.py does), sets up the workload, records it with
 `perf record --call-graph dwarf`, and prints each thread's share and the functions with the
@@ -77,6 +77,17 @@ async def main(kind: str):
                 async def workload():
                     rate, cpu = await R.send_throughput(s, t, users, room, 8, 4000)
                     print(f"send, 8 clients: {rate:,.0f} msg/s, server CPU {cpu * 1e6:.0f} us/msg")
+            elif kind == "sliding":
+                for i in range(499):
+                    r = await R.call(s, "POST", t.base + "/_matrix/client/v3/createRoom", a["access_token"],
+                                     {"preset": "public_chat", "name": f"room {i}"})
+                    await R.call(s, "PUT", f"{t.base}/_matrix/client/v3/rooms/{r['room_id']}/send/m.room.message/t{i}",
+                                 a["access_token"], {"msgtype": "m.text", "body": f"hello {i}"})
+                body = {"lists": {"all_rooms": R.ELEMENT_X_LIST}}
+
+                async def workload():
+                    for _ in range(200):
+                        await R.call(s, "POST", t.base + R.SSS + "?timeout=0", a["access_token"], body)
             else:
                 for i in range(499):
                     await R.call(s, "POST", t.base + "/_matrix/client/v3/createRoom", a["access_token"],
@@ -94,6 +105,6 @@ async def main(kind: str):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] not in (["send"], ["sync"]):
-        sys.exit("usage: bench/profile.py send|sync")
+    if sys.argv[1:] not in (["send"], ["sync"], ["sliding"]):
+        sys.exit("usage: bench/profile.py send|sync|sliding")
     asyncio.run(main(sys.argv[1]))

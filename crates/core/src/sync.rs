@@ -778,6 +778,13 @@ impl SyncCache {
         self.lock().changed_at(room, self.started_at)
     }
 
+    /// The stream position of the room's last write this process committed or heard of from
+    /// another process since start-up (a lower bound of its newest event; `None` if none).
+    pub(crate) fn written_at(&self, room: &str) -> Option<i64> {
+        let inner = self.lock();
+        inner.changes.get(room).map(|(_, at)| *at).filter(|at| *at > self.started_at)
+    }
+
     fn section(&self, room: &str, limit: usize, now: i64) -> Option<Arc<Section>> {
         let inner = self.lock();
         let section = inner.sections.get(&(room.to_owned(), limit))?;

@@ -40,6 +40,8 @@ const BUMP_TYPES: &[&str] = &[
 ];
 /// The most heroes a room summary names.
 const MAX_HEROES: usize = 5;
+/// How long a user's membership list is trusted without reading it whole again.
+const MEMBERSHIPS_FRESH: Duration = Duration::from_secs(60);
 /// How many connections this process remembers before it forgets the least recently used.
 const MAX_CONNECTIONS: usize = 10_000;
 
@@ -84,6 +86,19 @@ struct Connection {
 pub(crate) struct SlidingSyncState {
     /// `(user, device, conn_id)` -> connection.
     connections: Mutex<HashMap<(String, String, String), Connection>>,
+    /// Room -> the newest event position storage had when first asked (see
+    /// [`Homeserver::latest_activity`]).
+    latest: Mutex<HashMap<String, i64>>,
+    /// User -> (stream position read at, when, their memberships); see
+    /// [`Homeserver::user_memberships`].
+    memberships: Mutex<HashMap<String, (i64, Instant, Arc<Memberships>)>>,
+}
+
+/// A user's memberships and, for joined rooms, where their current stay began (unread counts
+/// start there or at their read receipt).
+struct Memberships {
+    rooms: Vec<UserMembership>,
+    joined_at: HashMap<String, i64>,
 }
 
 impl SlidingSyncState {
@@ -210,8 +225,8 @@ impl Homeserver {
         now: i64,
     ) -> Result<Outcome> {
         let me = requester.user_id.to_string();
-        let u = me.clone();
-        let memberships = self.db(move |s| s.user_memberships(&u)).await?;
+        let user_memberships = self.user_memberships(&me, now).await?;
+        let memberships = &user_memberships.rooms;
         // Rooms the user may list: everything but rooms they left themselves, unless they left
         // since the last response (their leave is the last thing they see of it).
         let listed: Vec<UserMembership> = memberships
@@ -276,8 +291,24 @@ impl Homeserver {
         let mut rooms = Map::new();
         let mut state = previous.clone();
         let mut initial_rooms = HashSet::new();
+        // Rooms already sent with the same config: which have events since. One storage read
+        // per distinct position they are up to (all of them, usually: the request's).
+        let mut to_check: HashMap<i64, Vec<String>> = HashMap::new();
+        for (room, config) in &relevant {
+            if let (Some(_), Some(m), Some(sent)) = (since, by_room.get(room.as_str()), previous.rooms.get(room))
+                && sent.config == *config
+                && !(m.membership == "join" && sent.membership != "join")
+                && sent.up_to < now
+            {
+                to_check.entry(sent.up_to).or_default().push(room.clone());
+            }
+        }
+        let mut with_news = HashSet::new();
+        for (up_to, rooms) in to_check {
+            with_news.extend(self.db(move |s| s.rooms_with_events_between(&rooms, up_to, now)).await?);
+        }
         let rules = self.ruleset(&requester.user_id).await?;
-        let read_positions = if relevant.is_empty() { HashMap::new() } else { self.unread_starts(&me).await? };
+        let mut read_positions: Option<HashMap<String, i64>> = None;
         for (room, config) in &relevant {
             let Some(membership) = by_room.get(room.as_str()) else { continue };
             let sent = previous.rooms.get(room);
@@ -289,18 +320,12 @@ impl Homeserver {
             } else {
                 now
             };
-            if !initial && !config_changed {
-                let up_to = sent.map(|s| s.up_to).unwrap_or_default();
-                let r = vec![room.clone()];
-                let news =
-                    up_to < until && !self.db(move |s| s.rooms_with_events_between(&r, up_to, until)).await?.is_empty();
-                if !news {
-                    state.rooms.insert(
-                        room.clone(),
-                        SentRoom { up_to: now, membership: membership.membership.clone(), config: config.clone() },
-                    );
-                    continue;
-                }
+            if !initial && !config_changed && !with_news.contains(room) {
+                state.rooms.insert(
+                    room.clone(),
+                    SentRoom { up_to: now, membership: membership.membership.clone(), config: config.clone() },
+                );
+                continue;
             }
             let from_bound = if initial { None } else { sent.map(|s| s.up_to) };
             let mut result =
@@ -309,7 +334,12 @@ impl Homeserver {
                 result.insert("is_dm".to_owned(), json!(true));
             }
             if membership.membership == "join" {
-                let read_at = read_positions.get(room).copied().unwrap_or(0);
+                if read_positions.is_none() {
+                    let u = me.clone();
+                    read_positions = Some(self.db(move |s| s.read_positions(&u)).await?.into_iter().collect());
+                }
+                let read = read_positions.as_ref().and_then(|p| p.get(room)).copied().unwrap_or(0);
+                let read_at = read.max(user_memberships.joined_at.get(room).copied().unwrap_or(0));
                 let counts = self.unread_counts(&requester.user_id, &rules, room, now, read_at).await?;
                 result.insert("notification_count".to_owned(), counts["notification_count"].clone());
                 result.insert("highlight_count".to_owned(), counts["highlight_count"].clone());
@@ -350,8 +380,7 @@ impl Homeserver {
     /// event, any other by the user's membership event (they see nothing after it).
     async fn sorted_rooms(&self, listed: &[UserMembership], now: i64) -> Result<Vec<RoomEntry>> {
         let joined: Vec<String> = listed.iter().filter(|m| m.membership == "join").map(|m| m.room_id.clone()).collect();
-        let latest: HashMap<String, i64> =
-            self.db(move |s| s.last_event_positions(&joined, &[], now)).await?.into_iter().collect();
+        let latest = self.latest_activity(&joined, now).await?;
         let mut entries: Vec<RoomEntry> = listed
             .iter()
             .map(|m| RoomEntry {
@@ -366,6 +395,65 @@ impl Homeserver {
         entries
             .sort_by(|a, b| b.activity.cmp(&a.activity).then_with(|| a.membership.room_id.cmp(&b.membership.room_id)));
         Ok(entries)
+    }
+
+    /// The stream position of each room's newest event: read from storage once per room, then
+    /// moved on by the writes this process records ([`crate::sync::SyncCache::written_at`]),
+    /// so sorting a long room list costs no storage read per room.
+    async fn latest_activity(&self, rooms: &[String], now: i64) -> Result<HashMap<String, i64>> {
+        let missing: Vec<String> = {
+            let known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.iter().filter(|r| !known.contains_key(*r)).cloned().collect()
+        };
+        if !missing.is_empty() {
+            let asked = missing.clone();
+            let found: HashMap<String, i64> =
+                self.db(move |s| s.last_event_positions(&asked, &[], now)).await?.into_iter().collect();
+            let mut known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
+            for room in missing {
+                let at = found.get(&room).copied().unwrap_or(0);
+                let entry = known.entry(room).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        }
+        let known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rooms
+            .iter()
+            .map(|r| {
+                let stored = known.get(r).copied().unwrap_or(0);
+                (r.clone(), stored.max(self.sync.cache.written_at(r).unwrap_or(0)))
+            })
+            .collect())
+    }
+
+    /// The user's memberships ([`myelin_storage::RoomStore::user_memberships`]), kept between
+    /// requests while the user's own member events show no change since they were read (a
+    /// cheap index range read instead of the whole list), and re-read at least once a minute
+    /// (a state reset can change a membership without a new member event).
+    async fn user_memberships(&self, me: &str, now: i64) -> Result<Arc<Memberships>> {
+        let cached = self.sliding_sync.memberships.lock().unwrap_or_else(|p| p.into_inner()).get(me).cloned();
+        if let Some((read_at, when, rows)) = cached
+            && when.elapsed() < MEMBERSHIPS_FRESH
+        {
+            let u = me.to_owned();
+            let changed = read_at < now && !self.db(move |s| s.membership_changes(&u, read_at, now)).await?.is_empty();
+            if !changed {
+                return Ok(rows);
+            }
+        }
+        let u = me.to_owned();
+        let rows = Arc::new(
+            self.db(move |s| {
+                Ok(Memberships { rooms: s.user_memberships(&u)?, joined_at: s.join_positions(&u)?.into_iter().collect() })
+            })
+            .await?,
+        );
+        let mut cache = self.sliding_sync.memberships.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CONNECTIONS {
+            cache.clear();
+        }
+        cache.insert(me.to_owned(), (now, Instant::now(), rows.clone()));
+        Ok(rows)
     }
 
     /// Direct-message rooms: those in `m.direct` account data, and invites marked `is_direct`.
