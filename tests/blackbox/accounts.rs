@@ -364,10 +364,30 @@ async fn room_tags_and_bulk_device_deletion() {
     assert_eq!(s.call("DELETE", &format!("{base}/u.work"), Some(&u.token), None).await.0, 200);
     assert_eq!(s.get(&base, Some(&u.token)).await.1, json!({"tags": {"m.favourite": {"order": 0.5}}}));
     assert_eq!(s.put(&format!("{base}/x"), Some(&u.token), json!({"order": "first"})).await.0, 400);
+    // As on Synapse, m.tag may also be written as room account data (matrix-rust-sdk does);
+    // m.fully_read and m.push_rules have their own APIs (405, M_BAD_JSON).
     let (st, _) = s
-        .put(&format!("/_matrix/client/v3/user/@alice:test/rooms/{room}/account_data/m.tag"), Some(&u.token), json!({}))
+        .put(
+            &format!("/_matrix/client/v3/user/@alice:test/rooms/{room}/account_data/m.tag"),
+            Some(&u.token),
+            json!({"tags": {"u.direct": {}}}),
+        )
         .await;
-    assert_eq!(st, 400, "m.tag goes through the tags API");
+    assert_eq!(st, 200);
+    assert_eq!(s.get(&base, Some(&u.token)).await.1, json!({"tags": {"u.direct": {}}}));
+    for kind in ["m.fully_read", "m.push_rules"] {
+        let (st, b) = s
+            .put(
+                &format!("/_matrix/client/v3/user/@alice:test/rooms/{room}/account_data/{kind}"),
+                Some(&u.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!((st, b["errcode"].as_str()), (405, Some("M_BAD_JSON")), "{kind}: {b}");
+        let (st, _) =
+            s.put(&format!("/_matrix/client/v3/user/@alice:test/account_data/{kind}"), Some(&u.token), json!({})).await;
+        assert_eq!(st, 405, "{kind} globally");
+    }
     // POST /delete_devices with UIA.
     let d1 = s.login("alice").await;
     let d2 = s.login("alice").await;

@@ -213,6 +213,15 @@ async fn incremental_responses_send_only_changes_and_wait_for_them() {
     assert_eq!((room["num_live"].as_i64(), room["limited"].as_bool()), (Some(1), Some(false)));
     assert!(room.get("initial").is_none() && room.get("name").is_none(), "unchanged fields are left out: {room}");
     assert_eq!(list_ids(&b, "all")[0], busy, "the busy room moved up");
+    assert_eq!(room["notification_count"], 1, "{room}");
+
+    // Reading it moves the count: the room is sent again with the count alone.
+    let news = room["timeline"][0]["event_id"].as_str().unwrap().to_owned();
+    let (st, _) = s.post(&format!("{V3}/rooms/{busy}/receipt/m.read/{news}"), Some(&alice.token), json!({})).await;
+    assert_eq!(st, 200);
+    let b = ok(&s, &alice, b["pos"].as_str(), 0, request.clone()).await;
+    assert_eq!(b["rooms"][&busy]["notification_count"], 0, "{b}");
+    assert!(b["rooms"][&busy].get("timeline").is_none(), "{b}");
     let pos2 = b["pos"].as_str().unwrap().to_owned();
 
     // A renamed room sends its new name and the changed state.
@@ -331,6 +340,10 @@ async fn nobody_sees_more_than_their_membership_allows() {
     let stripped: Vec<&str> =
         invite["invite_state"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(stripped.contains(&"m.room.name") && stripped.contains(&"m.room.member"), "{invite}");
+    let inviter = invite["invite_state"].as_array().unwrap().iter().any(|e| {
+        e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str() && e["content"]["membership"] == "join"
+    });
+    assert!(inviter, "the inviter's membership comes with the invite (MSC4319): {invite}");
     let pos = b["pos"].as_str().unwrap().to_owned();
     // Joining makes it a room new to the connection, sent whole.
     assert_eq!(s.join(&eve, &private).await.0, 200);

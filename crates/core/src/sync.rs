@@ -652,11 +652,26 @@ impl Homeserver {
             ("m.room.topic", ""),
             ("m.room.member", user),
         ];
-        let ids = keys
+        let mut ids: Vec<String> = keys
             .iter()
             .filter_map(|(t, k)| state.get(&(t.to_string(), k.to_string())))
             .map(|e| e.to_string())
             .collect();
+        // MSC4319, as Synapse: an invite also carries the inviter's membership, so the invitee
+        // can show who invited them.
+        let own = state.get(&("m.room.member".to_owned(), user.to_owned())).map(|e| e.to_string());
+        if let Some(own) = own {
+            let invite = self.client_events(vec![own.clone()]).await?.pop();
+            if let Some(inviter) = invite
+                .filter(|e| e["content"]["membership"] == "invite")
+                .and_then(|e| e["sender"].as_str().map(str::to_owned))
+                .filter(|s| s != user)
+                && let Some(theirs) = state.get(&("m.room.member".to_owned(), inviter))
+            {
+                let at = ids.iter().position(|id| *id == own).unwrap_or(ids.len());
+                ids.insert(at, theirs.to_string());
+            }
+        }
         let events = self.client_events(ids).await?;
         Ok(events
             .into_iter()

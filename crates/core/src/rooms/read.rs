@@ -294,14 +294,25 @@ impl Homeserver {
         let id = event_id.to_owned();
         let pos =
             self.db(move |s| s.stream_of_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found."))?;
-        let half = (limit.min(100) / 2).max(1);
+        // Split as Synapse does: the smaller half before (none for a limit of 1 or 0).
+        let limit = limit.min(100);
+        let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
         let rid = parse_room_id(room_id)?;
         let user = requester.user_id.as_str();
         let reader = self.event_reader(&rid, user).await?;
         let from = format!("t{pos}");
-        let page = |backwards| Pagination { from: Some(&from), to: None, backwards, limit: half, filter: None };
-        let before = self.page_events(user, &rid, reader, page(true)).await?;
-        let after = self.page_events(user, &rid, reader, page(false)).await?;
+        let page = |backwards, limit| Pagination { from: Some(&from), to: None, backwards, limit, filter: None };
+        // Nothing asked for on a side: its token continues from the event itself.
+        let empty =
+            || MessagesPage { chunk: Vec::new(), start: from.clone(), end: Some(from.clone()), state: Vec::new() };
+        let before = match before_limit {
+            0 => empty(),
+            n => self.page_events(user, &rid, reader, page(true, n)).await?,
+        };
+        let after = match after_limit {
+            0 => empty(),
+            n => self.page_events(user, &rid, reader, page(false, n)).await?,
+        };
         // The state the user may read (none for those who may not read the room as a whole).
         let state = self.room_state(requester, room_id).await.unwrap_or_default();
         Ok(json!({

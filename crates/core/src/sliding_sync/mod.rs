@@ -40,6 +40,8 @@ const BUMP_TYPES: &[&str] = &[
 ];
 /// The most heroes a room summary names.
 const MAX_HEROES: usize = 5;
+/// How many events [`RoomReads`] holds before it starts again empty.
+const MAX_KEPT_EVENTS: usize = 200_000;
 /// How long a user's membership list is trusted without reading it whole again.
 const MEMBERSHIPS_FRESH: Duration = Duration::from_secs(60);
 /// How many connections this process remembers before it forgets the least recently used.
@@ -65,6 +67,8 @@ struct SentRoom {
     membership: String,
     /// What it was sent with.
     config: RoomConfig,
+    /// The unread counts it was sent (notifications, highlights): sent again when they move.
+    counts: (u64, u64),
 }
 
 /// A connection's knowledge after one response.
@@ -91,8 +95,32 @@ pub(crate) struct SlidingSyncState {
     latest: Mutex<HashMap<String, i64>>,
     /// User -> (stream position read at, when, their memberships); see
     /// [`Homeserver::user_memberships`].
-    memberships: Mutex<HashMap<String, (i64, Instant, Arc<Memberships>)>>,
+    memberships: Mutex<HashMap<String, KeptMemberships>>,
+    /// Rooms' current state and latest timelines as read for members (see
+    /// [`Homeserver::keep_read`]).
+    reads: Mutex<RoomReads>,
 }
+
+/// What was read of rooms for their members, kept while the room is unchanged; the validity
+/// rule is the sync cache's ([`crate::sync::SyncCache`]): kept at position `built_at`, it holds
+/// while the room's last write is at or before it and none is in flight.
+#[derive(Default)]
+struct RoomReads {
+    rooms: HashMap<String, RoomRead>,
+    /// Events held in all of them (bounded by [`MAX_KEPT_EVENTS`]).
+    events: usize,
+}
+
+struct RoomRead {
+    built_at: i64,
+    state: Option<Arc<Vec<(Value, i64)>>>,
+    /// By timeline limit.
+    timelines: HashMap<usize, Arc<crate::sync::Timeline>>,
+    events: usize,
+}
+
+/// (stream position read at, when, what was read).
+type KeptMemberships = (i64, Instant, Arc<Memberships>);
 
 /// A user's memberships and, for joined rooms, where their current stay began (unread counts
 /// start there or at their read receipt).
@@ -320,20 +348,8 @@ impl Homeserver {
             } else {
                 now
             };
-            if !initial && !config_changed && !with_news.contains(room) {
-                state.rooms.insert(
-                    room.clone(),
-                    SentRoom { up_to: now, membership: membership.membership.clone(), config: config.clone() },
-                );
-                continue;
-            }
-            let from_bound = if initial { None } else { sent.map(|s| s.up_to) };
-            let mut result =
-                self.sliding_room(requester, membership, config, from_bound, since, until, config_changed).await?;
-            if dm_rooms.contains(room) {
-                result.insert("is_dm".to_owned(), json!(true));
-            }
-            if membership.membership == "join" {
+            // Unread counts of a joined room (zero elsewhere), as /sync counts them.
+            let counts = if membership.membership == "join" {
                 if read_positions.is_none() {
                     let u = me.clone();
                     read_positions = Some(self.db(move |s| s.read_positions(&u)).await?.into_iter().collect());
@@ -341,24 +357,38 @@ impl Homeserver {
                 let read = read_positions.as_ref().and_then(|p| p.get(room)).copied().unwrap_or(0);
                 let read_at = read.max(user_memberships.joined_at.get(room).copied().unwrap_or(0));
                 let counts = self.unread_counts(&requester.user_id, &rules, room, now, read_at).await?;
-                result.insert("notification_count".to_owned(), counts["notification_count"].clone());
-                result.insert("highlight_count".to_owned(), counts["highlight_count"].clone());
+                (counts["notification_count"].as_u64().unwrap_or(0), counts["highlight_count"].as_u64().unwrap_or(0))
             } else {
-                result.insert("notification_count".to_owned(), json!(0));
-                result.insert("highlight_count".to_owned(), json!(0));
+                (0, 0)
+            };
+            let sent_room =
+                SentRoom { up_to: now, membership: membership.membership.clone(), config: config.clone(), counts };
+            let mut result = if !initial && !config_changed && !with_news.contains(room) {
+                // Nothing new in the room; its counts may still have moved (a read receipt).
+                state.rooms.insert(room.clone(), sent_room);
+                if sent.is_some_and(|s| s.counts == counts) {
+                    continue;
+                }
+                Map::new()
+            } else {
+                let from_bound = if initial { None } else { sent.map(|s| s.up_to) };
+                state.rooms.insert(room.clone(), sent_room);
+                self.sliding_room(requester, membership, config, from_bound, since, until, config_changed).await?
+            };
+            if dm_rooms.contains(room) {
+                result.insert("is_dm".to_owned(), json!(true));
             }
+            result.insert("notification_count".to_owned(), json!(counts.0));
+            result.insert("highlight_count".to_owned(), json!(counts.1));
             if initial {
                 result.insert("initial".to_owned(), json!(true));
                 initial_rooms.insert(room.clone());
             }
             let has_news = initial
+                || sent.is_some_and(|s| s.counts != counts)
                 || ["name", "avatar", "heroes", "joined_count", "required_state", "timeline", "invite_state"]
                     .iter()
                     .any(|k| result.contains_key(*k));
-            state.rooms.insert(
-                room.clone(),
-                SentRoom { up_to: now, membership: membership.membership.clone(), config: config.clone() },
-            );
             if has_news || since.is_none() {
                 rooms.insert(room.clone(), Value::Object(result));
             }
@@ -444,7 +474,10 @@ impl Homeserver {
         let u = me.to_owned();
         let rows = Arc::new(
             self.db(move |s| {
-                Ok(Memberships { rooms: s.user_memberships(&u)?, joined_at: s.join_positions(&u)?.into_iter().collect() })
+                Ok(Memberships {
+                    rooms: s.user_memberships(&u)?,
+                    joined_at: s.join_positions(&u)?.into_iter().collect(),
+                })
             })
             .await?,
         );
@@ -614,8 +647,7 @@ impl Homeserver {
         let mut timeline_events: Vec<Value> = Vec::new();
         let mut limited = false;
         if config.timeline_limit > 0 {
-            let filter = SyncFilter::timeline_limit(config.timeline_limit);
-            let timeline = self.timeline_events(me, reader, room, from_bound.unwrap_or(0), until, &filter).await?;
+            let timeline = self.latest_timeline(me, reader, room, from_bound, until, config.timeline_limit).await?;
             limited = timeline.json["limited"].as_bool().unwrap_or(false);
             let num_live = match since {
                 Some(s) => timeline.positions.iter().rev().take_while(|p| **p > s).count(),
@@ -656,7 +688,11 @@ impl Homeserver {
 
         // State: all of it that is asked for on a room new to the connection (or asked for
         // differently), else what changed since the connection was up to date.
-        let state_rows = self.state_readable_at(room, joined, until).await?;
+        let state_rows = if joined {
+            self.current_state_rows(room, until).await?
+        } else {
+            Arc::new(self.state_readable_at(room, false, until).await?)
+        };
         let whole = initial || config_changed;
         let changed_rows: Vec<&(Value, i64)> =
             state_rows.iter().filter(|(_, pos)| whole || from_bound.is_some_and(|b| *pos > b)).collect();
@@ -674,7 +710,7 @@ impl Homeserver {
             HashSet::new()
         };
         let mut required = Vec::new();
-        for (event, pos) in &state_rows {
+        for (event, pos) in state_rows.iter() {
             let (kind, key) =
                 (event["type"].as_str().unwrap_or_default(), event["state_key"].as_str().unwrap_or_default());
             let wanted = config.wants_state(kind, key, me) || (kind == "m.room.member" && lazy.contains(key));
@@ -735,6 +771,86 @@ impl Homeserver {
             out.insert("bump_stamp".to_owned(), json!(bump.max(0)));
         }
         Ok(out)
+    }
+
+    /// The room's timeline for the connection: events after `from_bound` up to `until`, at most
+    /// `limit`. A joined room's latest events (a room new to the connection) are kept for the
+    /// next request until the room changes, when every member would see the same ones.
+    async fn latest_timeline(
+        &self,
+        me: &str,
+        reader: Reader,
+        room: &str,
+        from_bound: Option<i64>,
+        until: i64,
+        limit: usize,
+    ) -> Result<Arc<crate::sync::Timeline>> {
+        let shareable = reader == Reader::MEMBER && from_bound.is_none();
+        if shareable && let Some(t) = self.cached_read(room, until, |r| r.timelines.get(&limit).cloned()) {
+            return Ok(t);
+        }
+        let filter = SyncFilter::timeline_limit(limit);
+        let timeline = Arc::new(self.timeline_events(me, reader, room, from_bound.unwrap_or(0), until, &filter).await?);
+        if shareable && timeline.same_for_members {
+            self.keep_read(room, until, |r| {
+                r.timelines.insert(limit, timeline.clone());
+                timeline.positions.len()
+            });
+        }
+        Ok(timeline)
+    }
+
+    /// A joined room's current state as client events with their positions, kept until the
+    /// room changes.
+    async fn current_state_rows(&self, room: &str, now: i64) -> Result<Arc<Vec<(Value, i64)>>> {
+        if let Some(state) = self.cached_read(room, now, |r| r.state.clone()) {
+            return Ok(state);
+        }
+        let state = Arc::new(self.state_readable_at(room, true, now).await?);
+        self.keep_read(room, now, |r| {
+            r.state = Some(state.clone());
+            state.len()
+        });
+        Ok(state)
+    }
+
+    /// Something kept of `room` by [`Homeserver::keep_read`], if the room has not changed since.
+    fn cached_read<T>(&self, room: &str, now: i64, pick: impl FnOnce(&RoomRead) -> Option<T>) -> Option<T> {
+        let changed = self.sync.cache.changed_at(room);
+        let reads = self.sliding_sync.reads.lock().unwrap_or_else(|p| p.into_inner());
+        let read = reads.rooms.get(room)?;
+        if changed <= read.built_at && read.built_at <= now { pick(read) } else { None }
+    }
+
+    /// Keeps something read of `room` at stream position `built_at` (`add` stores it and says
+    /// how many events it holds), unless the room changed since.
+    fn keep_read(&self, room: &str, built_at: i64, add: impl FnOnce(&mut RoomRead) -> usize) {
+        if self.sync.cache.changed_at(room) > built_at {
+            return; // written while it was read
+        }
+        let mut reads = self.sliding_sync.reads.lock().unwrap_or_else(|p| p.into_inner());
+        if reads.events > MAX_KEPT_EVENTS {
+            reads.rooms.clear();
+            reads.events = 0;
+        }
+        let stale = reads.rooms.get(room).map(|r| (r.built_at, r.events));
+        match stale {
+            Some((at, _)) if at > built_at => return, // a newer read is kept
+            Some((at, events)) if at < built_at => {
+                reads.events -= events;
+                reads.rooms.remove(room);
+            }
+            _ => {}
+        }
+        let read = reads.rooms.entry(room.to_owned()).or_insert_with(|| RoomRead {
+            built_at,
+            state: None,
+            timelines: HashMap::new(),
+            events: 0,
+        });
+        let added = add(read);
+        read.events += added;
+        reads.events += added;
     }
 
     /// The room state the user may read (now for a member, at their leave or ban otherwise),

@@ -34,8 +34,7 @@ impl Homeserver {
                 tags.remove(tag);
             }
         }
-        // Tags are room account data; `set_account_data` refuses m.tag from clients, so write
-        // through storage directly.
+        // Tags are room account data (`m.tag`), written straight to storage.
         let (u, r, content) = (user_id.to_owned(), room_id.to_owned(), json!({"tags": tags}));
         let pos = self.db(move |s| s.set_account_data(&u, &r, "m.tag", &content)).await?;
         self.advance_stream(pos);
@@ -57,8 +56,15 @@ impl Homeserver {
         if let Some(r) = room_id {
             ruma::RoomId::parse(r).map_err(|_| Error::invalid_param(format!("Invalid room ID: {r}")))?;
         }
-        if kind == "m.fully_read" || kind == "m.push_rules" || kind == "m.tag" {
-            return Err(Error::new(ErrorKind::BadJson, format!("Cannot set {kind} through this API.")));
+        // As Synapse: these two have their own APIs (405, M_BAD_JSON); m.tag may be set here.
+        let own_api = match kind {
+            "m.fully_read" => Some("Use /rooms/!roomId:server.name/read_markers"),
+            "m.push_rules" => Some("Use /pushrules"),
+            _ => None,
+        };
+        if let Some(instead) = own_api {
+            let kind405 = ErrorKind::Module { status: 405, errcode: "M_BAD_JSON".to_owned() };
+            return Err(Error::new(kind405, format!("Cannot set {kind} through this API. {instead}")));
         }
         let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());
         let written = content.clone();
