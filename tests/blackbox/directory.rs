@@ -332,3 +332,40 @@ async fn case_41_43_check_username_for_spam_filters_after_the_limit() {
         json!([{"user_id": "@user1:test", "display_name": "user1", "avatar_url": null}, "@alice:test"])
     );
 }
+
+/// MSC3266 room summaries: what may be known of a room before joining it, and only that.
+#[tokio::test]
+async fn room_summaries_show_open_rooms_and_hide_the_rest() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let public = s
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "name": "Plaza", "topic": "all welcome", "room_alias_name": "plaza"}),
+        )
+        .await;
+    let private = s.create_room(&alice, json!({"preset": "private_chat", "name": "Secret plans"})).await;
+    for path in ["/_matrix/client/v1/room_summary", "/_matrix/client/unstable/im.nheko.summary/summary"] {
+        let (st, b) = s.get(&format!("{path}/{public}"), Some(&bob.token)).await;
+        assert_eq!(st, 200, "{b}");
+        assert_eq!((b["room_id"].as_str(), b["name"].as_str()), (Some(public.as_str()), Some("Plaza")));
+        assert_eq!((b["topic"].as_str(), b["join_rule"].as_str()), (Some("all welcome"), Some("public")));
+        assert_eq!((b["num_joined_members"].as_i64(), b["membership"].as_str()), (Some(1), Some("leave")));
+        assert_eq!(b["room_version"], "12", "{b}");
+        assert_eq!(b["canonical_alias"], "#plaza:test");
+        // By alias, and without an access token (no membership then).
+        let (st, b) = s.get(&format!("{path}/%23plaza:test"), None).await;
+        assert_eq!((st, b["room_id"].as_str()), (200, Some(public.as_str())), "{b}");
+        assert!(b.get("membership").is_none());
+        // A private room is unknown to strangers, known to its invitees.
+        let (st, b) = s.get(&format!("{path}/{private}"), Some(&bob.token)).await;
+        assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+        assert!(b.to_string().find("Secret").is_none());
+        let (st, _) = s.get(&format!("{path}/!nowhere:test"), Some(&bob.token)).await;
+        assert_eq!(st, 404);
+    }
+    assert_eq!(s.invite(&alice, &private, &bob.user_id).await.0, 200);
+    let (st, b) = s.get(&format!("/_matrix/client/v1/room_summary/{private}"), Some(&bob.token)).await;
+    assert_eq!((st, b["membership"].as_str(), b["name"].as_str()), (200, Some("invite"), Some("Secret plans")), "{b}");
+}

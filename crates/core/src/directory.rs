@@ -290,6 +290,58 @@ impl Homeserver {
             .is_some_and(|r| r.allow)
     }
 
+    /// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266, and its unstable
+    /// `im.nheko.summary` paths): what someone may know of a room before joining it, if they may
+    /// know it at all (a public, knockable or world-readable room, or one they are in or invited
+    /// to); any other room is 404, as an unknown one is. Only rooms this server is in.
+    pub async fn room_summary_for(&self, requester: Option<&Requester>, room: &str) -> Result<Value> {
+        let hidden = || Error::not_found("Room not found or is not accessible");
+        let room_id = if room.starts_with('#') {
+            self.resolve_alias(room).await.map_err(|_| hidden())?.0
+        } else {
+            room.to_owned()
+        };
+        let rid = parse_room(&room_id).map_err(|_| hidden())?;
+        let Some(state) = self.current_state_shared(&rid).await? else { return Err(hidden()) };
+        let membership = match requester {
+            Some(r) => self.membership_of(&rid, r.user_id.as_str()).await?,
+            None => None,
+        };
+        let content = |kind: &'static str| {
+            let key = (kind.to_owned(), String::new());
+            let id = state.get(&key).map(|id| id.to_string());
+            async move {
+                match id {
+                    Some(id) => Ok::<_, Error>(
+                        self.load_events(vec![id]).await?.values().next().map(|p| p.content_map()).unwrap_or_default(),
+                    ),
+                    None => Ok(Map::new()),
+                }
+            }
+        };
+        let join_rule = content("m.room.join_rules").await?.get("join_rule").and_then(Value::as_str).map(str::to_owned);
+        let world_readable =
+            content("m.room.history_visibility").await?.get("history_visibility").and_then(Value::as_str)
+                == Some("world_readable");
+        let open = matches!(join_rule.as_deref(), Some("public" | "knock" | "knock_restricted"));
+        let member = matches!(membership.as_deref(), Some("join" | "invite"));
+        if !open && !world_readable && !member {
+            return Err(hidden());
+        }
+        let joined = self.joined_member_ids(&room_id).await?.len() as i64;
+        let mut out = self.room_summary(&room_id, joined).await?;
+        let version =
+            content("m.room.create").await?.get("room_version").and_then(Value::as_str).unwrap_or("1").to_owned();
+        out["room_version"] = json!(version);
+        if let Some(algorithm) = content("m.room.encryption").await?.get("algorithm").and_then(Value::as_str) {
+            out["encryption"] = json!(algorithm);
+        }
+        if requester.is_some() {
+            out["membership"] = json!(membership.unwrap_or_else(|| "leave".to_owned()));
+        }
+        Ok(out)
+    }
+
     /// The summary of one room for `/publicRooms`.
     async fn room_summary(&self, room_id: &str, joined: i64) -> Result<Value> {
         let room = parse_room(room_id)?;

@@ -53,8 +53,16 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
         .nest("/_matrix/client/v1", rooms::v1_routes())
         .nest("/_matrix/client/unstable", sync::sliding_sync_routes())
+        .route("/_matrix/client/v1/room_summary/{room}", get(room_summary))
+        .route("/_matrix/client/unstable/im.nheko.summary/summary/{room}", get(room_summary))
+        .route("/_matrix/client/unstable/im.nheko.summary/rooms/{room}/summary", get(room_summary))
         .nest("/_matrix/client/v3", api.clone())
         .nest("/_matrix/client/r0", api)
+}
+
+/// MSC3266 room summary (stable and unstable paths, as Synapse serves them).
+async fn room_summary(State(hs): State<AppState>, OptionalAuth(me): OptionalAuth, Path(room): Path<String>) -> Answer {
+    Ok(axum::Json(hs.room_summary_for(me.as_ref(), &room).await?))
 }
 
 async fn versions() -> Json {
