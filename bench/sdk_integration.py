@@ -18,6 +18,7 @@ import run  # noqa: E402  (bench/run.py: the two servers' configs)
 
 SRC = Path(sys.argv[1])
 PORT = 28228
+DEADLINE = 600
 
 
 def wait_ready(proc, name):
@@ -51,10 +52,16 @@ def run_suite(name):
         wait_ready(proc, name)
         if name == "synapse":
             run.wait_background_updates(d)
-        out = subprocess.run(
-            ["cargo", "test", "-p", "matrix-sdk-integration-testing", "--", "--test-threads=2"],
-            cwd=SRC, capture_output=True, text=True)
-        text = out.stdout + out.stderr
+        # A test that hangs (waiting for a sync that never comes) would hold the run forever:
+        # after the deadline the run is stopped, and every test without a result counts as failed.
+        try:
+            out = subprocess.run(
+                ["cargo", "test", "-p", "matrix-sdk-integration-testing", "--", "--test-threads=2"],
+                cwd=SRC, capture_output=True, text=True, timeout=DEADLINE)
+            text = out.stdout + out.stderr
+        except subprocess.TimeoutExpired as e:
+            text = (e.stdout or b"").decode() + (e.stderr or b"").decode() + "\n(stopped at the deadline)\n"
+            subprocess.run(["pkill", "-f", "matrix_sdk_integration_testing-"])
         (run.WORK / f"sdk-{name}-output.txt").write_text(text)
     finally:
         proc.terminate()
@@ -74,6 +81,9 @@ def main():
             text = (run.WORK / f"sdk-{name}-output.txt").read_text()
             results[name] = dict(re.findall(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", text, re.M))
     names = sorted(set(results["myelin"]) | set(results["synapse"]))
+    for r in results.values():
+        for t in names:
+            r.setdefault(t, "no result")
     count = {n: sum(1 for v in r.values() if v == "ok") for n, r in results.items()}
     total = len(names)
     out = (f"matrix-rust-sdk integration suite ({SRC.name}), {total} tests, same machine, same run:\n\n"
