@@ -267,13 +267,20 @@ impl Server {
 
     /// As [`Server::start_in_env`], with extra environment variables.
     pub async fn start_in_with_env(dir: tempfile::TempDir, with_python_env: bool, env: &[(&str, &str)]) -> Server {
-        Self::start_process(dir, with_python_env, env, &[]).await
+        Self::start_process(dir, with_python_env, env, &[], None).await
+    }
+
+    /// Starts with `extra` YAML and an open-files limit (soft and hard) of `limit`.
+    pub async fn start_with_open_files_limit(extra: &str, limit: u64) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("homeserver.yaml"), base_config(extra)).unwrap();
+        Self::start_process(dir, true, &[], &[], Some(limit)).await
     }
 
     /// Starts on `dir`'s homeserver.yaml plus more config files read after it (`-c` again, as
     /// a worker process is started: `-c homeserver.yaml -c worker.yaml`).
     pub async fn start_in_with_configs(dir: tempfile::TempDir, more_configs: &[PathBuf]) -> Server {
-        Self::start_process(dir, true, &[], more_configs).await
+        Self::start_process(dir, true, &[], more_configs, None).await
     }
 
     async fn start_process(
@@ -281,8 +288,22 @@ impl Server {
         with_python_env: bool,
         env: &[(&str, &str)],
         more_configs: &[PathBuf],
+        open_files_limit: Option<u64>,
     ) -> Server {
         let mut cmd = Command::new(BIN);
+        if let Some(limit) = open_files_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit runs between fork and exec (async-signal-safe).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.envs(env.iter().copied());
         if with_python_env {
             python_env(&mut cmd);

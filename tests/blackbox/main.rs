@@ -23,6 +23,7 @@ mod published_modules; // modules from PyPI doing what their READMEs say
 mod push; // push rules, unread counts, pushers, notifications, start-up endpoints
 mod python_modules; // Synapse's Python modules on the embedded interpreter
 mod relations; // /relations, /threads, /timestamp_to_event, bundled aggregations
+mod reliability; // bad input, failed requests, hostile connections, clean stops
 mod room_versions; // every supported room version; version 12's room IDs and creators
 mod rooms; // rooms, membership, messages, the graph
 mod search; // POST /search

@@ -200,6 +200,9 @@ pub struct Config {
     pub media_store_path: PathBuf,
     /// Largest accepted request body or upload, in bytes.
     pub max_upload_size: u64,
+    /// How long a connection may take to send a request's headers, the wait on an idle
+    /// kept-alive connection included (`request_header_timeout`, Myelin's own; 60 s as nginx).
+    pub request_header_timeout: std::time::Duration,
     /// Open registration.
     pub enable_registration: bool,
     /// Registration needs an `m.login.registration_token` stage.
@@ -321,6 +324,7 @@ const KNOWN_KEYS: &[&str] = &[
     "signing_key_path",
     "media_store_path",
     "max_upload_size",
+    "request_header_timeout",
     "enable_registration",
     "enable_registration_without_verification",
     "registration_shared_secret",
@@ -453,8 +457,9 @@ fn parse_instance(
 /// The `database:` section: which backend, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
-    /// `name: sqlite3`: the embedded database in this file.
-    Sqlite(PathBuf),
+    /// `name: sqlite3`: the embedded database (`args: {database: <file>, synchronous:
+    /// full|normal}`; `synchronous` is Myelin's own key, see docs/reliability.md).
+    Sqlite(myelin_storage::sqlite::SqliteOptions),
     /// `name: psycopg2`: PostgreSQL, with Synapse's connection arguments.
     Postgres(myelin_storage::pg::PgOptions),
 }
@@ -462,9 +467,13 @@ pub enum Database {
 /// Synapse's `database:` section. `args` are psycopg2's connection keywords plus Synapse's
 /// pool sizes (`cp_min`, `cp_max`) and `allow_unsafe_locale`; keys psycopg2 accepts that
 /// Myelin does not use (`keepalives_idle`, ...) are ignored, as they tune libpq only.
+fn sqlite_options(path: PathBuf) -> myelin_storage::sqlite::SqliteOptions {
+    myelin_storage::sqlite::SqliteOptions { path, synchronous: Default::default() }
+}
+
 fn parse_database(value: Option<&Value>, resolve: &dyn Fn(String) -> PathBuf) -> Result<Database, ConfigError> {
     let db = match value {
-        None | Some(Value::Null) => return Ok(Database::Sqlite(resolve("homeserver.db".into()))),
+        None | Some(Value::Null) => return Ok(Database::Sqlite(sqlite_options(resolve("homeserver.db".into())))),
         Some(Value::Object(db)) => db,
         Some(_) => return Err(ConfigError::at(&["database".into()], "expected a mapping")),
     };
@@ -478,7 +487,20 @@ fn parse_database(value: Option<&Value>, resolve: &dyn Fn(String) -> PathBuf) ->
     };
     let aw = Walker { path: vec!["database".into(), "args".into()], root: args };
     match name.as_str() {
-        "sqlite3" => Ok(Database::Sqlite(resolve(aw.string("database")?.unwrap_or_else(|| "homeserver.db".into())))),
+        "sqlite3" => {
+            let mut options = sqlite_options(resolve(aw.string("database")?.unwrap_or_else(|| "homeserver.db".into())));
+            options.synchronous = match aw.string("synchronous")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("full") => myelin_storage::sqlite::Synchronous::Full,
+                Some("normal") => myelin_storage::sqlite::Synchronous::Normal,
+                Some(other) => {
+                    return Err(aw.err(
+                        "synchronous",
+                        format!("'{other}' is not a setting Myelin offers: 'full' (the default) or 'normal'"),
+                    ));
+                }
+            };
+            Ok(Database::Sqlite(options))
+        }
         "psycopg2" => {
             let count = |key: &str, default: usize| -> Result<usize, ConfigError> {
                 match args.get(key) {
@@ -561,6 +583,33 @@ fn parse_size(value: &Value) -> Option<u64> {
         }
         _ => None,
     }
+}
+
+/// Parses a duration as Synapse does: a number of milliseconds, or a string with a unit
+/// (`"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, `"1w"`, `"1y"`; a bare number string is ms).
+fn parse_duration(value: &Value) -> Option<std::time::Duration> {
+    let ms = match value {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (digits, unit) = s.split_at(split);
+            let n: u64 = digits.parse().ok()?;
+            let unit_ms = match unit.trim() {
+                "" | "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                "w" => 7 * 86_400_000,
+                "y" => 365 * 86_400_000,
+                _ => return None,
+            };
+            n.checked_mul(unit_ms)?
+        }
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
 }
 
 impl Config {
@@ -650,6 +699,12 @@ impl Config {
         let max_upload_size = match root.get("max_upload_size") {
             None | Some(Value::Null) => 50 * 1024 * 1024,
             Some(v) => parse_size(v).ok_or_else(|| w.err("max_upload_size", "expected a size such as 50M"))?,
+        };
+        let request_header_timeout = match root.get("request_header_timeout") {
+            None | Some(Value::Null) => std::time::Duration::from_secs(60),
+            Some(v) => parse_duration(v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| w.err("request_header_timeout", "expected a duration such as 60s"))?,
         };
         let enable_registration = w.boolean("enable_registration", false)?;
         let without_verification = w.boolean("enable_registration_without_verification", false)?;
@@ -829,6 +884,7 @@ impl Config {
             signing_key_path,
             media_store_path,
             max_upload_size,
+            request_header_timeout,
             enable_registration,
             registration_requires_token,
             allow_guest_access: w.boolean("allow_guest_access", false)?,
@@ -1115,11 +1171,24 @@ mod database_tests {
 
     #[test]
     fn sqlite_is_the_default_and_paths_are_relative_to_the_config() {
-        assert_eq!(parse_db("").unwrap(), Database::Sqlite("/srv/myelin/homeserver.db".into()));
+        assert_eq!(parse_db("").unwrap(), Database::Sqlite(sqlite_options("/srv/myelin/homeserver.db".into())));
         assert_eq!(
             parse_db("database: {name: sqlite3, args: {database: data/x.db}}").unwrap(),
-            Database::Sqlite("/srv/myelin/data/x.db".into())
+            Database::Sqlite(sqlite_options("/srv/myelin/data/x.db".into()))
         );
+    }
+
+    #[test]
+    fn sqlite_is_durable_unless_told_otherwise() {
+        use myelin_storage::sqlite::Synchronous;
+        let synchronous = |yaml: &str| match parse_db(yaml).unwrap() {
+            Database::Sqlite(options) => options.synchronous,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(synchronous(""), Synchronous::Full);
+        assert_eq!(synchronous("database: {name: sqlite3, args: {synchronous: full}}"), Synchronous::Full);
+        assert_eq!(synchronous("database: {name: sqlite3, args: {synchronous: NORMAL}}"), Synchronous::Normal);
+        assert!(error("database: {name: sqlite3, args: {synchronous: off}}").contains("'off' is not a setting"));
     }
 
     #[test]

@@ -71,15 +71,8 @@ impl SigningKey {
         let version: String =
             rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(6).map(char::from).collect();
         let line = format!("ed25519 a_{version} {}\n", base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::io::Write::write_all(&mut file, line.as_bytes()).map_err(|e| e.to_string())
+        // Whole or absent after a crash: an empty key file would stop every later start.
+        crate::durable::create_new_file(path, line.as_bytes(), 0o600).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod appservice;
 mod bus;
 pub mod config;
 mod directory;
+mod durable;
 mod ephemeral;
 mod error;
 pub mod events;

@@ -161,10 +161,14 @@ impl Homeserver {
             return Err(e);
         }
         let dest = self.media_path(&media_id);
-        if let Some(dir) = dest.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(Error::internal)?;
-        }
-        tokio::fs::rename(&tmp, &dest).await.map_err(Error::internal)?;
+        // The file is synced (`write_limited`); its new name must be too before the MXC URI is
+        // handed out.
+        let root = self.config.media_store_path.clone();
+        let (from, to) = (tmp.clone(), dest.clone());
+        tokio::task::spawn_blocking(move || crate::durable::rename_into(&from, &to, &root))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::internal)?;
         let row = MediaRow {
             media_id: media_id.clone(),
             user_id: requester.user_id.to_string(),

@@ -333,7 +333,7 @@ impl Homeserver {
                 return Ok(());
             }
             Some(Value::String(k)) if k == "http" => {
-                let url = body["data"]["url"].as_str().ok_or_else(|| {
+                let url = body.get("data").and_then(|d| d.get("url")).and_then(Value::as_str).ok_or_else(|| {
                     Error::new(ErrorKind::MissingParam, "'url' is required in data for an http pusher")
                 })?;
                 if !(url.starts_with("https://") || url.starts_with("http://")) {

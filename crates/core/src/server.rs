@@ -170,6 +170,12 @@ impl Homeserver {
         self.sync.stopping.send_replace(true);
     }
 
+    /// The last step of a clean stop, after the last request: the store tidies up (SQLite
+    /// truncates its WAL).
+    pub async fn close_storage(&self) -> Result<()> {
+        self.db(|s| s.shutdown()).await
+    }
+
     /// The public signing key, as `(key_id, base64)`.
     pub fn verify_key(&self) -> (&str, &str) {
         (&self.key.key_id, &self.key.public_key_base64)

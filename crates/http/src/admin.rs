@@ -194,7 +194,7 @@ async fn deactivate(
 ) -> Answer {
     // The body may be empty (Synapse); `erase` is accepted (Myelin keeps no erasure flag yet).
     if !body.is_empty() {
-        match serde_json::from_slice::<Value>(&body) {
+        match crate::extract::parse_json(&body) {
             Ok(Value::Object(b)) if b.get("erase").is_none_or(Value::is_boolean) => {}
             Ok(Value::Object(_)) => {
                 return Err(MatrixError::new(myelin_core::ErrorKind::InvalidParam, "Param 'erase' must be a boolean"));

@@ -21,8 +21,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req.into_body(), state.config.max_upload_size as usize).await?;
-        let value: Value = serde_json::from_slice(if bytes.is_empty() { b"{}" } else { &bytes })
-            .map_err(|_| MatrixError::new(ErrorKind::NotJson, "Content not JSON."))?;
+        let value = parse_json(if bytes.is_empty() { b"{}" } else { &bytes })?;
         if !value.is_object() {
             return Err(MatrixError::new(ErrorKind::NotJson, "Content must be a JSON object."));
         }
@@ -32,29 +31,108 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// How deeply a request's JSON may nest. Deeper is 400 `M_BAD_JSON` at any depth (serde's
+/// own limit, 128, would otherwise let a body through that fails again, with a 500, once it is
+/// wrapped in an event).
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// How many JSON values (counted by their separators) a request body may hold: each costs a
+/// parsed `Value` of 32 bytes and more, so a body of small values (`[0,0,0,...]`) would
+/// otherwise take many times its own size in memory.
+pub const MAX_JSON_VALUES: usize = 1_000_000;
+
+/// Parses a request body as JSON, refusing (before allocating anything) nesting deeper than
+/// [`MAX_JSON_DEPTH`] and more than [`MAX_JSON_VALUES`] values with 400 `M_BAD_JSON`; not JSON
+/// is 400 `M_NOT_JSON`.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, MatrixError> {
+    let (mut depth, mut values, mut in_string, mut escaped) = (0usize, 1usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                values += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(MatrixError::new(
+                        ErrorKind::BadJson,
+                        format!("Content nests deeper than {MAX_JSON_DEPTH} levels"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => {
+                values += 1;
+                if values > MAX_JSON_VALUES {
+                    return Err(MatrixError::new(
+                        ErrorKind::BadJson,
+                        format!("Content holds more than {MAX_JSON_VALUES} JSON values"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|_| MatrixError::new(ErrorKind::NotJson, "Content not JSON."))
+}
+
 /// How much of an oversized body is read and thrown away before answering 413, and for how
 /// long. Answering while the client is still sending makes the kernel reset the connection, and
 /// the client then sees the reset instead of the 413 (nginx's "lingering close" does the same).
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reads a body of at most `limit` bytes; a longer one is drained, then refused with 413.
+/// A body's time budget: this, plus its length at [`SLOWEST_BODY_RATE`].
+const BODY_TIME_BASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The slowest transfer a body's budget allows for, in bytes per second (a poor mobile link).
+const SLOWEST_BODY_RATE: u64 = 8 * 1024;
+
+/// How long a body of `length` bytes may take to arrive.
+fn body_time_budget(length: u64) -> std::time::Duration {
+    BODY_TIME_BASE + std::time::Duration::from_secs(length / SLOWEST_BODY_RATE)
+}
+
+/// Reads a body of at most `limit` bytes; a longer one is drained, then refused with 413. A
+/// body gets time in proportion to its length (`Content-Length`, else `limit`); one that takes
+/// longer is refused with 408 rather than cut and parsed half-read.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, MatrixError> {
+    use axum::body::HttpBody as _;
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
     let mut too_large = false;
     let mut seen = 0usize;
-    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let expected = body.size_hint().exact().unwrap_or(limit as u64).min(limit as u64);
+    let mut deadline = tokio::time::Instant::now() + body_time_budget(expected);
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) => return Err(MatrixError::new(ErrorKind::NotJson, "Could not read the request body")),
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) if too_large => break,
+            Err(_) => {
+                return Err(MatrixError::new(
+                    ErrorKind::Module { status: 408, errcode: "M_UNKNOWN".into() },
+                    "The request body did not arrive in time",
+                ));
+            }
         };
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen > limit {
+                if !too_large {
+                    // What is left is only drained, briefly.
+                    deadline = deadline.min(tokio::time::Instant::now() + DRAIN_TIME);
+                }
                 too_large = true;
                 buf.clear();
                 if seen > DRAIN_LIMIT {

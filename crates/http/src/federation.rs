@@ -74,14 +74,7 @@ impl FromRequest<AppState> for Signed {
     async fn from_request(request: Request, hs: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
         let bytes = crate::extract::read_body(body, hs.config.max_upload_size as usize).await?;
-        let content = if bytes.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::from_slice::<Value>(&bytes)
-                    .map_err(|_| MatrixError::new(ErrorKind::NotJson, "Content not JSON."))?,
-            )
-        };
+        let content = if bytes.is_empty() { None } else { Some(crate::extract::parse_json(&bytes)?) };
         let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or_else(|| parts.uri.path());
         let origin = hs.authenticate_request(authorization, parts.method.as_str(), uri, content.as_ref()).await?;

@@ -27,6 +27,9 @@ mod federation;
 mod keys;
 mod media;
 mod push;
+mod serve;
+
+pub use serve::{Connections, serve, serve_tls};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +94,7 @@ pub fn router(hs: AppState, listener: &myelin_core::config::Listener) -> Router 
         .layer(DefaultBodyLimit::max(limit))
         .layer(cors)
         .layer(middleware::from_fn_with_state(hs.clone(), module_resources))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn(request_log));
     if listener.x_forwarded {
         app = app.layer(middleware::from_fn(forwarded_client_address));
@@ -166,6 +170,15 @@ async fn module_resources(State(hs): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// A handler that panics answers 500 `M_UNKNOWN` (and is logged); the connection and the
+/// server carry on. Without this, hyper drops the connection with no answer at all.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(request))).await {
+        Ok(response) => response,
+        Err(_) => error::MatrixError(myelin_core::Error::internal("the request's handler panicked")).into_response(),
+    }
+}
+
 /// Each request runs in a `request` span (ID, method, path, then the route template, user and
 /// device, or the origin server, once known), echoes its ID in `X-Request-Id`, and ends with one log line (status,
 /// duration). The path is logged, never the query, which may hold a token.
@@ -211,17 +224,6 @@ async fn record_route(route: axum::extract::MatchedPath, request: Request, next:
     next.run(request).await
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// The TLS configuration a listener with `tls: true` serves: the PEM chain and key of
 /// `tls_certificate_path` and `tls_private_key_path`.
 pub fn tls_acceptor(certificate: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
@@ -242,49 +244,4 @@ pub fn tls_acceptor(certificate: &std::path::Path, key: &std::path::Path) -> Res
         .with_single_cert(chain, key)
         .map_err(|e| format!("{}: {e}", certificate.display()))?;
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
-}
-
-/// [`serve`] over TLS: each accepted connection is handshaken, then served over HTTP/1.1.
-/// A failed handshake closes only that connection. On shutdown no new connection is accepted
-/// and in-flight ones are given ten seconds to finish.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    let mut shutdown = std::pin::pin!(shutdown);
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        connections.spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                let mut app = app.clone();
-                async move { tower::Service::call(&mut app, request.map(Body::new)).await }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-        });
-    }
-    connections.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
-    Ok(())
 }

@@ -177,6 +177,49 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build().expect("tokio runtime")
 }
 
+/// File descriptors kept back from HTTP connections: the database, its WAL, media files,
+/// outbound federation and push connections, logs.
+const RESERVED_FILE_DESCRIPTORS: u64 = 256;
+
+/// Below this many file descriptors an admin is told to raise the limit.
+const LOW_FILE_DESCRIPTOR_LIMIT: u64 = 4096;
+
+/// Raises the soft open-files limit to the hard one (as Synapse does at start-up) and says how
+/// many HTTP connections the process can then serve at once.
+fn connection_capacity() -> usize {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+        let soft = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                if limit.rlim_cur < limit.rlim_max {
+                    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                        limit.rlim_cur = limit.rlim_max;
+                    }
+                }
+                limit.rlim_cur
+            } else {
+                1024
+            }
+        };
+        if soft < LOW_FILE_DESCRIPTOR_LIMIT {
+            tracing::warn!(
+                limit = soft,
+                "the open-files limit (ulimit -n) is low: at most {} connections will be served at once; \
+                 raise it (e.g. LimitNOFILE=65536 for systemd)",
+                soft.saturating_sub(RESERVED_FILE_DESCRIPTORS).max(16)
+            );
+        }
+        soft.saturating_sub(RESERVED_FILE_DESCRIPTORS).clamp(16, 1 << 20) as usize
+    }
+    #[cfg(not(unix))]
+    {
+        10_000
+    }
+}
+
 fn write_new_config(path: &Path, server_name: &str, data_dir: &str) -> Result<(), String> {
     if path.exists() {
         return Err(format!("{} already exists; not overwriting it", path.display()));
@@ -237,8 +280,8 @@ fn init_logging(level: &str, settings: &myelin_core::log_config::LogSettings) ->
 
 fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
     let store: Arc<dyn Storage> = match &config.database {
-        Database::Sqlite(path) => {
-            Arc::new(SqliteStore::open(path).map_err(|e| format!("Could not open the database: {e}"))?)
+        Database::Sqlite(options) => {
+            Arc::new(SqliteStore::open_with(options).map_err(|e| format!("Could not open the database: {e}"))?)
         }
         Database::Postgres(options) => {
             Arc::new(PostgresStore::open(options).map_err(|e| format!("Could not open the database: {e}"))?)
@@ -334,6 +377,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
         eprintln!("Error during startup:\nCould not write the pid_file {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
+    let connections = myelin_http::Connections::new(connection_capacity(), hs.config.request_header_timeout);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
     for (listener, spec, is_tls) in bound {
@@ -348,10 +392,14 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
             let _ = stop.recv().await;
         };
         match (&tls, is_tls) {
-            (Some(acceptor), true) => {
-                tasks.push(tokio::spawn(myelin_http::serve_tls(listener, acceptor.clone(), app, stopped)))
-            }
-            _ => tasks.push(tokio::spawn(myelin_http::serve(listener, app, stopped))),
+            (Some(acceptor), true) => tasks.push(tokio::spawn(myelin_http::serve_tls(
+                listener,
+                acceptor.clone(),
+                app,
+                connections.clone(),
+                stopped,
+            ))),
+            _ => tasks.push(tokio::spawn(myelin_http::serve(listener, app, connections.clone(), stopped))),
         }
     }
     shutdown_signal().await;
@@ -360,6 +408,10 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     let _ = stop_tx.send(());
     for t in tasks {
         let _ = t.await;
+    }
+    // The database last: a clean stop leaves no WAL to replay.
+    if let Err(e) = hs.close_storage().await {
+        tracing::warn!(error = %e, "the database did not close cleanly");
     }
     if let Some(path) = &hs.config.pid_file {
         let _ = std::fs::remove_file(path);

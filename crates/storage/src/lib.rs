@@ -939,6 +939,12 @@ pub trait StorageInfo {
         Ok(false)
     }
 
+    /// A clean stop: whatever the backend should leave tidy (SQLite moves the whole WAL into
+    /// the database file and truncates it). Called once, after the last request.
+    fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Marks this process as the live instance `name` for as long as it runs (a lock the
     /// database drops when the process's connection ends); an error if a live process already
     /// has that name. Nothing for a one-process backend.

@@ -15,10 +15,7 @@ impl Homeserver {
         is_public: bool,
         visibility: Option<&str>,
     ) -> Result<OwnedRoomId> {
-        if !rules.authorization.use_room_create_sender {
-            content.insert("creator".into(), json!(creator));
-        }
-        content.insert("room_version".into(), json!(version));
+        complete_create_content(&mut content, version, rules, creator);
         // Room version 12 names the room after its create event, whose only entropy is its
         // timestamp: a user making rooms with the same content in the same millisecond would
         // name the same room. So no two create events made here share a millisecond, and a
@@ -158,18 +155,6 @@ impl Homeserver {
             creators.dedup();
             create_content.insert("additional_creators".into(), json!(creators));
         }
-        // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
-        let room_id = self
-            .found_room(&version, &rules, creator, create_content, visibility == "public", Some(visibility))
-            .await?;
-
-        let send = |kind: &'static str, key: Option<String>, content: Value| {
-            let room_id = room_id.clone();
-            async move {
-                let Value::Object(content) = content else { return Err(Error::bad_json("content must be an object")) };
-                self.append_event(&room_id, creator, kind, key.as_deref(), content, AppendOptions::default()).await
-            }
-        };
         let (displayname, avatar_url) = self.profile_of(creator.as_str()).await?;
         let mut join = json!({"membership": "join"});
         if let Some(d) = displayname {
@@ -178,7 +163,7 @@ impl Homeserver {
         if let Some(a) = avatar_url {
             join["avatar_url"] = json!(a);
         }
-        send("m.room.member", Some(creator.to_string()), join).await?;
+        let mut initial = vec![state_event("m.room.member", creator.as_str(), join)?];
 
         // From room version 12 creators have unlimited power and may not be listed.
         let creators_privileged = rules.authorization.explicitly_privilege_room_creators;
@@ -217,31 +202,41 @@ impl Homeserver {
                 power[k] = v.clone();
             }
         }
-        send("m.room.power_levels", Some(String::new()), power).await?;
+        initial.push(state_event("m.room.power_levels", "", power)?);
         let join_rule = if preset == "public_chat" { "public" } else { "invite" };
-        send("m.room.join_rules", Some(String::new()), json!({"join_rule": join_rule})).await?;
-        send("m.room.history_visibility", Some(String::new()), json!({"history_visibility": "shared"})).await?;
+        initial.push(state_event("m.room.join_rules", "", json!({"join_rule": join_rule}))?);
+        initial.push(state_event("m.room.history_visibility", "", json!({"history_visibility": "shared"}))?);
         if preset != "public_chat" {
-            send("m.room.guest_access", Some(String::new()), json!({"guest_access": "can_join"})).await?;
+            initial.push(state_event("m.room.guest_access", "", json!({"guest_access": "can_join"}))?);
         }
         for ev in &request.initial_state {
-            let room_id = room_id.clone();
-            self.append_event(
-                &room_id,
-                creator,
-                &ev.kind,
-                Some(&ev.state_key),
-                ev.content.clone(),
-                AppendOptions::default(),
-            )
-            .await?;
+            initial.push((ev.kind.clone(), ev.state_key.clone(), ev.content.clone()));
         }
         if let Some(name) = &request.name {
-            send("m.room.name", Some(String::new()), json!({"name": name})).await?;
+            initial.push(state_event("m.room.name", "", json!({"name": name}))?);
         }
         if let Some(topic) = &request.topic {
-            send("m.room.topic", Some(String::new()), json!({"topic": topic})).await?;
+            initial.push(state_event("m.room.topic", "", json!({"topic": topic}))?);
         }
+        // Every initial event is built and authorised before anything is stored, so a body
+        // that would fail part-way (content that is not canonical JSON, an event over 64 KiB,
+        // an override that takes the creator's power away) leaves no room behind.
+        self.rehearse_new_room(&version, &rules, creator, &create_content, &initial)?;
+
+        // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
+        let room_id = self
+            .found_room(&version, &rules, creator, create_content, visibility == "public", Some(visibility))
+            .await?;
+        for (kind, state_key, content) in initial {
+            self.append_event(&room_id, creator, &kind, Some(&state_key), content, AppendOptions::default()).await?;
+        }
+        let send = |kind: &'static str, key: Option<String>, content: Value| {
+            let room_id = room_id.clone();
+            async move {
+                let Value::Object(content) = content else { return Err(Error::bad_json("content must be an object")) };
+                self.append_event(&room_id, creator, kind, key.as_deref(), content, AppendOptions::default()).await
+            }
+        };
         // The alias is created after the room exists: a module denial fails the request but
         // leaves the room, as in Synapse.
         if let Some(alias) = &alias {
@@ -260,6 +255,77 @@ impl Homeserver {
             }
         }
         Ok((room_id, alias))
+    }
+
+    /// Builds, signs and authorises a new room's create event and then `initial`, in order, each
+    /// on the state the ones before it make, in memory only: what createRoom will send.
+    fn rehearse_new_room(
+        &self,
+        version: &str,
+        rules: &RoomVersionRules,
+        creator: &UserId,
+        create_content: &Map<String, Value>,
+        initial: &[(String, String, Map<String, Value>)],
+    ) -> Result<()> {
+        let mut content = create_content.clone();
+        complete_create_content(&mut content, version, rules, creator);
+        let provisional =
+            OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())).map_err(Error::internal)?;
+        let now = MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64));
+        let mut state: HashMap<(String, String), OwnedEventId> = HashMap::new();
+        let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut hashes: HashMap<OwnedEventId, String> = HashMap::new();
+        let mut room_id = provisional.clone();
+        let (mut prev, mut depth) = (Vec::new(), 0);
+        let create = ("m.room.create".to_owned(), String::new(), content);
+        for (i, (kind, state_key, content)) in std::iter::once(&create).chain(initial).enumerate() {
+            let auth_events = if i == 0 {
+                Vec::new()
+            } else {
+                let raw = serde_json::value::to_raw_value(content).map_err(Error::internal)?;
+                ruma::state_res::auth_types_for_event(
+                    &TimelineEventType::from(kind.as_str()),
+                    creator,
+                    Some(state_key),
+                    &raw,
+                    &rules.authorization,
+                )
+                .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?
+                .iter()
+                .filter_map(|(t, k)| state.get(&(t.to_string(), k.clone())).cloned())
+                .collect()
+            };
+            let draft = EventDraft {
+                room_id: &room_id,
+                sender: creator,
+                kind,
+                state_key: Some(state_key),
+                content: content.clone(),
+                prev_events: prev.clone(),
+                auth_events,
+                depth: depth + 1,
+                redacts: None,
+                origin_server_ts: now,
+                reference_hashes: hashes.clone(),
+            };
+            let signed = sign_event(draft, rules, self.server_name(), &self.key)?;
+            if i == 0 {
+                // From room version 12 the create event names the room.
+                room_id = signed.pdu.room_id.clone();
+            }
+            crate::state::check_auth(rules, &signed.pdu, &events, &state).map_err(|e| {
+                if i == 0 { Error::bad_json(format!("Invalid creation_content: {e}")) } else { Error::forbidden(e) }
+            })?;
+            let id = signed.pdu.event_id.clone();
+            if let Ok(hash) = ruma::signatures::reference_hash(&signed.object, rules) {
+                hashes.insert(id.clone(), hash);
+            }
+            state.insert((kind.clone(), state_key.clone()), id.clone());
+            events.insert(id.clone(), signed.pdu);
+            prev = vec![id];
+            depth += 1;
+        }
+        Ok(())
     }
 
     /// `POST /rooms/{roomId}/upgrade`: a new room with the old one's state, a tombstone in the
@@ -387,4 +453,24 @@ impl Homeserver {
             self.append_event(&old, me, "m.room.power_levels", Some(""), restricted, AppendOptions::default()).await;
         Ok(new.to_string())
     }
+}
+
+/// What the server adds to a create event's content: the creator (before room version 11)
+/// and the room version.
+fn complete_create_content(
+    content: &mut Map<String, Value>,
+    version: &str,
+    rules: &RoomVersionRules,
+    creator: &UserId,
+) {
+    if !rules.authorization.use_room_create_sender {
+        content.insert("creator".into(), json!(creator));
+    }
+    content.insert("room_version".into(), json!(version));
+}
+
+/// A state event createRoom sends: (type, state key, content).
+fn state_event(kind: &str, state_key: &str, content: Value) -> Result<(String, String, Map<String, Value>)> {
+    let Value::Object(content) = content else { return Err(Error::bad_json("content must be an object")) };
+    Ok((kind.to_owned(), state_key.to_owned(), content))
 }

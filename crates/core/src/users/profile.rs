@@ -98,8 +98,14 @@ impl Homeserver {
                 content.insert("avatar_url".into(), json!(a));
             }
             let user = requester.user_id.clone();
-            self.append_event(&room_id, &user, "m.room.member", Some(user.as_str()), content, Default::default())
-                .await?;
+            // As Synapse: a room that cannot take the update (its rules or a module refuse it)
+            // is skipped; the profile is changed and the other rooms still get it.
+            if let Err(e) = self
+                .append_event(&room_id, &user, "m.room.member", Some(user.as_str()), content, Default::default())
+                .await
+            {
+                tracing::warn!(room = %room_id, error = %e.message, "could not update the profile in a room");
+            }
         }
         Ok(())
     }

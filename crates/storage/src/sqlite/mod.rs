@@ -5,9 +5,14 @@
 //! makes stream positions strictly ordered with their commits, which `/sync` relies on (a
 //! reader that sees position N sees everything before N).
 //!
-//! WAL checkpoints, the only step that writes the database file and fsyncs, run on a thread of
-//! their own with a second connection (`Checkpointer`), so no request ever pays for one and
-//! callers can run storage calls inline.
+//! Durability: `synchronous = FULL` by default (SQLite's own default, and Synapse's), so a
+//! commit's WAL frames are fsynced before the call returns and an acknowledged write survives
+//! power loss. `SqliteOptions::synchronous` may opt into `NORMAL` (a commit reaches the OS
+//! only; an OS crash or power loss may lose the last moments' acknowledged writes).
+//!
+//! WAL checkpoints, which write the database file itself, run on a thread of their own with a
+//! second connection (`spawn_checkpointer`), so no request ever pays for one and callers can
+//! run storage calls inline. [`Storage::shutdown`] truncates the WAL on a clean stop.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -191,13 +196,42 @@ fn backend(e: rusqlite::Error) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
+/// How the SQLite backend is opened (`database: {name: sqlite3, args: {database, synchronous}}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: std::path::PathBuf,
+    /// SQLite's `synchronous` setting.
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `PRAGMA synchronous` for the writer connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Each commit is fsynced before it returns: durable against power loss and OS crashes.
+    #[default]
+    Full,
+    /// Commits reach the OS, not the disk: durable against a process crash only.
+    Normal,
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the database at `path`, durable (`synchronous = FULL`), and
+    /// applies pending migrations.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(&SqliteOptions { path: path.to_owned(), synchronous: Synchronous::Full })
+    }
+
+    /// [`SqliteStore::open`] with explicit options.
+    pub fn open_with(options: &SqliteOptions) -> Result<Self> {
+        let path = options.path.as_path();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
         }
         let mut store = Self::setup(Connection::open(path).map_err(backend)?)?;
+        if options.synchronous == Synchronous::Normal {
+            store.conn().execute_batch("PRAGMA synchronous = NORMAL;").map_err(backend)?;
+        }
         store.conn().execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(backend)?;
         for _ in 0..READERS {
             let reader = Connection::open(path).map_err(backend)?;
@@ -218,7 +252,7 @@ impl SqliteStore {
     }
 
     fn setup(mut conn: Connection) -> Result<Self> {
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(256);
@@ -278,7 +312,19 @@ impl SqliteStore {
 }
 
 /// Calls run inline (the defaults): the database is a local file, and only this process uses it.
-impl StorageInfo for SqliteStore {}
+impl StorageInfo for SqliteStore {
+    fn shutdown(&self) -> Result<()> {
+        if let Some(stop) = &self.stop {
+            stop.store(true, Ordering::Relaxed);
+        }
+        // (busy, WAL frames, frames checkpointed): busy means a reader held the WAL open.
+        let busy: i64 = self.conn().row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(backend)?;
+        if busy != 0 {
+            return Err(StorageError::Backend("the WAL could not be truncated: a reader was still active".into()));
+        }
+        Ok(())
+    }
+}
 
 fn migrate(conn: &mut Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
