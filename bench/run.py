@@ -896,6 +896,81 @@ async def sliding_sync_bench():
     (WORK / "results-sliding.md").write_text(out)
     print(out)
 
+async def herd_bench():
+    """`run.py herd`: the thundering herd. 500 and 5,000 long-polling `/sync` requests (QUICK: 100,
+    500) wait on one room, spread over 250 users (each request its own connection); one message
+    is sent, and each request's wake-up is timed from the send starting to its answer arriving.
+    Myelin only (issue 29's target is absolute: every request answered within 100 ms); three
+    messages per size, each with every request waiting again."""
+    sizes = (100, 500) if QUICK else (500, 5000)
+    users_n = 50 if QUICK else 250
+    d = WORK / "myelin-herd"
+    shutil.rmtree(d, ignore_errors=True)
+    t = Target("myelin", 28463)
+    cmd = myelin_config(d, t.port)
+    log = open(WORK / "myelin-herd.log", "w")
+    rows = []
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.monotonic()
+        t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+        try:
+            await t.wait_ready(session, started)
+            sem = asyncio.Semaphore(8)
+
+            async def user(i):
+                async with sem:
+                    return await register(session, t, f"herd{i}")
+
+            users = await asyncio.gather(*(user(i) for i in range(users_n)))
+            sender = users[0]
+            room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom", sender["access_token"],
+                               {"preset": "public_chat"}))["room_id"]
+            for u in users[1:]:
+                await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}", u["access_token"], {})
+            for n in sizes:
+                wakes_all = []
+                for round_ in range(3):
+                    sinces = {}
+                    for u in users:
+                        sync = await call(session, "GET", f"{t.base}/_matrix/client/v3/sync?timeout=0",
+                                          u["access_token"])
+                        sinces[u["access_token"]] = sync["next_batch"]
+                    sent_at = {}
+
+                    async def poll(i):
+                        token = users[i % len(users)]["access_token"]
+                        url = f"{t.base}/_matrix/client/v3/sync?timeout=60000&since={sinces[token]}"
+                        # Each waiting request on its own connection, as separate clients are.
+                        async with aiohttp.ClientSession(timeout=timeout) as own:
+                            result = await call(own, "GET", url, token)
+                        assert result["rooms"]["join"], result
+                        return time.perf_counter() - sent_at["t"]
+
+                    polls = [asyncio.create_task(poll(i)) for i in range(n)]
+                    await asyncio.sleep(3 + n / 500)  # every request is waiting
+                    sent_at["t"] = time.perf_counter()
+                    await call(session, "PUT",
+                               f"{t.base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                               sender["access_token"], {"msgtype": "m.text", "body": f"herd {n} {round_}"})
+                    wakes = sorted(await asyncio.gather(*polls))
+                    wakes_all.append(wakes)
+                p50 = statistics.median(statistics.median(w) for w in wakes_all)
+                p99 = statistics.median(w[int(len(w) * 0.99) - 1] for w in wakes_all)
+                last = statistics.median(w[-1] for w in wakes_all)
+                rows.append((n, p50, p99, last, [w[-1] for w in wakes_all]))
+        finally:
+            t.stop()
+    out = ("\nThundering herd: long-polling /sync requests on one room, one message; time from the send "
+           "starting to each answer (medians of 3 rounds; the last answer of each round in brackets):\n\n"
+           "| waiting requests | p50 | p99 | last |\n|---:|---:|---:|---:|\n")
+    for n, p50, p99, last, lasts in rows:
+        out += (f"| {n:,} | {p50 * 1000:,.1f} ms | {p99 * 1000:,.1f} ms | {last * 1000:,.1f} ms "
+                f"({', '.join(f'{x * 1000:,.0f}' for x in lasts)}) |\n")
+    (WORK / "results-herd.md").write_text(out)
+    print(out)
+
 
 async def limits_only():
     """`run.py limits`: just the rate-limiter table."""
@@ -906,5 +981,6 @@ async def limits_only():
 
 if __name__ == "__main__":
     mode = {"modules": modules_only, "limits": limits_only, "postgres": postgres_send,
-            "appservice": appservice_latency, "sliding": sliding_sync_bench}.get(sys.argv[1] if sys.argv[1:] else "", main)
+            "appservice": appservice_latency, "sliding": sliding_sync_bench,
+            "herd": herd_bench}.get(sys.argv[1] if sys.argv[1:] else "", main)
     asyncio.run(mode())

@@ -255,3 +255,126 @@ async fn a_clean_stop_leaves_no_write_ahead_log() {
     let bodies = messages["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").count();
     assert_eq!(bodies, 20);
 }
+
+/// A small tmpfs mounted on a directory for the length of a test.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs");
+        SmallDisk(path.to_owned())
+    }
+
+    /// Fills the disk with one file, up to its last byte.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let mut byte = [7u8];
+        while file.write_all(&byte).is_ok() {
+            byte[0] = 7;
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_restarts() {
+    // SAFETY: geteuid only reads the process's user ID.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small disk needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path(), "48m");
+    std::fs::write(
+        dir.path().join("homeserver.yaml"),
+        base_config("database:\n  name: sqlite3\n  args:\n    database: data/homeserver.db\n"),
+    )
+    .unwrap();
+    let server = Server::start_in(dir).await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    assert_eq!(server.send_text(&alice, &room, "before").await.0, 200);
+    let first = server.sync(&alice, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let filler = disk.fill();
+    // Writes: 507 with a clear message once nothing more fits (SQLite may first reuse space
+    // its log already holds), never a 500.
+    let mut refused = None;
+    for i in 0..2_000 {
+        let (status, body) = server.send_text(&alice, &room, &format!("while full {i} {}", "x".repeat(2000))).await;
+        match status {
+            200 => continue,
+            507 => {
+                refused = Some(body);
+                break;
+            }
+            other => {
+                let log = server.log.lock().unwrap().clone();
+                let causes: Vec<&str> = log.lines().filter(|l| l.contains("cause")).collect();
+                panic!("a write on a full disk answered {other}: {body}; {causes:?}")
+            }
+        }
+    }
+    let refused = refused.expect("a write was refused");
+    assert_eq!(refused["errcode"], "M_UNKNOWN");
+    assert!(refused["error"].as_str().unwrap().contains("disk is full"), "{refused}");
+    let upload = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", server.base))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/octet-stream")
+        .body(vec![1u8; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 507, "an upload on a full disk");
+    // Reads carry on.
+    for path in [
+        format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+        "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"),
+        format!("/_matrix/client/v3/rooms/{room}/state"),
+        "/_matrix/client/v3/joined_rooms".to_owned(),
+    ] {
+        let (status, body) = server.get(&path, Some(&alice.token)).await;
+        assert_eq!(status, 200, "{path} on a full disk: {body}");
+    }
+    assert!(server.log.lock().unwrap().contains("the disk is full"), "the log says why writes fail");
+
+    // A restart on the full disk works, and serves reads.
+    let dir = server.stop();
+    let server = Server::start_in(dir).await;
+    // (Alice's access token is in the database: no login, which would write.)
+    let (status, body) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"), Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Space freed: writes work again.
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.send_text(&alice, &room, "after").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(server);
+    drop(disk);
+}

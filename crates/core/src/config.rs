@@ -203,6 +203,9 @@ pub struct Config {
     /// How long a connection may take to send a request's headers, the wait on an idle
     /// kept-alive connection included (`request_header_timeout`, Myelin's own; 60 s as nginx).
     pub request_header_timeout: std::time::Duration,
+    /// Every in-memory cache's size limit (Synapse's `caches.global_factor` and
+    /// `caches.per_cache_factors`; see `crate::cache`).
+    pub cache_sizes: crate::cache::CacheSizes,
     /// Open registration.
     pub enable_registration: bool,
     /// Registration needs an `m.login.registration_token` stage.
@@ -325,6 +328,7 @@ const KNOWN_KEYS: &[&str] = &[
     "media_store_path",
     "max_upload_size",
     "request_header_timeout",
+    "caches",
     "enable_registration",
     "enable_registration_without_verification",
     "registration_shared_secret",
@@ -585,6 +589,41 @@ fn parse_size(value: &Value) -> Option<u64> {
     }
 }
 
+/// Synapse's `caches:` section: `global_factor` (default 0.5) and `per_cache_factors` (a
+/// factor per cache name; Myelin's names are [`crate::cache::CacheSizes::NAMES`], others are
+/// Synapse's own caches and are ignored). Synapse's other cache keys tune caches Myelin does
+/// not have.
+fn parse_caches(value: Option<&Value>) -> Result<crate::cache::CacheSizes, ConfigError> {
+    let path = |key: &str| vec!["caches".to_owned(), key.to_owned()];
+    let section = match value {
+        None | Some(Value::Null) => return Ok(crate::cache::CacheSizes::default()),
+        Some(Value::Object(section)) => section,
+        Some(_) => return Err(ConfigError::at(&["caches".into()], "expected a mapping")),
+    };
+    let factor = |v: &Value, at: Vec<String>| -> Result<f64, ConfigError> {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .ok_or_else(|| ConfigError::at(&at, "expected a non-negative number"))
+    };
+    let global = match section.get("global_factor") {
+        None | Some(Value::Null) => 0.5,
+        Some(v) => factor(v, path("global_factor"))?,
+    };
+    let mut per_cache = std::collections::HashMap::new();
+    match section.get("per_cache_factors") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(factors)) => {
+            for (name, v) in factors {
+                let mut at = path("per_cache_factors");
+                at.push(name.clone());
+                per_cache.insert(name.clone(), factor(v, at)?);
+            }
+        }
+        Some(_) => return Err(ConfigError::at(&path("per_cache_factors"), "expected a mapping")),
+    }
+    Ok(crate::cache::CacheSizes::scaled(global, &per_cache))
+}
+
 /// Parses a duration as Synapse does: a number of milliseconds, or a string with a unit
 /// (`"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, `"1w"`, `"1y"`; a bare number string is ms).
 fn parse_duration(value: &Value) -> Option<std::time::Duration> {
@@ -706,6 +745,7 @@ impl Config {
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| w.err("request_header_timeout", "expected a duration such as 60s"))?,
         };
+        let cache_sizes = parse_caches(root.get("caches"))?;
         let enable_registration = w.boolean("enable_registration", false)?;
         let without_verification = w.boolean("enable_registration_without_verification", false)?;
         let registration_requires_token = w.boolean("registration_requires_token", false)?;
@@ -885,6 +925,7 @@ impl Config {
             media_store_path,
             max_upload_size,
             request_header_timeout,
+            cache_sizes,
             enable_registration,
             registration_requires_token,
             allow_guest_access: w.boolean("allow_guest_access", false)?,

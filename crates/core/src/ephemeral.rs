@@ -34,13 +34,21 @@ fn room_id(room: &str) -> Result<OwnedRoomId> {
 }
 
 /// The ephemeral service's in-memory state (`hs.ephemeral`).
-#[derive(Default)]
 pub(crate) struct EphemeralState {
     /// Who is typing where (the only copy, as on Synapse, where one typing writer holds it).
     pub(crate) typing: std::sync::Mutex<HashMap<OwnedRoomId, RoomTyping>>,
     /// The presence state and time this process last wrote for each user (a cache: it only
     /// spares writes).
-    pub(crate) presence_written: std::sync::Mutex<HashMap<String, (String, i64)>>,
+    pub(crate) presence_written: std::sync::Mutex<crate::cache::BoundedMap<String, (String, i64)>>,
+}
+
+impl EphemeralState {
+    pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
+        EphemeralState {
+            typing: Default::default(),
+            presence_written: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.presence)),
+        }
+    }
 }
 
 impl Homeserver {

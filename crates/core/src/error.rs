@@ -152,7 +152,41 @@ impl std::error::Error for Error {}
 
 impl From<myelin_storage::StorageError> for Error {
     fn from(e: myelin_storage::StorageError) -> Self {
-        Error::internal(e)
+        match e {
+            myelin_storage::StorageError::DiskFull => Error::disk_full(),
+            e => Error::internal(e),
+        }
+    }
+}
+
+impl Error {
+    /// 507 `M_UNKNOWN` "The server's disk is full": a write that could not be stored (nothing
+    /// of it was). Logged at most once a minute, however many requests hit it.
+    pub fn disk_full() -> Error {
+        static LAST_LOGGED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let now = crate::server::now_ms();
+        let last = LAST_LOGGED.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 60_000
+            && LAST_LOGGED
+                .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::error!("the disk is full: writes are refused (507) until space is freed; reads carry on");
+        }
+        Error::new(
+            ErrorKind::Module { status: 507, errcode: "M_UNKNOWN".into() },
+            "The server's disk is full; try again later",
+        )
+    }
+
+    /// An I/O error writing a file: [`Error::disk_full`] when the disk or quota is full.
+    pub fn from_io(e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) || e.raw_os_error() == Some(122)
+        {
+            Error::disk_full()
+        } else {
+            Error::internal(e)
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod appservice;
 mod bus;
+pub mod cache;
 pub mod config;
 mod directory;
 mod durable;

@@ -130,7 +130,7 @@ impl Homeserver {
             None => random_string(24),
         };
         let tmp_dir = self.config.media_store_path.join("tmp");
-        tokio::fs::create_dir_all(&tmp_dir).await.map_err(Error::internal)?;
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(Error::from_io)?;
         let tmp = tmp_dir.join(random_string(16));
         let written = write_limited(&tmp, body, self.config.max_upload_size).await;
         let length = match written {
@@ -168,7 +168,7 @@ impl Homeserver {
         tokio::task::spawn_blocking(move || crate::durable::rename_into(&from, &to, &root))
             .await
             .map_err(Error::internal)?
-            .map_err(Error::internal)?;
+            .map_err(Error::from_io)?;
         let row = MediaRow {
             media_id: media_id.clone(),
             user_id: requester.user_id.to_string(),
@@ -260,7 +260,7 @@ impl Homeserver {
 
 /// Writes the stream to `path`, refusing (413) once it exceeds `limit`.
 async fn write_limited(path: &Path, body: UploadStream<'_>, limit: u64) -> Result<u64> {
-    let mut file = tokio::fs::File::create(path).await.map_err(Error::internal)?;
+    let mut file = tokio::fs::File::create(path).await.map_err(Error::from_io)?;
     let mut total = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Error::new(ErrorKind::BadRequest, format!("Upload interrupted: {e}")))?;
@@ -268,10 +268,10 @@ async fn write_limited(path: &Path, body: UploadStream<'_>, limit: u64) -> Resul
         if total > limit {
             return Err(Error::new(ErrorKind::TooLarge, "Upload request body is too large"));
         }
-        file.write_all(&chunk).await.map_err(Error::internal)?;
+        file.write_all(&chunk).await.map_err(Error::from_io)?;
     }
-    file.flush().await.map_err(Error::internal)?;
-    file.sync_all().await.map_err(Error::internal)?;
+    file.flush().await.map_err(Error::from_io)?;
+    file.sync_all().await.map_err(Error::from_io)?;
     Ok(total)
 }
 

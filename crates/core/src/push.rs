@@ -5,6 +5,7 @@
 //! so every edit reaches the user's clients through `/sync`. Rule evaluation is ruma's. HTTP
 //! pushers are stored here and called by `push_gateway`.
 
+use crate::cache::BoundedMap;
 use ruma::push::{
     Action, AnyPushRuleRef, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule,
     PushConditionRoomCtx, RuleKind, Ruleset,
@@ -66,25 +67,34 @@ pub(crate) struct Verdict {
 }
 
 /// The push service's in-memory state (`hs.push`).
-#[derive(Default)]
 pub(crate) struct PushState {
     /// Parsed push rules per user (a cache of their `m.push_rules` account data; dropped when
     /// the user changes a rule).
-    pub(crate) rules: std::sync::Mutex<std::collections::HashMap<OwnedUserId, Arc<ruma::push::Ruleset>>>,
+    pub(crate) rules: std::sync::Mutex<BoundedMap<OwnedUserId, Arc<ruma::push::Ruleset>>>,
     /// Unread counts per (user, room), advanced by each sync (a cache: counted again from the
     /// events when missing).
-    pub(crate) unread: std::sync::Mutex<std::collections::HashMap<(String, String), UnreadCount>>,
+    pub(crate) unread: std::sync::Mutex<BoundedMap<(String, String), UnreadCount>>,
     /// Every user's pushers as stored, read once and dropped when one changes (a cache: the
     /// push gateway sender looks at it for every event).
     pub(crate) pushers: std::sync::Mutex<Option<crate::push_gateway::StoredPushers>>,
+}
+
+impl PushState {
+    pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
+        PushState {
+            rules: std::sync::Mutex::new(BoundedMap::new(sizes.push_rules)),
+            unread: std::sync::Mutex::new(BoundedMap::new(sizes.unread_counts)),
+            pushers: Default::default(),
+        }
+    }
 }
 
 impl Homeserver {
     /// The user's rule set: their stored edits over the spec's defaults (cached; every sync
     /// needs it).
     pub(crate) async fn ruleset(&self, user: &OwnedUserId) -> Result<Arc<Ruleset>> {
-        if let Some(rules) = self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
-            return Ok(rules.clone());
+        if let Some(rules) = self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned() {
+            return Ok(rules);
         }
         let rules = Arc::new(self.load_ruleset(user).await?);
         self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), rules.clone());

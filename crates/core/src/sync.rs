@@ -213,7 +213,11 @@ impl Homeserver {
             Some(t) => Some(parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid since token {t}")))?),
             None => None,
         };
-        self.presence_from_sync(requester, request.set_presence.as_deref().unwrap_or("online")).await?;
+        // A sync is a read: presence it would record (a write) must not fail it, e.g. on a
+        // full disk.
+        if let Err(e) = self.presence_from_sync(requester, request.set_presence.as_deref().unwrap_or("online")).await {
+            tracing::debug!(error = %e.message, "could not record presence from a sync");
+        }
         let mut watch = self.sync.stream.subscribe();
         let mut stopping = self.sync.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + request.timeout;

@@ -49,9 +49,6 @@ impl HistoryVisibility {
     }
 }
 
-/// State groups whose visibility is remembered (about 24 bytes each; emptied when full).
-const VISIBILITY_CACHE_ENTRIES: usize = 200_000;
-
 /// How a user stands when reading a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reader {
@@ -167,8 +164,9 @@ impl Homeserver {
 
     /// A state group's history visibility (cached: state groups never change).
     async fn group_visibility(&self, group: i64) -> Result<HistoryVisibility> {
-        if let Some(known) = self.rooms.visibility_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&group) {
-            return Ok(*known);
+        if let Some(known) = self.rooms.visibility_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&group).copied()
+        {
+            return Ok(known);
         }
         let visibility = self
             .group_state_content(group, "m.room.history_visibility", "")
@@ -180,11 +178,7 @@ impl Homeserver {
     }
 
     fn cache_group_visibility(&self, group: i64, visibility: HistoryVisibility) {
-        let mut cache = self.rooms.visibility_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= VISIBILITY_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(group, visibility);
+        self.rooms.visibility_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(group, visibility);
     }
 
     /// Remembers the history visibility of a state group just written, from the room state it

@@ -28,7 +28,7 @@ pub mod sqlite;
 use serde_json::Value;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// A uniqueness constraint was hit (the row exists).
     #[error("already exists")]
@@ -44,6 +44,9 @@ pub enum StorageError {
         /// Newest version this build knows.
         supported: i64,
     },
+    /// The database's disk (or its quota) is full: nothing was written.
+    #[error("the database's disk is full")]
+    DiskFull,
     /// Anything else from the backend.
     #[error("database error: {0}")]
     Backend(String),

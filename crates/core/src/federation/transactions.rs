@@ -19,22 +19,20 @@ const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 /// Transactions processed at once, from all origins.
 pub(crate) const MAX_CONCURRENT_TRANSACTIONS: usize = 8;
-/// Answers remembered for repeated transaction IDs.
-const REMEMBERED_TRANSACTIONS: usize = 10_000;
-
 /// Inbound-transaction bookkeeping.
 pub(crate) struct Inbound {
     per_origin: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     all: tokio::sync::Semaphore,
-    answered: std::sync::Mutex<HashMap<(String, String), Value>>,
+    /// Answers remembered for repeated transaction IDs (a bounded cache).
+    answered: std::sync::Mutex<crate::cache::BoundedMap<(String, String), Value>>,
 }
 
-impl Default for Inbound {
-    fn default() -> Self {
+impl Inbound {
+    pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
         Inbound {
             per_origin: Default::default(),
             all: tokio::sync::Semaphore::new(MAX_CONCURRENT_TRANSACTIONS),
-            answered: Default::default(),
+            answered: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.federation_transactions)),
         }
     }
 }
@@ -67,8 +65,10 @@ impl Homeserver {
             map.entry(origin.to_owned()).or_default().clone()
         };
         let _one_per_origin = origin_lock.lock().await;
-        if let Some(answer) = self.federation.inbound.answered.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(answer.clone());
+        if let Some(answer) =
+            self.federation.inbound.answered.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
+        {
+            return Ok(answer);
         }
         let _slot = self.federation.inbound.all.acquire().await.map_err(Error::internal)?;
 
@@ -81,11 +81,7 @@ impl Homeserver {
             self.receive_edu(origin, edu).await;
         }
         let answer = json!({"pdus": results});
-        let mut answered = self.federation.inbound.answered.lock().unwrap_or_else(|p| p.into_inner());
-        if answered.len() >= REMEMBERED_TRANSACTIONS {
-            answered.clear();
-        }
-        answered.insert(key, answer.clone());
+        self.federation.inbound.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(key, answer.clone());
         Ok(answer)
     }
 

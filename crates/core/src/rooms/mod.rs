@@ -28,6 +28,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, R
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::cache::BoundedMap;
 use crate::events::{EventDraft, Pdu, client_event, client_event_from_str, redact_json, sign_event};
 use crate::server::{now_ms, random_string};
 use crate::writer::{EventWrite, EventWriter, PendingWrite};
@@ -97,9 +98,6 @@ fn appended(row: myelin_storage::EventRow) -> Result<Appended> {
     pdu.rejected = row.rejected;
     Ok(Appended { pdu, json: row.json })
 }
-
-/// How many parsed state events [`Homeserver::state_events`] holds.
-const MAX_CACHED_STATE_EVENTS: usize = 10_000;
 
 impl RoomCache {
     /// After `event` (built on `basis`) is persisted: its parents leave the extremities (those
@@ -376,7 +374,7 @@ pub(crate) struct RoomsState {
     pub(crate) caches: std::sync::Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
     /// Parsed state events by ID (a cache; see `load_events`). Stored events do not change,
     /// except a redaction's target, which the redaction removes from here.
-    pub(crate) state_events: std::sync::Mutex<HashMap<OwnedEventId, Pdu>>,
+    pub(crate) state_events: std::sync::Mutex<BoundedMap<OwnedEventId, Pdu>>,
     /// Commits events, batching concurrent ones (see `writer`): this process's writer thread.
     pub(crate) writer: EventWriter,
     /// `(user, device, txn ID)` of messages queued for writing and not yet committed, so that a
@@ -387,10 +385,12 @@ pub(crate) struct RoomsState {
     /// [`RecentTxns`]).
     pub(crate) recent_txns: std::sync::Mutex<RecentTxns>,
     /// The history visibility of state groups read so far (a cache: groups never change).
-    pub(crate) visibility_cache: std::sync::Mutex<HashMap<i64, crate::visibility::HistoryVisibility>>,
+    pub(crate) visibility_cache: std::sync::Mutex<BoundedMap<i64, crate::visibility::HistoryVisibility>>,
     /// Timestamps for create events (see `create::found_room`; per process: a collision
     /// between processes is caught by the database and retried).
     pub(crate) create_clock: CreateClock,
+    /// How many rooms' caches are kept (idle ones beyond it are dropped; see `room_lock`).
+    max_room_caches: usize,
 }
 
 /// Hands out create-event timestamps: `now`, or one millisecond after the last one handed out
@@ -407,15 +407,16 @@ impl CreateClock {
 }
 
 impl RoomsState {
-    pub(crate) fn new(writer: EventWriter, recent_txns: RecentTxns) -> Self {
+    pub(crate) fn new(writer: EventWriter, recent_txns: RecentTxns, sizes: &crate::cache::CacheSizes) -> Self {
         RoomsState {
             caches: Default::default(),
-            state_events: Default::default(),
+            state_events: std::sync::Mutex::new(BoundedMap::new(sizes.state_events)),
             writer,
             txns_in_flight: Default::default(),
             recent_txns: std::sync::Mutex::new(recent_txns),
-            visibility_cache: Default::default(),
+            visibility_cache: std::sync::Mutex::new(BoundedMap::new(sizes.visibility)),
             create_clock: Default::default(),
+            max_room_caches: sizes.rooms,
         }
     }
 }
@@ -467,7 +468,20 @@ impl Homeserver {
     pub(crate) async fn room_lock(&self, room_id: &RoomId) -> Result<tokio::sync::OwnedMutexGuard<Option<RoomCache>>> {
         let entry = {
             let mut rooms = self.rooms.caches.lock().unwrap_or_else(|p| p.into_inner());
-            rooms.entry(room_id.to_owned()).or_default().clone()
+            let entry = rooms.entry(room_id.to_owned()).or_default().clone();
+            if rooms.len() > self.rooms.max_room_caches {
+                // Idle rooms go (nobody holds their lock or waits for it: the map's is the only
+                // reference), down to three quarters of the limit; a busy room is never dropped,
+                // or two requests could hold two different locks for it.
+                let keep = self.rooms.max_room_caches * 3 / 4;
+                let idle: Vec<OwnedRoomId> =
+                    rooms.iter().filter(|(_, e)| Arc::strong_count(e) == 1).map(|(r, _)| r.clone()).collect();
+                let excess = rooms.len().saturating_sub(keep);
+                for room in idle.into_iter().take(excess) {
+                    rooms.remove(&room);
+                }
+            }
+            entry
         };
         let mut guard = entry.lock_owned().await;
         if guard.is_none() {
@@ -539,7 +553,7 @@ impl Homeserver {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         {
-            let cache = self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner());
             for id in ids {
                 match OwnedEventId::try_from(id.as_str()).ok().and_then(|e| cache.get(&e).cloned()) {
                     Some(pdu) => {
@@ -581,12 +595,7 @@ impl Homeserver {
     }
 
     pub(crate) fn remember_state_event(&self, pdu: &Pdu) {
-        let mut cache = self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED_STATE_EVENTS {
-            // Crude but bounded; the hot entries (a room's auth events) come straight back.
-            cache.clear();
-        }
-        cache.insert(pdu.event_id.clone(), pdu.clone());
+        self.rooms.state_events.lock().unwrap_or_else(|p| p.into_inner()).insert(pdu.event_id.clone(), pdu.clone());
     }
 
     /// Drops a room's cache, so the next event reloads it from storage.

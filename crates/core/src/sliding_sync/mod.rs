@@ -13,6 +13,7 @@
 
 mod request;
 
+use crate::cache::BoundedMap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,16 +87,15 @@ struct Connection {
 }
 
 /// The sliding sync service's memory (`hs.sliding_sync`).
-#[derive(Default)]
 pub(crate) struct SlidingSyncState {
     /// `(user, device, conn_id)` -> connection.
     connections: Mutex<HashMap<(String, String, String), Connection>>,
     /// Room -> the newest event position storage had when first asked (see
     /// [`Homeserver::latest_activity`]).
-    latest: Mutex<HashMap<String, i64>>,
+    latest: Mutex<BoundedMap<String, i64>>,
     /// User -> (stream position read at, when, their memberships); see
     /// [`Homeserver::user_memberships`].
-    memberships: Mutex<HashMap<String, KeptMemberships>>,
+    memberships: Mutex<BoundedMap<String, KeptMemberships>>,
     /// Rooms' current state and latest timelines as read for members (see
     /// [`Homeserver::keep_read`]).
     reads: Mutex<RoomReads>,
@@ -130,6 +130,15 @@ struct Memberships {
 }
 
 impl SlidingSyncState {
+    pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
+        SlidingSyncState {
+            connections: Default::default(),
+            latest: Mutex::new(BoundedMap::new(sizes.room_activity)),
+            memberships: Mutex::new(BoundedMap::new(sizes.user_memberships)),
+            reads: Default::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Connection>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -442,11 +451,11 @@ impl Homeserver {
             let mut known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
             for room in missing {
                 let at = found.get(&room).copied().unwrap_or(0);
-                let entry = known.entry(room).or_insert(at);
-                *entry = (*entry).max(at);
+                let before = known.get(&room).copied().unwrap_or(at);
+                known.insert(room, before.max(at));
             }
         }
-        let known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
         Ok(rooms
             .iter()
             .map(|r| {
@@ -481,11 +490,11 @@ impl Homeserver {
             })
             .await?,
         );
-        let mut cache = self.sliding_sync.memberships.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CONNECTIONS {
-            cache.clear();
-        }
-        cache.insert(me.to_owned(), (now, Instant::now(), rows.clone()));
+        self.sliding_sync
+            .memberships
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(me.to_owned(), (now, Instant::now(), rows.clone()));
         Ok(rows)
     }
 

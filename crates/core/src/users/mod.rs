@@ -184,12 +184,17 @@ fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
 }
 
 /// The accounts service's in-memory state (`hs.accounts`).
-#[derive(Default)]
 pub(crate) struct AccountsState {
     /// When each `(user, device)`'s last-seen row was last written, from which IP and user
     /// agent; held only to decide whether to write again (a cache).
     #[allow(clippy::type_complexity)]
-    pub(crate) last_seen: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String, String)>>,
+    pub(crate) last_seen: std::sync::Mutex<crate::cache::BoundedMap<(String, String), (i64, String, String)>>,
+}
+
+impl AccountsState {
+    pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
+        AccountsState { last_seen: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)) }
+    }
 }
 
 impl Homeserver {

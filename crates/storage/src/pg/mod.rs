@@ -320,6 +320,9 @@ pub(crate) fn backend(e: postgres::Error) -> StorageError {
     if e.code().is_some_and(|code| constraint.contains(code)) {
         return StorageError::Conflict;
     }
+    if e.code().is_some_and(|code| *code == SqlState::DISK_FULL) {
+        return StorageError::DiskFull;
+    }
     // The driver's Display says only "db error"; the server's message is in the details.
     match e.as_db_error() {
         Some(db) => StorageError::Backend(format!("{}: {}", db.severity(), db.message())),

@@ -121,6 +121,8 @@ pub struct SqliteStore {
     users: Mutex<UserCache>,
     /// Set on drop, to stop the checkpoint thread.
     stop: Option<Arc<AtomicBool>>,
+    /// The checkpoint thread, joined by [`StorageInfo::shutdown`].
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for SqliteStore {
@@ -164,7 +166,7 @@ fn index_search_backlog(conn: &Connection) -> Result<()> {
 ///
 /// PASSIVE checkpoints never block the writer; with auto-checkpointing off on the main
 /// connection, this is the one place the database file is written and synced.
-fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
+fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
     std::thread::Builder::new()
@@ -180,18 +182,21 @@ fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
                     tracing::warn!(error = %e, "WAL checkpoint failed");
                 }
             }
-            // A last full pass, so a clean shutdown leaves a small WAL.
-            let _ = conn.row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+            // A last pass: what was sent last is searchable after a restart too.
+            if let Err(e) = index_search_backlog(&conn) {
+                tracing::warn!(error = %e, "search indexing failed");
+            }
         })
-        .map_err(|e| StorageError::Backend(e.to_string()))?;
-    Ok(())
+        .map_err(|e| StorageError::Backend(e.to_string()))
 }
 
 fn backend(e: rusqlite::Error) -> StorageError {
-    if let rusqlite::Error::SqliteFailure(f, _) = &e
-        && f.code == rusqlite::ErrorCode::ConstraintViolation
-    {
-        return StorageError::Conflict;
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.code {
+            rusqlite::ErrorCode::ConstraintViolation => return StorageError::Conflict,
+            rusqlite::ErrorCode::DiskFull => return StorageError::DiskFull,
+            _ => {}
+        }
     }
     StorageError::Backend(e.to_string())
 }
@@ -241,7 +246,7 @@ impl SqliteStore {
             store.readers.push(Mutex::new(reader));
         }
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_checkpointer(path, stop.clone())?;
+        store.checkpointer = Mutex::new(Some(spawn_checkpointer(path, stop.clone())?));
         store.stop = Some(stop);
         Ok(store)
     }
@@ -264,6 +269,7 @@ impl SqliteStore {
             tokens: Mutex::new(HashMap::new()),
             users: Mutex::new(UserCache::default()),
             stop: None,
+            checkpointer: Mutex::new(None),
         })
     }
 
@@ -317,6 +323,10 @@ impl StorageInfo for SqliteStore {
         if let Some(stop) = &self.stop {
             stop.store(true, Ordering::Relaxed);
         }
+        // Its last pass done, nothing else writes.
+        if let Some(thread) = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
         // (busy, WAL frames, frames checkpointed): busy means a reader held the WAL open.
         let busy: i64 = self.conn().row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(backend)?;
         if busy != 0 {
@@ -334,6 +344,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     let supported = MIGRATIONS.len() as i64;
     if current > supported {
         return Err(StorageError::SchemaTooNew { found: current, supported });
+    }
+    if current == supported {
+        // Nothing to write: a start-up on a full disk must still work (and serve reads).
+        return Ok(());
     }
     let tx = conn.transaction().map_err(backend)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {

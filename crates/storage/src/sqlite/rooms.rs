@@ -160,7 +160,7 @@ impl RoomStore for SqliteStore {
 
     fn persist_events(&self, events: &[NewEvent<'_>]) -> Vec<Result<(i64, i64)>> {
         let mut conn = self.conn();
-        let failed = |e: &StorageError| events.iter().map(|_| Err(StorageError::Backend(e.to_string()))).collect();
+        let failed = |e: &StorageError| events.iter().map(|_| Err(e.clone())).collect();
         let mut tx = match conn.transaction().map_err(backend) {
             Ok(tx) => tx,
             Err(e) => return failed(&e),
