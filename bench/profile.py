@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where Myelin's CPU goes in one workload: `bench/profile.py send|sync|sliding`.
+"""Where Myelin's CPU goes in one workload: `bench/profile.py send|sync|sliding|herd`.
 
 Starts a release Myelin on loopback (as bench/run.py does), sets up the workload, records it with
 `perf record --call-graph dwarf`, and prints each thread's share and the functions with the
@@ -65,7 +65,7 @@ async def main(kind: str):
         t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
         try:
             await t.wait_ready(s, time.monotonic())
-            users = [await R.register(s, t, f"p{i}") for i in range(8)]
+            users = [await R.register(s, t, f"p{i}") for i in range(100 if kind == "herd" else 8)]
             a = users[0]
             room = (await R.call(s, "POST", t.base + "/_matrix/client/v3/createRoom", a["access_token"],
                                  {"preset": "public_chat"}))["room_id"]
@@ -77,6 +77,24 @@ async def main(kind: str):
                 async def workload():
                     rate, cpu = await R.send_throughput(s, t, users, room, 8, 4000)
                     print(f"send, 8 clients: {rate:,.0f} msg/s, server CPU {cpu * 1e6:.0f} us/msg")
+            elif kind == "herd":
+                # What a woken long-poll computes: an incremental sync holding one new message,
+                # for each of many members of the room.
+                sinces = []
+                for u in users:
+                    r = await R.call(s, "GET", t.base + "/_matrix/client/v3/sync?timeout=0&set_presence=offline",
+                                     u["access_token"])
+                    sinces.append(r["next_batch"])
+
+                async def workload():
+                    for round_ in range(30):
+                        await R.call(s, "PUT", f"{t.base}/_matrix/client/v3/rooms/{room}/send/m.room.message/h{round_}",
+                                     a["access_token"], {"msgtype": "m.text", "body": f"herd {round_}"})
+                        answers = await asyncio.gather(*(
+                            R.call(s, "GET", t.base + "/_matrix/client/v3/sync?timeout=0"
+                                   f"&set_presence=offline&since={since}", u["access_token"])
+                            for u, since in zip(users, sinces)))
+                        sinces[:] = [r["next_batch"] for r in answers]
             elif kind == "sliding":
                 for i in range(499):
                     r = await R.call(s, "POST", t.base + "/_matrix/client/v3/createRoom", a["access_token"],
@@ -105,6 +123,6 @@ async def main(kind: str):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] not in (["send"], ["sync"], ["sliding"]):
-        sys.exit("usage: bench/profile.py send|sync|sliding")
+    if sys.argv[1:] not in (["send"], ["sync"], ["sliding"], ["herd"]):
+        sys.exit("usage: bench/profile.py send|sync|sliding|herd")
     asyncio.run(main(sys.argv[1]))

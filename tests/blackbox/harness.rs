@@ -569,7 +569,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The Matrix spec's Client-Server API definitions (shared/spec/openapi), parsed once.
-fn spec() -> &'static Value {
+pub fn spec() -> &'static Value {
     static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     SPEC.get_or_init(|| load_spec("client-server.json"))
 }

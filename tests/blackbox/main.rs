@@ -15,6 +15,7 @@ mod federating; // two Myelins on loopback with TLS: joins, messages, restarts
 mod federation; // server keys, the federation version endpoint
 mod federation_abuse; // forged, misdirected, malformed and flooding federation input
 mod foundation; // the binary, config, storage, HTTP basics
+mod fuzz; // every Client-Server operation with generated input: never a 5xx
 mod http_antispam; // the native synapse-http-antispam module
 mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks

@@ -414,8 +414,7 @@ impl Homeserver {
         if from >= now {
             return Ok(Vec::new());
         }
-        let r = room.to_owned();
-        let rows = self.db(move |s| s.room_events(&r, from, now, true, MAX_COUNTED)).await?;
+        let rows = self.newest_room_events(room, from, now, MAX_COUNTED).await?;
         let events: Vec<(i64, Value)> = rows
             .iter()
             .map(|row| (row.stream_ordering, crate::events::client_event_from_str(&row.json)))
@@ -424,13 +423,9 @@ impl Homeserver {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let (u, r) = (me.to_string(), room.to_owned());
-        let (members, display) = self
-            .db(move |s| {
-                let members = s.room_memberships(&r)?.iter().filter(|(_, m)| m == "join").count();
-                Ok((members, s.get_profile(&u)?.and_then(|p| p.0).unwrap_or_default()))
-            })
-            .await?;
+        let (members, _) = self.member_counts(room, now).await?;
+        let u = me.to_string();
+        let display = self.db(move |s| Ok(s.get_profile(&u)?.and_then(|p| p.0).unwrap_or_default())).await?;
         let room_id = OwnedRoomId::try_from(room).map_err(Error::internal)?;
         let mut out = Vec::new();
         for (position, event) in events {

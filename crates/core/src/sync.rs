@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value, json};
 
+use crate::cache::BoundedMap;
 use crate::events::client_event_from_str;
 use crate::rooms::parse_token;
 use crate::visibility::Reader;
@@ -196,6 +197,41 @@ impl SyncState {
 }
 
 impl Homeserver {
+    /// The room's events in `(from, to]`, newest first, at most `limit`
+    /// ([`myelin_storage::RoomStore::room_events`]); the same read by concurrent requests is
+    /// made once (see [`SyncCacheInner::ranges`]).
+    pub(crate) async fn newest_room_events(
+        &self,
+        room: &str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Arc<Vec<myelin_storage::EventRow>>> {
+        let key = (room.to_owned(), from, to, limit);
+        if let Some(rows) = self.sync.cache.lock().ranges.get(&key).cloned() {
+            return Ok(rows);
+        }
+        let r = room.to_owned();
+        let rows = Arc::new(self.db(move |s| s.room_events(&r, from, to, true, limit)).await?);
+        if rows.iter().map(|row| row.json.len()).sum::<usize>() <= KEPT_RANGE_BYTES {
+            self.sync.cache.lock().ranges.insert(key, rows.clone());
+        }
+        Ok(rows)
+    }
+
+    /// The room's joined and invited member counts at `now` (kept while the room is unchanged).
+    pub(crate) async fn member_counts(&self, room: &str, now: i64) -> Result<(usize, usize)> {
+        if let Some(counts) = self.sync.cache.member_counts(room, now) {
+            return Ok(counts);
+        }
+        let r = room.to_owned();
+        let memberships = self.db(move |s| s.room_memberships(&r)).await?;
+        let joined = memberships.iter().filter(|(_, m)| m == "join").count();
+        let invited = memberships.iter().filter(|(_, m)| m == "invite").count();
+        self.sync.cache.keep_member_counts(room, now, (joined, invited));
+        Ok((joined, invited))
+    }
+
     async fn sync_filter(&self, requester: &Requester, filter: Option<&str>) -> Result<SyncFilter> {
         let Some(f) = filter else { return Ok(SyncFilter::from_json(&Value::Null)) };
         if f.trim_start().starts_with('{') {
@@ -472,10 +508,9 @@ impl Homeserver {
         filter: &SyncFilter,
     ) -> Result<Timeline> {
         let (limit, matcher) = (filter.timeline_limit, &filter.timeline);
-        let r = room.to_owned();
         // A filtered timeline reads further back to find `limit` events that match.
         let wanted = if matcher.is_open() { limit + 1 } else { MAX_FILTERED_SCAN };
-        let mut rows = self.db(move |s| s.room_events(&r, from, to, true, wanted)).await?;
+        let mut rows = (*self.newest_room_events(room, from, to, wanted).await?).clone();
         if !matcher.is_open() {
             rows.retain(|row| matcher.matches(&client_event_from_str(&row.json)));
         }
@@ -534,10 +569,7 @@ impl Homeserver {
                 }
             }
         }
-        let r = room.to_owned();
-        let memberships = self.db(move |s| s.room_memberships(&r)).await?;
-        let joined_count = memberships.iter().filter(|(_, m)| m == "join").count();
-        let invited_count = memberships.iter().filter(|(_, m)| m == "invite").count();
+        let (joined_count, invited_count) = self.member_counts(room, now).await?;
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);
         let timeline_senders = timeline["events"]
             .as_array()
@@ -728,13 +760,26 @@ pub(crate) struct SyncCache {
     started_at: i64,
 }
 
-#[derive(Default)]
 struct SyncCacheInner {
     /// Room -> (writes in flight, stream position of its last event written by this process).
     changes: HashMap<String, (u32, i64)>,
     sections: HashMap<(String, usize), Arc<Section>>,
     bytes: usize,
+    /// Room -> (built at, joined members, invited members): every sync of the room reads them.
+    member_counts: BoundedMap<String, (i64, usize, usize)>,
+    /// `(room, from, to, limit)` -> the room's events in `(from, to]`, newest first: the same
+    /// read made by every request of a herd woken by one event. Positions up to `to` are all
+    /// committed (an event in flight gets a later one), so a range never changes, but for a
+    /// redaction's rewrite, which a fresh read at the same `to` may or may not see either.
+    ranges: BoundedMap<(String, i64, i64, usize), Arc<Vec<myelin_storage::EventRow>>>,
 }
+
+/// How many event ranges [`SyncCacheInner::ranges`] holds, and the most JSON one may hold.
+const KEPT_RANGES: usize = 256;
+const KEPT_RANGE_BYTES: usize = 256 * 1024;
+
+/// How many rooms' member counts are kept.
+const KEPT_MEMBER_COUNTS: usize = 10_000;
 
 impl SyncCacheInner {
     /// The room's last change, or `i64::MAX` while one is in flight.
@@ -752,7 +797,14 @@ const SECTION_CACHE_BYTES: usize = 32 << 20;
 
 impl SyncCache {
     pub(crate) fn new(started_at: i64) -> Self {
-        SyncCache { inner: Mutex::new(SyncCacheInner::default()), started_at }
+        let inner = SyncCacheInner {
+            changes: HashMap::new(),
+            sections: HashMap::new(),
+            bytes: 0,
+            member_counts: BoundedMap::new(KEPT_MEMBER_COUNTS),
+            ranges: BoundedMap::new(KEPT_RANGES),
+        };
+        SyncCache { inner: Mutex::new(inner), started_at }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncCacheInner> {
@@ -802,6 +854,21 @@ impl SyncCache {
     pub(crate) fn written_at(&self, room: &str) -> Option<i64> {
         let inner = self.lock();
         inner.changes.get(room).map(|(_, at)| *at).filter(|at| *at > self.started_at)
+    }
+
+    /// The room's (joined, invited) counts as kept at or before `now`, while it is unchanged.
+    fn member_counts(&self, room: &str, now: i64) -> Option<(usize, usize)> {
+        let mut inner = self.lock();
+        let changed = inner.changed_at(room, self.started_at);
+        let (built_at, joined, invited) = *inner.member_counts.get(room)?;
+        (changed <= built_at && built_at <= now).then_some((joined, invited))
+    }
+
+    fn keep_member_counts(&self, room: &str, built_at: i64, counts: (usize, usize)) {
+        let mut inner = self.lock();
+        if inner.changed_at(room, self.started_at) <= built_at {
+            inner.member_counts.insert(room.to_owned(), (built_at, counts.0, counts.1));
+        }
     }
 
     fn section(&self, room: &str, limit: usize, now: i64) -> Option<Arc<Section>> {
