@@ -960,6 +960,62 @@ async def herd_bench():
     print(out)
 
 
+async def durability_bench():
+    """`run.py durability`: what `synchronous = FULL` (the default: every commit fsynced) costs
+    against `normal`, Myelin alone: sends at 8 and 64 clients (the event writer's group commit)
+    and account-data writes from 8 clients (one commit each); three rounds, the settings
+    interleaved, medians."""
+    results = {"full": {"send8": [], "send64": [], "account": []}, "normal": {"send8": [], "send64": [], "account": []}}
+    total = 2000 if QUICK else 8000
+    for round_ in range(3):
+        for setting in ("full", "normal"):
+            d = WORK / f"myelin-durability-{setting}-{round_}"
+            shutil.rmtree(d, ignore_errors=True)
+            t = Target("myelin", 28464)
+            cmd = myelin_config(d, t.port)
+            config = d / "homeserver.yaml"
+            config.write_text(config.read_text().replace(
+                "args: {database: data/homeserver.db}", f"args: {{database: data/homeserver.db, synchronous: {setting}}}"))
+            log = open(WORK / "myelin-durability.log", "w")
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+                started = time.monotonic()
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
+                try:
+                    await t.wait_ready(session, started)
+                    users = [await register(session, t, f"d{i}") for i in range(64)]
+                    room = (await call(session, "POST", t.base + "/_matrix/client/v3/createRoom",
+                                       users[0]["access_token"], {"preset": "public_chat"}))["room_id"]
+                    for u in users[1:]:
+                        await call(session, "POST", f"{t.base}/_matrix/client/v3/join/{room}", u["access_token"], {})
+                    await send_throughput(session, t, users, room, 8, 400)  # warm-up
+                    results[setting]["send8"].append((await send_throughput(session, t, users, room, 8, total))[0])
+                    results[setting]["send64"].append((await send_throughput(session, t, users, room, 64, total))[0])
+                    n = 400 if QUICK else 2000
+
+                    async def writer(w):
+                        u = users[w]
+                        for i in range(n // 8):
+                            await call(session, "PUT", f"{t.base}/_matrix/client/v3/user/{u['user_id']}/account_data/org.bench",
+                                       u["access_token"], {"i": i})
+
+                    start = time.perf_counter()
+                    await asyncio.gather(*(writer(w) for w in range(8)))
+                    results[setting]["account"].append(n / (time.perf_counter() - start))
+                finally:
+                    t.stop()
+    out = ("\nDurability: synchronous FULL (default) against NORMAL, Myelin alone; medians of 3 interleaved rounds "
+           "(each round in brackets):\n\n| workload | full | normal | full / normal |\n|---|---:|---:|---:|\n")
+    for key, label in (("send8", "send, 8 clients (msg/s)"), ("send64", "send, 64 clients (msg/s)"),
+                       ("account", "account-data writes, 8 clients (/s)")):
+        f, n_ = results["full"][key], results["normal"][key]
+        out += (f"| {label} | {statistics.median(f):,.0f} ({', '.join(f'{x:,.0f}' for x in f)}) | "
+                f"{statistics.median(n_):,.0f} ({', '.join(f'{x:,.0f}' for x in n_)}) | "
+                f"{statistics.median(f) / statistics.median(n_) * 100:.0f}% |\n")
+    out += f"\nThis disk: {fsync_rate(WORK):,.0f} fsyncs/s.\n"
+    (WORK / "results-durability.md").write_text(out)
+    print(out)
+
+
 async def limits_only():
     """`run.py limits`: just the rate-limiter table."""
     medians, rates = await limiter_overhead()
@@ -970,5 +1026,5 @@ async def limits_only():
 if __name__ == "__main__":
     mode = {"modules": modules_only, "limits": limits_only, "postgres": postgres_send,
             "appservice": appservice_latency, "sliding": sliding_sync_bench,
-            "herd": herd_bench}.get(sys.argv[1] if sys.argv[1:] else "", main)
+            "herd": herd_bench, "durability": durability_bench}.get(sys.argv[1] if sys.argv[1:] else "", main)
     asyncio.run(mode())

@@ -119,8 +119,9 @@ impl Homeserver {
 
     /// Runs a storage call.
     ///
-    /// SQLite's calls run here, on the calling worker thread: they are short (SQLite in WAL
-    /// mode does not fsync on commit and checkpoints run on the store's own thread), and a hop
+    /// SQLite's calls run here, on the calling worker thread: they are short (a commit's WAL
+    /// fsync costs about a tenth of a millisecond on a local disk, and checkpoints run on the
+    /// store's own thread), and a hop
     /// to the blocking pool costs two thread wake-ups, which on this kind of machine cost more
     /// than the queries; `/send` makes several. A backend that waits on the network
     /// (PostgreSQL: [`myelin_storage::StorageInfo::inline_calls`] is false) runs on the blocking
