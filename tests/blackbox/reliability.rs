@@ -378,3 +378,45 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_restarts() {
     drop(server);
     drop(disk);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut() {
+    let server = Server::start_with("request_header_timeout: 1s\nmax_upload_size: 32M\n").await;
+    let alice = server.register("alice").await;
+    let size = 16 * 1024 * 1024;
+    let upload = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", server.base))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/octet-stream")
+        .body(vec![5u8; size])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 200);
+    let uri: Value = upload.json().await.unwrap();
+    let media_id = uri["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    // A small receive buffer, and nothing read: the server's writes stall.
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /_matrix/client/v1/media/download/test/{media_id} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        alice.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Cut: what was sent before the stall, then the end; not the whole file.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection was neither cut nor finished"),
+        }
+    }
+    assert!(received < size, "the whole answer arrived ({received} bytes): the stalled connection was not cut");
+    // The server carries on.
+    assert_eq!(server.get("/_matrix/client/versions", None).await.0, 200);
+}

@@ -53,6 +53,16 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         self.young.get_mut(key)
     }
 
+    /// The entry for `key`, if held, without refreshing it (a lookup over many keys that must
+    /// not age out the ones it has not reached yet).
+    pub(crate) fn peek<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
     /// Whether `key` is held (without refreshing it).
     pub(crate) fn contains_key<Q>(&self, key: &Q) -> bool
     where

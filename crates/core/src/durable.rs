@@ -39,9 +39,10 @@ pub(crate) fn create_new_file(path: &Path, contents: &[u8], mode: u32) -> std::i
     };
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Random: two processes (two containers, both pid 1) may start on one directory at once.
+    let tmp = dir.join(format!(".{name}.{}.tmp", crate::server::random_string(12)));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
     #[cfg(not(unix))]
@@ -53,7 +54,17 @@ pub(crate) fn create_new_file(path: &Path, contents: &[u8], mode: u32) -> std::i
         std::fs::hard_link(&tmp, path)
     })();
     let _ = std::fs::remove_file(&tmp);
-    written?;
+    match written {
+        Ok(()) => {}
+        // A filesystem without hard links: the file is made in place (whole once synced, but a
+        // crash while writing may leave it short).
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied) => {
+            let mut file = options.open(path)?;
+            file.write_all(contents)?;
+            file.sync_all()?;
+        }
+        Err(e) => return Err(e),
+    }
     sync_dir(dir)
 }
 

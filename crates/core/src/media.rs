@@ -165,10 +165,15 @@ impl Homeserver {
         // handed out.
         let root = self.config.media_store_path.clone();
         let (from, to) = (tmp.clone(), dest.clone());
-        tokio::task::spawn_blocking(move || crate::durable::rename_into(&from, &to, &root))
+        let renamed = tokio::task::spawn_blocking(move || crate::durable::rename_into(&from, &to, &root))
             .await
-            .map_err(Error::internal)?
-            .map_err(Error::from_io)?;
+            .map_err(Error::internal)
+            .and_then(|r| r.map_err(Error::from_io));
+        if let Err(e) = renamed {
+            // Nothing of a failed upload is kept (a full disk most of all).
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
         let row = MediaRow {
             media_id: media_id.clone(),
             user_id: requester.user_id.to_string(),
@@ -178,7 +183,10 @@ impl Homeserver {
             created_ts: now_ms(),
             pending: false,
         };
-        self.db(move |s| s.insert_media(&row)).await?;
+        if let Err(e) = self.db(move |s| s.insert_media(&row)).await {
+            let _ = tokio::fs::remove_file(&dest).await;
+            return Err(e);
+        }
         Ok(format!("mxc://{}/{media_id}", self.server_name()))
     }
 

@@ -213,7 +213,11 @@ impl Homeserver {
         }
         let r = room.to_owned();
         let rows = Arc::new(self.db(move |s| s.room_events(&r, from, to, true, limit)).await?);
-        if rows.iter().map(|row| row.json.len()).sum::<usize>() <= KEPT_RANGE_BYTES {
+        // Only ranges up to the newest position, which requests stop asking for as soon as
+        // anything (a redaction rewriting an event in it, too) moves the stream on; a range
+        // ending earlier (a left room's, a sliding sync `until`) could be asked for long after.
+        let newest = to >= *self.sync.stream.borrow();
+        if newest && rows.iter().map(|row| row.json.len()).sum::<usize>() <= KEPT_RANGE_BYTES {
             self.sync.cache.lock().ranges.insert(key, rows.clone());
         }
         Ok(rows)
@@ -841,6 +845,9 @@ impl SyncCache {
         // Sections built from now on read storage as it is, so dropping these is enough.
         inner.sections.clear();
         inner.bytes = 0;
+        // Counts kept before the gap would pass the validity rule: a missed write never moved
+        // their room's change position on.
+        inner.member_counts.clear();
     }
 
     /// The stream position of the room's last change this process knows of (`i64::MAX` while

@@ -96,14 +96,21 @@ const BODY_TIME_BASE: std::time::Duration = std::time::Duration::from_secs(60);
 /// The slowest transfer a body's budget allows for, in bytes per second (a poor mobile link).
 const SLOWEST_BODY_RATE: u64 = 8 * 1024;
 
+/// The most any body gets, however long it says it is.
+const BODY_TIME_CAP: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a body may send nothing at all before it is given up on.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long a body of `length` bytes may take to arrive.
 fn body_time_budget(length: u64) -> std::time::Duration {
-    BODY_TIME_BASE + std::time::Duration::from_secs(length / SLOWEST_BODY_RATE)
+    (BODY_TIME_BASE + std::time::Duration::from_secs(length / SLOWEST_BODY_RATE)).min(BODY_TIME_CAP)
 }
 
 /// Reads a body of at most `limit` bytes; a longer one is drained, then refused with 413. A
-/// body gets time in proportion to its length (`Content-Length`, else `limit`); one that takes
-/// longer is refused with 408 rather than cut and parsed half-read.
+/// body gets time in proportion to its length (`Content-Length`, else `limit`; at most five
+/// minutes) and may not pause for more than 30 s; one that takes longer is refused with 408
+/// rather than cut and parsed half-read.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, MatrixError> {
     use axum::body::HttpBody as _;
     use http_body_util::BodyExt;
@@ -114,7 +121,8 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Ma
     let expected = body.size_hint().exact().unwrap_or(limit as u64).min(limit as u64);
     let mut deadline = tokio::time::Instant::now() + body_time_budget(expected);
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+        let wait = deadline.min(tokio::time::Instant::now() + BODY_IDLE);
+        let frame = match tokio::time::timeout_at(wait, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) => return Err(MatrixError::new(ErrorKind::NotJson, "Could not read the request body")),
             Ok(None) => break,

@@ -377,6 +377,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
         eprintln!("Error during startup:\nCould not write the pid_file {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
+    let stop_signal = shutdown_signal();
     let connections = myelin_http::Connections::new(connection_capacity(), hs.config.request_header_timeout);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
@@ -402,7 +403,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
             _ => tasks.push(tokio::spawn(myelin_http::serve(listener, app, connections.clone(), stopped))),
         }
     }
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("Shutting down: finishing in-flight requests");
     hs.begin_shutdown();
     let _ = stop_tx.send(());
@@ -420,17 +421,19 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGTERM and Ctrl-C handlers now (before the listeners announce themselves: a
+/// SIGTERM arriving before would kill the process uncleanly) and completes when either arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -455,11 +455,11 @@ impl Homeserver {
                 known.insert(room, before.max(at));
             }
         }
-        let mut known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.sliding_sync.latest.lock().unwrap_or_else(|p| p.into_inner());
         Ok(rooms
             .iter()
             .map(|r| {
-                let stored = known.get(r).copied().unwrap_or(0);
+                let stored = known.peek(r).copied().unwrap_or(0);
                 (r.clone(), stored.max(self.sync.cache.written_at(r).unwrap_or(0)))
             })
             .collect())

@@ -465,7 +465,7 @@ impl PostgresStore {
         items: &[I],
         mut f: impl FnMut(&mut WriteTx<'_>, &I) -> Result<T>,
     ) -> Vec<Result<T>> {
-        let failed = |e: &StorageError| items.iter().map(|_| Err(StorageError::Backend(e.to_string()))).collect();
+        let failed = |e: &StorageError| items.iter().map(|_| Err(e.clone())).collect();
         let mut lent = match self.pool.get() {
             Ok(lent) => lent,
             Err(e) => return failed(&e),
