@@ -148,6 +148,11 @@ impl Homeserver {
                 }
             }
             Some("pushers") => self.pushers_changed_here(),
+            Some("ignored") => {
+                if let Some(user) = parts.next() {
+                    self.forget_ignored_users(user);
+                }
+            }
             Some("outbox") => {
                 if let Some(destination) = parts.next() {
                     self.wake_destination_here(destination);
@@ -161,6 +166,7 @@ impl Homeserver {
                 self.sync.cache.forget_all();
                 self.pushers_changed_here();
                 self.forget_all_push_rules();
+                self.accounts.ignored.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 let hs = self.clone();
                 tokio::spawn(async move {
                     if let Ok(pos) = hs.db(|s| s.max_stream_ordering()).await {

@@ -128,6 +128,7 @@ impl Homeserver {
         });
         let pos = self.db(move |s| s.set_receipt(&row)).await?;
         self.advance_stream(pos);
+        self.badge_may_have_changed(&me.user_id);
         if let Some(edu) = edu {
             let destinations = self.room_destinations(room).await?;
             self.queue_edu(destinations, edu).await;

@@ -18,6 +18,64 @@ use serde_json::{Map, Value, json};
 
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
+/// The server's default rules, as Synapse has them: the spec's current ones plus the legacy
+/// mention rules it still keeps (`.m.rule.contains_display_name`, `.m.rule.roomnotif`,
+/// `.m.rule.contains_user_name`), which clients that do not send `m.mentions` rely on. An event
+/// with `m.mentions` skips them (ruma's evaluation does that).
+#[allow(deprecated)]
+pub(crate) fn server_default_rules(user: &ruma::UserId) -> Ruleset {
+    use ruma::push::{
+        ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData, HighlightTweakValue,
+        PatternedPushRule, PatternedPushRuleInit, PushCondition,
+        SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
+    };
+    let highlight = Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes));
+    let sound = Action::SetTweak(Tweak::Sound(SoundTweakValue::Default));
+    let contains_display_name: ConditionalPushRule = ConditionalPushRuleInit {
+        actions: vec![Action::Notify, sound.clone(), highlight.clone()],
+        default: true,
+        enabled: true,
+        rule_id: ".m.rule.contains_display_name".to_owned(),
+        conditions: vec![PushCondition::ContainsDisplayName],
+    }
+    .into();
+    let roomnotif: ConditionalPushRule = ConditionalPushRuleInit {
+        actions: vec![Action::Notify, highlight.clone()],
+        default: true,
+        enabled: true,
+        rule_id: ".m.rule.roomnotif".to_owned(),
+        conditions: vec![
+            PushCondition::EventMatch(EventMatchConditionData::new("content.body".into(), "@room".into())),
+            PushCondition::SenderNotificationPermission(SenderNotificationPermissionConditionData::new(
+                ruma::power_levels::NotificationPowerLevelsKey::Room,
+            )),
+        ],
+    }
+    .into();
+    let contains_user_name: PatternedPushRule = PatternedPushRuleInit {
+        actions: vec![Action::Notify, sound, highlight],
+        default: true,
+        enabled: true,
+        rule_id: ".m.rule.contains_user_name".to_owned(),
+        pattern: user.localpart().to_owned(),
+    }
+    .into();
+    let mut rules = Ruleset::server_default(user);
+    rules.override_ = std::mem::take(&mut rules.override_)
+        .into_iter()
+        .flat_map(|rule| {
+            let legacy = match rule.rule_id.as_str() {
+                ".m.rule.is_user_mention" => Some(contains_display_name.clone()),
+                ".m.rule.is_room_mention" => Some(roomnotif.clone()),
+                _ => None,
+            };
+            std::iter::once(rule).chain(legacy)
+        })
+        .collect();
+    rules.content.insert(contains_user_name);
+    rules
+}
+
 /// How far back unread counts look: a room with more unread events than this shows this many.
 const MAX_COUNTED: usize = 100;
 
@@ -66,6 +124,12 @@ pub(crate) struct Verdict {
     pub highlight: bool,
 }
 
+/// One notification waiting for its pusher's gateway.
+pub(crate) type PushQueueItem = (Arc<crate::push_gateway::HttpPusher>, Value);
+
+/// The key under which a stored pusher keeps the device whose session set it up.
+const PUSHER_DEVICE: &str = "myelin.device_id";
+
 /// The push service's in-memory state (`hs.push`).
 pub(crate) struct PushState {
     /// Parsed push rules per user (a cache of their `m.push_rules` account data; dropped when
@@ -77,6 +141,15 @@ pub(crate) struct PushState {
     /// Every user's pushers as stored, read once and dropped when one changes (a cache: the
     /// push gateway sender looks at it for every event).
     pub(crate) pushers: std::sync::Mutex<Option<crate::push_gateway::StoredPushers>>,
+    /// Users whose read receipts may have changed their badge, for the push gateway sender
+    /// (set when it starts).
+    pub(crate) badge_updates: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<OwnedUserId>>>,
+    /// The badge each user's gateways were last sent, so a receipt that changes nothing sends
+    /// nothing.
+    pub(crate) last_badge: std::sync::Mutex<std::collections::HashMap<OwnedUserId, u64>>,
+    /// Each pusher's queue of notifications (`user\napp_id\npushkey`), drained by one task
+    /// per pusher.
+    pub(crate) queues: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<PushQueueItem>>>,
 }
 
 impl PushState {
@@ -85,6 +158,9 @@ impl PushState {
             rules: std::sync::Mutex::new(BoundedMap::new(sizes.push_rules)),
             unread: std::sync::Mutex::new(BoundedMap::new(sizes.unread_counts)),
             pushers: Default::default(),
+            badge_updates: Default::default(),
+            last_badge: Default::default(),
+            queues: Default::default(),
         }
     }
 }
@@ -106,9 +182,9 @@ impl Homeserver {
         let stored = self.db(move |s| s.get_account_data(&u, "", "m.push_rules")).await?;
         let mut rules = stored
             .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
-            .unwrap_or_else(|| Ruleset::server_default(user));
+            .unwrap_or_else(|| server_default_rules(user));
         // Defaults added in newer spec versions appear for users with older stored rule sets.
-        rules.update_with_server_default(Ruleset::server_default(user));
+        rules.update_with_server_default(server_default_rules(user));
         Ok(rules)
     }
 
@@ -316,14 +392,52 @@ impl Homeserver {
             .iter()
             .filter_map(|j| serde_json::from_str::<Value>(j).ok())
             .map(|mut p| {
-                // Kept for the gateway, not part of the listing.
+                // Kept for the gateway and for logouts, not part of the listing.
                 if let Value::Object(m) = &mut p {
                     m.remove("pushkey_ts");
+                    m.remove(PUSHER_DEVICE);
                 }
                 p
             })
             .collect();
         Ok(json!({"pushers": pushers}))
+    }
+
+    /// Removes the pushers that sessions of `user` set up, when those sessions end: those of
+    /// `devices` (logout, device deletion), or of every device but `keep` (a password change
+    /// that logs out the other devices, `/logout/all` with `keep` None). As Synapse ties a
+    /// pusher to the access token that made it. Pushers from before Myelin kept their device
+    /// stay.
+    pub(crate) async fn remove_pushers_of_sessions(
+        &self,
+        user: &str,
+        devices: Option<Vec<String>>,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        let (u, keep) = (user.to_owned(), keep.map(str::to_owned));
+        let removed = self
+            .db(move |s| {
+                let mut removed = false;
+                for json in s.pushers(&u)? {
+                    let Ok(Value::Object(p)) = serde_json::from_str::<Value>(&json) else { continue };
+                    let Some(device) = p.get(PUSHER_DEVICE).and_then(Value::as_str) else { continue };
+                    let ends = match &devices {
+                        Some(ended) => ended.iter().any(|d| d == device),
+                        None => keep.as_deref() != Some(device),
+                    };
+                    if ends {
+                        let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+                        s.delete_pusher(&u, &text("app_id"), &text("pushkey"))?;
+                        removed = true;
+                    }
+                }
+                Ok(removed)
+            })
+            .await?;
+        if removed {
+            self.pushers_changed();
+        }
+        Ok(())
     }
 
     /// `POST /pushers/set`: `kind: null` deletes; `http` pushers need `data.url`.
@@ -365,6 +479,7 @@ impl Homeserver {
         let mut pusher = body.clone();
         pusher.remove("append");
         pusher.insert("pushkey_ts".into(), json!(crate::server::now_ms()));
+        pusher.insert(PUSHER_DEVICE.into(), json!(me.device_id));
         let json = Value::Object(pusher).to_string();
         self.db(move |s| s.set_pusher(&u, &app_id, &pushkey, &json, append)).await?;
         self.pushers_changed();
@@ -498,7 +613,7 @@ impl Homeserver {
                     actions.push(json!({"set_tweak": "highlight"}));
                 }
                 let read = position <= read_at;
-                found.push(json!({"actions": actions, "event": event, "read": read, "room_id": room, "ts": ts}));
+                found.push(json!({"actions": actions, "event": event, "profile_tag": null, "read": read, "room_id": room, "ts": ts}));
             }
         }
         found.sort_by_key(|n| std::cmp::Reverse(n["ts"].as_i64().unwrap_or(0)));

@@ -30,7 +30,7 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 pub(crate) type StoredPushers = Arc<Vec<(String, String)>>;
 
 /// One pusher of one user, as stored.
-struct HttpPusher {
+pub(crate) struct HttpPusher {
     user: OwnedUserId,
     config: Map<String, Value>,
 }
@@ -66,12 +66,24 @@ impl Homeserver {
                 return;
             }
         };
+        let (badge_tx, mut badge_rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.push.badge_updates.lock().unwrap_or_else(|p| p.into_inner()) = Some(badge_tx);
         tokio::spawn(async move {
             let mut stream = hs.sync.stream.subscribe();
             let mut done = *stream.borrow_and_update();
             loop {
-                if stream.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = stream.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    Some(user) = badge_rx.recv() => {
+                        if let Err(e) = hs.push_badge(&http, &user).await {
+                            tracing::warn!(user = %user, error = %e, "badge update not sent");
+                        }
+                        continue;
+                    }
                 }
                 let now = *stream.borrow_and_update();
                 while done < now {
@@ -85,6 +97,40 @@ impl Homeserver {
                 }
             }
         });
+    }
+
+    /// After `user` sent a read receipt: tells their gateways the new badge if it changed
+    /// (Synapse's `_update_badge`: a notification with only `counts`).
+    pub(crate) fn badge_may_have_changed(&self, user: &OwnedUserId) {
+        if let Some(tx) = self.push.badge_updates.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(user.clone());
+        }
+    }
+
+    async fn push_badge(self: &Arc<Self>, http: &reqwest::Client, user: &OwnedUserId) -> Result<()> {
+        let stored = self.all_pushers().await?;
+        let theirs: Vec<Arc<HttpPusher>> = stored
+            .iter()
+            .filter(|(u, _)| u == user.as_str())
+            .filter_map(|(_, json)| match serde_json::from_str::<Value>(json) {
+                Ok(Value::Object(config)) if config.get("kind").and_then(Value::as_str) == Some("http") => {
+                    Some(Arc::new(HttpPusher { user: user.clone(), config }))
+                }
+                _ => None,
+            })
+            .collect();
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        let badge = self.badge_count(user).await?;
+        if self.push.last_badge.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), badge) == Some(badge) {
+            return Ok(());
+        }
+        for pusher in theirs {
+            let body = badge_body(&pusher, badge);
+            self.enqueue(http, pusher, body);
+        }
+        Ok(())
     }
 
     /// Every user's pushers, from the cache when it holds them.
@@ -137,7 +183,16 @@ impl Homeserver {
         for (room, row) in events {
             let event = client_event_from_str(&row.json);
             let sender = event["sender"].as_str().unwrap_or_default().to_owned();
-            let members = self.joined_member_ids(&room).await?;
+            let mut members = self.joined_member_ids(&room).await?;
+            let member_count = members.len();
+            // An invite also reaches the invitee, who is not a member yet (as Synapse).
+            if event["type"] == "m.room.member"
+                && event["content"]["membership"] == "invite"
+                && let Some(invitee) = event["state_key"].as_str()
+                && !members.iter().any(|m| m == invitee)
+            {
+                members.push(invitee.to_owned());
+            }
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else { continue };
             for user in members.iter().filter(|u| **u != sender) {
                 let Some(theirs) = pushers.get(user) else { continue };
@@ -149,7 +204,7 @@ impl Homeserver {
                 }
                 // One user's failure (a storage error reading their rules) costs them this
                 // notification, not everyone else theirs.
-                if let Err(e) = self.push_to_user(http, theirs, &event, &room_id, members.len()).await {
+                if let Err(e) = self.push_to_user(http, theirs, &event, &room_id, member_count).await {
                     tracing::warn!(user = %user, error = %e, "push notification not evaluated");
                 }
             }
@@ -189,11 +244,11 @@ impl Homeserver {
             || tweaks.get("highlight").is_some_and(|h| h == true)
             || tweaks.contains_key("sound");
         let badge = self.badge_count(user).await?;
-        let context = self.notification_context(event, room).await?;
+        self.push.last_badge.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), badge);
+        let context = self.notification_context(event, room, user).await?;
         for pusher in pushers {
             let body = notify_body(pusher, event, &tweaks, high, badge, &context);
-            let (hs, http, pusher) = (self.clone(), http.clone(), pusher.clone());
-            tokio::spawn(async move { hs.deliver(&http, &pusher, body).await });
+            self.enqueue(http, pusher.clone(), body);
         }
         Ok(())
     }
@@ -217,20 +272,37 @@ impl Homeserver {
         rules.get_actions(&raw, &ctx).await.to_vec()
     }
 
-    /// The room name and the sender's display name, as a notification shows them.
-    async fn notification_context(&self, event: &Value, room: &OwnedRoomId) -> Result<Map<String, Value>> {
+    /// The room name and the sender's display name, as a notification shows them (Synapse's
+    /// `get_context_for_event`): the room's name, else its canonical alias, else a name made
+    /// of its other members when there are at least two; the sender's display name, else
+    /// their user ID.
+    async fn notification_context(
+        &self,
+        event: &Value,
+        room: &OwnedRoomId,
+        user: &OwnedUserId,
+    ) -> Result<Map<String, Value>> {
         let mut context = Map::new();
-        if let Some(name) = self.state_content(room, "m.room.name", "").await?.and_then(|c| c.get("name").cloned())
-            && name.as_str().is_some_and(|n| !n.is_empty())
-        {
-            context.insert("room_name".into(), name);
+        let state = self.current_state(room).await?.unwrap_or_default();
+        let ids = state
+            .iter()
+            .filter(|((kind, _), _)| {
+                matches!(kind.as_str(), "m.room.name" | "m.room.canonical_alias" | "m.room.member")
+            })
+            .map(|(_, id)| id.to_string())
+            .collect();
+        let events = self.load_events(ids).await?;
+        let content_of = |kind: &str, key: &str| {
+            state.get(&(kind.to_owned(), key.to_owned())).and_then(|id| events.get(id)).map(|e| e.content_map())
+        };
+        let members: Vec<&crate::events::Pdu> =
+            events.values().filter(|e| e.kind == ruma::events::TimelineEventType::RoomMember).collect();
+        if let Some(name) = room_name(&content_of, &members, user) {
+            context.insert("room_name".into(), json!(name));
         }
         let sender = event["sender"].as_str().unwrap_or_default();
-        if let Some(name) =
-            self.state_content(room, "m.room.member", sender).await?.and_then(|c| c.get("displayname").cloned())
-            && name.as_str().is_some_and(|n| !n.is_empty())
-        {
-            context.insert("sender_display_name".into(), name);
+        if let Some(member) = content_of("m.room.member", sender) {
+            context.insert("sender_display_name".into(), json!(name_of_member(&member, sender)));
         }
         Ok(context)
     }
@@ -255,13 +327,31 @@ impl Homeserver {
         Ok(badge)
     }
 
+    /// Queues a notification for one pusher. Each pusher's notifications go out one at a time,
+    /// in order, as Synapse sends them (a retried one holds back those after it).
+    fn enqueue(self: &Arc<Self>, http: &reqwest::Client, pusher: Arc<HttpPusher>, body: Value) {
+        let key = format!("{}\n{}\n{}", pusher.user, pusher.text("app_id"), pusher.text("pushkey"));
+        let mut queues = self.push.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = queues.entry(key).or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<HttpPusher>, Value)>();
+            let (hs, http) = (self.clone(), http.clone());
+            tokio::spawn(async move {
+                while let Some((pusher, body)) = rx.recv().await {
+                    hs.deliver(&http, &pusher, body).await;
+                }
+            });
+            tx
+        });
+        let _ = queue.send((pusher, body));
+    }
+
     /// Posts one notification, retrying with backoff; removes pushkeys the gateway rejects.
     async fn deliver(&self, http: &reqwest::Client, pusher: &HttpPusher, body: Value) {
         let Some(url) = pusher.url() else { return };
         let started = std::time::Instant::now();
         let mut backoff = INITIAL_BACKOFF;
         loop {
-            let request = http.post(url).json(&body);
+            let request = http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(ascii_json(&body));
             let answer = match self.config.federation.ip_filter.send(http, request).await {
                 Ok(resp) if resp.status().is_success() => resp.json::<Value>().await.map_err(|e| e.to_string()),
                 Ok(resp) => Err(format!("status {}", resp.status())),
@@ -295,6 +385,29 @@ impl Homeserver {
     }
 }
 
+/// The pusher's `devices` entry: its app, pushkey and `data` without the URL.
+fn device_of(pusher: &HttpPusher) -> Value {
+    let mut data = pusher.config.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
+    data.remove("url");
+    json!({
+        "app_id": pusher.text("app_id"),
+        "pushkey": pusher.text("pushkey"),
+        "pushkey_ts": pusher.config.get("pushkey_ts").and_then(Value::as_i64).unwrap_or(0) / 1000,
+        "data": data,
+    })
+}
+
+/// A badge-only notification, as Synapse's `_send_badge` shapes it.
+fn badge_body(pusher: &HttpPusher, badge: u64) -> Value {
+    json!({"notification": {
+        "id": "",
+        "type": null,
+        "sender": "",
+        "counts": {"unread": badge},
+        "devices": [device_of(pusher)],
+    }})
+}
+
 /// The `notify` request body for one pusher.
 fn notify_body(
     pusher: &HttpPusher,
@@ -304,14 +417,7 @@ fn notify_body(
     badge: u64,
     context: &Map<String, Value>,
 ) -> Value {
-    let mut data = pusher.config.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
-    data.remove("url");
-    let mut device = json!({
-        "app_id": pusher.text("app_id"),
-        "pushkey": pusher.text("pushkey"),
-        "pushkey_ts": pusher.config.get("pushkey_ts").and_then(Value::as_i64).unwrap_or(0) / 1000,
-        "data": data,
-    });
+    let mut device = device_of(pusher);
     let prio = if high { "high" } else { "low" };
     let mut notification = json!({
         "event_id": event["event_id"],
@@ -320,6 +426,8 @@ fn notify_body(
         "counts": {"unread": badge},
     });
     if !pusher.event_id_only() {
+        // Synapse still sends the deprecated `id` beside `event_id`; gateways may read either.
+        notification["id"] = event["event_id"].clone();
         if !tweaks.is_empty() {
             device["tweaks"] = Value::Object(tweaks.clone());
         }
@@ -338,4 +446,75 @@ fn notify_body(
     }
     notification["devices"] = json!([device]);
     json!({"notification": notification})
+}
+
+/// A member's name as notifications show it: the display name, else the user ID.
+fn name_of_member(content: &Map<String, Value>, user: &str) -> String {
+    match content.get("displayname").and_then(Value::as_str) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => user.to_owned(),
+    }
+}
+
+/// The room's name for `user` as Synapse's `calculate_room_name` works it out for
+/// notifications (`fallback_to_single_member=False`): no name when only one other member
+/// could name it, or when `user` is only invited.
+fn room_name(
+    content_of: &dyn Fn(&str, &str) -> Option<Map<String, Value>>,
+    members: &[&crate::events::Pdu],
+    user: &OwnedUserId,
+) -> Option<String> {
+    if let Some(name) = content_of("m.room.name", "").and_then(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+        && !name.is_empty()
+    {
+        return Some(name);
+    }
+    if let Some(alias) =
+        content_of("m.room.canonical_alias", "").and_then(|c| c.get("alias").and_then(Value::as_str).map(str::to_owned))
+        && alias.starts_with('#')
+        && alias.contains(':')
+    {
+        return Some(alias);
+    }
+    if content_of("m.room.member", user.as_str()).is_some_and(|c| c.get("membership") == Some(&json!("invite"))) {
+        return None;
+    }
+    let mut present: Vec<(&crate::events::Pdu, Map<String, Value>)> = members
+        .iter()
+        .map(|e| (*e, e.content_map()))
+        .filter(|(_, c)| matches!(c.get("membership").and_then(Value::as_str), Some("join" | "invite")))
+        .collect();
+    present.sort_by_key(|(e, _)| e.origin_server_ts);
+    let others: Vec<String> = present
+        .iter()
+        .filter(|(e, _)| e.state_key.as_deref() != Some(user.as_str()))
+        .map(|(e, c)| name_of_member(c, e.state_key.as_deref().unwrap_or_default()))
+        .collect();
+    match others.len() {
+        0 if present.len() == 1 && present[0].0.sender != *user => {
+            Some(name_of_member(&present[0].1, present[0].0.state_key.as_deref().unwrap_or_default()))
+        }
+        0 => Some("Empty Room".to_owned()),
+        1 => None,
+        2 => Some(format!("{} and {}", others[0], others[1])),
+        n => Some(format!("{} and {} others", others[0], n - 1)),
+    }
+}
+
+/// JSON with every non-ASCII character escaped (`\uXXXX`), as Synapse sends it: some
+/// gateways count a body's length in characters, not bytes.
+fn ascii_json(value: &Value) -> String {
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }

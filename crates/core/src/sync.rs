@@ -147,6 +147,12 @@ pub(crate) struct SyncFilter {
     not_rooms: HashSet<String>,
     /// `room.include_leave`: rooms left or banned from in an initial sync too.
     include_leave: bool,
+    /// `room.state.lazy_load_members`: the state carries only the memberships of the
+    /// timeline's senders (and the user's own).
+    lazy_load_members: bool,
+    /// `room.state.include_redundant_members`: with lazy loading, memberships this device was
+    /// already sent are sent again.
+    include_redundant_members: bool,
 }
 
 impl SyncFilter {
@@ -162,6 +168,8 @@ impl SyncFilter {
             rooms: list(&room["rooms"]),
             not_rooms: list(&room["not_rooms"]).unwrap_or_default(),
             include_leave: room["include_leave"].as_bool().unwrap_or(false),
+            lazy_load_members: room["state"]["lazy_load_members"].as_bool().unwrap_or(false),
+            include_redundant_members: room["state"]["include_redundant_members"].as_bool().unwrap_or(false),
         }
     }
     /// No filter but a timeline limit (sliding sync's `timeline_limit`).
@@ -184,7 +192,17 @@ pub(crate) struct SyncState {
     pub(crate) cache: SyncCache,
     /// Set once this process begins to shut down: long-polls answer at once.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// With lazy-loaded members: the membership events each `(user, device)` was sent, per
+    /// room (member -> event ID), so that later syncs leave them out. A cache, as Synapse's: a
+    /// forgotten entry means a membership is sent again, which clients accept.
+    pub(crate) lazy_members_sent: std::sync::Mutex<LazyMembersSent>,
 }
+
+/// `(user, device)` -> room -> member -> the membership event ID last sent.
+pub(crate) type LazyMembersSent = BoundedMap<(String, String), HashMap<String, HashMap<String, String>>>;
+
+/// How many devices' lazy-loading records are kept.
+const LAZY_MEMBERS_DEVICES: usize = 10_000;
 
 impl SyncState {
     pub(crate) fn new(position: i64) -> Self {
@@ -192,6 +210,7 @@ impl SyncState {
             stream: tokio::sync::watch::Sender::new(position),
             cache: SyncCache::new(position),
             stopping: tokio::sync::watch::Sender::new(false),
+            lazy_members_sent: std::sync::Mutex::new(BoundedMap::new(LAZY_MEMBERS_DEVICES)),
         }
     }
 }
@@ -312,6 +331,11 @@ impl Homeserver {
             .await?
         };
         let changed: HashMap<String, (String, i64)> = changes.into_iter().map(|(r, m, p)| (r, (m, p))).collect();
+        if since.is_none() && filter.lazy_load_members {
+            // An initial sync starts the device's record of what it was sent again.
+            let device = (user.clone(), requester.device_id.clone());
+            self.sync.lazy_members_sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
+        }
         let mut join = Vec::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -357,12 +381,18 @@ impl Homeserver {
             // paginate back from there.
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
-            let section = self.room_section(&user, room, timeline_from, now, whole_state, filter).await?;
+            let section =
+                self.room_section(requester, room, timeline_from, now, whole_state, filter).await?;
             let section = self.with_transaction_ids(requester, section, since.is_some()).await?;
             if read_positions.is_none() {
                 read_positions = Some(self.unread_starts(&user).await?);
             }
             let read_at = read_positions.as_ref().and_then(|p| p.get(room)).copied().unwrap_or(0);
+            // A room whose news this user is not shown (all filtered out, or from users they
+            // ignore) is left out of an incremental sync, as Synapse does.
+            if since.is_some() && !full_state && section.has_no_events() && !has_account_data && !has_ephemeral {
+                continue;
+            }
             let body = JoinedRoom {
                 section,
                 account_data: json!({"events": room_account_data.remove(room).unwrap_or_default()}),
@@ -373,11 +403,21 @@ impl Homeserver {
             };
             join.push((room.clone(), body));
         }
+        let ignored = if invited.is_empty() { Default::default() } else { self.ignored_users(&user).await? };
         for room in &invited {
             if !filter.wants(room) || (since.is_some() && !changed.contains_key(room)) {
                 continue;
             }
-            invite.insert(room.clone(), json!({"invite_state": {"events": self.stripped_state(room, &user).await?}}));
+            let stripped = self.stripped_state(room, &user).await?;
+            // An invite from someone the user ignores is not shown (Synapse).
+            let inviter = stripped
+                .iter()
+                .find(|e| e["type"] == "m.room.member" && e["state_key"] == user.as_str())
+                .and_then(|e| e["sender"].as_str());
+            if inviter.is_some_and(|sender| ignored.contains(sender)) {
+                continue;
+            }
+            invite.insert(room.clone(), json!({"invite_state": {"events": stripped}}));
         }
         let mut knock = Map::new();
         for room in &knocked {
@@ -540,16 +580,22 @@ impl Homeserver {
     /// history visibility); others are built for their user each time.
     async fn room_section(
         &self,
-        user: &str,
+        requester: &Requester,
         room: &str,
         from: i64,
         now: i64,
         whole_state: bool,
         filter: &SyncFilter,
     ) -> Result<Arc<Section>> {
+        let user = requester.user_id.as_str();
         let limit = filter.timeline_limit;
         // Sections shared between members are those of unfiltered events.
-        let cacheable = from == 0 && whole_state && filter.timeline.is_open() && filter.state.is_open();
+        let cacheable = from == 0
+            && whole_state
+            && filter.timeline.is_open()
+            && filter.state.is_open()
+            && !filter.lazy_load_members
+            && self.ignored_users(user).await?.is_empty();
         if cacheable && let Some(section) = self.sync.cache.section(room, limit, now) {
             return Ok(section);
         }
@@ -557,8 +603,33 @@ impl Homeserver {
         let in_timeline: HashSet<&str> =
             timeline["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str()).collect();
         let limited = timeline["limited"].as_bool().unwrap_or(false);
+        // With lazy-loaded members: whose memberships the timeline needs (its senders whose
+        // membership is not in it), and the user's own in a room new to this sync.
+        let timeline_members: HashMap<&str, &str> = timeline["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| Some((e["state_key"].as_str()?, e["event_id"].as_str()?)))
+            .collect();
+        let mut needed: HashSet<&str> = HashSet::new();
+        if filter.lazy_load_members {
+            needed.extend(
+                timeline["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["sender"].as_str())
+                    .filter(|sender| !timeline_members.contains_key(sender)),
+            );
+            if whole_state {
+                needed.insert(user);
+            }
+        }
         // State up to the start of the timeline: all of it for a room new to this sync; on a
-        // gappy incremental sync, the state that changed in the gap.
+        // gappy incremental sync, the state that changed in the gap. Lazy loading leaves out
+        // the memberships the timeline does not need, in a room new to this sync only: a gap's
+        // changes are all sent, as Synapse does.
         let mut state = Vec::new();
         if whole_state || limited {
             let r = room.to_owned();
@@ -567,11 +638,21 @@ impl Homeserver {
                     continue;
                 }
                 let event = client_event_from_str(&row.json);
-                if !in_timeline.contains(event["event_id"].as_str().unwrap_or_default()) && filter.state.matches(&event)
+                let unneeded_member = filter.lazy_load_members
+                    && whole_state
+                    && event["type"] == "m.room.member"
+                    && !event["state_key"].as_str().is_some_and(|k| needed.contains(k));
+                if !in_timeline.contains(event["event_id"].as_str().unwrap_or_default())
+                    && filter.state.matches(&event)
+                    && !unneeded_member
                 {
                     state.push(event);
                 }
             }
+        }
+        if filter.lazy_load_members {
+            self.add_lazy_members(requester, room, whole_state, &needed, &timeline_members, filter, &mut state)
+                .await?;
         }
         let (joined_count, invited_count) = self.member_counts(room, now).await?;
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);
@@ -592,6 +673,64 @@ impl Homeserver {
             self.sync.cache.keep(room, limit, section.clone());
         }
         Ok(section)
+    }
+
+    /// Lazy loading on an incremental sync: adds the memberships the timeline needs that the
+    /// state does not carry yet; leaves out those this device was already sent (unless the
+    /// filter asks for redundant ones) except changes from the gap; and records what it sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn add_lazy_members(
+        &self,
+        requester: &Requester,
+        room: &str,
+        whole_state: bool,
+        needed: &HashSet<&str>,
+        timeline_members: &HashMap<&str, &str>,
+        filter: &SyncFilter,
+        state: &mut Vec<Value>,
+    ) -> Result<()> {
+        let device = (requester.user_id.to_string(), requester.device_id.clone());
+        if !whole_state {
+            let in_state: HashSet<String> = state
+                .iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                .collect();
+            let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
+            let current = self.current_state_shared(&room_id).await?.unwrap_or_default();
+            let sent = {
+                let mut records = self.sync.lazy_members_sent.lock().unwrap_or_else(|p| p.into_inner());
+                records.get(&device).and_then(|rooms| rooms.get(room)).cloned().unwrap_or_default()
+            };
+            let ids: Vec<String> = needed
+                .iter()
+                .filter(|member| !in_state.contains(**member))
+                .filter_map(|member| {
+                    let id = current.get(&("m.room.member".to_owned(), (*member).to_owned()))?.to_string();
+                    let already_sent = sent.get(*member) == Some(&id);
+                    (filter.include_redundant_members || !already_sent).then_some(id)
+                })
+                .collect();
+            if !ids.is_empty() {
+                state.extend(self.client_events(ids).await?.into_iter().filter(|e| filter.state.matches(e)));
+            }
+        }
+        let mut records = self.sync.lazy_members_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if records.get(&device).is_none() {
+            records.insert(device.clone(), HashMap::new());
+        }
+        if let Some(rooms) = records.get_mut(&device) {
+            let sent = rooms.entry(room.to_owned()).or_default();
+            for event in state.iter().filter(|e| e["type"] == "m.room.member") {
+                if let (Some(member), Some(id)) = (event["state_key"].as_str(), event["event_id"].as_str()) {
+                    sent.insert(member.to_owned(), id.to_owned());
+                }
+            }
+            for (member, id) in timeline_members {
+                sent.insert((*member).to_owned(), (*id).to_owned());
+            }
+        }
+        Ok(())
     }
 
     /// A section as the requesting device sees it: the events it sent with a transaction ID
@@ -742,6 +881,10 @@ pub(crate) struct Section {
 }
 
 impl Section {
+    /// Neither timeline events nor state events.
+    fn has_no_events(&self) -> bool {
+        self.timeline_senders.is_empty() && self.state.get() == r#"{"events":[]}"#
+    }
     fn bytes(&self) -> usize {
         self.timeline.get().len() + self.state.get().len() + self.summary.get().len()
     }

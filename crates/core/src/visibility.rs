@@ -86,6 +86,7 @@ struct Head {
     kind: String,
     state_key: Option<String>,
     room_id: String,
+    sender: String,
 }
 
 fn head(json: &str) -> Option<Head> {
@@ -96,9 +97,11 @@ fn head(json: &str) -> Option<Head> {
         state_key: Option<String>,
         #[serde(default)]
         room_id: String,
+        #[serde(default)]
+        sender: String,
     }
     let raw: Raw = serde_json::from_str(json).ok()?;
-    Some(Head { kind: raw.kind, state_key: raw.state_key, room_id: raw.room_id })
+    Some(Head { kind: raw.kind, state_key: raw.state_key, room_id: raw.room_id, sender: raw.sender })
 }
 
 impl Homeserver {
@@ -229,7 +232,9 @@ impl Homeserver {
         rows: Vec<EventRow>,
     ) -> Result<(Vec<EventRow>, bool)> {
         let mut facts: HashMap<i64, GroupFacts> = HashMap::new();
-        let mut same_for_members = true;
+        let ignored = self.ignored_users(user).await?;
+        // Leaving out what this user ignores makes the answer theirs alone.
+        let mut same_for_members = ignored.is_empty();
         let mut kept = Vec::with_capacity(rows.len());
         for row in rows {
             if row.rejected || row.soft_failed {
@@ -237,6 +242,9 @@ impl Homeserver {
                 continue;
             }
             let Some(head) = head(&row.json) else { continue };
+            if head.state_key.is_none() && ignored.contains(&head.sender) {
+                continue;
+            }
             let own_membership = head.kind == "m.room.member" && head.state_key.as_deref() == Some(user);
             let Some(group) = row.state_group else {
                 // An outlier: only the user's own membership (an invite from another server).

@@ -119,8 +119,13 @@ impl Homeserver {
         match self.receive_pdu(Some(origin), &room, pdu, Vec::new()).await {
             Ok(received) => {
                 let answer = match received.outcome {
-                    Outcome::Rejected(why) => json!({"error": format!("Event rejected: {why}")}),
-                    // Soft failure (spam included) is not the sender's business.
+                    // An event the auth rules reject is kept as rejected (so its children can be
+                    // judged) and never served; as on Synapse, the sender's server is not told.
+                    // Soft failure (spam included) is not the sender's business either.
+                    Outcome::Rejected(why) => {
+                        tracing::info!(origin, room = %room, reason = %why, "rejected a PDU");
+                        json!({})
+                    }
                     Outcome::Accepted | Outcome::SoftFailed | Outcome::Known | Outcome::Dropped => json!({}),
                 };
                 (received.event_id.to_string(), answer)

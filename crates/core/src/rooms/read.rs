@@ -264,7 +264,9 @@ impl Homeserver {
             let upper = to_pos.unwrap_or(i64::MAX).min(max);
             self.db(move |s| s.room_events(&rid, from_pos, upper, false, limit)).await?
         };
-        let end = if rows.len() == limit { rows.last().map(|r| format!("t{}", r.stream_ordering)) } else { None };
+        // As Synapse: `end` whenever the page read any event (a page at the room's edge says so
+        // by coming back empty next time), none when there was nothing left to read.
+        let end = rows.last().map(|r| format!("t{}", r.stream_ordering));
         // The filters apply to the page read, so a filtered page may hold fewer than `limit`
         // events while `end` still points further; the spec allows that.
         let (rows, _) = self.visible_events(user, reader, rows).await?;

@@ -1,6 +1,12 @@
 //! Account data, room tags and filters.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use super::*;
+
+/// The global account data naming the users someone ignores.
+const IGNORED_USER_LIST: &str = "m.ignored_user_list";
 
 impl Homeserver {
     /// A room's tags (`m.tag` room account data).
@@ -41,6 +47,30 @@ impl Homeserver {
         Ok(())
     }
 
+    /// The users `user` ignores (their `m.ignored_user_list`): their messages are left out of
+    /// what `user` is shown and their invites are not shown at all, as Synapse does.
+    pub(crate) async fn ignored_users(&self, user: &str) -> Result<Arc<HashSet<String>>> {
+        if let Some(known) = self.accounts.ignored.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+            return Ok(known.clone());
+        }
+        let u = user.to_owned();
+        let stored = self.db(move |s| s.get_account_data(&u, "", IGNORED_USER_LIST)).await?;
+        let ignored: HashSet<String> = stored
+            .as_ref()
+            .and_then(|content| content.get("ignored_users"))
+            .and_then(Value::as_object)
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default();
+        let ignored = Arc::new(ignored);
+        self.accounts.ignored.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), ignored.clone());
+        Ok(ignored)
+    }
+
+    /// Drops the cached ignore list of `user` (they wrote a new one).
+    pub(crate) fn forget_ignored_users(&self, user: &str) {
+        self.accounts.ignored.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+
     /// Global or room account data.
     pub async fn set_account_data(
         &self,
@@ -69,6 +99,12 @@ impl Homeserver {
         let (u, r, k) = (user_id.to_owned(), room_id.unwrap_or_default().to_owned(), kind.to_owned());
         let written = content.clone();
         let pos = self.db(move |s| s.set_account_data(&u, &r, &k, &written)).await?;
+        if kind == IGNORED_USER_LIST && room_id.is_none() {
+            self.forget_ignored_users(user_id);
+            if self.has_bus() {
+                self.publish(format!("ignored {user_id}"));
+            }
+        }
         self.advance_stream(pos);
         if let Value::Object(content) = &content {
             self.modules.on_account_data_updated(user_id, room_id, kind, content).await;

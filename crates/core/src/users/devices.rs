@@ -117,6 +117,7 @@ impl Homeserver {
                 Ok(deleted)
             })
             .await?;
+        self.remove_pushers_of_sessions(user.as_str(), Some(deleted.clone()), None).await?;
         for device in deleted {
             self.device_list_changed(user.as_str(), &device).await;
         }

@@ -121,6 +121,7 @@ impl Homeserver {
     async fn end_session(&self, user: &str, device: &str, token: &str) -> Result<()> {
         let (u, d) = (user.to_owned(), device.to_owned());
         self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
+        self.remove_pushers_of_sessions(user, Some(vec![device.to_owned()]), None).await?;
         self.modules.on_logged_out(user, Some(device), token).await;
         Ok(())
     }
@@ -154,7 +155,8 @@ impl Homeserver {
     /// `POST /logout/all`.
     pub async fn logout_all(&self, requester: &Requester) -> Result<()> {
         let u = requester.user_id.to_string();
-        self.db(move |s| s.delete_all_devices(&u, None)).await
+        self.db(move |s| s.delete_all_devices(&u, None)).await?;
+        self.remove_pushers_of_sessions(requester.user_id.as_str(), None, None).await
     }
 
     /// `POST /account/password` (UIA with the old password).
@@ -173,7 +175,11 @@ impl Homeserver {
             s.set_password_hash(&u, Some(&hash))?;
             if logout_devices { s.delete_all_devices(&u, Some(&d)) } else { Ok(()) }
         })
-        .await
+        .await?;
+        if logout_devices {
+            self.remove_pushers_of_sessions(requester.user_id.as_str(), None, Some(&requester.device_id)).await?;
+        }
+        Ok(())
     }
 
     /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.

@@ -189,11 +189,17 @@ pub(crate) struct AccountsState {
     /// agent; held only to decide whether to write again (a cache).
     #[allow(clippy::type_complexity)]
     pub(crate) last_seen: std::sync::Mutex<crate::cache::BoundedMap<(String, String), (i64, String, String)>>,
+    /// Each user's ignored users (`m.ignored_user_list`), read on every timeline a user is
+    /// shown (a cache; dropped when the user writes the list, here or on another process).
+    pub(crate) ignored: std::sync::Mutex<crate::cache::BoundedMap<String, std::sync::Arc<std::collections::HashSet<String>>>>,
 }
 
 impl AccountsState {
     pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
-        AccountsState { last_seen: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)) }
+        AccountsState {
+            last_seen: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)),
+            ignored: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)),
+        }
     }
 }
 
