@@ -76,7 +76,9 @@ async fn device_and_one_time_keys_are_uploaded_queried_and_claimed() {
     assert_schema("/_matrix/client/v3/keys/query", "post", st, &q);
     let keys = &q["device_keys"][&alice.user_id][&alice.device_id];
     assert_eq!(keys["keys"][format!("curve25519:{}", alice.device_id)], "c1");
-    assert!(keys["unsigned"]["device_display_name"].is_string() || keys["unsigned"].is_null());
+    // `unsigned` is always there (as Synapse; sytest checks), with the display name when set.
+    assert!(keys["unsigned"].is_object(), "{keys}");
+    assert!(keys["unsigned"].get("device_display_name").is_none_or(|n| n.is_string()), "{keys}");
     // Naming an unknown device gives nothing for it; an unknown user, an empty map.
     let (_, q) = s
         .post(
@@ -389,6 +391,19 @@ async fn key_backup_versions_and_keys() {
     assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
     let (st, b) = s.put(&format!("{V3}/room_keys/keys?version=2"), t, json!({"rooms": {"!r:test": 5}})).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+    // A version needs `auth_data`, which is opaque: kept as sent whatever its JSON type (as
+    // Synapse; older clients send a string), also through the `unstable` prefix.
+    let no_auth = json!({"algorithm": "m.megolm_backup.v1"});
+    let (st, b) = s.post(&format!("{V3}/room_keys/version"), t, no_auth).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{b}");
+    let opaque = json!({"algorithm": "m.megolm_backup.v1", "auth_data": "an opaque string"});
+    let (st, b) = s.post("/_matrix/client/unstable/room_keys/version", t, opaque).await;
+    assert_eq!(st, 200, "{b}");
+    let (_, v) = s.get(&format!("{V3}/room_keys/version/{}", b["version"].as_str().unwrap()), t).await;
+    assert_eq!(v["auth_data"], "an opaque string", "{v}");
+    let (st, b) =
+        s.call("DELETE", &format!("{V3}/room_keys/version/{}", b["version"].as_str().unwrap()), t, None).await;
+    assert_eq!(st, 200, "{b}");
 
     // Update and delete versions; keys go with their version.
     let mut update = version_body.clone();

@@ -275,6 +275,7 @@ async fn notifying_events_reach_the_push_gateway_within_a_second() {
     let body = gateway.next(std::time::Duration::from_secs(1)).await;
     let n = &body["notification"];
     assert_eq!(n["event_id"], sent["event_id"], "{body}");
+    assert_eq!(n["id"], sent["event_id"], "Synapse's deprecated `id` too: {body}");
     assert_eq!((n["room_id"].as_str(), n["type"].as_str()), (Some(room.as_str()), Some("m.room.message")));
     assert_eq!((n["sender"].as_str(), n["room_name"].as_str()), (Some("@alice:test"), Some("Lobby")));
     assert_eq!((n["content"]["body"].as_str(), n["prio"].as_str()), (Some("hello bob"), Some("high")));
@@ -320,6 +321,68 @@ async fn notifying_events_reach_the_push_gateway_within_a_second() {
     });
     let (st, b) = s.post(&format!("{V3}/pushers/set"), Some(&bob.token), bad).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+}
+
+#[tokio::test]
+async fn invites_badges_room_names_and_sessions_follow_synapse() {
+    let mut gateway = Gateway::start().await;
+    let s = Server::start_with("ip_range_whitelist: ['127.0.0.0/8']\n").await;
+    let (alice, bob, carol, dave) =
+        (s.register("alice").await, s.register("bob").await, s.register("carol").await, s.register("dave").await);
+    set_pusher(&s, &bob, "bob-phone", json!({"url": gateway.url})).await;
+    set_pusher(&s, &dave, "dave-phone", json!({"url": gateway.url})).await;
+
+    // An invite reaches the invitee, who is not a member yet; Dave, who is neither, hears nothing.
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    assert_eq!(s.invite(&alice, &room, &bob.user_id).await.0, 200);
+    let n = gateway.next(std::time::Duration::from_secs(1)).await["notification"].clone();
+    assert_eq!((n["type"].as_str(), n["membership"].as_str()), (Some("m.room.member"), Some("invite")), "{n}");
+    assert_eq!((n["user_is_target"].as_bool(), n["devices"][0]["pushkey"].as_str()), (Some(true), Some("bob-phone")));
+    assert!(n.get("room_name").is_none(), "an invitee's room is not named after one member: {n}");
+
+    // A room without a name or alias is named after its other members, oldest first.
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(s.invite(&alice, &room, &carol.user_id).await.0, 200);
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let (_, sent) = s.send_text(&alice, &room, "hello @room, bob").await;
+    let n = loop {
+        let n = gateway.next(std::time::Duration::from_secs(1)).await["notification"].clone();
+        if n["event_id"] == sent["event_id"] {
+            break n;
+        }
+    };
+    assert_eq!(n["room_name"], "alice and carol", "{n}");
+    // The legacy mention rule (display name in the body) still highlights, as on Synapse.
+    assert_eq!(n["devices"][0]["tweaks"]["highlight"], true, "{n}");
+    assert!(gateway.seen.lock().unwrap().iter().all(|b| b["notification"]["devices"][0]["pushkey"] != "dave-phone"));
+
+    // Bob reads it: his gateway is told the new badge (counts only); reading again changes
+    // nothing and sends nothing.
+    let seen_before = gateway.seen.lock().unwrap().len();
+    let receipt = format!("{V3}/rooms/{room}/receipt/m.read/{}", sent["event_id"].as_str().unwrap());
+    assert_eq!(s.post(&receipt, Some(&bob.token), json!({})).await.0, 200);
+    let badge = gateway.next(std::time::Duration::from_secs(1)).await["notification"].clone();
+    assert_eq!((badge["counts"]["unread"].as_u64(), badge.get("event_id")), (Some(0), None), "{badge}");
+    assert_eq!(s.post(&receipt, Some(&bob.token), json!({})).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(gateway.seen.lock().unwrap().len(), seen_before + 1, "an unchanged badge is not sent again");
+
+    // A pusher goes with the session that set it up: logging that device out removes it, and
+    // only it.
+    let laptop = s.login("bob").await;
+    set_pusher(&s, &laptop, "bob-laptop", json!({"url": gateway.url})).await;
+    let pushkeys = |b: Value| -> Vec<String> {
+        let mut keys: Vec<String> =
+            b["pushers"].as_array().unwrap().iter().map(|p| p["pushkey"].as_str().unwrap().to_owned()).collect();
+        keys.sort();
+        keys
+    };
+    let (st, listed) = s.get(&format!("{V3}/pushers"), Some(&bob.token)).await;
+    assert_eq!((st, pushkeys(listed.clone())), (200, vec!["bob-laptop".to_owned(), "bob-phone".to_owned()]));
+    assert!(listed["pushers"][0].as_object().unwrap().keys().all(|k| !k.starts_with("myelin")), "{listed}");
+    assert_eq!(s.post(&format!("{V3}/logout"), Some(&laptop.token), json!({})).await.0, 200);
+    let (_, listed) = s.get(&format!("{V3}/pushers"), Some(&bob.token)).await;
+    assert_eq!(pushkeys(listed), vec!["bob-phone".to_owned()]);
 }
 
 #[tokio::test]

@@ -301,3 +301,123 @@ async fn repeated_initial_syncs_see_every_change() {
     assert_eq!(texts(&b).last().map(String::as_str), Some("four"));
     assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3);
 }
+
+/// A sync with a filter given inline, since `since` if any.
+async fn sync_filtered(s: &Server, user: &User, filter: &serde_json::Value, since: Option<&str>) -> serde_json::Value {
+    let mut path = format!("/_matrix/client/v3/sync?filter={}", urlencode(&filter.to_string()));
+    if let Some(since) = since {
+        path.push_str(&format!("&since={since}"));
+    }
+    let (st, body) = s.get(&path, Some(&user.token)).await;
+    assert_eq!(st, 200, "{body}");
+    body
+}
+
+/// The state keys of the member events in a room's `state` section, sorted.
+fn state_members(room: &serde_json::Value) -> Vec<String> {
+    let mut members: Vec<String> = room["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn lazy_loading_sends_only_the_memberships_the_timeline_needs() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    for i in 0..5 {
+        s.send_text(&bob, &room, &format!("bob {i}")).await;
+    }
+    let lazy = json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 5}}});
+    // Initial: Bob (who speaks in the timeline) and Alice herself; not Carol.
+    let body = sync_filtered(&s, &alice, &lazy, None).await;
+    assert_eq!(state_members(&body["rooms"]["join"][&room]), vec!["@alice:test", "@bob:test"], "{body}");
+    // Without lazy loading every member is there.
+    let full = sync_filtered(&s, &alice, &json!({"room": {"timeline": {"limit": 5}}}), None).await;
+    assert_eq!(state_members(&full["rooms"]["join"][&room]), vec!["@alice:test", "@bob:test", "@carol:test"]);
+
+    // Incremental: Carol speaks, so her membership comes along once; Bob's was sent already.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    s.send_text(&carol, &room, "carol here").await;
+    s.send_text(&bob, &room, "bob again").await;
+    let next = sync_filtered(&s, &alice, &lazy, Some(&since)).await;
+    assert_eq!(state_members(&next["rooms"]["join"][&room]), vec!["@carol:test"], "{next}");
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    s.send_text(&carol, &room, "carol again").await;
+    let again = sync_filtered(&s, &alice, &lazy, Some(&since)).await;
+    assert_eq!(state_members(&again["rooms"]["join"][&room]), Vec::<String>::new(), "not sent twice: {again}");
+    // Unless the filter asks for redundant memberships.
+    s.send_text(&carol, &room, "and again").await;
+    let redundant = json!({"room": {"state": {"lazy_load_members": true, "include_redundant_members": true}}});
+    let body = sync_filtered(&s, &alice, &redundant, Some(&since)).await;
+    assert_eq!(state_members(&body["rooms"]["join"][&room]), vec!["@carol:test"], "{body}");
+    // Another device of Alice's was sent nothing yet: its initial sync starts afresh.
+    let other = s.login("alice").await;
+    let body = sync_filtered(&s, &other, &lazy, None).await;
+    assert_eq!(state_members(&body["rooms"]["join"][&room]), vec!["@alice:test", "@bob:test", "@carol:test"]);
+}
+
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_not_shown() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    s.send_text(&bob, &room, "from bob").await;
+    s.send_text(&carol, &room, "from carol").await;
+
+    let path = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", alice.user_id);
+    let ignore_bob = json!({"ignored_users": {bob.user_id.clone(): {}}});
+    assert_eq!(s.put(&path, Some(&alice.token), ignore_bob).await.0, 200);
+    let bodies = |events: &serde_json::Value| -> Vec<String> {
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Alice's timeline and /messages leave Bob's messages out; his membership stays (state).
+    let body = s.sync(&alice, None, 0).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), vec!["from carol"], "{joined}");
+    let (st, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&alice.token)).await;
+    assert_eq!((st, bodies(&page["chunk"])), (200, vec!["from carol".to_owned()]), "{page}");
+    assert!(
+        page["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["sender"] == bob.user_id)
+    );
+    // Carol, who ignores nobody, sees both.
+    let body = s.sync(&carol, None, 0).await;
+    assert_eq!(bodies(&body["rooms"]["join"][&room]["timeline"]["events"]), vec!["from bob", "from carol"]);
+
+    // A room whose only news is Bob's is left out of Alice's incremental sync.
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.send_text(&bob, &room, "bob again").await;
+    let next = s.sync(&alice, Some(&since), 0).await;
+    assert!(next["rooms"]["join"].get(&room).is_none(), "{next}");
+
+    // Bob's invites do not show; Carol's do.
+    let bobs = s.create_room(&bob, json!({})).await;
+    assert_eq!(s.invite(&bob, &bobs, &alice.user_id).await.0, 200);
+    let carols = s.create_room(&carol, json!({})).await;
+    assert_eq!(s.invite(&carol, &carols, &alice.user_id).await.0, 200);
+    let body = s.sync(&alice, None, 0).await;
+    let invites = body["rooms"]["invite"].as_object().unwrap();
+    assert!(invites.contains_key(&carols) && !invites.contains_key(&bobs), "{body}");
+
+    // Un-ignoring brings Bob's messages back.
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"ignored_users": {}})).await.0, 200);
+    let body = s.sync(&alice, None, 0).await;
+    assert!(bodies(&body["rooms"]["join"][&room]["timeline"]["events"]).contains(&"bob again".to_owned()));
+}

@@ -351,7 +351,8 @@ impl Homeserver {
         let started = std::time::Instant::now();
         let mut backoff = INITIAL_BACKOFF;
         loop {
-            let request = http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(ascii_json(&body));
+            let request =
+                http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(ascii_json(&body));
             let answer = match self.config.federation.ip_filter.send(http, request).await {
                 Ok(resp) if resp.status().is_success() => resp.json::<Value>().await.map_err(|e| e.to_string()),
                 Ok(resp) => Err(format!("status {}", resp.status())),
@@ -464,7 +465,8 @@ fn room_name(
     members: &[&crate::events::Pdu],
     user: &OwnedUserId,
 ) -> Option<String> {
-    if let Some(name) = content_of("m.room.name", "").and_then(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+    if let Some(name) =
+        content_of("m.room.name", "").and_then(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
         && !name.is_empty()
     {
         return Some(name);

@@ -381,8 +381,7 @@ impl Homeserver {
             // paginate back from there.
             let whole_state = since.is_none() || newly_joined || full_state;
             let timeline_from = if since.is_none() || newly_joined { 0 } else { from };
-            let section =
-                self.room_section(requester, room, timeline_from, now, whole_state, filter).await?;
+            let section = self.room_section(requester, room, timeline_from, now, whole_state, filter).await?;
             let section = self.with_transaction_ids(requester, section, since.is_some()).await?;
             if read_positions.is_none() {
                 read_positions = Some(self.unread_starts(&user).await?);
@@ -651,8 +650,7 @@ impl Homeserver {
             }
         }
         if filter.lazy_load_members {
-            self.add_lazy_members(requester, room, whole_state, &needed, &timeline_members, filter, &mut state)
-                .await?;
+            self.add_lazy_members(requester, room, whole_state, &needed, &timeline_members, filter, &mut state).await?;
         }
         let (joined_count, invited_count) = self.member_counts(room, now).await?;
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);

@@ -191,7 +191,8 @@ pub(crate) struct AccountsState {
     pub(crate) last_seen: std::sync::Mutex<crate::cache::BoundedMap<(String, String), (i64, String, String)>>,
     /// Each user's ignored users (`m.ignored_user_list`), read on every timeline a user is
     /// shown (a cache; dropped when the user writes the list, here or on another process).
-    pub(crate) ignored: std::sync::Mutex<crate::cache::BoundedMap<String, std::sync::Arc<std::collections::HashSet<String>>>>,
+    pub(crate) ignored:
+        std::sync::Mutex<crate::cache::BoundedMap<String, std::sync::Arc<std::collections::HashSet<String>>>>,
 }
 
 impl AccountsState {
