@@ -457,14 +457,13 @@ fn name_of_member(content: &Map<String, Value>, user: &str) -> String {
     }
 }
 
+/// Looks up the content of the room's state event `(type, state key)`.
+type StateContentOf<'a> = dyn Fn(&str, &str) -> Option<Map<String, Value>> + 'a;
+
 /// The room's name for `user` as Synapse's `calculate_room_name` works it out for
 /// notifications (`fallback_to_single_member=False`): no name when only one other member
 /// could name it, or when `user` is only invited.
-fn room_name(
-    content_of: &dyn Fn(&str, &str) -> Option<Map<String, Value>>,
-    members: &[&crate::events::Pdu],
-    user: &OwnedUserId,
-) -> Option<String> {
+fn room_name(content_of: &StateContentOf, members: &[&crate::events::Pdu], user: &OwnedUserId) -> Option<String> {
     if let Some(name) =
         content_of("m.room.name", "").and_then(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
         && !name.is_empty()
