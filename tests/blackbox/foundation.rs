@@ -295,5 +295,6 @@ async fn sigterm_finishes_in_flight_requests() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
     assert_eq!(pending.await.unwrap().unwrap(), 200, "the long-poll in flight was answered");
-    assert!(s.wait_exit().success());
+    let status = s.wait_exit();
+    assert!(status.success(), "{status:?}; the server's log:\n{}", s.log_text());
 }
