@@ -64,6 +64,9 @@ async fn create_room_alias_and_canonical_alias_validation() {
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_ALIAS")), "the alias points at another room");
     let (st, _) = s.put(&path, Some(&alice.token), json!({"alt_aliases": ["#nowhere:test"]})).await;
     assert_eq!(st, 400);
+    // Something that is not an alias at all is an invalid parameter (Synapse).
+    let (st, b) = s.put(&path, Some(&alice.token), json!({"alt_aliases": ["%club:test"]})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
     // Deleting an alias removes it from the canonical alias event.
     assert_eq!(
         s.call("DELETE", "/_matrix/client/v3/directory/room/%23club:test", Some(&alice.token), None).await.0,

@@ -210,12 +210,10 @@ impl Homeserver {
         }
         for a in aliases {
             let Some(s) = a.as_str() else { return Err(Error::bad_json("aliases must be strings")) };
-            let alias = OwnedRoomAliasId::try_from(s).map_err(|_| {
-                Error::new(
-                    ErrorKind::Module { status: 400, errcode: "M_BAD_ALIAS".into() },
-                    format!("Invalid alias {s}"),
-                )
-            })?;
+            // Not an alias at all: 400 M_INVALID_PARAM (Synapse); M_BAD_ALIAS is for a real
+            // alias that does not point here.
+            let alias =
+                OwnedRoomAliasId::try_from(s).map_err(|_| Error::invalid_param(format!("Invalid alias {s}")))?;
             if alias.server_name().as_str() != self.server_name() {
                 continue;
             }

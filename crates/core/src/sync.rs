@@ -369,7 +369,11 @@ impl Homeserver {
             if !filter.wants(room) {
                 continue;
             }
-            let newly_joined = since.is_some() && changed.get(room).is_some_and(|(m, _)| m == "join");
+            // Newly joined: a join since the last sync by someone who was not joined then (a
+            // profile change is a join event too, and must not resend the whole room).
+            let newly_joined = since.is_some()
+                && changed.get(room).is_some_and(|(m, _)| m == "join")
+                && self.was_not_joined(&user, room, from).await?;
             let has_account_data = room_account_data.contains_key(room);
             let has_ephemeral = receipts.contains_key(room) || typing.contains_key(room);
             if since.is_some() && !full_state && !rooms_with_news.contains(room) && !has_account_data && !has_ephemeral
@@ -671,6 +675,12 @@ impl Homeserver {
             self.sync.cache.keep(room, limit, section.clone());
         }
         Ok(section)
+    }
+
+    /// Whether `user` was not joined to `room` at stream position `at`.
+    async fn was_not_joined(&self, user: &str, room: &str, at: i64) -> Result<bool> {
+        let (u, r) = (user.to_owned(), room.to_owned());
+        Ok(self.db(move |s| s.membership_at(&u, &r, at)).await?.as_deref() != Some("join"))
     }
 
     /// Lazy loading on an incremental sync: adds the memberships the timeline needs that the

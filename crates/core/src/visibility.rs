@@ -222,6 +222,32 @@ impl Homeserver {
         Ok(GroupFacts { visibility, membership })
     }
 
+    /// For an `m.room.history_visibility` event: the facts to judge it by when the visibility
+    /// before it was more open than the one it sets (`None` otherwise).
+    async fn facts_before_visibility_change(
+        &self,
+        room_id: &str,
+        row: &EventRow,
+        group: i64,
+        user: &str,
+        after: &GroupFacts,
+    ) -> Result<Option<GroupFacts>> {
+        let (r, before) = (room_id.to_owned(), row.stream_ordering - 1);
+        let Some(previous_group) = self.db(move |s| s.state_group_at(&r, before)).await? else { return Ok(None) };
+        let previous = self.group_visibility(previous_group).await?;
+        if previous >= after.visibility {
+            return Ok(None);
+        }
+        let membership = match &after.membership {
+            Some(known) => Some(known.clone()),
+            None => self
+                .group_state_content(group, "m.room.member", user)
+                .await?
+                .and_then(|c| c.get("membership")?.as_str().map(str::to_owned)),
+        };
+        Ok(Some(GroupFacts { visibility: previous, membership }))
+    }
+
     /// The events of `rows` that `user`, reading as `reader`, may see, in order; and whether
     /// the answer is the same for every member of the room now (every event's visibility was
     /// `shared` or `world_readable`), which lets `/sync` share one cached copy.
@@ -261,10 +287,19 @@ impl Homeserver {
                 }
             };
             same_for_members &= group_facts.visibility <= HistoryVisibility::Shared;
+            // A change of history visibility is judged by the more open of the visibilities
+            // before and after it (Synapse): members who could see the room's history see it
+            // being closed.
+            let change_facts = if head.kind == "m.room.history_visibility" && head.state_key.as_deref() == Some("") {
+                self.facts_before_visibility_change(&head.room_id, &row, group, user, group_facts).await?
+            } else {
+                None
+            };
+            let facts = change_facts.as_ref().unwrap_or(group_facts);
             // After their leave a user sees only what anyone may.
             let after_leave =
-                row.stream_ordering > reader.until && group_facts.visibility != HistoryVisibility::WorldReadable;
-            if !after_leave && (own_membership || client_may_see(group_facts, reader)) {
+                row.stream_ordering > reader.until && facts.visibility != HistoryVisibility::WorldReadable;
+            if !after_leave && (own_membership || client_may_see(facts, reader)) {
                 kept.push(row);
             }
         }

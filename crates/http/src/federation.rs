@@ -38,6 +38,11 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/make_leave/{room_id}/{user_id}", get(make_leave))
             .route("/_matrix/federation/v2/send_leave/{room_id}/{event_id}", put(send_leave))
             .route("/_matrix/federation/v2/invite/{room_id}/{event_id}", put(invite))
+            // The v1 forms, still served by Synapse: the event alone in, `[200, answer]` out.
+            .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", put(send_join_v1))
+            .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", put(send_leave_v1))
+            .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", put(invite_v1))
+            .route("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", get(event_auth))
             .route("/_matrix/federation/v1/event/{event_id}", get(event))
             .route("/_matrix/federation/v1/query/profile", get(query_profile))
             .route("/_matrix/federation/v1/query/directory", get(query_directory))
@@ -170,6 +175,52 @@ async fn send_join(
     request: Signed,
 ) -> Answer {
     Ok(axum::Json(hs.send_join(&request.origin, &room_id, &event_id, request.body()?).await?))
+}
+
+/// The v1 APIs' answer: `[200, answer]` (a historical quirk the spec keeps).
+fn v1_answer(answer: Value) -> Answer {
+    Ok(axum::Json(serde_json::json!([200, answer])))
+}
+
+async fn send_join_v1(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    v1_answer(hs.send_join(&request.origin, &room_id, &event_id, request.body()?).await?)
+}
+
+async fn send_leave_v1(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    v1_answer(hs.send_leave(&request.origin, &room_id, &event_id, request.body()?).await?)
+}
+
+/// v1 invites carry no room version: as Synapse, version 1 is assumed (versions 1 and 2 differ
+/// only in state resolution, which an invite does not use); the stripped state is in the
+/// event's `unsigned`.
+async fn invite_v1(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    let event = request.body()?;
+    let body = serde_json::json!({
+        "event": event,
+        "room_version": "1",
+        "invite_room_state": event["unsigned"]["invite_room_state"].as_array().cloned().unwrap_or_default(),
+    });
+    v1_answer(hs.receive_invite(&request.origin, &room_id, &event_id, &body).await?)
+}
+
+async fn event_auth(
+    State(hs): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    request: Signed,
+) -> Answer {
+    Ok(axum::Json(hs.federation_event_auth(&request.origin, &room_id, &event_id).await?))
 }
 
 async fn event(State(hs): State<AppState>, Path(event_id): Path<String>, request: Signed) -> Answer {

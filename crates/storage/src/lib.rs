@@ -420,6 +420,9 @@ pub trait RoomStore {
     /// Latest member events per user in `(from, to]` concerning `user_id` (their own membership
     /// changes), as `(room_id, membership, stream)`.
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>>;
+    /// `user_id`'s membership in a room as of stream position `at` (their latest accepted
+    /// member event there at or before it), if they had one.
+    fn membership_at(&self, user_id: &str, room_id: &str, at: i64) -> Result<Option<String>>;
     /// `user_id`'s current membership in every room where they have one, with its member
     /// event's sender and stream position (0 when that event is not stored with one).
     fn user_memberships(&self, user_id: &str) -> Result<Vec<UserMembership>>;
@@ -600,6 +603,8 @@ pub trait KeyStore {
     fn set_cross_signing_keys(&self, user_id: &str, keys: &[(String, String)]) -> Result<i64>;
     /// Users whose device lists changed in `(from, to]`.
     fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>>;
+    /// The position of `user_id`'s latest device-list change before `before`, if any.
+    fn device_list_change_before(&self, user_id: &str, before: i64) -> Result<Option<i64>>;
     /// Users in a joined room with `user_id` (joined or invited there), `user_id` included.
     fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>>;
     /// Queues to-device messages `(user, device, json)` sent under a transaction ID; `None`

@@ -1047,6 +1047,11 @@ fn membership_changes_latest_per_room(s: &dyn Storage) {
     r1.send(s, &r1.member("$ban", BOB, "ban").rejected());
     assert_eq!(s.membership_changes(BOB, end, MAX).unwrap(), vec![], "rejected member events are not changes");
     assert_eq!(s.membership_changes(CAROL, start, MAX).unwrap(), vec![]);
+    // The membership as of a position: the latest accepted member event up to it.
+    let at = |r: &str, p: i64| s.membership_at(BOB, r, p).unwrap();
+    assert_eq!((at("!r1:test", start), at("!r1:test", p2)), (None, Some("join".to_owned())));
+    assert_eq!((at("!r2:test", p3), at("!r2:test", p4)), (Some("join".to_owned()), Some("leave".to_owned())));
+    assert_eq!(at("!r1:test", MAX), Some("join".to_owned()), "the rejected ban does not count");
 }
 
 fn user_memberships_name_sender_and_position(s: &dyn Storage) {
@@ -1427,6 +1432,12 @@ fn device_list_changes_by_range(s: &dyn Storage) {
     assert_eq!(s.device_list_changes(a, b).unwrap(), strings(&[BOB]));
     assert_eq!(s.device_list_changes(b, c).unwrap(), strings(&[ALICE]));
     assert_eq!(s.device_list_changes(c, MAX).unwrap(), Vec::<String>::new());
+    // Each user's change before a position: their own only.
+    assert_eq!(s.device_list_change_before(ALICE, c).unwrap(), Some(a));
+    assert_eq!(s.device_list_change_before(ALICE, a).unwrap(), None);
+    assert_eq!(s.device_list_change_before(BOB, c).unwrap(), Some(b));
+    assert_eq!(s.device_list_change_before(BOB, b).unwrap(), None);
+    assert_eq!(s.device_list_change_before("@nobody:test", MAX).unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------------

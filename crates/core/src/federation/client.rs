@@ -293,11 +293,13 @@ impl FederationClient {
         let response =
             self.send(request).await.map_err(|e| FederationFailure::Unreachable(format!("{server_name}: {e}")))?;
         let status = response.status().as_u16();
-        let body = read_json(response).await.map_err(FederationFailure::Unreachable)?;
         if status != 200 {
+            // An error answer need not be JSON (a server without the endpoint may answer an
+            // empty 404): it is still an answer.
+            let body = read_json(response).await.unwrap_or(Value::Null);
             return Err(FederationFailure::Refused(RemoteError { status, body }));
         }
-        Ok(body)
+        read_json(response).await.map_err(FederationFailure::Unreachable)
     }
 }
 
@@ -345,6 +347,37 @@ impl FederationClient {
             body.extend_from_slice(&chunk);
         }
         Ok((content_type, body.freeze()))
+    }
+}
+
+impl FederationClient {
+    /// A `PUT` to a v2 endpoint that has a v1 form (`send_join`, `send_leave`, `invite`): when
+    /// the remote does not know the v2 path (404, or 400 `M_UNRECOGNIZED`), asks the v1 path
+    /// with `v1_body` and unwraps its `[200, answer]` form, as Synapse falls back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn put_v2_or_v1(
+        &self,
+        key: &SigningKey,
+        origin: &str,
+        server_name: &str,
+        v2: (&str, &Value),
+        v1: (&str, &Value),
+        timeout: Duration,
+    ) -> std::result::Result<Value, FederationFailure> {
+        match self.request(key, origin, server_name, "PUT", v2.0, Some(v2.1), timeout).await {
+            Err(FederationFailure::Refused(RemoteError { status, body }))
+                if status == 404 || (status == 400 && body["errcode"] == "M_UNRECOGNIZED") =>
+            {
+                let answer = self.request(key, origin, server_name, "PUT", v1.0, Some(v1.1), timeout).await?;
+                match answer {
+                    Value::Array(mut parts) if parts.len() == 2 => Ok(parts.remove(1)),
+                    other => {
+                        Err(FederationFailure::Unreachable(format!("a v1 answer that is not [code, body]: {other}")))
+                    }
+                }
+            }
+            other => other,
+        }
     }
 }
 

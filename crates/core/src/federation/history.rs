@@ -50,8 +50,15 @@ impl Homeserver {
         Ok(pdu)
     }
 
-    /// The state before an event and the auth chain of it: `(state IDs, auth chain IDs)`.
+    /// The state before an event and the auth chain of it: `(state IDs, auth chain IDs)`. An
+    /// event rejected by the auth rules, or one stored without state (an outlier), has no state
+    /// to give: 404, as Synapse.
     async fn state_at(&self, room_id: &RoomId, id: &OwnedEventId) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+        let i = id.to_string();
+        let row = self.db(move |s| s.get_event(&i)).await?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        if row.rejected || row.state_group.is_none() {
+            return Err(Error::not_found("Unknown event"));
+        }
         let pdu = self.room_event(room_id, id).await?;
         let rules = {
             let guard = self.room_lock(room_id).await?;
@@ -74,6 +81,15 @@ impl Homeserver {
         self.require_server_in_room(origin, &room_id).await?;
         let (state, chain) = self.state_at(&room_id, &event_id(event)?).await?;
         Ok(json!({"pdu_ids": state, "auth_chain_ids": chain}))
+    }
+
+    /// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`: the event's auth chain.
+    pub async fn federation_event_auth(&self, origin: &str, room_id: &str, event: &str) -> Result<Value> {
+        let room_id = room(room_id)?;
+        self.require_server_in_room(origin, &room_id).await?;
+        let pdu = self.room_event(&room_id, &event_id(event)?).await?;
+        let chain: Vec<OwnedEventId> = self.load_auth_closure(pdu.auth_events.clone()).await?.into_keys().collect();
+        Ok(json!({"auth_chain": self.wire_pdus(chain).await?}))
     }
 
     /// `GET /_matrix/federation/v1/state/{roomId}?event_id=`.

@@ -166,13 +166,17 @@ impl Homeserver {
         let rules = rules_for(&version).ok_or_else(|| incompatible(&version))?;
         let event = wire_pdu(event_json)?;
         let event_id = Pdu::from_json_str(event_json)?.event_id;
+        // The v1 form (for servers without v2) is the event alone, the stripped state in its
+        // `unsigned`.
+        let mut v1_body = event.clone();
+        v1_body["unsigned"]["invite_room_state"] = json!(room_state);
         let body = json!({"event": event, "room_version": version, "invite_room_state": room_state});
-        let path =
-            format!("/_matrix/federation/v2/invite/{}/{}", url_encode(room_id.as_str()), url_encode(event_id.as_str()));
+        let ids = format!("{}/{}", url_encode(room_id.as_str()), url_encode(event_id.as_str()));
+        let (v2, v1) = (format!("/_matrix/federation/v2/invite/{ids}"), format!("/_matrix/federation/v1/invite/{ids}"));
         let answer = self
             .federation
             .client
-            .request(&self.key, self.server_name(), &server, "PUT", &path, Some(&body), REMOTE_TIMEOUT)
+            .put_v2_or_v1(&self.key, self.server_name(), &server, (&v2, &body), (&v1, &v1_body), REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error(&format!("invite via {server}")))?;
         let (returned_id, object) = super::rooms::identify(&answer["event"], &rules)
@@ -224,22 +228,13 @@ impl Homeserver {
             self.server_name(),
             &self.key,
         )?;
-        let path = format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
-            url_encode(room_id.as_str()),
-            url_encode(signed.pdu.event_id.as_str())
-        );
+        let ids = format!("{}/{}", url_encode(room_id.as_str()), url_encode(signed.pdu.event_id.as_str()));
+        let (v2, v1) =
+            (format!("/_matrix/federation/v2/send_leave/{ids}"), format!("/_matrix/federation/v1/send_leave/{ids}"));
+        let body = wire_pdu(&signed.json)?;
         self.federation
             .client
-            .request(
-                &self.key,
-                self.server_name(),
-                &server,
-                "PUT",
-                &path,
-                Some(&wire_pdu(&signed.json)?),
-                REMOTE_TIMEOUT,
-            )
+            .put_v2_or_v1(&self.key, self.server_name(), &server, (&v2, &body), (&v1, &body), REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error(&format!("send_leave via {server}")))?;
         self.store_outside_membership(room_id, &version, &signed.pdu, signed.json.clone()).await

@@ -270,8 +270,12 @@ impl Homeserver {
             .ok()
             .and_then(|k| k.into_iter().find(|(d, _)| d == device))
             .and_then(|(_, j)| serde_json::from_str::<Value>(&j).ok());
+        // `prev_id`: the user's change before this one, so a server that missed it resyncs.
+        let u = user.to_owned();
+        let previous = self.db(move |s| s.device_list_change_before(&u, stream_id)).await.ok().flatten();
         let mut content = json!({
-            "user_id": user, "device_id": device, "stream_id": stream_id, "prev_id": [], "deleted": keys.is_none(),
+            "user_id": user, "device_id": device, "stream_id": stream_id,
+            "prev_id": previous.into_iter().collect::<Vec<i64>>(), "deleted": keys.is_none(),
         });
         if let Some(k) = keys {
             content["keys"] = k;

@@ -101,9 +101,6 @@ impl Homeserver {
             }
             Err(e) => return (format!("unknown:{room}"), json!({"error": e.message})),
         }
-        if let Err(e) = self.check_server_acl(origin, &room).await {
-            return (format!("unknown:{room}"), json!({"error": e.message}));
-        }
         // The answer is keyed by event ID, failures included, whenever the PDU has one.
         let rules = match self.room_lock(&room).await {
             Ok(guard) => guard.as_ref().map(|c| c.rules.clone()),
@@ -116,6 +113,9 @@ impl Homeserver {
             }
             None => return (format!("unknown:{room}"), json!({"error": format!("Unknown room {room}")})),
         };
+        if let Err(e) = self.check_server_acl(origin, &room).await {
+            return (id, json!({"error": e.message}));
+        }
         match self.receive_pdu(Some(origin), &room, pdu, Vec::new()).await {
             Ok(received) => {
                 let answer = match received.outcome {
@@ -130,7 +130,12 @@ impl Homeserver {
                 };
                 (received.event_id.to_string(), answer)
             }
-            Err(e) => (id, json!({"error": e.message})),
+            Err(e) => {
+                if let Some(cause) = &e.cause {
+                    tracing::error!(origin, event_id = %id, %cause, "a received PDU failed");
+                }
+                (id, json!({"error": e.message}))
+            }
         }
     }
 

@@ -331,6 +331,9 @@ pub struct EventFilter {
     pub senders: Option<Vec<String>>,
     /// Not these senders.
     pub not_senders: Vec<String>,
+    /// `lazy_load_members`: the answer's `state` carries the memberships of the events'
+    /// senders.
+    pub lazy_load_members: bool,
 }
 
 impl EventFilter {

@@ -1,5 +1,7 @@
 //! Reading rooms: state, members, single events, `/messages`, `/context`, `/initialSync`.
 
+use std::collections::HashSet;
+
 use super::*;
 
 impl Homeserver {
@@ -270,22 +272,54 @@ impl Homeserver {
         // The filters apply to the page read, so a filtered page may hold fewer than `limit`
         // events while `end` still points further; the spec allows that.
         let (rows, _) = self.visible_events(user, reader, rows).await?;
-        let mut chunk: Vec<Value> = rows
-            .iter()
-            .map(|r| client_event_from_str(&r.json))
-            .filter(|e| filter.is_none_or(|f| f.matches(e)))
-            .collect();
+        let mut chunk: Vec<Value> = Vec::with_capacity(rows.len());
+        // The state at the page's first event answers lazy loading (as Synapse).
+        let mut first_group = None;
+        for row in &rows {
+            let event = client_event_from_str(&row.json);
+            if filter.is_none_or(|f| f.matches(&event)) {
+                first_group.get_or_insert(row.state_group);
+                chunk.push(event);
+            }
+        }
+        let state = match (filter.is_some_and(|f| f.lazy_load_members), first_group) {
+            (true, Some(group)) => {
+                let senders = chunk.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
+                self.members_at(group, senders).await?
+            }
+            _ => Vec::new(),
+        };
         self.bundle_aggregations(user, reader, &mut chunk).await?;
-        Ok(MessagesPage {
-            chunk,
-            start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")),
-            end,
-            state: vec![],
-        })
+        Ok(MessagesPage { chunk, start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")), end, state })
+    }
+
+    /// The membership events of `users` in a state group (lazy-loaded members), as client
+    /// events; none for an event without state (an outlier).
+    pub(crate) async fn members_at(&self, group: Option<i64>, users: HashSet<String>) -> Result<Vec<Value>> {
+        let Some(group) = group else { return Ok(Vec::new()) };
+        let ids = self
+            .db(move |s| {
+                let mut ids = Vec::new();
+                for user in users {
+                    if let Some(id) = s.state_group_entry(group, "m.room.member", &user)? {
+                        ids.push(id);
+                    }
+                }
+                Ok(ids)
+            })
+            .await?;
+        self.client_events(ids).await
     }
 
     /// `GET /context/{eventId}`.
-    pub async fn context(&self, requester: &Requester, room_id: &str, event_id: &str, limit: usize) -> Result<Value> {
+    pub async fn context(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        event_id: &str,
+        limit: usize,
+        filter: Option<&EventFilter>,
+    ) -> Result<Value> {
         // An event the user may not see is a 403 here (a 404 through `/event`), as on Synapse.
         let event = match self.get_room_event(requester, room_id, event_id).await {
             Err(e) if e.kind == ErrorKind::NotFound && self.event_exists_in(room_id, event_id).await? => {
@@ -303,7 +337,8 @@ impl Homeserver {
         let user = requester.user_id.as_str();
         let reader = self.event_reader(&rid, user).await?;
         let from = format!("t{pos}");
-        let page = |backwards, limit| Pagination { from: Some(&from), to: None, backwards, limit, filter: None };
+        // The filter applies to the events around, not to the event asked for (Synapse).
+        let page = |backwards, limit| Pagination { from: Some(&from), to: None, backwards, limit, filter };
         // Nothing asked for on a side: its token continues from the event itself.
         let empty =
             || MessagesPage { chunk: Vec::new(), start: from.clone(), end: Some(from.clone()), state: Vec::new() };
@@ -315,8 +350,22 @@ impl Homeserver {
             0 => empty(),
             n => self.page_events(user, &rid, reader, page(false, n)).await?,
         };
-        // The state the user may read (none for those who may not read the room as a whole).
-        let state = self.room_state(requester, room_id).await.unwrap_or_default();
+        // The state the user may read (none for those who may not read the room as a whole);
+        // with lazy loading, the memberships of the senders of every event returned, as of
+        // the event asked for.
+        let state = if filter.is_some_and(|f| f.lazy_load_members) {
+            let senders: HashSet<String> = [&event]
+                .into_iter()
+                .chain(&before.chunk)
+                .chain(&after.chunk)
+                .filter_map(|e| e["sender"].as_str().map(str::to_owned))
+                .collect();
+            let id = event_id.to_owned();
+            let group = self.db(move |s| s.get_event(&id)).await?.and_then(|row| row.state_group);
+            self.members_at(group, senders).await?
+        } else {
+            self.room_state(requester, room_id).await.unwrap_or_default()
+        };
         Ok(json!({
             "event": event,
             "events_before": before.chunk,

@@ -260,13 +260,7 @@ pub(super) async fn messages(
 ) -> Answer {
     let backwards = !forwards(q.dir.as_deref(), false)?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
-    let filter: Option<myelin_core::EventFilter> = match q.filter.as_deref() {
-        Some(f) => Some(
-            serde_json::from_str(f)
-                .map_err(|e| MatrixError::new(ErrorKind::BadJson, format!("Invalid filter: {e}")))?,
-        ),
-        None => None,
-    };
+    let filter = parse_event_filter(q.filter.as_deref())?;
     let pagination = myelin_core::Pagination {
         from: q.from.as_deref(),
         to: q.to.as_deref(),
@@ -373,18 +367,29 @@ pub(super) async fn room_initial_sync(
 }
 
 #[derive(Deserialize)]
-pub(super) struct LimitQuery {
+pub(super) struct ContextQuery {
     limit: Option<String>,
+    filter: Option<String>,
 }
 
 pub(super) async fn context(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path((room_id, event_id)): Path<(String, String)>,
-    Query(q): Query<LimitQuery>,
+    Query(q): Query<ContextQuery>,
 ) -> Answer {
     let limit = parse_limit(q.limit.as_deref(), 10)?;
-    Ok(axum::Json(hs.context(&me, &room_id, &event_id, limit).await?))
+    let filter = parse_event_filter(q.filter.as_deref())?;
+    Ok(axum::Json(hs.context(&me, &room_id, &event_id, limit, filter.as_ref()).await?))
+}
+
+/// A `RoomEventFilter` given inline as JSON in the query.
+fn parse_event_filter(filter: Option<&str>) -> Result<Option<myelin_core::EventFilter>, MatrixError> {
+    filter
+        .map(|f| {
+            serde_json::from_str(f).map_err(|e| MatrixError::new(ErrorKind::BadJson, format!("Invalid filter: {e}")))
+        })
+        .transpose()
 }
 
 #[derive(Deserialize)]

@@ -216,6 +216,16 @@ impl KeyStore for PostgresStore {
         })
     }
 
+    fn device_list_change_before(&self, user_id: &str, before: i64) -> Result<Option<i64>> {
+        self.read(|db| {
+            let row = db.one(
+                "SELECT max(stream_ordering) FROM device_list_changes WHERE user_id = $1 AND stream_ordering < $2",
+                &[&user_id, &before],
+            )?;
+            Ok(row.get::<_, Option<i64>>(0))
+        })
+    }
+
     fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
         // SQLite's order, which its indexes give: rooms by ID, and in each, invited members
         // before joined ones, by user ID; a user is listed where first met.

@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_transient.sql"),
     include_str!("migrations/0003_appservices.sql"),
     include_str!("migrations/0004_reports.sql"),
+    include_str!("migrations/0005_device_list_by_user.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

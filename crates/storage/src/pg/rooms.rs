@@ -578,6 +578,18 @@ impl RoomStore for PostgresStore {
         Ok(row.and_then(|r| r.get(0)))
     }
 
+    fn membership_at(&self, user_id: &str, room_id: &str, at: i64) -> Result<Option<String>> {
+        let row = self.read(|db| {
+            db.opt(
+                "SELECT membership FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2
+                 AND stream_ordering <= $3 AND NOT rejected AND NOT soft_failed
+                 ORDER BY stream_ordering DESC LIMIT 1",
+                &[&room_id, &user_id, &at],
+            )
+        })?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>> {
         // The latest member event per room.
         let rows = self.read(|db| {

@@ -207,6 +207,16 @@ impl KeyStore for SqliteStore {
         strings(stmt.query_map(params![from, to], |r| r.get(0)).and_then(|rows| rows.collect()))
     }
 
+    fn device_list_change_before(&self, user_id: &str, before: i64) -> Result<Option<i64>> {
+        let conn = self.reader();
+        conn.row(
+            "SELECT max(stream_ordering) FROM device_list_changes WHERE user_id = ?1 AND stream_ordering < ?2",
+            params![user_id, before],
+            |r| r.get(0),
+        )
+        .map_err(backend)
+    }
+
     fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
         let conn = self.reader();
         let mut stmt = conn

@@ -551,6 +551,20 @@ impl RoomStore for SqliteStore {
             .map(Option::flatten)
     }
 
+    fn membership_at(&self, user_id: &str, room_id: &str, at: i64) -> Result<Option<String>> {
+        self.reader()
+            .row(
+                "SELECT membership FROM events WHERE room_id = ?1 AND type = 'm.room.member' AND state_key = ?2
+                 AND stream_ordering <= ?3 AND rejected = 0 AND soft_failed = 0
+                 ORDER BY stream_ordering DESC LIMIT 1",
+                params![room_id, user_id, at],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+            .map(Option::flatten)
+    }
+
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>> {
         let conn = self.reader();
         let mut stmt = conn

@@ -251,15 +251,14 @@ impl Homeserver {
         )?;
         let join_id = signed.pdu.event_id.clone();
         let body = wire_pdu(&signed.json)?;
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            crate::server::url_encode(room_id.as_str()),
-            crate::server::url_encode(join_id.as_str())
-        );
+        let ids =
+            format!("{}/{}", crate::server::url_encode(room_id.as_str()), crate::server::url_encode(join_id.as_str()));
+        let (v2, v1) =
+            (format!("/_matrix/federation/v2/send_join/{ids}"), format!("/_matrix/federation/v1/send_join/{ids}"));
         let answer = self
             .federation
             .client
-            .request(&self.key, self.server_name(), &server, "PUT", &path, Some(&body), REMOTE_TIMEOUT)
+            .put_v2_or_v1(&self.key, self.server_name(), &server, (&v2, &body), (&v1, &body), REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error(&format!("send_join via {server}")))?;
 
