@@ -607,3 +607,85 @@ async fn a_server_the_room_acl_denies_is_refused_on_every_federation_endpoint() 
     assert_eq!(a.server.send_text(&alice, &room, "still here").await.0, 200);
     drop(b);
 }
+
+#[tokio::test]
+async fn v1_endpoints_event_auth_and_state_of_rejected_events_answer_as_synapse() {
+    let Setup { a, b_key, alice, bob, room, remote, origin, .. } = setup().await;
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A").replace('$', "%24").replace('@', "%40");
+    let create = state_id(&a.server, &alice, &room, "m.room.create", "").await;
+    let power = state_id(&a.server, &alice, &room, "m.room.power_levels", "").await;
+    let bob_member = state_id(&a.server, &alice, &room, "m.room.member", &bob.user_id).await;
+
+    // `/event_auth`: the auth chain of an event, the create event included.
+    let (s, auth) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/event_auth/{}/{}", enc(&room), enc(&bob_member)))
+        .await;
+    assert_eq!(s, 200, "{auth}");
+    let chain: Vec<&str> = auth["auth_chain"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(chain.contains(&"m.room.create") && chain.contains(&"m.room.power_levels"), "{auth}");
+    // Refused: an unknown event, and a room this server does not know.
+    let (s, _) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/event_auth/{}/{}", enc(&room), enc("$nope")))
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/event_auth/{}/{}", enc("!nowhere:x"), enc(&bob_member)))
+        .await;
+    assert_eq!(s, 404);
+
+    // A PDU that fails the auth rules is stored rejected: it has no state to give (404),
+    // where an accepted event has.
+    let (s, fetched) = remote.get(&b_key, &origin, &format!("/_matrix/federation/v1/event/{bob_member}")).await;
+    assert_eq!(s, 200, "{fetched}");
+    let depth = fetched["pdus"][0]["depth"].as_u64().unwrap();
+    let (outsider, outsider_id) = pdu(
+        &b_key,
+        &origin,
+        json!({
+            "room_id": room, "sender": format!("@mallory:{origin}"), "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": "not a member"},
+            "prev_events": [bob_member], "auth_events": [create, power], "depth": depth + 1,
+            "origin_server_ts": 1_700_000_000_000u64,
+        }),
+    );
+    let (s, answer) = remote
+        .transaction(&b_key, &origin, "v1t1", json!({"origin": origin, "origin_server_ts": 1, "pdus": [outsider]}))
+        .await;
+    assert_eq!((s, &answer["pdus"][&outsider_id]), (200, &json!({})), "{answer}");
+    for endpoint in ["state", "state_ids"] {
+        let uri = format!("/_matrix/federation/v1/{endpoint}/{}?event_id={}", enc(&room), enc(&outsider_id));
+        assert_eq!(remote.get(&b_key, &origin, &uri).await.0, 404, "{endpoint} of a rejected event");
+        let uri = format!("/_matrix/federation/v1/{endpoint}/{}?event_id={}", enc(&room), enc(&bob_member));
+        assert_eq!(remote.get(&b_key, &origin, &uri).await.0, 200, "{endpoint} of an accepted event");
+    }
+
+    // v1 `send_join`: the event alone in, `[200, answer]` out, as Synapse still serves it.
+    let carol = format!("@carol:{origin}");
+    let (s, template) = remote
+        .get(&b_key, &origin, &format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", enc(&room), enc(&carol)))
+        .await;
+    assert_eq!(s, 200, "{template}");
+    let mut fields = template["event"].clone();
+    fields["origin_server_ts"] = json!(1_700_000_000_001u64);
+    let (join, join_id) = pdu(&b_key, &origin, fields);
+    let uri = format!("/_matrix/federation/v1/send_join/{}/{}", enc(&room), enc(&join_id));
+    let auth = x_matrix(&b_key, &origin, &remote.destination, "PUT", &uri, Some(&join));
+    let (s, answer) = remote.send("PUT", &uri, Some(auth), Some(join.to_string().into_bytes())).await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer[0], 200, "{answer}");
+    assert!(answer[1]["state"].as_array().is_some_and(|s| !s.is_empty()), "{answer}");
+    eventually("Carol is a member on A", || async {
+        a.server
+            .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{carol}"), Some(&alice.token))
+            .await
+            .1["membership"]
+            == "join"
+    })
+    .await;
+    // A join signed by someone else's key is refused on the v1 path too.
+    let (forged, forged_id) = pdu(&Key::new(), &origin, template["event"].clone());
+    let uri = format!("/_matrix/federation/v1/send_join/{}/{}", enc(&room), enc(&forged_id));
+    let auth = x_matrix(&b_key, &origin, &remote.destination, "PUT", &uri, Some(&forged));
+    let (s, answer) = remote.send("PUT", &uri, Some(auth), Some(forged.to_string().into_bytes())).await;
+    assert!((400..500).contains(&s), "{s} {answer}");
+}

@@ -421,3 +421,74 @@ async fn ignored_users_messages_and_invites_are_not_shown() {
     let body = s.sync(&alice, None, 0).await;
     assert!(bodies(&body["rooms"]["join"][&room]["timeline"]["events"]).contains(&"bob again".to_owned()));
 }
+
+#[tokio::test]
+async fn a_profile_change_is_an_event_not_a_new_room() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", bob.user_id);
+    assert_eq!(s.put(&path, Some(&bob.token), json!({"displayname": "Robert"})).await.0, 200);
+    // Only the new member event, in the timeline; no state resent as for a room just joined.
+    let next = s.sync(&bob, Some(&since), 0).await;
+    let joined = &next["rooms"]["join"][&room];
+    assert_eq!(joined["state"]["events"], json!([]), "{joined}");
+    let timeline = joined["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "{joined}");
+    assert_eq!(timeline[0]["content"]["displayname"], "Robert");
+    assert_eq!(joined["timeline"]["limited"], false);
+    // Someone who really joins since is sent the room whole.
+    let carol = s.register("carol").await;
+    let since = s.sync(&carol, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let next = s.sync(&carol, Some(&since), 0).await;
+    let section = next["rooms"]["join"][&room].to_string();
+    assert!(section.contains("m.room.create") && section.contains("\"@alice:test\""), "{next}");
+}
+
+#[tokio::test]
+async fn messages_and_context_lazy_load_the_senders_memberships() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    s.send_text(&carol, &room, "carol speaks").await;
+    let (_, sent) = s.send_text(&bob, &room, "bob speaks").await;
+    let bob_event = sent["event_id"].as_str().unwrap().to_owned();
+    s.send_text(&bob, &room, "bob again").await;
+    let lazy = urlencode(&json!({"lazy_load_members": true, "types": ["m.room.message"]}).to_string());
+
+    let (st, page) = s
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&filter={lazy}"), Some(&alice.token))
+        .await;
+    assert_eq!(st, 200, "{page}");
+    let members = |v: &serde_json::Value| -> Vec<String> {
+        let mut m: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}={}", e["state_key"].as_str().unwrap(), e["content"]["membership"].as_str().unwrap()))
+            .collect();
+        m.sort();
+        m
+    };
+    assert_eq!(members(&page["state"]), vec!["@bob:test=join"], "only Bob spoke on this page: {page}");
+    // Without lazy loading there is no state.
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2"), Some(&alice.token)).await;
+    assert_eq!(page["state"], json!([]));
+
+    // /context: the senders of the event and of those around it; the filter applies to those
+    // around it.
+    let (st, ctx) = s
+        .get(&format!("/_matrix/client/v3/rooms/{room}/context/{bob_event}?limit=2&filter={lazy}"), Some(&alice.token))
+        .await;
+    assert_eq!(st, 200, "{ctx}");
+    assert_eq!(members(&ctx["state"]), vec!["@bob:test=join", "@carol:test=join"], "{ctx}");
+    assert!(ctx["events_before"].as_array().unwrap().iter().all(|e| e["type"] == "m.room.message"), "{ctx}");
+    let (st, b) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{bob_event}?filter=%7Bnope"), Some(&alice.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+}

@@ -142,6 +142,41 @@ async fn a_later_joiner_of_a_joined_room_reads_nothing_from_before_on_any_path()
 }
 
 #[tokio::test]
+async fn closing_the_history_is_seen_by_later_joiners_but_what_follows_is_not() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let erin = server.register("erin").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.send_text(&alice, &room, "shared history").await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility");
+    assert_eq!(server.put(&path, Some(&alice.token), json!({"history_visibility": "joined"})).await.0, 200);
+    server.send_text(&alice, &room, "secret before erin").await;
+    assert_eq!(server.join(&erin, &room).await.0, 200);
+    server.send_text(&alice, &room, "after erin").await;
+
+    // The change from `shared` to `joined` is judged by `shared` (the more open side, as
+    // Synapse): Erin sees it and what came before it; not what it hides.
+    let body = server.sync(&erin, None, 0).await;
+    let events = body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
+    let kinds: Vec<String> = events
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(|e| match e["content"]["body"].as_str() {
+            Some(body) => body.to_owned(),
+            None => e["type"].as_str().unwrap().to_owned(),
+        })
+        .collect();
+    assert_eq!(kinds, vec!["shared history", "m.room.history_visibility", "m.room.member", "after erin"], "{body}");
+    assert!(!body.to_string().contains("secret before erin"), "{body}");
+    let (_, page) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&erin.token)).await;
+    assert!(page.to_string().contains("\"joined\""), "the change itself is on /messages too: {page}");
+    assert!(!page.to_string().contains("secret before erin"), "{page}");
+}
+
+#[tokio::test]
 async fn a_former_member_reads_up_to_their_leave_and_members_as_then() {
     let server = Server::start().await;
     let alice = server.register("alice").await;
