@@ -492,3 +492,91 @@ async fn messages_and_context_lazy_load_the_senders_memberships() {
         s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{bob_event}?filter=%7Bnope"), Some(&alice.token)).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
 }
+
+#[tokio::test]
+async fn initial_sync_snapshots_every_room_and_stops_at_a_leave() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "visibility": "public", "topic": "T"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    s.send_text(&alice, &room, "m1").await;
+    s.send_text(&alice, &room, "m2").await;
+    let tag = format!("/_matrix/client/v3/user/{}/rooms/{room}/tags/u.work", bob.user_id);
+    assert_eq!(s.put(&tag, Some(&bob.token), json!({"order": 0.5})).await.0, 200);
+    let invite_room = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.invite(&alice, &invite_room, &bob.user_id).await.0, 200);
+
+    let (st, body) = s.get("/_matrix/client/v3/initialSync?limit=2", Some(&bob.token)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body["end"].as_str().is_some_and(|e| e.starts_with('s')), "{body}");
+    let rooms = body["rooms"].as_array().unwrap();
+    let entry = |id: &str| rooms.iter().find(|r| r["room_id"] == id).cloned().unwrap_or_else(|| panic!("{id}: {body}"));
+    let joined = entry(&room);
+    assert_eq!((joined["membership"].as_str(), joined["visibility"].as_str()), (Some("join"), Some("public")));
+    let chunk = joined["messages"]["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 2, "{joined}");
+    assert_eq!((chunk[1]["content"]["body"].as_str(), chunk[1]["user_id"].as_str()), (Some("m2"), Some("@alice:test")));
+    assert!(joined["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.topic"), "{joined}");
+    assert_eq!(joined["account_data"][0]["type"], "m.tag", "{joined}");
+    let invited = entry(&invite_room);
+    assert_eq!((invited["membership"].as_str(), invited["inviter"].as_str()), (Some("invite"), Some("@alice:test")));
+    // The user's own presence is there (a client taking a snapshot is online).
+    assert!(body["presence"].as_array().unwrap().iter().any(|p| p["content"]["user_id"] == bob.user_id), "{body}");
+    let (_, none) = s.get("/_matrix/client/v3/initialSync?limit=0", Some(&bob.token)).await;
+    let zero = none["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room).unwrap().clone();
+    assert_eq!(zero["messages"]["chunk"], json!([]));
+
+    // Receipts never move back.
+    let (_, first) = s.send_text(&alice, &room, "m3").await;
+    let (_, second) = s.send_text(&alice, &room, "m4").await;
+    for id in [&second["event_id"], &first["event_id"]] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", id.as_str().unwrap());
+        assert_eq!(s.post(&path, Some(&bob.token), json!({})).await.0, 200);
+    }
+    let (_, body) = s.get("/_matrix/client/v3/initialSync", Some(&bob.token)).await;
+    let receipts = body["receipts"].to_string();
+    assert!(receipts.contains(second["event_id"].as_str().unwrap()), "{receipts}");
+    assert!(!receipts.contains(first["event_id"].as_str().unwrap()), "the receipt moved back: {receipts}");
+
+    // Bob leaves: what follows is not his to see, in either snapshot (archived rooms only when
+    // asked for).
+    let leave = format!("/_matrix/client/v3/rooms/{room}/leave");
+    assert_eq!(s.post(&leave, Some(&bob.token), json!({})).await.0, 200);
+    s.send_text(&alice, &room, "after bob").await;
+    let topic = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic");
+    assert_eq!(s.put(&topic, Some(&alice.token), json!({"topic": "after"})).await.0, 200);
+    let (_, body) = s.get("/_matrix/client/v3/initialSync", Some(&bob.token)).await;
+    assert!(body["rooms"].as_array().unwrap().iter().all(|r| r["room_id"] != room), "{body}");
+    let (_, body) = s.get("/_matrix/client/v3/initialSync?archived=true", Some(&bob.token)).await;
+    let left = body["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room).unwrap().clone();
+    assert_eq!(left["membership"], "leave");
+    assert!(!left.to_string().contains("after bob") && !left.to_string().contains("\"after\""), "{left}");
+    let (st, one) = s.get(&format!("/_matrix/client/v3/rooms/{room}/initialSync?limit=2"), Some(&bob.token)).await;
+    assert_eq!((st, one["membership"].as_str()), (200, Some("leave")), "{one}");
+    assert!(!one.to_string().contains("after bob"), "{one}");
+    assert_eq!((one["presence"].clone(), one["receipts"].clone()), (json!([]), json!([])));
+    // Someone who was never in the room may not take its snapshot.
+    let carol = s.register("carol").await;
+    let (st, b) = s.get(&format!("/_matrix/client/v3/rooms/{room}/initialSync"), Some(&carol.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    let (st, b) = s.get("/_matrix/client/v3/initialSync?limit=x", Some(&carol.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+}
+
+#[tokio::test]
+async fn the_v1_event_stream_carries_account_data_and_receipts() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let (_, first) = s.get("/_matrix/client/v3/events?timeout=0", Some(&alice.token)).await;
+    let from = first["end"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/user/{}/account_data/org.example.x", alice.user_id);
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"v": 1})).await.0, 200);
+    let path = format!("/_matrix/client/v3/user/{}/rooms/{room}/account_data/org.example.y", alice.user_id);
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"v": 2})).await.0, 200);
+    let (st, body) = s.get(&format!("/_matrix/client/v3/events?timeout=0&from={from}"), Some(&alice.token)).await;
+    assert_eq!(st, 200, "{body}");
+    let chunk = body["chunk"].as_array().unwrap();
+    assert!(chunk.iter().any(|e| e["type"] == "org.example.x" && e.get("room_id").is_none()), "{body}");
+    assert!(chunk.iter().any(|e| e["type"] == "org.example.y" && e["room_id"] == room), "{body}");
+}

@@ -109,6 +109,11 @@ impl Homeserver {
             self.advance_stream(pos);
             return Ok(());
         }
+        // As Synapse: a read receipt never moves back (a client acknowledging an older event
+        // changes nothing).
+        if thread_id.is_empty() && self.receipt_is_older(me, room, receipt_type, event_id).await? {
+            return Ok(());
+        }
         let row = ReceiptRow {
             room_id: room.to_string(),
             receipt_type: receipt_type.to_owned(),
@@ -134,6 +139,27 @@ impl Homeserver {
             self.queue_edu(destinations, edu).await;
         }
         Ok(())
+    }
+
+    /// Whether the user's current unthreaded receipt of this type in the room is at or after
+    /// `event_id`.
+    async fn receipt_is_older(&self, me: &Requester, room: &OwnedRoomId, kind: &str, event_id: &str) -> Result<bool> {
+        let (r, u, k, new_id) = (room.to_string(), me.user_id.to_string(), kind.to_owned(), event_id.to_owned());
+        self.db(move |s| {
+            let current = s
+                .receipts_between(std::slice::from_ref(&r), 0, i64::MAX)?
+                .into_iter()
+                .find(|row| row.user_id == u && row.receipt_type == k && row.thread_id.is_empty());
+            let Some(current) = current else { return Ok(false) };
+            if current.event_id == new_id {
+                return Ok(false);
+            }
+            match (s.stream_of_event(&current.event_id)?, s.stream_of_event(&new_id)?) {
+                (Some(old), Some(new)) => Ok(new < old),
+                _ => Ok(false),
+            }
+        })
+        .await
     }
 
     /// `POST /rooms/{roomId}/read_markers`: any of `m.fully_read`, `m.read`, `m.read.private`.

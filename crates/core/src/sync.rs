@@ -518,6 +518,9 @@ impl Homeserver {
                 let (rows, _) = self.visible_events(user, *reader, rows).await?;
                 chunk.extend(rows.iter().map(|r| client_event_from_str(&r.json)));
             }
+            if room_id.is_none() && now > from {
+                chunk.extend(self.stream_extras(user, &rooms, from, now).await?);
+            }
             let done = !chunk.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow_and_update();
             if done {
                 return Ok(json!({"chunk": chunk, "start": format!("s{from}"), "end": format!("s{now}")}));
@@ -527,6 +530,32 @@ impl Homeserver {
                 _ = stopping.changed() => {}
             }
         }
+    }
+
+    /// What the global `/events` stream carries beside room events, as Synapse's does: account
+    /// data (room account data with its `room_id`), read receipts and presence changes in
+    /// `(from, now]`.
+    async fn stream_extras(&self, user: &str, rooms: &[(String, Reader)], from: i64, now: i64) -> Result<Vec<Value>> {
+        let u = user.to_owned();
+        let mut out: Vec<Value> = self
+            .db(move |s| s.account_data_since(&u, from, now))
+            .await?
+            .into_iter()
+            .map(|(room, kind, content)| {
+                let mut event = json!({"type": kind, "content": content});
+                if !room.is_empty() {
+                    event["room_id"] = json!(room);
+                }
+                event
+            })
+            .collect();
+        let joined: Vec<String> = rooms.iter().map(|(r, _)| r.clone()).collect();
+        for (room, mut receipt) in self.receipt_events(user, &joined, from, now).await? {
+            receipt["room_id"] = json!(room);
+            out.push(receipt);
+        }
+        out.extend(self.presence_events(user, Some(from), now).await?);
+        Ok(out)
     }
 
     /// The latest events of `(from, to]` that `user` may see, and whether every member would

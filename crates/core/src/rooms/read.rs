@@ -1,4 +1,4 @@
-//! Reading rooms: state, members, single events, `/messages`, `/context`, `/initialSync`.
+//! Reading rooms: state, members, single events, `/messages`, `/context`.
 
 use std::collections::HashSet;
 
@@ -10,35 +10,6 @@ impl Homeserver {
         let room_id = parse_room_id(room_id)?;
         let state = self.readable_state(&room_id, requester.user_id.as_str()).await?;
         self.client_events(state.into_values().collect()).await
-    }
-
-    /// `GET /rooms/{roomId}/initialSync`: the latest events the user may see, the state they
-    /// may read and their membership (members, former members up to their leave, and anyone
-    /// for a world-readable room).
-    pub async fn room_initial_sync(&self, requester: &Requester, room_id: &str) -> Result<Value> {
-        let rid = parse_room_id(room_id)?;
-        let user = requester.user_id.as_str();
-        let reader = self.reader(&rid, user).await?;
-        let membership = self.membership_of(&rid, user).await?;
-        let page = Pagination { from: None, to: None, backwards: true, limit: 20, filter: None };
-        let messages = self.page_events(user, &rid, reader, page).await?;
-        let mut chunk = messages.chunk;
-        chunk.reverse();
-        let start = messages.end.unwrap_or_else(|| "t0".to_owned());
-        let state = self.room_state(requester, room_id).await?;
-        let mut out = json!({
-            "room_id": rid,
-            "messages": {"chunk": chunk, "start": start, "end": format!("s{}", *self.sync.stream.borrow())},
-            "state": state,
-            "presence": [],
-            "receipts": [],
-            "account_data": [],
-            "visibility": self.room_visibility(room_id).await?,
-        });
-        if let Some(m) = membership {
-            out["membership"] = json!(m);
-        }
-        Ok(out)
     }
 
     /// The stored events of `ids`, in order; unknown ones are left out.
@@ -233,7 +204,7 @@ impl Homeserver {
     }
 
     /// A page of the room's events as `reader` may see them.
-    pub(super) async fn page_events(
+    pub(crate) async fn page_events(
         &self,
         user: &str,
         room_id: &RoomId,

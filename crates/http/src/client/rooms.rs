@@ -22,6 +22,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/rooms/{room_id}/messages", get(messages))
         .route("/rooms/{room_id}/context/{event_id}", get(context))
         .route("/rooms/{room_id}/initialSync", get(room_initial_sync))
+        .route("/initialSync", get(initial_sync))
         .route("/rooms/{room_id}/members", get(members))
         .route("/rooms/{room_id}/joined_members", get(joined_members))
 }
@@ -358,12 +359,31 @@ pub(super) async fn timestamp_to_event(
     Ok(axum::Json(hs.timestamp_to_event(&me, &room_id, ts, forwards).await?))
 }
 
+#[derive(Deserialize)]
+pub(super) struct InitialSyncQuery {
+    limit: Option<String>,
+    archived: Option<String>,
+}
+
 pub(super) async fn room_initial_sync(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path(room_id): Path<String>,
+    Query(q): Query<InitialSyncQuery>,
 ) -> Answer {
-    Ok(axum::Json(hs.room_initial_sync(&me, &room_id).await?))
+    let limit = parse_limit(q.limit.as_deref(), 10)?;
+    Ok(axum::Json(hs.room_initial_sync(&me, &room_id, limit).await?))
+}
+
+/// `GET /initialSync` (deprecated; Synapse still serves it).
+pub(super) async fn initial_sync(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<InitialSyncQuery>,
+) -> Answer {
+    let limit = parse_limit(q.limit.as_deref(), 10)?;
+    let archived = q.archived.as_deref() == Some("true");
+    Ok(axum::Json(hs.initial_sync(&me, limit, archived).await?))
 }
 
 #[derive(Deserialize)]
