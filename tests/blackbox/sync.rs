@@ -580,3 +580,35 @@ async fn the_v1_event_stream_carries_account_data_and_receipts() {
     assert!(chunk.iter().any(|e| e["type"] == "org.example.x" && e.get("room_id").is_none()), "{body}");
     assert!(chunk.iter().any(|e| e["type"] == "org.example.y" && e["room_id"] == room), "{body}");
 }
+
+#[tokio::test]
+async fn unnamed_rooms_come_with_heroes_named_rooms_without() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let mut others = Vec::new();
+    for name in ["bob", "carol", "dan", "erin", "frank", "gina"] {
+        others.push(s.register(name).await);
+    }
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    for user in &others {
+        assert_eq!(s.join(user, &room).await.0, 200);
+    }
+    let summary = |body: &serde_json::Value| body["rooms"]["join"][&room]["summary"].clone();
+    // Five others, sorted, never the syncing user.
+    let body = s.sync(&alice, None, 0).await;
+    assert_eq!(
+        summary(&body)["m.heroes"],
+        json!(["@bob:test", "@carol:test", "@dan:test", "@erin:test", "@frank:test"]),
+        "{}",
+        summary(&body)
+    );
+    assert_eq!(summary(&body)["m.joined_member_count"], 7);
+    let body = s.sync(&others[0], None, 0).await;
+    assert_eq!(summary(&body)["m.heroes"][0], "@alice:test", "{}", summary(&body));
+    assert!(!summary(&body)["m.heroes"].to_string().contains("@bob:test"));
+    // A name makes heroes unnecessary.
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.name");
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"name": "Named"})).await.0, 200);
+    let body = s.sync(&alice, None, 0).await;
+    assert!(summary(&body).get("m.heroes").is_none(), "{}", summary(&body));
+}

@@ -76,6 +76,9 @@ fn as_map<S: serde::Serializer>(rooms: &[(String, JoinedRoom)], s: S) -> std::re
 #[derive(Debug)]
 struct JoinedRoom {
     section: Arc<Section>,
+    /// `m.heroes` for this user (the section's candidates but themselves), if the room has
+    /// no name.
+    heroes: Vec<String>,
     account_data: Value,
     unread_notifications: Value,
     ephemeral: Value,
@@ -87,7 +90,14 @@ impl Serialize for JoinedRoom {
         let mut room = s.serialize_struct("JoinedRoom", 6)?;
         room.serialize_field("timeline", &self.section.timeline)?;
         room.serialize_field("state", &self.section.state)?;
-        room.serialize_field("summary", &self.section.summary)?;
+        if self.heroes.is_empty() {
+            room.serialize_field("summary", &self.section.summary)?;
+        } else {
+            let mut summary: Map<String, Value> =
+                serde_json::from_str(self.section.summary.get()).map_err(serde::ser::Error::custom)?;
+            summary.insert("m.heroes".into(), json!(self.heroes));
+            room.serialize_field("summary", &summary)?;
+        }
         room.serialize_field("account_data", &self.account_data)?;
         room.serialize_field("unread_notifications", &self.unread_notifications)?;
         room.serialize_field("ephemeral", &self.ephemeral)?;
@@ -396,8 +406,10 @@ impl Homeserver {
             if since.is_some() && !full_state && section.has_no_events() && !has_account_data && !has_ephemeral {
                 continue;
             }
+            let heroes = section.heroes_for(&user);
             let body = JoinedRoom {
                 section,
+                heroes,
                 account_data: json!({"events": room_account_data.remove(room).unwrap_or_default()}),
                 unread_notifications: self.unread_counts(&requester.user_id, &rules, room, now, read_at).await?,
                 ephemeral: json!({
@@ -686,6 +698,7 @@ impl Homeserver {
             self.add_lazy_members(requester, room, whole_state, &needed, &timeline_members, filter, &mut state).await?;
         }
         let (joined_count, invited_count) = self.member_counts(room, now).await?;
+        let hero_candidates = self.hero_candidates(room).await?;
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);
         let timeline_senders = timeline["events"]
             .as_array()
@@ -699,11 +712,36 @@ impl Homeserver {
             timeline_senders,
             state: raw(&json!({"events": state}))?,
             summary: raw(&json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited_count}))?,
+            hero_candidates,
         });
         if cacheable && same_for_members {
             self.sync.cache.keep(room, limit, section.clone());
         }
         Ok(section)
+    }
+
+    /// A room's hero candidates (see [`Section::hero_candidates`]); none for a room with a
+    /// name or a canonical alias.
+    async fn hero_candidates(&self, room: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
+        let named = |content: Option<Map<String, Value>>, key: &str| {
+            content.and_then(|c| c.get(key).and_then(Value::as_str).map(str::to_owned)).is_some_and(|v| !v.is_empty())
+        };
+        if named(self.state_content(&room_id, "m.room.name", "").await?, "name")
+            || named(self.state_content(&room_id, "m.room.canonical_alias", "").await?, "alias")
+        {
+            return Ok(Default::default());
+        }
+        let r = room.to_owned();
+        let memberships = self.db(move |s| s.room_memberships(&r)).await?;
+        let sorted = |wanted: &[&str]| {
+            let mut users: Vec<String> =
+                memberships.iter().filter(|(_, m)| wanted.contains(&m.as_str())).map(|(u, _)| u.clone()).collect();
+            users.sort();
+            users.truncate(6);
+            users
+        };
+        Ok((sorted(&["join", "invite"]), sorted(&["leave", "ban"])))
     }
 
     /// Whether `user` was not joined to `room` at stream position `at`.
@@ -802,6 +840,7 @@ impl Homeserver {
             timeline_senders: section.timeline_senders.clone(),
             state: section.state.clone(),
             summary: section.summary.clone(),
+            hero_candidates: section.hero_candidates.clone(),
         }))
     }
 
@@ -915,9 +954,20 @@ pub(crate) struct Section {
     timeline_senders: Vec<(String, String)>,
     state: Box<RawValue>,
     summary: Box<RawValue>,
+    /// For a room without a name or canonical alias: who could name it, `(joined or invited,
+    /// left or banned)`, each sorted and cut to six (the syncing user leaves five).
+    hero_candidates: (Vec<String>, Vec<String>),
 }
 
 impl Section {
+    /// `m.heroes` for `user`: up to five other members, joined or invited ones first, those
+    /// who left only when there are none (the spec's summary).
+    fn heroes_for(&self, user: &str) -> Vec<String> {
+        let pick = |list: &[String]| -> Vec<String> { list.iter().filter(|u| *u != user).take(5).cloned().collect() };
+        let present = pick(&self.hero_candidates.0);
+        if present.is_empty() { pick(&self.hero_candidates.1) } else { present }
+    }
+
     /// Neither timeline events nor state events.
     fn has_no_events(&self) -> bool {
         self.timeline_senders.is_empty() && self.state.get() == r#"{"events":[]}"#
