@@ -427,3 +427,33 @@ async fn key_backup_versions_and_keys() {
     let bob = s.register("bob").await;
     assert_eq!(s.get(&format!("{V3}/room_keys/version/2"), Some(&bob.token)).await.0, 404);
 }
+
+#[tokio::test]
+async fn sharing_a_room_starts_and_ends_device_list_tracking() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    // Bob joins Alice's room: his keys are new to her (`changed`), Carol's are not.
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let next = s.sync(&alice, Some(&since), 0).await;
+    assert_eq!(next["device_lists"], json!({"changed": [bob.user_id], "left": []}), "{next}");
+    let to = next["next_batch"].as_str().unwrap().to_owned();
+    let (_, c) = s.get(&format!("{V3}/keys/changes?from={since}&to={to}"), Some(&alice.token)).await;
+    assert_eq!(c, json!({"changed": [bob.user_id], "left": []}));
+    // Bob leaves the only room they share: he is `left` for Alice, and Alice for him.
+    let bob_since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await.0, 200);
+    let next = s.sync(&alice, Some(&to), 0).await;
+    assert_eq!(next["device_lists"], json!({"changed": [], "left": [bob.user_id]}), "{next}");
+    let bob_next = s.sync(&bob, Some(&bob_since), 0).await;
+    assert_eq!(bob_next["device_lists"]["left"], json!([alice.user_id]), "{bob_next}");
+    // A leave from a room while another is still shared is not `left`.
+    let second = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    assert_eq!(s.join(&carol, &second).await.0, 200);
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.post(&format!("{V3}/rooms/{second}/leave"), Some(&carol.token), json!({})).await.0, 200);
+    let next = s.sync(&alice, Some(&since), 0).await;
+    assert_eq!(next["device_lists"]["left"], json!([]), "{next}");
+}

@@ -90,6 +90,7 @@ fn should_replace_backup(current: &Value, new: &Value) -> bool {
 pub(crate) struct SyncKeys {
     pub to_device: Vec<Value>,
     pub changed: Vec<String>,
+    pub left: Vec<String>,
     pub one_time_key_counts: Value,
     pub unused_fallback_key_types: Vec<String>,
 }
@@ -267,30 +268,61 @@ impl Homeserver {
         Ok(out)
     }
 
-    /// Users sharing a room with `me` (and `me`) whose device lists changed in `(from, to]`.
-    pub(crate) async fn changed_device_lists(&self, me: &str, from: i64, to: i64) -> Result<Vec<String>> {
+    /// `device_lists` over `(from, to]` for `me`, as Synapse works them out: `changed` has the
+    /// users sharing a room with `me` whose device lists changed, and those who came to share a
+    /// room with `me` (they joined one of `me`'s rooms, or `me` joined theirs), whose keys the
+    /// client must now fetch; `left` has those who share no room with `me` any more.
+    pub(crate) async fn device_list_updates(&self, me: &str, from: i64, to: i64) -> Result<(Vec<String>, Vec<String>)> {
         if from >= to {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let changed = self.db(move |s| s.device_list_changes(from, to)).await?;
-        if changed.is_empty() {
-            return Ok(Vec::new());
+        let (u, m) = (me.to_owned(), me.to_owned());
+        let (changed_keys, member_changes) =
+            self.db(move |s| Ok((s.device_list_changes(from, to)?, s.member_changes_between(from, to)?))).await?;
+        if changed_keys.is_empty() && member_changes.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
-        let u = me.to_owned();
-        let sharing = self.db(move |s| s.users_sharing_rooms(&u)).await?;
+        let (sharing, my_rooms) =
+            self.db(move |s| Ok((s.users_sharing_rooms(&u)?, s.rooms_for_user(&m, "join")?))).await?;
         let sharing: HashSet<String> = sharing.into_iter().collect();
-        let mut out: Vec<String> = changed.into_iter().filter(|u| sharing.contains(u)).collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+        let my_rooms: HashSet<String> = my_rooms.into_iter().collect();
+        let mut changed: HashSet<String> = changed_keys.into_iter().filter(|u| sharing.contains(u)).collect();
+        let mut left: HashSet<String> = HashSet::new();
+        for (room, user, membership) in member_changes {
+            let joining = membership == "join";
+            if user == me {
+                // Everyone in a room `me` joined is new to `me`; everyone in one `me` left may be
+                // gone.
+                if joining && my_rooms.contains(&room) {
+                    changed.extend(self.joined_member_ids(&room).await?.into_iter().filter(|u| u != me));
+                } else if !joining && !my_rooms.contains(&room) {
+                    let r = room.clone();
+                    let members = self.db(move |s| s.room_memberships(&r)).await?;
+                    left.extend(members.into_iter().map(|(u, _)| u).filter(|u| u != me && !sharing.contains(u)));
+                }
+            } else if my_rooms.contains(&room) {
+                if joining {
+                    changed.insert(user);
+                } else if !sharing.contains(&user) {
+                    left.insert(user);
+                }
+            }
+        }
+        changed.retain(|u| sharing.contains(u));
+        left.retain(|u| !sharing.contains(u));
+        let (mut changed, mut left): (Vec<String>, Vec<String>) =
+            (changed.into_iter().collect(), left.into_iter().collect());
+        changed.sort();
+        left.sort();
+        Ok((changed, left))
     }
 
     /// `GET /keys/changes?from&to`.
     pub async fn key_changes(&self, me: &Requester, from: &str, to: &str) -> Result<Value> {
         let parse = |t: &str| parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid stream token {t}")));
         let (from, to) = (parse(from)?, parse(to)?);
-        let changed = self.changed_device_lists(me.user_id.as_str(), from, to).await?;
-        Ok(json!({"changed": changed, "left": []}))
+        let (changed, left) = self.device_list_updates(me.user_id.as_str(), from, to).await?;
+        Ok(json!({"changed": changed, "left": left}))
     }
 
     /// `POST /keys/device_signing/upload`. Replacing an existing master key needs the account
@@ -480,15 +512,16 @@ impl Homeserver {
             })
             .await?;
         let to_device = messages.into_iter().filter_map(|(_, json)| serde_json::from_str(&json).ok()).collect();
-        let changed = match since {
-            Some(from) => self.changed_device_lists(me.user_id.as_str(), from, now).await?,
-            None => Vec::new(),
+        let (changed, left) = match since {
+            Some(from) => self.device_list_updates(me.user_id.as_str(), from, now).await?,
+            None => Default::default(),
         };
         let (u, d) = (me.user_id.to_string(), me.device_id.clone());
         let unused_fallback_key_types = self.db(move |s| s.unused_fallback_key_types(&u, &d)).await?;
         Ok(SyncKeys {
             to_device,
             changed,
+            left,
             one_time_key_counts: self.key_counts(me.user_id.as_str(), &me.device_id).await?,
             unused_fallback_key_types,
         })

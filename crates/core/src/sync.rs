@@ -463,6 +463,7 @@ impl Homeserver {
             && global_account_data.is_empty()
             && keys.to_device.is_empty()
             && keys.changed.is_empty()
+            && keys.left.is_empty()
             && presence.is_empty();
         let body = SyncResponse {
             next_batch: format!("s{now}"),
@@ -470,7 +471,7 @@ impl Homeserver {
             account_data: json!({"events": global_account_data}),
             presence: json!({"events": presence}),
             to_device: json!({"events": keys.to_device}),
-            device_lists: json!({"changed": keys.changed, "left": []}),
+            device_lists: json!({"changed": keys.changed, "left": keys.left}),
             device_one_time_keys_count: json!(keys.one_time_key_counts),
             device_unused_fallback_key_types: json!(keys.unused_fallback_key_types),
         };

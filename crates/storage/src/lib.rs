@@ -420,6 +420,9 @@ pub trait RoomStore {
     /// Latest member events per user in `(from, to]` concerning `user_id` (their own membership
     /// changes), as `(room_id, membership, stream)`.
     fn membership_changes(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, i64)>>;
+    /// Every accepted membership change in `(from, to]`, in any room, as `(room_id, user_id,
+    /// membership)` in stream order.
+    fn member_changes_between(&self, from: i64, to: i64) -> Result<Vec<(String, String, String)>>;
     /// `user_id`'s membership in a room as of stream position `at` (their latest accepted
     /// member event there at or before it), if they had one.
     fn membership_at(&self, user_id: &str, room_id: &str, at: i64) -> Result<Option<String>>;

@@ -1047,6 +1047,18 @@ fn membership_changes_latest_per_room(s: &dyn Storage) {
     r1.send(s, &r1.member("$ban", BOB, "ban").rejected());
     assert_eq!(s.membership_changes(BOB, end, MAX).unwrap(), vec![], "rejected member events are not changes");
     assert_eq!(s.membership_changes(CAROL, start, MAX).unwrap(), vec![]);
+    // Every room's changes in a range, in order; rejected ones left out.
+    let t3 = |r: &str, u: &str, m: &str| (r.to_string(), u.to_string(), m.to_string());
+    assert_eq!(
+        s.member_changes_between(start, p4).unwrap(),
+        vec![
+            t3("!r1:test", BOB, "join"),
+            t3("!r1:test", BOB, "join"),
+            t3("!r2:test", BOB, "join"),
+            t3("!r2:test", BOB, "leave")
+        ]
+    );
+    assert_eq!(s.member_changes_between(end, MAX).unwrap(), vec![], "rejected member events are not changes");
     // The membership as of a position: the latest accepted member event up to it.
     let at = |r: &str, p: i64| s.membership_at(BOB, r, p).unwrap();
     assert_eq!((at("!r1:test", start), at("!r1:test", p2)), (None, Some("join".to_owned())));

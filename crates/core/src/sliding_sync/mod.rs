@@ -931,17 +931,17 @@ impl Homeserver {
         }
 
         if ext.e2ee.as_ref().is_some_and(|e| enabled(e.enabled)) {
-            let changed = match since {
-                Some(from) => self.changed_device_lists(me, from, now).await?,
-                None => Vec::new(),
+            let (changed, left) = match since {
+                Some(from) => self.device_list_updates(me, from, now).await?,
+                None => Default::default(),
             };
-            news |= !changed.is_empty();
+            news |= !changed.is_empty() || !left.is_empty();
             let (u, d) = (me.to_owned(), requester.device_id.clone());
             let fallback = self.db(move |s| s.unused_fallback_key_types(&u, &d)).await?;
             out.insert(
                 "e2ee".to_owned(),
                 json!({
-                    "device_lists": {"changed": changed, "left": []},
+                    "device_lists": {"changed": changed, "left": left},
                     "device_one_time_keys_count": self.key_counts(me, &requester.device_id).await?,
                     "device_unused_fallback_key_types": fallback,
                 }),

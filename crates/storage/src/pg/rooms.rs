@@ -578,6 +578,18 @@ impl RoomStore for PostgresStore {
         Ok(row.and_then(|r| r.get(0)))
     }
 
+    fn member_changes_between(&self, from: i64, to: i64) -> Result<Vec<(String, String, String)>> {
+        let rows = self.read(|db| {
+            db.rows(
+                "SELECT room_id, state_key, membership FROM events
+                 WHERE stream_ordering > $1 AND stream_ordering <= $2 AND type = 'm.room.member'
+                 AND NOT rejected AND NOT soft_failed ORDER BY stream_ordering",
+                &[&from, &to],
+            )
+        })?;
+        rows.iter().map(|r| Ok((r.get(0), required(r, 1)?, required(r, 2)?))).collect()
+    }
+
     fn membership_at(&self, user_id: &str, room_id: &str, at: i64) -> Result<Option<String>> {
         let row = self.read(|db| {
             db.opt(

@@ -551,6 +551,19 @@ impl RoomStore for SqliteStore {
             .map(Option::flatten)
     }
 
+    fn member_changes_between(&self, from: i64, to: i64) -> Result<Vec<(String, String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id, state_key, membership FROM events
+                 WHERE stream_ordering > ?1 AND stream_ordering <= ?2 AND type = 'm.room.member'
+                 AND rejected = 0 AND soft_failed = 0 ORDER BY stream_ordering",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn membership_at(&self, user_id: &str, room_id: &str, at: i64) -> Result<Option<String>> {
         self.reader()
             .row(
