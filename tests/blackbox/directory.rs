@@ -372,3 +372,34 @@ async fn room_summaries_show_open_rooms_and_hide_the_rest() {
     let (st, b) = s.get(&format!("/_matrix/client/v1/room_summary/{private}"), Some(&bob.token)).await;
     assert_eq!((st, b["membership"].as_str(), b["name"].as_str()), (200, Some("invite"), Some("Secret plans")), "{b}");
 }
+
+#[tokio::test]
+async fn the_user_directory_shows_public_rooms_and_others_in_private_ones() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let room = s.create_room(&alice, json!({"preset": "private_chat", "invite": [bob.user_id]})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let search = |user: &User, term: &str| {
+        let (s, token, term) = (&s, user.token.clone(), term.to_owned());
+        async move {
+            let body = json!({"search_term": term});
+            let (st, b) = s.post("/_matrix/client/v3/user_directory/search", Some(&token), body).await;
+            assert_eq!(st, 200, "{b}");
+            b["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["user_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    // A private room: Bob finds Alice, not himself; Carol finds neither.
+    assert_eq!(search(&bob, "alice").await, vec![alice.user_id.clone()]);
+    assert_eq!(search(&bob, "bob").await, Vec::<String>::new());
+    assert_eq!(search(&carol, "bob").await, Vec::<String>::new());
+    // A world-readable history makes the room public: everyone finds its members.
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility");
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"history_visibility": "world_readable"})).await.0, 200);
+    assert_eq!(search(&carol, "bob").await, vec![bob.user_id.clone()]);
+    assert_eq!(search(&bob, "bob").await, vec![bob.user_id.clone()]);
+}

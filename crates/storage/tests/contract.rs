@@ -1599,6 +1599,13 @@ fn user_directory_visibility(s: &dyn Storage) {
     assert_eq!(hit, vec![(BOB.to_string(), Some("Bob".to_string()), None)]);
     s.set_room_join_rule("!public:test", "invite").unwrap();
     assert_eq!(find("dave", false), Vec::<String>::new(), "no longer public");
+    // The searcher finds themselves only in a public room, not through a room they share.
+    assert_eq!(find("alice", false), Vec::<String>::new(), "the searcher, in a private room only");
+    // A world-readable history makes a room public too.
+    let readable =
+        public.state("$hv", "m.room.history_visibility", "", DAVE, json!({"history_visibility": "world_readable"}));
+    public.send(s, &readable);
+    assert_eq!(find("dave", false), strings(&[DAVE]), "in a world-readable room");
 }
 
 fn user_directory_term_matching(s: &dyn Storage) {

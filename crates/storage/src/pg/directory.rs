@@ -96,8 +96,10 @@ impl DirectoryStore for PostgresStore {
         search_all_users: bool,
         limit: usize,
     ) -> Result<Vec<DirectoryUser>> {
-        // Visible: users sharing a joined room with the searcher, users joined to a room whose
-        // join rule is public, or (search_all_users) every local user.
+        // Visible (as Synapse): other users sharing a joined room with the searcher, users
+        // joined to a public room (join rule `public` or history `world_readable`), or
+        // (search_all_users) every local user. The searcher finds themselves only in a public
+        // room.
         //
         // Every term must be a prefix of the localpart or of a word of the display name, ignoring
         // ASCII case as SQLite's LIKE does: the terms come lower-cased and `lower(... COLLATE "C")`
@@ -109,9 +111,12 @@ impl DirectoryStore for PostgresStore {
                 r#"SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id
                  WHERE NOT u.deactivated AND ($1 OR p.user_id IN (
                    SELECT m.state_key FROM current_state m WHERE m.type = 'm.room.member' AND m.membership = 'join'
-                   AND (m.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'
-                                      AND state_key = $2 AND membership = 'join')
-                        OR m.room_id IN (SELECT room_id FROM rooms WHERE join_rule = 'public'))))
+                   AND ((m.state_key <> $2 AND m.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'
+                                                             AND state_key = $2 AND membership = 'join'))
+                        OR m.room_id IN (SELECT room_id FROM rooms WHERE join_rule = 'public')
+                        OR m.room_id IN (SELECT cs.room_id FROM current_state cs JOIN events e ON e.event_id = cs.event_id
+                                         WHERE cs.type = 'm.room.history_visibility' AND cs.state_key = ''
+                                         AND (e.json::jsonb -> 'content' ->> 'history_visibility') = 'world_readable'))))
                  AND NOT EXISTS (
                    SELECT 1 FROM unnest($3::TEXT[]) AS t (term)
                    WHERE NOT (lower(p.user_id COLLATE "C") LIKE '@' || t.term || '%' ESCAPE '\'

@@ -91,15 +91,20 @@ impl DirectoryStore for SqliteStore {
         search_all_users: bool,
         limit: usize,
     ) -> Result<Vec<DirectoryUser>> {
-        // Visible: users sharing a joined room with the searcher, users joined to a room whose
-        // join rule is public, or (search_all_users) every local user.
+        // Visible (as Synapse): other users sharing a joined room with the searcher, users
+        // joined to a public room (join rule `public` or history `world_readable`), or
+        // (search_all_users) every local user. The searcher finds themselves only in a public
+        // room.
         let mut sql = String::from(
             "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id
              WHERE u.deactivated = 0 AND (?1 OR p.user_id IN (
                SELECT m.state_key FROM current_state m WHERE m.type = 'm.room.member' AND m.membership = 'join'
-               AND (m.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'
-                                  AND state_key = ?2 AND membership = 'join')
-                    OR m.room_id IN (SELECT room_id FROM rooms WHERE join_rule = 'public'))))",
+               AND ((m.state_key <> ?2 AND m.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'
+                                                         AND state_key = ?2 AND membership = 'join'))
+                    OR m.room_id IN (SELECT room_id FROM rooms WHERE join_rule = 'public')
+                    OR m.room_id IN (SELECT cs.room_id FROM current_state cs JOIN events e ON e.event_id = cs.event_id
+                                     WHERE cs.type = 'm.room.history_visibility' AND cs.state_key = ''
+                                     AND json_extract(e.json, '$.content.history_visibility') = 'world_readable'))))",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![search_all_users.into(), searcher.to_owned().into()];
         for term in terms {
