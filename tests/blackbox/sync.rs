@@ -612,3 +612,35 @@ async fn unnamed_rooms_come_with_heroes_named_rooms_without() {
     let body = s.sync(&alice, None, 0).await;
     assert!(summary(&body).get("m.heroes").is_none(), "{}", summary(&body));
 }
+
+#[tokio::test]
+async fn coming_to_share_a_room_brings_the_others_presence() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"presence": "online"})).await.0, 200);
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let next = s.sync(&bob, Some(&since), 0).await;
+    let senders = |body: &serde_json::Value| -> Vec<String> {
+        body["presence"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["sender"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(senders(&next).contains(&alice.user_id), "{next}");
+    assert!(!senders(&next).contains(&carol.user_id), "Carol shares no room: {next}");
+    // Once only.
+    let again = s.sync(&bob, Some(next["next_batch"].as_str().unwrap()), 0).await;
+    assert!(!senders(&again).contains(&alice.user_id), "{again}");
+    // Carol, never online, comes as offline to Alice when she joins.
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let next = s.sync(&alice, Some(&since), 0).await;
+    let carols: Vec<&serde_json::Value> =
+        next["presence"]["events"].as_array().unwrap().iter().filter(|e| e["sender"] == carol.user_id).collect();
+    assert_eq!(carols.len(), 1, "{next}");
+}

@@ -91,6 +91,8 @@ pub(crate) struct SyncKeys {
     pub to_device: Vec<Value>,
     pub changed: Vec<String>,
     pub left: Vec<String>,
+    /// Users who came to share a room with the user in the range (their presence is news too).
+    pub newly_shared: Vec<String>,
     pub one_time_key_counts: Value,
     pub unused_fallback_key_types: Vec<String>,
 }
@@ -273,20 +275,31 @@ impl Homeserver {
     /// room with `me` (they joined one of `me`'s rooms, or `me` joined theirs), whose keys the
     /// client must now fetch; `left` has those who share no room with `me` any more.
     pub(crate) async fn device_list_updates(&self, me: &str, from: i64, to: i64) -> Result<(Vec<String>, Vec<String>)> {
+        let (changed, left, _) = self.room_sharing_updates(me, from, to).await?;
+        Ok((changed, left))
+    }
+
+    /// [`Homeserver::device_list_updates`], and who came to share a room with `me`.
+    pub(crate) async fn room_sharing_updates(
+        &self,
+        me: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
         if from >= to {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Default::default());
         }
         let (u, m) = (me.to_owned(), me.to_owned());
         let (changed_keys, member_changes) =
             self.db(move |s| Ok((s.device_list_changes(from, to)?, s.member_changes_between(from, to)?))).await?;
         if changed_keys.is_empty() && member_changes.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Default::default());
         }
         let (sharing, my_rooms) =
             self.db(move |s| Ok((s.users_sharing_rooms(&u)?, s.rooms_for_user(&m, "join")?))).await?;
         let sharing: HashSet<String> = sharing.into_iter().collect();
         let my_rooms: HashSet<String> = my_rooms.into_iter().collect();
-        let mut changed: HashSet<String> = changed_keys.into_iter().filter(|u| sharing.contains(u)).collect();
+        let mut newly: HashSet<String> = HashSet::new();
         let mut left: HashSet<String> = HashSet::new();
         for (room, user, membership) in member_changes {
             let joining = membership == "join";
@@ -294,7 +307,7 @@ impl Homeserver {
                 // Everyone in a room `me` joined is new to `me`; everyone in one `me` left may be
                 // gone.
                 if joining && my_rooms.contains(&room) {
-                    changed.extend(self.joined_member_ids(&room).await?.into_iter().filter(|u| u != me));
+                    newly.extend(self.joined_member_ids(&room).await?.into_iter().filter(|u| u != me));
                 } else if !joining && !my_rooms.contains(&room) {
                     let r = room.clone();
                     let members = self.db(move |s| s.room_memberships(&r)).await?;
@@ -302,19 +315,23 @@ impl Homeserver {
                 }
             } else if my_rooms.contains(&room) {
                 if joining {
-                    changed.insert(user);
+                    newly.insert(user);
                 } else if !sharing.contains(&user) {
                     left.insert(user);
                 }
             }
         }
-        changed.retain(|u| sharing.contains(u));
+        newly.retain(|u| sharing.contains(u));
         left.retain(|u| !sharing.contains(u));
-        let (mut changed, mut left): (Vec<String>, Vec<String>) =
-            (changed.into_iter().collect(), left.into_iter().collect());
+        let mut changed: Vec<String> =
+            changed_keys.into_iter().filter(|u| sharing.contains(u)).chain(newly.iter().cloned()).collect();
         changed.sort();
+        changed.dedup();
+        let (mut left, mut newly): (Vec<String>, Vec<String>) =
+            (left.into_iter().collect(), newly.into_iter().collect());
         left.sort();
-        Ok((changed, left))
+        newly.sort();
+        Ok((changed, left, newly))
     }
 
     /// `GET /keys/changes?from&to`.
@@ -512,8 +529,8 @@ impl Homeserver {
             })
             .await?;
         let to_device = messages.into_iter().filter_map(|(_, json)| serde_json::from_str(&json).ok()).collect();
-        let (changed, left) = match since {
-            Some(from) => self.device_list_updates(me.user_id.as_str(), from, now).await?,
+        let (changed, left, newly_shared) = match since {
+            Some(from) => self.room_sharing_updates(me.user_id.as_str(), from, now).await?,
             None => Default::default(),
         };
         let (u, d) = (me.user_id.to_string(), me.device_id.clone());
@@ -522,6 +539,7 @@ impl Homeserver {
             to_device,
             changed,
             left,
+            newly_shared,
             one_time_key_counts: self.key_counts(me.user_id.as_str(), &me.device_id).await?,
             unused_fallback_key_types,
         })

@@ -455,7 +455,22 @@ impl Homeserver {
             }
         }
         let keys = self.sync_keys(requester, since, now).await?;
-        let presence = self.presence_events(&user, since, now).await?;
+        let mut presence = self.presence_events(&user, since, now).await?;
+        // Users who came to share a room: their presence, changed or not (Synapse).
+        if !keys.newly_shared.is_empty() && self.config.presence_enabled {
+            let known: HashSet<String> =
+                presence.iter().filter_map(|p| p["sender"].as_str().map(str::to_owned)).collect();
+            let wanted: Vec<String> = keys.newly_shared.iter().filter(|u| !known.contains(*u)).cloned().collect();
+            let asked = wanted.clone();
+            let rows = self.db(move |s| s.presence_between(&asked, 0, i64::MAX)).await?;
+            let mut found: HashMap<&str, Value> =
+                rows.iter().map(|row| (row.user_id.as_str(), Self::presence_content(row))).collect();
+            // Someone never seen online is offline.
+            presence.extend(wanted.iter().map(|user| {
+                let content = found.remove(user.as_str()).unwrap_or_else(|| json!({"presence": "offline"}));
+                json!({"type": "m.presence", "sender": user, "content": content})
+            }));
+        }
         let empty = join.is_empty()
             && invite.is_empty()
             && knock.is_empty()
