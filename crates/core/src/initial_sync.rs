@@ -39,16 +39,7 @@ impl Homeserver {
                 ))
             })
             .await?;
-        let mut global_account_data = Vec::new();
-        let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
-        for (room, kind, content) in account_data {
-            let item = json!({"type": kind, "content": content});
-            if room.is_empty() {
-                global_account_data.push(item);
-            } else {
-                room_account_data.entry(room).or_default().push(item);
-            }
-        }
+        let (global_account_data, mut room_account_data) = crate::sync::split_account_data(account_data);
 
         let mut rooms = Vec::new();
         for room in &invited {
@@ -57,11 +48,12 @@ impl Homeserver {
             });
             let rid = parse_room_id(room)?;
             let state = self.current_state(&rid).await?.unwrap_or_default();
-            if let Some(id) = state.get(&("m.room.member".to_owned(), user.clone())) {
-                if let Some(invite) = self.client_events(vec![id.to_string()]).await?.pop() {
-                    entry["inviter"] = invite["sender"].clone();
-                    entry["invite"] = v1_event(invite);
-                }
+            let own = state.get(&("m.room.member".to_owned(), user.clone())).map(|id| id.to_string());
+            if let Some(id) = own
+                && let Some(invite) = self.client_events(vec![id]).await?.pop()
+            {
+                entry["inviter"] = invite["sender"].clone();
+                entry["invite"] = v1_event(invite);
             }
             rooms.push(entry);
         }

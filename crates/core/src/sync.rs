@@ -108,6 +108,22 @@ impl Serialize for JoinedRoom {
 /// How far back a timeline with an event filter looks for events that match.
 const MAX_FILTERED_SCAN: usize = 1000;
 
+/// Account-data rows `(room or "", type, content)` as events: the global ones, and each
+/// room's.
+pub(crate) fn split_account_data(rows: Vec<(String, String, Value)>) -> (Vec<Value>, HashMap<String, Vec<Value>>) {
+    let mut global = Vec::new();
+    let mut by_room: HashMap<String, Vec<Value>> = HashMap::new();
+    for (room, kind, content) in rows {
+        let item = json!({"type": kind, "content": content});
+        if room.is_empty() {
+            global.push(item);
+        } else {
+            by_room.entry(room).or_default().push(item);
+        }
+    }
+    (global, by_room)
+}
+
 /// An event filter's `types`, `not_types`, `senders` and `not_senders` (types may end in `*`).
 #[derive(Default)]
 pub(crate) struct EventMatcher {
@@ -364,16 +380,7 @@ impl Homeserver {
         // Read only once a joined room is sent: a long-poll woken by another room's news
         // sends none.
         let mut read_positions: Option<HashMap<String, i64>> = None;
-        let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
-        let mut global_account_data = Vec::new();
-        for (room, kind, content) in account_data {
-            let item = json!({"type": kind, "content": content});
-            if room.is_empty() {
-                global_account_data.push(item);
-            } else {
-                room_account_data.entry(room).or_default().push(item);
-            }
-        }
+        let (global_account_data, mut room_account_data) = split_account_data(account_data);
 
         for room in &joined {
             if !filter.wants(room) {
