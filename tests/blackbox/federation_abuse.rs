@@ -674,6 +674,11 @@ async fn v1_endpoints_event_auth_and_state_of_rejected_events_answer_as_synapse(
     assert_eq!(s, 200, "{answer}");
     assert_eq!(answer[0], 200, "{answer}");
     assert!(answer[1]["state"].as_array().is_some_and(|s| !s.is_empty()), "{answer}");
+    // The auth chain of the state, the create event included though it is in the state too
+    // (as Synapse sends it).
+    let chain_types: Vec<&str> =
+        answer[1]["auth_chain"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(chain_types.contains(&"m.room.create") && chain_types.contains(&"m.room.power_levels"), "{answer}");
     eventually("Carol is a member on A", || async {
         a.server
             .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{carol}"), Some(&alice.token))

@@ -69,9 +69,7 @@ impl Homeserver {
             .await?
             .ok_or_else(|| Error::not_found("The state at that event is not known here"))?;
         let state_ids: Vec<OwnedEventId> = state.into_values().collect();
-        let closure = self.load_auth_closure(state_ids.clone()).await?;
-        let in_state: HashSet<&OwnedEventId> = state_ids.iter().collect();
-        let chain = closure.into_keys().filter(|e| !in_state.contains(e)).collect();
+        let chain = self.auth_chain_of(state_ids.clone()).await?;
         Ok((state_ids, chain))
     }
 

@@ -178,16 +178,12 @@ impl Homeserver {
             }
         };
         let state_ids: Vec<OwnedEventId> = state_before.values().cloned().collect();
-        let mut chain_ids: HashSet<OwnedEventId> = {
-            let closure = self.load_auth_closure(state_ids.iter().cloned().chain([id.clone()]).collect()).await?;
-            closure.keys().cloned().collect()
-        };
-        for s in &state_ids {
-            chain_ids.remove(s);
-        }
-        chain_ids.remove(&id);
+        // The auth chain of the state and the join, events of the state included where they
+        // are in it (as Synapse sends it; servers check the state against it).
+        let mut chain_ids = self.auth_chain_of(state_ids.iter().cloned().chain([id.clone()]).collect()).await?;
+        chain_ids.retain(|e| *e != id);
         let state_json = self.wire_pdus(state_ids).await?;
-        let chain_json = self.wire_pdus(chain_ids.into_iter().collect()).await?;
+        let chain_json = self.wire_pdus(chain_ids).await?;
         Ok(json!({
             "origin": self.server_name(),
             "state": state_json,

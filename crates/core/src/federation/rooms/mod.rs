@@ -153,6 +153,24 @@ impl Homeserver {
         Ok(all)
     }
 
+    /// The auth chain of `roots` as Synapse answers it (`get_auth_chain`): every event reachable
+    /// through their `auth_events`, the roots themselves only when reachable from another root
+    /// (the create event is in a room's state and in its auth chain).
+    pub(crate) async fn auth_chain_of(&self, roots: Vec<OwnedEventId>) -> Result<Vec<OwnedEventId>> {
+        let closure = self.load_auth_closure(roots.clone()).await?;
+        let mut chain: HashSet<OwnedEventId> = HashSet::new();
+        let mut todo: Vec<OwnedEventId> =
+            roots.iter().filter_map(|r| closure.get(r)).flat_map(|p| p.auth_events.iter().cloned()).collect();
+        while let Some(id) = todo.pop() {
+            if let Some(pdu) = closure.get(&id)
+                && chain.insert(id)
+            {
+                todo.extend(pdu.auth_events.iter().cloned());
+            }
+        }
+        Ok(chain.into_iter().collect())
+    }
+
     /// Checks an event against `state` (only the entries its type needs are loaded).
     async fn authorised_by(
         &self,
