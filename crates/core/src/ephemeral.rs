@@ -141,23 +141,13 @@ impl Homeserver {
         Ok(())
     }
 
-    /// Whether the user's current unthreaded receipt of this type in the room is at or after
-    /// `event_id`.
+    /// Whether the user's current unthreaded receipt of this type in the room points at a
+    /// later event than `event_id`.
     async fn receipt_is_older(&self, me: &Requester, room: &OwnedRoomId, kind: &str, event_id: &str) -> Result<bool> {
         let (r, u, k, new_id) = (room.to_string(), me.user_id.to_string(), kind.to_owned(), event_id.to_owned());
-        self.db(move |s| {
-            let current = s
-                .receipts_between(std::slice::from_ref(&r), 0, i64::MAX)?
-                .into_iter()
-                .find(|row| row.user_id == u && row.receipt_type == k && row.thread_id.is_empty());
-            let Some(current) = current else { return Ok(false) };
-            if current.event_id == new_id {
-                return Ok(false);
-            }
-            match (s.stream_of_event(&current.event_id)?, s.stream_of_event(&new_id)?) {
-                (Some(old), Some(new)) => Ok(new < old),
-                _ => Ok(false),
-            }
+        self.db(move |s| match (s.receipt_position(&r, &u, &k)?, s.stream_of_event(&new_id)?) {
+            (Some(current), Some(new)) => Ok(new < current),
+            _ => Ok(false),
         })
         .await
     }

@@ -698,6 +698,9 @@ pub trait EphemeralStore {
     /// The stream position of the newest event `user_id` has an unthreaded (or main-thread)
     /// `m.read` or `m.read.private` receipt on in `room_id`; 0 if none.
     fn read_position(&self, room_id: &str, user_id: &str) -> Result<i64>;
+    /// The stream position of the event `user_id`'s unthreaded receipt of `receipt_type` in
+    /// `room_id` points at, if they have one.
+    fn receipt_position(&self, room_id: &str, user_id: &str, receipt_type: &str) -> Result<Option<i64>>;
     /// [`EphemeralStore::read_position`] of every room `user_id` has such a receipt in, at once.
     fn read_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>>;
     /// For each room `user_id` is joined to, the stream position of the join that began the

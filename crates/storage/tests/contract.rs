@@ -2064,6 +2064,10 @@ fn read_positions_use_unthreaded_read_receipts(s: &dyn Storage) {
     );
     assert_eq!(s.read_position(r, BOB).unwrap(), 0);
     assert_eq!(s.read_positions(BOB).unwrap(), vec![]);
+    // One type's unthreaded receipt.
+    assert_eq!(s.receipt_position(r, ALICE, "m.read").unwrap(), Some(p1), "the unthreaded m.read");
+    assert_eq!(s.receipt_position(r, ALICE, "m.read.private").unwrap(), Some(p2));
+    assert_eq!(s.receipt_position(r, BOB, "m.read").unwrap(), None);
 }
 
 fn join_positions_track_current_stay(s: &dyn Storage) {

@@ -75,6 +75,18 @@ impl EphemeralStore for PostgresStore {
         })
     }
 
+    fn receipt_position(&self, room_id: &str, user_id: &str, receipt_type: &str) -> Result<Option<i64>> {
+        self.read(|db| {
+            Ok(db
+                .opt(
+                    "SELECT e.stream_ordering FROM receipts r JOIN events e ON e.event_id = r.event_id
+                     WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type = $3 AND r.thread_id = ''",
+                    &[&room_id, &user_id, &receipt_type],
+                )?
+                .map(|row| row.get(0)))
+        })
+    }
+
     fn read_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>> {
         self.read(|db| {
             let rows = db.rows(

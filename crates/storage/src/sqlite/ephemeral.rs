@@ -92,6 +92,18 @@ impl EphemeralStore for SqliteStore {
             .map_err(backend)
     }
 
+    fn receipt_position(&self, room_id: &str, user_id: &str, receipt_type: &str) -> Result<Option<i64>> {
+        self.reader()
+            .row(
+                "SELECT e.stream_ordering FROM receipts r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = ?1 AND r.user_id = ?2 AND r.receipt_type = ?3 AND r.thread_id = ''",
+                params![room_id, user_id, receipt_type],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
     fn read_positions(&self, user_id: &str) -> Result<Vec<(String, i64)>> {
         let conn = self.reader();
         let mut stmt = conn
