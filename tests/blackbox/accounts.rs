@@ -185,6 +185,15 @@ async fn profiles_propagate_to_member_events() {
         s.put("/_matrix/client/v3/profile/@alice:test/displayname", Some(&u.token), json!({"displayname": 5})).await;
     assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")));
     assert_eq!(s.get("/_matrix/client/v3/profile/@nobody:test", None).await.0, 404);
+    // An unset avatar of a user who exists is `{}` (as Synapse), an unset custom field 404,
+    // any field of nobody 404.
+    let (st, b) = s.get("/_matrix/client/v3/profile/@alice:test/avatar_url", None).await;
+    assert_eq!((st, b), (200, json!({"avatar_url": "mxc://test/abc"})));
+    let bob_avatar = format!("/_matrix/client/v3/profile/{}/avatar_url", bob.user_id);
+    assert_eq!(s.get(&bob_avatar, None).await, (200, json!({})));
+    let (st, _) = s.get(&format!("/_matrix/client/v3/profile/{}/org.example.field", bob.user_id), None).await;
+    assert_eq!(st, 404);
+    assert_eq!(s.get("/_matrix/client/v3/profile/@nobody:test/displayname", None).await.0, 404);
 }
 
 #[tokio::test]

@@ -359,6 +359,22 @@ async fn guests_may_call_only_synapses_guest_endpoints() {
         let (s, b) = server.get(&path, Some(&token)).await;
         assert_eq!(s, 200, "{path}: {b}");
     }
+    // A guest may set their display name (Synapse), not their avatar.
+    let guest_id = guest["user_id"].as_str().unwrap();
+    let (s, b) = server
+        .put(&format!("/_matrix/client/v3/profile/{guest_id}/displayname"), Some(&token), json!({"displayname": "g"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    forbidden(
+        server
+            .put(
+                &format!("/_matrix/client/v3/profile/{guest_id}/avatar_url"),
+                Some(&token),
+                json!({"avatar_url": "mxc://test/x"}),
+            )
+            .await,
+        "avatar",
+    );
     // Refused: everything else.
     forbidden(server.post("/_matrix/client/v3/createRoom", Some(&token), json!({})).await, "createRoom");
     forbidden(server.get("/_matrix/client/v3/pushrules/", Some(&token)).await, "pushrules");

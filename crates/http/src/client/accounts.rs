@@ -198,6 +198,9 @@ pub(super) async fn profile_field(
     let p = hs.profile_for(me.as_ref(), &user_id).await?;
     match p.get(&field) {
         Some(v) => Ok(axum::Json(json!({ field: v }))),
+        // As Synapse: an unset display name or avatar of a user who exists is `{}` (the spec
+        // allows that or a 404); an unset custom field is a 404.
+        None if field == "displayname" || field == "avatar_url" => Ok(axum::Json(json!({}))),
         None => Err(MatrixError::new(ErrorKind::NotFound, "Profile field not set")),
     }
 }
