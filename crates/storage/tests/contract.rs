@@ -140,6 +140,18 @@ fn open_pg() -> PgDb {
     db
 }
 
+/// A store whose last owner is a task of an async runtime (as at a server's shutdown) closes
+/// its connections without panicking: the synchronous driver must not block inside the
+/// runtime (it did, and a SIGTERM then ended a PostgreSQL-backed server with an abort).
+#[test]
+fn pg_store_drops_cleanly_on_an_async_runtime_thread() {
+    let mut db = open_pg();
+    let store = db.store.take().expect("open store");
+    store.register_instance("drop-test").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await }).expect("dropped without a panic");
+}
+
 /// Every case as `sqlite::<case>` and `pg::<case>`.
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {

@@ -308,6 +308,24 @@ pub struct PostgresStore {
     origin: String,
 }
 
+/// The synchronous driver closes a connection by blocking on its own runtime, which panics
+/// (and, during shutdown, aborts the process) on a thread that drives an async runtime. The
+/// store's last owner may be a task on such a thread, so its connections are closed on a
+/// thread of their own.
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.pool.state.lock().unwrap_or_else(|p| p.into_inner()).idle);
+        let instance = self.instance.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let closing = std::thread::Builder::new().name("postgres-close".into()).spawn(move || {
+            drop(idle);
+            drop(instance);
+        });
+        if let Ok(thread) = closing {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Maps a driver error to a storage error (a constraint violation is a conflict).
 pub(crate) fn backend(e: postgres::Error) -> StorageError {
     // Any constraint, as SQLite's backend maps them: a row that exists, or one that refers to
