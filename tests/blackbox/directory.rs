@@ -187,18 +187,7 @@ async fn user_directory_visibility_rename_and_leave() {
     let carol = s.register("carol").await;
     let search = |u: User, term: &'static str| {
         let s = &s;
-        async move {
-            let (st, b) =
-                s.post("/_matrix/client/v3/user_directory/search", Some(&u.token), json!({"search_term": term})).await;
-            assert_eq!(st, 200);
-            assert_schema("/_matrix/client/v3/user_directory/search", "post", 200, &b);
-            b["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["user_id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
+        async move { directory_search(s, &u, term).await }
     };
     assert!(search(alice.clone(), "bob").await.is_empty(), "no shared room yet");
     let room = s.create_room(&alice, json!({"invite": ["@bob:test"]})).await;
@@ -380,18 +369,8 @@ async fn the_user_directory_shows_public_rooms_and_others_in_private_ones() {
     let room = s.create_room(&alice, json!({"preset": "private_chat", "invite": [bob.user_id]})).await;
     assert_eq!(s.join(&bob, &room).await.0, 200);
     let search = |user: &User, term: &str| {
-        let (s, token, term) = (&s, user.token.clone(), term.to_owned());
-        async move {
-            let body = json!({"search_term": term});
-            let (st, b) = s.post("/_matrix/client/v3/user_directory/search", Some(&token), body).await;
-            assert_eq!(st, 200, "{b}");
-            b["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["user_id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
+        let (s, user, term) = (&s, user.clone(), term.to_owned());
+        async move { directory_search(s, &user, &term).await }
     };
     // A private room: Bob finds Alice, not himself; Carol finds neither.
     assert_eq!(search(&bob, "alice").await, vec![alice.user_id.clone()]);
@@ -402,4 +381,13 @@ async fn the_user_directory_shows_public_rooms_and_others_in_private_ones() {
     assert_eq!(s.put(&path, Some(&alice.token), json!({"history_visibility": "world_readable"})).await.0, 200);
     assert_eq!(search(&carol, "bob").await, vec![bob.user_id.clone()]);
     assert_eq!(search(&bob, "bob").await, vec![bob.user_id.clone()]);
+}
+
+/// The user IDs a user-directory search by `user` finds (the answer checked against the spec).
+async fn directory_search(s: &Server, user: &User, term: &str) -> Vec<String> {
+    let (st, b) =
+        s.post("/_matrix/client/v3/user_directory/search", Some(&user.token), json!({"search_term": term})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_schema("/_matrix/client/v3/user_directory/search", "post", 200, &b);
+    b["results"].as_array().unwrap().iter().map(|r| r["user_id"].as_str().unwrap().to_owned()).collect()
 }

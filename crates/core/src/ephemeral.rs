@@ -520,6 +520,25 @@ impl Homeserver {
         })
     }
 
+    /// The current presence of `users` as `m.presence` events, offline for those never seen
+    /// (none at all when presence is off).
+    pub(crate) async fn presence_states(&self, users: &[String]) -> Result<Vec<Value>> {
+        if !self.config.presence_enabled || users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = users.to_vec();
+        let rows = self.db(move |s| s.presence_between(&wanted, 0, i64::MAX)).await?;
+        let mut found: HashMap<&str, Value> =
+            rows.iter().map(|row| (row.user_id.as_str(), Self::presence_content(row))).collect();
+        Ok(users
+            .iter()
+            .map(|user| {
+                let content = found.remove(user.as_str()).unwrap_or_else(|| json!({"presence": "offline"}));
+                json!({"type": "m.presence", "sender": user, "content": content})
+            })
+            .collect())
+    }
+
     /// `m.presence` events of users sharing a room with `me`, changed in `(since, now]`.
     pub(crate) async fn presence_events(&self, me: &str, since: Option<i64>, now: i64) -> Result<Vec<Value>> {
         if !self.config.presence_enabled {

@@ -5,8 +5,6 @@
 //! room's directory visibility; room account data and tags; presence and read receipts. Events
 //! carry the old `user_id` (the sender) beside `sender`, as Synapse's v1 format does.
 
-use std::collections::HashMap;
-
 use serde_json::{Value, json};
 
 use crate::rooms::{Pagination, parse_room_id};
@@ -73,7 +71,7 @@ impl Homeserver {
             .map(with_presence_user_id)
             .collect();
         // The user's own, even in no room with anyone.
-        if self.config.presence_enabled && !presence.iter().any(|p| p["sender"] == user.as_str()) {
+        if !presence.iter().any(|p| p["sender"] == user.as_str()) {
             presence.extend(self.presence_of(std::slice::from_ref(&user)).await?);
         }
         let receipts: Vec<Value> = self
@@ -153,23 +151,9 @@ impl Homeserver {
         }))
     }
 
-    /// The presence of `users` as `m.presence` events (offline for those with none), when
-    /// presence is on.
+    /// The presence of `users` as the v1 APIs give it (see [`with_presence_user_id`]).
     async fn presence_of(&self, users: &[String]) -> Result<Vec<Value>> {
-        if !self.config.presence_enabled {
-            return Ok(Vec::new());
-        }
-        let wanted = users.to_vec();
-        let rows = self.db(move |s| s.presence_between(&wanted, 0, i64::MAX)).await?;
-        let mut by_user: HashMap<String, Value> =
-            rows.iter().map(|row| (row.user_id.clone(), Self::presence_content(row))).collect();
-        Ok(users
-            .iter()
-            .map(|u| {
-                let content = by_user.remove(u).unwrap_or_else(|| json!({"presence": "offline"}));
-                with_presence_user_id(json!({"type": "m.presence", "sender": u, "content": content}))
-            })
-            .collect())
+        Ok(self.presence_states(users).await?.into_iter().map(with_presence_user_id).collect())
     }
 }
 

@@ -289,16 +289,26 @@ impl Homeserver {
         if from >= to {
             return Ok(Default::default());
         }
-        let (u, m) = (me.to_owned(), me.to_owned());
-        let (changed_keys, member_changes) =
-            self.db(move |s| Ok((s.device_list_changes(from, to)?, s.member_changes_between(from, to)?))).await?;
+        let m = me.to_owned();
+        let (changed_keys, member_changes, my_rooms) = self
+            .db(move |s| {
+                Ok((
+                    s.device_list_changes(from, to)?,
+                    s.member_changes_between(from, to)?,
+                    s.rooms_for_user(&m, "join")?,
+                ))
+            })
+            .await?;
+        let my_rooms: HashSet<String> = my_rooms.into_iter().collect();
+        // Only `me`'s own membership changes and those in `me`'s rooms matter; anyone's
+        // anywhere else (the usual case on a busy server) costs nothing more.
+        let member_changes: Vec<(String, String, String)> =
+            member_changes.into_iter().filter(|(room, user, _)| user == me || my_rooms.contains(room)).collect();
         if changed_keys.is_empty() && member_changes.is_empty() {
             return Ok(Default::default());
         }
-        let (sharing, my_rooms) =
-            self.db(move |s| Ok((s.users_sharing_rooms(&u)?, s.rooms_for_user(&m, "join")?))).await?;
-        let sharing: HashSet<String> = sharing.into_iter().collect();
-        let my_rooms: HashSet<String> = my_rooms.into_iter().collect();
+        let u = me.to_owned();
+        let sharing: HashSet<String> = self.db(move |s| s.users_sharing_rooms(&u)).await?.into_iter().collect();
         let mut newly: HashSet<String> = HashSet::new();
         let mut left: HashSet<String> = HashSet::new();
         for (room, user, membership) in member_changes {

@@ -109,19 +109,7 @@ impl Homeserver {
 
     async fn push_badge(self: &Arc<Self>, http: &reqwest::Client, user: &OwnedUserId) -> Result<()> {
         let stored = self.all_pushers().await?;
-        let theirs: Vec<Arc<HttpPusher>> = stored
-            .iter()
-            .filter(|(u, _)| u == user.as_str())
-            .filter_map(|(_, json)| match serde_json::from_str::<Value>(json) {
-                Ok(Value::Object(config)) if config.get("kind").and_then(Value::as_str) == Some("http") => {
-                    Some(Arc::new(HttpPusher { user: user.clone(), config }))
-                }
-                _ => None,
-            })
-            .collect();
-        if theirs.is_empty() {
-            return Ok(());
-        }
+        let Some(theirs) = http_pushers(&stored, Some(user.as_str())).remove(user.as_str()) else { return Ok(()) };
         let badge = self.badge_count(user).await?;
         if self.push.last_badge.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), badge) == Some(badge) {
             return Ok(());
@@ -160,17 +148,7 @@ impl Homeserver {
     /// Pushes the events of `(from, to]` (at most [`EVENTS_PER_PASS`]); returns how far it got.
     async fn push_events_between(self: &Arc<Self>, http: &reqwest::Client, from: i64, to: i64) -> Result<i64> {
         let stored = self.all_pushers().await?;
-        let mut pushers: HashMap<String, Vec<Arc<HttpPusher>>> = HashMap::new();
-        for (user, json) in stored.iter() {
-            let (Ok(user_id), Ok(Value::Object(config))) =
-                (OwnedUserId::try_from(user.as_str()), serde_json::from_str::<Value>(json))
-            else {
-                continue;
-            };
-            if config.get("kind").and_then(Value::as_str) == Some("http") {
-                pushers.entry(user.clone()).or_default().push(Arc::new(HttpPusher { user: user_id, config }));
-            }
-        }
+        let pushers = http_pushers(&stored, None);
         if pushers.is_empty() {
             return Ok(to);
         }
@@ -283,24 +261,35 @@ impl Homeserver {
         user: &OwnedUserId,
     ) -> Result<Map<String, Value>> {
         let mut context = Map::new();
-        let state = self.current_state(room).await?.unwrap_or_default();
-        let ids = state
+        let state = self.current_state_shared(room).await?.unwrap_or_default();
+        let sender = event["sender"].as_str().unwrap_or_default();
+        // The few state events every notification needs; the room's members only when neither a
+        // name nor an alias names the room (a room's member events can be thousands).
+        let wanted = [("m.room.name", ""), ("m.room.canonical_alias", ""), ("m.room.member", sender)];
+        let ids: Vec<String> = wanted
             .iter()
-            .filter(|((kind, _), _)| {
-                matches!(kind.as_str(), "m.room.name" | "m.room.canonical_alias" | "m.room.member")
-            })
-            .map(|(_, id)| id.to_string())
+            .filter_map(|(kind, key)| state.get(&((*kind).to_owned(), (*key).to_owned())))
+            .map(|id| id.to_string())
             .collect();
         let events = self.load_events(ids).await?;
         let content_of = |kind: &str, key: &str| {
             state.get(&(kind.to_owned(), key.to_owned())).and_then(|id| events.get(id)).map(|e| e.content_map())
         };
-        let members: Vec<&crate::events::Pdu> =
-            events.values().filter(|e| e.kind == ruma::events::TimelineEventType::RoomMember).collect();
-        if let Some(name) = room_name(&content_of, &members, user) {
+        let name = match explicit_room_name(&content_of) {
+            Some(name) => Some(name),
+            None => {
+                let member_ids = state
+                    .iter()
+                    .filter(|((kind, _), _)| kind == "m.room.member")
+                    .map(|(_, id)| id.to_string())
+                    .collect();
+                let members = self.load_events(member_ids).await?;
+                room_name_from_members(&members.values().collect::<Vec<_>>(), user)
+            }
+        };
+        if let Some(name) = name {
             context.insert("room_name".into(), json!(name));
         }
-        let sender = event["sender"].as_str().unwrap_or_default();
         if let Some(member) = content_of("m.room.member", sender) {
             context.insert("sender_display_name".into(), json!(name_of_member(&member, sender)));
         }
@@ -386,6 +375,23 @@ impl Homeserver {
     }
 }
 
+/// The stored HTTP pushers by user (only `only`'s when given); other kinds and unreadable
+/// rows are left out.
+fn http_pushers(stored: &[(String, String)], only: Option<&str>) -> HashMap<String, Vec<Arc<HttpPusher>>> {
+    let mut pushers: HashMap<String, Vec<Arc<HttpPusher>>> = HashMap::new();
+    for (user, json) in stored.iter().filter(|(u, _)| only.is_none_or(|o| o == u)) {
+        let (Ok(user_id), Ok(Value::Object(config))) =
+            (OwnedUserId::try_from(user.as_str()), serde_json::from_str::<Value>(json))
+        else {
+            continue;
+        };
+        if config.get("kind").and_then(Value::as_str) == Some("http") {
+            pushers.entry(user.clone()).or_default().push(Arc::new(HttpPusher { user: user_id, config }));
+        }
+    }
+    pushers
+}
+
 /// The pusher's `devices` entry: its app, pushkey and `data` without the URL.
 fn device_of(pusher: &HttpPusher) -> Value {
     let mut data = pusher.config.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -460,31 +466,33 @@ fn name_of_member(content: &Map<String, Value>, user: &str) -> String {
 /// Looks up the content of the room's state event `(type, state key)`.
 type StateContentOf<'a> = dyn Fn(&str, &str) -> Option<Map<String, Value>> + 'a;
 
-/// The room's name for `user` as Synapse's `calculate_room_name` works it out for
-/// notifications (`fallback_to_single_member=False`): no name when only one other member
-/// could name it, or when `user` is only invited.
-fn room_name(content_of: &StateContentOf, members: &[&crate::events::Pdu], user: &OwnedUserId) -> Option<String> {
+/// The room's own name for notifications: its `m.room.name`, else its canonical alias (the
+/// first steps of Synapse's `calculate_room_name`).
+fn explicit_room_name(content_of: &StateContentOf) -> Option<String> {
     if let Some(name) =
         content_of("m.room.name", "").and_then(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
         && !name.is_empty()
     {
         return Some(name);
     }
-    if let Some(alias) =
-        content_of("m.room.canonical_alias", "").and_then(|c| c.get("alias").and_then(Value::as_str).map(str::to_owned))
-        && alias.starts_with('#')
-        && alias.contains(':')
-    {
-        return Some(alias);
-    }
-    if content_of("m.room.member", user.as_str()).is_some_and(|c| c.get("membership") == Some(&json!("invite"))) {
+    content_of("m.room.canonical_alias", "")
+        .and_then(|c| c.get("alias").and_then(Value::as_str).map(str::to_owned))
+        .filter(|alias| alias.starts_with('#') && alias.contains(':'))
+}
+
+/// The rest of `calculate_room_name` for notifications (`fallback_to_single_member=False`):
+/// a name made of the room's other members, none when only one other member could name it or
+/// when `user` is only invited.
+fn room_name_from_members(members: &[&crate::events::Pdu], user: &OwnedUserId) -> Option<String> {
+    let with_content: Vec<(&crate::events::Pdu, Map<String, Value>)> =
+        members.iter().map(|e| (*e, e.content_map())).collect();
+    let membership_of = |c: &Map<String, Value>| c.get("membership").and_then(Value::as_str).map(str::to_owned);
+    let own = with_content.iter().find(|(e, _)| e.state_key.as_deref() == Some(user.as_str()));
+    if own.is_some_and(|(_, c)| membership_of(c).as_deref() == Some("invite")) {
         return None;
     }
-    let mut present: Vec<(&crate::events::Pdu, Map<String, Value>)> = members
-        .iter()
-        .map(|e| (*e, e.content_map()))
-        .filter(|(_, c)| matches!(c.get("membership").and_then(Value::as_str), Some("join" | "invite")))
-        .collect();
+    let mut present: Vec<&(&crate::events::Pdu, Map<String, Value>)> =
+        with_content.iter().filter(|(_, c)| matches!(membership_of(c).as_deref(), Some("join" | "invite"))).collect();
     present.sort_by_key(|(e, _)| e.origin_server_ts);
     let others: Vec<String> = present
         .iter()

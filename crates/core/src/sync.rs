@@ -270,15 +270,32 @@ impl Homeserver {
 
     /// The room's joined and invited member counts at `now` (kept while the room is unchanged).
     pub(crate) async fn member_counts(&self, room: &str, now: i64) -> Result<(usize, usize)> {
-        if let Some(counts) = self.sync.cache.member_counts(room, now) {
-            return Ok(counts);
+        let summary = self.member_summary(room, now).await?;
+        Ok((summary.joined, summary.invited))
+    }
+
+    /// The room's member counts and hero candidates at `now`, from one read of its
+    /// memberships (kept while the room is unchanged).
+    async fn member_summary(&self, room: &str, now: i64) -> Result<MemberSummary> {
+        if let Some(summary) = self.sync.cache.member_summary(room, now) {
+            return Ok(summary);
         }
         let r = room.to_owned();
         let memberships = self.db(move |s| s.room_memberships(&r)).await?;
-        let joined = memberships.iter().filter(|(_, m)| m == "join").count();
-        let invited = memberships.iter().filter(|(_, m)| m == "invite").count();
-        self.sync.cache.keep_member_counts(room, now, (joined, invited));
-        Ok((joined, invited))
+        let sorted = |wanted: &[&str]| {
+            let mut users: Vec<String> =
+                memberships.iter().filter(|(_, m)| wanted.contains(&m.as_str())).map(|(u, _)| u.clone()).collect();
+            users.sort();
+            users.truncate(6);
+            users
+        };
+        let summary = MemberSummary {
+            joined: memberships.iter().filter(|(_, m)| m == "join").count(),
+            invited: memberships.iter().filter(|(_, m)| m == "invite").count(),
+            heroes: Arc::new((sorted(&["join", "invite"]), sorted(&["leave", "ban"]))),
+        };
+        self.sync.cache.keep_member_summary(room, now, summary.clone());
+        Ok(summary)
     }
 
     async fn sync_filter(&self, requester: &Requester, filter: Option<&str>) -> Result<SyncFilter> {
@@ -464,19 +481,11 @@ impl Homeserver {
         let keys = self.sync_keys(requester, since, now).await?;
         let mut presence = self.presence_events(&user, since, now).await?;
         // Users who came to share a room: their presence, changed or not (Synapse).
-        if !keys.newly_shared.is_empty() && self.config.presence_enabled {
+        if !keys.newly_shared.is_empty() {
             let known: HashSet<String> =
                 presence.iter().filter_map(|p| p["sender"].as_str().map(str::to_owned)).collect();
             let wanted: Vec<String> = keys.newly_shared.iter().filter(|u| !known.contains(*u)).cloned().collect();
-            let asked = wanted.clone();
-            let rows = self.db(move |s| s.presence_between(&asked, 0, i64::MAX)).await?;
-            let mut found: HashMap<&str, Value> =
-                rows.iter().map(|row| (row.user_id.as_str(), Self::presence_content(row))).collect();
-            // Someone never seen online is offline.
-            presence.extend(wanted.iter().map(|user| {
-                let content = found.remove(user.as_str()).unwrap_or_else(|| json!({"presence": "offline"}));
-                json!({"type": "m.presence", "sender": user, "content": content})
-            }));
+            presence.extend(self.presence_states(&wanted).await?);
         }
         let empty = join.is_empty()
             && invite.is_empty()
@@ -720,8 +729,8 @@ impl Homeserver {
         if filter.lazy_load_members {
             self.add_lazy_members(requester, room, whole_state, &needed, &timeline_members, filter, &mut state).await?;
         }
-        let (joined_count, invited_count) = self.member_counts(room, now).await?;
-        let hero_candidates = self.hero_candidates(room).await?;
+        let members = self.member_summary(room, now).await?;
+        let hero_candidates = self.hero_candidates(room, &members).await?;
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);
         let timeline_senders = timeline["events"]
             .as_array()
@@ -734,7 +743,7 @@ impl Homeserver {
             timeline: raw(&timeline)?,
             timeline_senders,
             state: raw(&json!({"events": state}))?,
-            summary: raw(&json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited_count}))?,
+            summary: raw(&json!({"m.joined_member_count": members.joined, "m.invited_member_count": members.invited}))?,
             hero_candidates,
         });
         if cacheable && same_for_members {
@@ -745,7 +754,7 @@ impl Homeserver {
 
     /// A room's hero candidates (see [`Section::hero_candidates`]); none for a room with a
     /// name or a canonical alias.
-    async fn hero_candidates(&self, room: &str) -> Result<(Vec<String>, Vec<String>)> {
+    async fn hero_candidates(&self, room: &str, members: &MemberSummary) -> Result<Arc<(Vec<String>, Vec<String>)>> {
         let room_id = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
         let named = |content: Option<Map<String, Value>>, key: &str| {
             content.and_then(|c| c.get(key).and_then(Value::as_str).map(str::to_owned)).is_some_and(|v| !v.is_empty())
@@ -755,16 +764,7 @@ impl Homeserver {
         {
             return Ok(Default::default());
         }
-        let r = room.to_owned();
-        let memberships = self.db(move |s| s.room_memberships(&r)).await?;
-        let sorted = |wanted: &[&str]| {
-            let mut users: Vec<String> =
-                memberships.iter().filter(|(_, m)| wanted.contains(&m.as_str())).map(|(u, _)| u.clone()).collect();
-            users.sort();
-            users.truncate(6);
-            users
-        };
-        Ok((sorted(&["join", "invite"]), sorted(&["leave", "ban"])))
+        Ok(members.heroes.clone())
     }
 
     /// Whether `user` was not joined to `room` at stream position `at`.
@@ -967,6 +967,15 @@ pub(crate) struct Timeline {
     pub(crate) positions: Vec<i64>,
 }
 
+/// A room's member counts and who could name it (`m.heroes`), from one read of its members.
+#[derive(Debug, Clone)]
+struct MemberSummary {
+    joined: usize,
+    invited: usize,
+    /// `(joined or invited, left or banned)`, each sorted and cut to six.
+    heroes: Arc<(Vec<String>, Vec<String>)>,
+}
+
 /// A joined room's timeline, state and member summary as `/sync` sends them, serialised once.
 #[derive(Debug)]
 pub(crate) struct Section {
@@ -979,7 +988,7 @@ pub(crate) struct Section {
     summary: Box<RawValue>,
     /// For a room without a name or canonical alias: who could name it, `(joined or invited,
     /// left or banned)`, each sorted and cut to six (the syncing user leaves five).
-    hero_candidates: (Vec<String>, Vec<String>),
+    hero_candidates: Arc<(Vec<String>, Vec<String>)>,
 }
 
 impl Section {
@@ -1022,8 +1031,8 @@ struct SyncCacheInner {
     changes: HashMap<String, (u32, i64)>,
     sections: HashMap<(String, usize), Arc<Section>>,
     bytes: usize,
-    /// Room -> (built at, joined members, invited members): every sync of the room reads them.
-    member_counts: BoundedMap<String, (i64, usize, usize)>,
+    /// Room -> (built at, its member summary): every sync of the room reads it.
+    member_counts: BoundedMap<String, (i64, MemberSummary)>,
     /// `(room, from, to, limit)` -> the room's events in `(from, to]`, newest first: the same
     /// read made by every request of a herd woken by one event. Positions up to `to` are all
     /// committed (an event in flight gets a later one), so a range never changes, but for a
@@ -1116,18 +1125,18 @@ impl SyncCache {
         inner.changes.get(room).map(|(_, at)| *at).filter(|at| *at > self.started_at)
     }
 
-    /// The room's (joined, invited) counts as kept at or before `now`, while it is unchanged.
-    fn member_counts(&self, room: &str, now: i64) -> Option<(usize, usize)> {
+    /// The room's member summary as kept at or before `now`, while it is unchanged.
+    fn member_summary(&self, room: &str, now: i64) -> Option<MemberSummary> {
         let mut inner = self.lock();
         let changed = inner.changed_at(room, self.started_at);
-        let (built_at, joined, invited) = *inner.member_counts.get(room)?;
-        (changed <= built_at && built_at <= now).then_some((joined, invited))
+        let (built_at, summary) = inner.member_counts.get(room)?;
+        (changed <= *built_at && *built_at <= now).then(|| summary.clone())
     }
 
-    fn keep_member_counts(&self, room: &str, built_at: i64, counts: (usize, usize)) {
+    fn keep_member_summary(&self, room: &str, built_at: i64, summary: MemberSummary) {
         let mut inner = self.lock();
         if inner.changed_at(room, self.started_at) <= built_at {
-            inner.member_counts.insert(room.to_owned(), (built_at, counts.0, counts.1));
+            inner.member_counts.insert(room.to_owned(), (built_at, summary));
         }
     }
 
