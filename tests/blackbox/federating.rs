@@ -571,6 +571,81 @@ async fn profiles_aliases_device_keys_and_to_device_messages_cross_servers() {
     .await;
 }
 
+/// Bob's `/keys/query` for one user, from B.
+async fn query_keys_of(b: &Peer, bob: &User, user: &str) -> Value {
+    let (s, keys) =
+        b.server.post("/_matrix/client/v3/keys/query", Some(&bob.token), json!({"device_keys": {user: []}})).await;
+    assert_eq!(s, 200, "{keys}");
+    keys
+}
+
+/// The curve25519 key of each of `user`'s devices in a `/keys/query` answer, by device ID.
+fn curve_keys(keys: &Value, user: &str) -> Vec<(String, String)> {
+    keys["device_keys"][user]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(d, k)| (d.clone(), k["keys"][format!("curve25519:{d}")].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn remote_device_lists_are_cached_kept_current_and_dropped_with_the_last_shared_room() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = public_room(&a.server, &alice).await;
+    let (s, body) = b.server.join_via(&bob, &room, &a.name).await;
+    assert_eq!(s, 200, "{body}");
+    let upload = |user: &User, curve: &str| {
+        let body = json!({"device_keys": device_keys(user, curve)});
+        let (server, token) = (&a.server, user.token.clone());
+        async move { server.post("/_matrix/client/v3/keys/upload", Some(&token), body).await.0 }
+    };
+    assert_eq!(upload(&alice, "c1").await, 200);
+
+    // The first query fetches Alice's whole list from A (and B keeps it).
+    let keys = query_keys_of(&b, &bob, &alice.user_id).await;
+    assert_eq!(curve_keys(&keys, &alice.user_id), vec![(alice.device_id.clone(), "c1".into())], "{keys}");
+    assert_eq!(keys["failures"], json!({}));
+
+    // Changes on A reach B's copy: new keys, and a second device.
+    assert_eq!(upload(&alice, "c2").await, 200);
+    let phone = a.server.login("alice").await;
+    assert_eq!(upload(&phone, "p1").await, 200);
+    let mut want = vec![(alice.device_id.clone(), "c2".to_owned()), (phone.device_id.clone(), "p1".to_owned())];
+    want.sort();
+    eventually("Alice's new keys and device reach B", || async {
+        curve_keys(&query_keys_of(&b, &bob, &alice.user_id).await, &alice.user_id) == want
+    })
+    .await;
+
+    // With A down, B still answers from its copy, and says nothing failed.
+    let a = {
+        let Peer { server, name, port } = a;
+        let dir = server.stop();
+        let keys = query_keys_of(&b, &bob, &alice.user_id).await;
+        assert_eq!(curve_keys(&keys, &alice.user_id), want, "{keys}");
+        assert_eq!(keys["failures"], json!({}), "{keys}");
+        // Someone of A's whom nobody on B shares a room with is not cached: A is asked, and fails.
+        let keys = query_keys_of(&b, &bob, &format!("@carol:{name}")).await;
+        assert!(keys["failures"][&name].is_object(), "{keys}");
+        Peer { server: Server::start_in(dir).await, name, port }
+    };
+
+    // Once Bob leaves, B shares no room with Alice and stops keeping her list: with A down
+    // again, her keys are a failure, not a stale copy.
+    let (s, body) = b.server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    let Peer { server, name, .. } = a;
+    let _dir = server.stop();
+    let keys = query_keys_of(&b, &bob, &alice.user_id).await;
+    assert!(keys["failures"][&name].is_object(), "{keys}");
+    assert_eq!(curve_keys(&keys, &alice.user_id), vec![], "{keys}");
+}
+
 async fn download(server: &Server, user: &User, path: &str) -> (u16, Vec<u8>, String, Value) {
     let resp = reqwest::Client::new().get(server.url(path)).bearer_auth(&user.token).send().await.unwrap();
     let status = resp.status().as_u16();

@@ -225,6 +225,7 @@ impl Homeserver {
             "self_signing_keys": self_signing,
             "user_signing_keys": user_signing,
         });
+        let remote = self.answer_from_device_list_cache(remote, &mut out).await;
         if !remote.is_empty() {
             self.remote_keys_query(remote, &mut out).await;
         }

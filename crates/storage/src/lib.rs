@@ -573,6 +573,29 @@ pub struct BackupVersion {
     pub etag: i64,
 }
 
+/// A device of another server's user, as cached (see [`RemoteDeviceList`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDevice {
+    /// The device's ID on its server.
+    pub device_id: String,
+    /// The device's identity key JSON as its server sent it, if it has keys.
+    pub keys: Option<String>,
+    /// The name its owner gave it, if its server shares names.
+    pub display_name: Option<String>,
+}
+
+/// Another server's user's device list, cached while they share a room with a local user.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteDeviceList {
+    /// The remote server's stream ID for the list: an update naming it as `prev_id` applies
+    /// on top of it; one naming anything else means updates were missed.
+    pub stream_id: i64,
+    /// The user's devices, by device ID.
+    pub devices: Vec<RemoteDevice>,
+    /// `(key_type, json)` of the user's cross-signing keys (`master`, `self_signing`).
+    pub cross_signing: Vec<(String, String)>,
+}
+
 /// End-to-end encryption plumbing: device and one-time keys, cross-signing keys, device-list
 /// changes, to-device messages, and server-side key backup. Key JSON is stored as clients sent
 /// it (with signatures merged in); Matrix rules live in `core`.
@@ -610,6 +633,27 @@ pub trait KeyStore {
     fn device_list_change_before(&self, user_id: &str, before: i64) -> Result<Option<i64>>;
     /// Users in a joined room with `user_id` (joined or invited there), `user_id` included.
     fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>>;
+    /// A remote user's cached device list, if there is one.
+    fn remote_device_list(&self, user_id: &str) -> Result<Option<RemoteDeviceList>>;
+    /// Replaces (or first caches) a remote user's device list; records a device-list change
+    /// so local users sharing a room with them query the keys again.
+    fn replace_remote_device_list(&self, user_id: &str, list: &RemoteDeviceList) -> Result<i64>;
+    /// Applies one device's update (`deleted`, or new keys and name) to a cached list and
+    /// moves it to `stream_id`; records a device-list change. `None` if no list is cached.
+    fn update_remote_device(
+        &self,
+        user_id: &str,
+        device: &RemoteDevice,
+        deleted: bool,
+        stream_id: i64,
+    ) -> Result<Option<i64>>;
+    /// Replaces the given cross-signing keys `(key_type, json)` of a cached list; records a
+    /// device-list change. `None` if no list is cached.
+    fn update_remote_cross_signing(&self, user_id: &str, keys: &[(String, String)]) -> Result<Option<i64>>;
+    /// Drops the cached device lists of `room_id`'s members (any membership) who no longer
+    /// share a joined room with a local user: their server stops telling this one of changes.
+    /// Returns whose lists went.
+    fn forget_unshared_remote_device_lists(&self, room_id: &str) -> Result<Vec<String>>;
     /// Queues to-device messages `(user, device, json)` sent under a transaction ID; `None`
     /// (nothing queued) if that transaction was seen before.
     fn queue_to_device(

@@ -226,6 +226,7 @@ contract! {
     outbox_rows_per_destination,
     outbox_limit_per_kind,
     device_list_changes_by_range,
+    remote_device_lists_cached_updated_and_forgotten,
     // Client data
     account_data_roundtrip,
     account_data_since_range,
@@ -1462,6 +1463,70 @@ fn device_list_changes_by_range(s: &dyn Storage) {
     assert_eq!(s.device_list_change_before(BOB, c).unwrap(), Some(b));
     assert_eq!(s.device_list_change_before(BOB, b).unwrap(), None);
     assert_eq!(s.device_list_change_before("@nobody:test", MAX).unwrap(), None);
+}
+
+fn remote_device_lists_cached_updated_and_forgotten(s: &dyn Storage) {
+    const REMOTE: &str = "@rita:remote.test";
+    const OTHER: &str = "@otto:remote.test";
+    let device = |id: &str, keys: Option<&str>, name: Option<&str>| RemoteDevice {
+        device_id: id.into(),
+        keys: keys.map(Into::into),
+        display_name: name.map(Into::into),
+    };
+    assert_eq!(s.remote_device_list(REMOTE).unwrap(), None);
+    // Nothing cached: updates do nothing and say so.
+    assert_eq!(s.update_remote_device(REMOTE, &device("D1", None, None), false, 2).unwrap(), None);
+    assert_eq!(s.update_remote_cross_signing(REMOTE, &[("master".into(), "{}".into())]).unwrap(), None);
+    assert_eq!(s.remote_device_list(REMOTE).unwrap(), None);
+
+    let start = s.max_stream_ordering().unwrap();
+    let list = RemoteDeviceList {
+        stream_id: 7,
+        devices: vec![device("D1", Some(r#"{"k":1}"#), Some("Phone")), device("D2", None, None)],
+        cross_signing: vec![("master".into(), r#"{"m":1}"#.into())],
+    };
+    let p1 = s.replace_remote_device_list(REMOTE, &list).unwrap();
+    assert!(p1 > start);
+    assert_eq!(s.device_list_changes(start, p1).unwrap(), strings(&[REMOTE]), "local users hear of it");
+    assert_eq!(s.remote_device_list(REMOTE).unwrap(), Some(list.clone()));
+
+    // One device renamed with new keys, one deleted, the stream moves on.
+    let p2 = s.update_remote_device(REMOTE, &device("D1", Some(r#"{"k":2}"#), Some("Tablet")), false, 8).unwrap();
+    let p3 = s.update_remote_device(REMOTE, &device("D2", None, None), true, 9).unwrap();
+    let p4 = s.update_remote_cross_signing(REMOTE, &[("self_signing".into(), r#"{"s":1}"#.into())]).unwrap();
+    assert!(p1 < p2.unwrap() && p2 < p3 && p3 < p4);
+    let got = s.remote_device_list(REMOTE).unwrap().unwrap();
+    assert_eq!(got.stream_id, 9);
+    assert_eq!(got.devices, vec![device("D1", Some(r#"{"k":2}"#), Some("Tablet"))]);
+    assert_eq!(
+        got.cross_signing,
+        vec![("master".into(), r#"{"m":1}"#.into()), ("self_signing".into(), r#"{"s":1}"#.into())]
+    );
+
+    // A resync replaces the whole list.
+    let fresh = RemoteDeviceList { stream_id: 3, devices: vec![device("D3", None, None)], cross_signing: vec![] };
+    s.replace_remote_device_list(REMOTE, &fresh).unwrap();
+    assert_eq!(s.remote_device_list(REMOTE).unwrap(), Some(fresh.clone()));
+    s.replace_remote_device_list(OTHER, &fresh).unwrap();
+
+    // Forgotten once no local user shares a joined room with them (an invite does not count).
+    add_user(s, ALICE, None);
+    let mut r1 = TestRoom::new(s, "!r1:test");
+    let mut r2 = TestRoom::new(s, "!r2:test");
+    r1.join(s, ALICE);
+    r1.join(s, REMOTE);
+    r1.join(s, OTHER);
+    r2.join(s, ALICE);
+    r2.join(s, OTHER);
+    assert_eq!(s.forget_unshared_remote_device_lists("!r1:test").unwrap(), Vec::<String>::new());
+    r1.set_membership(s, ALICE, "leave");
+    assert_eq!(s.forget_unshared_remote_device_lists("!r2:test").unwrap(), Vec::<String>::new(), "not in r2");
+    assert_eq!(s.forget_unshared_remote_device_lists("!r1:test").unwrap(), strings(&[REMOTE]), "OTHER still shares r2");
+    assert_eq!(s.remote_device_list(REMOTE).unwrap(), None);
+    assert_eq!(s.update_remote_device(REMOTE, &device("D3", None, None), false, 4).unwrap(), None);
+    assert!(s.remote_device_list(OTHER).unwrap().is_some());
+    r2.set_membership(s, ALICE, "invite");
+    assert_eq!(s.forget_unshared_remote_device_lists("!r2:test").unwrap(), strings(&[OTHER]));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 mod acl;
 pub(crate) mod client;
+mod device_lists;
 mod history;
 mod invites;
 pub(crate) mod media;

@@ -104,7 +104,10 @@ impl Homeserver {
                 entry
             })
             .collect();
-        let mut out = json!({"user_id": user, "stream_id": *self.sync.stream.borrow(), "devices": list});
+        // The user's latest change: the `prev_id` the next `m.device_list_update` will name.
+        let u = user.to_string();
+        let stream_id = self.db(move |s| s.device_list_change_before(&u, i64::MAX)).await?.unwrap_or(0);
+        let mut out = json!({"user_id": user, "stream_id": stream_id, "devices": list});
         for (kind, json) in cross {
             let Ok(key) = serde_json::from_str::<Value>(&json) else { continue };
             match kind.as_str() {
@@ -281,19 +284,6 @@ impl Homeserver {
             content["keys"] = k;
         }
         self.queue_edu(servers, json!({"edu_type": "m.device_list_update", "content": content})).await;
-    }
-
-    /// A device-list EDU from `origin` about one of its users: local clients sharing a room with
-    /// them see the user under `device_lists.changed` and query the keys again.
-    pub(crate) async fn receive_device_list_update(&self, origin: &str, content: &Value) {
-        let Some(user) = content["user_id"].as_str() else { return };
-        if user.split_once(':').map(|(_, s)| s) != Some(origin) {
-            return;
-        }
-        let u = user.to_owned();
-        if let Ok(pos) = self.db(move |s| s.note_device_list_change(&u)).await {
-            self.advance_stream(pos);
-        }
     }
 
     /// To-device messages for users of other servers: one `m.direct_to_device` EDU per server.

@@ -176,9 +176,8 @@ impl Homeserver {
                     }
                 }
             }
-            Some("m.device_list_update" | "m.signing_key_update") => {
-                self.receive_device_list_update(origin, content).await
-            }
+            Some("m.device_list_update") => self.receive_device_list_update(origin, content).await,
+            Some("m.signing_key_update") => self.receive_signing_key_update(origin, content).await,
             Some("m.direct_to_device") => self.receive_to_device(origin, content).await,
             Some("m.presence") => self.receive_presence(origin, content).await,
             _ => {}

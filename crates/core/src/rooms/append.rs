@@ -422,6 +422,9 @@ impl Homeserver {
             if checked.pdu.state_key.is_some() {
                 self.remember_state_event(&checked.pdu);
             }
+            if crate::federation::rooms::ends_sharing(checked.pdu.membership().as_deref()) {
+                self.forget_unshared_device_lists(room_id.as_str()).await;
+            }
             self.wake_destinations(&checked.destinations);
         }
         written

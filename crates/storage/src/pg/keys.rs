@@ -40,6 +40,33 @@ pub(super) fn record_device_change<C: GenericClient>(tx: &mut Db<'_, C>, user_id
     Ok(pos)
 }
 
+/// Inserts or replaces a cached remote device.
+fn upsert_remote_device<C: GenericClient>(tx: &mut Db<'_, C>, user_id: &str, d: &RemoteDevice) -> Result<()> {
+    tx.exec(
+        "INSERT INTO remote_devices (user_id, device_id, keys_json, display_name) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id, device_id) DO UPDATE SET keys_json = EXCLUDED.keys_json,
+             display_name = EXCLUDED.display_name",
+        &[&user_id, &d.device_id, &d.keys, &d.display_name],
+    )?;
+    Ok(())
+}
+
+/// Inserts or replaces cached remote cross-signing keys `(key_type, json)`.
+fn upsert_remote_cross_signing<C: GenericClient>(
+    tx: &mut Db<'_, C>,
+    user_id: &str,
+    keys: &[(String, String)],
+) -> Result<()> {
+    for (kind, json) in keys {
+        tx.exec(
+            "INSERT INTO remote_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = EXCLUDED.key_json",
+            &[&user_id, kind, json],
+        )?;
+    }
+    Ok(())
+}
+
 /// A backup version's keys changed: clients compare etags to know.
 pub(super) fn bump_backup_etag<C: GenericClient>(tx: &mut Db<'_, C>, user_id: &str, version: i64) -> Result<()> {
     tx.exec("UPDATE room_key_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2", &[&user_id, &version])?;
@@ -242,6 +269,104 @@ impl KeyStore for PostgresStore {
             users.push(user_id.to_owned());
         }
         Ok(users)
+    }
+
+    fn remote_device_list(&self, user_id: &str) -> Result<Option<RemoteDeviceList>> {
+        self.read(|db| {
+            let Some(row) = db.opt("SELECT stream_id FROM remote_device_lists WHERE user_id = $1", &[&user_id])? else {
+                return Ok(None);
+            };
+            let devices = db
+                .rows(
+                    "SELECT device_id, keys_json, display_name FROM remote_devices WHERE user_id = $1 ORDER BY device_id",
+                    &[&user_id],
+                )?
+                .iter()
+                .map(|r| RemoteDevice { device_id: r.get(0), keys: r.get(1), display_name: r.get(2) })
+                .collect();
+            let cross_signing = db
+                .rows(
+                    "SELECT key_type, key_json FROM remote_cross_signing_keys WHERE user_id = $1 ORDER BY key_type",
+                    &[&user_id],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            Ok(Some(RemoteDeviceList { stream_id: row.get(0), devices, cross_signing }))
+        })
+    }
+
+    fn replace_remote_device_list(&self, user_id: &str, list: &RemoteDeviceList) -> Result<i64> {
+        self.write(|tx| {
+            for table in ["remote_devices", "remote_cross_signing_keys"] {
+                tx.exec(&format!("DELETE FROM {table} WHERE user_id = $1"), &[&user_id])?;
+            }
+            tx.exec(
+                "INSERT INTO remote_device_lists (user_id, stream_id) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET stream_id = EXCLUDED.stream_id",
+                &[&user_id, &list.stream_id],
+            )?;
+            for d in &list.devices {
+                upsert_remote_device(tx, user_id, d)?;
+            }
+            upsert_remote_cross_signing(tx, user_id, &list.cross_signing)?;
+            record_device_change(tx, user_id)
+        })
+    }
+
+    fn update_remote_device(
+        &self,
+        user_id: &str,
+        device: &RemoteDevice,
+        deleted: bool,
+        stream_id: i64,
+    ) -> Result<Option<i64>> {
+        self.write(|tx| {
+            let cached =
+                tx.exec("UPDATE remote_device_lists SET stream_id = $2 WHERE user_id = $1", &[&user_id, &stream_id])?;
+            if cached == 0 {
+                return Ok(None);
+            }
+            if deleted {
+                tx.exec(
+                    "DELETE FROM remote_devices WHERE user_id = $1 AND device_id = $2",
+                    &[&user_id, &device.device_id],
+                )?;
+            } else {
+                upsert_remote_device(tx, user_id, device)?;
+            }
+            record_device_change(tx, user_id).map(Some)
+        })
+    }
+
+    fn update_remote_cross_signing(&self, user_id: &str, keys: &[(String, String)]) -> Result<Option<i64>> {
+        self.write(|tx| {
+            if tx.opt("SELECT 1 FROM remote_device_lists WHERE user_id = $1 FOR UPDATE", &[&user_id])?.is_none() {
+                return Ok(None);
+            }
+            upsert_remote_cross_signing(tx, user_id, keys)?;
+            record_device_change(tx, user_id).map(Some)
+        })
+    }
+
+    fn forget_unshared_remote_device_lists(&self, room_id: &str) -> Result<Vec<String>> {
+        self.write(|tx| {
+            let users = strings(tx.rows(
+                "SELECT l.user_id FROM remote_device_lists l
+                 JOIN current_state m ON m.room_id = $1 AND m.type = 'm.room.member' AND m.state_key = l.user_id
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id
+                     WHERE a.type = 'm.room.member' AND a.state_key = l.user_id AND a.membership = 'join'
+                       AND b.type = 'm.room.member' AND b.membership = 'join'
+                       AND b.state_key IN (SELECT user_id FROM users))
+                 ORDER BY l.user_id",
+                &[&room_id],
+            )?);
+            for table in ["remote_device_lists", "remote_devices", "remote_cross_signing_keys"] {
+                tx.exec(&format!("DELETE FROM {table} WHERE user_id = ANY($1)"), &[&users])?;
+            }
+            Ok(users)
+        })
     }
 
     fn queue_to_device(

@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_appservices.sql"),
     include_str!("migrations/0004_reports.sql"),
     include_str!("migrations/0005_device_list_by_user.sql"),
+    include_str!("migrations/0006_remote_device_lists.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

@@ -233,6 +233,155 @@ impl KeyStore for SqliteStore {
         Ok(users)
     }
 
+    fn remote_device_list(&self, user_id: &str) -> Result<Option<RemoteDeviceList>> {
+        let conn = self.reader();
+        let Some(stream_id) = conn
+            .row("SELECT stream_id FROM remote_device_lists WHERE user_id = ?1", [user_id], |r| r.get::<_, i64>(0))
+            .optional()
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT device_id, keys_json, display_name FROM remote_devices WHERE user_id = ?1 ORDER BY device_id",
+            )
+            .map_err(backend)?;
+        let devices = stmt
+            .query_map([user_id], |r| {
+                Ok(RemoteDevice { device_id: r.get(0)?, keys: r.get(1)?, display_name: r.get(2)? })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(backend)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key_type, key_json FROM remote_cross_signing_keys WHERE user_id = ?1 ORDER BY key_type",
+            )
+            .map_err(backend)?;
+        let cross_signing = stmt
+            .query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(backend)?;
+        Ok(Some(RemoteDeviceList { stream_id, devices, cross_signing }))
+    }
+
+    fn replace_remote_device_list(&self, user_id: &str, list: &RemoteDeviceList) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        for table in ["remote_devices", "remote_cross_signing_keys"] {
+            tx.exec(&format!("DELETE FROM {table} WHERE user_id = ?1"), [user_id]).map_err(backend)?;
+        }
+        tx.exec(
+            "INSERT INTO remote_device_lists (user_id, stream_id) VALUES (?1, ?2)
+             ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id",
+            params![user_id, list.stream_id],
+        )
+        .map_err(backend)?;
+        for d in &list.devices {
+            tx.exec(
+                "INSERT INTO remote_devices (user_id, device_id, keys_json, display_name) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET keys_json = excluded.keys_json,
+                     display_name = excluded.display_name",
+                params![user_id, d.device_id, d.keys, d.display_name],
+            )
+            .map_err(backend)?;
+        }
+        for (kind, json) in &list.cross_signing {
+            tx.exec(
+                "INSERT INTO remote_cross_signing_keys (user_id, key_type, key_json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+                params![user_id, kind, json],
+            )
+            .map_err(backend)?;
+        }
+        let pos = record_device_change(&tx, user_id)?;
+        tx.commit().map_err(backend)?;
+        Ok(pos)
+    }
+
+    fn update_remote_device(
+        &self,
+        user_id: &str,
+        device: &RemoteDevice,
+        deleted: bool,
+        stream_id: i64,
+    ) -> Result<Option<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let cached = tx
+            .exec("UPDATE remote_device_lists SET stream_id = ?2 WHERE user_id = ?1", params![user_id, stream_id])
+            .map_err(backend)?;
+        if cached == 0 {
+            return Ok(None);
+        }
+        if deleted {
+            tx.exec(
+                "DELETE FROM remote_devices WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device.device_id],
+            )
+            .map_err(backend)?;
+        } else {
+            tx.exec(
+                "INSERT INTO remote_devices (user_id, device_id, keys_json, display_name) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET keys_json = excluded.keys_json,
+                     display_name = excluded.display_name",
+                params![user_id, device.device_id, device.keys, device.display_name],
+            )
+            .map_err(backend)?;
+        }
+        let pos = record_device_change(&tx, user_id)?;
+        tx.commit().map_err(backend)?;
+        Ok(Some(pos))
+    }
+
+    fn update_remote_cross_signing(&self, user_id: &str, keys: &[(String, String)]) -> Result<Option<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let cached = tx
+            .row("SELECT count(*) FROM remote_device_lists WHERE user_id = ?1", [user_id], |r| r.get::<_, i64>(0))
+            .map_err(backend)?;
+        if cached == 0 {
+            return Ok(None);
+        }
+        for (kind, json) in keys {
+            tx.exec(
+                "INSERT INTO remote_cross_signing_keys (user_id, key_type, key_json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+                params![user_id, kind, json],
+            )
+            .map_err(backend)?;
+        }
+        let pos = record_device_change(&tx, user_id)?;
+        tx.commit().map_err(backend)?;
+        Ok(Some(pos))
+    }
+
+    fn forget_unshared_remote_device_lists(&self, room_id: &str) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let users = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT l.user_id FROM remote_device_lists l
+                     JOIN current_state m ON m.room_id = ?1 AND m.type = 'm.room.member' AND m.state_key = l.user_id
+                     WHERE NOT EXISTS (
+                         SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id
+                         WHERE a.type = 'm.room.member' AND a.state_key = l.user_id AND a.membership = 'join'
+                           AND b.type = 'm.room.member' AND b.membership = 'join'
+                           AND b.state_key IN (SELECT user_id FROM users))",
+                )
+                .map_err(backend)?;
+            strings(stmt.query_map([room_id], |r| r.get(0)).and_then(|rows| rows.collect()))?
+        };
+        for user in &users {
+            for table in ["remote_device_lists", "remote_devices", "remote_cross_signing_keys"] {
+                tx.exec(&format!("DELETE FROM {table} WHERE user_id = ?1"), [user]).map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(users)
+    }
+
     fn queue_to_device(
         &self,
         sender: &str,

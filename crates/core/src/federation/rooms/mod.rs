@@ -497,9 +497,13 @@ impl Homeserver {
     /// commit and after it (see `sync::SyncCache`): `(stream position, state group)`.
     pub(crate) async fn write_marked(&self, write: EventWrite) -> Result<(i64, i64)> {
         let room = write.room_id.clone();
+        let ends_sharing = ends_sharing(write.membership.as_deref()) && !write.rejected && !write.soft_failed;
         self.sync.cache.writing(&room);
         let written = EventWriter::finish(self.rooms.writer.submit(write)).await.map_err(Error::from);
         self.sync.cache.written(&room, written.as_ref().ok().map(|(s, _)| *s), *self.sync.stream.borrow());
+        if ends_sharing && written.is_ok() {
+            self.forget_unshared_device_lists(&room).await;
+        }
         written
     }
 }
@@ -526,6 +530,11 @@ impl Homeserver {
         }
         Ok(out)
     }
+}
+
+/// Whether a membership can end two users' sharing a room (for the device-list cache).
+pub(crate) fn ends_sharing(membership: Option<&str>) -> bool {
+    matches!(membership, Some("leave" | "ban"))
 }
 
 impl From<FederationFailure> for Error {
