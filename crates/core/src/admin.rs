@@ -278,7 +278,7 @@ impl Homeserver {
         self.require_admin(requester)?;
         let user = self.existing_local_user(user_id, "Can only deactivate local users").await?;
         let target = self.requester_for(&user).await?;
-        self.deactivate_account(&target, true).await?;
+        self.deactivate_account(&target, true, None).await?;
         audit!(requester, "deactivate", user);
         Ok(json!({"id_server_unbind_result": "success"}))
     }
@@ -723,7 +723,7 @@ impl Homeserver {
                 match deactivated {
                     Some(true) if !row.deactivated => {
                         let target = self.requester_for(&user).await?;
-                        self.deactivate_account(&target, true).await?;
+                        self.deactivate_account(&target, true, None).await?;
                         audit!(requester, "deactivate", user);
                     }
                     Some(false) if row.deactivated => {

@@ -31,6 +31,7 @@ mod ephemeral;
 mod error;
 pub mod events;
 pub mod federation;
+mod identity;
 mod initial_sync;
 mod keys;
 pub mod log_config;

@@ -68,6 +68,16 @@ impl IpFilter {
             .redirect(redirects)
     }
 
+    /// [`IpFilter::client_builder`] for ordinary HTTPS (push gateways, identity servers,
+    /// modules' requests): certificates checked against the public roots (reqwest is built
+    /// without any of its own), or not at all when `insecure`
+    /// (`use_insecure_ssl_client_just_for_testing_do_not_use`).
+    pub fn web_client_builder(&self, insecure: bool) -> Result<reqwest::ClientBuilder, String> {
+        Ok(self
+            .client_builder(Default::default())
+            .use_preconfigured_tls(crate::federation::client::web_tls_config(insecure)?))
+    }
+
     /// Sends `request` on `client` (built by [`IpFilter::client_builder`]) once its URL
     /// passes the filter.
     pub async fn send(

@@ -55,10 +55,8 @@ impl Homeserver {
             .config
             .federation
             .ip_filter
-            .client_builder(Default::default())
-            .danger_accept_invalid_certs(self.config.insecure_outbound_tls)
-            .timeout(Duration::from_secs(30))
-            .build()
+            .web_client_builder(self.config.insecure_outbound_tls)
+            .and_then(|b| b.timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string()))
         {
             Ok(client) => client,
             Err(e) => {

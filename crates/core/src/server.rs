@@ -99,7 +99,7 @@ impl Homeserver {
             accounts: crate::users::AccountsState::new(&config.cache_sizes),
             ephemeral: crate::ephemeral::EphemeralState::new(&config.cache_sizes),
             push: crate::push::PushState::new(&config.cache_sizes),
-            appservices: Default::default(),
+            appservices: crate::appservice::AppserviceState::new(config.insecure_outbound_tls),
             config,
             store,
             key,

@@ -101,6 +101,12 @@ pub trait UserStore {
     fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()>;
     /// Sets one of the boolean account flags: `is_admin`, `deactivated` or `shadow_banned`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
+    /// Records that `user_id` bound `(medium, address)` on identity server `id_server`.
+    fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()>;
+    /// A user's bindings `(medium, address, id_server)`, in that order.
+    fn threepid_bindings(&self, user_id: &str) -> Result<Vec<(String, String, String)>>;
+    /// Forgets one binding (it was removed from the identity server).
+    fn remove_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()>;
     /// Creates or refreshes a device.
     fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>) -> Result<()>;
     /// A user's devices.

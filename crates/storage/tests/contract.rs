@@ -184,6 +184,7 @@ contract! {
     users_create_get_and_conflict,
     users_case_insensitive_lookup,
     users_password_and_flags,
+    threepid_bindings_added_listed_removed,
     profiles_fields,
     devices_upsert_rename_touch,
     access_tokens_lookup_and_delete,
@@ -1527,6 +1528,32 @@ fn remote_device_lists_cached_updated_and_forgotten(s: &dyn Storage) {
     assert!(s.remote_device_list(OTHER).unwrap().is_some());
     r2.set_membership(s, ALICE, "invite");
     assert_eq!(s.forget_unshared_remote_device_lists("!r2:test").unwrap(), strings(&[OTHER]));
+}
+
+fn threepid_bindings_added_listed_removed(s: &dyn Storage) {
+    assert_eq!(s.threepid_bindings(ALICE).unwrap(), vec![]);
+    s.add_threepid_binding(ALICE, "email", "a@example.com", "is2.test").unwrap();
+    s.add_threepid_binding(ALICE, "email", "a@example.com", "is1.test").unwrap();
+    s.add_threepid_binding(ALICE, "email", "a@example.com", "is1.test").unwrap();
+    s.add_threepid_binding(ALICE, "msisdn", "4412345", "is1.test").unwrap();
+    s.add_threepid_binding(BOB, "email", "b@example.com", "is1.test").unwrap();
+    let t = |m: &str, a: &str, i: &str| (m.to_owned(), a.to_owned(), i.to_owned());
+    assert_eq!(
+        s.threepid_bindings(ALICE).unwrap(),
+        vec![
+            t("email", "a@example.com", "is1.test"),
+            t("email", "a@example.com", "is2.test"),
+            t("msisdn", "4412345", "is1.test")
+        ],
+        "once each, ordered"
+    );
+    s.remove_threepid_binding(ALICE, "email", "a@example.com", "is1.test").unwrap();
+    s.remove_threepid_binding(ALICE, "email", "nobody@example.com", "is1.test").unwrap();
+    assert_eq!(
+        s.threepid_bindings(ALICE).unwrap(),
+        vec![t("email", "a@example.com", "is2.test"), t("msisdn", "4412345", "is1.test")]
+    );
+    assert_eq!(s.threepid_bindings(BOB).unwrap(), vec![t("email", "b@example.com", "is1.test")], "others' untouched");
 }
 
 // ---------------------------------------------------------------------------------------------

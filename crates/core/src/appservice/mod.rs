@@ -260,12 +260,22 @@ pub(crate) struct AppserviceState {
     pub(crate) retry_now: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
-impl Default for AppserviceState {
-    fn default() -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+impl AppserviceState {
+    /// HTTPS appservice URLs are checked against the public roots (reqwest is built without any
+    /// of its own), or not at all with `use_insecure_ssl_client_just_for_testing_do_not_use`.
+    pub(crate) fn new(insecure_tls: bool) -> Self {
+        let http = crate::federation::client::web_tls_config(insecure_tls)
+            .and_then(|tls| {
+                reqwest::Client::builder()
+                    .use_preconfigured_tls(tls)
+                    .timeout(std::time::Duration::from_secs(60))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "appservice HTTP client without its settings");
+                reqwest::Client::new()
+            });
         AppserviceState { http, retry_now: Default::default() }
     }
 }

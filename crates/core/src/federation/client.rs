@@ -120,23 +120,38 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 }
 
 fn tls_config(settings: &FederationSettings) -> std::result::Result<rustls::ClientConfig, String> {
+    tls_config_trusting(settings.verify_certificates, &settings.custom_ca_list)
+}
+
+/// TLS for the other outbound HTTPS (push gateways, identity servers, modules' HTTP client):
+/// the public roots, or no check at all with `use_insecure_ssl_client_just_for_testing_do_not_use`.
+pub(crate) fn web_tls_config(insecure: bool) -> std::result::Result<rustls::ClientConfig, String> {
+    tls_config_trusting(!insecure, &[])
+}
+
+/// Certificates checked against `custom_ca_list` (the public roots when it is empty), or not
+/// at all.
+fn tls_config_trusting(
+    verify_certificates: bool,
+    custom_ca_list: &[std::path::PathBuf],
+) -> std::result::Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    if !settings.verify_certificates {
+    if !verify_certificates {
         return Ok(builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
-    if settings.custom_ca_list.is_empty() {
+    if custom_ca_list.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     } else {
         // As on Synapse, the custom list replaces the usual roots.
         use rustls_pki_types::pem::PemObject;
-        for path in &settings.custom_ca_list {
+        for path in custom_ca_list {
             let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
                 .and_then(|c| c.collect::<std::result::Result<Vec<_>, _>>())
                 .map_err(|e| format!("federation_custom_ca_list: {}: {e}", path.display()))?;

@@ -323,10 +323,8 @@ pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(
             .config
             .federation
             .ip_filter
-            .client_builder(Default::default())
-            .danger_accept_invalid_certs(hs.config.insecure_outbound_tls)
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
+            .web_client_builder(hs.config.insecure_outbound_tls)
+            .and_then(|b| b.timeout(std::time::Duration::from_secs(60)).build().map_err(|e| e.to_string()))
             .map_err(|e| format!("HTTP client: {e}"))?,
         ip_filter: hs.config.federation.ip_filter.clone(),
         server_name: hs.server_name().to_owned(),

@@ -183,17 +183,33 @@ impl Homeserver {
     }
 
     /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.
-    pub async fn deactivate(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+    ///
+    /// Answers whether every third-party identifier the user bound was unbound from its
+    /// identity server (`id_server` if the client named one).
+    pub async fn deactivate(
+        &self,
+        requester: &Requester,
+        auth: Option<&Value>,
+        id_server: Option<&str>,
+    ) -> Result<bool> {
         self.uia_password(requester, auth).await?;
-        self.deactivate_account(requester, false).await
+        self.deactivate_account(requester, false, id_server).await
     }
 
     /// Deactivates the requester's account (`by_admin`: through the admin API): the modules may
     /// forbid it; every room is left, the password removed, every token revoked.
-    pub(crate) async fn deactivate_account(&self, requester: &Requester, by_admin: bool) -> Result<()> {
+    /// Bound third-party identifiers are unbound first (from `id_server` if given), as Synapse:
+    /// `true` when every identity server unbound them.
+    pub(crate) async fn deactivate_account(
+        &self,
+        requester: &Requester,
+        by_admin: bool,
+        id_server: Option<&str>,
+    ) -> Result<bool> {
         if !self.modules.check_can_deactivate_user(requester.user_id.as_str(), by_admin).await {
             return Err(Error::forbidden("Deactivation of this user is forbidden"));
         }
+        let unbound = self.unbind_all_threepids(requester.user_id.as_str(), id_server).await?;
         let u = requester.user_id.to_string();
         let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
         for room in rooms {
@@ -210,7 +226,7 @@ impl Homeserver {
         })
         .await?;
         self.modules.on_user_deactivation_status_changed(requester.user_id.as_str(), true, by_admin).await;
-        Ok(())
+        Ok(unbound)
     }
 
     /// `POST /user/{userId}/openid/request_token`: a token a third party can check with

@@ -18,6 +18,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/profile/{user_id}", get(profile))
         .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field))
         .route("/account/3pid", get(threepids))
+        .route("/account/3pid/bind", post(bind_threepid))
+        .route("/account/3pid/unbind", post(remove_threepid))
+        .route("/account/3pid/delete", post(remove_threepid))
         .route("/user/{user_id}/openid/request_token", post(openid_token))
 }
 
@@ -139,9 +142,31 @@ pub(super) struct AuthOnly {
     auth: Option<Value>,
 }
 
-pub(super) async fn deactivate(State(hs): State<AppState>, Auth(me): Auth, JsonBody(b): JsonBody<AuthOnly>) -> Answer {
-    hs.deactivate(&me, b.auth.as_ref()).await?;
-    Ok(axum::Json(json!({"id_server_unbind_result": "no-support"})))
+#[derive(Deserialize)]
+pub(super) struct DeactivateRequest {
+    auth: Option<Value>,
+    id_server: Option<String>,
+}
+
+pub(super) async fn deactivate(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(b): JsonBody<DeactivateRequest>,
+) -> Answer {
+    let unbound = hs.deactivate(&me, b.auth.as_ref(), b.id_server.as_deref()).await?;
+    Ok(axum::Json(json!({"id_server_unbind_result": if unbound { "success" } else { "no-support" }})))
+}
+
+pub(super) async fn bind_threepid(State(hs): State<AppState>, Auth(me): Auth, JsonBody(b): JsonBody<Value>) -> Answer {
+    Ok(axum::Json(hs.bind_threepid(&me, &b).await?))
+}
+
+pub(super) async fn remove_threepid(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(b): JsonBody<Value>,
+) -> Answer {
+    Ok(axum::Json(hs.remove_threepid(&me, &b).await?))
 }
 
 pub(super) async fn devices(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
@@ -248,7 +273,8 @@ pub(super) async fn token_validity(
     Ok(axum::Json(json!({"valid": hs.check_registration_token_validity(&q.token, &info).await?})))
 }
 
-/// Myelin binds no third-party identifiers (email, phone) to accounts.
+/// Myelin keeps no third-party identifiers (email, phone) on accounts; they can be bound on
+/// identity servers (`/account/3pid/bind`).
 pub(super) async fn threepids(Auth(_me): Auth) -> Json {
     axum::Json(json!({"threepids": []}))
 }

@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_reports.sql"),
     include_str!("migrations/0005_device_list_by_user.sql"),
     include_str!("migrations/0006_remote_device_lists.sql"),
+    include_str!("migrations/0007_threepid_bindings.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

@@ -86,6 +86,38 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO threepid_bindings (user_id, medium, address, id_server) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&user_id, &medium, &address, &id_server],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn threepid_bindings(&self, user_id: &str) -> Result<Vec<(String, String, String)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT medium, address, id_server FROM threepid_bindings WHERE user_id = $1
+                 ORDER BY medium, address, id_server",
+                &[&user_id],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
+    }
+
+    fn remove_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM threepid_bindings WHERE user_id = $1 AND medium = $2 AND address = $3 AND id_server = $4",
+                &[&user_id, &medium, &address, &id_server],
+            )?;
+            Ok(())
+        })
+    }
+
     fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
         self.write(|tx| {
             // A login without a display name keeps the one the device has.

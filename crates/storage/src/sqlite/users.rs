@@ -89,6 +89,40 @@ impl UserStore for SqliteStore {
         Ok(())
     }
 
+    fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
+        self.conn()
+            .exec(
+                "INSERT INTO threepid_bindings (user_id, medium, address, id_server) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                params![user_id, medium, address, id_server],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn threepid_bindings(&self, user_id: &str) -> Result<Vec<(String, String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT medium, address, id_server FROM threepid_bindings WHERE user_id = ?1
+                 ORDER BY medium, address, id_server",
+            )
+            .map_err(backend)?;
+        stmt.query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(backend)
+    }
+
+    fn remove_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
+        self.conn()
+            .exec(
+                "DELETE FROM threepid_bindings WHERE user_id = ?1 AND medium = ?2 AND address = ?3 AND id_server = ?4",
+                params![user_id, medium, address, id_server],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+
     fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
         self.conn()
             .exec(
