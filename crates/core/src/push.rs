@@ -78,6 +78,49 @@ pub(crate) fn server_default_rules(user: &ruma::UserId) -> Ruleset {
 /// How far back unread counts look: a room with more unread events than this shows this many.
 const MAX_COUNTED: usize = 100;
 
+/// Room rules are named by room ID, but Synapse takes any rule ID (a rule for `#alias:server`
+/// simply never matches) and ruma's rule set holds room IDs only: other IDs are kept in it under
+/// an encoded room ID, and shown (and stored) as given.
+const ENCODED_ROOM_RULE: &str = "!myelin-room-rule-";
+
+/// A room rule's ID as ruma's rule set holds it.
+fn encode_room_rule_id(rule_id: &str) -> String {
+    if rule_id.starts_with('!') && !rule_id.starts_with(ENCODED_ROOM_RULE) {
+        return rule_id.to_owned();
+    }
+    format!("{ENCODED_ROOM_RULE}{}", hex::encode(rule_id))
+}
+
+/// A room rule's ID as clients gave it.
+fn decode_room_rule_id(stored: &str) -> String {
+    stored
+        .strip_prefix(ENCODED_ROOM_RULE)
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| stored.to_owned())
+}
+
+/// A rule ID as the rule set holds it: encoded for room rules.
+fn stored_rule_id(kind: &str, rule_id: &str) -> String {
+    if kind == "room" { encode_room_rule_id(rule_id) } else { rule_id.to_owned() }
+}
+
+/// Rewrites the `rule_id`s of a rule set's room rules (JSON, `{"override": [...], ...}`).
+fn map_room_rule_ids(global: &mut Value, f: fn(&str) -> String) {
+    for rule in global.get_mut("room").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(id) = rule.get("rule_id").and_then(Value::as_str) {
+            rule["rule_id"] = Value::String(f(id));
+        }
+    }
+}
+
+/// A rule set as JSON with room rule IDs as clients gave them.
+fn rules_as_given(rules: &Ruleset) -> Result<Value> {
+    let mut global = serde_json::to_value(rules).map_err(Error::internal)?;
+    map_room_rule_ids(&mut global, decode_room_rule_id);
+    Ok(global)
+}
+
 fn rule_kind(kind: &str) -> Result<RuleKind> {
     match kind {
         "override" => Ok(RuleKind::Override),
@@ -104,6 +147,15 @@ fn unknown_rule() -> Error {
 
 fn parse_actions(v: Option<&Value>) -> Result<Vec<Action>> {
     let v = v.ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing 'actions'"))?;
+    // Synapse's check: the spec's actions (and the legacy `dont_notify` and `coalesce`), or
+    // tweaks; anything else is refused rather than kept as an action nobody understands.
+    for action in v.as_array().ok_or_else(|| Error::bad_json("No actions found"))? {
+        let known = matches!(action.as_str(), Some("notify" | "dont_notify" | "coalesce"))
+            || action.get("set_tweak").is_some_and(Value::is_string);
+        if !known {
+            return Err(Error::bad_json(format!("Unrecognised action {action}")));
+        }
+    }
     serde_json::from_value(v.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))
 }
 
@@ -181,7 +233,11 @@ impl Homeserver {
         let u = user.to_string();
         let stored = self.db(move |s| s.get_account_data(&u, "", "m.push_rules")).await?;
         let mut rules = stored
-            .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
+            .and_then(|v| {
+                let mut global = v["global"].clone();
+                map_room_rule_ids(&mut global, encode_room_rule_id);
+                serde_json::from_value::<Ruleset>(global).ok()
+            })
             .unwrap_or_else(|| server_default_rules(user));
         // Defaults added in newer spec versions appear for users with older stored rule sets.
         rules.update_with_server_default(server_default_rules(user));
@@ -189,7 +245,7 @@ impl Homeserver {
     }
 
     async fn save_ruleset(&self, user: &OwnedUserId, rules: &Ruleset) -> Result<()> {
-        let content = json!({"global": serde_json::to_value(rules).map_err(Error::internal)?});
+        let content = json!({"global": rules_as_given(rules)?});
         let u = user.to_string();
         let pos = self.db(move |s| s.set_account_data(&u, "", "m.push_rules", &content)).await?;
         self.push.rules.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), Arc::new(rules.clone()));
@@ -217,15 +273,15 @@ impl Homeserver {
     /// `GET /pushrules/`.
     pub async fn push_rules(&self, me: &Requester) -> Result<Value> {
         let rules = self.ruleset(&me.user_id).await?;
-        Ok(json!({"global": serde_json::to_value(rules.as_ref()).map_err(Error::internal)?}))
+        Ok(json!({"global": rules_as_given(&rules)?}))
     }
 
     /// `GET /pushrules/global/{kind}/{ruleId}`.
     pub async fn push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<Value> {
         global_scope(scope)?;
         let rules = self.ruleset(&me.user_id).await?;
-        let rule = rules.get(rule_kind(kind)?, rule_id).ok_or_else(unknown_rule)?;
-        match rule {
+        let rule = rules.get(rule_kind(kind)?, &stored_rule_id(kind, rule_id)).ok_or_else(unknown_rule)?;
+        let mut rule = match rule {
             AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => serde_json::to_value(r),
             AnyPushRuleRef::Content(r) => serde_json::to_value(r),
             AnyPushRuleRef::Room(r) => serde_json::to_value(r),
@@ -233,7 +289,9 @@ impl Homeserver {
             #[allow(unreachable_patterns)]
             _ => return Err(unknown_rule()),
         }
-        .map_err(Error::internal)
+        .map_err(Error::internal)?;
+        rule["rule_id"] = json!(rule_id);
+        Ok(rule)
     }
 
     /// `PUT /pushrules/global/{kind}/{ruleId}?before&after`.
@@ -274,8 +332,8 @@ impl Homeserver {
                 NewPushRule::Content(NewPatternedPushRule::new(rule_id.into(), pattern.into(), actions))
             }
             RuleKind::Room => {
-                let room = OwnedRoomId::try_from(rule_id)
-                    .map_err(|_| Error::invalid_param("A room rule's ID must be a room ID"))?;
+                let room = OwnedRoomId::try_from(encode_room_rule_id(rule_id))
+                    .map_err(|_| Error::invalid_param("Invalid room rule ID"))?;
                 NewPushRule::Room(NewSimplePushRule::new(room, actions))
             }
             RuleKind::Sender => {
@@ -285,8 +343,9 @@ impl Homeserver {
             }
             _ => return Err(Error::invalid_param(format!("Unknown push rule kind {kind}"))),
         };
+        let (after, before) = (after.map(|r| stored_rule_id(kind, r)), before.map(|r| stored_rule_id(kind, r)));
         let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
-        rules.insert(rule, after, before).map_err(|e| match e {
+        rules.insert(rule, after.as_deref(), before.as_deref()).map_err(|e| match e {
             // A `before` or `after` rule that does not exist.
             ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
             other => Error::invalid_param(other.to_string()),
@@ -298,7 +357,7 @@ impl Homeserver {
     pub async fn delete_push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<()> {
         global_scope(scope)?;
         let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
-        rules.remove(rule_kind(kind)?, rule_id).map_err(|e| match e {
+        rules.remove(rule_kind(kind)?, &stored_rule_id(kind, rule_id)).map_err(|e| match e {
             ruma::push::RemovePushRuleError::NotFound => unknown_rule(),
             other => Error::invalid_param(other.to_string()),
         })?;
@@ -363,6 +422,7 @@ impl Homeserver {
         body: &Map<String, Value>,
     ) -> Result<()> {
         global_scope(scope)?;
+        let rule_id = &stored_rule_id(kind, rule_id);
         let kind = rule_kind(kind)?;
         let mut rules = self.ruleset(user).await?.as_ref().clone();
         match attribute {
