@@ -280,7 +280,7 @@ impl Homeserver {
     pub async fn push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<Value> {
         global_scope(scope)?;
         let rules = self.ruleset(&me.user_id).await?;
-        let rule = rules.get(rule_kind(kind)?, &stored_rule_id(kind, rule_id)).ok_or_else(unknown_rule)?;
+        let rule = rules.get(rule_kind(kind)?, stored_rule_id(kind, rule_id)).ok_or_else(unknown_rule)?;
         let mut rule = match rule {
             AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => serde_json::to_value(r),
             AnyPushRuleRef::Content(r) => serde_json::to_value(r),
@@ -357,7 +357,7 @@ impl Homeserver {
     pub async fn delete_push_rule(&self, me: &Requester, scope: &str, kind: &str, rule_id: &str) -> Result<()> {
         global_scope(scope)?;
         let mut rules = self.ruleset(&me.user_id).await?.as_ref().clone();
-        rules.remove(rule_kind(kind)?, &stored_rule_id(kind, rule_id)).map_err(|e| match e {
+        rules.remove(rule_kind(kind)?, stored_rule_id(kind, rule_id)).map_err(|e| match e {
             ruma::push::RemovePushRuleError::NotFound => unknown_rule(),
             other => Error::invalid_param(other.to_string()),
         })?;
