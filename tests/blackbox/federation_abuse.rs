@@ -15,13 +15,13 @@ const PKCS8_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// A signing key the test holds: written as a server's key file, or used to forge.
-struct Key {
-    pair: Ed25519KeyPair,
+pub(crate) struct Key {
+    pub(crate) pair: Ed25519KeyPair,
     seed: [u8; 32],
 }
 
 impl Key {
-    fn new() -> Key {
+    pub(crate) fn new() -> Key {
         let seed: [u8; 32] = rand_seed();
         let mut der = PKCS8_PREFIX.to_vec();
         der.extend_from_slice(&seed);
@@ -41,7 +41,7 @@ fn rand_seed() -> [u8; 32] {
     seed
 }
 
-fn canonical(v: Value) -> CanonicalJsonObject {
+pub(crate) fn canonical(v: Value) -> CanonicalJsonObject {
     match ruma::CanonicalJsonValue::try_from(v).unwrap() {
         ruma::CanonicalJsonValue::Object(o) => o,
         _ => panic!("not an object"),

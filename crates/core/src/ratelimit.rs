@@ -372,6 +372,8 @@ pub struct Limiters {
     pub invites_per_user: Limiter,
     /// `rc_invites.per_issuer`.
     pub invites_per_issuer: Limiter,
+    /// `rc_third_party_invite`: 3PID invites, per inviter.
+    pub third_party_invite: Limiter,
     /// `rc_media_create`.
     pub media_create: Limiter,
     /// `rc_reports`.
@@ -404,6 +406,7 @@ impl Limiters {
             invites_per_room: Limiter::new("rc_invites.per_room", settings.invites_per_room),
             invites_per_user: Limiter::new("rc_invites.per_user", settings.invites_per_user),
             invites_per_issuer: Limiter::new("rc_invites.per_issuer", settings.invites_per_issuer),
+            third_party_invite: Limiter::new("rc_third_party_invite", settings.third_party_invite),
             media_create: Limiter::new("rc_media_create", settings.media_create),
             reports: Limiter::new("rc_reports", settings.reports),
             presence_per_user: Limiter::new("rc_presence.per_user", settings.presence_per_user),

@@ -32,6 +32,7 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
         app = app
             .route("/_matrix/federation/v1/version", get(version))
             .route("/_matrix/federation/v1/openid/userinfo", get(openid_userinfo))
+            .route("/_matrix/federation/v1/3pid/onbind", post(threepid_onbind))
             .route("/_matrix/federation/v1/send/{txn_id}", put(send_transaction))
             .route("/_matrix/federation/v1/make_join/{room_id}/{user_id}", get(make_join))
             .route("/_matrix/federation/v2/send_join/{room_id}/{event_id}", put(send_join))
@@ -136,6 +137,14 @@ async fn query_server_keys(State(hs): State<AppState>, Path(server_name): Path<S
 
 async fn version() -> axum::Json<Value> {
     axum::Json(myelin_core::federation::version())
+}
+
+/// `POST /_matrix/federation/v1/3pid/onbind`: an identity server's call once a third-party
+/// identifier with stored invites is bound. Unsigned, as on Synapse: the invites carry the
+/// identity server's signatures, which the room's rules check.
+async fn threepid_onbind(State(hs): State<AppState>, JsonBody(body): JsonBody<Value>) -> Answer {
+    hs.third_party_identifier_bound(&body).await?;
+    Ok(axum::Json(serde_json::json!({})))
 }
 
 /// `GET /_matrix/federation/v1/openid/userinfo?access_token=`: who an OpenID token stands for.

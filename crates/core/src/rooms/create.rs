@@ -257,6 +257,9 @@ impl Homeserver {
                 }
                 self.update_membership_unlimited(requester, &room_id, invitee, "invite", None, extra).await?;
             }
+            for invite in &request.invite_3pid {
+                self.invite_threepid(requester, &room_id, invite).await?;
+            }
         }
         Ok((room_id, alias))
     }

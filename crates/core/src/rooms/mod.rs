@@ -216,6 +216,8 @@ pub struct CreateRoomRequest {
     pub topic: Option<String>,
     /// Users to invite.
     pub invite: Vec<String>,
+    /// Third-party identifiers to invite (`id_server`, `id_access_token`, `medium`, `address`).
+    pub invite_3pid: Vec<Value>,
     /// Extra content for `m.room.create`.
     pub creation_content: Option<Map<String, Value>>,
     /// Extra state events.

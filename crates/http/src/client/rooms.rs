@@ -90,6 +90,11 @@ pub(super) async fn knock(
 pub(super) struct MembershipBody {
     user_id: Option<String>,
     reason: Option<String>,
+    // An invite by third-party identifier names these instead of `user_id`.
+    id_server: Option<Value>,
+    id_access_token: Option<Value>,
+    medium: Option<Value>,
+    address: Option<Value>,
 }
 
 pub(super) async fn membership(
@@ -107,6 +112,14 @@ pub(super) async fn membership(
                 true => Err(MatrixError::new(ErrorKind::BadRequest, "User is in room")),
                 false => Ok(axum::Json(json!({}))),
             };
+        }
+        "invite" if body.user_id.is_none() && body.medium.is_some() && body.address.is_some() => {
+            let invite = json!({
+                "id_server": body.id_server, "id_access_token": body.id_access_token,
+                "medium": body.medium, "address": body.address,
+            });
+            hs.invite_threepid(&me, &room, &invite).await?;
+            return Ok(axum::Json(json!({})));
         }
         "invite" | "kick" | "ban" | "unban" => {
             let target =

@@ -263,6 +263,11 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        // Every transaction takes the write lock at BEGIN. A deferred one that reads first and
+        // then writes cannot wait for the lock if the checkpointer's search indexing (the other
+        // writer) committed in between: SQLite answers SQLITE_BUSY at once, which surfaced as a
+        // rare 500 on `/keys/upload` under load.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         conn.set_prepared_statement_cache_capacity(256);
         migrate(&mut conn)?;
         Ok(SqliteStore {
