@@ -152,6 +152,31 @@ fn pg_store_drops_cleanly_on_an_async_runtime_thread() {
     runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await }).expect("dropped without a panic");
 }
 
+/// Writes that read first (a key upload compares the stored keys) succeed while another
+/// connection commits writes of its own, as the checkpointer's search indexing does: with
+/// deferred transactions SQLite refused the upgrade to a write at once (SQLITE_BUSY).
+#[test]
+fn sqlite_read_then_write_transactions_wait_for_another_writer() {
+    let (dir, store) = open_sqlite();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (path, stop) = (dir.path().join("homeserver.db"), stop.clone());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.execute_batch("BEGIN IMMEDIATE; UPDATE search_position SET position = position; COMMIT;").unwrap();
+            }
+        })
+    };
+    for i in 0..300 {
+        let keys = json!({"user_id": ALICE, "device_id": "D", "keys": {"curve25519:D": i}}).to_string();
+        store.upload_keys(ALICE, "D", Some(&keys), &[], &[]).unwrap_or_else(|e| panic!("upload {i}: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    other.join().unwrap();
+}
+
 /// Every case as `sqlite::<case>` and `pg::<case>`.
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
