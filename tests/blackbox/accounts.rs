@@ -352,6 +352,134 @@ async fn guests_register_when_allowed_and_are_limited() {
     let open = s.create_room(&alice, json!({"preset": "public_chat", "initial_state": [{"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}]})).await;
     assert_eq!(s.post(&format!("/_matrix/client/v3/join/{closed}"), Some(&guest), json!({})).await.0, 403);
     assert_eq!(s.post(&format!("/_matrix/client/v3/join/{open}"), Some(&guest), json!({})).await.0, 200);
+
+    // Once the room stops admitting guests, its guests are made to leave (members stay).
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{open}/state/m.room.guest_access/"),
+            Some(&alice.token),
+            json!({"guest_access": "forbidden"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, me) = s.get("/_matrix/client/v3/account/whoami", Some(&guest)).await;
+    let guest_id = me["user_id"].as_str().unwrap().to_owned();
+    let member = |user: String| {
+        let path = format!("/_matrix/client/v3/rooms/{open}/state/m.room.member/{user}");
+        let token = alice.token.clone();
+        let s = &s;
+        async move { s.get(&path, Some(&token)).await.1["membership"].clone() }
+    };
+    assert_eq!(member(guest_id.clone()).await, "leave");
+    assert_eq!(member(alice.user_id.clone()).await, "join");
+}
+
+#[tokio::test]
+async fn guests_upgrade_to_full_accounts_under_their_own_id_only() {
+    let s = Server::start_with(
+        "allow_guest_access: true
+",
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let guest = || async {
+        let (_, b) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+        (b["user_id"].as_str().unwrap().to_owned(), b["access_token"].as_str().unwrap().to_owned())
+    };
+    let (first_id, first_token) = guest().await;
+    let (second_id, second_token) = guest().await;
+    let localpart = |id: &str| id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let upgrade = |username: String, token: String, session: Option<String>| {
+        let mut body = json!({"username": username, "password": "new-pass", "guest_access_token": token});
+        if let Some(session) = session {
+            body["auth"] = json!({"type": "m.login.dummy", "session": session});
+        }
+        let s = &s;
+        async move { s.post("/_matrix/client/v3/register", None, body).await }
+    };
+
+    // Refused: another guest's token, no token at all (numeric IDs are guests'), a member's token.
+    let (st, b) = upgrade(localpart(&first_id), second_token.clone(), None).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    let (st, b) =
+        s.post("/_matrix/client/v3/register", None, json!({"username": localpart(&first_id), "password": "x"})).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, _) = upgrade(localpart(&first_id), alice.token.clone(), None).await;
+    assert_eq!(st, 403);
+
+    // The guest's own token: UIA, then the same user ID as a full account with a password.
+    let (st, challenge) = upgrade(localpart(&first_id), first_token.clone(), None).await;
+    assert_eq!(st, 401, "{challenge}");
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let (st, b) = upgrade(localpart(&first_id), first_token.clone(), Some(session)).await;
+    assert_eq!((st, b["user_id"].as_str()), (200, Some(first_id.as_str())), "{b}");
+    let token = b["access_token"].as_str().unwrap().to_owned();
+    let (_, me) = s.get("/_matrix/client/v3/account/whoami", Some(&token)).await;
+    assert_eq!(me["is_guest"], false, "{me}");
+    let closed = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{closed}"), Some(&token), json!({})).await.0, 200);
+    let (st, _) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": first_id}, "password": "new-pass"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    // The other guest is still a guest.
+    let (_, me) = s.get("/_matrix/client/v3/account/whoami", Some(&second_token)).await;
+    assert_eq!((me["user_id"].as_str(), &me["is_guest"]), (Some(second_id.as_str()), &json!(true)));
+}
+
+#[tokio::test]
+async fn registration_sessions_keep_their_parameters_and_repeat_idempotently() {
+    let s = Server::start().await;
+    // The first request's parameters stand for a later one that names only the session.
+    let (st, c) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "carol", "password": "pw-carol", "device_id": "XYZZY", "initial_device_display_name": "Carol's phone"}),
+        )
+        .await;
+    assert_eq!(st, 401);
+    let auth = json!({"auth": {"type": "m.login.dummy", "session": c["session"]}});
+    let (st, first) = s.post("/_matrix/client/v3/register", None, auth.clone()).await;
+    assert_eq!(
+        (st, first["user_id"].as_str(), first["device_id"].as_str()),
+        (200, Some("@carol:test"), Some("XYZZY")),
+        "{first}"
+    );
+    let token = first["access_token"].as_str().unwrap();
+    let (_, device) = s.get("/_matrix/client/v3/devices/XYZZY", Some(token)).await;
+    assert_eq!(device["display_name"], "Carol's phone");
+    let (st, _) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"}, "password": "pw-carol"}),
+        )
+        .await;
+    assert_eq!(st, 200, "the password from the first request");
+    // Repeating the finished session logs the same user in again; it makes no new account.
+    let (st, again) = s.post("/_matrix/client/v3/register", None, auth).await;
+    assert_eq!((st, again["user_id"].as_str()), (200, Some("@carol:test")), "{again}");
+    assert_ne!(again["access_token"], first["access_token"]);
+    // A session with inhibit_login gives no token, on the first completion or a repeat.
+    let (_, c) = s
+        .post("/_matrix/client/v3/register", None, json!({"username": "dan", "password": "p", "inhibit_login": true}))
+        .await;
+    let auth = json!({"auth": {"type": "m.login.dummy", "session": c["session"]}});
+    for _ in 0..2 {
+        let (st, b) = s.post("/_matrix/client/v3/register", None, auth.clone()).await;
+        assert_eq!((st, b["user_id"].as_str()), (200, Some("@dan:test")), "{b}");
+        assert!(b.get("access_token").is_none() && b.get("device_id").is_none(), "{b}");
+    }
+    // An unknown session is refused.
+    let (st, _) = s
+        .post("/_matrix/client/v3/register", None, json!({"auth": {"type": "m.login.dummy", "session": "nope"}}))
+        .await;
+    assert_eq!(st, 400);
 }
 
 #[tokio::test]

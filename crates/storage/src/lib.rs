@@ -99,7 +99,8 @@ pub trait UserStore {
     fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>>;
     /// Replaces the password hash.
     fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()>;
-    /// Sets one of the boolean account flags: `is_admin`, `deactivated` or `shadow_banned`.
+    /// Sets one of the boolean account flags: `is_admin`, `deactivated`, `shadow_banned` or
+    /// `is_guest`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
     /// Records that `user_id` bound `(medium, address)` on identity server `id_server`.
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()>;
@@ -144,6 +145,8 @@ pub enum UserFlag {
     Deactivated,
     /// Shadow-banned.
     ShadowBanned,
+    /// A guest account (cleared when a guest registers a full account under its ID).
+    Guest,
 }
 
 /// Profile fields.

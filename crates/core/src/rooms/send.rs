@@ -75,6 +75,8 @@ impl Homeserver {
         }
         self.require_joined(&room_id, &requester.user_id).await?;
         self.limit_message(requester.user_id.as_str(), false).await?;
+        let shuts_out_guests =
+            kind == "m.room.guest_access" && content.get("guest_access").and_then(Value::as_str) != Some("can_join");
         let appended = self
             .append_event(
                 &room_id,
@@ -91,7 +93,31 @@ impl Homeserver {
                 },
             )
             .await?;
+        if shuts_out_guests {
+            self.kick_guests(&room_id).await;
+        }
         Ok(appended.pdu.event_id.to_string())
+    }
+
+    /// A room that stops admitting guests sees its local guests leave, as Synapse's
+    /// `kick_guest_users` has them do (each leaves by itself; one failing does not stop the rest).
+    async fn kick_guests(&self, room_id: &RoomId) {
+        let Ok(members) = self.joined_member_ids(room_id.as_str()).await else { return };
+        let local = format!(":{}", self.server_name());
+        for member in members.into_iter().filter(|m| m.ends_with(&local)) {
+            let u = member.clone();
+            if !self.db(move |s| s.get_user(&u)).await.ok().flatten().is_some_and(|row| row.is_guest) {
+                continue;
+            }
+            let Ok(user) = OwnedUserId::try_from(member.as_str()) else { continue };
+            let Ok(mut requester) = self.requester_for(&user).await else { continue };
+            requester.is_guest = true;
+            if let Err(e) =
+                self.update_membership_unlimited(&requester, room_id, &user, "leave", None, Map::new()).await
+            {
+                tracing::warn!(room = %room_id, guest = %user, error = %e.message, "guest not removed");
+            }
+        }
     }
 
     /// `PUT /redact/{eventId}/{txnId}`.

@@ -40,6 +40,15 @@ pub struct RequestInfo {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct UiaSession {
     completed: Vec<String>,
+    /// Registration: the first request's parameters (Synapse's `clientdict`), for a retry that
+    /// names only the session; the password is kept as its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registration: Option<RegisterRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_hash: Option<String>,
+    /// Registration: the account this session made; repeating it logs in again, as Synapse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registered_user_id: Option<String>,
 }
 
 /// The `TransientStore` kind of UIA sessions.
@@ -52,7 +61,7 @@ pub(crate) const REGISTRATION_NONCE: &str = "registration_nonce";
 pub(crate) const OPENID_TOKEN: &str = "openid_token";
 
 /// `POST /register`'s body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct RegisterRequest {
     /// Desired localpart.
@@ -70,6 +79,21 @@ pub struct RegisterRequest {
     pub kind: Option<String>,
     /// UIA auth dict.
     pub auth: Option<Value>,
+    /// A guest's access token: the guest registers a full account under its own user ID.
+    pub guest_access_token: Option<String>,
+}
+
+impl RegisterRequest {
+    /// Whether the request carries nothing but its `auth` (a step of user-interactive auth).
+    fn is_only_auth(&self) -> bool {
+        self.username.is_none()
+            && self.password.is_none()
+            && self.device_id.is_none()
+            && self.initial_device_display_name.is_none()
+            && !self.inhibit_login
+            && self.kind.is_none()
+            && self.guest_access_token.is_none()
+    }
 }
 
 /// The result of a registration.
@@ -284,10 +308,17 @@ impl Homeserver {
         Ok(())
     }
 
-    /// Ends a UIA session (its operation is done).
-    pub(crate) async fn end_uia_session(&self, session: &str) -> Result<()> {
+    /// A UIA session's record, if it exists and has not expired.
+    pub(crate) async fn uia_session(&self, session: &str) -> Result<Option<UiaSession>> {
         let key = session.to_owned();
-        self.db(move |s| s.take_transient(UIA_SESSION, &key, now_ms())).await.map(drop)
+        let stored = self.db(move |s| s.get_transient(UIA_SESSION, &key, now_ms())).await?;
+        Ok(stored.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Replaces a UIA session's record (it keeps its lifetime from now).
+    pub(crate) async fn save_uia_session(&self, session: &str, record: &UiaSession) -> Result<()> {
+        let (key, value) = (session.to_owned(), serde_json::to_string(record).map_err(Error::internal)?);
+        self.db(move |s| s.put_transient(UIA_SESSION, &key, &value, now_ms() + UIA_SESSION_LIFETIME_MS)).await
     }
 
     /// The 401 that asks for `stages`, in `session` (a new one when `None`).

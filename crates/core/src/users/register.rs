@@ -22,7 +22,42 @@ impl Homeserver {
         }
         // `rc_registration` per address: asked now, counted when an account is made.
         self.limiters.registration.peek(&info.ip)?;
-        if let Some(username) = &request.username {
+        let auth = request.auth.clone();
+        let auth = auth.as_ref().and_then(Value::as_object);
+        let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+        self.check_uia_session(session.as_deref()).await?;
+        let record = match &session {
+            Some(id) => self.uia_session(id).await?.unwrap_or_default(),
+            None => UiaSession::default(),
+        };
+        // A request naming only its session stands for the session's first one (Synapse keeps
+        // the client's parameters with the session); one with parameters replaces them.
+        let mut request = request;
+        let mut password_hash = None;
+        if request.is_only_auth() {
+            if let Some(stored) = record.registration.clone() {
+                request = RegisterRequest { auth: request.auth, ..stored };
+            }
+            password_hash = record.password_hash.clone();
+        }
+        // A guest registering under its own (numeric) ID upgrades that account; a guest token
+        // is no licence to take anyone else's.
+        let upgrading = match (&request.username, &request.guest_access_token) {
+            (Some(username), Some(token)) => {
+                let guest = self.authenticate(Some(token), info, false).await.ok().filter(|g| g.is_guest);
+                match guest {
+                    Some(g) if g.user_id.localpart() == username.to_lowercase() => Some(g.user_id),
+                    _ => {
+                        return Err(Error::forbidden(
+                            "Cannot register taken user ID without valid guest credentials for that user.",
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        // A session that already made its account has nothing left to check.
+        if let (Some(username), None, None) = (&request.username, &upgrading, &record.registered_user_id) {
             self.username_available(&username.to_lowercase()).await?;
         }
         if let Some(p) = &request.password
@@ -33,28 +68,66 @@ impl Homeserver {
         if let Some(password) = &request.password {
             self.check_password_policy(password)?;
         }
-        let auth = request.auth.as_ref().and_then(Value::as_object);
-        let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
-        self.check_uia_session(session.as_deref()).await?;
         let stage =
             if self.config.registration_requires_token { "m.login.registration_token" } else { "m.login.dummy" };
         let mut used_token = None;
+        let challenge = |error: Option<&'static str>| {
+            let (request, session) = (&request, session.clone());
+            async move {
+                let e = self.uia_challenge(&[stage], session, error).await;
+                // The parameters are kept with the session, the password only as its hash.
+                if !request.is_only_auth()
+                    && let Some(id) = e.fields.get("session").and_then(Value::as_str)
+                {
+                    let mut record = self.uia_session(id).await.ok().flatten().unwrap_or_default();
+                    record.password_hash = match &request.password {
+                        Some(p) => hash_password(p.clone()).await.ok(),
+                        None => None,
+                    };
+                    record.registration = Some(RegisterRequest { auth: None, password: None, ..request.clone() });
+                    if let Err(failed) = self.save_uia_session(id, &record).await {
+                        return failed;
+                    }
+                }
+                e
+            }
+        };
         match auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
             Some(t) if t == stage && stage == "m.login.dummy" => {}
             Some(t) if t == stage => {
                 let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str).unwrap_or_default().to_owned();
                 if !self.registration_token_valid(&token).await? {
-                    return Err(self.uia_challenge(&[stage], session, Some("Invalid registration token")).await);
+                    return Err(challenge(Some("Invalid registration token")).await);
                 }
                 used_token = Some(token);
             }
-            Some(_) => return Err(self.uia_challenge(&[stage], session, Some("Unknown auth type")).await),
-            None => return Err(self.uia_challenge(&[stage], session, None).await),
+            Some(_) => return Err(challenge(Some("Unknown auth type")).await),
+            None => return Err(challenge(None).await),
+        }
+        // The session's account exists: a repeat logs in again (Synapse's idempotent
+        // registration), making nothing new.
+        if let Some(user_id) = &record.registered_user_id {
+            let user_id = OwnedUserId::try_from(user_id.as_str()).map_err(Error::internal)?;
+            let login = match request.inhibit_login {
+                false => {
+                    Some(self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?)
+                }
+                true => None,
+            };
+            return Ok(RegisterResponse { user_id, login });
         }
         self.limiters.registration.check(&info.ip)?;
-        if let Some(s) = &session {
-            self.end_uia_session(s).await?;
-        }
+        let finish = |user_id: &OwnedUserId| {
+            let (session, mut record) = (session.clone(), record.clone());
+            let user_id = user_id.to_string();
+            async move {
+                if let Some(id) = session {
+                    record.registered_user_id = Some(user_id);
+                    self.save_uia_session(&id, &record).await?;
+                }
+                Ok::<(), Error>(())
+            }
+        };
         // Password auth providers may choose the localpart and display name (Synapse asks once
         // the user-interactive auth is complete, with its results and the request body).
         let (mut username, mut display_name) = (request.username.clone(), None);
@@ -77,15 +150,25 @@ impl Homeserver {
             }
             display_name = self.modules.displayname_for_registration(&uia, &params).await;
         }
+        if let Some(user_id) = upgrading {
+            let upgraded = self.upgrade_guest(user_id, request).await?;
+            finish(&upgraded.user_id).await?;
+            return Ok(upgraded);
+        }
+        let password_hash = match (&request.password, password_hash) {
+            (Some(p), _) => Some(hash_password(p.clone()).await?),
+            (None, stored) => stored,
+        };
         let registered = self
-            .create_account(
+            .create_account_hashed(
                 username.map(|u| u.to_lowercase()),
-                request.password,
+                password_hash,
                 false,
                 info,
                 (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
             )
             .await?;
+        finish(&registered.user_id).await?;
         if let Some(name) = display_name {
             let user = registered.user_id.to_string();
             self.db(move |s| s.set_profile_field(&user, ProfileField::DisplayName, Some(&name))).await?;
@@ -94,6 +177,27 @@ impl Homeserver {
             self.db(move |s| s.use_registration_token(&token)).await?;
         }
         Ok(registered)
+    }
+
+    /// A guest becomes a full account under the same ID (Synapse's `was_guest`): its password
+    /// set, the guest flag cleared, and a new session unless `inhibit_login`.
+    async fn upgrade_guest(&self, user_id: OwnedUserId, request: RegisterRequest) -> Result<RegisterResponse> {
+        let password_hash = match request.password {
+            Some(p) => Some(hash_password(p).await?),
+            None => None,
+        };
+        let u = user_id.to_string();
+        self.db(move |s| {
+            s.set_password_hash(&u, password_hash.as_deref())?;
+            s.set_user_flag(&u, UserFlag::Guest, false)
+        })
+        .await?;
+        tracing::info!(user = %user_id, "guest upgraded to a full account");
+        let login = match request.inhibit_login {
+            false => Some(self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?),
+            true => None,
+        };
+        Ok(RegisterResponse { user_id, login })
     }
 
     /// `GET /register/m.login.registration_token/validity`, limited per address by
@@ -295,6 +399,22 @@ impl Homeserver {
         info: &RequestInfo,
         login: Option<(Option<String>, Option<String>)>,
     ) -> Result<RegisterResponse> {
+        let password_hash = match password {
+            Some(p) => Some(hash_password(p).await?),
+            None => None,
+        };
+        self.create_account_hashed(localpart, password_hash, admin, info, login).await
+    }
+
+    /// [`Homeserver::create_account`] with the password already hashed.
+    async fn create_account_hashed(
+        &self,
+        localpart: Option<String>,
+        password_hash: Option<String>,
+        admin: bool,
+        info: &RequestInfo,
+        login: Option<(Option<String>, Option<String>)>,
+    ) -> Result<RegisterResponse> {
         let behaviour = self
             .modules
             .check_registration_for_spam(
@@ -319,10 +439,6 @@ impl Homeserver {
         // Whoever chose the name (the client, a password provider, an admin), an appservice's
         // exclusive namespace is its own.
         self.check_user_not_exclusive(user_id.as_str(), None)?;
-        let password_hash = match password {
-            Some(p) => Some(hash_password(p).await?),
-            None => None,
-        };
         let row = UserRow {
             user_id: user_id.to_string(),
             password_hash,

@@ -79,6 +79,7 @@ impl UserStore for PostgresStore {
             UserFlag::Admin => "is_admin",
             UserFlag::Deactivated => "deactivated",
             UserFlag::ShadowBanned => "shadow_banned",
+            UserFlag::Guest => "is_guest",
         };
         self.write(|tx| {
             tx.exec(&format!("UPDATE users SET {column} = $2 WHERE user_id = $1"), &[&user_id, &value])?;

@@ -81,6 +81,7 @@ impl UserStore for SqliteStore {
             UserFlag::Admin => "is_admin",
             UserFlag::Deactivated => "deactivated",
             UserFlag::ShadowBanned => "shadow_banned",
+            UserFlag::Guest => "is_guest",
         };
         self.conn()
             .exec(&format!("UPDATE users SET {column} = ?2 WHERE user_id = ?1"), params![user_id, value])
