@@ -333,8 +333,40 @@ async fn room_upgrade_copies_state_and_tombstones_the_old_room() {
     let s = Server::start().await;
     let alice = s.register("alice").await;
     let bob = s.register("bob").await;
-    let old = s.create_room(&alice, json!({"name": "Old name", "topic": "kept", "preset": "public_chat"})).await;
+    let old = s
+        .create_room(
+            &alice,
+            json!({"name": "Old name", "topic": "kept", "preset": "public_chat", "visibility": "public", "room_version": "10",
+                   "room_alias_name": "lobby", "creation_content": {"m.federate": false},
+                   "power_level_content_override": {"users": {"@alice:test": 150}}}),
+        )
+        .await;
     s.join(&bob, &old).await;
+    // A ban, and Alice's own state for the room: a tag and an m.direct entry.
+    let (st, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{old}/ban"),
+            Some(&alice.token),
+            json!({"user_id": "@mallory:elsewhere"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/@alice:test/rooms/{old}/tags/work"),
+            Some(&alice.token),
+            json!({"order": 0.5}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .put(
+            "/_matrix/client/v3/user/@alice:test/account_data/m.direct",
+            Some(&alice.token),
+            json!({"@bob:test": [old]}),
+        )
+        .await;
+    assert_eq!(st, 200);
     let (st, b) = s
         .post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&bob.token), json!({"new_version": "11"}))
         .await;
@@ -360,6 +392,25 @@ async fn room_upgrade_copies_state_and_tombstones_the_old_room() {
     assert_eq!(get(new.clone(), "m.room.create").await["room_version"], "11");
     assert_eq!(get(old.clone(), "m.room.tombstone").await["replacement_room"], json!(new));
     assert_eq!(get(old.clone(), "m.room.power_levels").await["events_default"], 50);
+    // The new room's create event names the tombstone, and keeps m.federate.
+    let (_, state) = s.get(&format!("/_matrix/client/v3/rooms/{old}/state"), Some(&alice.token)).await;
+    let tombstone = state.as_array().unwrap().iter().find(|e| e["type"] == "m.room.tombstone").unwrap().clone();
+    let create = get(new.clone(), "m.room.create").await;
+    assert_eq!(create["predecessor"]["event_id"], tombstone["event_id"], "{create}");
+    assert_eq!(create["m.federate"], false);
+    // An upgrader above 100 keeps their level; the ban, the alias, the directory listing move.
+    assert_eq!(get(new.clone(), "m.room.power_levels").await["users"]["@alice:test"], 150);
+    assert_eq!(get(new.clone(), "m.room.member/@mallory:elsewhere").await["membership"], "ban");
+    assert_eq!(get(new.clone(), "m.room.canonical_alias").await["alias"], "#lobby:test");
+    assert_eq!(get(old.clone(), "m.room.canonical_alias").await, json!({}));
+    let (_, found) = s.get("/_matrix/client/v3/directory/room/%23lobby:test", None).await;
+    assert_eq!(found["room_id"], json!(new));
+    let (_, listed) = s.get(&format!("/_matrix/client/v3/directory/list/room/{new}"), None).await;
+    assert_eq!(listed["visibility"], "public");
+    let (_, tags) = s.get(&format!("/_matrix/client/v3/user/@alice:test/rooms/{new}/tags"), Some(&alice.token)).await;
+    assert!(tags["tags"]["work"].is_object(), "{tags}");
+    let (_, direct) = s.get("/_matrix/client/v3/user/@alice:test/account_data/m.direct", Some(&alice.token)).await;
+    assert_eq!(direct["@bob:test"], json!([old, new]));
     let (st, _) = s.send_text(&bob, &old, "still here?").await;
     assert_eq!(st, 403, "the old room is restricted");
     assert_eq!(s.join(&bob, &new).await.0, 200);

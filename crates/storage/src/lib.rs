@@ -470,6 +470,8 @@ pub trait DirectoryStore {
     fn delete_alias(&self, alias: &str) -> Result<bool>;
     /// A room's local aliases.
     fn aliases_for_room(&self, room_id: &str) -> Result<Vec<String>>;
+    /// Points every alias of `from` at `to` (a room upgrade), keeping their creators.
+    fn move_aliases(&self, from: &str, to: &str) -> Result<()>;
     /// Publishes a room in (or removes it from) the room directory.
     fn set_room_public(&self, room_id: &str, public: bool) -> Result<()>;
     /// Records a room's current join rule.

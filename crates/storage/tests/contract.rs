@@ -1646,6 +1646,12 @@ fn aliases_lifecycle(s: &dyn Storage) {
     assert_eq!(s.get_alias("#a:test").unwrap(), None);
     assert_eq!(s.aliases_for_room("!r1:test").unwrap(), strings(&["#b:test"]));
     assert_eq!(s.aliases_for_room("!r3:test").unwrap(), Vec::<String>::new());
+    // An upgrade moves a room's aliases, creators kept; other rooms' stay.
+    TestRoom::new(s, "!r3:test");
+    s.move_aliases("!r1:test", "!r3:test").unwrap();
+    assert_eq!(s.aliases_for_room("!r1:test").unwrap(), Vec::<String>::new());
+    assert_eq!(s.get_alias("#b:test").unwrap(), Some(("!r3:test".into(), BOB.into())));
+    assert_eq!(s.aliases_for_room("!r2:test").unwrap(), strings(&["#c:test"]));
 }
 
 fn published_rooms_biggest_first(s: &dyn Storage) {

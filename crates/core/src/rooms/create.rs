@@ -6,6 +6,10 @@ impl Homeserver {
     /// Makes a room: its row and its `m.room.create` event. From room version 12 the room is
     /// named after its create event (`!` and the event's reference hash), so the event is
     /// signed once to learn the name, then appended with the same timestamp: the same hash.
+    ///
+    /// `named`: the ID to give a room whose version does not derive it from the create event
+    /// (an upgrade names the new room in the old one's tombstone first); ignored otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn found_room(
         &self,
         version: &str,
@@ -14,6 +18,7 @@ impl Homeserver {
         mut content: Map<String, Value>,
         is_public: bool,
         visibility: Option<&str>,
+        named: Option<&RoomId>,
     ) -> Result<OwnedRoomId> {
         complete_create_content(&mut content, version, rules, creator);
         // Room version 12 names the room after its create event, whose only entropy is its
@@ -22,8 +27,11 @@ impl Homeserver {
         // name taken anyway (by a create event from before a restart) is tried again later.
         let mut attempt = 0;
         let (room_id, origin_server_ts) = loop {
-            let named = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
-                .map_err(Error::internal)?;
+            let named = match named {
+                Some(id) => id.to_owned(),
+                None => OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name()))
+                    .map_err(Error::internal)?,
+            };
             let origin_server_ts =
                 MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(self.rooms.create_clock.next(now_ms()) as u64));
             let draft = EventDraft {
@@ -229,7 +237,7 @@ impl Homeserver {
 
         // createRoom's visibility publishes without `user_may_publish_room`, as in Synapse.
         let room_id = self
-            .found_room(&version, &rules, creator, create_content, visibility == "public", Some(visibility))
+            .found_room(&version, &rules, creator, create_content, visibility == "public", Some(visibility), None)
             .await?;
         for (kind, state_key, content) in initial {
             self.append_event(&room_id, creator, &kind, Some(&state_key), content, AppendOptions::default()).await?;
@@ -377,28 +385,61 @@ impl Homeserver {
                 copied.push((kind.to_string(), content));
             }
         }
-        let last = self
-            .db({
-                let r = old.to_string();
-                move |s| s.get_forward_extremities(&r)
-            })
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let creation_content = json!({"predecessor": {"room_id": old, "event_id": last}});
-        let initial_state: Vec<Value> =
-            copied.iter().map(|(t, c)| json!({"type": t, "state_key": "", "content": c})).collect();
-        let config = json!({"creation_content": creation_content, "initial_state": initial_state});
-        self.modules.user_may_create_room(requester.user_id.as_str(), config.as_object().expect("object")).await?;
-
+        // What the old room lacks comes from the private_chat preset, as Synapse builds the new
+        // room (so a room without m.room.guest_access gets `can_join`).
+        for (kind, key, value) in [
+            ("m.room.join_rules", "join_rule", "invite"),
+            ("m.room.history_visibility", "history_visibility", "shared"),
+            ("m.room.guest_access", "guest_access", "can_join"),
+        ] {
+            if !copied.iter().any(|(t, _)| t == kind) {
+                let mut content = Map::new();
+                content.insert(key.into(), json!(value));
+                copied.push((kind.to_owned(), content));
+            }
+        }
         let me = &requester.user_id;
         let rules = ruma::RoomVersionId::try_from(new_version)
             .ok()
             .and_then(|v| v.rules())
             .ok_or_else(|| Error::internal("rules"))?;
+        // As Synapse: where the new room's ID is not its create event's, the ID is chosen now,
+        // the old room's tombstone names it, and the new room's create event names the
+        // tombstone as its predecessor. Room version 12 derives the ID from the create event,
+        // so its predecessor names only the old room and the tombstone follows.
+        let named = (!rules.authorization.room_create_event_id_as_room_id)
+            .then(|| OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name())))
+            .transpose()
+            .map_err(Error::internal)?;
+        let mut creation_content = json!({"predecessor": {"room_id": old}});
+        // The old room's federation setting and type carry over (Synapse copies these two).
+        if let Some(old_create) = self.state_content(&old, "m.room.create", "").await? {
+            for key in ["m.federate", "type"] {
+                if let Some(value) = old_create.get(key) {
+                    creation_content[key] = value.clone();
+                }
+            }
+        }
+        let r = old.to_string();
+        let was_published = self.db(move |s| s.get_room(&r)).await?.is_some_and(|row| row.is_public);
+        let initial_state: Vec<Value> =
+            copied.iter().map(|(t, c)| json!({"type": t, "state_key": "", "content": c})).collect();
+        let config = json!({"creation_content": creation_content, "initial_state": initial_state});
+        self.modules.user_may_create_room(requester.user_id.as_str(), config.as_object().expect("object")).await?;
+        let old_room = &old;
+        let send_tombstone = |replacement: OwnedRoomId| async move {
+            let old = old_room;
+            let mut tombstone = Map::new();
+            tombstone.insert("body".into(), json!("This room has been replaced"));
+            tombstone.insert("replacement_room".into(), json!(replacement));
+            self.append_event(old, me, "m.room.tombstone", Some(""), tombstone, AppendOptions::default()).await
+        };
+        if let Some(named) = &named {
+            let tombstone = send_tombstone(named.clone()).await?;
+            creation_content["predecessor"]["event_id"] = json!(tombstone.pdu.event_id);
+        }
         let create = creation_content.as_object().cloned().unwrap_or_default();
-        let new = self.found_room(new_version, &rules, me, create, false, None).await?;
+        let new = self.found_room(new_version, &rules, me, create, was_published, None, named.as_deref()).await?;
         let (displayname, avatar_url) = self.profile_of(me.as_str()).await?;
         let mut join = Map::new();
         join.insert("membership".into(), json!("join"));
@@ -430,11 +471,27 @@ impl Homeserver {
                 }
             }
         }
+        // Raised only as far as copying needs (Synapse's rule: the highest of state_default,
+        // ban and the event levels), never lowered: an upgrader above 100 keeps their level.
         let mut boosted = original_pl.clone();
         if !rules.authorization.explicitly_privilege_room_creators {
+            let level = |key: &str| original_pl.get(key).and_then(as_int);
+            let events_max = original_pl
+                .get("events")
+                .and_then(Value::as_object)
+                .map(|e| e.values().filter_map(as_int).max().unwrap_or(0))
+                .unwrap_or(0);
+            let needed = level("state_default").unwrap_or(50).max(level("ban").unwrap_or(50)).max(events_max).max(100);
+            let current = original_pl
+                .get("users")
+                .and_then(|u| u.get(me.as_str()))
+                .and_then(as_int)
+                .unwrap_or_else(|| level("users_default").unwrap_or(0));
             let users = boosted.entry("users").or_insert(json!({}));
-            if let Value::Object(u) = users {
-                u.insert(me.to_string(), json!(100));
+            if let Value::Object(u) = users
+                && current < needed
+            {
+                u.insert(me.to_string(), json!(needed));
             }
         }
         self.append_event(&new, me, "m.room.power_levels", Some(""), boosted.clone(), AppendOptions::default()).await?;
@@ -443,14 +500,30 @@ impl Homeserver {
                 self.append_event(&new, me, kind, Some(""), content.clone(), AppendOptions::default()).await?;
             }
         }
+        // Bans carry over, as sent in the old room.
+        for (user, membership) in self
+            .db({
+                let r = old.to_string();
+                move |s| s.room_memberships(&r)
+            })
+            .await?
+        {
+            if membership != "ban" {
+                continue;
+            }
+            if let Some(content) = self.state_content(&old, "m.room.member", &user).await? {
+                self.append_event(&new, me, "m.room.member", Some(&user), content, AppendOptions::default()).await?;
+            }
+        }
         if boosted != original_pl && !original_pl.is_empty() {
             self.append_event(&new, me, "m.room.power_levels", Some(""), original_pl.clone(), AppendOptions::default())
                 .await?;
         }
-        let mut tombstone = Map::new();
-        tombstone.insert("body".into(), json!("This room has been replaced"));
-        tombstone.insert("replacement_room".into(), json!(new));
-        self.append_event(&old, me, "m.room.tombstone", Some(""), tombstone, AppendOptions::default()).await?;
+        self.carry_account_data_to_upgraded_room(me, &old, &new).await?;
+        self.move_aliases_to_upgraded_room(me, &old, &new).await?;
+        if named.is_none() {
+            send_tombstone(new.clone()).await?;
+        }
         // Restrict the old room so conversation moves on.
         let old_pl = copied.iter().find(|(t, _)| t == "m.room.power_levels").map(|(_, c)| c.clone());
         let mut restricted = old_pl.unwrap_or_default();
@@ -461,6 +534,74 @@ impl Homeserver {
         let _ =
             self.append_event(&old, me, "m.room.power_levels", Some(""), restricted, AppendOptions::default()).await;
         Ok(new.to_string())
+    }
+}
+
+impl Homeserver {
+    /// The old room's local aliases point at the new room, and its canonical alias (and local
+    /// alternative aliases) move there too, as Synapse's `_move_aliases_to_new_room`.
+    async fn move_aliases_to_upgraded_room(&self, user: &UserId, old: &RoomId, new: &RoomId) -> Result<()> {
+        let (from, to) = (old.to_string(), new.to_string());
+        self.db(move |s| s.move_aliases(&from, &to)).await?;
+        let Some(canonical) = self.state_content(old, "m.room.canonical_alias", "").await? else { return Ok(()) };
+        let local = |alias: &Value| alias.as_str().is_some_and(|a| a.ends_with(&format!(":{}", self.server_name())));
+        let (mut kept, mut moved) = (canonical.clone(), Map::new());
+        if let Some(alias) = canonical.get("alias").filter(|a| local(a)) {
+            moved.insert("alias".into(), alias.clone());
+            kept.remove("alias");
+        }
+        if let Some(Value::Array(alt)) = canonical.get("alt_aliases") {
+            let (local_alt, remote_alt): (Vec<Value>, Vec<Value>) = alt.iter().cloned().partition(|a| local(a));
+            if !local_alt.is_empty() {
+                moved.insert("alt_aliases".into(), Value::Array(local_alt));
+                match remote_alt.is_empty() {
+                    true => kept.remove("alt_aliases"),
+                    false => kept.insert("alt_aliases".into(), Value::Array(remote_alt)),
+                };
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        // The old room is restricted by now: a failure there leaves the new room's alias in place.
+        if let Err(e) =
+            self.append_event(old, user, "m.room.canonical_alias", Some(""), kept, AppendOptions::default()).await
+        {
+            tracing::info!(room = %old, error = %e.message, "canonical alias left in the upgraded room");
+        }
+        self.append_event(new, user, "m.room.canonical_alias", Some(""), moved, AppendOptions::default()).await?;
+        Ok(())
+    }
+
+    /// The upgrader's own state for the old room moves to the new one, as Synapse does: its
+    /// tags, and `m.direct` lists naming the old room name the new one too.
+    async fn carry_account_data_to_upgraded_room(&self, user: &UserId, old: &RoomId, new: &RoomId) -> Result<()> {
+        let (u, o) = (user.to_string(), old.to_string());
+        if let Some(tags) = self.db(move |s| s.get_account_data(&u, &o, "m.tag")).await? {
+            let (u, n) = (user.to_string(), new.to_string());
+            let position = self.db(move |s| s.set_account_data(&u, &n, "m.tag", &tags)).await?;
+            self.advance_stream(position);
+        }
+        let u = user.to_string();
+        let Some(Value::Object(mut direct)) = self.db(move |s| s.get_account_data(&u, "", "m.direct")).await? else {
+            return Ok(());
+        };
+        let mut changed = false;
+        for rooms in direct.values_mut() {
+            if let Value::Array(rooms) = rooms
+                && rooms.iter().any(|r| r == old.as_str())
+                && !rooms.iter().any(|r| r == new.as_str())
+            {
+                rooms.push(json!(new));
+                changed = true;
+            }
+        }
+        if changed {
+            let (u, content) = (user.to_string(), Value::Object(direct));
+            let position = self.db(move |s| s.set_account_data(&u, "", "m.direct", &content)).await?;
+            self.advance_stream(position);
+        }
+        Ok(())
     }
 }
 

@@ -37,6 +37,13 @@ impl DirectoryStore for PostgresStore {
         })
     }
 
+    fn move_aliases(&self, from: &str, to: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("UPDATE room_aliases SET room_id = $2 WHERE room_id = $1", &[&from, &to])?;
+            Ok(())
+        })
+    }
+
     fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
         self.write(|tx| {
             tx.exec("UPDATE rooms SET is_public = $2 WHERE room_id = $1", &[&room_id, &public])?;

@@ -32,6 +32,13 @@ impl DirectoryStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn move_aliases(&self, from: &str, to: &str) -> Result<()> {
+        self.conn()
+            .exec("UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1", params![from, to])
+            .map(drop)
+            .map_err(backend)
+    }
+
     fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
         self.conn()
             .exec("UPDATE rooms SET is_public = ?2 WHERE room_id = ?1", params![room_id, public])
