@@ -264,6 +264,44 @@ async fn anyone_may_peek_into_a_world_readable_room_but_not_write() {
     let got = waiting.await.unwrap();
     assert!(got["chunk"].to_string().contains("news"), "{got}");
     assert!(!got["chunk"].to_string().contains("for everyone"), "only what came after `from`: {got}");
+    // The room's typing, receipts and its members' presence come too, each naming the room;
+    // the presence of someone not in it does not.
+    let carol = server.register("carol").await;
+    let from = got["end"].as_str().unwrap().to_owned();
+    let news = got["chunk"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "news").unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (who, status) in [(&carol, "not in the room"), (&alice, "in the room")] {
+        let path = format!("/_matrix/client/v3/presence/{}/status", who.user_id);
+        assert_eq!(
+            server.put(&path, Some(&who.token), json!({"presence": "online", "status_msg": status})).await.0,
+            200
+        );
+    }
+    let typing = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
+    assert_eq!(server.put(&typing, Some(&alice.token), json!({"typing": true, "timeout": 10000})).await.0, 200);
+    let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{news}");
+    assert_eq!(server.post(&receipt, Some(&alice.token), json!({})).await.0, 200);
+    let (s, got) =
+        server.get(&format!("/_matrix/client/v3/events?room_id={room}&from={from}&timeout=0"), Some(&nina.token)).await;
+    assert_eq!(s, 200, "{got}");
+    let chunk = got["chunk"].as_array().unwrap();
+    let of_type = |t: &str| chunk.iter().filter(|e| e["type"] == t).cloned().collect::<Vec<Value>>();
+    assert_eq!(
+        of_type("m.typing").first().map(|e| (&e["room_id"], &e["content"]["user_ids"])),
+        Some((&json!(room), &json!([alice.user_id]))),
+        "{got}"
+    );
+    assert!(
+        of_type("m.receipt")
+            .iter()
+            .any(|e| e["room_id"] == room.as_str() && e["content"][&news]["m.read"][&alice.user_id].is_object()),
+        "{got}"
+    );
+    let presence = of_type("m.presence");
+    assert!(presence.iter().any(|e| e["content"]["user_id"] == alice.user_id.as_str()), "{got}");
+    assert!(!presence.iter().any(|e| e["sender"] == carol.user_id.as_str()), "{got}");
     // Not a room one may not read.
     let private = server.create_room(&alice, json!({"preset": "private_chat"})).await;
     let (s, b) = server.get(&format!("/_matrix/client/v3/events?room_id={private}&timeout=0"), Some(&nina.token)).await;
@@ -318,6 +356,9 @@ async fn synapse_defaults_for_presets_tokens_sessions_and_guests() {
     assert_eq!(s, 200, "{guest}");
     let (s, who) = server.get("/_matrix/client/v3/account/whoami", guest["access_token"].as_str()).await;
     assert_eq!((s, who["is_guest"].as_bool()), (200, Some(true)), "{who}");
+    // A guest's event stream must name its room.
+    let (s, b) = server.get("/_matrix/client/v3/events?timeout=0", guest["access_token"].as_str()).await;
+    assert_eq!((s, b["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{b}");
 }
 
 #[tokio::test]

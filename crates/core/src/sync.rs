@@ -535,6 +535,10 @@ impl Homeserver {
         timeout: Duration,
     ) -> Result<Value> {
         let user = requester.user_id.as_str();
+        // As Synapse: a guest's stream is one room's (the global one would be its account's).
+        if requester.is_guest && room_id.is_none() {
+            return Err(Error::new(crate::ErrorKind::BadRequest, "Guest users must specify room_id param"));
+        }
         let rooms: Vec<(String, Reader)> = match room_id {
             Some(room) => {
                 let rid = crate::rooms::parse_room_id(room)?;
@@ -562,8 +566,11 @@ impl Homeserver {
                 let (rows, _) = self.visible_events(user, *reader, rows).await?;
                 chunk.extend(rows.iter().map(|r| client_event_from_str(&r.json)));
             }
-            if room_id.is_none() && now > from {
-                chunk.extend(self.stream_extras(user, &rooms, from, now).await?);
+            if now > from {
+                match room_id {
+                    None => chunk.extend(self.stream_extras(user, &rooms, from, now).await?),
+                    Some(_) => chunk.extend(self.room_stream_extras(user, &rooms[0].0, from, now).await?),
+                }
             }
             let done = !chunk.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow_and_update();
             if done {
@@ -599,6 +606,32 @@ impl Homeserver {
             out.push(receipt);
         }
         out.extend(self.presence_events(user, Some(from), now).await?);
+        Ok(out)
+    }
+
+    /// What one room's `/events` stream (`room_id`, which is how a world-readable room is
+    /// peeked) carries beside its events, as Synapse's: the room's typing and read receipts and
+    /// its joined members' presence, changed in `(from, now]`, each with the room's ID.
+    async fn room_stream_extras(&self, user: &str, room: &str, from: i64, now: i64) -> Result<Vec<Value>> {
+        let rooms = [room.to_owned()];
+        let mut out: Vec<Value> = Vec::new();
+        for (_, mut typing) in self.typing_events(&rooms, Some(from)) {
+            typing["room_id"] = json!(room);
+            out.push(typing);
+        }
+        for (_, mut receipt) in self.receipt_events(user, &rooms, from, now).await? {
+            receipt["room_id"] = json!(room);
+            out.push(receipt);
+        }
+        if self.config.presence_enabled {
+            let members: HashSet<String> = self.joined_member_ids(room).await?.into_iter().collect();
+            let changed = self.db(move |s| s.presence_since(from, now)).await?;
+            for row in changed.iter().filter(|row| members.contains(&row.user_id)) {
+                let mut content = Self::presence_content(row);
+                content["user_id"] = json!(row.user_id);
+                out.push(json!({"type": "m.presence", "sender": row.user_id, "content": content}));
+            }
+        }
         Ok(out)
     }
 
