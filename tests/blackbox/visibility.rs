@@ -221,6 +221,29 @@ async fn a_former_member_reads_up_to_their_leave_and_members_as_then() {
 }
 
 #[tokio::test]
+async fn a_rejoiner_sees_the_current_state_set_while_away_but_not_the_messages() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = server.create_room(&alice, crate::harness::room_with_visibility("public_chat", "joined")).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (s, _) = server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(server.join(&carol, &room).await.0, 200);
+    server.send_text(&alice, &room, "while bob was away").await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let body = server.sync(&bob, Some(&since), 0).await;
+    let timeline = body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == carol.user_id.as_str()),
+        "Carol's join is current state, so it shows: {timeline:?}"
+    );
+    assert!(!body.to_string().contains("while bob was away"), "the message does not: {body}");
+}
+
+#[tokio::test]
 async fn anyone_may_peek_into_a_world_readable_room_but_not_write() {
     let server = Server::start().await;
     let alice = server.register("alice").await;

@@ -670,7 +670,7 @@ impl Homeserver {
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
-        let (rows, same_for_members) = self.visible_events(user, reader, rows).await?;
+        let (rows, same_for_members) = self.visible_timeline_events(user, reader, room, rows).await?;
         let prev_batch = rows.first().map(|r| format!("t{}", r.stream_ordering)).unwrap_or_else(|| format!("t{to}"));
         let mut events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
         self.bundle_aggregations(user, reader, &mut events).await?;

@@ -306,6 +306,56 @@ impl Homeserver {
         Ok((kept, same_for_members))
     }
 
+    /// [`Homeserver::visible_events`] for a `/sync` timeline of `room`: as Synapse's, state
+    /// events that are part of the room's current state stay even when sent while the user
+    /// could not see the room (a join while they were away, in a room whose history is for
+    /// members), since the client shows that state and its timeline says how it came to be.
+    pub(crate) async fn visible_timeline_events(
+        &self,
+        user: &str,
+        reader: Reader,
+        room: &str,
+        rows: Vec<EventRow>,
+    ) -> Result<(Vec<EventRow>, bool)> {
+        #[derive(serde::Deserialize)]
+        struct StateHead {
+            event_id: Option<String>,
+            #[serde(rename = "type")]
+            kind: String,
+            state_key: Option<String>,
+        }
+        let candidates: Vec<(i64, String, (String, String))> = rows
+            .iter()
+            .filter(|r| !r.rejected && !r.soft_failed && r.stream_ordering <= reader.until)
+            .filter_map(|r| {
+                let h: StateHead = serde_json::from_str(&r.json).ok()?;
+                Some((r.stream_ordering, h.event_id?, (h.kind, h.state_key?)))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return self.visible_events(user, reader, rows).await;
+        }
+        let room_id = RoomId::parse(room).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+        let current = self.current_state(&room_id).await?.unwrap_or_default();
+        let always: std::collections::HashSet<i64> = candidates
+            .into_iter()
+            .filter(|(_, id, key)| current.get(key).is_some_and(|c| c.as_str() == id))
+            .map(|(position, _, _)| position)
+            .collect();
+        let all = if always.is_empty() { Vec::new() } else { rows.clone() };
+        let (kept, same_for_members) = self.visible_events(user, reader, rows).await?;
+        if always.is_empty() {
+            return Ok((kept, same_for_members));
+        }
+        let shown: std::collections::HashSet<i64> = kept.iter().map(|r| r.stream_ordering).collect();
+        let merged: Vec<EventRow> = all
+            .into_iter()
+            .filter(|r| shown.contains(&r.stream_ordering) || always.contains(&r.stream_ordering))
+            .collect();
+        let added = merged.len() > shown.len();
+        Ok((merged, same_for_members && !added))
+    }
+
     /// The events of `rows` as `server` may have them: whole when one of its users could see
     /// them, redacted otherwise (Synapse's `filter_events_for_server`). Rejected events are
     /// left out.
