@@ -109,6 +109,18 @@ async fn devices_list_rename_and_delete_with_uia() {
     let bad = json!({"auth": {"type": "m.login.password", "session": challenge["session"], "identifier": {"type": "m.id.user", "user": "alice"}, "password": "nope"}});
     let (st, b) = s.call("DELETE", &path, Some(&u.token), Some(bad)).await;
     assert_eq!((st, b["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
+    // Someone else's right password with Alice's token (a stolen token) is refused.
+    s.register("eve").await;
+    let eve = json!({"auth": {"type": "m.login.password", "session": challenge["session"], "identifier": {"type": "m.id.user", "user": "eve"}, "password": "password"}});
+    let (st, b) = s.call("DELETE", &path, Some(&u.token), Some(eve)).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    // The session was begun for this device: it cannot delete another one.
+    let third = s.login("alice").await;
+    let third_path = format!("/_matrix/client/v3/devices/{}", third.device_id);
+    let switched = json!({"auth": {"type": "m.login.password", "session": challenge["session"], "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"}});
+    let (st, b) = s.call("DELETE", &third_path, Some(&u.token), Some(switched)).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    assert_eq!(s.get(&third_path, Some(&u.token)).await.0, 200, "still there");
     let good = json!({"auth": {"type": "m.login.password", "session": challenge["session"], "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"}});
     assert_eq!(s.call("DELETE", &path, Some(&u.token), Some(good)).await.0, 200);
     assert_eq!(

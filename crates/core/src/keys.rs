@@ -385,7 +385,7 @@ impl Homeserver {
         });
         let has_master = existing.iter().any(|(k, _)| k == "master");
         if has_master && replaces {
-            self.uia_password(me, body.get("auth")).await?;
+            self.uia_password(me, body.get("auth"), "POST /keys/device_signing/upload").await?;
         }
         if !has_master && !keys.iter().any(|(k, _)| k == "master") && !keys.is_empty() {
             return Err(Error::invalid_param("A master key must be uploaded first"));

@@ -69,7 +69,7 @@ impl Homeserver {
         if !exists {
             return Err(Error::not_found("Unknown device"));
         }
-        self.uia_password(requester, auth).await?;
+        self.uia_password(requester, auth, &format!("DELETE /devices/{device_id}")).await?;
         let (u, d) = (requester.user_id.to_string(), device_id.to_owned());
         self.db(move |s| s.delete_device(&u, &d).map(|_| ())).await?;
         self.device_list_changed(requester.user_id.as_str(), device_id).await;
@@ -98,7 +98,7 @@ impl Homeserver {
         devices: Vec<String>,
         auth: Option<&Value>,
     ) -> Result<()> {
-        self.uia_password(requester, auth).await?;
+        self.uia_password(requester, auth, "POST /delete_devices").await?;
         self.remove_devices(&requester.user_id, devices).await
     }
 

@@ -167,7 +167,7 @@ impl Homeserver {
         logout_devices: bool,
         auth: Option<&Value>,
     ) -> Result<()> {
-        self.uia_password(requester, auth).await?;
+        self.uia_password(requester, auth, "POST /account/password").await?;
         self.check_password_policy(&new_password)?;
         let hash = hash_password(new_password).await?;
         let (u, d) = (requester.user_id.to_string(), requester.device_id.clone());
@@ -192,7 +192,7 @@ impl Homeserver {
         auth: Option<&Value>,
         id_server: Option<&str>,
     ) -> Result<bool> {
-        self.uia_password(requester, auth).await?;
+        self.uia_password(requester, auth, "POST /account/deactivate").await?;
         self.deactivate_account(requester, false, id_server).await
     }
 

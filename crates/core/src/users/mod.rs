@@ -49,6 +49,10 @@ pub(crate) struct UiaSession {
     /// Registration: the account this session made; repeating it logs in again, as Synapse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     registered_user_id: Option<String>,
+    /// The operation the session authenticates (say `DELETE /devices/ABC`): a later request of
+    /// the session for another one is refused, as Synapse compares the request's URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operation: Option<String>,
 }
 
 /// The `TransientStore` kind of UIA sessions.
@@ -359,17 +363,36 @@ impl Homeserver {
     }
 
     /// Runs user-interactive auth for an account operation: the user's password is the one flow.
-    pub(crate) async fn uia_password(&self, requester: &Requester, auth: Option<&Value>) -> Result<()> {
+    ///
+    /// `operation` names what is being authorised (the request's method and path): a session
+    /// begun for one operation cannot complete another.
+    pub(crate) async fn uia_password(
+        &self,
+        requester: &Requester,
+        auth: Option<&Value>,
+        operation: &str,
+    ) -> Result<()> {
         // An appservice's users have no password; its token is its authentication (Synapse
         // skips user-interactive auth for appservice requests).
         if requester.app_service.is_some() {
             return Ok(());
         }
         let Some(auth) = auth.and_then(Value::as_object) else {
-            return Err(self.uia_challenge(&["m.login.password"], None, None).await);
+            let challenge = self.uia_challenge(&["m.login.password"], None, None).await;
+            if let Some(id) = challenge.fields.get("session").and_then(Value::as_str) {
+                let record = UiaSession { operation: Some(operation.to_owned()), ..UiaSession::default() };
+                self.save_uia_session(id, &record).await?;
+            }
+            return Err(challenge);
         };
         let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
         self.check_uia_session(session.as_deref()).await?;
+        if let Some(id) = &session
+            && let Some(record) = self.uia_session(id).await?
+            && record.operation.as_deref().is_some_and(|op| op != operation)
+        {
+            return Err(Error::forbidden("Requested operation has changed during the UI authentication session."));
+        }
         if auth.get("type").and_then(Value::as_str) != Some("m.login.password") {
             return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")).await);
         }
@@ -381,15 +404,19 @@ impl Homeserver {
             .unwrap_or(requester.user_id.as_str());
         let qualified = if user.starts_with('@') { user.to_owned() } else { format!("@{user}:{}", self.server_name()) };
         let password = auth.get("password").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let uid = requester.user_id.to_string();
-        let hash = self.db(move |s| s.get_user(&uid)).await?.and_then(|u| u.password_hash);
-        let ok = qualified.eq_ignore_ascii_case(requester.user_id.as_str())
-            && match hash {
-                Some(h) => verify_password(password, h).await,
-                None => false,
-            };
+        // The password is checked for the user the auth names; if that is someone else (a
+        // stolen token used with one's own password), the right password is still refused.
+        let named = qualified.clone();
+        let found = self.db(move |s| s.find_user_case_insensitive(&named)).await?;
+        let ok = match found.as_ref().and_then(|u| u.password_hash.clone()) {
+            Some(h) => verify_password(password, h).await,
+            None => false,
+        };
         if !ok {
             return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")).await);
+        }
+        if !found.is_some_and(|u| u.user_id == requester.user_id.as_str()) {
+            return Err(Error::forbidden("Invalid auth"));
         }
         Ok(())
     }
