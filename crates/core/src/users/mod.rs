@@ -415,7 +415,7 @@ impl Homeserver {
         if !ok {
             return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")).await);
         }
-        if !found.is_some_and(|u| u.user_id == requester.user_id.as_str()) {
+        if found.is_none_or(|u| u.user_id != requester.user_id.as_str()) {
             return Err(Error::forbidden("Invalid auth"));
         }
         Ok(())
