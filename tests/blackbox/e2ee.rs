@@ -329,6 +329,76 @@ async fn cross_signing_keys_and_signatures() {
     let device_sigs = &q["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id];
     assert_eq!(device_sigs["ed25519:SELF1"], "cross-sig");
     assert_eq!(device_sigs[format!("ed25519:{}", alice.device_id)], "sig", "the device's own signature stays");
+
+    // A new user-signing key alone is news to Alice only; Bob's sync does not list her.
+    let changed = |user: &User, since: String| {
+        let s = &s;
+        let token = user.token.clone();
+        async move {
+            let (_, body) = s.get(&format!("{V3}/sync?timeout=0&since={since}"), Some(&token)).await;
+            let list: Vec<String> = body["device_lists"]["changed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect();
+            (list, body["next_batch"].as_str().unwrap().to_owned())
+        }
+    };
+    let alice_since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let bob_since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let new_user_signing = json!({
+        "user_signing_key": cross_key(&alice, "user_signing", "USER2"),
+        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"},
+    });
+    let (st, b) = s.post(&path, Some(&alice.token), new_user_signing).await;
+    assert_eq!(st, 200, "{b}");
+    let (bob_changed, bob_since) = changed(&bob, bob_since).await;
+    assert!(!bob_changed.contains(&alice.user_id), "{bob_changed:?}");
+    let (alice_changed, alice_since) = changed(&alice, alice_since).await;
+    assert!(alice_changed.contains(&alice.user_id), "{alice_changed:?}");
+
+    // Alice signs Bob's master key with it: she sees her signature and hears of the change;
+    // Bob, and anyone else, see neither.
+    let carol = s.register("carol").await;
+    let (st, _) = s.post(&path, Some(&bob.token), json!({"master_key": cross_key(&bob, "master", "BOBMASTER")})).await;
+    assert_eq!(st, 200);
+    let (_, alice_since) = changed(&alice, alice_since).await;
+    let (_, bob_since) = changed(&bob, bob_since).await;
+    let mut bob_master = cross_key(&bob, "master", "BOBMASTER");
+    bob_master["signatures"] = json!({alice.user_id.clone(): {"ed25519:USER2": "alice-trusts-bob"}});
+    let sigs = json!({bob.user_id.clone(): {"BOBMASTER": bob_master}});
+    let (st, r) = s.post(&format!("{V3}/keys/signatures/upload"), Some(&alice.token), sigs).await;
+    assert_eq!((st, &r["failures"]), (200, &json!({})), "{r}");
+    let bob_query = json!({"device_keys": {bob.user_id.clone(): []}});
+    let master_sigs = |user: &User| {
+        let s = &s;
+        let (token, query) = (user.token.clone(), bob_query.clone());
+        let bob_id = bob.user_id.clone();
+        async move {
+            let (_, q) = s.post(&format!("{V3}/keys/query"), Some(&token), query).await;
+            q["master_keys"][&bob_id]["signatures"].clone()
+        }
+    };
+    assert_eq!(master_sigs(&alice).await[&alice.user_id]["ed25519:USER2"], "alice-trusts-bob");
+    assert!(master_sigs(&bob).await.get(&alice.user_id).is_none(), "Bob does not see it");
+    assert!(master_sigs(&carol).await.get(&alice.user_id).is_none(), "nor does Carol");
+    let (alice_changed, _) = changed(&alice, alice_since).await;
+    assert!(alice_changed.contains(&bob.user_id), "{alice_changed:?}");
+    let (bob_changed, _) = changed(&bob, bob_since).await;
+    assert!(!bob_changed.contains(&bob.user_id), "{bob_changed:?}");
+    // A signature of something other than Bob's key is refused.
+    let mut forged = cross_key(&bob, "master", "BOBMASTER");
+    forged["usage"] = json!(["master", "extra"]);
+    forged["signatures"] = json!({alice.user_id.clone(): {"ed25519:USER2": "x"}});
+    let (_, r) = s
+        .post(
+            &format!("{V3}/keys/signatures/upload"),
+            Some(&alice.token),
+            json!({bob.user_id.clone(): {"BOBMASTER": forged}}),
+        )
+        .await;
+    assert_eq!(r["failures"][&bob.user_id]["BOBMASTER"]["errcode"], "M_INVALID_SIGNATURE", "{r}");
 }
 
 #[tokio::test]

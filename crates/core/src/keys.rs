@@ -229,7 +229,28 @@ impl Homeserver {
         if !remote.is_empty() {
             self.remote_keys_query(remote, &mut out).await;
         }
+        self.add_own_user_signatures(me.user_id.as_str(), &mut out).await?;
         Ok(out)
+    }
+
+    /// The requester's own signatures of the master keys in a `/keys/query` answer (made with
+    /// their user-signing key), which only they see.
+    async fn add_own_user_signatures(&self, me: &str, out: &mut Value) -> Result<()> {
+        let targets: Vec<String> =
+            out["master_keys"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let signer = me.to_owned();
+        let signatures = self.db(move |s| s.user_signatures(&signer, &targets)).await?;
+        for (target, key_id, json) in signatures {
+            let key = &mut out["master_keys"][&target];
+            let names_key = key["keys"].as_object().is_some_and(|k| k.values().any(|v| v.as_str() == Some(&key_id)));
+            if let (true, Ok(stored)) = (names_key, serde_json::from_str::<Value>(&json)) {
+                merge_signatures(key, &stored);
+            }
+        }
+        Ok(())
     }
 
     /// `POST /keys/claim`: one one-time key per requested device, else its fallback key.
@@ -291,10 +312,11 @@ impl Homeserver {
             return Ok(Default::default());
         }
         let m = me.to_owned();
-        let (changed_keys, member_changes, my_rooms) = self
+        let (changed_keys, private_changes, member_changes, my_rooms) = self
             .db(move |s| {
                 Ok((
                     s.device_list_changes(from, to)?,
+                    s.private_device_list_changes(&m, from, to)?,
                     s.member_changes_between(from, to)?,
                     s.rooms_for_user(&m, "join")?,
                 ))
@@ -306,7 +328,7 @@ impl Homeserver {
         let member_changes: Vec<(String, String, String)> =
             member_changes.into_iter().filter(|(room, user, _)| user == me || my_rooms.contains(room)).collect();
         if changed_keys.is_empty() && member_changes.is_empty() {
-            return Ok(Default::default());
+            return Ok((private_changes, Vec::new(), Vec::new()));
         }
         let u = me.to_owned();
         let sharing: HashSet<String> = self.db(move |s| s.users_sharing_rooms(&u)).await?.into_iter().collect();
@@ -334,8 +356,14 @@ impl Homeserver {
         }
         newly.retain(|u| sharing.contains(u));
         left.retain(|u| !sharing.contains(u));
-        let mut changed: Vec<String> =
-            changed_keys.into_iter().filter(|u| sharing.contains(u)).chain(newly.iter().cloned()).collect();
+        // What only `me` hears of (their user-signing key, their signatures of others' keys)
+        // needs no shared room.
+        let mut changed: Vec<String> = changed_keys
+            .into_iter()
+            .filter(|u| sharing.contains(u))
+            .chain(newly.iter().cloned())
+            .chain(private_changes)
+            .collect();
         changed.sort();
         changed.dedup();
         let (mut left, mut newly): (Vec<String>, Vec<String>) =
@@ -394,10 +422,14 @@ impl Homeserver {
             return Ok(json!({}));
         }
         let rows: Vec<(String, String)> = keys.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        // The user-signing key is the user's alone: a change of it alone is news to nobody else.
+        let public = rows.iter().any(|(kind, _)| kind != "user_signing");
         let u = user.clone();
         let pos = self.db(move |s| s.set_cross_signing_keys(&u, &rows)).await?;
         self.advance_stream(pos);
-        self.announce_device_change(&user, "", pos).await;
+        if public {
+            self.announce_device_change(&user, "", pos).await;
+        }
         Ok(json!({}))
     }
 
@@ -468,6 +500,24 @@ impl Homeserver {
             let matches = key["keys"].as_object().is_some_and(|k| k.values().any(|v| v.as_str() == Some(key_id)));
             if !matches || (!own && kind != "master") {
                 continue;
+            }
+            if !own {
+                // Another user's master key, signed with one's user-signing key: kept apart and
+                // shown only to the signer (as Synapse), who alone hears of the change.
+                if without_signatures(&key) != without_signatures(signed) {
+                    return Ok(Err(
+                        json!({"errcode": "M_INVALID_SIGNATURE", "error": "The signed object differs from the stored key"}),
+                    ));
+                }
+                let signer = me.user_id.to_string();
+                let Some(mine) = signed["signatures"].get(&signer).cloned() else {
+                    return Ok(Err(json!({"errcode": "M_MISSING_PARAM", "error": "No signature of yours"})));
+                };
+                let stored = json!({"signatures": {signer.clone(): mine}}).to_string();
+                let (target, key_id) = (user_id.to_owned(), key_id.to_owned());
+                let pos = self.db(move |s| s.add_user_signature(&signer, &target, &key_id, &stored)).await?;
+                self.advance_stream(pos);
+                return Ok(Ok(()));
             }
             merge_signatures(&mut key, signed);
             let (u, rows) = (user_id.to_owned(), vec![(kind.clone(), key.to_string())]);

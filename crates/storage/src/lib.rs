@@ -636,8 +636,16 @@ pub trait KeyStore {
     fn claim_key(&self, user_id: &str, device_id: &str, algorithm: &str) -> Result<Option<(String, String)>>;
     /// `(key_type, json)` of a user's cross-signing keys.
     fn cross_signing_keys(&self, user_id: &str) -> Result<Vec<(String, String)>>;
-    /// Stores cross-signing keys `(key_type, json)`; records a device-list change.
+    /// Stores cross-signing keys `(key_type, json)`; records a device-list change, one only
+    /// the user hears of when only the user-signing key changed (others never see that key).
     fn set_cross_signing_keys(&self, user_id: &str, keys: &[(String, String)]) -> Result<i64>;
+    /// Stores `signer`'s signatures (`{"signatures": ...}` JSON) of `target_user_id`'s key
+    /// `target_key_id`, replacing earlier ones; records a change only `signer` hears of.
+    fn add_user_signature(&self, signer: &str, target_user_id: &str, target_key_id: &str, json: &str) -> Result<i64>;
+    /// `(target_user_id, target_key_id, json)` of `signer`'s signatures of those users' keys.
+    fn user_signatures(&self, signer: &str, target_user_ids: &[String]) -> Result<Vec<(String, String, String)>>;
+    /// Users whose device lists changed in `(from, to]` in ways only `viewer` hears of.
+    fn private_device_list_changes(&self, viewer: &str, from: i64, to: i64) -> Result<Vec<String>>;
     /// Users whose device lists changed in `(from, to]`.
     fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>>;
     /// The position of `user_id`'s latest device-list change before `before`, if any.

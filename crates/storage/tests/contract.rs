@@ -253,6 +253,7 @@ contract! {
     outbox_limit_per_kind,
     device_list_changes_by_range,
     remote_device_lists_cached_updated_and_forgotten,
+    user_signatures_and_private_changes_reach_only_the_signer,
     // Client data
     account_data_roundtrip,
     account_data_since_range,
@@ -1489,6 +1490,31 @@ fn device_list_changes_by_range(s: &dyn Storage) {
     assert_eq!(s.device_list_change_before(BOB, c).unwrap(), Some(b));
     assert_eq!(s.device_list_change_before(BOB, b).unwrap(), None);
     assert_eq!(s.device_list_change_before("@nobody:test", MAX).unwrap(), None);
+}
+
+fn user_signatures_and_private_changes_reach_only_the_signer(s: &dyn Storage) {
+    let start = s.max_stream_ordering().unwrap();
+    // Only the user-signing key: a change only its owner hears of.
+    let p1 = s.set_cross_signing_keys(ALICE, &[("user_signing".into(), "{}".into())]).unwrap();
+    assert_eq!(s.device_list_changes(start, p1).unwrap(), Vec::<String>::new(), "nobody else hears of it");
+    assert_eq!(s.private_device_list_changes(ALICE, start, p1).unwrap(), strings(&[ALICE]));
+    assert_eq!(s.private_device_list_changes(BOB, start, p1).unwrap(), Vec::<String>::new());
+    // With the master key, everyone sharing a room does.
+    let p2 = s
+        .set_cross_signing_keys(ALICE, &[("master".into(), "{}".into()), ("user_signing".into(), "{}".into())])
+        .unwrap();
+    assert_eq!(s.device_list_changes(p1, p2).unwrap(), strings(&[ALICE]));
+    // Alice's signature of Bob's master key: kept for Alice, replaced by a new one.
+    let p3 = s.add_user_signature(ALICE, BOB, "bobkey", r#"{"n":1}"#).unwrap();
+    let p4 = s.add_user_signature(ALICE, BOB, "bobkey", r#"{"n":2}"#).unwrap();
+    s.add_user_signature(CAROL, BOB, "bobkey", r#"{"n":3}"#).unwrap();
+    assert!(p2 < p3 && p3 < p4);
+    assert_eq!(s.device_list_changes(p2, p4).unwrap(), Vec::<String>::new());
+    assert_eq!(s.private_device_list_changes(ALICE, p2, p4).unwrap(), strings(&[BOB]));
+    assert_eq!(s.private_device_list_changes(BOB, p2, p4).unwrap(), Vec::<String>::new());
+    let t = |u: &str, k: &str, j: &str| (u.to_owned(), k.to_owned(), j.to_owned());
+    assert_eq!(s.user_signatures(ALICE, &strings(&[BOB, DAVE])).unwrap(), vec![t(BOB, "bobkey", r#"{"n":2}"#)]);
+    assert_eq!(s.user_signatures(BOB, &strings(&[ALICE, BOB])).unwrap(), vec![]);
 }
 
 fn remote_device_lists_cached_updated_and_forgotten(s: &dyn Storage) {

@@ -67,6 +67,20 @@ fn upsert_remote_cross_signing<C: GenericClient>(
     Ok(())
 }
 
+/// Records a change of `user_id`'s keys that only `viewer` hears of; returns the position.
+pub(super) fn record_private_device_change<C: GenericClient>(
+    tx: &mut Db<'_, C>,
+    viewer: &str,
+    user_id: &str,
+) -> Result<i64> {
+    let pos = next_stream_position(tx)?;
+    tx.exec(
+        "INSERT INTO private_device_list_changes (stream_ordering, viewer, user_id) VALUES ($1, $2, $3)",
+        &[&pos, &viewer, &user_id],
+    )?;
+    Ok(pos)
+}
+
 /// A backup version's keys changed: clients compare etags to know.
 pub(super) fn bump_backup_etag<C: GenericClient>(tx: &mut Db<'_, C>, user_id: &str, version: i64) -> Result<()> {
     tx.exec("UPDATE room_key_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2", &[&user_id, &version])?;
@@ -228,7 +242,44 @@ impl KeyStore for PostgresStore {
                     &[&user_id, kind, json],
                 )?;
             }
-            record_device_change(tx, user_id)
+            if keys.iter().all(|(kind, _)| kind == "user_signing") {
+                record_private_device_change(tx, user_id, user_id)
+            } else {
+                record_device_change(tx, user_id)
+            }
+        })
+    }
+
+    fn add_user_signature(&self, signer: &str, target_user_id: &str, target_key_id: &str, json: &str) -> Result<i64> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO cross_signing_signatures (signer, target_user_id, target_key_id, signatures_json)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (signer, target_user_id, target_key_id) DO UPDATE SET signatures_json = EXCLUDED.signatures_json",
+                &[&signer, &target_user_id, &target_key_id, &json],
+            )?;
+            record_private_device_change(tx, signer, target_user_id)
+        })
+    }
+
+    fn user_signatures(&self, signer: &str, target_user_ids: &[String]) -> Result<Vec<(String, String, String)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT target_user_id, target_key_id, signatures_json FROM cross_signing_signatures
+                 WHERE signer = $1 AND target_user_id = ANY($2) ORDER BY target_user_id, target_key_id",
+                &[&signer, &target_user_ids],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
+    }
+
+    fn private_device_list_changes(&self, viewer: &str, from: i64, to: i64) -> Result<Vec<String>> {
+        self.read(|db| {
+            Ok(strings(db.rows(
+                "SELECT DISTINCT user_id FROM private_device_list_changes
+                 WHERE viewer = $1 AND stream_ordering > $2 AND stream_ordering <= $3 ORDER BY user_id",
+                &[&viewer, &from, &to],
+            )?))
         })
     }
 

@@ -54,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_device_list_by_user.sql"),
     include_str!("migrations/0006_remote_device_lists.sql"),
     include_str!("migrations/0007_threepid_bindings.sql"),
+    include_str!("migrations/0008_user_signatures.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

@@ -34,6 +34,17 @@ pub(super) fn record_device_change(tx: &Transaction<'_>, user_id: &str) -> Resul
     Ok(pos)
 }
 
+/// Records a change of `user_id`'s keys that only `viewer` hears of; returns the position.
+pub(super) fn record_private_device_change(tx: &Transaction<'_>, viewer: &str, user_id: &str) -> Result<i64> {
+    let pos = next_stream_position(tx)?;
+    tx.exec(
+        "INSERT INTO private_device_list_changes (stream_ordering, viewer, user_id) VALUES (?1, ?2, ?3)",
+        params![pos, viewer, user_id],
+    )
+    .map_err(backend)?;
+    Ok(pos)
+}
+
 /// A backup version's keys changed: clients compare etags to know.
 pub(super) fn bump_backup_etag(tx: &Transaction<'_>, user_id: &str, version: i64) -> Result<()> {
     tx.exec(
@@ -192,9 +203,58 @@ impl KeyStore for SqliteStore {
             )
             .map_err(backend)?;
         }
-        let pos = record_device_change(&tx, user_id)?;
+        let pos = if keys.iter().all(|(kind, _)| kind == "user_signing") {
+            record_private_device_change(&tx, user_id, user_id)?
+        } else {
+            record_device_change(&tx, user_id)?
+        };
         tx.commit().map_err(backend)?;
         Ok(pos)
+    }
+
+    fn add_user_signature(&self, signer: &str, target_user_id: &str, target_key_id: &str, json: &str) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.exec(
+            "INSERT INTO cross_signing_signatures (signer, target_user_id, target_key_id, signatures_json)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (signer, target_user_id, target_key_id) DO UPDATE SET signatures_json = excluded.signatures_json",
+            params![signer, target_user_id, target_key_id, json],
+        )
+        .map_err(backend)?;
+        let pos = record_private_device_change(&tx, signer, target_user_id)?;
+        tx.commit().map_err(backend)?;
+        Ok(pos)
+    }
+
+    fn user_signatures(&self, signer: &str, target_user_ids: &[String]) -> Result<Vec<(String, String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT target_user_id, target_key_id, signatures_json FROM cross_signing_signatures
+                 WHERE signer = ?1 AND target_user_id = ?2 ORDER BY target_key_id",
+            )
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for target in target_user_ids {
+            let rows = stmt
+                .query_map(params![signer, target], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    fn private_device_list_changes(&self, viewer: &str, from: i64, to: i64) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT user_id FROM private_device_list_changes
+                 WHERE viewer = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3 ORDER BY user_id",
+            )
+            .map_err(backend)?;
+        strings(stmt.query_map(params![viewer, from, to], |r| r.get(0)).and_then(|rows| rows.collect()))
     }
 
     fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>> {

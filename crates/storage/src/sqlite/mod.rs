@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0015_device_list_by_user.sql"),
     include_str!("../migrations/0016_remote_device_lists.sql"),
     include_str!("../migrations/0017_threepid_bindings.sql"),
+    include_str!("../migrations/0018_user_signatures.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
