@@ -221,6 +221,51 @@ async fn a_former_member_reads_up_to_their_leave_and_members_as_then() {
 }
 
 #[tokio::test]
+async fn an_erased_users_messages_stay_whole_only_for_those_who_were_there() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let (_, sent) = server.send_text(&alice, &room, "body1").await;
+    let id = sent["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(server.join(&carol, &room).await.0, 200);
+    let message = |user: &User| {
+        let (server, token, path) =
+            (&server, user.token.clone(), format!("/_matrix/client/v3/rooms/{room}/event/{id}"));
+        async move { server.get(&path, Some(&token)).await.1["content"].clone() }
+    };
+    assert_eq!(message(&carol).await["body"], "body1", "shared history: Carol reads it before the erasure");
+    assert!(server.sync(&carol, None, 0).await.to_string().contains("body1"));
+    let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password"});
+    let (s, b) = server
+        .post("/_matrix/client/v3/account/deactivate", Some(&alice.token), json!({"auth": auth, "erase": true}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // Bob was in the room when it was sent; Carol joined later and now sees it redacted.
+    assert_eq!(message(&bob).await["body"], "body1");
+    assert_eq!(message(&carol).await, json!({}));
+    let in_sync = |user: &User| {
+        let (server, user, room, id) = (&server, user.clone(), room.clone(), id.clone());
+        async move {
+            let body = server.sync(&user, None, 0).await;
+            body["rooms"]["join"][&room]["timeline"]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["event_id"] == id.as_str())
+                .map(|e| e["content"].clone())
+        }
+    };
+    assert_eq!(in_sync(&bob).await.unwrap()["body"], "body1");
+    assert_eq!(in_sync(&carol).await, Some(json!({})));
+    let (_, page) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), Some(&carol.token)).await;
+    assert!(!page.to_string().contains("body1"), "{page}");
+}
+
+#[tokio::test]
 async fn a_rejoiner_sees_the_current_state_set_while_away_but_not_the_messages() {
     let server = Server::start().await;
     let alice = server.register("alice").await;

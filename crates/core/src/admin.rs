@@ -226,6 +226,7 @@ impl Homeserver {
         let devices = self.db(move |s| s.get_devices(&u)).await?;
         let last_seen_ts = devices.iter().filter_map(|d| d.last_seen_ts).max();
         let appservice_id = self.appservice_owning(user.as_str()).map(|r| r.id.clone());
+        let erased = self.erased_users().await?.contains(user.as_str());
         Ok(json!({
             "name": user,
             "displayname": displayname,
@@ -234,7 +235,7 @@ impl Homeserver {
             "external_ids": [],
             "admin": row.is_admin,
             "deactivated": row.deactivated,
-            "erased": false,
+            "erased": erased,
             "shadow_banned": row.shadow_banned,
             "creation_ts": row.creation_ts / 1000,
             "appservice_id": appservice_id,
@@ -272,13 +273,12 @@ impl Homeserver {
     }
 
     /// `POST /_synapse/admin/v1/deactivate/{userId}`: as the user's own deactivation (rooms left,
-    /// tokens revoked, password removed), without their authentication. `erase` is accepted;
-    /// Myelin keeps no erasure flag yet, so it also answers `erased: false`.
-    pub async fn admin_deactivate(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+    /// tokens revoked, password removed, erased with `erase`), without their authentication.
+    pub async fn admin_deactivate(&self, requester: &Requester, user_id: &str, erase: bool) -> Result<Value> {
         self.require_admin(requester)?;
         let user = self.existing_local_user(user_id, "Can only deactivate local users").await?;
         let target = self.requester_for(&user).await?;
-        self.deactivate_account(&target, true, None).await?;
+        self.deactivate_account(&target, true, None, erase).await?;
         audit!(requester, "deactivate", user);
         Ok(json!({"id_server_unbind_result": "success"}))
     }
@@ -408,6 +408,7 @@ impl Homeserver {
         };
         let (users, total) = self.db(move |s| s.list_users(&query)).await?;
         let count = users.len() as i64;
+        let erased = self.erased_users().await?;
         let users: Vec<Value> = users
             .into_iter()
             .map(|u| {
@@ -422,7 +423,7 @@ impl Homeserver {
                     "avatar_url": u.avatar_url,
                     "creation_ts": u.user.creation_ts / 1000,
                     "approved": true,
-                    "erased": false,
+                    "erased": erased.contains(&u.user.user_id),
                     "last_seen_ts": u.last_seen_ts,
                     "locked": false,
                 })
@@ -723,7 +724,7 @@ impl Homeserver {
                 match deactivated {
                     Some(true) if !row.deactivated => {
                         let target = self.requester_for(&user).await?;
-                        self.deactivate_account(&target, true, None).await?;
+                        self.deactivate_account(&target, true, None, false).await?;
                         audit!(requester, "deactivate", user);
                     }
                     Some(false) if row.deactivated => {

@@ -148,6 +148,11 @@ impl Homeserver {
                 }
             }
             Some("pushers") => self.pushers_changed_here(),
+            Some("erased") => {
+                if let Some(user) = parts.next() {
+                    self.note_erased(user);
+                }
+            }
             Some("ignored") => {
                 if let Some(user) = parts.next() {
                     self.forget_ignored_users(user);

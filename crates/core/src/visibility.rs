@@ -259,6 +259,8 @@ impl Homeserver {
     ) -> Result<(Vec<EventRow>, bool)> {
         let mut facts: HashMap<i64, GroupFacts> = HashMap::new();
         let ignored = self.ignored_users(user).await?;
+        let erased = self.erased_users().await?;
+        let mut rules = HashMap::new();
         // Leaving out what this user ignores makes the answer theirs alone.
         let mut same_for_members = ignored.is_empty();
         let mut kept = Vec::with_capacity(rows.len());
@@ -300,6 +302,24 @@ impl Homeserver {
             let after_leave =
                 row.stream_ordering > reader.until && facts.visibility != HistoryVisibility::WorldReadable;
             if !after_leave && (own_membership || client_may_see(facts, reader)) {
+                // An erased user's events are whole only for those in the room when they were
+                // sent (Synapse); anyone else sees them redacted.
+                let mut row = row;
+                if erased.contains(&head.sender) {
+                    // Whole for some members and redacted for others: not an answer to share.
+                    same_for_members = false;
+                    // (The membership is read only when the visibility did not decide alone.)
+                    let was_member = match &facts.membership {
+                        Some(membership) => membership == "join",
+                        None => self
+                            .group_state_content(group, "m.room.member", user)
+                            .await?
+                            .is_some_and(|c| c.get("membership").and_then(Value::as_str) == Some("join")),
+                    };
+                    if !was_member {
+                        row.json = self.redacted_row(&mut rules, &head.room_id, &row.json).await?;
+                    }
+                }
                 kept.push(row);
             }
         }
@@ -347,12 +367,17 @@ impl Homeserver {
         if always.is_empty() {
             return Ok((kept, same_for_members));
         }
-        let shown: std::collections::HashSet<i64> = kept.iter().map(|r| r.stream_ordering).collect();
+        // In order; the kept rows as filtered (an erased sender's may have been redacted).
+        let shown_count = kept.len();
+        let mut shown: HashMap<i64, EventRow> = kept.into_iter().map(|r| (r.stream_ordering, r)).collect();
         let merged: Vec<EventRow> = all
             .into_iter()
-            .filter(|r| shown.contains(&r.stream_ordering) || always.contains(&r.stream_ordering))
+            .filter_map(|r| match shown.remove(&r.stream_ordering) {
+                Some(kept) => Some(kept),
+                None => always.contains(&r.stream_ordering).then_some(r),
+            })
             .collect();
-        let added = merged.len() > shown.len();
+        let added = merged.len() > shown_count;
         Ok((merged, same_for_members && !added))
     }
 
@@ -362,6 +387,7 @@ impl Homeserver {
     pub(crate) async fn visible_to_server(&self, server: &str, rows: Vec<EventRow>) -> Result<Vec<String>> {
         let mut decided: HashMap<i64, bool> = HashMap::new();
         let mut rules: HashMap<String, ruma::room_version_rules::RoomVersionRules> = HashMap::new();
+        let erased = self.erased_users().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if row.rejected {
@@ -378,26 +404,51 @@ impl Homeserver {
                     }
                 },
             };
-            if visible {
+            // Other servers get an erased user's events redacted, as from Synapse.
+            let head = head(&row.json);
+            let sender_erased = head.as_ref().is_some_and(|h| erased.contains(&h.sender));
+            if visible && !sender_erased {
                 out.push(row.json);
             } else {
-                let room_id = head(&row.json).map(|h| h.room_id).unwrap_or_default();
-                let rules = match rules.get(&room_id) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let id = room_id.clone();
-                        let room = self.db(move |s| s.get_room(&id)).await?;
-                        let r = room
-                            .and_then(|r| crate::federation::rooms::rules_for(&r.room_version))
-                            .ok_or_else(|| Error::internal(format!("no room version for {room_id}")))?;
-                        rules.insert(room_id, r.clone());
-                        r
-                    }
-                };
-                out.push(crate::events::redact_json(&row.json, &rules, None)?);
+                let room_id = head.map(|h| h.room_id).unwrap_or_default();
+                out.push(self.redacted_row(&mut rules, &room_id, &row.json).await?);
             }
         }
         Ok(out)
+    }
+
+    /// An event's JSON redacted by its room version's rules (looked up once per room).
+    async fn redacted_row(
+        &self,
+        rules: &mut HashMap<String, ruma::room_version_rules::RoomVersionRules>,
+        room_id: &str,
+        json: &str,
+    ) -> Result<String> {
+        // Room version 12's create event names no room: its room is named after it.
+        let derived;
+        let room_id = if room_id.is_empty() {
+            let event_id = serde_json::from_str::<Value>(json)
+                .ok()
+                .and_then(|v| v["event_id"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            derived = format!("!{}", event_id.trim_start_matches('$'));
+            derived.as_str()
+        } else {
+            room_id
+        };
+        let room_rules = match rules.get(room_id) {
+            Some(r) => r.clone(),
+            None => {
+                let id = room_id.to_owned();
+                let room = self.db(move |s| s.get_room(&id)).await?;
+                let r = room
+                    .and_then(|r| crate::federation::rooms::rules_for(&r.room_version))
+                    .ok_or_else(|| Error::internal(format!("no room version for {room_id}")))?;
+                rules.insert(room_id.to_owned(), r.clone());
+                r
+            }
+        };
+        crate::events::redact_json(json, &room_rules, None)
     }
 
     async fn server_may_see(&self, group: i64, server: &str) -> Result<bool> {

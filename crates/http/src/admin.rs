@@ -192,17 +192,20 @@ async fn deactivate(
     Path(user_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Answer {
-    // The body may be empty (Synapse); `erase` is accepted (Myelin keeps no erasure flag yet).
+    // The body may be empty (Synapse).
+    let mut erase = false;
     if !body.is_empty() {
         match crate::extract::parse_json(&body) {
-            Ok(Value::Object(b)) if b.get("erase").is_none_or(Value::is_boolean) => {}
+            Ok(Value::Object(b)) if b.get("erase").is_none_or(Value::is_boolean) => {
+                erase = b.get("erase").and_then(Value::as_bool).unwrap_or(false);
+            }
             Ok(Value::Object(_)) => {
                 return Err(MatrixError::new(myelin_core::ErrorKind::InvalidParam, "Param 'erase' must be a boolean"));
             }
             _ => return Err(MatrixError::new(myelin_core::ErrorKind::NotJson, "Content not JSON.")),
         }
     }
-    Ok(axum::Json(hs.admin_deactivate(&me, &user_id).await?))
+    Ok(axum::Json(hs.admin_deactivate(&me, &user_id, erase).await?))
 }
 
 async fn reset_password(

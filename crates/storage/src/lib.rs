@@ -102,6 +102,10 @@ pub trait UserStore {
     /// Sets one of the boolean account flags: `is_admin`, `deactivated`, `shadow_banned` or
     /// `is_guest`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
+    /// Marks a user erased (deactivated with `erase`); marking again changes nothing.
+    fn mark_user_erased(&self, user_id: &str) -> Result<()>;
+    /// Every erased user.
+    fn erased_users(&self) -> Result<Vec<String>>;
     /// Records that `user_id` bound `(medium, address)` on identity server `id_server`.
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()>;
     /// A user's bindings `(medium, address, id_server)`, in that order.

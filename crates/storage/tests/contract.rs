@@ -210,6 +210,7 @@ contract! {
     users_case_insensitive_lookup,
     users_password_and_flags,
     threepid_bindings_added_listed_removed,
+    erased_users_marked_once,
     profiles_fields,
     devices_upsert_rename_touch,
     access_tokens_lookup_and_delete,
@@ -1579,6 +1580,14 @@ fn remote_device_lists_cached_updated_and_forgotten(s: &dyn Storage) {
     assert!(s.remote_device_list(OTHER).unwrap().is_some());
     r2.set_membership(s, ALICE, "invite");
     assert_eq!(s.forget_unshared_remote_device_lists("!r2:test").unwrap(), strings(&[OTHER]));
+}
+
+fn erased_users_marked_once(s: &dyn Storage) {
+    assert_eq!(s.erased_users().unwrap(), Vec::<String>::new());
+    s.mark_user_erased(BOB).unwrap();
+    s.mark_user_erased(ALICE).unwrap();
+    s.mark_user_erased(BOB).unwrap();
+    assert_eq!(s.erased_users().unwrap(), strings(&[ALICE, BOB]));
 }
 
 fn threepid_bindings_added_listed_removed(s: &dyn Storage) {

@@ -186,14 +186,18 @@ impl Homeserver {
     ///
     /// Answers whether every third-party identifier the user bound was unbound from its
     /// identity server (`id_server` if the client named one).
+    ///
+    /// With `erase`, the user's events are shown redacted to whoever was not in the room when
+    /// they were sent (and to other servers), as Synapse's erasure.
     pub async fn deactivate(
         &self,
         requester: &Requester,
         auth: Option<&Value>,
         id_server: Option<&str>,
+        erase: bool,
     ) -> Result<bool> {
         self.uia_password(requester, auth, "POST /account/deactivate").await?;
-        self.deactivate_account(requester, false, id_server).await
+        self.deactivate_account(requester, false, id_server, erase).await
     }
 
     /// Deactivates the requester's account (`by_admin`: through the admin API): the modules may
@@ -205,6 +209,7 @@ impl Homeserver {
         requester: &Requester,
         by_admin: bool,
         id_server: Option<&str>,
+        erase: bool,
     ) -> Result<bool> {
         if !self.modules.check_can_deactivate_user(requester.user_id.as_str(), by_admin).await {
             return Err(Error::forbidden("Deactivation of this user is forbidden"));
@@ -225,6 +230,15 @@ impl Homeserver {
             s.delete_all_devices(&u, None)
         })
         .await?;
+        if erase {
+            let u = requester.user_id.to_string();
+            self.db(move |s| s.mark_user_erased(&u)).await?;
+            self.note_erased(requester.user_id.as_str());
+            if self.has_bus() {
+                self.publish(format!("erased {}", requester.user_id));
+            }
+            tracing::info!(user = %requester.user_id, "user erased");
+        }
         self.modules.on_user_deactivation_status_changed(requester.user_id.as_str(), true, by_admin).await;
         Ok(unbound)
     }

@@ -221,6 +221,9 @@ pub(crate) struct AccountsState {
     /// shown (a cache; dropped when the user writes the list, here or on another process).
     pub(crate) ignored:
         std::sync::Mutex<crate::cache::BoundedMap<String, std::sync::Arc<std::collections::HashSet<String>>>>,
+    /// Erased users (deactivated with `erase`), read from the database once, on first need;
+    /// every process adds the ones erased later.
+    pub(crate) erased: std::sync::RwLock<Option<std::sync::Arc<std::collections::HashSet<String>>>>,
 }
 
 impl AccountsState {
@@ -228,6 +231,27 @@ impl AccountsState {
         AccountsState {
             last_seen: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)),
             ignored: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)),
+            erased: std::sync::RwLock::new(None),
+        }
+    }
+}
+
+impl Homeserver {
+    /// The erased users (see [`AccountsState::erased`]).
+    pub(crate) async fn erased_users(&self) -> Result<std::sync::Arc<std::collections::HashSet<String>>> {
+        if let Some(set) = self.accounts.erased.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(set);
+        }
+        let set = std::sync::Arc::new(self.db(|s| s.erased_users()).await?.into_iter().collect());
+        *self.accounts.erased.write().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::clone(&set));
+        Ok(set)
+    }
+
+    /// `user` was erased (here or on another process): added to the loaded set.
+    pub(crate) fn note_erased(&self, user: &str) {
+        let mut erased = self.accounts.erased.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = erased.as_mut() {
+            std::sync::Arc::make_mut(set).insert(user.to_owned());
         }
     }
 }

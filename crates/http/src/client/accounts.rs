@@ -146,6 +146,8 @@ pub(super) struct AuthOnly {
 pub(super) struct DeactivateRequest {
     auth: Option<Value>,
     id_server: Option<String>,
+    #[serde(default)]
+    erase: bool,
 }
 
 pub(super) async fn deactivate(
@@ -153,7 +155,7 @@ pub(super) async fn deactivate(
     Auth(me): Auth,
     JsonBody(b): JsonBody<DeactivateRequest>,
 ) -> Answer {
-    let unbound = hs.deactivate(&me, b.auth.as_ref(), b.id_server.as_deref()).await?;
+    let unbound = hs.deactivate(&me, b.auth.as_ref(), b.id_server.as_deref(), b.erase).await?;
     Ok(axum::Json(json!({"id_server_unbind_result": if unbound { "success" } else { "no-support" }})))
 }
 

@@ -87,6 +87,20 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn mark_user_erased(&self, user_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&user_id])?;
+            Ok(())
+        })
+    }
+
+    fn erased_users(&self) -> Result<Vec<String>> {
+        self.read(|db| {
+            let rows = db.rows("SELECT user_id FROM erased_users ORDER BY user_id", &[])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
         self.write(|tx| {
             tx.exec(

@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0016_remote_device_lists.sql"),
     include_str!("../migrations/0017_threepid_bindings.sql"),
     include_str!("../migrations/0018_user_signatures.sql"),
+    include_str!("../migrations/0019_erased_users.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

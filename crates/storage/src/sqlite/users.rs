@@ -90,6 +90,19 @@ impl UserStore for SqliteStore {
         Ok(())
     }
 
+    fn mark_user_erased(&self, user_id: &str) -> Result<()> {
+        self.conn()
+            .exec("INSERT INTO erased_users (user_id) VALUES (?1) ON CONFLICT DO NOTHING", [user_id])
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn erased_users(&self) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT user_id FROM erased_users ORDER BY user_id").map_err(backend)?;
+        stmt.query_map([], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(backend)
+    }
+
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
         self.conn()
             .exec(
