@@ -34,6 +34,31 @@ pub(super) fn record_device_change(tx: &Transaction<'_>, user_id: &str) -> Resul
     Ok(pos)
 }
 
+/// Inserts or replaces a cached remote device.
+fn upsert_remote_device(tx: &Transaction<'_>, user_id: &str, d: &RemoteDevice) -> Result<()> {
+    tx.exec(
+        "INSERT INTO remote_devices (user_id, device_id, keys_json, display_name) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user_id, device_id) DO UPDATE SET keys_json = excluded.keys_json,
+             display_name = excluded.display_name",
+        params![user_id, d.device_id, d.keys, d.display_name],
+    )
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Inserts or replaces cached remote cross-signing keys `(key_type, json)`.
+fn upsert_remote_cross_signing(tx: &Transaction<'_>, user_id: &str, keys: &[(String, String)]) -> Result<()> {
+    for (kind, json) in keys {
+        tx.exec(
+            "INSERT INTO remote_cross_signing_keys (user_id, key_type, key_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+            params![user_id, kind, json],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
 /// Records a change of `user_id`'s keys that only `viewer` hears of; returns the position.
 pub(super) fn record_private_device_change(tx: &Transaction<'_>, viewer: &str, user_id: &str) -> Result<i64> {
     let pos = next_stream_position(tx)?;
@@ -338,22 +363,9 @@ impl KeyStore for SqliteStore {
         )
         .map_err(backend)?;
         for d in &list.devices {
-            tx.exec(
-                "INSERT INTO remote_devices (user_id, device_id, keys_json, display_name) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET keys_json = excluded.keys_json,
-                     display_name = excluded.display_name",
-                params![user_id, d.device_id, d.keys, d.display_name],
-            )
-            .map_err(backend)?;
+            upsert_remote_device(&tx, user_id, d)?;
         }
-        for (kind, json) in &list.cross_signing {
-            tx.exec(
-                "INSERT INTO remote_cross_signing_keys (user_id, key_type, key_json) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
-                params![user_id, kind, json],
-            )
-            .map_err(backend)?;
-        }
+        upsert_remote_cross_signing(&tx, user_id, &list.cross_signing)?;
         let pos = record_device_change(&tx, user_id)?;
         tx.commit().map_err(backend)?;
         Ok(pos)
@@ -381,13 +393,7 @@ impl KeyStore for SqliteStore {
             )
             .map_err(backend)?;
         } else {
-            tx.exec(
-                "INSERT INTO remote_devices (user_id, device_id, keys_json, display_name) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET keys_json = excluded.keys_json,
-                     display_name = excluded.display_name",
-                params![user_id, device.device_id, device.keys, device.display_name],
-            )
-            .map_err(backend)?;
+            upsert_remote_device(&tx, user_id, device)?;
         }
         let pos = record_device_change(&tx, user_id)?;
         tx.commit().map_err(backend)?;
@@ -403,14 +409,7 @@ impl KeyStore for SqliteStore {
         if cached == 0 {
             return Ok(None);
         }
-        for (kind, json) in keys {
-            tx.exec(
-                "INSERT INTO remote_cross_signing_keys (user_id, key_type, key_json) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
-                params![user_id, kind, json],
-            )
-            .map_err(backend)?;
-        }
+        upsert_remote_cross_signing(&tx, user_id, keys)?;
         let pos = record_device_change(&tx, user_id)?;
         tx.commit().map_err(backend)?;
         Ok(Some(pos))
