@@ -413,7 +413,18 @@ async fn room_upgrade_copies_state_and_tombstones_the_old_room() {
     assert_eq!(direct["@bob:test"], json!([old, new]));
     let (st, _) = s.send_text(&bob, &old, "still here?").await;
     assert_eq!(st, 403, "the old room is restricted");
+    // Bob's tag on the old room follows him when he joins the new one.
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/@bob:test/rooms/{old}/tags/fav"),
+            Some(&bob.token),
+            json!({"order": 0.1}),
+        )
+        .await;
+    assert_eq!(st, 200);
     assert_eq!(s.join(&bob, &new).await.0, 200);
+    let (_, tags) = s.get(&format!("/_matrix/client/v3/user/@bob:test/rooms/{new}/tags"), Some(&bob.token)).await;
+    assert!(tags["tags"]["fav"].is_object(), "{tags}");
 }
 
 #[tokio::test]

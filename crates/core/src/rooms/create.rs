@@ -573,11 +573,19 @@ impl Homeserver {
         Ok(())
     }
 
-    /// The upgrader's own state for the old room moves to the new one, as Synapse does: its
-    /// tags, and `m.direct` lists naming the old room name the new one too.
-    async fn carry_account_data_to_upgraded_room(&self, user: &UserId, old: &RoomId, new: &RoomId) -> Result<()> {
-        let (u, o) = (user.to_string(), old.to_string());
-        if let Some(tags) = self.db(move |s| s.get_account_data(&u, &o, "m.tag")).await? {
+    /// A user's own state for an upgraded room moves to its successor, as Synapse does: its
+    /// tags, and `m.direct` lists naming the old room name the new one too (for the upgrader at
+    /// the upgrade, for other members when they join; tags already there are kept).
+    pub(super) async fn carry_account_data_to_upgraded_room(
+        &self,
+        user: &UserId,
+        old: &RoomId,
+        new: &RoomId,
+    ) -> Result<()> {
+        let (u, o, n) = (user.to_string(), old.to_string(), new.to_string());
+        let (old_tags, new_tags) =
+            self.db(move |s| Ok((s.get_account_data(&u, &o, "m.tag")?, s.get_account_data(&u, &n, "m.tag")?))).await?;
+        if let (Some(tags), None) = (old_tags, new_tags) {
             let (u, n) = (user.to_string(), new.to_string());
             let position = self.db(move |s| s.set_account_data(&u, &n, "m.tag", &tags)).await?;
             self.advance_stream(position);

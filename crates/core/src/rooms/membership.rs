@@ -175,6 +175,19 @@ impl Homeserver {
             self.append_event(room_id, sender, "m.room.member", Some(target.as_str()), content, options).await?;
         if membership == "join" {
             self.limiters.joins_per_room.record(room_id.as_str());
+            // Joining the successor of a room one was in brings one's tags and `m.direct`
+            // entries along, as Synapse's `copy_user_state_on_room_upgrade` (best effort).
+            if current.as_deref() != Some("join")
+                && let Some(old) = self
+                    .state_content(room_id, "m.room.create", "")
+                    .await?
+                    .and_then(|c| c.get("predecessor")?.get("room_id")?.as_str().map(str::to_owned))
+                    .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+                && self.membership_of(&old, target.as_str()).await?.is_some()
+                && let Err(e) = self.carry_account_data_to_upgraded_room(target, &old, room_id).await
+            {
+                tracing::warn!(room = %room_id, user = %target, error = %e.message, "account data not carried over");
+            }
         }
         Ok(Arc::new(serde_json::from_str(&appended.json).map_err(Error::internal)?))
     }
