@@ -64,11 +64,22 @@ impl Homeserver {
             let guard = self.room_lock(room_id).await?;
             guard.as_ref().map(|c| c.rules.clone()).ok_or_else(|| Error::not_found("Unknown room"))?
         };
-        let state = self
-            .state_after_events(&rules, &pdu.prev_events)
-            .await?
-            .ok_or_else(|| Error::not_found("The state at that event is not known here"))?;
-        let state_ids: Vec<OwnedEventId> = state.into_values().collect();
+        // A message's state group is the state before it too (its parents may be outliers,
+        // when it was stored across a gap); a state event's is the state after it.
+        let state_ids: Vec<OwnedEventId> = match (pdu.state_key.is_none(), row.state_group) {
+            (true, Some(group)) => self
+                .db(move |s| s.get_state_group(group))
+                .await?
+                .into_iter()
+                .filter_map(|e| OwnedEventId::try_from(e.event_id).ok())
+                .collect(),
+            _ => self
+                .state_after_events(&rules, &pdu.prev_events)
+                .await?
+                .ok_or_else(|| Error::not_found("The state at that event is not known here"))?
+                .into_values()
+                .collect(),
+        };
         let chain = self.auth_chain_of(state_ids.clone()).await?;
         Ok((state_ids, chain))
     }
@@ -190,20 +201,13 @@ impl Homeserver {
         event_id: &OwnedEventId,
         prev_events: &[OwnedEventId],
     ) {
-        let ids: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
-        let missing = self
-            .db(move |s| {
-                let mut missing = false;
-                for id in ids {
-                    missing |= s.get_event(&id)?.is_none();
-                }
-                Ok(missing)
-            })
-            .await
-            .unwrap_or(false);
-        if !missing {
+        if self.missing_prevs(prev_events).await.unwrap_or_default().is_empty() {
             return;
         }
+        let rules = match self.room_lock(room_id).await {
+            Ok(guard) => guard.as_ref().map(|c| c.rules.clone()),
+            Err(_) => None,
+        };
         let earliest: Vec<String> = {
             let r = room_id.to_string();
             self.db(move |s| s.get_forward_extremities(&r)).await.unwrap_or_default()
@@ -236,7 +240,15 @@ impl Homeserver {
             if event["room_id"].as_str() != Some(room_id.as_str()) {
                 continue;
             }
-            if let Err(e) = self.receive_pdu(None, room_id, &event, Vec::new()).await {
+            // The event itself (answers may include it) is handled by its caller.
+            if event["event_id"].as_str() == Some(event_id.as_str())
+                || rules
+                    .as_ref()
+                    .is_some_and(|r| super::rooms::identify(&event, r).is_ok_and(|(id, _)| id == *event_id))
+            {
+                continue;
+            }
+            if let Err(e) = self.receive_pulled(origin, room_id, &event).await {
                 tracing::info!(origin, error = %e, "a missing event was refused");
             }
         }

@@ -266,52 +266,10 @@ impl Homeserver {
                 list.as_array().cloned().unwrap_or_default().into_iter().map(move |v| (v, is_state))
             })
             .collect();
-        let hashed = {
-            let rules = rules.clone();
-            parallel_map(items, move |(value, is_state)| {
-                identify(&value, &rules).ok().map(|(id, object)| (id, object, is_state))
-            })
-            .await?
-        };
-        let hashed: Vec<(OwnedEventId, CanonicalJsonObject, bool)> = hashed.into_iter().flatten().collect();
-        let mut key_map = ruma::signatures::PublicKeyMap::new();
-        let mut servers = std::collections::BTreeSet::new();
-        for (_, object, _) in &hashed {
-            if let Ok(needed) = ruma::signatures::required_server_signatures_to_verify_event(object, &rules.signatures)
-            {
-                servers.extend(needed);
-            }
-        }
-        for needed in servers {
-            match self.server_verify_keys(needed.as_str(), None).await {
-                Ok(keys) => {
-                    let set = keys
-                        .into_iter()
-                        .filter_map(|(id, key)| Some((id, ruma::serde::Base64::parse(&key).ok()?)))
-                        .collect();
-                    key_map.insert(needed.to_string(), set);
-                }
-                Err(e) => {
-                    tracing::warn!(server, signer = %needed, error = %e, "a send_join answer is signed by a server whose keys are unknown")
-                }
-            }
-        }
-        let verified = {
-            let (rules, key_map, room) = (rules.clone(), Arc::new(key_map), room_id.to_owned());
-            parallel_map(hashed, move |(id, object, is_state)| {
-                let object = match ruma::signatures::verify_event(&key_map, &object, &rules) {
-                    Ok(Verified::All) => object,
-                    Ok(Verified::Signatures) => ruma::canonical_json::redact(object, &rules.redaction, None).ok()?,
-                    Err(_) => return None,
-                };
-                let (json, pdu) = stored_json(&id, &object).ok()?;
-                (pdu.room_id == room).then_some((id, pdu, json, is_state))
-            })
-            .await?
-        };
+        let verified = self.verify_remote_events(&rules, room_id, items, "a send_join answer").await?;
         let mut events: HashMap<OwnedEventId, (Pdu, String)> = HashMap::new();
         let mut state_ids = Vec::new();
-        for (id, pdu, json, is_state) in verified.into_iter().flatten() {
+        for (id, pdu, json, is_state) in verified {
             if is_state {
                 state_ids.push(id.clone());
             }

@@ -15,12 +15,12 @@
 //! 5. the current state follows it (resolved against the old one unless it descends from every
 //!    forward extremity), and it is written through the event writer with its state group.
 //!
-//! An event whose parents are unknown first has the gap filled from the server that sent it
-//! (`/get_missing_events`, see `history`); parents still unknown after that leave it
-//! authorised against the current state as its state before.
+//! An event whose parents are not in the timeline first has the gap filled from the server
+//! that sent it; parents still unknown after that refuse it (see `gaps`).
 //!
-//! Beside it: `joins` (make/send join and leave, both ways).
+//! Beside it: `joins` (make/send join and leave, both ways) and `gaps`.
 
+mod gaps;
 mod joins;
 
 use std::collections::{HashMap, HashSet};
@@ -155,7 +155,7 @@ impl Homeserver {
 
     /// The auth chain of `roots` as Synapse answers it (`get_auth_chain`): every event reachable
     /// through their `auth_events`, the roots themselves only when reachable from another root
-    /// (the create event is in a room's state and in its auth chain).
+    /// (the create event is in a room's state and in its auth chain), oldest first.
     pub(crate) async fn auth_chain_of(&self, roots: Vec<OwnedEventId>) -> Result<Vec<OwnedEventId>> {
         let closure = self.load_auth_closure(roots.clone()).await?;
         let mut chain: HashSet<OwnedEventId> = HashSet::new();
@@ -168,7 +168,11 @@ impl Homeserver {
                 todo.extend(pdu.auth_events.iter().cloned());
             }
         }
-        Ok(chain.into_iter().collect())
+        // Oldest first, as Synapse's: a server that reads the chain in order and keeps the
+        // last event of each state key (sytest's does) ends with the newest.
+        let mut chain: Vec<OwnedEventId> = chain.into_iter().collect();
+        chain.sort_by_key(|id| (closure.get(id).map(|p| p.depth).unwrap_or(0), id.clone()));
+        Ok(chain)
     }
 
     /// Checks an event against `state` (only the entries its type needs are loaded).
@@ -261,6 +265,22 @@ impl Homeserver {
         pdu_value: &Value,
         destinations: Vec<String>,
     ) -> Result<Received> {
+        self.handle_pdu(origin, room_id, pdu_value, destinations, false).await
+    }
+
+    /// Handles an event fetched from `origin` to fill a gap before a pushed one (see `gaps`).
+    pub(crate) async fn receive_pulled(&self, origin: &str, room_id: &RoomId, pdu_value: &Value) -> Result<Received> {
+        self.handle_pdu(Some(origin), room_id, pdu_value, Vec::new(), true).await
+    }
+
+    async fn handle_pdu(
+        &self,
+        origin: Option<&str>,
+        room_id: &RoomId,
+        pdu_value: &Value,
+        destinations: Vec<String>,
+        pulled: bool,
+    ) -> Result<Received> {
         let rules = {
             let guard = self.room_lock(room_id).await?;
             let Some(cache) = guard.as_ref() else { return Err(Error::not_found(format!("Unknown room {room_id}"))) };
@@ -300,9 +320,29 @@ impl Homeserver {
             }
         }
 
-        // Parents this server has not seen are asked for first, from the server that sent it.
-        if let Some(origin) = origin {
-            self.fill_gap(origin, room_id, &event_id, &pdu.prev_events).await;
+        // Parents not in the timeline (see `gaps`): a pushed event has the gap filled from the
+        // server that sent it, and is refused if that leaves one unknown; a pulled one has the
+        // state after its unknown parents from that server.
+        let mut state_across_gap = None;
+        let missing = self.missing_prevs(&pdu.prev_events).await?;
+        if let Some(origin) = origin
+            && !missing.is_empty()
+        {
+            if pulled {
+                state_across_gap =
+                    Some(self.state_across_gap(origin, room_id, &rules, &pdu.prev_events, &missing).await?);
+            } else {
+                self.fill_gap(origin, room_id, &event_id, &pdu.prev_events).await;
+                let id = event_id.to_string();
+                if let Some(row) = self.db(move |s| s.get_event(&id)).await? {
+                    return Ok(Received { event_id, outcome: Outcome::Known, state_before: None, json: row.json });
+                }
+                if !self.missing_prevs(&pdu.prev_events).await?.is_empty() {
+                    return Err(Error::forbidden(
+                        "Your server isn't divulging details about prev_events referenced in this event.",
+                    ));
+                }
+            }
         }
 
         let mut guard = self.room_lock(room_id).await?;
@@ -325,7 +365,9 @@ impl Homeserver {
         } else {
             self.authorised_by(&rules, &pdu, &auth_state).await?.err()
         };
-        let state_before: Arc<StateMap> = if pdu.prev_events.len() == 1 && cache.extremities == pdu.prev_events {
+        let state_before: Arc<StateMap> = if let Some(state) = state_across_gap {
+            Arc::new(state)
+        } else if pdu.prev_events.len() == 1 && cache.extremities == pdu.prev_events {
             cache.state.clone()
         } else {
             match self.state_after_events(&rules, &pdu.prev_events).await? {
