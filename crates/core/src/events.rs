@@ -467,7 +467,11 @@ pub fn redact_json(json: &str, rules: &RoomVersionRules, because: Option<&Value>
     }
     let mut value = serde_json::to_value(&redacted).map_err(Error::internal)?;
     if let (Some(because), Value::Object(m)) = (because, &mut value) {
-        m.insert("unsigned".into(), serde_json::json!({ "redacted_because": because }));
+        // `redacted_by` beside `redacted_because`, as Synapse serves them.
+        m.insert(
+            "unsigned".into(),
+            serde_json::json!({ "redacted_because": because, "redacted_by": because["event_id"] }),
+        );
     }
     serde_json::to_string(&value).map_err(Error::internal)
 }

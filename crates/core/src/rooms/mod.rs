@@ -275,16 +275,16 @@ pub struct MessagesPage {
 
 /// Power levels, with the spec's defaults, and the room's creators where the room version
 /// gives them unlimited power (12 on).
-struct PowerLevels {
+pub(crate) struct PowerLevels {
     content: Map<String, Value>,
     privileged_creators: Vec<String>,
 }
 
 impl PowerLevels {
-    fn int(&self, key: &str, default: i64) -> i64 {
+    pub(crate) fn int(&self, key: &str, default: i64) -> i64 {
         self.content.get(key).and_then(as_int).unwrap_or(default)
     }
-    fn user(&self, user: &str) -> i64 {
+    pub(crate) fn user(&self, user: &str) -> i64 {
         if self.privileged_creators.iter().any(|c| c == user) {
             return i64::MAX;
         }
@@ -625,7 +625,7 @@ impl Homeserver {
         .await
     }
 
-    async fn power_levels(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<PowerLevels> {
+    pub(crate) async fn power_levels(&self, state: &HashMap<(String, String), OwnedEventId>) -> Result<PowerLevels> {
         let id_of = |kind: &str| state.get(&(kind.to_owned(), String::new())).cloned();
         let (pl_id, create_id) = (id_of("m.room.power_levels"), id_of("m.room.create"));
         let events =

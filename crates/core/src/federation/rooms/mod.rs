@@ -59,6 +59,14 @@ pub(crate) enum Outcome {
     Dropped,
 }
 
+/// What a received redaction does (see [`Homeserver::received_redaction`]).
+enum RedactionVerdict {
+    Withhold,
+    Show,
+    /// The target's ID and its redacted JSON.
+    Apply(String, String),
+}
+
 /// A received event, handled.
 pub(crate) struct Received {
     pub event_id: OwnedEventId,
@@ -383,6 +391,14 @@ impl Homeserver {
         if rejection.is_none() && !soft_failed && !Arc::ptr_eq(&state_before, &cache.state) {
             soft_failed = self.authorised_by(&rules, &pdu, &cache.state).await?.is_err();
         }
+        let mut redaction = None;
+        if rejection.is_none() && !soft_failed && pdu.kind == ruma::events::TimelineEventType::RoomRedaction {
+            match self.received_redaction(&rules, &pdu, &json, &state_before).await? {
+                RedactionVerdict::Withhold => soft_failed = true,
+                RedactionVerdict::Show => {}
+                RedactionVerdict::Apply(target, redacted) => redaction = Some((target, redacted)),
+            }
+        }
 
         // 5. The state after it, and the room's current state.
         let accepted = rejection.is_none() && !soft_failed;
@@ -432,7 +448,7 @@ impl Homeserver {
                 state: state_change,
                 prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
                 txn: None,
-                redaction: None,
+                redaction: redaction.clone(),
                 rejected: rejection.is_some(),
                 soft_failed,
                 current_state: if own_key_only { None } else { Some(entries(&new_current)) },
@@ -464,6 +480,15 @@ impl Homeserver {
             }
         }
         drop(guard);
+        if let Some((target, _)) = &redaction
+            && let Ok(target) = OwnedEventId::try_from(target.as_str())
+        {
+            // Its stored JSON was just rewritten, here and for every process.
+            self.forget_state_event(&target);
+            if self.has_bus() {
+                self.publish(format!("redacted {target}"));
+            }
+        }
         self.room_written(room_id.as_str(), stream);
         self.advance_stream(stream);
         self.wake_destinations(&destinations);
@@ -480,6 +505,39 @@ impl Homeserver {
             (None, false) => Outcome::Accepted,
         };
         Ok(Received { event_id, outcome, state_before: Some(state_before), json })
+    }
+
+    /// A received redaction the rules allowed, judged as Synapse serves it: withheld
+    /// (soft-failed, never shown) when its target is unknown, a create event, in another room,
+    /// or sent by someone below the redact level from another server than the target's sender
+    /// (room versions 3 on leave that check to the reader); shown but not applied when it names
+    /// itself; applied otherwise.
+    async fn received_redaction(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        json: &str,
+        state: &StateMap,
+    ) -> Result<RedactionVerdict> {
+        use RedactionVerdict::*;
+        let Some(target) = pdu.redacts_id() else { return Ok(Withhold) };
+        if target == pdu.event_id {
+            return Ok(Show);
+        }
+        let id = target.to_string();
+        let Some(row) = self.db(move |s| s.get_event(&id)).await? else { return Ok(Withhold) };
+        let Ok(original) = Pdu::from_json_str(&row.json) else { return Ok(Withhold) };
+        if original.room_id != pdu.room_id || original.kind == ruma::events::TimelineEventType::RoomCreate {
+            return Ok(Withhold);
+        }
+        if original.sender.server_name() != pdu.sender.server_name() {
+            let levels = self.power_levels(state).await?;
+            if levels.user(pdu.sender.as_str()) < levels.int("redact", 50) {
+                return Ok(Withhold);
+            }
+        }
+        let because = crate::events::client_event(&serde_json::from_str(json).map_err(Error::internal)?);
+        Ok(Apply(target.to_string(), crate::events::redact_json(&row.json, rules, Some(&because))?))
     }
 
     /// Stored events as PDUs to send (unknown IDs are left out).
