@@ -694,3 +694,186 @@ async fn v1_endpoints_event_auth_and_state_of_rejected_events_answer_as_synapse(
     let (s, answer) = remote.send("PUT", &uri, Some(auth), Some(forged.to_string().into_bytes())).await;
     assert!((400..500).contains(&s), "{s} {answer}");
 }
+
+/// The first events of a test's forged chain: `(create, power levels, Bob's member, depth of
+/// Bob's member)` as A has them.
+async fn chain_base(
+    a: &Server,
+    alice: &User,
+    bob: &User,
+    room: &str,
+    remote: &Remote,
+    key: &Key,
+    origin: &str,
+) -> (String, String, String, u64) {
+    let create = state_id(a, alice, room, "m.room.create", "").await;
+    let power = state_id(a, alice, room, "m.room.power_levels", "").await;
+    let bob_member = state_id(a, alice, room, "m.room.member", &bob.user_id).await;
+    let (s, fetched) = remote.get(key, origin, &format!("/_matrix/federation/v1/event/{bob_member}")).await;
+    assert_eq!(s, 200, "{fetched}");
+    (create, power, bob_member, fetched["pdus"][0]["depth"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn an_event_whose_unknown_parents_its_sender_cannot_give_is_refused() {
+    let Setup { a, b_key, alice, bob, room, remote, origin, .. } = setup().await;
+    let (create, power, bob_member, depth) = chain_base(&a.server, &alice, &bob, &room, &remote, &b_key, &origin).await;
+    // Its parent exists nowhere: B has nothing to give for it, so A refuses the event (as
+    // Synapse: its state could not be trusted) and stores nothing.
+    let (orphan, orphan_id) = pdu(
+        &b_key,
+        &origin,
+        json!({
+            "room_id": room, "sender": bob.user_id, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": "orphan"}, "prev_events": ["$nowhere-to-be-found"],
+            "auth_events": [create, power, bob_member], "depth": depth + 5, "origin_server_ts": 1_700_000_000_000u64,
+        }),
+    );
+    let (s, answer) = remote.transaction(&b_key, &origin, "orphan1", json!({"origin": origin, "pdus": [orphan]})).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(answer["pdus"][&orphan_id]["error"].is_string(), "refused with an error: {answer}");
+    let (s, _) = a.server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{orphan_id}"), Some(&alice.token)).await;
+    assert_eq!(s, 404, "the refused event was not stored");
+    // The room carries on: an event on a known parent is accepted.
+    let (fine, fine_id) = pdu(
+        &b_key,
+        &origin,
+        json!({
+            "room_id": room, "sender": bob.user_id, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": "fine"}, "prev_events": [bob_member],
+            "auth_events": [create, power, bob_member], "depth": depth + 1, "origin_server_ts": 1_700_000_000_001u64,
+        }),
+    );
+    let (s, answer) = remote.transaction(&b_key, &origin, "orphan2", json!({"origin": origin, "pdus": [fine]})).await;
+    assert_eq!((s, &answer["pdus"][&fine_id]), (200, &json!({})), "{answer}");
+}
+
+#[tokio::test]
+async fn a_gap_too_long_to_fetch_is_bridged_with_the_state_the_sender_gives() {
+    let Setup { ca, a, a_key, b, b_key, alice, bob, room, remote, origin } = setup().await;
+    let (create, power, bob_member, depth) = chain_base(&a.server, &alice, &bob, &room, &remote, &b_key, &origin).await;
+    // Later than Bob's join, so that state resolution orders the rename after it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let join_rules = state_id(&a.server, &alice, &room, "m.room.join_rules", "").await;
+    // On B (given as if from A): Bob renames himself, then 31 messages. Given the last, A
+    // asks B for the 20 events before the last and still misses the rename and the first
+    // messages: it asks B for the state after the oldest one it lacks, fetches what it does
+    // not have, and takes the rename into its state.
+    let rename_fields = json!({
+        "room_id": room, "sender": bob.user_id, "type": "m.room.member", "state_key": bob.user_id,
+        "content": {"membership": "join", "displayname": "Bob Across The Gap"}, "prev_events": [bob_member],
+        "auth_events": [create, power, join_rules, bob_member], "depth": depth + 1, "origin_server_ts": now,
+    });
+    let (rename, rename_id) = pdu(&b_key, &origin, rename_fields);
+    let mut pdus = vec![rename];
+    let mut prev = rename_id.clone();
+    for i in 0..31u64 {
+        let (event, id) = pdu(
+            &b_key,
+            &origin,
+            json!({
+                "room_id": room, "sender": bob.user_id, "type": "m.room.message",
+                "content": {"msgtype": "m.text", "body": format!("message {i}")}, "prev_events": [prev],
+                "auth_events": [create, power, rename_id], "depth": depth + 2 + i,
+                "origin_server_ts": now + 1 + i,
+            }),
+        );
+        pdus.push(event);
+        prev = id;
+    }
+    let last = pdus.last().cloned().unwrap();
+    let to_b = Remote::new(&ca, &b);
+    let (s, answer) = to_b.transaction(&a_key, &a.name, "long1", json!({"origin": a.name, "pdus": pdus})).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(answer["pdus"].as_object().unwrap().values().all(|r| *r == json!({})), "{answer}");
+    let (s, answer) = remote.transaction(&b_key, &origin, "long2", json!({"origin": origin, "pdus": [last]})).await;
+    assert_eq!((s, &answer["pdus"][&prev]), (200, &json!({})), "{answer}");
+    let (s, member) = a
+        .server
+        .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", bob.user_id), Some(&alice.token))
+        .await;
+    assert_eq!((s, member["displayname"].as_str()), (200, Some("Bob Across The Gap")), "{member}");
+    let (_, page) =
+        a.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), Some(&alice.token)).await;
+    assert_eq!(page["chunk"][0]["content"]["body"], "message 30", "{page}");
+    // The rename came as an outlier, without state of its own: none to give other servers.
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A").replace('$', "%24");
+    let uri = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&rename_id));
+    assert_eq!(remote.get(&b_key, &origin, &uri).await.0, 404);
+}
+
+#[tokio::test]
+async fn redactions_from_other_servers_apply_only_where_synapse_would() {
+    let Setup { a, b_key, alice, bob, room, remote, origin, .. } = setup().await;
+    let (create, power, bob_member, depth) = chain_base(&a.server, &alice, &bob, &room, &remote, &b_key, &origin).await;
+    let other_room = a.server.create_room(&alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    let (_, sent) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{other_room}/send/m.room.message/t1"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "elsewhere"}),
+        )
+        .await;
+    let elsewhere = sent["event_id"].as_str().unwrap().to_owned();
+    let (_, sent) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t2"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "alice's"}),
+        )
+        .await;
+    let alices = sent["event_id"].as_str().unwrap().to_owned();
+    let (_, sent) = a
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t3"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "after"}),
+        )
+        .await;
+    let mut prev = sent["event_id"].as_str().unwrap().to_owned();
+    let mut depth = depth + 10;
+    let mut send = async |fields: Value| -> String {
+        let mut fields = fields;
+        fields["room_id"] = json!(room);
+        fields["sender"] = json!(bob.user_id);
+        fields["prev_events"] = json!([prev]);
+        fields["auth_events"] = json!([create, power, bob_member]);
+        fields["depth"] = json!(depth);
+        fields["origin_server_ts"] = json!(1_700_000_000_000u64 + depth);
+        let (event, id) = pdu(&b_key, &origin, fields);
+        let (s, answer) =
+            remote.transaction(&b_key, &origin, &format!("r{depth}"), json!({"origin": origin, "pdus": [event]})).await;
+        assert_eq!((s, &answer["pdus"][&id]), (200, &json!({})), "{answer}");
+        prev = id.clone();
+        depth += 1;
+        id
+    };
+    let bobs = send(json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "bob's"}})).await;
+    // Bob (power 0, another server) redacting Alice's message, and a message of another room:
+    // withheld, the targets untouched.
+    let on_alice = send(json!({"type": "m.room.redaction", "redacts": alices, "content": {}})).await;
+    let cross_room = send(json!({"type": "m.room.redaction", "redacts": elsewhere, "content": {}})).await;
+    // Bob redacting his own: applied.
+    let own = send(json!({"type": "m.room.redaction", "redacts": bobs, "content": {}})).await;
+
+    let event = |room: String, id: String| {
+        let a = &a;
+        let token = alice.token.clone();
+        async move { a.server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(&token)).await.1 }
+    };
+    assert_eq!(event(room.clone(), alices.clone()).await["content"]["body"], "alice's");
+    assert_eq!(event(other_room.clone(), elsewhere.clone()).await["content"]["body"], "elsewhere");
+    let redacted = event(room.clone(), bobs.clone()).await;
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+    assert_eq!(redacted["unsigned"]["redacted_by"], json!(own), "{redacted}");
+    assert_eq!(redacted["unsigned"]["redacted_because"]["event_id"], json!(own), "{redacted}");
+    // The withheld redactions are nowhere in the timeline; the applied one is.
+    let (_, page) =
+        a.server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"), Some(&alice.token)).await;
+    let ids: Vec<&str> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert!(ids.contains(&own.as_str()), "{page}");
+    assert!(!ids.contains(&on_alice.as_str()) && !ids.contains(&cross_room.as_str()), "{page}");
+}

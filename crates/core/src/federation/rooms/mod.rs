@@ -313,7 +313,9 @@ impl Homeserver {
             }
         }
         let (mut json, pdu) = stored_json(&event_id, &object)?;
-        if self.modules.has_should_drop_federated_event() {
+        // As Synapse: only what is pushed may be dropped; a dropped event fetched again to fill
+        // a gap is stored, or its children could never be.
+        if !pulled && self.modules.has_should_drop_federated_event() {
             let view = EventView::new(serde_json::from_str(&json).map_err(Error::internal)?);
             if self.modules.should_drop_federated_event(&view).await {
                 return Ok(Received { event_id, outcome: Outcome::Dropped, state_before: None, json });
