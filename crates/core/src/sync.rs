@@ -646,7 +646,13 @@ impl Homeserver {
         to: i64,
         filter: &SyncFilter,
     ) -> Result<(Value, bool)> {
-        let timeline = self.timeline_events(user, reader, room, from, to, filter).await?;
+        let mut timeline = self.timeline_events(user, reader, room, from, to, filter).await?;
+        // As Synapse: a room new to the sync whose timeline holds all its events names the end
+        // of the timeline as `prev_batch`, so paginating back from it reads them again (clients
+        // drop what they have) and gets an `end` to stop at.
+        if from == 0 && timeline.json["limited"] == false {
+            timeline.json["prev_batch"] = json!(format!("s{to}"));
+        }
         Ok((timeline.json, timeline.same_for_members))
     }
 
