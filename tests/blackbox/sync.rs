@@ -644,3 +644,48 @@ async fn coming_to_share_a_room_brings_the_others_presence() {
         next["presence"]["events"].as_array().unwrap().iter().filter(|e| e["sender"] == carol.user_id).collect();
     assert_eq!(carols.len(), 1, "{next}");
 }
+
+#[tokio::test]
+async fn event_format_federation_sends_events_as_stored_and_a_whole_timeline_paginates_back_to_an_end() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({"name": "R"})).await;
+    let (_, sent) = s.send_text(&alice, &room, "as stored").await;
+    let get_sync = |filter: serde_json::Value| {
+        let (s, alice) = (&s, &alice);
+        async move {
+            let q = filter.to_string().replace('{', "%7B").replace('}', "%7D").replace('"', "%22");
+            let (st, body) = s.get(&format!("/_matrix/client/v3/sync?filter={q}"), Some(&alice.token)).await;
+            assert_eq!(st, 200, "{body}");
+            body
+        }
+    };
+    let body = get_sync(json!({"event_format": "federation", "room": {"timeline": {"limit": 1}}})).await;
+    let event = &body["rooms"]["join"][&room]["timeline"]["events"][0];
+    for key in ["event_id", "prev_events", "auth_events", "depth", "hashes", "signatures", "origin_server_ts"] {
+        assert!(event.get(key).is_some(), "{key} missing: {event}");
+    }
+    assert_eq!((&event["event_id"], &event["content"]["body"]), (&sent["event_id"], &json!("as stored")));
+    // The client format (the default, or asked for) has none of the federation fields.
+    let body = get_sync(json!({"event_format": "client", "room": {"timeline": {"limit": 1}}})).await;
+    let event = &body["rooms"]["join"][&room]["timeline"]["events"][0];
+    assert!(event.get("prev_events").is_none() && event.get("signatures").is_none(), "{event}");
+
+    // A timeline holding the whole room (not limited): paginating back from its prev_batch
+    // reads the room again and ends with an `end`; from there, nothing and no `end`, as
+    // Synapse answers.
+    let body = s.sync(&alice, None, 0).await;
+    let timeline = &body["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["limited"], false, "{timeline}");
+    let prev = timeline["prev_batch"].as_str().unwrap();
+    let (st, page) = s
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={prev}&limit=50"), Some(&alice.token))
+        .await;
+    assert_eq!(st, 200, "{page}");
+    assert!(!page["chunk"].as_array().unwrap().is_empty(), "{page}");
+    let end = page["end"].as_str().unwrap_or_else(|| panic!("an end: {page}"));
+    let (_, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={end}&limit=50"), Some(&alice.token)).await;
+    assert_eq!(page["chunk"], json!([]), "{page}");
+    assert!(page.get("end").is_none(), "{page}");
+}

@@ -179,6 +179,9 @@ pub(crate) struct SyncFilter {
     /// `room.state.include_redundant_members`: with lazy loading, memberships this device was
     /// already sent are sent again.
     include_redundant_members: bool,
+    /// `event_format: federation`: events as stored (with `prev_events`, `auth_events`,
+    /// `depth`, `hashes`, `signatures`), not in the client format.
+    federation_format: bool,
 }
 
 impl SyncFilter {
@@ -196,11 +199,20 @@ impl SyncFilter {
             include_leave: room["include_leave"].as_bool().unwrap_or(false),
             lazy_load_members: room["state"]["lazy_load_members"].as_bool().unwrap_or(false),
             include_redundant_members: room["state"]["include_redundant_members"].as_bool().unwrap_or(false),
+            federation_format: f["event_format"] == "federation",
         }
     }
     /// No filter but a timeline limit (sliding sync's `timeline_limit`).
     pub(crate) fn timeline_limit(limit: usize) -> Self {
         SyncFilter { timeline_limit: limit, ..SyncFilter::from_json(&Value::Null) }
+    }
+    /// A stored event in the format the filter asks for.
+    fn event(&self, stored_json: &str) -> Value {
+        if self.federation_format {
+            serde_json::from_str(stored_json).unwrap_or(Value::Null)
+        } else {
+            client_event_from_str(stored_json)
+        }
     }
     fn wants(&self, room: &str) -> bool {
         !self.not_rooms.contains(room) && self.rooms.as_ref().is_none_or(|r| r.contains(room))
@@ -678,7 +690,7 @@ impl Homeserver {
         rows.reverse();
         let (rows, same_for_members) = self.visible_timeline_events(user, reader, room, rows).await?;
         let prev_batch = rows.first().map(|r| format!("t{}", r.stream_ordering)).unwrap_or_else(|| format!("t{to}"));
-        let mut events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
+        let mut events: Vec<Value> = rows.iter().map(|r| filter.event(&r.json)).collect();
         self.bundle_aggregations(user, reader, &mut events).await?;
         // A thread summary says whether *this* user took part: not a section to share.
         let per_user = events.iter().any(|e| e["unsigned"]["m.relations"].get("m.thread").is_some());
@@ -710,6 +722,7 @@ impl Homeserver {
             && filter.timeline.is_open()
             && filter.state.is_open()
             && !filter.lazy_load_members
+            && !filter.federation_format
             && self.ignored_users(user).await?.is_empty();
         if cacheable && let Some(section) = self.sync.cache.section(room, limit, now) {
             return Ok(section);
@@ -752,7 +765,7 @@ impl Homeserver {
                 if !whole_state && row.stream_ordering <= from {
                     continue;
                 }
-                let event = client_event_from_str(&row.json);
+                let event = filter.event(&row.json);
                 let unneeded_member = filter.lazy_load_members
                     && whole_state
                     && event["type"] == "m.room.member"
