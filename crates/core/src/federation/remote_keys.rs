@@ -76,25 +76,34 @@ impl Homeserver {
             .get_unsigned(server, "/_matrix/key/v2/server")
             .await
             .map_err(|e| unauthorized(format!("Could not fetch the keys of {server}: {e}")))?;
-        let keys = parse_server_keys(server, &body, now_ms())?;
+        // An expired answer is kept too (a notary passes on the latest it has, as Synapse's),
+        // but never used to verify.
+        let keys = parse_server_keys(server, &body, i64::MIN)?;
         let valid_until = body["valid_until_ts"].as_i64().unwrap_or_default();
         let response = body.to_string();
         let rows: Vec<(String, String, i64)> =
             keys.iter().map(|(id, (key, until))| (id.clone(), key.clone(), *until)).collect();
         let s = server.to_owned();
         self.db(move |st| st.store_server_keys(&s, &rows, (&response, valid_until))).await?;
+        if valid_until <= now_ms() {
+            return Err(unauthorized(format!("Keys of {server}: expired")));
+        }
         Ok(keys.into_iter().map(|(id, (key, _))| (id, key)).collect())
     }
 
     /// Another server's key answer as a notary passes it on: as that server signed it, with
-    /// this server's signature added. Fetched when the cache has none valid until `minimum`.
+    /// this server's signature added. Fetched again when the cache has none valid until
+    /// `minimum`; when that fails, or gives an expired answer, the latest kept is passed on
+    /// (as Synapse's notary: the asker judges its validity).
     pub(crate) async fn notarised_keys(&self, server: &str, minimum: i64) -> Option<Value> {
         let s = server.to_owned();
         let cached = self.db(move |st| st.server_key_response(&s)).await.ok().flatten();
         let response = match cached {
             Some((json, until)) if until >= minimum.max(now_ms()) => json,
             _ => {
-                self.fetch_server_keys(server).await.ok()?;
+                if let Err(e) = self.fetch_server_keys(server).await {
+                    tracing::info!(server, error = %e, "a notary request could not refresh a server's keys");
+                }
                 let s = server.to_owned();
                 self.db(move |st| st.server_key_response(&s)).await.ok().flatten()?.0
             }
