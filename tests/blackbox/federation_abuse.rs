@@ -217,6 +217,14 @@ async fn hostile_and_broken_federation_input_is_refused_and_the_room_carries_on(
     assert_eq!((s, e["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "wrong destination: {e}");
     let (s, e) = remote.transaction(&b_key, "localhost:1", "t5", json!({"origin": "localhost:1", "pdus": []})).await;
     assert_eq!((s, e["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "unknown origin: {e}");
+    // A malformed header, and an origin that is no server name (a port that is not a
+    // number): 400, as Synapse answers.
+    let uri = "/_matrix/federation/v1/query/profile?user_id=%40alice%3Ax&field=displayname";
+    let (s, e) = remote.send("GET", uri, Some("X-Matrix origin=\"b.test\"".into()), None).await;
+    assert_eq!((s, e["errcode"].as_str()), (400, Some("M_UNAUTHORIZED")), "no key or sig: {e}");
+    let bad_port = x_matrix(&b_key, "localhost:http", &remote.destination, "GET", uri, None);
+    let (s, e) = remote.send("GET", uri, Some(bad_port), None).await;
+    assert_eq!((s, e["errcode"].as_str()), (400, Some("M_UNAUTHORIZED")), "non-numeric port: {e}");
 
     // A transaction claiming another origin than its signer.
     let (s, e) = remote.transaction(&b_key, &origin, "t6", json!({"origin": "evil.test", "pdus": []})).await;

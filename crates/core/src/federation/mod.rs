@@ -173,6 +173,12 @@ pub(crate) fn unauthorized(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unauthorized, message)
 }
 
+/// A malformed `X-Matrix` header: 400 `M_UNAUTHORIZED`, as Synapse answers it (an unsigned
+/// or wrongly signed request is 401).
+pub(crate) fn malformed_authorization(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Module { status: 400, errcode: "M_UNAUTHORIZED".into() }, message)
+}
+
 impl XMatrix {
     /// Parses `X-Matrix k=v,k="v",...` (values quoted or bare; unknown keys ignored).
     pub fn parse(header: &str) -> Result<XMatrix> {
@@ -182,15 +188,15 @@ impl XMatrix {
             .ok_or_else(|| unauthorized("Authorization is not X-Matrix"))?;
         let mut fields = BTreeMap::new();
         for part in split_params(rest) {
-            let (k, v) = part.split_once('=').ok_or_else(|| unauthorized("Malformed X-Matrix parameter"))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| malformed_authorization("Malformed X-Matrix parameter"))?;
             let v = v.trim();
             let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
             fields.insert(k.trim().to_ascii_lowercase(), v.replace("\\\"", "\"").replace("\\\\", "\\"));
         }
         let mut take = |k: &str| fields.remove(k);
-        let origin = take("origin").ok_or_else(|| unauthorized("X-Matrix without origin"))?;
-        let key = take("key").ok_or_else(|| unauthorized("X-Matrix without key"))?;
-        let sig = take("sig").ok_or_else(|| unauthorized("X-Matrix without sig"))?;
+        let origin = take("origin").ok_or_else(|| malformed_authorization("X-Matrix without origin"))?;
+        let key = take("key").ok_or_else(|| malformed_authorization("X-Matrix without key"))?;
+        let sig = take("sig").ok_or_else(|| malformed_authorization("X-Matrix without sig"))?;
         Ok(XMatrix { origin, destination: take("destination"), key, sig })
     }
 }

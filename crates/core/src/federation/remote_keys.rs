@@ -123,7 +123,7 @@ impl Homeserver {
         let header = authorization.ok_or_else(|| unauthorized("Missing Authorization headers"))?;
         let auth = XMatrix::parse(header)?;
         if ruma::ServerName::parse(&auth.origin).is_err() {
-            return Err(unauthorized("Invalid origin in X-Matrix"));
+            return Err(super::malformed_authorization("Invalid origin in X-Matrix"));
         }
         if auth.origin == self.server_name() {
             return Err(unauthorized("Requests from this server's own name are not accepted"));
