@@ -424,7 +424,15 @@ impl FederationFailure {
                     (400..=499, Some(code)) => ErrorKind::Module { status, errcode: code.to_owned() },
                     _ => bad_gateway(),
                 };
-                Error::new(kind, format!("{what}: {message}"))
+                let mut error = Error::new(kind, format!("{what}: {message}"));
+                // A room version the remote room has and this server cannot join is named, so
+                // the client can say which (as Synapse relays it).
+                if body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION"
+                    && let Some(version) = body["room_version"].as_str()
+                {
+                    error.fields.insert("room_version".into(), Value::String(version.to_owned()));
+                }
+                error
             }
         }
     }
