@@ -346,6 +346,38 @@ async fn invites_joins_leaves_and_rejections_cross_servers() {
 }
 
 #[tokio::test]
+async fn an_invite_is_rejected_locally_when_the_inviting_server_is_gone() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let dave = b.server.register("dave").await;
+    let room = a.server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (s, body) = a.server.invite(&alice, &room, &bob.user_id).await;
+    assert_eq!(s, 200, "{body}");
+    let before = b.server.sync(&bob, None, 0).await;
+    assert!(before["rooms"]["invite"].get(&room).is_some(), "{before}");
+    // A is gone: Bob's rejection cannot reach it, so B rejects the invite alone (as Synapse):
+    // the room leaves his invites for his left rooms.
+    drop(a);
+    let (s, body) = b.server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    let since = before["next_batch"].as_str().unwrap();
+    let after = b.server.sync(&bob, Some(since), 0).await;
+    let leave = &after["rooms"]["leave"][&room]["timeline"]["events"];
+    assert!(
+        leave.as_array().is_some_and(|e| e.iter().any(|e| e["content"]["membership"] == "leave")),
+        "a leave in the left room: {after}"
+    );
+    let sync = b.server.sync(&bob, None, 0).await;
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "the invite is gone: {sync}");
+    // Only an invitee can reject: someone with no invite gets no leave made for them.
+    let (s, _) = b.server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&dave.token), json!({})).await;
+    assert!((400..500).contains(&s), "{s}");
+}
+
+#[tokio::test]
 async fn federated_spam_callbacks_act_on_events_and_invites() {
     let ca = TestCa::new();
     let a = Peer::start(&ca).await;

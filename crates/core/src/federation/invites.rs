@@ -179,8 +179,8 @@ impl Homeserver {
             .put_v2_or_v1(&self.key, self.server_name(), &server, (&v2, &body), (&v1, &v1_body), REMOTE_TIMEOUT)
             .await
             .map_err(|e| e.into_error(&format!("invite via {server}")))?;
-        let (returned_id, object) = super::rooms::identify(&answer["event"], &rules)
-            .map_err(|e| Error::new(ErrorKind::Module { status: 502, errcode: "M_UNKNOWN".into() }, e.message))?;
+        // An answer that is no valid event (not canonical JSON, say) is M_BAD_JSON, as Synapse.
+        let (returned_id, object) = super::rooms::identify(&answer["event"], &rules)?;
         if returned_id != event_id {
             return Err(Error::new(
                 ErrorKind::Module { status: 502, errcode: "M_UNKNOWN".into() },
@@ -194,12 +194,68 @@ impl Homeserver {
 
     /// Rejects an invite to a room this server is not in, through `servers` (the inviter's
     /// first): `make_leave`, sign, `send_leave`, then the leave is stored as the membership.
+    /// When no server will take it (refused, failing, unreachable), the invite is rejected
+    /// here alone, as Synapse does: a leave built on the invite, signed by this server.
     pub(crate) async fn leave_remote_room(
         &self,
         requester: &Requester,
         room_id: &RoomId,
         servers: &[String],
     ) -> Result<()> {
+        match self.leave_through(requester, room_id, servers).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::info!(room = %room_id, error = %e, "the invite could not be rejected remotely; rejected locally");
+                self.reject_invite_locally(requester, room_id).await
+            }
+        }
+    }
+
+    /// The leave of a local user invited to a room this server is not in, made here: its
+    /// parent and only auth event the invite, stored as the user's membership.
+    async fn reject_invite_locally(&self, requester: &Requester, room_id: &RoomId) -> Result<()> {
+        let user = &requester.user_id;
+        let (r, u) = (room_id.to_string(), user.to_string());
+        let (invite, version) = self
+            .db(move |s| {
+                let state = s.get_current_state(&r)?;
+                let invite = match state.into_iter().find(|e| e.event_type == "m.room.member" && e.state_key == u) {
+                    Some(e) => s.get_event(&e.event_id)?,
+                    None => None,
+                };
+                Ok((invite, s.get_room(&r)?.map(|r| r.room_version)))
+            })
+            .await?;
+        let invite = invite.ok_or_else(|| Error::not_found("No invite to reject"))?;
+        let invite = Pdu::from_json_str(&invite.json)?;
+        if invite.membership().as_deref() != Some("invite") {
+            return Err(Error::forbidden("No invite to reject"));
+        }
+        let version = version.unwrap_or_else(|| "1".to_owned());
+        let rules = rules_for(&version).ok_or_else(|| incompatible(&version))?;
+        let reference_hashes = self.reference_hashes(&rules, vec![invite.event_id.clone()]).await?;
+        let signed = sign_event(
+            EventDraft {
+                room_id,
+                sender: user,
+                kind: "m.room.member",
+                state_key: Some(user.as_str()),
+                content: [("membership".to_owned(), json!("leave"))].into_iter().collect(),
+                prev_events: vec![invite.event_id.clone()],
+                auth_events: vec![invite.event_id.clone()],
+                depth: invite.depth + 1,
+                redacts: None,
+                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+                reference_hashes,
+            },
+            &rules,
+            self.server_name(),
+            &self.key,
+        )?;
+        self.store_outside_membership(room_id, &version, &signed.pdu, signed.json.clone()).await
+    }
+
+    async fn leave_through(&self, requester: &Requester, room_id: &RoomId, servers: &[String]) -> Result<()> {
         let user = &requester.user_id;
         let path =
             format!("/_matrix/federation/v1/make_leave/{}/{}", url_encode(room_id.as_str()), url_encode(user.as_str()));
