@@ -876,3 +876,50 @@ async fn typing_and_read_receipts_cross_servers() {
         assert!(Instant::now() < deadline, "typing {typing_seen}, receipt {receipt_seen} after 30 s");
     }
 }
+
+#[tokio::test]
+async fn history_from_before_a_federated_join_is_backfilled_as_its_visibility_allows() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    // A shared-history room: Bob, joining from B, reads what was said before he came, newest
+    // first, fetched from A when he pages back past his join.
+    let shared = public_room(&a.server, &alice).await;
+    for i in 0..5 {
+        a.server.send_text(&alice, &shared, &format!("before {i}")).await;
+    }
+    let (s, body) = b.server.join_via(&bob, &shared, &a.name).await;
+    assert_eq!(s, 200, "{body}");
+    let seen = bodies_back(&b.server, &bob, &shared).await;
+    assert_eq!(&seen[..5], &["before 4", "before 3", "before 2", "before 1", "before 0"], "{seen:?}");
+    // Paging on past the room's creation ends: no `end`, no event twice.
+    let (_, page) =
+        b.server.get(&format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=100"), Some(&bob.token)).await;
+    let ids: Vec<&str> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "{page}");
+    assert!(page["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{page}");
+
+    // A room whose history is for joined members only: Bob, joining later, reads none of it.
+    let joined_only = a
+        .server
+        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]}))
+        .await;
+    a.server.send_text(&alice, &joined_only, "for members only").await;
+    let (s, body) = b.server.join_via(&bob, &joined_only, &a.name).await;
+    assert_eq!(s, 200, "{body}");
+    let seen = bodies_back(&b.server, &bob, &joined_only).await;
+    assert!(!seen.iter().any(|b| b == "for members only"), "{seen:?}");
+}
+
+/// The bodies of the latest 30 events of a room as `user` pages back from the end.
+async fn bodies_back(server: &Server, user: &User, room: &str) -> Vec<String> {
+    let (s, page) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=30"), Some(&user.token)).await;
+    assert_eq!(s, 200, "{page}");
+    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}

@@ -88,6 +88,7 @@ impl Homeserver {
             federation: crate::federation::FederationState {
                 client: federation,
                 key_fetch_failures: Default::default(),
+                backfilled_before: Default::default(),
                 outbound: Default::default(),
                 inbound: crate::federation::transactions::Inbound::new(&config.cache_sizes),
                 limiter: crate::ratelimit::FederationLimiter::new(config.rate_limits.federation),

@@ -342,6 +342,12 @@ pub trait FederationStore {
     fn outbox_destinations(&self) -> Result<Vec<String>>;
     /// Stores events outside the timeline (ignoring those already stored).
     fn persist_outliers(&self, events: &[OutlierEvent]) -> Result<()>;
+    /// Stores events fetched from before the start of a room's timeline (backfilled), given
+    /// newest first: they take the next stream positions down from the lowest (below zero, so
+    /// no sync reads them; only backwards pagination does) and one new state group holding
+    /// `state`. An event stored as an outlier joins the timeline so; one already in the
+    /// timeline is left as it is.
+    fn persist_backfilled(&self, room_id: &str, state: &[StateEntry], events: &[OutlierEvent]) -> Result<()>;
     /// Records that a (remote) user's device list changed; returns the stream position.
     fn note_device_list_change(&self, user_id: &str) -> Result<i64>;
 }
@@ -414,8 +420,9 @@ pub trait RoomStore {
     fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>>;
     /// Current `(user_id, membership)` of every member event in the room.
     fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>>;
-    /// Accepted, not soft-failed events of a room with `from < stream <= to`, newest first if
-    /// `backwards`, at most `limit`.
+    /// Accepted, not soft-failed timeline events (not outliers) of a room with
+    /// `from < stream <= to` (backfilled events are below zero), newest first if `backwards`,
+    /// at most `limit`.
     fn room_events(&self, room_id: &str, from: i64, to: i64, backwards: bool, limit: usize) -> Result<Vec<EventRow>>;
     /// Accepted, not soft-failed events of every room with `from < stream <= to`, oldest first,
     /// at most `limit`: `(room ID, event)`.

@@ -249,6 +249,7 @@ contract! {
     events_by_timestamp_both_directions,
     // Federation
     outliers_stored_outside_timeline,
+    backfilled_events_lie_below_the_timeline,
     server_keys_cached_and_replaced,
     outbox_rows_per_destination,
     outbox_limit_per_kind,
@@ -1408,6 +1409,36 @@ fn outliers_stored_outside_timeline(s: &dyn Storage) {
     let rejected = Ev { rejected: true, ..r.msg("$o-rej", BOB, "bad") };
     s.persist_outliers(&[outlier(&r, rejected)]).unwrap();
     assert!(s.get_event("$o-rej").unwrap().unwrap().rejected);
+}
+
+fn backfilled_events_lie_below_the_timeline(s: &dyn Storage) {
+    let r = TestRoom::new(s, "!bf:test");
+    let start = s.max_stream_ordering().unwrap();
+    // One event already an outlier (it came with a join's state), one already in the timeline.
+    let old_member = r.member("$bf-member", BOB, "join");
+    s.persist_outliers(&[outlier(&r, old_member.clone())]).unwrap();
+    let (older, newer) = (r.msg("$bf-older", BOB, "older"), r.msg("$bf-newer", BOB, "newer"));
+    let state = vec![entry("m.room.create", "", &r.create_id()), entry("m.room.member", BOB, "$bf-member")];
+    // Newest first.
+    let create_again = r.msg(&r.create_id(), ALICE, "ignored: already in the timeline");
+    let given = [outlier(&r, newer), outlier(&r, old_member), outlier(&r, older), outlier(&r, create_again)];
+    s.persist_backfilled("!bf:test", &state, &given).unwrap();
+
+    // Backwards from the top, below zero included: the timeline, then the backfilled events
+    // newest first; the create event stays where it was.
+    let rows = s.room_events("!bf:test", i64::MIN, MAX, true, 10).unwrap();
+    assert_eq!(
+        ids(&rows),
+        vec![r.create_id(), "$bf-newer".to_owned(), "$bf-member".to_owned(), "$bf-older".to_owned()]
+    );
+    let backfilled = s.get_event("$bf-older").unwrap().unwrap();
+    assert!(backfilled.stream_ordering < 0);
+    let group = backfilled.state_group.expect("a state group");
+    assert_eq!(state_set(s.get_state_group(group).unwrap()), state_set(state));
+    assert_eq!(s.get_event("$bf-member").unwrap().unwrap().state_group, Some(group), "the outlier joined the timeline");
+    // No sync reads them: nothing new above zero, not current state.
+    assert_eq!(s.events_between(start, MAX, 10).unwrap().len(), 0);
+    assert_eq!(s.get_current_state("!bf:test").unwrap().len(), 1);
 }
 
 fn server_keys_cached_and_replaced(s: &dyn Storage) {

@@ -43,6 +43,9 @@ pub(crate) struct FederationState {
     /// Servers whose keys could not be fetched, and when (a cache that spaces retries; see
     /// `remote_keys`).
     pub(crate) key_fetch_failures: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// The oldest timeline events a backfill was asked before (see `rooms::gaps`): asked once
+    /// each, so paginating at the start of a room's history does not ask again and again.
+    pub(crate) backfilled_before: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The outbound queue's per-destination tasks (see `sender`): the queue is in the database;
     /// the tasks are this process's (several processes must share destinations out).
     pub(crate) outbound: sender::Outbound,

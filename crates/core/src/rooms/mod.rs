@@ -363,6 +363,14 @@ fn parse_user_id(user_id: &str) -> Result<OwnedUserId> {
 }
 
 /// Stream tokens: `s<N>` from /sync, `t<N>` from pagination; both mean "position N".
+/// A pagination token (`/messages`): `t<N>` may be below zero (backfilled history).
+pub(crate) fn parse_page_token(token: &str) -> Option<i64> {
+    match token.strip_prefix('t') {
+        Some(n) => n.parse().ok(),
+        None => parse_token(token),
+    }
+}
+
 pub(crate) fn parse_token(token: &str) -> Option<i64> {
     token.strip_prefix('s').or_else(|| token.strip_prefix('t')).and_then(|n| n.parse().ok()).filter(|n| *n >= 0)
 }

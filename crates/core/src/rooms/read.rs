@@ -219,7 +219,7 @@ impl Homeserver {
         // events are otherwise left to the visibility filter, which shows them only when
         // world-readable.
         let visible_until = reader.until.min(max);
-        let parse = |t: &str| parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid token {t}")));
+        let parse = |t: &str| parse_page_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid token {t}")));
         // A `t<N>` token names an event already returned (exclusive); a sync token `s<N>` means
         // "everything up to N was delivered", so paginating backwards from it includes N.
         let from_pos = match from {
@@ -232,9 +232,19 @@ impl Homeserver {
         let limit = limit.clamp(1, 1000);
         let rid = room_id.to_string();
         let rows = if backwards {
-            let lower = to_pos.unwrap_or(0);
+            // Backfilled history lies below zero.
+            let lower = to_pos.unwrap_or(i64::MIN);
             let upper = (from_pos - 1).min(visible_until);
-            self.db(move |s| s.room_events(&rid, lower, upper, true, limit)).await?
+            let read =
+                |rid: String| move |s: &dyn myelin_storage::Storage| s.room_events(&rid, lower, upper, true, limit);
+            let rows = self.db(read(rid.clone())).await?;
+            // At the start of what this server has of a room it joined over federation: the
+            // history before comes from a server in the room.
+            if rows.len() < limit && to_pos.is_none() && self.backfill(room_id, limit).await.unwrap_or(false) {
+                self.db(read(rid.clone())).await?
+            } else {
+                rows
+            }
         } else {
             let upper = to_pos.unwrap_or(i64::MAX).min(max);
             self.db(move |s| s.room_events(&rid, from_pos, upper, false, limit)).await?

@@ -145,4 +145,46 @@ impl FederationStore for PostgresStore {
             Ok(())
         })
     }
+
+    fn persist_backfilled(&self, room_id: &str, state: &[StateEntry], events: &[OutlierEvent]) -> Result<()> {
+        self.write(|tx| {
+            let group =
+                super::rooms::write_state_group(tx, room_id, &StateChange::New { prev: None, delta: state.to_vec() })?;
+            let mut next: i64 =
+                tx.one("SELECT LEAST(coalesce(min(stream_ordering), 0), 0) - 1 FROM events", &[])?.get(0);
+            for ev in events {
+                let stored = tx.opt("SELECT state_group FROM events WHERE event_id = $1", &[&ev.event_id])?;
+                match stored.map(|r| r.get::<_, Option<i64>>(0)) {
+                    Some(Some(_)) => continue,
+                    Some(None) => {
+                        tx.exec(
+                            "UPDATE events SET state_group = $2, stream_ordering = $3 WHERE event_id = $1",
+                            &[&ev.event_id, &group, &next],
+                        )?;
+                    }
+                    None => {
+                        tx.exec(
+                            "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, json,
+                                                 state_group, rejected, soft_failed, stream_ordering)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10)",
+                            &[
+                                &ev.event_id,
+                                &ev.room_id,
+                                &ev.event_type,
+                                &ev.state_key,
+                                &ev.sender,
+                                &ev.membership,
+                                &ev.json,
+                                &group,
+                                &ev.rejected,
+                                &next,
+                            ],
+                        )?;
+                    }
+                }
+                next -= 1;
+            }
+            Ok(())
+        })
+    }
 }

@@ -508,7 +508,7 @@ impl RoomStore for PostgresStore {
             db.rows(
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering > $2
-                     AND stream_ordering <= $3 AND NOT rejected AND NOT soft_failed
+                     AND stream_ordering <= $3 AND NOT rejected AND NOT soft_failed AND state_group IS NOT NULL
                      ORDER BY stream_ordering {order} LIMIT $4"
                 ),
                 &[&room_id, &from, &to, &int(limit)],

@@ -140,4 +140,52 @@ impl FederationStore for SqliteStore {
         }
         tx.commit().map_err(backend)
     }
+
+    fn persist_backfilled(&self, room_id: &str, state: &[StateEntry], events: &[OutlierEvent]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let group =
+            super::rooms::write_state_group(&tx, room_id, &StateChange::New { prev: None, delta: state.to_vec() })?;
+        let mut next: i64 = tx
+            .row("SELECT min(coalesce(min(stream_ordering), 0), 0) - 1 FROM events", [], |r| r.get(0))
+            .map_err(backend)?;
+        for ev in events {
+            let stored: Option<Option<i64>> = tx
+                .row("SELECT state_group FROM events WHERE event_id = ?1", [&ev.event_id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            match stored {
+                Some(Some(_)) => continue,
+                Some(None) => {
+                    tx.exec(
+                        "UPDATE events SET state_group = ?2, stream_ordering = ?3 WHERE event_id = ?1",
+                        params![ev.event_id, group, next],
+                    )
+                    .map_err(backend)?;
+                }
+                None => {
+                    tx.exec(
+                        "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, json,
+                                             state_group, rejected, soft_failed, stream_ordering)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
+                        params![
+                            ev.event_id,
+                            ev.room_id,
+                            ev.event_type,
+                            ev.state_key,
+                            ev.sender,
+                            ev.membership,
+                            ev.json,
+                            group,
+                            ev.rejected,
+                            next
+                        ],
+                    )
+                    .map_err(backend)?;
+                }
+            }
+            next -= 1;
+        }
+        tx.commit().map_err(backend)
+    }
 }

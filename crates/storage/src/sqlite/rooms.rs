@@ -481,7 +481,7 @@ impl RoomStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2
-                 AND stream_ordering <= ?3 AND rejected = 0 AND soft_failed = 0
+                 AND stream_ordering <= ?3 AND rejected = 0 AND soft_failed = 0 AND state_group IS NOT NULL
                  ORDER BY stream_ordering {order} LIMIT ?4"
             ))
             .map_err(backend)?;

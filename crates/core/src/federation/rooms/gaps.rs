@@ -227,17 +227,17 @@ impl Homeserver {
         out
     }
 
-    /// Stores fetched events as outliers, each checked against its own auth events (fetched
-    /// or stored, oldest first): one whose auth events are unknown, rejected or in another
-    /// room, or that the rules refuse, is stored rejected.
-    async fn store_outliers(
+    /// Fetched events checked against their own auth events (fetched or stored), oldest
+    /// first: one whose auth events are unknown, rejected or in another room, or that the
+    /// rules refuse, is marked rejected.
+    async fn check_fetched(
         &self,
         rules: &RoomVersionRules,
         room_id: &RoomId,
         fetched: HashMap<OwnedEventId, (Pdu, String)>,
-    ) -> Result<()> {
+    ) -> Result<Vec<OutlierEvent>> {
         if fetched.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let implied = crate::state::implied_auth_events(rules, room_id);
         let auth_ids: Vec<String> = fetched
@@ -287,6 +287,85 @@ impl Homeserver {
                 rejected,
             });
         }
+        Ok(outliers)
+    }
+
+    /// Stores fetched events as outliers (see [`Homeserver::check_fetched`]).
+    async fn store_outliers(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        fetched: HashMap<OwnedEventId, (Pdu, String)>,
+    ) -> Result<()> {
+        let outliers = self.check_fetched(rules, room_id, fetched).await?;
+        if outliers.is_empty() {
+            return Ok(());
+        }
         self.db(move |s| s.persist_outliers(&outliers)).await
+    }
+
+    /// Fetches events from before the start of a room's timeline from a server in the room
+    /// (`/backfill`, at most `limit`), when the oldest timeline event has parents this server
+    /// lacks (once per such event). They are checked against their own auth events and stored
+    /// below the timeline with the state before it (the oldest event's state, without its own
+    /// membership when it is one: a join's history is judged without the join). True when
+    /// some were stored.
+    pub(crate) async fn backfill(&self, room_id: &RoomId, limit: usize) -> Result<bool> {
+        let rid = room_id.to_string();
+        let oldest = self.db(move |s| s.room_events(&rid, i64::MIN, i64::MAX, false, 1)).await?;
+        let Some(oldest) = oldest.into_iter().next() else { return Ok(false) };
+        let Some(group) = oldest.state_group else { return Ok(false) };
+        let oldest_pdu = Pdu::from_json_str(&oldest.json)?;
+        let missing = self.missing_prevs(&oldest_pdu.prev_events).await?;
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        if !self
+            .federation
+            .backfilled_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(oldest_pdu.event_id.to_string())
+        {
+            return Ok(false);
+        }
+        let (rules, servers) = {
+            let guard = self.room_lock(room_id).await?;
+            let Some(cache) = guard.as_ref() else { return Ok(false) };
+            (cache.rules.clone(), cache.destinations())
+        };
+        let from: Vec<String> = missing.iter().map(|e| format!("v={}", url_encode(e.as_str()))).collect();
+        let path = format!(
+            "/_matrix/federation/v1/backfill/{}?{}&limit={}",
+            url_encode(room_id.as_str()),
+            from.join("&"),
+            limit.clamp(1, 100)
+        );
+        let answer = match self.ask_in_turn(&servers, &path, "backfill").await {
+            Ok((_, answer)) => answer,
+            Err(e) => {
+                tracing::info!(room = %room_id, error = %e, "could not backfill");
+                return Ok(false);
+            }
+        };
+        let values: Vec<(Value, ())> =
+            answer["pdus"].as_array().cloned().unwrap_or_default().into_iter().map(|v| (v, ())).collect();
+        let verified = self.verify_remote_events(&rules, room_id, values, "a backfill answer").await?;
+        let fetched: HashMap<OwnedEventId, (Pdu, String)> =
+            verified.into_iter().map(|(id, pdu, json, ())| (id, (pdu, json))).collect();
+        let mut events = self.check_fetched(&rules, room_id, fetched).await?;
+        if events.is_empty() {
+            return Ok(false);
+        }
+        // Newest first: the newest takes the position just below the timeline.
+        events.reverse();
+        let mut state = self.db(move |s| s.get_state_group(group)).await?;
+        if oldest_pdu.kind == ruma::events::TimelineEventType::RoomMember {
+            let key = oldest_pdu.state_key.clone().unwrap_or_default();
+            state.retain(|e| !(e.event_type == "m.room.member" && e.state_key == key));
+        }
+        let r = room_id.to_string();
+        self.db(move |s| s.persist_backfilled(&r, &state, &events)).await?;
+        Ok(true)
     }
 }
