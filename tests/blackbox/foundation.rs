@@ -154,6 +154,16 @@ fn config_errors_use_synapses_format_exit_1_and_write_nothing() {
         &base_config("federation_verify_certificates: sometimes\n"),
         "\nError in configuration at 'federation_verify_certificates':\n  expected a boolean\n",
     );
+    // URL previews need their own IP blocklist, as on Synapse.
+    assert_config_error(
+        &base_config("url_preview_enabled: true\n"),
+        "\nError in configuration at 'url_preview_enabled':\n  For security, you must specify an explicit target IP \
+         address blacklist in url_preview_ip_range_blacklist for url previewing to work\n",
+    );
+    assert_config_error(
+        &base_config("url_preview_enabled: true\nurl_preview_ip_range_blacklist: []\nurl_preview_url_blacklist: [7]\n"),
+        "\nError in configuration at 'url_preview_url_blacklist.<item 0>':\n  expected a map of URL parts to patterns\n",
+    );
 }
 
 #[test]

@@ -255,3 +255,101 @@ async fn a_50_mb_upload_and_download_stream_without_growing_memory() {
     peak = peak.max(rss_kb(s.pid()));
     assert!(peak < idle + 20 * 1024, "RSS grew from {idle} kB to {peak} kB");
 }
+
+/// A web site for previews on loopback: `/page.html` (OpenGraph tags, its image relative),
+/// `/pic.png` (64x48), `/plain.html` (a title only), `/huge.html` (64 KiB). Returns its
+/// base URL.
+async fn preview_site() -> String {
+    use axum::http::header::CONTENT_TYPE;
+    let page = r#"<html><head><title>ignored</title>
+        <meta property="og:title" content="A &quot;test&quot; page" />
+        <meta property="og:type" content="article" />
+        <meta property="og:url" content="https://example.org/page" />
+        <meta property="og:image" content="/pic.png" /></head><body>hi</body></html>"#;
+    let app = axum::Router::new()
+        .route(
+            "/page.html",
+            axum::routing::get(move || async move { ([(CONTENT_TYPE, "text/html; charset=utf-8")], page) }),
+        )
+        .route("/pic.png", axum::routing::get(|| async { ([(CONTENT_TYPE, "image/png")], png(64, 48)) }))
+        .route(
+            "/plain.html",
+            axum::routing::get(|| async { ([(CONTENT_TYPE, "text/html")], "<title>Just a title</title>") }),
+        )
+        .route("/huge.html", axum::routing::get(|| async { ([(CONTENT_TYPE, "text/html")], "x".repeat(64 * 1024)) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+fn preview_path(prefix: &str, url: &str) -> String {
+    let encoded: String = url
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("{prefix}/preview_url?url={encoded}")
+}
+
+#[tokio::test]
+async fn url_previews_describe_pages_and_their_images_through_their_own_ip_filter() {
+    let site = preview_site().await;
+    let s = Server::start_with(
+        "url_preview_enabled: true\nurl_preview_ip_range_blacklist: []\nmax_spider_size: 32K\n\
+         url_preview_url_blacklist:\n  - path: '/secret*'\n",
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let (st, og) =
+        s.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/page.html")), Some(&alice.token)).await;
+    assert_eq!(st, 200, "{og}");
+    assert_eq!(
+        (&og["og:title"], &og["og:type"], &og["og:url"]),
+        (&json!("A \"test\" page"), &json!("article"), &json!("https://example.org/page"))
+    );
+    assert_eq!((&og["og:image:width"], &og["og:image:height"]), (&json!(64), &json!(48)), "{og}");
+    assert_eq!(og["matrix:image:size"], json!(png(64, 48).len()), "{og}");
+    // The image is stored here: its mxc:// URI downloads it.
+    let mxc = og["og:image"].as_str().unwrap();
+    let media = mxc.strip_prefix("mxc://").unwrap_or_else(|| panic!("an mxc URI: {og}"));
+    let (st, _) = s.get(&format!("/_matrix/client/v1/media/download/{media}"), Some(&alice.token)).await;
+    assert_eq!(st, 200);
+    // The legacy path answers the same; a page without OpenGraph tags gives its title.
+    let (st, og) = s.get(&preview_path("/_matrix/media/v3", &format!("{site}/plain.html")), Some(&alice.token)).await;
+    assert_eq!((st, &og["og:title"]), (200, &json!("Just a title")), "{og}");
+
+    // Refused: no access token, no URL, not http(s), a blocked URL, a page over
+    // max_spider_size, a page that is not there.
+    let page = format!("{site}/page.html");
+    assert_eq!(s.get(&preview_path("/_matrix/client/v1/media", &page), None).await.0, 401);
+    let (st, e) = s.get("/_matrix/client/v1/media/preview_url", Some(&alice.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    let (st, _) = s.get(&preview_path("/_matrix/client/v1/media", "file:///etc/passwd"), Some(&alice.token)).await;
+    assert_eq!(st, 400);
+    let (st, e) =
+        s.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/secret/x")), Some(&alice.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{e}");
+    let (st, _) =
+        s.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/huge.html")), Some(&alice.token)).await;
+    assert_eq!(st, 502);
+    let (st, _) =
+        s.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/missing")), Some(&alice.token)).await;
+    assert_eq!(st, 502);
+}
+
+#[tokio::test]
+async fn url_previews_are_off_by_default_and_never_reach_blocked_addresses() {
+    let site = preview_site().await;
+    let off = Server::start().await;
+    let alice = off.register("alice").await;
+    let (st, e) =
+        off.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/page.html")), Some(&alice.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{e}");
+    // On with loopback blocked: the site is never fetched.
+    let guarded =
+        Server::start_with("url_preview_enabled: true\nurl_preview_ip_range_blacklist: ['127.0.0.0/8']\n").await;
+    let bob = guarded.register("bob").await;
+    let (st, _) =
+        guarded.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/page.html")), Some(&bob.token)).await;
+    assert_eq!(st, 502);
+}

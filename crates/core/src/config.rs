@@ -200,6 +200,8 @@ pub struct Config {
     pub media_store_path: PathBuf,
     /// Largest accepted request body or upload, in bytes.
     pub max_upload_size: u64,
+    /// URL previews (`url_preview_*`, `max_spider_size`).
+    pub url_preview: crate::url_preview::UrlPreviewSettings,
     /// How long a connection may take to send a request's headers, the wait on an idle
     /// kept-alive connection included (`request_header_timeout`, Myelin's own; 60 s as nginx).
     pub request_header_timeout: std::time::Duration,
@@ -358,6 +360,14 @@ const KNOWN_KEYS: &[&str] = &[
     "require_auth_for_profile_requests",
     "use_insecure_ssl_client_just_for_testing_do_not_use",
     "limit_profile_requests_to_users_who_share_rooms",
+    "url_preview_enabled",
+    "url_preview_ip_range_blacklist",
+    "url_preview_ip_range_blocklist",
+    "url_preview_ip_range_whitelist",
+    "url_preview_ip_range_allowlist",
+    "url_preview_url_blacklist",
+    "url_preview_accept_language",
+    "max_spider_size",
 ];
 
 /// Room versions Myelin can create and participate in (docs/room-versions.md).
@@ -882,6 +892,61 @@ impl Config {
                 }),
             },
         };
+        // URL previews: off by default; on, they need their own IP blocklist (as Synapse).
+        let url_preview = if w.boolean("url_preview_enabled", false)? {
+            if !root.contains_key("url_preview_ip_range_blacklist")
+                && !root.contains_key("url_preview_ip_range_blocklist")
+            {
+                return Err(w.err(
+                    "url_preview_enabled",
+                    "For security, you must specify an explicit target IP address blacklist in \
+                     url_preview_ip_range_blacklist for url previewing to work",
+                ));
+            }
+            let url_blocklist = match root.get("url_preview_url_blacklist") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(rules)) => {
+                    let mut out = Vec::new();
+                    for (i, rule) in rules.iter().enumerate() {
+                        let at = ["url_preview_url_blacklist".to_owned(), format!("<item {i}>")];
+                        let Value::Object(parts) = rule else {
+                            return Err(ConfigError::at(&at, "expected a map of URL parts to patterns"));
+                        };
+                        let mut entry = Vec::new();
+                        for (part, pattern) in parts {
+                            let Value::String(pattern) = pattern else {
+                                return Err(ConfigError::at(&at, format!("{part}: expected a pattern")));
+                            };
+                            entry.push((part.clone(), pattern.clone()));
+                        }
+                        out.push(entry);
+                    }
+                    out
+                }
+                Some(_) => return Err(w.err("url_preview_url_blacklist", "expected a list")),
+            };
+            crate::url_preview::UrlPreviewSettings {
+                enabled: true,
+                ip_filter: crate::outbound::IpFilter {
+                    blocklist: always_blocked(ranges(
+                        ["url_preview_ip_range_blacklist", "url_preview_ip_range_blocklist"],
+                        &[],
+                    )?),
+                    allowlist: ranges(["url_preview_ip_range_whitelist", "url_preview_ip_range_allowlist"], &[])?,
+                },
+                url_blocklist,
+                max_spider_size: match root.get("max_spider_size") {
+                    None | Some(Value::Null) => 10 * 1024 * 1024,
+                    Some(v) => parse_size(v).ok_or_else(|| w.err("max_spider_size", "expected a size such as 10M"))?,
+                },
+                accept_language: match root.get("url_preview_accept_language") {
+                    Some(Value::Array(l)) => l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                    _ => vec!["en".to_owned()],
+                },
+            }
+        } else {
+            crate::url_preview::UrlPreviewSettings::default()
+        };
         let app_services = match root.get("app_service_config_files") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
@@ -924,6 +989,7 @@ impl Config {
             signing_key_path,
             media_store_path,
             max_upload_size,
+            url_preview,
             request_header_timeout,
             cache_sizes,
             enable_registration,

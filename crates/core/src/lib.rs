@@ -48,6 +48,7 @@ mod server;
 mod sliding_sync;
 pub mod state;
 mod sync;
+pub mod url_preview;
 mod users;
 mod visibility;
 mod writer;

@@ -43,6 +43,8 @@ impl Requester {
 pub struct Homeserver {
     /// The validated config (module configs already consumed).
     pub config: Config,
+    /// URL previews answered lately (see `url_preview`).
+    pub(crate) url_previews: crate::url_preview::PreviewCache,
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) key: SigningKey,
     /// The module callback registry and web resources.
@@ -84,6 +86,7 @@ impl Homeserver {
             .map_err(|e| Error::internal(format!("federation client: {e}")))?;
         Ok(Arc::new(Homeserver {
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
+            url_previews: Default::default(),
             bus: Default::default(),
             federation: crate::federation::FederationState {
                 client: federation,

@@ -24,12 +24,14 @@ pub(crate) fn router(legacy_paths: bool, authenticated_paths: bool) -> Router<Ap
         .route("/download/{server}/{media_id}", get(download))
         .route("/download/{server}/{media_id}/{file_name}", get(download_named))
         .route("/thumbnail/{server}/{media_id}", get(thumbnail))
-        .route("/config", get(config));
+        .route("/config", get(config))
+        .route("/preview_url", get(preview_url));
     let authenticated = Router::new()
         .route("/download/{server}/{media_id}", get(download_auth))
         .route("/download/{server}/{media_id}/{file_name}", get(download_named_auth))
         .route("/thumbnail/{server}/{media_id}", get(thumbnail_auth))
-        .route("/config", get(config_auth));
+        .route("/config", get(config_auth))
+        .route("/preview_url", get(preview_url));
     let mut app = Router::new();
     if legacy_paths {
         app = app
@@ -266,6 +268,21 @@ async fn config(
     OptionalAuth(me): OptionalAuth,
 ) -> Result<axum::Json<serde_json::Value>, MatrixError> {
     Ok(axum::Json(hs.media_config(me.as_ref()).await?))
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    url: Option<String>,
+}
+
+/// `GET .../preview_url?url=`: the preview of a page (see `myelin_core::url_preview`).
+async fn preview_url(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<PreviewQuery>,
+) -> Result<axum::Json<serde_json::Value>, MatrixError> {
+    let url = q.url.ok_or_else(|| MatrixError::new(myelin_core::ErrorKind::MissingParam, "Missing url"))?;
+    Ok(axum::Json(hs.preview_url(&me, &url).await?))
 }
 
 async fn config_auth(State(hs): State<AppState>, Auth(me): Auth) -> Result<axum::Json<serde_json::Value>, MatrixError> {
