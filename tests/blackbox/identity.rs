@@ -325,8 +325,10 @@ async fn third_party_invites_reach_bound_users_and_are_exchanged_when_bound() {
     // Refused: a non-member (before the identity server hears of it), a bad token, a missing one.
     let (s, body) = server.post(&invite_path, Some(&carol.token), invite("x@example.com", "good-token")).await;
     assert_eq!((s, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    // A token the identity server does not know: its refusal reaches the client (as Synapse,
+    // whose lookup failure counts as no binding and whose store-invite then fails).
     let (s, body) = server.post(&invite_path, Some(&alice.token), invite("x@example.com", "bad-token")).await;
-    assert_eq!((s, body["error"].as_str()), (500, Some("Failed to contact identity server")), "{body}");
+    assert_eq!((s, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
     let mut missing = invite("x@example.com", "good-token");
     missing.as_object_mut().unwrap().remove("id_access_token");
     let (s, body) = server.post(&invite_path, Some(&alice.token), missing).await;
@@ -384,4 +386,41 @@ async fn third_party_invites_reach_bound_users_and_are_exchanged_when_bound() {
         .await;
     assert_eq!(s, 200, "{created}");
     assert_eq!(is.invites().await.len(), 2);
+}
+
+#[tokio::test]
+async fn modules_judge_third_party_invites_as_on_synapse() {
+    let is = IdentityServer::start().await;
+    let server = Server::start_with(&format!(
+        "{CONFIG}modules:\n  - module: rules.Rules\n  - module: scripted.Scripted\n    config:\n      label: tp\n      returns:\n        user_may_send_3pid_invite: \"False if args[2].startswith('spam@') else NOT_SPAM\"\n"
+    ))
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let invite = |address: &str| json!({"id_server": is.name, "id_access_token": "good-token", "medium": "email", "address": address});
+    let path = format!("/_matrix/client/v3/rooms/{room}/invite");
+
+    // check_threepid_can_be_invited refuses before the identity server is asked.
+    let (s, body) = server.post(&path, Some(&alice.token), invite("eve@blocked.example")).await;
+    assert_eq!((s, body["error"].as_str()), (403, Some("Cannot invite this 3PID")), "{body}");
+    // user_may_send_3pid_invite refuses an unbound address, with its arguments as Synapse's.
+    let (s, body) = server.post(&path, Some(&alice.token), invite("spam@example.com")).await;
+    assert_eq!((s, body["error"].as_str()), (403, Some("Cannot send threepid invite")), "{body}");
+    assert!(is.invites().await.is_empty(), "nothing stored for the refused ones");
+    // A module that raises does not object; an allowed address is invited.
+    let (s, body) = server.post(&path, Some(&alice.token), invite("raise@example.com")).await;
+    assert_eq!(s, 200, "{body}");
+    // A bound address is a Matrix user's invite: user_may_send_3pid_invite is not asked.
+    is.test_call("bind", json!({"medium": "email", "address": "spam@bound.example", "mxid": bob.user_id})).await;
+    let (s, body) = server.post(&path, Some(&alice.token), invite("spam@bound.example")).await;
+    assert_eq!(s, 200, "{body}");
+
+    let (_, seen) = server.get("/_synapse/client/rules/seen", None).await;
+    assert_eq!(seen["threepids"][0], json!(["email", "eve@blocked.example", true]), "{seen}");
+    let (_, calls) = server.get("/_synapse/client/py/tp/calls", None).await;
+    let asked: Vec<&Value> =
+        calls.as_array().unwrap().iter().filter(|c| c["callback"] == "user_may_send_3pid_invite").collect();
+    assert_eq!(asked.len(), 2, "{calls}");
+    assert_eq!(asked[0]["args"], json!([alice.user_id, "email", "spam@example.com", room]), "{calls}");
 }

@@ -16,7 +16,7 @@ class Seen(DirectServeJsonResource):
 class Rules:
     def __init__(self, config, api):
         self.seen = {"new_events": [], "registered": [], "state_types": [], "profiles": [], "deactivated": [],
-                     "logins": [], "visibility": []}
+                     "logins": [], "visibility": [], "threepids": []}
         api.register_third_party_rules_callbacks(
             check_event_allowed=self.check_event_allowed,
             on_create_room=self.on_create_room,
@@ -25,6 +25,7 @@ class Rules:
             check_can_deactivate_user=self.check_can_deactivate_user,
             on_user_deactivation_status_changed=self.on_user_deactivation_status_changed,
             check_visibility_can_be_modified=self.check_visibility_can_be_modified,
+            check_threepid_can_be_invited=self.check_threepid_can_be_invited,
         )
         api.register_account_validity_callbacks(
             is_user_expired=self.is_user_expired,
@@ -77,6 +78,12 @@ class Rules:
         name = state_events.get(("m.room.name", ""))
         self.seen["visibility"].append([new_visibility, len(state_events)])
         return not (name is not None and name.content.get("name") == "secret" and new_visibility == "public")
+
+    async def check_threepid_can_be_invited(self, medium, address, state_events):
+        self.seen["threepids"].append([medium, address, ("m.room.create", "") in state_events])
+        if address.startswith("raise@"):
+            raise RuntimeError("a module's bug counts as no objection")
+        return not address.endswith("@blocked.example")
 
     async def on_user_login(self, user_id, auth_provider_type, auth_provider_id):
         self.seen["logins"].append([user_id, auth_provider_type, auth_provider_id])

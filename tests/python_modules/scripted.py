@@ -264,9 +264,10 @@ class ApiCalls(DirectServeJsonResource):
 def make_callback(name, spec, calls, label, sync):
     def compute(args):
         calls.append({"callback": name, "module": label, "args": args})
+        # The expression may read the call's arguments as `args`.
         if spec.startswith("raise "):
-            raise eval(spec[len("raise "):], NAMESPACE)
-        return eval(spec, NAMESPACE)
+            raise eval(spec[len("raise "):], NAMESPACE, {"args": args})
+        return eval(spec, NAMESPACE, {"args": args})
 
     def plain(*args):
         return compute([_jsonable(a) for a in args])

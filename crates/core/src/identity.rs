@@ -285,13 +285,34 @@ impl Homeserver {
             return Err(Error::forbidden(format!("{} is not in the room", requester.user_id)));
         }
         self.limit_user(&self.limiters.third_party_invite, requester.user_id.as_str(), None).await?;
-        match self.lookup_threepid(id_server, token, medium, address).await? {
+        if self.modules.has_check_threepid_can_be_invited() {
+            let state = self.current_state(room_id).await?.unwrap_or_default();
+            let views = self.state_views(&state).await?;
+            if !self.modules.check_threepid_can_be_invited(medium, address, &views).await {
+                return Err(Error::forbidden("Cannot invite this 3PID"));
+            }
+        }
+        // As Synapse: a lookup that fails counts as no binding (the store-invite call that
+        // follows then says what the identity server thinks).
+        let bound = match self.lookup_threepid(id_server, token, medium, address).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                tracing::info!(id_server, error = %e, "a 3PID lookup failed; inviting the identifier itself");
+                None
+            }
+        };
+        match bound {
             Some(mxid) => {
                 let invitee = OwnedUserId::try_from(mxid.as_str())
                     .map_err(|_| bad_identity_answer("The identity server answered an invalid user ID"))?;
                 self.update_membership(requester, room_id, &invitee, "invite", None, Map::new()).await?;
             }
-            None => self.store_threepid_invite(requester, room_id, id_server, token, medium, address).await?,
+            None => {
+                self.modules
+                    .user_may_send_3pid_invite(requester.user_id.as_str(), medium, address, room_id.as_str())
+                    .await?;
+                self.store_threepid_invite(requester, room_id, id_server, token, medium, address).await?
+            }
         }
         Ok(())
     }

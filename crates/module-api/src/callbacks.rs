@@ -42,6 +42,9 @@ macro_rules! spam_checker_callbacks {
             /// `(event)`: every event received over federation; `true` drops it unseen (the sending
             /// server is told nothing).
             should_drop_federated_event: ($crate::EventView,) => bool;
+            /// `(inviter, medium, address, room_id)`: an invite of a third-party identifier no
+            /// Matrix ID is bound to (a bound one is asked of `user_may_invite`).
+            user_may_send_3pid_invite: (String, String, String, String) => $crate::spam::Decision;
         }
     };
 }
@@ -59,6 +62,9 @@ macro_rules! third_party_rules_callbacks {
             on_create_room: $crate::third_party::CreateRoomArgs => Option<$crate::spam::RoomConfig>;
             /// `(event, state)`.
             on_new_event: ($crate::EventView, $crate::third_party::StateEvents) => ();
+            /// `(medium, address, state)`: `false` refuses inviting that third-party identifier to
+            /// the room (errors count as no objection).
+            check_threepid_can_be_invited: (String, String, $crate::third_party::StateEvents) => bool;
             /// `(room_id, state, new_visibility)`: `false` refuses publishing the room to the room
             /// directory, or creating it with that `visibility`.
             check_visibility_can_be_modified: (String, $crate::third_party::StateEvents, String) => bool;

@@ -209,7 +209,7 @@ def classify(kind, value):
     if kind == "is_user_allowed_to_upload_media_of_size":
         # Synapse refuses on any falsy answer.
         return {"bool": bool(value)}
-    if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user"):
+    if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user", "check_threepid_can_be_invited"):
         # Synapse refuses only on a literal False.
         return {"bool": value is not False}
     if kind == "check_registration_for_spam":
@@ -283,6 +283,14 @@ def _room_state_args(args):
     return [args[0], state, args[2]]
 
 
+def _threepid_state_args(args):
+    """(medium, address, state events): the state as Synapse's StateMap."""
+    from synapse.events import make_event
+
+    state = {(e["type"], e.get("state_key", "")): make_event(e) for e in args[2]}
+    return [args[0], args[1], state]
+
+
 def _profile_args(args):
     from synapse.module_api import ProfileInfo
 
@@ -328,6 +336,7 @@ _ARGUMENTS = {
     "on_new_event": _event_and_state_args,
     "on_create_room": _create_room_args,
     "check_visibility_can_be_modified": _room_state_args,
+    "check_threepid_can_be_invited": _threepid_state_args,
     "on_profile_update": _profile_args,
     "check_username_for_spam": _username_args,
     "check_login_for_spam": _request_info_args,

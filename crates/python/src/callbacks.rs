@@ -154,6 +154,14 @@ impl PyHost {
                     decision,
                 ))
             }
+            "user_may_send_3pid_invite" => {
+                cbs.user_may_send_3pid_invite = Some(me.callback(
+                    "user_may_send_3pid_invite",
+                    function,
+                    |(a, b, c, d): (String, String, String, String)| json!([a, b, c, d]),
+                    decision,
+                ))
+            }
             "user_may_join_room" => {
                 cbs.user_may_join_room = Some(me.callback(
                     "user_may_join_room",
@@ -290,6 +298,19 @@ impl PyHost {
                     |v| match module_error(&v) {
                         Some(e) => Err(e),
                         None => Ok(v["config"].as_object().cloned()),
+                    },
+                ))
+            }
+            "check_threepid_can_be_invited" => {
+                rules.check_threepid_can_be_invited = Some(me.callback(
+                    "check_threepid_can_be_invited",
+                    function,
+                    move |(medium, address, state): (String, String, StateEvents)| {
+                        json!([medium, address, state.iter().map(view_json).collect::<Vec<_>>()])
+                    },
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(true)),
                     },
                 ))
             }

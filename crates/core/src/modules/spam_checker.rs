@@ -112,6 +112,22 @@ impl ModuleRegistry {
         decide(list, "user_may_invite", args, "Invites have been disabled on this server").await
     }
 
+    /// `user_may_send_3pid_invite`.
+    pub async fn user_may_send_3pid_invite(
+        &self,
+        inviter: &str,
+        medium: &str,
+        address: &str,
+        room_id: &str,
+    ) -> Result<()> {
+        let list = &self.callbacks().spam.user_may_send_3pid_invite;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let args = (inviter.to_owned(), medium.to_owned(), address.to_owned(), room_id.to_owned());
+        decide(list, "user_may_send_3pid_invite", args, "Cannot send threepid invite").await
+    }
+
     /// `user_may_join_room`.
     pub async fn user_may_join_room(&self, user_id: &str, room_id: &str, is_invited: bool) -> Result<()> {
         let list = &self.callbacks().spam.user_may_join_room;

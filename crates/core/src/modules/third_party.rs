@@ -86,6 +86,22 @@ impl ModuleRegistry {
         !self.callbacks().rules.check_visibility_can_be_modified.is_empty()
     }
 
+    /// Whether any module registered `check_threepid_can_be_invited`.
+    pub fn has_check_threepid_can_be_invited(&self) -> bool {
+        !self.callbacks().rules.check_threepid_can_be_invited.is_empty()
+    }
+
+    /// `check_threepid_can_be_invited`: `false` when a module refuses; errors are logged and
+    /// count as no objection.
+    pub async fn check_threepid_can_be_invited(&self, medium: &str, address: &str, state: &StateEvents) -> bool {
+        for reg in &self.callbacks().rules.check_threepid_can_be_invited {
+            if invoke_logged(reg, (medium.to_owned(), address.to_owned(), state.clone())).await == Some(false) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// `check_visibility_can_be_modified`: `false` when a module refuses; a module's error is
     /// logged and counts as no objection (Synapse's rules).
     pub async fn check_visibility_can_be_modified(&self, room_id: &str, state: &StateEvents, visibility: &str) -> bool {

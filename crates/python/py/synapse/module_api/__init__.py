@@ -312,9 +312,10 @@ class ModuleApi:
         check_login_for_spam=None, check_media_file_for_spam=None, federated_user_may_invite=None,
         user_may_send_3pid_invite=None, should_drop_federated_event=None,
     ):
+        given = dict(locals())
         from myelin_host import arity
 
-        for name, fn in self._callbacks("spam_checker", locals()):
+        for name, fn in self._callbacks("spam_checker", given):
             self._host.register_spam(self._module_name, name, fn, arity(fn))
 
     def register_third_party_rules_callbacks(
