@@ -923,3 +923,36 @@ async fn bodies_back(server: &Server, user: &User, room: &str) -> Vec<String> {
     assert_eq!(s, 200, "{page}");
     page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
 }
+
+#[tokio::test]
+async fn a_space_on_another_server_is_summarised_through_it() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let space = a
+        .server
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Space", "creation_content": {"type": "m.space"}}))
+        .await;
+    let open = a.server.create_room(&alice, json!({"preset": "public_chat", "name": "Open"})).await;
+    let closed = a.server.create_room(&alice, json!({"preset": "private_chat", "name": "Closed"})).await;
+    for child in [&open, &closed] {
+        let path = format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{child}");
+        let (s, body) = a.server.put(&path, Some(&alice.token), json!({"via": [a.name]})).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    // Bob joins the space only: B summarises its children by asking A, which keeps the
+    // closed room to itself.
+    let (s, body) = b.server.join_via(&bob, &space, &a.name).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = b.server.get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy"), Some(&bob.token)).await;
+    assert_eq!(s, 200, "{body}");
+    let rooms: Vec<(&str, &str)> = body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["room_id"].as_str().unwrap(), r["name"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(rooms, vec![(space.as_str(), "Space"), (open.as_str(), "Open")], "{body}");
+}

@@ -574,3 +574,98 @@ async fn knocking_and_restricted_joins() {
     let (st, b) = s.post(&format!("/_matrix/client/v3/knock/{knock_restricted}"), Some(&carol.token), json!({})).await;
     assert_eq!(st, 200, "{b}");
 }
+
+/// Puts `child` under `space` with the given `m.space.child` content.
+async fn add_child(s: &Server, user: &User, space: &str, child: &str, content: Value) {
+    let path = format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{child}");
+    let (st, b) = s.put(&path, Some(&user.token), content).await;
+    assert_eq!(st, 200, "{b}");
+}
+
+fn hierarchy_ids(body: &Value) -> Vec<String> {
+    body["rooms"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn space_hierarchies_list_what_the_requester_may_see_in_order_and_in_pages() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let space = s
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Space", "creation_content": {"type": "m.space"}}))
+        .await;
+    let public = s.create_room(&alice, json!({"preset": "public_chat", "name": "Public"})).await;
+    let private = s.create_room(&alice, json!({"preset": "private_chat", "name": "Private"})).await;
+    let readable = s
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "name": "Readable", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}]}),
+        )
+        .await;
+    let subspace = s
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Sub", "creation_content": {"type": "m.space"}}))
+        .await;
+    let deep = s.create_room(&alice, json!({"preset": "public_chat", "name": "Deep"})).await;
+    let via = json!(["test"]);
+    add_child(&s, &alice, &space, &public, json!({"via": via, "order": "b"})).await;
+    add_child(&s, &alice, &space, &private, json!({"via": via, "order": "a"})).await;
+    add_child(&s, &alice, &space, &readable, json!({"via": via, "order": "c", "suggested": true})).await;
+    add_child(&s, &alice, &space, &subspace, json!({"via": via})).await;
+    add_child(&s, &alice, &subspace, &deep, json!({"via": via})).await;
+    // A child without `via` is no child (a removed one).
+    add_child(&s, &alice, &space, &deep, json!({})).await;
+    let get = |query: String| {
+        let (s, token) = (&s, bob.token.clone());
+        let space = space.clone();
+        async move { s.get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy{query}"), Some(&token)).await }
+    };
+
+    // Bob, in none of them: the private room is left out; depth first, by `order`, then the
+    // rest; the space's entry carries its children's events.
+    let (st, body) = get(String::new()).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        hierarchy_ids(&body),
+        vec![space.clone(), public.clone(), readable.clone(), subspace.clone(), deep.clone()]
+    );
+    let root = &body["rooms"][0];
+    assert_eq!(
+        (&root["name"], &root["room_type"], &root["join_rule"]),
+        (&json!("Space"), &json!("m.space"), &json!("public"))
+    );
+    assert_eq!(root["children_state"].as_array().unwrap().len(), 4, "{root}");
+    assert_eq!(root["children_state"][0]["state_key"], json!(private));
+    assert!(body.get("next_batch").is_none());
+    // Alice, in all of them, sees the private room too.
+    let (_, body) = s.get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy"), Some(&alice.token)).await;
+    assert_eq!(hierarchy_ids(&body)[1], private);
+    // max_depth and suggested_only.
+    let (_, body) = get("?max_depth=1".into()).await;
+    assert!(!hierarchy_ids(&body).contains(&deep), "{body}");
+    let (_, body) = get("?suggested_only=true".into()).await;
+    assert_eq!(hierarchy_ids(&body), vec![space.clone(), readable.clone()]);
+    // Pages of two, continued by next_batch, nothing twice.
+    let (_, first) = get("?limit=2".into()).await;
+    assert_eq!(hierarchy_ids(&first), vec![space.clone(), public.clone()]);
+    let token = first["next_batch"].as_str().unwrap().to_owned();
+    let (st, second) = get(format!("?limit=2&from={token}")).await;
+    assert_eq!(st, 200, "{second}");
+    assert_eq!(hierarchy_ids(&second), vec![readable.clone(), subspace.clone()]);
+    let (_, third) = get(format!("?limit=2&from={}", second["next_batch"].as_str().unwrap())).await;
+    assert_eq!(hierarchy_ids(&third), vec![deep.clone()]);
+    assert!(third.get("next_batch").is_none(), "{third}");
+
+    // Refused: another request's token, bad parameters, a room Bob may not see, no token.
+    let (st, e) = get(format!("?limit=2&max_depth=1&from={token}")).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{e}");
+    let (st, e) = get("?from=nonsense".into()).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{e}");
+    assert_eq!(get("?limit=0".into()).await.0, 400);
+    assert_eq!(get("?max_depth=-1".into()).await.0, 400);
+    assert_eq!(get("?suggested_only=maybe".into()).await.0, 400);
+    let (st, e) = s.get(&format!("/_matrix/client/v1/rooms/{private}/hierarchy"), Some(&bob.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{e}");
+    let (st, _) = s.get("/_matrix/client/v1/rooms/!nowhere:test/hierarchy", Some(&bob.token)).await;
+    assert_eq!(st, 403);
+    assert_eq!(s.get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy"), None).await.0, 401);
+}

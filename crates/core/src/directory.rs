@@ -344,7 +344,7 @@ impl Homeserver {
     }
 
     /// The summary of one room for `/publicRooms`.
-    async fn room_summary(&self, room_id: &str, joined: i64) -> Result<Value> {
+    pub(crate) async fn room_summary(&self, room_id: &str, joined: i64) -> Result<Value> {
         let room = parse_room(room_id)?;
         let text = |c: Option<Map<String, Value>>, k: &str| c.and_then(|c| c.get(k).cloned()).filter(|v| v.is_string());
         let name = text(self.state_content_of(&room, "m.room.name", "").await?, "name");

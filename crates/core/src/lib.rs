@@ -46,6 +46,7 @@ mod rooms;
 mod search;
 mod server;
 mod sliding_sync;
+pub mod spaces;
 pub mod state;
 mod sync;
 pub mod url_preview;

@@ -51,6 +51,7 @@ pub(crate) fn routes(resources: &[String]) -> Router<AppState> {
             .route("/_matrix/federation/v1/user/keys/query", post(keys_query))
             .route("/_matrix/federation/v1/user/keys/claim", post(keys_claim))
             .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
+            .route("/_matrix/federation/v1/hierarchy/{room_id}", get(hierarchy))
             .route("/_matrix/federation/v1/state/{room_id}", get(state))
             .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
             .route("/_matrix/federation/v1/get_missing_events/{room_id}", post(missing_events))
@@ -352,6 +353,12 @@ use myelin_core::federation::percent_decode as percent_decoded;
 async fn state_ids(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
     let event = request.required("event_id")?;
     Ok(axum::Json(hs.federation_state_ids(&request.origin, &room_id, &event).await?))
+}
+
+/// `GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only=`.
+async fn hierarchy(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {
+    let suggested_only = request.query_all("suggested_only").first().is_some_and(|v| v == "true");
+    Ok(axum::Json(hs.federation_hierarchy(&request.origin, &room_id, suggested_only).await?))
 }
 
 async fn state(State(hs): State<AppState>, Path(room_id): Path<String>, request: Signed) -> Answer {

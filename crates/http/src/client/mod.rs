@@ -52,6 +52,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(accounts::token_validity))
         .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
         .nest("/_matrix/client/v1", rooms::v1_routes())
+        .merge(rooms::unstable_hierarchy_routes())
         // Synapse serves its client API under `unstable` too; older clients and sytest use it.
         .nest("/_matrix/client/unstable", api.clone().merge(sync::sliding_sync_routes()))
         .route("/_matrix/client/v1/room_summary/{room}", get(room_summary))

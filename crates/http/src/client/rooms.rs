@@ -35,6 +35,64 @@ pub(super) fn v1_routes() -> Router<AppState> {
         .route("/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}", get(relations))
         .route("/rooms/{room_id}/threads", get(threads))
         .route("/rooms/{room_id}/timestamp_to_event", get(timestamp_to_event))
+        .route("/rooms/{room_id}/hierarchy", get(hierarchy))
+}
+
+/// MSC2946's unstable path of the hierarchy, which Synapse still serves.
+pub(super) fn unstable_hierarchy_routes() -> Router<AppState> {
+    Router::new().route("/_matrix/client/unstable/org.matrix.msc2946/rooms/{room_id}/hierarchy", get(hierarchy))
+}
+
+#[derive(Deserialize)]
+pub(super) struct HierarchyQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    max_depth: Option<String>,
+    suggested_only: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` (see `myelin_core::spaces`); parameters
+/// checked as Synapse checks them.
+pub(super) async fn hierarchy(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<HierarchyQuery>,
+) -> Answer {
+    let integer = |name: &str, value: Option<&str>| -> Result<Option<i64>, MatrixError> {
+        value
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    MatrixError::new(ErrorKind::InvalidParam, format!("Query parameter {name:?} must be an integer"))
+                })
+            })
+            .transpose()
+    };
+    let limit = integer("limit", q.limit.as_deref())?;
+    if limit.is_some_and(|l| l <= 0) {
+        return Err(MatrixError::new(ErrorKind::BadJson, "'limit' must be a positive integer"));
+    }
+    let max_depth = integer("max_depth", q.max_depth.as_deref())?;
+    if max_depth.is_some_and(|d| d < 0) {
+        return Err(MatrixError::new(ErrorKind::BadJson, "'max_depth' must be a non-negative integer"));
+    }
+    let suggested_only = match q.suggested_only.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(MatrixError::new(
+                ErrorKind::InvalidParam,
+                "Boolean query parameter 'suggested_only' must be one of ['true', 'false']",
+            ));
+        }
+    };
+    let request = myelin_core::spaces::HierarchyRequest {
+        from: q.from,
+        limit: limit.map(|l| l as usize),
+        max_depth: max_depth.map(|d| d as usize),
+        suggested_only,
+    };
+    Ok(axum::Json(hs.room_hierarchy(&me, &room_id, request).await?))
 }
 
 pub(super) async fn create_room(

@@ -1,0 +1,373 @@
+//! Spaces: the room hierarchy (`GET /_matrix/client/v1/rooms/{roomId}/hierarchy`) and its
+//! federation half (`GET /_matrix/federation/v1/hierarchy/{roomId}`), as Synapse's room summary
+//! handler answers them.
+//!
+//! From the requested room, rooms are walked depth first through the `m.space.child` state of
+//! spaces (children with a non-empty `via` only, ordered by their `order`, then the child event's
+//! timestamp, then room ID). A room is listed when the requester may see it: its join rule is
+//! `public`, `knock` or `knock_restricted`, its history is world-readable, the requester is
+//! joined or invited, or a restricted join rule names a room the requester is in. Rooms this
+//! server is not in are asked of the servers in their `via` (the federation endpoint), and
+//! listed under the same rules. Pages hold at most 50 rooms; `next_batch` is where the walk
+//! stands, tied to the request's room, user, `max_depth` and `suggested_only` (another
+//! request's token is refused).
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::RoomId;
+use serde_json::{Map, Value, json};
+
+use crate::server::url_encode;
+use crate::{Error, Homeserver, Requester, Result};
+
+/// The most rooms in one page (Synapse's `MAX_ROOMS`).
+const MAX_ROOMS: usize = 50;
+/// The most children of one space the federation endpoint summarises.
+const MAX_ROOMS_PER_SPACE: usize = 50;
+
+/// What a hierarchy request asks for.
+#[derive(Debug, Default, Clone)]
+pub struct HierarchyRequest {
+    /// `from`: a `next_batch` of an earlier page.
+    pub from: Option<String>,
+    /// `limit`: rooms per page (at most 50).
+    pub limit: Option<usize>,
+    /// `max_depth`: how deep below the requested room to go.
+    pub max_depth: Option<usize>,
+    /// `suggested_only`: only children marked `suggested`.
+    pub suggested_only: bool,
+}
+
+/// Who asks: a local user, or another server.
+#[derive(Clone, Copy)]
+enum Asker<'a> {
+    User(&'a str),
+    Server(&'a str),
+}
+
+/// A room of the walk: its summary and its children's stripped `m.space.child` events.
+struct Entry {
+    summary: Map<String, Value>,
+    children: Vec<Value>,
+}
+
+impl Entry {
+    fn json(&self) -> Value {
+        let mut out = self.summary.clone();
+        out.insert("children_state".into(), Value::Array(self.children.clone()));
+        Value::Object(out)
+    }
+}
+
+fn pagination_error() -> Error {
+    Error::invalid_param("Unknown pagination token")
+}
+
+impl Homeserver {
+    /// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` (see the module doc).
+    pub async fn room_hierarchy(
+        &self,
+        requester: &Requester,
+        room_id: &str,
+        request: HierarchyRequest,
+    ) -> Result<Value> {
+        let user = requester.user_id.as_str();
+        let root = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+        let not_visible =
+            || Error::forbidden(format!("User {user} not in room {room_id}, and room previews are disabled"));
+        if !self.room_known_here(&root).await? || !self.room_accessible(&root, Asker::User(user)).await? {
+            return Err(not_visible());
+        }
+        let limit = request.limit.unwrap_or(MAX_ROOMS).clamp(1, MAX_ROOMS);
+        // The token names how many rooms earlier pages listed, for this very request.
+        let fingerprint = {
+            use sha2::Digest;
+            let text = format!("{user}\n{room_id}\n{:?}\n{}", request.max_depth, request.suggested_only);
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let skip = match &request.from {
+            None => 0,
+            Some(token) => {
+                let (offset, print) = token.split_once('_').ok_or_else(pagination_error)?;
+                if print != fingerprint {
+                    return Err(pagination_error());
+                }
+                offset.parse::<usize>().map_err(|_| pagination_error())?
+            }
+        };
+
+        // Depth first, the next room to look at last on the stack.
+        let mut stack: Vec<(String, Vec<String>, usize)> = vec![(room_id.to_owned(), Vec::new(), 0)];
+        let mut processed: HashSet<String> = HashSet::new();
+        let mut remote_summaries: HashMap<String, Map<String, Value>> = HashMap::new();
+        let mut listed = 0usize;
+        let mut rooms = Vec::new();
+        while let Some((room, via, depth)) = stack.pop() {
+            if rooms.len() >= limit {
+                stack.push((room, via, depth));
+                break;
+            }
+            if !processed.insert(room.clone()) {
+                continue;
+            }
+            let Ok(rid) = RoomId::parse(&room) else { continue };
+            let mut inaccessible = HashSet::new();
+            let entry = if self.room_known_here(&rid).await? {
+                match self.room_accessible(&rid, Asker::User(user)).await? {
+                    true => Some(self.hierarchy_entry(&rid, request.suggested_only, true).await?),
+                    false => None,
+                }
+            } else {
+                let expand = request.max_depth.is_none_or(|m| depth < m);
+                let known = remote_summaries.remove(&room);
+                let is_space = known.as_ref().is_some_and(|s| s.get("room_type") == Some(&json!("m.space")));
+                let entry = match known {
+                    Some(summary) if !is_space || !expand => Some(Entry { summary, children: Vec::new() }),
+                    _ => match self.remote_hierarchy(&rid, &via, request.suggested_only).await {
+                        Some((entry, children, refused)) => {
+                            remote_summaries.extend(children);
+                            inaccessible = refused;
+                            Some(entry)
+                        }
+                        None => None,
+                    },
+                };
+                match entry {
+                    Some(e) if self.remote_room_visible(user, &rid, &e.summary).await? => Some(e),
+                    _ => None,
+                }
+            };
+            let Some(entry) = entry else { continue };
+            if request.max_depth.is_none_or(|m| depth < m) {
+                for child in entry.children.iter().rev() {
+                    let (Some(id), Some(via)) = (child["state_key"].as_str(), child["content"]["via"].as_array())
+                    else {
+                        continue;
+                    };
+                    if inaccessible.contains(id) {
+                        continue;
+                    }
+                    let via = via.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+                    stack.push((id.to_owned(), via, depth + 1));
+                }
+            }
+            listed += 1;
+            if listed > skip {
+                rooms.push(entry.json());
+            }
+        }
+        let mut out = json!({"rooms": rooms});
+        if !stack.is_empty() {
+            out["next_batch"] = json!(format!("{}_{fingerprint}", skip + rooms.len()));
+        }
+        Ok(out)
+    }
+
+    /// `GET /_matrix/federation/v1/hierarchy/{roomId}`: the room and its children's summaries
+    /// (not theirs), for a server one of whose users may see it; children it may not see are
+    /// listed as inaccessible.
+    pub async fn federation_hierarchy(&self, origin: &str, room_id: &str, suggested_only: bool) -> Result<Value> {
+        let unknown = || Error::not_found(format!("Unknown room: {room_id}"));
+        let root = RoomId::parse(room_id).map_err(|_| unknown())?;
+        self.check_server_acl(origin, &root).await?;
+        if !self.room_known_here(&root).await? || !self.room_accessible(&root, Asker::Server(origin)).await? {
+            return Err(unknown());
+        }
+        let entry = self.hierarchy_entry(&root, suggested_only, true).await?;
+        let mut children = Vec::new();
+        let mut inaccessible = Vec::new();
+        for child in entry.children.iter().take(MAX_ROOMS_PER_SPACE) {
+            let Some(Ok(child_id)) = child["state_key"].as_str().map(RoomId::parse) else { continue };
+            if !self.room_known_here(&child_id).await? {
+                continue;
+            }
+            if self.room_accessible(&child_id, Asker::Server(origin)).await? {
+                children.push(Value::Object(self.hierarchy_entry(&child_id, suggested_only, false).await?.summary));
+            } else {
+                inaccessible.push(json!(child_id));
+            }
+        }
+        Ok(json!({"room": entry.json(), "children": children, "inaccessible_children": inaccessible}))
+    }
+
+    /// Whether this server has a member joined to the room (its state is current here).
+    async fn room_known_here(&self, room: &RoomId) -> Result<bool> {
+        self.participates_in(room).await
+    }
+
+    /// Whether `asker` may see the room's summary (see the module doc; for a server: one of its
+    /// users is joined or invited, or may join by a restricted rule's room it is in).
+    async fn room_accessible(&self, room: &RoomId, asker: Asker<'_>) -> Result<bool> {
+        let content = |kind: &'static str| self.state_content_of(room, kind, "");
+        let join_rules = content("m.room.join_rules").await?.unwrap_or_default();
+        let join_rule = join_rules.get("join_rule").and_then(Value::as_str).unwrap_or("invite");
+        if matches!(join_rule, "public" | "knock" | "knock_restricted") {
+            return Ok(true);
+        }
+        let history = content("m.room.history_visibility").await?.unwrap_or_default();
+        if history.get("history_visibility").and_then(Value::as_str) == Some("world_readable") {
+            return Ok(true);
+        }
+        let allowed_rooms: Vec<String> = if matches!(join_rule, "restricted" | "knock_restricted") {
+            join_rules
+                .get("allow")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|a| a["type"] == "m.room_membership")
+                .filter_map(|a| a["room_id"].as_str().map(str::to_owned))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match asker {
+            Asker::User(user) => {
+                if matches!(self.membership_of(room, user).await?.as_deref(), Some("join" | "invite")) {
+                    return Ok(true);
+                }
+                for allowed in allowed_rooms {
+                    if let Ok(allowed) = RoomId::parse(&allowed)
+                        && self.membership_of(&allowed, user).await?.as_deref() == Some("join")
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            Asker::Server(server) => {
+                let in_room = |room: &RoomId| {
+                    let room = room.to_owned();
+                    async move {
+                        let members = self.room_memberships_of(&room).await?;
+                        Ok::<_, Error>(members.iter().any(|(user, membership)| {
+                            matches!(membership.as_str(), "join" | "invite")
+                                && user.split_once(':').is_some_and(|(_, s)| s == server)
+                        }))
+                    }
+                };
+                if in_room(room).await? {
+                    return Ok(true);
+                }
+                for allowed in allowed_rooms {
+                    if let Ok(allowed) = RoomId::parse(&allowed)
+                        && in_room(&allowed).await?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// `(user_id, membership)` of every member of a room.
+    async fn room_memberships_of(&self, room: &RoomId) -> Result<Vec<(String, String)>> {
+        let r = room.to_string();
+        self.db(move |s| s.room_memberships(&r)).await
+    }
+
+    /// A local room's summary as the hierarchy lists it and, for a space when `children`, its
+    /// children's stripped `m.space.child` events in order.
+    async fn hierarchy_entry(&self, room: &RoomId, suggested_only: bool, children: bool) -> Result<Entry> {
+        let joined = self.joined_member_ids(room.as_str()).await?.len() as i64;
+        let Value::Object(mut summary) = self.room_summary(room.as_str(), joined).await? else {
+            return Err(Error::internal("a room summary is not an object"));
+        };
+        let create = self.state_content_of(room, "m.room.create", "").await?.unwrap_or_default();
+        summary.insert("room_version".into(), json!(create.get("room_version").and_then(Value::as_str).unwrap_or("1")));
+        if let Some(algorithm) = self
+            .state_content_of(room, "m.room.encryption", "")
+            .await?
+            .and_then(|c| c.get("algorithm").and_then(Value::as_str).map(str::to_owned))
+        {
+            summary.insert("encryption".into(), json!(algorithm));
+        }
+        let is_space = summary.get("room_type") == Some(&json!("m.space"));
+        if !children || !is_space {
+            return Ok(Entry { summary, children: Vec::new() });
+        }
+        let r = room.to_string();
+        let rows = self.db(move |s| s.current_state_events(&r)).await?;
+        let mut events: Vec<Value> = rows
+            .iter()
+            .filter_map(|row| serde_json::from_str::<Value>(&row.json).ok())
+            .filter(|e| e["type"] == "m.space.child")
+            .filter(|e| e["content"]["via"].as_array().is_some_and(|v| !v.is_empty()))
+            .filter(|e| !suggested_only || e["content"]["suggested"] == true)
+            .map(|e| {
+                json!({
+                    "type": e["type"], "state_key": e["state_key"], "content": e["content"],
+                    "sender": e["sender"], "origin_server_ts": e["origin_server_ts"],
+                })
+            })
+            .collect();
+        events.sort_by_key(|e| {
+            let order = e["content"]["order"]
+                .as_str()
+                .filter(|o| o.len() <= 50 && o.chars().all(|c| ('\x20'..='\x7e').contains(&c)))
+                .map(str::to_owned);
+            (
+                order.is_none(),
+                order,
+                e["origin_server_ts"].as_i64().unwrap_or(0),
+                e["state_key"].as_str().unwrap_or_default().to_owned(),
+            )
+        });
+        Ok(Entry { summary, children: events })
+    }
+
+    /// A room this server is not in, from the first of `via` that answers the federation
+    /// endpoint: `(its entry, its children's summaries by ID, children it may not see)`.
+    async fn remote_hierarchy(
+        &self,
+        room: &RoomId,
+        via: &[String],
+        suggested_only: bool,
+    ) -> Option<(Entry, HashMap<String, Map<String, Value>>, HashSet<String>)> {
+        let path =
+            format!("/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}", url_encode(room.as_str()));
+        let (_, answer) = match self.ask_in_turn(via, &path, "hierarchy").await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(room = %room, error = %e, "could not summarise a remote room");
+                return None;
+            }
+        };
+        let Value::Object(mut summary) = answer["room"].clone() else { return None };
+        if summary.get("room_id").and_then(Value::as_str) != Some(room.as_str()) {
+            return None;
+        }
+        let children = match summary.remove("children_state") {
+            Some(Value::Array(c)) => {
+                c.into_iter().filter(|e| e["type"] == "m.space.child" && e["state_key"].is_string()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let summaries = answer["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c["room_id"].as_str()?.to_owned(), c.as_object()?.clone())))
+            .collect();
+        let refused = answer["inaccessible_children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        Some((Entry { summary, children }, summaries, refused))
+    }
+
+    /// Whether `user` may see a room another server summarised: open to join or knock,
+    /// world-readable, or the user is joined or invited (as far as this server knows).
+    async fn remote_room_visible(&self, user: &str, room: &RoomId, summary: &Map<String, Value>) -> Result<bool> {
+        let join_rule = summary.get("join_rule").and_then(Value::as_str).unwrap_or("public");
+        if matches!(join_rule, "public" | "knock" | "knock_restricted")
+            || summary.get("world_readable") == Some(&json!(true))
+        {
+            return Ok(true);
+        }
+        Ok(matches!(self.membership_of(room, user).await?.as_deref(), Some("join" | "invite")))
+    }
+}
