@@ -318,8 +318,11 @@ mod tests {
             (b.origin.as_str(), b.destination, b.key.as_str(), b.sig.as_str()),
             ("o.test", None, "ed25519:k", "c2ln")
         );
-        for bad in ["Bearer abc", "X-Matrix origin=o", "X-Matrix key=k,sig=s", "X-Matrix origin"] {
-            assert_eq!(XMatrix::parse(bad).unwrap_err().kind, ErrorKind::Unauthorized, "{bad}");
+        // Not X-Matrix at all: 401 (no credentials); X-Matrix but malformed: 400, as Synapse.
+        assert_eq!(XMatrix::parse("Bearer abc").unwrap_err().kind, ErrorKind::Unauthorized);
+        for bad in ["X-Matrix origin=o", "X-Matrix key=k,sig=s", "X-Matrix origin"] {
+            let kind = XMatrix::parse(bad).unwrap_err().kind;
+            assert_eq!(kind, ErrorKind::Module { status: 400, errcode: "M_UNAUTHORIZED".into() }, "{bad}");
         }
     }
 

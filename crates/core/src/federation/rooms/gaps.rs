@@ -230,7 +230,7 @@ impl Homeserver {
     /// Fetched events checked against their own auth events (fetched or stored), oldest
     /// first: one whose auth events are unknown, rejected or in another room, or that the
     /// rules refuse, is marked rejected.
-    async fn check_fetched(
+    pub(super) async fn check_fetched(
         &self,
         rules: &RoomVersionRules,
         room_id: &RoomId,

@@ -275,26 +275,13 @@ impl Homeserver {
             }
             events.insert(id, (pdu, json));
         }
-        let mut order: Vec<&OwnedEventId> = events.keys().collect();
-        order.sort_by_key(|id| (events[*id].0.depth, (*id).clone()));
-        let mut rejected: HashSet<OwnedEventId> = HashSet::new();
         let pdus: HashMap<OwnedEventId, Pdu> = events.iter().map(|(id, (p, _))| (id.clone(), p.clone())).collect();
-        for id in &order {
-            let pdu = &pdus[*id];
-            let auth_ok = pdu.auth_events.iter().all(|a| pdus.contains_key(a) && !rejected.contains(a));
-            let auth_state: StateMap = pdu
-                .auth_events
-                .iter()
-                .filter_map(|a| pdus.get(a))
-                .filter_map(|e| Some(((e.kind.to_string(), e.state_key.clone()?), e.event_id.clone())))
-                .collect();
-            if !auth_ok || crate::state::check_auth(&rules, pdu, &pdus, &auth_state).is_err() {
-                rejected.insert((*id).clone());
-            }
-        }
+        // Each checked against its own auth events, oldest first; stored as outliers below.
+        let outliers = self.check_fetched(&rules, room_id, events).await?;
+        let rejected: HashSet<&str> = outliers.iter().filter(|o| o.rejected).map(|o| o.event_id.as_str()).collect();
         let mut state: StateMap = StateMap::new();
         for id in &state_ids {
-            if rejected.contains(id) {
+            if rejected.contains(id.as_str()) {
                 continue;
             }
             let pdu = &pdus[id];
@@ -333,19 +320,6 @@ impl Homeserver {
         crate::state::check_auth(&rules, &signed.pdu, &with_join, &relevant)
             .map_err(|e| Error::forbidden(format!("The room's state does not allow this join: {e}")))?;
 
-        let outliers: Vec<OutlierEvent> = events
-            .iter()
-            .map(|(id, (pdu, json))| OutlierEvent {
-                event_id: id.to_string(),
-                room_id: room_id.to_string(),
-                event_type: pdu.kind.to_string(),
-                state_key: pdu.state_key.clone(),
-                sender: pdu.sender.to_string(),
-                membership: pdu.membership(),
-                json: json.clone(),
-                rejected: rejected.contains(id),
-            })
-            .collect();
         state.insert(("m.room.member".to_owned(), user.to_string()), join_id.clone());
         let entries: Vec<StateEntry> = state
             .iter()
