@@ -24,6 +24,8 @@ use crate::{Error, Homeserver, Requester, Result};
 const MAX_ROOMS: usize = 50;
 /// The most children of one space the federation endpoint summarises.
 const MAX_ROOMS_PER_SPACE: usize = 50;
+/// How many of a child's `via` servers are asked about it, one after another.
+const VIA_SERVERS_ASKED: usize = 3;
 
 /// What a hierarchy request asks for.
 #[derive(Debug, Default, Clone)]
@@ -327,7 +329,9 @@ impl Homeserver {
     ) -> Option<(Entry, HashMap<String, Map<String, Value>>, HashSet<String>)> {
         let path =
             format!("/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}", url_encode(room.as_str()));
-        let (_, answer) = match self.ask_in_turn(via, &path, "hierarchy").await {
+        // `via` is whatever the space's members wrote: a few servers at most are asked.
+        let via: Vec<String> = via.iter().take(VIA_SERVERS_ASKED).cloned().collect();
+        let (_, answer) = match self.ask_in_turn(&via, &path, "hierarchy").await {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(room = %room, error = %e, "could not summarise a remote room");

@@ -14,6 +14,8 @@ use crate::server::url_encode;
 /// Above this many unknown events in a remote state, `/state` is asked for instead of
 /// `/event` for each.
 const EVENTS_FETCHED_ONE_BY_ONE: usize = 20;
+/// How many servers in a room a backfill asks at most, one after another.
+const BACKFILL_SERVERS_ASKED: usize = 3;
 
 impl Homeserver {
     /// Remote events, hashed and their signatures checked (on every core, with the signers'
@@ -329,11 +331,23 @@ impl Homeserver {
         {
             return Ok(false);
         }
-        let (rules, servers) = {
+        let (rules, in_room) = {
             let guard = self.room_lock(room_id).await?;
             let Some(cache) = guard.as_ref() else { return Ok(false) };
             (cache.rules.clone(), cache.destinations())
         };
+        // A client waits on this page: the likeliest servers only (the one whose user sent the
+        // oldest event, the room ID's), then a few others, rather than every server in a big
+        // room one timeout after another.
+        let mut servers: Vec<String> = [oldest_pdu.sender.server_name().to_string()]
+            .into_iter()
+            .chain(room_id.server_name().map(|s| s.to_string()))
+            .filter(|s| in_room.contains(s))
+            .collect();
+        servers.extend(in_room);
+        let mut seen = HashSet::new();
+        servers.retain(|s| s != self.server_name() && seen.insert(s.clone()));
+        servers.truncate(BACKFILL_SERVERS_ASKED);
         let from: Vec<String> = missing.iter().map(|e| format!("v={}", url_encode(e.as_str()))).collect();
         let path = format!(
             "/_matrix/federation/v1/backfill/{}?{}&limit={}",
