@@ -230,12 +230,15 @@ def lost_writes(port, a):
     def there(check):
         local.client = getattr(local, "client", None) or Client(port)
         status, body = local.client.call("GET", check[1], token=check[2])
-        return status == 200 and check[3](body)
+        return (status == 200 and check[3](body)), status, body
 
     lost = dict.fromkeys(KINDS, 0)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        for check, ok in zip(checks, pool.map(there, checks)):
+        for check, (ok, status, body) in zip(checks, pool.map(there, checks)):
             lost[check[0]] += not ok
+            if not ok:
+                # What the restarted server answered, to tell a lost write from a refused read.
+                print(f"  not there: {check[0]} {check[1]} -> {status} {body[:200]!r}", flush=True)
     return lost
 
 
