@@ -271,6 +271,42 @@ pub struct EventDraft<'a> {
     pub reference_hashes: HashMap<OwnedEventId, String>,
 }
 
+impl<'a> EventDraft<'a> {
+    /// A user's own membership event (`m.room.member`, their ID as state key), stamped now.
+    pub fn own_membership(
+        room_id: &'a RoomId,
+        user: &'a UserId,
+        content: Map<String, Value>,
+        prev_events: Vec<OwnedEventId>,
+        auth_events: Vec<OwnedEventId>,
+        depth: u64,
+        reference_hashes: HashMap<OwnedEventId, String>,
+    ) -> Self {
+        EventDraft {
+            room_id,
+            sender: user,
+            kind: "m.room.member",
+            state_key: Some(user.as_str()),
+            content,
+            prev_events,
+            auth_events,
+            depth,
+            redacts: None,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(crate::server::now_ms() as u64)),
+            reference_hashes,
+        }
+    }
+}
+
+/// The parents, auth events and (room versions 1 and 2) their reference hashes of an event
+/// template another server made (`make_join`, `make_leave`).
+pub fn template_references(template: &Value) -> (Vec<OwnedEventId>, Vec<OwnedEventId>, HashMap<OwnedEventId, String>) {
+    let (prev_events, mut reference_hashes) = parse_event_references(&template["prev_events"]);
+    let (auth_events, auth_hashes) = parse_event_references(&template["auth_events"]);
+    reference_hashes.extend(auth_hashes);
+    (prev_events, auth_events, reference_hashes)
+}
+
 /// A list of event references as a room version writes it: IDs (3 on), or `[ID, hashes]`
 /// pairs with each event's reference hash where known (1 and 2).
 pub fn event_references(

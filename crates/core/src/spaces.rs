@@ -77,7 +77,7 @@ impl Homeserver {
         let root = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
         let not_visible =
             || Error::forbidden(format!("User {user} not in room {room_id}, and room previews are disabled"));
-        if !self.room_known_here(&root).await? || !self.room_accessible(&root, Asker::User(user)).await? {
+        if !self.participates_in(&root).await? || !self.room_accessible(&root, Asker::User(user)).await? {
             return Err(not_visible());
         }
         let limit = request.limit.unwrap_or(MAX_ROOMS).clamp(1, MAX_ROOMS);
@@ -115,7 +115,7 @@ impl Homeserver {
             }
             let Ok(rid) = RoomId::parse(&room) else { continue };
             let mut inaccessible = HashSet::new();
-            let entry = if self.room_known_here(&rid).await? {
+            let entry = if self.participates_in(&rid).await? {
                 match self.room_accessible(&rid, Asker::User(user)).await? {
                     true => Some(self.hierarchy_entry(&rid, request.suggested_only, true).await?),
                     false => None,
@@ -173,7 +173,7 @@ impl Homeserver {
         let unknown = || Error::not_found(format!("Unknown room: {room_id}"));
         let root = RoomId::parse(room_id).map_err(|_| unknown())?;
         self.check_server_acl(origin, &root).await?;
-        if !self.room_known_here(&root).await? || !self.room_accessible(&root, Asker::Server(origin)).await? {
+        if !self.participates_in(&root).await? || !self.room_accessible(&root, Asker::Server(origin)).await? {
             return Err(unknown());
         }
         let entry = self.hierarchy_entry(&root, suggested_only, true).await?;
@@ -181,7 +181,7 @@ impl Homeserver {
         let mut inaccessible = Vec::new();
         for child in entry.children.iter().take(MAX_ROOMS_PER_SPACE) {
             let Some(Ok(child_id)) = child["state_key"].as_str().map(RoomId::parse) else { continue };
-            if !self.room_known_here(&child_id).await? {
+            if !self.participates_in(&child_id).await? {
                 continue;
             }
             if self.room_accessible(&child_id, Asker::Server(origin)).await? {
@@ -191,11 +191,6 @@ impl Homeserver {
             }
         }
         Ok(json!({"room": entry.json(), "children": children, "inaccessible_children": inaccessible}))
-    }
-
-    /// Whether this server has a member joined to the room (its state is current here).
-    async fn room_known_here(&self, room: &RoomId) -> Result<bool> {
-        self.participates_in(room).await
     }
 
     /// Whether `asker` may see the room's summary (see the module doc; for a server: one of its
@@ -239,9 +234,9 @@ impl Homeserver {
             }
             Asker::Server(server) => {
                 let in_room = |room: &RoomId| {
-                    let room = room.to_owned();
+                    let room = room.to_string();
                     async move {
-                        let members = self.room_memberships_of(&room).await?;
+                        let members = self.db(move |s| s.room_memberships(&room)).await?;
                         Ok::<_, Error>(members.iter().any(|(user, membership)| {
                             matches!(membership.as_str(), "join" | "invite")
                                 && user.split_once(':').is_some_and(|(_, s)| s == server)
@@ -261,12 +256,6 @@ impl Homeserver {
                 Ok(false)
             }
         }
-    }
-
-    /// `(user_id, membership)` of every member of a room.
-    async fn room_memberships_of(&self, room: &RoomId) -> Result<Vec<(String, String)>> {
-        let r = room.to_string();
-        self.db(move |s| s.room_memberships(&r)).await
     }
 
     /// A local room's summary as the hierarchy lists it and, for a space when `children`, its

@@ -15,10 +15,15 @@ use serde_json::{Value, json};
 
 use super::remote_keys::{REMOTE_TIMEOUT, Verified};
 use super::rooms::{rules_for, wire_pdu};
-use crate::events::{EventDraft, Pdu, parse_event_references, sign_event};
-use crate::server::{now_ms, url_encode};
+use crate::events::{EventDraft, Pdu, sign_event, template_references};
+use crate::server::url_encode;
 use crate::writer::EventWrite;
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+
+/// A leave's content.
+fn leave_content() -> serde_json::Map<String, Value> {
+    [("membership".to_owned(), json!("leave"))].into_iter().collect()
+}
 
 fn incompatible(version: &str) -> Error {
     Error::new(
@@ -235,19 +240,15 @@ impl Homeserver {
         let rules = rules_for(&version).ok_or_else(|| incompatible(&version))?;
         let reference_hashes = self.reference_hashes(&rules, vec![invite.event_id.clone()]).await?;
         let signed = sign_event(
-            EventDraft {
+            EventDraft::own_membership(
                 room_id,
-                sender: user,
-                kind: "m.room.member",
-                state_key: Some(user.as_str()),
-                content: [("membership".to_owned(), json!("leave"))].into_iter().collect(),
-                prev_events: vec![invite.event_id.clone()],
-                auth_events: vec![invite.event_id.clone()],
-                depth: invite.depth + 1,
-                redacts: None,
-                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+                user,
+                leave_content(),
+                vec![invite.event_id.clone()],
+                vec![invite.event_id.clone()],
+                invite.depth + 1,
                 reference_hashes,
-            },
+            ),
             &rules,
             self.server_name(),
             &self.key,
@@ -263,23 +264,18 @@ impl Homeserver {
         let version = answer["room_version"].as_str().unwrap_or("1").to_owned();
         let rules = rules_for(&version).ok_or_else(|| incompatible(&version))?;
         let template = &answer["event"];
-        let (prev_events, mut reference_hashes) = parse_event_references(&template["prev_events"]);
-        let (auth_events, auth_hashes) = parse_event_references(&template["auth_events"]);
-        reference_hashes.extend(auth_hashes);
+        let (prev_events, auth_events, reference_hashes) = template_references(template);
+        let depth = template["depth"].as_u64().unwrap_or(1);
         let signed = sign_event(
-            EventDraft {
+            EventDraft::own_membership(
                 room_id,
-                sender: user,
-                kind: "m.room.member",
-                state_key: Some(user.as_str()),
-                content: [("membership".to_owned(), json!("leave"))].into_iter().collect(),
+                user,
+                leave_content(),
                 prev_events,
                 auth_events,
-                depth: template["depth"].as_u64().unwrap_or(1),
-                redacts: None,
-                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+                depth,
                 reference_hashes,
-            },
+            ),
             &rules,
             self.server_name(),
             &self.key,

@@ -112,29 +112,9 @@ impl FederationStore for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         // Outliers take negative stream positions: every timeline and sync query reads
         // positions above a token (never below zero), so they never show there.
-        let mut next: i64 = tx
-            .row("SELECT min(coalesce(min(stream_ordering), 0), 0) - 1 FROM events", [], |r| r.get(0))
-            .map_err(backend)?;
+        let mut next = lowest_free_position(&tx)?;
         for ev in events {
-            let inserted = tx
-                .exec(
-                    "INSERT OR IGNORE INTO events (event_id, room_id, type, state_key, sender, membership, json,
-                                                   state_group, rejected, soft_failed, stream_ordering)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, 0, ?9)",
-                    params![
-                        ev.event_id,
-                        ev.room_id,
-                        ev.event_type,
-                        ev.state_key,
-                        ev.sender,
-                        ev.membership,
-                        ev.json,
-                        ev.rejected,
-                        next
-                    ],
-                )
-                .map_err(backend)?;
-            if inserted > 0 {
+            if insert_fetched_event(&tx, ev, None, next)? > 0 {
                 next -= 1;
             }
         }
@@ -146,9 +126,7 @@ impl FederationStore for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         let group =
             super::rooms::write_state_group(&tx, room_id, &StateChange::New { prev: None, delta: state.to_vec() })?;
-        let mut next: i64 = tx
-            .row("SELECT min(coalesce(min(stream_ordering), 0), 0) - 1 FROM events", [], |r| r.get(0))
-            .map_err(backend)?;
+        let mut next = lowest_free_position(&tx)?;
         for ev in events {
             let stored: Option<Option<i64>> = tx
                 .row("SELECT state_group FROM events WHERE event_id = ?1", [&ev.event_id], |r| r.get(0))
@@ -164,28 +142,45 @@ impl FederationStore for SqliteStore {
                     .map_err(backend)?;
                 }
                 None => {
-                    tx.exec(
-                        "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, json,
-                                             state_group, rejected, soft_failed, stream_ordering)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
-                        params![
-                            ev.event_id,
-                            ev.room_id,
-                            ev.event_type,
-                            ev.state_key,
-                            ev.sender,
-                            ev.membership,
-                            ev.json,
-                            group,
-                            ev.rejected,
-                            next
-                        ],
-                    )
-                    .map_err(backend)?;
+                    insert_fetched_event(&tx, ev, Some(group), next)?;
                 }
             }
             next -= 1;
         }
         tx.commit().map_err(backend)
     }
+}
+
+/// The next stream position down, below every stored one and below zero (outliers and
+/// backfilled events live there).
+fn lowest_free_position(tx: &rusqlite::Connection) -> Result<i64> {
+    tx.row("SELECT min(coalesce(min(stream_ordering), 0), 0) - 1 FROM events", [], |r| r.get(0)).map_err(backend)
+}
+
+/// An event fetched from another server, at `stream` with `state_group` (none for an outlier);
+/// one already stored is left alone. Returns the rows inserted.
+fn insert_fetched_event(
+    tx: &rusqlite::Connection,
+    ev: &OutlierEvent,
+    state_group: Option<i64>,
+    stream: i64,
+) -> Result<usize> {
+    tx.exec(
+        "INSERT OR IGNORE INTO events (event_id, room_id, type, state_key, sender, membership, json,
+                                       state_group, rejected, soft_failed, stream_ordering)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
+        params![
+            ev.event_id,
+            ev.room_id,
+            ev.event_type,
+            ev.state_key,
+            ev.sender,
+            ev.membership,
+            ev.json,
+            state_group,
+            ev.rejected,
+            stream
+        ],
+    )
+    .map_err(backend)
 }

@@ -215,9 +215,7 @@ impl Homeserver {
             Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported"))
         })?;
         let template = &answer["event"];
-        let (prev_events, mut reference_hashes) = parse_event_references(&template["prev_events"]);
-        let (auth_events, auth_hashes) = parse_event_references(&template["auth_events"]);
-        reference_hashes.extend(auth_hashes);
+        let (prev_events, auth_events, reference_hashes) = crate::events::template_references(template);
         let mut content = template["content"].as_object().cloned().unwrap_or_default();
         content.insert("membership".into(), json!("join"));
         let (displayname, avatar_url) = self.profile_of(user.as_str()).await?;
@@ -227,20 +225,17 @@ impl Homeserver {
         if let Some(a) = avatar_url {
             content.entry("avatar_url").or_insert(json!(a));
         }
+        let depth = template["depth"].as_u64().unwrap_or(1);
         let signed = sign_event(
-            EventDraft {
+            EventDraft::own_membership(
                 room_id,
-                sender: user,
-                kind: "m.room.member",
-                state_key: Some(user.as_str()),
+                user,
                 content,
-                prev_events: prev_events.clone(),
+                prev_events.clone(),
                 auth_events,
-                depth: template["depth"].as_u64().unwrap_or(1),
-                redacts: None,
-                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(now_ms() as u64)),
+                depth,
                 reference_hashes,
-            },
+            ),
             &rules,
             self.server_name(),
             &self.key,

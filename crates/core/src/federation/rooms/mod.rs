@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 
 use super::client::FederationFailure;
 use super::remote_keys::{REMOTE_TIMEOUT, Verified};
-use crate::events::{EventDraft, Pdu, event_references, parse_event_references, sign_event};
+use crate::events::{EventDraft, Pdu, event_references, sign_event};
 use crate::server::now_ms;
 use crate::writer::{EventWrite, EventWriter};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
