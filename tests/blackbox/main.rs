@@ -18,6 +18,7 @@ mod foundation; // the binary, config, storage, HTTP basics
 mod fuzz; // every Client-Server operation with generated input: never a 5xx
 mod http_antispam; // the native synapse-http-antispam module
 mod identity; // identity servers: binding and unbinding third-party identifiers, 3PID invites
+mod import_synapse; // `myelin import-synapse`: a stopped Synapse's database, media and signing key
 mod media; // the media repository
 mod modules; // module loading, web resources, spam-checker callbacks
 mod postgres; // PostgreSQL's settings and checks (Synapse's psycopg2 config)

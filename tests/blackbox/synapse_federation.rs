@@ -104,7 +104,7 @@ pub(crate) async fn start_synapse(name: &str, client_port: u16, mut overrides: s
 }
 
 /// Synapse's log file (its generated log config writes `<server name>.log` in its directory).
-fn synapse_log(server: &Server) -> String {
+pub(crate) fn synapse_log(server: &Server) -> String {
     let mut out = String::new();
     for entry in std::fs::read_dir(server.dir.path()).unwrap().flatten() {
         if entry.path().extension().is_some_and(|e| e == "log") {

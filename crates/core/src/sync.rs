@@ -324,6 +324,10 @@ impl Homeserver {
     pub async fn sync(&self, requester: &Requester, request: SyncRequest) -> Result<SyncResponse> {
         let filter = self.sync_filter(requester, request.filter.as_deref()).await?;
         let since = match &request.since {
+            // A token Synapse gave out before its data was imported (`s72_4_0_…`, or `m…~…`
+            // from several writers; Myelin's never hold `_`): the client starts over with an
+            // initial sync, as documented in docs/migrating-from-synapse.md.
+            Some(t) if is_synapse_token(t) => None,
             Some(t) => Some(parse_token(t).ok_or_else(|| Error::invalid_param(format!("Invalid since token {t}")))?),
             None => None,
         };
@@ -1215,4 +1219,10 @@ impl SyncCache {
             inner.bytes -= old.bytes();
         }
     }
+}
+
+/// A `/sync` token in Synapse's formats (`s{events}_{…}` or `m{…}~{…}_{…}`): Myelin never
+/// issues one, so it comes from a Synapse whose database was imported.
+fn is_synapse_token(token: &str) -> bool {
+    (token.starts_with('s') || token.starts_with('m')) && token.contains('_')
 }

@@ -22,6 +22,8 @@ use myelin_storage::sqlite::SqliteStore;
 
 pub use myelin_core::modules::NativeModule as Module;
 
+mod import_synapse;
+
 #[derive(Parser)]
 #[command(name = "myelin", version, about = "A Matrix homeserver with Synapse's module system")]
 struct Cli {
@@ -49,6 +51,17 @@ enum Command {
     },
     /// Validate the whole config (module configs included); exit 0 if valid, 1 if not.
     CheckConfig,
+    /// Import a stopped Synapse's database, media and signing key into Myelin's (empty)
+    /// database: its users, sessions, rooms and keys carry on (docs/migrating-from-synapse.md).
+    ImportSynapse {
+        /// Synapse's homeserver.yaml (its database, media store and signing key are read from
+        /// the paths it names; nothing of Synapse's is written).
+        #[arg(long)]
+        synapse_config: PathBuf,
+        /// Empty Myelin's database first (a second run refuses without it).
+        #[arg(long)]
+        start_over: bool,
+    },
     /// Create a local user in the database.
     RegisterUser {
         /// Localpart of the new user.
@@ -104,6 +117,20 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
+            }
+        }
+        Command::ImportSynapse { synapse_config, start_over } => {
+            let paths = if cli.config.is_empty() { vec![default_path] } else { cli.config };
+            let (config, _) = match load_config(&paths, &natives) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match run_import(&synapse_config, config, start_over) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("import-synapse: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::RegisterUser { user, password, admin } => {
@@ -278,15 +305,134 @@ fn init_logging(level: &str, settings: &myelin_core::log_config::LogSettings) ->
     Ok(())
 }
 
-fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
-    let store: Arc<dyn Storage> = match &config.database {
+fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
+    Ok(match &config.database {
         Database::Sqlite(options) => {
             Arc::new(SqliteStore::open_with(options).map_err(|e| format!("Could not open the database: {e}"))?)
         }
         Database::Postgres(options) => {
             Arc::new(PostgresStore::open(options).map_err(|e| format!("Could not open the database: {e}"))?)
         }
+    })
+}
+
+/// `myelin import-synapse`: checks everything it can before writing anything (Synapse's
+/// schema, the server name, an empty target), then rows, then push rules and pushers through
+/// the homeserver's handlers, then prints the summary.
+fn run_import(synapse_config: &Path, config: Config, start_over: bool) -> Result<(), String> {
+    use import_synapse as import;
+    let synapse = import::SynapseConfig::load(synapse_config)?;
+    let db = import::open_synapse(&synapse)?;
+    if start_over {
+        import::remove_target(&config)?;
+    }
+    let store = open_storage(&config)?;
+    import::check_target_empty(store.as_ref())?;
+    eprintln!("Importing {} into Myelin's database:", synapse_config.display());
+    let started = std::time::Instant::now();
+    let mut summary = import::import_rows(&db, &synapse, &config, store.as_ref())?;
+    import::copy_signing_key(&synapse, &config)?;
+    let rules = import::push_rules(&db)?;
+    let pushers = import::pushers(&db)?;
+    let key = SigningKey::load(&config.signing_key_path)?;
+    let hs = Homeserver::new(config, store.clone(), key).map_err(|e| format!("Could not start: {e}"))?;
+    let (rule_count, pusher_count) = runtime().block_on(import_through_handlers(&hs, rules, pushers))?;
+    summary.imported.push(("push rules (set by users)", rule_count));
+    summary.imported.push(("pushers", pusher_count));
+    let _ = store.shutdown();
+    println!("Imported in {:.1} s:", started.elapsed().as_secs_f64());
+    for (what, n) in &summary.imported {
+        println!("  {what}: {n}");
+    }
+    if !summary.skipped.is_empty() {
+        println!("Not imported:");
+        for (what, n, why) in &summary.skipped {
+            println!("  {what}: {n} ({why})");
+        }
+    }
+    println!("Synapse's signing key is now Myelin's ({}).", hs.config.signing_key_path.display());
+    Ok(())
+}
+
+/// Push rules and pushers, set as their users would set them (the handlers check and store
+/// them in Myelin's own form).
+async fn import_through_handlers(
+    hs: &Homeserver,
+    rules: Vec<import_synapse::PushRules>,
+    pushers: Vec<import_synapse::Pusher>,
+) -> Result<(usize, usize), String> {
+    use serde_json::{Value, json};
+    let requester = |user: &str| -> Result<myelin_core::Requester, String> {
+        Ok(myelin_core::Requester {
+            user_id: user.try_into().map_err(|e| format!("bad user ID {user}: {e}"))?,
+            device_id: String::new(),
+            access_token: String::new(),
+            is_admin: false,
+            shadow_banned: false,
+            is_guest: false,
+            app_service: None,
+            app_service_ts: None,
+        })
     };
+    let (mut rule_count, mut pusher_count) = (0, 0);
+    for user_rules in rules {
+        let Ok(me) = requester(&user_rules.user) else { continue };
+        let mut last_of_kind: std::collections::HashMap<String, String> = Default::default();
+        for (rule_id, _class, _priority, conditions, actions) in &user_rules.rules {
+            let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
+            let actions: Value = serde_json::from_str(actions).unwrap_or(Value::Array(vec![]));
+            if id.starts_with('.') {
+                // A default rule whose actions the user changed.
+                let body = json!({ "actions": actions });
+                let body = body.as_object().cloned().unwrap_or_default();
+                if hs.set_push_rule_attribute(&me, "global", kind, id, "actions", &body).await.is_ok() {
+                    rule_count += 1;
+                }
+                continue;
+            }
+            let conditions: Value = serde_json::from_str(conditions).unwrap_or(Value::Array(vec![]));
+            let mut body = serde_json::Map::new();
+            body.insert("actions".into(), actions);
+            match kind {
+                "content" => {
+                    let pattern = conditions.get(0).and_then(|c| c.get("pattern")).cloned().unwrap_or(Value::Null);
+                    body.insert("pattern".into(), pattern);
+                }
+                "override" | "underride" => {
+                    body.insert("conditions".into(), conditions);
+                }
+                _ => {}
+            }
+            let after = last_of_kind.get(kind).cloned();
+            match hs.put_push_rule(&me, "global", kind, id, None, after.as_deref(), &body).await {
+                Ok(()) => {
+                    last_of_kind.insert(kind.to_owned(), id.to_owned());
+                    rule_count += 1;
+                }
+                Err(e) => eprintln!("  push rule {rule_id} of {} not imported: {}", user_rules.user, e.message),
+            }
+        }
+        for (rule_id, enabled) in &user_rules.enabled {
+            let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
+            let body = json!({ "enabled": enabled });
+            let body = body.as_object().cloned().unwrap_or_default();
+            if let Err(e) = hs.set_push_rule_attribute(&me, "global", kind, id, "enabled", &body).await {
+                eprintln!("  push rule {rule_id} of {}: enabled flag not imported: {}", user_rules.user, e.message);
+            }
+        }
+    }
+    for (user, body) in pushers {
+        let Ok(me) = requester(&user) else { continue };
+        match hs.set_pusher(&me, &body).await {
+            Ok(()) => pusher_count += 1,
+            Err(e) => eprintln!("  a pusher of {user} not imported: {}", e.message),
+        }
+    }
+    Ok((rule_count, pusher_count))
+}
+
+fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
+    let store = open_storage(&config)?;
     if !config.signing_key_path.exists() {
         SigningKey::generate(&config.signing_key_path)?;
         tracing::info!(path = %config.signing_key_path.display(), "generated a new signing key");

@@ -44,6 +44,18 @@ pub enum StorageError {
         /// Newest version this build knows.
         supported: i64,
     },
+    /// The database is a Synapse database (its `event_json` table is there): Myelin keeps its
+    /// own, and imports Synapse's with `myelin import-synapse`.
+    #[error(
+        "this is a Synapse database (Synapse schema version {found}), which Myelin does not serve directly: \
+         point Myelin at a database of its own and import this one into it with `myelin import-synapse \
+         --synapse-config <Synapse's homeserver.yaml> -c <Myelin's homeserver.yaml>` \
+         (docs/migrating-from-synapse.md)"
+    )]
+    SynapseDatabase {
+        /// Synapse's `schema_version.version`.
+        found: i64,
+    },
     /// The database's disk (or its quota) is full: nothing was written.
     #[error("the database's disk is full")]
     DiskFull,

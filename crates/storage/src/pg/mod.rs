@@ -426,6 +426,11 @@ impl PostgresStore {
         self.transaction(MIGRATION_LOCK, |tx| {
             // Asked first: `CREATE TABLE IF NOT EXISTS` would log a NOTICE at every start.
             let exists: bool = tx.one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?.get(0);
+            // Synapse's own database has a `schema_version` table too, with other meanings.
+            if tx.one("SELECT to_regclass('event_json') IS NOT NULL", &[])?.get::<_, bool>(0) {
+                let found = tx.opt("SELECT version::BIGINT FROM schema_version", &[])?.map(|r| r.get(0));
+                return Err(StorageError::SynapseDatabase { found: found.unwrap_or(0) });
+            }
             if !exists {
                 tx.batch("CREATE TABLE schema_version (version BIGINT NOT NULL)")?;
             }

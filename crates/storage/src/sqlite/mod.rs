@@ -262,6 +262,7 @@ impl SqliteStore {
     }
 
     fn setup(mut conn: Connection) -> Result<Self> {
+        refuse_synapse_database(&conn)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
@@ -344,6 +345,21 @@ impl StorageInfo for SqliteStore {
         }
         Ok(())
     }
+}
+
+/// Refuses Synapse's own database (it has a `schema_version` table too, with other meanings)
+/// before anything is written to it, its journal mode included.
+fn refuse_synapse_database(conn: &Connection) -> Result<()> {
+    let synapse: bool = conn
+        .row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_json')", [], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    if synapse {
+        let found = conn.row("SELECT version FROM schema_version", [], |r| r.get(0)).optional().map_err(backend)?;
+        return Err(StorageError::SynapseDatabase { found: found.unwrap_or(0) });
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {

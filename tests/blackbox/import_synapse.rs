@@ -1,0 +1,321 @@
+//! `myelin import-synapse`: a real Synapse (1.163.2, as in `synapse_federation`) is filled
+//! through its client API by `tests/synapse/populate_for_import.py` and stopped; its SQLite
+//! database, media store and signing key are imported into a new Myelin, which then serves the
+//! same accounts (old access tokens on their devices, passwords), profiles, account data, tags,
+//! push rules, rooms with their state, versions, aliases and directory entries, history with its
+//! redaction, edit and receipt, history visibility, device and one-time keys, key backups, media
+//! and the server's signing key, and takes new events and accounts on top of the imported graph.
+//! A server name that differs is refused; a second import onto a filled database is refused
+//! unless `--start-over`; and serving a Synapse database directly is refused, naming
+//! `import-synapse`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::federating::free_port;
+use crate::harness::{BIN, Server, User, assert_sound_room_graph, base_config, python_env, run_cli};
+use crate::synapse_federation::{start_synapse, synapse_log};
+
+const V3: &str = "/_matrix/client/v3";
+const POPULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/populate_for_import.py");
+const NAME: &str = "import.test";
+
+/// Percent-encodes one path segment (room, event and user IDs, aliases).
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_owned()
+}
+
+/// Writes `dir/homeserver.yaml`: the harness's base config for `server_name`, its database the
+/// SQLite file `database` (relative to `dir`).
+fn myelin_config(dir: &Path, server_name: &str, database: &str) -> PathBuf {
+    let extra = format!("database:\n  name: sqlite3\n  args:\n    database: {database}\n");
+    let config = base_config(&extra).replace("server_name: test\n", &format!("server_name: {server_name}\n"));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let path = dir.join("homeserver.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Runs `myelin import-synapse` onto the config in `dir`; returns (exit code, stdout, stderr).
+fn import(synapse_config: &Path, dir: &Path, more: &[&str]) -> (i32, String, String) {
+    let config = dir.join("homeserver.yaml");
+    let (synapse_config, config) = (synapse_config.to_str().unwrap(), config.to_str().unwrap());
+    let mut args = vec!["import-synapse", "--synapse-config", synapse_config, "-c", config];
+    args.extend_from_slice(more);
+    run_cli(dir, &args)
+}
+
+/// Runs `myelin -c config` (serve), which must exit within 30 s; returns its exit code and stderr.
+async fn serve_until_exit(config: &Path) -> (i32, String) {
+    let mut child = python_env(&mut Command::new(BIN))
+        .arg("-c")
+        .arg(config)
+        .current_dir(config.parent().unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("still serving after 30 s; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Starts a Synapse named [`NAME`] (registration open, no rate limits, no federation), fills it
+/// with populate_for_import.py and stops it with SIGTERM, so its database is whole. Returns its
+/// directory and the script's JSON.
+async fn populated_synapse() -> (tempfile::TempDir, Value) {
+    let port = free_port();
+    let unlimited = json!({"per_second": 100000, "burst_count": 100000});
+    let overrides = json!({
+        "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                       "resources": [{"names": ["client"], "compress": false}]}],
+        "enable_registration": true,
+        "enable_registration_without_verification": true,
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": true,
+        "report_stats": false,
+        "presence": {"enabled": false},
+        "rc_message": unlimited, "rc_registration": unlimited, "rc_media_create": unlimited,
+        "rc_joins": {"local": unlimited, "remote": unlimited}, "rc_joins_per_room": unlimited,
+        "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
+        "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
+        "rc_room_creation": unlimited,
+        // Synapse's default lets nobody publish to the room directory.
+        "room_list_publication_rules": [{"action": "allow"}],
+    });
+    let mut synapse = start_synapse(NAME, port, overrides).await;
+    let out = Command::new("python3").arg(POPULATE).arg(&synapse.base).output().expect("run python3");
+    assert!(
+        out.status.success(),
+        "populate_for_import.py: {}\nSynapse log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        synapse_log(&synapse)
+    );
+    let data: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    // SAFETY: kill(2) on the pid of our own child, not yet waited for.
+    assert_eq!(unsafe { libc::kill(synapse.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while synapse.try_exit().is_none() {
+        assert!(Instant::now() < deadline, "Synapse did not stop on SIGTERM; log:\n{}", synapse_log(&synapse));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (synapse.stop(), data)
+}
+
+async fn get_event(server: &Server, room: &str, id: &str, user: &User) -> (u16, Value) {
+    server.get(&format!("{V3}/rooms/{}/event/{}", enc(room), enc(id)), Some(&user.token)).await
+}
+
+/// The bodies of `room`'s messages as `user` reads them backwards from the end, newest first.
+async fn bodies(server: &Server, room: &str, user: &User) -> Vec<String> {
+    let (s, b) = server.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=100", enc(room)), Some(&user.token)).await;
+    assert_eq!(s, 200, "{b}\n{}", server.log_text());
+    b["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn download(server: &Server, mxc: &str, user: &User) -> (u16, Vec<u8>) {
+    let media = mxc.strip_prefix(&format!("mxc://{NAME}/")).unwrap_or_else(|| panic!("not local media: {mxc}"));
+    let url = server.url(&format!("/_matrix/client/v1/media/download/{NAME}/{media}"));
+    let resp = reqwest::Client::new().get(url).bearer_auth(&user.token).send().await.unwrap();
+    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
+    let (synapse_dir, data) = populated_synapse().await;
+    let synapse_config = synapse_dir.path().join("homeserver.yaml");
+    let user =
+        |v: &Value| User { user_id: text(&v["user_id"]), token: text(&v["token"]), device_id: text(&v["device_id"]) };
+    let (alice, bob) = (user(&data["alice"]), user(&data["bob"]));
+    let phone = User {
+        user_id: alice.user_id.clone(),
+        token: text(&data["alice"]["phone"]["token"]),
+        device_id: text(&data["alice"]["phone"]["device_id"]),
+    };
+    let (public, private, alias) = (text(&data["public"]), text(&data["private"]), text(&data["alias"]));
+    let event = |name: &str| text(&data["events"][name]);
+
+    // Another server name is refused; the import runs once, then only with --start-over.
+    let other = tempfile::tempdir().unwrap();
+    myelin_config(other.path(), "other.test", "data/homeserver.db");
+    let (code, out, err) = import(&synapse_config, other.path(), &[]);
+    assert_eq!(code, 1, "server_name other.test: {out}{err}");
+    let dir = tempfile::tempdir().unwrap();
+    myelin_config(dir.path(), NAME, "data/homeserver.db");
+    let (code, out, err) = import(&synapse_config, dir.path(), &[]);
+    assert_eq!(code, 0, "import: {out}{err}");
+    assert!(!out.trim().is_empty(), "a summary on stdout; stderr: {err}");
+    let (code, out, err) = import(&synapse_config, dir.path(), &[]);
+    assert_eq!(code, 1, "a second import onto a filled database: {out}{err}");
+    assert!(format!("{out}{err}").contains("--start-over"), "{out}{err}");
+    let (code, out, err) = import(&synapse_config, dir.path(), &["--start-over"]);
+    assert_eq!(code, 0, "import --start-over: {out}{err}");
+
+    let myelin = Server::start_in(dir).await;
+    let logs = || format!("Myelin log:\n{}", myelin.log_text());
+
+    // Accounts: every old access token on its device, passwords, devices, the profile.
+    for (who, u) in [("alice", &alice), ("alice's phone", &phone), ("bob", &bob)] {
+        let (s, b) = myelin.get(&format!("{V3}/account/whoami"), Some(&u.token)).await;
+        let got = (s, b["user_id"].as_str(), b["device_id"].as_str());
+        assert_eq!(got, (200, Some(u.user_id.as_str()), Some(u.device_id.as_str())), "{who}: {b}\n{}", logs());
+    }
+    let bob_id = json!({"type": "m.id.user", "user": "bob"});
+    let login = |password: &str| json!({"type": "m.login.password", "identifier": bob_id, "password": password});
+    let (s, b) = myelin.post(&format!("{V3}/login"), None, login("bob-password")).await;
+    assert_eq!((s, b["user_id"].as_str()), (200, Some(bob.user_id.as_str())), "{b}\n{}", logs());
+    assert_eq!(myelin.post(&format!("{V3}/login"), None, login("wrong")).await.0, 403);
+    let (_, b) = myelin.get(&format!("{V3}/devices"), Some(&alice.token)).await;
+    let mut names: Vec<&str> =
+        b["devices"].as_array().into_iter().flatten().filter_map(|d| d["display_name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["alice's laptop", "alice's phone"], "{b}\n{}", logs());
+    let (s, p) = myelin.get(&format!("{V3}/profile/{}", enc(&alice.user_id)), Some(&bob.token)).await;
+    let got = (s, p["displayname"].as_str(), p["avatar_url"].as_str());
+    assert_eq!(got, (200, Some("Alice A."), data["avatar"].as_str()), "{p}\n{}", logs());
+
+    // Account data, a room tag, a push rule.
+    let path = format!("{V3}/user/{}/account_data/org.example.settings", enc(&alice.user_id));
+    let (s, b) = myelin.get(&path, Some(&alice.token)).await;
+    assert_eq!((s, &b), (200, &json!({"theme": "dark"})), "{}", logs());
+    let path = format!("{V3}/user/{}/rooms/{}/tags", enc(&alice.user_id), enc(&public));
+    let (s, b) = myelin.get(&path, Some(&alice.token)).await;
+    assert_eq!((s, &b["tags"]["u.work"]["order"]), (200, &json!(0.5)), "{b}\n{}", logs());
+    let (_, b) = myelin.get(&format!("{V3}/pushrules/"), Some(&alice.token)).await;
+    let content = b["global"]["content"].as_array().cloned().unwrap_or_default();
+    assert!(content.iter().any(|r| r["rule_id"] == "cats" && r["pattern"] == "cats"), "{b}\n{}", logs());
+
+    // Rooms: membership, state, versions, the alias, the directory.
+    let (_, b) = myelin.get(&format!("{V3}/joined_rooms"), Some(&alice.token)).await;
+    let joined = b["joined_rooms"].as_array().cloned().unwrap_or_default();
+    assert!(joined.contains(&json!(public)) && joined.contains(&json!(private)), "{b}\n{}", logs());
+    let state = |room: &str, kind: &str| format!("{V3}/rooms/{}/state/{kind}", enc(room));
+    let (s, b) = myelin.get(&state(&public, "m.room.name"), Some(&bob.token)).await;
+    assert_eq!((s, b["name"].as_str()), (200, Some("Town square")), "{b}\n{}", logs());
+    let (s, b) = myelin.get(&state(&public, "m.room.topic"), Some(&bob.token)).await;
+    assert_eq!((s, b["topic"].as_str()), (200, Some("Everything, now")), "{b}\n{}", logs());
+    let (s, b) = myelin.get(&state(&private, "m.room.create"), Some(&bob.token)).await;
+    assert_eq!((s, b["room_version"].as_str()), (200, Some("10")), "{b}\n{}", logs());
+    let (s, b) = myelin.get(&format!("{V3}/directory/room/{}", enc(&alias)), Some(&bob.token)).await;
+    assert_eq!((s, b["room_id"].as_str()), (200, Some(public.as_str())), "{b}\n{}", logs());
+    let (_, b) = myelin.get(&format!("{V3}/publicRooms"), Some(&bob.token)).await;
+    let listed = b["chunk"].as_array().cloned().unwrap_or_default();
+    assert!(listed.iter().any(|r| r["room_id"] == public.as_str() && r["name"] == "Town square"), "{b}\n{}", logs());
+
+    // History: bodies, the edit bundled on its original, the redaction, /messages.
+    for (name, body) in [("first", "hello from Synapse"), ("reply", "hi alice"), ("last", "last word")] {
+        let (s, b) = get_event(&myelin, &public, &event(name), &bob).await;
+        assert_eq!((s, b["content"]["body"].as_str()), (200, Some(body)), "{name}: {b}\n{}", logs());
+    }
+    let (_, b) = get_event(&myelin, &public, &event("first"), &alice).await;
+    assert_eq!(b["unsigned"]["m.relations"]["m.replace"]["event_id"], event("edit"), "{b}\n{}", logs());
+    let (s, b) = get_event(&myelin, &public, &event("secret"), &alice).await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    assert!(b["content"].is_object() && b["content"].get("body").is_none(), "redacted: {b}");
+    assert_eq!(b["unsigned"]["redacted_because"]["type"], "m.room.redaction", "{b}");
+    let seen = bodies(&myelin, &public, &alice).await;
+    let at = |body: &str| seen.iter().position(|b| b == body);
+    assert!(at("last word").is_some() && at("last word") < at("hi alice"), "{seen:?}\n{}", logs());
+    assert_eq!(at("this will be redacted"), None, "{seen:?}");
+
+    // History visibility: bob joined the private room after "before bob".
+    let (s, b) = get_event(&myelin, &private, &event("hidden"), &bob).await;
+    assert_eq!(s, 404, "bob may not read what was sent before he joined: {b}\n{}", logs());
+    let (s, b) = get_event(&myelin, &private, &event("hidden"), &alice).await;
+    assert_eq!((s, b["content"]["body"].as_str()), (200, Some("before bob")), "{b}\n{}", logs());
+    let (s, b) = get_event(&myelin, &private, &event("seen"), &bob).await;
+    assert_eq!((s, b["content"]["body"].as_str()), (200, Some("after bob joined")), "{b}\n{}", logs());
+    let bobs = bodies(&myelin, &private, &bob).await;
+    assert!(bobs.contains(&"after bob joined".to_owned()) && !bobs.contains(&"before bob".to_owned()), "{bobs:?}");
+
+    // End-to-end encryption: device keys, one-time and fallback keys, the key backup.
+    let query = json!({"device_keys": {alice.user_id.clone(): []}});
+    let (s, b) = myelin.post(&format!("{V3}/keys/query"), Some(&bob.token), query).await;
+    let key = &b["device_keys"][&alice.user_id][&alice.device_id]["keys"][&format!("ed25519:{}", alice.device_id)];
+    assert_eq!((s, key.as_str()), (200, Some("ZWQyNTUxOWtleQ")), "{b}\n{}", logs());
+    let (s, b) = myelin.post(&format!("{V3}/keys/upload"), Some(&alice.token), json!({})).await;
+    assert_eq!((s, &b["one_time_key_counts"]["signed_curve25519"]), (200, &json!(3)), "{b}\n{}", logs());
+    let version = text(&data["backup_version"]);
+    let (s, b) = myelin.get(&format!("{V3}/room_keys/version"), Some(&alice.token)).await;
+    assert_eq!((s, b["version"].as_str()), (200, Some(version.as_str())), "{b}\n{}", logs());
+    assert_eq!(b["auth_data"]["public_key"], "YmFja3VwIGtleQ", "{b}");
+    let path = format!("{V3}/room_keys/keys/{}/sess1?version={version}", enc(&public));
+    let (s, b) = myelin.get(&path, Some(&alice.token)).await;
+    assert_eq!((s, b["session_data"]["ciphertext"].as_str()), (200, Some("Yw")), "{b}\n{}", logs());
+
+    // Initial sync: the read receipt, the unused fallback key.
+    let sync = myelin.sync(&alice, None, 0).await;
+    let ephemeral = sync["rooms"]["join"][&public]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+    let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").cloned().unwrap_or_default();
+    assert!(receipt["content"][&event("reply")]["m.read"][&alice.user_id]["ts"].is_i64(), "{sync}\n{}", logs());
+    assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{sync}");
+
+    // Media, and the server's signing key.
+    let document = text(&data["document"]);
+    let (s, got) = download(&myelin, &text(&data["media"]), &alice).await;
+    assert!(s == 200 && got == document.as_bytes(), "{s}, {} bytes\n{}", got.len(), logs());
+    let (s, got) = download(&myelin, &text(&data["avatar"]), &bob).await;
+    assert!(s == 200 && got == b"\x89PNG fake avatar bytes", "{s}, {} bytes\n{}", got.len(), logs());
+    let stored = std::fs::read_to_string(synapse_dir.path().join(format!("{NAME}.signing.key"))).unwrap();
+    let key_id = format!("ed25519:{}", stored.split_whitespace().nth(1).unwrap());
+    let (_, b) = myelin.get("/_matrix/key/v2/server", None).await;
+    assert!(b["verify_keys"].get(&key_id).is_some(), "Synapse's {key_id}: {b}\n{}", logs());
+
+    // Life goes on: new events on top of the imported graphs, a new account joins by the alias.
+    let (s, b) = myelin.send_text(&bob, &public, "after the move").await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    let (s, b) = get_event(&myelin, &public, &text(&b["event_id"]), &alice).await;
+    assert_eq!((s, b["content"]["body"].as_str()), (200, Some("after the move")), "{b}\n{}", logs());
+    assert_eq!(bodies(&myelin, &public, &alice).await.first().map(String::as_str), Some("after the move"));
+    let (s, b) = myelin.send_text(&alice, &private, "still here").await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    let carol = myelin.register("carol").await;
+    let (s, b) = myelin.join(&carol, &enc(&alias)).await;
+    assert_eq!((s, b["room_id"].as_str()), (200, Some(public.as_str())), "{b}\n{}", logs());
+    assert_sound_room_graph(myelin.dir.path(), &public);
+    assert_sound_room_graph(myelin.dir.path(), &private);
+    drop(myelin);
+
+    // Serving a Synapse database (a copy) is refused, naming the way to import it.
+    let raw = tempfile::tempdir().unwrap();
+    for suffix in ["", "-wal"] {
+        let from = synapse_dir.path().join(format!("homeserver.db{suffix}"));
+        if from.exists() {
+            std::fs::copy(from, raw.path().join(format!("synapse.db{suffix}"))).unwrap();
+        }
+    }
+    let (before, had_wal) =
+        (std::fs::read(raw.path().join("synapse.db")).unwrap(), raw.path().join("synapse.db-wal").exists());
+    let (code, stderr) = serve_until_exit(&myelin_config(raw.path(), NAME, "synapse.db")).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("Synapse") && stderr.contains("import-synapse"), "{stderr}");
+    // Refused before anything is written (unless Synapse left a WAL, which closing checkpoints).
+    if !had_wal {
+        assert!(std::fs::read(raw.path().join("synapse.db")).unwrap() == before, "the Synapse database changed");
+    }
+}

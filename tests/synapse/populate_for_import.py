@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Fills a running Synapse with what `myelin import-synapse` must carry over, through its
+client API only, and prints (as JSON on stdout) what a later check needs: users with their
+access tokens, rooms, event IDs, media.
+
+  populate_for_import.py BASE_URL
+
+Standard library only: the tests run it with any Python 3.
+"""
+
+import json, sys, urllib.error, urllib.parse, urllib.request
+
+BASE = sys.argv[1].rstrip("/")
+
+
+def call(method, path, body=None, token=None, raw=None, ctype="application/json"):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(BASE + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", ctype)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"{method} {path}: {e.code} {e.read()[:300]!r}")
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+def register(name, password):
+    body = {"username": name, "password": password, "auth": {"type": "m.login.dummy"},
+            "initial_device_display_name": f"{name}'s laptop"}
+    r = call("POST", "/_matrix/client/v3/register", body)
+    return {"user_id": r["user_id"], "token": r["access_token"], "device_id": r["device_id"], "password": password}
+
+
+def send(token, room, text, extra=None, txn=[0]):
+    txn[0] += 1
+    content = {"msgtype": "m.text", "body": text, **(extra or {})}
+    return call("PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/t{txn[0]}", content, token)["event_id"]
+
+
+def main():
+    alice, bob = register("alice", "alice-password"), register("bob", "bob-password")
+    # A second device for alice, logged in with her password.
+    login = call("POST", "/_matrix/client/v3/login",
+                 {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                  "password": "alice-password", "initial_device_display_name": "alice's phone"})
+    alice["phone"] = {"token": login["access_token"], "device_id": login["device_id"]}
+
+    call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/displayname", {"displayname": "Alice A."},
+         alice["token"])
+    avatar = call("POST", "/_matrix/media/v3/upload?filename=avatar.png", token=alice["token"],
+                  raw=b"\x89PNG fake avatar bytes", ctype="image/png")["content_uri"]
+    call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/avatar_url", {"avatar_url": avatar},
+         alice["token"])
+    document = b"a document's bytes\n" * 100
+    media = call("POST", "/_matrix/media/v3/upload?filename=notes.txt", token=bob["token"], raw=document,
+                 ctype="text/plain")["content_uri"]
+
+    # Account data, a room tag, a push rule.
+    call("PUT", f"/_matrix/client/v3/user/{q(alice['user_id'])}/account_data/org.example.settings",
+         {"theme": "dark"}, alice["token"])
+    call("PUT", "/_matrix/client/v3/pushrules/global/content/cats", {"pattern": "cats", "actions": ["notify"]},
+         alice["token"])
+
+    # A public room in the directory, with an alias, of the default version.
+    public = call("POST", "/_matrix/client/v3/createRoom",
+                  {"preset": "public_chat", "name": "Town square", "topic": "Everything",
+                   "room_alias_name": "town", "visibility": "public"}, alice["token"])["room_id"]
+    call("POST", f"/_matrix/client/v3/join/{q(public)}", {}, bob["token"])
+    first = send(alice["token"], public, "hello from Synapse")
+    reply = send(bob["token"], public, "hi alice")
+    edit = send(alice["token"], public, "* hello from Synapse (edited)",
+                {"m.new_content": {"msgtype": "m.text", "body": "hello from Synapse (edited)"},
+                 "m.relates_to": {"rel_type": "m.replace", "event_id": first}})
+    secret = send(bob["token"], public, "this will be redacted")
+    call("PUT", f"/_matrix/client/v3/rooms/{q(public)}/redact/{q(secret)}/r1", {"reason": "oops"}, bob["token"])
+    call("PUT", f"/_matrix/client/v3/rooms/{q(public)}/state/m.room.topic/", {"topic": "Everything, now"},
+         alice["token"])
+    call("POST", f"/_matrix/client/v3/rooms/{q(public)}/receipt/m.read/{q(reply)}", {}, alice["token"])
+    call("PUT", f"/_matrix/client/v3/user/{q(alice['user_id'])}/rooms/{q(public)}/tags/u.work", {"order": 0.5},
+         alice["token"])
+    last = send(alice["token"], public, "last word")
+
+    # A private room of an older version, with a message bob must not read before his invite.
+    private = call("POST", "/_matrix/client/v3/createRoom",
+                   {"preset": "private_chat", "room_version": "10", "name": "Secrets"}, alice["token"])["room_id"]
+    call("PUT", f"/_matrix/client/v3/rooms/{q(private)}/state/m.room.history_visibility/",
+         {"history_visibility": "joined"}, alice["token"])
+    hidden = send(alice["token"], private, "before bob")
+    call("POST", f"/_matrix/client/v3/rooms/{q(private)}/invite", {"user_id": bob["user_id"]}, alice["token"])
+    call("POST", f"/_matrix/client/v3/join/{q(private)}", {}, bob["token"])
+    seen = send(alice["token"], private, "after bob joined")
+
+    # E2EE: device keys, one-time keys, a fallback key, a backup version with a key.
+    device_keys = {"user_id": alice["user_id"], "device_id": alice["device_id"],
+                   "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                   "keys": {f"curve25519:{alice['device_id']}": "Y3VydmUyNTUxOWtleQ",
+                            f"ed25519:{alice['device_id']}": "ZWQyNTUxOWtleQ"},
+                   "signatures": {alice["user_id"]: {f"ed25519:{alice['device_id']}": "c2lnbmF0dXJl"}}}
+    call("POST", "/_matrix/client/v3/keys/upload",
+         {"device_keys": device_keys,
+          "one_time_keys": {f"signed_curve25519:AAAA{i}": {"key": f"b3RrIHtpfQ{i}", "signatures": {}}
+                            for i in range(3)},
+          "fallback_keys": {"signed_curve25519:FFFF": {"key": "ZmFsbGJhY2s", "fallback": True, "signatures": {}}}},
+         alice["token"])
+    version = call("POST", "/_matrix/client/v3/room_keys/version",
+                   {"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+                    "auth_data": {"public_key": "YmFja3VwIGtleQ"}}, alice["token"])["version"]
+    session = {"first_message_index": 0, "forwarded_count": 0, "is_verified": False,
+               "session_data": {"ephemeral": "ZQ", "ciphertext": "Yw", "mac": "bQ"}}
+    call("PUT", f"/_matrix/client/v3/room_keys/keys/{q(public)}/sess1?version={version}", session, alice["token"])
+
+    json.dump({"alice": alice, "bob": bob, "public": public, "private": private, "alias": "#town:" +
+               alice["user_id"].split(":", 1)[1], "events": {"first": first, "reply": reply, "edit": edit,
+               "secret": secret, "last": last, "hidden": hidden, "seen": seen},
+               "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version},
+              sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
