@@ -22,8 +22,10 @@ use myelin_storage::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::{Map, Value, json};
 
-/// Synapse's database schema versions this importer reads: Synapse 1.120 (December 2024) to
-/// 1.163 (the newest release). The tables and columns read here are the same throughout.
+/// Synapse's database schema versions this importer reads: 88 (Synapse's releases from late
+/// 2024) to 94 (1.163, the newest release, and the one the tests import). The changes in
+/// between (Synapse's changelog in `synapse/storage/schema/__init__.py`) touch no column read
+/// here.
 pub const SUPPORTED_SCHEMA: std::ops::RangeInclusive<i64> = 88..=94;
 
 /// What the command imported (rows per kind) and what it left out, and why.
@@ -119,8 +121,8 @@ pub fn open_synapse(synapse: &SynapseConfig) -> Result<Connection, String> {
     match version {
         Some(v) if SUPPORTED_SCHEMA.contains(&v) => Ok(db),
         Some(v) => Err(format!(
-            "Synapse's database has schema version {v}; this Myelin imports schema versions {} to {} (Synapse \
-             1.120 to 1.163): upgrade Synapse (or Myelin) first",
+            "Synapse's database has schema version {v}; this Myelin imports schema versions {} to {} (Synapse releases \
+             from late 2024 to 1.163): upgrade Synapse (or Myelin) first",
             SUPPORTED_SCHEMA.start(),
             SUPPORTED_SCHEMA.end()
         )),
@@ -316,6 +318,10 @@ impl SynapseStateGroups<'_> {
         if let Some(s) = self.full.get(&group) {
             return Ok(s.clone());
         }
+        // Bounded: a room with many groups is read again from its deltas instead.
+        if self.full.len() > 256 {
+            self.full.clear();
+        }
         let mut chain = vec![group];
         let mut base = BTreeMap::new();
         while let Some(prev) = self.prev(*chain.last().unwrap_or(&group))? {
@@ -408,13 +414,20 @@ fn rooms(db: &Connection, store: &dyn Storage, summary: &mut Summary) -> Result<
         .map_err(sql)?;
     let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped) = (0, 0, 0, 0);
     for (room_id, version, creator, is_public) in room_rows {
-        let events = room_events(db, &room_id)?;
-        let Some(create) = events.iter().find(|e| e.kind == "m.room.create" && e.state_key.as_deref() == Some(""))
-        else {
+        let create: Option<(String, String)> = db
+            .query_row(
+                "SELECT j.json, coalesce(e.sender, '') FROM events e JOIN event_json j ON j.event_id = e.event_id
+                 WHERE e.room_id = ?1 AND e.type = 'm.room.create' AND e.state_key = ''",
+                [&room_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        let Some((create_json, create_sender)) = create else {
             rooms_skipped += 1;
             continue;
         };
-        let create_json: Value = serde_json::from_str(&create.json).map_err(|e| e.to_string())?;
+        let create_json: Value = serde_json::from_str(&create_json).map_err(|e| e.to_string())?;
         let version = version
             .or_else(|| create_json["content"]["room_version"].as_str().map(str::to_owned))
             .unwrap_or_else(|| "1".into());
@@ -426,7 +439,7 @@ fn rooms(db: &Connection, store: &dyn Storage, summary: &mut Summary) -> Result<
             .create_room(&myelin_storage::RoomRow {
                 room_id: room_id.clone(),
                 room_version: version.clone(),
-                creator: creator.unwrap_or_else(|| create.sender.clone()),
+                creator: creator.unwrap_or(create_sender),
                 is_public: is_public != 0,
             })
             .map_err(store_err)?;
@@ -441,90 +454,58 @@ fn rooms(db: &Connection, store: &dyn Storage, summary: &mut Summary) -> Result<
             .collect::<Result<_, _>>()
             .map_err(sql)?
         };
-        let last_in_timeline = events.iter().rposition(|e| !e.outlier && e.state_group.is_some());
-        let mut groups = SynapseStateGroups { db, full: HashMap::new() };
-        // Synapse group -> (Myelin group, deltas since its snapshot).
-        let mut mapped: HashMap<i64, (i64, i64)> = HashMap::new();
-        let mut outliers = Vec::new();
-        for (i, ev) in events.iter().enumerate() {
-            let json = stored_json(ev, &redacted_by, db, &rules)?;
-            let membership = (ev.kind == "m.room.member")
-                .then(|| serde_json::from_str::<Value>(&ev.json).ok())
-                .flatten()
-                .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned));
-            let Some(sg) = ev.state_group.filter(|_| !ev.outlier) else {
-                outliers.push(OutlierEvent {
-                    event_id: ev.event_id.clone(),
-                    room_id: ev.room_id.clone(),
-                    event_type: ev.kind.clone(),
-                    state_key: ev.state_key.clone(),
-                    sender: ev.sender.clone(),
-                    membership,
-                    json,
-                    rejected: ev.rejected,
-                });
-                continue;
+        // The room's last event in the timeline sets its current state to Synapse's (resolved)
+        // one.
+        let last_in_timeline: Option<String> = db
+            .query_row(
+                "SELECT e.event_id FROM events e JOIN event_to_state_groups g ON g.event_id = e.event_id
+                 WHERE e.room_id = ?1 AND NOT e.outlier ORDER BY e.stream_ordering DESC LIMIT 1",
+                [&room_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql)?;
+        let mut room = RoomImport {
+            store,
+            groups: SynapseStateGroups { db, full: HashMap::new() },
+            mapped: HashMap::new(),
+            batch: Vec::new(),
+            outliers: Vec::new(),
+            current: &current,
+            last_in_timeline,
+            written: 0,
+            outliers_written: 0,
+        };
+        let mut stmt = db
+            .prepare_cached(
+                "SELECT e.event_id, e.room_id, e.type, e.state_key, coalesce(e.sender, ''), e.outlier, j.json,
+                        j.internal_metadata, g.state_group,
+                        EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = e.event_id)
+                 FROM events e JOIN event_json j ON j.event_id = e.event_id
+                 LEFT JOIN event_to_state_groups g ON g.event_id = e.event_id
+                 WHERE e.room_id = ?1 ORDER BY e.stream_ordering",
+            )
+            .map_err(sql)?;
+        let mut rows = stmt.query([&room_id]).map_err(sql)?;
+        while let Some(r) = rows.next().map_err(sql)? {
+            let ev = SynapseEvent {
+                event_id: r.get(0).map_err(sql)?,
+                room_id: r.get(1).map_err(sql)?,
+                kind: r.get(2).map_err(sql)?,
+                state_key: r.get(3).map_err(sql)?,
+                sender: r.get(4).map_err(sql)?,
+                outlier: r.get::<_, i64>(5).map_err(sql)? != 0,
+                json: r.get(6).map_err(sql)?,
+                internal_metadata: r.get(7).map_err(sql)?,
+                state_group: r.get(8).map_err(sql)?,
+                rejected: r.get::<_, i64>(9).map_err(sql)? != 0,
             };
-            let (change, chain) = match mapped.get(&sg) {
-                Some(&(group, chain)) => (StateChange::Same(group), chain),
-                None => {
-                    let full = groups.state(sg)?;
-                    let prev = groups.prev(sg)?.and_then(|p| mapped.get(&p).map(|m| (p, *m)));
-                    match prev {
-                        Some((p, (prev_group, chain))) if chain + 1 < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN => {
-                            let before = groups.state(p)?;
-                            // A delta only adds or replaces: a key gone needs a snapshot.
-                            if before.keys().all(|k| full.contains_key(k)) {
-                                let delta: BTreeMap<_, _> = full
-                                    .iter()
-                                    .filter(|(k, id)| before.get(*k) != Some(*id))
-                                    .map(|(k, id)| (k.clone(), id.clone()))
-                                    .collect();
-                                (StateChange::New { prev: Some(prev_group), delta: entries(&delta) }, chain + 1)
-                            } else {
-                                (StateChange::New { prev: None, delta: entries(&full) }, 0)
-                            }
-                        }
-                        _ => (StateChange::New { prev: None, delta: entries(&full) }, 0),
-                    }
-                }
-            };
-            let value: Value = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
-            let prev_events: Vec<String> = myelin_core::events::parse_event_references(&value["prev_events"])
-                .0
-                .into_iter()
-                .map(|id| id.to_string())
-                .collect();
-            let soft_failed = serde_json::from_str::<Value>(&ev.internal_metadata)
-                .ok()
-                .and_then(|m| m["soft_failed"].as_bool())
-                .unwrap_or(false);
-            let written = store
-                .persist_event(&NewEvent {
-                    event_id: &ev.event_id,
-                    room_id: &ev.room_id,
-                    event_type: &ev.kind,
-                    state_key: ev.state_key.as_deref(),
-                    sender: &ev.sender,
-                    membership: membership.as_deref(),
-                    json: &json,
-                    rejected: ev.rejected,
-                    soft_failed,
-                    state: change,
-                    prev_events: &prev_events,
-                    updates_current_state: !ev.rejected && !soft_failed,
-                    txn: None,
-                    redaction: None,
-                    // The last one sets the room's current state to Synapse's (resolved) one.
-                    current_state: (Some(i) == last_in_timeline).then_some(current.as_slice()),
-                    destinations: &[],
-                })
-                .map_err(store_err)?;
-            mapped.entry(sg).or_insert((written.1, chain));
-            events_done += 1;
+            let json = stored_json(&ev, &redacted_by, db, &rules)?;
+            room.add(ev, json)?;
         }
-        outliers_done += outliers.len();
-        store.persist_outliers(&outliers).map_err(store_err)?;
+        room.flush()?;
+        events_done += room.written;
+        outliers_done += room.outliers_written;
         if let Some(rule) = current.iter().find(|e| e.event_type == "m.room.join_rules" && e.state_key.is_empty()) {
             let rule_json: Option<String> = db
                 .query_row("SELECT json FROM event_json WHERE event_id = ?1", [&rule.event_id], |r| r.get(0))
@@ -561,34 +542,143 @@ fn rooms(db: &Connection, store: &dyn Storage, summary: &mut Summary) -> Result<
     Ok(())
 }
 
-fn room_events(db: &Connection, room_id: &str) -> Result<Vec<SynapseEvent>, String> {
-    let mut stmt = db
-        .prepare_cached(
-            "SELECT e.event_id, e.room_id, e.type, e.state_key, coalesce(e.sender, ''), e.outlier, j.json,
-                    j.internal_metadata, g.state_group,
-                    EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = e.event_id)
-             FROM events e JOIN event_json j ON j.event_id = e.event_id
-             LEFT JOIN event_to_state_groups g ON g.event_id = e.event_id
-             WHERE e.room_id = ?1 ORDER BY e.stream_ordering",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map([room_id], |r| {
-            Ok(SynapseEvent {
-                event_id: r.get(0)?,
-                room_id: r.get(1)?,
-                kind: r.get(2)?,
-                state_key: r.get(3)?,
-                sender: r.get(4)?,
-                outlier: r.get::<_, i64>(5)? != 0,
-                json: r.get(6)?,
-                internal_metadata: r.get(7)?,
-                state_group: r.get(8)?,
-                rejected: r.get::<_, i64>(9)? != 0,
+/// Events of one room on their way into Myelin: messages are written in batches (one
+/// transaction each); an event with a state group not seen before is written alone, since the
+/// events after it need the group Myelin gives it.
+struct RoomImport<'a> {
+    store: &'a dyn Storage,
+    groups: SynapseStateGroups<'a>,
+    /// Synapse group -> (Myelin group, deltas since its snapshot).
+    mapped: HashMap<i64, (i64, i64)>,
+    batch: Vec<PendingEvent>,
+    outliers: Vec<OutlierEvent>,
+    current: &'a [StateEntry],
+    last_in_timeline: Option<String>,
+    written: usize,
+    outliers_written: usize,
+}
+
+/// What a [`NewEvent`] borrows, owned until its batch is written.
+struct PendingEvent {
+    ev: SynapseEvent,
+    json: String,
+    membership: Option<String>,
+    prev_events: Vec<String>,
+    soft_failed: bool,
+    state: StateChange,
+}
+
+/// Events per transaction.
+const BATCH: usize = 500;
+
+impl RoomImport<'_> {
+    fn add(&mut self, ev: SynapseEvent, json: String) -> Result<(), String> {
+        let value: Value = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
+        let membership = (ev.kind == "m.room.member")
+            .then(|| value["content"]["membership"].as_str().map(str::to_owned))
+            .flatten();
+        let Some(sg) = ev.state_group.filter(|_| !ev.outlier) else {
+            self.outliers.push(OutlierEvent {
+                event_id: ev.event_id,
+                room_id: ev.room_id,
+                event_type: ev.kind,
+                state_key: ev.state_key,
+                sender: ev.sender,
+                membership,
+                json,
+                rejected: ev.rejected,
+            });
+            if self.outliers.len() >= BATCH {
+                self.flush()?;
+            }
+            return Ok(());
+        };
+        let prev_events = myelin_core::events::parse_event_references(&value["prev_events"])
+            .0
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        let soft_failed = serde_json::from_str::<Value>(&ev.internal_metadata)
+            .ok()
+            .and_then(|m| m["soft_failed"].as_bool())
+            .unwrap_or(false);
+        if let Some(&(group, _)) = self.mapped.get(&sg) {
+            let state = StateChange::Same(group);
+            self.batch.push(PendingEvent { ev, json, membership, prev_events, soft_failed, state });
+            if self.batch.len() >= BATCH {
+                self.flush()?;
+            }
+            return Ok(());
+        }
+        // A new group: its parent's Myelin group must be known, so what is queued goes first.
+        self.flush()?;
+        let (state, chain) = self.state_change(sg)?;
+        self.batch.push(PendingEvent { ev, json, membership, prev_events, soft_failed, state });
+        let group = self.flush()?.unwrap_or_default();
+        self.mapped.insert(sg, (group, chain));
+        Ok(())
+    }
+
+    /// The change that makes Synapse's group `sg` in Myelin: a delta on its parent's Myelin
+    /// group when that is known and the chain short enough, else a snapshot.
+    fn state_change(&mut self, sg: i64) -> Result<(StateChange, i64), String> {
+        let full = self.groups.state(sg)?;
+        let prev = self.groups.prev(sg)?.and_then(|p| self.mapped.get(&p).map(|m| (p, *m)));
+        if let Some((p, (prev_group, chain))) = prev
+            && chain + 1 < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN
+        {
+            let before = self.groups.state(p)?;
+            // A delta only adds or replaces: a key gone needs a snapshot.
+            if before.keys().all(|k| full.contains_key(k)) {
+                let delta: FullState =
+                    full.iter().filter(|(k, id)| before.get(*k) != Some(*id)).map(|(k, id)| (k.clone(), id.clone())).collect();
+                return Ok((StateChange::New { prev: Some(prev_group), delta: entries(&delta) }, chain + 1));
+            }
+        }
+        Ok((StateChange::New { prev: None, delta: entries(&full) }, 0))
+    }
+
+    /// Writes what is queued; returns the last event's Myelin state group.
+    fn flush(&mut self) -> Result<Option<i64>, String> {
+        if !self.outliers.is_empty() {
+            self.store.persist_outliers(&self.outliers).map_err(store_err)?;
+            self.outliers_written += self.outliers.len();
+            self.outliers.clear();
+        }
+        if self.batch.is_empty() {
+            return Ok(None);
+        }
+        let events: Vec<NewEvent<'_>> = self
+            .batch
+            .iter()
+            .map(|p| NewEvent {
+                event_id: &p.ev.event_id,
+                room_id: &p.ev.room_id,
+                event_type: &p.ev.kind,
+                state_key: p.ev.state_key.as_deref(),
+                sender: &p.ev.sender,
+                membership: p.membership.as_deref(),
+                json: &p.json,
+                rejected: p.ev.rejected,
+                soft_failed: p.soft_failed,
+                state: p.state.clone(),
+                prev_events: &p.prev_events,
+                updates_current_state: !p.ev.rejected && !p.soft_failed,
+                txn: None,
+                redaction: None,
+                current_state: (self.last_in_timeline.as_deref() == Some(p.ev.event_id.as_str())).then_some(self.current),
+                destinations: &[],
             })
-        })
-        .map_err(sql)?;
-    rows.collect::<Result<_, _>>().map_err(sql)
+            .collect();
+        let mut last = None;
+        for result in self.store.persist_events(&events) {
+            last = Some(result.map_err(store_err)?.1);
+        }
+        self.written += events.len();
+        drop(events);
+        self.batch.clear();
+        Ok(last)
+    }
 }
 
 /// The JSON Myelin stores for a Synapse event: with its `event_id`, without Synapse's

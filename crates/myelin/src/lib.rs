@@ -18,7 +18,7 @@ use myelin_core::modules::{LoadedModule, NativeModule, NativeModules};
 use myelin_core::{Homeserver, modules};
 use myelin_storage::Storage;
 use myelin_storage::pg::PostgresStore;
-use myelin_storage::sqlite::SqliteStore;
+use myelin_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 pub use myelin_core::modules::NativeModule as Module;
 
@@ -326,7 +326,15 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool) -> Result
     if start_over {
         import::remove_target(&config)?;
     }
-    let store = open_storage(&config)?;
+    // Nothing is acknowledged to anyone during an import (a failed one starts over), so SQLite
+    // need not fsync each batch; the checkpoint at the end syncs the whole database.
+    let store: Arc<dyn Storage> = match &config.database {
+        Database::Sqlite(options) => {
+            let options = SqliteOptions { synchronous: Synchronous::Normal, ..options.clone() };
+            Arc::new(SqliteStore::open_with(&options).map_err(|e| format!("Could not open the database: {e}"))?)
+        }
+        Database::Postgres(_) => open_storage(&config)?,
+    };
     import::check_target_empty(store.as_ref())?;
     eprintln!("Importing {} into Myelin's database:", synapse_config.display());
     let started = std::time::Instant::now();
