@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::federating::free_port;
 use crate::harness::{BIN, Server, User, assert_sound_room_graph, base_config, python_env, run_cli};
-use crate::synapse_federation::{start_synapse, synapse_log};
+use crate::synapse_federation::{SYNAPSE_PYTHON, start_synapse, synapse_log};
 
 const V3: &str = "/_matrix/client/v3";
 const POPULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/populate_for_import.py");
@@ -104,7 +104,7 @@ async fn populated_synapse() -> (tempfile::TempDir, Value) {
         "room_list_publication_rules": [{"action": "allow"}],
     });
     let mut synapse = start_synapse(NAME, port, overrides).await;
-    let out = Command::new("python3").arg(POPULATE).arg(&synapse.base).output().expect("run python3");
+    let out = Command::new(SYNAPSE_PYTHON).arg(POPULATE).arg(&synapse.base).output().expect("run python3");
     assert!(
         out.status.success(),
         "populate_for_import.py: {}\nSynapse log:\n{}",
@@ -257,7 +257,20 @@ async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
     let query = json!({"device_keys": {alice.user_id.clone(): []}});
     let (s, b) = myelin.post(&format!("{V3}/keys/query"), Some(&bob.token), query).await;
     let key = &b["device_keys"][&alice.user_id][&alice.device_id]["keys"][&format!("ed25519:{}", alice.device_id)];
-    assert_eq!((s, key.as_str()), (200, Some("ZWQyNTUxOWtleQ")), "{b}\n{}", logs());
+    assert_eq!((s, key.as_str()), (200, data["device_ed25519"].as_str()), "{b}\n{}", logs());
+    // Cross-signing: alice's device signed by her self-signing key, her master key signed by
+    // bob's user-signing key (shown to bob).
+    let signer = text(&data["self_signing_key_id"]);
+    let signatures = &b["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id];
+    assert!(signatures.get(&signer).is_some(), "the self-signing signature: {b}\n{}", logs());
+    let master = &b["master_keys"][&alice.user_id];
+    let bobs_signatures = master["signatures"][&bob.user_id].as_object().map(|m| m.len()).unwrap_or(0);
+    assert_eq!(bobs_signatures, 1, "bob's signature of alice's master key: {b}\n{}", logs());
+    let query = json!({"device_keys": {alice.user_id.clone(): []}});
+    let (_, b) = myelin.post(&format!("{V3}/keys/query"), Some(&alice.token), query).await;
+    let master = &b["master_keys"][&alice.user_id];
+    assert_eq!(master["keys"].as_object().map(|k| k.len()), Some(1), "{b}");
+    assert!(master["signatures"].get(&bob.user_id).is_none(), "bob's signature is his alone: {b}");
     let (s, b) = myelin.post(&format!("{V3}/keys/upload"), Some(&alice.token), json!({})).await;
     assert_eq!((s, &b["one_time_key_counts"]["signed_curve25519"]), (200, &json!(3)), "{b}\n{}", logs());
     let version = text(&data["backup_version"]);
@@ -274,6 +287,12 @@ async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
     let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").cloned().unwrap_or_default();
     assert!(receipt["content"][&event("reply")]["m.read"][&alice.user_id]["ts"].is_i64(), "{sync}\n{}", logs());
     assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{sync}");
+
+    // The to-device message bob sent to alice's phone, which had not synced before the move.
+    let sync = myelin.sync(&phone, None, 0).await;
+    let events = sync["to_device"]["events"].as_array().cloned().unwrap_or_default();
+    let ping = events.iter().find(|e| e["type"] == "org.example.ping").cloned().unwrap_or_default();
+    assert_eq!((&ping["sender"], &ping["content"]), (&json!(bob.user_id), &json!({"hello": "phone"})), "{sync}");
 
     // Media, and the server's signing key.
     let document = text(&data["document"]);

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::federating::{Peer, TestCa, free_port, wait_for_event};
 use crate::harness::Server;
 
-const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv/bin/python");
+pub(crate) const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv/bin/python");
 
 /// A Synapse on `localhost:<port>`: plain client listener and TLS federation listener.
 struct SynapsePeer {

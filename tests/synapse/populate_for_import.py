@@ -5,10 +5,14 @@ access tokens, rooms, event IDs, media.
 
   populate_for_import.py BASE_URL
 
-Standard library only: the tests run it with any Python 3.
+Run with Synapse's Python (tests/synapse/.venv): the keys are real ed25519 keys, signed with
+signedjson, since Synapse checks cross-signing signatures.
 """
 
 import json, sys, urllib.error, urllib.parse, urllib.request
+
+from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
+from signedjson.sign import sign_json
 
 BASE = sys.argv[1].rstrip("/")
 
@@ -42,6 +46,30 @@ def send(token, room, text, extra=None, txn=[0]):
     txn[0] += 1
     content = {"msgtype": "m.text", "body": text, **(extra or {})}
     return call("PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/t{txn[0]}", content, token)["event_id"]
+
+
+def pubkey(key):
+    return encode_verify_key_base64(get_verify_key(key))
+
+
+def cross_sign(user):
+    """Uploads a user's master, self-signing and user-signing keys (the first upload needs no
+    password); returns the signing keys and the master key's JSON."""
+    keys = {kind: generate_signing_key(kind) for kind in ("master", "self_signing", "user_signing")}
+    for key in keys.values():
+        key.version = pubkey(key)  # a cross-signing key is named by its public key
+
+    def key_json(kind):
+        body = {"user_id": user["user_id"], "usage": [kind],
+                "keys": {f"ed25519:{pubkey(keys[kind])}": pubkey(keys[kind])}}
+        return body if kind == "master" else sign_json(body, user["user_id"], keys["master"])
+
+    call("POST", "/_matrix/client/v3/keys/device_signing/upload",
+         {"master_key": key_json("master"), "self_signing_key": key_json("self_signing"),
+          "user_signing_key": key_json("user_signing"),
+          "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user["user_id"]},
+                   "password": user["password"]}}, user["token"])
+    return {**keys, "master_json": key_json("master")}
 
 
 def main():
@@ -98,11 +126,12 @@ def main():
     seen = send(alice["token"], private, "after bob joined")
 
     # E2EE: device keys, one-time keys, a fallback key, a backup version with a key.
-    device_keys = {"user_id": alice["user_id"], "device_id": alice["device_id"],
-                   "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-                   "keys": {f"curve25519:{alice['device_id']}": "Y3VydmUyNTUxOWtleQ",
-                            f"ed25519:{alice['device_id']}": "ZWQyNTUxOWtleQ"},
-                   "signatures": {alice["user_id"]: {f"ed25519:{alice['device_id']}": "c2lnbmF0dXJl"}}}
+    device_key = generate_signing_key(alice["device_id"])
+    device_keys = sign_json({"user_id": alice["user_id"], "device_id": alice["device_id"],
+                             "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                             "keys": {f"curve25519:{alice['device_id']}": "Y3VydmUyNTUxOWtleQ",
+                                      f"ed25519:{alice['device_id']}": pubkey(device_key)}},
+                            alice["user_id"], device_key)
     call("POST", "/_matrix/client/v3/keys/upload",
          {"device_keys": device_keys,
           "one_time_keys": {f"signed_curve25519:AAAA{i}": {"key": f"b3RrIHtpfQ{i}", "signatures": {}}
@@ -116,10 +145,28 @@ def main():
                "session_data": {"ephemeral": "ZQ", "ciphertext": "Yw", "mac": "bQ"}}
     call("PUT", f"/_matrix/client/v3/room_keys/keys/{q(public)}/sess1?version={version}", session, alice["token"])
 
+    # Cross-signing: alice's keys, her device signed by her self-signing key; bob's keys, and
+    # alice's master key signed by bob's user-signing key (bob verified alice).
+    alice_cross = cross_sign(alice)
+    bob_cross = cross_sign(bob)
+    signed_device = sign_json(dict(device_keys), alice["user_id"], alice_cross["self_signing"])
+    signed_master = sign_json(dict(alice_cross["master_json"]), bob["user_id"], bob_cross["user_signing"])
+    call("POST", "/_matrix/client/v3/keys/signatures/upload",
+         {alice["user_id"]: {alice["device_id"]: signed_device}}, alice["token"])
+    call("POST", "/_matrix/client/v3/keys/signatures/upload",
+         {alice["user_id"]: {pubkey(alice_cross["master"]): signed_master}}, bob["token"])
+
+    # A to-device message to alice's phone, which never syncs before the move.
+    call("PUT", "/_matrix/client/v3/sendToDevice/org.example.ping/td1",
+         {"messages": {alice["user_id"]: {alice["phone"]["device_id"]: {"hello": "phone"}}}}, bob["token"])
+
     json.dump({"alice": alice, "bob": bob, "public": public, "private": private, "alias": "#town:" +
                alice["user_id"].split(":", 1)[1], "events": {"first": first, "reply": reply, "edit": edit,
                "secret": secret, "last": last, "hidden": hidden, "seen": seen},
-               "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version},
+               "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version,
+               "master_keys": {"alice": pubkey(alice_cross["master"]), "bob": pubkey(bob_cross["master"])},
+               "self_signing_key_id": "ed25519:" + pubkey(alice_cross["self_signing"]),
+               "device_ed25519": pubkey(device_key)},
               sys.stdout)
 
 

@@ -485,6 +485,16 @@ fn sqlite_options(path: PathBuf) -> myelin_storage::sqlite::SqliteOptions {
     myelin_storage::sqlite::SqliteOptions { path, synchronous: Default::default() }
 }
 
+/// Another server's `database:` section (Synapse's, for `myelin import-synapse`), read as
+/// Myelin reads its own; a relative SQLite path is taken from `base`.
+pub fn parse_database_section(value: Option<&Value>, base: &Path) -> Result<Database, String> {
+    let resolve = |p: String| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+    parse_database(value, &resolve).map_err(|e| e.to_string())
+}
+
 fn parse_database(value: Option<&Value>, resolve: &dyn Fn(String) -> PathBuf) -> Result<Database, ConfigError> {
     let db = match value {
         None | Some(Value::Null) => return Ok(Database::Sqlite(sqlite_options(resolve("homeserver.db".into())))),

@@ -135,7 +135,8 @@ impl PgOptions {
         Ok(options)
     }
 
-    fn client_config(&self) -> Result<postgres::Config> {
+    /// The client settings these options stand for (also used to read a Synapse's database).
+    pub fn client_config(&self) -> Result<postgres::Config> {
         let mut config = postgres::Config::new();
         if let Some(host) = &self.host {
             config.host(host);

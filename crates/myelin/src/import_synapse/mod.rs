@@ -1,0 +1,612 @@
+//! `myelin import-synapse`: moves a stopped Synapse's data (its database, SQLite or PostgreSQL,
+//! its media store and signing key) into Myelin's database, so its users, their sessions and its
+//! rooms carry on.
+//!
+//! Read-only on Synapse's side (the database is opened read-only, files are copied). Rows are
+//! written through Myelin's storage traits, so either Myelin backend can be the target; push
+//! rules and pushers go through the homeserver's own request handlers, as a client's would.
+//!
+//! Rooms: every event in Synapse's stream order, with its state group translated (Synapse's
+//! groups are deltas on a previous group, as Myelin's are), rejections, soft failures and
+//! redactions kept (a redacted event is stored pruned, as Myelin stores them); the room's
+//! current state is Synapse's. Stream positions are Myelin's own: a client's old sync token
+//! starts an initial sync.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use myelin_core::config::{Config, Database};
+use myelin_storage::{MediaRow, ReceiptRow, RegistrationToken, Storage, UserRow};
+use serde_json::{Map, Value, json};
+
+mod rooms;
+mod source;
+
+pub use source::SynapseDb;
+use source::{Arg, Row};
+
+/// Synapse's database schema versions this importer reads: 88 (Synapse's releases from late
+/// 2024) to 94 (1.163, the newest release, and the one the tests import). The changes in
+/// between (Synapse's changelog in `synapse/storage/schema/__init__.py`) touch no column read
+/// here.
+pub const SUPPORTED_SCHEMA: std::ops::RangeInclusive<i64> = 88..=94;
+
+/// What the command imported (rows per kind) and what it left out, and why.
+#[derive(Default)]
+pub struct Summary {
+    /// `(what, how many)`, in import order.
+    pub imported: Vec<(&'static str, usize)>,
+    /// `(what, how many, why)`.
+    pub skipped: Vec<(&'static str, usize, String)>,
+}
+
+impl Summary {
+    fn count(&mut self, what: &'static str, n: usize) {
+        self.imported.push((what, n));
+        eprintln!("  {what}: {n}");
+    }
+
+    fn skip(&mut self, what: &'static str, n: usize, why: &str) {
+        if n > 0 {
+            self.skipped.push((what, n, why.to_owned()));
+        }
+    }
+}
+
+/// The parts of Synapse's homeserver.yaml the import reads.
+pub struct SynapseConfig {
+    server_name: String,
+    database: Database,
+    media_store: PathBuf,
+    signing_key: PathBuf,
+}
+
+impl SynapseConfig {
+    /// Reads Synapse's config; relative paths are taken from the config file's directory.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("Could not read {}: {e}", path.display()))?;
+        let yaml: Value =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("{} is not valid YAML: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let text_of = |key: &str| yaml.get(key).and_then(Value::as_str).map(str::to_owned);
+        let server_name = text_of("server_name").ok_or_else(|| format!("{} has no server_name", path.display()))?;
+        // Synapse's `database:` section means what it means to Myelin (Myelin's own parser).
+        let database = myelin_core::config::parse_database_section(yaml.get("database"), base)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let media_store = text_of("media_store_path").unwrap_or_else(|| "media_store".into());
+        let signing_key = text_of("signing_key_path").unwrap_or_else(|| format!("{server_name}.signing.key"));
+        Ok(SynapseConfig {
+            database,
+            media_store: base.join(media_store),
+            signing_key: base.join(signing_key),
+            server_name,
+        })
+    }
+}
+
+/// Empties the target for `--start-over`: Myelin's SQLite database files (a PostgreSQL
+/// database is for its admin to drop and create again).
+pub fn remove_target(config: &Config) -> Result<(), String> {
+    match &config.database {
+        Database::Sqlite(options) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = options.path.clone().into_os_string();
+                name.push(suffix);
+                match std::fs::remove_file(&name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("Could not remove {}: {e}", PathBuf::from(name).display())),
+                }
+            }
+            Ok(())
+        }
+        Database::Postgres(_) => Err("--start-over cannot empty a PostgreSQL database: drop it, create it again \
+                                      empty, and run the import again"
+            .into()),
+    }
+}
+
+/// Opens Synapse's database read-only and checks its schema version.
+pub fn open_synapse(synapse: &SynapseConfig) -> Result<SynapseDb, String> {
+    let db = match &synapse.database {
+        Database::Sqlite(options) => SynapseDb::open_sqlite(&options.path)?,
+        Database::Postgres(options) => SynapseDb::open_postgres(options)?,
+    };
+    let version = db
+        .row("SELECT version FROM schema_version", &[])
+        .map_err(|e| format!("This is not a Synapse database: {e}"))?
+        .and_then(|r| r.opt_int(0));
+    match version {
+        Some(v) if SUPPORTED_SCHEMA.contains(&v) => Ok(db),
+        Some(v) => Err(format!(
+            "Synapse's database has schema version {v}; this Myelin imports schema versions {} to {} (Synapse releases \
+             from late 2024 to 1.163): upgrade Synapse (or Myelin) first",
+            SUPPORTED_SCHEMA.start(),
+            SUPPORTED_SCHEMA.end()
+        )),
+        None => Err("This is not a Synapse database (no schema version)".into()),
+    }
+}
+
+/// Refuses a target that already holds data (a second run), before anything is written.
+pub fn check_target_empty(store: &dyn Storage) -> Result<(), String> {
+    let users = store.count_users().map_err(|e| e.to_string())?;
+    let stream = store.max_stream_ordering().map_err(|e| e.to_string())?;
+    if users > 0 || stream > 0 {
+        return Err(format!(
+            "Myelin's database already holds data ({users} users): the import only writes into an empty one. Run \
+             again with --start-over to empty it first"
+        ));
+    }
+    Ok(())
+}
+
+/// Copies Synapse's signing key to Myelin's `signing_key_path` (the old file, if any, is kept
+/// beside it as `.before-import`), so the server keeps its key ID and signatures.
+pub fn copy_signing_key(synapse: &SynapseConfig, config: &Config) -> Result<(), String> {
+    let key = std::fs::read(&synapse.signing_key)
+        .map_err(|e| format!("Could not read Synapse's signing key {}: {e}", synapse.signing_key.display()))?;
+    let target = &config.signing_key_path;
+    if target.exists() {
+        let mut backup = target.clone().into_os_string();
+        backup.push(".before-import");
+        std::fs::rename(target, &backup).map_err(|e| format!("Could not move {} aside: {e}", target.display()))?;
+    }
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(target, &key).map_err(|e| format!("Could not write {}: {e}", target.display()))?;
+    std::fs::File::open(target).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    myelin_core::events::SigningKey::load(target).map(|_| ())
+}
+
+pub(super) fn store_err(e: myelin_storage::StorageError) -> String {
+    format!("writing Myelin's database: {e}")
+}
+
+/// Everything stored directly (not through request handlers): accounts, rooms, keys, media.
+pub fn import_rows(
+    db: &SynapseDb,
+    synapse: &SynapseConfig,
+    config: &Config,
+    store: &dyn Storage,
+) -> Result<Summary, String> {
+    if synapse.server_name != config.server_name {
+        return Err(format!(
+            "Synapse's server_name is {} and Myelin's is {}: they must be the same (the server keeps its name)",
+            synapse.server_name, config.server_name
+        ));
+    }
+    let mut summary = Summary::default();
+    users(db, store, &mut summary)?;
+    rooms::rooms(db, store, &mut summary)?;
+    account_data(db, store, &mut summary)?;
+    receipts(db, store, &mut summary)?;
+    keys(db, store, &mut summary)?;
+    media(db, synapse, config, store, &mut summary)?;
+    registration_tokens(db, store, &mut summary)?;
+    Ok(summary)
+}
+
+fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    let rows = db.rows(
+        "SELECT u.name, u.password_hash, coalesce(u.creation_ts, 0), u.admin, u.is_guest, u.deactivated,
+                coalesce(u.shadow_banned, FALSE), p.displayname, p.avatar_url
+         FROM users u LEFT JOIN profiles p ON p.full_user_id = u.name ORDER BY u.name",
+        &[],
+    )?;
+    for r in &rows {
+        let user = UserRow {
+            user_id: r.text(0),
+            password_hash: r.opt_text(1).filter(|h| !h.is_empty()),
+            // Synapse's creation_ts is in seconds.
+            creation_ts: r.int(2) * 1000,
+            is_admin: r.flag(3),
+            is_guest: r.flag(4),
+            deactivated: r.flag(5),
+            shadow_banned: r.flag(6),
+        };
+        store.create_user(&user, r.opt_text(7).as_deref()).map_err(store_err)?;
+        for (flag, on) in [
+            (myelin_storage::UserFlag::Admin, user.is_admin),
+            (myelin_storage::UserFlag::Guest, user.is_guest),
+            (myelin_storage::UserFlag::Deactivated, user.deactivated),
+            (myelin_storage::UserFlag::ShadowBanned, user.shadow_banned),
+        ] {
+            if on {
+                store.set_user_flag(&user.user_id, flag, true).map_err(store_err)?;
+            }
+        }
+        if let Some(avatar) = r.opt_text(8) {
+            store
+                .set_profile_field(&user.user_id, myelin_storage::ProfileField::AvatarUrl, Some(&avatar))
+                .map_err(store_err)?;
+        }
+    }
+    summary.count("users (with profiles)", rows.len());
+
+    let devices = db.rows("SELECT user_id, device_id, display_name FROM devices WHERE NOT hidden", &[])?;
+    for r in &devices {
+        store.upsert_device(&r.text(0), &r.text(1), r.opt_text(2).as_deref()).map_err(store_err)?;
+    }
+    summary.count("devices", devices.len());
+
+    // Tokens of a device, not expired; refresh tokens and puppeting tokens have no equivalent.
+    let now = now_ms();
+    let (mut n, mut skipped) = (0, 0);
+    for r in db.rows("SELECT token, user_id, device_id, valid_until_ms, puppets_user_id FROM access_tokens", &[])? {
+        match r.opt_text(2) {
+            Some(device) if r.opt_text(4).is_none() && r.opt_int(3).is_none_or(|t| t > now) => {
+                store.add_access_token(&r.text(0), &r.text(1), &device).map_err(store_err)?;
+                n += 1;
+            }
+            _ => skipped += 1,
+        }
+    }
+    summary.count("access tokens", n);
+    summary.skip(
+        "access tokens",
+        skipped,
+        "without a device, expired, or an admin's puppeting token (their users log in again)",
+    );
+    summary.skip(
+        "refresh tokens",
+        db.count("refresh_tokens"),
+        "Myelin does not issue refresh tokens yet: their access tokens work until they expire",
+    );
+    Ok(())
+}
+
+fn account_data(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    let rows = db.rows(
+        "SELECT user_id, '', account_data_type, content FROM account_data
+         UNION ALL SELECT user_id, room_id, account_data_type, content FROM room_account_data",
+        &[],
+    )?;
+    let mut n = 0;
+    for r in rows {
+        let Ok(content) = serde_json::from_str::<Value>(&r.text(3)) else { continue };
+        store.set_account_data(&r.text(0), &r.text(1), &r.text(2), &content).map_err(store_err)?;
+        n += 1;
+    }
+    summary.count("account data", n);
+
+    // Tags are room account data `m.tag` for Myelin.
+    let mut tags: BTreeMap<(String, String), Map<String, Value>> = BTreeMap::new();
+    for r in db.rows("SELECT user_id, room_id, tag, content FROM room_tags", &[])? {
+        let content = serde_json::from_str(&r.text(3)).unwrap_or_else(|_| json!({}));
+        tags.entry((r.text(0), r.text(1))).or_default().insert(r.text(2), content);
+    }
+    for ((user, room), tags_of_room) in &tags {
+        store.set_account_data(user, room, "m.tag", &json!({ "tags": tags_of_room })).map_err(store_err)?;
+    }
+    summary.count("rooms with tags", tags.len());
+    Ok(())
+}
+
+fn receipts(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    let mut n = 0;
+    let rows = db.rows(
+        "SELECT room_id, receipt_type, user_id, coalesce(thread_id, ''), event_id, data FROM receipts_linearized
+         ORDER BY stream_id",
+        &[],
+    )?;
+    for r in rows {
+        let room_id = r.text(0);
+        if store.get_room(&room_id).map_err(store_err)?.is_none() {
+            continue;
+        }
+        let ts = serde_json::from_str::<Value>(&r.text(5)).ok().and_then(|d| d["ts"].as_i64()).unwrap_or(0);
+        let receipt = ReceiptRow {
+            room_id,
+            receipt_type: r.text(1),
+            user_id: r.text(2),
+            thread_id: r.text(3),
+            event_id: r.text(4),
+            ts,
+        };
+        store.set_receipt(&receipt).map_err(store_err)?;
+        n += 1;
+    }
+    summary.count("read receipts", n);
+    Ok(())
+}
+
+/// A device's keys to upload: identity keys, one-time keys, fallback keys (`(algorithm, key
+/// ID, JSON)`).
+type DeviceKeys = (Option<String>, Vec<(String, String, String)>, Vec<(String, String, String)>);
+
+fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    // Device keys, one-time keys and fallback keys, per device.
+    let mut devices: BTreeMap<(String, String), DeviceKeys> = BTreeMap::new();
+    for r in db.rows("SELECT user_id, device_id, key_json FROM e2e_device_keys_json", &[])? {
+        devices.entry((r.text(0), r.text(1))).or_default().0 = Some(r.text(2));
+    }
+    let one_time =
+        db.rows("SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_one_time_keys_json", &[])?;
+    for r in &one_time {
+        devices.entry((r.text(0), r.text(1))).or_default().1.push((r.text(2), r.text(3), r.text(4)));
+    }
+    let fallback = db.rows(
+        "SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_fallback_keys_json WHERE NOT used",
+        &[],
+    )?;
+    for r in &fallback {
+        devices.entry((r.text(0), r.text(1))).or_default().2.push((r.text(2), r.text(3), r.text(4)));
+    }
+
+    // Signatures Synapse keeps apart: of one's own devices (by the self-signing key) and own
+    // cross-signing keys (by a device) are merged into the keys, as Myelin keeps them; of
+    // another user's master key (by one's user-signing key) are kept apart for the signer.
+    let signatures = db.rows(
+        "SELECT user_id, key_id, target_user_id, target_device_id, signature FROM e2e_cross_signing_signatures",
+        &[],
+    )?;
+    let mut of_others: BTreeMap<(String, String, String), Map<String, Value>> = BTreeMap::new();
+    let mut own_key_signatures: Vec<(String, String, String, String)> = Vec::new();
+    let mut signature_count = 0;
+    for r in signatures {
+        let (signer, key_id, target_user, target, signature) = (r.text(0), r.text(1), r.text(2), r.text(3), r.text(4));
+        if signer != target_user {
+            of_others.entry((signer, target_user, target)).or_default().insert(key_id, Value::String(signature));
+            signature_count += 1;
+            continue;
+        }
+        match devices.get_mut(&(target_user.clone(), target.clone())).and_then(|d| d.0.as_mut()) {
+            Some(device_json) => {
+                let mut key: Value = serde_json::from_str(device_json).unwrap_or(Value::Null);
+                if key.is_object() {
+                    key["signatures"][&signer][&key_id] = Value::String(signature);
+                    *device_json = key.to_string();
+                    signature_count += 1;
+                }
+            }
+            None => own_key_signatures.push((signer, key_id, target, signature)),
+        }
+    }
+    let mut with_keys = 0;
+    for ((user, device), (device_keys, otks, fallbacks)) in &devices {
+        with_keys += device_keys.is_some() as usize;
+        store.upload_keys(user, device, device_keys.as_deref(), otks, fallbacks).map_err(store_err)?;
+    }
+    summary.count("devices with identity keys", with_keys);
+    summary.count("one-time keys", one_time.len());
+    summary.count("fallback keys", fallback.len());
+
+    // Cross-signing keys: the newest of each type per user.
+    let mut cross: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for r in db.rows("SELECT user_id, keytype, keydata FROM e2e_cross_signing_keys ORDER BY stream_id", &[])? {
+        let (kind, data) = (r.text(1), r.text(2));
+        let list = cross.entry(r.text(0)).or_default();
+        list.retain(|(k, _)| *k != kind);
+        list.push((kind, data));
+    }
+    for (signer, key_id, public_key, signature) in own_key_signatures {
+        let Some(list) = cross.get_mut(&signer) else { continue };
+        for (_, json) in list.iter_mut() {
+            let mut key: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+            if key["keys"].as_object().is_some_and(|k| k.values().any(|v| v.as_str() == Some(public_key.as_str()))) {
+                key["signatures"][&signer][&key_id] = Value::String(signature.clone());
+                *json = key.to_string();
+                signature_count += 1;
+            }
+        }
+    }
+    for (user, list) in &cross {
+        store.set_cross_signing_keys(user, list).map_err(store_err)?;
+    }
+    summary.count("users with cross-signing keys", cross.len());
+    for ((signer, target_user, public_key), by_key) in &of_others {
+        let stored = json!({ "signatures": { signer.clone(): by_key } }).to_string();
+        store.add_user_signature(signer, target_user, public_key, &stored).map_err(store_err)?;
+    }
+    summary.count("cross-signing signatures", signature_count);
+
+    // Key backup: versions in order (deleted ones too, so the numbers stay the same).
+    let (mut versions, mut backed_up) = (0, 0);
+    let rows = db.rows(
+        "SELECT user_id, version, algorithm, auth_data, deleted FROM e2e_room_keys_versions ORDER BY user_id, version",
+        &[],
+    )?;
+    for r in rows {
+        let (user, version, algorithm, auth_data) = (r.text(0), r.int(1), r.text(2), r.text(3));
+        let mut made = store.create_backup_version(&user, &algorithm, &auth_data).map_err(store_err)?;
+        // Numbers Synapse skipped (never the case today): created and deleted to catch up.
+        while made < version {
+            store.delete_backup_version(&user, made).map_err(store_err)?;
+            made = store.create_backup_version(&user, &algorithm, &auth_data).map_err(store_err)?;
+        }
+        if r.flag(4) {
+            store.delete_backup_version(&user, made).map_err(store_err)?;
+            continue;
+        }
+        let keys: Vec<(String, String, String)> = db
+            .rows(
+                "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data
+                 FROM e2e_room_keys WHERE user_id = $1 AND version = CAST($2 AS BIGINT)",
+                &[Arg::Text(&user), Arg::Int(version)],
+            )?
+            .into_iter()
+            .map(|k| {
+                let session = json!({
+                    "first_message_index": k.int(2),
+                    "forwarded_count": k.int(3),
+                    "is_verified": k.flag(4),
+                    "session_data": serde_json::from_str::<Value>(&k.text(5)).unwrap_or(Value::Null),
+                });
+                (k.text(0), k.text(1), session.to_string())
+            })
+            .collect();
+        backed_up += keys.len();
+        store.put_backup_keys(&user, made, &keys).map_err(store_err)?;
+        versions += 1;
+    }
+    summary.count("key backup versions", versions);
+    summary.count("backed-up room keys", backed_up);
+    to_device(db, store, summary)
+}
+
+/// To-device messages not yet delivered (room keys in flight), queued again for their devices.
+fn to_device(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    let mut queued = Vec::new();
+    let mut n = 0;
+    for r in db.rows("SELECT user_id, device_id, message_json FROM device_inbox ORDER BY stream_id", &[])? {
+        let Ok(message) = serde_json::from_str::<Value>(&r.text(2)) else { continue };
+        // As Myelin queues them: type, sender, content.
+        let event = json!({"type": message["type"], "sender": message["sender"], "content": message["content"]});
+        queued.push((r.text(0), r.text(1), event.to_string()));
+        if queued.len() >= rooms::BATCH {
+            n += queued.len();
+            store.queue_to_device("", "", &format!("synapse-import-{n}"), &queued).map_err(store_err)?;
+            queued.clear();
+        }
+    }
+    if !queued.is_empty() {
+        n += queued.len();
+        store.queue_to_device("", "", &format!("synapse-import-{n}"), &queued).map_err(store_err)?;
+    }
+    summary.count("to-device messages not yet delivered", n);
+    Ok(())
+}
+
+fn media(
+    db: &SynapseDb,
+    synapse: &SynapseConfig,
+    config: &Config,
+    store: &dyn Storage,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    let (mut n, mut missing, mut bytes) = (0, 0, 0u64);
+    let rows = db.rows(
+        "SELECT media_id, coalesce(user_id, ''), media_type, upload_name, media_length, coalesce(created_ts, 0)
+         FROM local_media_repository WHERE url_cache IS NULL AND quarantined_by IS NULL",
+        &[],
+    )?;
+    let mut seen = HashSet::new();
+    for r in rows {
+        let row = MediaRow {
+            media_id: r.text(0),
+            user_id: r.text(1),
+            content_type: r.opt_text(2),
+            upload_name: r.opt_text(3),
+            length: r.opt_int(4),
+            created_ts: r.int(5),
+            pending: false,
+        };
+        let id = &row.media_id;
+        // Synapse's layout, which Myelin shares: local_content/ab/cd/rest.
+        let well_formed = id.len() >= 5 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !well_formed || !seen.insert(id.clone()) {
+            missing += 1;
+            continue;
+        }
+        let relative = Path::new("local_content").join(&id[..2]).join(&id[2..4]).join(&id[4..]);
+        let from = synapse.media_store.join(&relative);
+        if !from.exists() {
+            missing += 1;
+            continue;
+        }
+        let to = config.media_store_path.join(&relative);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
+        }
+        bytes += std::fs::copy(&from, &to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
+        std::fs::File::open(&to).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        store.insert_media(&row).map_err(store_err)?;
+        n += 1;
+    }
+    summary.count("uploaded media files", n);
+    eprintln!("  ({} MiB copied)", bytes >> 20);
+    summary.skip("uploaded media", missing, "its file is missing from Synapse's media store");
+    summary.skip("cached remote media", db.count("remote_media_cache"), "fetched again from its server when asked for");
+    let quarantined = db
+        .row("SELECT count(*) FROM local_media_repository WHERE quarantined_by IS NOT NULL", &[])?
+        .map(|r| r.int(0) as usize)
+        .unwrap_or(0);
+    summary.skip("quarantined media", quarantined, "left behind on purpose");
+    Ok(())
+}
+
+fn registration_tokens(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    let rows = db.rows("SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens", &[])?;
+    for r in &rows {
+        let token = RegistrationToken {
+            token: r.text(0),
+            uses_allowed: r.opt_int(1),
+            pending: r.int(2),
+            completed: r.int(3),
+            expiry_time: r.opt_int(4),
+        };
+        store.create_registration_token(&token).map_err(store_err)?;
+    }
+    summary.count("registration tokens", rows.len());
+    summary.skip(
+        "sync filters",
+        db.count("user_filters"),
+        "filter IDs cannot be kept: clients create their filters again (matrix-js-sdk checks its stored one first)",
+    );
+    Ok(())
+}
+
+/// Synapse's push rules of one user: `(rule_id as "global/kind/id", priority_class, priority,
+/// conditions, actions)`, and `(rule_id, enabled)` overrides.
+pub struct PushRules {
+    /// The user.
+    pub user: String,
+    /// Rules the user added, and actions changed on default rules.
+    pub rules: Vec<(String, i64, i64, String, String)>,
+    /// Enabled flags set by the user.
+    pub enabled: Vec<(String, bool)>,
+}
+
+/// Every user's push rules (applied through the homeserver by the caller).
+pub fn push_rules(db: &SynapseDb) -> Result<Vec<PushRules>, String> {
+    let mut by_user: BTreeMap<String, PushRules> = BTreeMap::new();
+    fn of(by_user: &mut BTreeMap<String, PushRules>, user: String) -> &mut PushRules {
+        by_user.entry(user.clone()).or_insert_with(|| PushRules { user, rules: Vec::new(), enabled: Vec::new() })
+    }
+    let rows = db.rows(
+        "SELECT user_name, rule_id, priority_class, priority, conditions, actions FROM push_rules
+         ORDER BY user_name, priority_class DESC, priority DESC",
+        &[],
+    )?;
+    for r in rows {
+        of(&mut by_user, r.text(0)).rules.push((r.text(1), r.int(2), r.int(3), r.text(4), r.text(5)));
+    }
+    for r in db.rows("SELECT user_name, rule_id, enabled FROM push_rules_enable", &[])? {
+        of(&mut by_user, r.text(0)).enabled.push((r.text(1), r.opt_int(2).unwrap_or(1) != 0));
+    }
+    Ok(by_user.into_values().collect())
+}
+
+/// A pusher: its user and the body of `POST /pushers/set` that makes it again.
+pub type Pusher = (String, Map<String, Value>);
+
+/// Every pusher.
+pub fn pushers(db: &SynapseDb) -> Result<Vec<Pusher>, String> {
+    let rows = db.rows(
+        "SELECT user_name, kind, app_id, app_display_name, device_display_name, pushkey, lang, data, profile_tag
+         FROM pushers WHERE coalesce(enabled, TRUE)",
+        &[],
+    )?;
+    Ok(rows.into_iter().map(|r| (r.text(0), pusher_body(&r))).collect())
+}
+
+fn pusher_body(r: &Row) -> Map<String, Value> {
+    let mut body = Map::new();
+    for (i, key) in [(1, "kind"), (2, "app_id"), (3, "app_display_name"), (4, "device_display_name"), (5, "pushkey")] {
+        body.insert(key.into(), Value::String(r.text(i)));
+    }
+    body.insert("lang".into(), Value::String(r.opt_text(6).unwrap_or_else(|| "en".into())));
+    let data = r.opt_text(7).and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_else(|| json!({}));
+    body.insert("data".into(), data);
+    let tag = r.text(8);
+    if !tag.is_empty() {
+        body.insert("profile_tag".into(), Value::String(tag));
+    }
+    body
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,405 @@
+//! Rooms: every event of every room in Synapse's order, with its state group translated into
+//! Myelin's, rejections, soft failures and redactions kept, and the room's current state set to
+//! Synapse's (resolved) one; then aliases.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use myelin_storage::{NewEvent, OutlierEvent, StateChange, StateEntry, Storage};
+use serde_json::{Map, Value};
+
+use super::source::{Arg, SynapseDb};
+use super::{Summary, store_err};
+
+/// A whole state: `(type, state key)` to event ID.
+type FullState = BTreeMap<(String, String), String>;
+
+/// Synapse's state groups, read as full maps (memoised per group while a room is imported).
+struct SynapseStateGroups<'a> {
+    db: &'a SynapseDb,
+    full: HashMap<i64, Arc<FullState>>,
+}
+
+impl SynapseStateGroups<'_> {
+    fn prev(&self, group: i64) -> Result<Option<i64>, String> {
+        let row = self.db.row(
+            "SELECT prev_state_group FROM state_group_edges WHERE state_group = CAST($1 AS BIGINT)",
+            &[Arg::Int(group)],
+        )?;
+        Ok(row.and_then(|r| r.opt_int(0)))
+    }
+
+    /// The whole state of a group: its chain of deltas applied from the oldest.
+    fn state(&mut self, group: i64) -> Result<Arc<FullState>, String> {
+        if let Some(s) = self.full.get(&group) {
+            return Ok(s.clone());
+        }
+        // Bounded: a room with many groups is read again from its deltas instead.
+        if self.full.len() > 256 {
+            self.full.clear();
+        }
+        let mut chain = vec![group];
+        let mut base = BTreeMap::new();
+        while let Some(prev) = self.prev(*chain.last().unwrap_or(&group))? {
+            if let Some(known) = self.full.get(&prev) {
+                base = (**known).clone();
+                break;
+            }
+            chain.push(prev);
+        }
+        for g in chain.iter().rev() {
+            let rows = self.db.rows(
+                "SELECT type, state_key, event_id FROM state_groups_state WHERE state_group = CAST($1 AS BIGINT)",
+                &[Arg::Int(*g)],
+            )?;
+            for r in rows {
+                base.insert((r.text(0), r.text(1)), r.text(2));
+            }
+            self.full.insert(*g, Arc::new(base.clone()));
+        }
+        Ok(self.full[&group].clone())
+    }
+}
+
+fn entries(state: &FullState) -> Vec<StateEntry> {
+    state
+        .iter()
+        .map(|((t, k), id)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: id.clone() })
+        .collect()
+}
+
+/// A Synapse event row as the import needs it.
+struct SynapseEvent {
+    event_id: String,
+    room_id: String,
+    kind: String,
+    state_key: Option<String>,
+    sender: String,
+    outlier: bool,
+    json: String,
+    internal_metadata: String,
+    state_group: Option<i64>,
+    rejected: bool,
+}
+
+/// Events read from Synapse at a time (a room's events are read in pages, never all at once).
+const PAGE: i64 = 1000;
+
+pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    // Redactions Synapse applies: accepted ones, of an event in the same room.
+    let mut redacted_by: HashMap<String, String> = HashMap::new();
+    let rows = db.rows(
+        "SELECT r.redacts, r.event_id, e.sender, t.sender, rooms.room_version
+         FROM redactions r JOIN events e ON e.event_id = r.event_id
+         JOIN events t ON t.event_id = r.redacts AND t.room_id = e.room_id
+         LEFT JOIN rooms ON rooms.room_id = e.room_id
+         WHERE NOT EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = r.event_id)",
+        &[],
+    )?;
+    for r in rows {
+        let (redactor, author, version) = (r.text(2), r.text(3), r.opt_text(4));
+        // Room versions 3 on check a redaction of another server's user's event when it is
+        // applied, as Synapse does: the same server's, or the authorised (v1, v2) only.
+        let same_server = redactor.split_once(':').map(|p| p.1) == author.split_once(':').map(|p| p.1);
+        if same_server || matches!(version.as_deref(), Some("1" | "2")) {
+            redacted_by.insert(r.text(0), r.text(1));
+        }
+    }
+
+    let room_rows = db.rows("SELECT room_id, room_version, creator, coalesce(is_public, FALSE) FROM rooms", &[])?;
+    let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped) = (0, 0, 0, 0);
+    for room_row in room_rows {
+        let (room_id, version, creator, is_public) =
+            (room_row.text(0), room_row.opt_text(1), room_row.opt_text(2), room_row.flag(3));
+        let create = db.row(
+            "SELECT j.json, coalesce(e.sender, '') FROM events e JOIN event_json j ON j.event_id = e.event_id
+             WHERE e.room_id = $1 AND e.type = 'm.room.create' AND e.state_key = ''",
+            &[Arg::Text(&room_id)],
+        )?;
+        let Some(create) = create else {
+            rooms_skipped += 1;
+            continue;
+        };
+        let create_json: Value = serde_json::from_str(&create.text(0)).map_err(|e| e.to_string())?;
+        let version = version
+            .or_else(|| create_json["content"]["room_version"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "1".into());
+        let Some(rules) = ruma::RoomVersionId::try_from(version.as_str()).ok().and_then(|v| v.rules()) else {
+            rooms_skipped += 1;
+            continue;
+        };
+        store
+            .create_room(&myelin_storage::RoomRow {
+                room_id: room_id.clone(),
+                room_version: version.clone(),
+                creator: creator.unwrap_or_else(|| create.text(1)),
+                is_public,
+            })
+            .map_err(store_err)?;
+        let current: Vec<StateEntry> = db
+            .rows(
+                "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = $1",
+                &[Arg::Text(&room_id)],
+            )?
+            .into_iter()
+            .map(|r| StateEntry { event_type: r.text(0), state_key: r.text(1), event_id: r.text(2) })
+            .collect();
+        // The room's last event in the timeline sets its current state to Synapse's (resolved)
+        // one.
+        let last_in_timeline = db
+            .row(
+                "SELECT e.event_id FROM events e JOIN event_to_state_groups g ON g.event_id = e.event_id
+                 WHERE e.room_id = $1 AND NOT e.outlier ORDER BY e.stream_ordering DESC LIMIT 1",
+                &[Arg::Text(&room_id)],
+            )?
+            .map(|r| r.text(0));
+        let mut room = RoomImport {
+            store,
+            groups: SynapseStateGroups { db, full: HashMap::new() },
+            mapped: HashMap::new(),
+            batch: Vec::new(),
+            outliers: Vec::new(),
+            current: &current,
+            last_in_timeline,
+            written: 0,
+            outliers_written: 0,
+        };
+        // In pages by stream position (backfilled events have negative ones).
+        let mut after = i64::MIN;
+        loop {
+            let page = db.rows(
+                "SELECT e.event_id, e.room_id, e.type, e.state_key, coalesce(e.sender, ''), e.outlier, j.json,
+                        j.internal_metadata, g.state_group,
+                        EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = e.event_id), e.stream_ordering
+                 FROM events e JOIN event_json j ON j.event_id = e.event_id
+                 LEFT JOIN event_to_state_groups g ON g.event_id = e.event_id
+                 WHERE e.room_id = $1 AND e.stream_ordering > CAST($2 AS BIGINT)
+                 ORDER BY e.stream_ordering LIMIT CAST($3 AS BIGINT)",
+                &[Arg::Text(&room_id), Arg::Int(after), Arg::Int(PAGE)],
+            )?;
+            let Some(last) = page.last() else { break };
+            after = last.int(10);
+            let full_page = page.len() as i64 == PAGE;
+            for r in page {
+                let ev = SynapseEvent {
+                    event_id: r.text(0),
+                    room_id: r.text(1),
+                    kind: r.text(2),
+                    state_key: r.opt_text(3),
+                    sender: r.text(4),
+                    outlier: r.flag(5),
+                    json: r.text(6),
+                    internal_metadata: r.text(7),
+                    state_group: r.opt_int(8),
+                    rejected: r.flag(9),
+                };
+                let json = stored_json(&ev, &redacted_by, db, &rules)?;
+                room.add(ev, json)?;
+            }
+            if !full_page {
+                break;
+            }
+        }
+        room.flush()?;
+        events_done += room.written;
+        outliers_done += room.outliers_written;
+        if let Some(rule) = current.iter().find(|e| e.event_type == "m.room.join_rules" && e.state_key.is_empty()) {
+            let rule_json = db.row("SELECT json FROM event_json WHERE event_id = $1", &[Arg::Text(&rule.event_id)])?;
+            if let Some(join_rule) = rule_json
+                .and_then(|r| serde_json::from_str::<Value>(&r.text(0)).ok())
+                .and_then(|v| v["content"]["join_rule"].as_str().map(str::to_owned))
+            {
+                store.set_room_join_rule(&room_id, &join_rule).map_err(store_err)?;
+            }
+        }
+        if is_public {
+            store.set_room_public(&room_id, true).map_err(store_err)?;
+        }
+        rooms_done += 1;
+    }
+    summary.count("rooms", rooms_done);
+    summary.count("events", events_done);
+    summary.count("outlier events (state and auth of remote rooms)", outliers_done);
+    summary.skip("rooms", rooms_skipped, "no create event stored, or a room version Myelin does not know");
+
+    let mut n = 0;
+    for r in db.rows("SELECT room_alias, room_id, coalesce(creator, '') FROM room_aliases", &[])? {
+        if store.get_room(&r.text(1)).map_err(store_err)?.is_some() {
+            store.create_alias(&r.text(0), &r.text(1), &r.text(2)).map_err(store_err)?;
+            n += 1;
+        }
+    }
+    summary.count("room aliases", n);
+    Ok(())
+}
+
+/// Events of one room on their way into Myelin: messages are written in batches (one
+/// transaction each); an event with a state group not seen before is written alone, since the
+/// events after it need the group Myelin gives it.
+struct RoomImport<'a> {
+    store: &'a dyn Storage,
+    groups: SynapseStateGroups<'a>,
+    /// Synapse group -> (Myelin group, deltas since its snapshot).
+    mapped: HashMap<i64, (i64, i64)>,
+    batch: Vec<PendingEvent>,
+    outliers: Vec<OutlierEvent>,
+    current: &'a [StateEntry],
+    last_in_timeline: Option<String>,
+    written: usize,
+    outliers_written: usize,
+}
+
+/// What a [`NewEvent`] borrows, owned until its batch is written.
+struct PendingEvent {
+    ev: SynapseEvent,
+    json: String,
+    membership: Option<String>,
+    prev_events: Vec<String>,
+    soft_failed: bool,
+    state: StateChange,
+}
+
+/// Events per transaction.
+pub(super) const BATCH: usize = 500;
+
+impl RoomImport<'_> {
+    fn add(&mut self, ev: SynapseEvent, json: String) -> Result<(), String> {
+        let value: Value = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
+        let membership =
+            (ev.kind == "m.room.member").then(|| value["content"]["membership"].as_str().map(str::to_owned)).flatten();
+        let Some(sg) = ev.state_group.filter(|_| !ev.outlier) else {
+            self.outliers.push(OutlierEvent {
+                event_id: ev.event_id,
+                room_id: ev.room_id,
+                event_type: ev.kind,
+                state_key: ev.state_key,
+                sender: ev.sender,
+                membership,
+                json,
+                rejected: ev.rejected,
+            });
+            if self.outliers.len() >= BATCH {
+                self.flush()?;
+            }
+            return Ok(());
+        };
+        let prev_events = myelin_core::events::parse_event_references(&value["prev_events"])
+            .0
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        let soft_failed = serde_json::from_str::<Value>(&ev.internal_metadata)
+            .ok()
+            .and_then(|m| m["soft_failed"].as_bool())
+            .unwrap_or(false);
+        if let Some(&(group, _)) = self.mapped.get(&sg) {
+            let state = StateChange::Same(group);
+            self.batch.push(PendingEvent { ev, json, membership, prev_events, soft_failed, state });
+            if self.batch.len() >= BATCH {
+                self.flush()?;
+            }
+            return Ok(());
+        }
+        // A new group: its parent's Myelin group must be known, so what is queued goes first.
+        self.flush()?;
+        let (state, chain) = self.state_change(sg)?;
+        self.batch.push(PendingEvent { ev, json, membership, prev_events, soft_failed, state });
+        let group = self.flush()?.unwrap_or_default();
+        self.mapped.insert(sg, (group, chain));
+        Ok(())
+    }
+
+    /// The change that makes Synapse's group `sg` in Myelin: a delta on its parent's Myelin
+    /// group when that is known and the chain short enough, else a snapshot.
+    fn state_change(&mut self, sg: i64) -> Result<(StateChange, i64), String> {
+        let full = self.groups.state(sg)?;
+        let prev = self.groups.prev(sg)?.and_then(|p| self.mapped.get(&p).map(|m| (p, *m)));
+        if let Some((p, (prev_group, chain))) = prev
+            && chain + 1 < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN
+        {
+            let before = self.groups.state(p)?;
+            // A delta only adds or replaces: a key gone needs a snapshot.
+            if before.keys().all(|k| full.contains_key(k)) {
+                let delta: FullState = full
+                    .iter()
+                    .filter(|(k, id)| before.get(*k) != Some(*id))
+                    .map(|(k, id)| (k.clone(), id.clone()))
+                    .collect();
+                return Ok((StateChange::New { prev: Some(prev_group), delta: entries(&delta) }, chain + 1));
+            }
+        }
+        Ok((StateChange::New { prev: None, delta: entries(&full) }, 0))
+    }
+
+    /// Writes what is queued; returns the last event's Myelin state group.
+    fn flush(&mut self) -> Result<Option<i64>, String> {
+        if !self.outliers.is_empty() {
+            self.store.persist_outliers(&self.outliers).map_err(store_err)?;
+            self.outliers_written += self.outliers.len();
+            self.outliers.clear();
+        }
+        if self.batch.is_empty() {
+            return Ok(None);
+        }
+        let events: Vec<NewEvent<'_>> = self
+            .batch
+            .iter()
+            .map(|p| NewEvent {
+                event_id: &p.ev.event_id,
+                room_id: &p.ev.room_id,
+                event_type: &p.ev.kind,
+                state_key: p.ev.state_key.as_deref(),
+                sender: &p.ev.sender,
+                membership: p.membership.as_deref(),
+                json: &p.json,
+                rejected: p.ev.rejected,
+                soft_failed: p.soft_failed,
+                state: p.state.clone(),
+                prev_events: &p.prev_events,
+                updates_current_state: !p.ev.rejected && !p.soft_failed,
+                txn: None,
+                redaction: None,
+                current_state: (self.last_in_timeline.as_deref() == Some(p.ev.event_id.as_str()))
+                    .then_some(self.current),
+                destinations: &[],
+            })
+            .collect();
+        let mut last = None;
+        for result in self.store.persist_events(&events) {
+            last = Some(result.map_err(store_err)?.1);
+        }
+        self.written += events.len();
+        drop(events);
+        self.batch.clear();
+        Ok(last)
+    }
+}
+
+/// The JSON Myelin stores for a Synapse event: with its `event_id`, without Synapse's
+/// bookkeeping in `unsigned`, and pruned if an applied redaction redacts it.
+fn stored_json(
+    ev: &SynapseEvent,
+    redacted_by: &HashMap<String, String>,
+    db: &SynapseDb,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<String, String> {
+    let mut value: Map<String, Value> = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
+    value.insert("event_id".into(), Value::String(ev.event_id.clone()));
+    if let Some(Value::Object(unsigned)) = value.get_mut("unsigned") {
+        unsigned.remove("age_ts");
+        if unsigned.is_empty() {
+            value.remove("unsigned");
+        }
+    }
+    let json = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+    let Some(redaction) = redacted_by.get(&ev.event_id) else { return Ok(json) };
+    let because = db.row("SELECT json FROM event_json WHERE event_id = $1", &[Arg::Text(redaction)])?;
+    let because = because.and_then(|r| serde_json::from_str::<Value>(&r.text(0)).ok()).map(|mut v| {
+        v["event_id"] = Value::String(redaction.clone());
+        if let Some(u) = v.get_mut("unsigned").and_then(Value::as_object_mut) {
+            u.remove("age_ts");
+        }
+        myelin_core::events::client_event(&v)
+    });
+    myelin_core::events::redact_json(&json, rules, because.as_ref()).map_err(|e| e.message)
+}
