@@ -26,7 +26,8 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check \
 if [ ! -x tests/synapse/.venv/bin/python ]; then
   python3 -m venv tests/synapse/.venv
 fi
-tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.163.2"
+tests/synapse/.venv/bin/pip install --quiet --disable-pip-version-check "matrix-synapse==1.163.2" \
+  psycopg2-binary==2.9.13  # Synapse on PostgreSQL, for tests/blackbox/import_synapse.rs
 # Real appservices for tests/blackbox/appservices.rs: Heisenbridge (with Debian's ngircd, which
 # .ci/run installs) and a mautrix-python bot, in their own venv (pinned).
 if [ ! -x tests/appservice/.venv/bin/python ]; then

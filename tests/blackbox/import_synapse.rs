@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::federating::free_port;
-use crate::harness::{BIN, Server, User, assert_sound_room_graph, base_config, python_env, run_cli};
+use crate::harness::{BIN, Server, TestPostgres, User, assert_sound_room_graph, base_config, python_env, run_cli};
 use crate::synapse_federation::{SYNAPSE_PYTHON, start_synapse, synapse_log};
 
 const V3: &str = "/_matrix/client/v3";
@@ -83,7 +83,7 @@ async fn serve_until_exit(config: &Path) -> (i32, String) {
 /// Starts a Synapse named [`NAME`] (registration open, no rate limits, no federation), fills it
 /// with populate_for_import.py and stops it with SIGTERM, so its database is whole. Returns its
 /// directory and the script's JSON.
-async fn populated_synapse() -> (tempfile::TempDir, Value) {
+async fn populated_synapse(database: Option<Value>) -> (tempfile::TempDir, Value) {
     let port = free_port();
     let unlimited = json!({"per_second": 100000, "burst_count": 100000});
     let overrides = json!({
@@ -103,6 +103,10 @@ async fn populated_synapse() -> (tempfile::TempDir, Value) {
         // Synapse's default lets nobody publish to the room directory.
         "room_list_publication_rules": [{"action": "allow"}],
     });
+    let mut overrides = overrides;
+    if let Some(database) = database {
+        overrides["database"] = database;
+    }
     let mut synapse = start_synapse(NAME, port, overrides).await;
     let out = Command::new(SYNAPSE_PYTHON).arg(POPULATE).arg(&synapse.base).output().expect("run python3");
     assert!(
@@ -147,19 +151,8 @@ async fn download(server: &Server, mxc: &str, user: &User) -> (u16, Vec<u8>) {
 
 #[tokio::test]
 async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
-    let (synapse_dir, data) = populated_synapse().await;
+    let (synapse_dir, data) = populated_synapse(None).await;
     let synapse_config = synapse_dir.path().join("homeserver.yaml");
-    let user =
-        |v: &Value| User { user_id: text(&v["user_id"]), token: text(&v["token"]), device_id: text(&v["device_id"]) };
-    let (alice, bob) = (user(&data["alice"]), user(&data["bob"]));
-    let phone = User {
-        user_id: alice.user_id.clone(),
-        token: text(&data["alice"]["phone"]["token"]),
-        device_id: text(&data["alice"]["phone"]["device_id"]),
-    };
-    let (public, private, alias) = (text(&data["public"]), text(&data["private"]), text(&data["alias"]));
-    let event = |name: &str| text(&data["events"][name]);
-
     // Another server name is refused; the import runs once, then only with --start-over.
     let other = tempfile::tempdir().unwrap();
     myelin_config(other.path(), "other.test", "data/homeserver.db");
@@ -177,6 +170,63 @@ async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
     assert_eq!(code, 0, "import --start-over: {out}{err}");
 
     let myelin = Server::start_in(dir).await;
+    check_carried_over(&myelin, &data, synapse_dir.path()).await;
+    drop(myelin);
+
+    // Serving a Synapse database (a copy) is refused, naming the way to import it.
+    let raw = tempfile::tempdir().unwrap();
+    for suffix in ["", "-wal"] {
+        let from = synapse_dir.path().join(format!("homeserver.db{suffix}"));
+        if from.exists() {
+            std::fs::copy(from, raw.path().join(format!("synapse.db{suffix}"))).unwrap();
+        }
+    }
+    let (before, had_wal) =
+        (std::fs::read(raw.path().join("synapse.db")).unwrap(), raw.path().join("synapse.db-wal").exists());
+    let (code, stderr) = serve_until_exit(&myelin_config(raw.path(), NAME, "synapse.db")).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("Synapse") && stderr.contains("import-synapse"), "{stderr}");
+    // Refused before anything is written (unless Synapse left a WAL, which closing checkpoints).
+    if !had_wal {
+        assert!(std::fs::read(raw.path().join("synapse.db")).unwrap() == before, "the Synapse database changed");
+    }
+}
+
+/// Synapse on PostgreSQL (its recommended database): the same data read back. The target is
+/// the test pass's backend (SQLite, or PostgreSQL in the second pass).
+#[tokio::test]
+async fn a_stopped_synapse_on_postgresql_is_imported_whole() {
+    let pg = TestPostgres::get();
+    // Synapse refuses a database whose collation is not C.
+    let name = pg.create_database("synapse", &["-E", "UTF8", "--lc-collate=C", "--lc-ctype=C"]);
+    let port: u16 = pg.port.parse().unwrap();
+    let database = json!({"name": "psycopg2", "args": {"host": pg.host, "port": port, "user": pg.user,
+                          "database": name, "cp_min": 1, "cp_max": 5}});
+    let (synapse_dir, data) = populated_synapse(Some(database)).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let config = base_config("").replace("server_name: test\n", &format!("server_name: {NAME}\n"));
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let (code, out, err) = import(&synapse_dir.path().join("homeserver.yaml"), dir.path(), &[]);
+    assert_eq!(code, 0, "import: {out}{err}");
+    assert!(out.contains("events: "), "{out}");
+    let myelin = Server::start_in(dir).await;
+    check_carried_over(&myelin, &data, synapse_dir.path()).await;
+}
+
+/// Everything the populate script made, read back through the imported Myelin's API; then new
+/// events and a new member on top.
+async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
+    let user =
+        |v: &Value| User { user_id: text(&v["user_id"]), token: text(&v["token"]), device_id: text(&v["device_id"]) };
+    let (alice, bob) = (user(&data["alice"]), user(&data["bob"]));
+    let phone = User {
+        user_id: alice.user_id.clone(),
+        token: text(&data["alice"]["phone"]["token"]),
+        device_id: text(&data["alice"]["phone"]["device_id"]),
+    };
+    let (public, private, alias) = (text(&data["public"]), text(&data["private"]), text(&data["alias"]));
+    let event = |name: &str| text(&data["events"][name]);
     let logs = || format!("Myelin log:\n{}", myelin.log_text());
 
     // Accounts: every old access token on its device, passwords, devices, the profile.
@@ -300,7 +350,7 @@ async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
     assert!(s == 200 && got == document.as_bytes(), "{s}, {} bytes\n{}", got.len(), logs());
     let (s, got) = download(&myelin, &text(&data["avatar"]), &bob).await;
     assert!(s == 200 && got == b"\x89PNG fake avatar bytes", "{s}, {} bytes\n{}", got.len(), logs());
-    let stored = std::fs::read_to_string(synapse_dir.path().join(format!("{NAME}.signing.key"))).unwrap();
+    let stored = std::fs::read_to_string(synapse_dir.join(format!("{NAME}.signing.key"))).unwrap();
     let key_id = format!("ed25519:{}", stored.split_whitespace().nth(1).unwrap());
     let (_, b) = myelin.get("/_matrix/key/v2/server", None).await;
     assert!(b["verify_keys"].get(&key_id).is_some(), "Synapse's {key_id}: {b}\n{}", logs());
@@ -318,23 +368,4 @@ async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
     assert_eq!((s, b["room_id"].as_str()), (200, Some(public.as_str())), "{b}\n{}", logs());
     assert_sound_room_graph(myelin.dir.path(), &public);
     assert_sound_room_graph(myelin.dir.path(), &private);
-    drop(myelin);
-
-    // Serving a Synapse database (a copy) is refused, naming the way to import it.
-    let raw = tempfile::tempdir().unwrap();
-    for suffix in ["", "-wal"] {
-        let from = synapse_dir.path().join(format!("homeserver.db{suffix}"));
-        if from.exists() {
-            std::fs::copy(from, raw.path().join(format!("synapse.db{suffix}"))).unwrap();
-        }
-    }
-    let (before, had_wal) =
-        (std::fs::read(raw.path().join("synapse.db")).unwrap(), raw.path().join("synapse.db-wal").exists());
-    let (code, stderr) = serve_until_exit(&myelin_config(raw.path(), NAME, "synapse.db")).await;
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("Synapse") && stderr.contains("import-synapse"), "{stderr}");
-    // Refused before anything is written (unless Synapse left a WAL, which closing checkpoints).
-    if !had_wal {
-        assert!(std::fs::read(raw.path().join("synapse.db")).unwrap() == before, "the Synapse database changed");
-    }
 }

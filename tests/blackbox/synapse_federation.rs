@@ -90,7 +90,9 @@ pub(crate) async fn start_synapse(name: &str, client_port: u16, mut overrides: s
         .output()
         .expect("run Synapse (the test command installs it in tests/synapse/.venv)");
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
-    overrides["database"] = json!({"name": "sqlite3", "args": {"database": dir.path().join("homeserver.db")}});
+    if overrides.get("database").is_none() {
+        overrides["database"] = json!({"name": "sqlite3", "args": {"database": dir.path().join("homeserver.db")}});
+    }
     // Synapse's own YAML, with these keys replaced (its venv has PyYAML).
     let merged = Command::new(SYNAPSE_PYTHON)
         .arg("-c")
