@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::federating::free_port;
+use crate::federating::{TestCa, free_port, peer_config, wait_for_event};
 use crate::harness::{BIN, Server, TestPostgres, User, assert_sound_room_graph, base_config, python_env, run_cli};
-use crate::synapse_federation::{SYNAPSE_PYTHON, start_synapse, synapse_log};
+use crate::synapse_federation::{SYNAPSE_PYTHON, SynapsePeer, start_synapse, synapse_log};
 
 const V3: &str = "/_matrix/client/v3";
 const POPULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/populate_for_import.py");
@@ -116,14 +116,19 @@ async fn populated_synapse(database: Option<Value>) -> (tempfile::TempDir, Value
         synapse_log(&synapse)
     );
     let data: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    stop_synapse(&mut synapse).await;
+    (synapse.stop(), data)
+}
+
+/// Stops a Synapse with SIGTERM, as its admin would, so its database is whole.
+async fn stop_synapse(synapse: &mut Server) {
     // SAFETY: kill(2) on the pid of our own child, not yet waited for.
     assert_eq!(unsafe { libc::kill(synapse.pid() as libc::pid_t, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while synapse.try_exit().is_none() {
-        assert!(Instant::now() < deadline, "Synapse did not stop on SIGTERM; log:\n{}", synapse_log(&synapse));
+        assert!(Instant::now() < deadline, "Synapse did not stop on SIGTERM; log:\n{}", synapse_log(synapse));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (synapse.stop(), data)
 }
 
 async fn get_event(server: &Server, room: &str, id: &str, user: &User) -> (u16, Value) {
@@ -214,6 +219,46 @@ async fn a_stopped_synapse_on_postgresql_is_imported_whole() {
     check_carried_over(&myelin, &data, synapse_dir.path()).await;
 }
 
+/// A Synapse that shared a room with the imported one keeps federating with the Myelin that
+/// took its place: same name, same signing key, the room's graph carried on.
+#[tokio::test]
+async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
+    let ca = TestCa::new();
+    let (mut old, other) = (SynapsePeer::start(&ca).await, SynapsePeer::start(&ca).await);
+    let (sam, bea) = (old.server.register("sam").await, other.server.register("bea").await);
+    let room = old.server.create_room(&sam, json!({"preset": "public_chat"})).await;
+    let (s, b) = other.server.join_via(&bea, &room, &old.name).await;
+    assert_eq!(s, 200, "{b}\n{}", synapse_log(&other.server));
+    let (s, _) = old.server.send_text(&sam, &room, "before the move").await;
+    assert_eq!(s, 200);
+    wait_for_event(&other.server, &bea, &room, body_is("before the move")).await;
+
+    // The old server stops and its data moves into a Myelin on the same name and port.
+    stop_synapse(&mut old.server).await;
+    let port: u16 = old.name.rsplit(':').next().unwrap().parse().unwrap();
+    let synapse_dir = old.server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), peer_config(&ca, port, "")).unwrap();
+    let (code, out, err) = import(&synapse_dir.path().join("homeserver.yaml"), dir.path(), &[]);
+    assert_eq!(code, 0, "import: {out}{err}");
+    let myelin = Server::start_in(dir).await;
+    let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.log_text(), synapse_log(&other.server));
+
+    // Both ways, in the same room: sam (still logged in) to bea, bea to sam.
+    let (s, b) = myelin.send_text(&sam, &room, "after the move").await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    wait_for_event(&other.server, &bea, &room, body_is("after the move")).await;
+    let (s, b) = other.server.send_text(&bea, &room, "welcome back").await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    wait_for_event(&myelin, &sam, &room, body_is("welcome back")).await;
+    assert_sound_room_graph(myelin.dir.path(), &room);
+}
+
+fn body_is(body: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |e: &Value| e["type"] == "m.room.message" && e["content"]["body"] == body
+}
+
 /// Everything the populate script made, read back through the imported Myelin's API; then new
 /// events and a new member on top.
 async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
@@ -279,28 +324,28 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
 
     // History: bodies, the edit bundled on its original, the redaction, /messages.
     for (name, body) in [("first", "hello from Synapse"), ("reply", "hi alice"), ("last", "last word")] {
-        let (s, b) = get_event(&myelin, &public, &event(name), &bob).await;
+        let (s, b) = get_event(myelin, &public, &event(name), &bob).await;
         assert_eq!((s, b["content"]["body"].as_str()), (200, Some(body)), "{name}: {b}\n{}", logs());
     }
-    let (_, b) = get_event(&myelin, &public, &event("first"), &alice).await;
+    let (_, b) = get_event(myelin, &public, &event("first"), &alice).await;
     assert_eq!(b["unsigned"]["m.relations"]["m.replace"]["event_id"], event("edit"), "{b}\n{}", logs());
-    let (s, b) = get_event(&myelin, &public, &event("secret"), &alice).await;
+    let (s, b) = get_event(myelin, &public, &event("secret"), &alice).await;
     assert_eq!(s, 200, "{b}\n{}", logs());
     assert!(b["content"].is_object() && b["content"].get("body").is_none(), "redacted: {b}");
     assert_eq!(b["unsigned"]["redacted_because"]["type"], "m.room.redaction", "{b}");
-    let seen = bodies(&myelin, &public, &alice).await;
+    let seen = bodies(myelin, &public, &alice).await;
     let at = |body: &str| seen.iter().position(|b| b == body);
     assert!(at("last word").is_some() && at("last word") < at("hi alice"), "{seen:?}\n{}", logs());
     assert_eq!(at("this will be redacted"), None, "{seen:?}");
 
     // History visibility: bob joined the private room after "before bob".
-    let (s, b) = get_event(&myelin, &private, &event("hidden"), &bob).await;
+    let (s, b) = get_event(myelin, &private, &event("hidden"), &bob).await;
     assert_eq!(s, 404, "bob may not read what was sent before he joined: {b}\n{}", logs());
-    let (s, b) = get_event(&myelin, &private, &event("hidden"), &alice).await;
+    let (s, b) = get_event(myelin, &private, &event("hidden"), &alice).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("before bob")), "{b}\n{}", logs());
-    let (s, b) = get_event(&myelin, &private, &event("seen"), &bob).await;
+    let (s, b) = get_event(myelin, &private, &event("seen"), &bob).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("after bob joined")), "{b}\n{}", logs());
-    let bobs = bodies(&myelin, &private, &bob).await;
+    let bobs = bodies(myelin, &private, &bob).await;
     assert!(bobs.contains(&"after bob joined".to_owned()) && !bobs.contains(&"before bob".to_owned()), "{bobs:?}");
 
     // End-to-end encryption: device keys, one-time and fallback keys, the key backup.
@@ -346,9 +391,9 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
 
     // Media, and the server's signing key.
     let document = text(&data["document"]);
-    let (s, got) = download(&myelin, &text(&data["media"]), &alice).await;
+    let (s, got) = download(myelin, &text(&data["media"]), &alice).await;
     assert!(s == 200 && got == document.as_bytes(), "{s}, {} bytes\n{}", got.len(), logs());
-    let (s, got) = download(&myelin, &text(&data["avatar"]), &bob).await;
+    let (s, got) = download(myelin, &text(&data["avatar"]), &bob).await;
     assert!(s == 200 && got == b"\x89PNG fake avatar bytes", "{s}, {} bytes\n{}", got.len(), logs());
     let stored = std::fs::read_to_string(synapse_dir.join(format!("{NAME}.signing.key"))).unwrap();
     let key_id = format!("ed25519:{}", stored.split_whitespace().nth(1).unwrap());
@@ -358,9 +403,9 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     // Life goes on: new events on top of the imported graphs, a new account joins by the alias.
     let (s, b) = myelin.send_text(&bob, &public, "after the move").await;
     assert_eq!(s, 200, "{b}\n{}", logs());
-    let (s, b) = get_event(&myelin, &public, &text(&b["event_id"]), &alice).await;
+    let (s, b) = get_event(myelin, &public, &text(&b["event_id"]), &alice).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("after the move")), "{b}\n{}", logs());
-    assert_eq!(bodies(&myelin, &public, &alice).await.first().map(String::as_str), Some("after the move"));
+    assert_eq!(bodies(myelin, &public, &alice).await.first().map(String::as_str), Some("after the move"));
     let (s, b) = myelin.send_text(&alice, &private, "still here").await;
     assert_eq!(s, 200, "{b}\n{}", logs());
     let carol = myelin.register("carol").await;

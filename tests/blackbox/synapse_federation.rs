@@ -12,15 +12,15 @@ use crate::harness::Server;
 pub(crate) const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv/bin/python");
 
 /// A Synapse on `localhost:<port>`: plain client listener and TLS federation listener.
-struct SynapsePeer {
-    server: Server,
+pub(crate) struct SynapsePeer {
+    pub(crate) server: Server,
     client_port: u16,
     /// Its server name, `localhost:<federation port>`.
-    name: String,
+    pub(crate) name: String,
 }
 
 impl SynapsePeer {
-    async fn start(ca: &TestCa) -> SynapsePeer {
+    pub(crate) async fn start(ca: &TestCa) -> SynapsePeer {
         let (client_port, fed_port) = (free_port(), free_port());
         let name = format!("localhost:{fed_port}");
         let unlimited = json!({"per_second": 100000, "burst_count": 100000});

@@ -108,7 +108,14 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
 
     let room_rows = db.rows("SELECT room_id, room_version, creator, coalesce(is_public, FALSE) FROM rooms", &[])?;
     let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped) = (0, 0, 0, 0);
+    let (total, terminal) = (room_rows.len(), std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let started = std::time::Instant::now();
     for room_row in room_rows {
+        // A progress line on a terminal, rewritten in place.
+        if terminal && (rooms_done + rooms_skipped) % 50 == 0 {
+            let rate = events_done as f64 / started.elapsed().as_secs_f64().max(0.001);
+            eprint!("\r  rooms {}/{total}, events {events_done} ({rate:.0}/s)   ", rooms_done + rooms_skipped);
+        }
         let (room_id, version, creator, is_public) =
             (room_row.text(0), room_row.opt_text(1), room_row.opt_text(2), room_row.flag(3));
         let create = db.row(
@@ -216,6 +223,9 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             store.set_room_public(&room_id, true).map_err(store_err)?;
         }
         rooms_done += 1;
+    }
+    if terminal {
+        eprint!("\r{:60}\r", "");
     }
     summary.count("rooms", rooms_done);
     summary.count("events", events_done);
