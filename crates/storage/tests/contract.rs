@@ -1687,10 +1687,17 @@ fn filters_per_user(s: &dyn Storage) {
     let id1 = s.create_filter(ALICE, &f1).unwrap();
     let id2 = s.create_filter(ALICE, &f2).unwrap();
     assert_ne!(id1, id2);
-    assert_eq!(s.get_filter(ALICE, id1).unwrap(), Some(f1));
-    assert_eq!(s.get_filter(ALICE, id2).unwrap(), Some(f2));
+    assert_eq!(s.get_filter(ALICE, id1).unwrap(), Some(f1.clone()));
+    assert_eq!(s.get_filter(ALICE, id2).unwrap(), Some(f2.clone()));
     assert_eq!(s.get_filter(BOB, id1).unwrap(), None, "another user's filter");
     assert_eq!(s.get_filter(ALICE, id1.max(id2) + 100).unwrap(), None);
+    // Numbered per user from 0, as Synapse does; an imported filter keeps its number.
+    assert_eq!((id1, id2), (0, 1));
+    assert_eq!(s.create_filter(BOB, &f2).unwrap(), 0, "bob's first");
+    s.import_filter(BOB, 7, &f1).unwrap();
+    assert_eq!(s.get_filter(BOB, 7).unwrap(), Some(f1.clone()));
+    assert!(matches!(s.import_filter(BOB, 7, &f2), Err(StorageError::Conflict)), "an ID taken");
+    assert_eq!(s.create_filter(BOB, &f1).unwrap(), 8, "after the highest");
 }
 
 // ---------------------------------------------------------------------------------------------

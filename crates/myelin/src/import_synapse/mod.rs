@@ -540,11 +540,17 @@ fn registration_tokens(db: &SynapseDb, store: &dyn Storage, summary: &mut Summar
         store.create_registration_token(&token).map_err(store_err)?;
     }
     summary.count("registration tokens", rows.len());
-    summary.skip(
-        "sync filters",
-        db.count("user_filters"),
-        "filter IDs cannot be kept: clients create their filters again (matrix-js-sdk checks its stored one first)",
-    );
+    // Filters keep their IDs: clients hold on to them and sync with them.
+    let filters = db.rows("SELECT full_user_id, filter_id, filter_json FROM user_filters", &[])?;
+    let mut n = 0;
+    for r in &filters {
+        let Some(user) = r.opt_text(0) else { continue };
+        let Ok(filter) = serde_json::from_str::<Value>(&r.text(2)) else { continue };
+        store.import_filter(&user, r.int(1), &filter).map_err(store_err)?;
+        n += 1;
+    }
+    summary.count("sync filters", n);
+    summary.skip("sync filters", filters.len() - n, "not JSON, or of an account Synapse had no full ID for");
     Ok(())
 }
 

@@ -42,10 +42,22 @@ impl ClientDataStore for PostgresStore {
         self.write(|tx| {
             Ok(tx
                 .one(
-                    "INSERT INTO filters (user_id, filter_json) VALUES ($1, $2) RETURNING filter_id",
+                    "INSERT INTO filters (user_id, filter_id, filter_json)
+                     SELECT $1, coalesce(max(filter_id) + 1, 0), $2 FROM filters WHERE user_id = $1
+                     RETURNING filter_id",
                     &[&user_id, &filter.to_string()],
                 )?
                 .get(0))
+        })
+    }
+
+    fn import_filter(&self, user_id: &str, filter_id: i64, filter: &Value) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO filters (user_id, filter_id, filter_json) VALUES ($1, $2, $3)",
+                &[&user_id, &filter_id, &filter.to_string()],
+            )?;
+            Ok(())
         })
     }
 

@@ -52,10 +52,25 @@ impl ClientDataStore for SqliteStore {
     }
 
     fn create_filter(&self, user_id: &str, filter: &Value) -> Result<i64> {
-        let conn = self.conn();
-        conn.exec("INSERT INTO filters (user_id, filter_json) VALUES (?1, ?2)", params![user_id, filter.to_string()])
+        self.conn()
+            .row(
+                "INSERT INTO filters (user_id, filter_id, filter_json)
+                 SELECT ?1, coalesce(max(filter_id) + 1, 0), ?2 FROM filters WHERE user_id = ?1
+                 RETURNING filter_id",
+                params![user_id, filter.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
+    fn import_filter(&self, user_id: &str, filter_id: i64, filter: &Value) -> Result<()> {
+        self.conn()
+            .exec(
+                "INSERT INTO filters (user_id, filter_id, filter_json) VALUES (?1, ?2, ?3)",
+                params![user_id, filter_id, filter.to_string()],
+            )
             .map_err(backend)?;
-        Ok(conn.last_insert_rowid())
+        Ok(())
     }
 
     fn get_filter(&self, user_id: &str, filter_id: i64) -> Result<Option<Value>> {

@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0017_threepid_bindings.sql"),
     include_str!("../migrations/0018_user_signatures.sql"),
     include_str!("../migrations/0019_erased_users.sql"),
+    include_str!("../migrations/0020_filters_per_user.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
