@@ -62,19 +62,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def fill(db, rooms, events_per_room):
-    """Writes the rooms into Synapse's tables; returns how many events."""
+def fill(db, rooms, events_per_room, server=SERVER):
+    """Writes the rooms into Synapse's tables (after what is there); returns how many events."""
     c = sqlite3.connect(db)
     c.execute("PRAGMA synchronous = OFF")
-    users = [f"@user{i}:{SERVER}" for i in range(max(1, rooms // 10))]
+    users = [f"@user{i}:{server}" for i in range(max(1, rooms // 10))]
     for u in users:
         c.execute("INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, deactivated) "
                   "VALUES (?, NULL, 0, 0, 0, 0)", (u,))
         c.execute("INSERT INTO profiles (user_id, full_user_id, displayname) VALUES (?, ?, ?)",
                   (u.split(":")[0][1:], u, u[1:]))
-    stream, group, total, ts = 1, 1, 0, 1_700_000_000_000
+    stream = c.execute("SELECT coalesce(max(stream_ordering), 0) + 1 FROM events").fetchone()[0]
+    group = c.execute("SELECT coalesce(max(id), 0) + 1 FROM state_groups").fetchone()[0]
+    total, ts = 0, 1_700_000_000_000
     for r in range(rooms):
-        room = "!" + rand_id(18) + ":" + SERVER
+        room = "!" + rand_id(18) + ":" + server
         creator = users[r % len(users)]
         c.execute("INSERT INTO rooms (room_id, is_public, creator, room_version) VALUES (?, 0, ?, '10')",
                   (room, creator))
@@ -94,7 +96,7 @@ def fill(db, rooms, events_per_room):
                                        ("m.room.member", creator)] if k in state]
             pdu = {"auth_events": auth, "prev_events": prev, "type": kind, "room_id": room, "sender": creator,
                    "content": content, "depth": depth, "origin_server_ts": ts,
-                   "hashes": {"sha256": rand_id()}, "signatures": {SERVER: {"ed25519:a_bench": rand_id(86)}}}
+                   "hashes": {"sha256": rand_id()}, "signatures": {server: {"ed25519:a_bench": rand_id(86)}}}
             if key is not None:
                 pdu["state_key"] = key
             c.execute("INSERT INTO events (stream_ordering, topological_ordering, event_id, type, room_id, content, "
@@ -138,7 +140,12 @@ def main():
     parser.add_argument("--rooms", type=int, default=10000)
     parser.add_argument("--events", type=int, default=100, help="events per room (at least 5)")
     parser.add_argument("--keep", help="leave the databases in this directory")
+    parser.add_argument("--fill", metavar="DB", help="only add the rooms to this Synapse database (tests use it)")
+    parser.add_argument("--server", default=SERVER, help="with --fill: the server name")
     args = parser.parse_args()
+    if args.fill:
+        print(fill(args.fill, args.rooms, max(5, args.events), args.server))
+        return
     work = args.keep or tempfile.mkdtemp(prefix="myelin-import-bench-")
     os.makedirs(work, exist_ok=True)
     try:

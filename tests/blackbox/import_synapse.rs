@@ -22,6 +22,7 @@ use crate::synapse_federation::{SYNAPSE_PYTHON, SynapsePeer, start_synapse, syna
 const V3: &str = "/_matrix/client/v3";
 const POPULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/populate_for_import.py");
 const NAME: &str = "import.test";
+const BENCH_IMPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/import_synapse.py");
 
 /// Percent-encodes one path segment (room, event and user IDs, aliases).
 fn enc(s: &str) -> String {
@@ -323,6 +324,82 @@ async fn js_sdk_clients_keep_their_encrypted_history_and_messaging_across_the_sw
         }
     }
     assert!(child.wait().unwrap().success());
+}
+
+/// An import killed part-way (kill -9 while it writes the rooms) is carried on with `--resume`:
+/// a plain second run is refused, the resumed one writes nothing twice and leaves nothing out.
+#[tokio::test]
+async fn an_import_killed_part_way_is_carried_on_with_resume() {
+    let (synapse_dir, data) = populated_synapse(None).await;
+    // Rooms enough for the kill to land among them: 300 rooms of 40 events, written straight
+    // into Synapse's tables as Synapse lays them out.
+    let db = synapse_dir.path().join("homeserver.db");
+    let fill = Command::new("python3")
+        .arg(BENCH_IMPORT)
+        .arg("--fill")
+        .arg(&db)
+        .args(["--rooms", "300", "--events", "40", "--server", NAME])
+        .output()
+        .unwrap();
+    assert!(fill.status.success(), "{}", String::from_utf8_lossy(&fill.stderr));
+    let synapse_config = synapse_dir.path().join("homeserver.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = myelin_config(dir.path(), NAME, "data/homeserver.db");
+
+    let mut child = python_env(&mut Command::new(BIN))
+        .args(["import-synapse", "--synapse-config"])
+        .arg(&synapse_config)
+        .arg("-c")
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = String::new();
+    while !seen.contains("access tokens") {
+        match lines.next() {
+            Some(Ok(line)) => seen.push_str(&(line + "\n")),
+            _ => panic!("the import ended before its rooms: {seen}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap(); // SIGKILL, among the rooms
+    let _ = child.wait();
+    let count = |sql: &str, path: &Path| -> i64 {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])")
+            .arg(path)
+            .arg(sql)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+    };
+    let target = dir.path().join("data/homeserver.db");
+    let in_synapse = count("SELECT count(*) FROM events", &db);
+    let before = count("SELECT count(*) FROM events", &target);
+    assert!(before < in_synapse, "killed part-way: {before} of {in_synapse} events written\n{seen}");
+
+    let (code, out, err) = import(&synapse_config, dir.path(), &[]);
+    assert_eq!(code, 1, "a plain second run: {out}{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let (code, out, err) = import(&synapse_config, dir.path(), &["--resume"]);
+    assert_eq!(code, 0, "--resume: {out}{err}");
+    assert!(err.contains("done by an earlier run"), "the finished phases are not done again: {err}");
+    assert_eq!(count("SELECT count(*) FROM events", &target), in_synapse, "every event, once");
+    assert_eq!(count("SELECT count(*) FROM rooms", &target), count("SELECT count(*) FROM rooms", &db));
+    let (code, _, err) = import(&synapse_config, dir.path(), &["--resume"]);
+    assert_eq!(code, 1, "a finished import is not resumed: {err}");
+
+    let myelin = Server::start_in(dir).await;
+    check_carried_over(&myelin, &data, synapse_dir.path()).await;
+    let rooms = crate::harness::sql_in(myelin.dir.path(), "SELECT room_id FROM rooms ORDER BY room_id LIMIT 20");
+    for room in rooms {
+        assert_sound_room_graph(myelin.dir.path(), &room[0]);
+    }
 }
 
 /// Everything the populate script made, read back through the imported Myelin's API; then new

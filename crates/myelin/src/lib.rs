@@ -59,8 +59,11 @@ enum Command {
         #[arg(long)]
         synapse_config: PathBuf,
         /// Empty Myelin's database first (a second run refuses without it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         start_over: bool,
+        /// Carry on an import that was interrupted (what it finished is not done again).
+        #[arg(long)]
+        resume: bool,
     },
     /// Create a local user in the database.
     RegisterUser {
@@ -119,13 +122,13 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::ImportSynapse { synapse_config, start_over } => {
+        Command::ImportSynapse { synapse_config, start_over, resume } => {
             let paths = if cli.config.is_empty() { vec![default_path] } else { cli.config };
             let (config, _) = match load_config(&paths, &natives) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match run_import(&synapse_config, config, start_over) {
+            match run_import(&synapse_config, config, start_over, resume) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("import-synapse: {e}");
@@ -319,9 +322,10 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
 /// `myelin import-synapse`: checks everything it can before writing anything (Synapse's
 /// schema, the server name, an empty target), then rows, then push rules and pushers through
 /// the homeserver's handlers, then prints the summary.
-fn run_import(synapse_config: &Path, config: Config, start_over: bool) -> Result<(), String> {
+fn run_import(synapse_config: &Path, config: Config, start_over: bool, resume: bool) -> Result<(), String> {
     use import_synapse as import;
     let synapse = import::SynapseConfig::load(synapse_config)?;
+    import::check_server_name(&synapse, &config)?;
     let db = import::open_synapse(&synapse)?;
     if start_over {
         import::remove_target(&config)?;
@@ -335,7 +339,7 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool) -> Result
         }
         Database::Postgres(_) => open_storage(&config)?,
     };
-    import::check_target_empty(store.as_ref())?;
+    import::claim_target(store.as_ref(), resume)?;
     eprintln!("Importing {} into Myelin's database:", synapse_config.display());
     let started = std::time::Instant::now();
     let mut summary = import::import_rows(&db, &synapse, &config, store.as_ref())?;
@@ -347,6 +351,7 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool) -> Result
     let (rule_count, pusher_count) = runtime().block_on(import_through_handlers(&hs, rules, pushers))?;
     summary.imported.push(("push rules (set by users)", rule_count));
     summary.imported.push(("pushers", pusher_count));
+    import::finish(store.as_ref())?;
     let _ = store.shutdown();
     println!("Imported in {:.1} s:", started.elapsed().as_secs_f64());
     for (what, n) in &summary.imported {

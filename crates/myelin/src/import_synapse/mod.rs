@@ -128,8 +128,45 @@ pub fn open_synapse(synapse: &SynapseConfig) -> Result<SynapseDb, String> {
     }
 }
 
-/// Refuses a target that already holds data (a second run), before anything is written.
-pub fn check_target_empty(store: &dyn Storage) -> Result<(), String> {
+/// The server keeps its name: Myelin's config must give Synapse's.
+pub fn check_server_name(synapse: &SynapseConfig, config: &Config) -> Result<(), String> {
+    if synapse.server_name != config.server_name {
+        return Err(format!(
+            "Synapse's server_name is {} and Myelin's is {}: they must be the same (the server keeps its name)",
+            synapse.server_name, config.server_name
+        ));
+    }
+    Ok(())
+}
+
+/// Where the import keeps its progress in Myelin's database (transient records that never
+/// expire): `started`, each phase and room done, `complete`.
+const PROGRESS: &str = "import-synapse";
+
+pub(super) fn mark_done(store: &dyn Storage, key: &str) -> Result<(), String> {
+    store.put_transient(PROGRESS, key, "done", i64::MAX).map_err(store_err)
+}
+
+pub(super) fn is_done(store: &dyn Storage, key: &str) -> Result<bool, String> {
+    Ok(store.get_transient(PROGRESS, key, 0).map_err(store_err)?.is_some())
+}
+
+/// Checks that the import may write into Myelin's database: an empty one, or (with `resume`)
+/// one an interrupted import left. Marks the import started.
+pub fn claim_target(store: &dyn Storage, resume: bool) -> Result<(), String> {
+    if is_done(store, "complete")? {
+        return Err("Myelin's database already holds a finished import: run again with --start-over to empty it \
+                    and import again"
+            .into());
+    }
+    if is_done(store, "started")? {
+        if !resume {
+            return Err("An import into this database was interrupted: run again with --resume to carry it on, or \
+                        with --start-over to empty it and begin again"
+                .into());
+        }
+        return Ok(());
+    }
     let users = store.count_users().map_err(|e| e.to_string())?;
     let stream = store.max_stream_ordering().map_err(|e| e.to_string())?;
     if users > 0 || stream > 0 {
@@ -138,7 +175,32 @@ pub fn check_target_empty(store: &dyn Storage) -> Result<(), String> {
              again with --start-over to empty it first"
         ));
     }
-    Ok(())
+    mark_done(store, "started")
+}
+
+/// Marks the import finished: a later run refuses unless told to start over.
+pub fn finish(store: &dyn Storage) -> Result<(), String> {
+    mark_done(store, "complete")
+}
+
+/// Runs one phase of the import unless a run before this one finished it. A phase an
+/// interrupted run began is run again whole: each writes what is already there harmlessly.
+fn phase(store: &dyn Storage, name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let key = format!("phase:{name}");
+    if is_done(store, &key)? {
+        eprintln!("  {name}: done by an earlier run");
+        return Ok(());
+    }
+    run()?;
+    mark_done(store, &key)
+}
+
+/// What already exists (a resumed run writing again) counts as written.
+fn again_ok(result: myelin_storage::Result<()>) -> Result<(), String> {
+    match result {
+        Ok(()) | Err(myelin_storage::StorageError::Conflict) => Ok(()),
+        Err(e) => Err(store_err(e)),
+    }
 }
 
 /// Copies Synapse's signing key to Myelin's `signing_key_path` (the old file, if any, is kept
@@ -147,6 +209,9 @@ pub fn copy_signing_key(synapse: &SynapseConfig, config: &Config) -> Result<(), 
     let key = std::fs::read(&synapse.signing_key)
         .map_err(|e| format!("Could not read Synapse's signing key {}: {e}", synapse.signing_key.display()))?;
     let target = &config.signing_key_path;
+    if std::fs::read(target).is_ok_and(|existing| existing == key) {
+        return Ok(()); // copied by an earlier, interrupted run
+    }
     if target.exists() {
         let mut backup = target.clone().into_os_string();
         backup.push(".before-import");
@@ -171,20 +236,15 @@ pub fn import_rows(
     config: &Config,
     store: &dyn Storage,
 ) -> Result<Summary, String> {
-    if synapse.server_name != config.server_name {
-        return Err(format!(
-            "Synapse's server_name is {} and Myelin's is {}: they must be the same (the server keeps its name)",
-            synapse.server_name, config.server_name
-        ));
-    }
     let mut summary = Summary::default();
-    users(db, store, &mut summary)?;
-    rooms::rooms(db, store, &mut summary)?;
-    account_data(db, store, &mut summary)?;
-    receipts(db, store, &mut summary)?;
-    keys(db, store, &mut summary)?;
-    media(db, synapse, config, store, &mut summary)?;
-    registration_tokens(db, store, &mut summary)?;
+    let s = &mut summary;
+    phase(store, "users", || users(db, store, s))?;
+    phase(store, "rooms", || rooms::rooms(db, store, s))?;
+    phase(store, "account data", || account_data(db, store, s))?;
+    phase(store, "receipts", || receipts(db, store, s))?;
+    phase(store, "keys", || keys(db, store, s))?;
+    phase(store, "media", || media(db, synapse, config, store, s))?;
+    phase(store, "registration tokens and filters", || registration_tokens(db, store, s))?;
     Ok(summary)
 }
 
@@ -206,7 +266,7 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
             deactivated: r.flag(5),
             shadow_banned: r.flag(6),
         };
-        store.create_user(&user, r.opt_text(7).as_deref()).map_err(store_err)?;
+        again_ok(store.create_user(&user, r.opt_text(7).as_deref()))?;
         for (flag, on) in [
             (myelin_storage::UserFlag::Admin, user.is_admin),
             (myelin_storage::UserFlag::Guest, user.is_guest),
@@ -237,7 +297,7 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     for r in db.rows("SELECT token, user_id, device_id, valid_until_ms, puppets_user_id FROM access_tokens", &[])? {
         match r.opt_text(2) {
             Some(device) if r.opt_text(4).is_none() && r.opt_int(3).is_none_or(|t| t > now) => {
-                store.add_access_token(&r.text(0), &r.text(1), &device).map_err(store_err)?;
+                again_ok(store.add_access_token(&r.text(0), &r.text(1), &device))?;
                 n += 1;
             }
             _ => skipped += 1,
@@ -408,14 +468,30 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         "SELECT user_id, version, algorithm, auth_data, deleted FROM e2e_room_keys_versions ORDER BY user_id, version",
         &[],
     )?;
+    let mut users_done = Vec::new();
     for r in rows {
         let (user, version, algorithm, auth_data) = (r.text(0), r.int(1), r.text(2), r.text(3));
-        let mut made = store.create_backup_version(&user, &algorithm, &auth_data).map_err(store_err)?;
-        // Numbers Synapse skipped (never the case today): created and deleted to catch up.
-        while made < version {
-            store.delete_backup_version(&user, made).map_err(store_err)?;
-            made = store.create_backup_version(&user, &algorithm, &auth_data).map_err(store_err)?;
+        // A user's versions are marked done together (below): an earlier run's are skipped.
+        if is_done(store, &format!("backup:{user}"))? {
+            continue;
         }
+        if users_done.last() != Some(&user) {
+            if let Some(previous) = users_done.last() {
+                mark_done(store, &format!("backup:{previous}"))?;
+            }
+            users_done.push(user.clone());
+        }
+        let made = if store.backup_version(&user, Some(version)).map_err(store_err)?.is_some() {
+            version // made by an earlier, interrupted run
+        } else {
+            let mut made = store.create_backup_version(&user, &algorithm, &auth_data).map_err(store_err)?;
+            // Numbers Synapse skipped (never the case today): created and deleted to catch up.
+            while made < version {
+                store.delete_backup_version(&user, made).map_err(store_err)?;
+                made = store.create_backup_version(&user, &algorithm, &auth_data).map_err(store_err)?;
+            }
+            made
+        };
         if r.flag(4) {
             store.delete_backup_version(&user, made).map_err(store_err)?;
             continue;
@@ -440,6 +516,9 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         backed_up += keys.len();
         store.put_backup_keys(&user, made, &keys).map_err(store_err)?;
         versions += 1;
+    }
+    if let Some(last) = users_done.last() {
+        mark_done(store, &format!("backup:{last}"))?;
     }
     summary.count("key backup versions", versions);
     summary.count("backed-up room keys", backed_up);
@@ -512,7 +591,7 @@ fn media(
         }
         bytes += std::fs::copy(&from, &to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
         std::fs::File::open(&to).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        store.insert_media(&row).map_err(store_err)?;
+        again_ok(store.insert_media(&row))?;
         n += 1;
     }
     summary.count("uploaded media files", n);
@@ -537,7 +616,7 @@ fn registration_tokens(db: &SynapseDb, store: &dyn Storage, summary: &mut Summar
             completed: r.int(3),
             expiry_time: r.opt_int(4),
         };
-        store.create_registration_token(&token).map_err(store_err)?;
+        again_ok(store.create_registration_token(&token))?;
     }
     summary.count("registration tokens", rows.len());
     // Filters keep their IDs: clients hold on to them and sync with them.
@@ -546,7 +625,7 @@ fn registration_tokens(db: &SynapseDb, store: &dyn Storage, summary: &mut Summar
     for r in &filters {
         let Some(user) = r.opt_text(0) else { continue };
         let Ok(filter) = serde_json::from_str::<Value>(&r.text(2)) else { continue };
-        store.import_filter(&user, r.int(1), &filter).map_err(store_err)?;
+        again_ok(store.import_filter(&user, r.int(1), &filter))?;
         n += 1;
     }
     summary.count("sync filters", n);

@@ -9,7 +9,7 @@ use myelin_storage::{NewEvent, OutlierEvent, StateChange, StateEntry, Storage};
 use serde_json::{Map, Value};
 
 use super::source::{Arg, SynapseDb};
-use super::{Summary, store_err};
+use super::{Summary, is_done, mark_done, store_err};
 
 /// A whole state: `(type, state key)` to event ID.
 type FullState = BTreeMap<(String, String), String>;
@@ -118,6 +118,11 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
         }
         let (room_id, version, creator, is_public) =
             (room_row.text(0), room_row.opt_text(1), room_row.opt_text(2), room_row.flag(3));
+        let done_key = format!("room:{room_id}");
+        if is_done(store, &done_key)? {
+            rooms_done += 1; // by an earlier, interrupted run
+            continue;
+        }
         let create = db.row(
             "SELECT j.json, coalesce(e.sender, '') FROM events e JOIN event_json j ON j.event_id = e.event_id
              WHERE e.room_id = $1 AND e.type = 'm.room.create' AND e.state_key = ''",
@@ -135,14 +140,18 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             rooms_skipped += 1;
             continue;
         };
-        store
-            .create_room(&myelin_storage::RoomRow {
-                room_id: room_id.clone(),
-                room_version: version.clone(),
-                creator: creator.unwrap_or_else(|| create.text(1)),
-                is_public,
-            })
-            .map_err(store_err)?;
+        // A room an interrupted run began is carried on from its first event not stored.
+        let resuming = store.get_room(&room_id).map_err(store_err)?.is_some();
+        if !resuming {
+            store
+                .create_room(&myelin_storage::RoomRow {
+                    room_id: room_id.clone(),
+                    room_version: version.clone(),
+                    creator: creator.unwrap_or_else(|| create.text(1)),
+                    is_public,
+                })
+                .map_err(store_err)?;
+        }
         let current: Vec<StateEntry> = db
             .rows(
                 "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = $1",
@@ -170,6 +179,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             last_in_timeline,
             written: 0,
             outliers_written: 0,
+            resuming,
         };
         // In pages by stream position (backfilled events have negative ones).
         let mut after = i64::MIN;
@@ -222,6 +232,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
         if is_public {
             store.set_room_public(&room_id, true).map_err(store_err)?;
         }
+        mark_done(store, &done_key)?;
         rooms_done += 1;
     }
     if terminal {
@@ -235,8 +246,10 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
     let mut n = 0;
     for r in db.rows("SELECT room_alias, room_id, coalesce(creator, '') FROM room_aliases", &[])? {
         if store.get_room(&r.text(1)).map_err(store_err)?.is_some() {
-            store.create_alias(&r.text(0), &r.text(1), &r.text(2)).map_err(store_err)?;
-            n += 1;
+            match store.create_alias(&r.text(0), &r.text(1), &r.text(2)) {
+                Ok(()) | Err(myelin_storage::StorageError::Conflict) => n += 1,
+                Err(e) => return Err(store_err(e)),
+            }
         }
     }
     summary.count("room aliases", n);
@@ -257,6 +270,9 @@ struct RoomImport<'a> {
     last_in_timeline: Option<String>,
     written: usize,
     outliers_written: usize,
+    /// The room was begun by an interrupted run: events already stored are skipped (they are
+    /// a prefix, each batch having committed whole), their groups remembered.
+    resuming: bool,
 }
 
 /// What a [`NewEvent`] borrows, owned until its batch is written.
@@ -274,6 +290,19 @@ pub(super) const BATCH: usize = 500;
 
 impl RoomImport<'_> {
     fn add(&mut self, ev: SynapseEvent, json: String) -> Result<(), String> {
+        if self.resuming {
+            if let Some(stored) = self.store.get_event(&ev.event_id).map_err(store_err)? {
+                if let (Some(sg), Some(group)) = (ev.state_group.filter(|_| !ev.outlier), stored.state_group)
+                    && !self.mapped.contains_key(&sg)
+                {
+                    let chain = self.store.state_group_chain_length(group).map_err(store_err)?;
+                    self.mapped.insert(sg, (group, chain));
+                }
+                self.written += 1;
+                return Ok(());
+            }
+            self.resuming = false;
+        }
         let value: Value = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
         let membership =
             (ev.kind == "m.room.member").then(|| value["content"]["membership"].as_str().map(str::to_owned)).flatten();
