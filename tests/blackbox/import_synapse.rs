@@ -169,6 +169,28 @@ async fn a_stopped_synapse_is_imported_whole_and_myelin_carries_on() {
     myelin_config(other.path(), "other.test", "data/homeserver.db");
     let (code, out, err) = import(&synapse_config, other.path(), &[]);
     assert_eq!(code, 1, "server_name other.test: {out}{err}");
+    // Myelin given Synapse's own database (even with --start-over) or media store is refused,
+    // and nothing of Synapse's is touched.
+    let clash = tempfile::tempdir().unwrap();
+    let synapse_db = synapse_dir.path().join("homeserver.db");
+    let db_size = std::fs::metadata(&synapse_db).unwrap().len();
+    myelin_config(clash.path(), NAME, synapse_db.to_str().unwrap());
+    let (code, out, err) = import(&synapse_config, clash.path(), &["--start-over"]);
+    assert_eq!(code, 1, "Synapse's database as Myelin's: {out}{err}");
+    assert!(err.contains("Synapse's own"), "{err}");
+    assert_eq!(std::fs::metadata(&synapse_db).map(|m| m.len()).ok(), Some(db_size), "Synapse's database untouched");
+    let media = synapse_dir.path().join("media_store");
+    let config = myelin_config(clash.path(), NAME, "data/homeserver.db");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("media_store_path: data/media", &format!("media_store_path: {}", media.display())),
+    )
+    .unwrap();
+    let (code, out, err) = import(&synapse_config, clash.path(), &[]);
+    assert_eq!(code, 1, "Synapse's media store as Myelin's: {out}{err}");
+    assert!(err.contains("media store"), "{err}");
+
     let dir = tempfile::tempdir().unwrap();
     myelin_config(dir.path(), NAME, "data/homeserver.db");
     let (code, out, err) = import(&synapse_config, dir.path(), &[]);
@@ -230,7 +252,7 @@ async fn a_stopped_synapse_on_postgresql_is_imported_whole() {
 #[tokio::test]
 async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     let ca = TestCa::new();
-    let (mut old, other) = (SynapsePeer::start(&ca).await, SynapsePeer::start(&ca).await);
+    let (mut old, mut other) = (SynapsePeer::start(&ca).await, SynapsePeer::start(&ca).await);
     let (sam, bea) = (old.server.register("sam").await, other.server.register("bea").await);
     let room = old.server.create_room(&sam, json!({"preset": "public_chat"})).await;
     let (s, b) = other.server.join_via(&bea, &room, &old.name).await;
@@ -239,7 +261,16 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     assert_eq!(s, 200);
     wait_for_event(&other.server, &bea, &room, body_is("before the move")).await;
 
-    // The old server stops and its data moves into a Myelin on the same name and port.
+    // The other server goes down; a message sent meanwhile is still to be delivered to it when
+    // the old server stops.
+    stop_synapse(&mut other.server).await;
+    let (s, _) = old.server.send_text(&sam, &room, "while you were away").await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await; // its first (failed) attempt to send it
+    let other_dir = other.server.stop();
+
+    // The old server stops and its data moves into a Myelin on the same name and port; the
+    // other server comes back.
     stop_synapse(&mut old.server).await;
     let port: u16 = old.name.rsplit(':').next().unwrap().parse().unwrap();
     let synapse_dir = old.server.stop();
@@ -248,8 +279,12 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     std::fs::write(dir.path().join("homeserver.yaml"), peer_config(&ca, port, "")).unwrap();
     let (code, out, err) = import(&synapse_dir.path().join("homeserver.yaml"), dir.path(), &[]);
     assert_eq!(code, 0, "import: {out}{err}");
+    other.server = SynapsePeer::run(other_dir, other.client_port).await;
     let myelin = Server::start_in(dir).await;
     let logs = || format!("Myelin log:\n{}\nSynapse log:\n{}", myelin.log_text(), synapse_log(&other.server));
+
+    // What the old server had not delivered, the new one does.
+    wait_for_event(&other.server, &bea, &room, body_is("while you were away")).await;
 
     // Both ways, in the same room: sam (still logged in) to bea, bea to sam.
     let (s, b) = myelin.send_text(&sam, &room, "after the move").await;
@@ -490,6 +525,15 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("after bob joined")), "{b}\n{}", logs());
     let bobs = bodies(myelin, &private, &bob).await;
     assert!(bobs.contains(&"after bob joined".to_owned()) && !bobs.contains(&"before bob".to_owned()), "{bobs:?}");
+
+    // A room the server had left keeps its state and history for its former member.
+    let abandoned = text(&data["abandoned"]);
+    let (s, b) = get_event(myelin, &abandoned, &event("farewell"), &bob).await;
+    assert_eq!((s, b["content"]["body"].as_str()), (200, Some("anyone here?")), "{b}\n{}", logs());
+    let (s, b) = myelin.get(&format!("{V3}/rooms/{}/state/m.room.name", enc(&abandoned)), Some(&bob.token)).await;
+    assert_eq!((s, b["name"].as_str()), (200, Some("Abandoned")), "{b}\n{}", logs());
+    let (s, b) = get_event(myelin, &abandoned, &event("farewell"), &alice).await;
+    assert_eq!(s, 404, "alice was never in it: {b}");
 
     // End-to-end encryption: device keys, one-time and fallback keys, the key backup.
     let query = json!({"device_keys": {alice.user_id.clone(): []}});

@@ -14,7 +14,7 @@ pub(crate) const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sy
 /// A Synapse on `localhost:<port>`: plain client listener and TLS federation listener.
 pub(crate) struct SynapsePeer {
     pub(crate) server: Server,
-    client_port: u16,
+    pub(crate) client_port: u16,
     /// Its server name, `localhost:<federation port>`.
     pub(crate) name: String,
 }
@@ -53,7 +53,7 @@ impl SynapsePeer {
     }
 
     /// Starts Synapse on its directory and waits for its client API.
-    async fn run(dir: tempfile::TempDir, client_port: u16) -> Server {
+    pub(crate) async fn run(dir: tempfile::TempDir, client_port: u16) -> Server {
         let child = Command::new(SYNAPSE_PYTHON)
             .args(["-m", "synapse.app.homeserver", "-c"])
             .arg(dir.path().join("homeserver.yaml"))

@@ -125,6 +125,12 @@ def main():
     call("POST", f"/_matrix/client/v3/join/{q(private)}", {}, bob["token"])
     seen = send(alice["token"], private, "after bob joined")
 
+    # A room the server left (its last member left): Synapse deletes its current state.
+    abandoned = call("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "name": "Abandoned"},
+                     bob["token"])["room_id"]
+    farewell = send(bob["token"], abandoned, "anyone here?")
+    call("POST", f"/_matrix/client/v3/rooms/{q(abandoned)}/leave", {}, bob["token"])
+
     # E2EE: device keys, one-time keys, a fallback key, a backup version with a key.
     device_key = generate_signing_key(alice["device_id"])
     device_keys = sign_json({"user_id": alice["user_id"], "device_id": alice["device_id"],
@@ -162,7 +168,8 @@ def main():
 
     json.dump({"alice": alice, "bob": bob, "public": public, "private": private, "alias": "#town:" +
                alice["user_id"].split(":", 1)[1], "events": {"first": first, "reply": reply, "edit": edit,
-               "secret": secret, "last": last, "hidden": hidden, "seen": seen},
+               "secret": secret, "last": last, "hidden": hidden, "seen": seen,
+               "farewell": farewell}, "abandoned": abandoned,
                "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version,
                "master_keys": {"alice": pubkey(alice_cross["master"]), "bob": pubkey(bob_cross["master"])},
                "self_signing_key_id": "ed25519:" + pubkey(alice_cross["self_signing"]),

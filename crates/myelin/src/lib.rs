@@ -326,7 +326,9 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool, resume: b
     use import_synapse as import;
     let synapse = import::SynapseConfig::load(synapse_config)?;
     import::check_server_name(&synapse, &config)?;
+    import::check_paths(&synapse, &config)?;
     let db = import::open_synapse(&synapse)?;
+    import::check_media_store(&db, &synapse)?;
     if start_over {
         import::remove_target(&config)?;
     }
@@ -375,10 +377,10 @@ async fn import_through_handlers(
     pushers: Vec<import_synapse::Pusher>,
 ) -> Result<(usize, usize), String> {
     use serde_json::{Value, json};
-    let requester = |user: &str| -> Result<myelin_core::Requester, String> {
+    let requester = |user: &str, device_id: &str| -> Result<myelin_core::Requester, String> {
         Ok(myelin_core::Requester {
             user_id: user.try_into().map_err(|e| format!("bad user ID {user}: {e}"))?,
-            device_id: String::new(),
+            device_id: device_id.to_owned(),
             access_token: String::new(),
             is_admin: false,
             shadow_banned: false,
@@ -389,7 +391,7 @@ async fn import_through_handlers(
     };
     let (mut rule_count, mut pusher_count) = (0, 0);
     for user_rules in rules {
-        let Ok(me) = requester(&user_rules.user) else { continue };
+        let Ok(me) = requester(&user_rules.user, "") else { continue };
         let mut last_of_kind: std::collections::HashMap<String, String> = Default::default();
         for (rule_id, _class, _priority, conditions, actions) in &user_rules.rules {
             let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
@@ -434,11 +436,11 @@ async fn import_through_handlers(
             }
         }
     }
-    for (user, body) in pushers {
-        let Ok(me) = requester(&user) else { continue };
-        match hs.set_pusher(&me, &body).await {
+    for pusher in pushers {
+        let Ok(me) = requester(&pusher.user, &pusher.device_id) else { continue };
+        match hs.set_pusher(&me, &pusher.body).await {
             Ok(()) => pusher_count += 1,
-            Err(e) => eprintln!("  a pusher of {user} not imported: {}", e.message),
+            Err(e) => eprintln!("  a pusher of {} not imported: {}", pusher.user, e.message),
         }
     }
     Ok((rule_count, pusher_count))

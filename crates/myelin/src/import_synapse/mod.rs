@@ -6,11 +6,14 @@
 //! written through Myelin's storage traits, so either Myelin backend can be the target; push
 //! rules and pushers go through the homeserver's own request handlers, as a client's would.
 //!
-//! Rooms: every event in Synapse's stream order, with its state group translated (Synapse's
-//! groups are deltas on a previous group, as Myelin's are), rejections, soft failures and
-//! redactions kept (a redacted event is stored pruned, as Myelin stores them); the room's
-//! current state is Synapse's. Stream positions are Myelin's own: a client's old sync token
-//! starts an initial sync.
+//! Rooms: every event in the room's topological order (depth, then Synapse's order), with its
+//! state group translated (Synapse's groups are deltas on a previous group, as Myelin's are),
+//! rejections, soft failures and redactions kept (a redacted event is stored pruned, as Myelin
+//! stores them); the room's current state is Synapse's. Stream positions are Myelin's own: a
+//! client's old sync token starts an initial sync.
+//!
+//! Progress is kept in Myelin's database (`claim_target`, `phase`), so an interrupted import is
+//! carried on with `--resume`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -128,6 +131,62 @@ pub fn open_synapse(synapse: &SynapseConfig) -> Result<SynapseDb, String> {
     }
 }
 
+/// Refuses the mistakes that would lose Synapse's data: Myelin's database or media store being
+/// Synapse's own (copying a file onto itself empties it; `--start-over` would delete it).
+pub fn check_paths(synapse: &SynapseConfig, config: &Config) -> Result<(), String> {
+    let (theirs, ours) = (resolved(&synapse.media_store), resolved(&config.media_store_path));
+    if theirs.starts_with(&ours) || ours.starts_with(&theirs) {
+        return Err(format!(
+            "Myelin's media_store_path ({}) is Synapse's media store, or inside it, or holds it: give Myelin a \
+             directory of its own (the files are copied, Synapse's are left as they are)",
+            config.media_store_path.display()
+        ));
+    }
+    let same_database = match (&synapse.database, &config.database) {
+        (Database::Sqlite(a), Database::Sqlite(b)) => resolved(&a.path) == resolved(&b.path),
+        (Database::Postgres(a), Database::Postgres(b)) => (&a.host, a.port, &a.dbname) == (&b.host, b.port, &b.dbname),
+        _ => false,
+    };
+    if same_database {
+        return Err(
+            "Myelin's database is Synapse's own: give Myelin a database of its own (Synapse's is only read)".into()
+        );
+    }
+    Ok(())
+}
+
+/// A path made absolute through its nearest existing ancestor (links resolved), for comparing
+/// paths that may not exist yet.
+fn resolved(path: &Path) -> PathBuf {
+    let mut existing = if path.is_absolute() { path.to_path_buf() } else { Path::new(".").join(path) };
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(found) = existing.canonicalize() {
+            return rest.into_iter().rev().fold(found, |p, part| p.join(part));
+        }
+        match (existing.file_name().map(|n| n.to_owned()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// Refuses an import that would find none of Synapse's uploaded files: its media store is not
+/// where its config says (relative paths are taken from the config file's directory).
+pub fn check_media_store(db: &SynapseDb, synapse: &SynapseConfig) -> Result<(), String> {
+    if !synapse.media_store.is_dir() && db.count("local_media_repository") > 0 {
+        return Err(format!(
+            "Synapse's media store {} is not there (relative paths in Synapse's config are taken from its \
+             directory): give media_store_path as an absolute path in a copy of Synapse's config",
+            synapse.media_store.display()
+        ));
+    }
+    Ok(())
+}
+
 /// The server keeps its name: Myelin's config must give Synapse's.
 pub fn check_server_name(synapse: &SynapseConfig, config: &Config) -> Result<(), String> {
     if synapse.server_name != config.server_name {
@@ -195,14 +254,6 @@ fn phase(store: &dyn Storage, name: &str, run: impl FnOnce() -> Result<(), Strin
     mark_done(store, &key)
 }
 
-/// What already exists (a resumed run writing again) counts as written.
-fn again_ok(result: myelin_storage::Result<()>) -> Result<(), String> {
-    match result {
-        Ok(()) | Err(myelin_storage::StorageError::Conflict) => Ok(()),
-        Err(e) => Err(store_err(e)),
-    }
-}
-
 /// Copies Synapse's signing key to Myelin's `signing_key_path` (the old file, if any, is kept
 /// beside it as `.before-import`), so the server keeps its key ID and signatures.
 pub fn copy_signing_key(synapse: &SynapseConfig, config: &Config) -> Result<(), String> {
@@ -245,6 +296,7 @@ pub fn import_rows(
     phase(store, "keys", || keys(db, store, s))?;
     phase(store, "media", || media(db, synapse, config, store, s))?;
     phase(store, "registration tokens and filters", || registration_tokens(db, store, s))?;
+    phase(store, "event reports", || reports(db, store, s))?;
     Ok(summary)
 }
 
@@ -266,7 +318,10 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
             deactivated: r.flag(5),
             shadow_banned: r.flag(6),
         };
-        again_ok(store.create_user(&user, r.opt_text(7).as_deref()))?;
+        // A user an interrupted run made is there already.
+        if store.get_user(&user.user_id).map_err(store_err)?.is_none() {
+            store.create_user(&user, r.opt_text(7).as_deref()).map_err(store_err)?;
+        }
         for (flag, on) in [
             (myelin_storage::UserFlag::Admin, user.is_admin),
             (myelin_storage::UserFlag::Guest, user.is_guest),
@@ -285,19 +340,35 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     }
     summary.count("users (with profiles)", rows.len());
 
-    let devices = db.rows("SELECT user_id, device_id, display_name FROM devices WHERE NOT hidden", &[])?;
+    let devices = db.rows(
+        "SELECT user_id, device_id, display_name, last_seen, ip, user_agent FROM devices WHERE NOT hidden",
+        &[],
+    )?;
     for r in &devices {
-        store.upsert_device(&r.text(0), &r.text(1), r.opt_text(2).as_deref()).map_err(store_err)?;
+        let (user, device) = (r.text(0), r.text(1));
+        store.upsert_device(&user, &device, r.opt_text(2).as_deref()).map_err(store_err)?;
+        if let Some(seen) = r.opt_int(3) {
+            store.touch_device(&user, &device, &r.text(4), &r.text(5), seen).map_err(store_err)?;
+        }
     }
     summary.count("devices", devices.len());
 
-    // Tokens of a device, not expired; refresh tokens and puppeting tokens have no equivalent.
-    let now = now_ms();
+    // Tokens of a device that do not expire. One that expires belongs to a refresh-token
+    // session, which Myelin cannot refresh yet; puppeting tokens have no equivalent.
     let (mut n, mut skipped) = (0, 0);
-    for r in db.rows("SELECT token, user_id, device_id, valid_until_ms, puppets_user_id FROM access_tokens", &[])? {
+    let rows = db.rows(
+        "SELECT t.token, t.user_id, t.device_id, t.valid_until_ms, t.puppets_user_id,
+                EXISTS (SELECT 1 FROM devices d WHERE d.user_id = t.user_id AND d.device_id = t.device_id AND NOT d.hidden)
+         FROM access_tokens t",
+        &[],
+    )?;
+    for r in rows {
         match r.opt_text(2) {
-            Some(device) if r.opt_text(4).is_none() && r.opt_int(3).is_none_or(|t| t > now) => {
-                again_ok(store.add_access_token(&r.text(0), &r.text(1), &device))?;
+            Some(device) if r.opt_text(4).is_none() && r.opt_int(3).is_none() && r.flag(5) => {
+                let token = r.text(0);
+                if store.get_access_token(&token).map_err(store_err)?.is_none() {
+                    store.add_access_token(&token, &r.text(1), &device).map_err(store_err)?;
+                }
                 n += 1;
             }
             _ => skipped += 1,
@@ -307,8 +378,14 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     summary.skip(
         "access tokens",
         skipped,
-        "without a device, expired, or an admin's puppeting token (their users log in again)",
+        "without a device, expiring (a refresh-token session), or an admin's puppeting token: those users log in \
+         again",
     );
+    let erased = db.rows("SELECT user_id FROM erased_users", &[])?;
+    for r in &erased {
+        store.mark_user_erased(&r.text(0)).map_err(store_err)?;
+    }
+    summary.count("erased users (their messages stay hidden from new readers)", erased.len());
     summary.skip(
         "refresh tokens",
         db.count("refresh_tokens"),
@@ -382,10 +459,9 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
     for r in db.rows("SELECT user_id, device_id, key_json FROM e2e_device_keys_json", &[])? {
         devices.entry((r.text(0), r.text(1))).or_default().0 = Some(r.text(2));
     }
-    let one_time =
-        db.rows("SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_one_time_keys_json", &[])?;
-    for r in &one_time {
-        devices.entry((r.text(0), r.text(1))).or_default().1.push((r.text(2), r.text(3), r.text(4)));
+    // Devices with one-time keys only; their keys are read device by device below.
+    for r in db.rows("SELECT DISTINCT user_id, device_id FROM e2e_one_time_keys_json", &[])? {
+        devices.entry((r.text(0), r.text(1))).or_default();
     }
     let fallback = db.rows(
         "SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_fallback_keys_json WHERE NOT used",
@@ -415,8 +491,7 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         match devices.get_mut(&(target_user.clone(), target.clone())).and_then(|d| d.0.as_mut()) {
             Some(device_json) => {
                 let mut key: Value = serde_json::from_str(device_json).unwrap_or(Value::Null);
-                if key.is_object() {
-                    key["signatures"][&signer][&key_id] = Value::String(signature);
+                if add_signature(&mut key, &signer, &key_id, signature) {
                     *device_json = key.to_string();
                     signature_count += 1;
                 }
@@ -424,13 +499,22 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
             None => own_key_signatures.push((signer, key_id, target, signature)),
         }
     }
-    let mut with_keys = 0;
-    for ((user, device), (device_keys, otks, fallbacks)) in &devices {
+    let (mut with_keys, mut one_time) = (0, 0);
+    for ((user, device), (device_keys, _, fallbacks)) in &devices {
         with_keys += device_keys.is_some() as usize;
-        store.upload_keys(user, device, device_keys.as_deref(), otks, fallbacks).map_err(store_err)?;
+        let otks: Vec<(String, String, String)> = db
+            .rows(
+                "SELECT algorithm, key_id, key_json FROM e2e_one_time_keys_json WHERE user_id = $1 AND device_id = $2",
+                &[Arg::Text(user), Arg::Text(device)],
+            )?
+            .into_iter()
+            .map(|r| (r.text(0), r.text(1), r.text(2)))
+            .collect();
+        one_time += otks.len();
+        store.upload_keys(user, device, device_keys.as_deref(), &otks, fallbacks).map_err(store_err)?;
     }
     summary.count("devices with identity keys", with_keys);
-    summary.count("one-time keys", one_time.len());
+    summary.count("one-time keys", one_time);
     summary.count("fallback keys", fallback.len());
 
     // Cross-signing keys: the newest of each type per user.
@@ -445,8 +529,9 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         let Some(list) = cross.get_mut(&signer) else { continue };
         for (_, json) in list.iter_mut() {
             let mut key: Value = serde_json::from_str(json).unwrap_or(Value::Null);
-            if key["keys"].as_object().is_some_and(|k| k.values().any(|v| v.as_str() == Some(public_key.as_str()))) {
-                key["signatures"][&signer][&key_id] = Value::String(signature.clone());
+            if key["keys"].as_object().is_some_and(|k| k.values().any(|v| v.as_str() == Some(public_key.as_str())))
+                && add_signature(&mut key, &signer, &key_id, signature.clone())
+            {
                 *json = key.to_string();
                 signature_count += 1;
             }
@@ -468,18 +553,14 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         "SELECT user_id, version, algorithm, auth_data, deleted FROM e2e_room_keys_versions ORDER BY user_id, version",
         &[],
     )?;
-    let mut users_done = Vec::new();
     for r in rows {
         let (user, version, algorithm, auth_data) = (r.text(0), r.int(1), r.text(2), r.text(3));
-        // A user's versions are marked done together (below): an earlier run's are skipped.
-        if is_done(store, &format!("backup:{user}"))? {
+        // Each version is marked once written whole: an earlier run's are not made again, so
+        // the numbers stay Synapse's.
+        let done_key = format!("backup:{user}:{version}");
+        if is_done(store, &done_key)? {
+            versions += 1;
             continue;
-        }
-        if users_done.last() != Some(&user) {
-            if let Some(previous) = users_done.last() {
-                mark_done(store, &format!("backup:{previous}"))?;
-            }
-            users_done.push(user.clone());
         }
         let made = if store.backup_version(&user, Some(version)).map_err(store_err)?.is_some() {
             version // made by an earlier, interrupted run
@@ -494,6 +575,7 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         };
         if r.flag(4) {
             store.delete_backup_version(&user, made).map_err(store_err)?;
+            mark_done(store, &done_key)?;
             continue;
         }
         let keys: Vec<(String, String, String)> = db
@@ -515,29 +597,49 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
             .collect();
         backed_up += keys.len();
         store.put_backup_keys(&user, made, &keys).map_err(store_err)?;
+        mark_done(store, &done_key)?;
         versions += 1;
-    }
-    if let Some(last) = users_done.last() {
-        mark_done(store, &format!("backup:{last}"))?;
     }
     summary.count("key backup versions", versions);
     summary.count("backed-up room keys", backed_up);
     to_device(db, store, summary)
 }
 
+/// Adds `signature` by `signer`'s `key_id` to a key's `signatures`; false (nothing changed) if
+/// the key or its signatures are not JSON objects (older Synapses did not check uploads).
+fn add_signature(key: &mut Value, signer: &str, key_id: &str, signature: String) -> bool {
+    let Some(key) = key.as_object_mut() else { return false };
+    let Some(by_signer) = key.entry("signatures").or_insert_with(|| json!({})).as_object_mut() else { return false };
+    let Some(keys) = by_signer.entry(signer).or_insert_with(|| json!({})).as_object_mut() else { return false };
+    keys.insert(key_id.to_owned(), Value::String(signature));
+    true
+}
+
 /// To-device messages not yet delivered (room keys in flight), queued again for their devices.
 fn to_device(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
     let mut queued = Vec::new();
     let mut n = 0;
-    for r in db.rows("SELECT user_id, device_id, message_json FROM device_inbox ORDER BY stream_id", &[])? {
-        let Ok(message) = serde_json::from_str::<Value>(&r.text(2)) else { continue };
-        // As Myelin queues them: type, sender, content.
-        let event = json!({"type": message["type"], "sender": message["sender"], "content": message["content"]});
-        queued.push((r.text(0), r.text(1), event.to_string()));
-        if queued.len() >= rooms::BATCH {
-            n += queued.len();
-            store.queue_to_device("", "", &format!("synapse-import-{n}"), &queued).map_err(store_err)?;
-            queued.clear();
+    // In pages: a device that stopped syncing can have many waiting.
+    let mut after = (i64::MIN, String::new(), String::new());
+    loop {
+        let page = db.rows(
+            "SELECT user_id, device_id, message_json, stream_id FROM device_inbox
+             WHERE (stream_id, user_id, device_id) > (CAST($1 AS BIGINT), $2, $3)
+             ORDER BY stream_id, user_id, device_id LIMIT 1000",
+            &[Arg::Int(after.0), Arg::Text(&after.1), Arg::Text(&after.2)],
+        )?;
+        let Some(last) = page.last() else { break };
+        after = (last.int(3), last.text(0), last.text(1));
+        for r in &page {
+            let Ok(message) = serde_json::from_str::<Value>(&r.text(2)) else { continue };
+            // As Myelin queues them: type, sender, content.
+            let event = json!({"type": message["type"], "sender": message["sender"], "content": message["content"]});
+            queued.push((r.text(0), r.text(1), event.to_string()));
+            if queued.len() >= rooms::BATCH {
+                n += queued.len();
+                store.queue_to_device("", "", &format!("synapse-import-{n}"), &queued).map_err(store_err)?;
+                queued.clear();
+            }
         }
     }
     if !queued.is_empty() {
@@ -591,7 +693,7 @@ fn media(
         }
         bytes += std::fs::copy(&from, &to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
         std::fs::File::open(&to).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        again_ok(store.insert_media(&row))?;
+        store.insert_media(&row).map_err(store_err)?;
         n += 1;
     }
     summary.count("uploaded media files", n);
@@ -612,11 +714,14 @@ fn registration_tokens(db: &SynapseDb, store: &dyn Storage, summary: &mut Summar
         let token = RegistrationToken {
             token: r.text(0),
             uses_allowed: r.opt_int(1),
-            pending: r.int(2),
+            // Synapse's pending uses were its own sign-up sessions, which end with it.
+            pending: 0,
             completed: r.int(3),
             expiry_time: r.opt_int(4),
         };
-        again_ok(store.create_registration_token(&token))?;
+        if store.get_registration_token(&token.token).map_err(store_err)?.is_none() {
+            store.create_registration_token(&token).map_err(store_err)?;
+        }
     }
     summary.count("registration tokens", rows.len());
     // Filters keep their IDs: clients hold on to them and sync with them.
@@ -625,11 +730,40 @@ fn registration_tokens(db: &SynapseDb, store: &dyn Storage, summary: &mut Summar
     for r in &filters {
         let Some(user) = r.opt_text(0) else { continue };
         let Ok(filter) = serde_json::from_str::<Value>(&r.text(2)) else { continue };
-        again_ok(store.import_filter(&user, r.int(1), &filter))?;
+        if store.get_filter(&user, r.int(1)).map_err(store_err)?.is_none() {
+            store.import_filter(&user, r.int(1), &filter).map_err(store_err)?;
+        }
         n += 1;
     }
     summary.count("sync filters", n);
     summary.skip("sync filters", filters.len() - n, "not JSON, or of an account Synapse had no full ID for");
+    Ok(())
+}
+
+/// Users' reports of events, for the admin API's event reports (numbered by Myelin).
+fn reports(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
+    let rows = db.rows(
+        "SELECT id, received_ts, room_id, event_id, user_id, reason, content FROM event_reports ORDER BY id",
+        &[],
+    )?;
+    for r in &rows {
+        let done_key = format!("report:{}", r.int(0));
+        if is_done(store, &done_key)? {
+            continue;
+        }
+        let report = myelin_storage::EventReport {
+            id: r.int(0),
+            received_ts: r.int(1),
+            room_id: r.text(2),
+            event_id: r.text(3),
+            user_id: r.text(4),
+            reason: r.opt_text(5),
+            content: r.opt_text(6).and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_else(|| json!({})),
+        };
+        store.add_event_report(&report).map_err(store_err)?;
+        mark_done(store, &done_key)?;
+    }
+    summary.count("event reports", rows.len());
     Ok(())
 }
 
@@ -664,17 +798,27 @@ pub fn push_rules(db: &SynapseDb) -> Result<Vec<PushRules>, String> {
     Ok(by_user.into_values().collect())
 }
 
-/// A pusher: its user and the body of `POST /pushers/set` that makes it again.
-pub type Pusher = (String, Map<String, Value>);
+/// A pusher: its user and device (it goes when the device logs out) and the body of `POST
+/// /pushers/set` that makes it again.
+pub struct Pusher {
+    /// The user.
+    pub user: String,
+    /// The device whose session set it (empty if Synapse did not record one).
+    pub device_id: String,
+    /// The body of `POST /pushers/set`.
+    pub body: Map<String, Value>,
+}
 
 /// Every pusher.
 pub fn pushers(db: &SynapseDb) -> Result<Vec<Pusher>, String> {
     let rows = db.rows(
-        "SELECT user_name, kind, app_id, app_display_name, device_display_name, pushkey, lang, data, profile_tag
-         FROM pushers WHERE coalesce(enabled, TRUE)",
+        "SELECT p.user_name, p.kind, p.app_id, p.app_display_name, p.device_display_name, p.pushkey, p.lang, p.data,
+                p.profile_tag,
+                coalesce(p.device_id, (SELECT t.device_id FROM access_tokens t WHERE t.id = p.access_token), '')
+         FROM pushers p WHERE coalesce(p.enabled, TRUE)",
         &[],
     )?;
-    Ok(rows.into_iter().map(|r| (r.text(0), pusher_body(&r))).collect())
+    Ok(rows.into_iter().map(|r| Pusher { user: r.text(0), device_id: r.text(9), body: pusher_body(&r) }).collect())
 }
 
 fn pusher_body(r: &Row) -> Map<String, Value> {
@@ -690,8 +834,4 @@ fn pusher_body(r: &Row) -> Map<String, Value> {
         body.insert("profile_tag".into(), Value::String(tag));
     }
     body
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -1,9 +1,8 @@
-//! Rooms: every event of every room in Synapse's order, with its state group translated into
-//! Myelin's, rejections, soft failures and redactions kept, and the room's current state set to
-//! Synapse's (resolved) one; then aliases.
+//! Rooms: every event of every room in its topological order, with its state group translated
+//! into Myelin's, rejections, soft failures and redactions kept, and the room's current state
+//! set to Synapse's (resolved) one; then aliases.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use myelin_storage::{NewEvent, OutlierEvent, StateChange, StateEntry, Storage};
 use serde_json::{Map, Value};
@@ -14,10 +13,11 @@ use super::{Summary, is_done, mark_done, store_err};
 /// A whole state: `(type, state key)` to event ID.
 type FullState = BTreeMap<(String, String), String>;
 
-/// Synapse's state groups, read as full maps (memoised per group while a room is imported).
+/// Synapse's state groups: a snapshot, or a delta (entries added or replaced) on the group
+/// its edge names, as Myelin's are. Read as needed, never all at once: a big room's whole
+/// state is read only where Myelin needs a snapshot.
 struct SynapseStateGroups<'a> {
     db: &'a SynapseDb,
-    full: HashMap<i64, Arc<FullState>>,
 }
 
 impl SynapseStateGroups<'_> {
@@ -29,35 +29,34 @@ impl SynapseStateGroups<'_> {
         Ok(row.and_then(|r| r.opt_int(0)))
     }
 
+    /// The entries stored for the group itself (the whole state for a snapshot).
+    fn own_entries(&self, group: i64) -> Result<Vec<StateEntry>, String> {
+        let rows = self.db.rows(
+            "SELECT type, state_key, event_id FROM state_groups_state WHERE state_group = CAST($1 AS BIGINT)",
+            &[Arg::Int(group)],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StateEntry { event_type: r.text(0), state_key: r.text(1), event_id: r.text(2) })
+            .collect())
+    }
+
     /// The whole state of a group: its chain of deltas applied from the oldest.
-    fn state(&mut self, group: i64) -> Result<Arc<FullState>, String> {
-        if let Some(s) = self.full.get(&group) {
-            return Ok(s.clone());
-        }
-        // Bounded: a room with many groups is read again from its deltas instead.
-        if self.full.len() > 256 {
-            self.full.clear();
-        }
+    fn full(&self, group: i64) -> Result<FullState, String> {
         let mut chain = vec![group];
-        let mut base = BTreeMap::new();
         while let Some(prev) = self.prev(*chain.last().unwrap_or(&group))? {
-            if let Some(known) = self.full.get(&prev) {
-                base = (**known).clone();
-                break;
+            if chain.contains(&prev) {
+                break; // never in a sound database; a loop must not hang the import
             }
             chain.push(prev);
         }
+        let mut state = FullState::new();
         for g in chain.iter().rev() {
-            let rows = self.db.rows(
-                "SELECT type, state_key, event_id FROM state_groups_state WHERE state_group = CAST($1 AS BIGINT)",
-                &[Arg::Int(*g)],
-            )?;
-            for r in rows {
-                base.insert((r.text(0), r.text(1)), r.text(2));
+            for e in self.own_entries(*g)? {
+                state.insert((e.event_type, e.state_key), e.event_id);
             }
-            self.full.insert(*g, Arc::new(base.clone()));
         }
-        Ok(self.full[&group].clone())
+        Ok(state)
     }
 }
 
@@ -86,25 +85,45 @@ struct SynapseEvent {
 const PAGE: i64 = 1000;
 
 pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
-    // Redactions Synapse applies: accepted ones, of an event in the same room.
+    // Redactions Synapse applies (`events_worker`): accepted ones, of an event in the same
+    // room, never of the create event; one whose event Synapse marked `recheck_redaction`
+    // (allowed at receipt only pending this check) only by a user of the author's server.
     let mut redacted_by: HashMap<String, String> = HashMap::new();
     let rows = db.rows(
-        "SELECT r.redacts, r.event_id, e.sender, t.sender, rooms.room_version
+        "SELECT r.redacts, r.event_id, e.sender, t.sender, j.internal_metadata
          FROM redactions r JOIN events e ON e.event_id = r.event_id
-         JOIN events t ON t.event_id = r.redacts AND t.room_id = e.room_id
-         LEFT JOIN rooms ON rooms.room_id = e.room_id
+         JOIN events t ON t.event_id = r.redacts AND t.room_id = e.room_id AND t.type <> 'm.room.create'
+         JOIN event_json j ON j.event_id = r.event_id
          WHERE NOT EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = r.event_id)",
         &[],
     )?;
     for r in rows {
-        let (redactor, author, version) = (r.text(2), r.text(3), r.opt_text(4));
-        // Room versions 3 on check a redaction of another server's user's event when it is
-        // applied, as Synapse does: the same server's, or the authorised (v1, v2) only.
+        let (redactor, author) = (r.text(2), r.text(3));
+        let recheck = serde_json::from_str::<Value>(&r.text(4))
+            .ok()
+            .and_then(|m| m["recheck_redaction"].as_bool())
+            .unwrap_or(false);
         let same_server = redactor.split_once(':').map(|p| p.1) == author.split_once(':').map(|p| p.1);
-        if same_server || matches!(version.as_deref(), Some("1" | "2")) {
+        if !recheck || same_server {
             redacted_by.insert(r.text(0), r.text(1));
         }
     }
+
+    // Other servers that had not received a room's latest event when Synapse stopped (Synapse's
+    // catch-up state): that event goes into Myelin's outbox for them, as Synapse would have
+    // sent it on (the remote fetches what it missed before it).
+    let mut catch_up: HashMap<String, Vec<String>> = HashMap::new();
+    let rows = db.rows(
+        "SELECT dr.destination, e.event_id FROM destination_rooms dr
+         JOIN events e ON e.stream_ordering = dr.stream_ordering
+         LEFT JOIN destinations d ON d.destination = dr.destination
+         WHERE dr.stream_ordering > coalesce(d.last_successful_stream_ordering, 0)",
+        &[],
+    )?;
+    for r in &rows {
+        catch_up.entry(r.text(1)).or_default().push(r.text(0));
+    }
+    summary.count("rooms other servers had not caught up on (sent on)", rows.len());
 
     let room_rows = db.rows("SELECT room_id, room_version, creator, coalesce(is_public, FALSE) FROM rooms", &[])?;
     let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped) = (0, 0, 0, 0);
@@ -152,7 +171,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
                 })
                 .map_err(store_err)?;
         }
-        let current: Vec<StateEntry> = db
+        let mut current: Vec<StateEntry> = db
             .rows(
                 "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = $1",
                 &[Arg::Text(&room_id)],
@@ -162,16 +181,24 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             .collect();
         // The room's last event in the timeline sets its current state to Synapse's (resolved)
         // one.
-        let last_in_timeline = db
-            .row(
-                "SELECT e.event_id FROM events e JOIN event_to_state_groups g ON g.event_id = e.event_id
-                 WHERE e.room_id = $1 AND NOT e.outlier ORDER BY e.stream_ordering DESC LIMIT 1",
-                &[Arg::Text(&room_id)],
-            )?
-            .map(|r| r.text(0));
+        let last = db.row(
+            "SELECT e.event_id, g.state_group FROM events e JOIN event_to_state_groups g ON g.event_id = e.event_id
+             WHERE e.room_id = $1 AND NOT e.outlier
+             ORDER BY e.topological_ordering DESC, e.stream_ordering DESC LIMIT 1",
+            &[Arg::Text(&room_id)],
+        )?;
+        let groups = SynapseStateGroups { db };
+        // A room the server left has no current state in Synapse (it is deleted on leaving);
+        // Myelin keeps the state after the room's last event, as it does for rooms it leaves.
+        if current.is_empty()
+            && let Some(group) = last.as_ref().and_then(|r| r.opt_int(1))
+        {
+            current = entries(&groups.full(group)?);
+        }
+        let last_in_timeline = last.map(|r| r.text(0));
         let mut room = RoomImport {
             store,
-            groups: SynapseStateGroups { db, full: HashMap::new() },
+            groups,
             mapped: HashMap::new(),
             batch: Vec::new(),
             outliers: Vec::new(),
@@ -180,22 +207,27 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             written: 0,
             outliers_written: 0,
             resuming,
+            catch_up: &catch_up,
         };
-        // In pages by stream position (backfilled events have negative ones).
-        let mut after = i64::MIN;
+        // In the room's topological order (depth, then stream position), so that parents come
+        // before their children, backfilled history included (Synapse stores a backfilled batch
+        // newest first), and in pages.
+        let mut after = (i64::MIN, i64::MIN);
         loop {
             let page = db.rows(
                 "SELECT e.event_id, e.room_id, e.type, e.state_key, coalesce(e.sender, ''), e.outlier, j.json,
                         j.internal_metadata, g.state_group,
-                        EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = e.event_id), e.stream_ordering
+                        EXISTS (SELECT 1 FROM rejections x WHERE x.event_id = e.event_id),
+                        e.topological_ordering, e.stream_ordering
                  FROM events e JOIN event_json j ON j.event_id = e.event_id
                  LEFT JOIN event_to_state_groups g ON g.event_id = e.event_id
-                 WHERE e.room_id = $1 AND e.stream_ordering > CAST($2 AS BIGINT)
-                 ORDER BY e.stream_ordering LIMIT CAST($3 AS BIGINT)",
-                &[Arg::Text(&room_id), Arg::Int(after), Arg::Int(PAGE)],
+                 WHERE e.room_id = $1
+                   AND (e.topological_ordering, e.stream_ordering) > (CAST($2 AS BIGINT), CAST($3 AS BIGINT))
+                 ORDER BY e.topological_ordering, e.stream_ordering LIMIT CAST($4 AS BIGINT)",
+                &[Arg::Text(&room_id), Arg::Int(after.0), Arg::Int(after.1), Arg::Int(PAGE)],
             )?;
             let Some(last) = page.last() else { break };
-            after = last.int(10);
+            after = (last.int(10), last.int(11));
             let full_page = page.len() as i64 == PAGE;
             for r in page {
                 let ev = SynapseEvent {
@@ -273,6 +305,8 @@ struct RoomImport<'a> {
     /// The room was begun by an interrupted run: events already stored are skipped (they are
     /// a prefix, each batch having committed whole), their groups remembered.
     resuming: bool,
+    /// Event ID -> servers it is still to be sent to.
+    catch_up: &'a HashMap<String, Vec<String>>,
 }
 
 /// What a [`NewEvent`] borrows, owned until its batch is written.
@@ -348,26 +382,17 @@ impl RoomImport<'_> {
         Ok(())
     }
 
-    /// The change that makes Synapse's group `sg` in Myelin: a delta on its parent's Myelin
-    /// group when that is known and the chain short enough, else a snapshot.
+    /// The change that makes Synapse's group `sg` in Myelin: Synapse's own delta on its parent
+    /// when the parent is in Myelin already and the chain is short enough, else a snapshot.
     fn state_change(&mut self, sg: i64) -> Result<(StateChange, i64), String> {
-        let full = self.groups.state(sg)?;
-        let prev = self.groups.prev(sg)?.and_then(|p| self.mapped.get(&p).map(|m| (p, *m)));
-        if let Some((p, (prev_group, chain))) = prev
+        if let Some(p) = self.groups.prev(sg)?
+            && let Some(&(prev_group, chain)) = self.mapped.get(&p)
             && chain + 1 < myelin_storage::sqlite::MAX_STATE_DELTA_CHAIN
         {
-            let before = self.groups.state(p)?;
-            // A delta only adds or replaces: a key gone needs a snapshot.
-            if before.keys().all(|k| full.contains_key(k)) {
-                let delta: FullState = full
-                    .iter()
-                    .filter(|(k, id)| before.get(*k) != Some(*id))
-                    .map(|(k, id)| (k.clone(), id.clone()))
-                    .collect();
-                return Ok((StateChange::New { prev: Some(prev_group), delta: entries(&delta) }, chain + 1));
-            }
+            let delta = self.groups.own_entries(sg)?;
+            return Ok((StateChange::New { prev: Some(prev_group), delta }, chain + 1));
         }
-        Ok((StateChange::New { prev: None, delta: entries(&full) }, 0))
+        Ok((StateChange::New { prev: None, delta: entries(&self.groups.full(sg)?) }, 0))
     }
 
     /// Writes what is queued; returns the last event's Myelin state group.
@@ -400,7 +425,7 @@ impl RoomImport<'_> {
                 redaction: None,
                 current_state: (self.last_in_timeline.as_deref() == Some(p.ev.event_id.as_str()))
                     .then_some(self.current),
-                destinations: &[],
+                destinations: self.catch_up.get(&p.ev.event_id).map(Vec::as_slice).unwrap_or_default(),
             })
             .collect();
         let mut last = None;
