@@ -22,6 +22,7 @@ use crate::synapse_federation::{SYNAPSE_PYTHON, SynapsePeer, start_synapse, syna
 const V3: &str = "/_matrix/client/v3";
 const POPULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/populate_for_import.py");
 const NAME: &str = "import.test";
+const SHARED_SECRET: &str = "import-shared-secret";
 const BENCH_IMPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/import_synapse.py");
 
 /// Percent-encodes one path segment (room, event and user IDs, aliases).
@@ -99,6 +100,8 @@ fn synapse_overrides(port: u16) -> Value {
         "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
         "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
         "rc_room_creation": unlimited,
+        // populate_for_import.py registers an admin with it.
+        "registration_shared_secret": SHARED_SECRET,
         // Synapse's default lets nobody publish to the room directory.
         "room_list_publication_rules": [{"action": "allow"}],
     })
@@ -114,7 +117,8 @@ async fn populated_synapse(database: Option<Value>) -> (tempfile::TempDir, Value
         overrides["database"] = database;
     }
     let mut synapse = start_synapse(NAME, port, overrides).await;
-    let out = Command::new(SYNAPSE_PYTHON).arg(POPULATE).arg(&synapse.base).output().expect("run python3");
+    let out =
+        Command::new(SYNAPSE_PYTHON).arg(POPULATE).arg(&synapse.base).arg(SHARED_SECRET).output().expect("run python3");
     assert!(
         out.status.success(),
         "populate_for_import.py: {}\nSynapse log:\n{}",
@@ -525,6 +529,15 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("after bob joined")), "{b}\n{}", logs());
     let bobs = bodies(myelin, &private, &bob).await;
     assert!(bobs.contains(&"after bob joined".to_owned()) && !bobs.contains(&"before bob".to_owned()), "{bobs:?}");
+
+    // The admin registered with Synapse's shared secret; a version 1 room.
+    let carl = user(&data["carl"]);
+    let (s, b) = myelin.get(&format!("{V3}/account/whoami"), Some(&carl.token)).await;
+    assert_eq!((s, b["user_id"].as_str()), (200, Some(carl.user_id.as_str())), "{b}\n{}", logs());
+    let (s, b) = myelin.get(&format!("/_synapse/admin/v1/users/{}/admin", enc(&carl.user_id)), Some(&carl.token)).await;
+    assert_eq!((s, &b["admin"]), (200, &json!(true)), "{b}\n{}", logs());
+    let (s, b) = get_event(myelin, &text(&data["oldest"]), &event("vintage"), &alice).await;
+    assert_eq!((s, b["content"]["body"].as_str()), (200, Some("from a version 1 room")), "{b}\n{}", logs());
 
     // A room the server had left keeps its state and history for its former member.
     let abandoned = text(&data["abandoned"]);

@@ -3,13 +3,13 @@
 client API only, and prints (as JSON on stdout) what a later check needs: users with their
 access tokens, rooms, event IDs, media.
 
-  populate_for_import.py BASE_URL
+  populate_for_import.py BASE_URL [REGISTRATION_SHARED_SECRET]
 
 Run with Synapse's Python (tests/synapse/.venv): the keys are real ed25519 keys, signed with
 signedjson, since Synapse checks cross-signing signatures.
 """
 
-import json, sys, urllib.error, urllib.parse, urllib.request
+import hashlib, hmac, json, sys, urllib.error, urllib.parse, urllib.request
 
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
@@ -72,8 +72,19 @@ def cross_sign(user):
     return {**keys, "master_json": key_json("master")}
 
 
+def register_with_shared_secret(name, password, secret):
+    """Synapse's admin registration (`/_synapse/admin/v1/register`), an admin account."""
+    nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
+    mac = hmac.new(secret.encode(), b"\x00".join([nonce.encode(), name.encode(), password.encode(), b"admin"]),
+                   hashlib.sha1).hexdigest()
+    r = call("POST", "/_synapse/admin/v1/register",
+             {"nonce": nonce, "username": name, "password": password, "admin": True, "mac": mac})
+    return {"user_id": r["user_id"], "token": r["access_token"], "device_id": r["device_id"], "password": password}
+
+
 def main():
     alice, bob = register("alice", "alice-password"), register("bob", "bob-password")
+    carl = register_with_shared_secret("carl", "carl-password", sys.argv[2]) if len(sys.argv) > 2 else None
     # A second device for alice, logged in with her password.
     login = call("POST", "/_matrix/client/v3/login",
                  {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
@@ -125,6 +136,11 @@ def main():
     call("POST", f"/_matrix/client/v3/join/{q(private)}", {}, bob["token"])
     seen = send(alice["token"], private, "after bob joined")
 
+    # A room of version 1: event IDs with the server name, references with hashes.
+    oldest = call("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "room_version": "1"},
+                  alice["token"])["room_id"]
+    vintage = send(alice["token"], oldest, "from a version 1 room")
+
     # A room the server left (its last member left): Synapse deletes its current state.
     abandoned = call("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "name": "Abandoned"},
                      bob["token"])["room_id"]
@@ -169,7 +185,7 @@ def main():
     json.dump({"alice": alice, "bob": bob, "public": public, "private": private, "alias": "#town:" +
                alice["user_id"].split(":", 1)[1], "events": {"first": first, "reply": reply, "edit": edit,
                "secret": secret, "last": last, "hidden": hidden, "seen": seen,
-               "farewell": farewell}, "abandoned": abandoned,
+               "farewell": farewell, "vintage": vintage}, "abandoned": abandoned, "oldest": oldest, "carl": carl,
                "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version,
                "master_keys": {"alice": pubkey(alice_cross["master"]), "bob": pubkey(bob_cross["master"])},
                "self_signing_key_id": "ed25519:" + pubkey(alice_cross["self_signing"]),
