@@ -264,6 +264,23 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     let (s, _) = old.server.send_text(&sam, &room, "before the move").await;
     assert_eq!(s, 200);
     wait_for_event(&other.server, &bea, &room, body_is("before the move")).await;
+    // A file of the other server's, which the old one fetched and cached.
+    let picture = b"bea's picture, cached by the old server".to_vec();
+    let upload = reqwest::Client::new()
+        .post(other.server.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&bea.token)
+        .header("Content-Type", "text/plain")
+        .body(picture.clone())
+        .send()
+        .await
+        .unwrap();
+    let mxc: Value = upload.json().await.unwrap();
+    let media_id = text(&mxc["content_uri"]).rsplit('/').next().unwrap().to_owned();
+    let download = format!("/_matrix/client/v1/media/download/{}/{media_id}", other.name);
+    let fetch = |server: &Server| reqwest::Client::new().get(server.url(&download)).bearer_auth(&sam.token).send();
+    let cached = fetch(&old.server).await.unwrap();
+    assert_eq!(cached.status().as_u16(), 200);
+    assert_eq!(cached.bytes().await.unwrap().to_vec(), picture);
 
     // The other server goes down; a message sent meanwhile is still to be delivered to it when
     // the old server stops.
@@ -298,6 +315,12 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     assert_eq!(s, 200, "{b}\n{}", logs());
     wait_for_event(&myelin, &sam, &room, body_is("welcome back")).await;
     assert_sound_room_graph(myelin.dir.path(), &room);
+
+    // The other server's file comes from the cache the old server had, even with that server down.
+    stop_synapse(&mut other.server).await;
+    let served = fetch(&myelin).await.unwrap();
+    assert_eq!(served.status().as_u16(), 200, "{}", myelin.log_text());
+    assert_eq!(served.bytes().await.unwrap().to_vec(), picture);
 }
 
 fn body_is(body: &str) -> impl Fn(&Value) -> bool + '_ {

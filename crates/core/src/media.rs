@@ -47,6 +47,20 @@ pub fn valid_media_id(id: &str) -> bool {
     id.len() >= 5 && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Where a cached copy of another server's file lives under `media_store`: `(the file, its
+/// metadata file, its key in the media index)`; `None` for a server name or media ID Myelin
+/// would not fetch. (`myelin import-synapse` fills the cache from a Synapse's.)
+pub fn remote_cache_paths(media_store: &Path, server: &str, media_id: &str) -> Option<(PathBuf, PathBuf, String)> {
+    let dir = crate::federation::media::server_dir(server)?;
+    if !valid_media_id(media_id) {
+        return None;
+    }
+    let file =
+        media_store.join("remote_content").join(dir).join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..]);
+    let meta = file.with_extension("meta");
+    Some((file, meta, crate::federation::media::remote_media_key(server, media_id)))
+}
+
 fn not_found() -> Error {
     Error::not_found("Not found")
 }

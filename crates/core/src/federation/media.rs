@@ -7,13 +7,11 @@
 //! `.meta` file beside each (content type, name, length) written last, so a file without one is
 //! fetched again. A `Location` redirect in a multipart answer is not followed.
 
-use std::path::PathBuf;
-
 use myelin_module_api::spam::MediaFile;
 use serde_json::{Value, json};
 
 use super::client::FederationFailure;
-use crate::media::{StoredMedia, valid_media_id};
+use crate::media::StoredMedia;
 use crate::server::random_string;
 use crate::{Error, Homeserver, Result};
 
@@ -22,7 +20,7 @@ fn not_found() -> Error {
 }
 
 /// A server name as one path segment (`:` is not safe everywhere).
-fn server_dir(server: &str) -> Option<String> {
+pub(crate) fn server_dir(server: &str) -> Option<String> {
     ruma::ServerName::parse(server).ok()?;
     Some(server.replace([':', '[', ']'], "_"))
 }
@@ -71,24 +69,10 @@ fn media_part(content_type: &str, body: &[u8]) -> Option<(String, Option<String>
 }
 
 impl Homeserver {
-    fn remote_media_path(&self, server_dir: &str, media_id: &str) -> PathBuf {
-        self.config
-            .media_store_path
-            .join("remote_content")
-            .join(server_dir)
-            .join(&media_id[..2])
-            .join(&media_id[2..4])
-            .join(&media_id[4..])
-    }
-
     /// A remote file, from the cache or fetched into it.
     pub(crate) async fn remote_media(&self, server: &str, media_id: &str) -> Result<StoredMedia> {
-        let dir = server_dir(server).ok_or_else(not_found)?;
-        if !valid_media_id(media_id) {
-            return Err(not_found());
-        }
-        let path = self.remote_media_path(&dir, media_id);
-        let meta_path = path.with_extension("meta");
+        let (path, meta_path, _) =
+            crate::media::remote_cache_paths(&self.config.media_store_path, server, media_id).ok_or_else(not_found)?;
         if let Ok(text) = tokio::fs::read_to_string(&meta_path).await
             && let Ok(meta) = serde_json::from_str::<Value>(&text)
             && path.exists()

@@ -676,8 +676,7 @@ fn media(
         };
         let id = &row.media_id;
         // Synapse's layout, which Myelin shares: local_content/ab/cd/rest.
-        let well_formed = id.len() >= 5 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !well_formed || !seen.insert(id.clone()) {
+        if !myelin_core::media::valid_media_id(id) || !seen.insert(id.clone()) {
             missing += 1;
             continue;
         }
@@ -699,12 +698,77 @@ fn media(
     summary.count("uploaded media files", n);
     eprintln!("  ({} MiB copied)", bytes >> 20);
     summary.skip("uploaded media", missing, "its file is missing from Synapse's media store");
-    summary.skip("cached remote media", db.count("remote_media_cache"), "fetched again from its server when asked for");
+    remote_media(db, synapse, config, store, summary)?;
     let quarantined = db
         .row("SELECT count(*) FROM local_media_repository WHERE quarantined_by IS NOT NULL", &[])?
         .map(|r| r.int(0) as usize)
         .unwrap_or(0);
     summary.skip("quarantined media", quarantined, "left behind on purpose");
+    Ok(())
+}
+
+/// Other servers' files Synapse had cached: into Myelin's cache, so they are served without
+/// asking their servers again (which may be gone).
+fn remote_media(
+    db: &SynapseDb,
+    synapse: &SynapseConfig,
+    config: &Config,
+    store: &dyn Storage,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    let rows = db.rows(
+        "SELECT media_origin, media_id, media_type, upload_name, media_length, coalesce(created_ts, 0), filesystem_id
+         FROM remote_media_cache WHERE quarantined_by IS NULL",
+        &[],
+    )?;
+    let (mut n, mut missing) = (0, 0);
+    for r in rows {
+        let (origin, media_id, file_id) = (r.text(0), r.text(1), r.text(6));
+        let Some((to, meta, key)) =
+            myelin_core::media::remote_cache_paths(&config.media_store_path, &origin, &media_id)
+        else {
+            missing += 1;
+            continue;
+        };
+        // Synapse's layout: remote_content/<server>/<file ID split 2/2/rest> (the server name
+        // checked above as a server name, the file ID as a media ID: no path tricks).
+        if !myelin_core::media::valid_media_id(&file_id) {
+            missing += 1;
+            continue;
+        }
+        let from = synapse
+            .media_store
+            .join("remote_content")
+            .join(&origin)
+            .join(&file_id[..2])
+            .join(&file_id[2..4])
+            .join(&file_id[4..]);
+        if !from.is_file() {
+            missing += 1;
+            continue;
+        }
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
+        }
+        let length = std::fs::copy(&from, &to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
+        let (content_type, upload_name) =
+            (r.opt_text(2).unwrap_or_else(|| "application/octet-stream".into()), r.opt_text(3));
+        let about = json!({"content_type": content_type, "upload_name": upload_name, "length": length});
+        std::fs::write(&meta, about.to_string()).map_err(|e| format!("Could not write {}: {e}", meta.display()))?;
+        let row = MediaRow {
+            media_id: key,
+            user_id: origin,
+            content_type: Some(content_type),
+            upload_name,
+            length: Some(length as i64),
+            created_ts: r.int(5),
+            pending: false,
+        };
+        store.insert_media(&row).map_err(store_err)?;
+        n += 1;
+    }
+    summary.count("cached remote media files", n);
+    summary.skip("cached remote media", missing, "its file is missing, or its name is not one Myelin would fetch");
     Ok(())
 }
 
