@@ -6,52 +6,14 @@
 
 import * as sdk from "matrix-js-sdk";
 
+import { check, client, waitFor } from "./crypto-clients.mjs";
+
 const base = process.argv[2];
 const suffix = Math.random().toString(36).slice(2, 10);
 
-function check(cond, what) {
-    if (!cond) throw new Error(`check failed: ${what}`);
-}
-
-async function client(name) {
-    const anon = sdk.createClient({ baseUrl: base });
-    let reg;
-    try {
-        reg = await anon.registerRequest({ username: name, password: `${name}-pw` });
-    } catch (e) {
-        reg = await anon.registerRequest({
-            username: name,
-            password: `${name}-pw`,
-            auth: { type: "m.login.dummy", session: e.data?.session },
-        });
-    }
-    const c = sdk.createClient({ baseUrl: base, accessToken: reg.access_token, userId: reg.user_id, deviceId: reg.device_id });
-    await c.initRustCrypto({ useIndexedDB: false });
-    return c;
-}
-
-function waitFor(c, predicate, what, ms = 30000) {
-    return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-        const names = ["event", "sync", "Room.timeline", "Event.decrypted", "RoomMember.membership"];
-        const poll = setInterval(() => look(), 250);
-        const look = () => {
-            const result = predicate();
-            if (result) {
-                clearTimeout(timer);
-                clearInterval(poll);
-                for (const n of names) c.removeListener(n, look);
-                resolve(result);
-            }
-        };
-        for (const n of names) c.on(n, look);
-        look();
-    });
-}
-
 async function main() {
-    const alice = await client(`ealice${suffix}`);
-    const bob = await client(`ebob${suffix}`);
+    const alice = await client(base, `ealice${suffix}`);
+    const bob = await client(base, `ebob${suffix}`);
     await alice.startClient({ initialSyncLimit: 10 });
     await bob.startClient({ initialSyncLimit: 10 });
     await waitFor(alice, () => alice.isInitialSyncComplete(), "alice's first sync");

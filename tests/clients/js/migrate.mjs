@@ -8,54 +8,11 @@
 // at the end.
 
 import * as sdk from "matrix-js-sdk";
+
+import { check, client, waitFor } from "./crypto-clients.mjs";
 import * as readline from "node:readline";
 
 const base = process.argv[2];
-
-function check(cond, what) {
-    if (!cond) throw new Error(`check failed: ${what}`);
-}
-
-async function client(name) {
-    const anon = sdk.createClient({ baseUrl: base });
-    let reg;
-    try {
-        reg = await anon.registerRequest({ username: name, password: `${name}-pw` });
-    } catch (e) {
-        reg = await anon.registerRequest({
-            username: name,
-            password: `${name}-pw`,
-            auth: { type: "m.login.dummy", session: e.data?.session },
-        });
-    }
-    const c = sdk.createClient({ baseUrl: base, accessToken: reg.access_token, userId: reg.user_id, deviceId: reg.device_id });
-    await c.initRustCrypto({ useIndexedDB: false });
-    return c;
-}
-
-function waitFor(c, predicate, what, ms = 60000) {
-    return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-        const names = ["event", "sync", "Room.timeline", "Event.decrypted", "RoomMember.membership"];
-        const poll = setInterval(() => look(), 250);
-        const look = () => {
-            let result;
-            try {
-                result = predicate();
-            } catch (e) {
-                result = undefined;
-            }
-            if (result) {
-                clearTimeout(timer);
-                clearInterval(poll);
-                for (const n of names) c.removeListener(n, look);
-                resolve(result);
-            }
-        };
-        for (const n of names) c.on(n, look);
-        look();
-    });
-}
 
 function decrypted(c, roomId, body) {
     return c
@@ -71,8 +28,8 @@ async function start(c, what) {
 }
 
 async function main() {
-    const alice = await client("malice");
-    const bob = await client("mbob");
+    const alice = await client(base, "malice");
+    const bob = await client(base, "mbob");
     await start(alice, "alice's first sync");
     await start(bob, "bob's first sync");
     const { room_id: roomId } = await alice.createRoom({

@@ -686,12 +686,7 @@ fn media(
             missing += 1;
             continue;
         }
-        let to = config.media_store_path.join(&relative);
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
-        }
-        bytes += std::fs::copy(&from, &to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
-        std::fs::File::open(&to).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        bytes += copy_file(&from, &config.media_store_path.join(&relative))?;
         store.insert_media(&row).map_err(store_err)?;
         n += 1;
     }
@@ -705,6 +700,17 @@ fn media(
         .unwrap_or(0);
     summary.skip("quarantined media", quarantined, "left behind on purpose");
     Ok(())
+}
+
+/// Copies a file of Synapse's media store into Myelin's (its directories made, its data
+/// synced); returns its length.
+fn copy_file(from: &Path, to: &Path) -> Result<u64, String> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
+    }
+    let length = std::fs::copy(from, to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
+    std::fs::File::open(to).and_then(|f| f.sync_all()).map_err(|e| format!("Could not sync {}: {e}", to.display()))?;
+    Ok(length)
 }
 
 /// Other servers' files Synapse had cached: into Myelin's cache, so they are served without
@@ -747,10 +753,7 @@ fn remote_media(
             missing += 1;
             continue;
         }
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
-        }
-        let length = std::fs::copy(&from, &to).map_err(|e| format!("Could not copy {}: {e}", from.display()))?;
+        let length = copy_file(&from, &to)?;
         let (content_type, upload_name) =
             (r.opt_text(2).unwrap_or_else(|| "application/octet-stream".into()), r.opt_text(3));
         let about = json!({"content_type": content_type, "upload_name": upload_name, "length": length});
