@@ -669,3 +669,61 @@ async fn space_hierarchies_list_what_the_requester_may_see_in_order_and_in_pages
     assert_eq!(st, 403);
     assert_eq!(s.get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy"), None).await.0, 401);
 }
+
+/// `GET /_matrix/client/v1/mutual_rooms` (as Synapse serves it): the rooms both users are
+/// joined to, sorted; invites and rooms left do not count; bad parameters are 400.
+#[tokio::test]
+async fn mutual_rooms_are_the_rooms_both_users_are_joined_to() {
+    let s = Server::start().await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    let public = json!({"preset": "public_chat"});
+    let (r1, r2, r3) = (
+        s.create_room(&alice, public.clone()).await,
+        s.create_room(&alice, public.clone()).await,
+        s.create_room(&alice, public).await,
+    );
+    for room in [&r1, &r2] {
+        assert_eq!(s.join(&bob, room).await.0, 200);
+    }
+    assert_eq!(s.join(&carol, &r2).await.0, 200);
+    assert_eq!(s.invite(&alice, &r3, &bob.user_id).await.0, 200);
+    let mutual = |who: &User, other: &str| {
+        let path = format!("/_matrix/client/v1/mutual_rooms?user_id={}", other.replace('@', "%40").replace(':', "%3A"));
+        let token = who.token.clone();
+        let s = &s;
+        async move { s.get(&path, Some(&token)).await }
+    };
+    let mut both = vec![r1.clone(), r2.clone()];
+    both.sort();
+    let (status, body) = mutual(&alice, &bob.user_id).await;
+    assert_eq!((status, &body), (200, &json!({"joined": both, "count": 2})), "an invite does not count");
+    let (_, body) = mutual(&carol, &alice.user_id).await;
+    assert_eq!(body["joined"], json!([r2]), "carol shares only r2 with alice");
+
+    // A room left no longer counts.
+    let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{r1}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200);
+    let (_, body) = mutual(&alice, &bob.user_id).await;
+    assert_eq!(body["joined"], json!([r2]));
+
+    // `from` continues after the room it names (URL-safe base64 of a room ID).
+    use base64::Engine;
+    let first = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(both[0].as_bytes());
+    let path = |q: &str| format!("/_matrix/client/v1/mutual_rooms?{q}");
+    let (status, body) = s.get(&path(&format!("user_id=%40carol%3Atest&from={first}")), Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["joined"], if both[0] == r2 { json!([]) } else { json!([r2]) });
+
+    // Refused: no user, oneself, two users, not a user ID, a bad token, no access token.
+    for (query, status, errcode) in [
+        ("", 400, "M_MISSING_PARAM"),
+        ("user_id=%40alice%3Atest", 400, "M_INVALID_PARAM"),
+        ("user_id=%40bob%3Atest&user_id=%40carol%3Atest", 400, "M_INVALID_PARAM"),
+        ("user_id=bob", 400, "M_INVALID_PARAM"),
+        ("user_id=%40bob%3Atest&from=%%%", 400, "M_INVALID_PARAM"),
+    ] {
+        let (got, body) = s.get(&path(query), Some(&alice.token)).await;
+        assert_eq!((got, body["errcode"].as_str()), (status, Some(errcode)), "{query}: {body}");
+    }
+    assert_eq!(s.get(&path("user_id=%40bob%3Atest"), None).await.0, 401);
+}

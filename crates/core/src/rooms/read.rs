@@ -130,6 +130,54 @@ impl Homeserver {
         self.db(move |s| s.rooms_for_user(&user, "join")).await
     }
 
+    /// `GET /_matrix/client/v1/mutual_rooms?user_id=`: the rooms both the requester and
+    /// `user_ids` (one, given once) are joined to, sorted, a hundred at a time, as Synapse
+    /// answers (the `from` token is the last room ID sent, URL-safe base64).
+    pub async fn mutual_rooms(&self, requester: &Requester, user_ids: &[String], from: &[String]) -> Result<Value> {
+        use base64::Engine;
+        const BATCH: usize = 100;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let after = match from {
+            [] => None,
+            [token] if token.is_empty() => None,
+            [token] => Some(
+                b64.decode(token)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| Error::invalid_param("Malformed from token"))?,
+            ),
+            _ => return Err(Error::invalid_param("Duplicate from query parameter")),
+        };
+        let other = match user_ids {
+            [] => return Err(Error::new(ErrorKind::MissingParam, "Missing string query parameter 'user_id'")),
+            [one] => one,
+            _ => return Err(Error::invalid_param("Duplicate user_id query parameter")),
+        };
+        if ruma::UserId::parse(other.as_str()).is_err() {
+            return Err(Error::invalid_param("Invalid user_id query parameter"));
+        }
+        if other == requester.user_id.as_str() {
+            return Err(Error::invalid_param("You cannot request a list of shared rooms with yourself"));
+        }
+        let (me, them) = (requester.user_id.to_string(), other.clone());
+        let (mine, theirs) =
+            self.db(move |s| Ok((s.rooms_for_user(&me, "join")?, s.rooms_for_user(&them, "join")?))).await?;
+        let theirs: std::collections::HashSet<String> = theirs.into_iter().collect();
+        let mut rooms: Vec<String> = mine.into_iter().filter(|r| theirs.contains(r)).collect();
+        rooms.sort();
+        let count = rooms.len();
+        if let Some(after) = after {
+            rooms.retain(|r| *r > after);
+        }
+        if rooms.len() <= BATCH {
+            return Ok(json!({"joined": rooms, "count": count}));
+        }
+        rooms.truncate(BATCH);
+        let mut next = b64.encode(rooms[BATCH - 1].as_bytes());
+        next.truncate(255);
+        Ok(json!({"joined": rooms, "count": count, "next_batch": next}))
+    }
+
     /// `GET /members`: member events, filtered by membership.
     pub async fn room_members(
         &self,

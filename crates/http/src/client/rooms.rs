@@ -36,6 +36,27 @@ pub(super) fn v1_routes() -> Router<AppState> {
         .route("/rooms/{room_id}/threads", get(threads))
         .route("/rooms/{room_id}/timestamp_to_event", get(timestamp_to_event))
         .route("/rooms/{room_id}/hierarchy", get(hierarchy))
+        .route("/mutual_rooms", get(mutual_rooms))
+}
+
+/// `GET /_matrix/client/v1/mutual_rooms?user_id=&from=` (both may be given more than once,
+/// which is an error, so the query is read raw).
+pub(super) async fn mutual_rooms(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Answer {
+    let values = |key: &str| -> Vec<String> {
+        query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| myelin_core::federation::percent_decode(v))
+            .collect()
+    };
+    Ok(axum::Json(hs.mutual_rooms(&me, &values("user_id"), &values("from")).await?))
 }
 
 /// MSC2946's unstable path of the hierarchy, which Synapse still serves.
