@@ -213,6 +213,17 @@ pub fn test_postgres_settings() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Percent-encodes one path segment (room, event and user IDs, aliases): all but the
+/// unreserved characters.
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The config every test server starts from; `extra` is appended (later keys win in YAML? no:
 /// duplicate keys are an error, so callers pass only keys not set here).
 pub fn base_config(extra: &str) -> String {

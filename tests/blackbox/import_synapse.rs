@@ -16,24 +16,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::federating::{TestCa, free_port, peer_config, wait_for_event};
-use crate::harness::{BIN, Server, TestPostgres, User, assert_sound_room_graph, base_config, python_env, run_cli};
-use crate::synapse_federation::{SYNAPSE_PYTHON, SynapsePeer, start_synapse, synapse_log};
+use crate::harness::{
+    BIN, Server, TestPostgres, User, assert_sound_room_graph, base_config, path_segment, python_env, run_cli,
+};
+use crate::synapse_federation::{SYNAPSE_PYTHON, SynapsePeer, open_test_settings, start_synapse, synapse_log};
 
 const V3: &str = "/_matrix/client/v3";
 const POPULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/populate_for_import.py");
 const NAME: &str = "import.test";
 const SHARED_SECRET: &str = "import-shared-secret";
 const BENCH_IMPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/import_synapse.py");
-
-/// Percent-encodes one path segment (room, event and user IDs, aliases).
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_owned()
@@ -85,26 +77,21 @@ async fn serve_until_exit(config: &Path) -> (i32, String) {
 /// Synapse's config for these tests: a client listener on `port`, registration open, no rate
 /// limits, no federation, room publication allowed.
 fn synapse_overrides(port: u16) -> Value {
-    let unlimited = json!({"per_second": 100000, "burst_count": 100000});
-    json!({
-        "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
-                       "resources": [{"names": ["client"], "compress": false}]}],
-        "enable_registration": true,
-        "enable_registration_without_verification": true,
-        "trusted_key_servers": [],
-        "suppress_key_server_warning": true,
-        "report_stats": false,
-        "presence": {"enabled": false},
-        "rc_message": unlimited, "rc_registration": unlimited, "rc_media_create": unlimited,
-        "rc_joins": {"local": unlimited, "remote": unlimited}, "rc_joins_per_room": unlimited,
-        "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
-        "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
-        "rc_room_creation": unlimited,
-        // populate_for_import.py registers an admin with it.
-        "registration_shared_secret": SHARED_SECRET,
-        // Synapse's default lets nobody publish to the room directory.
-        "room_list_publication_rules": [{"action": "allow"}],
-    })
+    let mut settings = open_test_settings();
+    settings.as_object_mut().unwrap().extend(
+        json!({
+            "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                           "resources": [{"names": ["client"], "compress": false}]}],
+            // populate_for_import.py registers an admin with it.
+            "registration_shared_secret": SHARED_SECRET,
+            // Synapse's default lets nobody publish to the room directory.
+            "room_list_publication_rules": [{"action": "allow"}],
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    );
+    settings
 }
 
 /// Starts a Synapse named [`NAME`] (registration open, no rate limits, no federation), fills it
@@ -142,12 +129,13 @@ async fn stop_synapse(synapse: &mut Server) {
 }
 
 async fn get_event(server: &Server, room: &str, id: &str, user: &User) -> (u16, Value) {
-    server.get(&format!("{V3}/rooms/{}/event/{}", enc(room), enc(id)), Some(&user.token)).await
+    server.get(&format!("{V3}/rooms/{}/event/{}", path_segment(room), path_segment(id)), Some(&user.token)).await
 }
 
 /// The bodies of `room`'s messages as `user` reads them backwards from the end, newest first.
 async fn bodies(server: &Server, room: &str, user: &User) -> Vec<String> {
-    let (s, b) = server.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=100", enc(room)), Some(&user.token)).await;
+    let (s, b) =
+        server.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=100", path_segment(room)), Some(&user.token)).await;
     assert_eq!(s, 200, "{b}\n{}", server.log_text());
     b["chunk"]
         .as_array()
@@ -495,15 +483,15 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
         b["devices"].as_array().into_iter().flatten().filter_map(|d| d["display_name"].as_str()).collect();
     names.sort();
     assert_eq!(names, ["alice's laptop", "alice's phone"], "{b}\n{}", logs());
-    let (s, p) = myelin.get(&format!("{V3}/profile/{}", enc(&alice.user_id)), Some(&bob.token)).await;
+    let (s, p) = myelin.get(&format!("{V3}/profile/{}", path_segment(&alice.user_id)), Some(&bob.token)).await;
     let got = (s, p["displayname"].as_str(), p["avatar_url"].as_str());
     assert_eq!(got, (200, Some("Alice A."), data["avatar"].as_str()), "{p}\n{}", logs());
 
     // Account data, a room tag, a push rule.
-    let path = format!("{V3}/user/{}/account_data/org.example.settings", enc(&alice.user_id));
+    let path = format!("{V3}/user/{}/account_data/org.example.settings", path_segment(&alice.user_id));
     let (s, b) = myelin.get(&path, Some(&alice.token)).await;
     assert_eq!((s, &b), (200, &json!({"theme": "dark"})), "{}", logs());
-    let path = format!("{V3}/user/{}/rooms/{}/tags", enc(&alice.user_id), enc(&public));
+    let path = format!("{V3}/user/{}/rooms/{}/tags", path_segment(&alice.user_id), path_segment(&public));
     let (s, b) = myelin.get(&path, Some(&alice.token)).await;
     assert_eq!((s, &b["tags"]["u.work"]["order"]), (200, &json!(0.5)), "{b}\n{}", logs());
     let (_, b) = myelin.get(&format!("{V3}/pushrules/"), Some(&alice.token)).await;
@@ -514,14 +502,14 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let (_, b) = myelin.get(&format!("{V3}/joined_rooms"), Some(&alice.token)).await;
     let joined = b["joined_rooms"].as_array().cloned().unwrap_or_default();
     assert!(joined.contains(&json!(public)) && joined.contains(&json!(private)), "{b}\n{}", logs());
-    let state = |room: &str, kind: &str| format!("{V3}/rooms/{}/state/{kind}", enc(room));
+    let state = |room: &str, kind: &str| format!("{V3}/rooms/{}/state/{kind}", path_segment(room));
     let (s, b) = myelin.get(&state(&public, "m.room.name"), Some(&bob.token)).await;
     assert_eq!((s, b["name"].as_str()), (200, Some("Town square")), "{b}\n{}", logs());
     let (s, b) = myelin.get(&state(&public, "m.room.topic"), Some(&bob.token)).await;
     assert_eq!((s, b["topic"].as_str()), (200, Some("Everything, now")), "{b}\n{}", logs());
     let (s, b) = myelin.get(&state(&private, "m.room.create"), Some(&bob.token)).await;
     assert_eq!((s, b["room_version"].as_str()), (200, Some("10")), "{b}\n{}", logs());
-    let (s, b) = myelin.get(&format!("{V3}/directory/room/{}", enc(&alias)), Some(&bob.token)).await;
+    let (s, b) = myelin.get(&format!("{V3}/directory/room/{}", path_segment(&alias)), Some(&bob.token)).await;
     assert_eq!((s, b["room_id"].as_str()), (200, Some(public.as_str())), "{b}\n{}", logs());
     let (_, b) = myelin.get(&format!("{V3}/publicRooms"), Some(&bob.token)).await;
     let listed = b["chunk"].as_array().cloned().unwrap_or_default();
@@ -557,7 +545,8 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let carl = user(&data["carl"]);
     let (s, b) = myelin.get(&format!("{V3}/account/whoami"), Some(&carl.token)).await;
     assert_eq!((s, b["user_id"].as_str()), (200, Some(carl.user_id.as_str())), "{b}\n{}", logs());
-    let (s, b) = myelin.get(&format!("/_synapse/admin/v1/users/{}/admin", enc(&carl.user_id)), Some(&carl.token)).await;
+    let (s, b) =
+        myelin.get(&format!("/_synapse/admin/v1/users/{}/admin", path_segment(&carl.user_id)), Some(&carl.token)).await;
     assert_eq!((s, &b["admin"]), (200, &json!(true)), "{b}\n{}", logs());
     let (s, b) = get_event(myelin, &text(&data["oldest"]), &event("vintage"), &alice).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("from a version 1 room")), "{b}\n{}", logs());
@@ -566,7 +555,8 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let abandoned = text(&data["abandoned"]);
     let (s, b) = get_event(myelin, &abandoned, &event("farewell"), &bob).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("anyone here?")), "{b}\n{}", logs());
-    let (s, b) = myelin.get(&format!("{V3}/rooms/{}/state/m.room.name", enc(&abandoned)), Some(&bob.token)).await;
+    let (s, b) =
+        myelin.get(&format!("{V3}/rooms/{}/state/m.room.name", path_segment(&abandoned)), Some(&bob.token)).await;
     assert_eq!((s, b["name"].as_str()), (200, Some("Abandoned")), "{b}\n{}", logs());
     let (s, b) = get_event(myelin, &abandoned, &event("farewell"), &alice).await;
     assert_eq!(s, 404, "alice was never in it: {b}");
@@ -595,7 +585,7 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let (s, b) = myelin.get(&format!("{V3}/room_keys/version"), Some(&alice.token)).await;
     assert_eq!((s, b["version"].as_str()), (200, Some(version.as_str())), "{b}\n{}", logs());
     assert_eq!(b["auth_data"]["public_key"], "YmFja3VwIGtleQ", "{b}");
-    let path = format!("{V3}/room_keys/keys/{}/sess1?version={version}", enc(&public));
+    let path = format!("{V3}/room_keys/keys/{}/sess1?version={version}", path_segment(&public));
     let (s, b) = myelin.get(&path, Some(&alice.token)).await;
     assert_eq!((s, b["session_data"]["ciphertext"].as_str()), (200, Some("Yw")), "{b}\n{}", logs());
 
@@ -632,7 +622,7 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let (s, b) = myelin.send_text(&alice, &private, "still here").await;
     assert_eq!(s, 200, "{b}\n{}", logs());
     let carol = myelin.register("carol").await;
-    let (s, b) = myelin.join(&carol, &enc(&alias)).await;
+    let (s, b) = myelin.join(&carol, &path_segment(&alias)).await;
     assert_eq!((s, b["room_id"].as_str()), (200, Some(public.as_str())), "{b}\n{}", logs());
     assert_sound_room_graph(myelin.dir.path(), &public);
     assert_sound_room_graph(myelin.dir.path(), &private);

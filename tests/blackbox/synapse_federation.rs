@@ -23,31 +23,26 @@ impl SynapsePeer {
     pub(crate) async fn start(ca: &TestCa) -> SynapsePeer {
         let (client_port, fed_port) = (free_port(), free_port());
         let name = format!("localhost:{fed_port}");
-        let unlimited = json!({"per_second": 100000, "burst_count": 100000});
-        let overrides = json!({
-            "listeners": [
-                {"port": client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
-                 "resources": [{"names": ["client"], "compress": false}]},
-                {"port": fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": true,
-                 "resources": [{"names": ["federation"], "compress": false}]},
-            ],
-            "tls_certificate_path": ca.path("cert.pem"),
-            "tls_private_key_path": ca.path("key.pem"),
-            "federation_custom_ca_list": [ca.path("ca.pem")],
-            "federation_verify_certificates": true,
-            "ip_range_whitelist": ["127.0.0.0/8"],
-            "enable_registration": true,
-            "enable_registration_without_verification": true,
-            "trusted_key_servers": [],
-            "suppress_key_server_warning": true,
-            "report_stats": false,
-            "presence": {"enabled": false},
-            "rc_message": unlimited, "rc_registration": unlimited,
-            "rc_joins": {"local": unlimited, "remote": unlimited}, "rc_joins_per_room": unlimited,
-            "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
-            "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
-            "rc_room_creation": unlimited, "rc_federation": {"concurrent": 100, "sleep_limit": 1000},
-        });
+        let mut overrides = open_test_settings();
+        overrides.as_object_mut().unwrap().extend(
+            json!({
+                "listeners": [
+                    {"port": client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                     "resources": [{"names": ["client"], "compress": false}]},
+                    {"port": fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": true,
+                     "resources": [{"names": ["federation"], "compress": false}]},
+                ],
+                "tls_certificate_path": ca.path("cert.pem"),
+                "tls_private_key_path": ca.path("key.pem"),
+                "federation_custom_ca_list": [ca.path("ca.pem")],
+                "federation_verify_certificates": true,
+                "ip_range_whitelist": ["127.0.0.0/8"],
+                "rc_federation": {"concurrent": 100, "sleep_limit": 1000},
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
         let server = start_synapse(&name, client_port, overrides).await;
         SynapsePeer { server, client_port, name }
     }
@@ -74,6 +69,25 @@ impl SynapsePeer {
         }
         server
     }
+}
+
+/// Synapse settings every test Synapse shares: registration open, no rate limits, no key
+/// servers to ask, no presence, no stats.
+pub(crate) fn open_test_settings() -> serde_json::Value {
+    let unlimited = json!({"per_second": 100000, "burst_count": 100000});
+    json!({
+        "enable_registration": true,
+        "enable_registration_without_verification": true,
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": true,
+        "report_stats": false,
+        "presence": {"enabled": false},
+        "rc_message": unlimited, "rc_registration": unlimited, "rc_media_create": unlimited,
+        "rc_joins": {"local": unlimited, "remote": unlimited}, "rc_joins_per_room": unlimited,
+        "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
+        "rc_invites": {"per_room": unlimited, "per_user": unlimited, "per_issuer": unlimited},
+        "rc_room_creation": unlimited,
+    })
 }
 
 /// A real Synapse named `name` in a new temp dir: its generated config with `overrides`' keys

@@ -47,6 +47,12 @@ pub fn valid_media_id(id: &str) -> bool {
     id.len() >= 5 && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Where a local upload lives under `media_store` (Synapse's layout: `local_content/ab/cd/rest`);
+/// `media_id` must be a [`valid_media_id`].
+pub fn local_content_path(media_store: &Path, media_id: &str) -> PathBuf {
+    media_store.join("local_content").join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..])
+}
+
 /// Where a cached copy of another server's file lives under `media_store`: `(the file, its
 /// metadata file, its key in the media index)`; `None` for a server name or media ID Myelin
 /// would not fetch. (`myelin import-synapse` fills the cache from a Synapse's.)
@@ -67,8 +73,7 @@ fn not_found() -> Error {
 
 impl Homeserver {
     fn media_path(&self, media_id: &str) -> PathBuf {
-        let root = &self.config.media_store_path;
-        root.join("local_content").join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..])
+        local_content_path(&self.config.media_store_path, media_id)
     }
 
     fn thumbnail_path(&self, media_id: &str, width: u32, height: u32, method: &str) -> PathBuf {

@@ -18,7 +18,7 @@ use myelin_core::modules::{LoadedModule, NativeModule, NativeModules};
 use myelin_core::{Homeserver, modules};
 use myelin_storage::Storage;
 use myelin_storage::pg::PostgresStore;
-use myelin_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use myelin_storage::sqlite::{SqliteStore, Synchronous};
 
 pub use myelin_core::modules::NativeModule as Module;
 
@@ -308,8 +308,8 @@ fn init_logging(level: &str, settings: &myelin_core::log_config::LogSettings) ->
     Ok(())
 }
 
-fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
-    Ok(match &config.database {
+fn open_storage(database: &Database) -> Result<Arc<dyn Storage>, String> {
+    Ok(match database {
         Database::Sqlite(options) => {
             Arc::new(SqliteStore::open_with(options).map_err(|e| format!("Could not open the database: {e}"))?)
         }
@@ -334,13 +334,11 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool, resume: b
     }
     // Nothing is acknowledged to anyone during an import (a failed one starts over), so SQLite
     // need not fsync each batch; the checkpoint at the end syncs the whole database.
-    let store: Arc<dyn Storage> = match &config.database {
-        Database::Sqlite(options) => {
-            let options = SqliteOptions { synchronous: Synchronous::Normal, ..options.clone() };
-            Arc::new(SqliteStore::open_with(&options).map_err(|e| format!("Could not open the database: {e}"))?)
-        }
-        Database::Postgres(_) => open_storage(&config)?,
-    };
+    let mut database = config.database.clone();
+    if let Database::Sqlite(options) = &mut database {
+        options.synchronous = Synchronous::Normal;
+    }
+    let store = open_storage(&database)?;
     import::claim_target(store.as_ref(), resume)?;
     eprintln!("Importing {} into Myelin's database:", synapse_config.display());
     let started = std::time::Instant::now();
@@ -350,7 +348,7 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool, resume: b
     let pushers = import::pushers(&db)?;
     let key = SigningKey::load(&config.signing_key_path)?;
     let hs = Homeserver::new(config, store.clone(), key).map_err(|e| format!("Could not start: {e}"))?;
-    let (rule_count, pusher_count) = runtime().block_on(import_through_handlers(&hs, rules, pushers))?;
+    let (rule_count, pusher_count) = runtime().block_on(import::through_handlers(&hs, rules, pushers));
     summary.imported.push(("push rules (set by users)", rule_count));
     summary.imported.push(("pushers", pusher_count));
     import::finish(store.as_ref())?;
@@ -369,85 +367,8 @@ fn run_import(synapse_config: &Path, config: Config, start_over: bool, resume: b
     Ok(())
 }
 
-/// Push rules and pushers, set as their users would set them (the handlers check and store
-/// them in Myelin's own form).
-async fn import_through_handlers(
-    hs: &Homeserver,
-    rules: Vec<import_synapse::PushRules>,
-    pushers: Vec<import_synapse::Pusher>,
-) -> Result<(usize, usize), String> {
-    use serde_json::{Value, json};
-    let requester = |user: &str, device_id: &str| -> Result<myelin_core::Requester, String> {
-        Ok(myelin_core::Requester {
-            user_id: user.try_into().map_err(|e| format!("bad user ID {user}: {e}"))?,
-            device_id: device_id.to_owned(),
-            access_token: String::new(),
-            is_admin: false,
-            shadow_banned: false,
-            is_guest: false,
-            app_service: None,
-            app_service_ts: None,
-        })
-    };
-    let (mut rule_count, mut pusher_count) = (0, 0);
-    for user_rules in rules {
-        let Ok(me) = requester(&user_rules.user, "") else { continue };
-        let mut last_of_kind: std::collections::HashMap<String, String> = Default::default();
-        for (rule_id, _class, _priority, conditions, actions) in &user_rules.rules {
-            let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
-            let actions: Value = serde_json::from_str(actions).unwrap_or(Value::Array(vec![]));
-            if id.starts_with('.') {
-                // A default rule whose actions the user changed.
-                let body = json!({ "actions": actions });
-                let body = body.as_object().cloned().unwrap_or_default();
-                if hs.set_push_rule_attribute(&me, "global", kind, id, "actions", &body).await.is_ok() {
-                    rule_count += 1;
-                }
-                continue;
-            }
-            let conditions: Value = serde_json::from_str(conditions).unwrap_or(Value::Array(vec![]));
-            let mut body = serde_json::Map::new();
-            body.insert("actions".into(), actions);
-            match kind {
-                "content" => {
-                    let pattern = conditions.get(0).and_then(|c| c.get("pattern")).cloned().unwrap_or(Value::Null);
-                    body.insert("pattern".into(), pattern);
-                }
-                "override" | "underride" => {
-                    body.insert("conditions".into(), conditions);
-                }
-                _ => {}
-            }
-            let after = last_of_kind.get(kind).cloned();
-            match hs.put_push_rule(&me, "global", kind, id, None, after.as_deref(), &body).await {
-                Ok(()) => {
-                    last_of_kind.insert(kind.to_owned(), id.to_owned());
-                    rule_count += 1;
-                }
-                Err(e) => eprintln!("  push rule {rule_id} of {} not imported: {}", user_rules.user, e.message),
-            }
-        }
-        for (rule_id, enabled) in &user_rules.enabled {
-            let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
-            let body = json!({ "enabled": enabled });
-            let body = body.as_object().cloned().unwrap_or_default();
-            if let Err(e) = hs.set_push_rule_attribute(&me, "global", kind, id, "enabled", &body).await {
-                eprintln!("  push rule {rule_id} of {}: enabled flag not imported: {}", user_rules.user, e.message);
-            }
-        }
-    }
-    for pusher in pushers {
-        let Ok(me) = requester(&pusher.user, &pusher.device_id) else { continue };
-        match hs.set_pusher(&me, &pusher.body).await {
-            Ok(()) => pusher_count += 1,
-            Err(e) => eprintln!("  a pusher of {} not imported: {}", pusher.user, e.message),
-        }
-    }
-    Ok((rule_count, pusher_count))
-}
-
 fn open_services(config: Config) -> Result<Arc<Homeserver>, String> {
-    let store = open_storage(&config)?;
+    let store = open_storage(&config.database)?;
     if !config.signing_key_path.exists() {
         SigningKey::generate(&config.signing_key_path)?;
         tracing::info!(path = %config.signing_key_path.display(), "generated a new signing key");

@@ -446,8 +446,8 @@ impl Homeserver {
     }
 
     /// A requester acting as a local user, for what the server does on their behalf (modules,
-    /// the admin API): their admin flag, no shadow-ban, no device.
-    pub(crate) async fn requester_for(&self, user: &UserId) -> Result<Requester> {
+    /// the admin API, `myelin import-synapse`): their admin flag, no shadow-ban, no device.
+    pub async fn requester_for(&self, user: &UserId) -> Result<Requester> {
         let u = user.to_string();
         let is_admin = self.db(move |s| s.get_user(&u)).await?.is_some_and(|u| u.is_admin);
         Ok(Requester {

@@ -103,6 +103,18 @@ async fn thirdparty_protocol(State(hs): State<AppState>, Auth(_me): Auth, Path(p
     }
 }
 
+/// Every value of the query parameters named `keys`, decoded, in order: for parameters that
+/// may repeat (`via`), or whose repetition is an error, which typed query parsing cannot tell.
+fn query_values(query: Option<&str>, keys: &[&str]) -> Vec<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| keys.contains(k))
+        .map(|(_, v)| myelin_core::federation::percent_decode(v))
+        .collect()
+}
+
 /// The query's fields, without `access_token` (passed on to the appservices as they are).
 fn thirdparty_fields(query: Option<&str>) -> Vec<(String, String)> {
     query

@@ -46,17 +46,8 @@ pub(super) async fn mutual_rooms(
     Auth(me): Auth,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Answer {
-    let values = |key: &str| -> Vec<String> {
-        query
-            .as_deref()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| myelin_core::federation::percent_decode(v))
-            .collect()
-    };
-    Ok(axum::Json(hs.mutual_rooms(&me, &values("user_id"), &values("from")).await?))
+    let (users, from) = (query_values(query.as_deref(), &["user_id"]), query_values(query.as_deref(), &["from"]));
+    Ok(axum::Json(hs.mutual_rooms(&me, &users, &from).await?))
 }
 
 /// MSC2946's unstable path of the hierarchy, which Synapse still serves.
@@ -136,15 +127,8 @@ pub(super) async fn join(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> Answer {
-    // `via` (and the older `server_name`) may repeat, which typed query parsing cannot take.
-    let via: Vec<String> = query
-        .as_deref()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(k, _)| *k == "via" || *k == "server_name")
-        .map(|(_, v)| myelin_core::federation::percent_decode(v))
-        .collect();
+    // `via` (and the older `server_name`) may repeat.
+    let via = query_values(query.as_deref(), &["via", "server_name"]);
     let room_id = hs.join_room(&me, &room, &via, content).await?;
     Ok(axum::Json(json!({"room_id": room_id})))
 }

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use myelin_core::Homeserver;
 use myelin_core::config::{Config, Database};
 use myelin_storage::{MediaRow, ReceiptRow, RegistrationToken, Storage, UserRow};
 use serde_json::{Map, Value, json};
@@ -389,7 +390,7 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     summary.skip(
         "refresh tokens",
         db.count("refresh_tokens"),
-        "Myelin does not issue refresh tokens yet: their access tokens work until they expire",
+        "Myelin does not issue refresh tokens yet: those sessions log in again",
     );
     Ok(())
 }
@@ -449,9 +450,9 @@ fn receipts(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Resul
     Ok(())
 }
 
-/// A device's keys to upload: identity keys, one-time keys, fallback keys (`(algorithm, key
-/// ID, JSON)`).
-type DeviceKeys = (Option<String>, Vec<(String, String, String)>, Vec<(String, String, String)>);
+/// A device's identity keys and unused fallback keys (`(algorithm, key ID, JSON)`); its
+/// one-time keys are read when it is written.
+type DeviceKeys = (Option<String>, Vec<(String, String, String)>);
 
 fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
     // Device keys, one-time keys and fallback keys, per device.
@@ -468,7 +469,7 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         &[],
     )?;
     for r in &fallback {
-        devices.entry((r.text(0), r.text(1))).or_default().2.push((r.text(2), r.text(3), r.text(4)));
+        devices.entry((r.text(0), r.text(1))).or_default().1.push((r.text(2), r.text(3), r.text(4)));
     }
 
     // Signatures Synapse keeps apart: of one's own devices (by the self-signing key) and own
@@ -500,7 +501,7 @@ fn keys(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<()
         }
     }
     let (mut with_keys, mut one_time) = (0, 0);
-    for ((user, device), (device_keys, _, fallbacks)) in &devices {
+    for ((user, device), (device_keys, fallbacks)) in &devices {
         with_keys += device_keys.is_some() as usize;
         let otks: Vec<(String, String, String)> = db
             .rows(
@@ -675,18 +676,17 @@ fn media(
             pending: false,
         };
         let id = &row.media_id;
-        // Synapse's layout, which Myelin shares: local_content/ab/cd/rest.
+        // Synapse's layout, which Myelin shares.
         if !myelin_core::media::valid_media_id(id) || !seen.insert(id.clone()) {
             missing += 1;
             continue;
         }
-        let relative = Path::new("local_content").join(&id[..2]).join(&id[2..4]).join(&id[4..]);
-        let from = synapse.media_store.join(&relative);
+        let from = myelin_core::media::local_content_path(&synapse.media_store, id);
         if !from.exists() {
             missing += 1;
             continue;
         }
-        bytes += copy_file(&from, &config.media_store_path.join(&relative))?;
+        bytes += copy_file(&from, &myelin_core::media::local_content_path(&config.media_store_path, id))?;
         store.insert_media(&row).map_err(store_err)?;
         n += 1;
     }
@@ -834,13 +834,13 @@ fn reports(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result
     Ok(())
 }
 
-/// Synapse's push rules of one user: `(rule_id as "global/kind/id", priority_class, priority,
-/// conditions, actions)`, and `(rule_id, enabled)` overrides.
+/// Synapse's push rules of one user: `(rule_id as "global/kind/id", conditions, actions)` in
+/// Synapse's order, and `(rule_id, enabled)` overrides.
 pub struct PushRules {
     /// The user.
     pub user: String,
     /// Rules the user added, and actions changed on default rules.
-    pub rules: Vec<(String, i64, i64, String, String)>,
+    pub rules: Vec<(String, String, String)>,
     /// Enabled flags set by the user.
     pub enabled: Vec<(String, bool)>,
 }
@@ -852,12 +852,12 @@ pub fn push_rules(db: &SynapseDb) -> Result<Vec<PushRules>, String> {
         by_user.entry(user.clone()).or_insert_with(|| PushRules { user, rules: Vec::new(), enabled: Vec::new() })
     }
     let rows = db.rows(
-        "SELECT user_name, rule_id, priority_class, priority, conditions, actions FROM push_rules
+        "SELECT user_name, rule_id, conditions, actions FROM push_rules
          ORDER BY user_name, priority_class DESC, priority DESC",
         &[],
     )?;
     for r in rows {
-        of(&mut by_user, r.text(0)).rules.push((r.text(1), r.int(2), r.int(3), r.text(4), r.text(5)));
+        of(&mut by_user, r.text(0)).rules.push((r.text(1), r.text(2), r.text(3)));
     }
     for r in db.rows("SELECT user_name, rule_id, enabled FROM push_rules_enable", &[])? {
         of(&mut by_user, r.text(0)).enabled.push((r.text(1), r.opt_int(2).unwrap_or(1) != 0));
@@ -901,4 +901,69 @@ fn pusher_body(r: &Row) -> Map<String, Value> {
         body.insert("profile_tag".into(), Value::String(tag));
     }
     body
+}
+
+/// Push rules and pushers, set as their users would set them (the handlers check and store
+/// them in Myelin's own form).
+pub async fn through_handlers(hs: &Homeserver, rules: Vec<PushRules>, pushers: Vec<Pusher>) -> (usize, usize) {
+    let requester = async |user: &str| {
+        let user = ruma::OwnedUserId::try_from(user).ok()?;
+        hs.requester_for(&user).await.ok()
+    };
+    let (mut rule_count, mut pusher_count) = (0, 0);
+    for user_rules in rules {
+        let Some(me) = requester(&user_rules.user).await else { continue };
+        let mut last_of_kind: std::collections::HashMap<String, String> = Default::default();
+        for (rule_id, conditions, actions) in &user_rules.rules {
+            let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
+            let actions: Value = serde_json::from_str(actions).unwrap_or(Value::Array(vec![]));
+            if id.starts_with('.') {
+                // A default rule whose actions the user changed.
+                let body = json!({ "actions": actions });
+                let body = body.as_object().cloned().unwrap_or_default();
+                if hs.set_push_rule_attribute(&me, "global", kind, id, "actions", &body).await.is_ok() {
+                    rule_count += 1;
+                }
+                continue;
+            }
+            let conditions: Value = serde_json::from_str(conditions).unwrap_or(Value::Array(vec![]));
+            let mut body = serde_json::Map::new();
+            body.insert("actions".into(), actions);
+            match kind {
+                "content" => {
+                    let pattern = conditions.get(0).and_then(|c| c.get("pattern")).cloned().unwrap_or(Value::Null);
+                    body.insert("pattern".into(), pattern);
+                }
+                "override" | "underride" => {
+                    body.insert("conditions".into(), conditions);
+                }
+                _ => {}
+            }
+            let after = last_of_kind.get(kind).cloned();
+            match hs.put_push_rule(&me, "global", kind, id, None, after.as_deref(), &body).await {
+                Ok(()) => {
+                    last_of_kind.insert(kind.to_owned(), id.to_owned());
+                    rule_count += 1;
+                }
+                Err(e) => eprintln!("  push rule {rule_id} of {} not imported: {}", user_rules.user, e.message),
+            }
+        }
+        for (rule_id, enabled) in &user_rules.enabled {
+            let Some((kind, id)) = rule_id.strip_prefix("global/").and_then(|r| r.split_once('/')) else { continue };
+            let body = json!({ "enabled": enabled });
+            let body = body.as_object().cloned().unwrap_or_default();
+            if let Err(e) = hs.set_push_rule_attribute(&me, "global", kind, id, "enabled", &body).await {
+                eprintln!("  push rule {rule_id} of {}: enabled flag not imported: {}", user_rules.user, e.message);
+            }
+        }
+    }
+    for pusher in pushers {
+        let Some(mut me) = requester(&pusher.user).await else { continue };
+        me.device_id = pusher.device_id;
+        match hs.set_pusher(&me, &pusher.body).await {
+            Ok(()) => pusher_count += 1,
+            Err(e) => eprintln!("  a pusher of {} not imported: {}", pusher.user, e.message),
+        }
+    }
+    (rule_count, pusher_count)
 }

@@ -208,6 +208,8 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             outliers_written: 0,
             resuming,
             catch_up: &catch_up,
+            redacted_by: &redacted_by,
+            rules: &rules,
         };
         // In the room's topological order (depth, then stream position), so that parents come
         // before their children, backfilled history included (Synapse stores a backfilled batch
@@ -242,8 +244,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
                     state_group: r.opt_int(8),
                     rejected: r.flag(9),
                 };
-                let json = stored_json(&ev, &redacted_by, db, &rules)?;
-                room.add(ev, json)?;
+                room.add(ev)?;
             }
             if !full_page {
                 break;
@@ -307,6 +308,9 @@ struct RoomImport<'a> {
     resuming: bool,
     /// Event ID -> servers it is still to be sent to.
     catch_up: &'a HashMap<String, Vec<String>>,
+    /// Event ID -> the redaction Synapse applies to it.
+    redacted_by: &'a HashMap<String, String>,
+    rules: &'a ruma::room_version_rules::RoomVersionRules,
 }
 
 /// What a [`NewEvent`] borrows, owned until its batch is written.
@@ -323,7 +327,7 @@ struct PendingEvent {
 pub(super) const BATCH: usize = 500;
 
 impl RoomImport<'_> {
-    fn add(&mut self, ev: SynapseEvent, json: String) -> Result<(), String> {
+    fn add(&mut self, ev: SynapseEvent) -> Result<(), String> {
         if self.resuming {
             if let Some(stored) = self.store.get_event(&ev.event_id).map_err(store_err)? {
                 if let (Some(sg), Some(group)) = (ev.state_group.filter(|_| !ev.outlier), stored.state_group)
@@ -337,9 +341,19 @@ impl RoomImport<'_> {
             }
             self.resuming = false;
         }
-        let value: Value = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
-        let membership =
-            (ev.kind == "m.room.member").then(|| value["content"]["membership"].as_str().map(str::to_owned)).flatten();
+        // Parsed once: what Myelin indexes is read from it, then it becomes the stored JSON.
+        let value: Map<String, Value> = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
+        let membership = (ev.kind == "m.room.member")
+            .then(|| value.get("content")?.get("membership")?.as_str().map(str::to_owned))
+            .flatten();
+        let prev_events: Vec<String> = value
+            .get("prev_events")
+            .map(|list| myelin_core::events::parse_event_references(list).0)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        let json = stored_json(&ev, value, self.redacted_by, self.groups.db, self.rules)?;
         let Some(sg) = ev.state_group.filter(|_| !ev.outlier) else {
             self.outliers.push(OutlierEvent {
                 event_id: ev.event_id,
@@ -356,11 +370,6 @@ impl RoomImport<'_> {
             }
             return Ok(());
         };
-        let prev_events = myelin_core::events::parse_event_references(&value["prev_events"])
-            .0
-            .into_iter()
-            .map(|id| id.to_string())
-            .collect();
         let soft_failed = serde_json::from_str::<Value>(&ev.internal_metadata)
             .ok()
             .and_then(|m| m["soft_failed"].as_bool())
@@ -443,11 +452,11 @@ impl RoomImport<'_> {
 /// bookkeeping in `unsigned`, and pruned if an applied redaction redacts it.
 fn stored_json(
     ev: &SynapseEvent,
+    mut value: Map<String, Value>,
     redacted_by: &HashMap<String, String>,
     db: &SynapseDb,
     rules: &ruma::room_version_rules::RoomVersionRules,
 ) -> Result<String, String> {
-    let mut value: Map<String, Value> = serde_json::from_str(&ev.json).map_err(|e| e.to_string())?;
     value.insert("event_id".into(), Value::String(ev.event_id.clone()));
     if let Some(Value::Object(unsigned)) = value.get_mut("unsigned") {
         unsigned.remove("age_ts");
