@@ -610,6 +610,9 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     assert!(s == 200 && got == b"\x89PNG fake avatar bytes", "{s}, {} bytes\n{}", got.len(), logs());
     let stored = std::fs::read_to_string(synapse_dir.join(format!("{NAME}.signing.key"))).unwrap();
     let key_id = format!("ed25519:{}", stored.split_whitespace().nth(1).unwrap());
+    let installed = myelin.dir.path().join("data/test.signing.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&installed).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the signing key is its owner's alone: {mode:o}");
     let (_, b) = myelin.get("/_matrix/key/v2/server", None).await;
     assert!(b["verify_keys"].get(&key_id).is_some(), "Synapse's {key_id}: {b}\n{}", logs());
 

@@ -71,8 +71,14 @@ impl SigningKey {
         let version: String =
             rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(6).map(char::from).collect();
         let line = format!("ed25519 a_{version} {}\n", base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed));
-        // Whole or absent after a crash: an empty key file would stop every later start.
-        crate::durable::create_new_file(path, line.as_bytes(), 0o600).map_err(|e| format!("{}: {e}", path.display()))
+        Self::write_new(path, line.as_bytes())
+    }
+
+    /// Writes a key file (Synapse's format) at `path`, which must not exist: readable by its
+    /// owner only, and whole or absent after a crash (an empty key file would stop every
+    /// later start). `myelin import-synapse` installs a Synapse's key with it.
+    pub fn write_new(path: &Path, contents: &[u8]) -> std::result::Result<(), String> {
+        crate::durable::create_new_file(path, contents, 0o600).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -269,11 +269,7 @@ pub fn copy_signing_key(synapse: &SynapseConfig, config: &Config) -> Result<(), 
         backup.push(".before-import");
         std::fs::rename(target, &backup).map_err(|e| format!("Could not move {} aside: {e}", target.display()))?;
     }
-    if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("Could not create {}: {e}", dir.display()))?;
-    }
-    std::fs::write(target, &key).map_err(|e| format!("Could not write {}: {e}", target.display()))?;
-    std::fs::File::open(target).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    myelin_core::events::SigningKey::write_new(target, &key)?;
     myelin_core::events::SigningKey::load(target).map(|_| ())
 }
 
