@@ -727,3 +727,121 @@ async fn mutual_rooms_are_the_rooms_both_users_are_joined_to() {
     }
     assert_eq!(s.get(&path("user_id=%40bob%3Atest"), None).await.0, 401);
 }
+
+/// The event of `id` in a list of client events.
+fn event_in<'a>(events: &'a Value, id: &str) -> &'a Value {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["event_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {events}"))
+}
+
+#[tokio::test]
+async fn events_carry_unsigned_as_synapse_serves_them() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let alice_phone = s.login("alice").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "First"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let first = s.sync(&bob, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let join = first["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id)
+        .unwrap()["event_id"]
+        .clone();
+
+    // Bob's display-name change replaces his join: clients tell it from a join by prev_content.
+    let (st, b) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", bob.user_id),
+            Some(&bob.token),
+            json!({"membership": "join", "displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let rename = b["event_id"].as_str().unwrap().to_owned();
+    let (_, b) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"),
+            Some(&alice.token),
+            json!({"name": "Second"}),
+        )
+        .await;
+    let second_name = b["event_id"].as_str().unwrap().to_owned();
+    let (_, b) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/alice-txn-1"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    let message = b["event_id"].as_str().unwrap().to_owned();
+
+    let check_rename = |event: &Value| {
+        let unsigned = &event["unsigned"];
+        assert_eq!(unsigned["replaces_state"], join, "{event}");
+        assert_eq!(unsigned["prev_content"]["membership"], "join", "{event}");
+        assert_eq!(unsigned["prev_sender"], bob.user_id, "{event}");
+        assert!(unsigned["age"].as_i64().is_some_and(|a| a >= 0), "{event}");
+    };
+
+    // /sync, incremental and initial.
+    let sync = s.sync(&bob, Some(&since), 0).await;
+    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+    check_rename(event_in(timeline, &rename));
+    assert_eq!(event_in(timeline, &second_name)["unsigned"]["prev_content"], json!({"name": "First"}));
+    // Bob did not send the message: no transaction ID for him.
+    assert!(event_in(timeline, &message)["unsigned"].get("transaction_id").is_none());
+    assert!(event_in(timeline, &message)["unsigned"].get("prev_content").is_none());
+
+    // /messages: the sending device sees its transaction ID, the same user's other device
+    // and other users do not.
+    let messages = |user: &User| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10");
+        let token = user.token.clone();
+        let s = &s;
+        async move {
+            let (st, b) = s.get(&path, Some(&token)).await;
+            assert_eq!(st, 200, "{b}");
+            b["chunk"].clone()
+        }
+    };
+    let chunk = messages(&alice).await;
+    check_rename(event_in(&chunk, &rename));
+    assert_eq!(event_in(&chunk, &message)["unsigned"]["transaction_id"], "alice-txn-1");
+    for other in [&alice_phone, &bob] {
+        let chunk = messages(other).await;
+        assert!(event_in(&chunk, &message)["unsigned"].get("transaction_id").is_none(), "{}", other.device_id);
+        check_rename(event_in(&chunk, &rename));
+    }
+
+    // /event and /context.
+    let (st, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{rename}"), Some(&alice.token)).await;
+    assert_eq!(st, 200);
+    check_rename(&event);
+    let (st, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{message}"), Some(&alice.token)).await;
+    assert_eq!((st, &event["unsigned"]["transaction_id"]), (200, &json!("alice-txn-1")));
+    let (st, context) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{second_name}?limit=4"), Some(&bob.token)).await;
+    assert_eq!(st, 200, "{context}");
+    assert_eq!(context["event"]["unsigned"]["prev_content"], json!({"name": "First"}));
+    check_rename(event_in(&context["events_before"], &rename));
+    assert!(event_in(&context["events_after"], &message)["unsigned"].get("transaction_id").is_none());
+
+    // Redacting the replaced name hides it from the next one's prev_content too.
+    let (_, state) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&alice.token)).await;
+    assert!(state.as_array().unwrap().iter().all(|e| e["unsigned"]["age"].is_i64()), "{state}");
+    let first_name = event_in(&chunk, &second_name)["unsigned"]["replaces_state"].as_str().unwrap().to_owned();
+    let (st, _) =
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/redact/{first_name}/r1"), Some(&alice.token), json!({})).await;
+    assert_eq!(st, 200);
+    let (_, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{second_name}"), Some(&bob.token)).await;
+    assert_eq!(event["unsigned"]["prev_content"], json!({}), "{event}");
+    assert_eq!(event["unsigned"]["prev_sender"], alice.user_id);
+}

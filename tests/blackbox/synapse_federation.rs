@@ -225,6 +225,26 @@ async fn join_each_others_rooms_and_talk(version: Option<&str>) {
         s == 200 && b["name"] == "Ours"
     })
     .await;
+    // A renaming received over federation carries what it replaced, as a local one does.
+    let (s, body) = synapse
+        .server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room2}/state/m.room.name"),
+            Some(&sam.token),
+            json!({"name": "Ours too"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    crate::federating::eventually("Sam's renaming reaches Myelin with its prev_content", || async {
+        let path = format!("/_matrix/client/v3/rooms/{room2}/messages?dir=b&limit=5");
+        let (_, b) = myelin.server.get(&path, Some(&mia.token)).await;
+        b["chunk"].as_array().into_iter().flatten().any(|e| {
+            e["content"]["name"] == "Ours too"
+                && e["unsigned"]["prev_content"] == json!({"name": "Ours"})
+                && e["unsigned"]["prev_sender"] == sam.user_id
+        })
+    })
+    .await;
     // ... and what the room's power levels refuse is refused for a remote sender too: Sam (50)
     // may not change the power levels (100) in Synapse's copy either.
     let (_, mut pl) = synapse.server.get(&path, Some(&sam.token)).await;

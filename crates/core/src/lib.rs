@@ -49,6 +49,7 @@ mod sliding_sync;
 pub mod spaces;
 pub mod state;
 mod sync;
+mod unsigned;
 pub mod url_preview;
 mod users;
 mod visibility;

@@ -681,6 +681,11 @@ impl Homeserver {
         found.sort_by_key(|n| std::cmp::Reverse(n["ts"].as_i64().unwrap_or(0)));
         let more = found.len() > limit;
         found.truncate(limit);
+        let mut events: Vec<Value> = found.iter_mut().map(|n| n["event"].take()).collect();
+        self.complete_unsigned(&mut events).await?;
+        for (notification, event) in found.iter_mut().zip(events) {
+            notification["event"] = event;
+        }
         let mut body = json!({"notifications": found});
         if more && let Some(last) = body["notifications"].as_array().and_then(|a| a.last()) {
             body["next_token"] = json!(last["ts"].as_i64().unwrap_or(0).to_string());

@@ -181,6 +181,7 @@ impl Homeserver {
         let (rows, _) = self.visible_events(user, reader, rows).await?;
         let mut events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
         self.bundle_aggregations(user, reader, &mut events).await?;
+        self.complete_unsigned(&mut events).await?;
         Ok(events)
     }
 

@@ -113,7 +113,9 @@ impl Homeserver {
             let Some(row) = self.visible_events(me.user_id.as_str(), reader, vec![row]).await?.0.pop() else {
                 continue;
             };
-            let event = client_event_from_str(&row.json);
+            let mut event = [client_event_from_str(&row.json)];
+            self.complete_unsigned(&mut event).await?;
+            let [event] = event;
             let mut result = json!({"rank": hit.rank, "result": event});
             if let Some((before, after, profiles)) = context {
                 result["context"] =

@@ -580,7 +580,9 @@ impl Homeserver {
                 let r = room.clone();
                 let rows = self.db(move |s| s.room_events(&r, from, now, false, 100)).await?;
                 let (rows, _) = self.visible_events(user, *reader, rows).await?;
+                let start = chunk.len();
                 chunk.extend(rows.iter().map(|r| client_event_from_str(&r.json)));
+                self.complete_unsigned(&mut chunk[start..]).await?;
             }
             if now > from {
                 match room_id {
@@ -696,6 +698,8 @@ impl Homeserver {
         let prev_batch = rows.first().map(|r| format!("t{}", r.stream_ordering)).unwrap_or_else(|| format!("t{to}"));
         let mut events: Vec<Value> = rows.iter().map(|r| filter.event(&r.json)).collect();
         self.bundle_aggregations(user, reader, &mut events).await?;
+        // `age` as at the section's making: a cached section is served unchanged.
+        self.complete_unsigned(&mut events).await?;
         // A thread summary says whether *this* user took part: not a section to share.
         let per_user = events.iter().any(|e| e["unsigned"]["m.relations"].get("m.thread").is_some());
         Ok(Timeline {
@@ -785,6 +789,7 @@ impl Homeserver {
         if filter.lazy_load_members {
             self.add_lazy_members(requester, room, whole_state, &needed, &timeline_members, filter, &mut state).await?;
         }
+        crate::unsigned::stamp_age(&mut state);
         let members = self.member_summary(room, now).await?;
         let hero_candidates = self.hero_candidates(room, &members).await?;
         let raw = |v: &Value| to_raw_value(v).map_err(Error::internal);

@@ -228,6 +228,7 @@ impl Homeserver {
                 events.push(event);
             }
         }
+        self.complete_unsigned(&mut events).await?;
         let mut ephemeral = Vec::new();
         if registration.wants_ephemeral() {
             for typing in self.typing_changes(from, reached) {

@@ -335,7 +335,10 @@ impl Homeserver {
             let view = EventView::new(serde_json::from_str(&signed.json).map_err(Error::internal)?);
             self.modules.check_event_for_spam(&view).await?;
         }
-        Ok(Checked { pdu, json: signed.json, redaction, state_views, destinations: basis.destinations.clone() })
+        let replaced = state_key.and_then(|k| basis.state.get(&(kind.to_owned(), k.to_owned())));
+        let json =
+            crate::unsigned::with_replaced_state(signed.json, pdu.event_id.as_str(), replaced.map(|e| e.as_str()))?;
+        Ok(Checked { pdu, json, redaction, state_views, destinations: basis.destinations.clone() })
     }
 
     /// Queues a checked event's write (with its state change, the forward extremities it

@@ -95,6 +95,7 @@ impl Homeserver {
                     out.push(client_event_from_str(&row.json));
                 }
             }
+            crate::unsigned::stamp_age(&mut out);
             Ok(out)
         })
         .await
@@ -120,6 +121,8 @@ impl Homeserver {
         let v: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
         let mut event = [client_event(&v)];
         self.bundle_aggregations(user, reader, &mut event).await?;
+        self.complete_unsigned(&mut event).await?;
+        self.add_transaction_ids(requester, &mut event).await?;
         let [event] = event;
         Ok(event)
     }
@@ -250,7 +253,9 @@ impl Homeserver {
         // A user who left sees history up to their leave; a non-member may peek into a
         // world-readable room; each event is then filtered by its history visibility.
         let reader = self.reader(&room_id, requester.user_id.as_str()).await?;
-        self.page_events(requester.user_id.as_str(), &room_id, reader, page).await
+        let mut page = self.page_events(requester.user_id.as_str(), &room_id, reader, page).await?;
+        self.add_transaction_ids(requester, &mut page.chunk).await?;
+        Ok(page)
     }
 
     /// A page of the room's events as `reader` may see them.
@@ -321,6 +326,7 @@ impl Homeserver {
             _ => Vec::new(),
         };
         self.bundle_aggregations(user, reader, &mut chunk).await?;
+        self.complete_unsigned(&mut chunk).await?;
         Ok(MessagesPage { chunk, start: from.map(str::to_owned).unwrap_or_else(|| format!("t{from_pos}")), end, state })
     }
 
@@ -373,14 +379,16 @@ impl Homeserver {
         // Nothing asked for on a side: its token continues from the event itself.
         let empty =
             || MessagesPage { chunk: Vec::new(), start: from.clone(), end: Some(from.clone()), state: Vec::new() };
-        let before = match before_limit {
+        let mut before = match before_limit {
             0 => empty(),
             n => self.page_events(user, &rid, reader, page(true, n)).await?,
         };
-        let after = match after_limit {
+        let mut after = match after_limit {
             0 => empty(),
             n => self.page_events(user, &rid, reader, page(false, n)).await?,
         };
+        self.add_transaction_ids(requester, &mut before.chunk).await?;
+        self.add_transaction_ids(requester, &mut after.chunk).await?;
         // The state the user may read (none for those who may not read the room as a whole);
         // with lazy loading, the memberships of the senders of every event returned, as of
         // the event asked for.

@@ -36,17 +36,15 @@ impl Homeserver {
         Ok(rows
             .into_iter()
             .map(|d| {
-                let mut v = json!({"device_id": d.device_id});
-                if let Some(n) = d.display_name {
-                    v["display_name"] = json!(n);
-                }
-                if let Some(ts) = d.last_seen_ts {
-                    v["last_seen_ts"] = json!(ts);
-                }
-                if let Some(ip) = d.last_seen_ip {
-                    v["last_seen_ip"] = json!(ip);
-                }
-                v
+                // Unknown fields are `null`, as Synapse sends them (some clients, e.g.
+                // matrix-nio, require the keys).
+                json!({
+                    "user_id": requester.user_id.as_str(),
+                    "device_id": d.device_id,
+                    "display_name": d.display_name,
+                    "last_seen_ts": d.last_seen_ts,
+                    "last_seen_ip": d.last_seen_ip,
+                })
             })
             .collect())
     }

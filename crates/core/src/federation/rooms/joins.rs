@@ -315,7 +315,13 @@ impl Homeserver {
         crate::state::check_auth(&rules, &signed.pdu, &with_join, &relevant)
             .map_err(|e| Error::forbidden(format!("The room's state does not allow this join: {e}")))?;
 
-        state.insert(("m.room.member".to_owned(), user.to_string()), join_id.clone());
+        let member_key = ("m.room.member".to_owned(), user.to_string());
+        let join_json = crate::unsigned::with_replaced_state(
+            signed.json.clone(),
+            join_id.as_str(),
+            state.get(&member_key).map(|e| e.as_str()),
+        )?;
+        state.insert(member_key, join_id.clone());
         let entries: Vec<StateEntry> = state
             .iter()
             .map(|((t, k), e)| StateEntry { event_type: t.clone(), state_key: k.clone(), event_id: e.to_string() })
@@ -340,7 +346,7 @@ impl Homeserver {
                 state_key: Some(user.to_string()),
                 sender: user.to_string(),
                 membership: Some("join".into()),
-                json: signed.json.clone(),
+                json: join_json,
                 state: StateChange::New { prev: None, delta: entries.clone() },
                 prev_events: prev_events.iter().map(|e| e.to_string()).collect(),
                 txn: None,

@@ -404,6 +404,10 @@ impl Homeserver {
 
         // 5. The state after it, and the room's current state.
         let accepted = rejection.is_none() && !soft_failed;
+        if let Some(key) = &pdu.state_key {
+            let replaced = state_before.get(&(pdu.kind.to_string(), key.clone()));
+            json = crate::unsigned::with_replaced_state(json, event_id.as_str(), replaced.map(|e| e.as_str()))?;
+        }
         let mut state_after = state_before.clone();
         if rejection.is_none()
             && let Some(key) = &pdu.state_key
