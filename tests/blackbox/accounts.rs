@@ -1,6 +1,6 @@
 //! Registration, login, sessions, devices, passwords, profiles, account data and filters.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::*;
 
@@ -569,4 +569,176 @@ async fn bcrypt_hashes_imported_from_synapse_still_log_in() {
     };
     assert_eq!(login("synapse-password").await, 200);
     assert_eq!(login("password").await, 403);
+}
+
+/// Logs `user` in with `extra` fields in the body; the status and answer.
+async fn login_with(s: &Server, user: &str, extra: Value) -> (u16, Value) {
+    let mut body =
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "password"});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    s.post("/_matrix/client/v3/login", None, body).await
+}
+
+async fn refresh(s: &Server, token: &str) -> (u16, Value) {
+    s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": token})).await
+}
+
+#[tokio::test]
+async fn refresh_tokens_renew_expiring_sessions_as_synapse() {
+    let s = Server::start_with("refreshable_access_token_lifetime: 2s\nrefresh_token_lifetime: 4s\n").await;
+    s.register("alice").await;
+
+    // Asked for: a refresh token and an access token that expires. Not asked: neither.
+    let (st, plain) = login_with(&s, "alice", json!({})).await;
+    assert_eq!(st, 200);
+    assert!(plain.get("refresh_token").is_none() && plain.get("expires_in_ms").is_none(), "{plain}");
+    let (st, b) = login_with(&s, "alice", json!({"refresh_token": "yes"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{b}");
+    let (st, session) = login_with(&s, "alice", json!({"refresh_token": true})).await;
+    assert_eq!(st, 200, "{session}");
+    let expires = session["expires_in_ms"].as_i64().unwrap();
+    assert!((1..=2000).contains(&expires), "{session}");
+    let (access1, refresh1) = (session["access_token"].as_str().unwrap(), session["refresh_token"].as_str().unwrap());
+    let device = session["device_id"].as_str().unwrap();
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(access1)).await.0, 200);
+
+    // Once expired, a soft logout; the token without expiry goes on.
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(access1)).await;
+    assert_eq!((st, b["errcode"].as_str(), &b["soft_logout"]), (401, Some("M_UNKNOWN_TOKEN"), &json!(true)), "{b}");
+    let plain_token = plain["access_token"].as_str().unwrap();
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(plain_token)).await.0, 200);
+
+    // A refresh: a new pair on the same device.
+    let (st, first) = refresh(&s, refresh1).await;
+    assert_eq!(st, 200, "{first}");
+    assert!(first["expires_in_ms"].as_i64().is_some_and(|ms| ms <= 2000), "{first}");
+    // Its answer lost, the client repeats it: the old refresh token still serves, once more.
+    let (st, second) = refresh(&s, refresh1).await;
+    assert_eq!(st, 200, "{second}");
+    let access2 = second["access_token"].as_str().unwrap();
+    let (st, who) = s.get("/_matrix/client/v3/account/whoami", Some(access2)).await;
+    assert_eq!((st, who["device_id"].as_str()), (200, Some(device)), "{who}");
+    // The new token used, the old refresh token is spent, and the repeated-away pair is gone.
+    let (st, b) = refresh(&s, refresh1).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    let (st, b) = refresh(&s, first["refresh_token"].as_str().unwrap()).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{b}");
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(first["access_token"].as_str().unwrap())).await.0, 401);
+
+    // Bad requests.
+    let (st, b) = refresh(&s, "myr_nonsense").await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{b}");
+    let (st, b) = s.post("/_matrix/client/v3/refresh", None, json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{b}");
+    let (st, b) = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": 7})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+    let (st, b) = s.raw("POST", "/_matrix/client/v3/refresh", b"{not json".to_vec()).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{b}");
+
+    // A refresh token left unused past `refresh_token_lifetime` has expired.
+    let refresh2 = second["refresh_token"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(4300)).await;
+    let (st, b) = refresh(&s, refresh2).await;
+    assert_eq!(
+        (st, b["errcode"].as_str(), b["error"].as_str()),
+        (403, Some("M_FORBIDDEN"), Some("The supplied refresh token has expired"))
+    );
+
+    // Registration asks the same way; a logout ends the refresh token with the session.
+    let (st, challenge) =
+        s.post("/_matrix/client/v3/register", None, json!({"username": "bob", "password": "password"})).await;
+    assert_eq!(st, 401);
+    let body = json!({"username": "bob", "password": "password", "refresh_token": true,
+                      "auth": {"type": "m.login.dummy", "session": challenge["session"]}});
+    let (st, bob) = s.post("/_matrix/client/v3/register", None, body).await;
+    assert_eq!(st, 200, "{bob}");
+    let bob_refresh = bob["refresh_token"].as_str().expect("registration's refresh token");
+    assert!(bob["expires_in_ms"].is_i64(), "{bob}");
+    let (st, _) = s.post("/_matrix/client/v3/logout", Some(bob["access_token"].as_str().unwrap()), json!({})).await;
+    assert_eq!(st, 200);
+    let (st, b) = refresh(&s, bob_refresh).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{b}");
+    // A logout works with an expired token too (Synapse's allow_expired).
+    let (st, _) = s.post("/_matrix/client/v3/logout", Some(access1), json!({})).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn token_lifetimes_without_refresh_tokens() {
+    let s =
+        Server::start_with("refreshable_access_token_lifetime: null\nnonrefreshable_access_token_lifetime: 1s\n").await;
+    s.register("alice").await;
+    // Refresh tokens off: asking gets none, and the lifetime for sessions without one applies.
+    let (st, session) = login_with(&s, "alice", json!({"refresh_token": true})).await;
+    assert_eq!(st, 200);
+    assert!(session.get("refresh_token").is_none(), "{session}");
+    assert!(session["expires_in_ms"].as_i64().is_some_and(|ms| (1..=1000).contains(&ms)), "{session}");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(session["access_token"].as_str().unwrap())).await;
+    assert_eq!((st, &b["soft_logout"]), (401, &json!(true)), "{b}");
+    // Guests' tokens never expire, as on Synapse.
+    let s = Server::start_with("allow_guest_access: true\nnonrefreshable_access_token_lifetime: 1s\n").await;
+    let (st, guest) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(st, 200, "{guest}");
+    assert!(guest.get("expires_in_ms").is_none(), "{guest}");
+}
+
+#[tokio::test]
+async fn a_session_token_logs_in_another_device_once_when_enabled() {
+    // Off (Synapse's default): no endpoint, no flow, no capability, and no token logs in.
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let (st, b) = s.post("/_matrix/client/v1/login/get_token", Some(&alice.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{b}");
+    let (_, flows) = s.get("/_matrix/client/v3/login", None).await;
+    assert!(!flows["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.token"), "{flows}");
+    let (_, caps) = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await;
+    assert_eq!(caps["capabilities"]["m.get_login_token"]["enabled"], false);
+    let (st, b) = s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.token", "token": "x"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{b}");
+    drop(s);
+
+    let s = Server::start_with("login_via_existing_session:\n  enabled: true\n").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (_, flows) = s.get("/_matrix/client/v3/login", None).await;
+    assert_eq!(flows["flows"][0], json!({"type": "m.login.token", "get_login_token": true}), "{flows}");
+    let (_, caps) = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await;
+    assert_eq!(caps["capabilities"]["m.get_login_token"]["enabled"], true);
+    // The password first (user-interactive auth), and not someone else's.
+    let path = "/_matrix/client/v1/login/get_token";
+    let (st, challenge) = s.post(path, Some(&alice.token), json!({})).await;
+    assert_eq!(st, 401, "{challenge}");
+    assert_eq!(challenge["flows"][0]["stages"][0], "m.login.password");
+    let auth = |user: &str, password: &str| {
+        json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+                        "password": password, "session": challenge["session"]}})
+    };
+    let (st, _) = s.post(path, Some(&alice.token), auth("alice", "wrong")).await;
+    assert_eq!(st, 401);
+    let (st, b) = s.post(path, Some(&alice.token), auth("bob", "password")).await;
+    assert_ne!(st, 200, "{b}");
+    let (st, issued) = s.post(path, Some(&alice.token), auth("alice", "password")).await;
+    assert_eq!(st, 200, "{issued}");
+    assert_eq!((issued["expires_in_ms"].as_i64(), issued["expires_in"].as_i64()), (Some(300_000), Some(300)));
+    // Once a minute per user.
+    let (_, again) = s.post(path, Some(&alice.token), json!({})).await;
+    let (st, b) = s.post(path, Some(&alice.token), auth("alice", "password")).await;
+    assert_eq!((st, b["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{b} {again}");
+    let (st, _) = s.post(path, None, json!({})).await;
+    assert_eq!(st, 401, "no access token");
+
+    // The token logs a new device in as alice, once.
+    let login = json!({"type": "m.login.token", "token": issued["login_token"], "initial_device_display_name": "TV"});
+    let (st, tv) = s.post("/_matrix/client/v3/login", None, login.clone()).await;
+    assert_eq!((st, tv["user_id"].as_str()), (200, Some(alice.user_id.as_str())), "{tv}");
+    assert_ne!(tv["device_id"], json!(alice.device_id));
+    let (st, who) = s.get("/_matrix/client/v3/account/whoami", tv["access_token"].as_str()).await;
+    assert_eq!((st, who["user_id"].as_str()), (200, Some(alice.user_id.as_str())));
+    let (st, b) = s.post("/_matrix/client/v3/login", None, login).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "spent: {b}");
+    let (st, b) = s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.token"})).await;
+    assert_eq!(st, 400, "{b}");
+    let _ = bob;
 }

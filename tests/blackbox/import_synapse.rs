@@ -482,7 +482,18 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let mut names: Vec<&str> =
         b["devices"].as_array().into_iter().flatten().filter_map(|d| d["display_name"].as_str()).collect();
     names.sort();
-    assert_eq!(names, ["alice's laptop", "alice's phone"], "{b}\n{}", logs());
+    assert_eq!(names, ["alice's laptop", "alice's phone", "alice's tablet"], "{b}\n{}", logs());
+    // The refresh-token session goes on: its refresh token renews it on its device, and the
+    // one Synapse had already seen replaced is refused.
+    let tablet = &data["alice"]["tablet"];
+    let refresh_path = format!("{V3}/refresh");
+    let refresh = |token: &Value| myelin.post(&refresh_path, None, json!({"refresh_token": token}));
+    let (s, renewed) = refresh(&tablet["refresh_token"]).await;
+    assert_eq!(s, 200, "{renewed}\n{}", logs());
+    let (s, b) = myelin.get(&format!("{V3}/account/whoami"), renewed["access_token"].as_str()).await;
+    assert_eq!((s, &b["device_id"]), (200, &tablet["device_id"]), "{b}");
+    let (s, b) = refresh(&tablet["spent_refresh_token"]).await;
+    assert!(s == 401 || s == 403, "{s} {b}");
     let (s, p) = myelin.get(&format!("{V3}/profile/{}", path_segment(&alice.user_id)), Some(&bob.token)).await;
     let got = (s, p["displayname"].as_str(), p["avatar_url"].as_str());
     assert_eq!(got, (200, Some("Alice A."), data["avatar"].as_str()), "{p}\n{}", logs());

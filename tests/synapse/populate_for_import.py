@@ -90,6 +90,16 @@ def main():
                  {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
                   "password": "alice-password", "initial_device_display_name": "alice's phone"})
     alice["phone"] = {"token": login["access_token"], "device_id": login["device_id"]}
+    # A third, with a refresh token (Synapse issues them by default), refreshed once and its
+    # new access token used: the first refresh token is spent, the second is the session's.
+    tablet = call("POST", "/_matrix/client/v3/login",
+                  {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                   "password": "alice-password", "initial_device_display_name": "alice's tablet",
+                   "refresh_token": True})
+    renewed = call("POST", "/_matrix/client/v3/refresh", {"refresh_token": tablet["refresh_token"]})
+    call("GET", "/_matrix/client/v3/account/whoami", token=renewed["access_token"])
+    alice["tablet"] = {"device_id": tablet["device_id"], "refresh_token": renewed["refresh_token"],
+                       "spent_refresh_token": tablet["refresh_token"]}
 
     call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/displayname", {"displayname": "Alice A."},
          alice["token"])

@@ -773,8 +773,13 @@ impl Homeserver {
         if user == requester.user_id {
             return Err(Error::new(ErrorKind::BadRequest, "Cannot use admin API to login as self"));
         }
-        let (access_token, _) = self.new_session(&user, None, Some("Admin login".into())).await?;
+        let device = crate::users::NewDevice {
+            display_name: Some("Admin login".into()),
+            life: crate::users::TokenLife::Unlimited,
+            ..Default::default()
+        };
+        let session = self.new_session(&user, device).await?;
         audit!(requester, "login as user", user);
-        Ok(json!({"access_token": access_token}))
+        Ok(json!({"access_token": session.access_token}))
     }
 }

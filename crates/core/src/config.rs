@@ -79,6 +79,49 @@ pub struct PasswordConfig {
     pub policy: Option<PasswordPolicy>,
 }
 
+/// How long sessions' tokens last (Synapse's keys of the same names, in ms; `None` is "never").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `session_lifetime`: no session outlives it, refreshed or not.
+    pub session_lifetime: Option<i64>,
+    /// `refreshable_access_token_lifetime` (default 5 minutes): the access tokens of sessions
+    /// with a refresh token; `null` turns refresh tokens off.
+    pub refreshable_access_token_lifetime: Option<i64>,
+    /// `refresh_token_lifetime`: how long a refresh token may wait to be used.
+    pub refresh_token_lifetime: Option<i64>,
+    /// `nonrefreshable_access_token_lifetime`: the access tokens of sessions without one.
+    pub nonrefreshable_access_token_lifetime: Option<i64>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            session_lifetime: None,
+            refreshable_access_token_lifetime: Some(5 * 60_000),
+            refresh_token_lifetime: None,
+            nonrefreshable_access_token_lifetime: None,
+        }
+    }
+}
+
+/// `login_via_existing_session` (MSC3882): a logged-in client may get a one-time login token
+/// for another device (`POST /login/get_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginViaExisting {
+    /// `enabled` (default false).
+    pub enabled: bool,
+    /// `require_ui_auth` (default true): the password is asked again first.
+    pub require_ui_auth: bool,
+    /// `token_timeout` (default 5 minutes), in ms.
+    pub token_timeout: i64,
+}
+
+impl Default for LoginViaExisting {
+    fn default() -> Self {
+        LoginViaExisting { enabled: false, require_ui_auth: true, token_timeout: 5 * 60_000 }
+    }
+}
+
 /// `password_config.policy`: what a new password must contain.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PasswordPolicy {
@@ -248,6 +291,10 @@ pub struct Config {
     pub rate_limits: crate::ratelimit::RateLimitSettings,
     /// `password_config`.
     pub password: PasswordConfig,
+    /// Token lifetimes and refresh tokens.
+    pub sessions: SessionSettings,
+    /// `login_via_existing_session`.
+    pub login_via_existing: LoginViaExisting,
     /// Which process of the deployment this is, and what it runs.
     pub instance: InstanceSettings,
     /// `app_service_config_files`: the registered application services.
@@ -357,6 +404,11 @@ const KNOWN_KEYS: &[&str] = &[
     "ip_range_allowlist",
     "federation_ip_range_blacklist",
     "password_config",
+    "session_lifetime",
+    "refreshable_access_token_lifetime",
+    "refresh_token_lifetime",
+    "nonrefreshable_access_token_lifetime",
+    "login_via_existing_session",
     "require_auth_for_profile_requests",
     "use_insecure_ssl_client_just_for_testing_do_not_use",
     "limit_profile_requests_to_users_who_share_rooms",
@@ -1013,6 +1065,8 @@ impl Config {
             limit_profile_requests_to_users_who_share_rooms: w
                 .boolean("limit_profile_requests_to_users_who_share_rooms", false)?,
             password: parse_password_config(root.get("password_config"))?,
+            sessions: parse_session_settings(&root)?,
+            login_via_existing: parse_login_via_existing(root.get("login_via_existing_session"))?,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
             log,
             pid_file: w.string("pid_file")?.map(resolve),
@@ -1020,6 +1074,67 @@ impl Config {
         };
         Ok((config, modules))
     }
+}
+
+/// A duration key in ms: `None` when absent or `null`.
+fn duration_ms(root: &Map<String, Value>, path: &[&str], key: &str) -> Result<Option<i64>, ConfigError> {
+    match root.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_duration(v).map(|d| Some(d.as_millis() as i64)).ok_or_else(|| {
+            let mut at: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
+            at.push(key.to_owned());
+            ConfigError::at(&at, "expected a duration such as 5m")
+        }),
+    }
+}
+
+fn parse_session_settings(root: &Map<String, Value>) -> Result<SessionSettings, ConfigError> {
+    let session_lifetime = duration_ms(root, &[], "session_lifetime")?;
+    let refreshable_access_token_lifetime = match root.get("refreshable_access_token_lifetime") {
+        None => SessionSettings::default().refreshable_access_token_lifetime,
+        Some(_) => duration_ms(root, &[], "refreshable_access_token_lifetime")?,
+    };
+    let settings = SessionSettings {
+        session_lifetime,
+        refreshable_access_token_lifetime,
+        refresh_token_lifetime: duration_ms(root, &[], "refresh_token_lifetime")?,
+        nonrefreshable_access_token_lifetime: duration_ms(root, &[], "nonrefreshable_access_token_lifetime")?,
+    };
+    // As Synapse: a token lifetime set beside `session_lifetime` may not exceed it.
+    if let Some(session) = session_lifetime {
+        let explicit = |key: &str, value: Option<i64>| root.contains_key(key) && value.is_some_and(|v| v > session);
+        for (key, value) in [
+            ("refreshable_access_token_lifetime", settings.refreshable_access_token_lifetime),
+            ("nonrefreshable_access_token_lifetime", settings.nonrefreshable_access_token_lifetime),
+            ("refresh_token_lifetime", settings.refresh_token_lifetime),
+        ] {
+            if explicit(key, value) {
+                return Err(ConfigError::at(
+                    &[],
+                    format!(
+                        "Both `session_lifetime` and `{key}` configuration options have been set, but `{key}` exceeds `session_lifetime`!"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(settings)
+}
+
+fn parse_login_via_existing(value: Option<&Value>) -> Result<LoginViaExisting, ConfigError> {
+    const SECTION: &str = "login_via_existing_session";
+    let map = match value {
+        None | Some(Value::Null) => return Ok(LoginViaExisting::default()),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ConfigError::at(&[SECTION.to_owned()], "expected a mapping")),
+    };
+    let w = Walker { path: vec![SECTION.to_owned()], root: map };
+    let defaults = LoginViaExisting::default();
+    Ok(LoginViaExisting {
+        enabled: w.boolean("enabled", defaults.enabled)?,
+        require_ui_auth: w.boolean("require_ui_auth", defaults.require_ui_auth)?,
+        token_timeout: duration_ms(map, &[SECTION], "token_timeout")?.unwrap_or(defaults.token_timeout),
+    })
 }
 
 fn parse_password_config(value: Option<&Value>) -> Result<PasswordConfig, ConfigError> {
@@ -1377,5 +1492,59 @@ mod instance_tests {
         // Not a sender, or no live sender: nobody.
         assert_eq!(settings.sender_for("x", &["w9".to_string()]), None);
         assert_eq!(senders(&["master"]).sender_for("x", &all), Some("master"));
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        let text = format!("server_name: test\n{yaml}");
+        Config::parse(&text, Path::new("/srv/myelin"), &NativeModules::default()).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn token_lifetimes_default_and_parse_as_synapse() {
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.sessions, SessionSettings::default());
+        assert_eq!(defaults.sessions.refreshable_access_token_lifetime, Some(300_000));
+        assert_eq!(defaults.login_via_existing, LoginViaExisting::default());
+        let set = parse(
+            "session_lifetime: 1d\nrefreshable_access_token_lifetime: 10m\nrefresh_token_lifetime: 1h\n\
+             nonrefreshable_access_token_lifetime: 30000\nlogin_via_existing_session: {enabled: true, token_timeout: 1m}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            set.sessions,
+            SessionSettings {
+                session_lifetime: Some(86_400_000),
+                refreshable_access_token_lifetime: Some(600_000),
+                refresh_token_lifetime: Some(3_600_000),
+                nonrefreshable_access_token_lifetime: Some(30_000),
+            }
+        );
+        assert_eq!(
+            set.login_via_existing,
+            LoginViaExisting { enabled: true, require_ui_auth: true, token_timeout: 60_000 }
+        );
+        assert_eq!(
+            parse("refreshable_access_token_lifetime: null\n").unwrap().sessions.refreshable_access_token_lifetime,
+            None
+        );
+    }
+
+    #[test]
+    fn lifetimes_beyond_the_session_or_malformed_are_refused() {
+        let error = |yaml: &str| parse(yaml).unwrap_err().to_string();
+        assert!(
+            error("session_lifetime: 1m\nrefreshable_access_token_lifetime: 5m\n")
+                .contains("exceeds `session_lifetime`")
+        );
+        assert!(error("session_lifetime: 1m\nnonrefreshable_access_token_lifetime: 1h\n").contains("exceeds"));
+        // The default refreshable lifetime is not "set": a short session is fine on its own.
+        assert!(parse("session_lifetime: 1m\n").is_ok());
+        assert!(error("refresh_token_lifetime: soon\n").contains("refresh_token_lifetime"));
+        assert!(error("login_via_existing_session: {enabled: maybe}\n").contains("enabled"));
     }
 }

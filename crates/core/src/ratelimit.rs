@@ -382,6 +382,8 @@ pub struct Limiters {
     pub presence_per_user: Limiter,
     /// `rc_room_creation`.
     pub room_creation: Limiter,
+    /// `POST /login/get_token`, per user: once a minute, fixed as on Synapse.
+    pub login_token_request: Limiter,
     /// Per-user overrides read so far (a cache of `ratelimit_override`).
     overrides: Mutex<HashMap<String, Option<Override>>>,
 }
@@ -411,6 +413,7 @@ impl Limiters {
             reports: Limiter::new("rc_reports", settings.reports),
             presence_per_user: Limiter::new("rc_presence.per_user", settings.presence_per_user),
             room_creation: Limiter::new("rc_room_creation", settings.room_creation),
+            login_token_request: Limiter::new("<login token request>", rl(1.0 / 60.0, 1.0)),
             overrides: Mutex::new(HashMap::new()),
         }
     }

@@ -378,8 +378,8 @@ async fn register(
     JsonBody(b): JsonBody<SharedSecretBody>,
 ) -> Result<axum::Json<Value>, MatrixError> {
     let r = hs.register_with_shared_secret(&b.nonce, &b.username, &b.password, b.admin, &b.mac, b.displayname).await?;
-    let (token, device) = r.login.unwrap_or_default();
-    Ok(axum::Json(
-        json!({"user_id": r.user_id, "access_token": token, "device_id": device, "home_server": hs.server_name()}),
-    ))
+    let mut out = r.login.map(|session| session.fields()).unwrap_or_default();
+    out.insert("user_id".into(), json!(r.user_id));
+    out.insert("home_server".into(), json!(hs.server_name()));
+    Ok(axum::Json(Value::Object(out)))
 }

@@ -101,6 +101,69 @@ pub struct DeviceRow {
     pub last_seen_user_agent: Option<String>,
 }
 
+/// An access token to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAccessToken<'a> {
+    /// The token.
+    pub token: &'a str,
+    /// Its user.
+    pub user_id: &'a str,
+    /// Its device.
+    pub device_id: &'a str,
+    /// When it expires (ms since the epoch), if it does.
+    pub valid_until_ms: Option<i64>,
+    /// The refresh token it was issued with, if any.
+    pub refresh_token_id: Option<i64>,
+}
+
+/// The session behind an access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRow {
+    /// Its user.
+    pub user_id: String,
+    /// Its device.
+    pub device_id: String,
+    /// When it expires (ms since the epoch), if it does.
+    pub valid_until_ms: Option<i64>,
+    /// The refresh token it was issued with, if any.
+    pub refresh_token_id: Option<i64>,
+    /// Whether it has been used (see [`UserStore::mark_access_token_used`]).
+    pub used: bool,
+}
+
+/// A refresh token to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRefreshToken<'a> {
+    /// The token.
+    pub token: &'a str,
+    /// Its user.
+    pub user_id: &'a str,
+    /// Its device.
+    pub device_id: &'a str,
+    /// When it stops being usable (ms), if it does.
+    pub expiry_ts: Option<i64>,
+    /// When the whole session ends, however often it is refreshed (ms), if it does.
+    pub ultimate_session_expiry_ts: Option<i64>,
+}
+
+/// A stored refresh token ([`UserStore::get_refresh_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenRow {
+    /// Its ID.
+    pub id: i64,
+    /// Its user.
+    pub user_id: String,
+    /// Its device.
+    pub device_id: String,
+    /// When it stops being usable (ms), if it does.
+    pub expiry_ts: Option<i64>,
+    /// When the whole session ends (ms), if it does.
+    pub ultimate_session_expiry_ts: Option<i64>,
+    /// Its successor has been put to use (its access token used, or it was refreshed in
+    /// turn): this token may not be used again.
+    pub superseded: bool,
+}
+
 /// Accounts, devices, access tokens and profiles.
 pub trait UserStore {
     /// Inserts a user and its profile; [`StorageError::Conflict`] if the ID is taken.
@@ -133,9 +196,27 @@ pub trait UserStore {
     /// Deletes a device and its tokens; false if it did not exist.
     fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool>;
     /// Stores an access token for a device.
-    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()>;
-    /// `(user_id, device_id)` for a token.
-    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>>;
+    fn add_access_token(&self, token: &NewAccessToken<'_>) -> Result<()>;
+    /// The session an access token belongs to.
+    fn get_access_token(&self, token: &str) -> Result<Option<AccessTokenRow>>;
+    /// Records that an access token was used, which retires the refresh token it was
+    /// refreshed from (Synapse's `mark_access_token_as_used`).
+    fn mark_access_token_used(&self, token: &str) -> Result<()>;
+    /// Stores a refresh token; returns its ID.
+    fn add_refresh_token(&self, token: &NewRefreshToken<'_>) -> Result<i64>;
+    /// A refresh token and whether it has been superseded for good.
+    fn get_refresh_token(&self, token: &str) -> Result<Option<RefreshTokenRow>>;
+    /// Refreshes a session, in one transaction: stores `refresh` and `access` (bound to the new
+    /// refresh token whatever `access.refresh_token_id` says), makes the new refresh token
+    /// `old_id`'s successor, and deletes, with their access tokens, `old_id`'s earlier successor
+    /// (a refresh that was retried) and its predecessors: a session keeps its last two refresh
+    /// tokens, so a client whose refresh was interrupted can repeat it.
+    fn rotate_refresh_token(
+        &self,
+        old_id: i64,
+        refresh: &NewRefreshToken<'_>,
+        access: &NewAccessToken<'_>,
+    ) -> Result<()>;
     /// Records use of a device (IP, user agent and time).
     fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, user_agent: &str, ts: i64) -> Result<()>;
     /// Deletes one token.

@@ -214,6 +214,9 @@ contract! {
     profiles_fields,
     devices_upsert_rename_touch,
     access_tokens_lookup_and_delete,
+    access_tokens_expiry_and_use,
+    refresh_tokens_rotate_keeping_the_last_two,
+    refresh_tokens_go_with_their_device,
     delete_device_removes_its_tokens,
     delete_device_drops_its_keys_and_messages,
     delete_all_devices_keeps_one,
@@ -328,7 +331,17 @@ fn add_user(s: &dyn Storage, user_id: &str, displayname: Option<&str>) {
 
 fn add_device(s: &dyn Storage, user_id: &str, device_id: &str, token: &str) {
     s.upsert_device(user_id, device_id, None).expect("upsert_device");
-    s.add_access_token(token, user_id, device_id).expect("add_access_token");
+    s.add_access_token(&access_token(token, user_id, device_id)).expect("add_access_token");
+}
+
+/// A token that never expires, without a refresh token.
+fn access_token<'a>(token: &'a str, user_id: &'a str, device_id: &'a str) -> NewAccessToken<'a> {
+    NewAccessToken { token, user_id, device_id, valid_until_ms: None, refresh_token_id: None }
+}
+
+/// `(user_id, device_id)` of a token's session.
+fn session(s: &dyn Storage, token: &str) -> Option<(String, String)> {
+    s.get_access_token(token).unwrap().map(|t| (t.user_id, t.device_id))
 }
 
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -705,12 +718,91 @@ fn devices_upsert_rename_touch(s: &dyn Storage) {
 fn access_tokens_lookup_and_delete(s: &dyn Storage) {
     add_user(s, ALICE, None);
     add_device(s, ALICE, "D1", "tok1");
-    s.add_access_token("tok2", ALICE, "D1").unwrap();
-    assert_eq!(s.get_access_token("tok1").unwrap(), Some((ALICE.into(), "D1".into())));
+    s.add_access_token(&access_token("tok2", ALICE, "D1")).unwrap();
+    assert_eq!(session(s, "tok1"), Some((ALICE.into(), "D1".into())));
     s.delete_access_token("tok1").unwrap();
-    assert_eq!(s.get_access_token("tok1").unwrap(), None);
-    assert_eq!(s.get_access_token("tok2").unwrap(), Some((ALICE.into(), "D1".into())));
-    assert_eq!(s.get_access_token("nope").unwrap(), None);
+    assert_eq!(session(s, "tok1"), None);
+    assert_eq!(session(s, "tok2"), Some((ALICE.into(), "D1".into())));
+    assert_eq!(session(s, "nope"), None);
+}
+
+fn access_tokens_expiry_and_use(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    s.upsert_device(ALICE, "D1", None).unwrap();
+    let expiring = NewAccessToken { valid_until_ms: Some(TS + 300_000), ..access_token("t1", ALICE, "D1") };
+    s.add_access_token(&expiring).unwrap();
+    let row = s.get_access_token("t1").unwrap().unwrap();
+    assert_eq!((row.valid_until_ms, row.refresh_token_id, row.used), (Some(TS + 300_000), None, false));
+    s.mark_access_token_used("t1").unwrap();
+    assert!(s.get_access_token("t1").unwrap().unwrap().used, "used, through any cache");
+    s.mark_access_token_used("unknown").unwrap();
+}
+
+fn refresh_token(token: &str) -> NewRefreshToken<'_> {
+    NewRefreshToken { token, user_id: ALICE, device_id: "D1", expiry_ts: None, ultimate_session_expiry_ts: None }
+}
+
+fn refresh_tokens_rotate_keeping_the_last_two(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    s.upsert_device(ALICE, "D1", None).unwrap();
+    let first =
+        NewRefreshToken { expiry_ts: Some(TS + 10), ultimate_session_expiry_ts: Some(TS + 99), ..refresh_token("r1") };
+    let r1 = s.add_refresh_token(&first).unwrap();
+    s.add_access_token(&NewAccessToken { refresh_token_id: Some(r1), ..access_token("a1", ALICE, "D1") }).unwrap();
+    let row = s.get_refresh_token("r1").unwrap().unwrap();
+    assert_eq!(
+        row,
+        RefreshTokenRow {
+            id: r1,
+            user_id: ALICE.into(),
+            device_id: "D1".into(),
+            expiry_ts: Some(TS + 10),
+            ultimate_session_expiry_ts: Some(TS + 99),
+            superseded: false
+        }
+    );
+    assert_eq!(s.get_refresh_token("nope").unwrap(), None);
+
+    // Refreshed: r1 stays usable until its successor is put to use.
+    s.rotate_refresh_token(r1, &refresh_token("r2"), &access_token("a2", ALICE, "D1")).unwrap();
+    let r2 = s.get_refresh_token("r2").unwrap().unwrap();
+    assert_eq!(s.get_access_token("a2").unwrap().unwrap().refresh_token_id, Some(r2.id));
+    assert!(!s.get_refresh_token("r1").unwrap().unwrap().superseded);
+    // A retried refresh replaces the first attempt's tokens.
+    s.rotate_refresh_token(r1, &refresh_token("r2b"), &access_token("a2b", ALICE, "D1")).unwrap();
+    assert_eq!(s.get_refresh_token("r2").unwrap(), None, "the first attempt's refresh token is gone");
+    assert_eq!(session(s, "a2"), None, "and its access token");
+    assert_eq!(session(s, "a1"), Some((ALICE.into(), "D1".into())), "the old access token lives until it expires");
+    s.mark_access_token_used("a2b").unwrap();
+    assert!(s.get_refresh_token("r1").unwrap().unwrap().superseded, "its successor's token was used");
+
+    // Refreshing again drops r1 and its access token: a session keeps its last two.
+    let r2b = s.get_refresh_token("r2b").unwrap().unwrap().id;
+    s.rotate_refresh_token(r2b, &refresh_token("r3"), &access_token("a3", ALICE, "D1")).unwrap();
+    assert_eq!(s.get_refresh_token("r1").unwrap(), None);
+    assert_eq!(session(s, "a1"), None);
+    assert!(s.get_refresh_token("r2b").unwrap().is_some());
+    assert_eq!(session(s, "a2b"), Some((ALICE.into(), "D1".into())));
+    // r2b's successor r3 has not been used, nor refreshed.
+    assert!(!s.get_refresh_token("r2b").unwrap().unwrap().superseded);
+    let r3 = s.get_refresh_token("r3").unwrap().unwrap().id;
+    s.rotate_refresh_token(r3, &refresh_token("r4"), &access_token("a4", ALICE, "D1")).unwrap();
+    assert!(s.get_refresh_token("r2b").unwrap().is_none(), "r3's predecessor went when r3 was refreshed");
+    assert!(s.get_refresh_token("r3").unwrap().is_some());
+}
+
+fn refresh_tokens_go_with_their_device(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    s.upsert_device(ALICE, "D1", None).unwrap();
+    s.upsert_device(ALICE, "D2", None).unwrap();
+    let r1 = s.add_refresh_token(&refresh_token("r1")).unwrap();
+    s.add_access_token(&NewAccessToken { refresh_token_id: Some(r1), ..access_token("a1", ALICE, "D1") }).unwrap();
+    s.add_refresh_token(&NewRefreshToken { device_id: "D2", ..refresh_token("r2") }).unwrap();
+    assert!(s.delete_device(ALICE, "D1").unwrap());
+    assert_eq!(s.get_refresh_token("r1").unwrap(), None);
+    assert!(s.get_refresh_token("r2").unwrap().is_some());
+    s.delete_all_devices(ALICE, None).unwrap();
+    assert_eq!(s.get_refresh_token("r2").unwrap(), None);
 }
 
 fn delete_device_removes_its_tokens(s: &dyn Storage) {
@@ -719,8 +811,8 @@ fn delete_device_removes_its_tokens(s: &dyn Storage) {
     add_device(s, ALICE, "D2", "t2");
     assert!(s.get_access_token("t1").unwrap().is_some());
     assert!(s.delete_device(ALICE, "D1").unwrap());
-    assert_eq!(s.get_access_token("t1").unwrap(), None, "a deleted device's token is gone");
-    assert_eq!(s.get_access_token("t2").unwrap(), Some((ALICE.into(), "D2".into())));
+    assert_eq!(session(s, "t1"), None, "a deleted device's token is gone");
+    assert_eq!(session(s, "t2"), Some((ALICE.into(), "D2".into())));
     assert_eq!(devices(s, ALICE), vec![device("D2", None)]);
     assert!(!s.delete_device(ALICE, "D1").unwrap(), "already deleted");
 }
@@ -758,14 +850,14 @@ fn delete_all_devices_keeps_one(s: &dyn Storage) {
     add_device(s, BOB, "B1", "tb");
     s.delete_all_devices(ALICE, Some("D2")).unwrap();
     assert_eq!(devices(s, ALICE), vec![device("D2", None)]);
-    assert_eq!(s.get_access_token("t1").unwrap(), None);
-    assert_eq!(s.get_access_token("t3").unwrap(), None);
-    assert_eq!(s.get_access_token("t2").unwrap(), Some((ALICE.into(), "D2".into())));
+    assert_eq!(session(s, "t1"), None);
+    assert_eq!(session(s, "t3"), None);
+    assert_eq!(session(s, "t2"), Some((ALICE.into(), "D2".into())));
     assert_eq!(s.device_keys(ALICE).unwrap().into_iter().map(|k| k.0).collect::<Vec<_>>(), vec!["D2"]);
     s.delete_all_devices(ALICE, None).unwrap();
     assert_eq!(devices(s, ALICE), vec![]);
-    assert_eq!(s.get_access_token("t2").unwrap(), None);
-    assert_eq!(s.get_access_token("tb").unwrap(), Some((BOB.into(), "B1".into())), "other users keep theirs");
+    assert_eq!(session(s, "t2"), None);
+    assert_eq!(session(s, "tb"), Some((BOB.into(), "B1".into())), "other users keep theirs");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -461,7 +461,17 @@ impl Homeserver {
         self.modules.on_user_registration(&user_id).await;
         let login = match request.inhibit_login {
             true => None,
-            false => Some(self.new_session(&user, request.device_id, request.initial_device_display_name).await?),
+            false => Some(
+                self.new_session(
+                    &user,
+                    crate::users::NewDevice {
+                        life: self.token_life(request.refresh_token.as_ref())?,
+                        device_id: request.device_id,
+                        display_name: request.initial_device_display_name,
+                    },
+                )
+                .await?,
+            ),
         };
         Ok(crate::users::RegisterResponse { user_id: user, login })
     }
@@ -500,9 +510,13 @@ impl Homeserver {
             None => return Err(Error::forbidden("Invalid username or password")),
         }
         let user = OwnedUserId::try_from(user_id).map_err(Error::internal)?;
-        let (access_token, device_id) =
-            self.new_session(&user, request.device_id, request.initial_device_display_name).await?;
-        Ok(crate::users::LoginResponse { user_id: user, access_token, device_id })
+        let device = crate::users::NewDevice {
+            life: self.token_life(request.extra.get("refresh_token"))?,
+            device_id: request.device_id,
+            display_name: request.initial_device_display_name,
+        };
+        let session = self.new_session(&user, device).await?;
+        Ok(crate::users::LoginResponse { user_id: user, session })
     }
 }
 

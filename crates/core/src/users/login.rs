@@ -10,6 +10,9 @@ impl Homeserver {
     /// `rc_login.failed_attempts` per account (checked first, counted on each failure) and
     /// `rc_login.account` per account once the login succeeds.
     pub async fn login(&self, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
+        if request.kind == "m.login.token" {
+            return self.token_login(request, info).await;
+        }
         let module_type = self.modules.handles_login_type(&request.kind);
         let password_login = request.kind == "m.login.password" && self.config.password.enabled;
         if !password_login && !module_type {
@@ -92,9 +95,27 @@ impl Homeserver {
             }
         }
         let Some(row) = found else { return Err(invalid()) };
+        self.complete_login(row, request, info).await
+    }
+
+    /// `POST /login` with `m.login.token`: a token from `POST /login/get_token`, spent once.
+    async fn token_login(&self, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
+        self.limiters.login_address.check(&info.ip)?;
+        let Some(token) = request.extra.get("token").and_then(Value::as_str) else {
+            return Err(Error::new(ErrorKind::BadRequest, "Missing JSON keys."));
+        };
+        let user = self.consume_login_token(token).await?;
+        let row = self.db(move |s| s.get_user(&user)).await?.ok_or_else(|| Error::forbidden("Invalid login token"))?;
+        self.complete_login(row, request, info).await
+    }
+
+    /// The end of every login once the account is known: refused when deactivated, then the
+    /// spam check, the account's rate limit, the new session and `on_user_login`.
+    async fn complete_login(&self, row: UserRow, request: LoginRequest, info: &RequestInfo) -> Result<LoginResponse> {
         if row.deactivated {
             return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"));
         }
+        let life = self.token_life(request.extra.get("refresh_token"))?;
         self.modules
             .check_login_for_spam(
                 &row.user_id,
@@ -106,10 +127,11 @@ impl Homeserver {
             .await?;
         self.limiters.login_account.check(&row.user_id.to_lowercase())?;
         let user_id = OwnedUserId::try_from(row.user_id).map_err(Error::internal)?;
-        let (access_token, device_id) =
-            self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?;
+        let device =
+            NewDevice { device_id: request.device_id, display_name: request.initial_device_display_name, life };
+        let session = self.new_session(&user_id, device).await?;
         self.modules.on_user_login(user_id.as_str(), Some(&request.kind), None).await?;
-        Ok(LoginResponse { user_id, access_token, device_id })
+        Ok(LoginResponse { user_id, session })
     }
 
     /// `POST /logout`; password providers' `on_logged_out` runs afterwards.
@@ -131,24 +153,29 @@ impl Homeserver {
     pub(crate) async fn module_invalidate_access_token(&self, token: &str) -> Result<()> {
         let t = token.to_owned();
         match self.db(move |s| s.get_access_token(&t)).await? {
-            Some((user, device)) => self.end_session(&user, &device, token).await,
+            Some(session) => self.end_session(&session.user_id, &session.device_id, token).await,
             None => Ok(()),
         }
     }
 
     /// `GET /login`: password login plus the types modules handle.
-    pub fn login_flows(&self) -> Vec<String> {
-        let mut flows = Vec::new();
+    pub fn login_flows(&self) -> Vec<Value> {
+        let mut types = Vec::new();
         if self.config.password.enabled {
-            flows.push("m.login.password".to_owned());
+            types.push("m.login.password".to_owned());
         }
         for t in self.modules.module_login_types() {
-            if !flows.contains(&t) {
-                flows.push(t);
+            if !types.contains(&t) {
+                types.push(t);
             }
         }
         // Always offered, as on Synapse (only appservice tokens pass it).
-        flows.push("m.login.application_service".to_owned());
+        types.push("m.login.application_service".to_owned());
+        let mut flows: Vec<Value> = types.into_iter().map(|t| json!({"type": t})).collect();
+        // Login tokens come from an existing session only, so the flow is offered when that is on.
+        if self.config.login_via_existing.enabled {
+            flows.insert(0, json!({"type": "m.login.token", "get_login_token": true}));
+        }
         flows
     }
 

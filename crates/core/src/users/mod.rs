@@ -9,6 +9,10 @@ mod devices;
 mod login;
 mod profile;
 mod register;
+mod sessions;
+
+pub use sessions::Session;
+pub(crate) use sessions::{NewDevice, TokenLife};
 
 use std::time::Duration;
 
@@ -85,6 +89,8 @@ pub struct RegisterRequest {
     pub auth: Option<Value>,
     /// A guest's access token: the guest registers a full account under its own user ID.
     pub guest_access_token: Option<String>,
+    /// `refresh_token`: `true` asks for a refresh token.
+    pub refresh_token: Option<Value>,
 }
 
 impl RegisterRequest {
@@ -105,8 +111,8 @@ impl RegisterRequest {
 pub struct RegisterResponse {
     /// The new user.
     pub user_id: OwnedUserId,
-    /// Token and device, unless `inhibit_login`.
-    pub login: Option<(String, String)>,
+    /// The new session, unless `inhibit_login`.
+    pub login: Option<Session>,
 }
 
 /// `POST /login`'s body.
@@ -136,10 +142,8 @@ pub struct LoginRequest {
 pub struct LoginResponse {
     /// The user.
     pub user_id: OwnedUserId,
-    /// The token.
-    pub access_token: String,
-    /// The device.
-    pub device_id: String,
+    /// The new session.
+    pub session: Session,
 }
 
 /// Synapse's shadow-ban delay before a fake success: 1 to 10 seconds.
@@ -278,14 +282,25 @@ impl Homeserver {
         let t = token.to_owned();
         let found = self
             .db(move |s| {
-                let Some((user_id, device_id)) = s.get_access_token(&t)? else { return Ok(None) };
-                Ok(s.get_user(&user_id)?.map(|u| (u, device_id)))
+                let Some(session) = s.get_access_token(&t)? else { return Ok(None) };
+                Ok(s.get_user(&session.user_id)?.map(|u| (u, session)))
             })
             .await?;
-        let Some((user, device_id)) = found else {
-            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token")
-                .with_fields([("soft_logout".to_owned(), json!(false))].into_iter().collect()));
+        let soft_logout = |soft: bool| [("soft_logout".to_owned(), json!(soft))].into_iter().collect();
+        let Some((user, session)) = found else {
+            return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token").with_fields(soft_logout(false)));
         };
+        // An expired token is a soft logout: the client may refresh or log in again and keep
+        // its data (Synapse).
+        if !allow_expired && session.valid_until_ms.is_some_and(|until| until < now_ms()) {
+            return Err(Error::new(ErrorKind::UnknownToken, "Access token has expired").with_fields(soft_logout(true)));
+        }
+        // The first use of a refreshed token retires the refresh token it came from.
+        if session.refresh_token_id.is_some() && !session.used {
+            let t = token.to_owned();
+            self.db(move |s| s.mark_access_token_used(&t)).await?;
+        }
+        let device_id = session.device_id;
         if user.deactivated {
             return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token"));
         }
@@ -465,28 +480,5 @@ impl Homeserver {
     /// 403 unless the requester is a server admin.
     pub(crate) fn require_admin(&self, requester: &Requester) -> Result<()> {
         if requester.is_admin { Ok(()) } else { Err(Error::forbidden("You are not a server admin")) }
-    }
-
-    pub(crate) async fn new_session(
-        &self,
-        user_id: &UserId,
-        device_id: Option<String>,
-        name: Option<String>,
-    ) -> Result<(String, String)> {
-        let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(|| random_string(10).to_uppercase());
-        let token = format!("myl_{}", random_string(40));
-        let (u, d, t) = (user_id.to_string(), device_id.clone(), token.clone());
-        let is_new = self
-            .db(move |s| {
-                let is_new = !s.get_devices(&u)?.iter().any(|x| x.device_id == d);
-                s.upsert_device(&u, &d, name.as_deref())?;
-                s.add_access_token(&t, &u, &d)?;
-                Ok(is_new)
-            })
-            .await?;
-        if is_new {
-            self.device_list_changed(user_id.as_str(), &device_id).await;
-        }
-        Ok((token, device_id))
     }
 }

@@ -109,9 +109,7 @@ impl Homeserver {
         if let Some(user_id) = &record.registered_user_id {
             let user_id = OwnedUserId::try_from(user_id.as_str()).map_err(Error::internal)?;
             let login = match request.inhibit_login {
-                false => {
-                    Some(self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?)
-                }
+                false => Some(self.new_session(&user_id, self.registration_device(&request)?).await?),
                 true => None,
             };
             return Ok(RegisterResponse { user_id, login });
@@ -165,7 +163,7 @@ impl Homeserver {
                 password_hash,
                 false,
                 info,
-                (!request.inhibit_login).then_some((request.device_id, request.initial_device_display_name)),
+                (!request.inhibit_login).then(|| self.registration_device(&request)).transpose()?,
             )
             .await?;
         finish(&registered.user_id).await?;
@@ -179,10 +177,19 @@ impl Homeserver {
         Ok(registered)
     }
 
+    /// The device a registration logs in on, with the token life its `refresh_token` asks for.
+    fn registration_device(&self, request: &RegisterRequest) -> Result<NewDevice> {
+        Ok(NewDevice {
+            device_id: request.device_id.clone(),
+            display_name: request.initial_device_display_name.clone(),
+            life: self.token_life(request.refresh_token.as_ref())?,
+        })
+    }
+
     /// A guest becomes a full account under the same ID (Synapse's `was_guest`): its password
     /// set, the guest flag cleared, and a new session unless `inhibit_login`.
     async fn upgrade_guest(&self, user_id: OwnedUserId, request: RegisterRequest) -> Result<RegisterResponse> {
-        let password_hash = match request.password {
+        let password_hash = match request.password.clone() {
             Some(p) => Some(hash_password(p).await?),
             None => None,
         };
@@ -194,7 +201,7 @@ impl Homeserver {
         .await?;
         tracing::info!(user = %user_id, "guest upgraded to a full account");
         let login = match request.inhibit_login {
-            false => Some(self.new_session(&user_id, request.device_id, request.initial_device_display_name).await?),
+            false => Some(self.new_session(&user_id, self.registration_device(&request)?).await?),
             true => None,
         };
         Ok(RegisterResponse { user_id, login })
@@ -386,18 +393,20 @@ impl Homeserver {
             creation_ts: now_ms(),
         };
         self.db(move |s| s.create_user(&row, None)).await?;
-        let login = Some(self.new_session(&user_id, None, None).await?);
+        // Guests' tokens never expire, as on Synapse.
+        let login =
+            Some(self.new_session(&user_id, NewDevice { life: TokenLife::Unlimited, ..NewDevice::default() }).await?);
         Ok(RegisterResponse { user_id, login })
     }
 
     /// Creates an account (client registration, shared-secret and command-line paths).
-    pub async fn create_account(
+    pub(crate) async fn create_account(
         &self,
         localpart: Option<String>,
         password: Option<String>,
         admin: bool,
         info: &RequestInfo,
-        login: Option<(Option<String>, Option<String>)>,
+        login: Option<NewDevice>,
     ) -> Result<RegisterResponse> {
         let password_hash = match password {
             Some(p) => Some(hash_password(p).await?),
@@ -413,7 +422,7 @@ impl Homeserver {
         password_hash: Option<String>,
         admin: bool,
         info: &RequestInfo,
-        login: Option<(Option<String>, Option<String>)>,
+        login: Option<NewDevice>,
     ) -> Result<RegisterResponse> {
         let behaviour = self
             .modules
@@ -462,7 +471,7 @@ impl Homeserver {
         }
         self.modules.on_user_registration(user_id.as_str()).await;
         let login = match login {
-            Some((device_id, name)) => Some(self.new_session(&user_id, device_id, name).await?),
+            Some(device) => Some(self.new_session(&user_id, device).await?),
             None => None,
         };
         Ok(RegisterResponse { user_id, login })
@@ -512,8 +521,9 @@ impl Homeserver {
         let localpart = username.to_lowercase();
         self.username_available(&localpart).await?;
         let info = RequestInfo::default();
-        let r =
-            self.create_account(Some(localpart), Some(password.to_owned()), admin, &info, Some((None, None))).await?;
+        let r = self
+            .create_account(Some(localpart), Some(password.to_owned()), admin, &info, Some(NewDevice::default()))
+            .await?;
         if let Some(d) = displayname {
             let u = r.user_id.to_string();
             self.db(move |s| s.set_profile_field(&u, ProfileField::DisplayName, Some(&d))).await?;
@@ -553,7 +563,8 @@ impl Homeserver {
         device_id: Option<String>,
         display_name: Option<String>,
     ) -> Result<(String, String)> {
-        self.new_session(user_id, device_id, display_name).await
+        let session = self.new_session(user_id, NewDevice { device_id, display_name, ..NewDevice::default() }).await?;
+        Ok((session.access_token, session.device_id))
     }
 
     /// Marks a user as admin (or not).

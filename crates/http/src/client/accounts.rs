@@ -5,6 +5,7 @@ use super::*;
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/login", get(login_flows).post(login))
+        .route("/refresh", post(refresh))
         .route("/logout", post(logout))
         .route("/logout/all", post(logout_all))
         .route("/register", post(register))
@@ -25,8 +26,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 pub(super) async fn login_flows(State(hs): State<AppState>) -> Json {
-    let flows: Vec<Value> = hs.login_flows().into_iter().map(|t| json!({"type": t})).collect();
-    axum::Json(json!({"flows": flows}))
+    axum::Json(json!({"flows": hs.login_flows()}))
 }
 
 pub(super) async fn login(
@@ -40,10 +40,32 @@ pub(super) async fn login(
     } else {
         hs.login(body, &info).await?
     };
-    Ok(axum::Json(json!({
-        "user_id": r.user_id, "access_token": r.access_token, "device_id": r.device_id,
-        "home_server": hs.server_name(),
-    })))
+    let mut out = r.session.fields();
+    out.insert("user_id".into(), json!(r.user_id));
+    out.insert("home_server".into(), json!(hs.server_name()));
+    Ok(axum::Json(Value::Object(out)))
+}
+
+/// `POST /refresh`: no access token (the old one may have expired), only the refresh token.
+pub(super) async fn refresh(State(hs): State<AppState>, JsonBody(body): JsonBody<Value>) -> Answer {
+    Ok(axum::Json(hs.refresh_session(&body).await?))
+}
+
+/// `POST /_matrix/client/v1/login/get_token` (MSC3882).
+pub(super) async fn login_get_token(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> Answer {
+    Ok(axum::Json(hs.request_login_token(&me, body.get("auth")).await?))
+}
+
+/// A registration's answer: the user, and the session unless `inhibit_login`.
+fn registered(hs: &AppState, r: myelin_core::RegisterResponse) -> Json {
+    let mut out = r.login.map(|session| session.fields()).unwrap_or_default();
+    out.insert("user_id".into(), json!(r.user_id));
+    out.insert("home_server".into(), json!(hs.server_name()));
+    axum::Json(Value::Object(out))
 }
 
 pub(super) async fn logout(State(hs): State<AppState>, AuthAllowExpired(me): AuthAllowExpired) -> Answer {
@@ -71,12 +93,7 @@ pub(super) async fn register(
     let token = access_token(&parts)?;
     if body.kind.as_deref() == Some("m.login.application_service") {
         let r = hs.register_appservice_user(token.as_deref(), &info, body).await?;
-        let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
-        if let Some((token, device)) = r.login {
-            out["access_token"] = json!(token);
-            out["device_id"] = json!(device);
-        }
-        return Ok(axum::Json(out));
+        return Ok(registered(&hs, r));
     }
     if token.is_some() {
         return Err(MatrixError::new(
@@ -89,12 +106,7 @@ pub(super) async fn register(
         None | Some("user") => hs.register(body, &info).await?,
         Some(_) => return Err(MatrixError::new(ErrorKind::InvalidParam, "kind must be 'user' or 'guest'")),
     };
-    let mut out = json!({"user_id": r.user_id, "home_server": hs.server_name()});
-    if let Some((token, device)) = r.login {
-        out["access_token"] = json!(token);
-        out["device_id"] = json!(device);
-    }
-    Ok(axum::Json(out))
+    Ok(registered(&hs, r))
 }
 
 #[derive(Deserialize)]

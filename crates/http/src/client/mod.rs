@@ -51,6 +51,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(accounts::token_validity))
         .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
+        .route("/_matrix/client/v1/login/get_token", post(accounts::login_get_token))
+        .route("/_matrix/client/unstable/org.matrix.msc3882/login/token", post(accounts::login_get_token))
         .nest("/_matrix/client/v1", rooms::v1_routes())
         .merge(rooms::unstable_hierarchy_routes())
         // Synapse serves its client API under `unstable` too; older clients and sytest use it.
@@ -83,6 +85,7 @@ async fn capabilities(State(hs): State<AppState>, Auth(_me): Auth) -> Json {
         "m.set_displayname": {"enabled": true},
         "m.set_avatar_url": {"enabled": true},
         "m.3pid_changes": {"enabled": false},
+        "m.get_login_token": {"enabled": hs.config.login_via_existing.enabled},
     }}))
 }
 

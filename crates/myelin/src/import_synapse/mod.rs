@@ -15,12 +15,12 @@
 //! Progress is kept in Myelin's database (`claim_target`, `phase`), so an interrupted import is
 //! carried on with `--resume`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use myelin_core::Homeserver;
 use myelin_core::config::{Config, Database};
-use myelin_storage::{MediaRow, ReceiptRow, RegistrationToken, Storage, UserRow};
+use myelin_storage::{MediaRow, NewAccessToken, NewRefreshToken, ReceiptRow, RegistrationToken, Storage, UserRow};
 use serde_json::{Map, Value, json};
 
 mod rooms;
@@ -350,21 +350,68 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     }
     summary.count("devices", devices.len());
 
-    // Tokens of a device that do not expire. One that expires belongs to a refresh-token
-    // session, which Myelin cannot refresh yet; puppeting tokens have no equivalent.
+    // Refresh-token sessions: the latest refresh token of each (the one the client holds
+    // once its last refresh went through), keyed by Synapse's ID for the access tokens below.
+    let mut refresh_ids: HashMap<i64, i64> = HashMap::new();
+    let rows = db.rows(
+        "SELECT r.id, r.token, r.user_id, r.device_id, r.expiry_ts, r.ultimate_session_expiry_ts
+         FROM refresh_tokens r JOIN devices d ON d.user_id = r.user_id AND d.device_id = r.device_id
+         WHERE r.next_token_id IS NULL AND NOT d.hidden",
+        &[],
+    )?;
+    for r in &rows {
+        let (token, user, device) = (r.text(1), r.text(2), r.text(3));
+        let row = store.get_refresh_token(&token).map_err(store_err)?;
+        let id = match row {
+            Some(existing) => existing.id,
+            None => store
+                .add_refresh_token(&NewRefreshToken {
+                    token: &token,
+                    user_id: &user,
+                    device_id: &device,
+                    expiry_ts: r.opt_int(4),
+                    ultimate_session_expiry_ts: r.opt_int(5),
+                })
+                .map_err(store_err)?,
+        };
+        refresh_ids.insert(r.int(0), id);
+    }
+    summary.count("refresh tokens", rows.len());
+    summary.skip(
+        "refresh tokens",
+        db.count("refresh_tokens").saturating_sub(rows.len()),
+        "already replaced by a later refresh, or of a removed device",
+    );
+
+    // Access tokens of a device, with their expiry and refresh token. Puppeting tokens have
+    // no equivalent, and a token of a replaced refresh token is left behind with it.
     let (mut n, mut skipped) = (0, 0);
     let rows = db.rows(
         "SELECT t.token, t.user_id, t.device_id, t.valid_until_ms, t.puppets_user_id,
-                EXISTS (SELECT 1 FROM devices d WHERE d.user_id = t.user_id AND d.device_id = t.device_id AND NOT d.hidden)
+                EXISTS (SELECT 1 FROM devices d WHERE d.user_id = t.user_id AND d.device_id = t.device_id AND NOT d.hidden),
+                t.refresh_token_id, t.used
          FROM access_tokens t",
         &[],
     )?;
     for r in rows {
-        match r.opt_text(2) {
-            Some(device) if r.opt_text(4).is_none() && r.opt_int(3).is_none() && r.flag(5) => {
+        let refresh = r.opt_int(6).map(|id| refresh_ids.get(&id).copied());
+        match (r.opt_text(2), refresh) {
+            (Some(device), None | Some(Some(_))) if r.opt_text(4).is_none() && r.flag(5) => {
                 let token = r.text(0);
                 if store.get_access_token(&token).map_err(store_err)?.is_none() {
-                    store.add_access_token(&token, &r.text(1), &device).map_err(store_err)?;
+                    let user = r.text(1);
+                    store
+                        .add_access_token(&NewAccessToken {
+                            token: &token,
+                            user_id: &user,
+                            device_id: &device,
+                            valid_until_ms: r.opt_int(3),
+                            refresh_token_id: refresh.flatten(),
+                        })
+                        .map_err(store_err)?;
+                    if r.flag(7) {
+                        store.mark_access_token_used(&token).map_err(store_err)?;
+                    }
                 }
                 n += 1;
             }
@@ -375,19 +422,13 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     summary.skip(
         "access tokens",
         skipped,
-        "without a device, expiring (a refresh-token session), or an admin's puppeting token: those users log in \
-         again",
+        "without a device, of a replaced refresh token, or an admin's puppeting token: those users log in again",
     );
     let erased = db.rows("SELECT user_id FROM erased_users", &[])?;
     for r in &erased {
         store.mark_user_erased(&r.text(0)).map_err(store_err)?;
     }
     summary.count("erased users (their messages stay hidden from new readers)", erased.len());
-    summary.skip(
-        "refresh tokens",
-        db.count("refresh_tokens"),
-        "Myelin does not issue refresh tokens yet: those sessions log in again",
-    );
     Ok(())
 }
 

@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_user_signatures.sql"),
     include_str!("migrations/0009_erased_users.sql"),
     include_str!("migrations/0010_filters_per_user.sql"),
+    include_str!("migrations/0011_refresh_tokens.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

@@ -180,27 +180,84 @@ impl UserStore for PostgresStore {
         self.write(|tx| {
             // Tokens first: they reference the device.
             tx.exec("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2", &[&user_id, &device_id])?;
+            tx.exec("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2", &[&user_id, &device_id])?;
             let n = tx.exec("DELETE FROM devices WHERE user_id = $1 AND device_id = $2", &[&user_id, &device_id])?;
             delete_device_crypto(tx, user_id, Some(device_id), None)?;
             Ok(n > 0)
         })
     }
 
-    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()> {
+    fn add_access_token(&self, t: &NewAccessToken<'_>) -> Result<()> {
+        self.write(|tx| insert_access_token(tx, t))
+    }
+
+    fn get_access_token(&self, token: &str) -> Result<Option<AccessTokenRow>> {
+        self.read(|db| {
+            Ok(db
+                .opt(
+                    "SELECT user_id, device_id, valid_until_ms, refresh_token_id, used FROM access_tokens
+                     WHERE token = $1",
+                    &[&token],
+                )?
+                .map(|r| AccessTokenRow {
+                    user_id: r.get(0),
+                    device_id: r.get(1),
+                    valid_until_ms: r.get(2),
+                    refresh_token_id: r.get(3),
+                    used: r.get(4),
+                }))
+        })
+    }
+
+    fn mark_access_token_used(&self, token: &str) -> Result<()> {
         self.write(|tx| {
-            tx.exec(
-                "INSERT INTO access_tokens (token, user_id, device_id) VALUES ($1, $2, $3)",
-                &[&token, &user_id, &device_id],
-            )?;
+            tx.exec("UPDATE access_tokens SET used = TRUE WHERE token = $1", &[&token])?;
             Ok(())
         })
     }
 
-    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
+    fn add_refresh_token(&self, t: &NewRefreshToken<'_>) -> Result<i64> {
+        self.write(|tx| insert_refresh_token(tx, t))
+    }
+
+    fn get_refresh_token(&self, token: &str) -> Result<Option<RefreshTokenRow>> {
         self.read(|db| {
             Ok(db
-                .opt("SELECT user_id, device_id FROM access_tokens WHERE token = $1", &[&token])?
-                .map(|r| (r.get(0), r.get(1))))
+                .opt(
+                    "SELECT rt.id, rt.user_id, rt.device_id, rt.expiry_ts, rt.ultimate_session_expiry_ts,
+                            nrt.next_token_id IS NOT NULL
+                              OR EXISTS (SELECT 1 FROM access_tokens a WHERE a.refresh_token_id = nrt.id AND a.used)
+                     FROM refresh_tokens rt LEFT JOIN refresh_tokens nrt ON nrt.id = rt.next_token_id
+                     WHERE rt.token = $1",
+                    &[&token],
+                )?
+                .map(|r| RefreshTokenRow {
+                    id: r.get(0),
+                    user_id: r.get(1),
+                    device_id: r.get(2),
+                    expiry_ts: r.get(3),
+                    ultimate_session_expiry_ts: r.get(4),
+                    superseded: r.get::<_, Option<bool>>(5).unwrap_or(false),
+                }))
+        })
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        old_id: i64,
+        refresh: &NewRefreshToken<'_>,
+        access: &NewAccessToken<'_>,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let new_id = insert_refresh_token(tx, refresh)?;
+            insert_access_token(tx, &NewAccessToken { refresh_token_id: Some(new_id), ..*access })?;
+            // The earlier successor (a refresh that was retried) and the predecessors go.
+            let doomed = "SELECT next_token_id FROM refresh_tokens WHERE id = $1 AND next_token_id IS NOT NULL
+                          UNION SELECT id FROM refresh_tokens WHERE next_token_id = $1";
+            tx.exec(&format!("DELETE FROM access_tokens WHERE refresh_token_id IN ({doomed})"), &[&old_id])?;
+            tx.exec(&format!("DELETE FROM refresh_tokens WHERE id IN ({doomed})"), &[&old_id])?;
+            tx.exec("UPDATE refresh_tokens SET next_token_id = $2 WHERE id = $1", &[&old_id, &new_id])?;
+            Ok(())
         })
     }
 
@@ -227,6 +284,7 @@ impl UserStore for PostgresStore {
         let keep = keep.unwrap_or("");
         self.write(|tx| {
             tx.exec("DELETE FROM access_tokens WHERE user_id = $1 AND device_id != $2", &[&user_id, &keep])?;
+            tx.exec("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id != $2", &[&user_id, &keep])?;
             tx.exec("DELETE FROM devices WHERE user_id = $1 AND device_id != $2", &[&user_id, &keep])?;
             delete_device_crypto(tx, user_id, None, Some(keep))
         })
@@ -268,4 +326,23 @@ impl UserStore for PostgresStore {
     fn count_users(&self) -> Result<i64> {
         self.read(|db| Ok(db.one("SELECT count(*) FROM users", &[])?.get(0)))
     }
+}
+
+fn insert_access_token(tx: &mut WriteTx<'_>, t: &NewAccessToken<'_>) -> Result<()> {
+    tx.exec(
+        "INSERT INTO access_tokens (token, user_id, device_id, valid_until_ms, refresh_token_id)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&t.token, &t.user_id, &t.device_id, &t.valid_until_ms, &t.refresh_token_id],
+    )?;
+    Ok(())
+}
+
+fn insert_refresh_token(tx: &mut WriteTx<'_>, t: &NewRefreshToken<'_>) -> Result<i64> {
+    Ok(tx
+        .one(
+            "INSERT INTO refresh_tokens (token, user_id, device_id, expiry_ts, ultimate_session_expiry_ts)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            &[&t.token, &t.user_id, &t.device_id, &t.expiry_ts, &t.ultimate_session_expiry_ts],
+        )?
+        .get(0))
 }

@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0018_user_signatures.sql"),
     include_str!("../migrations/0019_erased_users.sql"),
     include_str!("../migrations/0020_filters_per_user.sql"),
+    include_str!("../migrations/0021_refresh_tokens.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a
@@ -122,7 +123,7 @@ pub struct SqliteStore {
     next_reader: std::sync::atomic::AtomicUsize,
     /// Access token -> (user, device): every authenticated request looks its token up, and
     /// tokens are only ever added or deleted, so this is emptied on any deletion.
-    tokens: Mutex<HashMap<String, (String, String)>>,
+    tokens: Mutex<HashMap<String, AccessTokenRow>>,
     /// Account rows, read by every authenticated request and written rarely.
     users: Mutex<UserCache>,
     /// Set on drop, to stop the checkpoint thread.
@@ -297,7 +298,7 @@ impl SqliteStore {
         cache.rows.clear();
     }
 
-    fn token_cache(&self) -> MutexGuard<'_, HashMap<String, (String, String)>> {
+    fn token_cache(&self) -> MutexGuard<'_, HashMap<String, AccessTokenRow>> {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -187,6 +187,8 @@ impl UserStore for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         tx.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
             .map_err(backend)?;
+        tx.exec("DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])
+            .map_err(backend)?;
         // Under the connection's lock, which every cache fill holds too.
         self.token_cache().clear();
         let n = tx
@@ -197,25 +199,32 @@ impl UserStore for SqliteStore {
         Ok(n > 0)
     }
 
-    fn add_access_token(&self, token: &str, user_id: &str, device_id: &str) -> Result<()> {
-        self.conn()
-            .exec(
-                "INSERT INTO access_tokens (token, user_id, device_id) VALUES (?1, ?2, ?3)",
-                params![token, user_id, device_id],
-            )
-            .map_err(backend)?;
-        Ok(())
+    fn add_access_token(&self, t: &NewAccessToken<'_>) -> Result<()> {
+        insert_access_token(&self.conn(), t)
     }
 
-    fn get_access_token(&self, token: &str) -> Result<Option<(String, String)>> {
+    fn get_access_token(&self, token: &str) -> Result<Option<AccessTokenRow>> {
         if let Some(found) = self.token_cache().get(token) {
             return Ok(Some(found.clone()));
         }
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1").map_err(backend)?;
-        let found: Option<(String, String)> =
-            stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(backend)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT user_id, device_id, valid_until_ms, refresh_token_id, used FROM access_tokens WHERE token = ?1",
+            )
+            .map_err(backend)?;
+        let found = stmt
+            .query_row([token], |r| {
+                Ok(AccessTokenRow {
+                    user_id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    valid_until_ms: r.get(2)?,
+                    refresh_token_id: r.get(3)?,
+                    used: r.get(4)?,
+                })
+            })
+            .optional()
+            .map_err(backend)?;
         if let Some(found) = &found {
             let mut cache = self.token_cache();
             if cache.len() >= MAX_CACHED_TOKENS {
@@ -224,6 +233,66 @@ impl UserStore for SqliteStore {
             cache.insert(token.to_owned(), found.clone());
         }
         Ok(found)
+    }
+
+    fn mark_access_token_used(&self, token: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.exec("UPDATE access_tokens SET used = 1 WHERE token = ?1", [token]).map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        if let Some(row) = self.token_cache().get_mut(token) {
+            row.used = true;
+        }
+        Ok(())
+    }
+
+    fn add_refresh_token(&self, t: &NewRefreshToken<'_>) -> Result<i64> {
+        insert_refresh_token(&self.conn(), t)
+    }
+
+    fn get_refresh_token(&self, token: &str) -> Result<Option<RefreshTokenRow>> {
+        self.reader()
+            .query_row(
+                "SELECT rt.id, rt.user_id, rt.device_id, rt.expiry_ts, rt.ultimate_session_expiry_ts,
+                        nrt.next_token_id IS NOT NULL
+                          OR EXISTS (SELECT 1 FROM access_tokens a WHERE a.refresh_token_id = nrt.id AND a.used)
+                 FROM refresh_tokens rt LEFT JOIN refresh_tokens nrt ON nrt.id = rt.next_token_id
+                 WHERE rt.token = ?1",
+                [token],
+                |r| {
+                    Ok(RefreshTokenRow {
+                        id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        device_id: r.get(2)?,
+                        expiry_ts: r.get(3)?,
+                        ultimate_session_expiry_ts: r.get(4)?,
+                        superseded: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        old_id: i64,
+        refresh: &NewRefreshToken<'_>,
+        access: &NewAccessToken<'_>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let new_id = insert_refresh_token(&tx, refresh)?;
+        insert_access_token(&tx, &NewAccessToken { refresh_token_id: Some(new_id), ..*access })?;
+        // The earlier successor (a refresh that was retried) and the predecessors go.
+        let doomed = "SELECT next_token_id FROM refresh_tokens WHERE id = ?1 AND next_token_id IS NOT NULL
+                      UNION SELECT id FROM refresh_tokens WHERE next_token_id = ?1";
+        tx.exec(&format!("DELETE FROM access_tokens WHERE refresh_token_id IN ({doomed})"), [old_id])
+            .map_err(backend)?;
+        tx.exec(&format!("DELETE FROM refresh_tokens WHERE id IN ({doomed})"), [old_id]).map_err(backend)?;
+        tx.exec("UPDATE refresh_tokens SET next_token_id = ?2 WHERE id = ?1", [old_id, new_id]).map_err(backend)?;
+        // Under the connection's lock, which every cache fill holds too.
+        self.token_cache().clear();
+        tx.commit().map_err(backend)
     }
 
     fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, user_agent: &str, ts: i64) -> Result<()> {
@@ -250,6 +319,8 @@ impl UserStore for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         let keep = keep.unwrap_or("");
         tx.exec("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
+            .map_err(backend)?;
+        tx.exec("DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep])
             .map_err(backend)?;
         // Under the connection's lock, which every cache fill holds too.
         self.token_cache().clear();
@@ -297,4 +368,24 @@ impl UserStore for SqliteStore {
     fn count_users(&self) -> Result<i64> {
         self.reader().row("SELECT count(*) FROM users", [], |r| r.get(0)).map_err(backend)
     }
+}
+
+fn insert_access_token(conn: &Connection, t: &NewAccessToken<'_>) -> Result<()> {
+    conn.exec(
+        "INSERT INTO access_tokens (token, user_id, device_id, valid_until_ms, refresh_token_id)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.token, t.user_id, t.device_id, t.valid_until_ms, t.refresh_token_id],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn insert_refresh_token(conn: &Connection, t: &NewRefreshToken<'_>) -> Result<i64> {
+    conn.exec(
+        "INSERT INTO refresh_tokens (token, user_id, device_id, expiry_ts, ultimate_session_expiry_ts)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.token, t.user_id, t.device_id, t.expiry_ts, t.ultimate_session_expiry_ts],
+    )
+    .map_err(backend)?;
+    Ok(conn.last_insert_rowid())
 }
