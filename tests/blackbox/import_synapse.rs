@@ -541,6 +541,14 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let at = |body: &str| seen.iter().position(|b| b == body);
     assert!(at("last word").is_some() && at("last word") < at("hi alice"), "{seen:?}\n{}", logs());
     assert_eq!(at("this will be redacted"), None, "{seen:?}");
+    // A send retried across the switch gets its first event back; the same transaction ID
+    // from another device is another send.
+    let retry = format!("{V3}/rooms/{}/send/m.room.message/retried-send", path_segment(&public));
+    let content = json!({"msgtype": "m.text", "body": "sent once"});
+    let (s, b) = myelin.put(&retry, Some(&alice.token), content.clone()).await;
+    assert_eq!((s, &b["event_id"]), (200, &data["events"]["retried"]), "{b}\n{}", logs());
+    let (s, b) = myelin.put(&retry, Some(&phone.token), content).await;
+    assert!(s == 200 && b["event_id"] != data["events"]["retried"], "{s} {b}");
 
     // History visibility: bob joined the private room after "before bob".
     let (s, b) = get_event(myelin, &private, &event("hidden"), &bob).await;

@@ -135,6 +135,9 @@ def main():
     call("PUT", f"/_matrix/client/v3/user/{q(alice['user_id'])}/rooms/{q(public)}/tags/u.work", {"order": 0.5},
          alice["token"])
     last = send(alice["token"], public, "last word")
+    # A send whose answer the client never got: it retries the same transaction after the move.
+    retried = call("PUT", f"/_matrix/client/v3/rooms/{q(public)}/send/m.room.message/retried-send",
+                   {"msgtype": "m.text", "body": "sent once"}, alice["token"])["event_id"]
 
     # A private room of an older version, with a message bob must not read before his invite.
     private = call("POST", "/_matrix/client/v3/createRoom",
@@ -194,7 +197,7 @@ def main():
 
     json.dump({"alice": alice, "bob": bob, "public": public, "private": private, "alias": "#town:" +
                alice["user_id"].split(":", 1)[1], "events": {"first": first, "reply": reply, "edit": edit,
-               "secret": secret, "last": last, "hidden": hidden, "seen": seen,
+               "secret": secret, "last": last, "retried": retried, "hidden": hidden, "seen": seen,
                "farewell": farewell, "vintage": vintage}, "abandoned": abandoned, "oldest": oldest, "carl": carl,
                "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version,
                "master_keys": {"alice": pubkey(alice_cross["master"]), "bob": pubkey(bob_cross["master"])},

@@ -92,6 +92,14 @@ async function main() {
     const profile = await bob.getProfileInfo(alice.getUserId());
     check(profile.displayname === "Alice (js)", `profile ${JSON.stringify(profile)}`);
     await waitFor(bob, () => bob.getRoom(roomId)?.getMember(alice.getUserId())?.name === "Alice (js)", "the rename in bob's room");
+    // The rename is a member event that replaced alice's join: the SDK sees what it replaced
+    // (unsigned.prev_content), which is how clients tell a rename from a join.
+    const rename = bob.getRoom(roomId).getLiveTimeline().getEvents()
+        .filter((e) => e.getType() === "m.room.member" && e.getStateKey() === alice.getUserId()).pop();
+    check(rename.getContent().displayname === "Alice (js)", `rename content ${JSON.stringify(rename.getContent())}`);
+    check(rename.getPrevContent().membership === "join", `rename's prev_content ${JSON.stringify(rename.getPrevContent())}`);
+    check(rename.getPrevContent().displayname !== "Alice (js)", "prev_content is the content before");
+    check(typeof rename.getAge() === "number", `age ${rename.getAge()}`);
 
     await bob.leave(roomId);
     await waitFor(alice, () => alice.getRoom(roomId)?.getMember(bob.getUserId())?.membership === "leave", "bob's leave at alice");

@@ -125,6 +125,18 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
     }
     summary.count("rooms other servers had not caught up on (sent on)", rows.len());
 
+    // Clients' transaction IDs of recent sends (Synapse keeps a day of them), so that a send
+    // retried across the switch gets its first event back instead of making a second.
+    // Myelin scopes a transaction ID to its device, Synapse to its device and room: of one
+    // reused in several rooms, the latest send keeps it.
+    let mut latest: HashMap<(String, String, String), String> = HashMap::new();
+    let sql = "SELECT event_id, user_id, device_id, txn_id FROM event_txn_id_device_id ORDER BY inserted_ts";
+    for r in db.rows(sql, &[])? {
+        latest.insert((r.text(1), r.text(2), r.text(3)), r.text(0));
+    }
+    let txns: HashMap<String, (String, String, String)> = latest.into_iter().map(|(key, event)| (event, key)).collect();
+    summary.count("transaction IDs of recent sends", txns.len());
+
     let room_rows = db.rows("SELECT room_id, room_version, creator, coalesce(is_public, FALSE) FROM rooms", &[])?;
     let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped) = (0, 0, 0, 0);
     let (total, terminal) = (room_rows.len(), std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -208,6 +220,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             outliers_written: 0,
             resuming,
             catch_up: &catch_up,
+            txns: &txns,
             redacted_by: &redacted_by,
             rules: &rules,
         };
@@ -308,6 +321,8 @@ struct RoomImport<'a> {
     resuming: bool,
     /// Event ID -> servers it is still to be sent to.
     catch_up: &'a HashMap<String, Vec<String>>,
+    /// Event ID -> `(user, device, transaction ID)` it was sent with.
+    txns: &'a HashMap<String, (String, String, String)>,
     /// Event ID -> the redaction Synapse applies to it.
     redacted_by: &'a HashMap<String, String>,
     rules: &'a ruma::room_version_rules::RoomVersionRules,
@@ -430,7 +445,7 @@ impl RoomImport<'_> {
                 state: p.state.clone(),
                 prev_events: &p.prev_events,
                 updates_current_state: !p.ev.rejected && !p.soft_failed,
-                txn: None,
+                txn: self.txns.get(&p.ev.event_id).map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
                 redaction: None,
                 current_state: (self.last_in_timeline.as_deref() == Some(p.ev.event_id.as_str()))
                     .then_some(self.current),
