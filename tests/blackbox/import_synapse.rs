@@ -625,6 +625,23 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let document = text(&data["document"]);
     let (s, got) = download(myelin, &text(&data["media"]), &alice).await;
     assert!(s == 200 && got == document.as_bytes(), "{s}, {} bytes\n{}", got.len(), logs());
+    // The thumbnails Synapse made of a picture are served as Synapse made them.
+    let picture = text(&data["picture"]);
+    let picture_id = picture.rsplit('/').next().unwrap();
+    for (query, synapse_file) in [
+        ("width=96&height=96&method=crop", "96-96-image-png-crop"),
+        ("width=320&height=240&method=scale", "320-240-image-png-scale"),
+        ("width=800&height=600&method=scale", "400-300-image-png-scale"),
+    ] {
+        let path = format!("/_matrix/client/v1/media/thumbnail/{NAME}/{picture_id}?{query}");
+        let resp = reqwest::Client::new().get(myelin.url(&path)).bearer_auth(&alice.token).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{query}\n{}", logs());
+        let dir = synapse_dir.join("media_store/local_thumbnails");
+        let made =
+            std::fs::read(dir.join(&picture_id[..2]).join(&picture_id[2..4]).join(&picture_id[4..]).join(synapse_file))
+                .unwrap_or_else(|e| panic!("Synapse's {synapse_file}: {e}"));
+        assert!(resp.bytes().await.unwrap().as_ref() == made.as_slice(), "{query}: not Synapse's thumbnail");
+    }
     let (s, got) = download(myelin, &text(&data["avatar"]), &bob).await;
     assert!(s == 200 && got == b"\x89PNG fake avatar bytes", "{s}, {} bytes\n{}", got.len(), logs());
     let stored = std::fs::read_to_string(synapse_dir.join(format!("{NAME}.signing.key"))).unwrap();

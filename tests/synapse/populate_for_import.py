@@ -9,7 +9,7 @@ Run with Synapse's Python (tests/synapse/.venv): the keys are real ed25519 keys,
 signedjson, since Synapse checks cross-signing signatures.
 """
 
-import hashlib, hmac, json, sys, urllib.error, urllib.parse, urllib.request
+import hashlib, hmac, io, json, sys, urllib.error, urllib.parse, urllib.request
 
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
@@ -107,6 +107,12 @@ def main():
                   raw=b"\x89PNG fake avatar bytes", ctype="image/png")["content_uri"]
     call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/avatar_url", {"avatar_url": avatar},
          alice["token"])
+    # A picture, which Synapse thumbnails at its standard sizes on upload.
+    from PIL import Image
+    png = io.BytesIO()
+    Image.effect_mandelbrot((400, 300), (-2.0, -1.2, 1.0, 1.2), 60).convert("RGB").save(png, "PNG")
+    picture = call("POST", "/_matrix/media/v3/upload?filename=fractal.png", token=alice["token"],
+                   raw=png.getvalue(), ctype="image/png")["content_uri"]
     document = b"a document's bytes\n" * 100
     media = call("POST", "/_matrix/media/v3/upload?filename=notes.txt", token=bob["token"], raw=document,
                  ctype="text/plain")["content_uri"]
@@ -199,7 +205,7 @@ def main():
                alice["user_id"].split(":", 1)[1], "events": {"first": first, "reply": reply, "edit": edit,
                "secret": secret, "last": last, "retried": retried, "hidden": hidden, "seen": seen,
                "farewell": farewell, "vintage": vintage}, "abandoned": abandoned, "oldest": oldest, "carl": carl,
-               "avatar": avatar, "media": media, "document": document.decode(), "backup_version": version,
+               "avatar": avatar, "picture": picture, "media": media, "document": document.decode(), "backup_version": version,
                "master_keys": {"alice": pubkey(alice_cross["master"]), "bob": pubkey(bob_cross["master"])},
                "self_signing_key_id": "ed25519:" + pubkey(alice_cross["self_signing"]),
                "device_ed25519": pubkey(device_key)},

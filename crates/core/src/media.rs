@@ -53,6 +53,66 @@ pub fn local_content_path(media_store: &Path, media_id: &str) -> PathBuf {
     media_store.join("local_content").join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..])
 }
 
+/// Where the thumbnail of a local file at one of the standard sizes lives under `media_store`.
+pub fn local_thumbnail_path(media_store: &Path, media_id: &str, width: u32, height: u32, method: &str) -> PathBuf {
+    media_store
+        .join("local_thumbnails")
+        .join(&media_id[..2])
+        .join(&media_id[2..4])
+        .join(&media_id[4..])
+        .join(format!("{width}-{height}-{method}"))
+}
+
+/// A thumbnail Synapse stored for an image: `(width, height, content type, method)`.
+pub type SynapseThumbnail = (u32, u32, String, String);
+
+/// For `myelin import-synapse`: which of the thumbnails Synapse made of the image at `source`
+/// serves each of Myelin's standard sizes, as `(width, height, method, index in stored)`.
+/// Synapse made them for the same sizes (its defaults), storing each by the size it came out:
+/// a crop at the size asked, a scale fitted into it without growing the image (its `aspect`).
+/// Of several types, the image's own is preferred. Sizes none serves are made again on demand.
+pub fn synapse_thumbnails_by_size(
+    source: &Path,
+    content_type: Option<&str>,
+    stored: &[SynapseThumbnail],
+) -> Vec<(u32, u32, &'static str, usize)> {
+    let Ok((mw, mh)) = image::ImageReader::open(source)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|_| ())
+        .and_then(|r| r.into_dimensions().map_err(|_| ()))
+    else {
+        return Vec::new();
+    };
+    let (mw, mh) = (u64::from(mw), u64::from(mh));
+    let mut out = Vec::new();
+    for &(sw, sh, method) in THUMBNAIL_SIZES {
+        let (rw, rh) = (u64::from(sw), u64::from(sh));
+        let made = if method == "crop" {
+            (rw, rh)
+        } else {
+            let (tw, th) = if mh > 0 && mw > 0 && rw * mh < rh * mw {
+                (rw, (rw * mh / mw).max(1))
+            } else {
+                ((rh * mw / mh.max(1)).max(1), rh)
+            };
+            (tw.min(mw), th.min(mh))
+        };
+        // A crop of the same size as a scale is not made twice (Synapse): the scale serves.
+        let fits = |t: &SynapseThumbnail| {
+            (u64::from(t.0), u64::from(t.1)) == made && (t.3 == method || (method == "crop" && t.3 == "scale"))
+        };
+        let best = stored
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| fits(t))
+            .min_by_key(|(_, t)| (Some(t.2.as_str()) != content_type, t.3 != method));
+        if let Some((index, _)) = best {
+            out.push((sw, sh, method, index));
+        }
+    }
+    out
+}
+
 /// Where a cached copy of another server's file lives under `media_store`: `(the file, its
 /// metadata file, its key in the media index)`; `None` for a server name or media ID Myelin
 /// would not fetch. (`myelin import-synapse` fills the cache from a Synapse's.)
@@ -77,12 +137,7 @@ impl Homeserver {
     }
 
     fn thumbnail_path(&self, media_id: &str, width: u32, height: u32, method: &str) -> PathBuf {
-        let root = &self.config.media_store_path;
-        root.join("local_thumbnails")
-            .join(&media_id[..2])
-            .join(&media_id[2..4])
-            .join(&media_id[4..])
-            .join(format!("{width}-{height}-{method}"))
+        local_thumbnail_path(&self.config.media_store_path, media_id, width, height, method)
     }
 
     /// `POST /_matrix/media/v1/create`: reserves a media ID; returns `(mxc, expires_at)`.
@@ -336,4 +391,38 @@ fn make_thumbnail(source: &Path, dest: &Path, width: u32, height: u32, crop: boo
     thumb.save_with_format(dest, out_format).map_err(Error::internal)?;
     let length = std::fs::metadata(dest).map_err(Error::internal)?.len();
     Ok((content_type.to_owned(), length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synapse_thumbnails_serve_the_standard_sizes_they_were_made_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("picture");
+        image::RgbImage::new(400, 300).save_with_format(&source, image::ImageFormat::Png).unwrap();
+        let t = |w: u32, h: u32, ty: &str, m: &str| (w, h, ty.to_owned(), m.to_owned());
+        let stored = vec![
+            t(32, 32, "image/png", "crop"),
+            t(96, 96, "image/jpeg", "crop"),
+            t(96, 96, "image/png", "crop"),
+            t(320, 240, "image/png", "scale"),
+            // Fitted into 640x480 and 800x600 without growing: the image's own size, once.
+            t(400, 300, "image/png", "scale"),
+        ];
+        let found = synapse_thumbnails_by_size(&source, Some("image/png"), &stored);
+        assert_eq!(
+            found,
+            vec![
+                (32, 32, "crop", 0),
+                (96, 96, "crop", 2),
+                (320, 240, "scale", 3),
+                (640, 480, "scale", 4),
+                (800, 600, "scale", 4)
+            ]
+        );
+        // Not an image (or gone): none.
+        assert!(synapse_thumbnails_by_size(&dir.path().join("missing"), None, &stored).is_empty());
+    }
 }

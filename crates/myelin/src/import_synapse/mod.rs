@@ -695,7 +695,7 @@ fn media(
     store: &dyn Storage,
     summary: &mut Summary,
 ) -> Result<(), String> {
-    let (mut n, mut missing, mut bytes) = (0, 0, 0u64);
+    let (mut n, mut missing, mut bytes, mut thumbnails) = (0, 0, 0u64, 0);
     let rows = db.rows(
         "SELECT media_id, coalesce(user_id, ''), media_type, upload_name, media_length, coalesce(created_ts, 0)
          FROM local_media_repository WHERE url_cache IS NULL AND quarantined_by IS NULL",
@@ -725,9 +725,11 @@ fn media(
         }
         bytes += copy_file(&from, &myelin_core::media::local_content_path(&config.media_store_path, id))?;
         store.insert_media(&row).map_err(store_err)?;
+        thumbnails += copy_thumbnails(db, synapse, config, store, &row)?;
         n += 1;
     }
     summary.count("uploaded media files", n);
+    summary.count("thumbnails (of the standard sizes; others are made when asked for)", thumbnails);
     eprintln!("  ({} MiB copied)", bytes >> 20);
     summary.skip("uploaded media", missing, "its file is missing from Synapse's media store");
     remote_media(db, synapse, config, store, summary)?;
@@ -737,6 +739,52 @@ fn media(
         .unwrap_or(0);
     summary.skip("quarantined media", quarantined, "left behind on purpose");
     Ok(())
+}
+
+/// The thumbnails Synapse made of a local image, copied for the standard sizes they serve
+/// (Synapse names them by the size they came out, Myelin by the size they were made for);
+/// returns how many.
+fn copy_thumbnails(
+    db: &SynapseDb,
+    synapse: &SynapseConfig,
+    config: &Config,
+    store: &dyn Storage,
+    media: &MediaRow,
+) -> Result<usize, String> {
+    let id = &media.media_id;
+    let rows = db.rows(
+        "SELECT thumbnail_width, thumbnail_height, thumbnail_type, thumbnail_method
+         FROM local_media_repository_thumbnails WHERE media_id = $1",
+        &[Arg::Text(id)],
+    )?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let stored: Vec<myelin_core::media::SynapseThumbnail> =
+        rows.iter().map(|r| (r.int(0) as u32, r.int(1) as u32, r.text(2), r.text(3))).collect();
+    let source = myelin_core::media::local_content_path(&synapse.media_store, id);
+    let mut copied = 0;
+    for (width, height, method, index) in
+        myelin_core::media::synapse_thumbnails_by_size(&source, media.content_type.as_deref(), &stored)
+    {
+        let (w, h, content_type, made_by) = &stored[index];
+        let (top, sub) = content_type.split_once('/').unwrap_or((content_type, ""));
+        let from = synapse
+            .media_store
+            .join("local_thumbnails")
+            .join(&id[..2])
+            .join(&id[2..4])
+            .join(&id[4..])
+            .join(format!("{w}-{h}-{top}-{sub}-{made_by}"));
+        if !from.is_file() {
+            continue;
+        }
+        let to = myelin_core::media::local_thumbnail_path(&config.media_store_path, id, width, height, method);
+        let length = copy_file(&from, &to)?;
+        store.insert_thumbnail(id, width, height, method, content_type, length as i64).map_err(store_err)?;
+        copied += 1;
+    }
+    Ok(copied)
 }
 
 /// Copies a file of Synapse's media store into Myelin's (its directories made, its data
