@@ -522,3 +522,53 @@ async fn reports_are_rate_limited() {
     let (st, b) = s.post(&format!("{V3}/users/@bob:test/report"), Some(&alice.token), report).await;
     assert_eq!((st, b["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{b}");
 }
+
+#[tokio::test]
+async fn admins_override_a_users_rate_limits_as_synapse() {
+    let s = Server::start_with("rc_message:\n  per_second: 0.1\n  burst_count: 2\n").await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let sends = |n: usize| {
+        let (s, alice, room) = (&s, &alice, room.clone());
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..n {
+                statuses.push(s.send_text(alice, &room, &format!("m{i}")).await.0);
+            }
+            statuses
+        }
+    };
+    assert_eq!(sends(3).await.last(), Some(&429), "rc_message applies");
+    let path = format!("{ADMIN}/v1/users/@alice:test/override_ratelimit");
+    let (st, b) = s.get(&path, Some(&root.token)).await;
+    assert_eq!((st, b), (200, json!({})), "no override yet");
+
+    // Refused: not an admin, another server's user, an unknown one, values that are not
+    // non-negative integers.
+    let (st, b) = s.post(&path, Some(&alice.token), json!({})).await;
+    assert!(forbidden(st, &b));
+    let (st, b) =
+        s.post(&format!("{ADMIN}/v1/users/@bob:elsewhere/override_ratelimit"), Some(&root.token), json!({})).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, b) = s.get(&format!("{ADMIN}/v1/users/@nobody:test/override_ratelimit"), Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+    for bad in [json!({"messages_per_second": -1}), json!({"burst_count": "a"}), json!({"messages_per_second": 1.5})] {
+        let (st, b) = s.post(&path, Some(&root.token), bad.clone()).await;
+        assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}: {b}");
+        assert!(b["error"].as_str().unwrap().ends_with("parameter must be a positive int"), "{b}");
+    }
+    assert_eq!(sends(1).await, [429], "a refused override changes nothing");
+
+    // 0 messages per second: never limited. Removed: limited again.
+    let (st, b) = s.post(&path, Some(&root.token), json!({"messages_per_second": 0})).await;
+    assert_eq!((st, b), (200, json!({"messages_per_second": 0, "burst_count": 0})));
+    assert_eq!(sends(5).await, [200; 5]);
+    let (st, b) = s.get(&path, Some(&root.token)).await;
+    assert_eq!((st, b), (200, json!({"messages_per_second": 0, "burst_count": 0})));
+    let (st, b) = s.call("DELETE", &path, Some(&root.token), None).await;
+    assert_eq!((st, b), (200, json!({})));
+    assert_eq!(s.get(&path, Some(&root.token)).await.1, json!({}));
+    assert_eq!(sends(1).await, [429]);
+}

@@ -85,6 +85,10 @@ def register_with_shared_secret(name, password, secret):
 def main():
     alice, bob = register("alice", "alice-password"), register("bob", "bob-password")
     carl = register_with_shared_secret("carl", "carl-password", sys.argv[2]) if len(sys.argv) > 2 else None
+    if carl:
+        # The admin lets bob's bot-like sends through: a rate-limit override.
+        call("POST", f"/_synapse/admin/v1/users/{q(bob['user_id'])}/override_ratelimit",
+             {"messages_per_second": 0, "burst_count": 0}, carl["token"])
     # A second device for alice, logged in with her password.
     login = call("POST", "/_matrix/client/v3/login",
                  {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},

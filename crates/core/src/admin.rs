@@ -30,6 +30,11 @@ fn parse_local_user(hs: &Homeserver, user_id: &str, message: &str) -> Result<Own
     Ok(user)
 }
 
+/// A stored rate as the admin API shows it: whole numbers as integers (Synapse stores them so).
+fn ratelimit_number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 1e15 { json!(value as i64) } else { json!(value) }
+}
+
 /// A report ID from the path: Synapse's message for anything but a non-negative integer.
 fn report_id(text: &str) -> Result<i64> {
     text.parse::<i64>().ok().filter(|id| *id >= 0).ok_or_else(|| {
@@ -753,6 +758,59 @@ impl Homeserver {
             }
         }
         Ok((created, self.admin_user(requester, user.as_str()).await?))
+    }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/override_ratelimit`: `{}` without an override,
+    /// `null`s shown as 0 (both exempt the user), as Synapse.
+    pub async fn admin_ratelimit_override(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
+        let u = user.to_string();
+        Ok(match self.db(move |s| s.get_ratelimit_override(&u)).await? {
+            Some((per_second, burst)) => json!({
+                "messages_per_second": per_second.map_or(json!(0), ratelimit_number),
+                "burst_count": burst.unwrap_or(0),
+            }),
+            None => json!({}),
+        })
+    }
+
+    /// `POST /_synapse/admin/v1/users/{userId}/override_ratelimit`: non-negative integers
+    /// (missing ones are 0; 0 messages per second exempts the user from every rate limit);
+    /// `DELETE` (`body: None`) removes the override.
+    pub async fn admin_set_ratelimit_override(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id, "Only local users can be ratelimited").await?;
+        let u = user.to_string();
+        let Some(body) = body else {
+            self.db(move |s| s.set_ratelimit_override(&u, None)).await?;
+            self.limiters.forget_overrides();
+            audit!(requester, "remove rate-limit override", user);
+            return Ok(json!({}));
+        };
+        let field = |key: &str| -> Result<i64> {
+            match body.get(key) {
+                None => Ok(0),
+                Some(Value::Number(n)) if n.as_i64().is_some_and(|v| v >= 0) => Ok(n.as_i64().unwrap_or(0)),
+                Some(other) => {
+                    let shown = match other {
+                        Value::String(text) => format!("'{text}'"),
+                        other => other.to_string(),
+                    };
+                    Err(Error::invalid_param(format!("{shown} parameter must be a positive int")))
+                }
+            }
+        };
+        let (per_second, burst) = (field("messages_per_second")?, field("burst_count")?);
+        self.db(move |s| s.set_ratelimit_override(&u, Some((Some(per_second as f64), Some(burst))))).await?;
+        self.limiters.forget_overrides();
+        audit!(requester, "override rate limits", user);
+        Ok(json!({"messages_per_second": per_second, "burst_count": burst}))
     }
 
     /// `POST`/`DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`.

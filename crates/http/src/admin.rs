@@ -26,6 +26,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v2/users", get(list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(user).put(put_user))
         .route("/_synapse/admin/v1/users/{user_id}/shadow_ban", post(shadow_ban).delete(lift_shadow_ban))
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/override_ratelimit",
+            get(ratelimit_override).post(set_ratelimit_override).delete(remove_ratelimit_override),
+        )
         .route("/_synapse/admin/v1/users/{user_id}/login", post(login_as))
         .route("/_synapse/admin/v1/rooms", get(list_rooms))
         .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
@@ -172,6 +176,23 @@ async fn shadow_ban(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): P
 async fn lift_shadow_ban(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
     hs.admin_shadow_ban(&me, &user_id, false).await?;
     Ok(axum::Json(json!({})))
+}
+
+async fn ratelimit_override(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_ratelimit_override(&me, &user_id).await?))
+}
+
+async fn set_ratelimit_override(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_set_ratelimit_override(&me, &user_id, Some(&body)).await?))
+}
+
+async fn remove_ratelimit_override(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_set_ratelimit_override(&me, &user_id, None).await?))
 }
 
 async fn login_as(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {

@@ -225,6 +225,8 @@ pub trait UserStore {
     fn delete_all_devices(&self, user_id: &str, keep_device: Option<&str>) -> Result<()>;
     /// The user's row of `ratelimit_override`: `(messages_per_second, burst_count)`.
     fn get_ratelimit_override(&self, user_id: &str) -> Result<Option<(Option<f64>, Option<i64>)>>;
+    /// Sets (or with `None` removes) the user's row of `ratelimit_override`.
+    fn set_ratelimit_override(&self, user_id: &str, value: Option<(Option<f64>, Option<i64>)>) -> Result<()>;
     /// `(displayname, avatar_url)`.
     fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>>;
     /// Sets one profile field (`displayname` or `avatar_url`).

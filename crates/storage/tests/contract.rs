@@ -215,6 +215,7 @@ contract! {
     devices_upsert_rename_touch,
     access_tokens_lookup_and_delete,
     access_tokens_expiry_and_use,
+    ratelimit_overrides_set_replace_and_remove,
     refresh_tokens_rotate_keeping_the_last_two,
     refresh_tokens_go_with_their_device,
     delete_device_removes_its_tokens,
@@ -724,6 +725,18 @@ fn access_tokens_lookup_and_delete(s: &dyn Storage) {
     assert_eq!(session(s, "tok1"), None);
     assert_eq!(session(s, "tok2"), Some((ALICE.into(), "D1".into())));
     assert_eq!(session(s, "nope"), None);
+}
+
+fn ratelimit_overrides_set_replace_and_remove(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    assert_eq!(s.get_ratelimit_override(ALICE).unwrap(), None);
+    s.set_ratelimit_override(ALICE, Some((Some(2.5), Some(10)))).unwrap();
+    assert_eq!(s.get_ratelimit_override(ALICE).unwrap(), Some((Some(2.5), Some(10))));
+    s.set_ratelimit_override(ALICE, Some((None, None))).unwrap();
+    assert_eq!(s.get_ratelimit_override(ALICE).unwrap(), Some((None, None)), "replaced: exempt");
+    s.set_ratelimit_override(ALICE, None).unwrap();
+    assert_eq!(s.get_ratelimit_override(ALICE).unwrap(), None);
+    s.set_ratelimit_override(BOB, None).unwrap();
 }
 
 fn access_tokens_expiry_and_use(s: &dyn Storage) {

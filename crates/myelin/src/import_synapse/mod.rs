@@ -429,6 +429,12 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
         store.mark_user_erased(&r.text(0)).map_err(store_err)?;
     }
     summary.count("erased users (their messages stay hidden from new readers)", erased.len());
+    let overrides = db.rows("SELECT user_id, messages_per_second, burst_count FROM ratelimit_override", &[])?;
+    for r in &overrides {
+        let value = Some((r.opt_int(1).map(|n| n as f64), r.opt_int(2)));
+        store.set_ratelimit_override(&r.text(0), value).map_err(store_err)?;
+    }
+    summary.count("rate-limit overrides", overrides.len());
     Ok(())
 }
 

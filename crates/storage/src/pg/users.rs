@@ -290,6 +290,20 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn set_ratelimit_override(&self, user_id: &str, value: Option<(Option<f64>, Option<i64>)>) -> Result<()> {
+        self.write(|tx| {
+            match value {
+                None => tx.exec("DELETE FROM ratelimit_override WHERE user_id = $1", &[&user_id])?,
+                Some((per_second, burst)) => tx.exec(
+                    "INSERT INTO ratelimit_override (user_id, messages_per_second, burst_count) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id) DO UPDATE SET messages_per_second = $2, burst_count = $3",
+                    &[&user_id, &per_second, &burst],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
     fn get_ratelimit_override(&self, user_id: &str) -> Result<Option<(Option<f64>, Option<i64>)>> {
         self.read(|db| {
             Ok(db

@@ -330,6 +330,20 @@ impl UserStore for SqliteStore {
         tx.commit().map_err(backend)
     }
 
+    fn set_ratelimit_override(&self, user_id: &str, value: Option<(Option<f64>, Option<i64>)>) -> Result<()> {
+        let conn = self.conn();
+        match value {
+            None => conn.exec("DELETE FROM ratelimit_override WHERE user_id = ?1", [user_id]),
+            Some((per_second, burst)) => conn.exec(
+                "INSERT INTO ratelimit_override (user_id, messages_per_second, burst_count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE SET messages_per_second = ?2, burst_count = ?3",
+                params![user_id, per_second, burst],
+            ),
+        }
+        .map_err(backend)?;
+        Ok(())
+    }
+
     fn get_ratelimit_override(&self, user_id: &str) -> Result<Option<(Option<f64>, Option<i64>)>> {
         self.reader()
             .row("SELECT messages_per_second, burst_count FROM ratelimit_override WHERE user_id = ?1", [user_id], |r| {
