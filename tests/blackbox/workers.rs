@@ -12,7 +12,12 @@ use crate::harness::*;
 /// workers read the main process's signing key and media store (absolute paths in their own
 /// worker.yaml, which `-c` reads after the shared homeserver.yaml).
 async fn deployment(workers: usize) -> (Server, Vec<Server>) {
-    let shared = base_config(&postgres_database_section());
+    deployment_with(workers, "").await
+}
+
+/// [`deployment`] with `extra` in the shared config.
+async fn deployment_with(workers: usize, extra: &str) -> (Server, Vec<Server>) {
+    let shared = base_config(&format!("{}{extra}", postgres_database_section()));
     let main_dir = tempfile::tempdir().unwrap();
     std::fs::write(main_dir.path().join("homeserver.yaml"), &shared).unwrap();
     let main = Server::start_in(main_dir).await;
@@ -330,5 +335,33 @@ async fn a_state_event_redacted_through_one_process_is_redacted_on_another() {
         }
         assert!(Instant::now() < deadline, "the other process still shows the redacted topic: {status} {topic}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_override_made_on_one_process_applies_on_every_other() {
+    let (a, workers) = deployment_with(1, "rc_message:\n  per_second: 0.1\n  burst_count: 2\n").await;
+    let b = &workers[0];
+    a.make_admin_cli("root");
+    let root = a.login("root").await;
+    let alice = a.register("alice").await;
+    let room = b.create_room(&alice, json!({})).await;
+    let mut limited = false;
+    for i in 0..5 {
+        if b.send_text(&alice, &room, &format!("m{i}")).await.0 == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "rc_message applies on the worker");
+    let path = "/_synapse/admin/v1/users/@alice:test/override_ratelimit";
+    let (st, body) = a.post(path, Some(&root.token), json!({"messages_per_second": 0})).await;
+    assert_eq!(st, 200, "{body}");
+    crate::federating::eventually("the override reaches the worker", || async {
+        b.send_text(&alice, &room, "through").await.0 == 200
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(b.send_text(&alice, &room, &format!("free {i}")).await.0, 200);
     }
 }

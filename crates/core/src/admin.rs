@@ -789,7 +789,7 @@ impl Homeserver {
         let u = user.to_string();
         let Some(body) = body else {
             self.db(move |s| s.set_ratelimit_override(&u, None)).await?;
-            self.limiters.forget_overrides();
+            self.ratelimit_overrides_changed();
             audit!(requester, "remove rate-limit override", user);
             return Ok(json!({}));
         };
@@ -808,9 +808,15 @@ impl Homeserver {
         };
         let (per_second, burst) = (field("messages_per_second")?, field("burst_count")?);
         self.db(move |s| s.set_ratelimit_override(&u, Some((Some(per_second as f64), Some(burst))))).await?;
-        self.limiters.forget_overrides();
+        self.ratelimit_overrides_changed();
         audit!(requester, "override rate limits", user);
         Ok(json!({"messages_per_second": per_second, "burst_count": burst}))
+    }
+
+    /// After an override is written: this process's cached ones go, and the other processes'.
+    fn ratelimit_overrides_changed(&self) {
+        self.limiters.forget_overrides();
+        self.publish("ratelimit_overrides".to_owned());
     }
 
     /// `POST`/`DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`.

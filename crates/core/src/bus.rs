@@ -148,6 +148,7 @@ impl Homeserver {
                 }
             }
             Some("pushers") => self.pushers_changed_here(),
+            Some("ratelimit_overrides") => self.limiters.forget_overrides(),
             Some("erased") => {
                 if let Some(user) = parts.next() {
                     self.note_erased(user);
@@ -171,6 +172,7 @@ impl Homeserver {
                 self.sync.cache.forget_all();
                 self.pushers_changed_here();
                 self.forget_all_push_rules();
+                self.limiters.forget_overrides();
                 self.accounts.ignored.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 let hs = self.clone();
                 tokio::spawn(async move {
