@@ -270,6 +270,13 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     assert_eq!(cached.status().as_u16(), 200);
     assert_eq!(cached.bytes().await.unwrap().to_vec(), picture);
 
+    // Bea invites sam to a room of her server's, which the old server is not in.
+    let den = other.server.create_room(&bea, json!({"name": "Bea's den", "invite": [sam.user_id]})).await;
+    crate::federating::eventually("bea's invite reaching the old server", || async {
+        old.server.sync(&sam, None, 0).await["rooms"]["invite"].get(&den).is_some()
+    })
+    .await;
+
     // The other server goes down; a message sent meanwhile is still to be delivered to it when
     // the old server stops.
     stop_synapse(&mut other.server).await;
@@ -303,6 +310,22 @@ async fn another_synapse_keeps_federating_with_the_server_after_its_import() {
     assert_eq!(s, 200, "{b}\n{}", logs());
     wait_for_event(&myelin, &sam, &room, body_is("welcome back")).await;
     assert_sound_room_graph(myelin.dir.path(), &room);
+
+    // The pending invite came along, with the room's stripped state, and sam accepts it.
+    let sync = myelin.sync(&sam, None, 0).await;
+    let invite = &sync["rooms"]["invite"][&den]["invite_state"]["events"];
+    assert!(
+        invite
+            .as_array()
+            .is_some_and(|s| s.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Bea's den")),
+        "{sync}\n{}",
+        logs()
+    );
+    let (s, b) = myelin.join_via(&sam, &den, &other.name).await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    let (s, b) = myelin.send_text(&sam, &den, "thanks for the invite").await;
+    assert_eq!(s, 200, "{b}\n{}", logs());
+    wait_for_event(&other.server, &bea, &den, body_is("thanks for the invite")).await;
 
     // The other server's file comes from the cache the old server had, even with that server down.
     stop_synapse(&mut other.server).await;

@@ -138,7 +138,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
     summary.count("transaction IDs of recent sends", txns.len());
 
     let room_rows = db.rows("SELECT room_id, room_version, creator, coalesce(is_public, FALSE) FROM rooms", &[])?;
-    let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped) = (0, 0, 0, 0);
+    let (mut rooms_done, mut events_done, mut outliers_done, mut rooms_skipped, mut invites_done) = (0, 0, 0, 0, 0);
     let (total, terminal) = (room_rows.len(), std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let started = std::time::Instant::now();
     for room_row in room_rows {
@@ -160,7 +160,15 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
             &[Arg::Text(&room_id)],
         )?;
         let Some(create) = create else {
-            rooms_skipped += 1;
+            // A room on another server this server is not in: only its users' pending
+            // invites (and knocks), kept with the room's stripped state.
+            match outside_memberships(db, store, &room_id, version.as_deref())? {
+                0 => rooms_skipped += 1,
+                n => {
+                    invites_done += n;
+                    mark_done(store, &done_key)?;
+                }
+            }
             continue;
         };
         let create_json: Value = serde_json::from_str(&create.text(0)).map_err(|e| e.to_string())?;
@@ -287,6 +295,7 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
     summary.count("rooms", rooms_done);
     summary.count("events", events_done);
     summary.count("outlier events (state and auth of remote rooms)", outliers_done);
+    summary.count("pending invites and knocks to other servers' rooms", invites_done);
     summary.skip("rooms", rooms_skipped, "no create event stored, or a room version Myelin does not know");
 
     let mut n = 0;
@@ -300,6 +309,73 @@ pub(super) fn rooms(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) 
     }
     summary.count("room aliases", n);
     Ok(())
+}
+
+/// A room on another server that local users are invited to (or knock on) without this
+/// server being in it: each such membership stored as Myelin stores a received invite, an event
+/// of its own with the room's stripped state in `unsigned`; returns how many.
+fn outside_memberships(
+    db: &SynapseDb,
+    store: &dyn Storage,
+    room_id: &str,
+    version: Option<&str>,
+) -> Result<usize, String> {
+    let rows = db.rows(
+        "SELECT m.event_id, m.user_id, m.membership, j.json, coalesce(e.sender, '')
+         FROM local_current_membership m JOIN event_json j ON j.event_id = m.event_id
+         JOIN events e ON e.event_id = m.event_id
+         WHERE m.room_id = $1 AND m.membership IN ('invite', 'knock')",
+        &[Arg::Text(room_id)],
+    )?;
+    let Some(first) = rows.first() else { return Ok(0) };
+    let version = version.unwrap_or("1");
+    if ruma::RoomVersionId::try_from(version).ok().and_then(|v| v.rules()).is_none() {
+        return Ok(0);
+    }
+    if store.get_room(room_id).map_err(store_err)?.is_none() {
+        store
+            .create_room(&myelin_storage::RoomRow {
+                room_id: room_id.to_owned(),
+                room_version: version.to_owned(),
+                creator: first.text(4),
+                is_public: false,
+            })
+            .map_err(store_err)?;
+    }
+    for r in &rows {
+        let (event_id, user, membership) = (r.text(0), r.text(1), r.text(2));
+        if store.get_event(&event_id).map_err(store_err)?.is_some() {
+            continue; // an interrupted run stored it
+        }
+        let mut value: Value = serde_json::from_str(&r.text(3)).map_err(|e| e.to_string())?;
+        value["event_id"] = Value::String(event_id.clone());
+        if let Some(unsigned) = value.get_mut("unsigned").and_then(Value::as_object_mut) {
+            unsigned.remove("age_ts");
+        }
+        let json = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+        let entry =
+            StateEntry { event_type: "m.room.member".into(), state_key: user.clone(), event_id: event_id.clone() };
+        let event = NewEvent {
+            event_id: &event_id,
+            room_id,
+            event_type: "m.room.member",
+            state_key: Some(&user),
+            sender: &r.text(4),
+            membership: Some(&membership),
+            json: &json,
+            rejected: false,
+            soft_failed: false,
+            state: StateChange::New { prev: None, delta: vec![entry] },
+            prev_events: &[],
+            updates_current_state: true,
+            txn: None,
+            redaction: None,
+            current_state: None,
+            destinations: &[],
+        };
+        store.persist_event(&event).map_err(store_err)?;
+    }
+    Ok(rows.len())
 }
 
 /// Events of one room on their way into Myelin: messages are written in batches (one
