@@ -42,6 +42,39 @@ async fn server_keys_are_published_signed_by_themselves() {
     }
 }
 
+/// Keys the server signed with before (Synapse's `old_signing_keys`) are published as
+/// `old_verify_keys`, with when they stopped being used; a malformed one stops the start.
+#[tokio::test]
+async fn old_signing_keys_are_published_as_old_verify_keys() {
+    let old = "l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ";
+    let s = Server::start_with(&format!(
+        "old_signing_keys:\n  \"ed25519:old\": {{key: \"{old}\", expired_ts: 1500000000000}}\n"
+    ))
+    .await;
+    let (status, body) = s.get("/_matrix/key/v2/server", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_federation_schema("/_matrix/key/v2/server", "get", 200, &body);
+    assert_eq!(body["old_verify_keys"], json!({"ed25519:old": {"key": old, "expired_ts": 1500000000000i64}}));
+    assert_eq!(body["verify_keys"].as_object().unwrap().len(), 1, "the old key is not a current one");
+    assert!(body["verify_keys"].get("ed25519:old").is_none());
+    // Without any: an empty object, as Synapse.
+    let plain = Server::start().await;
+    assert_eq!(plain.get("/_matrix/key/v2/server", None).await.1["old_verify_keys"], json!({}));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("homeserver.yaml");
+    for bad in [
+        "{\"rsa:old\": {key: x, expired_ts: 1}}",
+        "{\"ed25519:old\": {key: short, expired_ts: 1}}",
+        &format!("{{\"ed25519:old\": {{key: \"{old}\"}}}}"),
+    ] {
+        std::fs::write(&config, base_config(&format!("old_signing_keys: {bad}\n"))).unwrap();
+        let (code, _, err) = run_cli(dir.path(), &["-c", config.to_str().unwrap(), "check-config"]);
+        assert_ne!(code, 0, "{bad} was accepted");
+        assert!(err.contains("old_signing_keys"), "{bad}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn version_and_which_listeners_serve_federation() {
     let s = Server::start().await;

@@ -150,6 +150,10 @@ pub struct FederationSettings {
     /// `federation_ip_range_blacklist` (deprecated, as on Synapse): when set, replaces the
     /// filter for federation requests, with no allowlist.
     pub federation_ip_filter: Option<crate::outbound::IpFilter>,
+    /// `old_signing_keys`: keys this server signed with before, key ID -> (public key, unpadded
+    /// base64; when it stopped being used, ms). Published as `old_verify_keys`, so other servers
+    /// can still check what was signed with them.
+    pub old_signing_keys: std::collections::BTreeMap<String, (String, i64)>,
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`).
@@ -409,6 +413,7 @@ const KNOWN_KEYS: &[&str] = &[
     "refresh_token_lifetime",
     "nonrefreshable_access_token_lifetime",
     "login_via_existing_session",
+    "old_signing_keys",
     "require_auth_for_profile_requests",
     "use_insecure_ssl_client_just_for_testing_do_not_use",
     "limit_profile_requests_to_users_who_share_rooms",
@@ -934,6 +939,7 @@ impl Config {
             Ok(out)
         };
         let federation = FederationSettings {
+            old_signing_keys: parse_old_signing_keys(root.get("old_signing_keys"))?,
             verify_certificates: w.boolean("federation_verify_certificates", true)?,
             custom_ca_list,
             ip_filter: crate::outbound::IpFilter {
@@ -1074,6 +1080,37 @@ impl Config {
         };
         Ok((config, modules))
     }
+}
+
+/// `old_signing_keys`, as Synapse reads it: `{"ed25519:<id>": {key: <unpadded base64 public
+/// key>, expired_ts: <ms>}}`.
+fn parse_old_signing_keys(
+    value: Option<&Value>,
+) -> Result<std::collections::BTreeMap<String, (String, i64)>, ConfigError> {
+    const KEY: &str = "old_signing_keys";
+    let map = match value {
+        None | Some(Value::Null) => return Ok(Default::default()),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ConfigError::at(&[KEY.to_owned()], "expected a mapping")),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (id, entry) in map {
+        let at = [KEY.to_owned(), id.clone()];
+        if !id.starts_with("ed25519:") || id.len() == "ed25519:".len() {
+            return Err(ConfigError::at(&at, format!("Unsupported signing algorithm for old key: {id:?}")));
+        }
+        let key = entry["key"].as_str().unwrap_or_default();
+        let decoded =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD_NO_PAD, key.trim_end_matches('='));
+        if decoded.map_or(true, |k| k.len() != 32) {
+            return Err(ConfigError::at(&at, "expected `key`: an ed25519 public key in unpadded base64"));
+        }
+        let Some(expired_ts) = entry["expired_ts"].as_i64() else {
+            return Err(ConfigError::at(&at, "expected `expired_ts`: when the key stopped being used, in ms"));
+        };
+        out.insert(id.clone(), (key.trim_end_matches('=').to_owned(), expired_ts));
+    }
+    Ok(out)
 }
 
 /// A duration key in ms: `None` when absent or `null`.
@@ -1546,5 +1583,28 @@ mod session_tests {
         assert!(parse("session_lifetime: 1m\n").is_ok());
         assert!(error("refresh_token_lifetime: soon\n").contains("refresh_token_lifetime"));
         assert!(error("login_via_existing_session: {enabled: maybe}\n").contains("enabled"));
+    }
+}
+
+#[cfg(test)]
+mod old_signing_key_tests {
+    use super::*;
+
+    #[test]
+    fn old_signing_keys_parse_as_synapse_writes_them() {
+        let key = "l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ";
+        let parse = |yaml: String| parse_old_signing_keys(serde_yaml_ng::from_str::<Value>(&yaml).ok().as_ref());
+        let keys = parse(format!("{{'ed25519:a': {{key: '{key}=', expired_ts: 5}}}}")).unwrap();
+        assert_eq!(keys.get("ed25519:a"), Some(&(key.to_owned(), 5)), "padding dropped");
+        assert!(parse(String::new()).unwrap().is_empty());
+        for bad in [
+            format!("{{'rsa:a': {{key: '{key}', expired_ts: 5}}}}"),
+            format!("{{'ed25519:': {{key: '{key}', expired_ts: 5}}}}"),
+            "{'ed25519:a': {key: 'c2hvcnQ', expired_ts: 5}}".to_owned(),
+            format!("{{'ed25519:a': {{key: '{key}'}}}}"),
+            "[1]".to_owned(),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

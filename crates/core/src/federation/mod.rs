@@ -60,14 +60,22 @@ pub(crate) struct FederationState {
 }
 
 impl Homeserver {
-    /// `GET /_matrix/key/v2/server`: the current verify key, signed with itself.
+    /// `GET /_matrix/key/v2/server`: the current verify key, signed with itself, and the
+    /// configured old ones (`old_signing_keys`).
     pub fn server_keys(&self) -> Result<Value> {
         let (key_id, public) = self.verify_key();
+        let old: serde_json::Map<String, Value> = self
+            .config
+            .federation
+            .old_signing_keys
+            .iter()
+            .map(|(id, (key, expired_ts))| (id.clone(), json!({"key": key, "expired_ts": expired_ts})))
+            .collect();
         let body = json!({
             "server_name": self.server_name(),
             "valid_until_ts": now_ms() + KEY_VALIDITY_MS,
             "verify_keys": {key_id: {"key": public}},
-            "old_verify_keys": {},
+            "old_verify_keys": old,
         });
         sign_json_value(body, self.server_name(), &self.key)
     }

@@ -35,8 +35,10 @@ impl Homeserver {
         wanted: Option<&str>,
     ) -> Result<BTreeMap<String, String>> {
         if server == self.server_name() {
+            // What this server signed with its old keys (imported history) checks too.
             let (id, key) = self.verify_key();
-            return Ok([(id.to_owned(), key.to_owned())].into_iter().collect());
+            let old = self.config.federation.old_signing_keys.iter().map(|(id, (key, _))| (id.clone(), key.clone()));
+            return Ok(old.chain([(id.to_owned(), key.to_owned())]).collect());
         }
         let now = now_ms();
         let cached = {

@@ -63,6 +63,8 @@ pub struct SynapseConfig {
     database: Database,
     media_store: PathBuf,
     signing_key: PathBuf,
+    /// The key IDs of `old_signing_keys`.
+    old_signing_keys: Vec<String>,
 }
 
 impl SynapseConfig {
@@ -79,7 +81,13 @@ impl SynapseConfig {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let media_store = text_of("media_store_path").unwrap_or_else(|| "media_store".into());
         let signing_key = text_of("signing_key_path").unwrap_or_else(|| format!("{server_name}.signing.key"));
+        let old_signing_keys = yaml
+            .get("old_signing_keys")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         Ok(SynapseConfig {
+            old_signing_keys,
             database,
             media_store: base.join(media_store),
             signing_key: base.join(signing_key),
@@ -270,7 +278,18 @@ pub fn copy_signing_key(synapse: &SynapseConfig, config: &Config) -> Result<(), 
         std::fs::rename(target, &backup).map_err(|e| format!("Could not move {} aside: {e}", target.display()))?;
     }
     myelin_core::events::SigningKey::write_new(target, &key)?;
-    myelin_core::events::SigningKey::load(target).map(|_| ())
+    myelin_core::events::SigningKey::load(target)?;
+    // Old keys are configuration, not data: the admin copies them over.
+    let missing: Vec<&String> =
+        synapse.old_signing_keys.iter().filter(|id| !config.federation.old_signing_keys.contains_key(*id)).collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "Note: Synapse's config lists old_signing_keys ({}) that Myelin's does not: copy that section into \
+             Myelin's config, so that other servers can still check what was signed with them.",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
 }
 
 pub(super) fn store_err(e: myelin_storage::StorageError) -> String {
