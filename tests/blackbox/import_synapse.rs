@@ -520,6 +520,7 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let (s, p) = myelin.get(&format!("{V3}/profile/{}", path_segment(&alice.user_id)), Some(&bob.token)).await;
     let got = (s, p["displayname"].as_str(), p["avatar_url"].as_str());
     assert_eq!(got, (200, Some("Alice A."), data["avatar"].as_str()), "{p}\n{}", logs());
+    assert_eq!(p["m.tz"], "Europe/Paris", "a custom profile field: {p}");
 
     // Account data, a room tag, a push rule.
     let path = format!("{V3}/user/{}/account_data/org.example.settings", path_segment(&alice.user_id));

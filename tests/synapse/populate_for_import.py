@@ -107,6 +107,7 @@ def main():
 
     call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/displayname", {"displayname": "Alice A."},
          alice["token"])
+    call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/m.tz", {"m.tz": "Europe/Paris"}, alice["token"])
     avatar = call("POST", "/_matrix/media/v3/upload?filename=avatar.png", token=alice["token"],
                   raw=b"\x89PNG fake avatar bytes", ctype="image/png")["content_uri"]
     call("PUT", f"/_matrix/client/v3/profile/{q(alice['user_id'])}/avatar_url", {"avatar_url": avatar},

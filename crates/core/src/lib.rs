@@ -64,4 +64,6 @@ pub use rooms::{CreateRoomRequest, EventFilter, MessagesPage, Pagination};
 pub use server::{Homeserver, Requester};
 pub use sliding_sync::SlidingSyncRequest;
 pub use sync::{SyncRequest, SyncResponse};
-pub use users::{LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, RequestInfo, Session};
+pub use users::{
+    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, RequestInfo, Session, check_profile_field_name,
+};

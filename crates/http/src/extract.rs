@@ -303,8 +303,10 @@ fn guest_may_call(parts: &Parts) -> bool {
     else {
         return false;
     };
-    // A guest may set their display name and nothing else of their profile (Synapse).
-    if parts.method == http::Method::PUT && rest == "/profile/{user_id}/{field}" {
+    // A guest may set (or unset) their display name and nothing else of their profile (Synapse).
+    if (parts.method == http::Method::PUT || parts.method == http::Method::DELETE)
+        && rest == "/profile/{user_id}/{field}"
+    {
         return parts.uri.path().ends_with("/displayname");
     }
     GUEST_ROUTES.iter().any(|(method, path)| *method == parts.method.as_str() && *path == rest)

@@ -231,8 +231,48 @@ pub trait UserStore {
     fn get_profile(&self, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>>;
     /// Sets one profile field (`displayname` or `avatar_url`).
     fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>) -> Result<()>;
+    /// A user's custom profile fields (extended profiles), as a JSON object; empty without any.
+    fn get_custom_profile_fields(&self, user_id: &str) -> Result<serde_json::Map<String, Value>>;
+    /// Sets (`Some`) or removes (`None`) one custom profile field, in one transaction, unless the
+    /// whole profile (display name, avatar and custom fields, as JSON) would then exceed
+    /// `max_bytes`: `Ok(false)` and nothing written.
+    fn set_custom_profile_field(
+        &self,
+        user_id: &str,
+        field: &str,
+        value: Option<&Value>,
+        max_bytes: usize,
+    ) -> Result<bool>;
     /// Number of local users.
     fn count_users(&self) -> Result<i64>;
+}
+
+/// A profile's custom fields after setting or removing one, or `None` when the whole profile
+/// would exceed `max_bytes` (see [`UserStore::set_custom_profile_field`]); `stored` is the
+/// fields' JSON text as stored, if any.
+pub fn updated_profile_fields(
+    displayname: Option<&str>,
+    avatar_url: Option<&str>,
+    stored: Option<&str>,
+    field: &str,
+    value: Option<&Value>,
+    max_bytes: usize,
+) -> Option<serde_json::Map<String, Value>> {
+    let mut fields = match stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) {
+        Some(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    match value {
+        Some(v) => fields.insert(field.to_owned(), v.clone()),
+        None => fields.remove(field),
+    };
+    let mut whole = fields.clone();
+    for (key, v) in [("displayname", displayname), ("avatar_url", avatar_url)] {
+        if let Some(v) = v {
+            whole.insert(key.to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    (serde_json::to_vec(&whole).map_or(usize::MAX, |b| b.len()) <= max_bytes).then_some(fields)
 }
 
 /// Boolean flags on an account.

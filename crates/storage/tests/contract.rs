@@ -216,6 +216,7 @@ contract! {
     access_tokens_lookup_and_delete,
     access_tokens_expiry_and_use,
     ratelimit_overrides_set_replace_and_remove,
+    custom_profile_fields_set_remove_and_bound,
     refresh_tokens_rotate_keeping_the_last_two,
     refresh_tokens_go_with_their_device,
     delete_device_removes_its_tokens,
@@ -725,6 +726,23 @@ fn access_tokens_lookup_and_delete(s: &dyn Storage) {
     assert_eq!(session(s, "tok1"), None);
     assert_eq!(session(s, "tok2"), Some((ALICE.into(), "D1".into())));
     assert_eq!(session(s, "nope"), None);
+}
+
+fn custom_profile_fields_set_remove_and_bound(s: &dyn Storage) {
+    add_user(s, ALICE, Some("Alice"));
+    assert!(s.get_custom_profile_fields(ALICE).unwrap().is_empty());
+    assert!(s.set_custom_profile_field(ALICE, "m.tz", Some(&json!("UTC")), 1000).unwrap());
+    assert!(s.set_custom_profile_field(ALICE, "org.x", Some(&json!({"a": [1, 2]})), 1000).unwrap());
+    let fields = s.get_custom_profile_fields(ALICE).unwrap();
+    assert_eq!(Value::Object(fields), json!({"m.tz": "UTC", "org.x": {"a": [1, 2]}}));
+    // The bound counts the whole profile, display name included; over it nothing is written.
+    let big = json!("x".repeat(990));
+    assert!(!s.set_custom_profile_field(ALICE, "m.big", Some(&big), 1000).unwrap());
+    assert_eq!(s.get_custom_profile_fields(ALICE).unwrap().len(), 2);
+    assert_eq!(s.get_profile(ALICE).unwrap(), Some((Some("Alice".into()), None)), "the rest of the profile stays");
+    assert!(s.set_custom_profile_field(ALICE, "m.tz", None, 1000).unwrap());
+    assert_eq!(Value::Object(s.get_custom_profile_fields(ALICE).unwrap()), json!({"org.x": {"a": [1, 2]}}));
+    assert!(s.get_custom_profile_fields(BOB).unwrap().is_empty(), "no profile at all");
 }
 
 fn ratelimit_overrides_set_replace_and_remove(s: &dyn Storage) {

@@ -11,6 +11,7 @@ mod profile;
 mod register;
 mod sessions;
 
+pub use profile::check_profile_field_name;
 pub use sessions::Session;
 pub(crate) use sessions::{NewDevice, TokenLife};
 

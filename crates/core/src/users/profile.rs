@@ -2,6 +2,37 @@
 
 use super::*;
 
+/// The most bytes a whole profile may take as JSON (Synapse's `MAX_PROFILE_SIZE`).
+const MAX_PROFILE_BYTES: usize = 65_536;
+
+/// The longest profile field name, in bytes (Synapse's `MAX_CUSTOM_FIELD_LEN`).
+const MAX_FIELD_NAME_BYTES: usize = 255;
+
+/// A user ID of a profile path: 400 `M_INVALID_PARAM` when it is not one.
+fn parse_profile_user(user_id: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user id"))
+}
+
+/// A profile field name as Synapse checks it: not empty, at most 255 bytes, and of the
+/// Common Namespaced Identifier Grammar (`[a-z][a-z0-9_.-]*`).
+pub fn check_profile_field_name(field: &str) -> Result<()> {
+    if field.is_empty() {
+        return Err(Error::invalid_param("Field name too short"));
+    }
+    if field.len() > MAX_FIELD_NAME_BYTES {
+        return Err(Error::new(
+            ErrorKind::Module { status: 400, errcode: "M_KEY_TOO_LARGE".into() },
+            "Field name too long",
+        ));
+    }
+    let mut chars = field.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-')) {
+        return Err(Error::invalid_param("Field name does not follow Common Namespaced Identifier Grammar"));
+    }
+    Ok(())
+}
+
 impl Homeserver {
     /// `(displayname, avatar_url)` of a local user; both `None` if unknown.
     pub(crate) async fn profile_of(&self, user_id: &str) -> Result<(Option<String>, Option<String>)> {
@@ -47,7 +78,9 @@ impl Homeserver {
             return Err(Error::not_found("Profile was not found"));
         }
         let (d, a) = self.profile_of(user_id).await?;
-        let mut out = Map::new();
+        let u = user_id.to_owned();
+        // Custom fields first: the display name and avatar are never replaced by one.
+        let mut out = self.db(move |s| s.get_custom_profile_fields(&u)).await?;
         if let Some(d) = d {
             out.insert("displayname".into(), json!(d));
         }
@@ -55,6 +88,78 @@ impl Homeserver {
             out.insert("avatar_url".into(), json!(a));
         }
         Ok(out)
+    }
+
+    /// `PUT /profile/{userId}/{keyName}` with its body: the display name or avatar (a string,
+    /// or `null` to unset), or any other field named by the Common Namespaced Identifier
+    /// Grammar with any JSON value (extended profiles), as Synapse checks them.
+    pub async fn put_profile_field(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        field: &str,
+        body: &Map<String, Value>,
+    ) -> Result<()> {
+        let user = parse_profile_user(user_id)?;
+        check_profile_field_name(field)?;
+        let Some(value) = body.get(field) else {
+            return Err(Error::new(ErrorKind::MissingParam, format!("Missing key '{field}'")));
+        };
+        match (field, value) {
+            ("displayname" | "avatar_url", Value::String(text)) => {
+                self.set_profile_field(requester, user.as_str(), field, Some(text.clone())).await
+            }
+            ("displayname" | "avatar_url", Value::Null) => {
+                self.set_profile_field(requester, user.as_str(), field, None).await
+            }
+            ("displayname" | "avatar_url", _) => Err(Error::invalid_param(format!("'{field}' must be a string"))),
+            _ => self.set_custom_profile_field(requester, &user, field, Some(value)).await,
+        }
+    }
+
+    /// `DELETE /profile/{userId}/{keyName}`: the display name or avatar unset, a custom field
+    /// removed.
+    pub async fn delete_profile_field(&self, requester: &Requester, user_id: &str, field: &str) -> Result<()> {
+        let user = parse_profile_user(user_id)?;
+        check_profile_field_name(field)?;
+        match field {
+            "displayname" | "avatar_url" => self.set_profile_field(requester, user.as_str(), field, None).await,
+            _ => self.set_custom_profile_field(requester, &user, field, None).await,
+        }
+    }
+
+    /// Sets or removes a custom profile field: the user's own, or anyone's by an admin; a
+    /// whole profile over [`MAX_PROFILE_BYTES`] is refused. Custom fields reach neither rooms
+    /// nor the user directory (Synapse), but `on_profile_update` modules hear of the change.
+    async fn set_custom_profile_field(
+        &self,
+        requester: &Requester,
+        user: &UserId,
+        field: &str,
+        value: Option<&Value>,
+    ) -> Result<()> {
+        if !self.is_mine(user) {
+            return Err(Error::new(ErrorKind::BadRequest, "User is not hosted on this homeserver"));
+        }
+        if requester.user_id != *user && !requester.is_admin {
+            return Err(Error::forbidden("Cannot set another user's profile"));
+        }
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        let (u, f, v) = (user.to_string(), field.to_owned(), value.cloned());
+        let written = self.db(move |s| s.set_custom_profile_field(&u, &f, v.as_ref(), MAX_PROFILE_BYTES)).await?;
+        if !written {
+            return Err(Error::new(
+                ErrorKind::Module { status: 400, errcode: "M_PROFILE_TOO_LARGE".into() },
+                "Profile too large",
+            ));
+        }
+        let (display_name, avatar_url) = self.profile_of(user.as_str()).await?;
+        let profile = myelin_module_api::third_party::ProfileInfo { display_name, avatar_url };
+        self.modules.on_profile_update(user.as_str(), profile, requester.is_admin, false).await;
+        Ok(())
     }
 
     /// `PUT /profile/{userId}/{field}`: updates the profile and, unless the user is
@@ -124,5 +229,23 @@ impl Homeserver {
             is_shadow_banned: u.shadow_banned,
             creation_ts: u.creation_ts / 1000,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_follow_the_namespaced_grammar() {
+        for good in ["displayname", "m.tz", "org.example.pronouns", "a", "x_y-z.9"] {
+            assert!(check_profile_field_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Upper", "9lives", "with space", "m.émoji", "a/b"] {
+            assert!(check_profile_field_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_profile_field_name(&"a".repeat(255)).is_ok());
+        let long = check_profile_field_name(&"a".repeat(256)).unwrap_err();
+        assert_eq!(long.message, "Field name too long");
     }
 }

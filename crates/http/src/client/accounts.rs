@@ -17,7 +17,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/delete_devices", post(delete_devices))
         .route("/devices/{device_id}", get(device).put(rename_device).delete(delete_device))
         .route("/profile/{user_id}", get(profile))
-        .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field))
+        .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field).delete(delete_profile_field))
         .route("/account/3pid", get(threepids))
         .route("/account/3pid/bind", post(bind_threepid))
         .route("/account/3pid/unbind", post(remove_threepid))
@@ -234,6 +234,7 @@ pub(super) async fn profile_field(
     OptionalAuth(me): OptionalAuth,
     Path((user_id, field)): Path<(String, String)>,
 ) -> Answer {
+    myelin_core::check_profile_field_name(&field)?;
     let p = hs.profile_for(me.as_ref(), &user_id).await?;
     match p.get(&field) {
         Some(v) => Ok(axum::Json(json!({ field: v }))),
@@ -250,12 +251,16 @@ pub(super) async fn set_profile_field(
     Path((user_id, field)): Path<(String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Answer {
-    let value = match body.get(&field) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Null) | None => None,
-        Some(_) => return Err(MatrixError::new(ErrorKind::BadJson, format!("{field} must be a string"))),
-    };
-    hs.set_profile_field(&me, &user_id, &field, value).await?;
+    hs.put_profile_field(&me, &user_id, &field, &body).await?;
+    Ok(axum::Json(json!({})))
+}
+
+pub(super) async fn delete_profile_field(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((user_id, field)): Path<(String, String)>,
+) -> Answer {
+    hs.delete_profile_field(&me, &user_id, &field).await?;
     Ok(axum::Json(json!({})))
 }
 

@@ -86,6 +86,7 @@ async fn capabilities(State(hs): State<AppState>, Auth(_me): Auth) -> Json {
         "m.set_avatar_url": {"enabled": true},
         "m.3pid_changes": {"enabled": false},
         "m.get_login_token": {"enabled": hs.config.login_via_existing.enabled},
+        "m.profile_fields": {"enabled": true},
     }}))
 }
 

@@ -319,7 +319,7 @@ pub fn import_rows(
 fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
     let rows = db.rows(
         "SELECT u.name, u.password_hash, coalesce(u.creation_ts, 0), u.admin, u.is_guest, u.deactivated,
-                coalesce(u.shadow_banned, FALSE), p.displayname, p.avatar_url
+                coalesce(u.shadow_banned, FALSE), p.displayname, p.avatar_url, CAST(p.fields AS TEXT)
          FROM users u LEFT JOIN profiles p ON p.full_user_id = u.name ORDER BY u.name",
         &[],
     )?;
@@ -352,6 +352,12 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
             store
                 .set_profile_field(&user.user_id, myelin_storage::ProfileField::AvatarUrl, Some(&avatar))
                 .map_err(store_err)?;
+        }
+        // Custom profile fields (extended profiles), as they were: Synapse checked their size.
+        if let Some(Value::Object(fields)) = r.opt_text(9).and_then(|f| serde_json::from_str::<Value>(&f).ok()) {
+            for (name, value) in &fields {
+                store.set_custom_profile_field(&user.user_id, name, Some(value), usize::MAX).map_err(store_err)?;
+            }
         }
     }
     summary.count("users (with profiles)", rows.len());

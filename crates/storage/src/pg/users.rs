@@ -337,6 +337,47 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn get_custom_profile_fields(&self, user_id: &str) -> Result<serde_json::Map<String, Value>> {
+        let stored: Option<String> = self.read(|db| {
+            Ok(db.opt("SELECT fields FROM profiles WHERE user_id = $1", &[&user_id])?.and_then(|r| r.get(0)))
+        })?;
+        Ok(match stored.and_then(|s| serde_json::from_str::<Value>(&s).ok()) {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        })
+    }
+
+    fn set_custom_profile_field(
+        &self,
+        user_id: &str,
+        field: &str,
+        value: Option<&Value>,
+        max_bytes: usize,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            let row = tx.opt("SELECT displayname, avatar_url, fields FROM profiles WHERE user_id = $1", &[&user_id])?;
+            let (displayname, avatar_url, stored): (Option<String>, Option<String>, Option<String>) =
+                row.map(|r| (r.get(0), r.get(1), r.get(2))).unwrap_or_default();
+            let Some(fields) = updated_profile_fields(
+                displayname.as_deref(),
+                avatar_url.as_deref(),
+                stored.as_deref(),
+                field,
+                value,
+                max_bytes,
+            ) else {
+                return Ok(false);
+            };
+            let text = (!fields.is_empty()).then(|| Value::Object(fields).to_string());
+            tx.exec(
+                "INSERT INTO profiles (user_id, fields) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET fields = excluded.fields",
+                &[&user_id, &text],
+            )?;
+            Ok(true)
+        })
+    }
+
     fn count_users(&self) -> Result<i64> {
         self.read(|db| Ok(db.one("SELECT count(*) FROM users", &[])?.get(0)))
     }

@@ -379,6 +379,55 @@ impl UserStore for SqliteStore {
         Ok(())
     }
 
+    fn get_custom_profile_fields(&self, user_id: &str) -> Result<serde_json::Map<String, Value>> {
+        let stored: Option<Option<String>> = self
+            .reader()
+            .row("SELECT fields FROM profiles WHERE user_id = ?1", [user_id], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        Ok(match stored.flatten().and_then(|s| serde_json::from_str::<Value>(&s).ok()) {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        })
+    }
+
+    fn set_custom_profile_field(
+        &self,
+        user_id: &str,
+        field: &str,
+        value: Option<&Value>,
+        max_bytes: usize,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let row: Option<(Option<String>, Option<String>, Option<String>)> = tx
+            .row("SELECT displayname, avatar_url, fields FROM profiles WHERE user_id = ?1", [user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        let (displayname, avatar_url, stored) = row.unwrap_or_default();
+        let Some(fields) = updated_profile_fields(
+            displayname.as_deref(),
+            avatar_url.as_deref(),
+            stored.as_deref(),
+            field,
+            value,
+            max_bytes,
+        ) else {
+            return Ok(false);
+        };
+        let text = (!fields.is_empty()).then(|| Value::Object(fields).to_string());
+        tx.exec(
+            "INSERT INTO profiles (user_id, fields) VALUES (?1, ?2)
+             ON CONFLICT (user_id) DO UPDATE SET fields = excluded.fields",
+            params![user_id, text],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
+
     fn count_users(&self) -> Result<i64> {
         self.reader().row("SELECT count(*) FROM users", [], |r| r.get(0)).map_err(backend)
     }
