@@ -821,8 +821,16 @@ async fn events_carry_unsigned_as_synapse_serves_them() {
         check_rename(event_in(&chunk, &rename));
     }
 
+    // MSC4115: each event says how the reader stood in the room then: bob had not joined when
+    // the room was made (history is shared, so he reads it), and had when the message came.
+    let chunk = messages(&bob).await;
+    assert_eq!(event_in(&chunk, &message)["unsigned"]["membership"], "join");
+    let create = chunk.as_array().unwrap().iter().find(|e| e["type"] == "m.room.create").unwrap();
+    assert_eq!(create["unsigned"]["membership"], "leave", "{create}");
+
     // /event and /context.
     let (st, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{rename}"), Some(&alice.token)).await;
+    assert_eq!(event["unsigned"]["membership"], "join", "{event}");
     assert_eq!(st, 200);
     check_rename(&event);
     let (st, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{message}"), Some(&alice.token)).await;

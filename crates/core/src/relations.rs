@@ -180,6 +180,8 @@ impl Homeserver {
     async fn client_events_for(&self, user: &str, reader: Reader, rows: Vec<EventRow>) -> Result<Vec<Value>> {
         let (rows, _) = self.visible_events(user, reader, rows).await?;
         let mut events: Vec<Value> = rows.iter().map(|r| client_event_from_str(&r.json)).collect();
+        let groups: Vec<Option<i64>> = rows.iter().map(|r| r.state_group).collect();
+        self.add_memberships(user, &groups, &mut events).await?;
         self.bundle_aggregations(user, reader, &mut events).await?;
         self.complete_unsigned(&mut events).await?;
         Ok(events)

@@ -114,6 +114,7 @@ impl Homeserver {
                 continue;
             };
             let mut event = [client_event_from_str(&row.json)];
+            self.add_memberships(me.user_id.as_str(), &[row.state_group], &mut event).await?;
             self.complete_unsigned(&mut event).await?;
             let [event] = event;
             let mut result = json!({"rank": hit.rank, "result": event});

@@ -5,7 +5,9 @@
 //! `replaces_state` is kept in the stored event (written with it, as Synapse does); the
 //! replaced event's content is read when the event is served, so a later redaction of the
 //! replaced event shows here too. `transaction_id` (the sender's own echo) is added by the
-//! paths that know the requesting device, and `m.relations` by the aggregation bundler.
+//! paths that know the requesting device, `membership` (MSC4115) by the paths that read for one
+//! user (not `/sync`, whose sections members share), and `m.relations` by the aggregation
+//! bundler.
 
 use std::collections::HashMap;
 
@@ -74,6 +76,29 @@ impl Homeserver {
             if let Some(unsigned) = event["unsigned"].as_object_mut() {
                 unsigned.entry("prev_content").or_insert(content);
                 unsigned.entry("prev_sender").or_insert(sender);
+            }
+        }
+        Ok(())
+    }
+
+    /// MSC4115, as Synapse: `unsigned.membership` on each event, `user`'s membership in the
+    /// room as of it (the state after it, `groups[i]` for `events[i]`), so a client can tell
+    /// "sent before you joined" from a decryption failure. One read per state group: a page's
+    /// messages share few.
+    pub(crate) async fn add_memberships(&self, user: &str, groups: &[Option<i64>], events: &mut [Value]) -> Result<()> {
+        let mut known: HashMap<Option<i64>, String> = HashMap::new();
+        for (group, event) in groups.iter().zip(events.iter_mut()) {
+            let membership = match known.get(group) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self.membership_in_group(*group, user).await?;
+                    known.insert(*group, m.clone());
+                    m
+                }
+            };
+            if let Some(map) = event.as_object_mut() {
+                let unsigned = map.entry("unsigned").or_insert_with(|| json!({}));
+                unsigned["membership"] = json!(membership);
             }
         }
         Ok(())

@@ -157,6 +157,14 @@ impl Homeserver {
             .unwrap_or(HistoryVisibility::Shared))
     }
 
+    /// `user`'s membership in a state group (`leave` without one), for MSC4115's
+    /// `unsigned.membership`; an event without state (an outlier) is the user's own invite.
+    pub(crate) async fn membership_in_group(&self, group: Option<i64>, user: &str) -> Result<String> {
+        let Some(group) = group else { return Ok("invite".to_owned()) };
+        let content = self.group_state_content(group, "m.room.member", user).await?;
+        Ok(content.and_then(|c| c.get("membership")?.as_str().map(str::to_owned)).unwrap_or_else(|| "leave".into()))
+    }
+
     /// The content of the state event a state group holds for `(kind, key)`.
     async fn group_state_content(&self, group: i64, kind: &'static str, key: &str) -> Result<Option<Value>> {
         let key = key.to_owned();

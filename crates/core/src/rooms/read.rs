@@ -120,6 +120,7 @@ impl Homeserver {
         };
         let v: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
         let mut event = [client_event(&v)];
+        self.add_memberships(user, &[row.state_group], &mut event).await?;
         self.bundle_aggregations(user, reader, &mut event).await?;
         self.complete_unsigned(&mut event).await?;
         self.add_transaction_ids(requester, &mut event).await?;
@@ -309,6 +310,7 @@ impl Homeserver {
         // events while `end` still points further; the spec allows that.
         let (rows, _) = self.visible_events(user, reader, rows).await?;
         let mut chunk: Vec<Value> = Vec::with_capacity(rows.len());
+        let mut groups = Vec::with_capacity(rows.len());
         // The state at the page's first event answers lazy loading (as Synapse).
         let mut first_group = None;
         for row in &rows {
@@ -316,8 +318,10 @@ impl Homeserver {
             if filter.is_none_or(|f| f.matches(&event)) {
                 first_group.get_or_insert(row.state_group);
                 chunk.push(event);
+                groups.push(row.state_group);
             }
         }
+        self.add_memberships(user, &groups, &mut chunk).await?;
         let state = match (filter.is_some_and(|f| f.lazy_load_members), first_group) {
             (true, Some(group)) => {
                 let senders = chunk.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
