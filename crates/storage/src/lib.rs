@@ -247,6 +247,14 @@ pub trait UserStore {
     fn count_users(&self) -> Result<i64>;
 }
 
+/// A profile's custom fields from their stored JSON text (none when absent or not an object).
+pub fn profile_fields(stored: Option<&str>) -> serde_json::Map<String, Value> {
+    match stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) {
+        Some(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// A profile's custom fields after setting or removing one, or `None` when the whole profile
 /// would exceed `max_bytes` (see [`UserStore::set_custom_profile_field`]); `stored` is the
 /// fields' JSON text as stored, if any.
@@ -258,10 +266,7 @@ pub fn updated_profile_fields(
     value: Option<&Value>,
     max_bytes: usize,
 ) -> Option<serde_json::Map<String, Value>> {
-    let mut fields = match stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) {
-        Some(Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
+    let mut fields = profile_fields(stored);
     match value {
         Some(v) => fields.insert(field.to_owned(), v.clone()),
         None => fields.remove(field),

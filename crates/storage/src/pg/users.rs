@@ -341,10 +341,7 @@ impl UserStore for PostgresStore {
         let stored: Option<String> = self.read(|db| {
             Ok(db.opt("SELECT fields FROM profiles WHERE user_id = $1", &[&user_id])?.and_then(|r| r.get(0)))
         })?;
-        Ok(match stored.and_then(|s| serde_json::from_str::<Value>(&s).ok()) {
-            Some(Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        })
+        Ok(profile_fields(stored.as_deref()))
     }
 
     fn set_custom_profile_field(

@@ -385,10 +385,7 @@ impl UserStore for SqliteStore {
             .row("SELECT fields FROM profiles WHERE user_id = ?1", [user_id], |r| r.get(0))
             .optional()
             .map_err(backend)?;
-        Ok(match stored.flatten().and_then(|s| serde_json::from_str::<Value>(&s).ok()) {
-            Some(Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        })
+        Ok(profile_fields(stored.flatten().as_deref()))
     }
 
     fn set_custom_profile_field(
