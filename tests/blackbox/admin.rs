@@ -572,3 +572,37 @@ async fn admins_override_a_users_rate_limits_as_synapse() {
     assert_eq!(s.get(&path, Some(&root.token)).await.1, json!({}));
     assert_eq!(sends(1).await, [429]);
 }
+
+#[tokio::test]
+async fn admins_read_a_users_account_data_and_check_usernames() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let user_data = format!("{V3}/user/@alice:test/account_data/org.example.settings");
+    assert_eq!(s.put(&user_data, Some(&alice.token), json!({"theme": "dark"})).await.0, 200);
+    let room_data = format!("{V3}/user/@alice:test/rooms/{room}/account_data/org.example.draft");
+    assert_eq!(s.put(&room_data, Some(&alice.token), json!({"text": "hi"})).await.0, 200);
+
+    let path = format!("{ADMIN}/v1/users/@alice:test/accountdata");
+    let (st, b) = s.get(&path, Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["account_data"]["global"]["org.example.settings"], json!({"theme": "dark"}), "{b}");
+    assert_eq!(b["account_data"]["rooms"][&room]["org.example.draft"], json!({"text": "hi"}), "{b}");
+    assert!(b["account_data"]["global"].get("m.push_rules").is_none(), "push rules are apart: {b}");
+    let (st, b) = s.get(&path, Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{b}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/users/@bob:elsewhere/accountdata"), Some(&root.token)).await.0, 400);
+    let (st, b) = s.get(&format!("{ADMIN}/v1/users/@nobody:test/accountdata"), Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+
+    let available = |name: &str| format!("{ADMIN}/v1/username_available?username={name}");
+    assert_eq!(s.get(&available("carol"), Some(&root.token)).await, (200, json!({"available": true})));
+    let (st, b) = s.get(&available("alice"), Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "{b}");
+    let (st, b) = s.get(&available("Not%20Valid"), Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_USERNAME")), "{b}");
+    let (st, b) = s.get(&available("carol"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{b}");
+}

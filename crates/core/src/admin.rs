@@ -317,6 +317,35 @@ impl Homeserver {
         Ok(())
     }
 
+    /// `GET /_synapse/admin/v1/users/{userId}/accountdata`: the user's global and per-room
+    /// account data, as Synapse answers (push rules, which Myelin keeps as account data and
+    /// Synapse apart, are left out as Synapse leaves them).
+    pub async fn admin_account_data(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = self.existing_local_user(user_id, "Can only look up local users").await?;
+        let u = user.to_string();
+        let rows = self.db(move |s| s.account_data_since(&u, 0, s.max_stream_ordering()?)).await?;
+        let (mut global, mut rooms) = (Map::new(), Map::new());
+        for (room, kind, content) in rows {
+            if room.is_empty() {
+                if kind != "m.push_rules" {
+                    global.insert(kind, content);
+                }
+            } else if let Some(map) = rooms.entry(room).or_insert_with(|| json!({})).as_object_mut() {
+                map.insert(kind, content);
+            }
+        }
+        Ok(json!({"account_data": {"global": global, "rooms": rooms}}))
+    }
+
+    /// `GET /_synapse/admin/v1/username_available?username=`: as the client API's check,
+    /// without its rate limit.
+    pub async fn admin_username_available(&self, requester: &Requester, username: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        self.username_available(username).await?;
+        Ok(json!({"available": true}))
+    }
+
     /// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
     pub async fn admin_joined_rooms(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;

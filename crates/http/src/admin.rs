@@ -39,6 +39,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
         .route("/_synapse/admin/v1/reset_password/{user_id}", post(reset_password))
         .route("/_synapse/admin/v1/users/{user_id}/joined_rooms", get(joined_rooms))
+        .route("/_synapse/admin/v1/users/{user_id}/accountdata", get(account_data))
+        .route("/_synapse/admin/v1/username_available", get(username_available))
         .route("/_synapse/admin/v1/users/{user_id}/pushers", get(pushers))
         .route("/_synapse/admin/v2/users/{user_id}/devices", get(devices))
         .route(
@@ -293,6 +295,19 @@ async fn delete_devices(
 ) -> Answer {
     hs.admin_delete_devices(&me, &user_id, body.devices).await?;
     Ok(axum::Json(json!({})))
+}
+
+async fn account_data(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_account_data(&me, &user_id).await?))
+}
+
+#[derive(Deserialize)]
+struct UsernameQuery {
+    username: String,
+}
+
+async fn username_available(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<UsernameQuery>) -> Answer {
+    Ok(axum::Json(hs.admin_username_available(&me, &q.username).await?))
 }
 
 async fn joined_rooms(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
