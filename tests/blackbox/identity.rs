@@ -268,13 +268,13 @@ async fn identity_servers_with_untrusted_certificates_are_refused() {
     let server = Server::start_with("ip_range_whitelist: ['127.0.0.0/8']\n").await;
     let alice = server.register("alice").await;
     let (s, body) = bind(&server, &alice, &is.name, "s1", "good-token").await;
-    assert_eq!((s, body["error"].as_str()), (500, Some("Failed to contact identity server")), "{body}");
+    assert_eq!((s, body["error"].as_str()), (502, Some("Failed to contact identity server")), "{body}");
     assert!(is.state().await.1.is_empty(), "no request reached it");
     // And loopback is blocked unless allowed.
     let server = Server::start().await;
     let alice = server.register("alice").await;
     let (s, _) = bind(&server, &alice, &is.name, "s1", "good-token").await;
-    assert_eq!(s, 500);
+    assert_eq!(s, 502);
     assert!(is.state().await.1.is_empty());
 }
 

@@ -127,7 +127,7 @@ impl Homeserver {
             .map_err(|why| {
                 tracing::info!(id_server, reason = %why, "identity server unreachable");
                 Error::new(
-                    ErrorKind::Module { status: 500, errcode: "M_UNKNOWN".into() },
+                    ErrorKind::Module { status: 502, errcode: "M_UNKNOWN".into() },
                     "Failed to contact identity server",
                 )
             })?;
@@ -190,7 +190,7 @@ impl Homeserver {
             crate::federation::sign_request(&self.key, self.server_name(), id_server, "POST", path, Some(&body))?;
         let failed = || {
             Error::new(
-                ErrorKind::Module { status: 500, errcode: "M_UNKNOWN".into() },
+                ErrorKind::Module { status: 502, errcode: "M_UNKNOWN".into() },
                 "Failed to contact identity server",
             )
         };
@@ -242,9 +242,10 @@ impl Homeserver {
     }
 }
 
-/// "Failed to contact identity server" (500), as Synapse answers when one fails or is down.
+/// "Failed to contact identity server" when one fails or is down: Synapse's words, but 502 (a
+/// remote server's failure) where Synapse answers 500, which would blame this server.
 fn identity_server_failed() -> Error {
-    Error::new(ErrorKind::Module { status: 500, errcode: "M_UNKNOWN".into() }, "Failed to contact identity server")
+    Error::new(ErrorKind::Module { status: 502, errcode: "M_UNKNOWN".into() }, "Failed to contact identity server")
 }
 
 /// An identity server's answer that does not make sense (502).
