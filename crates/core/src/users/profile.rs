@@ -128,6 +128,15 @@ impl Homeserver {
         }
     }
 
+    /// After any profile change: the `on_profile_update` module callbacks (their one call site,
+    /// Synapse's `deactivation: false`).
+    async fn profile_updated(&self, user_id: &str, by_admin: bool) -> Result<()> {
+        let (display_name, avatar_url) = self.profile_of(user_id).await?;
+        let profile = myelin_module_api::third_party::ProfileInfo { display_name, avatar_url };
+        self.modules.on_profile_update(user_id, profile, by_admin, false).await;
+        Ok(())
+    }
+
     /// Sets or removes a custom profile field: the user's own, or anyone's by an admin; a
     /// whole profile over [`MAX_PROFILE_BYTES`] is refused. Custom fields reach neither rooms
     /// nor the user directory (Synapse), but `on_profile_update` modules hear of the change.
@@ -156,10 +165,7 @@ impl Homeserver {
                 "Profile too large",
             ));
         }
-        let (display_name, avatar_url) = self.profile_of(user.as_str()).await?;
-        let profile = myelin_module_api::third_party::ProfileInfo { display_name, avatar_url };
-        self.modules.on_profile_update(user.as_str(), profile, requester.is_admin, false).await;
-        Ok(())
+        self.profile_updated(user.as_str(), requester.is_admin).await
     }
 
     /// `PUT /profile/{userId}/{field}`: updates the profile and, unless the user is
@@ -184,9 +190,7 @@ impl Homeserver {
         }
         let (u, v) = (user_id.to_owned(), value.clone());
         self.db(move |s| s.set_profile_field(&u, column, v.as_deref())).await?;
-        let (display_name, avatar_url) = self.profile_of(user_id).await?;
-        let profile = myelin_module_api::third_party::ProfileInfo { display_name, avatar_url };
-        self.modules.on_profile_update(user_id, profile, requester.is_admin, false).await;
+        self.profile_updated(user_id, requester.is_admin).await?;
         if requester.shadow_banned {
             return Ok(());
         }
