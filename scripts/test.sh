@@ -21,6 +21,15 @@ tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-dep
 # synapse-token-authenticator with its own dependencies (jwcrypto, pydantic), pinned.
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check \
   synapse-token-authenticator==0.14.1 jwcrypto==1.6.1 pydantic==2.14.4
+# synapse-s3-storage-provider (tests/blackbox/media_storage.rs) with what it imports: boto3 and
+# six (--no-deps: its psycopg2, tqdm and humanize serve only its offline upload script), and a
+# local S3 (moto in server mode) in its own venv.
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check boto3==1.44.18 six==1.17.0
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps synapse-s3-storage-provider==1.7.0
+if [ ! -x tests/s3/.venv/bin/python ]; then
+  python3 -m venv tests/s3/.venv
+fi
+tests/s3/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/s3/requirements.txt
 # A real Synapse for the federation tests, in its own venv (its dependencies would clash with
 # the module venv's stand-in `synapse` package).
 if [ ! -x tests/synapse/.venv/bin/python ]; then

@@ -379,6 +379,9 @@ const KNOWN_KEYS: &[&str] = &[
     "database",
     "signing_key_path",
     "media_store_path",
+    "media_storage_providers",
+    "backup_media_store_path",
+    "synchronous_backup_media_store",
     "max_upload_size",
     "request_header_timeout",
     "caches",
@@ -793,6 +796,8 @@ impl Config {
             let p = PathBuf::from(p);
             if p.is_absolute() { p } else { base.join(p) }
         };
+
+        modules.extend(crate::modules::load_storage_providers(&root, natives, &|p: &str| resolve(p.to_owned()))?);
 
         let listeners = parse_listeners("listeners", root.get("listeners"))?;
         let public_baseurl = match w.string("public_baseurl")? {

@@ -13,6 +13,7 @@ use myelin_module_api::spam::MediaFile;
 use myelin_storage::MediaRow;
 use tokio::io::AsyncWriteExt;
 
+use crate::media_storage::{FileInfo, ThumbnailInfo};
 use crate::server::{now_ms, random_string};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
@@ -248,6 +249,11 @@ impl Homeserver {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
+        let info = FileInfo { server_name: None, file_id: media_id.clone(), thumbnail: None };
+        if let Err(e) = self.store_in_providers(&dest, info).await {
+            let _ = tokio::fs::remove_file(&dest).await;
+            return Err(e);
+        }
         let row = MediaRow {
             media_id: media_id.clone(),
             user_id: requester.user_id.to_string(),
@@ -280,8 +286,14 @@ impl Homeserver {
                 "Media has not been uploaded yet",
             ));
         }
+        let path = self.media_path(media_id);
+        if !path.exists() {
+            // Gone from the media store (or never there: a store emptied after a move to S3).
+            let info = FileInfo { server_name: None, file_id: media_id.to_owned(), thumbnail: None };
+            self.fetch_from_providers(&path, info).await?;
+        }
         Ok(StoredMedia {
-            path: self.media_path(media_id),
+            path,
             content_type: row.content_type.unwrap_or_else(|| "application/octet-stream".into()),
             upload_name: row.upload_name,
             length: row.length.unwrap_or_default() as u64,
@@ -305,6 +317,7 @@ impl Homeserver {
             _ => return Err(Error::invalid_param("method must be 'crop' or 'scale'")),
         };
         let original = self.media(server, media_id).await?;
+        let file_id = media_id.to_owned();
         // Remote files' thumbnails are kept apart from local ones (media IDs may collide).
         let key = if server == self.server_name() {
             media_id.to_owned()
@@ -336,6 +349,22 @@ impl Homeserver {
         let (content_type, length) = generated;
         let (id, m, ct) = (media_id.to_owned(), tm.to_owned(), content_type.clone());
         self.db(move |s| s.insert_thumbnail(&id, tw, th, &m, &ct, length as i64)).await?;
+        let remote = (server != self.server_name()).then(|| server.to_owned());
+        let info = FileInfo {
+            server_name: remote,
+            file_id,
+            thumbnail: Some(ThumbnailInfo {
+                width: tw,
+                height: th,
+                method: tm.to_owned(),
+                content_type: content_type.clone(),
+                length,
+            }),
+        };
+        // A thumbnail can be made again from its file: a provider's failure is only logged.
+        if let Err(e) = self.store_in_providers(&path, info).await {
+            tracing::warn!("thumbnail not stored in a storage provider: {e}");
+        }
         Ok(StoredMedia { path, content_type, upload_name: None, length })
     }
 }

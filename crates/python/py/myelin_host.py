@@ -159,6 +159,130 @@ def instantiate(name, index, host, done):
         done({"fatal": traceback.format_exc()})
 
 
+# --- media storage providers ------------------------------------------------------------------
+
+_providers = []
+
+
+class _ProviderHomeServer:
+    """The part of Synapse's HomeServer a storage provider's constructor uses."""
+
+    def __init__(self, api, media_store_path):
+        from types import SimpleNamespace
+        from twisted.internet import reactor
+
+        self._api = api
+        self._reactor = reactor
+        self.hostname = api.server_name
+        self.config = SimpleNamespace(
+            media=SimpleNamespace(media_store_path=media_store_path),
+            server=SimpleNamespace(server_name=api.server_name),
+        )
+
+    def get_module_api(self):
+        return self._api
+
+    def get_reactor(self):
+        return self._reactor
+
+
+def instantiate_storage_provider(name, index, host, media_store_path, done):
+    """Builds a `media_storage_providers` class as Synapse does: `Class(hs, parsed_config)`."""
+    try:
+        cls, config, _ = _pending.pop((name, index))
+        from synapse.module_api import ModuleApi
+
+        hs = _ProviderHomeServer(ModuleApi(host, name), media_store_path)
+        _providers.append(cls(hs, config))
+        done({"ok": len(_providers) - 1})
+    except BaseException:
+        done({"fatal": traceback.format_exc()})
+
+
+def _file_info(info_json):
+    from synapse.media._base import FileInfo, ThumbnailInfo
+
+    info = json.loads(info_json)
+    thumbnail = info.get("thumbnail")
+    if thumbnail is not None:
+        thumbnail = ThumbnailInfo(
+            width=thumbnail["width"], height=thumbnail["height"], method=thumbnail["method"],
+            type=thumbnail["type"], length=thumbnail["length"])
+    return FileInfo(info.get("server_name"), info["file_id"], url_cache=info.get("url_cache", False), thumbnail=thumbnail)
+
+
+def _settle(make, done, answer):
+    """Runs `make()` (sync, coroutine or Deferred); done(answer(value)) or done(the error)."""
+    try:
+        result = make()
+        if not isinstance(result, _defer.Deferred):
+            if inspect.isawaitable(result):
+                result = _defer.ensureDeferred(result)
+            else:
+                result = _defer.succeed(result)
+    except BaseException as e:
+        done(_error_payload(e))
+        return
+    result.addCallbacks(lambda value: done(answer(value)), lambda f: done(_error_payload(f.value)))
+
+
+def provider_store_file(index, path, info_json, done):
+    provider = _providers[index]
+    _settle(lambda: provider.store_file(path, _file_info(info_json)), done, lambda _: {"ok": True})
+
+
+class _FileConsumer:
+    """A Twisted consumer writing what a Responder produces into a file. Push producers write
+    as they like; a pull producer (`streaming=False`) is asked for more until it unregisters."""
+
+    def __init__(self, f):
+        self._f = f
+        self._producer = None
+
+    def registerProducer(self, producer, streaming):
+        self._producer = producer
+        if not streaming:
+            from twisted.internet import reactor
+
+            def pull():
+                if self._producer is producer:
+                    producer.resumeProducing()
+                    reactor.callLater(0, pull)
+
+            reactor.callLater(0, pull)
+
+    def unregisterProducer(self):
+        self._producer = None
+
+    def write(self, data):
+        self._f.write(data)
+
+
+def provider_fetch(index, path, info_json, dest, done):
+    """Asks a provider for a file; its Responder writes the file to `dest` (Synapse's
+    `ensure_media_is_in_local_cache`). done({"fetched": bool})."""
+    import os
+
+    provider = _providers[index]
+
+    async def fetch():
+        responder = provider.fetch(path, _file_info(info_json))
+        if inspect.isawaitable(responder):
+            responder = await responder
+        if responder is None:
+            return False
+        with responder:
+            with open(dest, "wb") as f:
+                written = responder.write_to_consumer(_FileConsumer(f))
+                if inspect.isawaitable(written):
+                    await written
+                f.flush()
+                os.fsync(f.fileno())
+        return True
+
+    _settle(fetch, done, lambda fetched: {"fetched": bool(fetched)})
+
+
 # --- callbacks ---------------------------------------------------------------------------------
 
 def _is_codes(value):

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use myelin_core::modules::{ForeignLoadError, ForeignModule, ForeignModules, ForeignSettings};
+use myelin_core::modules::{ForeignLoadError, ForeignModule, ForeignModules, ForeignSettings, ForeignStorageProvider};
 use myelin_module_api::ModuleApi;
 use pyo3::prelude::*;
 use serde_json::Value;
@@ -35,11 +35,19 @@ impl PythonModules {
 
 impl ForeignModules for PythonModules {
     fn load(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
-        self.load_with(name, config, false)
+        Ok(Box::new(self.load_with(name, config, false)?))
     }
 
     fn load_legacy_spam_checker(&self, name: &str, config: Value) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
-        self.load_with(name, config, true)
+        Ok(Box::new(self.load_with(name, config, true)?))
+    }
+
+    fn load_storage_provider(
+        &self,
+        name: &str,
+        config: Value,
+    ) -> Result<Box<dyn ForeignStorageProvider>, ForeignLoadError> {
+        Ok(Box::new(self.load_with(name, config, false)?))
     }
 
     fn configure(&self, settings: &ForeignSettings) -> Result<(), String> {
@@ -69,12 +77,7 @@ pub(crate) fn site_packages(venv: &std::path::Path) -> Result<std::path::PathBuf
 }
 
 impl PythonModules {
-    pub(crate) fn load_with(
-        &self,
-        name: &str,
-        config: Value,
-        legacy: bool,
-    ) -> Result<Box<dyn ForeignModule>, ForeignLoadError> {
+    pub(crate) fn load_with(&self, name: &str, config: Value, legacy: bool) -> Result<PythonModule, ForeignLoadError> {
         let rt = self.runtime().map_err(ForeignLoadError::Fatal)?;
         let (n, c) = (name.to_owned(), config.to_string());
         let answer = rt
@@ -83,7 +86,7 @@ impl PythonModules {
             })
             .map_err(ForeignLoadError::Fatal)?;
         if let Some(index) = answer.get("ok").and_then(Value::as_u64) {
-            return Ok(Box::new(PythonModule { name: name.to_owned(), index, runtime: rt }));
+            return Ok(PythonModule { name: name.to_owned(), index, runtime: rt });
         }
         if let Some(e) = answer.get("config_error") {
             return Err(ForeignLoadError::Config {
@@ -118,5 +121,83 @@ impl ForeignModule for PythonModule {
             Some(tb) => Err(tb.as_str().unwrap_or_default().to_owned()),
             None => Ok(()),
         }
+    }
+}
+
+impl ForeignStorageProvider for PythonModule {
+    fn instantiate(
+        self: Box<Self>,
+        api: &ModuleApi,
+        media_store: &std::path::Path,
+    ) -> Result<Arc<dyn myelin_core::media_storage::StorageBackend>, String> {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let _ = self.runtime.tokio.set(handle);
+        }
+        let host = PyHost { api: api.clone(), runtime: self.runtime.clone() };
+        let (name, index, store) = (self.name.clone(), self.index, media_store.to_string_lossy().into_owned());
+        let answer = self.runtime.call_blocking("instantiate_storage_provider", move |py| {
+            Ok(vec![
+                to_py(py, &name),
+                index.into_pyobject(py)?.into_any().unbind(),
+                Py::new(py, host)?.into_any(),
+                to_py(py, &store),
+            ])
+        })?;
+        match answer.get("ok").and_then(Value::as_u64) {
+            Some(provider) => Ok(Arc::new(PyStorageBackend { provider, runtime: self.runtime.clone() })),
+            None => Err(answer["fatal"].as_str().unwrap_or("unknown error").to_owned()),
+        }
+    }
+}
+
+/// A Python `StorageProvider` instance, by its index in the host's list.
+struct PyStorageBackend {
+    provider: u64,
+    runtime: Arc<PythonRuntime>,
+}
+
+impl PyStorageBackend {
+    /// Calls `myelin_host.<function>(provider, path, file_info, *more)` and waits for its answer.
+    fn call(
+        &self,
+        function: &'static str,
+        path: String,
+        info: &myelin_core::media_storage::FileInfo,
+        more: Vec<String>,
+    ) -> futures::future::BoxFuture<'static, Result<Value, String>> {
+        let (provider, info) = (self.provider, info.to_json().to_string());
+        let rx = self.runtime.call(function, move |py| {
+            let mut args = vec![provider.into_pyobject(py)?.into_any().unbind(), to_py(py, &path), to_py(py, &info)];
+            args.extend(more.iter().map(|m| to_py(py, m)));
+            Ok(args)
+        });
+        Box::pin(async move {
+            let answer = rx.await.map_err(|_| "the Python thread dropped the call".to_owned())?;
+            match module_error(&answer) {
+                Some(e) => Err(e.to_string()),
+                None => Ok(answer),
+            }
+        })
+    }
+}
+
+impl myelin_core::media_storage::StorageBackend for PyStorageBackend {
+    fn store_file(
+        &self,
+        path: String,
+        info: myelin_core::media_storage::FileInfo,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let call = self.call("provider_store_file", path, &info, vec![]);
+        Box::pin(async move { call.await.map(|_| ()) })
+    }
+
+    fn fetch(
+        &self,
+        path: String,
+        info: myelin_core::media_storage::FileInfo,
+        dest: std::path::PathBuf,
+    ) -> futures::future::BoxFuture<'static, Result<bool, String>> {
+        let call = self.call("provider_fetch", path, &info, vec![dest.to_string_lossy().into_owned()]);
+        Box::pin(async move { Ok(call.await?["fetched"].as_bool().unwrap_or(false)) })
     }
 }

@@ -73,9 +73,17 @@ impl Homeserver {
     pub(crate) async fn remote_media(&self, server: &str, media_id: &str) -> Result<StoredMedia> {
         let (path, meta_path, _) =
             crate::media::remote_cache_paths(&self.config.media_store_path, server, media_id).ok_or_else(not_found)?;
-        if let Ok(text) = tokio::fs::read_to_string(&meta_path).await
-            && let Ok(meta) = serde_json::from_str::<Value>(&text)
-            && path.exists()
+        let cached = match tokio::fs::read_to_string(&meta_path).await {
+            Ok(text) => serde_json::from_str::<Value>(&text).ok(),
+            Err(_) => None,
+        };
+        let info = crate::media_storage::FileInfo {
+            server_name: Some(server.to_owned()),
+            file_id: media_id.to_owned(),
+            thumbnail: None,
+        };
+        if let Some(meta) = cached
+            && (path.exists() || self.fetch_from_providers(&path, info.clone()).await?)
         {
             return Ok(StoredMedia {
                 path,
@@ -139,6 +147,10 @@ impl Homeserver {
             tokio::fs::create_dir_all(parent).await.map_err(Error::internal)?;
         }
         tokio::fs::rename(&tmp, &path).await.map_err(Error::internal)?;
+        if let Err(e) = self.store_in_providers(&path, info).await {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
         let row = myelin_storage::MediaRow {
             media_id: remote_media_key(server, media_id),
             user_id: server.to_owned(),

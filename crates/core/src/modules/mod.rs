@@ -25,6 +25,8 @@ use serde_json::{Map, Value};
 
 use crate::Homeserver;
 use crate::config::ConfigError;
+use crate::media_storage::{FileSystemBackend, ProviderSettings, StorageProvider};
+use std::path::PathBuf;
 
 type ParseFn = fn(Value) -> Result<Box<dyn Any + Send>, myelin_module_api::ConfigError>;
 type BuildFn = fn(Box<dyn Any + Send>, &ModuleApi) -> Result<Box<dyn Any + Send + Sync>, ModuleError>;
@@ -63,6 +65,22 @@ pub trait ForeignModules: Send + Sync {
     /// Where the foreign modules come from: the `python:` config section (`virtualenv`,
     /// `path`), with relative paths already resolved. Called before any module loads.
     fn configure(&self, settings: &ForeignSettings) -> Result<(), String>;
+    /// The same for a `media_storage_providers` entry (a class built as `Class(hs, config)`).
+    fn load_storage_provider(
+        &self,
+        name: &str,
+        config: Value,
+    ) -> Result<Box<dyn ForeignStorageProvider>, ForeignLoadError>;
+}
+
+/// A foreign storage provider whose config is parsed, waiting to be built.
+pub trait ForeignStorageProvider: Send {
+    /// Builds the provider; `api` is what its `hs.get_module_api()` answers.
+    fn instantiate(
+        self: Box<Self>,
+        api: &ModuleApi,
+        media_store: &std::path::Path,
+    ) -> Result<Arc<dyn crate::media_storage::StorageBackend>, String>;
 }
 
 /// The `python:` config section: which virtualenv's packages and which extra directories
@@ -170,6 +188,9 @@ impl NativeModules {
 enum Kind {
     Native(NativeModule, Box<dyn Any + Send>),
     Foreign(Box<dyn ForeignModule>),
+    /// A `media_storage_providers` entry: the built-in `file_system` one (its directory) or a
+    /// foreign class.
+    StorageProvider(ProviderSettings, Result<PathBuf, Box<dyn ForeignStorageProvider>>),
 }
 
 /// A `modules:` entry whose config has been parsed, waiting to be instantiated.
@@ -315,6 +336,104 @@ pub(crate) fn load_legacy_spam_checkers(
     Ok(out)
 }
 
+/// Loads `media_storage_providers` (or the `backup_media_store_path` shorthand, which names
+/// the built-in `file_system` provider), with Synapse's keys, defaults and error paths.
+pub(crate) fn load_storage_providers(
+    root: &Map<String, Value>,
+    natives: &NativeModules,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Vec<LoadedModule>, ConfigError> {
+    let at = |path: Vec<String>, message: String| ConfigError { path, lines: vec![message], raw: false };
+    let mut entries: Vec<(Vec<String>, &Map<String, Value>)> = Vec::new();
+    let backup;
+    match root.get("media_storage_providers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = vec!["media_storage_providers".to_owned(), format!("<item {i}>")];
+                let Value::Object(obj) = item else { return Err(at(path, "expected a mapping".into())) };
+                entries.push((path, obj));
+            }
+        }
+        Some(_) => return Err(at(vec!["media_storage_providers".into()], "expected a list".into())),
+    }
+    match root.get("backup_media_store_path") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(dir)) => {
+            if !entries.is_empty() {
+                return Err(at(vec![], "Cannot use both 'backup_media_store_path' and 'storage_providers'".into()));
+            }
+            let synchronous = match root.get("synchronous_backup_media_store") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(at(vec!["synchronous_backup_media_store".into()], "expected a boolean".into())),
+            };
+            backup = serde_json::json!({
+                "module": "file_system", "store_local": true, "store_remote": true,
+                "store_synchronous": synchronous, "config": {"directory": dir},
+            });
+            entries.push((vec!["backup_media_store_path".into()], backup.as_object().expect("a mapping")));
+        }
+        Some(_) => return Err(at(vec!["backup_media_store_path".into()], "expected a string".into())),
+    }
+    let mut out = Vec::new();
+    for (path, obj) in entries {
+        let sub = |key: &str| {
+            let mut p = path.clone();
+            p.push(key.to_owned());
+            p
+        };
+        let Some(Value::String(name)) = obj.get("module") else {
+            return Err(at(sub("module"), "expected a string".into()));
+        };
+        let flag = |key: &str| match obj.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(at(sub(key), "expected a boolean".into())),
+        };
+        let settings = ProviderSettings {
+            store_local: flag("store_local")?,
+            store_remote: flag("store_remote")?,
+            store_synchronous: flag("store_synchronous")?,
+        };
+        let raw = obj.get("config").filter(|v| !is_falsy(v)).cloned().unwrap_or(Value::Object(Map::new()));
+        let failed = |below: Vec<String>, message: String| {
+            let mut full = sub("config");
+            full.extend(below);
+            ConfigError {
+                path: full,
+                lines: vec![format!("Failed to parse config for module '{name}':"), message],
+                raw: false,
+            }
+        };
+        let backend = if crate::media_storage::is_file_system(name) {
+            match raw.get("directory") {
+                Some(Value::String(dir)) => {
+                    let dir = resolve(dir);
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        failed(vec!["directory".into()], format!("Couldn't create directory {}: {e}", dir.display()))
+                    })?;
+                    Ok(dir)
+                }
+                _ => return Err(failed(vec![], "'directory'".into())),
+            }
+        } else {
+            let Some(foreign) = &natives.foreign else {
+                return Err(at(sub("module"), format!("Storage provider '{name}' needs the Python runtime")));
+            };
+            match foreign.load_storage_provider(name, raw) {
+                Ok(p) => Err(p),
+                Err(ForeignLoadError::Config { path, message }) => return Err(failed(path, message)),
+                Err(ForeignLoadError::Fatal(text)) => {
+                    return Err(ConfigError { path: vec![], lines: vec![text], raw: true });
+                }
+            }
+        };
+        out.push(LoadedModule { name: name.clone(), kind: Kind::StorageProvider(settings, backend) });
+    }
+    Ok(out)
+}
+
 /// Builds the modules in config order. An error is fatal to start-up ("Error during startup").
 pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(), String> {
     let host: Arc<dyn myelin_module_api::Host> = Arc::new(host::HostHandle {
@@ -338,6 +457,17 @@ pub fn instantiate(hs: &Arc<Homeserver>, modules: Vec<LoadedModule>) -> Result<(
                 hs.modules.instances.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
             }
             Kind::Foreign(foreign) => foreign.instantiate(&api)?,
+            Kind::StorageProvider(settings, backend) => {
+                let media_store = hs.config.media_store_path.clone();
+                let backend: Arc<dyn crate::media_storage::StorageBackend> = match backend {
+                    Ok(directory) => Arc::new(FileSystemBackend { media_store, directory }),
+                    Err(foreign) => foreign.instantiate(&api, &media_store)?,
+                };
+                let provider = StorageProvider { name: module.name.clone(), settings, backend };
+                hs.modules
+                    .with_builder("a storage provider", |b| b.storage_providers.push(provider))
+                    .map_err(|e| e.to_string())?;
+            }
         }
         tracing::info!(module = %module.name, "loaded module");
     }
@@ -399,6 +529,8 @@ pub(crate) struct Callbacks {
     pub(crate) ratelimit: repository::RatelimitLists,
     pub(crate) validity: third_party::ValidityLists,
     pub(crate) auth: auth::AuthLists,
+    /// `media_storage_providers`, in config order.
+    pub(crate) storage_providers: Vec<StorageProvider>,
     /// Web resources by exact path: `(module, resource)`.
     pub(crate) web: HashMap<String, (Arc<str>, Arc<dyn WebResource>)>,
 }

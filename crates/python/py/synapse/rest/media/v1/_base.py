@@ -1,0 +1,1 @@
+from synapse.media._base import FileInfo, Responder  # noqa: F401

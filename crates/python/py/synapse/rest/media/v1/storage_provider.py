@@ -1,0 +1,1 @@
+from synapse.media.storage_provider import StorageProvider  # noqa: F401
