@@ -914,3 +914,100 @@ async fn module_log_lines_reach_the_servers_log_with_their_logger_and_level() {
     assert!(log.contains("ValueError: logged with its traceback"), "{log}");
     assert!(line("a debug line from lg").is_none(), "debug lines are below the server's level");
 }
+
+/// The presence router (both callbacks, Synapse's docs' example shape): an observer gets the
+/// presence of the users the module names though they share no room, in initial and
+/// incremental syncs and from `GET /presence`; a user the module names "all" gets what
+/// `get_users_for_states` sends them; anyone else gets none of it (403 on `GET /presence`).
+/// A module registering one of the paired callbacks stops start-up, as on Synapse.
+#[tokio::test]
+async fn presence_router_routes_presence_to_the_users_it_names() {
+    let s = Server::start_with(
+        "presence:\n  enabled: true\nmodules:\n  - module: presence_router.Router\n    config:\n      \
+         observers: ['@carol:test']\n      watched: ['@alice:test', '@bob:test']\n      everyone: ['@dave:test']\n",
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let dave = s.register("dave").await;
+    let eve = s.register("eve").await;
+    let set = |who: &User, presence: &str, msg: &str| {
+        let path = format!("/_matrix/client/v3/presence/{}/status", who.user_id);
+        let token = who.token.clone();
+        let body = json!({"presence": presence, "status_msg": msg});
+        let s = &s;
+        async move { assert_eq!(s.put(&path, Some(&token), body).await.0, 200) }
+    };
+    let senders = |sync: &Value| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = sync["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (e["sender"].as_str().unwrap().to_owned(), e["content"]["presence"].as_str().unwrap_or("").to_owned())
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    set(&alice, "online", "here").await;
+    let first = s.sync(&carol, None, 0).await;
+    assert!(senders(&first).contains(&(alice.user_id.clone(), "online".into())), "{}", first["presence"]);
+    let dave_first = s.sync(&dave, None, 0).await;
+    assert!(senders(&dave_first).contains(&(alice.user_id.clone(), "online".into())), "{}", dave_first["presence"]);
+    let eve_first = s.sync(&eve, None, 0).await;
+    assert!(!senders(&eve_first).iter().any(|(u, _)| u == &alice.user_id), "{}", eve_first["presence"]);
+
+    // GET /presence: the router makes alice visible to carol, not to eve.
+    let path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    let (st, b) = s.get(&path, Some(&carol.token)).await;
+    assert_eq!((st, b["status_msg"].as_str()), (200, Some("here")), "{b}");
+    assert_eq!(s.get(&path, Some(&eve.token)).await.0, 403);
+    assert_eq!(s.get(&path, Some(&dave.token)).await.0, 200);
+
+    // Incremental: bob's change reaches carol and dave, not eve.
+    let (carol_since, dave_since, eve_since) = (
+        first["next_batch"].as_str().unwrap().to_owned(),
+        dave_first["next_batch"].as_str().unwrap().to_owned(),
+        eve_first["next_batch"].as_str().unwrap().to_owned(),
+    );
+    set(&bob, "unavailable", "away").await;
+    let next = s.sync(&carol, Some(&carol_since), 0).await;
+    assert_eq!(senders(&next), vec![(bob.user_id.clone(), "unavailable".into())], "{}", next["presence"]);
+    // Dave gets every change (eve's own sync made her online too).
+    let next = s.sync(&dave, Some(&dave_since), 0).await;
+    assert!(senders(&next).contains(&(bob.user_id.clone(), "unavailable".into())), "{}", next["presence"]);
+    let next = s.sync(&eve, Some(&eve_since), 0).await;
+    assert!(senders(&next).is_empty(), "{}", next["presence"]);
+
+    // add_field_to_unsigned_callback: its field on served events; the server's `age` stays.
+    let room = s.create_room(&alice, json!({})).await;
+    let (st, sent) = s.send_text(&alice, &room, "hello").await;
+    assert_eq!(st, 200, "{sent}");
+    let (st, msgs) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), Some(&alice.token)).await;
+    assert_eq!(st, 200, "{msgs}");
+    let unsigned = &msgs["chunk"][0]["unsigned"];
+    assert_eq!(unsigned["org.example.sender_length"], json!(alice.user_id.len()), "{unsigned}");
+    assert!(unsigned["age"].as_i64().unwrap() >= 0, "{unsigned}");
+    let event_id = sent["event_id"].as_str().unwrap();
+    let (_, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"), Some(&alice.token)).await;
+    assert_eq!(event["unsigned"]["org.example.sender_length"], json!(alice.user_id.len()), "{event}");
+    let synced = s.sync(&alice, None, 0).await;
+    let timeline = synced["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().all(|e| e["unsigned"]["org.example.sender_length"].is_number()), "{timeline:?}");
+}
+
+#[test]
+fn a_presence_router_needs_both_callbacks() {
+    let stderr = startup_fails("  - module: presence_router.Router\n    config: {half: true}\n");
+    assert!(
+        stderr.contains("Error during startup:")
+            && stderr.contains(
+                "RuntimeError: PresenceRouter modules must register neither or both of the paired callbacks: \
+                 [get_users_for_states, get_interested_users]"
+            ),
+        "{stderr}"
+    );
+}

@@ -24,7 +24,6 @@ class Repository:
         )
         # Accepted (Myelin has nothing for them to do yet); start-up must not fail.
         api.register_background_update_controller_callbacks(on_update=self.on_update)
-        api.register_presence_router_callbacks(get_users_for_states=self.get_users_for_states)
         api.register_ratelimit_callbacks(get_ratelimit_override_for_user=self.ratelimit_override)
         api.register_web_resource("/_synapse/client/repository/seen", Seen(self.seen))
 
@@ -39,9 +38,6 @@ class Repository:
 
     async def on_update(self, update_name, database_name, one_shot):
         raise AssertionError("never called")
-
-    async def get_users_for_states(self, state_updates):
-        return {}
 
     async def ratelimit_override(self, user_id, limiter_name):
         self.seen.setdefault("limiters", [])

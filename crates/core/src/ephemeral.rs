@@ -452,10 +452,25 @@ impl Homeserver {
             json!({"edu_type": "m.presence", "content": {"push": [push]}})
         });
         let user = row.user_id.clone();
+        let routed = if local && self.modules.has_presence_router() {
+            self.modules.presence_users_for_states(&[Self::presence_state(&row)]).await
+        } else {
+            Default::default()
+        };
         let pos = self.db(move |s| s.set_presence(&row)).await?;
         self.advance_stream(pos);
         if let Some(edu) = edu {
-            let servers = self.servers_sharing_rooms(&user).await?;
+            let mut servers = self.servers_sharing_rooms(&user).await?;
+            // Servers of the users a presence router sends it to (Synapse's
+            // get_interested_remotes).
+            for target in routed.keys() {
+                if let Some((_, server)) = target.split_once(':')
+                    && server != self.server_name()
+                    && !servers.iter().any(|s| s == server)
+                {
+                    servers.push(server.to_owned());
+                }
+            }
             self.queue_edu(servers, edu).await;
         }
         Ok(())
@@ -499,6 +514,18 @@ impl Homeserver {
         content
     }
 
+    /// A stored presence as a presence router sees it.
+    pub(crate) fn presence_state(row: &PresenceRow) -> myelin_module_api::presence::PresenceState {
+        let content = Self::presence_content(row);
+        myelin_module_api::presence::PresenceState {
+            user_id: row.user_id.clone(),
+            state: row.state.clone(),
+            last_active_ts: row.last_active_ts,
+            status_msg: row.status_msg.clone(),
+            currently_active: content["currently_active"].as_bool().unwrap_or(false),
+        }
+    }
+
     /// `GET /presence/{userId}/status`: local users sharing a room with the requester (or the
     /// requester); others are 403, as on Synapse.
     pub async fn get_presence(&self, me: &Requester, user_id: &str) -> Result<Value> {
@@ -507,7 +534,12 @@ impl Homeserver {
         // cannot be used to find out who has an account (as on Synapse).
         let m = me.user_id.to_string();
         let sharing: HashSet<String> = self.db(move |s| s.users_sharing_rooms(&m)).await?.into_iter().collect();
-        if user != me.user_id && (!sharing.contains(user_id) || !self.is_mine(&user)) {
+        let routed = match self.modules.presence_interested_users(me.user_id.as_str()).await {
+            Some(myelin_module_api::presence::InterestedUsers::All) => true,
+            Some(myelin_module_api::presence::InterestedUsers::Users(users)) => users.iter().any(|u| u == user_id),
+            None => false,
+        };
+        if user != me.user_id && !routed && (!sharing.contains(user_id) || !self.is_mine(&user)) {
             return Err(Error::forbidden("You are not allowed to see their presence."));
         }
         if !self.config.presence_enabled {
@@ -539,10 +571,51 @@ impl Homeserver {
             .collect())
     }
 
+    /// [`Self::presence_events`] with a presence router (Synapse's `get_new_events`): the users
+    /// `me` shares a room with and those `get_interested_users` names; or, when it answers
+    /// "all", everybody's changes (online ones only for an initial sync) that
+    /// `get_users_for_states` sends to `me`.
+    async fn routed_presence_events(&self, me: &str, since: Option<i64>, now: i64) -> Result<Vec<Value>> {
+        use myelin_module_api::presence::InterestedUsers;
+        let from = since.unwrap_or(0);
+        let changed = self.db(move |s| s.presence_since(from, now)).await?;
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<PresenceRow> = match self.modules.presence_interested_users(me).await {
+            Some(InterestedUsers::All) => {
+                let candidates: Vec<PresenceRow> =
+                    changed.into_iter().filter(|row| from > 0 || row.state != "offline").collect();
+                let states: Vec<_> = candidates.iter().map(Self::presence_state).collect();
+                let routed = self.modules.presence_users_for_states(&states).await;
+                let mine: HashSet<&str> =
+                    routed.get(me).into_iter().flatten().map(|state| state.user_id.as_str()).collect();
+                candidates.into_iter().filter(|row| mine.contains(row.user_id.as_str())).collect()
+            }
+            interested => {
+                let m = me.to_owned();
+                let mut wanted: HashSet<String> =
+                    self.db(move |s| s.users_sharing_rooms(&m)).await?.into_iter().collect();
+                wanted.insert(me.to_owned());
+                if let Some(InterestedUsers::Users(extra)) = interested {
+                    wanted.extend(extra);
+                }
+                changed.into_iter().filter(|row| wanted.contains(&row.user_id)).collect()
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|row| json!({"type": "m.presence", "sender": row.user_id, "content": Self::presence_content(row)}))
+            .collect())
+    }
+
     /// `m.presence` events of users sharing a room with `me`, changed in `(since, now]`.
     pub(crate) async fn presence_events(&self, me: &str, since: Option<i64>, now: i64) -> Result<Vec<Value>> {
         if !self.config.presence_enabled {
             return Ok(Vec::new());
+        }
+        if self.modules.has_presence_router() {
+            return self.routed_presence_events(me, since, now).await;
         }
         let m = me.to_owned();
         let from = since.unwrap_or(0);

@@ -47,7 +47,13 @@ pub(crate) fn stamp_age(events: &mut [Value]) {
 impl Homeserver {
     /// Timeline events' `unsigned` as Synapse serves them: [`stamp_age`], and `prev_content`
     /// and `prev_sender` from each replaced state event (read in one storage call).
+    /// Then the modules' fields (`add_field_to_unsigned_callback`), which never replace these.
     pub(crate) async fn complete_unsigned(&self, events: &mut [Value]) -> Result<()> {
+        self.add_prev_content(events).await?;
+        self.modules.add_unsigned_fields(events).await
+    }
+
+    async fn add_prev_content(&self, events: &mut [Value]) -> Result<()> {
         stamp_age(events);
         let replaced: Vec<String> = events
             .iter()

@@ -140,6 +140,35 @@ macro_rules! ratelimit_callbacks {
     };
 }
 
+/// The presence router callbacks (Synapse's `register_presence_router_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! presence_router_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(states)`: who else gets these presence updates of local users.
+            get_users_for_states: (Vec<$crate::presence::PresenceState>,) => $crate::presence::UsersForStates;
+            /// `(user_id)`: whose presence this local user gets besides the users they share a room with.
+            get_interested_users: (String,) => $crate::presence::InterestedUsers;
+        }
+    };
+}
+
+/// The unsigned-fields callback (Synapse's
+/// `register_add_extra_fields_to_unsigned_client_event_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! unsigned_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(event)`: fields added to the event's `unsigned` when clients are served it.
+            add_field_to_unsigned_callback: ($crate::EventView,) => $crate::presence::UnsignedFields;
+        }
+    };
+}
+
 macro_rules! names {
     (| $($(#[$doc:meta])* $name:ident: $args:ty => $ret:ty;)*) => {
         &[$(stringify!($name)),*]
@@ -165,6 +194,8 @@ pub const NAMES: &[(&str, &[&str])] = &[
     ("account_data", account_data_callbacks!(names)),
     ("media_repository", media_repository_callbacks!(names)),
     ("ratelimit", ratelimit_callbacks!(names)),
+    ("presence_router", presence_router_callbacks!(names)),
+    ("add_extra_fields_to_unsigned_client_event", unsigned_callbacks!(names)),
 ];
 
 /// The callbacks Myelin calls for one registration method (empty for an unknown one).

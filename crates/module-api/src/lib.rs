@@ -48,6 +48,7 @@
 pub mod auth;
 pub mod callbacks;
 pub mod http;
+pub mod presence;
 pub mod repository;
 pub mod spam;
 pub mod third_party;
@@ -335,6 +336,18 @@ pub trait Host: Send + Sync + 'static {
         module: &str,
         callbacks: repository::RatelimitCallbacks,
     ) -> Result<(), ModuleError>;
+    /// Adds presence router callbacks for `module`.
+    fn register_presence_router_callbacks(
+        &self,
+        module: &str,
+        callbacks: presence::PresenceRouterCallbacks,
+    ) -> Result<(), ModuleError>;
+    /// Adds the unsigned-fields callback for `module`.
+    fn register_unsigned_callbacks(
+        &self,
+        module: &str,
+        callbacks: presence::UnsignedCallbacks,
+    ) -> Result<(), ModuleError>;
     /// Adds a web resource for `module`; the first registration of a path wins.
     fn register_web_resource(
         &self,
@@ -530,6 +543,32 @@ impl ModuleApi {
     /// Since 0.2.
     pub fn register_ratelimit_callbacks(&self, callbacks: repository::RatelimitCallbacks) -> Result<(), ModuleError> {
         self.host.register_ratelimit_callbacks(&self.module, callbacks)
+    }
+    /// Registers presence router callbacks (both, as Synapse requires). Only allowed during
+    /// construction.
+    ///
+    /// Since 0.2.
+    pub fn register_presence_router_callbacks(
+        &self,
+        callbacks: presence::PresenceRouterCallbacks,
+    ) -> Result<(), ModuleError> {
+        if callbacks.get_users_for_states.is_some() != callbacks.get_interested_users.is_some() {
+            return Err(ModuleError::other(
+                "PresenceRouter modules must register neither or both of the paired callbacks: [get_users_for_states, get_interested_users]",
+            ));
+        }
+        self.host.register_presence_router_callbacks(&self.module, callbacks)
+    }
+    /// Registers the callback adding fields to events' `unsigned` for clients
+    /// (`register_add_extra_fields_to_unsigned_client_event_callbacks`). Only allowed during
+    /// construction.
+    ///
+    /// Since 0.2.
+    pub fn register_add_extra_fields_to_unsigned_client_event_callbacks(
+        &self,
+        callbacks: presence::UnsignedCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.host.register_unsigned_callbacks(&self.module, callbacks)
     }
     /// Serves `resource` at exactly `path` on every HTTP listener. Only allowed during
     /// construction. Use `/_synapse/client/<module>/...`: paths under built-in API roots are

@@ -316,6 +316,26 @@ def classify(kind, value):
     if kind in ("on_new_event", "on_user_registration", "on_logged_out", "on_profile_update",
                 "on_user_deactivation_status_changed", "on_user_login", "on_account_data_updated"):
         return {"done": True}
+    if kind == "get_interested_users":
+        from synapse.module_api import PRESENCE_ALL_USERS
+
+        if value == PRESENCE_ALL_USERS:
+            return {"all": True}
+        if not isinstance(value, set):
+            return {"users": [], "warning": "Wrong type returned by module API callback %r, expected set" % (value,)}
+        return {"users": [str(u) for u in value]}
+    if kind == "get_users_for_states":
+        if not isinstance(value, dict):
+            return {"routed": {}, "warning": "Wrong type returned by module API callback %r, expected Dict" % (value,)}
+        routed = {}
+        for user, states in value.items():
+            if not isinstance(states, set):
+                return {"routed": routed, "warning": "Wrong type returned by module API callback %r, expected Set" % (states,)}
+            routed[str(user)] = [_presence_dict(state) for state in states]
+        return {"routed": routed}
+    if kind == "add_field_to_unsigned_callback":
+        # Synapse merges the answer with dict.update: anything else fails the request.
+        return {"fields": dict(value)}
     if kind == "is_user_expired":
         return {"expired": None if value is None else bool(value)}
     if kind in ("check_username_for_spam", "should_drop_federated_event"):
@@ -375,6 +395,17 @@ def classify(kind, value):
     if tuple_ok:
         return {"deny": value[0].value, "fields": value[1]}
     return dict(forbidden, warning="Module returned invalid value, rejecting")
+
+
+def _presence_dict(state):
+    return {"user_id": state.user_id, "state": state.state, "last_active_ts": state.last_active_ts,
+            "status_msg": state.status_msg, "currently_active": bool(state.currently_active)}
+
+
+def _presence_states_args(args):
+    from synapse.module_api import UserPresenceState
+
+    return [[UserPresenceState(**state) for state in args[0]]]
 
 
 def _error_payload(exc):
@@ -467,6 +498,8 @@ _ARGUMENTS = {
     "check_registration_for_spam": _request_info_args,
     "check_media_file_for_spam": _media_args,
     "user_may_create_room_alias": _alias_args,
+    "get_users_for_states": _presence_states_args,
+    "add_field_to_unsigned_callback": _event_args,
 }
 
 

@@ -526,6 +526,97 @@ impl PyHost {
         result.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
     }
 
+    /// The presence router's two callbacks (Synapse refuses one without the other).
+    pub(crate) fn register_presence_router(
+        &self,
+        _module: &str,
+        users_for_states: Py<PyAny>,
+        interested_users: Py<PyAny>,
+    ) -> PyResult<()> {
+        use myelin_module_api::presence::*;
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let state_json = |s: &PresenceState| {
+            json!({"user_id": s.user_id, "state": s.state, "last_active_ts": s.last_active_ts,
+                   "status_msg": s.status_msg, "currently_active": s.currently_active})
+        };
+        let callbacks = PresenceRouterCallbacks {
+            get_users_for_states: Some(me.callback(
+                "get_users_for_states",
+                users_for_states,
+                move |(states,): (Vec<PresenceState>,)| json!([states.iter().map(state_json).collect::<Vec<_>>()]),
+                |v| {
+                    if let Some(e) = module_error(&v) {
+                        return Err(e);
+                    }
+                    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+                        tracing::warn!("{w}");
+                    }
+                    let state = |s: &Value| PresenceState {
+                        user_id: s["user_id"].as_str().unwrap_or_default().to_owned(),
+                        state: s["state"].as_str().unwrap_or_default().to_owned(),
+                        last_active_ts: s["last_active_ts"].as_i64().unwrap_or_default(),
+                        status_msg: s["status_msg"].as_str().map(str::to_owned),
+                        currently_active: s["currently_active"].as_bool().unwrap_or(false),
+                    };
+                    Ok(v["routed"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(user, states)| {
+                            (user.clone(), states.as_array().into_iter().flatten().map(state).collect())
+                        })
+                        .collect())
+                },
+            )),
+            get_interested_users: Some(me.callback(
+                "get_interested_users",
+                interested_users,
+                |(user,): (String,)| json!([user]),
+                |v| {
+                    if let Some(e) = module_error(&v) {
+                        return Err(e);
+                    }
+                    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+                        tracing::warn!("{w}");
+                    }
+                    if v["all"] == json!(true) {
+                        return Ok(InterestedUsers::All);
+                    }
+                    Ok(InterestedUsers::Users(
+                        v["users"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|u| u.as_str().map(str::to_owned))
+                            .collect(),
+                    ))
+                },
+            )),
+        };
+        self.api
+            .register_presence_router_callbacks(callbacks)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// `add_field_to_unsigned_callback`.
+    pub(crate) fn register_unsigned(&self, _module: &str, function: Py<PyAny>) -> PyResult<()> {
+        let me = Arc::new(PyHost { api: self.api.clone(), runtime: self.runtime.clone() });
+        let callbacks = myelin_module_api::presence::UnsignedCallbacks {
+            add_field_to_unsigned_callback: Some(me.callback(
+                "add_field_to_unsigned_callback",
+                function,
+                |(e,): (EventView,)| json!([Value::Object(e.as_json().clone())]),
+                |v| match module_error(&v) {
+                    Some(e) => Err(e),
+                    None => Ok(v["fields"].as_object().cloned().unwrap_or_default()),
+                },
+            )),
+        };
+        self.api
+            .register_add_extra_fields_to_unsigned_client_event_callbacks(callbacks)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    }
+
     /// Adds one `auth_checkers` entry: `(login_type, fields) -> function`.
     pub(crate) fn register_auth_checker(
         &self,

@@ -106,7 +106,9 @@ mod tests {
                 );
                 if *name != "auth_checkers" {
                     assert!(
-                        host.contains(&format!("\"{name}\" =>")) || host.contains(&format!("\"{name}\" |")),
+                        host.contains(&format!("\"{name}\" =>"))
+                            || host.contains(&format!("\"{name}\" |"))
+                            || host.contains(&format!("me.callback(\n                \"{name}\",")),
                         "the Python host does not convert {name}"
                     );
                 }

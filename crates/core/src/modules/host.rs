@@ -120,6 +120,22 @@ impl Host for HostHandle {
         self.hs()?.modules.register_ratelimit(module, callbacks)
     }
 
+    fn register_presence_router_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::presence::PresenceRouterCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_presence_router(module, callbacks)
+    }
+
+    fn register_unsigned_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::presence::UnsignedCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_unsigned(module, callbacks)
+    }
+
     fn register_web_resource(
         &self,
         module: &str,

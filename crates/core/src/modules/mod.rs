@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod host;
+pub mod presence;
 pub mod repository;
 pub mod spam_checker;
 pub mod third_party;
@@ -528,6 +529,8 @@ pub(crate) struct Callbacks {
     pub(crate) media: repository::MediaLists,
     pub(crate) ratelimit: repository::RatelimitLists,
     pub(crate) validity: third_party::ValidityLists,
+    pub(crate) presence_router: presence::PresenceRouterLists,
+    pub(crate) unsigned: presence::UnsignedLists,
     pub(crate) auth: auth::AuthLists,
     /// `media_storage_providers`, in config order.
     pub(crate) storage_providers: Vec<StorageProvider>,
@@ -612,6 +615,22 @@ impl ModuleRegistry {
         cbs: myelin_module_api::repository::RatelimitCallbacks,
     ) -> Result<(), ModuleError> {
         self.with_builder("ratelimit callbacks", |b| b.ratelimit.add(module, cbs))
+    }
+
+    pub(crate) fn register_presence_router(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::presence::PresenceRouterCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("presence router callbacks", |b| b.presence_router.add(module, cbs))
+    }
+
+    pub(crate) fn register_unsigned(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::presence::UnsignedCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("unsigned-fields callbacks", |b| b.unsigned.add(module, cbs))
     }
 
     pub(crate) fn register_account_validity(
@@ -721,6 +740,8 @@ impl ModuleRegistry {
         callbacks.account_data.for_each_metric(&mut each);
         callbacks.media.for_each_metric(&mut each);
         callbacks.ratelimit.for_each_metric(&mut each);
+        callbacks.presence_router.for_each_metric(&mut each);
+        callbacks.unsigned.for_each_metric(&mut each);
         out
     }
 }

@@ -121,6 +121,23 @@ class UserPresenceState:
     def as_dict(self):
         return dict(vars(self))
 
+    def _key(self):
+        return (self.user_id, self.state, self.last_active_ts, self.last_federation_update_ts,
+                self.last_user_sync_ts, self.status_msg, self.currently_active)
+
+    # Frozen and hashable by value, as Synapse's attrs class: modules keep states in sets.
+    def __eq__(self, other):
+        return isinstance(other, UserPresenceState) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def copy_and_replace(self, **kwargs):
+        return UserPresenceState(**dict(vars(self), **kwargs))
+
+    def __repr__(self):
+        return "UserPresenceState(user_id=%r, state=%r)" % (self.user_id, self.state)
+
 
 class RatelimitOverride:
     """A per-user rate limit: actions per second (0 disables limiting) and the burst."""
@@ -363,14 +380,23 @@ class ModuleApi:
             self._host.register_repository(self._module_name, name, fn)
 
     def register_presence_router_callbacks(self, *, get_users_for_states=None, get_interested_users=None):
-        self._callbacks("presence_router", locals())
+        if [get_users_for_states, get_interested_users].count(None) == 1:
+            raise RuntimeError(
+                "PresenceRouter modules must register neither or both of the paired callbacks: "
+                "[get_users_for_states, get_interested_users]"
+            )
+        chosen = dict(self._callbacks("presence_router", locals()))
+        if chosen:
+            self._host.register_presence_router(
+                self._module_name, chosen["get_users_for_states"], chosen["get_interested_users"])
 
     def register_ratelimit_callbacks(self, *, get_ratelimit_override_for_user=None):
         for name, fn in self._callbacks("ratelimit", locals()):
             self._host.register_repository(self._module_name, name, fn)
 
     def register_add_extra_fields_to_unsigned_client_event_callbacks(self, *, add_field_to_unsigned_callback=None):
-        self._callbacks("add_extra_fields_to_unsigned_client_event", locals())
+        for _, fn in self._callbacks("add_extra_fields_to_unsigned_client_event", locals()):
+            self._host.register_unsigned(self._module_name, fn)
 
     def register_federation_callbacks(self, *, on_event_delivered_over_federation=None):
         self._callbacks("federation", locals())
