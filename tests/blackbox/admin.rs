@@ -606,3 +606,163 @@ async fn admins_read_a_users_account_data_and_check_usernames() {
     let (st, b) = s.get(&available("carol"), Some(&alice.token)).await;
     assert!(forbidden(st, &b), "{b}");
 }
+
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}` as Synapse: every local member (joined, invited)
+/// leaves and the joined ones land in a new room with the admin's message, the aliases follow
+/// them, the room is blocked and purged (admins get 404 for it, nobody can join it again), and
+/// the block can be read and lifted. Non-admins, bad flags and bad room IDs are refused.
+#[tokio::test]
+async fn admins_delete_block_and_purge_rooms() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "doomed"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(s.invite(&alice, &room, &carol.user_id).await.0, 200);
+    assert_eq!(s.send_text(&alice, &room, "soon gone").await.0, 200);
+    let path = format!("{ADMIN}/v1/rooms/{room}");
+
+    let (st, b) = s.call("DELETE", &path, Some(&alice.token), Some(json!({}))).await;
+    assert!(forbidden(st, &b), "{b}");
+    let (st, b) = s.call("DELETE", &path, Some(&root.token), Some(json!({"block": "yes"}))).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+    let (st, b) = s.call("DELETE", &format!("{ADMIN}/v1/rooms/not-a-room"), Some(&root.token), Some(json!({}))).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, b) =
+        s.call("DELETE", &path, Some(&root.token), Some(json!({"new_room_user_id": "@root:elsewhere"}))).await;
+    assert_eq!(st, 400, "a new room's creator must be local: {b}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/rooms/{room}"), Some(&root.token)).await.0, 200, "nothing happened yet");
+
+    let (st, b) = s
+        .call(
+            "DELETE",
+            &path,
+            Some(&root.token),
+            Some(json!({"new_room_user_id": root.user_id, "room_name": "Moved", "message": "This room broke the rules.", "block": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let mut kicked: Vec<&str> = b["kicked_users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    kicked.sort();
+    assert_eq!(kicked, vec![alice.user_id.as_str(), bob.user_id.as_str(), carol.user_id.as_str()], "{b}");
+    assert_eq!(b["failed_to_kick_users"], json!([]), "{b}");
+    assert_eq!(b["local_aliases"], json!(["#doomed:test"]), "{b}");
+    let new_room = b["new_room_id"].as_str().unwrap().to_owned();
+
+    // The joined members are in the new room, with the message; the alias points there.
+    let (_, joined) = s.get(&format!("{V3}/joined_rooms"), Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([new_room]), "{joined}");
+    let (_, joined) = s.get(&format!("{V3}/joined_rooms"), Some(&carol.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([]), "an invitee only leaves: {joined}");
+    let (_, msgs) = s.get(&format!("{V3}/rooms/{new_room}/messages?dir=b&limit=1"), Some(&bob.token)).await;
+    assert_eq!(msgs["chunk"][0]["content"]["body"], "This room broke the rules.", "{msgs}");
+    let (_, alias) = s.get(&format!("{V3}/directory/room/%23doomed:test"), None).await;
+    assert_eq!(alias["room_id"], json!(new_room), "{alias}");
+
+    // The old room is gone, and blocked.
+    let (st, _) = s.get(&format!("{ADMIN}/v1/rooms/{room}"), Some(&root.token)).await;
+    assert_eq!(st, 404);
+    let (st, b) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b"), Some(&alice.token)).await;
+    assert!(st == 403 || st == 404, "{st} {b}");
+    let (st, b) = s.join(&bob, &room).await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("This room has been blocked on this server")), "{b}");
+    let block = format!("{ADMIN}/v1/rooms/{room}/block");
+    let (st, b) = s.get(&block, Some(&root.token)).await;
+    assert_eq!((st, b), (200, json!({"block": true, "user_id": root.user_id})));
+    assert!(forbidden(s.get(&block, Some(&alice.token)).await.0, &s.get(&block, Some(&alice.token)).await.1));
+    let (st, b) = s.put(&block, Some(&root.token), json!({"block": "no"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+    let (st, b) = s.put(&block, Some(&root.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{b}");
+    assert_eq!(s.put(&block, Some(&root.token), json!({"block": false})).await, (200, json!({"block": false})));
+    assert_eq!(s.get(&block, Some(&root.token)).await.1, json!({"block": false}));
+    // Blocking a room this server never knew works too (Synapse), and bars invites.
+    let elsewhere = format!("{ADMIN}/v1/rooms/!unknown:test/block");
+    assert_eq!(s.put(&elsewhere, Some(&root.token), json!({"block": true})).await, (200, json!({"block": true})));
+
+    // The server carries on: the new room works, new rooms can be made.
+    assert_eq!(s.send_text(&alice, &new_room, "hello again").await.0, 403, "users_default is -10 there");
+    let other = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.send_text(&alice, &other, "fine").await.0, 200);
+}
+
+/// v2 deletions run in the background with a status by delete ID and by room; a third-party
+/// rules module may refuse a shutdown (`check_can_shutdown_room`), and modules delete rooms
+/// (`ModuleApi.delete_room`, asked with no requester) and make login tokens
+/// (`ModuleApi.create_login_token`).
+#[tokio::test]
+async fn room_deletion_v2_and_the_modules_say() {
+    let s = Server::start_with("modules:\n  - module: room_deletion.RoomDeletion\n").await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.send_text(&alice, &room, "hi").await.0, 200);
+
+    let (st, b) = s.call("DELETE", &format!("{ADMIN}/v2/rooms/{room}"), Some(&root.token), Some(json!({}))).await;
+    assert_eq!(st, 200, "{b}");
+    let delete_id = b["delete_id"].as_str().unwrap().to_owned();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = s.get(&format!("{ADMIN}/v2/rooms/delete_status/{delete_id}"), Some(&root.token)).await.1;
+        if status["status"] == "complete" || status["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "complete", "{status}");
+    assert_eq!(status["room_id"], json!(room));
+    assert_eq!(status["shutdown_room"]["kicked_users"], json!([alice.user_id]), "{status}");
+    let (st, b) = s.get(&format!("{ADMIN}/v2/rooms/{room}/delete_status"), Some(&root.token)).await;
+    assert_eq!((st, b["results"][0]["delete_id"].as_str()), (200, Some(delete_id.as_str())), "{b}");
+    assert_eq!(s.get(&format!("{ADMIN}/v2/rooms/delete_status/nope"), Some(&root.token)).await.0, 404);
+    assert_eq!(s.get(&format!("{ADMIN}/v2/rooms/!other:test/delete_status"), Some(&root.token)).await.0, 404);
+    let (st, b) = s.get(&format!("{ADMIN}/v2/rooms/delete_status/{delete_id}"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{b}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/rooms/{room}"), Some(&root.token)).await.0, 404);
+
+    // A protected room: the module refuses its shutdown, both versions.
+    let kept = s.create_room(&alice, json!({})).await;
+    let (st, _) = s.put(&format!("{V3}/rooms/{kept}/send/org.example.protect/t1"), Some(&alice.token), json!({})).await;
+    assert_eq!(st, 200);
+    for _ in 0..100 {
+        let seen = s.get("/_synapse/client/room_deletion", None).await.1;
+        if seen["protected"].as_array().unwrap().iter().any(|r| r == &json!(kept)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for version in ["v1", "v2"] {
+        let (st, b) =
+            s.call("DELETE", &format!("{ADMIN}/{version}/rooms/{kept}"), Some(&root.token), Some(json!({}))).await;
+        assert_eq!((st, b["error"].as_str()), (403, Some("Shutdown of this room is forbidden")), "{version}: {b}");
+    }
+    assert_eq!(s.send_text(&alice, &kept, "still here").await.0, 200);
+
+    // ModuleApi.delete_room: in the background, asked with no requester.
+    let doomed = s.create_room(&alice, json!({})).await;
+    assert_eq!(s.post("/_synapse/client/room_deletion", None, json!({"room_id": doomed})).await.0, 200);
+    let mut gone = false;
+    for _ in 0..100 {
+        if s.get(&format!("{ADMIN}/v1/rooms/{doomed}"), Some(&root.token)).await.0 == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the module's deletion purged the room");
+    let seen = s.get("/_synapse/client/room_deletion", None).await.1;
+    assert!(seen["asked"].as_array().unwrap().contains(&json!([null, doomed])), "{seen}");
+    assert!(seen["asked"].as_array().unwrap().contains(&json!([root.user_id, room])), "{seen}");
+
+    // ModuleApi.create_login_token: a token that logs alice in once.
+    let (st, b) = s.post("/_synapse/client/room_deletion", None, json!({"user_id": alice.user_id})).await;
+    assert_eq!(st, 200, "{b}");
+    let login = json!({"type": "m.login.token", "token": b["login_token"]});
+    let (st, b) = s.post(&format!("{V3}/login"), None, login.clone()).await;
+    assert_eq!((st, b["user_id"].as_str()), (200, Some(alice.user_id.as_str())), "{b}");
+    assert_eq!(s.post(&format!("{V3}/login"), None, login).await.0, 403, "a login token is spent once");
+}

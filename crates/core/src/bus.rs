@@ -147,6 +147,11 @@ impl Homeserver {
                     self.forget_push_rules(user);
                 }
             }
+            Some("room_purged") => {
+                if let Some(Ok(room)) = parts.next().map(ruma::OwnedRoomId::try_from) {
+                    self.forget_purged_room(&room);
+                }
+            }
             Some("pushers") => self.pushers_changed_here(),
             Some("ratelimit_overrides") => self.limiters.forget_overrides(),
             Some("erased") => {

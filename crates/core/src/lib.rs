@@ -43,6 +43,7 @@ mod push;
 mod push_gateway;
 pub mod ratelimit;
 mod relations;
+mod room_deletion;
 mod rooms;
 mod search;
 mod server;

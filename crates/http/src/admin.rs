@@ -32,7 +32,11 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/_synapse/admin/v1/users/{user_id}/login", post(login_as))
         .route("/_synapse/admin/v1/rooms", get(list_rooms))
-        .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
+        .route("/_synapse/admin/v1/rooms/{room_id}", get(room).delete(delete_room))
+        .route("/_synapse/admin/v2/rooms/{room_id}", axum::routing::delete(delete_room_v2))
+        .route("/_synapse/admin/v2/rooms/{room_id}/delete_status", get(room_delete_status))
+        .route("/_synapse/admin/v2/rooms/delete_status/{delete_id}", get(delete_status))
+        .route("/_synapse/admin/v1/rooms/{room_id}/block", get(room_block_status).put(block_room))
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(room_members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
         .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
@@ -149,6 +153,45 @@ async fn list_rooms(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<
 
 async fn room(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
     Ok(axum::Json(hs.admin_room(&me, &room_id).await?))
+}
+
+async fn delete_room(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_delete_room(&me, &room_id, &body).await?))
+}
+
+async fn delete_room_v2(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_delete_room_v2(&me, &room_id, &body).await?))
+}
+
+async fn room_delete_status(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_room_delete_status(&me, &room_id)?))
+}
+
+async fn delete_status(State(hs): State<AppState>, Auth(me): Auth, Path(delete_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_delete_status(&me, &delete_id)?))
+}
+
+async fn room_block_status(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_room_block_status(&me, &room_id).await?))
+}
+
+async fn block_room(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_block_room(&me, &room_id, &body).await?))
 }
 
 async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

@@ -75,6 +75,9 @@ macro_rules! third_party_rules_callbacks {
             check_can_deactivate_user: (String, bool) => bool;
             /// `(user_id, deactivated, by_admin)`: after a local user was deactivated.
             on_user_deactivation_status_changed: (String, bool, bool) => ();
+            /// `(requester_user_id, room_id)`: `false` refuses shutting the room down (403); the
+            /// requester is `None` when a module asked (`ModuleApi.delete_room`).
+            check_can_shutdown_room: (Option<String>, String) => bool;
         }
     };
 }

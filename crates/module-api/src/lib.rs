@@ -406,6 +406,15 @@ pub trait Host: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Ends the session of an access token (`ModuleApi.invalidate_access_token`).
     fn invalidate_access_token(&self, token: String) -> BoxFuture<'static, Result<(), ModuleError>>;
+    /// Schedules a room's shutdown and purge (`ModuleApi.delete_room`).
+    fn delete_room(&self, room_id: String) -> Result<(), ModuleError>;
+    /// A login token for a local user (`ModuleApi.create_login_token`), valid `valid_ms`.
+    fn create_login_token(
+        &self,
+        user_id: String,
+        valid_ms: u64,
+        auth_provider_id: Option<String>,
+    ) -> BoxFuture<'static, Result<String, ModuleError>>;
     /// A local user's global account data of `data_type`.
     fn get_global_account_data(
         &self,
@@ -634,6 +643,28 @@ impl ModuleApi {
         users: Vec<(String, String, Option<String>)>,
     ) -> Result<(), ModuleError> {
         self.host.set_presence_for_users(users).await
+    }
+    /// Schedules the shutdown and purge of a room, as `ModuleApi.delete_room` (Synapse 1.89):
+    /// local members leave, then the room is removed from storage, in the background. A room
+    /// already being deleted is left to that deletion; `check_can_shutdown_room` is asked with
+    /// no requester. An invalid room ID is a 400 `ModuleError::Matrix`.
+    ///
+    /// Since 0.2.
+    pub fn delete_room(&self, room_id: &str) -> Result<(), ModuleError> {
+        self.host.delete_room(room_id.to_owned())
+    }
+    /// A login token (`m.login.token`) for a local user, valid `valid_ms` milliseconds (Synapse's
+    /// `create_login_token`, 2 minutes by default there). An unknown user is a 404
+    /// `ModuleError::Matrix`.
+    ///
+    /// Since 0.2.
+    pub async fn create_login_token(
+        &self,
+        user_id: &str,
+        valid_ms: u64,
+        auth_provider_id: Option<&str>,
+    ) -> Result<String, ModuleError> {
+        self.host.create_login_token(user_id.to_owned(), valid_ms, auth_provider_id.map(str::to_owned)).await
     }
     /// Sets the actions of `user_id`'s global push rule `kind`/`rule_id` (Synapse's
     /// `set_push_rule_action`): an unknown rule is a 404 `ModuleError::Matrix`, invalid actions

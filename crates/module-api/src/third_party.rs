@@ -17,6 +17,8 @@
 //!   every callback runs, errors are logged.
 //! - `check_can_deactivate_user(user_id, by_admin)`: the first `false` refuses (403 "Deactivation
 //!   of this user is forbidden"); an error is logged and counts as no objection.
+//! - `check_can_shutdown_room(user_id, room_id)`: the first `false` refuses a room's shutdown
+//!   (403 "Shutdown of this room is forbidden"); an error is logged and counts as no objection.
 //! - `on_user_login(user_id, auth_provider_type, auth_provider_id)`: after a login; an error
 //!   fails the login, as on Synapse.
 //! - `is_user_expired(user_id)`: the first `Some` wins; `Some(true)` refuses every

@@ -353,7 +353,8 @@ def classify(kind, value):
     if kind == "is_user_allowed_to_upload_media_of_size":
         # Synapse refuses on any falsy answer.
         return {"bool": bool(value)}
-    if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user", "check_threepid_can_be_invited"):
+    if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user", "check_threepid_can_be_invited",
+                "check_can_shutdown_room"):
         # Synapse refuses only on a literal False.
         return {"bool": value is not False}
     if kind == "check_registration_for_spam":

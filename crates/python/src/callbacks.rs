@@ -369,6 +369,17 @@ impl PyHost {
                     },
                 ))
             }
+            "check_can_shutdown_room" => {
+                rules.check_can_shutdown_room = Some(me.callback(
+                    "check_can_shutdown_room",
+                    function,
+                    |(u, room): (Option<String>, String)| json!([u, room]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["bool"].as_bool().unwrap_or(true)),
+                    },
+                ))
+            }
             "on_user_deactivation_status_changed" => {
                 rules.on_user_deactivation_status_changed = Some(me.callback(
                     "on_user_deactivation_status_changed",

@@ -72,6 +72,16 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .map(|()| Value::Null),
         ),
         "invalidate_access_token" => ok_or_error(api.invalidate_access_token(&s("token")).await.map(|()| Value::Null)),
+        "delete_room" => ok_or_error(api.delete_room(&s("room_id")).map(|()| Value::Null)),
+        "create_login_token" => ok_or_error(
+            api.create_login_token(
+                &s("user_id"),
+                a["duration_in_ms"].as_u64().unwrap_or(120_000),
+                a["auth_provider_id"].as_str(),
+            )
+            .await
+            .map(Value::String),
+        ),
         "get_global_account_data" => {
             ok_or_error(api.get_global_account_data(&s("user_id"), &s("type")).await.map(|v| v.unwrap_or(Value::Null)))
         }

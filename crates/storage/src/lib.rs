@@ -1102,7 +1102,33 @@ pub trait AdminStore {
     fn room_reports(&self) -> Result<Vec<SubjectReport>>;
     /// `(id, received_ts, target_user_id, user_id, reason)` of every user report, oldest first.
     fn user_reports(&self) -> Result<Vec<SubjectReport>>;
+    /// Blocks a room (Synapse's `blocked_rooms`), remembering the admin; blocking again keeps
+    /// the first admin.
+    fn block_room(&self, room_id: &str, user_id: &str) -> Result<()>;
+    /// Unblocks a room; false if it was not blocked.
+    fn unblock_room(&self, room_id: &str) -> Result<bool>;
+    /// The admin who blocked the room, if it is blocked.
+    fn room_blocked_by(&self, room_id: &str) -> Result<Option<String>>;
+    /// Removes every trace of a room, in one transaction: its events, state, extremities,
+    /// aliases, receipts, search entries, relations, room account data, key backups, transaction
+    /// IDs and appservice directory entries, and the room itself (Synapse's `purge_room`).
+    /// Reports and the block stay. False if the room was unknown.
+    fn purge_room(&self, room_id: &str) -> Result<bool>;
 }
+
+/// The tables [`AdminStore::purge_room`] clears by `room_id`, children before parents (the
+/// foreign keys point at `events`, `state_groups` and `rooms`).
+pub const PURGED_ROOM_TABLES: &[&str] = &[
+    "event_search",
+    "event_relations",
+    "receipts",
+    "room_aliases",
+    "appservice_room_list",
+    "room_keys",
+    "account_data",
+    "forward_extremities",
+    "current_state",
+];
 
 /// Where an application service's transaction delivery stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -303,6 +303,8 @@ contract! {
     appservice_position_only_moves_forward,
     event_reports_page_filter_and_delete,
     room_and_user_reports_are_kept,
+    rooms_blocked_and_unblocked,
+    purge_room_removes_the_room_and_nothing_else,
     admin_user_list_filters_orders_and_pages,
     admin_room_list_counts_members,
     // Search
@@ -2742,4 +2744,56 @@ fn admin_room_list_counts_members(s: &dyn Storage) {
     r2.join(s, ALICE);
     r2.join(s, BOB);
     assert_eq!(s.list_rooms().unwrap(), vec![("!r1:test".to_string(), 1), ("!r2:test".to_string(), 2)]);
+}
+
+fn rooms_blocked_and_unblocked(s: &dyn Storage) {
+    assert_eq!(s.room_blocked_by("!r:test").unwrap(), None);
+    s.block_room("!r:test", ALICE).unwrap();
+    s.block_room("!r:test", "@bob:test").unwrap();
+    assert_eq!(s.room_blocked_by("!r:test").unwrap().as_deref(), Some(ALICE), "the first admin stays");
+    assert!(s.unblock_room("!r:test").unwrap());
+    assert!(!s.unblock_room("!r:test").unwrap());
+    assert_eq!(s.room_blocked_by("!r:test").unwrap(), None);
+}
+
+fn purge_room_removes_the_room_and_nothing_else(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    let (mut gone, _) = room_with_state_chain(s);
+    gone.send(s, &gone.msg("$gone-msg", ALICE, "bye").txn(ALICE, "DEV", "t1"));
+    let mut kept = TestRoom::new(s, "!kept:test");
+    kept.send(s, &kept.member("$kept-alice", ALICE, "join"));
+    kept.send(s, &kept.msg("$kept-msg", ALICE, "stay"));
+    for room in ["!r:test", "!kept:test"] {
+        s.create_alias(&format!("#{}", &room[1..]), room, ALICE).unwrap();
+        s.set_account_data(ALICE, room, "m.tag", &json!({"tags": {}})).unwrap();
+    }
+    s.set_receipt(&ReceiptRow {
+        room_id: "!r:test".into(),
+        receipt_type: "m.read".into(),
+        user_id: ALICE.into(),
+        thread_id: String::new(),
+        event_id: "$gone-msg".into(),
+        ts: 1,
+    })
+    .unwrap();
+    s.block_room("!r:test", ALICE).unwrap();
+
+    assert!(s.purge_room("!r:test").unwrap());
+    assert!(s.get_room("!r:test").unwrap().is_none());
+    assert!(s.get_event("$gone-msg").unwrap().is_none());
+    assert!(s.get_event("$name2").unwrap().is_none());
+    assert!(s.get_current_state("!r:test").unwrap().is_empty());
+    assert_eq!(s.aliases_for_room("!r:test").unwrap(), Vec::<String>::new());
+    assert_eq!(s.room_blocked_by("!r:test").unwrap().as_deref(), Some(ALICE), "the block outlives the purge");
+    // The other room is whole.
+    assert!(s.get_room("!kept:test").unwrap().is_some());
+    assert!(s.get_event("$kept-msg").unwrap().is_some());
+    assert_eq!(s.get_current_state("!kept:test").unwrap().len(), 2);
+    assert_eq!(s.aliases_for_room("!kept:test").unwrap(), vec!["#kept:test".to_owned()]);
+    // Purging again, or an unknown room, is false.
+    assert!(!s.purge_room("!r:test").unwrap());
+    assert!(!s.purge_room("!never:test").unwrap());
+    // The room can be made again (IDs are free once purged).
+    let again = TestRoom::new(s, "!r:test");
+    assert!(s.get_event(&again.create_id()).unwrap().is_some());
 }

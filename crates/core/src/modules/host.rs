@@ -294,6 +294,22 @@ impl Host for HostHandle {
         Box::pin(async move { hs?.module_set_presence(users).await.map_err(to_module_error) })
     }
 
+    fn delete_room(&self, room_id: String) -> Result<(), ModuleError> {
+        self.hs()?.module_delete_room(&room_id).map_err(to_module_error)
+    }
+
+    fn create_login_token(
+        &self,
+        user_id: String,
+        valid_ms: u64,
+        auth_provider_id: Option<String>,
+    ) -> BoxFuture<'static, Result<String, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            hs?.module_create_login_token(&user_id, valid_ms, auth_provider_id).await.map_err(to_module_error)
+        })
+    }
+
     fn set_push_rule_action(
         &self,
         user_id: String,

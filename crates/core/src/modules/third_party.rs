@@ -132,6 +132,17 @@ impl ModuleRegistry {
         true
     }
 
+    /// `check_can_shutdown_room`: `false` when a module refuses; errors are logged and count as
+    /// no objection.
+    pub async fn check_can_shutdown_room(&self, user_id: Option<&str>, room_id: &str) -> bool {
+        for reg in &self.callbacks().rules.check_can_shutdown_room {
+            if invoke_logged(reg, (user_id.map(str::to_owned), room_id.to_owned())).await == Some(false) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// `on_user_deactivation_status_changed`: every callback runs; errors are logged.
     pub async fn on_user_deactivation_status_changed(&self, user_id: &str, deactivated: bool, by_admin: bool) {
         for reg in &self.callbacks().rules.on_user_deactivation_status_changed {

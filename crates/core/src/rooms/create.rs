@@ -103,6 +103,16 @@ impl Homeserver {
         self.peek_user(&self.limiters.room_creation, user, None).await?;
         self.limit_message(user, false).await?;
         self.limit_user(&self.limiters.room_creation, user, None).await?;
+        self.create_room_unlimited(requester, body).await
+    }
+
+    /// [`Homeserver::create_room`] without rate limits, for the server's own rooms (a room
+    /// shutdown's new room, as Synapse's `ratelimit=False`).
+    pub(crate) async fn create_room_unlimited(
+        &self,
+        requester: &Requester,
+        body: Map<String, Value>,
+    ) -> Result<(OwnedRoomId, Option<String>)> {
         let body = self.modules.on_create_room(requester.user_id.as_str(), body, requester.is_admin).await?;
         let request: CreateRoomRequest = serde_json::from_value(Value::Object(body.clone()))
             .map_err(|e| Error::bad_json(format!("Invalid createRoom body: {e}")))?;

@@ -96,6 +96,7 @@ impl Homeserver {
             }
             other => return Err(Error::invalid_param(format!("Unknown membership {other}"))),
         };
+        self.refuse_if_blocked(room_id, membership).await?;
         match membership {
             "invite" => {
                 if requester.shadow_banned {
@@ -213,6 +214,7 @@ impl Homeserver {
         } else {
             parse_room_id(room_id)?
         };
+        self.refuse_if_blocked(&room_id, "join").await?;
         // A room this server is not in is joined through a server that is: those the client
         // named, then the room ID's own server.
         if !self.participates_in(&room_id).await? {

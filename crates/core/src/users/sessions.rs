@@ -220,6 +220,25 @@ impl Homeserver {
         }))
     }
 
+    /// `ModuleApi.create_login_token`: a login token for a local user, valid `valid_ms`
+    /// (`auth_provider_id` is accepted; Myelin's login tokens do not record it).
+    pub(crate) async fn module_create_login_token(
+        &self,
+        user_id: &str,
+        valid_ms: u64,
+        _auth_provider_id: Option<String>,
+    ) -> Result<String> {
+        let user = UserId::parse(user_id).map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))?;
+        if !self.is_mine(&user) {
+            return Err(Error::invalid_param("Can only create login tokens for local users"));
+        }
+        let token = format!("myt_{}", random_string(40));
+        let (t, u) = (token.clone(), user.to_string());
+        let expires = now_ms() + valid_ms.min(i64::MAX as u64 / 2) as i64;
+        self.db(move |s| s.put_transient(LOGIN_TOKEN, &t, &u, expires)).await?;
+        Ok(token)
+    }
+
     /// Spends a login token (once, before it expires): the user it logs in.
     pub(crate) async fn consume_login_token(&self, token: &str) -> Result<String> {
         let t = token.to_owned();

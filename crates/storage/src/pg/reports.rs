@@ -18,6 +18,49 @@ fn event_report(r: &Row) -> EventReport {
 const EVENT_REPORT_COLUMNS: &str = "id, received_ts, room_id, event_id, user_id, reason, content";
 
 impl AdminStore for PostgresStore {
+    fn block_room(&self, room_id: &str, user_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO blocked_rooms (room_id, user_id) VALUES ($1, $2) ON CONFLICT (room_id) DO NOTHING",
+                &[&room_id, &user_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn unblock_room(&self, room_id: &str) -> Result<bool> {
+        self.write(|tx| Ok(tx.exec("DELETE FROM blocked_rooms WHERE room_id = $1", &[&room_id])? > 0))
+    }
+
+    fn room_blocked_by(&self, room_id: &str) -> Result<Option<String>> {
+        self.read(|db| {
+            Ok(db.opt("SELECT user_id FROM blocked_rooms WHERE room_id = $1", &[&room_id])?.map(|r| r.get(0)))
+        })
+    }
+
+    fn purge_room(&self, room_id: &str) -> Result<bool> {
+        self.write(|tx| {
+            if tx.opt("SELECT room_id FROM rooms WHERE room_id = $1 FOR UPDATE", &[&room_id])?.is_none() {
+                return Ok(false);
+            }
+            for table in PURGED_ROOM_TABLES {
+                tx.exec(&format!("DELETE FROM {table} WHERE room_id = $1"), &[&room_id])?;
+            }
+            tx.exec(
+                "DELETE FROM event_txn_ids WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
+                &[&room_id],
+            )?;
+            tx.exec(
+                "DELETE FROM state_group_entries WHERE state_group IN (SELECT id FROM state_groups WHERE room_id = $1)",
+                &[&room_id],
+            )?;
+            tx.exec("DELETE FROM events WHERE room_id = $1", &[&room_id])?;
+            tx.exec("DELETE FROM state_groups WHERE room_id = $1", &[&room_id])?;
+            tx.exec("DELETE FROM rooms WHERE room_id = $1", &[&room_id])?;
+            Ok(true)
+        })
+    }
+
     fn list_users(&self, q: &UserListQuery) -> Result<(Vec<ListedUser>, i64)> {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE ($1::TEXT IS NULL OR strpos(lower(u.user_id), lower($1)) > 0 OR strpos(lower(coalesce(p.displayname, '')), lower($1)) > 0)

@@ -31,6 +31,57 @@ pub(crate) fn user_order_column(order: UserOrder) -> &'static str {
 }
 
 impl AdminStore for SqliteStore {
+    fn block_room(&self, room_id: &str, user_id: &str) -> Result<()> {
+        self.conn()
+            .exec(
+                "INSERT INTO blocked_rooms (room_id, user_id) VALUES (?1, ?2) ON CONFLICT (room_id) DO NOTHING",
+                params![room_id, user_id],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn unblock_room(&self, room_id: &str) -> Result<bool> {
+        Ok(self.conn().exec("DELETE FROM blocked_rooms WHERE room_id = ?1", [room_id]).map_err(backend)? > 0)
+    }
+
+    fn room_blocked_by(&self, room_id: &str) -> Result<Option<String>> {
+        self.reader()
+            .query_row("SELECT user_id FROM blocked_rooms WHERE room_id = ?1", [room_id], |r| r.get(0))
+            .optional()
+            .map_err(backend)
+    }
+
+    fn purge_room(&self, room_id: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let known: Option<String> = tx
+            .query_row("SELECT room_id FROM rooms WHERE room_id = ?1", [room_id], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        for table in PURGED_ROOM_TABLES {
+            tx.exec(&format!("DELETE FROM {table} WHERE room_id = ?1"), [room_id]).map_err(backend)?;
+        }
+        tx.exec(
+            "DELETE FROM event_txn_ids WHERE event_id IN (SELECT event_id FROM events WHERE room_id = ?1)",
+            [room_id],
+        )
+        .map_err(backend)?;
+        tx.exec(
+            "DELETE FROM state_group_entries WHERE state_group IN (SELECT id FROM state_groups WHERE room_id = ?1)",
+            [room_id],
+        )
+        .map_err(backend)?;
+        tx.exec("DELETE FROM events WHERE room_id = ?1", [room_id]).map_err(backend)?;
+        tx.exec("DELETE FROM state_groups WHERE room_id = ?1", [room_id]).map_err(backend)?;
+        tx.exec("DELETE FROM rooms WHERE room_id = ?1", [room_id]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
+
     fn list_users(&self, q: &UserListQuery) -> Result<(Vec<ListedUser>, i64)> {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)

@@ -623,6 +623,17 @@ class ModuleApi:
         password providers' `on_logged_out` runs."""
         return _deferred_call(self._host, "invalidate_access_token", {"token": access_token}, lambda r: None)
 
+    def delete_room(self, room_id):
+        """Schedules the room's shutdown and purge (Synapse 1.89); does not wait for it."""
+        return _deferred_call(self._host, "delete_room", {"room_id": room_id}, lambda r: None)
+
+    def create_login_token(self, user_id, duration_in_ms=2 * 60 * 1000, auth_provider_id=None,
+                           auth_provider_session_id=None):
+        """A token the user logs in with (`m.login.token`), valid `duration_in_ms`."""
+        return _deferred_call(self._host, "create_login_token",
+                              {"user_id": user_id, "duration_in_ms": int(duration_in_ms),
+                               "auth_provider_id": auth_provider_id}, lambda r: r)
+
     def is_user_admin(self, user_id):
         return _deferred_call(self._host, "get_userinfo_by_id", {"user_id": user_id},
                               lambda r: bool(r and r["is_admin"]))
