@@ -695,7 +695,7 @@ async fn admins_delete_block_and_purge_rooms() {
 /// (`ModuleApi.create_login_token`).
 #[tokio::test]
 async fn room_deletion_v2_and_the_modules_say() {
-    let s = Server::start_with("modules:\n  - module: room_deletion.RoomDeletion\n").await;
+    let s = Server::start_with("modules:\n  - module: module_api_calls.ModuleApiCalls\n").await;
     s.make_admin_cli("root");
     let root = s.login("root").await;
     let alice = s.register("alice").await;
@@ -729,7 +729,7 @@ async fn room_deletion_v2_and_the_modules_say() {
     let (st, _) = s.put(&format!("{V3}/rooms/{kept}/send/org.example.protect/t1"), Some(&alice.token), json!({})).await;
     assert_eq!(st, 200);
     for _ in 0..100 {
-        let seen = s.get("/_synapse/client/room_deletion", None).await.1;
+        let seen = s.get("/_synapse/client/module_api_calls", None).await.1;
         if seen["protected"].as_array().unwrap().iter().any(|r| r == &json!(kept)) {
             break;
         }
@@ -744,7 +744,7 @@ async fn room_deletion_v2_and_the_modules_say() {
 
     // ModuleApi.delete_room: in the background, asked with no requester.
     let doomed = s.create_room(&alice, json!({})).await;
-    assert_eq!(s.post("/_synapse/client/room_deletion", None, json!({"room_id": doomed})).await.0, 200);
+    assert_eq!(s.post("/_synapse/client/module_api_calls", None, json!({"room_id": doomed})).await.0, 200);
     let mut gone = false;
     for _ in 0..100 {
         if s.get(&format!("{ADMIN}/v1/rooms/{doomed}"), Some(&root.token)).await.0 == 404 {
@@ -754,15 +754,69 @@ async fn room_deletion_v2_and_the_modules_say() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(gone, "the module's deletion purged the room");
-    let seen = s.get("/_synapse/client/room_deletion", None).await.1;
+    let seen = s.get("/_synapse/client/module_api_calls", None).await.1;
     assert!(seen["asked"].as_array().unwrap().contains(&json!([null, doomed])), "{seen}");
     assert!(seen["asked"].as_array().unwrap().contains(&json!([root.user_id, room])), "{seen}");
 
     // ModuleApi.create_login_token: a token that logs alice in once.
-    let (st, b) = s.post("/_synapse/client/room_deletion", None, json!({"user_id": alice.user_id})).await;
+    let (st, b) = s.post("/_synapse/client/module_api_calls", None, json!({"user_id": alice.user_id})).await;
     assert_eq!(st, 200, "{b}");
     let login = json!({"type": "m.login.token", "token": b["login_token"]});
     let (st, b) = s.post(&format!("{V3}/login"), None, login.clone()).await;
     assert_eq!((st, b["user_id"].as_str()), (200, Some(alice.user_id.as_str())), "{b}");
     assert_eq!(s.post(&format!("{V3}/login"), None, login).await.0, 403, "a login token is spent once");
+}
+
+/// External IDs (SSO identities) as Synapse's admin API shows and sets them, the lookup by
+/// provider, and `ModuleApi.record_user_external_id`; one account per identity (409), bad
+/// bodies refused.
+#[tokio::test]
+async fn admins_and_modules_record_external_ids() {
+    let s = Server::start_with("modules:\n  - module: module_api_calls.ModuleApiCalls\n").await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let user = format!("{ADMIN}/v2/users/{}", alice.user_id);
+    let ids =
+        json!([{"auth_provider": "oidc", "external_id": "a-1"}, {"auth_provider": "github", "external_id": "77"}]);
+    let (st, b) = s.put(&user, Some(&root.token), json!({"external_ids": ids})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["external_ids"],
+        json!([{"auth_provider": "github", "external_id": "77"}, {"auth_provider": "oidc", "external_id": "a-1"}]),
+        "{b}"
+    );
+    let lookup = format!("{ADMIN}/v1/auth_providers/oidc/users/a-1");
+    assert_eq!(s.get(&lookup, Some(&root.token)).await, (200, json!({"user_id": alice.user_id})));
+    assert!(forbidden(s.get(&lookup, Some(&alice.token)).await.0, &s.get(&lookup, Some(&alice.token)).await.1));
+    assert_eq!(s.get(&format!("{ADMIN}/v1/auth_providers/oidc/users/none"), Some(&root.token)).await.0, 404);
+    // Taken by alice: bob cannot have it; nothing of bob's changes.
+    let bob_user = format!("{ADMIN}/v2/users/{}", bob.user_id);
+    let both = json!({"external_ids": [{"auth_provider": "saml", "external_id": "b"}, {"auth_provider": "oidc", "external_id": "a-1"}]});
+    let (st, b) = s.put(&bob_user, Some(&root.token), both).await;
+    assert_eq!((st, b["error"].as_str()), (409, Some("External id is already in use.")), "{b}");
+    assert_eq!(s.get(&bob_user, Some(&root.token)).await.1["external_ids"], json!([]));
+    let (st, b) = s.put(&bob_user, Some(&root.token), json!({"external_ids": [{"auth_provider": "oidc"}]})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{b}");
+    let (st, _) = s.put(&bob_user, Some(&root.token), json!({"external_ids": "oidc"})).await;
+    assert_eq!(st, 400);
+    // Replacing: alice keeps only github.
+    let (st, b) = s
+        .put(&user, Some(&root.token), json!({"external_ids": [{"auth_provider": "github", "external_id": "77"}]}))
+        .await;
+    assert_eq!((st, b["external_ids"].as_array().map(Vec::len)), (200, Some(1)), "{b}");
+    assert_eq!(s.get(&lookup, Some(&root.token)).await.0, 404);
+    // A module records one for bob; recording alice's for bob is refused.
+    let calls = "/_synapse/client/module_api_calls";
+    let (st, b) =
+        s.post(calls, None, json!({"auth_provider": "oidc", "external_id": "b-2", "user_id": bob.user_id})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        s.get(&bob_user, Some(&root.token)).await.1["external_ids"],
+        json!([{"auth_provider": "oidc", "external_id": "b-2"}])
+    );
+    let (st, _) =
+        s.post(calls, None, json!({"auth_provider": "github", "external_id": "77", "user_id": bob.user_id})).await;
+    assert_eq!(st, 409, "the module's SynapseError reaches the resource's caller");
 }

@@ -594,6 +594,8 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     let override_path = format!("/_synapse/admin/v1/users/{}/override_ratelimit", path_segment(&bob.user_id));
     let (s, b) = myelin.get(&override_path, Some(&carl.token)).await;
     assert_eq!((s, b), (200, json!({"messages_per_second": 0, "burst_count": 0})), "{}", logs());
+    let (s, b) = myelin.get("/_synapse/admin/v1/auth_providers/oidc-example/users/bob-at-idp", Some(&carl.token)).await;
+    assert_eq!((s, b), (200, json!({"user_id": bob.user_id})), "{}", logs());
     let (s, b) = get_event(myelin, &text(&data["oldest"]), &event("vintage"), &alice).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("from a version 1 room")), "{b}\n{}", logs());
 

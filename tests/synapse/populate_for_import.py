@@ -89,6 +89,9 @@ def main():
         # The admin lets bob's bot-like sends through: a rate-limit override.
         call("POST", f"/_synapse/admin/v1/users/{q(bob['user_id'])}/override_ratelimit",
              {"messages_per_second": 0, "burst_count": 0}, carl["token"])
+        # Bob signs in through an SSO provider too: an external ID.
+        call("PUT", f"/_synapse/admin/v2/users/{q(bob['user_id'])}",
+             {"external_ids": [{"auth_provider": "oidc-example", "external_id": "bob-at-idp"}]}, carl["token"])
     # A second device for alice, logged in with her password.
     login = call("POST", "/_matrix/client/v3/login",
                  {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},

@@ -232,12 +232,19 @@ impl Homeserver {
         let last_seen_ts = devices.iter().filter_map(|d| d.last_seen_ts).max();
         let appservice_id = self.appservice_owning(user.as_str()).map(|r| r.id.clone());
         let erased = self.erased_users().await?.contains(user.as_str());
+        let u = user.to_string();
+        let external_ids: Vec<Value> = self
+            .db(move |s| s.external_ids(&u))
+            .await?
+            .into_iter()
+            .map(|(auth_provider, external_id)| json!({"auth_provider": auth_provider, "external_id": external_id}))
+            .collect();
         Ok(json!({
             "name": user,
             "displayname": displayname,
             "avatar_url": avatar_url,
             "threepids": [],
-            "external_ids": [],
+            "external_ids": external_ids,
             "admin": row.is_admin,
             "deactivated": row.deactivated,
             "erased": erased,
@@ -715,6 +722,21 @@ impl Homeserver {
                 Some(_) => Err(Error::invalid_param(format!("'{key}' parameter is not of type boolean"))),
             }
         };
+        let external_ids = match body.get("external_ids") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|item| match (item["auth_provider"].as_str(), item["external_id"].as_str()) {
+                        (Some(provider), Some(id)) => Ok((provider.to_owned(), id.to_owned())),
+                        _ => {
+                            Err(Error::new(ErrorKind::MissingParam, "Missing params: ['auth_provider', 'external_id']"))
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(_) => return Err(Error::invalid_param("'external_ids' parameter is not of type list")),
+        };
         let password = text("password", 512)?;
         let displayname = text("displayname", 256)?;
         let avatar_url = text("avatar_url", 1000)?;
@@ -777,6 +799,10 @@ impl Homeserver {
                 }
             }
         }
+        if let Some(ids) = external_ids {
+            self.replace_external_ids(user.as_str(), ids).await?;
+            audit!(requester, "set external IDs", user);
+        }
         for (field, value) in [
             (myelin_storage::ProfileField::DisplayName, displayname),
             (myelin_storage::ProfileField::AvatarUrl, avatar_url),
@@ -787,6 +813,64 @@ impl Homeserver {
             }
         }
         Ok((created, self.admin_user(requester, user.as_str()).await?))
+    }
+
+    /// An account's external IDs become exactly `ids` (409 "External id is already in use."
+    /// if another account has one of them; then nothing changes).
+    async fn replace_external_ids(&self, user_id: &str, ids: Vec<(String, String)>) -> Result<()> {
+        let u = user_id.to_owned();
+        self.db(move |s| {
+            for (provider, id) in &ids {
+                if s.user_by_external_id(provider, id)?.is_some_and(|owner| owner != u) {
+                    return Ok(Err(Error::new(
+                        ErrorKind::Module { status: 409, errcode: "M_UNKNOWN".into() },
+                        "External id is already in use.",
+                    )));
+                }
+            }
+            for (provider, id) in s.external_ids(&u)? {
+                if !ids.contains(&(provider.clone(), id.clone())) {
+                    s.remove_external_id(&provider, &id, &u)?;
+                }
+            }
+            for (provider, id) in &ids {
+                s.record_external_id(provider, id, &u)?;
+            }
+            Ok(Ok(()))
+        })
+        .await?
+    }
+
+    /// `GET /_synapse/admin/v1/auth_providers/{provider}/users/{externalId}`.
+    pub async fn admin_user_by_external_id(
+        &self,
+        requester: &Requester,
+        provider: &str,
+        external_id: &str,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let (p, e) = (provider.to_owned(), external_id.to_owned());
+        match self.db(move |s| s.user_by_external_id(&p, &e)).await? {
+            Some(user) => Ok(json!({"user_id": user})),
+            None => Err(Error::not_found("User not found")),
+        }
+    }
+
+    /// `ModuleApi.record_user_external_id`: 409 if another account has that external ID.
+    pub(crate) async fn module_record_external_id(
+        &self,
+        provider: &str,
+        external_id: &str,
+        user_id: &str,
+    ) -> Result<()> {
+        let (p, e, u) = (provider.to_owned(), external_id.to_owned(), user_id.to_owned());
+        if !self.db(move |s| s.record_external_id(&p, &e, &u)).await? {
+            return Err(Error::new(
+                ErrorKind::Module { status: 409, errcode: "M_UNKNOWN".into() },
+                "External id is already in use.",
+            ));
+        }
+        Ok(())
     }
 
     /// `GET /_synapse/admin/v1/users/{userId}/override_ratelimit`: `{}` without an override,

@@ -39,6 +39,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/rooms/{room_id}/block", get(room_block_status).put(block_room))
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(room_members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
+        .route("/_synapse/admin/v1/auth_providers/{provider}/users/{external_id}", get(user_by_external_id))
         .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
         .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
         .route("/_synapse/admin/v1/reset_password/{user_id}", post(reset_password))
@@ -192,6 +193,14 @@ async fn block_room(
     JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> Answer {
     Ok(axum::Json(hs.admin_block_room(&me, &room_id, &body).await?))
+}
+
+async fn user_by_external_id(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((provider, external_id)): Path<(String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_user_by_external_id(&me, &provider, &external_id).await?))
 }
 
 async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

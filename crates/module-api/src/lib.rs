@@ -406,6 +406,13 @@ pub trait Host: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Ends the session of an access token (`ModuleApi.invalidate_access_token`).
     fn invalidate_access_token(&self, token: String) -> BoxFuture<'static, Result<(), ModuleError>>;
+    /// Records a local account's identity at an SSO provider (`ModuleApi.record_user_external_id`).
+    fn record_user_external_id(
+        &self,
+        auth_provider: String,
+        external_id: String,
+        user_id: String,
+    ) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Schedules a room's shutdown and purge (`ModuleApi.delete_room`).
     fn delete_room(&self, room_id: String) -> Result<(), ModuleError>;
     /// A login token for a local user (`ModuleApi.create_login_token`), valid `valid_ms`.
@@ -643,6 +650,19 @@ impl ModuleApi {
         users: Vec<(String, String, Option<String>)>,
     ) -> Result<(), ModuleError> {
         self.host.set_presence_for_users(users).await
+    }
+    /// Records that `user_id` is `external_id` at SSO provider `auth_provider` (Synapse's
+    /// `record_user_external_id`); admins see it in the user's `external_ids`. Another account
+    /// holding it is a 409 `ModuleError::Matrix`.
+    ///
+    /// Since 0.2.
+    pub async fn record_user_external_id(
+        &self,
+        auth_provider: &str,
+        external_id: &str,
+        user_id: &str,
+    ) -> Result<(), ModuleError> {
+        self.host.record_user_external_id(auth_provider.to_owned(), external_id.to_owned(), user_id.to_owned()).await
     }
     /// Schedules the shutdown and purge of a room, as `ModuleApi.delete_room` (Synapse 1.89):
     /// local members leave, then the room is removed from storage, in the background. A room

@@ -72,6 +72,11 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .map(|()| Value::Null),
         ),
         "invalidate_access_token" => ok_or_error(api.invalidate_access_token(&s("token")).await.map(|()| Value::Null)),
+        "record_user_external_id" => ok_or_error(
+            api.record_user_external_id(&s("auth_provider_id"), &s("remote_user_id"), &s("registered_user_id"))
+                .await
+                .map(|()| Value::Null),
+        ),
         "delete_room" => ok_or_error(api.delete_room(&s("room_id")).map(|()| Value::Null)),
         "create_login_token" => ok_or_error(
             api.create_login_token(

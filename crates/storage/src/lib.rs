@@ -181,6 +181,15 @@ pub trait UserStore {
     fn mark_user_erased(&self, user_id: &str) -> Result<()>;
     /// Every erased user.
     fn erased_users(&self) -> Result<Vec<String>>;
+    /// Records that `user_id` is `external_id` at `auth_provider`; false (nothing written) if
+    /// another account already is.
+    fn record_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<bool>;
+    /// Forgets one of an account's external IDs.
+    fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()>;
+    /// An account's external IDs, as `(auth_provider, external_id)`, sorted.
+    fn external_ids(&self, user_id: &str) -> Result<Vec<(String, String)>>;
+    /// The account that is `external_id` at `auth_provider`.
+    fn user_by_external_id(&self, auth_provider: &str, external_id: &str) -> Result<Option<String>>;
     /// Records that `user_id` bound `(medium, address)` on identity server `id_server`.
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()>;
     /// A user's bindings `(medium, address, id_server)`, in that order.

@@ -210,6 +210,7 @@ contract! {
     users_case_insensitive_lookup,
     users_password_and_flags,
     threepid_bindings_added_listed_removed,
+    external_ids_one_account_each,
     erased_users_marked_once,
     profiles_fields,
     devices_upsert_rename_touch,
@@ -2796,4 +2797,24 @@ fn purge_room_removes_the_room_and_nothing_else(s: &dyn Storage) {
     // The room can be made again (IDs are free once purged).
     let again = TestRoom::new(s, "!r:test");
     assert!(s.get_event(&again.create_id()).unwrap().is_some());
+}
+
+fn external_ids_one_account_each(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    add_user(s, "@bob:test", None);
+    assert!(s.record_external_id("oidc", "a-1", ALICE).unwrap());
+    assert!(s.record_external_id("oidc", "a-1", ALICE).unwrap(), "again: still hers");
+    assert!(s.record_external_id("github", "77", ALICE).unwrap());
+    assert!(!s.record_external_id("oidc", "a-1", "@bob:test").unwrap(), "taken by another account");
+    assert_eq!(
+        s.external_ids(ALICE).unwrap(),
+        vec![("github".to_owned(), "77".to_owned()), ("oidc".to_owned(), "a-1".to_owned())]
+    );
+    assert_eq!(s.user_by_external_id("oidc", "a-1").unwrap().as_deref(), Some(ALICE));
+    assert_eq!(s.user_by_external_id("oidc", "nobody").unwrap(), None);
+    s.remove_external_id("oidc", "a-1", "@bob:test").unwrap();
+    assert_eq!(s.user_by_external_id("oidc", "a-1").unwrap().as_deref(), Some(ALICE), "only the owner's row goes");
+    s.remove_external_id("oidc", "a-1", ALICE).unwrap();
+    assert_eq!(s.external_ids(ALICE).unwrap(), vec![("github".to_owned(), "77".to_owned())]);
+    assert!(s.external_ids("@bob:test").unwrap().is_empty());
 }

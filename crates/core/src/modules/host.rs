@@ -294,6 +294,18 @@ impl Host for HostHandle {
         Box::pin(async move { hs?.module_set_presence(users).await.map_err(to_module_error) })
     }
 
+    fn record_user_external_id(
+        &self,
+        auth_provider: String,
+        external_id: String,
+        user_id: String,
+    ) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            hs?.module_record_external_id(&auth_provider, &external_id, &user_id).await.map_err(to_module_error)
+        })
+    }
+
     fn delete_room(&self, room_id: String) -> Result<(), ModuleError> {
         self.hs()?.module_delete_room(&room_id).map_err(to_module_error)
     }

@@ -362,6 +362,13 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     }
     summary.count("users (with profiles)", rows.len());
 
+    // Identities at SSO providers, so SSO logins find their accounts again.
+    let external = db.rows("SELECT auth_provider, external_id, user_id FROM user_external_ids", &[])?;
+    for r in &external {
+        store.record_external_id(&r.text(0), &r.text(1), &r.text(2)).map_err(store_err)?;
+    }
+    summary.count("external IDs (SSO identities)", external.len());
+
     let devices = db.rows(
         "SELECT user_id, device_id, display_name, last_seen, ip, user_agent FROM devices WHERE NOT hidden",
         &[],

@@ -59,7 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_filters_per_user.sql"),
     include_str!("migrations/0011_refresh_tokens.sql"),
     include_str!("migrations/0012_profile_fields.sql"),
-    include_str!("migrations/0013_blocked_rooms.sql"),
+    include_str!("migrations/0013_blocked_rooms_external_ids.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

@@ -101,6 +101,53 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn record_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<bool> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO user_external_ids (auth_provider, external_id, user_id) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&auth_provider, &external_id, &user_id],
+            )?;
+            let owner = tx.opt(
+                "SELECT user_id FROM user_external_ids WHERE auth_provider = $1 AND external_id = $2",
+                &[&auth_provider, &external_id],
+            )?;
+            Ok(owner.map(|r| r.get::<_, String>(0)).as_deref() == Some(user_id))
+        })
+    }
+
+    fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM user_external_ids WHERE auth_provider = $1 AND external_id = $2 AND user_id = $3",
+                &[&auth_provider, &external_id, &user_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn external_ids(&self, user_id: &str) -> Result<Vec<(String, String)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT auth_provider, external_id FROM user_external_ids WHERE user_id = $1
+                 ORDER BY auth_provider, external_id",
+                &[&user_id],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn user_by_external_id(&self, auth_provider: &str, external_id: &str) -> Result<Option<String>> {
+        self.read(|db| {
+            Ok(db
+                .opt(
+                    "SELECT user_id FROM user_external_ids WHERE auth_provider = $1 AND external_id = $2",
+                    &[&auth_provider, &external_id],
+                )?
+                .map(|r| r.get(0)))
+        })
+    }
+
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
         self.write(|tx| {
             tx.exec(

@@ -67,7 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0020_filters_per_user.sql"),
     include_str!("../migrations/0021_refresh_tokens.sql"),
     include_str!("../migrations/0022_profile_fields.sql"),
-    include_str!("../migrations/0023_blocked_rooms.sql"),
+    include_str!("../migrations/0023_blocked_rooms_external_ids.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

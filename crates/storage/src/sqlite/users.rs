@@ -103,6 +103,57 @@ impl UserStore for SqliteStore {
         stmt.query_map([], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(backend)
     }
 
+    fn record_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<bool> {
+        let conn = self.conn();
+        conn.exec(
+            "INSERT INTO user_external_ids (auth_provider, external_id, user_id) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![auth_provider, external_id, user_id],
+        )
+        .map_err(backend)?;
+        let owner: String = conn
+            .query_row(
+                "SELECT user_id FROM user_external_ids WHERE auth_provider = ?1 AND external_id = ?2",
+                params![auth_provider, external_id],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        Ok(owner == user_id)
+    }
+
+    fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()> {
+        self.conn()
+            .exec(
+                "DELETE FROM user_external_ids WHERE auth_provider = ?1 AND external_id = ?2 AND user_id = ?3",
+                params![auth_provider, external_id, user_id],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn external_ids(&self, user_id: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT auth_provider, external_id FROM user_external_ids WHERE user_id = ?1
+                 ORDER BY auth_provider, external_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn user_by_external_id(&self, auth_provider: &str, external_id: &str) -> Result<Option<String>> {
+        self.reader()
+            .query_row(
+                "SELECT user_id FROM user_external_ids WHERE auth_provider = ?1 AND external_id = ?2",
+                params![auth_provider, external_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
     fn add_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()> {
         self.conn()
             .exec(

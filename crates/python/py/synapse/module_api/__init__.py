@@ -623,6 +623,12 @@ class ModuleApi:
         password providers' `on_logged_out` runs."""
         return _deferred_call(self._host, "invalidate_access_token", {"token": access_token}, lambda r: None)
 
+    def record_user_external_id(self, auth_provider_id, remote_user_id, registered_user_id):
+        """Records that the local account is `remote_user_id` at SSO provider `auth_provider_id`."""
+        return _deferred_call(self._host, "record_user_external_id",
+                              {"auth_provider_id": auth_provider_id, "remote_user_id": remote_user_id,
+                               "registered_user_id": registered_user_id}, lambda r: None)
+
     def delete_room(self, room_id):
         """Schedules the room's shutdown and purge (Synapse 1.89); does not wait for it."""
         return _deferred_call(self._host, "delete_room", {"room_id": room_id}, lambda r: None)

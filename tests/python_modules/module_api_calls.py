@@ -1,5 +1,6 @@
-"""check_can_shutdown_room, ModuleApi.delete_room and ModuleApi.create_login_token, for the
-black-box tests. A room where an `org.example.protect` event was sent may not be shut down."""
+"""check_can_shutdown_room and ModuleApi members (delete_room, create_login_token,
+record_user_external_id) behind a web resource, for the black-box tests. A room where an
+`org.example.protect` event was sent may not be shut down."""
 
 import json
 
@@ -19,11 +20,14 @@ class Resource(DirectServeJsonResource):
         if "room_id" in body:
             await self.module.api.delete_room(body["room_id"])
             return 200, {}
+        if "external_id" in body:
+            await self.module.api.record_user_external_id(body["auth_provider"], body["external_id"], body["user_id"])
+            return 200, {}
         token = await self.module.api.create_login_token(body["user_id"], body.get("duration_in_ms", 120000))
         return 200, {"login_token": token}
 
 
-class RoomDeletion:
+class ModuleApiCalls:
     def __init__(self, config, api):
         self.api = api
         self.protected = set()
@@ -32,7 +36,7 @@ class RoomDeletion:
             on_new_event=self.on_new_event,
             check_can_shutdown_room=self.check_can_shutdown_room,
         )
-        api.register_web_resource("/_synapse/client/room_deletion", Resource(self))
+        api.register_web_resource("/_synapse/client/module_api_calls", Resource(self))
 
     async def on_new_event(self, event, state):
         if event.type == "org.example.protect":
