@@ -820,3 +820,132 @@ async fn admins_and_modules_record_external_ids() {
         s.post(calls, None, json!({"auth_provider": "github", "external_id": "77", "user_id": bob.user_id})).await;
     assert_eq!(st, 409, "the module's SynapseError reaches the resource's caller");
 }
+
+/// Synapse's media admin API: details, quarantine by ID, by uploader and by room (and its
+/// release), protection, a user's uploads listed and deleted, deletion by ID and by age.
+/// Quarantined media is served to nobody, admins included; non-admins may do none of it.
+#[tokio::test]
+async fn admins_moderate_media() {
+    use crate::media::upload;
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let mut ids = Vec::new();
+    for body in ["first", "second file", "third file!"] {
+        let (st, b) = upload(&s, &alice, body.as_bytes().to_vec(), "text/plain", None).await;
+        assert_eq!(st, 200, "{b}");
+        ids.push(b["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned());
+    }
+    let (a, b, c) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let download = |id: &str, token: &str| {
+        let url = s.url(&format!("/_matrix/client/v1/media/download/test/{id}"));
+        let token = token.to_owned();
+        async move { reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+
+    let info = format!("{ADMIN}/v1/media/test/{a}");
+    let (st, i) = s.get(&info, Some(&root.token)).await;
+    assert_eq!(st, 200, "{i}");
+    assert_eq!(
+        (i["media_info"]["user_id"].as_str(), i["media_info"]["media_length"].as_i64()),
+        (Some(alice.user_id.as_str()), Some(5))
+    );
+    let (st, e) = s.get(&info, Some(&alice.token)).await;
+    assert!(forbidden(st, &e), "{e}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/media/test/AAAAAAAAAAAAAAAAAAAAAAAA"), Some(&root.token)).await.0, 404);
+
+    // Quarantine by ID: nobody gets it, then everybody again.
+    let (st, e) = s.post(&format!("{ADMIN}/v1/media/quarantine/test/{a}"), Some(&alice.token), json!({})).await;
+    assert!(forbidden(st, &e), "{e}");
+    assert_eq!(s.post(&format!("{ADMIN}/v1/media/quarantine/test/{a}"), Some(&root.token), json!({})).await.0, 200);
+    assert_eq!((download(&a, &alice.token).await, download(&a, &root.token).await), (404, 404));
+    assert_eq!(s.get(&info, Some(&root.token)).await.1["media_info"]["quarantined_by"], json!(root.user_id));
+    assert_eq!(s.post(&format!("{ADMIN}/v1/media/unquarantine/test/{a}"), Some(&root.token), json!({})).await.0, 200);
+    assert_eq!(download(&a, &alice.token).await, 200);
+
+    // A protected file survives its uploader's quarantine.
+    assert_eq!(s.post(&format!("{ADMIN}/v1/media/protect/{b}"), Some(&root.token), json!({})).await.0, 200);
+    assert_eq!(s.post(&format!("{ADMIN}/v1/media/protect/nope"), Some(&root.token), json!({})).await.0, 404);
+    let (st, q) =
+        s.post(&format!("{ADMIN}/v1/user/{}/media/quarantine", alice.user_id), Some(&root.token), json!({})).await;
+    assert_eq!((st, q), (200, json!({"num_quarantined": 2})));
+    assert_eq!(
+        (download(&a, &alice.token).await, download(&b, &alice.token).await, download(&c, &alice.token).await),
+        (404, 200, 404)
+    );
+    assert_eq!(s.post(&format!("{ADMIN}/v1/media/unprotect/{b}"), Some(&root.token), json!({})).await.0, 200);
+    for id in [&a, &c] {
+        assert_eq!(
+            s.post(&format!("{ADMIN}/v1/media/unquarantine/test/{id}"), Some(&root.token), json!({})).await.0,
+            200
+        );
+    }
+
+    // A room's media: what its events' url and thumbnail_url name.
+    let room = s.create_room(&alice, json!({})).await;
+    let image = json!({"msgtype": "m.image", "body": "pic", "url": format!("mxc://test/{a}"),
+                       "info": {"thumbnail_url": "mxc://elsewhere.example/remoteid"}});
+    assert_eq!(s.put(&format!("{V3}/rooms/{room}/send/m.room.message/t1"), Some(&alice.token), image).await.0, 200);
+    let file = json!({"msgtype": "m.file", "body": "f", "url": format!("mxc://test/{c}")});
+    assert_eq!(s.put(&format!("{V3}/rooms/{room}/send/m.room.message/t2"), Some(&alice.token), file).await.0, 200);
+    let (st, m) = s.get(&format!("{ADMIN}/v1/room/{room}/media"), Some(&root.token)).await;
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(
+        m,
+        json!({"local": [format!("mxc://test/{a}"), format!("mxc://test/{c}")], "remote": ["mxc://elsewhere.example/remoteid"]})
+    );
+    let (st, q) = s.post(&format!("{ADMIN}/v1/room/{room}/media/quarantine"), Some(&root.token), json!({})).await;
+    assert_eq!((st, q), (200, json!({"num_quarantined": 2})), "the remote file was never fetched");
+    assert_eq!(download(&c, &alice.token).await, 404);
+    assert_eq!(s.get(&format!("{ADMIN}/v1/room/!nope:test/media"), Some(&root.token)).await.0, 404);
+
+    // A user's uploads: newest first by default, ordered and paged on request.
+    let list = format!("{ADMIN}/v1/users/{}/media", alice.user_id);
+    let (st, l) = s.get(&list, Some(&root.token)).await;
+    assert_eq!((st, l["total"].as_i64()), (200, Some(3)), "{l}");
+    let listed: Vec<&str> = l["media"].as_array().unwrap().iter().map(|m| m["media_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, vec![c.as_str(), b.as_str(), a.as_str()]);
+    assert_eq!(l["media"][0]["quarantined_by"], json!(root.user_id));
+    let (_, l) = s.get(&format!("{list}?order_by=media_length&dir=f&limit=1"), Some(&root.token)).await;
+    assert_eq!((l["media"][0]["media_id"].as_str(), l["next_token"].as_i64()), (Some(a.as_str()), Some(1)), "{l}");
+    assert_eq!(s.get(&format!("{list}?order_by=colour"), Some(&root.token)).await.0, 400);
+    assert_eq!(s.get(&format!("{ADMIN}/v1/users/@bob:elsewhere/media"), Some(&root.token)).await.0, 400);
+    assert_eq!(s.get(&format!("{ADMIN}/v1/users/@nobody:test/media"), Some(&root.token)).await.0, 404);
+    let (st, e) = s.get(&list, Some(&alice.token)).await;
+    assert!(forbidden(st, &e), "{e}");
+
+    // Deleting old media: the avatar is kept unless asked; quarantined files are not deleted.
+    let avatar = format!("{V3}/profile/{}/avatar_url", alice.user_id);
+    assert_eq!(s.put(&avatar, Some(&alice.token), json!({"avatar_url": format!("mxc://test/{b}")})).await.0, 200);
+    let (st, e) = s.post(&format!("{ADMIN}/v1/media/delete"), Some(&root.token), json!({})).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    assert_eq!(s.post(&format!("{ADMIN}/v1/media/delete?before_ts=1000"), Some(&root.token), json!({})).await.0, 400);
+    let later = 4_000_000_000_000i64;
+    let (st, d) = s.post(&format!("{ADMIN}/v1/media/delete?before_ts={later}"), Some(&root.token), json!({})).await;
+    assert_eq!((st, d), (200, json!({"deleted_media": [], "total": 0})));
+    let (st, d) = s
+        .post(&format!("{ADMIN}/v1/media/delete?before_ts={later}&keep_profiles=false"), Some(&root.token), json!({}))
+        .await;
+    assert_eq!((st, d), (200, json!({"deleted_media": [b], "total": 1})));
+    assert_eq!(download(&b, &alice.token).await, 404);
+    assert_eq!(
+        s.post(&format!("{ADMIN}/v1/media/elsewhere.example/delete?before_ts={later}"), Some(&root.token), json!({}))
+            .await
+            .0,
+        400
+    );
+
+    // Deleting by ID, and a user's remaining uploads.
+    assert_eq!(
+        s.call("DELETE", &format!("{ADMIN}/v1/media/elsewhere.example/remoteid"), Some(&root.token), None).await.0,
+        400
+    );
+    let (st, d) = s.call("DELETE", &format!("{ADMIN}/v1/media/test/{a}"), Some(&root.token), None).await;
+    assert_eq!((st, d), (200, json!({"deleted_media": [a], "total": 1})));
+    assert_eq!(s.call("DELETE", &format!("{ADMIN}/v1/media/test/{a}"), Some(&root.token), None).await.0, 404);
+    let (st, d) = s.call("DELETE", &list, Some(&root.token), None).await;
+    assert_eq!((st, d), (200, json!({"deleted_media": [c], "total": 1})));
+    assert_eq!(s.get(&list, Some(&root.token)).await.1["total"], 0);
+    assert!(files_under(&s.dir.path().join("data/media/local_content")).is_empty(), "the files are gone too");
+}

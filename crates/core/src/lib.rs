@@ -36,6 +36,7 @@ mod initial_sync;
 mod keys;
 pub mod log_config;
 pub mod media;
+pub mod media_admin;
 pub mod media_storage;
 pub mod modules;
 pub mod outbound;

@@ -279,7 +279,12 @@ impl Homeserver {
             return Err(not_found());
         }
         let id = media_id.to_owned();
-        let row = self.db(move |s| s.get_media(&id)).await?.ok_or_else(not_found)?;
+        let (row, moderation) = self.db(move |s| Ok((s.get_media(&id)?, s.media_moderation(&id)?))).await?;
+        let row = row.ok_or_else(not_found)?;
+        // Quarantined by an admin: served to nobody (Synapse answers as for unknown media).
+        if moderation.is_some_and(|m| m.quarantined_by.is_some()) {
+            return Err(not_found());
+        }
         if row.pending {
             return Err(Error::new(
                 ErrorKind::Module { status: 504, errcode: "M_NOT_YET_UPLOADED".into() },

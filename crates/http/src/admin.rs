@@ -53,6 +53,18 @@ pub(crate) fn router() -> Router<AppState> {
             get(device).put(rename_device).delete(delete_device),
         )
         .route("/_synapse/admin/v2/users/{user_id}/delete_devices", post(delete_devices))
+        .route("/_synapse/admin/v1/media/{server}/{media_id}", get(media_info).delete(delete_media))
+        .route("/_synapse/admin/v1/media/quarantine/{server}/{media_id}", post(quarantine_media))
+        .route("/_synapse/admin/v1/media/unquarantine/{server}/{media_id}", post(unquarantine_media))
+        .route("/_synapse/admin/v1/media/protect/{media_id}", post(protect_media))
+        .route("/_synapse/admin/v1/media/unprotect/{media_id}", post(unprotect_media))
+        .route("/_synapse/admin/v1/media/delete", post(delete_old_media))
+        .route("/_synapse/admin/v1/media/{server}/delete", post(delete_old_media_of))
+        .route("/_synapse/admin/v1/room/{room_id}/media", get(room_media))
+        .route("/_synapse/admin/v1/room/{room_id}/media/quarantine", post(quarantine_room_media))
+        .route("/_synapse/admin/v1/quarantine_media/{room_id}", post(quarantine_room_media))
+        .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(quarantine_user_media))
+        .route("/_synapse/admin/v1/users/{user_id}/media", get(user_media).delete(delete_user_media))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
 }
@@ -201,6 +213,117 @@ async fn user_by_external_id(
     Path((provider, external_id)): Path<(String, String)>,
 ) -> Answer {
     Ok(axum::Json(hs.admin_user_by_external_id(&me, &provider, &external_id).await?))
+}
+
+async fn media_info(State(hs): State<AppState>, Auth(me): Auth, Path((server, id)): Path<(String, String)>) -> Answer {
+    Ok(axum::Json(hs.admin_media_info(&me, &server, &id).await?))
+}
+
+async fn delete_media(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((server, id)): Path<(String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_delete_media(&me, &server, &id).await?))
+}
+
+async fn quarantine_media(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((server, id)): Path<(String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_quarantine_media(&me, &server, &id, true).await?))
+}
+
+async fn unquarantine_media(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((server, id)): Path<(String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_quarantine_media(&me, &server, &id, false).await?))
+}
+
+async fn protect_media(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_protect_media(&me, &id, true).await?))
+}
+
+async fn unprotect_media(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_protect_media(&me, &id, false).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OldMediaQuery {
+    before_ts: Option<String>,
+    size_gt: Option<String>,
+    keep_profiles: Option<String>,
+}
+
+async fn delete_old_media(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<OldMediaQuery>) -> Answer {
+    let keep = flag(q.keep_profiles, "keep_profiles")?.unwrap_or(true);
+    let (before, size) = (integer(q.before_ts, "before_ts")?, integer(q.size_gt, "size_gt")?);
+    Ok(axum::Json(hs.admin_delete_old_media(&me, None, before, size, keep).await?))
+}
+
+async fn delete_old_media_of(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(server): Path<String>,
+    Query(q): Query<OldMediaQuery>,
+) -> Answer {
+    let keep = flag(q.keep_profiles, "keep_profiles")?.unwrap_or(true);
+    let (before, size) = (integer(q.before_ts, "before_ts")?, integer(q.size_gt, "size_gt")?);
+    Ok(axum::Json(hs.admin_delete_old_media(&me, Some(&server), before, size, keep).await?))
+}
+
+async fn room_media(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_list_room_media(&me, &room_id).await?))
+}
+
+async fn quarantine_room_media(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_quarantine_room_media(&me, &room_id).await?))
+}
+
+async fn quarantine_user_media(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_quarantine_user_media(&me, &user_id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UserMediaQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    order_by: Option<String>,
+    dir: Option<String>,
+}
+
+impl UserMediaQuery {
+    fn params(self) -> Result<myelin_core::media_admin::UserMediaParams, MatrixError> {
+        Ok(myelin_core::media_admin::UserMediaParams {
+            from: integer(self.from, "from")?,
+            limit: integer(self.limit, "limit")?,
+            order_by: self.order_by,
+            dir: self.dir,
+        })
+    }
+}
+
+async fn user_media(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    Query(q): Query<UserMediaQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_user_media(&me, &user_id, q.params()?).await?))
+}
+
+async fn delete_user_media(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    Query(q): Query<UserMediaQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_delete_user_media(&me, &user_id, q.params()?).await?))
 }
 
 async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

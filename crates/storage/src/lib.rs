@@ -676,8 +676,31 @@ pub struct MediaRow {
     pub pending: bool,
 }
 
+/// An admin's view of a media item: who quarantined it, and whether it is protected from that.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaModeration {
+    /// The admin who quarantined it; quarantined media is served to nobody.
+    pub quarantined_by: Option<String>,
+    /// Protected from quarantine (Synapse's `safe_from_quarantine`).
+    pub safe_from_quarantine: bool,
+}
+
 /// The media repository's index (the bytes live in files).
 pub trait MediaStore {
+    /// A media item's moderation state; `None` for unknown media.
+    fn media_moderation(&self, media_id: &str) -> Result<Option<MediaModeration>>;
+    /// Quarantines (`by` an admin) or releases (`None`) media; protected items are never
+    /// quarantined. Returns how many rows changed.
+    fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64>;
+    /// Protects media from quarantine, or lifts that; false for unknown media.
+    fn protect_media(&self, media_id: &str, protected: bool) -> Result<bool>;
+    /// Every uploaded (not pending) media item of a local user, oldest first.
+    fn media_of_user(&self, user_id: &str) -> Result<Vec<MediaRow>>;
+    /// Local uploads made before `before_ts` and larger than `size_gt` bytes, neither
+    /// quarantined nor protected (what Synapse's old-media deletion may delete).
+    fn local_media_before(&self, before_ts: i64, size_gt: i64) -> Result<Vec<MediaRow>>;
+    /// Every avatar URL in users' profiles.
+    fn profile_avatar_urls(&self) -> Result<Vec<String>>;
     /// Inserts or completes a media row.
     fn insert_media(&self, media: &MediaRow) -> Result<()>;
     /// A media row.

@@ -305,6 +305,7 @@ contract! {
     event_reports_page_filter_and_delete,
     room_and_user_reports_are_kept,
     rooms_blocked_and_unblocked,
+    media_quarantined_protected_and_listed,
     purge_room_removes_the_room_and_nothing_else,
     admin_user_list_filters_orders_and_pages,
     admin_room_list_counts_members,
@@ -2817,4 +2818,43 @@ fn external_ids_one_account_each(s: &dyn Storage) {
     s.remove_external_id("oidc", "a-1", ALICE).unwrap();
     assert_eq!(s.external_ids(ALICE).unwrap(), vec![("github".to_owned(), "77".to_owned())]);
     assert!(s.external_ids("@bob:test").unwrap().is_empty());
+}
+
+fn media_quarantined_protected_and_listed(s: &dyn Storage) {
+    add_user(s, ALICE, None);
+    let upload = |id: &str, user: &str, ts: i64, length: i64| MediaRow {
+        media_id: id.into(),
+        user_id: user.into(),
+        content_type: Some("text/plain".into()),
+        upload_name: None,
+        length: Some(length),
+        created_ts: ts,
+        pending: false,
+    };
+    s.insert_media(&upload("old", ALICE, 10, 100)).unwrap();
+    s.insert_media(&upload("new", ALICE, 20, 5)).unwrap();
+    s.insert_media(&upload("safe", ALICE, 15, 100)).unwrap();
+    s.insert_media(&upload("remote.example/xyz", "remote.example", 5, 100)).unwrap();
+    s.insert_media(&pending_media("reserved")).unwrap();
+    assert_eq!(s.media_moderation("old").unwrap(), Some(MediaModeration::default()));
+    assert_eq!(s.media_moderation("none").unwrap(), None);
+    assert!(s.protect_media("safe", true).unwrap());
+    assert!(!s.protect_media("none", true).unwrap());
+    let all: Vec<String> = ["old", "safe", "remote.example/xyz"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(s.quarantine_media(&all, Some("@root:test")).unwrap(), 2, "the protected one is skipped");
+    assert_eq!(s.media_moderation("old").unwrap().unwrap().quarantined_by.as_deref(), Some("@root:test"));
+    assert_eq!(
+        s.media_moderation("safe").unwrap(),
+        Some(MediaModeration { quarantined_by: None, safe_from_quarantine: true })
+    );
+    let ids = |rows: Vec<MediaRow>| rows.into_iter().map(|m| m.media_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.media_of_user(ALICE).unwrap()), vec!["old", "safe", "new"], "oldest first, no pending");
+    // Old local media that may be deleted: neither quarantined nor protected, nor remote.
+    assert_eq!(ids(s.local_media_before(30, 0).unwrap()), vec!["new"]);
+    assert_eq!(ids(s.local_media_before(30, 10).unwrap()), Vec::<String>::new(), "size_gt");
+    assert_eq!(s.quarantine_media(&["old".to_owned()], None).unwrap(), 1);
+    assert_eq!(ids(s.local_media_before(30, 0).unwrap()), vec!["old", "new"]);
+    assert_eq!(ids(s.local_media_before(15, 0).unwrap()), vec!["old"], "before_ts");
+    s.set_profile_field(ALICE, ProfileField::AvatarUrl, Some("mxc://test/old")).unwrap();
+    assert_eq!(s.profile_avatar_urls().unwrap(), vec!["mxc://test/old".to_owned()]);
 }

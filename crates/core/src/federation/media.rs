@@ -71,8 +71,11 @@ fn media_part(content_type: &str, body: &[u8]) -> Option<(String, Option<String>
 impl Homeserver {
     /// A remote file, from the cache or fetched into it.
     pub(crate) async fn remote_media(&self, server: &str, media_id: &str) -> Result<StoredMedia> {
-        let (path, meta_path, _) =
+        let (path, meta_path, key) =
             crate::media::remote_cache_paths(&self.config.media_store_path, server, media_id).ok_or_else(not_found)?;
+        if self.is_quarantined(&key).await? {
+            return Err(not_found());
+        }
         let cached = match tokio::fs::read_to_string(&meta_path).await {
             Ok(text) => serde_json::from_str::<Value>(&text).ok(),
             Err(_) => None,

@@ -14,7 +14,72 @@ fn media(row: &Row) -> MediaRow {
     }
 }
 
+const MEDIA_COLUMNS: &str = "media_id, user_id, content_type, upload_name, length, created_ts, pending";
+
 impl MediaStore for PostgresStore {
+    fn media_moderation(&self, media_id: &str) -> Result<Option<MediaModeration>> {
+        self.read(|db| {
+            Ok(db
+                .opt("SELECT quarantined_by, safe_from_quarantine FROM media WHERE media_id = $1", &[&media_id])?
+                .map(|r| MediaModeration { quarantined_by: r.get(0), safe_from_quarantine: r.get(1) }))
+        })
+    }
+
+    fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64> {
+        self.write(|tx| {
+            let mut changed = 0;
+            for id in media_ids {
+                changed += match by {
+                    Some(admin) => tx.exec(
+                        "UPDATE media SET quarantined_by = $2 WHERE media_id = $1 AND NOT safe_from_quarantine",
+                        &[id, &admin],
+                    )?,
+                    None => tx.exec("UPDATE media SET quarantined_by = NULL WHERE media_id = $1", &[id])?,
+                };
+            }
+            Ok(changed)
+        })
+    }
+
+    fn protect_media(&self, media_id: &str, protected: bool) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.exec("UPDATE media SET safe_from_quarantine = $2 WHERE media_id = $1", &[&media_id, &protected])? > 0)
+        })
+    }
+
+    fn media_of_user(&self, user_id: &str) -> Result<Vec<MediaRow>> {
+        self.read(|db| {
+            let rows = db.rows(
+                &format!(
+                    "SELECT {MEDIA_COLUMNS} FROM media WHERE user_id = $1 AND NOT pending ORDER BY created_ts, media_id"
+                ),
+                &[&user_id],
+            )?;
+            Ok(rows.iter().map(media).collect())
+        })
+    }
+
+    fn local_media_before(&self, before_ts: i64, size_gt: i64) -> Result<Vec<MediaRow>> {
+        self.read(|db| {
+            let rows = db.rows(
+                &format!(
+                    "SELECT {MEDIA_COLUMNS} FROM media WHERE user_id LIKE '@%' AND NOT pending AND created_ts < $1
+                     AND coalesce(length, 0) > $2 AND quarantined_by IS NULL AND NOT safe_from_quarantine
+                     ORDER BY created_ts, media_id"
+                ),
+                &[&before_ts, &size_gt],
+            )?;
+            Ok(rows.iter().map(media).collect())
+        })
+    }
+
+    fn profile_avatar_urls(&self) -> Result<Vec<String>> {
+        self.read(|db| {
+            let rows = db.rows("SELECT DISTINCT avatar_url FROM profiles WHERE avatar_url IS NOT NULL", &[])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn insert_media(&self, m: &MediaRow) -> Result<()> {
         self.write(|tx| {
             tx.exec(

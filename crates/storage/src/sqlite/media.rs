@@ -14,7 +14,77 @@ pub(super) fn media_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow
     })
 }
 
+const MEDIA_COLUMNS: &str = "media_id, user_id, content_type, upload_name, length, created_ts, pending";
+
 impl MediaStore for SqliteStore {
+    fn media_moderation(&self, media_id: &str) -> Result<Option<MediaModeration>> {
+        self.reader()
+            .row("SELECT quarantined_by, safe_from_quarantine FROM media WHERE media_id = ?1", [media_id], |r| {
+                Ok(MediaModeration { quarantined_by: r.get(0)?, safe_from_quarantine: r.get(1)? })
+            })
+            .optional()
+            .map_err(backend)
+    }
+
+    fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let mut changed = 0;
+        for id in media_ids {
+            changed += match by {
+                Some(admin) => tx.exec(
+                    "UPDATE media SET quarantined_by = ?2 WHERE media_id = ?1 AND safe_from_quarantine = 0",
+                    params![id, admin],
+                ),
+                None => tx.exec("UPDATE media SET quarantined_by = NULL WHERE media_id = ?1", params![id]),
+            }
+            .map_err(backend)? as u64;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(changed)
+    }
+
+    fn protect_media(&self, media_id: &str, protected: bool) -> Result<bool> {
+        Ok(self
+            .conn()
+            .exec("UPDATE media SET safe_from_quarantine = ?2 WHERE media_id = ?1", params![media_id, protected])
+            .map_err(backend)?
+            > 0)
+    }
+
+    fn media_of_user(&self, user_id: &str) -> Result<Vec<MediaRow>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {MEDIA_COLUMNS} FROM media WHERE user_id = ?1 AND NOT pending ORDER BY created_ts, media_id"
+            ))
+            .map_err(backend)?;
+        let rows = stmt.query_map([user_id], media_from_row).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn local_media_before(&self, before_ts: i64, size_gt: i64) -> Result<Vec<MediaRow>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {MEDIA_COLUMNS} FROM media WHERE user_id LIKE '@%' AND NOT pending AND created_ts < ?1
+                 AND coalesce(length, 0) > ?2 AND quarantined_by IS NULL AND safe_from_quarantine = 0
+                 ORDER BY created_ts, media_id"
+            ))
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![before_ts, size_gt], media_from_row).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn profile_avatar_urls(&self) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT avatar_url FROM profiles WHERE avatar_url IS NOT NULL")
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn insert_media(&self, m: &MediaRow) -> Result<()> {
         self.conn()
             .exec(
