@@ -949,3 +949,67 @@ async fn admins_moderate_media() {
     assert_eq!(s.get(&list, Some(&root.token)).await.1["total"], 0);
     assert!(files_under(&s.dir.path().join("data/media/local_content")).is_empty(), "the files are gone too");
 }
+
+/// Server notices as Synapse sends them: from the system account, in one room per user (private,
+/// named as configured, tagged `m.server_notice`, where the user may not speak), the user
+/// invited; a transaction ID sends once; the system account's ID is reserved; refusals for
+/// servers without notices, remote and unknown users, non-admins and bodies without content.
+#[tokio::test]
+async fn admins_send_server_notices() {
+    let s = Server::start_with(
+        "server_notices:\n  system_mxid_localpart: notices\n  system_mxid_display_name: Server Notices\n  room_name: Notices\n",
+    )
+    .await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let send = format!("{ADMIN}/v1/send_server_notice");
+    let notice = |body: &str| json!({"user_id": alice.user_id, "content": {"msgtype": "m.text", "body": body}});
+
+    let (st, b) = s.post(&send, Some(&root.token), notice("Maintenance tonight")).await;
+    assert_eq!(st, 200, "{b}");
+    let first = b["event_id"].as_str().unwrap().to_owned();
+    let synced = s.sync(&alice, None, 0).await;
+    let invites = synced["rooms"]["invite"].as_object().unwrap();
+    assert_eq!(invites.len(), 1, "{synced}");
+    let (room, invite) = invites.iter().next().unwrap();
+    let stripped = invite["invite_state"]["events"].as_array().unwrap();
+    assert!(stripped.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Notices"), "{invite}");
+    let (_, tags) = s.get(&format!("{V3}/user/{}/rooms/{room}/tags", alice.user_id), Some(&alice.token)).await;
+    assert!(tags["tags"].get("m.server_notice").is_some(), "{tags}");
+    assert_eq!(s.join(&alice, room).await.0, 200);
+    let (_, msgs) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=2"), Some(&alice.token)).await;
+    assert_eq!(msgs["chunk"][1]["event_id"], json!(first), "before her join: {msgs}");
+    assert_eq!(msgs["chunk"][1]["sender"], "@notices:test");
+    assert_eq!(s.send_text(&alice, room, "can I reply?").await.0, 403, "users may not speak there");
+
+    // The next notice goes to the same room; a transaction ID sends once.
+    let txn = format!("{send}/txn-1");
+    let (st, b) = s.put(&txn, Some(&root.token), notice("Done")).await;
+    assert_eq!(st, 200, "{b}");
+    let again = s.put(&txn, Some(&root.token), notice("Done")).await.1;
+    assert_eq!(b["event_id"], again["event_id"], "idempotent");
+    let (_, msgs) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=1"), Some(&alice.token)).await;
+    assert_eq!(msgs["chunk"][0]["content"]["body"], "Done", "{msgs}");
+    let (_, joined) = s.get(&format!("{V3}/joined_rooms"), Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 1, "one notices room: {joined}");
+
+    // Refusals.
+    let (st, e) = s.post(&send, Some(&alice.token), notice("x")).await;
+    assert!(forbidden(st, &e), "{e}");
+    let (st, e) = s.post(&send, Some(&root.token), json!({"user_id": alice.user_id})).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    let (st, e) = s.post(&send, Some(&root.token), json!({"user_id": "@bob:elsewhere", "content": {}})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("Server notices can only be sent to local users")), "{e}");
+    let (st, _) = s.post(&send, Some(&root.token), json!({"user_id": "@nobody:test", "content": {}})).await;
+    assert_eq!(st, 404);
+    let (st, e) = s.try_register("notices").await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{e}");
+
+    let plain = Server::start().await;
+    plain.make_admin_cli("root");
+    let root = plain.login("root").await;
+    let bob = plain.register("bob").await;
+    let (st, e) = plain.post(&send, Some(&root.token), json!({"user_id": bob.user_id, "content": {"body": "x"}})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("Server notices are not enabled on this server")), "{e}");
+}

@@ -104,6 +104,26 @@ impl Default for SessionSettings {
     }
 }
 
+/// `server_notices`: the system account admins send notices from
+/// (`POST /_synapse/admin/v1/send_server_notice`), with Synapse's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerNotices {
+    /// `system_mxid_localpart`.
+    pub localpart: String,
+    /// `system_mxid_display_name`.
+    pub display_name: Option<String>,
+    /// `system_mxid_avatar_url`.
+    pub avatar_url: Option<String>,
+    /// `room_name` (default "Server Notices").
+    pub room_name: Option<String>,
+    /// `room_avatar_url`.
+    pub room_avatar_url: Option<String>,
+    /// `room_topic`.
+    pub room_topic: Option<String>,
+    /// `auto_join` (default false): the user is joined, not only invited.
+    pub auto_join: bool,
+}
+
 /// `login_via_existing_session` (MSC3882): a logged-in client may get a one-time login token
 /// for another device (`POST /login/get_token`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +319,8 @@ pub struct Config {
     pub sessions: SessionSettings,
     /// `login_via_existing_session`.
     pub login_via_existing: LoginViaExisting,
+    /// `server_notices`, if configured.
+    pub server_notices: Option<ServerNotices>,
     /// Which process of the deployment this is, and what it runs.
     pub instance: InstanceSettings,
     /// `app_service_config_files`: the registered application services.
@@ -416,6 +438,7 @@ const KNOWN_KEYS: &[&str] = &[
     "refresh_token_lifetime",
     "nonrefreshable_access_token_lifetime",
     "login_via_existing_session",
+    "server_notices",
     "old_signing_keys",
     "require_auth_for_profile_requests",
     "use_insecure_ssl_client_just_for_testing_do_not_use",
@@ -1078,6 +1101,7 @@ impl Config {
             password: parse_password_config(root.get("password_config"))?,
             sessions: parse_session_settings(&root)?,
             login_via_existing: parse_login_via_existing(root.get("login_via_existing_session"))?,
+            server_notices: parse_server_notices(root.get("server_notices"))?,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
             log,
             pid_file: w.string("pid_file")?.map(resolve),
@@ -1161,6 +1185,31 @@ fn parse_session_settings(root: &Map<String, Value>) -> Result<SessionSettings, 
         }
     }
     Ok(settings)
+}
+
+fn parse_server_notices(value: Option<&Value>) -> Result<Option<ServerNotices>, ConfigError> {
+    const SECTION: &str = "server_notices";
+    let map = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ConfigError::at(&[SECTION.to_owned()], "expected a mapping")),
+    };
+    let w = Walker { path: vec![SECTION.to_owned()], root: map };
+    let Some(localpart) = w.string("system_mxid_localpart")? else {
+        return Err(ConfigError::at(
+            &[SECTION.to_owned(), "system_mxid_localpart".into()],
+            "Missing mandatory config key",
+        ));
+    };
+    Ok(Some(ServerNotices {
+        localpart,
+        display_name: w.string("system_mxid_display_name")?,
+        avatar_url: w.string("system_mxid_avatar_url")?,
+        room_name: Some(w.string("room_name")?.unwrap_or_else(|| "Server Notices".into())),
+        room_avatar_url: w.string("room_avatar_url")?,
+        room_topic: w.string("room_topic")?,
+        auto_join: w.boolean("auto_join", false)?,
+    }))
 }
 
 fn parse_login_via_existing(value: Option<&Value>) -> Result<LoginViaExisting, ConfigError> {

@@ -48,6 +48,7 @@ mod room_deletion;
 mod rooms;
 mod search;
 mod server;
+mod server_notices;
 mod sliding_sync;
 pub mod spaces;
 pub mod state;

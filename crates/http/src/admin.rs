@@ -65,6 +65,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/quarantine_media/{room_id}", post(quarantine_room_media))
         .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(quarantine_user_media))
         .route("/_synapse/admin/v1/users/{user_id}/media", get(user_media).delete(delete_user_media))
+        .route("/_synapse/admin/v1/send_server_notice", post(send_server_notice))
+        .route("/_synapse/admin/v1/send_server_notice/{txn_id}", axum::routing::put(send_server_notice_txn))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
 }
@@ -324,6 +326,23 @@ async fn delete_user_media(
     Query(q): Query<UserMediaQuery>,
 ) -> Answer {
     Ok(axum::Json(hs.admin_delete_user_media(&me, &user_id, q.params()?).await?))
+}
+
+async fn send_server_notice(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_send_server_notice(&me, &body, None).await?))
+}
+
+async fn send_server_notice_txn(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(txn_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_send_server_notice(&me, &body, Some(&txn_id)).await?))
 }
 
 async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

@@ -349,7 +349,13 @@ impl Homeserver {
 
     /// Refuses a user ID an appservice other than `allowed` claims exclusively (normal
     /// registration, and appservices registering outside their own namespace).
+    /// The server notices account is reserved too, as on Synapse.
     pub(crate) fn check_user_not_exclusive(&self, user_id: &str, allowed: Option<&Registration>) -> Result<()> {
+        if let Some(notices) = &self.config.server_notices
+            && user_id == format!("@{}:{}", notices.localpart, self.server_name())
+        {
+            return Err(exclusive("This user ID is reserved."));
+        }
         let taken = self
             .appservices()
             .iter()
