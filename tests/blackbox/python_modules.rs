@@ -1011,3 +1011,40 @@ fn a_presence_router_needs_both_callbacks() {
         "{stderr}"
     );
 }
+
+/// Upload quotas: the server's `media_upload_limits` and a module's
+/// `get_media_upload_limits_for_user` (which replaces them for its users), with
+/// `on_media_upload_limit_exceeded` told of each refusal; a refused upload keeps nothing and
+/// answers 403 `M_USER_LIMIT_EXCEEDED` with Synapse's `info_uri` (its fallback page served).
+#[tokio::test]
+async fn media_upload_limits_from_config_and_modules() {
+    use crate::media::upload;
+    let s = Server::start_with(
+        "media_upload_limits:\n  - time_period: 1h\n    max_size: 20\nmodules:\n  - module: repository.Repository\n",
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let quota = s.register("quota").await;
+    assert_eq!(upload(&s, &alice, vec![1; 15], "application/octet-stream", None).await.0, 200);
+    let (st, b) = upload(&s, &alice, vec![1; 10], "application/octet-stream", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_USER_LIMIT_EXCEEDED")), "{b}");
+    let info = b["info_uri"].as_str().unwrap();
+    assert!(info.ends_with("/_synapse/client/media_upload_limit_exceeded"), "{b}");
+    assert!(b.get("can_upgrade").is_none(), "{b}");
+    let page = reqwest::get(s.url("/_synapse/client/media_upload_limit_exceeded")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(files_under(&s.dir.path().join("data/media/local_content")).len(), 1, "the refused upload is not kept");
+    assert_eq!(upload(&s, &alice, vec![1; 5], "application/octet-stream", None).await.0, 200, "within the quota");
+
+    // The module's quota for its user: 10 bytes, its own info_uri and can_upgrade.
+    assert_eq!(upload(&s, &quota, vec![1; 8], "application/octet-stream", None).await.0, 200);
+    let (st, b) = upload(&s, &quota, vec![1; 5], "application/octet-stream", None).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("M_USER_LIMIT_EXCEEDED")), "{b}");
+    assert_eq!((b["info_uri"].as_str(), &b["can_upgrade"]), (Some("https://example.com/upgrade"), &json!(true)), "{b}");
+    let seen = s.get("/_synapse/client/repository/seen", None).await.1;
+    assert_eq!(
+        seen["exceeded"],
+        json!([[alice.user_id, 20, 15, 10], [quota.user_id, 10, 8, 5]]),
+        "every refusal is told, the server's quotas' too: {seen}"
+    );
+}

@@ -2,7 +2,7 @@
 calling, for the black-box tests."""
 
 from synapse.http.server import DirectServeJsonResource
-from synapse.module_api import RatelimitOverride
+from synapse.module_api import MediaUploadLimit, RatelimitOverride
 
 
 class Seen(DirectServeJsonResource):
@@ -21,6 +21,8 @@ class Repository:
         api.register_media_repository_callbacks(
             get_media_config_for_user=self.get_media_config_for_user,
             is_user_allowed_to_upload_media_of_size=self.is_user_allowed_to_upload_media_of_size,
+            get_media_upload_limits_for_user=self.get_media_upload_limits_for_user,
+            on_media_upload_limit_exceeded=self.on_media_upload_limit_exceeded,
         )
         # Accepted (Myelin has nothing for them to do yet); start-up must not fail.
         api.register_background_update_controller_callbacks(on_update=self.on_update)
@@ -35,6 +37,14 @@ class Repository:
 
     async def is_user_allowed_to_upload_media_of_size(self, user_id, size):
         return not (user_id.startswith("@small:") and size > 10)
+
+    async def get_media_upload_limits_for_user(self, user_id):
+        if user_id.startswith("@quota:"):
+            return [MediaUploadLimit(10, 60_000, "https://example.com/upgrade", True)]
+        return None
+
+    async def on_media_upload_limit_exceeded(self, user_id, limit, sent_bytes, attempted_bytes):
+        self.seen.setdefault("exceeded", []).append([user_id, limit.max_bytes, sent_bytes, attempted_bytes])
 
     async def on_update(self, update_name, database_name, one_shot):
         raise AssertionError("never called")

@@ -321,6 +321,8 @@ pub struct Config {
     pub login_via_existing: LoginViaExisting,
     /// `server_notices`, if configured.
     pub server_notices: Option<ServerNotices>,
+    /// `media_upload_limits`: upload quotas per period, longest period first.
+    pub media_upload_limits: Vec<myelin_module_api::repository::MediaUploadLimit>,
     /// Which process of the deployment this is, and what it runs.
     pub instance: InstanceSettings,
     /// `app_service_config_files`: the registered application services.
@@ -439,6 +441,7 @@ const KNOWN_KEYS: &[&str] = &[
     "nonrefreshable_access_token_lifetime",
     "login_via_existing_session",
     "server_notices",
+    "media_upload_limits",
     "old_signing_keys",
     "require_auth_for_profile_requests",
     "use_insecure_ssl_client_just_for_testing_do_not_use",
@@ -1102,6 +1105,7 @@ impl Config {
             sessions: parse_session_settings(&root)?,
             login_via_existing: parse_login_via_existing(root.get("login_via_existing_session"))?,
             server_notices: parse_server_notices(root.get("server_notices"))?,
+            media_upload_limits: parse_media_upload_limits(root.get("media_upload_limits"))?,
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
             log,
             pid_file: w.string("pid_file")?.map(resolve),
@@ -1185,6 +1189,43 @@ fn parse_session_settings(root: &Map<String, Value>) -> Result<SessionSettings, 
         }
     }
     Ok(settings)
+}
+
+/// Synapse's `media_upload_limits`: `[{time_period, max_size, info_uri?, can_upgrade?}]`.
+fn parse_media_upload_limits(
+    value: Option<&Value>,
+) -> Result<Vec<myelin_module_api::repository::MediaUploadLimit>, ConfigError> {
+    const KEY: &str = "media_upload_limits";
+    let invalid = || ConfigError::at(&[KEY.to_owned()], "Could not validate media_upload_limits entry");
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(invalid()),
+    };
+    let mut limits = Vec::new();
+    for item in items {
+        let Value::Object(entry) = item else { return Err(invalid()) };
+        let max_bytes = entry.get("max_size").and_then(parse_size).ok_or_else(invalid)?;
+        let period = entry.get("time_period").and_then(parse_duration).ok_or_else(invalid)?;
+        let info_uri = match entry.get("info_uri") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(u)) if u.contains("://") => Some(u.clone()),
+            Some(_) => return Err(invalid()),
+        };
+        let can_upgrade = match entry.get("can_upgrade") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid()),
+        };
+        limits.push(myelin_module_api::repository::MediaUploadLimit {
+            max_bytes,
+            time_period_ms: period.as_millis() as u64,
+            info_uri,
+            can_upgrade,
+        });
+    }
+    limits.sort_by_key(|l| std::cmp::Reverse(l.time_period_ms));
+    Ok(limits)
 }
 
 fn parse_server_notices(value: Option<&Value>) -> Result<Option<ServerNotices>, ConfigError> {

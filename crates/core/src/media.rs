@@ -40,6 +40,10 @@ const THUMBNAIL_SIZES: &[(u32, u32, &str)] =
 /// Images with more pixels than this are not thumbnailed (decompression bombs).
 const MAX_IMAGE_PIXELS: u64 = 32_000_000;
 
+/// The page an upload over its quota points to when the quota names none (Synapse's
+/// `MEDIA_UPLOAD_LIMIT_EXCEEDED_PATH`).
+pub const UPLOAD_LIMIT_PAGE: &str = "/_synapse/client/media_upload_limit_exceeded";
+
 /// How long a `/create` reservation lasts.
 const PENDING_LIFETIME_MS: i64 = 24 * 3600 * 1000;
 
@@ -223,6 +227,10 @@ impl Homeserver {
                 return Err(Error::new(ErrorKind::TooLarge, "Upload request body is too large"));
             }
         }
+        if let Err(e) = self.check_upload_limits(requester.user_id.as_str(), length).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
         let file = MediaFile {
             path: tmp.clone(),
             media_id: media_id.clone(),
@@ -268,6 +276,43 @@ impl Homeserver {
             return Err(e);
         }
         Ok(format!("mxc://{}/{media_id}", self.server_name()))
+    }
+
+    /// Upload quotas (`media_upload_limits`, or a module's `get_media_upload_limits_for_user`),
+    /// longest period first, as Synapse: the user's uploads in a period plus this one may not
+    /// exceed its `max_bytes` (403 `M_USER_LIMIT_EXCEEDED` with `info_uri`, and `can_upgrade`
+    /// when set), `on_media_upload_limit_exceeded` told first.
+    async fn check_upload_limits(&self, user_id: &str, length: u64) -> Result<()> {
+        let limits = match self.modules.media_upload_limits_for_user(user_id).await? {
+            Some(limits) => limits,
+            None => self.config.media_upload_limits.clone(),
+        };
+        // A longer period's total bounds a shorter one's: read again only when it could matter.
+        let mut uploaded: Option<u64> = None;
+        for limit in &limits {
+            if uploaded.is_none_or(|u| u + length > limit.max_bytes) {
+                let (u, since) = (user_id.to_owned(), now_ms().saturating_sub(limit.time_period_ms as i64));
+                uploaded = Some(self.db(move |s| s.media_uploaded_since(&u, since)).await?.max(0) as u64);
+            }
+            let sent = uploaded.unwrap_or(0);
+            if sent + length > limit.max_bytes {
+                self.modules.on_media_upload_limit_exceeded(user_id, limit, sent, length).await?;
+                let info_uri = limit.info_uri.clone().unwrap_or_else(|| {
+                    format!("{}{}", self.config.public_baseurl, UPLOAD_LIMIT_PAGE.trim_start_matches('/'))
+                });
+                let mut fields = serde_json::Map::new();
+                fields.insert("info_uri".into(), serde_json::json!(info_uri));
+                if limit.can_upgrade {
+                    fields.insert("can_upgrade".into(), serde_json::json!(true));
+                }
+                return Err(Error::new(
+                    ErrorKind::Module { status: 403, errcode: "M_USER_LIMIT_EXCEEDED".into() },
+                    "Media upload limit exceeded",
+                )
+                .with_fields(fields));
+            }
+        }
+        Ok(())
     }
 
     /// A stored file for download.

@@ -40,9 +40,20 @@ pub(crate) fn router(legacy_paths: bool, authenticated_paths: bool) -> Router<Ap
             .route("/_matrix/media/v1/create", post(create));
     }
     if authenticated_paths {
-        app = app.nest("/_matrix/client/v1/media", authenticated);
+        app = app
+            .nest("/_matrix/client/v1/media", authenticated)
+            .route(myelin_core::media::UPLOAD_LIMIT_PAGE, get(upload_limit_page));
     }
     app
+}
+
+/// The page `M_USER_LIMIT_EXCEEDED`'s `info_uri` points to when the quota names none.
+async fn upload_limit_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Media upload limit exceeded</title></head>\
+         <body><h1>Media upload limit exceeded</h1><p>You have uploaded as much media as this server allows for now. \
+         Try again later, or ask the server's administrator.</p></body></html>",
+    )
 }
 
 /// Types a browser may show inline; everything else is an attachment (Synapse's list).

@@ -125,6 +125,12 @@ macro_rules! media_repository_callbacks {
             get_media_config_for_user: (String,) => Option<$crate::spam::RoomConfig>;
             /// `(user_id, size)`: `false` refuses an upload of `size` bytes (413 `M_TOO_LARGE`).
             is_user_allowed_to_upload_media_of_size: (String, u64) => bool;
+            /// `(user_id)`: the user's upload quotas instead of the server's `media_upload_limits`;
+            /// the first `Some` wins (`Some(vec![])` means none).
+            get_media_upload_limits_for_user: (String,) => Option<Vec<$crate::repository::MediaUploadLimit>>;
+            /// `(user_id, limit, sent_bytes, attempted_bytes)`: an upload went over a quota and
+            /// is refused.
+            on_media_upload_limit_exceeded: (String, $crate::repository::MediaUploadLimit, u64, u64) => ();
         }
     };
 }

@@ -8,7 +8,12 @@
 //! - `is_user_allowed_to_upload_media_of_size(user_id, size)`: the first `false` refuses the
 //!   upload with 413 `M_TOO_LARGE` "Upload request body is too large".
 //!
-//! Errors of the two media callbacks are 500s for the request, as on Synapse.
+//! - `get_media_upload_limits_for_user(user_id)`: the first `Some` replaces the server's
+//!   `media_upload_limits` for the user; an upload that would take the user's uploads in a
+//!   period over its `max_bytes` is refused (403 `M_USER_LIMIT_EXCEEDED` with `info_uri`), after
+//!   `on_media_upload_limit_exceeded(user_id, limit, sent_bytes, attempted_bytes)` ran.
+//!
+//! Errors of the media callbacks are 500s for the request, as on Synapse.
 //!
 //! And the ratelimit callback (`register_ratelimit_callbacks`):
 //! `get_ratelimit_override_for_user(user_id, limiter_name)`: the first `Some` replaces the
@@ -34,6 +39,23 @@ pub struct RatelimitOverride {
     pub per_second: f64,
     /// How many actions may be taken at once.
     pub burst_count: u64,
+}
+
+/// An upload quota: at most `max_bytes` uploaded in any `time_period_ms` (Synapse's
+/// `MediaUploadLimit`).
+///
+/// Since 0.2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaUploadLimit {
+    /// The most bytes a user may upload in the period.
+    pub max_bytes: u64,
+    /// The period, in milliseconds.
+    pub time_period_ms: u64,
+    /// Where the refused user learns more (`info_uri` of `M_USER_LIMIT_EXCEEDED`); the server's
+    /// own page when `None`.
+    pub info_uri: Option<String>,
+    /// Whether the user could buy a bigger quota (`can_upgrade`).
+    pub can_upgrade: bool,
 }
 
 crate::ratelimit_callbacks!(

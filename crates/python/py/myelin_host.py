@@ -350,6 +350,13 @@ def classify(kind, value):
         return {"override": {"per_second": float(value.per_second), "burst_count": int(value.burst_count)}}
     if kind == "get_media_config_for_user":
         return {"config": value if isinstance(value, dict) and value else None}
+    if kind == "get_media_upload_limits_for_user":
+        if value is None:
+            return {"limits": None}
+        return {"limits": [{"max_bytes": int(l.max_bytes), "time_period_ms": int(l.time_period_ms),
+                            "info_uri": l.info_uri, "can_upgrade": bool(l.can_upgrade)} for l in value]}
+    if kind == "on_media_upload_limit_exceeded":
+        return {"done": True}
     if kind == "is_user_allowed_to_upload_media_of_size":
         # Synapse refuses on any falsy answer.
         return {"bool": bool(value)}
@@ -396,6 +403,14 @@ def classify(kind, value):
     if tuple_ok:
         return {"deny": value[0].value, "fields": value[1]}
     return dict(forbidden, warning="Module returned invalid value, rejecting")
+
+
+def _upload_limit_args(args):
+    from synapse.module_api import MediaUploadLimit
+
+    user_id, limit, sent, attempted = args
+    return [user_id, MediaUploadLimit(limit["max_bytes"], limit["time_period_ms"], limit.get("info_uri"),
+                                      limit.get("can_upgrade", False)), sent, attempted]
 
 
 def _presence_dict(state):
@@ -501,6 +516,7 @@ _ARGUMENTS = {
     "user_may_create_room_alias": _alias_args,
     "get_users_for_states": _presence_states_args,
     "add_field_to_unsigned_callback": _event_args,
+    "on_media_upload_limit_exceeded": _upload_limit_args,
 }
 
 

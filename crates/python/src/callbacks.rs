@@ -525,6 +525,38 @@ impl PyHost {
                     },
                 ))
             }
+            "get_media_upload_limits_for_user" => {
+                media.get_media_upload_limits_for_user = Some(me.callback(
+                    "get_media_upload_limits_for_user",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => Ok(v["limits"].as_array().map(|limits| {
+                            limits
+                                .iter()
+                                .map(|l| MediaUploadLimit {
+                                    max_bytes: l["max_bytes"].as_u64().unwrap_or(0),
+                                    time_period_ms: l["time_period_ms"].as_u64().unwrap_or(0),
+                                    info_uri: l["info_uri"].as_str().map(str::to_owned),
+                                    can_upgrade: l["can_upgrade"].as_bool().unwrap_or(false),
+                                })
+                                .collect()
+                        })),
+                    },
+                ))
+            }
+            "on_media_upload_limit_exceeded" => {
+                media.on_media_upload_limit_exceeded = Some(me.callback(
+                    "on_media_upload_limit_exceeded",
+                    function,
+                    |(u, l, sent, attempted): (String, MediaUploadLimit, u64, u64)| {
+                        json!([u, {"max_bytes": l.max_bytes, "time_period_ms": l.time_period_ms,
+                                   "info_uri": l.info_uri, "can_upgrade": l.can_upgrade}, sent, attempted])
+                    },
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
             other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown callback {other}"))),
         }
         let result = if name == "on_account_data_updated" {

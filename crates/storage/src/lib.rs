@@ -701,6 +701,8 @@ pub trait MediaStore {
     fn local_media_before(&self, before_ts: i64, size_gt: i64) -> Result<Vec<MediaRow>>;
     /// Every avatar URL in users' profiles.
     fn profile_avatar_urls(&self) -> Result<Vec<String>>;
+    /// How many bytes a user uploaded after `since_ts` (Synapse's `get_media_uploaded_size_for_user`).
+    fn media_uploaded_since(&self, user_id: &str, since_ts: i64) -> Result<i64>;
     /// Inserts or completes a media row.
     fn insert_media(&self, media: &MediaRow) -> Result<()>;
     /// A media row.

@@ -2857,4 +2857,7 @@ fn media_quarantined_protected_and_listed(s: &dyn Storage) {
     assert_eq!(ids(s.local_media_before(15, 0).unwrap()), vec!["old"], "before_ts");
     s.set_profile_field(ALICE, ProfileField::AvatarUrl, Some("mxc://test/old")).unwrap();
     assert_eq!(s.profile_avatar_urls().unwrap(), vec!["mxc://test/old".to_owned()]);
+    assert_eq!(s.media_uploaded_since(ALICE, 0).unwrap(), 205, "every upload of hers");
+    assert_eq!(s.media_uploaded_since(ALICE, 15).unwrap(), 5, "after the time given");
+    assert_eq!(s.media_uploaded_since("@nobody:test", 0).unwrap(), 0);
 }

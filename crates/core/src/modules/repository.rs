@@ -51,6 +51,32 @@ impl ModuleRegistry {
         Ok(None)
     }
 
+    /// `get_media_upload_limits_for_user`: the first `Some` (errors are 500s, as on Synapse).
+    pub async fn media_upload_limits_for_user(&self, user_id: &str) -> Result<Option<Vec<MediaUploadLimit>>> {
+        for reg in &self.callbacks().media.get_media_upload_limits_for_user {
+            if let Some(mut limits) = invoke(reg, (user_id.to_owned(),)).await? {
+                limits.sort_by_key(|l| std::cmp::Reverse(l.time_period_ms));
+                return Ok(Some(limits));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `on_media_upload_limit_exceeded`: every callback, each with its own copy of the limit;
+    /// an error fails the upload (Synapse does not catch it).
+    pub async fn on_media_upload_limit_exceeded(
+        &self,
+        user_id: &str,
+        limit: &MediaUploadLimit,
+        sent: u64,
+        attempted: u64,
+    ) -> Result<()> {
+        for reg in &self.callbacks().media.on_media_upload_limit_exceeded {
+            invoke(reg, (user_id.to_owned(), limit.clone(), sent, attempted)).await?;
+        }
+        Ok(())
+    }
+
     /// `is_user_allowed_to_upload_media_of_size`: `false` as soon as one callback says so.
     pub async fn may_upload_media_of_size(&self, user_id: &str, size: u64) -> Result<bool> {
         for reg in &self.callbacks().media.is_user_allowed_to_upload_media_of_size {

@@ -73,6 +73,16 @@ impl MediaStore for PostgresStore {
         })
     }
 
+    fn media_uploaded_since(&self, user_id: &str, since_ts: i64) -> Result<i64> {
+        self.read(|db| {
+            let row = db.opt(
+                "SELECT coalesce(sum(length), 0)::BIGINT FROM media WHERE user_id = $1 AND created_ts > $2",
+                &[&user_id, &since_ts],
+            )?;
+            Ok(row.map(|r| r.get(0)).unwrap_or(0))
+        })
+    }
+
     fn profile_avatar_urls(&self) -> Result<Vec<String>> {
         self.read(|db| {
             let rows = db.rows("SELECT DISTINCT avatar_url FROM profiles WHERE avatar_url IS NOT NULL", &[])?;

@@ -76,6 +76,16 @@ impl MediaStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn media_uploaded_since(&self, user_id: &str, since_ts: i64) -> Result<i64> {
+        self.reader()
+            .row(
+                "SELECT coalesce(sum(length), 0) FROM media WHERE user_id = ?1 AND created_ts > ?2",
+                params![user_id, since_ts],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+    }
+
     fn profile_avatar_urls(&self) -> Result<Vec<String>> {
         let conn = self.reader();
         let mut stmt = conn
