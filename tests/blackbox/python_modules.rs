@@ -1048,3 +1048,44 @@ async fn media_upload_limits_from_config_and_modules() {
         "every refusal is told, the server's quotas' too: {seen}"
     );
 }
+
+/// `ModuleApi.send_local_online_presence_to`: a local user's next sync carries every online
+/// user's presence they may see again (nothing new had happened), once; offline users and
+/// users they share no room with are not in it; an invalid user ID is refused.
+#[tokio::test]
+async fn modules_resend_online_presence() {
+    let s =
+        Server::start_with("presence:\n  enabled: true\nmodules:\n  - module: module_api_calls.ModuleApiCalls\n").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    assert_eq!(s.put(&path, Some(&alice.token), json!({"presence": "online"})).await.0, 200);
+    let path = format!("/_matrix/client/v3/presence/{}/status", carol.user_id);
+    assert_eq!(s.put(&path, Some(&carol.token), json!({"presence": "online"})).await.0, 200);
+    let senders = |sync: &Value| -> Vec<String> {
+        sync["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["sender"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = s.sync(&bob, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let quiet = s.sync(&bob, Some(&since), 0).await;
+    assert!(!senders(&quiet).contains(&alice.user_id), "nothing new: {}", quiet["presence"]);
+
+    let calls = "/_synapse/client/module_api_calls";
+    assert_eq!(s.post(calls, None, json!({"presence_to": [bob.user_id]})).await.0, 200);
+    let again = s.sync(&bob, Some(&since), 0).await;
+    let got = senders(&again);
+    assert!(got.contains(&alice.user_id), "{}", again["presence"]);
+    assert!(!got.contains(&carol.user_id), "carol shares no room with bob: {}", again["presence"]);
+    let after = s.sync(&bob, Some(&since), 0).await;
+    assert!(!senders(&after).contains(&alice.user_id), "once: {}", after["presence"]);
+    let (st, _) = s.post(calls, None, json!({"presence_to": ["not a user"]})).await;
+    assert_eq!(st, 400);
+}

@@ -20,6 +20,9 @@ class Resource(DirectServeJsonResource):
         if "room_id" in body:
             await self.module.api.delete_room(body["room_id"])
             return 200, {}
+        if "presence_to" in body:
+            await self.module.api.send_local_online_presence_to(body["presence_to"])
+            return 200, {}
         if "external_id" in body:
             await self.module.api.record_user_external_id(body["auth_provider"], body["external_id"], body["user_id"])
             return 200, {}

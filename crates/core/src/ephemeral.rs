@@ -40,6 +40,10 @@ pub(crate) struct EphemeralState {
     /// The presence state and time this process last wrote for each user (a cache: it only
     /// spares writes).
     pub(crate) presence_written: std::sync::Mutex<crate::cache::BoundedMap<String, (String, i64)>>,
+    /// Local users whose next sync carries everyone's current presence again
+    /// (`ModuleApi.send_local_online_presence_to`; the only copy, per process: Synapse keeps it
+    /// in its database).
+    pub(crate) full_presence_for: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl EphemeralState {
@@ -47,6 +51,7 @@ impl EphemeralState {
         EphemeralState {
             typing: Default::default(),
             presence_written: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.presence)),
+            full_presence_for: Default::default(),
         }
     }
 }
@@ -411,6 +416,53 @@ impl Homeserver {
         Ok(())
     }
 
+    /// `ModuleApi.send_local_online_presence_to`: local users get every online user's presence
+    /// they may see in their next sync; remote users' servers are sent the presence of this
+    /// server's online users who share a room with them (or whom a presence router sends it to).
+    pub(crate) async fn module_send_online_presence_to(&self, users: Vec<String>) -> Result<()> {
+        let mut parsed = Vec::new();
+        for user in &users {
+            parsed.push(
+                ruma::UserId::parse(user.as_str())
+                    .map_err(|_| Error::invalid_param(format!("Invalid user ID {user}")))?,
+            );
+        }
+        if !self.config.presence_enabled {
+            return Ok(());
+        }
+        for user in parsed {
+            if self.is_mine(&user) {
+                // Delivered with the user's next sync (a long-poll already waiting is not woken).
+                self.ephemeral.full_presence_for.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string());
+                continue;
+            }
+            let events = self.presence_events(user.as_str(), None, crate::server::now_ms()).await?;
+            let push: Vec<Value> = events
+                .into_iter()
+                .filter(|e| e["content"]["presence"] != "offline")
+                .filter(|e| {
+                    e["sender"].as_str().and_then(|u| ruma::UserId::parse(u).ok()).is_some_and(|u| self.is_mine(&u))
+                })
+                .map(|e| {
+                    let mut push = e["content"].clone();
+                    push["user_id"] = e["sender"].clone();
+                    push
+                })
+                .collect();
+            if !push.is_empty() {
+                let edu = json!({"edu_type": "m.presence", "content": {"push": push}});
+                self.queue_edu(vec![user.server_name().to_string()], edu).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `user`'s sync should carry full presence once (see
+    /// [`Homeserver::module_send_online_presence_to`]); the mark is spent.
+    fn take_full_presence(&self, user: &str) -> bool {
+        self.ephemeral.full_presence_for.lock().unwrap_or_else(|p| p.into_inner()).remove(user)
+    }
+
     /// Marks a syncing user online (`set_presence` of `/sync`), writing only on a change.
     pub(crate) async fn presence_from_sync(&self, me: &Requester, state: &str) -> Result<()> {
         if !self.config.presence_enabled || !["online", "unavailable"].contains(&state) {
@@ -613,6 +665,12 @@ impl Homeserver {
     pub(crate) async fn presence_events(&self, me: &str, since: Option<i64>, now: i64) -> Result<Vec<Value>> {
         if !self.config.presence_enabled {
             return Ok(Vec::new());
+        }
+        if since.is_some() && self.take_full_presence(me) {
+            // Everyone's current presence again, online users only (Synapse's forced initial sync).
+            let mut all = Box::pin(self.presence_events(me, None, now)).await?;
+            all.retain(|e| e["content"]["presence"] != "offline");
+            return Ok(all);
         }
         if self.modules.has_presence_router() {
             return self.routed_presence_events(me, since, now).await;

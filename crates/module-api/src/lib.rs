@@ -413,6 +413,8 @@ pub trait Host: Send + Sync + 'static {
         external_id: String,
         user_id: String,
     ) -> BoxFuture<'static, Result<(), ModuleError>>;
+    /// Sends users the presence of this server's online users (`ModuleApi.send_local_online_presence_to`).
+    fn send_local_online_presence_to(&self, users: Vec<String>) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Schedules a room's shutdown and purge (`ModuleApi.delete_room`).
     fn delete_room(&self, room_id: String) -> Result<(), ModuleError>;
     /// A login token for a local user (`ModuleApi.create_login_token`), valid `valid_ms`.
@@ -663,6 +665,14 @@ impl ModuleApi {
         user_id: &str,
     ) -> Result<(), ModuleError> {
         self.host.record_user_external_id(auth_provider.to_owned(), external_id.to_owned(), user_id.to_owned()).await
+    }
+    /// Makes users receive the current presence of every online user they may see, as a
+    /// presence initial sync would (Synapse's `send_local_online_presence_to`): local users in
+    /// their next sync, remote users through their servers. An invalid user ID is a 400.
+    ///
+    /// Since 0.2.
+    pub async fn send_local_online_presence_to(&self, users: &[String]) -> Result<(), ModuleError> {
+        self.host.send_local_online_presence_to(users.to_vec()).await
     }
     /// Schedules the shutdown and purge of a room, as `ModuleApi.delete_room` (Synapse 1.89):
     /// local members leave, then the room is removed from storage, in the background. A room

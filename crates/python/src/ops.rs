@@ -77,6 +77,18 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(|()| Value::Null),
         ),
+        "send_local_online_presence_to" => ok_or_error(
+            api.send_local_online_presence_to(
+                &a["users"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|u| u.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .map(|()| Value::Null),
+        ),
         "delete_room" => ok_or_error(api.delete_room(&s("room_id")).map(|()| Value::Null)),
         "create_login_token" => ok_or_error(
             api.create_login_token(

@@ -306,6 +306,11 @@ impl Host for HostHandle {
         })
     }
 
+    fn send_local_online_presence_to(&self, users: Vec<String>) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_send_online_presence_to(users).await.map_err(to_module_error) })
+    }
+
     fn delete_room(&self, room_id: String) -> Result<(), ModuleError> {
         self.hs()?.module_delete_room(&room_id).map_err(to_module_error)
     }

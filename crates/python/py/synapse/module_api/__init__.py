@@ -629,6 +629,11 @@ class ModuleApi:
                               {"auth_provider_id": auth_provider_id, "remote_user_id": remote_user_id,
                                "registered_user_id": registered_user_id}, lambda r: None)
 
+    def send_local_online_presence_to(self, users):
+        """Local users get every online user's presence in their next sync; remote users'
+        servers are sent it."""
+        return _deferred_call(self._host, "send_local_online_presence_to", {"users": list(users)}, lambda r: None)
+
     def delete_room(self, room_id):
         """Schedules the room's shutdown and purge (Synapse 1.89); does not wait for it."""
         return _deferred_call(self._host, "delete_room", {"room_id": room_id}, lambda r: None)
