@@ -1013,3 +1013,26 @@ async fn admins_send_server_notices() {
     let (st, e) = plain.post(&send, Some(&root.token), json!({"user_id": bob.user_id, "content": {"body": "x"}})).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("Server notices are not enabled on this server")), "{e}");
 }
+
+/// Server notices and room shutdowns are the server's own sends: not rate-limited (Synapse's
+/// `ratelimit=False`), while the users' own messages still are.
+#[tokio::test]
+async fn the_servers_own_sends_are_not_rate_limited() {
+    let s = Server::start_with(
+        "rc_message: {per_second: 0.001, burst_count: 1}\nrc_registration: {per_second: 10, burst_count: 10}\n\
+         rc_login: {address: {per_second: 10, burst_count: 10}, account: {per_second: 10, burst_count: 10}}\n\
+         server_notices:\n  system_mxid_localpart: notices\n",
+    )
+    .await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    for n in 0..4 {
+        let body = json!({"user_id": alice.user_id, "content": {"msgtype": "m.text", "body": format!("notice {n}")}});
+        let (st, b) = s.post(&format!("{ADMIN}/v1/send_server_notice"), Some(&root.token), body).await;
+        assert_eq!(st, 200, "notice {n}: {b}");
+    }
+    let room = s.create_room(&alice, json!({})).await;
+    let (st, b) = s.send_text(&alice, &room, "over the limit").await;
+    assert_eq!((st, b["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "users stay limited: {b}");
+}

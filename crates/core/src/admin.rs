@@ -20,6 +20,7 @@ macro_rules! audit {
         tracing::info!(target: "myelin::audit", admin = %$admin.user_id, action = $action, target = %$target, "admin action")
     };
 }
+pub(crate) use audit;
 
 fn parse_local_user(hs: &Homeserver, user_id: &str, message: &str) -> Result<OwnedUserId> {
     let user =

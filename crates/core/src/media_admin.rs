@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use crate::admin::audit;
 use crate::media::{local_content_path, valid_media_id};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
@@ -19,12 +20,6 @@ pub struct UserMediaParams {
     pub order_by: Option<String>,
     /// `f` or `b`.
     pub dir: Option<String>,
-}
-
-macro_rules! audit {
-    ($admin:expr, $action:expr, $target:expr) => {
-        tracing::info!(target: "myelin::audit", admin = %$admin.user_id, action = $action, target = %$target, "admin action")
-    };
 }
 
 fn unknown_media() -> Error {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
+use crate::admin::audit;
 use crate::server::{now_ms, random_string};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
@@ -115,7 +116,7 @@ impl Homeserver {
         self.require_admin(requester)?;
         let params = ShutdownParams::from_body(requester, body)?;
         let room = legal_room_id(room_id)?;
-        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = "delete_room", target = %room, purge = params.purge, block = params.block, "admin action");
+        audit!(requester, "delete room", format!("{room} (purge: {}, block: {})", params.purge, params.block));
         let result = self.shutdown_room(&room, &params, None).await?;
         if params.purge {
             match self.purge_room(&room, params.force_purge).await {
@@ -140,7 +141,7 @@ impl Homeserver {
         if !self.modules.check_can_shutdown_room(params.requester_user_id.as_deref(), room.as_str()).await {
             return Err(Error::forbidden("Shutdown of this room is forbidden"));
         }
-        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = "delete_room", target = %room, purge = params.purge, block = params.block, "admin action");
+        audit!(requester, "delete room", format!("{room} (purge: {}, block: {})", params.purge, params.block));
         Ok(json!({"delete_id": self.start_room_deletion(room, params)}))
     }
 
@@ -270,7 +271,7 @@ impl Homeserver {
         } else {
             self.db(move |s| s.unblock_room(&r).map(drop)).await?;
         }
-        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = if block { "block_room" } else { "unblock_room" }, target = %room_id, "admin action");
+        audit!(requester, if block { "block room" } else { "unblock room" }, room_id);
         Ok(json!({"block": block}))
     }
 

@@ -33,6 +33,12 @@ pub struct Requester {
 }
 
 impl Requester {
+    /// Made by the server for its own actions ([`Homeserver::requester_for`]: room shutdowns,
+    /// server notices), which carry no access token and which Synapse does not rate-limit.
+    pub(crate) fn is_internal(&self) -> bool {
+        self.access_token.is_empty() && self.app_service.is_none()
+    }
+
     /// The `origin_server_ts` an appservice gave its event (`?ts=`), if any.
     pub(crate) fn bridged_ts(&self) -> Option<ruma::MilliSecondsSinceUnixEpoch> {
         self.app_service_ts.and_then(|t| ruma::UInt::new(t as u64)).map(ruma::MilliSecondsSinceUnixEpoch)

@@ -6,6 +6,7 @@
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
+use crate::admin::audit;
 use crate::config::ServerNotices;
 use crate::server::{now_ms, random_string};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
@@ -57,7 +58,7 @@ impl Homeserver {
                 self.send_message(&system, room.as_str(), &kind, &txn, content).await?
             }
         };
-        tracing::info!(target: "myelin::audit", admin = %requester.user_id, action = "send server notice", target = %target, "admin action");
+        audit!(requester, "send server notice", target);
         Ok(json!({"event_id": event_id}))
     }
 
