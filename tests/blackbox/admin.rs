@@ -1036,3 +1036,64 @@ async fn the_servers_own_sends_are_not_rate_limited() {
     let (st, b) = s.send_text(&alice, &room, "over the limit").await;
     assert_eq!((st, b["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "users stay limited: {b}");
 }
+
+/// Smaller admin endpoints: media statistics per uploader (ordered, searched, paged), an event
+/// fetched whoever may see it, a user's sent invites since a time, a room's forward
+/// extremities; each refused to non-admins and for bad parameters.
+#[tokio::test]
+async fn admins_read_statistics_events_invites_and_extremities() {
+    use crate::media::upload;
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    for (user, size) in [(&alice, 10), (&alice, 20), (&bob, 5)] {
+        assert_eq!(upload(&s, user, vec![0; size], "application/octet-stream", None).await.0, 200);
+    }
+    let stats = format!("{ADMIN}/v1/statistics/users/media");
+    let (st, b) = s.get(&stats, Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b,
+        json!({"total": 2, "users": [
+            {"user_id": alice.user_id, "displayname": "alice", "media_count": 2, "media_length": 30},
+            {"user_id": bob.user_id, "displayname": "bob", "media_count": 1, "media_length": 5},
+        ]})
+    );
+    let (_, b) = s.get(&format!("{stats}?order_by=media_length&dir=b&limit=1"), Some(&root.token)).await;
+    assert_eq!(
+        (b["users"][0]["user_id"].as_str(), b["next_token"].as_i64()),
+        (Some(alice.user_id.as_str()), Some(1)),
+        "{b}"
+    );
+    let (_, b) = s.get(&format!("{stats}?search_term=bo"), Some(&root.token)).await;
+    assert_eq!(b["total"], 1, "{b}");
+    assert_eq!(s.get(&format!("{stats}?from_ts=10&until_ts=5"), Some(&root.token)).await.0, 400);
+    assert_eq!(s.get(&format!("{stats}?order_by=colour"), Some(&root.token)).await.0, 400);
+    let (st, e) = s.get(&stats, Some(&alice.token)).await;
+    assert!(forbidden(st, &e), "{e}");
+
+    // An event in a room the admin is not in; invites alice sent; the room's extremities.
+    let room = s.create_room(&alice, json!({})).await;
+    let (_, sent) = s.send_text(&alice, &room, "private words").await;
+    let event_id = sent["event_id"].as_str().unwrap();
+    let (st, b) = s.get(&format!("{ADMIN}/v1/fetch_event/{event_id}"), Some(&root.token)).await;
+    assert_eq!((st, b["event"]["content"]["body"].as_str()), (200, Some("private words")), "{b}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/fetch_event/$nope"), Some(&root.token)).await.0, 404);
+    let (st, e) = s.get(&format!("{ADMIN}/v1/fetch_event/{event_id}"), Some(&bob.token)).await;
+    assert!(forbidden(st, &e), "{e}");
+    assert_eq!(s.invite(&alice, &room, &bob.user_id).await.0, 200);
+    let count = format!("{ADMIN}/v1/users/{}/sent_invite_count", alice.user_id);
+    assert_eq!(s.get(&format!("{count}?from_ts=0"), Some(&root.token)).await, (200, json!({"invite_count": 1})));
+    assert_eq!(
+        s.get(&format!("{count}?from_ts=99999999999999"), Some(&root.token)).await.1,
+        json!({"invite_count": 0})
+    );
+    let (st, e) = s.get(&count, Some(&root.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    let (st, b) = s.get(&format!("{ADMIN}/v1/rooms/{room}/forward_extremities"), Some(&root.token)).await;
+    assert_eq!((st, b["count"].as_i64()), (200, Some(1)), "{b}");
+    assert!(b["results"][0]["event_id"].as_str().is_some_and(|e| e.starts_with('$')), "{b}");
+    assert_eq!(s.get(&format!("{ADMIN}/v1/rooms/!nope:test/forward_extremities"), Some(&root.token)).await.0, 404);
+}

@@ -593,6 +593,68 @@ impl Homeserver {
         Ok(info)
     }
 
+    /// `GET /_synapse/admin/v1/fetch_event/{eventId}`: any event this server has, as stored
+    /// (redacted ones redacted), whoever may see it.
+    pub async fn admin_fetch_event(&self, requester: &Requester, event_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let id = event_id.to_owned();
+        let Some(row) = self.db(move |s| s.get_event(&id)).await? else {
+            return Err(Error::not_found("Event not found"));
+        };
+        let event: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
+        Ok(json!({"event": event}))
+    }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/sent_invite_count?from_ts=`: invites the user sent
+    /// since then.
+    pub async fn admin_sent_invite_count(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        from_ts: Option<i64>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let Some(from_ts) = from_ts else {
+            return Err(Error::new(ErrorKind::MissingParam, "Missing integer query parameter 'from_ts'"));
+        };
+        let u = user_id.to_owned();
+        let sent = self.db(move |s| s.invites_sent_by(&u)).await?;
+        let count = sent
+            .iter()
+            .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+            .filter(|e| e["origin_server_ts"].as_i64().is_some_and(|ts| ts >= from_ts))
+            .count();
+        Ok(json!({"invite_count": count}))
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/forward_extremities`.
+    pub async fn admin_forward_extremities(&self, requester: &Requester, room_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let r = room_id.to_owned();
+        if self.db(move |s| s.get_room(&r)).await?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        let r = room_id.to_owned();
+        let results = self
+            .db(move |s| {
+                let mut out = Vec::new();
+                for id in s.get_forward_extremities(&r)? {
+                    if let Some(row) = s.get_event(&id)? {
+                        let event: Value = serde_json::from_str(&row.json).unwrap_or_default();
+                        out.push(json!({
+                            "event_id": id,
+                            "state_group": row.state_group,
+                            "depth": event["depth"],
+                            "received_ts": event["origin_server_ts"],
+                        }));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(json!({"count": results.len(), "results": results}))
+    }
+
     /// `GET /_synapse/admin/v1/rooms/{roomId}/members`: the joined members.
     pub async fn admin_room_members(&self, requester: &Requester, room_id: &str) -> Result<Value> {
         self.require_admin(requester)?;

@@ -382,6 +382,89 @@ impl Homeserver {
     }
 }
 
+/// `GET /_synapse/admin/v1/statistics/users/media`'s parameters, as given.
+#[derive(Debug, Clone, Default)]
+pub struct MediaStatisticsParams {
+    /// `from` (default 0).
+    pub from: Option<i64>,
+    /// `limit` (default 100).
+    pub limit: Option<i64>,
+    /// `from_ts` (default 0) and `until_ts`: the uploads counted.
+    pub from_ts: Option<i64>,
+    /// See `from_ts`.
+    pub until_ts: Option<i64>,
+    /// `order_by`: `user_id` (default), `displayname`, `media_length`, `media_count`.
+    pub order_by: Option<String>,
+    /// `search_term`: part of the localpart or display name.
+    pub search_term: Option<String>,
+    /// `f` (default) or `b`.
+    pub dir: Option<String>,
+}
+
+impl Homeserver {
+    /// `GET /_synapse/admin/v1/statistics/users/media`: uploads and bytes per local uploader.
+    pub async fn admin_media_statistics(&self, requester: &Requester, params: MediaStatisticsParams) -> Result<Value> {
+        self.require_admin(requester)?;
+        let (from, limit) = (params.from.unwrap_or(0), params.limit.unwrap_or(100));
+        if from < 0 || limit < 0 {
+            return Err(Error::invalid_param("Query parameters from and limit must be positive integers."));
+        }
+        let from_ts = params.from_ts.unwrap_or(0);
+        let until_ts = params.until_ts.unwrap_or(i64::MAX);
+        if params.until_ts.is_some() && until_ts <= from_ts {
+            return Err(Error::invalid_param("Query parameter until_ts must be greater than from_ts."));
+        }
+        if params.search_term.as_deref() == Some("") {
+            return Err(Error::invalid_param("Query parameter search_term cannot be an empty string."));
+        }
+        let order = params.order_by.clone().unwrap_or_else(|| "user_id".into());
+        if !matches!(order.as_str(), "user_id" | "displayname" | "media_length" | "media_count") {
+            return Err(Error::invalid_param(format!("Unknown value for order_by: {order}")));
+        }
+        let forwards = match params.dir.as_deref() {
+            None | Some("f") => true,
+            Some("b") => false,
+            Some(other) => return Err(Error::invalid_param(format!("Unknown direction: {other}"))),
+        };
+        let usage = self.db(move |s| s.media_usage(from_ts, until_ts)).await?;
+        let mut users = Vec::with_capacity(usage.len());
+        for (user_id, count, length) in usage {
+            let (displayname, _) = self.profile_of(&user_id).await?;
+            if let Some(term) = &params.search_term {
+                let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+                if !localpart.contains(term.as_str())
+                    && !displayname.as_deref().is_some_and(|d| d.contains(term.as_str()))
+                {
+                    continue;
+                }
+            }
+            users.push(
+                json!({"user_id": user_id, "displayname": displayname, "media_count": count, "media_length": length}),
+            );
+        }
+        let sort_key = |v: &Value| {
+            let field = &v[order.as_str()];
+            (
+                field.as_i64().unwrap_or(0),
+                field.as_str().unwrap_or("").to_owned(),
+                v["user_id"].as_str().unwrap_or("").to_owned(),
+            )
+        };
+        users.sort_by_key(sort_key);
+        if !forwards {
+            users.reverse();
+        }
+        let total = users.len();
+        let page: Vec<Value> = users.into_iter().skip(from as usize).take(limit as usize).collect();
+        let mut out = json!({"total": total});
+        if (from + limit) < total as i64 {
+            out["next_token"] = json!(from as usize + page.len());
+        }
+        out["users"] = json!(page);
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

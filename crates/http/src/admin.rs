@@ -67,6 +67,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/users/{user_id}/media", get(user_media).delete(delete_user_media))
         .route("/_synapse/admin/v1/send_server_notice", post(send_server_notice))
         .route("/_synapse/admin/v1/send_server_notice/{txn_id}", axum::routing::put(send_server_notice_txn))
+        .route("/_synapse/admin/v1/statistics/users/media", get(media_statistics))
+        .route("/_synapse/admin/v1/fetch_event/{event_id}", get(fetch_event))
+        .route("/_synapse/admin/v1/users/{user_id}/sent_invite_count", get(sent_invite_count))
+        .route("/_synapse/admin/v1/rooms/{room_id}/forward_extremities", get(forward_extremities))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
 }
@@ -343,6 +347,54 @@ async fn send_server_notice_txn(
     JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> Answer {
     Ok(axum::Json(hs.admin_send_server_notice(&me, &body, Some(&txn_id)).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MediaStatisticsQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    from_ts: Option<String>,
+    until_ts: Option<String>,
+    order_by: Option<String>,
+    search_term: Option<String>,
+    dir: Option<String>,
+}
+
+async fn media_statistics(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<MediaStatisticsQuery>) -> Answer {
+    let params = myelin_core::media_admin::MediaStatisticsParams {
+        from: integer(q.from, "from")?,
+        limit: integer(q.limit, "limit")?,
+        from_ts: integer(q.from_ts, "from_ts")?,
+        until_ts: integer(q.until_ts, "until_ts")?,
+        order_by: q.order_by,
+        search_term: q.search_term,
+        dir: q.dir,
+    };
+    Ok(axum::Json(hs.admin_media_statistics(&me, params).await?))
+}
+
+async fn fetch_event(State(hs): State<AppState>, Auth(me): Auth, Path(event_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_fetch_event(&me, &event_id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct InviteCountQuery {
+    from_ts: Option<String>,
+}
+
+async fn sent_invite_count(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    Query(q): Query<InviteCountQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_sent_invite_count(&me, &user_id, integer(q.from_ts, "from_ts")?).await?))
+}
+
+async fn forward_extremities(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_forward_extremities(&me, &room_id).await?))
 }
 
 async fn room_members(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

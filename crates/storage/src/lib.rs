@@ -184,6 +184,8 @@ pub trait UserStore {
     /// Records that `user_id` is `external_id` at `auth_provider`; false (nothing written) if
     /// another account already is.
     fn record_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<bool>;
+    /// The stored JSON of every invite `sender` sent (member events with membership `invite`).
+    fn invites_sent_by(&self, sender: &str) -> Result<Vec<String>>;
     /// Forgets one of an account's external IDs.
     fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()>;
     /// An account's external IDs, as `(auth_provider, external_id)`, sorted.
@@ -701,6 +703,8 @@ pub trait MediaStore {
     fn local_media_before(&self, before_ts: i64, size_gt: i64) -> Result<Vec<MediaRow>>;
     /// Every avatar URL in users' profiles.
     fn profile_avatar_urls(&self) -> Result<Vec<String>>;
+    /// Per local uploader: `(user_id, uploads, bytes)` of uploads made in `[from_ts, until_ts]`.
+    fn media_usage(&self, from_ts: i64, until_ts: i64) -> Result<Vec<(String, i64, i64)>>;
     /// How many bytes a user uploaded after `since_ts` (Synapse's `get_media_uploaded_size_for_user`).
     fn media_uploaded_since(&self, user_id: &str, since_ts: i64) -> Result<i64>;
     /// Inserts or completes a media row.

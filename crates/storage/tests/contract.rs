@@ -211,6 +211,7 @@ contract! {
     users_password_and_flags,
     threepid_bindings_added_listed_removed,
     external_ids_one_account_each,
+    invites_sent_by_a_user,
     erased_users_marked_once,
     profiles_fields,
     devices_upsert_rename_touch,
@@ -2860,4 +2861,23 @@ fn media_quarantined_protected_and_listed(s: &dyn Storage) {
     assert_eq!(s.media_uploaded_since(ALICE, 0).unwrap(), 205, "every upload of hers");
     assert_eq!(s.media_uploaded_since(ALICE, 15).unwrap(), 5, "after the time given");
     assert_eq!(s.media_uploaded_since("@nobody:test", 0).unwrap(), 0);
+    // Per uploader, local only, in the time range.
+    assert_eq!(s.media_usage(0, i64::MAX).unwrap(), vec![(ALICE.to_owned(), 3, 205)]);
+    assert_eq!(s.media_usage(15, 20).unwrap(), vec![(ALICE.to_owned(), 2, 105)]);
+    assert!(s.media_usage(21, 30).unwrap().is_empty());
+}
+
+fn invites_sent_by_a_user(s: &dyn Storage) {
+    let mut r = TestRoom::new(s, "!r:test");
+    r.send(s, &r.member("$alice", ALICE, "join"));
+    let invite = Ev {
+        membership: Some("invite".into()),
+        ..r.state("$inv", "m.room.member", "@bob:test", ALICE, json!({"membership": "invite"}))
+    };
+    r.send(s, &invite);
+    r.send(s, &r.msg("$m", ALICE, "not an invite"));
+    let sent = s.invites_sent_by(ALICE).unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(parse(&sent[0])["event_id"], "$inv");
+    assert!(s.invites_sent_by("@bob:test").unwrap().is_empty());
 }

@@ -73,6 +73,18 @@ impl MediaStore for PostgresStore {
         })
     }
 
+    fn media_usage(&self, from_ts: i64, until_ts: i64) -> Result<Vec<(String, i64, i64)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT user_id, count(*), coalesce(sum(length), 0)::BIGINT FROM media
+                 WHERE user_id LIKE '@%' AND NOT pending AND created_ts >= $1 AND created_ts <= $2
+                 GROUP BY user_id ORDER BY user_id",
+                &[&from_ts, &until_ts],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
+    }
+
     fn media_uploaded_since(&self, user_id: &str, since_ts: i64) -> Result<i64> {
         self.read(|db| {
             let row = db.opt(

@@ -116,6 +116,17 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn invites_sent_by(&self, sender: &str) -> Result<Vec<String>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT json FROM events WHERE type = 'm.room.member' AND membership = 'invite' AND sender = $1
+                 ORDER BY stream_ordering",
+                &[&sender],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()> {
         self.write(|tx| {
             tx.exec(

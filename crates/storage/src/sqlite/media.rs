@@ -76,6 +76,20 @@ impl MediaStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn media_usage(&self, from_ts: i64, until_ts: i64) -> Result<Vec<(String, i64, i64)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT user_id, count(*), coalesce(sum(length), 0) FROM media
+                 WHERE user_id LIKE '@%' AND NOT pending AND created_ts >= ?1 AND created_ts <= ?2
+                 GROUP BY user_id ORDER BY user_id",
+            )
+            .map_err(backend)?;
+        let rows =
+            stmt.query_map(params![from_ts, until_ts], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn media_uploaded_since(&self, user_id: &str, since_ts: i64) -> Result<i64> {
         self.reader()
             .row(

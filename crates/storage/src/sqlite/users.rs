@@ -121,6 +121,18 @@ impl UserStore for SqliteStore {
         Ok(owner == user_id)
     }
 
+    fn invites_sent_by(&self, sender: &str) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT json FROM events WHERE type = 'm.room.member' AND membership = 'invite' AND sender = ?1
+                 ORDER BY stream_ordering",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([sender], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()> {
         self.conn()
             .exec(
