@@ -393,6 +393,18 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the server's log shows `text` within a few seconds (the log is read from the
+    /// process's pipe, which lags behind the answers under load).
+    pub async fn log_shows(&self, text: &str) -> bool {
+        for _ in 0..100 {
+            if self.log_text().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -228,11 +228,5 @@ async fn s3_storage_provider_failures() {
     assert_eq!(st, 200, "{b}");
     let mxc = b["content_uri"].as_str().unwrap().to_owned();
     assert_eq!(download(&s, &u, &mxc).await, (200, b"kept here only".to_vec()));
-    for _ in 0..100 {
-        if s.log_text().contains("Error storing file") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(s.log_text().contains("Error storing file"), "{}", s.log_text());
+    assert!(s.log_shows("Error storing file").await, "{}", s.log_text());
 }
