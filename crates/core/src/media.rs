@@ -58,14 +58,14 @@ pub fn local_content_path(media_store: &Path, media_id: &str) -> PathBuf {
     media_store.join("local_content").join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..])
 }
 
+/// The directory holding the thumbnails of a local file under `media_store`.
+pub fn local_thumbnails_dir(media_store: &Path, media_id: &str) -> PathBuf {
+    media_store.join("local_thumbnails").join(&media_id[..2]).join(&media_id[2..4]).join(&media_id[4..])
+}
+
 /// Where the thumbnail of a local file at one of the standard sizes lives under `media_store`.
 pub fn local_thumbnail_path(media_store: &Path, media_id: &str, width: u32, height: u32, method: &str) -> PathBuf {
-    media_store
-        .join("local_thumbnails")
-        .join(&media_id[..2])
-        .join(&media_id[2..4])
-        .join(&media_id[4..])
-        .join(format!("{width}-{height}-{method}"))
+    local_thumbnails_dir(media_store, media_id).join(format!("{width}-{height}-{method}"))
 }
 
 /// A thumbnail Synapse stored for an image: `(width, height, content type, method)`.
@@ -369,11 +369,7 @@ impl Homeserver {
         let original = self.media(server, media_id).await?;
         let file_id = media_id.to_owned();
         // Remote files' thumbnails are kept apart from local ones (media IDs may collide).
-        let key = if server == self.server_name() {
-            media_id.to_owned()
-        } else {
-            crate::federation::media::remote_media_key(server, media_id)
-        };
+        let key = self.media_key(server, media_id)?;
         let media_id = key.as_str();
         // The smallest standard size at least as big as asked for, else the biggest.
         let (tw, th, tm) = THUMBNAIL_SIZES

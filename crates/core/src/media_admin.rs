@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::admin::audit;
-use crate::media::{local_content_path, valid_media_id};
+use crate::media::{local_content_path, local_thumbnails_dir, valid_media_id};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
 /// A user's media listing's parameters (`GET /_synapse/admin/v1/users/{userId}/media`).
@@ -43,7 +43,7 @@ fn event_media(json: &str) -> Vec<(String, String)> {
 impl Homeserver {
     /// The media index's key of `server`'s `media_id` (remote files are kept under their own
     /// keys); 404 for IDs Myelin would never have stored.
-    fn media_key(&self, server: &str, media_id: &str) -> Result<String> {
+    pub(crate) fn media_key(&self, server: &str, media_id: &str) -> Result<String> {
         if !valid_media_id(media_id) {
             return Err(unknown_media());
         }
@@ -113,7 +113,7 @@ impl Homeserver {
         let (u, by) = (user_id.to_owned(), requester.user_id.to_string());
         let count = self
             .db(move |s| {
-                let ids: Vec<String> = s.media_of_user(&u)?.into_iter().map(|m| m.media_id).collect();
+                let ids: Vec<String> = s.media_of_user(&u)?.into_iter().map(|(m, _)| m.media_id).collect();
                 s.quarantine_media(&ids, Some(&by))
             })
             .await?;
@@ -198,9 +198,7 @@ impl Homeserver {
                 continue;
             }
             let _ = tokio::fs::remove_file(local_content_path(&self.config.media_store_path, &id)).await;
-            let thumbnails =
-                self.config.media_store_path.join("local_thumbnails").join(&id[..2]).join(&id[2..4]).join(&id[4..]);
-            let _ = tokio::fs::remove_dir_all(thumbnails).await;
+            let _ = tokio::fs::remove_dir_all(local_thumbnails_dir(&self.config.media_store_path, &id)).await;
             let i = id.clone();
             self.db(move |s| s.delete_media(&i)).await?;
             deleted.push(id);
@@ -304,9 +302,7 @@ impl Homeserver {
         let u = user.to_string();
         let rows = self.db(move |s| s.media_of_user(&u)).await?;
         let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id = row.media_id.clone();
-            let moderation = self.db(move |s| s.media_moderation(&id)).await?.unwrap_or_default();
+        for (row, moderation) in rows {
             items.push(json!({
                 "media_id": row.media_id,
                 "media_type": row.content_type,

@@ -384,13 +384,14 @@ impl Homeserver {
         if local_joined && !force {
             return Err(Error::new(ErrorKind::BadRequest, "Users are still joined to this room"));
         }
-        // Off the room directory first (its cache lives in the rooms table that goes too).
-        let _guard = self.room_lock(room).await?;
+        // The room's send lock is held across the purge, so no event of this process lands in
+        // it half-way.
+        let send_lock = self.room_lock(room).await?;
         let r = room.to_string();
         if !self.db(move |s| s.purge_room(&r)).await? {
             return Err(Error::not_found(format!("Unknown room id {room}")));
         }
-        drop(_guard);
+        drop(send_lock);
         self.forget_purged_room(room);
         if self.has_bus() {
             self.publish(format!("room_purged {room}"));

@@ -696,8 +696,9 @@ pub trait MediaStore {
     fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64>;
     /// Protects media from quarantine, or lifts that; false for unknown media.
     fn protect_media(&self, media_id: &str, protected: bool) -> Result<bool>;
-    /// Every uploaded (not pending) media item of a local user, oldest first.
-    fn media_of_user(&self, user_id: &str) -> Result<Vec<MediaRow>>;
+    /// Every uploaded (not pending) media item of a local user with its moderation state,
+    /// oldest first.
+    fn media_of_user(&self, user_id: &str) -> Result<Vec<(MediaRow, MediaModeration)>>;
     /// Local uploads made before `before_ts` and larger than `size_gt` bytes, neither
     /// quarantined nor protected (what Synapse's old-media deletion may delete).
     fn local_media_before(&self, before_ts: i64, size_gt: i64) -> Result<Vec<MediaRow>>;

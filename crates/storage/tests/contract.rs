@@ -2849,7 +2849,14 @@ fn media_quarantined_protected_and_listed(s: &dyn Storage) {
         Some(MediaModeration { quarantined_by: None, safe_from_quarantine: true })
     );
     let ids = |rows: Vec<MediaRow>| rows.into_iter().map(|m| m.media_id).collect::<Vec<_>>();
-    assert_eq!(ids(s.media_of_user(ALICE).unwrap()), vec!["old", "safe", "new"], "oldest first, no pending");
+    let mine = s.media_of_user(ALICE).unwrap();
+    assert_eq!(
+        mine.iter().map(|(m, _)| m.media_id.as_str()).collect::<Vec<_>>(),
+        vec!["old", "safe", "new"],
+        "oldest first, no pending"
+    );
+    assert_eq!(mine[0].1.quarantined_by.as_deref(), Some("@root:test"));
+    assert!(mine[1].1.safe_from_quarantine);
     // Old local media that may be deleted: neither quarantined nor protected, nor remote.
     assert_eq!(ids(s.local_media_before(30, 0).unwrap()), vec!["new"]);
     assert_eq!(ids(s.local_media_before(30, 10).unwrap()), Vec::<String>::new(), "size_gt");

@@ -47,15 +47,19 @@ impl MediaStore for PostgresStore {
         })
     }
 
-    fn media_of_user(&self, user_id: &str) -> Result<Vec<MediaRow>> {
+    fn media_of_user(&self, user_id: &str) -> Result<Vec<(MediaRow, MediaModeration)>> {
         self.read(|db| {
             let rows = db.rows(
                 &format!(
-                    "SELECT {MEDIA_COLUMNS} FROM media WHERE user_id = $1 AND NOT pending ORDER BY created_ts, media_id"
+                    "SELECT {MEDIA_COLUMNS}, quarantined_by, safe_from_quarantine FROM media
+                     WHERE user_id = $1 AND NOT pending ORDER BY created_ts, media_id"
                 ),
                 &[&user_id],
             )?;
-            Ok(rows.iter().map(media).collect())
+            Ok(rows
+                .iter()
+                .map(|r| (media(r), MediaModeration { quarantined_by: r.get(7), safe_from_quarantine: r.get(8) }))
+                .collect())
         })
     }
 

@@ -52,14 +52,19 @@ impl MediaStore for SqliteStore {
             > 0)
     }
 
-    fn media_of_user(&self, user_id: &str) -> Result<Vec<MediaRow>> {
+    fn media_of_user(&self, user_id: &str) -> Result<Vec<(MediaRow, MediaModeration)>> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {MEDIA_COLUMNS} FROM media WHERE user_id = ?1 AND NOT pending ORDER BY created_ts, media_id"
+                "SELECT {MEDIA_COLUMNS}, quarantined_by, safe_from_quarantine FROM media
+                 WHERE user_id = ?1 AND NOT pending ORDER BY created_ts, media_id"
             ))
             .map_err(backend)?;
-        let rows = stmt.query_map([user_id], media_from_row).map_err(backend)?;
+        let rows = stmt
+            .query_map([user_id], |r| {
+                Ok((media_from_row(r)?, MediaModeration { quarantined_by: r.get(7)?, safe_from_quarantine: r.get(8)? }))
+            })
+            .map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
