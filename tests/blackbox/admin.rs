@@ -1097,3 +1097,122 @@ async fn admins_read_statistics_events_invites_and_extremities() {
     assert!(b["results"][0]["event_id"].as_str().is_some_and(|e| e.starts_with('$')), "{b}");
     assert_eq!(s.get(&format!("{ADMIN}/v1/rooms/!nope:test/forward_extremities"), Some(&root.token)).await.0, 404);
 }
+
+#[tokio::test]
+async fn admins_lock_accounts_which_may_then_only_log_out() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let path = "/_synapse/admin/v2/users/@alice:test";
+    // Refused: a non-admin, a non-boolean, deactivated and locked at once.
+    let (st, b) = s.put(path, Some(&bob.token), json!({"locked": true})).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+    let (st, b) = s.put(path, Some(&root.token), json!({"locked": "yes"})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("'locked' parameter is not of type boolean")), "{b}");
+    let (st, b) = s.put(path, Some(&root.token), json!({"locked": true, "deactivated": true})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("An user can't be deactivated and locked")), "{b}");
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200, "nothing changed");
+
+    let (st, b) = s.put(path, Some(&root.token), json!({"locked": true})).await;
+    assert_eq!((st, b["locked"].as_bool()), (200, Some(true)), "{b}");
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+    assert_eq!(
+        (st, b["errcode"].as_str(), b["soft_logout"].as_bool()),
+        (401, Some("M_USER_LOCKED"), Some(true)),
+        "{b}"
+    );
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&bob.token)).await.0, 200, "others unaffected");
+    // Locked accounts are listed only when asked for.
+    let names = |b: &Value| -> Vec<String> {
+        b["users"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let (_, listed) = s.get("/_synapse/admin/v2/users", Some(&root.token)).await;
+    assert!(!names(&listed).contains(&alice.user_id), "{listed}");
+    let (_, listed) = s.get("/_synapse/admin/v2/users?locked=true", Some(&root.token)).await;
+    let entry = listed["users"].as_array().unwrap().iter().find(|u| u["name"] == alice.user_id.as_str()).cloned();
+    assert_eq!(entry.map(|u| u["locked"].clone()), Some(json!(true)), "{listed}");
+
+    // Unlocked, the same token works again; locked again, it may still log out.
+    assert_eq!(s.put(path, Some(&root.token), json!({"locked": false})).await.0, 200);
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200);
+    assert_eq!(s.put(path, Some(&root.token), json!({"locked": true})).await.0, 200);
+    assert!(s.log_shows("lock").await);
+    assert_eq!(s.post("/_matrix/client/v3/logout", Some(&alice.token), json!({})).await.0, 200);
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{b}");
+}
+
+#[tokio::test]
+async fn suspended_accounts_may_read_leave_and_redact_their_own_events_only() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    let other_room = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&alice, &room).await.0, 200);
+    let (_, own) = s.send_text(&alice, &room, "mine").await;
+    let (_, bobs) = s.send_text(&bob, &room, "bob's").await;
+
+    // The endpoint's refusals.
+    let suspend = |user: &str| format!("/_synapse/admin/v1/suspend/{user}");
+    let (st, b) = s.put(&suspend("@alice:test"), Some(&bob.token), json!({"suspend": true})).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+    let (st, b) = s.put(&suspend("@alice:elsewhere"), Some(&root.token), json!({"suspend": true})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("Can only suspend local users")), "{b}");
+    let (st, b) = s.put(&suspend("@nobody:test"), Some(&root.token), json!({"suspend": true})).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+    let (st, b) = s.put(&suspend("@alice:test"), Some(&root.token), json!({"suspend": "yes"})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+
+    let (st, b) = s.put(&suspend("@alice:test"), Some(&root.token), json!({"suspend": true})).await;
+    assert_eq!((st, b), (200, json!({"user_@alice:test_suspended": true})));
+    let (_, details) = s.get("/_synapse/admin/v2/users/@alice:test", Some(&root.token)).await;
+    assert_eq!(details["suspended"], json!(true), "{details}");
+
+    let refused = |(st, b): (u16, Value), message: &str| {
+        assert_eq!(
+            (st, b["errcode"].as_str(), b["error"].as_str()),
+            (403, Some("M_USER_SUSPENDED"), Some(message)),
+            "{b}"
+        );
+    };
+    let sending = "Sending messages while account is suspended is not allowed.";
+    refused(s.send_text(&alice, &room, "no").await, sending);
+    let topic = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic");
+    refused(s.put(&topic, Some(&alice.token), json!({"topic": "no"})).await, sending);
+    refused(s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({})).await, sending);
+    refused(s.invite(&alice, &room, "@root:test").await, "Sending invites while account is suspended is not allowed.");
+    refused(s.join(&alice, &other_room).await, "Joining rooms while account is suspended is not allowed.");
+    let profile = "/_matrix/client/v3/profile/@alice:test/displayname";
+    refused(
+        s.put(profile, Some(&alice.token), json!({"displayname": "A"})).await,
+        "Updating profile while account is suspended is not allowed.",
+    );
+    let redact = |event: &Value, txn: &str| {
+        format!("/_matrix/client/v3/rooms/{room}/redact/{}/{txn}", path_segment(event["event_id"].as_str().unwrap()))
+    };
+    refused(
+        s.put(&redact(&bobs, "t1"), Some(&alice.token), json!({})).await,
+        "You can only redact your own events while account is suspended.",
+    );
+    // What it may do: read, redact its own, leave.
+    let (st, _) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&alice.token)).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.put(&redact(&own, "t2"), Some(&alice.token), json!({})).await.0, 200);
+    assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&alice.token), json!({})).await.0, 200);
+    // Nothing it was refused happened.
+    let (_, state) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&bob.token)).await;
+    assert!(!state.as_array().unwrap().iter().any(|e| e["type"] == "m.room.topic"), "{state}");
+    let (_, members) = s.get(&format!("/_matrix/client/v3/rooms/{other_room}/joined_members"), Some(&bob.token)).await;
+    assert!(members["joined"].get("@alice:test").is_none(), "{members}");
+
+    // Lifted, everything works again.
+    let (st, b) = s.put(&suspend("@alice:test"), Some(&root.token), json!({"suspend": false})).await;
+    assert_eq!((st, b), (200, json!({"user_@alice:test_suspended": false})));
+    assert_eq!(s.join(&alice, &other_room).await.0, 200);
+    assert_eq!(s.send_text(&alice, &other_room, "back").await.0, 200);
+}

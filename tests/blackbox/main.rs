@@ -21,6 +21,7 @@ mod identity; // identity servers: binding and unbinding third-party identifiers
 mod import_synapse; // `myelin import-synapse`: a stopped Synapse's database, media and signing key
 mod media; // the media repository
 mod media_storage; // media storage providers: file_system and synapse-s3-storage-provider against a local S3
+mod metrics; // /_synapse/metrics: Synapse's names, counting what happened
 mod modules; // module loading, web resources, spam-checker callbacks
 mod postgres; // PostgreSQL's settings and checks (Synapse's psycopg2 config)
 mod published_modules; // modules from PyPI doing what their READMEs say

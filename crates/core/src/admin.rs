@@ -257,8 +257,8 @@ impl Homeserver {
             "consent_ts": null,
             "user_type": null,
             "is_guest": row.is_guest,
-            "locked": false,
-            "suspended": false,
+            "locked": row.locked,
+            "suspended": row.suspended,
             "approved": true,
             "last_seen_ts": last_seen_ts,
         }))
@@ -380,6 +380,8 @@ pub struct UserListParams {
     pub deactivated: Option<bool>,
     /// `admins`: only admins, or only non-admins.
     pub admins: Option<bool>,
+    /// `locked` (default false): include locked accounts.
+    pub locked: Option<bool>,
     /// `order_by` (default `name`).
     pub order_by: Option<String>,
     /// `dir`: `f` (default) or `b`.
@@ -445,6 +447,7 @@ impl Homeserver {
             guests: params.guests.unwrap_or(true),
             deactivated: params.deactivated.unwrap_or(false),
             admins: params.admins,
+            locked: params.locked.unwrap_or(false),
             order_by,
             forwards: forwards(params.dir.as_deref())?,
         };
@@ -467,7 +470,8 @@ impl Homeserver {
                     "approved": true,
                     "erased": erased.contains(&u.user.user_id),
                     "last_seen_ts": u.last_seen_ts,
-                    "locked": false,
+                    "locked": u.user.locked,
+                    "suspended": u.user.suspended,
                 })
             })
             .collect();
@@ -805,6 +809,10 @@ impl Homeserver {
         let avatar_url = text("avatar_url", 1000)?;
         let (admin, deactivated, logout) =
             (flag("admin")?, flag("deactivated")?, flag("logout_devices")?.unwrap_or(true));
+        let locked = flag("locked")?;
+        if deactivated == Some(true) && locked == Some(true) {
+            return Err(Error::new(ErrorKind::BadRequest, "An user can't be deactivated and locked"));
+        }
         if user == requester.user_id && admin == Some(false) {
             return Err(Error::new(ErrorKind::BadRequest, "You may not demote yourself."));
         }
@@ -860,6 +868,15 @@ impl Homeserver {
                     }
                     _ => {}
                 }
+            }
+        }
+        if let Some(locked) = locked {
+            let u = user.to_string();
+            let was = self.db(move |s| s.get_user(&u)).await?.is_some_and(|row| row.locked);
+            if locked != was {
+                let u = user.to_string();
+                self.db(move |s| s.set_user_flag(&u, myelin_storage::UserFlag::Locked, locked)).await?;
+                audit!(requester, if locked { "lock" } else { "unlock" }, user);
             }
         }
         if let Some(ids) = external_ids {
@@ -1003,6 +1020,30 @@ impl Homeserver {
         self.db(move |s| s.set_user_flag(&u, myelin_storage::UserFlag::ShadowBanned, on)).await?;
         audit!(requester, if on { "shadow-ban" } else { "lift shadow-ban" }, user);
         Ok(())
+    }
+
+    /// `PUT /_synapse/admin/v1/suspend/{userId}` `{"suspend": bool}`: a suspended account may
+    /// still read, leave rooms and redact its own events; everything else that writes is 403
+    /// `M_USER_SUSPENDED` (Synapse's MSC3823 rules).
+    pub async fn admin_suspend(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let user = parse_local_user(self, user_id, "Can only suspend local users")?;
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        let Some(suspend) = body.get("suspend").and_then(Value::as_bool) else {
+            return Err(Error::bad_json("suspend: a boolean is required"));
+        };
+        let u = user.to_string();
+        self.db(move |s| s.set_user_flag(&u, myelin_storage::UserFlag::Suspended, suspend)).await?;
+        audit!(requester, if suspend { "suspend" } else { "lift suspension" }, user);
+        Ok(json!({ format!("user_{user}_suspended"): suspend }))
     }
 
     /// `POST /_synapse/admin/v1/users/{userId}/login`: an access token for another user, on a

@@ -8,6 +8,9 @@
 //! operation is O(1), and there is no per-entry bookkeeping (an LRU list would cost more than
 //! most of these values).
 //!
+//! Each map counts its lookups, hits, size and evictions under its name in Synapse's
+//! `synapse_util_caches_cache*` metrics (several maps of one name add up).
+//!
 //! Sizes: each cache's default (in [`CacheSizes`]) scaled by Synapse's `caches.global_factor`
 //! (default 0.5, at which the defaults apply as written), and by `caches.per_cache_factors`
 //! under the cache's name, as Synapse scales its own caches.
@@ -15,6 +18,9 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
+
+use myelin_metrics::CacheStats;
 
 /// A map holding at most `capacity` entries, dropping the least recently used generation.
 #[derive(Debug)]
@@ -22,12 +28,30 @@ pub(crate) struct BoundedMap<K, V> {
     young: HashMap<K, V>,
     old: HashMap<K, V>,
     generation: usize,
+    /// Entries held when last counted in `stats`.
+    held: usize,
+    stats: Arc<CacheStats>,
 }
 
 impl<K: Hash + Eq, V> BoundedMap<K, V> {
-    /// A map of at most `capacity` entries (at least 2).
-    pub(crate) fn new(capacity: usize) -> Self {
-        BoundedMap { young: HashMap::new(), old: HashMap::new(), generation: (capacity / 2).max(1) }
+    /// A map of at most `capacity` entries (at least 2), counted in the metrics as `name`.
+    pub(crate) fn new(name: &'static str, capacity: usize) -> Self {
+        BoundedMap {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            generation: (capacity / 2).max(1),
+            held: 0,
+            stats: CacheStats::named(name),
+        }
+    }
+
+    /// Brings the size metric up to date after a change.
+    fn count_size(&mut self) {
+        let now = self.young.len() + self.old.len();
+        if now != self.held {
+            self.stats.resized(now as i64 - self.held as i64);
+            self.held = now;
+        }
     }
 
     /// The entry for `key`, if held (and now in the young generation).
@@ -50,7 +74,9 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         {
             self.insert(k, v);
         }
-        self.young.get_mut(key)
+        let found = self.young.get_mut(key);
+        self.stats.lookup(found.is_some());
+        found
     }
 
     /// The entry for `key`, if held, without refreshing it (a lookup over many keys that must
@@ -60,7 +86,9 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.young.get(key).or_else(|| self.old.get(key))
+        let found = self.young.get(key).or_else(|| self.old.get(key));
+        self.stats.lookup(found.is_some());
+        found
     }
 
     /// Whether `key` is held (without refreshing it).
@@ -76,9 +104,11 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     pub(crate) fn insert(&mut self, key: K, value: V) {
         self.old.remove(&key);
         if self.young.len() >= self.generation && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
+            let dropped = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
+            self.stats.evicted(dropped.len());
         }
         self.young.insert(key, value);
+        self.count_size();
     }
 
     /// Forgets `key`.
@@ -87,19 +117,23 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.young.remove(key).or_else(|| self.old.remove(key))
+        let removed = self.young.remove(key).or_else(|| self.old.remove(key));
+        self.count_size();
+        removed
     }
 
     /// Keeps only the entries `keep` says yes to.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         self.young.retain(&mut keep);
         self.old.retain(keep);
+        self.count_size();
     }
 
     /// Forgets everything.
     pub(crate) fn clear(&mut self) {
         self.young.clear();
         self.old.clear();
+        self.count_size();
     }
 
     /// How many entries are held.
@@ -187,7 +221,7 @@ mod tests {
 
     #[test]
     fn never_holds_more_than_its_capacity() {
-        let mut map = BoundedMap::new(100);
+        let mut map = BoundedMap::new("test", 100);
         for i in 0..10_000 {
             map.insert(i, i);
             assert!(map.len() <= 100);
@@ -198,7 +232,7 @@ mod tests {
 
     #[test]
     fn what_is_used_survives_and_what_is_not_ages_out() {
-        let mut map = BoundedMap::new(10);
+        let mut map = BoundedMap::new("test", 10);
         map.insert("hot", 1);
         for i in 0..1_000 {
             map.insert(format!("cold{i}").leak() as &str, 0);

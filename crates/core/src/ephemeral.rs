@@ -50,7 +50,7 @@ impl EphemeralState {
     pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
         EphemeralState {
             typing: Default::default(),
-            presence_written: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.presence)),
+            presence_written: std::sync::Mutex::new(crate::cache::BoundedMap::new("presence", sizes.presence)),
             full_presence_for: Default::default(),
         }
     }

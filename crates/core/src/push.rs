@@ -207,8 +207,8 @@ pub(crate) struct PushState {
 impl PushState {
     pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
         PushState {
-            rules: std::sync::Mutex::new(BoundedMap::new(sizes.push_rules)),
-            unread: std::sync::Mutex::new(BoundedMap::new(sizes.unread_counts)),
+            rules: std::sync::Mutex::new(BoundedMap::new("push_rules", sizes.push_rules)),
+            unread: std::sync::Mutex::new(BoundedMap::new("unread_counts", sizes.unread_counts)),
             pushers: Default::default(),
             badge_updates: Default::default(),
             last_badge: Default::default(),

@@ -347,6 +347,7 @@ impl Homeserver {
             };
             match answer {
                 Ok(answer) => {
+                    myelin_metrics::metrics().pushes_processed.inc();
                     let rejected = answer["rejected"].as_array().cloned().unwrap_or_default();
                     let pushkey = pusher.text("pushkey");
                     if rejected.iter().any(|k| k == pushkey) {
@@ -360,6 +361,7 @@ impl Homeserver {
                     return;
                 }
                 Err(why) => {
+                    myelin_metrics::metrics().pushes_failed.inc();
                     if started.elapsed() > GIVE_UP_AFTER {
                         tracing::warn!(user = %pusher.user, reason = %why, "giving up a push notification after a day");
                         return;

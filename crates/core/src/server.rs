@@ -22,6 +22,8 @@ pub struct Requester {
     pub is_admin: bool,
     /// Shadow-banned: writes get fake successes.
     pub shadow_banned: bool,
+    /// Suspended by an admin: it may read, leave and redact its own events only.
+    pub suspended: bool,
     /// A guest account.
     pub is_guest: bool,
     /// The appservice whose `as_token` the request carried (acting as its sender or as a user
@@ -37,6 +39,17 @@ impl Requester {
     /// server notices), which carry no access token and which Synapse does not rate-limit.
     pub(crate) fn is_internal(&self) -> bool {
         self.access_token.is_empty() && self.app_service.is_none()
+    }
+
+    /// 403 `M_USER_SUSPENDED` with Synapse's `message` when the account is suspended.
+    pub(crate) fn refuse_if_suspended(&self, message: &str) -> Result<()> {
+        if self.suspended {
+            return Err(Error::new(
+                crate::error::ErrorKind::Module { status: 403, errcode: "M_USER_SUSPENDED".into() },
+                message,
+            ));
+        }
+        Ok(())
     }
 
     /// The `origin_server_ts` an appservice gave its event (`?ts=`), if any.
@@ -83,7 +96,9 @@ impl Homeserver {
     /// into it.
     pub fn new(config: Config, store: Arc<dyn Storage>, key: SigningKey) -> Result<Arc<Self>> {
         let position = store.max_stream_ordering()?;
-        let writer = crate::writer::EventWriter::start(store.clone()).map_err(Error::internal)?;
+        myelin_metrics::init(&config.server_name);
+        let writer =
+            crate::writer::EventWriter::start(store.clone(), config.server_name.clone()).map_err(Error::internal)?;
         let mut recent_txns = crate::rooms::RecentTxns::default();
         for (user, device, txn, event) in store.recent_txn_ids(crate::rooms::RecentTxns::CAPACITY)?.into_iter().rev() {
             recent_txns.insert((user, device, txn), event);
@@ -142,17 +157,26 @@ impl Homeserver {
         F: FnOnce(&dyn Storage) -> myelin_storage::Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        let desc = storage_call_name::<F>();
         if self.store.inline_calls() {
             let store = self.store.as_ref();
-            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)))
-                .map_err(|_| Error::internal("storage call panicked"))?
-                .map_err(Error::from);
+            let started = std::time::Instant::now();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)));
+            count_storage_call(desc, started);
+            return result.map_err(|_| Error::internal("storage call panicked"))?.map_err(Error::from);
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|_| Error::internal("storage call panicked"))?
-            .map_err(Error::from)
+        let scheduled = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            myelin_metrics::metrics().db_schedule_time.observe(scheduled.elapsed().as_secs_f64());
+            let started = std::time::Instant::now();
+            let result = f(store.as_ref());
+            count_storage_call(desc, started);
+            result
+        })
+        .await
+        .map_err(|_| Error::internal("storage call panicked"))?
+        .map_err(Error::from)
     }
 
     /// Announces a new stream position to long-polling syncs, here and in the deployment's
@@ -219,4 +243,21 @@ pub(crate) fn url_encode(segment: &str) -> String {
         }
     }
     out
+}
+
+/// The name a storage call is counted under (Synapse's `desc` label): the function that made
+/// it, from the closure's type name (`myelin_core::rooms::send::{{closure}}` gives
+/// `rooms::send`; the metrics print it without `<impl ...>` segments). No allocation: the name is a slice of a static string.
+fn storage_call_name<F>() -> &'static str {
+    let name = std::any::type_name::<F>();
+    let name = name.split_once("::{{closure}}").map_or(name, |(head, _)| head);
+    name.strip_prefix("myelin_core::").unwrap_or(name)
+}
+
+/// Counts one storage call and its time in Synapse's transaction metrics.
+fn count_storage_call(desc: &'static str, started: std::time::Instant) {
+    let m = myelin_metrics::metrics();
+    let labels = myelin_metrics::DescLabel { desc: myelin_metrics::CallSite(desc) };
+    m.db_transactions.get_or_create(&labels).inc();
+    m.db_transaction_seconds.get_or_create(&labels).inc_by(started.elapsed().as_secs_f64());
 }

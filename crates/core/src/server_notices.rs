@@ -78,6 +78,8 @@ impl Homeserver {
                     deactivated: false,
                     shadow_banned: false,
                     creation_ts: now_ms(),
+                    locked: false,
+                    suspended: false,
                 };
                 s.create_user(&row, name.as_deref())?;
             }

@@ -248,7 +248,7 @@ impl SyncState {
             stream: tokio::sync::watch::Sender::new(position),
             cache: SyncCache::new(position),
             stopping: tokio::sync::watch::Sender::new(false),
-            lazy_members_sent: std::sync::Mutex::new(BoundedMap::new(LAZY_MEMBERS_DEVICES)),
+            lazy_members_sent: std::sync::Mutex::new(BoundedMap::new("lazy_members_sent", LAZY_MEMBERS_DEVICES)),
         }
     }
 }
@@ -339,11 +339,15 @@ impl Homeserver {
         let mut watch = self.sync.stream.subscribe();
         let mut stopping = self.sync.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + request.timeout;
+        let mut woken = false;
         loop {
             let now = *watch.borrow_and_update();
             let response = self.sync_once(requester, since, now, request.full_state, &filter).await?;
             let empty = response.1;
             if !empty || since.is_none() || request.full_state {
+                if woken {
+                    count_wakeup("new_data");
+                }
                 return Ok(response.0);
             }
             // Nothing new: wait for the stream to move, then look again.
@@ -354,8 +358,16 @@ impl Homeserver {
             }
             tokio::select! {
                 changed = tokio::time::timeout_at(deadline, watch.changed()) => match changed {
-                    Ok(Ok(())) => continue,
-                    _ => return Ok(response.0),
+                    Ok(Ok(())) => {
+                        woken = true;
+                        let stream = myelin_metrics::StreamLabel { stream: "events" };
+                        myelin_metrics::metrics().users_woken.get_or_create(&stream).inc();
+                        continue;
+                    }
+                    _ => {
+                        count_wakeup("timeout");
+                        return Ok(response.0);
+                    }
                 },
                 _ = stopping.changed() => return Ok(response.0),
             }
@@ -1128,8 +1140,8 @@ impl SyncCache {
             changes: HashMap::new(),
             sections: HashMap::new(),
             bytes: 0,
-            member_counts: BoundedMap::new(KEPT_MEMBER_COUNTS),
-            ranges: BoundedMap::new(KEPT_RANGES),
+            member_counts: BoundedMap::new("sync_member_counts", KEPT_MEMBER_COUNTS),
+            ranges: BoundedMap::new("sync_event_ranges", KEPT_RANGES),
         };
         SyncCache { inner: Mutex::new(inner), started_at }
     }
@@ -1230,4 +1242,9 @@ impl SyncCache {
 /// issues one, so it comes from a Synapse whose database was imported.
 fn is_synapse_token(token: &str) -> bool {
     (token.starts_with('s') || token.starts_with('m')) && token.contains('_')
+}
+
+/// Counts a long-polling sync's answer by why it came (`myelin_sync_wakeups_total`).
+fn count_wakeup(outcome: &'static str) {
+    myelin_metrics::metrics().sync_wakeups.get_or_create(&myelin_metrics::OutcomeLabel { outcome }).inc();
 }

@@ -69,6 +69,27 @@ struct Job {
 /// A queued write; await it with [`EventWriter::finish`]. Queue order is commit order.
 pub(crate) struct PendingWrite(oneshot::Receiver<Written>);
 
+/// Counts a committed batch in Synapse's event persistence and federation queue metrics.
+fn count_persisted(batch: &[Job], results: &[Written], server_name: &str) {
+    let m = myelin_metrics::metrics();
+    m.writer_batch_size.observe(batch.len() as f64);
+    for (job, result) in batch.iter().zip(results) {
+        let Ok((position, _)) = result else { continue };
+        let write = &job.write;
+        m.events_persisted.inc();
+        let origin = write.sender.split_once(':').map_or("", |(_, server)| server);
+        let (origin_type, origin_entity) =
+            if origin == server_name { ("local", "*client*".to_owned()) } else { ("remote", origin.to_owned()) };
+        let labels = myelin_metrics::PersistedLabels { r#type: write.event_type.clone(), origin_type, origin_entity };
+        m.events_persisted_by_type.get_or_create(&labels).inc();
+        m.persisted_position.set(*position);
+        if !write.destinations.is_empty() {
+            m.federation_pdus_queued.inc();
+            m.federation_pdu_destinations.inc_by(write.destinations.len() as u64);
+        }
+    }
+}
+
 /// The most events one transaction commits.
 const MAX_BATCH: usize = 64;
 
@@ -78,7 +99,9 @@ pub(crate) struct EventWriter {
 }
 
 impl EventWriter {
-    pub(crate) fn start(store: std::sync::Arc<dyn Storage>) -> std::io::Result<Self> {
+    /// Starts the writer thread for the homeserver `server_name` (which tells local events
+    /// from received ones in the metrics).
+    pub(crate) fn start(store: std::sync::Arc<dyn Storage>, server_name: String) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("event-writer".into()).spawn(move || {
             while let Ok(first) = queue.recv() {
@@ -94,6 +117,7 @@ impl EventWriter {
                         events.iter().map(|_| Err(StorageError::Backend("event write panicked".into()))).collect()
                     });
                 drop(events);
+                count_persisted(&batch, &results, &server_name);
                 for (job, result) in batch.into_iter().zip(results) {
                     // The request may have gone (client disconnected); the event is written anyway.
                     let _ = job.reply.send(result);

@@ -26,6 +26,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v2/users", get(list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(user).put(put_user))
         .route("/_synapse/admin/v1/users/{user_id}/shadow_ban", post(shadow_ban).delete(lift_shadow_ban))
+        .route("/_synapse/admin/v1/suspend/{user_id}", axum::routing::put(suspend))
         .route(
             "/_synapse/admin/v1/users/{user_id}/override_ratelimit",
             get(ratelimit_override).post(set_ratelimit_override).delete(remove_ratelimit_override),
@@ -130,6 +131,7 @@ struct UsersQuery {
     guests: Option<String>,
     deactivated: Option<String>,
     admins: Option<String>,
+    locked: Option<String>,
     order_by: Option<String>,
     dir: Option<String>,
 }
@@ -143,6 +145,7 @@ async fn list_users(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<
         guests: flag(q.guests, "guests")?,
         deactivated: flag(q.deactivated, "deactivated")?,
         admins: flag(q.admins, "admins")?,
+        locked: flag(q.locked, "locked")?,
         order_by: q.order_by,
         dir: q.dir,
     };
@@ -419,6 +422,15 @@ async fn put_user(
 async fn shadow_ban(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
     hs.admin_shadow_ban(&me, &user_id, true).await?;
     Ok(axum::Json(json!({})))
+}
+
+async fn suspend(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_suspend(&me, &user_id, &body).await?))
 }
 
 async fn lift_shadow_ban(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {

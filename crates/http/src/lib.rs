@@ -26,6 +26,7 @@ mod extract;
 mod federation;
 mod keys;
 mod media;
+mod metrics;
 mod push;
 mod serve;
 
@@ -58,8 +59,8 @@ pub fn router(hs: AppState, listener: &myelin_core::config::Listener) -> Router 
     let has = |name: &str| resources.iter().any(|r| r == name);
     if resources.len() == 1 && has("metrics") {
         return Router::new()
-            .route("/_synapse/metrics", axum::routing::get(metrics))
-            .route("/metrics", axum::routing::get(metrics))
+            .route("/_synapse/metrics", axum::routing::get(metrics::page))
+            .route("/metrics", axum::routing::get(metrics::page))
             .fallback(error::unrecognized)
             .with_state(hs);
     }
@@ -76,7 +77,7 @@ pub fn router(hs: AppState, listener: &myelin_core::config::Listener) -> Router 
             .route("/.well-known/matrix/server", axum::routing::get(well_known_server));
     }
     if has("metrics") {
-        app = app.route("/_synapse/metrics", axum::routing::get(metrics));
+        app = app.route("/_synapse/metrics", axum::routing::get(metrics::page));
     }
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::any())
@@ -87,7 +88,7 @@ pub fn router(hs: AppState, listener: &myelin_core::config::Listener) -> Router 
             header::AUTHORIZATION,
         ]));
     let mut app = app
-        .route_layer(middleware::from_fn(record_route))
+        .route_layer(middleware::from_fn(metrics::record))
         .fallback(error::unrecognized)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(hs.clone(), read_whole_body))
@@ -141,10 +142,6 @@ async fn well_known_client(State(hs): State<AppState>) -> impl IntoResponse {
 
 async fn well_known_server(State(hs): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({"m.server": format!("{}:443", hs.server_name())}))
-}
-
-async fn metrics(State(hs): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], hs.modules.metrics_text())
 }
 
 /// Serves module web resources registered for exactly this path, before any routing.
@@ -215,13 +212,6 @@ async fn request_log(request: Request, next: Next) -> Response {
         headers.insert(header::HeaderName::from_static("x-request-id"), id);
     }
     response
-}
-
-/// Records the matched route template (`/_matrix/client/v3/rooms/{room_id}/send/...`) in the
-/// request's span: it names the endpoint without the IDs in the path.
-async fn record_route(route: axum::extract::MatchedPath, request: Request, next: Next) -> Response {
-    tracing::Span::current().record("route", route.as_str());
-    next.run(request).await
 }
 
 /// The TLS configuration a listener with `tls: true` serves: the PEM chain and key of

@@ -84,6 +84,10 @@ pub struct UserRow {
     pub shadow_banned: bool,
     /// Creation time, milliseconds since the epoch.
     pub creation_ts: i64,
+    /// Locked by an admin: every request with its tokens is refused (but logout).
+    pub locked: bool,
+    /// Suspended by an admin: it may read, leave rooms and redact its own events, nothing more.
+    pub suspended: bool,
 }
 
 /// A device of a user.
@@ -174,8 +178,8 @@ pub trait UserStore {
     fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>>;
     /// Replaces the password hash.
     fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()>;
-    /// Sets one of the boolean account flags: `is_admin`, `deactivated`, `shadow_banned` or
-    /// `is_guest`.
+    /// Sets one of the boolean account flags: `is_admin`, `deactivated`, `shadow_banned`,
+    /// `locked`, `suspended` or `is_guest`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
     /// Marks a user erased (deactivated with `erase`); marking again changes nothing.
     fn mark_user_erased(&self, user_id: &str) -> Result<()>;
@@ -300,6 +304,10 @@ pub enum UserFlag {
     Deactivated,
     /// Shadow-banned.
     ShadowBanned,
+    /// Locked.
+    Locked,
+    /// Suspended.
+    Suspended,
     /// A guest account (cleared when a guest registers a full account under its ID).
     Guest,
 }
@@ -1098,6 +1106,8 @@ pub struct UserListQuery {
     pub deactivated: bool,
     /// Only admins (`Some(true)`) or only non-admins (`Some(false)`).
     pub admins: Option<bool>,
+    /// Include locked accounts.
+    pub locked: bool,
     /// The order.
     pub order_by: UserOrder,
     /// Ascending (`dir=f`, the default) or descending.

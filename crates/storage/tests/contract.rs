@@ -329,6 +329,8 @@ fn user_row(user_id: &str) -> UserRow {
         deactivated: false,
         shadow_banned: false,
         creation_ts: TS,
+        locked: false,
+        suspended: false,
     }
 }
 
@@ -663,6 +665,13 @@ fn users_password_and_flags(s: &dyn Storage) {
     s.set_user_flag(ALICE, UserFlag::Admin, false).unwrap();
     let u = s.get_user(ALICE).unwrap().unwrap();
     assert!(!u.is_admin && u.deactivated && u.shadow_banned);
+    s.set_user_flag(ALICE, UserFlag::Locked, true).unwrap();
+    s.set_user_flag(ALICE, UserFlag::Suspended, true).unwrap();
+    let u = s.get_user(ALICE).unwrap().unwrap();
+    assert!(u.locked && u.suspended);
+    s.set_user_flag(ALICE, UserFlag::Locked, false).unwrap();
+    let u = s.get_user(ALICE).unwrap().unwrap();
+    assert!(!u.locked && u.suspended);
     assert_eq!(s.get_user(BOB).unwrap(), Some(user_row(BOB)), "other users untouched");
 }
 
@@ -2732,6 +2741,9 @@ fn admin_user_list_filters_orders_and_pages(s: &dyn Storage) {
         (strings(&[BOB]), 3),
         "a page, with the whole count"
     );
+    s.set_user_flag(CAROL, UserFlag::Locked, true).unwrap();
+    assert_eq!(list(&|_| {}), (strings(&[ALICE, BOB]), 2), "locked left out by default");
+    assert_eq!(list(&|q| q.locked = true), (strings(&[ALICE, BOB, CAROL]), 3));
     s.upsert_device(BOB, "B1", None).unwrap();
     s.touch_device(BOB, "B1", "127.0.0.1", "ua", TS + 50).unwrap();
     let (users, _) =

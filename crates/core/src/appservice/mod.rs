@@ -341,6 +341,7 @@ impl Homeserver {
             access_token: token.to_owned(),
             is_admin: user.is_admin,
             shadow_banned: user.shadow_banned,
+            suspended: user.suspended,
             is_guest: false,
             app_service: Some(registration.clone()),
             app_service_ts: info.as_ts,
@@ -421,6 +422,8 @@ impl Homeserver {
             deactivated: false,
             shadow_banned: false,
             creation_ts: crate::server::now_ms(),
+            locked: false,
+            suspended: false,
         };
         match self.db(move |s| s.create_user(&row, Some(&localpart))).await {
             Ok(()) => Ok(true),

@@ -171,6 +171,7 @@ impl Homeserver {
         match sent {
             Ok(response) if response.status().is_success() => {
                 tracing::debug!(appservice = %registration.id, txn = txn.txn_id, "appservice transaction sent");
+                count_sent(registration, &txn.body);
                 true
             }
             Ok(response) => {
@@ -432,4 +433,18 @@ impl Homeserver {
         members.retain(|u| u.ends_with(&suffix) && registration.is_interested_in_user(u));
         Ok(members)
     }
+}
+
+/// Counts a delivered transaction and its events in Synapse's appservice metrics.
+fn count_sent(registration: &Registration, body: &str) {
+    #[derive(serde::Deserialize)]
+    struct Events {
+        #[serde(default)]
+        events: Vec<serde::de::IgnoredAny>,
+    }
+    let m = myelin_metrics::metrics();
+    let service = myelin_metrics::ServiceLabel { service: registration.id.clone() };
+    m.appservice_transactions_sent.get_or_create(&service).inc();
+    let events = serde_json::from_str::<Events>(body).map_or(0, |e| e.events.len());
+    m.appservice_events_sent.get_or_create(&service).inc_by(events as u64);
 }

@@ -267,6 +267,7 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
         .await;
     match result {
         Ok(answer) => {
+            count_sent(&body);
             if let Some(errors) = answer["pdus"].as_object() {
                 for (id, r) in errors {
                     if let Some(e) = r.get("error") {
@@ -287,5 +288,16 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
     match hs.db(move |s| s.outbox_sent(&dest, &ids)).await {
         Ok(()) => Attempt::Progress,
         Err(_) => Attempt::Failed,
+    }
+}
+
+/// Counts a delivered transaction and its EDUs in Synapse's federation sender metrics.
+fn count_sent(body: &Value) {
+    let m = myelin_metrics::metrics();
+    m.federation_transactions_sent.inc();
+    for edu in body["edus"].as_array().into_iter().flatten() {
+        m.federation_edus_sent.inc();
+        let kind = edu["edu_type"].as_str().unwrap_or("").to_owned();
+        m.federation_edus_sent_by_type.get_or_create(&myelin_metrics::TypeName { r#type: kind }).inc();
     }
 }

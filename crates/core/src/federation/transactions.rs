@@ -32,7 +32,10 @@ impl Inbound {
         Inbound {
             per_origin: Default::default(),
             all: tokio::sync::Semaphore::new(MAX_CONCURRENT_TRANSACTIONS),
-            answered: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.federation_transactions)),
+            answered: std::sync::Mutex::new(crate::cache::BoundedMap::new(
+                "federation_transactions",
+                sizes.federation_transactions,
+            )),
         }
     }
 }
@@ -72,6 +75,10 @@ impl Homeserver {
         }
         let _slot = self.federation.inbound.all.acquire().await.map_err(Error::internal)?;
 
+        let m = myelin_metrics::metrics();
+        m.federation_transactions_received.inc();
+        m.federation_pdus_received.inc_by(pdus.len() as u64);
+        m.federation_edus_received.inc_by(edus.len() as u64);
         let mut results = Map::new();
         for pdu in pdus {
             let (id, result) = self.receive_transaction_pdu(origin, pdu).await;

@@ -721,18 +721,24 @@ impl ModuleRegistry {
         None
     }
 
-    /// Per-module, per-callback call counts and time, in Prometheus text format.
+    /// Per-module, per-callback call counts and time, as two OpenMetrics counter families
+    /// (appended to the process's metrics).
     pub fn metrics_text(&self) -> String {
-        let mut out = String::from(
-            "# TYPE myelin_module_callback_calls_total counter\n# TYPE myelin_module_callback_seconds_total counter\n",
+        let (mut calls_out, mut seconds_out) = (
+            String::from(
+                "# HELP myelin_module_callback_calls Module callback calls.\n# TYPE myelin_module_callback_calls counter\n",
+            ),
+            String::from(
+                "# HELP myelin_module_callback_seconds Time spent in module callbacks.\n# TYPE myelin_module_callback_seconds counter\n",
+            ),
         );
         let callbacks = self.callbacks();
         let mut each = |callback: &str, module: &str, calls: u64, nanos: u64| {
-            out.push_str(&format!(
-                "myelin_module_callback_calls_total{{module=\"{module}\",callback=\"{callback}\"}} {calls}\n\
-                 myelin_module_callback_seconds_total{{module=\"{module}\",callback=\"{callback}\"}} {:.9}\n",
-                nanos as f64 / 1e9
-            ));
+            let labels =
+                format!("module=\"{}\",callback=\"{callback}\"", module.replace('\\', "\\\\").replace('"', "\\\""));
+            calls_out.push_str(&format!("myelin_module_callback_calls_total{{{labels}}} {calls}\n"));
+            seconds_out
+                .push_str(&format!("myelin_module_callback_seconds_total{{{labels}}} {:.9}\n", nanos as f64 / 1e9));
         };
         callbacks.spam.for_each_metric(&mut each);
         callbacks.rules.for_each_metric(&mut each);
@@ -742,7 +748,7 @@ impl ModuleRegistry {
         callbacks.ratelimit.for_each_metric(&mut each);
         callbacks.presence_router.for_each_metric(&mut each);
         callbacks.unsigned.for_each_metric(&mut each);
-        out
+        calls_out + &seconds_out
     }
 }
 

@@ -98,6 +98,7 @@ impl Homeserver {
         if requester.is_guest {
             return Err(guest_forbidden());
         }
+        requester.refuse_if_suspended(super::send::SUSPENDED_SENDING)?;
         // As Synapse: `rc_room_creation` and `rc_message` both, neither counted unless both pass.
         let user = requester.user_id.as_str();
         self.peek_user(&self.limiters.room_creation, user, None).await?;

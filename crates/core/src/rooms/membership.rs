@@ -50,6 +50,7 @@ impl Homeserver {
         if requester.is_guest && !["join", "leave"].contains(&action) {
             return Err(guest_forbidden());
         }
+        self.refuse_suspended_membership(requester, target, action).await?;
         // Rejecting an invite to a room this server is not in goes through the inviter (a local
         // inviter's room is left here, even once nobody is joined).
         if action == "leave"
@@ -193,6 +194,32 @@ impl Homeserver {
         Ok(Arc::new(serde_json::from_str(&appended.json).map_err(Error::internal)?))
     }
 
+    /// Synapse's suspension rules for membership: a suspended account may make only `leave`
+    /// events (leaving, kicking, unbanning); nobody may join a suspended account to a room.
+    async fn refuse_suspended_membership(&self, requester: &Requester, target: &UserId, action: &str) -> Result<()> {
+        match action {
+            "invite" => requester.refuse_if_suspended("Sending invites while account is suspended is not allowed.")?,
+            "join" | "knock" => {
+                let target_suspended = if target == requester.user_id {
+                    requester.suspended
+                } else {
+                    let t = target.to_string();
+                    !requester.is_internal() && self.db(move |s| s.get_user(&t)).await?.is_some_and(|u| u.suspended)
+                };
+                if target_suspended {
+                    let what = if action == "join" { "Joining rooms" } else { "Knocking on rooms" };
+                    return Err(Error::new(
+                        ErrorKind::Module { status: 403, errcode: "M_USER_SUSPENDED".into() },
+                        format!("{what} while account is suspended is not allowed."),
+                    ));
+                }
+            }
+            "leave" | "kick" | "unban" => {}
+            _ => requester.refuse_if_suspended("Changing membership while account is suspended is not allowed.")?,
+        }
+        Ok(())
+    }
+
     /// Joins a room by ID or alias. `content` (the request's body: a `reason`, or any other
     /// keys, as Synapse allows) goes into the member event.
     pub async fn join_room(
@@ -202,6 +229,7 @@ impl Homeserver {
         via: &[String],
         mut content: Map<String, Value>,
     ) -> Result<OwnedRoomId> {
+        requester.refuse_if_suspended("Joining rooms while account is suspended is not allowed.")?;
         // The server decides these.
         for key in ["membership", "join_authorised_via_users_server"] {
             content.remove(key);
@@ -285,6 +313,7 @@ impl Homeserver {
     /// `POST /knock/{roomIdOrAlias}`: asks to join a room whose join rule is `knock` or
     /// `knock_restricted` (rooms this server is in; knocking over federation is not built yet).
     pub async fn knock(&self, requester: &Requester, room: &str, reason: Option<String>) -> Result<OwnedRoomId> {
+        requester.refuse_if_suspended("Knocking on rooms while account is suspended is not allowed.")?;
         let room_id = if room.starts_with('#') {
             parse_room_id(&self.resolve_alias(room).await?.0)?
         } else {

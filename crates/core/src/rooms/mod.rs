@@ -425,11 +425,11 @@ impl RoomsState {
     pub(crate) fn new(writer: EventWriter, recent_txns: RecentTxns, sizes: &crate::cache::CacheSizes) -> Self {
         RoomsState {
             caches: Default::default(),
-            state_events: std::sync::Mutex::new(BoundedMap::new(sizes.state_events)),
+            state_events: std::sync::Mutex::new(BoundedMap::new("state_events", sizes.state_events)),
             writer,
             txns_in_flight: Default::default(),
             recent_txns: std::sync::Mutex::new(recent_txns),
-            visibility_cache: std::sync::Mutex::new(BoundedMap::new(sizes.visibility)),
+            visibility_cache: std::sync::Mutex::new(BoundedMap::new("state_group_visibility", sizes.visibility)),
             create_clock: Default::default(),
             max_room_caches: sizes.rooms,
             deletions: Default::default(),

@@ -2,7 +2,25 @@
 
 use super::*;
 
+/// Synapse's refusal of a suspended account's messages and state (and room creation).
+pub(crate) const SUSPENDED_SENDING: &str = "Sending messages while account is suspended is not allowed.";
+
 impl Homeserver {
+    /// A suspended account may redact its own events only (an unknown event is left to the
+    /// usual checks, as Synapse does).
+    async fn refuse_suspended_redaction(&self, requester: &Requester, event_id: &str) -> Result<()> {
+        let id = event_id.to_owned();
+        let sender = self.db(move |s| s.get_event(&id)).await?.and_then(|row| {
+            serde_json::from_str::<Value>(&row.json).ok().and_then(|j| j["sender"].as_str().map(str::to_owned))
+        });
+        match sender {
+            Some(sender) if sender != requester.user_id.as_str() => {
+                requester.refuse_if_suspended("You can only redact your own events while account is suspended.")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Sends a message-like event (`PUT /send`), idempotent per device and transaction ID.
     pub async fn send_message(
         &self,
@@ -13,6 +31,12 @@ impl Homeserver {
         content: Map<String, Value>,
     ) -> Result<String> {
         let room_id = parse_room_id(room_id)?;
+        if requester.suspended {
+            match content.get("redacts").and_then(Value::as_str).filter(|_| kind == "m.room.redaction") {
+                Some(redacted) => self.refuse_suspended_redaction(requester, redacted).await?,
+                None => requester.refuse_if_suspended(SUSPENDED_SENDING)?,
+            }
+        }
         if requester.shadow_banned {
             crate::users::shadow_ban_delay().await;
             return Ok(format!("${}", random_string(43)));
@@ -68,6 +92,7 @@ impl Homeserver {
         if kind == "m.room.create" {
             return Err(Error::forbidden("Cannot change m.room.create"));
         }
+        requester.refuse_if_suspended(SUSPENDED_SENDING)?;
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(&room_id, &content).await?;
         }
@@ -135,6 +160,9 @@ impl Homeserver {
     ) -> Result<String> {
         let room_id = parse_room_id(room_id)?;
         OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+        if requester.suspended {
+            self.refuse_suspended_redaction(requester, event_id).await?;
+        }
         if requester.shadow_banned {
             crate::users::shadow_ban_delay().await;
             return Ok(format!("${}", random_string(43)));

@@ -133,8 +133,8 @@ impl SlidingSyncState {
     pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
         SlidingSyncState {
             connections: Default::default(),
-            latest: Mutex::new(BoundedMap::new(sizes.room_activity)),
-            memberships: Mutex::new(BoundedMap::new(sizes.user_memberships)),
+            latest: Mutex::new(BoundedMap::new("room_activity", sizes.room_activity)),
+            memberships: Mutex::new(BoundedMap::new("user_memberships", sizes.user_memberships)),
             reads: Default::default(),
         }
     }

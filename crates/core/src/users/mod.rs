@@ -234,8 +234,8 @@ pub(crate) struct AccountsState {
 impl AccountsState {
     pub(crate) fn new(sizes: &crate::cache::CacheSizes) -> Self {
         AccountsState {
-            last_seen: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)),
-            ignored: std::sync::Mutex::new(crate::cache::BoundedMap::new(sizes.last_seen)),
+            last_seen: std::sync::Mutex::new(crate::cache::BoundedMap::new("last_seen", sizes.last_seen)),
+            ignored: std::sync::Mutex::new(crate::cache::BoundedMap::new("ignored_users", sizes.last_seen)),
             erased: std::sync::RwLock::new(None),
         }
     }
@@ -305,6 +305,17 @@ impl Homeserver {
         if user.deactivated {
             return Err(Error::new(ErrorKind::UnknownToken, "Unknown access token"));
         }
+        // A locked account may only log out (Synapse's `allow_locked`, which its logout
+        // endpoints pass, as they pass `allow_expired`).
+        if user.locked && !allow_expired {
+            let mut soft_logout = serde_json::Map::new();
+            soft_logout.insert("soft_logout".into(), true.into());
+            return Err(Error::new(
+                ErrorKind::Module { status: 401, errcode: "M_USER_LOCKED".into() },
+                "User account has been locked",
+            )
+            .with_fields(soft_logout));
+        }
         if !allow_expired && self.modules.has_is_user_expired() && self.modules.is_user_expired(&user.user_id).await? {
             return Err(crate::modules::third_party::expired());
         }
@@ -335,6 +346,7 @@ impl Homeserver {
             access_token: token.to_owned(),
             is_admin: user.is_admin,
             shadow_banned: user.shadow_banned,
+            suspended: user.suspended,
             is_guest: user.is_guest,
             app_service: None,
             app_service_ts: None,
@@ -472,6 +484,9 @@ impl Homeserver {
             access_token: String::new(),
             is_admin,
             shadow_banned: false,
+            // What the server does on a user's behalf is not held to their suspension (Synapse's
+            // `request_by_server`).
+            suspended: false,
             is_guest: false,
             app_service: None,
             app_service_ts: None,

@@ -33,6 +33,9 @@ pub fn check_profile_field_name(field: &str) -> Result<()> {
     Ok(())
 }
 
+/// Synapse's refusal of a suspended account's profile changes.
+const SUSPENDED_PROFILE: &str = "Updating profile while account is suspended is not allowed.";
+
 impl Homeserver {
     /// `(displayname, avatar_url)` of a local user; both `None` if unknown.
     pub(crate) async fn profile_of(&self, user_id: &str) -> Result<(Option<String>, Option<String>)> {
@@ -102,6 +105,7 @@ impl Homeserver {
     ) -> Result<()> {
         let user = parse_profile_user(user_id)?;
         check_profile_field_name(field)?;
+        requester.refuse_if_suspended(SUSPENDED_PROFILE)?;
         let Some(value) = body.get(field) else {
             return Err(Error::new(ErrorKind::MissingParam, format!("Missing key '{field}'")));
         };
@@ -122,6 +126,7 @@ impl Homeserver {
     pub async fn delete_profile_field(&self, requester: &Requester, user_id: &str, field: &str) -> Result<()> {
         let user = parse_profile_user(user_id)?;
         check_profile_field_name(field)?;
+        requester.refuse_if_suspended(SUSPENDED_PROFILE)?;
         match field {
             "displayname" | "avatar_url" => self.set_profile_field(requester, user.as_str(), field, None).await,
             _ => self.set_custom_profile_field(requester, &user, field, None).await,
@@ -180,6 +185,7 @@ impl Homeserver {
         if user_id != requester.user_id.as_str() {
             return Err(Error::forbidden("You cannot set another user's profile"));
         }
+        requester.refuse_if_suspended(SUSPENDED_PROFILE)?;
         let column = match field {
             "displayname" => ProfileField::DisplayName,
             "avatar_url" => ProfileField::AvatarUrl,

@@ -391,6 +391,8 @@ impl Homeserver {
             deactivated: false,
             shadow_banned: false,
             creation_ts: now_ms(),
+            locked: false,
+            suspended: false,
         };
         self.db(move |s| s.create_user(&row, None)).await?;
         // Guests' tokens never expire, as on Synapse.
@@ -456,6 +458,8 @@ impl Homeserver {
             deactivated: false,
             shadow_banned: behaviour == RegistrationBehaviour::ShadowBan,
             creation_ts: now_ms(),
+            locked: false,
+            suspended: false,
         };
         let lp = localpart.clone();
         match self.db(move |s| s.create_user(&row, Some(&lp))).await {

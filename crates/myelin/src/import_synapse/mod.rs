@@ -319,7 +319,8 @@ pub fn import_rows(
 fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(), String> {
     let rows = db.rows(
         "SELECT u.name, u.password_hash, coalesce(u.creation_ts, 0), u.admin, u.is_guest, u.deactivated,
-                coalesce(u.shadow_banned, FALSE), p.displayname, p.avatar_url, CAST(p.fields AS TEXT)
+                coalesce(u.shadow_banned, FALSE), p.displayname, p.avatar_url, CAST(p.fields AS TEXT),
+                coalesce(u.locked, FALSE), coalesce(u.suspended, FALSE)
          FROM users u LEFT JOIN profiles p ON p.full_user_id = u.name ORDER BY u.name",
         &[],
     )?;
@@ -333,6 +334,8 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
             is_guest: r.flag(4),
             deactivated: r.flag(5),
             shadow_banned: r.flag(6),
+            locked: r.flag(10),
+            suspended: r.flag(11),
         };
         // A user an interrupted run made is there already.
         if store.get_user(&user.user_id).map_err(store_err)?.is_none() {

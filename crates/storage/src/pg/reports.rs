@@ -65,28 +65,32 @@ impl AdminStore for PostgresStore {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE ($1::TEXT IS NULL OR strpos(lower(u.user_id), lower($1)) > 0 OR strpos(lower(coalesce(p.displayname, '')), lower($1)) > 0)
                AND ($2::TEXT IS NULL OR strpos(lower(u.user_id), lower($2)) > 0)
-               AND ($3 OR NOT u.is_guest) AND ($4 OR NOT u.deactivated) AND ($5::BOOLEAN IS NULL OR u.is_admin = $5)";
+               AND ($3 OR NOT u.is_guest) AND ($4 OR NOT u.deactivated) AND ($5::BOOLEAN IS NULL OR u.is_admin = $5)
+               AND ($6 OR NOT u.locked)";
         let order = if q.forwards { "ASC" } else { "DESC" };
         let column = crate::sqlite::user_order_column(q.order_by);
         self.read(|db| {
             let total: i64 = db
-                .one(&format!("SELECT count(*) {filter}"), &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins])?
+                .one(
+                    &format!("SELECT count(*) {filter}"),
+                    &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.locked],
+                )?
                 .get(0);
             let rows = db.rows(
                 &format!(
                     "SELECT u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts,
-                        p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
-                     {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT $6 OFFSET $7"
+                        u.locked, u.suspended, p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
+                     {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT $7 OFFSET $8"
                 ),
-                &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.limit, &q.from],
+                &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.locked, &q.limit, &q.from],
             )?;
             let users = rows
                 .iter()
                 .map(|r| ListedUser {
                     user: super::users::user_from_row(r),
-                    displayname: r.get(7),
-                    avatar_url: r.get(8),
-                    last_seen_ts: r.get(9),
+                    displayname: r.get(9),
+                    avatar_url: r.get(10),
+                    last_seen_ts: r.get(11),
                 })
                 .collect();
             Ok((users, total))

@@ -7,7 +7,7 @@ use super::keys::delete_device_crypto;
 use super::*;
 
 pub(super) const USER_COLUMNS: &str =
-    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts, locked, suspended";
 
 /// A [`UserRow`] from a row selected as [`USER_COLUMNS`].
 pub(super) fn user_from_row(r: &Row) -> UserRow {
@@ -19,6 +19,8 @@ pub(super) fn user_from_row(r: &Row) -> UserRow {
         deactivated: r.get(4),
         shadow_banned: r.get(5),
         creation_ts: r.get(6),
+        locked: r.get(7),
+        suspended: r.get(8),
     }
 }
 
@@ -27,7 +29,7 @@ impl UserStore for PostgresStore {
         self.write(|tx| {
             // A taken ID is a unique violation, which `backend` reports as `Conflict`.
             tx.exec(
-                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
                 &[
                     &u.user_id,
                     &u.password_hash,
@@ -36,6 +38,8 @@ impl UserStore for PostgresStore {
                     &u.deactivated,
                     &u.shadow_banned,
                     &u.creation_ts,
+                    &u.locked,
+                    &u.suspended,
                 ],
             )?;
             tx.exec("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", &[&u.user_id, &displayname])?;
@@ -79,6 +83,8 @@ impl UserStore for PostgresStore {
             UserFlag::Admin => "is_admin",
             UserFlag::Deactivated => "deactivated",
             UserFlag::ShadowBanned => "shadow_banned",
+            UserFlag::Locked => "locked",
+            UserFlag::Suspended => "suspended",
             UserFlag::Guest => "is_guest",
         };
         self.write(|tx| {

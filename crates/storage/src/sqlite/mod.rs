@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0022_profile_fields.sql"),
     include_str!("../migrations/0023_blocked_rooms_external_ids.sql"),
     include_str!("../migrations/0024_media_quarantine.sql"),
+    include_str!("../migrations/0025_locked_suspended.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

@@ -86,26 +86,27 @@ impl AdminStore for SqliteStore {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)
                AND (?2 IS NULL OR instr(lower(u.user_id), lower(?2)) > 0)
-               AND (?3 OR u.is_guest = 0) AND (?4 OR u.deactivated = 0) AND (?5 IS NULL OR u.is_admin = ?5)";
+               AND (?3 OR u.is_guest = 0) AND (?4 OR u.deactivated = 0) AND (?5 IS NULL OR u.is_admin = ?5)
+               AND (?8 OR u.locked = 0)";
         let conn = self.reader();
-        let args = params![q.name, q.user_id, q.guests, q.deactivated, q.admins];
+        let args = params![q.name, q.user_id, q.guests, q.deactivated, q.admins, q.limit, q.from, q.locked];
         let total: i64 = conn.row(&format!("SELECT count(*) {filter}"), args, |r| r.get(0)).map_err(backend)?;
         let order = if q.forwards { "ASC" } else { "DESC" };
         let column = user_order_column(q.order_by);
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts,
-                    p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
+                    u.locked, u.suspended, p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
                  {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT ?6 OFFSET ?7"
             ))
             .map_err(backend)?;
         let rows = stmt
-            .query_map(params![q.name, q.user_id, q.guests, q.deactivated, q.admins, q.limit, q.from], |r| {
+            .query_map(args, |r| {
                 Ok(ListedUser {
                     user: super::users::user_from_row(r)?,
-                    displayname: r.get(7)?,
-                    avatar_url: r.get(8)?,
-                    last_seen_ts: r.get(9)?,
+                    displayname: r.get(9)?,
+                    avatar_url: r.get(10)?,
+                    last_seen_ts: r.get(11)?,
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())

@@ -11,19 +11,31 @@ pub(super) fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> 
         deactivated: r.get(4)?,
         shadow_banned: r.get(5)?,
         creation_ts: r.get(6)?,
+        locked: r.get(7)?,
+        suspended: r.get(8)?,
     })
 }
 
 pub(super) const USER_COLUMNS: &str =
-    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts";
+    "user_id, password_hash, is_admin, is_guest, deactivated, shadow_banned, creation_ts, locked, suspended";
 
 impl UserStore for SqliteStore {
     fn create_user(&self, u: &UserRow, displayname: Option<&str>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
         tx.exec(
-            &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-            params![u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts],
+            &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                u.user_id,
+                u.password_hash,
+                u.is_admin,
+                u.is_guest,
+                u.deactivated,
+                u.shadow_banned,
+                u.creation_ts,
+                u.locked,
+                u.suspended
+            ],
         )
         .map_err(backend)?;
         tx.exec("INSERT INTO profiles (user_id, displayname) VALUES (?1, ?2)", params![u.user_id, displayname])
@@ -81,6 +93,8 @@ impl UserStore for SqliteStore {
             UserFlag::Admin => "is_admin",
             UserFlag::Deactivated => "deactivated",
             UserFlag::ShadowBanned => "shadow_banned",
+            UserFlag::Locked => "locked",
+            UserFlag::Suspended => "suspended",
             UserFlag::Guest => "is_guest",
         };
         self.conn()
