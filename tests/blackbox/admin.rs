@@ -1216,3 +1216,122 @@ async fn suspended_accounts_may_read_leave_and_redact_their_own_events_only() {
     assert_eq!(s.join(&alice, &other_room).await.0, 200);
     assert_eq!(s.send_text(&alice, &other_room, "back").await.0, 200);
 }
+
+/// Polls a task's status endpoint until it leaves `scheduled` and `active`.
+async fn settled(s: &Server, token: &str, path: &str) -> Value {
+    for _ in 0..100 {
+        let (st, b) = s.get(path, Some(token)).await;
+        assert_eq!(st, 200, "{b}");
+        if !matches!(b["status"].as_str(), Some("scheduled" | "active")) {
+            return b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{path} never settled");
+}
+
+#[tokio::test]
+async fn admins_redact_all_of_a_users_events_and_list_the_tasks() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let spammer = s.register("spammer").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    let quiet = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&spammer, &room).await.0, 200);
+    assert_eq!(s.join(&spammer, &quiet).await.0, 200);
+    let mut spam = Vec::new();
+    for i in 0..3 {
+        spam.push(s.send_text(&spammer, &room, &format!("spam {i}")).await.1["event_id"].as_str().unwrap().to_owned());
+    }
+    let kept_elsewhere =
+        s.send_text(&spammer, &quiet, "in the other room").await.1["event_id"].as_str().unwrap().to_owned();
+    let (_, bobs) = s.send_text(&bob, &room, "bob's").await;
+    let bobs = bobs["event_id"].as_str().unwrap().to_owned();
+
+    // Refused: not an admin, no rooms list, a bad limit.
+    let path = "/_synapse/admin/v1/user/@spammer:test/redact";
+    let (st, b) = s.post(path, Some(&bob.token), json!({"rooms": []})).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+    let (st, b) = s.post(path, Some(&root.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{b}");
+    let (st, b) = s.post(path, Some(&root.token), json!({"rooms": [], "limit": 0})).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, b) = s.get("/_synapse/admin/v1/user/redact_status/nope", Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{b}");
+
+    // In one room only, at most 2 events: the newest two.
+    let (st, b) = s.post(path, Some(&root.token), json!({"rooms": [room], "limit": 2, "reason": "spam"})).await;
+    assert_eq!(st, 200, "{b}");
+    let id = b["redact_id"].as_str().unwrap().to_owned();
+    let status = settled(&s, &root.token, &format!("/_synapse/admin/v1/user/redact_status/{id}")).await;
+    assert_eq!(status, json!({"status": "complete", "failed_redactions": {}}));
+    let redacted = |event: &str| {
+        let url = format!("/_matrix/client/v3/rooms/{room}/event/{}", path_segment(event));
+        let token = bob.token.clone();
+        let s = &s;
+        async move {
+            let (_, b) = s.get(&url, Some(&token)).await;
+            b["content"].as_object().is_some_and(|c| c.is_empty())
+        }
+    };
+    assert!(redacted(&spam[2]).await && redacted(&spam[1]).await);
+    assert!(!redacted(&spam[0]).await, "beyond the limit");
+    assert!(!redacted(&bobs).await, "someone else's");
+    let other = format!("/_matrix/client/v3/rooms/{quiet}/event/{}", path_segment(&kept_elsewhere));
+    assert_eq!(s.get(&other, Some(&bob.token)).await.1["content"]["body"], "in the other room");
+
+    // Every room (the list empty): the rest of their messages, their joins too.
+    let (_, b) = s.post(path, Some(&root.token), json!({"rooms": []})).await;
+    let id2 = b["redact_id"].as_str().unwrap().to_owned();
+    settled(&s, &root.token, &format!("/_synapse/admin/v1/user/redact_status/{id2}")).await;
+    assert!(redacted(&spam[0]).await);
+    assert!(s.get(&other, Some(&bob.token)).await.1["content"].as_object().unwrap().is_empty());
+    assert!(!redacted(&bobs).await);
+
+    // The scheduled tasks list both, and filters.
+    let (st, b) = s.get("/_synapse/admin/v1/scheduled_tasks", Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    let tasks = b["scheduled_tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "{b}");
+    assert_eq!(
+        (tasks[0]["action"].as_str(), tasks[0]["resource_id"].as_str()),
+        (Some("redact_all_events"), Some("@spammer:test"))
+    );
+    assert_eq!(tasks[0]["status"], "complete");
+    let (_, b) =
+        s.get("/_synapse/admin/v1/scheduled_tasks?action_name=shutdown_and_purge_room", Some(&root.token)).await;
+    assert_eq!(b["scheduled_tasks"], json!([]));
+    let (_, b) = s.get("/_synapse/admin/v1/scheduled_tasks?status=active&status=scheduled", Some(&root.token)).await;
+    assert_eq!(b["scheduled_tasks"], json!([]));
+    let (st, b) = s.get("/_synapse/admin/v1/scheduled_tasks?status=bogus", Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+    let (st, b) = s.get("/_synapse/admin/v1/scheduled_tasks", Some(&bob.token)).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+}
+
+#[tokio::test]
+async fn background_updates_answer_as_synapse_with_none_to_run() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let bob = s.register("bob").await;
+    let base = "/_synapse/admin/v1/background_updates";
+    let (st, b) = s.get(&format!("{base}/status"), Some(&root.token)).await;
+    assert_eq!((st, b), (200, json!({"enabled": true, "current_updates": {}})));
+    let (st, b) = s.post(&format!("{base}/enabled"), Some(&root.token), json!({"enabled": false})).await;
+    assert_eq!((st, b), (200, json!({"enabled": false})));
+    assert_eq!(s.get(&format!("{base}/enabled"), Some(&root.token)).await.1, json!({"enabled": false}));
+    let (st, b) = s.post(&format!("{base}/enabled"), Some(&root.token), json!({"enabled": "no"})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("'enabled' parameter must be a boolean")), "{b}");
+    let (st, b) =
+        s.post(&format!("{base}/start_job"), Some(&root.token), json!({"job_name": "regenerate_directory"})).await;
+    assert_eq!((st, b), (200, json!({})));
+    let (st, b) = s.post(&format!("{base}/start_job"), Some(&root.token), json!({"job_name": "nonsense"})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("Invalid job_name")), "{b}");
+    let (st, b) = s.post(&format!("{base}/start_job"), Some(&root.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{b}");
+    let (st, b) = s.get(&format!("{base}/status"), Some(&bob.token)).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+}

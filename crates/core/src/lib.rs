@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_tasks;
 pub mod appservice;
 mod bus;
 pub mod cache;

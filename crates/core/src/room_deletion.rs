@@ -5,8 +5,8 @@
 //! A shutdown makes every local member (joined, invited or knocking) leave, optionally after
 //! creating a new room (`new_room_user_id`) that they are joined to and the room's local aliases
 //! move to; a purge then removes every trace of the room from storage and from every process's
-//! caches. v2 deletions run in the background; their status is kept in memory by the process
-//! that runs them (Synapse keeps it as a scheduled task in the database).
+//! caches. v2 deletions run in the background as admin tasks (`admin_tasks`), whose status the
+//! process that runs them keeps (Synapse keeps it as a scheduled task in the database).
 
 use std::sync::Arc;
 
@@ -14,7 +14,8 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::admin::audit;
-use crate::server::{now_ms, random_string};
+use crate::admin_tasks::AdminTask;
+use crate::server::random_string;
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
 /// The name Synapse gives the room users are moved to.
@@ -22,9 +23,6 @@ const DEFAULT_ROOM_NAME: &str = "Content Violation Notification";
 /// The message Synapse posts there.
 const DEFAULT_MESSAGE: &str =
     "Sharing illegal content on this server is not permitted and rooms in violation will be blocked.";
-
-/// How long a finished deletion's status is kept (Synapse keeps scheduled tasks a week).
-const STATUS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// A deletion's parameters (Synapse's `ShutdownRoomParams`).
 #[derive(Debug, Clone, Default)]
@@ -67,33 +65,22 @@ impl ShutdownParams {
     }
 }
 
-/// One v2 deletion, as `delete_status` reports it.
-#[derive(Debug, Clone)]
-pub(crate) struct RoomDeletion {
-    delete_id: String,
-    room_id: String,
-    /// `scheduled`, `active`, `complete` or `failed` (Synapse's task statuses).
-    status: &'static str,
-    /// The shutdown's result so far (`kicked_users`, ...), `null` before it starts.
-    result: Value,
-    error: Option<String>,
-    updated_ts: i64,
+/// A v2 deletion, as `delete_status` reports it.
+fn deletion_json(task: &AdminTask) -> Value {
+    let mut out = json!({
+        "delete_id": task.id,
+        "room_id": task.resource_id,
+        "status": task.status,
+        "shutdown_room": task.result,
+    });
+    if let Some(e) = &task.error {
+        out["error"] = json!(e);
+    }
+    out
 }
 
-impl RoomDeletion {
-    fn to_json(&self) -> Value {
-        let mut out = json!({
-            "delete_id": self.delete_id,
-            "room_id": self.room_id,
-            "status": self.status,
-            "shutdown_room": self.result,
-        });
-        if let Some(e) = &self.error {
-            out["error"] = json!(e);
-        }
-        out
-    }
-}
+/// Synapse's action name for room deletions.
+const DELETION: &str = "shutdown_and_purge_room";
 
 fn legal_room_id(room_id: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(room_id)
@@ -149,14 +136,8 @@ impl Homeserver {
     /// block). A deletion of the room already under way is not started twice.
     pub(crate) fn module_delete_room(self: &Arc<Self>, room_id: &str) -> Result<()> {
         let room = legal_room_id(room_id)?;
-        let busy = self
-            .rooms
-            .deletions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|d| d.room_id == room_id && matches!(d.status, "scheduled" | "active"));
-        if !busy {
+        let busy = self.admin_tasks.matching(|t| t.action == DELETION && t.resource_id == room_id && t.is_running());
+        if busy.is_empty() {
             self.start_room_deletion(room, ShutdownParams { purge: true, ..Default::default() });
         }
         Ok(())
@@ -164,24 +145,11 @@ impl Homeserver {
 
     /// Runs a shutdown (and purge) in the background, its status kept under a new delete ID.
     fn start_room_deletion(self: &Arc<Self>, room: OwnedRoomId, params: ShutdownParams) -> String {
-        let delete_id = random_string(16);
-        {
-            let mut deletions = self.rooms.deletions.lock().unwrap_or_else(|p| p.into_inner());
-            deletions
-                .retain(|d| matches!(d.status, "scheduled" | "active") || now_ms() - d.updated_ts < STATUS_KEPT_MS);
-            deletions.push(RoomDeletion {
-                delete_id: delete_id.clone(),
-                room_id: room.to_string(),
-                status: "scheduled",
-                result: Value::Null,
-                error: None,
-                updated_ts: now_ms(),
-            });
-        }
+        let delete_id = self.admin_tasks.schedule(DELETION, room.as_str());
         let hs = self.clone();
         let id = delete_id.clone();
         tokio::spawn(async move {
-            hs.update_deletion(&id, "active", Some(empty_result()), None);
+            hs.admin_tasks.update(&id, "active", Some(empty_result()), None);
             let outcome = async {
                 let result = hs.shutdown_room(&room, &params, Some(&id)).await?;
                 if params.purge {
@@ -194,35 +162,26 @@ impl Homeserver {
             }
             .await;
             match outcome {
-                Ok(result) => hs.update_deletion(&id, "complete", Some(result), None),
+                Ok(result) => hs.admin_tasks.update(&id, "complete", Some(result), None),
                 Err(e) => {
                     tracing::warn!(room = %room, error = %e.message, "room deletion failed");
-                    hs.update_deletion(&id, "failed", None, Some(e.message));
+                    hs.admin_tasks.update(&id, "failed", None, Some(e.message));
                 }
             }
         });
         delete_id
     }
 
-    fn update_deletion(&self, delete_id: &str, status: &'static str, result: Option<Value>, error: Option<String>) {
-        let mut deletions = self.rooms.deletions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = deletions.iter_mut().find(|d| d.delete_id == delete_id) {
-            d.status = status;
-            if let Some(r) = result {
-                d.result = r;
-            }
-            d.error = error;
-            d.updated_ts = now_ms();
-        }
-    }
-
     /// `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`.
     pub fn admin_room_delete_status(&self, requester: &Requester, room_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
         legal_room_id(room_id)?;
-        let deletions = self.rooms.deletions.lock().unwrap_or_else(|p| p.into_inner());
-        let results: Vec<Value> =
-            deletions.iter().filter(|d| d.room_id == room_id).map(RoomDeletion::to_json).collect();
+        let results: Vec<Value> = self
+            .admin_tasks
+            .matching(|t| t.action == DELETION && t.resource_id == room_id)
+            .iter()
+            .map(deletion_json)
+            .collect();
         if results.is_empty() {
             return Err(Error::not_found(format!("No delete task for room_id '{room_id}' found")));
         }
@@ -232,11 +191,10 @@ impl Homeserver {
     /// `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}`.
     pub fn admin_delete_status(&self, requester: &Requester, delete_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let deletions = self.rooms.deletions.lock().unwrap_or_else(|p| p.into_inner());
-        deletions
-            .iter()
-            .find(|d| d.delete_id == delete_id)
-            .map(RoomDeletion::to_json)
+        self.admin_tasks
+            .matching(|t| t.action == DELETION && t.id == delete_id)
+            .first()
+            .map(deletion_json)
             .ok_or_else(|| Error::not_found(format!("delete id '{delete_id}' not found")))
     }
 
@@ -323,7 +281,7 @@ impl Homeserver {
             result["new_room_id"] = json!(id);
             new_room = Some((id, creator));
             if let Some(d) = delete_id {
-                self.update_deletion(d, "active", Some(result.clone()), None);
+                self.admin_tasks.update(d, "active", Some(result.clone()), None);
             }
         }
         let r = room.to_string();
@@ -358,7 +316,7 @@ impl Homeserver {
                 users.push(json!(user));
             }
             if let Some(d) = delete_id {
-                self.update_deletion(d, "active", Some(result.clone()), None);
+                self.admin_tasks.update(d, "active", Some(result.clone()), None);
             }
         }
         if let Some((new_room, creator)) = &new_room {

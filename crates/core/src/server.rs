@@ -64,6 +64,8 @@ pub struct Homeserver {
     pub config: Config,
     /// URL previews answered lately (see `url_preview`).
     pub(crate) url_previews: crate::url_preview::PreviewCache,
+    /// The admin API's background tasks and their statuses (see `admin_tasks`).
+    pub(crate) admin_tasks: crate::admin_tasks::AdminTasks,
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) key: SigningKey,
     /// The module callback registry and web resources.
@@ -108,6 +110,7 @@ impl Homeserver {
         Ok(Arc::new(Homeserver {
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
             url_previews: Default::default(),
+            admin_tasks: Default::default(),
             bus: Default::default(),
             federation: crate::federation::FederationState {
                 client: federation,

@@ -65,6 +65,12 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/room/{room_id}/media/quarantine", post(quarantine_room_media))
         .route("/_synapse/admin/v1/quarantine_media/{room_id}", post(quarantine_room_media))
         .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(quarantine_user_media))
+        .route("/_synapse/admin/v1/user/{user_id}/redact", post(redact_user))
+        .route("/_synapse/admin/v1/user/redact_status/{redact_id}", get(redact_status))
+        .route("/_synapse/admin/v1/scheduled_tasks", get(scheduled_tasks))
+        .route("/_synapse/admin/v1/background_updates/enabled", get(background_updates).post(set_background_updates))
+        .route("/_synapse/admin/v1/background_updates/status", get(background_updates_status))
+        .route("/_synapse/admin/v1/background_updates/start_job", post(start_background_job))
         .route("/_synapse/admin/v1/users/{user_id}/media", get(user_media).delete(delete_user_media))
         .route("/_synapse/admin/v1/send_server_notice", post(send_server_notice))
         .route("/_synapse/admin/v1/send_server_notice/{txn_id}", axum::routing::put(send_server_notice_txn))
@@ -92,6 +98,66 @@ async fn set_admin(
 ) -> Answer {
     hs.admin_set_admin(&me, &user_id, body.get("admin")).await?;
     Ok(axum::Json(json!({})))
+}
+
+async fn redact_user(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_redact_user(&me, &user_id, &body).await?))
+}
+
+async fn redact_status(State(hs): State<AppState>, Auth(me): Auth, Path(redact_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_redact_status(&me, &redact_id)?))
+}
+
+/// `GET /_synapse/admin/v1/scheduled_tasks`: `action_name` and `status` (or `job_status`) may
+/// repeat, so the query is read whole.
+async fn scheduled_tasks(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Answer {
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let all = |name: &str| pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let mut statuses = all("status");
+    if statuses.is_empty() {
+        statuses = all("job_status");
+    }
+    let filter = myelin_core::admin_tasks::TaskFilter {
+        actions: all("action_name"),
+        resource_id: all("resource_id").pop(),
+        statuses,
+        max_timestamp: integer(all("max_timestamp").pop(), "max_timestamp")?,
+    };
+    Ok(axum::Json(hs.admin_scheduled_tasks(&me, filter)?))
+}
+
+async fn background_updates(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(hs.admin_background_updates_enabled(&me)?))
+}
+
+async fn set_background_updates(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_set_background_updates(&me, &body)?))
+}
+
+async fn background_updates_status(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(hs.admin_background_updates_status(&me)?))
+}
+
+async fn start_background_job(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_start_background_job(&me, &body)?))
 }
 
 /// A boolean query parameter as Synapse parses it (`true` / `false`; anything else is 400).

@@ -190,6 +190,9 @@ pub trait UserStore {
     fn record_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<bool>;
     /// The stored JSON of every invite `sender` sent (member events with membership `invite`).
     fn invites_sent_by(&self, sender: &str) -> Result<Vec<String>>;
+    /// The stored JSON of the accepted events of the given types `sender` sent in a room, newest
+    /// first.
+    fn events_sent_in_room(&self, room_id: &str, sender: &str, types: &[&str]) -> Result<Vec<String>>;
     /// Forgets one of an account's external IDs.
     fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()>;
     /// An account's external IDs, as `(auth_provider, external_id)`, sorted.

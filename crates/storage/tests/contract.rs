@@ -212,6 +212,7 @@ contract! {
     threepid_bindings_added_listed_removed,
     external_ids_one_account_each,
     invites_sent_by_a_user,
+    events_a_user_sent_in_a_room,
     erased_users_marked_once,
     profiles_fields,
     devices_upsert_rename_touch,
@@ -2884,6 +2885,24 @@ fn media_quarantined_protected_and_listed(s: &dyn Storage) {
     assert_eq!(s.media_usage(0, i64::MAX).unwrap(), vec![(ALICE.to_owned(), 3, 205)]);
     assert_eq!(s.media_usage(15, 20).unwrap(), vec![(ALICE.to_owned(), 2, 105)]);
     assert!(s.media_usage(21, 30).unwrap().is_empty());
+}
+
+fn events_a_user_sent_in_a_room(s: &dyn Storage) {
+    let mut r = TestRoom::new(s, "!r:test");
+    let mut other = TestRoom::new(s, "!other:test");
+    r.send(s, &r.member("$alice", ALICE, "join"));
+    r.send(s, &r.msg("$m1", ALICE, "one"));
+    r.send(s, &r.msg("$b1", "@bob:test", "bob's"));
+    r.send(s, &r.state("$topic", "m.room.topic", "", ALICE, json!({"topic": "t"})));
+    r.send(s, &r.msg("$m2", ALICE, "two"));
+    other.send(s, &other.msg("$o1", ALICE, "elsewhere"));
+    let ids = |jsons: Vec<String>| -> Vec<String> {
+        jsons.iter().map(|j| parse(j)["event_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let sent = s.events_sent_in_room("!r:test", ALICE, &["m.room.message", "m.room.member"]).unwrap();
+    assert_eq!(ids(sent), ["$m2", "$m1", "$alice"], "newest first, only the types asked for, only this room");
+    assert!(s.events_sent_in_room("!r:test", "@carol:test", &["m.room.message"]).unwrap().is_empty());
+    assert!(s.events_sent_in_room("!r:test", ALICE, &[]).unwrap().is_empty());
 }
 
 fn invites_sent_by_a_user(s: &dyn Storage) {

@@ -404,8 +404,6 @@ pub(crate) struct RoomsState {
     pub(crate) create_clock: CreateClock,
     /// How many rooms' caches are kept (idle ones beyond it are dropped; see `room_lock`).
     max_room_caches: usize,
-    /// v2 room deletions and their status (the only copy, per process: see `room_deletion`).
-    pub(crate) deletions: std::sync::Mutex<Vec<crate::room_deletion::RoomDeletion>>,
 }
 
 /// Hands out create-event timestamps: `now`, or one millisecond after the last one handed out
@@ -432,7 +430,6 @@ impl RoomsState {
             visibility_cache: std::sync::Mutex::new(BoundedMap::new("state_group_visibility", sizes.visibility)),
             create_clock: Default::default(),
             max_room_caches: sizes.rooms,
-            deletions: Default::default(),
         }
     }
 }

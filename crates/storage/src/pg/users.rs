@@ -133,6 +133,18 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn events_sent_in_room(&self, room_id: &str, sender: &str, types: &[&str]) -> Result<Vec<String>> {
+        let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT json FROM events WHERE room_id = $1 AND sender = $2 AND NOT rejected AND type = ANY($3)
+                 ORDER BY stream_ordering DESC",
+                &[&room_id, &sender, &types],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()> {
         self.write(|tx| {
             tx.exec(

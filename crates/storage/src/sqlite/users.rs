@@ -147,6 +147,19 @@ impl UserStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn events_sent_in_room(&self, room_id: &str, sender: &str, types: &[&str]) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT json FROM events WHERE room_id = ?1 AND sender = ?2 AND rejected = 0
+                 AND type IN (SELECT value FROM json_each(?3)) ORDER BY stream_ordering DESC",
+            )
+            .map_err(backend)?;
+        let types = serde_json::to_string(types).map_err(|e| StorageError::Backend(e.to_string()))?;
+        let rows = stmt.query_map(params![room_id, sender, types], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn remove_external_id(&self, auth_provider: &str, external_id: &str, user_id: &str) -> Result<()> {
         self.conn()
             .exec(
