@@ -956,3 +956,76 @@ async fn a_space_on_another_server_is_summarised_through_it() {
         .collect();
     assert_eq!(rooms, vec![(space.as_str(), "Space"), (open.as_str(), "Open")], "{body}");
 }
+
+#[tokio::test]
+async fn admins_see_federation_destinations_and_reset_their_backoff() {
+    let ca = TestCa::new();
+    let a = Peer::start(&ca).await;
+    let b = Peer::start(&ca).await;
+    a.server.make_admin_cli("root");
+    let root = a.server.login("root").await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = public_room(&a.server, &alice).await;
+    let (s, body) = b.server.join_via(&bob, &room, &a.name).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(a.server.send_text(&alice, &room, "hello").await.0, 200);
+    wait_for_event(&b.server, &bob, &room, text_is("hello")).await;
+    let base = "/_synapse/admin/v1/federation/destinations";
+    let one = format!("{base}/{}", b.name);
+
+    // Listed, answering, with the room shared and how far it got.
+    let (st, list) = a.server.get(base, Some(&root.token)).await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["destinations"][0]["destination"], b.name.as_str());
+    eventually("the delivery is recorded", || async {
+        let (_, d) = a.server.get(&one, Some(&root.token)).await;
+        d["last_successful_stream_ordering"].as_i64().is_some()
+    })
+    .await;
+    let (_, d) = a.server.get(&one, Some(&root.token)).await;
+    assert_eq!(
+        (d["failure_ts"].clone(), d["retry_last_ts"].clone(), d["retry_interval"].clone()),
+        (json!(null), json!(0), json!(0)),
+        "{d}"
+    );
+    let (st, rooms) = a.server.get(&format!("{one}/rooms"), Some(&root.token)).await;
+    assert_eq!(
+        (st, rooms["total"].clone(), rooms["rooms"][0]["room_id"].clone()),
+        (200, json!(1), json!(room)),
+        "{rooms}"
+    );
+    assert!(rooms["rooms"][0]["stream_ordering"].as_i64().unwrap() > 0);
+    let (st, b2) = a.server.post(&format!("{one}/reset_connection"), Some(&root.token), json!({})).await;
+    assert_eq!(
+        (st, b2["error"].as_str()),
+        (400, Some("The retry timing does not need to be reset for this destination.")),
+        "{b2}"
+    );
+    let (_, filtered) = a.server.get(&format!("{base}?destination=nowhere"), Some(&root.token)).await;
+    assert_eq!(filtered["total"], 0, "{filtered}");
+
+    // Refused: unknown destinations, non-admins, bad parameters.
+    let (st, e) = a.server.get(&format!("{base}/nowhere.example"), Some(&root.token)).await;
+    assert_eq!((st, e["error"].as_str()), (404, Some("Unknown destination")), "{e}");
+    let (st, e) = a.server.get(base, Some(&alice.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{e}");
+    let (st, _) = a.server.get(&format!("{base}?order_by=nonsense"), Some(&root.token)).await;
+    assert_eq!(st, 400);
+
+    // The destination goes down: its backoff shows, and an admin may end it.
+    let b_dir = b.server.stop();
+    assert_eq!(a.server.send_text(&alice, &room, "while down").await.0, 200);
+    eventually("the failure is recorded", || async {
+        let (_, d) = a.server.get(&one, Some(&root.token)).await;
+        d["retry_last_ts"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    let (_, d) = a.server.get(&one, Some(&root.token)).await;
+    assert!(d["failure_ts"].as_i64().is_some() && d["retry_interval"].as_i64().unwrap() > 0, "{d}");
+    let (st, b2) = a.server.post(&format!("{one}/reset_connection"), Some(&root.token), json!({})).await;
+    assert_eq!((st, b2), (200, json!({})));
+    assert!(a.server.log_shows("reset federation connection").await);
+    drop(b_dir);
+}

@@ -68,6 +68,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/user/{user_id}/redact", post(redact_user))
         .route("/_synapse/admin/v1/user/redact_status/{redact_id}", get(redact_status))
         .route("/_synapse/admin/v1/scheduled_tasks", get(scheduled_tasks))
+        .route("/_synapse/admin/v1/federation/destinations", get(destinations))
+        .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
+        .route("/_synapse/admin/v1/federation/destinations/{destination}/rooms", get(destination_rooms))
+        .route("/_synapse/admin/v1/federation/destinations/{destination}/reset_connection", post(reset_destination))
         .route("/_synapse/admin/v1/background_updates/enabled", get(background_updates).post(set_background_updates))
         .route("/_synapse/admin/v1/background_updates/status", get(background_updates_status))
         .route("/_synapse/admin/v1/background_updates/start_job", post(start_background_job))
@@ -134,6 +138,45 @@ async fn scheduled_tasks(
         max_timestamp: integer(all("max_timestamp").pop(), "max_timestamp")?,
     };
     Ok(axum::Json(hs.admin_scheduled_tasks(&me, filter)?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DestinationsQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    destination: Option<String>,
+    order_by: Option<String>,
+    dir: Option<String>,
+}
+
+async fn destinations(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<DestinationsQuery>) -> Answer {
+    let params = myelin_core::federation::destinations::DestinationListParams {
+        from: integer(q.from, "from")?,
+        limit: integer(q.limit, "limit")?,
+        destination: q.destination,
+        order_by: q.order_by,
+        dir: q.dir,
+    };
+    Ok(axum::Json(hs.admin_list_destinations(&me, params).await?))
+}
+
+async fn destination(State(hs): State<AppState>, Auth(me): Auth, Path(destination): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_destination(&me, &destination).await?))
+}
+
+async fn destination_rooms(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(destination): Path<String>,
+    Query(q): Query<DestinationsQuery>,
+) -> Answer {
+    let (from, limit) = (integer(q.from, "from")?, integer(q.limit, "limit")?);
+    Ok(axum::Json(hs.admin_destination_rooms(&me, &destination, from, limit, q.dir.as_deref()).await?))
+}
+
+async fn reset_destination(State(hs): State<AppState>, Auth(me): Auth, Path(destination): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_reset_destination(&me, &destination).await?))
 }
 
 async fn background_updates(State(hs): State<AppState>, Auth(me): Auth) -> Answer {

@@ -9,6 +9,7 @@
 
 mod acl;
 pub(crate) mod client;
+pub mod destinations;
 mod device_lists;
 mod history;
 mod invites;

@@ -152,6 +152,31 @@ impl Homeserver {
         tokio::spawn(tracing::Instrument::instrument(send_loop(server, destination, wake), span));
     }
 
+    /// The delivery state of every destination this process has a sending task for.
+    pub(crate) fn destination_timings(&self) -> Vec<(String, RetryTimings)> {
+        let map = self.federation.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(d, wake)| (d.clone(), wake.timings().clone())).collect()
+    }
+
+    /// Ends a destination's backoff and sends to it now (the admin API's `reset_connection`);
+    /// false when it is not backing off here.
+    pub(crate) fn reset_destination(&self, destination: &str) -> bool {
+        let map = self.federation.outbound.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(wake) = map.get(destination) else { return false };
+        {
+            let mut timings = wake.timings();
+            if timings.retry_last_ts == 0 {
+                return false;
+            }
+            timings.failure_ts = None;
+            timings.retry_last_ts = 0;
+            timings.retry_interval = 0;
+        }
+        wake.is_up.store(true, std::sync::atomic::Ordering::Release);
+        wake.notify.notify_one();
+        true
+    }
+
     /// Queues EDUs for destinations and wakes them.
     pub(crate) async fn queue_edu(&self, destinations: Vec<String>, edu: Value) {
         if destinations.is_empty() {
@@ -173,11 +198,33 @@ impl Homeserver {
 struct Wake {
     notify: Notify,
     is_up: std::sync::atomic::AtomicBool,
+    timings: Mutex<RetryTimings>,
+}
+
+/// A destination's delivery state, as Synapse's `destinations` table has it (the admin API's
+/// federation destinations). Kept by the process that sends there, in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RetryTimings {
+    /// When the current run of failures began (ms); `None` while the destination answers.
+    pub(crate) failure_ts: Option<i64>,
+    /// When the last failed attempt was (ms), 0 when none is pending.
+    pub(crate) retry_last_ts: i64,
+    /// How long until the next attempt (ms), 0 when none is pending.
+    pub(crate) retry_interval: i64,
+    /// The stream position of the newest event the destination accepted.
+    pub(crate) last_successful_stream_ordering: Option<i64>,
+}
+
+impl Wake {
+    fn timings(&self) -> std::sync::MutexGuard<'_, RetryTimings> {
+        self.timings.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 enum Attempt {
-    /// Sent (or dropped); more may be waiting.
-    Progress,
+    /// Sent (or dropped), reaching this stream position when it held events; more may be
+    /// waiting.
+    Progress(Option<i64>),
     /// Nothing to send.
     Idle,
     /// The destination did not take it.
@@ -199,12 +246,28 @@ async fn send_loop(server: Weak<Homeserver>, destination: String, wake: Arc<Wake
         let attempt = send_one(&hs, &destination).await;
         drop(hs);
         match attempt {
-            Attempt::Progress => delay = FIRST_RETRY,
+            Attempt::Progress(reached) => {
+                delay = FIRST_RETRY;
+                let mut timings = wake.timings();
+                timings.failure_ts = None;
+                timings.retry_last_ts = 0;
+                timings.retry_interval = 0;
+                if reached.is_some() {
+                    timings.last_successful_stream_ordering = reached.max(timings.last_successful_stream_ordering);
+                }
+            }
             Attempt::Idle => {
                 delay = FIRST_RETRY;
                 let _ = tokio::time::timeout(Duration::from_secs(60), wake.notify.notified()).await;
             }
             Attempt::Failed => {
+                {
+                    let mut timings = wake.timings();
+                    let now = now_ms();
+                    timings.failure_ts.get_or_insert(now);
+                    timings.retry_last_ts = now;
+                    timings.retry_interval = delay.as_millis() as i64;
+                }
                 // New work waits out the backoff; the destination talking to us ends it.
                 let until = tokio::time::Instant::now() + delay;
                 delay = (delay * 2).min(LAST_RETRY);
@@ -239,7 +302,7 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
         .db(move |s| {
             let mut out = Vec::new();
             for id in event_ids {
-                out.push(s.get_event(&id)?.map(|r| r.json));
+                out.push(s.get_event(&id)?.map(|r| (r.stream_ordering, r.json)));
             }
             Ok(out)
         })
@@ -248,7 +311,8 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
         Ok(j) => j,
         Err(_) => return Attempt::Failed,
     };
-    let pdus: Vec<Value> = jsons.iter().flatten().filter_map(|j| super::rooms::wire_pdu(j).ok()).collect();
+    let mut reached = jsons.iter().flatten().map(|(position, _)| *position).max();
+    let pdus: Vec<Value> = jsons.iter().flatten().filter_map(|(_, j)| super::rooms::wire_pdu(j).ok()).collect();
     let edus: Vec<Value> = edu_rows.iter().filter_map(|r| serde_json::from_str(&r.body).ok()).collect();
     let mut ids: Vec<i64> = pdu_rows.iter().chain(edu_rows.iter()).map(|r| r.id).collect();
     ids.sort_unstable();
@@ -278,6 +342,7 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
         }
         Err(FederationFailure::Refused(e)) if (400..500).contains(&e.status) && e.status != 429 => {
             tracing::warn!(txn_id, status = e.status, body = %e.body, "the destination refused a transaction; dropping it");
+            reached = None;
         }
         Err(e) => {
             tracing::info!(error = %e.into_error("transaction"), "sending a transaction failed");
@@ -286,7 +351,7 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
     }
     let dest = destination.to_owned();
     match hs.db(move |s| s.outbox_sent(&dest, &ids)).await {
-        Ok(()) => Attempt::Progress,
+        Ok(()) => Attempt::Progress(reached),
         Err(_) => Attempt::Failed,
     }
 }
