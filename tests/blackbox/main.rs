@@ -23,6 +23,7 @@ mod media; // the media repository
 mod media_storage; // media storage providers: file_system and synapse-s3-storage-provider against a local S3
 mod metrics; // /_synapse/metrics: Synapse's names, counting what happened
 mod modules; // module loading, web resources, spam-checker callbacks
+mod packaging; // scripts/package.sh's layout: the container entry point and the systemd unit
 mod postgres; // PostgreSQL's settings and checks (Synapse's psycopg2 config)
 mod published_modules; // modules from PyPI doing what their READMEs say
 mod push; // push rules, unread counts, pushers, notifications, start-up endpoints

@@ -1443,8 +1443,9 @@ fn parse_listeners(key: &str, value: Option<&Value>) -> Result<Vec<Listener>, Co
     Ok(out)
 }
 
-/// The commented config written on first run.
-pub fn generate_config(server_name: &str, data_dir: &str) -> String {
+/// The commented config written on first run, its listener on `bind_address` (loopback by
+/// default; a container's entry point gives `0.0.0.0`).
+pub fn generate_config(server_name: &str, data_dir: &str, bind_address: &str) -> String {
     let secret: String = {
         use rand::Rng;
         rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect()
@@ -1461,7 +1462,7 @@ public_baseurl: "http://127.0.0.1:8008/"
 listeners:
   - port: 8008
     type: http
-    bind_addresses: ["127.0.0.1"]
+    bind_addresses: ["{bind_address}"]
     resources:
       - names: [client, federation]
 

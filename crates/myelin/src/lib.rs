@@ -48,6 +48,9 @@ enum Command {
         /// Where data lives, relative to the config file.
         #[arg(long, default_value = "data")]
         data_dir: String,
+        /// The address the listener binds (`0.0.0.0` in a container).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_address: std::net::IpAddr,
     },
     /// Validate the whole config (module configs included); exit 0 if valid, 1 if not.
     CheckConfig,
@@ -95,9 +98,9 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
     let natives = natives.with_foreign(myelin_python::PythonModules::new());
     let default_path = PathBuf::from("homeserver.yaml");
     match cli.command.unwrap_or(Command::Serve) {
-        Command::GenerateConfig { server_name, data_dir } => {
+        Command::GenerateConfig { server_name, data_dir, bind_address } => {
             let path = cli.config.into_iter().next().unwrap_or(default_path);
-            match write_new_config(&path, &server_name, &data_dir) {
+            match write_new_config(&path, &server_name, &data_dir, &bind_address.to_string()) {
                 Ok(()) => {
                     println!("Wrote {}", path.display());
                     ExitCode::SUCCESS
@@ -166,7 +169,7 @@ pub fn main_with_modules(extra: Vec<NativeModule>) -> ExitCode {
         Command::Serve => {
             let paths = if cli.config.is_empty() {
                 if !default_path.exists() {
-                    if let Err(e) = write_new_config(&default_path, "localhost", "data") {
+                    if let Err(e) = write_new_config(&default_path, "localhost", "data", "127.0.0.1") {
                         eprintln!("{e}");
                         return ExitCode::FAILURE;
                     }
@@ -250,11 +253,11 @@ fn connection_capacity() -> usize {
     }
 }
 
-fn write_new_config(path: &Path, server_name: &str, data_dir: &str) -> Result<(), String> {
+fn write_new_config(path: &Path, server_name: &str, data_dir: &str, bind_address: &str) -> Result<(), String> {
     if path.exists() {
         return Err(format!("{} already exists; not overwriting it", path.display()));
     }
-    let text = generate_config(server_name, data_dir);
+    let text = generate_config(server_name, data_dir, bind_address);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
