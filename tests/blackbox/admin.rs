@@ -1335,3 +1335,85 @@ async fn background_updates_answer_as_synapse_with_none_to_run() {
     let (st, b) = s.get(&format!("{base}/status"), Some(&bob.token)).await;
     assert!(forbidden(st, &b), "{st} {b}");
 }
+
+#[tokio::test]
+async fn admins_read_any_rooms_history_and_make_themselves_room_admins() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s
+        .create_room(
+            &bob,
+            json!({"preset": "private_chat", "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+            ]}),
+        )
+        .await;
+    let (_, sent) = s.send_text(&bob, &room, "private words").await;
+    let sent_id = sent["event_id"].as_str().unwrap().to_owned();
+
+    // Messages: the admin reads what only members may; others are refused.
+    let messages = format!("/_synapse/admin/v1/rooms/{room}/messages?dir=b&limit=50");
+    let (st, page) = s.get(&messages, Some(&root.token)).await;
+    assert_eq!(st, 200, "{page}");
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["private words"], "{page}");
+    assert!(page["end"].is_string());
+    let (st, e) = s.get(&messages, Some(&carol.token)).await;
+    assert!(forbidden(st, &e), "{st} {e}");
+    let (st, _) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&root.token)).await;
+    assert_eq!(st, 403, "the client API still applies to the admin as a user");
+    let (st, e) = s.get("/_synapse/admin/v1/rooms/!unknown:test/messages", Some(&root.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{e}");
+
+    // timestamp_to_event likewise.
+    let ts = s
+        .get(&format!("/_synapse/admin/v1/rooms/{room}/timestamp_to_event?ts=9999999999999&dir=b"), Some(&root.token))
+        .await;
+    assert_eq!((ts.0, ts.1["event_id"].as_str()), (200, Some(sent_id.as_str())), "{}", ts.1);
+    let (st, e) =
+        s.get(&format!("/_synapse/admin/v1/rooms/{room}/timestamp_to_event?ts=0&dir=b"), Some(&root.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{e}");
+
+    // make_room_admin: refused for non-admins, unknown rooms, rooms without a local admin.
+    let make = format!("/_synapse/admin/v1/rooms/{room}/make_room_admin");
+    let (st, e) = s.post(&make, Some(&carol.token), json!({})).await;
+    assert!(forbidden(st, &e), "{st} {e}");
+    let (st, e) = s.post("/_synapse/admin/v1/rooms/!unknown:test/make_room_admin", Some(&root.token), json!({})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("Server not in room")), "{e}");
+    let abandoned = s.create_room(&carol, json!({"preset": "private_chat"})).await;
+    assert_eq!(
+        s.post(&format!("/_matrix/client/v3/rooms/{abandoned}/leave"), Some(&carol.token), json!({})).await.0,
+        200
+    );
+    let (st, e) =
+        s.post(&format!("/_synapse/admin/v1/rooms/{abandoned}/make_room_admin"), Some(&root.token), json!({})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("No local admin user in room")), "{e}");
+
+    // The admin is given bob's power and invited (the room is private); they can then act.
+    let (st, b) = s.post(&make, Some(&root.token), json!({})).await;
+    assert_eq!((st, b), (200, json!({})));
+    assert!(s.log_shows("make room admin").await);
+    assert_eq!(s.join(&root, &room).await.0, 200);
+    let (_, pl) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"), Some(&root.token)).await;
+    assert!(pl["users"]["@root:test"].as_i64().unwrap() >= 100, "{pl}");
+    let (st, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            Some(&root.token),
+            json!({"name": "moderated"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    // Another user, named: given power too.
+    let (st, _) = s.post(&make, Some(&root.token), json!({"user_id": "@carol:test"})).await;
+    assert_eq!(st, 200);
+    let (_, pl) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"), Some(&root.token)).await;
+    assert!(pl["users"]["@carol:test"].as_i64().unwrap() >= 100, "{pl}");
+    assert_eq!(s.join(&carol, &room).await.0, 200, "carol was invited");
+}

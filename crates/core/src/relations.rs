@@ -258,8 +258,20 @@ impl Homeserver {
         forwards: bool,
     ) -> Result<Value> {
         let room_id = parse_room_id(room_id)?;
+        let reader = self.reader(&room_id, requester.user_id.as_str()).await?;
+        self.event_at_timestamp(requester, &room_id, reader, ts, forwards).await
+    }
+
+    /// The event nearest `ts` in a direction that `reader` may see.
+    pub(crate) async fn event_at_timestamp(
+        &self,
+        requester: &Requester,
+        room_id: &ruma::RoomId,
+        reader: crate::visibility::Reader,
+        ts: i64,
+        forwards: bool,
+    ) -> Result<Value> {
         let user = requester.user_id.as_str();
-        let reader = self.reader(&room_id, user).await?;
         let rid = room_id.to_string();
         let candidates = self.db(move |s| s.events_by_timestamp(&rid, ts, forwards, 50)).await?;
         let (rows, _) = self.visible_events(user, reader, candidates).await?;

@@ -498,7 +498,7 @@ impl Homeserver {
                 if !["leave", "ban"].contains(&membership.as_str()) || !filter.wants(room) {
                     continue;
                 }
-                let reader = crate::visibility::Reader { until: *pos, peeking: false };
+                let reader = crate::visibility::Reader { until: *pos, peeking: false, sees_everything: false };
                 let (timeline, _) = self.timeline(&user, reader, room, from, *pos, filter).await?;
                 leave.insert(
                     room.clone(),

@@ -68,6 +68,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/user/{user_id}/redact", post(redact_user))
         .route("/_synapse/admin/v1/user/redact_status/{redact_id}", get(redact_status))
         .route("/_synapse/admin/v1/scheduled_tasks", get(scheduled_tasks))
+        .route("/_synapse/admin/v1/rooms/{room_id}/messages", get(crate::client::admin_messages))
+        .route("/_synapse/admin/v1/rooms/{room_id}/timestamp_to_event", get(crate::client::admin_timestamp_to_event))
+        .route("/_synapse/admin/v1/rooms/{room_id}/make_room_admin", post(make_room_admin))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route("/_synapse/admin/v1/federation/destinations/{destination}/rooms", get(destination_rooms))
@@ -177,6 +180,22 @@ async fn destination_rooms(
 
 async fn reset_destination(State(hs): State<AppState>, Auth(me): Auth, Path(destination): Path<String>) -> Answer {
     Ok(axum::Json(hs.admin_reset_destination(&me, &destination).await?))
+}
+
+async fn make_room_admin(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer {
+    // Synapse allows an empty body here.
+    let body: serde_json::Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|_| MatrixError::new(myelin_core::ErrorKind::NotJson, "Content not JSON."))?
+    };
+    Ok(axum::Json(hs.admin_make_room_admin(&me, &room, &body).await?))
 }
 
 async fn background_updates(State(hs): State<AppState>, Auth(me): Auth) -> Answer {

@@ -650,7 +650,7 @@ impl Homeserver {
             return Ok(out);
         }
         let joined = membership.membership == "join";
-        let reader = if joined { Reader::MEMBER } else { Reader { until, peeking: false } };
+        let reader = if joined { Reader::MEMBER } else { Reader { until, peeking: false, sees_everything: false } };
 
         // Timeline.
         let mut timeline_events: Vec<Value> = Vec::new();

@@ -20,6 +20,8 @@ mod account_data;
 mod accounts;
 mod directory;
 mod rooms;
+
+pub(crate) use rooms::{admin_messages, admin_timestamp_to_event};
 mod sync;
 
 type Json = axum::Json<Value>;

@@ -301,7 +301,7 @@ pub(super) async fn event(
 }
 
 #[derive(Deserialize)]
-pub(super) struct MessagesQuery {
+pub(crate) struct MessagesQuery {
     filter: Option<String>,
     from: Option<String>,
     to: Option<String>,
@@ -335,6 +335,26 @@ pub(super) async fn messages(
     Path(room_id): Path<String>,
     Query(q): Query<MessagesQuery>,
 ) -> Answer {
+    read_messages(&hs, &me, &room_id, q, false).await
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/messages`: the same page, as an admin sees it.
+pub(crate) async fn admin_messages(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Answer {
+    read_messages(&hs, &me, &room_id, q, true).await
+}
+
+async fn read_messages(
+    hs: &AppState,
+    me: &myelin_core::Requester,
+    room_id: &str,
+    q: MessagesQuery,
+    as_admin: bool,
+) -> Answer {
     let backwards = !forwards(q.dir.as_deref(), false)?;
     let limit = parse_limit(q.limit.as_deref(), 10)?;
     let filter = parse_event_filter(q.filter.as_deref())?;
@@ -345,7 +365,11 @@ pub(super) async fn messages(
         limit,
         filter: filter.as_ref(),
     };
-    let page = hs.messages(&me, &room_id, pagination).await?;
+    let page = if as_admin {
+        hs.admin_room_messages(me, room_id, pagination).await?
+    } else {
+        hs.messages(me, room_id, pagination).await?
+    };
     let mut out = json!({"chunk": page.chunk, "start": page.start, "state": page.state});
     if let Some(end) = page.end {
         out["end"] = json!(end);
@@ -412,7 +436,7 @@ pub(super) async fn threads(
 }
 
 #[derive(Deserialize)]
-pub(super) struct TimestampQuery {
+pub(crate) struct TimestampQuery {
     ts: Option<String>,
     dir: Option<String>,
 }
@@ -423,6 +447,26 @@ pub(super) async fn timestamp_to_event(
     Path(room_id): Path<String>,
     Query(q): Query<TimestampQuery>,
 ) -> Answer {
+    event_at_timestamp(&hs, &me, &room_id, q, false).await
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/timestamp_to_event`: whoever may see the event.
+pub(crate) async fn admin_timestamp_to_event(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<TimestampQuery>,
+) -> Answer {
+    event_at_timestamp(&hs, &me, &room_id, q, true).await
+}
+
+async fn event_at_timestamp(
+    hs: &AppState,
+    me: &myelin_core::Requester,
+    room_id: &str,
+    q: TimestampQuery,
+    as_admin: bool,
+) -> Answer {
     let ts =
         q.ts.as_deref()
             .ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing ts"))?
@@ -432,7 +476,11 @@ pub(super) async fn timestamp_to_event(
         Some(_) => forwards(q.dir.as_deref(), false)?,
         None => return Err(MatrixError::new(ErrorKind::MissingParam, "Missing dir")),
     };
-    Ok(axum::Json(hs.timestamp_to_event(&me, &room_id, ts, forwards).await?))
+    Ok(axum::Json(if as_admin {
+        hs.admin_timestamp_to_event(me, room_id, ts, forwards).await?
+    } else {
+        hs.timestamp_to_event(me, room_id, ts, forwards).await?
+    }))
 }
 
 #[derive(Deserialize)]
