@@ -6,6 +6,7 @@ mod harness;
 mod abuse; // rate limits, outbound IP filtering, listener resources, request hygiene, shutdown
 mod accounts; // registration, login, devices, profiles, account data
 mod admin; // reports, and Synapse's admin API
+mod admin_tools; // synadm, Synapse's command-line admin tool, against Myelin
 mod appservices; // application services: registration files, masquerading, transactions, queries
 mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory

@@ -189,11 +189,18 @@ impl Homeserver {
         Ok(())
     }
 
-    /// `GET /rooms/{roomId}/aliases` (members only).
+    /// `GET /rooms/{roomId}/aliases`: for members, server admins, and anyone when the room is
+    /// world-readable (Synapse's rule).
     pub async fn room_aliases(&self, requester: &Requester, room_id: &str) -> Result<Vec<String>> {
         let room = parse_room(room_id)?;
-        if self.membership_of(&room, requester.user_id.as_str()).await?.as_deref() != Some("join") {
-            return Err(Error::forbidden("You are not in the room"));
+        let member = self.membership_of(&room, requester.user_id.as_str()).await?.as_deref() == Some("join");
+        if !member && !requester.is_admin {
+            let visibility = self.state_content(&room, "m.room.history_visibility", "").await?;
+            let world_readable = visibility.as_ref().and_then(|c| c.get("history_visibility")).and_then(Value::as_str)
+                == Some("world_readable");
+            if !world_readable {
+                return Err(Error::forbidden("You are not in the room"));
+            }
         }
         let r = room.to_string();
         self.db(move |s| s.aliases_for_room(&r)).await
