@@ -1417,3 +1417,70 @@ async fn admins_read_any_rooms_history_and_make_themselves_room_admins() {
     assert!(pl["users"]["@carol:test"].as_i64().unwrap() >= 100, "{pl}");
     assert_eq!(s.join(&carol, &room).await.0, 200, "carol was invited");
 }
+
+#[tokio::test]
+async fn admins_purge_a_rooms_old_history() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, json!({"preset": "private_chat"})).await;
+    let other = s.create_room(&bob, json!({})).await;
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        ids.push(s.send_text(&bob, &room, text).await.1["event_id"].as_str().unwrap().to_owned());
+    }
+    let foreign = s.send_text(&bob, &other, "elsewhere").await.1["event_id"].as_str().unwrap().to_owned();
+    let purge = format!("/_synapse/admin/v1/purge_history/{room}");
+
+    // Refused: no admin, no cut-off, a bad timestamp, an event of another room or none.
+    let (st, e) = s.post(&purge, Some(&bob.token), json!({"purge_up_to_event_id": ids[2]})).await;
+    assert!(forbidden(st, &e), "{st} {e}");
+    let (st, e) = s.post(&purge, Some(&root.token), json!({})).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{e}");
+    let (st, e) = s.post(&purge, Some(&root.token), json!({"purge_up_to_ts": "soon"})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("purge_up_to_ts must be an int")), "{e}");
+    let (st, e) = s.post(&purge, Some(&root.token), json!({"purge_up_to_event_id": foreign})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("Event is for wrong room.")), "{e}");
+    let (st, e) = s.post(&purge, Some(&root.token), json!({"purge_up_to_event_id": "$nope"})).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{e}");
+    let (st, e) = s.get("/_synapse/admin/v1/purge_history_status/nope", Some(&root.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{e}");
+
+    let event = |id: &str| format!("/_matrix/client/v3/rooms/{room}/event/{}", path_segment(id));
+    let run = |body: Value| {
+        let (s, purge, token) = (&s, purge.clone(), root.token.clone());
+        async move {
+            let (st, b) = s.post(&purge, Some(&token), body).await;
+            assert_eq!(st, 200, "{b}");
+            let id = b["purge_id"].as_str().unwrap().to_owned();
+            settled(s, &token, &format!("/_synapse/admin/v1/purge_history_status/{id}")).await
+        }
+    };
+    // This server's own events stay unless asked for.
+    assert_eq!(run(json!({"purge_up_to_event_id": ids[2]})).await, json!({"status": "complete"}));
+    assert_eq!(s.get(&event(&ids[0]), Some(&bob.token)).await.0, 200);
+    // With them: everything before the event goes, the event and the room's state stay.
+    assert_eq!(
+        run(json!({"purge_up_to_event_id": ids[2], "delete_local_events": true})).await,
+        json!({"status": "complete"})
+    );
+    assert_eq!(s.get(&event(&ids[0]), Some(&bob.token)).await.0, 404);
+    assert_eq!(s.get(&event(&ids[1]), Some(&bob.token)).await.0, 404);
+    assert_eq!(s.get(&event(&ids[2]), Some(&bob.token)).await.0, 200);
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&bob.token)).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["three"], "{page}");
+    let (st, state) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&bob.token)).await;
+    assert_eq!(st, 200);
+    assert!(state.as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{state}");
+    assert!(s.log_shows("purge history").await);
+    // The room carries on; the other room was not touched.
+    assert_eq!(s.send_text(&bob, &room, "four").await.0, 200);
+    let other_event = format!("/_matrix/client/v3/rooms/{other}/event/{}", path_segment(&foreign));
+    assert_eq!(s.get(&other_event, Some(&bob.token)).await.0, 200);
+    // By time: before the last event sent by then.
+    let (st, _) = s.post(&purge, Some(&root.token), json!({"purge_up_to_ts": 1, "delete_local_events": true})).await;
+    assert_eq!(st, 404, "nothing was sent before 1970");
+}

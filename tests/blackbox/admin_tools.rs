@@ -1,5 +1,6 @@
 //! A real admin tool against Myelin's admin API: synadm (PyPI), Synapse's command-line admin
-//! client, driving the everyday admin work through its own requests and parsing.
+//! client, driving the everyday admin work (users, rooms, redactions, history purges, media,
+//! registration tokens) through its own requests and parsing.
 
 use std::path::Path;
 use std::process::Command;
@@ -100,6 +101,20 @@ async fn synadm_manages_users_rooms_media_and_tokens() {
     synadm(&config, &["media", "quarantine", "--server-name", "test", "--media-id", &media_id]);
     let (st, _) = s.get(&format!("/_matrix/client/v1/media/download/test/{media_id}"), Some(&bob.token)).await;
     assert_eq!(st, 404);
+
+    // Purging the room's history up to now.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis().to_string();
+    let purge = synadm(&config, &["history", "purge", &room, "--before-ts", &now, "--delete-local"]);
+    let purge_id = purge["purge_id"].as_str().unwrap().to_owned();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = synadm(&config, &["history", "purge-status", &purge_id]);
+        if status["status"] == "complete" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "complete", "{status}");
 
     // Registration tokens.
     synadm(&config, &["regtok", "new", "--token", "welcome", "--uses-allowed", "3"]);

@@ -1,5 +1,6 @@
 //! The admin API's background tasks, Synapse's "scheduled tasks": v2 room deletions
-//! (`shutdown_and_purge_room`) and redacting a user's events (`redact_all_events`). Each has an
+//! (`shutdown_and_purge_room`), redacting a user's events (`redact_all_events`) and purging a
+//! room's history (`purge_history`). Each has an
 //! ID its status endpoint answers for, and `GET /_synapse/admin/v1/scheduled_tasks` lists them.
 //!
 //! Also Synapse's background-update endpoints, which mean little here: Myelin's schema changes
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 
+use crate::admin::audit;
 use crate::error::ErrorKind;
 use crate::server::{Homeserver, Requester, now_ms, random_string};
 use crate::{Error, Result};
@@ -160,7 +162,7 @@ impl Homeserver {
             Some(_) => return Err(Error::new(ErrorKind::BadRequest, "'enabled' parameter must be a boolean")),
         };
         self.admin_tasks.background_updates.store(enabled, Ordering::Relaxed);
-        crate::admin::audit!(
+        audit!(
             requester,
             if enabled { "enable background updates" } else { "disable background updates" },
             "the server"
@@ -278,7 +280,7 @@ impl Homeserver {
                 .await?;
         }
         let redact_id = self.admin_tasks.schedule(REDACTION, user.as_str());
-        crate::admin::audit!(requester, "redact all events", format!("{user} ({} rooms)", params.rooms.len()));
+        audit!(requester, "redact all events", format!("{user} ({} rooms)", params.rooms.len()));
         let hs = self.clone();
         let (id, admin) = (redact_id.clone(), requester.user_id.clone());
         tokio::spawn(async move {
@@ -350,5 +352,105 @@ impl Homeserver {
             }),
             status => json!({"status": status}),
         })
+    }
+}
+
+/// Synapse's action name for purging a room's history.
+const PURGE_HISTORY: &str = "purge_history";
+
+impl Homeserver {
+    /// `POST /_synapse/admin/v1/purge_history/{roomId}[/{eventId}]`: deletes, in the
+    /// background, the room's message-like events before an event (`purge_up_to_event_id`, or
+    /// the path's) or before the last event sent before `purge_up_to_ts`; state events and the
+    /// room's newest events stay, and this server's own events too unless
+    /// `delete_local_events`. Answers `{purge_id}` at once.
+    pub async fn admin_purge_history(
+        self: &std::sync::Arc<Self>,
+        requester: &Requester,
+        room_id: &str,
+        event_id: Option<&str>,
+        body: &Map<String, Value>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let room = ruma::OwnedRoomId::try_from(room_id)
+            .map_err(|_| Error::invalid_param(format!("{room_id} is not a legal room ID")))?;
+        // Synapse takes any truthy value.
+        let delete_local = match body.get("delete_local_events") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::Bool(true)) => true,
+        };
+        let event_id = event_id
+            .map(str::to_owned)
+            .or_else(|| body.get("purge_up_to_event_id").and_then(Value::as_str).map(str::to_owned));
+        let cut = if let Some(event_id) = event_id {
+            let id = event_id.clone();
+            let row = self.db(move |s| s.get_event(&id)).await?.ok_or_else(|| Error::not_found("Event not found"))?;
+            let in_room = serde_json::from_str::<Value>(&row.json).ok().is_some_and(|e| e["room_id"] == room.as_str());
+            if !in_room {
+                return Err(Error::new(ErrorKind::BadRequest, "Event is for wrong room."));
+            }
+            row.stream_ordering
+        } else if let Some(ts) = body.get("purge_up_to_ts") {
+            let Some(ts) = ts.as_i64().filter(|_| ts.is_i64() || ts.is_u64()) else {
+                return Err(Error::bad_json("purge_up_to_ts must be an int"));
+            };
+            let r = room.to_string();
+            let before = self.db(move |s| s.events_by_timestamp(&r, ts, false, 1)).await?;
+            match before.first() {
+                Some(row) => row.stream_ordering,
+                None => return Err(Error::not_found("there is no event to be purged")),
+            }
+        } else {
+            return Err(Error::bad_json("must specify purge_up_to_event_id or purge_up_to_ts"));
+        };
+        let purge_id = self.admin_tasks.schedule(PURGE_HISTORY, room.as_str());
+        audit!(requester, "purge history", format!("{room} before position {cut} (local events too: {delete_local})"));
+        let hs = self.clone();
+        let id = purge_id.clone();
+        tokio::spawn(async move {
+            hs.admin_tasks.update(&id, "active", None, None);
+            match hs.purge_history(&room, cut, delete_local).await {
+                Ok(deleted) => hs.admin_tasks.update(&id, "complete", Some(json!({"deleted": deleted})), None),
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e.message, "purging history failed");
+                    hs.admin_tasks.update(&id, "failed", None, Some(e.message));
+                }
+            }
+        });
+        Ok(json!({"purge_id": purge_id}))
+    }
+
+    /// The purge itself, under the room's send lock; every process then forgets what it kept
+    /// of the room's events.
+    async fn purge_history(&self, room: &ruma::RoomId, before: i64, delete_local: bool) -> Result<u64> {
+        let send_lock = self.room_lock(room).await?;
+        let (r, server) = (room.to_string(), self.server_name().to_owned());
+        let deleted = self.db(move |s| s.purge_history(&r, before, delete_local, &server)).await?;
+        drop(send_lock);
+        self.forget_purged_room(room);
+        if self.has_bus() {
+            self.publish(format!("room_purged {room}"));
+        }
+        tracing::info!(room = %room, deleted, "history purged");
+        Ok(deleted)
+    }
+
+    /// `GET /_synapse/admin/v1/purge_history_status/{purgeId}`: `active` until it ends, then
+    /// `complete` or `failed` (with `error`).
+    pub fn admin_purge_history_status(&self, requester: &Requester, purge_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let task = self.admin_tasks.matching(|t| t.action == PURGE_HISTORY && t.id == purge_id).pop();
+        let Some(task) = task else {
+            return Err(Error::not_found(format!("purge id '{purge_id}' not found")));
+        };
+        let mut out = json!({"status": if task.is_running() { "active" } else { task.status }});
+        if let Some(error) = task.error {
+            out["error"] = json!(error);
+        }
+        Ok(out)
     }
 }

@@ -71,6 +71,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/rooms/{room_id}/messages", get(crate::client::admin_messages))
         .route("/_synapse/admin/v1/rooms/{room_id}/timestamp_to_event", get(crate::client::admin_timestamp_to_event))
         .route("/_synapse/admin/v1/rooms/{room_id}/make_room_admin", post(make_room_admin))
+        .route("/_synapse/admin/v1/purge_history/{room_id}", post(purge_history))
+        .route("/_synapse/admin/v1/purge_history/{room_id}/{event_id}", post(purge_history_to_event))
+        .route("/_synapse/admin/v1/purge_history_status/{purge_id}", get(purge_history_status))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route("/_synapse/admin/v1/federation/destinations/{destination}/rooms", get(destination_rooms))
@@ -182,20 +185,47 @@ async fn reset_destination(State(hs): State<AppState>, Auth(me): Auth, Path(dest
     Ok(axum::Json(hs.admin_reset_destination(&me, &destination).await?))
 }
 
+/// A JSON object body that may be left out (Synapse's `allow_empty_body`).
+fn optional_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(MatrixError::new(myelin_core::ErrorKind::BadJson, "Content must be a JSON object.")),
+        Err(_) => Err(MatrixError::new(myelin_core::ErrorKind::NotJson, "Content not JSON.")),
+    }
+}
+
 async fn make_room_admin(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path(room): Path<String>,
     body: axum::body::Bytes,
 ) -> Answer {
-    // Synapse allows an empty body here.
-    let body: serde_json::Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::Map::new()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|_| MatrixError::new(myelin_core::ErrorKind::NotJson, "Content not JSON."))?
-    };
-    Ok(axum::Json(hs.admin_make_room_admin(&me, &room, &body).await?))
+    Ok(axum::Json(hs.admin_make_room_admin(&me, &room, &optional_object(&body)?).await?))
+}
+
+async fn purge_history(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer {
+    Ok(axum::Json(hs.admin_purge_history(&me, &room_id, None, &optional_object(&body)?).await?))
+}
+
+async fn purge_history_to_event(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Answer {
+    Ok(axum::Json(hs.admin_purge_history(&me, &room_id, Some(&event_id), &optional_object(&body)?).await?))
+}
+
+async fn purge_history_status(State(hs): State<AppState>, Auth(me): Auth, Path(purge_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_purge_history_status(&me, &purge_id)?))
 }
 
 async fn background_updates(State(hs): State<AppState>, Auth(me): Auth) -> Answer {

@@ -1166,6 +1166,11 @@ pub trait AdminStore {
     /// IDs and appservice directory entries, and the room itself (Synapse's `purge_room`).
     /// Reports and the block stay. False if the room was unknown.
     fn purge_room(&self, room_id: &str) -> Result<bool>;
+    /// Deletes a room's history before stream position `before` (Synapse's purge history):
+    /// message-like events only (state events stay), never a forward extremity, and only
+    /// other servers' events unless `delete_local` (`local_server` names this one); with their
+    /// search entries, relations and transaction IDs. Answers how many events went.
+    fn purge_history(&self, room_id: &str, before: i64, delete_local: bool, local_server: &str) -> Result<u64>;
 }
 
 /// The tables [`AdminStore::purge_room`] clears by `room_id`, children before parents (the

@@ -309,6 +309,7 @@ contract! {
     rooms_blocked_and_unblocked,
     media_quarantined_protected_and_listed,
     purge_room_removes_the_room_and_nothing_else,
+    purge_history_keeps_state_extremities_and_local_events,
     admin_user_list_filters_orders_and_pages,
     admin_room_list_counts_members,
     // Search
@@ -2770,6 +2771,34 @@ fn rooms_blocked_and_unblocked(s: &dyn Storage) {
     assert!(s.unblock_room("!r:test").unwrap());
     assert!(!s.unblock_room("!r:test").unwrap());
     assert_eq!(s.room_blocked_by("!r:test").unwrap(), None);
+}
+
+fn purge_history_keeps_state_extremities_and_local_events(s: &dyn Storage) {
+    let mut r = TestRoom::new(s, "!r:test");
+    r.send(s, &r.member("$alice", ALICE, "join"));
+    r.send(s, &r.msg("$remote", "@bob:remote.example", "from afar"));
+    r.send(s, &r.msg("$local", ALICE, "from here"));
+    r.send(s, &r.state("$topic", "m.room.topic", "", ALICE, json!({"topic": "t"})));
+    let (cut, _) = r.send(s, &r.msg("$late", "@bob:remote.example", "after the cut"));
+    let (_, _) = r.send(s, &r.msg("$last", "@bob:remote.example", "the extremity"));
+    let left = |s: &dyn Storage| -> Vec<String> {
+        let rows = s.room_events("!r:test", i64::MIN, i64::MAX, false, 100).unwrap();
+        rows.iter().map(|row| parse(&row.json)["event_id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(s.purge_history("!r:test", cut, false, "test").unwrap(), 1, "only the remote message before the cut");
+    assert!(s.get_event("$remote").unwrap().is_none());
+    assert!(left(s).contains(&"$local".to_owned()) && left(s).contains(&"$topic".to_owned()));
+    assert!(left(s).contains(&"$late".to_owned()), "after the cut");
+    assert_eq!(
+        s.purge_history("!r:test", i64::MAX, true, "test").unwrap(),
+        2,
+        "local and later messages, not the extremity"
+    );
+    let rest = left(s);
+    assert!(rest.contains(&"$alice".to_owned()) && rest.contains(&"$topic".to_owned()), "state stays: {rest:?}");
+    assert!(rest.contains(&"$last".to_owned()), "the forward extremity stays: {rest:?}");
+    assert!(!rest.contains(&"$local".to_owned()) && !rest.contains(&"$late".to_owned()), "{rest:?}");
+    assert_eq!(s.purge_history("!unknown:test", i64::MAX, true, "test").unwrap(), 0);
 }
 
 fn purge_room_removes_the_room_and_nothing_else(s: &dyn Storage) {

@@ -38,6 +38,19 @@ impl AdminStore for PostgresStore {
         })
     }
 
+    fn purge_history(&self, room_id: &str, before: i64, delete_local: bool, local_server: &str) -> Result<u64> {
+        let purged = "SELECT event_id FROM events WHERE room_id = $1 AND stream_ordering < $2 AND state_key IS NULL
+             AND event_id NOT IN (SELECT event_id FROM forward_extremities WHERE room_id = $1)
+             AND ($3 OR right(sender, length($4) + 1) != ':' || $4)";
+        self.write(|tx| {
+            let args: &Params<'_> = &[&room_id, &before, &delete_local, &local_server];
+            for table in ["event_search", "event_relations", "event_txn_ids"] {
+                tx.exec(&format!("DELETE FROM {table} WHERE event_id IN ({purged})"), args)?;
+            }
+            tx.exec(&format!("DELETE FROM events WHERE event_id IN ({purged})"), args)
+        })
+    }
+
     fn purge_room(&self, room_id: &str) -> Result<bool> {
         self.write(|tx| {
             if tx.opt("SELECT room_id FROM rooms WHERE room_id = $1 FOR UPDATE", &[&room_id])?.is_none() {

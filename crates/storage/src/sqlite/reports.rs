@@ -82,6 +82,21 @@ impl AdminStore for SqliteStore {
         Ok(true)
     }
 
+    fn purge_history(&self, room_id: &str, before: i64, delete_local: bool, local_server: &str) -> Result<u64> {
+        let purged = "SELECT event_id FROM events WHERE room_id = ?1 AND stream_ordering < ?2 AND state_key IS NULL
+             AND event_id NOT IN (SELECT event_id FROM forward_extremities WHERE room_id = ?1)
+             AND (?3 OR substr(sender, -length(?4) - 1) != ':' || ?4)";
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let args = params![room_id, before, delete_local, local_server];
+        for table in ["event_search", "event_relations", "event_txn_ids"] {
+            tx.exec(&format!("DELETE FROM {table} WHERE event_id IN ({purged})"), args).map_err(backend)?;
+        }
+        let deleted = tx.exec(&format!("DELETE FROM events WHERE event_id IN ({purged})"), args).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(deleted as u64)
+    }
+
     fn list_users(&self, q: &UserListQuery) -> Result<(Vec<ListedUser>, i64)> {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)
