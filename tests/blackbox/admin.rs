@@ -1096,6 +1096,15 @@ async fn admins_read_statistics_events_invites_and_extremities() {
     assert_eq!((st, b["count"].as_i64()), (200, Some(1)), "{b}");
     assert!(b["results"][0]["event_id"].as_str().is_some_and(|e| e.starts_with('$')), "{b}");
     assert_eq!(s.get(&format!("{ADMIN}/v1/rooms/!nope:test/forward_extremities"), Some(&root.token)).await.0, 404);
+    // Dropping extra extremities (the storage contract covers forked rooms): none here.
+    let extremities = format!("{ADMIN}/v1/rooms/{room}/forward_extremities");
+    assert_eq!(s.call("DELETE", &extremities, Some(&root.token), None).await, (200, json!({"deleted": 0})));
+    let (st, e) = s.call("DELETE", &extremities, Some(&alice.token), None).await;
+    assert!(forbidden(st, &e), "{st} {e}");
+    let (st, e) =
+        s.call("DELETE", &format!("{ADMIN}/v1/rooms/!nope:test/forward_extremities"), Some(&root.token), None).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("No forward extremity event found for room !nope:test")), "{e}");
+    assert_eq!(s.send_text(&alice, &room, "still fine").await.0, 200);
 }
 
 #[tokio::test]

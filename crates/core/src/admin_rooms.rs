@@ -1,7 +1,7 @@
 //! The admin API's reads and repairs of one room beyond its details and state (`admin`):
 //! its messages and the event at a time as an admin sees them (every event, whatever the
 //! history visibility: Synapse's `use_admin_priviledge`), granting a user power through a local
-//! room admin (`make_room_admin`), and clearing forward extremities.
+//! room admin (`make_room_admin`), and dropping extra forward extremities.
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use serde_json::{Map, Value, json};
@@ -51,6 +51,33 @@ impl Homeserver {
         self.require_admin(requester)?;
         let room = self.admin_room_id(room_id).await?;
         self.event_at_timestamp(requester, &room, Reader::ADMIN, ts, forwards).await
+    }
+
+    /// `DELETE /_synapse/admin/v1/rooms/{roomIdOrAlias}/forward_extremities`: keeps only the
+    /// newest forward extremity (Synapse's fix for rooms slowed by many of them); `{deleted}`.
+    pub async fn admin_delete_forward_extremities(&self, requester: &Requester, room: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let room_id = self.admin_room_id(room).await?;
+        // Under the send lock, so no event of this process is being built on the old ones.
+        let send_lock = self.room_lock(&room_id).await?;
+        let r = room_id.to_string();
+        let deleted = self.db(move |s| s.delete_extra_forward_extremities(&r)).await?;
+        drop(send_lock);
+        let Some(deleted) = deleted else {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                format!("No forward extremity event found for room {room_id}"),
+            ));
+        };
+        if deleted > 0 {
+            // Every process reloads the room's extremities from storage.
+            self.forget_purged_room(&room_id);
+            if self.has_bus() {
+                self.publish(format!("room_purged {room_id}"));
+            }
+        }
+        audit!(requester, "delete forward extremities", format!("{room_id} ({deleted})"));
+        Ok(json!({"deleted": deleted}))
     }
 
     /// `POST /_synapse/admin/v1/rooms/{roomIdOrAlias}/make_room_admin` `{"user_id"?}`: the

@@ -87,7 +87,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/statistics/users/media", get(media_statistics))
         .route("/_synapse/admin/v1/fetch_event/{event_id}", get(fetch_event))
         .route("/_synapse/admin/v1/users/{user_id}/sent_invite_count", get(sent_invite_count))
-        .route("/_synapse/admin/v1/rooms/{room_id}/forward_extremities", get(forward_extremities))
+        .route(
+            "/_synapse/admin/v1/rooms/{room_id}/forward_extremities",
+            get(forward_extremities).delete(delete_forward_extremities),
+        )
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
 }
@@ -552,6 +555,10 @@ async fn sent_invite_count(
     Query(q): Query<InviteCountQuery>,
 ) -> Answer {
     Ok(axum::Json(hs.admin_sent_invite_count(&me, &user_id, integer(q.from_ts, "from_ts")?).await?))
+}
+
+async fn delete_forward_extremities(State(hs): State<AppState>, Auth(me): Auth, Path(room): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_delete_forward_extremities(&me, &room).await?))
 }
 
 async fn forward_extremities(State(hs): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Answer {

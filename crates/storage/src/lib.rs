@@ -1171,6 +1171,9 @@ pub trait AdminStore {
     /// other servers' events unless `delete_local` (`local_server` names this one); with their
     /// search entries, relations and transaction IDs. Answers how many events went.
     fn purge_history(&self, room_id: &str, before: i64, delete_local: bool, local_server: &str) -> Result<u64>;
+    /// Keeps only the newest (by stream position) of a room's forward extremities; answers how
+    /// many others were dropped, `None` when the room has none.
+    fn delete_extra_forward_extremities(&self, room_id: &str) -> Result<Option<u64>>;
 }
 
 /// The tables [`AdminStore::purge_room`] clears by `room_id`, children before parents (the

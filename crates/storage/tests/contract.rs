@@ -310,6 +310,7 @@ contract! {
     media_quarantined_protected_and_listed,
     purge_room_removes_the_room_and_nothing_else,
     purge_history_keeps_state_extremities_and_local_events,
+    extra_forward_extremities_are_dropped_but_the_newest,
     admin_user_list_filters_orders_and_pages,
     admin_room_list_counts_members,
     // Search
@@ -2799,6 +2800,19 @@ fn purge_history_keeps_state_extremities_and_local_events(s: &dyn Storage) {
     assert!(rest.contains(&"$last".to_owned()), "the forward extremity stays: {rest:?}");
     assert!(!rest.contains(&"$local".to_owned()) && !rest.contains(&"$late".to_owned()), "{rest:?}");
     assert_eq!(s.purge_history("!unknown:test", i64::MAX, true, "test").unwrap(), 0);
+}
+
+fn extra_forward_extremities_are_dropped_but_the_newest(s: &dyn Storage) {
+    assert_eq!(s.delete_extra_forward_extremities("!r:test").unwrap(), None, "no such room");
+    let mut r = TestRoom::new(s, "!r:test");
+    r.send(s, &r.msg("$a", ALICE, "a"));
+    // Two forks on top of `$a`: three extremities' worth of history, two extremities.
+    r.send(s, &Ev { prev: Some(vec!["$a".into()]), ..r.msg("$b", ALICE, "b") });
+    r.send(s, &Ev { prev: Some(vec!["$a".into()]), ..r.msg("$c", ALICE, "c") });
+    assert_eq!(s.get_forward_extremities("!r:test").unwrap().len(), 2);
+    assert_eq!(s.delete_extra_forward_extremities("!r:test").unwrap(), Some(1));
+    assert_eq!(s.get_forward_extremities("!r:test").unwrap(), vec!["$c".to_owned()], "the newest stays");
+    assert_eq!(s.delete_extra_forward_extremities("!r:test").unwrap(), Some(0));
 }
 
 fn purge_room_removes_the_room_and_nothing_else(s: &dyn Storage) {

@@ -51,6 +51,20 @@ impl AdminStore for PostgresStore {
         })
     }
 
+    fn delete_extra_forward_extremities(&self, room_id: &str) -> Result<Option<u64>> {
+        self.write(|tx| {
+            let newest = tx.opt(
+                "SELECT f.event_id FROM forward_extremities f JOIN events e ON e.event_id = f.event_id
+                 WHERE f.room_id = $1 ORDER BY e.stream_ordering DESC LIMIT 1",
+                &[&room_id],
+            )?;
+            let Some(newest) = newest.map(|r| r.get::<_, String>(0)) else { return Ok(None) };
+            let deleted =
+                tx.exec("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id != $2", &[&room_id, &newest])?;
+            Ok(Some(deleted))
+        })
+    }
+
     fn purge_room(&self, room_id: &str) -> Result<bool> {
         self.write(|tx| {
             if tx.opt("SELECT room_id FROM rooms WHERE room_id = $1 FOR UPDATE", &[&room_id])?.is_none() {

@@ -97,6 +97,26 @@ impl AdminStore for SqliteStore {
         Ok(deleted as u64)
     }
 
+    fn delete_extra_forward_extremities(&self, room_id: &str) -> Result<Option<u64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let newest: Option<String> = tx
+            .query_row(
+                "SELECT f.event_id FROM forward_extremities f JOIN events e ON e.event_id = f.event_id
+                 WHERE f.room_id = ?1 ORDER BY e.stream_ordering DESC LIMIT 1",
+                [room_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let Some(newest) = newest else { return Ok(None) };
+        let deleted = tx
+            .exec("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id != ?2", params![room_id, newest])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(Some(deleted as u64))
+    }
+
     fn list_users(&self, q: &UserListQuery) -> Result<(Vec<ListedUser>, i64)> {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)
