@@ -1493,3 +1493,66 @@ async fn admins_purge_a_rooms_old_history() {
     let (st, _) = s.post(&purge, Some(&root.token), json!({"purge_up_to_ts": 1, "delete_local_events": true})).await;
     assert_eq!(st, 404, "nothing was sent before 1970");
 }
+
+#[tokio::test]
+async fn admins_join_users_to_rooms_and_list_memberships_and_v3_users() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let gone = s.register("gone").await;
+    let public = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    let private = s.create_room(&root, json!({"preset": "private_chat"})).await;
+
+    // Joining users: a public room directly, a private one by the admin's invite.
+    let (st, b) =
+        s.post(&format!("{ADMIN}/v1/join/{public}"), Some(&root.token), json!({"user_id": alice.user_id})).await;
+    assert_eq!((st, b), (200, json!({"room_id": public})));
+    let (st, b) =
+        s.post(&format!("{ADMIN}/v1/join/{private}"), Some(&root.token), json!({"user_id": alice.user_id})).await;
+    assert_eq!((st, b["room_id"].as_str()), (200, Some(private.as_str())), "{b}");
+    let (_, joined) = s.get(&format!("{V3}/joined_rooms"), Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 2, "{joined}");
+    // Refused: non-admins, remote and unknown users, no user.
+    let (st, e) =
+        s.post(&format!("{ADMIN}/v1/join/{public}"), Some(&bob.token), json!({"user_id": alice.user_id})).await;
+    assert!(forbidden(st, &e), "{st} {e}");
+    let (st, e) =
+        s.post(&format!("{ADMIN}/v1/join/{public}"), Some(&root.token), json!({"user_id": "@x:elsewhere"})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("This endpoint can only be used with local users")), "{e}");
+    let (st, e) =
+        s.post(&format!("{ADMIN}/v1/join/{public}"), Some(&root.token), json!({"user_id": "@nobody:test"})).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{e}");
+    let (st, e) = s.post(&format!("{ADMIN}/v1/join/{public}"), Some(&root.token), json!({})).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+
+    // Memberships, leaves included.
+    assert_eq!(s.post(&format!("{V3}/rooms/{public}/leave"), Some(&alice.token), json!({})).await.0, 200);
+    let (st, b) = s.get(&format!("{ADMIN}/v1/users/{}/memberships", alice.user_id), Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["memberships"], json!({public.clone(): "leave", private.clone(): "join"}));
+
+    // Third-party identifiers: Myelin's accounts have none.
+    let (st, e) = s.get(&format!("{ADMIN}/v1/threepid/email/users/alice%40example.org"), Some(&root.token)).await;
+    assert_eq!((st, e["error"].as_str()), (404, Some("User not found")), "{e}");
+
+    // v3 users: `deactivated` selects rather than includes.
+    assert_eq!(s.post(&format!("{ADMIN}/v1/deactivate/{}", gone.user_id), Some(&root.token), json!({})).await.0, 200);
+    let names = |b: &Value| -> Vec<String> {
+        let mut n: Vec<String> =
+            b["users"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect();
+        n.sort();
+        n
+    };
+    let (_, all) = s.get(&format!("{ADMIN}/v3/users"), Some(&root.token)).await;
+    assert_eq!(names(&all), ["@alice:test", "@bob:test", "@gone:test", "@root:test"]);
+    let (_, only) = s.get(&format!("{ADMIN}/v3/users?deactivated=true"), Some(&root.token)).await;
+    assert_eq!(names(&only), ["@gone:test"]);
+    let (_, active) = s.get(&format!("{ADMIN}/v3/users?deactivated=false"), Some(&root.token)).await;
+    assert_eq!(names(&active), ["@alice:test", "@bob:test", "@root:test"]);
+    let (_, v2) = s.get(&format!("{ADMIN}/v2/users"), Some(&root.token)).await;
+    assert_eq!(names(&v2), ["@alice:test", "@bob:test", "@root:test"], "v2 leaves them out by default");
+    let (_, v2_all) = s.get(&format!("{ADMIN}/v2/users?deactivated=true"), Some(&root.token)).await;
+    assert_eq!(names(&v2_all).len(), 4, "and includes them when asked");
+}

@@ -361,6 +361,24 @@ impl Homeserver {
         let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
         Ok(json!({"total": rooms.len(), "joined_rooms": rooms}))
     }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/memberships`: `{room_id: membership}` for every
+    /// room where the user has one.
+    pub async fn admin_user_memberships(&self, requester: &Requester, user_id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let u = user_id.to_owned();
+        let memberships = self.db(move |s| s.user_memberships(&u)).await?;
+        let map: Map<String, Value> = memberships.into_iter().map(|m| (m.room_id, json!(m.membership))).collect();
+        Ok(json!({ "memberships": map }))
+    }
+
+    /// `GET /_synapse/admin/v1/threepid/{medium}/users/{address}`: Myelin's accounts have no
+    /// third-party identifiers of their own (only identity-server bindings), so no user is
+    /// found, as Synapse answers for an address nobody has.
+    pub fn admin_user_by_threepid(&self, requester: &Requester, _medium: &str, _address: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        Err(Error::not_found("User not found"))
+    }
 }
 
 /// `GET /_synapse/admin/v2/users`'s parameters, as given.
@@ -376,8 +394,11 @@ pub struct UserListParams {
     pub user_id: Option<String>,
     /// `guests` (default true).
     pub guests: Option<bool>,
-    /// `deactivated` (default false).
+    /// `deactivated`: in v2, whether to include deactivated accounts (default false); in v3,
+    /// only those (true) or none of them (false), everyone when absent.
     pub deactivated: Option<bool>,
+    /// Whether this is `GET /_synapse/admin/v3/users`.
+    pub v3: bool,
     /// `admins`: only admins, or only non-admins.
     pub admins: Option<bool>,
     /// `locked` (default false): include locked accounts.
@@ -445,7 +466,13 @@ impl Homeserver {
             name: params.name,
             user_id: params.user_id,
             guests: params.guests.unwrap_or(true),
-            deactivated: params.deactivated.unwrap_or(false),
+            // v2's `deactivated` includes deactivated accounts; v3's selects them (or, false,
+            // leaves them out); absent, v2 leaves them out and v3 lists everyone.
+            deactivated: match (params.v3, params.deactivated) {
+                (false, Some(true)) => None,
+                (false, _) => Some(false),
+                (true, selected) => selected,
+            },
             admins: params.admins,
             locked: params.locked.unwrap_or(false),
             order_by,

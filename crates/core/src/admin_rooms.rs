@@ -53,6 +53,42 @@ impl Homeserver {
         self.event_at_timestamp(requester, &room, Reader::ADMIN, ts, forwards).await
     }
 
+    /// `POST /_synapse/admin/v1/join/{roomIdOrAlias}` `{"user_id"}`: joins a local user to a
+    /// room, the admin inviting them first unless the room is public (Synapse's rules).
+    pub async fn admin_join_user(
+        &self,
+        requester: &Requester,
+        room: &str,
+        via: &[String],
+        body: &Map<String, Value>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let Some(user) = body.get("user_id") else {
+            return Err(Error::new(ErrorKind::MissingParam, "Missing params: ['user_id']"));
+        };
+        let user = user
+            .as_str()
+            .and_then(|u| OwnedUserId::try_from(u).ok())
+            .ok_or_else(|| Error::invalid_param("user_id must be a user ID"))?;
+        if user.server_name() != self.server_name() {
+            return Err(Error::new(ErrorKind::BadRequest, "This endpoint can only be used with local users"));
+        }
+        let u = user.to_string();
+        if self.db(move |s| s.get_user(&u)).await?.is_none() {
+            return Err(Error::not_found("User not found"));
+        }
+        let room_id = self.admin_room_id(room).await?;
+        let join_rule = self.state_content(&room_id, "m.room.join_rules", "").await?;
+        let public = join_rule.as_ref().and_then(|c| c.get("join_rule")).and_then(Value::as_str) == Some("public");
+        if join_rule.is_some() && !public {
+            self.update_membership_unlimited(requester, &room_id, &user, "invite", None, Map::new()).await?;
+        }
+        let acting = self.requester_for(&user).await?;
+        let joined = self.join_room(&acting, room_id.as_str(), via, Map::new()).await?;
+        audit!(requester, "join user to room", format!("{user} to {joined}"));
+        Ok(json!({"room_id": joined}))
+    }
+
     /// `DELETE /_synapse/admin/v1/rooms/{roomIdOrAlias}/forward_extremities`: keeps only the
     /// newest forward extremity (Synapse's fix for rooms slowed by many of them); `{deleted}`.
     pub async fn admin_delete_forward_extremities(&self, requester: &Requester, room: &str) -> Result<Value> {

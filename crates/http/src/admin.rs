@@ -24,6 +24,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/server_version", get(server_version))
         .route("/_synapse/admin/v1/users/{user_id}/admin", get(is_admin).put(set_admin))
         .route("/_synapse/admin/v2/users", get(list_users))
+        .route("/_synapse/admin/v3/users", get(list_users_v3))
+        .route("/_synapse/admin/v1/users/{user_id}/memberships", get(user_memberships))
+        .route("/_synapse/admin/v1/join/{room}", post(join_user))
+        .route("/_synapse/admin/v1/threepid/{medium}/users/{address}", get(user_by_threepid))
         .route("/_synapse/admin/v2/users/{user_id}", get(user).put(put_user))
         .route("/_synapse/admin/v1/users/{user_id}/shadow_ban", post(shadow_ban).delete(lift_shadow_ban))
         .route("/_synapse/admin/v1/suspend/{user_id}", axum::routing::put(suspend))
@@ -111,6 +115,33 @@ async fn set_admin(
 ) -> Answer {
     hs.admin_set_admin(&me, &user_id, body.get("admin")).await?;
     Ok(axum::Json(json!({})))
+}
+
+async fn user_memberships(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_user_memberships(&me, &user_id).await?))
+}
+
+async fn join_user(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> Answer {
+    // `server_name` may repeat.
+    let via: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "server_name")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    Ok(axum::Json(hs.admin_join_user(&me, &room, &via, &body).await?))
+}
+
+async fn user_by_threepid(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((medium, address)): Path<(String, String)>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_user_by_threepid(&me, &medium, &address)?))
 }
 
 async fn redact_user(
@@ -298,7 +329,16 @@ struct UsersQuery {
 }
 
 async fn list_users(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<UsersQuery>) -> Answer {
+    users_page(&hs, &me, q, false).await
+}
+
+async fn list_users_v3(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<UsersQuery>) -> Answer {
+    users_page(&hs, &me, q, true).await
+}
+
+async fn users_page(hs: &AppState, me: &myelin_core::Requester, q: UsersQuery, v3: bool) -> Answer {
     let params = myelin_core::admin::UserListParams {
+        v3,
         from: integer(q.from, "from")?,
         limit: integer(q.limit, "limit")?,
         name: q.name,
@@ -310,7 +350,7 @@ async fn list_users(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<
         order_by: q.order_by,
         dir: q.dir,
     };
-    Ok(axum::Json(hs.admin_list_users(&me, params).await?))
+    Ok(axum::Json(hs.admin_list_users(me, params).await?))
 }
 
 #[derive(Deserialize, Default)]

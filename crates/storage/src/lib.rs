@@ -1105,8 +1105,8 @@ pub struct UserListQuery {
     pub user_id: Option<String>,
     /// Include guests.
     pub guests: bool,
-    /// Include deactivated accounts.
-    pub deactivated: bool,
+    /// Only deactivated accounts (`Some(true)`), only active ones (`Some(false)`), or both.
+    pub deactivated: Option<bool>,
     /// Only admins (`Some(true)`) or only non-admins (`Some(false)`).
     pub admins: Option<bool>,
     /// Include locked accounts.

@@ -2714,13 +2714,20 @@ fn admin_user_list_filters_orders_and_pages(s: &dyn Storage) {
     make(CAROL, None, TS + 2, false, true, false);
     make(DAVE, Some("Dave"), TS + 4, false, false, true);
     let list = |f: &dyn Fn(&mut UserListQuery)| {
-        let mut q = UserListQuery { limit: 100, guests: true, forwards: true, ..UserListQuery::default() };
+        let mut q = UserListQuery {
+            limit: 100,
+            guests: true,
+            forwards: true,
+            deactivated: Some(false),
+            ..UserListQuery::default()
+        };
         f(&mut q);
         let (users, total) = s.list_users(&q).unwrap();
         (users.into_iter().map(|u| u.user.user_id).collect::<Vec<_>>(), total)
     };
     assert_eq!(list(&|_| {}), (strings(&[ALICE, BOB, CAROL]), 3), "deactivated left out by default");
-    assert_eq!(list(&|q| q.deactivated = true).1, 4);
+    assert_eq!(list(&|q| q.deactivated = None).1, 4);
+    assert_eq!(list(&|q| q.deactivated = Some(true)).1, 1, "only the deactivated");
     assert_eq!(list(&|q| q.guests = false), (strings(&[ALICE, BOB]), 2));
     assert_eq!(list(&|q| q.admins = Some(true)), (strings(&[ALICE]), 1));
     assert_eq!(list(&|q| q.admins = Some(false)).1, 2);

@@ -92,7 +92,7 @@ impl AdminStore for PostgresStore {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE ($1::TEXT IS NULL OR strpos(lower(u.user_id), lower($1)) > 0 OR strpos(lower(coalesce(p.displayname, '')), lower($1)) > 0)
                AND ($2::TEXT IS NULL OR strpos(lower(u.user_id), lower($2)) > 0)
-               AND ($3 OR NOT u.is_guest) AND ($4 OR NOT u.deactivated) AND ($5::BOOLEAN IS NULL OR u.is_admin = $5)
+               AND ($3 OR NOT u.is_guest) AND ($4::BOOLEAN IS NULL OR u.deactivated = $4) AND ($5::BOOLEAN IS NULL OR u.is_admin = $5)
                AND ($6 OR NOT u.locked)";
         let order = if q.forwards { "ASC" } else { "DESC" };
         let column = crate::sqlite::user_order_column(q.order_by);

@@ -121,7 +121,7 @@ impl AdminStore for SqliteStore {
         let filter = "FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id
              WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)
                AND (?2 IS NULL OR instr(lower(u.user_id), lower(?2)) > 0)
-               AND (?3 OR u.is_guest = 0) AND (?4 OR u.deactivated = 0) AND (?5 IS NULL OR u.is_admin = ?5)
+               AND (?3 OR u.is_guest = 0) AND (?4 IS NULL OR u.deactivated = ?4) AND (?5 IS NULL OR u.is_admin = ?5)
                AND (?8 OR u.locked = 0)";
         let conn = self.reader();
         let args = params![q.name, q.user_id, q.guests, q.deactivated, q.admins, q.limit, q.from, q.locked];
