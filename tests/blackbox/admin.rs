@@ -106,10 +106,32 @@ async fn users_report_events_rooms_and_users_and_admins_read_them() {
     assert_eq!((st, b["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
     assert_eq!(s.call("DELETE", &format!("{ADMIN}/v1/event_reports/{id}"), Some(&root.token), None).await.0, 404);
     assert!(s.log_shows("delete event report").await, "audited");
-    // What was kept of the room and user reports (no admin endpoint lists them yet).
-    let rows =
-        sql_in(s.dir.path(), "SELECT reason FROM room_reports UNION ALL SELECT target_user_id FROM user_reports");
-    assert_eq!(rows, vec![vec!["spam room".to_owned()], vec!["@bob:test".to_owned()]]);
+    // What was kept of the room reports (no admin endpoint lists them, as on Synapse).
+    let rows = sql_in(s.dir.path(), "SELECT reason FROM room_reports");
+    assert_eq!(rows, vec![vec!["spam room".to_owned()]]);
+
+    // User reports: listed, filtered, read and deleted by admins only.
+    let (st, b) = s.get(&format!("{ADMIN}/v1/user_reports"), Some(&alice.token)).await;
+    assert!(forbidden(st, &b), "{st} {b}");
+    let (st, list) = s.get(&format!("{ADMIN}/v1/user_reports"), Some(&root.token)).await;
+    assert_eq!((st, list["total"].as_i64()), (200, Some(1)), "unknown and remote targets were not kept: {list}");
+    let report = &list["user_reports"][0];
+    assert_eq!(
+        (report["target_user_id"].as_str(), report["user_id"].as_str(), report["reason"].as_str()),
+        (Some("@bob:test"), Some("@carol:test"), Some("spammer"))
+    );
+    let (_, none) = s.get(&format!("{ADMIN}/v1/user_reports?target_user_id=alice"), Some(&root.token)).await;
+    assert_eq!(none["total"], 0);
+    let (_, by_carol) = s.get(&format!("{ADMIN}/v1/user_reports?user_id=carol"), Some(&root.token)).await;
+    assert_eq!(by_carol["total"], 1);
+    let id = report["id"].as_i64().unwrap();
+    let (st, one) = s.get(&format!("{ADMIN}/v1/user_reports/{id}"), Some(&root.token)).await;
+    assert_eq!((st, &one), (200, report), "{one}");
+    let (st, b) = s.get(&format!("{ADMIN}/v1/user_reports/abc"), Some(&root.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{b}");
+    assert_eq!(s.call("DELETE", &format!("{ADMIN}/v1/user_reports/{id}"), Some(&root.token), None).await.0, 200);
+    assert_eq!(s.get(&format!("{ADMIN}/v1/user_reports/{id}"), Some(&root.token)).await.0, 404);
+    assert_eq!(s.call("DELETE", &format!("{ADMIN}/v1/user_reports/{id}"), Some(&root.token), None).await.0, 404);
 }
 
 #[tokio::test]

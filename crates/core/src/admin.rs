@@ -37,6 +37,17 @@ fn ratelimit_number(value: f64) -> Value {
 }
 
 /// A report ID from the path: Synapse's message for anything but a non-negative integer.
+/// A user report as Synapse's admin API shows it.
+fn user_report_json((id, received_ts, target_user_id, user_id, reason): myelin_storage::SubjectReport) -> Value {
+    json!({
+        "id": id,
+        "received_ts": received_ts,
+        "target_user_id": target_user_id,
+        "user_id": user_id,
+        "reason": reason,
+    })
+}
+
 fn report_id(text: &str) -> Result<i64> {
     text.parse::<i64>().ok().filter(|id| *id >= 0).ok_or_else(|| {
         Error::invalid_param("The report_id parameter must be a string representing a positive integer.")
@@ -147,6 +158,68 @@ impl Homeserver {
             return Err(Error::not_found("Event report not found"));
         }
         audit!(requester, "delete event report", id);
+        Ok(())
+    }
+
+    /// `GET /_synapse/admin/v1/user_reports`: `from`, `limit`, `dir` (newest first by
+    /// default), `user_id` (a part of the reporter's ID) and `target_user_id` (of the
+    /// reported user's).
+    pub async fn admin_user_reports(
+        &self,
+        requester: &Requester,
+        query: EventReportQuery,
+        target_user_id: Option<String>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        if query.from < 0 {
+            return Err(Error::invalid_param("The start parameter must be a positive integer."));
+        }
+        if query.limit < 0 {
+            return Err(Error::invalid_param("The limit parameter must be a positive integer."));
+        }
+        let mut reports: Vec<Value> = self
+            .db(|s| s.user_reports())
+            .await?
+            .into_iter()
+            .filter(|(_, _, target, reporter, _)| {
+                query.user_id.as_ref().is_none_or(|part| reporter.contains(part.as_str()))
+                    && target_user_id.as_ref().is_none_or(|part| target.contains(part.as_str()))
+            })
+            .map(user_report_json)
+            .collect();
+        if !query.forwards {
+            reports.reverse();
+        }
+        let total = reports.len() as i64;
+        let page: Vec<Value> = reports.into_iter().skip(query.from as usize).take(query.limit as usize).collect();
+        let mut answer = json!({"total": total});
+        if query.from.saturating_add(query.limit) < total {
+            answer["next_token"] = json!(query.from + page.len() as i64);
+        }
+        answer["user_reports"] = json!(page);
+        Ok(answer)
+    }
+
+    /// `GET /_synapse/admin/v1/user_reports/{reportId}`.
+    pub async fn admin_user_report(&self, requester: &Requester, id: &str) -> Result<Value> {
+        self.require_admin(requester)?;
+        let id = report_id(id)?;
+        let reports = self.db(|s| s.user_reports()).await?;
+        reports
+            .into_iter()
+            .find(|r| r.0 == id)
+            .map(user_report_json)
+            .ok_or_else(|| Error::not_found("User report not found"))
+    }
+
+    /// `DELETE /_synapse/admin/v1/user_reports/{reportId}`.
+    pub async fn admin_delete_user_report(&self, requester: &Requester, id: &str) -> Result<()> {
+        self.require_admin(requester)?;
+        let id = report_id(id)?;
+        if !self.db(move |s| s.delete_user_report(id)).await? {
+            return Err(Error::not_found("User report not found"));
+        }
+        audit!(requester, "delete user report", id);
         Ok(())
     }
 

@@ -96,6 +96,8 @@ pub(crate) fn router() -> Router<AppState> {
             get(forward_extremities).delete(delete_forward_extremities),
         )
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
+        .route("/_synapse/admin/v1/user_reports", get(user_reports))
+        .route("/_synapse/admin/v1/user_reports/{report_id}", get(user_report).delete(delete_user_report))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report).delete(delete_event_report))
 }
 
@@ -785,22 +787,43 @@ struct ReportsQuery {
     dir: Option<String>,
     user_id: Option<String>,
     room_id: Option<String>,
+    target_user_id: Option<String>,
+}
+
+impl ReportsQuery {
+    /// The paging and filters, newest first unless `dir=f`.
+    fn query(&self) -> Result<myelin_core::EventReportQuery, MatrixError> {
+        let forwards = match self.dir.as_deref() {
+            None | Some("b") => false,
+            Some("f") => true,
+            Some(_) => return Err(MatrixError::new(myelin_core::ErrorKind::InvalidParam, "Unknown direction")),
+        };
+        Ok(myelin_core::EventReportQuery {
+            from: self.from.unwrap_or(0),
+            limit: self.limit.unwrap_or(100),
+            forwards,
+            user_id: self.user_id.clone(),
+            room_id: self.room_id.clone(),
+        })
+    }
 }
 
 async fn event_reports(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<ReportsQuery>) -> Answer {
-    let forwards = match q.dir.as_deref() {
-        None | Some("b") => false,
-        Some("f") => true,
-        Some(_) => return Err(MatrixError::new(myelin_core::ErrorKind::InvalidParam, "Unknown direction")),
-    };
-    let query = myelin_core::EventReportQuery {
-        from: q.from.unwrap_or(0),
-        limit: q.limit.unwrap_or(100),
-        forwards,
-        user_id: q.user_id,
-        room_id: q.room_id,
-    };
-    Ok(axum::Json(hs.admin_event_reports(&me, query).await?))
+    Ok(axum::Json(hs.admin_event_reports(&me, q.query()?).await?))
+}
+
+async fn user_reports(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<ReportsQuery>) -> Answer {
+    let query = q.query()?;
+    Ok(axum::Json(hs.admin_user_reports(&me, query, q.target_user_id).await?))
+}
+
+async fn user_report(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_user_report(&me, &id).await?))
+}
+
+async fn delete_user_report(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {
+    hs.admin_delete_user_report(&me, &id).await?;
+    Ok(axum::Json(json!({})))
 }
 
 async fn event_report(State(hs): State<AppState>, Auth(me): Auth, Path(id): Path<String>) -> Answer {

@@ -1154,6 +1154,8 @@ pub trait AdminStore {
     fn room_reports(&self) -> Result<Vec<SubjectReport>>;
     /// `(id, received_ts, target_user_id, user_id, reason)` of every user report, oldest first.
     fn user_reports(&self) -> Result<Vec<SubjectReport>>;
+    /// Deletes a user report; false if there was none.
+    fn delete_user_report(&self, id: i64) -> Result<bool>;
     /// Blocks a room (Synapse's `blocked_rooms`), remembering the admin; blocking again keeps
     /// the first admin.
     fn block_room(&self, room_id: &str, user_id: &str) -> Result<()>;

@@ -2702,6 +2702,10 @@ fn room_and_user_reports_are_kept(s: &dyn Storage) {
     let u = s.add_user_report(BOB, ALICE, "spammer", TS + 1).unwrap();
     assert_eq!(s.room_reports().unwrap(), vec![(r, TS, "!a:test".into(), ALICE.into(), "spam room".into())]);
     assert_eq!(s.user_reports().unwrap(), vec![(u, TS + 1, BOB.into(), ALICE.into(), "spammer".into())]);
+    assert!(s.delete_user_report(u).unwrap());
+    assert!(!s.delete_user_report(u).unwrap(), "gone");
+    assert!(s.user_reports().unwrap().is_empty());
+    assert_eq!(s.room_reports().unwrap().len(), 1, "room reports untouched");
 }
 
 fn admin_user_list_filters_orders_and_pages(s: &dyn Storage) {

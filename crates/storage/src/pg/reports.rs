@@ -209,6 +209,10 @@ impl AdminStore for PostgresStore {
         self.write(|tx| Ok(tx.exec("DELETE FROM event_reports WHERE id = $1", &[&id])? > 0))
     }
 
+    fn delete_user_report(&self, id: i64) -> Result<bool> {
+        self.write(|tx| Ok(tx.exec("DELETE FROM user_reports WHERE id = $1", &[&id])? > 0))
+    }
+
     fn room_reports(&self) -> Result<Vec<SubjectReport>> {
         self.read(|db| {
             let rows =

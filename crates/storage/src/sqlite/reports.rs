@@ -232,6 +232,10 @@ impl AdminStore for SqliteStore {
         Ok(self.conn().exec("DELETE FROM event_reports WHERE id = ?1", params![id]).map_err(backend)? > 0)
     }
 
+    fn delete_user_report(&self, id: i64) -> Result<bool> {
+        Ok(self.conn().exec("DELETE FROM user_reports WHERE id = ?1", params![id]).map_err(backend)? > 0)
+    }
+
     fn room_reports(&self) -> Result<Vec<SubjectReport>> {
         let conn = self.reader();
         let mut stmt = conn
