@@ -497,7 +497,8 @@ pub struct RoomListParams {
     pub search_term: Option<String>,
 }
 
-fn paging(from: Option<i64>, limit: Option<i64>) -> Result<(i64, i64)> {
+/// `from` (default 0) and `limit` (default 100), refused when negative, as Synapse's admin API.
+pub(crate) fn paging(from: Option<i64>, limit: Option<i64>) -> Result<(i64, i64)> {
     let from = from.unwrap_or(0);
     if from < 0 {
         return Err(Error::invalid_param("Query parameter from must be a string representing a positive integer."));
@@ -509,7 +510,8 @@ fn paging(from: Option<i64>, limit: Option<i64>) -> Result<(i64, i64)> {
     Ok((from, limit))
 }
 
-fn forwards(dir: Option<&str>) -> Result<bool> {
+/// `dir`: `f` (the default) or `b`.
+pub(crate) fn forwards(dir: Option<&str>) -> Result<bool> {
     match dir {
         None | Some("f") => Ok(true),
         Some("b") => Ok(false),

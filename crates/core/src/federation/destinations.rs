@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::sender::RetryTimings;
+use crate::admin::{forwards, paging};
 use crate::error::ErrorKind;
 use crate::{Error, Homeserver, Requester, Result};
 
@@ -39,32 +40,13 @@ fn destination_json(name: &str, t: &RetryTimings) -> Value {
     })
 }
 
-/// `from` and `limit` checked as Synapse checks them.
-fn page(from: Option<i64>, limit: Option<i64>) -> Result<(usize, usize)> {
-    let (from, limit) = (from.unwrap_or(0), limit.unwrap_or(100));
-    if from < 0 {
-        return Err(Error::invalid_param("Query parameter from must be a string representing a positive integer."));
-    }
-    if limit < 0 {
-        return Err(Error::invalid_param("Query parameter limit must be a string representing a positive integer."));
-    }
-    Ok((from as usize, limit as usize))
-}
-
-fn backwards(dir: Option<&str>) -> Result<bool> {
-    match dir {
-        None | Some("f") => Ok(false),
-        Some("b") => Ok(true),
-        Some(other) => Err(Error::invalid_param(format!("Unknown direction: {other}"))),
-    }
-}
-
 /// A page of `items` with Synapse's `total` and `next_token`.
-fn paged(key: &str, items: Vec<Value>, from: usize, limit: usize) -> Value {
+fn paged(key: &str, items: Vec<Value>, from: i64, limit: i64) -> Value {
+    let (from, limit) = (from as usize, limit as usize);
     let total = items.len();
     let page: Vec<Value> = items.into_iter().skip(from).take(limit).collect();
     let mut out = json!({ key: page, "total": total });
-    if from + limit < total {
+    if from.saturating_add(limit) < total {
         out["next_token"] = json!((from + out[key].as_array().map_or(0, Vec::len)).to_string());
     }
     out
@@ -94,8 +76,8 @@ impl Homeserver {
     /// `GET /_synapse/admin/v1/federation/destinations`.
     pub async fn admin_list_destinations(&self, requester: &Requester, params: DestinationListParams) -> Result<Value> {
         self.require_admin(requester)?;
-        let (from, limit) = page(params.from, params.limit)?;
-        let backwards = backwards(params.dir.as_deref())?;
+        let (from, limit) = paging(params.from, params.limit)?;
+        let backwards = !forwards(params.dir.as_deref())?;
         let order_by = params.order_by.unwrap_or_else(|| "destination".into());
         let mut listed: Vec<(String, RetryTimings)> = self
             .known_destinations()
@@ -142,8 +124,8 @@ impl Homeserver {
         dir: Option<&str>,
     ) -> Result<Value> {
         self.require_admin(requester)?;
-        let (from, limit) = page(from, limit)?;
-        let backwards = backwards(dir)?;
+        let (from, limit) = paging(from, limit)?;
+        let backwards = !forwards(dir)?;
         let known = self.known_destinations().await?;
         let (_, rooms) = known.get(destination).ok_or_else(|| Error::not_found("Unknown destination"))?;
         let mut rooms: Vec<String> = rooms.iter().cloned().collect();
