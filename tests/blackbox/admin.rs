@@ -1250,7 +1250,7 @@ async fn suspended_accounts_may_read_leave_and_redact_their_own_events_only() {
 
 /// Polls a task's status endpoint until it leaves `scheduled` and `active`.
 async fn settled(s: &Server, token: &str, path: &str) -> Value {
-    for _ in 0..100 {
+    for _ in 0..400 {
         let (st, b) = s.get(path, Some(token)).await;
         assert_eq!(st, 200, "{b}");
         if !matches!(b["status"].as_str(), Some("scheduled" | "active")) {
