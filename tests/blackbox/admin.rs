@@ -1555,6 +1555,20 @@ async fn admins_join_users_to_rooms_and_list_memberships_and_v3_users() {
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["memberships"], json!({public.clone(): "leave", private.clone(): "join"}));
 
+    // The legacy user search: IDs containing the term, no password hashes.
+    let (st, found) = s.get(&format!("{ADMIN}/v1/search_users/@root:test?term=ALI"), Some(&root.token)).await;
+    assert_eq!(st, 200, "{found}");
+    assert_eq!(
+        found,
+        json!([{"name": "@alice:test", "password_hash": null, "is_guest": false, "admin": false, "user_type": null}])
+    );
+    let (st, e) = s.get(&format!("{ADMIN}/v1/search_users/@root:test"), Some(&root.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    let (st, e) = s.get(&format!("{ADMIN}/v1/search_users/@x:elsewhere?term=a"), Some(&root.token)).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("Can only users a local user")), "{e}");
+    let (st, e) = s.get(&format!("{ADMIN}/v1/search_users/@bob:test?term=a"), Some(&bob.token)).await;
+    assert!(forbidden(st, &e), "{st} {e}");
+
     // Third-party identifiers: Myelin's accounts have none.
     let (st, e) = s.get(&format!("{ADMIN}/v1/threepid/email/users/alice%40example.org"), Some(&root.token)).await;
     assert_eq!((st, e["error"].as_str()), (404, Some("User not found")), "{e}");

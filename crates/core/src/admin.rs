@@ -445,6 +445,41 @@ impl Homeserver {
         Ok(json!({ "memberships": map }))
     }
 
+    /// `GET /_synapse/admin/v1/search_users/{userId}?term=`: every account whose ID contains
+    /// `term` (any case), in Synapse's shape, but with `password_hash` withheld (`null`):
+    /// Myelin hands out no password hashes, which could be cracked offline.
+    pub async fn admin_search_users(&self, requester: &Requester, target: &str, term: Option<String>) -> Result<Value> {
+        use myelin_storage::UserListQuery;
+        self.require_admin(requester)?;
+        parse_local_user(self, target, "Can only users a local user")?;
+        let Some(term) = term else {
+            return Err(Error::new(ErrorKind::MissingParam, "Missing string query parameter 'term'"));
+        };
+        let query = UserListQuery {
+            limit: i64::MAX,
+            user_id: Some(term),
+            guests: true,
+            deactivated: None,
+            locked: true,
+            forwards: true,
+            ..UserListQuery::default()
+        };
+        let (users, _) = self.db(move |s| s.list_users(&query)).await?;
+        let found: Vec<Value> = users
+            .into_iter()
+            .map(|u| {
+                json!({
+                    "name": u.user.user_id,
+                    "password_hash": null,
+                    "is_guest": u.user.is_guest,
+                    "admin": u.user.is_admin,
+                    "user_type": null,
+                })
+            })
+            .collect();
+        Ok(json!(found))
+    }
+
     /// `GET /_synapse/admin/v1/threepid/{medium}/users/{address}`: Myelin's accounts have no
     /// third-party identifiers of their own (only identity-server bindings), so no user is
     /// found, as Synapse answers for an address nobody has.

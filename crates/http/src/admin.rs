@@ -28,6 +28,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/users/{user_id}/memberships", get(user_memberships))
         .route("/_synapse/admin/v1/join/{room}", post(join_user))
         .route("/_synapse/admin/v1/threepid/{medium}/users/{address}", get(user_by_threepid))
+        .route("/_synapse/admin/v1/search_users/{user_id}", get(search_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(user).put(put_user))
         .route("/_synapse/admin/v1/users/{user_id}/shadow_ban", post(shadow_ban).delete(lift_shadow_ban))
         .route("/_synapse/admin/v1/suspend/{user_id}", axum::routing::put(suspend))
@@ -136,6 +137,21 @@ async fn join_user(
         .map(|(_, v)| v.into_owned())
         .collect();
     Ok(axum::Json(hs.admin_join_user(&me, &room, &via, &body).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SearchQuery {
+    term: Option<String>,
+}
+
+async fn search_users(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    Query(q): Query<SearchQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_search_users(&me, &user_id, q.term).await?))
 }
 
 async fn user_by_threepid(
