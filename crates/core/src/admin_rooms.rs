@@ -141,14 +141,11 @@ impl Homeserver {
         };
         let mine = |user: &str| user.split_once(':').is_some_and(|(_, server)| server == self.server_name());
         let power_levels = self.state_content(&room_id, "m.room.power_levels", "").await?;
-        let create = self.state_content(&room_id, "m.room.create", "").await?.unwrap_or_default();
-        let creator = {
-            let id = state.get(&("m.room.create".to_owned(), String::new())).map(|e| e.to_string());
-            match id {
-                Some(id) => self.load_events(vec![id]).await?.into_values().next().map(|pdu| pdu.sender.to_string()),
-                None => None,
-            }
+        let create = match state.get(&("m.room.create".to_owned(), String::new())) {
+            Some(id) => self.load_events(vec![id.to_string()]).await?.into_values().next(),
+            None => None,
         };
+        let creator = create.as_ref().map(|pdu| pdu.sender.to_string());
         let pl = self.power_levels(&state).await?;
         let no_admin = || Error::new(ErrorKind::BadRequest, "No local admin user in room");
         let (admin, mut content) = match power_levels {
@@ -160,13 +157,8 @@ impl Homeserver {
                     .unwrap_or_default();
                 candidates.sort_by_key(|u| pl.user(u));
                 // Where creators outrank everyone (room version 12), a local creator comes first.
-                let mut creators: Vec<String> = create
-                    .get("additional_creators")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                    .unwrap_or_default();
-                creators.extend(creator.clone());
-                candidates.extend(creators.into_iter().filter(|c| mine(c) && pl.user(c) == i64::MAX));
+                let creators = create.as_ref().map(crate::rooms::privileged_creators).unwrap_or_default();
+                candidates.extend(creators.into_iter().filter(|c| mine(c)));
                 let mut admin = None;
                 for candidate in candidates.iter().rev() {
                     let rid = room_id.clone();

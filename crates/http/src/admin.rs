@@ -237,43 +237,32 @@ async fn reset_destination(State(hs): State<AppState>, Auth(me): Auth, Path(dest
     Ok(axum::Json(hs.admin_reset_destination(&me, &destination).await?))
 }
 
-/// A JSON object body that may be left out (Synapse's `allow_empty_body`).
-fn optional_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, MatrixError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(MatrixError::new(myelin_core::ErrorKind::BadJson, "Content must be a JSON object.")),
-        Err(_) => Err(MatrixError::new(myelin_core::ErrorKind::NotJson, "Content not JSON.")),
-    }
-}
-
 async fn make_room_admin(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path(room): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> Answer {
-    Ok(axum::Json(hs.admin_make_room_admin(&me, &room, &optional_object(&body)?).await?))
+    // `JsonBody` takes an empty body as `{}`, as Synapse's `allow_empty_body`.
+    Ok(axum::Json(hs.admin_make_room_admin(&me, &room, &body).await?))
 }
 
 async fn purge_history(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path(room_id): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> Answer {
-    Ok(axum::Json(hs.admin_purge_history(&me, &room_id, None, &optional_object(&body)?).await?))
+    Ok(axum::Json(hs.admin_purge_history(&me, &room_id, None, &body).await?))
 }
 
 async fn purge_history_to_event(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path((room_id, event_id)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> Answer {
-    Ok(axum::Json(hs.admin_purge_history(&me, &room_id, Some(&event_id), &optional_object(&body)?).await?))
+    Ok(axum::Json(hs.admin_purge_history(&me, &room_id, Some(&event_id), &body).await?))
 }
 
 async fn purge_history_status(State(hs): State<AppState>, Auth(me): Auth, Path(purge_id): Path<String>) -> Answer {
