@@ -11,6 +11,7 @@ mod appservices; // application services: registration files, masquerading, tran
 mod clients; // matrix-nio and matrix-js-sdk sessions
 mod directory; // aliases, room directory, user directory
 mod e2ee; // keys, cross-signing, to-device, key backup
+mod email; // e-mail and third-party identifiers against a local SMTP server (aiosmtpd)
 mod ephemeral; // receipts, read markers, typing, presence
 mod federating; // two Myelins on loopback with TLS: joins, messages, restarts
 mod federation; // server keys, the federation version endpoint

@@ -313,11 +313,14 @@ impl Homeserver {
             .into_iter()
             .map(|(auth_provider, external_id)| json!({"auth_provider": auth_provider, "external_id": external_id}))
             .collect();
+        let u = user.to_string();
+        let threepids: Vec<Value> =
+            self.db(move |s| s.user_threepids(&u)).await?.iter().map(crate::threepids::threepid_json).collect();
         Ok(json!({
             "name": user,
             "displayname": displayname,
             "avatar_url": avatar_url,
-            "threepids": [],
+            "threepids": threepids,
             "external_ids": external_ids,
             "admin": row.is_admin,
             "deactivated": row.deactivated,
@@ -480,12 +483,15 @@ impl Homeserver {
         Ok(json!(found))
     }
 
-    /// `GET /_synapse/admin/v1/threepid/{medium}/users/{address}`: Myelin's accounts have no
-    /// third-party identifiers of their own (only identity-server bindings), so no user is
-    /// found, as Synapse answers for an address nobody has.
-    pub fn admin_user_by_threepid(&self, requester: &Requester, _medium: &str, _address: &str) -> Result<Value> {
+    /// `GET /_synapse/admin/v1/threepid/{medium}/users/{address}`: the account that has the
+    /// identifier (the address as stored, so as Synapse, not canonicalised here).
+    pub async fn admin_user_by_threepid(&self, requester: &Requester, medium: &str, address: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        Err(Error::not_found("User not found"))
+        let (m, a) = (medium.to_owned(), address.to_owned());
+        match self.db(move |s| s.user_by_threepid(&m, &a)).await? {
+            Some(user_id) => Ok(json!({"user_id": user_id})),
+            None => Err(Error::not_found("User not found")),
+        }
     }
 }
 
@@ -941,6 +947,19 @@ impl Homeserver {
             ),
             Some(_) => return Err(Error::invalid_param("'external_ids' parameter is not of type list")),
         };
+        let threepids = match body.get("threepids") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|item| match (item["medium"].as_str(), item["address"].as_str()) {
+                        (Some(medium), Some(address)) => Ok((medium.to_owned(), address.to_owned())),
+                        _ => Err(Error::new(ErrorKind::MissingParam, "Missing params: ['medium', 'address']")),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(_) => return Err(Error::invalid_param("'threepids' parameter is not of type list")),
+        };
         let password = text("password", 512)?;
         let displayname = text("displayname", 256)?;
         let avatar_url = text("avatar_url", 1000)?;
@@ -1020,6 +1039,10 @@ impl Homeserver {
             self.replace_external_ids(user.as_str(), ids).await?;
             audit!(requester, "set external IDs", user);
         }
+        if let Some(threepids) = threepids {
+            self.replace_threepids(user.as_str(), threepids, created).await?;
+            audit!(requester, "set threepids", user);
+        }
         for (field, value) in [
             (myelin_storage::ProfileField::DisplayName, displayname),
             (myelin_storage::ProfileField::AvatarUrl, avatar_url),
@@ -1030,6 +1053,34 @@ impl Homeserver {
             }
         }
         Ok((created, self.admin_user(requester, user.as_str()).await?))
+    }
+
+    /// An account's third-party identifiers become exactly `wanted` (Synapse's admin PUT):
+    /// the others are unbound and removed; new ones are added, taken from another account
+    /// that had one, as Synapse's upsert does. A new account only gains its list.
+    async fn replace_threepids(&self, user_id: &str, wanted: Vec<(String, String)>, created: bool) -> Result<()> {
+        let u = user_id.to_owned();
+        let current: Vec<(String, String)> =
+            self.db(move |s| s.user_threepids(&u)).await?.into_iter().map(|t| (t.medium, t.address)).collect();
+        if !created {
+            for (medium, address) in current.iter().filter(|t| !wanted.contains(t)) {
+                self.unbind_threepid(user_id, medium, address, None).await?;
+                self.delete_local_threepid(user_id, medium, address).await?;
+            }
+        }
+        let now = crate::server::now_ms();
+        for (medium, address) in wanted.iter().filter(|t| !current.contains(t)) {
+            if let Some(owner) = self.user_by_threepid(medium, address).await?.filter(|o| o != user_id) {
+                self.delete_local_threepid(&owner, medium, address).await?;
+            }
+            let threepid = crate::threepids::ValidatedThreepid {
+                medium: medium.clone(),
+                address: address.clone(),
+                validated_at: now,
+            };
+            self.add_threepid(user_id, &threepid).await?;
+        }
+        Ok(())
     }
 
     /// An account's external IDs become exactly `ids` (409 "External id is already in use."

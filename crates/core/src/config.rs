@@ -336,6 +336,10 @@ pub struct Config {
     /// `experimental_features.msc3202_transaction_extensions`: appservices registered with
     /// `org.matrix.msc3202` get device list changes and key counts in transactions.
     pub msc3202_transaction_extensions: bool,
+    /// `email:`, when configured: mails are sent and addresses validated.
+    pub email: Option<crate::mail::EmailSettings>,
+    /// Third-party identifiers on accounts (`registrations_require_3pid`, `enable_3pid_changes`, ...).
+    pub threepids: crate::threepids::ThreepidSettings,
     /// One line per unknown or unsupported key.
     pub warnings: Vec<String>,
 }
@@ -454,6 +458,15 @@ const KNOWN_KEYS: &[&str] = &[
     "url_preview_url_blacklist",
     "url_preview_accept_language",
     "max_spider_size",
+    "email",
+    "custom_template_directory",
+    "registrations_require_3pid",
+    "enable_3pid_changes",
+    "request_token_inhibit_3pid_errors",
+    "next_link_domain_whitelist",
+    "allowed_local_3pids",
+    "disable_msisdn_registration",
+    "account_threepid_delegates",
 ];
 
 /// Room versions Myelin can create and participate in (docs/room-versions.md).
@@ -732,7 +745,7 @@ fn parse_caches(value: Option<&Value>) -> Result<crate::cache::CacheSizes, Confi
 
 /// Parses a duration as Synapse does: a number of milliseconds, or a string with a unit
 /// (`"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, `"1w"`, `"1y"`; a bare number string is ms).
-fn parse_duration(value: &Value) -> Option<std::time::Duration> {
+pub(crate) fn parse_duration(value: &Value) -> Option<std::time::Duration> {
     let ms = match value {
         Value::Number(n) => n.as_u64()?,
         Value::String(s) => {
@@ -857,7 +870,13 @@ impl Config {
         let enable_registration = w.boolean("enable_registration", false)?;
         let without_verification = w.boolean("enable_registration_without_verification", false)?;
         let registration_requires_token = w.boolean("registration_requires_token", false)?;
-        if enable_registration && !without_verification && !registration_requires_token {
+        let email = crate::mail::parse_email(&root, &resolve)?;
+        let threepids = crate::threepids::ThreepidSettings::parse(&root, email.is_some())?;
+        if enable_registration
+            && !without_verification
+            && !registration_requires_token
+            && threepids.registrations_require_3pid.is_empty()
+        {
             return Err(ConfigError::at(
                 &[],
                 "You have enabled open registration without any verification. This is a known vector \
@@ -1109,6 +1128,8 @@ impl Config {
             log_level: if log_level == "warning" { "warn".into() } else { log_level },
             log,
             pid_file: w.string("pid_file")?.map(resolve),
+            email,
+            threepids,
             warnings,
         };
         Ok((config, modules))

@@ -366,6 +366,8 @@ pub struct Limiters {
     pub joins_remote: Limiter,
     /// `rc_joins_per_room`.
     pub joins_per_room: Limiter,
+    /// `rc_3pid_validation`: `requestToken` calls, per client address and per address mailed.
+    pub three_pid_validation: Limiter,
     /// `rc_invites.per_room`.
     pub invites_per_room: Limiter,
     /// `rc_invites.per_user`.
@@ -405,6 +407,7 @@ impl Limiters {
             joins_local: Limiter::new("rc_joins.local", settings.joins_local),
             joins_remote: Limiter::new("rc_joins.remote", settings.joins_remote),
             joins_per_room: Limiter::new("rc_joins_per_room", settings.joins_per_room),
+            three_pid_validation: Limiter::new("rc_3pid_validation", settings.three_pid_validation),
             invites_per_room: Limiter::new("rc_invites.per_room", settings.invites_per_room),
             invites_per_user: Limiter::new("rc_invites.per_user", settings.invites_per_user),
             invites_per_issuer: Limiter::new("rc_invites.per_issuer", settings.invites_per_issuer),

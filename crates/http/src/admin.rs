@@ -159,7 +159,7 @@ async fn user_by_threepid(
     Auth(me): Auth,
     Path((medium, address)): Path<(String, String)>,
 ) -> Answer {
-    Ok(axum::Json(hs.admin_user_by_threepid(&me, &medium, &address)?))
+    Ok(axum::Json(hs.admin_user_by_threepid(&me, &medium, &address).await?))
 }
 
 async fn redact_user(

@@ -90,6 +90,36 @@ pub struct UserRow {
     pub suspended: bool,
 }
 
+/// A third-party identifier on an account (an e-mail address or phone number it proved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreepidRow {
+    /// `email` or `msisdn`.
+    pub medium: String,
+    /// The address, canonical (e-mail addresses in lower case).
+    pub address: String,
+    /// When its owner proved it, ms.
+    pub validated_at: i64,
+    /// When it was added to the account, ms.
+    pub added_at: i64,
+}
+
+/// A validation session: mails with a token were sent to `address`; following one validates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreepidSessionRow {
+    /// The session ID (`sid`) the client holds.
+    pub session_id: String,
+    /// `email`.
+    pub medium: String,
+    /// The address being validated.
+    pub address: String,
+    /// The client's secret; with the session ID, it proves the session is the client's.
+    pub client_secret: String,
+    /// The client's highest `send_attempt` so far.
+    pub last_send_attempt: i64,
+    /// When a token was followed, ms.
+    pub validated_at: Option<i64>,
+}
+
 /// A device of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRow {
@@ -205,6 +235,39 @@ pub trait UserStore {
     fn threepid_bindings(&self, user_id: &str) -> Result<Vec<(String, String, String)>>;
     /// Forgets one binding (it was removed from the identity server).
     fn remove_threepid_binding(&self, user_id: &str, medium: &str, address: &str, id_server: &str) -> Result<()>;
+    /// An account's third-party identifiers, by medium then address.
+    fn user_threepids(&self, user_id: &str) -> Result<Vec<ThreepidRow>>;
+    /// The account that has `(medium, address)`, if any.
+    fn user_by_threepid(&self, medium: &str, address: &str) -> Result<Option<String>>;
+    /// Adds a third-party identifier to an account, or refreshes its times if the account has
+    /// it already; false (nothing written) when another account has it.
+    fn add_user_threepid(&self, user_id: &str, threepid: &ThreepidRow) -> Result<bool>;
+    /// Removes a third-party identifier from an account; false if the account did not have it.
+    fn remove_user_threepid(&self, user_id: &str, medium: &str, address: &str) -> Result<bool>;
+    /// A validation session by its ID.
+    fn threepid_session(&self, session_id: &str) -> Result<Option<ThreepidSessionRow>>;
+    /// The session not yet validated that this client began for `(medium, address)`.
+    fn unvalidated_threepid_session(
+        &self,
+        medium: &str,
+        client_secret: &str,
+        address: &str,
+    ) -> Result<Option<ThreepidSessionRow>>;
+    /// Records a send of a validation mail: the session (created, or its `last_send_attempt`
+    /// raised) and the token the mail carries, valid until `expires` (ms).
+    fn save_threepid_token(
+        &self,
+        session: &ThreepidSessionRow,
+        token: &str,
+        next_link: Option<&str>,
+        expires: i64,
+    ) -> Result<()>;
+    /// A token of a session: its expiry (ms) and the page to go to once validated.
+    fn threepid_token(&self, session_id: &str, token: &str) -> Result<Option<(i64, Option<String>)>>;
+    /// Marks a session validated at `at` (ms); one validated already keeps its first time.
+    fn validate_threepid_session(&self, session_id: &str, at: i64) -> Result<()>;
+    /// Forgets a session and its tokens (it was used).
+    fn delete_threepid_session(&self, session_id: &str) -> Result<()>;
     /// Creates or refreshes a device.
     fn upsert_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>) -> Result<()>;
     /// A user's devices.

@@ -210,6 +210,8 @@ contract! {
     users_case_insensitive_lookup,
     users_password_and_flags,
     threepid_bindings_added_listed_removed,
+    account_threepids_one_owner_each,
+    threepid_validation_sessions_and_tokens,
     external_ids_one_account_each,
     invites_sent_by_a_user,
     events_a_user_sent_in_a_room,
@@ -1785,6 +1787,63 @@ fn threepid_bindings_added_listed_removed(s: &dyn Storage) {
         vec![t("email", "a@example.com", "is2.test"), t("msisdn", "4412345", "is1.test")]
     );
     assert_eq!(s.threepid_bindings(BOB).unwrap(), vec![t("email", "b@example.com", "is1.test")], "others' untouched");
+}
+
+fn account_threepids_one_owner_each(s: &dyn Storage) {
+    let t = |m: &str, a: &str, at: i64| ThreepidRow {
+        medium: m.into(),
+        address: a.into(),
+        validated_at: at,
+        added_at: at + 1,
+    };
+    assert_eq!(s.user_threepids(ALICE).unwrap(), vec![]);
+    assert_eq!(s.user_by_threepid("email", "a@example.com").unwrap(), None);
+    assert!(s.add_user_threepid(ALICE, &t("msisdn", "4412345", 5)).unwrap());
+    assert!(s.add_user_threepid(ALICE, &t("email", "a@example.com", 10)).unwrap());
+    assert!(s.add_user_threepid(ALICE, &t("email", "a@example.com", 20)).unwrap(), "the owner refreshes it");
+    assert!(!s.add_user_threepid(BOB, &t("email", "a@example.com", 30)).unwrap(), "another account's address");
+    assert_eq!(s.user_threepids(ALICE).unwrap(), vec![t("email", "a@example.com", 20), t("msisdn", "4412345", 5)]);
+    assert_eq!(s.user_threepids(BOB).unwrap(), vec![]);
+    assert_eq!(s.user_by_threepid("email", "a@example.com").unwrap().as_deref(), Some(ALICE));
+    assert_eq!(s.user_by_threepid("msisdn", "a@example.com").unwrap(), None, "per medium");
+    assert!(!s.remove_user_threepid(BOB, "email", "a@example.com").unwrap(), "only its owner removes it");
+    assert!(s.remove_user_threepid(ALICE, "email", "a@example.com").unwrap());
+    assert!(!s.remove_user_threepid(ALICE, "email", "a@example.com").unwrap());
+    assert!(s.add_user_threepid(BOB, &t("email", "a@example.com", 40)).unwrap(), "free again");
+    assert_eq!(s.user_by_threepid("email", "a@example.com").unwrap().as_deref(), Some(BOB));
+}
+
+fn threepid_validation_sessions_and_tokens(s: &dyn Storage) {
+    let session = |sid: &str, secret: &str, attempt: i64| ThreepidSessionRow {
+        session_id: sid.into(),
+        medium: "email".into(),
+        address: "a@example.com".into(),
+        client_secret: secret.into(),
+        last_send_attempt: attempt,
+        validated_at: None,
+    };
+    assert_eq!(s.threepid_session("sid1").unwrap(), None);
+    assert_eq!(s.unvalidated_threepid_session("email", "secret", "a@example.com").unwrap(), None);
+    s.save_threepid_token(&session("sid1", "secret", 1), "tok1", Some("https://app.test/next?sid=sid1"), 1000).unwrap();
+    s.save_threepid_token(&session("sid1", "secret", 2), "tok2", None, 2000).unwrap();
+    s.save_threepid_token(&session("sid2", "other", 1), "tok3", None, 3000).unwrap();
+    assert_eq!(s.threepid_session("sid1").unwrap(), Some(session("sid1", "secret", 2)), "the last attempt kept");
+    assert_eq!(
+        s.unvalidated_threepid_session("email", "secret", "a@example.com").unwrap(),
+        Some(session("sid1", "secret", 2))
+    );
+    assert_eq!(s.unvalidated_threepid_session("email", "secret", "b@example.com").unwrap(), None);
+    assert_eq!(s.threepid_token("sid1", "tok1").unwrap(), Some((1000, Some("https://app.test/next?sid=sid1".into()))));
+    assert_eq!(s.threepid_token("sid1", "tok2").unwrap(), Some((2000, None)));
+    assert_eq!(s.threepid_token("sid1", "tok3").unwrap(), None, "another session's token");
+    s.validate_threepid_session("sid1", 500).unwrap();
+    s.validate_threepid_session("sid1", 900).unwrap();
+    assert_eq!(s.threepid_session("sid1").unwrap().unwrap().validated_at, Some(500), "the first validation counts");
+    assert_eq!(s.unvalidated_threepid_session("email", "secret", "a@example.com").unwrap(), None);
+    s.delete_threepid_session("sid1").unwrap();
+    assert_eq!(s.threepid_session("sid1").unwrap(), None);
+    assert_eq!(s.threepid_token("sid1", "tok1").unwrap(), None, "its tokens go with it");
+    assert_eq!(s.threepid_token("sid2", "tok3").unwrap(), Some((3000, None)), "others' untouched");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,14 +20,34 @@ impl Homeserver {
         }
         self.limiters.login_address.check(&info.ip)?;
         let invalid = || Error::forbidden("Invalid username or password");
-        let identifier = request.identifier.clone().unwrap_or(Value::Null);
+        // The legacy form names the identifier at the top level (`medium`, `address`).
+        let mut identifier = match (&request.identifier, request.extra.get("medium"), request.extra.get("address")) {
+            (Some(i), _, _) => i.clone(),
+            (None, Some(medium), Some(address)) => {
+                json!({"type": "m.id.thirdparty", "medium": medium, "address": address})
+            }
+            (None, _, _) => Value::Null,
+        };
         let vouched = match identifier.get("type").and_then(Value::as_str) {
             // A third-party identifier: only password providers can vouch for it.
+            // A third-party identifier: a password provider may vouch for it; else it names
+            // the local account it was added to, whose password is then checked (Synapse).
             Some("m.id.thirdparty") => {
                 let medium = identifier["medium"].as_str().unwrap_or_default();
                 let address = identifier["address"].as_str().unwrap_or_default();
                 let password = request.password.as_deref().unwrap_or_default();
-                Some(self.modules.check_3pid_auth(medium, address, password).await.ok_or_else(invalid)?)
+                match self.modules.check_3pid_auth(medium, address, password).await {
+                    Some(user) => Some(user),
+                    None => {
+                        let owner = self.user_by_threepid(medium, address).await?;
+                        let Some(owner) = owner else {
+                            tracing::info!(medium, "login with an unknown third-party identifier");
+                            return Err(invalid());
+                        };
+                        identifier = json!({"type": "m.id.user", "user": owner});
+                        None
+                    }
+                }
             }
             Some("m.id.user") | None => None,
             Some(_) => return Err(Error::new(ErrorKind::BadRequest, "Unknown login identifier type")),
@@ -209,6 +229,79 @@ impl Homeserver {
         Ok(())
     }
 
+    /// `POST /account/password` without an access token: a forgotten password, reset by
+    /// proving an e-mail address of the account (UIA `m.login.email.identity`, after
+    /// `/account/password/email/requestToken`). Every device is logged out unless
+    /// `logout_devices` is false.
+    pub async fn reset_password_by_email(
+        &self,
+        new_password: Option<String>,
+        logout_devices: bool,
+        auth: Option<&Value>,
+    ) -> Result<()> {
+        const STAGE: &str = "m.login.email.identity";
+        if let Some(p) = &new_password {
+            self.check_password_policy(p)?;
+        }
+        let auth = auth.and_then(Value::as_object);
+        let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+        self.check_uia_session(session.as_deref()).await?;
+        // The new password's hash waits in the session while the user reads their mail.
+        let challenge = |error: Option<(String, String)>| {
+            let (session, new_password) = (session.clone(), new_password.clone());
+            async move {
+                let mut e = self.uia_challenge(&[STAGE], session, error.as_ref().map(|(m, _)| m.as_str())).await;
+                if let Some((_, errcode)) = &error {
+                    e.fields.insert("errcode".into(), json!(errcode));
+                }
+                if let (Some(p), Some(id)) = (new_password, e.fields.get("session").and_then(Value::as_str)) {
+                    let mut record = self.uia_session(id).await.ok().flatten().unwrap_or_default();
+                    if record.password_hash.is_none() {
+                        record.password_hash = hash_password(p).await.ok();
+                        if let Err(failed) = self.save_uia_session(id, &record).await {
+                            return failed;
+                        }
+                    }
+                }
+                e
+            }
+        };
+        let Some(auth) = auth else { return Err(challenge(None).await) };
+        if auth.get("type").and_then(Value::as_str) != Some(STAGE) {
+            return Err(challenge(Some(("Unknown auth type".into(), "M_FORBIDDEN".into()))).await);
+        }
+        let threepid = match self.check_email_identity(auth).await {
+            Ok(t) => t,
+            Err(e) if matches!(e.kind, ErrorKind::Module { status: 401 | 400, .. }) => {
+                return Err(challenge(Some((e.message.clone(), e.errcode().to_owned()))).await);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(user) = self.user_by_threepid(&threepid.medium, &threepid.address).await? else {
+            return Err(Error::not_found("Email address not found"));
+        };
+        let stored = match &session {
+            Some(id) => self.uia_session(id).await?.and_then(|r| r.password_hash),
+            None => None,
+        };
+        let hash = match (new_password, stored) {
+            (Some(p), _) => hash_password(p).await?,
+            (None, Some(hash)) => hash,
+            (None, None) => return Err(Error::new(ErrorKind::MissingParam, "Missing params: password")),
+        };
+        let u = user.clone();
+        self.db(move |s| {
+            s.set_password_hash(&u, Some(&hash))?;
+            if logout_devices { s.delete_all_devices(&u, None) } else { Ok(()) }
+        })
+        .await?;
+        if logout_devices {
+            self.remove_pushers_of_sessions(&user, None, None).await?;
+        }
+        tracing::info!(user, "password reset by email");
+        Ok(())
+    }
+
     /// `POST /account/deactivate` (UIA): revokes every token and leaves every room.
     ///
     /// Answers whether every third-party identifier the user bound was unbound from its
@@ -242,6 +335,7 @@ impl Homeserver {
             return Err(Error::forbidden("Deactivation of this user is forbidden"));
         }
         let unbound = self.unbind_all_threepids(requester.user_id.as_str(), id_server).await?;
+        self.delete_all_local_threepids(requester.user_id.as_str()).await?;
         let u = requester.user_id.to_string();
         let rooms = self.db(move |s| s.rooms_for_user(&u, "join")).await?;
         for room in rooms {

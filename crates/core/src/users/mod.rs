@@ -58,6 +58,9 @@ pub(crate) struct UiaSession {
     /// the session for another one is refused, as Synapse compares the request's URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     operation: Option<String>,
+    /// The address an `m.login.email.identity` stage of this session proved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    threepid: Option<crate::threepids::ValidatedThreepid>,
 }
 
 /// The `TransientStore` kind of UIA sessions.

@@ -26,7 +26,7 @@ impl Homeserver {
         let auth = auth.as_ref().and_then(Value::as_object);
         let session = auth.and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
         self.check_uia_session(session.as_deref()).await?;
-        let record = match &session {
+        let mut record = match &session {
             Some(id) => self.uia_session(id).await?.unwrap_or_default(),
             None => UiaSession::default(),
         };
@@ -68,13 +68,16 @@ impl Homeserver {
         if let Some(password) = &request.password {
             self.check_password_policy(password)?;
         }
-        let stage =
-            if self.config.registration_requires_token { "m.login.registration_token" } else { "m.login.dummy" };
+        let stages = if self.config.registration_requires_token {
+            vec!["m.login.registration_token"]
+        } else {
+            self.registration_stages()
+        };
         let mut used_token = None;
-        let challenge = |error: Option<&'static str>| {
-            let (request, session) = (&request, session.clone());
+        let challenge = |error: Option<&str>| {
+            let (request, session, stages, error) = (&request, session.clone(), &stages, error.map(str::to_owned));
             async move {
-                let e = self.uia_challenge(&[stage], session, error).await;
+                let e = self.uia_challenge(stages, session, error.as_deref()).await;
                 // The parameters are kept with the session, the password only as its hash.
                 if !request.is_only_auth()
                     && let Some(id) = e.fields.get("session").and_then(Value::as_str)
@@ -92,17 +95,60 @@ impl Homeserver {
                 e
             }
         };
-        match auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
-            Some(t) if t == stage && stage == "m.login.dummy" => {}
-            Some(t) if t == stage => {
+        let offered = |t: &str| stages.contains(&t);
+        let stage = match auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
+            // An address proved earlier in this session stays proved (its validation session
+            // was spent then).
+            _ if record.threepid.is_some() => "m.login.email.identity",
+            Some("m.login.dummy") if offered("m.login.dummy") => "m.login.dummy",
+            Some("m.login.registration_token") if offered("m.login.registration_token") => {
                 let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str).unwrap_or_default().to_owned();
                 if !self.registration_token_valid(&token).await? {
                     return Err(challenge(Some("Invalid registration token")).await);
                 }
                 used_token = Some(token);
+                "m.login.registration_token"
+            }
+            Some("m.login.email.identity") if offered("m.login.email.identity") => {
+                let auth = auth.cloned().unwrap_or_default();
+                match self.check_email_identity(&auth).await {
+                    Ok(threepid) => {
+                        if !self.config.threepids.allows(&threepid.medium, &threepid.address) {
+                            return Err(Error::new(
+                                ErrorKind::Module { status: 403, errcode: "M_THREEPID_DENIED".into() },
+                                "Third party identifiers (email/phone numbers) are not authorized on this server",
+                            ));
+                        }
+                        record.threepid = Some(threepid);
+                        if let Some(id) = &session {
+                            let mut stored = self.uia_session(id).await?.unwrap_or_default();
+                            stored.threepid = record.threepid.clone();
+                            self.save_uia_session(id, &stored).await?;
+                        }
+                        "m.login.email.identity"
+                    }
+                    // A stage that failed: the challenge again, with the reason (Synapse
+                    // merges the checker's error into the 401).
+                    Err(e) if matches!(e.kind, ErrorKind::Module { status: 401 | 400, .. }) => {
+                        let mut again = challenge(Some(&e.message)).await;
+                        again.fields.insert("errcode".into(), json!(e.errcode()));
+                        return Err(again);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Some(_) => return Err(challenge(Some("Unknown auth type")).await),
             None => return Err(challenge(None).await),
+        };
+        // The proved address must still be free.
+        if let Some(threepid) = &record.threepid
+            && record.registered_user_id.is_none()
+            && self.user_by_threepid(&threepid.medium, &threepid.address).await?.is_some()
+        {
+            return Err(Error::new(
+                ErrorKind::Module { status: 400, errcode: "M_THREEPID_IN_USE".into() },
+                format!("{} is already in use", threepid.medium),
+            ));
         }
         // The session's account exists: a repeat logs in again (Synapse's idempotent
         // registration), making nothing new.
@@ -131,7 +177,12 @@ impl Homeserver {
         let (mut username, mut display_name) = (request.username.clone(), None);
         if self.modules.has_registration_hooks() {
             let mut uia = Map::new();
-            uia.insert(stage.to_owned(), used_token.as_ref().map_or(json!(true), |t| json!(t)));
+            let result = match (&used_token, &record.threepid) {
+                (Some(token), _) => json!(token),
+                (None, Some(threepid)) => json!(threepid),
+                (None, None) => json!(true),
+            };
+            uia.insert(stage.to_owned(), result);
             let mut params = Map::new();
             for (key, value) in [
                 ("username", json!(request.username)),
@@ -164,9 +215,13 @@ impl Homeserver {
                 false,
                 info,
                 (!request.inhibit_login).then(|| self.registration_device(&request)).transpose()?,
+                record.threepid.as_ref().map(|t| json!(t)),
             )
             .await?;
         finish(&registered.user_id).await?;
+        if let Some(threepid) = &record.threepid {
+            self.add_threepid(registered.user_id.as_str(), threepid).await?;
+        }
         if let Some(name) = display_name {
             let user = registered.user_id.to_string();
             self.db(move |s| s.set_profile_field(&user, ProfileField::DisplayName, Some(&name))).await?;
@@ -414,7 +469,7 @@ impl Homeserver {
             Some(p) => Some(hash_password(p).await?),
             None => None,
         };
-        self.create_account_hashed(localpart, password_hash, admin, info, login).await
+        self.create_account_hashed(localpart, password_hash, admin, info, login, None).await
     }
 
     /// [`Homeserver::create_account`] with the password already hashed.
@@ -425,11 +480,12 @@ impl Homeserver {
         admin: bool,
         info: &RequestInfo,
         login: Option<NewDevice>,
+        email_threepid: Option<Value>,
     ) -> Result<RegisterResponse> {
         let behaviour = self
             .modules
             .check_registration_for_spam(
-                None,
+                email_threepid,
                 localpart.as_deref(),
                 vec![(info.user_agent.clone(), info.ip.clone())],
                 None,

@@ -18,10 +18,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/devices/{device_id}", get(device).put(rename_device).delete(delete_device))
         .route("/profile/{user_id}", get(profile))
         .route("/profile/{user_id}/{field}", get(profile_field).put(set_profile_field).delete(delete_profile_field))
-        .route("/account/3pid", get(threepids))
         .route("/account/3pid/bind", post(bind_threepid))
         .route("/account/3pid/unbind", post(remove_threepid))
-        .route("/account/3pid/delete", post(remove_threepid))
         .route("/user/{user_id}/openid/request_token", post(openid_token))
 }
 
@@ -130,7 +128,7 @@ pub(super) async fn whoami(Auth(me): Auth) -> Json {
 
 #[derive(Deserialize)]
 pub(super) struct PasswordBody {
-    new_password: String,
+    new_password: Option<String>,
     #[serde(default = "yes")]
     logout_devices: bool,
     auth: Option<Value>,
@@ -140,12 +138,21 @@ pub(super) fn yes() -> bool {
     true
 }
 
+/// With an access token, the user proves who they are with their password; without one, a
+/// forgotten password is reset by proving an e-mail address of the account.
 pub(super) async fn change_password(
     State(hs): State<AppState>,
-    Auth(me): Auth,
+    OptionalAuth(me): OptionalAuth,
     JsonBody(b): JsonBody<PasswordBody>,
 ) -> Answer {
-    hs.change_password(&me, b.new_password, b.logout_devices, b.auth.as_ref()).await?;
+    match me {
+        Some(me) => {
+            let new_password =
+                b.new_password.ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, "Missing params: password"))?;
+            hs.change_password(&me, new_password, b.logout_devices, b.auth.as_ref()).await?
+        }
+        None => hs.reset_password_by_email(b.new_password, b.logout_devices, b.auth.as_ref()).await?,
+    }
     Ok(axum::Json(json!({})))
 }
 
@@ -290,12 +297,6 @@ pub(super) async fn token_validity(
     Query(q): Query<TokenQuery>,
 ) -> Answer {
     Ok(axum::Json(json!({"valid": hs.check_registration_token_validity(&q.token, &info).await?})))
-}
-
-/// Myelin keeps no third-party identifiers (email, phone) on accounts; they can be bound on
-/// identity servers (`/account/3pid/bind`).
-pub(super) async fn threepids(Auth(_me): Auth) -> Json {
-    axum::Json(json!({"threepids": []}))
 }
 
 pub(super) async fn openid_token(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {

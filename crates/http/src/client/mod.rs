@@ -20,6 +20,7 @@ mod account_data;
 mod accounts;
 mod directory;
 mod rooms;
+mod threepids;
 
 pub(crate) use rooms::{admin_messages, admin_timestamp_to_event};
 mod sync;
@@ -34,6 +35,7 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(sync::routes())
         .merge(account_data::routes())
         .merge(directory::routes())
+        .merge(threepids::routes())
         .route("/capabilities", get(capabilities))
         .route("/voip/turnServer", get(turn_server))
         .route("/thirdparty/protocols", get(thirdparty_protocols))
@@ -50,6 +52,7 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(crate::ephemeral::routes())
         .merge(crate::push::routes());
     Router::new()
+        .merge(threepids::page_routes())
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(accounts::token_validity))
         .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
@@ -86,7 +89,7 @@ async fn capabilities(State(hs): State<AppState>, Auth(_me): Auth) -> Json {
         "m.room_versions": {"default": hs.config.default_room_version, "available": available},
         "m.set_displayname": {"enabled": true},
         "m.set_avatar_url": {"enabled": true},
-        "m.3pid_changes": {"enabled": false},
+        "m.3pid_changes": {"enabled": hs.config.threepids.enable_3pid_changes},
         "m.get_login_token": {"enabled": hs.config.login_via_existing.enabled},
         "m.profile_fields": {"enabled": true},
     }}))

@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_blocked_rooms_external_ids.sql"),
     include_str!("migrations/0014_media_quarantine.sql"),
     include_str!("migrations/0015_locked_suspended.sql"),
+    include_str!("migrations/0016_threepids.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

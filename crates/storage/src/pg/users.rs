@@ -209,6 +209,148 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn user_threepids(&self, user_id: &str) -> Result<Vec<ThreepidRow>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT medium, address, validated_at, added_at FROM user_threepids WHERE user_id = $1
+                 ORDER BY medium, address",
+                &[&user_id],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| ThreepidRow {
+                    medium: r.get(0),
+                    address: r.get(1),
+                    validated_at: r.get(2),
+                    added_at: r.get(3),
+                })
+                .collect())
+        })
+    }
+
+    fn user_by_threepid(&self, medium: &str, address: &str) -> Result<Option<String>> {
+        self.read(|db| {
+            Ok(db
+                .opt("SELECT user_id FROM user_threepids WHERE medium = $1 AND address = $2", &[&medium, &address])?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn add_user_threepid(&self, user_id: &str, t: &ThreepidRow) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.exec(
+                "INSERT INTO user_threepids (medium, address, user_id, validated_at, added_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (medium, address) DO UPDATE SET
+                   validated_at = excluded.validated_at, added_at = excluded.added_at
+                 WHERE user_threepids.user_id = excluded.user_id",
+                &[&t.medium, &t.address, &user_id, &t.validated_at, &t.added_at],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn remove_user_threepid(&self, user_id: &str, medium: &str, address: &str) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.exec(
+                "DELETE FROM user_threepids WHERE user_id = $1 AND medium = $2 AND address = $3",
+                &[&user_id, &medium, &address],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn threepid_session(&self, session_id: &str) -> Result<Option<ThreepidSessionRow>> {
+        self.read(|db| {
+            Ok(db
+                .opt(
+                    "SELECT session_id, medium, address, client_secret, last_send_attempt, validated_at
+                     FROM threepid_validation_sessions WHERE session_id = $1",
+                    &[&session_id],
+                )?
+                .map(|r| threepid_session_row(&r)))
+        })
+    }
+
+    fn unvalidated_threepid_session(
+        &self,
+        medium: &str,
+        client_secret: &str,
+        address: &str,
+    ) -> Result<Option<ThreepidSessionRow>> {
+        self.read(|db| {
+            Ok(db
+                .opt(
+                    "SELECT session_id, medium, address, client_secret, last_send_attempt, validated_at
+                     FROM threepid_validation_sessions
+                     WHERE medium = $1 AND client_secret = $2 AND address = $3 AND validated_at IS NULL
+                     ORDER BY last_send_attempt DESC LIMIT 1",
+                    &[&medium, &client_secret, &address],
+                )?
+                .map(|r| threepid_session_row(&r)))
+        })
+    }
+
+    fn save_threepid_token(
+        &self,
+        session: &ThreepidSessionRow,
+        token: &str,
+        next_link: Option<&str>,
+        expires: i64,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO threepid_validation_sessions
+                   (session_id, medium, address, client_secret, last_send_attempt, validated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (session_id) DO UPDATE SET last_send_attempt = excluded.last_send_attempt",
+                &[
+                    &session.session_id,
+                    &session.medium,
+                    &session.address,
+                    &session.client_secret,
+                    &session.last_send_attempt,
+                    &session.validated_at,
+                ],
+            )?;
+            tx.exec(
+                "INSERT INTO threepid_validation_tokens (token, session_id, next_link, expires) VALUES ($1, $2, $3, $4)",
+                &[&token, &session.session_id, &next_link, &expires],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn threepid_token(&self, session_id: &str, token: &str) -> Result<Option<(i64, Option<String>)>> {
+        self.read(|db| {
+            Ok(db
+                .opt(
+                    "SELECT expires, next_link FROM threepid_validation_tokens WHERE session_id = $1 AND token = $2",
+                    &[&session_id, &token],
+                )?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn validate_threepid_session(&self, session_id: &str, at: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE threepid_validation_sessions SET validated_at = $2
+                 WHERE session_id = $1 AND validated_at IS NULL",
+                &[&session_id, &at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_threepid_session(&self, session_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("DELETE FROM threepid_validation_tokens WHERE session_id = $1", &[&session_id])?;
+            tx.exec("DELETE FROM threepid_validation_sessions WHERE session_id = $1", &[&session_id])?;
+            Ok(())
+        })
+    }
+
     fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
         self.write(|tx| {
             // A login without a display name keeps the one the device has.
@@ -473,4 +615,15 @@ fn insert_refresh_token(tx: &mut WriteTx<'_>, t: &NewRefreshToken<'_>) -> Result
             &[&t.token, &t.user_id, &t.device_id, &t.expiry_ts, &t.ultimate_session_expiry_ts],
         )?
         .get(0))
+}
+
+fn threepid_session_row(r: &postgres::Row) -> ThreepidSessionRow {
+    ThreepidSessionRow {
+        session_id: r.get(0),
+        medium: r.get(1),
+        address: r.get(2),
+        client_secret: r.get(3),
+        last_send_attempt: r.get(4),
+        validated_at: r.get(5),
+    }
 }

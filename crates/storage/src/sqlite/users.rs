@@ -227,6 +227,151 @@ impl UserStore for SqliteStore {
             .map_err(backend)
     }
 
+    fn user_threepids(&self, user_id: &str) -> Result<Vec<ThreepidRow>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT medium, address, validated_at, added_at FROM user_threepids WHERE user_id = ?1
+                 ORDER BY medium, address",
+            )
+            .map_err(backend)?;
+        stmt.query_map([user_id], |r| {
+            Ok(ThreepidRow { medium: r.get(0)?, address: r.get(1)?, validated_at: r.get(2)?, added_at: r.get(3)? })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(backend)
+    }
+
+    fn user_by_threepid(&self, medium: &str, address: &str) -> Result<Option<String>> {
+        self.reader()
+            .query_row(
+                "SELECT user_id FROM user_threepids WHERE medium = ?1 AND address = ?2",
+                params![medium, address],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn add_user_threepid(&self, user_id: &str, t: &ThreepidRow) -> Result<bool> {
+        let n = self
+            .conn()
+            .exec(
+                "INSERT INTO user_threepids (medium, address, user_id, validated_at, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (medium, address) DO UPDATE SET
+                   validated_at = excluded.validated_at, added_at = excluded.added_at
+                 WHERE user_id = excluded.user_id",
+                params![t.medium, t.address, user_id, t.validated_at, t.added_at],
+            )
+            .map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    fn remove_user_threepid(&self, user_id: &str, medium: &str, address: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .exec(
+                "DELETE FROM user_threepids WHERE user_id = ?1 AND medium = ?2 AND address = ?3",
+                params![user_id, medium, address],
+            )
+            .map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    fn threepid_session(&self, session_id: &str) -> Result<Option<ThreepidSessionRow>> {
+        self.reader()
+            .query_row(
+                "SELECT session_id, medium, address, client_secret, last_send_attempt, validated_at
+                 FROM threepid_validation_sessions WHERE session_id = ?1",
+                [session_id],
+                threepid_session_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn unvalidated_threepid_session(
+        &self,
+        medium: &str,
+        client_secret: &str,
+        address: &str,
+    ) -> Result<Option<ThreepidSessionRow>> {
+        self.reader()
+            .query_row(
+                "SELECT session_id, medium, address, client_secret, last_send_attempt, validated_at
+                 FROM threepid_validation_sessions
+                 WHERE medium = ?1 AND client_secret = ?2 AND address = ?3 AND validated_at IS NULL
+                 ORDER BY last_send_attempt DESC LIMIT 1",
+                params![medium, client_secret, address],
+                threepid_session_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn save_threepid_token(
+        &self,
+        session: &ThreepidSessionRow,
+        token: &str,
+        next_link: Option<&str>,
+        expires: i64,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.exec(
+            "INSERT INTO threepid_validation_sessions
+               (session_id, medium, address, client_secret, last_send_attempt, validated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (session_id) DO UPDATE SET last_send_attempt = excluded.last_send_attempt",
+            params![
+                session.session_id,
+                session.medium,
+                session.address,
+                session.client_secret,
+                session.last_send_attempt,
+                session.validated_at
+            ],
+        )
+        .map_err(backend)?;
+        tx.exec(
+            "INSERT INTO threepid_validation_tokens (token, session_id, next_link, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![token, session.session_id, next_link, expires],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn threepid_token(&self, session_id: &str, token: &str) -> Result<Option<(i64, Option<String>)>> {
+        self.reader()
+            .query_row(
+                "SELECT expires, next_link FROM threepid_validation_tokens WHERE session_id = ?1 AND token = ?2",
+                params![session_id, token],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn validate_threepid_session(&self, session_id: &str, at: i64) -> Result<()> {
+        self.conn()
+            .exec(
+                "UPDATE threepid_validation_sessions SET validated_at = ?2
+                 WHERE session_id = ?1 AND validated_at IS NULL",
+                params![session_id, at],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn delete_threepid_session(&self, session_id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.exec("DELETE FROM threepid_validation_tokens WHERE session_id = ?1", [session_id]).map_err(backend)?;
+        tx.exec("DELETE FROM threepid_validation_sessions WHERE session_id = ?1", [session_id]).map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
     fn upsert_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<()> {
         self.conn()
             .exec(
@@ -538,4 +683,15 @@ fn insert_refresh_token(conn: &Connection, t: &NewRefreshToken<'_>) -> Result<i6
     )
     .map_err(backend)?;
     Ok(conn.last_insert_rowid())
+}
+
+fn threepid_session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThreepidSessionRow> {
+    Ok(ThreepidSessionRow {
+        session_id: r.get(0)?,
+        medium: r.get(1)?,
+        address: r.get(2)?,
+        client_secret: r.get(3)?,
+        last_send_attempt: r.get(4)?,
+        validated_at: r.get(5)?,
+    })
 }

@@ -1,0 +1,620 @@
+//! E-mail and third-party identifiers against a real SMTP server (aiosmtpd from PyPI, started
+//! by each test): registration with a validated address, adding and removing addresses,
+//! logging in and resetting a forgotten password by e-mail, STARTTLS and SMTP authentication,
+//! custom templates, and what is refused (unvalidated sessions, addresses in use, bad input,
+//! servers without e-mail).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::federating::{TestCa, free_port};
+use crate::harness::*;
+
+/// aiosmtpd on a free loopback port, writing each accepted mail to a directory as JSON.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    async fn start(extra_args: &[&str]) -> SmtpSink {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/.venv/bin/python");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/smtp_sink.py");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("aiosmtpd is installed in the clients venv by the test command");
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout).lines().next().and_then(Result::ok)
+        });
+        let line = tokio::time::timeout(Duration::from_secs(30), ready).await.expect("SMTP sink start").unwrap();
+        assert_eq!(line.as_deref(), Some("ready"));
+        SmtpSink { child, port, dir }
+    }
+
+    /// The mails received so far, oldest first.
+    fn mails(&self) -> Vec<Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        files.iter().map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()).collect()
+    }
+
+    /// Waits for the `n`th mail (1-based).
+    async fn mail(&self, n: usize) -> Value {
+        for _ in 0..200 {
+            if let Some(m) = self.mails().get(n - 1) {
+                return m.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no mail number {n}; got {:?}", self.mails());
+    }
+
+    /// The `email:` section sending through this sink.
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "email:\n  smtp_host: 127.0.0.1\n  smtp_port: {}\n  notif_from: \"Your %(app)s homeserver <noreply@test>\"\n  \
+             app_name: Myelin Test\n{extra}",
+            self.port
+        )
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path and query of the link in a mail's text (its host is `public_baseurl`'s).
+fn link_in(mail: &Value) -> String {
+    let text = mail["text"].as_str().unwrap();
+    let start = text.find("http://127.0.0.1/").expect("a link to public_baseurl") + "http://127.0.0.1".len();
+    let end = text[start..].find(char::is_whitespace).map_or(text.len(), |e| start + e);
+    text[start..end].to_owned()
+}
+
+/// A link's query parameter.
+fn param(link: &str, key: &str) -> String {
+    let query = link.split_once('?').unwrap().1;
+    query.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap().to_owned()
+}
+
+/// Fetches an HTML page without following redirects: status, `Location`, body.
+async fn page(s: &Server, method: &str, path: &str, form: Option<&str>) -> (u16, Option<String>, String) {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut req = client.request(method.parse().unwrap(), s.url(path));
+    if let Some(form) = form {
+        req = req.header("content-type", "application/x-www-form-urlencoded").body(form.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+    (status, location, resp.text().await.unwrap())
+}
+
+/// Asks for a validation mail; answers status and body.
+async fn request_token(s: &Server, kind: &str, email: &str, secret: &str, attempt: u64) -> (u16, Value) {
+    let path = match kind {
+        "register" => "/_matrix/client/v3/register/email/requestToken",
+        "password" => "/_matrix/client/v3/account/password/email/requestToken",
+        _ => "/_matrix/client/v3/account/3pid/email/requestToken",
+    };
+    s.post(path, None, json!({"client_secret": secret, "email": email, "send_attempt": attempt})).await
+}
+
+/// Registers `name` with a password and the validated session `(sid, secret)`.
+async fn register_with_email(s: &Server, name: &str, sid: &str, secret: &str) -> (u16, Value) {
+    let body = json!({"username": name, "password": "password"});
+    let (status, challenge) = s.post("/_matrix/client/v3/register", None, body.clone()).await;
+    assert_eq!(status, 401, "{challenge}");
+    let mut body = body;
+    body["auth"] = json!({
+        "type": "m.login.email.identity",
+        "session": challenge["session"],
+        "threepid_creds": {"sid": sid, "client_secret": secret},
+    });
+    s.post("/_matrix/client/v3/register", None, body).await
+}
+
+/// Adds the validated session's address to `user`'s account (UIA with the password).
+async fn add_threepid(s: &Server, user: &User, sid: &str, secret: &str) -> (u16, Value) {
+    let body = json!({"client_secret": secret, "sid": sid});
+    let (status, challenge) = s.post("/_matrix/client/v3/account/3pid/add", Some(&user.token), body.clone()).await;
+    if status != 401 {
+        return (status, challenge);
+    }
+    let mut body = body;
+    body["auth"] = json!({"type": "m.login.password", "session": challenge["session"],
+        "identifier": {"type": "m.id.user", "user": user.user_id}, "password": "password"});
+    s.post("/_matrix/client/v3/account/3pid/add", Some(&user.token), body).await
+}
+
+async fn login_by_email(s: &Server, address: &str, password: &str) -> (u16, Value) {
+    let body = json!({"type": "m.login.password", "password": password,
+        "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": address}});
+    s.post("/_matrix/client/v3/login", None, body).await
+}
+
+#[tokio::test]
+async fn registration_proves_an_address_through_the_mailed_link() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(&sink.config("")).await;
+
+    // The flows offer e-mail beside the dummy stage.
+    let (status, challenge) =
+        s.post("/_matrix/client/v3/register", None, json!({"username": "x", "password": "password"})).await;
+    assert_eq!(status, 401);
+    let flows: Vec<Value> = challenge["flows"].as_array().unwrap().iter().map(|f| f["stages"].clone()).collect();
+    assert_eq!(flows, vec![json!(["m.login.dummy"]), json!(["m.login.email.identity"])]);
+
+    let (status, body) = request_token(&s, "register", " Alice@Example.ORG ", "secret1", 1).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["sid"].as_str().unwrap().to_owned();
+    let mail = sink.mail(1).await;
+    assert_eq!(mail["rcpt_tos"], json!(["alice@example.org"]), "the canonical address is mailed");
+    assert_eq!(mail["mail_from"], "noreply@test");
+    assert_eq!(mail["headers"]["From"], "Your Myelin Test homeserver <noreply@test>");
+    assert_eq!(mail["headers"]["Subject"], "[test] Validate your email");
+    assert_eq!(mail["headers"]["Auto-Submitted"], "auto-generated");
+    assert_eq!(mail["content_type"], "multipart/alternative");
+    let link = link_in(&mail);
+    assert!(link.starts_with("/_matrix/client/unstable/registration/email/submit_token?"), "{link}");
+    assert_eq!(param(&link, "sid"), sid);
+    assert!(mail["html"].as_str().unwrap().contains("Confirm my address"), "{mail}");
+
+    // The same send attempt sends nothing more and keeps the session.
+    let (status, again) = request_token(&s, "register", "alice@example.org", "secret1", 1).await;
+    assert_eq!((status, again["sid"].as_str()), (200, Some(sid.as_str())));
+
+    // Before the link is followed, the stage fails and the challenge comes back.
+    let (status, body) = register_with_email(&s, "alice", &sid, "secret1").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+    assert_eq!(body["error"], "Unable to get validated threepid");
+
+    // Links that are not this one's are refused with a page saying why.
+    let wrong_token = link.replace(&format!("token={}", param(&link, "token")), "token=nottheone");
+    let (status, _, html) = page(&s, "GET", &wrong_token, None).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("Validation token not found or has expired"), "{html}");
+    let wrong_secret = link.replace("client_secret=secret1", "client_secret=other");
+    let (status, _, html) = page(&s, "GET", &wrong_secret, None).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("This client_secret does not match the provided session_id"), "{html}");
+    let (status, _, html) = page(&s, "GET", &link.replace(&format!("sid={sid}"), "sid=nosuch"), None).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("Unknown session_id"), "{html}");
+
+    let (status, _, html) = page(&s, "GET", &link, None).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("confirmed"), "{html}");
+
+    let (status, body) = register_with_email(&s, "alice", &sid, "secret1").await;
+    assert_eq!(status, 200, "{body}");
+    let alice = User {
+        user_id: body["user_id"].as_str().unwrap().to_owned(),
+        token: body["access_token"].as_str().unwrap().to_owned(),
+        device_id: body["device_id"].as_str().unwrap().to_owned(),
+    };
+    let (status, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&alice.token)).await;
+    assert_eq!(status, 200);
+    assert_schema("/_matrix/client/v3/account/3pid", "get", 200, &threepids);
+    assert_eq!(threepids["threepids"].as_array().unwrap().len(), 1, "{threepids}");
+    assert_eq!(threepids["threepids"][0]["medium"], "email");
+    assert_eq!(threepids["threepids"][0]["address"], "alice@example.org");
+    assert!(threepids["threepids"][0]["validated_at"].as_i64().unwrap() > 0);
+
+    // The session was spent: it cannot register a second account.
+    let (status, body) = register_with_email(&s, "mallory", &sid, "secret1").await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    // The address is taken now.
+    let (status, body) = request_token(&s, "register", "ALICE@example.org", "secret2", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_IN_USE")), "{body}");
+    // Bob registers without an address through the dummy flow, and has none.
+    let bob = s.register("bob").await;
+    let (_, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&bob.token)).await;
+    assert_eq!(threepids["threepids"], json!([]));
+    // The address logs Alice in.
+    let (status, body) = login_by_email(&s, "alice@EXAMPLE.org", "password").await;
+    assert_eq!((status, body["user_id"].as_str()), (200, Some(alice.user_id.as_str())), "{body}");
+    let (status, body) = login_by_email(&s, "alice@example.org", "wrong").await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let (status, body) = login_by_email(&s, "nobody@example.org", "password").await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+}
+
+#[tokio::test]
+async fn request_token_refuses_bad_input() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(&sink.config("")).await;
+    let register = "/_matrix/client/v3/register/email/requestToken";
+    let add = "/_matrix/client/v3/account/3pid/email/requestToken";
+    let cases = [
+        (register, json!({"client_secret": "s", "email": "a@b.c"}), 400, "M_MISSING_PARAM"),
+        (register, json!({"client_secret": "s", "email": "not-an-address", "send_attempt": 1}), 400, "M_UNKNOWN"),
+        (
+            register,
+            json!({"client_secret": "bad secret!", "email": "a@b.c", "send_attempt": 1}),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (add, json!({"client_secret": "s", "email": "x@y@z", "send_attempt": 1}), 400, "M_INVALID_PARAM"),
+        (add, json!({"client_secret": "s", "email": "a@b.c", "send_attempt": "1"}), 400, "M_BAD_JSON"),
+        (add, json!({"client_secret": "s", "email": 5, "send_attempt": 1}), 400, "M_BAD_JSON"),
+        (
+            add,
+            json!({"client_secret": "s", "email": "a@b.c", "send_attempt": 1, "next_link": "file:///etc/passwd"}),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            add,
+            json!({"client_secret": "s", "email": "a@b.c", "send_attempt": 1, "id_server": "is.test"}),
+            400,
+            "M_INVALID_PARAM",
+        ),
+    ];
+    for (path, body, status, errcode) in cases {
+        let (got, answer) = s.post(path, None, body.clone()).await;
+        assert_eq!((got, answer["errcode"].as_str()), (status, Some(errcode)), "{path} {body}: {answer}");
+    }
+    let (status, body) = s.raw("POST", register, b"{not json".to_vec()).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{body}");
+    // A password reset for an address nobody has.
+    let (status, body) = request_token(&s, "password", "nobody@example.org", "s", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_NOT_FOUND")), "{body}");
+    // Phone numbers need an SMS provider.
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register/msisdn/requestToken",
+            None,
+            json!({"client_secret": "s", "country": "GB", "phone_number": "07700900000", "send_attempt": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "Registration by phone number is not supported on this homeserver");
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/account/3pid/msisdn/requestToken",
+            None,
+            json!({"client_secret": "s", "country": "GB", "phone_number": "07700900000", "send_attempt": 1}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_MEDIUM_NOT_SUPPORTED")), "{body}");
+    assert!(sink.mails().is_empty(), "nothing was mailed: {:?}", sink.mails());
+    // The server is still serving.
+    assert_eq!(s.get("/_matrix/client/versions", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn addresses_are_added_used_to_reset_a_password_and_removed() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(&sink.config("")).await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+
+    // Adding: the mail, then the link (which redirects to the client's next_link), then UIA.
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/account/3pid/email/requestToken",
+            None,
+            json!({"client_secret": "addsecret", "email": "alice@example.org", "send_attempt": 1,
+                   "next_link": "https://client.example/done?x=1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["sid"].as_str().unwrap().to_owned();
+    let link = link_in(&sink.mail(1).await);
+    assert!(link.starts_with("/_matrix/client/unstable/add_threepid/email/submit_token?"), "{link}");
+    // Not validated yet: refused, and nothing added.
+    let (status, body) = add_threepid(&s, &alice, &sid, "addsecret").await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_AUTH_FAILED")), "{body}");
+    let (status, location, _) = page(&s, "GET", &link, None).await;
+    assert_eq!(status, 302, "a redirect to next_link");
+    assert_eq!(location.as_deref(), Some(format!("https://client.example/done?x=1&sid={sid}").as_str()));
+    // UIA with a wrong password is refused.
+    let body = json!({"client_secret": "addsecret", "sid": sid,
+        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id}, "password": "nope"}});
+    let (status, _) = s.post("/_matrix/client/v3/account/3pid/add", Some(&alice.token), body).await;
+    assert_eq!(status, 401);
+    let (status, body) = add_threepid(&s, &alice, &sid, "addsecret").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&alice.token)).await;
+    assert_eq!(threepids["threepids"][0]["address"], "alice@example.org");
+    // Bob cannot take it: the address is in use, and no mail goes out for him.
+    let (status, body) = request_token(&s, "add", "alice@example.org", "bobsecret", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_IN_USE")), "{body}");
+    assert_eq!(sink.mails().len(), 1);
+
+    // A forgotten password: the mail, a confirmation page, its form, then the new password.
+    let (status, body) = request_token(&s, "password", "Alice@example.org", "resetsecret", 1).await;
+    assert_eq!(status, 200, "{body}");
+    let reset_sid = body["sid"].as_str().unwrap().to_owned();
+    let mail = sink.mail(2).await;
+    assert_eq!(mail["headers"]["Subject"], "[test] Password reset");
+    let link = link_in(&mail);
+    assert!(link.starts_with("/_synapse/client/password_reset/email/submit_token?"), "{link}");
+    // Without the link followed, the reset is refused.
+    let reset = |session: Value| {
+        json!({"new_password": "new password", "auth": {"type": "m.login.email.identity", "session": session,
+            "threepid_creds": {"sid": reset_sid, "client_secret": "resetsecret"}}})
+    };
+    let (status, challenge) =
+        s.post("/_matrix/client/v3/account/password", None, json!({"new_password": "new password"})).await;
+    assert_eq!(status, 401, "{challenge}");
+    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.email.identity"]}]));
+    let (status, body) = s.post("/_matrix/client/v3/account/password", None, reset(challenge["session"].clone())).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    // Following the link shows a confirmation page; a GET alone validates nothing.
+    let (status, _, html) = page(&s, "GET", &link, None).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<form") && html.contains(&reset_sid), "{html}");
+    let (status, body) = s.post("/_matrix/client/v3/account/password", None, reset(challenge["session"].clone())).await;
+    assert_eq!(status, 401, "{body}");
+    let form = link.split_once('?').unwrap().1;
+    let (status, _, html) = page(&s, "POST", "/_synapse/client/password_reset/email/submit_token", Some(form)).await;
+    assert_eq!(status, 200, "{html}");
+    let (status, body) = s.post("/_matrix/client/v3/account/password", None, reset(challenge["session"].clone())).await;
+    assert_eq!(status, 200, "{body}");
+    // Every session was logged out; the old password no longer works, the new one does.
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 401);
+    assert_eq!(login_by_email(&s, "alice@example.org", "password").await.0, 403);
+    let (status, body) = login_by_email(&s, "alice@example.org", "new password").await;
+    assert_eq!(status, 200, "{body}");
+    let alice = User {
+        user_id: body["user_id"].as_str().unwrap().to_owned(),
+        token: body["access_token"].as_str().unwrap().to_owned(),
+        device_id: body["device_id"].as_str().unwrap().to_owned(),
+    };
+    // Bob's account was untouched.
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&bob.token)).await.0, 200);
+
+    // Removing: bob cannot remove alice's address (nothing happens), alice can.
+    let delete = json!({"medium": "email", "address": "alice@example.org"});
+    let (status, body) = s.post("/_matrix/client/v3/account/3pid/delete", Some(&bob.token), delete.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&alice.token)).await;
+    assert_eq!(threepids["threepids"].as_array().unwrap().len(), 1);
+    let (status, body) = s.post("/_matrix/client/v3/account/3pid/delete", Some(&alice.token), delete).await;
+    assert_eq!((status, body["id_server_unbind_result"].as_str()), (200, Some("no-support")), "{body}");
+    let (_, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&alice.token)).await;
+    assert_eq!(threepids["threepids"], json!([]));
+    assert_eq!(login_by_email(&s, "alice@example.org", "new password").await.0, 403);
+    let (status, body) = s
+        .post("/_matrix/client/v3/account/3pid/delete", Some(&alice.token), json!({"medium": "fax", "address": "1"}))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+}
+
+#[tokio::test]
+async fn admins_set_and_find_addresses_and_deactivation_removes_them() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(&sink.config("")).await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let path = "/_synapse/admin/v2/users/@alice:test";
+    let (status, body) = s
+        .put(path, Some(&root.token), json!({"threepids": [{"medium": "email", "address": "alice@example.org"}]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["threepids"][0]["address"], "alice@example.org", "{body}");
+    let lookup = "/_synapse/admin/v1/threepid/email/users/alice%40example.org";
+    let (status, body) = s.get(lookup, Some(&root.token)).await;
+    assert_eq!((status, body["user_id"].as_str()), (200, Some("@alice:test")), "{body}");
+    // Not for non-admins.
+    assert_eq!(s.get(lookup, Some(&alice.token)).await.0, 403);
+    let (status, _) = s.put(path, Some(&alice.token), json!({"threepids": []})).await;
+    assert_eq!(status, 403);
+    // Bad bodies are refused and change nothing.
+    let (status, body) = s.put(path, Some(&root.token), json!({"threepids": [{"medium": "email"}]})).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let (status, body) = s.put(path, Some(&root.token), json!({"threepids": "x"})).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (_, body) = s.get(path, Some(&root.token)).await;
+    assert_eq!(body["threepids"].as_array().unwrap().len(), 1);
+    // A new account made with an address has it at once.
+    let (status, body) = s
+        .put(
+            "/_synapse/admin/v2/users/@carol:test",
+            Some(&root.token),
+            json!({"password": "password", "threepids": [{"medium": "email", "address": "carol@example.org"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(login_by_email(&s, "carol@example.org", "password").await.0, 200);
+    // Deactivation removes the account's addresses.
+    let (status, body) = s.post("/_synapse/admin/v1/deactivate/@alice:test", Some(&root.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.get(lookup, Some(&root.token)).await.0, 404);
+}
+
+#[tokio::test]
+async fn smtp_with_starttls_and_authentication() {
+    let ca = TestCa::new();
+    let (cert, key) = (ca.path("cert.pem"), ca.path("key.pem"));
+    let sink =
+        SmtpSink::start(&["--starttls", cert.to_str().unwrap(), key.to_str().unwrap(), "--auth", "mailer", "letmein"])
+            .await;
+    let s = Server::start_with(&format!(
+        "{}use_insecure_ssl_client_just_for_testing_do_not_use: true\n",
+        sink.config("  smtp_user: mailer\n  smtp_pass: letmein\n  require_transport_security: true\n")
+    ))
+    .await;
+    let (status, body) = request_token(&s, "register", "alice@example.org", "s1", 1).await;
+    assert_eq!(status, 200, "{body}");
+    let mail = sink.mail(1).await;
+    assert_eq!(mail["tls"], true, "sent after STARTTLS");
+    assert_eq!(mail["auth"], "mailer", "authenticated");
+
+    // Wrong credentials: the server refuses, the client is told, nothing is half-made.
+    let bad = Server::start_with(&format!(
+        "{}use_insecure_ssl_client_just_for_testing_do_not_use: true\n",
+        sink.config("  smtp_user: mailer\n  smtp_pass: wrong\n")
+    ))
+    .await;
+    let (status, body) = request_token(&bad, "register", "bob@example.org", "s1", 1).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"], "An error was encountered when sending the email");
+    assert_eq!(sink.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_do_tls_is_refused_when_transport_security_is_required() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(&sink.config("  require_transport_security: true\n")).await;
+    let (status, body) = request_token(&s, "register", "alice@example.org", "s1", 1).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(sink.mails().is_empty());
+    assert!(s.log_shows("require_transport_security").await);
+}
+
+#[tokio::test]
+async fn custom_templates_replace_the_mails_and_pages() {
+    let sink = SmtpSink::start(&[]).await;
+    let templates = tempfile::tempdir().unwrap();
+    std::fs::write(
+        templates.path().join("registration.txt"),
+        "Welcome to {{ app_name }} on {{ server_name }}! Confirm: {{ link }}\n",
+    )
+    .unwrap();
+    std::fs::write(templates.path().join("registration_failure.html"), "<p>Nope: {{ failure_reason }}</p>").unwrap();
+    let s = Server::start_with(&format!(
+        "{}custom_template_directory: {}\n",
+        sink.config("  subjects:\n    email_validation: \"Check %(app)s at %(server_name)s\"\n"),
+        templates.path().display()
+    ))
+    .await;
+    let (status, _) = request_token(&s, "register", "alice@example.org", "s1", 1).await;
+    assert_eq!(status, 200);
+    let mail = sink.mail(1).await;
+    assert!(mail["text"].as_str().unwrap().starts_with("Welcome to Myelin Test on test! Confirm: http://127.0.0.1/"));
+    assert_eq!(mail["headers"]["Subject"], "Check Myelin Test at test");
+    // The HTML part is still Myelin's own.
+    assert!(mail["html"].as_str().unwrap().contains("<a class=\"button\""));
+    let link = link_in(&mail);
+    let (status, _, html) = page(&s, "GET", &link.replace("client_secret=s1", "client_secret=zz"), None).await;
+    assert_eq!(
+        (status, html.as_str()),
+        (400, "<p>Nope: This client_secret does not match the provided session_id</p>")
+    );
+
+    // A broken custom template stops the server at start-up, naming it.
+    std::fs::write(templates.path().join("registration.html"), "{% if %}").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("homeserver.yaml");
+    std::fs::write(
+        &config,
+        base_config(&format!("{}custom_template_directory: {}\n", sink.config(""), templates.path().display())),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", config.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("registration.html"), "{stderr}");
+}
+
+#[tokio::test]
+async fn without_email_the_endpoints_answer_as_synapse_does() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let (status, challenge) =
+        s.post("/_matrix/client/v3/register", None, json!({"username": "x", "password": "password"})).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.dummy"]}]));
+    let (status, body) = request_token(&s, "register", "a@example.org", "s", 1).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Email-based registration has been disabled on this server"))
+    );
+    let (status, body) = request_token(&s, "password", "a@example.org", "s", 1).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Email-based password resets have been disabled on this server"))
+    );
+    let (status, body) = request_token(&s, "add", "a@example.org", "s", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_MEDIUM_NOT_SUPPORTED")));
+    let (status, body) = s.get("/_matrix/client/v3/account/3pid", Some(&alice.token)).await;
+    assert_eq!((status, body), (200, json!({"threepids": []})));
+    let (status, caps) = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await;
+    assert_eq!((status, &caps["capabilities"]["m.3pid_changes"]), (200, &json!({"enabled": true})));
+    assert_eq!(s.get("/_matrix/client/v3/account/3pid", None).await.0, 401);
+
+    // 3PID changes switched off: refused with Synapse's words.
+    let off = Server::start_with("enable_3pid_changes: false\n").await;
+    let bob = off.register("bob").await;
+    let (status, body) = off
+        .post(
+            "/_matrix/client/v3/account/3pid/delete",
+            Some(&bob.token),
+            json!({"medium": "email", "address": "b@c.d"}),
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("3PID changes are disabled on this server")));
+    let (_, caps) = off.get("/_matrix/client/v3/capabilities", Some(&bob.token)).await;
+    assert_eq!(caps["capabilities"]["m.3pid_changes"], json!({"enabled": false}));
+
+    // Configs that cannot work are refused at start-up.
+    for (extra, expected) in [
+        ("registrations_require_3pid: [email]\n", "email validation is not configured"),
+        ("email:\n  smtp_host: localhost\n", "email.notif_from"),
+        ("email:\n  notif_from: nobody\n", "Invalid notif_from address"),
+        (
+            "email:\n  notif_from: a@b.c\n  force_tls: true\n  enable_tls: false\n",
+            "email.force_tls requires email.enable_tls",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("homeserver.yaml");
+        std::fs::write(&config, base_config(extra)).unwrap();
+        let (code, _, stderr) = run_cli(dir.path(), &["-c", config.to_str().unwrap(), "check-config"]);
+        assert_eq!(code, 1, "{extra}: {stderr}");
+        assert!(stderr.contains(expected), "{extra}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn registration_can_require_an_address() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(&format!(
+        "{}registrations_require_3pid: [email]\nallowed_local_3pids:\n  - medium: email\n    pattern: '.*@example\\.org'\n",
+        sink.config("")
+    ))
+    .await;
+    let (status, challenge) =
+        s.post("/_matrix/client/v3/register", None, json!({"username": "x", "password": "password"})).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.email.identity"]}]));
+    // The dummy stage is not enough.
+    let (status, body) = s.try_register("y").await;
+    assert_eq!(status, 401, "{body}");
+    // Addresses outside the allowed pattern get no mail.
+    let (status, body) = request_token(&s, "register", "eve@elsewhere.net", "s", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_THREEPID_DENIED")), "{body}");
+    assert!(sink.mails().is_empty());
+    let (status, body) = request_token(&s, "register", "ann@example.org", "s", 1).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["sid"].as_str().unwrap().to_owned();
+    let link = link_in(&sink.mail(1).await);
+    assert_eq!(page(&s, "GET", &link, None).await.0, 200);
+    let (status, body) = register_with_email(&s, "ann", &sid, "s").await;
+    assert_eq!(status, 200, "{body}");
+}
