@@ -618,3 +618,52 @@ async fn registration_can_require_an_address() {
     let (status, body) = register_with_email(&s, "ann", &sid, "s").await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn modules_allow_addresses_and_hear_of_them_coming_and_going() {
+    let sink = SmtpSink::start(&[]).await;
+    let s =
+        Server::start_with(&format!("{}modules:\n  - module: threepid_rules.ThreepidRules\n", sink.config(""))).await;
+    let seen = || async { s.get("/_synapse/client/threepid_rules/seen", None).await.1 };
+    // Refused by the module: no mail.
+    let (status, body) = request_token(&s, "register", "eve@blocked.test", "s", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_THREEPID_DENIED")), "{body}");
+    let (status, body) = request_token(&s, "add", "eve@blocked.test", "s", 1).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_THREEPID_DENIED")), "{body}");
+    // A module that raises refuses with 500, as on Synapse; the server keeps serving.
+    let (status, _) = request_token(&s, "register", "x@boom.test", "s", 1).await;
+    assert_eq!(status, 500);
+    assert!(sink.mails().is_empty());
+    assert_eq!(
+        seen().await["allowed"],
+        json!([
+            ["email", "eve@blocked.test", true],
+            ["email", "eve@blocked.test", false],
+            ["email", "x@boom.test", true]
+        ])
+    );
+
+    // Added at registration: both notifications, in Synapse's order.
+    let (status, body) = request_token(&s, "register", "raise@example.org", "s", 1).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["sid"].as_str().unwrap().to_owned();
+    assert_eq!(page(&s, "GET", &link_in(&sink.mail(1).await), None).await.0, 200);
+    let (status, body) = register_with_email(&s, "ann", &sid, "s").await;
+    assert_eq!(status, 200, "{body}");
+    let ann_token = body["access_token"].as_str().unwrap().to_owned();
+    let seen_now = seen().await;
+    assert_eq!(seen_now["added"], json!([["@ann:test", "email", "raise@example.org"]]));
+    assert_eq!(seen_now["bound"], json!([["@ann:test", "email", "raise@example.org"]]));
+    let (_, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&ann_token)).await;
+    assert_eq!(threepids["threepids"].as_array().unwrap().len(), 1, "a module's error did not undo it");
+    // Removed.
+    let (status, _) = s
+        .post(
+            "/_matrix/client/v3/account/3pid/delete",
+            Some(&ann_token),
+            json!({"medium": "email", "address": "raise@example.org"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(seen().await["removed"], json!([["@ann:test", "email", "raise@example.org"]]));
+}

@@ -250,7 +250,9 @@ impl Homeserver {
             }
         }
         let request = TokenRequest::parse(body, purpose)?;
-        if purpose != TokenPurpose::PasswordReset && !self.threepid_allowed("email", &request.email).await {
+        if purpose != TokenPurpose::PasswordReset
+            && !self.threepid_allowed("email", &request.email, purpose == TokenPurpose::Registration).await?
+        {
             let message = match purpose {
                 TokenPurpose::Registration => "Your email domain is not authorized to register on this server",
                 _ => "Your email domain is not authorized on this server",
@@ -306,9 +308,11 @@ impl Homeserver {
         }
     }
 
-    /// Synapse's `check_3pid_allowed`: `allowed_local_3pids`.
-    async fn threepid_allowed(&self, medium: &str, address: &str) -> bool {
-        self.config.threepids.allows(medium, address)
+    /// Synapse's `check_3pid_allowed`: the modules' `is_3pid_allowed`, then
+    /// `allowed_local_3pids`.
+    pub(crate) async fn threepid_allowed(&self, medium: &str, address: &str, registration: bool) -> Result<bool> {
+        Ok(self.modules.is_3pid_allowed(medium, address, registration).await?
+            && self.config.threepids.allows(medium, address))
     }
 
     /// Synapse's `assert_valid_next_link`: not a `file:` URL, and on a listed host if
@@ -583,6 +587,9 @@ impl Homeserver {
     /// Adds an identifier to an account (Synapse's `add_threepid`); another account's is
     /// refused.
     pub(crate) async fn add_threepid(&self, user: &str, threepid: &ValidatedThreepid) -> Result<()> {
+        if !["email", "msisdn"].contains(&threepid.medium.as_str()) {
+            return Err(Error::invalid_param(format!("'{}' is not a valid value for 'medium'", threepid.medium)));
+        }
         let address = match threepid.medium.as_str() {
             "email" => canonical_email(&threepid.address).map_err(|why| Error::new(ErrorKind::BadRequest, why))?,
             _ => threepid.address.clone(),
@@ -593,11 +600,12 @@ impl Homeserver {
             validated_at: threepid.validated_at,
             added_at: now_ms(),
         };
-        let u = user.to_owned();
-        if !self.db(move |s| s.add_user_threepid(&u, &row)).await? {
+        let (u, added) = (user.to_owned(), row.clone());
+        if !self.db(move |s| s.add_user_threepid(&u, &added)).await? {
             return Err(coded(400, "M_THREEPID_IN_USE", format!("{} is already in use", threepid.medium)));
         }
         tracing::info!(user, medium = %threepid.medium, "third-party identifier added");
+        self.modules.on_threepid_added(user, &row.medium, &row.address).await;
         Ok(())
     }
 
@@ -626,10 +634,12 @@ impl Homeserver {
             "email" => canonical_email(address).unwrap_or_else(|_| address.to_owned()),
             _ => address.to_owned(),
         };
-        let (u, m) = (user.to_owned(), medium.to_owned());
-        if self.db(move |s| s.remove_user_threepid(&u, &m, &address)).await? {
+        let (u, m, a) = (user.to_owned(), medium.to_owned(), address.clone());
+        if self.db(move |s| s.remove_user_threepid(&u, &m, &a)).await? {
             tracing::info!(user, medium, "third-party identifier removed");
         }
+        // Called whether or not the account had it, as Synapse does.
+        self.modules.on_threepid_removed(user, medium, &address).await;
         Ok(())
     }
 

@@ -11,6 +11,9 @@
 //!   user-interactive auth is complete, the first `Some` is the new account's localpart (else
 //!   the requested `username`) and display name (else the localpart). Errors are logged and
 //!   count as `None`.
+//! - `is_3pid_allowed(medium, address, registration)`: before a validation mail is sent for an
+//!   address to register with or add, and before it is added; the first `false` refuses (403
+//!   `M_THREEPID_DENIED`); an error refuses with 500, as Synapse.
 
 use serde_json::{Map, Value};
 
@@ -46,4 +49,9 @@ pub struct PasswordAuthProviderCallbacks {
     ///
     /// Since 0.2.
     pub get_displayname_for_registration: Option<Callback<RegistrationParams, Option<String>>>,
+    /// `(medium, address, registration)`: `false` refuses adding the identifier to an account
+    /// (or registering with it); an error refuses with 500.
+    ///
+    /// Since 0.3.
+    pub is_3pid_allowed: Option<Callback<(String, String, bool), bool>>,
 }

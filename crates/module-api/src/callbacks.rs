@@ -78,6 +78,15 @@ macro_rules! third_party_rules_callbacks {
             /// `(requester_user_id, room_id)`: `false` refuses shutting the room down (403); the
             /// requester is `None` when a module asked (`ModuleApi.delete_room`).
             check_can_shutdown_room: (Option<String>, String) => bool;
+            /// `(user_id, medium, address)`: after a third-party identifier was added to a local
+            /// account (registration, `/account/3pid/add`, the admin API). Since 0.3.
+            on_add_user_third_party_identifier: (String, String, String) => ();
+            /// `(user_id, medium, address)`: after a third-party identifier was removed from a
+            /// local account (`/account/3pid/delete`, deactivation, the admin API). Since 0.3.
+            on_remove_user_third_party_identifier: (String, String, String) => ();
+            /// `(user_id, medium, address)`: Synapse's deprecated name for
+            /// `on_add_user_third_party_identifier`, called right after it. Since 0.3.
+            on_threepid_bind: (String, String, String) => ();
         }
     };
 }
@@ -198,6 +207,7 @@ pub const NAMES: &[(&str, &[&str])] = &[
             "on_logged_out",
             "get_username_for_registration",
             "get_displayname_for_registration",
+            "is_3pid_allowed",
         ],
     ),
     ("account_data", account_data_callbacks!(names)),

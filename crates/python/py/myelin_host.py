@@ -314,7 +314,8 @@ def classify(kind, value):
             return {"user": None, "warning": "Wrong type returned by module API callback %r" % (value,)}
         return {"user": None}
     if kind in ("on_new_event", "on_user_registration", "on_logged_out", "on_profile_update",
-                "on_user_deactivation_status_changed", "on_user_login", "on_account_data_updated"):
+                "on_user_deactivation_status_changed", "on_user_login", "on_account_data_updated",
+                "on_add_user_third_party_identifier", "on_remove_user_third_party_identifier", "on_threepid_bind"):
         return {"done": True}
     if kind == "get_interested_users":
         from synapse.module_api import PRESENCE_ALL_USERS
@@ -360,6 +361,11 @@ def classify(kind, value):
     if kind == "is_user_allowed_to_upload_media_of_size":
         # Synapse refuses on any falsy answer.
         return {"bool": bool(value)}
+    if kind == "is_3pid_allowed":
+        # Synapse refuses only on a literal False; another non-bool answer is warned about.
+        if not isinstance(value, bool):
+            return {"bool": True, "warning": "Ignoring non-string value returned by is_3pid_allowed callback: %r" % (value,)}
+        return {"bool": value}
     if kind in ("check_visibility_can_be_modified", "check_can_deactivate_user", "check_threepid_can_be_invited",
                 "check_can_shutdown_room"):
         # Synapse refuses only on a literal False.

@@ -388,6 +388,43 @@ impl PyHost {
                     |v| module_error(&v).map_or(Ok(()), Err),
                 ))
             }
+            "on_add_user_third_party_identifier" | "on_remove_user_third_party_identifier" | "on_threepid_bind" => {
+                let cb = me.callback(
+                    match name {
+                        "on_add_user_third_party_identifier" => "on_add_user_third_party_identifier",
+                        "on_remove_user_third_party_identifier" => "on_remove_user_third_party_identifier",
+                        _ => "on_threepid_bind",
+                    },
+                    function,
+                    |(u, medium, address): (String, String, String)| json!([u, medium, address]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                );
+                match name {
+                    "on_add_user_third_party_identifier" => rules.on_add_user_third_party_identifier = Some(cb),
+                    "on_remove_user_third_party_identifier" => rules.on_remove_user_third_party_identifier = Some(cb),
+                    _ => rules.on_threepid_bind = Some(cb),
+                }
+            }
+            "is_3pid_allowed" => {
+                let cb = me.callback(
+                    "is_3pid_allowed",
+                    function,
+                    |(medium, address, registration): (String, String, bool)| json!([medium, address, registration]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        // Anything but `False` (including a wrongly-typed answer) allows, as Synapse.
+                        None => Ok(v["bool"].as_bool() != Some(false)),
+                    },
+                );
+                let auth = myelin_module_api::auth::PasswordAuthProviderCallbacks {
+                    is_3pid_allowed: Some(cb),
+                    ..Default::default()
+                };
+                return self
+                    .api
+                    .register_password_auth_provider_callbacks(auth)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
             "on_user_login" => {
                 validity.on_user_login = Some(me.callback(
                     "on_user_login",

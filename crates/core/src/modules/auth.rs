@@ -17,6 +17,7 @@ pub(crate) struct AuthLists {
     pub(crate) on_logged_out: Vec<Registered<LoggedOutArgs, ()>>,
     pub(crate) get_username_for_registration: Vec<Registered<RegistrationParams, Option<String>>>,
     pub(crate) get_displayname_for_registration: Vec<Registered<RegistrationParams, Option<String>>>,
+    pub(crate) is_3pid_allowed: Vec<Registered<(String, String, bool), bool>>,
 }
 
 impl AuthLists {
@@ -32,6 +33,9 @@ impl AuthLists {
         }
         if let Some(cb) = cbs.get_displayname_for_registration {
             self.get_displayname_for_registration.push(Registered::new(module, "get_displayname_for_registration", cb));
+        }
+        if let Some(cb) = cbs.is_3pid_allowed {
+            self.is_3pid_allowed.push(Registered::new(module, "is_3pid_allowed", cb));
         }
         if let Some(cb) = cbs.on_logged_out {
             self.on_logged_out.push(Registered::new(module, "on_logged_out", cb));
@@ -112,6 +116,24 @@ impl ModuleRegistry {
             }
         }
         None
+    }
+
+    /// `is_3pid_allowed`: the first `false` refuses; an error is a 500, as Synapse raises one.
+    pub async fn is_3pid_allowed(&self, medium: &str, address: &str, registration: bool) -> crate::Result<bool> {
+        for reg in &self.callbacks().auth.is_3pid_allowed {
+            match super::invoke(reg, (medium.to_owned(), address.to_owned(), registration)).await {
+                Ok(false) => return Ok(false),
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::error!(module = %reg.module, error = %e, "is_3pid_allowed failed");
+                    return Err(crate::Error::new(
+                        crate::ErrorKind::Module { status: 500, errcode: "M_UNKNOWN".into() },
+                        "Internal Server Error",
+                    ));
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// `on_logged_out`: every callback runs.

@@ -143,6 +143,26 @@ impl ModuleRegistry {
         true
     }
 
+    /// `on_add_user_third_party_identifier`, then the deprecated `on_threepid_bind`: every
+    /// callback runs; errors are logged.
+    pub async fn on_threepid_added(&self, user_id: &str, medium: &str, address: &str) {
+        let args = (user_id.to_owned(), medium.to_owned(), address.to_owned());
+        for reg in &self.callbacks().rules.on_add_user_third_party_identifier {
+            invoke_logged(reg, args.clone()).await;
+        }
+        for reg in &self.callbacks().rules.on_threepid_bind {
+            invoke_logged(reg, args.clone()).await;
+        }
+    }
+
+    /// `on_remove_user_third_party_identifier`: every callback runs; errors are logged.
+    pub async fn on_threepid_removed(&self, user_id: &str, medium: &str, address: &str) {
+        let args = (user_id.to_owned(), medium.to_owned(), address.to_owned());
+        for reg in &self.callbacks().rules.on_remove_user_third_party_identifier {
+            invoke_logged(reg, args.clone()).await;
+        }
+    }
+
     /// `on_user_deactivation_status_changed`: every callback runs; errors are logged.
     pub async fn on_user_deactivation_status_changed(&self, user_id: &str, deactivated: bool, by_admin: bool) {
         for reg in &self.callbacks().rules.on_user_deactivation_status_changed {

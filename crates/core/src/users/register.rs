@@ -113,7 +113,7 @@ impl Homeserver {
                 let auth = auth.cloned().unwrap_or_default();
                 match self.check_email_identity(&auth).await {
                     Ok(threepid) => {
-                        if !self.config.threepids.allows(&threepid.medium, &threepid.address) {
+                        if !self.threepid_allowed(&threepid.medium, &threepid.address, true).await? {
                             return Err(Error::new(
                                 ErrorKind::Module { status: 403, errcode: "M_THREEPID_DENIED".into() },
                                 "Third party identifiers (email/phone numbers) are not authorized on this server",

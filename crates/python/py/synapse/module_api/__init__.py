@@ -359,7 +359,7 @@ class ModuleApi:
             if fn is not None:
                 self._host.register_third_party(self._module_name, name, fn)
         if is_3pid_allowed is not None:
-            logger.warning("Module %s registered is_3pid_allowed, which Myelin does not call yet", self._module_name)
+            self._host.register_third_party(self._module_name, "is_3pid_allowed", is_3pid_allowed)
 
     def register_account_validity_callbacks(
         self, *, is_user_expired=None, on_user_registration=None, on_user_login=None, on_legacy_send_mail=None,
