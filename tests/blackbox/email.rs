@@ -667,3 +667,77 @@ async fn modules_allow_addresses_and_hear_of_them_coming_and_going() {
     assert_eq!(status, 200);
     assert_eq!(seen().await["removed"], json!([["@ann:test", "email", "raise@example.org"]]));
 }
+
+#[tokio::test]
+async fn unread_notifications_are_mailed_and_the_mail_unsubscribes() {
+    let sink = SmtpSink::start(&[]).await;
+    let s = Server::start_with(
+        &sink.config("  enable_notifs: true\n  notif_delay_before_mail: 2s\n  client_base_url: https://app.example/\n"),
+    )
+    .await;
+    // Alice registers with her address: she gets an e-mail pusher for it.
+    let (status, body) = request_token(&s, "register", "alice@example.org", "s", 1).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["sid"].as_str().unwrap().to_owned();
+    assert_eq!(page(&s, "GET", &link_in(&sink.mail(1).await), None).await.0, 200);
+    let (status, body) = register_with_email(&s, "alice", &sid, "s").await;
+    assert_eq!(status, 200, "{body}");
+    let alice = User {
+        user_id: body["user_id"].as_str().unwrap().to_owned(),
+        token: body["access_token"].as_str().unwrap().to_owned(),
+        device_id: body["device_id"].as_str().unwrap().to_owned(),
+    };
+    let (_, pushers) = s.get("/_matrix/client/v3/pushers", Some(&alice.token)).await;
+    assert_eq!(pushers["pushers"].as_array().unwrap().len(), 1, "{pushers}");
+    let pusher = &pushers["pushers"][0];
+    assert_eq!((pusher["kind"].as_str(), pusher["app_id"].as_str()), (Some("email"), Some("m.email")));
+    assert_eq!(pusher["pushkey"], "alice@example.org");
+    assert!(pusher.get("myelin.unsubscribe_token").is_none(), "the link's secret stays private: {pusher}");
+
+    // Bob cannot point a pusher at an address that is not his.
+    let bob = s.register("bob").await;
+    let email_pusher = json!({"kind": "email", "app_id": "m.email", "pushkey": "alice@example.org",
+        "app_display_name": "Email", "device_display_name": "mail", "lang": "en", "data": {}});
+    let (status, body) = s.post("/_matrix/client/v3/pushers/set", Some(&bob.token), email_pusher).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_THREEPID_NOT_FOUND")), "{body}");
+
+    let lounge = s.create_room(&bob, json!({"preset": "public_chat", "name": "Lounge"})).await;
+    let den = s.create_room(&bob, json!({"preset": "public_chat", "name": "Den"})).await;
+    assert_eq!(s.join(&alice, &lounge).await.0, 200);
+    assert_eq!(s.join(&alice, &den).await.0, 200);
+    // What Alice reads in time is not mailed.
+    let (_, sent) = s.send_text(&bob, &den, "already read").await;
+    let read = sent["event_id"].as_str().unwrap();
+    let receipt = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", path_segment(&den), path_segment(read));
+    assert_eq!(s.post(&receipt, Some(&alice.token), json!({})).await.0, 200);
+    assert_eq!(s.send_text(&bob, &lounge, "hello alice").await.0, 200);
+
+    let mail = sink.mail(2).await;
+    assert_eq!(mail["rcpt_tos"], json!(["alice@example.org"]));
+    assert_eq!(
+        mail["headers"]["Subject"],
+        "[Myelin Test] You have a message on Myelin Test from bob in the Lounge room..."
+    );
+    let text = mail["text"].as_str().unwrap();
+    assert!(text.contains("hello alice") && !text.contains("already read"), "{text}");
+    assert!(text.contains(&format!("https://app.example/#/room/{lounge}/")), "{text}");
+    assert!(mail["html"].as_str().unwrap().contains("hello alice"));
+    let unsubscribe = mail["headers"]["List-Unsubscribe"].as_str().unwrap().trim_matches(['<', '>']).to_owned();
+    assert!(text.contains(&unsubscribe), "{text}");
+    assert_eq!(mail["headers"]["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click");
+    // One mail, not one per message.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sink.mails().len(), 2);
+
+    // The unsubscribe link removes the pusher; a forged one removes nothing.
+    let path = unsubscribe.strip_prefix("http://127.0.0.1").unwrap().to_owned();
+    let forged = path.replace(&param(&path, "access_token"), "forged");
+    assert_eq!(page(&s, "GET", &forged, None).await.0, 403);
+    let (_, pushers) = s.get("/_matrix/client/v3/pushers", Some(&alice.token)).await;
+    assert_eq!(pushers["pushers"].as_array().unwrap().len(), 1);
+    let (status, _, html) = page(&s, "GET", &path, None).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("unsubscribed"), "{html}");
+    let (_, pushers) = s.get("/_matrix/client/v3/pushers", Some(&alice.token)).await;
+    assert_eq!(pushers["pushers"], json!([]));
+}

@@ -1079,6 +1079,10 @@ impl Homeserver {
                 validated_at: now,
             };
             self.add_threepid(user_id, &threepid).await?;
+            // A new account gets its notification mails, as at registration.
+            if created && medium == "email" {
+                self.add_email_pusher_if_wanted(user_id, address).await?;
+            }
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod config;
 mod directory;
 mod durable;
+mod email_notifs;
 mod ephemeral;
 mod error;
 pub mod events;

@@ -42,6 +42,8 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ("password_reset_success.html", include_str!("../templates/password_reset_success.html")),
     ("registration_success.html", include_str!("../templates/validation_success.html")),
     ("add_threepid_success.html", include_str!("../templates/validation_success.html")),
+    ("notif_mail.html", include_str!("../templates/notif_mail.html")),
+    ("notif_mail.txt", include_str!("../templates/notif_mail.txt")),
 ];
 
 /// What a template is for; each has a config key that may rename its file, as Synapse's.
@@ -77,10 +79,14 @@ pub enum Template {
     RegistrationSuccess,
     /// The page shown once an add-address link is followed.
     AddThreepidSuccess,
+    /// The mail about unread notifications.
+    NotifMailHtml,
+    /// Its plain text part.
+    NotifMailText,
 }
 
 impl Template {
-    const ALL: [Template; 15] = [
+    const ALL: [Template; 17] = [
         Template::PasswordResetHtml,
         Template::PasswordResetText,
         Template::RegistrationHtml,
@@ -96,6 +102,8 @@ impl Template {
         Template::PasswordResetSuccess,
         Template::RegistrationSuccess,
         Template::AddThreepidSuccess,
+        Template::NotifMailHtml,
+        Template::NotifMailText,
     ];
 
     /// The `email:` key naming its file (if it has one) and the default file name.
@@ -122,6 +130,8 @@ impl Template {
             }
             Template::RegistrationSuccess => (Some("registration_template_success_html"), "registration_success.html"),
             Template::AddThreepidSuccess => (Some("add_threepid_template_success_html"), "add_threepid_success.html"),
+            Template::NotifMailHtml => (Some("notif_template_html"), "notif_mail.html"),
+            Template::NotifMailText => (Some("notif_template_text"), "notif_mail.txt"),
         }
     }
 }
@@ -148,8 +158,25 @@ impl Templates {
 }
 
 /// Loads the templates: each name from the first of `dirs` that has it, else Myelin's own.
-fn load_templates(dirs: Vec<PathBuf>, names: std::collections::HashMap<Template, String>) -> Result<Templates, String> {
+/// Synapse's two filters are there for templates written for it: `format_ts(ms, strftime)`
+/// and `mxc_to_http(mxc, width, height, method)`.
+fn load_templates(
+    dirs: Vec<PathBuf>,
+    names: std::collections::HashMap<Template, String>,
+    public_baseurl: &str,
+) -> Result<Templates, String> {
     let mut env = minijinja::Environment::new();
+    env.add_filter("format_ts", |ms: i64, format: String| format_ts(ms, &format));
+    let base = public_baseurl.to_owned();
+    env.add_filter("mxc_to_http", move |mxc: String, width: u32, height: u32, method: Option<String>| {
+        let Some(rest) = mxc.strip_prefix("mxc://") else { return String::new() };
+        let (path, fragment) = match rest.split_once('#') {
+            Some((p, f)) => (p, format!("#{f}")),
+            None => (rest, String::new()),
+        };
+        let method = method.unwrap_or_else(|| "crop".into());
+        format!("{base}_matrix/media/v1/thumbnail/{path}?width={width}&height={height}&method={method}{fragment}")
+    });
     env.set_loader(move |name| {
         for dir in &dirs {
             let path = dir.join(name);
@@ -210,12 +237,32 @@ pub struct EmailSettings {
     pub subjects: std::collections::HashMap<String, String>,
     /// `invite_client_location`.
     pub invite_client_location: Option<String>,
+    /// `enable_notifs`: mail users about notifications they have not read.
+    pub enable_notifs: bool,
+    /// `notif_for_new_users` (default true): accounts registered with an address get an e-mail
+    /// pusher for it.
+    pub notif_for_new_users: bool,
+    /// `client_base_url` (or the older `riot_base_url`): where the mails' links open rooms.
+    pub client_base_url: String,
+    /// `notif_delay_before_mail` (default 10 minutes): how long a notification stays unread
+    /// before it is mailed.
+    pub notif_delay_before_mail: Duration,
     /// The templates.
     pub templates: Arc<Templates>,
 }
 
-/// Synapse's default subjects (`%(server_name)s` and `%(app)s` are filled in).
+/// Synapse's default subjects (`%(server_name)s`, `%(app)s`, `%(person)s`, `%(room)s` and
+/// `%(space)s` are filled in).
 const DEFAULT_SUBJECTS: &[(&str, &str)] = &[
+    ("message_from_person_in_room", "[%(app)s] You have a message on %(app)s from %(person)s in the %(room)s room..."),
+    ("message_from_person", "[%(app)s] You have a message on %(app)s from %(person)s..."),
+    ("messages_from_person", "[%(app)s] You have messages on %(app)s from %(person)s..."),
+    ("messages_in_room", "[%(app)s] You have messages on %(app)s in the %(room)s room..."),
+    ("messages_in_room_and_others", "[%(app)s] You have messages on %(app)s in the %(room)s room and others..."),
+    ("messages_from_person_and_others", "[%(app)s] You have messages on %(app)s from %(person)s and others..."),
+    ("invite_from_person", "[%(app)s] %(person)s has invited you to chat on %(app)s..."),
+    ("invite_from_person_to_room", "[%(app)s] %(person)s has invited you to join the %(room)s room on %(app)s..."),
+    ("invite_from_person_to_space", "[%(app)s] %(person)s has invited you to join the %(space)s space on %(app)s..."),
     ("password_reset", "[%(server_name)s] Password reset"),
     ("email_validation", "[%(server_name)s] Validate your email"),
     ("email_already_in_use", "[%(server_name)s] Email already in use"),
@@ -365,7 +412,21 @@ pub(crate) fn parse_email(
         };
         names.insert(which, name);
     }
-    let templates = load_templates(dirs, names).map_err(|e| ConfigError::at(&["email".into()], e))?;
+    let public_baseurl = match root.get("public_baseurl").and_then(Value::as_str) {
+        Some(u) if u.ends_with('/') => u.to_owned(),
+        Some(u) => format!("{u}/"),
+        None => String::new(),
+    };
+    let templates = load_templates(dirs, names, &public_baseurl).map_err(|e| ConfigError::at(&["email".into()], e))?;
+    let notif_delay_before_mail = match section.get("notif_delay_before_mail") {
+        None | Some(Value::Null) => Duration::from_secs(600),
+        Some(v) => crate::config::parse_duration(v)
+            .ok_or_else(|| ConfigError::at(&at("notif_delay_before_mail"), "expected a duration such as 10m"))?,
+    };
+    let client_base_url = match string("client_base_url")? {
+        Some(u) => u,
+        None => string("riot_base_url")?.unwrap_or_else(|| "https://matrix.to".into()),
+    };
     Ok(Some(EmailSettings {
         smtp,
         notif_from,
@@ -373,8 +434,77 @@ pub(crate) fn parse_email(
         validation_token_lifetime,
         subjects,
         invite_client_location,
+        enable_notifs: boolean("enable_notifs", false)?,
+        notif_for_new_users: boolean("notif_for_new_users", true)?,
+        client_base_url: client_base_url.trim_end_matches('/').to_owned(),
+        notif_delay_before_mail,
         templates: Arc::new(templates),
     }))
+}
+
+/// Python's `strftime` for a time in milliseconds (UTC), for the directives templates use:
+/// `%Y %m %d %H %M %S %y %b %B %a %A %p %I %%`.
+fn format_ts(ms: i64, format: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let secs = ms.div_euclid(1000);
+    let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (hour, minute, second) = (in_day / 3600, in_day % 3600 / 60, in_day % 60);
+    // Days to a civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let month_name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out += &year.to_string(),
+            Some('y') => out += &format!("{:02}", year.rem_euclid(100)),
+            Some('m') => out += &format!("{month:02}"),
+            Some('d') => out += &format!("{day:02}"),
+            Some('H') => out += &format!("{hour:02}"),
+            Some('I') => out += &format!("{:02}", if hour % 12 == 0 { 12 } else { hour % 12 }),
+            Some('p') => out += if hour < 12 { "AM" } else { "PM" },
+            Some('M') => out += &format!("{minute:02}"),
+            Some('S') => out += &format!("{second:02}"),
+            Some('b') => out += &month_name[..3],
+            Some('B') => out += month_name,
+            Some('a') => out += &weekday[..3],
+            Some('A') => out += weekday,
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 /// The bare address of `Name <user@host>` or `user@host`, as Python's `parseaddr` finds it.
@@ -414,6 +544,8 @@ pub struct Mail {
     pub text: String,
     /// The HTML part.
     pub html: String,
+    /// More headers (`List-Unsubscribe`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Mail {
@@ -443,6 +575,9 @@ impl Mail {
         m += &format!("Message-ID: <{}@{}>\r\n", random(32), message_id_domain);
         // Discourage automatic replies (RFC 3834, and Exchange's own header), as Synapse.
         m += "Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n";
+        for (name, value) in &self.headers {
+            m += &format!("{name}: {}\r\n", header_text(value));
+        }
         m += &format!("MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n");
         for (kind, content) in [("plain", &self.text), ("html", &self.html)] {
             m += &format!(
@@ -601,6 +736,15 @@ mod tests {
         assert!(canonical_email("no-at-sign").is_err());
         assert!(canonical_email("two@at@signs").is_err());
         assert!(canonical_email("@").is_err());
+    }
+
+    #[test]
+    fn timestamps_format_as_python_strftime_does() {
+        // 2026-12-07 21:24:30 UTC, a Monday.
+        let ms = 1_796_678_670_000;
+        assert_eq!(format_ts(ms, "%Y-%m-%d %H:%M:%S"), "2026-12-07 21:24:30");
+        assert_eq!(format_ts(ms, "%a %d %b %I:%M %p %%"), "Mon 07 Dec 09:24 PM %");
+        assert_eq!(format_ts(0, "%A %B %y"), "Thursday January 70");
     }
 
     #[test]

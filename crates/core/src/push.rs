@@ -202,6 +202,8 @@ pub(crate) struct PushState {
     /// per pusher.
     pub(crate) queues:
         std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<PushQueueItem>>>,
+    /// E-mail notifications waiting for their mail.
+    pub(crate) email: crate::email_notifs::EmailNotifState,
 }
 
 impl PushState {
@@ -213,6 +215,7 @@ impl PushState {
             badge_updates: Default::default(),
             last_badge: Default::default(),
             queues: Default::default(),
+            email: Default::default(),
         }
     }
 }
@@ -456,6 +459,7 @@ impl Homeserver {
                 if let Value::Object(m) = &mut p {
                     m.remove("pushkey_ts");
                     m.remove(PUSHER_DEVICE);
+                    m.remove(crate::email_notifs::UNSUBSCRIBE_TOKEN);
                 }
                 p
             })
@@ -529,6 +533,15 @@ impl Homeserver {
                     return Err(Error::invalid_param("'url' must have a path of '/_matrix/push/v1/notify'"));
                 }
             }
+            // An e-mail pusher mails one of the user's own addresses.
+            Some(Value::String(k)) if k == "email" => {
+                if self.user_by_threepid("email", &pushkey).await?.as_deref() != Some(me.user_id.as_str()) {
+                    return Err(Error::new(
+                        ErrorKind::Module { status: 400, errcode: "M_THREEPID_NOT_FOUND".into() },
+                        "Email not found",
+                    ));
+                }
+            }
             Some(Value::String(k)) => return Err(Error::invalid_param(format!("Unsupported pusher kind {k}"))),
             _ => return Err(Error::new(ErrorKind::MissingParam, "Missing 'kind'")),
         }
@@ -540,6 +553,9 @@ impl Homeserver {
         pusher.remove("append");
         pusher.insert("pushkey_ts".into(), json!(crate::server::now_ms()));
         pusher.insert(PUSHER_DEVICE.into(), json!(me.device_id));
+        if pusher.get("kind").and_then(Value::as_str) == Some("email") {
+            pusher.insert(crate::email_notifs::UNSUBSCRIBE_TOKEN.into(), json!(crate::server::random_string(32)));
+        }
         let json = Value::Object(pusher).to_string();
         self.db(move |s| s.set_pusher(&u, &app_id, &pushkey, &json, append)).await?;
         self.pushers_changed();

@@ -50,6 +50,7 @@ impl HttpPusher {
 impl Homeserver {
     /// Starts the task that delivers push notifications (see the module doc).
     pub fn start_push_gateway_sender(self: &Arc<Self>) {
+        self.start_email_notifier();
         let hs = self.clone();
         let http = match self
             .config
@@ -120,7 +121,7 @@ impl Homeserver {
     }
 
     /// Every user's pushers, from the cache when it holds them.
-    async fn all_pushers(&self) -> Result<StoredPushers> {
+    pub(crate) async fn all_pushers(&self) -> Result<StoredPushers> {
         if let Some(cached) = self.push.pushers.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(cached);
         }
@@ -147,7 +148,8 @@ impl Homeserver {
     async fn push_events_between(self: &Arc<Self>, http: &reqwest::Client, from: i64, to: i64) -> Result<i64> {
         let stored = self.all_pushers().await?;
         let pushers = http_pushers(&stored, None);
-        if pushers.is_empty() {
+        let mailed = self.email_pushers(&stored);
+        if pushers.is_empty() && mailed.is_empty() {
             return Ok(to);
         }
         let events = self.db(move |s| s.events_between(from, to, EVENTS_PER_PASS)).await?;
@@ -171,7 +173,11 @@ impl Homeserver {
             }
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else { continue };
             for user in members.iter().filter(|u| **u != sender) {
-                let Some(theirs) = pushers.get(user) else { continue };
+                let (theirs, addresses) = (pushers.get(user), mailed.get(user));
+                if theirs.is_none() && addresses.is_none() {
+                    continue;
+                }
+                let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else { continue };
                 if !starts.contains_key(user) {
                     starts.insert(user.clone(), self.unread_starts(user).await?);
                 }
@@ -180,7 +186,12 @@ impl Homeserver {
                 }
                 // One user's failure (a storage error reading their rules) costs them this
                 // notification, not everyone else theirs.
-                if let Err(e) = self.push_to_user(http, theirs, &event, &room_id, member_count).await {
+                let targets = PushTargets {
+                    pushers: theirs.map(Vec::as_slice).unwrap_or_default(),
+                    addresses: addresses.map(Vec::as_slice).unwrap_or_default(),
+                    position: row.stream_ordering,
+                };
+                if let Err(e) = self.push_to_user(http, &user_id, targets, &event, &room_id, member_count).await {
                     tracing::warn!(user = %user, error = %e, "push notification not evaluated");
                 }
             }
@@ -189,21 +200,29 @@ impl Homeserver {
     }
 
     /// Evaluates `user`'s rules for one event and, if it notifies them, sends it to each of
-    /// their pushers (in the background, with retries).
+    /// their HTTP pushers (in the background, with retries) and queues it for their e-mail
+    /// pushers.
     async fn push_to_user(
         self: &Arc<Self>,
         http: &reqwest::Client,
-        pushers: &[Arc<HttpPusher>],
+        user: &OwnedUserId,
+        targets: PushTargets<'_>,
         event: &Value,
         room: &OwnedRoomId,
         member_count: usize,
     ) -> Result<()> {
-        let user = &pushers[0].user;
         let u = user.to_string();
         let display = self.db(move |s| Ok(s.get_profile(&u)?.and_then(|p| p.0).unwrap_or_default())).await?;
         let rules = self.ruleset(user).await?;
         let actions = Self::actions(&rules, event, user, &display, room, member_count).await;
         if !actions.iter().any(|a| a.should_notify()) {
+            return Ok(());
+        }
+        if !targets.addresses.is_empty() {
+            self.queue_email_notification(user, targets.addresses, room, event, targets.position);
+        }
+        let pushers = targets.pushers;
+        if pushers.is_empty() {
             return Ok(());
         }
         let mut tweaks = Map::new();
@@ -252,7 +271,7 @@ impl Homeserver {
     /// `get_context_for_event`): the room's name, else its canonical alias, else a name made
     /// of its other members when there are at least two; the sender's display name, else
     /// their user ID.
-    async fn notification_context(
+    pub(crate) async fn notification_context(
         &self,
         event: &Value,
         room: &OwnedRoomId,
@@ -273,7 +292,11 @@ impl Homeserver {
         let content_of = |kind: &str, key: &str| {
             state.get(&(kind.to_owned(), key.to_owned())).and_then(|id| events.get(id)).map(|e| e.content_map())
         };
-        let name = match explicit_room_name(&content_of) {
+        let explicit = explicit_room_name(&content_of);
+        if let Some(name) = &explicit {
+            context.insert("explicit_room_name".into(), json!(name));
+        }
+        let name = match explicit {
             Some(name) => Some(name),
             None => {
                 let member_ids = state
@@ -375,6 +398,14 @@ impl Homeserver {
     }
 }
 
+/// Where one user's notification goes: their HTTP pushers and the addresses of their e-mail
+/// pushers; `position` is the event's stream position.
+struct PushTargets<'a> {
+    pushers: &'a [Arc<HttpPusher>],
+    addresses: &'a [String],
+    position: i64,
+}
+
 /// The stored HTTP pushers by user (only `only`'s when given); other kinds and unreadable
 /// rows are left out.
 fn http_pushers(stored: &[(String, String)], only: Option<&str>) -> HashMap<String, Vec<Arc<HttpPusher>>> {
@@ -447,7 +478,8 @@ fn notify_body(
         if event["content"].as_object().is_some_and(|c| !c.is_empty()) {
             notification["content"] = event["content"].clone();
         }
-        for (k, v) in context {
+        // `room_name` and `sender_display_name`; the e-mail summary's own key stays out.
+        for (k, v) in context.iter().filter(|(k, _)| k.as_str() != "explicit_room_name") {
             notification[k] = v.clone();
         }
     }

@@ -419,6 +419,7 @@ impl Homeserver {
             subject: settings.subject(subject_key, &[("server_name", self.server_name()), ("app", &settings.app_name)]),
             text: settings.templates.render(text, &vars)?,
             html: settings.templates.render(html, &vars)?,
+            headers: Vec::new(),
         };
         tracing::info!(to, subject = %mail.subject, "sending email");
         crate::mail::send(&settings.smtp, self.config.insecure_outbound_tls, self.server_name(), &mail).await
@@ -640,6 +641,11 @@ impl Homeserver {
         }
         // Called whether or not the account had it, as Synapse does.
         self.modules.on_threepid_removed(user, medium, &address).await;
+        if medium == "email" {
+            let (u, a) = (user.to_owned(), address.clone());
+            self.db(move |s| s.delete_pusher(&u, crate::email_notifs::EMAIL_APP_ID, &a)).await?;
+            self.pushers_changed();
+        }
         Ok(())
     }
 

@@ -221,6 +221,9 @@ impl Homeserver {
         finish(&registered.user_id).await?;
         if let Some(threepid) = &record.threepid {
             self.add_threepid(registered.user_id.as_str(), threepid).await?;
+            if threepid.medium == "email" {
+                self.add_email_pusher_if_wanted(registered.user_id.as_str(), &threepid.address).await?;
+            }
         }
         if let Some(name) = display_name {
             let user = registered.user_id.to_string();

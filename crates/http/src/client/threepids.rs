@@ -29,6 +29,20 @@ pub(super) fn page_routes() -> Router<AppState> {
             "/_synapse/client/password_reset/email/submit_token",
             get(password_reset_confirmation).post(password_reset_page),
         )
+        .route("/_synapse/client/unsubscribe", get(unsubscribe).post(unsubscribe))
+}
+
+/// The unsubscribe link of a notification mail (a browser's GET, or a mail program's
+/// one-click POST): removes the e-mail pusher.
+async fn unsubscribe(State(hs): State<AppState>, Query(q): Query<Map<String, Value>>) -> Result<Response, MatrixError> {
+    let param = |key: &str| {
+        q.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| MatrixError::new(ErrorKind::MissingParam, format!("Missing string query parameter '{key}'")))
+    };
+    hs.unsubscribe_email(&param("access_token")?, &param("app_id")?, &param("pushkey")?).await?;
+    Ok(Html("<html><body>You have been unsubscribed</body></html>").into_response())
 }
 
 async fn register_email_token(
