@@ -596,6 +596,13 @@ async fn check_carried_over(myelin: &Server, data: &Value, synapse_dir: &Path) {
     assert_eq!((s, b), (200, json!({"messages_per_second": 0, "burst_count": 0})), "{}", logs());
     let (s, b) = myelin.get("/_synapse/admin/v1/auth_providers/oidc-example/users/bob-at-idp", Some(&carl.token)).await;
     assert_eq!((s, b), (200, json!({"user_id": bob.user_id})), "{}", logs());
+    // Bob's e-mail address, which logs him in as on Synapse.
+    let (s, b) = myelin.get(&format!("{V3}/account/3pid"), Some(&bob.token)).await;
+    assert_eq!((s, &b["threepids"][0]["address"]), (200, &json!("bob@example.org")), "{b}\n{}", logs());
+    let login = json!({"type": "m.login.password", "password": "bob-password",
+        "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "bob@example.org"}});
+    let (s, b) = myelin.post(&format!("{V3}/login"), None, login).await;
+    assert_eq!((s, b["user_id"].as_str()), (200, Some(bob.user_id.as_str())), "{b}\n{}", logs());
     let (s, b) = get_event(myelin, &text(&data["oldest"]), &event("vintage"), &alice).await;
     assert_eq!((s, b["content"]["body"].as_str()), (200, Some("from a version 1 room")), "{b}\n{}", logs());
 

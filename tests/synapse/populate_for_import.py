@@ -91,7 +91,8 @@ def main():
              {"messages_per_second": 0, "burst_count": 0}, carl["token"])
         # Bob signs in through an SSO provider too: an external ID.
         call("PUT", f"/_synapse/admin/v2/users/{q(bob['user_id'])}",
-             {"external_ids": [{"auth_provider": "oidc-example", "external_id": "bob-at-idp"}]}, carl["token"])
+             {"external_ids": [{"auth_provider": "oidc-example", "external_id": "bob-at-idp"}],
+              "threepids": [{"medium": "email", "address": "bob@example.org"}]}, carl["token"])
     # A second device for alice, logged in with her password.
     login = call("POST", "/_matrix/client/v3/login",
                  {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},

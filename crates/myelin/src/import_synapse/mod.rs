@@ -372,6 +372,19 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     }
     summary.count("external IDs (SSO identities)", external.len());
 
+    // E-mail addresses and phone numbers on accounts, for logins and password resets.
+    let threepids = db.rows("SELECT user_id, medium, address, validated_at, added_at FROM user_threepids", &[])?;
+    for r in &threepids {
+        let row = myelin_storage::ThreepidRow {
+            medium: r.text(1),
+            address: r.text(2),
+            validated_at: r.int(3),
+            added_at: r.int(4),
+        };
+        store.add_user_threepid(&r.text(0), &row).map_err(store_err)?;
+    }
+    summary.count("third-party identifiers (e-mail addresses, phone numbers)", threepids.len());
+
     let devices = db.rows(
         "SELECT user_id, device_id, display_name, last_seen, ip, user_agent FROM devices WHERE NOT hidden",
         &[],
