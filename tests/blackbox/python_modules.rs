@@ -819,11 +819,19 @@ async fn a_bad_python_section_is_a_config_error() {
 #[tokio::test]
 async fn python_modules_register_users_and_devices() {
     let s = with(&[py("m", json!({}))]).await;
-    let r = api(&s, json!({"op": "accounts", "localpart": "modbot", "displayname": "Mod Bot"})).await;
+    let r = api(
+        &s,
+        json!({"op": "accounts", "localpart": "modbot", "displayname": "Mod Bot", "emails": ["ModBot@Example.ORG"]}),
+    )
+    .await;
     assert_eq!(r["user_id"], "@modbot:test");
     assert_eq!(r["refresh"], Value::Null);
     assert_eq!(r["old_user"], "@modbot2:test");
-    assert_eq!(r["threepids"], json!([]));
+    // `emails` joined the account, canonical, and the module reads them back.
+    let threepids = r["threepids"].as_array().unwrap();
+    assert_eq!(threepids.len(), 1, "{r}");
+    assert_eq!((&threepids[0]["medium"], &threepids[0]["address"]), (&json!("email"), &json!("modbot@example.org")));
+    assert!(threepids[0]["validated_at"].as_i64().unwrap() > 0);
     // Taken, invalid, unknown users: Synapse's errors, as SynapseError.
     assert_eq!(
         r["errors"],

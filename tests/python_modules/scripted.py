@@ -174,7 +174,7 @@ class ApiCalls(DirectServeJsonResource):
             return 200, {"got": dict(got), "errors": errors}
         if op == "accounts":
             # register_user, register_device, set_displayname, set_user_admin, then the failures.
-            user_id = await self.api.register_user(body["localpart"], body.get("displayname"))
+            user_id = await self.api.register_user(body["localpart"], body.get("displayname"), emails=body.get("emails"))
             _, device_id, token, refresh = await self.api.register_device(user_id, initial_display_name="module device")
             await self.api.set_displayname(user_id, "Renamed by module")
             await self.api.set_user_admin(user_id, True)

@@ -571,6 +571,15 @@ impl Homeserver {
         self.add_threepid(user, &threepid).await
     }
 
+    /// `ModuleApi.register_user(emails=...)`: the address joins the account as validated now,
+    /// with its notification pusher as at registration.
+    pub(crate) async fn module_add_email(&self, user: &str, email: &str) -> Result<()> {
+        let threepid = ValidatedThreepid { medium: "email".into(), address: email.to_owned(), validated_at: now_ms() };
+        self.add_threepid(user, &threepid).await?;
+        let address = canonical_email(email).map_err(|why| Error::new(ErrorKind::BadRequest, why))?;
+        self.add_email_pusher_if_wanted(user, &address).await
+    }
+
     /// `POST /account/3pid/add`: the user's password (UIA), then the session's address.
     pub async fn add_threepid_with_auth(
         &self,

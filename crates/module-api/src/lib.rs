@@ -291,6 +291,10 @@ pub struct UserIpAndAgent {
     pub last_seen: i64,
 }
 
+/// A third-party identifier on an account: `(medium, address, validated_at, added_at)`, the
+/// times in milliseconds.
+pub type ThreepidInfo = (String, String, i64, i64);
+
 /// The services a module may call. Myelin's core implements this; modules reach it only through
 /// [`ModuleApi`]. Not meant to be implemented by modules.
 ///
@@ -470,6 +474,11 @@ pub trait Host: Send + Sync + 'static {
         displayname: Option<String>,
         admin: bool,
     ) -> BoxFuture<'static, Result<String, ModuleError>>;
+    /// A local user's third-party identifiers, as `(medium, address, validated_at, added_at)`.
+    fn get_threepids_for_user(&self, user_id: String) -> BoxFuture<'static, Result<Vec<ThreepidInfo>, ModuleError>>;
+    /// Adds an e-mail address to a local user's account (with its notification pusher when the
+    /// server mails notifications to new users), as `register_user(emails=...)` does on Synapse.
+    fn add_email_to_user(&self, user_id: String, email: String) -> BoxFuture<'static, Result<(), ModuleError>>;
     /// Logs an existing local user in on a new (or given) device; returns `(device_id, token)`.
     fn register_device(
         &self,
@@ -748,6 +757,18 @@ impl ModuleApi {
         admin: bool,
     ) -> Result<String, ModuleError> {
         self.host.register_user(localpart.to_owned(), displayname.map(str::to_owned), admin).await
+    }
+    /// A local user's third-party identifiers (Synapse's `get_threepids_for_user`).
+    ///
+    /// Since 0.3.
+    pub async fn get_threepids_for_user(&self, user_id: &str) -> Result<Vec<ThreepidInfo>, ModuleError> {
+        self.host.get_threepids_for_user(user_id.to_owned()).await
+    }
+    /// Adds an e-mail address to a local user's account (`register_user`'s `emails` on Synapse).
+    ///
+    /// Since 0.3.
+    pub async fn add_email_to_user(&self, user_id: &str, email: &str) -> Result<(), ModuleError> {
+        self.host.add_email_to_user(user_id.to_owned(), email.to_owned()).await
     }
     /// Logs `user_id` in on a device; returns `(device_id, access_token)`.
     pub async fn register_device(

@@ -121,6 +121,17 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(Value::String),
         ),
+        "get_threepids_for_user" => ok_or_error(api.get_threepids_for_user(&s("user_id")).await.map(|rows| {
+            json!(
+                rows.into_iter()
+                    .map(|(medium, address, validated_at, added_at)| json!({"medium": medium, "address": address,
+                    "validated_at": validated_at, "added_at": added_at}))
+                    .collect::<Vec<_>>()
+            )
+        })),
+        "add_email_to_user" => {
+            ok_or_error(api.add_email_to_user(&s("user_id"), &s("email")).await.map(|_| Value::Null))
+        }
         "register_device" => ok_or_error(
             api.register_device(&s("user_id"), a["device_id"].as_str(), a["display_name"].as_str())
                 .await

@@ -230,6 +230,23 @@ impl Host for HostHandle {
         })
     }
 
+    fn get_threepids_for_user(
+        &self,
+        user_id: String,
+    ) -> BoxFuture<'static, Result<Vec<myelin_module_api::ThreepidInfo>, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let hs = hs?;
+            let rows = hs.db(move |s| s.user_threepids(&user_id)).await.map_err(to_module_error)?;
+            Ok(rows.into_iter().map(|t| (t.medium, t.address, t.validated_at, t.added_at)).collect())
+        })
+    }
+
+    fn add_email_to_user(&self, user_id: String, email: String) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_add_email(&user_id, &email).await.map_err(to_module_error) })
+    }
+
     fn register_device(
         &self,
         user_id: String,

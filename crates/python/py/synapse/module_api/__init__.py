@@ -490,12 +490,17 @@ class ModuleApi:
         return _deferred_call(self._host, "get_room_state", {"room_id": room_id}, pick)
 
     def register_user(self, localpart, displayname=None, emails=None, admin=False):
-        """Creates a local user with no password; returns its user ID. Email binding is not
-        supported: `emails` are ignored, with a warning."""
-        if emails:
-            logger.warning("register_user: Myelin does not bind emails; ignoring %r", emails)
-        return _deferred_call(self._host, "register_user",
-                              {"localpart": localpart, "displayname": displayname, "admin": bool(admin)})
+        """Creates a local user with no password; returns its user ID. Each of `emails` is added
+        to the account, as on Synapse."""
+
+        async def register():
+            user_id = await _deferred_call(self._host, "register_user",
+                                           {"localpart": localpart, "displayname": displayname, "admin": bool(admin)})
+            for email in emails or []:
+                await _deferred_call(self._host, "add_email_to_user", {"user_id": user_id, "email": email})
+            return user_id
+
+        return defer.ensureDeferred(register())
 
     def register_device(self, user_id, device_id=None, initial_display_name=None):
         """Logs `user_id` in on a device: (user_id, device_id, access_token, refresh_token=None)."""
@@ -523,8 +528,8 @@ class ModuleApi:
                               {"user_id": str(user_id), "displayname": new_displayname}, lambda _: None)
 
     def get_threepids_for_user(self, user_id):
-        """Myelin stores no third-party IDs, so every user has none."""
-        return defer.succeed([])
+        """The user's third-party identifiers: dicts of medium, address, validated_at, added_at."""
+        return _deferred_call(self._host, "get_threepids_for_user", {"user_id": str(user_id)})
 
     def get_qualified_user_id(self, username):
         if username.startswith("@"):
