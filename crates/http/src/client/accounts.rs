@@ -145,6 +145,10 @@ pub(super) async fn change_password(
     OptionalAuth(me): OptionalAuth,
     JsonBody(b): JsonBody<PasswordBody>,
 ) -> Answer {
+    // As Synapse's body model: at most 512 characters.
+    if b.new_password.as_ref().is_some_and(|p| p.chars().count() > 512) {
+        return Err(MatrixError::new(ErrorKind::BadJson, "new_password: String should have at most 512 characters"));
+    }
     match me {
         Some(me) => {
             let new_password =
