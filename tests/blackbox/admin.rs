@@ -1592,3 +1592,115 @@ async fn admins_join_users_to_rooms_and_list_memberships_and_v3_users() {
     let (_, v2_all) = s.get(&format!("{ADMIN}/v2/users?deactivated=true"), Some(&root.token)).await;
     assert_eq!(names(&v2_all).len(), 4, "and includes them when asked");
 }
+
+#[tokio::test]
+async fn experimental_features_master_key_replacement_account_validity_and_largest_rooms() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let features = format!("{ADMIN}/v1/experimental_features/@alice:test");
+    let (st, b) = s.get(&features, Some(&root.token)).await;
+    assert_eq!((st, b), (200, json!({"features": {"msc3881": false, "msc3575": false, "msc4222": false}})));
+    let (st, _) = s.put(&features, Some(&root.token), json!({"features": {"msc3881": true}})).await;
+    assert_eq!(st, 200);
+    let (_, b) = s.get(&features, Some(&root.token)).await;
+    assert_eq!(b["features"], json!({"msc3881": true, "msc3575": false, "msc4222": false}));
+    for (body, error) in [
+        (json!({"features": {"msc9999": true}}), "'msc9999' is not recognised as a valid experimental feature."),
+        (json!({"features": {}}), "You must provide features to set."),
+        (json!({}), "You must provide features to set."),
+    ] {
+        let (st, b) = s.put(&features, Some(&root.token), body).await;
+        assert_eq!((st, b["error"].as_str()), (400, Some(error)));
+    }
+    let (_, b) = s.get(&features, Some(&root.token)).await;
+    assert_eq!(b["features"]["msc3881"], true, "a refused change changed nothing");
+    let (st, _) = s.get(&format!("{ADMIN}/v1/experimental_features/@bob:elsewhere"), Some(&root.token)).await;
+    assert_eq!(st, 400);
+    assert_eq!(s.get(&features, Some(&alice.token)).await.0, 403);
+    assert_eq!(s.put(&features, Some(&alice.token), json!({"features": {"msc3881": false}})).await.0, 403);
+
+    // Master key replacement without UIA: only with a master key, only for a while, only by admins.
+    let allow = format!("{ADMIN}/v1/users/@alice:test/_allow_cross_signing_replacement_without_uia");
+    let (st, b) = s.post(&allow, Some(&root.token), json!({})).await;
+    assert_eq!((st, b["error"].as_str()), (404, Some("User has no master cross-signing key")));
+    let key = |public: &str| json!({"master_key": {"user_id": alice.user_id, "usage": ["master"], "keys": {format!("ed25519:{public}"): public}}});
+    let upload = format!("{V3}/keys/device_signing/upload");
+    assert_eq!(s.post(&upload, Some(&alice.token), key("FIRST")).await.0, 200);
+    assert_eq!(s.post(&upload, Some(&alice.token), key("SECOND")).await.0, 401, "replacing needs UIA");
+    assert_eq!(s.post(&allow, Some(&alice.token), json!({})).await.0, 403);
+    let (st, b) = s.post(&allow, Some(&root.token), json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    let until = b["updatable_without_uia_before_ms"].as_i64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!((until - now - 600_000).abs() < 60_000, "ten minutes: {until} vs {now}");
+    let (st, b) = s.post(&upload, Some(&alice.token), key("SECOND")).await;
+    assert_eq!(st, 200, "no UIA now: {b}");
+
+    // Account validity: Myelin has none of its own.
+    let validity = format!("{ADMIN}/v1/account_validity/validity");
+    let (st, b) = s.post(&validity, Some(&root.token), json!({})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("Missing property 'user_id' in the request body")));
+    let (st, b) = s.post(&validity, Some(&root.token), json!({"user_id": alice.user_id})).await;
+    assert_eq!(st, 400, "{b}");
+    assert_eq!(s.post(&validity, Some(&alice.token), json!({"user_id": alice.user_id})).await.0, 403);
+
+    // The largest rooms: PostgreSQL only, as on Synapse.
+    let room = s.create_room(&alice, json!({})).await;
+    s.send_text(&alice, &room, &"x".repeat(2000)).await;
+    let (st, b) = s.get(&format!("{ADMIN}/v1/statistics/database/rooms"), Some(&root.token)).await;
+    if std::env::var("MYELIN_TEST_BACKEND").as_deref() == Ok("postgres") {
+        assert_eq!((st, &b["rooms"][0]["room_id"]), (200, &json!(room)), "{b}");
+        assert!(b["rooms"][0]["estimated_size"].as_i64().unwrap() > 2000);
+    } else {
+        assert_eq!((st, b["error"].as_str()), (400, Some("Endpoint requires using PostgreSQL")));
+    }
+    assert_eq!(s.get(&format!("{ADMIN}/v1/statistics/database/rooms"), Some(&alice.token)).await.0, 403);
+
+    // Purging the remote media cache: its parameters checked; nothing cached here yet.
+    let purge = format!("{ADMIN}/v1/purge_media_cache");
+    let (st, b) = s.post(&purge, Some(&root.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_MISSING_PARAM")));
+    let (st, b) = s.post(&format!("{purge}?before_ts=1000"), Some(&root.token), json!({})).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let (st, b) = s.post(&format!("{purge}?before_ts={}", now + 1000), Some(&root.token), json!({})).await;
+    assert_eq!((st, b), (200, json!({"deleted": 0})));
+    assert_eq!(s.post(&format!("{purge}?before_ts={now}"), Some(&alice.token), json!({})).await.0, 403);
+}
+
+#[tokio::test]
+async fn admins_read_the_context_of_any_event() {
+    let s = Server::start().await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, b) = s.send_text(&alice, &room, &format!("message {i}")).await;
+        ids.push(b["event_id"].as_str().unwrap().to_owned());
+    }
+    let path =
+        |event: &str| format!("{ADMIN}/v1/rooms/{}/context/{}?limit=4", path_segment(&room), path_segment(event));
+    let (st, b) = s.get(&path(&ids[2]), Some(&root.token)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["event"]["content"]["body"], "message 2");
+    let bodies = |key: &str| -> Vec<String> {
+        b[key].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned()).collect()
+    };
+    assert_eq!(bodies("events_before"), vec!["message 1", "message 0"]);
+    assert_eq!(bodies("events_after"), vec!["message 3", "message 4"]);
+    assert!(b["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    // Bob, not in the room and no admin, may not; the client API refuses him too.
+    assert_eq!(s.get(&path(&ids[2]), Some(&bob.token)).await.0, 403);
+    let client = format!("{V3}/rooms/{}/context/{}", path_segment(&room), path_segment(&ids[2]));
+    assert_eq!(s.get(&client, Some(&bob.token)).await.0, 403);
+    // Unknown events, and events of another room, are 404.
+    let (st, _) = s.get(&path("$nosuchevent"), Some(&root.token)).await;
+    assert_eq!(st, 404);
+    let other = s.create_room(&bob, json!({})).await;
+    let (_, sent) = s.send_text(&bob, &other, "elsewhere").await;
+    assert_eq!(s.get(&path(sent["event_id"].as_str().unwrap()), Some(&root.token)).await.0, 404);
+}

@@ -756,6 +756,19 @@ async fn remote_media_is_fetched_cached_thumbnailed_and_spam_checked() {
     drop(a);
     let (s, bytes, _, _) = download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{mxc}")).await;
     assert_eq!((s, bytes), (200, image));
+
+    // An admin purges the cache: a date before it was fetched keeps it, a later one drops it;
+    // then it cannot be served, A being gone.
+    b.server.make_admin_cli("root");
+    let admin = b.server.login("root").await;
+    let purge = |before: i64| format!("/_synapse/admin/v1/purge_media_cache?before_ts={before}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let (s, body) = b.server.post(&purge(now - 3_600_000), Some(&admin.token), json!({})).await;
+    assert_eq!((s, body), (200, json!({"deleted": 0})));
+    let (s, body) = b.server.post(&purge(now + 60_000), Some(&admin.token), json!({})).await;
+    assert_eq!((s, body), (200, json!({"deleted": 1})));
+    let (s, _, _, _) = download(&b.server, &bob, &format!("/_matrix/client/v1/media/download/{mxc}")).await;
+    assert_ne!(s, 200, "purged, and its server is gone");
 }
 
 /// A DNS server on loopback answering SRV queries from a table (name -> (target, port)), and

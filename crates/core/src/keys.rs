@@ -412,7 +412,8 @@ impl Homeserver {
             })
         });
         let has_master = existing.iter().any(|(k, _)| k == "master");
-        if has_master && replaces {
+        // An admin may have let the user replace it without their password for a while.
+        if has_master && replaces && !self.master_key_replaceable_without_uia(me.user_id.as_str()).await? {
             self.uia_password(me, body.get("auth"), "POST /keys/device_signing/upload").await?;
         }
         if !has_master && !keys.iter().any(|(k, _)| k == "master") && !keys.is_empty() {

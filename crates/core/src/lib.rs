@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod admin_features;
 mod admin_rooms;
 pub mod admin_tasks;
 pub mod appservice;

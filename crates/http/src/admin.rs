@@ -96,6 +96,18 @@ pub(crate) fn router() -> Router<AppState> {
             "/_synapse/admin/v1/rooms/{room_id}/forward_extremities",
             get(forward_extremities).delete(delete_forward_extremities),
         )
+        .route(
+            "/_synapse/admin/v1/experimental_features/{user_id}",
+            get(experimental_features).put(set_experimental_features),
+        )
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/_allow_cross_signing_replacement_without_uia",
+            post(allow_master_key_replacement),
+        )
+        .route("/_synapse/admin/v1/account_validity/validity", post(account_validity))
+        .route("/_synapse/admin/v1/rooms/{room_id}/context/{event_id}", get(room_context))
+        .route("/_synapse/admin/v1/statistics/database/rooms", get(largest_rooms))
+        .route("/_synapse/admin/v1/purge_media_cache", post(purge_media_cache))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/user_reports", get(user_reports))
         .route("/_synapse/admin/v1/user_reports/{report_id}", get(user_report).delete(delete_user_report))
@@ -909,4 +921,58 @@ async fn register(
     out.insert("user_id".into(), json!(r.user_id));
     out.insert("home_server".into(), json!(hs.server_name()));
     Ok(axum::Json(Value::Object(out)))
+}
+
+async fn experimental_features(State(hs): State<AppState>, Auth(me): Auth, Path(user_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.admin_experimental_features(&me, &user_id).await?))
+}
+
+async fn set_experimental_features(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Answer {
+    hs.admin_set_experimental_features(&me, &user_id, &body).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn allow_master_key_replacement(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_allow_master_key_replacement(&me, &user_id).await?))
+}
+
+async fn account_validity(State(hs): State<AppState>, Auth(me): Auth, JsonBody(body): JsonBody<Value>) -> Answer {
+    Ok(axum::Json(hs.admin_account_validity(&me, &body)?))
+}
+
+#[derive(Deserialize)]
+struct ContextQuery {
+    limit: Option<String>,
+}
+
+async fn room_context(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Query(q): Query<ContextQuery>,
+) -> Answer {
+    let limit = integer(q.limit, "limit")?.unwrap_or(10).max(0) as usize;
+    Ok(axum::Json(hs.admin_room_context(&me, &room_id, &event_id, limit).await?))
+}
+
+async fn largest_rooms(State(hs): State<AppState>, Auth(me): Auth) -> Answer {
+    Ok(axum::Json(hs.admin_largest_rooms(&me).await?))
+}
+
+#[derive(Deserialize)]
+struct PurgeCacheQuery {
+    before_ts: Option<String>,
+}
+
+async fn purge_media_cache(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<PurgeCacheQuery>) -> Answer {
+    Ok(axum::Json(hs.admin_purge_media_cache(&me, integer(q.before_ts, "before_ts")?).await?))
 }

@@ -1200,6 +1200,8 @@ pub trait AdminStore {
     fn list_users(&self, query: &UserListQuery) -> Result<(Vec<ListedUser>, i64)>;
     /// Every room this server knows, with its joined-member count.
     fn list_rooms(&self) -> Result<Vec<(String, i64)>>;
+    /// The `limit` rooms whose events take the most bytes, with that size, largest first.
+    fn largest_rooms(&self, limit: usize) -> Result<Vec<(String, i64)>>;
     /// Files an event report; returns its ID.
     fn add_event_report(&self, report: &EventReport) -> Result<i64>;
     /// Files a room report; returns its ID.

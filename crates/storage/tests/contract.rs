@@ -2832,6 +2832,11 @@ fn admin_room_list_counts_members(s: &dyn Storage) {
     r2.join(s, ALICE);
     r2.join(s, BOB);
     assert_eq!(s.list_rooms().unwrap(), vec![("!r1:test".to_string(), 1), ("!r2:test".to_string(), 2)]);
+    // The largest by the bytes of their events: r2 holds more events than r1.
+    let largest = s.largest_rooms(10).unwrap();
+    assert_eq!(largest.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["!r2:test", "!r1:test"]);
+    assert!(largest[0].1 > largest[1].1 && largest[1].1 > 0, "{largest:?}");
+    assert_eq!(s.largest_rooms(1).unwrap().len(), 1);
 }
 
 fn rooms_blocked_and_unblocked(s: &dyn Storage) {

@@ -88,6 +88,7 @@ impl Homeserver {
         if let Some(meta) = cached
             && (path.exists() || self.fetch_from_providers(&path, info.clone()).await?)
         {
+            touch_if_stale(&meta_path);
             return Ok(StoredMedia {
                 path,
                 content_type: meta["content_type"].as_str().unwrap_or("application/octet-stream").to_owned(),
@@ -164,7 +165,7 @@ impl Homeserver {
             pending: false,
         };
         self.db(move |s| s.insert_media(&row)).await?;
-        let meta = json!({"content_type": content_type, "upload_name": name, "length": bytes.len()});
+        let meta = json!({"content_type": content_type, "upload_name": name, "length": bytes.len(), "key": key});
         let meta_tmp = tmp_dir.join(random_string(16));
         tokio::fs::write(&meta_tmp, meta.to_string()).await.map_err(Error::internal)?;
         tokio::fs::rename(&meta_tmp, &meta_path).await.map_err(Error::internal)?;
@@ -204,5 +205,17 @@ mod tests {
         assert!(media_part("multipart/mixed; boundary=\"b\"", redirect).is_none());
         assert!(media_part("multipart/mixed", body).is_none());
         assert!(media_part("multipart/mixed; boundary=zzz", body).is_none());
+    }
+}
+
+/// Marks a cached file as served now (its metadata file's modification time, which
+/// `purge_media_cache` reads as the last access), at most once a minute per file.
+fn touch_if_stale(meta_path: &std::path::Path) {
+    let now = std::time::SystemTime::now();
+    let stale = std::fs::metadata(meta_path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > std::time::Duration::from_secs(60)));
+    if stale && let Ok(file) = std::fs::File::options().append(true).open(meta_path) {
+        let _ = file.set_modified(now);
     }
 }

@@ -135,6 +135,17 @@ impl AdminStore for PostgresStore {
         })
     }
 
+    fn largest_rooms(&self, limit: usize) -> Result<Vec<(String, i64)>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT room_id, sum(octet_length(json))::BIGINT AS size FROM events GROUP BY room_id
+                 ORDER BY size DESC, room_id LIMIT $1",
+                &[&(limit as i64)],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     fn add_event_report(&self, report: &EventReport) -> Result<i64> {
         let content = report.content.to_string();
         self.write(|tx| {

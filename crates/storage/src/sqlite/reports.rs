@@ -160,6 +160,17 @@ impl AdminStore for SqliteStore {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|rows| rows.collect()).map_err(backend)
     }
 
+    fn largest_rooms(&self, limit: usize) -> Result<Vec<(String, i64)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT room_id, sum(length(json)) AS size FROM events GROUP BY room_id
+                 ORDER BY size DESC, room_id LIMIT ?1",
+            )
+            .map_err(backend)?;
+        stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|rows| rows.collect()).map_err(backend)
+    }
+
     fn add_event_report(&self, report: &EventReport) -> Result<i64> {
         self.conn()
             .row(
