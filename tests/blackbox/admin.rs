@@ -903,6 +903,31 @@ async fn admins_moderate_media() {
             200
         );
     }
+    // Every change so far, in order, and from a position on.
+    let changes = format!("{ADMIN}/v1/media/quarantine_changes");
+    let (st, log) = s.get(&changes, Some(&root.token)).await;
+    assert_eq!(st, 200, "{log}");
+    let entry = |id: &str, q: bool| json!({"origin": "test", "media_id": id, "quarantined": q});
+    assert_eq!(
+        log["changes"],
+        json!([
+            entry(&a, true),
+            entry(&a, false),
+            entry(&a, true),
+            entry(&c, true),
+            entry(&a, false),
+            entry(&c, false)
+        ])
+    );
+    let next = log["next_batch"].as_i64().unwrap();
+    let (_, rest) = s.get(&format!("{changes}?from={next}"), Some(&root.token)).await;
+    assert_eq!((rest["changes"].clone(), rest["next_batch"].as_i64()), (json!([]), Some(next)));
+    let (_, tail) = s.get(&format!("{changes}?from={}", next - 2), Some(&root.token)).await;
+    assert_eq!(tail["changes"], json!([entry(&a, false), entry(&c, false)]));
+    let (st, e) = s.get(&format!("{changes}?from={}", next + 100), Some(&root.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{e}");
+    let (st, e) = s.get(&changes, Some(&alice.token)).await;
+    assert!(forbidden(st, &e), "{e}");
 
     // A room's media: what its events' url and thumbnail_url name.
     let room = s.create_room(&alice, json!({})).await;
@@ -1114,6 +1139,25 @@ async fn admins_read_statistics_events_invites_and_extremities() {
     );
     let (st, e) = s.get(&count, Some(&root.token)).await;
     assert_eq!((st, e["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{e}");
+    // Rooms bob joined since a time, those he left afterwards included.
+    let joined = format!("{ADMIN}/v1/users/{}/cumulative_joined_room_count", bob.user_id);
+    assert_eq!(s.get(&format!("{joined}?from_ts=0"), Some(&root.token)).await.1["cumulative_joined_room_count"], 0);
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let other = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &other).await.0, 200);
+    let leave = format!("{V3}/rooms/{other}/leave");
+    assert_eq!(s.post(&leave, Some(&bob.token), json!({})).await.0, 200);
+    assert_eq!(
+        s.get(&format!("{joined}?from_ts=0"), Some(&root.token)).await,
+        (200, json!({"cumulative_joined_room_count": 2}))
+    );
+    assert_eq!(
+        s.get(&format!("{joined}?from_ts=99999999999999"), Some(&root.token)).await.1,
+        json!({"cumulative_joined_room_count": 0})
+    );
+    assert_eq!(s.get(&joined, Some(&root.token)).await.0, 400);
+    let (st, e) = s.get(&format!("{joined}?from_ts=0"), Some(&bob.token)).await;
+    assert!(forbidden(st, &e), "{e}");
     let (st, b) = s.get(&format!("{ADMIN}/v1/rooms/{room}/forward_extremities"), Some(&root.token)).await;
     assert_eq!((st, b["count"].as_i64()), (200, Some(1)), "{b}");
     assert!(b["results"][0]["event_id"].as_str().is_some_and(|e| e.starts_with('$')), "{b}");

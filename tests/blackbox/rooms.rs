@@ -668,6 +668,25 @@ async fn space_hierarchies_list_what_the_requester_may_see_in_order_and_in_pages
     let (st, _) = s.get("/_matrix/client/v1/rooms/!nowhere:test/hierarchy", Some(&bob.token)).await;
     assert_eq!(st, 403);
     assert_eq!(s.get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy"), None).await.0, 401);
+
+    // The admin API's hierarchy: an admin in none of the rooms sees them all, private ones too,
+    // with the same parameters; nobody else may use it.
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let admin = |room: &str, query: &str| format!("/_synapse/admin/v1/rooms/{room}/hierarchy{query}");
+    let (st, body) = s.get(&admin(&space, ""), Some(&root.token)).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        hierarchy_ids(&body),
+        vec![space.clone(), private.clone(), public.clone(), readable.clone(), subspace.clone(), deep.clone()]
+    );
+    let (st, body) = s.get(&admin(&private, ""), Some(&root.token)).await;
+    assert_eq!((st, hierarchy_ids(&body)), (200, vec![private.clone()]));
+    let (_, body) = s.get(&admin(&space, "?max_depth=1&limit=2"), Some(&root.token)).await;
+    assert_eq!(hierarchy_ids(&body), vec![space.clone(), private.clone()]);
+    assert_eq!(s.get(&admin(&space, "?limit=0"), Some(&root.token)).await.0, 400);
+    assert_eq!(s.get(&admin(&space, ""), Some(&bob.token)).await.0, 403);
+    assert_eq!(s.get(&admin("!nowhere:test", ""), Some(&root.token)).await.0, 403);
 }
 
 /// `GET /_matrix/client/v1/mutual_rooms` (as Synapse serves it): the rooms both users are

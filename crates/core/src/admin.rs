@@ -774,6 +774,38 @@ impl Homeserver {
         Ok(json!({"invite_count": count}))
     }
 
+    /// `GET /_synapse/admin/v1/users/{userId}/cumulative_joined_room_count?from_ts=`: how many
+    /// rooms the user joined at or after `from_ts`, whether or not they are still there.
+    pub async fn admin_cumulative_joined_room_count(
+        &self,
+        requester: &Requester,
+        user_id: &str,
+        from_ts: Option<i64>,
+    ) -> Result<Value> {
+        self.require_admin(requester)?;
+        let Some(from_ts) = from_ts else {
+            return Err(Error::new(ErrorKind::MissingParam, "Missing integer query parameter 'from_ts'"));
+        };
+        let u = user_id.to_owned();
+        let count = self
+            .db(move |s| {
+                let mut count = 0;
+                for membership in s.user_memberships(&u)? {
+                    let joins = s.events_sent_in_room(&membership.room_id, &u, &["m.room.member"])?;
+                    let joined_since =
+                        joins.iter().filter_map(|json| serde_json::from_str::<Value>(json).ok()).any(|e| {
+                            e["state_key"] == u.as_str()
+                                && e["content"]["membership"] == "join"
+                                && e["origin_server_ts"].as_i64().is_some_and(|ts| ts >= from_ts)
+                        });
+                    count += usize::from(joined_since);
+                }
+                Ok(count)
+            })
+            .await?;
+        Ok(json!({"cumulative_joined_room_count": count}))
+    }
+
     /// `GET /_synapse/admin/v1/rooms/{roomId}/forward_extremities`.
     pub async fn admin_forward_extremities(&self, requester: &Requester, room_id: &str) -> Result<Value> {
         self.require_admin(requester)?;

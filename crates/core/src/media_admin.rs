@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::admin::audit;
 use crate::media::{local_content_path, local_thumbnails_dir, valid_media_id};
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
+use myelin_storage::QuarantineTarget;
 
 /// A user's media listing's parameters (`GET /_synapse/admin/v1/users/{userId}/media`).
 #[derive(Debug, Clone, Default)]
@@ -98,7 +99,12 @@ impl Homeserver {
         self.require_admin(requester)?;
         let Ok(key) = self.media_key(server, media_id) else { return Ok(json!({})) };
         let by = quarantine.then(|| requester.user_id.to_string());
-        self.db(move |s| s.quarantine_media(&[key], by.as_deref())).await?;
+        let target = QuarantineTarget {
+            key,
+            origin: (server != self.server_name()).then(|| server.to_owned()),
+            media_id: media_id.to_owned(),
+        };
+        self.db(move |s| s.quarantine_media(&[target], by.as_deref())).await?;
         audit!(
             requester,
             if quarantine { "quarantine media" } else { "unquarantine media" },
@@ -107,14 +113,39 @@ impl Homeserver {
         Ok(json!({}))
     }
 
+    /// `GET /_synapse/admin/v1/media/quarantine_changes?from=`: the quarantine changes after
+    /// `from`, a hundred at a time, with `next_batch` to go on from (Synapse's stream).
+    pub async fn admin_quarantine_changes(&self, requester: &Requester, from: Option<i64>) -> Result<Value> {
+        self.require_admin(requester)?;
+        let from = from.unwrap_or(0);
+        let (changes, max) = self.db(move |s| s.quarantine_changes(from, 100)).await?;
+        if from > max {
+            return Err(Error::invalid_param(
+                "The `from` token is considered invalid because it includes stream positions greater than the \
+                 furthest persisted position across all of the workers.",
+            ));
+        }
+        let next_batch = changes.last().map_or(max, |c| c.stream_id);
+        let me = self.server_name();
+        let changes: Vec<Value> = changes
+            .iter()
+            .map(|c| json!({"origin": c.origin.as_deref().unwrap_or(me), "media_id": c.media_id, "quarantined": c.quarantined}))
+            .collect();
+        Ok(json!({"next_batch": next_batch, "changes": changes}))
+    }
+
     /// `POST /_synapse/admin/v1/user/{userId}/media/quarantine`: every upload of the user.
     pub async fn admin_quarantine_user_media(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
         let (u, by) = (user_id.to_owned(), requester.user_id.to_string());
         let count = self
             .db(move |s| {
-                let ids: Vec<String> = s.media_of_user(&u)?.into_iter().map(|(m, _)| m.media_id).collect();
-                s.quarantine_media(&ids, Some(&by))
+                let targets: Vec<QuarantineTarget> = s
+                    .media_of_user(&u)?
+                    .into_iter()
+                    .map(|(m, _)| QuarantineTarget { key: m.media_id.clone(), origin: None, media_id: m.media_id })
+                    .collect();
+                s.quarantine_media(&targets, Some(&by))
             })
             .await?;
         audit!(requester, "quarantine user media", user_id);
@@ -165,13 +196,16 @@ impl Homeserver {
     pub async fn admin_quarantine_room_media(&self, requester: &Requester, room_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
         let (local, remote) = self.room_media(room_id).await?;
-        let mut keys: Vec<String> = local.into_iter().filter(|id| valid_media_id(id)).collect();
-        keys.extend(
-            remote
-                .into_iter()
-                .filter(|(_, id)| valid_media_id(id))
-                .map(|(server, id)| crate::federation::media::remote_media_key(&server, &id)),
-        );
+        let mut keys: Vec<QuarantineTarget> = local
+            .into_iter()
+            .filter(|id| valid_media_id(id))
+            .map(|id| QuarantineTarget { key: id.clone(), origin: None, media_id: id })
+            .collect();
+        keys.extend(remote.into_iter().filter(|(_, id)| valid_media_id(id)).map(|(server, id)| QuarantineTarget {
+            key: crate::federation::media::remote_media_key(&server, &id),
+            origin: Some(server),
+            media_id: id,
+        }));
         let by = requester.user_id.to_string();
         let count = self.db(move |s| s.quarantine_media(&keys, Some(&by))).await?;
         audit!(requester, "quarantine room media", room_id);

@@ -92,6 +92,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/statistics/users/media", get(media_statistics))
         .route("/_synapse/admin/v1/fetch_event/{event_id}", get(fetch_event))
         .route("/_synapse/admin/v1/users/{user_id}/sent_invite_count", get(sent_invite_count))
+        .route("/_synapse/admin/v1/users/{user_id}/cumulative_joined_room_count", get(cumulative_joined_room_count))
         .route(
             "/_synapse/admin/v1/rooms/{room_id}/forward_extremities",
             get(forward_extremities).delete(delete_forward_extremities),
@@ -106,8 +107,10 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/_synapse/admin/v1/account_validity/validity", post(account_validity))
         .route("/_synapse/admin/v1/rooms/{room_id}/context/{event_id}", get(room_context))
+        .route("/_synapse/admin/v1/rooms/{room_id}/hierarchy", get(crate::client::admin_hierarchy))
         .route("/_synapse/admin/v1/statistics/database/rooms", get(largest_rooms))
         .route("/_synapse/admin/v1/purge_media_cache", post(purge_media_cache))
+        .route("/_synapse/admin/v1/media/quarantine_changes", get(quarantine_changes))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route("/_synapse/admin/v1/user_reports", get(user_reports))
         .route("/_synapse/admin/v1/user_reports/{report_id}", get(user_report).delete(delete_user_report))
@@ -616,6 +619,15 @@ async fn sent_invite_count(
     Ok(axum::Json(hs.admin_sent_invite_count(&me, &user_id, integer(q.from_ts, "from_ts")?).await?))
 }
 
+async fn cumulative_joined_room_count(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    Query(q): Query<InviteCountQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_cumulative_joined_room_count(&me, &user_id, integer(q.from_ts, "from_ts")?).await?))
+}
+
 async fn delete_forward_extremities(State(hs): State<AppState>, Auth(me): Auth, Path(room): Path<String>) -> Answer {
     Ok(axum::Json(hs.admin_delete_forward_extremities(&me, &room).await?))
 }
@@ -975,4 +987,17 @@ struct PurgeCacheQuery {
 
 async fn purge_media_cache(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<PurgeCacheQuery>) -> Answer {
     Ok(axum::Json(hs.admin_purge_media_cache(&me, integer(q.before_ts, "before_ts")?).await?))
+}
+
+#[derive(Deserialize)]
+struct QuarantineChangesQuery {
+    from: Option<String>,
+}
+
+async fn quarantine_changes(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<QuarantineChangesQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_quarantine_changes(&me, integer(q.from, "from")?).await?))
 }

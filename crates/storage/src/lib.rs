@@ -752,6 +752,30 @@ pub struct MediaRow {
     pub pending: bool,
 }
 
+/// A media item to quarantine or release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineTarget {
+    /// Its key in the media index: the media ID, or the key of another server's cached file.
+    pub key: String,
+    /// For the change log: the server it came from (`None` for this one) and its media ID there.
+    pub origin: Option<String>,
+    /// Its media ID on its origin.
+    pub media_id: String,
+}
+
+/// One entry of the quarantine change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineChange {
+    /// Its position in the log.
+    pub stream_id: i64,
+    /// The file's server (`None` for this one).
+    pub origin: Option<String>,
+    /// The file's media ID.
+    pub media_id: String,
+    /// Quarantined (or released).
+    pub quarantined: bool,
+}
+
 /// An admin's view of a media item: who quarantined it, and whether it is protected from that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MediaModeration {
@@ -766,8 +790,11 @@ pub trait MediaStore {
     /// A media item's moderation state; `None` for unknown media.
     fn media_moderation(&self, media_id: &str) -> Result<Option<MediaModeration>>;
     /// Quarantines (`by` an admin) or releases (`None`) media; protected items are never
-    /// quarantined. Returns how many rows changed.
-    fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64>;
+    /// quarantined. Each item that changed is added to the change log. Returns how many changed.
+    fn quarantine_media(&self, media: &[QuarantineTarget], by: Option<&str>) -> Result<u64>;
+    /// The quarantine changes after `from` (oldest first, at most `limit`), and the newest
+    /// change's position (0 for none).
+    fn quarantine_changes(&self, from: i64, limit: usize) -> Result<(Vec<QuarantineChange>, i64)>;
     /// Protects media from quarantine, or lifts that; false for unknown media.
     fn protect_media(&self, media_id: &str, protected: bool) -> Result<bool>;
     /// Every uploaded (not pending) media item of a local user with its moderation state,

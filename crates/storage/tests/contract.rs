@@ -2972,8 +2972,16 @@ fn media_quarantined_protected_and_listed(s: &dyn Storage) {
     assert_eq!(s.media_moderation("none").unwrap(), None);
     assert!(s.protect_media("safe", true).unwrap());
     assert!(!s.protect_media("none", true).unwrap());
-    let all: Vec<String> = ["old", "safe", "remote.example/xyz"].iter().map(|s| s.to_string()).collect();
+    let local = |id: &str| QuarantineTarget { key: id.into(), origin: None, media_id: id.into() };
+    let remote = QuarantineTarget {
+        key: "remote.example/xyz".into(),
+        origin: Some("remote.example".into()),
+        media_id: "xyz".into(),
+    };
+    let all = vec![local("old"), local("safe"), remote.clone()];
+    assert_eq!(s.quarantine_changes(0, 100).unwrap(), (vec![], 0));
     assert_eq!(s.quarantine_media(&all, Some("@root:test")).unwrap(), 2, "the protected one is skipped");
+    assert_eq!(s.quarantine_media(&all, Some("@root:test")).unwrap(), 2, "counted again, logged once");
     assert_eq!(s.media_moderation("old").unwrap().unwrap().quarantined_by.as_deref(), Some("@root:test"));
     assert_eq!(
         s.media_moderation("safe").unwrap(),
@@ -2991,7 +2999,28 @@ fn media_quarantined_protected_and_listed(s: &dyn Storage) {
     // Old local media that may be deleted: neither quarantined nor protected, nor remote.
     assert_eq!(ids(s.local_media_before(30, 0).unwrap()), vec!["new"]);
     assert_eq!(ids(s.local_media_before(30, 10).unwrap()), Vec::<String>::new(), "size_gt");
-    assert_eq!(s.quarantine_media(&["old".to_owned()], None).unwrap(), 1);
+    assert_eq!(s.quarantine_media(&[local("old")], None).unwrap(), 1);
+    assert_eq!(s.quarantine_media(&[local("new")], None).unwrap(), 1, "released though never quarantined");
+    let change = |id: i64, origin: Option<&str>, media: &str, q: bool| QuarantineChange {
+        stream_id: id,
+        origin: origin.map(str::to_owned),
+        media_id: media.into(),
+        quarantined: q,
+    };
+    let (changes, max) = s.quarantine_changes(0, 100).unwrap();
+    assert_eq!(max, changes.last().unwrap().stream_id);
+    let positions: Vec<i64> = changes.iter().map(|c| c.stream_id).collect();
+    assert_eq!(
+        changes,
+        vec![
+            change(positions[0], None, "old", true),
+            change(positions[1], Some("remote.example"), "xyz", true),
+            change(positions[2], None, "old", false)
+        ],
+        "in order, only what changed"
+    );
+    assert!(positions[0] < positions[1] && positions[1] < positions[2]);
+    assert_eq!(s.quarantine_changes(positions[0], 1).unwrap().0, vec![changes[1].clone()], "after from, at most limit");
     assert_eq!(ids(s.local_media_before(30, 0).unwrap()), vec!["old", "new"]);
     assert_eq!(ids(s.local_media_before(15, 0).unwrap()), vec!["old"], "before_ts");
     s.set_profile_field(ALICE, ProfileField::AvatarUrl, Some("mxc://test/old")).unwrap();

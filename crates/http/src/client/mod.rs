@@ -22,7 +22,7 @@ mod directory;
 mod rooms;
 mod threepids;
 
-pub(crate) use rooms::{admin_messages, admin_timestamp_to_event};
+pub(crate) use rooms::{admin_hierarchy, admin_messages, admin_timestamp_to_event};
 mod sync;
 
 type Json = axum::Json<Value>;

@@ -56,21 +56,35 @@ pub(super) fn unstable_hierarchy_routes() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-pub(super) struct HierarchyQuery {
+pub(crate) struct HierarchyQuery {
     from: Option<String>,
     limit: Option<String>,
     max_depth: Option<String>,
     suggested_only: Option<String>,
 }
 
-/// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` (see `myelin_core::spaces`); parameters
-/// checked as Synapse checks them.
+/// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` (see `myelin_core::spaces`).
 pub(super) async fn hierarchy(
     State(hs): State<AppState>,
     Auth(me): Auth,
     Path(room_id): Path<String>,
     Query(q): Query<HierarchyQuery>,
 ) -> Answer {
+    Ok(axum::Json(hs.room_hierarchy(&me, &room_id, hierarchy_request(q)?).await?))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/hierarchy`: the same parameters, every local room shown.
+pub(crate) async fn admin_hierarchy(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<HierarchyQuery>,
+) -> Answer {
+    Ok(axum::Json(hs.admin_room_hierarchy(&me, &room_id, hierarchy_request(q)?).await?))
+}
+
+/// A hierarchy request's parameters, checked as Synapse checks them.
+fn hierarchy_request(q: HierarchyQuery) -> Result<myelin_core::spaces::HierarchyRequest, MatrixError> {
     let integer = |name: &str, value: Option<&str>| -> Result<Option<i64>, MatrixError> {
         value
             .map(|v| {
@@ -98,13 +112,12 @@ pub(super) async fn hierarchy(
             ));
         }
     };
-    let request = myelin_core::spaces::HierarchyRequest {
+    Ok(myelin_core::spaces::HierarchyRequest {
         from: q.from,
         limit: limit.map(|l| l as usize),
         max_depth: max_depth.map(|d| d as usize),
         suggested_only,
-    };
-    Ok(axum::Json(hs.room_hierarchy(&me, &room_id, request).await?))
+    })
 }
 
 pub(super) async fn create_room(

@@ -25,19 +25,51 @@ impl MediaStore for PostgresStore {
         })
     }
 
-    fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64> {
+    fn quarantine_media(&self, media: &[QuarantineTarget], by: Option<&str>) -> Result<u64> {
         self.write(|tx| {
             let mut changed = 0;
-            for id in media_ids {
-                changed += match by {
+            for item in media {
+                // The log records flips only (a second quarantine still counts, as on Synapse).
+                let was: Option<bool> = tx
+                    .opt("SELECT quarantined_by IS NOT NULL FROM media WHERE media_id = $1", &[&item.key])?
+                    .map(|r| r.get(0));
+                let n = match by {
                     Some(admin) => tx.exec(
                         "UPDATE media SET quarantined_by = $2 WHERE media_id = $1 AND NOT safe_from_quarantine",
-                        &[id, &admin],
+                        &[&item.key, &admin],
                     )?,
-                    None => tx.exec("UPDATE media SET quarantined_by = NULL WHERE media_id = $1", &[id])?,
+                    None => tx.exec("UPDATE media SET quarantined_by = NULL WHERE media_id = $1", &[&item.key])?,
                 };
+                if n > 0 && was == Some(by.is_none()) {
+                    tx.exec(
+                        "INSERT INTO quarantine_changes (origin, media_id, quarantined) VALUES ($1, $2, $3)",
+                        &[&item.origin, &item.media_id, &by.is_some()],
+                    )?;
+                }
+                changed += n;
             }
             Ok(changed)
+        })
+    }
+
+    fn quarantine_changes(&self, from: i64, limit: usize) -> Result<(Vec<QuarantineChange>, i64)> {
+        self.read(|db| {
+            let max: i64 = db.one("SELECT coalesce(max(stream_id), 0)::BIGINT FROM quarantine_changes", &[])?.get(0);
+            let rows = db.rows(
+                "SELECT stream_id, origin, media_id, quarantined FROM quarantine_changes WHERE stream_id > $1
+                 ORDER BY stream_id LIMIT $2",
+                &[&from, &(limit as i64)],
+            )?;
+            let changes = rows
+                .iter()
+                .map(|r| QuarantineChange {
+                    stream_id: r.get(0),
+                    origin: r.get(1),
+                    media_id: r.get(2),
+                    quarantined: r.get(3),
+                })
+                .collect();
+            Ok((changes, max))
         })
     }
 

@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_media_quarantine.sql"),
     include_str!("migrations/0015_locked_suspended.sql"),
     include_str!("migrations/0016_threepids.sql"),
+    include_str!("migrations/0017_quarantine_changes.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

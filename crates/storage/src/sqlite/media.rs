@@ -26,22 +26,62 @@ impl MediaStore for SqliteStore {
             .map_err(backend)
     }
 
-    fn quarantine_media(&self, media_ids: &[String], by: Option<&str>) -> Result<u64> {
+    fn quarantine_media(&self, media: &[QuarantineTarget], by: Option<&str>) -> Result<u64> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
         let mut changed = 0;
-        for id in media_ids {
-            changed += match by {
+        for item in media {
+            // The log records flips only (a second quarantine still counts, as on Synapse).
+            let was: Option<bool> = tx
+                .query_row("SELECT quarantined_by IS NOT NULL FROM media WHERE media_id = ?1", [&item.key], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(backend)?;
+            let n = match by {
                 Some(admin) => tx.exec(
                     "UPDATE media SET quarantined_by = ?2 WHERE media_id = ?1 AND safe_from_quarantine = 0",
-                    params![id, admin],
+                    params![item.key, admin],
                 ),
-                None => tx.exec("UPDATE media SET quarantined_by = NULL WHERE media_id = ?1", params![id]),
+                None => tx.exec("UPDATE media SET quarantined_by = NULL WHERE media_id = ?1", params![item.key]),
             }
             .map_err(backend)? as u64;
+            if n > 0 && was == Some(by.is_none()) {
+                tx.exec(
+                    "INSERT INTO quarantine_changes (origin, media_id, quarantined) VALUES (?1, ?2, ?3)",
+                    params![item.origin, item.media_id, by.is_some()],
+                )
+                .map_err(backend)?;
+            }
+            changed += n;
         }
         tx.commit().map_err(backend)?;
         Ok(changed)
+    }
+
+    fn quarantine_changes(&self, from: i64, limit: usize) -> Result<(Vec<QuarantineChange>, i64)> {
+        let conn = self.reader();
+        let max: i64 = conn
+            .query_row("SELECT coalesce(max(stream_id), 0) FROM quarantine_changes", [], |r| r.get(0))
+            .map_err(backend)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT stream_id, origin, media_id, quarantined FROM quarantine_changes WHERE stream_id > ?1
+                 ORDER BY stream_id LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let changes = stmt
+            .query_map(params![from, limit as i64], |r| {
+                Ok(QuarantineChange {
+                    stream_id: r.get(0)?,
+                    origin: r.get(1)?,
+                    media_id: r.get(2)?,
+                    quarantined: r.get(3)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(backend)?;
+        Ok((changes, max))
     }
 
     fn protect_media(&self, media_id: &str, protected: bool) -> Result<bool> {
