@@ -741,3 +741,30 @@ async fn unread_notifications_are_mailed_and_the_mail_unsubscribes() {
     let (_, pushers) = s.get("/_matrix/client/v3/pushers", Some(&alice.token)).await;
     assert_eq!(pushers["pushers"], json!([]));
 }
+
+#[tokio::test]
+async fn modules_read_templates_and_send_mail() {
+    let sink = SmtpSink::start(&[]).await;
+    let templates = tempfile::tempdir().unwrap();
+    std::fs::write(templates.path().join("greeting.txt"), "Hello {{ name }}!").unwrap();
+    let module = "modules:\n  - module: scripted.Scripted\n    config: {label: m}\n";
+    let s = Server::start_with(&format!("{}{module}", sink.config(""))).await;
+    let call = json!({"op": "mail", "template": "greeting.txt", "dir": templates.path(), "name": "Ann",
+                      "to": "ann@example.org"});
+    let (st, b) = s.post("/_synapse/client/py/m/api", None, call.clone()).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b, json!({"app": "Myelin Test", "base": "http://127.0.0.1/", "text": "Hello Ann!", "error": null}));
+    let mail = sink.mail(1).await;
+    assert_eq!(mail["rcpt_tos"], json!(["ann@example.org"]));
+    assert_eq!(mail["headers"]["Subject"], "Hello from a module");
+    assert_eq!(mail["headers"]["From"], "Your Myelin Test homeserver <noreply@test>");
+    assert_eq!((mail["text"].as_str(), mail["html"].as_str()), (Some("Hello Ann!"), Some("<p>Hello Ann!</p>")));
+
+    // Without an `email:` section the module is told, and the server keeps serving.
+    let bare = Server::start_with(module).await;
+    let (st, b) = bare.post("/_synapse/client/py/m/api", None, call).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["app"], "Matrix");
+    assert!(b["error"].as_str().is_some_and(|e| e.contains("Email is not configured")), "{b}");
+    assert_eq!(bare.get("/_matrix/client/versions", None).await.0, 200);
+}

@@ -172,6 +172,17 @@ class ApiCalls(DirectServeJsonResource):
                 except (ValueError, TypeError) as e:
                     errors.append(type(e).__name__)
             return 200, {"got": dict(got), "errors": errors}
+        if op == "mail":
+            # read_templates, then send_mail with what they rendered; the server's facts.
+            (template,) = self.api.read_templates([body["template"]], body["dir"])
+            text = template.render(name=body["name"])
+            try:
+                await self.api.send_mail(body["to"], "Hello from a module", "<p>%s</p>" % text, text)
+                sent = None
+            except Exception as e:
+                sent = "%s: %s" % (type(e).__name__, e)
+            return 200, {"app": self.api.email_app_name, "base": self.api.public_baseurl, "text": text,
+                         "error": sent}
         if op == "accounts":
             # register_user, register_device, set_displayname, set_user_admin, then the failures.
             user_id = await self.api.register_user(body["localpart"], body.get("displayname"), emails=body.get("emails"))

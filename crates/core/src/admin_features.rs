@@ -186,18 +186,7 @@ impl Homeserver {
     /// again if asked for.
     pub async fn admin_purge_media_cache(&self, requester: &Requester, before_ts: Option<i64>) -> Result<Value> {
         self.require_admin(requester)?;
-        let Some(before_ts) = before_ts else {
-            return Err(Error::new(ErrorKind::MissingParam, "Missing integer query parameter 'before_ts'"));
-        };
-        if before_ts < 0 {
-            return Err(Error::invalid_param("Query parameter before_ts must be a positive integer."));
-        }
-        if before_ts < 30_000_000_000 {
-            return Err(Error::invalid_param(
-                "Query parameter before_ts you provided is from the year 1970. Double check that you are providing a \
-                 timestamp in milliseconds.",
-            ));
-        }
+        let before_ts = crate::media_admin::before_ts_param(before_ts)?;
         let store = self.config.media_store_path.clone();
         let deleted = tokio::task::spawn_blocking(move || purge_remote_cache(&store, before_ts))
             .await

@@ -338,6 +338,9 @@ pub struct Config {
     pub msc3202_transaction_extensions: bool,
     /// `email:`, when configured: mails are sent and addresses validated.
     pub email: Option<crate::mail::EmailSettings>,
+    /// `custom_template_directory`: where templates are looked up first (modules'
+    /// `read_templates` too).
+    pub custom_template_directory: Option<PathBuf>,
     /// Third-party identifiers on accounts (`registrations_require_3pid`, `enable_3pid_changes`, ...).
     pub threepids: crate::threepids::ThreepidSettings,
     /// One line per unknown or unsupported key.
@@ -1130,6 +1133,7 @@ impl Config {
             pid_file: w.string("pid_file")?.map(resolve),
             email,
             threepids,
+            custom_template_directory: w.string("custom_template_directory")?.map(resolve),
             warnings,
         };
         Ok((config, modules))

@@ -269,6 +269,25 @@ impl Homeserver {
         })
     }
 
+    /// `ModuleApi.send_mail`: a module's mail, from `notif_from`, as Synapse sends it.
+    pub(crate) async fn module_send_mail(&self, mail: myelin_module_api::OutgoingMail) -> Result<()> {
+        let settings = self.config.email.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::BadRequest, "Email is not configured on this server (no email: section)")
+        })?;
+        let mail = Mail {
+            from: settings.from_header(),
+            to: mail.recipient,
+            subject: mail.subject,
+            text: mail.text,
+            html: mail.html,
+            headers: Vec::new(),
+        };
+        tracing::info!(to = %mail.to, "sending a module's email");
+        crate::mail::send(&settings.smtp, self.config.insecure_outbound_tls, self.server_name(), &mail)
+            .await
+            .map_err(|why| Error::internal(format!("sending a module's email: {why}")))
+    }
+
     /// The secret of `user`'s e-mail pusher for `address`, which its unsubscribe link carries.
     async fn unsubscribe_token(&self, user: &str, address: &str) -> Result<String> {
         let stored = self.all_pushers().await?;

@@ -267,18 +267,7 @@ impl Homeserver {
         keep_profiles: bool,
     ) -> Result<Value> {
         self.require_admin(requester)?;
-        let Some(before_ts) = before_ts else {
-            return Err(Error::new(ErrorKind::MissingParam, "Missing integer query parameter 'before_ts'"));
-        };
-        if before_ts < 0 {
-            return Err(Error::invalid_param("Query parameter before_ts must be a positive integer."));
-        }
-        if before_ts < 30_000_000_000 {
-            return Err(Error::invalid_param(
-                "Query parameter before_ts you provided is from the year 1970. Double check that you are providing a \
-                 timestamp in milliseconds.",
-            ));
-        }
+        let before_ts = before_ts_param(before_ts)?;
         let size_gt = size_gt.unwrap_or(0);
         if size_gt < 0 {
             return Err(Error::invalid_param(
@@ -493,6 +482,24 @@ impl Homeserver {
         out["users"] = json!(page);
         Ok(out)
     }
+}
+
+/// The media endpoints' `before_ts`, checked as Synapse checks it: required, in milliseconds
+/// (a time in 1970 is taken for seconds and refused).
+pub(crate) fn before_ts_param(before_ts: Option<i64>) -> Result<i64> {
+    let Some(before_ts) = before_ts else {
+        return Err(Error::new(ErrorKind::MissingParam, "Missing integer query parameter 'before_ts'"));
+    };
+    if before_ts < 0 {
+        return Err(Error::invalid_param("Query parameter before_ts must be a positive integer."));
+    }
+    if before_ts < 30_000_000_000 {
+        return Err(Error::invalid_param(
+            "Query parameter before_ts you provided is from the year 1970. Double check that you are providing a \
+             timestamp in milliseconds.",
+        ));
+    }
+    Ok(before_ts)
 }
 
 #[cfg(test)]

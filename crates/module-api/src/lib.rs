@@ -295,6 +295,34 @@ pub struct UserIpAndAgent {
 /// times in milliseconds.
 pub type ThreepidInfo = (String, String, i64, i64);
 
+/// Facts of the server's configuration a module may read.
+///
+/// Since 0.3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// `public_baseurl`, ending in `/`.
+    pub public_baseurl: String,
+    /// `email.app_name` (`Matrix` without it).
+    pub email_app_name: String,
+    /// `custom_template_directory`, if set.
+    pub custom_template_directory: Option<String>,
+}
+
+/// A mail a module sends (Synapse's `ModuleApi.send_mail`).
+///
+/// Since 0.3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMail {
+    /// The recipient's address.
+    pub recipient: String,
+    /// The subject.
+    pub subject: String,
+    /// The HTML part.
+    pub html: String,
+    /// The plain text part.
+    pub text: String,
+}
+
 /// The services a module may call. Myelin's core implements this; modules reach it only through
 /// [`ModuleApi`]. Not meant to be implemented by modules.
 ///
@@ -302,6 +330,15 @@ pub type ThreepidInfo = (String, String, i64, i64);
 pub trait Host: Send + Sync + 'static {
     /// The homeserver's domain.
     fn server_name(&self) -> &str;
+    /// Facts of the server's configuration that modules read (Synapse's `ModuleApi`
+    /// properties). Since 0.3.
+    fn server_facts(&self) -> ServerFacts {
+        ServerFacts::default()
+    }
+    /// Sends a mail through the server's SMTP settings (`email:`). Since 0.3.
+    fn send_mail(&self, _mail: OutgoingMail) -> BoxFuture<'static, Result<(), ModuleError>> {
+        Box::pin(async { Err(ModuleError::other("This server cannot send mail")) })
+    }
     /// Adds callbacks for `module` to the shared registry.
     fn register_spam_checker_callbacks(
         &self,
@@ -513,6 +550,20 @@ impl ModuleApi {
     /// The homeserver's domain.
     pub fn server_name(&self) -> &str {
         self.host.server_name()
+    }
+    /// Facts of the server's configuration: `public_baseurl`, the e-mail app name, the
+    /// custom template directory.
+    ///
+    /// Since 0.3.
+    pub fn server_facts(&self) -> ServerFacts {
+        self.host.server_facts()
+    }
+    /// Sends a mail from the server (`email.notif_from`), as Synapse's `send_mail`; an error if
+    /// the server has no `email:` section or the SMTP server refuses it.
+    ///
+    /// Since 0.3.
+    pub async fn send_mail(&self, mail: OutgoingMail) -> Result<(), ModuleError> {
+        self.host.send_mail(mail).await
     }
     /// `@localpart:server` for a localpart; a full user ID is returned unchanged.
     pub fn get_qualified_user_id(&self, localpart_or_user_id: &str) -> String {

@@ -100,7 +100,15 @@ impl PyHost {
     }
 
     pub(crate) fn public_baseurl(&self) -> String {
-        String::new()
+        self.api.server_facts().public_baseurl
+    }
+
+    pub(crate) fn email_app_name(&self) -> String {
+        self.api.server_facts().email_app_name
+    }
+
+    pub(crate) fn custom_template_directory(&self) -> Option<String> {
+        self.api.server_facts().custom_template_directory
     }
 
     /// Adds one callback to the shared registry; `arity` picks Synapse's argument forms.

@@ -121,6 +121,16 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
                 .await
                 .map(Value::String),
         ),
+        "send_mail" => ok_or_error(
+            api.send_mail(myelin_module_api::OutgoingMail {
+                recipient: s("recipient"),
+                subject: s("subject"),
+                html: s("html"),
+                text: s("text"),
+            })
+            .await
+            .map(|_| Value::Null),
+        ),
         "get_threepids_for_user" => ok_or_error(api.get_threepids_for_user(&s("user_id")).await.map(|rows| {
             json!(
                 rows.into_iter()

@@ -189,6 +189,18 @@ fn remote_media_error(e: FederationFailure, media_id: &str) -> Error {
     }
 }
 
+/// Marks a cached file as served now (its metadata file's modification time, which
+/// `purge_media_cache` reads as the last access), at most once a minute per file.
+fn touch_if_stale(meta_path: &std::path::Path) {
+    let now = std::time::SystemTime::now();
+    let stale = std::fs::metadata(meta_path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > std::time::Duration::from_secs(60)));
+    if stale && let Ok(file) = std::fs::File::options().append(true).open(meta_path) {
+        let _ = file.set_modified(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,17 +217,5 @@ mod tests {
         assert!(media_part("multipart/mixed; boundary=\"b\"", redirect).is_none());
         assert!(media_part("multipart/mixed", body).is_none());
         assert!(media_part("multipart/mixed; boundary=zzz", body).is_none());
-    }
-}
-
-/// Marks a cached file as served now (its metadata file's modification time, which
-/// `purge_media_cache` reads as the last access), at most once a minute per file.
-fn touch_if_stale(meta_path: &std::path::Path) {
-    let now = std::time::SystemTime::now();
-    let stale = std::fs::metadata(meta_path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > std::time::Duration::from_secs(60)));
-    if stale && let Ok(file) = std::fs::File::options().append(true).open(meta_path) {
-        let _ = file.set_modified(now);
     }
 }

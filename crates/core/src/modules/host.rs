@@ -64,6 +64,24 @@ impl Host for HostHandle {
         &self.server_name
     }
 
+    fn server_facts(&self) -> myelin_module_api::ServerFacts {
+        let Ok(hs) = self.hs() else { return Default::default() };
+        myelin_module_api::ServerFacts {
+            public_baseurl: hs.config.public_baseurl.clone(),
+            email_app_name: hs.config.email.as_ref().map_or_else(|| "Matrix".to_owned(), |e| e.app_name.clone()),
+            custom_template_directory: hs
+                .config
+                .custom_template_directory
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        }
+    }
+
+    fn send_mail(&self, mail: myelin_module_api::OutgoingMail) -> BoxFuture<'static, Result<(), ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move { hs?.module_send_mail(mail).await.map_err(to_module_error) })
+    }
+
     fn register_spam_checker_callbacks(
         &self,
         module: &str,

@@ -424,6 +424,53 @@ class ModuleApi:
         return self._host.public_baseurl()
 
     @property
+    def email_app_name(self):
+        return self._host.email_app_name()
+
+    @property
+    def custom_template_dir(self):
+        return self._host.custom_template_directory()
+
+    def send_mail(self, recipient, subject, html, text):
+        """Sends a mail from the server (its `email.notif_from`), as Synapse's send_mail."""
+        return _deferred_call(self._host, "send_mail",
+                              {"recipient": recipient, "subject": subject, "html": html, "text": text},
+                              lambda _: None)
+
+    def read_templates(self, filenames, custom_template_directory=None):
+        """Jinja2 templates by file name, looked up in the server's `custom_template_directory`
+        and then `custom_template_directory`, as Synapse's; HTML ones auto-escaped, with
+        Synapse's `format_ts` and `mxc_to_http` filters. Needs jinja2 (a dependency of the module,
+        as it is of Synapse)."""
+        import time
+        import urllib.parse
+
+        import jinja2
+
+        dirs = [d for d in (self.custom_template_dir, custom_template_directory) if d]
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs),
+                                 autoescape=jinja2.select_autoescape(["html", "htm", "xml"]))
+        base = self.public_baseurl
+
+        def format_ts(value, fmt):
+            return time.strftime(fmt, time.localtime(value / 1000))
+
+        def mxc_to_http(value, width, height, resize_method="crop"):
+            if not value.startswith("mxc://"):
+                return ""
+            server_and_media_id = value[6:]
+            fragment = None
+            if "#" in server_and_media_id:
+                server_and_media_id, fragment = server_and_media_id.split("#", 1)
+                fragment = "#" + fragment
+            params = {"width": width, "height": height, "method": resize_method}
+            return "%s_matrix/media/v1/thumbnail/%s?%s%s" % (
+                base, server_and_media_id, urllib.parse.urlencode(params), fragment or "")
+
+        env.filters.update({"format_ts": format_ts, "mxc_to_http": mxc_to_http})
+        return [env.get_template(name) for name in filenames]
+
+    @property
     def worker_name(self):
         return None
 
