@@ -22,7 +22,7 @@ macro_rules! audit {
 }
 pub(crate) use audit;
 
-fn parse_local_user(hs: &Homeserver, user_id: &str, message: &str) -> Result<OwnedUserId> {
+pub(crate) fn parse_local_user(hs: &Homeserver, user_id: &str, message: &str) -> Result<OwnedUserId> {
     let user =
         OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))?;
     if !hs.is_mine(&user) {

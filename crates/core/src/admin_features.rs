@@ -20,16 +20,6 @@ pub(crate) const MASTER_KEY_REPLACEABLE: &str = "master_key_replaceable_without_
 const REPLACEMENT_PERIOD_MS: i64 = 10 * 60 * 1000;
 
 impl Homeserver {
-    /// A local user, for the per-user admin endpoints: 400 with `message` for another server's.
-    fn local_user_or(&self, user_id: &str, message: &str) -> Result<ruma::OwnedUserId> {
-        let user = ruma::OwnedUserId::try_from(user_id)
-            .map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))?;
-        if !self.is_mine(&user) {
-            return Err(Error::new(ErrorKind::BadRequest, message));
-        }
-        Ok(user)
-    }
-
     async fn stored_features(&self, user: &str) -> Result<Map<String, Value>> {
         let u = user.to_owned();
         let stored = self.db(move |s| s.get_transient(EXPERIMENTAL_FEATURES_KIND, &u, now_ms())).await?;
@@ -39,8 +29,11 @@ impl Homeserver {
     /// `GET /_synapse/admin/v1/experimental_features/{userId}`: every feature, on or off.
     pub async fn admin_experimental_features(&self, requester: &Requester, user_id: &str) -> Result<Value> {
         self.require_admin(requester)?;
-        let user =
-            self.local_user_or(user_id, "User must be local to check what experimental features are enabled.")?;
+        let user = crate::admin::parse_local_user(
+            self,
+            user_id,
+            "User must be local to check what experimental features are enabled.",
+        )?;
         let stored = self.stored_features(user.as_str()).await?;
         let features: Map<String, Value> = EXPERIMENTAL_FEATURES
             .iter()
@@ -57,7 +50,8 @@ impl Homeserver {
         body: &Value,
     ) -> Result<()> {
         self.require_admin(requester)?;
-        let user = self.local_user_or(user_id, "User must be local to enable experimental features.")?;
+        let user =
+            crate::admin::parse_local_user(self, user_id, "User must be local to enable experimental features.")?;
         let features = match body.get("features") {
             Some(Value::Object(f)) if !f.is_empty() => f,
             _ => return Err(Error::new(ErrorKind::BadRequest, "You must provide features to set.")),

@@ -158,12 +158,12 @@ pub(crate) fn check_client_secret(secret: &str) -> Result<()> {
 }
 
 /// A field of a `requestToken` body, typed as Synapse's models check it.
-fn field<'a>(body: &'a Value, key: &str) -> Result<Option<&'a Value>> {
-    Ok(body.get(key).filter(|v| !v.is_null()))
+fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
 }
 
 fn required_string<'a>(body: &'a Value, key: &str) -> Result<&'a str> {
-    match field(body, key)? {
+    match field(body, key) {
         None => Err(Error::new(ErrorKind::MissingParam, format!("Missing params: ['{key}']"))),
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(Error::bad_json(format!("{key}: Input should be a valid string"))),
@@ -185,10 +185,8 @@ impl TokenRequest {
         }
         // Registration's servlet checks presence first and answers a bad address with
         // M_UNKNOWN; the others validate a model (bad address: M_INVALID_PARAM).
-        let missing: Vec<&str> = ["client_secret", "email", "send_attempt"]
-            .into_iter()
-            .filter(|k| field(body, k).ok().flatten().is_none())
-            .collect();
+        let missing: Vec<&str> =
+            ["client_secret", "email", "send_attempt"].into_iter().filter(|k| field(body, k).is_none()).collect();
         if !missing.is_empty() {
             return Err(Error::new(ErrorKind::MissingParam, format!("Missing params: {missing:?}")));
         }
@@ -199,16 +197,16 @@ impl TokenRequest {
             TokenPurpose::Registration => Error::new(ErrorKind::BadRequest, why),
             _ => Error::invalid_param(why),
         })?;
-        let send_attempt = match field(body, "send_attempt")? {
+        let send_attempt = match field(body, "send_attempt") {
             Some(Value::Number(n)) if n.is_i64() => n.as_i64().unwrap_or_default(),
             _ => return Err(Error::bad_json("send_attempt: Input should be a valid integer")),
         };
-        let next_link = match field(body, "next_link")? {
+        let next_link = match field(body, "next_link") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(Error::bad_json("next_link: Input should be a valid string")),
         };
-        if field(body, "id_server")?.is_some() && field(body, "id_access_token")?.is_none() {
+        if field(body, "id_server").is_some() && field(body, "id_access_token").is_none() {
             return Err(Error::invalid_param("id_access_token is required if an id_server is supplied."));
         }
         Ok(TokenRequest { client_secret, email, send_attempt, next_link })
@@ -628,7 +626,7 @@ impl Homeserver {
             return Err(Error::invalid_param("medium: Input should be 'email' or 'msisdn'"));
         }
         let address = required_string(body, "address")?;
-        let id_server = match field(body, "id_server")? {
+        let id_server = match field(body, "id_server") {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => return Err(Error::bad_json("id_server: Input should be a valid string")),
