@@ -46,6 +46,8 @@ tests/appservice/.venv/bin/pip install --quiet --disable-pip-version-check -r te
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 # Hydrogen, bundled with vite, for the browser test (Debian's chromium runs it; .ci/run installs it).
 (cd tests/clients/hydrogen && npm ci --no-audit --no-fund --loglevel=error && npx vite build >/dev/null)
+# A local OpenID Connect provider (oidc-provider) and playwright-core, for the SSO tests.
+(cd tests/clients/sso && npm ci --no-audit --no-fund --loglevel=error)
 
 # pyo3 builds against this interpreter, and the binaries get an rpath to its libpython.
 PYO3_PYTHON="${PYO3_PYTHON:-$(python3 -c 'import sys; print(sys.executable)')}"

@@ -37,6 +37,7 @@ mod rooms; // rooms, membership, messages, the graph
 mod search; // POST /search
 mod sliding_sync; // simplified sliding sync (MSC4186)
 mod spec_shapes; // responses against the spec's schemas
+mod sso; // single sign-on with a local OpenID Connect provider (oidc-provider) and chromium
 mod synapse_federation; // Myelin and a real Synapse federating
 mod sync; // /sync
 mod visibility; // history visibility on every read path, against Synapse

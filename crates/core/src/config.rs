@@ -338,6 +338,8 @@ pub struct Config {
     pub msc3202_transaction_extensions: bool,
     /// `email:`, when configured: mails are sent and addresses validated.
     pub email: Option<crate::mail::EmailSettings>,
+    /// Single sign-on: `oidc_providers`, `oidc_config` and `sso:`.
+    pub sso: crate::sso::SsoSettings,
     /// `custom_template_directory`: where templates are looked up first (modules'
     /// `read_templates` too).
     pub custom_template_directory: Option<PathBuf>,
@@ -470,6 +472,9 @@ const KNOWN_KEYS: &[&str] = &[
     "allowed_local_3pids",
     "disable_msisdn_registration",
     "account_threepid_delegates",
+    "oidc_providers",
+    "oidc_config",
+    "sso",
 ];
 
 /// Room versions Myelin can create and participate in (docs/room-versions.md).
@@ -875,6 +880,7 @@ impl Config {
         let registration_requires_token = w.boolean("registration_requires_token", false)?;
         let email = crate::mail::parse_email(&root, &resolve)?;
         let threepids = crate::threepids::ThreepidSettings::parse(&root, email.is_some())?;
+        let sso = crate::sso::SsoSettings::parse(&root, &resolve, &public_baseurl)?;
         if enable_registration
             && !without_verification
             && !registration_requires_token
@@ -1133,6 +1139,7 @@ impl Config {
             pid_file: w.string("pid_file")?.map(resolve),
             email,
             threepids,
+            sso,
             custom_template_directory: w.string("custom_template_directory")?.map(resolve),
             warnings,
         };

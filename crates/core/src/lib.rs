@@ -56,6 +56,7 @@ mod server;
 mod server_notices;
 mod sliding_sync;
 pub mod spaces;
+pub mod sso;
 pub mod state;
 mod sync;
 pub mod threepids;

@@ -44,6 +44,14 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ("add_threepid_success.html", include_str!("../templates/validation_success.html")),
     ("notif_mail.html", include_str!("../templates/notif_mail.html")),
     ("notif_mail.txt", include_str!("../templates/notif_mail.txt")),
+    ("sso_error.html", include_str!("../templates/sso_error.html")),
+    ("sso_redirect_confirm.html", include_str!("../templates/sso_redirect_confirm.html")),
+    ("sso_login_idp_picker.html", include_str!("../templates/sso_login_idp_picker.html")),
+    ("sso_account_deactivated.html", include_str!("../templates/sso_account_deactivated.html")),
+    ("sso_auth_confirm.html", include_str!("../templates/sso_auth_confirm.html")),
+    ("sso_auth_success.html", include_str!("../templates/sso_auth_success.html")),
+    ("sso_auth_bad_user.html", include_str!("../templates/sso_auth_bad_user.html")),
+    ("sso_auth_account_details.html", include_str!("../templates/sso_auth_account_details.html")),
 ];
 
 /// What a template is for; each has a config key that may rename its file, as Synapse's.
@@ -157,14 +165,24 @@ impl Templates {
     }
 }
 
-/// Loads the templates: each name from the first of `dirs` that has it, else Myelin's own.
-/// Synapse's two filters are there for templates written for it: `format_ts(ms, strftime)`
-/// and `mxc_to_http(mxc, width, height, method)`.
+/// Loads the mails' templates (see [`template_environment`]), each checked now.
 fn load_templates(
     dirs: Vec<PathBuf>,
     names: std::collections::HashMap<Template, String>,
     public_baseurl: &str,
 ) -> Result<Templates, String> {
+    let env = template_environment(dirs, public_baseurl);
+    // Missing or broken templates are configuration errors, found at start-up as on Synapse.
+    for name in names.values() {
+        env.get_template(name).map_err(|e| format!("template {name}: {e}"))?;
+    }
+    Ok(Templates { env, names })
+}
+
+/// The environment every page and mail template renders in: each name from the first of
+/// `dirs` that has it, else Myelin's own; Synapse's two filters are there for templates
+/// written for it: `format_ts(ms, strftime)` and `mxc_to_http(mxc, width, height, method)`.
+pub(crate) fn template_environment(dirs: Vec<PathBuf>, public_baseurl: &str) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.add_filter("format_ts", |ms: i64, format: String| format_ts(ms, &format));
     let base = public_baseurl.to_owned();
@@ -193,11 +211,7 @@ fn load_templates(
         }
         Ok(BUILTIN_TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, text)| (*text).to_owned()))
     });
-    // Missing or broken templates are configuration errors, found at start-up as on Synapse.
-    for name in names.values() {
-        env.get_template(name).map_err(|e| format!("template {name}: {e}"))?;
-    }
-    Ok(Templates { env, names })
+    env
 }
 
 /// How to reach the SMTP server.

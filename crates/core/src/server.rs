@@ -90,6 +90,8 @@ pub struct Homeserver {
     pub(crate) bus: crate::bus::BusState,
     /// Appservices' HTTP client and senders' wake-ups (see `appservice`).
     pub(crate) appservices: crate::appservice::AppserviceState,
+    /// Single sign-on: providers, pages, sessions in progress (see `sso`).
+    pub(crate) sso: crate::sso::SsoState,
 }
 
 impl Homeserver {
@@ -107,7 +109,9 @@ impl Homeserver {
         }
         let federation = crate::federation::client::FederationClient::new(&config.federation)
             .map_err(|e| Error::internal(format!("federation client: {e}")))?;
+        let sso = crate::sso::SsoState::new(&config, &key).map_err(|e| Error::internal(format!("SSO: {e}")))?;
         Ok(Arc::new(Homeserver {
+            sso,
             limiters: crate::ratelimit::Limiters::new(&config.rate_limits),
             url_previews: Default::default(),
             admin_tasks: Default::default(),

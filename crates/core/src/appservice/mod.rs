@@ -525,7 +525,7 @@ impl Homeserver {
             display_name: request.initial_device_display_name,
         };
         let session = self.new_session(&user, device).await?;
-        Ok(crate::users::LoginResponse { user_id: user, session })
+        Ok(crate::users::LoginResponse { user_id: user, session, extra: Default::default() })
     }
 }
 

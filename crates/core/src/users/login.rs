@@ -126,7 +126,9 @@ impl Homeserver {
         };
         let user = self.consume_login_token(token).await?;
         let row = self.db(move |s| s.get_user(&user)).await?.ok_or_else(|| Error::forbidden("Invalid login token"))?;
-        self.complete_login(row, request, info).await
+        let mut response = self.complete_login(row, request, info).await?;
+        response.extra = self.take_sso_extra_attributes(response.user_id.as_str());
+        Ok(response)
     }
 
     /// The end of every login once the account is known: refused when deactivated, then the
@@ -151,7 +153,7 @@ impl Homeserver {
             NewDevice { device_id: request.device_id, display_name: request.initial_device_display_name, life };
         let session = self.new_session(&user_id, device).await?;
         self.modules.on_user_login(user_id.as_str(), Some(&request.kind), None).await?;
-        Ok(LoginResponse { user_id, session })
+        Ok(LoginResponse { user_id, session, extra: Map::new() })
     }
 
     /// `POST /logout`; password providers' `on_logged_out` runs afterwards.
@@ -178,7 +180,8 @@ impl Homeserver {
         }
     }
 
-    /// `GET /login`: password login plus the types modules handle.
+    /// `GET /login`: SSO with its identity providers, login tokens, password login, the types
+    /// modules handle, in Synapse's order.
     pub fn login_flows(&self) -> Vec<Value> {
         let mut types = Vec::new();
         if self.config.password.enabled {
@@ -191,11 +194,17 @@ impl Homeserver {
         }
         // Always offered, as on Synapse (only appservice tokens pass it).
         types.push("m.login.application_service".to_owned());
-        let mut flows: Vec<Value> = types.into_iter().map(|t| json!({"type": t})).collect();
-        // Login tokens come from an existing session only, so the flow is offered when that is on.
-        if self.config.login_via_existing.enabled {
-            flows.insert(0, json!({"type": "m.login.token", "get_login_token": true}));
+        let mut flows = Vec::new();
+        if self.config.sso.enabled() {
+            flows.push(json!({"type": crate::sso::SSO_STAGE, "identity_providers": self.identity_providers()}));
         }
+        // Login tokens come from SSO or from an existing session.
+        if self.config.login_via_existing.enabled {
+            flows.push(json!({"type": "m.login.token", "get_login_token": true}));
+        } else if self.config.sso.enabled() {
+            flows.push(json!({"type": "m.login.token"}));
+        }
+        flows.extend(types.into_iter().map(|t| json!({"type": t})));
         flows
     }
 

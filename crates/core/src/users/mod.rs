@@ -44,7 +44,7 @@ pub struct RequestInfo {
 /// A UIA session in progress.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct UiaSession {
-    completed: Vec<String>,
+    pub(crate) completed: Vec<String>,
     /// Registration: the first request's parameters (Synapse's `clientdict`), for a retry that
     /// names only the session; the password is kept as its hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,7 +57,13 @@ pub(crate) struct UiaSession {
     /// The operation the session authenticates (say `DELETE /devices/ABC`): a later request of
     /// the session for another one is refused, as Synapse compares the request's URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    operation: Option<String>,
+    pub(crate) operation: Option<String>,
+    /// The user an account operation's session authenticates (who SSO must prove to be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) user_id: Option<String>,
+    /// Set once the user proved to be `user_id` at their SSO provider (`m.login.sso`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sso_user: Option<String>,
     /// The address an `m.login.email.identity` stage of this session proved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     threepid: Option<crate::threepids::ValidatedThreepid>,
@@ -148,6 +154,8 @@ pub struct LoginResponse {
     pub user_id: OwnedUserId,
     /// The new session.
     pub session: Session,
+    /// Fields an SSO provider's mapping adds to the answer (`extra_attributes`).
+    pub extra: Map<String, Value>,
 }
 
 /// Synapse's shadow-ban delay before a fake success: 1 to 10 seconds.
@@ -417,7 +425,8 @@ impl Homeserver {
         e
     }
 
-    /// Runs user-interactive auth for an account operation: the user's password is the one flow.
+    /// Runs user-interactive auth for an account operation: the user's password, or (for an
+    /// account with an identity at an SSO provider) `m.login.sso`.
     ///
     /// `operation` names what is being authorised (the request's method and path): a session
     /// begun for one operation cannot complete another.
@@ -432,24 +441,50 @@ impl Homeserver {
         if requester.app_service.is_some() {
             return Ok(());
         }
+        // Synapse's `_get_available_ui_auth_types`: the password when the account has one (or
+        // SSO is not in use), SSO when the account has an identity at a configured provider.
+        let has_sso = !self.sso_providers_for_user(requester.user_id.as_str()).await?.is_empty();
+        let stages: &[&str] = if !has_sso {
+            &["m.login.password"]
+        } else {
+            let u = requester.user_id.to_string();
+            let has_password = self.db(move |s| s.get_user(&u)).await?.is_some_and(|r| r.password_hash.is_some());
+            if has_password && self.config.password.enabled {
+                &["m.login.password", crate::sso::SSO_STAGE]
+            } else {
+                &[crate::sso::SSO_STAGE]
+            }
+        };
         let Some(auth) = auth.and_then(Value::as_object) else {
-            let challenge = self.uia_challenge(&["m.login.password"], None, None).await;
+            let challenge = self.uia_challenge(stages, None, None).await;
             if let Some(id) = challenge.fields.get("session").and_then(Value::as_str) {
-                let record = UiaSession { operation: Some(operation.to_owned()), ..UiaSession::default() };
+                let record = UiaSession {
+                    operation: Some(operation.to_owned()),
+                    user_id: Some(requester.user_id.to_string()),
+                    ..UiaSession::default()
+                };
                 self.save_uia_session(id, &record).await?;
             }
             return Err(challenge);
         };
         let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
         self.check_uia_session(session.as_deref()).await?;
-        if let Some(id) = &session
-            && let Some(record) = self.uia_session(id).await?
-            && record.operation.as_deref().is_some_and(|op| op != operation)
-        {
+        let record = match &session {
+            Some(id) => self.uia_session(id).await?,
+            None => None,
+        };
+        if record.as_ref().and_then(|r| r.operation.as_deref()).is_some_and(|op| op != operation) {
             return Err(Error::forbidden("Requested operation has changed during the UI authentication session."));
         }
-        if auth.get("type").and_then(Value::as_str) != Some("m.login.password") {
-            return Err(self.uia_challenge(&["m.login.password"], session, Some("Unknown auth type")).await);
+        // The SSO stage is completed by the provider's callback, for this very user.
+        if stages.contains(&crate::sso::SSO_STAGE)
+            && record.as_ref().and_then(|r| r.sso_user.as_deref()) == Some(requester.user_id.as_str())
+        {
+            return Ok(());
+        }
+        if auth.get("type").and_then(Value::as_str) != Some("m.login.password") || !stages.contains(&"m.login.password")
+        {
+            return Err(self.uia_challenge(stages, session, Some("Unknown auth type")).await);
         }
         let user = auth
             .get("identifier")
@@ -468,7 +503,7 @@ impl Homeserver {
             None => false,
         };
         if !ok {
-            return Err(self.uia_challenge(&["m.login.password"], session, Some("Invalid password")).await);
+            return Err(self.uia_challenge(stages, session, Some("Invalid password")).await);
         }
         if found.is_none_or(|u| u.user_id != requester.user_id.as_str()) {
             return Err(Error::forbidden("Invalid auth"));

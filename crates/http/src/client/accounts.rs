@@ -41,6 +41,7 @@ pub(super) async fn login(
     let mut out = r.session.fields();
     out.insert("user_id".into(), json!(r.user_id));
     out.insert("home_server".into(), json!(hs.server_name()));
+    out.extend(r.extra);
     Ok(axum::Json(Value::Object(out)))
 }
 

@@ -20,6 +20,7 @@ mod account_data;
 mod accounts;
 mod directory;
 mod rooms;
+mod sso;
 mod threepids;
 
 pub(crate) use rooms::{admin_hierarchy, admin_messages, admin_timestamp_to_event};
@@ -36,6 +37,7 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(account_data::routes())
         .merge(directory::routes())
         .merge(threepids::routes())
+        .merge(sso::routes())
         .route("/capabilities", get(capabilities))
         .route("/voip/turnServer", get(turn_server))
         .route("/thirdparty/protocols", get(thirdparty_protocols))
@@ -53,6 +55,7 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(crate::push::routes());
     Router::new()
         .merge(threepids::page_routes())
+        .merge(sso::page_routes())
         .route("/_matrix/client/versions", get(versions))
         .route("/_matrix/client/v1/register/m.login.registration_token/validity", get(accounts::token_validity))
         .route("/_matrix/client/v1/appservice/{appservice_id}/ping", post(appservice_ping))
