@@ -109,11 +109,17 @@ fn provider_yaml(id: &str, name: &str, issuer: &str, more: &str) -> String {
 async fn people_log_in_register_pick_names_and_reauthenticate_through_a_browser() {
     let port = free_port();
     let rs256 = Provider::start(&callback_of(port), json!({"alg": "RS256"})).await;
-    // The second provider signs with ES256 and puts no profile in its ID tokens.
-    let es256 = Provider::start(&callback_of(port), json!({"alg": "ES256", "claims_in_id_token": false})).await;
+    // The second provider signs with ES256 and puts no profile in its ID tokens; its users'
+    // pictures point at a cloud metadata address, which the outbound IP filter must refuse.
+    let es256 = Provider::start(
+        &callback_of(port),
+        json!({"alg": "ES256", "claims_in_id_token": false, "picture": "http://169.254.169.254/latest/meta-data"}),
+    )
+    .await;
     // (Open registration named here, as a provider's `enable_registration` is in the config.)
     let config = format!(
-        "enable_registration: true\nenable_registration_without_verification: true\noidc_providers:\n{}{}{}",
+        "enable_registration: true\nenable_registration_without_verification: true\n\
+         ip_range_whitelist: ['127.0.0.1']\nsso:\n  update_profile_information: true\noidc_providers:\n{}{}{}",
         provider_yaml(
             "local",
             "Local IdP",
@@ -168,6 +174,17 @@ async fn people_log_in_register_pick_names_and_reauthenticate_through_a_browser(
     let alice = login["access_token"].as_str().unwrap().to_owned();
     let (_, profile) = s.get("/_matrix/client/v3/profile/@alice:test", None).await;
     assert_eq!(profile["displayname"], "Alice Example");
+    // The provider's picture became her avatar, stored here.
+    let avatar = profile["avatar_url"].as_str().unwrap_or_else(|| panic!("no avatar: {profile}"));
+    let media = avatar.strip_prefix("mxc://test/").expect("a local mxc URI");
+    let picture = reqwest::Client::new()
+        .get(s.url(&format!("/_matrix/client/v1/media/download/test/{media}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(picture.status(), 200);
+    assert!(picture.bytes().await.unwrap().starts_with(b"\x89PNG"), "the provider's PNG");
     let (_, threepids) = s.get("/_matrix/client/v3/account/3pid", Some(&alice)).await;
     assert_eq!(threepids["threepids"][0]["address"], "alice@example.test");
     // A login token is spent once.
@@ -184,6 +201,8 @@ async fn people_log_in_register_pick_names_and_reauthenticate_through_a_browser(
     let (status, login) = token_login(&s, again["loginToken"].as_str().unwrap()).await;
     assert_eq!((status, login["user_id"].clone()), (200, json!("@alice:test")));
     let alice2 = login["access_token"].as_str().unwrap().to_owned();
+    let (_, profile) = s.get("/_matrix/client/v3/profile/@alice:test", None).await;
+    assert_eq!(profile["avatar_url"], avatar, "the same picture is not stored again");
     let second_device = login["device_id"].as_str().unwrap().to_owned();
 
     // attribute_requirements: someone outside the staff group is turned away.
@@ -208,6 +227,9 @@ async fn people_log_in_register_pick_names_and_reauthenticate_through_a_browser(
     let erin = drive(&closed_start, "erin", "", "");
     let (status, login) = token_login(&s, erin["loginToken"].as_str().unwrap()).await;
     assert_eq!((status, login["user_id"].clone()), (200, json!("@erin:test")));
+    let (_, profile) = s.get("/_matrix/client/v3/profile/@erin:test", None).await;
+    assert!(profile.get("avatar_url").is_none(), "a picture at a blocked address is not fetched: {profile}");
+    assert!(s.log_shows("169.254.169.254").await, "the refusal is logged");
 
     // Re-authentication: alice (no password) deletes a device by proving herself at the provider.
     let delete = format!("/_matrix/client/v3/devices/{second_device}");

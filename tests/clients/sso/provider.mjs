@@ -4,9 +4,10 @@
 // Listens on a free loopback port and prints "ISSUER <url>" once ready. Its development login
 // page accepts any login name with any password; the account's claims derive from the name:
 //   sub "id-<login>", preferred_username <login>, name "<Login> Example",
-//   email "<login>@example.test", groups ["staff"] for logins starting "staff", else [].
+//   email "<login>@example.test", groups ["staff"] for logins starting "staff", else [],
+//   picture "<issuer>/picture.png" (a red pixel, served here).
 // OPTIONS_JSON: {"alg": "RS256" | "ES256"}, {"claims_in_id_token": false} (claims only from
-// userinfo, as most providers do), {"client_secret": "..."}.
+// userinfo, as most providers do), {"client_secret": "..."}, {"picture": "<url>"}.
 
 import http from "node:http";
 import Provider from "oidc-provider";
@@ -24,6 +25,7 @@ function claimsOf(login) {
         email: `${login}@example.test`,
         email_verified: true,
         groups: login.startsWith("staff") ? ["staff"] : [],
+        picture: options.picture || `${issuer}/picture.png`,
     };
 }
 
@@ -52,7 +54,7 @@ const provider = new Provider(issuer, {
     jwks: { keys: [jwk] },
     claims: {
         openid: ["sub"],
-        profile: ["name", "preferred_username"],
+        profile: ["name", "preferred_username", "picture"],
         email: ["email", "email_verified"],
         groups: ["groups"],
     },
@@ -67,6 +69,15 @@ const provider = new Provider(issuer, {
     ttl: { Session: 1 },
 });
 provider.proxy = false;
+const PICTURE = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC", "base64");
+provider.use(async (ctx, next) => {
+    if (ctx.path === "/picture.png") {
+        ctx.type = "image/png";
+        ctx.body = PICTURE;
+    } else {
+        await next();
+    }
+});
 
 provider.listen(port, "127.0.0.1", () => {
     console.log(`ISSUER ${issuer}`);

@@ -34,7 +34,8 @@ pub struct SsoSettings {
     /// Client URLs sent back to at once, without the confirmation page (`sso.client_whitelist`,
     /// plus the server's own login fallback, as Synapse adds it).
     pub(crate) client_whitelist: Vec<String>,
-    /// `sso.update_profile_information`: display names follow the provider at each login.
+    /// `sso.update_profile_information`: display names and avatars follow the provider at
+    /// each login.
     pub(crate) update_profile_information: bool,
     /// Where page templates are looked up before Myelin's own.
     pub(crate) template_dirs: Vec<PathBuf>,
@@ -621,10 +622,14 @@ impl Homeserver {
                 self.register_sso_user(&c.idp_id, remote_user_id, &attributes, info).await?
             }
             Some(user_id) => {
-                if self.config.sso.update_profile_information
-                    && let Some(name) = c.mapping.attributes(claims, 0)?.display_name
-                {
-                    self.sso_update_display_name(&user_id, &name).await;
+                if self.config.sso.update_profile_information {
+                    let attributes = c.mapping.attributes(claims, 0)?;
+                    if let Some(name) = &attributes.display_name {
+                        self.sso_update_display_name(&user_id, name).await;
+                    }
+                    if let Some(picture) = &attributes.picture {
+                        self.sso_set_avatar(&user_id, picture).await;
+                    }
                 }
                 user_id
             }
@@ -686,6 +691,9 @@ impl Homeserver {
                 tracing::warn!(user_id, error = %e, "could not add an SSO user's address");
             }
         }
+        if let Some(picture) = &attributes.picture {
+            self.sso_set_avatar(&user_id, picture).await;
+        }
         tracing::info!(user_id, idp = idp_id, "registered a user through SSO");
         Ok(user_id)
     }
@@ -696,6 +704,66 @@ impl Homeserver {
         if let Err(e) = self.set_profile_field(&requester, user_id, "displayname", Some(name.to_owned())).await {
             tracing::warn!(user_id, error = %e, "could not update a display name from SSO");
         }
+    }
+
+    /// Synapse's `set_avatar`: the provider's picture, fetched (through the outbound IP filter,
+    /// at most `max_upload_size`, an image), stored as the user's media and made their avatar.
+    /// The same picture again is not stored twice (its hash is its upload name). Failures are
+    /// logged, never fatal to the login.
+    async fn sso_set_avatar(&self, user_id: &str, url: &str) {
+        if let Err(e) = self.try_sso_set_avatar(user_id, url).await {
+            tracing::warn!(user_id, url, error = %e, "failed to save the user avatar");
+        }
+    }
+
+    async fn try_sso_set_avatar(&self, user_id: &str, url: &str) -> std::result::Result<(), String> {
+        use sha2::Digest;
+        let filter = &self.config.federation.ip_filter;
+        let client = filter
+            .web_client_builder(self.config.insecure_outbound_tls)?
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = filter.send(&client, client.get(url)).await?;
+        if response.status() != 200 {
+            return Err(format!("GET request to download sso avatar image returned {}", response.status()));
+        }
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
+        if !content_type.starts_with("image/") {
+            return Err(format!("not an image: {content_type:?}"));
+        }
+        let limit = self.config.max_upload_size as usize;
+        let mut body = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                return Err(format!("the picture is over {limit} bytes"));
+            }
+        }
+        let upload_name = format!("sso_avatar_{}", hex::encode(sha2::Sha256::digest(&body)));
+        let current = self.profile_of(user_id).await.map_err(|e| e.message)?.1;
+        if let Some(media_id) =
+            current.as_deref().and_then(|mxc| mxc.strip_prefix(&format!("mxc://{}/", self.server_name())))
+        {
+            let id = media_id.to_owned();
+            let existing = self.db(move |s| s.get_media(&id)).await.map_err(|e| e.message)?;
+            if existing.is_some_and(|m| m.upload_name.as_deref() == Some(upload_name.as_str())) {
+                tracing::info!(user_id, "skipping saving the user avatar: unchanged");
+                return Ok(());
+            }
+        }
+        let user = ruma::UserId::parse(user_id).map_err(|e| e.to_string())?;
+        let requester = self.requester_for(&user).await.map_err(|e| e.message)?;
+        let mut stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+        let mxc = self
+            .upload_media(&requester, None, Some(content_type), Some(upload_name), &mut stream)
+            .await
+            .map_err(|e| e.message)?;
+        self.set_profile_field(&requester, user_id, "avatar_url", Some(mxc)).await.map_err(|e| e.message)?;
+        tracing::info!(user_id, "saved the user avatar from SSO");
+        Ok(())
     }
 
     /// Synapse's `complete_sso_login`: a login token for the client, sent straight back to a
