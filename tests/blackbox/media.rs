@@ -257,10 +257,20 @@ async fn a_50_mb_upload_and_download_stream_without_growing_memory() {
 }
 
 /// A web site for previews on loopback: `/page.html` (OpenGraph tags, its image relative),
-/// `/pic.png` (64x48), `/plain.html` (a title only), `/huge.html` (64 KiB). Returns its
-/// base URL.
+/// `/pic.png` (64x48), `/plain.html` (a title only), `/huge.html` (64 KiB), and for oEmbed:
+/// `/oembed.json` (a photo answer), `/discover.html` (naming it), `/leaky.html` (naming a
+/// blocked one). Returns its base URL.
 async fn preview_site() -> String {
     use axum::http::header::CONTENT_TYPE;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let oembed = json!({"version": "1.0", "type": "photo", "title": "From oEmbed", "author_name": "Ann",
+                        "provider_name": "Test Site", "url": format!("{base}/pic.png"), "cache_age": 60})
+    .to_string();
+    let discover = r#"<html><head><link rel="alternate" type="application/json+oembed" href="/oembed.json?id=1">
+        <meta property="og:description" content="From the page" /></head><body>hi</body></html>"#;
+    let leaky = r#"<html><head><title>Leaky</title>
+        <link rel="alternate" type="application/json+oembed" href="/secret/oembed.json"></head></html>"#;
     let page = r#"<html><head><title>ignored</title>
         <meta property="og:title" content="A &quot;test&quot; page" />
         <meta property="og:type" content="article" />
@@ -276,9 +286,13 @@ async fn preview_site() -> String {
             "/plain.html",
             axum::routing::get(|| async { ([(CONTENT_TYPE, "text/html")], "<title>Just a title</title>") }),
         )
-        .route("/huge.html", axum::routing::get(|| async { ([(CONTENT_TYPE, "text/html")], "x".repeat(64 * 1024)) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+        .route("/huge.html", axum::routing::get(|| async { ([(CONTENT_TYPE, "text/html")], "x".repeat(64 * 1024)) }))
+        .route(
+            "/oembed.json",
+            axum::routing::get(move || async move { ([(CONTENT_TYPE, "application/json")], oembed) }),
+        )
+        .route("/discover.html", axum::routing::get(move || async move { ([(CONTENT_TYPE, "text/html")], discover) }))
+        .route("/leaky.html", axum::routing::get(move || async move { ([(CONTENT_TYPE, "text/html")], leaky) }));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     base
 }
@@ -335,6 +349,66 @@ async fn url_previews_describe_pages_and_their_images_through_their_own_ip_filte
     let (st, _) =
         s.get(&preview_path("/_matrix/client/v1/media", &format!("{site}/missing")), Some(&alice.token)).await;
     assert_eq!(st, 502);
+}
+
+#[tokio::test]
+async fn url_previews_use_oembed_providers_and_pages_that_name_their_oembed() {
+    let site = preview_site().await;
+    let dir = tempfile::tempdir().unwrap();
+    let providers = json!([{"provider_name": "Test Site", "provider_url": format!("{site}/"),
+        "endpoints": [{"schemes": [format!("{site}/video/*")], "url": format!("{site}/oembed.json")}]}]);
+    std::fs::write(dir.path().join("providers.json"), providers.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("homeserver.yaml"),
+        base_config(
+            "url_preview_enabled: true\nurl_preview_ip_range_blacklist: []\n\
+             url_preview_url_blacklist:\n  - path: '/secret*'\noembed:\n  additional_providers: [providers.json]\n",
+        ),
+    )
+    .unwrap();
+    let s = Server::start_in(dir).await;
+    let alice = s.register("alice").await;
+    let preview = |url: String| {
+        let (s, token) = (&s, alice.token.clone());
+        async move { s.get(&preview_path("/_matrix/client/v1/media", &url), Some(&token)).await }
+    };
+    // A provider's URL is previewed from its oEmbed answer; the photo is stored here.
+    let (st, og) = preview(format!("{site}/video/42")).await;
+    assert_eq!(st, 200, "{og}");
+    assert_eq!((&og["og:title"], &og["og:site_name"]), (&json!("From oEmbed"), &json!("Test Site")), "{og}");
+    assert_eq!(og["og:url"], format!("{site}/video/42"));
+    assert!(og["og:image"].as_str().is_some_and(|i| i.starts_with("mxc://test/")), "{og}");
+    assert_eq!((&og["og:image:width"], &og["og:image:height"]), (&json!(64), &json!(48)));
+    // A page naming its oEmbed: both, the page's own tags kept.
+    let (st, og) = preview(format!("{site}/discover.html")).await;
+    assert_eq!(st, 200, "{og}");
+    assert_eq!((&og["og:title"], &og["og:description"]), (&json!("From oEmbed"), &json!("From the page")), "{og}");
+    assert!(og["og:image"].as_str().is_some_and(|i| i.starts_with("mxc://")), "{og}");
+    // An oEmbed URL the blocklist names is not fetched: the page alone.
+    let (st, og) = preview(format!("{site}/leaky.html")).await;
+    assert_eq!(st, 200, "{og}");
+    assert_eq!(og, json!({"og:title": "Leaky"}));
+    // Not a provider's URL: the page as it is.
+    let (_, og) = preview(format!("{site}/plain.html")).await;
+    assert_eq!(og, json!({"og:title": "Just a title"}));
+
+    // A providers file that is not valid stops start-up.
+    for (file, expected) in [
+        ("[{\"provider_name\": \"x\"}]", "'provider_url' is a required property"),
+        (
+            "[{\"provider_name\": \"x\", \"provider_url\": \"u\", \"endpoints\": [{\"schemes\": [\"ftp://a/*\"], \"url\": \"https://e\"}]}]",
+            "Unsupported oEmbed scheme (ftp)",
+        ),
+        ("not json", "not JSON"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.json"), file).unwrap();
+        let config = dir.path().join("homeserver.yaml");
+        std::fs::write(&config, base_config("oembed:\n  additional_providers: [p.json]\n")).unwrap();
+        let (code, _, stderr) = run_cli(dir.path(), &["-c", config.to_str().unwrap(), "check-config"]);
+        assert_eq!(code, 1, "{file}: {stderr}");
+        assert!(stderr.contains(expected), "{file}: {stderr}");
+    }
 }
 
 #[tokio::test]

@@ -269,6 +269,8 @@ pub struct Config {
     pub max_upload_size: u64,
     /// URL previews (`url_preview_*`, `max_spider_size`).
     pub url_preview: crate::url_preview::UrlPreviewSettings,
+    /// oEmbed providers for URL previews (`oembed:`).
+    pub oembed: Vec<crate::oembed::OembedEndpoint>,
     /// How long a connection may take to send a request's headers, the wait on an idle
     /// kept-alive connection included (`request_header_timeout`, Myelin's own; 60 s as nginx).
     pub request_header_timeout: std::time::Duration,
@@ -462,6 +464,7 @@ const KNOWN_KEYS: &[&str] = &[
     "url_preview_ip_range_allowlist",
     "url_preview_url_blacklist",
     "url_preview_accept_language",
+    "oembed",
     "max_spider_size",
     "email",
     "custom_template_directory",
@@ -1074,6 +1077,7 @@ impl Config {
         } else {
             crate::url_preview::UrlPreviewSettings::default()
         };
+        let oembed = crate::oembed::parse(&root, &resolve)?;
         let app_services = match root.get("app_service_config_files") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
@@ -1117,6 +1121,7 @@ impl Config {
             media_store_path,
             max_upload_size,
             url_preview,
+            oembed,
             request_header_timeout,
             cache_sizes,
             enable_registration,

@@ -44,6 +44,7 @@ pub mod media;
 pub mod media_admin;
 pub mod media_storage;
 pub mod modules;
+pub mod oembed;
 pub mod outbound;
 mod push;
 mod push_gateway;

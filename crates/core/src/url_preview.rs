@@ -6,7 +6,8 @@
 //! read. An HTML page gives its OpenGraph tags (`og:*`, with `<title>` and the description
 //! meta tag as fallbacks); its `og:image`, or the URL itself when it is an image, is fetched
 //! and stored as local media, so the answer names it by an `mxc://` URI with its size and
-//! dimensions. Answers are cached for an hour.
+//! dimensions. oEmbed answers take part (see [`crate::oembed`]). Answers are cached for an
+//! hour (or an oEmbed `cache_age`, at most a day).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,8 +19,13 @@ use crate::outbound::IpFilter;
 use crate::server::now_ms;
 use crate::{Error, ErrorKind, Homeserver, Requester, Result};
 
-/// How long an answer is kept (Synapse's one hour).
+/// How long an answer is kept (Synapse's one hour), unless an oEmbed `cache_age` says
+/// otherwise (at most a day).
 const CACHE_MS: i64 = 60 * 60 * 1000;
+const ONE_DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longer tag names and values are left out of answers (Synapse's limits).
+const OG_TAG_NAME_MAXLEN: usize = 50;
+const OG_TAG_VALUE_MAXLEN: usize = 1000;
 /// The most answers kept.
 const CACHE_ENTRIES: usize = 1000;
 /// How long a fetch may take.
@@ -43,7 +49,7 @@ pub struct UrlPreviewSettings {
     pub accept_language: Vec<String>,
 }
 
-/// Answers kept, by URL: `(when, answer)`.
+/// Answers kept, by URL: `(when it expires, answer)`.
 #[derive(Default)]
 pub(crate) struct PreviewCache(Mutex<HashMap<String, (i64, Value)>>);
 
@@ -65,48 +71,94 @@ impl Homeserver {
         if settings.url_blocklist.iter().any(|rule| url_matches(&parsed, rule)) {
             return Err(Error::forbidden("URL blocked"));
         }
-        if let Some((at, answer)) = self.url_previews.0.lock().unwrap_or_else(|p| p.into_inner()).get(url)
-            && now_ms() - at < CACHE_MS
+        if let Some((expires, answer)) = self.url_previews.0.lock().unwrap_or_else(|p| p.into_inner()).get(url)
+            && now_ms() < *expires
         {
             return Ok(answer.clone());
         }
-        let (content_type, body) = self.fetch_for_preview(&parsed).await?;
+        // A URL an oEmbed provider serves is previewed from the provider's answer.
+        let oembed_target = crate::oembed::oembed_url(&self.config.oembed, url);
+        let fetch_url = match &oembed_target {
+            Some(target) => reqwest::Url::parse(target).map_err(|_| bad_gateway("Invalid oEmbed URL"))?,
+            None => parsed.clone(),
+        };
+        let (content_type, body) = self.fetch_for_preview(&fetch_url).await?;
         let mut og = Map::new();
+        let mut author_name = None;
+        let mut expires_ms = CACHE_MS;
         if content_type.starts_with("image/") {
             self.describe_image(requester, &mut og, &content_type, body, "og:image").await?;
         } else if content_type.starts_with("text/html") || content_type.starts_with("application/xhtml") {
             let html = String::from_utf8_lossy(&body);
-            og = open_graph(&html);
-            // The image, fetched and stored here (it is named by an mxc:// URI); when it
-            // cannot be had, the preview goes without.
-            if let Some(image) = og.remove("og:image").and_then(|v| v.as_str().map(str::to_owned))
-                && let Ok(image_url) = parsed.join(&image)
+            // A page may name its own oEmbed answer; the page's tags win over it.
+            if let Some(found) = crate::oembed::autodiscover(&html)
+                && let Ok(oembed_url) = parsed.join(&found)
             {
-                let fetched = if settings.url_blocklist.iter().any(|rule| url_matches(&image_url, rule)) {
-                    Err(Error::forbidden("URL blocked"))
-                } else {
-                    self.fetch_for_preview(&image_url).await
-                };
-                match fetched {
-                    Ok((kind, bytes)) if kind.starts_with("image/") => {
-                        self.describe_image(requester, &mut og, &kind, bytes, "og:image").await?;
+                match self.fetch_unless_blocked(&oembed_url).await {
+                    Ok((_, answer)) => {
+                        let result = crate::oembed::parse_response(url, &answer);
+                        og = result.og;
+                        author_name = result.author_name;
+                        expires_ms = result.cache_age_ms.unwrap_or(expires_ms);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::info!(image = %image_url, error = %e, "a preview's image could not be fetched"),
+                    Err(e) => tracing::warn!(%oembed_url, error = %e, "oEmbed fetch failed during URL preview"),
                 }
             }
+            og.extend(open_graph(&html));
+            self.precache_image(requester, &parsed, &mut og).await?;
+        } else if oembed_target.is_some() {
+            let result = crate::oembed::parse_response(url, &body);
+            og = result.og;
+            author_name = result.author_name;
+            expires_ms = result.cache_age_ms.unwrap_or(expires_ms);
+            self.precache_image(requester, &parsed, &mut og).await?;
         }
+        if !og.contains_key("og:title")
+            && let Some(author) = author_name
+        {
+            og.insert("og:title".into(), json!(author));
+        }
+        // Synapse's bounds on what a page may put in an answer.
+        og.retain(|k, v| k.len() <= OG_TAG_NAME_MAXLEN && v.to_string().len() <= OG_TAG_VALUE_MAXLEN);
         let answer = Value::Object(og);
         let mut cache = self.url_previews.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
         if cache.len() >= CACHE_ENTRIES {
-            let now = now_ms();
-            cache.retain(|_, (at, _)| now - *at < CACHE_MS);
+            cache.retain(|_, (expires, _)| *expires > now);
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
         }
-        cache.insert(url.to_owned(), (now_ms(), answer.clone()));
+        cache.insert(url.to_owned(), (now + expires_ms.clamp(0, ONE_DAY_MS), answer.clone()));
         Ok(answer)
+    }
+
+    /// `og:image` fetched and stored here (it is then named by an mxc:// URI); when it cannot
+    /// be had, the preview goes without it.
+    async fn precache_image(
+        &self,
+        requester: &Requester,
+        page: &reqwest::Url,
+        og: &mut Map<String, Value>,
+    ) -> Result<()> {
+        let Some(image) = og.remove("og:image").and_then(|v| v.as_str().map(str::to_owned)) else { return Ok(()) };
+        let Ok(image_url) = page.join(&image) else { return Ok(()) };
+        match self.fetch_unless_blocked(&image_url).await {
+            Ok((kind, bytes)) if kind.starts_with("image/") => {
+                self.describe_image(requester, og, &kind, bytes, "og:image").await?;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(image = %image_url, error = %e, "a preview's image could not be fetched"),
+        }
+        Ok(())
+    }
+
+    /// [`Self::fetch_for_preview`], refused for URLs `url_preview_url_blacklist` names.
+    async fn fetch_unless_blocked(&self, url: &reqwest::Url) -> Result<(String, Vec<u8>)> {
+        if self.config.url_preview.url_blocklist.iter().any(|rule| url_matches(url, rule)) {
+            return Err(Error::forbidden("URL blocked"));
+        }
+        self.fetch_for_preview(url).await
     }
 
     /// A page or image, through the preview IP filter: `(content type, at most
@@ -227,10 +279,7 @@ pub(crate) fn open_graph(html: &str) -> Map<String, Value> {
     let mut og = Map::new();
     let mut description = None;
     let lower = html.to_ascii_lowercase();
-    let mut at = 0;
-    while let Some(start) = lower[at..].find("<meta").map(|i| at + i) {
-        let end = lower[start..].find('>').map(|i| start + i).unwrap_or(html.len());
-        let attributes = attributes(&html[start + 5..end]);
+    for attributes in tags(html, "meta") {
         let key = attributes.get("property").or_else(|| attributes.get("name")).map(|k| k.to_ascii_lowercase());
         if let (Some(key), Some(content)) = (key, attributes.get("content")) {
             if key.starts_with("og:") {
@@ -239,7 +288,6 @@ pub(crate) fn open_graph(html: &str) -> Map<String, Value> {
                 description.get_or_insert_with(|| content.clone());
             }
         }
-        at = end;
     }
     if !og.contains_key("og:title")
         && let Some(start) = lower.find("<title")
@@ -257,6 +305,57 @@ pub(crate) fn open_graph(html: &str) -> Map<String, Value> {
         og.insert("og:description".into(), json!(d));
     }
     og
+}
+
+/// The attributes of every `<name ...>` tag in `html`, in order.
+pub(crate) fn tags(html: &str, name: &str) -> Vec<HashMap<String, String>> {
+    let lower = html.to_ascii_lowercase();
+    let open = format!("<{name}");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(start) = lower[at..].find(&open).map(|i| at + i) {
+        let inside = start + open.len();
+        let end = lower[inside..].find('>').map(|i| inside + i).unwrap_or(html.len());
+        // `<metadata>` is not `<meta>`: the name must end there.
+        if html[inside..].starts_with(|c: char| c.is_whitespace() || c == '>' || c == '/') {
+            out.push(attributes(&html[inside..end]));
+        }
+        at = end.max(inside);
+    }
+    out
+}
+
+/// The text of an HTML fragment (scripts and styles left out), whitespace collapsed, at most
+/// 500 characters cut at a word (Synapse's description of embedded HTML); `None` if empty.
+pub(crate) fn text_summary(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut text = String::new();
+    let mut at = 0;
+    while at < html.len() {
+        let Some(lt) = lower[at..].find('<').map(|i| at + i) else {
+            text.push_str(&html[at..]);
+            break;
+        };
+        text.push_str(&html[at..lt]);
+        text.push(' ');
+        let skip_to = ["script", "style"].iter().find(|t| lower[lt + 1..].starts_with(*t)).and_then(|t| {
+            let close = format!("</{t}");
+            lower[lt..].find(&close).map(|i| lt + i)
+        });
+        let from = skip_to.unwrap_or(lt);
+        at = lower[from..].find('>').map(|i| from + i + 1).unwrap_or(html.len());
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut summary = decode_entities(&words.join(" "));
+    if summary.is_empty() {
+        return None;
+    }
+    if summary.chars().count() > 500 {
+        let cut: String = summary.chars().take(500).collect();
+        let at_word = cut.rfind(' ').map(|i| &cut[..i]).unwrap_or(&cut);
+        summary = format!("{}…", at_word.trim_end());
+    }
+    Some(summary)
 }
 
 /// The attributes of a tag's inside (`name="value"`, `name='value'`, `name=value`), names
@@ -310,7 +409,7 @@ fn attributes(tag: &str) -> HashMap<String, String> {
 }
 
 /// The common HTML entities and numeric references decoded.
-fn decode_entities(text: &str) -> String {
+pub(crate) fn decode_entities(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(amp) = rest.find('&') {
