@@ -757,6 +757,60 @@ fn event_in<'a>(events: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{id} not in {events}"))
 }
 
+/// MSC4115 on `/sync`: each timeline event says how the reader stood in the room then.
+#[tokio::test]
+async fn sync_timelines_say_how_the_reader_stood_at_each_event() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let labels = |timeline: &Value| -> Vec<(String, String)> {
+        timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let what = if e["type"] == "m.room.member" {
+                    format!("{} {}", e["state_key"].as_str().unwrap(), e["content"]["membership"].as_str().unwrap())
+                } else {
+                    e["type"].as_str().unwrap().to_owned()
+                };
+                (what, e["unsigned"]["membership"].as_str().unwrap_or("(none)").to_owned())
+            })
+            .collect()
+    };
+    let alice_first = s.sync(&alice, None, 0).await;
+    let alice_since = alice_first["next_batch"].as_str().unwrap().to_owned();
+    // Alice made the room: "leave" at its creation, "join" from her join on.
+    let first = labels(&alice_first["rooms"]["join"][&room]["timeline"]);
+    assert_eq!(first[0], ("m.room.create".to_owned(), "leave".to_owned()), "{first:?}");
+    assert!(first[1..].iter().all(|(_, m)| m == "join"), "{first:?}");
+
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    s.send_text(&alice, &room, "hello").await;
+    let bob_first = s.sync(&bob, None, 0).await;
+    let bob_since = bob_first["next_batch"].as_str().unwrap().to_owned();
+    let timeline = labels(&bob_first["rooms"]["join"][&room]["timeline"]);
+    let bob_join = format!("{} join", bob.user_id);
+    let at_join = timeline.iter().position(|(w, _)| *w == bob_join).unwrap();
+    assert!(timeline[..at_join].iter().all(|(_, m)| m == "leave"), "before bob joined: {timeline:?}");
+    assert!(timeline[at_join..].iter().all(|(_, m)| m == "join"), "from bob's join: {timeline:?}");
+    // Alice's timeline holds no member event of hers: every event is "join" for her.
+    let alice_next = s.sync(&alice, Some(&alice_since), 0).await;
+    let timeline = labels(&alice_next["rooms"]["join"][&room]["timeline"]);
+    assert!(!timeline.is_empty() && timeline.iter().all(|(_, m)| m == "join"), "{timeline:?}");
+
+    // Bob leaves: the room comes in `leave`, "join" up to his leave, which is "leave".
+    s.send_text(&alice, &room, "still here?").await;
+    let (st, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(st, 200);
+    let bob_next = s.sync(&bob, Some(&bob_since), 0).await;
+    let timeline = labels(&bob_next["rooms"]["leave"][&room]["timeline"]);
+    let last = timeline.last().unwrap().clone();
+    assert_eq!(last, (format!("{} leave", bob.user_id), "leave".to_owned()), "{timeline:?}");
+    assert!(timeline[..timeline.len() - 1].iter().all(|(_, m)| m == "join"), "{timeline:?}");
+}
+
 #[tokio::test]
 async fn events_carry_unsigned_as_synapse_serves_them() {
     let s = Server::start().await;

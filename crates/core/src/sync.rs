@@ -72,10 +72,22 @@ fn as_map<S: serde::Serializer>(rooms: &[(String, JoinedRoom)], s: S) -> std::re
     s.collect_map(rooms.iter().map(|(k, v)| (k, v)))
 }
 
+/// Which timeline a joined room's answer carries (MSC4115's `unsigned.membership` makes it
+/// the reader's).
+#[derive(Debug)]
+enum TimelineFor {
+    /// The section's, every event labelled `join`: shared by the members whose own
+    /// membership does not change within it.
+    Joined,
+    /// Labelled for this reader, whose member event is in it.
+    Own(Box<RawValue>),
+}
+
 /// One joined room in a response: the shared section and this user's parts.
 #[derive(Debug)]
 struct JoinedRoom {
     section: Arc<Section>,
+    timeline: TimelineFor,
     /// `m.heroes` for this user (the section's candidates but themselves), if the room has
     /// no name.
     heroes: Vec<String>,
@@ -88,7 +100,10 @@ impl Serialize for JoinedRoom {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut room = s.serialize_struct("JoinedRoom", 6)?;
-        room.serialize_field("timeline", &self.section.timeline)?;
+        match &self.timeline {
+            TimelineFor::Joined => room.serialize_field("timeline", self.section.joined_timeline())?,
+            TimelineFor::Own(timeline) => room.serialize_field("timeline", timeline)?,
+        }
         room.serialize_field("state", &self.section.state)?;
         if self.heroes.is_empty() {
             room.serialize_field("summary", &self.section.summary)?;
@@ -459,8 +474,18 @@ impl Homeserver {
                 continue;
             }
             let heroes = section.heroes_for(&user);
+            let timeline = if section.member_keys.contains(&user) {
+                let mut timeline: Value = serde_json::from_str(section.timeline.get()).map_err(Error::internal)?;
+                if let Some(events) = timeline["events"].as_array_mut() {
+                    crate::unsigned::label_memberships(events, &user, "join");
+                }
+                TimelineFor::Own(to_raw_value(&timeline).map_err(Error::internal)?)
+            } else {
+                TimelineFor::Joined
+            };
             let body = JoinedRoom {
                 section,
+                timeline,
                 heroes,
                 account_data: json!({"events": room_account_data.remove(room).unwrap_or_default()}),
                 unread_notifications: self.unread_counts(&requester.user_id, &rules, room, now, read_at).await?,
@@ -499,7 +524,10 @@ impl Homeserver {
                     continue;
                 }
                 let reader = crate::visibility::Reader { until: *pos, peeking: false, sees_everything: false };
-                let (timeline, _) = self.timeline(&user, reader, room, from, *pos, filter).await?;
+                let (mut timeline, _) = self.timeline(&user, reader, room, from, *pos, filter).await?;
+                if let Some(events) = timeline["events"].as_array_mut() {
+                    crate::unsigned::label_memberships(events, &user, membership);
+                }
                 leave.insert(
                     room.clone(),
                     json!({"timeline": timeline, "state": {"events": []}, "account_data": {"events": []}}),
@@ -811,10 +839,19 @@ impl Homeserver {
             .flatten()
             .filter_map(|e| Some((e["sender"].as_str()?.to_owned(), e["event_id"].as_str()?.to_owned())))
             .collect();
+        let member_keys = timeline["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect();
         let section = Arc::new(Section {
             built_at: now,
             timeline: raw(&timeline)?,
+            joined_timeline: Default::default(),
             timeline_senders,
+            member_keys,
             state: raw(&json!({"events": state}))?,
             summary: raw(&json!({"m.joined_member_count": members.joined, "m.invited_member_count": members.invited}))?,
             hero_candidates,
@@ -933,7 +970,9 @@ impl Homeserver {
         Ok(Arc::new(Section {
             built_at: section.built_at,
             timeline: to_raw_value(&timeline).map_err(Error::internal)?,
+            joined_timeline: Default::default(),
             timeline_senders: section.timeline_senders.clone(),
+            member_keys: section.member_keys.clone(),
             state: section.state.clone(),
             summary: section.summary.clone(),
             hero_candidates: section.hero_candidates.clone(),
@@ -1055,8 +1094,14 @@ pub(crate) struct Section {
     /// The stream position the section was read at.
     built_at: i64,
     timeline: Box<RawValue>,
+    /// The timeline with MSC4115's `unsigned.membership: join` on every event, made when a
+    /// member first needs it and then shared.
+    joined_timeline: std::sync::OnceLock<Box<RawValue>>,
     /// `(sender, event ID)` of the timeline's events, to find a device's own without parsing.
     timeline_senders: Vec<(String, String)>,
+    /// The state keys of the timeline's member events: a reader among them gets a timeline of
+    /// their own (their membership changes within it).
+    member_keys: Vec<String>,
     state: Box<RawValue>,
     summary: Box<RawValue>,
     /// For a room without a name or canonical alias: who could name it, `(joined or invited,
@@ -1071,6 +1116,22 @@ impl Section {
         let pick = |list: &[String]| -> Vec<String> { list.iter().filter(|u| *u != user).take(5).cloned().collect() };
         let present = pick(&self.hero_candidates.0);
         if present.is_empty() { pick(&self.hero_candidates.1) } else { present }
+    }
+
+    /// [`Section::joined_timeline`], made once.
+    fn joined_timeline(&self) -> &RawValue {
+        self.joined_timeline.get_or_init(|| {
+            let labelled = serde_json::from_str::<Value>(self.timeline.get()).ok().and_then(|mut timeline| {
+                for event in timeline["events"].as_array_mut().into_iter().flatten() {
+                    if let Some(map) = event.as_object_mut() {
+                        let unsigned = map.entry("unsigned").or_insert_with(|| json!({}));
+                        unsigned["membership"] = json!("join");
+                    }
+                }
+                to_raw_value(&timeline).ok()
+            });
+            labelled.unwrap_or_else(|| self.timeline.clone())
+        })
     }
 
     /// Neither timeline events nor state events.

@@ -6,8 +6,8 @@
 //! replaced event's content is read when the event is served, so a later redaction of the
 //! replaced event shows here too. `transaction_id` (the sender's own echo) is added by the
 //! paths that know the requesting device, `membership` (MSC4115) by the paths that read for one
-//! user (not `/sync`, whose sections members share), and `m.relations` by the aggregation
-//! bundler.
+//! user (on `/sync`, worked out from the timeline itself, see [`label_memberships`]), and
+//! `m.relations` by the aggregation bundler.
 
 use std::collections::HashMap;
 
@@ -40,6 +40,26 @@ pub(crate) fn stamp_age(events: &mut [Value]) {
         let unsigned = map.entry("unsigned").or_insert_with(|| json!({}));
         if let Some(unsigned) = unsigned.as_object_mut() {
             unsigned.insert("age".into(), json!((now - ts).max(0)));
+        }
+    }
+}
+
+/// MSC4115 on a run of consecutive events of one room, from the reader's membership after the
+/// last of them: walking back, each event gets the membership after it, and the reader's own
+/// member events step back to what they replaced (`prev_content`, else `leave`). This is how
+/// `/sync` labels its timelines without reading state per event.
+pub(crate) fn label_memberships(events: &mut [Value], user: &str, after_last: &str) {
+    let mut current = after_last.to_owned();
+    for event in events.iter_mut().rev() {
+        let own_member_event = event["type"] == "m.room.member" && event["state_key"] == user;
+        let before = own_member_event
+            .then(|| event["unsigned"]["prev_content"]["membership"].as_str().unwrap_or("leave").to_owned());
+        if let Some(map) = event.as_object_mut() {
+            let unsigned = map.entry("unsigned").or_insert_with(|| json!({}));
+            unsigned["membership"] = json!(current);
+        }
+        if let Some(before) = before {
+            current = before;
         }
     }
 }
@@ -138,6 +158,22 @@ impl Homeserver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_timelines_label_memberships_back_from_the_end() {
+        let mut events = vec![
+            json!({"type": "m.room.message", "sender": "@b:x"}),
+            json!({"type": "m.room.member", "state_key": "@a:x", "content": {"membership": "invite"}}),
+            json!({"type": "m.room.message", "sender": "@b:x"}),
+            json!({"type": "m.room.member", "state_key": "@a:x", "content": {"membership": "join"},
+                   "unsigned": {"prev_content": {"membership": "invite"}}}),
+            json!({"type": "m.room.member", "state_key": "@b:x", "content": {"membership": "join"}}),
+            json!({"type": "m.room.message", "sender": "@a:x"}),
+        ];
+        label_memberships(&mut events, "@a:x", "join");
+        let labels: Vec<&str> = events.iter().map(|e| e["unsigned"]["membership"].as_str().unwrap()).collect();
+        assert_eq!(labels, ["leave", "invite", "invite", "join", "join", "join"]);
+    }
 
     #[test]
     fn replaced_state_is_noted_unless_there_is_none_or_it_is_the_event_itself() {
