@@ -654,6 +654,9 @@ async fn space_hierarchies_list_what_the_requester_may_see_in_order_and_in_pages
     let (_, third) = get(format!("?limit=2&from={}", second["next_batch"].as_str().unwrap())).await;
     assert_eq!(hierarchy_ids(&third), vec![deep.clone()]);
     assert!(third.get("next_batch").is_none(), "{third}");
+    // A page asked again (a client retrying) is the same page.
+    let (_, again) = get(format!("?limit=2&from={token}")).await;
+    assert_eq!(hierarchy_ids(&again), hierarchy_ids(&second));
 
     // Refused: another request's token, bad parameters, a room Bob may not see, no token.
     let (st, e) = get(format!("?limit=2&max_depth=1&from={token}")).await;

@@ -8,8 +8,10 @@
 //! `public`, `knock` or `knock_restricted`, its history is world-readable, the requester is
 //! joined or invited, or a restricted join rule names a room the requester is in. Rooms this
 //! server is not in are asked of the servers in their `via` (the federation endpoint), and
-//! listed under the same rules. Pages hold at most 50 rooms; `next_batch` is where the walk
-//! stands, tied to the request's room, user, `max_depth` and `suggested_only` (another
+//! listed under the same rules. Pages hold at most 50 rooms; `next_batch` names where the walk
+//! stands, kept five minutes as Synapse keeps it (the rooms still to visit, those visited, the
+//! summaries other servers already sent), so later pages go on from there instead of walking
+//! again; it is tied to the request's room, user, `max_depth` and `suggested_only` (another
 //! request's token is refused).
 
 use std::collections::{HashMap, HashSet};
@@ -17,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use ruma::RoomId;
 use serde_json::{Map, Value, json};
 
-use crate::server::url_encode;
+use crate::server::{now_ms, url_encode};
 use crate::{Error, Homeserver, Requester, Result};
 
 /// The most rooms in one page (Synapse's `MAX_ROOMS`).
@@ -67,6 +69,23 @@ fn pagination_error() -> Error {
     Error::invalid_param("Unknown pagination token")
 }
 
+/// The `TransientStore` kind of walks between pages.
+const WALK_SESSION: &str = "hierarchy_walk";
+/// How long a walk waits for its next page (Synapse's five minutes).
+const WALK_SESSION_MS: i64 = 5 * 60 * 1000;
+
+/// Where a walk stands between pages.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WalkState {
+    /// The request it belongs to (user, room, `max_depth`, `suggested_only`).
+    fingerprint: String,
+    /// Rooms still to visit, the next last: `(room, via, depth)`.
+    stack: Vec<(String, Vec<String>, usize)>,
+    processed: HashSet<String>,
+    /// Summaries of remote rooms a parent's server already sent.
+    remote: HashMap<String, Map<String, Value>>,
+}
+
 impl Homeserver {
     /// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` (see the module doc).
     pub async fn room_hierarchy(
@@ -113,22 +132,26 @@ impl Homeserver {
             let digest = sha2::Sha256::digest(text.as_bytes());
             digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
-        let skip = match &request.from {
-            None => 0,
+        let state = match &request.from {
+            None => WalkState {
+                fingerprint: fingerprint.clone(),
+                stack: vec![(room_id.to_owned(), Vec::new(), 0)],
+                processed: HashSet::new(),
+                remote: HashMap::new(),
+            },
             Some(token) => {
-                let (offset, print) = token.split_once('_').ok_or_else(pagination_error)?;
-                if print != fingerprint {
+                let key = token.clone();
+                let stored = self.db(move |s| s.get_transient(WALK_SESSION, &key, now_ms())).await?;
+                let state: WalkState =
+                    stored.and_then(|v| serde_json::from_str(&v).ok()).ok_or_else(pagination_error)?;
+                if state.fingerprint != fingerprint {
                     return Err(pagination_error());
                 }
-                offset.parse::<usize>().map_err(|_| pagination_error())?
+                state
             }
         };
-
         // Depth first, the next room to look at last on the stack.
-        let mut stack: Vec<(String, Vec<String>, usize)> = vec![(room_id.to_owned(), Vec::new(), 0)];
-        let mut processed: HashSet<String> = HashSet::new();
-        let mut remote_summaries: HashMap<String, Map<String, Value>> = HashMap::new();
-        let mut listed = 0usize;
+        let WalkState { mut stack, mut processed, remote: mut remote_summaries, .. } = state;
         let mut rooms = Vec::new();
         while let Some((room, via, depth)) = stack.pop() {
             if rooms.len() >= limit {
@@ -181,14 +204,15 @@ impl Homeserver {
                     stack.push((id.to_owned(), via, depth + 1));
                 }
             }
-            listed += 1;
-            if listed > skip {
-                rooms.push(entry.json());
-            }
+            rooms.push(entry.json());
         }
         let mut out = json!({"rooms": rooms});
         if !stack.is_empty() {
-            out["next_batch"] = json!(format!("{}_{fingerprint}", skip + rooms.len()));
+            let token = crate::server::random_string(16);
+            let state = WalkState { fingerprint, stack, processed, remote: remote_summaries };
+            let (key, value) = (token.clone(), serde_json::to_string(&state).map_err(Error::internal)?);
+            self.db(move |s| s.put_transient(WALK_SESSION, &key, &value, now_ms() + WALK_SESSION_MS)).await?;
+            out["next_batch"] = json!(token);
         }
         Ok(out)
     }
