@@ -760,6 +760,29 @@ fn event_in<'a>(events: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{id} not in {events}"))
 }
 
+/// The deprecated `GET /events/{eventId}` (Synapse still serves it): the room's rules apply.
+#[tokio::test]
+async fn events_are_found_by_id_alone_by_those_who_may_see_them() {
+    let s = Server::start().await;
+    let alice = s.register("alice").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (_, sent) = s.send_text(&alice, &room, "private words").await;
+    let id = sent["event_id"].as_str().unwrap();
+    let (st, event) = s.get(&format!("/_matrix/client/v3/events/{}", path_segment(id)), Some(&alice.token)).await;
+    assert_eq!(
+        (st, &event["content"]["body"], &event["room_id"]),
+        (200, &json!("private words"), &json!(room)),
+        "{event}"
+    );
+    assert_eq!(event["unsigned"]["membership"], "join");
+    let (st, e) = s.get(&format!("/_matrix/client/v3/events/{}", path_segment(id)), Some(&carol.token)).await;
+    assert_eq!((st, e["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "an outsider sees nothing: {e}");
+    let (st, _) = s.get("/_matrix/client/v3/events/%24nope", Some(&alice.token)).await;
+    assert_eq!(st, 404);
+    assert_eq!(s.get(&format!("/_matrix/client/v3/events/{}", path_segment(id)), None).await.0, 401);
+}
+
 /// MSC4115 on `/sync`: each timeline event says how the reader stood in the room then.
 #[tokio::test]
 async fn sync_timelines_say_how_the_reader_stood_at_each_event() {

@@ -128,6 +128,19 @@ impl Homeserver {
         Ok(event)
     }
 
+    /// `GET /events/{eventId}` (deprecated, still served by Synapse): the event by its ID
+    /// alone, under the same rules as [`Self::get_room_event`].
+    pub async fn get_event_by_id(&self, requester: &Requester, event_id: &str) -> Result<Value> {
+        let id = event_id.to_owned();
+        let room = self
+            .db(move |s| s.get_event(&id))
+            .await?
+            .and_then(|row| serde_json::from_str::<Value>(&row.json).ok())
+            .and_then(|v| v["room_id"].as_str().map(str::to_owned))
+            .ok_or_else(|| Error::not_found("Event not found."))?;
+        self.get_room_event(requester, &room, event_id).await
+    }
+
     /// `GET /joined_rooms`.
     pub async fn joined_rooms(&self, requester: &Requester) -> Result<Vec<String>> {
         let user = requester.user_id.to_string();

@@ -19,6 +19,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/rooms/{room_id}/state/{event_type}/{state_key}", get(state_event).put(put_state))
         .route("/rooms/{room_id}/redact/{event_id}/{txn_id}", put(redact))
         .route("/rooms/{room_id}/event/{event_id}", get(event))
+        .route("/events/{event_id}", get(event_by_id))
         .route("/rooms/{room_id}/messages", get(messages))
         .route("/rooms/{room_id}/context/{event_id}", get(context))
         .route("/rooms/{room_id}/initialSync", get(room_initial_sync))
@@ -311,6 +312,11 @@ pub(super) async fn event(
     Path((room_id, event_id)): Path<(String, String)>,
 ) -> Answer {
     Ok(axum::Json(hs.get_room_event(&me, &room_id, &event_id).await?))
+}
+
+/// `GET /events/{eventId}` (deprecated).
+async fn event_by_id(State(hs): State<AppState>, Auth(me): Auth, Path(event_id): Path<String>) -> Answer {
+    Ok(axum::Json(hs.get_event_by_id(&me, &event_id).await?))
 }
 
 #[derive(Deserialize)]
