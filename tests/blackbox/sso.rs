@@ -445,3 +445,59 @@ async fn broken_sso_configs_stop_start_up() {
     let (code, _, stderr) = run_cli(dir.path(), &["-c", config.to_str().unwrap(), "check-config"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// A module doing its own SSO hands the browser back through `complete_sso_login_async`.
+#[tokio::test]
+async fn modules_complete_their_own_sso_logins() {
+    let s = Server::start_with(
+        "modules:\n  - module: sso_module.SsoModule\nsso:\n  client_whitelist: ['https://trusted.example/']\n",
+    )
+    .await;
+    let alice = s.register("alice").await;
+    let http = browserless();
+    let login = |user: &str, redirect: &str, new: bool| {
+        let url = s.url(&format!(
+            "/_synapse/client/sso_module/login?user={}&redirectUrl={}{}",
+            path_segment(user),
+            path_segment(redirect),
+            if new { "&new=1" } else { "" }
+        ));
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+            (status, location, r.text().await.unwrap())
+        }
+    };
+    let token_in = |text: &str| -> String {
+        let at = text.find("loginToken=").unwrap_or_else(|| panic!("no login token in {text}")) + "loginToken=".len();
+        text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect()
+    };
+
+    // An unlisted client: the confirmation page, whose link carries the token.
+    let (status, _, page) = login(&alice.user_id, "https://client.example/done", false).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Continue to your account") && page.contains("client.example"), "{page}");
+    let (st, body) = token_login(&s, &token_in(&page)).await;
+    assert_eq!((st, body["user_id"].clone()), (200, json!(alice.user_id)), "{body}");
+    // new_user words the page for a new account.
+    let (_, _, page) = login(&alice.user_id, "https://client.example/done", true).await;
+    assert!(page.contains("Your account is now ready"), "{page}");
+    // A whitelisted client is sent the token at once, its own query kept.
+    let (status, location, _) = login(&alice.user_id, "https://trusted.example/cb?x=1", false).await;
+    let location = location.unwrap();
+    assert_eq!(status, 302);
+    assert!(location.starts_with("https://trusted.example/cb?x=1&loginToken="), "{location}");
+    assert_eq!(token_login(&s, &token_in(&location)).await.0, 200);
+    // A deactivated account gets no token.
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    assert_eq!(
+        s.post(&format!("/_synapse/admin/v1/deactivate/{}", alice.user_id), Some(&root.token), json!({})).await.0,
+        200
+    );
+    let (status, _, page) = login(&alice.user_id, "https://trusted.example/cb", false).await;
+    assert_eq!(status, 403);
+    assert!(!page.contains("loginToken"), "{page}");
+}

@@ -323,6 +323,23 @@ pub struct OutgoingMail {
     pub text: String,
 }
 
+/// The browser answer that completes an SSO login a module drove
+/// ([`ModuleApi::complete_sso_login`]): a redirect to the client with its login token, or the
+/// confirmation page, or the "account deactivated" page.
+///
+/// Since 0.3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SsoLoginPage {
+    /// The HTTP status (302 for a redirect).
+    pub status: u16,
+    /// Where a redirect goes.
+    pub location: Option<String>,
+    /// `Set-Cookie` values.
+    pub set_cookies: Vec<String>,
+    /// The page (empty for a redirect).
+    pub html: String,
+}
+
 /// The services a module may call. Myelin's core implements this; modules reach it only through
 /// [`ModuleApi`]. Not meant to be implemented by modules.
 ///
@@ -338,6 +355,16 @@ pub trait Host: Send + Sync + 'static {
     /// Sends a mail through the server's SMTP settings (`email:`). Since 0.3.
     fn send_mail(&self, _mail: OutgoingMail) -> BoxFuture<'static, Result<(), ModuleError>> {
         Box::pin(async { Err(ModuleError::other("This server cannot send mail")) })
+    }
+    /// Completes an SSO login for a local user (`ModuleApi.complete_sso_login_async`).
+    fn complete_sso_login(
+        &self,
+        _user_id: String,
+        _client_redirect_url: String,
+        _new_user: bool,
+        _auth_provider_id: String,
+    ) -> BoxFuture<'static, Result<SsoLoginPage, ModuleError>> {
+        Box::pin(async { Err(ModuleError::other("This server does not do SSO")) })
     }
     /// Adds callbacks for `module` to the shared registry.
     fn register_spam_checker_callbacks(
@@ -564,6 +591,29 @@ impl ModuleApi {
     /// Since 0.3.
     pub async fn send_mail(&self, mail: OutgoingMail) -> Result<(), ModuleError> {
         self.host.send_mail(mail).await
+    }
+    /// Completes an SSO login a module drove (its own web resource authenticated the person):
+    /// a login token for `user_id`, and the answer to give the browser: straight to
+    /// `client_redirect_url` with the token when the URL is in `sso.client_whitelist`, else the
+    /// confirmation page (worded for a new account with `new_user`), as Synapse's
+    /// `complete_sso_login_async`. A deactivated account gets its page and no token.
+    ///
+    /// Since 0.3.
+    pub async fn complete_sso_login(
+        &self,
+        user_id: &str,
+        client_redirect_url: &str,
+        new_user: bool,
+        auth_provider_id: &str,
+    ) -> Result<SsoLoginPage, ModuleError> {
+        self.host
+            .complete_sso_login(
+                user_id.to_owned(),
+                client_redirect_url.to_owned(),
+                new_user,
+                auth_provider_id.to_owned(),
+            )
+            .await
     }
     /// `@localpart:server` for a localpart; a full user ID is returned unchanged.
     pub fn get_qualified_user_id(&self, localpart_or_user_id: &str) -> String {

@@ -90,6 +90,19 @@ pub(crate) async fn run_op(api: &ModuleApi, op: &str, a: &Value) -> Value {
             .map(|()| Value::Null),
         ),
         "delete_room" => ok_or_error(api.delete_room(&s("room_id")).map(|()| Value::Null)),
+        "complete_sso_login" => ok_or_error(
+            api.complete_sso_login(
+                &s("user_id"),
+                &s("client_redirect_url"),
+                a["new_user"].as_bool().unwrap_or(false),
+                a["auth_provider_id"].as_str().unwrap_or("<unknown>"),
+            )
+            .await
+            .map(|page| {
+                serde_json::json!({"status": page.status, "location": page.location,
+                                   "set_cookies": page.set_cookies, "html": page.html})
+            }),
+        ),
         "create_login_token" => ok_or_error(
             api.create_login_token(
                 &s("user_id"),

@@ -77,6 +77,28 @@ impl Host for HostHandle {
         }
     }
 
+    fn complete_sso_login(
+        &self,
+        user_id: String,
+        client_redirect_url: String,
+        new_user: bool,
+        auth_provider_id: String,
+    ) -> BoxFuture<'static, Result<myelin_module_api::SsoLoginPage, ModuleError>> {
+        let hs = self.hs();
+        Box::pin(async move {
+            let page = hs?
+                .complete_sso_login(&user_id, &auth_provider_id, &client_redirect_url, Default::default(), new_user)
+                .await
+                .map_err(to_module_error)?;
+            Ok(myelin_module_api::SsoLoginPage {
+                status: page.status,
+                location: page.location,
+                set_cookies: page.set_cookies,
+                html: page.html,
+            })
+        })
+    }
+
     fn send_mail(&self, mail: myelin_module_api::OutgoingMail) -> BoxFuture<'static, Result<(), ModuleError>> {
         let hs = self.hs();
         Box::pin(async move { hs?.module_send_mail(mail).await.map_err(to_module_error) })

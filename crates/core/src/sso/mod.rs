@@ -767,8 +767,9 @@ impl Homeserver {
     }
 
     /// Synapse's `complete_sso_login`: a login token for the client, sent straight back to a
-    /// whitelisted client, else through the confirmation page.
-    async fn complete_sso_login(
+    /// whitelisted client, else through the confirmation page. Also modules'
+    /// `complete_sso_login_async`.
+    pub(crate) async fn complete_sso_login(
         &self,
         user_id: &str,
         idp_id: &str,

@@ -690,6 +690,27 @@ class ModuleApi:
         """Schedules the room's shutdown and purge (Synapse 1.89); does not wait for it."""
         return _deferred_call(self._host, "delete_room", {"room_id": room_id}, lambda r: None)
 
+    async def complete_sso_login_async(self, registered_user_id, request, client_redirect_url,
+                                       new_user=False, auth_provider_id="<unknown>"):
+        """Answers `request` (a browser's, at the module's web resource) as Synapse's SSO does
+        once it knows the user: a redirect to the client with a login token when the URL is
+        whitelisted, else the confirmation page."""
+        page = await _deferred_call(self._host, "complete_sso_login",
+                                    {"user_id": registered_user_id, "client_redirect_url": client_redirect_url,
+                                     "new_user": bool(new_user), "auth_provider_id": auth_provider_id})
+        request.setResponseCode(page["status"])
+        if page.get("location"):
+            request.setHeader(b"Location", page["location"].encode("utf-8"))
+        for cookie in page.get("set_cookies") or []:
+            request.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode("utf-8"))
+        request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
+        if page.get("html"):
+            body = page["html"].encode("utf-8")
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            request.write(body)
+        request.finish()
+
     def create_login_token(self, user_id, duration_in_ms=2 * 60 * 1000, auth_provider_id=None,
                            auth_provider_session_id=None):
         """A token the user logs in with (`m.login.token`), valid `duration_in_ms`."""
