@@ -282,6 +282,104 @@ async fn shared_secret_registration_uses_synapses_hmac_scheme() {
     assert_eq!(st, 400);
 }
 
+/// Account types (`user_type`): set by shared-secret registration (inside the MAC) and the admin
+/// API, listed and filtered by it, `user_types.default_user_type` for new accounts.
+#[tokio::test]
+async fn accounts_have_types_as_synapse_gives_them() {
+    let s = Server::start_with(
+        "registration_shared_secret: s3cret\nuser_types:\n  extra_user_types: [partner]\n  default_user_type: partner\n",
+    )
+    .await;
+    // Shared-secret registration: the type is part of what the MAC covers.
+    let nonce = s.get("/_synapse/admin/v1/register", None).await.1["nonce"].as_str().unwrap().to_owned();
+    let typed_mac = |nonce: &str, kind: &str| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+        mac.update(format!("{nonce}\0helper\0pw\0notadmin\0{kind}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let untyped = shared_secret_mac("s3cret", &nonce, "helper", "pw", false);
+    let body = |nonce: &str, mac: &str, kind: Value| json!({"nonce": nonce, "username": "helper", "password": "pw", "mac": mac, "user_type": kind});
+    let (st, b) = s.post("/_synapse/admin/v1/register", None, body(&nonce, &untyped, json!("support"))).await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("HMAC incorrect")), "the type must be in the MAC");
+    let nonce = s.get("/_synapse/admin/v1/register", None).await.1["nonce"].as_str().unwrap().to_owned();
+    let (st, b) =
+        s.post("/_synapse/admin/v1/register", None, body(&nonce, &typed_mac(&nonce, "wizard"), json!("wizard"))).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("Invalid user type")));
+    let nonce = s.get("/_synapse/admin/v1/register", None).await.1["nonce"].as_str().unwrap().to_owned();
+    let (st, b) = s
+        .post("/_synapse/admin/v1/register", None, body(&nonce, &typed_mac(&nonce, "support"), json!("support")))
+        .await;
+    assert_eq!(st, 200, "{b}");
+
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let bob = s.register("bob").await;
+    let get_type = |user: String| {
+        let (s, token) = (&s, root.token.clone());
+        async move { s.get(&format!("/_synapse/admin/v2/users/{user}"), Some(&token)).await.1["user_type"].clone() }
+    };
+    assert_eq!(get_type("@helper:test".into()).await, "support");
+    assert_eq!(get_type(bob.user_id.clone()).await, "partner", "default_user_type for a new account");
+    // The admin API sets, refuses unknown types, and clears with null.
+    let put = |user: String, body: Value| {
+        let (s, token) = (&s, root.token.clone());
+        async move { s.put(&format!("/_synapse/admin/v2/users/{user}"), Some(&token), body).await }
+    };
+    assert_eq!(put(bob.user_id.clone(), json!({"user_type": "bot"})).await.0, 200);
+    assert_eq!(get_type(bob.user_id.clone()).await, "bot");
+    let (st, e) = put(bob.user_id.clone(), json!({"user_type": "wizard"})).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("Invalid user type")));
+    assert_eq!(get_type(bob.user_id.clone()).await, "bot", "nothing changed");
+    assert_eq!(put(bob.user_id.clone(), json!({"displayname": "B"})).await.0, 200);
+    assert_eq!(get_type(bob.user_id.clone()).await, "bot", "a body without the key leaves it");
+    assert_eq!(put(bob.user_id.clone(), json!({"user_type": null})).await.0, 200);
+    assert_eq!(get_type(bob.user_id.clone()).await, Value::Null);
+    let (st, _) = put("@newbot:test".into(), json!({"password": "pw-pw-pw", "user_type": "bot"})).await;
+    assert_eq!(st, 201);
+    assert_eq!(get_type("@newbot:test".into()).await, "bot");
+    // Listed with their types; `not_user_type` leaves types out ("" the untyped ones).
+    let list = |query: &str| {
+        let (s, token, query) = (&s, root.token.clone(), query.to_owned());
+        async move {
+            let (st, b) = s.get(&format!("/_synapse/admin/v2/users?{query}"), Some(&token)).await;
+            assert_eq!(st, 200, "{b}");
+            b["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| (u["name"].as_str().unwrap().to_owned(), u["user_type"].as_str().unwrap_or("").to_owned()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = list("").await;
+    assert!(
+        all.contains(&("@newbot:test".into(), "bot".into())) && all.contains(&(bob.user_id.clone(), "".into())),
+        "{all:?}"
+    );
+    let names = |l: Vec<(String, String)>| l.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    let without_bots = names(list("not_user_type=bot&not_user_type=support").await);
+    assert!(!without_bots.contains(&"@newbot:test".to_owned()) && !without_bots.contains(&"@helper:test".to_owned()));
+    assert!(without_bots.contains(&bob.user_id), "untyped accounts stay: {without_bots:?}");
+    let only_typed = list("not_user_type=").await;
+    assert!(only_typed.iter().all(|(_, t)| !t.is_empty()), "{only_typed:?}");
+    // A non-admin may not.
+    assert_eq!(
+        s.put(&format!("/_synapse/admin/v2/users/{}", bob.user_id), Some(&bob.token), json!({"user_type": "bot"}))
+            .await
+            .0,
+        403
+    );
+
+    // A default type outside the list stops start-up.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("homeserver.yaml");
+    std::fs::write(&config, base_config("user_types:\n  default_user_type: wizard\n")).unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", config.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("Default user type wizard is not in the list of all user types"), "{stderr}");
+}
+
 #[tokio::test]
 async fn shared_secret_registration_is_off_without_a_secret() {
     let s = Server::start().await;

@@ -316,6 +316,8 @@ impl Homeserver {
         let u = user.to_string();
         let threepids: Vec<Value> =
             self.db(move |s| s.user_threepids(&u)).await?.iter().map(crate::threepids::threepid_json).collect();
+        let u = user.to_string();
+        let user_type = self.db(move |s| s.user_type(&u)).await?;
         Ok(json!({
             "name": user,
             "displayname": displayname,
@@ -331,7 +333,7 @@ impl Homeserver {
             "consent_server_notice_sent": null,
             "consent_version": null,
             "consent_ts": null,
-            "user_type": null,
+            "user_type": user_type,
             "is_guest": row.is_guest,
             "locked": row.locked,
             "suspended": row.suspended,
@@ -476,7 +478,7 @@ impl Homeserver {
                     "password_hash": null,
                     "is_guest": u.user.is_guest,
                     "admin": u.user.is_admin,
-                    "user_type": null,
+                    "user_type": u.user_type,
                 })
             })
             .collect();
@@ -521,6 +523,8 @@ pub struct UserListParams {
     pub order_by: Option<String>,
     /// `dir`: `f` (default) or `b`.
     pub dir: Option<String>,
+    /// `not_user_type` (repeatable): account types left out, `""` for regular accounts.
+    pub not_user_types: Vec<String>,
 }
 
 /// `GET /_synapse/admin/v1/rooms`'s parameters, as given.
@@ -593,6 +597,7 @@ impl Homeserver {
             locked: params.locked.unwrap_or(false),
             order_by,
             forwards: forwards(params.dir.as_deref())?,
+            not_user_types: params.not_user_types,
         };
         let (users, total) = self.db(move |s| s.list_users(&query)).await?;
         let count = users.len() as i64;
@@ -602,7 +607,7 @@ impl Homeserver {
             .map(|u| {
                 json!({
                     "name": u.user.user_id,
-                    "user_type": null,
+                    "user_type": u.user_type,
                     "is_guest": u.user.is_guest,
                     "admin": u.user.is_admin,
                     "deactivated": u.user.deactivated,
@@ -998,6 +1003,7 @@ impl Homeserver {
         let (admin, deactivated, logout) =
             (flag("admin")?, flag("deactivated")?, flag("logout_devices")?.unwrap_or(true));
         let locked = flag("locked")?;
+        let user_type = self.config.user_types.check(body.get("user_type"))?;
         if deactivated == Some(true) && locked == Some(true) {
             return Err(Error::new(ErrorKind::BadRequest, "An user can't be deactivated and locked"));
         }
@@ -1019,6 +1025,10 @@ impl Homeserver {
                 )
                 .await?;
                 audit!(requester, "create user", user);
+                if let Some(t) = user_type.clone() {
+                    let u = user.to_string();
+                    self.db(move |s| s.set_user_type(&u, Some(&t))).await?;
+                }
             }
             Some(row) => {
                 if let Some(password) = &password {
@@ -1031,6 +1041,12 @@ impl Homeserver {
                     })
                     .await?;
                     audit!(requester, "set password", user);
+                }
+                // As Synapse: a `user_type` key sets the type, null clearing it.
+                if body.contains_key("user_type") {
+                    let (u, t) = (user.to_string(), user_type.clone());
+                    self.db(move |s| s.set_user_type(&u, t.as_deref())).await?;
+                    audit!(requester, "set user type", user);
                 }
                 if let Some(admin) = admin.filter(|a| *a != row.is_admin) {
                     self.set_admin(user.as_str(), admin).await?;

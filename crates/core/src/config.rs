@@ -342,6 +342,9 @@ pub struct Config {
     pub email: Option<crate::mail::EmailSettings>,
     /// Single sign-on: `oidc_providers`, `oidc_config` and `sso:`.
     pub sso: crate::sso::SsoSettings,
+    /// `user_types`: the account types there are (`support`, `bot`, and
+    /// `extra_user_types`), and the one new accounts get (`default_user_type`).
+    pub user_types: UserTypes,
     /// `custom_template_directory`: where templates are looked up first (modules'
     /// `read_templates` too).
     pub custom_template_directory: Option<PathBuf>,
@@ -478,6 +481,7 @@ const KNOWN_KEYS: &[&str] = &[
     "oidc_providers",
     "oidc_config",
     "sso",
+    "user_types",
 ];
 
 /// Room versions Myelin can create and participate in (docs/room-versions.md).
@@ -884,6 +888,7 @@ impl Config {
         let email = crate::mail::parse_email(&root, &resolve)?;
         let threepids = crate::threepids::ThreepidSettings::parse(&root, email.is_some())?;
         let sso = crate::sso::SsoSettings::parse(&root, &resolve, &public_baseurl)?;
+        let user_types = UserTypes::parse(root.get("user_types"))?;
         if enable_registration
             && !without_verification
             && !registration_requires_token
@@ -1145,10 +1150,67 @@ impl Config {
             email,
             threepids,
             sso,
+            user_types,
             custom_template_directory: w.string("custom_template_directory")?.map(resolve),
             warnings,
         };
         Ok((config, modules))
+    }
+}
+
+/// Account types (Synapse's `user_types` section).
+#[derive(Debug, Clone)]
+pub struct UserTypes {
+    /// The type new accounts get, if any.
+    pub default_user_type: Option<String>,
+    /// Every type an account may have: Synapse's `support` and `bot`, then `extra_user_types`.
+    pub all: Vec<String>,
+}
+
+impl Default for UserTypes {
+    fn default() -> Self {
+        UserTypes { default_user_type: None, all: vec!["support".into(), "bot".into()] }
+    }
+}
+
+impl UserTypes {
+    fn parse(section: Option<&Value>) -> Result<Self, ConfigError> {
+        let mut types = UserTypes::default();
+        let at = |key: &str| vec!["user_types".to_owned(), key.to_owned()];
+        let section = match section {
+            None | Some(Value::Null) => return Ok(types),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(ConfigError::at(&["user_types".into()], "expected a mapping")),
+        };
+        match section.get("extra_user_types") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+                types.all.extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+            Some(_) => return Err(ConfigError::at(&at("extra_user_types"), "expected a list of strings")),
+        }
+        match section.get("default_user_type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if types.all.contains(t) => types.default_user_type = Some(t.clone()),
+            Some(Value::String(t)) => {
+                return Err(ConfigError::at(
+                    &[],
+                    format!("Default user type {t} is not in the list of all user types: {:?}", types.all),
+                ));
+            }
+            Some(_) => return Err(ConfigError::at(&at("default_user_type"), "expected a string")),
+        }
+        Ok(types)
+    }
+
+    /// A body's `user_type`: absent or null is none; anything but a known type is 400
+    /// "Invalid user type", as Synapse's admin API says.
+    pub(crate) fn check(&self, value: Option<&Value>) -> crate::Result<Option<String>> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(t)) if self.all.contains(t) => Ok(Some(t.clone())),
+            Some(_) => Err(crate::Error::new(crate::ErrorKind::BadRequest, "Invalid user type")),
+        }
     }
 }
 

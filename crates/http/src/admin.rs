@@ -350,15 +350,42 @@ struct UsersQuery {
     dir: Option<String>,
 }
 
-async fn list_users(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<UsersQuery>) -> Answer {
-    users_page(&hs, &me, q, false).await
+async fn list_users(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<UsersQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Answer {
+    users_page(&hs, &me, q, not_user_types(raw.as_deref()), false).await
 }
 
-async fn list_users_v3(State(hs): State<AppState>, Auth(me): Auth, Query(q): Query<UsersQuery>) -> Answer {
-    users_page(&hs, &me, q, true).await
+async fn list_users_v3(
+    State(hs): State<AppState>,
+    Auth(me): Auth,
+    Query(q): Query<UsersQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Answer {
+    users_page(&hs, &me, q, not_user_types(raw.as_deref()), true).await
 }
 
-async fn users_page(hs: &AppState, me: &myelin_core::Requester, q: UsersQuery, v3: bool) -> Answer {
+/// `not_user_type`, which may be given several times.
+fn not_user_types(raw: Option<&str>) -> Vec<String> {
+    raw.map(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .filter(|(k, _)| k == "not_user_type")
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn users_page(
+    hs: &AppState,
+    me: &myelin_core::Requester,
+    q: UsersQuery,
+    not_user_types: Vec<String>,
+    v3: bool,
+) -> Answer {
     let params = myelin_core::admin::UserListParams {
         v3,
         from: integer(q.from, "from")?,
@@ -371,6 +398,7 @@ async fn users_page(hs: &AppState, me: &myelin_core::Requester, q: UsersQuery, v
         locked: flag(q.locked, "locked")?,
         order_by: q.order_by,
         dir: q.dir,
+        not_user_types,
     };
     Ok(axum::Json(hs.admin_list_users(me, params).await?))
 }
@@ -922,13 +950,24 @@ struct SharedSecretBody {
     admin: bool,
     mac: String,
     displayname: Option<String>,
+    user_type: Option<Value>,
 }
 
 async fn register(
     State(hs): State<AppState>,
     JsonBody(b): JsonBody<SharedSecretBody>,
 ) -> Result<axum::Json<Value>, MatrixError> {
-    let r = hs.register_with_shared_secret(&b.nonce, &b.username, &b.password, b.admin, &b.mac, b.displayname).await?;
+    let r = hs
+        .register_with_shared_secret(
+            &b.nonce,
+            &b.username,
+            &b.password,
+            b.admin,
+            &b.mac,
+            b.displayname,
+            b.user_type.as_ref(),
+        )
+        .await?;
     let mut out = r.login.map(|session| session.fields()).unwrap_or_default();
     out.insert("user_id".into(), json!(r.user_id));
     out.insert("home_server".into(), json!(hs.server_name()));

@@ -208,6 +208,10 @@ pub trait UserStore {
     fn find_user_case_insensitive(&self, user_id: &str) -> Result<Option<UserRow>>;
     /// Replaces the password hash.
     fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> Result<()>;
+    /// Sets (or with `None` clears) the account's type (`support`, `bot`, ...).
+    fn set_user_type(&self, user_id: &str, user_type: Option<&str>) -> Result<()>;
+    /// The account's type; `None` for a regular user or an unknown one.
+    fn user_type(&self, user_id: &str) -> Result<Option<String>>;
     /// Sets one of the boolean account flags: `is_admin`, `deactivated`, `shadow_banned`,
     /// `locked`, `suspended` or `is_guest`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;
@@ -1205,6 +1209,9 @@ pub struct UserListQuery {
     pub order_by: UserOrder,
     /// Ascending (`dir=f`, the default) or descending.
     pub forwards: bool,
+    /// Leave out accounts of these types; `""` stands for regular accounts (no type), as in
+    /// Synapse's `not_user_type`.
+    pub not_user_types: Vec<String>,
 }
 
 /// One account as the admin API lists it.
@@ -1218,6 +1225,8 @@ pub struct ListedUser {
     pub avatar_url: Option<String>,
     /// The newest last-seen time of its devices, ms.
     pub last_seen_ts: Option<i64>,
+    /// Its type, if any.
+    pub user_type: Option<String>,
 }
 
 /// Reports of events, rooms and users that users file for the server's admins, and the

@@ -314,6 +314,7 @@ contract! {
     purge_history_keeps_state_extremities_and_local_events,
     extra_forward_extremities_are_dropped_but_the_newest,
     admin_user_list_filters_orders_and_pages,
+    user_types_are_kept_and_filter_the_admin_listing,
     admin_room_list_counts_members,
     // Search
     search_finds_just_written_events,
@@ -2823,6 +2824,39 @@ fn admin_user_list_filters_orders_and_pages(s: &dyn Storage) {
         s.list_users(&UserListQuery { limit: 10, guests: true, forwards: true, ..UserListQuery::default() }).unwrap();
     let bob = users.iter().find(|u| u.user.user_id == BOB).unwrap();
     assert_eq!((bob.displayname.as_deref(), bob.last_seen_ts), (Some("Bob"), Some(TS + 50)));
+}
+
+fn user_types_are_kept_and_filter_the_admin_listing(s: &dyn Storage) {
+    for id in [ALICE, BOB, CAROL] {
+        s.create_user(&user_row(id), None).unwrap();
+    }
+    assert_eq!(s.user_type(ALICE).unwrap(), None, "a regular account has none");
+    s.set_user_type(BOB, Some("bot")).unwrap();
+    s.set_user_type(CAROL, Some("support")).unwrap();
+    assert_eq!(s.user_type(BOB).unwrap().as_deref(), Some("bot"));
+    assert_eq!(s.user_type("@nobody:test").unwrap(), None);
+    let list = |not: &[&str]| {
+        let q = UserListQuery {
+            limit: 10,
+            guests: true,
+            forwards: true,
+            not_user_types: not.iter().map(|t| t.to_string()).collect(),
+            ..UserListQuery::default()
+        };
+        let (users, total) = s.list_users(&q).unwrap();
+        assert_eq!(users.len() as i64, total);
+        users.into_iter().map(|u| (u.user.user_id, u.user_type)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(&[]),
+        vec![(ALICE.into(), None), (BOB.into(), Some("bot".into())), (CAROL.into(), Some("support".into()))]
+    );
+    let ids = |not: &[&str]| list(not).into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(ids(&["bot"]), strings(&[ALICE, CAROL]), "regular accounts stay");
+    assert_eq!(ids(&[""]), strings(&[BOB, CAROL]), "only regular accounts go");
+    assert_eq!(ids(&["", "support"]), strings(&[BOB]));
+    s.set_user_type(BOB, None).unwrap();
+    assert_eq!(ids(&["bot"]), strings(&[ALICE, BOB, CAROL]), "cleared");
 }
 
 fn admin_room_list_counts_members(s: &dyn Storage) {

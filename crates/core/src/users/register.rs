@@ -532,6 +532,12 @@ impl Homeserver {
             }
             other => other?,
         }
+        // Every new account gets `user_types.default_user_type` (a caller naming a type sets
+        // it afterwards, as Synapse's registration does).
+        if let Some(default) = self.config.user_types.default_user_type.clone() {
+            let u = user_id.to_string();
+            self.db(move |s| s.set_user_type(&u, Some(&default))).await?;
+        }
         self.modules.on_user_registration(user_id.as_str()).await;
         let login = match login {
             Some(device) => Some(self.new_session(&user_id, device).await?),
@@ -553,7 +559,9 @@ impl Homeserver {
     }
 
     /// `POST /_synapse/admin/v1/register`: Synapse's HMAC-SHA1 scheme over
-    /// `nonce \0 username \0 password \0 admin|notadmin`.
+    /// `nonce \0 username \0 password \0 admin|notadmin`, then `\0 user_type` when one is
+    /// given.
+    #[allow(clippy::too_many_arguments)]
     pub async fn register_with_shared_secret(
         &self,
         nonce: &str,
@@ -562,6 +570,7 @@ impl Homeserver {
         admin: bool,
         mac: &str,
         displayname: Option<String>,
+        user_type: Option<&Value>,
     ) -> Result<RegisterResponse> {
         use hmac::Mac;
         let Some(secret) = &self.config.registration_shared_secret else {
@@ -572,8 +581,10 @@ impl Homeserver {
         if issued.is_none() {
             return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
         }
+        let user_type = self.config.user_types.check(user_type)?;
         let mut hmac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Error::internal)?;
-        for (i, part) in [nonce, username, password, if admin { "admin" } else { "notadmin" }].iter().enumerate() {
+        let admin_part = if admin { "admin" } else { "notadmin" };
+        for (i, part) in [nonce, username, password, admin_part].into_iter().chain(user_type.as_deref()).enumerate() {
             if i > 0 {
                 hmac.update(b"\x00");
             }
@@ -590,6 +601,10 @@ impl Homeserver {
         if let Some(d) = displayname {
             let u = r.user_id.to_string();
             self.db(move |s| s.set_profile_field(&u, ProfileField::DisplayName, Some(&d))).await?;
+        }
+        if let Some(t) = user_type {
+            let u = r.user_id.to_string();
+            self.db(move |s| s.set_user_type(&u, Some(&t))).await?;
         }
         Ok(r)
     }

@@ -320,7 +320,7 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
     let rows = db.rows(
         "SELECT u.name, u.password_hash, coalesce(u.creation_ts, 0), u.admin, u.is_guest, u.deactivated,
                 coalesce(u.shadow_banned, FALSE), p.displayname, p.avatar_url, CAST(p.fields AS TEXT),
-                coalesce(u.locked, FALSE), coalesce(u.suspended, FALSE)
+                coalesce(u.locked, FALSE), coalesce(u.suspended, FALSE), u.user_type
          FROM users u LEFT JOIN profiles p ON p.full_user_id = u.name ORDER BY u.name",
         &[],
     )?;
@@ -355,6 +355,9 @@ fn users(db: &SynapseDb, store: &dyn Storage, summary: &mut Summary) -> Result<(
             store
                 .set_profile_field(&user.user_id, myelin_storage::ProfileField::AvatarUrl, Some(&avatar))
                 .map_err(store_err)?;
+        }
+        if let Some(user_type) = r.opt_text(12) {
+            store.set_user_type(&user.user_id, Some(&user_type)).map_err(store_err)?;
         }
         // Custom profile fields (extended profiles), as they were: Synapse checked their size.
         if let Some(Value::Object(fields)) = r.opt_text(9).and_then(|f| serde_json::from_str::<Value>(&f).ok()) {

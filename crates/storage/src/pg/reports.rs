@@ -93,23 +93,40 @@ impl AdminStore for PostgresStore {
              WHERE ($1::TEXT IS NULL OR strpos(lower(u.user_id), lower($1)) > 0 OR strpos(lower(coalesce(p.displayname, '')), lower($1)) > 0)
                AND ($2::TEXT IS NULL OR strpos(lower(u.user_id), lower($2)) > 0)
                AND ($3 OR NOT u.is_guest) AND ($4::BOOLEAN IS NULL OR u.deactivated = $4) AND ($5::BOOLEAN IS NULL OR u.is_admin = $5)
-               AND ($6 OR NOT u.locked)";
+               AND ($6 OR NOT u.locked)
+               AND (NOT $7 OR (u.user_type IS NULL AND NOT $8) OR (u.user_type IS NOT NULL AND NOT (u.user_type = ANY($9))))";
         let order = if q.forwards { "ASC" } else { "DESC" };
         let column = crate::sqlite::user_order_column(q.order_by);
+        let filtering = !q.not_user_types.is_empty();
+        let no_regular = q.not_user_types.iter().any(String::is_empty);
+        let types: Vec<String> = q.not_user_types.iter().filter(|t| !t.is_empty()).cloned().collect();
         self.read(|db| {
             let total: i64 = db
                 .one(
                     &format!("SELECT count(*) {filter}"),
-                    &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.locked],
+                    &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.locked, &filtering, &no_regular, &types],
                 )?
                 .get(0);
             let rows = db.rows(
                 &format!(
                     "SELECT u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts,
-                        u.locked, u.suspended, p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
-                     {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT $7 OFFSET $8"
+                        u.locked, u.suspended, p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id),
+                        u.user_type
+                     {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT $10 OFFSET $11"
                 ),
-                &[&q.name, &q.user_id, &q.guests, &q.deactivated, &q.admins, &q.locked, &q.limit, &q.from],
+                &[
+                    &q.name,
+                    &q.user_id,
+                    &q.guests,
+                    &q.deactivated,
+                    &q.admins,
+                    &q.locked,
+                    &filtering,
+                    &no_regular,
+                    &types,
+                    &q.limit,
+                    &q.from,
+                ],
             )?;
             let users = rows
                 .iter()
@@ -118,6 +135,7 @@ impl AdminStore for PostgresStore {
                     displayname: r.get(9),
                     avatar_url: r.get(10),
                     last_seen_ts: r.get(11),
+                    user_type: r.get(12),
                 })
                 .collect();
             Ok((users, total))

@@ -78,6 +78,19 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn set_user_type(&self, user_id: &str, user_type: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("UPDATE users SET user_type = $2 WHERE user_id = $1", &[&user_id, &user_type])?;
+            Ok(())
+        })
+    }
+
+    fn user_type(&self, user_id: &str) -> Result<Option<String>> {
+        self.read(|db| {
+            Ok(db.opt("SELECT user_type FROM users WHERE user_id = $1", &[&user_id])?.and_then(|r| r.get(0)))
+        })
+    }
+
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
         let column = match flag {
             UserFlag::Admin => "is_admin",

@@ -122,16 +122,32 @@ impl AdminStore for SqliteStore {
              WHERE (?1 IS NULL OR instr(lower(u.user_id), lower(?1)) > 0 OR instr(lower(coalesce(p.displayname, '')), lower(?1)) > 0)
                AND (?2 IS NULL OR instr(lower(u.user_id), lower(?2)) > 0)
                AND (?3 OR u.is_guest = 0) AND (?4 IS NULL OR u.deactivated = ?4) AND (?5 IS NULL OR u.is_admin = ?5)
-               AND (?8 OR u.locked = 0)";
+               AND (?8 OR u.locked = 0)
+               AND (NOT ?9 OR (u.user_type IS NULL AND NOT ?10)
+                    OR (u.user_type IS NOT NULL AND u.user_type NOT IN (SELECT value FROM json_each(?11))))";
         let conn = self.reader();
-        let args = params![q.name, q.user_id, q.guests, q.deactivated, q.admins, q.limit, q.from, q.locked];
+        let (filtering, no_regular, types) = not_user_types(&q.not_user_types);
+        let args = params![
+            q.name,
+            q.user_id,
+            q.guests,
+            q.deactivated,
+            q.admins,
+            q.limit,
+            q.from,
+            q.locked,
+            filtering,
+            no_regular,
+            types
+        ];
         let total: i64 = conn.row(&format!("SELECT count(*) {filter}"), args, |r| r.get(0)).map_err(backend)?;
         let order = if q.forwards { "ASC" } else { "DESC" };
         let column = user_order_column(q.order_by);
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT u.user_id, u.password_hash, u.is_admin, u.is_guest, u.deactivated, u.shadow_banned, u.creation_ts,
-                    u.locked, u.suspended, p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)
+                    u.locked, u.suspended, p.displayname, p.avatar_url, (SELECT max(last_seen_ts) FROM devices d WHERE d.user_id = u.user_id),
+                    u.user_type
                  {filter} ORDER BY {column} {order} NULLS LAST, u.user_id {order} LIMIT ?6 OFFSET ?7"
             ))
             .map_err(backend)?;
@@ -142,6 +158,7 @@ impl AdminStore for SqliteStore {
                     displayname: r.get(9)?,
                     avatar_url: r.get(10)?,
                     last_seen_ts: r.get(11)?,
+                    user_type: r.get(12)?,
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -266,4 +283,11 @@ impl AdminStore for SqliteStore {
             .and_then(|rows| rows.collect())
             .map_err(backend)
     }
+}
+
+/// `not_user_types` as the listing's query takes it: whether to filter at all, whether regular
+/// accounts (`""`) go, and the other types as a JSON array.
+pub(crate) fn not_user_types(types: &[String]) -> (bool, bool, String) {
+    let named: Vec<&String> = types.iter().filter(|t| !t.is_empty()).collect();
+    (!types.is_empty(), types.iter().any(String::is_empty), serde_json::to_string(&named).unwrap_or_default())
 }

@@ -88,6 +88,20 @@ impl UserStore for SqliteStore {
         Ok(())
     }
 
+    fn set_user_type(&self, user_id: &str, user_type: Option<&str>) -> Result<()> {
+        self.conn()
+            .exec("UPDATE users SET user_type = ?2 WHERE user_id = ?1", params![user_id, user_type])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn user_type(&self, user_id: &str) -> Result<Option<String>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT user_type FROM users WHERE user_id = ?1").map_err(backend)?;
+        let mut rows = stmt.query_map([user_id], |r| r.get::<_, Option<String>>(0)).map_err(backend)?;
+        Ok(rows.next().transpose().map_err(backend)?.flatten())
+    }
+
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
         let column = match flag {
             UserFlag::Admin => "is_admin",
