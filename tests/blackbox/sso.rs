@@ -217,6 +217,10 @@ async fn people_log_in_register_pick_names_and_reauthenticate_through_a_browser(
     assert_eq!((status, login["user_id"].clone()), (200, json!("@sam.picked:test")));
     let (_, profile) = s.get("/_matrix/client/v3/profile/@sam.picked:test", None).await;
     assert_eq!(profile["displayname"], "Staffsam Example", "from userinfo, as chosen on the form");
+    assert!(
+        profile["avatar_url"].as_str().is_some_and(|a| a.starts_with("mxc://test/")),
+        "the picture, kept ticked on the form: {profile}"
+    );
 
     // A provider with registration off makes no accounts, and links existing ones by name.
     let closed_start = format!("{}/_matrix/client/v3/login/sso/redirect/oidc-closed?redirectUrl=CLIENT", s.base);

@@ -206,6 +206,7 @@ struct MappingSession {
     emails: Vec<String>,
     chosen_localpart: Option<String>,
     use_display_name: bool,
+    use_avatar: bool,
     emails_to_use: Vec<String>,
     client_redirect_url: String,
     extra_attributes: Map<String, Value>,
@@ -603,6 +604,7 @@ impl Homeserver {
             }
         }
         let mut new_user = false;
+        let mut picture = None;
         let user_id = match user_id {
             None if !c.enable_registration => {
                 tracing::info!(
@@ -619,7 +621,9 @@ impl Homeserver {
                     return Ok(self.start_username_picking(c, remote_user_id, attributes, client_redirect_url, extra));
                 }
                 new_user = true;
-                self.register_sso_user(&c.idp_id, remote_user_id, &attributes, info).await?
+                let user_id = self.register_sso_user(&c.idp_id, remote_user_id, &attributes, info).await?;
+                picture = attributes.picture;
+                user_id
             }
             Some(user_id) => {
                 if self.config.sso.update_profile_information {
@@ -627,14 +631,16 @@ impl Homeserver {
                     if let Some(name) = &attributes.display_name {
                         self.sso_update_display_name(&user_id, name).await;
                     }
-                    if let Some(picture) = &attributes.picture {
-                        self.sso_set_avatar(&user_id, picture).await;
-                    }
+                    picture = attributes.picture;
                 }
                 user_id
             }
         };
+        // The picture is fetched once the mapping lock is free: other logins need not wait.
         drop(guard);
+        if let Some(url) = picture {
+            self.sso_set_avatar(&user_id, &url).await;
+        }
         self.complete_sso_login(&user_id, &c.idp_id, client_redirect_url, extra, new_user)
             .await
             .map_err(|e| e.to_string())
@@ -690,9 +696,6 @@ impl Homeserver {
             if let Err(e) = self.module_add_email(&user_id, email).await {
                 tracing::warn!(user_id, error = %e, "could not add an SSO user's address");
             }
-        }
-        if let Some(picture) = &attributes.picture {
-            self.sso_set_avatar(&user_id, picture).await;
         }
         tracing::info!(user_id, idp = idp_id, "registered a user through SSO");
         Ok(user_id)
@@ -843,6 +846,7 @@ impl Homeserver {
             emails: attributes.emails.clone(),
             chosen_localpart: attributes.localpart,
             use_display_name: false,
+            use_avatar: false,
             emails_to_use: attributes.emails,
             client_redirect_url: client_redirect_url.to_owned(),
             extra_attributes: extra,
@@ -900,6 +904,7 @@ impl Homeserver {
         };
         let truthy = |key: &str| form.iter().any(|(k, v)| k == key && matches!(v.as_str(), "true" | "1" | "on"));
         let use_display_name = truthy("use_display_name");
+        let use_avatar = truthy("use_avatar");
         let chosen_emails: Vec<String> =
             form.iter().filter(|(k, _)| k == "use_email").map(|(_, v)| v.clone()).collect();
         let mut sessions = self.sso().mapping_sessions.lock().unwrap();
@@ -908,6 +913,7 @@ impl Homeserver {
         };
         session.chosen_localpart = Some(localpart);
         session.use_display_name = use_display_name;
+        session.use_avatar = use_avatar;
         // Only addresses the provider vouched for.
         session.emails_to_use = chosen_emails.into_iter().filter(|e| session.emails.contains(e)).collect();
         WebAnswer::redirect("/_synapse/client/sso_register".into())
@@ -955,6 +961,9 @@ impl Homeserver {
             Err(e) => return self.sso_error(400, "mapping_error", &e),
         };
         drop(guard);
+        if let Some(url) = session.avatar_url.as_ref().filter(|_| session.use_avatar) {
+            self.sso_set_avatar(&user_id, url).await;
+        }
         self.sso().mapping_sessions.lock().unwrap().remove(&id);
         let clear = vec![format!("{MAPPING_COOKIE}=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/")];
         match self

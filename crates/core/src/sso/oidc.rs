@@ -698,10 +698,11 @@ impl OidcProvider {
             .get("token_endpoint")
             .and_then(Value::as_str)
             .ok_or_else(|| OidcError::new("server_error", "the provider has no token_endpoint"))?;
+        let redirect_uri = self.config.redirect_uri.as_deref().unwrap_or(callback_url);
         let mut form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.to_owned()),
-            ("redirect_uri", callback_url.to_owned()),
+            ("redirect_uri", redirect_uri.to_owned()),
         ];
         if !verifier.is_empty() {
             form.push(("code_verifier", verifier.to_owned()));
@@ -775,11 +776,7 @@ impl OidcProvider {
     ) -> Result<Map<String, Value>, String> {
         let id_token = tokens.get("id_token").and_then(Value::as_str).ok_or("Missing id_token in token response")?;
         let metadata = self.metadata().await?;
-        let algs: Vec<String> = metadata
-            .get("id_token_signing_alg_values_supported")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_else(|| vec!["RS256".into()]);
+        let algs = signing_algorithms(&metadata);
         let secret = self.config.client_secret.as_deref();
         let verified = match jwt::verify(id_token, &self.keys(false).await?, &algs, secret) {
             Ok(v) => v,
@@ -820,11 +817,7 @@ impl OidcProvider {
             .is_some_and(|v| v.starts_with("application/jwt"));
         let body = response.text().await.map_err(|e| e.to_string())?;
         if is_jwt {
-            let algs: Vec<String> = metadata
-                .get("id_token_signing_alg_values_supported")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                .unwrap_or_else(|| vec!["RS256".into()]);
+            let algs = signing_algorithms(&metadata);
             return Ok(jwt::verify(
                 body.trim(),
                 &self.keys(false).await?,
@@ -838,6 +831,16 @@ impl OidcProvider {
             _ => Err("the userinfo answer is not a JSON object".into()),
         }
     }
+}
+
+/// The algorithms the provider signs ID tokens and userinfo with (RS256 when its metadata does
+/// not say, as Synapse assumes).
+fn signing_algorithms(metadata: &Map<String, Value>) -> Vec<String> {
+    metadata
+        .get("id_token_signing_alg_values_supported")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_else(|| vec!["RS256".into()])
 }
 
 /// The HTTP client for providers: their addresses are the admin's choice, so the outbound IP
