@@ -591,16 +591,12 @@ impl Homeserver {
         let mut user_id = self.db(move |s| s.user_by_external_id(&idp, &remote)).await.map_err(|e| e.to_string())?;
         if user_id.is_none() && c.allow_existing_users {
             let attributes = c.mapping.attributes(claims, 0)?;
-            if let Some(localpart) = attributes.localpart {
-                let candidate = format!("@{localpart}:{}", self.server_name());
-                let c2 = candidate.clone();
-                if let Some(found) =
-                    self.db(move |s| s.find_user_case_insensitive(&c2)).await.map_err(|e| e.to_string())?
-                {
-                    let (idp, remote, uid) = (c.idp_id.clone(), remote_user_id.to_owned(), found.user_id.clone());
-                    self.db(move |s| s.record_external_id(&idp, &remote, &uid)).await.map_err(|e| e.to_string())?;
-                    user_id = Some(found.user_id);
-                }
+            if let Some(localpart) = attributes.localpart
+                && let Some(found) = self.account_named(&localpart).await.map_err(|e| e.to_string())?
+            {
+                let (idp, remote, uid) = (c.idp_id.clone(), remote_user_id.to_owned(), found.user_id.clone());
+                self.db(move |s| s.record_external_id(&idp, &remote, &uid)).await.map_err(|e| e.to_string())?;
+                user_id = Some(found.user_id);
             }
         }
         let mut new_user = false;
@@ -646,6 +642,13 @@ impl Homeserver {
             .map_err(|e| e.to_string())
     }
 
+    /// The local account whose localpart is `localpart` in any case (Synapse's
+    /// `get_users_by_id_case_insensitive`, which its SSO mapping asks).
+    async fn account_named(&self, localpart: &str) -> Result<Option<myelin_storage::UserRow>> {
+        let user_id = format!("@{localpart}:{}", self.server_name());
+        self.db(move |s| s.find_user_case_insensitive(&user_id)).await
+    }
+
     /// The mapping's attributes, tried until their localpart is free (or absent).
     async fn attributes_with_free_localpart(
         &self,
@@ -658,8 +661,7 @@ impl Homeserver {
                 .attributes(claims, failures)
                 .map_err(|_| "Could not extract user attributes from SSO response.")?;
             let Some(localpart) = &attributes.localpart else { return Ok(attributes) };
-            let candidate = format!("@{localpart}:{}", self.server_name());
-            if self.db(move |s| s.find_user_case_insensitive(&candidate)).await.map_err(|e| e.to_string())?.is_none() {
+            if self.account_named(localpart).await.map_err(|e| e.to_string())?.is_none() {
                 return Ok(attributes);
             }
         }
@@ -928,8 +930,7 @@ impl Homeserver {
         if invalid_localpart(localpart) {
             return Err(Error::new(ErrorKind::BadRequest, format!("localpart is invalid: {localpart}")));
         }
-        let candidate = format!("@{localpart}:{}", self.server_name());
-        let taken = self.db(move |s| s.find_user_case_insensitive(&candidate)).await?.is_some();
+        let taken = self.account_named(localpart).await?.is_some();
         Ok(json!({"available": !taken}))
     }
 
@@ -950,8 +951,7 @@ impl Homeserver {
             ..Default::default()
         };
         let guard = self.sso().mapping_lock.lock().await;
-        let candidate = format!("@{localpart}:{}", self.server_name());
-        match self.db(move |s| s.find_user_case_insensitive(&candidate)).await {
+        match self.account_named(&localpart).await {
             Ok(Some(_)) => return self.sso_error(400, "M_USER_IN_USE", "User ID already taken."),
             Ok(None) => {}
             Err(e) => return self.sso_error(500, "server_error", &e.to_string()),

@@ -351,45 +351,36 @@ impl OidcProviderConfig {
             })?;
             client_secret = Some(text.trim_end_matches('\n').to_owned());
         }
-        let client_auth_method = match string("client_auth_method")?.as_deref() {
-            None if client_secret.is_none() => ClientAuthMethod::None,
-            None | Some("client_secret_basic") => ClientAuthMethod::Basic,
-            Some("client_secret_post") => ClientAuthMethod::Post,
-            Some("none") => ClientAuthMethod::None,
-            Some(other) => {
-                return Err(ConfigError::at(
-                    &at(&["client_auth_method"]),
-                    format!("'{other}' is not one of ['client_secret_basic', 'client_secret_post', 'none']"),
-                ));
+        // A string that must be one of `allowed` (Synapse's schema message otherwise).
+        let one_of = |key: &str, allowed: &[&str]| -> Result<Option<String>, ConfigError> {
+            match string(key)? {
+                Some(v) if !allowed.contains(&v.as_str()) => {
+                    let listed: Vec<String> = allowed.iter().map(|a| format!("'{a}'")).collect();
+                    Err(ConfigError::at(&at(&[key]), format!("'{v}' is not one of [{}]", listed.join(", "))))
+                }
+                other => Ok(other),
             }
         };
+        let client_auth_method =
+            match one_of("client_auth_method", &["client_secret_basic", "client_secret_post", "none"])?.as_deref() {
+                None if client_secret.is_none() => ClientAuthMethod::None,
+                Some("client_secret_post") => ClientAuthMethod::Post,
+                Some("none") => ClientAuthMethod::None,
+                _ => ClientAuthMethod::Basic,
+            };
         if client_secret.is_none() && client_auth_method != ClientAuthMethod::None {
             return Err(ConfigError::at(
                 &[],
                 "No 'client_secret' is set in OIDC config, and 'client_auth_method' is not set to 'none'",
             ));
         }
-        let pkce_method = match string("pkce_method")?.as_deref() {
-            None | Some("auto") => PkceMethod::Auto,
+        let pkce_method = match one_of("pkce_method", &["auto", "always", "never"])?.as_deref() {
             Some("always") => PkceMethod::Always,
             Some("never") => PkceMethod::Never,
-            Some(other) => {
-                return Err(ConfigError::at(
-                    &at(&["pkce_method"]),
-                    format!("'{other}' is not one of ['auto', 'always', 'never']"),
-                ));
-            }
+            _ => PkceMethod::Auto,
         };
-        let profile_from_userinfo = match string("user_profile_method")?.as_deref() {
-            None | Some("auto") => false,
-            Some("userinfo_endpoint") => true,
-            Some(other) => {
-                return Err(ConfigError::at(
-                    &at(&["user_profile_method"]),
-                    format!("'{other}' is not one of ['auto', 'userinfo_endpoint']"),
-                ));
-            }
-        };
+        let profile_from_userinfo =
+            one_of("user_profile_method", &["auto", "userinfo_endpoint"])?.as_deref() == Some("userinfo_endpoint");
         let mut attribute_requirements = Vec::new();
         if let Some(list) = config.get("attribute_requirements").filter(|v| !v.is_null()) {
             let Some(items) = list.as_array() else {
