@@ -9,6 +9,11 @@
 # only, trusts local connections, and runs with fsync off (unless MYELIN_PG_DURABLE=1). Needs
 # Debian's `postgresql` package (initdb and pg_ctl under /usr/lib/postgresql/*/bin); as root,
 # the server runs as the package's `postgres` user, since PostgreSQL refuses to run as root.
+#
+# With MYELIN_TEST_PG_TLS=<dir> (holding server.crt, server.key and ca.crt, in PEM), the
+# cluster takes TCP connections over TLS only: `trust` for every role but `certuser`, which
+# must show a client certificate that ca.crt signed (`cert` authentication); Unix sockets stay
+# `trust`.
 set -euo pipefail
 
 dir=${MYELIN_TEST_PG_DIR:-/tmp/myelin-test-pg}
@@ -46,6 +51,14 @@ as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --lo
 opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=1000 -c shared_buffers=256MB"
 if [ "${MYELIN_PG_DURABLE:-0}" != 1 ]; then
     opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+fi
+if [ -n "${MYELIN_TEST_PG_TLS:-}" ]; then
+    for f in server.crt server.key ca.crt; do cp "$MYELIN_TEST_PG_TLS/$f" "$dir/data/$f"; done
+    chmod 600 "$dir/data/server.key"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir/data/server.crt" "$dir/data/server.key" "$dir/data/ca.crt"
+    opts="$opts -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=ca.crt"
+    printf '%s\n' 'local all all trust' 'hostssl all certuser 127.0.0.1/32 cert' \
+        'hostssl all all 127.0.0.1/32 trust' 'hostnossl all all 127.0.0.1/32 reject' >"$dir/data/pg_hba.conf"
 fi
 as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "$opts" start >/dev/null 9>&-
 echo "$port" >"$dir/port"

@@ -106,7 +106,21 @@ impl Peer {
 
 /// Syncs as `user` until a timeline event of `room` matches, returning it; panics after 30 s.
 pub async fn wait_for_event(server: &Server, user: &User, room: &str, matches: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    match try_wait_for_event(server, user, room, matches, Duration::from_secs(30)).await {
+        Some(event) => event,
+        None => panic!("no matching event in {room} for {} within 30 s", user.user_id),
+    }
+}
+
+/// As [`wait_for_event`], giving up (None) after `timeout`, for a test that explains a miss.
+pub async fn try_wait_for_event(
+    server: &Server,
+    user: &User,
+    room: &str,
+    matches: impl Fn(&Value) -> bool,
+    timeout: Duration,
+) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
     let mut since: Option<String> = None;
     loop {
         let body = server.sync(user, since.as_deref(), 2000).await;
@@ -114,11 +128,13 @@ pub async fn wait_for_event(server: &Server, user: &User, room: &str, matches: i
             if let Some(events) = body["rooms"][section][room]["timeline"]["events"].as_array()
                 && let Some(found) = events.iter().find(|e| matches(e))
             {
-                return found.clone();
+                return Some(found.clone());
             }
         }
         since = body["next_batch"].as_str().map(str::to_owned);
-        assert!(Instant::now() < deadline, "no matching event in {room} for {} within 30 s", user.user_id);
+        if Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 

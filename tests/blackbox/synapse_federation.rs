@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::federating::{Peer, TestCa, free_port, wait_for_event};
+use crate::federating::{Peer, TestCa, free_port, try_wait_for_event, wait_for_event};
 use crate::harness::Server;
 
 pub(crate) const SYNAPSE_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/synapse/.venv/bin/python");
@@ -714,6 +714,16 @@ async fn a_federation_sender_that_dies_hands_its_destinations_over() {
     for text in ["right after the main process died", "a little later"] {
         let (s, _) = worker.send_text(&mia, &room, text).await;
         assert_eq!(s, 200);
-        wait_for_event(&synapse.server, &sam, &room, text_is(text)).await;
+        let found = try_wait_for_event(&synapse.server, &sam, &room, text_is(text), Duration::from_secs(30)).await;
+        assert!(
+            found.is_some(),
+            "'{text}' did not reach Synapse within 30 s\nworker log:\n{}\nSynapse log (federation):\n{}",
+            worker.log_text(),
+            synapse_log(&synapse.server)
+                .lines()
+                .filter(|l| l.contains("federation") || l.contains("ERROR") || l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }

@@ -589,7 +589,7 @@ pub enum Database {
     /// full|normal}`; `synchronous` is Myelin's own key, see docs/reliability.md).
     Sqlite(myelin_storage::sqlite::SqliteOptions),
     /// `name: psycopg2`: PostgreSQL, with Synapse's connection arguments.
-    Postgres(myelin_storage::pg::PgOptions),
+    Postgres(Box<myelin_storage::pg::PgOptions>),
 }
 
 /// Synapse's `database:` section. `args` are psycopg2's connection keywords plus Synapse's
@@ -664,12 +664,13 @@ fn parse_database(value: Option<&Value>, resolve: &dyn Fn(String) -> PathBuf) ->
             };
             let sslmode = aw.string("sslmode")?;
             if let Some(mode) = &sslmode
-                && !["disable", "allow", "prefer"].contains(&mode.as_str())
+                && !myelin_storage::pg::SSL_MODES.contains(&mode.as_str())
             {
                 return Err(aw.err(
                     "sslmode",
                     format!(
-                        "'{mode}' is not supported yet: TLS to PostgreSQL is not implemented (use disable or prefer)"
+                        "invalid sslmode value: \"{mode}\" (expected one of {})",
+                        myelin_storage::pg::SSL_MODES.join(", ")
                     ),
                 ));
             }
@@ -683,20 +684,23 @@ fn parse_database(value: Option<&Value>, resolve: &dyn Fn(String) -> PathBuf) ->
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v.as_u64().ok_or_else(|| aw.err("connect_timeout", "expected an integer"))?),
             };
-            Ok(Database::Postgres(myelin_storage::pg::PgOptions {
+            Ok(Database::Postgres(Box::new(myelin_storage::pg::PgOptions {
                 host: aw.string("host")?,
                 port,
                 user: aw.string("user")?,
                 password: aw.string("password")?,
                 dbname,
                 sslmode,
+                sslrootcert: aw.string("sslrootcert")?,
+                sslcert: aw.string("sslcert")?,
+                sslkey: aw.string("sslkey")?,
                 cp_min,
                 cp_max,
                 allow_unsafe_locale: dw.boolean("allow_unsafe_locale", false)?
                     || aw.boolean("allow_unsafe_locale", false)?,
                 application_name: aw.string("application_name")?,
                 connect_timeout,
-            }))
+            })))
         }
         other => Err(dw.err(
             "name",
@@ -1683,7 +1687,8 @@ mod database_tests {
         assert!(error("database: {name: psycopg2, args: {port: [1]}}").contains("expected a port number"));
         assert!(error("database: {name: psycopg2, args: {cp_min: 5, cp_max: 2}}").contains("'database.args.cp_max'"));
         assert!(error("database: {name: psycopg2, args: {cp_min: -1}}").contains("'database.args.cp_min'"));
-        assert!(error("database: {name: psycopg2, args: {sslmode: verify-full}}").contains("not supported yet"));
+        assert!(error("database: {name: psycopg2, args: {sslmode: verifyfull}}").contains("invalid sslmode value"));
+        assert!(error("database: {name: psycopg2, args: {sslrootcert: 3}}").contains("'database.args.sslrootcert'"));
         assert!(error("database: {name: psycopg2, args: [1]}").contains("'database.args'"));
         assert!(error("database: 3").contains("'database'"));
     }

@@ -86,10 +86,9 @@ impl SynapseDb {
 
     /// Connects to PostgreSQL with Synapse's settings; every transaction is read-only.
     pub fn open_postgres(options: &myelin_storage::pg::PgOptions) -> Result<Self, String> {
-        let config = options.client_config().map_err(|e| format!("Synapse's database settings: {e}"))?;
-        let mut client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| format!("Could not connect to Synapse's PostgreSQL database: {e}"))?;
+        let (config, tls) = options.client_config().map_err(|e| format!("Synapse's database settings: {e}"))?;
+        let mut client =
+            config.connect(tls).map_err(|e| format!("Could not connect to Synapse's PostgreSQL database: {e}"))?;
         client.batch_execute("SET default_transaction_read_only = on").map_err(pg_err)?;
         Ok(SynapseDb::Postgres(RefCell::new(client)))
     }

@@ -26,9 +26,10 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
 
 use crate::*;
+pub use tls::{PgTls, SSL_MODES};
 
 mod appservices;
 mod client_data;
@@ -41,6 +42,7 @@ mod registration_tokens;
 mod reports;
 mod rooms;
 mod search;
+mod tls;
 mod transient;
 mod users;
 
@@ -86,8 +88,14 @@ pub struct PgOptions {
     pub password: Option<String>,
     /// Database name (`dbname` or `database`).
     pub dbname: Option<String>,
-    /// `disable`, `allow` or `prefer` (TLS to the database is not supported yet).
+    /// libpq's `sslmode` (`prefer` when absent, as libpq's; see [`tls`]).
     pub sslmode: Option<String>,
+    /// Root certificates the server's must chain to (`system`: the public roots).
+    pub sslrootcert: Option<String>,
+    /// A client certificate (PEM), with `sslkey`.
+    pub sslcert: Option<String>,
+    /// The client certificate's private key (PEM).
+    pub sslkey: Option<String>,
     /// Connections kept open.
     pub cp_min: usize,
     /// Most connections open at once.
@@ -110,6 +118,9 @@ impl Default for PgOptions {
             password: None,
             dbname: None,
             sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             cp_min: 5,
             cp_max: 10,
             allow_unsafe_locale: false,
@@ -144,8 +155,9 @@ impl PgOptions {
         Ok(options)
     }
 
-    /// The client settings these options stand for (also used to read a Synapse's database).
-    pub fn client_config(&self) -> Result<postgres::Config> {
+    /// The client settings these options stand for, and how its connections are made secure
+    /// (also used to read a Synapse's database).
+    pub fn client_config(&self) -> Result<(postgres::Config, PgTls)> {
         let mut config = postgres::Config::new();
         if let Some(host) = &self.host {
             config.host(host);
@@ -166,17 +178,9 @@ impl PgOptions {
         }
         config.application_name(self.application_name.as_deref().unwrap_or("myelin"));
         config.connect_timeout(Duration::from_secs(self.connect_timeout.unwrap_or(10)));
-        match self.sslmode.as_deref() {
-            None | Some("disable") | Some("allow") | Some("prefer") => {
-                config.ssl_mode(postgres::config::SslMode::Disable);
-            }
-            Some(other) => {
-                return Err(StorageError::Backend(format!(
-                    "sslmode '{other}' is not supported yet: use 'disable' or 'prefer' (TLS to the database is not implemented)"
-                )));
-            }
-        }
-        Ok(config)
+        let (tls, mode) = PgTls::new(self)?;
+        config.ssl_mode(mode);
+        Ok((config, tls))
     }
 }
 
@@ -189,6 +193,7 @@ pub(crate) struct PgConn {
 /// Connections to the database, opened on demand up to `cp_max`.
 struct Pool {
     config: postgres::Config,
+    tls: PgTls,
     max: usize,
     state: Mutex<PoolState>,
     returned: Condvar,
@@ -232,7 +237,7 @@ impl Drop for Lent<'_> {
 
 impl Pool {
     fn connect(&self) -> Result<PgConn> {
-        let client = self.config.connect(NoTls).map_err(backend)?;
+        let client = self.config.connect(self.tls.clone()).map_err(backend)?;
         Ok(PgConn { client, statements: HashMap::new() })
     }
 
@@ -359,7 +364,19 @@ pub(crate) fn backend(e: postgres::Error) -> StorageError {
     // The driver's Display says only "db error"; the server's message is in the details.
     match e.as_db_error() {
         Some(db) => StorageError::Backend(format!("{}: {}", db.severity(), db.message())),
-        None => StorageError::Backend(e.to_string()),
+        None => {
+            // Some kinds (a failed TLS handshake) keep the reason in their source.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !message.contains(&cause_text) {
+                    message = format!("{message}: {cause_text}");
+                }
+                source = cause.source();
+            }
+            StorageError::Backend(message)
+        }
     }
 }
 
@@ -367,7 +384,7 @@ impl PostgresStore {
     /// Connects, checks the database's encoding and locale as Synapse does, and applies
     /// pending migrations.
     pub fn open(options: &PgOptions) -> Result<Self> {
-        let config = options.client_config()?;
+        let (config, tls) = options.client_config()?;
         let max = options.cp_max.max(1);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let store = PostgresStore {
@@ -375,6 +392,7 @@ impl PostgresStore {
             instance: Mutex::new(None),
             pool: Pool {
                 config,
+                tls,
                 max,
                 state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
                 returned: Condvar::new(),
@@ -579,7 +597,7 @@ impl StorageInfo for PostgresStore {
     fn register_instance(&self, name: &str) -> Result<()> {
         // A session lock on a connection of its own, held until this process ends: the
         // database releases it when the connection drops, however the process died.
-        let mut client = self.pool.config.connect(NoTls).map_err(backend)?;
+        let mut client = self.pool.config.connect(self.pool.tls.clone()).map_err(backend)?;
         let taken: bool = client
             .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&INSTANCE_LOCK_CLASS, &instance_key(name)])
             .map_err(backend)?
@@ -616,9 +634,10 @@ impl StorageInfo for PostgresStore {
 
     fn subscribe(&self, deliver: Box<dyn Fn(String) + Send + 'static>) -> Result<bool> {
         // A connection of its own, outside the pool: it waits for notifications all the time.
-        let mut client = self.pool.config.connect(NoTls).map_err(backend)?;
+        let mut client = self.pool.config.connect(self.pool.tls.clone()).map_err(backend)?;
         client.batch_execute(&format!("LISTEN {BUS_CHANNEL}")).map_err(backend)?;
         let config = self.pool.config.clone();
+        let tls = self.pool.tls.clone();
         let own = format!("{} ", self.origin);
         std::thread::Builder::new()
             .name("postgres-bus".into())
@@ -646,7 +665,7 @@ impl StorageInfo for PostgresStore {
                     // Reconnect until it works, then tell the subscriber it may have missed some.
                     loop {
                         std::thread::sleep(Duration::from_secs(1));
-                        let listening = config.connect(NoTls).and_then(|mut c| {
+                        let listening = config.connect(tls.clone()).and_then(|mut c| {
                             c.batch_execute(&format!("LISTEN {BUS_CHANNEL}"))?;
                             Ok(c)
                         });
