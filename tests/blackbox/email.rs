@@ -768,3 +768,147 @@ async fn modules_read_templates_and_send_mail() {
     assert!(b["error"].as_str().is_some_and(|e| e.contains("Email is not configured")), "{b}");
     assert_eq!(bare.get("/_matrix/client/versions", None).await.0, 200);
 }
+
+/// Synapse's built-in account validity: accounts expire `period` after registration; an
+/// expired account is refused everywhere but logout and `send_mail`; a mailed link renews it
+/// (once: a second click says so), as does the admin API; accounts near their date are mailed
+/// at start-up and every 30 minutes, unless an admin turned their mails off; accounts from
+/// before validity was enabled get a date.
+#[tokio::test]
+async fn accounts_expire_and_are_renewed_by_a_mailed_link_or_an_admin() {
+    let smtp = SmtpSink::start(&[]).await;
+    let validity = "account_validity:\n  enabled: true\n  period: 6w\n  renew_at: 1w\n";
+    let yaml = format!("{}{validity}", smtp.config(""));
+    let server = Server::start_with(&yaml).await;
+    server.make_admin_cli("root");
+    let root = server.login("root").await;
+    let alice = server.register("alice").await;
+    let dir = server.stop();
+    // Dave registers while validity is off.
+    let config = std::fs::read_to_string(dir.path().join("homeserver.yaml")).unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), config.replace(validity, "")).unwrap();
+    let server = Server::start_in(dir).await;
+    let dave = server.register("dave").await;
+    let dir = server.stop();
+    std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+    let server = Server::start_in(dir).await;
+    assert_eq!(whoami(&server, &alice).await.0, 200, "a new account is valid for a period");
+
+    // The admin API sets a date in the past: the account has expired.
+    let set = |body: Value| server.post("/_synapse/admin/v1/account_validity/validity", Some(&root.token), body);
+    let past = now_ms() - 1000;
+    let (s, body) = set(json!({"user_id": alice.user_id, "expiration_ts": past})).await;
+    assert_eq!((s, body["expiration_ts"].as_i64()), (200, Some(past)), "{body}");
+    let (s, body) = whoami(&server, &alice).await;
+    assert_eq!(
+        (s, body["errcode"].as_str(), body["error"].as_str()),
+        (403, Some("ORG_MATRIX_EXPIRED_ACCOUNT"), Some("User account has expired"))
+    );
+    assert_eq!(whoami(&server, &root).await.0, 200, "others are not affected");
+
+    // Without an address, asking for a mail sends nothing; with one, a link comes.
+    assert_eq!(send_mail(&server, &alice).await, (200, json!({})));
+    let (s, body) = server
+        .put(
+            &format!("/_synapse/admin/v2/users/{}", path_segment(&alice.user_id)),
+            Some(&root.token),
+            json!({"threepids": [{"medium": "email", "address": "alice@example.org"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(send_mail(&server, &alice).await.0, 200, "an expired account may ask for a link");
+    let mail = smtp.mail(1).await;
+    assert_eq!(mail["rcpt_tos"], json!(["alice@example.org"]), "{mail}");
+    assert_eq!(mail["headers"]["Subject"], "Renew your Myelin Test account");
+    let link = link_in(&mail);
+    assert!(link.starts_with("/_matrix/client/unstable/account_validity/renew?token="), "{link}");
+    assert_eq!(smtp.mails().len(), 1, "the first ask sent nothing");
+
+    // The link renews the account by a period, once.
+    let (status, _, html) = page(&server, "GET", &link, None).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("renewed"), "{html}");
+    assert_eq!(whoami(&server, &alice).await.0, 200);
+    let (status, _, html) = page(&server, "GET", &link, None).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("already"), "{html}");
+    let (status, _, html) =
+        page(&server, "GET", "/_matrix/client/v3/account_validity/renew?token=nonsense", None).await;
+    assert_eq!(status, 404, "{html}");
+    let (s, body) = server.get("/_matrix/client/v3/account_validity/renew", None).await;
+    assert_eq!((s, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")));
+
+    // Dave, from before, was given a date at start-up: a mail can be sent for it.
+    let (s, _) = server
+        .put(
+            &format!("/_synapse/admin/v2/users/{}", path_segment(&dave.user_id)),
+            Some(&root.token),
+            json!({"threepids": [{"medium": "email", "address": "dave@example.org"}]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(send_mail(&server, &dave).await.0, 200);
+    assert_eq!(smtp.mail(2).await["rcpt_tos"], json!(["dave@example.org"]));
+
+    // Near their date: Bob is mailed at the next start; Carol's mails are off.
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    for (user, address) in [(&bob, "bob@example.org"), (&carol, "carol@example.org")] {
+        let path = format!("/_synapse/admin/v2/users/{}", path_segment(&user.user_id));
+        let body = json!({"threepids": [{"medium": "email", "address": address}]});
+        assert_eq!(server.put(&path, Some(&root.token), body).await.0, 200);
+    }
+    let soon = now_ms() + 86_400_000;
+    assert_eq!(set(json!({"user_id": bob.user_id, "expiration_ts": soon})).await.0, 200);
+    let (s, _) = set(json!({"user_id": carol.user_id, "expiration_ts": soon, "enable_renewal_emails": false})).await;
+    assert_eq!(s, 200);
+    // Without a date, the admin API renews by a period from now.
+    let (s, body) = set(json!({"user_id": dave.user_id})).await;
+    let six_weeks = 6 * 7 * 86_400_000;
+    assert!(s == 200 && (body["expiration_ts"].as_i64().unwrap() - now_ms() - six_weeks).abs() < 60_000, "{body}");
+
+    // Refused: non-admins, a missing or unknown user, bad types.
+    assert_eq!(
+        server
+            .post("/_synapse/admin/v1/account_validity/validity", Some(&bob.token), json!({"user_id": bob.user_id}))
+            .await
+            .0,
+        403
+    );
+    let (s, body) = set(json!({"expiration_ts": soon})).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("Missing property 'user_id' in the request body")));
+    assert_eq!(set(json!({"user_id": "@nobody:test"})).await.0, 404);
+    assert_eq!(set(json!({"user_id": bob.user_id, "expiration_ts": "soon"})).await.0, 400);
+
+    let dir = server.stop();
+    let server = Server::start_in(dir).await;
+    let mail = smtp.mail(3).await;
+    assert_eq!(mail["rcpt_tos"], json!(["bob@example.org"]), "{mail}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), 3, "nothing for Carol, nor for accounts far from their date");
+    drop(server);
+
+    // Without renew_at there are no renewal mails; `period` is required.
+    let server =
+        Server::start_with(&format!("{}account_validity:\n  enabled: true\n  period: 1d\n", smtp.config(""))).await;
+    let erin = server.register("erin").await;
+    let (s, body) = server.post("/_matrix/client/v3/account_validity/send_mail", Some(&erin.token), json!({})).await;
+    assert_eq!((s, body["error"].as_str()), (403, Some("Account renewal via email is disabled on this server.")));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("homeserver.yaml"), base_config("account_validity:\n  enabled: true\n")).unwrap();
+    let (code, _, stderr) = run_cli(dir.path(), &["-c", "homeserver.yaml", "check-config"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("'period' is required when using account validity"), "{stderr}");
+}
+
+async fn whoami(server: &Server, user: &User) -> (u16, Value) {
+    server.get("/_matrix/client/v3/account/whoami", Some(&user.token)).await
+}
+
+async fn send_mail(server: &Server, user: &User) -> (u16, Value) {
+    server.post("/_matrix/client/v3/account_validity/send_mail", Some(&user.token), json!({})).await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}

@@ -95,19 +95,6 @@ impl Homeserver {
         Ok(self.db(move |s| s.get_transient(MASTER_KEY_REPLACEABLE, &u, now_ms())).await?.is_some())
     }
 
-    /// `POST /_synapse/admin/v1/account_validity/validity`: Myelin has no account validity of
-    /// its own (modules' `is_user_expired` decide), so there is nothing to renew.
-    pub fn admin_account_validity(&self, requester: &Requester, body: &Value) -> Result<Value> {
-        self.require_admin(requester)?;
-        if body.get("user_id").is_none() {
-            return Err(Error::new(ErrorKind::BadRequest, "Missing property 'user_id' in the request body"));
-        }
-        Err(Error::new(
-            ErrorKind::BadRequest,
-            "Account validity is not enabled on this server: accounts expire only through modules' is_user_expired",
-        ))
-    }
-
     /// `GET /_synapse/admin/v1/rooms/{roomId}/context/{eventId}`: `/context` without the
     /// membership and history-visibility checks.
     pub async fn admin_room_context(

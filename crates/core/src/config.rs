@@ -345,6 +345,8 @@ pub struct Config {
     /// `user_types`: the account types there are (`support`, `bot`, and
     /// `extra_user_types`), and the one new accounts get (`default_user_type`).
     pub user_types: UserTypes,
+    /// `account_validity:` when enabled: accounts expire unless renewed.
+    pub account_validity: Option<crate::users::AccountValiditySettings>,
     /// `custom_template_directory`: where templates are looked up first (modules'
     /// `read_templates` too).
     pub custom_template_directory: Option<PathBuf>,
@@ -482,6 +484,7 @@ const KNOWN_KEYS: &[&str] = &[
     "oidc_config",
     "sso",
     "user_types",
+    "account_validity",
 ];
 
 /// Room versions Myelin can create and participate in (docs/room-versions.md).
@@ -893,6 +896,8 @@ impl Config {
         let threepids = crate::threepids::ThreepidSettings::parse(&root, email.is_some())?;
         let sso = crate::sso::SsoSettings::parse(&root, &resolve, &public_baseurl)?;
         let user_types = UserTypes::parse(root.get("user_types"))?;
+        let account_validity =
+            crate::users::AccountValiditySettings::parse(&root, &resolve, &public_baseurl, &mut warnings)?;
         if enable_registration
             && !without_verification
             && !registration_requires_token
@@ -1155,6 +1160,7 @@ impl Config {
             threepids,
             sso,
             user_types,
+            account_validity,
             custom_template_directory: w.string("custom_template_directory")?.map(resolve),
             warnings,
         };

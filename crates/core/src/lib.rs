@@ -77,5 +77,6 @@ pub use server::{Homeserver, Requester};
 pub use sliding_sync::SlidingSyncRequest;
 pub use sync::{SyncRequest, SyncResponse};
 pub use users::{
-    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, RequestInfo, Session, check_profile_field_name,
+    AccountValiditySettings, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, Renewal, RequestInfo,
+    Session, check_profile_field_name,
 };

@@ -52,6 +52,11 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ("sso_auth_success.html", include_str!("../templates/sso_auth_success.html")),
     ("sso_auth_bad_user.html", include_str!("../templates/sso_auth_bad_user.html")),
     ("sso_auth_account_details.html", include_str!("../templates/sso_auth_account_details.html")),
+    ("account_renewed.html", include_str!("../templates/account_renewed.html")),
+    ("account_previously_renewed.html", include_str!("../templates/account_previously_renewed.html")),
+    ("invalid_token.html", include_str!("../templates/invalid_token.html")),
+    ("notice_expiry.html", include_str!("../templates/notice_expiry.html")),
+    ("notice_expiry.txt", include_str!("../templates/notice_expiry.txt")),
 ];
 
 /// What a template is for; each has a config key that may rename its file, as Synapse's.

@@ -997,7 +997,7 @@ async fn allow_master_key_replacement(
 }
 
 async fn account_validity(State(hs): State<AppState>, Auth(me): Auth, JsonBody(body): JsonBody<Value>) -> Answer {
-    Ok(axum::Json(hs.admin_account_validity(&me, &body)?))
+    Ok(axum::Json(hs.admin_account_validity(&me, &body).await?))
 }
 
 #[derive(Deserialize)]

@@ -454,6 +454,7 @@ async fn serve(config: Config, loaded: Vec<LoadedModule>) -> ExitCode {
     if hs.config.instance.runs_background_tasks() {
         hs.start_push_gateway_sender();
         hs.start_appservice_senders();
+        hs.start_account_validity_tasks();
     }
     // `pid_file`: written before the listeners announce themselves, gone again after a clean exit.
     if let Some(path) = &hs.config.pid_file

@@ -198,6 +198,21 @@ pub struct RefreshTokenRow {
     pub superseded: bool,
 }
 
+/// When an account expires, as Synapse's legacy `account_validity` table has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountValidity {
+    /// The account.
+    pub user_id: String,
+    /// When it expires (ms).
+    pub expiration_ts: i64,
+    /// The renewal mail for this period went out (or renewal mails are off for it).
+    pub email_sent: bool,
+    /// The token of its renewal link, if one was made.
+    pub renewal_token: Option<String>,
+    /// When that token renewed the account; `None` while unused.
+    pub token_used_ts: Option<i64>,
+}
+
 /// Accounts, devices, access tokens and profiles.
 pub trait UserStore {
     /// Inserts a user and its profile; [`StorageError::Conflict`] if the ID is taken.
@@ -212,6 +227,19 @@ pub trait UserStore {
     fn set_user_type(&self, user_id: &str, user_type: Option<&str>) -> Result<()>;
     /// The account's type; `None` for a regular user or an unknown one.
     fn user_type(&self, user_id: &str) -> Result<Option<String>>;
+    /// Writes an account's validity (replacing what it had); [`StorageError::Conflict`] if
+    /// another account holds the renewal token.
+    fn set_account_validity(&self, validity: &AccountValidity) -> Result<()>;
+    /// An account's validity; `None` if it has no expiration date.
+    fn account_validity(&self, user_id: &str) -> Result<Option<AccountValidity>>;
+    /// The account whose renewal link carries `token`.
+    fn account_validity_by_token(&self, token: &str) -> Result<Option<AccountValidity>>;
+    /// Accounts expiring at or before `ts` that have not been sent a renewal mail.
+    fn accounts_expiring_by(&self, ts: i64) -> Result<Vec<AccountValidity>>;
+    /// Forgets an account's validity (it was deactivated).
+    fn delete_account_validity(&self, user_id: &str) -> Result<()>;
+    /// Active accounts without an expiration date (registered before validity was enabled).
+    fn accounts_without_validity(&self) -> Result<Vec<String>>;
     /// Sets one of the boolean account flags: `is_admin`, `deactivated`, `shadow_banned`,
     /// `locked`, `suspended` or `is_guest`.
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()>;

@@ -315,6 +315,7 @@ contract! {
     extra_forward_extremities_are_dropped_but_the_newest,
     admin_user_list_filters_orders_and_pages,
     user_types_are_kept_and_filter_the_admin_listing,
+    account_validity_is_kept_found_by_token_and_listed_when_expiring,
     admin_room_list_counts_members,
     // Search
     search_finds_just_written_events,
@@ -3099,4 +3100,50 @@ fn invites_sent_by_a_user(s: &dyn Storage) {
     assert_eq!(sent.len(), 1);
     assert_eq!(parse(&sent[0])["event_id"], "$inv");
     assert!(s.invites_sent_by("@bob:test").unwrap().is_empty());
+}
+
+fn account_validity_is_kept_found_by_token_and_listed_when_expiring(s: &dyn Storage) {
+    for id in [ALICE, BOB, CAROL] {
+        s.create_user(&user_row(id), None).unwrap();
+    }
+    assert_eq!(s.account_validity(ALICE).unwrap(), None);
+    assert_eq!(s.accounts_without_validity().unwrap(), strings(&[ALICE, BOB, CAROL]));
+    let validity = |user: &str, expiration_ts: i64, token: Option<&str>| AccountValidity {
+        user_id: user.into(),
+        expiration_ts,
+        email_sent: false,
+        renewal_token: token.map(str::to_owned),
+        token_used_ts: None,
+    };
+    s.set_account_validity(&validity(ALICE, TS + 100, None)).unwrap();
+    s.set_account_validity(&validity(BOB, TS + 300, Some("bobs-token"))).unwrap();
+    assert_eq!(s.account_validity(ALICE).unwrap(), Some(validity(ALICE, TS + 100, None)));
+    assert_eq!(s.accounts_without_validity().unwrap(), strings(&[CAROL]));
+    s.set_user_flag(CAROL, UserFlag::Deactivated, true).unwrap();
+    assert!(s.accounts_without_validity().unwrap().is_empty(), "deactivated accounts get no expiration date");
+
+    assert_eq!(s.account_validity_by_token("bobs-token").unwrap().map(|v| v.user_id), Some(BOB.to_owned()));
+    assert_eq!(s.account_validity_by_token("nobody's").unwrap(), None);
+    assert!(
+        matches!(s.set_account_validity(&validity(ALICE, TS, Some("bobs-token"))), Err(StorageError::Conflict)),
+        "a token names one account"
+    );
+
+    // Expiring by a time: in expiration order, without those already mailed.
+    let expiring = |ts| s.accounts_expiring_by(ts).unwrap().into_iter().map(|v| v.user_id).collect::<Vec<_>>();
+    assert_eq!(expiring(TS + 99), Vec::<String>::new());
+    assert_eq!(expiring(TS + 100), strings(&[ALICE]));
+    assert_eq!(expiring(TS + 1000), strings(&[ALICE, BOB]));
+    let used = AccountValidity {
+        email_sent: true,
+        token_used_ts: Some(TS + 5),
+        ..validity(BOB, TS + 900, Some("bobs-token"))
+    };
+    s.set_account_validity(&used).unwrap();
+    assert_eq!(s.account_validity(BOB).unwrap(), Some(used));
+    assert_eq!(expiring(TS + 1000), strings(&[ALICE]));
+
+    s.delete_account_validity(ALICE).unwrap();
+    assert_eq!(s.account_validity(ALICE).unwrap(), None);
+    s.delete_account_validity(ALICE).unwrap();
 }

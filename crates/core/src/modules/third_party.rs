@@ -65,15 +65,15 @@ impl ModuleRegistry {
     }
 
     /// `is_user_expired`: the first answer that is not `None`.
-    pub async fn is_user_expired(&self, user_id: &str) -> Result<bool> {
+    pub async fn is_user_expired(&self, user_id: &str) -> Result<Option<bool>> {
         for reg in &self.callbacks().validity.is_user_expired {
             match invoke(reg, (user_id.to_owned(),)).await {
-                Ok(Some(expired)) => return Ok(expired),
+                Ok(Some(expired)) => return Ok(Some(expired)),
                 Ok(None) => {}
                 Err(e) => return Err(Error::from(e)),
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Whether any account validity module is registered.

@@ -357,6 +357,7 @@ impl Homeserver {
         self.db(move |s| {
             s.set_user_flag(&u, UserFlag::Deactivated, true)?;
             s.set_password_hash(&u, None)?;
+            s.delete_account_validity(&u)?;
             s.delete_all_devices(&u, None)
         })
         .await?;

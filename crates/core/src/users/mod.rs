@@ -5,12 +5,14 @@
 //! auth. Beside it: `register`, `login`, `devices`, `profile`, `account_data`.
 
 mod account_data;
+mod account_validity;
 mod devices;
 mod login;
 mod profile;
 mod register;
 mod sessions;
 
+pub use account_validity::{AccountValiditySettings, Renewal};
 pub use profile::check_profile_field_name;
 pub use sessions::Session;
 pub(crate) use sessions::{NewDevice, TokenLife};
@@ -327,7 +329,7 @@ impl Homeserver {
             )
             .with_fields(soft_logout));
         }
-        if !allow_expired && self.modules.has_is_user_expired() && self.modules.is_user_expired(&user.user_id).await? {
+        if !allow_expired && self.account_expired(&user.user_id).await? {
             return Err(crate::modules::third_party::expired());
         }
         // Last-seen bookkeeping must not slow requests down: written in the background, and at

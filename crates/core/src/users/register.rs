@@ -538,6 +538,7 @@ impl Homeserver {
             let u = user_id.to_string();
             self.db(move |s| s.set_user_type(&u, Some(&default))).await?;
         }
+        self.start_account_validity(user_id.as_str()).await?;
         self.modules.on_user_registration(user_id.as_str()).await;
         let login = match login {
             Some(device) => Some(self.new_session(&user_id, device).await?),

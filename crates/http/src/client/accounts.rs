@@ -21,6 +21,29 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/account/3pid/bind", post(bind_threepid))
         .route("/account/3pid/unbind", post(remove_threepid))
         .route("/user/{user_id}/openid/request_token", post(openid_token))
+        .route("/account_validity/renew", get(renew_account))
+        .route("/account_validity/send_mail", post(send_renewal_mail))
+}
+
+/// `GET /account_validity/renew?token=`: the link of a renewal mail (an HTML page).
+async fn renew_account(
+    State(hs): State<AppState>,
+    Query(q): Query<Map<String, Value>>,
+) -> Result<axum::response::Response, MatrixError> {
+    use axum::response::{Html, IntoResponse};
+    let Some(token) = q.get("token").and_then(Value::as_str) else {
+        return Err(MatrixError::new(ErrorKind::MissingParam, "Missing string query parameter 'token'"));
+    };
+    Ok(match hs.renew_account(token).await? {
+        myelin_core::Renewal::Renewed(page) | myelin_core::Renewal::AlreadyRenewed(page) => Html(page).into_response(),
+        myelin_core::Renewal::InvalidToken(page) => (axum::http::StatusCode::NOT_FOUND, Html(page)).into_response(),
+    })
+}
+
+/// `POST /account_validity/send_mail`: a new renewal link by mail (an expired account may ask).
+async fn send_renewal_mail(State(hs): State<AppState>, AuthAllowExpired(me): AuthAllowExpired) -> Answer {
+    hs.send_renewal_mail_to(&me).await?;
+    Ok(axum::Json(json!({})))
 }
 
 pub(super) async fn login_flows(State(hs): State<AppState>) -> Json {

@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0016_threepids.sql"),
     include_str!("migrations/0017_quarantine_changes.sql"),
     include_str!("migrations/0018_user_type.sql"),
+    include_str!("migrations/0019_account_validity.sql"),
 ];
 
 /// The advisory lock key every write transaction holds (an arbitrary constant: "myelin" in ASCII).

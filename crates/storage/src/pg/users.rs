@@ -91,6 +91,58 @@ impl UserStore for PostgresStore {
         })
     }
 
+    fn set_account_validity(&self, v: &AccountValidity) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO account_validity (user_id, expiration_ts_ms, email_sent, renewal_token, token_used_ts_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (user_id) DO UPDATE SET expiration_ts_ms = $2, email_sent = $3, renewal_token = $4,
+                     token_used_ts_ms = $5",
+                &[&v.user_id, &v.expiration_ts, &v.email_sent, &v.renewal_token, &v.token_used_ts],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn account_validity(&self, user_id: &str) -> Result<Option<AccountValidity>> {
+        self.account_validity_where("user_id = $1", user_id)
+    }
+
+    fn account_validity_by_token(&self, token: &str) -> Result<Option<AccountValidity>> {
+        self.account_validity_where("renewal_token = $1", token)
+    }
+
+    fn accounts_expiring_by(&self, ts: i64) -> Result<Vec<AccountValidity>> {
+        self.read(|db| {
+            let rows = db.rows(
+                &format!(
+                    "SELECT {VALIDITY_COLUMNS} FROM account_validity WHERE NOT email_sent AND expiration_ts_ms <= $1
+                     ORDER BY expiration_ts_ms, user_id"
+                ),
+                &[&ts],
+            )?;
+            Ok(rows.iter().map(validity_from_row).collect())
+        })
+    }
+
+    fn delete_account_validity(&self, user_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec("DELETE FROM account_validity WHERE user_id = $1", &[&user_id])?;
+            Ok(())
+        })
+    }
+
+    fn accounts_without_validity(&self) -> Result<Vec<String>> {
+        self.read(|db| {
+            let rows = db.rows(
+                "SELECT u.user_id FROM users u LEFT JOIN account_validity v ON v.user_id = u.user_id
+                 WHERE v.user_id IS NULL AND NOT u.deactivated ORDER BY u.user_id",
+                &[],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
         let column = match flag {
             UserFlag::Admin => "is_admin",
@@ -638,5 +690,27 @@ fn threepid_session_row(r: &postgres::Row) -> ThreepidSessionRow {
         client_secret: r.get(3),
         last_send_attempt: r.get(4),
         validated_at: r.get(5),
+    }
+}
+
+const VALIDITY_COLUMNS: &str = "user_id, expiration_ts_ms, email_sent, renewal_token, token_used_ts_ms";
+
+fn validity_from_row(r: &Row) -> AccountValidity {
+    AccountValidity {
+        user_id: r.get(0),
+        expiration_ts: r.get(1),
+        email_sent: r.get(2),
+        renewal_token: r.get(3),
+        token_used_ts: r.get(4),
+    }
+}
+
+impl PostgresStore {
+    fn account_validity_where(&self, condition: &str, value: &str) -> Result<Option<AccountValidity>> {
+        self.read(|db| {
+            Ok(db
+                .opt(&format!("SELECT {VALIDITY_COLUMNS} FROM account_validity WHERE {condition}"), &[&value])?
+                .map(|r| validity_from_row(&r)))
+        })
     }
 }

@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0026_threepids.sql"),
     include_str!("../migrations/0027_quarantine_changes.sql"),
     include_str!("../migrations/0028_user_type.sql"),
+    include_str!("../migrations/0029_account_validity.sql"),
 ];
 
 /// A full state snapshot is written after this many deltas, bounding the walk to read a

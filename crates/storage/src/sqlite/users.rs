@@ -102,6 +102,53 @@ impl UserStore for SqliteStore {
         Ok(rows.next().transpose().map_err(backend)?.flatten())
     }
 
+    fn set_account_validity(&self, v: &AccountValidity) -> Result<()> {
+        self.conn()
+            .exec(
+                "INSERT INTO account_validity (user_id, expiration_ts_ms, email_sent, renewal_token, token_used_ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (user_id) DO UPDATE SET expiration_ts_ms = ?2, email_sent = ?3, renewal_token = ?4,
+                     token_used_ts_ms = ?5",
+                params![v.user_id, v.expiration_ts, v.email_sent, v.renewal_token, v.token_used_ts],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn account_validity(&self, user_id: &str) -> Result<Option<AccountValidity>> {
+        self.account_validity_where("user_id = ?1", user_id)
+    }
+
+    fn account_validity_by_token(&self, token: &str) -> Result<Option<AccountValidity>> {
+        self.account_validity_where("renewal_token = ?1", token)
+    }
+
+    fn accounts_expiring_by(&self, ts: i64) -> Result<Vec<AccountValidity>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {VALIDITY_COLUMNS} FROM account_validity WHERE NOT email_sent AND expiration_ts_ms <= ?1
+                 ORDER BY expiration_ts_ms, user_id"
+            ))
+            .map_err(backend)?;
+        stmt.query_map([ts], validity_from_row).and_then(|rows| rows.collect()).map_err(backend)
+    }
+
+    fn delete_account_validity(&self, user_id: &str) -> Result<()> {
+        self.conn().exec("DELETE FROM account_validity WHERE user_id = ?1", [user_id]).map(drop).map_err(backend)
+    }
+
+    fn accounts_without_validity(&self) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT u.user_id FROM users u LEFT JOIN account_validity v ON v.user_id = u.user_id
+                 WHERE v.user_id IS NULL AND NOT u.deactivated ORDER BY u.user_id",
+            )
+            .map_err(backend)?;
+        stmt.query_map([], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(backend)
+    }
+
     fn set_user_flag(&self, user_id: &str, flag: UserFlag, value: bool) -> Result<()> {
         let column = match flag {
             UserFlag::Admin => "is_admin",
@@ -708,4 +755,26 @@ fn threepid_session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThreepidSessi
         last_send_attempt: r.get(4)?,
         validated_at: r.get(5)?,
     })
+}
+
+const VALIDITY_COLUMNS: &str = "user_id, expiration_ts_ms, email_sent, renewal_token, token_used_ts_ms";
+
+fn validity_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountValidity> {
+    Ok(AccountValidity {
+        user_id: r.get(0)?,
+        expiration_ts: r.get(1)?,
+        email_sent: r.get(2)?,
+        renewal_token: r.get(3)?,
+        token_used_ts: r.get(4)?,
+    })
+}
+
+impl SqliteStore {
+    fn account_validity_where(&self, condition: &str, value: &str) -> Result<Option<AccountValidity>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {VALIDITY_COLUMNS} FROM account_validity WHERE {condition}"))
+            .map_err(backend)?;
+        stmt.query_row([value], validity_from_row).optional().map_err(backend)
+    }
 }
