@@ -675,6 +675,9 @@ pub trait RoomStore {
     fn recent_txn_ids(&self, limit: usize) -> Result<Vec<(String, String, String, String)>>;
     /// Rooms where `user_id`'s current membership is `membership`.
     fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>>;
+    /// Every `(room, server)` where a user of that server is joined now (a user's server is
+    /// what follows the first `:` of their ID), ordered by server, then room.
+    fn joined_servers_by_room(&self) -> Result<Vec<(String, String)>>;
     /// Current `(user_id, membership)` of every member event in the room.
     fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>>;
     /// Accepted, not soft-failed timeline events (not outliers) of a room with

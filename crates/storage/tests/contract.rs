@@ -1212,6 +1212,18 @@ fn memberships_and_rooms_for_user(s: &dyn Storage) {
     assert_eq!(s.rooms_for_user(CAROL, "leave").unwrap(), strings(&["!r1:test"]));
     assert_eq!(s.rooms_for_user(CAROL, "join").unwrap(), Vec::<String>::new());
     assert_eq!(sorted(s.rooms_for_user(ALICE, "join").unwrap()), strings(&["!r1:test", "!r2:test"]));
+    // Servers by room: joined members only (Bob's invite and Carol's leave do not count).
+    let mut r3 = TestRoom::new(s, "!r3:test");
+    r3.join(s, ALICE);
+    r3.join(s, "@dan:remote.example:8448");
+    r3.join(s, "@erin:remote.example:8448");
+    r3.set_membership(s, "@fay:gone.example", "leave");
+    assert_eq!(
+        s.joined_servers_by_room().unwrap(),
+        pairs(
+            &[("!r3:test", "remote.example:8448"), ("!r1:test", "test"), ("!r2:test", "test"), ("!r3:test", "test"),]
+        )
+    );
 }
 
 fn membership_changes_latest_per_room(s: &dyn Storage) {

@@ -63,11 +63,9 @@ impl Homeserver {
         for name in self.db(|s| s.outbox_destinations()).await? {
             known.entry(name).or_default();
         }
-        for (room, _) in self.db(|s| s.list_rooms()).await? {
-            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
-            for server in self.room_destinations(&room_id).await? {
-                known.entry(server).or_default().1.insert(room_id.to_string());
-            }
+        // One query over current memberships, rather than loading every room's state.
+        for (room, server) in self.db(|s| s.joined_servers_by_room()).await? {
+            known.entry(server).or_default().1.insert(room);
         }
         known.remove(self.server_name());
         Ok(known)

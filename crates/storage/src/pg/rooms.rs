@@ -347,6 +347,17 @@ impl RoomStore for PostgresStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    fn joined_servers_by_room(&self) -> Result<Vec<(String, String)>> {
+        let rows = self.read(|db| {
+            db.rows(
+                "SELECT DISTINCT room_id, substr(state_key, strpos(state_key, ':') + 1) AS server FROM current_state
+                 WHERE type = 'm.room.member' AND membership = 'join' ORDER BY server, room_id",
+                &[],
+            )
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>> {
         let rows = self.read(|db| {
             db.rows(

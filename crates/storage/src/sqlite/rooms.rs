@@ -327,6 +327,18 @@ impl RoomStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(backend)
     }
 
+    fn joined_servers_by_room(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT room_id, substr(state_key, instr(state_key, ':') + 1) AS server FROM current_state
+                 WHERE type = 'm.room.member' AND membership = 'join' ORDER BY server, room_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
     fn user_memberships(&self, user_id: &str) -> Result<Vec<UserMembership>> {
         let conn = self.reader();
         let mut stmt = conn
