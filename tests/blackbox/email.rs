@@ -742,6 +742,53 @@ async fn unread_notifications_are_mailed_and_the_mail_unsubscribes() {
     assert_eq!(pushers["pushers"], json!([]));
 }
 
+/// Notifications waiting for their mail are written down: a restart before the mail was due
+/// mails them afterwards, once.
+#[tokio::test]
+async fn notification_mails_pending_at_a_restart_are_sent_after_it() {
+    let sink = SmtpSink::start(&[]).await;
+    let patient = sink.config("  enable_notifs: true\n  notif_delay_before_mail: 1h\n");
+    let s = Server::start_with(&patient).await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let path = format!("/_synapse/admin/v2/users/{}", path_segment(&alice.user_id));
+    let body = json!({"threepids": [{"medium": "email", "address": "alice@example.org"}]});
+    assert_eq!(s.put(&path, Some(&root.token), body).await.0, 200);
+    let email_pusher = json!({"kind": "email", "app_id": "m.email", "pushkey": "alice@example.org",
+        "app_display_name": "Email", "device_display_name": "mail", "lang": "en", "data": {}});
+    let (status, body) = s.post("/_matrix/client/v3/pushers/set", Some(&alice.token), email_pusher).await;
+    assert_eq!(status, 200, "{body}");
+    let bob = s.register("bob").await;
+    let room = s.create_room(&bob, json!({"preset": "public_chat", "name": "Lounge"})).await;
+    assert_eq!(s.join(&alice, &room).await.0, 200);
+    assert_eq!(s.send_text(&bob, &room, "are you there?").await.0, 200);
+    // Queued (written down) within moments; not due for an hour.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sink.mails().is_empty());
+
+    // Restarted with a shorter delay: the notification from before is due at once.
+    let dir = s.stop();
+    let config = std::fs::read_to_string(dir.path().join("homeserver.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("homeserver.yaml"),
+        config.replace("notif_delay_before_mail: 1h", "notif_delay_before_mail: 2s"),
+    )
+    .unwrap();
+    let s = Server::start_in(dir).await;
+    let mail = sink.mail(1).await;
+    assert_eq!(mail["rcpt_tos"], json!(["alice@example.org"]));
+    assert!(mail["text"].as_str().unwrap().contains("are you there?"), "{mail}");
+
+    // Once mailed it is forgotten (right after the mail: a crash in between would send it
+    // again, never lose it): another restart sends nothing more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dir = s.stop();
+    let _s = Server::start_in(dir).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sink.mails().len(), 1);
+}
+
 #[tokio::test]
 async fn modules_read_templates_and_send_mail() {
     let sink = SmtpSink::start(&[]).await;

@@ -6,8 +6,10 @@
 //! mail, then a day, reset after 12 quiet hours). The mail carries an unsubscribe link (and
 //! `List-Unsubscribe`) that removes the pusher.
 //!
-//! Pending notifications are kept in memory, like the HTTP pushers' position: a restart
-//! forgets the ones not mailed yet (a known gap, docs/conformance.md).
+//! Pending notifications are written to the database as they are queued (transient records,
+//! kept two days) and read back when the notifier starts, so a restart mails what was due
+//! rather than forgetting it. The rooms' throttles are kept in memory: after a restart a room
+//! may be mailed about once more before its pause.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +33,12 @@ const THROTTLE_MAX_MS: i64 = 24 * 60 * 60 * 1000;
 const THROTTLE_MULTIPLIER: i64 = 144;
 const THROTTLE_RESET_AFTER_MS: i64 = 12 * 60 * 60 * 1000;
 
+/// The transient-record kind of a notification waiting to be mailed; its key is `user address
+/// position` (neither an ID nor an address has spaces), its value [`PendingMail::to_json`].
+const PENDING_MAIL: &str = "email_notification";
+/// How long a pending notification is kept: past this it is no news to mail.
+const PENDING_MAIL_LIFETIME_MS: i64 = 2 * 24 * 60 * 60 * 1000;
+
 /// A notification waiting to be mailed.
 #[derive(Clone)]
 pub(crate) struct PendingMail {
@@ -38,6 +46,31 @@ pub(crate) struct PendingMail {
     event: Value,
     position: i64,
     received_at: i64,
+}
+
+impl PendingMail {
+    fn key(&self, user: &str, address: &str) -> String {
+        format!("{user} {address} {:020}", self.position)
+    }
+
+    fn to_json(&self) -> String {
+        json!({"room": self.room, "event": self.event, "position": self.position, "received_at": self.received_at})
+            .to_string()
+    }
+
+    /// A stored record back: `(user, address, notification)`.
+    fn from_record(key: &str, value: &str) -> Option<(String, String, PendingMail)> {
+        let mut parts = key.split(' ');
+        let (user, address) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+        let v: Value = serde_json::from_str(value).ok()?;
+        let item = PendingMail {
+            room: OwnedRoomId::try_from(v["room"].as_str()?).ok()?,
+            event: v["event"].clone(),
+            position: v["position"].as_i64()?,
+            received_at: v["received_at"].as_i64()?,
+        };
+        Some((user, address, item))
+    }
 }
 
 /// A room's throttle for one pusher: `(user, address, room)` to when its last mail went and
@@ -71,19 +104,67 @@ impl Homeserver {
         out
     }
 
-    /// Queues a notifying event for each of `user`'s e-mail pushers.
-    pub(crate) fn queue_email_notification(
+    /// Queues a notifying event for each of `user`'s e-mail pushers (written down first, so
+    /// that a restart does not lose it).
+    pub(crate) async fn queue_email_notification(
         &self,
         user: &OwnedUserId,
         addresses: &[String],
         room: &OwnedRoomId,
         event: &Value,
         position: i64,
-    ) {
+    ) -> Result<()> {
         let item = PendingMail { room: room.clone(), event: event.clone(), position, received_at: now_ms() };
+        let records: Vec<(String, String)> =
+            addresses.iter().map(|address| (item.key(user.as_str(), address), item.to_json())).collect();
+        let expires = item.received_at + PENDING_MAIL_LIFETIME_MS;
+        self.db(move |s| {
+            for (key, value) in &records {
+                s.put_transient(PENDING_MAIL, key, value, expires)?;
+            }
+            Ok(())
+        })
+        .await?;
         let mut pending = self.push.email.pending.lock().unwrap_or_else(|p| p.into_inner());
         for address in addresses {
             pending.entry((user.to_string(), address.clone())).or_default().push(item.clone());
+        }
+        Ok(())
+    }
+
+    /// Forgets pending notifications once mailed (or read, or failed to mail).
+    async fn forget_pending_mails(&self, user: &str, address: &str, items: &[PendingMail]) {
+        let keys: Vec<String> = items.iter().map(|i| i.key(user, address)).collect();
+        let forgotten = self
+            .db(move |s| {
+                for key in &keys {
+                    s.take_transient(PENDING_MAIL, key, 0)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = forgotten {
+            tracing::warn!(user, error = %e, "could not forget mailed notifications");
+        }
+    }
+
+    /// The notifications still pending from before a restart.
+    async fn load_pending_mails(&self) {
+        let records = match self.db(|s| s.transient_entries(PENDING_MAIL, now_ms())).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read pending notification mails");
+                return;
+            }
+        };
+        let mut pending = self.push.email.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, value) in records {
+            if let Some((user, address, item)) = PendingMail::from_record(&key, &value) {
+                let items = pending.entry((user, address)).or_default();
+                if !items.iter().any(|i| i.position == item.position) {
+                    items.push(item);
+                }
+            }
         }
     }
 
@@ -93,6 +174,7 @@ impl Homeserver {
         let tick = settings.notif_delay_before_mail.clamp(Duration::from_millis(200), Duration::from_secs(5));
         let hs = self.clone();
         tokio::spawn(async move {
+            hs.load_pending_mails().await;
             loop {
                 tokio::time::sleep(tick).await;
                 hs.mail_due_notifications().await;
@@ -115,9 +197,23 @@ impl Homeserver {
             keys.into_iter().filter_map(|k| pending.remove(&k).map(|items| (k, items))).collect()
         };
         for ((user, address), items) in due {
+            let all = items.clone();
             if let Err(e) = self.mail_notifications(&user, &address, items, now).await {
                 tracing::warn!(user, error = %e, "notification mail not sent");
             }
+            // What is held for a throttle went back to the queue (and stays written down).
+            let still = self
+                .push
+                .email
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(user.clone(), address.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let done: Vec<PendingMail> =
+                all.into_iter().filter(|i| !still.iter().any(|s| s.position == i.position)).collect();
+            self.forget_pending_mails(&user, &address, &done).await;
         }
     }
 

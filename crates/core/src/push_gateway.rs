@@ -219,7 +219,7 @@ impl Homeserver {
             return Ok(());
         }
         if !targets.addresses.is_empty() {
-            self.queue_email_notification(user, targets.addresses, room, event, targets.position);
+            self.queue_email_notification(user, targets.addresses, room, event, targets.position).await?;
         }
         let pushers = targets.pushers;
         if pushers.is_empty() {

@@ -1158,6 +1158,8 @@ pub trait TransientStore {
     /// Removes the record and returns its value if it had not expired (single use: of two
     /// callers taking the same record, one gets it).
     fn take_transient(&self, kind: &str, key: &str, now: i64) -> Result<Option<String>>;
+    /// Every `(key, value)` of `kind` that has not expired before `now`, ordered by key.
+    fn transient_entries(&self, kind: &str, now: i64) -> Result<Vec<(String, String)>>;
 }
 
 /// A user's report of an event.

@@ -2679,6 +2679,17 @@ fn transient_records_expire(s: &dyn Storage) {
     s.put_transient("uia_session", "a", "{\"completed\":[]}", i64::MAX).unwrap();
     assert_eq!(s.get_transient("uia_session", "a", 5_000).unwrap().as_deref(), Some("{\"completed\":[]}"));
     assert_eq!(s.take_transient("uia_session", "missing", 0).unwrap(), None);
+    // Listing a kind: its live records by key, no other kind's.
+    let far = i64::MAX - 1;
+    s.put_transient("pending_mail", "b", "2", far).unwrap();
+    s.put_transient("pending_mail", "a", "1", far).unwrap();
+    s.put_transient("pending_mail", "c", "3", far - 10).unwrap();
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    assert_eq!(s.transient_entries("pending_mail", 0).unwrap(), pairs(&[("a", "1"), ("b", "2"), ("c", "3")]));
+    assert_eq!(s.transient_entries("pending_mail", far - 5).unwrap(), pairs(&[("a", "1"), ("b", "2")]));
+    assert_eq!(s.take_transient("pending_mail", "a", 0).unwrap().as_deref(), Some("1"));
+    assert_eq!(s.transient_entries("pending_mail", 0).unwrap(), pairs(&[("b", "2"), ("c", "3")]));
+    assert!(s.transient_entries("nothing", 0).unwrap().is_empty());
 }
 
 fn transient_records_are_taken_once(s: &dyn Storage) {

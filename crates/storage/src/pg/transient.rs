@@ -37,4 +37,14 @@ impl TransientStore for PostgresStore {
             Ok(taken.filter(|r| r.get::<_, i64>(1) >= now).map(|r| r.get(0)))
         })
     }
+
+    fn transient_entries(&self, kind: &str, now: i64) -> Result<Vec<(String, String)>> {
+        let rows = self.read(|db| {
+            db.rows(
+                "SELECT key, value FROM transient WHERE kind = $1 AND expires_ts >= $2 ORDER BY key",
+                &[&kind, &now],
+            )
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }

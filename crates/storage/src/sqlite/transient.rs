@@ -39,4 +39,13 @@ impl TransientStore for SqliteStore {
             .map_err(backend)?;
         Ok(taken.filter(|(_, expires)| *expires >= now).map(|(value, _)| value))
     }
+
+    fn transient_entries(&self, kind: &str, now: i64) -> Result<Vec<(String, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, value FROM transient WHERE kind = ?1 AND expires_ts >= ?2 ORDER BY key")
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![kind, now], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
 }
