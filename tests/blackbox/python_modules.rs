@@ -1097,3 +1097,62 @@ async fn modules_resend_online_presence() {
     let (st, _) = s.post(calls, None, json!({"presence_to": ["not a user"]})).await;
     assert_eq!(st, 400);
 }
+
+/// The legacy account validity hooks (synapse-email-account-validity's way): a module that
+/// registers them answers the renewal link, `send_mail` and the admin API instead of the
+/// built-in account validity, which is off; only one module may hold each hook.
+#[tokio::test]
+async fn legacy_account_validity_hooks_take_the_endpoints_over() {
+    let s = Server::start_with("modules:\n  - module: legacy_validity.LegacyValidity\n").await;
+    s.make_admin_cli("root");
+    let root = s.login("root").await;
+    let alice = s.register("alice").await;
+    let nomail = s.register("nomail").await;
+    let set = |body: Value| s.post("/_synapse/admin/v1/account_validity/validity", Some(&root.token), body);
+
+    // The admin API goes to the module, which reads the request's body.
+    let (st, b) = set(json!({"user_id": alice.user_id, "expiration_ts": 1})).await;
+    assert_eq!((st, b), (200, json!({"expiration_ts": 1})));
+    let (st, b) = set(json!({"expiration_ts": 1})).await;
+    assert_eq!((st, b["error"].as_str()), (400, Some("The module wants a user_id")));
+    assert_eq!(
+        s.post("/_synapse/admin/v1/account_validity/validity", Some(&alice.token), json!({"user_id": "x"})).await.0,
+        403,
+        "admins only, module or not"
+    );
+    let (st, b) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+    assert_eq!((st, b["errcode"].as_str()), (403, Some("ORG_MATRIX_EXPIRED_ACCOUNT")));
+
+    // send_mail: the module's, for an expired account too; its error reaches the client.
+    let mail = |user: &User| {
+        let token = user.token.clone();
+        let s = &s;
+        async move { s.post("/_matrix/client/v3/account_validity/send_mail", Some(&token), json!({})).await }
+    };
+    assert_eq!(mail(&alice).await, (200, json!({})));
+    let (st, b) = mail(&nomail).await;
+    assert_eq!((st, b["errcode"].as_str()), (400, Some("M_THREEPID_NOT_FOUND")));
+    let (_, seen) = s.get("/_synapse/client/legacy_validity/seen", None).await;
+    assert_eq!(seen["mailed"], json!([alice.user_id]));
+
+    // The renewal link: renewed, then already renewed, and an unknown token is 404.
+    let renew = |token: &str| {
+        let url = s.url(&format!("/_matrix/client/unstable/account_validity/renew?token={token}"));
+        async move {
+            let resp = reqwest::get(url).await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (st, html) = renew("good-token").await;
+    assert!(st == 200 && html.contains("renewed"), "{st} {html}");
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200);
+    let (st, html) = renew("good-token").await;
+    assert!(st == 200 && html.contains("already"), "{st} {html}");
+    assert_eq!(renew("unknown").await.0, 404);
+
+    // One module per hook, as Synapse.
+    let err = startup_fails_raw(
+        "modules:\n  - module: legacy_validity.LegacyValidity\n  - module: legacy_validity.LegacyValidity\n",
+    );
+    assert!(err.contains("Tried to register on_legacy_send_mail twice"), "{err}");
+}

@@ -104,6 +104,17 @@ macro_rules! account_validity_callbacks {
             on_user_registration: (String,) => ();
             /// `(user_id, auth_provider_type, auth_provider_id)`: after a successful login.
             on_user_login: (String, Option<String>, Option<String>) => ();
+            /// `(user_id)`: sends the account's renewal mail instead of the built-in account
+            /// validity (`POST /account_validity/send_mail`). One module at most. Since 0.3.
+            on_legacy_send_mail: (String,) => ();
+            /// `(renewal_token)`: renews the account a renewal link names instead of the
+            /// built-in account validity; answers `(token_valid, token_stale, expiration_ts)`.
+            /// One module at most. Since 0.3.
+            on_legacy_renew: (String,) => (bool, bool, i64);
+            /// `(body)`: the admin API's `POST /_synapse/admin/v1/account_validity/validity`
+            /// instead of the built-in account validity; answers the new expiration date. One
+            /// module at most. Since 0.3.
+            on_legacy_admin_request: ($crate::spam::RoomConfig,) => i64;
         }
     };
 }

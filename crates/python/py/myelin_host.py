@@ -339,6 +339,13 @@ def classify(kind, value):
         return {"fields": dict(value)}
     if kind == "is_user_expired":
         return {"expired": None if value is None else bool(value)}
+    if kind == "on_legacy_send_mail":
+        return {"done": True}
+    if kind == "on_legacy_renew":
+        valid, stale, expiration_ts = value
+        return {"valid": bool(valid), "stale": bool(stale), "expiration_ts": int(expiration_ts)}
+    if kind == "on_legacy_admin_request":
+        return {"expiration_ts": int(value)}
     if kind in ("check_username_for_spam", "should_drop_federated_event"):
         return {"bool": bool(value)}
     if kind in ("get_username_for_registration", "get_displayname_for_registration"):
@@ -487,6 +494,25 @@ def _username_args(args):
     return [UserProfile(args[0])] + args[1:]
 
 
+class _AdminRequest:
+    """What `on_legacy_admin_request` reads of Synapse's request: its JSON body (through
+    `parse_json_object_from_request`), method, path and query arguments."""
+
+    def __init__(self, body):
+        import io
+
+        self.content = io.BytesIO(json.dumps(body).encode())
+        self.method = b"POST"
+        self.path = b"/_synapse/admin/v1/account_validity/validity"
+        self.uri = self.path
+        self.args = {}
+        self.requestHeaders = None
+
+
+def _admin_request_args(args):
+    return [_AdminRequest(args[0])]
+
+
 def _request_info_args(args):
     args[-2] = [tuple(x) for x in args[-2]]
     return args
@@ -508,6 +534,7 @@ def _alias_args(args):
 
 # How each callback's JSON arguments become the objects Synapse passes.
 _ARGUMENTS = {
+    "on_legacy_admin_request": _admin_request_args,
     "check_event_for_spam": _event_args,
     "check_event_allowed": _event_and_state_args,
     "on_new_event": _event_and_state_args,

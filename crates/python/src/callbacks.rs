@@ -345,6 +345,41 @@ impl PyHost {
                     |v| module_error(&v).map_or(Ok(()), Err),
                 ))
             }
+            "on_legacy_send_mail" => {
+                validity.on_legacy_send_mail = Some(me.callback(
+                    "on_legacy_send_mail",
+                    function,
+                    |(u,): (String,)| json!([u]),
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                ))
+            }
+            "on_legacy_renew" => {
+                validity.on_legacy_renew = Some(me.callback(
+                    "on_legacy_renew",
+                    function,
+                    |(token,): (String,)| json!([token]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => match (v["valid"].as_bool(), v["stale"].as_bool(), v["expiration_ts"].as_i64()) {
+                            (Some(valid), Some(stale), Some(ts)) => Ok((valid, stale, ts)),
+                            _ => Err(ModuleError::other(format!("on_legacy_renew answered {v}"))),
+                        },
+                    },
+                ))
+            }
+            "on_legacy_admin_request" => {
+                validity.on_legacy_admin_request = Some(me.callback(
+                    "on_legacy_admin_request",
+                    function,
+                    |(body,): (RoomConfig,)| json!([body]),
+                    |v| match module_error(&v) {
+                        Some(e) => Err(e),
+                        None => v["expiration_ts"]
+                            .as_i64()
+                            .ok_or_else(|| ModuleError::other(format!("on_legacy_admin_request answered {v}"))),
+                    },
+                ))
+            }
             "is_user_expired" => {
                 validity.is_user_expired = Some(me.callback(
                     "is_user_expired",

@@ -638,7 +638,23 @@ impl ModuleRegistry {
         module: &str,
         cbs: myelin_module_api::third_party::AccountValidityCallbacks,
     ) -> Result<(), ModuleError> {
-        self.with_builder("account validity callbacks", |b| b.validity.add(module, cbs))
+        self.with_builder("account validity callbacks", |b| {
+            // The legacy hooks replace the built-in account validity: one module each (Synapse).
+            let taken = [
+                ("on_legacy_send_mail", cbs.on_legacy_send_mail.is_some(), b.validity.on_legacy_send_mail.is_empty()),
+                ("on_legacy_renew", cbs.on_legacy_renew.is_some(), b.validity.on_legacy_renew.is_empty()),
+                (
+                    "on_legacy_admin_request",
+                    cbs.on_legacy_admin_request.is_some(),
+                    b.validity.on_legacy_admin_request.is_empty(),
+                ),
+            ];
+            if let Some((name, _, _)) = taken.iter().find(|(_, new, free)| *new && !*free) {
+                return Err(ModuleError::other(format!("Tried to register {name} twice")));
+            }
+            b.validity.add(module, cbs);
+            Ok(())
+        })?
     }
 
     pub(crate) fn register_web(

@@ -64,6 +64,24 @@ impl ModuleRegistry {
         Ok(config)
     }
 
+    /// `on_legacy_send_mail` (one module at most): None when no module took it over.
+    pub async fn legacy_send_mail(&self, user_id: &str) -> Option<Result<()>> {
+        let reg = self.callbacks().validity.on_legacy_send_mail.first()?;
+        Some(invoke(reg, (user_id.to_owned(),)).await.map_err(Error::from))
+    }
+
+    /// `on_legacy_renew` (one module at most): `(token_valid, token_stale, expiration_ts)`.
+    pub async fn legacy_renew(&self, token: &str) -> Option<Result<(bool, bool, i64)>> {
+        let reg = self.callbacks().validity.on_legacy_renew.first()?;
+        Some(invoke(reg, (token.to_owned(),)).await.map_err(Error::from))
+    }
+
+    /// `on_legacy_admin_request` (one module at most): the new expiration date.
+    pub async fn legacy_admin_request(&self, body: &Map<String, Value>) -> Option<Result<i64>> {
+        let reg = self.callbacks().validity.on_legacy_admin_request.first()?;
+        Some(invoke(reg, (body.clone(),)).await.map_err(Error::from))
+    }
+
     /// `is_user_expired`: the first answer that is not `None`.
     pub async fn is_user_expired(&self, user_id: &str) -> Result<Option<bool>> {
         for reg in &self.callbacks().validity.is_user_expired {

@@ -31,8 +31,6 @@ pub struct AccountValiditySettings {
     pub renew_at: Option<Duration>,
     /// `renew_email_subject`, `%(app)s` filled in when sent.
     pub renew_email_subject: String,
-    /// Where templates are looked up, before Myelin's own.
-    template_dirs: Vec<PathBuf>,
     /// The renewal page's file (`account_renewed_html_path`).
     account_renewed: String,
     /// The bad-link page's file (`invalid_token_html_path`).
@@ -114,8 +112,7 @@ impl AccountValiditySettings {
                 .unwrap_or("invalid_token.html".into()),
             expiry_html: email_key("expiry_template_html", "notice_expiry.html")?,
             expiry_text: email_key("expiry_template_text", "notice_expiry.txt")?,
-            pages: Arc::new(crate::mail::template_environment(template_dirs.clone(), public_baseurl)),
-            template_dirs,
+            pages: Arc::new(crate::mail::template_environment(template_dirs, public_baseurl)),
         };
         // Missing or broken templates stop start-up, as on Synapse.
         let mut names = vec![&settings.account_renewed, &settings.invalid_token];
@@ -135,11 +132,6 @@ impl AccountValiditySettings {
     fn render(&self, name: &str, vars: Value) -> std::result::Result<String, String> {
         let template = self.pages.get_template(name).map_err(|e| format!("template {name}: {e}"))?;
         template.render(vars).map_err(|e| format!("template {name}: {e}"))
-    }
-
-    /// The directories templates are looked up in (for the docs' sake: custom first).
-    pub fn template_dirs(&self) -> &[PathBuf] {
-        &self.template_dirs
     }
 }
 
@@ -211,29 +203,60 @@ impl Homeserver {
         Ok(expiration_ts)
     }
 
-    /// `GET /account_validity/renew?token=`: the renewal link.
+    /// `GET /account_validity/renew?token=`: the renewal link (a module's `on_legacy_renew`
+    /// decides instead of the built-in account validity when one is registered).
     pub async fn renew_account(&self, token: &str) -> Result<Renewal> {
-        let settings = self.config.account_validity.as_ref().ok_or_else(not_enabled)?;
-        let t = token.to_owned();
-        let page = |name: &str, expiration_ts: i64| {
-            settings.render(name, json!({"expiration_ts": expiration_ts})).map_err(Error::internal)
+        // The pages: the configured ones, or (a module renewing without the section) the
+        // default names looked up in custom_template_directory, then Myelin's own.
+        let (pages, renewed, invalid) = match &self.config.account_validity {
+            Some(s) => (s.pages.clone(), s.account_renewed.clone(), s.invalid_token.clone()),
+            None => (
+                Arc::new(crate::mail::template_environment(
+                    self.config.custom_template_directory.iter().cloned().collect(),
+                    &self.config.public_baseurl,
+                )),
+                "account_renewed.html".to_owned(),
+                "invalid_token.html".to_owned(),
+            ),
         };
+        let page = |name: &str, expiration_ts: i64| {
+            pages
+                .get_template(name)
+                .and_then(|t| t.render(json!({"expiration_ts": expiration_ts})))
+                .map_err(|e| Error::internal(format!("template {name}: {e}")))
+        };
+        let previously = "account_previously_renewed.html";
+        if let Some(answer) = self.modules.legacy_renew(token).await {
+            let (valid, stale, expiration_ts) = answer?;
+            return Ok(match (valid, stale) {
+                (true, _) => Renewal::Renewed(page(&renewed, expiration_ts)?),
+                (false, true) => Renewal::AlreadyRenewed(page(previously, expiration_ts)?),
+                (false, false) => Renewal::InvalidToken(page(&invalid, expiration_ts)?),
+            });
+        }
+        if self.config.account_validity.is_none() {
+            return Ok(Renewal::InvalidToken(page(&invalid, 0)?));
+        }
+        let t = token.to_owned();
         let Some(validity) = self.db(move |s| s.account_validity_by_token(&t)).await? else {
-            return Ok(Renewal::InvalidToken(page(&settings.invalid_token, 0)?));
+            return Ok(Renewal::InvalidToken(page(&invalid, 0)?));
         };
         if validity.token_used_ts.is_some() {
             tracing::info!(user = %validity.user_id, "a used renewal link was followed again");
-            return Ok(Renewal::AlreadyRenewed(page("account_previously_renewed.html", validity.expiration_ts)?));
+            return Ok(Renewal::AlreadyRenewed(page(previously, validity.expiration_ts)?));
         }
         let expiration_ts =
             self.renew_account_for_user(&validity.user_id, None, false, validity.renewal_token.clone()).await?;
         tracing::info!(user = %validity.user_id, expiration_ts, "account renewed through its link");
-        Ok(Renewal::Renewed(page(&settings.account_renewed, expiration_ts)?))
+        Ok(Renewal::Renewed(page(&renewed, expiration_ts)?))
     }
 
     /// `POST /account_validity/send_mail`: a new renewal link to the requester's addresses.
     pub async fn send_renewal_mail_to(&self, requester: &Requester) -> Result<()> {
         let user = requester.user_id.to_string();
+        if let Some(sent) = self.modules.legacy_send_mail(&user).await {
+            return sent;
+        }
         let Some(settings) = self.config.account_validity.as_ref().filter(|s| s.renew_at.is_some()) else {
             return Err(Error::forbidden("Account renewal via email is disabled on this server."));
         };
@@ -248,6 +271,11 @@ impl Homeserver {
     /// account's expiration date; `enable_renewal_emails: false` means no mail this period.
     pub async fn admin_account_validity(&self, requester: &Requester, body: &Value) -> Result<Value> {
         self.require_admin(requester)?;
+        if let Value::Object(fields) = body
+            && let Some(answer) = self.modules.legacy_admin_request(fields).await
+        {
+            return Ok(json!({"expiration_ts": answer?}));
+        }
         let Some(user) = body.get("user_id") else {
             return Err(Error::new(ErrorKind::BadRequest, "Missing property 'user_id' in the request body"));
         };
