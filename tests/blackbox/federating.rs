@@ -1058,3 +1058,50 @@ async fn admins_see_federation_destinations_and_reset_their_backoff() {
     assert!(a.server.log_shows("reset federation connection").await);
     drop(b_dir);
 }
+
+/// `on_event_delivered_over_federation` (Synapse 1.158): a module on A hears of the join's
+/// state going to B (`/send_join`), of the history B pulled (`/backfill`) and of each message
+/// B acknowledged (`/send`), with the events; a callback that raises is logged and delivery
+/// goes on.
+#[tokio::test]
+async fn modules_hear_of_events_delivered_over_federation() {
+    let ca = TestCa::new();
+    let a = Peer::start_with(&ca, "modules:\n  - module: deliveries.Deliveries\n").await;
+    let b = Peer::start(&ca).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room = public_room(&a.server, &alice).await;
+    assert_eq!(a.server.send_text(&alice, &room, "before bob").await.0, 200);
+    let (s, body) = b.server.join_via(&bob, &room, &a.name).await;
+    assert_eq!(s, 200, "{body}");
+    // Bob reads back past his join: B backfills from A.
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=30", encode(&room));
+    let (s, page) = b.server.get(&path, Some(&bob.token)).await;
+    assert!(s == 200 && page.to_string().contains("before bob"), "{page}");
+    for text in ["explode", "after the failure"] {
+        let (s, _) = a.server.send_text(&alice, &room, text).await;
+        assert_eq!(s, 200);
+        wait_for_event(&b.server, &bob, &room, text_is(text)).await;
+    }
+    let seen = || async { a.server.get("/_synapse/client/deliveries", None).await.1 };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deliveries = seen().await;
+    while !deliveries.to_string().contains("after the failure") {
+        assert!(Instant::now() < deadline, "{deliveries}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        deliveries = seen().await;
+    }
+    let deliveries = deliveries.as_array().unwrap().clone();
+    assert!(deliveries.iter().all(|d| d["server_name"] == b.name.as_str()), "{deliveries:?}");
+    let join = deliveries.iter().find(|d| d["method"] == "/send_join").expect("the join's answer");
+    let types: Vec<&str> = join["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(types.contains(&"m.room.create") && types.contains(&"m.room.member"), "{join}");
+    assert!(join["events"][0]["event_id"].as_str().is_some_and(|id| id.starts_with('$')), "{join}");
+    let sent: Vec<&Value> = deliveries.iter().filter(|d| d["method"] == "/send").collect();
+    let bodies: Vec<&str> =
+        sent.iter().flat_map(|d| d["events"].as_array().unwrap()).filter_map(|e| e["body"].as_str()).collect();
+    assert!(bodies.contains(&"explode") && bodies.contains(&"after the failure"), "{sent:?}");
+    let backfilled = deliveries.iter().find(|d| d["method"] == "/backfill").expect("the backfill's answer");
+    assert!(backfilled.to_string().contains("before bob"), "{backfilled}");
+    assert!(a.server.log_shows("the module failed on purpose").await);
+}

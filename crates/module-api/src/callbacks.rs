@@ -119,6 +119,19 @@ macro_rules! account_validity_callbacks {
     };
 }
 
+/// The federation callback (Synapse's `register_federation_callbacks`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! federation_callbacks {
+    ($then:ident $(, $($prefix:tt)*)?) => {
+        $then! {
+            $($($prefix)*)? |
+            /// `(delivery)`: events went to another server (see `federation`). Since 0.3.
+            on_event_delivered_over_federation: ($crate::federation::FederationDelivery,) => ();
+        }
+    };
+}
+
 /// The account data callback (Synapse's `register_account_data_callbacks`).
 #[macro_export]
 #[doc(hidden)]
@@ -226,6 +239,7 @@ pub const NAMES: &[(&str, &[&str])] = &[
     ("ratelimit", ratelimit_callbacks!(names)),
     ("presence_router", presence_router_callbacks!(names)),
     ("add_extra_fields_to_unsigned_client_event", unsigned_callbacks!(names)),
+    ("federation", federation_callbacks!(names)),
 ];
 
 /// The callbacks Myelin calls for one registration method (empty for an unknown one).

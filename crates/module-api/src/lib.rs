@@ -51,6 +51,7 @@
 
 pub mod auth;
 pub mod callbacks;
+pub mod federation;
 pub mod http;
 pub mod presence;
 pub mod repository;
@@ -390,6 +391,12 @@ pub trait Host: Send + Sync + 'static {
         module: &str,
         callbacks: third_party::AccountValidityCallbacks,
     ) -> Result<(), ModuleError>;
+    /// Adds the federation callback for `module`.
+    fn register_federation_callbacks(
+        &self,
+        module: &str,
+        callbacks: federation::FederationCallbacks,
+    ) -> Result<(), ModuleError>;
     /// Adds account data callbacks for `module`.
     fn register_account_data_callbacks(
         &self,
@@ -651,6 +658,12 @@ impl ModuleApi {
         callbacks: third_party::AccountValidityCallbacks,
     ) -> Result<(), ModuleError> {
         self.host.register_account_validity_callbacks(&self.module, callbacks)
+    }
+    /// Registers the federation callback. Only allowed during construction.
+    ///
+    /// Since 0.3.
+    pub fn register_federation_callbacks(&self, callbacks: federation::FederationCallbacks) -> Result<(), ModuleError> {
+        self.host.register_federation_callbacks(&self.module, callbacks)
     }
     /// Registers account data callbacks. Only allowed during construction.
     ///

@@ -315,7 +315,8 @@ def classify(kind, value):
         return {"user": None}
     if kind in ("on_new_event", "on_user_registration", "on_logged_out", "on_profile_update",
                 "on_user_deactivation_status_changed", "on_user_login", "on_account_data_updated",
-                "on_add_user_third_party_identifier", "on_remove_user_third_party_identifier", "on_threepid_bind"):
+                "on_add_user_third_party_identifier", "on_remove_user_third_party_identifier", "on_threepid_bind",
+                "on_event_delivered_over_federation"):
         return {"done": True}
     if kind == "get_interested_users":
         from synapse.module_api import PRESENCE_ALL_USERS
@@ -513,6 +514,18 @@ def _admin_request_args(args):
     return [_AdminRequest(args[0])]
 
 
+def _delivery_args(args):
+    from synapse.events import make_event
+    from synapse.module_api.callbacks.federation import (
+        FederatedEventDeliveryMethod,
+        FederationEventDeliveryEvent,
+    )
+
+    server_name, events, method = args
+    return [FederationEventDeliveryEvent(server_name, [make_event(e) for e in events],
+                                         FederatedEventDeliveryMethod(method))]
+
+
 def _request_info_args(args):
     args[-2] = [tuple(x) for x in args[-2]]
     return args
@@ -535,6 +548,7 @@ def _alias_args(args):
 # How each callback's JSON arguments become the objects Synapse passes.
 _ARGUMENTS = {
     "on_legacy_admin_request": _admin_request_args,
+    "on_event_delivered_over_federation": _delivery_args,
     "check_event_for_spam": _event_args,
     "check_event_allowed": _event_and_state_args,
     "on_new_event": _event_and_state_args,

@@ -559,6 +559,24 @@ impl PyHost {
         let mut media = MediaRepositoryCallbacks::default();
         let mut ratelimit = RatelimitCallbacks::default();
         match name {
+            "on_event_delivered_over_federation" => {
+                let cb = me.callback(
+                    "on_event_delivered_over_federation",
+                    function,
+                    |(delivery,): (myelin_module_api::federation::FederationDelivery,)| {
+                        let events: Vec<Value> =
+                            delivery.events.iter().map(|e| Value::Object(e.as_json().clone())).collect();
+                        json!([delivery.server_name, events, delivery.method.as_str()])
+                    },
+                    |v| module_error(&v).map_or(Ok(()), Err),
+                );
+                let federation =
+                    myelin_module_api::federation::FederationCallbacks { on_event_delivered_over_federation: Some(cb) };
+                return self
+                    .api
+                    .register_federation_callbacks(federation)
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+            }
             "get_ratelimit_override_for_user" => {
                 ratelimit.get_ratelimit_override_for_user = Some(me.callback(
                     "get_ratelimit_override_for_user",

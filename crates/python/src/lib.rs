@@ -67,6 +67,8 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("synapse/module_api/__init__.py", include_str!("../py/synapse/module_api/__init__.py")),
     ("synapse/module_api/errors.py", include_str!("../py/synapse/module_api/errors.py")),
+    ("synapse/module_api/callbacks/__init__.py", include_str!("../py/synapse/module_api/callbacks/__init__.py")),
+    ("synapse/module_api/callbacks/federation.py", include_str!("../py/synapse/module_api/callbacks/federation.py")),
     ("synapse/rest/__init__.py", include_str!("../py/synapse/rest/__init__.py")),
     ("synapse/rest/media/__init__.py", include_str!("../py/synapse/rest/media/__init__.py")),
     ("synapse/rest/media/v1/__init__.py", include_str!("../py/synapse/rest/media/v1/__init__.py")),

@@ -7,6 +7,8 @@ use std::collections::{HashSet, VecDeque};
 use ruma::{OwnedEventId, OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 
+use myelin_module_api::federation::DeliveryMethod;
+
 use super::remote_keys::REMOTE_TIMEOUT;
 use crate::events::Pdu;
 use crate::server::{now_ms, url_encode};
@@ -98,6 +100,7 @@ impl Homeserver {
         self.require_server_in_room(origin, &room_id).await?;
         let pdu = self.room_event(&room_id, &event_id(event)?).await?;
         let chain: Vec<OwnedEventId> = self.load_auth_closure(pdu.auth_events.clone()).await?.into_keys().collect();
+        self.notify_delivered_ids(origin, &chain, DeliveryMethod::EventAuth).await;
         Ok(json!({"auth_chain": self.wire_pdus(chain).await?}))
     }
 
@@ -106,6 +109,8 @@ impl Homeserver {
         let room_id = room(room_id)?;
         self.require_server_in_room(origin, &room_id).await?;
         let (state, chain) = self.state_at(&room_id, &event_id(event)?).await?;
+        let delivered: Vec<OwnedEventId> = state.iter().chain(&chain).cloned().collect();
+        self.notify_delivered_ids(origin, &delivered, DeliveryMethod::State).await;
         Ok(json!({"pdus": self.wire_pdus(state).await?, "auth_chain": self.wire_pdus(chain).await?}))
     }
 
@@ -152,7 +157,7 @@ impl Homeserver {
         let from: Vec<OwnedEventId> = from.iter().map(|e| event_id(e)).collect::<Result<_>>()?;
         let events = self.walk_back(&room_id, from, &HashSet::new(), limit.clamp(1, MAX_HISTORY_EVENTS), true).await?;
         let ids = events.into_iter().map(|p| p.event_id).collect();
-        let pdus = self.wire_pdus_for(origin, ids).await?;
+        let pdus = self.wire_pdus_delivered(origin, ids, DeliveryMethod::Backfill).await?;
         Ok(json!({"origin": self.server_name(), "origin_server_ts": now_ms(), "pdus": pdus}))
     }
 
@@ -176,7 +181,7 @@ impl Homeserver {
         events.retain(|p| p.depth >= min_depth);
         events.sort_by_key(|p| (p.depth, p.origin_server_ts));
         let ids = events.into_iter().map(|p| p.event_id).collect();
-        Ok(json!({"events": self.wire_pdus_for(origin, ids).await?}))
+        Ok(json!({"events": self.wire_pdus_delivered(origin, ids, DeliveryMethod::GetMissingEvents).await?}))
     }
 
     /// Before handling an event whose parents are not all stored: asks `origin` for the

@@ -136,6 +136,14 @@ impl Host for HostHandle {
         self.hs()?.modules.register_account_validity(module, callbacks)
     }
 
+    fn register_federation_callbacks(
+        &self,
+        module: &str,
+        callbacks: myelin_module_api::federation::FederationCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.hs()?.modules.register_federation(module, callbacks)
+    }
+
     fn register_account_data_callbacks(
         &self,
         module: &str,

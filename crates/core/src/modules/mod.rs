@@ -529,6 +529,7 @@ pub(crate) struct Callbacks {
     pub(crate) media: repository::MediaLists,
     pub(crate) ratelimit: repository::RatelimitLists,
     pub(crate) validity: third_party::ValidityLists,
+    pub(crate) federation: repository::FederationLists,
     pub(crate) presence_router: presence::PresenceRouterLists,
     pub(crate) unsigned: presence::UnsignedLists,
     pub(crate) auth: auth::AuthLists,
@@ -591,6 +592,14 @@ impl ModuleRegistry {
         cbs: myelin_module_api::auth::PasswordAuthProviderCallbacks,
     ) -> Result<(), ModuleError> {
         self.with_builder("password auth provider callbacks", |b| b.auth.add(module, cbs))
+    }
+
+    pub(crate) fn register_federation(
+        &self,
+        module: &str,
+        cbs: myelin_module_api::federation::FederationCallbacks,
+    ) -> Result<(), ModuleError> {
+        self.with_builder("federation callbacks", |b| b.federation.add(module, cbs))
     }
 
     pub(crate) fn register_account_data(
@@ -764,6 +773,7 @@ impl ModuleRegistry {
         callbacks.ratelimit.for_each_metric(&mut each);
         callbacks.presence_router.for_each_metric(&mut each);
         callbacks.unsigned.for_each_metric(&mut each);
+        callbacks.federation.for_each_metric(&mut each);
         calls_out + &seconds_out
     }
 }

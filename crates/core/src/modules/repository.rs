@@ -1,6 +1,7 @@
 //! Account data and media repository callbacks, with Synapse's semantics
 //! (`handlers/account_data.py`, `media_repository_callbacks.py`).
 
+use myelin_module_api::federation::FederationCallbacks;
 use myelin_module_api::repository::*;
 use serde_json::{Map, Value};
 
@@ -10,8 +11,39 @@ use crate::Result;
 myelin_module_api::account_data_callbacks!(dispatch_lists, AccountDataLists, AccountDataCallbacks);
 myelin_module_api::media_repository_callbacks!(dispatch_lists, MediaLists, MediaRepositoryCallbacks);
 myelin_module_api::ratelimit_callbacks!(dispatch_lists, RatelimitLists, RatelimitCallbacks);
+myelin_module_api::federation_callbacks!(dispatch_lists, FederationLists, FederationCallbacks);
 
 impl ModuleRegistry {
+    /// Whether a module wants to hear of events delivered over federation (so that the
+    /// caller can skip building the delivery).
+    pub fn has_on_event_delivered_over_federation(&self) -> bool {
+        !self.callbacks().federation.on_event_delivered_over_federation.is_empty()
+    }
+
+    /// `on_event_delivered_over_federation`: every callback runs, awaited; errors are logged
+    /// (Synapse's). Nothing is called for no events.
+    pub async fn on_event_delivered_over_federation(
+        &self,
+        server_name: &str,
+        events: &[Value],
+        method: myelin_module_api::federation::DeliveryMethod,
+    ) {
+        if events.is_empty() || !self.has_on_event_delivered_over_federation() {
+            return;
+        }
+        let delivery = myelin_module_api::federation::FederationDelivery {
+            server_name: server_name.to_owned(),
+            events: events
+                .iter()
+                .filter_map(|e| e.as_object().cloned().map(myelin_module_api::EventView::new))
+                .collect(),
+            method,
+        };
+        for reg in &self.callbacks().federation.on_event_delivered_over_federation {
+            invoke_logged(reg, (delivery.clone(),)).await;
+        }
+    }
+
     /// `on_account_data_updated`: every callback runs, awaited; errors are logged.
     pub async fn on_account_data_updated(
         &self,

@@ -182,6 +182,9 @@ impl Homeserver {
         // are in it (as Synapse sends it; servers check the state against it).
         let mut chain_ids = self.auth_chain_of(state_ids.iter().cloned().chain([id.clone()]).collect()).await?;
         chain_ids.retain(|e| *e != id);
+        let delivered: Vec<OwnedEventId> =
+            std::iter::once(id.clone()).chain(state_ids.iter().cloned()).chain(chain_ids.iter().cloned()).collect();
+        self.notify_delivered_ids(origin, &delivered, myelin_module_api::federation::DeliveryMethod::SendJoin).await;
         let state_json = self.wire_pdus(state_ids).await?;
         let chain_json = self.wire_pdus(chain_ids).await?;
         Ok(json!({

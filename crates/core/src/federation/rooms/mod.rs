@@ -23,6 +23,7 @@
 mod gaps;
 mod joins;
 
+use myelin_module_api::federation::DeliveryMethod;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -564,10 +565,61 @@ impl Homeserver {
     }
 
     /// The events of `ids` (in order, unknown ones left out) for the wire, as `origin` may see
-    /// them: redacted where its users could not (see `visibility`).
-    pub(crate) async fn wire_pdus_for(&self, origin: &str, ids: Vec<OwnedEventId>) -> Result<Vec<Value>> {
+    /// them: redacted where its users could not (see `visibility`). Modules hear what went
+    /// (`on_event_delivered_over_federation`, with the events as sent).
+    pub(crate) async fn wire_pdus_delivered(
+        &self,
+        origin: &str,
+        ids: Vec<OwnedEventId>,
+        method: myelin_module_api::federation::DeliveryMethod,
+    ) -> Result<Vec<Value>> {
         let rows = self.event_rows(ids.into_iter().map(|e| e.to_string()).collect()).await?;
-        self.visible_to_server(origin, rows).await?.iter().map(|j| wire_pdu(j)).collect()
+        let visible = self.visible_to_server(origin, rows).await?;
+        self.notify_delivered(origin, &visible, method).await;
+        visible.iter().map(|j| wire_pdu(j)).collect()
+    }
+
+    /// Tells modules that the events of `ids` went to `destination`; reads them only when a
+    /// module listens.
+    pub(crate) async fn notify_delivered_ids(
+        &self,
+        destination: &str,
+        ids: &[OwnedEventId],
+        method: myelin_module_api::federation::DeliveryMethod,
+    ) {
+        if ids.is_empty() || !self.modules.has_on_event_delivered_over_federation() {
+            return;
+        }
+        match self.event_rows(ids.iter().map(|e| e.to_string()).collect()).await {
+            Ok(rows) => {
+                let jsons: Vec<String> = rows.into_iter().map(|r| r.json).collect();
+                self.notify_delivered(destination, &jsons, method).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the events delivered, for the modules"),
+        }
+    }
+
+    /// `on_event_delivered_over_federation` with stored events (each with its ID).
+    pub(crate) async fn notify_delivered(
+        &self,
+        destination: &str,
+        stored: &[String],
+        method: myelin_module_api::federation::DeliveryMethod,
+    ) {
+        if stored.is_empty() || !self.modules.has_on_event_delivered_over_federation() {
+            return;
+        }
+        let events: Vec<Value> = stored
+            .iter()
+            .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+            .map(|mut e| {
+                if let Value::Object(m) = &mut e {
+                    m.remove("unsigned");
+                }
+                e
+            })
+            .collect();
+        self.modules.on_event_delivered_over_federation(destination, &events, method).await;
     }
 
     /// `GET /_matrix/federation/v1/event/{eventId}`: an event of a room `origin` is in.
@@ -587,7 +639,7 @@ impl Homeserver {
         Ok(json!({
             "origin": self.server_name(),
             "origin_server_ts": now_ms(),
-            "pdus": self.wire_pdus_for(origin, vec![pdu.event_id]).await?,
+            "pdus": self.wire_pdus_delivered(origin, vec![pdu.event_id], DeliveryMethod::Event).await?,
         }))
     }
 

@@ -399,7 +399,8 @@ class ModuleApi:
             self._host.register_unsigned(self._module_name, fn)
 
     def register_federation_callbacks(self, *, on_event_delivered_over_federation=None):
-        self._callbacks("federation", locals())
+        for name, fn in self._callbacks("federation", locals()):
+            self._host.register_repository(self._module_name, name, fn)
 
     def register_background_update_controller_callbacks(self, *, on_update, default_batch_size=None,
                                                         min_batch_size=None):

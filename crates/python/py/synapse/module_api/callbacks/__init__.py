@@ -1,0 +1,1 @@
+"""synapse.module_api.callbacks: the callback types modules import."""

@@ -1,0 +1,32 @@
+"""Records `on_event_delivered_over_federation` (Synapse 1.158's federation callback), for the
+black-box tests; a delivery holding an event with the body "explode" raises."""
+
+from synapse.http.server import DirectServeJsonResource
+from synapse.module_api.callbacks.federation import FederatedEventDeliveryMethod
+
+
+class Seen(DirectServeJsonResource):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    async def _async_render_GET(self, request):
+        return 200, self.seen
+
+
+class Deliveries:
+    def __init__(self, config, api):
+        self.seen = []
+        api.register_federation_callbacks(on_event_delivered_over_federation=self.delivered)
+        api.register_web_resource("/_synapse/client/deliveries", Seen(self.seen))
+
+    async def delivered(self, delivery):
+        assert isinstance(delivery.method, FederatedEventDeliveryMethod)
+        self.seen.append({
+            "server_name": delivery.server_name,
+            "method": delivery.method.value,
+            "events": [{"event_id": e.event_id, "type": e.type, "body": e.content.get("body")}
+                       for e in delivery.events],
+        })
+        if any(e.content.get("body") == "explode" for e in delivery.events):
+            raise RuntimeError("the module failed on purpose")
