@@ -1105,3 +1105,52 @@ async fn modules_hear_of_events_delivered_over_federation() {
     assert!(backfilled.to_string().contains("before bob"), "{backfilled}");
     assert!(a.server.log_shows("the module failed on purpose").await);
 }
+
+/// A presence router on two servers (Synapse's docs' example): Alice's presence on A is routed
+/// to Bob on B though they share no room (A sends it to B because its router names Bob), and
+/// B's router makes Bob interested in her; Carol on B, whom no router names, sees nothing.
+#[tokio::test]
+async fn a_presence_router_routes_presence_to_another_servers_user() {
+    let ca = TestCa::new();
+    let routes = tempfile::NamedTempFile::new().unwrap();
+    let module = format!(
+        "presence:\n  enabled: true\nmodules:\n  - module: presence_router.Router\n    config:\n      routes_file: {}\n",
+        routes.path().display()
+    );
+    let a = Peer::start_with(&ca, &module).await;
+    let b = Peer::start_with(&ca, &module).await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let carol = b.server.register("carol").await;
+    std::fs::write(routes.path(), json!({"observers": [bob.user_id], "watched": [alice.user_id]}).to_string()).unwrap();
+    let path = format!("/_matrix/client/v3/presence/{}/status", encode(&alice.user_id));
+    let (s, _) = a.server.put(&path, Some(&alice.token), json!({"presence": "online", "status_msg": "on A"})).await;
+    assert_eq!(s, 200);
+    let seen_by = |who: &User| {
+        let (server, who) = (&b.server, who.clone());
+        let alice = alice.user_id.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let sync = server.sync(&who, None, 0).await;
+                let found = sync["presence"]["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["sender"] == alice.as_str() && e["content"]["status_msg"] == "on A");
+                if found || Instant::now() > deadline {
+                    return found;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(seen_by(&bob).await, "Bob on B gets Alice's presence from A\nA log:\n{}", a.server.log_text());
+    let (s, body) = b.server.get(&path, Some(&bob.token)).await;
+    assert_eq!((s, body["status_msg"].as_str()), (200, Some("on A")), "{body}");
+    // Alice's presence is on B by now: one look is enough for Carol.
+    let sync = b.server.sync(&carol, None, 0).await;
+    let events = sync["presence"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(!events.iter().any(|e| e["sender"] == alice.user_id.as_str()), "no router names Carol: {events:?}");
+    assert_eq!(b.server.get(&path, Some(&carol.token)).await.0, 403);
+}
