@@ -152,6 +152,21 @@ fn pg_store_drops_cleanly_on_an_async_runtime_thread() {
     runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await }).expect("dropped without a panic");
 }
 
+/// Instances are a database's own: a process named `master` of another deployment on the same
+/// cluster does not look alive here (pg_locks lists every database's
+/// advisory locks; a worker once kept waiting for a dead main process because another test's
+/// was alive).
+#[test]
+fn pg_instances_are_per_database() {
+    let (here, elsewhere) = (open_pg(), open_pg());
+    let names = ["master".to_owned(), "worker1".to_owned()];
+    elsewhere.store().register_instance("master").unwrap();
+    assert_eq!(here.store().live_instances(&names).unwrap(), Some(vec![]), "another database's master");
+    here.store().register_instance("worker1").unwrap();
+    assert_eq!(here.store().live_instances(&names).unwrap(), Some(vec!["worker1".to_owned()]));
+    assert_eq!(elsewhere.store().live_instances(&names).unwrap(), Some(vec!["master".to_owned()]));
+}
+
 /// Writes that read first (a key upload compares the stored keys) succeed while another
 /// connection commits writes of its own, as the checkpointer's search indexing does: with
 /// deferred transactions SQLite refused the upgrade to a write at once (SQLITE_BUSY).

@@ -616,8 +616,12 @@ impl StorageInfo for PostgresStore {
         let held: Vec<u32> = self.read(|db| {
             Ok(db
                 .rows(
+                    // Advisory locks belong to a database, but pg_locks lists the whole
+                    // cluster's: without the database, another deployment's process of the
+                    // same name (every main process is `master`) would look alive here.
                     "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted
-                     AND classid = $1::INTEGER::OID AND objsubid = 2",
+                     AND classid = $1::INTEGER::OID AND objsubid = 2
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                     &[&INSTANCE_LOCK_CLASS],
                 )?
                 .iter()
