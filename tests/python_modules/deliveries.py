@@ -1,17 +1,9 @@
 """Records `on_event_delivered_over_federation` (Synapse 1.158's federation callback), for the
 black-box tests; a delivery holding an event with the body "explode" raises."""
 
-from synapse.http.server import DirectServeJsonResource
 from synapse.module_api.callbacks.federation import FederatedEventDeliveryMethod
 
-
-class Seen(DirectServeJsonResource):
-    def __init__(self, seen):
-        super().__init__()
-        self.seen = seen
-
-    async def _async_render_GET(self, request):
-        return 200, self.seen
+from seen import Seen
 
 
 class Deliveries:

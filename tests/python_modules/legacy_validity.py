@@ -4,17 +4,9 @@ synapse-email-account-validity does (its own dates, links and mails), for the bl
 import time
 
 from synapse.api.errors import SynapseError
-from synapse.http.server import DirectServeJsonResource
 from synapse.http.servlet import parse_json_object_from_request
 
-
-class Seen(DirectServeJsonResource):
-    def __init__(self, seen):
-        super().__init__()
-        self.seen = seen
-
-    async def _async_render_GET(self, request):
-        return 200, self.seen
+from seen import Seen
 
 
 class LegacyValidity:

@@ -1,17 +1,9 @@
 """Account data and media repository callbacks, and the categories Myelin accepts without
 calling, for the black-box tests."""
 
-from synapse.http.server import DirectServeJsonResource
 from synapse.module_api import MediaUploadLimit, RatelimitOverride
 
-
-class Seen(DirectServeJsonResource):
-    def __init__(self, seen):
-        super().__init__()
-        self.seen = seen
-
-    async def _async_render_GET(self, request):
-        return 200, self.seen
+from seen import Seen
 
 
 class Repository:

@@ -1,16 +1,8 @@
 """Third-party rules and account validity callbacks, for the black-box tests."""
 
 from synapse.api.errors import SynapseError
-from synapse.http.server import DirectServeJsonResource
 
-
-class Seen(DirectServeJsonResource):
-    def __init__(self, seen):
-        super().__init__()
-        self.seen = seen
-
-    async def _async_render_GET(self, request):
-        return 200, self.seen
+from seen import Seen
 
 
 class Rules:

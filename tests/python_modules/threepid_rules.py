@@ -1,16 +1,7 @@
 """Third-party identifier callbacks (is_3pid_allowed and the 3PID notifications), for the
 black-box e-mail tests."""
 
-from synapse.http.server import DirectServeJsonResource
-
-
-class Seen(DirectServeJsonResource):
-    def __init__(self, seen):
-        super().__init__()
-        self.seen = seen
-
-    async def _async_render_GET(self, request):
-        return 200, self.seen
+from seen import Seen
 
 
 class ThreepidRules:
