@@ -9,9 +9,10 @@
 //! - [`Module`]: what a module type implements (`NAME`, `parse_config`, `new`).
 //! - [`ModuleApi`]: the handle a module receives; `register_*` methods and server facts.
 //! - [`spam`]: the spam-checker callbacks and their decision types.
-//! - [`third_party`], [`auth`], [`repository`], [`presence`]: the other callback categories
-//!   (third-party rules and account validity; password auth providers; account data, the media
-//!   repository and rate limits; the presence router and extra `unsigned` fields).
+//! - [`third_party`], [`auth`], [`repository`], [`presence`], [`federation`]: the other callback
+//!   categories (third-party rules and account validity; password auth providers; account data,
+//!   the media repository and rate limits; the presence router and extra `unsigned` fields;
+//!   events delivered over federation).
 //! - [`callbacks`]: the one list of every callback Myelin calls.
 //! - [`web`]: web resources served by the homeserver.
 //! - [`ConfigError`], [`ModuleError`]: the two error types a module can produce.

@@ -342,17 +342,14 @@ async fn send_one(hs: &Homeserver, destination: &str) -> Attempt {
             // Modules hear of the events the destination acknowledged: echoed back without an
             // error (as Synapse counts them).
             if hs.modules.has_on_event_delivered_over_federation() {
-                let acknowledged: Vec<String> = jsons
+                // `jsons` holds one entry per PDU row (whose body is the event ID), in order.
+                let acked =
+                    |id: &str| answer["pdus"].get(id).is_some_and(|r| r.is_object() && r.get("error").is_none());
+                let acknowledged: Vec<String> = pdu_rows
                     .iter()
-                    .flatten()
-                    .filter(|(_, json)| {
-                        let id = serde_json::from_str::<Value>(json)
-                            .ok()
-                            .and_then(|e| e["event_id"].as_str().map(str::to_owned))
-                            .unwrap_or_default();
-                        answer["pdus"].get(&id).is_some_and(|r| r.is_object() && r.get("error").is_none())
-                    })
-                    .map(|(_, json)| json.clone())
+                    .zip(&jsons)
+                    .filter(|(row, _)| acked(&row.body))
+                    .filter_map(|(_, stored)| stored.as_ref().map(|(_, json)| json.clone()))
                     .collect();
                 let method = myelin_module_api::federation::DeliveryMethod::Send;
                 hs.notify_delivered(destination, &acknowledged, method).await;
